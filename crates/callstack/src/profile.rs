@@ -1,0 +1,104 @@
+//! The quiescence profile: which blocking calls are quiescent points, by call-stack ID.
+//!
+//! Format (JSON, written by `mcr profile`, read by `mcr run --profile FILE`):
+//! ```json
+//! {
+//!   "format": "mcr-profile/1",
+//!   "program": "/usr/sbin/nginx",
+//!   "quiescent_points": [
+//!     { "id": "9f1c2e0a5b7d3e41", "call": "epoll_wait",
+//!       "frames": ["epoll_wait", "ngx_epoll_process_events", "ngx_process_events_and_timers"],
+//!       "thread_class": "main" }
+//!   ]
+//! }
+//! ```
+//! Only `id` decides; `call`, `frames` and `thread_class` are for the people reading it.
+//! Without a profile every wrapped blocking call is a quiescent point, except reads and
+//! receives on non-blocking descriptors (they never block).
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+pub const FORMAT: &str = "mcr-profile/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profile {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("profile {path} is not valid: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("profile {path} has format {found:?}, expected {FORMAT:?}")]
+    Format { path: String, found: String },
+    #[error("profile {path}: quiescent point {index} has an invalid id {id:?} (16 hex digits expected)")]
+    BadId { path: String, index: usize, id: String },
+    #[error("profile {path} lists no quiescent point: no thread could ever park")]
+    Empty { path: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuiescentPoint {
+    pub id: String,
+    #[serde(default)]
+    pub call: String,
+    #[serde(default)]
+    pub frames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Profile {
+    pub format: String,
+    #[serde(default)]
+    pub program: String,
+    pub quiescent_points: Vec<QuiescentPoint>,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: p.clone(), source })?;
+        Self::parse(&text, &p)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Self, ProfileError> {
+        let profile: Profile =
+            serde_json::from_str(text).map_err(|source| ProfileError::Parse { path: path.to_string(), source })?;
+        if profile.format != FORMAT {
+            return Err(ProfileError::Format { path: path.to_string(), found: profile.format });
+        }
+        if profile.quiescent_points.is_empty() {
+            return Err(ProfileError::Empty { path: path.to_string() });
+        }
+        for (index, qp) in profile.quiescent_points.iter().enumerate() {
+            if crate::parse_id(&qp.id).is_none() || qp.id.trim_start_matches("0x").len() > 16 {
+                return Err(ProfileError::BadId { path: path.to_string(), index, id: qp.id.clone() });
+            }
+        }
+        Ok(profile)
+    }
+
+    pub fn ids(&self) -> HashSet<u64> {
+        self.quiescent_points.iter().filter_map(|q| crate::parse_id(&q.id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let ok = r#"{"format":"mcr-profile/1","quiescent_points":[{"id":"00000000000000ff","call":"poll"}]}"#;
+        let p = Profile::parse(ok, "p").unwrap();
+        assert!(p.ids().contains(&0xff));
+        let bad_fmt = ok.replace("mcr-profile/1", "other");
+        assert!(matches!(Profile::parse(&bad_fmt, "p"), Err(ProfileError::Format { .. })));
+        let bad_id = ok.replace("00000000000000ff", "xyz");
+        assert!(matches!(Profile::parse(&bad_id, "p"), Err(ProfileError::BadId { .. })));
+        let empty = r#"{"format":"mcr-profile/1","quiescent_points":[]}"#;
+        assert!(matches!(Profile::parse(empty, "p"), Err(ProfileError::Empty { .. })));
+        assert!(matches!(Profile::parse("{", "p"), Err(ProfileError::Parse { .. })));
+    }
+}

@@ -1,0 +1,112 @@
+//! `mcr`: run C servers so they can be live-updated.
+
+mod client;
+mod program;
+mod render;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mcr",
+    version,
+    about = "Live update for C server programs (Mutable Checkpoint-Restart)",
+    long_about = "Live update for C server programs (Mutable Checkpoint-Restart).\n\n\
+        A server started with `mcr run` carries the mcr runtime (libmcr.so, preloaded) in \
+        every process. mcr can then bring all of its threads to quiescent points (the \
+        blocking calls at the top of their event loops) and hold them there, which is the \
+        first step of a live update.\n\n\
+        Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
+        as root, else $XDG_RUNTIME_DIR/mcr.",
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr stop kvd"
+)]
+struct Cli {
+    /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
+    #[arg(long, global = true, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start PROGRAM under mcr
+    #[command(long_about = "Start PROGRAM under mcr.\n\n\
+        In the foreground (the default) mcr stays attached, forwards SIGINT, SIGTERM, SIGHUP, \
+        SIGUSR1, SIGUSR2 and SIGQUIT to the server's main process, and exits with the server's \
+        exit status (128+N if a signal N killed it). With --detach it returns 0 once every \
+        process of the server has completed startup (each long-lived thread reached a \
+        quiescent point once), or non-zero with the reason.\n\n\
+        The server runs as PID 2 of its own PID namespace when permitted (root), with address \
+        space randomization disabled, so that a later version can take over its PIDs and \
+        addresses. A server that daemonizes itself keeps running under mcr.")]
+    Run(run::RunArgs),
+    /// Show an instance's processes, threads and quiescent points
+    Status {
+        name: String,
+        /// Print the full status as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List running instances
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control a running instance (quiesce, resume)
+    Ctl {
+        name: String,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+    /// Stop an instance: SIGTERM to its main process, SIGKILL to all after a grace period
+    Stop {
+        name: String,
+        /// Seconds to wait after SIGTERM before killing every process
+        #[arg(long, default_value_t = 10, value_name = "S")]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Bring every long-lived thread of every process to its quiescent point and hold it
+    Quiesce {
+        /// Give up (and resume the server) after this many milliseconds
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release every parked thread
+    Resume,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcr: {}", render::error_chain(&e));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
+    match cli.command {
+        Command::Run(args) => run::run(&dir, args),
+        Command::Status { name, json } => client::status(&dir, &name, json),
+        Command::List { json } => client::list(&dir, json),
+        Command::Ctl { name, action } => match action {
+            CtlAction::Quiesce { timeout, json } => client::quiesce(&dir, &name, timeout, json),
+            CtlAction::Resume => client::resume(&dir, &name),
+        },
+        Command::Stop { name, timeout } => client::stop(&dir, &name, timeout),
+    }
+}

@@ -1,0 +1,87 @@
+//! Human-readable output.
+
+use mcr_protocol::{CallStack, InstanceStatus, Laggard};
+use std::fmt::Write;
+
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            let _ = write!(s, ": {c}");
+        }
+    }
+    s
+}
+
+fn stack_line(cs: &CallStack) -> String {
+    format!("{} {}", cs.id, cs.summary(6))
+}
+
+pub fn status(st: &InstanceStatus) -> String {
+    let mut o = String::new();
+    let state = if st.quiesced {
+        "quiesced"
+    } else if st.started {
+        "running"
+    } else {
+        "starting"
+    };
+    let _ = writeln!(o, "instance {}: {} {}", st.name, st.program, st.args.join(" "));
+    let _ = writeln!(
+        o,
+        "  state {state}; supervisor pid {} ({}); main process {}; startup {}",
+        st.supervisor_pid,
+        if st.pid_namespace { "own PID namespace, PIDs below are inside it" } else { "no PID namespace" },
+        st.main_pid.map_or("-".into(), |p| p.to_string()),
+        st.startup_ms.map_or("not complete".into(), |ms| format!("completed in {ms:.1} ms")),
+    );
+    for p in &st.processes {
+        let _ = writeln!(o, "process {} (parent {}): {}", p.pid, p.ppid, p.command_line.join(" "));
+        if let Some(e) = &p.error {
+            let _ = writeln!(o, "  ! {e}");
+        }
+        for t in &p.threads {
+            let _ = writeln!(o, "  thread {:<7} {:<22} class: {}", t.tid, t.state.describe(), t.class);
+            match &t.quiescent_point {
+                Some(qp) => {
+                    let mark = if t.at_quiescent_point { "at quiescent point" } else { "quiescent point" };
+                    let _ = writeln!(o, "    {mark} {}", stack_line(qp));
+                }
+                None => {
+                    let _ = writeln!(o, "    no quiescent point reached yet");
+                }
+            }
+            if !t.at_quiescent_point {
+                if let Some(cur) = &t.current_stack {
+                    let _ = writeln!(o, "    now in {}", cur.summary(6));
+                }
+            }
+        }
+    }
+    o
+}
+
+pub fn list(rows: &[InstanceStatus]) -> String {
+    if rows.is_empty() {
+        return "no running instances\n".into();
+    }
+    let mut o = format!("{:<16} {:<10} {:>6} {:>8}  {}\n", "NAME", "STATE", "PROCS", "THREADS", "PROGRAM");
+    for st in rows {
+        let state = if st.quiesced { "quiesced" } else if st.started { "running" } else { "starting" };
+        let threads: usize = st.processes.iter().map(|p| p.threads.len()).sum();
+        let _ = writeln!(o, "{:<16} {:<10} {:>6} {:>8}  {} {}", st.name, state, st.processes.len(), threads, st.program, st.args.join(" "));
+    }
+    o
+}
+
+pub fn laggards(l: &[Laggard]) -> String {
+    let mut o = String::new();
+    for g in l {
+        let _ = writeln!(o, "  process {} thread {}: {}", g.pid, g.tid, g.reason);
+        if let Some(s) = &g.stack {
+            let _ = writeln!(o, "    at {}", s.summary(8));
+        }
+    }
+    o
+}

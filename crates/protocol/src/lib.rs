@@ -1,0 +1,48 @@
+//! The wire protocol of mcr and the layout of an instance's runtime directory.
+//!
+//! Two channels exist:
+//! - the **control socket** of an instance (`<runtime dir>/<name>.sock`): the CLI sends one
+//!   [`Request`] per line and reads one [`Response`] line back;
+//! - the **runtime socket** (an abstract Unix socket, so it still works after the server
+//!   chroots): every process of the server connects once, sends [`RuntimeEvent::Hello`],
+//!   then answers [`RuntimeCommand`]s with [`RuntimeEvent::Reply`].
+//!
+//! Every message is one line of JSON, which keeps both ends trivially debuggable
+//! (`socat - UNIX-CONNECT:/run/mcr/kvd.sock` works).
+
+pub mod instance;
+pub mod messages;
+
+pub use instance::{InstanceDir, InstanceError, InstanceFiles};
+pub use messages::*;
+
+/// Environment variables the supervisor sets for the server and the runtime reads.
+pub mod env {
+    /// Abstract socket name (without the leading NUL) the runtime registers with.
+    pub const RUNTIME_SOCKET: &str = "MCR_RUNTIME_SOCKET";
+    /// Instance name, for messages.
+    pub const INSTANCE: &str = "MCR_INSTANCE";
+    /// Path of a quiescence profile that overrides the default quiescent points.
+    pub const PROFILE: &str = "MCR_PROFILE";
+    /// Real-time signal number the runtime uses to interrupt blocked threads.
+    pub const KICK_SIGNAL: &str = "MCR_KICK_SIGNAL";
+    /// Set to `1` to let the runtime print diagnostics on stderr.
+    pub const DEBUG: &str = "MCR_DEBUG";
+    /// Overrides where the CLI finds `libmcr.so`.
+    pub const RUNTIME_LIB: &str = "MCR_RUNTIME_LIB";
+    /// Overrides the instance directory.
+    pub const RUNTIME_DIR: &str = "MCR_RUNTIME_DIR";
+}
+
+/// Serialize one message as a JSON line.
+pub fn encode_line<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    // Serialization of these plain data types cannot fail.
+    let mut v = serde_json::to_vec(msg).unwrap_or_else(|_| b"null".to_vec());
+    v.push(b'\n');
+    v
+}
+
+/// Parse one JSON line.
+pub fn decode_line<'a, T: serde::Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(line)
+}

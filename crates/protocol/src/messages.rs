@@ -1,0 +1,303 @@
+//! Message types. Field names are part of the `--json` output of `mcr status`, so they
+//! are chosen for people reading them too.
+
+use serde::{Deserialize, Serialize};
+
+/// One frame of a symbolized call stack.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Frame {
+    /// Return address (or the call address for the top frame) in the process.
+    pub address: u64,
+    /// Function name from the symbol table, `None` when unknown.
+    pub function: Option<String>,
+    /// Path of the ELF module that contains the address.
+    pub module: Option<String>,
+    /// Offset of the address from the module's load base (for addr2line).
+    pub module_offset: u64,
+}
+
+impl Frame {
+    /// `function` or `module+0xoffset` when the symbol is unknown.
+    pub fn display_name(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                format!("{base}+{:#x}", self.module_offset)
+            }
+            (None, None) => format!("{:#x}", self.address),
+        }
+    }
+}
+
+/// A call stack and its version-agnostic ID (a hash of the function names).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CallStack {
+    /// Hex string of the 64-bit call-stack ID.
+    pub id: String,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+}
+
+impl CallStack {
+    /// `a < b < c`, innermost first, at most `max` names.
+    pub fn summary(&self, max: usize) -> String {
+        let mut names: Vec<String> = self.frames.iter().take(max).map(Frame::display_name).collect();
+        if self.frames.len() > max {
+            names.push("…".into());
+        }
+        names.join(" < ")
+    }
+}
+
+/// What a thread is doing, as seen by the runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ThreadState {
+    /// Executing code outside any wrapped blocking call.
+    Running,
+    /// Inside a wrapped blocking call.
+    Blocked { call: String },
+    /// Held at the quiescence barrier, inside (or on the way into) a wrapped call.
+    Parked { call: String },
+}
+
+impl ThreadState {
+    pub fn describe(&self) -> String {
+        match self {
+            ThreadState::Running => "running".into(),
+            ThreadState::Blocked { call } => format!("blocked in {call}"),
+            ThreadState::Parked { call } => format!("parked in {call}"),
+        }
+    }
+}
+
+/// One thread of a server process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreadInfo {
+    /// Thread ID (inside the instance's PID namespace).
+    pub tid: i32,
+    /// Thread class: `main`, or the symbolized call stack that created the thread.
+    pub class: String,
+    /// The creating call stack, when the thread was made by `pthread_create`.
+    pub creation_stack: Option<CallStack>,
+    #[serde(flatten)]
+    pub state: ThreadState,
+    /// Where the thread is blocked or parked now (innermost first), when known.
+    pub current_stack: Option<CallStack>,
+    /// The quiescent point the thread reached (first one during startup, or the one it is
+    /// parked at).
+    pub quiescent_point: Option<CallStack>,
+    /// Whether the current blocking call is a quiescent point.
+    pub at_quiescent_point: bool,
+}
+
+/// A thread that did not reach a quiescent point in time, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Laggard {
+    pub pid: i32,
+    pub tid: i32,
+    /// Human explanation: "running", "blocked in read (not a quiescent point)", ...
+    pub reason: String,
+    /// Where the thread is, innermost first, when it could be determined.
+    pub stack: Option<CallStack>,
+}
+
+/// Runtime → supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RuntimeEvent {
+    /// First message on every runtime connection.
+    Hello {
+        pid: i32,
+        ppid: i32,
+        exe: String,
+        argv: Vec<String>,
+        /// True when this process was created by fork from an already registered one.
+        forked: bool,
+        runtime_version: String,
+    },
+    /// Every long-lived thread of the process reached a quiescent point once.
+    StartupComplete {
+        /// Milliseconds from the runtime's constructor to completion.
+        elapsed_ms: f64,
+    },
+    /// Answer to the command with the same `id`.
+    Reply { id: u64, reply: RuntimeReply },
+}
+
+/// Supervisor → runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeCommand {
+    pub id: u64,
+    pub command: RuntimeCommandKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum RuntimeCommandKind {
+    Status,
+    /// Park every long-lived thread at a quiescent point and hold it there.
+    Quiesce { timeout_ms: u64 },
+    /// Release parked threads.
+    Resume,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum RuntimeReply {
+    Status {
+        startup_complete: bool,
+        startup_ms: Option<f64>,
+        quiesced: bool,
+        threads: Vec<ThreadInfo>,
+    },
+    Quiesced {
+        /// Microseconds from receiving the command to the last thread parking.
+        elapsed_us: u64,
+        threads: usize,
+    },
+    QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
+    Resumed,
+    Error { message: String },
+}
+
+/// CLI → supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Quiesce { timeout_ms: u64 },
+    Resume,
+    /// Deliver a signal to the server's main process.
+    Signal { signal: i32 },
+    /// SIGTERM to the main process, SIGKILL to everything after `grace_ms`.
+    Stop { grace_ms: u64 },
+    /// Answer once the server completed startup (or failed to).
+    WaitStarted { timeout_ms: u64 },
+}
+
+/// Supervisor → CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Status(InstanceStatus),
+    Quiesced {
+        elapsed_us: u64,
+        processes: usize,
+        threads: usize,
+    },
+    QuiesceFailed {
+        message: String,
+        laggards: Vec<Laggard>,
+    },
+    Resumed { processes: usize },
+    Started { startup_ms: f64 },
+    Stopping,
+    Ok,
+    Error { message: String },
+}
+
+/// State of the whole instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub program: String,
+    pub args: Vec<String>,
+    /// PID of the supervisor as seen from the host.
+    pub supervisor_pid: i32,
+    /// Whether the server runs in its own PID namespace.
+    pub pid_namespace: bool,
+    /// Server completed startup: every process's long-lived threads reached a quiescent point.
+    pub started: bool,
+    /// Milliseconds from launch to completed startup.
+    pub startup_ms: Option<f64>,
+    pub quiesced: bool,
+    /// PID (inside the instance's namespace) of the process signals are forwarded to.
+    pub main_pid: Option<i32>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub command_line: Vec<String>,
+    /// False for a process in the instance that does not carry the runtime (static binary,
+    /// cleared environment, or not yet registered).
+    pub managed: bool,
+    pub startup_complete: bool,
+    pub startup_ms: Option<f64>,
+    pub threads: Vec<ThreadInfo>,
+    /// Set when the runtime of the process did not answer.
+    pub error: Option<String>,
+}
+
+/// Supervisor → the `mcr run` that launched it, over a pipe: how the server is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "snake_case")]
+pub enum LaunchReport {
+    /// The supervisor is up; `pid_namespace` says whether it got its own PID namespace.
+    Supervising { supervisor_pid: i32, pid_namespace: bool, note: Option<String> },
+    /// Every process of the server completed startup.
+    Started { startup_ms: f64 },
+    /// The last process of the server is gone.
+    Exited { status: ExitStatus },
+    /// The server could not be launched at all.
+    LaunchFailed { message: String },
+}
+
+/// How the server ended, as its main process ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+
+    pub fn from_wait_status(status: i32) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+        }
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}

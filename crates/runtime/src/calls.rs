@@ -1,0 +1,114 @@
+//! The wrapped blocking calls.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Call {
+    Accept,
+    Accept4,
+    EpollWait,
+    EpollPwait,
+    EpollPwait2,
+    Poll,
+    Ppoll,
+    Select,
+    Pselect,
+    Read,
+    Readv,
+    Recv,
+    Recvfrom,
+    Recvmsg,
+    Nanosleep,
+    ClockNanosleep,
+    Sleep,
+    Usleep,
+    CondWait,
+    CondTimedwait,
+    CondClockwait,
+    SemWait,
+    SemTimedwait,
+    SemClockwait,
+    Sigsuspend,
+    Sigwait,
+    Sigwaitinfo,
+    Sigtimedwait,
+    Pause,
+    Wait,
+    Waitpid,
+    Waitid,
+    Wait3,
+    Wait4,
+    Semop,
+    Semtimedop,
+    Msgrcv,
+}
+
+const ALL: [Call; 37] = {
+    use Call::*;
+    [
+        Accept, Accept4, EpollWait, EpollPwait, EpollPwait2, Poll, Ppoll, Select, Pselect, Read, Readv, Recv, Recvfrom,
+        Recvmsg, Nanosleep, ClockNanosleep, Sleep, Usleep, CondWait, CondTimedwait, CondClockwait, SemWait,
+        SemTimedwait, SemClockwait, Sigsuspend, Sigwait, Sigwaitinfo, Sigtimedwait, Pause, Wait, Waitpid, Waitid,
+        Wait3, Wait4, Semop, Semtimedop, Msgrcv,
+    ]
+};
+
+impl Call {
+    pub fn from_index(i: u32) -> Call {
+        ALL.get(i as usize).copied().unwrap_or(Call::Read)
+    }
+
+    pub fn name(self) -> &'static str {
+        use Call::*;
+        match self {
+            Accept => "accept",
+            Accept4 => "accept4",
+            EpollWait => "epoll_wait",
+            EpollPwait => "epoll_pwait",
+            EpollPwait2 => "epoll_pwait2",
+            Poll => "poll",
+            Ppoll => "ppoll",
+            Select => "select",
+            Pselect => "pselect",
+            Read => "read",
+            Readv => "readv",
+            Recv => "recv",
+            Recvfrom => "recvfrom",
+            Recvmsg => "recvmsg",
+            Nanosleep => "nanosleep",
+            ClockNanosleep => "clock_nanosleep",
+            Sleep => "sleep",
+            Usleep => "usleep",
+            CondWait => "pthread_cond_wait",
+            CondTimedwait => "pthread_cond_timedwait",
+            CondClockwait => "pthread_cond_clockwait",
+            SemWait => "sem_wait",
+            SemTimedwait => "sem_timedwait",
+            SemClockwait => "sem_clockwait",
+            Sigsuspend => "sigsuspend",
+            Sigwait => "sigwait",
+            Sigwaitinfo => "sigwaitinfo",
+            Sigtimedwait => "sigtimedwait",
+            Pause => "pause",
+            Wait => "wait",
+            Waitpid => "waitpid",
+            Waitid => "waitid",
+            Wait3 => "wait3",
+            Wait4 => "wait4",
+            Semop => "semop",
+            Semtimedop => "semtimedop",
+            Msgrcv => "msgrcv",
+        }
+    }
+
+    /// Reads, receives and accepts block only on blocking descriptors: on a non-blocking
+    /// one (an event-driven server mid-event) they are not a quiescent point.
+    pub fn depends_on_fd(self) -> bool {
+        use Call::*;
+        matches!(self, Read | Readv | Recv | Recvfrom | Recvmsg | Accept | Accept4)
+    }
+
+    /// Woken by a condition-variable broadcast rather than by a signal.
+    pub fn is_condvar(self) -> bool {
+        matches!(self, Call::CondWait | Call::CondTimedwait | Call::CondClockwait)
+    }
+}

@@ -1,0 +1,349 @@
+//! The process's link to its supervisor: registration (in the constructor and in every
+//! fork child) and the control thread that answers the supervisor's commands. The thread
+//! starts lazily, at the process's first wrapped call, so life before `main` stays
+//! minimal; it blocks every signal so none of the program's signals is ever delivered
+//! to it.
+
+use crate::calls::Call;
+use crate::quiesce;
+use crate::stack;
+use crate::symbolize;
+use crate::threads::{self, IN_CALL, PARKED, TID_PENDING};
+use mcr_protocol::{CallStack, RuntimeCommand, RuntimeCommandKind, RuntimeEvent, RuntimeReply, ThreadInfo, ThreadState};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::*};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+static STARTED: AtomicBool = AtomicBool::new(false);
+static CONTROL_TID: AtomicI32 = AtomicI32::new(0);
+static SOCKET_NAME: OnceLock<Vec<u8>> = OnceLock::new();
+
+pub fn set_socket_name(name: Vec<u8>) {
+    let _ = SOCKET_NAME.set(name);
+}
+
+pub fn reserved_fds() -> [i32; 2] {
+    [CONTROL_FD.load(Relaxed), WAKE_FD.load(Relaxed)]
+}
+
+pub fn is_reserved_fd(fd: i32) -> bool {
+    fd >= 0 && reserved_fds().contains(&fd)
+}
+
+pub fn is_control_thread(tid: i32) -> bool {
+    CONTROL_TID.load(Relaxed) == tid
+}
+
+fn raw_close(fd: i32) {
+    // SAFETY: closing a descriptor the runtime owns.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// Move `fd` to the highest free number below min(RLIMIT_NOFILE, 1024), so it stays out
+/// of the way of the program's own numbering (and of select()'s FD_SETSIZE).
+fn move_to_reserved(fd: i32) -> i32 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let top = (rl.rlim_cur.min(1024) as i32).max(1);
+    for target in (top.saturating_sub(64).max(fd + 1)..top).rev() {
+        // SAFETY: F_GETFD only probes whether the number is in use.
+        let used = unsafe { libc::syscall(libc::SYS_fcntl, target, libc::F_GETFD) } >= 0;
+        if used || is_reserved_fd(target) {
+            continue;
+        }
+        // SAFETY: dup3 onto a free number.
+        if unsafe { libc::syscall(libc::SYS_dup3, fd, target, libc::O_CLOEXEC) } == target as i64 {
+            raw_close(fd);
+            return target;
+        }
+    }
+    fd
+}
+
+/// The program wants `fd` (dup2 onto it): move ours elsewhere first.
+pub fn relocate_reserved_fd(fd: i32) {
+    let e = crate::errno::get();
+    for cell in [&CONTROL_FD, &WAKE_FD] {
+        if cell.load(Relaxed) == fd {
+            // SAFETY: duplicating our own descriptor.
+            let copy = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
+            if copy >= 0 {
+                let moved = move_to_reserved(copy);
+                cell.store(moved, SeqCst);
+            }
+        }
+    }
+    crate::errno::set(e);
+}
+
+fn write_all(msg: &RuntimeEvent) -> bool {
+    let line = mcr_protocol::encode_line(msg);
+    let mut off = 0;
+    while off < line.len() {
+        let fd = CONTROL_FD.load(SeqCst);
+        // SAFETY: writing a valid buffer to our socket.
+        let n = unsafe { libc::syscall(libc::SYS_write, fd, line[off..].as_ptr(), line.len() - off) };
+        if n < 0 {
+            if crate::errno::get() == libc::EINTR {
+                continue;
+            }
+            return false;
+        }
+        off += n as usize;
+    }
+    true
+}
+
+fn read_cmdline() -> Vec<String> {
+    std::fs::read("/proc/self/cmdline")
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Connect to the supervisor and say hello. False when it cannot be reached.
+pub fn register(forked: bool) -> bool {
+    let Some(name) = SOCKET_NAME.get() else { return false };
+    let was = threads::set_internal(true);
+    let e = crate::errno::get();
+    let ok = connect(name, forked);
+    crate::errno::set(e);
+    threads::set_internal(was);
+    ok
+}
+
+fn connect(name: &[u8], forked: bool) -> bool {
+    // SAFETY: plain socket syscalls on a local sockaddr_un we fill in.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
+        if fd < 0 {
+            return false;
+        }
+        let mut addr: libc::sockaddr_un = core::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let n = name.len().min(addr.sun_path.len() - 1);
+        for (dst, &b) in addr.sun_path[1..=n].iter_mut().zip(name) {
+            *dst = b as libc::c_char;
+        }
+        let len = core::mem::size_of::<libc::sa_family_t>() + 1 + n;
+        if libc::syscall(libc::SYS_connect, fd, &addr as *const _, len) != 0 {
+            raw_close(fd);
+            return false;
+        }
+        let fd = move_to_reserved(fd);
+        let wake = libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) as i32;
+        CONTROL_FD.store(fd, SeqCst);
+        if wake >= 0 {
+            WAKE_FD.store(move_to_reserved(wake), SeqCst);
+        }
+    }
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
+    write_all(&RuntimeEvent::Hello {
+        pid: crate::pid(),
+        // SAFETY: getppid cannot fail.
+        ppid: unsafe { libc::getppid() },
+        exe,
+        argv: read_cmdline(),
+        forked,
+        runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// Start the control thread if this process has none yet. Hot path: one relaxed load.
+#[inline(always)]
+pub fn ensure_started() {
+    if !STARTED.load(Relaxed) {
+        start_thread();
+    }
+}
+
+#[cold]
+fn start_thread() {
+    if CONTROL_FD.load(SeqCst) < 0 || STARTED.swap(true, SeqCst) {
+        return;
+    }
+    let e = crate::errno::get();
+    // SAFETY: the new thread inherits a fully blocked mask, restored here afterwards.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        crate::real::pthread_sigmask()(libc::SIG_SETMASK, &all, &mut old);
+        let mut t: libc::pthread_t = 0;
+        let rc = crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut());
+        if rc == 0 {
+            libc::pthread_detach(t);
+        } else {
+            crate::diag::warn("cannot start the runtime's control thread; this process cannot be quiesced");
+        }
+        crate::real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    }
+    crate::errno::set(e);
+}
+
+pub fn notify_startup_complete() {
+    let fd = WAKE_FD.load(SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        let e = crate::errno::get();
+        // SAFETY: 8-byte write to our eventfd.
+        unsafe { libc::syscall(libc::SYS_write, fd, &one as *const u64, 8) };
+        crate::errno::set(e);
+    }
+}
+
+extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    threads::set_internal(true);
+    CONTROL_TID.store(threads::gettid(), SeqCst);
+    // SAFETY: naming our own thread; failure is harmless.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut startup_sent = false;
+    loop {
+        if !startup_sent && quiesce::STARTUP_DONE.load(Acquire) {
+            let ms = quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6;
+            startup_sent = true;
+            if !write_all(&RuntimeEvent::StartupComplete { elapsed_ms: ms }) {
+                break;
+            }
+        }
+        let ctl = CONTROL_FD.load(SeqCst);
+        let wake = WAKE_FD.load(SeqCst);
+        let mut fds = [
+            libc::pollfd { fd: ctl, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: valid pollfd array.
+        let n = unsafe { crate::real::poll()(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: 8-byte read from our eventfd.
+            unsafe { libc::syscall(libc::SYS_read, wake, &mut v as *mut u64, 8) };
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into a local buffer from our socket (re-read the number: a
+        // dup2 by the program may have moved it).
+        let got = unsafe { libc::syscall(libc::SYS_read, CONTROL_FD.load(SeqCst), buf.as_mut_ptr(), buf.len()) };
+        if got <= 0 {
+            if got < 0 && crate::errno::get() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        pending.extend_from_slice(&buf[..got as usize]);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let reply = match mcr_protocol::decode_line::<RuntimeCommand>(&line[..line.len() - 1]) {
+                Ok(cmd) => RuntimeEvent::Reply { id: cmd.id, reply: handle(cmd.command) },
+                Err(e) => RuntimeEvent::Reply { id: 0, reply: RuntimeReply::Error { message: format!("bad command: {e}") } },
+            };
+            if !write_all(&reply) {
+                break;
+            }
+        }
+    }
+    // The supervisor is gone. Never leave threads parked without anyone to resume them.
+    quiesce::resume();
+    crate::diag::warn(&format!(
+        "lost the connection to the mcr supervisor; process {} keeps running unmanaged",
+        crate::pid()
+    ));
+    core::ptr::null_mut()
+}
+
+fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
+    match cmd {
+        RuntimeCommandKind::Status => RuntimeReply::Status {
+            startup_complete: quiesce::STARTUP_DONE.load(Acquire),
+            startup_ms: quiesce::STARTUP_DONE
+                .load(Acquire)
+                .then(|| quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6),
+            quiesced: quiesce::is_quiesced(),
+            threads: thread_infos(),
+        },
+        RuntimeCommandKind::Quiesce { timeout_ms } => {
+            let out = quiesce::quiesce(Duration::from_millis(timeout_ms));
+            let elapsed_us = out.elapsed.as_micros() as u64;
+            if out.laggards.is_empty() {
+                RuntimeReply::Quiesced { elapsed_us, threads: out.threads }
+            } else {
+                RuntimeReply::QuiesceFailed { elapsed_us, laggards: out.laggards }
+            }
+        }
+        RuntimeCommandKind::Resume => {
+            quiesce::resume();
+            RuntimeReply::Resumed
+        }
+    }
+}
+
+fn thread_infos() -> Vec<ThreadInfo> {
+    let mut out = Vec::new();
+    for (_, s) in threads::used() {
+        let tid = s.tid.load(Acquire);
+        if tid == TID_PENDING {
+            continue;
+        }
+        let call = Call::from_index(s.call.load(Acquire));
+        let st = s.state.load(SeqCst);
+        let state = match st {
+            IN_CALL => ThreadState::Blocked { call: call.name().into() },
+            PARKED => ThreadState::Parked { call: call.name().into() },
+            _ => ThreadState::Running,
+        };
+        let current_stack =
+            (st != threads::RUNNING).then(|| symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire))));
+        let at_qp = st != threads::RUNNING && quiesce::is_quiescent_point(s);
+        let quiescent_point = if at_qp {
+            current_stack.clone()
+        } else if s.reached_qp.load(Acquire) {
+            let qcall = Call::from_index(s.qp_call.load(Acquire));
+            Some(symbolize::call_stack(Some(qcall.name()), &s.qp_stack.load()))
+        } else {
+            None
+        };
+        let (class, creation_stack) = if s.is_main.load(Relaxed) {
+            ("main".to_string(), None)
+        } else {
+            let cs: CallStack = symbolize::call_stack(None, &s.creation_stack.load());
+            let routine = s.start_routine.load(Relaxed);
+            let rname = if routine != 0 { symbolize::frame_at(routine).display_name() } else { "?".into() };
+            let class = if cs.frames.is_empty() {
+                rname
+            } else {
+                format!("{rname} (created by {})", cs.summary(4))
+            };
+            (class, Some(cs))
+        };
+        out.push(ThreadInfo { tid, class, creation_stack, state, current_stack, quiescent_point, at_quiescent_point: at_qp });
+    }
+    out.sort_by_key(|t| t.tid);
+    out
+}
+
+/// In a fork child: the control thread did not survive, and the connection belongs to
+/// the parent. Register this process anew.
+pub fn after_fork_child() {
+    STARTED.store(false, SeqCst);
+    CONTROL_TID.store(0, SeqCst);
+    for cell in [&CONTROL_FD, &WAKE_FD] {
+        let fd = cell.swap(-1, SeqCst);
+        if fd >= 0 {
+            raw_close(fd);
+        }
+    }
+    if !register(true) {
+        crate::diag::warn("forked process could not register with the mcr supervisor; it runs unmanaged");
+    }
+}

@@ -1,0 +1,32 @@
+//! Messages on stderr that never allocate through the program and never take locks.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+pub static DEBUG: AtomicBool = AtomicBool::new(false);
+
+pub fn write_parts(parts: &[&[u8]]) {
+    for p in parts {
+        // SAFETY: raw write(2) of a valid buffer to fd 2; errors are ignored on purpose.
+        unsafe { libc::syscall(libc::SYS_write, 2, p.as_ptr(), p.len()) };
+    }
+    unsafe { libc::syscall(libc::SYS_write, 2, b"\n".as_ptr(), 1) };
+}
+
+pub fn fatal(parts: &[&[u8]]) -> ! {
+    write_parts(parts);
+    // SAFETY: abort never returns.
+    unsafe { libc::abort() }
+}
+
+/// A formatted diagnostic, only when MCR_DEBUG=1 (formatting allocates with the
+/// runtime's own allocator, never the program's).
+pub fn debug(msg: impl FnOnce() -> String) {
+    if DEBUG.load(Ordering::Relaxed) {
+        let s = msg();
+        write_parts(&[b"mcr runtime: ", s.as_bytes()]);
+    }
+}
+
+pub fn warn(msg: &str) {
+    write_parts(&[b"mcr: ", msg.as_bytes()]);
+}

@@ -1,0 +1,137 @@
+//! libmcr.so, the mcr runtime, preloaded into every process of a server run by mcr.
+//!
+//! Layout: `interpose/` is the thin unsafe FFI layer (exported libc symbols); the other
+//! modules hold the logic: the thread table (`threads`), quiescence (`quiesce`), the
+//! supervisor link (`control`), stack walking and symbolization, signals.
+//!
+//! Without `MCR_RUNTIME_SOCKET` in the environment the runtime is inert: every
+//! interposed function forwards straight to libc.
+
+#![allow(clippy::missing_safety_doc)]
+
+mod alloc;
+mod calls;
+mod control;
+mod diag;
+mod errno;
+mod futex;
+mod interpose;
+mod quiesce;
+mod real;
+mod signals;
+mod stack;
+mod symbolize;
+mod sync;
+mod threads;
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
+use std::sync::OnceLock;
+
+#[global_allocator]
+static ALLOCATOR: alloc::RuntimeAllocator = alloc::RuntimeAllocator;
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static START_NS: AtomicU64 = AtomicU64::new(0);
+static PID: AtomicI32 = AtomicI32::new(0);
+static RUNTIME_PATH: OnceLock<String> = OnceLock::new();
+
+pub(crate) fn is_active() -> bool {
+    ACTIVE.load(Relaxed)
+}
+
+pub(crate) fn pid() -> i32 {
+    PID.load(Relaxed)
+}
+
+/// The calling thread's slot when it is a tracked program thread; starts the control
+/// thread on the process's first wrapped call.
+#[inline(always)]
+pub(crate) fn tracked_slot() -> Option<&'static threads::Slot> {
+    if !ACTIVE.load(Relaxed) || threads::is_internal() {
+        return None;
+    }
+    control::ensure_started();
+    threads::current()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub(crate) fn since_start_ns() -> u64 {
+    monotonic_ns().saturating_sub(START_NS.load(Relaxed))
+}
+
+pub(crate) fn is_runtime_module(path: Option<&str>) -> bool {
+    matches!((path, RUNTIME_PATH.get()), (Some(p), Some(me)) if p == me)
+}
+
+pub(crate) fn after_fork_in_child() {
+    // SAFETY: getpid cannot fail.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
+    START_NS.store(monotonic_ns(), Relaxed);
+    threads::reset_after_fork();
+    quiesce::reset_after_fork();
+    symbolize::reset_after_fork();
+    control::after_fork_child();
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Constructor. Kept to libc-level work: read the environment, install the kick signal,
+/// connect to the supervisor. Threads start later, at the first wrapped call.
+extern "C" fn init() {
+    START_NS.store(monotonic_ns(), Relaxed);
+    // SAFETY: getpid cannot fail.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
+    let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
+    threads::set_internal(true);
+    diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
+    // SAFETY: dladdr on one of our own functions.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(init as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            let name = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
+            let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
+            let _ = RUNTIME_PATH.set(path);
+        }
+    }
+    let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
+        Ok(pr) => Some(pr.ids()),
+        Err(e) => {
+            diag::warn(&format!("{e}; using the default quiescent points"));
+            None
+        }
+    });
+    quiesce::set_profile(profile);
+    // SAFETY: SIGRTMAX() is a plain libc query.
+    let kick = env(mcr_protocol::env::KICK_SIGNAL)
+        .and_then(|s| s.parse::<i32>().ok())
+        .unwrap_or_else(|| libc::SIGRTMAX() - 1);
+    control::set_socket_name(socket.into_bytes());
+    if control::register(false) {
+        signals::install_kick(kick);
+        // SAFETY: handlers are plain functions valid for the life of the process.
+        unsafe {
+            libc::pthread_atfork(
+                Some(interpose::process::atfork_prepare),
+                Some(interpose::process::atfork_parent),
+                Some(interpose::process::atfork_child),
+            )
+        };
+        ACTIVE.store(true, SeqCst);
+        diag::debug(|| format!("registered pid {}", pid()));
+    } else {
+        diag::warn("cannot reach the mcr supervisor; this process runs unmanaged");
+    }
+    threads::set_internal(false);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

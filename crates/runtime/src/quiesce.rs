@@ -1,0 +1,264 @@
+//! Quiescence (paper §4): the barrier threads park at, the decision whether a blocking
+//! call is a quiescent point, startup-completion detection, and the controller that
+//! brings every thread of the process to its quiescent point.
+//!
+//! Steady state costs a few plain stores and one atomic load per wrapped call: no
+//! syscall, no clock read for untimed calls. All the work happens when `QUIESCING` is set
+//! (or before startup completes).
+
+use crate::calls::Call;
+use crate::threads::{self, Slot, IN_CALL, PARKED, RUNNING, TID_PENDING};
+use crate::{errno, futex, stack, symbolize};
+use mcr_protocol::{CallStack, Laggard};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub static QUIESCING: AtomicBool = AtomicBool::new(false);
+/// Bumped on every resume; parked threads sleep on it.
+static RESUME_GEN: AtomicU32 = AtomicU32::new(0);
+/// Bumped on every park; the controller sleeps on it.
+static PARK_EVENTS: AtomicU32 = AtomicU32::new(0);
+
+pub static STARTUP_DONE: AtomicBool = AtomicBool::new(false);
+/// Nanoseconds from the constructor to startup completion.
+pub static STARTUP_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Quiescent-point IDs from the profile; `None`: the default rule.
+static PROFILE: OnceLock<Option<HashSet<u64>>> = OnceLock::new();
+
+pub fn set_profile(ids: Option<HashSet<u64>>) {
+    let _ = PROFILE.set(ids);
+}
+
+fn profile() -> Option<&'static HashSet<u64>> {
+    PROFILE.get().and_then(Option::as_ref)
+}
+
+fn fd_is_blocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL on any fd number is harmless; an invalid fd yields -1.
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    fl >= 0 && (fl as i32 & libc::O_NONBLOCK) == 0
+}
+
+/// Whether the wrapped call `slot` is in is a quiescent point. Profile: by call-stack ID.
+/// Default: every wrapped call, except reads on non-blocking fds.
+pub fn is_quiescent_point(slot: &Slot) -> bool {
+    let call = Call::from_index(slot.call.load(Acquire));
+    match profile() {
+        Some(ids) => {
+            let addrs = stack::walk_vec(slot.frame.load(Acquire));
+            let cs = symbolize::call_stack(Some(call.name()), &addrs);
+            mcr_callstack::parse_id(&cs.id).is_some_and(|id| ids.contains(&id))
+        }
+        None => !call.depends_on_fd() || fd_is_blocking(slot.object.load(Acquire) as i32),
+    }
+}
+
+/// Called by a thread entering a wrapped call, only while `QUIESCING` is set or startup
+/// is not complete. Returns whether the call is a quiescent point.
+pub fn on_enter_slow(slot: &Slot) -> bool {
+    let was = threads::set_internal(true);
+    let qp = is_quiescent_point(slot);
+    if qp && !STARTUP_DONE.load(Acquire) {
+        note_startup_qp(slot);
+    }
+    threads::set_internal(was);
+    qp
+}
+
+fn note_startup_qp(slot: &Slot) {
+    if !slot.reached_qp.load(Relaxed) {
+        slot.qp_stack.store(&stack::walk_vec(slot.frame.load(Relaxed)));
+        slot.qp_call.store(slot.call.load(Relaxed), Relaxed);
+        slot.reached_qp.store(true, Release);
+    }
+    let all = threads::used().all(|(_, s)| s.tid.load(Acquire) != TID_PENDING && s.reached_qp.load(Acquire));
+    if all && !STARTUP_DONE.swap(true, AcqRel) {
+        STARTUP_NS.store(crate::since_start_ns(), Release);
+        crate::control::notify_startup_complete();
+    }
+}
+
+/// Hold the calling thread at the barrier until resume. The program's signal handlers
+/// still run meanwhile (the futex wait is interruptible); errno is preserved.
+pub fn park(slot: &Slot) {
+    let saved = errno::get();
+    slot.state.store(PARKED, SeqCst);
+    PARK_EVENTS.fetch_add(1, SeqCst);
+    futex::wake(&PARK_EVENTS, 1);
+    loop {
+        let gen = RESUME_GEN.load(SeqCst);
+        if !QUIESCING.load(SeqCst) {
+            break;
+        }
+        futex::wait(&RESUME_GEN, gen, None);
+    }
+    slot.state.store(IN_CALL, SeqCst);
+    errno::set(saved);
+}
+
+pub fn resume() {
+    QUIESCING.store(false, SeqCst);
+    RESUME_GEN.fetch_add(1, SeqCst);
+    futex::wake(&RESUME_GEN, i32::MAX);
+}
+
+fn kick(slot: &Slot) {
+    let call = Call::from_index(slot.call.load(Acquire));
+    if call.is_condvar() {
+        // Condition variables do not return on signals: wake the waiters instead (a
+        // spurious wakeup, which POSIX allows and correct programs loop on).
+        slot.kicked.store(true, SeqCst);
+        let cond = slot.object.load(Acquire) as *mut libc::pthread_cond_t;
+        if !cond.is_null() {
+            // SAFETY: the thread is waiting on this condition variable, so it is alive.
+            unsafe { crate::real::pthread_cond_broadcast()(cond) };
+        }
+    } else {
+        let tid = slot.tid.load(Acquire);
+        if tid > 0 {
+            // SAFETY: signalling a thread of our own process.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, crate::signals::kick_signal()) };
+        }
+    }
+}
+
+fn thread_alive(tid: i32) -> bool {
+    tid > 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+/// Threads that died without telling us (pthread_cancel, raw exit) free their slot.
+fn prune_dead() {
+    for (i, s) in threads::used() {
+        let tid = s.tid.load(Acquire);
+        if tid != TID_PENDING && !thread_alive(tid) {
+            threads::release(i as u32);
+        }
+    }
+}
+
+pub struct Outcome {
+    pub elapsed: Duration,
+    pub threads: usize,
+    pub laggards: Vec<Laggard>,
+}
+
+/// Bring every thread to a quiescent point within `timeout`. On failure every thread is
+/// released again and the laggards say where they are.
+pub fn quiesce(timeout: Duration) -> Outcome {
+    let t0 = Instant::now();
+    prune_dead();
+    QUIESCING.store(true, SeqCst);
+    let mut last_prune = Instant::now();
+    loop {
+        let mut waiting = 0usize;
+        let mut total = 0usize;
+        for (_, s) in threads::used() {
+            total += 1;
+            match s.state.load(SeqCst) {
+                PARKED => {}
+                IN_CALL => {
+                    waiting += 1;
+                    if is_quiescent_point(s) {
+                        kick(s);
+                    }
+                }
+                _ => waiting += 1,
+            }
+        }
+        if waiting == 0 {
+            return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() };
+        }
+        if t0.elapsed() >= timeout {
+            let laggards = describe_laggards();
+            resume();
+            return Outcome { elapsed: t0.elapsed(), threads: total, laggards };
+        }
+        if last_prune.elapsed() > Duration::from_millis(50) {
+            prune_dead();
+            last_prune = Instant::now();
+        }
+        // Sleep until a thread parks, or re-kick after 200 µs: a kick can land in the
+        // window between a thread's check and its system call, and be lost there.
+        let ev = PARK_EVENTS.load(SeqCst);
+        futex::wait(&PARK_EVENTS, ev, Some(Duration::from_micros(200)));
+    }
+}
+
+fn describe_laggards() -> Vec<Laggard> {
+    let pid = crate::pid();
+    let mut out = Vec::new();
+    for (_, s) in threads::used() {
+        let tid = s.tid.load(Acquire);
+        let state = s.state.load(SeqCst);
+        if state == PARKED {
+            continue;
+        }
+        let call = Call::from_index(s.call.load(Acquire));
+        let (reason, stack) = if tid == TID_PENDING {
+            ("created by pthread_create but never started".to_string(), None)
+        } else if state == IN_CALL {
+            let st = symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire)));
+            let why = if is_quiescent_point(s) {
+                format!("blocked in {} (a quiescent point) and did not react to the kick", call.name())
+            } else {
+                format!("blocked in {} (not a quiescent point: waiting for it to return)", call.name())
+            };
+            (why, Some(st))
+        } else {
+            describe_running(tid)
+        };
+        out.push(Laggard { pid, tid, reason, stack });
+    }
+    // Threads of the process the runtime never saw (made with raw clone, or that never
+    // made a wrapped call) cannot be parked either.
+    let known: HashSet<i32> = threads::used().map(|(_, s)| s.tid.load(Acquire)).collect();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if !known.contains(&tid) && !crate::control::is_control_thread(tid) {
+                let (reason, stack) = describe_running(tid);
+                out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
+            }
+        }
+    }
+    out
+}
+
+/// Where a thread outside any wrapped call is: the kernel tells its system call and
+/// program counter in /proc.
+fn describe_running(tid: i32) -> (String, Option<CallStack>) {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let pc = fields.last().and_then(|s| usize::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    let frame = pc.map(symbolize::frame_at);
+    let stack = frame.map(|f| CallStack { id: String::new(), frames: vec![f] });
+    let reason = match fields.first() {
+        Some(&"running") => "running outside any wrapped call".to_string(),
+        Some(nr) if nr.parse::<i64>().is_ok() => {
+            format!("in system call {nr}, which mcr does not wrap (not a quiescent point)")
+        }
+        _ => "running outside any wrapped call".to_string(),
+    };
+    (reason, stack)
+}
+
+pub fn is_quiesced() -> bool {
+    QUIESCING.load(SeqCst) && threads::used().all(|(_, s)| s.state.load(SeqCst) == PARKED)
+}
+
+pub fn reset_after_fork() {
+    QUIESCING.store(false, SeqCst);
+    STARTUP_DONE.store(false, SeqCst);
+}
+
+/// For the thread's own use after an EINTR: was it our kick, not the program's signal?
+pub fn take_kick(slot: &Slot, program_signals_at_entry: u32) -> bool {
+    slot.kicked.swap(false, SeqCst) && threads::program_signals() == program_signals_at_entry
+}
+
+pub fn state_running(slot: &Slot) {
+    slot.state.store(RUNNING, Release);
+}

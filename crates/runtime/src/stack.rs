@@ -1,0 +1,53 @@
+//! Frame-pointer stack walking that cannot crash: every word is read with
+//! `process_vm_readv` on our own process, which fails with EFAULT instead of faulting.
+//! Only used off the hot path (startup, quiesce, status), so a syscall per frame is fine.
+//! Programs built without frame pointers yield short stacks, not crashes.
+
+use crate::threads::MAX_STACK;
+
+/// Frame pointer of the calling function (the wrapper that inlines this).
+#[inline(always)]
+pub fn frame_address() -> usize {
+    let fp: usize;
+    // SAFETY: reads a register; the runtime is built with frame pointers forced on.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    fp
+}
+
+fn read_pair(addr: usize) -> Option<[usize; 2]> {
+    let mut buf = [0usize; 2];
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 16 };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
+    // SAFETY: reading our own memory into a local buffer; the kernel validates `addr`.
+    let n = unsafe {
+        libc::syscall(libc::SYS_process_vm_readv, libc::getpid(), &local as *const _, 1, &remote as *const _, 1, 0)
+    };
+    (n == 16).then_some(buf)
+}
+
+/// Return addresses of the callers of the function whose frame is `fp`, innermost first.
+pub fn walk(mut fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
+    let errno = crate::errno::get();
+    let mut n = 0;
+    while n < MAX_STACK && fp != 0 && fp % 8 == 0 {
+        let Some([next, ret]) = read_pair(fp) else { break };
+        if ret < 4096 {
+            break;
+        }
+        out[n] = ret;
+        n += 1;
+        // Frames grow towards higher addresses; anything else is not a frame chain.
+        if next <= fp || next - fp > (64 << 20) {
+            break;
+        }
+        fp = next;
+    }
+    crate::errno::set(errno);
+    n
+}
+
+pub fn walk_vec(fp: usize) -> Vec<usize> {
+    let mut buf = [0usize; MAX_STACK];
+    let n = walk(fp, &mut buf);
+    buf[..n].to_vec()
+}

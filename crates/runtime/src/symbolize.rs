@@ -1,0 +1,113 @@
+//! Addresses → function names and call-stack IDs, inside the process. Module symbol
+//! tables are loaded lazily and cached; the module map is re-read when an address falls
+//! outside every known module (a library loaded with dlopen).
+
+use crate::sync::SpinLock;
+use mcr_callstack::ModuleSymbols;
+use mcr_protocol::{CallStack, Frame};
+use std::collections::HashMap;
+use std::path::Path;
+
+struct Module {
+    start: u64,
+    end: u64,
+    base: u64,
+    path: String,
+}
+
+#[derive(Default)]
+struct Cache {
+    modules: Vec<Module>,
+    symbols: HashMap<String, Option<ModuleSymbols>>,
+}
+
+static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
+
+fn read_maps() -> Vec<Module> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut bases: HashMap<&str, u64> = HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(_inode)) = (it.next(), it.next(), it.next(), it.next(), it.next()) else { continue };
+        let Some(path) = it.next() else { continue };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
+        let base = *bases.entry(path).or_insert(start);
+        if perms.contains('x') {
+            out.push(Module { start, end, base, path: path.to_string() });
+        }
+    }
+    out
+}
+
+impl Cache {
+    fn module_of(&mut self, addr: u64) -> Option<usize> {
+        let find = |mods: &[Module]| mods.iter().position(|m| addr >= m.start && addr < m.end);
+        if let Some(i) = find(&self.modules) {
+            return Some(i);
+        }
+        self.modules = read_maps();
+        find(&self.modules)
+    }
+
+    fn frame(&mut self, addr: u64, is_return_address: bool) -> Frame {
+        let Some(i) = self.module_of(addr) else {
+            return Frame { address: addr, function: None, module: None, module_offset: 0 };
+        };
+        let (base, path) = (self.modules[i].base, self.modules[i].path.clone());
+        let syms = self
+            .symbols
+            .entry(path.clone())
+            .or_insert_with(|| ModuleSymbols::load(Path::new(&path)).ok());
+        // A return address points after the call; the call itself is one byte earlier.
+        let lookup = if is_return_address { addr.saturating_sub(1) } else { addr };
+        let function = syms.as_ref().and_then(|s| {
+            let bias = base.wrapping_sub(s.first_load_vaddr);
+            s.lookup(lookup.wrapping_sub(bias)).map(str::to_string)
+        });
+        Frame { address: addr, function, module: Some(path), module_offset: addr - base }
+    }
+}
+
+/// Symbolize return addresses (innermost first) and compute the call-stack ID, whose
+/// first name is the wrapped call (`call`), if any.
+pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
+    let was = crate::threads::set_internal(true);
+    let frames: Vec<Frame> = {
+        let mut guard = CACHE.lock();
+        let cache = guard.get_or_insert_with(Cache::default);
+        addrs
+            .iter()
+            .map(|&a| cache.frame(a as u64, true))
+            .filter(|f| !crate::is_runtime_module(f.module.as_deref()))
+            .collect()
+    };
+    crate::threads::set_internal(was);
+    let id = stack_id_of(call, &frames);
+    CallStack { id: mcr_callstack::format_id(id), frames }
+}
+
+pub fn stack_id_of(call: Option<&str>, frames: &[Frame]) -> u64 {
+    let names: Vec<String> = call
+        .map(str::to_string)
+        .into_iter()
+        .chain(frames.iter().map(|f| f.function.clone().unwrap_or_else(|| mcr_callstack::unknown_frame_name(f.module.as_deref()))))
+        .collect();
+    mcr_callstack::stack_id(names.iter().map(String::as_str))
+}
+
+/// Symbolize a single program counter (not a return address).
+pub fn frame_at(pc: usize) -> Frame {
+    let was = crate::threads::set_internal(true);
+    let f = CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false);
+    crate::threads::set_internal(was);
+    f
+}
+
+pub fn reset_after_fork() {
+    CACHE.force_unlock();
+}

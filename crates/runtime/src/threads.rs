@@ -1,0 +1,216 @@
+//! The table of the process's threads. Fixed-size and static, so a hook or a signal
+//! handler can reach its thread's entry without allocating or locking: each thread finds
+//! its slot through a const-initialized thread-local index (no destructor, so no
+//! `__cxa_thread_atexit` registration).
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+pub const MAX_THREADS: usize = 2048;
+pub const MAX_STACK: usize = mcr_callstack::MAX_FRAMES;
+const NO_SLOT: u32 = u32::MAX;
+
+/// `tid` of a slot reserved by `pthread_create` whose thread has not started yet.
+pub const TID_PENDING: i32 = -1;
+
+pub const RUNNING: u32 = 0;
+pub const IN_CALL: u32 = 1;
+pub const PARKED: u32 = 2;
+
+/// A fixed array of return addresses, written by one thread, read by the control thread
+/// only while the writer is parked or not writing it any more.
+pub struct RawStack {
+    pub len: AtomicUsize,
+    pub addrs: [AtomicUsize; MAX_STACK],
+}
+
+impl RawStack {
+    const fn new() -> Self {
+        Self { len: AtomicUsize::new(0), addrs: [const { AtomicUsize::new(0) }; MAX_STACK] }
+    }
+    pub fn store(&self, addrs: &[usize]) {
+        let n = addrs.len().min(MAX_STACK);
+        for (dst, &a) in self.addrs.iter().zip(&addrs[..n]) {
+            dst.store(a, Relaxed);
+        }
+        self.len.store(n, Release);
+    }
+    pub fn load(&self) -> Vec<usize> {
+        let n = self.len.load(Acquire).min(MAX_STACK);
+        self.addrs[..n].iter().map(|a| a.load(Relaxed)).collect()
+    }
+}
+
+pub struct Slot {
+    /// 0: free; TID_PENDING: reserved by pthread_create; else the thread's tid.
+    pub tid: AtomicI32,
+    pub state: AtomicU32,
+    /// `Call` index of the wrapped call the thread is in (valid when state != RUNNING).
+    pub call: AtomicU32,
+    /// fd argument of the current call (reads), or the condition variable's address.
+    pub object: AtomicUsize,
+    /// Frame pointer of the wrapper: the control thread walks the blocked thread's stack
+    /// from it.
+    pub frame: AtomicUsize,
+    /// Set by the kick signal handler (or by the controller for condition variables).
+    pub kicked: AtomicBool,
+    pub is_main: AtomicBool,
+    /// The thread reached a quiescent point at least once.
+    pub reached_qp: AtomicBool,
+    pub qp_call: AtomicU32,
+    pub qp_stack: RawStack,
+    /// Where pthread_create was called, and the start routine.
+    pub creation_stack: RawStack,
+    pub start_routine: AtomicUsize,
+    pub generation: AtomicU64,
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Self {
+            tid: AtomicI32::new(0),
+            state: AtomicU32::new(RUNNING),
+            call: AtomicU32::new(0),
+            object: AtomicUsize::new(0),
+            frame: AtomicUsize::new(0),
+            kicked: AtomicBool::new(false),
+            is_main: AtomicBool::new(false),
+            reached_qp: AtomicBool::new(false),
+            qp_call: AtomicU32::new(0),
+            qp_stack: RawStack::new(),
+            creation_stack: RawStack::new(),
+            start_routine: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn clear(&self) {
+        self.state.store(RUNNING, Relaxed);
+        self.kicked.store(false, Relaxed);
+        self.is_main.store(false, Relaxed);
+        self.reached_qp.store(false, Relaxed);
+        self.qp_stack.len.store(0, Relaxed);
+        self.creation_stack.len.store(0, Relaxed);
+        self.start_routine.store(0, Relaxed);
+        self.frame.store(0, Relaxed);
+        self.generation.fetch_add(1, Relaxed);
+    }
+}
+
+pub static SLOTS: [Slot; MAX_THREADS] = [const { Slot::new() }; MAX_THREADS];
+/// Slots at or above this index have never been used: scans stop here.
+pub static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SLOT: Cell<u32> = const { Cell::new(NO_SLOT) };
+    /// Runtime-internal threads (the control thread) and re-entered hooks bypass all
+    /// tracking.
+    static INTERNAL: Cell<bool> = const { Cell::new(false) };
+    /// Incremented by the trampoline that runs the program's own signal handlers: tells an
+    /// EINTR caused by the program's signal from one caused by our kick.
+    static PROGRAM_SIGNALS: Cell<u32> = const { Cell::new(0) };
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Reserve a free slot and give it `tid`.
+pub fn claim(tid: i32) -> Option<u32> {
+    for (i, s) in SLOTS.iter().enumerate() {
+        if s.tid.compare_exchange(0, tid, AcqRel, Relaxed).is_ok() {
+            s.clear();
+            HIGH_WATER.fetch_max(i + 1, AcqRel);
+            return Some(i as u32);
+        }
+    }
+    None
+}
+
+pub fn release(index: u32) {
+    if let Some(s) = SLOTS.get(index as usize) {
+        s.clear();
+        s.tid.store(0, Release);
+    }
+}
+
+/// The calling thread's slot, claiming one on first use. `None` for internal threads or
+/// a full table (the thread is then invisible to quiescence, and says so once).
+pub fn current() -> Option<&'static Slot> {
+    if is_internal() {
+        return None;
+    }
+    let idx = MY_SLOT.with(Cell::get);
+    if idx != NO_SLOT {
+        return SLOTS.get(idx as usize);
+    }
+    let idx = claim(gettid())?;
+    MY_SLOT.with(|c| c.set(idx));
+    let slot = &SLOTS[idx as usize];
+    // SAFETY: getpid/gettid cannot fail.
+    if unsafe { libc::getpid() } == slot.tid.load(Relaxed) {
+        slot.is_main.store(true, Relaxed);
+    }
+    Some(slot)
+}
+
+pub fn current_index() -> Option<u32> {
+    let idx = MY_SLOT.with(Cell::get);
+    (idx != NO_SLOT).then_some(idx)
+}
+
+/// Adopt a slot reserved by `pthread_create` (called first thing in the new thread).
+pub fn adopt(index: u32) {
+    if let Some(s) = SLOTS.get(index as usize) {
+        s.tid.store(gettid(), Release);
+        MY_SLOT.with(|c| c.set(index));
+    }
+}
+
+pub fn forget_current() {
+    if let Some(i) = current_index() {
+        release(i);
+        MY_SLOT.with(|c| c.set(NO_SLOT));
+    }
+}
+
+pub fn is_internal() -> bool {
+    INTERNAL.with(Cell::get)
+}
+
+pub fn set_internal(v: bool) -> bool {
+    INTERNAL.with(|c| c.replace(v))
+}
+
+pub fn program_signals() -> u32 {
+    PROGRAM_SIGNALS.with(Cell::get)
+}
+
+pub fn note_program_signal() {
+    PROGRAM_SIGNALS.with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+/// In a fork child only the calling thread survives: every other slot is stale.
+pub fn reset_after_fork() {
+    let keep = current_index();
+    let hw = HIGH_WATER.load(Acquire);
+    for (i, s) in SLOTS[..hw].iter().enumerate() {
+        if Some(i as u32) != keep && s.tid.load(Relaxed) != 0 {
+            release(i as u32);
+        }
+    }
+    if let Some(i) = keep {
+        let s = &SLOTS[i as usize];
+        s.tid.store(gettid(), Release);
+        s.is_main.store(true, Relaxed);
+        s.reached_qp.store(false, Relaxed);
+        s.state.store(RUNNING, Relaxed);
+    }
+}
+
+/// Used slots (tid != 0), with their index.
+pub fn used() -> impl Iterator<Item = (usize, &'static Slot)> {
+    let hw = HIGH_WATER.load(Acquire);
+    SLOTS[..hw].iter().enumerate().filter(|(_, s)| s.tid.load(Acquire) != 0)
+}

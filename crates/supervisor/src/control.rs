@@ -1,0 +1,266 @@
+//! The control socket: requests from the `mcr` CLI.
+
+use crate::state::State;
+use mcr_protocol::{
+    InstanceStatus, Laggard, ProcessInfo, Request, Response, RuntimeCommandKind, RuntimeReply,
+};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+pub async fn accept_loop(state: State, listener: UnixListener) {
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(state.clone(), stream));
+        }
+    }
+}
+
+async fn serve(state: State, stream: UnixStream) {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let resp = match mcr_protocol::decode_line::<Request>(line.as_bytes()) {
+            Ok(req) => handle(&state, req).await,
+            Err(e) => Response::Error { message: format!("bad request: {e}") },
+        };
+        if wr.write_all(&mcr_protocol::encode_line(&resp)).await.is_err() {
+            break;
+        }
+    }
+}
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn handle(state: &State, req: Request) -> Response {
+    match req {
+        Request::Status => Response::Status(status(state).await),
+        Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
+        Request::Resume => {
+            let n = resume_all(state).await;
+            Response::Resumed { processes: n }
+        }
+        Request::Signal { signal } => match state.lock().main_pid {
+            Some(pid) => {
+                // SAFETY: kill(2) to a process of our instance.
+                if unsafe { libc::kill(pid, signal) } == 0 {
+                    Response::Ok
+                } else {
+                    Response::Error { message: format!("cannot signal process {pid}: {}", std::io::Error::last_os_error()) }
+                }
+            }
+            None => Response::Error { message: "the server has no main process (it is exiting)".into() },
+        },
+        Request::Stop { grace_ms } => {
+            if state.lock().quiesced {
+                resume_all(state).await;
+            }
+            begin_stop(state, Duration::from_millis(grace_ms));
+            Response::Stopping
+        }
+        Request::WaitStarted { timeout_ms } => {
+            let mut rx = state.started_tx.subscribe();
+            let wait = async {
+                loop {
+                    if let Some(r) = rx.borrow().clone() {
+                        return r;
+                    }
+                    if rx.changed().await.is_err() {
+                        return Err("the supervisor is exiting".to_string());
+                    }
+                }
+            };
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
+                Ok(Ok(ms)) => Response::Started { startup_ms: ms },
+                Ok(Err(message)) => Response::Error { message },
+                Err(_) => Response::Error { message: startup_laggards(state).await },
+            }
+        }
+    }
+}
+
+/// Why startup has not completed: which processes and threads never reached a quiescent
+/// point.
+async fn startup_laggards(state: &State) -> String {
+    let st = status(state).await;
+    let mut lines = vec!["the server did not complete startup in time; still waiting for:".to_string()];
+    for p in &st.processes {
+        if p.startup_complete {
+            continue;
+        }
+        if !p.managed {
+            lines.push(format!("  process {} ({}): {}", p.pid, p.command_line.join(" "), p.error.clone().unwrap_or_else(|| "not registered with mcr".into())));
+            continue;
+        }
+        for t in &p.threads {
+            if t.quiescent_point.is_none() {
+                lines.push(format!("  process {} thread {} ({}): {}, never reached a quiescent point", p.pid, t.tid, t.class, t.state.describe()));
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+/// SIGTERM to the main process now, SIGKILL to every process after `grace`.
+pub fn begin_stop(state: &State, grace: Duration) {
+    let main = {
+        let mut g = state.lock();
+        if g.stopping {
+            return;
+        }
+        g.stopping = true;
+        g.main_pid
+    };
+    let targets: Vec<i32> = match main {
+        Some(p) => vec![p],
+        None => state.processes().iter().map(|p| p.pid).collect(),
+    };
+    for pid in targets {
+        // SAFETY: kill(2) to a process of our instance.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let st = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for p in st.processes() {
+            // SAFETY: kill(2) to a process of our instance.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+    });
+}
+
+pub async fn status(state: &State) -> InstanceStatus {
+    let procs = state.processes();
+    let registered: Vec<i32> = state.lock().procs.keys().copied().collect();
+    let replies = ask_all(state, &registered, RuntimeCommandKind::Status, ASK_TIMEOUT).await;
+    let g = state.lock();
+    let mut out = Vec::new();
+    for p in &procs {
+        let reg = g.procs.get(&p.pid);
+        let reply = replies.iter().find(|(pid, _)| *pid == p.pid).map(|(_, r)| r);
+        let mut info = ProcessInfo {
+            pid: p.pid,
+            ppid: p.ppid,
+            command_line: if p.cmdline.is_empty() { reg.map(|r| r.argv.clone()).unwrap_or_default() } else { p.cmdline.clone() },
+            managed: reg.is_some(),
+            startup_complete: reg.is_some_and(|r| r.startup_complete),
+            startup_ms: reg.and_then(|r| r.startup_ms),
+            threads: Vec::new(),
+            error: None,
+        };
+        match reply {
+            Some(Ok(RuntimeReply::Status { threads, .. })) => info.threads = threads.clone(),
+            Some(Ok(other)) => info.error = Some(format!("unexpected answer {other:?}")),
+            Some(Err(e)) => info.error = Some(e.clone()),
+            None if p.has_runtime => info.error = Some("not registered yet".into()),
+            None => info.error = Some("runs without the mcr runtime (static binary or cleared environment): it cannot be quiesced".into()),
+        }
+        out.push(info);
+    }
+    InstanceStatus {
+        name: state.name.clone(),
+        program: state.program.clone(),
+        args: state.args.clone(),
+        supervisor_pid: state.supervisor_pid,
+        pid_namespace: state.pid_namespace,
+        started: g.started.is_some(),
+        startup_ms: g.started,
+        quiesced: g.quiesced,
+        main_pid: g.main_pid,
+        processes: out,
+    }
+}
+
+/// Send `command` to every process in `pids` at once and collect the answers.
+async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeout: Duration) -> Vec<(i32, Result<RuntimeReply, String>)> {
+    let handles: Vec<_> = pids
+        .iter()
+        .map(|&pid| {
+            let (st, c) = (state.clone(), command.clone());
+            tokio::spawn(async move { (pid, st.ask(pid, c, timeout).await) })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(r) = h.await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+async fn resume_all(state: &State) -> usize {
+    let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
+    let n = ask_all(state, &pids, RuntimeCommandKind::Resume, ASK_TIMEOUT).await.into_iter().filter(|(_, r)| r.is_ok()).count();
+    state.lock().quiesced = false;
+    n
+}
+
+/// Quiesce every process in parallel. A process that appears meanwhile (a fork) is
+/// quiesced too; a process without the runtime makes the request fail.
+async fn quiesce(state: &State, timeout: Duration) -> Response {
+    let t0 = Instant::now();
+    let mut done: Vec<i32> = Vec::new();
+    let mut threads = 0usize;
+    let mut laggards: Vec<Laggard> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for _round in 0..8 {
+        let todo: Vec<i32> = state.lock().procs.keys().copied().filter(|p| !done.contains(p)).collect();
+        let unregistered: Vec<_> = state
+            .processes()
+            .into_iter()
+            .filter(|p| !state.lock().procs.contains_key(&p.pid))
+            .collect();
+        if todo.is_empty() && unregistered.is_empty() {
+            break;
+        }
+        if todo.is_empty() {
+            if t0.elapsed() >= timeout {
+                for p in unregistered {
+                    problems.push(if p.has_runtime {
+                        format!("process {} ({}) has not registered with mcr yet", p.pid, p.cmdline.join(" "))
+                    } else {
+                        format!("process {} ({}) runs without the mcr runtime and cannot be quiesced", p.pid, p.cmdline.join(" "))
+                    });
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+        let ms = left.as_millis() as u64;
+        for (pid, r) in ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + ASK_TIMEOUT).await {
+            done.push(pid);
+            match r {
+                Ok(RuntimeReply::Quiesced { threads: n, .. }) => threads += n,
+                Ok(RuntimeReply::QuiesceFailed { laggards: l, .. }) => laggards.extend(l),
+                Ok(other) => problems.push(format!("process {pid}: unexpected answer {other:?}")),
+                Err(e) => {
+                    // A process that exited while quiescing is no obstacle.
+                    if state.processes().iter().any(|p| p.pid == pid) {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+        if !laggards.is_empty() || !problems.is_empty() {
+            break;
+        }
+    }
+    let elapsed_us = t0.elapsed().as_micros() as u64;
+    if laggards.is_empty() && problems.is_empty() {
+        state.lock().quiesced = true;
+        return Response::Quiesced { elapsed_us, processes: done.len(), threads };
+    }
+    resume_all(state).await;
+    let mut message = format!(
+        "quiescence did not converge within {} ms; the server was resumed and keeps running",
+        timeout.as_millis()
+    );
+    for p in problems {
+        message.push_str("\n  ");
+        message.push_str(&p);
+    }
+    Response::QuiesceFailed { message, laggards }
+}

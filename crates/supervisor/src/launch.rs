@@ -1,0 +1,119 @@
+//! Launching the server: sockets first (close-on-exec, so the server never inherits
+//! them), then fork + exec with the runtime preloaded and address-space randomization off
+//! (DESIGN.md "Addresses": the next version must be able to load libraries at the same
+//! addresses).
+
+use crate::{Config, SupervisorError};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+
+pub struct Launched {
+    pub control: UnixListener,
+    pub runtime: UnixListener,
+    pub first_pid: i32,
+}
+
+fn cstring(s: impl AsRef<std::ffi::OsStr>) -> CString {
+    CString::new(s.as_ref().as_bytes()).unwrap_or_else(|_| CString::new("?").unwrap_or_default())
+}
+
+pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
+    let control = UnixListener::bind(&cfg.files.socket)
+        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
+    let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
+    // Abstract: reachable after the server chroots; the random part keeps a stale
+    // instance's name from ever being reused.
+    let mut nonce = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
+    let runtime_socket_name = format!("mcr/{}/{}", cfg.name, u64::from_ne_bytes(nonce));
+    let addr = SocketAddr::from_abstract_name(runtime_socket_name.as_bytes()).map_err(SupervisorError::RuntimeSocket)?;
+    let runtime = UnixListener::bind_addr(&addr).map_err(SupervisorError::RuntimeSocket)?;
+    control.set_nonblocking(true)?;
+    runtime.set_nonblocking(true)?;
+
+    let first_pid = spawn(cfg, &runtime_socket_name)
+        .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
+    Ok(Launched { control, runtime, first_pid })
+}
+
+fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
+        _ => cfg.runtime_lib.display().to_string(),
+    };
+    let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "LD_PRELOAD" && !k.starts_with("MCR_PROFILE")).collect();
+    env.push(("LD_PRELOAD".into(), preload));
+    env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
+    env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
+    if let Some(p) = &cfg.profile {
+        env.push((mcr_protocol::env::PROFILE.into(), p.display().to_string()));
+    }
+    let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_ptrs.push(core::ptr::null());
+    let prog = cstring(cfg.program.as_os_str());
+    let argv: Vec<CString> = std::iter::once(cfg.program.display().to_string()).chain(cfg.args.iter().cloned()).map(cstring).collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(core::ptr::null());
+    let log = if cfg.detach {
+        Some(std::fs::OpenOptions::new().create(true).append(true).open(&cfg.files.log)?)
+    } else {
+        None
+    };
+    let devnull = cstring("/dev/null");
+
+    // Reports exec failure from the child: closed by a successful exec.
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array for pipe2.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+    // SAFETY: the supervisor is single-threaded here (tokio not started yet); the child
+    // only calls async-signal-safe functions before exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: child side of fork: raw libc calls only, then exec or _exit.
+        unsafe {
+            let mut empty: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, core::ptr::null_mut());
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            if let Some(log) = &log {
+                let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
+                libc::dup2(null, 0);
+                libc::dup2(log.as_raw_fd(), 1);
+                libc::dup2(log.as_raw_fd(), 2);
+            }
+            libc::execve(prog.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            let err = *libc::__errno_location();
+            libc::write(wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    drop(wr);
+    let mut buf = [0u8; 4];
+    let mut f = std::fs::File::from(rd);
+    if f.read_exact(&mut buf).is_ok() {
+        let mut status = 0;
+        // SAFETY: reaping the child that failed to exec.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    Ok(pid)
+}

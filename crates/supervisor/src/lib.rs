@@ -1,0 +1,96 @@
+//! The supervisor: one per running version of a server.
+//!
+//! It is PID 1 of a fresh PID namespace when the kernel permits (so a later version can
+//! be given the same PIDs), reaps orphans like an init, knows every process of the
+//! server, owns the instance's control socket, and exits with the server.
+//!
+//! Lifecycle: [`namespace::enter`] (in `mcr run`, before forking), then in the child
+//! [`run`], which launches the server, then serves the runtime and control sockets until
+//! the last server process is gone.
+
+pub mod namespace;
+pub mod procfs;
+mod control;
+mod launch;
+mod runtime_link;
+mod state;
+
+use mcr_protocol::{InstanceFiles, LaunchReport};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot set up the PID namespace: {0}")]
+    Namespace(std::io::Error),
+    #[error("cannot create the control socket {path}: {source}")]
+    ControlSocket { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the runtime socket: {0}")]
+    RuntimeSocket(std::io::Error),
+    #[error("cannot launch {program}: {source}")]
+    Launch { program: String, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything the supervisor needs, decided by `mcr run`.
+#[derive(Debug)]
+pub struct Config {
+    pub name: String,
+    pub files: InstanceFiles,
+    /// The instance lock, held for the supervisor's whole life.
+    pub lock: File,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub runtime_lib: PathBuf,
+    pub profile: Option<PathBuf>,
+    pub pid_namespace: bool,
+    /// Why there is no PID namespace, when there is none.
+    pub namespace_note: Option<String>,
+    /// The supervisor's PID as the host sees it.
+    pub supervisor_pid: i32,
+    /// Where to send [`LaunchReport`]s (a pipe to the launching `mcr run`).
+    pub report: Option<OwnedFd>,
+    /// Redirect the server's stdin to /dev/null and stdout/stderr to the instance log.
+    pub detach: bool,
+}
+
+/// Write one report line; a launcher that went away is not an error.
+pub(crate) fn report(fd: &Option<OwnedFd>, msg: &LaunchReport) {
+    if let Some(fd) = fd {
+        if let Ok(dup) = fd.try_clone() {
+            let _ = File::from(dup).write_all(&mcr_protocol::encode_line(msg));
+        }
+    }
+}
+
+/// Run the supervisor. Returns the exit code the supervisor process should exit with
+/// (the server's, in the shell convention).
+pub fn run(config: Config) -> i32 {
+    // A session of our own: the launching terminal's Ctrl-C reaches `mcr run`, which
+    // forwards it, instead of hitting every server process at once.
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&config.report, &LaunchReport::LaunchFailed { message: format!("cannot start the supervisor: {e}") });
+            return 70;
+        }
+    };
+    match launch::prepare_and_launch(&config) {
+        Ok(launched) => runtime.block_on(state::serve(config, launched)),
+        Err(e) => {
+            report(&config.report, &LaunchReport::LaunchFailed { message: e.to_string() });
+            config.files.remove_all();
+            127
+        }
+    }
+}
+
+/// For `mcr run`'s forked child, when it fails before the supervisor proper starts.
+pub fn report_launch_failure(fd: &Option<OwnedFd>, message: &str) {
+    report(fd, &LaunchReport::LaunchFailed { message: message.to_string() });
+}

@@ -1,0 +1,54 @@
+//! The PID namespace of a version (DESIGN.md "PIDs").
+//!
+//! `enter` is called by `mcr run` before it forks the supervisor: after
+//! `unshare(CLONE_NEWPID | CLONE_NEWNS)` the next child is PID 1 of a new namespace. The
+//! child then mounts a /proc of that namespace (in its own mount namespace, propagation
+//! from the host kept), so PIDs seen by the supervisor, the runtime and the server agree
+//! with /proc.
+
+use std::io;
+
+/// What `enter` achieved.
+pub enum Namespace {
+    Own,
+    /// No permission: the supervisor runs as a subreaper in the caller's namespace.
+    Shared { reason: String },
+}
+
+pub fn enter() -> Namespace {
+    // SAFETY: unshare affects only this process and its future children.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
+    if rc == 0 {
+        return Namespace::Own;
+    }
+    let e = io::Error::last_os_error();
+    Namespace::Shared {
+        reason: format!(
+            "no permission for a PID namespace ({e}); running without one: PIDs will not be preserved across updates"
+        ),
+    }
+}
+
+/// In the forked child: make this process's mounts private-ish and mount /proc.
+/// Returns this process's PID as the host sees it (read before /proc changes).
+pub fn setup_child(own: bool) -> io::Result<i32> {
+    let host_pid = std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse().ok()).unwrap_or(0);
+    if !own {
+        // SAFETY: prctl with an integer argument.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(host_pid);
+    }
+    // SAFETY: mount(2) with static, NUL-terminated strings.
+    unsafe {
+        // Host mounts still propagate in; ours (the /proc below) never propagate out.
+        if libc::mount(core::ptr::null(), c"/".as_ptr(), core::ptr::null(), libc::MS_REC | libc::MS_SLAVE, core::ptr::null()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, core::ptr::null()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(host_pid)
+}
