@@ -38,7 +38,7 @@ pub fn is_control_thread(tid: i32) -> bool {
 
 fn raw_close(fd: i32) {
     // SAFETY: closing a descriptor the runtime owns.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    unsafe { crate::sys!(libc::SYS_close, fd) };
 }
 
 /// Move `fd` to the highest free number below min(RLIMIT_NOFILE, 1024), so it stays out
@@ -50,12 +50,12 @@ fn move_to_reserved(fd: i32) -> i32 {
     let top = (rl.rlim_cur.min(1024) as i32).max(1);
     for target in (top.saturating_sub(64).max(fd + 1)..top).rev() {
         // SAFETY: F_GETFD only probes whether the number is in use.
-        let used = unsafe { libc::syscall(libc::SYS_fcntl, target, libc::F_GETFD) } >= 0;
+        let used = unsafe { crate::sys!(libc::SYS_fcntl, target, libc::F_GETFD) } >= 0;
         if used || is_reserved_fd(target) {
             continue;
         }
         // SAFETY: dup3 onto a free number.
-        if unsafe { libc::syscall(libc::SYS_dup3, fd, target, libc::O_CLOEXEC) } == target as i64 {
+        if unsafe { crate::sys!(libc::SYS_dup3, fd, target, libc::O_CLOEXEC) } == target as i64 {
             raw_close(fd);
             return target;
         }
@@ -69,7 +69,7 @@ pub fn relocate_reserved_fd(fd: i32) {
     for cell in [&CONTROL_FD, &WAKE_FD] {
         if cell.load(Relaxed) == fd {
             // SAFETY: duplicating our own descriptor.
-            let copy = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
+            let copy = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
             if copy >= 0 {
                 let moved = move_to_reserved(copy);
                 cell.store(moved, SeqCst);
@@ -85,7 +85,7 @@ fn write_all(msg: &RuntimeEvent) -> bool {
     while off < line.len() {
         let fd = CONTROL_FD.load(SeqCst);
         // SAFETY: writing a valid buffer to our socket.
-        let n = unsafe { libc::syscall(libc::SYS_write, fd, line[off..].as_ptr(), line.len() - off) };
+        let n = unsafe { crate::sys!(libc::SYS_write, fd, line[off..].as_ptr(), line.len() - off) };
         if n < 0 {
             if crate::errno::get() == libc::EINTR {
                 continue;
@@ -120,7 +120,7 @@ pub fn register(forked: bool) -> bool {
 fn connect(name: &[u8], forked: bool) -> bool {
     // SAFETY: plain socket syscalls on a local sockaddr_un we fill in.
     unsafe {
-        let fd = libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
+        let fd = crate::sys!(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
         if fd < 0 {
             return false;
         }
@@ -131,12 +131,12 @@ fn connect(name: &[u8], forked: bool) -> bool {
             *dst = b as libc::c_char;
         }
         let len = core::mem::size_of::<libc::sa_family_t>() + 1 + n;
-        if libc::syscall(libc::SYS_connect, fd, &addr as *const _, len) != 0 {
+        if crate::sys!(libc::SYS_connect, fd, &addr as *const libc::sockaddr_un, len) != 0 {
             raw_close(fd);
             return false;
         }
         let fd = move_to_reserved(fd);
-        let wake = libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) as i32;
+        let wake = crate::sys!(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) as i32;
         CONTROL_FD.store(fd, SeqCst);
         if wake >= 0 {
             WAKE_FD.store(move_to_reserved(wake), SeqCst);
@@ -192,7 +192,7 @@ pub fn notify_startup_complete() {
         let one: u64 = 1;
         let e = crate::errno::get();
         // SAFETY: 8-byte write to our eventfd.
-        unsafe { libc::syscall(libc::SYS_write, fd, &one as *const u64, 8) };
+        unsafe { crate::sys!(libc::SYS_write, fd, &one as *const u64, 8) };
         crate::errno::set(e);
     }
 }
@@ -226,7 +226,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         if fds[1].revents != 0 {
             let mut v = 0u64;
             // SAFETY: 8-byte read from our eventfd.
-            unsafe { libc::syscall(libc::SYS_read, wake, &mut v as *mut u64, 8) };
+            unsafe { crate::sys!(libc::SYS_read, wake, &mut v as *mut u64, 8) };
         }
         if fds[0].revents == 0 {
             continue;
@@ -234,7 +234,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a local buffer from our socket (re-read the number: a
         // dup2 by the program may have moved it).
-        let got = unsafe { libc::syscall(libc::SYS_read, CONTROL_FD.load(SeqCst), buf.as_mut_ptr(), buf.len()) };
+        let got = unsafe { crate::sys!(libc::SYS_read, CONTROL_FD.load(SeqCst), buf.as_mut_ptr(), buf.len()) };
         if got <= 0 {
             if got < 0 && crate::errno::get() == libc::EINTR {
                 continue;
@@ -302,8 +302,11 @@ fn thread_infos() -> Vec<ThreadInfo> {
             PARKED => ThreadState::Parked { call: call.name().into() },
             _ => ThreadState::Running,
         };
-        let current_stack =
-            (st != threads::RUNNING).then(|| symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire))));
+        let current_stack = (st != threads::RUNNING).then(|| {
+            let raw = stack::walk_vec(s.frame.load(Acquire));
+            crate::diag::debug(|| format!("tid {tid}: frame {:#x} raw {:x?}", s.frame.load(Acquire), raw));
+            symbolize::call_stack(Some(call.name()), &raw)
+        });
         let at_qp = st != threads::RUNNING && quiesce::is_quiescent_point(s);
         let quiescent_point = if at_qp {
             current_stack.clone()

@@ -7,9 +7,9 @@ pub static DEBUG: AtomicBool = AtomicBool::new(false);
 pub fn write_parts(parts: &[&[u8]]) {
     for p in parts {
         // SAFETY: raw write(2) of a valid buffer to fd 2; errors are ignored on purpose.
-        unsafe { libc::syscall(libc::SYS_write, 2, p.as_ptr(), p.len()) };
+        unsafe { crate::sys!(libc::SYS_write, 2, p.as_ptr(), p.len()) };
     }
-    unsafe { libc::syscall(libc::SYS_write, 2, b"\n".as_ptr(), 1) };
+    unsafe { crate::sys!(libc::SYS_write, 2, b"\n".as_ptr(), 1) };
 }
 
 pub fn fatal(parts: &[&[u8]]) -> ! {

@@ -9,6 +9,15 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+/// A raw system call. `libc::syscall` is variadic: an `i32` argument would leave the
+/// upper half of its register undefined, so every argument is widened to `c_long` here.
+#[macro_export]
+macro_rules! sys {
+    ($nr:expr $(, $arg:expr)* $(,)?) => {
+        libc::syscall($nr $(, ($arg) as libc::c_long)*)
+    };
+}
+
 mod alloc;
 mod calls;
 mod control;

@@ -38,7 +38,7 @@ fn profile() -> Option<&'static HashSet<u64>> {
 
 fn fd_is_blocking(fd: i32) -> bool {
     // SAFETY: F_GETFL on any fd number is harmless; an invalid fd yields -1.
-    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    let fl = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
     fl >= 0 && (fl as i32 & libc::O_NONBLOCK) == 0
 }
 
@@ -120,7 +120,7 @@ fn kick(slot: &Slot) {
         let tid = slot.tid.load(Acquire);
         if tid > 0 {
             // SAFETY: signalling a thread of our own process.
-            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, crate::signals::kick_signal()) };
+            unsafe { crate::sys!(libc::SYS_tgkill, libc::getpid(), tid, crate::signals::kick_signal()) };
         }
     }
 }

@@ -20,8 +20,12 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
     let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
     // SAFETY: reading our own memory into a local buffer; the kernel validates `addr`.
     let n = unsafe {
-        libc::syscall(libc::SYS_process_vm_readv, libc::getpid(), &local as *const _, 1, &remote as *const _, 1, 0)
+        crate::sys!(libc::SYS_process_vm_readv, libc::getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
     };
+    if n != 16 {
+        let e = crate::errno::get();
+        crate::diag::debug(|| format!("process_vm_readv({addr:#x}) = {n}, errno {e}"));
+    }
     (n == 16).then_some(buf)
 }
 

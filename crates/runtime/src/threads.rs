@@ -113,7 +113,7 @@ thread_local! {
 
 pub fn gettid() -> i32 {
     // SAFETY: gettid cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    unsafe { crate::sys!(libc::SYS_gettid) as i32 }
 }
 
 /// Reserve a free slot and give it `tid`.
