@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: builds mcr (release, so libmcr.so sits beside the mcr binary),
+# the C fixture servers and the cached nginx build, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace
+make -s -C fixtures OUT="$PWD/target/fixtures"
+MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
+export MCR_NGINX
+cargo test --release --workspace -- --test-threads=2 "$@"
