@@ -170,7 +170,10 @@ fn detached(dir: &InstanceDir, name: &str, log: &std::path::Path, rd: OwnedFd, t
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(LaunchReport::Supervising { pid_namespace, .. }) => {
+            Ok(LaunchReport::Supervising { pid_namespace, note, .. }) => {
+                if let Some(n) = note {
+                    eprintln!("mcr: warning: {n}");
+                }
                 ns_note = if pid_namespace { "own PID namespace".into() } else { "no PID namespace".into() };
             }
             Ok(LaunchReport::Started { startup_ms }) => {
@@ -229,7 +232,12 @@ fn foreground(dir: &InstanceDir, name: &str, rd: OwnedFd) -> Result<i32> {
                 return Ok(127);
             }
             LaunchReport::Exited { status: s } => status = Some(s),
-            LaunchReport::Supervising { pid_namespace, .. } => own_ns = pid_namespace,
+            LaunchReport::Supervising { pid_namespace, note, .. } => {
+                own_ns = pid_namespace;
+                if let Some(n) = note {
+                    eprintln!("mcr: warning: {n}");
+                }
+            }
             LaunchReport::Started { .. } => {}
         }
     }

@@ -26,10 +26,14 @@ pub mod env {
     pub const PROFILE: &str = "MCR_PROFILE";
     /// Real-time signal number the runtime uses to interrupt blocked threads.
     pub const KICK_SIGNAL: &str = "MCR_KICK_SIGNAL";
+    /// The instance log, where the runtime also writes its warnings.
+    pub const INSTANCE_LOG: &str = "MCR_INSTANCE_LOG";
     /// Set to `1` to let the runtime print diagnostics on stderr.
     pub const DEBUG: &str = "MCR_DEBUG";
     /// Overrides where the CLI finds `libmcr.so`.
     pub const RUNTIME_LIB: &str = "MCR_RUNTIME_LIB";
+    /// Set to `1` to run without a PID namespace even where one is permitted.
+    pub const NO_PID_NAMESPACE: &str = "MCR_NO_PID_NAMESPACE";
     /// Overrides the instance directory.
     pub const RUNTIME_DIR: &str = "MCR_RUNTIME_DIR";
 }

@@ -27,6 +27,22 @@ pub fn debug(msg: impl FnOnce() -> String) {
     }
 }
 
+/// Instance log path (NUL-terminated), so warnings reach the operator even from a
+/// daemon whose stderr is /dev/null.
+pub static LOG_PATH: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
 pub fn warn(msg: &str) {
-    write_parts(&[b"mcr: ", msg.as_bytes()]);
+    let line = format!("mcr: pid {}: {msg}", crate::pid());
+    write_parts(&[line.as_bytes()]);
+    if let Some(path) = LOG_PATH.get() {
+        // SAFETY: raw open/write/close of the instance log; failures are ignored.
+        unsafe {
+            let fd = crate::sys!(libc::SYS_open, path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);
+            if fd >= 0 {
+                crate::sys!(libc::SYS_write, fd, line.as_ptr(), line.len());
+                crate::sys!(libc::SYS_write, fd, b"\n".as_ptr(), 1);
+                crate::sys!(libc::SYS_close, fd);
+            }
+        }
+    }
 }

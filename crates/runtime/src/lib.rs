@@ -101,6 +101,9 @@ extern "C" fn init() {
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
     threads::set_internal(true);
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
+    if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
+        let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());
+    }
     // SAFETY: dladdr on one of our own functions.
     unsafe {
         let mut info: libc::Dl_info = core::mem::zeroed();

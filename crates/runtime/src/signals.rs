@@ -41,7 +41,7 @@ pub extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     }
     // SAFETY: `h` is the handler the program installed for this signal, with the calling
     // convention its flags declare.
-    unsafe {
+    crate::threads::in_handler(crate::stack::frame_address(), || unsafe {
         if flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = core::mem::transmute(h);
             f(sig, info, ctx);
@@ -49,7 +49,7 @@ pub extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
             let f: extern "C" fn(libc::c_int) = core::mem::transmute(h);
             f(sig);
         }
-    }
+    });
 }
 
 pub fn install_kick(sig: i32) {

@@ -109,6 +109,34 @@ thread_local! {
     /// Incremented by the trampoline that runs the program's own signal handlers: tells an
     /// EINTR caused by the program's signal from one caused by our kick.
     static PROGRAM_SIGNALS: Cell<u32> = const { Cell::new(0) };
+    /// Frame address of the innermost program signal handler running on this thread
+    /// (0: none).
+    static HANDLER_FRAME: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Run `f` (a program's signal handler) marked as such.
+pub fn in_handler<R>(frame: usize, f: impl FnOnce() -> R) -> R {
+    let prev = HANDLER_FRAME.with(|c| c.replace(frame));
+    let r = f();
+    HANDLER_FRAME.with(|c| c.set(prev));
+    r
+}
+
+/// Whether a wrapped call whose wrapper frame is `fp` is made from inside a program
+/// signal handler (e.g. `waitpid` in a SIGCHLD handler). Such calls must not touch the
+/// thread's slot: it describes the call the handler interrupted. A handler left with
+/// siglongjmp is noticed here (the stack is back above its frame) and forgotten.
+#[inline(always)]
+pub fn in_signal_handler(fp: usize) -> bool {
+    let h = HANDLER_FRAME.with(Cell::get);
+    if h == 0 {
+        return false;
+    }
+    if fp <= h && h - fp < (1 << 20) {
+        return true;
+    }
+    HANDLER_FRAME.with(|c| c.set(0));
+    false
 }
 
 pub fn gettid() -> i32 {

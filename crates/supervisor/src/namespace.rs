@@ -16,6 +16,11 @@ pub enum Namespace {
 }
 
 pub fn enter() -> Namespace {
+    if std::env::var_os(mcr_protocol::env::NO_PID_NAMESPACE).is_some_and(|v| v == "1") {
+        return Namespace::Shared {
+            reason: "MCR_NO_PID_NAMESPACE=1: running without a PID namespace; PIDs will not be preserved across updates".into(),
+        };
+    }
     // SAFETY: unshare affects only this process and its future children.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
     if rc == 0 {

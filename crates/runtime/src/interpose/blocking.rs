@@ -58,6 +58,9 @@ pub fn blocking<T>(
     mut attempt: impl FnMut(Option<i64>) -> T,
     interrupted: impl Fn(&T, i32) -> bool,
 ) -> Outcome<T> {
+    if threads::in_signal_handler(fp) {
+        return Outcome::Done(attempt(None));
+    }
     let Some(slot) = crate::tracked_slot() else { return Outcome::Done(attempt(None)) };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut first = true;
@@ -343,6 +346,9 @@ pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
 /// it) and returns as a spurious wakeup, which every correct caller loops on.
 #[inline(always)]
 unsafe fn cond_common(call: Call, cond: *mut libc::pthread_cond_t, mutex: *mut libc::pthread_mutex_t, fp: usize, wait: impl FnOnce() -> c_int) -> c_int {
+    if threads::in_signal_handler(fp) {
+        return wait();
+    }
     let Some(slot) = crate::tracked_slot() else { return wait() };
     slot.call.store(call as u32, Relaxed);
     slot.object.store(cond as usize, Relaxed);
