@@ -111,3 +111,39 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
         unlock();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_cover_size_and_alignment() {
+        let c = |s, a| class_of(&Layout::from_size_align(s, a).unwrap());
+        assert_eq!(c(1, 1), Some(0));
+        assert_eq!(c(16, 8), Some(0));
+        assert_eq!(c(17, 8), Some(1));
+        assert_eq!(c(8, 64), Some(2));
+        assert_eq!(c(65536, 8), Some(CLASSES - 1));
+        assert_eq!(c(65537, 8), None);
+    }
+
+    #[test]
+    fn blocks_are_aligned_and_reused() {
+        let a = RuntimeAllocator;
+        let layout = Layout::from_size_align(48, 16).unwrap();
+        // SAFETY: alloc/dealloc pairs with the same layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null() && p as usize % 64 == 0);
+            a.dealloc(p, layout);
+            let q = a.alloc(layout);
+            assert_eq!(p, q, "a freed block is reused first");
+            a.dealloc(q, layout);
+            let big = Layout::from_size_align(1 << 20, 8).unwrap();
+            let b = a.alloc(big);
+            assert!(!b.is_null());
+            b.write_bytes(0xAB, 1 << 20);
+            a.dealloc(b, big);
+        }
+    }
+}

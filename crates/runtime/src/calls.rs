@@ -112,3 +112,31 @@ impl Call {
         matches!(self, Call::CondWait | Call::CondTimedwait | Call::CondClockwait)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trips_for_every_call() {
+        for (i, c) in ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32, "{} is out of order in ALL", c.name());
+            assert_eq!(Call::from_index(i as u32), *c);
+        }
+    }
+
+    #[test]
+    fn names_are_unique_libc_names() {
+        let mut names: Vec<&str> = ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn fd_dependent_calls_are_reads_and_accepts() {
+        assert!(Call::Read.depends_on_fd() && Call::Accept4.depends_on_fd());
+        assert!(!Call::EpollWait.depends_on_fd() && !Call::Sigsuspend.depends_on_fd());
+        assert!(Call::CondWait.is_condvar() && !Call::SemWait.is_condvar());
+    }
+}

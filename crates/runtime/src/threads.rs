@@ -242,3 +242,38 @@ pub fn used() -> impl Iterator<Item = (usize, &'static Slot)> {
     let hw = HIGH_WATER.load(Acquire);
     SLOTS[..hw].iter().enumerate().filter(|(_, s)| s.tid.load(Acquire) != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_claimed_released_and_reused() {
+        let a = claim(TID_PENDING).unwrap();
+        let b = claim(4242).unwrap();
+        assert_ne!(a, b);
+        assert!(used().any(|(i, s)| i == b as usize && s.tid.load(Relaxed) == 4242));
+        release(b);
+        assert!(!used().any(|(i, _)| i == b as usize));
+        release(a);
+    }
+
+    #[test]
+    fn raw_stacks_keep_at_most_max_frames() {
+        let s = RawStack::new();
+        let long: Vec<usize> = (1..=MAX_STACK + 5).collect();
+        s.store(&long);
+        assert_eq!(s.load(), long[..MAX_STACK].to_vec());
+    }
+
+    #[test]
+    fn handler_frames_are_recognized_and_forgotten_after_longjmp() {
+        assert!(!in_signal_handler(0x7000_0000));
+        in_handler(0x7000_0000, || {
+            assert!(in_signal_handler(0x6fff_f000), "a frame below the handler's is nested");
+        });
+        HANDLER_FRAME.with(|c| c.set(0x7000_0000));
+        assert!(!in_signal_handler(0x7000_1000), "a frame above it means the handler was left");
+        assert!(!in_signal_handler(0x6fff_f000), "and the stale mark is gone");
+    }
+}

@@ -43,7 +43,7 @@ fn ms_ns(ms: c_int) -> Option<i64> {
 
 /// Milliseconds left, rounded up so a wait never ends early.
 fn ns_ms(ns: i64) -> c_int {
-    ((ns + 999_999) / 1_000_000).min(c_int::MAX as i64) as c_int
+    (ns.saturating_add(999_999) / 1_000_000).min(c_int::MAX as i64) as c_int
 }
 
 /// The core of every signal-interruptible wrapper. `timeout_ns` is the relative timeout
@@ -514,4 +514,28 @@ pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut sembuf, n: size_t, ts: 
 pub unsafe extern "C" fn msgrcv(id: c_int, p: *mut c_void, sz: size_t, typ: c_long, flg: c_int) -> ssize_t {
     let f = real::msgrcv();
     finish_ssize(blocking(Call::Msgrcv, 0, frame_address(), None, |_| f(id, p, sz, typ, flg), ssize_eintr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_milliseconds_round_up_so_waits_never_end_early() {
+        assert_eq!(ns_ms(0), 0);
+        assert_eq!(ns_ms(1), 1);
+        assert_eq!(ns_ms(1_000_000), 1);
+        assert_eq!(ns_ms(1_000_001), 2);
+        assert_eq!(ns_ms(i64::MAX), c_int::MAX);
+    }
+
+    #[test]
+    fn timeouts_convert_both_ways() {
+        assert_eq!(ms_ns(-1), None);
+        assert_eq!(ms_ns(250), Some(250_000_000));
+        let ts = ns_ts(1_500_000_123);
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (1, 500_000_123));
+        assert_eq!(ts_ns(&ts), Some(1_500_000_123));
+        assert_eq!(ts_ns(core::ptr::null()), None);
+    }
 }
