@@ -52,7 +52,7 @@ pub fn check(path: &Path) -> Result<Checked> {
             path.display()
         );
     }
-    let has_debug = file.section_by_name(".debug_info").is_some() || file.section_by_name(".gnu_debuglink").is_some();
+    let has_debug = file.section_by_name(".debug_info").is_some() || separate_debug_file(&file, path).is_some();
     if !has_debug {
         warnings.push(format!(
             "{} has no debug info: quiescence works, but live updates will need DWARF (rebuild with -g)",
@@ -60,6 +60,27 @@ pub fn check(path: &Path) -> Result<Checked> {
         ));
     }
     Ok(Checked { warnings })
+}
+
+/// Where a stripped binary's DWARF lives, if it is installed: by build-id under
+/// /usr/lib/debug/.build-id, else by its .gnu_debuglink name next to the binary, in its
+/// .debug/ folder, or under /usr/lib/debug (gdb's search order).
+pub fn separate_debug_file(file: &object::File<'_>, path: &Path) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(Some(id)) = file.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            candidates.push(PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..])));
+        }
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        candidates.push(dir.join(&name));
+        candidates.push(dir.join(".debug").join(&name));
+        candidates.push(Path::new("/usr/lib/debug").join(dir.strip_prefix("/").unwrap_or(dir)).join(&name));
+    }
+    candidates.into_iter().find(|c| c.is_file() && c != path)
 }
 
 /// libmcr.so: $MCR_RUNTIME_LIB, else beside the mcr binary, else ../lib/mcr/.

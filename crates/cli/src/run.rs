@@ -257,6 +257,9 @@ fn foreground(dir: &InstanceDir, name: &str, rd: OwnedFd) -> Result<i32> {
                     "mcr: the supervisor of '{name}' died unexpectedly ({how}); the server's processes keep running unmanaged (find them with `pgrep -f`)"
                 );
             }
+            if let Ok(files) = dir.files(name) {
+                files.clean_stale();
+            }
             Ok(70)
         }
     }

@@ -255,10 +255,11 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
     // The supervisor is gone. Never leave threads parked without anyone to resume them.
     quiesce::resume();
-    crate::diag::warn(&format!(
-        "lost the connection to the mcr supervisor; process {} keeps running unmanaged",
-        crate::pid()
-    ));
+    if std::env::var_os(mcr_protocol::env::PID_NAMESPACE).is_some_and(|v| v == "1") {
+        crate::diag::warn("lost the connection to the mcr supervisor; it was PID 1 of this process's PID namespace, so the kernel ends this process with it");
+    } else {
+        crate::diag::warn("lost the connection to the mcr supervisor; this process keeps running unmanaged");
+    }
     core::ptr::null_mut()
 }
 

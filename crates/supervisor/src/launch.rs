@@ -50,6 +50,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     env.push(("LD_PRELOAD".into(), preload));
     env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
     env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
+    env.push((mcr_protocol::env::PID_NAMESPACE.into(), if cfg.pid_namespace { "1" } else { "0" }.into()));
     env.push((mcr_protocol::env::INSTANCE_LOG.into(), cfg.files.log.display().to_string()));
     if let Some(p) = &cfg.profile {
         env.push((mcr_protocol::env::PROFILE.into(), p.display().to_string()));

@@ -1,0 +1,103 @@
+//! A thread that never reaches a quiescent point: quiesce gives up in time, names the
+//! thread and why, and leaves the server running.
+
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Starts stuckd (--stuck-after-start) and returns its instance, port and the tid (inside
+/// the namespace) of the thread stuck in the raw nanosleep loop.
+fn start_stuckd(mcr: &Mcr) -> (Instance<'_>, u16, i64) {
+    let port = free_port();
+    let inst = mcr.start("stuck", &fixture("stuckd"), &["--port", &port.to_string(), "--stuck-after-start"]);
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+    let st = inst.status();
+    assert_eq!(st["started"], Value::Bool(true), "{st:#}");
+    let ths = threads(&st);
+    assert_eq!(ths.len(), 2, "stuckd has two threads: {st:#}");
+    let sleeper = ths
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| t["class"] != "main")
+        .unwrap_or_else(|| panic!("no non-main thread: {st:#}"));
+    // It reached a quiescent point once (usleep), and is no longer at one.
+    assert!(!sleeper["quiescent_point"].is_null(), "{st:#}");
+    assert_eq!(sleeper["at_quiescent_point"], Value::Bool(false), "{st:#}");
+    (inst, port, sleeper["tid"].as_i64().unwrap())
+}
+
+#[test]
+fn quiesce_names_the_thread_stuck_in_an_unwrapped_system_call_and_resumes() {
+    let mcr = Mcr::new("lag-stuck");
+    let (inst, port, tid) = start_stuckd(&mcr);
+
+    let t0 = Instant::now();
+    let out = inst.quiesce(200);
+    let took = t0.elapsed();
+    assert_eq!(out.code(), 1, "quiesce of stuckd should fail: {out}");
+    assert!(took < Duration::from_secs(5), "quiesce --timeout 200 took {took:?}");
+    assert!(out.stderr.contains("200 ms"), "should say it gave up after the timeout: {out}");
+    assert!(out.stderr.contains("resumed"), "should say the server was resumed: {out}");
+    let laggard_line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("thread {tid}:")))
+        .unwrap_or_else(|| panic!("stderr does not name thread {tid}: {out}"));
+    assert!(
+        laggard_line.contains("system call") && laggard_line.contains("not a quiescent point"),
+        "the reason should be an unwrapped system call: {out}"
+    );
+    // Only the stuck thread is a laggard; the main thread (in accept) parked fine.
+    let main_tid = inst.status()["main_pid"].as_i64().unwrap();
+    assert!(!out.stderr.contains(&format!("thread {main_tid}:")), "the main thread is no laggard: {out}");
+
+    // The server was resumed: not quiesced, nothing parked, and it answers.
+    let st = inst.status();
+    assert_eq!(st["quiesced"], Value::Bool(false), "{st:#}");
+    for (_, t) in threads(&st) {
+        assert_ne!(t["state"], "parked", "{st:#}");
+    }
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("PING"), "PONG");
+    assert_eq!(c.request("VERSION"), "VERSION stuckd 1");
+    drop(c);
+
+    // Failing again is just as clean (no state left over from the first attempt).
+    let out = inst.quiesce(100);
+    assert_eq!(out.code(), 1, "{out}");
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+}
+
+#[test]
+fn quiesce_json_lists_the_laggard() {
+    let mcr = Mcr::new("lag-json");
+    let (inst, port, tid) = start_stuckd(&mcr);
+    let out = mcr.run(&["ctl", "stuck", "quiesce", "--timeout", "200", "--json"]);
+    assert_eq!(out.code(), 1, "{out}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(v["response"], "quiesce_failed", "{v:#}");
+    let laggards = v["laggards"].as_array().unwrap_or_else(|| panic!("no laggards: {v:#}"));
+    assert_eq!(laggards.len(), 1, "only the stuck thread lags: {v:#}");
+    assert_eq!(laggards[0]["tid"].as_i64(), Some(tid), "{v:#}");
+    let reason = laggards[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("system call"), "{v:#}");
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+    assert_eq!(inst.status()["quiesced"], Value::Bool(false));
+}
+
+#[test]
+fn quiesce_timeout_is_honoured() {
+    let mcr = Mcr::new("lag-timeout");
+    let (inst, _port, _) = start_stuckd(&mcr);
+    // A longer timeout makes mcr wait longer before giving up (relative, not absolute).
+    let t0 = Instant::now();
+    assert_eq!(inst.quiesce(50).code(), 1);
+    let short = t0.elapsed();
+    let t0 = Instant::now();
+    assert_eq!(inst.quiesce(1000).code(), 1);
+    let long = t0.elapsed();
+    assert!(long >= Duration::from_millis(1000), "gave up after {long:?} despite --timeout 1000");
+    assert!(long > short, "--timeout 1000 ({long:?}) vs --timeout 50 ({short:?})");
+}
