@@ -55,6 +55,20 @@ pub fn status(dir: &InstanceDir, name: &str, json: bool) -> Result<i32> {
     }
 }
 
+pub fn startup_logs(dir: &InstanceDir, name: &str, json: bool) -> Result<i32> {
+    match request(dir, name, &Request::StartupLogs)? {
+        Response::StartupLogs { processes } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&processes)?);
+            } else {
+                print!("{}", render::startup_logs(&processes));
+            }
+            Ok(0)
+        }
+        other => unexpected(other),
+    }
+}
+
 pub fn list(dir: &InstanceDir, json: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for name in dir.names() {

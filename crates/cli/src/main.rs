@@ -50,6 +50,10 @@ enum Command {
         /// Print the full status as JSON
         #[arg(long)]
         json: bool,
+        /// Show each process's startup log instead: the operations on immutable objects
+        /// (sockets, files, processes, identities) recorded until it completed startup
+        #[arg(long)]
+        log: bool,
     },
     /// List running instances
     List {
@@ -101,7 +105,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
     let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(&dir, args),
-        Command::Status { name, json } => client::status(&dir, &name, json),
+        Command::Status { name, json, log: false } => client::status(&dir, &name, json),
+        Command::Status { name, json, log: true } => client::startup_logs(&dir, &name, json),
         Command::List { json } => client::list(&dir, json),
         Command::Ctl { name, action } => match action {
             CtlAction::Quiesce { timeout, json } => client::quiesce(&dir, &name, timeout, json),

@@ -1,6 +1,6 @@
 //! Human-readable output.
 
-use mcr_protocol::{CallStack, InstanceStatus, Laggard};
+use mcr_protocol::{CallStack, InstanceStatus, Laggard, ProcessLog};
 use std::fmt::Write;
 
 pub fn error_chain(e: &anyhow::Error) -> String {
@@ -81,6 +81,31 @@ pub fn laggards(l: &[Laggard]) -> String {
         let _ = writeln!(o, "  process {} thread {}: {}", g.pid, g.tid, g.reason);
         if let Some(s) = &g.stack {
             let _ = writeln!(o, "    at {}", s.summary(8));
+        }
+    }
+    o
+}
+
+pub fn startup_logs(procs: &[ProcessLog]) -> String {
+    let mut o = String::new();
+    for p in procs {
+        let _ = writeln!(o, "process {}: {}", p.pid, p.command_line.join(" "));
+        if let Some(e) = &p.error {
+            let _ = writeln!(o, "  ! {e}");
+        }
+        let Some(log) = &p.log else { continue };
+        if !log.complete {
+            let _ = writeln!(o, "  (startup not complete yet: the log is still growing)");
+        }
+        for op in &log.ops {
+            let args: Vec<String> = op.args.iter().map(ToString::to_string).collect();
+            let result = if op.errno != 0 { format!("-1 (errno {})", op.errno) } else { op.result.to_string() };
+            let by = if op.pid != p.pid { format!("  [by ancestor {}]", op.pid) } else { String::new() };
+            let _ = writeln!(o, "  {:>3} {}({}) = {result}{by}", op.seq, op.call, args.join(", "));
+            let _ = writeln!(o, "      {}", stack_line(&op.stack));
+        }
+        for u in &log.unreplayable {
+            let _ = writeln!(o, "  ! unreplayable: {u}");
         }
     }
     o

@@ -137,6 +137,8 @@ pub struct RuntimeCommand {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum RuntimeCommandKind {
     Status,
+    /// The process's startup log.
+    StartupLog,
     /// Park every long-lived thread at a quiescent point and hold it there.
     Quiesce { timeout_ms: u64 },
     /// Release parked threads.
@@ -159,6 +161,7 @@ pub enum RuntimeReply {
     },
     QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
     Resumed,
+    StartupLog(StartupLog),
     Error { message: String },
 }
 
@@ -167,6 +170,8 @@ pub enum RuntimeReply {
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Every process's startup log.
+    StartupLogs,
     Quiesce { timeout_ms: u64 },
     Resume,
     /// Deliver a signal to the server's main process.
@@ -182,6 +187,7 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(InstanceStatus),
+    StartupLogs { processes: Vec<ProcessLog> },
     Quiesced {
         elapsed_us: u64,
         processes: usize,
@@ -300,4 +306,69 @@ pub fn signal_name(sig: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
     }
+}
+
+/// One argument of a recorded startup operation, in a form comparable across versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum OpArg {
+    Int(i64),
+    /// A descriptor argument: compared by the operation that created it, not its number.
+    Fd(i32),
+    /// A path or other string.
+    Str(String),
+    /// Raw bytes (a sockaddr, an option value), hex-encoded.
+    Bytes(String),
+}
+
+impl std::fmt::Display for OpArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpArg::Int(v) => write!(f, "{v}"),
+            OpArg::Fd(v) => write!(f, "fd {v}"),
+            OpArg::Str(s) => write!(f, "{s:?}"),
+            OpArg::Bytes(b) => write!(f, "0x{b}"),
+        }
+    }
+}
+
+/// A startup operation on an immutable object (an fd, a process, a thread, an identity),
+/// recorded from exec until the process completed startup (paper §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartupOp {
+    /// The process that made the operation: this one, or an ancestor it was forked from
+    /// (a fork child's log starts with its parent's).
+    pub pid: i32,
+    /// Order of the operation within its process's history.
+    pub seq: u32,
+    pub call: String,
+    /// Where it was called from (the ID is what replay matches on).
+    pub stack: CallStack,
+    pub args: Vec<OpArg>,
+    /// The call's return value (a new fd, a child PID, 0...).
+    pub result: i64,
+    /// errno when the call failed.
+    pub errno: i32,
+    /// Descriptors the call created (two for pipe/socketpair), at their reserved numbers.
+    pub fds: Vec<i32>,
+}
+
+/// A process's startup log and what it could not account for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartupLog {
+    pub complete: bool,
+    pub ops: Vec<StartupOp>,
+    /// Objects that exist at startup completion but no recorded operation created
+    /// (created by libc internally, or by a call mcr does not interpose): they cannot be
+    /// replayed.
+    pub unreplayable: Vec<String>,
+}
+
+/// The startup log of one process of the instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessLog {
+    pub pid: i32,
+    pub command_line: Vec<String>,
+    pub log: Option<StartupLog>,
+    pub error: Option<String>,
 }

@@ -48,7 +48,7 @@ fn move_to_reserved(fd: i32) -> i32 {
     // SAFETY: valid out pointer.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
     let top = (rl.rlim_cur.min(1024) as i32).max(1);
-    for target in (top.saturating_sub(64).max(fd + 1)..top).rev() {
+    for target in (top.saturating_sub(crate::startup_log::RUNTIME_FDS).max(fd + 1)..top).rev() {
         // SAFETY: F_GETFD only probes whether the number is in use.
         let used = unsafe { crate::sys!(libc::SYS_fcntl, target, libc::F_GETFD) } >= 0;
         if used || is_reserved_fd(target) {
@@ -282,6 +282,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
                 RuntimeReply::QuiesceFailed { elapsed_us, laggards: out.laggards }
             }
         }
+        RuntimeCommandKind::StartupLog => RuntimeReply::StartupLog(crate::startup_log::snapshot()),
         RuntimeCommandKind::Resume => {
             quiesce::resume();
             RuntimeReply::Resumed

@@ -29,6 +29,7 @@ mod quiesce;
 mod real;
 mod signals;
 mod stack;
+mod startup_log;
 mod symbolize;
 mod sync;
 mod threads;
@@ -85,6 +86,7 @@ pub(crate) fn after_fork_in_child() {
     threads::reset_after_fork();
     quiesce::reset_after_fork();
     symbolize::reset_after_fork();
+    startup_log::reset_after_fork();
     control::after_fork_child();
 }
 
@@ -126,6 +128,8 @@ extern "C" fn init() {
         .and_then(|s| s.parse::<i32>().ok())
         .unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());
+    startup_log::init_reserved_range();
+    startup_log::note_inherited();
     if control::register(false) {
         signals::install_kick(kick);
         // SAFETY: handlers are plain functions valid for the life of the process.

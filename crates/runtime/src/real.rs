@@ -86,3 +86,34 @@ real_fns! {
     dup2: fn(c_int, c_int) -> c_int;
     dup3: fn(c_int, c_int, c_int) -> c_int;
 }
+
+use libc::{c_char, mode_t, uid_t, gid_t};
+
+real_fns! {
+    socket: fn(c_int, c_int, c_int) -> c_int;
+    socketpair: fn(c_int, c_int, c_int, *mut c_int) -> c_int;
+    pipe: fn(*mut c_int) -> c_int;
+    pipe2: fn(*mut c_int, c_int) -> c_int;
+    bind: fn(c_int, *const sockaddr, socklen_t) -> c_int;
+    listen: fn(c_int, c_int) -> c_int;
+    setsockopt: fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int;
+    open: fn(*const c_char, c_int, mode_t) -> c_int;
+    open64: fn(*const c_char, c_int, mode_t) -> c_int;
+    openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int;
+    openat64: fn(c_int, *const c_char, c_int, mode_t) -> c_int;
+    creat: fn(*const c_char, mode_t) -> c_int;
+    epoll_create: fn(c_int) -> c_int;
+    epoll_create1: fn(c_int) -> c_int;
+    epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int;
+    eventfd: fn(c_uint, c_int) -> c_int;
+    timerfd_create: fn(c_int, c_int) -> c_int;
+    inotify_init: fn() -> c_int;
+    inotify_init1: fn(c_int) -> c_int;
+    dup: fn(c_int) -> c_int;
+    fcntl: fn(c_int, c_int, c_long) -> c_int;
+    setsid: fn() -> pid_t;
+    chroot: fn(*const c_char) -> c_int;
+    setuid: fn(uid_t) -> c_int;
+    setgid: fn(gid_t) -> c_int;
+    fork: fn() -> pid_t;
+}

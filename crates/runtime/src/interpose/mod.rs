@@ -5,3 +5,4 @@ pub mod blocking;
 pub mod fds;
 pub mod process;
 pub mod signals;
+pub mod startup;

@@ -1,0 +1,285 @@
+//! Startup operations on immutable objects (DESIGN.md "Startup log and replay"): each
+//! forwards to libc, and while the process has not completed startup it also records the
+//! operation and moves new descriptors to the reserved range. `open` and `fcntl` are
+//! variadic in C; on x86-64 a fixed third integer argument reads the same register.
+
+#![allow(clippy::missing_safety_doc)]
+
+use crate::stack::frame_address;
+use crate::startup_log::{hex, record, recording, reserve};
+use crate::{errno, real};
+use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, sockaddr, socklen_t};
+use mcr_protocol::OpArg;
+
+fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the program passed a NUL-terminated path to a libc call that reads it too.
+    unsafe { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
+}
+
+fn bytes(p: *const c_void, len: usize) -> String {
+    if p.is_null() || len > 4096 {
+        return String::new();
+    }
+    // SAFETY: as above: the caller hands libc `len` readable bytes.
+    hex(unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+}
+
+/// Run a call creating one fd; record it (and reserve the fd) during startup.
+#[inline(always)]
+fn creating(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>, f: impl FnOnce() -> c_int) -> c_int {
+    if !recording() {
+        return f();
+    }
+    let r = f();
+    let e = errno::get();
+    let fd = if r >= 0 { reserve(r) } else { r };
+    record(call, fp, args(), fd as i64, if r < 0 { e } else { 0 }, if fd >= 0 { vec![fd] } else { vec![] });
+    errno::set(e);
+    fd
+}
+
+/// Run a call configuring objects; record it during startup.
+#[inline(always)]
+fn configuring(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>, f: impl FnOnce() -> c_int) -> c_int {
+    if !recording() {
+        return f();
+    }
+    let r = f();
+    let e = errno::get();
+    record(call, fp, args(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+    errno::set(e);
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    let f = real::socket();
+    creating("socket", frame_address(), || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)], || f(domain, ty, proto))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int {
+    let f = real::socketpair();
+    if !recording() {
+        return f(domain, ty, proto, sv);
+    }
+    let r = f(domain, ty, proto, sv);
+    let e = errno::get();
+    let mut fds = vec![];
+    if r == 0 {
+        *sv = reserve(*sv);
+        *sv.add(1) = reserve(*sv.add(1));
+        fds = vec![*sv, *sv.add(1)];
+    }
+    record("socketpair", frame_address(), vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)], r as i64, if r < 0 { e } else { 0 }, fds);
+    errno::set(e);
+    r
+}
+
+unsafe fn pipe_common(call: &'static str, fp: usize, fds: *mut c_int, flags: c_int, f: impl FnOnce() -> c_int) -> c_int {
+    if !recording() {
+        return f();
+    }
+    let r = f();
+    let e = errno::get();
+    let mut created = vec![];
+    if r == 0 {
+        *fds = reserve(*fds);
+        *fds.add(1) = reserve(*fds.add(1));
+        created = vec![*fds, *fds.add(1)];
+    }
+    record(call, fp, vec![OpArg::Int(flags as i64)], r as i64, if r < 0 { e } else { 0 }, created);
+    errno::set(e);
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    let f = real::pipe();
+    pipe_common("pipe", frame_address(), fds, 0, || f(fds))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    let f = real::pipe2();
+    pipe_common("pipe2", frame_address(), fds, flags, || f(fds, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let f = real::bind();
+    configuring("bind", frame_address(), || vec![OpArg::Fd(fd), OpArg::Bytes(bytes(addr.cast(), len as usize))], || f(fd, addr, len))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let f = real::listen();
+    configuring("listen", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(backlog as i64)], || f(fd, backlog))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let f = real::setsockopt();
+    configuring(
+        "setsockopt",
+        frame_address(),
+        || vec![OpArg::Fd(fd), OpArg::Int(level as i64), OpArg::Int(name as i64), OpArg::Bytes(bytes(val, len as usize))],
+        || f(fd, level, name, val, len),
+    )
+}
+
+fn open_args(dirfd: Option<c_int>, path: *const c_char, flags: c_int, mode: mode_t) -> Vec<OpArg> {
+    let mut v = Vec::new();
+    if let Some(d) = dirfd {
+        v.push(if d == libc::AT_FDCWD { OpArg::Int(d as i64) } else { OpArg::Fd(d) });
+    }
+    v.push(OpArg::Str(cstr(path)));
+    v.push(OpArg::Int(flags as i64));
+    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        v.push(OpArg::Int(mode as i64));
+    }
+    v
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    let f = real::open();
+    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, flags, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    let f = real::open64();
+    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, flags, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    let f = real::openat();
+    creating("openat", frame_address(), || open_args(Some(dirfd), path, flags, mode), || f(dirfd, path, flags, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    let f = real::openat64();
+    creating("openat", frame_address(), || open_args(Some(dirfd), path, flags, mode), || f(dirfd, path, flags, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
+    let f = real::creat();
+    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, mode))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    let f = real::epoll_create();
+    creating("epoll_create", frame_address(), || vec![OpArg::Int(size as i64)], || f(size))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    let f = real::epoll_create1();
+    creating("epoll_create1", frame_address(), || vec![OpArg::Int(flags as i64)], || f(flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
+    let f = real::epoll_ctl();
+    // The event's data is usually a pointer: not comparable across versions.
+    let events = if ev.is_null() { 0 } else { (*ev).events as i64 };
+    configuring("epoll_ctl", frame_address(), || vec![OpArg::Fd(ep), OpArg::Int(op as i64), OpArg::Fd(fd), OpArg::Int(events)], || f(ep, op, fd, ev))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn eventfd(init: c_uint, flags: c_int) -> c_int {
+    let f = real::eventfd();
+    creating("eventfd", frame_address(), || vec![OpArg::Int(init as i64), OpArg::Int(flags as i64)], || f(init, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn timerfd_create(clock: c_int, flags: c_int) -> c_int {
+    let f = real::timerfd_create();
+    creating("timerfd_create", frame_address(), || vec![OpArg::Int(clock as i64), OpArg::Int(flags as i64)], || f(clock, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn inotify_init() -> c_int {
+    let f = real::inotify_init();
+    creating("inotify_init", frame_address(), Vec::new, || f())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn inotify_init1(flags: c_int) -> c_int {
+    let f = real::inotify_init1();
+    creating("inotify_init1", frame_address(), || vec![OpArg::Int(flags as i64)], || f(flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let f = real::dup();
+    creating("dup", frame_address(), || vec![OpArg::Fd(fd)], || f(fd))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    let f = real::fcntl();
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            creating("fcntl", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)], || f(fd, cmd, arg))
+        }
+        libc::F_SETFD | libc::F_SETFL | libc::F_SETOWN | libc::F_SETPIPE_SZ => {
+            configuring("fcntl", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)], || f(fd, cmd, arg))
+        }
+        _ => f(fd, cmd, arg),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    fcntl(fd, cmd, arg)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setsid() -> libc::pid_t {
+    let f = real::setsid();
+    configuring("setsid", frame_address(), Vec::new, || f())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn chroot(path: *const c_char) -> c_int {
+    let f = real::chroot();
+    configuring("chroot", frame_address(), || vec![OpArg::Str(cstr(path))], || f(path))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setuid(id: libc::uid_t) -> c_int {
+    let f = real::setuid();
+    configuring("setuid", frame_address(), || vec![OpArg::Int(id as i64)], || f(id))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setgid(id: libc::gid_t) -> c_int {
+    let f = real::setgid();
+    configuring("setgid", frame_address(), || vec![OpArg::Int(id as i64)], || f(id))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    let f = real::fork();
+    let fp = frame_address();
+    if !recording() {
+        return f();
+    }
+    let r = f();
+    if r != 0 {
+        let e = errno::get();
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+        errno::set(e);
+    }
+    r
+}

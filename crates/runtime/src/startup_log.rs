@@ -1,0 +1,205 @@
+//! The startup log (paper §5, DESIGN.md "Startup log and replay"): from exec until the
+//! process completes startup, every operation that creates or configures an immutable
+//! object is recorded with its call stack, its arguments in a comparable form, and its
+//! result. Descriptors created during startup move to a reserved range at the top of the
+//! fd space, so their numbers are never reused by the program and a later version can
+//! inherit them at the same numbers.
+//!
+//! Recording costs a stack walk per operation, only during startup; afterwards every
+//! interposed operation costs two relaxed loads.
+
+use crate::quiesce::STARTUP_DONE;
+use crate::sync::SpinLock;
+use crate::{stack, symbolize, threads};
+use mcr_protocol::{OpArg, StartupLog, StartupOp};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+
+struct RawOp {
+    pid: i32,
+    seq: u32,
+    call: &'static str,
+    stack: Vec<usize>,
+    args: Vec<OpArg>,
+    result: i64,
+    errno: i32,
+    fds: Vec<i32>,
+}
+
+static LOG: SpinLock<Vec<RawOp>> = SpinLock::new(Vec::new());
+/// Descriptors the process had before its startup began (inherited across exec or fork):
+/// they belong to an ancestor's log.
+static INHERITED: SpinLock<Vec<i32>> = SpinLock::new(Vec::new());
+static SEQ: AtomicU32 = AtomicU32::new(0);
+/// Next reserved descriptor number to try (counts down), in a MAP_SHARED page that fork
+/// children share, so numbers are unique across the whole process tree (a later version
+/// inherits every process's descriptors into one fd table). Until the page exists, a
+/// process-local fallback.
+static LOCAL_NEXT: AtomicI32 = AtomicI32::new(0);
+static SHARED_NEXT: std::sync::atomic::AtomicPtr<AtomicI32> = std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+fn next_counter() -> &'static AtomicI32 {
+    let p = SHARED_NEXT.load(Relaxed);
+    // SAFETY: the page is mapped for the life of the process and never unmapped.
+    if p.is_null() { &LOCAL_NEXT } else { unsafe { &*p } }
+}
+/// The range [RESERVED_FLOOR, RESERVED_TOP] holds the program's startup descriptors; the
+/// runtime's own descriptors sit above it.
+static RESERVED_TOP: AtomicI32 = AtomicI32::new(0);
+const RESERVED_SPAN: i32 = 512;
+/// Descriptors at the top kept for the runtime itself (control socket, wake eventfd).
+pub const RUNTIME_FDS: i32 = 16;
+
+/// Whether the calling thread's operation must be recorded now.
+#[inline(always)]
+pub fn recording() -> bool {
+    crate::is_active() && !STARTUP_DONE.load(Relaxed) && !threads::is_internal()
+}
+
+pub fn init_reserved_range() {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let top = (rl.rlim_cur.min(1024) as i32) - RUNTIME_FDS - 1;
+    RESERVED_TOP.store(top, Relaxed);
+    LOCAL_NEXT.store(top, Relaxed);
+    // SAFETY: a fresh shared anonymous page, used only as one AtomicI32.
+    unsafe {
+        let p = libc::mmap(core::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0);
+        if p != libc::MAP_FAILED {
+            let counter = p as *mut AtomicI32;
+            (*counter).store(top, Relaxed);
+            SHARED_NEXT.store(counter, Relaxed);
+        }
+    }
+}
+
+fn fd_in_use(fd: i32) -> bool {
+    // SAFETY: F_GETFD only probes the number.
+    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
+}
+
+/// Move a descriptor created during startup to the reserved range, keeping its
+/// close-on-exec flag. Descriptors 0-2 stay (daemons reopen them on purpose).
+pub fn reserve(fd: i32) -> i32 {
+    let top = RESERVED_TOP.load(Relaxed);
+    if fd < 3 || top <= 3 || (fd <= top && fd > top - RESERVED_SPAN) {
+        return fd;
+    }
+    let floor = (top - RESERVED_SPAN).max(3);
+    // SAFETY: probing and duplicating a descriptor the program just created.
+    unsafe {
+        let fdflags = crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD);
+        let cloexec = if fdflags >= 0 && (fdflags as i32 & libc::FD_CLOEXEC) != 0 { libc::O_CLOEXEC } else { 0 };
+        for _ in 0..RESERVED_SPAN {
+            let next = next_counter();
+            let mut target = next.fetch_sub(1, Relaxed);
+            if target < floor {
+                next.store(top, Relaxed);
+                target = top;
+            }
+            if fd_in_use(target) {
+                continue;
+            }
+            if crate::sys!(libc::SYS_dup3, fd, target, cloexec) == target as i64 {
+                crate::sys!(libc::SYS_close, fd);
+                return target;
+            }
+        }
+    }
+    fd
+}
+
+/// Record one operation made from the wrapper whose frame is `fp`.
+pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errno: i32, fds: Vec<i32>) {
+    let was = threads::set_internal(true);
+    let op = RawOp { pid: crate::pid(), seq: SEQ.fetch_add(1, Relaxed), call, stack: stack::walk_vec(fp), args, result, errno, fds };
+    LOG.lock().push(op);
+    threads::set_internal(was);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The log as the supervisor sees it: symbolized, with what startup left unaccounted for.
+pub fn snapshot() -> StartupLog {
+    let raw: Vec<(i32, u32, &'static str, Vec<usize>, Vec<OpArg>, i64, i32, Vec<i32>)> = LOG
+        .lock()
+        .iter()
+        .map(|o| (o.pid, o.seq, o.call, o.stack.clone(), o.args.clone(), o.result, o.errno, o.fds.clone()))
+        .collect();
+    let ops: Vec<StartupOp> = raw
+        .into_iter()
+        .map(|(pid, seq, call, st, args, result, errno, fds)| StartupOp {
+            pid,
+            seq,
+            call: call.to_string(),
+            stack: symbolize::call_stack(Some(call), &st),
+            args,
+            result,
+            errno,
+            fds,
+        })
+        .collect();
+    let complete = STARTUP_DONE.load(Acquire);
+    let unreplayable = if complete { unaccounted(&ops) } else { Vec::new() };
+    StartupLog { complete, ops, unreplayable }
+}
+
+/// Descriptors open now that no recorded operation created (0-2 and the runtime's own
+/// excepted). Computed against the live fd table, so call it at (or soon after) startup
+/// completion.
+fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
+    let mut live: BTreeSet<i32> = BTreeSet::new();
+    for op in ops {
+        match op.call.as_str() {
+            "close" => {
+                if let Some(OpArg::Fd(fd)) = op.args.first() {
+                    live.remove(fd);
+                }
+            }
+            _ => live.extend(op.fds.iter().copied()),
+        }
+    }
+    let runtime = crate::control::reserved_fds();
+    let inherited = INHERITED.lock().clone();
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let mut fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        fds.sort_unstable();
+        for fd in fds {
+            if fd < 3 || runtime.contains(&fd) || live.contains(&fd) || inherited.contains(&fd) {
+                continue;
+            }
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
+            if target.is_empty() {
+                continue; // the read_dir handle itself, closed by now
+            }
+            out.push(format!("fd {fd} -> {target}: not created by an operation mcr records (libc-internal or not interposed)"));
+        }
+    }
+    out
+}
+
+fn open_fds() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// At exec (constructor) and fork: whatever is open now was inherited.
+pub fn note_inherited() {
+    let was = threads::set_internal(true);
+    let fds = open_fds();
+    *INHERITED.lock() = fds;
+    threads::set_internal(was);
+}
+
+/// A fork child's log starts as its parent's (the objects it inherited were made by
+/// those operations, tagged with the parent's PID): a daemon's first process exits, but
+/// the listening sockets it created live on in its children, and so does their record.
+pub fn reset_after_fork() {
+    LOG.force_unlock();
+    INHERITED.force_unlock();
+}
