@@ -2,7 +2,7 @@
 
 use crate::state::State;
 use mcr_protocol::{
-    InstanceStatus, Laggard, ProcessInfo, Request, Response, RuntimeCommandKind, RuntimeReply,
+    InstanceStatus, Laggard, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply,
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -35,6 +35,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 async fn handle(state: &State, req: Request) -> Response {
     match req {
         Request::Status => Response::Status(status(state).await),
+        Request::StartupLogs => startup_logs(state).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {
             let n = resume_all(state).await;
@@ -88,8 +89,9 @@ async fn startup_laggards(state: &State) -> String {
         if p.startup_complete {
             continue;
         }
-        if !p.managed {
-            lines.push(format!("  process {} ({}): {}", p.pid, p.command_line.join(" "), p.error.clone().unwrap_or_else(|| "not registered with mcr".into())));
+        if !p.managed || p.threads.is_empty() {
+            let why = p.error.clone().unwrap_or_else(|| "not registered with mcr".into());
+            lines.push(format!("  process {} ({}): {why}; {}", p.pid, p.command_line.join(" "), crate::procfs::where_is(p.pid)));
             continue;
         }
         for t in &p.threads {
@@ -99,6 +101,26 @@ async fn startup_laggards(state: &State) -> String {
         }
     }
     lines.join("\n")
+}
+
+async fn startup_logs(state: &State) -> Response {
+    let procs = state.processes();
+    let registered: Vec<i32> = state.lock().procs.keys().copied().collect();
+    let replies = ask_all(state, &registered, RuntimeCommandKind::StartupLog, ASK_TIMEOUT).await;
+    let processes = procs
+        .iter()
+        .map(|p| {
+            let reply = replies.iter().find(|(pid, _)| *pid == p.pid).map(|(_, r)| r);
+            let (log, error) = match reply {
+                Some(Ok(RuntimeReply::StartupLog(l))) => (Some(l.clone()), None),
+                Some(Ok(other)) => (None, Some(format!("unexpected answer {other:?}"))),
+                Some(Err(e)) => (None, Some(e.clone())),
+                None => (None, Some("not registered with mcr".to_string())),
+            };
+            ProcessLog { pid: p.pid, command_line: p.cmdline.clone(), log, error }
+        })
+        .collect();
+    Response::StartupLogs { processes }
 }
 
 /// SIGTERM to the main process now, SIGKILL to every process after `grace`.

@@ -73,3 +73,14 @@ pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc
     out.sort_by_key(|p| p.pid);
     out
 }
+
+/// Where a process's main thread is, from the kernel's view: its system call (by number)
+/// or "running".
+pub fn where_is(pid: i32) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    match text.split_whitespace().next() {
+        Some("running") => "it is running outside any blocking call".into(),
+        Some(nr) if nr.parse::<i64>().is_ok() => format!("it is blocked in system call {nr}, which mcr does not wrap"),
+        _ => "its state is unknown".into(),
+    }
+}
