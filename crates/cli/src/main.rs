@@ -4,6 +4,7 @@ mod client;
 mod program;
 mod render;
 mod run;
+mod update;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -44,6 +45,22 @@ enum Command {
         space randomization disabled, so that a later version can take over its PIDs and \
         addresses. A server that daemonizes itself keeps running under mcr.")]
     Run(run::RunArgs),
+    /// Live-update an instance to a new build: quiesce it, restart the new version with
+    /// its startup replayed against the old one's, then commit or roll back
+    #[command(long_about = "Live-update an instance to a new build.\n\n\
+        1. quiesce the running version;\n\
+        2. start the new version in its own PID namespace, holding every descriptor the old \
+        version created during startup at the same number, with the old version's \
+        environment and working directory;\n\
+        3. replay: each startup operation of the new version that matches the old startup log \
+        (same call stack, same arguments) returns the inherited object instead of creating a \
+        new one; mismatches on inherited objects, dropped objects and a different process \
+        tree are conflicts;\n\
+        4. once every thread of the new version is parked at a quiescent point, commit: the \
+        old version exits and the new one takes over the name and resumes.\n\n\
+        Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
+        resumes the old one; the exit status is then 1. In-memory state is not transferred yet.")]
+    Update(update::UpdateArgs),
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -105,6 +122,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(&dir, args),
+        Command::Update(args) => update::update(&dir, args),
         Command::Status { name, json, log: false } => client::status(&dir, &name, json),
         Command::Status { name, json, log: true } => client::startup_logs(&dir, &name, json),
         Command::List { json } => client::list(&dir, json),

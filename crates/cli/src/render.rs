@@ -1,6 +1,6 @@
 //! Human-readable output.
 
-use mcr_protocol::{CallStack, InstanceStatus, Laggard, ProcessLog};
+use mcr_protocol::{CallStack, InstanceStatus, Laggard, ProcessLog, ReplayConflict, StartupOp};
 use std::fmt::Write;
 
 pub fn error_chain(e: &anyhow::Error) -> String {
@@ -107,6 +107,29 @@ pub fn startup_logs(procs: &[ProcessLog]) -> String {
         for u in &log.unreplayable {
             let _ = writeln!(o, "  ! unreplayable: {u}");
         }
+    }
+    o
+}
+
+fn op_line(op: &StartupOp) -> String {
+    let args: Vec<String> = op.args.iter().map(ToString::to_string).collect();
+    format!("{}({}) in {}", op.call, args.join(", "), op.stack.summary(5))
+}
+
+/// One screen: what failed, where, and what to do.
+pub fn update_failure(name: &str, message: &str, conflicts: &[ReplayConflict]) -> String {
+    let mut o = format!("mcr: update of '{name}' rolled back; the old version is running as before.\n  why: {message}\n");
+    for c in conflicts {
+        let _ = writeln!(o, "  conflict in process {}: {}", c.pid, c.reason);
+        if let Some(op) = &c.new_op {
+            let _ = writeln!(o, "    new version: {}", op_line(op));
+        }
+        if let Some(op) = &c.old_op {
+            let _ = writeln!(o, "    old version: {}", op_line(op));
+        }
+    }
+    if !conflicts.is_empty() {
+        o.push_str("  to accept this change, resolve it in the new version with MCR_ADD_REINIT_HANDLER (include/mcr.h)\n");
     }
     o
 }

@@ -55,6 +55,43 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         eprintln!("mcr: warning: {w}");
     }
 
+    let report_rd = spawn_supervisor(SupervisorLaunch {
+        name: name.clone(),
+        files: files.clone(),
+        lock,
+        program: program.clone(),
+        args: rest.to_vec(),
+        runtime_lib,
+        profile,
+        detach: args.detach,
+        update: None,
+    })?;
+    if args.detach {
+        detached(dir, &name, &files.log, report_rd, Duration::from_secs(args.startup_timeout))
+    } else {
+        foreground(dir, &name, report_rd)
+    }
+}
+
+/// What `spawn_supervisor` launches.
+pub struct SupervisorLaunch {
+    pub name: String,
+    pub files: mcr_protocol::InstanceFiles,
+    pub lock: std::fs::File,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub runtime_lib: PathBuf,
+    pub profile: Option<PathBuf>,
+    pub detach: bool,
+    pub update: Option<mcr_supervisor::UpdateLaunch>,
+}
+
+/// Fork the supervisor (into a new PID namespace when permitted) and return the read end
+/// of its report pipe. `mcr` itself must stay outside the new namespace (a process that
+/// unshared CLONE_NEWPID can no longer create threads), so an intermediate child unshares
+/// and forks the supervisor, then exits; as a subreaper, `mcr` inherits the supervisor
+/// and can wait for it. Descriptors open without close-on-exec here reach the server.
+pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd> {
     let mut fds = [0i32; 2];
     // SAFETY: valid array for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -62,10 +99,6 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     }
     // SAFETY: fresh descriptors from pipe2.
     let (report_rd, report_wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // `mcr run` itself must stay outside the new PID namespace (a process that unshared
-    // CLONE_NEWPID can no longer create threads), so an intermediate child unshares and
-    // forks the supervisor, then exits; as a subreaper, `mcr run` inherits the supervisor
-    // and can wait for it.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     // SAFETY: mcr is single-threaded here; both children only continue as described.
@@ -82,7 +115,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         // SAFETY: as above; this process exits right after.
         let child = unsafe { libc::fork() };
         if child != 0 {
-            // SAFETY: leaving without running destructors or atexit handlers of mcr run.
+            // SAFETY: leaving without running destructors or atexit handlers of mcr.
             unsafe { libc::_exit(if child < 0 { 71 } else { 0 }) };
         }
         let report = Some(report_wr);
@@ -93,22 +126,23 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
                 std::process::exit(70);
             }
         };
-        if args.detach {
-            redirect_stdio(&files.log);
+        if l.detach {
+            redirect_stdio(&l.files.log);
         }
         let code = mcr_supervisor::run(mcr_supervisor::Config {
-            name: name.clone(),
-            files: files.clone(),
-            lock,
-            program: program.clone(),
-            args: rest.to_vec(),
-            runtime_lib,
-            profile,
+            name: l.name,
+            files: l.files,
+            lock: l.lock,
+            program: l.program,
+            args: l.args,
+            runtime_lib: l.runtime_lib,
+            profile: l.profile,
             pid_namespace: own_ns,
             namespace_note: note,
             supervisor_pid,
             report,
-            detach: args.detach,
+            detach: l.detach,
+            update: l.update,
         });
         std::process::exit(code);
     }
@@ -116,12 +150,8 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     // SAFETY: reaping the intermediate child.
     unsafe { libc::waitpid(intermediate, &mut st, 0) };
     drop(report_wr);
-    drop(lock);
-    if args.detach {
-        detached(dir, &name, &files.log, report_rd, Duration::from_secs(args.startup_timeout))
-    } else {
-        foreground(dir, &name, report_rd)
-    }
+    drop(l.lock);
+    Ok(report_rd)
 }
 
 fn redirect_stdio(log: &std::path::Path) {
@@ -136,7 +166,7 @@ fn redirect_stdio(log: &std::path::Path) {
     }
 }
 
-fn reports(fd: OwnedFd) -> impl Iterator<Item = LaunchReport> {
+pub fn reports(fd: OwnedFd) -> impl Iterator<Item = LaunchReport> {
     BufReader::new(std::fs::File::from(fd))
         .lines()
         .map_while(|l| l.ok())
@@ -181,6 +211,11 @@ fn detached(dir: &InstanceDir, name: &str, log: &std::path::Path, rd: OwnedFd, t
                 return Ok(0);
             }
             Ok(LaunchReport::LaunchFailed { message }) => bail!("{message}"),
+            Ok(LaunchReport::ReplayConflict { .. }) => {}
+            Ok(LaunchReport::Replaced) => {
+                println!("'{name}' was live-updated while starting");
+                return Ok(0);
+            }
             Ok(LaunchReport::Exited { status }) => {
                 bail!("the server exited with {status} before completing startup{}", log_tail(log))
             }
@@ -232,6 +267,11 @@ fn foreground(dir: &InstanceDir, name: &str, rd: OwnedFd) -> Result<i32> {
                 return Ok(127);
             }
             LaunchReport::Exited { status: s } => status = Some(s),
+            LaunchReport::Replaced => {
+                eprintln!("mcr: '{name}' was live-updated; the new version runs detached (see `mcr status {name}`)");
+                return Ok(0);
+            }
+            LaunchReport::ReplayConflict { .. } => {}
             LaunchReport::Supervising { pid_namespace, note, .. } => {
                 own_ns = pid_namespace;
                 if let Some(n) = note {

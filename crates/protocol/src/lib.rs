@@ -32,6 +32,8 @@ pub mod env {
     pub const DEBUG: &str = "MCR_DEBUG";
     /// Overrides where the CLI finds `libmcr.so`.
     pub const RUNTIME_LIB: &str = "MCR_RUNTIME_LIB";
+    /// Update: path of the old version's startup logs (JSON) the new version replays.
+    pub const REPLAY: &str = "MCR_REPLAY";
     /// Set to `1` by the supervisor when the server runs in its own PID namespace.
     pub const PID_NAMESPACE: &str = "MCR_PID_NAMESPACE";
     /// Set to `1` to run without a PID namespace even where one is permitted.

@@ -124,6 +124,21 @@ pub enum RuntimeEvent {
     },
     /// Answer to the command with the same `id`.
     Reply { id: u64, reply: RuntimeReply },
+    /// Replay found a startup operation of the new version that conflicts with the old
+    /// version's log; the process exits right after.
+    ReplayConflict { conflict: ReplayConflict },
+}
+
+/// A startup operation of the new version that replay cannot reconcile with the old log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayConflict {
+    pub pid: i32,
+    /// What is wrong, in one sentence.
+    pub reason: String,
+    /// The new version's operation (absent when an old one was never made).
+    pub new_op: Option<StartupOp>,
+    /// The old version's operation it was compared with (or the one never made).
+    pub old_op: Option<StartupOp>,
 }
 
 /// Supervisor → runtime.
@@ -180,6 +195,12 @@ pub enum Request {
     Stop { grace_ms: u64 },
     /// Answer once the server completed startup (or failed to).
     WaitStarted { timeout_ms: u64 },
+    /// What `mcr update` needs to start the next version like this one.
+    UpdateInfo,
+    /// Update, new version: once the old version is gone, take over the instance name.
+    TakeOver,
+    /// Update, old version: the new version is committed; exit now.
+    Retire,
 }
 
 /// Supervisor → CLI.
@@ -200,6 +221,10 @@ pub enum Response {
     Resumed { processes: usize },
     Started { startup_ms: f64 },
     Stopping,
+    UpdateInfo(UpdateInfo),
+    /// Update, new version: startup finished with every thread parked, or failed.
+    Ready { startup_ms: f64, processes: Vec<i32> },
+    ReplayFailed { conflicts: Vec<ReplayConflict>, message: String },
     Ok,
     Error { message: String },
 }
@@ -251,6 +276,10 @@ pub enum LaunchReport {
     Exited { status: ExitStatus },
     /// The server could not be launched at all.
     LaunchFailed { message: String },
+    /// Update, new version: a process found a replay conflict (and exited).
+    ReplayConflict { conflict: ReplayConflict },
+    /// Update, old version: a committed new version replaced this one.
+    Replaced,
 }
 
 /// How the server ended, as its main process ended.
@@ -371,4 +400,17 @@ pub struct ProcessLog {
     pub command_line: Vec<String>,
     pub log: Option<StartupLog>,
     pub error: Option<String>,
+}
+
+/// How the running version was launched, so the next one starts the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateInfo {
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub pid_namespace: bool,
+    pub supervisor_pid: i32,
+    pub profile: Option<String>,
+    pub detach: bool,
+    /// Processes of the old version (PIDs inside its namespace).
+    pub processes: Vec<i32>,
 }

@@ -97,6 +97,14 @@ fn write_all(msg: &RuntimeEvent) -> bool {
     true
 }
 
+/// Send an unsolicited event to the supervisor (from any thread).
+pub fn send_event(ev: &RuntimeEvent) -> bool {
+    let was = threads::set_internal(true);
+    let ok = write_all(ev);
+    threads::set_internal(was);
+    ok
+}
+
 fn read_cmdline() -> Vec<String> {
     std::fs::read("/proc/self/cmdline")
         .unwrap_or_default()
@@ -284,6 +292,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         }
         RuntimeCommandKind::StartupLog => RuntimeReply::StartupLog(crate::startup_log::snapshot()),
         RuntimeCommandKind::Resume => {
+            // Resuming ends an update's replay: later forks are ordinary forks.
+            crate::replay::deactivate();
             quiesce::resume();
             RuntimeReply::Resumed
         }

@@ -27,6 +27,7 @@ mod futex;
 mod interpose;
 mod quiesce;
 mod real;
+mod replay;
 mod signals;
 mod stack;
 mod startup_log;
@@ -87,6 +88,7 @@ pub(crate) fn after_fork_in_child() {
     quiesce::reset_after_fork();
     symbolize::reset_after_fork();
     startup_log::reset_after_fork();
+    replay::reset_after_fork();
     control::after_fork_child();
 }
 
@@ -131,6 +133,12 @@ extern "C" fn init() {
     startup_log::init_reserved_range();
     startup_log::note_inherited();
     if control::register(false) {
+        if let Some(path) = env(mcr_protocol::env::REPLAY) {
+            if let Err(reason) = replay::load(&path) {
+                replay::fail(mcr_protocol::ReplayConflict { pid: pid(), reason, new_op: None, old_op: None });
+            }
+            quiesce::hold_from_start();
+        }
         signals::install_kick(kick);
         // SAFETY: handlers are plain functions valid for the life of the process.
         unsafe {

@@ -28,6 +28,11 @@ pub static STARTUP_NS: AtomicU64 = AtomicU64::new(0);
 /// Quiescent-point IDs from the profile; `None`: the default rule.
 static PROFILE: OnceLock<Option<HashSet<u64>>> = OnceLock::new();
 
+/// Start held: threads park at their first quiescent point (an update's new version).
+pub fn hold_from_start() {
+    QUIESCING.store(true, SeqCst);
+}
+
 pub fn set_profile(ids: Option<HashSet<u64>>) {
     let _ = PROFILE.set(ids);
 }
@@ -76,6 +81,9 @@ fn note_startup_qp(slot: &Slot) {
     }
     let all = threads::used().all(|(_, s)| s.tid.load(Acquire) != TID_PENDING && s.reached_qp.load(Acquire));
     if all && !STARTUP_DONE.swap(true, AcqRel) {
+        if let Some(conflict) = crate::replay::finish_startup() {
+            crate::replay::fail(conflict);
+        }
         STARTUP_NS.store(crate::since_start_ns(), Release);
         crate::control::notify_startup_complete();
     }
@@ -250,7 +258,9 @@ pub fn is_quiesced() -> bool {
 }
 
 pub fn reset_after_fork() {
-    QUIESCING.store(false, SeqCst);
+    // An update's new version holds every process at its first quiescent point until
+    // commit, fork children included.
+    QUIESCING.store(crate::replay::active(), SeqCst);
     STARTUP_DONE.store(false, SeqCst);
 }
 

@@ -110,6 +110,32 @@ pub fn reserve(fd: i32) -> i32 {
     fd
 }
 
+pub fn in_reserved_range(fd: i32) -> bool {
+    let top = RESERVED_TOP.load(Relaxed);
+    fd <= top && fd > top - RESERVED_SPAN
+}
+
+/// Move a new descriptor to `target` (the number its old counterpart had) when that is
+/// free, else reserve it as usual.
+pub fn place(fd: i32, target: i32) -> i32 {
+    if fd == target {
+        return fd;
+    }
+    if target < 3 || fd_in_use(target) {
+        return reserve(fd);
+    }
+    // SAFETY: duplicating a descriptor the program just created onto a free number.
+    unsafe {
+        let fdflags = crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD);
+        let cloexec = if fdflags >= 0 && (fdflags as i32 & libc::FD_CLOEXEC) != 0 { libc::O_CLOEXEC } else { 0 };
+        if crate::sys!(libc::SYS_dup3, fd, target, cloexec) == target as i64 {
+            crate::sys!(libc::SYS_close, fd);
+            return target;
+        }
+    }
+    reserve(fd)
+}
+
 /// Record one operation made from the wrapper whose frame is `fp`.
 pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errno: i32, fds: Vec<i32>) {
     let was = threads::set_internal(true);

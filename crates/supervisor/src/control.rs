@@ -36,6 +36,34 @@ async fn handle(state: &State, req: Request) -> Response {
     match req {
         Request::Status => Response::Status(status(state).await),
         Request::StartupLogs => startup_logs(state).await,
+        Request::UpdateInfo => {
+            let g = state.lock();
+            let facts = g.launch.clone();
+            drop(g);
+            match facts {
+                Some(f) => Response::UpdateInfo(mcr_protocol::UpdateInfo {
+                    cwd: f.cwd,
+                    env: f.env,
+                    pid_namespace: state.pid_namespace,
+                    supervisor_pid: state.supervisor_pid,
+                    profile: f.profile,
+                    detach: f.detach,
+                    processes: state.processes().iter().map(|p| p.pid).collect(),
+                }),
+                None => Response::Error { message: "no launch information".into() },
+            }
+        }
+        Request::Retire => {
+            // The committed new version holds every inherited object: the old processes
+            // (parked, mid-nothing) can simply go.
+            state.lock().retired = true;
+            for p in state.processes() {
+                // SAFETY: kill(2) to a process of our instance.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+            Response::Ok
+        }
+        Request::TakeOver => take_over(state).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {
             let n = resume_all(state).await;
@@ -123,6 +151,42 @@ async fn startup_logs(state: &State) -> Response {
     Response::StartupLogs { processes }
 }
 
+/// Update, new version: become the instance (its name, lock, socket), then resume.
+async fn take_over(state: &State) -> Response {
+    let (current, target) = {
+        let g = state.lock();
+        match (g.files.clone(), g.final_files.clone()) {
+            (Some(c), Some(t)) => (c, t),
+            _ => return Response::Error { message: "this supervisor is not an update's new version".into() },
+        }
+    };
+    let t0 = Instant::now();
+    let lock = loop {
+        match target.acquire() {
+            Ok(l) => break l,
+            Err(e) if t0.elapsed() > Duration::from_secs(5) => {
+                return Response::Error { message: format!("cannot take over the instance name: {e}") }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    if let Err(e) = std::fs::rename(&current.socket, &target.socket) {
+        return Response::Error { message: format!("cannot move the control socket to {}: {e}", target.socket.display()) };
+    }
+    let _ = std::fs::write(&target.pid, format!("{}\n", state.supervisor_pid));
+    let _ = std::fs::remove_file(&current.pid);
+    let _ = std::fs::remove_file(&current.lock);
+    {
+        let mut g = state.lock();
+        g.name = target.name.clone();
+        g.files = Some(target);
+        g.final_files = None;
+        g.lock = Some(lock);
+    }
+    resume_all(state).await;
+    Response::Ok
+}
+
 /// SIGTERM to the main process now, SIGKILL to every process after `grace`.
 pub fn begin_stop(state: &State, grace: Duration) {
     let main = {
@@ -180,7 +244,7 @@ pub async fn status(state: &State) -> InstanceStatus {
         out.push(info);
     }
     InstanceStatus {
-        name: state.name.clone(),
+        name: g.name.clone(),
         program: state.program.clone(),
         args: state.args.clone(),
         supervisor_pid: state.supervisor_pid,

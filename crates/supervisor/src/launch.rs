@@ -46,7 +46,20 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
         _ => cfg.runtime_lib.display().to_string(),
     };
-    let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "LD_PRELOAD" && !k.starts_with("MCR_PROFILE")).collect();
+    // An update's new version gets the old one's environment, minus what mcr sets.
+    let base: Vec<(String, String)> = match &cfg.update {
+        Some(u) => u.env.clone(),
+        None => std::env::vars().collect(),
+    };
+    let ours = [
+        mcr_protocol::env::RUNTIME_SOCKET,
+        mcr_protocol::env::INSTANCE,
+        mcr_protocol::env::PROFILE,
+        mcr_protocol::env::PID_NAMESPACE,
+        mcr_protocol::env::INSTANCE_LOG,
+        mcr_protocol::env::REPLAY,
+    ];
+    let mut env: Vec<(String, String)> = base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
     env.push(("LD_PRELOAD".into(), preload));
     env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
     env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
@@ -55,6 +68,10 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     if let Some(p) = &cfg.profile {
         env.push((mcr_protocol::env::PROFILE.into(), p.display().to_string()));
     }
+    if let Some(u) = &cfg.update {
+        env.push((mcr_protocol::env::REPLAY.into(), u.replay_log.display().to_string()));
+    }
+    let cwd = cfg.update.as_ref().map(|u| cstring(u.cwd.as_os_str()));
     let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(core::ptr::null());
@@ -96,6 +113,13 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
                 }
             }
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            if let Some(dir) = &cwd {
+                if libc::chdir(dir.as_ptr()) != 0 {
+                    let err = *libc::__errno_location();
+                    libc::write(wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+                    libc::_exit(127);
+                }
+            }
             if let Some(log) = &log {
                 let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
                 libc::dup2(null, 0);

@@ -55,6 +55,20 @@ pub struct Config {
     pub report: Option<OwnedFd>,
     /// Redirect the server's stdin to /dev/null and stdout/stderr to the instance log.
     pub detach: bool,
+    /// Update: this supervisor runs the new version under a temporary name (`files`) and
+    /// takes over `final_name` at commit.
+    pub update: Option<UpdateLaunch>,
+}
+
+/// How the new version of an update is launched.
+#[derive(Debug)]
+pub struct UpdateLaunch {
+    pub final_name: String,
+    /// The old version's startup logs, for replay.
+    pub replay_log: PathBuf,
+    /// The old version's environment and working directory.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
 }
 
 /// Write one report line; a launcher that went away is not an error.
@@ -85,6 +99,9 @@ pub fn run(config: Config) -> i32 {
         Err(e) => {
             report(&config.report, &LaunchReport::LaunchFailed { message: e.to_string() });
             config.files.remove_all();
+            if let Some(u) = &config.update {
+                let _ = std::fs::remove_file(&u.replay_log);
+            }
             127
         }
     }

@@ -39,7 +39,7 @@ async fn serve(state: State, stream: UnixStream, pid: i32, conn: u64) {
     while let Ok(Some(line)) = lines.next_line().await {
         match mcr_protocol::decode_line::<RuntimeEvent>(line.as_bytes()) {
             Ok(ev) => state.on_event(conn, pid, ev, &tx),
-            Err(e) => eprintln!("mcr[{}]: bad message from process {pid}: {e}", state.name),
+            Err(e) => eprintln!("mcr: bad message from process {pid}: {e}"),
         }
     }
     state.on_disconnect(conn, pid);

@@ -2,7 +2,7 @@
 
 use crate::launch::Launched;
 use crate::{control, procfs, report, runtime_link, Config};
-use mcr_protocol::{ExitStatus, LaunchReport, RuntimeCommandKind, RuntimeEvent, RuntimeReply};
+use mcr_protocol::{ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +28,31 @@ pub struct Inner {
     pub started: Option<f64>,
     pub quiesced: bool,
     pub stopping: bool,
+    /// The instance's name and files (they change when an update's new version takes over).
+    pub name: String,
+    pub files: Option<InstanceFiles>,
+    /// Update, new version: the files it takes over at commit.
+    pub final_files: Option<InstanceFiles>,
+    pub lock: Option<std::fs::File>,
+    /// Update, new version: replay conflicts reported by its processes.
+    pub conflicts: Vec<ReplayConflict>,
+    /// Update, old version: replaced by a committed new version.
+    pub retired: bool,
+    /// How the server was launched, for `UpdateInfo`.
+    pub launch: Option<LaunchFacts>,
+}
+
+/// How this version was launched (what the next version of an update copies).
+#[derive(Clone)]
+pub struct LaunchFacts {
+    pub profile: Option<String>,
+    pub detach: bool,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
 }
 
 pub struct Shared {
     pub inner: Mutex<Inner>,
-    pub name: String,
     pub program: String,
     pub args: Vec<String>,
     pub pid_namespace: bool,
@@ -41,6 +61,8 @@ pub struct Shared {
     pub launched_at: Instant,
     /// None while starting; Some(Ok(ms)) once started; Some(Err(msg)) if it never will.
     pub started_tx: watch::Sender<Option<Result<f64, String>>>,
+    /// The pipe to the launcher (`mcr run` or `mcr update`).
+    pub report: Option<std::os::fd::OwnedFd>,
 }
 
 pub type State = Arc<Shared>;
@@ -94,6 +116,16 @@ impl Shared {
                     p.startup_complete = true;
                     p.startup_ms = Some(elapsed_ms);
                 }
+            }
+            RuntimeEvent::ReplayConflict { conflict } => {
+                let msg = format!("process {}: {}", conflict.pid, conflict.reason);
+                g.conflicts.push(conflict.clone());
+                drop(g);
+                if self.started_tx.borrow().is_none() {
+                    let _ = self.started_tx.send(Some(Err(msg)));
+                }
+                report(&self.report.as_ref().and_then(|f| f.try_clone().ok()), &LaunchReport::ReplayConflict { conflict });
+                return;
             }
             RuntimeEvent::Reply { id, reply } => {
                 if let Some((_, waiter)) = g.pending.remove(&id) {
@@ -181,9 +213,39 @@ fn pick_main(state: &State) {
 pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     let (started_tx, _) = watch::channel(None);
     let lib_name = cfg.runtime_lib.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "libmcr.so".into());
+    let facts = LaunchFacts {
+        profile: cfg.profile.as_ref().map(|p| p.display().to_string()),
+        detach: cfg.detach,
+        env: match &cfg.update {
+            Some(u) => u.env.clone(),
+            None => std::env::vars().collect(),
+        },
+        cwd: match &cfg.update {
+            Some(u) => u.cwd.display().to_string(),
+            None => std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        },
+    };
+    let mut cfg = cfg;
     let state: State = Arc::new(Shared {
-        inner: Mutex::new(Inner { main_pid: Some(launched.first_pid), ..Default::default() }),
-        name: cfg.name.clone(),
+        inner: Mutex::new(Inner {
+            main_pid: Some(launched.first_pid),
+            name: cfg.name.clone(),
+            files: Some(cfg.files.clone()),
+            final_files: cfg.update.as_ref().map(|u| {
+                let mut f = cfg.files.clone();
+                let dir = cfg.files.lock.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+                f.name = u.final_name.clone();
+                f.lock = dir.join(format!("{}.lock", u.final_name));
+                f.socket = dir.join(format!("{}.sock", u.final_name));
+                f.pid = dir.join(format!("{}.pid", u.final_name));
+                f
+            }),
+            lock: cfg.lock.try_clone().ok(),
+            // An update's new version holds its threads at their first quiescent point.
+            quiesced: cfg.update.is_some(),
+            launch: Some(facts),
+            ..Default::default()
+        }),
         program: cfg.program.display().to_string(),
         args: cfg.args.clone(),
         pid_namespace: cfg.pid_namespace,
@@ -191,6 +253,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         runtime_lib_name: lib_name,
         launched_at: Instant::now(),
         started_tx,
+        report: cfg.report.as_ref().and_then(|f| f.try_clone().ok()),
     });
     let _ = std::fs::write(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid));
     report(&cfg.report, &LaunchReport::Supervising {
@@ -244,8 +307,27 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     if state.started_tx.borrow().is_none() {
         let _ = state.started_tx.send(Some(Err(format!("the server exited with {exit} before completing startup"))));
     }
-    report(&cfg.report, &LaunchReport::Exited { status: exit });
-    cfg.files.remove_all();
-    drop(cfg.lock);
-    exit.shell_code()
+    let (retired, files, lock) = {
+        let mut g = state.lock();
+        (g.retired, g.files.take(), g.lock.take())
+    };
+    if retired {
+        report(&cfg.report, &LaunchReport::Replaced);
+    } else {
+        report(&cfg.report, &LaunchReport::Exited { status: exit });
+    }
+    if let Some(files) = files {
+        files.remove_all();
+    }
+    if let Some(u) = &cfg.update {
+        let _ = std::fs::remove_file(&u.replay_log);
+    }
+    drop(lock);
+    drop(std::mem::replace(&mut cfg.lock, tempfile_placeholder()));
+    if retired { 0 } else { exit.shell_code() }
+}
+
+/// A harmless File to leave in place of the moved-out instance lock.
+fn tempfile_placeholder() -> std::fs::File {
+    std::fs::File::open("/dev/null").unwrap_or_else(|_| std::fs::File::open("/").expect("/ exists"))
 }

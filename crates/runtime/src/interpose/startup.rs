@@ -6,10 +6,18 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::stack::frame_address;
-use crate::startup_log::{hex, record, recording, reserve};
+use crate::replay::{self, Decision};
+use crate::startup_log::{hex, place, record, recording, reserve};
 use crate::{errno, real};
 use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, sockaddr, socklen_t};
 use mcr_protocol::OpArg;
+
+fn place_or_reserve(fd: c_int, at: Option<&i32>) -> c_int {
+    match at {
+        Some(&t) => place(fd, t),
+        None => reserve(fd),
+    }
+}
 
 fn cstr(p: *const c_char) -> String {
     if p.is_null() {
@@ -27,16 +35,41 @@ fn bytes(p: *const c_void, len: usize) -> String {
     hex(unsafe { std::slice::from_raw_parts(p as *const u8, len) })
 }
 
+/// In an update's new version: what replay says about this operation (conflicts end the
+/// process here). Outside an update: run it live.
+fn replay_decision(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
+    if !replay::active() {
+        return Decision::Live(vec![]);
+    }
+    match replay::decide(call, fp, args) {
+        Decision::Conflict(c) => replay::fail(*c),
+        d => d,
+    }
+}
+
 /// Run a call creating one fd; record it (and reserve the fd) during startup.
 #[inline(always)]
 fn creating(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>, f: impl FnOnce() -> c_int) -> c_int {
     if !recording() {
         return f();
     }
+    let args = args();
+    let target = match replay_decision(call, fp, &args) {
+        Decision::Replay(fd) => {
+            record(call, fp, args, fd, 0, vec![fd as i32]);
+            return fd as c_int;
+        }
+        Decision::Live(at) => at.first().copied(),
+        Decision::Conflict(_) => None,
+    };
     let r = f();
     let e = errno::get();
-    let fd = if r >= 0 { reserve(r) } else { r };
-    record(call, fp, args(), fd as i64, if r < 0 { e } else { 0 }, if fd >= 0 { vec![fd] } else { vec![] });
+    let fd = match (r, target) {
+        (r, _) if r < 0 => r,
+        (r, Some(t)) => place(r, t),
+        (r, None) => reserve(r),
+    };
+    record(call, fp, args, fd as i64, if r < 0 { e } else { 0 }, if fd >= 0 { vec![fd] } else { vec![] });
     errno::set(e);
     fd
 }
@@ -47,9 +80,14 @@ fn configuring(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>,
     if !recording() {
         return f();
     }
+    let args = args();
+    if let Decision::Replay(res) = replay_decision(call, fp, &args) {
+        record(call, fp, args, res, 0, vec![]);
+        return res as c_int;
+    }
     let r = f();
     let e = errno::get();
-    record(call, fp, args(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, vec![]);
     errno::set(e);
     r
 }
@@ -66,15 +104,21 @@ pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: 
     if !recording() {
         return f(domain, ty, proto, sv);
     }
+    let fp = frame_address();
+    let args = vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)];
+    let at = match replay_decision("socketpair", fp, &args) {
+        Decision::Live(at) => at,
+        _ => vec![],
+    };
     let r = f(domain, ty, proto, sv);
     let e = errno::get();
     let mut fds = vec![];
     if r == 0 {
-        *sv = reserve(*sv);
-        *sv.add(1) = reserve(*sv.add(1));
+        *sv = place_or_reserve(*sv, at.first());
+        *sv.add(1) = place_or_reserve(*sv.add(1), at.get(1));
         fds = vec![*sv, *sv.add(1)];
     }
-    record("socketpair", frame_address(), vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)], r as i64, if r < 0 { e } else { 0 }, fds);
+    record("socketpair", fp, args, r as i64, if r < 0 { e } else { 0 }, fds);
     errno::set(e);
     r
 }
@@ -83,15 +127,20 @@ unsafe fn pipe_common(call: &'static str, fp: usize, fds: *mut c_int, flags: c_i
     if !recording() {
         return f();
     }
+    let args = vec![OpArg::Int(flags as i64)];
+    let at = match replay_decision(call, fp, &args) {
+        Decision::Live(at) => at,
+        _ => vec![],
+    };
     let r = f();
     let e = errno::get();
     let mut created = vec![];
     if r == 0 {
-        *fds = reserve(*fds);
-        *fds.add(1) = reserve(*fds.add(1));
+        *fds = place_or_reserve(*fds, at.first());
+        *fds.add(1) = place_or_reserve(*fds.add(1), at.get(1));
         created = vec![*fds, *fds.add(1)];
     }
-    record(call, fp, vec![OpArg::Int(flags as i64)], r as i64, if r < 0 { e } else { 0 }, created);
+    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, created);
     errno::set(e);
     r
 }
@@ -274,6 +323,11 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let fp = frame_address();
     if !recording() {
         return f();
+    }
+    // Replay: the child takes the PID its old counterpart had.
+    if let Some(pid) = replay::fork_target(fp) {
+        let _ = replay_decision("fork", fp, &[]);
+        replay::request_pid(pid);
     }
     let r = f();
     if r != 0 {

@@ -1,0 +1,377 @@
+//! `mcr update`: mutable reinitialization (paper §3, steps 1-2; state transfer comes
+//! next). Quiesce the old version, start the new one in its own PID namespace holding
+//! every descriptor the old one created during startup (at the same numbers), let it
+//! replay its startup against the old log until its threads park, then commit (the old
+//! version exits, the new one takes the name and resumes) or roll back (the new one is
+//! killed, the old one resumes as if nothing happened).
+
+use crate::client::Connection;
+use crate::run::{reports, spawn_supervisor, SupervisorLaunch};
+use crate::{program, render};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use mcr_protocol::{InstanceDir, LaunchReport, ProcessLog, ReplayConflict, Request, Response, UpdateInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// The running instance to update
+    name: String,
+    /// Milliseconds the new version has to replay its startup and park (the old one is
+    /// resumed if it does not)
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    timeout: u64,
+    /// Milliseconds the old version has to quiesce
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    quiesce_timeout: u64,
+    /// Print the outcome and phase timings as JSON
+    #[arg(long)]
+    json: bool,
+    /// The new version and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
+    command: Vec<String>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+#[derive(serde::Serialize, Default)]
+struct Phases {
+    quiesce_ms: f64,
+    restart_ms: f64,
+    commit_ms: f64,
+    total_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Outcome {
+    instance: String,
+    committed: bool,
+    message: String,
+    phases: Phases,
+    conflicts: Vec<ReplayConflict>,
+    old_processes: Vec<i32>,
+    new_processes: Vec<i32>,
+}
+
+/// A failure before commit, with what it found.
+struct Failure {
+    message: String,
+    conflicts: Vec<ReplayConflict>,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { message: e.to_string(), conflicts: vec![] }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
+    let t0 = Instant::now();
+    let (prog, rest) = args.command.split_first().context("no program given")?;
+    let program = program::resolve(prog)?;
+    let checked = program::check(&program)?;
+    let runtime_lib = program::runtime_library()?;
+    let name = args.name.clone();
+    let mut old = Connection::open(dir, &name)?;
+    let info = match old.request(&Request::UpdateInfo)? {
+        Response::UpdateInfo(i) => i,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    };
+    let next_name = format!("{name}.next");
+    let next_files = dir.files(&next_name)?;
+    let next_lock = next_files.acquire().map_err(|e| anyhow!("another update of '{name}' is in progress ({e})"))?;
+    for w in &checked.warnings {
+        eprintln!("mcr: warning: {w}");
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+    }
+
+    let mut phases = Phases::default();
+    let tq = Instant::now();
+    match old.request(&Request::Quiesce { timeout_ms: args.quiesce_timeout })? {
+        Response::Quiesced { .. } => {}
+        Response::QuiesceFailed { message, laggards } => {
+            drop(next_lock);
+            next_files.remove_all();
+            bail!("the running version did not quiesce, nothing was changed: {message}\n{}", render::laggards(&laggards));
+        }
+        other => bail!("unexpected answer to quiesce: {other:?}"),
+    }
+    phases.quiesce_ms = ms(tq.elapsed());
+
+    let tr = Instant::now();
+    let mut new_supervisor: Option<i32> = None;
+    let mut new_processes = Vec::new();
+    let attempt = restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &mut new_supervisor, &mut new_processes);
+    phases.restart_ms = ms(tr.elapsed());
+    let _ = std::fs::remove_file(replay_path(dir, &name));
+
+    let outcome = match attempt {
+        Ok(()) => {
+            let tc = Instant::now();
+            match commit(dir, &name, &next_name, &mut old) {
+                Ok(()) => {
+                    phases.commit_ms = ms(tc.elapsed());
+                    Ok(())
+                }
+                Err(e) => Err(Failure::from(format!("commit failed: {e}"))),
+            }
+        }
+        Err(f) => Err(f),
+    };
+    phases.total_ms = ms(t0.elapsed());
+    let (committed, message, conflicts) = match outcome {
+        Ok(()) => (true, format!("'{name}' now runs {}", args.command.join(" ")), vec![]),
+        Err(f) => {
+            rollback(dir, &next_name, new_supervisor, &mut old);
+            (false, f.message, f.conflicts)
+        }
+    };
+    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, old_processes: info.processes.clone(), new_processes };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if out.committed {
+        println!(
+            "updated '{name}': quiesce {:.1} ms, restart+replay {:.1} ms, commit {:.1} ms (total {:.1} ms); processes {:?}",
+            out.phases.quiesce_ms, out.phases.restart_ms, out.phases.commit_ms, out.phases.total_ms, out.new_processes
+        );
+    } else {
+        eprint!("{}", render::update_failure(&name, &out.message, &out.conflicts));
+    }
+    Ok(if out.committed { 0 } else { 1 })
+}
+
+fn replay_path(dir: &InstanceDir, name: &str) -> PathBuf {
+    dir.path.join(format!("{name}.replay.json"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restart(
+    dir: &InstanceDir,
+    name: &str,
+    old: &mut Connection,
+    info: &UpdateInfo,
+    next_files: mcr_protocol::InstanceFiles,
+    next_lock: std::fs::File,
+    program: PathBuf,
+    rest: &[String],
+    runtime_lib: PathBuf,
+    args: &UpdateArgs,
+    new_supervisor: &mut Option<i32>,
+    new_processes: &mut Vec<i32>,
+) -> Result<(), Failure> {
+    let logs = match old.request(&Request::StartupLogs)? {
+        Response::StartupLogs { processes } => processes,
+        other => return Err(format!("unexpected answer: {other:?}").into()),
+    };
+    if let Some(p) = logs.iter().find(|p| p.log.is_none()) {
+        return Err(format!("process {} of the running version has no startup log: {}", p.pid, p.error.clone().unwrap_or_default()).into());
+    }
+    let replay_log = replay_path(dir, name);
+    std::fs::write(&replay_log, serde_json::to_vec(&logs)?)?;
+    let inherited = inherit_descriptors(info, &logs)?;
+    let mut files = next_files;
+    files.log = dir.files(name)?.log;
+    let report = spawn_supervisor(SupervisorLaunch {
+        name: format!("{name}.next"),
+        files,
+        lock: next_lock,
+        program,
+        args: rest.to_vec(),
+        runtime_lib,
+        profile: info.profile.as_ref().map(PathBuf::from),
+        detach: true,
+        update: Some(mcr_supervisor::UpdateLaunch {
+            final_name: name.to_string(),
+            replay_log,
+            env: info.env.clone(),
+            cwd: PathBuf::from(&info.cwd),
+        }),
+    })?;
+    drop(inherited);
+    wait_ready(report, Duration::from_millis(args.timeout), new_supervisor)?;
+    // The process tree must match: a missing process is a thread of control the new
+    // version never recreated; an extra one has no state to take over.
+    let mut next = Connection::open(dir, &format!("{name}.next"))?;
+    let st = match next.request(&Request::Status)? {
+        Response::Status(st) => st,
+        other => return Err(format!("unexpected answer: {other:?}").into()),
+    };
+    *new_processes = st.processes.iter().map(|p| p.pid).collect();
+    let old_set: BTreeSet<i32> = info.processes.iter().copied().collect();
+    let new_set: BTreeSet<i32> = new_processes.iter().copied().collect();
+    if info.pid_namespace && old_set != new_set {
+        return Err(format!(
+            "the new version's processes {new_set:?} do not match the old version's {old_set:?}: a process the old version has (or an extra one) \
+             is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Descriptors created by the old version's startup that are still open: copied out of
+/// the old processes with pidfd_getfd and placed at the same numbers in this process,
+/// without close-on-exec, so the new supervisor and its first process inherit them.
+fn inherit_descriptors(info: &UpdateInfo, logs: &[ProcessLog]) -> Result<Vec<OwnedFd>, Failure> {
+    let host = host_pids(info)?;
+    let mut taken: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    for p in logs {
+        let Some(hpid) = host.get(&p.pid) else { continue };
+        let fds: BTreeSet<i32> = p.log.iter().flat_map(|l| l.ops.iter()).flat_map(|o| o.fds.iter().copied()).collect();
+        // SAFETY: pidfd_open on a process of the old version (root: ptrace access).
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, *hpid as libc::c_long, 0 as libc::c_long) } as i32;
+        if pidfd < 0 {
+            return Err(format!("cannot open process {} (host pid {hpid}): {}", p.pid, std::io::Error::last_os_error()).into());
+        }
+        for fd in fds {
+            if taken.contains_key(&fd) || !std::path::Path::new(&format!("/proc/{hpid}/fd/{fd}")).exists() {
+                continue;
+            }
+            // SAFETY: copying a descriptor of the old process into ours.
+            let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_long, fd as libc::c_long, 0 as libc::c_long) } as i32;
+            if copy < 0 {
+                return Err(format!("cannot take fd {fd} of process {}: {}", p.pid, std::io::Error::last_os_error()).into());
+            }
+            // SAFETY: probing and duplicating descriptors of this process.
+            unsafe {
+                if copy != fd && libc::fcntl(fd, libc::F_GETFD) >= 0 {
+                    libc::close(copy);
+                    libc::close(pidfd);
+                    return Err(format!("fd {fd} is already in use in mcr itself").into());
+                }
+                if copy != fd {
+                    libc::dup2(copy, fd);
+                    libc::close(copy);
+                } else {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                taken.insert(fd, std::os::fd::FromRawFd::from_raw_fd(fd));
+            }
+        }
+        // SAFETY: our own pidfd.
+        unsafe { libc::close(pidfd) };
+    }
+    Ok(taken.into_values().collect())
+}
+
+/// PIDs inside the old version's namespace → host PIDs.
+fn host_pids(info: &UpdateInfo) -> Result<BTreeMap<i32, i32>, Failure> {
+    if !info.pid_namespace {
+        return Ok(info.processes.iter().map(|&p| (p, p)).collect());
+    }
+    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", info.supervisor_pid))
+        .map_err(|e| format!("cannot read the old supervisor's PID namespace: {e}"))?;
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Some(hpid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if hpid == info.supervisor_pid || std::fs::read_link(format!("/proc/{hpid}/ns/pid")).ok().as_ref() != Some(&ns) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
+        if let Some(nspid) = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok()) {
+            out.insert(nspid, hpid);
+        }
+    }
+    Ok(out)
+}
+
+fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i32>) -> Result<(), Failure> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for r in reports(report) {
+            if tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut conflicts = Vec::new();
+    loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(Failure { message: "interrupted by the user".into(), conflicts });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure {
+                message: format!("the new version did not complete its startup (every thread at a quiescent point) within {} ms", timeout.as_millis()),
+                conflicts,
+            });
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(LaunchReport::Supervising { supervisor_pid, .. }) => *new_supervisor = Some(supervisor_pid),
+            Ok(LaunchReport::Started { .. }) => return Ok(()),
+            Ok(LaunchReport::ReplayConflict { conflict }) => {
+                conflicts.push(conflict);
+                return Err(Failure { message: "replaying the new version's startup found a conflict".into(), conflicts });
+            }
+            Ok(LaunchReport::LaunchFailed { message }) => return Err(Failure { message: format!("the new version could not start: {message}"), conflicts }),
+            Ok(LaunchReport::Exited { status }) => {
+                return Err(Failure { message: format!("the new version exited with {status} during its startup"), conflicts })
+            }
+            Ok(LaunchReport::Replaced) => return Err("unexpected report from the new supervisor".into()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure { message: "the new version's supervisor died during startup".into(), conflicts })
+            }
+        }
+    }
+}
+
+fn commit(dir: &InstanceDir, name: &str, next_name: &str, old: &mut Connection) -> Result<()> {
+    match old.request(&Request::Retire)? {
+        Response::Ok => {}
+        other => bail!("the old version refused to retire: {other:?}"),
+    }
+    let files = dir.files(name)?;
+    let t = Instant::now();
+    while files.is_live() {
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!("the old version's supervisor did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match Connection::open(dir, next_name)?.request(&Request::TakeOver)? {
+        Response::Ok => Ok(()),
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer to take-over: {other:?}"),
+    }
+}
+
+fn rollback(dir: &InstanceDir, next_name: &str, new_supervisor: Option<i32>, old: &mut Connection) {
+    if let Some(pid) = new_supervisor.filter(|&p| p > 0) {
+        // SAFETY: killing the new version's supervisor (PID 1 of its namespace: the
+        // kernel ends every process of the new version with it).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    if let Ok(files) = dir.files(next_name) {
+        let t = Instant::now();
+        while files.is_live() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        files.clean_stale();
+    }
+    // Reap the dead supervisor (we are its subreaper).
+    let mut st = 0;
+    // SAFETY: non-blocking reap of our children.
+    while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
+    if let Err(e) = old.request(&Request::Resume) {
+        eprintln!("mcr: could not resume the old version: {e} (run `mcr ctl <name> resume`)");
+    }
+}

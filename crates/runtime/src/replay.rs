@@ -1,0 +1,241 @@
+//! Mutable reinitialization (paper §5): in the new version of an update, every startup
+//! operation is compared with the old version's startup log.
+//!
+//! * A match on an object the new version inherited (a listening socket, an open file)
+//!   is *replayed*: the call is not made again and returns the old result, so the new
+//!   version holds the old object at the same number.
+//! * Matches on process-local objects (epoll, eventfd, pipes, socketpairs), identities
+//!   (setsid, setuid) and forks run live: their contents belong to the new version (an
+//!   epoll's registered data are its pointers). New descriptors land at the old numbers.
+//! * An unmatched operation runs live, unless it reconfigures an inherited object: that
+//!   is a conflict. So is an inherited object the new version never claims (a dropped
+//!   listener), found when the process completes startup.
+//!
+//! A conflict is reported to the supervisor and the process exits: the update rolls back.
+
+use crate::sync::SpinLock;
+use crate::{stack, symbolize, threads};
+use mcr_protocol::{OpArg, ProcessLog, ReplayConflict, StartupOp};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::*};
+
+/// Exit status of a process that hit a replay conflict.
+pub const CONFLICT_EXIT: i32 = 86;
+
+struct Replay {
+    /// The old version's operations, by the PID that made them, with a consumed mark.
+    ops: HashMap<i32, Vec<(StartupOp, bool)>>,
+    /// Descriptors inherited from the old version (open at exec).
+    inherited: BTreeSet<i32>,
+    /// Inherited descriptors a replayed operation handed to the new version.
+    claimed: BTreeSet<i32>,
+}
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static STATE: SpinLock<Option<Replay>> = SpinLock::new(None);
+
+#[inline(always)]
+pub fn active() -> bool {
+    ACTIVE.load(Relaxed)
+}
+
+/// Load the old version's logs (constructor of the new version's first process).
+pub fn load(path: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the replay log {path}: {e}"))?;
+    let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
+    let mut ops: HashMap<i32, Vec<(StartupOp, bool)>> = HashMap::new();
+    let mut seen = BTreeSet::new();
+    for p in logs {
+        for op in p.log.into_iter().flat_map(|l| l.ops) {
+            if seen.insert((op.pid, op.seq)) {
+                ops.entry(op.pid).or_default().push((op, false));
+            }
+        }
+    }
+    for v in ops.values_mut() {
+        v.sort_by_key(|(o, _)| o.seq);
+    }
+    let inherited = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|&fd| fd > 2).collect())
+        .unwrap_or_default();
+    *STATE.lock() = Some(Replay { ops, inherited, claimed: BTreeSet::new() });
+    ACTIVE.store(true, SeqCst);
+    Ok(())
+}
+
+/// Calls whose objects are always recreated by the new version.
+fn always_live(call: &str) -> bool {
+    matches!(
+        call,
+        "epoll_create" | "epoll_create1" | "epoll_ctl" | "eventfd" | "timerfd_create" | "inotify_init" | "inotify_init1"
+            | "socketpair" | "pipe" | "pipe2" | "setsid" | "setuid" | "setgid" | "chroot" | "fork" | "close" | "dup" | "fcntl"
+    )
+}
+
+/// Calls that only configure an existing object (their first argument).
+fn configures(call: &str) -> bool {
+    matches!(call, "bind" | "listen" | "setsockopt")
+}
+
+pub enum Decision {
+    /// Do not make the call: return this result (the object is inherited).
+    Replay(i64),
+    /// Make the call; place created descriptors at these numbers when free.
+    Live(Vec<i32>),
+    Conflict(Box<ReplayConflict>),
+}
+
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only probes the number.
+    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
+}
+
+fn new_op(call: &str, stack: mcr_protocol::CallStack, args: &[OpArg]) -> StartupOp {
+    StartupOp { pid: crate::pid(), seq: 0, call: call.to_string(), stack, args: args.to_vec(), result: 0, errno: 0, fds: vec![] }
+}
+
+/// Decide what to do with a startup operation of the new version.
+pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
+    let was = threads::set_internal(true);
+    let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
+    let pid = crate::pid();
+    let mut guard = STATE.lock();
+    let Some(r) = guard.as_mut() else {
+        threads::set_internal(was);
+        return Decision::Live(vec![]);
+    };
+    let Replay { ops, inherited, claimed } = r;
+    let inherited_live = |fd: i32| inherited.contains(&fd) && fd_open(fd);
+    let list = ops.entry(pid).or_default();
+    let found = list.iter_mut().find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id && o.args == args);
+    let decision = match found {
+        Some((old, used)) => {
+            *used = true;
+            let old = old.clone();
+            if always_live(call) {
+                Decision::Live(old.fds.clone())
+            } else if configures(call) {
+                match args.first() {
+                    Some(OpArg::Fd(fd)) if inherited_live(*fd) => Decision::Replay(old.result),
+                    _ => Decision::Live(vec![]),
+                }
+            } else if !old.fds.is_empty() && old.fds.iter().all(|&fd| inherited_live(fd)) {
+                claimed.extend(old.fds.iter().copied());
+                Decision::Replay(old.result)
+            } else {
+                Decision::Live(old.fds.clone())
+            }
+        }
+        None => {
+            let touched = args.iter().find_map(|a| match a {
+                OpArg::Fd(fd) if configures(call) && inherited_live(*fd) => Some(*fd),
+                _ => None,
+            });
+            match touched {
+                Some(fd) => {
+                    let closest = list.iter().find(|(o, _)| o.call == call && o.stack.id == cs.id).map(|(o, _)| o.clone());
+                    Decision::Conflict(Box::new(ReplayConflict {
+                        pid,
+                        reason: format!(
+                            "{call} on fd {fd}, which the new version inherited from the old one, matches no operation of the old version (different arguments or call site)"
+                        ),
+                        new_op: Some(new_op(call, cs, args)),
+                        old_op: closest,
+                    }))
+                }
+                None => Decision::Live(vec![]),
+            }
+        }
+    };
+    drop(guard);
+    threads::set_internal(was);
+    decision
+}
+
+/// At startup completion: an inherited object created by an operation of this process's
+/// old counterpart that the new version never claimed would be dropped (a listener the
+/// new version does not open): a conflict. Otherwise close every inherited descriptor
+/// nothing claimed.
+pub fn finish_startup() -> Option<ReplayConflict> {
+    if !active() {
+        return None;
+    }
+    let was = threads::set_internal(true);
+    let pid = crate::pid();
+    let mut guard = STATE.lock();
+    let r = guard.as_mut()?;
+    let mut conflict = None;
+    if let Some(list) = r.ops.get(&pid) {
+        for (op, used) in list {
+            if !*used && !always_live(&op.call) && op.fds.iter().any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && fd_open(*fd)) {
+                conflict = Some(ReplayConflict {
+                    pid,
+                    reason: format!(
+                        "the old version's {}(…) = fd {} is still in use, but the new version never makes that call: the object would be dropped",
+                        op.call, op.result
+                    ),
+                    new_op: None,
+                    old_op: Some(op.clone()),
+                });
+                break;
+            }
+        }
+    }
+    if conflict.is_none() {
+        for &fd in r.inherited.iter() {
+            if !r.claimed.contains(&fd) && crate::startup_log::in_reserved_range(fd) {
+                // SAFETY: closing an inherited descriptor no part of the new version uses.
+                unsafe { crate::sys!(libc::SYS_close, fd) };
+            }
+        }
+    }
+    drop(guard);
+    threads::set_internal(was);
+    conflict
+}
+
+/// Report a conflict to the supervisor, then exit: the update rolls back.
+pub fn fail(conflict: ReplayConflict) -> ! {
+    crate::diag::warn(&format!("replay conflict: {}", conflict.reason));
+    crate::control::send_event(&mcr_protocol::RuntimeEvent::ReplayConflict { conflict });
+    // SAFETY: immediate exit; nothing of the new version may run on.
+    unsafe { libc::_exit(CONFLICT_EXIT) }
+}
+
+/// The PID the old version's matching fork produced, for the new child to take.
+pub fn fork_target(fp: usize) -> Option<i32> {
+    if !active() {
+        return None;
+    }
+    let was = threads::set_internal(true);
+    let cs = symbolize::call_stack(Some("fork"), &stack::walk_vec(fp));
+    let pid = crate::pid();
+    let guard = STATE.lock();
+    let t = guard.as_ref().and_then(|r| {
+        r.ops.get(&pid)?.iter().find(|(o, used)| !*used && o.call == "fork" && o.stack.id == cs.id).map(|(o, _)| o.result as i32)
+    });
+    drop(guard);
+    threads::set_internal(was);
+    t
+}
+
+/// Ask the kernel for `pid` as the next PID of this namespace.
+pub fn request_pid(pid: i32) {
+    if pid <= 1 {
+        return;
+    }
+    let e = crate::errno::get();
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") {
+        use std::io::Write;
+        let _ = write!(f, "{}", pid - 1);
+    }
+    crate::errno::set(e);
+}
+
+pub fn deactivate() {
+    ACTIVE.store(false, SeqCst);
+}
+
+pub fn reset_after_fork() {
+    STATE.force_unlock();
+}
