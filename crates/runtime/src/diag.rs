@@ -31,10 +31,20 @@ pub fn debug(msg: impl FnOnce() -> String) {
 /// daemon whose stderr is /dev/null.
 pub static LOG_PATH: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
+/// Whether fd 2 already is the file at `path` (a detached server's log).
+fn stderr_is(path: &[u8]) -> bool {
+    // SAFETY: fstat/stat into zeroed structs; `path` is NUL-terminated.
+    unsafe {
+        let mut a: libc::stat = core::mem::zeroed();
+        let mut b: libc::stat = core::mem::zeroed();
+        libc::fstat(2, &mut a) == 0 && libc::stat(path.as_ptr().cast(), &mut b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    }
+}
+
 pub fn warn(msg: &str) {
     let line = format!("mcr: pid {}: {msg}", crate::pid());
     write_parts(&[line.as_bytes()]);
-    if let Some(path) = LOG_PATH.get() {
+    if let Some(path) = LOG_PATH.get().filter(|p| !stderr_is(p)) {
         // SAFETY: raw open/write/close of the instance log; failures are ignored.
         unsafe {
             let fd = crate::sys!(libc::SYS_open, path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);

@@ -32,6 +32,59 @@ struct Replay {
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// This process (or its ancestor) was started as an update's new version.
+static WAS_UPDATE: AtomicBool = AtomicBool::new(false);
+
+/// `struct mcr_conflict` of include/mcr.h.
+#[repr(C)]
+pub struct CConflict {
+    kind: libc::c_int,
+    pid: libc::c_int,
+    call: *const libc::c_char,
+    reason: *const libc::c_char,
+    stack: *const libc::c_char,
+}
+
+pub type ReinitHandler = extern "C" fn(*const CConflict) -> libc::c_int;
+pub const MISMATCH: libc::c_int = 1;
+pub const DROPPED: libc::c_int = 2;
+
+static HANDLERS: SpinLock<Vec<(ReinitHandler, String)>> = SpinLock::new(Vec::new());
+
+pub fn add_handler(h: ReinitHandler, name: String) -> bool {
+    let mut v = HANDLERS.lock();
+    if v.len() >= 64 {
+        return false;
+    }
+    v.push((h, name));
+    true
+}
+
+pub fn started_as_update() -> bool {
+    WAS_UPDATE.load(Relaxed)
+}
+
+/// Ask the program's reinit handlers about a conflict; true when one accepts it.
+fn resolved_by_handler(kind: libc::c_int, c: &ReplayConflict) -> bool {
+    let handlers: Vec<(ReinitHandler, String)> = HANDLERS.lock().clone();
+    if handlers.is_empty() {
+        return false;
+    }
+    let op = c.new_op.as_ref().or(c.old_op.as_ref());
+    let cstr = |s: String| std::ffi::CString::new(s.replace('\0', "?")).unwrap_or_default();
+    let call = cstr(op.map(|o| o.call.clone()).unwrap_or_default());
+    let reason = cstr(c.reason.clone());
+    let stack = cstr(op.map(|o| o.stack.summary(16)).unwrap_or_default());
+    let cc = CConflict { kind, pid: c.pid, call: call.as_ptr(), reason: reason.as_ptr(), stack: stack.as_ptr() };
+    // The handler is program code: let its own calls through untracked.
+    handlers.iter().any(|(h, name)| {
+        let accepted = h(&cc) != 0;
+        if accepted {
+            crate::diag::warn(&format!("replay conflict resolved by reinit handler {name}: {}", c.reason));
+        }
+        accepted
+    })
+}
 static STATE: SpinLock<Option<Replay>> = SpinLock::new(None);
 
 #[inline(always)]
@@ -60,6 +113,7 @@ pub fn load(path: &str) -> Result<(), String> {
         .unwrap_or_default();
     *STATE.lock() = Some(Replay { ops, inherited, claimed: BTreeSet::new() });
     ACTIVE.store(true, SeqCst);
+    WAS_UPDATE.store(true, SeqCst);
     Ok(())
 }
 
@@ -148,6 +202,10 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
         }
     };
     drop(guard);
+    let decision = match decision {
+        Decision::Conflict(c) if resolved_by_handler(MISMATCH, &c) => Decision::Live(vec![]),
+        d => d,
+    };
     threads::set_internal(was);
     decision
 }
@@ -165,10 +223,11 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     let mut guard = STATE.lock();
     let r = guard.as_mut()?;
     let mut conflict = None;
+    let mut dropped: Vec<ReplayConflict> = Vec::new();
     if let Some(list) = r.ops.get(&pid) {
         for (op, used) in list {
             if !*used && !always_live(&op.call) && op.fds.iter().any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && fd_open(*fd)) {
-                conflict = Some(ReplayConflict {
+                dropped.push(ReplayConflict {
                     pid,
                     reason: format!(
                         "the old version's {}(…) = fd {} is still in use, but the new version never makes that call: the object would be dropped",
@@ -177,10 +236,19 @@ pub fn finish_startup() -> Option<ReplayConflict> {
                     new_op: None,
                     old_op: Some(op.clone()),
                 });
-                break;
             }
         }
     }
+    // Handlers run without the lock: they are program code.
+    drop(guard);
+    for c in dropped {
+        if !resolved_by_handler(DROPPED, &c) {
+            conflict = Some(c);
+            break;
+        }
+    }
+    let mut guard = STATE.lock();
+    let r = guard.as_mut()?;
     if conflict.is_none() {
         for &fd in r.inherited.iter() {
             if !r.claimed.contains(&fd) && crate::startup_log::in_reserved_range(fd) {

@@ -41,6 +41,25 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     Ok(Launched { control, runtime, first_pid })
 }
 
+/// Descriptors without close-on-exec were passed to the server (an update's inherited
+/// objects, or whatever the user handed `mcr run`): the supervisor keeps no copy, so
+/// closing them in the server really closes them.
+fn close_passed_descriptors() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: probing, then closing, descriptors of this process that nothing in the
+        // supervisor uses (its own are all close-on-exec).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
 fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
@@ -133,6 +152,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         }
     }
     drop(wr);
+    close_passed_descriptors();
     let mut buf = [0u8; 4];
     let mut f = std::fs::File::from(rd);
     if f.read_exact(&mut buf).is_ok() {

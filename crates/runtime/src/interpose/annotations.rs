@@ -1,0 +1,24 @@
+//! The entry points `include/mcr.h` reaches through weak references.
+
+#![allow(clippy::missing_safety_doc)]
+
+use crate::replay;
+use libc::{c_char, c_int};
+
+/// `MCR_ADD_REINIT_HANDLER(fn)`: keep `fn` for replay conflicts.
+#[no_mangle]
+pub unsafe extern "C" fn mcr_runtime_add_reinit_handler(handler: Option<replay::ReinitHandler>, name: *const c_char) -> c_int {
+    let Some(h) = handler else { return -1 };
+    let name = if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    if replay::add_handler(h, name) {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `mcr_is_live_update()`.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_is_live_update() -> c_int {
+    c_int::from(replay::started_as_update())
+}

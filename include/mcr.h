@@ -1,0 +1,70 @@
+/*
+ * mcr.h — annotations for programs live-updated by mcr.
+ *
+ * Everything here compiles to nothing-at-run-time when the program runs without mcr: the
+ * runtime's entry points are weak references that stay null unless libmcr.so is
+ * preloaded (which `mcr run` and `mcr update` do). No linking against anything.
+ *
+ *   #include "mcr.h"
+ *
+ *   // Accept that the new version no longer listens on the second port.
+ *   static int drop_second_listener(const struct mcr_conflict *c) {
+ *       return c->kind == MCR_CONFLICT_DROPPED && strcmp(c->call, "socket") == 0;
+ *   }
+ *   MCR_ADD_REINIT_HANDLER(drop_second_listener);
+ *
+ *   if (mcr_is_live_update()) { ... skip work the old version already did ... }
+ */
+#ifndef MCR_H
+#define MCR_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What kind of replay conflict a reinit handler is asked about. */
+enum mcr_conflict_kind {
+    /* The new version reconfigures an object it inherited, in a way the old version's
+     * startup never did (e.g. bind on the inherited listening socket with another address).
+     * Accepting runs the operation live on the inherited object. */
+    MCR_CONFLICT_MISMATCH = 1,
+    /* An object the old version created at startup and still uses is never claimed by the
+     * new version's startup (e.g. a listener it no longer opens). Accepting closes it. */
+    MCR_CONFLICT_DROPPED = 2,
+};
+
+struct mcr_conflict {
+    enum mcr_conflict_kind kind;
+    int pid;              /* the process (PID inside the instance's namespace) */
+    const char *call;     /* "bind", "socket", "open", ... */
+    const char *reason;   /* one sentence, as mcr reports it */
+    const char *stack;    /* the call stack, innermost first: "f < g < main" */
+};
+
+/* Return non-zero to accept (resolve) the conflict, 0 to let the update roll back. */
+typedef int (*mcr_reinit_handler_t)(const struct mcr_conflict *conflict);
+
+/* Provided by libmcr.so; null without mcr. */
+extern int mcr_runtime_add_reinit_handler(mcr_reinit_handler_t handler, const char *name) __attribute__((weak));
+extern int mcr_runtime_is_live_update(void) __attribute__((weak));
+
+/* 1 when this process is the new version of a live update (it was started by
+ * `mcr update` and its startup is replayed against the old version's), else 0. */
+static inline int mcr_is_live_update(void)
+{
+    return mcr_runtime_is_live_update ? mcr_runtime_is_live_update() : 0;
+}
+
+/* Register `fn` (an mcr_reinit_handler_t) before main runs. */
+#define MCR_ADD_REINIT_HANDLER(fn)                                                   \
+    static void __attribute__((constructor)) mcr_add_reinit_handler_##fn(void)       \
+    {                                                                                \
+        if (mcr_runtime_add_reinit_handler)                                          \
+            mcr_runtime_add_reinit_handler((fn), #fn);                               \
+    }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MCR_H */
