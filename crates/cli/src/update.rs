@@ -90,6 +90,12 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
     };
+    if !info.pid_namespace {
+        bail!(
+            "'{name}' runs without its own PID namespace, so its new version could not take over its processes' PIDs \
+             (replay pairs processes by PID); restart it with `mcr run` as root, without MCR_NO_PID_NAMESPACE"
+        );
+    }
     let next_name = format!("{name}.next");
     let next_files = dir.files(&next_name)?;
     let next_lock = next_files.acquire().map_err(|e| anyhow!("another update of '{name}' is in progress ({e})"))?;
