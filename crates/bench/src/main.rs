@@ -1,0 +1,211 @@
+//! `mcr-bench`: the pieces of bench/run.sh that are better in Rust than in bash.
+//!
+//!   mcr-bench kvd-load --port P [--conns 8] [--depth 16] [--threads 1] [--keys 1024]
+//!                      [--warmup 0.5] [--duration 3] [--io-timeout 5]
+//!       closed-loop pipelined GET/SET load on 127.0.0.1:P; prints requests/s on stdout
+//!       (details on stderr). --duration is capped at 600 s.
+//!   mcr-bench kvd-ab --port-a P --port-b Q [--pairs 4] [--slice 1] [--warmup 0.5]
+//!                    [--conns 8] [--depth 16] [--keys 1024] [--out FILE --round R]
+//!       the same load, one thread, on two servers running side by side, alternating
+//!       between them in slices (ABBA order); per pair prints "A_rps B_rps" and, with
+//!       --out, appends `pair<TAB>base|mcr<TAB>rps` lines (A = base, B = mcr), pairs
+//!       numbered from R*1000.
+//!       --tree-a PID --tree-b PID: also measure the on-CPU time of each server's whole
+//!       process tree (for mcr: the supervisor and everything under it) over the
+//!       interleaved part, printed as "cpu A_ns A_requests B_ns B_requests" and, with
+//!       --cpu-out FILE, appended as `round<TAB>base|mcr<TAB>ns<TAB>requests` lines.
+//!   mcr-bench cpu --tree PID     prints the on-CPU ns of PID's process tree
+//!   mcr-bench quiesce --mcr PATH --name N --out FILE [--cycles 200] [--gap-ms 10]
+//!                     [--timeout-ms 1000] [--max-seconds 60]
+//!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE.
+//!   mcr-bench report --dir DIR
+//!       prints the markdown results table built from DIR (see report.rs).
+//!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
+//!   mcr-bench wait-port --port P [--timeout 10]
+//!       waits until 127.0.0.1:P accepts connections (exit 1 on timeout).
+
+mod args;
+mod cpu;
+mod kvload;
+mod quiesce;
+mod report;
+mod stats;
+
+use args::Args;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: mcr-bench kvd-load|kvd-ab|quiesce|report|cpu|free-port|wait-port [options] (see src/main.rs)";
+
+fn secs(x: f64, what: &str) -> Result<Duration, String> {
+    if !(0.0..=600.0).contains(&x) {
+        return Err(format!("--{what} must be between 0 and 600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(x))
+}
+
+fn kvd_load(a: &Args) -> Result<(), String> {
+    let cfg = kvload::Config {
+        port: a.required("port")?,
+        conns: a.get("conns", 8)?,
+        depth: a.get("depth", 16)?,
+        threads: a.get("threads", 1)?,
+        keys: a.get("keys", 1024)?,
+        warmup: secs(a.get("warmup", 0.5)?, "warmup")?,
+        duration: secs(a.get("duration", 3.0)?, "duration")?,
+        io_timeout: secs(a.get("io-timeout", 5.0)?, "io-timeout")?,
+    };
+    a.finish()?;
+    let out = kvload::run(&cfg)?;
+    eprintln!(
+        "mcr-bench: kvd-load: {} requests in {:.3} s = {:.0} req/s ({} conns x depth {}, {} thread(s), {} error replies)",
+        out.requests,
+        out.seconds,
+        out.rps(),
+        cfg.conns,
+        cfg.depth,
+        cfg.threads.min(cfg.conns),
+        out.errors
+    );
+    if out.errors > 0 {
+        return Err(format!("{} error replies from kvd", out.errors));
+    }
+    println!("{:.1}", out.rps());
+    Ok(())
+}
+
+fn kvd_ab(a: &Args) -> Result<(), String> {
+    let cfg = kvload::Config {
+        port: a.required("port-a")?,
+        conns: a.get("conns", 8)?,
+        depth: a.get("depth", 16)?,
+        threads: 1,
+        keys: a.get("keys", 1024)?,
+        warmup: secs(a.get("warmup", 0.5)?, "warmup")?,
+        duration: Duration::ZERO,
+        io_timeout: secs(a.get("io-timeout", 5.0)?, "io-timeout")?,
+    };
+    let port_b: u16 = a.required("port-b")?;
+    let pairs: usize = a.get("pairs", 4)?;
+    let slice = secs(a.get("slice", 1.0)?, "slice")?;
+    let out: String = a.get("out", String::new())?;
+    let round: u32 = a.get("round", 0)?;
+    let trees: (i32, i32) = (a.get("tree-a", 0)?, a.get("tree-b", 0)?);
+    let cpu_out: String = a.get("cpu-out", String::new())?;
+    a.finish()?;
+    let cpu_of = |pid: i32| if pid > 0 { cpu::tree_ns(pid) } else { 0 };
+    let mut cpu_start = (0, 0);
+    let r = kvload::run_ab(&cfg, port_b, pairs, slice, || cpu_start = (cpu_of(trees.0), cpu_of(trees.1)))?;
+    let cpu = (cpu_of(trees.0) - cpu_start.0, cpu_of(trees.1) - cpu_start.1);
+    let mut lines = String::new();
+    for (i, ((x, _), (y, _))) in r.iter().enumerate() {
+        println!("{x:.1} {y:.1}");
+        eprintln!("mcr-bench: kvd-ab: pair {i}: A {x:.0} req/s, B {y:.0} req/s, B/A {:.4}", y / x);
+        let p = round * 1000 + i as u32;
+        lines.push_str(&format!("{p}\tbase\t{x:.1}\n{p}\tmcr\t{y:.1}\n"));
+    }
+    append(&out, &lines)?;
+    if trees.0 > 0 && trees.1 > 0 {
+        let reqs: (f64, f64) = (r.iter().map(|p| p.0 .1).sum(), r.iter().map(|p| p.1 .1).sum());
+        println!("cpu {} {} {} {}", cpu.0, reqs.0, cpu.1, reqs.1);
+        eprintln!(
+            "mcr-bench: kvd-ab: server CPU per request: A {:.1} ns, B {:.1} ns, B/A {:.4}",
+            cpu.0 as f64 / reqs.0,
+            cpu.1 as f64 / reqs.1,
+            (cpu.1 as f64 / reqs.1) / (cpu.0 as f64 / reqs.0)
+        );
+        append(&cpu_out, &format!("{round}\tbase\t{}\t{}\n{round}\tmcr\t{}\t{}\n", cpu.0, reqs.0, cpu.1, reqs.1))?;
+    }
+    Ok(())
+}
+
+/// Appends `text` to `path` ("" = nowhere).
+fn append(path: &str, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    if path.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("{path}: {e}"))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{path}: {e}"))
+}
+
+fn quiesce_cmd(a: &Args) -> Result<(), String> {
+    let cfg = quiesce::Config {
+        mcr: a.required::<String>("mcr")?.into(),
+        name: a.required("name")?,
+        out: a.required::<String>("out")?.into(),
+        cycles: a.get("cycles", 200)?,
+        gap: Duration::from_millis(a.get("gap-ms", 10)?),
+        quiesce_timeout_ms: a.get("timeout-ms", 1000)?,
+        max_time: secs(a.get("max-seconds", 60.0)?, "max-seconds")?,
+    };
+    a.finish()?;
+    let n = quiesce::run(&cfg)?;
+    let q = report::Quiescence::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
+    eprintln!(
+        "mcr-bench: quiesce {}: {n} cycles, convergence median {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} failed",
+        cfg.name,
+        stats::median(&q.elapsed_ms).unwrap_or(f64::NAN),
+        stats::percentile(&q.elapsed_ms, 99.0).unwrap_or(f64::NAN),
+        stats::max(&q.elapsed_ms).unwrap_or(f64::NAN),
+        q.failures.len()
+    );
+    Ok(())
+}
+
+fn wait_port(a: &Args) -> Result<(), String> {
+    let port: u16 = a.required("port")?;
+    let timeout = secs(a.get("timeout", 10.0)?, "timeout")?;
+    a.finish()?;
+    let end = Instant::now() + timeout;
+    loop {
+        if std::net::TcpStream::connect_timeout(&kvload::addr(port), Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(format!("nothing accepts connections on 127.0.0.1:{port} after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = argv.split_first() else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let parsed = Args::parse(rest, &[]);
+    let result = parsed.and_then(|a| match cmd.as_str() {
+        "kvd-load" => kvd_load(&a),
+        "kvd-ab" => kvd_ab(&a),
+        "quiesce" => quiesce_cmd(&a),
+        "report" => {
+            let dir: String = a.required("dir")?;
+            a.finish()?;
+            print!("{}", report::build(std::path::Path::new(&dir))?);
+            Ok(())
+        }
+        "free-port" => {
+            a.finish()?;
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            println!("{}", l.local_addr().map_err(|e| e.to_string())?.port());
+            Ok(())
+        }
+        "wait-port" => wait_port(&a),
+        "cpu" => {
+            let pid: i32 = a.required("tree")?;
+            a.finish()?;
+            println!("{}", cpu::tree_ns(pid));
+            Ok(())
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+    });
+    if let Err(e) = result {
+        eprintln!("mcr-bench: {cmd}: {e}");
+        std::process::exit(1);
+    }
+}
