@@ -57,12 +57,12 @@ pub(crate) fn pid() -> i32 {
 /// The calling thread's slot when it is a tracked program thread; starts the control
 /// thread on the process's first wrapped call.
 #[inline(always)]
-pub(crate) fn tracked_slot() -> Option<&'static threads::Slot> {
-    if !ACTIVE.load(Relaxed) || threads::is_internal() {
+pub(crate) fn tracked_slot(l: &threads::Local) -> Option<&'static threads::Slot> {
+    if !ACTIVE.load(Relaxed) || l.is_internal() {
         return None;
     }
     control::ensure_started();
-    threads::current()
+    l.slot()
 }
 
 fn monotonic_ns() -> u64 {
@@ -86,6 +86,7 @@ pub(crate) fn after_fork_in_child() {
     START_NS.store(monotonic_ns(), Relaxed);
     threads::reset_after_fork();
     quiesce::reset_after_fork();
+    quiesce::init_asymmetric_fence();
     symbolize::reset_after_fork();
     startup_log::reset_after_fork();
     replay::reset_after_fork();
@@ -140,6 +141,7 @@ extern "C" fn init() {
             quiesce::hold_from_start();
         }
         signals::install_kick(kick);
+        quiesce::init_asymmetric_fence();
         // SAFETY: handlers are plain functions valid for the life of the process.
         unsafe {
             libc::pthread_atfork(

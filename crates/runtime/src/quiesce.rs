@@ -28,6 +28,44 @@ pub static STARTUP_NS: AtomicU64 = AtomicU64::new(0);
 /// Quiescent-point IDs from the profile; `None`: the default rule.
 static PROFILE: OnceLock<Option<HashSet<u64>>> = OnceLock::new();
 
+/// Whether the hot path may use the asymmetric fence (membarrier registered).
+static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
+
+/// A wrapper publishes "I am in a call" and then reads QUIESCING; the controller sets
+/// QUIESCING and then reads every thread's state. One side must fence. Instead of a
+/// locked instruction on every wrapped call, the controller (rarely) makes every running
+/// thread fence with membarrier(PRIVATE_EXPEDITED); the hot path keeps a compiler fence.
+pub fn init_asymmetric_fence() {
+    // SAFETY: membarrier registration for this process; no memory is passed.
+    let ok = unsafe { crate::sys!(libc::SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0) } == 0;
+    ASYMMETRIC.store(ok, SeqCst);
+}
+
+fn fence_all_threads() {
+    if ASYMMETRIC.load(SeqCst) {
+        // SAFETY: as above; MEMBARRIER_CMD_PRIVATE_EXPEDITED.
+        unsafe { crate::sys!(libc::SYS_membarrier, 1 << 3, 0, 0) };
+    }
+}
+
+/// Publish that the thread entered a wrapped call (ordered before its next load of
+/// QUIESCING).
+#[inline(always)]
+pub fn publish_in_call(slot: &Slot) {
+    if ASYMMETRIC.load(Relaxed) {
+        slot.state.store(IN_CALL, Relaxed);
+        std::sync::atomic::compiler_fence(SeqCst);
+    } else {
+        slot.state.store(IN_CALL, SeqCst);
+    }
+}
+
+/// Whether a wrapped call must take the slow path (quiescing, or startup not complete).
+#[inline(always)]
+pub fn slow_path_needed() -> bool {
+    QUIESCING.load(Relaxed) || !STARTUP_DONE.load(Relaxed)
+}
+
 /// Start held: threads park at their first quiescent point (an update's new version).
 pub fn hold_from_start() {
     QUIESCING.store(true, SeqCst);
@@ -159,6 +197,7 @@ pub fn quiesce(timeout: Duration) -> Outcome {
     let t0 = Instant::now();
     prune_dead();
     QUIESCING.store(true, SeqCst);
+    fence_all_threads();
     let mut last_prune = Instant::now();
     loop {
         let mut waiting = 0usize;
@@ -265,8 +304,8 @@ pub fn reset_after_fork() {
 }
 
 /// For the thread's own use after an EINTR: was it our kick, not the program's signal?
-pub fn take_kick(slot: &Slot, program_signals_at_entry: u32) -> bool {
-    slot.kicked.swap(false, SeqCst) && threads::program_signals() == program_signals_at_entry
+pub fn take_kick(slot: &Slot, local: &threads::Local, program_signals_at_entry: u32) -> bool {
+    slot.kicked.swap(false, SeqCst) && local.program_signals() == program_signals_at_entry
 }
 
 pub fn state_running(slot: &Slot) {

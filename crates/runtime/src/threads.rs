@@ -101,42 +101,95 @@ pub static SLOTS: [Slot; MAX_THREADS] = [const { Slot::new() }; MAX_THREADS];
 /// Slots at or above this index have never been used: scans stop here.
 pub static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    static MY_SLOT: Cell<u32> = const { Cell::new(NO_SLOT) };
+/// Everything the runtime keeps per thread, in one const-initialized thread-local with
+/// no destructor (so no `__cxa_thread_atexit` registration): a hook reaches it with a
+/// single TLS lookup.
+pub struct Local {
+    slot: Cell<u32>,
     /// Runtime-internal threads (the control thread) and re-entered hooks bypass all
     /// tracking.
-    static INTERNAL: Cell<bool> = const { Cell::new(false) };
+    internal: Cell<bool>,
     /// Incremented by the trampoline that runs the program's own signal handlers: tells an
     /// EINTR caused by the program's signal from one caused by our kick.
-    static PROGRAM_SIGNALS: Cell<u32> = const { Cell::new(0) };
+    program_signals: Cell<u32>,
     /// Frame address of the innermost program signal handler running on this thread
     /// (0: none).
-    static HANDLER_FRAME: Cell<usize> = const { Cell::new(0) };
+    handler_frame: Cell<usize>,
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local { slot: Cell::new(NO_SLOT), internal: Cell::new(false), program_signals: Cell::new(0), handler_frame: Cell::new(0) }
+    };
+}
+
+/// The calling thread's `Local`.
+#[inline(always)]
+pub fn local() -> &'static Local {
+    // SAFETY: the thread-local lives as long as the thread, has no destructor, and the
+    // reference never leaves the thread (Local is !Sync).
+    LOCAL.with(|l| unsafe { &*(l as *const Local) })
+}
+
+impl Local {
+    #[inline(always)]
+    pub fn is_internal(&self) -> bool {
+        self.internal.get()
+    }
+
+    #[inline(always)]
+    pub fn program_signals(&self) -> u32 {
+        self.program_signals.get()
+    }
+
+    /// The thread's slot, claiming one on first use. `None` for a full table (the thread
+    /// is then invisible to quiescence).
+    #[inline(always)]
+    pub fn slot(&self) -> Option<&'static Slot> {
+        let idx = self.slot.get();
+        if idx != NO_SLOT {
+            return SLOTS.get(idx as usize);
+        }
+        self.claim_slot()
+    }
+
+    #[cold]
+    fn claim_slot(&self) -> Option<&'static Slot> {
+        let idx = claim(gettid())?;
+        self.slot.set(idx);
+        let slot = &SLOTS[idx as usize];
+        // SAFETY: getpid cannot fail.
+        if unsafe { libc::getpid() } == slot.tid.load(Relaxed) {
+            slot.is_main.store(true, Relaxed);
+        }
+        Some(slot)
+    }
+
+    /// Whether a wrapped call whose wrapper frame is `fp` is made from inside a program
+    /// signal handler (e.g. `waitpid` in a SIGCHLD handler). Such calls must not touch the
+    /// thread's slot: it describes the call the handler interrupted. A handler left with
+    /// siglongjmp is noticed here (the stack is back above its frame) and forgotten.
+    #[inline(always)]
+    pub fn in_signal_handler(&self, fp: usize) -> bool {
+        let h = self.handler_frame.get();
+        if h == 0 {
+            return false;
+        }
+        if fp <= h && h - fp < (1 << 20) {
+            return true;
+        }
+        self.handler_frame.set(0);
+        false
+    }
 }
 
 /// Run `f` (a program's signal handler) marked as such.
 pub fn in_handler<R>(frame: usize, f: impl FnOnce() -> R) -> R {
-    let prev = HANDLER_FRAME.with(|c| c.replace(frame));
+    let l = local();
+    let prev = l.handler_frame.replace(frame);
     let r = f();
-    HANDLER_FRAME.with(|c| c.set(prev));
+    l.handler_frame.set(prev);
     r
-}
-
-/// Whether a wrapped call whose wrapper frame is `fp` is made from inside a program
-/// signal handler (e.g. `waitpid` in a SIGCHLD handler). Such calls must not touch the
-/// thread's slot: it describes the call the handler interrupted. A handler left with
-/// siglongjmp is noticed here (the stack is back above its frame) and forgotten.
-#[inline(always)]
-pub fn in_signal_handler(fp: usize) -> bool {
-    let h = HANDLER_FRAME.with(Cell::get);
-    if h == 0 {
-        return false;
-    }
-    if fp <= h && h - fp < (1 << 20) {
-        return true;
-    }
-    HANDLER_FRAME.with(|c| c.set(0));
-    false
 }
 
 pub fn gettid() -> i32 {
@@ -163,28 +216,8 @@ pub fn release(index: u32) {
     }
 }
 
-/// The calling thread's slot, claiming one on first use. `None` for internal threads or
-/// a full table (the thread is then invisible to quiescence, and says so once).
-pub fn current() -> Option<&'static Slot> {
-    if is_internal() {
-        return None;
-    }
-    let idx = MY_SLOT.with(Cell::get);
-    if idx != NO_SLOT {
-        return SLOTS.get(idx as usize);
-    }
-    let idx = claim(gettid())?;
-    MY_SLOT.with(|c| c.set(idx));
-    let slot = &SLOTS[idx as usize];
-    // SAFETY: getpid/gettid cannot fail.
-    if unsafe { libc::getpid() } == slot.tid.load(Relaxed) {
-        slot.is_main.store(true, Relaxed);
-    }
-    Some(slot)
-}
-
 pub fn current_index() -> Option<u32> {
-    let idx = MY_SLOT.with(Cell::get);
+    let idx = local().slot.get();
     (idx != NO_SLOT).then_some(idx)
 }
 
@@ -192,31 +225,28 @@ pub fn current_index() -> Option<u32> {
 pub fn adopt(index: u32) {
     if let Some(s) = SLOTS.get(index as usize) {
         s.tid.store(gettid(), Release);
-        MY_SLOT.with(|c| c.set(index));
+        local().slot.set(index);
     }
 }
 
 pub fn forget_current() {
     if let Some(i) = current_index() {
         release(i);
-        MY_SLOT.with(|c| c.set(NO_SLOT));
+        local().slot.set(NO_SLOT);
     }
 }
 
 pub fn is_internal() -> bool {
-    INTERNAL.with(Cell::get)
+    local().internal.get()
 }
 
 pub fn set_internal(v: bool) -> bool {
-    INTERNAL.with(|c| c.replace(v))
-}
-
-pub fn program_signals() -> u32 {
-    PROGRAM_SIGNALS.with(Cell::get)
+    local().internal.replace(v)
 }
 
 pub fn note_program_signal() {
-    PROGRAM_SIGNALS.with(|c| c.set(c.get().wrapping_add(1)));
+    let l = local();
+    l.program_signals.set(l.program_signals.get().wrapping_add(1));
 }
 
 /// In a fork child only the calling thread survives: every other slot is stale.
@@ -268,12 +298,13 @@ mod tests {
 
     #[test]
     fn handler_frames_are_recognized_and_forgotten_after_longjmp() {
-        assert!(!in_signal_handler(0x7000_0000));
+        let l = local();
+        assert!(!l.in_signal_handler(0x7000_0000));
         in_handler(0x7000_0000, || {
-            assert!(in_signal_handler(0x6fff_f000), "a frame below the handler's is nested");
+            assert!(l.in_signal_handler(0x6fff_f000), "a frame below the handler's is nested");
         });
-        HANDLER_FRAME.with(|c| c.set(0x7000_0000));
-        assert!(!in_signal_handler(0x7000_1000), "a frame above it means the handler was left");
-        assert!(!in_signal_handler(0x6fff_f000), "and the stale mark is gone");
+        l.handler_frame.set(0x7000_0000);
+        assert!(!l.in_signal_handler(0x7000_1000), "a frame above it means the handler was left");
+        assert!(!l.in_signal_handler(0x6fff_f000), "and the stale mark is gone");
     }
 }

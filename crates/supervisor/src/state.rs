@@ -286,11 +286,14 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         Err(_) => return 70,
     };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // Until startup completes, /proc is polled for it; afterwards the supervisor sleeps
+    // until a child exits, a request arrives or a signal comes (no periodic wakeup).
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let exit = loop {
+        let starting = state.started_tx.borrow().is_none();
         tokio::select! {
             _ = sigchld.recv() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick(), if starting => {}
             _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
                 // `kill <supervisor>`: stop the server the way `mcr stop` does.
                 control::begin_stop(&state, Duration::from_secs(10));
@@ -304,6 +307,12 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         pick_main(&state);
         state.check_started();
     };
+    // A process's last words (a replay conflict sent right before _exit) may still be
+    // in its socket: read every runtime connection to its end before reporting the exit.
+    let drain = Instant::now();
+    while !state.lock().procs.is_empty() && drain.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     if state.started_tx.borrow().is_none() {
         let _ = state.started_tx.send(Some(Err(format!("the server exited with {exit} before completing startup"))));
     }

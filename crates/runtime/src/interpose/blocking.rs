@@ -6,10 +6,10 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::calls::Call;
-use crate::quiesce::{self, QUIESCING, STARTUP_DONE};
+use crate::quiesce::{self, QUIESCING};
 use crate::signals::without_kick;
 use crate::stack::frame_address;
-use crate::threads::{self, IN_CALL};
+use crate::threads;
 use crate::{errno, real};
 use libc::{c_int, c_long, c_uint, c_void, clockid_t, epoll_event, fd_set, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, sem_t, sembuf, siginfo_t, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval, EINTR};
 use std::sync::atomic::Ordering::*;
@@ -48,7 +48,11 @@ fn ns_ms(ns: i64) -> c_int {
 
 /// The core of every signal-interruptible wrapper. `timeout_ns` is the relative timeout
 /// (None: none or absolute); `attempt(None)` runs the call with the program's own
-/// arguments, `attempt(Some(ns))` with `ns` left; `interrupted` tells an EINTR result.
+/// arguments, `attempt(Some(ns))` with `ns` left; `interrupted` tells an EINTR result
+/// (and reads errno only for a failed call).
+///
+/// Steady state (started, not quiescing): one TLS lookup, four plain stores, two relaxed
+/// loads, the call, one store; errno is never touched.
 #[inline(always)]
 pub fn blocking<T>(
     call: Call,
@@ -56,45 +60,44 @@ pub fn blocking<T>(
     fp: usize,
     timeout_ns: Option<i64>,
     mut attempt: impl FnMut(Option<i64>) -> T,
-    interrupted: impl Fn(&T, i32) -> bool,
+    interrupted: impl Fn(&T) -> bool,
 ) -> Outcome<T> {
-    if threads::in_signal_handler(fp) {
+    let local = threads::local();
+    if local.in_signal_handler(fp) {
         return Outcome::Done(attempt(None));
     }
-    let Some(slot) = crate::tracked_slot() else { return Outcome::Done(attempt(None)) };
+    let Some(slot) = crate::tracked_slot(local) else { return Outcome::Done(attempt(None)) };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut first = true;
     loop {
-        let signals = threads::program_signals();
+        let signals = local.program_signals();
         slot.call.store(call as u32, Relaxed);
         slot.object.store(object, Relaxed);
         slot.frame.store(fp, Relaxed);
         slot.kicked.store(false, Relaxed);
-        slot.state.store(IN_CALL, SeqCst);
-        if (QUIESCING.load(SeqCst) || !STARTUP_DONE.load(Relaxed)) && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
+        quiesce::publish_in_call(slot);
+        if quiesce::slow_path_needed() && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
             quiesce::park(slot);
-            if threads::program_signals() != signals {
+            if local.program_signals() != signals {
                 quiesce::state_running(slot);
                 return Outcome::ProgramSignal;
             }
         }
         let left = if first { None } else { deadline.map(|d| (d - now_ns()).max(0)) };
         let r = attempt(left);
-        let e = errno::get();
-        if interrupted(&r, e) && quiesce::take_kick(slot, signals) {
+        if interrupted(&r) && quiesce::take_kick(slot, local, signals) {
             // Our kick: the loop entry parks the thread (if this is a quiescent point)
             // and the call starts again with the time that was left.
             first = false;
             continue;
         }
         quiesce::state_running(slot);
-        errno::set(e);
         return Outcome::Done(r);
     }
 }
 
-fn eintr_minus1(r: &impl PartialEq<i64>, e: i32) -> bool {
-    *r == -1 && e == EINTR
+fn eintr_minus1(r: &impl PartialEq<i64>) -> bool {
+    *r == -1 && errno::get() == EINTR
 }
 
 /// `-1`/EINTR for wrappers that return int and use errno.
@@ -125,12 +128,12 @@ impl PartialEq<i64> for I {
     }
 }
 
-fn int_eintr(r: &c_int, e: i32) -> bool {
-    eintr_minus1(&I(*r as i64), e)
+fn int_eintr(r: &c_int) -> bool {
+    eintr_minus1(&I(*r as i64))
 }
 
-fn ssize_eintr(r: &ssize_t, e: i32) -> bool {
-    eintr_minus1(&I(*r as i64), e)
+fn ssize_eintr(r: &ssize_t) -> bool {
+    eintr_minus1(&I(*r as i64))
 }
 
 // ---- sockets and descriptors ----
@@ -309,7 +312,7 @@ pub unsafe extern "C" fn clock_nanosleep(clock: clockid_t, flags: c_int, req: *c
     match blocking(Call::ClockNanosleep, 0, frame_address(), if relative { ts_ns(req) } else { None }, |l| match l {
         None => f(clock, flags, req, rem),
         Some(ns) => f(clock, flags, &ns_ts(ns), rem),
-    }, |r, _| *r == EINTR) {
+    }, |r| *r == EINTR) {
         Outcome::Done(r) => r,
         Outcome::ProgramSignal => EINTR,
     }
@@ -346,21 +349,22 @@ pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
 /// it) and returns as a spurious wakeup, which every correct caller loops on.
 #[inline(always)]
 unsafe fn cond_common(call: Call, cond: *mut libc::pthread_cond_t, mutex: *mut libc::pthread_mutex_t, fp: usize, wait: impl FnOnce() -> c_int) -> c_int {
-    if threads::in_signal_handler(fp) {
+    let local = threads::local();
+    if local.in_signal_handler(fp) {
         return wait();
     }
-    let Some(slot) = crate::tracked_slot() else { return wait() };
+    let Some(slot) = crate::tracked_slot(local) else { return wait() };
     slot.call.store(call as u32, Relaxed);
     slot.object.store(cond as usize, Relaxed);
     slot.frame.store(fp, Relaxed);
     slot.kicked.store(false, Relaxed);
-    slot.state.store(IN_CALL, SeqCst);
+    quiesce::publish_in_call(slot);
     let park_unlocked = |slot| {
         real::pthread_mutex_unlock()(mutex);
         quiesce::park(slot);
         real::pthread_mutex_lock()(mutex);
     };
-    if (QUIESCING.load(SeqCst) || !STARTUP_DONE.load(Relaxed)) && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
+    if quiesce::slow_path_needed() && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
         park_unlocked(slot);
         quiesce::state_running(slot);
         return 0;
