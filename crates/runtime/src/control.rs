@@ -15,17 +15,21 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Serializes messages from the control thread and from program threads (startup
+/// completion, replay conflicts) on the one socket.
+static WRITE_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 static STARTED: AtomicBool = AtomicBool::new(false);
 static CONTROL_TID: AtomicI32 = AtomicI32::new(0);
+/// The control socket's number in the control thread's own descriptor table.
+static PRIVATE_FD: AtomicI32 = AtomicI32::new(-1);
 static SOCKET_NAME: OnceLock<Vec<u8>> = OnceLock::new();
 
 pub fn set_socket_name(name: Vec<u8>) {
     let _ = SOCKET_NAME.set(name);
 }
 
-pub fn reserved_fds() -> [i32; 2] {
-    [CONTROL_FD.load(Relaxed), WAKE_FD.load(Relaxed)]
+pub fn reserved_fds() -> [i32; 1] {
+    [CONTROL_FD.load(Relaxed)]
 }
 
 pub fn is_reserved_fd(fd: i32) -> bool {
@@ -66,7 +70,7 @@ fn move_to_reserved(fd: i32) -> i32 {
 /// The program wants `fd` (dup2 onto it): move ours elsewhere first.
 pub fn relocate_reserved_fd(fd: i32) {
     let e = crate::errno::get();
-    for cell in [&CONTROL_FD, &WAKE_FD] {
+    for cell in [&CONTROL_FD] {
         if cell.load(Relaxed) == fd {
             // SAFETY: duplicating our own descriptor.
             let copy = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
@@ -81,9 +85,10 @@ pub fn relocate_reserved_fd(fd: i32) {
 
 fn write_all(msg: &RuntimeEvent) -> bool {
     let line = mcr_protocol::encode_line(msg);
+    let _serialized = WRITE_LOCK.lock();
     let mut off = 0;
+    let fd = my_control_fd();
     while off < line.len() {
-        let fd = CONTROL_FD.load(SeqCst);
         // SAFETY: writing a valid buffer to our socket.
         let n = unsafe { crate::sys!(libc::SYS_write, fd, line[off..].as_ptr(), line.len() - off) };
         if n < 0 {
@@ -144,11 +149,7 @@ fn connect(name: &[u8], forked: bool) -> bool {
             return false;
         }
         let fd = move_to_reserved(fd);
-        let wake = crate::sys!(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) as i32;
         CONTROL_FD.store(fd, SeqCst);
-        if wake >= 0 {
-            WAKE_FD.store(move_to_reserved(wake), SeqCst);
-        }
     }
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
     write_all(&RuntimeEvent::Hello {
@@ -194,55 +195,56 @@ fn start_thread() {
     crate::errno::set(e);
 }
 
+/// Sent by the program thread that completes the process's startup.
 pub fn notify_startup_complete() {
-    let fd = WAKE_FD.load(SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        let e = crate::errno::get();
-        // SAFETY: 8-byte write to our eventfd.
-        unsafe { crate::sys!(libc::SYS_write, fd, &one as *const u64, 8) };
-        crate::errno::set(e);
+    let ms = quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6;
+    send_event(&RuntimeEvent::StartupComplete { elapsed_ms: ms });
+}
+
+/// Give the control thread a descriptor table of its own holding only the control
+/// socket. The kernel's fast path for a syscall's fd lookup needs the table unshared:
+/// without this a single-threaded server pays an atomic reference count on every read,
+/// write and epoll_wait just because the runtime added a thread. The copies of the
+/// program's descriptors are closed at once, so none is kept alive behind its back.
+fn private_fd_table() -> i32 {
+    let ctl = CONTROL_FD.load(SeqCst);
+    // SAFETY: unshare(CLONE_FILES) affects only this thread.
+    if unsafe { crate::sys!(libc::SYS_unshare, libc::CLONE_FILES) } != 0 {
+        return ctl;
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds {
+        if fd != ctl {
+            raw_close(fd);
+        }
+    }
+    ctl
+}
+
+/// The control socket as the calling thread sees it.
+fn my_control_fd() -> i32 {
+    if is_control_thread(threads::gettid()) {
+        PRIVATE_FD.load(SeqCst)
+    } else {
+        CONTROL_FD.load(SeqCst)
     }
 }
 
 extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     threads::set_internal(true);
+    PRIVATE_FD.store(private_fd_table(), SeqCst);
     CONTROL_TID.store(threads::gettid(), SeqCst);
     // SAFETY: naming our own thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
     let mut pending: Vec<u8> = Vec::new();
-    let mut startup_sent = false;
     loop {
-        if !startup_sent && quiesce::STARTUP_DONE.load(Acquire) {
-            let ms = quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6;
-            startup_sent = true;
-            if !write_all(&RuntimeEvent::StartupComplete { elapsed_ms: ms }) {
-                break;
-            }
-        }
-        let ctl = CONTROL_FD.load(SeqCst);
-        let wake = WAKE_FD.load(SeqCst);
-        let mut fds = [
-            libc::pollfd { fd: ctl, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: valid pollfd array.
-        let n = unsafe { crate::real::poll()(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            continue;
-        }
-        if fds[1].revents != 0 {
-            let mut v = 0u64;
-            // SAFETY: 8-byte read from our eventfd.
-            unsafe { crate::sys!(libc::SYS_read, wake, &mut v as *mut u64, 8) };
-        }
-        if fds[0].revents == 0 {
-            continue;
-        }
+        let ctl = PRIVATE_FD.load(SeqCst);
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a local buffer from our socket (re-read the number: a
         // dup2 by the program may have moved it).
-        let got = unsafe { crate::sys!(libc::SYS_read, CONTROL_FD.load(SeqCst), buf.as_mut_ptr(), buf.len()) };
+        let got = unsafe { crate::sys!(libc::SYS_read, ctl, buf.as_mut_ptr(), buf.len()) };
         if got <= 0 {
             if got < 0 && crate::errno::get() == libc::EINTR {
                 continue;
@@ -352,11 +354,10 @@ fn thread_infos() -> Vec<ThreadInfo> {
 pub fn after_fork_child() {
     STARTED.store(false, SeqCst);
     CONTROL_TID.store(0, SeqCst);
-    for cell in [&CONTROL_FD, &WAKE_FD] {
-        let fd = cell.swap(-1, SeqCst);
-        if fd >= 0 {
-            raw_close(fd);
-        }
+    WRITE_LOCK.force_unlock();
+    let fd = CONTROL_FD.swap(-1, SeqCst);
+    if fd >= 0 {
+        raw_close(fd);
     }
     if !register(true) {
         crate::diag::warn("forked process could not register with the mcr supervisor; it runs unmanaged");

@@ -80,6 +80,16 @@ fn profile() -> Option<&'static HashSet<u64>> {
 }
 
 fn fd_is_blocking(fd: i32) -> bool {
+    if crate::control::is_control_thread(threads::gettid()) {
+        // The control thread has a descriptor table of its own: ask the kernel about the
+        // program's (the thread group's) descriptor.
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        return info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+            .is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
+    }
     // SAFETY: F_GETFL on any fd number is harmless; an invalid fd yields -1.
     let fl = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
     fl >= 0 && (fl as i32 & libc::O_NONBLOCK) == 0
