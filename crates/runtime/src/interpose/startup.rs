@@ -101,33 +101,17 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
 #[no_mangle]
 pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int {
     let f = real::socketpair();
-    if !recording() {
-        return f(domain, ty, proto, sv);
-    }
-    let fp = frame_address();
-    let args = vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)];
-    let at = match replay_decision("socketpair", fp, &args) {
-        Decision::Live(at) => at,
-        _ => vec![],
-    };
-    let r = f(domain, ty, proto, sv);
-    let e = errno::get();
-    let mut fds = vec![];
-    if r == 0 {
-        *sv = place_or_reserve(*sv, at.first());
-        *sv.add(1) = place_or_reserve(*sv.add(1), at.get(1));
-        fds = vec![*sv, *sv.add(1)];
-    }
-    record("socketpair", fp, args, r as i64, if r < 0 { e } else { 0 }, fds);
-    errno::set(e);
-    r
+    let args = || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)];
+    creating_pair("socketpair", frame_address(), sv, args, || f(domain, ty, proto, sv))
 }
 
-unsafe fn pipe_common(call: &'static str, fp: usize, fds: *mut c_int, flags: c_int, f: impl FnOnce() -> c_int) -> c_int {
+/// A call that fills `fds[0..2]` (pipe, socketpair): both ends are reserved (or placed
+/// at their old numbers) and recorded together.
+unsafe fn creating_pair(call: &'static str, fp: usize, fds: *mut c_int, args: impl FnOnce() -> Vec<OpArg>, f: impl FnOnce() -> c_int) -> c_int {
     if !recording() {
         return f();
     }
-    let args = vec![OpArg::Int(flags as i64)];
+    let args = args();
     let at = match replay_decision(call, fp, &args) {
         Decision::Live(at) => at,
         _ => vec![],
@@ -148,13 +132,13 @@ unsafe fn pipe_common(call: &'static str, fp: usize, fds: *mut c_int, flags: c_i
 #[no_mangle]
 pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
     let f = real::pipe();
-    pipe_common("pipe", frame_address(), fds, 0, || f(fds))
+    creating_pair("pipe", frame_address(), fds, || vec![OpArg::Int(0)], || f(fds))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
     let f = real::pipe2();
-    pipe_common("pipe2", frame_address(), fds, flags, || f(fds, flags))
+    creating_pair("pipe2", frame_address(), fds, || vec![OpArg::Int(flags as i64)], || f(fds, flags))
 }
 
 #[no_mangle]
