@@ -263,11 +263,15 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
             }
         }
     }
-    // The supervisor is gone. Never leave threads parked without anyone to resume them.
-    quiesce::resume();
+    // The supervisor is gone.
     if std::env::var_os(mcr_protocol::env::PID_NAMESPACE).is_some_and(|v| v == "1") {
+        // It was PID 1 of our namespace: the kernel is ending this process. Parked threads
+        // stay parked (an update's rolled-back new version must not serve a single
+        // request in the meantime).
         crate::diag::warn("lost the connection to the mcr supervisor; it was PID 1 of this process's PID namespace, so the kernel ends this process with it");
     } else {
+        // Never leave threads parked without anyone to resume them.
+        quiesce::resume();
         crate::diag::warn("lost the connection to the mcr supervisor; this process keeps running unmanaged");
     }
     core::ptr::null_mut()

@@ -117,6 +117,13 @@ pub fn load(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a later operation of the old version (in any process: numbers are shared by
+/// the whole tree) created `fd` again, so the inherited object at that number is not the
+/// one `op` created (a file opened and closed at startup, its number reused by a pipe).
+fn reused_later(ops: &HashMap<i32, Vec<(StartupOp, bool)>>, op: &StartupOp, fd: i32) -> bool {
+    ops.values().flatten().any(|(o, _)| o.seq > op.seq && o.fds.contains(&fd))
+}
+
 /// Calls whose objects are always recreated by the new version.
 fn always_live(call: &str) -> bool {
     matches!(
@@ -173,7 +180,7 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
                     Some(OpArg::Fd(fd)) if inherited_live(*fd) => Decision::Replay(old.result),
                     _ => Decision::Live(vec![]),
                 }
-            } else if !old.fds.is_empty() && old.fds.iter().all(|&fd| inherited_live(fd)) {
+            } else if !old.fds.is_empty() && old.fds.iter().all(|&fd| inherited_live(fd) && !reused_later(ops, &old, fd)) {
                 claimed.extend(old.fds.iter().copied());
                 Decision::Replay(old.result)
             } else {

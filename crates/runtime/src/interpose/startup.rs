@@ -311,7 +311,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     // Replay: the child takes the PID its old counterpart had.
     if let Some(pid) = replay::fork_target(fp) {
         let _ = replay_decision("fork", fp, &[]);
-        replay::request_pid(pid);
+        return fork_as(pid, fp, f);
     }
     let r = f();
     if r != 0 {
@@ -319,5 +319,43 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
         errno::set(e);
     }
+    r
+}
+
+/// Fork so that the child gets PID `target`. ns_last_pid is only a hint: any thread or
+/// process created in the namespace meanwhile takes the PID first. So the child checks
+/// its PID before running any program code and leaves at once if it is not the one; the
+/// parent reaps it (SIGCHLD held back meanwhile, so the program never sees it) and
+/// tries again.
+unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> libc::pid_t) -> libc::pid_t {
+    let mut chld: libc::sigset_t = core::mem::zeroed();
+    let mut old: libc::sigset_t = core::mem::zeroed();
+    libc::sigemptyset(&mut chld);
+    libc::sigaddset(&mut chld, libc::SIGCHLD);
+    real::pthread_sigmask()(libc::SIG_BLOCK, &chld, &mut old);
+    let mut r = -1;
+    for _ in 0..64 {
+        replay::request_pid(target);
+        r = f();
+        if r == 0 {
+            if libc::getpid() != target {
+                libc::_exit(0);
+            }
+            real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+            return 0;
+        }
+        if r < 0 || r == target {
+            break;
+        }
+        let mut st = 0;
+        real::waitpid()(r, &mut st, 0);
+    }
+    let e = errno::get();
+    real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    if r != target && r > 0 {
+        crate::diag::warn(&format!("replay: the forked child got PID {r}, not {target} as in the old version"));
+    }
+    record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+    errno::set(e);
     r
 }
