@@ -38,6 +38,10 @@ pub struct UpdateArgs {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Exit status of a new-version process that stopped on a replay conflict (the runtime's
+/// `replay::CONFLICT_EXIT`).
+const CONFLICT_EXIT: i32 = 86;
+
 extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
@@ -211,7 +215,7 @@ fn restart(
         }),
     })?;
     drop(inherited);
-    wait_ready(report, Duration::from_millis(args.timeout), new_supervisor)?;
+    wait_ready(report, Duration::from_millis(args.timeout), new_supervisor, &dir.files(name)?.log)?;
     // The process tree must match: a missing process is a thread of control the new
     // version never recreated; an extra one has no state to take over.
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
@@ -298,7 +302,7 @@ fn host_pids(info: &UpdateInfo) -> Result<BTreeMap<i32, i32>, Failure> {
     Ok(out)
 }
 
-fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i32>) -> Result<(), Failure> {
+fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i32>, log: &std::path::Path) -> Result<(), Failure> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for r in reports(report) {
@@ -329,7 +333,23 @@ fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i3
             }
             Ok(LaunchReport::LaunchFailed { message }) => return Err(Failure { message: format!("the new version could not start: {message}"), conflicts }),
             Ok(LaunchReport::Exited { status }) => {
-                return Err(Failure { message: format!("the new version exited with {status} during its startup"), conflicts })
+                // A conflict report may trail the exit; the runtime also wrote it to the log.
+                while let Ok(r) = rx.recv_timeout(Duration::from_millis(200)) {
+                    if let LaunchReport::ReplayConflict { conflict } = r {
+                        conflicts.push(conflict);
+                    }
+                }
+                if !conflicts.is_empty() {
+                    return Err(Failure { message: "replaying the new version's startup found a conflict".into(), conflicts });
+                }
+                let mut message = format!("the new version exited with {status} during its startup");
+                if status == mcr_protocol::ExitStatus::Code(CONFLICT_EXIT) {
+                    let logged = std::fs::read_to_string(log).unwrap_or_default();
+                    if let Some(line) = logged.lines().rev().find(|l| l.contains("replay conflict:")) {
+                        message = format!("replaying the new version's startup found a conflict: {}", line.split("replay conflict:").nth(1).unwrap_or(line).trim());
+                    }
+                }
+                return Err(Failure { message, conflicts });
             }
             Ok(LaunchReport::Replaced) => return Err("unexpected report from the new supervisor".into()),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

@@ -22,6 +22,17 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 static CONTROL_TID: AtomicI32 = AtomicI32::new(0);
 /// The control socket's number in the control thread's own descriptor table.
 static PRIVATE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Read once in the constructor: programs rewrite their environment (nginx workers keep
+/// only TZ), and this must still be known when the supervisor goes away.
+static IN_PID_NAMESPACE: AtomicBool = AtomicBool::new(false);
+
+pub fn note_pid_namespace() {
+    IN_PID_NAMESPACE.store(std::env::var_os(mcr_protocol::env::PID_NAMESPACE).is_some_and(|v| v == "1"), SeqCst);
+}
+
+pub fn in_pid_namespace() -> bool {
+    IN_PID_NAMESPACE.load(SeqCst)
+}
 static SOCKET_NAME: OnceLock<Vec<u8>> = OnceLock::new();
 
 pub fn set_socket_name(name: Vec<u8>) {
@@ -176,6 +187,9 @@ fn start_thread() {
     if CONTROL_FD.load(SeqCst) < 0 || STARTED.swap(true, SeqCst) {
         return;
     }
+    // Nothing the runtime does here may be taken for the program's own calls (a read
+    // counted as a quiescent point would park this thread before the controller exists).
+    let was = threads::set_internal(true);
     let e = crate::errno::get();
     // SAFETY: the new thread inherits a fully blocked mask, restored here afterwards.
     unsafe {
@@ -184,7 +198,7 @@ fn start_thread() {
         libc::sigfillset(&mut all);
         crate::real::pthread_sigmask()(libc::SIG_SETMASK, &all, &mut old);
         let mut t: libc::pthread_t = 0;
-        let rc = crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut());
+        let rc = crate::replay::with_high_tids(|| crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut()));
         if rc == 0 {
             libc::pthread_detach(t);
         } else {
@@ -193,6 +207,7 @@ fn start_thread() {
         crate::real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
     crate::errno::set(e);
+    threads::set_internal(was);
 }
 
 /// Sent by the program thread that completes the process's startup.
@@ -264,7 +279,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         }
     }
     // The supervisor is gone.
-    if std::env::var_os(mcr_protocol::env::PID_NAMESPACE).is_some_and(|v| v == "1") {
+    if in_pid_namespace() {
         // It was PID 1 of our namespace: the kernel is ending this process. Parked threads
         // stay parked (an update's rolled-back new version must not serve a single
         // request in the meantime).

@@ -131,6 +131,7 @@ extern "C" fn init() {
         .and_then(|s| s.parse::<i32>().ok())
         .unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());
+    control::note_pid_namespace();
     startup_log::init_reserved_range();
     startup_log::note_inherited();
     if control::register(false) {

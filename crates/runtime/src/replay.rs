@@ -296,15 +296,49 @@ pub fn fork_target(fp: usize) -> Option<i32> {
 
 /// Ask the kernel for `pid` as the next PID of this namespace.
 pub fn request_pid(pid: i32) {
-    if pid <= 1 {
-        return;
+    if pid > 1 {
+        set_last_pid(pid - 1);
     }
+}
+
+/// The namespace's last allocated PID (None when unreadable).
+pub fn last_pid() -> Option<i32> {
+    let was = threads::set_internal(true);
+    let e = crate::errno::get();
+    let v = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok().and_then(|s| s.trim().parse().ok());
+    crate::errno::set(e);
+    threads::set_internal(was);
+    v
+}
+
+/// Set ns_last_pid (needs CAP_SYS_ADMIN in the namespace; silently nothing otherwise).
+/// The runtime's own file access is never recorded as a startup operation.
+pub fn set_last_pid(v: i32) {
+    let was = threads::set_internal(true);
     let e = crate::errno::get();
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") {
         use std::io::Write;
-        let _ = write!(f, "{}", pid - 1);
+        let _ = write!(f, "{v}");
     }
     crate::errno::set(e);
+    threads::set_internal(was);
+}
+
+/// Run `f` (which creates a runtime thread) with TIDs taken from the top of the PID
+/// range, so the runtime's threads never take a PID the program's processes would get:
+/// a replayed fork must be able to get the PID its old counterpart had.
+pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
+    if !crate::control::in_pid_namespace() {
+        return f();
+    }
+    let was = threads::set_internal(true);
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(32768);
+    threads::set_internal(was);
+    let Some(prev) = last_pid() else { return f() };
+    set_last_pid(pid_max - pid_max / 16);
+    let r = f();
+    set_last_pid(prev);
+    r
 }
 
 pub fn deactivate() {

@@ -19,6 +19,7 @@ pub async fn accept_loop(state: State, listener: UnixListener) {
         let conn = {
             let mut g = state.lock();
             g.next_conn += 1;
+            g.open_conns += 1;
             g.next_conn
         };
         tokio::spawn(serve(state.clone(), stream, pid, conn));

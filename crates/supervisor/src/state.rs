@@ -40,6 +40,8 @@ pub struct Inner {
     pub retired: bool,
     /// How the server was launched, for `UpdateInfo`.
     pub launch: Option<LaunchFacts>,
+    /// Runtime connections accepted and not yet read to their end.
+    pub open_conns: usize,
 }
 
 /// How this version was launched (what the next version of an update copies).
@@ -63,6 +65,8 @@ pub struct Shared {
     pub started_tx: watch::Sender<Option<Result<f64, String>>>,
     /// The pipe to the launcher (`mcr run` or `mcr update`).
     pub report: Option<std::os::fd::OwnedFd>,
+    /// The runtime listener's descriptor, to see connections not accepted yet.
+    pub runtime_listener_fd: i32,
 }
 
 pub type State = Arc<Shared>;
@@ -137,11 +141,19 @@ impl Shared {
 
     pub fn on_disconnect(&self, conn: u64, pid: i32) {
         let mut g = self.lock();
+        g.open_conns = g.open_conns.saturating_sub(1);
         if g.procs.get(&pid).is_some_and(|p| p.conn == conn) {
             g.procs.remove(&pid);
             // Dropping the senders fails every waiter of this process at once.
             g.pending.retain(|_, (p, _)| *p != pid);
         }
+    }
+
+    /// Whether a runtime connection waits in the listener's backlog.
+    pub fn connection_pending(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.runtime_listener_fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling our own listening socket without waiting.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
     }
 
     pub fn processes(&self) -> Vec<procfs::Proc> {
@@ -254,6 +266,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         launched_at: Instant::now(),
         started_tx,
         report: cfg.report.as_ref().and_then(|f| f.try_clone().ok()),
+        runtime_listener_fd: std::os::fd::AsRawFd::as_raw_fd(&launched.runtime),
     });
     let _ = std::fs::write(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid));
     report(&cfg.report, &LaunchReport::Supervising {
@@ -309,8 +322,10 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     };
     // A process's last words (a replay conflict sent right before _exit) may still be
     // in its socket: read every runtime connection to its end before reporting the exit.
+    // A process that connected, spoke and died before we accepted its connection is still
+    // in the listener's backlog: wait for the backlog to empty too.
     let drain = Instant::now();
-    while !state.lock().procs.is_empty() && drain.elapsed() < Duration::from_millis(500) {
+    while (state.lock().open_conns > 0 || state.connection_pending()) && drain.elapsed() < Duration::from_millis(500) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if state.started_tx.borrow().is_none() {

@@ -750,3 +750,61 @@ pub fn nginx_config(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
     let conf = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
     (prefix.canonicalize().unwrap_or(prefix), PathBuf::from(conf))
 }
+
+// ---------------------------------------------------------------------------------------
+// Sockets and descriptors seen from the host (used by the `mcr update` tests).
+
+/// Inode of the socket listening on 127.0.0.1:port (from /proc/net/tcp), `None` when
+/// nothing listens there. The same inode before and after an operation means the very
+/// same listening socket survived it.
+pub fn listening_socket_inode(port: u16) -> Option<u64> {
+    let text = fs::read_to_string("/proc/net/tcp").ok()?;
+    let want = format!("0100007F:{port:04X}");
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| f[9].parse().ok()).flatten()
+    })
+}
+
+/// Number of open descriptors of a host process (0 when it is gone).
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Host PIDs (zombies included, marked by `is_zombie`) of the processes whose argv has
+/// `--port PORT` as two consecutive words.
+pub fn host_pids_with_port(port: u16) -> Vec<i32> {
+    let port = port.to_string();
+    let me = std::process::id() as i32;
+    let mut out: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter(|&p| cmdline(p).is_some_and(|a| a.windows(2).any(|w| w[0] == "--port" && w[1] == port)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Host PIDs of the live processes running the executable `program` (by /proc/PID/exe,
+/// whatever their argv says) with `--port PORT` in their argv.
+pub fn host_pids_running(program: &Path, port: u16) -> Vec<i32> {
+    let want = program.canonicalize().unwrap_or_else(|_| program.to_path_buf());
+    host_pids_with_port(port)
+        .into_iter()
+        .filter(|&p| !is_zombie(p) && fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == want))
+        .collect()
+}
+
+/// Host PIDs of the live processes in the PID namespace of host process `pid`, that
+/// process left out (for an instance's supervisor, PID 1 of its namespace: the server's
+/// processes, whatever their argv).
+pub fn host_pids_in_namespace_of(pid: i32) -> Vec<i32> {
+    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) else { return Vec::new() };
+    let mut out: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|&p| p != pid && !is_zombie(p))
+        .filter(|&p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|n| n == ns))
+        .collect();
+    out.sort();
+    out
+}
