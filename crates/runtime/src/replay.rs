@@ -328,7 +328,9 @@ pub fn set_last_pid(v: i32) {
 /// range, so the runtime's threads never take a PID the program's processes would get:
 /// a replayed fork must be able to get the PID its old counterpart had.
 pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
-    if !crate::control::in_pid_namespace() {
+    // Only an update's new version needs it (its forks must get exact PIDs); elsewhere
+    // moving ns_last_pid would only hand high PIDs to forks racing with it.
+    if !crate::control::in_pid_namespace() || !active() {
         return f();
     }
     let was = threads::set_internal(true);

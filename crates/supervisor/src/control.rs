@@ -323,9 +323,25 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
                 Ok(RuntimeReply::QuiesceFailed { laggards: l, .. }) => laggards.extend(l),
                 Ok(other) => problems.push(format!("process {pid}: unexpected answer {other:?}")),
                 Err(e) => {
-                    // A process that exited while quiescing is no obstacle.
-                    if state.processes().iter().any(|p| p.pid == pid) {
-                        problems.push(e);
+                    // A process that exited (its runtime socket closes a moment before it
+                    // leaves /proc) is no obstacle; one that exec'd registers again and
+                    // is asked again in the next round.
+                    let t = Instant::now();
+                    loop {
+                        let alive = state.processes().iter().any(|p| p.pid == pid);
+                        let registered = state.lock().procs.contains_key(&pid);
+                        if !alive {
+                            break;
+                        }
+                        if registered {
+                            done.retain(|&p| p != pid);
+                            break;
+                        }
+                        if t.elapsed() > Duration::from_millis(300) {
+                            problems.push(e);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                 }
             }
