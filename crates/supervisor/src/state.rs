@@ -67,6 +67,8 @@ pub struct Shared {
     pub report: Option<std::os::fd::OwnedFd>,
     /// The runtime listener's descriptor, to see connections not accepted yet.
     pub runtime_listener_fd: i32,
+    /// Woken when a process reports startup completion, so the check runs at once.
+    pub startup_event: tokio::sync::Notify,
 }
 
 pub type State = Arc<Shared>;
@@ -120,6 +122,7 @@ impl Shared {
                     p.startup_complete = true;
                     p.startup_ms = Some(elapsed_ms);
                 }
+                self.startup_event.notify_one();
             }
             RuntimeEvent::ReplayConflict { conflict } => {
                 let msg = format!("process {}: {}", conflict.pid, conflict.reason);
@@ -267,6 +270,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         started_tx,
         report: cfg.report.as_ref().and_then(|f| f.try_clone().ok()),
         runtime_listener_fd: std::os::fd::AsRawFd::as_raw_fd(&launched.runtime),
+        startup_event: tokio::sync::Notify::new(),
     });
     let _ = std::fs::write(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid));
     report(&cfg.report, &LaunchReport::Supervising {
@@ -307,6 +311,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         tokio::select! {
             _ = sigchld.recv() => {}
             _ = tick.tick(), if starting => {}
+            _ = state.startup_event.notified(), if starting => {}
             _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
                 // `kill <supervisor>`: stop the server the way `mcr stop` does.
                 control::begin_stop(&state, Duration::from_secs(10));
