@@ -14,6 +14,9 @@
 #   2. nginx steady-state throughput (wrk -t1 -c32 -d3s --latency), interleaved
 #   3. quiescence time (`mcr ctl NAME quiesce --json` -> elapsed_us) for kvd and
 #      nginx, idle and under load
+#   4. update time (`mcr update NAME --json` -> phases) for kvd <-> kvd-v2 and
+#      nginx (Debian patches 1 <-> 2 when both are cached, else the same build),
+#      against the cold start of the same binaries under mcr
 #   plus the on-CPU time per request of each server's process tree.
 #
 # Builds what is missing (cargo build --release, the fixtures, the cached nginx;
@@ -22,9 +25,9 @@
 # last run: target/bench/last/.
 #
 # Environment: BENCH_PIN=0 to not pin (default: servers on CPU 1, load
-# generators on CPU 0, when there are at least 2 CPUs); BENCH_ONLY=kvd, nginx
-# or quiesce to run one part (the table then lacks the other rows, and nothing
-# is saved to bench/results.md).
+# generators on CPU 0, when there are at least 2 CPUs); BENCH_ONLY=kvd, nginx,
+# quiesce or update to run one part (the table then lacks the other rows, and
+# nothing is saved to bench/results.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,14 +45,19 @@ if [ "$MODE" = full ]; then
   KVD_ROUNDS=6 KVD_PAIRS=16 KVD_SLICE=0.25     # 6 x 16 x 2 x 0.25 s = 48 s of load
   NGX_ROUNDS=5 NGX_PAIRS=4 WRK_D=3s            # 5 x 4 x 2 wrk runs of 3 s
   CYCLES=200
+  UPD_KVD_ROUNDS=10 UPD_KVD_UPDATES=2          # 20 kvd updates, 10 cold starts
+  UPD_NGX_ROUNDS=10 UPD_NGX_UPDATES=2          # 20 nginx updates, 10 cold starts
 else
   KVD_ROUNDS=2 KVD_PAIRS=8 KVD_SLICE=0.25
   NGX_ROUNDS=1 NGX_PAIRS=6 WRK_D=1s
   CYCLES=100
+  UPD_KVD_ROUNDS=4 UPD_KVD_UPDATES=2
+  UPD_NGX_ROUNDS=3 UPD_NGX_UPDATES=2
 fi
 KVD_CONNS=8 KVD_DEPTH=16
 WRK_ARGS=(-t1 -c32 "-d$WRK_D" --latency)
 GAP_MS=10          # between a resume and the next quiesce
+UPD_GAP_MS=100     # after a cold start and after each update
 LOAD_MAX_S=120     # hard bound on a background load during the quiescence cycles
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -84,10 +92,29 @@ BENCH=$ROOT/target/release/mcr-bench
 log "fixtures"
 make -s -C fixtures OUT="$ROOT/target/fixtures" >&2 || die "building the fixtures failed"
 KVD=$ROOT/target/fixtures/kvd
-[ -x "$KVD" ] || die "no $KVD"
+KVD2=$ROOT/target/fixtures/kvd-v2
+[ -x "$KVD" ] && [ -x "$KVD2" ] || die "no $KVD or $KVD2"
 log "nginx (scripts/nginx/build.sh, cached)"
 NGINX=$(scripts/nginx/build.sh | tail -n 1) || die "scripts/nginx/build.sh failed"
 [ -x "$NGINX" ] || die "no nginx binary at '$NGINX'"
+
+# The update figure updates nginx between two successive versions, the builds with the
+# first 1 and 2 Debian patches, when both are in the cache with the same recipe as
+# $NGINX (then build.sh only checks them); otherwise it updates $NGINX to itself rather
+# than spend minutes building.
+same_recipe() { # DIR1 DIR2
+  local k
+  for k in debver recipe cc_opt ld_opt configure; do
+    [ "$(grep "^$k=" "$1/.mcr-build" 2>/dev/null)" = "$(grep "^$k=" "$2/.mcr-build" 2>/dev/null)" ] || return 1
+  done
+}
+NGX_DIR=$(dirname "$(dirname "$NGINX")")
+NGX_UA=$NGINX NGX_UB=$NGINX UPD_NGX_DESC="nginx → the same build"
+if [ "${NGX_DIR%-p*}" != "$NGX_DIR" ] \
+   && same_recipe "$NGX_DIR" "${NGX_DIR%-p*}-p1" && same_recipe "$NGX_DIR" "${NGX_DIR%-p*}-p2"; then
+  a=$(scripts/nginx/build.sh --patches 1 | tail -n 1) && b=$(scripts/nginx/build.sh --patches 2 | tail -n 1) \
+    && [ -x "$a" ] && [ -x "$b" ] && NGX_UA=$a NGX_UB=$b UPD_NGX_DESC="nginx Debian patches 1 ↔ 2"
+fi
 
 NPROC=$(nproc)
 PIN=${BENCH_PIN:-1}
@@ -103,6 +130,12 @@ fi
 WORK=$(mktemp -d /tmp/mcr-bench.XXXXXX)
 export MCR_RUNTIME_DIR=$WORK/run
 mkdir -p "$MCR_RUNTIME_DIR"
+# Run private copies of mcr and libmcr.so (mcr finds the library next to itself): the
+# tree is shared, and a concurrent `cargo build` must not swap the runtime mid-run
+# (an update would then pair an old version on one build with a new one on another).
+mkdir -p "$WORK/bin"
+cp "$MCR" "$ROOT/target/release/libmcr.so" "$WORK/bin/" || die "cannot copy mcr to $WORK/bin"
+MCR=$WORK/bin/mcr
 RAW=$ROOT/target/bench/last
 rm -rf "$RAW"
 mkdir -p "$RAW"
@@ -229,13 +262,15 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "git=$GIT$BUILD_NOTE"
   echo "mode=$MODE"
   echo "loadavg_start=$LOAD0"
-  echo "command=bench/run.sh${1:+ $1}"
+  echo "command=${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }bench/run.sh${1:+ $1}"
+  echo "update_kvd=kvd ↔ kvd-v2"
+  echo "update_nginx=$UPD_NGX_DESC"
 } >"$RAW/meta.txt"
 log "$MODE run; raw data in $RAW; ports $PORT_A $PORT_B; pinning $([ "$PIN" = 1 ] && echo 'servers CPU 1, load CPU 0' || echo off)"
 T_START=$(date +%s)
 
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in ""|kvd|nginx|quiesce) ;; *) die "BENCH_ONLY must be kvd, nginx or quiesce" ;; esac
+case "$ONLY" in ""|kvd|nginx|quiesce|update) ;; *) die "BENCH_ONLY must be kvd, nginx, quiesce or update" ;; esac
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 # --- 1. kvd throughput -------------------------------------------------------
@@ -336,10 +371,33 @@ stop_pid "$lp"; forget "$lp"
 eval "$ngx_stop"
 fi
 
+# --- 4. update time ------------------------------------------------------------
+update_cycles() { # NAME SCENARIO ROUNDS UPDATES PORT PROG_A PROG_B ARGS...
+  local name=$1 sc=$2 rounds=$3 updates=$4 port=$5 a=$6 b=$7
+  shift 7
+  # mcr-bench starts and stops the instance itself; listed here for the cleanup.
+  MCR_NAMES+=("$name" "$name.next")
+  "$BENCH" update --mcr "$MCR" --name "$name" --a "$a" --b "$b" --rounds "$rounds" --updates "$updates" \
+    --port "$port" --gap-ms "$UPD_GAP_MS" --timeout-ms 10000 --max-seconds 120 --out "$RAW/update-$sc.tsv" \
+    -- "$@" >>"$LOG" 2>&1 || die "update cycles on $name failed (see $LOG)"
+  forget_name "$name"; forget_name "$name.next"
+  log "  $sc: $(tail -n 1 "$LOG" | sed 's/^mcr-bench: //')"
+}
+
+if part update; then
+log "update time: kvd $UPD_KVD_ROUNDS x $UPD_KVD_UPDATES, $UPD_NGX_DESC $UPD_NGX_ROUNDS x $UPD_NGX_UPDATES (rounds x updates; nothing pinned)"
+# Not pinned, for the same reason as the quiescence runs: the CLI, both supervisors
+# and both versions of the server all run during an update.
+SRV=() GEN=()
+update_cycles kvd-u kvd "$UPD_KVD_ROUNDS" "$UPD_KVD_UPDATES" "$PORT_A" "$KVD" "$KVD2" --port "$PORT_A"
+conf=$(nginx_prefix "$WORK/ngx-u" "$PORT_B")
+update_cycles ngx-u nginx "$UPD_NGX_ROUNDS" "$UPD_NGX_UPDATES" "$PORT_B" "$NGX_UA" "$NGX_UB" -p "$WORK/ngx-u" -c "$conf"
+fi
+
 # --- report ------------------------------------------------------------------
 SETUP="loopback 127.0.0.1 only; load generator and servers share the machine's $NPROC CPUs"
 if [ "$PIN" = 1 ]; then SETUP="$SETUP (throughput runs: servers and their mcr supervisor pinned to CPU 1, load generators to CPU 0; quiescence runs: nothing pinned)"; fi
-SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 thread, $KVD_CONNS connections x $KVD_DEPTH pipelined SET/GET, closed loop; baseline and mcr instance run side by side (same binary, each started fresh per round, ports swapped per round), load alternates between them in ${KVD_SLICE} s slices, ABBA order, $KVD_ROUNDS rounds x $KVD_PAIRS pairs. nginx 1.22.1 (scripts/nginx, master + 2 workers, static index.html, keep-alive): wrk ${WRK_ARGS[*]}, $NGX_ROUNDS rounds x $NGX_PAIRS ABBA pairs, 1 s warm-up each. Ratios are medians of per-pair ratios, spread = min–max. CPU per request = on-CPU time of the server's whole process tree (/proc schedstat; under mcr the supervisor is included) / requests served. Quiescence: $CYCLES cycles of \`mcr ctl quiesce --json\` + \`mcr ctl resume\`, ${GAP_MS} ms apart; under load = the same kvd / wrk load running meanwhile; elapsed_us is measured by the supervisor. Total run time $(( $(date +%s) - T_START )) s."
+SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 thread, $KVD_CONNS connections x $KVD_DEPTH pipelined SET/GET, closed loop; baseline and mcr instance run side by side (same binary, each started fresh per round, ports swapped per round), load alternates between them in ${KVD_SLICE} s slices, ABBA order, $KVD_ROUNDS rounds x $KVD_PAIRS pairs. nginx 1.22.1 (scripts/nginx, master + 2 workers, static index.html, keep-alive): wrk ${WRK_ARGS[*]}, $NGX_ROUNDS rounds x $NGX_PAIRS ABBA pairs, 1 s warm-up each. Ratios are medians of per-pair ratios, spread = min–max. CPU per request = on-CPU time of the server's whole process tree (/proc schedstat; under mcr the supervisor is included) / requests served. Quiescence: $CYCLES cycles of \`mcr ctl quiesce --json\` + \`mcr ctl resume\`, ${GAP_MS} ms apart; under load = the same kvd / wrk load running meanwhile; elapsed_us is measured by the supervisor. Updates (idle servers, nothing pinned): rounds of a cold start (\`mcr run --detach\`, A or B alternately), back-and-forth \`mcr update --json\` between the two versions ${UPD_GAP_MS} ms apart, \`mcr stop\` (kvd $UPD_KVD_ROUNDS x $UPD_KVD_UPDATES, nginx $UPD_NGX_ROUNDS x $UPD_NGX_UPDATES); phases as \`mcr update\` reports them (quiesce = its quiesce request round trip; restart+replay = launch of the new version until every thread is parked; commit = retire the old version and take over); original startup = the server's own \`startup_ms\` (\`mcr status\`) and the wall time of the whole \`mcr run --detach\` of the same binaries. Total run time $(( $(date +%s) - T_START )) s."
 {
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "setup=$SETUP"

@@ -1,4 +1,5 @@
-//! A minimal `--key value` / `--flag` parser (std only).
+//! A minimal `--key value` / `--flag` parser (std only). Everything after a bare `--` is
+//! kept as is (a command line to pass on).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -6,6 +7,7 @@ use std::str::FromStr;
 pub struct Args {
     values: HashMap<String, String>,
     flags: Vec<String>,
+    rest: Vec<String>,
     used: std::cell::RefCell<Vec<String>>,
 }
 
@@ -14,8 +16,13 @@ impl Args {
     pub fn parse(argv: &[String], flag_names: &[&str]) -> Result<Self, String> {
         let mut values = HashMap::new();
         let mut flags = Vec::new();
+        let mut rest = Vec::new();
         let mut it = argv.iter();
         while let Some(a) = it.next() {
+            if a == "--" {
+                rest = it.by_ref().cloned().collect();
+                break;
+            }
             let Some(name) = a.strip_prefix("--") else {
                 return Err(format!("unexpected argument '{a}'"));
             };
@@ -28,7 +35,13 @@ impl Args {
                 values.insert(name.to_string(), v.clone());
             }
         }
-        Ok(Self { values, flags, used: Default::default() })
+        Ok(Self { values, flags, rest, used: Default::default() })
+    }
+
+    /// The arguments after `--` (empty if none).
+    pub fn rest(&self) -> Vec<String> {
+        self.used.borrow_mut().push("--".to_string());
+        self.rest.clone()
     }
 
     #[cfg(test)]
@@ -59,6 +72,9 @@ impl Args {
                 return Err(format!("unknown option --{k}"));
             }
         }
+        if !self.rest.is_empty() && !used.iter().any(|u| u == "--") {
+            return Err(format!("unexpected arguments after --: {}", self.rest.join(" ")));
+        }
         Ok(())
     }
 }
@@ -88,5 +104,15 @@ mod tests {
         assert!(a.finish().is_err());
         assert!(Args::parse(&v(&["--port"]), &[]).is_err());
         assert!(Args::parse(&v(&["port"]), &[]).is_err());
+    }
+
+    #[test]
+    fn keeps_what_follows_double_dash() {
+        let a = Args::parse(&v(&["--n", "1", "--", "--port", "7", "x"]), &[]).unwrap();
+        assert_eq!(a.get::<u32>("n", 0).unwrap(), 1);
+        assert!(a.finish().is_err(), "the rest was never asked for");
+        assert_eq!(a.rest(), v(&["--port", "7", "x"]));
+        a.finish().unwrap();
+        assert!(Args::parse(&v(&["--"]), &[]).unwrap().rest().is_empty());
     }
 }

@@ -18,6 +18,14 @@
 //!   mcr-bench quiesce --mcr PATH --name N --out FILE [--cycles 200] [--gap-ms 10]
 //!                     [--timeout-ms 1000] [--max-seconds 60]
 //!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE.
+//!   mcr-bench update --mcr PATH --name N --a PROG --b PROG --out FILE [--rounds 5]
+//!                    [--updates 4] [--port P] [--gap-ms 100] [--timeout-ms 10000]
+//!                    [--max-seconds 120] -- ARGS...
+//!       rounds of: a timed cold start (`mcr run --detach --name N -- PROG ARGS`, A on
+//!       even rounds, B on odd ones), --updates live updates alternating between the two
+//!       versions (`mcr update N --json -- PROG ARGS`), `mcr stop N`; samples go to FILE
+//!       (format in src/update.rs). With --port, the server must accept connections on
+//!       127.0.0.1:P after each start and each committed update.
 //!   mcr-bench report --dir DIR
 //!       prints the markdown results table built from DIR (see report.rs).
 //!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
@@ -30,11 +38,13 @@ mod kvload;
 mod quiesce;
 mod report;
 mod stats;
+mod update;
 
 use args::Args;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mcr-bench kvd-load|kvd-ab|quiesce|report|cpu|free-port|wait-port [options] (see src/main.rs)";
+const USAGE: &str =
+    "usage: mcr-bench kvd-load|kvd-ab|quiesce|update|report|cpu|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
     if !(0.0..=600.0).contains(&x) {
@@ -152,6 +162,43 @@ fn quiesce_cmd(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+fn update_cmd(a: &Args) -> Result<(), String> {
+    let cfg = update::Config {
+        mcr: a.required::<String>("mcr")?.into(),
+        name: a.required("name")?,
+        a: a.required("a")?,
+        b: a.required("b")?,
+        out: a.required::<String>("out")?.into(),
+        rounds: a.get("rounds", 5)?,
+        updates: a.get("updates", 4)?,
+        port: match a.get("port", 0u16)? {
+            0 => None,
+            p => Some(p),
+        },
+        gap: Duration::from_millis(a.get("gap-ms", 100)?),
+        timeout_ms: a.get("timeout-ms", 10_000)?,
+        max_time: secs(a.get("max-seconds", 120.0)?, "max-seconds")?,
+        args: a.rest(),
+    };
+    a.finish()?;
+    let n = update::run(&cfg)?;
+    let u = report::Updates::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
+    let med = |v: &[f64]| stats::median(v).unwrap_or(f64::NAN);
+    eprintln!(
+        "mcr-bench: update {}: {n} updates, {} committed; median quiesce {:.2} / restart+replay {:.2} / commit {:.2} / total {:.2} ms; \
+         cold start: mcr run {:.2} ms wall, server startup {:.2} ms",
+        cfg.name,
+        u.committed(),
+        med(&u.quiesce_ms),
+        med(&u.restart_ms),
+        med(&u.commit_ms),
+        med(&u.total_ms),
+        med(&u.start_wall_ms),
+        med(&u.start_startup_ms)
+    );
+    Ok(())
+}
+
 fn wait_port(a: &Args) -> Result<(), String> {
     let port: u16 = a.required("port")?;
     let timeout = secs(a.get("timeout", 10.0)?, "timeout")?;
@@ -179,6 +226,7 @@ fn main() {
         "kvd-load" => kvd_load(&a),
         "kvd-ab" => kvd_ab(&a),
         "quiesce" => quiesce_cmd(&a),
+        "update" => update_cmd(&a),
         "report" => {
             let dir: String = a.required("dir")?;
             a.finish()?;

@@ -69,11 +69,50 @@ pub fn json_u64(json: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The string value of the first `"key"` (simple escapes decoded).
 pub fn json_str(json: &str, key: &str) -> Option<String> {
+    let mut chars = json_value(json, key)?.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).unwrap_or('?'));
+                }
+                c => out.push(c),
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+/// The text right after `"key":` (first occurrence), leading blanks skipped.
+fn json_value<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!("\"{key}\"");
     let rest = &json[json.find(&pat)? + pat.len()..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
-    Some(rest[..rest.find('"')?].to_string())
+    Some(rest.trim_start().strip_prefix(':')?.trim_start())
+}
+
+/// The number value of the first `"key"` (`null` or absent: None).
+pub fn json_f64(json: &str, key: &str) -> Option<f64> {
+    let v = json_value(json, key)?;
+    let end = v.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c))).unwrap_or(v.len());
+    v[..end].parse().ok()
+}
+
+pub fn json_bool(json: &str, key: &str) -> Option<bool> {
+    let v = json_value(json, key)?;
+    if v.starts_with("true") {
+        Some(true)
+    } else if v.starts_with("false") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 fn mcr(cfg: &Config, args: &[&str]) -> std::io::Result<std::process::Output> {
@@ -143,7 +182,8 @@ mod tests {
 
     #[test]
     fn parses_pretty_and_compact_json() {
-        let pretty = "{\n  \"response\": \"quiesced\",\n  \"elapsed_us\": 293,\n  \"processes\": 1,\n  \"threads\": 1\n}\n";
+        let pretty =
+            "{\n  \"response\": \"quiesced\",\n  \"elapsed_us\": 293,\n  \"processes\": 1,\n  \"threads\": 1\n}\n";
         assert_eq!(json_str(pretty, "response").as_deref(), Some("quiesced"));
         assert_eq!(json_u64(pretty, "elapsed_us"), Some(293));
         assert_eq!(json_u64(pretty, "threads"), Some(1));
@@ -151,6 +191,19 @@ mod tests {
         assert_eq!(json_str(compact, "response").as_deref(), Some("quiesce_failed"));
         assert_eq!(json_str(compact, "message").as_deref(), Some("timed out"));
         assert_eq!(json_u64(compact, "elapsed_us"), None);
+    }
+
+    #[test]
+    fn parses_floats_bools_and_escapes() {
+        let j = "{\n  \"committed\": true,\n  \"message\": \"'k' now \\\"runs\\\"\\n\",\n  \"phases\": {\n    \"quiesce_ms\": 0.193018,\n    \"restart_ms\": 23.122842000000002,\n    \"x\": 1e-3\n  },\n  \"startup_ms\": null\n}";
+        assert_eq!(json_bool(j, "committed"), Some(true));
+        assert_eq!(json_bool(r#"{"committed":false}"#, "committed"), Some(false));
+        assert_eq!(json_f64(j, "quiesce_ms"), Some(0.193018));
+        assert_eq!(json_f64(j, "restart_ms"), Some(23.122842000000002));
+        assert_eq!(json_f64(j, "x"), Some(0.001));
+        assert_eq!(json_f64(j, "startup_ms"), None);
+        assert_eq!(json_f64(j, "commit_ms"), None);
+        assert_eq!(json_str(j, "message").as_deref(), Some("'k' now \"runs\"\n"));
     }
 
     #[test]

@@ -9,15 +9,20 @@
 //!   `requests`; lines with the same key (a round, or a wrk run pair) are compared.
 //! * `nginx-latency.tsv`: `pair<TAB>variant<TAB>p99_ms` from wrk --latency.
 //! * `quiesce-{kvd,nginx}-{idle,load}.tsv`: samples written by `mcr-bench quiesce`.
+//! * `update-{kvd,nginx}.tsv`: cold starts and live updates written by `mcr-bench update`;
+//!   `meta.txt` keys `update_kvd` and `update_nginx` name the two versions.
 
 use crate::quiesce::Sample;
 use crate::stats;
+use crate::update::Sample as UpdateSample;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
 pub const THROUGHPUT_BUDGET: f64 = 0.99;
 pub const QUIESCE_P99_BUDGET_MS: f64 = 5.0;
+/// Control migration (restart + replay) may take at most the original startup time plus this.
+pub const CONTROL_MIGRATION_SLACK_MS: f64 = 10.0;
 
 #[derive(Debug, Default)]
 pub struct Throughput {
@@ -134,6 +139,63 @@ impl Quiescence {
             _ => "?".into(),
         }
     }
+}
+
+/// Cold starts and live updates of one server (see update.rs), in milliseconds.
+#[derive(Debug, Default)]
+pub struct Updates {
+    pub quiesce_ms: Vec<f64>,
+    pub restart_ms: Vec<f64>,
+    pub commit_ms: Vec<f64>,
+    pub total_ms: Vec<f64>,
+    /// Wall time of the whole `mcr update` command.
+    pub client_ms: Vec<f64>,
+    /// The new version's startup time (replayed), from `mcr status` after the update.
+    pub new_startup_ms: Vec<f64>,
+    /// Cold starts: wall time of `mcr run --detach`, and the server's own startup time.
+    pub start_wall_ms: Vec<f64>,
+    pub start_startup_ms: Vec<f64>,
+    pub failures: Vec<String>,
+}
+
+impl Updates {
+    pub fn parse(text: &str) -> Self {
+        let mut u = Updates::default();
+        let ms = |x: u64| x as f64 / 1000.0;
+        for line in text.lines() {
+            match UpdateSample::parse_line(line) {
+                Some(UpdateSample::Start { wall_us, startup_us, .. }) => {
+                    u.start_wall_ms.push(ms(wall_us));
+                    u.start_startup_ms.extend(startup_us.map(ms));
+                }
+                Some(UpdateSample::Ok {
+                    quiesce_us, restart_us, commit_us, total_us, client_us, startup_us, ..
+                }) => {
+                    u.quiesce_ms.push(ms(quiesce_us));
+                    u.restart_ms.push(ms(restart_us));
+                    u.commit_ms.push(ms(commit_us));
+                    u.total_ms.push(ms(total_us));
+                    u.client_ms.push(ms(client_us));
+                    u.new_startup_ms.extend(startup_us.map(ms));
+                }
+                Some(UpdateSample::Fail { message, .. }) => u.failures.push(message),
+                None => {}
+            }
+        }
+        u
+    }
+
+    pub fn committed(&self) -> usize {
+        self.total_ms.len()
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.committed() + self.failures.len()
+    }
+}
+
+fn p90(xs: &[f64]) -> Option<f64> {
+    stats::percentile(xs, 90.0)
 }
 
 fn pct(r: f64) -> String {
@@ -261,12 +323,69 @@ fn quiesce_row(label: &str, q: &Quiescence) -> Row {
         s
     };
     let ok = q.failures.is_empty() && p99.is_some_and(|p| p < QUIESCE_P99_BUDGET_MS);
+    let verdict = if q.cycles() == 0 { String::new() } else { format!(" ({})", met(ok)) };
     Row {
         figure: format!("{label}: median / p99"),
         measured,
-        budget: format!("p99 < {QUIESCE_P99_BUDGET_MS} ms ({})", met(ok)),
+        budget: format!("p99 < {QUIESCE_P99_BUDGET_MS} ms{verdict}"),
         paper: "< 100 ms (§8, all programs)".into(),
     }
+}
+
+fn update_row(label: &str, versions: &str, u: &Updates) -> Row {
+    let figure = format!("{label} update ({versions}): quiesce / restart+replay / commit / total, median (p90)");
+    let paper = "quiescence < 100 ms (§8)".to_string();
+    if u.attempts() == 0 {
+        return Row {
+            figure,
+            measured: "not measured".into(),
+            budget: format!("quiescence < {QUIESCE_P99_BUDGET_MS} ms"),
+            paper,
+        };
+    }
+    let four = |f: &dyn Fn(&[f64]) -> Option<f64>| {
+        [&u.quiesce_ms, &u.restart_ms, &u.commit_ms, &u.total_ms].map(|v| ms(f(v))).join(" / ")
+    };
+    let mut measured =
+        format!("{} ms (p90 {}); {}/{} committed", four(&stats::median), four(&p90), u.committed(), u.attempts());
+    if !u.failures.is_empty() {
+        let _ = write!(measured, " (**{} failed**)", u.failures.len());
+    }
+    let q90 = p90(&u.quiesce_ms);
+    let budget = format!(
+        "quiescence < {QUIESCE_P99_BUDGET_MS} ms, on the p90 ({}); every update commits ({})",
+        met(q90.is_some_and(|q| q < QUIESCE_P99_BUDGET_MS)),
+        met(u.failures.is_empty())
+    );
+    Row { figure, measured, budget, paper }
+}
+
+fn migration_row(label: &str, u: &Updates) -> Row {
+    let figure = format!("{label} control migration (restart+replay) vs original startup");
+    let paper = "< 50 ms, 1–45% over the original startup (§8)".to_string();
+    let budget = format!("≤ original startup + {CONTROL_MIGRATION_SLACK_MS} ms");
+    let (Some(r90), Some(server), Some(wall)) =
+        (p90(&u.restart_ms), stats::median(&u.start_startup_ms), stats::median(&u.start_wall_ms))
+    else {
+        return Row { figure, measured: "not measured".into(), budget, paper };
+    };
+    let measured = format!(
+        "restart+replay {} / p90 {} ms; original startup under mcr (median of {} cold starts): server {} ms, whole `mcr run --detach` {} ms",
+        ms(stats::median(&u.restart_ms)),
+        ms(Some(r90)),
+        u.start_wall_ms.len(),
+        ms(Some(server)),
+        ms(Some(wall))
+    );
+    let (lim_s, lim_w) = (server + CONTROL_MIGRATION_SLACK_MS, wall + CONTROL_MIGRATION_SLACK_MS);
+    let budget = format!(
+        "{budget}, on the p90: vs the server's startup, ≤ {} ms ({}); vs the whole `mcr run --detach`, ≤ {} ms ({})",
+        ms(Some(lim_s)),
+        met(r90 <= lim_s),
+        ms(Some(lim_w)),
+        met(r90 <= lim_w)
+    );
+    Row { figure, measured, budget, paper }
 }
 
 pub fn build(dir: &Path) -> Result<String, String> {
@@ -279,6 +398,11 @@ pub fn build(dir: &Path) -> Result<String, String> {
     let kvd_cpu = cpu_per_request(&read(dir, "kvd-cpu.tsv").unwrap_or_default())?;
     let ngx_cpu = cpu_per_request(&read(dir, "nginx-cpu.tsv").unwrap_or_default())?;
     let ngx_p99 = paired(&read(dir, "nginx-latency.tsv").unwrap_or_default(), |n| n.first().copied())?;
+    let (ukvd, ungx) = (
+        Updates::parse(&read(dir, "update-kvd.tsv").unwrap_or_default()),
+        Updates::parse(&read(dir, "update-nginx.tsv").unwrap_or_default()),
+    );
+    let (vkvd, vngx) = (m("update_kvd"), m("update_nginx"));
 
     let rows = [
         throughput_row(
@@ -293,6 +417,10 @@ pub fn build(dir: &Path) -> Result<String, String> {
         quiesce_row("kvd quiescence, under load", &qkl),
         quiesce_row("nginx quiescence, idle", &qni),
         quiesce_row("nginx quiescence, under load", &qnl),
+        update_row("kvd", &vkvd, &ukvd),
+        migration_row("kvd", &ukvd),
+        update_row("nginx", &vngx, &ungx),
+        migration_row("nginx", &ungx),
     ];
 
     let mut o = String::new();
@@ -315,38 +443,71 @@ pub fn build(dir: &Path) -> Result<String, String> {
     for r in &rows {
         let _ = writeln!(o, "| {} | {} | {} | {} |", r.figure, r.measured, r.budget, r.paper);
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "Absolute throughput (median over runs, baseline → under mcr):");
-    for (name, t, unit) in [("kvd", &kvd, "req/s"), ("nginx", &ngx, "req/s")] {
+    if !kvd.pairs.is_empty() || !ngx.pairs.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Absolute throughput (median over runs, baseline → under mcr):");
+        for (name, t, unit) in [("kvd", &kvd, "req/s"), ("nginx", &ngx, "req/s")] {
+            let _ = writeln!(
+                o,
+                "* {name}: {} → {} {unit}; run-to-run CV of the baseline {}",
+                krps(stats::median(&t.base())),
+                krps(stats::median(&t.mcr())),
+                stats::cv(&t.base()).map(|c| format!("{:.1}%", c * 100.0)).unwrap_or_else(|| "–".into())
+            );
+        }
+        if !ngx_p99.is_empty() {
+            let _ = writeln!(
+                o,
+                "* nginx p99 latency (wrk): {} → {} ms (median over runs)",
+                ms(stats::median(&ngx_p99.iter().map(|p| p.0).collect::<Vec<_>>())),
+                ms(stats::median(&ngx_p99.iter().map(|p| p.1).collect::<Vec<_>>()))
+            );
+        }
+    }
+    if [&qki, &qkl, &qni, &qnl].iter().any(|q| q.cycles() > 0) {
+        let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "* {name}: {} → {} {unit}; run-to-run CV of the baseline {}",
-            krps(stats::median(&t.base())),
-            krps(stats::median(&t.mcr())),
-            stats::cv(&t.base()).map(|c| format!("{:.1}%", c * 100.0)).unwrap_or_else(|| "–".into())
+            "Wall time of the whole `mcr ctl NAME quiesce --json` command (process start included), median / p99:"
         );
+        for (name, qq) in
+            [("kvd idle", &qki), ("kvd under load", &qkl), ("nginx idle", &qni), ("nginx under load", &qnl)]
+        {
+            let _ = writeln!(
+                o,
+                "* {name}: {} / {} ms",
+                ms(stats::median(&qq.client_ms)),
+                ms(stats::percentile(&qq.client_ms, 99.0))
+            );
+        }
+        for (name, qq) in
+            [("kvd idle", &qki), ("kvd under load", &qkl), ("nginx idle", &qni), ("nginx under load", &qnl)]
+        {
+            if let Some(f) = qq.failures.first() {
+                let _ = writeln!(o, "* {name}: {} quiesce failures, first: {f}", qq.failures.len());
+            }
+        }
     }
-    if !ngx_p99.is_empty() {
-        let _ = writeln!(
-            o,
-            "* nginx p99 latency (wrk): {} → {} ms (median over runs)",
-            ms(stats::median(&ngx_p99.iter().map(|p| p.0).collect::<Vec<_>>())),
-            ms(stats::median(&ngx_p99.iter().map(|p| p.1).collect::<Vec<_>>()))
-        );
-    }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "Wall time of the whole `mcr ctl NAME quiesce --json` command (process start included), median / p99:");
-    for (name, qq) in [("kvd idle", &qki), ("kvd under load", &qkl), ("nginx idle", &qni), ("nginx under load", &qnl)] {
-        let _ = writeln!(
-            o,
-            "* {name}: {} / {} ms",
-            ms(stats::median(&qq.client_ms)),
-            ms(stats::percentile(&qq.client_ms, 99.0))
-        );
-    }
-    for (name, qq) in [("kvd idle", &qki), ("kvd under load", &qkl), ("nginx idle", &qni), ("nginx under load", &qnl)] {
-        if let Some(f) = qq.failures.first() {
-            let _ = writeln!(o, "* {name}: {} quiesce failures, first: {f}", qq.failures.len());
+    if ukvd.attempts() + ungx.attempts() > 0 {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Live updates, median / p90:");
+        for (name, u) in [("kvd", &ukvd), ("nginx", &ungx)] {
+            if u.attempts() == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "* {name}: wall time of the whole `mcr update` command {} / {} ms; the new version's startup under replay {} / {} ms (cold start: {} / {} ms)",
+                ms(stats::median(&u.client_ms)),
+                ms(p90(&u.client_ms)),
+                ms(stats::median(&u.new_startup_ms)),
+                ms(p90(&u.new_startup_ms)),
+                ms(stats::median(&u.start_startup_ms)),
+                ms(p90(&u.start_startup_ms))
+            );
+            if let Some(f) = u.failures.first() {
+                let _ = writeln!(o, "* {name}: {} updates did not commit, first: {f}", u.failures.len());
+            }
         }
     }
     let _ = writeln!(o);
@@ -417,7 +578,49 @@ mod tests {
         assert!(md.contains("0.30 / 0.30 ms"));
         assert!(md.contains("6.00 / 6.00 ms"));
         assert!(md.contains("p99 < 5 ms (**NOT met**)"));
+        assert!(md.contains("| kvd quiescence, under load: median / p99 | not measured | p99 < 5 ms |"), "{md}");
         assert!(md.contains("| nginx throughput, mcr / baseline | not measured |"));
         assert!(md.contains("1.100 (+10.0%); 100 → 110 ns/request"), "{md}");
+        assert!(
+            md.contains("| kvd update (?): quiesce / restart+replay / commit / total, median (p90) | not measured |"),
+            "{md}"
+        );
+        assert!(md.contains("| nginx control migration (restart+replay) vs original startup | not measured |"), "{md}");
+        assert!(!md.contains("Live updates"), "{md}");
+    }
+
+    #[test]
+    fn update_rows() {
+        let mut text = String::from("start\ta\t25000\t300\nstart\tb\t27000\t-\nstart\tb\t26000\t500\n");
+        for i in 0..10u64 {
+            text.push_str(&format!(
+                "ok\tb\t{}\t{}\t1700\t{}\t30000\t2000\n",
+                200 + i * 100,
+                20000 + i * 100,
+                25000 + i * 100
+            ));
+        }
+        text.push_str("fail\ta\t9000\trolled back: conflict\n");
+        let u = Updates::parse(&text);
+        assert_eq!((u.committed(), u.attempts()), (10, 11));
+        assert_eq!(u.start_startup_ms, vec![0.3, 0.5]);
+        let r = update_row("kvd", "kvd ↔ kvd-v2", &u);
+        assert_eq!(r.figure, "kvd update (kvd ↔ kvd-v2): quiesce / restart+replay / commit / total, median (p90)");
+        assert!(
+            r.measured.starts_with(
+                "0.65 / 20.4 / 1.70 / 25.4 ms (p90 1.00 / 20.8 / 1.70 / 25.8); 10/11 committed (**1 failed**)"
+            ),
+            "{}",
+            r.measured
+        );
+        assert!(r.budget.contains("p90 (met); every update commits (**NOT met**)"), "{}", r.budget);
+        let m = migration_row("kvd", &u);
+        assert!(m.measured.contains("restart+replay 20.4 / p90 20.8 ms"), "{}", m.measured);
+        assert!(
+            m.measured.contains("(median of 3 cold starts): server 0.40 ms, whole `mcr run --detach` 26.0 ms"),
+            "{}",
+            m.measured
+        );
+        assert!(m.budget.contains("≤ 10.4 ms (**NOT met**)") && m.budget.contains("≤ 36.0 ms (met)"), "{}", m.budget);
     }
 }
