@@ -108,6 +108,13 @@ enum CtlAction {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Status { .. } | Command::List { .. }) {
+        // Read-only verbs behave like any Unix filter when their reader goes away
+        // (`mcr status k | head`). The others keep SIGPIPE ignored: an update must
+        // never die halfway because a socket closed.
+        // SAFETY: restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

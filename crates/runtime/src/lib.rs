@@ -83,7 +83,8 @@ pub(crate) fn is_runtime_module(path: Option<&str>) -> bool {
 pub(crate) fn after_fork_in_child() {
     // SAFETY: getpid cannot fail.
     PID.store(unsafe { libc::getpid() }, Relaxed);
-    START_NS.store(monotonic_ns(), Relaxed);
+    // START_NS stays: a fork child's startup counts from the exec of the program, so a
+    // daemon's worker reports the server's whole startup, parent's part included.
     threads::reset_after_fork();
     quiesce::reset_after_fork();
     quiesce::init_asymmetric_fence();
