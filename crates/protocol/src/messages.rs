@@ -160,6 +160,8 @@ pub enum RuntimeCommandKind {
     Resume,
 }
 
+// As for Response: short-lived messages.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum RuntimeReply {
@@ -204,6 +206,8 @@ pub enum Request {
 }
 
 /// Supervisor → CLI.
+// Messages live only between a read and a write: boxing the large status would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {

@@ -336,6 +336,7 @@ pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
     let was = threads::set_internal(true);
     let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(32768);
     threads::set_internal(was);
+    let _serialized = crate::startup_log::pid_hint_lock();
     let Some(prev) = last_pid() else { return f() };
     set_last_pid(pid_max - pid_max / 16);
     let r = f();

@@ -33,7 +33,7 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
 pub fn walk(mut fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
     let errno = crate::errno::get();
     let mut n = 0;
-    while n < MAX_STACK && fp != 0 && fp % 8 == 0 {
+    while n < MAX_STACK && fp != 0 && fp.is_multiple_of(8) {
         let Some([next, ret]) = read_pair(fp) else { break };
         if ret < 4096 {
             break;

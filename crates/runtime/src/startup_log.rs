@@ -15,6 +15,7 @@ use mcr_protocol::{OpArg, StartupLog, StartupOp};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 
+#[derive(Clone)]
 struct RawOp {
     pid: i32,
     seq: u32,
@@ -37,6 +38,45 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// process-local fallback.
 static LOCAL_NEXT: AtomicI32 = AtomicI32::new(0);
 static SHARED_NEXT: std::sync::atomic::AtomicPtr<AtomicI32> = std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Lock word in the same shared page: serializes the processes of the tree that move
+/// ns_last_pid (a replayed fork wanting an exact PID, a runtime thread wanting a high
+/// TID), so one's hint is never undone by another's.
+pub fn pid_hint_lock() -> PidHintGuard {
+    let p = SHARED_NEXT.load(Relaxed);
+    if p.is_null() {
+        return PidHintGuard(None);
+    }
+    // SAFETY: the shared page holds the counter at offset 0 and this lock at offset 4.
+    let lock: &'static std::sync::atomic::AtomicU32 = unsafe { &*(p as *const std::sync::atomic::AtomicU32).add(1) };
+    let t0 = std::time::Instant::now();
+    while lock.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        // A holder that died (killed mid-fork) must not wedge everyone else.
+        if t0.elapsed() > std::time::Duration::from_millis(200) {
+            return PidHintGuard(None);
+        }
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+    PidHintGuard(Some(lock))
+}
+
+pub struct PidHintGuard(Option<&'static std::sync::atomic::AtomicU32>);
+
+impl PidHintGuard {
+    /// In a fork child: the parent releases the lock, not us.
+    pub fn forget(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PidHintGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.0 {
+            l.store(0, Release);
+        }
+    }
+}
 
 fn next_counter() -> &'static AtomicI32 {
     let p = SHARED_NEXT.load(Relaxed);
@@ -150,22 +190,19 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The log as the supervisor sees it: symbolized, with what startup left unaccounted for.
 pub fn snapshot() -> StartupLog {
-    let raw: Vec<(i32, u32, &'static str, Vec<usize>, Vec<OpArg>, i64, i32, Vec<i32>)> = LOG
-        .lock()
-        .iter()
-        .map(|o| (o.pid, o.seq, o.call, o.stack.clone(), o.args.clone(), o.result, o.errno, o.fds.clone()))
-        .collect();
+    // Copy out under the lock, symbolize without it.
+    let raw: Vec<RawOp> = LOG.lock().clone();
     let ops: Vec<StartupOp> = raw
         .into_iter()
-        .map(|(pid, seq, call, st, args, result, errno, fds)| StartupOp {
-            pid,
-            seq,
-            call: call.to_string(),
-            stack: symbolize::call_stack(Some(call), &st),
-            args,
-            result,
-            errno,
-            fds,
+        .map(|o| StartupOp {
+            pid: o.pid,
+            seq: o.seq,
+            call: o.call.to_string(),
+            stack: symbolize::call_stack(Some(o.call), &o.stack),
+            args: o.args,
+            result: o.result,
+            errno: o.errno,
+            fds: o.fds,
         })
         .collect();
     let complete = STARTUP_DONE.load(Acquire);

@@ -132,7 +132,6 @@ impl Shared {
                     let _ = self.started_tx.send(Some(Err(msg)));
                 }
                 report(&self.report.as_ref().and_then(|f| f.try_clone().ok()), &LaunchReport::ReplayConflict { conflict });
-                return;
             }
             RuntimeEvent::Reply { id, reply } => {
                 if let Some((_, waiter)) = g.pending.remove(&id) {

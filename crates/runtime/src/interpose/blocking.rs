@@ -25,12 +25,12 @@ fn now_ns() -> i64 {
     let mut ts = timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out pointer; vDSO call, no system call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 fn ts_ns(ts: *const timespec) -> Option<i64> {
     // SAFETY: the caller passed this pointer to a libc call that reads it too.
-    (!ts.is_null()).then(|| unsafe { (*ts).tv_sec as i64 * 1_000_000_000 + (*ts).tv_nsec as i64 })
+    (!ts.is_null()).then(|| unsafe { (*ts).tv_sec * 1_000_000_000 + (*ts).tv_nsec })
 }
 
 fn ns_ts(ns: i64) -> timespec {
@@ -247,7 +247,7 @@ pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mu
     let f = real::select();
     // select() clears the sets it is given, so a re-entry needs the program's originals.
     let (r0, w0, x0) = (r.as_ref().copied(), w.as_ref().copied(), x.as_ref().copied());
-    let timeout = (!tv.is_null()).then(|| (*tv).tv_sec as i64 * 1_000_000_000 + (*tv).tv_usec as i64 * 1000);
+    let timeout = (!tv.is_null()).then(|| (*tv).tv_sec * 1_000_000_000 + (*tv).tv_usec * 1000);
     finish_int(blocking(Call::Select, 0, frame_address(), timeout, |l| {
         if let Some(ns) = l {
             restore_sets(r, r0, w, w0, x, x0);

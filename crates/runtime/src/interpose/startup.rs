@@ -335,15 +335,18 @@ unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> l
     real::pthread_sigmask()(libc::SIG_BLOCK, &chld, &mut old);
     let mut r = -1;
     for _ in 0..64 {
+        let guard = crate::startup_log::pid_hint_lock();
         replay::request_pid(target);
         r = f();
         if r == 0 {
+            guard.forget();
             if libc::getpid() != target {
                 libc::_exit(0);
             }
             real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
             return 0;
         }
+        drop(guard);
         if r < 0 || r == target {
             break;
         }
