@@ -218,20 +218,29 @@ fn restart(
     wait_ready(report, Duration::from_millis(args.timeout), new_supervisor, &dir.files(name)?.log)?;
     // The process tree must match: a missing process is a thread of control the new
     // version never recreated; an extra one has no state to take over.
+    // A process of the new version that is exiting (a daemon's first process, right after
+    // its fork) may still be listed for a moment: compare again briefly before deciding.
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
-    let st = match next.request(&Request::Status)? {
-        Response::Status(st) => st,
-        other => return Err(format!("unexpected answer: {other:?}").into()),
-    };
-    *new_processes = st.processes.iter().map(|p| p.pid).collect();
     let old_set: BTreeSet<i32> = info.processes.iter().copied().collect();
-    let new_set: BTreeSet<i32> = new_processes.iter().copied().collect();
-    if info.pid_namespace && old_set != new_set {
-        return Err(format!(
-            "the new version's processes {new_set:?} do not match the old version's {old_set:?}: a process the old version has (or an extra one) \
-             is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended"
-        )
-        .into());
+    let t = Instant::now();
+    loop {
+        let st = match next.request(&Request::Status)? {
+            Response::Status(st) => st,
+            other => return Err(format!("unexpected answer: {other:?}").into()),
+        };
+        *new_processes = st.processes.iter().map(|p| p.pid).collect();
+        let new_set: BTreeSet<i32> = new_processes.iter().copied().collect();
+        if !info.pid_namespace || old_set == new_set {
+            break;
+        }
+        if t.elapsed() > Duration::from_millis(300) {
+            return Err(format!(
+                "the new version's processes {new_set:?} do not match the old version's {old_set:?}: a process the old version has (or an extra one) \
+                 is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
