@@ -844,7 +844,6 @@ fn rolled_back_new_version_never_serves_a_request() {
 /// supervisor accepted its connection (fixed: the supervisor drains the listener's
 /// backlog before reporting an exit).
 #[test]
-
 fn rollback_report_always_names_the_conflict() {
     let mcr = Mcr::new("u-conflict-race");
     let port = free_port();
@@ -1060,13 +1059,9 @@ fn twenty_updates_in_a_row_commit_and_leak_nothing() {
     );
 }
 
-/// Thirty nginx self-updates in a row under load should all commit. On 6479b73 a few
-/// roll back now and then (3 of 30 in 1 of 3 runs) with "the new version's processes
-/// {3, 4} do not match the old version's {3, 4, 6}", on an instance whose own start gave
-/// its second worker PID 6: the new version ends up one worker short (the fork-PID bug of
-/// nginx_first_update_keeps_worker_pids).
+/// Thirty nginx self-updates in a row under load all commit: every replayed fork gets
+/// its old PID each time, whatever PIDs the previous version ended up with.
 #[test]
-
 fn nginx_thirty_updates_in_a_row_under_load_all_commit() {
     let Some(nginx) = nginx_bin("nginx_thirty_updates_in_a_row_under_load_all_commit") else { return };
     let mcr = Mcr::new("u-nginx-thirty");
@@ -1115,7 +1110,6 @@ fn nginx_thirty_updates_in_a_row_under_load_all_commit() {
 /// worker short: "the new version's processes {3, 4} do not match the old version's
 /// {3, 4, 5}". Seen in 4 of 10 runs of this file (two tests in parallel).
 #[test]
-
 fn nginx_first_update_keeps_worker_pids() {
     let Some(nginx) = nginx_bin("nginx_first_update_keeps_worker_pids") else { return };
     let mut raced = Vec::new();
@@ -1138,14 +1132,10 @@ fn nginx_first_update_keeps_worker_pids() {
 /// An nginx update the new version's worker count rejects (a config with
 /// `worker_processes 3`, checked only once its startup completed) rolls back under load
 /// without the rejected version serving anything: its /status would answer "new".
-/// On 6479b73 it does answer "new" now and then (2 of 3 runs): a runtime whose
-/// supervisor dies keeps its threads parked only if `MCR_PID_NAMESPACE=1` is in the
-/// environment when the connection drops, and nginx workers replace their environment
-/// (ngx_set_environment keeps only TZ), so they take the "keeps running unmanaged"
-/// branch, resume, and serve until the kernel kills them (the log shows "pid 5: lost the
-/// connection to the mcr supervisor; this process keeps running unmanaged").
+/// nginx workers replace their environment, so whether the process is in a PID
+/// namespace (parked threads stay parked when the supervisor dies) must be known from
+/// the constructor on.
 #[test]
-
 fn nginx_rolled_back_version_never_serves() {
     let Some(nginx) = nginx_bin("nginx_rolled_back_version_never_serves") else { return };
     let mcr = Mcr::new("u-nginx-rollback");

@@ -164,10 +164,6 @@ impl InstanceFiles {
             let _ = fs::remove_file(p);
         }
     }
-
-    pub fn exists_in(dir: &Path, name: &str) -> bool {
-        dir.join(format!("{name}.lock")).exists()
-    }
 }
 
 #[cfg(test)]
