@@ -37,6 +37,34 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Like [`Connection::request`] for a request that may take long: `give_up` is asked
+    /// every 100 ms while waiting, and ends the wait with an error when it says so.
+    pub fn request_until(&mut self, req: &Request, give_up: impl Fn() -> bool) -> Result<Response> {
+        self.writer.write_all(&mcr_protocol::encode_line(req)).context("cannot send the request")?;
+        let sock = self.reader.get_ref();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut line = String::new();
+        let got = loop {
+            match self.reader.read_line(&mut line) {
+                Ok(_) => break Ok(()),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if give_up() {
+                        break Err(anyhow::anyhow!("interrupted"));
+                    }
+                }
+                Err(e) => break Err(anyhow::Error::new(e).context("cannot read the answer")),
+            }
+        };
+        self.reader.get_ref().set_read_timeout(None)?;
+        got?;
+        if line.is_empty() {
+            bail!("the supervisor closed the connection without answering (it is exiting)");
+        }
+        mcr_protocol::decode_line(line.trim_end().as_bytes()).context("the supervisor sent an answer mcr cannot read")
+    }
+}
+
 pub fn request(dir: &InstanceDir, name: &str, req: &Request) -> Result<Response> {
     Connection::open(dir, name)?.request(req)
 }

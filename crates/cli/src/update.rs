@@ -10,7 +10,7 @@ use crate::run::{reports, spawn_supervisor, SupervisorLaunch};
 use crate::{program, render};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use mcr_protocol::{InstanceDir, LaunchReport, ProcessLog, ReplayConflict, Request, Response, UpdateInfo};
+use mcr_protocol::{InstanceDir, LaunchReport, OpenConnections, ProcessLog, ReplayConflict, Request, Response, UpdateInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -28,6 +28,12 @@ pub struct UpdateArgs {
     /// Milliseconds the old version has to quiesce
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     quiesce_timeout: u64,
+    /// Before quiescing, stop accepting (new connections wait in the listen backlog for
+    /// the next version) and give the old version up to this many milliseconds to finish
+    /// and close its open client connections. Connections still open after it are closed
+    /// if the update commits. 0 skips the drain.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    drain_timeout: u64,
     /// Print the outcome and phase timings as JSON
     #[arg(long)]
     json: bool,
@@ -48,6 +54,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 #[derive(serde::Serialize, Default)]
 struct Phases {
+    drain_ms: f64,
     quiesce_ms: f64,
     restart_ms: f64,
     commit_ms: f64,
@@ -61,6 +68,8 @@ struct Outcome {
     message: String,
     phases: Phases,
     conflicts: Vec<ReplayConflict>,
+    /// Client connections the old version still held after the drain (closed by a commit).
+    connections_left: Vec<OpenConnections>,
     old_processes: Vec<i32>,
     new_processes: Vec<i32>,
 }
@@ -89,7 +98,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     let runtime_lib = program::runtime_library()?;
     let name = args.name.clone();
     let mut old = Connection::open(dir, &name)?;
-    let info = match old.request(&Request::UpdateInfo)? {
+    let mut info = match old.request(&Request::UpdateInfo)? {
         Response::UpdateInfo(i) => i,
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
@@ -113,10 +122,44 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
 
     let mut phases = Phases::default();
+    let td = Instant::now();
+    let mut connections_left = Vec::new();
+    if args.drain_timeout > 0 {
+        let drained = old.request_until(&Request::Drain { timeout_ms: args.drain_timeout }, || INTERRUPTED.load(Ordering::SeqCst));
+        let drained = match drained {
+            Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
+                drop(old);
+                let _ = Connection::open(dir, &name).and_then(|mut c| c.request(&Request::Resume));
+                drop(next_lock);
+                next_files.remove_all();
+                return Err(e.context("interrupted while draining; the server was resumed and nothing was changed"));
+            }
+            r => r?,
+        };
+        match drained {
+            Response::Drained { remaining, .. } => connections_left = remaining,
+            other => {
+                let _ = old.request(&Request::Resume);
+                drop(next_lock);
+                next_files.remove_all();
+                bail!("the running version could not drain, nothing was changed: {other:?}");
+            }
+        }
+        if !connections_left.is_empty() {
+            let n: usize = connections_left.iter().map(|c| c.fds.len()).sum();
+            eprintln!(
+                "mcr: warning: {n} client connection(s) still open after the {} ms drain (processes {:?}); they are closed if this update commits",
+                args.drain_timeout,
+                connections_left.iter().map(|c| c.pid).collect::<Vec<_>>()
+            );
+        }
+    }
+    phases.drain_ms = ms(td.elapsed());
     let tq = Instant::now();
     match old.request(&Request::Quiesce { timeout_ms: args.quiesce_timeout })? {
         Response::Quiesced { .. } => {}
         Response::QuiesceFailed { message, laggards } => {
+            let _ = old.request(&Request::Resume);
             drop(next_lock);
             next_files.remove_all();
             bail!("the running version did not quiesce, nothing was changed: {message}\n{}", render::laggards(&laggards));
@@ -124,6 +167,11 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         other => bail!("unexpected answer to quiesce: {other:?}"),
     }
     phases.quiesce_ms = ms(tq.elapsed());
+    // Processes may have exited during the drain (a per-connection child whose client
+    // left): the tree to recreate is the one that is parked now.
+    if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
+        info.processes = now.processes;
+    }
 
     let tr = Instant::now();
     let mut new_supervisor: Option<i32> = None;
@@ -153,12 +201,13 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             (false, f.message, f.conflicts)
         }
     };
-    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, old_processes: info.processes.clone(), new_processes };
+    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, old_processes: info.processes.clone(), new_processes };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if out.committed {
         println!(
-            "updated '{name}': quiesce {:.1} ms, restart+replay {:.1} ms, commit {:.1} ms (total {:.1} ms); processes {:?}",
+            "updated '{name}': drain {:.1} ms, quiesce {:.1} ms, restart+replay {:.1} ms, commit {:.1} ms (total {:.1} ms); processes {:?}",
+            out.phases.drain_ms,
             out.phases.quiesce_ms, out.phases.restart_ms, out.phases.commit_ms, out.phases.total_ms, out.new_processes
         );
     } else {

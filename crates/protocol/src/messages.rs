@@ -156,8 +156,12 @@ pub enum RuntimeCommandKind {
     StartupLog,
     /// Park every long-lived thread at a quiescent point and hold it there.
     Quiesce { timeout_ms: u64 },
-    /// Release parked threads.
+    /// Release parked threads (and end a drain).
     Resume,
+    /// Stop accepting new connections (they wait in the listen backlog for the next
+    /// version) and report the connections still open, so an update can let in-flight
+    /// requests finish first. Repeating it just reports again.
+    Drain,
 }
 
 // As for Response: short-lived messages.
@@ -178,6 +182,8 @@ pub enum RuntimeReply {
     },
     QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
     Resumed,
+    /// Answer to Drain: the post-startup sockets (client connections) still open.
+    Connections { fds: Vec<i32> },
     StartupLog(StartupLog),
     Error { message: String },
 }
@@ -191,6 +197,11 @@ pub enum Request {
     StartupLogs,
     Quiesce { timeout_ms: u64 },
     Resume,
+    /// Update, old version: stop accepting and wait (up to `timeout_ms`) until every
+    /// process has closed its client connections. The instance stays draining until
+    /// Resume or Retire; if the connection that asked closes first, the supervisor
+    /// resumes on its own, so a killed `mcr update` never leaves a server refusing work.
+    Drain { timeout_ms: u64 },
     /// Deliver a signal to the server's main process.
     Signal { signal: i32 },
     /// SIGTERM to the main process, SIGKILL to everything after `grace_ms`.
@@ -223,6 +234,11 @@ pub enum Response {
         laggards: Vec<Laggard>,
     },
     Resumed { processes: usize },
+    Drained {
+        elapsed_us: u64,
+        /// Connections still open when the drain ended (empty: fully drained).
+        remaining: Vec<OpenConnections>,
+    },
     Started { startup_ms: f64 },
     Stopping,
     UpdateInfo(UpdateInfo),
@@ -231,6 +247,13 @@ pub enum Response {
     ReplayFailed { conflicts: Vec<ReplayConflict>, message: String },
     Ok,
     Error { message: String },
+}
+
+/// Client connections a process still held when a drain ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpenConnections {
+    pub pid: i32,
+    pub fds: Vec<i32>,
 }
 
 /// State of the whole instance.

@@ -316,7 +316,12 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             // Resuming ends an update's replay: later forks are ordinary forks.
             crate::replay::deactivate();
             quiesce::resume();
+            crate::drain::end();
             RuntimeReply::Resumed
+        }
+        RuntimeCommandKind::Drain => {
+            crate::drain::start();
+            RuntimeReply::Connections { fds: crate::drain::open_connections(&crate::startup_log::startup_fds()) }
         }
     }
 }

@@ -22,6 +22,7 @@ mod alloc;
 mod calls;
 mod control;
 mod diag;
+mod drain;
 mod errno;
 mod futex;
 mod interpose;

@@ -129,7 +129,7 @@ fn always_live(call: &str) -> bool {
     matches!(
         call,
         "epoll_create" | "epoll_create1" | "epoll_ctl" | "eventfd" | "timerfd_create" | "inotify_init" | "inotify_init1"
-            | "socketpair" | "pipe" | "pipe2" | "setsid" | "setuid" | "setgid" | "chroot" | "fork" | "close" | "dup" | "fcntl"
+            | "socketpair" | "pipe" | "pipe2" | "setsid" | "setuid" | "setgid" | "chroot" | "fork" | "pthread_create" | "close" | "dup" | "fcntl"
     )
 }
 
@@ -277,17 +277,18 @@ pub fn fail(conflict: ReplayConflict) -> ! {
     unsafe { libc::_exit(CONFLICT_EXIT) }
 }
 
-/// The PID the old version's matching fork produced, for the new child to take.
-pub fn fork_target(fp: usize) -> Option<i32> {
+/// The PID (fork) or TID (pthread_create) the old version's matching call produced, for
+/// the new process or thread to take.
+pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
     if !active() {
         return None;
     }
     let was = threads::set_internal(true);
-    let cs = symbolize::call_stack(Some("fork"), &stack::walk_vec(fp));
+    let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
     let pid = crate::pid();
     let guard = STATE.lock();
     let t = guard.as_ref().and_then(|r| {
-        r.ops.get(&pid)?.iter().find(|(o, used)| !*used && o.call == "fork" && o.stack.id == cs.id).map(|(o, _)| o.result as i32)
+        r.ops.get(&pid)?.iter().find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id).map(|(o, _)| o.result as i32)
     });
     drop(guard);
     threads::set_internal(was);

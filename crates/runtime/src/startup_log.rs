@@ -30,7 +30,9 @@ struct RawOp {
 static LOG: SpinLock<Vec<RawOp>> = SpinLock::new(Vec::new());
 /// Descriptors the process had before its startup began (inherited across exec or fork):
 /// they belong to an ancestor's log.
-static INHERITED: SpinLock<Vec<i32>> = SpinLock::new(Vec::new());
+/// With what each was (its /proc/self/fd link), so a later descriptor that reuses the
+/// number of a closed inherited one is not mistaken for it.
+static INHERITED: SpinLock<Vec<(i32, String)>> = SpinLock::new(Vec::new());
 static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Next reserved descriptor number to try (counts down), in a MAP_SHARED page that fork
 /// children share, so numbers are unique across the whole process tree (a later version
@@ -210,29 +212,50 @@ pub fn snapshot() -> StartupLog {
     StartupLog { complete, ops, unreplayable }
 }
 
+/// Descriptors startup accounts for: created by a recorded operation and not closed
+/// since, inherited at exec or fork, 0-2, and the runtime's own.
+fn known_fds(live_ops: impl Iterator<Item = (bool, Vec<i32>, Option<i32>)>) -> BTreeSet<i32> {
+    let mut live: BTreeSet<i32> = (0..3).collect();
+    for (is_close, fds, closed) in live_ops {
+        if is_close {
+            if let Some(fd) = closed {
+                live.remove(&fd);
+            }
+        } else {
+            live.extend(fds);
+        }
+    }
+    live.extend(crate::control::reserved_fds());
+    let inherited = INHERITED.lock().clone();
+    live.extend(inherited.into_iter().filter(|(fd, was)| fd_link(*fd).as_deref() == Some(was.as_str())).map(|(fd, _)| fd));
+    live
+}
+
+fn closed_fd(args: &[OpArg]) -> Option<i32> {
+    match args.first() {
+        Some(OpArg::Fd(fd)) => Some(*fd),
+        _ => None,
+    }
+}
+
+/// The startup-accounted descriptors of this process, from the raw log.
+pub fn startup_fds() -> BTreeSet<i32> {
+    let raw: Vec<(bool, Vec<i32>, Option<i32>)> =
+        LOG.lock().iter().map(|o| (o.call == "close", o.fds.clone(), closed_fd(&o.args))).collect();
+    known_fds(raw.into_iter())
+}
+
 /// Descriptors open now that no recorded operation created (0-2 and the runtime's own
 /// excepted). Computed against the live fd table, so call it at (or soon after) startup
 /// completion.
 fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
-    let mut live: BTreeSet<i32> = BTreeSet::new();
-    for op in ops {
-        match op.call.as_str() {
-            "close" => {
-                if let Some(OpArg::Fd(fd)) = op.args.first() {
-                    live.remove(fd);
-                }
-            }
-            _ => live.extend(op.fds.iter().copied()),
-        }
-    }
-    let runtime = crate::control::reserved_fds();
-    let inherited = INHERITED.lock().clone();
+    let known = known_fds(ops.iter().map(|o| (o.call == "close", o.fds.clone(), closed_fd(&o.args))));
     let mut out = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         let mut fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
         fds.sort_unstable();
         for fd in fds {
-            if fd < 3 || runtime.contains(&fd) || live.contains(&fd) || inherited.contains(&fd) {
+            if known.contains(&fd) {
                 continue;
             }
             let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
@@ -245,6 +268,10 @@ fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
     out
 }
 
+fn fd_link(fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
 fn open_fds() -> Vec<i32> {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
@@ -254,7 +281,7 @@ fn open_fds() -> Vec<i32> {
 /// At exec (constructor) and fork: whatever is open now was inherited.
 pub fn note_inherited() {
     let was = threads::set_internal(true);
-    let fds = open_fds();
+    let fds: Vec<(i32, String)> = open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect();
     *INHERITED.lock() = fds;
     threads::set_internal(was);
 }

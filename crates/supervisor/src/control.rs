@@ -2,7 +2,7 @@
 
 use crate::state::State;
 use mcr_protocol::{
-    InstanceStatus, Laggard, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply,
+    InstanceStatus, Laggard, OpenConnections, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply,
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,14 +19,37 @@ pub async fn accept_loop(state: State, listener: UnixListener) {
 async fn serve(state: State, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
+    // Set by an update's Drain: until this connection resumes or retires the instance,
+    // the instance is held for it, and released if the connection goes away.
+    let mut holds_instance = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let resp = match mcr_protocol::decode_line::<Request>(line.as_bytes()) {
-            Ok(req) => handle(&state, req).await,
+            Ok(req @ Request::Drain { .. }) => {
+                holds_instance = true;
+                // A drain can last long: give up on it as soon as the asking side is gone
+                // (next_line is cancel-safe; the CLI sends nothing while it waits).
+                tokio::select! {
+                    resp = handle(&state, req) => resp,
+                    _ = lines.next_line() => break,
+                }
+            }
+            Ok(req) => {
+                if matches!(req, Request::Resume | Request::Retire) {
+                    holds_instance = false;
+                }
+                handle(&state, req).await
+            }
             Err(e) => Response::Error { message: format!("bad request: {e}") },
         };
         if wr.write_all(&mcr_protocol::encode_line(&resp)).await.is_err() {
             break;
         }
+    }
+    if holds_instance && !state.lock().retired {
+        // `mcr update` died mid-way (killed, crashed): never leave the server refusing
+        // connections or parked with nobody to resume it.
+        eprintln!("mcr: the update that was draining this instance went away; resuming the server");
+        resume_all(&state).await;
     }
 }
 
@@ -69,6 +92,7 @@ async fn handle(state: &State, req: Request) -> Response {
             let n = resume_all(state).await;
             Response::Resumed { processes: n }
         }
+        Request::Drain { timeout_ms } => drain(state, Duration::from_millis(timeout_ms)).await,
         Request::Signal { signal } => match state.lock().main_pid {
             Some(pid) => {
                 // SAFETY: kill(2) to a process of our instance.
@@ -273,6 +297,27 @@ async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeo
         }
     }
     out
+}
+
+/// Stop accepting in every process, then wait for their client connections to close.
+/// Processes that exit meanwhile (a finished per-connection child) just drop out.
+async fn drain(state: &State, timeout: Duration) -> Response {
+    let t0 = Instant::now();
+    loop {
+        let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
+        let mut remaining = Vec::new();
+        for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
+            if let Ok(RuntimeReply::Connections { fds }) = r {
+                if !fds.is_empty() {
+                    remaining.push(OpenConnections { pid, fds });
+                }
+            }
+        }
+        if remaining.is_empty() || t0.elapsed() >= timeout {
+            return Response::Drained { elapsed_us: t0.elapsed().as_micros() as u64, remaining };
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn resume_all(state: &State) -> usize {

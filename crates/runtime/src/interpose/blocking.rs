@@ -10,7 +10,7 @@ use crate::quiesce::{self, QUIESCING};
 use crate::signals::without_kick;
 use crate::stack::frame_address;
 use crate::threads;
-use crate::{errno, real};
+use crate::{drain, errno, real};
 use libc::{c_int, c_long, c_uint, c_void, clockid_t, epoll_event, fd_set, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, sem_t, sembuf, siginfo_t, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval, EINTR};
 use std::sync::atomic::Ordering::*;
 
@@ -141,13 +141,13 @@ fn ssize_eintr(r: &ssize_t) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let f = real::accept();
-    finish_int(blocking(Call::Accept, fd as usize, frame_address(), None, |_| f(fd, addr, len), int_eintr))
+    finish_int(blocking(Call::Accept, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)), int_eintr))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let f = real::accept4();
-    finish_int(blocking(Call::Accept4, fd as usize, frame_address(), None, |_| f(fd, addr, len, flags), int_eintr))
+    finish_int(blocking(Call::Accept4, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)), int_eintr))
 }
 
 #[no_mangle]

@@ -8,22 +8,58 @@ use crate::stack::{frame_address, walk};
 use crate::threads::{self, MAX_STACK, SLOTS, TID_PENDING};
 use crate::real;
 use libc::{c_int, c_void, pthread_attr_t, pthread_t};
-use std::sync::atomic::Ordering::*;
+use crate::interpose::startup::replay_decision;
+use crate::replay;
+use crate::startup_log::recording;
+use std::sync::atomic::{AtomicU32, Ordering::*};
 
 struct Start {
     routine: extern "C" fn(*mut c_void) -> *mut c_void,
     arg: *mut c_void,
     slot: u32,
+    /// During startup the creator waits for the thread's TID (to record it, and in an
+    /// update's replay to check the thread got its old counterpart's TID); the creator
+    /// then owns and frees this. Otherwise the thread frees it.
+    handshake: bool,
+    /// TID the thread must have (replay), 0 for any.
+    target: i32,
+    /// Set by the thread: its TID, or minus its TID when it is not `target` and the
+    /// thread leaves without running the program's routine.
+    tid: AtomicU32,
 }
 
 extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
-    // SAFETY: `p` is the Box<Start> leaked by pthread_create below, consumed once.
-    let start = unsafe { Box::from_raw(p as *mut Start) };
-    threads::adopt(start.slot);
-    let ret = (start.routine)(start.arg);
+    let start = p as *mut Start;
+    // SAFETY: `p` is the Start leaked by pthread_create below. Without a handshake we own
+    // it; with one, the creator frees it only after our store to `tid`, the last access.
+    let (routine, arg, slot, handshake, target) =
+        unsafe { ((*start).routine, (*start).arg, (*start).slot, (*start).handshake, (*start).target) };
+    if handshake {
+        let tid = threads::gettid();
+        let ok = target == 0 || tid == target;
+        // SAFETY: see above; the creator is waiting for this store.
+        let word = unsafe { &(*start).tid };
+        word.store(if ok { tid } else { -tid } as u32, SeqCst);
+        crate::futex::wake(word, 1);
+        if !ok {
+            return core::ptr::null_mut();
+        }
+    } else {
+        // SAFETY: ours alone, consumed once.
+        drop(unsafe { Box::from_raw(start) });
+    }
+    threads::adopt(slot);
+    let ret = routine(arg);
     threads::forget_current();
     ret
 }
+
+extern "C" {
+    fn pthread_attr_getdetachstate(attr: *const pthread_attr_t, state: *mut c_int) -> c_int;
+}
+
+/// How often a replayed pthread_create tries for its old TID before settling for another.
+const TID_TRIES: usize = 64;
 
 #[no_mangle]
 pub unsafe extern "C" fn pthread_create(
@@ -36,19 +72,74 @@ pub unsafe extern "C" fn pthread_create(
     if !crate::is_active() || threads::is_internal() {
         return f(thread, attr, routine, arg);
     }
+    // The creator counts towards startup completion from now on: without a slot of its
+    // own (no wrapped call made yet) startup would complete as soon as the new thread
+    // reaches its quiescent point, while the creator is still starting more threads.
+    let _ = crate::tracked_slot(threads::local());
     let Some(slot) = threads::claim(TID_PENDING) else { return f(thread, attr, routine, arg) };
+    let fp = frame_address();
     let s = &SLOTS[slot as usize];
     let mut buf = [0usize; MAX_STACK];
-    let n = walk(frame_address(), &mut buf);
+    let n = walk(fp, &mut buf);
     s.creation_stack.store(&buf[..n]);
     s.start_routine.store(routine as usize, Relaxed);
-    let start = Box::into_raw(Box::new(Start { routine, arg, slot }));
-    let rc = f(thread, attr, thread_start, start.cast());
-    if rc != 0 {
-        drop(Box::from_raw(start));
-        threads::release(slot);
+    if !recording() {
+        let start = Box::into_raw(Box::new(Start { routine, arg, slot, handshake: false, target: 0, tid: AtomicU32::new(0) }));
+        let rc = f(thread, attr, thread_start, start.cast());
+        if rc != 0 {
+            drop(Box::from_raw(start));
+            threads::release(slot);
+        }
+        return rc;
     }
-    rc
+    // Startup: the thread is a startup operation, recorded with its TID; in an update's
+    // replay it takes the TID its old counterpart had (as a replayed fork takes its PID).
+    let mut target = replay::creation_target("pthread_create", fp).unwrap_or(0);
+    if target != 0 {
+        let _ = replay_decision("pthread_create", fp, &[]);
+    }
+    let mut detached = 0;
+    if !attr.is_null() {
+        pthread_attr_getdetachstate(attr, &mut detached);
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if attempt > TID_TRIES && target != 0 {
+            crate::diag::warn(&format!("replay: a thread could not get TID {target} as in the old version; it runs with another"));
+            target = 0;
+        }
+        let start = Box::into_raw(Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) }));
+        let guard = (target != 0).then(|| {
+            let g = crate::startup_log::pid_hint_lock();
+            replay::request_pid(target);
+            g
+        });
+        let rc = f(thread, attr, thread_start, start.cast());
+        drop(guard);
+        if rc != 0 {
+            drop(Box::from_raw(start));
+            threads::release(slot);
+            return rc;
+        }
+        loop {
+            let v = (*start).tid.load(SeqCst);
+            if v != 0 {
+                break;
+            }
+            crate::futex::wait(&(*start).tid, 0, None);
+        }
+        let tid = (*start).tid.load(SeqCst) as i32;
+        drop(Box::from_raw(start));
+        if tid > 0 {
+            crate::startup_log::record("pthread_create", fp, Vec::new(), tid as i64, 0, vec![]);
+            return 0;
+        }
+        // The thread took another TID and left without running program code.
+        if detached != libc::PTHREAD_CREATE_DETACHED {
+            libc::pthread_join(*thread, core::ptr::null_mut());
+        }
+    }
 }
 
 #[no_mangle]

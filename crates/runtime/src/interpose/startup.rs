@@ -37,7 +37,7 @@ fn bytes(p: *const c_void, len: usize) -> String {
 
 /// In an update's new version: what replay says about this operation (conflicts end the
 /// process here). Outside an update: run it live.
-fn replay_decision(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
+pub(crate) fn replay_decision(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
     if !replay::active() {
         return Decision::Live(vec![]);
     }
@@ -309,7 +309,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         return f();
     }
     // Replay: the child takes the PID its old counterpart had.
-    if let Some(pid) = replay::fork_target(fp) {
+    if let Some(pid) = replay::creation_target("fork", fp) {
         let _ = replay_decision("fork", fp, &[]);
         return fork_as(pid, fp, f);
     }
