@@ -25,6 +25,7 @@ mod diag;
 mod drain;
 mod errno;
 mod futex;
+mod heap;
 mod interpose;
 mod quiesce;
 mod real;

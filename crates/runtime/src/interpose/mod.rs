@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod blocking;
 pub mod fds;
+pub mod malloc;
 pub mod process;
 pub mod signals;
 pub mod startup;

@@ -1,0 +1,119 @@
+//! Reading another process's memory (never writing it: the old version of an update must
+//! be able to resume untouched) and finding the regions worth scanning.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot open the memory of process {pid}: {source}")]
+    Open { pid: i32, source: std::io::Error },
+    #[error("cannot read {len} bytes at {addr:#x} in process {pid}: {source}")]
+    Read { pid: i32, addr: u64, len: usize, source: std::io::Error },
+    #[error("cannot read the memory map of process {pid}: {source}")]
+    Maps { pid: i32, source: std::io::Error },
+}
+
+/// Read access to an address space (a live process, or a buffer in tests).
+pub trait ReadMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+
+    fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+}
+
+/// A process's memory through /proc/PID/mem (needs ptrace-read permission: root, or the
+/// same user without Yama restrictions).
+pub struct ProcessMemory {
+    pid: i32,
+    mem: File,
+}
+
+impl ProcessMemory {
+    pub fn open(pid: i32) -> Result<Self, MemoryError> {
+        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|source| MemoryError::Open { pid, source })?;
+        Ok(Self { pid, mem })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl ReadMemory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.mem.read_exact_at(buf, addr).map_err(|source| MemoryError::Read { pid: self.pid, addr, len: buf.len(), source })
+    }
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub readable: bool,
+    pub writable: bool,
+    pub private: bool,
+    pub offset: u64,
+    pub inode: u64,
+    /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory.
+    pub name: String,
+}
+
+impl Region {
+    pub fn parse(line: &str) -> Option<Region> {
+        let mut it = line.splitn(6, ' ');
+        let (range, perms, offset, _dev, inode) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+        let name = it.next().unwrap_or("").trim().to_string();
+        let (s, e) = range.split_once('-')?;
+        let p = perms.as_bytes();
+        Some(Region {
+            start: u64::from_str_radix(s, 16).ok()?,
+            end: u64::from_str_radix(e, 16).ok()?,
+            readable: p.first() == Some(&b'r'),
+            writable: p.get(1) == Some(&b'w'),
+            private: p.get(3) == Some(&b'p'),
+            offset: u64::from_str_radix(offset, 16).ok()?,
+            inode: inode.trim().parse().ok()?,
+            name,
+        })
+    }
+
+    pub fn read_all(pid: i32) -> Result<Vec<Region>, MemoryError> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| MemoryError::Maps { pid, source })?;
+        Ok(text.lines().filter_map(Region::parse).collect())
+    }
+
+    /// Memory malloc can hand out: the brk heap and private anonymous read-write
+    /// mappings (thread arenas, large blocks). Stacks are anonymous too but never hold
+    /// blocks; they are skipped.
+    pub fn may_hold_heap_blocks(&self) -> bool {
+        self.readable && self.writable && self.private && self.inode == 0 && (self.name.is_empty() || self.name == "[heap]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse() {
+        let heap = Region::parse("555555559000-55555557a000 rw-p 00000000 00:00 0                          [heap]").unwrap();
+        assert_eq!((heap.start, heap.end, heap.name.as_str()), (0x555555559000, 0x55555557a000, "[heap]"));
+        assert!(heap.may_hold_heap_blocks());
+        let anon = Region::parse("7ffff7d80000-7ffff7d83000 rw-p 00000000 00:00 0 ").unwrap();
+        assert!(anon.may_hold_heap_blocks());
+        let data = Region::parse("555555558000-555555559000 rw-p 00003000 fe:01 1234567                    /srv/kvd").unwrap();
+        assert!(!data.may_hold_heap_blocks());
+        assert_eq!(data.name, "/srv/kvd");
+        let stack = Region::parse("7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]").unwrap();
+        assert!(!stack.may_hold_heap_blocks());
+        let guard = Region::parse("7ffff0021000-7ffff4000000 ---p 00000000 00:00 0 ").unwrap();
+        assert!(!guard.may_hold_heap_blocks());
+        let shared = Region::parse("7ffff7fc0000-7ffff7fc1000 rw-s 00000000 00:01 77 /dev/zero (deleted)").unwrap();
+        assert!(!shared.may_hold_heap_blocks());
+    }
+}
