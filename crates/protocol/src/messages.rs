@@ -162,6 +162,30 @@ pub enum RuntimeCommandKind {
     /// version) and report the connections still open, so an update can let in-flight
     /// requests finish first. Repeating it just reports again.
     Drain,
+    /// State transfer, new version: allocate heap blocks of these sizes (through the
+    /// program's malloc, so the program can free them later).
+    Allocate { sizes: Vec<u64> },
+    /// State transfer, new version: connect to the abstract Unix socket `socket`, receive
+    /// one descriptor per target there (SCM_RIGHTS) and install each at its target number.
+    ImportFds { socket: String, targets: Vec<ImportedFd> },
+    /// State transfer, new version: register descriptors with epoll instances.
+    EpollAdd { registrations: Vec<EpollRegistration> },
+}
+
+/// Where a descriptor received by ImportFds goes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedFd {
+    pub target: i32,
+    pub cloexec: bool,
+}
+
+/// One interest of an epoll instance: what /proc/PID/fdinfo shows of it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpollRegistration {
+    pub epfd: i32,
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 // As for Response: short-lived messages.
@@ -184,6 +208,10 @@ pub enum RuntimeReply {
     Resumed,
     /// Answer to Drain: the post-startup sockets (client connections) still open.
     Connections { fds: Vec<i32> },
+    /// Answer to Allocate: the blocks, in order.
+    Allocated { addrs: Vec<u64> },
+    /// Answer to ImportFds and EpollAdd.
+    Done,
     StartupLog(StartupLog),
     Error { message: String },
 }
@@ -202,6 +230,9 @@ pub enum Request {
     /// Resume or Retire; if the connection that asked closes first, the supervisor
     /// resumes on its own, so a killed `mcr update` never leaves a server refusing work.
     Drain { timeout_ms: u64 },
+    /// Pass one command to the runtime of one process (state transfer) and return its
+    /// reply.
+    Runtime { pid: i32, command: RuntimeCommandKind },
     /// Deliver a signal to the server's main process.
     Signal { signal: i32 },
     /// SIGTERM to the main process, SIGKILL to everything after `grace_ms`.
@@ -234,6 +265,7 @@ pub enum Response {
         laggards: Vec<Laggard>,
     },
     Resumed { processes: usize },
+    Runtime { reply: RuntimeReply },
     Drained {
         elapsed_us: u64,
         /// Connections still open when the drain ended (empty: fully drained).

@@ -249,7 +249,13 @@ fn my_control_fd() -> i32 {
 
 extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     threads::set_internal(true);
-    PRIVATE_FD.store(private_fd_table(), SeqCst);
+    // An update's new version keeps sharing the program's descriptor table until commit:
+    // the state transfer installs the old version's connections into it from here.
+    if crate::replay::active() {
+        PRIVATE_FD.store(CONTROL_FD.load(SeqCst), SeqCst);
+    } else {
+        PRIVATE_FD.store(private_fd_table(), SeqCst);
+    }
     CONTROL_TID.store(threads::gettid(), SeqCst);
     // SAFETY: naming our own thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
@@ -314,11 +320,18 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::StartupLog => RuntimeReply::StartupLog(crate::startup_log::snapshot()),
         RuntimeCommandKind::Resume => {
             // Resuming ends an update's replay: later forks are ordinary forks.
+            let was_replaying = crate::replay::active();
             crate::replay::deactivate();
+            if was_replaying {
+                PRIVATE_FD.store(private_fd_table(), SeqCst);
+            }
             quiesce::resume();
             crate::drain::end();
             RuntimeReply::Resumed
         }
+        RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
+        RuntimeCommandKind::ImportFds { socket, targets } => crate::transfer::import_fds(&socket, &targets),
+        RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::Drain => {
             crate::drain::start();
             RuntimeReply::Connections { fds: crate::drain::open_connections(&crate::startup_log::startup_fds()) }

@@ -36,6 +36,7 @@ mod startup_log;
 mod symbolize;
 mod sync;
 mod threads;
+mod transfer;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
 use std::sync::OnceLock;

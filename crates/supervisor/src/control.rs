@@ -93,6 +93,10 @@ async fn handle(state: &State, req: Request) -> Response {
             Response::Resumed { processes: n }
         }
         Request::Drain { timeout_ms } => drain(state, Duration::from_millis(timeout_ms)).await,
+        Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
+            Ok(reply) => Response::Runtime { reply },
+            Err(message) => Response::Error { message },
+        },
         Request::Signal { signal } => match state.lock().main_pid {
             Some(pid) => {
                 // SAFETY: kill(2) to a process of our instance.

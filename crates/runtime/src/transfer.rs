@@ -1,0 +1,164 @@
+//! The new version's side of the state transfer (DESIGN.md "Mutable tracing"): the
+//! tracer in `mcr update` reads the old version and writes the new one's memory from
+//! outside; what must happen inside the new process is done here, by the control thread,
+//! which shares the program's descriptor table until commit: allocating blocks through
+//! the program's malloc, installing the old version's connections at their old numbers,
+//! and registering them with the new version's epoll instances.
+
+use mcr_protocol::{EpollRegistration, ImportedFd, RuntimeReply};
+
+fn error(message: String) -> RuntimeReply {
+    RuntimeReply::Error { message }
+}
+
+pub fn allocate(sizes: &[u64]) -> RuntimeReply {
+    let mut addrs = Vec::with_capacity(sizes.len());
+    for &n in sizes {
+        // SAFETY: the program's own malloc (our interposed one), as the program would call it.
+        let p = unsafe { crate::interpose::malloc::malloc(n.max(1) as usize) };
+        if p.is_null() {
+            for &a in &addrs {
+                // SAFETY: blocks we just allocated and nobody else knows about.
+                unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
+            }
+            return error(format!("out of memory allocating {} blocks ({} bytes)", sizes.len(), sizes.iter().sum::<u64>()));
+        }
+        addrs.push(p as u64);
+    }
+    RuntimeReply::Allocated { addrs }
+}
+
+/// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
+pub const FDS_PER_MESSAGE: usize = 253;
+
+pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
+    for t in targets {
+        if fd_open(t.target) {
+            return error(format!(
+                "fd {} is already in use in the new version, so the old version's descriptor cannot take its number",
+                t.target
+            ));
+        }
+    }
+    let sock = match connect_abstract(socket) {
+        Ok(s) => s,
+        Err(e) => return error(format!("cannot reach the update's descriptor socket: {e}")),
+    };
+    let mut received: Vec<i32> = Vec::with_capacity(targets.len());
+    let mut failure = None;
+    while received.len() < targets.len() {
+        match recv_fds(sock, (targets.len() - received.len()).min(FDS_PER_MESSAGE)) {
+            Ok(fds) if fds.is_empty() => {
+                failure = Some(format!("the update sent {} of {} descriptors", received.len(), targets.len()));
+                break;
+            }
+            Ok(fds) => received.extend(fds),
+            Err(e) => {
+                failure = Some(format!("receiving descriptors: {e}"));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for (fd, t) in received.iter().zip(targets) {
+            let flags = if t.cloexec { libc::O_CLOEXEC } else { 0 };
+            // SAFETY: moving a descriptor we received to a number checked free above.
+            if unsafe { crate::sys!(libc::SYS_dup3, *fd, t.target, flags) } < 0 {
+                failure = Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
+                break;
+            }
+        }
+    }
+    for fd in received.iter().copied().chain([sock]) {
+        // SAFETY: closing our own copies (the installed ones stay).
+        unsafe { crate::sys!(libc::SYS_close, fd) };
+    }
+    match failure {
+        Some(m) => error(m),
+        None => RuntimeReply::Done,
+    }
+}
+
+pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
+    for r in regs {
+        let mut ev = libc::epoll_event { events: r.events, u64: r.data };
+        // SAFETY: both descriptors are the program's (shared table), the event a local.
+        let rc = unsafe { crate::sys!(libc::SYS_epoll_ctl, r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev as *mut libc::epoll_event) };
+        if rc < 0 {
+            return error(format!("epoll_ctl(ADD) of fd {} on epoll fd {}: {}", r.fd, r.epfd, std::io::Error::last_os_error()));
+        }
+    }
+    RuntimeReply::Done
+}
+
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only probes the number.
+    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
+}
+
+fn connect_abstract(name: &str) -> std::io::Result<i32> {
+    // SAFETY: a fresh socket and a sockaddr_un built on the stack.
+    unsafe {
+        let fd = crate::sys!(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_un = core::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = name.as_bytes();
+        if bytes.len() + 1 > addr.sun_path.len() {
+            crate::sys!(libc::SYS_close, fd);
+            return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            addr.sun_path[i + 1] = *b as libc::c_char;
+        }
+        let len = core::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len();
+        if crate::sys!(libc::SYS_connect, fd, &addr as *const libc::sockaddr_un, len) < 0 {
+            let e = std::io::Error::last_os_error();
+            crate::sys!(libc::SYS_close, fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// One message's descriptors (at most `max`); empty at end of stream.
+fn recv_fds(sock: i32, max: usize) -> std::io::Result<Vec<i32>> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((max * core::mem::size_of::<i32>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr pointing at live local buffers.
+    unsafe {
+        let mut msg: libc::msghdr = core::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let n = crate::sys!(libc::SYS_recvmsg, sock, &mut msg as *mut libc::msghdr, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / core::mem::size_of::<i32>();
+                let p = libc::CMSG_DATA(c) as *const i32;
+                for i in 0..count {
+                    out.push(p.add(i).read_unaligned());
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            for fd in &out {
+                crate::sys!(libc::SYS_close, *fd);
+            }
+            return Err(std::io::Error::other("descriptors were truncated in transit"));
+        }
+        Ok(out)
+    }
+}
