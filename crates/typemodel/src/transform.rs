@@ -67,7 +67,7 @@ pub enum Rule {
     IntConverted { from: String, to: String, checked: bool, old_offset: u64, new_offset: u64 },
     FloatConverted { from: String, to: String, checked: bool },
     EnumByName { removed: Vec<String>, added: Vec<String>, renumbered: Vec<String> },
-    PointerRelocated { function: bool, old_pointee: String, new_pointee: String },
+    PointerRelocated { function: bool, old_pointee: String, new_pointee: String, old_offset: u64, new_offset: u64 },
     ArrayResized { old_count: u64, new_count: u64 },
     Added { ty: String, offset: u64 },
     Removed { ty: String },
@@ -625,8 +625,10 @@ impl Builder<'_> {
                 }
                 ops.push(Op::Pointer { old: oo, new: no, size: *os, old_pointee: opt, new_pointee: npt, path: path.clone() });
                 let (opn, npn) = (old.type_name(*op), new.type_name(*np));
-                if opn != npn || !same_type(old, *op, new, *np) || oo != no {
-                    self.rule(&path, Rule::PointerRelocated { function, old_pointee: opn, new_pointee: npn });
+                // A pointee that changed only in layout is reported with that type.
+                if opn != npn || oo != no {
+                    let rule = Rule::PointerRelocated { function, old_pointee: opn, new_pointee: npn, old_offset: oo, new_offset: no };
+                    self.rule(&path, rule);
                 }
             }
             (Type::Struct(oc), Type::Struct(nc)) => {
