@@ -123,7 +123,7 @@ pub fn diff(old: &Program, new: &Program) -> Diff {
             ));
             d.verdict = Class::NeedsHandler;
         }
-        for w in &p.warnings {
+        for w in p.warnings.iter().filter(|_| p.has_debug_info) {
             d.warnings.push(format!("{which}: {w}"));
         }
     }
