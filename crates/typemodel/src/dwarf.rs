@@ -202,8 +202,10 @@ impl<'d, 'a> Loader<'d, 'a> {
         e: &gimli::DebuggingInformationEntry<R<'a>>,
         at: gimli::DwAt,
     ) -> Result<Option<String>, gimli::Error> {
+        // A string in a section this loader does not read (a dwz supplementary file)
+        // leaves the name unknown rather than failing the whole program.
         match e.attr_value(at)? {
-            Some(v) => Ok(Some(self.dwarf.attr_string(unit, v)?.to_string_lossy().into_owned())),
+            Some(v) => Ok(self.dwarf.attr_string(unit, v).ok().map(|s| s.to_string_lossy().into_owned())),
             None => Ok(None),
         }
     }

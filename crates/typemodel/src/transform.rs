@@ -235,8 +235,7 @@ impl Plan {
         }
         run(&self.ops, old_bytes, 0, new_bytes, 0, &mut reloc, None)?;
         if let Some(t) = &self.tail {
-            if t.old_stride > 0 {
-                let n = (old_bytes.len() as u64).saturating_sub(t.old_offset) / t.old_stride;
+            if let Some(n) = (old_bytes.len() as u64).saturating_sub(t.old_offset).checked_div(t.old_stride) {
                 let arr = Op::Array {
                     old: t.old_offset,
                     new: t.new_offset,
