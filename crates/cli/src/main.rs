@@ -1,5 +1,6 @@
 //! `mcr`: run C servers so they can be live-updated.
 
+mod check;
 mod client;
 mod program;
 mod render;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
         first step of a live update.\n\n\
         Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
         as root, else $XDG_RUNTIME_DIR/mcr.",
-    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr stop kvd"
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
 )]
 struct Cli {
     /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
@@ -61,6 +62,19 @@ enum Command {
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
         resumes the old one; the exit status is then 1. In-memory state is not transferred yet.")]
     Update(update::UpdateArgs),
+    /// Compare two builds offline: which globals and types changed, which changes mcr
+    /// transforms automatically, which need a handler
+    #[command(long_about = "Compare two builds offline, from their DWARF (build with -g): which \
+        globals, statics and types were added, removed or changed, which changes mcr transforms \
+        automatically during `mcr update` (fields matched by name, integers resized with a range \
+        check, enums mapped by name, arrays resized, added fields zeroed, removed fields dropped, \
+        pointers relocated), and which need a handler (MCR_ADD_OBJ_HANDLER) or conflict if \
+        objects they affect are live at update time. Touches no running instance. Type models \
+        are cached per build ID in $XDG_CACHE_HOME/mcr/types.\n\n\
+        Exit status: 0 = an update is expected to be automatic; 1 = some change needs a handler \
+        (or a build has no debug info), so an update may conflict; 2 = usage error or a binary \
+        that cannot be read.")]
+    Check(check::CheckArgs),
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -108,7 +122,7 @@ enum CtlAction {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status { .. } | Command::List { .. }) {
+    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Check(_)) {
         // Read-only verbs behave like any Unix filter when their reader goes away
         // (`mcr status k | head`). The others keep SIGPIPE ignored: an update must
         // never die halfway because a socket closed.
@@ -126,8 +140,13 @@ fn main() {
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
+    // Offline verbs need no runtime directory.
+    let command = match cli.command {
+        Command::Check(args) => return Ok(check::check(&args)),
+        c => c,
+    };
     let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
-    match cli.command {
+    match command {
         Command::Run(args) => run::run(&dir, args),
         Command::Update(args) => update::update(&dir, args),
         Command::Status { name, json, log: false } => client::status(&dir, &name, json),
@@ -138,5 +157,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
             CtlAction::Resume => client::resume(&dir, &name),
         },
         Command::Stop { name, timeout } => client::stop(&dir, &name, timeout),
+        Command::Check(args) => Ok(check::check(&args)),
     }
 }
