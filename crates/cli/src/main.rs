@@ -5,6 +5,7 @@ mod client;
 mod program;
 mod render;
 mod run;
+mod transfer;
 mod update;
 
 use anyhow::Result;

@@ -29,11 +29,17 @@ pub struct UpdateArgs {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     quiesce_timeout: u64,
     /// Before quiescing, stop accepting (new connections wait in the listen backlog for
-    /// the next version) and give the old version up to this many milliseconds to finish
-    /// and close its open client connections. Connections still open after it are closed
-    /// if the update commits. 0 skips the drain.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    drain_timeout: u64,
+    /// the next version) and give the old version up to this many milliseconds to close
+    /// the client connections the update cannot move: those of processes forked after
+    /// startup (a per-connection child), or, with --fresh-state, all of them. The state
+    /// transfer moves the rest. 0 skips the drain.
+    #[arg(long, value_name = "MS")]
+    drain_timeout: Option<u64>,
+    /// Do not transfer the old version's state (globals, heap, connections): the new
+    /// version keeps what its own startup made. For servers whose state mcr cannot move
+    /// yet, or need not (nginx: its state is its configuration, which startup rebuilds).
+    #[arg(long)]
+    fresh_state: bool,
     /// Print the outcome and phase timings as JSON
     #[arg(long)]
     json: bool,
@@ -57,6 +63,7 @@ struct Phases {
     drain_ms: f64,
     quiesce_ms: f64,
     restart_ms: f64,
+    transfer_ms: f64,
     commit_ms: f64,
     total_ms: f64,
 }
@@ -68,8 +75,11 @@ struct Outcome {
     message: String,
     phases: Phases,
     conflicts: Vec<ReplayConflict>,
-    /// Client connections the old version still held after the drain (closed by a commit).
+    /// Client connections the old version still held after the drain (moved by the
+    /// state transfer, or closed at commit with --fresh-state).
     connections_left: Vec<OpenConnections>,
+    /// What the state transfer moved (absent with --fresh-state or before it ran).
+    transfer: Option<crate::transfer::Summary>,
     old_processes: Vec<i32>,
     new_processes: Vec<i32>,
 }
@@ -123,9 +133,13 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
 
     let mut phases = Phases::default();
     let td = Instant::now();
-    let mut connections_left = Vec::new();
-    if args.drain_timeout > 0 {
-        let drained = old.request_until(&Request::Drain { timeout_ms: args.drain_timeout }, || INTERRUPTED.load(Ordering::SeqCst));
+    let mut connections_left: Vec<OpenConnections>;
+    let drain_timeout = args.drain_timeout.unwrap_or(1000);
+    {
+        // With the state transfer, only connections held by processes forked after
+        // startup must end (nothing recreates those processes); the rest move.
+        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state };
+        let drained = old.request_until(&drain, || INTERRUPTED.load(Ordering::SeqCst));
         let drained = match drained {
             Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
                 drop(old);
@@ -145,13 +159,18 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 bail!("the running version could not drain, nothing was changed: {other:?}");
             }
         }
-        if !connections_left.is_empty() {
-            let n: usize = connections_left.iter().map(|c| c.fds.len()).sum();
-            eprintln!(
-                "mcr: warning: {n} client connection(s) still open after the {} ms drain (processes {:?}); they are closed if this update commits",
-                args.drain_timeout,
-                connections_left.iter().map(|c| c.pid).collect::<Vec<_>>()
-            );
+        let stuck: Vec<&OpenConnections> = connections_left.iter().filter(|c| args.fresh_state || c.volatile).collect();
+        if !stuck.is_empty() {
+            let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
+            let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
+            if args.fresh_state {
+                eprintln!("mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain (processes {pids:?}); they are closed if this update commits (--fresh-state)");
+            } else {
+                eprintln!(
+                    "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain in processes forked after startup ({pids:?}); \
+                     the new version does not recreate such processes"
+                );
+            }
         }
     }
     phases.drain_ms = ms(td.elapsed());
@@ -168,16 +187,26 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
     phases.quiesce_ms = ms(tq.elapsed());
     // Processes may have exited during the drain (a per-connection child whose client
-    // left): the tree to recreate is the one that is parked now.
+    // left): the tree to recreate is the one that is parked now, and so are its
+    // connections.
     if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
         info.processes = now.processes;
+    }
+    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true })? {
+        connections_left = remaining;
     }
 
     let tr = Instant::now();
     let mut new_supervisor: Option<i32> = None;
     let mut new_processes = Vec::new();
-    let attempt = restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &mut new_supervisor, &mut new_processes);
+    let mut attempt = restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &mut new_supervisor, &mut new_processes);
     phases.restart_ms = ms(tr.elapsed());
+    let tt = Instant::now();
+    let mut transferred = None;
+    if attempt.is_ok() && !args.fresh_state {
+        attempt = transfer_state(dir, &name, &info, new_supervisor, &connections_left).map(|s| transferred = Some(s));
+    }
+    phases.transfer_ms = ms(tt.elapsed());
     let _ = std::fs::remove_file(replay_path(dir, &name));
 
     let outcome = match attempt {
@@ -201,15 +230,24 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             (false, f.message, f.conflicts)
         }
     };
-    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, old_processes: info.processes.clone(), new_processes };
+    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, transfer: transferred, old_processes: info.processes.clone(), new_processes };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if out.committed {
         println!(
-            "updated '{name}': drain {:.1} ms, quiesce {:.1} ms, restart+replay {:.1} ms, commit {:.1} ms (total {:.1} ms); processes {:?}",
+            "updated '{name}': drain {:.1} ms, quiesce {:.1} ms, restart+replay {:.1} ms, state transfer {:.1} ms, commit {:.1} ms (total {:.1} ms); processes {:?}",
             out.phases.drain_ms,
-            out.phases.quiesce_ms, out.phases.restart_ms, out.phases.commit_ms, out.phases.total_ms, out.new_processes
+            out.phases.quiesce_ms, out.phases.restart_ms, out.phases.transfer_ms, out.phases.commit_ms, out.phases.total_ms, out.new_processes
         );
+        if let Some(t) = &out.transfer {
+            println!(
+                "state: {} globals ({} untouched since startup), {} heap blocks ({} bytes) of {} live, {} connections moved",
+                t.globals, t.globals_clean, t.objects, t.bytes, t.live_objects, t.connections
+            );
+            if !t.globals_dropped.is_empty() {
+                println!("dropped (no longer in the new version): {}", t.globals_dropped.join(", "));
+            }
+        }
     } else {
         eprint!("{}", render::update_failure(&name, &out.message, &out.conflicts));
     }
@@ -339,17 +377,31 @@ fn inherit_descriptors(info: &UpdateInfo, logs: &[ProcessLog]) -> Result<Vec<Own
     Ok(taken.into_values().collect())
 }
 
+/// Move the old version's state into the new one (the hook between "new version
+/// parked" and commit).
+fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervisor: Option<i32>, connections: &[OpenConnections]) -> Result<crate::transfer::Summary, Failure> {
+    let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
+    let procs = crate::transfer::Processes { old: host_pids(info)?, new: host_pids_in(new_supervisor)? };
+    let mut next = Connection::open(dir, &format!("{name}.next"))?;
+    crate::transfer::run(&procs, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))
+}
+
 /// PIDs inside the old version's namespace → host PIDs.
 fn host_pids(info: &UpdateInfo) -> Result<BTreeMap<i32, i32>, Failure> {
     if !info.pid_namespace {
         return Ok(info.processes.iter().map(|&p| (p, p)).collect());
     }
-    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", info.supervisor_pid))
-        .map_err(|e| format!("cannot read the old supervisor's PID namespace: {e}"))?;
+    host_pids_in(info.supervisor_pid)
+}
+
+/// PIDs inside the PID namespace supervised by `supervisor_pid` → host PIDs.
+fn host_pids_in(supervisor_pid: i32) -> Result<BTreeMap<i32, i32>, Failure> {
+    let ns = std::fs::read_link(format!("/proc/{supervisor_pid}/ns/pid"))
+        .map_err(|e| format!("cannot read the supervisor's PID namespace: {e}"))?;
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir("/proc")?.flatten() {
         let Some(hpid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if hpid == info.supervisor_pid || std::fs::read_link(format!("/proc/{hpid}/ns/pid")).ok().as_ref() != Some(&ns) {
+        if hpid == supervisor_pid || std::fs::read_link(format!("/proc/{hpid}/ns/pid")).ok().as_ref() != Some(&ns) {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();

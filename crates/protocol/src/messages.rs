@@ -206,8 +206,13 @@ pub enum RuntimeReply {
     },
     QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
     Resumed,
-    /// Answer to Drain: the post-startup sockets (client connections) still open.
-    Connections { fds: Vec<i32> },
+    /// Answer to Drain: the post-startup sockets (client connections) still open, and
+    /// whether this process was forked after startup (no new version recreates it).
+    Connections {
+        fds: Vec<i32>,
+        #[serde(default)]
+        volatile: bool,
+    },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
     /// Answer to ImportFds and EpollAdd.
@@ -229,7 +234,13 @@ pub enum Request {
     /// process has closed its client connections. The instance stays draining until
     /// Resume or Retire; if the connection that asked closes first, the supervisor
     /// resumes on its own, so a killed `mcr update` never leaves a server refusing work.
-    Drain { timeout_ms: u64 },
+    Drain {
+        timeout_ms: u64,
+        /// Wait only for the connections of processes forked after startup (the state
+        /// transfer moves the others); otherwise wait for every connection.
+        #[serde(default)]
+        only_volatile: bool,
+    },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.
     Runtime { pid: i32, command: RuntimeCommandKind },
@@ -286,6 +297,9 @@ pub enum Response {
 pub struct OpenConnections {
     pub pid: i32,
     pub fds: Vec<i32>,
+    /// Forked after startup: the new version's startup does not recreate this process.
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 /// State of the whole instance.

@@ -334,7 +334,10 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::Drain => {
             crate::drain::start();
-            RuntimeReply::Connections { fds: crate::drain::open_connections(&crate::startup_log::startup_fds()) }
+            RuntimeReply::Connections {
+                fds: crate::drain::open_connections(&crate::startup_log::startup_fds()),
+                volatile: crate::drain::VOLATILE.load(SeqCst),
+            }
         }
     }
 }

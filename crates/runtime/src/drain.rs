@@ -6,7 +6,7 @@
 //! Accept gating costs one relaxed load per accept outside a drain.
 
 use crate::futex;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering::*};
 
 /// 1 while draining. Threads blocked in a drained accept() wait on this word.
@@ -16,6 +16,9 @@ static DRAINING: AtomicU32 = AtomicU32::new(0);
 /// a level-triggered event loop sees its listener readable again at once and would
 /// otherwise spin on a core while it finishes its connections.
 const REFUSED_ACCEPT_PAUSE_NS: i64 = 1_000_000;
+
+/// This process was forked after its parent completed startup.
+pub static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn start() {
     DRAINING.store(1, SeqCst);
@@ -92,49 +95,48 @@ pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
         }
     }
     if candidates.is_empty() {
-        return Vec::new(); // the common idle case costs no /proc/net parsing
+        return Vec::new();
     }
-    let mut connected = HashSet::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(table) {
-            connected.extend(text.lines().skip(1).filter_map(tcp_connection_inode));
-        }
+    // Look at each through a copy in our own table (the control thread's table is
+    // private): cheaper than /proc/net/tcp, which lists every socket of the host.
+    // SAFETY: pidfd of our own process.
+    let pidfd = unsafe { crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
+    if pidfd < 0 {
+        return candidates.into_iter().map(|(fd, _)| fd).collect();
     }
-    if let Ok(text) = std::fs::read_to_string("/proc/self/net/unix") {
-        connected.extend(text.lines().skip(1).filter_map(unix_connection_inode));
-    }
-    let mut fds: Vec<i32> = candidates.into_iter().filter(|(_, ino)| connected.contains(ino)).map(|(fd, _)| fd).collect();
+    let mut fds: Vec<i32> = candidates.into_iter().map(|(fd, _)| fd).filter(|&fd| is_connected_stream(pidfd, fd)).collect();
+    // SAFETY: our own pidfd.
+    unsafe { crate::sys!(libc::SYS_close, pidfd) };
     fds.sort_unstable();
     fds
 }
 
+/// A connected stream socket (not a listener, not a datagram socket).
+fn is_connected_stream(pidfd: i32, fd: i32) -> bool {
+    // SAFETY: a copy of the program's descriptor in our table, probed and closed.
+    unsafe {
+        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        if c < 0 {
+            return false;
+        }
+        let int_opt = |opt: i32| {
+            let mut v: libc::c_int = 0;
+            let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let r = crate::sys!(libc::SYS_getsockopt, c, libc::SOL_SOCKET, opt, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t);
+            (r == 0).then_some(v)
+        };
+        let stream = int_opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM);
+        let listening = int_opt(libc::SO_ACCEPTCONN) != Some(0);
+        let mut addr: libc::sockaddr_storage = core::mem::zeroed();
+        let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let peer = crate::sys!(libc::SYS_getpeername, c, &mut addr as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t) == 0;
+        crate::sys!(libc::SYS_close, c);
+        stream && !listening && peer
+    }
+}
+
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// Inode of a /proc/net/tcp{,6} line whose socket carries a connection: any state but
-/// LISTEN (0A) and CLOSE (07).
-fn tcp_connection_inode(line: &str) -> Option<u64> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let state = *f.get(3)?;
-    if state.eq_ignore_ascii_case("0A") || state == "07" {
-        return None;
-    }
-    f.get(9)?.parse().ok()
-}
-
-/// Inode of a /proc/net/unix line for a connected stream socket (not listening).
-fn unix_connection_inode(line: &str) -> Option<u64> {
-    // Num RefCount Protocol Flags Type St Inode [Path]
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
-    let kind = u32::from_str_radix(f.get(4)?, 16).ok()?;
-    let st = *f.get(5)?;
-    const ACCEPTCON: u32 = 1 << 16;
-    if kind != libc::SOCK_STREAM as u32 || flags & ACCEPTCON != 0 || st != "03" {
-        return None;
-    }
-    f.get(6)?.parse().ok()
 }
 
 /// After a drain ends, an edge-triggered listener that became readable while accept()
@@ -162,20 +164,23 @@ fn rearm_edge_triggered_listeners() {
 }
 
 fn is_listener(fd: i32) -> bool {
-    let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { return false };
-    let Some(inode) = socket_inode(&target.to_string_lossy()) else { return false };
-    let listening = |path: &str, f: fn(&str) -> Option<u64>| {
-        std::fs::read_to_string(path).is_ok_and(|t| t.lines().skip(1).filter_map(f).any(|i| i == inode))
-    };
-    listening("/proc/self/net/tcp", tcp_listen_inode) || listening("/proc/self/net/tcp6", tcp_listen_inode)
-}
-
-fn tcp_listen_inode(line: &str) -> Option<u64> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if !f.get(3)?.eq_ignore_ascii_case("0A") {
-        return None;
+    // SAFETY: a copy of the program's descriptor through our own pidfd, probed, closed.
+    unsafe {
+        let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
+        if pidfd < 0 {
+            return false;
+        }
+        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        crate::sys!(libc::SYS_close, pidfd);
+        if c < 0 {
+            return false;
+        }
+        let mut v: libc::c_int = 0;
+        let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let r = crate::sys!(libc::SYS_getsockopt, c, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t);
+        crate::sys!(libc::SYS_close, c);
+        r == 0 && v != 0
     }
-    f.get(9)?.parse().ok()
 }
 
 /// The control thread has a private descriptor table; borrow the program's descriptors
@@ -234,30 +239,6 @@ fn parse_epoll_registration(line: &str) -> Option<EpollRegistration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tcp_lines_tell_connections_from_listeners() {
-        let listen = "   0: 0100007F:1B58 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41234 1 0000000000000000 100 0 0 10 0";
-        let est = "   1: 0100007F:1B58 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 41299 1 0000000000000000 20 4 30 10 -1";
-        let closed = "   2: 0100007F:1B58 0100007F:D2F2 07 00000000:00000000 00:00000000 00000000     0        0 41300 1 0000000000000000 20 4 30 10 -1";
-        let close_wait = "   3: 0100007F:1B58 0100007F:D2F4 08 00000000:00000000 00:00000000 00000000     0        0 41301 1 0000000000000000 20 4 30 10 -1";
-        assert_eq!(tcp_connection_inode(listen), None);
-        assert_eq!(tcp_listen_inode(listen), Some(41234));
-        assert_eq!(tcp_connection_inode(est), Some(41299));
-        assert_eq!(tcp_listen_inode(est), None);
-        assert_eq!(tcp_connection_inode(closed), None);
-        assert_eq!(tcp_connection_inode(close_wait), Some(41301), "a half-closed connection still owes a reply");
-    }
-
-    #[test]
-    fn unix_lines_tell_connected_streams() {
-        let listening = "0000000000000000: 00000002 00000000 00010000 0001 01 52311 /run/x.sock";
-        let connected = "0000000000000000: 00000003 00000000 00000000 0001 03 52312 /run/x.sock";
-        let dgram = "0000000000000000: 00000002 00000000 00000000 0002 03 52313";
-        assert_eq!(unix_connection_inode(listening), None);
-        assert_eq!(unix_connection_inode(connected), Some(52312));
-        assert_eq!(unix_connection_inode(dgram), None);
-    }
 
     #[test]
     fn epoll_fdinfo_lines_parse() {

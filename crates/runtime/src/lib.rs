@@ -88,6 +88,11 @@ pub(crate) fn after_fork_in_child() {
     PID.store(unsafe { libc::getpid() }, Relaxed);
     // START_NS stays: a fork child's startup counts from the exec of the program, so a
     // daemon's worker reports the server's whole startup, parent's part included.
+    // Forked once the parent's startup was over (a per-connection child): a new version's
+    // startup never recreates such a process.
+    if quiesce::STARTUP_DONE.load(SeqCst) {
+        drain::VOLATILE.store(true, SeqCst);
+    }
     threads::reset_after_fork();
     quiesce::reset_after_fork();
     quiesce::init_asymmetric_fence();

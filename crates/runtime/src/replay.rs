@@ -345,6 +345,22 @@ pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Whether `fd` holds an inherited object no operation of the new version has claimed;
+/// if so it is claimed now, for a live object recreated at its number to replace it.
+pub fn take_inherited_number(fd: i32) -> bool {
+    if !active() {
+        return false;
+    }
+    let mut guard = STATE.lock();
+    let Some(r) = guard.as_mut() else { return false };
+    if r.inherited.contains(&fd) && !r.claimed.contains(&fd) {
+        r.claimed.insert(fd);
+        true
+    } else {
+        false
+    }
+}
+
 pub fn deactivate() {
     ACTIVE.store(false, SeqCst);
 }

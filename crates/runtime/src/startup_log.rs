@@ -163,7 +163,10 @@ pub fn place(fd: i32, target: i32) -> i32 {
     if fd == target {
         return fd;
     }
-    if target < 3 || fd_in_use(target) {
+    // An update's inherited copy of the very object this call recreates (an epoll, a
+    // pipe) gives its number up: the new object takes the old number, so values the
+    // state transfer copies (a global holding the epoll fd) stay right.
+    if target < 3 || (fd_in_use(target) && !crate::replay::take_inherited_number(target)) {
         return reserve(fd);
     }
     // SAFETY: duplicating a descriptor the program just created onto a free number.

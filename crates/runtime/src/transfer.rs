@@ -40,8 +40,11 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
             ));
         }
     }
+    // Our own descriptors (the socket, what arrives on it) must stay clear of the
+    // numbers being filled, or installing one would close another.
+    let above = targets.iter().map(|t| t.target).max().unwrap_or(0) + 1;
     let sock = match connect_abstract(socket) {
-        Ok(s) => s,
+        Ok(s) => out_of_the_way(s, above),
         Err(e) => return error(format!("cannot reach the update's descriptor socket: {e}")),
     };
     let mut received: Vec<i32> = Vec::with_capacity(targets.len());
@@ -52,7 +55,7 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
                 failure = Some(format!("the update sent {} of {} descriptors", received.len(), targets.len()));
                 break;
             }
-            Ok(fds) => received.extend(fds),
+            Ok(fds) => received.extend(fds.into_iter().map(|fd| out_of_the_way(fd, above))),
             Err(e) => {
                 failure = Some(format!("receiving descriptors: {e}"));
                 break;
@@ -89,6 +92,22 @@ pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
         }
     }
     RuntimeReply::Done
+}
+
+/// `fd` moved to a number at least `above` (it stays where it is if it already is).
+fn out_of_the_way(fd: i32, above: i32) -> i32 {
+    if fd >= above {
+        return fd;
+    }
+    // SAFETY: duplicating our own descriptor, then closing the original.
+    unsafe {
+        let moved = crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, above) as i32;
+        if moved < 0 {
+            return fd;
+        }
+        crate::sys!(libc::SYS_close, fd);
+        moved
+    }
 }
 
 fn fd_open(fd: i32) -> bool {

@@ -92,7 +92,7 @@ async fn handle(state: &State, req: Request) -> Response {
             let n = resume_all(state).await;
             Response::Resumed { processes: n }
         }
-        Request::Drain { timeout_ms } => drain(state, Duration::from_millis(timeout_ms)).await,
+        Request::Drain { timeout_ms, only_volatile } => drain(state, Duration::from_millis(timeout_ms), only_volatile).await,
         Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
             Ok(reply) => Response::Runtime { reply },
             Err(message) => Response::Error { message },
@@ -305,19 +305,20 @@ async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeo
 
 /// Stop accepting in every process, then wait for their client connections to close.
 /// Processes that exit meanwhile (a finished per-connection child) just drop out.
-async fn drain(state: &State, timeout: Duration) -> Response {
+async fn drain(state: &State, timeout: Duration, only_volatile: bool) -> Response {
     let t0 = Instant::now();
     loop {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
         let mut remaining = Vec::new();
         for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
-            if let Ok(RuntimeReply::Connections { fds }) = r {
+            if let Ok(RuntimeReply::Connections { fds, volatile }) = r {
                 if !fds.is_empty() {
-                    remaining.push(OpenConnections { pid, fds });
+                    remaining.push(OpenConnections { pid, fds, volatile });
                 }
             }
         }
-        if remaining.is_empty() || t0.elapsed() >= timeout {
+        let waiting = remaining.iter().any(|c| c.volatile || !only_volatile);
+        if !waiting || t0.elapsed() >= timeout {
             return Response::Drained { elapsed_us: t0.elapsed().as_micros() as u64, remaining };
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

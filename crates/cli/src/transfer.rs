@@ -1,0 +1,274 @@
+//! `mcr update`, state transfer (paper §6): after the new version replayed its startup
+//! and parked, and before commit, each old process's state moves into its new
+//! counterpart: globals and the heap blocks they reach, type-transformed
+//! (`mcr-tracer`), the client connections still open (installed at their old numbers)
+//! and their epoll registrations (data pointers relocated). The old processes are only
+//! read, so a failure here rolls back with nothing to undo.
+
+use crate::client::Connection;
+use mcr_heap::{HeapIndex, ProcessMemory, Region};
+use mcr_protocol::{EpollRegistration, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
+use mcr_tracer::{Image, Pair, Target, Version};
+use mcr_typemodel::Program;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the transfer did, for the update's report.
+#[derive(serde::Serialize, Default, Debug)]
+pub struct Summary {
+    pub processes: usize,
+    pub globals: usize,
+    /// Globals not written since startup, left as the new version's startup made them.
+    pub globals_clean: usize,
+    pub globals_dropped: Vec<String>,
+    pub objects: usize,
+    pub bytes: u64,
+    /// Live heap blocks of the old version (reached or not).
+    pub live_objects: usize,
+    pub connections: usize,
+    pub heap_scan_ms: f64,
+    pub trace_ms: f64,
+    pub connections_ms: f64,
+}
+
+/// The old and new versions' processes, by PID inside their namespaces → host PIDs.
+pub struct Processes {
+    pub old: BTreeMap<i32, i32>,
+    pub new: BTreeMap<i32, i32>,
+}
+
+/// The new version through its supervisor and /proc/PID/mem.
+struct NewProcess<'c> {
+    next: &'c mut Connection,
+    pid: i32,
+    mem: File,
+}
+
+impl NewProcess<'_> {
+    fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
+        match self.next.request(&Request::Runtime { pid: self.pid, command }).map_err(|e| e.to_string())? {
+            Response::Runtime { reply: RuntimeReply::Error { message } } => Err(message),
+            Response::Runtime { reply } => Ok(reply),
+            Response::Error { message } => Err(message),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+impl Target for NewProcess<'_> {
+    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String> {
+        match self.runtime(RuntimeCommandKind::Allocate { sizes: sizes.to_vec() })? {
+            RuntimeReply::Allocated { addrs } => Ok(addrs),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+        self.mem.write_all_at(bytes, addr).map_err(|e| format!("writing {} bytes at {addr:#x}: {e}", bytes.len()))
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
+    }
+}
+
+fn exe(host_pid: i32) -> Result<PathBuf, String> {
+    std::fs::read_link(format!("/proc/{host_pid}/exe")).map_err(|e| format!("cannot find the binary of process {host_pid}: {e}"))
+}
+
+fn load(path: &Path) -> Result<Program, String> {
+    Program::load_cached(path).map_err(|e| e.to_string())
+}
+
+/// Move the state of every old process into its new counterpart.
+pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
+    let mut sum = Summary::default();
+    let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
+    for (&pid, &old_host) in &procs.old {
+        let Some(&new_host) = procs.new.get(&pid) else {
+            return Err(format!("process {pid} has no counterpart in the new version"));
+        };
+        let (old_exe, new_exe) = (exe(old_host)?, exe(new_host)?);
+        for p in [&old_exe, &new_exe] {
+            if !programs.contains_key(p) {
+                programs.insert(p.clone(), load(p)?);
+            }
+        }
+        let (old_prog, new_prog) = (&programs[&old_exe], &programs[&new_exe]);
+        if !old_prog.has_debug_info || !new_prog.has_debug_info {
+            eprintln!(
+                "mcr: warning: {} has no debug information (build with -g): process {pid}'s heap and globals are not transferred",
+                if old_prog.has_debug_info { new_exe.display() } else { old_exe.display() }
+            );
+            continue;
+        }
+        let t = Instant::now();
+        let old_maps = Region::read_all(old_host).map_err(|e| e.to_string())?;
+        let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
+        let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
+        let heap_regions: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
+        let heap = HeapIndex::scan(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
+        sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
+
+        let t = Instant::now();
+        let old_img = Image::locate(&old_maps, &old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
+        let new_img = Image::locate(&new_maps, &new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
+        let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
+        let mut target = NewProcess { next: &mut *next, pid, mem };
+        let pair = Pair {
+            old: Version { prog: old_prog, image: old_img },
+            old_mem: &old_mem,
+            heap: &heap,
+            new: Version { prog: new_prog, image: new_img },
+            dirty: None,
+        };
+        let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
+        sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;
+        let r = &moved.report;
+        sum.processes += 1;
+        sum.globals += r.globals;
+        sum.globals_clean += r.globals_clean;
+        sum.globals_dropped.extend(r.globals_dropped.iter().cloned());
+        sum.objects += r.objects;
+        sum.bytes += r.bytes;
+        sum.live_objects += r.live_objects;
+
+        let t = Instant::now();
+        let fds: Vec<i32> = connections.iter().filter(|c| c.pid == pid).flat_map(|c| c.fds.iter().copied()).collect();
+        if !fds.is_empty() {
+            move_connections(old_host, &fds, &mut target)?;
+            let regs = epoll_registrations(old_host, &fds, |data| {
+                if heap.containing(data).is_some() {
+                    moved.relocate(&heap, data).ok_or_else(|| format!("epoll data {data:#x} points to a heap block the transfer did not move"))
+                } else {
+                    Ok(data)
+                }
+            })?;
+            if !regs.is_empty() {
+                target.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
+            }
+            sum.connections += fds.len();
+        }
+        sum.connections_ms += t.elapsed().as_secs_f64() * 1000.0;
+    }
+    Ok(sum)
+}
+
+/// Copy the old process's connections out (pidfd_getfd) and hand them to the new
+/// process's runtime over an abstract Unix socket (SCM_RIGHTS), which installs each at
+/// its old number.
+fn move_connections(old_host: i32, fds: &[i32], target: &mut NewProcess) -> Result<(), String> {
+    // SAFETY: pidfd_open on a process of the old version.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, old_host as libc::c_long, 0 as libc::c_long) } as i32;
+    if pidfd < 0 {
+        return Err(format!("cannot open old process {old_host}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: our own new descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let mut copies = Vec::new();
+    let mut targets = Vec::new();
+    for &fd in fds {
+        // SAFETY: copying a descriptor of the old process into ours.
+        let c = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd() as libc::c_long, fd as libc::c_long, 0 as libc::c_long) } as i32;
+        if c < 0 {
+            return Err(format!("cannot take fd {fd} of old process {old_host}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: the copy is ours.
+        copies.push(unsafe { OwnedFd::from_raw_fd(c) });
+        let flags = std::fs::read_to_string(format!("/proc/{old_host}/fdinfo/{fd}")).unwrap_or_default();
+        let cloexec = flags
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0);
+        targets.push(ImportedFd { target: fd, cloexec });
+    }
+    let name = format!("mcr-transfer/{}/{}", std::process::id(), old_host);
+    let listener = abstract_listener(&name).map_err(|e| format!("cannot open the descriptor socket: {e}"))?;
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        for chunk in copies.chunks(253) {
+            send_fds(&conn, chunk).map_err(|e| format!("sending descriptors: {e}"))?;
+        }
+        Ok(())
+    });
+    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets });
+    let s = sender.join().map_err(|_| "the descriptor sender panicked".to_string())?;
+    r?;
+    s
+}
+
+fn abstract_listener(name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    std::os::unix::net::UnixListener::bind_addr(&addr)
+}
+
+fn send_fds(conn: &std::os::unix::net::UnixStream, fds: &[OwnedFd]) -> std::io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_ptr() as *mut libc::c_void, iov_len: 1 };
+    // SAFETY: CMSG_SPACE/CMSG_LEN are size computations; the msghdr points at live locals.
+    unsafe {
+        let space = libc::CMSG_SPACE((raw.len() * 4) as u32) as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN((raw.len() * 4) as u32) as usize;
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(c) as *mut i32, raw.len());
+        if libc::sendmsg(conn.as_raw_fd(), &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The old process's epoll registrations of `fds`, data relocated by `relocate`.
+fn epoll_registrations(old_host: i32, fds: &[i32], relocate: impl Fn(u64) -> Result<u64, String>) -> Result<Vec<EpollRegistration>, String> {
+    let mut out = Vec::new();
+    let dir = std::fs::read_dir(format!("/proc/{old_host}/fd")).map_err(|e| format!("cannot list old process {old_host}'s descriptors: {e}"))?;
+    for e in dir.flatten() {
+        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{old_host}/fdinfo/{epfd}")).unwrap_or_default();
+        for (fd, events, data) in info.lines().filter_map(parse_tfd_line) {
+            if fds.contains(&fd) {
+                out.push(EpollRegistration { epfd, fd, events, data: relocate(data)? });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `tfd:        5 events:       19 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8`
+fn parse_tfd_line(line: &str) -> Option<(i32, u32, u64)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.first() != Some(&"tfd:") || f.get(2) != Some(&"events:") || f.get(4) != Some(&"data:") {
+        return None;
+    }
+    Some((f[1].parse().ok()?, u32::from_str_radix(f[3], 16).ok()?, u64::from_str_radix(f[5], 16).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn epoll_fdinfo_lines_parse() {
+        assert_eq!(
+            super::parse_tfd_line("tfd:        7 events:       19 data:     5555555592a0  pos:0 ino:1a2b sdev:8"),
+            Some((7, 0x19, 0x5555_5555_92a0))
+        );
+        assert_eq!(super::parse_tfd_line("pos:\t0"), None);
+    }
+}

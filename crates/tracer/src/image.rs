@@ -1,0 +1,54 @@
+//! Where a process's main binary sits in memory, and how addresses inside it translate
+//! between two versions: by symbol name, since the two builds lay out their code and
+//! data differently.
+
+use mcr_heap::Region;
+use mcr_typemodel::{Program, Symbol};
+use std::path::Path;
+
+/// The main binary's mappings in one process.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Added to link-time addresses (DWARF, symbols) to get run-time addresses.
+    pub bias: u64,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Image {
+    /// From the process's memory map: the mappings of `exe`. A position-independent
+    /// executable (ELF type ET_DYN) is offset by where its first mapping starts.
+    pub fn locate(maps: &[Region], exe: &Path) -> Option<Image> {
+        let exe = exe.canonicalize().ok()?;
+        let name = exe.to_string_lossy();
+        let mine: Vec<&Region> = maps.iter().filter(|r| r.name == name).collect();
+        let first = mine.iter().find(|r| r.offset == 0)?;
+        let bias = if is_pie(&exe) { first.start } else { 0 };
+        Some(Image { bias, ranges: mine.iter().map(|r| (r.start, r.end)).collect() })
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
+    }
+}
+
+fn is_pie(exe: &Path) -> bool {
+    let mut hdr = [0u8; 18];
+    use std::io::Read;
+    std::fs::File::open(exe).and_then(|mut f| f.read_exact(&mut hdr)).is_ok() && u16::from_le_bytes([hdr[16], hdr[17]]) == 3
+}
+
+/// The symbol (function or object) of `prog` whose extent holds link-time address `at`.
+pub fn symbol_containing(prog: &Program, at: u64) -> Option<&Symbol> {
+    let i = prog.symbols.partition_point(|s| s.address <= at);
+    prog.symbols[..i].iter().rev().take(64).find(|s| at >= s.address && (at < s.address + s.size.max(1)))
+}
+
+/// Translate a run-time address inside the old binary to the new one: the same symbol,
+/// the same offset into it (when the new symbol is large enough).
+pub fn translate(old: &Program, old_img: &Image, new: &Program, new_img: &Image, addr: u64) -> Option<u64> {
+    let at = addr.checked_sub(old_img.bias)?;
+    let s = symbol_containing(old, at)?;
+    let off = at - s.address;
+    let n = new.symbols.iter().find(|n| n.name == s.name && n.kind == s.kind)?;
+    (off == 0 || off < n.size).then_some(new_img.bias + n.address + off)
+}

@@ -1,0 +1,22 @@
+//! Mutable tracing (paper §6, DESIGN.md "Mutable tracing"): the old version's state is
+//! walked from its roots (the main binary's globals), every heap block reached through a
+//! typed pointer takes that type, and the lot is rebuilt in the new version: blocks
+//! allocated there through the program's own malloc, each transformed into the new
+//! version's layout (`mcr-typemodel`'s plans), pointers relocated.
+//!
+//! Deliberate change from the design: the tracer runs in `mcr update`, not inside the new
+//! process. It reads the old process (never writing it, so a rollback needs nothing) and
+//! writes the new one from outside; only allocation has to happen inside, which the
+//! runtime does on request (`Target::allocate`). DWARF and type graphs thus never enter
+//! the server's address space.
+//!
+//! Opaque memory is handled conservatively: a `void *` is relocated and its target copied
+//! as bytes, but a heap address found in a union, a pointer-sized integer or an untyped
+//! block cannot be told from data, so it stops the update with the path that leads to it
+//! (the paper keeps such targets at their address; glibc's allocator cannot promise that).
+
+mod image;
+mod trace;
+
+pub use image::{symbol_containing, translate, Image};
+pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};

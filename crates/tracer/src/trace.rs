@@ -1,0 +1,477 @@
+use crate::image::{translate, Image};
+use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory};
+use mcr_typemodel::transform::{root_name, Plan, PointerSite};
+use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Qualifier, Type, TypeId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// The new version, as the tracer needs it.
+pub trait Target {
+    /// Allocate blocks of these sizes through the program's malloc; their addresses.
+    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String>;
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String>;
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
+}
+
+/// One version's binary and where it is loaded.
+pub struct Version<'a> {
+    pub prog: &'a Program,
+    pub image: Image,
+}
+
+/// An old process and its new counterpart.
+pub struct Pair<'a> {
+    pub old: Version<'a>,
+    pub old_mem: &'a dyn ReadMemory,
+    pub heap: &'a HeapIndex,
+    pub new: Version<'a>,
+    /// Whether old memory `[addr, addr + len)` was written since startup; `None` when
+    /// nothing tracked writes (everything counts as written).
+    pub dirty: Option<&'a dyn Fn(u64, u64) -> bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{path}: {reason}")]
+    Conflict { path: String, reason: String },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("the new version: {0}")]
+    Target(String),
+}
+
+fn conflict(path: impl Into<String>, reason: impl Into<String>) -> TransferError {
+    TransferError::Conflict { path: path.into(), reason: reason.into() }
+}
+
+/// What a transfer did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Globals copied into the new version (written since startup).
+    pub globals: usize,
+    /// Globals left as the new version's startup made them (not written since startup).
+    pub globals_clean: usize,
+    /// Globals of the old version the new one no longer has: their data is dropped.
+    pub globals_dropped: Vec<String>,
+    /// Heap blocks rebuilt in the new version, and their bytes there.
+    pub objects: usize,
+    pub bytes: u64,
+    /// Live heap blocks in the old process (reached or not).
+    pub live_objects: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Where one old block went.
+#[derive(Debug, Clone, Copy)]
+struct Moved {
+    new: u64,
+    old_stride: u64,
+    new_stride: u64,
+}
+
+impl Moved {
+    /// New address for `offset` bytes into the old block.
+    fn at(&self, offset: u64) -> Option<u64> {
+        if self.old_stride == self.new_stride || self.old_stride == 0 {
+            return Some(self.new + offset);
+        }
+        let (i, within) = (offset / self.old_stride, offset % self.old_stride);
+        (within == 0).then_some(self.new + i * self.new_stride)
+    }
+}
+
+/// The result: what moved where, for relocating what the kernel holds (epoll data).
+pub struct Transfer {
+    moved: BTreeMap<u64, Moved>,
+    pub report: Report,
+}
+
+impl Transfer {
+    /// The new value of `v` if it points into a block this transfer moved.
+    pub fn relocate(&self, heap: &HeapIndex, v: u64) -> Option<u64> {
+        let o = heap.containing(v)?;
+        self.moved.get(&o.addr)?.at(v - o.addr)
+    }
+}
+
+/// A block reached during the walk.
+struct Found {
+    obj: Object,
+    /// Old element type (typedefs stripped) when a typed pointer to its start reached it.
+    ty: Option<TypeId>,
+    /// How it was reached, for reports.
+    path: String,
+}
+
+struct Walk<'p, 'a> {
+    pair: &'p Pair<'a>,
+    found: BTreeMap<u64, Found>,
+    queue: VecDeque<u64>,
+    layouts: HashMap<TypeId, Layout>,
+}
+
+fn is_byte(p: &Program, ty: TypeId) -> bool {
+    matches!(p.ty(p.strip(ty)), Type::Base { size: 1, .. })
+}
+
+fn is_const(p: &Program, mut ty: TypeId) -> bool {
+    for _ in 0..16 {
+        match p.ty(ty) {
+            Type::Qualified { qualifier: Qualifier::Const, .. } => return true,
+            Type::Qualified { target, .. } | Type::Typedef { target, .. } => ty = *target,
+            _ => return false,
+        }
+    }
+    false
+}
+
+impl<'p, 'a> Walk<'p, 'a> {
+    fn layout(&mut self, ty: TypeId) -> &Layout {
+        let prog = self.pair.old.prog;
+        self.layouts.entry(ty).or_insert_with(|| prog.layout(ty, &root_name(prog, ty)))
+    }
+
+    /// Note a block reached from `path`, with the type its pointer gives it.
+    fn reach(&mut self, obj: Object, ty: Option<TypeId>, path: String) -> Result<(), TransferError> {
+        let prog = self.pair.old.prog;
+        match self.found.get_mut(&obj.addr) {
+            Some(f) => match (f.ty, ty) {
+                (_, None) => {}
+                (None, Some(t)) => {
+                    f.ty = Some(t);
+                    self.queue.push_back(obj.addr);
+                }
+                (Some(a), Some(b)) if a == b || is_byte(prog, b) => {}
+                (Some(a), Some(_)) if is_byte(prog, a) => {
+                    f.ty = ty;
+                    self.queue.push_back(obj.addr);
+                }
+                (Some(a), Some(b)) => {
+                    return Err(conflict(
+                        &path,
+                        format!(
+                            "the block at {:#x} is reached as {} here and as {} from {}; mcr cannot tell which it is",
+                            obj.addr,
+                            prog.type_name(b),
+                            prog.type_name(a),
+                            f.path
+                        ),
+                    ))
+                }
+            },
+            None => {
+                self.found.insert(obj.addr, Found { obj, ty, path });
+                self.queue.push_back(obj.addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow the pointers in `bytes` (an object of type `ty` at `base`, named `path`).
+    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, path: &str) -> Result<(), TransferError> {
+        let prog = self.pair.old.prog;
+        let stride = prog.size_of(ty).unwrap_or(0);
+        if stride == 0 || is_byte(prog, ty) {
+            return Ok(());
+        }
+        let layout = self.layout(ty).clone();
+        let count = bytes.len() as u64 / stride;
+        for i in 0..count {
+            let at = |off: u64| -> u64 {
+                let o = (i * stride + off) as usize;
+                u64::from_ne_bytes(bytes[o..o + 8].try_into().expect("8 bytes"))
+            };
+            let elem = if count > 1 { format!("{path}[{i}]") } else { path.to_string() };
+            for slot in &layout.pointers {
+                let Pointee::Data { ty: pointee } = slot.pointee else { continue };
+                let v = at(slot.offset);
+                if v == 0 {
+                    continue;
+                }
+                if let Some(&obj) = self.pair.heap.containing(v) {
+                    let to = format!("{elem}{} -> {}", field_suffix(&slot.path), prog.type_name(pointee));
+                    let t = (v == obj.addr).then(|| prog.strip(pointee));
+                    self.reach(obj, t, to)?;
+                }
+            }
+            for r in &layout.opaque {
+                let here = format!("{elem}{}", field_suffix(&r.path));
+                match r.reason {
+                    OpaqueReason::CharArray => {}
+                    OpaqueReason::VoidPointer => {
+                        let v = at(r.offset);
+                        if let Some(&obj) = self.pair.heap.containing(v) {
+                            self.reach(obj, None, format!("{here} -> (void *)"))?;
+                        }
+                    }
+                    OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
+                        let start = (i * stride + r.offset) as usize;
+                        let end = (start + r.len as usize).min(bytes.len());
+                        self.no_hidden_pointers(&bytes[start..end], &here, r.reason)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory mcr cannot type must not hold a heap address: the block it points to
+    /// would move and the word could not be updated.
+    fn no_hidden_pointers(&self, bytes: &[u8], path: &str, why: OpaqueReason) -> Result<(), TransferError> {
+        for (k, w) in bytes.chunks_exact(8).enumerate() {
+            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            if v != 0 && self.pair.heap.containing(v).is_some() {
+                let what = match why {
+                    OpaqueReason::Union => "a union",
+                    OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
+                    OpaqueReason::Unknown => "memory of unknown type",
+                    OpaqueReason::VoidPointer => "a void * target",
+                    OpaqueReason::CharArray => "a char array",
+                };
+                return Err(conflict(
+                    format!("{path}+{}", k * 8),
+                    format!(
+                        "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
+                         so it can neither move the block nor leave it (declare the field with its pointer type, or give \
+                         the update a handler with MCR_ADD_OBJ_HANDLER)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn field_suffix(path: &str) -> &str {
+    // Layout paths start with the root name (`kv_node.next`): keep from the first dot.
+    path.find(['.', '[']).map_or("", |i| &path[i..])
+}
+
+/// The new version's type for an old one: same kind and name.
+fn counterpart(old: &Program, ty: TypeId, new: &Program, cache: &mut HashMap<TypeId, Option<TypeId>>) -> Option<TypeId> {
+    if let Some(c) = cache.get(&ty) {
+        return *c;
+    }
+    let want = old.strip(ty);
+    let found = match old.ty(want) {
+        Type::Pointer { pointee, .. } => {
+            let inner = counterpart(old, *pointee, new, cache);
+            new.types.iter().position(|t| matches!(t, Type::Pointer { pointee: p, .. } if Some(new.strip(*p)) == inner.map(|i| new.strip(i))))
+        }
+        other => {
+            let name = root_name(old, want);
+            let kind = std::mem::discriminant(other);
+            new.types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| std::mem::discriminant(*t) == kind)
+                .find(|(i, t)| root_name(new, *i as TypeId) == name && !matches!(t, Type::Struct(c) | Type::Union(c) if c.incomplete))
+                .map(|(i, _)| i)
+        }
+    }
+    .map(|i| i as TypeId);
+    cache.insert(ty, found);
+    found
+}
+
+fn read_vec(mem: &dyn ReadMemory, addr: u64, len: u64) -> Result<Vec<u8>, MemoryError> {
+    let mut b = vec![0u8; len as usize];
+    mem.read(addr, &mut b)?;
+    Ok(b)
+}
+
+/// Same NUL-terminated string at both addresses (up to 4 KiB)?
+fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool {
+    let (mut x, mut y) = ([0u8; 64], [0u8; 64]);
+    for k in 0..64u64 {
+        if old.read(a + k * 64, &mut x).is_err() || new.read(b + k * 64, &mut y).is_err() || x != y {
+            return false;
+        }
+        if x.contains(&0) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Move the state of one old process into its new counterpart.
+pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
+    let (old, new) = (pair.old.prog, pair.new.prog);
+    let mut report = Report { live_objects: pair.heap.len(), ..Report::default() };
+    let mut walk = Walk { pair, found: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
+
+    // Roots: the globals written since startup that the new version still has.
+    struct Root {
+        new_addr: u64,
+        old_ty: TypeId,
+        new_ty: TypeId,
+        name: String,
+        bytes: Vec<u8>,
+    }
+    let mut roots = Vec::new();
+    for g in &old.globals {
+        let (Some(addr), Some(size)) = (g.address(), g.size) else { continue };
+        if size == 0 || is_const(old, g.ty) {
+            continue;
+        }
+        let name = g.display_name();
+        let Some(ng) = new.globals.iter().find(|n| n.display_name() == name && !n.is_tls()) else {
+            report.globals_dropped.push(name);
+            continue;
+        };
+        let (Some(naddr), Some(_)) = (ng.address(), ng.size) else { continue };
+        let old_addr = pair.old.image.bias + addr;
+        if let Some(dirty) = pair.dirty {
+            if !dirty(old_addr, size) {
+                report.globals_clean += 1;
+                continue;
+            }
+        }
+        let bytes = read_vec(pair.old_mem, old_addr, size)?;
+        walk.scan_typed(&bytes, old.strip(g.ty), &name)?;
+        roots.push(Root { new_addr: pair.new.image.bias + naddr, old_ty: g.ty, new_ty: ng.ty, name, bytes });
+    }
+    // Everything reachable from them.
+    let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
+    while let Some(addr) = walk.queue.pop_front() {
+        let f = &walk.found[&addr];
+        let (obj, ty, path) = (f.obj, f.ty, f.path.clone());
+        if !contents.contains_key(&addr) {
+            contents.insert(addr, read_vec(pair.old_mem, obj.addr, obj.size)?);
+        }
+        let bytes = contents[&addr].clone();
+        match ty {
+            Some(t) => walk.scan_typed(&bytes, t, &path)?,
+            None => walk.no_hidden_pointers(&bytes, &path, OpaqueReason::VoidPointer)?,
+        }
+    }
+
+    // Plans and sizes in the new version.
+    let mut types = HashMap::new();
+    let mut plans: HashMap<TypeId, Option<Plan>> = HashMap::new();
+    let mut order: Vec<u64> = Vec::new();
+    let mut sizes: Vec<u64> = Vec::new();
+    let mut strides: Vec<(u64, u64)> = Vec::new();
+    for (addr, f) in &walk.found {
+        let (old_stride, new_stride) = match f.ty {
+            Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
+                if !plans.contains_key(&t) {
+                    let Some(nt) = counterpart(old, t, new, &mut types) else {
+                        return Err(conflict(&f.path, format!("type {} has no counterpart in the new version", old.type_name(t))));
+                    };
+                    let plan = Plan::with_root(old, t, new, nt, &root_name(old, t))
+                        .map_err(|e| conflict(&f.path, format!("cannot transform {}: {e}", old.type_name(t))))?;
+                    plans.insert(t, Some(plan));
+                }
+                let p = plans[&t].as_ref().expect("plan");
+                (p.old_size, p.new_size)
+            }
+            _ => (0, 0),
+        };
+        let size = if old_stride == 0 {
+            f.obj.size
+        } else {
+            let n = f.obj.size / old_stride;
+            n * new_stride + f.obj.size % old_stride
+        };
+        order.push(*addr);
+        sizes.push(size);
+        strides.push((old_stride, new_stride));
+    }
+    let addrs = if sizes.is_empty() { Vec::new() } else { target.allocate(&sizes).map_err(TransferError::Target)? };
+    if addrs.len() != sizes.len() {
+        return Err(TransferError::Target(format!("asked for {} blocks, got {}", sizes.len(), addrs.len())));
+    }
+    let mut moved = BTreeMap::new();
+    for (i, addr) in order.iter().enumerate() {
+        moved.insert(*addr, Moved { new: addrs[i], old_stride: strides[i].0, new_stride: strides[i].1 });
+    }
+    let heap = pair.heap;
+    let relocate_data = |v: u64, path: &str| -> Result<u64, String> {
+        if let Some(o) = heap.containing(v) {
+            let m = moved.get(&o.addr).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
+            return m.at(v - o.addr).ok_or_else(|| format!("{path}: points into the middle of an element whose type changed"));
+        }
+        if pair.old.image.contains(v) {
+            return translate(old, &pair.old.image, new, &pair.new.image, v)
+                .ok_or_else(|| format!("{path}: points into the old binary at {v:#x}, where no symbol is"));
+        }
+        // Libraries, stacks and other mappings sit at the same addresses in both versions.
+        Ok(v)
+    };
+
+    // Rebuild every block in the new layout.
+    for (i, addr) in order.iter().enumerate() {
+        let f = &walk.found[addr];
+        let old_bytes = &contents[addr];
+        let mut out = vec![0u8; sizes[i] as usize];
+        match f.ty.and_then(|t| plans.get(&t)).and_then(|p| p.as_ref()) {
+            Some(plan) => {
+                let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
+                let n = old_bytes.len() / os;
+                for k in 0..n {
+                    plan.apply(&old_bytes[k * os..(k + 1) * os], &mut out[k * ns..(k + 1) * ns], &mut |s: PointerSite| match s.old_pointee {
+                        Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
+                            .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
+                        _ => relocate_data(s.old_value, s.path),
+                    })
+                    .map_err(|e| conflict(&f.path, e.to_string()))?;
+                }
+                let tail = &old_bytes[n * os..];
+                out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
+            }
+            None => out.copy_from_slice(old_bytes),
+        }
+        target.write(addrs[i], &out).map_err(TransferError::Target)?;
+        report.bytes += out.len() as u64;
+    }
+    report.objects = order.len();
+
+    // Then the globals, which now can point at them.
+    for r in &roots {
+        let plan = Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name).map_err(|e| conflict(&r.name, e.to_string()))?;
+        let mut cur = vec![0u8; plan.new_len(r.bytes.len() as u64) as usize];
+        target.read(r.new_addr, &mut cur).map_err(TransferError::Target)?;
+        let before = cur.clone();
+        plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
+            let got = match s.old_pointee {
+                Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
+                    .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
+                _ => relocate_data(s.old_value, s.path),
+            };
+            got.or_else(|e| {
+                // A pointer to a string literal (no symbol): the new version's startup
+                // set the same global to its own copy of the same string.
+                let o = s.new_offset as usize;
+                let mine = u64::from_ne_bytes(before[o..o + 8].try_into().expect("8 bytes"));
+                if pair.old.image.contains(s.old_value) && same_c_string(pair.old_mem, s.old_value, &*target, mine) {
+                    Ok(mine)
+                } else {
+                    Err(e)
+                }
+            })
+        })
+        .map_err(|e| conflict(&r.name, e.to_string()))?;
+        if cur != before {
+            target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
+        }
+        report.globals += 1;
+    }
+    Ok(Transfer { moved, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Moved;
+
+    #[test]
+    fn pointers_into_moved_arrays_follow_their_element() {
+        let m = Moved { new: 0x9000, old_stride: 24, new_stride: 40 };
+        assert_eq!(m.at(0), Some(0x9000));
+        assert_eq!(m.at(48), Some(0x9000 + 80), "third element");
+        assert_eq!(m.at(50), None, "inside an element whose layout changed");
+        let same = Moved { new: 0x9000, old_stride: 16, new_stride: 16 };
+        assert_eq!(same.at(50), Some(0x9000 + 50));
+        let bytes = Moved { new: 0x9000, old_stride: 0, new_stride: 0 };
+        assert_eq!(bytes.at(7), Some(0x9007));
+    }
+}
