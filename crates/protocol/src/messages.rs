@@ -127,6 +127,9 @@ pub enum RuntimeEvent {
     /// Replay found a startup operation of the new version that conflicts with the old
     /// version's log; the process exits right after.
     ReplayConflict { conflict: ReplayConflict },
+    /// Profiling mode: what the sampler gathered so far (sent periodically, so a process
+    /// that exits still leaves its last report with the supervisor).
+    ProfileReport { profile: crate::ProcessProfile },
 }
 
 /// A startup operation of the new version that replay cannot reconcile with the old log.
@@ -158,6 +161,8 @@ pub enum RuntimeCommandKind {
     Quiesce { timeout_ms: u64 },
     /// Release parked threads.
     Resume,
+    /// Profiling mode: the sampler's data now.
+    ProfileSnapshot,
 }
 
 // As for Response: short-lived messages.
@@ -179,6 +184,7 @@ pub enum RuntimeReply {
     QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
     Resumed,
     StartupLog(StartupLog),
+    Profile(crate::ProcessProfile),
     Error { message: String },
 }
 
@@ -203,6 +209,9 @@ pub enum Request {
     TakeOver,
     /// Update, old version: the new version is committed; exit now.
     Retire,
+    /// Profiling mode: every process's sampled data (fresh from the live ones, the last
+    /// report of those that exited).
+    ProfileData,
 }
 
 /// Supervisor → CLI.
@@ -229,6 +238,7 @@ pub enum Response {
     /// Update, new version: startup finished with every thread parked, or failed.
     Ready { startup_ms: f64, processes: Vec<i32> },
     ReplayFailed { conflicts: Vec<ReplayConflict>, message: String },
+    ProfileData { processes: Vec<crate::ProcessProfile> },
     Ok,
     Error { message: String },
 }

@@ -25,6 +25,7 @@ mod diag;
 mod errno;
 mod futex;
 mod interpose;
+mod profiling;
 mod quiesce;
 mod real;
 mod replay;
@@ -91,6 +92,7 @@ pub(crate) fn after_fork_in_child() {
     symbolize::reset_after_fork();
     startup_log::reset_after_fork();
     replay::reset_after_fork();
+    profiling::after_fork_child();
     control::after_fork_child();
 }
 
@@ -127,6 +129,7 @@ extern "C" fn init() {
         }
     });
     quiesce::set_profile(profile);
+    profiling::init_from_env();
     // SAFETY: SIGRTMAX() is a plain libc query.
     let kick = env(mcr_protocol::env::KICK_SIGNAL)
         .and_then(|s| s.parse::<i32>().ok())

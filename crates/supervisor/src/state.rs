@@ -42,6 +42,8 @@ pub struct Inner {
     pub launch: Option<LaunchFacts>,
     /// Runtime connections accepted and not yet read to their end.
     pub open_conns: usize,
+    /// Profiling mode: the last profile report of each runtime connection.
+    pub profiles: BTreeMap<u64, mcr_protocol::ProcessProfile>,
 }
 
 /// How this version was launched (what the next version of an update copies).
@@ -132,6 +134,9 @@ impl Shared {
                     let _ = self.started_tx.send(Some(Err(msg)));
                 }
                 report(&self.report.as_ref().and_then(|f| f.try_clone().ok()), &LaunchReport::ReplayConflict { conflict });
+            }
+            RuntimeEvent::ProfileReport { profile } => {
+                g.profiles.insert(conn, profile);
             }
             RuntimeEvent::Reply { id, reply } => {
                 if let Some((_, waiter)) = g.pending.remove(&id) {
