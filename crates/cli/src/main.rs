@@ -1,6 +1,7 @@
 //! `mcr`: run C servers so they can be live-updated.
 
 mod client;
+mod profile;
 mod program;
 mod render;
 mod run;
@@ -61,6 +62,18 @@ enum Command {
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
         resumes the old one; the exit status is then 1. In-memory state is not transferred yet.")]
     Update(update::UpdateArgs),
+    /// Find the quiescent points of a server: run it under a workload in profiling mode
+    /// and write the profile `mcr run --profile` uses
+    #[command(long_about = "Find the quiescent points of a server (paper §4).\n\n\
+        Starts PROGRAM under mcr in profiling mode (each process samples where its threads \
+        block), runs the --workload command once startup completed (or waits --duration \
+        seconds, or until Ctrl-C), stops the server, and writes the profile (--out) that \
+        `mcr run --profile FILE` uses. The report (stderr, or --report FILE) lists every \
+        thread class (threads grouped by the call stack that created them, across \
+        processes): short-lived or long-lived, persistent or volatile, and for each long-lived \
+        one its quiescent point, with the symbolized stack and file:line, and its long-lived \
+        loop. Exit status 1 when the workload failed or no quiescent point was found.")]
+    Profile(profile::ProfileArgs),
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -130,6 +143,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(&dir, args),
         Command::Update(args) => update::update(&dir, args),
+        Command::Profile(args) => profile::profile(&dir, args),
         Command::Status { name, json, log: false } => client::status(&dir, &name, json),
         Command::Status { name, json, log: true } => client::startup_logs(&dir, &name, json),
         Command::List { json } => client::list(&dir, json),
