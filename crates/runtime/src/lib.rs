@@ -94,6 +94,7 @@ pub(crate) fn after_fork_in_child() {
     replay::reset_after_fork();
     profiling::after_fork_child();
     control::after_fork_child();
+    profiling::announce_child();
 }
 
 fn env(name: &str) -> Option<String> {

@@ -127,6 +127,17 @@ pub fn after_fork_child() {
     *FORK_STACK.lock() = Some(stack::walk_vec(from));
 }
 
+/// In a fork child, once registered: report at once where the process was forked, so a
+/// child that exits before its sampler's first report still has its class.
+pub fn announce_child() {
+    if !enabled() {
+        return;
+    }
+    tick();
+    let report = snapshot_now(false);
+    crate::control::send_event(&RuntimeEvent::ProfileReport { profile: report });
+}
+
 /// Start the sampler (called by the control thread once it runs). A no-op unless
 /// profiling.
 pub fn start_sampler() {

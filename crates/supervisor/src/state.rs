@@ -113,7 +113,9 @@ impl Shared {
     pub fn on_event(&self, conn: u64, pid: i32, ev: RuntimeEvent, tx: &mpsc::UnboundedSender<Vec<u8>>) {
         let mut g = self.lock();
         match ev {
-            RuntimeEvent::Hello { argv, .. } => {
+            RuntimeEvent::Hello { argv, pid: hpid, ppid, exe, forked, .. } => {
+                let hello = crate::profiling::Hello { pid: hpid, ppid, exe: &exe, forked };
+                crate::profiling::note_hello(&mut g.profiles, conn, hello);
                 g.procs.insert(pid, Registered { conn, argv, startup_complete: false, startup_ms: None, tx: tx.clone() });
                 if g.main_pid.is_none() {
                     g.main_pid = Some(pid);
