@@ -112,6 +112,9 @@ fn class_of(p: &ProcessProfile, t: &ThreadProfile) -> (String, String, String, O
         }
     }
     match &p.fork_stack {
+        Some(cs) if cs.frames.is_empty() => {
+            (cs.id.clone(), "process forked where mcr did not see (it exited before its first wrapped call)".into(), "fork".into(), None)
+        }
         Some(cs) => {
             let by = cs.summary(3);
             (cs.id.clone(), format!("process forked at fork < {by}"), "fork".into(), Some(cs.clone()))

@@ -72,8 +72,19 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
                     q.share * 100.0,
                     q.ms
                 );
-                if let Some(f) = lp {
-                    let _ = writeln!(o, "    long-lived loop: {} (the deepest frame no sample saw returned)", frame_text(&mut lines, f));
+                match lp {
+                    Some(f) if c.sites.len() > 1 => {
+                        let _ = writeln!(o, "    long-lived loop: {} (the deepest frame every sample had on the stack)", frame_text(&mut lines, f));
+                    }
+                    Some(f) => {
+                        let _ = writeln!(
+                            o,
+                            "    long-lived loop: {} or one of its callers (one blocking site only: samples cannot tell \
+                             which of the frames below the call loops)",
+                            frame_text(&mut lines, f)
+                        );
+                    }
+                    None => {}
                 }
                 let _ = writeln!(o, "      #0 {}", q.call);
                 for (n, f) in q.stack.frames.iter().enumerate() {
