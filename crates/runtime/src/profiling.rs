@@ -190,7 +190,11 @@ extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
     loop {
         tick();
         let now = monotonic_ns();
-        if last_push.map_or(true, |t| now.saturating_sub(t) >= PUSH_EVERY.as_nanos() as u64) {
+        let due = match last_push {
+            Some(t) => now.saturating_sub(t) >= PUSH_EVERY.as_nanos() as u64,
+            None => true,
+        };
+        if due {
             SAMPLER_CPU_NS.store(clock_ns(libc::CLOCK_THREAD_CPUTIME_ID), SeqCst);
             let report = snapshot_now(false);
             if !crate::control::send_event(&RuntimeEvent::ProfileReport { profile: report }) {
@@ -204,12 +208,15 @@ extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
 }
 
+/// One thread at one tick: (slot, generation), tid, is main, (call, stack) if blocked.
+type Seen = ((usize, u64), i32, bool, Option<(u32, Vec<usize>)>);
+
 /// One sample of every thread of the process.
 fn tick() {
     let _serial = TICK.lock();
     let now = monotonic_ns();
     // Walk the stacks first, without holding the table's lock (each frame is a system call).
-    let mut seen: Vec<((usize, u64), i32, bool, Option<(u32, Vec<usize>)>)> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     // A thread still in the call (and from the frame) of the last tick has the same
     // stack: walking it again would only cost system calls.
     let last = LAST_WALK.lock().take().unwrap_or_default();
