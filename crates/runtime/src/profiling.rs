@@ -208,8 +208,16 @@ extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
 }
 
-/// One thread at one tick: (slot, generation), tid, is main, (call, stack) if blocked.
-type Seen = ((usize, u64), i32, bool, Option<(u32, Vec<usize>)>);
+/// What a tick saw a thread do.
+enum Sample {
+    Blocked(u32, Vec<usize>),
+    Running,
+    /// It left its call while its stack was walked: alive, but no sample.
+    Moved,
+}
+
+/// One thread at one tick: (slot, generation), tid, is main, sample.
+type Seen = ((usize, u64), i32, bool, Sample);
 
 /// One sample of every thread of the process.
 fn tick() {
@@ -241,13 +249,14 @@ fn tick() {
                 && s.call.load(Acquire) == call
                 && s.frame.load(Acquire) == fp
                 && s.generation.load(Acquire) == gen;
-            if !same {
-                continue;
+            if same {
+                walked.insert((i, gen), (call, fp, raw.clone()));
+                Sample::Blocked(call, raw)
+            } else {
+                Sample::Moved
             }
-            walked.insert((i, gen), (call, fp, raw.clone()));
-            Some((call, raw))
         } else {
-            None
+            Sample::Running
         };
         seen.push(((i, gen), tid, s.is_main.load(Relaxed), site));
     }
@@ -274,8 +283,9 @@ fn tick() {
         t.last_seen_ns = now;
         t.main = main;
         match site {
-            Some(k) => *t.sites.entry(k).or_insert(0) += 1,
-            None => t.running += 1,
+            Sample::Blocked(call, raw) => *t.sites.entry((call, raw)).or_insert(0) += 1,
+            Sample::Running => t.running += 1,
+            Sample::Moved => {}
         }
     }
 }
