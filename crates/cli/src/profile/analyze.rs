@@ -151,7 +151,8 @@ fn pct(x: f64) -> String {
 }
 
 /// Analyse three snapshots: right after startup (`idle`), after an idle pause, when the
-/// workload starts (`start`), and at the end (`end`).
+/// workload starts (`start`), and at the end (`end`). Persistent means present at
+/// `start`; `idle` only gives the wakeup rate without a workload.
 pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[ProcessProfile]) -> Analysis {
     struct Acc {
         label: String,
@@ -208,11 +209,12 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
                 a.alive += 1;
             }
             let k = key(p, t);
-            if at_idle.contains_key(&k) {
-                a.persistent = true;
-            }
             match at_start.get(&k) {
                 Some(s) => {
+                    // Present before any workload: right after startup, or made during
+                    // the idle pause without a request (a thread the first snapshot
+                    // missed because startup was declared complete before it ran).
+                    a.persistent = true;
                     a.wakeups_during += t.wakeups.saturating_sub(s.wakeups);
                     if let Some(i) = at_idle.get(&k) {
                         a.wakeups_idle += s.wakeups.saturating_sub(i.wakeups);

@@ -199,6 +199,12 @@ fn profile_started(server: &Server, args: &ProfileArgs, program: &Path, out: &Pa
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let end = end?;
 
+    if let Some(dir) = std::env::var_os("MCR_PROFILE_DUMP") {
+        // Diagnostics: the raw snapshots the analysis reads.
+        for (name, snap) in [("idle", &idle), ("start", &start), ("end", &end)] {
+            let _ = std::fs::write(Path::new(&dir).join(format!("{name}.json")), serde_json::to_string_pretty(snap)?);
+        }
+    }
     let a = analyze::analyze(&idle, &start, &end);
     let workload = args.workload.clone().unwrap_or_else(|| "(driven by hand)".into());
     let out_text = out.display().to_string();
