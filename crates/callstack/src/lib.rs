@@ -6,7 +6,7 @@
 pub mod profile;
 pub mod symbols;
 
-pub use profile::{Profile, ProfileError, QuiescentPoint};
+pub use profile::{Profile, ProfileError, QuiescentPoint, ThreadClass};
 pub use symbols::{ModuleSymbols, SymbolError};
 
 /// Frames deeper than this do not take part in the ID: the bottom of a stack (libc start

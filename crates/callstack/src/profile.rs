@@ -12,7 +12,9 @@
 //!   ]
 //! }
 //! ```
-//! Only `id` decides; `call`, `frames` and `thread_class` are for the people reading it.
+//! Only `id` decides; `call`, `frames` and `thread_class` are for the people reading it,
+//! as are the fields `mcr profile` adds (`long_lived_loop` and `share` per quiescent
+//! point, `thread_classes`, `workload`): a reader ignores what it does not know.
 //! Without a profile every wrapped blocking call is a quiescent point, except reads and
 //! receives on non-blocking descriptors (they never block).
 
@@ -45,6 +47,28 @@ pub struct QuiescentPoint {
     pub frames: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread_class: Option<String>,
+    /// `mcr profile`: the function of the class's long-lived loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_lived_loop: Option<String>,
+    /// `mcr profile`: share of the class's blocked time spent here (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+}
+
+/// `mcr profile`: one thread class it saw (informative; never read by the runtime).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadClass {
+    /// The class's call-stack ID (the `pthread_create` or `fork` call that makes its
+    /// threads, or the program for an exec'd process).
+    pub id: String,
+    pub label: String,
+    pub long_lived: bool,
+    pub persistent: bool,
+    /// ID of the class's quiescent point, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiescent_point: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_lived_loop: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +77,12 @@ pub struct Profile {
     #[serde(default)]
     pub program: String,
     pub quiescent_points: Vec<QuiescentPoint>,
+    /// `mcr profile`: every thread class seen, short-lived ones included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thread_classes: Vec<ThreadClass>,
+    /// `mcr profile`: the workload command the profile was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 impl Profile {
@@ -100,5 +130,44 @@ mod tests {
         let empty = r#"{"format":"mcr-profile/1","quiescent_points":[]}"#;
         assert!(matches!(Profile::parse(empty, "p"), Err(ProfileError::Empty { .. })));
         assert!(matches!(Profile::parse("{", "p"), Err(ProfileError::Parse { .. })));
+    }
+
+    #[test]
+    fn what_mcr_profile_adds_round_trips_and_older_readers_skip_it() {
+        let p = Profile {
+            format: FORMAT.into(),
+            program: "/srv/kvd".into(),
+            quiescent_points: vec![QuiescentPoint {
+                id: "00000000000000ff".into(),
+                call: "epoll_wait".into(),
+                frames: vec!["main".into()],
+                thread_class: Some("main".into()),
+                long_lived_loop: Some("main".into()),
+                share: Some(0.9),
+            }],
+            thread_classes: vec![ThreadClass {
+                id: "0000000000000001".into(),
+                label: "main".into(),
+                long_lived: true,
+                persistent: true,
+                quiescent_point: Some("00000000000000ff".into()),
+                long_lived_loop: Some("main".into()),
+            }],
+            workload: Some("w.sh".into()),
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(Profile::parse(&text, "p").unwrap(), p);
+        // A reader that knows only the original fields still reads it.
+        #[derive(Deserialize)]
+        struct Old {
+            format: String,
+            quiescent_points: Vec<OldQp>,
+        }
+        #[derive(Deserialize)]
+        struct OldQp {
+            id: String,
+        }
+        let old: Old = serde_json::from_str(&text).unwrap();
+        assert_eq!((old.format.as_str(), old.quiescent_points[0].id.as_str()), (FORMAT, "00000000000000ff"));
     }
 }

@@ -2,6 +2,7 @@
 
 mod check;
 mod client;
+mod profile;
 mod program;
 mod render;
 mod run;
@@ -76,6 +77,18 @@ enum Command {
         (or a build has no debug info), so an update may conflict; 2 = usage error or a binary \
         that cannot be read.")]
     Check(check::CheckArgs),
+    /// Find the quiescent points of a server: run it under a workload in profiling mode
+    /// and write the profile `mcr run --profile` uses
+    #[command(long_about = "Find the quiescent points of a server (paper §4).\n\n\
+        Starts PROGRAM under mcr in profiling mode (each process samples where its threads \
+        block), runs the --workload command once startup completed (or waits --duration \
+        seconds, or until Ctrl-C), stops the server, and writes the profile (--out) that \
+        `mcr run --profile FILE` uses. The report (stderr, or --report FILE) lists every \
+        thread class (threads grouped by the call stack that created them, across \
+        processes): short-lived or long-lived, persistent or volatile, and for each long-lived \
+        one its quiescent point, with the symbolized stack and file:line, and its long-lived \
+        loop. Exit status 1 when the workload failed or no quiescent point was found.")]
+    Profile(profile::ProfileArgs),
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -150,6 +163,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match command {
         Command::Run(args) => run::run(&dir, args),
         Command::Update(args) => update::update(&dir, args),
+        Command::Profile(args) => profile::profile(&dir, args),
         Command::Status { name, json, log: false } => client::status(&dir, &name, json),
         Command::Status { name, json, log: true } => client::startup_logs(&dir, &name, json),
         Command::List { json } => client::list(&dir, json),

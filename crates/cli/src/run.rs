@@ -173,7 +173,7 @@ pub fn reports(fd: OwnedFd) -> impl Iterator<Item = LaunchReport> {
         .filter_map(|l| mcr_protocol::decode_line(l.as_bytes()).ok())
 }
 
-fn log_tail(log: &std::path::Path) -> String {
+pub fn log_tail(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(10)..];

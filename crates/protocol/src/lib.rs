@@ -12,9 +12,11 @@
 
 pub mod instance;
 pub mod messages;
+pub mod profiling;
 
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};
 pub use messages::*;
+pub use profiling::*;
 
 /// Environment variables the supervisor sets for the server and the runtime reads.
 pub mod env {
@@ -40,6 +42,9 @@ pub mod env {
     pub const NO_PID_NAMESPACE: &str = "MCR_NO_PID_NAMESPACE";
     /// Overrides the instance directory.
     pub const RUNTIME_DIR: &str = "MCR_RUNTIME_DIR";
+    /// Profiling mode (`mcr profile`): the sampling period in microseconds. Unset: the
+    /// runtime samples nothing and costs nothing extra.
+    pub const PROFILING: &str = "MCR_PROFILING";
 }
 
 /// Serialize one message as a JSON line.

@@ -127,6 +127,9 @@ pub enum RuntimeEvent {
     /// Replay found a startup operation of the new version that conflicts with the old
     /// version's log; the process exits right after.
     ReplayConflict { conflict: ReplayConflict },
+    /// Profiling mode: what the sampler gathered so far (sent periodically, so a process
+    /// that exits still leaves its last report with the supervisor).
+    ProfileReport { profile: crate::ProcessProfile },
 }
 
 /// A startup operation of the new version that replay cannot reconcile with the old log.
@@ -158,6 +161,8 @@ pub enum RuntimeCommandKind {
     Quiesce { timeout_ms: u64 },
     /// Release parked threads (and end a drain).
     Resume,
+    /// Profiling mode: the sampler's data now.
+    ProfileSnapshot,
     /// Stop accepting new connections (they wait in the listen backlog for the next
     /// version) and report the connections still open, so an update can let in-flight
     /// requests finish first. Repeating it just reports again.
@@ -218,6 +223,7 @@ pub enum RuntimeReply {
     /// Answer to ImportFds and EpollAdd.
     Done,
     StartupLog(StartupLog),
+    Profile(crate::ProcessProfile),
     Error { message: String },
 }
 
@@ -256,6 +262,9 @@ pub enum Request {
     TakeOver,
     /// Update, old version: the new version is committed; exit now.
     Retire,
+    /// Profiling mode: every process's sampled data (fresh from the live ones, the last
+    /// report of those that exited).
+    ProfileData,
 }
 
 /// Supervisor → CLI.
@@ -288,6 +297,7 @@ pub enum Response {
     /// Update, new version: startup finished with every thread parked, or failed.
     Ready { startup_ms: f64, processes: Vec<i32> },
     ReplayFailed { conflicts: Vec<ReplayConflict>, message: String },
+    ProfileData { processes: Vec<crate::ProcessProfile> },
     Ok,
     Error { message: String },
 }

@@ -240,7 +240,8 @@ fn private_fd_table() -> i32 {
 
 /// The control socket as the calling thread sees it.
 fn my_control_fd() -> i32 {
-    if is_control_thread(threads::gettid()) {
+    let tid = threads::gettid();
+    if is_control_thread(tid) || crate::profiling::is_sampler_thread(tid) {
         PRIVATE_FD.load(SeqCst)
     } else {
         CONTROL_FD.load(SeqCst)
@@ -259,6 +260,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     CONTROL_TID.store(threads::gettid(), SeqCst);
     // SAFETY: naming our own thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
+    crate::profiling::start_sampler();
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let ctl = PRIVATE_FD.load(SeqCst);
@@ -318,6 +320,10 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             }
         }
         RuntimeCommandKind::StartupLog => RuntimeReply::StartupLog(crate::startup_log::snapshot()),
+        RuntimeCommandKind::ProfileSnapshot if crate::profiling::enabled() => {
+            RuntimeReply::Profile(crate::profiling::snapshot_now(true))
+        }
+        RuntimeCommandKind::ProfileSnapshot => RuntimeReply::Error { message: "not in profiling mode".into() },
         RuntimeCommandKind::Resume => {
             // Resuming ends an update's replay: later forks are ordinary forks.
             let was_replaying = crate::replay::active();

@@ -27,6 +27,7 @@ mod errno;
 mod futex;
 mod heap;
 mod interpose;
+mod profiling;
 mod quiesce;
 mod real;
 mod replay;
@@ -99,7 +100,9 @@ pub(crate) fn after_fork_in_child() {
     symbolize::reset_after_fork();
     startup_log::reset_after_fork();
     replay::reset_after_fork();
+    profiling::after_fork_child();
     control::after_fork_child();
+    profiling::announce_child();
 }
 
 fn env(name: &str) -> Option<String> {
@@ -135,6 +138,7 @@ extern "C" fn init() {
         }
     });
     quiesce::set_profile(profile);
+    profiling::init_from_env();
     // SAFETY: SIGRTMAX() is a plain libc query.
     let kick = env(mcr_protocol::env::KICK_SIGNAL)
         .and_then(|s| s.parse::<i32>().ok())

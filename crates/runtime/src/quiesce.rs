@@ -275,7 +275,7 @@ fn describe_laggards() -> Vec<Laggard> {
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for e in dir.flatten() {
             let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if !known.contains(&tid) && !crate::control::is_control_thread(tid) {
+            if !known.contains(&tid) && !crate::control::is_control_thread(tid) && !crate::profiling::is_sampler_thread(tid) {
                 let (reason, stack) = describe_running(tid);
                 out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
             }

@@ -87,6 +87,7 @@ async fn handle(state: &State, req: Request) -> Response {
             Response::Ok
         }
         Request::TakeOver => take_over(state).await,
+        Request::ProfileData => crate::profiling::data(state, ASK_TIMEOUT).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {
             let n = resume_all(state).await;
@@ -286,7 +287,7 @@ pub async fn status(state: &State) -> InstanceStatus {
 }
 
 /// Send `command` to every process in `pids` at once and collect the answers.
-async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeout: Duration) -> Vec<(i32, Result<RuntimeReply, String>)> {
+pub(crate) async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeout: Duration) -> Vec<(i32, Result<RuntimeReply, String>)> {
     let handles: Vec<_> = pids
         .iter()
         .map(|&pid| {

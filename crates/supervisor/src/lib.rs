@@ -12,6 +12,7 @@ pub mod namespace;
 pub mod procfs;
 mod control;
 mod launch;
+mod profiling;
 mod runtime_link;
 mod state;
 

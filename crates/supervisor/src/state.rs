@@ -42,6 +42,8 @@ pub struct Inner {
     pub launch: Option<LaunchFacts>,
     /// Runtime connections accepted and not yet read to their end.
     pub open_conns: usize,
+    /// Profiling mode: the last profile report of each runtime connection.
+    pub profiles: BTreeMap<u64, mcr_protocol::ProcessProfile>,
 }
 
 /// How this version was launched (what the next version of an update copies).
@@ -111,7 +113,9 @@ impl Shared {
     pub fn on_event(&self, conn: u64, pid: i32, ev: RuntimeEvent, tx: &mpsc::UnboundedSender<Vec<u8>>) {
         let mut g = self.lock();
         match ev {
-            RuntimeEvent::Hello { argv, .. } => {
+            RuntimeEvent::Hello { argv, pid: hpid, ppid, exe, forked, .. } => {
+                let hello = crate::profiling::Hello { pid: hpid, ppid, exe: &exe, forked };
+                crate::profiling::note_hello(&mut g.profiles, conn, hello);
                 g.procs.insert(pid, Registered { conn, argv, startup_complete: false, startup_ms: None, tx: tx.clone() });
                 if g.main_pid.is_none() {
                     g.main_pid = Some(pid);
@@ -132,6 +136,9 @@ impl Shared {
                     let _ = self.started_tx.send(Some(Err(msg)));
                 }
                 report(&self.report.as_ref().and_then(|f| f.try_clone().ok()), &LaunchReport::ReplayConflict { conflict });
+            }
+            RuntimeEvent::ProfileReport { profile } => {
+                g.profiles.insert(conn, profile);
             }
             RuntimeEvent::Reply { id, reply } => {
                 if let Some((_, waiter)) = g.pending.remove(&id) {

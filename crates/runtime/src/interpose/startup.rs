@@ -305,6 +305,7 @@ pub unsafe extern "C" fn setgid(id: libc::gid_t) -> c_int {
 pub unsafe extern "C" fn fork() -> libc::pid_t {
     let f = real::fork();
     let fp = frame_address();
+    let _profiling = crate::profiling::ForkNote::new(fp);
     if !recording() {
         return f();
     }
