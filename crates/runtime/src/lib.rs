@@ -22,6 +22,7 @@ mod alloc;
 mod calls;
 mod control;
 mod diag;
+mod dirty;
 mod drain;
 mod errno;
 mod futex;
@@ -86,6 +87,7 @@ pub(crate) fn after_fork_in_child() {
     PID.store(unsafe { libc::getpid() }, Relaxed);
     // START_NS stays: a fork child's startup counts from the exec of the program, so a
     // daemon's worker reports the server's whole startup, parent's part included.
+    dirty::reset_after_fork();
     threads::reset_after_fork();
     quiesce::reset_after_fork();
     quiesce::init_asymmetric_fence();
@@ -107,6 +109,7 @@ extern "C" fn init() {
     PID.store(unsafe { libc::getpid() }, Relaxed);
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
     threads::set_internal(true);
+    dirty::note_env();
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
         let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());
