@@ -12,7 +12,7 @@
 //! Fallback: soft-dirty (`/proc/self/clear_refs` 4, pagemap bit 55) where the kernel has
 //! it, else nothing (every page counts as dirty).
 
-use crate::maps::{self, Mapping};
+use crate::maps::{self, MappingClass};
 use crate::sys;
 use crate::Method;
 use std::io;
@@ -41,9 +41,10 @@ impl ArmReport {
     }
 }
 
-/// Arm the calling process. `skip` leaves a mapping out (the caller's own memory).
-pub fn arm_self(skip: &dyn Fn(&Mapping) -> bool) -> ArmReport {
-    match arm_uffd(skip) {
+/// Arm the calling process. The data and .bss of the shared object at path `exclude`
+/// (the caller's own library) are left out.
+pub fn arm_self(exclude: Option<&str>) -> ArmReport {
+    match arm_uffd(exclude) {
         Ok(r) => r,
         Err(uffd_err) => match arm_soft_dirty() {
             Ok(()) => ArmReport {
@@ -84,14 +85,17 @@ pub fn open_uffd() -> Result<i32, String> {
     }
 }
 
-fn arm_uffd(skip: &dyn Fn(&Mapping) -> bool) -> Result<ArmReport, String> {
+fn arm_uffd(exclude: Option<&str>) -> Result<ArmReport, String> {
     let fd = open_uffd()?;
     let text = std::fs::read_to_string("/proc/self/maps").map_err(|e| {
         sys::close(fd);
         format!("/proc/self/maps: {e}")
     })?;
     let mut report = ArmReport { method: Method::UffdWp, fd: Some(fd), ranges: 0, bytes: 0, skipped: 0, note: None };
-    for m in maps::parse(&text).iter().filter(|m| m.is_tracked_kind() && !skip(m)) {
+    let all = maps::parse(&text);
+    let classes = maps::classify_all(&all, "", exclude);
+    let excluded = |i: usize| exclude.is_some() && classes[i] == MappingClass::Runtime;
+    for (_, m) in all.iter().enumerate().filter(|&(i, m)| m.is_tracked_kind() && !excluded(i)) {
         let r = if m.len() > MAX_TRACKED_MAPPING {
             Err(io::Error::new(io::ErrorKind::Other, "larger than 1 GiB"))
         } else {

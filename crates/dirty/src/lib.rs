@@ -187,12 +187,17 @@ pub fn written_ranges_with(pid: i32, method: Method) -> Result<DirtyMap, DirtyEr
     let exe = std::fs::read_link(proc_path(pid, "exe")).map(|p| p.display().to_string()).unwrap_or_default();
     let all = maps::parse(&text);
     let classes = maps::classify_all(&all, &exe, None);
+    let brk = std::fs::read_to_string(proc_path(pid, "stat")).ok().and_then(|s| maps::start_brk(&s));
+    let all = maps::split_heap(all, classes, brk);
     let page = sys::page_size();
     let pm_path = proc_path(pid, "pagemap");
     let pagemap = std::fs::File::open(&pm_path).map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?;
     let mut out = DirtyMap { method, page_size: page, mappings: Vec::new(), clean: Vec::new() };
-    for (m, class) in all.into_iter().zip(classes) {
-        let candidate = m.private && !m.is_empty() && (m.is_tracked_kind() || (method == Method::UffdWp && !m.path.starts_with('[')));
+    for (m, class) in all {
+        // The mcr runtime's own memory is not the program's state.
+        let candidate = class != MappingClass::Runtime
+            && m.private
+            && !m.is_empty() && (m.is_tracked_kind() || (method == Method::UffdWp && !m.path.starts_with('[')));
         if !candidate {
             continue;
         }

@@ -107,6 +107,34 @@ pub fn classify_all(maps: &[Mapping], exe: &str, runtime: Option<&str>) -> Vec<M
     out
 }
 
+/// `start_brk` from the text of `/proc/PID/stat` (field 47; 0 without ptrace access).
+pub fn start_brk(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(44).and_then(|f| f.parse().ok()).filter(|&b| b != 0)
+}
+
+/// The program's .bss pages often share one VMA with the brk heap (both anonymous and
+/// adjacent, the kernel merges them): split a `[heap]` mapping at `start_brk` so the part
+/// below counts as the program's, as it is.
+pub fn split_heap(maps: Vec<Mapping>, classes: Vec<MappingClass>, start_brk: Option<u64>) -> Vec<(Mapping, MappingClass)> {
+    let mut out = Vec::with_capacity(maps.len() + 1);
+    for (m, c) in maps.into_iter().zip(classes) {
+        match start_brk {
+            Some(b) if c == MappingClass::Heap && m.start < b && b < m.end => {
+                let mut low = m.clone();
+                low.end = b;
+                let mut high = m;
+                high.offset += b - high.start;
+                high.start = b;
+                out.push((low, MappingClass::Program));
+                out.push((high, MappingClass::Heap));
+            }
+            _ => out.push((m, c)),
+        }
+    }
+    out
+}
+
 /// Parse the text of `/proc/PID/maps`; malformed lines are skipped.
 pub fn parse(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
@@ -165,11 +193,21 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let classes: Vec<MappingClass> = tracked.iter().map(|m| m.class("/srv/kvd", None)).collect();
         use MappingClass::*;
         assert_eq!(classes, [Program, Anonymous, Heap, Anonymous, Library, Runtime, Stack]);
-        let all = classify_all(&maps, "/srv/kvd", None);
-        assert_eq!(all[2], Program, "the anonymous mapping after the program's data is its .bss");
-        assert_eq!(all[4], Anonymous);
         assert_eq!(tracked[0].start, 0x55d0c0a04000);
         assert_eq!(tracked[0].offset, 0x3000);
         assert!(!maps[5].private);
+        let all = classify_all(&maps, "/srv/kvd", None);
+        assert_eq!(all[2], Program, "the anonymous mapping after the program's data is its .bss");
+        assert_eq!(all[4], Anonymous);
+        let split = split_heap(maps, all, Some(0x55d0c1002000));
+        assert_eq!(split.len(), 13);
+        assert_eq!((split[3].0.start, split[3].0.end, split[3].1), (0x55d0c1000000, 0x55d0c1002000, Program));
+        assert_eq!((split[4].0.start, split[4].0.end, split[4].1), (0x55d0c1002000, 0x55d0c1021000, Heap));
+    }
+
+    #[test]
+    fn start_brk_from_stat() {
+        let stat = "2 (kvd (x)) S 1 2 2 0 -1 4194560 99 0 0 0 0 0 0 0 20 0 1 0 4087 6787072 418 18446744073709551615 93824992231424 93824992239177 140737488346704 0 0 0 0 4096 16384 1 0 0 17 0 0 0 0 0 0 93824992247152 93824992248352 93824992260096 140737488347835 140737488347860 140737488347860 140737488351193 0\n";
+        assert_eq!(start_brk(stat), Some(93824992260096));
     }
 }

@@ -29,7 +29,7 @@ fn arming_tracks_writes_page_by_page() {
         for i in [0usize, 1, 2, 3, 4] {
             *buf.add(i * PAGE) = 7; // populated before arming
         }
-        let report = arm::arm_self(&|_| false);
+        let report = arm::arm_self(None);
         eprintln!("{report:?}");
         if report.method != Method::UffdWp {
             eprintln!("skipped: this kernel cannot arm uffd-wp");

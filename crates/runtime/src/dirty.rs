@@ -50,8 +50,7 @@ pub fn arm() {
     } else {
         let e = crate::errno::get();
         // The runtime's own data (libmcr.so) is not the program's state.
-        let me = crate::RUNTIME_PATH.get().cloned();
-        let report = mcr_dirty::arm::arm_self(&|m| me.as_deref() == Some(m.path.as_str()));
+        let report = mcr_dirty::arm::arm_self(Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())));
         if let Some(fd) = report.fd {
             UFFD.store(crate::control::move_to_reserved(fd), SeqCst);
         }
