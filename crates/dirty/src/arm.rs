@@ -97,7 +97,7 @@ fn arm_uffd(exclude: Option<&str>) -> Result<ArmReport, String> {
     let excluded = |i: usize| exclude.is_some() && classes[i] == MappingClass::Runtime;
     for (_, m) in all.iter().enumerate().filter(|&(i, m)| m.is_tracked_kind() && !excluded(i)) {
         let r = if m.len() > MAX_TRACKED_MAPPING {
-            Err(io::Error::new(io::ErrorKind::Other, "larger than 1 GiB"))
+            Err(io::Error::other("larger than 1 GiB"))
         } else {
             sys::uffd_register_wp(fd, m.start, m.len()).and_then(|()| sys::uffd_writeprotect(fd, m.start, m.len()))
         };
