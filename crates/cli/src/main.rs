@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod profile;
+mod dirty;
 mod program;
 mod render;
 mod run;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
         first step of a live update.\n\n\
         Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
         as root, else $XDG_RUNTIME_DIR/mcr.",
-    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
 )]
 struct Cli {
     /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
@@ -132,6 +133,11 @@ enum CtlAction {
     },
     /// Release every parked thread
     Resume,
+    /// Pages each process wrote since its startup completed (dirty tracking), per class of mapping
+    Dirty {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -170,6 +176,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ctl { name, action } => match action {
             CtlAction::Quiesce { timeout, json } => client::quiesce(&dir, &name, timeout, json),
             CtlAction::Resume => client::resume(&dir, &name),
+            CtlAction::Dirty { json } => dirty::dirty(&dir, &name, json),
         },
         Command::Stop { name, timeout } => client::stop(&dir, &name, timeout),
         Command::Check(args) => Ok(check::check(&args)),

@@ -40,6 +40,8 @@ pub mod env {
     pub const PID_NAMESPACE: &str = "MCR_PID_NAMESPACE";
     /// Set to `1` to run without a PID namespace even where one is permitted.
     pub const NO_PID_NAMESPACE: &str = "MCR_NO_PID_NAMESPACE";
+    /// Set to `off` to run without dirty tracking (every page then counts as dirty).
+    pub const DIRTY_TRACKING: &str = "MCR_DIRTY_TRACKING";
     /// Overrides the instance directory.
     pub const RUNTIME_DIR: &str = "MCR_RUNTIME_DIR";
     /// Profiling mode (`mcr profile`): the sampling period in microseconds. Unset: the

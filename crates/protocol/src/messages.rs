@@ -203,6 +203,9 @@ pub enum RuntimeReply {
         startup_ms: Option<f64>,
         quiesced: bool,
         threads: Vec<ThreadInfo>,
+        /// Dirty tracking of the process (absent: not armed yet, or an older runtime).
+        #[serde(default)]
+        dirty: Option<DirtyTracking>,
     },
     Quiesced {
         /// Microseconds from receiving the command to the last thread parking.
@@ -345,6 +348,38 @@ pub struct ProcessInfo {
     pub threads: Vec<ThreadInfo>,
     /// Set when the runtime of the process did not answer.
     pub error: Option<String>,
+    /// How the process's writes since startup are tracked (absent: not armed yet).
+    #[serde(default)]
+    pub dirty: Option<DirtyTracking>,
+}
+
+/// How a process tracks the pages it writes after startup (DESIGN.md "Dirty tracking"),
+/// armed by its runtime when its startup completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirtyMethod {
+    /// userfaultfd async write-protect, read with PAGEMAP_SCAN.
+    UffdWp,
+    /// Soft-dirty bits in /proc/PID/pagemap.
+    SoftDirty,
+    /// Not tracked: every page counts as dirty.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirtyTracking {
+    pub method: DirtyMethod,
+    /// Milliseconds from the process's start to arming.
+    pub armed_at_ms: f64,
+    /// How long arming took, in microseconds.
+    pub arm_us: u64,
+    /// Mappings write-protected and their total size.
+    pub ranges: usize,
+    pub bytes: u64,
+    /// Writable mappings left untracked (they count as dirty).
+    pub skipped: usize,
+    /// Why a fallback was taken (or tracking is off), or the first mapping refused.
+    pub note: Option<String>,
 }
 
 /// Supervisor → the `mcr run` that launched it, over a pipe: how the server is doing.

@@ -39,8 +39,8 @@ pub fn set_socket_name(name: Vec<u8>) {
     let _ = SOCKET_NAME.set(name);
 }
 
-pub fn reserved_fds() -> [i32; 1] {
-    [CONTROL_FD.load(Relaxed)]
+pub fn reserved_fds() -> [i32; 2] {
+    [CONTROL_FD.load(Relaxed), crate::dirty::fd()]
 }
 
 pub fn is_reserved_fd(fd: i32) -> bool {
@@ -58,7 +58,7 @@ fn raw_close(fd: i32) {
 
 /// Move `fd` to the highest free number below min(RLIMIT_NOFILE, 1024), so it stays out
 /// of the way of the program's own numbering (and of select()'s FD_SETSIZE).
-fn move_to_reserved(fd: i32) -> i32 {
+pub(crate) fn move_to_reserved(fd: i32) -> i32 {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid out pointer.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
@@ -81,7 +81,7 @@ fn move_to_reserved(fd: i32) -> i32 {
 /// The program wants `fd` (dup2 onto it): move ours elsewhere first.
 pub fn relocate_reserved_fd(fd: i32) {
     let e = crate::errno::get();
-    for cell in [&CONTROL_FD] {
+    for cell in [&CONTROL_FD, &crate::dirty::UFFD] {
         if cell.load(Relaxed) == fd {
             // SAFETY: duplicating our own descriptor.
             let copy = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
@@ -309,6 +309,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
                 .then(|| quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6),
             quiesced: quiesce::is_quiesced(),
             threads: thread_infos(),
+            dirty: crate::dirty::status(),
         },
         RuntimeCommandKind::Quiesce { timeout_ms } => {
             let out = quiesce::quiesce(Duration::from_millis(timeout_ms));

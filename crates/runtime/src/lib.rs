@@ -22,6 +22,7 @@ mod alloc;
 mod calls;
 mod control;
 mod diag;
+mod dirty;
 mod drain;
 mod errno;
 mod futex;
@@ -94,6 +95,7 @@ pub(crate) fn after_fork_in_child() {
     if quiesce::STARTUP_DONE.load(SeqCst) {
         drain::VOLATILE.store(true, SeqCst);
     }
+    dirty::reset_after_fork();
     threads::reset_after_fork();
     quiesce::reset_after_fork();
     quiesce::init_asymmetric_fence();
@@ -117,6 +119,7 @@ extern "C" fn init() {
     PID.store(unsafe { libc::getpid() }, Relaxed);
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
     threads::set_internal(true);
+    dirty::note_env();
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
         let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());

@@ -133,6 +133,8 @@ fn note_startup_qp(slot: &Slot) {
             crate::replay::fail(conflict);
         }
         STARTUP_NS.store(crate::since_start_ns(), Release);
+        // Armed before the supervisor hears of it: from then on every write is counted.
+        crate::dirty::arm();
         crate::control::notify_startup_complete();
     }
 }

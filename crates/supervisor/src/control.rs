@@ -262,9 +262,13 @@ pub async fn status(state: &State) -> InstanceStatus {
             startup_ms: reg.and_then(|r| r.startup_ms),
             threads: Vec::new(),
             error: None,
+            dirty: None,
         };
         match reply {
-            Some(Ok(RuntimeReply::Status { threads, .. })) => info.threads = threads.clone(),
+            Some(Ok(RuntimeReply::Status { threads, dirty, .. })) => {
+                info.threads = threads.clone();
+                info.dirty = dirty.clone();
+            }
             Some(Ok(other)) => info.error = Some(format!("unexpected answer {other:?}")),
             Some(Err(e)) => info.error = Some(e.clone()),
             None if p.has_runtime => info.error = Some("not registered yet".into()),
