@@ -30,6 +30,10 @@ pub struct Summary {
     /// Live heap blocks of the old version (reached or not).
     pub live_objects: usize,
     pub connections: usize,
+    /// Dirty tracking in the old processes: pages written since startup, and pages the
+    /// tracking showed clean (what the new version's startup already made is not copied).
+    pub dirty_pages: u64,
+    pub clean_pages: u64,
     pub heap_scan_ms: f64,
     pub trace_ms: f64,
     pub connections_ms: f64,
@@ -117,6 +121,19 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         let t = Instant::now();
         let old_img = Image::locate(&old_maps, &old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
         let new_img = Image::locate(&new_maps, &new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
+        let dirt = match mcr_dirty::written_ranges(old_host) {
+            Ok(d) => {
+                let c = d.counts();
+                sum.dirty_pages += c.dirty();
+                sum.clean_pages += c.clean();
+                Some(d)
+            }
+            Err(e) => {
+                eprintln!("mcr: warning: no dirty tracking for process {pid} ({e}): every global counts as written");
+                None
+            }
+        };
+        let is_dirty = |addr: u64, len: u64| dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
         let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
         let mut target = NewProcess { next: &mut *next, pid, mem };
         let pair = Pair {
@@ -124,7 +141,7 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
             old_mem: &old_mem,
             heap: &heap,
             new: Version { prog: new_prog, image: new_img },
-            dirty: None,
+            dirty: Some(&is_dirty),
         };
         let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
         sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;

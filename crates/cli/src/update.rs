@@ -241,8 +241,15 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         );
         if let Some(t) = &out.transfer {
             println!(
-                "state: {} globals ({} untouched since startup), {} heap blocks ({} bytes) of {} live, {} connections moved",
-                t.globals, t.globals_clean, t.objects, t.bytes, t.live_objects, t.connections
+                "state: {} globals copied ({} untouched since startup skipped; {} of {} pages written since startup), {} heap blocks ({} bytes) of {} live, {} connections moved",
+                t.globals,
+                t.globals_clean,
+                t.dirty_pages,
+                t.dirty_pages + t.clean_pages,
+                t.objects,
+                t.bytes,
+                t.live_objects,
+                t.connections
             );
             if !t.globals_dropped.is_empty() {
                 println!("dropped (no longer in the new version): {}", t.globals_dropped.join(", "));
