@@ -155,7 +155,14 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         sum.live_objects += r.live_objects;
 
         let t = Instant::now();
-        let fds: Vec<i32> = connections.iter().filter(|c| c.pid == pid).flat_map(|c| c.fds.iter().copied()).collect();
+        let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
+        if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next() {
+            return Err(format!(
+                "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
+                 which mcr cannot move (it waits for such connections to close; give --drain-timeout more time or update when idle)"
+            ));
+        }
+        let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
         if !fds.is_empty() {
             move_connections(old_host, &fds, &mut target)?;
             let regs = epoll_registrations(old_host, &fds, |data| {

@@ -159,7 +159,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 bail!("the running version could not drain, nothing was changed: {other:?}");
             }
         }
-        let stuck: Vec<&OpenConnections> = connections_left.iter().filter(|c| args.fresh_state || c.volatile).collect();
+        let stuck: Vec<&OpenConnections> =
+            connections_left.iter().filter(|c| args.fresh_state || c.volatile || !c.pinned.is_empty()).collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
@@ -167,8 +168,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 eprintln!("mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain (processes {pids:?}); they are closed if this update commits (--fresh-state)");
             } else {
                 eprintln!(
-                    "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain in processes forked after startup ({pids:?}); \
-                     the new version does not recreate such processes"
+                    "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain that the update cannot move \
+                     (processes {pids:?}: forked after startup, or a thread serves the connection from its stack)"
                 );
             }
         }

@@ -220,6 +220,10 @@ pub enum RuntimeReply {
         fds: Vec<i32>,
         #[serde(default)]
         volatile: bool,
+        /// Of `fds`, those no epoll instance watches: a thread serves them with its state
+        /// on its stack, which the update cannot move.
+        #[serde(default)]
+        pinned: Vec<i32>,
     },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
@@ -245,8 +249,9 @@ pub enum Request {
     /// resumes on its own, so a killed `mcr update` never leaves a server refusing work.
     Drain {
         timeout_ms: u64,
-        /// Wait only for the connections of processes forked after startup (the state
-        /// transfer moves the others); otherwise wait for every connection.
+        /// Wait only for the connections the state transfer cannot move (those of
+        /// processes forked after startup, and those no event loop watches); otherwise
+        /// wait for every connection.
         #[serde(default)]
         only_volatile: bool,
     },
@@ -313,6 +318,10 @@ pub struct OpenConnections {
     /// Forked after startup: the new version's startup does not recreate this process.
     #[serde(default)]
     pub volatile: bool,
+    /// Connections no event loop watches (a thread serves them from its stack): they
+    /// cannot move.
+    #[serde(default)]
+    pub pinned: Vec<i32>,
 }
 
 /// State of the whole instance.

@@ -341,8 +341,11 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::Drain => {
             crate::drain::start();
+            let fds = crate::drain::open_connections(&crate::startup_log::startup_fds());
+            let watched = if fds.is_empty() { Default::default() } else { crate::drain::watched_by_epoll() };
             RuntimeReply::Connections {
-                fds: crate::drain::open_connections(&crate::startup_log::startup_fds()),
+                pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
+                fds,
                 volatile: crate::drain::VOLATILE.load(SeqCst),
             }
         }

@@ -139,6 +139,24 @@ fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// The descriptors some epoll instance of this process watches: a connection an event
+/// loop serves (its state lives in memory the update can move), as opposed to one a
+/// thread is serving on its stack.
+pub fn watched_by_epoll() -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
+    for e in dir.flatten() {
+        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
+            continue;
+        }
+        if let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")) {
+            out.extend(info.lines().filter_map(parse_epoll_registration).map(|r| r.fd));
+        }
+    }
+    out
+}
+
 /// After a drain ends, an edge-triggered listener that became readable while accept()
 /// was refused would never be reported again; EPOLL_CTL_MOD with the same events makes
 /// epoll look at it afresh. Registrations are read back from /proc/self/fdinfo.

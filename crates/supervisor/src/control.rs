@@ -316,13 +316,13 @@ async fn drain(state: &State, timeout: Duration, only_volatile: bool) -> Respons
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
         let mut remaining = Vec::new();
         for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
-            if let Ok(RuntimeReply::Connections { fds, volatile }) = r {
+            if let Ok(RuntimeReply::Connections { fds, volatile, pinned }) = r {
                 if !fds.is_empty() {
-                    remaining.push(OpenConnections { pid, fds, volatile });
+                    remaining.push(OpenConnections { pid, fds, volatile, pinned });
                 }
             }
         }
-        let waiting = remaining.iter().any(|c| c.volatile || !only_volatile);
+        let waiting = remaining.iter().any(|c| c.volatile || !c.pinned.is_empty() || !only_volatile);
         if !waiting || t0.elapsed() >= timeout {
             return Response::Drained { elapsed_us: t0.elapsed().as_micros() as u64, remaining };
         }

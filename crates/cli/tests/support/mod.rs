@@ -655,6 +655,11 @@ impl Client {
         self.stream.write_all(format!("{line}\n").as_bytes())
     }
 
+    /// Bytes as they are (a command half sent, without its newline).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// Reads one reply line (without the newline) within `timeout`. A timeout is an error
     /// of kind `WouldBlock`/`TimedOut`; EOF is `UnexpectedEof`.
     pub fn read_line_timeout(&mut self, timeout: Duration) -> io::Result<String> {

@@ -1,0 +1,190 @@
+//! State transfer (`mcr update` without --fresh-state): data, connections and half-sent
+//! commands survive an update into a build whose structs changed, driven through the real
+//! `mcr` binary with real clients.
+
+mod support;
+
+use serde_json::Value;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+fn port_args(port: u16) -> Vec<String> {
+    vec!["--port".into(), port.to_string()]
+}
+
+/// `mcr update NAME --json [FLAGS] -- PROGRAM ARGS`: the exit code and the outcome.
+fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
+    let mut argv: Vec<OsString> = vec!["update".into(), name.into(), "--json".into()];
+    argv.extend(flags.iter().map(OsString::from));
+    argv.push("--".into());
+    argv.push(program.into());
+    argv.extend(args.iter().map(OsString::from));
+    let out = mcr.run(&argv);
+    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    (out, v)
+}
+
+fn fill(c: &mut Client, keys: usize) {
+    for i in 0..keys {
+        assert_eq!(c.request(&format!("SET key{i} value {i} with spaces")), "OK");
+    }
+}
+
+fn assert_all_keys(port: u16, keys: usize) {
+    let mut c = Client::connect(port);
+    for i in 0..keys {
+        assert_eq!(c.request(&format!("GET key{i}")), format!("VALUE value {i} with spaces"), "key{i}");
+    }
+    assert_eq!(c.request("COUNT"), format!("COUNT {keys}"));
+}
+
+fn stat(c: &mut Client, field: &str) -> u64 {
+    let line = c.request("STATS");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+}
+
+/// kvd v1 → kvd-v2-layout (kv_node gains a field, `hits` widens from int to long and
+/// moves, kv_stats.cmds widens): every key survives, the hit counters and statistics
+/// carry over, clients connected before keep their connections, and a command half sent
+/// before the update completes after it. Then back to v1.
+#[test]
+fn kvd_layout_change_keeps_data_connections_and_half_sent_commands() {
+    let mcr = Mcr::new("t-kvd-layout");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("kvd"), fixture("kvd-v2-layout"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut loader = Client::connect(port);
+    fill(&mut loader, 300);
+    for _ in 0..7 {
+        assert_eq!(loader.request("GET key42"), "VALUE value 42 with spaces");
+    }
+    let cmds_before = stat(&mut loader, "cmds");
+    let mut idle = Client::connect(port);
+    assert_eq!(idle.request("PING"), "PONG");
+    let mut half = Client::connect(port);
+    half.send_raw(b"SET half").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (out, v) = update(&mcr, "kvd", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let t = &v["transfer"];
+    assert!(t["objects"].as_u64().is_some_and(|n| n >= 600), "300 nodes with their keys and values: {v:#}");
+    assert_eq!(t["connections"], 3, "the loader, the idle client and the half command: {v:#}");
+    assert!(v["phases"]["transfer_ms"].as_f64().is_some(), "{v:#}");
+
+    // The half-sent command completes in the new version, on the same connection.
+    half.send_raw(b" done\n").unwrap();
+    assert_eq!(half.read_line().expect("reply to the half-sent SET"), "OK");
+    assert_eq!(half.request("GET half"), "VALUE done");
+    // Connections made before the update answer, from the new version.
+    assert_eq!(idle.request("VERSION"), "VERSION kvd 2");
+    assert_eq!(loader.request("HITS key42"), "HITS 7");
+    assert!(stat(&mut loader, "cmds") > cmds_before, "the widened command counter carried over");
+    assert_all_keys_but(port, 300, "half");
+
+    // And back: the counters narrow again (they fit) and nothing is lost.
+    let (out, v) = update(&mcr, "kvd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 3, "{v:#}");
+    assert_eq!(idle.request("VERSION"), "VERSION kvd 1");
+    assert_eq!(loader.request("HITS key42"), "HITS 8", "seven GETs before, one by the check after the first update");
+    assert_eq!(half.request("GET half"), "VALUE done");
+    assert_all_keys_but(port, 300, "half");
+}
+
+fn assert_all_keys_but(port: u16, keys: usize, extra: &str) {
+    let mut c = Client::connect(port);
+    for i in 0..keys {
+        assert_eq!(c.request(&format!("GET key{i}")), format!("VALUE value {i} with spaces"), "key{i}");
+    }
+    assert_eq!(c.request(&format!("GET {extra}")), "VALUE done");
+    assert_eq!(c.request("COUNT"), format!("COUNT {}", keys + 1));
+}
+
+/// Twenty updates alternating v1 and kvd-v2-layout while a client keeps writing: no key
+/// is lost, connections stay up, and the server's descriptors and memory do not grow
+/// with the number of updates.
+#[test]
+fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
+    let mcr = Mcr::new("t-kvd-twenty");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("kvd"), fixture("kvd-v2-layout"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut writer = Client::connect(port);
+    fill(&mut writer, 200);
+    let host = || host_pid(&fixture_by_version(&inst), port);
+    let (fds0, rss0) = (fd_count(host()), rss_kib(host()));
+    let mut next = 200;
+    for i in 0..20 {
+        let to = if i % 2 == 0 { &v2 } else { &v1 };
+        let (out, v) = update(&mcr, "kvd", &[], to, &args);
+        assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
+        assert_eq!(v["transfer"]["connections"], 1, "update {i}: {v:#}");
+        // The writer's connection survived; it keeps adding keys.
+        for _ in 0..10 {
+            assert_eq!(writer.request(&format!("SET key{next} value {next} with spaces")), "OK", "after update {i}");
+            next += 1;
+        }
+    }
+    assert_all_keys(port, next);
+    let (fds1, rss1) = (fd_count(host()), rss_kib(host()));
+    assert_eq!(fds1, fds0, "descriptors of the server before and after 20 updates");
+    // Each update's new version starts from main and builds its own (small) startup
+    // state; what grows is the data the writer added, not one copy per update.
+    assert!(rss1 < rss0 + 4096, "resident memory grew from {rss0} KiB to {rss1} KiB over 20 updates");
+    assert_eq!(stable_files(&mcr), 3, "instance files: {:?}", mcr.instance_files());
+}
+
+fn stable_files(mcr: &Mcr) -> usize {
+    mcr.instance_files().iter().filter(|f| f.starts_with("kvd.")).count()
+}
+
+/// The binary of the version running now (from `mcr status`).
+fn fixture_by_version(inst: &Instance) -> std::path::PathBuf {
+    inst.status()["program"].as_str().expect("program").into()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A poold session is served by a worker thread from its stack: the update cannot move
+/// it, waits for it through the drain, then rolls back saying why; the session carries
+/// on. Once it ends the same update commits.
+#[test]
+fn poold_session_served_by_a_thread_is_not_moved() {
+    let mcr = Mcr::new("t-poold-session");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("poold"), fixture("poold-v2"));
+    let inst = mcr.start("poold", &v1, &args);
+    let mut session = Client::connect(port);
+    assert_eq!(session.request("INCR"), "VALUE 1");
+    let (out, v) = update(&mcr, "poold", &["--drain-timeout", "300"], &v2, &args);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("cannot move"), "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("served by a thread"), "{v:#}");
+    assert_eq!(session.request("INCR"), "VALUE 2");
+    assert_eq!(session.request("VERSION"), "VERSION poold 1");
+    assert_eq!(session.request("QUIT"), "BYE");
+    drop(session);
+    std::thread::sleep(Duration::from_millis(100));
+    let (out, _) = update(&mcr, "poold", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("VERSION"), "VERSION poold 2");
+    assert_eq!(c.request("INCR"), "VALUE 3", "the counter moved into the new version");
+}
