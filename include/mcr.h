@@ -63,6 +63,30 @@ static inline int mcr_is_live_update(void)
             mcr_runtime_add_reinit_handler((fn), #fn);                               \
     }
 
+/* ---- State transfer hints -------------------------------------------------------------
+ *
+ * mcr moves a server's heap into the new version by following typed pointers (DWARF). A
+ * `void *`, a union or a pointer-sized integer that holds a heap address is opaque to it:
+ * it stops the update, naming the path to that word. These hints resolve it. They are
+ * strings in the binary's `mcr_hints` section, read by `mcr update` from the file: no code,
+ * no run-time cost. WHERE is a global ("last_set", also for a static) or a struct field
+ * ("conn.ctx", "struct conn.ctx"; array indices are left out); TYPE is a C type name
+ * ("struct kv_node").
+ *
+ *   MCR_POINTS_TO("last_set", "struct kv_node");   // the union holds a struct kv_node *
+ *   MCR_OPAQUE("conn.cookie");                     // looks like a pointer, is not one
+ */
+#define MCR_HINT_CAT2_(a, b) a##b
+#define MCR_HINT_CAT_(a, b) MCR_HINT_CAT2_(a, b)
+#define MCR_HINT_(text)                                                                     \
+    static const char MCR_HINT_CAT_(mcr_hint_, __COUNTER__)[]                               \
+        __attribute__((used, section("mcr_hints"), aligned(1))) = text
+
+/* WHERE holds a pointer to a TYPE (whatever it is declared as): follow it precisely. */
+#define MCR_POINTS_TO(where, type) MCR_HINT_("points_to " where "=" type)
+/* WHERE never holds a pointer mcr must update, whatever it looks like: copy it as bytes. */
+#define MCR_OPAQUE(where) MCR_HINT_("opaque " where)
+
 #ifdef __cplusplus
 }
 #endif

@@ -188,3 +188,38 @@ fn poold_session_served_by_a_thread_is_not_moved() {
     assert_eq!(c.request("VERSION"), "VERSION poold 2");
     assert_eq!(c.request("INCR"), "VALUE 3", "the counter moved into the new version");
 }
+
+/// A union holding a pointer to a heap block whose type changes: mcr cannot tell it is a
+/// pointer, so the update rolls back naming the word and what resolves it; the old
+/// version serves on. With an `MCR_POINTS_TO` hint in the source, the same update
+/// commits and the union still points at the right (moved, transformed) node.
+#[test]
+fn union_pointer_conflicts_until_hinted() {
+    let mcr = Mcr::new("t-kvd-union");
+    let port = free_port();
+    let args = port_args(port);
+    let inst = mcr.start("kvd", &fixture("kvd-opaque"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET a 1"), "OK");
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-opaque"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("last_set") && msg.contains("a union holds") && msg.contains("MCR_POINTS_TO"), "{v:#}");
+    assert_eq!(c.request("LAST"), "LAST b");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    drop(c);
+    inst.stop().ok();
+
+    let inst = mcr.start("kvd", &fixture("kvd-hinted"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET a 1"), "OK");
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, _) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-hinted"), &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(c.request("VERSION"), "VERSION kvd 2");
+    assert_eq!(c.request("LAST"), "LAST b", "the union follows the node into the new layout");
+    assert_eq!(c.request("SET c 3"), "OK");
+    assert_eq!(c.request("LAST"), "LAST c");
+    assert_eq!(c.request("GET a"), "VALUE 1");
+}

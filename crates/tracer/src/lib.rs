@@ -15,8 +15,10 @@
 //! block cannot be told from data, so it stops the update with the path that leads to it
 //! (the paper keeps such targets at their address; glibc's allocator cannot promise that).
 
+mod hints;
 mod image;
 mod trace;
 
+pub use hints::{normalize, Hints};
 pub use image::{symbol_containing, translate, Image};
 pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};

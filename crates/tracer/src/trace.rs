@@ -1,3 +1,4 @@
+use crate::hints::{normalize, Hints};
 use crate::image::{translate, Image};
 use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory};
 use mcr_typemodel::transform::{root_name, Plan, PointerSite};
@@ -104,6 +105,7 @@ struct Found {
 
 struct Walk<'p, 'a> {
     pair: &'p Pair<'a>,
+    hints: Hints,
     found: BTreeMap<u64, Found>,
     queue: VecDeque<u64>,
     layouts: HashMap<TypeId, Layout>,
@@ -166,8 +168,9 @@ impl<'p, 'a> Walk<'p, 'a> {
         Ok(())
     }
 
-    /// Follow the pointers in `bytes` (an object of type `ty` at `base`, named `path`).
-    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, path: &str) -> Result<(), TransferError> {
+    /// Follow the pointers in `bytes` (objects of type `ty`, reached as `path`; hints
+    /// name its fields from `hint_root`: a global's name, or the type's).
+    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, path: &str, hint_root: &str) -> Result<(), TransferError> {
         let prog = self.pair.old.prog;
         let stride = prog.size_of(ty).unwrap_or(0);
         if stride == 0 || is_byte(prog, ty) {
@@ -195,6 +198,18 @@ impl<'p, 'a> Walk<'p, 'a> {
             }
             for r in &layout.opaque {
                 let here = format!("{elem}{}", field_suffix(&r.path));
+                let key = normalize(&format!("{hint_root}{}", field_suffix(&r.path)));
+                if self.hints.opaque.contains(&key) {
+                    continue;
+                }
+                if let Some(&hinted) = self.hints.points_to.get(&key) {
+                    let v = at(r.offset);
+                    if let Some(&obj) = self.pair.heap.containing(v) {
+                        let t = (v == obj.addr).then(|| prog.strip(hinted));
+                        self.reach(obj, t, format!("{here} -> {} (MCR_POINTS_TO)", prog.type_name(hinted)))?;
+                    }
+                    continue;
+                }
                 match r.reason {
                     OpaqueReason::CharArray => {}
                     OpaqueReason::VoidPointer => {
@@ -231,14 +246,35 @@ impl<'p, 'a> Walk<'p, 'a> {
                     format!("{path}+{}", k * 8),
                     format!(
                         "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
-                         so it can neither move the block nor leave it (declare the field with its pointer type, or give \
-                         the update a handler with MCR_ADD_OBJ_HANDLER)"
+                         so it can neither move the block nor leave it (declare the field with its pointer type, or \
+                         annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h)"
                     ),
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// Words a `MCR_POINTS_TO` hint makes pointers although their type is opaque (a union, an
+/// integer): (offset in the old object, offset in the new), for the transform to relocate.
+/// (`void *` fields need nothing: the transform relocates every pointer.)
+fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str, hints: &Hints) -> Vec<(usize, usize)> {
+    if hints.points_to.is_empty() {
+        return Vec::new();
+    }
+    let (ol, nl) = (old.layout(ot, &root_name(old, ot)), new.layout(nt, &root_name(new, nt)));
+    let mut out = Vec::new();
+    for r in ol.opaque.iter().filter(|r| !matches!(r.reason, OpaqueReason::VoidPointer | OpaqueReason::CharArray)) {
+        let key = normalize(&format!("{root}{}", field_suffix(&r.path)));
+        if !hints.points_to.contains_key(&key) || r.len < 8 {
+            continue;
+        }
+        if let Some(n) = nl.opaque.iter().find(|n| field_suffix(&n.path) == field_suffix(&r.path) && n.len >= 8) {
+            out.push((r.offset as usize, n.offset as usize));
+        }
+    }
+    out
 }
 
 fn field_suffix(path: &str) -> &str {
@@ -297,10 +333,13 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
     let (old, new) = (pair.old.prog, pair.new.prog);
     let mut report = Report { live_objects: pair.heap.len(), ..Report::default() };
-    let mut walk = Walk { pair, found: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
+    let hints = Hints::of(old);
+    report.warnings.extend(hints.unresolved.iter().map(|u| format!("hint ignored: {u}")));
+    let mut walk = Walk { pair, hints, found: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
 
     // Roots: the globals written since startup that the new version still has.
     struct Root {
+        plain: String,
         new_addr: u64,
         old_ty: TypeId,
         new_ty: TypeId,
@@ -327,8 +366,8 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             }
         }
         let bytes = read_vec(pair.old_mem, old_addr, size)?;
-        walk.scan_typed(&bytes, old.strip(g.ty), &name)?;
-        roots.push(Root { new_addr: pair.new.image.bias + naddr, old_ty: g.ty, new_ty: ng.ty, name, bytes });
+        walk.scan_typed(&bytes, old.strip(g.ty), &name, &g.name)?;
+        roots.push(Root { plain: g.name.clone(), new_addr: pair.new.image.bias + naddr, old_ty: g.ty, new_ty: ng.ty, name, bytes });
     }
     // Everything reachable from them.
     let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -340,7 +379,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         let bytes = contents[&addr].clone();
         match ty {
-            Some(t) => walk.scan_typed(&bytes, t, &path)?,
+            Some(t) => walk.scan_typed(&bytes, t, &path, &root_name(old, t))?,
             None => walk.no_hidden_pointers(&bytes, &path, OpaqueReason::VoidPointer)?,
         }
     }
@@ -408,6 +447,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             Some(plan) => {
                 let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
                 let n = old_bytes.len() / os;
+                let t = f.ty.expect("typed");
+                let nt = counterpart(old, t, new, &mut types).expect("counterpart found before");
+                let root = root_name(old, t);
+                let fix = hinted_words(old, t, new, nt, &root, &walk.hints);
                 for k in 0..n {
                     plan.apply(&old_bytes[k * os..(k + 1) * os], &mut out[k * ns..(k + 1) * ns], &mut |s: PointerSite| match s.old_pointee {
                         Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
@@ -415,6 +458,13 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                         _ => relocate_data(s.old_value, s.path),
                     })
                     .map_err(|e| conflict(&f.path, e.to_string()))?;
+                    for &(oo, no) in &fix {
+                        let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
+                        if heap.containing(v).is_some() {
+                            let nv = relocate_data(v, &f.path).map_err(|e| conflict(&f.path, e))?;
+                            out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
+                        }
+                    }
                 }
                 let tail = &old_bytes[n * os..];
                 out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
@@ -428,10 +478,31 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
 
     // Then the globals, which now can point at them.
     for r in &roots {
-        let plan = Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name).map_err(|e| conflict(&r.name, e.to_string()))?;
-        let mut cur = vec![0u8; plan.new_len(r.bytes.len() as u64) as usize];
+        let hinted_union = matches!(old.ty(old.strip(r.old_ty)), Type::Union(_))
+            && walk.hints.points_to.contains_key(&normalize(&r.plain))
+            && old.size_of(r.old_ty) == new.size_of(r.new_ty);
+        let plan = match Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name) {
+            Ok(p) => Some(p),
+            // A union only "changes" through what its pointer member points to, which the
+            // hint makes mcr follow: its bytes are copied and the pointer relocated below.
+            Err(_) if hinted_union => None,
+            Err(e) => return Err(conflict(&r.name, e.to_string())),
+        };
+        let len = plan.as_ref().map_or(r.bytes.len() as u64, |p| p.new_len(r.bytes.len() as u64));
+        let mut cur = vec![0u8; len as usize];
         target.read(r.new_addr, &mut cur).map_err(TransferError::Target)?;
         let before = cur.clone();
+        let Some(plan) = plan else {
+            cur.copy_from_slice(&r.bytes);
+            let v = u64::from_ne_bytes(r.bytes[..8].try_into().expect("8 bytes"));
+            if heap.containing(v).is_some() {
+                let nv = relocate_data(v, &r.name).map_err(|e| conflict(&r.name, e))?;
+                cur[..8].copy_from_slice(&nv.to_ne_bytes());
+            }
+            target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
+            report.globals += 1;
+            continue;
+        };
         plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
             let got = match s.old_pointee {
                 Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
@@ -451,6 +522,13 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             })
         })
         .map_err(|e| conflict(&r.name, e.to_string()))?;
+        for (oo, no) in hinted_words(old, r.old_ty, new, r.new_ty, &r.plain, &walk.hints) {
+            let v = u64::from_ne_bytes(r.bytes[oo..oo + 8].try_into().expect("8 bytes"));
+            if heap.containing(v).is_some() {
+                let nv = relocate_data(v, &r.name).map_err(|e| conflict(&r.name, e))?;
+                cur[no..no + 8].copy_from_slice(&nv.to_ne_bytes());
+            }
+        }
         if cur != before {
             target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
         }

@@ -24,6 +24,7 @@ pub(crate) fn load(path: &Path) -> Result<Program, TypeModelError> {
     let mut prog = Program::empty(path.to_path_buf());
     prog.build_id = build_id(&file);
     prog.symbols = symbols(&file);
+    prog.hints = hints(&file);
 
     if has_dwarf(&file) {
         read_dwarf(&file, &mut prog).map_err(|e| malformed(path, e))?;
@@ -51,6 +52,13 @@ pub(crate) fn load(path: &Path) -> Result<Program, TypeModelError> {
         )),
     }
     Ok(prog)
+}
+
+/// The strings `include/mcr.h` puts in the `mcr_hints` section, NUL-separated.
+fn hints(file: &object::File) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    let Some(data) = file.section_by_name("mcr_hints").and_then(|s| s.data().ok()) else { return Vec::new() };
+    data.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).trim().to_string()).collect()
 }
 
 fn malformed(path: &Path, e: gimli::Error) -> TypeModelError {

@@ -180,6 +180,10 @@ pub struct Program {
     pub symbols: Vec<Symbol>,
     /// Things the loader skipped or could not read.
     pub warnings: Vec<String>,
+    /// Annotations compiled into the binary by `include/mcr.h` (its `mcr_hints` section),
+    /// one per string: `points_to WHERE=TYPE`, `opaque WHERE`.
+    #[serde(default)]
+    pub hints: Vec<String>,
 }
 
 /// Pointee of a pointer slot.
@@ -248,6 +252,7 @@ impl Program {
             globals: Vec::new(),
             symbols: Vec::new(),
             warnings: Vec::new(),
+            hints: Vec::new(),
         }
     }
 
