@@ -17,14 +17,9 @@ pub struct Hints {
 pub fn normalize(path: &str) -> String {
     let p = path.trim();
     let p = p.strip_prefix("struct ").or_else(|| p.strip_prefix("union ")).unwrap_or(p);
-    // A static's display name carries its unit (`kvd.c:last_set`, `kvd.c:f.x`).
-    let p = match p.find(['.', '[']) {
-        Some(i) => match p[..i].rfind(':') {
-            Some(c) => &p[c + 1..],
-            None => p,
-        },
-        None => p.rsplit(':').next().unwrap_or(p),
-    };
+    // A static's display name carries its unit (`kvd.c:last_set`, `kvd.c:f.x`); field
+    // paths never contain a colon.
+    let p = p.rsplit(':').next().unwrap_or(p);
     let mut out = String::with_capacity(p.len());
     let mut depth = 0;
     for ch in p.chars() {
