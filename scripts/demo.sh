@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Quickstart demo: run the kvd sample server under mcr, put data in it, quiesce it (a
-# client request waits, it is not refused), resume, show that data and connection
-# survived, then live-update it to a new build and watch a bad update roll back.
+# client request waits, it is not refused), resume; then fill it with data, keep a
+# client connected with a command half sent, live-update it to a build whose structs
+# changed, and show data and connection intact in the new layout; then watch a bad update
+# roll back.
 # Uses only loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,17 +53,26 @@ exec 3>&-
 say "mcr status demo --log: the startup operations mcr recorded (replayed by the next version)"
 "$MCR" status demo --log | head -8
 
-say "a client connects, then: mcr update demo -- kvd-v2 (a new build) while it serves"
+say "mcr check kvd kvd-v2-layout: what the new build changed in the data (offline)"
+"$MCR" check "$PWD/target/fixtures/kvd" "$PWD/target/fixtures/kvd-v2-layout" | head -20 || true
+
+say "a client fills 1000 keys, reads one 7 times, and keeps its connection open with a command half sent"
 exec 3<>"/dev/tcp/127.0.0.1/$PORT"
-printf 'VERSION\n' >&3; read -r reply <&3; echo "before: $reply"
-exec 3>&-
-"$MCR" update demo -- "$PWD/target/fixtures/kvd-v2" --port "$PORT"
-exec 3<>"/dev/tcp/127.0.0.1/$PORT"
-printf 'VERSION\nECHO the listening socket never closed\n' >&3
-read -r reply <&3; echo "after:  $reply"
-read -r reply <&3; echo "        $reply   (a command only v2 has)"
-printf 'COUNT\n' >&3; read -r reply <&3
-echo "COUNT -> $reply   (in-memory state transfer is the next milestone: the keys stayed with v1)"
+for i in $(seq 1 1000); do printf 'SET key%d value number %d\n' "$i" "$i"; done >&3
+for i in $(seq 1 1000); do read -r reply <&3; done
+for i in $(seq 1 7); do printf 'GET key42\n' >&3; read -r reply <&3; done
+printf 'VERSION\nHITS key42\n' >&3; read -r v <&3; read -r h <&3
+echo "before: $v, $h, COUNT -> $(printf 'COUNT\n' >&3; read -r r <&3; echo "$r")"
+printf 'SET half' >&3   # no newline yet: the rest comes after the update
+
+say "mcr update demo -- kvd-v2-layout (struct kv_node gains a field, hits widens int -> long)"
+"$MCR" update demo -- "$PWD/target/fixtures/kvd-v2-layout" --port "$PORT"
+
+say "the same connection, after the update"
+printf ' finished after the update\n' >&3; read -r reply <&3
+echo "the half-sent SET completes: $reply"
+printf 'VERSION\nHITS key42\nGET key1000\nGET half\nCOUNT\n' >&3
+for what in VERSION "HITS key42" "GET key1000" "GET half" COUNT; do read -r reply <&3; echo "$what -> $reply"; done
 exec 3>&-
 
 say "an update that must fail: kvd-v2-listen-other binds another port; mcr rolls back"

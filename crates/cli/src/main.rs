@@ -52,6 +52,8 @@ enum Command {
     /// Live-update an instance to a new build: quiesce it, restart the new version with
     /// its startup replayed against the old one's, then commit or roll back
     #[command(long_about = "Live-update an instance to a new build.\n\n\
+        0. drain: stop accepting (new connections wait in the listen backlog) and wait up to \
+        --drain-timeout for the connections the update cannot move;\n\
         1. quiesce the running version;\n\
         2. start the new version in its own PID namespace, holding every descriptor the old \
         version created during startup at the same number, with the old version's \
@@ -60,10 +62,13 @@ enum Command {
         (same call stack, same arguments) returns the inherited object instead of creating a \
         new one; mismatches on inherited objects, dropped objects and a different process \
         tree are conflicts;\n\
-        4. once every thread of the new version is parked at a quiescent point, commit: the \
-        old version exits and the new one takes over the name and resumes.\n\n\
+        4. once every thread of the new version is parked at a quiescent point, transfer the \
+        state: the globals written since startup and every heap block they reach, rebuilt in \
+        the new version's struct layouts (see `mcr check`), and the open client connections \
+        with their epoll registrations (skipped with --fresh-state);\n\
+        5. commit: the old version exits and the new one takes over the name and resumes.\n\n\
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
-        resumes the old one; the exit status is then 1. In-memory state is not transferred yet.")]
+        resumes the old one, which never notices; the exit status is then 1.")]
     Update(update::UpdateArgs),
     /// Compare two builds offline: which globals and types changed, which changes mcr
     /// transforms automatically, which need a handler

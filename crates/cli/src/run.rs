@@ -158,8 +158,14 @@ fn redirect_stdio(log: &std::path::Path) {
     if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         // SAFETY: dup2 onto the standard descriptors of this (supervisor) process.
         unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            libc::dup2(null, 0);
+            // Close-on-exec and closed after use: it must not leak into the server.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                if null != 0 {
+                    libc::close(null);
+                }
+            }
             libc::dup2(f.as_raw_fd(), 1);
             libc::dup2(f.as_raw_fd(), 2);
         }

@@ -213,14 +213,33 @@ fn move_connections(old_host: i32, fds: &[i32], target: &mut NewProcess) -> Resu
     }
     let name = format!("mcr-transfer/{}/{}", std::process::id(), old_host);
     let listener = abstract_listener(&name).map_err(|e| format!("cannot open the descriptor socket: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = gave_up.clone();
     let sender = std::thread::spawn(move || -> Result<(), String> {
-        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        // The runtime connects as soon as it gets the request; stop waiting if it
+        // answered without connecting (an error), or after a bound.
+        let t0 = Instant::now();
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) || t0.elapsed() > std::time::Duration::from_secs(30) {
+                        return Err("the new process never fetched the descriptors".into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        conn.set_nonblocking(false).map_err(|e| e.to_string())?;
         for chunk in copies.chunks(253) {
             send_fds(&conn, chunk).map_err(|e| format!("sending descriptors: {e}"))?;
         }
         Ok(())
     });
     let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets });
+    gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
     let s = sender.join().map_err(|_| "the descriptor sender panicked".to_string())?;
     r?;
     s

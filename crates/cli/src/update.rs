@@ -131,6 +131,9 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
     }
 
+    // The new version inherits exactly the old version's descriptors: nothing this shell
+    // left open to mcr (a client socket on fd 3) may slip into it.
+    close_on_exec_all();
     let mut phases = Phases::default();
     let td = Instant::now();
     let mut connections_left: Vec<OpenConnections>;
@@ -260,6 +263,23 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         eprint!("{}", render::update_failure(&name, &out.message, &out.conflicts));
     }
     Ok(if out.committed { 0 } else { 1 })
+}
+
+/// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again
+/// deliberately when they are placed).
+fn close_on_exec_all() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: F_GETFD/F_SETFD on our own descriptors (a stale number just fails).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 fn replay_path(dir: &InstanceDir, name: &str) -> PathBuf {

@@ -120,7 +120,10 @@ fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
     let mut writer = Client::connect(port);
     fill(&mut writer, 200);
     let host = || host_pid(&fixture_by_version(&inst), port);
-    let (fds0, rss0) = (fd_count(host()), rss_kib(host()));
+    // `mcr run` hands the server whatever its caller left open, as any launcher does; an
+    // update hands the new version exactly the old one's descriptors. So the baseline is
+    // taken after the first update.
+    let (mut fds0, mut rss0) = (0, 0);
     let mut next = 200;
     for i in 0..20 {
         let to = if i % 2 == 0 { &v2 } else { &v1 };
@@ -132,10 +135,13 @@ fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
             assert_eq!(writer.request(&format!("SET key{next} value {next} with spaces")), "OK", "after update {i}");
             next += 1;
         }
+        if i == 0 {
+            (fds0, rss0) = (fd_count(host()), rss_kib(host()));
+        }
     }
     assert_all_keys(port, next);
     let (fds1, rss1) = (fd_count(host()), rss_kib(host()));
-    assert_eq!(fds1, fds0, "descriptors of the server before and after 20 updates");
+    assert_eq!(fds1, fds0, "descriptors of the server before and after 20 updates: {:?}", fd_links(host()));
     // Each update's new version starts from main and builds its own (small) startup
     // state; what grows is the data the writer added, not one copy per update.
     assert!(rss1 < rss0 + 4096, "resident memory grew from {rss0} KiB to {rss1} KiB over 20 updates");
@@ -149,6 +155,18 @@ fn stable_files(mcr: &Mcr) -> usize {
 /// The binary of the version running now (from `mcr status`).
 fn fixture_by_version(inst: &Instance) -> std::path::PathBuf {
     inst.status()["program"].as_str().expect("program").into()
+}
+
+fn fd_links(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("{} -> {}", e.file_name().to_string_lossy(), std::fs::read_link(e.path()).unwrap_or_default().display()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -222,4 +240,41 @@ fn union_pointer_conflicts_until_hinted() {
     assert_eq!(c.request("SET c 3"), "OK");
     assert_eq!(c.request("LAST"), "LAST c");
     assert_eq!(c.request("GET a"), "VALUE 1");
+}
+
+/// `mcr update` run from a shell that leaves descriptors open to it (a client socket on
+/// fd 3, as `exec 3<>/dev/tcp/...` does): none of them may slip into the new version,
+/// where they would take the numbers of the connections the update moves.
+#[test]
+fn descriptors_left_open_to_mcr_do_not_reach_the_new_version() {
+    use std::os::unix::process::CommandExt;
+    let mcr = Mcr::new("t-kvd-stray-fds");
+    let port = free_port();
+    let args = port_args(port);
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request(&format!("SET c{i} {i}")), "OK");
+    }
+    let mut argv: Vec<OsString> = vec!["update".into(), "kvd".into(), "--".into(), fixture("kvd-v2-layout").into()];
+    argv.extend(args.iter().map(OsString::from));
+    let mut cmd = mcr.command(&argv);
+    // SAFETY: between fork and exec only async-signal-safe calls (open, dup2, close).
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            for n in 3..12 {
+                if n != fd {
+                    libc::dup2(fd, n);
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run mcr update");
+    assert!(out.status.success(), "{}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), inst.log());
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request(&format!("GET c{i}")), format!("VALUE {i}"));
+        assert_eq!(c.request("VERSION"), "VERSION kvd 2");
+    }
 }

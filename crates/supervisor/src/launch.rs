@@ -140,8 +140,11 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
                 }
             }
             if let Some(log) = &log {
-                let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
-                libc::dup2(null, 0);
+                // Close-on-exec: only the dup2'ed copy at 0 reaches the server.
+                let null = libc::open(devnull.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                }
                 libc::dup2(log.as_raw_fd(), 1);
                 libc::dup2(log.as_raw_fd(), 2);
             }
