@@ -63,6 +63,42 @@ static inline int mcr_is_live_update(void)
             mcr_runtime_add_reinit_handler((fn), #fn);                               \
     }
 
+/* ---- Object handlers -------------------------------------------------------------------
+ *
+ * The state transfer rebuilds every object in the new version's layout by itself (fields
+ * by name, integers resized, pointers relocated). A handler, in the NEW version, does what
+ * it cannot: a field renamed or moved into a sub-struct, a value re-encoded. It runs in
+ * the new process after the automatic transformation of each object, with the old bytes
+ * (pointers in them are the old version's addresses; pointer fields of `new` are already
+ * relocated) and the new object to adjust. Return 0, or non-zero to stop the update.
+ * WHAT is a type ("struct kv_node": every heap object of it) or a global ("stats").
+ *
+ *   struct kv_node_v1 { char *key; char *value; unsigned hash; int hits; void *next; };
+ *   static int move_hits(const struct mcr_obj *o) {
+ *       const struct kv_node_v1 *old = o->old;
+ *       ((struct kv_node *)o->new_obj)->meta.hits = old->hits;
+ *       return 0;
+ *   }
+ *   MCR_ADD_OBJ_HANDLER("struct kv_node", move_hits);
+ */
+struct mcr_obj {
+    const char *what;     /* the WHAT the handler was registered for */
+    const void *old;      /* a copy of the old object's bytes */
+    unsigned long old_size;
+    void *new_obj;        /* the new object, already transformed by mcr */
+    unsigned long new_size;
+};
+typedef int (*mcr_obj_handler_t)(const struct mcr_obj *obj);
+extern int mcr_runtime_add_obj_handler(const char *what, mcr_obj_handler_t handler, const char *name) __attribute__((weak));
+
+#define MCR_ADD_OBJ_HANDLER(what, fn)                                                \
+    MCR_HINT_("handler " what);                                                      \
+    static void __attribute__((constructor)) mcr_add_obj_handler_##fn(void)          \
+    {                                                                                \
+        if (mcr_runtime_add_obj_handler)                                             \
+            mcr_runtime_add_obj_handler((what), (fn), #fn);                          \
+    }
+
 /* ---- State transfer hints -------------------------------------------------------------
  *
  * mcr moves a server's heap into the new version by following typed pointers (DWARF). A

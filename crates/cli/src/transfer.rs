@@ -7,7 +7,7 @@
 
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region};
-use mcr_protocol::{EpollRegistration, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
+use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, Target, Version};
 use mcr_typemodel::Program;
 use std::collections::BTreeMap;
@@ -29,6 +29,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Live heap blocks of the old version (reached or not).
     pub live_objects: usize,
+    /// Objects the new version's MCR_ADD_OBJ_HANDLERs adjusted.
+    pub handled: usize,
     pub connections: usize,
     /// Dirty tracking in the old processes: pages written since startup, and pages the
     /// tracking showed clean (what the new version's startup already made is not copied).
@@ -77,6 +79,21 @@ impl Target for NewProcess<'_> {
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
         self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
+    }
+
+    /// The old bytes go to scratch blocks in the new process, the handler runs there, the
+    /// scratch blocks are freed.
+    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String> {
+        let sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        let scratch = self.allocate(&sizes)?;
+        let mut batch = Vec::with_capacity(objects.len());
+        for ((bytes, new, new_size), at) in objects.iter().zip(&scratch) {
+            self.write(*at, bytes)?;
+            batch.push(HandlerObject { old: *at, old_size: bytes.len() as u64, new: *new, new_size: *new_size });
+        }
+        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch });
+        let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
+        r.map(|_| ())
     }
 }
 
@@ -153,6 +170,7 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         sum.objects += r.objects;
         sum.bytes += r.bytes;
         sum.live_objects += r.live_objects;
+        sum.handled += r.handled;
 
         let t = Instant::now();
         let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();

@@ -255,6 +255,9 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 t.live_objects,
                 t.connections
             );
+            if t.handled > 0 {
+                println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.handled);
+            }
             if !t.globals_dropped.is_empty() {
                 println!("dropped (no longer in the new version): {}", t.globals_dropped.join(", "));
             }

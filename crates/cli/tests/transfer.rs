@@ -278,3 +278,32 @@ fn descriptors_left_open_to_mcr_do_not_reach_the_new_version() {
         assert_eq!(c.request("VERSION"), "VERSION kvd 2");
     }
 }
+
+/// kvd v3 renames `hits` into `meta.reads`, in a nested struct: mcr's automatic
+/// transformation cannot know, so the counts are lost (and `mcr check` says the field
+/// is dropped). With an MCR_ADD_OBJ_HANDLER in v3 the same update carries them over.
+#[test]
+fn object_handler_carries_a_field_moved_elsewhere() {
+    let mcr = Mcr::new("t-kvd-handler");
+    let port = free_port();
+    let args = port_args(port);
+    for (v3, hits) in [("kvd-v3-meta", "HITS 0"), ("kvd-v3-meta-handled", "HITS 3")] {
+        let inst = mcr.start("kvd", &fixture("kvd"), &args);
+        let mut c = Client::connect(port);
+        assert_eq!(c.request("SET a 1"), "OK");
+        for _ in 0..3 {
+            assert_eq!(c.request("GET a"), "VALUE 1");
+        }
+        let (out, v) = update(&mcr, "kvd", &[], &fixture(v3), &args);
+        assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+        assert_eq!(c.request("VERSION"), "VERSION kvd 3");
+        assert_eq!(c.request("HITS a"), hits, "{v3}: {v:#}");
+        assert_eq!(c.request("GET a"), "VALUE 1");
+        let handled = v["transfer"]["handled"].as_u64().unwrap_or(0);
+        assert_eq!(handled > 0, v3.ends_with("handled"), "{v:#}");
+        drop(c);
+        inst.stop().ok();
+    }
+    let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-meta").into()]);
+    assert!(check.stdout.contains("hits"), "{check}");
+}

@@ -175,6 +175,20 @@ pub enum RuntimeCommandKind {
     ImportFds { socket: String, targets: Vec<ImportedFd> },
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd { registrations: Vec<EpollRegistration> },
+    /// State transfer, new version: run the program's MCR_ADD_OBJ_HANDLER for `what` on
+    /// each object (the old bytes sit in a scratch block the update wrote).
+    RunObjHandlers { what: String, objects: Vec<HandlerObject> },
+    /// State transfer, new version: free blocks from Allocate (scratch copies).
+    Free { addrs: Vec<u64> },
+}
+
+/// One object for an object handler: addresses in the new process.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandlerObject {
+    pub old: u64,
+    pub old_size: u64,
+    pub new: u64,
+    pub new_size: u64,
 }
 
 /// Where a descriptor received by ImportFds goes.

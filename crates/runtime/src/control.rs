@@ -339,6 +339,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
         RuntimeCommandKind::ImportFds { socket, targets } => crate::transfer::import_fds(&socket, &targets),
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
+        RuntimeCommandKind::RunObjHandlers { what, objects } => crate::transfer::run_obj_handlers(&what, &objects),
+        RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
         RuntimeCommandKind::Drain => {
             crate::drain::start();
             let fds = crate::drain::open_connections(&crate::startup_log::startup_fds());

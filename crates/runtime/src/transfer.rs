@@ -5,7 +5,65 @@
 //! the program's malloc, installing the old version's connections at their old numbers,
 //! and registering them with the new version's epoll instances.
 
-use mcr_protocol::{EpollRegistration, ImportedFd, RuntimeReply};
+use crate::sync::SpinLock;
+use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, RuntimeReply};
+
+/// `struct mcr_obj` of include/mcr.h.
+#[repr(C)]
+pub struct McrObj {
+    pub what: *const libc::c_char,
+    pub old: *const libc::c_void,
+    pub old_size: libc::c_ulong,
+    pub new_obj: *mut libc::c_void,
+    pub new_size: libc::c_ulong,
+}
+
+pub type ObjHandler = unsafe extern "C" fn(*const McrObj) -> libc::c_int;
+
+/// MCR_ADD_OBJ_HANDLER registrations: (what, handler, its name).
+static OBJ_HANDLERS: SpinLock<Vec<(String, ObjHandler, String)>> = SpinLock::new(Vec::new());
+
+pub fn add_obj_handler(what: String, h: ObjHandler, name: String) {
+    OBJ_HANDLERS.lock().push((what, h, name));
+}
+
+fn same_what(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_start_matches("struct ").trim_start_matches("union ").trim().to_string();
+    norm(a) == norm(b)
+}
+
+/// Run the program's handler for `what` on each object.
+pub fn run_obj_handlers(what: &str, objects: &[HandlerObject]) -> RuntimeReply {
+    let found = OBJ_HANDLERS.lock().iter().find(|(w, _, _)| same_what(w, what)).map(|(w, h, n)| (w.clone(), *h, n.clone()));
+    let Some((w, h, name)) = found else {
+        return error(format!("no MCR_ADD_OBJ_HANDLER for {what} is registered in the new version"));
+    };
+    let cw = std::ffi::CString::new(w).unwrap_or_default();
+    for (i, o) in objects.iter().enumerate() {
+        let obj = McrObj {
+            what: cw.as_ptr(),
+            old: o.old as usize as *const libc::c_void,
+            old_size: o.old_size as libc::c_ulong,
+            new_obj: o.new as usize as *mut libc::c_void,
+            new_size: o.new_size as libc::c_ulong,
+        };
+        // SAFETY: the program's own handler, called as mcr.h documents, on a scratch copy
+        // of the old bytes and the new object the update just built.
+        let rc = unsafe { h(&obj) };
+        if rc != 0 {
+            return error(format!("object handler {name} refused {what} #{i} (at {:#x}): it returned {rc}", o.new));
+        }
+    }
+    RuntimeReply::Done
+}
+
+pub fn free(addrs: &[u64]) -> RuntimeReply {
+    for &a in addrs {
+        // SAFETY: blocks this update allocated with `allocate` for scratch copies.
+        unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
+    }
+    RuntimeReply::Done
+}
 
 fn error(message: String) -> RuntimeReply {
     RuntimeReply::Error { message }

@@ -11,6 +11,15 @@ pub trait Target {
     fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String>;
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String>;
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
+    /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
+    /// object's bytes, the new object's address, its size).
+    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String>;
+}
+
+/// `MCR_ADD_OBJ_HANDLER` registrations of the new version (its `handler WHAT` hints):
+/// normalized WHAT → as written.
+fn object_handlers(new: &Program) -> HashMap<String, String> {
+    new.hints.iter().filter_map(|h| h.strip_prefix("handler ")).map(|w| (normalize(w), w.to_string())).collect()
 }
 
 /// One version's binary and where it is loaded.
@@ -58,6 +67,8 @@ pub struct Report {
     pub bytes: u64,
     /// Live heap blocks in the old process (reached or not).
     pub live_objects: usize,
+    /// Objects an MCR_ADD_OBJ_HANDLER of the new version adjusted.
+    pub handled: usize,
     pub warnings: Vec<String>,
 }
 
@@ -386,7 +397,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
 
     // Plans and sizes in the new version.
     let mut types = HashMap::new();
-    let mut plans: HashMap<TypeId, Option<Plan>> = HashMap::new();
+    let handlers = object_handlers(new);
+    // None: the automatic transformation is impossible, but the new version's handler
+    // builds the object (it starts zeroed).
+    let mut plans: HashMap<TypeId, (Option<Plan>, u64, u64)> = HashMap::new();
     let mut order: Vec<u64> = Vec::new();
     let mut sizes: Vec<u64> = Vec::new();
     let mut strides: Vec<(u64, u64)> = Vec::new();
@@ -397,12 +411,21 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                     let Some(nt) = counterpart(old, t, new, &mut types) else {
                         return Err(conflict(&f.path, format!("type {} has no counterpart in the new version", old.type_name(t))));
                     };
-                    let plan = Plan::with_root(old, t, new, nt, &root_name(old, t))
-                        .map_err(|e| conflict(&f.path, format!("cannot transform {}: {e}", old.type_name(t))))?;
-                    plans.insert(t, Some(plan));
+                    let handled = handlers.contains_key(&normalize(&root_name(new, nt)));
+                    match Plan::with_root(old, t, new, nt, &root_name(old, t)) {
+                        Ok(plan) => {
+                            let (o, n) = (plan.old_size, plan.new_size);
+                            plans.insert(t, (Some(plan), o, n));
+                        }
+                        Err(_) if handled => {
+                            let (o, n) = (old.size_of(t).unwrap_or(0), new.size_of(nt).unwrap_or(0));
+                            plans.insert(t, (None, o, n));
+                        }
+                        Err(e) => return Err(conflict(&f.path, format!("cannot transform {}: {e}", old.type_name(t)))),
+                    }
                 }
-                let p = plans[&t].as_ref().expect("plan");
-                (p.old_size, p.new_size)
+                let p = &plans[&t];
+                (p.1, p.2)
             }
             _ => (0, 0),
         };
@@ -439,11 +462,24 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     };
 
     // Rebuild every block in the new layout.
+    let mut for_handlers: BTreeMap<String, Vec<(Vec<u8>, u64, u64)>> = BTreeMap::new();
     for (i, addr) in order.iter().enumerate() {
         let f = &walk.found[addr];
         let old_bytes = &contents[addr];
         let mut out = vec![0u8; sizes[i] as usize];
-        match f.ty.and_then(|t| plans.get(&t)).and_then(|p| p.as_ref()) {
+        if let Some(t) = f.ty {
+            let (_, os, ns) = plans.get(&t).map(|p| (0, p.1, p.2)).unwrap_or((0, 0, 0));
+            if let (Some(nt), true) = (counterpart(old, t, new, &mut types), os > 0) {
+                if let Some(what) = handlers.get(&normalize(&root_name(new, nt))) {
+                    let list = for_handlers.entry(what.clone()).or_default();
+                    for k in 0..(old_bytes.len() as u64 / os) {
+                        let (o, n) = ((k * os) as usize, addrs[i] + k * ns);
+                        list.push((old_bytes[o..o + os as usize].to_vec(), n, ns));
+                    }
+                }
+            }
+        }
+        match f.ty.and_then(|t| plans.get(&t)).and_then(|p| p.0.as_ref()) {
             Some(plan) => {
                 let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
                 let n = old_bytes.len() / os;
@@ -469,23 +505,38 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 let tail = &old_bytes[n * os..];
                 out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
             }
+            // Typed, handled by the program: starts zeroed.
+            None if f.ty.is_some_and(|t| plans.get(&t).is_some_and(|p| p.0.is_none())) => {}
             None => out.copy_from_slice(old_bytes),
         }
         target.write(addrs[i], &out).map_err(TransferError::Target)?;
         report.bytes += out.len() as u64;
     }
     report.objects = order.len();
+    for (what, objs) in &for_handlers {
+        target.run_handlers(what, objs).map_err(|e| conflict(what.as_str(), e))?;
+        report.handled += objs.len();
+    }
 
     // Then the globals, which now can point at them.
     for r in &roots {
         let hinted_union = matches!(old.ty(old.strip(r.old_ty)), Type::Union(_))
             && walk.hints.points_to.contains_key(&normalize(&r.plain))
             && old.size_of(r.old_ty) == new.size_of(r.new_ty);
+        let handler = handlers.get(&normalize(&r.plain)).cloned();
         let plan = match Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name) {
             Ok(p) => Some(p),
             // A union only "changes" through what its pointer member points to, which the
             // hint makes mcr follow: its bytes are copied and the pointer relocated below.
             Err(_) if hinted_union => None,
+            // The program's handler builds it from the old bytes.
+            Err(_) if handler.is_some() => {
+                let len = new.size_of(r.new_ty).unwrap_or(0);
+                target.run_handlers(handler.as_deref().unwrap_or_default(), &[(r.bytes.clone(), r.new_addr, len)]).map_err(|e| conflict(&r.name, e))?;
+                report.handled += 1;
+                report.globals += 1;
+                continue;
+            }
             Err(e) => return Err(conflict(&r.name, e.to_string())),
         };
         let len = plan.as_ref().map_or(r.bytes.len() as u64, |p| p.new_len(r.bytes.len() as u64));
@@ -531,6 +582,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         if cur != before {
             target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
+        }
+        if let Some(what) = &handler {
+            target.run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)]).map_err(|e| conflict(&r.name, e))?;
+            report.handled += 1;
         }
         report.globals += 1;
     }

@@ -22,3 +22,20 @@ pub unsafe extern "C" fn mcr_runtime_add_reinit_handler(handler: Option<replay::
 pub extern "C" fn mcr_runtime_is_live_update() -> c_int {
     c_int::from(replay::started_as_update())
 }
+
+/// `MCR_ADD_OBJ_HANDLER(what, fn)`: keep `fn` for the state transfer.
+#[no_mangle]
+pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
+    what: *const c_char,
+    handler: Option<crate::transfer::ObjHandler>,
+    name: *const c_char,
+) -> c_int {
+    let Some(h) = handler else { return -1 };
+    if what.is_null() {
+        return -1;
+    }
+    let what = std::ffi::CStr::from_ptr(what).to_string_lossy().into_owned();
+    let name = if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    crate::transfer::add_obj_handler(what, h, name);
+    0
+}
