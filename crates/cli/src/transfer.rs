@@ -21,16 +21,9 @@ use std::time::Instant;
 #[derive(serde::Serialize, Default, Debug)]
 pub struct Summary {
     pub processes: usize,
-    pub globals: usize,
-    /// Globals not written since startup, left as the new version's startup made them.
-    pub globals_clean: usize,
-    pub globals_dropped: Vec<String>,
-    pub objects: usize,
-    pub bytes: u64,
-    /// Live heap blocks of the old version (reached or not).
-    pub live_objects: usize,
-    /// Objects the new version's MCR_ADD_OBJ_HANDLERs adjusted.
-    pub handled: usize,
+    /// Globals, heap blocks and handlers, summed over the processes.
+    #[serde(flatten)]
+    pub state: mcr_tracer::Report,
     pub connections: usize,
     /// Dirty tracking in the old processes: pages written since startup, and pages the
     /// tracking showed clean (what the new version's startup already made is not copied).
@@ -162,15 +155,8 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         };
         let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
         sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;
-        let r = &moved.report;
         sum.processes += 1;
-        sum.globals += r.globals;
-        sum.globals_clean += r.globals_clean;
-        sum.globals_dropped.extend(r.globals_dropped.iter().cloned());
-        sum.objects += r.objects;
-        sum.bytes += r.bytes;
-        sum.live_objects += r.live_objects;
-        sum.handled += r.handled;
+        sum.state.add(&moved.report);
 
         let t = Instant::now();
         let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();

@@ -246,20 +246,23 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         if let Some(t) = &out.transfer {
             println!(
                 "state: {} globals copied ({} untouched since startup skipped; {} of {} pages written since startup), {} heap blocks ({} bytes) of {} live, {} connections moved",
-                t.globals,
-                t.globals_clean,
+                t.state.globals,
+                t.state.globals_clean,
                 t.dirty_pages,
                 t.dirty_pages + t.clean_pages,
-                t.objects,
-                t.bytes,
-                t.live_objects,
+                t.state.objects,
+                t.state.bytes,
+                t.state.live_objects,
                 t.connections
             );
-            if t.handled > 0 {
-                println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.handled);
+            if t.state.handled > 0 {
+                println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.state.handled);
             }
-            if !t.globals_dropped.is_empty() {
-                println!("dropped (no longer in the new version): {}", t.globals_dropped.join(", "));
+            if !t.state.globals_dropped.is_empty() {
+                println!("dropped (no longer in the new version): {}", t.state.globals_dropped.join(", "));
+            }
+            for w in &t.state.warnings {
+                eprintln!("mcr: warning: {w}");
             }
         }
     } else {
@@ -271,10 +274,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
 /// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again
 /// deliberately when they are placed).
 fn close_on_exec_all() {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+    for fd in mcr_supervisor::procfs::own_descriptors_above_stderr() {
         // SAFETY: F_GETFD/F_SETFD on our own descriptors (a stale number just fails).
         unsafe {
             let flags = libc::fcntl(fd, libc::F_GETFD);

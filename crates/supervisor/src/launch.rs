@@ -45,10 +45,7 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
 /// objects, or whatever the user handed `mcr run`): the supervisor keeps no copy, so
 /// closing them in the server really closes them.
 fn close_passed_descriptors() {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+    for fd in crate::procfs::own_descriptors_above_stderr() {
         // SAFETY: probing, then closing, descriptors of this process that nothing in the
         // supervisor uses (its own are all close-on-exec).
         unsafe {

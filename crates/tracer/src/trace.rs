@@ -54,7 +54,7 @@ fn conflict(path: impl Into<String>, reason: impl Into<String>) -> TransferError
 }
 
 /// What a transfer did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Report {
     /// Globals copied into the new version (written since startup).
     pub globals: usize,
@@ -70,6 +70,20 @@ pub struct Report {
     /// Objects an MCR_ADD_OBJ_HANDLER of the new version adjusted.
     pub handled: usize,
     pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Add another process's figures to these.
+    pub fn add(&mut self, o: &Report) {
+        self.globals += o.globals;
+        self.globals_clean += o.globals_clean;
+        self.globals_dropped.extend(o.globals_dropped.iter().cloned());
+        self.objects += o.objects;
+        self.bytes += o.bytes;
+        self.live_objects += o.live_objects;
+        self.handled += o.handled;
+        self.warnings.extend(o.warnings.iter().cloned());
+    }
 }
 
 /// Where one old block went.
