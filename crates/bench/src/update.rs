@@ -148,7 +148,7 @@ impl Sample {
 /// Like `Command::output`, with the wall time in microseconds, but bounded: the command
 /// is killed after `limit` (an error then). Its output goes through files, not pipes, so
 /// a detached descendant that keeps them open cannot hold us.
-fn output_within(cmd: &mut Command, limit: Duration) -> Result<(Output, u64), String> {
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Result<(Output, u64), String> {
     let what = format!("{:?}", cmd.get_program());
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
