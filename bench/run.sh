@@ -9,6 +9,9 @@
 #              to stdout and to target/bench/results-quick.md (bench/results.md
 #              is left alone)
 #
+# The state transfer, allocation-metadata and memory figures are bench/transfer.sh's;
+# its section of bench/results.md is kept.
+#
 # Figures (see bench/README.md for the method):
 #   1. kvd steady-state throughput, without and with mcr, interleaved
 #   2. nginx steady-state throughput (wrk -t1 -c32 -d3s --latency), interleaved
@@ -405,6 +408,8 @@ SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 
 
 if [ "$MODE" = full ] && [ -z "$ONLY" ]; then OUT=$ROOT/bench/results.md; else OUT=$ROOT/target/bench/results-$MODE${ONLY:+-$ONLY}.md; fi
 "$BENCH" report --dir "$RAW" >"$RAW/results.md" || die "report failed"
-cp "$RAW/results.md" "$OUT"
+# Keep the section bench/transfer.sh wrote between its markers.
+KEEP=$(awk '$0=="<!-- bench/transfer.sh: begin -->"{k=1} k{print} $0=="<!-- bench/transfer.sh: end -->"{k=0}' "$OUT" 2>/dev/null || true)
+{ cat "$RAW/results.md"; [ -z "$KEEP" ] || printf '\n%s\n' "$KEEP"; } >"$OUT"
 cat "$RAW/results.md"
 log "saved to ${OUT#"$ROOT"/}"

@@ -26,7 +26,7 @@ case "${1:-}" in
   -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
   *) echo "usage: bench/transfer.sh [--quick]" >&2; exit 2 ;;
 esac
-if [ "$MODE" = full ]; then UPD=8 ALLOC_ROUNDS=10 MEM_ROUNDS=3; else UPD=3 ALLOC_ROUNDS=3 MEM_ROUNDS=1; fi
+if [ "$MODE" = full ]; then UPD=8 ALLOC_ROUNDS=20 MEM_ROUNDS=3; else UPD=3 ALLOC_ROUNDS=3 MEM_ROUNDS=1; fi
 log() { printf '[transfer %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[transfer] error: %s\n' "$*" >&2; exit 1; }
 
@@ -92,7 +92,7 @@ sweep() { # FILE NAME CONNS KEYS PROTO FRESH PROG_A PROG_B ARGS...
 }
 PORT=$("$BENCH" free-port)
 log "state transfer vs connections (kvd, $UPD updates each)"
-for c in 0 10 100 1000; do
+for c in 0 4 10 100 1000; do
   # A level that fails (hang, rollback) is not tried with more connections.
   sweep "transfer-conns-$c.tsv" "kc$c" "$c" 0 kvd 0 "$KVD" "$KVD2" --port "$PORT" || break
 done
