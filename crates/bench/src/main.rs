@@ -20,7 +20,7 @@
 //!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE.
 //!   mcr-bench update --mcr PATH --name N --a PROG --b PROG --out FILE [--rounds 5]
 //!                    [--updates 4] [--port P] [--gap-ms 100] [--timeout-ms 10000]
-//!                    [--max-seconds 120] -- ARGS...
+//!                    [--max-seconds 120] [--fresh-state 1] -- ARGS...
 //!       rounds of: a timed cold start (`mcr run --detach --name N -- PROG ARGS`, A on
 //!       even rounds, B on odd ones), --updates live updates alternating between the two
 //!       versions (`mcr update N --json -- PROG ARGS`), `mcr stop N`; samples go to FILE
@@ -189,6 +189,7 @@ fn update_cmd(a: &Args) -> Result<(), String> {
         gap: Duration::from_millis(a.get("gap-ms", 100)?),
         timeout_ms: a.get("timeout-ms", 10_000)?,
         max_time: secs(a.get("max-seconds", 120.0)?, "max-seconds")?,
+        fresh_state: a.get("fresh-state", 0u8)? != 0,
         args: a.rest(),
     };
     a.finish()?;
