@@ -234,7 +234,11 @@ pub fn run(cfg: &Config) -> Result<usize, String> {
                 match output_within(&mut cmd, Duration::from_millis(cfg.timeout_ms) + Duration::from_secs(10)) {
                     Ok(x) => x,
                     Err(e) => {
-                        let e = e.replace(['\t', '\n'], " ");
+                        let e = if e.contains("did not finish") {
+                            format!("mcr update hung: killed after {} s", cfg.timeout_ms / 1000 + 10)
+                        } else {
+                            e.replace(['\t', '\n'], " ")
+                        };
                         writeln!(f, "fail\t{head}\t{e}").map_err(|e| e.to_string())?;
                         return Err(e);
                     }
