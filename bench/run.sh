@@ -9,13 +9,17 @@
 #              to stdout and to target/bench/results-quick.md (bench/results.md
 #              is left alone)
 #
+# The state transfer, allocation-metadata and memory figures are bench/transfer.sh's;
+# its section of bench/results.md is kept.
+#
 # Figures (see bench/README.md for the method):
 #   1. kvd steady-state throughput, without and with mcr, interleaved
 #   2. nginx steady-state throughput (wrk -t1 -c32 -d3s --latency), interleaved
 #   3. quiescence time (`mcr ctl NAME quiesce --json` -> elapsed_us) for kvd and
 #      nginx, idle and under load
-#   4. update time (`mcr update NAME --json` -> phases) for kvd <-> kvd-v2 and
-#      nginx (Debian patches 1 <-> 2 when both are cached, else the same build),
+#   4. update time (`mcr update NAME --json` -> phases) for kvd <-> kvd-v2 (with
+#      the state transfer) and nginx (--fresh-state; Debian patches 1 <-> 2 when both
+#      are cached, else the same build),
 #      against the cold start of the same binaries under mcr
 #   plus the on-CPU time per request of each server's process tree.
 #
@@ -263,8 +267,8 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "mode=$MODE"
   echo "loadavg_start=$LOAD0"
   echo "command=${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }bench/run.sh${1:+ $1}"
-  echo "update_kvd=kvd ↔ kvd-v2"
-  echo "update_nginx=$UPD_NGX_DESC"
+  echo "update_kvd=kvd ↔ kvd-v2, state transferred"
+  echo "update_nginx=$UPD_NGX_DESC, --fresh-state"
 } >"$RAW/meta.txt"
 log "$MODE run; raw data in $RAW; ports $PORT_A $PORT_B; pinning $([ "$PIN" = 1 ] && echo 'servers CPU 1, load CPU 0' || echo off)"
 T_START=$(date +%s)
@@ -372,13 +376,14 @@ eval "$ngx_stop"
 fi
 
 # --- 4. update time ------------------------------------------------------------
-update_cycles() { # NAME SCENARIO ROUNDS UPDATES PORT PROG_A PROG_B ARGS...
-  local name=$1 sc=$2 rounds=$3 updates=$4 port=$5 a=$6 b=$7
-  shift 7
+update_cycles() { # NAME SCENARIO FRESH ROUNDS UPDATES PORT PROG_A PROG_B ARGS...
+  local name=$1 sc=$2 fresh=$3 rounds=$4 updates=$5 port=$6 a=$7 b=$8
+  shift 8
   # mcr-bench starts and stops the instance itself; listed here for the cleanup.
   MCR_NAMES+=("$name" "$name.next")
   "$BENCH" update --mcr "$MCR" --name "$name" --a "$a" --b "$b" --rounds "$rounds" --updates "$updates" \
     --port "$port" --gap-ms "$UPD_GAP_MS" --timeout-ms 10000 --max-seconds 120 --out "$RAW/update-$sc.tsv" \
+    --fresh-state "$fresh" \
     -- "$@" >>"$LOG" 2>&1 || die "update cycles on $name failed (see $LOG)"
   forget_name "$name"; forget_name "$name.next"
   log "  $sc: $(tail -n 1 "$LOG" | sed 's/^mcr-bench: //')"
@@ -389,15 +394,16 @@ log "update time: kvd $UPD_KVD_ROUNDS x $UPD_KVD_UPDATES, $UPD_NGX_DESC $UPD_NGX
 # Not pinned, for the same reason as the quiescence runs: the CLI, both supervisors
 # and both versions of the server all run during an update.
 SRV=() GEN=()
-update_cycles kvd-u kvd "$UPD_KVD_ROUNDS" "$UPD_KVD_UPDATES" "$PORT_A" "$KVD" "$KVD2" --port "$PORT_A"
+update_cycles kvd-u kvd 0 "$UPD_KVD_ROUNDS" "$UPD_KVD_UPDATES" "$PORT_A" "$KVD" "$KVD2" --port "$PORT_A"
 conf=$(nginx_prefix "$WORK/ngx-u" "$PORT_B")
-update_cycles ngx-u nginx "$UPD_NGX_ROUNDS" "$UPD_NGX_UPDATES" "$PORT_B" "$NGX_UA" "$NGX_UB" -p "$WORK/ngx-u" -c "$conf"
+# nginx with --fresh-state: mcr cannot trace nginx's heap yet.
+update_cycles ngx-u nginx 1 "$UPD_NGX_ROUNDS" "$UPD_NGX_UPDATES" "$PORT_B" "$NGX_UA" "$NGX_UB" -p "$WORK/ngx-u" -c "$conf"
 fi
 
 # --- report ------------------------------------------------------------------
 SETUP="loopback 127.0.0.1 only; load generator and servers share the machine's $NPROC CPUs"
 if [ "$PIN" = 1 ]; then SETUP="$SETUP (throughput runs: servers and their mcr supervisor pinned to CPU 1, load generators to CPU 0; quiescence runs: nothing pinned)"; fi
-SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 thread, $KVD_CONNS connections x $KVD_DEPTH pipelined SET/GET, closed loop; baseline and mcr instance run side by side (same binary, each started fresh per round, ports swapped per round), load alternates between them in ${KVD_SLICE} s slices, ABBA order, $KVD_ROUNDS rounds x $KVD_PAIRS pairs. nginx 1.22.1 (scripts/nginx, master + 2 workers, static index.html, keep-alive): wrk ${WRK_ARGS[*]}, $NGX_ROUNDS rounds x $NGX_PAIRS ABBA pairs, 1 s warm-up each. Ratios are medians of per-pair ratios, spread = min–max. CPU per request = on-CPU time of the server's whole process tree (/proc schedstat; under mcr the supervisor is included) / requests served. Quiescence: $CYCLES cycles of \`mcr ctl quiesce --json\` + \`mcr ctl resume\`, ${GAP_MS} ms apart; under load = the same kvd / wrk load running meanwhile; elapsed_us is measured by the supervisor. Updates (idle servers, nothing pinned): rounds of a cold start (\`mcr run --detach\`, A or B alternately), back-and-forth \`mcr update --json\` between the two versions ${UPD_GAP_MS} ms apart, \`mcr stop\` (kvd $UPD_KVD_ROUNDS x $UPD_KVD_UPDATES, nginx $UPD_NGX_ROUNDS x $UPD_NGX_UPDATES); phases as \`mcr update\` reports them (quiesce = its quiesce request round trip; restart+replay = launch of the new version until every thread is parked; commit = retire the old version and take over); original startup = the server's own \`startup_ms\` (\`mcr status\`) and the wall time of the whole \`mcr run --detach\` of the same binaries. Total run time $(( $(date +%s) - T_START )) s."
+SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 thread, $KVD_CONNS connections x $KVD_DEPTH pipelined SET/GET, closed loop; baseline and mcr instance run side by side (same binary, each started fresh per round, ports swapped per round), load alternates between them in ${KVD_SLICE} s slices, ABBA order, $KVD_ROUNDS rounds x $KVD_PAIRS pairs. nginx 1.22.1 (scripts/nginx, master + 2 workers, static index.html, keep-alive): wrk ${WRK_ARGS[*]}, $NGX_ROUNDS rounds x $NGX_PAIRS ABBA pairs, 1 s warm-up each. Ratios are medians of per-pair ratios, spread = min–max. CPU per request = on-CPU time of the server's whole process tree (/proc schedstat; under mcr the supervisor is included) / requests served. Quiescence: $CYCLES cycles of \`mcr ctl quiesce --json\` + \`mcr ctl resume\`, ${GAP_MS} ms apart; under load = the same kvd / wrk load running meanwhile; elapsed_us is measured by the supervisor. Updates (idle servers, nothing pinned): rounds of a cold start (\`mcr run --detach\`, A or B alternately), back-and-forth \`mcr update --json\` between the two versions ${UPD_GAP_MS} ms apart, \`mcr stop\` (kvd $UPD_KVD_ROUNDS x $UPD_KVD_UPDATES, nginx $UPD_NGX_ROUNDS x $UPD_NGX_UPDATES); phases as \`mcr update\` reports them (quiesce = its quiesce request round trip; restart+replay = launch of the new version until every thread is parked; commit = retire the old version and take over; total also includes the drain and, for kvd, the state transfer, which bench/transfer.sh breaks down; nginx is updated with --fresh-state); original startup = the server's own \`startup_ms\` (\`mcr status\`) and the wall time of the whole \`mcr run --detach\` of the same binaries. Total run time $(( $(date +%s) - T_START )) s."
 {
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "setup=$SETUP"
@@ -405,6 +411,8 @@ SETUP="$SETUP. kvd: single-threaded epoll server (fixtures/kvd.c); mcr-bench, 1 
 
 if [ "$MODE" = full ] && [ -z "$ONLY" ]; then OUT=$ROOT/bench/results.md; else OUT=$ROOT/target/bench/results-$MODE${ONLY:+-$ONLY}.md; fi
 "$BENCH" report --dir "$RAW" >"$RAW/results.md" || die "report failed"
-cp "$RAW/results.md" "$OUT"
+# Keep the section bench/transfer.sh wrote between its markers.
+KEEP=$(awk '$0=="<!-- bench/transfer.sh: begin -->"{k=1} k{print} $0=="<!-- bench/transfer.sh: end -->"{k=0}' "$OUT" 2>/dev/null || true)
+{ cat "$RAW/results.md"; [ -z "$KEEP" ] || printf '\n%s\n' "$KEEP"; } >"$OUT"
 cat "$RAW/results.md"
 log "saved to ${OUT#"$ROOT"/}"

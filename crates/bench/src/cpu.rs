@@ -53,6 +53,19 @@ pub fn tree_ns(root: i32) -> u64 {
     tree(root).into_iter().map(process_ns).sum()
 }
 
+/// Summed VmRSS (kB) of the processes of `root`'s tree, only those whose comm is
+/// `comm` unless it is empty.
+pub fn rss_kb(root: i32, comm: &str) -> u64 {
+    tree(root)
+        .into_iter()
+        .filter(|p| comm.is_empty() || fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm))
+        .filter_map(|p| {
+            let s = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 //!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE.
 //!   mcr-bench update --mcr PATH --name N --a PROG --b PROG --out FILE [--rounds 5]
 //!                    [--updates 4] [--port P] [--gap-ms 100] [--timeout-ms 10000]
-//!                    [--max-seconds 120] -- ARGS...
+//!                    [--max-seconds 120] [--fresh-state 1] -- ARGS...
 //!       rounds of: a timed cold start (`mcr run --detach --name N -- PROG ARGS`, A on
 //!       even rounds, B on odd ones), --updates live updates alternating between the two
 //!       versions (`mcr update N --json -- PROG ARGS`), `mcr stop N`; samples go to FILE
@@ -28,6 +28,16 @@
 //!       127.0.0.1:P after each start and each committed update.
 //!   mcr-bench report --dir DIR
 //!       prints the markdown results table built from DIR (see report.rs).
+//!   mcr-bench transfer --mcr PATH --name N --a PROG --b PROG --port P --out FILE
+//!                      [--proto kvd|http] [--conns 0] [--keys 0] [--updates 5]
+//!                      [--fresh-state 1] [--timeout-ms 10000] -- ARGS...
+//!       starts N under mcr, fills it with --keys keys (kvd), opens --conns idle client
+//!       connections, then --updates live updates alternating B, A, B...; each update's
+//!       phases and transfer figures go to FILE (format in src/transfer.rs).
+//!   mcr-bench transfer-report --dir DIR   the markdown section of bench/transfer.sh
+//!   mcr-bench fill --port P --keys K     SETs K keys into kvd on 127.0.0.1:P
+//!   mcr-bench rss --tree PID [--comm NAME]
+//!       prints the summed VmRSS (kB) of PID's process tree (only processes named NAME)
 //!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
 //!   mcr-bench wait-port --port P [--timeout 10]
 //!       waits until 127.0.0.1:P accepts connections (exit 1 on timeout).
@@ -38,6 +48,7 @@ mod kvload;
 mod quiesce;
 mod report;
 mod stats;
+mod transfer;
 mod update;
 
 use args::Args;
@@ -178,6 +189,7 @@ fn update_cmd(a: &Args) -> Result<(), String> {
         gap: Duration::from_millis(a.get("gap-ms", 100)?),
         timeout_ms: a.get("timeout-ms", 10_000)?,
         max_time: secs(a.get("max-seconds", 120.0)?, "max-seconds")?,
+        fresh_state: a.get("fresh-state", 0u8)? != 0,
         args: a.rest(),
     };
     a.finish()?;
@@ -195,6 +207,43 @@ fn update_cmd(a: &Args) -> Result<(), String> {
         med(&u.total_ms),
         med(&u.start_wall_ms),
         med(&u.start_startup_ms)
+    );
+    Ok(())
+}
+
+fn transfer_cmd(a: &Args) -> Result<(), String> {
+    let cfg = transfer::Config {
+        mcr: a.required::<String>("mcr")?.into(),
+        name: a.required("name")?,
+        a: a.required("a")?,
+        b: a.required("b")?,
+        port: a.required("port")?,
+        proto: match a.get("proto", "kvd".to_string())?.as_str() {
+            "kvd" => transfer::Proto::Kvd,
+            "http" => transfer::Proto::Http,
+            p => return Err(format!("--proto must be kvd or http, not {p}")),
+        },
+        conns: a.get("conns", 0)?,
+        keys: a.get("keys", 0)?,
+        updates: a.get("updates", 5)?,
+        fresh_state: a.get("fresh-state", 0u8)? != 0,
+        timeout_ms: a.get("timeout-ms", 10_000)?,
+        out: a.required::<String>("out")?.into(),
+        args: a.rest(),
+    };
+    a.finish()?;
+    let n = transfer::run(&cfg)?;
+    let (ok, fail) = transfer::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
+    let med = |k: &str| stats::median(&ok.iter().filter_map(|s| s.get(k)).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    eprintln!(
+        "mcr-bench: transfer {} ({} conns, {} keys): {n} updates, {} committed, {} failed; median transfer {:.2} ms, total {:.2} ms",
+        cfg.name,
+        cfg.conns,
+        cfg.keys,
+        ok.len(),
+        fail.len(),
+        med("transfer_ms"),
+        med("total_ms")
     );
     Ok(())
 }
@@ -240,6 +289,25 @@ fn main() {
             Ok(())
         }
         "wait-port" => wait_port(&a),
+        "transfer" => transfer_cmd(&a),
+        "transfer-report" => {
+            let dir: String = a.required("dir")?;
+            a.finish()?;
+            print!("{}", transfer::report(std::path::Path::new(&dir)));
+            Ok(())
+        }
+        "fill" => {
+            let (port, keys) = (a.required("port")?, a.required("keys")?);
+            a.finish()?;
+            transfer::fill(port, keys)
+        }
+        "rss" => {
+            let pid: i32 = a.required("tree")?;
+            let comm: String = a.get("comm", String::new())?;
+            a.finish()?;
+            println!("{}", cpu::rss_kb(pid, &comm));
+            Ok(())
+        }
         "cpu" => {
             let pid: i32 = a.required("tree")?;
             a.finish()?;

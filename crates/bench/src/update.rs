@@ -39,6 +39,8 @@ pub struct Config {
     pub timeout_ms: u64,
     /// Hard bound on the whole loop.
     pub max_time: Duration,
+    /// Pass `--fresh-state` to `mcr update` (no state transfer: nginx).
+    pub fresh_state: bool,
     pub out: PathBuf,
 }
 
@@ -148,7 +150,7 @@ impl Sample {
 /// Like `Command::output`, with the wall time in microseconds, but bounded: the command
 /// is killed after `limit` (an error then). Its output goes through files, not pipes, so
 /// a detached descendant that keeps them open cannot hold us.
-fn output_within(cmd: &mut Command, limit: Duration) -> Result<(Output, u64), String> {
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Result<(Output, u64), String> {
     let what = format!("{:?}", cmd.get_program());
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -260,7 +262,11 @@ fn update(cfg: &Config, to: Ver) -> Result<Sample, String> {
     let timeout = cfg.timeout_ms.to_string();
     // Its own bounds: quiesce 1 s, replay --timeout, commit 5 s; a margin on top.
     let limit = Duration::from_millis(cfg.timeout_ms) + Duration::from_secs(30);
-    let (out, client_us) = cfg.mcr_with_program(&["update", &cfg.name, "--json", "--timeout", &timeout], to, limit)?;
+    let mut args = vec!["update", cfg.name.as_str(), "--json", "--timeout", &timeout];
+    if cfg.fresh_state {
+        args.push("--fresh-state");
+    }
+    let (out, client_us) = cfg.mcr_with_program(&args, to, limit)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let phase = |k: &str| json_f64(&text, k).map(us);

@@ -1,0 +1,575 @@
+//! State transfer against open connections and live objects: one instance started under
+//! `mcr run --detach`, optionally filled with keys, with `--conns` idle client connections
+//! open (each made a couple of requests first), then updated `--updates` times back and
+//! forth between two versions with `mcr update --json`; the phases and the `transfer`
+//! section of every update are recorded.
+//!
+//! Protocols: `kvd` (fixtures/kvd.c; `--keys` SETs, 3 heap blocks each; every connection
+//! SETs and GETs its own key) and `http` (one keep-alive `GET /` per connection, nginx).
+//! After each committed update the connections are checked: with the state transferred
+//! (kvd) every connection must still answer with its own value and `COUNT` must be
+//! unchanged, else the sample is a failure; with `--fresh-state` connections closed by
+//! the update are counted (`closed`) and reopened, so the next update sees as many.
+//!
+//! Sample file, one update a line, tab-separated: `ok <to> <conns> <keys> <closed>`
+//! followed by the values of [`FIELDS`] in order (`-` when absent), or
+//! `fail <to> <conns> <keys> <message>`.
+
+use crate::kvload::addr;
+use crate::quiesce::{json_bool, json_f64, json_str};
+use crate::update::output_within;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The numbers taken from `mcr update --json`, in the order of the sample file.
+pub const FIELDS: [&str; 18] = [
+    "drain_ms",
+    "quiesce_ms",
+    "restart_ms",
+    "transfer_ms",
+    "commit_ms",
+    "total_ms",
+    "client_ms",
+    "globals",
+    "globals_clean",
+    "objects",
+    "bytes",
+    "live_objects",
+    "connections",
+    "dirty_pages",
+    "clean_pages",
+    "heap_scan_ms",
+    "trace_ms",
+    "connections_ms",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Kvd,
+    Http,
+}
+
+pub struct Config {
+    pub mcr: PathBuf,
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    pub args: Vec<String>,
+    pub port: u16,
+    pub proto: Proto,
+    pub conns: usize,
+    pub keys: usize,
+    pub updates: usize,
+    pub fresh_state: bool,
+    pub timeout_ms: u64,
+    pub out: PathBuf,
+}
+
+const IO: Duration = Duration::from_secs(10);
+
+fn connect(port: u16) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&addr(port), IO).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(IO)).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Sends `req` and reads until `n` reply lines arrived; returns them.
+fn lines(s: &mut TcpStream, req: &[u8], n: usize) -> Result<Vec<String>, String> {
+    s.write_all(req).map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    while buf.iter().filter(|&&b| b == b'\n').count() < n {
+        let k = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    Ok(String::from_utf8_lossy(&buf).lines().map(str::to_string).collect())
+}
+
+/// One keep-alive HTTP GET; Ok once the whole response (Content-Length) was read.
+fn http_get(s: &mut TcpStream) -> Result<(), String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let k = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(h) = text.find("\r\n\r\n") {
+            let len = text[..h]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or("no Content-Length in the response")?;
+            if !text.starts_with("HTTP/1.1 200") {
+                return Err(format!("bad response: {}", text.lines().next().unwrap_or("")));
+            }
+            if buf.len() >= h + 4 + len {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Fills kvd with `keys` keys (`k:<i>` = 16-byte value), pipelined in batches.
+pub fn fill(port: u16, keys: usize) -> Result<(), String> {
+    let mut s = connect(port)?;
+    let mut i = 0;
+    while i < keys {
+        let n = (keys - i).min(512);
+        let mut req = Vec::with_capacity(n * 32);
+        for k in i..i + n {
+            let _ = writeln!(req, "SET k:{k} v-{k:014}");
+        }
+        let r = lines(&mut s, &req, n)?;
+        if let Some(bad) = r.iter().find(|l| *l != "OK") {
+            return Err(format!("SET replied '{bad}'"));
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+/// Opens connection `i` and makes its first requests.
+fn open(cfg: &Config, i: usize) -> Result<TcpStream, String> {
+    let mut s = connect(cfg.port)?;
+    match cfg.proto {
+        Proto::Kvd => {
+            let r = lines(&mut s, format!("SET c:{i} conn-{i}\nGET c:{i}\n").as_bytes(), 2)?;
+            if r != ["OK".to_string(), format!("VALUE conn-{i}")] {
+                return Err(format!("connection {i}: unexpected replies {r:?}"));
+            }
+        }
+        Proto::Http => {
+            http_get(&mut s)?;
+            http_get(&mut s)?;
+        }
+    }
+    Ok(s)
+}
+
+fn count(port: u16) -> Result<String, String> {
+    let mut s = connect(port)?;
+    Ok(lines(&mut s, b"COUNT\n", 1)?.remove(0))
+}
+
+/// After an update: every connection still serves (Err otherwise), or with
+/// `--fresh-state` the closed ones are counted and reopened.
+fn check(cfg: &Config, socks: &mut [TcpStream]) -> Result<usize, String> {
+    let mut closed = 0;
+    for (i, s) in socks.iter_mut().enumerate() {
+        let r = match cfg.proto {
+            Proto::Kvd => lines(s, format!("GET c:{i}\n").as_bytes(), 1).and_then(|r| {
+                if r[0] == format!("VALUE conn-{i}") {
+                    Ok(())
+                } else {
+                    Err(format!("GET c:{i} replied '{}'", r[0]))
+                }
+            }),
+            Proto::Http => http_get(s),
+        };
+        if let Err(e) = r {
+            if !cfg.fresh_state {
+                return Err(format!("connection {i} after the update: {e}"));
+            }
+            closed += 1;
+            *s = open(cfg, i)?;
+        }
+    }
+    Ok(closed)
+}
+
+fn mcr(cfg: &Config, args: &[&str], limit: Duration) -> Result<std::process::Output, String> {
+    Ok(output_within(Command::new(&cfg.mcr).args(args), limit)?.0)
+}
+
+pub fn run(cfg: &Config) -> Result<usize, String> {
+    let mut f = std::fs::File::create(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
+    let out = output_within(
+        Command::new(&cfg.mcr).args(["run", "--detach", "--name", &cfg.name, "--"]).arg(&cfg.a).args(&cfg.args),
+        Duration::from_secs(30),
+    )?
+    .0;
+    if !out.status.success() {
+        return Err(format!("mcr run failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let result = (|| {
+        let t = Instant::now();
+        while connect(cfg.port).is_err() {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err("the server does not accept connections".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if cfg.proto == Proto::Kvd && cfg.keys > 0 {
+            fill(cfg.port, cfg.keys)?;
+        }
+        let mut socks = (0..cfg.conns).map(|i| open(cfg, i)).collect::<Result<Vec<_>, _>>()?;
+        let expect = if cfg.proto == Proto::Kvd { Some(count(cfg.port)?) } else { None };
+        let mut running_b = false;
+        let mut n = 0;
+        for _ in 0..cfg.updates {
+            let to = if running_b { &cfg.a } else { &cfg.b };
+            let tag = if running_b { "a" } else { "b" };
+            let timeout = cfg.timeout_ms.to_string();
+            let mut cmd = Command::new(&cfg.mcr);
+            cmd.args(["update", &cfg.name, "--json", "--timeout", &timeout]);
+            if cfg.fresh_state {
+                cmd.arg("--fresh-state");
+            }
+            cmd.arg("--").arg(to).args(&cfg.args);
+            let head = format!("{tag}\t{}\t{}", cfg.conns, cfg.keys);
+            n += 1;
+            let (o, client_us) =
+                match output_within(&mut cmd, Duration::from_millis(cfg.timeout_ms) + Duration::from_secs(10)) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let e = if e.contains("did not finish") {
+                            format!("mcr update hung: killed after {} s", cfg.timeout_ms / 1000 + 10)
+                        } else {
+                            e.replace(['\t', '\n'], " ")
+                        };
+                        writeln!(f, "fail\t{head}\t{e}").map_err(|e| e.to_string())?;
+                        return Err(e);
+                    }
+                };
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            if json_bool(&text, "committed") != Some(true) {
+                let why = json_str(&text, "message").unwrap_or_else(|| String::from_utf8_lossy(&o.stderr).trim().into());
+                writeln!(f, "fail\t{head}\t{}", why.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
+                eprintln!("mcr-bench: transfer: update to {to} did not commit: {why}");
+                continue;
+            }
+            running_b = !running_b;
+            let closed = match check(cfg, &mut socks) {
+                Ok(c) => c,
+                Err(e) => {
+                    writeln!(f, "fail\t{head}\t{e}").map_err(|e| e.to_string())?;
+                    return Err(e);
+                }
+            };
+            if let Some(want) = &expect {
+                let got = count(cfg.port)?;
+                if &got != want {
+                    let e = format!("{want} before the updates, {got} after");
+                    writeln!(f, "fail\t{head}\t{e}").map_err(|e| e.to_string())?;
+                    return Err(e);
+                }
+            }
+            let vals: Vec<String> = FIELDS
+                .iter()
+                .map(|k| {
+                    let v = if *k == "client_ms" { Some(client_us as f64 / 1000.0) } else { json_f64(&text, k) };
+                    v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+                })
+                .collect();
+            writeln!(f, "ok\t{head}\t{closed}\t{}", vals.join("\t")).map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(socks);
+        Ok(n)
+    })();
+    if result.is_err() {
+        // An update killed half-way may leave its new version behind.
+        let _ = mcr(cfg, &["stop", &format!("{}.next", cfg.name), "--timeout", "2"], Duration::from_secs(20));
+    }
+    let stop = mcr(cfg, &["stop", &cfg.name, "--timeout", "5"], Duration::from_secs(20));
+    let n = result?;
+    match stop {
+        Ok(o) if o.status.success() => Ok(n),
+        Ok(o) => Err(format!("mcr stop failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(e),
+    }
+}
+
+/// One parsed `ok` line (conns and keys are kept for ad-hoc analysis of the raw files).
+#[allow(dead_code)]
+pub struct Sample {
+    pub conns: usize,
+    pub keys: usize,
+    pub closed: usize,
+    pub v: Vec<Option<f64>>,
+}
+
+impl Sample {
+    pub fn get(&self, k: &str) -> Option<f64> {
+        self.v[FIELDS.iter().position(|f| *f == k)?]
+    }
+}
+
+/// Parses a sample file: the committed updates, and the failure messages.
+pub fn parse(text: &str) -> (Vec<Sample>, Vec<String>) {
+    let (mut ok, mut fail) = (Vec::new(), Vec::new());
+    for l in text.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        match f.first() {
+            Some(&"ok") if f.len() == 5 + FIELDS.len() => {
+                let (Ok(conns), Ok(keys), Ok(closed)) = (f[2].parse(), f[3].parse(), f[4].parse()) else { continue };
+                ok.push(Sample { conns, keys, closed, v: f[5..].iter().map(|x| x.parse().ok()).collect() });
+            }
+            Some(&"fail") => fail.push(f[4..].join(" ")),
+            _ => {}
+        }
+    }
+    (ok, fail)
+}
+
+fn med(xs: &[f64]) -> Option<f64> {
+    crate::stats::median(xs)
+}
+
+fn p90(xs: &[f64]) -> Option<f64> {
+    crate::stats::percentile(xs, 90.0)
+}
+
+fn f(x: Option<f64>, prec: usize) -> String {
+    x.map_or_else(|| "–".into(), |v| format!("{v:.prec$}"))
+}
+
+fn col(ok: &[Sample], k: &str) -> Vec<f64> {
+    ok.iter().filter_map(|s| s.get(k)).collect()
+}
+
+fn verdict(x: Option<f64>, budget: f64) -> String {
+    match x {
+        Some(v) if v < budget => format!("< {budget} ms (met)"),
+        Some(_) => format!("< {budget} ms (**NOT met**)"),
+        None => format!("< {budget} ms (not measured)"),
+    }
+}
+
+/// `round<TAB>variant<TAB>value...` lines: values by round for each variant.
+fn by_round(text: &str, col_idx: usize) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> {
+    let mut m: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> = Default::default();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        if let (Some(r), Some(v), Some(x)) = (f.first(), f.get(1), f.get(col_idx).and_then(|x| x.parse::<f64>().ok())) {
+            m.entry(r.to_string()).or_default().insert(v.to_string(), x);
+        }
+    }
+    m
+}
+
+/// Per-round ratios `num/den` of the values in column `col_idx`.
+fn ratios(text: &str, col_idx: usize, num: &str, den: &str) -> Vec<f64> {
+    by_round(text, col_idx).values().filter_map(|v| Some(v.get(num)? / v.get(den)?)).collect()
+}
+
+fn ratio_cell(r: &[f64]) -> String {
+    if r.is_empty() {
+        return "not measured".into();
+    }
+    format!(
+        "{} (rounds {}–{}, n={})",
+        f(med(r), 3),
+        f(crate::stats::min(r), 3),
+        f(crate::stats::max(r), 3),
+        r.len()
+    )
+}
+
+/// The markdown section of bench/transfer.sh, from the files in `dir`.
+pub fn report(dir: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+    let meta = crate::report::parse_meta(&read("meta.txt"));
+    let m = |k: &str| meta.get(k).cloned().unwrap_or_else(|| "?".into());
+    let mut o = String::new();
+    let _ = writeln!(o, "## State transfer, allocation metadata and memory (bench/transfer.sh)");
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{} · {} cores · Linux {} · mcr {} · load avg before/after {} / {} · {} run",
+        m("date"),
+        m("nproc"),
+        m("kernel"),
+        m("git"),
+        m("loadavg_start"),
+        m("loadavg_end"),
+        m("mode")
+    );
+    let _ = writeln!(o);
+    // 1a. connections
+    let _ = writeln!(o, "**State transfer vs open connections** (kvd ↔ kvd-v2-layout, idle clients that each made 2 requests, no keys; median / p90 over the committed updates):");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| connections | committed | transfer_ms | of which connections_ms | whole update (total_ms) | budget (transfer) | paper (fig. 3) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+    for (c, budget, paper) in [
+        (0, 20.0, "28–187 ms"),
+        (4, 50.0, "–"),
+        (10, 50.0, "–"),
+        (100, 50.0, "+371 ms over no connections"),
+        (1000, 200.0, "–"),
+    ] {
+        let text = read(&format!("transfer-conns-{c}.tsv"));
+        let (ok, fail) = parse(&text);
+        let t = col(&ok, "transfer_ms");
+        let budget_txt = if c == 4 || c == 10 { "– (50 ms at 100)".to_string() } else { verdict(p90(&t), budget) };
+        let state = if text.is_empty() {
+            "not run".to_string()
+        } else if let Some(e) = fail.first() {
+            format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
+        } else {
+            format!("{}/{}", ok.len(), ok.len())
+        };
+        let _ = writeln!(
+            o,
+            "| {c} | {state} | {} / {} | {} / {} | {} / {} | {budget_txt} (on the p90) | {paper} |",
+            f(med(&t), 2),
+            f(p90(&t), 2),
+            f(med(&col(&ok, "connections_ms")), 2),
+            f(p90(&col(&ok, "connections_ms")), 2),
+            f(med(&col(&ok, "total_ms")), 2),
+            f(p90(&col(&ok, "total_ms")), 2),
+        );
+    }
+    let _ = writeln!(o);
+    // 1b. keys
+    let _ = writeln!(o, "**State transfer vs live objects** (kvd ↔ kvd-v2-layout, no connections; 3 heap blocks per key; median over the committed updates):");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| keys | committed | live objects | objects / MB moved | transfer_ms (p90) | heap_scan_ms | trace_ms | pages skipped as clean | globals skipped as clean | whole update |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    for k in [0, 1000, 10000, 100000] {
+        let text = read(&format!("transfer-keys-{k}.tsv"));
+        let (ok, fail) = parse(&text);
+        let state = if text.is_empty() {
+            "not run".to_string()
+        } else if let Some(e) = fail.first() {
+            format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
+        } else {
+            format!("{}/{}", ok.len(), ok.len())
+        };
+        let share = |a: &str, b: &str| {
+            let v: Vec<f64> = ok
+                .iter()
+                .filter_map(|s| {
+                    let (x, y) = (s.get(a)?, s.get(b)?);
+                    (x + y > 0.0).then(|| x / (x + y))
+                })
+                .collect();
+            med(&v).map_or_else(|| "–".into(), |v| format!("{:.0}%", v * 100.0))
+        };
+        let t = col(&ok, "transfer_ms");
+        let _ = writeln!(
+            o,
+            "| {k} | {state} | {} | {} / {} | {} ({}) | {} | {} | {} (of {} pages) | {} (of {}) | {} |",
+            f(med(&col(&ok, "live_objects")), 0),
+            f(med(&col(&ok, "objects")), 0),
+            f(med(&col(&ok, "bytes")).map(|b| b / 1e6), 2),
+            f(med(&t), 2),
+            f(p90(&t), 2),
+            f(med(&col(&ok, "heap_scan_ms")), 2),
+            f(med(&col(&ok, "trace_ms")), 2),
+            share("clean_pages", "dirty_pages"),
+            f(med(&ok.iter().filter_map(|s| Some(s.get("clean_pages")? + s.get("dirty_pages")?)).collect::<Vec<_>>()), 0),
+            f(med(&col(&ok, "globals_clean")), 0),
+            f(med(&col(&ok, "globals")), 0),
+            f(med(&col(&ok, "total_ms")), 2),
+        );
+    }
+    let _ = writeln!(o);
+    // 1c. nginx
+    let ngx: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-nginx-{c}.tsv")))).collect();
+    if ngx.iter().any(|(_, t)| !t.is_empty()) {
+        let _ = writeln!(o, "**nginx update with `--fresh-state`** (no state transfer: mcr cannot trace nginx's heap yet; open keep-alive connections are drained, i.e. closed by nginx, before the update; median / p90):");
+        let _ = writeln!(o);
+        let _ = writeln!(o, "| keep-alive connections | committed | closed by the update (median) | drain_ms | restart_ms | commit_ms | whole update (total_ms) |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+        for (c, text) in &ngx {
+            let (ok, fail) = parse(text);
+            let state = if text.is_empty() {
+                "not run".to_string()
+            } else if let Some(e) = fail.first() {
+                format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
+            } else {
+                format!("{}/{}", ok.len(), ok.len())
+            };
+            let pp = |k: &str| format!("{} / {}", f(med(&col(&ok, k)), 2), f(p90(&col(&ok, k)), 2));
+            let closed: Vec<f64> = ok.iter().map(|s| s.closed as f64).collect();
+            let _ = writeln!(
+                o,
+                "| {c} | {state} | {} | {} | {} | {} | {} |",
+                f(med(&closed), 0),
+                pp("drain_ms"),
+                pp("restart_ms"),
+                pp("commit_ms"),
+                pp("total_ms")
+            );
+        }
+        let _ = writeln!(o);
+    }
+    // 2, 3. overheads
+    let alloc = read("alloc.tsv");
+    let rss = read("rss.tsv");
+    let _ = writeln!(o, "**Overheads, measured against the same program in the same run** (ratio = mcr / baseline per round; median, min–max of the rounds):");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| figure | measured | budget | paper |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    let alloc_row = |label: &str, num: &str, col_idx: usize| {
+        let r = ratios(&alloc, col_idx, num, "plain");
+        let verdict = match (crate::stats::median(&r), crate::stats::max(&r)) {
+            (Some(x), _) if x > 1.10 => "≤ 1.10 (**NOT met**)",
+            (Some(_), Some(mx)) if mx <= 1.10 => "≤ 1.10 (met, every round)",
+            (Some(_), _) => "≤ 1.10 (met on the median)",
+            _ => "≤ 1.10",
+        };
+        format!("| {label} | {} | {verdict} | 5% (perlbench 36%) |", ratio_cell(&r))
+    };
+    let _ = writeln!(o, "{}", alloc_row("allocation micro-benchmark (bench/allocbench.c) CPU time, `LD_PRELOAD=libmcr.so` (inert: malloc headers only) / plain", "preload", 2));
+    let _ = writeln!(o, "{}", alloc_row("allocation micro-benchmark CPU time, under `mcr run` / plain", "mcr", 2));
+    let _ = writeln!(o, "{}", alloc_row("allocation micro-benchmark wall time, `LD_PRELOAD` / plain", "preload", 3));
+    let mem_row = |label: &str, what: &str| {
+        let text: String = rss.lines().filter(|l| l.split('\t').nth(2) == Some(what)).map(|l| format!("{l}\n")).collect();
+        let r = ratios(&text, 3, "mcr", "base");
+        let bm = by_round(&text, 3);
+        let abs = |v: &str| med(&bm.values().filter_map(|x| x.get(v).copied()).collect::<Vec<_>>());
+        let sup = med(&bm.values().filter_map(|x| x.get("supervisor").copied()).collect::<Vec<_>>());
+        let verdict = match med(&r) {
+            Some(x) if x <= 1.25 => "≤ 1.25x (met)",
+            Some(_) => "≤ 1.25x (**NOT met**)",
+            None => "≤ 1.25x (not measured)",
+        };
+        format!(
+            "| {label} | {}; VmRSS {} → {} MB (mcr supervisor, not counted: {} MB) | {verdict} | 3.9x mean |",
+            ratio_cell(&r),
+            f(abs("base").map(|k| k / 1024.0), 1),
+            f(abs("mcr").map(|k| k / 1024.0), 1),
+            f(sup.map(|k| k / 1024.0), 1)
+        )
+    };
+    let _ = writeln!(o, "{}", mem_row("resident memory, kvd with 100 000 keys, under mcr / plain", "kvd"));
+    let _ = writeln!(o, "{}", mem_row("resident memory, nginx idle (master + 2 workers), under mcr / plain", "nginx"));
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Setup: {}", m("setup"));
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Reproduce: `{}`", m("command"));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples() {
+        let vals: Vec<String> = (0..FIELDS.len()).map(|i| if i == 1 { "-".into() } else { format!("{i}.5") }).collect();
+        let text = format!("ok\tb\t10\t1000\t0\t{}\nfail\ta\t10\t1000\tno\nok\tb\t1\n", vals.join("\t"));
+        let (ok, fail) = parse(&text);
+        assert_eq!(ok.len(), 1);
+        assert_eq!((ok[0].conns, ok[0].keys, ok[0].closed), (10, 1000, 0));
+        assert_eq!(ok[0].get("drain_ms"), Some(0.5));
+        assert_eq!(ok[0].get("quiesce_ms"), None);
+        assert_eq!(ok[0].get("connections_ms"), Some(17.5));
+        assert_eq!(fail, vec!["no".to_string()]);
+    }
+}
