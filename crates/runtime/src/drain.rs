@@ -17,6 +17,51 @@ static DRAINING: AtomicU32 = AtomicU32::new(0);
 /// otherwise spin on a core while it finishes its connections.
 const REFUSED_ACCEPT_PAUSE_NS: i64 = 1_000_000;
 
+/// Descriptors accept() returned (or an update installed as moved connections) and
+/// not closed since: client connections, as opposed to a socketpair or a socket received
+/// over a channel (nginx passes its workers' channels that way), which are not clients.
+const TRACKED_FDS: usize = 1 << 16;
+static ACCEPTED: [std::sync::atomic::AtomicU8; TRACKED_FDS] = [const { std::sync::atomic::AtomicU8::new(0) }; TRACKED_FDS];
+
+#[inline(always)]
+pub fn note_accepted(fd: libc::c_int) {
+    if let Some(a) = usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)) {
+        a.store(1, Relaxed);
+    }
+}
+
+#[inline(always)]
+pub fn note_closed(fd: libc::c_int) {
+    if let Some(a) = usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)) {
+        if a.load(Relaxed) != 0 {
+            a.store(0, Relaxed);
+        }
+    }
+}
+
+/// `new` now refers to what `old` refers to.
+pub fn note_duplicated(old: libc::c_int, new: libc::c_int) {
+    let was = usize::try_from(old).ok().and_then(|i| ACCEPTED.get(i)).is_some_and(|a| a.load(Relaxed) != 0);
+    if was {
+        note_accepted(new);
+    } else {
+        note_closed(new);
+    }
+}
+
+pub fn note_closed_range(first: u32, last: u32) {
+    let hi = (last as usize).min(TRACKED_FDS - 1);
+    for i in first as usize..=hi {
+        if ACCEPTED[i].load(Relaxed) != 0 {
+            ACCEPTED[i].store(0, Relaxed);
+        }
+    }
+}
+
+fn was_accepted(fd: i32) -> bool {
+    usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)).is_some_and(|a| a.load(Relaxed) != 0)
+}
+
 /// This process was forked after its parent completed startup.
 pub static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -76,15 +121,15 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
     }
 }
 
-/// The client connections this process holds: stream sockets created after startup
-/// (not by a recorded startup operation, not inherited, not the runtime's), connected
-/// (not listening). `known` are the descriptors startup accounts for.
+/// The client connections this process holds: sockets accept() returned after startup
+/// (not by a recorded startup operation, not inherited, not the runtime's), still
+/// connected. `known` are the descriptors startup accounts for.
 pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
     let mut candidates: Vec<(i32, u64)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for e in dir.flatten() {
             let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if fd < 3 || known.contains(&fd) {
+            if fd < 3 || known.contains(&fd) || !was_accepted(fd) {
                 continue;
             }
             if let Ok(target) = std::fs::read_link(e.path()) {

@@ -128,6 +128,8 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
                 failure = Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
                 break;
             }
+            // A client connection here too, for the next update.
+            crate::drain::note_accepted(t.target);
         }
     }
     for fd in received.iter().copied().chain([sock]) {

@@ -141,13 +141,21 @@ fn ssize_eintr(r: &ssize_t) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let f = real::accept();
-    finish_int(blocking(Call::Accept, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)), int_eintr))
+    let r = finish_int(blocking(Call::Accept, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)), int_eintr));
+    if r >= 0 {
+        drain::note_accepted(r);
+    }
+    r
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let f = real::accept4();
-    finish_int(blocking(Call::Accept4, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)), int_eintr))
+    let r = finish_int(blocking(Call::Accept4, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)), int_eintr));
+    if r >= 0 {
+        drain::note_accepted(r);
+    }
+    r
 }
 
 #[no_mangle]

@@ -6,7 +6,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::control::{is_reserved_fd, relocate_reserved_fd, reserved_fds};
-use crate::{errno, real};
+use crate::{drain, errno, real};
 use libc::{c_int, c_uint};
 
 #[no_mangle]
@@ -15,6 +15,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         errno::set(libc::EBADF);
         return -1;
     }
+    drain::note_closed(fd);
     real::close()(fd)
 }
 
@@ -22,6 +23,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let f = real::close_range();
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        drain::note_closed_range(first, last);
+    }
     let mut ours: Vec<c_uint> = reserved_fds().into_iter().filter(|&fd| fd >= 0).map(|fd| fd as c_uint).filter(|&fd| fd >= first && fd <= last).collect();
     if ours.is_empty() {
         return f(first, last, flags);
@@ -53,7 +57,11 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if is_reserved_fd(new) && old != new {
         relocate_reserved_fd(new);
     }
-    real::dup2()(old, new)
+    let r = real::dup2()(old, new);
+    if r >= 0 && old != new {
+        drain::note_duplicated(old, new);
+    }
+    r
 }
 
 #[no_mangle]
@@ -61,5 +69,9 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if is_reserved_fd(new) && old != new {
         relocate_reserved_fd(new);
     }
-    real::dup3()(old, new, flags)
+    let r = real::dup3()(old, new, flags);
+    if r >= 0 {
+        drain::note_duplicated(old, new);
+    }
+    r
 }
