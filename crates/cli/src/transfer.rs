@@ -6,7 +6,7 @@
 //! read, so a failure here rolls back with nothing to undo.
 
 use crate::client::Connection;
-use mcr_heap::{HeapIndex, ProcessMemory, Region};
+use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, Target, Version};
 use mcr_typemodel::Program;
@@ -44,8 +44,14 @@ pub struct Processes {
 struct NewProcess<'c> {
     next: &'c mut Connection,
     pid: i32,
+    host_pid: i32,
     mem: File,
+    /// Writes not yet made, sent together (process_vm_writev, many blocks per call).
+    pending: Vec<(u64, Vec<u8>)>,
 }
+
+/// Blocks per process_vm_writev (the kernel takes at most IOV_MAX = 1024).
+const WRITE_BATCH: usize = 512;
 
 impl NewProcess<'_> {
     fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
@@ -67,7 +73,33 @@ impl Target for NewProcess<'_> {
     }
 
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
-        self.mem.write_all_at(bytes, addr).map_err(|e| format!("writing {} bytes at {addr:#x}: {e}", bytes.len()))
+        self.pending.push((addr, bytes.to_vec()));
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let pending = std::mem::take(&mut self.pending);
+        for chunk in pending.chunks(WRITE_BATCH) {
+            let local: Vec<libc::iovec> =
+                chunk.iter().map(|(_, b)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
+            let remote: Vec<libc::iovec> =
+                chunk.iter().map(|(a, b)| libc::iovec { iov_base: *a as usize as *mut libc::c_void, iov_len: b.len() }).collect();
+            let want: usize = chunk.iter().map(|(_, b)| b.len()).sum();
+            // SAFETY: iovecs over live local buffers and the new process's addresses (the
+            // kernel checks those); nothing here is aliased.
+            let n = unsafe { libc::process_vm_writev(self.host_pid, local.as_ptr(), local.len() as _, remote.as_ptr(), remote.len() as _, 0) };
+            if n < 0 || n as usize != want {
+                // Partial or refused (a read-only page): one block at a time through
+                // /proc/PID/mem, which says which one fails.
+                for (a, b) in chunk {
+                    self.mem.write_all_at(b, *a).map_err(|e| format!("writing {} bytes at {a:#x}: {e}", b.len()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
@@ -77,6 +109,7 @@ impl Target for NewProcess<'_> {
     /// The old bytes go to scratch blocks in the new process, the handler runs there, the
     /// scratch blocks are freed.
     fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String> {
+        self.flush()?;
         let sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
         let scratch = self.allocate(&sizes)?;
         let mut batch = Vec::with_capacity(objects.len());
@@ -84,6 +117,7 @@ impl Target for NewProcess<'_> {
             self.write(*at, bytes)?;
             batch.push(HandlerObject { old: *at, old_size: bytes.len() as u64, new: *new, new_size: *new_size });
         }
+        self.flush()?;
         let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
         r.map(|_| ())
@@ -125,7 +159,8 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
         let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
         let heap_regions: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
-        let heap = HeapIndex::scan(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
+        let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
+        let old_view = Snapshot::new(&old_mem, pieces);
         sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
 
         let t = Instant::now();
@@ -145,10 +180,10 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         };
         let is_dirty = |addr: u64, len: u64| dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
         let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
-        let mut target = NewProcess { next: &mut *next, pid, mem };
+        let mut target = NewProcess { next: &mut *next, pid, host_pid: new_host, mem, pending: Vec::new() };
         let pair = Pair {
             old: Version { prog: old_prog, image: old_img },
-            old_mem: &old_mem,
+            old_mem: &old_view,
             heap: &heap,
             new: Version { prog: new_prog, image: new_img },
             dirty: Some(&is_dirty),

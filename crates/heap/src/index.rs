@@ -35,6 +35,18 @@ const CHUNK: usize = 1 << 20;
 impl HeapIndex {
     /// Scan `regions` of `mem` for live headers.
     pub fn scan(mem: &dyn ReadMemory, regions: &[Region]) -> Result<Self, MemoryError> {
+        Self::scan_inner(mem, regions, None)
+    }
+
+    /// Like [`HeapIndex::scan`], keeping what it read: reading the blocks again later is
+    /// then a copy, not a system call per block.
+    pub fn scan_keeping(mem: &dyn ReadMemory, regions: &[Region]) -> Result<(Self, Vec<(u64, Vec<u8>)>), MemoryError> {
+        let mut kept = Vec::new();
+        let idx = Self::scan_inner(mem, regions, Some(&mut kept))?;
+        Ok((idx, kept))
+    }
+
+    fn scan_inner(mem: &dyn ReadMemory, regions: &[Region], mut keep: Option<&mut Vec<(u64, Vec<u8>)>>) -> Result<Self, MemoryError> {
         let mut objects = Vec::new();
         let mut scanned = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -58,6 +70,9 @@ impl HeapIndex {
                     let info = u64::from_ne_bytes(w[8..16].try_into().expect("8 bytes"));
                     let Info { size, startup, .. } = Info::decode(info);
                     objects.push(Object { addr: h + HEADER as u64, size, startup });
+                }
+                if let Some(k) = keep.as_deref_mut() {
+                    k.push((at, b.to_vec()));
                 }
                 at += len as u64;
             }

@@ -16,7 +16,7 @@ pub mod index;
 pub mod memory;
 
 pub use index::{HeapIndex, Object};
-pub use memory::{MemoryError, ProcessMemory, ReadMemory, Region};
+pub use memory::{MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};
 
 /// Header size; also keeps the program's blocks 16-byte aligned as malloc must.
 pub const HEADER: usize = 16;

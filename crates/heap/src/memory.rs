@@ -49,6 +49,34 @@ impl ReadMemory for ProcessMemory {
     }
 }
 
+/// Memory read once in pieces (sorted by address), in front of the live source: reads
+/// inside a piece are copies, the rest go to the source.
+pub struct Snapshot<'m> {
+    source: &'m dyn ReadMemory,
+    pieces: Vec<(u64, Vec<u8>)>,
+}
+
+impl<'m> Snapshot<'m> {
+    pub fn new(source: &'m dyn ReadMemory, mut pieces: Vec<(u64, Vec<u8>)>) -> Self {
+        pieces.sort_by_key(|p| p.0);
+        Self { source, pieces }
+    }
+}
+
+impl ReadMemory for Snapshot<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let i = self.pieces.partition_point(|p| p.0 <= addr);
+        if let Some((start, bytes)) = i.checked_sub(1).and_then(|i| self.pieces.get(i)) {
+            let off = (addr - start) as usize;
+            if let Some(src) = bytes.get(off..off + buf.len()) {
+                buf.copy_from_slice(src);
+                return Ok(());
+            }
+        }
+        self.source.read(addr, buf)
+    }
+}
+
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {

@@ -14,6 +14,10 @@ pub trait Target {
     /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
     /// object's bytes, the new object's address, its size).
     fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String>;
+    /// Writes may be buffered: make them all land (also before `read` and handlers).
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// `MCR_ADD_OBJ_HANDLER` registrations of the new version (its `handler WHAT` hints):
@@ -124,8 +128,11 @@ struct Found {
     obj: Object,
     /// Old element type (typedefs stripped) when a typed pointer to its start reached it.
     ty: Option<TypeId>,
-    /// How it was reached, for reports.
-    path: String,
+    /// The block whose pointer first reached it (None: a global), and through which
+    /// field, for reports (paths are built only when one is needed: chains of blocks are
+    /// long, and repeating every path would cost time quadratic in their length).
+    parent: Option<u64>,
+    hop: String,
 }
 
 struct Walk<'p, 'a> {
@@ -133,7 +140,7 @@ struct Walk<'p, 'a> {
     hints: Hints,
     found: BTreeMap<u64, Found>,
     queue: VecDeque<u64>,
-    layouts: HashMap<TypeId, Layout>,
+    layouts: HashMap<TypeId, std::rc::Rc<Layout>>,
 }
 
 fn is_byte(p: &Program, ty: TypeId) -> bool {
@@ -152,13 +159,33 @@ fn is_const(p: &Program, mut ty: TypeId) -> bool {
 }
 
 impl<'p, 'a> Walk<'p, 'a> {
-    fn layout(&mut self, ty: TypeId) -> &Layout {
+    fn layout(&mut self, ty: TypeId) -> std::rc::Rc<Layout> {
         let prog = self.pair.old.prog;
-        self.layouts.entry(ty).or_insert_with(|| prog.layout(ty, &root_name(prog, ty)))
+        self.layouts.entry(ty).or_insert_with(|| std::rc::Rc::new(prog.layout(ty, &root_name(prog, ty)))).clone()
     }
 
-    /// Note a block reached from `path`, with the type its pointer gives it.
-    fn reach(&mut self, obj: Object, ty: Option<TypeId>, path: String) -> Result<(), TransferError> {
+    /// How the walk reached the block at `addr`, from a global.
+    fn path_of(&self, addr: u64) -> String {
+        let mut hops: Vec<&str> = Vec::new();
+        let mut cur = Some(addr);
+        while let Some(a) = cur {
+            let Some(f) = self.found.get(&a) else { break };
+            hops.push(&f.hop);
+            cur = f.parent;
+            if hops.len() > 100_000 {
+                break;
+            }
+        }
+        hops.reverse();
+        if hops.len() > 8 {
+            format!("{} -> …({} more)… -> {}", hops[..3].join(" -> "), hops.len() - 6, hops[hops.len() - 3..].join(" -> "))
+        } else {
+            hops.join(" -> ")
+        }
+    }
+
+    /// Note a block reached from `parent` through `hop`, with the type its pointer gives it.
+    fn reach(&mut self, obj: Object, ty: Option<TypeId>, parent: Option<u64>, hop: impl FnOnce() -> String) -> Result<(), TransferError> {
         let prog = self.pair.old.prog;
         match self.found.get_mut(&obj.addr) {
             Some(f) => match (f.ty, ty) {
@@ -173,42 +200,54 @@ impl<'p, 'a> Walk<'p, 'a> {
                     self.queue.push_back(obj.addr);
                 }
                 (Some(a), Some(b)) => {
+                    let here = match parent {
+                        Some(p) => format!("{} -> {}", self.path_of(p), hop()),
+                        None => hop(),
+                    };
                     return Err(conflict(
-                        &path,
+                        here,
                         format!(
                             "the block at {:#x} is reached as {} here and as {} from {}; mcr cannot tell which it is",
                             obj.addr,
                             prog.type_name(b),
                             prog.type_name(a),
-                            f.path
+                            self.path_of(obj.addr)
                         ),
-                    ))
+                    ));
                 }
             },
             None => {
-                self.found.insert(obj.addr, Found { obj, ty, path });
+                self.found.insert(obj.addr, Found { obj, ty, parent, hop: hop() });
                 self.queue.push_back(obj.addr);
             }
         }
         Ok(())
     }
 
-    /// Follow the pointers in `bytes` (objects of type `ty`, reached as `path`; hints
-    /// name its fields from `hint_root`: a global's name, or the type's).
-    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, path: &str, hint_root: &str) -> Result<(), TransferError> {
+    /// Follow the pointers in `bytes` (objects of type `ty`: the block at `from`, or the
+    /// global `label`; hints name its fields from `hint_root`: a global's name, or the
+    /// type's).
+    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, from: Option<u64>, label: &str, hint_root: &str) -> Result<(), TransferError> {
         let prog = self.pair.old.prog;
         let stride = prog.size_of(ty).unwrap_or(0);
         if stride == 0 || is_byte(prog, ty) {
             return Ok(());
         }
-        let layout = self.layout(ty).clone();
+        let layout = self.layout(ty);
         let count = bytes.len() as u64 / stride;
         for i in 0..count {
             let at = |off: u64| -> u64 {
                 let o = (i * stride + off) as usize;
                 u64::from_ne_bytes(bytes[o..o + 8].try_into().expect("8 bytes"))
             };
-            let elem = if count > 1 { format!("{path}[{i}]") } else { path.to_string() };
+            let elem = |suffix: &str| -> String {
+                let name = if from.is_some() { hint_root } else { label };
+                if count > 1 {
+                    format!("{name}[{i}]{suffix}")
+                } else {
+                    format!("{name}{suffix}")
+                }
+            };
             for slot in &layout.pointers {
                 let Pointee::Data { ty: pointee } = slot.pointee else { continue };
                 let v = at(slot.offset);
@@ -216,13 +255,18 @@ impl<'p, 'a> Walk<'p, 'a> {
                     continue;
                 }
                 if let Some(&obj) = self.pair.heap.containing(v) {
-                    let to = format!("{elem}{} -> {}", field_suffix(&slot.path), prog.type_name(pointee));
                     let t = (v == obj.addr).then(|| prog.strip(pointee));
-                    self.reach(obj, t, to)?;
+                    self.reach(obj, t, from, || elem(field_suffix(&slot.path)))?;
                 }
             }
             for r in &layout.opaque {
-                let here = format!("{elem}{}", field_suffix(&r.path));
+                let here = || {
+                    let e = elem(field_suffix(&r.path));
+                    match from {
+                        Some(a) => format!("{} -> {e}", self.path_of(a)),
+                        None => e,
+                    }
+                };
                 let key = normalize(&format!("{hint_root}{}", field_suffix(&r.path)));
                 if self.hints.opaque.contains(&key) {
                     continue;
@@ -231,7 +275,7 @@ impl<'p, 'a> Walk<'p, 'a> {
                     let v = at(r.offset);
                     if let Some(&obj) = self.pair.heap.containing(v) {
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
-                        self.reach(obj, t, format!("{here} -> {} (MCR_POINTS_TO)", prog.type_name(hinted)))?;
+                        self.reach(obj, t, from, || format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted)))?;
                     }
                     continue;
                 }
@@ -240,13 +284,13 @@ impl<'p, 'a> Walk<'p, 'a> {
                     OpaqueReason::VoidPointer => {
                         let v = at(r.offset);
                         if let Some(&obj) = self.pair.heap.containing(v) {
-                            self.reach(obj, None, format!("{here} -> (void *)"))?;
+                            self.reach(obj, None, from, || format!("{} (void *)", elem(field_suffix(&r.path))))?;
                         }
                     }
                     OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
                         let start = (i * stride + r.offset) as usize;
                         let end = (start + r.len as usize).min(bytes.len());
-                        self.no_hidden_pointers(&bytes[start..end], &here, r.reason)?;
+                        self.no_hidden_pointers(&bytes[start..end], here, r.reason)?;
                     }
                 }
             }
@@ -256,7 +300,7 @@ impl<'p, 'a> Walk<'p, 'a> {
 
     /// Memory mcr cannot type must not hold a heap address: the block it points to
     /// would move and the word could not be updated.
-    fn no_hidden_pointers(&self, bytes: &[u8], path: &str, why: OpaqueReason) -> Result<(), TransferError> {
+    fn no_hidden_pointers(&self, bytes: &[u8], path: impl FnOnce() -> String, why: OpaqueReason) -> Result<(), TransferError> {
         for (k, w) in bytes.chunks_exact(8).enumerate() {
             let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
             if v != 0 && self.pair.heap.containing(v).is_some() {
@@ -268,7 +312,7 @@ impl<'p, 'a> Walk<'p, 'a> {
                     OpaqueReason::CharArray => "a char array",
                 };
                 return Err(conflict(
-                    format!("{path}+{}", k * 8),
+                    format!("{}+{}", path(), k * 8),
                     format!(
                         "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
                          so it can neither move the block nor leave it (declare the field with its pointer type, or \
@@ -391,21 +435,28 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             }
         }
         let bytes = read_vec(pair.old_mem, old_addr, size)?;
-        walk.scan_typed(&bytes, old.strip(g.ty), &name, &g.name)?;
+        walk.scan_typed(&bytes, old.strip(g.ty), None, &name, &g.name)?;
         roots.push(Root { plain: g.name.clone(), new_addr: pair.new.image.bias + naddr, old_ty: g.ty, new_ty: ng.ty, name, bytes });
     }
     // Everything reachable from them.
     let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut roots_by_type: HashMap<TypeId, String> = HashMap::new();
     while let Some(addr) = walk.queue.pop_front() {
         let f = &walk.found[&addr];
-        let (obj, ty, path) = (f.obj, f.ty, f.path.clone());
+        let (obj, ty) = (f.obj, f.ty);
         if !contents.contains_key(&addr) {
             contents.insert(addr, read_vec(pair.old_mem, obj.addr, obj.size)?);
         }
-        let bytes = contents[&addr].clone();
+        let bytes = &contents[&addr];
         match ty {
-            Some(t) => walk.scan_typed(&bytes, t, &path, &root_name(old, t))?,
-            None => walk.no_hidden_pointers(&bytes, &path, OpaqueReason::VoidPointer)?,
+            Some(t) => {
+                let root = roots_by_type.entry(t).or_insert_with(|| root_name(old, t)).clone();
+                walk.scan_typed(bytes, t, Some(addr), "", &root)?
+            }
+            None => {
+                let place = || walk.path_of(addr);
+                walk.no_hidden_pointers(bytes, place, OpaqueReason::VoidPointer)?
+            }
         }
     }
 
@@ -423,7 +474,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
                 if !plans.contains_key(&t) {
                     let Some(nt) = counterpart(old, t, new, &mut types) else {
-                        return Err(conflict(&f.path, format!("type {} has no counterpart in the new version", old.type_name(t))));
+                        return Err(conflict(walk.path_of(*addr), format!("type {} has no counterpart in the new version", old.type_name(t))));
                     };
                     let handled = handlers.contains_key(&normalize(&root_name(new, nt)));
                     match Plan::with_root(old, t, new, nt, &root_name(old, t)) {
@@ -435,7 +486,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                             let (o, n) = (old.size_of(t).unwrap_or(0), new.size_of(nt).unwrap_or(0));
                             plans.insert(t, (None, o, n));
                         }
-                        Err(e) => return Err(conflict(&f.path, format!("cannot transform {}: {e}", old.type_name(t)))),
+                        Err(e) => return Err(conflict(walk.path_of(*addr), format!("cannot transform {}: {e}", old.type_name(t)))),
                     }
                 }
                 let p = &plans[&t];
@@ -507,11 +558,11 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                             .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
                         _ => relocate_data(s.old_value, s.path),
                     })
-                    .map_err(|e| conflict(&f.path, e.to_string()))?;
+                    .map_err(|e| conflict(walk.path_of(*addr), e.to_string()))?;
                     for &(oo, no) in &fix {
                         let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
                         if heap.containing(v).is_some() {
-                            let nv = relocate_data(v, &f.path).map_err(|e| conflict(&f.path, e))?;
+                            let nv = relocate_data(v, "").map_err(|e| conflict(walk.path_of(*addr), e))?;
                             out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
                         }
                     }
@@ -527,6 +578,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         report.bytes += out.len() as u64;
     }
     report.objects = order.len();
+    target.flush().map_err(TransferError::Target)?;
     for (what, objs) in &for_handlers {
         target.run_handlers(what, objs).map_err(|e| conflict(what.as_str(), e))?;
         report.handled += objs.len();
@@ -603,6 +655,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         report.globals += 1;
     }
+    target.flush().map_err(TransferError::Target)?;
     Ok(Transfer { moved, report })
 }
 
