@@ -61,6 +61,7 @@ impl HeapIndex {
                     continue;
                 }
                 scanned += len as u64;
+                let before = objects.len();
                 for (i, w) in b.chunks_exact(HEADER).enumerate() {
                     let h = at + (i * HEADER) as u64;
                     let t = u64::from_ne_bytes(w[..8].try_into().expect("8 bytes"));
@@ -71,7 +72,9 @@ impl HeapIndex {
                     let Info { size, startup, .. } = Info::decode(info);
                     objects.push(Object { addr: h + HEADER as u64, size, startup });
                 }
-                if let Some(k) = keep.as_deref_mut() {
+                // Only pieces that hold blocks are worth keeping (most anonymous memory,
+                // stacks and the like, holds none).
+                if let Some(k) = keep.as_deref_mut().filter(|_| objects.len() > before) {
                     k.push((at, b.to_vec()));
                 }
                 at += len as u64;
