@@ -29,6 +29,9 @@ pub struct HeapIndex {
     pub scanned_bytes: u64,
 }
 
+/// Memory read by a scan: (address, bytes), in address order.
+pub type Pieces = Vec<(u64, Vec<u8>)>;
+
 /// Read in pieces this large (a multiple of the header size).
 const CHUNK: usize = 1 << 20;
 
@@ -40,13 +43,13 @@ impl HeapIndex {
 
     /// Like [`HeapIndex::scan`], keeping what it read: reading the blocks again later is
     /// then a copy, not a system call per block.
-    pub fn scan_keeping(mem: &dyn ReadMemory, regions: &[Region]) -> Result<(Self, Vec<(u64, Vec<u8>)>), MemoryError> {
+    pub fn scan_keeping(mem: &dyn ReadMemory, regions: &[Region]) -> Result<(Self, Pieces), MemoryError> {
         let mut kept = Vec::new();
         let idx = Self::scan_inner(mem, regions, Some(&mut kept))?;
         Ok((idx, kept))
     }
 
-    fn scan_inner(mem: &dyn ReadMemory, regions: &[Region], mut keep: Option<&mut Vec<(u64, Vec<u8>)>>) -> Result<Self, MemoryError> {
+    fn scan_inner(mem: &dyn ReadMemory, regions: &[Region], mut keep: Option<&mut Pieces>) -> Result<Self, MemoryError> {
         let mut objects = Vec::new();
         let mut scanned = 0u64;
         let mut buf = vec![0u8; CHUNK];

@@ -15,7 +15,7 @@
 pub mod index;
 pub mod memory;
 
-pub use index::{HeapIndex, Object};
+pub use index::{HeapIndex, Object, Pieces};
 pub use memory::{MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};
 
 /// Header size; also keeps the program's blocks 16-byte aligned as malloc must.

@@ -406,6 +406,8 @@ pub struct DirtyTracking {
 }
 
 /// Supervisor → the `mcr run` that launched it, over a pipe: how the server is doing.
+// Sent once or twice per launch: boxing the conflict would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "report", rename_all = "snake_case")]
 pub enum LaunchReport {

@@ -134,7 +134,7 @@ mod tests {
         // SAFETY: alloc/dealloc pairs with the same layout.
         unsafe {
             let p = a.alloc(layout);
-            assert!(!p.is_null() && p as usize % 64 == 0);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(64));
             a.dealloc(p, layout);
             let q = a.alloc(layout);
             assert_eq!(p, q, "a freed block is reused first");

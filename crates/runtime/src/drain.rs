@@ -51,9 +51,9 @@ pub fn note_duplicated(old: libc::c_int, new: libc::c_int) {
 
 pub fn note_closed_range(first: u32, last: u32) {
     let hi = (last as usize).min(TRACKED_FDS - 1);
-    for i in first as usize..=hi {
-        if ACCEPTED[i].load(Relaxed) != 0 {
-            ACCEPTED[i].store(0, Relaxed);
+    for a in ACCEPTED.iter().take(hi + 1).skip(first as usize) {
+        if a.load(Relaxed) != 0 {
+            a.store(0, Relaxed);
         }
     }
 }

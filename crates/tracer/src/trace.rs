@@ -444,8 +444,8 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     while let Some(addr) = walk.queue.pop_front() {
         let f = &walk.found[&addr];
         let (obj, ty) = (f.obj, f.ty);
-        if !contents.contains_key(&addr) {
-            contents.insert(addr, read_vec(pair.old_mem, obj.addr, obj.size)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = contents.entry(addr) {
+            e.insert(read_vec(pair.old_mem, obj.addr, obj.size)?);
         }
         let bytes = &contents[&addr];
         match ty {
@@ -472,7 +472,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     for (addr, f) in &walk.found {
         let (old_stride, new_stride) = match f.ty {
             Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
-                if !plans.contains_key(&t) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(t) {
                     let Some(nt) = counterpart(old, t, new, &mut types) else {
                         return Err(conflict(walk.path_of(*addr), format!("type {} has no counterpart in the new version", old.type_name(t))));
                     };
@@ -480,11 +480,11 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                     match Plan::with_root(old, t, new, nt, &root_name(old, t)) {
                         Ok(plan) => {
                             let (o, n) = (plan.old_size, plan.new_size);
-                            plans.insert(t, (Some(plan), o, n));
+                            slot.insert((Some(plan), o, n));
                         }
                         Err(_) if handled => {
                             let (o, n) = (old.size_of(t).unwrap_or(0), new.size_of(nt).unwrap_or(0));
-                            plans.insert(t, (None, o, n));
+                            slot.insert((None, o, n));
                         }
                         Err(e) => return Err(conflict(walk.path_of(*addr), format!("cannot transform {}: {e}", old.type_name(t)))),
                     }
@@ -494,11 +494,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             }
             _ => (0, 0),
         };
-        let size = if old_stride == 0 {
-            f.obj.size
-        } else {
-            let n = f.obj.size / old_stride;
-            n * new_stride + f.obj.size % old_stride
+        let size = match f.obj.size.checked_div(old_stride) {
+            None => f.obj.size,
+            Some(n) => n * new_stride + f.obj.size % old_stride,
         };
         order.push(*addr);
         sizes.push(size);
