@@ -305,5 +305,8 @@ fn object_handler_carries_a_field_moved_elsewhere() {
         inst.stop().ok();
     }
     let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-meta").into()]);
-    assert!(check.stdout.contains("hits"), "{check}");
+    assert!(check.stdout.contains("kv_node.hits") && check.stdout.contains("dropped"), "{check}");
+    assert!(!check.stdout.contains("MCR_ADD_OBJ_HANDLER for it"), "{check}");
+    let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-meta-handled").into()]);
+    assert!(check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"), "mcr check names the handler: {check}");
 }

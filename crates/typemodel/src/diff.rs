@@ -134,9 +134,40 @@ pub fn diff(old: &Program, new: &Program) -> Diff {
     let changed: HashSet<String> =
         d.types.iter().filter(|t| t.change == Change::Changed).map(|t| t.name.clone()).collect();
     d.globals = global_changes(old, new, &changed);
+    apply_handlers(new, &mut d);
     let worst = d.types.iter().map(|t| t.class).chain(d.globals.iter().map(|g| g.class)).max();
     d.verdict = d.verdict.max(worst.unwrap_or(Class::Unchanged));
     d
+}
+
+/// The new build's `MCR_ADD_OBJ_HANDLER(WHAT, fn)` registrations (its `handler WHAT`
+/// hints) take over the types and globals they name: what mcr alone cannot transform,
+/// or would drop, the handler deals with.
+fn apply_handlers(new: &Program, d: &mut Diff) {
+    let norm = |s: &str| s.trim().trim_start_matches("struct ").trim_start_matches("union ").trim().to_string();
+    let handled: HashSet<String> = new.hints.iter().filter_map(|h| h.strip_prefix("handler ")).map(norm).collect();
+    if handled.is_empty() {
+        return;
+    }
+    let note = " The new build has an MCR_ADD_OBJ_HANDLER for it: after mcr's own transformation it runs on every \
+                object, with the old bytes, so fields mcr drops or cannot convert are its to carry over.";
+    for t in d.types.iter_mut().filter(|t| t.change == Change::Changed && handled.contains(&norm(&t.name))) {
+        t.class = t.class.min(Class::Automatic);
+        if !t.explanation.ends_with('.') {
+            t.explanation.push('.');
+        }
+        t.explanation.push_str(note);
+    }
+    for g in d.globals.iter_mut().filter(|g| g.change == Change::Changed) {
+        let plain = g.name.rsplit(':').next().unwrap_or(&g.name).to_string();
+        if handled.contains(&plain) {
+            g.class = g.class.min(Class::Automatic);
+            if !g.explanation.ends_with('.') {
+                g.explanation.push('.');
+            }
+            g.explanation.push_str(note);
+        }
+    }
 }
 
 /// Key matching a global across versions.
