@@ -415,13 +415,7 @@ pub fn report(dir: &std::path::Path) -> String {
         let (ok, fail) = parse(&text);
         let t = col(&ok, "transfer_ms");
         let budget_txt = if c == 4 || c == 10 { "– (50 ms at 100)".to_string() } else { verdict(p90(&t), budget) };
-        let state = if text.is_empty() {
-            "not run".to_string()
-        } else if let Some(e) = fail.first() {
-            format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
-        } else {
-            format!("{}/{}", ok.len(), ok.len())
-        };
+        let state = committed(&text, ok.len(), &fail);
         let _ = writeln!(
             o,
             "| {c} | {state} | {} / {} | {} / {} | {} / {} | {budget_txt} (on the p90) | {paper} |",
@@ -442,13 +436,7 @@ pub fn report(dir: &std::path::Path) -> String {
     for k in [0, 1000, 10000, 100000] {
         let text = read(&format!("transfer-keys-{k}.tsv"));
         let (ok, fail) = parse(&text);
-        let state = if text.is_empty() {
-            "not run".to_string()
-        } else if let Some(e) = fail.first() {
-            format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
-        } else {
-            format!("{}/{}", ok.len(), ok.len())
-        };
+        let state = committed(&text, ok.len(), &fail);
         let share = |a: &str, b: &str| {
             let v: Vec<f64> = ok
                 .iter()
@@ -487,13 +475,7 @@ pub fn report(dir: &std::path::Path) -> String {
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");
         for (c, text) in &ngx {
             let (ok, fail) = parse(text);
-            let state = if text.is_empty() {
-                "not run".to_string()
-            } else if let Some(e) = fail.first() {
-                format!("{}/{} (failed: {})", ok.len(), ok.len() + fail.len(), e.chars().take(160).collect::<String>())
-            } else {
-                format!("{}/{}", ok.len(), ok.len())
-            };
+            let state = committed(text, ok.len(), &fail);
             let pp = |k: &str| format!("{} / {}", f(med(&col(&ok, k)), 2), f(p90(&col(&ok, k)), 2));
             let closed: Vec<f64> = ok.iter().map(|s| s.closed as f64).collect();
             let _ = writeln!(
@@ -571,5 +553,17 @@ mod tests {
         assert_eq!(ok[0].get("quiesce_ms"), None);
         assert_eq!(ok[0].get("connections_ms"), Some(17.5));
         assert_eq!(fail, vec!["no".to_string()]);
+    }
+}
+
+/// The "committed" cell of a row: how many updates of the row committed, with the first
+/// failure's message when one did not.
+fn committed(text: &str, ok: usize, fail: &[String]) -> String {
+    if text.is_empty() {
+        "not run".to_string()
+    } else if let Some(e) = fail.first() {
+        format!("{}/{} (failed: {})", ok, ok + fail.len(), e.chars().take(160).collect::<String>())
+    } else {
+        format!("{ok}/{ok}")
     }
 }
