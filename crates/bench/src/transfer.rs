@@ -538,6 +538,18 @@ pub fn report(dir: &std::path::Path) -> String {
     o
 }
 
+/// The "committed" cell of a row: how many updates of the row committed, with the first
+/// failure's message when one did not.
+fn committed(text: &str, ok: usize, fail: &[String]) -> String {
+    if text.is_empty() {
+        "not run".to_string()
+    } else if let Some(e) = fail.first() {
+        format!("{}/{} (failed: {})", ok, ok + fail.len(), e.chars().take(160).collect::<String>())
+    } else {
+        format!("{ok}/{ok}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,17 +565,5 @@ mod tests {
         assert_eq!(ok[0].get("quiesce_ms"), None);
         assert_eq!(ok[0].get("connections_ms"), Some(17.5));
         assert_eq!(fail, vec!["no".to_string()]);
-    }
-}
-
-/// The "committed" cell of a row: how many updates of the row committed, with the first
-/// failure's message when one did not.
-fn committed(text: &str, ok: usize, fail: &[String]) -> String {
-    if text.is_empty() {
-        "not run".to_string()
-    } else if let Some(e) = fail.first() {
-        format!("{}/{} (failed: {})", ok, ok + fail.len(), e.chars().take(160).collect::<String>())
-    } else {
-        format!("{ok}/{ok}")
     }
 }
