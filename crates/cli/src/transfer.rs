@@ -317,40 +317,9 @@ fn send_fds(conn: &std::os::unix::net::UnixStream, fds: &[OwnedFd]) -> std::io::
 
 /// The old process's epoll registrations of `fds`, data relocated by `relocate`.
 fn epoll_registrations(old_host: i32, fds: &[i32], relocate: impl Fn(u64) -> Result<u64, String>) -> Result<Vec<EpollRegistration>, String> {
-    let mut out = Vec::new();
-    let dir = std::fs::read_dir(format!("/proc/{old_host}/fd")).map_err(|e| format!("cannot list old process {old_host}'s descriptors: {e}"))?;
-    for e in dir.flatten() {
-        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!("/proc/{old_host}/fdinfo/{epfd}")).unwrap_or_default();
-        for (fd, events, data) in info.lines().filter_map(parse_tfd_line) {
-            if fds.contains(&fd) {
-                out.push(EpollRegistration { epfd, fd, events, data: relocate(data)? });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// `tfd:        5 events:       19 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8`
-fn parse_tfd_line(line: &str) -> Option<(i32, u32, u64)> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.first() != Some(&"tfd:") || f.get(2) != Some(&"events:") || f.get(4) != Some(&"data:") {
-        return None;
-    }
-    Some((f[1].parse().ok()?, u32::from_str_radix(f[3], 16).ok()?, u64::from_str_radix(f[5], 16).ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn epoll_fdinfo_lines_parse() {
-        assert_eq!(
-            super::parse_tfd_line("tfd:        7 events:       19 data:     5555555592a0  pos:0 ino:1a2b sdev:8"),
-            Some((7, 0x19, 0x5555_5555_92a0))
-        );
-        assert_eq!(super::parse_tfd_line("pos:\t0"), None);
-    }
+    mcr_protocol::epoll_registrations(&old_host.to_string())
+        .into_iter()
+        .filter(|r| fds.contains(&r.fd))
+        .map(|r| Ok(EpollRegistration { data: relocate(r.data)?, ..r }))
+        .collect()
 }

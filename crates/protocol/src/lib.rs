@@ -10,10 +10,12 @@
 //! Every message is one line of JSON, which keeps both ends trivially debuggable
 //! (`socat - UNIX-CONNECT:/run/mcr/kvd.sock` works).
 
+pub mod epoll;
 pub mod instance;
 pub mod messages;
 pub mod profiling;
 
+pub use epoll::epoll_registrations;
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};
 pub use messages::*;
 pub use profiling::*;

@@ -125,125 +125,95 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
 /// (not by a recorded startup operation, not inherited, not the runtime's), still
 /// connected. `known` are the descriptors startup accounts for.
 pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
-    let mut candidates: Vec<(i32, u64)> = Vec::new();
+    let mut candidates: Vec<i32> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for e in dir.flatten() {
             let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             if fd < 3 || known.contains(&fd) || !was_accepted(fd) {
                 continue;
             }
-            if let Ok(target) = std::fs::read_link(e.path()) {
-                if let Some(inode) = socket_inode(&target.to_string_lossy()) {
-                    candidates.push((fd, inode));
-                }
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:[")) {
+                candidates.push(fd);
             }
         }
     }
-    if candidates.is_empty() {
-        return Vec::new();
-    }
     // Look at each through a copy in our own table (the control thread's table is
     // private): cheaper than /proc/net/tcp, which lists every socket of the host.
-    // SAFETY: pidfd of our own process.
-    let pidfd = unsafe { crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
-    if pidfd < 0 {
-        return candidates.into_iter().map(|(fd, _)| fd).collect();
-    }
-    let mut fds: Vec<i32> = candidates.into_iter().map(|(fd, _)| fd).filter(|&fd| is_connected_stream(pidfd, fd)).collect();
-    // SAFETY: our own pidfd.
-    unsafe { crate::sys!(libc::SYS_close, pidfd) };
+    let mut fds: Vec<i32> = candidates
+        .into_iter()
+        .filter(|&fd| {
+            with_program_fd(fd, |c| {
+                let stream = socket_int_option(c, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
+                let listening = socket_int_option(c, libc::SO_ACCEPTCONN) != Some(0);
+                // SAFETY: getpeername into a local buffer of the size we pass.
+                let peer = unsafe {
+                    let mut addr: libc::sockaddr_storage = core::mem::zeroed();
+                    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    crate::sys!(libc::SYS_getpeername, c, &mut addr as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t) == 0
+                };
+                stream && !listening && peer
+            })
+            .unwrap_or(false)
+        })
+        .collect();
     fds.sort_unstable();
     fds
 }
 
-/// A connected stream socket (not a listener, not a datagram socket).
-fn is_connected_stream(pidfd: i32, fd: i32) -> bool {
-    // SAFETY: a copy of the program's descriptor in our table, probed and closed.
+/// Run `f` on a copy, in the control thread's own table, of the program's descriptor
+/// `fd` (None when it cannot be had).
+fn with_program_fd<R>(fd: i32, f: impl FnOnce(i32) -> R) -> Option<R> {
+    // SAFETY: a pidfd of our own process and a copy of one of its descriptors, both
+    // closed before returning.
     unsafe {
-        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        if c < 0 {
-            return false;
+        let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
+        if pidfd < 0 {
+            return None;
         }
-        let int_opt = |opt: i32| {
-            let mut v: libc::c_int = 0;
-            let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let r = crate::sys!(libc::SYS_getsockopt, c, libc::SOL_SOCKET, opt, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t);
-            (r == 0).then_some(v)
-        };
-        let stream = int_opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM);
-        let listening = int_opt(libc::SO_ACCEPTCONN) != Some(0);
-        let mut addr: libc::sockaddr_storage = core::mem::zeroed();
-        let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let peer = crate::sys!(libc::SYS_getpeername, c, &mut addr as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t) == 0;
+        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        crate::sys!(libc::SYS_close, pidfd);
+        if c < 0 {
+            return None;
+        }
+        let r = f(c);
         crate::sys!(libc::SYS_close, c);
-        stream && !listening && peer
+        Some(r)
     }
 }
 
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the size we pass.
+    let r = unsafe { crate::sys!(libc::SYS_getsockopt, sock, libc::SOL_SOCKET, opt, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t) };
+    (r == 0).then_some(v)
 }
 
 /// The descriptors some epoll instance of this process watches: a connection an event
 /// loop serves (its state lives in memory the update can move), as opposed to one a
 /// thread is serving on its stack.
 pub fn watched_by_epoll() -> BTreeSet<i32> {
-    let mut out = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
-    for e in dir.flatten() {
-        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
-            continue;
-        }
-        if let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")) {
-            out.extend(info.lines().filter_map(parse_epoll_registration).map(|r| r.fd));
-        }
-    }
-    out
+    mcr_protocol::epoll_registrations("self").into_iter().map(|r| r.fd).collect()
 }
 
 /// After a drain ends, an edge-triggered listener that became readable while accept()
 /// was refused would never be reported again; EPOLL_CTL_MOD with the same events makes
 /// epoll look at it afresh. Registrations are read back from /proc/self/fdinfo.
 fn rearm_edge_triggered_listeners() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    for e in dir.flatten() {
-        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
+    for reg in mcr_protocol::epoll_registrations("self") {
+        if reg.events & libc::EPOLLET as u32 == 0 || !is_listener(reg.fd) {
             continue;
         }
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")) else { continue };
-        for reg in info.lines().filter_map(parse_epoll_registration) {
-            if reg.events & libc::EPOLLET as u32 == 0 || !is_listener(reg.fd) {
-                continue;
-            }
-            let mut ev = libc::epoll_event { events: reg.events, u64: reg.data };
-            // SAFETY: re-registering an existing item with its own events and data; the
-            // calling thread is the control thread, whose private fd table lacks these
-            // descriptors, hence the program's table through the process's pidfd below.
-            unsafe { modify_in_program_table(epfd, reg.fd, &mut ev) };
-        }
+        let mut ev = libc::epoll_event { events: reg.events, u64: reg.data };
+        // SAFETY: re-registering an existing item with its own events and data; the
+        // calling thread is the control thread, whose private fd table lacks these
+        // descriptors, hence the program's table through the process's pidfd below.
+        unsafe { modify_in_program_table(reg.epfd, reg.fd, &mut ev) };
     }
 }
 
 fn is_listener(fd: i32) -> bool {
-    // SAFETY: a copy of the program's descriptor through our own pidfd, probed, closed.
-    unsafe {
-        let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
-        if pidfd < 0 {
-            return false;
-        }
-        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        crate::sys!(libc::SYS_close, pidfd);
-        if c < 0 {
-            return false;
-        }
-        let mut v: libc::c_int = 0;
-        let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let r = crate::sys!(libc::SYS_getsockopt, c, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t);
-        crate::sys!(libc::SYS_close, c);
-        r == 0 && v != 0
-    }
+    with_program_fd(fd, |c| socket_int_option(c, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0)).unwrap_or(false)
 }
 
 /// The control thread has a private descriptor table; borrow the program's descriptors
@@ -274,44 +244,3 @@ unsafe fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event
     }
 }
 
-#[derive(Debug, PartialEq)]
-struct EpollRegistration {
-    fd: i32,
-    events: u32,
-    data: u64,
-}
-
-/// `tfd:        5 events:       19 data:                0  pos:0 ino:... sdev:...`
-fn parse_epoll_registration(line: &str) -> Option<EpollRegistration> {
-    let mut it = line.split_whitespace();
-    if it.next()? != "tfd:" {
-        return None;
-    }
-    let fd = it.next()?.parse().ok()?;
-    if it.next()? != "events:" {
-        return None;
-    }
-    let events = u32::from_str_radix(it.next()?, 16).ok()?;
-    if it.next()? != "data:" {
-        return None;
-    }
-    let data = u64::from_str_radix(it.next()?, 16).ok()?;
-    Some(EpollRegistration { fd, events, data })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epoll_fdinfo_lines_parse() {
-        let l = "tfd:        5 events:   80000019 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8";
-        assert_eq!(
-            parse_epoll_registration(l),
-            Some(EpollRegistration { fd: 5, events: 0x8000_0019, data: 0x7fff_f7a0_1234 })
-        );
-        assert_eq!(parse_epoll_registration("pos:\t0"), None);
-        assert_eq!(socket_inode("socket:[123]"), Some(123));
-        assert_eq!(socket_inode("pipe:[123]"), None);
-    }
-}

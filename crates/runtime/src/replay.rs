@@ -146,10 +146,6 @@ pub enum Decision {
     Conflict(Box<ReplayConflict>),
 }
 
-fn fd_open(fd: i32) -> bool {
-    // SAFETY: F_GETFD only probes the number.
-    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
-}
 
 fn new_op(call: &str, stack: mcr_protocol::CallStack, args: &[OpArg]) -> StartupOp {
     StartupOp { pid: crate::pid(), seq: 0, call: call.to_string(), stack, args: args.to_vec(), result: 0, errno: 0, fds: vec![] }
@@ -166,7 +162,7 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
         return Decision::Live(vec![]);
     };
     let Replay { ops, inherited, claimed } = r;
-    let inherited_live = |fd: i32| inherited.contains(&fd) && fd_open(fd);
+    let inherited_live = |fd: i32| inherited.contains(&fd) && crate::startup_log::fd_in_use(fd);
     let list = ops.entry(pid).or_default();
     let found = list.iter_mut().find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id && o.args == args);
     let decision = match found {
@@ -233,7 +229,7 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     let mut dropped: Vec<ReplayConflict> = Vec::new();
     if let Some(list) = r.ops.get(&pid) {
         for (op, used) in list {
-            if !*used && !always_live(&op.call) && op.fds.iter().any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && fd_open(*fd)) {
+            if !*used && !always_live(&op.call) && op.fds.iter().any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && crate::startup_log::fd_in_use(*fd)) {
                 dropped.push(ReplayConflict {
                     pid,
                     reason: format!(

@@ -116,7 +116,8 @@ pub fn init_reserved_range() {
     }
 }
 
-fn fd_in_use(fd: i32) -> bool {
+/// Whether `fd` is open in the calling thread's descriptor table.
+pub fn fd_in_use(fd: i32) -> bool {
     // SAFETY: F_GETFD only probes the number.
     unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
 }

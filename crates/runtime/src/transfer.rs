@@ -91,7 +91,7 @@ pub const FDS_PER_MESSAGE: usize = 253;
 
 pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
     for t in targets {
-        if fd_open(t.target) {
+        if crate::startup_log::fd_in_use(t.target) {
             return error(format!(
                 "fd {} is already in use in the new version, so the old version's descriptor cannot take its number",
                 t.target
@@ -170,10 +170,6 @@ fn out_of_the_way(fd: i32, above: i32) -> i32 {
     }
 }
 
-fn fd_open(fd: i32) -> bool {
-    // SAFETY: F_GETFD only probes the number.
-    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
-}
 
 fn connect_abstract(name: &str) -> std::io::Result<i32> {
     // SAFETY: a fresh socket and a sockaddr_un built on the stack.
