@@ -584,15 +584,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
 
     // Then the globals, which now can point at them.
     for r in &roots {
-        let hinted_union = matches!(old.ty(old.strip(r.old_ty)), Type::Union(_))
-            && walk.hints.points_to.contains_key(&normalize(&r.plain))
-            && old.size_of(r.old_ty) == new.size_of(r.new_ty);
         let handler = handlers.get(&normalize(&r.plain)).cloned();
         let plan = match Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name) {
-            Ok(p) => Some(p),
-            // A union only "changes" through what its pointer member points to, which the
-            // hint makes mcr follow: its bytes are copied and the pointer relocated below.
-            Err(_) if hinted_union => None,
+            Ok(p) => p,
             // The program's handler builds it from the old bytes.
             Err(_) if handler.is_some() => {
                 let len = new.size_of(r.new_ty).unwrap_or(0);
@@ -603,21 +597,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             }
             Err(e) => return Err(conflict(&r.name, e.to_string())),
         };
-        let len = plan.as_ref().map_or(r.bytes.len() as u64, |p| p.new_len(r.bytes.len() as u64));
-        let mut cur = vec![0u8; len as usize];
+        let mut cur = vec![0u8; plan.new_len(r.bytes.len() as u64) as usize];
         target.read(r.new_addr, &mut cur).map_err(TransferError::Target)?;
         let before = cur.clone();
-        let Some(plan) = plan else {
-            cur.copy_from_slice(&r.bytes);
-            let v = u64::from_ne_bytes(r.bytes[..8].try_into().expect("8 bytes"));
-            if heap.containing(v).is_some() {
-                let nv = relocate_data(v, &r.name).map_err(|e| conflict(&r.name, e))?;
-                cur[..8].copy_from_slice(&nv.to_ne_bytes());
-            }
-            target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
-            report.globals += 1;
-            continue;
-        };
         plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
             let got = match s.old_pointee {
                 Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)

@@ -638,7 +638,10 @@ impl Builder<'_> {
                 self.members(oc, nc, oo, no, &path, ops, depth, top);
             }
             (Type::Union(_), Type::Union(_)) | (Type::Unknown { .. }, Type::Unknown { .. }) => {
-                if same_type(old, so, new, sn) {
+                // Copied as bytes when the bytes mean the same: a pointer member counts as
+                // unchanged whatever it points to (its value is an address; relocating it
+                // is the tracer's business, which refuses an unhinted heap address there).
+                if same_bytes(old, so, new, sn) {
                     if let Some(len) = old.size_of(so) {
                         ops.push(Op::Copy { old: oo, new: no, len });
                         self.moved(&path, oo, no, &oname, &nname);
@@ -926,10 +929,26 @@ pub fn pointee(p: &Program, pointee: TypeId) -> Pointee {
 /// compare equal when no difference is found).
 pub fn same_type(a: &Program, at: TypeId, b: &Program, bt: TypeId) -> bool {
     let mut assumed = HashSet::new();
-    same(a, at, b, bt, &mut assumed, 0)
+    same(a, at, b, bt, &mut assumed, 0, true)
 }
 
-fn same(a: &Program, at: TypeId, b: &Program, bt: TypeId, assumed: &mut HashSet<(TypeId, TypeId)>, depth: usize) -> bool {
+/// Like [`same_type`], but pointers compare by size only: whether objects of the two
+/// types hold the same bytes with the same meaning, addresses aside.
+pub fn same_bytes(a: &Program, at: TypeId, b: &Program, bt: TypeId) -> bool {
+    let mut assumed = HashSet::new();
+    same(a, at, b, bt, &mut assumed, 0, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn same(
+    a: &Program,
+    at: TypeId,
+    b: &Program,
+    bt: TypeId,
+    assumed: &mut HashSet<(TypeId, TypeId)>,
+    depth: usize,
+    pointees: bool,
+) -> bool {
     if depth > 4 * MAX_DEPTH {
         return false;
     }
@@ -940,7 +959,7 @@ fn same(a: &Program, at: TypeId, b: &Program, bt: TypeId, assumed: &mut HashSet<
         (Type::Void, Type::Void) => true,
         (Type::Base { .. }, Type::Base { .. }) | (Type::Unknown { .. }, Type::Unknown { .. }) => a.ty(at) == b.ty(bt),
         (Type::Pointer { pointee: x, size: s }, Type::Pointer { pointee: y, size: t }) => {
-            s == t && same(a, *x, b, *y, assumed, depth + 1)
+            s == t && (!pointees || same(a, *x, b, *y, assumed, depth + 1, pointees))
         }
         (Type::Struct(x), Type::Struct(y)) | (Type::Union(x), Type::Union(y)) => {
             x.name == y.name
@@ -952,24 +971,24 @@ fn same(a: &Program, at: TypeId, b: &Program, bt: TypeId, assumed: &mut HashSet<
                         && m.offset == n.offset
                         && m.bit_size == n.bit_size
                         && m.bit_offset == n.bit_offset
-                        && same(a, m.ty, b, n.ty, assumed, depth + 1)
+                        && same(a, m.ty, b, n.ty, assumed, depth + 1, pointees)
                 })
         }
         (Type::Array { element: x, counts: c }, Type::Array { element: y, counts: d }) => {
-            c == d && same(a, *x, b, *y, assumed, depth + 1)
+            c == d && same(a, *x, b, *y, assumed, depth + 1, pointees)
         }
         (Type::Enum { .. }, Type::Enum { .. }) => a.ty(at) == b.ty(bt),
         (Type::Typedef { name: m, target: x }, Type::Typedef { name: n, target: y }) => {
-            m == n && same(a, *x, b, *y, assumed, depth + 1)
+            m == n && same(a, *x, b, *y, assumed, depth + 1, pointees)
         }
         (Type::Qualified { qualifier: q, target: x }, Type::Qualified { qualifier: r, target: y }) => {
-            q == r && same(a, *x, b, *y, assumed, depth + 1)
+            q == r && same(a, *x, b, *y, assumed, depth + 1, pointees)
         }
         (Type::Function { ret: r, params: p, variadic: v }, Type::Function { ret: s, params: q, variadic: w }) => {
             v == w
                 && p.len() == q.len()
-                && same(a, *r, b, *s, assumed, depth + 1)
-                && p.iter().zip(q).all(|(x, y)| same(a, *x, b, *y, assumed, depth + 1))
+                && same(a, *r, b, *s, assumed, depth + 1, pointees)
+                && p.iter().zip(q).all(|(x, y)| same(a, *x, b, *y, assumed, depth + 1, pointees))
         }
         _ => false,
     };
