@@ -123,6 +123,39 @@ extern int mcr_runtime_add_obj_handler(const char *what, mcr_obj_handler_t handl
 /* WHERE never holds a pointer mcr must update, whatever it looks like: copy it as bytes. */
 #define MCR_OPAQUE(where) MCR_HINT_("opaque " where)
 
+/* ---- Resuming sessions -----------------------------------------------------------------
+ *
+ * A thread that serves a connection with blocking reads keeps the session on its stack,
+ * and mcr does not move stacks. With a resume handler in the NEW version, mcr moves such
+ * connections anyway: each keeps its descriptor number, and the session's heap state
+ * moves with the rest of the heap when it is reachable from a global (a list of the
+ * sessions being served, the session a worker process is serving). Right after the update
+ * commits, mcr calls the handler once in every process of the new version, on its main
+ * thread, at the quiescent point that thread was parked at, before that call goes on; the
+ * process's other threads stay parked until it returns. The handler hands the sessions
+ * back to the program's own code: it queues them for the worker threads, or serves the
+ * one a single-threaded worker process was serving (it may block for as long as the
+ * client stays; the main thread's call resumes when it returns). Without a resume
+ * handler, `mcr update` waits for thread-served connections to close (--drain-timeout)
+ * and rolls back if they do not.
+ *
+ *   static struct session *serving;         // set while a worker serves a client
+ *   static void resume_session(void) {
+ *       if (serving) { serve(serving); end_session(serving); serving = NULL; }
+ *   }
+ *   MCR_ADD_RESUME_HANDLER(resume_session);
+ */
+typedef void (*mcr_resume_handler_t)(void);
+extern int mcr_runtime_add_resume_handler(mcr_resume_handler_t handler, const char *name) __attribute__((weak));
+
+#define MCR_ADD_RESUME_HANDLER(fn)                                                   \
+    MCR_HINT_("resume " #fn);                                                        \
+    static void __attribute__((constructor)) mcr_add_resume_handler_##fn(void)       \
+    {                                                                                \
+        if (mcr_runtime_add_resume_handler)                                          \
+            mcr_runtime_add_resume_handler((fn), #fn);                               \
+    }
+
 #ifdef __cplusplus
 }
 #endif

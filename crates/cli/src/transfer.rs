@@ -195,10 +195,12 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
 
         let t = Instant::now();
         let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
-        if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next() {
+        let resumes_sessions = new_prog.hints.iter().any(|h| h.starts_with("resume "));
+        if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
             return Err(format!(
                 "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
-                 which mcr cannot move (it waits for such connections to close; give --drain-timeout more time or update when idle)"
+                 which mcr does not move. Give the new version an MCR_ADD_RESUME_HANDLER that hands such sessions back to its \
+                 workers (see include/mcr.h), or let them close first (--drain-timeout, or update when idle)"
             ));
         }
         let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();

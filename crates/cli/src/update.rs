@@ -134,6 +134,11 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // The new version inherits exactly the old version's descriptors: nothing this shell
     // left open to mcr (a client socket on fd 3) may slip into it.
     close_on_exec_all();
+    // A new version with a resume handler takes over the sessions threads serve from their
+    // stacks; without one, those connections must end before the update.
+    let resumes_sessions = mcr_typemodel::read_hints(&program)
+        .map(|h| h.iter().any(|h| h.starts_with("resume ")))
+        .unwrap_or(false);
     let mut phases = Phases::default();
     let td = Instant::now();
     let mut connections_left: Vec<OpenConnections>;
@@ -141,7 +146,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     {
         // With the state transfer, only connections held by processes forked after
         // startup must end (nothing recreates those processes); the rest move.
-        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state };
+        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions };
         let drained = old.request_until(&drain, || INTERRUPTED.load(Ordering::SeqCst));
         let drained = match drained {
             Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -163,7 +168,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             }
         }
         let stuck: Vec<&OpenConnections> =
-            connections_left.iter().filter(|c| args.fresh_state || c.volatile || !c.pinned.is_empty()).collect();
+            connections_left.iter().filter(|c| args.fresh_state || c.volatile || (!c.pinned.is_empty() && !resumes_sessions)).collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
@@ -172,7 +177,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             } else {
                 eprintln!(
                     "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain that the update cannot move \
-                     (processes {pids:?}: forked after startup, or a thread serves the connection from its stack)"
+                     (processes {pids:?}: forked after startup, or a thread serves the connection from its stack and the new version \
+                     has no MCR_ADD_RESUME_HANDLER)"
                 );
             }
         }
@@ -196,7 +202,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
         info.processes = now.processes;
     }
-    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true })? {
+    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true, move_pinned: resumes_sessions })? {
         connections_left = remaining;
     }
 

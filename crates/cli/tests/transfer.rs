@@ -178,15 +178,16 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A poold session is served by a worker thread from its stack: the update cannot move
-/// it, waits for it through the drain, then rolls back saying why; the session carries
-/// on. Once it ends the same update commits.
+/// A poold session is served by a worker thread from its stack. Into a new version
+/// without a resume handler the update cannot move it: it waits for it through the drain,
+/// then rolls back saying why and what resolves it; the session carries on. Once it ends
+/// the same update commits.
 #[test]
-fn poold_session_served_by_a_thread_is_not_moved() {
+fn poold_session_is_not_moved_into_a_version_without_a_resume_handler() {
     let mcr = Mcr::new("t-poold-session");
     let port = free_port();
     let args = port_args(port);
-    let (v1, v2) = (fixture("poold"), fixture("poold-v2"));
+    let (v1, v2) = (fixture("poold"), fixture("poold-v2-noresume"));
     let inst = mcr.start("poold", &v1, &args);
     let mut session = Client::connect(port);
     assert_eq!(session.request("INCR"), "VALUE 1");
@@ -194,7 +195,7 @@ fn poold_session_served_by_a_thread_is_not_moved() {
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("cannot move"), "{out}");
     let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("served by a thread"), "{v:#}");
+    assert!(msg.contains("served by a thread") && msg.contains("MCR_ADD_RESUME_HANDLER"), "{v:#}");
     assert_eq!(session.request("INCR"), "VALUE 2");
     assert_eq!(session.request("VERSION"), "VERSION poold 1");
     assert_eq!(session.request("QUIT"), "BYE");
@@ -205,6 +206,121 @@ fn poold_session_served_by_a_thread_is_not_moved() {
     let mut c = Client::connect(port);
     assert_eq!(c.request("VERSION"), "VERSION poold 2");
     assert_eq!(c.request("INCR"), "VALUE 3", "the counter moved into the new version");
+}
+
+fn session_field(line: &str, field: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+}
+
+/// poold → poold-v2-layout (its per-connection struct gains a field before the others)
+/// with more open sessions than workers: two are being served by worker threads (their
+/// state on those threads' stacks in v1), a third waits in the queue with half a command
+/// sent. Every session survives: same connection, same per-session counters, the queued
+/// one is served when a worker frees up and its half command completes. Then back.
+#[test]
+fn poold_sessions_served_by_threads_survive_a_layout_change() {
+    let mcr = Mcr::new("t-poold-sessions");
+    let port = free_port();
+    let mut args = port_args(port);
+    args.extend(["--threads".to_string(), "2".to_string()]);
+    let (v1, v2) = (fixture("poold"), fixture("poold-v2-layout"));
+    let inst = mcr.start("poold", &v1, &args);
+    let mut a = Client::connect(port);
+    let mut b = Client::connect(port);
+    for _ in 0..3 {
+        assert_eq!(a.request("PING"), "PONG");
+    }
+    assert_eq!(b.request("INCR"), "VALUE 1");
+    // Both workers are busy: this one waits in the queue, its half line unread.
+    let mut queued = Client::connect(port);
+    queued.send_raw(b"SESS").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (sa, sb) = (a.request("SESSION"), b.request("SESSION"));
+    assert_eq!(session_field(&sa, "cmds"), 4, "{sa}");
+
+    let (out, v) = update(&mcr, "poold", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 3, "{v:#}");
+
+    // The served sessions carry on with their own state, in the new version.
+    let sa2 = a.request("SESSION");
+    assert_eq!(session_field(&sa2, "id"), session_field(&sa, "id"), "{sa} then {sa2}");
+    assert_eq!(session_field(&sa2, "cmds"), 5, "four before, and this one: {sa2}");
+    assert_eq!(session_field(&b.request("SESSION"), "id"), session_field(&sb, "id"));
+    assert_eq!(b.request("VERSION"), "VERSION poold 2");
+    assert_eq!(b.request("INCR"), "VALUE 2", "the shared counter moved too");
+    // The queued session is still queued (both workers serve theirs); when one ends it is
+    // served, and its half command completes.
+    queued.send_raw(b"ION\n").unwrap();
+    assert_eq!(b.request("QUIT"), "BYE");
+    let sq = queued.read_line().expect("the queued session is served after the update");
+    assert_eq!(session_field(&sq, "cmds"), 1, "{sq}");
+    assert_eq!(queued.request("VERSION"), "VERSION poold 2");
+
+    // And back to v1: the same sessions, still served.
+    let (out, v) = update(&mcr, "poold", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+    assert_eq!(a.request("VERSION"), "VERSION poold 1");
+    assert_eq!(session_field(&a.request("SESSION"), "cmds"), 7);
+    assert_eq!(queued.request("VERSION"), "VERSION poold 1");
+    assert_eq!(queued.request("INCR"), "VALUE 3");
+    // New connections are served once a worker is free, numbered on from the old ones.
+    assert_eq!(a.request("QUIT"), "BYE");
+    let mut fresh = Client::connect(port);
+    let sf = fresh.request("SESSION");
+    assert!(session_field(&sf, "id") > session_field(&sq, "id"), "{sf} after {sq}");
+}
+
+/// forkd → forkd-v2-layout: each pre-forked worker process serves one client from its
+/// stack. Every worker's session survives the update in its own process (same PID, same
+/// per-session counter, a half-sent command completes), served to its end by the new
+/// version's resume handler; then the workers accept again.
+#[test]
+fn forkd_sessions_survive_in_every_worker_process() {
+    let mcr = Mcr::new("t-forkd-sessions");
+    let port = free_port();
+    let mut args = port_args(port);
+    args.extend(["--workers".to_string(), "2".to_string()]);
+    let (v1, v2) = (fixture("forkd"), fixture("forkd-v2-layout"));
+    let inst = mcr.start("forkd", &v1, &args);
+    let mut a = Client::connect(port);
+    let mut b = Client::connect(port);
+    let (pa, pb) = (a.request("PID"), b.request("PID"));
+    assert_ne!(pa, pb, "two workers serve the two clients");
+    for _ in 0..4 {
+        assert_eq!(a.request("PING"), "PONG");
+    }
+    b.send_raw(b"SESS").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (out, v) = update(&mcr, "forkd", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+
+    b.send_raw(b"ION\n").unwrap();
+    assert_eq!(b.read_line().expect("the half-sent command completes"), "SESSION 2");
+    assert_eq!(a.request("SESSION"), "SESSION 6");
+    assert_eq!(a.request("PID"), pa, "the session stays in its worker process");
+    assert_eq!(b.request("PID"), pb);
+    assert_eq!(a.request("VERSION"), "VERSION forkd 2");
+    // A worker whose moved session ends goes back to accepting.
+    assert_eq!(a.request("QUIT"), "BYE");
+    drop(a);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("VERSION"), "VERSION forkd 2");
+    assert_eq!(c.request("SESSION"), "SESSION 2");
+
+    // And back: the sessions, now in v2's layout, move again.
+    let (out, v) = update(&mcr, "forkd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+    assert_eq!(b.request("SESSION"), "SESSION 4");
+    assert_eq!(c.request("SESSION"), "SESSION 3");
+    assert_eq!(b.request("VERSION"), "VERSION forkd 1");
 }
 
 /// A union holding a pointer to a heap block whose type changes: mcr cannot tell it is a

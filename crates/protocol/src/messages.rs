@@ -268,6 +268,10 @@ pub enum Request {
         /// wait for every connection.
         #[serde(default)]
         only_volatile: bool,
+        /// With `only_volatile`: the new version resumes thread-served sessions itself
+        /// (`MCR_ADD_RESUME_HANDLER`), so connections no event loop watches move too.
+        #[serde(default)]
+        move_pinned: bool,
     },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.

@@ -331,6 +331,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             crate::replay::deactivate();
             if was_replaying {
                 PRIVATE_FD.store(private_fd_table(), SeqCst);
+                // The first resume of a new version is its commit.
+                crate::resume::commit();
             }
             quiesce::resume();
             crate::drain::end();

@@ -32,6 +32,7 @@ mod profiling;
 mod quiesce;
 mod real;
 mod replay;
+mod resume;
 mod signals;
 mod stack;
 mod startup_log;

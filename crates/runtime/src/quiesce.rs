@@ -155,6 +155,7 @@ pub fn park(slot: &Slot) {
     }
     slot.state.store(IN_CALL, SeqCst);
     errno::set(saved);
+    crate::resume::after_park(slot);
 }
 
 pub fn resume() {

@@ -93,7 +93,9 @@ async fn handle(state: &State, req: Request) -> Response {
             let n = resume_all(state).await;
             Response::Resumed { processes: n }
         }
-        Request::Drain { timeout_ms, only_volatile } => drain(state, Duration::from_millis(timeout_ms), only_volatile).await,
+        Request::Drain { timeout_ms, only_volatile, move_pinned } => {
+            drain(state, Duration::from_millis(timeout_ms), only_volatile, move_pinned).await
+        },
         Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
             Ok(reply) => Response::Runtime { reply },
             Err(message) => Response::Error { message },
@@ -310,7 +312,7 @@ pub(crate) async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommand
 
 /// Stop accepting in every process, then wait for their client connections to close.
 /// Processes that exit meanwhile (a finished per-connection child) just drop out.
-async fn drain(state: &State, timeout: Duration, only_volatile: bool) -> Response {
+async fn drain(state: &State, timeout: Duration, only_volatile: bool, move_pinned: bool) -> Response {
     let t0 = Instant::now();
     loop {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
@@ -322,7 +324,7 @@ async fn drain(state: &State, timeout: Duration, only_volatile: bool) -> Respons
                 }
             }
         }
-        let waiting = remaining.iter().any(|c| c.volatile || !c.pinned.is_empty() || !only_volatile);
+        let waiting = remaining.iter().any(|c| !only_volatile || c.volatile || (!c.pinned.is_empty() && !move_pinned));
         if !waiting || t0.elapsed() >= timeout {
             return Response::Drained { elapsed_us: t0.elapsed().as_micros() as u64, remaining };
         }

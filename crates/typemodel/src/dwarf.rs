@@ -54,6 +54,15 @@ pub(crate) fn load(path: &Path) -> Result<Program, TypeModelError> {
     Ok(prog)
 }
 
+/// The annotations of a binary (its `mcr_hints` section) without reading its DWARF: what
+/// an update must know about the new version before it starts it.
+pub fn read_hints(path: &Path) -> Result<Vec<String>, TypeModelError> {
+    let data = std::fs::read(path).map_err(|e| TypeModelError::Io { path: path.to_path_buf(), source: e })?;
+    let file = object::File::parse(&*data)
+        .map_err(|e| TypeModelError::NotElf { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(hints(&file))
+}
+
 /// The strings `include/mcr.h` puts in the `mcr_hints` section, NUL-separated.
 fn hints(file: &object::File) -> Vec<String> {
     use object::{Object, ObjectSection};

@@ -19,7 +19,7 @@ pub mod transform;
 
 pub use cache::Cache;
 pub use diff::{diff, Diff};
-pub use dwarf::DEBUG_DIRS;
+pub use dwarf::{read_hints, DEBUG_DIRS};
 pub use error::TypeModelError;
 pub use model::*;
 

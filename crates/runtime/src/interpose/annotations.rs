@@ -39,3 +39,12 @@ pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
     crate::transfer::add_obj_handler(what, h, name);
     0
 }
+
+/// `MCR_ADD_RESUME_HANDLER(fn)`: run `fn` on the main thread once the update commits.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_add_resume_handler(handler: Option<crate::resume::ResumeHandler>, _name: *const c_char) -> c_int {
+    match handler {
+        Some(h) if crate::resume::add(h) => 0,
+        _ => -1,
+    }
+}
