@@ -145,6 +145,35 @@ extern int mcr_runtime_add_obj_handler(const char *what, mcr_obj_handler_t handl
  *   }
  *   MCR_ADD_RESUME_HANDLER(resume_session);
  */
+/* A fork-per-connection server (sshd, vsftpd style) keeps each session in its own process,
+ * which the new version's startup never recreates. With a respawn handler in the NEW
+ * version, mcr recreates them: before the state transfer it installs the connection in the
+ * new parent process and calls the handler there (on its main thread) with the descriptor;
+ * the handler forks as the accept loop does and returns fork()'s result in both processes.
+ * The child gets the old child's PID and stays held: the old child's globals and heap move
+ * into it (keep the session reachable from a global), and at commit its resume handler
+ * serves the session (and exits when it ends, as the accept loop's child would). In the
+ * parent, close the descriptor as the accept loop does.
+ *
+ *   static pid_t respawn_session(int fd) {
+ *       pid_t pid = fork();
+ *       if (pid == 0) { close(listen_fd); return 0; }   // held; the resume handler serves
+ *       close(fd);
+ *       return pid;
+ *   }
+ *   MCR_ADD_RESPAWN_HANDLER(respawn_session);
+ */
+typedef int (*mcr_respawn_handler_t)(int fd);
+extern int mcr_runtime_add_respawn_handler(mcr_respawn_handler_t handler, const char *name) __attribute__((weak));
+
+#define MCR_ADD_RESPAWN_HANDLER(fn)                                                  \
+    MCR_HINT_("respawn " #fn);                                                       \
+    static void __attribute__((constructor)) mcr_add_respawn_handler_##fn(void)      \
+    {                                                                                \
+        if (mcr_runtime_add_respawn_handler)                                         \
+            mcr_runtime_add_respawn_handler((fn), #fn);                              \
+    }
+
 typedef void (*mcr_resume_handler_t)(void);
 extern int mcr_runtime_add_resume_handler(mcr_resume_handler_t handler, const char *name) __attribute__((weak));
 

@@ -426,3 +426,55 @@ fn object_handler_carries_a_field_moved_elsewhere() {
     let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-meta-handled").into()]);
     assert!(check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"), "mcr check names the handler: {check}");
 }
+
+/// connd → connd-v2-layout: a fork-per-connection server, each session in its own child
+/// process (a session struct and a list of session variables on the child's heap). The
+/// new version's respawn handler recreates each child with the old child's PID, the old
+/// child's heap moves into it in the new layout, and its resume handler serves the
+/// session on: variables, command counts and half-sent commands survive, in every
+/// process. Then back to v1.
+#[test]
+fn connd_sessions_survive_in_respawned_per_connection_processes() {
+    let mcr = Mcr::new("t-connd-sessions");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("connd"), fixture("connd-v2-layout"));
+    let inst = mcr.start("connd", &v1, &args);
+    let mut a = Client::connect(port);
+    let mut b = Client::connect(port);
+    let (pa, pb) = (a.request("PID"), b.request("PID"));
+    assert_ne!(pa, pb, "one process per connection");
+    assert_eq!(a.request("SET colour blue green"), "OK");
+    assert_eq!(a.request("SET shape round"), "OK");
+    assert_eq!(b.request("SET colour red"), "OK");
+    b.send_raw(b"GET col").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (out, v) = update(&mcr, "connd", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+
+    b.send_raw(b"our\n").unwrap();
+    assert_eq!(b.read_line().expect("the half-sent GET completes"), "VALUE red");
+    assert_eq!(a.request("GET colour"), "VALUE blue green");
+    assert_eq!(a.request("GET shape"), "VALUE round");
+    assert_eq!(a.request("PID"), pa, "the session's process keeps its PID");
+    assert_eq!(b.request("PID"), pb);
+    assert_eq!(a.request("VERSION"), "VERSION connd 2");
+    assert_eq!(a.request("STATS"), "STATS sessions=8", "PID and two SETs before; GET, GET, PID, VERSION and STATS after");
+    // New connections get new processes of the new version.
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("VERSION"), "VERSION connd 2");
+    assert_eq!(c.request("SET k v"), "OK");
+    // A respawned session ends like any other.
+    assert_eq!(b.request("QUIT"), "BYE");
+    drop(b);
+
+    let (out, v) = update(&mcr, "connd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+    assert_eq!(a.request("GET colour"), "VALUE blue green");
+    assert_eq!(a.request("VERSION"), "VERSION connd 1");
+    assert_eq!(c.request("GET k"), "VALUE v");
+    assert_eq!(c.request("PID"), c.request("PID"));
+}

@@ -180,6 +180,10 @@ pub enum RuntimeCommandKind {
     RunObjHandlers { what: String, objects: Vec<HandlerObject> },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
+    /// State transfer, new version: recreate a process the old version forked after
+    /// startup to serve connection `fd` (already installed here), through the program's
+    /// MCR_ADD_RESPAWN_HANDLER, with PID `pid` (the old process's), held until commit.
+    Respawn { pid: i32, fd: i32 },
 }
 
 /// One object for an object handler: addresses in the new process.
@@ -243,6 +247,8 @@ pub enum RuntimeReply {
     Allocated { addrs: Vec<u64> },
     /// Answer to ImportFds and EpollAdd.
     Done,
+    /// Answer to Respawn: the recreated process's PID.
+    Respawned { pid: i32 },
     StartupLog(StartupLog),
     Profile(crate::ProcessProfile),
     Error { message: String },
@@ -272,6 +278,10 @@ pub enum Request {
         /// (`MCR_ADD_RESUME_HANDLER`), so connections no event loop watches move too.
         #[serde(default)]
         move_pinned: bool,
+        /// With `only_volatile`: the new version recreates per-connection processes
+        /// (`MCR_ADD_RESPAWN_HANDLER`), so their connections move too.
+        #[serde(default)]
+        move_volatile: bool,
     },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.

@@ -343,6 +343,10 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::RunObjHandlers { what, objects } => crate::transfer::run_obj_handlers(&what, &objects),
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
+        RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {
+            Ok(pid) => RuntimeReply::Respawned { pid },
+            Err(message) => RuntimeReply::Error { message },
+        },
         RuntimeCommandKind::Drain => {
             crate::drain::start();
             let fds = crate::drain::open_connections(&crate::startup_log::startup_fds());

@@ -92,8 +92,9 @@ pub const FDS_PER_MESSAGE: usize = 253;
 pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
     for t in targets {
         if crate::startup_log::fd_in_use(t.target) {
+            let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target)).map(|p| format!(" ({})", p.display())).unwrap_or_default();
             return error(format!(
-                "fd {} is already in use in the new version, so the old version's descriptor cannot take its number",
+                "fd {} is already in use in the new version{what}, so the old version's descriptor cannot take its number",
                 t.target
             ));
         }

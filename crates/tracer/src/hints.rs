@@ -67,7 +67,7 @@ impl Hints {
                 }
             } else if let Some(w) = raw.strip_prefix("opaque ") {
                 h.opaque.insert(normalize(w));
-            } else if raw.starts_with("handler ") || raw.starts_with("resume ") {
+            } else if raw.starts_with("handler ") || raw.starts_with("resume ") || raw.starts_with("respawn ") {
                 // Registrations of code, not hints about memory: the update reads them.
             } else {
                 h.unresolved.push(format!("{raw}: unknown hint"));

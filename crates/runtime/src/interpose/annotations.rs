@@ -48,3 +48,12 @@ pub extern "C" fn mcr_runtime_add_resume_handler(handler: Option<crate::resume::
         _ => -1,
     }
 }
+
+/// `MCR_ADD_RESPAWN_HANDLER(fn)`: recreate a per-connection process during an update.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_add_respawn_handler(handler: Option<crate::resume::RespawnHandler>, _name: *const c_char) -> c_int {
+    match handler {
+        Some(h) if crate::resume::add_respawn(h) => 0,
+        _ => -1,
+    }
+}
