@@ -147,7 +147,7 @@ fn is_byte(p: &Program, ty: TypeId) -> bool {
     matches!(p.ty(p.strip(ty)), Type::Base { size: 1, .. })
 }
 
-fn is_const(p: &Program, mut ty: TypeId) -> bool {
+pub(crate) fn is_const(p: &Program, mut ty: TypeId) -> bool {
     for _ in 0..16 {
         match p.ty(ty) {
             Type::Qualified { qualifier: Qualifier::Const, .. } => return true,
@@ -346,7 +346,7 @@ fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str
     out
 }
 
-fn field_suffix(path: &str) -> &str {
+pub(crate) fn field_suffix(path: &str) -> &str {
     // Layout paths start with the root name (`kv_node.next`): keep from the first dot.
     path.find(['.', '[']).map_or("", |i| &path[i..])
 }
@@ -402,7 +402,7 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
     let (old, new) = (pair.old.prog, pair.new.prog);
     let mut report = Report { live_objects: pair.heap.len(), ..Report::default() };
-    let hints = Hints::of(old);
+    let hints = Hints::of_builds(old, new);
     report.warnings.extend(hints.unresolved.iter().map(|u| format!("hint ignored: {u}")));
     let mut walk = Walk { pair, hints, found: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
 
