@@ -358,6 +358,32 @@ fn union_pointer_conflicts_until_hinted() {
     assert_eq!(c.request("GET a"), "VALUE 1");
 }
 
+/// The hint an update needs may come with the new build: the old kvd-opaque has none, the
+/// new kvd-v2-layout-hinted has `MCR_POINTS_TO("last_set", "struct kv_node")`, and the
+/// update applies it to the old version's union (commits, LAST still right), as `mcr
+/// check` said it would.
+#[test]
+fn a_hint_in_the_new_build_resolves_the_old_builds_union() {
+    let mcr = Mcr::new("t-kvd-union-new-hint");
+    let port = free_port();
+    let args = port_args(port);
+    let (old, new) = (fixture("kvd-opaque"), fixture("kvd-v2-layout-hinted"));
+    let check = mcr.run(&[OsString::from("check"), old.clone().into(), new.clone().into()]);
+    assert_eq!(check.code(), 0, "{check}");
+    assert!(check.stdout.contains("in the new build"), "{check}");
+    let inst = mcr.start("kvd", &old, &args);
+    let mut c = Client::connect(port);
+    fill(&mut c, 50);
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, v) = update(&mcr, "kvd", &[], &new, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let warnings = v["transfer"]["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(warnings.is_empty(), "{v:#}");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 2");
+    assert_eq!(c.request("LAST"), "LAST b", "the union follows the node into the new layout");
+    assert_eq!(c.request("GET key7"), "VALUE value 7 with spaces");
+}
+
 /// `mcr update` run from a shell that leaves descriptors open to it (a client socket on
 /// fd 3, as `exec 3<>/dev/tcp/...` does): none of them may slip into the new version,
 /// where they would take the numbers of the connections the update moves.
