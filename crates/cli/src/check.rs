@@ -40,7 +40,10 @@ pub fn check(args: &CheckArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let d = mcr_typemodel::diff(&old, &new);
+    // The hints of both builds (the tracer's reader) and what `mcr update` will do with the
+    // words they cover.
+    let notes = if old.has_debug_info && new.has_debug_info { mcr_tracer::annotations(&old, &new) } else { Default::default() };
+    let d = mcr_typemodel::diff_with(&old, &new, &notes);
     for w in &d.warnings {
         eprintln!("mcr: warning: {w}");
     }
@@ -121,8 +124,18 @@ pub fn human(d: &Diff) -> String {
             }
         }
     }
+    if !d.opaque.is_empty() {
+        let _ = writeln!(out, "\nWords DWARF cannot type (unions, void *, integers) that the update meets:");
+        for w in &d.opaque {
+            let class = if w.class == Class::NeedsHandler { "NEEDS HINT" } else { class_word(w.class) };
+            let _ = writeln!(out, "  {} [{class}]: {}", w.path, w.explanation);
+        }
+    }
+    // A word inside a changed global is counted with that global.
+    let in_globals = |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
     let handlers = d.types.iter().filter(|t| t.class == Class::NeedsHandler).count()
-        + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count();
+        + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count()
+        + d.opaque.iter().filter(|w| w.class == Class::NeedsHandler && !in_globals(&w.path)).count();
     let _ = writeln!(out);
     if d.is_automatic() {
         let _ = writeln!(out, "Verdict: automatic. mcr transforms every difference by itself (exit status 0).");
@@ -134,8 +147,8 @@ pub fn human(d: &Diff) -> String {
     } else {
         let _ = writeln!(
             out,
-            "Verdict: {handlers} change(s) marked NEEDS HANDLER: an update conflicts (and rolls back) if objects \
-             they affect are live, unless MCR_ADD_OBJ_HANDLER or a hint in mcr.h resolves them (exit status 1)."
+            "Verdict: {handlers} change(s) marked NEEDS HANDLER or NEEDS HINT: an update conflicts (and rolls back) \
+             if objects they affect are live, unless MCR_ADD_OBJ_HANDLER or a hint in mcr.h resolves them (exit status 1)."
         );
     }
     out

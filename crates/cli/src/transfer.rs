@@ -7,7 +7,7 @@
 
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
-use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
+use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, Target, Version};
 use mcr_typemodel::Program;
 use std::collections::BTreeMap;
@@ -108,19 +108,31 @@ impl Target for NewProcess<'_> {
         self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
     }
 
-    /// The old bytes go to scratch blocks in the new process, the handler runs there, the
-    /// scratch blocks are freed.
-    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String> {
+    /// The old bytes go to scratch blocks in the new process, with the relocation table
+    /// the handlers' mcr_translate() reads; the handler runs there; the scratch blocks
+    /// are freed.
+    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)], relocations: &[Relocation]) -> Result<(), String> {
         self.flush()?;
-        let sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        if !relocations.is_empty() {
+            sizes.push((relocations.len() * Relocation::SIZE) as u64);
+        }
         let scratch = self.allocate(&sizes)?;
         let mut batch = Vec::with_capacity(objects.len());
         for ((bytes, new, new_size), at) in objects.iter().zip(&scratch) {
             self.write(*at, bytes)?;
             batch.push(HandlerObject { old: *at, old_size: bytes.len() as u64, new: *new, new_size: *new_size });
         }
+        let table = match scratch.get(objects.len()) {
+            Some(&addr) if !relocations.is_empty() => {
+                let bytes: Vec<u8> = relocations.iter().flat_map(|r| r.to_bytes()).collect();
+                self.write(addr, &bytes)?;
+                Some(RelocationTable { addr, count: relocations.len() as u64 })
+            }
+            _ => None,
+        };
         self.flush()?;
-        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch });
+        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch, relocations: table });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
         r.map(|_| ())
     }

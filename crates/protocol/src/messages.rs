@@ -176,8 +176,14 @@ pub enum RuntimeCommandKind {
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd { registrations: Vec<EpollRegistration> },
     /// State transfer, new version: run the program's MCR_ADD_OBJ_HANDLER for `what` on
-    /// each object (the old bytes sit in a scratch block the update wrote).
-    RunObjHandlers { what: String, objects: Vec<HandlerObject> },
+    /// each object (the old bytes sit in a scratch block the update wrote). `relocations`:
+    /// where every old object went, for `mcr_translate()` (also in a scratch block).
+    RunObjHandlers {
+        what: String,
+        objects: Vec<HandlerObject>,
+        #[serde(default)]
+        relocations: Option<crate::RelocationTable>,
+    },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
     /// State transfer, new version: recreate a process the old version forked after

@@ -341,7 +341,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
         RuntimeCommandKind::ImportFds { socket, targets } => crate::transfer::import_fds(&socket, &targets),
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
-        RuntimeCommandKind::RunObjHandlers { what, objects } => crate::transfer::run_obj_handlers(&what, &objects),
+        RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => crate::transfer::run_obj_handlers(&what, &objects, relocations),
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
         RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {
             Ok(pid) => RuntimeReply::Respawned { pid },

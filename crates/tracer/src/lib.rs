@@ -17,8 +17,10 @@
 
 mod hints;
 mod image;
+mod preview;
 mod trace;
 
-pub use hints::{normalize, Hints};
+pub use hints::{normalize, Hints, Origin};
+pub use preview::annotations;
 pub use image::{symbol_containing, translate, Image};
 pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};

@@ -23,6 +23,19 @@ pub extern "C" fn mcr_runtime_is_live_update() -> c_int {
     c_int::from(replay::started_as_update())
 }
 
+/// `mcr_translate(obj, old_ptr)`: the new version's address for an address of the old
+/// version, while an object handler runs (null when there is none). `obj` is not read.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_translate(_obj: *const crate::transfer::McrObj, old_ptr: *const libc::c_void) -> *mut libc::c_void {
+    if old_ptr.is_null() {
+        return std::ptr::null_mut();
+    }
+    match crate::transfer::translate(old_ptr as usize as u64) {
+        Some(a) => a as usize as *mut libc::c_void,
+        None => std::ptr::null_mut(),
+    }
+}
+
 /// `MCR_ADD_OBJ_HANDLER(what, fn)`: keep `fn` for the state transfer.
 #[no_mangle]
 pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
