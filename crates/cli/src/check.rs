@@ -4,7 +4,7 @@
 use crate::render;
 use anyhow::{Context, Result};
 use clap::Args;
-use mcr_typemodel::diff::{Change, Class, Diff, FieldChange};
+use mcr_typemodel::diff::{Change, Class, Diff, FieldChange, Sessions};
 use mcr_typemodel::Program;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,39 @@ fn fields(out: &mut String, fs: &[FieldChange]) {
     }
 }
 
+/// What happens to the sessions of the old version (whatever the types say).
+fn sessions(out: &mut String, s: &Sessions) {
+    let _ = writeln!(out, "\nSessions:");
+    if s.resume_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no MCR_ADD_RESUME_HANDLER in the new build: connections a thread serves from its stack must close before \
+             an update (--drain-timeout), else it rolls back; event-loop connections move"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  resume handler {}: connections threads serve from their stacks move with their heap state, and the handler \
+             hands them back after commit",
+            s.resume_handlers.join(", ")
+        );
+    }
+    if s.respawn_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no MCR_ADD_RESPAWN_HANDLER in the new build: processes forked per connection must end before an update"
+        );
+    } else if s.resume_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  respawn handler {} is unused: a respawned process needs a resume handler to serve its session",
+            s.respawn_handlers.join(", ")
+        );
+    } else {
+        let _ = writeln!(out, "  respawn handler {}: processes forked per connection are recreated, their heap moves", s.respawn_handlers.join(", "));
+    }
+}
+
 /// The human report.
 pub fn human(d: &Diff) -> String {
     let mut out = String::new();
@@ -131,6 +164,7 @@ pub fn human(d: &Diff) -> String {
             let _ = writeln!(out, "  {} [{class}]: {}", w.path, w.explanation);
         }
     }
+    sessions(&mut out, &d.sessions);
     // A word inside a changed global is counted with that global.
     let in_globals = |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
     let handlers = d.types.iter().filter(|t| t.class == Class::NeedsHandler).count()

@@ -213,7 +213,7 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
 
         let t = Instant::now();
         let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
-        let resumes_sessions = new_prog.hints.iter().any(|h| h.starts_with("resume "));
+        let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
         if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
             return Err(format!(
                 "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \

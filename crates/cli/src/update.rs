@@ -135,11 +135,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // left open to mcr (a client socket on fd 3) may slip into it.
     close_on_exec_all();
     // A new version with a resume handler takes over the sessions threads serve from their
-    // stacks; without one, those connections must end before the update.
-    let hints = mcr_typemodel::read_hints(&program).unwrap_or_default();
-    let resumes_sessions = hints.iter().any(|h| h.starts_with("resume "));
-    // ... and with a respawn handler, it recreates the per-connection processes too.
-    let respawns = resumes_sessions && hints.iter().any(|h| h.starts_with("respawn "));
+    // stacks (without one, those connections must end before the update); with a respawn
+    // handler too, it recreates the per-connection processes.
+    let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
+    let (resumes_sessions, respawns) = (sessions.resumes(), sessions.respawns());
     let mut phases = Phases::default();
     let td = Instant::now();
     let mut connections_left: Vec<OpenConnections>;

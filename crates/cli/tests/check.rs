@@ -411,3 +411,25 @@ fn hints_in_the_new_build_reach_a_changed_struct_behind_void_pointers_and_unions
     assert!(human.stdout.contains("but the hint MCR_POINTS_TO(\"opaque\", \"struct hidden\") does"), "{human}");
     assert!(human.stderr.contains("mcr: warning: hint MCR_OPAQUE(\"no_such_global\")"), "{human}");
 }
+
+/// `mcr check` says what happens to sessions a thread or a per-connection process serves:
+/// whether the new build can take them over (resume and respawn handlers) or they must end
+/// before an update.
+#[test]
+fn sessions_say_whether_the_new_build_takes_them_over() {
+    let mcr = Mcr::new("check-sessions");
+    let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-layout")]);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(out.stdout.contains("resume handler serve_moved_session"), "{out}");
+    assert!(out.stdout.contains("respawn handler respawn_session: processes forked per connection are recreated"), "{out}");
+
+    let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-norespawn")]);
+    assert!(out.stdout.contains("no MCR_ADD_RESPAWN_HANDLER in the new build"), "{out}");
+
+    let out = check(&mcr, &[fixture("poold"), fixture("poold-v2-noresume")]);
+    assert!(out.stdout.contains("no MCR_ADD_RESUME_HANDLER in the new build"), "{out}");
+    let out = check(&mcr, &["--json".as_ref(), fixture("poold").as_os_str(), fixture("poold-v2-layout").as_os_str()]);
+    let v = json(&out);
+    assert_eq!(v["sessions"]["resume_handlers"], serde_json::json!(["requeue_moved_sessions"]), "{v:#}");
+    assert_eq!(v["sessions"]["respawn_handlers"], serde_json::json!([]), "{v:#}");
+}

@@ -105,6 +105,38 @@ pub struct Diff {
     /// The worst class of any change: `Automatic` (or `Unchanged`) means an update is
     /// expected to need no handler.
     pub verdict: Class,
+    /// How the new build takes over sessions the old one serves from threads' stacks and
+    /// per-connection processes.
+    pub sessions: Sessions,
+}
+
+/// The new build's `MCR_ADD_RESUME_HANDLER` and `MCR_ADD_RESPAWN_HANDLER` (function names).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sessions {
+    pub resume_handlers: Vec<String>,
+    pub respawn_handlers: Vec<String>,
+}
+
+impl Sessions {
+    pub fn of(new: &Program) -> Sessions {
+        Sessions::from_hints(&new.hints)
+    }
+
+    /// From a build's `mcr_hints` strings (see [`crate::read_hints`]).
+    pub fn from_hints(hints: &[String]) -> Sessions {
+        let named = |prefix: &str| hints.iter().filter_map(|h| h.strip_prefix(prefix)).map(|f| f.trim().to_string()).collect();
+        Sessions { resume_handlers: named("resume "), respawn_handlers: named("respawn ") }
+    }
+
+    /// Connections threads serve from their stacks can move.
+    pub fn resumes(&self) -> bool {
+        !self.resume_handlers.is_empty()
+    }
+
+    /// Per-connection processes can be recreated (and then resumed).
+    pub fn respawns(&self) -> bool {
+        self.resumes() && !self.respawn_handlers.is_empty()
+    }
 }
 
 /// What the `include/mcr.h` hints of the two builds mean for the old version's memory:
@@ -192,6 +224,7 @@ pub fn diff_with(old: &Program, new: &Program, notes: &Annotations) -> Diff {
         opaque: vec![],
         warnings: vec![],
         verdict: Class::Unchanged,
+        sessions: Sessions::of(new),
     };
     for (p, which) in [(old, "old"), (new, "new")] {
         if !p.has_debug_info {
