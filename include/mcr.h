@@ -172,8 +172,9 @@ static inline void *mcr_translate(const struct mcr_obj *o, const void *old_ptr)
  * and rolls back if they do not.
  *
  *   static struct session *serving;         // set while a worker serves a client
- *   static void resume_session(void) {
+ *   static int resume_session(void) {
  *       if (serving) { serve(serving); end_session(serving); serving = NULL; }
+ *       return 0;
  *   }
  *   MCR_ADD_RESUME_HANDLER(resume_session);
  */
@@ -195,6 +196,43 @@ static inline void *mcr_translate(const struct mcr_obj *o, const void *old_ptr)
  *   }
  *   MCR_ADD_RESPAWN_HANDLER(respawn_session);
  */
+/* A server whose state mcr cannot move (--fresh-state: nginx, with its pools and void *
+ * module data) can still keep its idle connections, such as HTTP keep-alive connections
+ * between requests. The OLD build's idle check tells mcr, while the server is quiesced,
+ * whether the connection on `fd` holds any program state (return non-zero when it holds
+ * none); mcr drains the busy ones and moves the idle ones into the new version, where the
+ * resume handler takes them up as if just accepted: mcr_adopted_fds() lists them.
+ *
+ *   static int keepalive_idle(int fd) { return conn_of(fd)->waiting_for_request; }
+ *   MCR_ADD_IDLE_CHECK(keepalive_idle);
+ *
+ *   static int adopt(void) {
+ *       int fds[1024], n = mcr_adopted_fds(fds, 1024);
+ *       if (!event_loop_ready) return 1;         // again at the next quiescent point
+ *       for (int i = 0; i < n && i < 1024; i++) handle_new_connection(fds[i]);
+ *       return 0;
+ *   }
+ *   MCR_ADD_RESUME_HANDLER(adopt);
+ */
+typedef int (*mcr_idle_check_t)(int fd);
+extern int mcr_runtime_add_idle_check(mcr_idle_check_t check, const char *name) __attribute__((weak));
+extern int mcr_runtime_adopted_fds(int *fds, int max) __attribute__((weak));
+
+/* The connections mcr moved into this process for it to adopt (at most `max` are written
+ * to `fds`); returns how many there are. 0 without mcr, or when the state was transferred. */
+static inline int mcr_adopted_fds(int *fds, int max)
+{
+    return mcr_runtime_adopted_fds ? mcr_runtime_adopted_fds(fds, max) : 0;
+}
+
+#define MCR_ADD_IDLE_CHECK(fn)                                                       \
+    MCR_HINT_("idle " #fn);                                                          \
+    static void __attribute__((constructor)) mcr_add_idle_check_##fn(void)           \
+    {                                                                                \
+        if (mcr_runtime_add_idle_check)                                              \
+            mcr_runtime_add_idle_check((fn), #fn);                                   \
+    }
+
 typedef int (*mcr_respawn_handler_t)(int fd);
 extern int mcr_runtime_add_respawn_handler(mcr_respawn_handler_t handler, const char *name) __attribute__((weak));
 
@@ -206,7 +244,11 @@ extern int mcr_runtime_add_respawn_handler(mcr_respawn_handler_t handler, const 
             mcr_runtime_add_respawn_handler((fn), #fn);                              \
     }
 
-typedef void (*mcr_resume_handler_t)(void);
+/* Return 0 when done, or non-zero to be called again at the main thread's next quiescent
+ * point: where the new version's main thread was parked (its first blocking call) may be
+ * before the program finished setting up (nginx tests epoll there); the process's other
+ * threads run by then. */
+typedef int (*mcr_resume_handler_t)(void);
 extern int mcr_runtime_add_resume_handler(mcr_resume_handler_t handler, const char *name) __attribute__((weak));
 
 #define MCR_ADD_RESUME_HANDLER(fn)                                                   \

@@ -7,4 +7,6 @@ cargo build --release --workspace
 make -s -C fixtures OUT="$PWD/target/fixtures"
 MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
 export MCR_NGINX
+# Successive Debian patch levels, for the updates "to the next patch" (cached beside it).
+for n in 1 2; do scripts/nginx/build.sh --patches "$n" >/dev/null; done
 cargo test --release --workspace -- --test-threads=2 "$@"

@@ -57,8 +57,12 @@ CONFIGURE_MODULES=(
 )
 BUILD_DEPS=(build-essential dpkg-dev patch libpcre2-dev zlib1g-dev libssl-dev)
 SRC_LIST=/etc/apt/sources.list.d/mcr-deb-src.sources
-# Bump when the build recipe changes, so old cache entries are rebuilt.
-RECIPE_REV=2
+# mcr's nginx module (annotations: idle connections survive --fresh-state updates).
+MCR_MODULE=$(cd "$(dirname "$0")/mcr-module" && pwd -P)
+MCR_HEADER=$(cd "$(dirname "$0")/../../include" && pwd -P)/mcr.h
+# Bump when the build recipe changes, so old cache entries are rebuilt; the module and
+# the header it includes are part of the recipe.
+RECIPE_REV="3-$(cat "$MCR_MODULE"/config "$MCR_MODULE"/*.c "$MCR_HEADER" | sha256sum | cut -c1-12)"
 
 log() { printf '[mcr nginx] %s\n' "$*" >&2; }
 die() { printf '[mcr nginx] error: %s\n' "$*" >&2; exit 1; }
@@ -326,7 +330,8 @@ LD_ARGS=()
   --prefix="$DEST" \
   --with-cc-opt="$CC_OPT" \
   "${LD_ARGS[@]}" \
-  "${CONFIGURE_MODULES[@]}" >&2
+  "${CONFIGURE_MODULES[@]}" \
+  --add-module="$MCR_MODULE" >&2
 make -j"$(nproc)" >&2
 make install DESTDIR="$WORK/stage" >&2
 

@@ -277,10 +277,22 @@ pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next
     Ok(n)
 }
 
+/// Move connections of old process `old_host` into new process `pid` for its program to
+/// adopt as new ones (their state stays behind).
+pub fn adopt(old_host: i32, pid: i32, new_host: i32, next: &mut Connection, fds: &[i32]) -> Result<(), String> {
+    let mem = File::options().read(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}: {e}"))?;
+    let mut target = NewProcess { next, pid, host_pid: new_host, mem, pending: Vec::new() };
+    import_connections(old_host, fds, &mut target, true)
+}
+
 /// Copy the old process's connections out (pidfd_getfd) and hand them to the new
 /// process's runtime over an abstract Unix socket (SCM_RIGHTS), which installs each at
 /// its old number.
 fn move_connections(old_host: i32, fds: &[i32], target: &mut NewProcess) -> Result<(), String> {
+    import_connections(old_host, fds, target, false)
+}
+
+fn import_connections(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt: bool) -> Result<(), String> {
     // SAFETY: pidfd_open on a process of the old version.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, old_host as libc::c_long, 0 as libc::c_long) } as i32;
     if pidfd < 0 {
@@ -333,7 +345,7 @@ fn move_connections(old_host: i32, fds: &[i32], target: &mut NewProcess) -> Resu
         }
         Ok(())
     });
-    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets });
+    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt });
     gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
     let s = sender.join().map_err(|_| "the descriptor sender panicked".to_string())?;
     r?;

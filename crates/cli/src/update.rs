@@ -38,6 +38,8 @@ pub struct UpdateArgs {
     /// Do not transfer the old version's state (globals, heap, connections): the new
     /// version keeps what its own startup made. For servers whose state mcr cannot move
     /// yet, or need not (nginx: its state is its configuration, which startup rebuilds).
+    /// Connections close at commit, except idle ones the new build adopts (an idle check in
+    /// the old build and a resume handler in the new one, see include/mcr.h).
     #[arg(long)]
     fresh_state: bool,
     /// Print the outcome and phase timings as JSON
@@ -80,6 +82,8 @@ struct Outcome {
     connections_left: Vec<OpenConnections>,
     /// What the state transfer moved (absent with --fresh-state or before it ran).
     transfer: Option<crate::transfer::Summary>,
+    /// With --fresh-state: idle connections moved for the new version to adopt.
+    adopted_connections: usize,
     old_processes: Vec<i32>,
     new_processes: Vec<i32>,
 }
@@ -139,6 +143,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // handler too, it recreates the per-connection processes.
     let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
     let (resumes_sessions, respawns) = (sessions.resumes(), sessions.respawns());
+    // Without the state, the new version can still adopt the connections that hold none.
+    let adopt = args.fresh_state && resumes_sessions;
     let mut phases = Phases::default();
     let td = Instant::now();
     let mut connections_left: Vec<OpenConnections>;
@@ -146,7 +152,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     {
         // With the state transfer, only connections held by processes forked after
         // startup must end (nothing recreates those processes); the rest move.
-        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns };
+        let drain =
+            Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns, adopt_idle: adopt };
         let drained = old.request_until(&drain, || INTERRUPTED.load(Ordering::SeqCst));
         let drained = match drained {
             Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -168,12 +175,15 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             }
         }
         let stuck: Vec<&OpenConnections> =
-            connections_left.iter().filter(|c| args.fresh_state || (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions)).collect();
+            connections_left.iter().filter(|c| if args.fresh_state { !(adopt && adoptable(c)) } else { (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions) }).collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
             if args.fresh_state {
-                eprintln!("mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain (processes {pids:?}); they are closed if this update commits (--fresh-state)");
+                eprintln!(
+                    "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain (processes {pids:?}); they are closed if this update commits (--fresh-state{})",
+                    if adopt { ", and they are busy or their program has no MCR_ADD_IDLE_CHECK" } else { "" }
+                );
             } else {
                 eprintln!(
                     "mcr: warning: {n} client connection(s) still open after the {drain_timeout} ms drain that the update cannot move \
@@ -202,7 +212,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
         info.processes = now.processes;
     }
-    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true, move_pinned: resumes_sessions, move_volatile: respawns })? {
+    // (Quiesced now: a program's idle check is asked about each connection.)
+    let refresh =
+        Request::Drain { timeout_ms: 0, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns, adopt_idle: adopt };
+    if let Response::Drained { remaining, .. } = old.request(&refresh)? {
         connections_left = remaining;
     }
 
@@ -225,6 +238,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             new_processes.extend(respawned.iter().copied());
             new_processes.sort_unstable();
         }
+    }
+    let mut adopted_connections = 0;
+    if attempt.is_ok() && adopt {
+        attempt = adopt_connections(dir, &name, &info, new_supervisor, &connections_left).map(|n| adopted_connections = n);
     }
     phases.transfer_ms = ms(tt.elapsed());
     let _ = std::fs::remove_file(replay_path(dir, &name));
@@ -250,7 +267,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             (false, f.message, f.conflicts)
         }
     };
-    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, transfer: transferred, old_processes: info.processes.clone(), new_processes };
+    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, transfer: transferred, adopted_connections, old_processes: info.processes.clone(), new_processes };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if out.committed {
@@ -259,6 +276,9 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             out.phases.drain_ms,
             out.phases.quiesce_ms, out.phases.restart_ms, out.phases.transfer_ms, out.phases.commit_ms, out.phases.total_ms, out.new_processes
         );
+        if out.adopted_connections > 0 {
+            println!("{} idle connections adopted by the new version", out.adopted_connections);
+        }
         if let Some(t) = &out.transfer {
             println!(
                 "state: {} globals copied ({} untouched since startup skipped; {} of {} pages written since startup), {} heap blocks ({} bytes) of {} live, {} connections moved",
@@ -442,6 +462,28 @@ fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervis
     let mut summary = crate::transfer::run(&procs, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     summary.respawned_processes = respawned;
     Ok(summary)
+}
+
+/// A process's connections the new version can adopt without their state: an idle check
+/// vouches for them, no thread serves them from its stack, and the process is not one
+/// forked per connection.
+fn adoptable(c: &OpenConnections) -> bool {
+    c.idle_check && c.busy.is_empty() && c.pinned.is_empty() && !c.volatile
+}
+
+/// --fresh-state with a resume handler: move the idle connections into the new version's
+/// processes (same PIDs, same numbers) for it to adopt. Returns how many moved.
+fn adopt_connections(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervisor: Option<i32>, connections: &[OpenConnections]) -> Result<usize, Failure> {
+    let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
+    let (old, new) = (host_pids(info)?, host_pids_in(new_supervisor)?);
+    let mut next = Connection::open(dir, &format!("{name}.next"))?;
+    let mut n = 0;
+    for c in connections.iter().filter(|c| adoptable(c)) {
+        let (Some(&old_host), Some(&new_host)) = (old.get(&c.pid), new.get(&c.pid)) else { continue };
+        crate::transfer::adopt(old_host, c.pid, new_host, &mut next, &c.fds).map_err(|e| Failure::from(format!("adopting connections: {e}")))?;
+        n += c.fds.len();
+    }
+    Ok(n)
 }
 
 /// PIDs inside the old version's namespace → host PIDs.

@@ -561,3 +561,73 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
     assert_eq!(c.request("GET k"), "VALUE v");
     assert_eq!(c.request("PID"), c.request("PID"));
 }
+
+/// Connection-per-request load in a thread until `stop` (bounded): (answered, failures).
+fn load_until(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        for _ in 0..200_000 {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            match Client::try_connect(port, Duration::from_secs(5)).and_then(|mut c| c.try_request("PING")) {
+                Ok(r) if r == "PONG" => ok += 1,
+                Ok(r) => failed.push(format!("answer {r:?}")),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+/// Ten updates in a row, alternating layouts, under connection-per-request load, with two
+/// long sessions open throughout: in connd (sessions in per-connection processes, so every
+/// update respawns the load's children too) and in poold (sessions on worker threads).
+/// No session loses a variable or a count, no request fails, descriptors do not grow.
+#[test]
+fn ten_session_updates_under_load_lose_nothing() {
+    for (server, v2, extra) in [("connd", "connd-v2-layout", vec![]), ("poold", "poold-v2-layout", vec!["--threads", "4"])] {
+        let mcr = Mcr::new(&format!("t-{server}-ten"));
+        let port = free_port();
+        let mut args = port_args(port);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (v1, v2) = (fixture(server), fixture(v2));
+        let inst = mcr.start(server, &v1, &args);
+        let mut a = Client::connect(port);
+        let mut b = Client::connect(port);
+        if server == "connd" {
+            assert_eq!(a.request("SET who a"), "OK");
+            assert_eq!(b.request("SET who b"), "OK");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = load_until(port, stop.clone());
+        // The master (connd's children run the same program): the oldest process.
+        let host = || host_pids_running(&fixture_by_version(&inst), port).into_iter().min().expect("the server runs");
+        let mut fds0 = 0;
+        for i in 0..10 {
+            let to = if i % 2 == 0 { &v2 } else { &v1 };
+            let (out, v) = update(&mcr, server, &[], to, &args);
+            assert_eq!(out.code(), 0, "{server} update {i}: {out}\nlog:\n{}", inst.log());
+            assert!(v["transfer"]["connections"].as_u64().is_some_and(|n| n >= 2), "{server} update {i}: {v:#}");
+            assert_eq!(a.request("PING"), "PONG", "{server}: session a after update {i}");
+            assert_eq!(b.request("PING"), "PONG", "{server}: session b after update {i}");
+            if i == 0 {
+                fds0 = fd_count(host());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ok, failed) = load.join().expect("load thread");
+        assert!(failed.is_empty(), "{server}: {} of {} requests failed across 10 updates: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)]);
+        assert!(ok > 0, "{server}: the load made no request");
+        if server == "connd" {
+            assert_eq!(a.request("GET who"), "VALUE a");
+            assert_eq!(b.request("GET who"), "VALUE b");
+            assert_eq!(a.request("STATS"), "STATS sessions=13", "{server}: SET, ten PINGs, GET, STATS");
+        } else {
+            assert_eq!(session_field(&a.request("SESSION"), "cmds"), 11, "{server}: ten PINGs and SESSION");
+        }
+        // The sessions and the load's connections are the only descriptors that come and go.
+        drop((a, b));
+        assert!(wait_until(Duration::from_secs(5), || fd_count(host()) <= fds0), "{server}: descriptors grew from {fds0}: {:?}", fd_links(host()));
+    }
+}

@@ -969,6 +969,115 @@ fn nginx_updates_from_one_debian_patch_to_the_next_under_load() {
     nginx_update_under_load("u-nginx-p1p2", &p1, &p2);
 }
 
+/// An HTTP/1.1 keep-alive client: one connection, many requests.
+struct KeepAlive {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        KeepAlive { stream, reader }
+    }
+
+    /// GET `path` on this connection: the status and the body.
+    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).map_err(|e| format!("status line: {e}"))? == 0 {
+            return Err("the connection was closed".into());
+        }
+        let status = line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| format!("not HTTP: {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).map_err(|e| format!("headers: {e}"))?;
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().map_err(|_| format!("bad length {v:?}"))?;
+                }
+                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    return Err("nginx is closing the connection".into());
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// nginx with idle keep-alive connections and `wrk` keep-alive load, updated to the next
+/// Debian patch: no connection is reset and no request fails. nginx's state is rebuilt by
+/// the new version's startup (--fresh-state), but its keep-alive connections hold none
+/// between requests: the old build's idle check (scripts/nginx/mcr-module) vouches for
+/// them, mcr moves them into the worker with the same PID, and the new build's resume
+/// handler adopts them as if just accepted.
+#[test]
+fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
+    let Some(nginx) = nginx_bin("nginx_keepalive_connections_survive_an_update_to_the_next_patch") else { return };
+    let (Some(p1), Some(p2)) = (cached_nginx_build(&nginx, 1), cached_nginx_build(&nginx, 2)) else {
+        eprintln!("note: nginx keep-alive test skipped: the -p1/-p2 builds are not cached (scripts/test.sh builds them)");
+        return;
+    };
+    let mcr = Mcr::new("u-nginx-keepalive");
+    let port = free_port();
+    let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
+    let args: Vec<String> = vec!["-p".into(), prefix.to_str().unwrap().into(), "-c".into(), conf.to_str().unwrap().into()];
+    let inst = mcr.start("nginx", &p1, &args);
+    let mut idle: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::connect(port)).collect();
+    for c in &mut idle {
+        assert_eq!(c.get("/status").expect("GET /status before").0, 200);
+    }
+    let locals: Vec<SocketAddr> = idle.iter().map(|c| c.stream.local_addr().unwrap()).collect();
+
+    // wrk: 8 keep-alive connections for 4 s (bounded), the update in the middle.
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t", "2", "-c", "8", "-d", "4s", &format!("http://127.0.0.1:{port}/")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(wrk) = wrk else {
+        eprintln!("note: nginx keep-alive test skipped: wrk is not installed (.ci/run installs it)");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (out, outcome) = update_json(&mcr, "nginx", NGINX_UPDATE, &p2, &args);
+    let wrk = wrk.wait_with_output().expect("wrk");
+    let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    eprintln!("wrk across the update:\n{report}\noutcome: adopted {} left {}", outcome["adopted_connections"], outcome["connections_left"]);
+    assert_eq!(out.code(), 0, "nginx update did not commit: {out}\nlog:\n{}", inst.log());
+    assert!(
+        outcome["adopted_connections"].as_u64().is_some_and(|n| n >= 6),
+        "the idle connections (and wrk's) were adopted: {outcome:#}"
+    );
+    assert!(wrk.status.success(), "wrk failed: {report}{}", String::from_utf8_lossy(&wrk.stderr));
+    assert!(!report.contains("Socket errors"), "wrk saw connections fail across the update:\n{report}");
+    assert!(!report.contains("Non-2xx"), "wrk saw failed requests across the update:\n{report}");
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    assert!(requests > 100, "wrk made {requests} requests:\n{report}");
+    // The idle connections are the same sockets, now served by the new version.
+    for (c, local) in idle.iter_mut().zip(&locals) {
+        assert_eq!(c.stream.local_addr().unwrap(), *local);
+        assert_eq!(c.get("/status").expect("GET /status on a connection opened before the update").0, 200);
+        assert_eq!(c.get("/").expect("GET / after").0, 200);
+    }
+    let st = inst.status();
+    assert_eq!(st["program"].as_str(), Some(p2.to_str().unwrap()), "{st:#}");
+}
+
 /// An updated nginx updates again, and again. The -p1 build (no nginx-fix-pidfile.patch)
 /// used to fail every update after the first: the updated master's startup log listed
 /// fds 1006/1007 for open(nginx.conf)/open(error.log), numbers later reused by the worker

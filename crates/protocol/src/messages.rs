@@ -172,7 +172,14 @@ pub enum RuntimeCommandKind {
     Allocate { sizes: Vec<u64> },
     /// State transfer, new version: connect to the abstract Unix socket `socket`, receive
     /// one descriptor per target there (SCM_RIGHTS) and install each at its target number.
-    ImportFds { socket: String, targets: Vec<ImportedFd> },
+    ImportFds {
+        socket: String,
+        targets: Vec<ImportedFd>,
+        /// Connections whose state stays behind (--fresh-state): the program adopts them
+        /// as new ones (`mcr_adopted_fds` in its resume handler).
+        #[serde(default)]
+        adopt: bool,
+    },
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd { registrations: Vec<EpollRegistration> },
     /// State transfer, new version: run the program's MCR_ADD_OBJ_HANDLER for `what` on
@@ -248,6 +255,13 @@ pub enum RuntimeReply {
         /// on its stack, which the update cannot move.
         #[serde(default)]
         pinned: Vec<i32>,
+        /// The program has an idle check (`MCR_ADD_IDLE_CHECK`).
+        #[serde(default)]
+        idle_check: bool,
+        /// Of `fds`, those the idle check says hold program state (mid-request), asked
+        /// while the process is quiesced; before that, those with unsent output.
+        #[serde(default)]
+        busy: Vec<i32>,
     },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
@@ -288,6 +302,11 @@ pub enum Request {
         /// (`MCR_ADD_RESPAWN_HANDLER`), so their connections move too.
         #[serde(default)]
         move_volatile: bool,
+        /// Without `only_volatile` (the state stays behind): the new version adopts idle
+        /// connections as new ones, so wait only for those an idle check says are busy
+        /// (and for every connection of a process without an idle check).
+        #[serde(default)]
+        adopt_idle: bool,
     },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.
@@ -356,6 +375,12 @@ pub struct OpenConnections {
     /// cannot move.
     #[serde(default)]
     pub pinned: Vec<i32>,
+    /// The program can tell idle connections (`MCR_ADD_IDLE_CHECK`) ...
+    #[serde(default)]
+    pub idle_check: bool,
+    /// ... and these are not idle.
+    #[serde(default)]
+    pub busy: Vec<i32>,
 }
 
 /// State of the whole instance.

@@ -339,7 +339,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             RuntimeReply::Resumed
         }
         RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
-        RuntimeCommandKind::ImportFds { socket, targets } => crate::transfer::import_fds(&socket, &targets),
+        RuntimeCommandKind::ImportFds { socket, targets, adopt } => crate::transfer::import_fds(&socket, &targets, adopt),
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => crate::transfer::run_obj_handlers(&what, &objects, relocations),
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
@@ -351,10 +351,13 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             crate::drain::start();
             let fds = crate::drain::open_connections(&crate::startup_log::startup_fds());
             let watched = if fds.is_empty() { Default::default() } else { crate::drain::watched_by_epoll() };
+            let (idle_check, busy) = crate::resume::busy_connections(&fds);
             RuntimeReply::Connections {
                 pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
                 fds,
                 volatile: crate::drain::VOLATILE.load(SeqCst),
+                idle_check,
+                busy,
             }
         }
     }

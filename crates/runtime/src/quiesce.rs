@@ -60,10 +60,11 @@ pub fn publish_in_call(slot: &Slot) {
     }
 }
 
-/// Whether a wrapped call must take the slow path (quiescing, or startup not complete).
+/// Whether a wrapped call must take the slow path (quiescing, startup not complete, or a
+/// resume handler waiting for the main thread's next quiescent point).
 #[inline(always)]
 pub fn slow_path_needed() -> bool {
-    QUIESCING.load(Relaxed) || !STARTUP_DONE.load(Relaxed)
+    QUIESCING.load(Relaxed) || !STARTUP_DONE.load(Relaxed) || crate::resume::DEFERRED.load(Relaxed) != 0
 }
 
 /// Start held: threads park at their first quiescent point (an update's new version).
@@ -118,6 +119,11 @@ pub fn on_enter_slow(slot: &Slot) -> bool {
         note_startup_qp(slot);
     }
     threads::set_internal(was);
+    // A resume handler that asked to be called again, at the main thread's next quiescent
+    // point (not in a condition wait: the program holds the mutex there).
+    if qp && !QUIESCING.load(Acquire) && !Call::from_index(slot.call.load(Acquire)).is_condvar() {
+        crate::resume::run_deferred(slot);
+    }
     qp
 }
 

@@ -19,7 +19,9 @@ use crate::threads::{self, Slot};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize};
 
-pub type ResumeHandler = unsafe extern "C" fn();
+/// Returns 0 when done; non-zero to be called again at the main thread's next quiescent
+/// point (the program had not finished setting up where its main thread was parked).
+pub type ResumeHandler = unsafe extern "C" fn() -> libc::c_int;
 
 const MAX_HANDLERS: usize = 16;
 /// Registered from constructors before main, read after commit: no allocation, no lock.
@@ -29,6 +31,9 @@ static HANDLERS: [AtomicUsize; MAX_HANDLERS] = [const { AtomicUsize::new(0) }; M
 /// one the program's other threads are already changing (a worker popping a queue the
 /// handler is about to fill).
 static HOLDING: AtomicU32 = AtomicU32::new(0);
+/// Handlers (bit i: HANDLERS[i]) that asked to be called again. Checked by the wrappers'
+/// slow-path test, so it costs the hot path one relaxed load.
+pub static DEFERRED: AtomicU32 = AtomicU32::new(0);
 
 pub fn add(h: ResumeHandler) -> bool {
     HANDLERS.iter().any(|slot| slot.compare_exchange(0, h as usize, AcqRel, Acquire).is_ok())
@@ -58,24 +63,50 @@ pub fn after_park(slot: &Slot) {
         }
         return;
     }
+    let again = run_handlers(slot, u32::MAX);
+    DEFERRED.store(again, Release);
+    HOLDING.store(0, Release);
+    futex::wake(&HOLDING, i32::MAX);
+}
+
+/// A wrapped call of the main thread that is a quiescent point, after commit: run the
+/// handlers that asked to be called again (the other threads run meanwhile).
+pub fn run_deferred(slot: &Slot) {
+    let mask = DEFERRED.load(Acquire);
+    if mask == 0 || !slot.is_main.load(Relaxed) {
+        return;
+    }
+    let again = run_handlers(slot, mask);
+    DEFERRED.store(again, Release);
+}
+
+/// Run the handlers in `mask` on this (main) thread; returns those that asked to be called
+/// again. What the wrapper published about its call is put back afterwards (the handlers'
+/// own wrapped calls overwrite it), so that call proceeds as if nothing had happened.
+fn run_handlers(slot: &Slot, mask: u32) -> u32 {
     let saved = (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
     let errno = crate::errno::get();
-    for h in &HANDLERS {
+    let mut again = 0;
+    for (i, h) in HANDLERS.iter().enumerate() {
         let f = h.load(Acquire);
         if f == 0 {
             break;
         }
-        // SAFETY: a `void (*)(void)` the program registered through MCR_ADD_RESUME_HANDLER
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        // SAFETY: an `int (*)(void)` the program registered through MCR_ADD_RESUME_HANDLER
         // (the only writer of HANDLERS), called on its own main thread at a quiescent point.
-        unsafe { std::mem::transmute::<usize, ResumeHandler>(f)() };
+        if unsafe { std::mem::transmute::<usize, ResumeHandler>(f)() } != 0 {
+            again |= 1 << i;
+        }
     }
     slot.call.store(saved.0, Release);
     slot.object.store(saved.1, Release);
     slot.frame.store(saved.2, Release);
     slot.state.store(saved.3, Release);
     crate::errno::set(errno);
-    HOLDING.store(0, Release);
-    futex::wake(&HOLDING, i32::MAX);
+    again
 }
 
 // ---- Respawn: processes the old version forked after startup (one per connection) ----
@@ -170,4 +201,76 @@ pub fn run_respawn(slot: &Slot) {
     RESPAWN_RESULT.store(r, Release);
     RESPAWN_STATE.store(DONE, Release);
     futex::wake(&RESPAWN_STATE, 1);
+}
+
+// ---- Adoption: connections whose state stayed behind (--fresh-state) ----
+//
+// A server whose heap mcr cannot trace (nginx) still keeps its idle connections across an
+// update: the old build's idle check says which connections hold no program state (a
+// keep-alive connection between requests), mcr moves those, and the new build's resume
+// handler takes them up as if just accepted.
+
+pub type IdleCheck = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
+
+static IDLE_CHECK: AtomicUsize = AtomicUsize::new(0);
+const MAX_ADOPTED: usize = 65536;
+/// Descriptors installed for adoption, in order; read by the program after commit.
+static ADOPTED: [AtomicI32; MAX_ADOPTED] = [const { AtomicI32::new(0) }; MAX_ADOPTED];
+static ADOPTED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+pub fn add_idle_check(f: IdleCheck) -> bool {
+    IDLE_CHECK.compare_exchange(0, f as usize, AcqRel, Acquire).is_ok()
+}
+
+/// For a drain: whether the program has an idle check, and which of `fds` are busy. The
+/// check runs program code, so only while every thread of the process is parked; before
+/// that, a connection with output the kernel has not sent yet counts as busy.
+pub fn busy_connections(fds: &[i32]) -> (bool, Vec<i32>) {
+    let f = IDLE_CHECK.load(Acquire);
+    if f == 0 {
+        return (false, Vec::new());
+    }
+    let quiesced = crate::quiesce::is_quiesced();
+    let busy = fds
+        .iter()
+        .copied()
+        .filter(|&fd| {
+            if quiesced {
+                // SAFETY: the program's `int (*)(int)` from MCR_ADD_IDLE_CHECK, called while
+                // all its threads are parked at quiescent points (nothing else runs).
+                unsafe { std::mem::transmute::<usize, IdleCheck>(f)(fd) == 0 }
+            } else {
+                unsent_bytes(fd) > 0
+            }
+        })
+        .collect();
+    (true, busy)
+}
+
+fn unsent_bytes(fd: i32) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ on one of the program's sockets into a local int.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        0
+    } else {
+        n
+    }
+}
+
+pub fn note_adopted(fd: i32) {
+    let i = ADOPTED_LEN.fetch_add(1, AcqRel);
+    if i < MAX_ADOPTED {
+        ADOPTED[i].store(fd, Release);
+    }
+}
+
+/// `mcr_adopted_fds`: copy up to `max` adopted descriptors to `out`; returns how many
+/// there are in all.
+pub fn adopted(out: &mut [i32]) -> usize {
+    let n = ADOPTED_LEN.load(Acquire).min(MAX_ADOPTED);
+    for (i, slot) in out.iter_mut().enumerate().take(n) {
+        *slot = ADOPTED[i].load(Acquire);
+    }
+    n
 }

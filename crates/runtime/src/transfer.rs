@@ -130,7 +130,7 @@ pub fn allocate(sizes: &[u64]) -> RuntimeReply {
 /// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
 pub const FDS_PER_MESSAGE: usize = 253;
 
-pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
+pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeReply {
     for t in targets {
         if crate::startup_log::fd_in_use(t.target) {
             let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target)).map(|p| format!(" ({})", p.display())).unwrap_or_default();
@@ -172,6 +172,9 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
             }
             // A client connection here too, for the next update.
             crate::drain::note_accepted(t.target);
+            if adopt {
+                crate::resume::note_adopted(t.target);
+            }
         }
     }
     for fd in received.iter().copied().chain([sock]) {

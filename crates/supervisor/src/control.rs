@@ -93,8 +93,12 @@ async fn handle(state: &State, req: Request) -> Response {
             let n = resume_all(state).await;
             Response::Resumed { processes: n }
         }
-        Request::Drain { timeout_ms, only_volatile, move_pinned, move_volatile } => {
-            let wait = if !only_volatile { DrainWait::All } else { DrainWait::Unmovable { move_pinned, move_volatile } };
+        Request::Drain { timeout_ms, only_volatile, move_pinned, move_volatile, adopt_idle } => {
+            let wait = match (only_volatile, adopt_idle) {
+                (true, _) => DrainWait::Unmovable { move_pinned, move_volatile },
+                (false, true) => DrainWait::NotIdle,
+                (false, false) => DrainWait::All,
+            };
             drain(state, Duration::from_millis(timeout_ms), wait).await
         }
         Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
@@ -318,6 +322,8 @@ enum DrainWait {
     All,
     /// Those the state transfer cannot move into the new version.
     Unmovable { move_pinned: bool, move_volatile: bool },
+    /// Without state transfer, those the new version cannot adopt as new connections.
+    NotIdle,
 }
 
 async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
@@ -326,14 +332,15 @@ async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
         let mut remaining = Vec::new();
         for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
-            if let Ok(RuntimeReply::Connections { fds, volatile, pinned }) = r {
+            if let Ok(RuntimeReply::Connections { fds, volatile, pinned, idle_check, busy }) = r {
                 if !fds.is_empty() {
-                    remaining.push(OpenConnections { pid, fds, volatile, pinned });
+                    remaining.push(OpenConnections { pid, fds, volatile, pinned, idle_check, busy });
                 }
             }
         }
         let waiting = remaining.iter().any(|c| match wait {
             DrainWait::All => true,
+            DrainWait::NotIdle => c.volatile || !c.pinned.is_empty() || !c.idle_check || !c.busy.is_empty(),
             DrainWait::Unmovable { move_pinned, move_volatile } => {
                 (c.volatile && !move_volatile) || (!c.pinned.is_empty() && !move_pinned)
             }

@@ -150,7 +150,7 @@ impl Hints {
                 self.points_to.remove(&k);
                 self.opaque.insert(k.clone());
                 self.written.insert(k, (format!("MCR_OPAQUE({:?})", w.trim()), origin));
-            } else if raw.starts_with("handler ") || raw.starts_with("resume ") || raw.starts_with("respawn ") {
+            } else if raw.starts_with("handler ") || raw.starts_with("resume ") || raw.starts_with("respawn ") || raw.starts_with("idle ") {
                 // Registrations of code, not hints about memory: the update reads them.
             } else {
                 self.unresolved.push(format!("{raw}: unknown hint"));

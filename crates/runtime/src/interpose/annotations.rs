@@ -70,3 +70,21 @@ pub extern "C" fn mcr_runtime_add_respawn_handler(handler: Option<crate::resume:
         _ => -1,
     }
 }
+
+/// `MCR_ADD_IDLE_CHECK(fn)`: which connections hold no program state (for adoption).
+#[no_mangle]
+pub extern "C" fn mcr_runtime_add_idle_check(check: Option<crate::resume::IdleCheck>, _name: *const c_char) -> c_int {
+    match check {
+        Some(f) if crate::resume::add_idle_check(f) => 0,
+        _ => -1,
+    }
+}
+
+/// `mcr_adopted_fds(fds, max)`: the connections this version must adopt as new ones.
+#[no_mangle]
+pub unsafe extern "C" fn mcr_runtime_adopted_fds(fds: *mut c_int, max: c_int) -> c_int {
+    let len = if fds.is_null() { 0 } else { max.max(0) as usize };
+    // SAFETY: the caller passes an array of `max` ints (mcr.h), or null.
+    let out: &mut [c_int] = if len == 0 { &mut [] } else { std::slice::from_raw_parts_mut(fds, len) };
+    crate::resume::adopted(out) as c_int
+}
