@@ -180,6 +180,34 @@ pub enum RuntimeCommandKind {
     RunObjHandlers { what: String, objects: Vec<HandlerObject> },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
+    /// State transfer: the heap blocks the program allocated during startup, each with
+    /// its allocation call-stack ID and ordinal, so an update can match them with the
+    /// other version's.
+    StartupAllocations,
+    /// State transfer, new version: blocks Allocate made for the old version's startup
+    /// objects that had no counterpart here take over their identity (startup flag, call
+    /// stack and ordinal), so the next update matches them instead of copying them again.
+    AdoptStartupBlocks { blocks: Vec<StartupAlloc> },
+}
+
+/// A heap block allocated during startup, and where it came from: the `ordinal`-th
+/// startup allocation (from 0) whose call-stack ID is `stack`. Two versions of a program
+/// that allocate the same startup objects give them the same IDs and ordinals.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupAlloc {
+    /// The block (the address the program got).
+    pub addr: u64,
+    /// Hex call-stack ID of the allocating call (function names, as everywhere).
+    pub stack: String,
+    pub ordinal: u32,
+    /// The innermost function names of that call stack, for reports.
+    #[serde(default)]
+    pub site: String,
+    /// Whether the call stack reaches the program's own code. One that does not (cut short
+    /// inside a library built without frame pointers: `strdup` called by the program)
+    /// names only the library function, so its ordinals would pair unrelated objects.
+    #[serde(default)]
+    pub from_program: bool,
 }
 
 /// One object for an object handler: addresses in the new process.
@@ -241,6 +269,9 @@ pub enum RuntimeReply {
     },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
+    /// Answer to StartupAllocations, in allocation order (a later entry for the same
+    /// address or the same call stack and ordinal supersedes an earlier one).
+    StartupAllocations { allocs: Vec<StartupAlloc> },
     /// Answer to ImportFds and EpollAdd.
     Done,
     StartupLog(StartupLog),
