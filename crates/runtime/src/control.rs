@@ -343,6 +343,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::RunObjHandlers { what, objects } => crate::transfer::run_obj_handlers(&what, &objects),
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
+        RuntimeCommandKind::StartupAllocations => RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() },
+        RuntimeCommandKind::AdoptStartupBlocks { blocks } => crate::startup_heap::adopt(&blocks),
         RuntimeCommandKind::Drain => {
             crate::drain::start();
             let fds = crate::drain::open_connections(&crate::startup_log::startup_fds());

@@ -1,0 +1,157 @@
+//! Startup allocations (DESIGN.md "Allocation metadata", "Mutable tracing"): for each
+//! block the program allocates before its process completes startup, the call stack that
+//! allocated it. An update matches the old version's startup objects with the blocks the
+//! new version's startup allocated from the same call stack (call-stack ID and ordinal)
+//! and reuses those instead of copying the old ones into fresh blocks.
+//!
+//! Only startup pays: the malloc family calls [`record`] while startup is not complete
+//! (the check its header already makes), which walks the stack and appends to a table;
+//! once startup is complete nothing is recorded and the table is never touched by the
+//! program's threads again. Each distinct raw stack is kept once (startup allocates
+//! from few call sites, often in loops); call-stack IDs (symbolized, version-agnostic)
+//! and ordinals are computed when an update asks ([`snapshot`]).
+//!
+//! The per-block header stays as it is: the side table only holds startup blocks.
+
+use crate::sync::SpinLock;
+use crate::threads::MAX_STACK;
+use crate::{stack, symbolize, threads};
+use mcr_protocol::StartupAlloc;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone)]
+enum Entry {
+    /// Allocated by the program during startup from the raw stack numbered `stack`.
+    Recorded { addr: u64, stack: u32 },
+    /// Allocated by an update for an old startup object, whose identity it carries.
+    Adopted(StartupAlloc),
+}
+
+struct Table {
+    /// Raw return addresses (innermost first) → their number.
+    stacks: BTreeMap<Box<[usize]>, u32>,
+    /// In allocation order.
+    entries: Vec<Entry>,
+}
+
+static TABLE: SpinLock<Table> = SpinLock::new(Table { stacks: BTreeMap::new(), entries: Vec::new() });
+
+/// Note `addr`, a block just allocated during startup by the allocation function whose
+/// frame is `fp`. Runtime-internal allocations (and one made by a signal handler that
+/// interrupted this very function) are not the program's startup objects.
+#[cold]
+#[inline(never)]
+pub fn record(addr: u64, fp: usize) {
+    if !crate::is_active() || threads::is_internal() {
+        return;
+    }
+    let was = threads::set_internal(true);
+    let mut frames = [0usize; MAX_STACK];
+    let n = stack::walk_own(fp, &mut frames);
+    {
+        let mut t = TABLE.lock();
+        let next = t.stacks.len() as u32;
+        let stack = match t.stacks.get(&frames[..n]) {
+            Some(&i) => i,
+            None => {
+                t.stacks.insert(frames[..n].into(), next);
+                next
+            }
+        };
+        t.entries.push(Entry::Recorded { addr, stack });
+    }
+    threads::set_internal(was);
+}
+
+/// Every startup allocation of this process, in order, with its call-stack ID and
+/// ordinal. Entries whose block was freed since are included: the update knows which
+/// blocks are live from their headers.
+pub fn snapshot() -> Vec<StartupAlloc> {
+    let was = threads::set_internal(true);
+    // Copy out under the lock, symbolize without it.
+    let (raw, entries): (Vec<(u32, Vec<usize>)>, Vec<Entry>) = {
+        let t = TABLE.lock();
+        (t.stacks.iter().map(|(k, &v)| (v, k.to_vec())).collect(), t.entries.clone())
+    };
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut stacks: Vec<Stack> = vec![Stack::default(); raw.len()];
+    for (i, frames) in raw {
+        let cs = symbolize::call_stack(None, &frames);
+        let from_program = cs.frames.iter().any(|f| f.module.as_deref() == Some(exe.as_str()));
+        stacks[i as usize] = Stack { site: cs.summary(4), id: cs.id, from_program };
+    }
+    let out = number(&entries, &stacks);
+    threads::set_internal(was);
+    out
+}
+
+/// A raw stack, symbolized.
+#[derive(Clone, Default)]
+struct Stack {
+    id: String,
+    site: String,
+    from_program: bool,
+}
+
+/// Give each recorded entry its ordinal among the recorded entries with the same
+/// call-stack ID (`stacks[n]`: raw stack `n`); adopted entries keep theirs.
+fn number(entries: &[Entry], stacks: &[Stack]) -> Vec<StartupAlloc> {
+    let mut next: HashMap<&str, u32> = HashMap::new();
+    entries
+        .iter()
+        .map(|e| match e {
+            Entry::Recorded { addr, stack } => {
+                let s = &stacks[*stack as usize];
+                let n = next.entry(s.id.as_str()).or_insert(0);
+                let ordinal = *n;
+                *n += 1;
+                StartupAlloc { addr: *addr, stack: s.id.clone(), ordinal, site: s.site.clone(), from_program: s.from_program }
+            }
+            Entry::Adopted(a) => a.clone(),
+        })
+        .collect()
+}
+
+/// The update allocated `blocks` (with Allocate) for old startup objects that had no
+/// counterpart in this version: they become startup blocks with the old identity.
+pub fn adopt(blocks: &[StartupAlloc]) -> mcr_protocol::RuntimeReply {
+    for b in blocks {
+        // SAFETY: blocks this update just allocated through our malloc; the program's
+        // threads are parked and do not know them yet.
+        if !unsafe { crate::heap::mark_startup(b.addr as usize as *mut libc::c_void) } {
+            return mcr_protocol::RuntimeReply::Error { message: format!("{:#x} is not a live heap block", b.addr) };
+        }
+    }
+    TABLE.lock().entries.extend(blocks.iter().cloned().map(Entry::Adopted));
+    mcr_protocol::RuntimeReply::Done
+}
+
+pub fn reset_after_fork() {
+    TABLE.force_unlock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[StartupAlloc]) -> Vec<(u64, &str, u32)> {
+        v.iter().map(|a| (a.addr, a.stack.as_str(), a.ordinal)).collect()
+    }
+
+    #[test]
+    fn ordinals_count_per_call_stack_id_not_per_raw_stack() {
+        // Raw stacks 0 and 2 are two call sites in the same functions: one ID.
+        let st = |id: &str, site: &str| Stack { id: id.into(), site: site.into(), from_program: true };
+        let stacks = vec![st("aa", "f < main"), st("bb", "g < main"), st("aa", "f < main")];
+        let entries = vec![
+            Entry::Recorded { addr: 0x10, stack: 0 },
+            Entry::Recorded { addr: 0x20, stack: 1 },
+            Entry::Recorded { addr: 0x30, stack: 2 },
+            Entry::Adopted(StartupAlloc { addr: 0x40, stack: "aa".into(), ordinal: 7, site: String::new(), from_program: true }),
+            Entry::Recorded { addr: 0x50, stack: 0 },
+        ];
+        let out = number(&entries, &stacks);
+        assert_eq!(ids(&out), vec![(0x10, "aa", 0), (0x20, "bb", 0), (0x30, "aa", 1), (0x40, "aa", 7), (0x50, "aa", 2)]);
+        assert_eq!(out[1].site, "g < main");
+    }
+}
