@@ -17,8 +17,10 @@
 
 mod hints;
 mod image;
+pub mod startup;
 mod trace;
 
 pub use hints::{normalize, Hints};
+pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use image::{symbol_containing, translate, Image};
 pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};
