@@ -7,8 +7,10 @@
 
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
-use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply};
-use mcr_tracer::{Image, Pair, Target, Version};
+use mcr_protocol::{
+    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply, StartupAlloc,
+};
+use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, Version};
 use mcr_typemodel::Program;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,6 +32,8 @@ pub struct Summary {
     pub dirty_pages: u64,
     pub clean_pages: u64,
     pub heap_scan_ms: f64,
+    /// Fetching both versions' startup allocation tables (to match startup objects).
+    pub startup_tables_ms: f64,
     pub trace_ms: f64,
     pub connections_ms: f64,
 }
@@ -55,13 +59,37 @@ const WRITE_BATCH: usize = 512;
 
 impl NewProcess<'_> {
     fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
-        match self.next.request(&Request::Runtime { pid: self.pid, command }).map_err(|e| e.to_string())? {
-            Response::Runtime { reply: RuntimeReply::Error { message } } => Err(message),
-            Response::Runtime { reply } => Ok(reply),
-            Response::Error { message } => Err(message),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+        ask_runtime(self.next, self.pid, command)
     }
+}
+
+/// One command to the runtime of process `pid` (PID in its namespace), through the
+/// supervisor on `conn`.
+fn ask_runtime(conn: &mut Connection, pid: i32, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
+    match conn.request(&Request::Runtime { pid, command }).map_err(|e| e.to_string())? {
+        Response::Runtime { reply: RuntimeReply::Error { message } } => Err(message),
+        Response::Runtime { reply } => Ok(reply),
+        Response::Error { message } => Err(message),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// A process's startup allocations, as its runtime recorded them.
+fn startup_table(conn: &mut Connection, pid: i32) -> Result<StartupTable, String> {
+    match ask_runtime(conn, pid, RuntimeCommandKind::StartupAllocations)? {
+        RuntimeReply::StartupAllocations { allocs } => Ok(StartupTable::new(&records(&allocs))),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
+    allocs
+        .iter()
+        .filter_map(|a| {
+            let stack = mcr_callstack::parse_id(&a.stack)?;
+            Some(StartupRecord { addr: a.addr, key: StartupKey { stack, ordinal: a.ordinal }, site: a.site.clone(), from_program: a.from_program })
+        })
+        .collect()
 }
 
 impl Target for NewProcess<'_> {
@@ -106,6 +134,20 @@ impl Target for NewProcess<'_> {
         self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
     }
 
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+        let blocks = blocks
+            .iter()
+            .map(|(addr, k)| StartupAlloc {
+                addr: *addr,
+                stack: mcr_callstack::format_id(k.stack),
+                ordinal: k.ordinal,
+                site: String::new(),
+                from_program: true,
+            })
+            .collect();
+        self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())
+    }
+
     /// The old bytes go to scratch blocks in the new process, the handler runs there, the
     /// scratch blocks are freed.
     fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String> {
@@ -132,8 +174,9 @@ fn load(path: &Path) -> Result<Program, String> {
     Program::load_cached(path).map_err(|e| e.to_string())
 }
 
-/// Move the state of every old process into its new counterpart.
-pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
+/// Move the state of every old process into its new counterpart (`old`, `next`: the old
+/// and new versions' supervisors).
+pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
     let mut sum = Summary::default();
     let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
     for (&pid, &old_host) in &procs.old {
@@ -179,6 +222,15 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
             }
         };
         let is_dirty = |addr: u64, len: u64| dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
+        let ts = Instant::now();
+        let startup = match (startup_table(old, pid), startup_table(next, pid)) {
+            (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("mcr: warning: process {pid}'s startup allocations are unknown ({e}): its startup objects are reallocated, not matched");
+                None
+            }
+        };
+        sum.startup_tables_ms += ts.elapsed().as_secs_f64() * 1000.0;
         let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
         let mut target = NewProcess { next: &mut *next, pid, host_pid: new_host, mem, pending: Vec::new() };
         let pair = Pair {
@@ -187,6 +239,7 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
             heap: &heap,
             new: Version { prog: new_prog, image: new_img },
             dirty: Some(&is_dirty),
+            startup: startup.as_ref(),
         };
         let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
         sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;

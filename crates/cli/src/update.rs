@@ -261,6 +261,15 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 t.state.live_objects,
                 t.connections
             );
+            if t.state.startup_matched + t.state.startup_reallocated > 0 {
+                println!(
+                    "startup objects: {} matched with the new version's ({} kept as its startup made them), {} reallocated",
+                    t.state.startup_matched, t.state.startup_kept, t.state.startup_reallocated
+                );
+            }
+            for n in &t.state.startup_notes {
+                println!("  {n}");
+            }
             if t.state.handled > 0 {
                 println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.state.handled);
             }
@@ -420,7 +429,9 @@ fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervis
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
     let procs = crate::transfer::Processes { old: host_pids(info)?, new: host_pids_in(new_supervisor)? };
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
-    crate::transfer::run(&procs, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))
+    // A connection of its own to the old version (the update's holds the drain).
+    let mut old = Connection::open(dir, name)?;
+    crate::transfer::run(&procs, &mut old, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))
 }
 
 /// PIDs inside the old version's namespace → host PIDs.
