@@ -87,7 +87,12 @@ fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
         .iter()
         .filter_map(|a| {
             let stack = mcr_callstack::parse_id(&a.stack)?;
-            Some(StartupRecord { addr: a.addr, key: StartupKey { stack, ordinal: a.ordinal }, site: a.site.clone(), from_program: a.from_program })
+            Some(StartupRecord {
+                addr: a.addr,
+                key: StartupKey { stack, thread: a.thread, ordinal: a.ordinal },
+                site: a.site.clone(),
+                from_program: a.from_program,
+            })
         })
         .collect()
 }
@@ -140,6 +145,7 @@ impl Target for NewProcess<'_> {
             .map(|(addr, k)| StartupAlloc {
                 addr: *addr,
                 stack: mcr_callstack::format_id(k.stack),
+                thread: k.thread,
                 ordinal: k.ordinal,
                 site: String::new(),
                 from_program: true,

@@ -191,14 +191,18 @@ pub enum RuntimeCommandKind {
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
-/// startup allocation (from 0) whose call-stack ID is `stack`. Two versions of a program
-/// that allocate the same startup objects give them the same IDs and ordinals.
+/// startup allocation (from 0) of thread `thread` whose call-stack ID is `stack`. Two
+/// versions of a program that allocate the same startup objects give them the same IDs
+/// and ordinals (and replay gives their threads the same TIDs).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StartupAlloc {
     /// The block (the address the program got).
     pub addr: u64,
     /// Hex call-stack ID of the allocating call (function names, as everywhere).
     pub stack: String,
+    /// TID (in the instance's PID namespace) of the allocating thread.
+    #[serde(default)]
+    pub thread: i32,
     pub ordinal: u32,
     /// The innermost function names of that call stack, for reports.
     #[serde(default)]

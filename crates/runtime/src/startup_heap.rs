@@ -21,8 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone)]
 enum Entry {
-    /// Allocated by the program during startup from the raw stack numbered `stack`.
-    Recorded { addr: u64, stack: u32 },
+    /// Allocated by the program during startup, by thread `tid`, from the raw stack
+    /// numbered `stack`.
+    Recorded { addr: u64, stack: u32, tid: i32 },
     /// Allocated by an update for an old startup object, whose identity it carries.
     Adopted(StartupAlloc),
 }
@@ -38,14 +39,23 @@ static TABLE: SpinLock<Table> = SpinLock::new(Table { stacks: BTreeMap::new(), e
 
 /// Note `addr`, a block just allocated during startup by the allocation function whose
 /// frame is `fp`. Runtime-internal allocations (and one made by a signal handler that
-/// interrupted this very function) are not the program's startup objects.
+/// interrupted this very function) are not the program's startup objects. An inert
+/// runtime (no supervisor) never completes startup: one load, and nothing recorded.
+#[inline(always)]
+pub fn record(addr: u64, fp: usize) {
+    if crate::is_active() {
+        record_slow(addr, fp);
+    }
+}
+
 #[cold]
 #[inline(never)]
-pub fn record(addr: u64, fp: usize) {
-    if !crate::is_active() || threads::is_internal() {
+fn record_slow(addr: u64, fp: usize) {
+    if threads::is_internal() {
         return;
     }
     let was = threads::set_internal(true);
+    let tid = threads::local().tid();
     let mut frames = [0usize; MAX_STACK];
     let n = stack::walk_own(fp, &mut frames);
     {
@@ -58,13 +68,13 @@ pub fn record(addr: u64, fp: usize) {
                 next
             }
         };
-        t.entries.push(Entry::Recorded { addr, stack });
+        t.entries.push(Entry::Recorded { addr, stack, tid });
     }
     threads::set_internal(was);
 }
 
-/// Every startup allocation of this process, in order, with its call-stack ID and
-/// ordinal. Entries whose block was freed since are included: the update knows which
+/// Every startup allocation of this process, in order, with its call-stack ID, thread
+/// and ordinal. Entries whose block was freed since are included: the update knows which
 /// blocks are live from their headers.
 pub fn snapshot() -> Vec<StartupAlloc> {
     let was = threads::set_internal(true);
@@ -94,18 +104,20 @@ struct Stack {
 }
 
 /// Give each recorded entry its ordinal among the recorded entries with the same
-/// call-stack ID (`stacks[n]`: raw stack `n`); adopted entries keep theirs.
+/// call-stack ID made by the same thread (`stacks[n]`: raw stack `n`): the order of one
+/// thread's allocations is its code's, the interleaving of several threads' is not.
+/// Adopted entries keep theirs.
 fn number(entries: &[Entry], stacks: &[Stack]) -> Vec<StartupAlloc> {
-    let mut next: HashMap<&str, u32> = HashMap::new();
+    let mut next: HashMap<(&str, i32), u32> = HashMap::new();
     entries
         .iter()
         .map(|e| match e {
-            Entry::Recorded { addr, stack } => {
+            Entry::Recorded { addr, stack, tid } => {
                 let s = &stacks[*stack as usize];
-                let n = next.entry(s.id.as_str()).or_insert(0);
+                let n = next.entry((s.id.as_str(), *tid)).or_insert(0);
                 let ordinal = *n;
                 *n += 1;
-                StartupAlloc { addr: *addr, stack: s.id.clone(), ordinal, site: s.site.clone(), from_program: s.from_program }
+                StartupAlloc { addr: *addr, stack: s.id.clone(), thread: *tid, ordinal, site: s.site.clone(), from_program: s.from_program }
             }
             Entry::Adopted(a) => a.clone(),
         })
@@ -134,24 +146,30 @@ pub fn reset_after_fork() {
 mod tests {
     use super::*;
 
-    fn ids(v: &[StartupAlloc]) -> Vec<(u64, &str, u32)> {
-        v.iter().map(|a| (a.addr, a.stack.as_str(), a.ordinal)).collect()
+    fn ids(v: &[StartupAlloc]) -> Vec<(u64, &str, i32, u32)> {
+        v.iter().map(|a| (a.addr, a.stack.as_str(), a.thread, a.ordinal)).collect()
     }
 
     #[test]
-    fn ordinals_count_per_call_stack_id_not_per_raw_stack() {
+    fn ordinals_count_per_call_stack_id_and_thread_not_per_raw_stack() {
         // Raw stacks 0 and 2 are two call sites in the same functions: one ID.
         let st = |id: &str, site: &str| Stack { id: id.into(), site: site.into(), from_program: true };
         let stacks = vec![st("aa", "f < main"), st("bb", "g < main"), st("aa", "f < main")];
+        let rec = |addr, stack| Entry::Recorded { addr, stack, tid: 1 };
         let entries = vec![
-            Entry::Recorded { addr: 0x10, stack: 0 },
-            Entry::Recorded { addr: 0x20, stack: 1 },
-            Entry::Recorded { addr: 0x30, stack: 2 },
-            Entry::Adopted(StartupAlloc { addr: 0x40, stack: "aa".into(), ordinal: 7, site: String::new(), from_program: true }),
-            Entry::Recorded { addr: 0x50, stack: 0 },
+            rec(0x10, 0),
+            rec(0x20, 1),
+            rec(0x30, 2),
+            Entry::Adopted(StartupAlloc { addr: 0x40, stack: "aa".into(), thread: 1, ordinal: 7, site: String::new(), from_program: true }),
+            // Another thread running the same code counts on its own.
+            Entry::Recorded { addr: 0x48, stack: 0, tid: 2 },
+            rec(0x50, 0),
         ];
         let out = number(&entries, &stacks);
-        assert_eq!(ids(&out), vec![(0x10, "aa", 0), (0x20, "bb", 0), (0x30, "aa", 1), (0x40, "aa", 7), (0x50, "aa", 2)]);
+        assert_eq!(
+            ids(&out),
+            vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x40, "aa", 1, 7), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]
+        );
         assert_eq!(out[1].site, "g < main");
     }
 }

@@ -120,6 +120,8 @@ pub struct Local {
     stack_lo: Cell<usize>,
     stack_hi: Cell<usize>,
     stack_lookups: Cell<u8>,
+    /// The thread's TID once asked for (0: not yet); reset in a fork child.
+    tid: Cell<i32>,
 }
 
 thread_local! {
@@ -132,6 +134,7 @@ thread_local! {
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
             stack_lookups: Cell::new(0),
+            tid: Cell::new(0),
         }
     };
 }
@@ -166,6 +169,14 @@ impl Local {
         self.stack_lo.set(lo);
         self.stack_hi.set(hi);
         (lo <= sp && sp < hi).then_some((lo, hi))
+    }
+
+    /// The calling thread's TID (one system call the first time).
+    pub fn tid(&self) -> i32 {
+        if self.tid.get() == 0 {
+            self.tid.set(gettid());
+        }
+        self.tid.get()
     }
 
     #[inline(always)]
@@ -282,6 +293,7 @@ pub fn note_program_signal() {
 
 /// In a fork child only the calling thread survives: every other slot is stale.
 pub fn reset_after_fork() {
+    local().tid.set(0);
     let keep = current_index();
     let hw = HIGH_WATER.load(Acquire);
     for (i, s) in SLOTS[..hw].iter().enumerate() {

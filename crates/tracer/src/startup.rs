@@ -13,17 +13,20 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// A startup block's identity: the `ordinal`-th (from 0) startup allocation made from
-/// call stack `stack` (a call-stack ID: function names, the same in both builds).
+/// A startup block's identity: the `ordinal`-th (from 0) startup allocation made by
+/// thread `thread` from call stack `stack` (a call-stack ID: function names, the same in
+/// both builds; replay gives the new version's threads their old TIDs). The order of
+/// one thread's allocations follows its code; how several threads' interleave does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StartupKey {
     pub stack: u64,
+    pub thread: i32,
     pub ordinal: u32,
 }
 
 impl std::fmt::Display for StartupKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "call stack {:016x} #{}", self.stack, self.ordinal)
+        write!(f, "call stack {:016x} #{} of thread {}", self.stack, self.ordinal, self.thread)
     }
 }
 
@@ -227,7 +230,7 @@ mod tests {
     use super::*;
 
     fn key(stack: u64, ordinal: u32) -> StartupKey {
-        StartupKey { stack, ordinal }
+        StartupKey { stack, thread: 1, ordinal }
     }
 
     fn rec(addr: u64, stack: u64, ordinal: u32) -> StartupRecord {
@@ -305,6 +308,23 @@ mod tests {
         let (p, why) = place(&cands, Some(&t), &mut |_| Some(64));
         assert_eq!(p, vec![Placement::Fresh { identity: None }], "reallocated, and its identity not handed on");
         assert_eq!(why, vec![(0x1000, Unmatched::Ambiguous(key(0x5d, 0)))]);
+    }
+
+    #[test]
+    fn another_thread_with_the_same_call_stack_is_another_identity() {
+        // Two workers allocating from the same code: each old block goes to its own
+        // thread's counterpart, whatever order the threads ran in.
+        let on = |addr, thread| StartupRecord { key: StartupKey { stack: 7, thread, ordinal: 0 }, ..rec(addr, 7, 0) };
+        let t = StartupTables { old: StartupTable::new(&[on(0x1000, 11), on(0x2000, 12)]), new: StartupTable::new(&[on(0xc000, 12), on(0xb000, 11)]) };
+        let cands = [Candidate { addr: 0x1000, startup: true, needed: 8 }, Candidate { addr: 0x2000, startup: true, needed: 8 }];
+        let (p, _) = place(&cands, Some(&t), &mut |_| Some(8));
+        assert_eq!(
+            p,
+            vec![
+                Placement::Matched { new: 0xb000, key: StartupKey { stack: 7, thread: 11, ordinal: 0 } },
+                Placement::Matched { new: 0xc000, key: StartupKey { stack: 7, thread: 12, ordinal: 0 } },
+            ]
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub struct Report {
     pub objects: usize,
     pub bytes: u64,
     /// Old startup objects matched with the new version's startup block of the same
-    /// call-stack ID and ordinal (reused: not reallocated, nothing leaked).
+    /// call-stack ID, thread and ordinal (reused: not reallocated, nothing leaked).
     pub startup_matched: usize,
     /// Of those, how many kept what the new version's startup put in them (the old
     /// version never wrote them since startup).
@@ -562,7 +562,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         strides.push((old_stride, new_stride));
     }
     // Startup objects go into the new version's own startup blocks with the same
-    // call-stack ID and ordinal; everything else into fresh blocks.
+    // call-stack ID, thread and ordinal; everything else into fresh blocks.
     let cands: Vec<Candidate> =
         order.iter().zip(&sizes).map(|(a, &needed)| Candidate { addr: *a, startup: walk.found[a].obj.startup, needed }).collect();
     let (places, unmatched) = startup::place(&cands, pair.startup, &mut |b| new_startup_block(&*target, b));
@@ -613,6 +613,8 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         // block the old version never wrote must agree with to keep the new contents.
         let mut heap_sites: Vec<(usize, u64)> = Vec::new();
         let plan = f.ty.and_then(|t| plans.get(&t));
+        // Typed, but only the program's handler can build it.
+        let handler_only = plan.is_some_and(|p| p.0.is_none());
         match plan.and_then(|p| p.0.as_ref()) {
             Some(plan) => {
                 let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
@@ -647,7 +649,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
             }
             // Typed, handled by the program: starts zeroed.
-            None if plan.is_some_and(|p| p.0.is_none()) => {}
+            None if handler_only => {}
             // Untyped: copied as bytes (the walk made sure they hold no heap address).
             None => out.copy_from_slice(old_bytes),
         }
@@ -660,7 +662,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 // pointers disagree with the transferred state, or only a handler knows
                 // what the object holds.
                 let clean = pair.dirty.is_some_and(|d| !d(f.obj.addr, f.obj.size));
-                let keep = clean && !plan.is_some_and(|p| p.0.is_none()) && {
+                let keep = clean && !handler_only && {
                     let mut cur = vec![0u8; out.len()];
                     target.read(at, &mut cur).map_err(TransferError::Target)?;
                     startup::keeps_new_contents(&heap_sites, &cur)
