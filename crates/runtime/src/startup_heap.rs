@@ -19,23 +19,26 @@ use crate::{stack, symbolize, threads};
 use mcr_protocol::StartupAlloc;
 use std::collections::{BTreeMap, HashMap};
 
-#[derive(Clone)]
-enum Entry {
-    /// Allocated by the program during startup, by thread `tid`, from the raw stack
-    /// numbered `stack`.
-    Recorded { addr: u64, stack: u32, tid: i32 },
-    /// Allocated by an update for an old startup object, whose identity it carries.
-    Adopted(StartupAlloc),
+/// A block the program allocated during startup, by thread `tid`, from the raw stack
+/// numbered `stack` (16 bytes: nginx's startup makes some 3 000).
+#[derive(Clone, Copy)]
+struct Recorded {
+    addr: u64,
+    stack: u32,
+    tid: i32,
 }
 
 struct Table {
     /// Raw return addresses (innermost first) → their number.
     stacks: BTreeMap<Box<[usize]>, u32>,
     /// In allocation order.
-    entries: Vec<Entry>,
+    recorded: Vec<Recorded>,
+    /// Blocks an update allocated for old startup objects, with the identity they carry
+    /// (after every recorded one: updates come after startup).
+    adopted: Vec<StartupAlloc>,
 }
 
-static TABLE: SpinLock<Table> = SpinLock::new(Table { stacks: BTreeMap::new(), entries: Vec::new() });
+static TABLE: SpinLock<Table> = SpinLock::new(Table { stacks: BTreeMap::new(), recorded: Vec::new(), adopted: Vec::new() });
 
 /// Note `addr`, a block just allocated during startup by the allocation function whose
 /// frame is `fp`. Runtime-internal allocations (and one made by a signal handler that
@@ -68,7 +71,7 @@ fn record_slow(addr: u64, fp: usize) {
                 next
             }
         };
-        t.entries.push(Entry::Recorded { addr, stack, tid });
+        t.recorded.push(Recorded { addr, stack, tid });
     }
     threads::set_internal(was);
 }
@@ -79,9 +82,10 @@ fn record_slow(addr: u64, fp: usize) {
 pub fn snapshot() -> Vec<StartupAlloc> {
     let was = threads::set_internal(true);
     // Copy out under the lock, symbolize without it.
-    let (raw, entries): (Vec<(u32, Vec<usize>)>, Vec<Entry>) = {
+    let (raw, recorded, adopted) = {
         let t = TABLE.lock();
-        (t.stacks.iter().map(|(k, &v)| (v, k.to_vec())).collect(), t.entries.clone())
+        let raw: Vec<(u32, Vec<usize>)> = t.stacks.iter().map(|(k, &v)| (v, k.to_vec())).collect();
+        (raw, t.recorded.clone(), t.adopted.clone())
     };
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let mut stacks: Vec<Stack> = vec![Stack::default(); raw.len()];
@@ -90,7 +94,8 @@ pub fn snapshot() -> Vec<StartupAlloc> {
         let from_program = cs.frames.iter().any(|f| f.module.as_deref() == Some(exe.as_str()));
         stacks[i as usize] = Stack { site: cs.summary(4), id: cs.id, from_program };
     }
-    let out = number(&entries, &stacks);
+    let mut out = number(&recorded, &stacks);
+    out.extend(adopted);
     threads::set_internal(was);
     out
 }
@@ -103,23 +108,19 @@ struct Stack {
     from_program: bool,
 }
 
-/// Give each recorded entry its ordinal among the recorded entries with the same
-/// call-stack ID made by the same thread (`stacks[n]`: raw stack `n`): the order of one
-/// thread's allocations is its code's, the interleaving of several threads' is not.
-/// Adopted entries keep theirs.
-fn number(entries: &[Entry], stacks: &[Stack]) -> Vec<StartupAlloc> {
+/// Give each recorded block its ordinal among those with the same call-stack ID made by
+/// the same thread (`stacks[n]`: raw stack `n`): the order of one thread's allocations is
+/// its code's, the interleaving of several threads' is not.
+fn number(recorded: &[Recorded], stacks: &[Stack]) -> Vec<StartupAlloc> {
     let mut next: HashMap<(&str, i32), u32> = HashMap::new();
-    entries
+    recorded
         .iter()
-        .map(|e| match e {
-            Entry::Recorded { addr, stack, tid } => {
-                let s = &stacks[*stack as usize];
-                let n = next.entry((s.id.as_str(), *tid)).or_insert(0);
-                let ordinal = *n;
-                *n += 1;
-                StartupAlloc { addr: *addr, stack: s.id.clone(), thread: *tid, ordinal, site: s.site.clone(), from_program: s.from_program }
-            }
-            Entry::Adopted(a) => a.clone(),
+        .map(|r| {
+            let s = &stacks[r.stack as usize];
+            let n = next.entry((s.id.as_str(), r.tid)).or_insert(0);
+            let ordinal = *n;
+            *n += 1;
+            StartupAlloc { addr: r.addr, stack: s.id.clone(), thread: r.tid, ordinal, site: s.site.clone(), from_program: s.from_program }
         })
         .collect()
 }
@@ -134,7 +135,7 @@ pub fn adopt(blocks: &[StartupAlloc]) -> mcr_protocol::RuntimeReply {
             return mcr_protocol::RuntimeReply::Error { message: format!("{:#x} is not a live heap block", b.addr) };
         }
     }
-    TABLE.lock().entries.extend(blocks.iter().cloned().map(Entry::Adopted));
+    TABLE.lock().adopted.extend(blocks.iter().cloned());
     mcr_protocol::RuntimeReply::Done
 }
 
@@ -155,21 +156,17 @@ mod tests {
         // Raw stacks 0 and 2 are two call sites in the same functions: one ID.
         let st = |id: &str, site: &str| Stack { id: id.into(), site: site.into(), from_program: true };
         let stacks = vec![st("aa", "f < main"), st("bb", "g < main"), st("aa", "f < main")];
-        let rec = |addr, stack| Entry::Recorded { addr, stack, tid: 1 };
-        let entries = vec![
+        let rec = |addr, stack| Recorded { addr, stack, tid: 1 };
+        let recorded = vec![
             rec(0x10, 0),
             rec(0x20, 1),
             rec(0x30, 2),
-            Entry::Adopted(StartupAlloc { addr: 0x40, stack: "aa".into(), thread: 1, ordinal: 7, site: String::new(), from_program: true }),
             // Another thread running the same code counts on its own.
-            Entry::Recorded { addr: 0x48, stack: 0, tid: 2 },
+            Recorded { addr: 0x48, stack: 0, tid: 2 },
             rec(0x50, 0),
         ];
-        let out = number(&entries, &stacks);
-        assert_eq!(
-            ids(&out),
-            vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x40, "aa", 1, 7), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]
-        );
+        let out = number(&recorded, &stacks);
+        assert_eq!(ids(&out), vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]);
         assert_eq!(out[1].site, "g < main");
     }
 }
