@@ -91,7 +91,6 @@ fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
                 addr: a.addr,
                 key: StartupKey { stack, thread: a.thread, ordinal: a.ordinal },
                 site: a.site.clone(),
-                from_program: a.from_program,
             })
         })
         .collect()
@@ -148,7 +147,6 @@ impl Target for NewProcess<'_> {
                 thread: k.thread,
                 ordinal: k.ordinal,
                 site: String::new(),
-                from_program: true,
             })
             .collect();
         self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())

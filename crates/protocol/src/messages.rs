@@ -181,8 +181,9 @@ pub enum RuntimeCommandKind {
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
     /// State transfer: the heap blocks the program allocated during startup, each with
-    /// its allocation call-stack ID and ordinal, so an update can match them with the
-    /// other version's.
+    /// its allocation call-stack ID, thread and ordinal, so an update can match them with
+    /// the other version's (only those whose call stack reaches the program's code: one
+    /// cut short inside a library is too ambiguous to match by).
     StartupAllocations,
     /// State transfer, new version: blocks Allocate made for the old version's startup
     /// objects that had no counterpart here take over their identity (startup flag, call
@@ -207,11 +208,6 @@ pub struct StartupAlloc {
     /// The innermost function names of that call stack, for reports.
     #[serde(default)]
     pub site: String,
-    /// Whether the call stack reaches the program's own code. One that does not (cut short
-    /// inside a library built without frame pointers: `strdup` called by the program)
-    /// names only the library function, so its ordinals would pair unrelated objects.
-    #[serde(default)]
-    pub from_program: bool,
 }
 
 /// One object for an object handler: addresses in the new process.

@@ -153,6 +153,7 @@ extern "C" fn init() {
     control::note_pid_namespace();
     startup_log::init_reserved_range();
     startup_log::note_inherited();
+    startup_heap::init();
     if control::register(false) {
         if let Some(path) = env(mcr_protocol::env::REPLAY) {
             if let Err(reason) = replay::load(&path) {

@@ -38,17 +38,12 @@ pub struct StartupRecord {
     pub key: StartupKey,
     /// Innermost function names of the call stack, for reports.
     pub site: String,
-    /// The call stack reaches the program's own code (else it names only a library
-    /// function, and its ordinals would pair unrelated objects: never matched).
-    pub from_program: bool,
 }
 
 /// Which block holds which startup identity in one process.
 #[derive(Debug, Default)]
 pub struct StartupTable {
     by_addr: HashMap<u64, StartupKey>,
-    /// Identities whose call stack stops short of the program's code.
-    ambiguous: HashSet<StartupKey>,
     by_key: HashMap<StartupKey, u64>,
     sites: HashMap<u64, String>,
 }
@@ -73,9 +68,6 @@ impl StartupTable {
                 t.by_addr.insert(r.addr, key);
                 t.by_key.insert(key, r.addr);
                 t.sites.insert(key.stack, r.site.clone());
-                if !r.from_program {
-                    t.ambiguous.insert(key);
-                }
             }
         }
         t
@@ -92,11 +84,6 @@ impl StartupTable {
     /// The identity of the block at `addr`.
     pub fn key_of(&self, addr: u64) -> Option<StartupKey> {
         self.by_addr.get(&addr).copied()
-    }
-
-    /// Whether `key`'s call stack stops short of the program's code.
-    pub fn is_ambiguous(&self, key: StartupKey) -> bool {
-        self.ambiguous.contains(&key)
     }
 
     /// The block holding identity `key`.
@@ -140,12 +127,10 @@ pub enum Placement {
 /// Why an old startup block was reallocated instead of matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unmatched {
-    /// No allocation record: allocated before the runtime started recording (by the
-    /// dynamic loader) or by the runtime itself.
+    /// No allocation record: its call stack stops inside a library, short of the
+    /// program's code (too little to tell objects apart: the runtime records none), or it
+    /// was allocated before the runtime started.
     NoRecord,
-    /// Its call stack stops inside a library (no frame of the program): the ID names only
-    /// the library function, too little to tell objects apart.
-    Ambiguous(StartupKey),
     /// The new version's startup made no allocation from that call stack with that
     /// ordinal (or the block it made is gone).
     NoCounterpart(StartupKey),
@@ -179,11 +164,6 @@ pub fn place(cands: &[Candidate], tables: Option<&StartupTables>, new_block: &mu
             why.push((c.addr, Unmatched::NoRecord));
             continue;
         };
-        if t.old.is_ambiguous(key) {
-            out.push(Placement::Fresh { identity: None });
-            why.push((c.addr, Unmatched::Ambiguous(key)));
-            continue;
-        }
         let fresh = Placement::Fresh { identity: Some(key) };
         let Some(new) = t.new.block_of(key) else {
             out.push(fresh);
@@ -234,7 +214,7 @@ mod tests {
     }
 
     fn rec(addr: u64, stack: u64, ordinal: u32) -> StartupRecord {
-        StartupRecord { addr, key: key(stack, ordinal), site: format!("f{stack:x}"), from_program: true }
+        StartupRecord { addr, key: key(stack, ordinal), site: format!("f{stack:x}") }
     }
 
     #[test]
@@ -294,35 +274,6 @@ mod tests {
                 (0x3000, Unmatched::TooSmall { key: key(8, 0), have: 64, need: 80 }),
                 (0x4000, Unmatched::NoCounterpart(key(9, 0))),
                 (0x6000, Unmatched::NoRecord),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_call_stack_cut_short_in_a_library_is_never_matched() {
-        // strdup (glibc, no frame pointers) hides its caller: every startup strdup has
-        // the same ID, and an added one in the new version would shift the ordinals.
-        let lib = |addr, ordinal| StartupRecord { from_program: false, ..rec(addr, 0x5d, ordinal) };
-        let t = StartupTables { old: StartupTable::new(&[lib(0x1000, 0)]), new: StartupTable::new(&[lib(0xb000, 0)]) };
-        let cands = [Candidate { addr: 0x1000, startup: true, needed: 8 }];
-        let (p, why) = place(&cands, Some(&t), &mut |_| Some(64));
-        assert_eq!(p, vec![Placement::Fresh { identity: None }], "reallocated, and its identity not handed on");
-        assert_eq!(why, vec![(0x1000, Unmatched::Ambiguous(key(0x5d, 0)))]);
-    }
-
-    #[test]
-    fn another_thread_with_the_same_call_stack_is_another_identity() {
-        // Two workers allocating from the same code: each old block goes to its own
-        // thread's counterpart, whatever order the threads ran in.
-        let on = |addr, thread| StartupRecord { key: StartupKey { stack: 7, thread, ordinal: 0 }, ..rec(addr, 7, 0) };
-        let t = StartupTables { old: StartupTable::new(&[on(0x1000, 11), on(0x2000, 12)]), new: StartupTable::new(&[on(0xc000, 12), on(0xb000, 11)]) };
-        let cands = [Candidate { addr: 0x1000, startup: true, needed: 8 }, Candidate { addr: 0x2000, startup: true, needed: 8 }];
-        let (p, _) = place(&cands, Some(&t), &mut |_| Some(8));
-        assert_eq!(
-            p,
-            vec![
-                Placement::Matched { new: 0xb000, key: StartupKey { stack: 7, thread: 11, ordinal: 0 } },
-                Placement::Matched { new: 0xc000, key: StartupKey { stack: 7, thread: 12, ordinal: 0 } },
             ]
         );
     }

@@ -46,10 +46,8 @@ fn describe_unmatched(walk: &Walk, tables: Option<&StartupTables>, addr: u64, wh
         None => k.to_string(),
     };
     match why {
-        Unmatched::NoRecord => format!("{path}: startup block {addr:#x} has no allocation record (allocated before mcr's runtime started); reallocated"),
-        Unmatched::Ambiguous(k) => format!(
-            "{path}: startup block {addr:#x} ({}) reallocated: its allocation call stack stops inside a library, too little to match it by",
-            site(k)
+        Unmatched::NoRecord => format!(
+            "{path}: startup block {addr:#x} reallocated: no allocation record (its call stack stops inside a library, short of the program's code, or it predates mcr's runtime)"
         ),
         Unmatched::NoCounterpart(k) => {
             format!("{path}: startup block {addr:#x} ({}) has no counterpart in the new version's startup; reallocated", site(k))
