@@ -1,8 +1,9 @@
 //! Startup allocations (DESIGN.md "Allocation metadata", "Mutable tracing"): for each
 //! block the program allocates before its process completes startup, the call stack that
 //! allocated it. An update matches the old version's startup objects with the blocks the
-//! new version's startup allocated from the same call stack (call-stack ID and ordinal)
-//! and reuses those instead of copying the old ones into fresh blocks.
+//! new version's startup allocated from the same call stack in the same thread
+//! (call-stack ID, TID and ordinal) and reuses those instead of copying the old ones into
+//! fresh blocks.
 //!
 //! Only startup pays: the malloc family calls [`record`] while startup is not complete
 //! (the check its header already makes), which walks the stack and appends to a table;
@@ -98,10 +99,10 @@ fn record_slow(addr: u64, fp: usize) {
         return;
     }
     let was = threads::set_internal(true);
-    let tid = threads::local().tid();
     let mut frames = [0usize; MAX_STACK];
     let n = stack::walk_own(fp, &mut frames);
     if reaches(&frames[..n], (EXE_LO.load(Relaxed), EXE_HI.load(Relaxed))) {
+        let tid = threads::local().tid();
         let mut t = TABLE.lock();
         let next = t.stacks.len() as u32;
         let stack = match t.stacks.get(&frames[..n]) {
