@@ -80,6 +80,19 @@ static inline int mcr_is_live_update(void)
  *       return 0;
  *   }
  *   MCR_ADD_OBJ_HANDLER("struct kv_node", move_hits);
+ *
+ * Pointers in the old bytes are the old version's addresses. mcr_translate() (below) gives
+ * the new address of what one points to, e.g. for a pointer field renamed or moved, which
+ * the automatic transformation drops (the old field) and zeroes (the new one):
+ *
+ *   struct kv_node_v1 { char *key; char *value; unsigned hash; int hits; struct kv_node_v1 *next; };
+ *   static int relink(const struct mcr_obj *o) {
+ *       const struct kv_node_v1 *old = o->old;
+ *       struct kv_node *n = o->new_obj;
+ *       n->link.next = mcr_translate(o, old->next);   // next became link.next
+ *       return old->next && !n->link.next;             // a node mcr did not move: roll back
+ *   }
+ *   MCR_ADD_OBJ_HANDLER("struct kv_node", relink);
  */
 struct mcr_obj {
     const char *what;     /* the WHAT the handler was registered for */
@@ -98,6 +111,25 @@ extern int mcr_runtime_add_obj_handler(const char *what, mcr_obj_handler_t handl
         if (mcr_runtime_add_obj_handler)                                             \
             mcr_runtime_add_obj_handler((what), (fn), #fn);                          \
     }
+
+/* In an object handler: the new version's address for OLD_PTR, an address of the OLD
+ * version (a pointer found in o->old). mcr knows where it put
+ *   - every heap block the transfer moved (reached from the globals): the address at the
+ *     same offset into the new block; in an object (or array element) whose type changed
+ *     layout, only the object's (element's) start translates;
+ *   - every global and static of the main binary the new version also has (same name):
+ *     the same offset into the new one (the start only, if its type changed layout).
+ * It returns NULL for NULL and for any other address: a heap block the transfer did not
+ * reach, a string literal, a function, a library's or a stack's memory (those keep their
+ * addresses across an update: use them as they are). Heap objects it leads to are already
+ * transformed when handlers of heap types run; globals are rebuilt after those handlers,
+ * in order. Only meaningful while a handler runs (NULL otherwise, and without mcr); `o` is
+ * the handler's argument. */
+extern void *mcr_runtime_translate(const struct mcr_obj *obj, const void *old_ptr) __attribute__((weak));
+static inline void *mcr_translate(const struct mcr_obj *o, const void *old_ptr)
+{
+    return (mcr_runtime_translate && old_ptr) ? mcr_runtime_translate(o, old_ptr) : (void *)0;
+}
 
 /* ---- State transfer hints -------------------------------------------------------------
  *
@@ -145,6 +177,35 @@ extern int mcr_runtime_add_obj_handler(const char *what, mcr_obj_handler_t handl
  *   }
  *   MCR_ADD_RESUME_HANDLER(resume_session);
  */
+/* A fork-per-connection server (sshd, vsftpd style) keeps each session in its own process,
+ * which the new version's startup never recreates. With a respawn handler in the NEW
+ * version, mcr recreates them: before the state transfer it installs the connection in the
+ * new parent process and calls the handler there (on its main thread) with the descriptor;
+ * the handler forks as the accept loop does and returns fork()'s result in both processes.
+ * The child gets the old child's PID and stays held: the old child's globals and heap move
+ * into it (keep the session reachable from a global), and at commit its resume handler
+ * serves the session (and exits when it ends, as the accept loop's child would). In the
+ * parent, close the descriptor as the accept loop does.
+ *
+ *   static pid_t respawn_session(int fd) {
+ *       pid_t pid = fork();
+ *       if (pid == 0) { close(listen_fd); return 0; }   // held; the resume handler serves
+ *       close(fd);
+ *       return pid;
+ *   }
+ *   MCR_ADD_RESPAWN_HANDLER(respawn_session);
+ */
+typedef int (*mcr_respawn_handler_t)(int fd);
+extern int mcr_runtime_add_respawn_handler(mcr_respawn_handler_t handler, const char *name) __attribute__((weak));
+
+#define MCR_ADD_RESPAWN_HANDLER(fn)                                                  \
+    MCR_HINT_("respawn " #fn);                                                       \
+    static void __attribute__((constructor)) mcr_add_respawn_handler_##fn(void)      \
+    {                                                                                \
+        if (mcr_runtime_add_respawn_handler)                                         \
+            mcr_runtime_add_respawn_handler((fn), #fn);                              \
+    }
+
 typedef void (*mcr_resume_handler_t)(void);
 extern int mcr_runtime_add_resume_handler(mcr_resume_handler_t handler, const char *name) __attribute__((weak));
 

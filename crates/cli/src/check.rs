@@ -4,7 +4,7 @@
 use crate::render;
 use anyhow::{Context, Result};
 use clap::Args;
-use mcr_typemodel::diff::{Change, Class, Diff, FieldChange};
+use mcr_typemodel::diff::{Change, Class, Diff, FieldChange, Sessions};
 use mcr_typemodel::Program;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,10 @@ pub fn check(args: &CheckArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let d = mcr_typemodel::diff(&old, &new);
+    // The hints of both builds (the tracer's reader) and what `mcr update` will do with the
+    // words they cover.
+    let notes = if old.has_debug_info && new.has_debug_info { mcr_tracer::annotations(&old, &new) } else { Default::default() };
+    let d = mcr_typemodel::diff_with(&old, &new, &notes);
     for w in &d.warnings {
         eprintln!("mcr: warning: {w}");
     }
@@ -86,6 +89,39 @@ fn fields(out: &mut String, fs: &[FieldChange]) {
     }
 }
 
+/// What happens to the sessions of the old version (whatever the types say).
+fn sessions(out: &mut String, s: &Sessions) {
+    let _ = writeln!(out, "\nSessions:");
+    if s.resume_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no MCR_ADD_RESUME_HANDLER in the new build: connections a thread serves from its stack must close before \
+             an update (--drain-timeout), else it rolls back; event-loop connections move"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  resume handler {}: connections threads serve from their stacks move with their heap state, and the handler \
+             hands them back after commit",
+            s.resume_handlers.join(", ")
+        );
+    }
+    if s.respawn_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no MCR_ADD_RESPAWN_HANDLER in the new build: processes forked per connection must end before an update"
+        );
+    } else if s.resume_handlers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  respawn handler {} is unused: a respawned process needs a resume handler to serve its session",
+            s.respawn_handlers.join(", ")
+        );
+    } else {
+        let _ = writeln!(out, "  respawn handler {}: processes forked per connection are recreated, their heap moves", s.respawn_handlers.join(", "));
+    }
+}
+
 /// The human report.
 pub fn human(d: &Diff) -> String {
     let mut out = String::new();
@@ -121,8 +157,19 @@ pub fn human(d: &Diff) -> String {
             }
         }
     }
+    if !d.opaque.is_empty() {
+        let _ = writeln!(out, "\nWords DWARF cannot type (unions, void *, integers) that the update meets:");
+        for w in &d.opaque {
+            let class = if w.class == Class::NeedsHandler { "NEEDS HINT" } else { class_word(w.class) };
+            let _ = writeln!(out, "  {} [{class}]: {}", w.path, w.explanation);
+        }
+    }
+    sessions(&mut out, &d.sessions);
+    // A word inside a changed global is counted with that global.
+    let in_globals = |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
     let handlers = d.types.iter().filter(|t| t.class == Class::NeedsHandler).count()
-        + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count();
+        + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count()
+        + d.opaque.iter().filter(|w| w.class == Class::NeedsHandler && !in_globals(&w.path)).count();
     let _ = writeln!(out);
     if d.is_automatic() {
         let _ = writeln!(out, "Verdict: automatic. mcr transforms every difference by itself (exit status 0).");
@@ -134,8 +181,8 @@ pub fn human(d: &Diff) -> String {
     } else {
         let _ = writeln!(
             out,
-            "Verdict: {handlers} change(s) marked NEEDS HANDLER: an update conflicts (and rolls back) if objects \
-             they affect are live, unless MCR_ADD_OBJ_HANDLER or a hint in mcr.h resolves them (exit status 1)."
+            "Verdict: {handlers} change(s) marked NEEDS HANDLER or NEEDS HINT: an update conflicts (and rolls back) \
+             if objects they affect are live, unless MCR_ADD_OBJ_HANDLER or a hint in mcr.h resolves them (exit status 1)."
         );
     }
     out

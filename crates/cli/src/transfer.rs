@@ -8,7 +8,8 @@
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{
-    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply, StartupAlloc,
+    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response, RuntimeCommandKind,
+    RuntimeReply, StartupAlloc,
 };
 use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, Version};
 use mcr_typemodel::Program;
@@ -27,6 +28,8 @@ pub struct Summary {
     #[serde(flatten)]
     pub state: mcr_tracer::Report,
     pub connections: usize,
+    /// Per-connection processes the new version's respawn handler recreated.
+    pub respawned_processes: usize,
     /// Dirty tracking in the old processes: pages written since startup, and pages the
     /// tracking showed clean (what the new version's startup already made is not copied).
     pub dirty_pages: u64,
@@ -152,19 +155,31 @@ impl Target for NewProcess<'_> {
         self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())
     }
 
-    /// The old bytes go to scratch blocks in the new process, the handler runs there, the
-    /// scratch blocks are freed.
-    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String> {
+    /// The old bytes go to scratch blocks in the new process, with the relocation table
+    /// the handlers' mcr_translate() reads; the handler runs there; the scratch blocks
+    /// are freed.
+    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)], relocations: &[Relocation]) -> Result<(), String> {
         self.flush()?;
-        let sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        if !relocations.is_empty() {
+            sizes.push((relocations.len() * Relocation::SIZE) as u64);
+        }
         let scratch = self.allocate(&sizes)?;
         let mut batch = Vec::with_capacity(objects.len());
         for ((bytes, new, new_size), at) in objects.iter().zip(&scratch) {
             self.write(*at, bytes)?;
             batch.push(HandlerObject { old: *at, old_size: bytes.len() as u64, new: *new, new_size: *new_size });
         }
+        let table = match scratch.get(objects.len()) {
+            Some(&addr) if !relocations.is_empty() => {
+                let bytes: Vec<u8> = relocations.iter().flat_map(|r| r.to_bytes()).collect();
+                self.write(addr, &bytes)?;
+                Some(RelocationTable { addr, count: relocations.len() as u64 })
+            }
+            _ => None,
+        };
         self.flush()?;
-        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch });
+        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch, relocations: table });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
         r.map(|_| ())
     }
@@ -225,7 +240,11 @@ pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, conne
                 None
             }
         };
-        let is_dirty = |addr: u64, len: u64| dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
+        // A process forked after startup (one per connection) set its session up before
+        // its tracking was armed, and its counterpart is a fresh fork of the new parent:
+        // everything it holds counts as written.
+        let volatile = connections.iter().any(|c| c.pid == pid && c.volatile);
+        let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
         let ts = Instant::now();
         let startup = match (startup_table(old, pid), startup_table(next, pid)) {
             (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
@@ -252,7 +271,7 @@ pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, conne
 
         let t = Instant::now();
         let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
-        let resumes_sessions = new_prog.hints.iter().any(|h| h.starts_with("resume "));
+        let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
         if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
             return Err(format!(
                 "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
@@ -261,7 +280,8 @@ pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, conne
             ));
         }
         let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-        if !fds.is_empty() {
+        // A respawned process inherited its connection from the parent that forked it.
+        if !fds.is_empty() && !volatile {
             move_connections(old_host, &fds, &mut target)?;
             let regs = epoll_registrations(old_host, &fds, |data| {
                 if heap.containing(data).is_some() {
@@ -273,11 +293,46 @@ pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, conne
             if !regs.is_empty() {
                 target.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
             }
-            sum.connections += fds.len();
         }
+        sum.connections += fds.len();
         sum.connections_ms += t.elapsed().as_secs_f64() * 1000.0;
     }
     Ok(sum)
+}
+
+/// Recreate in the new version every process the old one forked after startup to serve
+/// a connection (its startup never recreates them): install the connection in the new
+/// parent, whose respawn handler forks a child with the old child's PID. The state
+/// transfer then pairs them like any processes. Returns how many were respawned.
+pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next: &mut Connection, connections: &[OpenConnections]) -> Result<usize, String> {
+    let old_ns: BTreeMap<i32, i32> = old.iter().map(|(&ns, &host)| (host, ns)).collect();
+    let mut n = 0;
+    for c in connections.iter().filter(|c| c.volatile && !c.fds.is_empty()) {
+        let pid = c.pid;
+        let &old_host = old.get(&pid).ok_or_else(|| format!("process {pid} is gone"))?;
+        let parent_host = std::fs::read_to_string(format!("/proc/{old_host}/status"))
+            .ok()
+            .and_then(|st| st.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok()))
+            .ok_or_else(|| format!("cannot read the parent of process {pid}"))?;
+        let parent = *old_ns.get(&parent_host).ok_or_else(|| format!("process {pid}'s parent is not part of the instance"))?;
+        let &[fd] = c.fds.as_slice() else {
+            return Err(format!(
+                "process {pid} (forked after startup) serves {} connections (fds {:?}); a respawn handler recreates a process for one",
+                c.fds.len(),
+                c.fds
+            ));
+        };
+        let &new_parent_host = new.get(&parent).ok_or_else(|| format!("process {parent} has no counterpart in the new version"))?;
+        let mem = File::options().read(true).write(true).open(format!("/proc/{new_parent_host}/mem")).map_err(|e| format!("cannot open the new process {parent}'s memory: {e}"))?;
+        let mut target = NewProcess { next: &mut *next, pid: parent, host_pid: new_parent_host, mem, pending: Vec::new() };
+        move_connections(old_host, &[fd], &mut target)?;
+        match target.runtime(RuntimeCommandKind::Respawn { pid, fd }) {
+            Ok(RuntimeReply::Respawned { .. }) => n += 1,
+            Ok(other) => return Err(format!("unexpected answer to respawn: {other:?}")),
+            Err(e) => return Err(format!("process {parent} could not respawn process {pid} (connection fd {fd}): {e}")),
+        }
+    }
+    Ok(n)
 }
 
 /// Copy the old process's connections out (pidfd_getfd) and hand them to the new

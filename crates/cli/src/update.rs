@@ -135,10 +135,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // left open to mcr (a client socket on fd 3) may slip into it.
     close_on_exec_all();
     // A new version with a resume handler takes over the sessions threads serve from their
-    // stacks; without one, those connections must end before the update.
-    let resumes_sessions = mcr_typemodel::read_hints(&program)
-        .map(|h| h.iter().any(|h| h.starts_with("resume ")))
-        .unwrap_or(false);
+    // stacks (without one, those connections must end before the update); with a respawn
+    // handler too, it recreates the per-connection processes.
+    let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
+    let (resumes_sessions, respawns) = (sessions.resumes(), sessions.respawns());
     let mut phases = Phases::default();
     let td = Instant::now();
     let mut connections_left: Vec<OpenConnections>;
@@ -146,7 +146,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     {
         // With the state transfer, only connections held by processes forked after
         // startup must end (nothing recreates those processes); the rest move.
-        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions };
+        let drain = Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns };
         let drained = old.request_until(&drain, || INTERRUPTED.load(Ordering::SeqCst));
         let drained = match drained {
             Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -168,7 +168,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             }
         }
         let stuck: Vec<&OpenConnections> =
-            connections_left.iter().filter(|c| args.fresh_state || c.volatile || (!c.pinned.is_empty() && !resumes_sessions)).collect();
+            connections_left.iter().filter(|c| args.fresh_state || (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions)).collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
@@ -202,19 +202,29 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
         info.processes = now.processes;
     }
-    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true, move_pinned: resumes_sessions })? {
+    if let Response::Drained { remaining, .. } = old.request(&Request::Drain { timeout_ms: 0, only_volatile: true, move_pinned: resumes_sessions, move_volatile: respawns })? {
         connections_left = remaining;
     }
 
     let tr = Instant::now();
     let mut new_supervisor: Option<i32> = None;
     let mut new_processes = Vec::new();
-    let mut attempt = restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &mut new_supervisor, &mut new_processes);
+    let respawned: BTreeSet<i32> = if respawns && !args.fresh_state {
+        connections_left.iter().filter(|c| c.volatile && !c.fds.is_empty()).map(|c| c.pid).collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut attempt =
+        restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &respawned, &mut new_supervisor, &mut new_processes);
     phases.restart_ms = ms(tr.elapsed());
     let tt = Instant::now();
     let mut transferred = None;
     if attempt.is_ok() && !args.fresh_state {
         attempt = transfer_state(dir, &name, &info, new_supervisor, &connections_left).map(|s| transferred = Some(s));
+        if attempt.is_ok() {
+            new_processes.extend(respawned.iter().copied());
+            new_processes.sort_unstable();
+        }
     }
     phases.transfer_ms = ms(tt.elapsed());
     let _ = std::fs::remove_file(replay_path(dir, &name));
@@ -273,6 +283,9 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             if t.state.handled > 0 {
                 println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.state.handled);
             }
+            if t.respawned_processes > 0 {
+                println!("{} per-connection processes recreated by the new version's MCR_ADD_RESPAWN_HANDLER", t.respawned_processes);
+            }
             if !t.state.globals_dropped.is_empty() {
                 println!("dropped (no longer in the new version): {}", t.state.globals_dropped.join(", "));
             }
@@ -316,6 +329,7 @@ fn restart(
     rest: &[String],
     runtime_lib: PathBuf,
     args: &UpdateArgs,
+    respawned: &BTreeSet<i32>,
     new_supervisor: &mut Option<i32>,
     new_processes: &mut Vec<i32>,
 ) -> Result<(), Failure> {
@@ -354,7 +368,8 @@ fn restart(
     // A process of the new version that is exiting (a daemon's first process, right after
     // its fork) may still be listed for a moment: compare again briefly before deciding.
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
-    let old_set: BTreeSet<i32> = info.processes.iter().copied().collect();
+    // Per-connection processes the state transfer respawns are not the startup's to make.
+    let old_set: BTreeSet<i32> = info.processes.iter().copied().filter(|p| !respawned.contains(p)).collect();
     let t = Instant::now();
     loop {
         let st = match next.request(&Request::Status)? {
@@ -427,11 +442,17 @@ fn inherit_descriptors(info: &UpdateInfo, logs: &[ProcessLog]) -> Result<Vec<Own
 /// parked" and commit).
 fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervisor: Option<i32>, connections: &[OpenConnections]) -> Result<crate::transfer::Summary, Failure> {
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
-    let procs = crate::transfer::Processes { old: host_pids(info)?, new: host_pids_in(new_supervisor)? };
+    let old = host_pids(info)?;
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
+    let respawned = crate::transfer::respawn_volatile(&old, &host_pids_in(new_supervisor)?, &mut next, connections)
+        .map_err(|e| Failure::from(format!("state transfer: {e}")))?;
+    // Respawned processes are part of the new version now.
+    let procs = crate::transfer::Processes { old, new: host_pids_in(new_supervisor)? };
     // A connection of its own to the old version (the update's holds the drain).
-    let mut old = Connection::open(dir, name)?;
-    crate::transfer::run(&procs, &mut old, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))
+    let mut old_version = Connection::open(dir, name)?;
+    let mut summary = crate::transfer::run(&procs, &mut old_version, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
+    summary.respawned_processes = respawned;
+    Ok(summary)
 }
 
 /// PIDs inside the old version's namespace → host PIDs.

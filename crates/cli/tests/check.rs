@@ -263,3 +263,173 @@ fn a_corrupt_cache_entry_is_ignored_and_rewritten() {
         assert!(v["program"]["build_id"].is_string());
     }
 }
+
+/// The opaque word of a `--json` comparison at `path`.
+fn word<'a>(d: &'a Value, path: &str) -> &'a Value {
+    d["opaque"].as_array().unwrap().iter().find(|w| w["path"] == path).unwrap_or_else(|| panic!("no opaque word {path}: {d:#}"))
+}
+
+/// kvd keeps the last SET node in a union (`last_set`) and v2-layout changes struct
+/// kv_node. Without a hint, `mcr update` rolls back when the union holds a node (it cannot
+/// tell it is a pointer): check says the word needs a hint and names it. With
+/// `MCR_POINTS_TO("last_set", "struct kv_node")` in the new build (or in both, or only in
+/// the old one: the update reads both builds' hints), the update commits: check says the
+/// union is transformed automatically, by that hint.
+#[test]
+fn a_union_pointing_to_a_changed_struct_needs_the_hint_the_update_needs() {
+    let mcr = Mcr::new("check-union");
+    let pair = |a: &str, b: &str| [fixture(a).into_os_string(), fixture(b).into_os_string()];
+    let json_of = |a: &str, b: &str| {
+        let mut args = vec!["--json".into()];
+        args.extend(pair(a, b));
+        let out = check(&mcr, &args);
+        (out.code(), json(&out), out)
+    };
+
+    // No hint in either build: a conflict if live, resolved by the hint it names.
+    let human = check(&mcr, &pair("kvd-opaque", "kvd-v2-layout-opaque"));
+    assert_eq!(human.code(), 1, "{human}");
+    for needle in [
+        "changed kvd.c:last_set [NEEDS HANDLER]",
+        "kvd.c:last_set [NEEDS HINT]: a union that can hold a struct kv_node *, and struct kv_node changed",
+        "a conflict if it holds the address of a live heap block at update time, unless \
+         MCR_POINTS_TO(\"last_set\", \"struct kv_node\")",
+        "Verdict: 1 change(s) marked NEEDS HANDLER or NEEDS HINT",
+    ] {
+        assert!(human.stdout.contains(needle), "missing {needle:?}:\n{human}");
+    }
+    let (code, d, out) = json_of("kvd-opaque", "kvd-v2-layout-opaque");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(d["verdict"], "needs_handler");
+    assert_eq!(find(&d["globals"], "kvd.c:last_set")["class"], "needs_handler");
+    let w = word(&d, "kvd.c:last_set");
+    assert_eq!((w["reason"].as_str(), w["class"].as_str()), (Some("union"), Some("needs_handler")), "{w:#}");
+    assert_eq!(w["changed"], serde_json::json!(["struct kv_node"]));
+    assert_eq!(w["resolve_with"], "MCR_POINTS_TO(\"last_set\", \"struct kv_node\")");
+    assert!(w["hint"].is_null(), "{w:#}");
+    // The struct itself stays automatic: `table` reaches it through typed pointers.
+    assert_eq!(find(&d["types"], "struct kv_node")["class"], "automatic");
+
+    // The hint in both builds, in the new one only, in the old one only: automatic.
+    for (old, new, from) in [
+        ("kvd-hinted", "kvd-v2-layout-hinted", "both builds"),
+        ("kvd-opaque", "kvd-v2-layout-hinted", "the new build"),
+        ("kvd-hinted", "kvd-v2-layout-opaque", "the old build"),
+    ] {
+        let (code, d, out) = json_of(old, new);
+        assert_eq!(code, 0, "{old} -> {new}: {out}");
+        assert_eq!(d["verdict"], "automatic", "{old} -> {new}");
+        assert!(d["warnings"].as_array().unwrap().is_empty(), "{old} -> {new}: {d:#}");
+        let w = word(&d, "kvd.c:last_set");
+        assert_eq!(w["class"], "automatic", "{old} -> {new}: {w:#}");
+        let hint = format!("MCR_POINTS_TO(\"last_set\", \"struct kv_node\") in {from}");
+        assert_eq!(w["hint"], hint.as_str(), "{old} -> {new}");
+        assert_eq!(w["changed"], serde_json::json!(["struct kv_node"]));
+        assert!(w["resolve_with"].is_null());
+        let g = find(&d["globals"], "kvd.c:last_set");
+        assert_eq!(g["class"], "automatic", "{old} -> {new}: {g:#}");
+        assert!(!names(&d["globals"]).iter().any(|n| n.contains("mcr_hint_")), "hint strings are not state: {d:#}");
+
+        let human = check(&mcr, &pair(old, new));
+        assert_eq!(human.code(), 0, "{human}");
+        for needle in [
+            "changed kvd.c:last_set [automatic]".to_string(),
+            format!("kvd.c:last_set: a union, transformed automatically ({hint})"),
+            format!("kvd.c:last_set [automatic]: a union, followed as a struct kv_node * ({hint}): the struct kv_node it points to changed"),
+            "Verdict: automatic".to_string(),
+        ] {
+            assert!(human.stdout.contains(&needle), "{old} -> {new}: missing {needle:?}:\n{human}");
+        }
+    }
+
+    // Nothing changed: no word to worry about, as before.
+    let (code, d, out) = json_of("kvd-hinted", "kvd-hinted");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(d["verdict"], "unchanged", "{d:#}");
+}
+
+const HIDDEN_V1: &str = r#"
+#include <stdlib.h>
+struct hidden { int x; };
+void *opaque;                                   /* holds a struct hidden * */
+union { struct hidden *h; unsigned long bits; } tagged;
+int main(void) { opaque = calloc(1, sizeof(struct hidden)); tagged.h = opaque; return 0; }
+"#;
+
+const HIDDEN_V2: &str = r#"
+#include <stdlib.h>
+#include "mcr.h"
+struct hidden { int x; int y; };
+void *opaque;
+union { struct hidden *h; unsigned long bits; } tagged;
+#ifdef HINTED
+MCR_POINTS_TO("opaque", "struct hidden");
+MCR_POINTS_TO("tagged", "struct hidden");
+MCR_OPAQUE("no_such_global");
+#endif
+int main(void) { opaque = calloc(1, sizeof(struct hidden)); tagged.h = opaque; return 0; }
+"#;
+
+/// A changed struct only a `void *` and a union lead to: without hints its objects cannot
+/// be found with their type (needs a handler) and the union needs a hint; the new build's
+/// MCR_POINTS_TO hints make both automatic. A hint that names nothing is a warning.
+#[test]
+fn hints_in_the_new_build_reach_a_changed_struct_behind_void_pointers_and_unions() {
+    let mcr = Mcr::new("check-hidden");
+    let include = format!("-I{}", repo_root().join("include").display());
+    let v1 = compile_c(&mcr.tmp.path, "v1", HIDDEN_V1, &["-g", "-O0"]);
+    let v2 = compile_c(&mcr.tmp.path, "v2", HIDDEN_V2, &["-g", "-O0", &include]);
+    let v2h = compile_c(&mcr.tmp.path, "v2h", HIDDEN_V2, &["-g", "-O0", &include, "-DHINTED"]);
+
+    let out = check(&mcr, &["--json".into(), v1.clone().into_os_string(), v2.clone().into_os_string()]);
+    assert_eq!(out.code(), 1, "{out}");
+    let d = json(&out);
+    let hidden = find(&d["types"], "struct hidden");
+    assert_eq!(hidden["class"], "needs_handler", "{hidden:#}");
+    assert!(hidden.get("reached_through_hint").is_none(), "{hidden:#}");
+    let w = word(&d, "tagged");
+    assert_eq!(w["resolve_with"], "MCR_POINTS_TO(\"tagged\", \"struct hidden\")", "{w:#}");
+
+    let out = check(&mcr, &["--json".into(), v1.clone().into_os_string(), v2h.clone().into_os_string()]);
+    assert_eq!(out.code(), 0, "{out}");
+    let d = json(&out);
+    assert_eq!(d["verdict"], "automatic", "{d:#}");
+    let hidden = find(&d["types"], "struct hidden");
+    assert_eq!(hidden["class"], "automatic", "{hidden:#}");
+    assert_eq!(hidden["reached_from_globals"], false);
+    assert_eq!(hidden["reached_through_hint"], "MCR_POINTS_TO(\"opaque\", \"struct hidden\")");
+    let w = word(&d, "opaque");
+    assert_eq!((w["reason"].as_str(), w["class"].as_str()), (Some("void_pointer"), Some("automatic")), "{w:#}");
+    assert_eq!(w["hint"], "MCR_POINTS_TO(\"opaque\", \"struct hidden\") in the new build");
+    assert_eq!(word(&d, "tagged")["class"], "automatic");
+    let warnings: Vec<&str> = d["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("MCR_OPAQUE(\"no_such_global\") in the new build") && warnings[0].contains("no effect"), "{warnings:?}");
+
+    let human = check(&mcr, &[v1.into_os_string(), v2h.into_os_string()]);
+    assert_eq!(human.code(), 0, "{human}");
+    assert!(human.stdout.contains("but the hint MCR_POINTS_TO(\"opaque\", \"struct hidden\") does"), "{human}");
+    assert!(human.stderr.contains("mcr: warning: hint MCR_OPAQUE(\"no_such_global\")"), "{human}");
+}
+
+/// `mcr check` says what happens to sessions a thread or a per-connection process serves:
+/// whether the new build can take them over (resume and respawn handlers) or they must end
+/// before an update.
+#[test]
+fn sessions_say_whether_the_new_build_takes_them_over() {
+    let mcr = Mcr::new("check-sessions");
+    let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-layout")]);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(out.stdout.contains("resume handler serve_moved_session"), "{out}");
+    assert!(out.stdout.contains("respawn handler respawn_session: processes forked per connection are recreated"), "{out}");
+
+    let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-norespawn")]);
+    assert!(out.stdout.contains("no MCR_ADD_RESPAWN_HANDLER in the new build"), "{out}");
+
+    let out = check(&mcr, &[fixture("poold"), fixture("poold-v2-noresume")]);
+    assert!(out.stdout.contains("no MCR_ADD_RESUME_HANDLER in the new build"), "{out}");
+    let out = check(&mcr, &["--json".as_ref(), fixture("poold").as_os_str(), fixture("poold-v2-layout").as_os_str()]);
+    let v = json(&out);
+    assert_eq!(v["sessions"]["resume_handlers"], serde_json::json!(["requeue_moved_sessions"]), "{v:#}");
+    assert_eq!(v["sessions"]["respawn_handlers"], serde_json::json!([]), "{v:#}");
+}

@@ -381,6 +381,89 @@ fn union_pointer_conflicts_until_hinted() {
     assert_eq!(c.request("GET a"), "VALUE 1");
 }
 
+/// The hint an update needs may come with the new build: the old kvd-opaque has none, the
+/// new kvd-v2-layout-hinted has `MCR_POINTS_TO("last_set", "struct kv_node")`, and the
+/// update applies it to the old version's union (commits, LAST still right), as `mcr
+/// check` said it would.
+#[test]
+fn a_hint_in_the_new_build_resolves_the_old_builds_union() {
+    let mcr = Mcr::new("t-kvd-union-new-hint");
+    let port = free_port();
+    let args = port_args(port);
+    let (old, new) = (fixture("kvd-opaque"), fixture("kvd-v2-layout-hinted"));
+    let check = mcr.run(&[OsString::from("check"), old.clone().into(), new.clone().into()]);
+    assert_eq!(check.code(), 0, "{check}");
+    assert!(check.stdout.contains("in the new build"), "{check}");
+    let inst = mcr.start("kvd", &old, &args);
+    let mut c = Client::connect(port);
+    fill(&mut c, 50);
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, v) = update(&mcr, "kvd", &[], &new, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let warnings = v["transfer"]["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(warnings.is_empty(), "{v:#}");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 2");
+    assert_eq!(c.request("LAST"), "LAST b", "the union follows the node into the new layout");
+    assert_eq!(c.request("GET key7"), "VALUE value 7 with spaces");
+}
+
+/// kvd v3-link moves `next` (the hash bucket chain) into a nested struct, `link.next`.
+/// The transfer moves every node (it follows the old `next`) but cannot know where the
+/// pointer went: without a handler `link.next` starts zeroed and every node behind its
+/// bucket's first is lost. The handler of kvd-v3-link-handled sets it from the old
+/// pointer with mcr_translate(): every key of every chain answers after the update, the
+/// chains can be changed, and the hit counts (same field) came along.
+#[test]
+fn object_handler_translates_old_pointers_into_the_new_version() {
+    let mcr = Mcr::new("t-kvd-translate");
+    let port = free_port();
+    let args = port_args(port);
+    // 3000 keys in 1024 buckets: chains of several nodes.
+    let keys = 3000usize;
+    for (v3, handled) in [("kvd-v3-link", false), ("kvd-v3-link-handled", true)] {
+        let inst = mcr.start("kvd", &fixture("kvd"), &args);
+        let mut c = Client::connect(port);
+        fill(&mut c, keys);
+        for _ in 0..2 {
+            assert_eq!(c.request("GET key2999"), "VALUE value 2999 with spaces");
+        }
+        let (out, v) = update(&mcr, "kvd", &[], &fixture(v3), &args);
+        assert_eq!(out.code(), 0, "{v3}: {out}\nlog:\n{}", inst.log());
+        assert_eq!(c.request("VERSION"), "VERSION kvd 3");
+        assert_eq!(c.request("COUNT"), format!("COUNT {keys}"), "{v3}: the statistics moved either way");
+        let found = (0..keys)
+            .filter(|i| {
+                let got = c.request(&format!("GET key{i}"));
+                got == format!("VALUE value {i} with spaces") || {
+                    assert_eq!(got, "NOTFOUND", "{v3}: key{i}");
+                    false
+                }
+            })
+            .count();
+        let n_handled = v["transfer"]["handled"].as_u64().unwrap_or(0);
+        if handled {
+            assert_eq!(found, keys, "{v3}: every chain relinked: {v:#}");
+            assert_eq!(n_handled, keys as u64, "{v3}: one handler call per node: {v:#}");
+            assert_eq!(c.request("HITS key2999"), "HITS 3", "two GETs before, one after");
+            // The relinked chains work in the new layout: delete from their middle, add.
+            for i in (0..keys).step_by(7) {
+                assert_eq!(c.request(&format!("DEL key{i}")), "DELETED", "key{i}");
+            }
+            assert_eq!(c.request("SET fresh 1"), "OK");
+            let left = (0..keys).filter(|i| i % 7 != 0).all(|i| c.request(&format!("GET key{i}")) == format!("VALUE value {i} with spaces"));
+            assert!(left, "{v3}: the keys not deleted are all there");
+            assert_eq!(c.request("GET fresh"), "VALUE 1");
+        } else {
+            assert_eq!(n_handled, 0, "{v:#}");
+            assert!(found > 0 && found <= 1024, "{v3}: only the buckets' first nodes are reachable, found {found}");
+        }
+        drop(c);
+        inst.stop().ok();
+    }
+    let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-link-handled").into()]);
+    assert!(check.stdout.contains("kv_node.next") && check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"), "{check}");
+}
+
 /// `mcr update` run from a shell that leaves descriptors open to it (a client socket on
 /// fd 3, as `exec 3<>/dev/tcp/...` does): none of them may slip into the new version,
 /// where they would take the numbers of the connections the update moves.
@@ -570,4 +653,56 @@ fn twenty_updates_with_startup_objects_leak_no_block() {
     let (fds1, rss1) = (fd_count(host()), rss_kib(host()));
     assert_eq!(fds1, fds0, "descriptors of the server before and after 20 updates: {:?}", fd_links(host()));
     assert!(rss1 < rss0 + 4096, "resident memory grew from {rss0} KiB to {rss1} KiB over 20 updates");
+}
+
+/// connd → connd-v2-layout: a fork-per-connection server, each session in its own child
+/// process (a session struct and a list of session variables on the child's heap). The
+/// new version's respawn handler recreates each child with the old child's PID, the old
+/// child's heap moves into it in the new layout, and its resume handler serves the
+/// session on: variables, command counts and half-sent commands survive, in every
+/// process. Then back to v1.
+#[test]
+fn connd_sessions_survive_in_respawned_per_connection_processes() {
+    let mcr = Mcr::new("t-connd-sessions");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("connd"), fixture("connd-v2-layout"));
+    let inst = mcr.start("connd", &v1, &args);
+    let mut a = Client::connect(port);
+    let mut b = Client::connect(port);
+    let (pa, pb) = (a.request("PID"), b.request("PID"));
+    assert_ne!(pa, pb, "one process per connection");
+    assert_eq!(a.request("SET colour blue green"), "OK");
+    assert_eq!(a.request("SET shape round"), "OK");
+    assert_eq!(b.request("SET colour red"), "OK");
+    b.send_raw(b"GET col").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (out, v) = update(&mcr, "connd", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+
+    b.send_raw(b"our\n").unwrap();
+    assert_eq!(b.read_line().expect("the half-sent GET completes"), "VALUE red");
+    assert_eq!(a.request("GET colour"), "VALUE blue green");
+    assert_eq!(a.request("GET shape"), "VALUE round");
+    assert_eq!(a.request("PID"), pa, "the session's process keeps its PID");
+    assert_eq!(b.request("PID"), pb);
+    assert_eq!(a.request("VERSION"), "VERSION connd 2");
+    assert_eq!(a.request("STATS"), "STATS sessions=8", "PID and two SETs before; GET, GET, PID, VERSION and STATS after");
+    // New connections get new processes of the new version.
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("VERSION"), "VERSION connd 2");
+    assert_eq!(c.request("SET k v"), "OK");
+    // A respawned session ends like any other.
+    assert_eq!(b.request("QUIT"), "BYE");
+    drop(b);
+
+    let (out, v) = update(&mcr, "connd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
+    assert_eq!(a.request("GET colour"), "VALUE blue green");
+    assert_eq!(a.request("VERSION"), "VERSION connd 1");
+    assert_eq!(c.request("GET k"), "VALUE v");
+    assert_eq!(c.request("PID"), c.request("PID"));
 }

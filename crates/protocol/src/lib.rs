@@ -14,11 +14,13 @@ pub mod epoll;
 pub mod instance;
 pub mod messages;
 pub mod profiling;
+pub mod relocation;
 
 pub use epoll::epoll_registrations;
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};
 pub use messages::*;
 pub use profiling::*;
+pub use relocation::{Relocation, RelocationTable};
 
 /// Environment variables the supervisor sets for the server and the runtime reads.
 pub mod env {

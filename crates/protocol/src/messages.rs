@@ -176,8 +176,14 @@ pub enum RuntimeCommandKind {
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd { registrations: Vec<EpollRegistration> },
     /// State transfer, new version: run the program's MCR_ADD_OBJ_HANDLER for `what` on
-    /// each object (the old bytes sit in a scratch block the update wrote).
-    RunObjHandlers { what: String, objects: Vec<HandlerObject> },
+    /// each object (the old bytes sit in a scratch block the update wrote). `relocations`:
+    /// where every old object went, for `mcr_translate()` (also in a scratch block).
+    RunObjHandlers {
+        what: String,
+        objects: Vec<HandlerObject>,
+        #[serde(default)]
+        relocations: Option<crate::RelocationTable>,
+    },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
     /// State transfer: the heap blocks the program allocated during startup, each with
@@ -189,6 +195,10 @@ pub enum RuntimeCommandKind {
     /// objects that had no counterpart here take over their identity (startup flag, call
     /// stack and ordinal), so the next update matches them instead of copying them again.
     AdoptStartupBlocks { blocks: Vec<StartupAlloc> },
+    /// State transfer, new version: recreate a process the old version forked after
+    /// startup to serve connection `fd` (already installed here), through the program's
+    /// MCR_ADD_RESPAWN_HANDLER, with PID `pid` (the old process's), held until commit.
+    Respawn { pid: i32, fd: i32 },
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -274,6 +284,8 @@ pub enum RuntimeReply {
     StartupAllocations { allocs: Vec<StartupAlloc> },
     /// Answer to ImportFds and EpollAdd.
     Done,
+    /// Answer to Respawn: the recreated process's PID.
+    Respawned { pid: i32 },
     StartupLog(StartupLog),
     Profile(crate::ProcessProfile),
     Error { message: String },
@@ -303,6 +315,10 @@ pub enum Request {
         /// (`MCR_ADD_RESUME_HANDLER`), so connections no event loop watches move too.
         #[serde(default)]
         move_pinned: bool,
+        /// With `only_volatile`: the new version recreates per-connection processes
+        /// (`MCR_ADD_RESPAWN_HANDLER`), so their connections move too.
+        #[serde(default)]
+        move_volatile: bool,
     },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.

@@ -151,11 +151,32 @@ pub fn park(slot: &Slot) {
         if !QUIESCING.load(SeqCst) {
             break;
         }
+        if crate::resume::respawn_due(slot) {
+            crate::resume::run_respawn(slot);
+            continue;
+        }
         futex::wait(&RESUME_GEN, gen, None);
     }
     slot.state.store(IN_CALL, SeqCst);
     errno::set(saved);
     crate::resume::after_park(slot);
+}
+
+/// Wake the parked threads without resuming them (they look for work, then park again).
+pub fn wake_parked() {
+    RESUME_GEN.fetch_add(1, SeqCst);
+    futex::wake(&RESUME_GEN, i32::MAX);
+}
+
+/// In a process a respawn handler just forked (its main thread parked, held until
+/// commit): it has no quiescent point to reach, so its startup is complete now, and its
+/// control thread starts for the update to talk to it.
+pub fn respawned_child_ready() {
+    STARTUP_NS.store(crate::since_start_ns(), Release);
+    STARTUP_DONE.store(true, SeqCst);
+    crate::dirty::arm();
+    crate::control::ensure_started();
+    crate::control::notify_startup_complete();
 }
 
 pub fn resume() {

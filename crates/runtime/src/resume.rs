@@ -16,8 +16,8 @@
 
 use crate::futex;
 use crate::threads::{self, Slot};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize};
 
 pub type ResumeHandler = unsafe extern "C" fn();
 
@@ -76,4 +76,98 @@ pub fn after_park(slot: &Slot) {
     crate::errno::set(errno);
     HOLDING.store(0, Release);
     futex::wake(&HOLDING, i32::MAX);
+}
+
+// ---- Respawn: processes the old version forked after startup (one per connection) ----
+//
+// Nothing in the new version's startup recreates a per-connection process. Before the
+// state transfer, `mcr update` installs the connection in the new parent and asks it to
+// respawn the child: the parent's main thread, parked, runs the program's respawn
+// handler, which forks as its accept loop would. The fork takes the old child's PID, so
+// the state transfer pairs the two like any other processes; the child stays parked
+// until commit, when its resume handler serves the moved session.
+
+pub type RespawnHandler = unsafe extern "C" fn(libc::c_int) -> libc::pid_t;
+
+static RESPAWN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// 0 idle; REQUESTED: the control thread asks the main thread; DONE: its answer is in
+/// RESPAWN_RESULT.
+static RESPAWN_STATE: AtomicU32 = AtomicU32::new(0);
+const REQUESTED: u32 = 1;
+const DONE: u32 = 2;
+static RESPAWN_PID: AtomicI32 = AtomicI32::new(0);
+static RESPAWN_FD: AtomicI32 = AtomicI32::new(-1);
+static RESPAWN_RESULT: AtomicI32 = AtomicI32::new(0);
+/// The PID the program's next fork must give its child (0: none).
+static FORK_TARGET: AtomicI32 = AtomicI32::new(0);
+
+pub fn add_respawn(h: RespawnHandler) -> bool {
+    RESPAWN_HANDLER.compare_exchange(0, h as usize, AcqRel, Acquire).is_ok()
+}
+
+/// For the fork wrapper: the PID this fork's child must get, during a respawn.
+pub fn fork_target() -> Option<i32> {
+    Some(FORK_TARGET.load(Acquire)).filter(|&p| p > 0)
+}
+
+/// Control thread: have the parked main thread run the respawn handler for `fd`, and
+/// wait for the child's PID.
+pub fn respawn(pid: i32, fd: i32) -> Result<i32, String> {
+    if RESPAWN_HANDLER.load(Acquire) == 0 {
+        return Err("the new version has no MCR_ADD_RESPAWN_HANDLER to recreate a per-connection process".into());
+    }
+    let main_parked = threads::used().any(|(_, s)| s.is_main.load(Acquire) && s.state.load(Acquire) == threads::PARKED);
+    if !main_parked || !crate::quiesce::QUIESCING.load(Acquire) {
+        return Err("the process's main thread is not parked: it cannot respawn a process now".into());
+    }
+    RESPAWN_PID.store(pid, Release);
+    RESPAWN_FD.store(fd, Release);
+    RESPAWN_STATE.store(REQUESTED, Release);
+    crate::quiesce::wake_parked();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while RESPAWN_STATE.load(Acquire) != DONE {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("the respawn handler did not return within 10 s".into());
+        }
+        futex::wait(&RESPAWN_STATE, REQUESTED, Some(left));
+    }
+    RESPAWN_STATE.store(0, Release);
+    match RESPAWN_RESULT.load(Acquire) {
+        r if r == pid => Ok(r),
+        r if r > 0 => Err(format!("the respawned process got PID {r}, not {pid}")),
+        r => Err(format!("the respawn handler failed (it returned {r})")),
+    }
+}
+
+/// Main thread, parked: whether the control thread asked for a respawn.
+pub fn respawn_due(slot: &Slot) -> bool {
+    RESPAWN_STATE.load(Acquire) == REQUESTED && slot.is_main.load(Relaxed)
+}
+
+/// Main thread, parked: run the respawn handler. In the child it returns into the parking
+/// loop, held like every process of the new version until commit.
+pub fn run_respawn(slot: &Slot) {
+    let saved = (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
+    let errno = crate::errno::get();
+    let (pid, fd) = (RESPAWN_PID.load(Acquire), RESPAWN_FD.load(Acquire));
+    FORK_TARGET.store(pid, Release);
+    // SAFETY: the `pid_t (*)(int)` the program registered through MCR_ADD_RESPAWN_HANDLER,
+    // called on its main thread at a quiescent point, with a descriptor it owns now.
+    let r = unsafe { std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd) };
+    FORK_TARGET.store(0, Release);
+    slot.call.store(saved.0, Release);
+    slot.object.store(saved.1, Release);
+    slot.frame.store(saved.2, Release);
+    slot.state.store(saved.3, Release);
+    crate::errno::set(errno);
+    // SAFETY: getpid cannot fail.
+    if r == 0 && unsafe { libc::getpid() } == pid {
+        RESPAWN_STATE.store(0, Release);
+        crate::quiesce::respawned_child_ready();
+        return;
+    }
+    RESPAWN_RESULT.store(r, Release);
+    RESPAWN_STATE.store(DONE, Release);
+    futex::wake(&RESPAWN_STATE, 1);
 }

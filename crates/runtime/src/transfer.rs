@@ -6,7 +6,7 @@
 //! and registering them with the new version's epoll instances.
 
 use crate::sync::SpinLock;
-use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, RuntimeReply};
+use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, Relocation, RelocationTable, RuntimeReply};
 
 /// `struct mcr_obj` of include/mcr.h.
 #[repr(C)]
@@ -32,13 +32,54 @@ fn same_what(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// Run the program's handler for `what` on each object.
-pub fn run_obj_handlers(what: &str, objects: &[HandlerObject]) -> RuntimeReply {
+/// The relocation table of the handlers running now, for `mcr_translate()`; `None`
+/// outside a RunObjHandlers command.
+static RELOCATIONS: SpinLock<Option<RelocationTable>> = SpinLock::new(None);
+
+/// Most entries a relocation table may have (a sanity bound: 2^32 objects).
+const MAX_RELOCATIONS: u64 = 1 << 32;
+
+/// `mcr_translate()`: the new address of old address `p`, while handlers run.
+pub fn translate(p: u64) -> Option<u64> {
+    let active = RELOCATIONS.lock();
+    let t = (*active)?;
+    // SAFETY: `t` is set only for the duration of a RunObjHandlers command, after checking
+    // that it names an aligned, non-null block of `count` entries (`usable_table`); the
+    // update wrote that block before sending the command and frees it only after the
+    // reply, which is sent after `t` is unset under this same lock, held here until the
+    // lookup is done. The entries are plain integers, valid for any bytes.
+    let table = unsafe { core::slice::from_raw_parts(t.addr as usize as *const Relocation, t.count as usize) };
+    mcr_protocol::relocation::translate(table, p)
+}
+
+fn usable_table(t: &RelocationTable) -> Result<(), String> {
+    let aligned = t.addr != 0 && t.addr.is_multiple_of(core::mem::align_of::<Relocation>() as u64);
+    let sized = t.count <= MAX_RELOCATIONS && t.addr.checked_add(t.count * Relocation::SIZE as u64).is_some();
+    if aligned && sized {
+        Ok(())
+    } else {
+        Err(format!("unusable relocation table ({} entries at {:#x})", t.count, t.addr))
+    }
+}
+
+/// Run the program's handler for `what` on each object; `mcr_translate()` answers from
+/// `relocations` meanwhile.
+pub fn run_obj_handlers(what: &str, objects: &[HandlerObject], relocations: Option<RelocationTable>) -> RuntimeReply {
     let found = OBJ_HANDLERS.lock().iter().find(|(w, _, _)| same_what(w, what)).map(|(w, h, n)| (w.clone(), *h, n.clone()));
     let Some((w, h, name)) = found else {
         return error(format!("no MCR_ADD_OBJ_HANDLER for {what} is registered in the new version"));
     };
+    if let Some(Err(e)) = relocations.as_ref().map(usable_table) {
+        return error(e);
+    }
     let cw = std::ffi::CString::new(w).unwrap_or_default();
+    *RELOCATIONS.lock() = relocations;
+    let reply = run_each(h, &cw, &name, what, objects);
+    *RELOCATIONS.lock() = None;
+    reply
+}
+
+fn run_each(h: ObjHandler, cw: &std::ffi::CStr, name: &str, what: &str, objects: &[HandlerObject]) -> RuntimeReply {
     for (i, o) in objects.iter().enumerate() {
         let obj = McrObj {
             what: cw.as_ptr(),
@@ -92,8 +133,9 @@ pub const FDS_PER_MESSAGE: usize = 253;
 pub fn import_fds(socket: &str, targets: &[ImportedFd]) -> RuntimeReply {
     for t in targets {
         if crate::startup_log::fd_in_use(t.target) {
+            let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target)).map(|p| format!(" ({})", p.display())).unwrap_or_default();
             return error(format!(
-                "fd {} is already in use in the new version, so the old version's descriptor cannot take its number",
+                "fd {} is already in use in the new version{what}, so the old version's descriptor cannot take its number",
                 t.target
             ));
         }

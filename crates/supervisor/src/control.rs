@@ -93,9 +93,10 @@ async fn handle(state: &State, req: Request) -> Response {
             let n = resume_all(state).await;
             Response::Resumed { processes: n }
         }
-        Request::Drain { timeout_ms, only_volatile, move_pinned } => {
-            drain(state, Duration::from_millis(timeout_ms), only_volatile, move_pinned).await
-        },
+        Request::Drain { timeout_ms, only_volatile, move_pinned, move_volatile } => {
+            let wait = if !only_volatile { DrainWait::All } else { DrainWait::Unmovable { move_pinned, move_volatile } };
+            drain(state, Duration::from_millis(timeout_ms), wait).await
+        }
         Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
             Ok(reply) => Response::Runtime { reply },
             Err(message) => Response::Error { message },
@@ -312,7 +313,14 @@ pub(crate) async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommand
 
 /// Stop accepting in every process, then wait for their client connections to close.
 /// Processes that exit meanwhile (a finished per-connection child) just drop out.
-async fn drain(state: &State, timeout: Duration, only_volatile: bool, move_pinned: bool) -> Response {
+/// Which connections a drain waits for.
+enum DrainWait {
+    All,
+    /// Those the state transfer cannot move into the new version.
+    Unmovable { move_pinned: bool, move_volatile: bool },
+}
+
+async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
     let t0 = Instant::now();
     loop {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
@@ -324,7 +332,12 @@ async fn drain(state: &State, timeout: Duration, only_volatile: bool, move_pinne
                 }
             }
         }
-        let waiting = remaining.iter().any(|c| !only_volatile || c.volatile || (!c.pinned.is_empty() && !move_pinned));
+        let waiting = remaining.iter().any(|c| match wait {
+            DrainWait::All => true,
+            DrainWait::Unmovable { move_pinned, move_volatile } => {
+                (c.volatile && !move_volatile) || (!c.pinned.is_empty() && !move_pinned)
+            }
+        });
         if !waiting || t0.elapsed() >= timeout {
             return Response::Drained { elapsed_us: t0.elapsed().as_micros() as u64, remaining };
         }

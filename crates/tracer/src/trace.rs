@@ -2,7 +2,8 @@ use crate::hints::{normalize, Hints};
 use crate::image::{translate, Image};
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
 use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory, HEADER};
-use mcr_typemodel::transform::{root_name, Plan, PointerSite};
+use mcr_protocol::Relocation;
+use mcr_typemodel::transform::{root_name, same_type, Plan, PointerSite};
 use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Qualifier, Type, TypeId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -13,8 +14,9 @@ pub trait Target {
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String>;
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
     /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
-    /// object's bytes, the new object's address, its size).
-    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)]) -> Result<(), String>;
+    /// object's bytes, the new object's address, its size). `relocations` (sorted) says
+    /// where every old object went, for the handlers' `mcr_translate()`.
+    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)], relocations: &[Relocation]) -> Result<(), String>;
     /// Writes may be buffered: make them all land (also before `read` and handlers).
     fn flush(&mut self) -> Result<(), String> {
         Ok(())
@@ -204,7 +206,7 @@ fn is_byte(p: &Program, ty: TypeId) -> bool {
     matches!(p.ty(p.strip(ty)), Type::Base { size: 1, .. })
 }
 
-fn is_const(p: &Program, mut ty: TypeId) -> bool {
+pub(crate) fn is_const(p: &Program, mut ty: TypeId) -> bool {
     for _ in 0..16 {
         match p.ty(ty) {
             Type::Qualified { qualifier: Qualifier::Const, .. } => return true,
@@ -403,7 +405,7 @@ fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str
     out
 }
 
-fn field_suffix(path: &str) -> &str {
+pub(crate) fn field_suffix(path: &str) -> &str {
     // Layout paths start with the root name (`kv_node.next`): keep from the first dot.
     path.find(['.', '[']).map_or("", |i| &path[i..])
 }
@@ -455,11 +457,37 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
     false
 }
 
+/// Every old object whose new address the transfer knows: the heap blocks it moved
+/// (`heap`) and the main binary's globals the new version has (by name; link-time
+/// addresses plus each binary's load bias), sorted by old address.
+fn relocation_table(old: &Program, old_bias: u64, new: &Program, new_bias: u64, mut heap: Vec<Relocation>) -> Vec<Relocation> {
+    let news: HashMap<String, &mcr_typemodel::Global> =
+        new.globals.iter().filter(|g| !g.is_tls()).map(|g| (g.display_name(), g)).collect();
+    // One element of an array, or the whole object.
+    let element = |p: &Program, t: TypeId| match p.ty(p.strip(t)) {
+        Type::Array { element, .. } => p.size_of(*element),
+        _ => p.size_of(t),
+    };
+    for g in &old.globals {
+        let (Some(addr), Some(len)) = (g.address(), g.size) else { continue };
+        let Some(ng) = news.get(&g.display_name()) else { continue };
+        let (Some(naddr), Some(nlen)) = (ng.address(), ng.size) else { continue };
+        // Offsets carry over when the type did not change; else only element starts do.
+        let (old_stride, new_stride) = if same_type(old, g.ty, new, ng.ty) {
+            (0, 0)
+        } else {
+            (element(old, g.ty).unwrap_or(len), element(new, ng.ty).unwrap_or(nlen))
+        };
+        heap.push(Relocation { old: old_bias + addr, len, new: new_bias + naddr, old_stride, new_stride });
+    }
+    mcr_protocol::relocation::sorted(heap)
+}
+
 /// Move the state of one old process into its new counterpart.
 pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
     let (old, new) = (pair.old.prog, pair.new.prog);
     let mut report = Report { live_objects: pair.heap.len(), ..Report::default() };
-    let hints = Hints::of(old);
+    let hints = Hints::of_builds(old, new);
     report.warnings.extend(hints.unresolved.iter().map(|u| format!("hint ignored: {u}")));
     let mut walk = Walk { pair, hints, found: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
 
@@ -587,6 +615,16 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     for (i, addr) in order.iter().enumerate() {
         moved.insert(*addr, Moved { new: addrs[i], old_stride: strides[i].0, new_stride: strides[i].1 });
     }
+    // Where everything went, for the handlers' mcr_translate() (only if there are any).
+    let relocations = if handlers.is_empty() {
+        Vec::new()
+    } else {
+        let blocks = moved
+            .iter()
+            .filter_map(|(a, m)| Some(Relocation { old: *a, len: walk.found.get(a)?.obj.size, new: m.new, old_stride: m.old_stride, new_stride: m.new_stride }))
+            .collect();
+        relocation_table(old, pair.old.image.bias, new, pair.new.image.bias, blocks)
+    };
     let heap = pair.heap;
     let relocate_data = |v: u64, path: &str| -> Result<u64, String> {
         if let Some(o) = heap.containing(v) {
@@ -706,7 +744,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     report.objects = order.len();
     target.flush().map_err(TransferError::Target)?;
     for (what, objs) in &for_handlers {
-        target.run_handlers(what, objs).map_err(|e| conflict(what.as_str(), e))?;
+        target.run_handlers(what, objs, &relocations).map_err(|e| conflict(what.as_str(), e))?;
         report.handled += objs.len();
     }
 
@@ -718,7 +756,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             // The program's handler builds it from the old bytes.
             Err(_) if handler.is_some() => {
                 let len = new.size_of(r.new_ty).unwrap_or(0);
-                target.run_handlers(handler.as_deref().unwrap_or_default(), &[(r.bytes.clone(), r.new_addr, len)]).map_err(|e| conflict(&r.name, e))?;
+                target.run_handlers(handler.as_deref().unwrap_or_default(), &[(r.bytes.clone(), r.new_addr, len)], &relocations).map_err(|e| conflict(&r.name, e))?;
                 report.handled += 1;
                 report.globals += 1;
                 continue;
@@ -758,7 +796,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
         }
         if let Some(what) = &handler {
-            target.run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)]).map_err(|e| conflict(&r.name, e))?;
+            target.run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)], &relocations).map_err(|e| conflict(&r.name, e))?;
             report.handled += 1;
         }
         report.globals += 1;
@@ -769,7 +807,64 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
 
 #[cfg(test)]
 mod tests {
-    use super::Moved;
+    use super::{relocation_table, Moved};
+    use mcr_protocol::relocation::translate;
+    use mcr_protocol::Relocation;
+    use mcr_typemodel::{Composite, Encoding, Global, Location, Member, Program, Type};
+
+    /// A program with `int counter`, `static struct item items[4]` (in kvd.c) and a
+    /// thread-local, `struct item` being `{ int a; }` or, with `grown`, `{ long z; int a; }`.
+    fn program(grown: bool, base: u64) -> Program {
+        let mut p = Program::empty("/x".into());
+        p.has_debug_info = true;
+        p.types.push(Type::Base { name: "int".into(), size: 4, encoding: Encoding::Signed }); // 0
+        p.types.push(Type::Base { name: "long".into(), size: 8, encoding: Encoding::Signed }); // 1
+        let members = if grown {
+            vec![
+                Member { name: Some("z".into()), ty: 1, offset: 0, bit_size: None, bit_offset: None },
+                Member { name: Some("a".into()), ty: 0, offset: 8, bit_size: None, bit_offset: None },
+            ]
+        } else {
+            vec![Member { name: Some("a".into()), ty: 0, offset: 0, bit_size: None, bit_offset: None }]
+        };
+        let size = if grown { 16 } else { 4 };
+        p.types.push(Type::Struct(Composite { name: Some("item".into()), size, members, incomplete: false })); // 2
+        p.types.push(Type::Array { element: 2, counts: vec![Some(4)] }); // 3
+        let g = |name: &str, unit: &str, is_static: bool, location: Location, size: u64, ty: u32| Global {
+            name: name.into(),
+            unit: unit.into(),
+            function: None,
+            is_static,
+            location,
+            size: Some(size),
+            ty,
+        };
+        p.globals.push(g("counter", "a.c", false, Location::Address { address: base }, 4, 0));
+        p.globals.push(g("items", "kvd.c", true, Location::Address { address: base + 0x100 }, size * 4, 3));
+        p.globals.push(g("tls", "a.c", false, Location::Tls { offset: 0 }, 4, 0));
+        p
+    }
+
+    #[test]
+    fn handlers_translate_pointers_into_globals_and_moved_blocks() {
+        let (old, new) = (program(false, 0x4000), program(true, 0x6000));
+        let block = Relocation { old: 0x55_0000, len: 64, new: 0x77_0000, old_stride: 0, new_stride: 0 };
+        let t = relocation_table(&old, 0x1000, &new, 0x2000, vec![block]);
+        assert_eq!(t.len(), 3, "counter, items and the block; not the thread-local: {t:?}");
+        assert!(t.windows(2).all(|w| w[0].old < w[1].old), "sorted");
+        // counter: same type, any offset.
+        assert_eq!(translate(&t, 0x5000), Some(0x8000));
+        assert_eq!(translate(&t, 0x5002), Some(0x8002));
+        // items: struct item grew from 4 to 16 bytes; element starts translate.
+        assert_eq!(translate(&t, 0x5100), Some(0x8100));
+        assert_eq!(translate(&t, 0x5100 + 3 * 4), Some(0x8100 + 3 * 16));
+        assert_eq!(translate(&t, 0x5100 + 2), None, "inside an element whose layout changed");
+        assert_eq!(translate(&t, 0x5100 + 16), None, "past the old array");
+        // The heap block, interior.
+        assert_eq!(translate(&t, 0x55_0010), Some(0x77_0010));
+        assert_eq!(translate(&t, 0x55_0040), None);
+        assert_eq!(translate(&t, 0x1234), None);
+    }
 
     #[test]
     fn pointers_into_moved_arrays_follow_their_element() {

@@ -69,6 +69,9 @@ pub struct TypeChange {
     /// version: they can only be found through `void *`, unions, char buffers or
     /// stacks, where mcr cannot tell their type.
     pub reached_from_globals: bool,
+    /// When no typed path reaches its objects but an `MCR_POINTS_TO` hint does: that hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_through_hint: Option<String>,
     pub explanation: String,
 }
 
@@ -94,10 +97,104 @@ pub struct Diff {
     pub new: Build,
     pub globals: Vec<GlobalChange>,
     pub types: Vec<TypeChange>,
+    /// Words DWARF cannot type (a union, a `void *`, an integer) that may hold pointers to
+    /// objects whose type changed (by their union members, or by a hint), and what the
+    /// hints in mcr.h make of them.
+    pub opaque: Vec<OpaqueChange>,
     pub warnings: Vec<String>,
     /// The worst class of any change: `Automatic` (or `Unchanged`) means an update is
     /// expected to need no handler.
     pub verdict: Class,
+    /// How the new build takes over sessions the old one serves from threads' stacks and
+    /// per-connection processes.
+    pub sessions: Sessions,
+}
+
+/// The new build's `MCR_ADD_RESUME_HANDLER` and `MCR_ADD_RESPAWN_HANDLER` (function names).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sessions {
+    pub resume_handlers: Vec<String>,
+    pub respawn_handlers: Vec<String>,
+}
+
+impl Sessions {
+    pub fn of(new: &Program) -> Sessions {
+        Sessions::from_hints(&new.hints)
+    }
+
+    /// From a build's `mcr_hints` strings (see [`crate::read_hints`]).
+    pub fn from_hints(hints: &[String]) -> Sessions {
+        let named = |prefix: &str| hints.iter().filter_map(|h| h.strip_prefix(prefix)).map(|f| f.trim().to_string()).collect();
+        Sessions { resume_handlers: named("resume "), respawn_handlers: named("respawn ") }
+    }
+
+    /// Connections threads serve from their stacks can move.
+    pub fn resumes(&self) -> bool {
+        !self.resume_handlers.is_empty()
+    }
+
+    /// Per-connection processes can be recreated (and then resumed).
+    pub fn respawns(&self) -> bool {
+        self.resumes() && !self.respawn_handlers.is_empty()
+    }
+}
+
+/// What the `include/mcr.h` hints of the two builds mean for the old version's memory:
+/// the input of [`diff_with`], worked out (with the hint reader and the walk `mcr update`
+/// makes) by `mcr_tracer::annotations`.
+#[derive(Clone, Debug, Default)]
+pub struct Annotations {
+    /// Opaque words the walk from the globals reaches: every hinted one, and every union
+    /// that has pointer members.
+    pub words: Vec<Word>,
+    /// Named types of the old build (display names) that only hints reach (no typed path
+    /// from a global does), each with the first hint that reaches it, as written.
+    pub hinted_types: BTreeMap<String, String>,
+    /// Hints that were ignored or that reach nothing.
+    pub warnings: Vec<String>,
+}
+
+/// One opaque word (see [`Annotations`]).
+#[derive(Clone, Debug)]
+pub struct Word {
+    /// `kvd.c:last_set`, `conn.ctx`
+    pub path: String,
+    /// The global that holds it (display name); `None` for a field of heap objects.
+    pub global: Option<String>,
+    /// The WHERE an mcr.h hint for it names: `last_set`, `conn.ctx`.
+    pub hint_where: String,
+    pub reason: OpaqueReason,
+    /// For a union: the types its pointer members point to (old build, display names;
+    /// `void` for a `void *` member).
+    pub candidates: Vec<String>,
+    pub hint: Option<WordHint>,
+}
+
+/// The hint that covers a [`Word`].
+#[derive(Clone, Debug)]
+pub enum WordHint {
+    /// `MCR_POINTS_TO`: followed as a pointer to `ty` (old build's display name).
+    PointsTo { ty: String, written: String, from: String },
+    /// `MCR_OPAQUE`: copied as bytes.
+    Opaque { written: String, from: String },
+}
+
+/// What the update does with one opaque word.
+#[derive(Serialize, Clone, Debug)]
+pub struct OpaqueChange {
+    /// `kvd.c:last_set`, `conn.ctx`
+    pub path: String,
+    pub reason: OpaqueReason,
+    pub class: Class,
+    /// The hint that decides it, as written, and the build it is in.
+    pub hint: Option<String>,
+    /// The types it may point to (a union's pointer members), or the hinted one.
+    pub points_to: Vec<String>,
+    /// Of those, the ones that changed between the builds.
+    pub changed: Vec<String>,
+    /// The annotation that resolves it, when it needs one.
+    pub resolve_with: Option<String>,
+    pub explanation: String,
 }
 
 impl Diff {
@@ -113,7 +210,22 @@ fn build(p: &Program) -> Build {
 
 /// Compares two builds of a program.
 pub fn diff(old: &Program, new: &Program) -> Diff {
-    let mut d = Diff { old: build(old), new: build(new), globals: vec![], types: vec![], warnings: vec![], verdict: Class::Unchanged };
+    diff_with(old, new, &Annotations::default())
+}
+
+/// Compares two builds of a program, with what their mcr.h hints say about the old
+/// version's memory.
+pub fn diff_with(old: &Program, new: &Program, notes: &Annotations) -> Diff {
+    let mut d = Diff {
+        old: build(old),
+        new: build(new),
+        globals: vec![],
+        types: vec![],
+        opaque: vec![],
+        warnings: vec![],
+        verdict: Class::Unchanged,
+        sessions: Sessions::of(new),
+    };
     for (p, which) in [(old, "old"), (new, "new")] {
         if !p.has_debug_info {
             d.warnings.push(format!(
@@ -130,12 +242,20 @@ pub fn diff(old: &Program, new: &Program) -> Diff {
     if !old.has_debug_info || !new.has_debug_info {
         return d;
     }
-    d.types = type_changes(old, new);
+    d.warnings.extend(notes.warnings.iter().cloned());
+    d.types = type_changes(old, new, &notes.hinted_types);
     let changed: HashSet<String> =
         d.types.iter().filter(|t| t.change == Change::Changed).map(|t| t.name.clone()).collect();
     d.globals = global_changes(old, new, &changed);
     apply_handlers(new, &mut d);
-    let worst = d.types.iter().map(|t| t.class).chain(d.globals.iter().map(|g| g.class)).max();
+    apply_words(&notes.words, &changed, &mut d);
+    let worst = d
+        .types
+        .iter()
+        .map(|t| t.class)
+        .chain(d.globals.iter().map(|g| g.class))
+        .chain(d.opaque.iter().map(|w| w.class))
+        .max();
     d.verdict = d.verdict.max(worst.unwrap_or(Class::Unchanged));
     d
 }
@@ -170,6 +290,89 @@ fn apply_handlers(new: &Program, d: &mut Diff) {
     }
 }
 
+fn reason_words(r: OpaqueReason) -> &'static str {
+    match r {
+        OpaqueReason::Union => "a union",
+        OpaqueReason::VoidPointer => "a void *",
+        OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
+        OpaqueReason::CharArray => "a char array",
+        OpaqueReason::Unknown => "memory of unknown type",
+    }
+}
+
+/// What the update does with each opaque word, as `mcr update`'s tracer does it: a hinted
+/// word is followed (or copied as bytes); a union that can hold a pointer to a type that
+/// changed, without a hint, is a conflict if it holds a live heap address at update time.
+/// A changed global that holds such a word says so too.
+fn apply_words(words: &[Word], changed: &HashSet<String>, d: &mut Diff) {
+    for w in words {
+        let what = reason_words(w.reason);
+        // (class, hint, points to, resolved by, explanation, the same said briefly)
+        let (class, hint, points_to, resolve_with, explanation, short) = match &w.hint {
+            Some(WordHint::PointsTo { ty, written, from }) => {
+                let h = format!("{written} in {from}");
+                let (e, short) = if changed.contains(ty) {
+                    (
+                        format!(
+                            "{what}, followed as a {ty} * ({h}): the {ty} it points to changed; transformed \
+                             automatically, and the word relocated"
+                        ),
+                        format!("{what}, transformed automatically ({h})"),
+                    )
+                } else {
+                    (
+                        format!("{what}, followed as a {ty} * ({h}): relocated to the block it points to"),
+                        format!("{what}, followed as a {ty} * ({h})"),
+                    )
+                };
+                (Class::Automatic, Some(h), vec![ty.clone()], None, e, short)
+            }
+            Some(WordHint::Opaque { written, from }) => {
+                let h = format!("{written} in {from}");
+                let e = format!("{what}, copied as bytes ({h}): mcr leaves its value as it is");
+                let short = format!("{what}, copied as bytes ({h})");
+                (Class::Automatic, Some(h), w.candidates.clone(), None, e, short)
+            }
+            None => {
+                let Some(target) = w.candidates.iter().find(|c| changed.contains(*c)) else { continue };
+                let fix = format!("MCR_POINTS_TO({:?}, {:?})", w.hint_where, target);
+                let e = format!(
+                    "{what} that can hold a {} *, and {target} changed: mcr cannot tell whether it holds a pointer, \
+                     so it can neither transform the block nor leave it; needs a hint: a conflict if it holds the \
+                     address of a live heap block at update time, unless {fix} (or MCR_OPAQUE({:?}) if it never \
+                     holds a pointer mcr must update) is added to the new build",
+                    w.candidates.join(" * or a "),
+                    w.hint_where
+                );
+                let short = format!(
+                    "{what} that can hold a {target} *: needs a hint ({fix}), a conflict if it holds a live heap \
+                     address at update time"
+                );
+                (Class::NeedsHandler, None, w.candidates.clone(), Some(fix), e, short)
+            }
+        };
+        let now_changed: Vec<String> = points_to.iter().filter(|t| changed.contains(*t)).cloned().collect();
+        if now_changed.is_empty() {
+            // Nothing it may point to changed: the update treats it as it did before.
+            continue;
+        }
+        if let Some(g) = w.global.as_ref().and_then(|name| d.globals.iter_mut().find(|g| &g.name == name)) {
+            g.class = g.class.max(class);
+            g.explanation.push_str(&format!("; {}: {short}", w.path));
+        }
+        d.opaque.push(OpaqueChange {
+            path: w.path.clone(),
+            reason: w.reason,
+            class,
+            hint,
+            points_to,
+            changed: now_changed,
+            resolve_with,
+            explanation,
+        });
+    }
+}
+
 /// Key matching a global across versions.
 fn gkey(g: &Global) -> (String, Option<String>, Option<String>) {
     (g.name.clone(), g.is_static.then(|| g.unit.clone()), g.function.clone())
@@ -177,8 +380,10 @@ fn gkey(g: &Global) -> (String, Option<String>, Option<String>) {
 
 fn global_changes(old: &Program, new: &Program, changed: &HashSet<String>) -> Vec<GlobalChange> {
     let mut out = Vec::new();
-    let olds: BTreeMap<_, &Global> = old.globals.iter().map(|g| (gkey(g), g)).collect();
-    let news: BTreeMap<_, &Global> = new.globals.iter().map(|g| (gkey(g), g)).collect();
+    // mcr.h's hint strings (`mcr_hint_N` in the mcr_hints section) are annotations, not state.
+    let state = |g: &&Global| !g.name.starts_with("mcr_hint_");
+    let olds: BTreeMap<_, &Global> = old.globals.iter().filter(state).map(|g| (gkey(g), g)).collect();
+    let news: BTreeMap<_, &Global> = new.globals.iter().filter(state).map(|g| (gkey(g), g)).collect();
     for (k, og) in &olds {
         let name = og.display_name();
         let Some(ng) = news.get(k) else {
@@ -353,7 +558,7 @@ fn kind_prefix(p: &Program, id: TypeId) -> &'static str {
     }
 }
 
-fn type_changes(old: &Program, new: &Program) -> Vec<TypeChange> {
+fn type_changes(old: &Program, new: &Program, hinted: &BTreeMap<String, String>) -> Vec<TypeChange> {
     let (od, nd) = (defs(old), defs(new));
     let reached = reachable_named(old, &old.globals.iter().map(|g| g.ty).collect::<Vec<_>>());
     let mut out = Vec::new();
@@ -368,6 +573,7 @@ fn type_changes(old: &Program, new: &Program) -> Vec<TypeChange> {
                 reordered: vec![],
                 fields: vec![],
                 reached_from_globals: reached.contains(name),
+                reached_through_hint: None,
                 explanation: format!("{name} is gone from the new version: objects of it that are still reached through a changed field are dropped"),
             });
             continue;
@@ -375,7 +581,7 @@ fn type_changes(old: &Program, new: &Program) -> Vec<TypeChange> {
         // Several definitions under one name (different compilation units): pair them
         // in order; the usual case is one each.
         for (i, (&ot, &nt)) in oids.iter().zip(nids.iter()).enumerate() {
-            if let Some(c) = compare_type(old, ot, new, nt, name, reached.contains(name)) {
+            if let Some(c) = compare_type(old, ot, new, nt, name, reached.contains(name), hinted.get(name)) {
                 if i > 0 || oids.len() > 1 || nids.len() > 1 {
                     let mut c = c;
                     c.explanation.push_str(" (several definitions share this name; compared in order)");
@@ -399,13 +605,22 @@ fn type_changes(old: &Program, new: &Program) -> Vec<TypeChange> {
             reordered: vec![],
             fields: vec![],
             reached_from_globals: false,
+            reached_through_hint: None,
             explanation: format!("{name} is new: no old object has it"),
         });
     }
     out
 }
 
-fn compare_type(old: &Program, ot: TypeId, new: &Program, nt: TypeId, name: &str, reached: bool) -> Option<TypeChange> {
+fn compare_type(
+    old: &Program,
+    ot: TypeId,
+    new: &Program,
+    nt: TypeId,
+    name: &str,
+    reached: bool,
+    hinted: Option<&String>,
+) -> Option<TypeChange> {
     if same_type(old, ot, new, nt) {
         return None;
     }
@@ -450,7 +665,13 @@ fn compare_type(old: &Program, ot: TypeId, new: &Program, nt: TypeId, name: &str
             .collect();
         explanation.push_str(&format!("; field order changed: {}", moves.join(", ")));
     }
-    if class == Class::Automatic && !reached {
+    let reached_through_hint = hinted.filter(|_| !reached).cloned();
+    if let Some(h) = &reached_through_hint {
+        explanation.push_str(&format!(
+            "; no typed pointer from a global reaches its objects, but the hint {h} does: mcr follows it and \
+             finds them with their type"
+        ));
+    } else if class == Class::Automatic && !reached {
         class = Class::NeedsHandler;
         explanation.push_str(
             "; but no typed pointer from a global reaches its objects, so mcr can find them only through \
@@ -467,6 +688,7 @@ fn compare_type(old: &Program, ot: TypeId, new: &Program, nt: TypeId, name: &str
         reordered: reordered.into_iter().map(|(f, _)| f).collect(),
         fields,
         reached_from_globals: reached,
+        reached_through_hint,
         explanation,
     })
 }
@@ -509,7 +731,7 @@ fn reordered_fields(old: &Program, ot: TypeId, new: &Program, nt: TypeId) -> Vec
 
 /// Display names of the named types reachable from `roots` by typed paths (members,
 /// array elements, typed pointers; not into unions or through `void *`).
-fn reachable_named(p: &Program, roots: &[TypeId]) -> HashSet<String> {
+pub fn reachable_named(p: &Program, roots: &[TypeId]) -> HashSet<String> {
     let mut seen = HashSet::new();
     let mut names = HashSet::new();
     let mut stack: Vec<TypeId> = roots.to_vec();

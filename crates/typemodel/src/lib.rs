@@ -18,7 +18,7 @@ mod model;
 pub mod transform;
 
 pub use cache::Cache;
-pub use diff::{diff, Diff};
+pub use diff::{diff, diff_with, Annotations, Diff};
 pub use dwarf::{read_hints, DEBUG_DIRS};
 pub use error::TypeModelError;
 pub use model::*;

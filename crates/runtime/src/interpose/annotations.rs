@@ -23,6 +23,19 @@ pub extern "C" fn mcr_runtime_is_live_update() -> c_int {
     c_int::from(replay::started_as_update())
 }
 
+/// `mcr_translate(obj, old_ptr)`: the new version's address for an address of the old
+/// version, while an object handler runs (null when there is none). `obj` is not read.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_translate(_obj: *const crate::transfer::McrObj, old_ptr: *const libc::c_void) -> *mut libc::c_void {
+    if old_ptr.is_null() {
+        return std::ptr::null_mut();
+    }
+    match crate::transfer::translate(old_ptr as usize as u64) {
+        Some(a) => a as usize as *mut libc::c_void,
+        None => std::ptr::null_mut(),
+    }
+}
+
 /// `MCR_ADD_OBJ_HANDLER(what, fn)`: keep `fn` for the state transfer.
 #[no_mangle]
 pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
@@ -45,6 +58,15 @@ pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
 pub extern "C" fn mcr_runtime_add_resume_handler(handler: Option<crate::resume::ResumeHandler>, _name: *const c_char) -> c_int {
     match handler {
         Some(h) if crate::resume::add(h) => 0,
+        _ => -1,
+    }
+}
+
+/// `MCR_ADD_RESPAWN_HANDLER(fn)`: recreate a per-connection process during an update.
+#[no_mangle]
+pub extern "C" fn mcr_runtime_add_respawn_handler(handler: Option<crate::resume::RespawnHandler>, _name: *const c_char) -> c_int {
+    match handler {
+        Some(h) if crate::resume::add_respawn(h) => 0,
         _ => -1,
     }
 }

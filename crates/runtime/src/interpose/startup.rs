@@ -306,13 +306,17 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let f = real::fork();
     let fp = frame_address();
     let _profiling = crate::profiling::ForkNote::new(fp);
+    // A respawn handler recreating a per-connection process: the old one's PID.
+    if let Some(pid) = crate::resume::fork_target() {
+        return fork_as(pid, fp, f, false);
+    }
     if !recording() {
         return f();
     }
     // Replay: the child takes the PID its old counterpart had.
     if let Some(pid) = replay::creation_target("fork", fp) {
         let _ = replay_decision("fork", fp, &[]);
-        return fork_as(pid, fp, f);
+        return fork_as(pid, fp, f, true);
     }
     let r = f();
     if r != 0 {
@@ -327,8 +331,8 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
 /// process created in the namespace meanwhile takes the PID first. So the child checks
 /// its PID before running any program code and leaves at once if it is not the one; the
 /// parent reaps it (SIGCHLD held back meanwhile, so the program never sees it) and
-/// tries again.
-unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> libc::pid_t) -> libc::pid_t {
+/// tries again. `log`: a startup fork, recorded in the startup log.
+unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> libc::pid_t, log: bool) -> libc::pid_t {
     let mut chld: libc::sigset_t = core::mem::zeroed();
     let mut old: libc::sigset_t = core::mem::zeroed();
     libc::sigemptyset(&mut chld);
@@ -359,7 +363,9 @@ unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> l
     if r != target && r > 0 {
         crate::diag::warn(&format!("replay: the forked child got PID {r}, not {target} as in the old version"));
     }
-    record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+    if log {
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+    }
     errno::set(e);
     r
 }
