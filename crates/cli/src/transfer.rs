@@ -7,8 +7,11 @@
 
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
-use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response, RuntimeCommandKind, RuntimeReply};
-use mcr_tracer::{Image, Pair, Target, Version};
+use mcr_protocol::{
+    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response, RuntimeCommandKind,
+    RuntimeReply, StartupAlloc,
+};
+use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, Version};
 use mcr_typemodel::Program;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -32,6 +35,8 @@ pub struct Summary {
     pub dirty_pages: u64,
     pub clean_pages: u64,
     pub heap_scan_ms: f64,
+    /// Fetching both versions' startup allocation tables (to match startup objects).
+    pub startup_tables_ms: f64,
     pub trace_ms: f64,
     pub connections_ms: f64,
 }
@@ -57,13 +62,41 @@ const WRITE_BATCH: usize = 512;
 
 impl NewProcess<'_> {
     fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
-        match self.next.request(&Request::Runtime { pid: self.pid, command }).map_err(|e| e.to_string())? {
-            Response::Runtime { reply: RuntimeReply::Error { message } } => Err(message),
-            Response::Runtime { reply } => Ok(reply),
-            Response::Error { message } => Err(message),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+        ask_runtime(self.next, self.pid, command)
     }
+}
+
+/// One command to the runtime of process `pid` (PID in its namespace), through the
+/// supervisor on `conn`.
+fn ask_runtime(conn: &mut Connection, pid: i32, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
+    match conn.request(&Request::Runtime { pid, command }).map_err(|e| e.to_string())? {
+        Response::Runtime { reply: RuntimeReply::Error { message } } => Err(message),
+        Response::Runtime { reply } => Ok(reply),
+        Response::Error { message } => Err(message),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// A process's startup allocations, as its runtime recorded them.
+fn startup_table(conn: &mut Connection, pid: i32) -> Result<StartupTable, String> {
+    match ask_runtime(conn, pid, RuntimeCommandKind::StartupAllocations)? {
+        RuntimeReply::StartupAllocations { allocs } => Ok(StartupTable::new(&records(&allocs))),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
+    allocs
+        .iter()
+        .filter_map(|a| {
+            let stack = mcr_callstack::parse_id(&a.stack)?;
+            Some(StartupRecord {
+                addr: a.addr,
+                key: StartupKey { stack, thread: a.thread, ordinal: a.ordinal },
+                site: a.site.clone(),
+            })
+        })
+        .collect()
 }
 
 impl Target for NewProcess<'_> {
@@ -108,6 +141,20 @@ impl Target for NewProcess<'_> {
         self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
     }
 
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+        let blocks = blocks
+            .iter()
+            .map(|(addr, k)| StartupAlloc {
+                addr: *addr,
+                stack: mcr_callstack::format_id(k.stack),
+                thread: k.thread,
+                ordinal: k.ordinal,
+                site: String::new(),
+            })
+            .collect();
+        self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())
+    }
+
     /// The old bytes go to scratch blocks in the new process, with the relocation table
     /// the handlers' mcr_translate() reads; the handler runs there; the scratch blocks
     /// are freed.
@@ -146,8 +193,9 @@ fn load(path: &Path) -> Result<Program, String> {
     Program::load_cached(path).map_err(|e| e.to_string())
 }
 
-/// Move the state of every old process into its new counterpart.
-pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
+/// Move the state of every old process into its new counterpart (`old`, `next`: the old
+/// and new versions' supervisors).
+pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
     let mut sum = Summary::default();
     let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
     for (&pid, &old_host) in &procs.old {
@@ -197,6 +245,15 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
         // everything it holds counts as written.
         let volatile = connections.iter().any(|c| c.pid == pid && c.volatile);
         let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
+        let ts = Instant::now();
+        let startup = match (startup_table(old, pid), startup_table(next, pid)) {
+            (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("mcr: warning: process {pid}'s startup allocations are unknown ({e}): its startup objects are reallocated, not matched");
+                None
+            }
+        };
+        sum.startup_tables_ms += ts.elapsed().as_secs_f64() * 1000.0;
         let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
         let mut target = NewProcess { next: &mut *next, pid, host_pid: new_host, mem, pending: Vec::new() };
         let pair = Pair {
@@ -205,6 +262,7 @@ pub fn run(procs: &Processes, next: &mut Connection, connections: &[OpenConnecti
             heap: &heap,
             new: Version { prog: new_prog, image: new_img },
             dirty: Some(&is_dirty),
+            startup: startup.as_ref(),
         };
         let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
         sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;

@@ -291,6 +291,15 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 t.state.live_objects,
                 t.connections
             );
+            if t.state.startup_matched + t.state.startup_reallocated > 0 {
+                println!(
+                    "startup objects: {} matched with the new version's ({} kept as its startup made them), {} reallocated",
+                    t.state.startup_matched, t.state.startup_kept, t.state.startup_reallocated
+                );
+            }
+            for n in &t.state.startup_notes {
+                println!("  {n}");
+            }
             if t.state.handled > 0 {
                 println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.state.handled);
             }
@@ -459,7 +468,9 @@ fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervis
         .map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     // Respawned processes are part of the new version now.
     let procs = crate::transfer::Processes { old, new: host_pids_in(new_supervisor)? };
-    let mut summary = crate::transfer::run(&procs, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
+    // A connection of its own to the old version (the update's holds the drain).
+    let mut old_version = Connection::open(dir, name)?;
+    let mut summary = crate::transfer::run(&procs, &mut old_version, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     summary.respawned_processes = respawned;
     Ok(summary)
 }

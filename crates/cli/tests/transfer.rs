@@ -125,11 +125,13 @@ fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
     // taken after the first update.
     let (mut fds0, mut rss0) = (0, 0);
     let mut next = 200;
+    let mut live = LiveBlocks::default();
     for i in 0..20 {
         let to = if i % 2 == 0 { &v2 } else { &v1 };
         let (out, v) = update(&mcr, "kvd", &[], to, &args);
         assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
         assert_eq!(v["transfer"]["connections"], 1, "update {i}: {v:#}");
+        live.check(i, &v, 10 * BLOCKS_PER_KEY);
         // The writer's connection survived; it keeps adding keys.
         for _ in 0..10 {
             assert_eq!(writer.request(&format!("SET key{next} value {next} with spaces")), "OK", "after update {i}");
@@ -146,6 +148,27 @@ fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
     // state; what grows is the data the writer added, not one copy per update.
     assert!(rss1 < rss0 + 4096, "resident memory grew from {rss0} KiB to {rss1} KiB over 20 updates");
     assert_eq!(stable_files(&mcr), 3, "instance files: {:?}", mcr.instance_files());
+}
+
+/// Heap blocks a SET of a new key allocates in kvd: the node, its key and its value.
+const BLOCKS_PER_KEY: u64 = 3;
+
+/// The old process's live heap blocks at each update (the transfer report's
+/// `live_objects`): each update must find exactly the blocks the previous one left plus
+/// what the clients added since. A block the new version allocated at startup and the
+/// transfer replaced with a copy (leaked) shows up here at once, where resident memory
+/// would take many updates to move.
+#[derive(Default)]
+struct LiveBlocks(Option<u64>);
+
+impl LiveBlocks {
+    fn check(&mut self, i: usize, v: &Value, added: u64) {
+        let now = v["transfer"]["live_objects"].as_u64().unwrap_or_else(|| panic!("update {i}: no live_objects: {v:#}"));
+        if let Some(before) = self.0 {
+            assert_eq!(now, before + added, "update {i}: live heap blocks were {before}, the clients added {added} since: {v:#}");
+        }
+        self.0 = Some(now);
+    }
 }
 
 fn stable_files(mcr: &Mcr) -> usize {
@@ -508,6 +531,128 @@ fn object_handler_carries_a_field_moved_elsewhere() {
     assert!(!check.stdout.contains("MCR_ADD_OBJ_HANDLER for it"), "{check}");
     let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-meta-handled").into()]);
     assert!(check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"), "mcr check names the handler: {check}");
+}
+
+/// kvd-startobj: globals point to structs startup allocated. An update matches each with
+/// the block the new version's startup allocated from the same call stack (call-stack ID
+/// and ordinal) and reuses it: what the old version wrote since startup (the audit
+/// counters) moves into it, what it never wrote (the limits) stays as the new version's
+/// startup made it, and no block is left behind (the next update finds exactly as many
+/// live blocks).
+#[test]
+fn startup_objects_go_into_the_new_versions_own_startup_blocks() {
+    let mcr = Mcr::new("t-kvd-startobj");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("kvd-startobj"), fixture("kvd-v2-startobj"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut c = Client::connect(port);
+    fill(&mut c, 20);
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=20 last=key19");
+    assert_eq!(c.request("LIMITS"), "LIMITS version=1 max_key=250 motto=limits of kvd 1");
+    let greeting = c.request("GREETING");
+
+    let (out, v) = update(&mcr, "kvd", &[], &v2, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let t = &v["transfer"];
+    assert_eq!(t["startup_matched"], 3, "limits, audit and greeting each went into v2's own block: {v:#}");
+    assert_eq!(t["startup_reallocated"], 0, "{v:#}");
+    assert!(t["startup_kept"].as_u64().is_some_and(|n| n >= 1), "limits was never written since startup: {v:#}");
+    // Written since startup: carried over (into v2's layout, which added `dels`).
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=20 last=key19 dels=0");
+    // Never written since startup: v2's startup values stay.
+    assert_eq!(c.request("LIMITS"), "LIMITS version=2 max_key=500 motto=limits of kvd 2");
+    assert_eq!(c.request("GREETING"), greeting);
+    // The reused blocks are the ones v2's code uses.
+    assert_eq!(c.request("SET more 1"), "OK");
+    assert_eq!(c.request("DEL more"), "DELETED");
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=21 last=more dels=1");
+    assert_all_keys(port, 20);
+
+    // Back to v1: v2's process holds exactly the blocks v1's did (the SET and DEL above
+    // cancel out): nothing of v2's own startup was left behind by the first update.
+    let (out, back) = update(&mcr, "kvd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(back["transfer"]["live_objects"], t["live_objects"], "first update: {v:#}\nsecond: {back:#}");
+    assert_eq!(back["transfer"]["startup_matched"], 3, "{back:#}");
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=21 last=more");
+    assert_eq!(c.request("LIMITS"), "LIMITS version=1 max_key=250 motto=limits of kvd 1");
+    assert_eq!(c.request("GREETING"), greeting);
+}
+
+/// A startup object whose counterpart in the new version is too small for it (v2's
+/// greeting is shorter) is reallocated, and the report says so; the fresh block takes
+/// over its identity, so the update back matches it again.
+#[test]
+fn startup_object_with_a_smaller_counterpart_is_reallocated_and_reported() {
+    let mcr = Mcr::new("t-kvd-startobj-short");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, short) = (fixture("kvd-startobj"), fixture("kvd-v2-startobj-short"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut c = Client::connect(port);
+    fill(&mut c, 3);
+    let greeting = c.request("GREETING");
+
+    let (out, v) = update(&mcr, "kvd", &[], &short, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let t = &v["transfer"];
+    assert_eq!((t["startup_matched"].as_u64(), t["startup_reallocated"].as_u64()), (Some(2), Some(1)), "{v:#}");
+    let note = t["startup_notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.contains("kvd.c:greeting") && note.contains("counterpart has 14 bytes, the transferred object needs 33"),
+        "the report names the object and the sizes: {v:#}"
+    );
+    // The old greeting was written since startup (its page was): it moved, into a fresh block.
+    assert_eq!(c.request("GREETING"), greeting);
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=3 last=key2 dels=0");
+
+    let (out, back) = update(&mcr, "kvd", &[], &v1, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!((back["transfer"]["startup_matched"].as_u64(), back["transfer"]["startup_reallocated"].as_u64()), (Some(3), Some(0)), "{back:#}");
+    assert_eq!(c.request("GREETING"), greeting);
+    assert_eq!(c.request("AUDIT"), "AUDIT sets=3 last=key2");
+}
+
+/// Twenty updates alternating kvd-startobj and kvd-v2-startobj while a client writes:
+/// every update reuses the new version's startup blocks, the audit counters count every
+/// SET, and the server's live heap blocks, descriptors and memory grow only with the keys
+/// added.
+#[test]
+fn twenty_updates_with_startup_objects_leak_no_block() {
+    let mcr = Mcr::new("t-kvd-startobj-twenty");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("kvd-startobj"), fixture("kvd-v2-startobj"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut writer = Client::connect(port);
+    fill(&mut writer, 100);
+    let host = || host_pid(&fixture_by_version(&inst), port);
+    let (mut fds0, mut rss0) = (0, 0);
+    let mut next = 100;
+    let mut live = LiveBlocks::default();
+    for i in 0..20 {
+        let (to, version) = if i % 2 == 0 { (&v2, 2) } else { (&v1, 1) };
+        let (out, v) = update(&mcr, "kvd", &[], to, &args);
+        assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
+        assert_eq!((v["transfer"]["startup_matched"].as_u64(), v["transfer"]["startup_reallocated"].as_u64()), (Some(3), Some(0)), "update {i}: {v:#}");
+        live.check(i, &v, 10 * BLOCKS_PER_KEY);
+        assert!(writer.request("LIMITS").starts_with(&format!("LIMITS version={version} ")), "update {i}");
+        for _ in 0..10 {
+            assert_eq!(writer.request(&format!("SET key{next} value {next} with spaces")), "OK", "after update {i}");
+            next += 1;
+        }
+        let dels = if version == 2 { " dels=0" } else { "" };
+        assert_eq!(writer.request("AUDIT"), format!("AUDIT sets={next} last=key{}{dels}", next - 1), "every SET counted, update {i}");
+        if i == 0 {
+            (fds0, rss0) = (fd_count(host()), rss_kib(host()));
+        }
+    }
+    assert_eq!(writer.request("AUDIT"), format!("AUDIT sets={next} last=key{}", next - 1));
+    assert_all_keys(port, next);
+    let (fds1, rss1) = (fd_count(host()), rss_kib(host()));
+    assert_eq!(fds1, fds0, "descriptors of the server before and after 20 updates: {:?}", fd_links(host()));
+    assert!(rss1 < rss0 + 4096, "resident memory grew from {rss0} KiB to {rss1} KiB over 20 updates");
 }
 
 /// connd → connd-v2-layout: a fork-per-connection server, each session in its own child

@@ -55,6 +55,14 @@ impl Info {
     }
 }
 
+/// The block whose header, read from `header_addr`, is `bytes`, when the header is live
+/// (its tag names its own address): (the block's address, what the header says).
+pub fn live_header(header_addr: u64, bytes: &[u8; HEADER]) -> Option<(u64, Info)> {
+    let t = u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let info = u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+    (t == tag(header_addr)).then(|| (header_addr + HEADER as u64, Info::decode(info)))
+}
+
 /// Largest size a header can describe.
 pub const MAX_SIZE: u64 = SIZE_MASK;
 
@@ -72,6 +80,18 @@ mod tests {
         ] {
             assert_eq!(Info::decode(info.encode()), info);
         }
+    }
+
+    #[test]
+    fn live_headers_decode_and_stale_ones_do_not() {
+        let info = Info { size: 72, startup: true, align_log2: 0 };
+        let mut b = [0u8; HEADER];
+        b[..8].copy_from_slice(&tag(0x5000).to_ne_bytes());
+        b[8..].copy_from_slice(&info.encode().to_ne_bytes());
+        assert_eq!(live_header(0x5000, &b), Some((0x5010, info)));
+        assert_eq!(live_header(0x6000, &b), None, "a copy of the header elsewhere");
+        b[..8].fill(0);
+        assert_eq!(live_header(0x5000, &b), None, "freed: tag cleared");
     }
 
     #[test]

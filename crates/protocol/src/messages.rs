@@ -193,10 +193,38 @@ pub enum RuntimeCommandKind {
     },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
     Free { addrs: Vec<u64> },
+    /// State transfer: the heap blocks the program allocated during startup, each with
+    /// its allocation call-stack ID, thread and ordinal, so an update can match them with
+    /// the other version's (only those whose call stack reaches the program's code: one
+    /// cut short inside a library is too ambiguous to match by).
+    StartupAllocations,
+    /// State transfer, new version: blocks Allocate made for the old version's startup
+    /// objects that had no counterpart here take over their identity (startup flag, call
+    /// stack and ordinal), so the next update matches them instead of copying them again.
+    AdoptStartupBlocks { blocks: Vec<StartupAlloc> },
     /// State transfer, new version: recreate a process the old version forked after
     /// startup to serve connection `fd` (already installed here), through the program's
     /// MCR_ADD_RESPAWN_HANDLER, with PID `pid` (the old process's), held until commit.
     Respawn { pid: i32, fd: i32 },
+}
+
+/// A heap block allocated during startup, and where it came from: the `ordinal`-th
+/// startup allocation (from 0) of thread `thread` whose call-stack ID is `stack`. Two
+/// versions of a program that allocate the same startup objects give them the same IDs
+/// and ordinals (and replay gives their threads the same TIDs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupAlloc {
+    /// The block (the address the program got).
+    pub addr: u64,
+    /// Hex call-stack ID of the allocating call (function names, as everywhere).
+    pub stack: String,
+    /// TID (in the instance's PID namespace) of the allocating thread.
+    #[serde(default)]
+    pub thread: i32,
+    pub ordinal: u32,
+    /// The innermost function names of that call stack, for reports.
+    #[serde(default)]
+    pub site: String,
 }
 
 /// One object for an object handler: addresses in the new process.
@@ -265,6 +293,9 @@ pub enum RuntimeReply {
     },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
+    /// Answer to StartupAllocations, in allocation order (a later entry for the same
+    /// address or the same call stack and ordinal supersedes an earlier one).
+    StartupAllocations { allocs: Vec<StartupAlloc> },
     /// Answer to ImportFds and EpollAdd.
     Done,
     /// Answer to Respawn: the recreated process's PID.

@@ -343,6 +343,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => crate::transfer::run_obj_handlers(&what, &objects, relocations),
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
+        RuntimeCommandKind::StartupAllocations => RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() },
+        RuntimeCommandKind::AdoptStartupBlocks { blocks } => crate::startup_heap::adopt(&blocks),
         RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {
             Ok(pid) => RuntimeReply::Respawned { pid },
             Err(message) => RuntimeReply::Error { message },

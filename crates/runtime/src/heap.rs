@@ -16,13 +16,20 @@ pub fn with_header(n: size_t) -> Option<size_t> {
     Some(n + HEADER)
 }
 
+/// Whether an allocation made now is a startup allocation (the process has not completed
+/// startup yet).
+#[inline(always)]
+pub fn in_startup() -> bool {
+    !STARTUP_DONE.load(Relaxed)
+}
+
 /// Write the header at `h` for a block of `n` bytes right after it; returns the block.
 ///
 /// # Safety
 /// `h` must point to at least `HEADER + n` writable bytes, 16-byte aligned.
 #[inline(always)]
-pub unsafe fn stamp(h: *mut c_void, n: size_t, align_log2: u32) -> *mut c_void {
-    let info = Info { size: n as u64, startup: !STARTUP_DONE.load(Relaxed), align_log2 };
+pub unsafe fn stamp(h: *mut c_void, n: size_t, align_log2: u32, startup: bool) -> *mut c_void {
+    let info = Info { size: n as u64, startup, align_log2 };
     let w = h as *mut u64;
     w.write(tag(h as u64));
     w.add(1).write(info.encode());
@@ -63,6 +70,16 @@ pub unsafe fn unstamp(p: *mut c_void) -> Option<*mut c_void> {
 #[inline(always)]
 pub unsafe fn clear(h: *mut c_void) {
     (h as *mut u64).write(0);
+}
+
+/// Mark live block `p` as allocated during startup; false when it has no header of ours.
+///
+/// # Safety
+/// As for [`header_of`].
+pub unsafe fn mark_startup(p: *mut c_void) -> bool {
+    let Some(info) = header_of(p) else { return false };
+    restore(header_addr(p), Info { startup: true, ..info });
+    true
 }
 
 /// # Safety

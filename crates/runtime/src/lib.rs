@@ -35,6 +35,7 @@ mod replay;
 mod resume;
 mod signals;
 mod stack;
+mod startup_heap;
 mod startup_log;
 mod symbolize;
 mod sync;
@@ -102,6 +103,7 @@ pub(crate) fn after_fork_in_child() {
     quiesce::init_asymmetric_fence();
     symbolize::reset_after_fork();
     startup_log::reset_after_fork();
+    startup_heap::reset_after_fork();
     replay::reset_after_fork();
     profiling::after_fork_child();
     control::after_fork_child();
@@ -151,6 +153,7 @@ extern "C" fn init() {
     control::note_pid_namespace();
     startup_log::init_reserved_range();
     startup_log::note_inherited();
+    startup_heap::init();
     if control::register(false) {
         if let Some(path) = env(mcr_protocol::env::REPLAY) {
             if let Err(reason) = replay::load(&path) {

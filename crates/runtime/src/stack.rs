@@ -30,11 +30,50 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
 }
 
 /// Return addresses of the callers of the function whose frame is `fp`, innermost first.
-pub fn walk(mut fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
+pub fn walk(fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
+    walk_with(fp, out, read_pair)
+}
+
+/// Like [`walk`], for a frame `fp` of the calling thread itself, without a system call
+/// per frame (for walks that are many: every startup allocation). Frames between the
+/// caller's frame and the top of the thread's stack mapping are read directly (that
+/// memory is mapped as long as the thread runs); a frame outside it ends the walk: the
+/// chain left the stack, as it does through code built without frame pointers (glibc),
+/// whose saved frame pointer is any value (a signal handler on an alternate stack sees
+/// only its own frames). Without the bounds, every frame goes through the safe read.
+pub fn walk_own(fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
+    let here = frame_address();
+    match crate::threads::local().stack_bounds(here, stack_mapping) {
+        Some((_, hi)) => walk_with(fp, out, |addr| {
+            (addr >= here && addr.checked_add(16).is_some_and(|end| end <= hi)).then(|| {
+                // SAFETY: [addr, addr + 16) lies between this function's own frame and the
+                // top of the mapping this thread's stack is in: mapped, and readable.
+                unsafe { (addr as *const [usize; 2]).read() }
+            })
+        }),
+        None => walk_with(fp, out, read_pair),
+    }
+}
+
+/// The mapping of /proc/self/maps that holds `addr`: [start, end).
+fn stack_mapping(addr: usize) -> Option<(usize, usize)> {
+    let was = crate::threads::set_internal(true);
+    let errno = crate::errno::get();
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    crate::errno::set(errno);
+    crate::threads::set_internal(was);
+    text.lines().find_map(|l| {
+        let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+        let (s, e) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
+        (s <= addr && addr < e).then_some((s, e))
+    })
+}
+
+fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -> Option<[usize; 2]>) -> usize {
     let errno = crate::errno::get();
     let mut n = 0;
     while n < MAX_STACK && fp != 0 && fp.is_multiple_of(8) {
-        let Some([next, ret]) = read_pair(fp) else { break };
+        let Some([next, ret]) = read(fp) else { break };
         if ret < 4096 {
             break;
         }

@@ -115,11 +115,27 @@ pub struct Local {
     /// Frame address of the innermost program signal handler running on this thread
     /// (0: none).
     handler_frame: Cell<usize>,
+    /// The stack mapping the thread runs on, [lo, hi) (0, 0: unknown), and how often it
+    /// was looked up: [`crate::stack::walk_own`] reads frames inside it directly.
+    stack_lo: Cell<usize>,
+    stack_hi: Cell<usize>,
+    stack_lookups: Cell<u8>,
+    /// The thread's TID once asked for (0: not yet); reset in a fork child.
+    tid: Cell<i32>,
 }
 
 thread_local! {
     static LOCAL: Local = const {
-        Local { slot: Cell::new(NO_SLOT), internal: Cell::new(false), program_signals: Cell::new(0), handler_frame: Cell::new(0) }
+        Local {
+            slot: Cell::new(NO_SLOT),
+            internal: Cell::new(false),
+            program_signals: Cell::new(0),
+            handler_frame: Cell::new(0),
+            stack_lo: Cell::new(0),
+            stack_hi: Cell::new(0),
+            stack_lookups: Cell::new(0),
+            tid: Cell::new(0),
+        }
     };
 }
 
@@ -135,6 +151,32 @@ impl Local {
     #[inline(always)]
     pub fn is_internal(&self) -> bool {
         self.internal.get()
+    }
+
+    /// The bounds of the stack mapping holding `sp` (an address on this thread's stack),
+    /// looked up in /proc/self/maps the first time (and again, a few times at most, when
+    /// `sp` left them: the main thread's stack grows). None when unknown.
+    pub fn stack_bounds(&self, sp: usize, lookup: impl FnOnce(usize) -> Option<(usize, usize)>) -> Option<(usize, usize)> {
+        let (lo, hi) = (self.stack_lo.get(), self.stack_hi.get());
+        if lo <= sp && sp < hi {
+            return Some((lo, hi));
+        }
+        if self.stack_lookups.get() >= 8 {
+            return None;
+        }
+        self.stack_lookups.set(self.stack_lookups.get() + 1);
+        let (lo, hi) = lookup(sp).unwrap_or((0, 0));
+        self.stack_lo.set(lo);
+        self.stack_hi.set(hi);
+        (lo <= sp && sp < hi).then_some((lo, hi))
+    }
+
+    /// The calling thread's TID (one system call the first time).
+    pub fn tid(&self) -> i32 {
+        if self.tid.get() == 0 {
+            self.tid.set(gettid());
+        }
+        self.tid.get()
     }
 
     #[inline(always)]
@@ -251,6 +293,7 @@ pub fn note_program_signal() {
 
 /// In a fork child only the calling thread survives: every other slot is stale.
 pub fn reset_after_fork() {
+    local().tid.set(0);
     let keep = current_index();
     let hw = HIGH_WATER.load(Acquire);
     for (i, s) in SLOTS[..hw].iter().enumerate() {

@@ -18,9 +18,11 @@
 mod hints;
 mod image;
 mod preview;
+pub mod startup;
 mod trace;
 
 pub use hints::{normalize, Hints, Origin};
 pub use preview::annotations;
+pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use image::{symbol_containing, translate, Image};
 pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};

@@ -1,6 +1,7 @@
 use crate::hints::{normalize, Hints};
 use crate::image::{translate, Image};
-use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory};
+use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
+use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory, HEADER};
 use mcr_protocol::Relocation;
 use mcr_typemodel::transform::{root_name, same_type, Plan, PointerSite};
 use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Qualifier, Type, TypeId};
@@ -19,6 +20,44 @@ pub trait Target {
     /// Writes may be buffered: make them all land (also before `read` and handlers).
     fn flush(&mut self) -> Result<(), String> {
         Ok(())
+    }
+    /// Blocks `allocate` made for old startup objects that had no counterpart take over
+    /// their identity (startup flag, call stack and ordinal) in the new version.
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+        let _ = blocks;
+        Ok(())
+    }
+}
+
+/// The size of the new version's block at `addr` when it is live and was allocated
+/// during the new version's startup (its header says so).
+fn new_startup_block(target: &dyn Target, addr: u64) -> Option<u64> {
+    let mut h = [0u8; HEADER];
+    target.read(addr.checked_sub(HEADER as u64)?, &mut h).ok()?;
+    let (block, info) = mcr_heap::live_header(addr - HEADER as u64, &h)?;
+    (block == addr && info.startup).then_some(info.size)
+}
+
+/// At most this many reasons for reallocated startup objects go into a report.
+const MAX_STARTUP_NOTES: usize = 16;
+
+fn describe_unmatched(walk: &Walk, tables: Option<&StartupTables>, addr: u64, why: &Unmatched) -> String {
+    let path = walk.path_of(addr);
+    let site = |k: &StartupKey| match tables.and_then(|t| t.old.site(k.stack)) {
+        Some(s) => format!("{k}, {s}"),
+        None => k.to_string(),
+    };
+    match why {
+        Unmatched::NoRecord => format!(
+            "{path}: startup block {addr:#x} reallocated: no allocation record (its call stack stops inside a library, short of the program's code, or it predates mcr's runtime)"
+        ),
+        Unmatched::NoCounterpart(k) => {
+            format!("{path}: startup block {addr:#x} ({}) has no counterpart in the new version's startup; reallocated", site(k))
+        }
+        Unmatched::TooSmall { key, have, need } => format!(
+            "{path}: startup block {addr:#x} ({}) reallocated: the new version's counterpart has {have} bytes, the transferred object needs {need}",
+            site(key)
+        ),
     }
 }
 
@@ -43,6 +82,9 @@ pub struct Pair<'a> {
     /// Whether old memory `[addr, addr + len)` was written since startup; `None` when
     /// nothing tracked writes (everything counts as written).
     pub dirty: Option<&'a dyn Fn(u64, u64) -> bool>,
+    /// Both versions' startup allocations, to match startup objects (`None`: every
+    /// reached block is reallocated).
+    pub startup: Option<&'a StartupTables>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +110,20 @@ pub struct Report {
     pub globals_clean: usize,
     /// Globals of the old version the new one no longer has: their data is dropped.
     pub globals_dropped: Vec<String>,
-    /// Heap blocks rebuilt in the new version, and their bytes there.
+    /// Heap blocks carried into the new version (fresh blocks, and startup blocks of the
+    /// new version matched with old ones), and the bytes written into them.
     pub objects: usize,
     pub bytes: u64,
+    /// Old startup objects matched with the new version's startup block of the same
+    /// call-stack ID, thread and ordinal (reused: not reallocated, nothing leaked).
+    pub startup_matched: usize,
+    /// Of those, how many kept what the new version's startup put in them (the old
+    /// version never wrote them since startup).
+    pub startup_kept: usize,
+    /// Old startup objects reallocated instead (no counterpart, or one too small), and
+    /// why (the first few).
+    pub startup_reallocated: usize,
+    pub startup_notes: Vec<String>,
     /// Live heap blocks in the old process (reached or not).
     pub live_objects: usize,
     /// Objects an MCR_ADD_OBJ_HANDLER of the new version adjusted.
@@ -88,6 +141,10 @@ impl Report {
         self.bytes += o.bytes;
         self.live_objects += o.live_objects;
         self.handled += o.handled;
+        self.startup_matched += o.startup_matched;
+        self.startup_kept += o.startup_kept;
+        self.startup_reallocated += o.startup_reallocated;
+        self.startup_notes.extend(o.startup_notes.iter().cloned());
         self.warnings.extend(o.warnings.iter().cloned());
     }
 }
@@ -530,10 +587,30 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         sizes.push(size);
         strides.push((old_stride, new_stride));
     }
-    let addrs = if sizes.is_empty() { Vec::new() } else { target.allocate(&sizes).map_err(TransferError::Target)? };
-    if addrs.len() != sizes.len() {
-        return Err(TransferError::Target(format!("asked for {} blocks, got {}", sizes.len(), addrs.len())));
+    // Startup objects go into the new version's own startup blocks with the same
+    // call-stack ID, thread and ordinal; everything else into fresh blocks.
+    let cands: Vec<Candidate> =
+        order.iter().zip(&sizes).map(|(a, &needed)| Candidate { addr: *a, startup: walk.found[a].obj.startup, needed }).collect();
+    let (places, unmatched) = startup::place(&cands, pair.startup, &mut |b| new_startup_block(&*target, b));
+    for (a, why) in &unmatched {
+        report.startup_reallocated += 1;
+        if report.startup_notes.len() < MAX_STARTUP_NOTES {
+            report.startup_notes.push(describe_unmatched(&walk, pair.startup, *a, why));
+        }
     }
+    let fresh: Vec<u64> = places.iter().zip(&sizes).filter(|(p, _)| matches!(p, Placement::Fresh { .. })).map(|(_, &s)| s).collect();
+    let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh).map_err(TransferError::Target)? };
+    if got.len() != fresh.len() {
+        return Err(TransferError::Target(format!("asked for {} blocks, got {}", fresh.len(), got.len())));
+    }
+    let mut got = got.into_iter();
+    let addrs: Vec<u64> = places
+        .iter()
+        .map(|p| match p {
+            Placement::Matched { new, .. } => *new,
+            Placement::Fresh { .. } => got.next().unwrap_or_default(),
+        })
+        .collect();
     let mut moved = BTreeMap::new();
     for (i, addr) in order.iter().enumerate() {
         moved.insert(*addr, Moved { new: addrs[i], old_stride: strides[i].0, new_stride: strides[i].1 });
@@ -568,6 +645,73 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         let f = &walk.found[addr];
         let old_bytes = &contents[addr];
         let mut out = vec![0u8; sizes[i] as usize];
+        // Heap pointers of the rebuilt object (offset, relocated value): what a matched
+        // block the old version never wrote must agree with to keep the new contents.
+        let mut heap_sites: Vec<(usize, u64)> = Vec::new();
+        let plan = f.ty.and_then(|t| plans.get(&t));
+        // Typed, but only the program's handler can build it.
+        let handler_only = plan.is_some_and(|p| p.0.is_none());
+        match plan.and_then(|p| p.0.as_ref()) {
+            Some(plan) => {
+                let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
+                let n = old_bytes.len() / os;
+                let t = f.ty.expect("typed");
+                let nt = counterpart(old, t, new, &mut types).expect("counterpart found before");
+                let root = root_name(old, t);
+                let fix = hinted_words(old, t, new, nt, &root, &walk.hints);
+                for k in 0..n {
+                    plan.apply(&old_bytes[k * os..(k + 1) * os], &mut out[k * ns..(k + 1) * ns], &mut |s: PointerSite| match s.old_pointee {
+                        Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
+                            .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
+                        _ => {
+                            let v = relocate_data(s.old_value, s.path)?;
+                            if heap.containing(s.old_value).is_some() {
+                                heap_sites.push((k * ns + s.new_offset as usize, v));
+                            }
+                            Ok(v)
+                        }
+                    })
+                    .map_err(|e| conflict(walk.path_of(*addr), e.to_string()))?;
+                    for &(oo, no) in &fix {
+                        let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
+                        if heap.containing(v).is_some() {
+                            let nv = relocate_data(v, "").map_err(|e| conflict(walk.path_of(*addr), e))?;
+                            out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
+                            heap_sites.push((k * ns + no, nv));
+                        }
+                    }
+                }
+                let tail = &old_bytes[n * os..];
+                out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
+            }
+            // Typed, handled by the program: starts zeroed.
+            None if handler_only => {}
+            // Untyped: copied as bytes (the walk made sure they hold no heap address).
+            None => out.copy_from_slice(old_bytes),
+        }
+        let write = match places[i] {
+            Placement::Fresh { .. } => true,
+            Placement::Matched { new: at, .. } => {
+                report.startup_matched += 1;
+                // Written since startup: the old contents win. Never written: the new
+                // version's startup made the same object, its contents stay, unless its
+                // pointers disagree with the transferred state, or only a handler knows
+                // what the object holds.
+                let clean = pair.dirty.is_some_and(|d| !d(f.obj.addr, f.obj.size));
+                let keep = clean && !handler_only && {
+                    let mut cur = vec![0u8; out.len()];
+                    target.read(at, &mut cur).map_err(TransferError::Target)?;
+                    startup::keeps_new_contents(&heap_sites, &cur)
+                };
+                if keep {
+                    report.startup_kept += 1;
+                }
+                !keep
+            }
+        };
+        if !write {
+            continue;
+        }
         if let Some(t) = f.ty {
             let (_, os, ns) = plans.get(&t).map(|p| (0, p.1, p.2)).unwrap_or((0, 0, 0));
             if let (Some(nt), true) = (counterpart(old, t, new, &mut types), os > 0) {
@@ -580,38 +724,22 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 }
             }
         }
-        match f.ty.and_then(|t| plans.get(&t)).and_then(|p| p.0.as_ref()) {
-            Some(plan) => {
-                let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
-                let n = old_bytes.len() / os;
-                let t = f.ty.expect("typed");
-                let nt = counterpart(old, t, new, &mut types).expect("counterpart found before");
-                let root = root_name(old, t);
-                let fix = hinted_words(old, t, new, nt, &root, &walk.hints);
-                for k in 0..n {
-                    plan.apply(&old_bytes[k * os..(k + 1) * os], &mut out[k * ns..(k + 1) * ns], &mut |s: PointerSite| match s.old_pointee {
-                        Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
-                            .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
-                        _ => relocate_data(s.old_value, s.path),
-                    })
-                    .map_err(|e| conflict(walk.path_of(*addr), e.to_string()))?;
-                    for &(oo, no) in &fix {
-                        let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
-                        if heap.containing(v).is_some() {
-                            let nv = relocate_data(v, "").map_err(|e| conflict(walk.path_of(*addr), e))?;
-                            out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
-                        }
-                    }
-                }
-                let tail = &old_bytes[n * os..];
-                out[n * ns..n * ns + tail.len()].copy_from_slice(tail);
-            }
-            // Typed, handled by the program: starts zeroed.
-            None if f.ty.is_some_and(|t| plans.get(&t).is_some_and(|p| p.0.is_none())) => {}
-            None => out.copy_from_slice(old_bytes),
-        }
         target.write(addrs[i], &out).map_err(TransferError::Target)?;
         report.bytes += out.len() as u64;
+    }
+    // Fresh blocks standing for old startup objects take over their identity: the next
+    // update matches them rather than copying them again (and leaking its own).
+    let adopted: Vec<(u64, StartupKey)> = places
+        .iter()
+        .zip(&addrs)
+        .filter_map(|(p, &a)| match p {
+            Placement::Fresh { identity: Some(k) } => Some((a, *k)),
+            _ => None,
+        })
+        .collect();
+    if !adopted.is_empty() {
+        target.flush().map_err(TransferError::Target)?;
+        target.adopt_startup(&adopted).map_err(TransferError::Target)?;
     }
     report.objects = order.len();
     target.flush().map_err(TransferError::Target)?;

@@ -9,7 +9,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use crate::heap;
+use crate::{heap, stack, startup_heap};
 use libc::{c_int, c_void, size_t};
 use mcr_heap::HEADER;
 
@@ -33,8 +33,13 @@ pub unsafe extern "C" fn malloc(n: size_t) -> *mut c_void {
     if h.is_null() {
         return h;
     }
+    let startup = heap::in_startup();
     // SAFETY: h is a fresh block of n + HEADER bytes.
-    heap::stamp(h, n, 0)
+    let p = heap::stamp(h, n, 0, startup);
+    if startup {
+        startup_heap::record(p as u64, stack::frame_address());
+    }
+    p
 }
 
 #[no_mangle]
@@ -44,8 +49,13 @@ pub unsafe extern "C" fn calloc(n: size_t, m: size_t) -> *mut c_void {
     if h.is_null() {
         return h;
     }
+    let startup = heap::in_startup();
     // SAFETY: as in malloc.
-    heap::stamp(h, total - HEADER, 0)
+    let p = heap::stamp(h, total - HEADER, 0, startup);
+    if startup {
+        startup_heap::record(p as u64, stack::frame_address());
+    }
+    p
 }
 
 #[no_mangle]
@@ -92,7 +102,14 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, n: size_t) -> *mut c_void {
         heap::restore(h, info);
         return nh;
     }
-    heap::stamp(nh, n, 0)
+    // A block reallocated during startup is a startup allocation of this call stack (the
+    // one it replaces is dead); one reallocated later is a post-startup block.
+    let startup = heap::in_startup();
+    let p = heap::stamp(nh, n, 0, startup);
+    if startup {
+        startup_heap::record(p as u64, stack::frame_address());
+    }
+    p
 }
 
 #[no_mangle]
@@ -116,7 +133,12 @@ unsafe fn aligned(align: size_t, n: size_t) -> *mut c_void {
         return base;
     }
     let block = (base as *mut u8).add(align);
-    heap::stamp(block.sub(HEADER).cast(), n, align.trailing_zeros())
+    let startup = heap::in_startup();
+    let p = heap::stamp(block.sub(HEADER).cast(), n, align.trailing_zeros(), startup);
+    if startup {
+        startup_heap::record(p as u64, stack::frame_address());
+    }
+    p
 }
 
 #[no_mangle]
