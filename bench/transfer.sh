@@ -5,8 +5,10 @@
 #
 #   1. state transfer time vs open idle connections (kvd, 0/10/100/1000) and vs live
 #      objects (kvd, 0/1k/10k/100k keys): `mcr update --json` phases and transfer figures
-#      over several kvd <-> kvd-v2-layout updates; nginx updates with --fresh-state and
-#      0/10/100 keep-alive connections open
+#      over several kvd <-> kvd-v2-layout updates; update time vs open sessions (0/10/100)
+#      of connd (a process per session) and poold (a worker thread per session), each
+#      <-> its v2-layout build; nginx updates with --fresh-state and 0/10/100 keep-alive
+#      connections open
 #   2. allocation micro-benchmark (bench/allocbench.c): plain vs LD_PRELOAD=libmcr.so
 #      (inert) vs under `mcr run`, interleaved rounds
 #   3. resident memory: kvd with 100 000 keys and nginx idle, plain vs under mcr, side by
@@ -36,6 +38,8 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
 fi
 make -s -C fixtures OUT="$ROOT/target/fixtures" >&2 || die "building the fixtures failed"
 KVD=$ROOT/target/fixtures/kvd KVD2=$ROOT/target/fixtures/kvd-v2-layout
+CONND=$ROOT/target/fixtures/connd CONND2=$ROOT/target/fixtures/connd-v2-layout
+POOLD=$ROOT/target/fixtures/poold POOLD2=$ROOT/target/fixtures/poold-v2-layout
 NGINX=
 if [ "${BENCH_NGINX:-1}" = 1 ]; then
   NGINX=$(scripts/nginx/build.sh 2>/dev/null | tail -n 1) || NGINX=
@@ -99,6 +103,13 @@ done
 log "state transfer vs live objects (kvd, $UPD updates each)"
 for k in 0 1000 10000 100000; do
   sweep "transfer-keys-$k.tsv" "kk$k" 0 "$k" kvd 0 "$KVD" "$KVD2" --port "$PORT" || break
+done
+log "update time vs open sessions (connd: a process each; poold: a worker thread each; $UPD updates each)"
+for s in 0 10 100; do
+  sweep "transfer-sessions-connd-$s.tsv" "sc$s" "$s" 0 connd 0 "$CONND" "$CONND2" --port "$PORT" || break
+done
+for s in 0 10 100; do
+  sweep "transfer-sessions-poold-$s.tsv" "sp$s" "$s" 0 poold 0 "$POOLD" "$POOLD2" --port "$PORT" --threads $((s + 2)) || break
 done
 if [ -n "$NGINX" ]; then
   log "nginx updates with --fresh-state vs keep-alive connections ($UPD updates each)"
@@ -168,7 +179,7 @@ fi
 # --- report -------------------------------------------------------------------
 {
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with --fresh-state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition and its 16-byte headers) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
+  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). Sessions: the same with a fresh connd (fixtures/connd.c, fork per connection) or poold (fixtures/poold.c, --threads sessions + 2) per row and no keys; each connd session sends PID and SETs 3 session variables, each poold session SESSION (answered by the worker thread that then serves it); updates alternate with connd-v2-layout / poold-v2-layout; after each, every session must still answer from the same PID with its 3 variables (connd) or with the same session id (poold), else it died and the update counts as failed. transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with --fresh-state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition and its 16-byte headers) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
 } >>"$RAW/meta.txt"
 "$BENCH" transfer-report --dir "$RAW" >"$RAW/results.md" || die "report failed"
 cat "$RAW/results.md"

@@ -29,11 +29,13 @@
 //!   mcr-bench report --dir DIR
 //!       prints the markdown results table built from DIR (see report.rs).
 //!   mcr-bench transfer --mcr PATH --name N --a PROG --b PROG --port P --out FILE
-//!                      [--proto kvd|http] [--conns 0] [--keys 0] [--updates 5]
+//!                      [--proto kvd|http|connd|poold] [--conns 0] [--keys 0] [--updates 5]
 //!                      [--fresh-state 1] [--timeout-ms 10000] -- ARGS...
 //!       starts N under mcr, fills it with --keys keys (kvd), opens --conns idle client
-//!       connections, then --updates live updates alternating B, A, B...; each update's
-//!       phases and transfer figures go to FILE (format in src/transfer.rs).
+//!       connections (connd, poold: sessions, each served by its own process or worker
+//!       thread), then --updates live updates alternating B, A, B...; each update's
+//!       phases and transfer figures go to FILE (format in src/transfer.rs); after each,
+//!       every connection must still answer as its own session.
 //!   mcr-bench transfer-report --dir DIR   the markdown section of bench/transfer.sh
 //!   mcr-bench fill --port P --keys K     SETs K keys into kvd on 127.0.0.1:P
 //!   mcr-bench rss --tree PID [--comm NAME]
@@ -218,10 +220,9 @@ fn transfer_cmd(a: &Args) -> Result<(), String> {
         a: a.required("a")?,
         b: a.required("b")?,
         port: a.required("port")?,
-        proto: match a.get("proto", "kvd".to_string())?.as_str() {
-            "kvd" => transfer::Proto::Kvd,
-            "http" => transfer::Proto::Http,
-            p => return Err(format!("--proto must be kvd or http, not {p}")),
+        proto: {
+            let p: String = a.get("proto", "kvd".to_string())?;
+            transfer::Proto::parse(&p).ok_or_else(|| format!("--proto must be kvd, http, connd or poold, not {p}"))?
         },
         conns: a.get("conns", 0)?,
         keys: a.get("keys", 0)?,

@@ -5,11 +5,16 @@
 //! section of every update are recorded.
 //!
 //! Protocols: `kvd` (fixtures/kvd.c; `--keys` SETs, 3 heap blocks each; every connection
-//! SETs and GETs its own key) and `http` (one keep-alive `GET /` per connection, nginx).
+//! SETs and GETs its own key), `http` (one keep-alive `GET /` per connection, nginx), and
+//! two where each connection is a client session a server serves from a stack:
+//! `connd` (fixtures/connd.c, a process per connection: `PID` and 3 session variables
+//! SET) and `poold` (fixtures/poold.c, a worker thread per connection: `SESSION`).
 //! After each committed update the connections are checked: with the state transferred
-//! (kvd) every connection must still answer with its own value and `COUNT` must be
-//! unchanged, else the sample is a failure; with `--fresh-state` connections closed by
-//! the update are counted (`closed`) and reopened, so the next update sees as many.
+//! every connection must still answer with its own value (kvd; and `COUNT` must be
+//! unchanged), its own 3 variables from the same PID (connd) or the same session id
+//! (poold), else the sample is a failure (a session that died); with `--fresh-state`
+//! connections closed by the update are counted (`closed`) and reopened, so the next
+//! update sees as many.
 //!
 //! Sample file, one update a line, tab-separated: `ok <to> <conns> <keys> <closed>`
 //! followed by the values of [`FIELDS`] in order (`-` when absent), or
@@ -25,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The numbers taken from `mcr update --json`, in the order of the sample file.
-pub const FIELDS: [&str; 18] = [
+pub const FIELDS: [&str; 19] = [
     "drain_ms",
     "quiesce_ms",
     "restart_ms",
@@ -44,12 +49,41 @@ pub const FIELDS: [&str; 18] = [
     "heap_scan_ms",
     "trace_ms",
     "connections_ms",
+    "respawned_processes",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
     Kvd,
     Http,
+    /// fixtures/connd: each connection a session in its own process.
+    Connd,
+    /// fixtures/poold: each connection a session served by a worker thread.
+    Poold,
+}
+
+impl Proto {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "kvd" => Some(Self::Kvd),
+            "http" => Some(Self::Http),
+            "connd" => Some(Self::Connd),
+            "poold" => Some(Self::Poold),
+            _ => None,
+        }
+    }
+
+    /// Connections are client sessions (the report calls them so).
+    fn sessions(self) -> bool {
+        matches!(self, Self::Connd | Self::Poold)
+    }
+}
+
+/// An open client connection and what identifies its session on the server: connd's
+/// `PID n` reply, poold's session id (empty for kvd and http).
+struct Conn {
+    s: TcpStream,
+    ident: String,
 }
 
 pub struct Config {
@@ -140,9 +174,20 @@ pub fn fill(port: u16, keys: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// connd: the 3 session variables of session `i`, (name, value).
+fn connd_vars(i: usize) -> [(String, String); 3] {
+    ["colour", "shape", "size"].map(|v| (format!("{v}:{i}"), format!("{v}-of-session-{i}")))
+}
+
+/// poold: the session id in a `SESSION id=N cmds=M` reply.
+fn poold_id(line: &str) -> Option<&str> {
+    line.strip_prefix("SESSION ")?.split_whitespace().find_map(|kv| kv.strip_prefix("id="))
+}
+
 /// Opens connection `i` and makes its first requests.
-fn open(cfg: &Config, i: usize) -> Result<TcpStream, String> {
+fn open(cfg: &Config, i: usize) -> Result<Conn, String> {
     let mut s = connect(cfg.port)?;
+    let mut ident = String::new();
     match cfg.proto {
         Proto::Kvd => {
             let r = lines(&mut s, format!("SET c:{i} conn-{i}\nGET c:{i}\n").as_bytes(), 2)?;
@@ -154,8 +199,25 @@ fn open(cfg: &Config, i: usize) -> Result<TcpStream, String> {
             http_get(&mut s)?;
             http_get(&mut s)?;
         }
+        Proto::Connd => {
+            let vars = connd_vars(i);
+            let mut req = b"PID\n".to_vec();
+            for (k, v) in &vars {
+                let _ = writeln!(req, "SET {k} {v}");
+            }
+            let r = lines(&mut s, &req, 1 + vars.len())?;
+            if !r[0].starts_with("PID ") || r[1..].iter().any(|l| l != "OK") {
+                return Err(format!("session {i}: unexpected replies {r:?}"));
+            }
+            ident = r[0].clone();
+        }
+        Proto::Poold => {
+            // The reply comes from the worker thread that now serves the session.
+            let r = lines(&mut s, b"SESSION\n", 1)?;
+            ident = poold_id(&r[0]).ok_or_else(|| format!("session {i}: unexpected reply '{}'", r[0]))?.to_string();
+        }
     }
-    Ok(s)
+    Ok(Conn { s, ident })
 }
 
 fn count(port: u16) -> Result<String, String> {
@@ -165,9 +227,10 @@ fn count(port: u16) -> Result<String, String> {
 
 /// After an update: every connection still serves (Err otherwise), or with
 /// `--fresh-state` the closed ones are counted and reopened.
-fn check(cfg: &Config, socks: &mut [TcpStream]) -> Result<usize, String> {
+fn check(cfg: &Config, socks: &mut [Conn]) -> Result<usize, String> {
     let mut closed = 0;
-    for (i, s) in socks.iter_mut().enumerate() {
+    for (i, c) in socks.iter_mut().enumerate() {
+        let s = &mut c.s;
         let r = match cfg.proto {
             Proto::Kvd => lines(s, format!("GET c:{i}\n").as_bytes(), 1).and_then(|r| {
                 if r[0] == format!("VALUE conn-{i}") {
@@ -177,13 +240,37 @@ fn check(cfg: &Config, socks: &mut [TcpStream]) -> Result<usize, String> {
                 }
             }),
             Proto::Http => http_get(s),
+            Proto::Connd => {
+                let vars = connd_vars(i);
+                let mut req = Vec::new();
+                for (k, _) in &vars {
+                    let _ = writeln!(req, "GET {k}");
+                }
+                req.extend_from_slice(b"PID\n");
+                lines(s, &req, vars.len() + 1).and_then(|r| {
+                    for ((k, v), got) in vars.iter().zip(&r) {
+                        if *got != format!("VALUE {v}") {
+                            return Err(format!("GET {k} replied '{got}'"));
+                        }
+                    }
+                    match r.get(vars.len()) {
+                        Some(p) if *p == c.ident => Ok(()),
+                        p => Err(format!("PID replied {p:?}, '{}' before the update", c.ident)),
+                    }
+                })
+            }
+            Proto::Poold => lines(s, b"SESSION\nPING\n", 2).and_then(|r| match (poold_id(&r[0]), r.get(1)) {
+                (Some(id), Some(p)) if id == c.ident && p == "PONG" => Ok(()),
+                _ => Err(format!("replied {r:?}, session id={} before the update", c.ident)),
+            }),
         };
         if let Err(e) = r {
             if !cfg.fresh_state {
-                return Err(format!("connection {i} after the update: {e}"));
+                let what = if cfg.proto.sessions() { "session" } else { "connection" };
+                return Err(format!("{what} {i} after the update: {e}"));
             }
             closed += 1;
-            *s = open(cfg, i)?;
+            *c = open(cfg, i)?;
         }
     }
     Ok(closed)
@@ -428,6 +515,7 @@ pub fn report(dir: &std::path::Path) -> String {
         );
     }
     let _ = writeln!(o);
+    sessions_table(&mut o, &read);
     // 1b. keys
     let _ = writeln!(o, "**State transfer vs live objects** (kvd ↔ kvd-v2-layout, no connections; 3 heap blocks per key; median over the committed updates):");
     let _ = writeln!(o);
@@ -538,6 +626,72 @@ pub fn report(dir: &std::path::Path) -> String {
     o
 }
 
+/// Open sessions of each session server, as bench/transfer.sh sweeps them.
+pub const SESSIONS: [usize; 3] = [0, 10, 100];
+
+/// Update time vs open sessions (connd: a process per session; poold: a worker thread
+/// per session), from `transfer-sessions-<server>-<n>.tsv`. The increases are over the
+/// same server's 0-session row of the same run.
+fn sessions_table(o: &mut String, read: &dyn Fn(&str) -> String) {
+    use std::fmt::Write as _;
+    let rows: Vec<(&str, usize, String)> = ["connd", "poold"]
+        .iter()
+        .flat_map(|srv| SESSIONS.iter().map(move |&n| (*srv, n, read(&format!("transfer-sessions-{srv}-{n}.tsv")))))
+        .collect();
+    if rows.iter().all(|(_, _, t)| t.is_empty()) {
+        return;
+    }
+    let _ = writeln!(o, "**Update time vs open sessions** (connd ↔ connd-v2-layout: a process per session, each with 3 session variables, recreated in the new version by its respawn handler; poold ↔ poold-v2-layout with `--threads` = sessions + 2: each session idle in a worker thread, re-queued by the new version's resume handler; median / p90 over the committed updates; \"over 0\" = increase of the median over the same server's 0-session row of this run):");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| server | sessions | committed | moved: connections / processes respawned | whole update (total_ms) | over 0 | transfer_ms | over 0 | per session: transfer_ms / sessions (above 0, per session) | heap_scan_ms | paper (fig. 3) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for (srv, n, text) in &rows {
+        let (ok, fail) = parse(text);
+        let state = committed(text, ok.len(), &fail);
+        let base = rows.iter().find(|(s, m, _)| s == srv && *m == 0).map(|(_, _, t)| parse(t).0).unwrap_or_default();
+        let (t, tot) = (col(&ok, "transfer_ms"), col(&ok, "total_ms"));
+        let over = |k: &str, m: Option<f64>| match (m, med(&col(&base, k))) {
+            (Some(x), Some(b)) if *n > 0 => format!("{:+.2}", x - b),
+            _ => "–".into(),
+        };
+        // A committed update that did not move every session is reported, not hidden.
+        let (conns, resp) = (col(&ok, "connections"), col(&ok, "respawned_processes"));
+        let want_resp = if *srv == "connd" { *n as f64 } else { 0.0 };
+        let wrong = conns.iter().filter(|&&c| c != *n as f64).count() + resp.iter().filter(|&&r| r != want_resp).count();
+        let mut moved = format!("{} / {}", f(med(&conns), 0), f(med(&resp), 0));
+        if wrong > 0 {
+            let _ = write!(moved, " (**{wrong} counts off**: expected {n} / {want_resp})");
+        }
+        let per = if *n > 0 {
+            let each: Vec<f64> = t.iter().map(|x| x / *n as f64).collect();
+            let above = match (med(&t), med(&col(&base, "transfer_ms"))) {
+                (Some(x), Some(b)) => f(Some((x - b) / *n as f64), 2),
+                _ => "–".into(),
+            };
+            format!("{} ({above})", f(med(&each), 2))
+        } else {
+            "–".into()
+        };
+        let paper = match n {
+            0 => "transfer 28–187 ms with no connections",
+            100 => "+371 ms transfer at 100 connections (mean; vsftpd and OpenSSH, a process per connection, respawned by MCR's annotations)",
+            _ => "–",
+        };
+        let _ = writeln!(
+            o,
+            "| {srv} | {n} | {state} | {moved} | {} / {} | {} | {} / {} | {} | {per} | {} | {paper} |",
+            f(med(&tot), 2),
+            f(p90(&tot), 2),
+            over("total_ms", med(&tot)),
+            f(med(&t), 2),
+            f(p90(&t), 2),
+            over("transfer_ms", med(&t)),
+            f(med(&col(&ok, "heap_scan_ms")), 2),
+        );
+    }
+    let _ = writeln!(o);
+}
+
 /// The "committed" cell of a row: how many updates of the row committed, with the first
 /// failure's message when one did not.
 fn committed(text: &str, ok: usize, fail: &[String]) -> String {
@@ -565,5 +719,41 @@ mod tests {
         assert_eq!(ok[0].get("quiesce_ms"), None);
         assert_eq!(ok[0].get("connections_ms"), Some(17.5));
         assert_eq!(fail, vec!["no".to_string()]);
+    }
+
+    /// An `ok` line with these values (others absent).
+    fn sample(conns: usize, vals: &[(&str, f64)]) -> String {
+        let v: Vec<String> = FIELDS
+            .iter()
+            .map(|k| vals.iter().find(|(n, _)| n == k).map_or("-".into(), |(_, x)| x.to_string()))
+            .collect();
+        format!("ok\tb\t{conns}\t0\t0\t{}\n", v.join("\t"))
+    }
+
+    #[test]
+    fn sessions_table_rows_over_the_zero_row_and_wrong_counts() {
+        let files: std::collections::HashMap<String, String> = [
+            ("transfer-sessions-connd-0.tsv", sample(0, &[("transfer_ms", 10.0), ("total_ms", 30.0), ("connections", 0.0), ("respawned_processes", 0.0)])),
+            (
+                "transfer-sessions-connd-10.tsv",
+                sample(10, &[("transfer_ms", 60.0), ("total_ms", 100.0), ("connections", 10.0), ("respawned_processes", 10.0)])
+                    + &sample(10, &[("transfer_ms", 80.0), ("total_ms", 120.0), ("connections", 9.0), ("respawned_processes", 10.0)]),
+            ),
+            ("transfer-sessions-poold-0.tsv", "fail\tb\t0\t0\tmcr update hung\n".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut o = String::new();
+        sessions_table(&mut o, &|n: &str| files.get(n).cloned().unwrap_or_default());
+        let row = |srv: &str, n: usize| {
+            o.lines().find(|l| l.starts_with(&format!("| {srv} | {n} |"))).unwrap_or_else(|| panic!("no {srv} {n} row in {o}")).to_string()
+        };
+        assert!(row("connd", 0).contains("| 1/1 | 0 / 0 | 30.00 / 30.00 | – | 10.00 / 10.00 | – | – |"), "{o}");
+        let r = row("connd", 10);
+        assert!(r.contains("| 2/2 | 10 / 10 (**1 counts off**: expected 10 / 10) | 110.00 / 120.00 | +80.00 | 70.00 / 80.00 | +60.00 | 7.00 (6.00) |"), "{r}");
+        assert!(row("connd", 100).contains("| not run |"), "{o}");
+        assert!(row("poold", 0).contains("0/1 (failed: mcr update hung)"), "{o}");
+        assert!(row("poold", 10).contains("| – | – |"), "no 0-session row to compare with: {o}");
     }
 }
