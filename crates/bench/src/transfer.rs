@@ -557,7 +557,7 @@ pub fn report(dir: &std::path::Path) -> String {
     // 1c. nginx
     let ngx: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-nginx-{c}.tsv")))).collect();
     if ngx.iter().any(|(_, t)| !t.is_empty()) {
-        let _ = writeln!(o, "**nginx update with `--fresh-state`** (no state transfer: mcr cannot trace nginx's heap yet; open keep-alive connections are drained, i.e. closed by nginx, before the update; median / p90):");
+        let _ = writeln!(o, "**nginx update with `--fresh-state`** (no state transfer: mcr cannot trace nginx's heap yet; idle keep-alive connections move into the new version, which adopts them through mcr's nginx module (scripts/nginx/mcr-module); a connection closed by the update would be counted; median / p90):");
         let _ = writeln!(o);
         let _ = writeln!(o, "| keep-alive connections | committed | closed by the update (median) | drain_ms | restart_ms | commit_ms | whole update (total_ms) |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");

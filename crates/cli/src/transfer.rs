@@ -195,9 +195,16 @@ fn load(path: &Path) -> Result<Program, String> {
 
 /// Move the state of every old process into its new counterpart (`old`, `next`: the old
 /// and new versions' supervisors).
-pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, connections: &[OpenConnections]) -> Result<Summary, String> {
-    let mut sum = Summary::default();
+/// Move the state of every old process into its new counterpart: one tracer per process
+/// pair, as many at once as there are cores, each with its own connections to both
+/// supervisors (`connect` opens them: old version, new version).
+pub fn run(
+    procs: &Processes,
+    connect: &(dyn Fn() -> Result<(Connection, Connection), String> + Sync),
+    connections: &[OpenConnections],
+) -> Result<Summary, String> {
     let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
+    let mut pairs = Vec::new();
     for (&pid, &old_host) in &procs.old {
         let Some(&new_host) = procs.new.get(&pid) else {
             return Err(format!("process {pid} has no counterpart in the new version"));
@@ -208,95 +215,166 @@ pub fn run(procs: &Processes, old: &mut Connection, next: &mut Connection, conne
                 programs.insert(p.clone(), load(p)?);
             }
         }
-        let (old_prog, new_prog) = (&programs[&old_exe], &programs[&new_exe]);
-        if !old_prog.has_debug_info || !new_prog.has_debug_info {
-            eprintln!(
-                "mcr: warning: {} has no debug information (build with -g): process {pid}'s heap and globals are not transferred",
-                if old_prog.has_debug_info { new_exe.display() } else { old_exe.display() }
-            );
-            continue;
-        }
-        let t = Instant::now();
-        let old_maps = Region::read_all(old_host).map_err(|e| e.to_string())?;
-        let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
-        let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
-        let heap_regions: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
-        let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
-        let old_view = Snapshot::new(&old_mem, pieces);
-        sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
-
-        let t = Instant::now();
-        let old_img = Image::locate(&old_maps, &old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
-        let new_img = Image::locate(&new_maps, &new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
-        let dirt = match mcr_dirty::written_ranges(old_host) {
-            Ok(d) => {
-                let c = d.counts();
-                sum.dirty_pages += c.dirty();
-                sum.clean_pages += c.clean();
-                Some(d)
-            }
-            Err(e) => {
-                eprintln!("mcr: warning: no dirty tracking for process {pid} ({e}): every global counts as written");
-                None
-            }
-        };
-        // A process forked after startup (one per connection) set its session up before
-        // its tracking was armed, and its counterpart is a fresh fork of the new parent:
-        // everything it holds counts as written.
-        let volatile = connections.iter().any(|c| c.pid == pid && c.volatile);
-        let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
-        let ts = Instant::now();
-        let startup = match (startup_table(old, pid), startup_table(next, pid)) {
-            (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("mcr: warning: process {pid}'s startup allocations are unknown ({e}): its startup objects are reallocated, not matched");
-                None
-            }
-        };
-        sum.startup_tables_ms += ts.elapsed().as_secs_f64() * 1000.0;
-        let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
-        let mut target = NewProcess { next: &mut *next, pid, host_pid: new_host, mem, pending: Vec::new() };
-        let pair = Pair {
-            old: Version { prog: old_prog, image: old_img },
-            old_mem: &old_view,
-            heap: &heap,
-            new: Version { prog: new_prog, image: new_img },
-            dirty: Some(&is_dirty),
-            startup: startup.as_ref(),
-        };
-        let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
-        sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;
-        sum.processes += 1;
-        sum.state.add(&moved.report);
-
-        let t = Instant::now();
-        let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
-        let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
-        if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
-            return Err(format!(
-                "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
-                 which mcr does not move. Give the new version an MCR_ADD_RESUME_HANDLER that hands such sessions back to its \
-                 workers (see include/mcr.h), or let them close first (--drain-timeout, or update when idle)"
-            ));
-        }
-        let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-        // A respawned process inherited its connection from the parent that forked it.
-        if !fds.is_empty() && !volatile {
-            move_connections(old_host, &fds, &mut target)?;
-            let regs = epoll_registrations(old_host, &fds, |data| {
-                if heap.containing(data).is_some() {
-                    moved.relocate(&heap, data).ok_or_else(|| format!("epoll data {data:#x} points to a heap block the transfer did not move"))
-                } else {
-                    Ok(data)
-                }
-            })?;
-            if !regs.is_empty() {
-                target.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
-            }
-        }
-        sum.connections += fds.len();
-        sum.connections_ms += t.elapsed().as_secs_f64() * 1000.0;
+        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe });
     }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(pairs.len().max(1));
+    let next_pair = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<Summary, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<Summary, String> {
+                    let (mut old, mut next) = connect()?;
+                    let mut sum = Summary::default();
+                    loop {
+                        let i = next_pair.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= pairs.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Ok(sum);
+                        }
+                        let p = &pairs[i];
+                        let r = transfer_process(p, &programs[&p.old_exe], &programs[&p.new_exe], &mut old, &mut next, connections);
+                        match r {
+                            Ok(s) => sum.absorb(s),
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a tracer thread panicked".into()))).collect()
+    });
+    let mut sum = Summary::default();
+    for r in results {
+        sum.absorb(r?);
+    }
+    Ok(sum)
+}
+
+/// One old process and its counterpart in the new version.
+struct ProcessPair {
+    pid: i32,
+    old_host: i32,
+    new_host: i32,
+    old_exe: PathBuf,
+    new_exe: PathBuf,
+}
+
+impl Summary {
+    fn absorb(&mut self, o: Summary) {
+        self.processes += o.processes;
+        self.state.add(&o.state);
+        self.connections += o.connections;
+        self.respawned_processes += o.respawned_processes;
+        self.dirty_pages += o.dirty_pages;
+        self.clean_pages += o.clean_pages;
+        self.heap_scan_ms += o.heap_scan_ms;
+        self.startup_tables_ms += o.startup_tables_ms;
+        self.trace_ms += o.trace_ms;
+        self.connections_ms += o.connections_ms;
+    }
+}
+
+/// The state transfer of one process pair.
+fn transfer_process(
+    p: &ProcessPair,
+    old_prog: &Program,
+    new_prog: &Program,
+    old: &mut Connection,
+    next: &mut Connection,
+    connections: &[OpenConnections],
+) -> Result<Summary, String> {
+    let ProcessPair { pid, old_host, new_host, ref old_exe, ref new_exe } = *p;
+    let mut sum = Summary::default();
+    if !old_prog.has_debug_info || !new_prog.has_debug_info {
+        eprintln!(
+            "mcr: warning: {} has no debug information (build with -g): process {pid}'s heap and globals are not transferred",
+            if old_prog.has_debug_info { new_exe.display() } else { old_exe.display() }
+        );
+        return Ok(sum);
+    }
+    let t = Instant::now();
+    let old_maps = Region::read_all(old_host).map_err(|e| e.to_string())?;
+    let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
+    let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
+    let heap_regions: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
+    let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
+    let old_view = Snapshot::new(&old_mem, pieces);
+    sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
+
+    let t = Instant::now();
+    let old_img = Image::locate(&old_maps, &old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
+    let new_img = Image::locate(&new_maps, &new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
+    let dirt = match mcr_dirty::written_ranges(old_host) {
+        Ok(d) => {
+            let c = d.counts();
+            sum.dirty_pages += c.dirty();
+            sum.clean_pages += c.clean();
+            Some(d)
+        }
+        Err(e) => {
+            eprintln!("mcr: warning: no dirty tracking for process {pid} ({e}): every global counts as written");
+            None
+        }
+    };
+    // A process forked after startup (one per connection) set its session up before
+    // its tracking was armed, and its counterpart is a fresh fork of the new parent:
+    // everything it holds counts as written.
+    let volatile = connections.iter().any(|c| c.pid == pid && c.volatile);
+    let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
+    let ts = Instant::now();
+    let startup = match (startup_table(old, pid), startup_table(next, pid)) {
+        (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("mcr: warning: process {pid}'s startup allocations are unknown ({e}): its startup objects are reallocated, not matched");
+            None
+        }
+    };
+    sum.startup_tables_ms += ts.elapsed().as_secs_f64() * 1000.0;
+    let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
+    let mut target = NewProcess { next, pid, host_pid: new_host, mem, pending: Vec::new() };
+    let pair = Pair {
+        old: Version { prog: old_prog, image: old_img },
+        old_mem: &old_view,
+        heap: &heap,
+        new: Version { prog: new_prog, image: new_img },
+        dirty: Some(&is_dirty),
+        startup: startup.as_ref(),
+    };
+    let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|e| format!("process {pid}: {e}"))?;
+    sum.trace_ms += t.elapsed().as_secs_f64() * 1000.0;
+    sum.processes += 1;
+    sum.state.add(&moved.report);
+
+    let t = Instant::now();
+    let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
+    let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
+    if let Some(fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
+        return Err(format!(
+            "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
+             which mcr does not move. Give the new version an MCR_ADD_RESUME_HANDLER that hands such sessions back to its \
+             workers (see include/mcr.h), or let them close first (--drain-timeout, or update when idle)"
+        ));
+    }
+    let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
+    // A respawned process inherited its connection from the parent that forked it.
+    if !fds.is_empty() && !volatile {
+        move_connections(old_host, &fds, &mut target)?;
+        let regs = epoll_registrations(old_host, &fds, |data| {
+            if heap.containing(data).is_some() {
+                moved.relocate(&heap, data).ok_or_else(|| format!("epoll data {data:#x} points to a heap block the transfer did not move"))
+            } else {
+                Ok(data)
+            }
+        })?;
+        if !regs.is_empty() {
+            target.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
+        }
+    }
+    sum.connections += fds.len();
+    sum.connections_ms += t.elapsed().as_secs_f64() * 1000.0;
     Ok(sum)
 }
 

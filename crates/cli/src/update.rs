@@ -468,9 +468,12 @@ fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervis
         .map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     // Respawned processes are part of the new version now.
     let procs = crate::transfer::Processes { old, new: host_pids_in(new_supervisor)? };
-    // A connection of its own to the old version (the update's holds the drain).
-    let mut old_version = Connection::open(dir, name)?;
-    let mut summary = crate::transfer::run(&procs, &mut old_version, &mut next, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
+    // Connections of their own to both versions, per tracer (the update's holds the drain).
+    let connect = || -> Result<(Connection, Connection), String> {
+        let open = |n: &str| Connection::open(dir, n).map_err(|e| e.to_string());
+        Ok((open(name)?, open(&format!("{name}.next"))?))
+    };
+    let mut summary = crate::transfer::run(&procs, &connect, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     summary.respawned_processes = respawned;
     Ok(summary)
 }
