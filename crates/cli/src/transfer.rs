@@ -299,7 +299,8 @@ fn transfer_process(
     let old_maps = Region::read_all(old_host).map_err(|e| e.to_string())?;
     let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
     let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
-    let heap_regions: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
+    let candidates: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
+    let heap_regions = mcr_heap::touched_parts(old_host, &candidates);
     let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
     let old_view = Snapshot::new(&old_mem, pieces);
     sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
