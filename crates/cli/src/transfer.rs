@@ -299,7 +299,23 @@ fn transfer_process(
     let old_maps = Region::read_all(old_host).map_err(|e| e.to_string())?;
     let new_maps = Region::read_all(new_host).map_err(|e| e.to_string())?;
     let old_mem = ProcessMemory::open(old_host).map_err(|e| e.to_string())?;
-    let candidates: Vec<Region> = old_maps.iter().filter(|r| r.may_hold_heap_blocks()).cloned().collect();
+    // Thread stacks as glibc makes them (a mapping of their own, a guard page right below)
+    // hold no heap blocks; a stack the program carved out of malloc'd memory is scanned.
+    let stacks = mcr_heap::thread_stack_pointers(old_host);
+    let is_thread_stack = |i: usize, r: &Region| {
+        r.name.is_empty()
+            && stacks.iter().any(|&sp| r.start <= sp && sp < r.end)
+            && i > 0
+            && old_maps[i - 1].end == r.start
+            && !old_maps[i - 1].readable
+            && !old_maps[i - 1].writable
+    };
+    let candidates: Vec<Region> = old_maps
+        .iter()
+        .enumerate()
+        .filter(|&(i, r)| r.may_hold_heap_blocks() && !is_thread_stack(i, r))
+        .map(|(_, r)| r.clone())
+        .collect();
     let heap_regions = mcr_heap::touched_parts(old_host, &candidates);
     let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions).map_err(|e| e.to_string())?;
     let old_view = Snapshot::new(&old_mem, pieces);

@@ -16,7 +16,7 @@ pub mod index;
 pub mod memory;
 
 pub use index::{HeapIndex, Object, Pieces};
-pub use memory::{touched_parts, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};
+pub use memory::{thread_stack_pointers, touched_parts, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};
 
 /// Header size; also keeps the program's blocks 16-byte aligned as malloc must.
 pub const HEADER: usize = 16;

@@ -123,6 +123,24 @@ impl Region {
     }
 }
 
+/// The stack pointers of process `pid`'s threads blocked in a system call (a quiesced
+/// process's threads all are), from /proc/PID/task/TID/syscall. The mappings holding them
+/// are thread stacks: anonymous like malloc's arenas, but they never hold heap blocks, and
+/// with transparent huge pages even a barely used one has megabytes present.
+pub fn thread_stack_pointers(pid: i32) -> Vec<u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("syscall")).ok())
+        // "NR arg1 … arg6 SP PC" while blocked; "running" or "-1 SP PC" otherwise.
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 3).then(|| u64::from_str_radix(f[f.len() - 2].trim_start_matches("0x"), 16).ok()).flatten()
+        })
+        .filter(|&sp| sp != 0)
+        .collect()
+}
+
 /// Pagemap entry bits: the page is in memory, or swapped out. A page with neither was
 /// never touched (or was dropped): it reads as zeros and holds no heap block.
 const PM_PRESENT: u64 = 1 << 63;
@@ -182,6 +200,23 @@ pub fn touched_parts(pid: i32, regions: &[Region]) -> Vec<Region> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_pointers_of_blocked_threads_are_in_their_stacks() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let local = 0u8;
+            let here = &local as *const u8 as u64;
+            let _ = rx.recv();
+            here
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sps = thread_stack_pointers(std::process::id() as i32);
+        tx.send(()).unwrap();
+        let here = t.join().unwrap();
+        // The blocked thread's stack pointer is within a few pages below its local.
+        assert!(sps.iter().any(|&sp| sp <= here && here - sp < 64 * 1024), "{sps:x?} vs {here:#x}");
+    }
 
     #[test]
     fn touched_parts_skip_untouched_pages_of_our_own_memory() {
