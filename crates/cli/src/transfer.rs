@@ -322,8 +322,8 @@ fn transfer_process(
     sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
 
     let t = Instant::now();
-    let old_img = Image::locate(&old_maps, &old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
-    let new_img = Image::locate(&new_maps, &new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
+    let old_img = Image::locate(&old_maps, old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
+    let new_img = Image::locate(&new_maps, new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
     let dirt = match mcr_dirty::written_ranges(old_host) {
         Ok(d) => {
             let c = d.counts();
