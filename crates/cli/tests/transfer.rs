@@ -41,11 +41,7 @@ fn assert_all_keys(port: u16, keys: usize) {
 }
 
 fn stat(c: &mut Client, field: &str) -> u64 {
-    let line = c.request("STATS");
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+    session_field(&c.request("STATS"), field)
 }
 
 /// kvd v1 → kvd-v2-layout (kv_node gains a field, `hits` widens from int to long and
