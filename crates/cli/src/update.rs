@@ -229,6 +229,11 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     };
     let mut attempt =
         restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &respawned, &mut new_supervisor, &mut new_processes);
+    if attempt.is_ok() {
+        // The tree the new version took over: without processes that exited meanwhile.
+        let live = live_processes(&info);
+        info.processes.retain(|p| live.contains(p));
+    }
     phases.restart_ms = ms(tr.elapsed());
     let tt = Instant::now();
     let mut transferred = None;
@@ -388,10 +393,12 @@ fn restart(
     // A process of the new version that is exiting (a daemon's first process, right after
     // its fork) may still be listed for a moment: compare again briefly before deciding.
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
-    // Per-connection processes the state transfer respawns are not the startup's to make.
-    let old_set: BTreeSet<i32> = info.processes.iter().copied().filter(|p| !respawned.contains(p)).collect();
     let t = Instant::now();
     loop {
+        // Per-connection processes the state transfer respawns are not the startup's to
+        // make; one that is exiting (its client just left) has nothing to recreate.
+        let live = live_processes(info);
+        let old_set: BTreeSet<i32> = info.processes.iter().copied().filter(|p| !respawned.contains(p) && live.contains(p)).collect();
         let st = match next.request(&Request::Status)? {
             Response::Status(st) => st,
             other => return Err(format!("unexpected answer: {other:?}").into()),
@@ -500,6 +507,14 @@ fn adopt_connections(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_super
     Ok(n)
 }
 
+/// The old version's processes that still live (not exited), by PID inside its namespace.
+fn live_processes(info: &UpdateInfo) -> BTreeSet<i32> {
+    match host_pids(info) {
+        Ok(m) => m.into_keys().collect(),
+        Err(_) => info.processes.iter().copied().collect(),
+    }
+}
+
 /// PIDs inside the old version's namespace → host PIDs.
 fn host_pids(info: &UpdateInfo) -> Result<BTreeMap<i32, i32>, Failure> {
     if !info.pid_namespace {
@@ -519,6 +534,11 @@ fn host_pids_in(supervisor_pid: i32) -> Result<BTreeMap<i32, i32>, Failure> {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
+        // An exited process not reaped yet (a per-connection child whose client left just
+        // before the quiesce) holds nothing to move.
+        if status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|st| st.trim_start().starts_with(['Z', 'X'])) {
+            continue;
+        }
         if let Some(nspid) = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok()) {
             out.insert(nspid, hpid);
         }
