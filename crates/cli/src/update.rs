@@ -175,7 +175,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             }
         }
         let stuck: Vec<&OpenConnections> =
-            connections_left.iter().filter(|c| if args.fresh_state { !(adopt && adoptable(c)) } else { (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions) }).collect();
+            connections_left.iter().filter(|c| !c.finished).filter(|c| if args.fresh_state { !(adopt && adoptable(c)) } else { (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions) }).collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
@@ -218,6 +218,12 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     if let Response::Drained { remaining, .. } = old.request(&refresh)? {
         connections_left = remaining;
     }
+    // Per-connection processes whose client is gone have finished their sessions (they
+    // would exit on their next read): nothing of them is recreated; they end with the old
+    // version.
+    let finished: BTreeSet<i32> = connections_left.iter().filter(|c| c.finished).map(|c| c.pid).collect();
+    info.processes.retain(|p| !finished.contains(p));
+    connections_left.retain(|c| !c.finished);
 
     let tr = Instant::now();
     let mut new_supervisor: Option<i32> = None;
@@ -409,9 +415,12 @@ fn restart(
             break;
         }
         if t.elapsed() > Duration::from_millis(300) {
+            let hosts = host_pids(info).unwrap_or_default();
+            let missing: Vec<String> = old_set.difference(&new_set).map(|p| describe_process(*p, hosts.get(p).copied())).collect();
             return Err(format!(
                 "the new version's processes {new_set:?} do not match the old version's {old_set:?}: a process the old version has (or an extra one) \
-                 is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended"
+                 is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended{}",
+                if missing.is_empty() { String::new() } else { format!(" (not recreated: {})", missing.join("; ")) }
             )
             .into());
         }
@@ -505,6 +514,23 @@ fn adopt_connections(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_super
         n += c.fds.len();
     }
     Ok(n)
+}
+
+/// One line about an old process: what it runs, its state and where it waits.
+fn describe_process(pid: i32, host: Option<i32>) -> String {
+    let Some(h) = host else { return format!("process {pid}") };
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{h}/{f}")).unwrap_or_default();
+    let state = read("status").lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
+    let cmd = read("cmdline").replace('\0', " ").trim().to_string();
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{h}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("{}={}", e.file_name().to_string_lossy(), std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    format!("process {pid} ({cmd}; {state}; waiting in {}; descriptors {})", read("wchan").trim(), fds.join(" "))
 }
 
 /// The old version's processes that still live (not exited), by PID inside its namespace.

@@ -290,6 +290,10 @@ pub enum RuntimeReply {
         /// while the process is quiesced; before that, those with unsent output.
         #[serde(default)]
         busy: Vec<i32>,
+        /// A per-connection process whose client is gone (its socket reset): its session
+        /// is over, nothing of it needs recreating.
+        #[serde(default)]
+        finished: bool,
     },
     /// Answer to Allocate: the blocks, in order.
     Allocated { addrs: Vec<u64> },
@@ -412,6 +416,9 @@ pub struct OpenConnections {
     /// ... and these are not idle.
     #[serde(default)]
     pub busy: Vec<i32>,
+    /// Forked per connection, and its client is gone: the session is over.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// State of the whole instance.

@@ -123,8 +123,10 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
 
 /// The client connections this process holds: sockets accept() returned after startup
 /// (not by a recorded startup operation, not inherited, not the runtime's), still
-/// connected. `known` are the descriptors startup accounts for.
-pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
+/// connected (`known` are the descriptors startup accounts for); and whether some accepted
+/// socket lost its client (reset: no peer any more). A per-connection process with none of
+/// the first and some of the second has finished its session and only has to notice.
+pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
     let mut candidates: Vec<i32> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for e in dir.flatten() {
@@ -139,10 +141,11 @@ pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
     }
     // Look at each through a copy in our own table (the control thread's table is
     // private): cheaper than /proc/net/tcp, which lists every socket of the host.
+    let mut dead = false;
     let mut fds: Vec<i32> = candidates
         .into_iter()
         .filter(|&fd| {
-            with_program_fd(fd, |c| {
+            let live = with_program_fd(fd, |c| {
                 let stream = socket_int_option(c, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
                 let listening = socket_int_option(c, libc::SO_ACCEPTCONN) != Some(0);
                 // SAFETY: getpeername into a local buffer of the size we pass.
@@ -151,13 +154,20 @@ pub fn open_connections(known: &BTreeSet<i32>) -> Vec<i32> {
                     let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                     crate::sys!(libc::SYS_getpeername, c, &mut addr as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t) == 0
                 };
-                stream && !listening && peer
-            })
-            .unwrap_or(false)
+                (stream && !listening, peer)
+            });
+            match live {
+                Some((true, true)) => true,
+                Some((true, false)) => {
+                    dead = true;
+                    false
+                }
+                _ => false,
+            }
         })
         .collect();
     fds.sort_unstable();
-    fds
+    (fds, dead)
 }
 
 /// Run `f` on a copy, in the control thread's own table, of the program's descriptor

@@ -332,9 +332,9 @@ async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
         let mut remaining = Vec::new();
         for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
-            if let Ok(RuntimeReply::Connections { fds, volatile, pinned, idle_check, busy }) = r {
-                if !fds.is_empty() {
-                    remaining.push(OpenConnections { pid, fds, volatile, pinned, idle_check, busy });
+            if let Ok(RuntimeReply::Connections { fds, volatile, pinned, idle_check, busy, finished }) = r {
+                if !fds.is_empty() || finished {
+                    remaining.push(OpenConnections { pid, fds, volatile, pinned, idle_check, busy, finished });
                 }
             }
         }
