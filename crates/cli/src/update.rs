@@ -631,11 +631,22 @@ fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i3
 }
 
 fn commit(dir: &InstanceDir, name: &str, next_name: &str, old: &mut Connection) -> Result<()> {
-    match old.request(&Request::Retire)? {
-        Response::Ok => {}
-        other => bail!("the old version refused to retire: {other:?}"),
-    }
     let files = dir.files(name)?;
+    match old.request(&Request::Retire) {
+        Ok(Response::Ok) => {}
+        Ok(other) => bail!("the old version refused to retire: {other:?}"),
+        // A retiring supervisor exits as soon as its processes are gone, and its answer
+        // can go down with it (a reset connection): it retired if it is gone.
+        Err(e) => {
+            let t = Instant::now();
+            while files.is_live() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if files.is_live() {
+                return Err(e.context("the old version did not answer the request to retire"));
+            }
+        }
+    }
     let t = Instant::now();
     while files.is_live() {
         if t.elapsed() > Duration::from_secs(5) {

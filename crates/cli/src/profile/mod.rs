@@ -170,6 +170,14 @@ impl Server<'_> {
         let mut st = 0;
         // SAFETY: reaping the supervisor, our child (we are its subreaper).
         unsafe { libc::waitpid(-1, &mut st, 0) };
+        // What we reaped may have been another child (a workload's orphan): the server is
+        // stopped once its supervisor has removed the instance's files.
+        if let Ok(files) = self.dir.files(self.name) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while (files.socket.exists() || files.pid.exists() || files.lock.exists()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
