@@ -380,8 +380,8 @@ fn union_pointer_conflicts_until_hinted() {
 /// Pointers tagged in their low bits (nginx's "instance" bit): kvd-tagged keeps the last
 /// SET node as a `struct kv_node *` with 1 in its low bit and as a `uintptr_t` with 3 in
 /// its low two. Without hints the update into the layout change rolls back naming the
-/// word and MCR_TAGGED (the integer holds a heap address plus 3); the old version serves
-/// on. With `MCR_TAGGED` (and `MCR_POINTS_TO` for the integer) it commits, LAST finds the
+/// word and MCR_TAGGED (the integer holds a heap address plus 3; with the integer hinted,
+/// the pointer points into a node whose layout changes); the old version serves on. With `MCR_TAGGED` (and `MCR_POINTS_TO` for the integer) it commits, LAST finds the
 /// same key with both tags still on, and the tags survive the update back as well.
 #[test]
 fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
@@ -396,7 +396,15 @@ fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
     let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged"), &args);
     assert_eq!(out.code(), 1, "{out}");
     let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("last_tagged") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert!(msg.contains("last_tagged_word") && msg.contains("integer") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    // The integer hinted (in the new build) but not the typed pointer: that one points one
+    // byte into a node whose layout changes.
+    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged-wordhint"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("last_tagged:") && msg.contains("middle of an element") && msg.contains("MCR_TAGGED"), "{v:#}");
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     drop(c);
