@@ -143,6 +143,7 @@ static inline void *mcr_translate(const struct mcr_obj *o, const void *old_ptr)
  *
  *   MCR_POINTS_TO("last_set", "struct kv_node");   // the union holds a struct kv_node *
  *   MCR_OPAQUE("conn.cookie");                     // looks like a pointer, is not one
+ *   MCR_TAGGED("conn.ev", 1);                      // a pointer with a tag in its low bit
  */
 #define MCR_HINT_CAT2_(a, b) a##b
 #define MCR_HINT_CAT_(a, b) MCR_HINT_CAT2_(a, b)
@@ -154,6 +155,14 @@ static inline void *mcr_translate(const struct mcr_obj *o, const void *old_ptr)
 #define MCR_POINTS_TO(where, type) MCR_HINT_("points_to " where "=" type)
 /* WHERE never holds a pointer mcr must update, whatever it looks like: copy it as bytes. */
 #define MCR_OPAQUE(where) MCR_HINT_("opaque " where)
+/* WHERE holds a pointer with a tag in its low BITS bits (1 to 4; nginx's "instance" bit:
+ * `(uintptr_t)c | instance`). mcr masks the tag off to follow and relocate the pointer,
+ * and puts the same bits back on the new address. The pointer is of WHERE's declared type,
+ * or of the TYPE of an MCR_POINTS_TO for the same WHERE (needed when WHERE is an integer
+ * or a union); a tagged integer without one moves its block untyped. Without the hint, a
+ * tagged pointer is one pointing a few bytes into a block, which stops an update that
+ * changes the block's type (and a tagged integer or union stops every update). */
+#define MCR_TAGGED(where, bits) MCR_HINT_("tagged " where "=" #bits)
 
 /* ---- Resuming sessions -----------------------------------------------------------------
  *

@@ -377,6 +377,68 @@ fn union_pointer_conflicts_until_hinted() {
     assert_eq!(c.request("GET a"), "VALUE 1");
 }
 
+/// Pointers tagged in their low bits (nginx's "instance" bit): kvd-tagged keeps the last
+/// SET node as a `struct kv_node *` with 1 in its low bit and as a `uintptr_t` with 3 in
+/// its low two. Without hints the update into the layout change rolls back naming the
+/// word and MCR_TAGGED (the integer holds a heap address plus 3; with the integer hinted,
+/// the pointer points into a node whose layout changes); the old version serves on. With `MCR_TAGGED` (and `MCR_POINTS_TO` for the integer) it commits, LAST finds the
+/// same key with both tags still on, and the tags survive the update back as well.
+#[test]
+fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
+    let mcr = Mcr::new("t-kvd-tagged");
+    let port = free_port();
+    let args = port_args(port);
+    let inst = mcr.start("kvd", &fixture("kvd-tagged"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET a 1"), "OK");
+    assert_eq!(c.request("SET b 2"), "OK");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3");
+    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("last_tagged_word") && msg.contains("integer") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    // The integer hinted (in the new build) but not the typed pointer: that one points one
+    // byte into a node whose layout changes.
+    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged-wordhint"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("last_tagged:") && msg.contains("middle of an element") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    drop(c);
+    inst.stop().ok();
+
+    let (old, new) = (fixture("kvd-tagged-hinted"), fixture("kvd-v2-layout-tagged-hinted"));
+    let check = mcr.run(&[OsString::from("check"), old.clone().into(), new.clone().into()]);
+    assert_eq!(check.code(), 0, "{check}");
+    assert!(check.stdout.contains("MCR_TAGGED(\"last_tagged_word\", 2)"), "mcr check lists the tag: {check}");
+    assert!(!check.stdout.contains("has no effect"), "{check}");
+    let inst = mcr.start("kvd", &old, &args);
+    let mut c = Client::connect(port);
+    fill(&mut c, 30);
+    assert_eq!(c.request("SET a 1"), "OK");
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, v) = update(&mcr, "kvd", &[], &new, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let warnings = v["transfer"]["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(warnings.is_empty(), "{v:#}");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 2");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3", "both words follow the node into the new layout, tags on");
+    assert_eq!(c.request("GET key7"), "VALUE value 7 with spaces");
+    // And back: the tags survive a second update.
+    let (out, _) = update(&mcr, "kvd", &[], &old, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    assert_eq!(c.request("LAST"), "LAST b tags 1 3");
+    assert_eq!(c.request("SET c 3"), "OK");
+    assert_eq!(c.request("LAST"), "LAST c tags 1 3");
+    assert_eq!(c.request("GET a"), "VALUE 1");
+    assert_eq!(c.request("GET key29"), "VALUE value 29 with spaces");
+    assert_eq!(c.request("COUNT"), "COUNT 33");
+}
+
 /// The hint an update needs may come with the new build: the old kvd-opaque has none, the
 /// new kvd-v2-layout-hinted has `MCR_POINTS_TO("last_set", "struct kv_node")`, and the
 /// update applies it to the old version's union (commits, LAST still right), as `mcr

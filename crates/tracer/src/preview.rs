@@ -107,6 +107,11 @@ pub fn annotations(old: &Program, new: &Program) -> Annotations {
         for slot in &layout.pointers {
             if let Pointee::Data { ty } = slot.pointee {
                 next(ty, &mut queue);
+                // A typed pointer with a tag: relocated like any other, its tag kept.
+                let k = key(&hint_root, &slot.path);
+                if hints.tagged.contains_key(&k) {
+                    used.insert(k);
+                }
             }
         }
         let mut words_here: HashSet<String> = HashSet::new();
@@ -127,10 +132,16 @@ pub fn annotations(old: &Program, new: &Program) -> Annotations {
                     pointer_members(old, u, &mut candidates, 0);
                 }
             }
-            let (written, from) = match hints.written.get(&k) {
+            let (mut written, from) = match hints.written.get(&k) {
                 Some((w, o)) => (w.clone(), o.describe().to_string()),
                 None => (String::new(), String::new()),
             };
+            if let Some(t) = hints.tagged.get(&k) {
+                used.insert(k.clone());
+                if !written.is_empty() {
+                    written = format!("{written} with {}", t.written);
+                }
+            }
             let hint = if hints.opaque.contains(&k) {
                 Some(WordHint::Opaque { written, from })
             } else if let Some(&ty) = hints.points_to.get(&k) {
@@ -163,9 +174,11 @@ pub fn annotations(old: &Program, new: &Program) -> Annotations {
         .written
         .iter()
         .filter(|(k, _)| !used.contains(*k))
-        .map(|(_, (w, o))| {
+        .map(|(_, (w, o))| (w, o))
+        .chain(hints.tagged.iter().filter(|(k, _)| !used.contains(*k)).map(|(_, t)| (&t.written, &t.origin)))
+        .map(|(w, o)| {
             format!(
-                "hint {w} in {}: names no union, void * or integer that the update reaches from the globals; it has \
+                "hint {w} in {}: names no pointer, union, void * or integer that the update reaches from the globals; it has \
                  no effect (check WHERE: a global's name, or struct-tag.field)",
                 o.describe()
             )

@@ -1,4 +1,4 @@
-use crate::hints::{normalize, Hints};
+use crate::hints::{normalize, tag_note, Hints, Tagged};
 use crate::image::{translate, Image};
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
 use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory, HEADER};
@@ -309,7 +309,10 @@ impl<'p, 'a> Walk<'p, 'a> {
             };
             for slot in &layout.pointers {
                 let Pointee::Data { ty: pointee } = slot.pointee else { continue };
-                let v = at(slot.offset);
+                let mut v = at(slot.offset);
+                if let Some(t) = self.tag_at(hint_root, &slot.path) {
+                    v = t.split(v).0;
+                }
                 if v == 0 {
                     continue;
                 }
@@ -330,13 +333,25 @@ impl<'p, 'a> Walk<'p, 'a> {
                 if self.hints.opaque.contains(&key) {
                     continue;
                 }
+                let tag = self.tag_at(hint_root, &r.path);
                 if let Some(&hinted) = self.hints.points_to.get(&key) {
-                    let v = at(r.offset);
+                    let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
                     if let Some(&obj) = self.pair.heap.containing(v) {
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
                         self.reach(obj, t, from, || format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted)))?;
                     }
                     continue;
+                }
+                if let Some(t) = &tag {
+                    // A tagged pointer of no declared type (an integer, a union, a void *):
+                    // the block it points to moves, untyped unless a typed pointer reaches it.
+                    if r.len >= 8 && r.reason != OpaqueReason::CharArray {
+                        let v = t.split(at(r.offset)).0;
+                        if let Some(&obj) = self.pair.heap.containing(v).filter(|_| v != 0) {
+                            self.reach(obj, None, from, || format!("{} ({})", elem(field_suffix(&r.path)), t.written))?;
+                        }
+                        continue;
+                    }
                 }
                 match r.reason {
                     OpaqueReason::CharArray => {}
@@ -357,12 +372,20 @@ impl<'p, 'a> Walk<'p, 'a> {
         Ok(())
     }
 
+    /// The `MCR_TAGGED` hint for the word at `layout_path` under `root`, if there is one.
+    fn tag_at(&self, root: &str, layout_path: &str) -> Option<Tagged> {
+        if self.hints.tagged.is_empty() {
+            return None;
+        }
+        self.hints.tagged.get(&normalize(&format!("{root}{}", field_suffix(layout_path)))).cloned()
+    }
+
     /// Memory mcr cannot type must not hold a heap address: the block it points to
     /// would move and the word could not be updated.
     fn no_hidden_pointers(&self, bytes: &[u8], path: impl FnOnce() -> String, why: OpaqueReason) -> Result<(), TransferError> {
         for (k, w) in bytes.chunks_exact(8).enumerate() {
             let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if v != 0 && self.pair.heap.containing(v).is_some() {
+            if let Some(obj) = self.pair.heap.containing(v).filter(|_| v != 0) {
                 let what = match why {
                     OpaqueReason::Union => "a union",
                     OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
@@ -375,7 +398,8 @@ impl<'p, 'a> Walk<'p, 'a> {
                     format!(
                         "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
                          so it can neither move the block nor leave it (declare the field with its pointer type, or \
-                         annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h)"
+                         annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h){}",
+                        tag_note(v, obj.addr)
                     ),
                 ));
             }
@@ -384,22 +408,24 @@ impl<'p, 'a> Walk<'p, 'a> {
     }
 }
 
-/// Words a `MCR_POINTS_TO` hint makes pointers although their type is opaque (a union, an
-/// integer): (offset in the old object, offset in the new), for the transform to relocate.
-/// (`void *` fields need nothing: the transform relocates every pointer.)
-fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str, hints: &Hints) -> Vec<(usize, usize)> {
-    if hints.points_to.is_empty() {
+/// Words a `MCR_POINTS_TO` or `MCR_TAGGED` hint makes pointers although their type is
+/// opaque (a union, an integer): (offset in the old object, offset in the new, the tag),
+/// for the transform to relocate. (`void *` fields need nothing: the transform relocates
+/// every pointer, tags included.)
+fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str, hints: &Hints) -> Vec<(usize, usize, Option<Tagged>)> {
+    if hints.points_to.is_empty() && hints.tagged.is_empty() {
         return Vec::new();
     }
     let (ol, nl) = (old.layout(ot, &root_name(old, ot)), new.layout(nt, &root_name(new, nt)));
     let mut out = Vec::new();
     for r in ol.opaque.iter().filter(|r| !matches!(r.reason, OpaqueReason::VoidPointer | OpaqueReason::CharArray)) {
         let key = normalize(&format!("{root}{}", field_suffix(&r.path)));
-        if !hints.points_to.contains_key(&key) || r.len < 8 {
+        let tag = hints.tagged.get(&key);
+        if !(hints.points_to.contains_key(&key) || tag.is_some()) || hints.opaque.contains(&key) || r.len < 8 {
             continue;
         }
         if let Some(n) = nl.opaque.iter().find(|n| field_suffix(&n.path) == field_suffix(&r.path) && n.len >= 8) {
-            out.push((r.offset as usize, n.offset as usize));
+            out.push((r.offset as usize, n.offset as usize, tag.cloned()));
         }
     }
     out
@@ -629,7 +655,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     let relocate_data = |v: u64, path: &str| -> Result<u64, String> {
         if let Some(o) = heap.containing(v) {
             let m = moved.get(&o.addr).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
-            return m.at(v - o.addr).ok_or_else(|| format!("{path}: points into the middle of an element whose type changed"));
+            return m
+                .at(v - o.addr)
+                .ok_or_else(|| format!("{path}: {v:#x} points into the middle of an element whose type changed{}", tag_note(v, o.addr)));
         }
         if pair.old.image.contains(v) {
             return translate(old, &pair.old.image, new, &pair.new.image, v)
@@ -637,6 +665,33 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         // Libraries, stacks and other mappings sit at the same addresses in both versions.
         Ok(v)
+    };
+
+    // A typed or `void *` pointer: relocated, with its tag when an MCR_TAGGED hint
+    // names it (masked off to relocate, put back on the new address).
+    let tags = &walk.hints.tagged;
+    let relocate_tagged = |v: u64, path: &str| -> Result<u64, String> {
+        let Some(t) = (!tags.is_empty()).then(|| tags.get(&normalize(path))).flatten() else {
+            return relocate_data(v, path);
+        };
+        let (p, tag) = t.split(v);
+        if p == 0 {
+            return Ok(v);
+        }
+        let n = relocate_data(p, path)?;
+        t.join(n, tag).ok_or_else(|| format!("{path}: the new address {n:#x} has a low bit set, so it cannot carry the tag of {}", t.written))
+    };
+    // A word `hinted_words` found: relocated (with its tag) if it points into the heap.
+    let relocate_word = |v: u64, tag: &Option<Tagged>, path: &str| -> Result<Option<u64>, String> {
+        let (p, bits) = tag.as_ref().map_or((v, 0), |t| t.split(v));
+        if p == 0 || heap.containing(p).is_none() {
+            return Ok(None);
+        }
+        let n = relocate_data(p, path)?;
+        match tag {
+            Some(t) => t.join(n, bits).map(Some).ok_or_else(|| format!("{path}: the new address {n:#x} cannot carry the tag of {}", t.written)),
+            None => Ok(Some(n)),
+        }
     };
 
     // Rebuild every block in the new layout.
@@ -664,7 +719,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                         Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
                             .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
                         _ => {
-                            let v = relocate_data(s.old_value, s.path)?;
+                            let v = relocate_tagged(s.old_value, s.path)?;
                             if heap.containing(s.old_value).is_some() {
                                 heap_sites.push((k * ns + s.new_offset as usize, v));
                             }
@@ -672,10 +727,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                         }
                     })
                     .map_err(|e| conflict(walk.path_of(*addr), e.to_string()))?;
-                    for &(oo, no) in &fix {
+                    for (oo, no, tag) in &fix {
+                        let (oo, no) = (*oo, *no);
                         let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
-                        if heap.containing(v).is_some() {
-                            let nv = relocate_data(v, "").map_err(|e| conflict(walk.path_of(*addr), e))?;
+                        if let Some(nv) = relocate_word(v, tag, "").map_err(|e| conflict(walk.path_of(*addr), e))? {
                             out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
                             heap_sites.push((k * ns + no, nv));
                         }
@@ -770,7 +825,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             let got = match s.old_pointee {
                 Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
                     .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
-                _ => relocate_data(s.old_value, s.path),
+                _ => relocate_tagged(s.old_value, s.path),
             };
             got.or_else(|e| {
                 // A pointer to a string literal (no symbol): the new version's startup
@@ -785,10 +840,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             })
         })
         .map_err(|e| conflict(&r.name, e.to_string()))?;
-        for (oo, no) in hinted_words(old, r.old_ty, new, r.new_ty, &r.plain, &walk.hints) {
+        for (oo, no, tag) in hinted_words(old, r.old_ty, new, r.new_ty, &r.plain, &walk.hints) {
             let v = u64::from_ne_bytes(r.bytes[oo..oo + 8].try_into().expect("8 bytes"));
-            if heap.containing(v).is_some() {
-                let nv = relocate_data(v, &r.name).map_err(|e| conflict(&r.name, e))?;
+            if let Some(nv) = relocate_word(v, &tag, &r.name).map_err(|e| conflict(&r.name, e))? {
                 cur[no..no + 8].copy_from_slice(&nv.to_ne_bytes());
             }
         }
