@@ -26,6 +26,14 @@ fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]
     (out, v)
 }
 
+/// `mcr update NAME -- PROGRAM ARGS` rolls back, and its message names each of `words`.
+fn assert_rolls_back_naming(mcr: &Mcr, name: &str, program: &Path, args: &[String], words: &[&str]) {
+    let (out, v) = update(mcr, name, &[], program, args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(words.iter().all(|w| msg.contains(w)), "the rollback should name {words:?}: {v:#}");
+}
+
 fn fill(c: &mut Client, keys: usize) {
     for i in 0..keys {
         assert_eq!(c.request(&format!("SET key{i} value {i} with spaces")), "OK");
@@ -355,10 +363,7 @@ fn union_pointer_conflicts_until_hinted() {
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
-    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-opaque"), &args);
-    assert_eq!(out.code(), 1, "{out}");
-    let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("last_set") && msg.contains("a union holds") && msg.contains("MCR_POINTS_TO"), "{v:#}");
+    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-opaque"), &args, &["last_set", "a union holds", "MCR_POINTS_TO"]);
     assert_eq!(c.request("LAST"), "LAST b");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     drop(c);
@@ -393,18 +398,12 @@ fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
-    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged"), &args);
-    assert_eq!(out.code(), 1, "{out}");
-    let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("last_tagged_word") && msg.contains("integer") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-tagged"), &args, &["last_tagged_word", "integer", "MCR_TAGGED"]);
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     // The integer hinted (in the new build) but not the typed pointer: that one points one
     // byte into a node whose layout changes.
-    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-tagged-wordhint"), &args);
-    assert_eq!(out.code(), 1, "{out}");
-    let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("last_tagged:") && msg.contains("middle of an element") && msg.contains("MCR_TAGGED"), "{v:#}");
+    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-tagged-wordhint"), &args, &["last_tagged:", "middle of an element", "MCR_TAGGED"]);
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     drop(c);
