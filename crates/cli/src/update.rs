@@ -195,7 +195,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
     phases.drain_ms = ms(td.elapsed());
     let tq = Instant::now();
-    match old.request(&Request::Quiesce { timeout_ms: args.quiesce_timeout })? {
+    match old.request(&Request::Quiesce { timeout_ms: args.quiesce_timeout }).context("quiescing the running version")? {
         Response::Quiesced { .. } => {}
         Response::QuiesceFailed { message, laggards } => {
             let _ = old.request(&Request::Resume);
@@ -209,13 +209,13 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // Processes may have exited during the drain (a per-connection child whose client
     // left): the tree to recreate is the one that is parked now, and so are its
     // connections.
-    if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo)? {
+    if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo).context("reading the running version's processes")? {
         info.processes = now.processes;
     }
     // (Quiesced now: a program's idle check is asked about each connection.)
     let refresh =
         Request::Drain { timeout_ms: 0, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns, adopt_idle: adopt };
-    if let Response::Drained { remaining, .. } = old.request(&refresh)? {
+    if let Response::Drained { remaining, .. } = old.request(&refresh).context("listing the running version's connections")? {
         connections_left = remaining;
     }
     // Per-connection processes whose client is gone have finished their sessions (they
@@ -364,7 +364,7 @@ fn restart(
     new_supervisor: &mut Option<i32>,
     new_processes: &mut Vec<i32>,
 ) -> Result<(), Failure> {
-    let logs = match old.request(&Request::StartupLogs)? {
+    let logs = match old.request(&Request::StartupLogs).map_err(|e| format!("reading the running version's startup logs: {e:#}"))? {
         Response::StartupLogs { processes } => processes,
         other => return Err(format!("unexpected answer: {other:?}").into()),
     };
