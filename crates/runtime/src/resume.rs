@@ -84,29 +84,39 @@ pub fn run_deferred(slot: &Slot) {
 /// again. What the wrapper published about its call is put back afterwards (the handlers'
 /// own wrapped calls overwrite it), so that call proceeds as if nothing had happened.
 fn run_handlers(slot: &Slot, mask: u32) -> u32 {
+    keeping_published_call(slot, || {
+        let mut again = 0;
+        for (i, h) in HANDLERS.iter().enumerate() {
+            let f = h.load(Acquire);
+            if f == 0 {
+                break;
+            }
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            // SAFETY: an `int (*)(void)` the program registered through MCR_ADD_RESUME_HANDLER
+            // (the only writer of HANDLERS), called on its own main thread at a quiescent point.
+            if unsafe { std::mem::transmute::<usize, ResumeHandler>(f)() } != 0 {
+                again |= 1 << i;
+            }
+        }
+        again
+    })
+}
+
+/// Run program code `f` on a thread parked in a wrapped call, then put back what the
+/// wrapper published about that call (and errno): the program's own wrapped calls in `f`
+/// overwrite them, and the call must proceed as if nothing had happened.
+fn keeping_published_call<R>(slot: &Slot, f: impl FnOnce() -> R) -> R {
     let saved = (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
     let errno = crate::errno::get();
-    let mut again = 0;
-    for (i, h) in HANDLERS.iter().enumerate() {
-        let f = h.load(Acquire);
-        if f == 0 {
-            break;
-        }
-        if mask & (1 << i) == 0 {
-            continue;
-        }
-        // SAFETY: an `int (*)(void)` the program registered through MCR_ADD_RESUME_HANDLER
-        // (the only writer of HANDLERS), called on its own main thread at a quiescent point.
-        if unsafe { std::mem::transmute::<usize, ResumeHandler>(f)() } != 0 {
-            again |= 1 << i;
-        }
-    }
+    let r = f();
     slot.call.store(saved.0, Release);
     slot.object.store(saved.1, Release);
     slot.frame.store(saved.2, Release);
     slot.state.store(saved.3, Release);
     crate::errno::set(errno);
-    again
+    r
 }
 
 // ---- Respawn: processes the old version forked after startup (one per connection) ----
@@ -179,19 +189,12 @@ pub fn respawn_due(slot: &Slot) -> bool {
 /// Main thread, parked: run the respawn handler. In the child it returns into the parking
 /// loop, held like every process of the new version until commit.
 pub fn run_respawn(slot: &Slot) {
-    let saved = (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
-    let errno = crate::errno::get();
     let (pid, fd) = (RESPAWN_PID.load(Acquire), RESPAWN_FD.load(Acquire));
     FORK_TARGET.store(pid, Release);
     // SAFETY: the `pid_t (*)(int)` the program registered through MCR_ADD_RESPAWN_HANDLER,
     // called on its main thread at a quiescent point, with a descriptor it owns now.
-    let r = unsafe { std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd) };
+    let r = keeping_published_call(slot, || unsafe { std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd) });
     FORK_TARGET.store(0, Release);
-    slot.call.store(saved.0, Release);
-    slot.object.store(saved.1, Release);
-    slot.frame.store(saved.2, Release);
-    slot.state.store(saved.3, Release);
-    crate::errno::set(errno);
     // SAFETY: getpid cannot fail.
     if r == 0 && unsafe { libc::getpid() } == pid {
         RESPAWN_STATE.store(0, Release);
