@@ -241,9 +241,7 @@ fn run_slice(conns: &mut [Conn], cfg: &Config, slice: Duration) -> Result<(u64, 
 /// Which server a slice of an A/B run loads. ABBA order (A B B A A B B A ...) so a
 /// linear drift of the machine's speed affects both halves of a pair alike.
 pub fn abba_order(pairs: usize) -> Vec<(usize, bool)> {
-    (0..pairs)
-        .flat_map(|p| if p % 2 == 0 { [(p, false), (p, true)] } else { [(p, true), (p, false)] })
-        .collect()
+    (0..pairs).flat_map(|p| if p % 2 == 0 { [(p, false), (p, true)] } else { [(p, true), (p, false)] }).collect()
 }
 
 /// Interleaved load on two servers that run at the same time: `cfg.conns` connections

@@ -332,7 +332,8 @@ pub fn run(cfg: &Config) -> Result<usize, String> {
                 };
             let text = String::from_utf8_lossy(&o.stdout).to_string();
             if json_bool(&text, "committed") != Some(true) {
-                let why = json_str(&text, "message").unwrap_or_else(|| String::from_utf8_lossy(&o.stderr).trim().into());
+                let why =
+                    json_str(&text, "message").unwrap_or_else(|| String::from_utf8_lossy(&o.stderr).trim().into());
                 writeln!(f, "fail\t{head}\t{}", why.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
                 eprintln!("mcr-bench: transfer: update to {to} did not commit: {why}");
                 continue;
@@ -456,13 +457,7 @@ fn ratio_cell(r: &[f64]) -> String {
     if r.is_empty() {
         return "not measured".into();
     }
-    format!(
-        "{} (rounds {}–{}, n={})",
-        f(med(r), 3),
-        f(crate::stats::min(r), 3),
-        f(crate::stats::max(r), 3),
-        r.len()
-    )
+    format!("{} (rounds {}–{}, n={})", f(med(r), 3), f(crate::stats::min(r), 3), f(crate::stats::max(r), 3), r.len())
 }
 
 /// The markdown section of bench/transfer.sh, from the files in `dir`.
@@ -547,7 +542,10 @@ pub fn report(dir: &std::path::Path) -> String {
             f(med(&col(&ok, "heap_scan_ms")), 2),
             f(med(&col(&ok, "trace_ms")), 2),
             share("clean_pages", "dirty_pages"),
-            f(med(&ok.iter().filter_map(|s| Some(s.get("clean_pages")? + s.get("dirty_pages")?)).collect::<Vec<_>>()), 0),
+            f(
+                med(&ok.iter().filter_map(|s| Some(s.get("clean_pages")? + s.get("dirty_pages")?)).collect::<Vec<_>>()),
+                0
+            ),
             f(med(&col(&ok, "globals_clean")), 0),
             f(med(&col(&ok, "globals")), 0),
             f(med(&col(&ok, "total_ms")), 2),
@@ -599,7 +597,8 @@ pub fn report(dir: &std::path::Path) -> String {
     let _ = writeln!(o, "{}", alloc_row("allocation micro-benchmark CPU time, under `mcr run` / plain", "mcr", 2));
     let _ = writeln!(o, "{}", alloc_row("allocation micro-benchmark wall time, `LD_PRELOAD` / plain", "preload", 3));
     let mem_row = |label: &str, what: &str| {
-        let text: String = rss.lines().filter(|l| l.split('\t').nth(2) == Some(what)).map(|l| format!("{l}\n")).collect();
+        let text: String =
+            rss.lines().filter(|l| l.split('\t').nth(2) == Some(what)).map(|l| format!("{l}\n")).collect();
         let r = ratios(&text, 3, "mcr", "base");
         let bm = by_round(&text, 3);
         let abs = |v: &str| med(&bm.values().filter_map(|x| x.get(v).copied()).collect::<Vec<_>>());
@@ -657,7 +656,8 @@ fn sessions_table(o: &mut String, read: &dyn Fn(&str) -> String) {
         // A committed update that did not move every session is reported, not hidden.
         let (conns, resp) = (col(&ok, "connections"), col(&ok, "respawned_processes"));
         let want_resp = if *srv == "connd" { *n as f64 } else { 0.0 };
-        let wrong = conns.iter().filter(|&&c| c != *n as f64).count() + resp.iter().filter(|&&r| r != want_resp).count();
+        let wrong =
+            conns.iter().filter(|&&c| c != *n as f64).count() + resp.iter().filter(|&&r| r != want_resp).count();
         let mut moved = format!("{} / {}", f(med(&conns), 0), f(med(&resp), 0));
         if wrong > 0 {
             let _ = write!(moved, " (**{wrong} counts off**: expected {n} / {want_resp})");
@@ -733,11 +733,22 @@ mod tests {
     #[test]
     fn sessions_table_rows_over_the_zero_row_and_wrong_counts() {
         let files: std::collections::HashMap<String, String> = [
-            ("transfer-sessions-connd-0.tsv", sample(0, &[("transfer_ms", 10.0), ("total_ms", 30.0), ("connections", 0.0), ("respawned_processes", 0.0)])),
+            (
+                "transfer-sessions-connd-0.tsv",
+                sample(
+                    0,
+                    &[("transfer_ms", 10.0), ("total_ms", 30.0), ("connections", 0.0), ("respawned_processes", 0.0)],
+                ),
+            ),
             (
                 "transfer-sessions-connd-10.tsv",
-                sample(10, &[("transfer_ms", 60.0), ("total_ms", 100.0), ("connections", 10.0), ("respawned_processes", 10.0)])
-                    + &sample(10, &[("transfer_ms", 80.0), ("total_ms", 120.0), ("connections", 9.0), ("respawned_processes", 10.0)]),
+                sample(
+                    10,
+                    &[("transfer_ms", 60.0), ("total_ms", 100.0), ("connections", 10.0), ("respawned_processes", 10.0)],
+                ) + &sample(
+                    10,
+                    &[("transfer_ms", 80.0), ("total_ms", 120.0), ("connections", 9.0), ("respawned_processes", 10.0)],
+                ),
             ),
             ("transfer-sessions-poold-0.tsv", "fail\tb\t0\t0\tmcr update hung\n".to_string()),
         ]
@@ -747,7 +758,10 @@ mod tests {
         let mut o = String::new();
         sessions_table(&mut o, &|n: &str| files.get(n).cloned().unwrap_or_default());
         let row = |srv: &str, n: usize| {
-            o.lines().find(|l| l.starts_with(&format!("| {srv} | {n} |"))).unwrap_or_else(|| panic!("no {srv} {n} row in {o}")).to_string()
+            o.lines()
+                .find(|l| l.starts_with(&format!("| {srv} | {n} |")))
+                .unwrap_or_else(|| panic!("no {srv} {n} row in {o}"))
+                .to_string()
         };
         assert!(row("connd", 0).contains("| 1/1 | 0 / 0 | 30.00 / 30.00 | – | 10.00 / 10.00 | – | – |"), "{o}");
         let r = row("connd", 10);

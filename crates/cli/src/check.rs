@@ -42,7 +42,8 @@ pub fn check(args: &CheckArgs) -> i32 {
     };
     // The hints of both builds (the tracer's reader) and what `mcr update` will do with the
     // words they cover.
-    let notes = if old.has_debug_info && new.has_debug_info { mcr_tracer::annotations(&old, &new) } else { Default::default() };
+    let notes =
+        if old.has_debug_info && new.has_debug_info { mcr_tracer::annotations(&old, &new) } else { Default::default() };
     let d = mcr_typemodel::diff_with(&old, &new, &notes);
     for w in &d.warnings {
         eprintln!("mcr: warning: {w}");
@@ -118,14 +119,19 @@ fn sessions(out: &mut String, s: &Sessions) {
             s.respawn_handlers.join(", ")
         );
     } else {
-        let _ = writeln!(out, "  respawn handler {}: processes forked per connection are recreated, their heap moves", s.respawn_handlers.join(", "));
+        let _ = writeln!(
+            out,
+            "  respawn handler {}: processes forked per connection are recreated, their heap moves",
+            s.respawn_handlers.join(", ")
+        );
     }
 }
 
 /// The human report.
 pub fn human(d: &Diff) -> String {
     let mut out = String::new();
-    let id = |b: &Option<String>| b.as_deref().map(|s| format!(" (build {})", &s[..s.len().min(12)])).unwrap_or_default();
+    let id =
+        |b: &Option<String>| b.as_deref().map(|s| format!(" (build {})", &s[..s.len().min(12)])).unwrap_or_default();
     let _ = writeln!(out, "old: {}{}", d.old.path, id(&d.old.build_id));
     let _ = writeln!(out, "new: {}{}", d.new.path, id(&d.new.build_id));
     if d.types.is_empty() && d.globals.is_empty() && d.old.has_debug_info && d.new.has_debug_info {
@@ -149,7 +155,8 @@ pub fn human(d: &Diff) -> String {
     if !d.globals.is_empty() {
         let _ = writeln!(out, "\nGlobals:");
         for g in &d.globals {
-            let _ = writeln!(out, "  {} {} [{}]: {}", change_word(g.change), g.name, class_word(g.class), g.explanation);
+            let _ =
+                writeln!(out, "  {} {} [{}]: {}", change_word(g.change), g.name, class_word(g.class), g.explanation);
             // A global of a changed named type: its fields are listed with the type.
             let named = g.new_type.as_ref().is_some_and(|t| d.types.iter().any(|x| &x.name == t));
             if !named {
@@ -166,7 +173,8 @@ pub fn human(d: &Diff) -> String {
     }
     sessions(&mut out, &d.sessions);
     // A word inside a changed global is counted with that global.
-    let in_globals = |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
+    let in_globals =
+        |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
     let handlers = d.types.iter().filter(|t| t.class == Class::NeedsHandler).count()
         + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count()
         + d.opaque.iter().filter(|w| w.class == Class::NeedsHandler && !in_globals(&w.path)).count();
@@ -174,10 +182,7 @@ pub fn human(d: &Diff) -> String {
     if d.is_automatic() {
         let _ = writeln!(out, "Verdict: automatic. mcr transforms every difference by itself (exit status 0).");
     } else if handlers == 0 {
-        let _ = writeln!(
-            out,
-            "Verdict: not automatic. Without debug info mcr cannot transform state (exit status 1)."
-        );
+        let _ = writeln!(out, "Verdict: not automatic. Without debug info mcr cannot transform state (exit status 1).");
     } else {
         let _ = writeln!(
             out,

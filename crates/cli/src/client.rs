@@ -17,7 +17,10 @@ impl Connection {
         let files = dir.files(name)?;
         if !files.is_live() {
             if files.clean_stale() {
-                bail!("no running instance named '{name}' (removed the stale files of a dead instance from {})", dir.path.display());
+                bail!(
+                    "no running instance named '{name}' (removed the stale files of a dead instance from {})",
+                    dir.path.display()
+                );
             }
             return Err(InstanceError::NotRunning { name: name.to_string(), dir: dir.path.clone() }.into());
         }

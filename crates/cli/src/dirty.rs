@@ -49,7 +49,12 @@ fn counts_json(c: &Counts) -> Value {
     json!({ "tracked": c.tracked, "written": c.written, "untracked": c.untracked, "dirty": c.dirty(), "clean": c.clean() })
 }
 
-fn process_json(pid: i32, hpid: i32, tracking: Option<&mcr_protocol::DirtyTracking>, map: &mcr_dirty::DirtyMap) -> Value {
+fn process_json(
+    pid: i32,
+    hpid: i32,
+    tracking: Option<&mcr_protocol::DirtyTracking>,
+    map: &mcr_dirty::DirtyMap,
+) -> Value {
     let by_class = map.by_class();
     let classes: BTreeMap<&str, Value> =
         MappingClass::ALL.iter().filter_map(|c| by_class.get(c).map(|n| (c.name(), counts_json(n)))).collect();
@@ -101,7 +106,15 @@ fn render(out: &Value) -> String {
         let _ = writeln!(s, "  {:<10} {:>9} {:>9} {:>9} {:>9}", "pages", "tracked", "written", "untracked", "clean");
         let row = |s: &mut String, name: &str, c: &Value| {
             let n = |k: &str| c[k].as_u64().unwrap_or(0);
-            let _ = writeln!(s, "  {:<10} {:>9} {:>9} {:>9} {:>9}", name, n("tracked"), n("written"), n("untracked"), n("clean"));
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                n("tracked"),
+                n("written"),
+                n("untracked"),
+                n("clean")
+            );
         };
         for (name, c) in p["classes"].as_object().into_iter().flatten() {
             row(&mut s, name, c);
@@ -134,7 +147,11 @@ fn host_pids(st: &InstanceStatus) -> BTreeMap<i32, i32> {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
-        if let Some(nspid) = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok()) {
+        if let Some(nspid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok())
+        {
             out.insert(nspid, hpid);
         }
     }

@@ -2,8 +2,8 @@
 
 mod check;
 mod client;
-mod profile;
 mod dirty;
+mod profile;
 mod program;
 mod render;
 mod run;

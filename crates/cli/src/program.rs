@@ -37,10 +37,7 @@ pub fn check(path: &Path) -> Result<Checked> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut warnings = Vec::new();
     if data.starts_with(b"#!") {
-        warnings.push(format!(
-            "{} is a script: mcr manages the interpreter and whatever it starts",
-            path.display()
-        ));
+        warnings.push(format!("{} is a script: mcr manages the interpreter and whatever it starts", path.display()));
         return Ok(Checked { warnings });
     }
     let file = object::File::parse(&*data)

@@ -68,9 +68,24 @@ pub fn list(rows: &[InstanceStatus]) -> String {
     }
     let mut o = format!("{:<16} {:<10} {:>6} {:>8}  {}\n", "NAME", "STATE", "PROCS", "THREADS", "PROGRAM");
     for st in rows {
-        let state = if st.quiesced { "quiesced" } else if st.started { "running" } else { "starting" };
+        let state = if st.quiesced {
+            "quiesced"
+        } else if st.started {
+            "running"
+        } else {
+            "starting"
+        };
         let threads: usize = st.processes.iter().map(|p| p.threads.len()).sum();
-        let _ = writeln!(o, "{:<16} {:<10} {:>6} {:>8}  {} {}", st.name, state, st.processes.len(), threads, st.program, st.args.join(" "));
+        let _ = writeln!(
+            o,
+            "{:<16} {:<10} {:>6} {:>8}  {} {}",
+            st.name,
+            state,
+            st.processes.len(),
+            threads,
+            st.program,
+            st.args.join(" ")
+        );
     }
     o
 }
@@ -118,7 +133,8 @@ fn op_line(op: &StartupOp) -> String {
 
 /// One screen: what failed, where, and what to do.
 pub fn update_failure(name: &str, message: &str, conflicts: &[ReplayConflict]) -> String {
-    let mut o = format!("mcr: update of '{name}' rolled back; the old version is running as before.\n  why: {message}\n");
+    let mut o =
+        format!("mcr: update of '{name}' rolled back; the old version is running as before.\n  why: {message}\n");
     for c in conflicts {
         let _ = writeln!(o, "  conflict in process {}: {}", c.pid, c.reason);
         if let Some(op) = &c.new_op {
@@ -129,7 +145,9 @@ pub fn update_failure(name: &str, message: &str, conflicts: &[ReplayConflict]) -
         }
     }
     if !conflicts.is_empty() {
-        o.push_str("  to accept this change, resolve it in the new version with MCR_ADD_REINIT_HANDLER (include/mcr.h)\n");
+        o.push_str(
+            "  to accept this change, resolve it in the new version with MCR_ADD_REINIT_HANDLER (include/mcr.h)\n",
+        );
     }
     o
 }

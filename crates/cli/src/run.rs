@@ -122,7 +122,10 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd> {
         let supervisor_pid = match namespace::setup_child(own_ns) {
             Ok(pid) => pid,
             Err(e) => {
-                mcr_supervisor::report_launch_failure(&report, &format!("cannot set up the supervisor's namespace: {e}"));
+                mcr_supervisor::report_launch_failure(
+                    &report,
+                    &format!("cannot set up the supervisor's namespace: {e}"),
+                );
                 std::process::exit(70);
             }
         };
@@ -213,7 +216,10 @@ fn detached(dir: &InstanceDir, name: &str, log: &std::path::Path, rd: OwnedFd, t
                 ns_note = if pid_namespace { "own PID namespace".into() } else { "no PID namespace".into() };
             }
             Ok(LaunchReport::Started { startup_ms }) => {
-                println!("started '{name}' ({ns_note}; startup completed in {startup_ms:.1} ms); output in {}", log.display());
+                println!(
+                    "started '{name}' ({ns_note}; startup completed in {startup_ms:.1} ms); output in {}",
+                    log.display()
+                );
                 return Ok(0);
             }
             Ok(LaunchReport::LaunchFailed { message }) => bail!("{message}"),

@@ -8,8 +8,8 @@
 use crate::client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{
-    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response, RuntimeCommandKind,
-    RuntimeReply, StartupAlloc,
+    EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response,
+    RuntimeCommandKind, RuntimeReply, StartupAlloc,
 };
 use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, Version};
 use mcr_typemodel::Program;
@@ -118,14 +118,27 @@ impl Target for NewProcess<'_> {
     fn flush(&mut self) -> Result<(), String> {
         let pending = std::mem::take(&mut self.pending);
         for chunk in pending.chunks(WRITE_BATCH) {
-            let local: Vec<libc::iovec> =
-                chunk.iter().map(|(_, b)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
-            let remote: Vec<libc::iovec> =
-                chunk.iter().map(|(a, b)| libc::iovec { iov_base: *a as usize as *mut libc::c_void, iov_len: b.len() }).collect();
+            let local: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|(_, b)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+                .collect();
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|(a, b)| libc::iovec { iov_base: *a as usize as *mut libc::c_void, iov_len: b.len() })
+                .collect();
             let want: usize = chunk.iter().map(|(_, b)| b.len()).sum();
             // SAFETY: iovecs over live local buffers and the new process's addresses (the
             // kernel checks those); nothing here is aliased.
-            let n = unsafe { libc::process_vm_writev(self.host_pid, local.as_ptr(), local.len() as _, remote.as_ptr(), remote.len() as _, 0) };
+            let n = unsafe {
+                libc::process_vm_writev(
+                    self.host_pid,
+                    local.as_ptr(),
+                    local.len() as _,
+                    remote.as_ptr(),
+                    remote.len() as _,
+                    0,
+                )
+            };
             if n < 0 || n as usize != want {
                 // Partial or refused (a read-only page): one block at a time through
                 // /proc/PID/mem, which says which one fails.
@@ -158,7 +171,12 @@ impl Target for NewProcess<'_> {
     /// The old bytes go to scratch blocks in the new process, with the relocation table
     /// the handlers' mcr_translate() reads; the handler runs there; the scratch blocks
     /// are freed.
-    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)], relocations: &[Relocation]) -> Result<(), String> {
+    fn run_handlers(
+        &mut self,
+        what: &str,
+        objects: &[(Vec<u8>, u64, u64)],
+        relocations: &[Relocation],
+    ) -> Result<(), String> {
         self.flush()?;
         let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
         if !relocations.is_empty() {
@@ -179,14 +197,19 @@ impl Target for NewProcess<'_> {
             _ => None,
         };
         self.flush()?;
-        let r = self.runtime(RuntimeCommandKind::RunObjHandlers { what: what.to_string(), objects: batch, relocations: table });
+        let r = self.runtime(RuntimeCommandKind::RunObjHandlers {
+            what: what.to_string(),
+            objects: batch,
+            relocations: table,
+        });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
         r.map(|_| ())
     }
 }
 
 fn exe(host_pid: i32) -> Result<PathBuf, String> {
-    std::fs::read_link(format!("/proc/{host_pid}/exe")).map_err(|e| format!("cannot find the binary of process {host_pid}: {e}"))
+    std::fs::read_link(format!("/proc/{host_pid}/exe"))
+        .map_err(|e| format!("cannot find the binary of process {host_pid}: {e}"))
 }
 
 fn load(path: &Path) -> Result<Program, String> {
@@ -232,7 +255,14 @@ pub fn run(
                             return Ok(sum);
                         }
                         let p = &pairs[i];
-                        let r = transfer_process(p, &programs[&p.old_exe], &programs[&p.new_exe], &mut old, &mut next, connections);
+                        let r = transfer_process(
+                            p,
+                            &programs[&p.old_exe],
+                            &programs[&p.new_exe],
+                            &mut old,
+                            &mut next,
+                            connections,
+                        );
                         match r {
                             Ok(s) => sum.absorb(s),
                             Err(e) => {
@@ -322,8 +352,10 @@ fn transfer_process(
     sum.heap_scan_ms += t.elapsed().as_secs_f64() * 1000.0;
 
     let t = Instant::now();
-    let old_img = Image::locate(&old_maps, old_exe).ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
-    let new_img = Image::locate(&new_maps, new_exe).ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
+    let old_img = Image::locate(&old_maps, old_exe)
+        .ok_or_else(|| format!("cannot find {} in process {pid}'s memory map", old_exe.display()))?;
+    let new_img = Image::locate(&new_maps, new_exe)
+        .ok_or_else(|| format!("cannot find {} in the new process {pid}'s memory map", new_exe.display()))?;
     let dirt = match mcr_dirty::written_ranges(old_host) {
         Ok(d) => {
             let c = d.counts();
@@ -350,7 +382,11 @@ fn transfer_process(
         }
     };
     sum.startup_tables_ms += ts.elapsed().as_secs_f64() * 1000.0;
-    let mem = File::options().read(true).write(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
+    let mem = File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{new_host}/mem"))
+        .map_err(|e| format!("cannot open the new process {pid}'s memory: {e}"))?;
     let mut target = NewProcess { next, pid, host_pid: new_host, mem, pending: Vec::new() };
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
@@ -381,7 +417,9 @@ fn transfer_process(
         move_connections(old_host, &fds, &mut target)?;
         let regs = epoll_registrations(old_host, &fds, |data| {
             if heap.containing(data).is_some() {
-                moved.relocate(&heap, data).ok_or_else(|| format!("epoll data {data:#x} points to a heap block the transfer did not move"))
+                moved
+                    .relocate(&heap, data)
+                    .ok_or_else(|| format!("epoll data {data:#x} points to a heap block the transfer did not move"))
             } else {
                 Ok(data)
             }
@@ -399,7 +437,12 @@ fn transfer_process(
 /// a connection (its startup never recreates them): install the connection in the new
 /// parent, whose respawn handler forks a child with the old child's PID. The state
 /// transfer then pairs them like any processes. Returns how many were respawned.
-pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next: &mut Connection, connections: &[OpenConnections]) -> Result<usize, String> {
+pub fn respawn_volatile(
+    old: &BTreeMap<i32, i32>,
+    new: &BTreeMap<i32, i32>,
+    next: &mut Connection,
+    connections: &[OpenConnections],
+) -> Result<usize, String> {
     let old_ns: BTreeMap<i32, i32> = old.iter().map(|(&ns, &host)| (host, ns)).collect();
     let mut n = 0;
     for c in connections.iter().filter(|c| c.volatile && !c.fds.is_empty()) {
@@ -409,7 +452,8 @@ pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next
             .ok()
             .and_then(|st| st.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok()))
             .ok_or_else(|| format!("cannot read the parent of process {pid}"))?;
-        let parent = *old_ns.get(&parent_host).ok_or_else(|| format!("process {pid}'s parent is not part of the instance"))?;
+        let parent =
+            *old_ns.get(&parent_host).ok_or_else(|| format!("process {pid}'s parent is not part of the instance"))?;
         let &[fd] = c.fds.as_slice() else {
             return Err(format!(
                 "process {pid} (forked after startup) serves {} connections (fds {:?}); a respawn handler recreates a process for one",
@@ -417,14 +461,22 @@ pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next
                 c.fds
             ));
         };
-        let &new_parent_host = new.get(&parent).ok_or_else(|| format!("process {parent} has no counterpart in the new version"))?;
-        let mem = File::options().read(true).write(true).open(format!("/proc/{new_parent_host}/mem")).map_err(|e| format!("cannot open the new process {parent}'s memory: {e}"))?;
-        let mut target = NewProcess { next: &mut *next, pid: parent, host_pid: new_parent_host, mem, pending: Vec::new() };
+        let &new_parent_host =
+            new.get(&parent).ok_or_else(|| format!("process {parent} has no counterpart in the new version"))?;
+        let mem = File::options()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{new_parent_host}/mem"))
+            .map_err(|e| format!("cannot open the new process {parent}'s memory: {e}"))?;
+        let mut target =
+            NewProcess { next: &mut *next, pid: parent, host_pid: new_parent_host, mem, pending: Vec::new() };
         move_connections(old_host, &[fd], &mut target)?;
         match target.runtime(RuntimeCommandKind::Respawn { pid, fd }) {
             Ok(RuntimeReply::Respawned { .. }) => n += 1,
             Ok(other) => return Err(format!("unexpected answer to respawn: {other:?}")),
-            Err(e) => return Err(format!("process {parent} could not respawn process {pid} (connection fd {fd}): {e}")),
+            Err(e) => {
+                return Err(format!("process {parent} could not respawn process {pid} (connection fd {fd}): {e}"))
+            }
         }
     }
     Ok(n)
@@ -433,7 +485,10 @@ pub fn respawn_volatile(old: &BTreeMap<i32, i32>, new: &BTreeMap<i32, i32>, next
 /// Move connections of old process `old_host` into new process `pid` for its program to
 /// adopt as new ones (their state stays behind).
 pub fn adopt(old_host: i32, pid: i32, new_host: i32, next: &mut Connection, fds: &[i32]) -> Result<(), String> {
-    let mem = File::options().read(true).open(format!("/proc/{new_host}/mem")).map_err(|e| format!("cannot open the new process {pid}: {e}"))?;
+    let mem = File::options()
+        .read(true)
+        .open(format!("/proc/{new_host}/mem"))
+        .map_err(|e| format!("cannot open the new process {pid}: {e}"))?;
     let mut target = NewProcess { next, pid, host_pid: new_host, mem, pending: Vec::new() };
     import_connections(old_host, fds, &mut target, true)
 }
@@ -457,7 +512,14 @@ fn import_connections(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt
     let mut targets = Vec::new();
     for &fd in fds {
         // SAFETY: copying a descriptor of the old process into ours.
-        let c = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd() as libc::c_long, fd as libc::c_long, 0 as libc::c_long) } as i32;
+        let c = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                pidfd.as_raw_fd() as libc::c_long,
+                fd as libc::c_long,
+                0 as libc::c_long,
+            )
+        } as i32;
         if c < 0 {
             return Err(format!("cannot take fd {fd} of old process {old_host}: {}", std::io::Error::last_os_error()));
         }
@@ -484,7 +546,9 @@ fn import_connections(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt
             match listener.accept() {
                 Ok((c, _)) => break c,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) || t0.elapsed() > std::time::Duration::from_secs(30) {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst)
+                        || t0.elapsed() > std::time::Duration::from_secs(30)
+                    {
                         return Err("the new process never fetched the descriptors".into());
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -537,7 +601,11 @@ fn send_fds(conn: &std::os::unix::net::UnixStream, fds: &[OwnedFd]) -> std::io::
 }
 
 /// The old process's epoll registrations of `fds`, data relocated by `relocate`.
-fn epoll_registrations(old_host: i32, fds: &[i32], relocate: impl Fn(u64) -> Result<u64, String>) -> Result<Vec<EpollRegistration>, String> {
+fn epoll_registrations(
+    old_host: i32,
+    fds: &[i32],
+    relocate: impl Fn(u64) -> Result<u64, String>,
+) -> Result<Vec<EpollRegistration>, String> {
     mcr_protocol::epoll_registrations(&old_host.to_string())
         .into_iter()
         .filter(|r| fds.contains(&r.fd))

@@ -10,7 +10,9 @@ use crate::run::{reports, spawn_supervisor, SupervisorLaunch};
 use crate::{program, render};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use mcr_protocol::{InstanceDir, LaunchReport, OpenConnections, ProcessLog, ReplayConflict, Request, Response, UpdateInfo};
+use mcr_protocol::{
+    InstanceDir, LaunchReport, OpenConnections, ProcessLog, ReplayConflict, Request, Response, UpdateInfo,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -152,8 +154,13 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     {
         // With the state transfer, only connections held by processes forked after
         // startup must end (nothing recreates those processes); the rest move.
-        let drain =
-            Request::Drain { timeout_ms: drain_timeout, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns, adopt_idle: adopt };
+        let drain = Request::Drain {
+            timeout_ms: drain_timeout,
+            only_volatile: !args.fresh_state,
+            move_pinned: resumes_sessions,
+            move_volatile: respawns,
+            adopt_idle: adopt,
+        };
         let drained = old.request_until(&drain, || INTERRUPTED.load(Ordering::SeqCst));
         let drained = match drained {
             Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -174,8 +181,17 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 bail!("the running version could not drain, nothing was changed: {other:?}");
             }
         }
-        let stuck: Vec<&OpenConnections> =
-            connections_left.iter().filter(|c| !c.finished).filter(|c| if args.fresh_state { !(adopt && adoptable(c)) } else { (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions) }).collect();
+        let stuck: Vec<&OpenConnections> = connections_left
+            .iter()
+            .filter(|c| !c.finished)
+            .filter(|c| {
+                if args.fresh_state {
+                    !(adopt && adoptable(c))
+                } else {
+                    (c.volatile && !respawns) || (!c.pinned.is_empty() && !resumes_sessions)
+                }
+            })
+            .collect();
         if !stuck.is_empty() {
             let n: usize = stuck.iter().map(|c| c.fds.len()).sum();
             let pids: Vec<i32> = stuck.iter().map(|c| c.pid).collect();
@@ -195,13 +211,19 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
     phases.drain_ms = ms(td.elapsed());
     let tq = Instant::now();
-    match old.request(&Request::Quiesce { timeout_ms: args.quiesce_timeout }).context("quiescing the running version")? {
+    match old
+        .request(&Request::Quiesce { timeout_ms: args.quiesce_timeout })
+        .context("quiescing the running version")?
+    {
         Response::Quiesced { .. } => {}
         Response::QuiesceFailed { message, laggards } => {
             let _ = old.request(&Request::Resume);
             drop(next_lock);
             next_files.remove_all();
-            bail!("the running version did not quiesce, nothing was changed: {message}\n{}", render::laggards(&laggards));
+            bail!(
+                "the running version did not quiesce, nothing was changed: {message}\n{}",
+                render::laggards(&laggards)
+            );
         }
         other => bail!("unexpected answer to quiesce: {other:?}"),
     }
@@ -209,13 +231,22 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     // Processes may have exited during the drain (a per-connection child whose client
     // left): the tree to recreate is the one that is parked now, and so are its
     // connections.
-    if let Response::UpdateInfo(now) = old.request(&Request::UpdateInfo).context("reading the running version's processes")? {
+    if let Response::UpdateInfo(now) =
+        old.request(&Request::UpdateInfo).context("reading the running version's processes")?
+    {
         info.processes = now.processes;
     }
     // (Quiesced now: a program's idle check is asked about each connection.)
-    let refresh =
-        Request::Drain { timeout_ms: 0, only_volatile: !args.fresh_state, move_pinned: resumes_sessions, move_volatile: respawns, adopt_idle: adopt };
-    if let Response::Drained { remaining, .. } = old.request(&refresh).context("listing the running version's connections")? {
+    let refresh = Request::Drain {
+        timeout_ms: 0,
+        only_volatile: !args.fresh_state,
+        move_pinned: resumes_sessions,
+        move_volatile: respawns,
+        adopt_idle: adopt,
+    };
+    if let Response::Drained { remaining, .. } =
+        old.request(&refresh).context("listing the running version's connections")?
+    {
         connections_left = remaining;
     }
     // Per-connection processes whose client is gone have finished their sessions (they
@@ -233,8 +264,21 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     } else {
         BTreeSet::new()
     };
-    let mut attempt =
-        restart(dir, &name, &mut old, &info, next_files.clone(), next_lock, program, rest, runtime_lib, &args, &respawned, &mut new_supervisor, &mut new_processes);
+    let mut attempt = restart(
+        dir,
+        &name,
+        &mut old,
+        &info,
+        next_files.clone(),
+        next_lock,
+        program,
+        rest,
+        runtime_lib,
+        &args,
+        &respawned,
+        &mut new_supervisor,
+        &mut new_processes,
+    );
     if attempt.is_ok() {
         // The tree the new version took over: without processes that exited meanwhile.
         let live = live_processes(&info);
@@ -252,7 +296,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
     let mut adopted_connections = 0;
     if attempt.is_ok() && adopt {
-        attempt = adopt_connections(dir, &name, &info, new_supervisor, &connections_left).map(|n| adopted_connections = n);
+        attempt =
+            adopt_connections(dir, &name, &info, new_supervisor, &connections_left).map(|n| adopted_connections = n);
     }
     phases.transfer_ms = ms(tt.elapsed());
     let _ = std::fs::remove_file(replay_path(dir, &name));
@@ -278,7 +323,18 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
             (false, f.message, f.conflicts)
         }
     };
-    let out = Outcome { instance: name.clone(), committed, message, phases, conflicts, connections_left, transfer: transferred, adopted_connections, old_processes: info.processes.clone(), new_processes };
+    let out = Outcome {
+        instance: name.clone(),
+        committed,
+        message,
+        phases,
+        conflicts,
+        connections_left,
+        transfer: transferred,
+        adopted_connections,
+        old_processes: info.processes.clone(),
+        new_processes,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if out.committed {
@@ -315,7 +371,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
                 println!("{} objects adjusted by the new version's MCR_ADD_OBJ_HANDLERs", t.state.handled);
             }
             if t.respawned_processes > 0 {
-                println!("{} per-connection processes recreated by the new version's MCR_ADD_RESPAWN_HANDLER", t.respawned_processes);
+                println!(
+                    "{} per-connection processes recreated by the new version's MCR_ADD_RESPAWN_HANDLER",
+                    t.respawned_processes
+                );
             }
             if !t.state.globals_dropped.is_empty() {
                 println!("dropped (no longer in the new version): {}", t.state.globals_dropped.join(", "));
@@ -364,12 +423,20 @@ fn restart(
     new_supervisor: &mut Option<i32>,
     new_processes: &mut Vec<i32>,
 ) -> Result<(), Failure> {
-    let logs = match old.request(&Request::StartupLogs).map_err(|e| format!("reading the running version's startup logs: {e:#}"))? {
+    let logs = match old
+        .request(&Request::StartupLogs)
+        .map_err(|e| format!("reading the running version's startup logs: {e:#}"))?
+    {
         Response::StartupLogs { processes } => processes,
         other => return Err(format!("unexpected answer: {other:?}").into()),
     };
     if let Some(p) = logs.iter().find(|p| p.log.is_none()) {
-        return Err(format!("process {} of the running version has no startup log: {}", p.pid, p.error.clone().unwrap_or_default()).into());
+        return Err(format!(
+            "process {} of the running version has no startup log: {}",
+            p.pid,
+            p.error.clone().unwrap_or_default()
+        )
+        .into());
     }
     let replay_log = replay_path(dir, name);
     std::fs::write(&replay_log, serde_json::to_vec(&logs)?)?;
@@ -404,7 +471,8 @@ fn restart(
         // Per-connection processes the state transfer respawns are not the startup's to
         // make; one that is exiting (its client just left) has nothing to recreate.
         let live = live_processes(info);
-        let old_set: BTreeSet<i32> = info.processes.iter().copied().filter(|p| !respawned.contains(p) && live.contains(p)).collect();
+        let old_set: BTreeSet<i32> =
+            info.processes.iter().copied().filter(|p| !respawned.contains(p) && live.contains(p)).collect();
         let st = match next.request(&Request::Status)? {
             Response::Status(st) => st,
             other => return Err(format!("unexpected answer: {other:?}").into()),
@@ -416,7 +484,8 @@ fn restart(
         }
         if t.elapsed() > Duration::from_millis(300) {
             let hosts = host_pids(info).unwrap_or_default();
-            let missing: Vec<String> = old_set.difference(&new_set).map(|p| describe_process(*p, hosts.get(p).copied())).collect();
+            let missing: Vec<String> =
+                old_set.difference(&new_set).map(|p| describe_process(*p, hosts.get(p).copied())).collect();
             return Err(format!(
                 "the new version's processes {new_set:?} do not match the old version's {old_set:?}: a process the old version has (or an extra one) \
                  is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended{}",
@@ -441,16 +510,25 @@ fn inherit_descriptors(info: &UpdateInfo, logs: &[ProcessLog]) -> Result<Vec<Own
         // SAFETY: pidfd_open on a process of the old version (root: ptrace access).
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, *hpid as libc::c_long, 0 as libc::c_long) } as i32;
         if pidfd < 0 {
-            return Err(format!("cannot open process {} (host pid {hpid}): {}", p.pid, std::io::Error::last_os_error()).into());
+            return Err(format!(
+                "cannot open process {} (host pid {hpid}): {}",
+                p.pid,
+                std::io::Error::last_os_error()
+            )
+            .into());
         }
         for fd in fds {
             if taken.contains_key(&fd) || !std::path::Path::new(&format!("/proc/{hpid}/fd/{fd}")).exists() {
                 continue;
             }
             // SAFETY: copying a descriptor of the old process into ours.
-            let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_long, fd as libc::c_long, 0 as libc::c_long) } as i32;
+            let copy = unsafe {
+                libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_long, fd as libc::c_long, 0 as libc::c_long)
+            } as i32;
             if copy < 0 {
-                return Err(format!("cannot take fd {fd} of process {}: {}", p.pid, std::io::Error::last_os_error()).into());
+                return Err(
+                    format!("cannot take fd {fd} of process {}: {}", p.pid, std::io::Error::last_os_error()).into()
+                );
             }
             // SAFETY: probing and duplicating descriptors of this process.
             unsafe {
@@ -476,7 +554,13 @@ fn inherit_descriptors(info: &UpdateInfo, logs: &[ProcessLog]) -> Result<Vec<Own
 
 /// Move the old version's state into the new one (the hook between "new version
 /// parked" and commit).
-fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervisor: Option<i32>, connections: &[OpenConnections]) -> Result<crate::transfer::Summary, Failure> {
+fn transfer_state(
+    dir: &InstanceDir,
+    name: &str,
+    info: &UpdateInfo,
+    new_supervisor: Option<i32>,
+    connections: &[OpenConnections],
+) -> Result<crate::transfer::Summary, Failure> {
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
     let old = host_pids(info)?;
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
@@ -489,7 +573,8 @@ fn transfer_state(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervis
         let open = |n: &str| Connection::open(dir, n).map_err(|e| e.to_string());
         Ok((open(name)?, open(&format!("{name}.next"))?))
     };
-    let mut summary = crate::transfer::run(&procs, &connect, connections).map_err(|e| Failure::from(format!("state transfer: {e}")))?;
+    let mut summary = crate::transfer::run(&procs, &connect, connections)
+        .map_err(|e| Failure::from(format!("state transfer: {e}")))?;
     summary.respawned_processes = respawned;
     Ok(summary)
 }
@@ -503,14 +588,21 @@ fn adoptable(c: &OpenConnections) -> bool {
 
 /// --fresh-state with a resume handler: move the idle connections into the new version's
 /// processes (same PIDs, same numbers) for it to adopt. Returns how many moved.
-fn adopt_connections(dir: &InstanceDir, name: &str, info: &UpdateInfo, new_supervisor: Option<i32>, connections: &[OpenConnections]) -> Result<usize, Failure> {
+fn adopt_connections(
+    dir: &InstanceDir,
+    name: &str,
+    info: &UpdateInfo,
+    new_supervisor: Option<i32>,
+    connections: &[OpenConnections],
+) -> Result<usize, Failure> {
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
     let (old, new) = (host_pids(info)?, host_pids_in(new_supervisor)?);
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
     let mut n = 0;
     for c in connections.iter().filter(|c| adoptable(c)) {
         let (Some(&old_host), Some(&new_host)) = (old.get(&c.pid), new.get(&c.pid)) else { continue };
-        crate::transfer::adopt(old_host, c.pid, new_host, &mut next, &c.fds).map_err(|e| Failure::from(format!("adopting connections: {e}")))?;
+        crate::transfer::adopt(old_host, c.pid, new_host, &mut next, &c.fds)
+            .map_err(|e| Failure::from(format!("adopting connections: {e}")))?;
         n += c.fds.len();
     }
     Ok(n)
@@ -525,7 +617,13 @@ fn describe_process(pid: i32, host: Option<i32>) -> String {
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{h}/fd"))
         .map(|d| {
             d.flatten()
-                .map(|e| format!("{}={}", e.file_name().to_string_lossy(), std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default()))
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e.file_name().to_string_lossy(),
+                        std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -562,17 +660,30 @@ fn host_pids_in(supervisor_pid: i32) -> Result<BTreeMap<i32, i32>, Failure> {
         let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
         // An exited process not reaped yet (a per-connection child whose client left just
         // before the quiesce) holds nothing to move.
-        if status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|st| st.trim_start().starts_with(['Z', 'X'])) {
+        if status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|st| st.trim_start().starts_with(['Z', 'X']))
+        {
             continue;
         }
-        if let Some(nspid) = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok()) {
+        if let Some(nspid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok())
+        {
             out.insert(nspid, hpid);
         }
     }
     Ok(out)
 }
 
-fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i32>, log: &std::path::Path) -> Result<(), Failure> {
+fn wait_ready(
+    report: OwnedFd,
+    timeout: Duration,
+    new_supervisor: &mut Option<i32>,
+    log: &std::path::Path,
+) -> Result<(), Failure> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for r in reports(report) {
@@ -590,7 +701,10 @@ fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i3
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure {
-                message: format!("the new version did not complete its startup (every thread at a quiescent point) within {} ms", timeout.as_millis()),
+                message: format!(
+                    "the new version did not complete its startup (every thread at a quiescent point) within {} ms",
+                    timeout.as_millis()
+                ),
                 conflicts,
             });
         }
@@ -599,9 +713,14 @@ fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i3
             Ok(LaunchReport::Started { .. }) => return Ok(()),
             Ok(LaunchReport::ReplayConflict { conflict }) => {
                 conflicts.push(conflict);
-                return Err(Failure { message: "replaying the new version's startup found a conflict".into(), conflicts });
+                return Err(Failure {
+                    message: "replaying the new version's startup found a conflict".into(),
+                    conflicts,
+                });
             }
-            Ok(LaunchReport::LaunchFailed { message }) => return Err(Failure { message: format!("the new version could not start: {message}"), conflicts }),
+            Ok(LaunchReport::LaunchFailed { message }) => {
+                return Err(Failure { message: format!("the new version could not start: {message}"), conflicts })
+            }
             Ok(LaunchReport::Exited { status }) => {
                 // A conflict report may trail the exit; the runtime also wrote it to the log.
                 while let Ok(r) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -610,13 +729,19 @@ fn wait_ready(report: OwnedFd, timeout: Duration, new_supervisor: &mut Option<i3
                     }
                 }
                 if !conflicts.is_empty() {
-                    return Err(Failure { message: "replaying the new version's startup found a conflict".into(), conflicts });
+                    return Err(Failure {
+                        message: "replaying the new version's startup found a conflict".into(),
+                        conflicts,
+                    });
                 }
                 let mut message = format!("the new version exited with {status} during its startup");
                 if status == mcr_protocol::ExitStatus::Code(CONFLICT_EXIT) {
                     let logged = std::fs::read_to_string(log).unwrap_or_default();
                     if let Some(line) = logged.lines().rev().find(|l| l.contains("replay conflict:")) {
-                        message = format!("replaying the new version's startup found a conflict: {}", line.split("replay conflict:").nth(1).unwrap_or(line).trim());
+                        message = format!(
+                            "replaying the new version's startup found a conflict: {}",
+                            line.split("replay conflict:").nth(1).unwrap_or(line).trim()
+                        );
                     }
                 }
                 return Err(Failure { message, conflicts });

@@ -69,7 +69,8 @@ fn kvd_v2_layout_every_difference_explained() {
         assert!(human.contains(needle), "missing {needle:?}:\n{out}");
     }
 
-    let out = check(&mcr, &["--json".into(), fixture("kvd").into_os_string(), fixture("kvd-v2-layout").into_os_string()]);
+    let out =
+        check(&mcr, &["--json".into(), fixture("kvd").into_os_string(), fixture("kvd-v2-layout").into_os_string()]);
     assert_eq!(out.code(), 0, "{out}");
     let d = json(&out);
     assert_eq!(d["verdict"], "automatic");
@@ -83,10 +84,16 @@ fn kvd_v2_layout_every_difference_explained() {
     assert_eq!(node["reordered"], serde_json::json!(["hits"]));
     let rules = field_rules(node);
     let expect = [
-        ("kv_node.hits", serde_json::json!({"rule": "int_converted", "from": "int", "to": "long int", "checked": false, "old_offset": 20, "new_offset": 16})),
+        (
+            "kv_node.hits",
+            serde_json::json!({"rule": "int_converted", "from": "int", "to": "long int", "checked": false, "old_offset": 20, "new_offset": 16}),
+        ),
         ("kv_node.hash", serde_json::json!({"rule": "copied", "old_offset": 16, "new_offset": 24})),
         ("kv_node.created_tick", serde_json::json!({"rule": "added", "ty": "long int", "offset": 32})),
-        ("kv_node.next", serde_json::json!({"rule": "pointer_relocated", "function": false, "old_pointee": "struct kv_node", "new_pointee": "struct kv_node", "old_offset": 24, "new_offset": 40})),
+        (
+            "kv_node.next",
+            serde_json::json!({"rule": "pointer_relocated", "function": false, "old_pointee": "struct kv_node", "new_pointee": "struct kv_node", "old_offset": 24, "new_offset": 40}),
+        ),
     ];
     assert_eq!(rules.len(), expect.len(), "{node:#}");
     for ((path, rule), (ep, er)) in rules.iter().zip(expect.iter()) {
@@ -97,7 +104,10 @@ fn kvd_v2_layout_every_difference_explained() {
     assert_eq!((stats["old_size"].as_u64(), stats["new_size"].as_u64()), (Some(40), Some(48)));
     assert_eq!(stats["reordered"], serde_json::json!([]));
     let expect = [
-        ("kv_stats.cmds", serde_json::json!({"rule": "int_converted", "from": "unsigned int", "to": "long unsigned int", "checked": false, "old_offset": 8, "new_offset": 8})),
+        (
+            "kv_stats.cmds",
+            serde_json::json!({"rule": "int_converted", "from": "unsigned int", "to": "long unsigned int", "checked": false, "old_offset": 8, "new_offset": 8}),
+        ),
         ("kv_stats.bytes_in", serde_json::json!({"rule": "added", "ty": "long unsigned int", "offset": 16})),
         ("kv_stats.ticks", serde_json::json!({"rule": "copied", "old_offset": 16, "new_offset": 24})),
         ("kv_stats.hups", serde_json::json!({"rule": "copied", "old_offset": 24, "new_offset": 32})),
@@ -127,19 +137,22 @@ fn kvd_v2_layout_every_difference_explained() {
 #[test]
 fn kvd_v2_layout_backwards_narrows_with_range_checks_and_drops_fields() {
     let mcr = Mcr::new("check-kvd-back");
-    let out = check(&mcr, &["--json".into(), fixture("kvd-v2-layout").into_os_string(), fixture("kvd").into_os_string()]);
+    let out =
+        check(&mcr, &["--json".into(), fixture("kvd-v2-layout").into_os_string(), fixture("kvd").into_os_string()]);
     assert_eq!(out.code(), 0, "range-checked narrowing is still automatic: {out}");
     let d = json(&out);
     let node = find(&d["types"], "struct kv_node");
     let rules = field_rules(node);
     let hits = &rules.iter().find(|(p, _)| p == "kv_node.hits").unwrap().1;
     assert_eq!(hits["checked"], true, "{hits}");
-    let removed: Vec<&str> =
-        rules.iter().filter(|(_, r)| r["rule"] == "removed").map(|(p, _)| p.as_str()).collect();
+    let removed: Vec<&str> = rules.iter().filter(|(_, r)| r["rule"] == "removed").map(|(p, _)| p.as_str()).collect();
     assert_eq!(removed, ["kv_node.created_tick"]);
     let human = check(&mcr, &[fixture("kvd-v2-layout"), fixture("kvd")].map(|p| p.into_os_string()));
     assert!(human.stdout.contains("run-time range check"), "{human}");
-    assert!(human.stdout.contains("kv_stats.bytes_in  removed field (long unsigned int): its data is dropped"), "{human}");
+    assert!(
+        human.stdout.contains("kv_stats.bytes_in  removed field (long unsigned int): its data is dropped"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -266,7 +279,12 @@ fn a_corrupt_cache_entry_is_ignored_and_rewritten() {
 
 /// The opaque word of a `--json` comparison at `path`.
 fn word<'a>(d: &'a Value, path: &str) -> &'a Value {
-    d["opaque"].as_array().unwrap().iter().find(|w| w["path"] == path).unwrap_or_else(|| panic!("no opaque word {path}: {d:#}"))
+    d["opaque"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["path"] == path)
+        .unwrap_or_else(|| panic!("no opaque word {path}: {d:#}"))
 }
 
 /// kvd keeps the last SET node in a union (`last_set`) and v2-layout changes struct
@@ -404,7 +422,10 @@ fn hints_in_the_new_build_reach_a_changed_struct_behind_void_pointers_and_unions
     assert_eq!(word(&d, "tagged")["class"], "automatic");
     let warnings: Vec<&str> = d["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("MCR_OPAQUE(\"no_such_global\") in the new build") && warnings[0].contains("no effect"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("MCR_OPAQUE(\"no_such_global\") in the new build") && warnings[0].contains("no effect"),
+        "{warnings:?}"
+    );
 
     let human = check(&mcr, &[v1.into_os_string(), v2h.into_os_string()]);
     assert_eq!(human.code(), 0, "{human}");
@@ -421,7 +442,10 @@ fn sessions_say_whether_the_new_build_takes_them_over() {
     let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-layout")]);
     assert_eq!(out.code(), 0, "{out}");
     assert!(out.stdout.contains("resume handler serve_moved_session"), "{out}");
-    assert!(out.stdout.contains("respawn handler respawn_session: processes forked per connection are recreated"), "{out}");
+    assert!(
+        out.stdout.contains("respawn handler respawn_session: processes forked per connection are recreated"),
+        "{out}"
+    );
 
     let out = check(&mcr, &[fixture("connd"), fixture("connd-v2-norespawn")]);
     assert!(out.stdout.contains("no MCR_ADD_RESPAWN_HANDLER in the new build"), "{out}");

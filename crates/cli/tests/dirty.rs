@@ -29,7 +29,10 @@ fn n(v: &Value, k: &str) -> u64 {
 fn symbol_range(hpid: i32, exe: &std::path::Path, name: &str) -> (u64, u64) {
     let data = std::fs::read(exe).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    let sym = file.symbols().find(|s| s.name() == Ok(name)).unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
     let exe_path = std::fs::canonicalize(exe).unwrap().display().to_string();
     let maps = std::fs::read_to_string(format!("/proc/{hpid}/maps")).unwrap();
     let base = maps
@@ -49,7 +52,10 @@ fn kvd_heap_and_bss_pages_become_dirty_only_when_written() {
     let st = inst.status();
     let procs = processes(&st);
     assert_eq!(procs.len(), 1, "{st:#}");
-    let method = procs[0]["dirty"]["method"].as_str().unwrap_or_else(|| panic!("no dirty tracking in status: {st:#}")).to_string();
+    let method = procs[0]["dirty"]["method"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dirty tracking in status: {st:#}"))
+        .to_string();
 
     let before = dirty_json(&inst);
     let p = &before["processes"][0];
@@ -66,7 +72,10 @@ fn kvd_heap_and_bss_pages_become_dirty_only_when_written() {
     assert!(n(class(p, "program"), "tracked") > 0, "{p:#}");
     assert!(n(class(p, "heap"), "tracked") > 0, "{p:#}");
     let text = mcr.run(&["ctl", "kvd", "dirty"]).ok();
-    assert!(text.stdout.contains("uffd-wp") && text.stdout.contains("heap") && text.stdout.contains("dirty tracking skips"), "{text}");
+    assert!(
+        text.stdout.contains("uffd-wp") && text.stdout.contains("heap") && text.stdout.contains("dirty tracking skips"),
+        "{text}"
+    );
 
     // kvd's hash table, `static struct kv_node *table[1024]`, is .bss nobody writes
     // until the first SET: its pages wholly inside the array are clean.
@@ -75,7 +84,11 @@ fn kvd_heap_and_bss_pages_become_dirty_only_when_written() {
     let last_full = hi / PAGE * PAGE;
     assert!(first_full < last_full, "table {lo:#x}-{hi:#x} holds no whole page");
     let map = mcr_dirty::written_ranges(hpid).unwrap();
-    assert!(!map.is_dirty(first_full, last_full - first_full), "table[] written before any SET: {lo:#x}-{hi:#x} {:?}", map.clean_ranges());
+    assert!(
+        !map.is_dirty(first_full, last_full - first_full),
+        "table[] written before any SET: {lo:#x}-{hi:#x} {:?}",
+        map.clean_ranges()
+    );
 
     // Fill it: every bucket page and plenty of heap get written.
     let mut c = Client::connect(port);

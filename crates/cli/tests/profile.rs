@@ -13,7 +13,8 @@ fn poold_ids(st: &Value) -> (String, BTreeSet<String>) {
     let mut main = None;
     let mut workers = BTreeSet::new();
     for (_, t) in threads(st) {
-        let id = t["quiescent_point"]["id"].as_str().unwrap_or_else(|| panic!("no quiescent point: {st:#}")).to_string();
+        let id =
+            t["quiescent_point"]["id"].as_str().unwrap_or_else(|| panic!("no quiescent point: {st:#}")).to_string();
         if t["class"] == "main" {
             main = Some(id);
         } else {

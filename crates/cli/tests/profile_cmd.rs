@@ -45,7 +45,11 @@ fn profile(mcr: &Mcr, script: &str, port: u16, program: &Path, args: &[OsString]
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no profile written ({e}): {out}"));
     let profile: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("profile is not JSON ({e}): {text}"));
     assert_eq!(profile["format"], "mcr-profile/1", "{text}");
-    assert!(mcr.instance_files().is_empty(), "the profiled server is stopped and its files gone: {:?}", mcr.instance_files());
+    assert!(
+        mcr.instance_files().is_empty(),
+        "the profiled server is stopped and its files gone: {:?}",
+        mcr.instance_files()
+    );
     Profiled { out, profile, report, path }
 }
 
@@ -60,7 +64,9 @@ fn qp_of<'a>(p: &'a Profiled, class: &str) -> &'a Value {
         .iter()
         .find(|c| c["label"].as_str().is_some_and(|l| l.contains(class)))
         .unwrap_or_else(|| panic!("no class {class:?}: {:#}\n{}", p.profile, p.report));
-    let id = c["quiescent_point"].as_str().unwrap_or_else(|| panic!("class {class:?} has no quiescent point: {:#}", p.profile));
+    let id = c["quiescent_point"]
+        .as_str()
+        .unwrap_or_else(|| panic!("class {class:?} has no quiescent point: {:#}", p.profile));
     p.profile["quiescent_points"]
         .as_array()
         .unwrap()
@@ -73,7 +79,11 @@ fn assert_qp(p: &Profiled, class: &str, call: &str, function: &[&str]) {
     let q = qp_of(p, class);
     assert_eq!(q["call"], call, "class {class:?}: {q:#}\n{}", p.report);
     let first = q["frames"][0].as_str().unwrap_or_default();
-    assert!(function.contains(&first), "class {class:?}: {call} called from {first}, expected one of {function:?}: {q:#}\n{}", p.report);
+    assert!(
+        function.contains(&first),
+        "class {class:?}: {call} called from {first}, expected one of {function:?}: {q:#}\n{}",
+        p.report
+    );
 }
 
 /// (SL, LL, QP, Per, Vol) as the report's table says.
@@ -95,8 +105,16 @@ fn profile_ids(p: &Profiled) -> std::collections::BTreeSet<String> {
 }
 
 fn run_profiled<'a>(mcr: &'a Mcr, name: &str, profile: &Path, program: &Path, args: &[OsString]) -> Instance<'a> {
-    let mut argv: Vec<OsString> =
-        vec!["run".into(), "--detach".into(), "--name".into(), name.into(), "--profile".into(), profile.into(), "--".into(), program.into()];
+    let mut argv: Vec<OsString> = vec![
+        "run".into(),
+        "--detach".into(),
+        "--name".into(),
+        name.into(),
+        "--profile".into(),
+        profile.into(),
+        "--".into(),
+        program.into(),
+    ];
     argv.extend(args.iter().cloned());
     let out = mcr.run(&argv);
     let inst = mcr.guard(name);
@@ -119,7 +137,11 @@ fn kvd_profile_names_epoll_wait_in_main_and_the_profiled_server_quiesces_and_upd
     let p = profile(&mcr, "kvd.sh", port, &fixture("kvd"), &a);
     assert_qp(&p, "main thread of kvd", "epoll_wait", &["main"]);
     assert_eq!(table(&p), vec![0, 1, 1, 1, 0], "{}", p.report);
-    assert!(p.report.contains("long-lived loop: main") && p.report.contains("kvd.c:"), "symbolized with file:line:\n{}", p.report);
+    assert!(
+        p.report.contains("long-lived loop: main") && p.report.contains("kvd.c:"),
+        "symbolized with file:line:\n{}",
+        p.report
+    );
     assert!(p.report.contains("profiling cost:"), "{}", p.report);
 
     let plain = mcr.start("kvd-plain", &fixture("kvd"), &a);
@@ -139,7 +161,12 @@ fn kvd_profile_names_epoll_wait_in_main_and_the_profiled_server_quiesces_and_upd
     assert!(out.success(), "update of the profiled kvd: {out}");
     assert_eq!(Client::connect(port).request("VERSION"), "VERSION kvd 2");
     let st = mcr.status("kvd");
-    assert!(threads(&st).iter().all(|(_, t)| t["quiescent_point"]["id"].as_str().is_some_and(|id| profile_ids(&p).contains(id))), "{st:#}");
+    assert!(
+        threads(&st)
+            .iter()
+            .all(|(_, t)| t["quiescent_point"]["id"].as_str().is_some_and(|id| profile_ids(&p).contains(id))),
+        "{st:#}"
+    );
 }
 
 #[test]
@@ -156,7 +183,13 @@ fn poold_profile_names_accept_and_the_workers_condition_wait() {
     drop(plain);
 
     let port = free_port();
-    let inst = run_profiled(&mcr, "poold", &p.path, &fixture("poold"), &args(&["--port", &port.to_string(), "--threads", "3"]));
+    let inst = run_profiled(
+        &mcr,
+        "poold",
+        &p.path,
+        &fixture("poold"),
+        &args(&["--port", &port.to_string(), "--threads", "3"]),
+    );
     quiesce_parked(&inst, 1, 4);
     assert_eq!(Client::connect(port).request("INCR"), "VALUE 1");
 }
@@ -175,7 +208,13 @@ fn forkd_profile_names_the_master_and_worker_processes() {
     assert!(p.report.contains("main thread of forkd (exec): the workload did not reach this class"), "{}", p.report);
 
     let port = free_port();
-    let inst = run_profiled(&mcr, "forkd", &p.path, &fixture("forkd"), &args(&["--port", &port.to_string(), "--workers", "2"]));
+    let inst = run_profiled(
+        &mcr,
+        "forkd",
+        &p.path,
+        &fixture("forkd"),
+        &args(&["--port", &port.to_string(), "--workers", "2"]),
+    );
     quiesce_parked(&inst, 3, 3);
     assert_eq!(Client::connect(port).request("PING"), "PONG");
 }
@@ -214,9 +253,15 @@ fn nginx_profile_matches_table_1_and_the_profiled_nginx_quiesces() {
     // persistent.
     assert_eq!(table(&p), vec![1, 2, 2, 2, 0], "{}", p.report);
     let qps = p.profile["quiescent_points"].as_array().unwrap();
-    let has = |call: &str, f: &str| qps.iter().any(|q| q["call"] == call && q["frames"].as_array().unwrap().iter().any(|x| x == f));
+    let has = |call: &str, f: &str| {
+        qps.iter().any(|q| q["call"] == call && q["frames"].as_array().unwrap().iter().any(|x| x == f))
+    };
     assert!(has("sigsuspend", "ngx_master_process_cycle"), "{:#}", p.profile);
-    assert!(has("epoll_wait", "ngx_epoll_process_events") && has("epoll_wait", "ngx_worker_process_cycle"), "{:#}", p.profile);
+    assert!(
+        has("epoll_wait", "ngx_epoll_process_events") && has("epoll_wait", "ngx_worker_process_cycle"),
+        "{:#}",
+        p.profile
+    );
 
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.join("second"), port);
@@ -243,7 +288,13 @@ fn slowd_worker_quiesces_at_its_loop_top_wait_not_in_the_read_of_a_slow_request(
     // With the profile, a worker inside a slow request is not parked there: quiescence
     // waits for the request to finish, then holds the worker at its loop top.
     let port = free_port();
-    let inst = run_profiled(&mcr, "slowd", &p.path, &fixture("slowd"), &args(&["--port", &port.to_string(), "--threads", "2"]));
+    let inst = run_profiled(
+        &mcr,
+        "slowd",
+        &p.path,
+        &fixture("slowd"),
+        &args(&["--port", &port.to_string(), "--threads", "2"]),
+    );
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to slowd");
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     slow.write_all(b"PI").unwrap();

@@ -10,7 +10,11 @@ use support::*;
 
 fn logs(mcr: &Mcr, name: &str) -> Vec<Value> {
     let out = mcr.run(&["status", name, "--log", "--json"]).ok();
-    serde_json::from_str::<Value>(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out}")).as_array().cloned().unwrap_or_default()
+    serde_json::from_str::<Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn ops(p: &Value) -> Vec<Value> {
@@ -18,7 +22,12 @@ fn ops(p: &Value) -> Vec<Value> {
 }
 
 fn frames(op: &Value) -> Vec<String> {
-    op["stack"]["frames"].as_array().into_iter().flatten().filter_map(|f| f["function"].as_str().map(str::to_string)).collect()
+    op["stack"]["frames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["function"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -61,7 +70,8 @@ fn nginx_startup_log_spans_its_daemonizing_ancestor_and_fds_are_unique() {
     let mcr = Mcr::new("startuplog-nginx");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
-    let _inst = mcr.start("ngx", &nginx, &[std::ffi::OsStr::new("-p"), prefix.as_os_str(), "-c".as_ref(), conf.as_os_str()]);
+    let _inst =
+        mcr.start("ngx", &nginx, &[std::ffi::OsStr::new("-p"), prefix.as_os_str(), "-c".as_ref(), conf.as_os_str()]);
     let procs = logs(&mcr, "ngx");
     assert_eq!(procs.len(), 3, "master and two workers: {procs:#?}");
     // Every descriptor created during startup has one number across the tree: the same
@@ -82,7 +92,10 @@ fn nginx_startup_log_spans_its_daemonizing_ancestor_and_fds_are_unique() {
     assert!(frames(&listen).iter().any(|f| f.starts_with("ngx_") && f.contains("listening")), "{listen:#}");
     assert_ne!(listen["pid"], master["pid"], "made by the first process, which daemonized and exited");
     for w in &procs[1..] {
-        assert!(ops(w).iter().any(|o| o["call"] == "epoll_create" && o["pid"] == w["pid"]), "each worker made its epoll: {w:#}");
+        assert!(
+            ops(w).iter().any(|o| o["call"] == "epoll_create" && o["pid"] == w["pid"]),
+            "each worker made its epoll: {w:#}"
+        );
     }
     let (code, body) = http_get(port, "/status", std::time::Duration::from_secs(5)).expect("nginx answers");
     assert_eq!((code, body.trim()), (200, "ok"), "nginx serves with its descriptors moved");

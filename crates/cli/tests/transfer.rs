@@ -167,9 +167,14 @@ struct LiveBlocks(Option<u64>);
 
 impl LiveBlocks {
     fn check(&mut self, i: usize, v: &Value, added: u64) {
-        let now = v["transfer"]["live_objects"].as_u64().unwrap_or_else(|| panic!("update {i}: no live_objects: {v:#}"));
+        let now =
+            v["transfer"]["live_objects"].as_u64().unwrap_or_else(|| panic!("update {i}: no live_objects: {v:#}"));
         if let Some(before) = self.0 {
-            assert_eq!(now, before + added, "update {i}: live heap blocks were {before}, the clients added {added} since: {v:#}");
+            assert_eq!(
+                now,
+                before + added,
+                "update {i}: live heap blocks were {before}, the clients added {added} since: {v:#}"
+            );
         }
         self.0 = Some(now);
     }
@@ -188,7 +193,13 @@ fn fd_links(pid: i32) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
-                .map(|e| format!("{} -> {}", e.file_name().to_string_lossy(), std::fs::read_link(e.path()).unwrap_or_default().display()))
+                .map(|e| {
+                    format!(
+                        "{} -> {}",
+                        e.file_name().to_string_lossy(),
+                        std::fs::read_link(e.path()).unwrap_or_default().display()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -363,7 +374,13 @@ fn union_pointer_conflicts_until_hinted() {
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
-    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-opaque"), &args, &["last_set", "a union holds", "MCR_POINTS_TO"]);
+    assert_rolls_back_naming(
+        &mcr,
+        "kvd",
+        &fixture("kvd-v2-layout-opaque"),
+        &args,
+        &["last_set", "a union holds", "MCR_POINTS_TO"],
+    );
     assert_eq!(c.request("LAST"), "LAST b");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     drop(c);
@@ -398,12 +415,24 @@ fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
-    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-tagged"), &args, &["last_tagged_word", "integer", "MCR_TAGGED"]);
+    assert_rolls_back_naming(
+        &mcr,
+        "kvd",
+        &fixture("kvd-v2-layout-tagged"),
+        &args,
+        &["last_tagged_word", "integer", "MCR_TAGGED"],
+    );
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     // The integer hinted (in the new build) but not the typed pointer: that one points one
     // byte into a node whose layout changes.
-    assert_rolls_back_naming(&mcr, "kvd", &fixture("kvd-v2-layout-tagged-wordhint"), &args, &["last_tagged:", "middle of an element", "MCR_TAGGED"]);
+    assert_rolls_back_naming(
+        &mcr,
+        "kvd",
+        &fixture("kvd-v2-layout-tagged-wordhint"),
+        &args,
+        &["last_tagged:", "middle of an element", "MCR_TAGGED"],
+    );
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     drop(c);
@@ -507,7 +536,9 @@ fn object_handler_translates_old_pointers_into_the_new_version() {
                 assert_eq!(c.request(&format!("DEL key{i}")), "DELETED", "key{i}");
             }
             assert_eq!(c.request("SET fresh 1"), "OK");
-            let left = (0..keys).filter(|i| i % 7 != 0).all(|i| c.request(&format!("GET key{i}")) == format!("VALUE value {i} with spaces"));
+            let left = (0..keys)
+                .filter(|i| i % 7 != 0)
+                .all(|i| c.request(&format!("GET key{i}")) == format!("VALUE value {i} with spaces"));
             assert!(left, "{v3}: the keys not deleted are all there");
             assert_eq!(c.request("GET fresh"), "VALUE 1");
         } else {
@@ -518,7 +549,10 @@ fn object_handler_translates_old_pointers_into_the_new_version() {
         inst.stop().ok();
     }
     let check = mcr.run(&[OsString::from("check"), fixture("kvd").into(), fixture("kvd-v3-link-handled").into()]);
-    assert!(check.stdout.contains("kv_node.next") && check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"), "{check}");
+    assert!(
+        check.stdout.contains("kv_node.next") && check.stdout.contains("has an MCR_ADD_OBJ_HANDLER for it"),
+        "{check}"
+    );
 }
 
 /// `mcr update` run from a shell that leaves descriptors open to it (a client socket on
@@ -666,7 +700,11 @@ fn startup_object_with_a_smaller_counterpart_is_reallocated_and_reported() {
 
     let (out, back) = update(&mcr, "kvd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
-    assert_eq!((back["transfer"]["startup_matched"].as_u64(), back["transfer"]["startup_reallocated"].as_u64()), (Some(3), Some(0)), "{back:#}");
+    assert_eq!(
+        (back["transfer"]["startup_matched"].as_u64(), back["transfer"]["startup_reallocated"].as_u64()),
+        (Some(3), Some(0)),
+        "{back:#}"
+    );
     assert_eq!(c.request("GREETING"), greeting);
     assert_eq!(c.request("AUDIT"), "AUDIT sets=3 last=key2");
 }
@@ -692,7 +730,11 @@ fn twenty_updates_with_startup_objects_leak_no_block() {
         let (to, version) = if i % 2 == 0 { (&v2, 2) } else { (&v1, 1) };
         let (out, v) = update(&mcr, "kvd", &[], to, &args);
         assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
-        assert_eq!((v["transfer"]["startup_matched"].as_u64(), v["transfer"]["startup_reallocated"].as_u64()), (Some(3), Some(0)), "update {i}: {v:#}");
+        assert_eq!(
+            (v["transfer"]["startup_matched"].as_u64(), v["transfer"]["startup_reallocated"].as_u64()),
+            (Some(3), Some(0)),
+            "update {i}: {v:#}"
+        );
         live.check(i, &v, 10 * BLOCKS_PER_KEY);
         assert!(writer.request("LIMITS").starts_with(&format!("LIMITS version={version} ")), "update {i}");
         for _ in 0..10 {
@@ -700,7 +742,11 @@ fn twenty_updates_with_startup_objects_leak_no_block() {
             next += 1;
         }
         let dels = if version == 2 { " dels=0" } else { "" };
-        assert_eq!(writer.request("AUDIT"), format!("AUDIT sets={next} last=key{}{dels}", next - 1), "every SET counted, update {i}");
+        assert_eq!(
+            writer.request("AUDIT"),
+            format!("AUDIT sets={next} last=key{}{dels}", next - 1),
+            "every SET counted, update {i}"
+        );
         if i == 0 {
             (fds0, rss0) = (fd_count(host()), rss_kib(host()));
         }
@@ -746,7 +792,11 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
     assert_eq!(a.request("PID"), pa, "the session's process keeps its PID");
     assert_eq!(b.request("PID"), pb);
     assert_eq!(a.request("VERSION"), "VERSION connd 2");
-    assert_eq!(a.request("STATS"), "STATS sessions=8", "PID and two SETs before; GET, GET, PID, VERSION and STATS after");
+    assert_eq!(
+        a.request("STATS"),
+        "STATS sessions=8",
+        "PID and two SETs before; GET, GET, PID, VERSION and STATS after"
+    );
     // New connections get new processes of the new version.
     let mut c = Client::connect(port);
     assert_eq!(c.request("VERSION"), "VERSION connd 2");
@@ -765,7 +815,10 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
 }
 
 /// Connection-per-request load in a thread until `stop` (bounded): (answered, failures).
-fn load_until(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+fn load_until(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
     std::thread::spawn(move || {
         let (mut ok, mut failed) = (0u64, Vec::new());
         for _ in 0..200_000 {
@@ -788,7 +841,9 @@ fn load_until(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) ->
 /// No session loses a variable or a count, no request fails, descriptors do not grow.
 #[test]
 fn ten_session_updates_under_load_lose_nothing() {
-    for (server, v2, extra) in [("connd", "connd-v2-layout", vec![]), ("poold", "poold-v2-layout", vec!["--threads", "4"])] {
+    for (server, v2, extra) in
+        [("connd", "connd-v2-layout", vec![]), ("poold", "poold-v2-layout", vec!["--threads", "4"])]
+    {
         let mcr = Mcr::new(&format!("t-{server}-ten"));
         let port = free_port();
         let mut args = port_args(port);
@@ -819,7 +874,13 @@ fn ten_session_updates_under_load_lose_nothing() {
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (ok, failed) = load.join().expect("load thread");
-        assert!(failed.is_empty(), "{server}: {} of {} requests failed across 10 updates: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)]);
+        assert!(
+            failed.is_empty(),
+            "{server}: {} of {} requests failed across 10 updates: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)]
+        );
         assert!(ok > 0, "{server}: the load made no request");
         if server == "connd" {
             assert_eq!(a.request("GET who"), "VALUE a");
@@ -830,6 +891,10 @@ fn ten_session_updates_under_load_lose_nothing() {
         }
         // The sessions and the load's connections are the only descriptors that come and go.
         drop((a, b));
-        assert!(wait_until(Duration::from_secs(5), || fd_count(host()) <= fds0), "{server}: descriptors grew from {fds0}: {:?}", fd_links(host()));
+        assert!(
+            wait_until(Duration::from_secs(5), || fd_count(host()) <= fds0),
+            "{server}: descriptors grew from {fds0}: {:?}",
+            fd_links(host())
+        );
     }
 }

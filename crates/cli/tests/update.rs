@@ -345,7 +345,8 @@ fn code_only_update_commits(c: Case) {
     // connd's per-connection children (the probe's sessions) alive at the update are
     // recreated by its respawn handler with their PIDs: the trees match, children included.
     let pace = if c.server == "connd" { Duration::from_millis(3) } else { Duration::ZERO };
-    let ((out, outcome), reports) = under_probe(port, Proto::Line, 1, pace, || update_json(&mcr, name, &[], &v2, &args));
+    let ((out, outcome), reports) =
+        under_probe(port, Proto::Line, 1, pace, || update_json(&mcr, name, &[], &v2, &args));
     assert_eq!(out.code(), 0, "update {} -> {} did not commit: {out}\nlog:\n{}", c.v1, c.v2, inst.log());
     assert_eq!(outcome["committed"], Value::Bool(true), "{outcome:#}");
     assert_eq!(outcome["instance"], name, "{outcome:#}");
@@ -992,7 +993,8 @@ impl KeepAlive {
         if self.reader.read_line(&mut line).map_err(|e| format!("status line: {e}"))? == 0 {
             return Err("the connection was closed".into());
         }
-        let status = line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| format!("not HTTP: {line:?}"))?;
+        let status =
+            line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| format!("not HTTP: {line:?}"))?;
         let mut length = 0usize;
         loop {
             line.clear();
@@ -1026,13 +1028,16 @@ impl KeepAlive {
 fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
     let Some(nginx) = nginx_bin("nginx_keepalive_connections_survive_an_update_to_the_next_patch") else { return };
     let (Some(p1), Some(p2)) = (cached_nginx_build(&nginx, 1), cached_nginx_build(&nginx, 2)) else {
-        eprintln!("note: nginx keep-alive test skipped: the -p1/-p2 builds are not cached (scripts/test.sh builds them)");
+        eprintln!(
+            "note: nginx keep-alive test skipped: the -p1/-p2 builds are not cached (scripts/test.sh builds them)"
+        );
         return;
     };
     let mcr = Mcr::new("u-nginx-keepalive");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
-    let args: Vec<String> = vec!["-p".into(), prefix.to_str().unwrap().into(), "-c".into(), conf.to_str().unwrap().into()];
+    let args: Vec<String> =
+        vec!["-p".into(), prefix.to_str().unwrap().into(), "-c".into(), conf.to_str().unwrap().into()];
     let inst = mcr.start("nginx", &p1, &args);
     let mut idle: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::connect(port)).collect();
     for c in &mut idle {
@@ -1054,7 +1059,10 @@ fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
     let (out, outcome) = update_json(&mcr, "nginx", NGINX_UPDATE, &p2, &args);
     let wrk = wrk.wait_with_output().expect("wrk");
     let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
-    eprintln!("wrk across the update:\n{report}\noutcome: adopted {} left {}", outcome["adopted_connections"], outcome["connections_left"]);
+    eprintln!(
+        "wrk across the update:\n{report}\noutcome: adopted {} left {}",
+        outcome["adopted_connections"], outcome["connections_left"]
+    );
     assert_eq!(out.code(), 0, "nginx update did not commit: {out}\nlog:\n{}", inst.log());
     assert!(
         outcome["adopted_connections"].as_u64().is_some_and(|n| n >= 6),
@@ -1275,14 +1283,19 @@ fn nginx_rolled_back_version_never_serves() {
     let mut st0 = inst.status();
     wait_until(Duration::from_secs(5), || {
         st0 = inst.status();
-        processes(&st0).iter().filter(|p| p["command_line"][0].as_str().is_some_and(|c| c.contains("worker process"))).count() == 2
+        processes(&st0)
+            .iter()
+            .filter(|p| p["command_line"][0].as_str().is_some_and(|c| c.contains("worker process")))
+            .count()
+            == 2
     });
     let sup = inst.supervisor_pid();
     let hosts = host_pids_in_namespace_of(sup);
     let mut seen = Vec::new();
     for i in 0..10 {
-        let (out, reports) =
-            under_probe(port, Proto::Http, 2, Duration::ZERO, || update(&mcr, "nginx", NGINX_UPDATE, &nginx, &new_args));
+        let (out, reports) = under_probe(port, Proto::Http, 2, Duration::ZERO, || {
+            update(&mcr, "nginx", NGINX_UPDATE, &nginx, &new_args)
+        });
         assert_eq!(out.code(), 1, "{out}\nlog:\n{}", inst.log());
         assert!(out.stderr.contains("do not match"), "{out}");
         if sum(&reports, |r| r.refused) + sum(&reports, |r| r.failed) > 0 {
@@ -1315,8 +1328,10 @@ fn fresh_state_update_lets_open_connections_finish_during_the_drain() {
     let _inst = mcr.start("kvd", &v1, &args);
     let mut client = Client::connect(port);
     assert_eq!(client.request("SET k v"), "OK");
-    let mut argv: Vec<OsString> =
-        ["update", "kvd", "--fresh-state", "--drain-timeout", "10000", "--json", "--"].iter().map(OsString::from).collect();
+    let mut argv: Vec<OsString> = ["update", "kvd", "--fresh-state", "--drain-timeout", "10000", "--json", "--"]
+        .iter()
+        .map(OsString::from)
+        .collect();
     argv.push(v2.clone().into());
     argv.extend(args.iter().map(OsString::from));
     let mut upd = mcr.spawn(&argv);
@@ -1345,7 +1360,8 @@ fn killed_update_never_leaves_the_server_draining() {
     let inst = mcr.start("kvd", &v1, &args);
     let mut client = Client::connect(port);
     assert_eq!(client.request("PING"), "PONG");
-    let mut argv: Vec<OsString> = ["update", "kvd", "--fresh-state", "--drain-timeout", "30000", "--"].iter().map(OsString::from).collect();
+    let mut argv: Vec<OsString> =
+        ["update", "kvd", "--fresh-state", "--drain-timeout", "30000", "--"].iter().map(OsString::from).collect();
     argv.push(v2.clone().into());
     argv.extend(args.iter().map(OsString::from));
     let mut upd = mcr.spawn(&argv);
@@ -1356,7 +1372,8 @@ fn killed_update_never_leaves_the_server_draining() {
     let _ = upd.wait_timeout(Duration::from_secs(5));
     // New connections are accepted again, by the old version.
     assert!(
-        wait_until(Duration::from_secs(5), || std::panic::catch_unwind(|| ask(port, "VERSION")).is_ok_and(|v| v == "VERSION kvd 1")),
+        wait_until(Duration::from_secs(5), || std::panic::catch_unwind(|| ask(port, "VERSION"))
+            .is_ok_and(|v| v == "VERSION kvd 1")),
         "the server no longer accepts after the update was killed\nlog:\n{}",
         inst.log()
     );

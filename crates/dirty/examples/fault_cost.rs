@@ -11,7 +11,14 @@ fn populated() -> *mut u8 {
     // SAFETY: fresh private anonymous mapping, populated so no page fault other than the
     // write-protect one is measured.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), PAGES * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
     };
     assert_ne!(p, libc::MAP_FAILED);
     p.cast()

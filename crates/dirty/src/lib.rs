@@ -62,7 +62,9 @@ impl fmt::Display for DirtyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DirtyError::Proc { path, source } => write!(f, "cannot read {path}: {source}"),
-            DirtyError::Scan { start, end, source } => write!(f, "PAGEMAP_SCAN of {start:#x}-{end:#x} failed: {source}"),
+            DirtyError::Scan { start, end, source } => {
+                write!(f, "PAGEMAP_SCAN of {start:#x}-{end:#x} failed: {source}")
+            }
         }
     }
 }
@@ -197,14 +199,16 @@ pub fn written_ranges_with(pid: i32, method: Method) -> Result<DirtyMap, DirtyEr
         // The mcr runtime's own memory is not the program's state.
         let candidate = class != MappingClass::Runtime
             && m.private
-            && !m.is_empty() && (m.is_tracked_kind() || (method == Method::UffdWp && !m.path.starts_with('[')));
+            && !m.is_empty()
+            && (m.is_tracked_kind() || (method == Method::UffdWp && !m.path.starts_with('[')));
         if !candidate {
             continue;
         }
         let mut clean = Vec::new();
         let counts = match method {
             Method::UffdWp => scan_uffd(&pagemap, &m, page, &mut clean)?,
-            Method::SoftDirty if m.writable => scan_soft_dirty(&pagemap, &m, page, &mut clean).map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?,
+            Method::SoftDirty if m.writable => scan_soft_dirty(&pagemap, &m, page, &mut clean)
+                .map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?,
             _ => Counts { untracked: m.len() / page, ..Counts::default() },
         };
         // Read-only mappings matter only when they were tracked (written to before an
@@ -239,14 +243,20 @@ pub enum PageState {
 pub fn uffd_page_state(categories: u64) -> PageState {
     if categories & sys::PAGE_IS_WPALLOWED == 0 {
         PageState::Untracked
-    } else if categories & sys::PAGE_IS_WRITTEN != 0 || categories & (sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED) == 0 {
+    } else if categories & sys::PAGE_IS_WRITTEN != 0 || categories & (sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED) == 0
+    {
         PageState::Written
     } else {
         PageState::Clean
     }
 }
 
-fn scan_uffd(pagemap: &std::fs::File, m: &Mapping, page: u64, clean: &mut Vec<(u64, u64)>) -> Result<Counts, DirtyError> {
+fn scan_uffd(
+    pagemap: &std::fs::File,
+    m: &Mapping,
+    page: u64,
+    clean: &mut Vec<(u64, u64)>,
+) -> Result<Counts, DirtyError> {
     use std::os::fd::AsRawFd;
     let mask = sys::PAGE_IS_WPALLOWED | sys::PAGE_IS_WRITTEN | sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED;
     let mut vec = vec![sys::page_region { start: 0, end: 0, categories: 0 }; 512];

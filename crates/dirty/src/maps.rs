@@ -34,8 +34,14 @@ pub enum MappingClass {
 }
 
 impl MappingClass {
-    pub const ALL: [MappingClass; 6] =
-        [MappingClass::Program, MappingClass::Heap, MappingClass::Anonymous, MappingClass::Stack, MappingClass::Library, MappingClass::Runtime];
+    pub const ALL: [MappingClass; 6] = [
+        MappingClass::Program,
+        MappingClass::Heap,
+        MappingClass::Anonymous,
+        MappingClass::Stack,
+        MappingClass::Library,
+        MappingClass::Runtime,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -116,7 +122,11 @@ pub fn start_brk(stat: &str) -> Option<u64> {
 /// The program's .bss pages often share one VMA with the brk heap (both anonymous and
 /// adjacent, the kernel merges them): split a `[heap]` mapping at `start_brk` so the part
 /// below counts as the program's, as it is.
-pub fn split_heap(maps: Vec<Mapping>, classes: Vec<MappingClass>, start_brk: Option<u64>) -> Vec<(Mapping, MappingClass)> {
+pub fn split_heap(
+    maps: Vec<Mapping>,
+    classes: Vec<MappingClass>,
+    start_brk: Option<u64>,
+) -> Vec<(Mapping, MappingClass)> {
     let mut out = Vec::with_capacity(maps.len() + 1);
     for (m, c) in maps.into_iter().zip(classes) {
         match start_brk {

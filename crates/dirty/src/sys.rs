@@ -70,15 +70,25 @@ pub fn userfaultfd(flags: i32) -> io::Result<i32> {
 pub fn uffd_api(fd: i32, features: u64) -> io::Result<u64> {
     let mut api = k::uffdio_api { api: UFFD_API, features, ioctls: 0 };
     // SAFETY: `api` is a valid uffdio_api the kernel reads and writes.
-    check(unsafe { libc::syscall(libc::SYS_ioctl, fd as libc::c_long, UFFDIO_API as libc::c_long, &mut api as *mut k::uffdio_api) })?;
+    check(unsafe {
+        libc::syscall(libc::SYS_ioctl, fd as libc::c_long, UFFDIO_API as libc::c_long, &mut api as *mut k::uffdio_api)
+    })?;
     Ok(api.features)
 }
 
 /// `UFFDIO_REGISTER` of [start, start+len) in write-protect mode.
 pub fn uffd_register_wp(fd: i32, start: u64, len: u64) -> io::Result<()> {
-    let mut reg = k::uffdio_register { range: k::uffdio_range { start, len }, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
+    let mut reg =
+        k::uffdio_register { range: k::uffdio_range { start, len }, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
     // SAFETY: `reg` is a valid uffdio_register; the range is only registered, not touched.
-    check(unsafe { libc::syscall(libc::SYS_ioctl, fd as libc::c_long, UFFDIO_REGISTER as libc::c_long, &mut reg as *mut k::uffdio_register) })?;
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd as libc::c_long,
+            UFFDIO_REGISTER as libc::c_long,
+            &mut reg as *mut k::uffdio_register,
+        )
+    })?;
     Ok(())
 }
 
@@ -88,14 +98,28 @@ pub fn uffd_register_wp(fd: i32, start: u64, len: u64) -> io::Result<()> {
 pub fn uffd_writeprotect(fd: i32, start: u64, len: u64) -> io::Result<()> {
     let mut wp = k::uffdio_writeprotect { range: k::uffdio_range { start, len }, mode: UFFDIO_WRITEPROTECT_MODE_WP };
     // SAFETY: `wp` is a valid uffdio_writeprotect.
-    check(unsafe { libc::syscall(libc::SYS_ioctl, fd as libc::c_long, UFFDIO_WRITEPROTECT as libc::c_long, &mut wp as *mut k::uffdio_writeprotect) })?;
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd as libc::c_long,
+            UFFDIO_WRITEPROTECT as libc::c_long,
+            &mut wp as *mut k::uffdio_writeprotect,
+        )
+    })?;
     Ok(())
 }
 
 /// One `PAGEMAP_SCAN` call over [start, end) of the pagemap file `fd`: fills `out` with
 /// regions of pages sharing the same categories (masked by `return_mask`) and returns
 /// how many it filled and where the walk ended (`end` when it covered everything).
-pub fn pagemap_scan(fd: i32, start: u64, end: u64, flags: u64, return_mask: u64, out: &mut [page_region]) -> io::Result<(usize, u64)> {
+pub fn pagemap_scan(
+    fd: i32,
+    start: u64,
+    end: u64,
+    flags: u64,
+    return_mask: u64,
+    out: &mut [page_region],
+) -> io::Result<(usize, u64)> {
     let mut arg = pm_scan_arg {
         size: core::mem::size_of::<pm_scan_arg>() as u64,
         flags,
@@ -111,7 +135,9 @@ pub fn pagemap_scan(fd: i32, start: u64, end: u64, flags: u64, return_mask: u64,
         return_mask,
     };
     // SAFETY: `arg` is valid and `vec` points at `out.len()` writable page_regions.
-    let n = check(unsafe { libc::syscall(libc::SYS_ioctl, fd as libc::c_long, PAGEMAP_SCAN as libc::c_long, &mut arg as *mut pm_scan_arg) })?;
+    let n = check(unsafe {
+        libc::syscall(libc::SYS_ioctl, fd as libc::c_long, PAGEMAP_SCAN as libc::c_long, &mut arg as *mut pm_scan_arg)
+    })?;
     Ok((n as usize, arg.walk_end))
 }
 

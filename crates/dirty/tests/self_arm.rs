@@ -7,7 +7,16 @@ const PAGE: usize = 4096;
 
 fn map_pages(n: usize) -> *mut u8 {
     // SAFETY: fresh private anonymous mapping.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), n * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            n * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     assert_ne!(p, libc::MAP_FAILED);
     p.cast()
 }
@@ -40,11 +49,16 @@ fn arming_tracks_writes_page_by_page() {
         libc::madvise(buf.add(3 * PAGE).cast(), PAGE, libc::MADV_DONTNEED); // zapped
         *buf.add(6 * PAGE) = 1; // unpopulated at arming, written after
         let _ = std::ptr::read_volatile(buf.add(7 * PAGE)); // unpopulated, read after
-        // A kernel-mode write (read(2) into a protected page) must succeed.
+                                                            // A kernel-mode write (read(2) into a protected page) must succeed.
         let mut fds = [0; 2];
         assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
         assert_eq!(libc::write(fds[1], b"hello".as_ptr().cast(), 5), 5);
-        assert_eq!(libc::read(fds[0], buf.add(8 * PAGE).cast(), 5), 5, "read into a write-protected page: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::read(fds[0], buf.add(8 * PAGE).cast(), 5),
+            5,
+            "read into a write-protected page: {}",
+            std::io::Error::last_os_error()
+        );
         assert_eq!(*buf.add(8 * PAGE), b'h');
         let start = buf as u64;
         eprintln!("categories (first page, end page, bits): {:x?}", raw_categories(start, start + (N * PAGE) as u64));

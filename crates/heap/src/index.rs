@@ -49,7 +49,11 @@ impl HeapIndex {
         Ok((idx, kept))
     }
 
-    fn scan_inner(mem: &dyn ReadMemory, regions: &[Region], mut keep: Option<&mut Pieces>) -> Result<Self, MemoryError> {
+    fn scan_inner(
+        mem: &dyn ReadMemory,
+        regions: &[Region],
+        mut keep: Option<&mut Pieces>,
+    ) -> Result<Self, MemoryError> {
         let mut objects = Vec::new();
         let mut scanned = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -151,7 +155,16 @@ mod tests {
     }
 
     fn region(base: u64, len: u64) -> Region {
-        Region { start: base, end: base + len, readable: true, writable: true, private: true, offset: 0, inode: 0, name: String::new() }
+        Region {
+            start: base,
+            end: base + len,
+            readable: true,
+            writable: true,
+            private: true,
+            offset: 0,
+            inode: 0,
+            name: String::new(),
+        }
     }
 
     #[test]

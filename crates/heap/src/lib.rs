@@ -47,11 +47,17 @@ pub struct Info {
 
 impl Info {
     pub const fn encode(self) -> u64 {
-        (self.size & SIZE_MASK) | ((self.align_log2 as u64) << ALIGN_SHIFT) & ALIGN_MASK | if self.startup { STARTUP } else { 0 }
+        (self.size & SIZE_MASK)
+            | ((self.align_log2 as u64) << ALIGN_SHIFT) & ALIGN_MASK
+            | if self.startup { STARTUP } else { 0 }
     }
 
     pub const fn decode(word: u64) -> Info {
-        Info { size: word & SIZE_MASK, startup: word & STARTUP != 0, align_log2: ((word & ALIGN_MASK) >> ALIGN_SHIFT) as u32 }
+        Info {
+            size: word & SIZE_MASK,
+            startup: word & STARTUP != 0,
+            align_log2: ((word & ALIGN_MASK) >> ALIGN_SHIFT) as u32,
+        }
     }
 }
 

@@ -45,7 +45,12 @@ impl ProcessMemory {
 
 impl ReadMemory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.mem.read_exact_at(buf, addr).map_err(|source| MemoryError::Read { pid: self.pid, addr, len: buf.len(), source })
+        self.mem.read_exact_at(buf, addr).map_err(|source| MemoryError::Read {
+            pid: self.pid,
+            addr,
+            len: buf.len(),
+            source,
+        })
     }
 }
 
@@ -111,7 +116,8 @@ impl Region {
     }
 
     pub fn read_all(pid: i32) -> Result<Vec<Region>, MemoryError> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| MemoryError::Maps { pid, source })?;
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| MemoryError::Maps { pid, source })?;
         Ok(text.lines().filter_map(Region::parse).collect())
     }
 
@@ -119,7 +125,11 @@ impl Region {
     /// mappings (thread arenas, large blocks). Stacks are anonymous too but never hold
     /// blocks; they are skipped.
     pub fn may_hold_heap_blocks(&self) -> bool {
-        self.readable && self.writable && self.private && self.inode == 0 && (self.name.is_empty() || self.name == "[heap]")
+        self.readable
+            && self.writable
+            && self.private
+            && self.inode == 0
+            && (self.name.is_empty() || self.name == "[heap]")
     }
 }
 
@@ -223,7 +233,16 @@ mod tests {
         // 64 pages mapped, 2 of them written: only those are worth scanning.
         let len = 64 * 4096;
         // SAFETY: a fresh private anonymous mapping of our own, unmapped below.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         assert_ne!(p, libc::MAP_FAILED);
         let base = p as u64;
         // SAFETY: inside the mapping.
@@ -231,7 +250,16 @@ mod tests {
             *(p as *mut u8).add(5 * 4096) = 1;
             *(p as *mut u8).add(40 * 4096 + 7) = 1;
         }
-        let r = Region { start: base, end: base + len as u64, readable: true, writable: true, private: true, offset: 0, inode: 0, name: String::new() };
+        let r = Region {
+            start: base,
+            end: base + len as u64,
+            readable: true,
+            writable: true,
+            private: true,
+            offset: 0,
+            inode: 0,
+            name: String::new(),
+        };
         let parts = touched_parts(std::process::id() as i32, &[r]);
         // SAFETY: our mapping.
         unsafe { libc::munmap(p, len) };
@@ -241,15 +269,18 @@ mod tests {
 
     #[test]
     fn maps_lines_parse() {
-        let heap = Region::parse("555555559000-55555557a000 rw-p 00000000 00:00 0                          [heap]").unwrap();
+        let heap =
+            Region::parse("555555559000-55555557a000 rw-p 00000000 00:00 0                          [heap]").unwrap();
         assert_eq!((heap.start, heap.end, heap.name.as_str()), (0x555555559000, 0x55555557a000, "[heap]"));
         assert!(heap.may_hold_heap_blocks());
         let anon = Region::parse("7ffff7d80000-7ffff7d83000 rw-p 00000000 00:00 0 ").unwrap();
         assert!(anon.may_hold_heap_blocks());
-        let data = Region::parse("555555558000-555555559000 rw-p 00003000 fe:01 1234567                    /srv/kvd").unwrap();
+        let data =
+            Region::parse("555555558000-555555559000 rw-p 00003000 fe:01 1234567                    /srv/kvd").unwrap();
         assert!(!data.may_hold_heap_blocks());
         assert_eq!(data.name, "/srv/kvd");
-        let stack = Region::parse("7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]").unwrap();
+        let stack =
+            Region::parse("7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]").unwrap();
         assert!(!stack.may_hold_heap_blocks());
         let guard = Region::parse("7ffff0021000-7ffff4000000 ---p 00000000 00:00 0 ").unwrap();
         assert!(!guard.may_hold_heap_blocks());

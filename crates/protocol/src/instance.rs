@@ -81,13 +81,7 @@ impl InstanceDir {
     pub fn files(&self, name: &str) -> Result<InstanceFiles, InstanceError> {
         validate_name(name)?;
         let p = |ext: &str| self.path.join(format!("{name}.{ext}"));
-        Ok(InstanceFiles {
-            name: name.to_string(),
-            lock: p("lock"),
-            socket: p("sock"),
-            pid: p("pid"),
-            log: p("log"),
-        })
+        Ok(InstanceFiles { name: name.to_string(), lock: p("lock"), socket: p("sock"), pid: p("pid"), log: p("log") })
     }
 
     /// Names of instances whose lock file exists (live or stale).

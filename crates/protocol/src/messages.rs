@@ -158,7 +158,9 @@ pub enum RuntimeCommandKind {
     /// The process's startup log.
     StartupLog,
     /// Park every long-lived thread at a quiescent point and hold it there.
-    Quiesce { timeout_ms: u64 },
+    Quiesce {
+        timeout_ms: u64,
+    },
     /// Release parked threads (and end a drain).
     Resume,
     /// Profiling mode: the sampler's data now.
@@ -169,7 +171,9 @@ pub enum RuntimeCommandKind {
     Drain,
     /// State transfer, new version: allocate heap blocks of these sizes (through the
     /// program's malloc, so the program can free them later).
-    Allocate { sizes: Vec<u64> },
+    Allocate {
+        sizes: Vec<u64>,
+    },
     /// State transfer, new version: connect to the abstract Unix socket `socket`, receive
     /// one descriptor per target there (SCM_RIGHTS) and install each at its target number.
     ImportFds {
@@ -181,7 +185,9 @@ pub enum RuntimeCommandKind {
         adopt: bool,
     },
     /// State transfer, new version: register descriptors with epoll instances.
-    EpollAdd { registrations: Vec<EpollRegistration> },
+    EpollAdd {
+        registrations: Vec<EpollRegistration>,
+    },
     /// State transfer, new version: run the program's MCR_ADD_OBJ_HANDLER for `what` on
     /// each object (the old bytes sit in a scratch block the update wrote). `relocations`:
     /// where every old object went, for `mcr_translate()` (also in a scratch block).
@@ -192,7 +198,9 @@ pub enum RuntimeCommandKind {
         relocations: Option<crate::RelocationTable>,
     },
     /// State transfer, new version: free blocks from Allocate (scratch copies).
-    Free { addrs: Vec<u64> },
+    Free {
+        addrs: Vec<u64>,
+    },
     /// State transfer: the heap blocks the program allocated during startup, each with
     /// its allocation call-stack ID, thread and ordinal, so an update can match them with
     /// the other version's (only those whose call stack reaches the program's code: one
@@ -201,11 +209,16 @@ pub enum RuntimeCommandKind {
     /// State transfer, new version: blocks Allocate made for the old version's startup
     /// objects that had no counterpart here take over their identity (startup flag, call
     /// stack and ordinal), so the next update matches them instead of copying them again.
-    AdoptStartupBlocks { blocks: Vec<StartupAlloc> },
+    AdoptStartupBlocks {
+        blocks: Vec<StartupAlloc>,
+    },
     /// State transfer, new version: recreate a process the old version forked after
     /// startup to serve connection `fd` (already installed here), through the program's
     /// MCR_ADD_RESPAWN_HANDLER, with PID `pid` (the old process's), held until commit.
-    Respawn { pid: i32, fd: i32 },
+    Respawn {
+        pid: i32,
+        fd: i32,
+    },
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -271,7 +284,10 @@ pub enum RuntimeReply {
         elapsed_us: u64,
         threads: usize,
     },
-    QuiesceFailed { elapsed_us: u64, laggards: Vec<Laggard> },
+    QuiesceFailed {
+        elapsed_us: u64,
+        laggards: Vec<Laggard>,
+    },
     Resumed,
     /// Answer to Drain: the post-startup sockets (client connections) still open, and
     /// whether this process was forked after startup (no new version recreates it).
@@ -296,17 +312,25 @@ pub enum RuntimeReply {
         finished: bool,
     },
     /// Answer to Allocate: the blocks, in order.
-    Allocated { addrs: Vec<u64> },
+    Allocated {
+        addrs: Vec<u64>,
+    },
     /// Answer to StartupAllocations, in allocation order (a later entry for the same
     /// address or the same call stack and ordinal supersedes an earlier one).
-    StartupAllocations { allocs: Vec<StartupAlloc> },
+    StartupAllocations {
+        allocs: Vec<StartupAlloc>,
+    },
     /// Answer to ImportFds and EpollAdd.
     Done,
     /// Answer to Respawn: the recreated process's PID.
-    Respawned { pid: i32 },
+    Respawned {
+        pid: i32,
+    },
     StartupLog(StartupLog),
     Profile(crate::ProcessProfile),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// CLI → supervisor.
@@ -316,7 +340,9 @@ pub enum Request {
     Status,
     /// Every process's startup log.
     StartupLogs,
-    Quiesce { timeout_ms: u64 },
+    Quiesce {
+        timeout_ms: u64,
+    },
     Resume,
     /// Update, old version: stop accepting and wait (up to `timeout_ms`) until every
     /// process has closed its client connections. The instance stays draining until
@@ -345,13 +371,22 @@ pub enum Request {
     },
     /// Pass one command to the runtime of one process (state transfer) and return its
     /// reply.
-    Runtime { pid: i32, command: RuntimeCommandKind },
+    Runtime {
+        pid: i32,
+        command: RuntimeCommandKind,
+    },
     /// Deliver a signal to the server's main process.
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     /// SIGTERM to the main process, SIGKILL to everything after `grace_ms`.
-    Stop { grace_ms: u64 },
+    Stop {
+        grace_ms: u64,
+    },
     /// Answer once the server completed startup (or failed to).
-    WaitStarted { timeout_ms: u64 },
+    WaitStarted {
+        timeout_ms: u64,
+    },
     /// What `mcr update` needs to start the next version like this one.
     UpdateInfo,
     /// Update, new version: once the old version is gone, take over the instance name.
@@ -370,7 +405,9 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(InstanceStatus),
-    StartupLogs { processes: Vec<ProcessLog> },
+    StartupLogs {
+        processes: Vec<ProcessLog>,
+    },
     Quiesced {
         elapsed_us: u64,
         processes: usize,
@@ -380,22 +417,38 @@ pub enum Response {
         message: String,
         laggards: Vec<Laggard>,
     },
-    Resumed { processes: usize },
-    Runtime { reply: RuntimeReply },
+    Resumed {
+        processes: usize,
+    },
+    Runtime {
+        reply: RuntimeReply,
+    },
     Drained {
         elapsed_us: u64,
         /// Connections still open when the drain ended (empty: fully drained).
         remaining: Vec<OpenConnections>,
     },
-    Started { startup_ms: f64 },
+    Started {
+        startup_ms: f64,
+    },
     Stopping,
     UpdateInfo(UpdateInfo),
     /// Update, new version: startup finished with every thread parked, or failed.
-    Ready { startup_ms: f64, processes: Vec<i32> },
-    ReplayFailed { conflicts: Vec<ReplayConflict>, message: String },
-    ProfileData { processes: Vec<crate::ProcessProfile> },
+    Ready {
+        startup_ms: f64,
+        processes: Vec<i32>,
+    },
+    ReplayFailed {
+        conflicts: Vec<ReplayConflict>,
+        message: String,
+    },
+    ProfileData {
+        processes: Vec<crate::ProcessProfile>,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Client connections a process still held when a drain ended.

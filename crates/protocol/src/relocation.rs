@@ -89,11 +89,11 @@ mod tests {
     #[test]
     fn addresses_translate_into_the_object_that_moved() {
         let t = sorted(vec![
-            r(0x5000, 0x100, 0x9000, 0, 0),   // a global, same layout
-            r(0x1000, 96, 0x7000, 24, 40),   // four elements of a type that grew
-            r(0x2000, 32, 0x8000, 32, 48),   // one object of a type that grew
-            r(0x1010, 8, 0xdead, 0, 0),      // overlaps the array: dropped
-            r(0x3000, 0, 0x3300, 0, 0),      // zero-length
+            r(0x5000, 0x100, 0x9000, 0, 0), // a global, same layout
+            r(0x1000, 96, 0x7000, 24, 40),  // four elements of a type that grew
+            r(0x2000, 32, 0x8000, 32, 48),  // one object of a type that grew
+            r(0x1010, 8, 0xdead, 0, 0),     // overlaps the array: dropped
+            r(0x3000, 0, 0x3300, 0, 0),     // zero-length
         ]);
         assert_eq!(t.len(), 4);
         assert_eq!(translate(&t, 0x5000), Some(0x9000));

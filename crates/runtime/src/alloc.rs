@@ -49,7 +49,8 @@ fn class_of(layout: &Layout) -> Option<usize> {
 
 unsafe fn map(len: usize) -> *mut u8 {
     // SAFETY: anonymous private mapping, no aliasing with anything else.
-    let p = libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+    let p =
+        libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
     if p == libc::MAP_FAILED {
         null_mut()
     } else {

@@ -9,7 +9,9 @@ use crate::quiesce;
 use crate::stack;
 use crate::symbolize;
 use crate::threads::{self, IN_CALL, PARKED, TID_PENDING};
-use mcr_protocol::{CallStack, RuntimeCommand, RuntimeCommandKind, RuntimeEvent, RuntimeReply, ThreadInfo, ThreadState};
+use mcr_protocol::{
+    CallStack, RuntimeCommand, RuntimeCommandKind, RuntimeEvent, RuntimeReply, ThreadInfo, ThreadState,
+};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::*};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -198,7 +200,9 @@ fn start_thread() {
         libc::sigfillset(&mut all);
         crate::real::pthread_sigmask()(libc::SIG_SETMASK, &all, &mut old);
         let mut t: libc::pthread_t = 0;
-        let rc = crate::replay::with_high_tids(|| crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut()));
+        let rc = crate::replay::with_high_tids(|| {
+            crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut())
+        });
         if rc == 0 {
             libc::pthread_detach(t);
         } else {
@@ -279,7 +283,9 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
             let line: Vec<u8> = pending.drain(..=pos).collect();
             let reply = match mcr_protocol::decode_line::<RuntimeCommand>(&line[..line.len() - 1]) {
                 Ok(cmd) => RuntimeEvent::Reply { id: cmd.id, reply: handle(cmd.command) },
-                Err(e) => RuntimeEvent::Reply { id: 0, reply: RuntimeReply::Error { message: format!("bad command: {e}") } },
+                Err(e) => {
+                    RuntimeEvent::Reply { id: 0, reply: RuntimeReply::Error { message: format!("bad command: {e}") } }
+                }
             };
             if !write_all(&reply) {
                 break;
@@ -304,9 +310,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
     match cmd {
         RuntimeCommandKind::Status => RuntimeReply::Status {
             startup_complete: quiesce::STARTUP_DONE.load(Acquire),
-            startup_ms: quiesce::STARTUP_DONE
-                .load(Acquire)
-                .then(|| quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6),
+            startup_ms: quiesce::STARTUP_DONE.load(Acquire).then(|| quiesce::STARTUP_NS.load(Acquire) as f64 / 1e6),
             quiesced: quiesce::is_quiesced(),
             threads: thread_infos(),
             dirty: crate::dirty::status(),
@@ -339,11 +343,17 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             RuntimeReply::Resumed
         }
         RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
-        RuntimeCommandKind::ImportFds { socket, targets, adopt } => crate::transfer::import_fds(&socket, &targets, adopt),
+        RuntimeCommandKind::ImportFds { socket, targets, adopt } => {
+            crate::transfer::import_fds(&socket, &targets, adopt)
+        }
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
-        RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => crate::transfer::run_obj_handlers(&what, &objects, relocations),
+        RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => {
+            crate::transfer::run_obj_handlers(&what, &objects, relocations)
+        }
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
-        RuntimeCommandKind::StartupAllocations => RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() },
+        RuntimeCommandKind::StartupAllocations => {
+            RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() }
+        }
         RuntimeCommandKind::AdoptStartupBlocks { blocks } => crate::startup_heap::adopt(&blocks),
         RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {
             Ok(pid) => RuntimeReply::Respawned { pid },
@@ -401,14 +411,18 @@ fn thread_infos() -> Vec<ThreadInfo> {
             let cs: CallStack = symbolize::call_stack(None, &s.creation_stack.load());
             let routine = s.start_routine.load(Relaxed);
             let rname = if routine != 0 { symbolize::frame_at(routine).display_name() } else { "?".into() };
-            let class = if cs.frames.is_empty() {
-                rname
-            } else {
-                format!("{rname} (created by {})", cs.summary(4))
-            };
+            let class = if cs.frames.is_empty() { rname } else { format!("{rname} (created by {})", cs.summary(4)) };
             (class, Some(cs))
         };
-        out.push(ThreadInfo { tid, class, creation_stack, state, current_stack, quiescent_point, at_quiescent_point: at_qp });
+        out.push(ThreadInfo {
+            tid,
+            class,
+            creation_stack,
+            state,
+            current_stack,
+            quiescent_point,
+            at_quiescent_point: at_qp,
+        });
     }
     out.sort_by_key(|t| t.tid);
     out

@@ -37,7 +37,10 @@ fn stderr_is(path: &[u8]) -> bool {
     unsafe {
         let mut a: libc::stat = core::mem::zeroed();
         let mut b: libc::stat = core::mem::zeroed();
-        libc::fstat(2, &mut a) == 0 && libc::stat(path.as_ptr().cast(), &mut b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+        libc::fstat(2, &mut a) == 0
+            && libc::stat(path.as_ptr().cast(), &mut b) == 0
+            && a.st_dev == b.st_dev
+            && a.st_ino == b.st_ino
     }
 }
 

@@ -21,7 +21,8 @@ const REFUSED_ACCEPT_PAUSE_NS: i64 = 1_000_000;
 /// not closed since: client connections, as opposed to a socketpair or a socket received
 /// over a channel (nginx passes its workers' channels that way), which are not clients.
 const TRACKED_FDS: usize = 1 << 16;
-static ACCEPTED: [std::sync::atomic::AtomicU8; TRACKED_FDS] = [const { std::sync::atomic::AtomicU8::new(0) }; TRACKED_FDS];
+static ACCEPTED: [std::sync::atomic::AtomicU8; TRACKED_FDS] =
+    [const { std::sync::atomic::AtomicU8::new(0) }; TRACKED_FDS];
 
 #[inline(always)]
 pub fn note_accepted(fd: libc::c_int) {
@@ -101,7 +102,9 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
     if flags as i32 & libc::O_NONBLOCK != 0 {
         let ts = libc::timespec { tv_sec: 0, tv_nsec: REFUSED_ACCEPT_PAUSE_NS };
         // SAFETY: raw nanosleep with a valid timespec; an interruption just ends it early.
-        unsafe { crate::sys!(libc::SYS_nanosleep, &ts as *const libc::timespec, core::ptr::null_mut::<libc::timespec>()) };
+        unsafe {
+            crate::sys!(libc::SYS_nanosleep, &ts as *const libc::timespec, core::ptr::null_mut::<libc::timespec>())
+        };
         crate::errno::set(libc::EAGAIN);
         return Some(-1);
     }
@@ -112,7 +115,13 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
         // SAFETY: FUTEX_WAIT on our own aligned word; the kernel restarts it after a
         // handler installed with SA_RESTART, exactly as it would restart accept().
         let r = unsafe {
-            crate::sys!(libc::SYS_futex, DRAINING.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, 1, core::ptr::null::<libc::timespec>())
+            crate::sys!(
+                libc::SYS_futex,
+                DRAINING.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                1,
+                core::ptr::null::<libc::timespec>()
+            )
         };
         if r < 0 && crate::errno::get() == libc::EINTR {
             crate::errno::set(libc::EINTR);
@@ -152,7 +161,12 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
                 let peer = unsafe {
                     let mut addr: libc::sockaddr_storage = core::mem::zeroed();
                     let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    crate::sys!(libc::SYS_getpeername, c, &mut addr as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t) == 0
+                    crate::sys!(
+                        libc::SYS_getpeername,
+                        c,
+                        &mut addr as *mut libc::sockaddr_storage,
+                        &mut len as *mut libc::socklen_t
+                    ) == 0
                 };
                 (stream && !listening, peer)
             });
@@ -195,7 +209,16 @@ fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
     let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt into a local int of the size we pass.
-    let r = unsafe { crate::sys!(libc::SYS_getsockopt, sock, libc::SOL_SOCKET, opt, &mut v as *mut libc::c_int, &mut len as *mut libc::socklen_t) };
+    let r = unsafe {
+        crate::sys!(
+            libc::SYS_getsockopt,
+            sock,
+            libc::SOL_SOCKET,
+            opt,
+            &mut v as *mut libc::c_int,
+            &mut len as *mut libc::socklen_t
+        )
+    };
     (r == 0).then_some(v)
 }
 
@@ -253,4 +276,3 @@ unsafe fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event
         }
     }
 }
-

@@ -146,9 +146,8 @@ extern "C" fn init() {
     quiesce::set_profile(profile);
     profiling::init_from_env();
     // SAFETY: SIGRTMAX() is a plain libc query.
-    let kick = env(mcr_protocol::env::KICK_SIGNAL)
-        .and_then(|s| s.parse::<i32>().ok())
-        .unwrap_or_else(|| libc::SIGRTMAX() - 1);
+    let kick =
+        env(mcr_protocol::env::KICK_SIGNAL).and_then(|s| s.parse::<i32>().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());
     control::note_pid_namespace();
     startup_log::init_reserved_range();

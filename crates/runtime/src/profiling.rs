@@ -69,7 +69,8 @@ thread_local! {
 }
 
 pub fn init_from_env() {
-    let period = std::env::var(mcr_protocol::env::PROFILING).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let period =
+        std::env::var(mcr_protocol::env::PROFILING).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
     PERIOD_US.store(period.clamp(if period == 0 { 0 } else { 100 }, 1_000_000), SeqCst);
 }
 

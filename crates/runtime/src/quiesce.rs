@@ -37,7 +37,9 @@ static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 /// thread fence with membarrier(PRIVATE_EXPEDITED); the hot path keeps a compiler fence.
 pub fn init_asymmetric_fence() {
     // SAFETY: membarrier registration for this process; no memory is passed.
-    let ok = unsafe { crate::sys!(libc::SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0) } == 0;
+    let ok = unsafe {
+        crate::sys!(libc::SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0)
+    } == 0;
     ASYMMETRIC.store(ok, SeqCst);
 }
 
@@ -305,7 +307,10 @@ fn describe_laggards() -> Vec<Laggard> {
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for e in dir.flatten() {
             let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if !known.contains(&tid) && !crate::control::is_control_thread(tid) && !crate::profiling::is_sampler_thread(tid) {
+            if !known.contains(&tid)
+                && !crate::control::is_control_thread(tid)
+                && !crate::profiling::is_sampler_thread(tid)
+            {
                 let (reason, stack) = describe_running(tid);
                 out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
             }

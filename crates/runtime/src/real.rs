@@ -33,7 +33,11 @@ macro_rules! real_fns {
     };
 }
 
-use libc::{c_int, c_uint, c_void, size_t, ssize_t, sockaddr, socklen_t, timespec, pid_t, sigset_t, siginfo_t, msghdr, iovec, nfds_t, pollfd, fd_set, timeval, epoll_event, sem_t, pthread_t, pthread_attr_t, pthread_cond_t, pthread_mutex_t, sembuf, rusage, idtype_t, id_t, clockid_t, c_long};
+use libc::{
+    c_int, c_long, c_uint, c_void, clockid_t, epoll_event, fd_set, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t,
+    pollfd, pthread_attr_t, pthread_cond_t, pthread_mutex_t, pthread_t, rusage, sem_t, sembuf, siginfo_t, sigset_t,
+    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
+};
 
 real_fns! {
     accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
@@ -87,7 +91,7 @@ real_fns! {
     dup3: fn(c_int, c_int, c_int) -> c_int;
 }
 
-use libc::{c_char, mode_t, uid_t, gid_t};
+use libc::{c_char, gid_t, mode_t, uid_t};
 
 real_fns! {
     socket: fn(c_int, c_int, c_int) -> c_int;

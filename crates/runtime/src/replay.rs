@@ -128,8 +128,25 @@ fn reused_later(ops: &HashMap<i32, Vec<(StartupOp, bool)>>, op: &StartupOp, fd: 
 fn always_live(call: &str) -> bool {
     matches!(
         call,
-        "epoll_create" | "epoll_create1" | "epoll_ctl" | "eventfd" | "timerfd_create" | "inotify_init" | "inotify_init1"
-            | "socketpair" | "pipe" | "pipe2" | "setsid" | "setuid" | "setgid" | "chroot" | "fork" | "pthread_create" | "close" | "dup" | "fcntl"
+        "epoll_create"
+            | "epoll_create1"
+            | "epoll_ctl"
+            | "eventfd"
+            | "timerfd_create"
+            | "inotify_init"
+            | "inotify_init1"
+            | "socketpair"
+            | "pipe"
+            | "pipe2"
+            | "setsid"
+            | "setuid"
+            | "setgid"
+            | "chroot"
+            | "fork"
+            | "pthread_create"
+            | "close"
+            | "dup"
+            | "fcntl"
     )
 }
 
@@ -146,9 +163,17 @@ pub enum Decision {
     Conflict(Box<ReplayConflict>),
 }
 
-
 fn new_op(call: &str, stack: mcr_protocol::CallStack, args: &[OpArg]) -> StartupOp {
-    StartupOp { pid: crate::pid(), seq: 0, call: call.to_string(), stack, args: args.to_vec(), result: 0, errno: 0, fds: vec![] }
+    StartupOp {
+        pid: crate::pid(),
+        seq: 0,
+        call: call.to_string(),
+        stack,
+        args: args.to_vec(),
+        result: 0,
+        errno: 0,
+        fds: vec![],
+    }
 }
 
 /// Decide what to do with a startup operation of the new version.
@@ -176,7 +201,9 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
                     Some(OpArg::Fd(fd)) if inherited_live(*fd) => Decision::Replay(old.result),
                     _ => Decision::Live(vec![]),
                 }
-            } else if !old.fds.is_empty() && old.fds.iter().all(|&fd| inherited_live(fd) && !reused_later(ops, &old, fd)) {
+            } else if !old.fds.is_empty()
+                && old.fds.iter().all(|&fd| inherited_live(fd) && !reused_later(ops, &old, fd))
+            {
                 claimed.extend(old.fds.iter().copied());
                 Decision::Replay(old.result)
             } else {
@@ -190,7 +217,8 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
             });
             match touched {
                 Some(fd) => {
-                    let closest = list.iter().find(|(o, _)| o.call == call && o.stack.id == cs.id).map(|(o, _)| o.clone());
+                    let closest =
+                        list.iter().find(|(o, _)| o.call == call && o.stack.id == cs.id).map(|(o, _)| o.clone());
                     Decision::Conflict(Box::new(ReplayConflict {
                         pid,
                         reason: format!(
@@ -229,7 +257,13 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     let mut dropped: Vec<ReplayConflict> = Vec::new();
     if let Some(list) = r.ops.get(&pid) {
         for (op, used) in list {
-            if !*used && !always_live(&op.call) && op.fds.iter().any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && crate::startup_log::fd_in_use(*fd)) {
+            if !*used
+                && !always_live(&op.call)
+                && op
+                    .fds
+                    .iter()
+                    .any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && crate::startup_log::fd_in_use(*fd))
+            {
                 dropped.push(ReplayConflict {
                     pid,
                     reason: format!(
@@ -284,7 +318,11 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
     let pid = crate::pid();
     let guard = STATE.lock();
     let t = guard.as_ref().and_then(|r| {
-        r.ops.get(&pid)?.iter().find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id).map(|(o, _)| o.result as i32)
+        r.ops
+            .get(&pid)?
+            .iter()
+            .find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id)
+            .map(|(o, _)| o.result as i32)
     });
     drop(guard);
     threads::set_internal(was);
@@ -331,7 +369,10 @@ pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
         return f();
     }
     let was = threads::set_internal(true);
-    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(32768);
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(32768);
     threads::set_internal(was);
     let _serialized = crate::startup_log::pid_hint_lock();
     let Some(prev) = last_pid() else { return f() };

@@ -108,7 +108,8 @@ fn run_handlers(slot: &Slot, mask: u32) -> u32 {
 /// wrapper published about that call (and errno): the program's own wrapped calls in `f`
 /// overwrite them, and the call must proceed as if nothing had happened.
 fn keeping_published_call<R>(slot: &Slot, f: impl FnOnce() -> R) -> R {
-    let saved = (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
+    let saved =
+        (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
     let errno = crate::errno::get();
     let r = f();
     slot.call.store(saved.0, Release);
@@ -193,7 +194,9 @@ pub fn run_respawn(slot: &Slot) {
     FORK_TARGET.store(pid, Release);
     // SAFETY: the `pid_t (*)(int)` the program registered through MCR_ADD_RESPAWN_HANDLER,
     // called on its main thread at a quiescent point, with a descriptor it owns now.
-    let r = keeping_published_call(slot, || unsafe { std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd) });
+    let r = keeping_published_call(slot, || unsafe {
+        std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd)
+    });
     FORK_TARGET.store(0, Release);
     // SAFETY: getpid cannot fail.
     if r == 0 && unsafe { libc::getpid() } == pid {

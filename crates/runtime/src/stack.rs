@@ -20,7 +20,15 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
     let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
     // SAFETY: reading our own memory into a local buffer; the kernel validates `addr`.
     let n = unsafe {
-        crate::sys!(libc::SYS_process_vm_readv, libc::getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
+        crate::sys!(
+            libc::SYS_process_vm_readv,
+            libc::getpid(),
+            &local as *const libc::iovec,
+            1,
+            &remote as *const libc::iovec,
+            1,
+            0
+        )
     };
     if n != 16 {
         let e = crate::errno::get();

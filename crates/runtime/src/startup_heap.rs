@@ -79,7 +79,8 @@ struct Table {
     adopted: Vec<StartupAlloc>,
 }
 
-static TABLE: SpinLock<Table> = SpinLock::new(Table { stacks: BTreeMap::new(), recorded: Vec::new(), adopted: Vec::new() });
+static TABLE: SpinLock<Table> =
+    SpinLock::new(Table { stacks: BTreeMap::new(), recorded: Vec::new(), adopted: Vec::new() });
 
 /// Note `addr`, a block just allocated during startup by the allocation function whose
 /// frame is `fp`. Runtime-internal allocations (and one made by a signal handler that
@@ -204,7 +205,10 @@ mod tests {
             rec(0x50, 0),
         ];
         let out = number(&recorded, &stacks);
-        assert_eq!(ids(&out), vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]);
+        assert_eq!(
+            ids(&out),
+            vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]
+        );
         assert_eq!(out[1].site, "g < main");
     }
 

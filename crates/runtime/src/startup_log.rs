@@ -83,7 +83,11 @@ impl Drop for PidHintGuard {
 fn next_counter() -> &'static AtomicI32 {
     let p = SHARED_NEXT.load(Relaxed);
     // SAFETY: the page is mapped for the life of the process and never unmapped.
-    if p.is_null() { &LOCAL_NEXT } else { unsafe { &*p } }
+    if p.is_null() {
+        &LOCAL_NEXT
+    } else {
+        unsafe { &*p }
+    }
 }
 /// The range [RESERVED_FLOOR, RESERVED_TOP] holds the program's startup descriptors; the
 /// runtime's own descriptors sit above it.
@@ -107,7 +111,14 @@ pub fn init_reserved_range() {
     LOCAL_NEXT.store(top, Relaxed);
     // SAFETY: a fresh shared anonymous page, used only as one AtomicI32.
     unsafe {
-        let p = libc::mmap(core::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0);
+        let p = libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         if p != libc::MAP_FAILED {
             let counter = p as *mut AtomicI32;
             (*counter).store(top, Relaxed);
@@ -185,7 +196,16 @@ pub fn place(fd: i32, target: i32) -> i32 {
 /// Record one operation made from the wrapper whose frame is `fp`.
 pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errno: i32, fds: Vec<i32>) {
     let was = threads::set_internal(true);
-    let op = RawOp { pid: crate::pid(), seq: SEQ.fetch_add(1, Relaxed), call, stack: stack::walk_vec(fp), args, result, errno, fds };
+    let op = RawOp {
+        pid: crate::pid(),
+        seq: SEQ.fetch_add(1, Relaxed),
+        call,
+        stack: stack::walk_vec(fp),
+        args,
+        result,
+        errno,
+        fds,
+    };
     LOG.lock().push(op);
     threads::set_internal(was);
 }
@@ -231,7 +251,9 @@ fn known_fds(live_ops: impl Iterator<Item = (bool, Vec<i32>, Option<i32>)>) -> B
     }
     live.extend(crate::control::reserved_fds());
     let inherited = INHERITED.lock().clone();
-    live.extend(inherited.into_iter().filter(|(fd, was)| fd_link(*fd).as_deref() == Some(was.as_str())).map(|(fd, _)| fd));
+    live.extend(
+        inherited.into_iter().filter(|(fd, was)| fd_link(*fd).as_deref() == Some(was.as_str())).map(|(fd, _)| fd),
+    );
     live
 }
 
@@ -262,11 +284,14 @@ fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
             if known.contains(&fd) {
                 continue;
             }
-            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
+            let target =
+                std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
             if target.is_empty() {
                 continue; // the read_dir handle itself, closed by now
             }
-            out.push(format!("fd {fd} -> {target}: not created by an operation mcr records (libc-internal or not interposed)"));
+            out.push(format!(
+                "fd {fd} -> {target}: not created by an operation mcr records (libc-internal or not interposed)"
+            ));
         }
     }
     out

@@ -29,7 +29,11 @@ fn read_maps() -> Vec<Module> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut it = line.split_whitespace();
-        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(_inode)) = (it.next(), it.next(), it.next(), it.next(), it.next()) else { continue };
+        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(_inode)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
         let Some(path) = it.next() else { continue };
         if !path.starts_with('/') {
             continue;
@@ -59,10 +63,7 @@ impl Cache {
             return Frame { address: addr, function: None, module: None, module_offset: 0 };
         };
         let (base, path) = (self.modules[i].base, self.modules[i].path.clone());
-        let syms = self
-            .symbols
-            .entry(path.clone())
-            .or_insert_with(|| ModuleSymbols::load(Path::new(&path)).ok());
+        let syms = self.symbols.entry(path.clone()).or_insert_with(|| ModuleSymbols::load(Path::new(&path)).ok());
         // A return address points after the call; the call itself is one byte earlier.
         let lookup = if is_return_address { addr.saturating_sub(1) } else { addr };
         let function = syms.as_ref().and_then(|s| {
@@ -95,7 +96,11 @@ pub fn stack_id_of(call: Option<&str>, frames: &[Frame]) -> u64 {
     let names: Vec<String> = call
         .map(str::to_string)
         .into_iter()
-        .chain(frames.iter().map(|f| f.function.clone().unwrap_or_else(|| mcr_callstack::unknown_frame_name(f.module.as_deref()))))
+        .chain(
+            frames
+                .iter()
+                .map(|f| f.function.clone().unwrap_or_else(|| mcr_callstack::unknown_frame_name(f.module.as_deref()))),
+        )
         .collect();
     mcr_callstack::stack_id(names.iter().map(String::as_str))
 }

@@ -156,7 +156,11 @@ impl Local {
     /// The bounds of the stack mapping holding `sp` (an address on this thread's stack),
     /// looked up in /proc/self/maps the first time (and again, a few times at most, when
     /// `sp` left them: the main thread's stack grows). None when unknown.
-    pub fn stack_bounds(&self, sp: usize, lookup: impl FnOnce(usize) -> Option<(usize, usize)>) -> Option<(usize, usize)> {
+    pub fn stack_bounds(
+        &self,
+        sp: usize,
+        lookup: impl FnOnce(usize) -> Option<(usize, usize)>,
+    ) -> Option<(usize, usize)> {
         let (lo, hi) = (self.stack_lo.get(), self.stack_hi.get());
         if lo <= sp && sp < hi {
             return Some((lo, hi));

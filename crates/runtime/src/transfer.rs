@@ -65,7 +65,8 @@ fn usable_table(t: &RelocationTable) -> Result<(), String> {
 /// Run the program's handler for `what` on each object; `mcr_translate()` answers from
 /// `relocations` meanwhile.
 pub fn run_obj_handlers(what: &str, objects: &[HandlerObject], relocations: Option<RelocationTable>) -> RuntimeReply {
-    let found = OBJ_HANDLERS.lock().iter().find(|(w, _, _)| same_what(w, what)).map(|(w, h, n)| (w.clone(), *h, n.clone()));
+    let found =
+        OBJ_HANDLERS.lock().iter().find(|(w, _, _)| same_what(w, what)).map(|(w, h, n)| (w.clone(), *h, n.clone()));
     let Some((w, h, name)) = found else {
         return error(format!("no MCR_ADD_OBJ_HANDLER for {what} is registered in the new version"));
     };
@@ -120,7 +121,11 @@ pub fn allocate(sizes: &[u64]) -> RuntimeReply {
                 // SAFETY: blocks we just allocated and nobody else knows about.
                 unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
             }
-            return error(format!("out of memory allocating {} blocks ({} bytes)", sizes.len(), sizes.iter().sum::<u64>()));
+            return error(format!(
+                "out of memory allocating {} blocks ({} bytes)",
+                sizes.len(),
+                sizes.iter().sum::<u64>()
+            ));
         }
         addrs.push(p as u64);
     }
@@ -133,7 +138,9 @@ pub const FDS_PER_MESSAGE: usize = 253;
 pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeReply {
     for t in targets {
         if crate::startup_log::fd_in_use(t.target) {
-            let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target)).map(|p| format!(" ({})", p.display())).unwrap_or_default();
+            let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target))
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
             return error(format!(
                 "fd {} is already in use in the new version{what}, so the old version's descriptor cannot take its number",
                 t.target
@@ -167,7 +174,8 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
             let flags = if t.cloexec { libc::O_CLOEXEC } else { 0 };
             // SAFETY: moving a descriptor we received to a number checked free above.
             if unsafe { crate::sys!(libc::SYS_dup3, *fd, t.target, flags) } < 0 {
-                failure = Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
+                failure =
+                    Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
                 break;
             }
             // A client connection here too, for the next update.
@@ -191,9 +199,16 @@ pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
     for r in regs {
         let mut ev = libc::epoll_event { events: r.events, u64: r.data };
         // SAFETY: both descriptors are the program's (shared table), the event a local.
-        let rc = unsafe { crate::sys!(libc::SYS_epoll_ctl, r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev as *mut libc::epoll_event) };
+        let rc = unsafe {
+            crate::sys!(libc::SYS_epoll_ctl, r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev as *mut libc::epoll_event)
+        };
         if rc < 0 {
-            return error(format!("epoll_ctl(ADD) of fd {} on epoll fd {}: {}", r.fd, r.epfd, std::io::Error::last_os_error()));
+            return error(format!(
+                "epoll_ctl(ADD) of fd {} on epoll fd {}: {}",
+                r.fd,
+                r.epfd,
+                std::io::Error::last_os_error()
+            ));
         }
     }
     RuntimeReply::Done
@@ -214,7 +229,6 @@ fn out_of_the_way(fd: i32, above: i32) -> i32 {
         moved
     }
 }
-
 
 fn connect_abstract(name: &str) -> std::io::Result<i32> {
     // SAFETY: a fresh socket and a sockaddr_un built on the stack.

@@ -2,7 +2,8 @@
 
 use crate::state::State;
 use mcr_protocol::{
-    InstanceStatus, Laggard, OpenConnections, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply,
+    InstanceStatus, Laggard, OpenConnections, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind,
+    RuntimeReply,
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -111,7 +112,9 @@ async fn handle(state: &State, req: Request) -> Response {
                 if unsafe { libc::kill(pid, signal) } == 0 {
                     Response::Ok
                 } else {
-                    Response::Error { message: format!("cannot signal process {pid}: {}", std::io::Error::last_os_error()) }
+                    Response::Error {
+                        message: format!("cannot signal process {pid}: {}", std::io::Error::last_os_error()),
+                    }
                 }
             }
             None => Response::Error { message: "the server has no main process (it is exiting)".into() },
@@ -155,12 +158,23 @@ async fn startup_laggards(state: &State) -> String {
         }
         if !p.managed || p.threads.is_empty() {
             let why = p.error.clone().unwrap_or_else(|| "not registered with mcr".into());
-            lines.push(format!("  process {} ({}): {why}; {}", p.pid, p.command_line.join(" "), crate::procfs::where_is(p.pid)));
+            lines.push(format!(
+                "  process {} ({}): {why}; {}",
+                p.pid,
+                p.command_line.join(" "),
+                crate::procfs::where_is(p.pid)
+            ));
             continue;
         }
         for t in &p.threads {
             if t.quiescent_point.is_none() {
-                lines.push(format!("  process {} thread {} ({}): {}, never reached a quiescent point", p.pid, t.tid, t.class, t.state.describe()));
+                lines.push(format!(
+                    "  process {} thread {} ({}): {}, never reached a quiescent point",
+                    p.pid,
+                    t.tid,
+                    t.class,
+                    t.state.describe()
+                ));
             }
         }
     }
@@ -207,7 +221,9 @@ async fn take_over(state: &State) -> Response {
         }
     };
     if let Err(e) = std::fs::rename(&current.socket, &target.socket) {
-        return Response::Error { message: format!("cannot move the control socket to {}: {e}", target.socket.display()) };
+        return Response::Error {
+            message: format!("cannot move the control socket to {}: {e}", target.socket.display()),
+        };
     }
     let _ = std::fs::write(&target.pid, format!("{}\n", state.supervisor_pid));
     let _ = std::fs::remove_file(&current.pid);
@@ -263,7 +279,11 @@ pub async fn status(state: &State) -> InstanceStatus {
         let mut info = ProcessInfo {
             pid: p.pid,
             ppid: p.ppid,
-            command_line: if p.cmdline.is_empty() { reg.map(|r| r.argv.clone()).unwrap_or_default() } else { p.cmdline.clone() },
+            command_line: if p.cmdline.is_empty() {
+                reg.map(|r| r.argv.clone()).unwrap_or_default()
+            } else {
+                p.cmdline.clone()
+            },
             managed: reg.is_some(),
             startup_complete: reg.is_some_and(|r| r.startup_complete),
             startup_ms: reg.and_then(|r| r.startup_ms),
@@ -279,7 +299,11 @@ pub async fn status(state: &State) -> InstanceStatus {
             Some(Ok(other)) => info.error = Some(format!("unexpected answer {other:?}")),
             Some(Err(e)) => info.error = Some(e.clone()),
             None if p.has_runtime => info.error = Some("not registered yet".into()),
-            None => info.error = Some("runs without the mcr runtime (static binary or cleared environment): it cannot be quiesced".into()),
+            None => {
+                info.error = Some(
+                    "runs without the mcr runtime (static binary or cleared environment): it cannot be quiesced".into(),
+                )
+            }
         }
         out.push(info);
     }
@@ -298,7 +322,12 @@ pub async fn status(state: &State) -> InstanceStatus {
 }
 
 /// Send `command` to every process in `pids` at once and collect the answers.
-pub(crate) async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommandKind, timeout: Duration) -> Vec<(i32, Result<RuntimeReply, String>)> {
+pub(crate) async fn ask_all(
+    state: &State,
+    pids: &[i32],
+    command: RuntimeCommandKind,
+    timeout: Duration,
+) -> Vec<(i32, Result<RuntimeReply, String>)> {
     let handles: Vec<_> = pids
         .iter()
         .map(|&pid| {
@@ -321,7 +350,10 @@ pub(crate) async fn ask_all(state: &State, pids: &[i32], command: RuntimeCommand
 enum DrainWait {
     All,
     /// Those the state transfer cannot move into the new version.
-    Unmovable { move_pinned: bool, move_volatile: bool },
+    Unmovable {
+        move_pinned: bool,
+        move_volatile: bool,
+    },
     /// Without state transfer, those the new version cannot adopt as new connections.
     NotIdle,
 }
@@ -354,7 +386,11 @@ async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
 
 async fn resume_all(state: &State) -> usize {
     let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
-    let n = ask_all(state, &pids, RuntimeCommandKind::Resume, ASK_TIMEOUT).await.into_iter().filter(|(_, r)| r.is_ok()).count();
+    let n = ask_all(state, &pids, RuntimeCommandKind::Resume, ASK_TIMEOUT)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r.is_ok())
+        .count();
     state.lock().quiesced = false;
     n
 }
@@ -369,11 +405,8 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
     let mut problems: Vec<String> = Vec::new();
     for _round in 0..8 {
         let todo: Vec<i32> = state.lock().procs.keys().copied().filter(|p| !done.contains(p)).collect();
-        let unregistered: Vec<_> = state
-            .processes()
-            .into_iter()
-            .filter(|p| !state.lock().procs.contains_key(&p.pid))
-            .collect();
+        let unregistered: Vec<_> =
+            state.processes().into_iter().filter(|p| !state.lock().procs.contains_key(&p.pid)).collect();
         if todo.is_empty() && unregistered.is_empty() {
             break;
         }
@@ -383,7 +416,11 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
                     problems.push(if p.has_runtime {
                         format!("process {} ({}) has not registered with mcr yet", p.pid, p.cmdline.join(" "))
                     } else {
-                        format!("process {} ({}) runs without the mcr runtime and cannot be quiesced", p.pid, p.cmdline.join(" "))
+                        format!(
+                            "process {} ({}) runs without the mcr runtime and cannot be quiesced",
+                            p.pid,
+                            p.cmdline.join(" ")
+                        )
                     });
                 }
                 break;
@@ -393,7 +430,8 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
         }
         let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
         let ms = left.as_millis() as u64;
-        for (pid, r) in ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + ASK_TIMEOUT).await {
+        for (pid, r) in ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + ASK_TIMEOUT).await
+        {
             done.push(pid);
             match r {
                 Ok(RuntimeReply::Quiesced { threads: n, .. }) => threads += n,

@@ -31,7 +31,8 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     let mut nonce = [0u8; 8];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
     let runtime_socket_name = format!("mcr/{}/{}", cfg.name, u64::from_ne_bytes(nonce));
-    let addr = SocketAddr::from_abstract_name(runtime_socket_name.as_bytes()).map_err(SupervisorError::RuntimeSocket)?;
+    let addr =
+        SocketAddr::from_abstract_name(runtime_socket_name.as_bytes()).map_err(SupervisorError::RuntimeSocket)?;
     let runtime = UnixListener::bind_addr(&addr).map_err(SupervisorError::RuntimeSocket)?;
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
@@ -75,7 +76,8 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         mcr_protocol::env::INSTANCE_LOG,
         mcr_protocol::env::REPLAY,
     ];
-    let mut env: Vec<(String, String)> = base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
+    let mut env: Vec<(String, String)> =
+        base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
     env.push(("LD_PRELOAD".into(), preload));
     env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
     env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
@@ -92,7 +94,8 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(core::ptr::null());
     let prog = cstring(cfg.program.as_os_str());
-    let argv: Vec<CString> = std::iter::once(cfg.program.display().to_string()).chain(cfg.args.iter().cloned()).map(cstring).collect();
+    let argv: Vec<CString> =
+        std::iter::once(cfg.program.display().to_string()).chain(cfg.args.iter().cloned()).map(cstring).collect();
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(core::ptr::null());
     let log = if cfg.detach {

@@ -8,10 +8,10 @@
 //! [`run`], which launches the server, then serves the runtime and control sockets until
 //! the last server process is gone.
 
-pub mod namespace;
-pub mod procfs;
 mod control;
 mod launch;
+pub mod namespace;
+pub mod procfs;
 mod profiling;
 mod runtime_link;
 mod state;
@@ -91,7 +91,10 @@ pub fn run(config: Config) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            report(&config.report, &LaunchReport::LaunchFailed { message: format!("cannot start the supervisor: {e}") });
+            report(
+                &config.report,
+                &LaunchReport::LaunchFailed { message: format!("cannot start the supervisor: {e}") },
+            );
             return 70;
         }
     };

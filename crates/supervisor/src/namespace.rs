@@ -12,13 +12,17 @@ use std::io;
 pub enum Namespace {
     Own,
     /// No permission: the supervisor runs as a subreaper in the caller's namespace.
-    Shared { reason: String },
+    Shared {
+        reason: String,
+    },
 }
 
 pub fn enter() -> Namespace {
     if std::env::var_os(mcr_protocol::env::NO_PID_NAMESPACE).is_some_and(|v| v == "1") {
         return Namespace::Shared {
-            reason: "MCR_NO_PID_NAMESPACE=1: running without a PID namespace; PIDs will not be preserved across updates".into(),
+            reason:
+                "MCR_NO_PID_NAMESPACE=1: running without a PID namespace; PIDs will not be preserved across updates"
+                    .into(),
         };
     }
     // SAFETY: unshare affects only this process and its future children.
@@ -48,10 +52,24 @@ pub fn setup_child(own: bool) -> io::Result<i32> {
     // SAFETY: mount(2) with static, NUL-terminated strings.
     unsafe {
         // Host mounts still propagate in; ours (the /proc below) never propagate out.
-        if libc::mount(core::ptr::null(), c"/".as_ptr(), core::ptr::null(), libc::MS_REC | libc::MS_SLAVE, core::ptr::null()) != 0 {
+        if libc::mount(
+            core::ptr::null(),
+            c"/".as_ptr(),
+            core::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            core::ptr::null(),
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
-        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, core::ptr::null()) != 0 {
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            core::ptr::null(),
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
     }

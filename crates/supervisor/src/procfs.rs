@@ -30,7 +30,8 @@ pub fn read(pid: i32, runtime_lib_name: &str) -> Option<Proc> {
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect();
-    let has_runtime = fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.contains(runtime_lib_name)).unwrap_or(false);
+    let has_runtime =
+        fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.contains(runtime_lib_name)).unwrap_or(false);
     Some(Proc { pid, ppid, cmdline, has_runtime, zombie: state == 'Z' || state == 'X' })
 }
 
@@ -49,7 +50,8 @@ fn all_pids() -> Vec<i32> {
 /// namespace, our descendants.
 pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc> {
     let me = std::process::id() as i32;
-    let procs: Vec<Proc> = all_pids().into_iter().filter(|&p| p != me).filter_map(|p| read(p, runtime_lib_name)).collect();
+    let procs: Vec<Proc> =
+        all_pids().into_iter().filter(|&p| p != me).filter_map(|p| read(p, runtime_lib_name)).collect();
     if own_namespace {
         return procs.into_iter().filter(|p| !p.zombie).collect();
     }

@@ -2,7 +2,9 @@
 
 use crate::launch::Launched;
 use crate::{control, procfs, report, runtime_link, Config};
-use mcr_protocol::{ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply};
+use mcr_protocol::{
+    ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,7 +118,8 @@ impl Shared {
             RuntimeEvent::Hello { argv, pid: hpid, ppid, exe, forked, .. } => {
                 let hello = crate::profiling::Hello { pid: hpid, ppid, exe: &exe, forked };
                 crate::profiling::note_hello(&mut g.profiles, conn, hello);
-                g.procs.insert(pid, Registered { conn, argv, startup_complete: false, startup_ms: None, tx: tx.clone() });
+                g.procs
+                    .insert(pid, Registered { conn, argv, startup_complete: false, startup_ms: None, tx: tx.clone() });
                 if g.main_pid.is_none() {
                     g.main_pid = Some(pid);
                 }
@@ -135,7 +138,10 @@ impl Shared {
                 if self.started_tx.borrow().is_none() {
                     let _ = self.started_tx.send(Some(Err(msg)));
                 }
-                report(&self.report.as_ref().and_then(|f| f.try_clone().ok()), &LaunchReport::ReplayConflict { conflict });
+                report(
+                    &self.report.as_ref().and_then(|f| f.try_clone().ok()),
+                    &LaunchReport::ReplayConflict { conflict },
+                );
             }
             RuntimeEvent::ProfileReport { profile } => {
                 g.profiles.insert(conn, profile);
@@ -233,7 +239,8 @@ fn pick_main(state: &State) {
 
 pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     let (started_tx, _) = watch::channel(None);
-    let lib_name = cfg.runtime_lib.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "libmcr.so".into());
+    let lib_name =
+        cfg.runtime_lib.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "libmcr.so".into());
     let facts = LaunchFacts {
         profile: cfg.profile.as_ref().map(|p| p.display().to_string()),
         detach: cfg.detach,
@@ -279,11 +286,14 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         startup_event: tokio::sync::Notify::new(),
     });
     let _ = std::fs::write(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid));
-    report(&cfg.report, &LaunchReport::Supervising {
-        supervisor_pid: cfg.supervisor_pid,
-        pid_namespace: cfg.pid_namespace,
-        note: cfg.namespace_note.clone(),
-    });
+    report(
+        &cfg.report,
+        &LaunchReport::Supervising {
+            supervisor_pid: cfg.supervisor_pid,
+            pid_namespace: cfg.pid_namespace,
+            note: cfg.namespace_note.clone(),
+        },
+    );
 
     let Ok(runtime_listener) = tokio::net::UnixListener::from_std(launched.runtime) else { return 70 };
     let Ok(control_listener) = tokio::net::UnixListener::from_std(launched.control) else { return 70 };
@@ -359,7 +369,11 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     }
     drop(lock);
     drop(std::mem::replace(&mut cfg.lock, tempfile_placeholder()));
-    if retired { 0 } else { exit.shell_code() }
+    if retired {
+        0
+    } else {
+        exit.shell_code()
+    }
 }
 
 /// A harmless File to leave in place of the moved-out instance lock.

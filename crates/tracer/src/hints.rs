@@ -147,7 +147,9 @@ impl Hints {
         for (k, mut t) in std::mem::take(&mut n.tagged) {
             match h.tagged.get(&k) {
                 Some(was) if was.bits == t.bits => t.origin = Origin::Both,
-                Some(was) => h.unresolved.push(format!("{} (old build) is overridden by {} (new build)", was.written, t.written)),
+                Some(was) => {
+                    h.unresolved.push(format!("{} (old build) is overridden by {} (new build)", was.written, t.written))
+                }
                 None => {}
             }
             h.tagged.insert(k, t);
@@ -180,7 +182,10 @@ impl Hints {
         }
         for (k, t) in &h.tagged {
             if h.opaque.contains(k) {
-                h.unresolved.push(format!("{}: the same word is MCR_OPAQUE, copied as bytes (the tag changes nothing)", t.written));
+                h.unresolved.push(format!(
+                    "{}: the same word is MCR_OPAQUE, copied as bytes (the tag changes nothing)",
+                    t.written
+                ));
             }
         }
         h
@@ -220,7 +225,11 @@ impl Hints {
                     }
                     None => self.unresolved.push(format!("{raw}: expected WHERE=BITS, BITS 1 to 4")),
                 }
-            } else if raw.starts_with("handler ") || raw.starts_with("resume ") || raw.starts_with("respawn ") || raw.starts_with("idle ") {
+            } else if raw.starts_with("handler ")
+                || raw.starts_with("resume ")
+                || raw.starts_with("respawn ")
+                || raw.starts_with("idle ")
+            {
                 // Registrations of code, not hints about memory: the update reads them.
             } else {
                 self.unresolved.push(format!("{raw}: unknown hint"));
@@ -237,7 +246,12 @@ mod tests {
     fn program(hints: &[&str]) -> Program {
         let mut p = Program::empty("/x".into());
         p.has_debug_info = true;
-        p.types.push(Type::Struct(Composite { name: Some("kv_node".into()), size: 8, members: vec![], incomplete: false }));
+        p.types.push(Type::Struct(Composite {
+            name: Some("kv_node".into()),
+            size: 8,
+            members: vec![],
+            incomplete: false,
+        }));
         p.hints = hints.iter().map(|h| h.to_string()).collect();
         p
     }
@@ -262,8 +276,16 @@ mod tests {
         assert!(h.opaque.contains("c") && h.written["c"].1 == Origin::New);
         assert_eq!(h.written["same"].1, Origin::Both);
         assert_eq!(h.unresolved.len(), 2, "{:?}", h.unresolved);
-        assert!(h.unresolved.iter().any(|u| u.contains("struct nothere") && u.contains("old build")), "{:?}", h.unresolved);
-        assert!(h.unresolved.iter().any(|u| u.contains("MCR_OPAQUE(\"b\")") && u.contains("overridden")), "{:?}", h.unresolved);
+        assert!(
+            h.unresolved.iter().any(|u| u.contains("struct nothere") && u.contains("old build")),
+            "{:?}",
+            h.unresolved
+        );
+        assert!(
+            h.unresolved.iter().any(|u| u.contains("MCR_OPAQUE(\"b\")") && u.contains("overridden")),
+            "{:?}",
+            h.unresolved
+        );
         // The old build alone, as before.
         let only = Hints::of(&old);
         assert!(only.opaque.contains("b") && only.points_to.len() == 1 && only.unresolved.is_empty());
@@ -285,16 +307,31 @@ mod tests {
             "tagged cookie=1",
         ]);
         let h = Hints::of_builds(&old, &new);
-        assert_eq!(h.tagged["last_tagged"], Tagged { bits: 1, written: "MCR_TAGGED(\"last_tagged\", 1)".into(), origin: Origin::Old });
-        assert_eq!((h.tagged["conn.ev"].bits, h.tagged["conn.ev"].origin), (2, Origin::Both), "struct prefix normalized");
+        assert_eq!(
+            h.tagged["last_tagged"],
+            Tagged { bits: 1, written: "MCR_TAGGED(\"last_tagged\", 1)".into(), origin: Origin::Old }
+        );
+        assert_eq!(
+            (h.tagged["conn.ev"].bits, h.tagged["conn.ev"].origin),
+            (2, Origin::Both),
+            "struct prefix normalized"
+        );
         assert_eq!((h.tagged["x"].bits, h.tagged["x"].origin), (1, Origin::New), "the new build wins");
         assert_eq!(h.tagged["word"].bits, 2);
         assert_eq!(h.points_to.get("word"), Some(&0), "a tag and a type for the same word coexist");
         assert!(!h.tagged.contains_key("bad") && !h.tagged.contains_key("bad2") && !h.tagged.contains_key("bad3"));
         let bad: Vec<_> = h.unresolved.iter().filter(|u| u.contains("expected WHERE=BITS")).collect();
         assert_eq!(bad.len(), 4, "{:?}", h.unresolved);
-        assert!(h.unresolved.iter().any(|u| u.contains("MCR_TAGGED(\"x\", 3)") && u.contains("overridden")), "{:?}", h.unresolved);
-        assert!(h.unresolved.iter().any(|u| u.contains("MCR_TAGGED(\"cookie\", 1)") && u.contains("MCR_OPAQUE")), "{:?}", h.unresolved);
+        assert!(
+            h.unresolved.iter().any(|u| u.contains("MCR_TAGGED(\"x\", 3)") && u.contains("overridden")),
+            "{:?}",
+            h.unresolved
+        );
+        assert!(
+            h.unresolved.iter().any(|u| u.contains("MCR_TAGGED(\"cookie\", 1)") && u.contains("MCR_OPAQUE")),
+            "{:?}",
+            h.unresolved
+        );
     }
 
     #[test]

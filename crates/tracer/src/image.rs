@@ -34,7 +34,8 @@ impl Image {
 fn is_pie(exe: &Path) -> bool {
     let mut hdr = [0u8; 18];
     use std::io::Read;
-    std::fs::File::open(exe).and_then(|mut f| f.read_exact(&mut hdr)).is_ok() && u16::from_le_bytes([hdr[16], hdr[17]]) == 3
+    std::fs::File::open(exe).and_then(|mut f| f.read_exact(&mut hdr)).is_ok()
+        && u16::from_le_bytes([hdr[16], hdr[17]]) == 3
 }
 
 /// The symbol (function or object) of `prog` whose extent holds link-time address `at`.

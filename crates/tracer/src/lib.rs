@@ -22,7 +22,7 @@ pub mod startup;
 mod trace;
 
 pub use hints::{normalize, Hints, Origin};
+pub use image::{symbol_containing, translate, Image};
 pub use preview::annotations;
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
-pub use image::{symbol_containing, translate, Image};
 pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};

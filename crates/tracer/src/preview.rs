@@ -33,7 +33,9 @@ fn union_at(p: &Program, t: TypeId, off: u64, depth: usize) -> Option<TypeId> {
         Type::Union(_) if off == 0 => Some(s),
         Type::Struct(c) => c.members.iter().filter(|m| m.bit_size.is_none()).find_map(|m| {
             let size = p.size_of(m.ty).unwrap_or(0);
-            (off >= m.offset && off < m.offset + size.max(1)).then(|| union_at(p, m.ty, off - m.offset, depth + 1)).flatten()
+            (off >= m.offset && off < m.offset + size.max(1))
+                .then(|| union_at(p, m.ty, off - m.offset, depth + 1))
+                .flatten()
         }),
         Type::Array { element, .. } => {
             let es = p.size_of(*element).filter(|&n| n > 0)?;
@@ -76,7 +78,10 @@ fn pointer_members(p: &Program, t: TypeId, out: &mut Vec<String>, depth: usize) 
 /// members, the types only hints lead to, and the hints that lead nowhere.
 pub fn annotations(old: &Program, new: &Program) -> Annotations {
     let hints = Hints::of_builds(old, new);
-    let mut notes = Annotations { warnings: hints.unresolved.iter().map(|u| format!("hint ignored: {u}")).collect(), ..Default::default() };
+    let mut notes = Annotations {
+        warnings: hints.unresolved.iter().map(|u| format!("hint ignored: {u}")).collect(),
+        ..Default::default()
+    };
     let mut used: HashSet<String> = HashSet::new();
     // Containers to scan: (type, hint root, the global holding it).
     let mut queue: VecDeque<(TypeId, String, Option<String>)> = VecDeque::new();

@@ -146,7 +146,11 @@ pub type NewBlock<'a> = dyn FnMut(u64) -> Option<u64> + 'a;
 /// call-stack ID and ordinal, live, allocated during the new version's startup, large
 /// enough) or into a fresh block. Each counterpart is used at most once. Returns the
 /// placements (in `cands` order) and, for each old startup block not matched, why.
-pub fn place(cands: &[Candidate], tables: Option<&StartupTables>, new_block: &mut NewBlock) -> (Vec<Placement>, Vec<(u64, Unmatched)>) {
+pub fn place(
+    cands: &[Candidate],
+    tables: Option<&StartupTables>,
+    new_block: &mut NewBlock,
+) -> (Vec<Placement>, Vec<(u64, Unmatched)>) {
     let mut out = Vec::with_capacity(cands.len());
     let mut why = Vec::new();
     let mut used: HashSet<u64> = HashSet::new();
@@ -202,7 +206,9 @@ pub fn place(cands: &[Candidate], tables: Option<&StartupTables>, new_block: &mu
 /// elsewhere than the transferred state does (at a block the old version's pointer does
 /// not lead to), and the old contents must be written to keep the state reachable.
 pub fn keeps_new_contents(sites: &[(usize, u64)], current: &[u8]) -> bool {
-    sites.iter().all(|&(off, v)| current.get(off..off + 8).is_some_and(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == v))
+    sites.iter().all(|&(off, v)| {
+        current.get(off..off + 8).is_some_and(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == v)
+    })
 }
 
 #[cfg(test)]
@@ -299,8 +305,14 @@ mod tests {
     fn a_counterpart_is_used_once() {
         // Two old blocks claiming the same identity cannot happen with one table, but the
         // new side is shared: never hand one new block to two old ones.
-        let t = StartupTables { old: StartupTable::new(&[rec(0x1000, 7, 0)]), new: StartupTable::new(&[rec(0xb000, 7, 0)]) };
-        let cands = [Candidate { addr: 0x1000, startup: true, needed: 8 }, Candidate { addr: 0x1000, startup: true, needed: 8 }];
+        let t = StartupTables {
+            old: StartupTable::new(&[rec(0x1000, 7, 0)]),
+            new: StartupTable::new(&[rec(0xb000, 7, 0)]),
+        };
+        let cands = [
+            Candidate { addr: 0x1000, startup: true, needed: 8 },
+            Candidate { addr: 0x1000, startup: true, needed: 8 },
+        ];
         let (p, _) = place(&cands, Some(&t), &mut |_| Some(8));
         assert_eq!(p[0], Placement::Matched { new: 0xb000, key: key(7, 0) });
         assert_eq!(p[1], Placement::Fresh { identity: None });

@@ -16,7 +16,12 @@ pub trait Target {
     /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
     /// object's bytes, the new object's address, its size). `relocations` (sorted) says
     /// where every old object went, for the handlers' `mcr_translate()`.
-    fn run_handlers(&mut self, what: &str, objects: &[(Vec<u8>, u64, u64)], relocations: &[Relocation]) -> Result<(), String>;
+    fn run_handlers(
+        &mut self,
+        what: &str,
+        objects: &[(Vec<u8>, u64, u64)],
+        relocations: &[Relocation],
+    ) -> Result<(), String>;
     /// Writes may be buffered: make them all land (also before `read` and handlers).
     fn flush(&mut self) -> Result<(), String> {
         Ok(())
@@ -237,14 +242,25 @@ impl<'p, 'a> Walk<'p, 'a> {
         }
         hops.reverse();
         if hops.len() > 8 {
-            format!("{} -> …({} more)… -> {}", hops[..3].join(" -> "), hops.len() - 6, hops[hops.len() - 3..].join(" -> "))
+            format!(
+                "{} -> …({} more)… -> {}",
+                hops[..3].join(" -> "),
+                hops.len() - 6,
+                hops[hops.len() - 3..].join(" -> ")
+            )
         } else {
             hops.join(" -> ")
         }
     }
 
     /// Note a block reached from `parent` through `hop`, with the type its pointer gives it.
-    fn reach(&mut self, obj: Object, ty: Option<TypeId>, parent: Option<u64>, hop: impl FnOnce() -> String) -> Result<(), TransferError> {
+    fn reach(
+        &mut self,
+        obj: Object,
+        ty: Option<TypeId>,
+        parent: Option<u64>,
+        hop: impl FnOnce() -> String,
+    ) -> Result<(), TransferError> {
         let prog = self.pair.old.prog;
         match self.found.get_mut(&obj.addr) {
             Some(f) => match (f.ty, ty) {
@@ -286,7 +302,14 @@ impl<'p, 'a> Walk<'p, 'a> {
     /// Follow the pointers in `bytes` (objects of type `ty`: the block at `from`, or the
     /// global `label`; hints name its fields from `hint_root`: a global's name, or the
     /// type's).
-    fn scan_typed(&mut self, bytes: &[u8], ty: TypeId, from: Option<u64>, label: &str, hint_root: &str) -> Result<(), TransferError> {
+    fn scan_typed(
+        &mut self,
+        bytes: &[u8],
+        ty: TypeId,
+        from: Option<u64>,
+        label: &str,
+        hint_root: &str,
+    ) -> Result<(), TransferError> {
         let prog = self.pair.old.prog;
         let stride = prog.size_of(ty).unwrap_or(0);
         if stride == 0 || is_byte(prog, ty) {
@@ -338,7 +361,9 @@ impl<'p, 'a> Walk<'p, 'a> {
                     let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
                     if let Some(&obj) = self.pair.heap.containing(v) {
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
-                        self.reach(obj, t, from, || format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted)))?;
+                        self.reach(obj, t, from, || {
+                            format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
+                        })?;
                     }
                     continue;
                 }
@@ -382,7 +407,12 @@ impl<'p, 'a> Walk<'p, 'a> {
 
     /// Memory mcr cannot type must not hold a heap address: the block it points to
     /// would move and the word could not be updated.
-    fn no_hidden_pointers(&self, bytes: &[u8], path: impl FnOnce() -> String, why: OpaqueReason) -> Result<(), TransferError> {
+    fn no_hidden_pointers(
+        &self,
+        bytes: &[u8],
+        path: impl FnOnce() -> String,
+        why: OpaqueReason,
+    ) -> Result<(), TransferError> {
         for (k, w) in bytes.chunks_exact(8).enumerate() {
             let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
             if let Some(obj) = self.pair.heap.containing(v).filter(|_| v != 0) {
@@ -412,7 +442,14 @@ impl<'p, 'a> Walk<'p, 'a> {
 /// opaque (a union, an integer): (offset in the old object, offset in the new, the tag),
 /// for the transform to relocate. (`void *` fields need nothing: the transform relocates
 /// every pointer, tags included.)
-fn hinted_words(old: &Program, ot: TypeId, new: &Program, nt: TypeId, root: &str, hints: &Hints) -> Vec<(usize, usize, Option<Tagged>)> {
+fn hinted_words(
+    old: &Program,
+    ot: TypeId,
+    new: &Program,
+    nt: TypeId,
+    root: &str,
+    hints: &Hints,
+) -> Vec<(usize, usize, Option<Tagged>)> {
     if hints.points_to.is_empty() && hints.tagged.is_empty() {
         return Vec::new();
     }
@@ -437,7 +474,12 @@ pub(crate) fn field_suffix(path: &str) -> &str {
 }
 
 /// The new version's type for an old one: same kind and name.
-fn counterpart(old: &Program, ty: TypeId, new: &Program, cache: &mut HashMap<TypeId, Option<TypeId>>) -> Option<TypeId> {
+fn counterpart(
+    old: &Program,
+    ty: TypeId,
+    new: &Program,
+    cache: &mut HashMap<TypeId, Option<TypeId>>,
+) -> Option<TypeId> {
     if let Some(c) = cache.get(&ty) {
         return *c;
     }
@@ -445,7 +487,9 @@ fn counterpart(old: &Program, ty: TypeId, new: &Program, cache: &mut HashMap<Typ
     let found = match old.ty(want) {
         Type::Pointer { pointee, .. } => {
             let inner = counterpart(old, *pointee, new, cache);
-            new.types.iter().position(|t| matches!(t, Type::Pointer { pointee: p, .. } if Some(new.strip(*p)) == inner.map(|i| new.strip(i))))
+            new.types.iter().position(
+                |t| matches!(t, Type::Pointer { pointee: p, .. } if Some(new.strip(*p)) == inner.map(|i| new.strip(i))),
+            )
         }
         other => {
             let name = root_name(old, want);
@@ -454,7 +498,10 @@ fn counterpart(old: &Program, ty: TypeId, new: &Program, cache: &mut HashMap<Typ
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| std::mem::discriminant(*t) == kind)
-                .find(|(i, t)| root_name(new, *i as TypeId) == name && !matches!(t, Type::Struct(c) | Type::Union(c) if c.incomplete))
+                .find(|(i, t)| {
+                    root_name(new, *i as TypeId) == name
+                        && !matches!(t, Type::Struct(c) | Type::Union(c) if c.incomplete)
+                })
                 .map(|(i, _)| i)
         }
     }
@@ -486,7 +533,13 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 /// Every old object whose new address the transfer knows: the heap blocks it moved
 /// (`heap`) and the main binary's globals the new version has (by name; link-time
 /// addresses plus each binary's load bias), sorted by old address.
-fn relocation_table(old: &Program, old_bias: u64, new: &Program, new_bias: u64, mut heap: Vec<Relocation>) -> Vec<Relocation> {
+fn relocation_table(
+    old: &Program,
+    old_bias: u64,
+    new: &Program,
+    new_bias: u64,
+    mut heap: Vec<Relocation>,
+) -> Vec<Relocation> {
     let news: HashMap<String, &mcr_typemodel::Global> =
         new.globals.iter().filter(|g| !g.is_tls()).map(|g| (g.display_name(), g)).collect();
     // One element of an array, or the whole object.
@@ -547,7 +600,14 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         let bytes = read_vec(pair.old_mem, old_addr, size)?;
         walk.scan_typed(&bytes, old.strip(g.ty), None, &name, &g.name)?;
-        roots.push(Root { plain: g.name.clone(), new_addr: pair.new.image.bias + naddr, old_ty: g.ty, new_ty: ng.ty, name, bytes });
+        roots.push(Root {
+            plain: g.name.clone(),
+            new_addr: pair.new.image.bias + naddr,
+            old_ty: g.ty,
+            new_ty: ng.ty,
+            name,
+            bytes,
+        });
     }
     // Everything reachable from them.
     let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -585,7 +645,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
                 if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(t) {
                     let Some(nt) = counterpart(old, t, new, &mut types) else {
-                        return Err(conflict(walk.path_of(*addr), format!("type {} has no counterpart in the new version", old.type_name(t))));
+                        return Err(conflict(
+                            walk.path_of(*addr),
+                            format!("type {} has no counterpart in the new version", old.type_name(t)),
+                        ));
                     };
                     let handled = handlers.contains_key(&normalize(&root_name(new, nt)));
                     match Plan::with_root(old, t, new, nt, &root_name(old, t)) {
@@ -597,7 +660,12 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                             let (o, n) = (old.size_of(t).unwrap_or(0), new.size_of(nt).unwrap_or(0));
                             slot.insert((None, o, n));
                         }
-                        Err(e) => return Err(conflict(walk.path_of(*addr), format!("cannot transform {}: {e}", old.type_name(t)))),
+                        Err(e) => {
+                            return Err(conflict(
+                                walk.path_of(*addr),
+                                format!("cannot transform {}: {e}", old.type_name(t)),
+                            ))
+                        }
                     }
                 }
                 let p = &plans[&t];
@@ -615,8 +683,11 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     }
     // Startup objects go into the new version's own startup blocks with the same
     // call-stack ID, thread and ordinal; everything else into fresh blocks.
-    let cands: Vec<Candidate> =
-        order.iter().zip(&sizes).map(|(a, &needed)| Candidate { addr: *a, startup: walk.found[a].obj.startup, needed }).collect();
+    let cands: Vec<Candidate> = order
+        .iter()
+        .zip(&sizes)
+        .map(|(a, &needed)| Candidate { addr: *a, startup: walk.found[a].obj.startup, needed })
+        .collect();
     let (places, unmatched) = startup::place(&cands, pair.startup, &mut |b| new_startup_block(&*target, b));
     for (a, why) in &unmatched {
         report.startup_reallocated += 1;
@@ -624,7 +695,8 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             report.startup_notes.push(describe_unmatched(&walk, pair.startup, *a, why));
         }
     }
-    let fresh: Vec<u64> = places.iter().zip(&sizes).filter(|(p, _)| matches!(p, Placement::Fresh { .. })).map(|(_, &s)| s).collect();
+    let fresh: Vec<u64> =
+        places.iter().zip(&sizes).filter(|(p, _)| matches!(p, Placement::Fresh { .. })).map(|(_, &s)| s).collect();
     let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh).map_err(TransferError::Target)? };
     if got.len() != fresh.len() {
         return Err(TransferError::Target(format!("asked for {} blocks, got {}", fresh.len(), got.len())));
@@ -647,7 +719,15 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     } else {
         let blocks = moved
             .iter()
-            .filter_map(|(a, m)| Some(Relocation { old: *a, len: walk.found.get(a)?.obj.size, new: m.new, old_stride: m.old_stride, new_stride: m.new_stride }))
+            .filter_map(|(a, m)| {
+                Some(Relocation {
+                    old: *a,
+                    len: walk.found.get(a)?.obj.size,
+                    new: m.new,
+                    old_stride: m.old_stride,
+                    new_stride: m.new_stride,
+                })
+            })
             .collect();
         relocation_table(old, pair.old.image.bias, new, pair.new.image.bias, blocks)
     };
@@ -655,9 +735,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     let relocate_data = |v: u64, path: &str| -> Result<u64, String> {
         if let Some(o) = heap.containing(v) {
             let m = moved.get(&o.addr).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
-            return m
-                .at(v - o.addr)
-                .ok_or_else(|| format!("{path}: {v:#x} points into the middle of an element whose type changed{}", tag_note(v, o.addr)));
+            return m.at(v - o.addr).ok_or_else(|| {
+                format!("{path}: {v:#x} points into the middle of an element whose type changed{}", tag_note(v, o.addr))
+            });
         }
         if pair.old.image.contains(v) {
             return translate(old, &pair.old.image, new, &pair.new.image, v)
@@ -679,7 +759,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             return Ok(v);
         }
         let n = relocate_data(p, path)?;
-        t.join(n, tag).ok_or_else(|| format!("{path}: the new address {n:#x} has a low bit set, so it cannot carry the tag of {}", t.written))
+        t.join(n, tag).ok_or_else(|| {
+            format!("{path}: the new address {n:#x} has a low bit set, so it cannot carry the tag of {}", t.written)
+        })
     };
     // A word `hinted_words` found: relocated (with its tag) if it points into the heap.
     let relocate_word = |v: u64, tag: &Option<Tagged>, path: &str| -> Result<Option<u64>, String> {
@@ -689,7 +771,10 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         }
         let n = relocate_data(p, path)?;
         match tag {
-            Some(t) => t.join(n, bits).map(Some).ok_or_else(|| format!("{path}: the new address {n:#x} cannot carry the tag of {}", t.written)),
+            Some(t) => t
+                .join(n, bits)
+                .map(Some)
+                .ok_or_else(|| format!("{path}: the new address {n:#x} cannot carry the tag of {}", t.written)),
             None => Ok(Some(n)),
         }
     };
@@ -715,21 +800,28 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 let root = root_name(old, t);
                 let fix = hinted_words(old, t, new, nt, &root, &walk.hints);
                 for k in 0..n {
-                    plan.apply(&old_bytes[k * os..(k + 1) * os], &mut out[k * ns..(k + 1) * ns], &mut |s: PointerSite| match s.old_pointee {
-                        Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
-                            .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)),
-                        _ => {
-                            let v = relocate_tagged(s.old_value, s.path)?;
-                            if heap.containing(s.old_value).is_some() {
-                                heap_sites.push((k * ns + s.new_offset as usize, v));
+                    plan.apply(
+                        &old_bytes[k * os..(k + 1) * os],
+                        &mut out[k * ns..(k + 1) * ns],
+                        &mut |s: PointerSite| match s.old_pointee {
+                            Pointee::Function => translate(old, &pair.old.image, new, &pair.new.image, s.old_value)
+                                .ok_or_else(|| {
+                                    format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value)
+                                }),
+                            _ => {
+                                let v = relocate_tagged(s.old_value, s.path)?;
+                                if heap.containing(s.old_value).is_some() {
+                                    heap_sites.push((k * ns + s.new_offset as usize, v));
+                                }
+                                Ok(v)
                             }
-                            Ok(v)
-                        }
-                    })
+                        },
+                    )
                     .map_err(|e| conflict(walk.path_of(*addr), e.to_string()))?;
                     for (oo, no, tag) in &fix {
                         let (oo, no) = (*oo, *no);
-                        let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
+                        let v =
+                            u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
                         if let Some(nv) = relocate_word(v, tag, "").map_err(|e| conflict(walk.path_of(*addr), e))? {
                             out[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
                             heap_sites.push((k * ns + no, nv));
@@ -811,7 +903,13 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             // The program's handler builds it from the old bytes.
             Err(_) if handler.is_some() => {
                 let len = new.size_of(r.new_ty).unwrap_or(0);
-                target.run_handlers(handler.as_deref().unwrap_or_default(), &[(r.bytes.clone(), r.new_addr, len)], &relocations).map_err(|e| conflict(&r.name, e))?;
+                target
+                    .run_handlers(
+                        handler.as_deref().unwrap_or_default(),
+                        &[(r.bytes.clone(), r.new_addr, len)],
+                        &relocations,
+                    )
+                    .map_err(|e| conflict(&r.name, e))?;
                 report.handled += 1;
                 report.globals += 1;
                 continue;
@@ -850,7 +948,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
         }
         if let Some(what) = &handler {
-            target.run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)], &relocations).map_err(|e| conflict(&r.name, e))?;
+            target
+                .run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)], &relocations)
+                .map_err(|e| conflict(&r.name, e))?;
             report.handled += 1;
         }
         report.globals += 1;

@@ -45,10 +45,7 @@ impl Cache {
     }
 
     fn entry_path(&self, build_id: &str) -> Option<PathBuf> {
-        build_id
-            .chars()
-            .all(|c| c.is_ascii_hexdigit())
-            .then(|| self.dir.join(format!("{build_id}.json")))
+        build_id.chars().all(|c| c.is_ascii_hexdigit()).then(|| self.dir.join(format!("{build_id}.json")))
     }
 
     /// The cached model for `build_id`, if a valid entry exists.

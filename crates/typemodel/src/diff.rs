@@ -124,7 +124,8 @@ impl Sessions {
 
     /// From a build's `mcr_hints` strings (see [`crate::read_hints`]).
     pub fn from_hints(hints: &[String]) -> Sessions {
-        let named = |prefix: &str| hints.iter().filter_map(|h| h.strip_prefix(prefix)).map(|f| f.trim().to_string()).collect();
+        let named =
+            |prefix: &str| hints.iter().filter_map(|h| h.strip_prefix(prefix)).map(|f| f.trim().to_string()).collect();
         Sessions { resume_handlers: named("resume "), respawn_handlers: named("respawn ") }
     }
 
@@ -404,7 +405,8 @@ fn global_changes(old: &Program, new: &Program, changed: &HashSet<String>) -> Ve
         }
         let (ot, nt) = (old.type_name(og.ty), new.type_name(ng.ty));
         let reached: Vec<String> = {
-            let mut r: Vec<String> = reachable_named(old, &[og.ty]).into_iter().filter(|n| changed.contains(n)).collect();
+            let mut r: Vec<String> =
+                reachable_named(old, &[og.ty]).into_iter().filter(|n| changed.contains(n)).collect();
             r.sort();
             r
         };
@@ -422,7 +424,9 @@ fn global_changes(old: &Program, new: &Program, changed: &HashSet<String>) -> Ve
         } else if !fields.is_empty() {
             format!("{name} ({nt}) changed layout: transformed automatically, field by field")
         } else {
-            format!("{name} ({nt}) keeps its type, but objects it points to changed: they are reallocated and transformed")
+            format!(
+                "{name} ({nt}) keeps its type, but objects it points to changed: they are reallocated and transformed"
+            )
         };
         if og.is_tls() != ng.is_tls() {
             class = Class::NeedsHandler;
@@ -653,7 +657,11 @@ fn compare_type(
         )
     };
     if typedef_retargeted {
-        explanation.push_str(&format!("; now an alias of {} (was {})", new.type_name(new.strip(nt)), old.type_name(old.strip(ot))));
+        explanation.push_str(&format!(
+            "; now an alias of {} (was {})",
+            new.type_name(new.strip(nt)),
+            old.type_name(old.strip(ot))
+        ));
     }
     if !reordered.is_empty() {
         let moves: Vec<String> = reordered

@@ -32,8 +32,7 @@ pub(crate) fn load(path: &Path) -> Result<Program, TypeModelError> {
     }
     match find_debug_file(path, &file, prog.build_id.as_deref()) {
         Some(dbg) => {
-            let ddata =
-                std::fs::read(&dbg).map_err(|e| TypeModelError::Io { path: dbg.clone(), source: e })?;
+            let ddata = std::fs::read(&dbg).map_err(|e| TypeModelError::Io { path: dbg.clone(), source: e })?;
             let dfile = object::File::parse(&*ddata)
                 .map_err(|e| TypeModelError::NotElf { path: dbg.clone(), reason: e.to_string() })?;
             if prog.symbols.is_empty() {
@@ -99,7 +98,13 @@ fn symbols(file: &object::File) -> Vec<Symbol> {
             if name.is_empty() {
                 continue;
             }
-            out.push(Symbol { name: name.to_string(), address: s.address(), size: s.size(), kind, global: s.is_global() });
+            out.push(Symbol {
+                name: name.to_string(),
+                address: s.address(),
+                size: s.size(),
+                kind,
+                global: s.is_global(),
+            });
         }
     }
     let mut out = Vec::new();

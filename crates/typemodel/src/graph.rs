@@ -182,10 +182,14 @@ mod tests {
     fn declaration_points_at_the_definition() {
         let decl = Type::Struct(Composite { name: Some("n".into()), size: 0, members: vec![], incomplete: true });
         let int = Type::Base { name: "int".into(), size: 4, encoding: Encoding::Signed };
-        let types = vec![Type::Void, int, node("n", 1, 3), Type::Pointer { pointee: 2, size: 8 }, decl, Type::Pointer {
-            pointee: 4,
-            size: 8,
-        }];
+        let types = vec![
+            Type::Void,
+            int,
+            node("n", 1, 3),
+            Type::Pointer { pointee: 2, size: 8 },
+            decl,
+            Type::Pointer { pointee: 4, size: 8 },
+        ];
         let (out, map) = minimize(types);
         assert_eq!(map[5], map[3], "{out:?}");
         assert_eq!(map[4], map[2]);
@@ -195,10 +199,15 @@ mod tests {
     fn same_name_different_layout_stays_apart() {
         let int = Type::Base { name: "int".into(), size: 4, encoding: Encoding::Signed };
         let long = Type::Base { name: "long".into(), size: 8, encoding: Encoding::Signed };
-        let types = vec![Type::Void, int, long, node("n", 1, 5), node("n", 2, 6), Type::Pointer { pointee: 3, size: 8 }, Type::Pointer {
-            pointee: 4,
-            size: 8,
-        }];
+        let types = vec![
+            Type::Void,
+            int,
+            long,
+            node("n", 1, 5),
+            node("n", 2, 6),
+            Type::Pointer { pointee: 3, size: 8 },
+            Type::Pointer { pointee: 4, size: 8 },
+        ];
         let (out, map) = minimize(types);
         assert_ne!(map[3], map[4], "{out:?}");
     }

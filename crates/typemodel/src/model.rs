@@ -71,21 +71,48 @@ pub struct Composite {
 pub enum Type {
     /// `void` (the pointee of `void *`, the return type of a procedure).
     Void,
-    Base { name: String, size: u64, encoding: Encoding },
+    Base {
+        name: String,
+        size: u64,
+        encoding: Encoding,
+    },
     /// A data or function pointer; `pointee` may be [`Type::Void`] or a [`Type::Function`].
-    Pointer { pointee: TypeId, size: u64 },
+    Pointer {
+        pointee: TypeId,
+        size: u64,
+    },
     Struct(Composite),
     Union(Composite),
     /// `counts` has one entry per dimension, outermost first; `None` is a flexible or
     /// unknown bound (`char data[]`).
-    Array { element: TypeId, counts: Vec<Option<u64>> },
-    Enum { name: Option<String>, size: u64, signed: bool, enumerators: Vec<(String, i64)> },
-    Typedef { name: String, target: TypeId },
+    Array {
+        element: TypeId,
+        counts: Vec<Option<u64>>,
+    },
+    Enum {
+        name: Option<String>,
+        size: u64,
+        signed: bool,
+        enumerators: Vec<(String, i64)>,
+    },
+    Typedef {
+        name: String,
+        target: TypeId,
+    },
     /// `const`, `volatile`, `restrict`, `_Atomic`: transparent for layout, remembered.
-    Qualified { qualifier: Qualifier, target: TypeId },
-    Function { ret: TypeId, params: Vec<TypeId>, variadic: bool },
+    Qualified {
+        qualifier: Qualifier,
+        target: TypeId,
+    },
+    Function {
+        ret: TypeId,
+        params: Vec<TypeId>,
+        variadic: bool,
+    },
     /// A type the loader could not read (unsupported DWARF form or tag): opaque.
-    Unknown { size: Option<u64> },
+    Unknown {
+        size: Option<u64>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -300,10 +327,7 @@ impl Program {
 
     /// Global by name (first match: externals before statics).
     pub fn global(&self, name: &str) -> Option<&Global> {
-        self.globals
-            .iter()
-            .filter(|g| g.name == name && g.function.is_none())
-            .min_by_key(|g| g.is_static)
+        self.globals.iter().filter(|g| g.name == name && g.function.is_none()).min_by_key(|g| g.is_static)
     }
 
     /// Symbol by name (a defined function or object).
@@ -423,12 +447,18 @@ impl Program {
                     Type::Function { .. } => {
                         out.pointers.push(PointerSlot { offset: base, pointee: Pointee::Function, path })
                     }
-                    Type::Void | Type::Unknown { .. } => {
-                        out.opaque.push(OpaqueRegion { offset: base, len: *size, reason: OpaqueReason::VoidPointer, path })
-                    }
-                    Type::Struct(c) | Type::Union(c) if c.incomplete => {
-                        out.opaque.push(OpaqueRegion { offset: base, len: *size, reason: OpaqueReason::VoidPointer, path })
-                    }
+                    Type::Void | Type::Unknown { .. } => out.opaque.push(OpaqueRegion {
+                        offset: base,
+                        len: *size,
+                        reason: OpaqueReason::VoidPointer,
+                        path,
+                    }),
+                    Type::Struct(c) | Type::Union(c) if c.incomplete => out.opaque.push(OpaqueRegion {
+                        offset: base,
+                        len: *size,
+                        reason: OpaqueReason::VoidPointer,
+                        path,
+                    }),
                     _ => out.pointers.push(PointerSlot { offset: base, pointee: Pointee::Data { ty: *pointee }, path }),
                 }
             }
@@ -469,16 +499,22 @@ impl Program {
         }
     }
 
-    fn layout_array(&self, element: TypeId, counts: &[Option<u64>], base: u64, path: String, out: &mut Layout, depth: usize) {
+    fn layout_array(
+        &self,
+        element: TypeId,
+        counts: &[Option<u64>],
+        base: u64,
+        path: String,
+        out: &mut Layout,
+        depth: usize,
+    ) {
         if depth > MAX_DEPTH {
             return;
         }
         let Some((first, inner)) = counts.split_first() else {
             return self.layout_into(element, base, path, out, depth + 1);
         };
-        let stride = self
-            .size_of(element)
-            .and_then(|e| inner.iter().try_fold(e, |a, c| a.checked_mul((*c)?)));
+        let stride = self.size_of(element).and_then(|e| inner.iter().try_fold(e, |a, c| a.checked_mul((*c)?)));
         let (Some(stride), Some(n)) = (stride, *first) else {
             out.opaque.push(OpaqueRegion { offset: base, len: 0, reason: OpaqueReason::Unknown, path });
             return;

@@ -63,14 +63,45 @@ pub enum Op {
 #[serde(rename_all = "snake_case", tag = "rule")]
 pub enum Rule {
     /// Same type, possibly at another offset.
-    Copied { old_offset: u64, new_offset: u64 },
-    IntConverted { from: String, to: String, checked: bool, old_offset: u64, new_offset: u64 },
-    FloatConverted { from: String, to: String, checked: bool },
-    EnumByName { removed: Vec<String>, added: Vec<String>, renumbered: Vec<String> },
-    PointerRelocated { function: bool, old_pointee: String, new_pointee: String, old_offset: u64, new_offset: u64 },
-    ArrayResized { old_count: u64, new_count: u64 },
-    Added { ty: String, offset: u64 },
-    Removed { ty: String },
+    Copied {
+        old_offset: u64,
+        new_offset: u64,
+    },
+    IntConverted {
+        from: String,
+        to: String,
+        checked: bool,
+        old_offset: u64,
+        new_offset: u64,
+    },
+    FloatConverted {
+        from: String,
+        to: String,
+        checked: bool,
+    },
+    EnumByName {
+        removed: Vec<String>,
+        added: Vec<String>,
+        renumbered: Vec<String>,
+    },
+    PointerRelocated {
+        function: bool,
+        old_pointee: String,
+        new_pointee: String,
+        old_offset: u64,
+        new_offset: u64,
+    },
+    ArrayResized {
+        old_count: u64,
+        new_count: u64,
+    },
+    Added {
+        ty: String,
+        offset: u64,
+    },
+    Removed {
+        ty: String,
+    },
 }
 
 /// A rule applied at a field path (`kv_node.hits`).
@@ -356,7 +387,11 @@ fn run(
                         old_pointee: *old_pointee,
                         new_pointee: *new_pointee,
                     })
-                    .map_err(|source| TransformError::Relocate { path: p.clone(), value: v, source })?
+                    .map_err(|source| TransformError::Relocate {
+                        path: p.clone(),
+                        value: v,
+                        source,
+                    })?
                 };
                 write_bits(new, 0, &BitLoc::bytes(nbase + n, *size, false), nv as i128);
             }
@@ -368,11 +403,7 @@ fn run(
                 check(old, "old", obase + o + len)?;
                 let o = (obase + o) as usize;
                 if old[o..o + *len as usize].iter().any(|b| *b != 0) {
-                    return Err(TransformError::Truncated {
-                        path: index_path(path, idx),
-                        offset: o as u64,
-                        len: *len,
-                    });
+                    return Err(TransformError::Truncated { path: index_path(path, idx), offset: o as u64, len: *len });
                 }
             }
             Op::Array { old: o, new: n, count, old_stride, new_stride, ops, path } => {
@@ -558,7 +589,17 @@ impl Builder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn pair(&mut self, ot: TypeId, nt: TypeId, oo: u64, no: u64, path: String, ops: &mut Vec<Op>, depth: usize, top: bool) {
+    fn pair(
+        &mut self,
+        ot: TypeId,
+        nt: TypeId,
+        oo: u64,
+        no: u64,
+        path: String,
+        ops: &mut Vec<Op>,
+        depth: usize,
+        top: bool,
+    ) {
         if depth > MAX_DEPTH {
             self.problem(&path, "types nest too deeply".into());
             return;
@@ -580,10 +621,16 @@ impl Builder<'_> {
                 } else {
                     let checked = !always_fits(&ol, &nl);
                     ops.push(Op::Int { old: ol, new: nl, checked, path: path.clone() });
-                    self.rule(&path, Rule::IntConverted { from: oname, to: nname, checked, old_offset: oo, new_offset: no });
+                    self.rule(
+                        &path,
+                        Rule::IntConverted { from: oname, to: nname, checked, old_offset: oo, new_offset: no },
+                    );
                 }
             }
-            (Type::Base { size: os, encoding: Encoding::Float, .. }, Type::Base { size: ns, encoding: Encoding::Float, .. }) => {
+            (
+                Type::Base { size: os, encoding: Encoding::Float, .. },
+                Type::Base { size: ns, encoding: Encoding::Float, .. },
+            ) => {
                 if os == ns {
                     ops.push(Op::Copy { old: oo, new: no, len: *os });
                     self.moved(&path, oo, no, &oname, &nname);
@@ -599,20 +646,31 @@ impl Builder<'_> {
                     ops.push(Op::Copy { old: oo, new: no, len: *os });
                     self.moved(&path, oo, no, &oname, &nname);
                 } else {
-                    self.problem(&path, format!("{oname} becomes {nname}: a change between incompatible kinds of scalar"));
+                    self.problem(
+                        &path,
+                        format!("{oname} becomes {nname}: a change between incompatible kinds of scalar"),
+                    );
                 }
             }
-            (Type::Enum { size: os, signed: osg, enumerators: oen, .. }, Type::Enum { size: ns, signed: nsg, enumerators: nen, .. }) => {
+            (
+                Type::Enum { size: os, signed: osg, enumerators: oen, .. },
+                Type::Enum { size: ns, signed: nsg, enumerators: nen, .. },
+            ) => {
                 let ol = BitLoc::bytes(oo, *os, *osg);
                 let nl = BitLoc::bytes(no, *ns, *nsg);
                 self.enum_op(ol, nl, oen, nen, &path, &oname, &nname, ops, oo, no);
             }
-            (Type::Enum { size: os, signed: osg, .. }, Type::Base { size: ns, encoding: ne, .. }) if ne.is_integer() => {
+            (Type::Enum { size: os, signed: osg, .. }, Type::Base { size: ns, encoding: ne, .. })
+                if ne.is_integer() =>
+            {
                 let ol = BitLoc::bytes(oo, *os, *osg);
                 let nl = BitLoc::bytes(no, *ns, ne.is_signed());
                 let checked = !always_fits(&ol, &nl);
                 ops.push(Op::Int { old: ol, new: nl, checked, path: path.clone() });
-                self.rule(&path, Rule::IntConverted { from: oname, to: nname, checked, old_offset: oo, new_offset: no });
+                self.rule(
+                    &path,
+                    Rule::IntConverted { from: oname, to: nname, checked, old_offset: oo, new_offset: no },
+                );
             }
             (Type::Pointer { pointee: op, size: os }, Type::Pointer { pointee: np, size: ns }) if os == ns => {
                 let opt = pointee(old, *op);
@@ -622,11 +680,24 @@ impl Builder<'_> {
                     self.problem(&path, format!("{oname} becomes {nname}: a change between data and function pointer"));
                     return;
                 }
-                ops.push(Op::Pointer { old: oo, new: no, size: *os, old_pointee: opt, new_pointee: npt, path: path.clone() });
+                ops.push(Op::Pointer {
+                    old: oo,
+                    new: no,
+                    size: *os,
+                    old_pointee: opt,
+                    new_pointee: npt,
+                    path: path.clone(),
+                });
                 let (opn, npn) = (old.type_name(*op), new.type_name(*np));
                 // A pointee that changed only in layout is reported with that type.
                 if opn != npn || oo != no {
-                    let rule = Rule::PointerRelocated { function, old_pointee: opn, new_pointee: npn, old_offset: oo, new_offset: no };
+                    let rule = Rule::PointerRelocated {
+                        function,
+                        old_pointee: opn,
+                        new_pointee: npn,
+                        old_offset: oo,
+                        new_offset: no,
+                    };
                     self.rule(&path, rule);
                 }
             }
@@ -718,7 +789,17 @@ impl Builder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn members(&mut self, oc: &Composite, nc: &Composite, oo: u64, no: u64, path: &str, ops: &mut Vec<Op>, depth: usize, top: bool) {
+    fn members(
+        &mut self,
+        oc: &Composite,
+        nc: &Composite,
+        oo: u64,
+        no: u64,
+        path: &str,
+        ops: &mut Vec<Op>,
+        depth: usize,
+        top: bool,
+    ) {
         let (old, new) = (self.old, self.new);
         let key = |c: &Composite, i: usize| -> String {
             match &c.members[i].name {
@@ -759,11 +840,14 @@ impl Builder<'_> {
                     let oint = int_info(old, om.ty);
                     let nint = int_info(new, nm.ty);
                     let (Some((osg, osz)), Some((nsg, nsz))) = (oint, nint) else {
-                        self.problem(&fpath, format!(
-                            "{} becomes {}: a bitfield changed to or from a non-integer",
-                            old.type_name(om.ty),
-                            new.type_name(nm.ty)
-                        ));
+                        self.problem(
+                            &fpath,
+                            format!(
+                                "{} becomes {}: a bitfield changed to or from a non-integer",
+                                old.type_name(om.ty),
+                                new.type_name(nm.ty)
+                            ),
+                        );
                         continue;
                     };
                     let ol = match obits {
@@ -778,13 +862,16 @@ impl Builder<'_> {
                     ops.push(Op::Int { old: ol, new: nl, checked, path: fpath.clone() });
                     if ol.width != nl.width || ol.signed != nl.signed || ol.bit - oo * 8 != nl.bit - no * 8 {
                         let fmt = |t: String, l: &BitLoc, bits: bool| if bits { format!("{t}:{}", l.width) } else { t };
-                        self.rule(&fpath, Rule::IntConverted {
-                            from: fmt(old.type_name(om.ty), &ol, obits.is_some()),
-                            to: fmt(new.type_name(nm.ty), &nl, nbits.is_some()),
-                            checked,
-                            old_offset: om.offset,
-                            new_offset: nm.offset,
-                        });
+                        self.rule(
+                            &fpath,
+                            Rule::IntConverted {
+                                from: fmt(old.type_name(om.ty), &ol, obits.is_some()),
+                                to: fmt(new.type_name(nm.ty), &nl, nbits.is_some()),
+                                checked,
+                                old_offset: om.offset,
+                                new_offset: nm.offset,
+                            },
+                        );
                     }
                 }
             }
@@ -798,7 +885,8 @@ impl Builder<'_> {
 
     fn flexible(&mut self, om: &Member, nm: &Member, oo: u64, no: u64, path: &str, depth: usize) {
         let (old, new) = (self.old, self.new);
-        let (Type::Array { element: oe, .. }, Type::Array { element: ne, .. }) = (old.ty(old.strip(om.ty)), new.ty(new.strip(nm.ty)))
+        let (Type::Array { element: oe, .. }, Type::Array { element: ne, .. }) =
+            (old.ty(old.strip(om.ty)), new.ty(new.strip(nm.ty)))
         else {
             return;
         };
@@ -834,7 +922,10 @@ impl Builder<'_> {
     ) {
         let (old, new) = (self.old, self.new);
         if oc.len() != nc.len() {
-            self.problem(path, format!("{} becomes {}: the number of dimensions changed", old.type_name(oe), new.type_name(ne)));
+            self.problem(
+                path,
+                format!("{} becomes {}: the number of dimensions changed", old.type_name(oe), new.type_name(ne)),
+            );
             return;
         }
         let (Some(Some(on)), Some(Some(nn))) = (oc.first(), nc.first()) else {
@@ -879,7 +970,10 @@ impl Builder<'_> {
             } else {
                 ops.push(Op::Dropped { old: oo + nn * ostride, len: (on - nn) * ostride, path: path.to_string() });
             }
-            self.rules.insert(nrules, FieldRule { path: path.to_string(), rule: Rule::ArrayResized { old_count: on, new_count: nn } });
+            self.rules.insert(
+                nrules,
+                FieldRule { path: path.to_string(), rule: Rule::ArrayResized { old_count: on, new_count: nn } },
+            );
         } else if oo != no && self.rules.len() == nrules {
             self.rule(path, Rule::Copied { old_offset: oo, new_offset: no });
         }

@@ -48,12 +48,8 @@ fn build(dir: &Path, flags: &[&str]) -> PathBuf {
     std::fs::write(dir.join("a.c"), A).unwrap();
     std::fs::write(dir.join("b.c"), B).unwrap();
     let exe = dir.join("prog");
-    let out = Command::new("cc")
-        .current_dir(dir)
-        .args(flags)
-        .args(["-o", "prog", "a.c", "b.c"])
-        .output()
-        .expect("run cc");
+    let out =
+        Command::new("cc").current_dir(dir).args(flags).args(["-o", "prog", "a.c", "b.c"]).output().expect("run cc");
     assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
     exe
 }
@@ -86,7 +82,8 @@ fn globals_statics_tls_and_the_type_graph() {
     assert_eq!(bnode.ty, head.ty);
 
     let Type::Struct(f) = p.ty(p.strip(fl.ty)) else { panic!() };
-    let bits: Vec<(Option<u64>, Option<u64>, u64)> = f.members.iter().map(|m| (m.bit_size, m.bit_offset, m.offset)).collect();
+    let bits: Vec<(Option<u64>, Option<u64>, u64)> =
+        f.members.iter().map(|m| (m.bit_size, m.bit_offset, m.offset)).collect();
     assert_eq!(bits, [(Some(3), Some(0), 0), (Some(5), Some(3), 0), (None, None, 4)]);
 
     let Type::Enum { enumerators, signed, size, .. } = p.ty(p.strip(global(&p, "col").ty)) else { panic!() };

@@ -108,13 +108,21 @@ fn class_of(p: &ProcessProfile, t: &ThreadProfile) -> (String, String, String, O
         if let Some(cs) = &t.creation_stack {
             let routine = t.start_routine.clone().unwrap_or_else(|| "?".into());
             let by = cs.summary(3);
-            return (cs.id.clone(), format!("thread {routine} (pthread_create < {by})"), "pthread_create".into(), Some(cs.clone()));
+            return (
+                cs.id.clone(),
+                format!("thread {routine} (pthread_create < {by})"),
+                "pthread_create".into(),
+                Some(cs.clone()),
+            );
         }
     }
     match &p.fork_stack {
-        Some(cs) if cs.frames.is_empty() => {
-            (cs.id.clone(), "process forked where mcr did not see (it exited before its first wrapped call)".into(), "fork".into(), None)
-        }
+        Some(cs) if cs.frames.is_empty() => (
+            cs.id.clone(),
+            "process forked where mcr did not see (it exited before its first wrapped call)".into(),
+            "fork".into(),
+            None,
+        ),
         Some(cs) => {
             let by = cs.summary(3);
             (cs.id.clone(), format!("process forked at fork < {by}"), "fork".into(), Some(cs.clone()))
@@ -179,7 +187,11 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
     let window = |a: &[ProcessProfile], b: &[ProcessProfile]| {
         let t0 = a.iter().map(|p| p.taken_ms).fold(f64::INFINITY, f64::min);
         let t1 = b.iter().map(|p| p.taken_ms).fold(0.0, f64::max);
-        if t0.is_finite() { (t1 - t0).max(0.0) } else { 0.0 }
+        if t0.is_finite() {
+            (t1 - t0).max(0.0)
+        } else {
+            0.0
+        }
     };
     let (idle_ms, workload_ms) = (window(idle, start), window(start, end));
     let mut classes: BTreeMap<String, Acc> = BTreeMap::new();
@@ -265,18 +277,25 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
         // The loop's frame as the quiescent point's stack has it (its file:line is where
         // the loop makes that call).
         let loop_frame = |st: &CallStack| bottom.checked_sub(1).map(|b| st.frames[st.frames.len() - 1 - b].clone());
-        let long_lived_loop = qp.map(|q| &sites[q].stack).or_else(|| sites.first().map(|s| &s.stack)).and_then(loop_frame);
+        let long_lived_loop =
+            qp.map(|q| &sites[q].stack).or_else(|| sites.first().map(|s| &s.stack)).and_then(loop_frame);
         let long_lived = a.alive > 0;
         let loop_name = long_lived_loop.as_ref().map(|f| f.display_name()).unwrap_or_else(|| "?".into());
         if let Some(q) = qp {
-            let (qshare, qdepth, qsamples, qcall) = (sites[q].share, sites[q].depth, sites[q].samples, sites[q].call.clone());
+            let (qshare, qdepth, qsamples, qcall) =
+                (sites[q].share, sites[q].depth, sites[q].samples, sites[q].call.clone());
             for (i, s) in sites.iter_mut().enumerate() {
                 if i == q {
                     continue;
                 }
-                let inside = s.stack.frames.get(s.depth.saturating_sub(1)).map(|f| f.display_name()).unwrap_or_default();
+                let inside =
+                    s.stack.frames.get(s.depth.saturating_sub(1)).map(|f| f.display_name()).unwrap_or_default();
                 s.not_qp_because = Some(if (s.samples as f64) < top as f64 * CANDIDATE_RATIO {
-                    format!("only {} of the class's blocked time (the quiescent point {qcall}: {})", pct(s.share), pct(qshare))
+                    format!(
+                        "only {} of the class's blocked time (the quiescent point {qcall}: {})",
+                        pct(s.share),
+                        pct(qshare)
+                    )
                 } else if s.depth > qdepth {
                     format!(
                         "{} of the blocked time, but called {} frame(s) below the long-lived loop {loop_name} (inside {inside}), \
@@ -287,7 +306,11 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
                         qdepth
                     )
                 } else {
-                    format!("less of the blocked time than {qcall} ({} vs {}) at the same depth in the loop", pct(s.share), pct(qshare))
+                    format!(
+                        "less of the blocked time than {qcall} ({} vs {}) at the same depth in the loop",
+                        pct(s.share),
+                        pct(qshare)
+                    )
                 });
                 if long_lived && s.samples as f64 >= qsamples as f64 * SIMILAR_RATIO {
                     warnings.push(format!(
@@ -338,7 +361,9 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
         });
     }
     // Long-lived first, then persistent, then by label.
-    out.sort_by(|x, y| y.long_lived.cmp(&x.long_lived).then(y.persistent.cmp(&x.persistent)).then(x.label.cmp(&y.label)));
+    out.sort_by(|x, y| {
+        y.long_lived.cmp(&x.long_lived).then(y.persistent.cmp(&x.persistent)).then(x.label.cmp(&y.label))
+    });
 
     let mut cost = Cost::default();
     for p in end {
@@ -418,11 +443,22 @@ mod tests {
             None,
             vec![
                 thread(10, true, None, vec![site("accept", &["main", "__libc_start_main"], 100)], true),
-                thread(11, false, Some(CREATE), vec![site("pthread_cond_wait", COND, 40), site("read", READ, 60)], true),
+                thread(
+                    11,
+                    false,
+                    Some(CREATE),
+                    vec![site("pthread_cond_wait", COND, 40), site("read", READ, 60)],
+                    true,
+                ),
             ],
             100.0,
         )];
-        let start = vec![process(10, None, vec![thread(10, true, None, vec![], true), thread(11, false, Some(CREATE), vec![], true)], 0.5)];
+        let start = vec![process(
+            10,
+            None,
+            vec![thread(10, true, None, vec![], true), thread(11, false, Some(CREATE), vec![], true)],
+            0.5,
+        )];
         let a = analyze(&start, &start, &end);
         let worker = a.classes.iter().find(|c| c.made_by == "pthread_create").unwrap();
         assert_eq!(worker.long_lived_loop.as_ref().unwrap().display_name(), "worker_main");
@@ -444,7 +480,13 @@ mod tests {
         let end = vec![process(
             10,
             None,
-            vec![thread(10, true, None, vec![site("nanosleep", &["main", "s"], 2), site("epoll_wait", &["wait_events", "main", "s"], 98)], true)],
+            vec![thread(
+                10,
+                true,
+                None,
+                vec![site("nanosleep", &["main", "s"], 2), site("epoll_wait", &["wait_events", "main", "s"], 98)],
+                true,
+            )],
             100.0,
         )];
         let a = analyze(&[], &[], &end);
@@ -458,12 +500,26 @@ mod tests {
     fn classes_are_short_or_long_lived_and_persistent_or_volatile() {
         let fork: &[&str] = &["spawn", "main"];
         // Startup: the first process, about to be replaced by its fork child (daemon).
-        let start = vec![process(2, Some(fork), vec![thread(2, true, None, vec![site("sigsuspend", &["main"], 1)], true)], 10.0)];
+        let start = vec![process(
+            2,
+            Some(fork),
+            vec![thread(2, true, None, vec![site("sigsuspend", &["main"], 1)], true)],
+            10.0,
+        )];
         let mut first = process(1, None, vec![thread(1, true, None, vec![], false)], 5.0);
         first.alive = false;
-        let mut late = process(3, Some(&["accept_loop", "main"]), vec![thread(3, true, None, vec![site("read", &["serve"], 5)], true)], 50.0);
+        let mut late = process(
+            3,
+            Some(&["accept_loop", "main"]),
+            vec![thread(3, true, None, vec![site("read", &["serve"], 5)], true)],
+            50.0,
+        );
         late.threads[0].first_seen_ms = 20.0;
-        let end = vec![first, process(2, Some(fork), vec![thread(2, true, None, vec![site("sigsuspend", &["main"], 9)], true)], 50.0), late];
+        let end = vec![
+            first,
+            process(2, Some(fork), vec![thread(2, true, None, vec![site("sigsuspend", &["main"], 9)], true)], 50.0),
+            late,
+        ];
         let a = analyze(&start, &start, &end);
         assert_eq!(a.count(|c| !c.long_lived), 1, "{:#?}", a.classes);
         assert_eq!(a.count(|c| c.long_lived), 2);
@@ -489,7 +545,13 @@ mod tests {
         // 100 ms idle: 10 wakeups (a timer); 100 ms of workload: 10 more, same rate.
         let a = analyze(&idle0, &start, &[process(10, None, vec![spinner.clone(), woken], 200.0)]);
         assert!(a.warnings.iter().any(|w| w.contains("never blocked in a wrapped call")), "{:?}", a.warnings);
-        assert!(a.warnings.iter().any(|w| w.contains("sem_wait") || w.contains("start_idle") && w.contains("did not reach")), "{:?}", a.warnings);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("sem_wait") || w.contains("start_idle") && w.contains("did not reach")),
+            "{:?}",
+            a.warnings
+        );
         let timer = a.classes.iter().find(|c| c.label.contains("start_idle")).unwrap();
         assert!(!timer.reached);
         // Woken far more often than when idle: reached.

@@ -238,7 +238,9 @@ fn profile_started(server: &Server, args: &ProfileArgs, program: &Path, out: &Pa
     match outcome {
         Outcome::Done => Ok(0),
         Outcome::WorkloadFailed(how) => {
-            eprintln!("mcr: the workload failed ({how}); the profile was written, but may miss what the workload did not do");
+            eprintln!(
+                "mcr: the workload failed ({how}); the profile was written, but may miss what the workload did not do"
+            );
             Ok(1)
         }
     }

@@ -38,9 +38,16 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
     let qps = a.count(|c| c.long_lived && c.qp.is_some());
     let _ = writeln!(o, "  SL  LL  QP  Per  Vol");
     let _ = writeln!(o, "  {:>2}  {:>2}  {:>2}  {:>3}  {:>3}\n", a.classes.len() - ll, ll, qps, per, vol);
-    let _ = writeln!(o, "  #  class                                                        SL LL Per Vol threads  quiescent point");
+    let _ = writeln!(
+        o,
+        "  #  class                                                        SL LL Per Vol threads  quiescent point"
+    );
     for (i, c) in a.classes.iter().enumerate() {
-        let label: String = if c.label.chars().count() > 60 { c.label.chars().take(59).chain(['…']).collect() } else { c.label.clone() };
+        let label: String = if c.label.chars().count() > 60 {
+            c.label.chars().take(59).chain(['…']).collect()
+        } else {
+            c.label.clone()
+        };
         let _ = writeln!(
             o,
             "  {:<2} {:<60} {:>2} {:>2} {:>3} {:>3} {:>7}  {}",
@@ -74,7 +81,11 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
                 );
                 match lp {
                     Some(f) if c.sites.len() > 1 => {
-                        let _ = writeln!(o, "    long-lived loop: {} (the deepest frame every sample had on the stack)", frame_text(&mut lines, f));
+                        let _ = writeln!(
+                            o,
+                            "    long-lived loop: {} (the deepest frame every sample had on the stack)",
+                            frame_text(&mut lines, f)
+                        );
                     }
                     Some(f) => {
                         let _ = writeln!(
@@ -92,7 +103,11 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
                 }
             }
             (None, _) => {
-                let _ = writeln!(o, "    no quiescent point: never seen blocked in a wrapped call ({} samples running)", c.running_samples);
+                let _ = writeln!(
+                    o,
+                    "    no quiescent point: never seen blocked in a wrapped call ({} samples running)",
+                    c.running_samples
+                );
             }
         }
         for s in c.sites.iter().filter(|s| s.not_qp_because.is_some()) {

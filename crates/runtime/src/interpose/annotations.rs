@@ -7,9 +7,13 @@ use libc::{c_char, c_int};
 
 /// `MCR_ADD_REINIT_HANDLER(fn)`: keep `fn` for replay conflicts.
 #[no_mangle]
-pub unsafe extern "C" fn mcr_runtime_add_reinit_handler(handler: Option<replay::ReinitHandler>, name: *const c_char) -> c_int {
+pub unsafe extern "C" fn mcr_runtime_add_reinit_handler(
+    handler: Option<replay::ReinitHandler>,
+    name: *const c_char,
+) -> c_int {
     let Some(h) = handler else { return -1 };
-    let name = if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    let name =
+        if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
     if replay::add_handler(h, name) {
         0
     } else {
@@ -26,7 +30,10 @@ pub extern "C" fn mcr_runtime_is_live_update() -> c_int {
 /// `mcr_translate(obj, old_ptr)`: the new version's address for an address of the old
 /// version, while an object handler runs (null when there is none). `obj` is not read.
 #[no_mangle]
-pub extern "C" fn mcr_runtime_translate(_obj: *const crate::transfer::McrObj, old_ptr: *const libc::c_void) -> *mut libc::c_void {
+pub extern "C" fn mcr_runtime_translate(
+    _obj: *const crate::transfer::McrObj,
+    old_ptr: *const libc::c_void,
+) -> *mut libc::c_void {
     if old_ptr.is_null() {
         return std::ptr::null_mut();
     }
@@ -48,14 +55,18 @@ pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
         return -1;
     }
     let what = std::ffi::CStr::from_ptr(what).to_string_lossy().into_owned();
-    let name = if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    let name =
+        if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
     crate::transfer::add_obj_handler(what, h, name);
     0
 }
 
 /// `MCR_ADD_RESUME_HANDLER(fn)`: run `fn` on the main thread once the update commits.
 #[no_mangle]
-pub extern "C" fn mcr_runtime_add_resume_handler(handler: Option<crate::resume::ResumeHandler>, _name: *const c_char) -> c_int {
+pub extern "C" fn mcr_runtime_add_resume_handler(
+    handler: Option<crate::resume::ResumeHandler>,
+    _name: *const c_char,
+) -> c_int {
     match handler {
         Some(h) if crate::resume::add(h) => 0,
         _ => -1,
@@ -64,7 +75,10 @@ pub extern "C" fn mcr_runtime_add_resume_handler(handler: Option<crate::resume::
 
 /// `MCR_ADD_RESPAWN_HANDLER(fn)`: recreate a per-connection process during an update.
 #[no_mangle]
-pub extern "C" fn mcr_runtime_add_respawn_handler(handler: Option<crate::resume::RespawnHandler>, _name: *const c_char) -> c_int {
+pub extern "C" fn mcr_runtime_add_respawn_handler(
+    handler: Option<crate::resume::RespawnHandler>,
+    _name: *const c_char,
+) -> c_int {
     match handler {
         Some(h) if crate::resume::add_respawn(h) => 0,
         _ => -1,

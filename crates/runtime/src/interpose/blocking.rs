@@ -11,7 +11,10 @@ use crate::signals::without_kick;
 use crate::stack::frame_address;
 use crate::threads;
 use crate::{drain, errno, real};
-use libc::{c_int, c_long, c_uint, c_void, clockid_t, epoll_event, fd_set, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, sem_t, sembuf, siginfo_t, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval, EINTR};
+use libc::{
+    c_int, c_long, c_uint, c_void, clockid_t, epoll_event, fd_set, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t,
+    pollfd, rusage, sem_t, sembuf, siginfo_t, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval, EINTR,
+};
 use std::sync::atomic::Ordering::*;
 
 pub enum Outcome<T> {
@@ -141,7 +144,14 @@ fn ssize_eintr(r: &ssize_t) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let f = real::accept();
-    let r = finish_int(blocking(Call::Accept, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)), int_eintr));
+    let r = finish_int(blocking(
+        Call::Accept,
+        fd as usize,
+        frame_address(),
+        None,
+        |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)),
+        int_eintr,
+    ));
     if r >= 0 {
         drain::note_accepted(r);
     }
@@ -151,7 +161,14 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 #[no_mangle]
 pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let f = real::accept4();
-    let r = finish_int(blocking(Call::Accept4, fd as usize, frame_address(), None, |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)), int_eintr));
+    let r = finish_int(blocking(
+        Call::Accept4,
+        fd as usize,
+        frame_address(),
+        None,
+        |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)),
+        int_eintr,
+    ));
     if r >= 0 {
         drain::note_accepted(r);
     }
@@ -186,9 +203,23 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, a: *mut sockaddr, l: *mut socklen_t) -> ssize_t {
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    a: *mut sockaddr,
+    l: *mut socklen_t,
+) -> ssize_t {
     let f = real::recvfrom();
-    finish_ssize(blocking(Call::Recvfrom, fd as usize, frame_address(), None, |_| f(fd, buf, n, flags, a, l), ssize_eintr))
+    finish_ssize(blocking(
+        Call::Recvfrom,
+        fd as usize,
+        frame_address(),
+        None,
+        |_| f(fd, buf, n, flags, a, l),
+        ssize_eintr,
+    ))
 }
 
 #[no_mangle]
@@ -202,32 +233,72 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real::epoll_wait();
-    finish_int(blocking(Call::EpollWait, 0, frame_address(), ms_ns(timeout), |l| f(ep, ev, max, l.map_or(timeout, ns_ms)), int_eintr))
+    finish_int(blocking(
+        Call::EpollWait,
+        0,
+        frame_address(),
+        ms_ns(timeout),
+        |l| f(ep, ev, max, l.map_or(timeout, ns_ms)),
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_pwait(ep: c_int, ev: *mut epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait(
+    ep: c_int,
+    ev: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
     let f = real::epoll_pwait();
     let m = without_kick(mask);
     let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(Call::EpollPwait, 0, frame_address(), ms_ns(timeout), |l| f(ep, ev, max, l.map_or(timeout, ns_ms), mp), int_eintr))
+    finish_int(blocking(
+        Call::EpollPwait,
+        0,
+        frame_address(),
+        ms_ns(timeout),
+        |l| f(ep, ev, max, l.map_or(timeout, ns_ms), mp),
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_pwait2(ep: c_int, ev: *mut epoll_event, max: c_int, ts: *const timespec, mask: *const sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait2(
+    ep: c_int,
+    ev: *mut epoll_event,
+    max: c_int,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
     let f = real::epoll_pwait2();
     let m = without_kick(mask);
     let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(Call::EpollPwait2, 0, frame_address(), ts_ns(ts), |l| match l {
-        None => f(ep, ev, max, ts, mp),
-        Some(ns) => f(ep, ev, max, &ns_ts(ns), mp),
-    }, int_eintr))
+    finish_int(blocking(
+        Call::EpollPwait2,
+        0,
+        frame_address(),
+        ts_ns(ts),
+        |l| match l {
+            None => f(ep, ev, max, ts, mp),
+            Some(ns) => f(ep, ev, max, &ns_ts(ns), mp),
+        },
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real::poll();
-    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), |l| f(fds, n, l.map_or(timeout, ns_ms)), int_eintr))
+    finish_int(blocking(
+        Call::Poll,
+        0,
+        frame_address(),
+        ms_ns(timeout),
+        |l| f(fds, n, l.map_or(timeout, ns_ms)),
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
@@ -236,7 +307,14 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
         crate::diag::fatal(&[b"*** buffer overflow detected ***: poll"]);
     }
     let f = real::poll();
-    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), |l| f(fds, n, l.map_or(timeout, ns_ms)), int_eintr))
+    finish_int(blocking(
+        Call::Poll,
+        0,
+        frame_address(),
+        ms_ns(timeout),
+        |l| f(fds, n, l.map_or(timeout, ns_ms)),
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
@@ -244,10 +322,17 @@ pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec,
     let f = real::ppoll();
     let m = without_kick(mask);
     let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(Call::Ppoll, 0, frame_address(), ts_ns(ts), |l| match l {
-        None => f(fds, n, ts, mp),
-        Some(ns) => f(fds, n, &ns_ts(ns), mp),
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Ppoll,
+        0,
+        frame_address(),
+        ts_ns(ts),
+        |l| match l {
+            None => f(fds, n, ts, mp),
+            Some(ns) => f(fds, n, &ns_ts(ns), mp),
+        },
+        int_eintr,
+    ))
 }
 
 #[no_mangle]
@@ -256,18 +341,32 @@ pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mu
     // select() clears the sets it is given, so a re-entry needs the program's originals.
     let (r0, w0, x0) = (r.as_ref().copied(), w.as_ref().copied(), x.as_ref().copied());
     let timeout = (!tv.is_null()).then(|| (*tv).tv_sec * 1_000_000_000 + (*tv).tv_usec * 1000);
-    finish_int(blocking(Call::Select, 0, frame_address(), timeout, |l| {
-        if let Some(ns) = l {
-            restore_sets(r, r0, w, w0, x, x0);
-            *tv = timeval { tv_sec: (ns / 1_000_000_000) as _, tv_usec: ((ns % 1_000_000_000) / 1000) as _ };
-        } else if !tv.is_null() || r0.is_some() {
-            restore_sets(r, r0, w, w0, x, x0);
-        }
-        f(n, r, w, x, tv)
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Select,
+        0,
+        frame_address(),
+        timeout,
+        |l| {
+            if let Some(ns) = l {
+                restore_sets(r, r0, w, w0, x, x0);
+                *tv = timeval { tv_sec: (ns / 1_000_000_000) as _, tv_usec: ((ns % 1_000_000_000) / 1000) as _ };
+            } else if !tv.is_null() || r0.is_some() {
+                restore_sets(r, r0, w, w0, x, x0);
+            }
+            f(n, r, w, x, tv)
+        },
+        int_eintr,
+    ))
 }
 
-unsafe fn restore_sets(r: *mut fd_set, r0: Option<fd_set>, w: *mut fd_set, w0: Option<fd_set>, x: *mut fd_set, x0: Option<fd_set>) {
+unsafe fn restore_sets(
+    r: *mut fd_set,
+    r0: Option<fd_set>,
+    w: *mut fd_set,
+    w0: Option<fd_set>,
+    x: *mut fd_set,
+    x0: Option<fd_set>,
+) {
     for (p, v) in [(r, r0), (w, w0), (x, x0)] {
         if let Some(v) = v {
             *p = v;
@@ -276,18 +375,32 @@ unsafe fn restore_sets(r: *mut fd_set, r0: Option<fd_set>, w: *mut fd_set, w0: O
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn pselect(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mut fd_set, ts: *const timespec, mask: *const sigset_t) -> c_int {
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    x: *mut fd_set,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
     let f = real::pselect();
     let m = without_kick(mask);
     let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
     let (r0, w0, x0) = (r.as_ref().copied(), w.as_ref().copied(), x.as_ref().copied());
-    finish_int(blocking(Call::Pselect, 0, frame_address(), ts_ns(ts), |l| {
-        restore_sets(r, r0, w, w0, x, x0);
-        match l {
-            None => f(n, r, w, x, ts, mp),
-            Some(ns) => f(n, r, w, x, &ns_ts(ns), mp),
-        }
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Pselect,
+        0,
+        frame_address(),
+        ts_ns(ts),
+        |l| {
+            restore_sets(r, r0, w, w0, x, x0);
+            match l {
+                None => f(n, r, w, x, ts, mp),
+                Some(ns) => f(n, r, w, x, &ns_ts(ns), mp),
+            }
+        },
+        int_eintr,
+    ))
 }
 
 // ---- sleeping ----
@@ -295,10 +408,17 @@ pub unsafe extern "C" fn pselect(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *m
 #[no_mangle]
 pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     let f = real::nanosleep();
-    match blocking(Call::Nanosleep, 0, frame_address(), ts_ns(req), |l| match l {
-        None => f(req, rem),
-        Some(ns) => f(&ns_ts(ns), rem),
-    }, int_eintr) {
+    match blocking(
+        Call::Nanosleep,
+        0,
+        frame_address(),
+        ts_ns(req),
+        |l| match l {
+            None => f(req, rem),
+            Some(ns) => f(&ns_ts(ns), rem),
+        },
+        int_eintr,
+    ) {
         Outcome::Done(r) => r,
         Outcome::ProgramSignal => {
             // Parked through the whole sleep: report it as interrupted with nothing left
@@ -313,14 +433,26 @@ pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn clock_nanosleep(clock: clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int {
+pub unsafe extern "C" fn clock_nanosleep(
+    clock: clockid_t,
+    flags: c_int,
+    req: *const timespec,
+    rem: *mut timespec,
+) -> c_int {
     let f = real::clock_nanosleep();
     // Returns the error number instead of setting errno; absolute sleeps need no adjusting.
     let relative = flags & libc::TIMER_ABSTIME == 0;
-    match blocking(Call::ClockNanosleep, 0, frame_address(), if relative { ts_ns(req) } else { None }, |l| match l {
-        None => f(clock, flags, req, rem),
-        Some(ns) => f(clock, flags, &ns_ts(ns), rem),
-    }, |r| *r == EINTR) {
+    match blocking(
+        Call::ClockNanosleep,
+        0,
+        frame_address(),
+        if relative { ts_ns(req) } else { None },
+        |l| match l {
+            None => f(clock, flags, req, rem),
+            Some(ns) => f(clock, flags, &ns_ts(ns), rem),
+        },
+        |r| *r == EINTR,
+    ) {
         Outcome::Done(r) => r,
         Outcome::ProgramSignal => EINTR,
     }
@@ -331,10 +463,17 @@ pub unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
     let f = real::nanosleep();
     let req = timespec { tv_sec: secs as _, tv_nsec: 0 };
     let mut rem = timespec { tv_sec: 0, tv_nsec: 0 };
-    match blocking(Call::Sleep, 0, frame_address(), ts_ns(&req), |l| {
-        let r = ns_ts(l.unwrap_or(secs as i64 * 1_000_000_000));
-        f(&r, &mut rem)
-    }, int_eintr) {
+    match blocking(
+        Call::Sleep,
+        0,
+        frame_address(),
+        ts_ns(&req),
+        |l| {
+            let r = ns_ts(l.unwrap_or(secs as i64 * 1_000_000_000));
+            f(&r, &mut rem)
+        },
+        int_eintr,
+    ) {
         Outcome::Done(0) => 0,
         Outcome::Done(_) => rem.tv_sec as c_uint + c_uint::from(rem.tv_nsec > 0),
         Outcome::ProgramSignal => 0,
@@ -345,9 +484,14 @@ pub unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
 pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
     let f = real::nanosleep();
     let total = usecs as i64 * 1000;
-    finish_int(blocking(Call::Usleep, 0, frame_address(), Some(total), |l| {
-        f(&ns_ts(l.unwrap_or(total)), core::ptr::null_mut())
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Usleep,
+        0,
+        frame_address(),
+        Some(total),
+        |l| f(&ns_ts(l.unwrap_or(total)), core::ptr::null_mut()),
+        int_eintr,
+    ))
 }
 
 // ---- condition variables and semaphores ----
@@ -356,7 +500,13 @@ pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
 /// instead. A woken thread parks with the mutex released (as the wait itself would hold
 /// it) and returns as a spurious wakeup, which every correct caller loops on.
 #[inline(always)]
-unsafe fn cond_common(call: Call, cond: *mut libc::pthread_cond_t, mutex: *mut libc::pthread_mutex_t, fp: usize, wait: impl FnOnce() -> c_int) -> c_int {
+unsafe fn cond_common(
+    call: Call,
+    cond: *mut libc::pthread_cond_t,
+    mutex: *mut libc::pthread_mutex_t,
+    fp: usize,
+    wait: impl FnOnce() -> c_int,
+) -> c_int {
     let local = threads::local();
     if local.in_signal_handler(fp) {
         return wait();
@@ -392,13 +542,22 @@ pub unsafe extern "C" fn pthread_cond_wait(c: *mut libc::pthread_cond_t, m: *mut
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn pthread_cond_timedwait(c: *mut libc::pthread_cond_t, m: *mut libc::pthread_mutex_t, abs: *const timespec) -> c_int {
+pub unsafe extern "C" fn pthread_cond_timedwait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+    abs: *const timespec,
+) -> c_int {
     let f = real::pthread_cond_timedwait();
     cond_common(Call::CondTimedwait, c, m, frame_address(), || f(c, m, abs))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn pthread_cond_clockwait(c: *mut libc::pthread_cond_t, m: *mut libc::pthread_mutex_t, clock: clockid_t, abs: *const timespec) -> c_int {
+pub unsafe extern "C" fn pthread_cond_clockwait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+    clock: clockid_t,
+    abs: *const timespec,
+) -> c_int {
     let f = real::pthread_cond_clockwait();
     cond_common(Call::CondClockwait, c, m, frame_address(), || f(c, m, clock, abs))
 }
@@ -441,10 +600,17 @@ pub unsafe extern "C" fn sigwaitinfo(set: *const sigset_t, info: *mut siginfo_t)
 pub unsafe extern "C" fn sigtimedwait(set: *const sigset_t, info: *mut siginfo_t, ts: *const timespec) -> c_int {
     let f = real::sigtimedwait();
     let s = without_kick(set).unwrap_or_else(|| *set);
-    finish_int(blocking(Call::Sigtimedwait, 0, frame_address(), ts_ns(ts), |l| match l {
-        None => f(&s, info, ts),
-        Some(ns) => f(&s, info, &ns_ts(ns)),
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Sigtimedwait,
+        0,
+        frame_address(),
+        ts_ns(ts),
+        |l| match l {
+            None => f(&s, info, ts),
+            Some(ns) => f(&s, info, &ns_ts(ns)),
+        },
+        int_eintr,
+    ))
 }
 
 /// glibc's sigwait retries EINTR internally (bypassing any wrapper), so it is rebuilt
@@ -516,10 +682,17 @@ pub unsafe extern "C" fn semop(id: c_int, ops: *mut sembuf, n: size_t) -> c_int 
 #[no_mangle]
 pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut sembuf, n: size_t, ts: *const timespec) -> c_int {
     let f = real::semtimedop();
-    finish_int(blocking(Call::Semtimedop, 0, frame_address(), ts_ns(ts), |l| match l {
-        None => f(id, ops, n, ts),
-        Some(ns) => f(id, ops, n, &ns_ts(ns)),
-    }, int_eintr))
+    finish_int(blocking(
+        Call::Semtimedop,
+        0,
+        frame_address(),
+        ts_ns(ts),
+        |l| match l {
+            None => f(id, ops, n, ts),
+            Some(ns) => f(id, ops, n, &ns_ts(ns)),
+        },
+        int_eintr,
+    ))
 }
 
 #[no_mangle]

@@ -26,7 +26,12 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
         drain::note_closed_range(first, last);
     }
-    let mut ours: Vec<c_uint> = reserved_fds().into_iter().filter(|&fd| fd >= 0).map(|fd| fd as c_uint).filter(|&fd| fd >= first && fd <= last).collect();
+    let mut ours: Vec<c_uint> = reserved_fds()
+        .into_iter()
+        .filter(|&fd| fd >= 0)
+        .map(|fd| fd as c_uint)
+        .filter(|&fd| fd >= first && fd <= last)
+        .collect();
     if ours.is_empty() {
         return f(first, last, flags);
     }

@@ -4,13 +4,13 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use crate::stack::{frame_address, walk};
-use crate::threads::{self, MAX_STACK, SLOTS, TID_PENDING};
-use crate::real;
-use libc::{c_int, c_void, pthread_attr_t, pthread_t};
 use crate::interpose::startup::replay_decision;
+use crate::real;
 use crate::replay;
+use crate::stack::{frame_address, walk};
 use crate::startup_log::recording;
+use crate::threads::{self, MAX_STACK, SLOTS, TID_PENDING};
+use libc::{c_int, c_void, pthread_attr_t, pthread_t};
 use std::sync::atomic::{AtomicU32, Ordering::*};
 
 struct Start {
@@ -84,7 +84,8 @@ pub unsafe extern "C" fn pthread_create(
     s.creation_stack.store(&buf[..n]);
     s.start_routine.store(routine as usize, Relaxed);
     if !recording() {
-        let start = Box::into_raw(Box::new(Start { routine, arg, slot, handshake: false, target: 0, tid: AtomicU32::new(0) }));
+        let start =
+            Box::into_raw(Box::new(Start { routine, arg, slot, handshake: false, target: 0, tid: AtomicU32::new(0) }));
         let rc = f(thread, attr, thread_start, start.cast());
         if rc != 0 {
             drop(Box::from_raw(start));
@@ -106,10 +107,13 @@ pub unsafe extern "C" fn pthread_create(
     loop {
         attempt += 1;
         if attempt > TID_TRIES && target != 0 {
-            crate::diag::warn(&format!("replay: a thread could not get TID {target} as in the old version; it runs with another"));
+            crate::diag::warn(&format!(
+                "replay: a thread could not get TID {target} as in the old version; it runs with another"
+            ));
             target = 0;
         }
-        let start = Box::into_raw(Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) }));
+        let start =
+            Box::into_raw(Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) }));
         let guard = (target != 0).then(|| {
             let g = crate::startup_log::pid_hint_lock();
             replay::request_pid(target);

@@ -86,7 +86,12 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
     old.sa_sigaction
 }
 
-unsafe fn mask_call(f: unsafe extern "C" fn(c_int, *const sigset_t, *mut sigset_t) -> c_int, how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int {
+unsafe fn mask_call(
+    f: unsafe extern "C" fn(c_int, *const sigset_t, *mut sigset_t) -> c_int,
+    how: c_int,
+    set: *const sigset_t,
+    old: *mut sigset_t,
+) -> c_int {
     if !active() || set.is_null() || how == libc::SIG_UNBLOCK {
         return f(how, set, old);
     }

@@ -5,8 +5,8 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use crate::stack::frame_address;
 use crate::replay::{self, Decision};
+use crate::stack::frame_address;
 use crate::startup_log::{hex, place, record, recording, reserve};
 use crate::{errno, real};
 use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, sockaddr, socklen_t};
@@ -95,7 +95,12 @@ fn configuring(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>,
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
     let f = real::socket();
-    creating("socket", frame_address(), || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)], || f(domain, ty, proto))
+    creating(
+        "socket",
+        frame_address(),
+        || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)],
+        || f(domain, ty, proto),
+    )
 }
 
 #[no_mangle]
@@ -107,7 +112,13 @@ pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: 
 
 /// A call that fills `fds[0..2]` (pipe, socketpair): both ends are reserved (or placed
 /// at their old numbers) and recorded together.
-unsafe fn creating_pair(call: &'static str, fp: usize, fds: *mut c_int, args: impl FnOnce() -> Vec<OpArg>, f: impl FnOnce() -> c_int) -> c_int {
+unsafe fn creating_pair(
+    call: &'static str,
+    fp: usize,
+    fds: *mut c_int,
+    args: impl FnOnce() -> Vec<OpArg>,
+    f: impl FnOnce() -> c_int,
+) -> c_int {
     if !recording() {
         return f();
     }
@@ -144,7 +155,12 @@ pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let f = real::bind();
-    configuring("bind", frame_address(), || vec![OpArg::Fd(fd), OpArg::Bytes(bytes(addr.cast(), len as usize))], || f(fd, addr, len))
+    configuring(
+        "bind",
+        frame_address(),
+        || vec![OpArg::Fd(fd), OpArg::Bytes(bytes(addr.cast(), len as usize))],
+        || f(fd, addr, len),
+    )
 }
 
 #[no_mangle]
@@ -159,7 +175,14 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *
     configuring(
         "setsockopt",
         frame_address(),
-        || vec![OpArg::Fd(fd), OpArg::Int(level as i64), OpArg::Int(name as i64), OpArg::Bytes(bytes(val, len as usize))],
+        || {
+            vec![
+                OpArg::Fd(fd),
+                OpArg::Int(level as i64),
+                OpArg::Int(name as i64),
+                OpArg::Bytes(bytes(val, len as usize)),
+            ]
+        },
         || f(fd, level, name, val, len),
     )
 }
@@ -225,7 +248,12 @@ pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut lib
     let f = real::epoll_ctl();
     // The event's data is usually a pointer: not comparable across versions.
     let events = if ev.is_null() { 0 } else { (*ev).events as i64 };
-    configuring("epoll_ctl", frame_address(), || vec![OpArg::Fd(ep), OpArg::Int(op as i64), OpArg::Fd(fd), OpArg::Int(events)], || f(ep, op, fd, ev))
+    configuring(
+        "epoll_ctl",
+        frame_address(),
+        || vec![OpArg::Fd(ep), OpArg::Int(op as i64), OpArg::Fd(fd), OpArg::Int(events)],
+        || f(ep, op, fd, ev),
+    )
 }
 
 #[no_mangle]
@@ -237,7 +265,12 @@ pub unsafe extern "C" fn eventfd(init: c_uint, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn timerfd_create(clock: c_int, flags: c_int) -> c_int {
     let f = real::timerfd_create();
-    creating("timerfd_create", frame_address(), || vec![OpArg::Int(clock as i64), OpArg::Int(flags as i64)], || f(clock, flags))
+    creating(
+        "timerfd_create",
+        frame_address(),
+        || vec![OpArg::Int(clock as i64), OpArg::Int(flags as i64)],
+        || f(clock, flags),
+    )
 }
 
 #[no_mangle]
@@ -262,12 +295,18 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     let f = real::fcntl();
     match cmd {
-        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            creating("fcntl", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)], || f(fd, cmd, arg))
-        }
-        libc::F_SETFD | libc::F_SETFL | libc::F_SETOWN | libc::F_SETPIPE_SZ => {
-            configuring("fcntl", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)], || f(fd, cmd, arg))
-        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => creating(
+            "fcntl",
+            frame_address(),
+            || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)],
+            || f(fd, cmd, arg),
+        ),
+        libc::F_SETFD | libc::F_SETFL | libc::F_SETOWN | libc::F_SETPIPE_SZ => configuring(
+            "fcntl",
+            frame_address(),
+            || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)],
+            || f(fd, cmd, arg),
+        ),
         _ => f(fd, cmd, arg),
     }
 }

@@ -129,7 +129,13 @@ fn fields_by_name_widened_reordered_added_zeroed_pointers_relocated() {
     let rule = |p: &str| plan.rules.iter().find(|r| r.path == p).map(|r| r.rule.clone());
     assert_eq!(
         rule("kv_node.hits"),
-        Some(Rule::IntConverted { from: "int".into(), to: "long int".into(), checked: false, old_offset: 20, new_offset: 16 })
+        Some(Rule::IntConverted {
+            from: "int".into(),
+            to: "long int".into(),
+            checked: false,
+            old_offset: 20,
+            new_offset: 16
+        })
     );
     assert_eq!(rule("kv_node.hash"), Some(Rule::Copied { old_offset: 16, new_offset: 24 }));
     assert_eq!(rule("kv_node.created_tick"), Some(Rule::Added { ty: "long int".into(), offset: 32 }));
@@ -150,7 +156,10 @@ fn narrowing_is_range_checked_and_names_the_field() {
     let new = run(&plan, &(-5i64).to_le_bytes()).unwrap();
     assert_eq!(i32::from_le_bytes(new[..4].try_into().unwrap()), -5);
     let err = run(&plan, &(1i64 << 40).to_le_bytes()).unwrap_err();
-    assert!(matches!(&err, TransformError::OutOfRange { path, bits: 32, signed: true, .. } if path == "kv_node.hits"), "{err}");
+    assert!(
+        matches!(&err, TransformError::OutOfRange { path, bits: 32, signed: true, .. } if path == "kv_node.hits"),
+        "{err}"
+    );
     assert!(err.to_string().contains("kv_node.hits"), "{err}");
 }
 
@@ -188,12 +197,19 @@ fn enums_are_mapped_by_enumerator_name() {
     let plan = Plan::new(&o.0, ot, &n.0, nt).unwrap();
     assert_eq!(
         plan.rules[0].rule,
-        Rule::EnumByName { removed: vec!["GONE".into()], added: vec!["NEW".into()], renumbered: vec!["IDLE".into(), "BUSY".into()] }
+        Rule::EnumByName {
+            removed: vec!["GONE".into()],
+            added: vec!["NEW".into()],
+            renumbered: vec!["IDLE".into(), "BUSY".into()]
+        }
     );
     assert_eq!(run(&plan, &0u32.to_le_bytes()).unwrap(), 1u32.to_le_bytes(), "IDLE 0 -> 1");
     assert_eq!(run(&plan, &1u32.to_le_bytes()).unwrap(), 2u32.to_le_bytes(), "BUSY 1 -> 2");
     let err = run(&plan, &2u32.to_le_bytes()).unwrap_err();
-    assert!(matches!(&err, TransformError::EnumeratorRemoved { path, name } if path == "s.st" && name == "GONE"), "{err}");
+    assert!(
+        matches!(&err, TransformError::EnumeratorRemoved { path, name } if path == "s.st" && name == "GONE"),
+        "{err}"
+    );
     assert!(matches!(run(&plan, &9u32.to_le_bytes()), Err(TransformError::UnknownEnumValue { value: 9, .. })));
     // Only additions: values are kept, even those that are no enumerator (flag sets).
     let mut a = B::new();
@@ -308,7 +324,10 @@ fn nested_structs_are_transformed_in_place() {
     let out = run(&plan, &old).unwrap();
     assert_eq!(out, [0i32, 11, 22].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
     assert!(plan.rules.iter().any(|r| r.path == "outer.in.w" && matches!(r.rule, Rule::Added { .. })));
-    assert!(plan.rules.iter().any(|r| r.path == "outer.in.x" && r.rule == Rule::Copied { old_offset: 0, new_offset: 4 }));
+    assert!(plan
+        .rules
+        .iter()
+        .any(|r| r.path == "outer.in.x" && r.rule == Rule::Copied { old_offset: 0, new_offset: 4 }));
 }
 
 #[test]
@@ -325,7 +344,13 @@ fn typedefd_integers_convert_through_the_typedef() {
     let plan = Plan::new(&o.0, ot, &n.0, nt).unwrap();
     assert_eq!(
         plan.rules[0].rule,
-        Rule::IntConverted { from: "const pid_t".into(), to: "pid64_t".into(), checked: false, old_offset: 0, new_offset: 0 }
+        Rule::IntConverted {
+            from: "const pid_t".into(),
+            to: "pid64_t".into(),
+            checked: false,
+            old_offset: 0,
+            new_offset: 0
+        }
     );
     assert_eq!(run(&plan, &(-3i32).to_le_bytes()).unwrap(), (-3i64).to_le_bytes());
     // Same typedef on both sides: identity.
@@ -359,7 +384,8 @@ fn function_and_void_pointers_are_handed_to_the_caller() {
     assert_eq!(u64::from_le_bytes(new[0..8].try_into().unwrap()), 0x501000);
     assert_eq!(u64::from_le_bytes(new[8..16].try_into().unwrap()), 0x7f00);
     // A relocation failure names the field.
-    let err = plan.apply(&old, &mut new, &mut |_s: PointerSite| -> Result<u64, String> { Err("no such symbol".into()) });
+    let err =
+        plan.apply(&old, &mut new, &mut |_s: PointerSite| -> Result<u64, String> { Err("no such symbol".into()) });
     assert!(matches!(err, Err(TransformError::Relocate { path, .. }) if path == "h.cb"));
 }
 
@@ -432,9 +458,15 @@ fn short_buffers_are_errors_not_panics() {
     let (o, ot, n, nt) = kv_node_pair();
     let plan = Plan::new(&o, ot, &n, nt).unwrap();
     let mut small = vec![0u8; 8];
-    assert!(matches!(plan.apply(&[0u8; 32], &mut small, &mut no_pointers), Err(TransformError::Size { which: "new", .. })));
+    assert!(matches!(
+        plan.apply(&[0u8; 32], &mut small, &mut no_pointers),
+        Err(TransformError::Size { which: "new", .. })
+    ));
     let mut big = vec![0u8; 48];
-    assert!(matches!(plan.apply(&[0u8; 4], &mut big, &mut no_pointers), Err(TransformError::Size { which: "old", .. })));
+    assert!(matches!(
+        plan.apply(&[0u8; 4], &mut big, &mut no_pointers),
+        Err(TransformError::Size { which: "old", .. })
+    ));
 }
 
 #[test]
@@ -454,7 +486,15 @@ fn layout_lists_pointer_slots_and_opaque_regions() {
     let t = b.strukt(
         "node",
         72,
-        &[("n", i, 0), ("buf", buf, 4), ("data", vp, 24), ("u", u, 32), ("kids", pair, 40), ("cb", fp, 56), ("ticks", ul, 64)],
+        &[
+            ("n", i, 0),
+            ("buf", buf, 4),
+            ("data", vp, 24),
+            ("u", u, 32),
+            ("kids", pair, 40),
+            ("cb", fp, 56),
+            ("ticks", ul, 64),
+        ],
     );
     let l = b.0.layout(t, "node");
     let ptrs: Vec<(u64, &str)> = l.pointers.iter().map(|p| (p.offset, p.path.as_str())).collect();
