@@ -3,6 +3,9 @@
 # the C fixture servers and the cached nginx build, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# House rules first: a change that is not formatted or not lint-clean does not land.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --release -- -D warnings
 cargo build --release --workspace
 make -s -C fixtures OUT="$PWD/target/fixtures"
 MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"

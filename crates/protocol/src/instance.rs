@@ -60,7 +60,11 @@ impl InstanceDir {
             p.to_path_buf()
         } else if let Some(p) = std::env::var_os(crate::env::RUNTIME_DIR).filter(|p| !p.is_empty()) {
             PathBuf::from(p)
-        } else if unsafe { libc::geteuid() } == 0 {
+        } else if {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            unsafe { libc::geteuid() }
+        } == 0
+        {
             PathBuf::from("/run/mcr")
         } else if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
             PathBuf::from(p).join("mcr")
