@@ -2,19 +2,17 @@
 //! startup completed, per class of mapping: what an update's tracer would have to copy,
 //! and what dirty tracking lets it skip.
 
-use crate::client;
-use anyhow::{bail, Result};
+use anyhow::Result;
+use mcr_client::Connection;
 use mcr_dirty::{Counts, MappingClass, Method};
-use mcr_protocol::{DirtyMethod, InstanceDir, InstanceStatus, Request, Response};
+use mcr_protocol::{DirtyMethod, InstanceDir};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 pub fn dirty(dir: &InstanceDir, name: &str, json: bool) -> Result<i32> {
-    let st = match client::request(dir, name, &Request::Status)? {
-        Response::Status(st) => st,
-        other => bail!("unexpected answer from the supervisor: {other:?}"),
-    };
-    let host = host_pids(&st);
+    let st = Connection::open(dir, name)?.status()?;
+    let host = mcr_client::pids::host_pids(st.pid_namespace, st.supervisor_pid, st.processes.iter().map(|p| p.pid))
+        .unwrap_or_default();
     let mut procs = Vec::new();
     let mut failed = false;
     for p in &st.processes {
@@ -132,28 +130,4 @@ fn render(out: &Value) -> String {
         );
     }
     s
-}
-
-/// PIDs in the instance (its own PID namespace, or the host's) → host PIDs.
-fn host_pids(st: &InstanceStatus) -> BTreeMap<i32, i32> {
-    if !st.pid_namespace {
-        return st.processes.iter().map(|p| (p.pid, p.pid)).collect();
-    }
-    let Ok(ns) = std::fs::read_link(format!("/proc/{}/ns/pid", st.supervisor_pid)) else { return BTreeMap::new() };
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(hpid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if hpid == st.supervisor_pid || std::fs::read_link(format!("/proc/{hpid}/ns/pid")).ok().as_ref() != Some(&ns) {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
-        if let Some(nspid) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok())
-        {
-            out.insert(nspid, hpid);
-        }
-    }
-    out
 }

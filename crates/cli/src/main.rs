@@ -1,14 +1,16 @@
 //! `mcr`: run C servers so they can be live-updated.
 
 mod check;
-mod client;
 mod dirty;
+mod instance;
 mod profile;
-mod program;
 mod render;
 mod run;
-mod transfer;
 mod update;
+
+// `mcr profile` reaches the supervisor and checks its program through these names.
+use mcr_client as client;
+use mcr_client::program;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -175,15 +177,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(args) => run::run(&dir, args),
         Command::Update(args) => update::update(&dir, args),
         Command::Profile(args) => profile::profile(&dir, args),
-        Command::Status { name, json, log: false } => client::status(&dir, &name, json),
-        Command::Status { name, json, log: true } => client::startup_logs(&dir, &name, json),
-        Command::List { json } => client::list(&dir, json),
+        Command::Status { name, json, log: false } => instance::status(&dir, &name, json),
+        Command::Status { name, json, log: true } => instance::startup_logs(&dir, &name, json),
+        Command::List { json } => instance::list(&dir, json),
         Command::Ctl { name, action } => match action {
-            CtlAction::Quiesce { timeout, json } => client::quiesce(&dir, &name, timeout, json),
-            CtlAction::Resume => client::resume(&dir, &name),
+            CtlAction::Quiesce { timeout, json } => instance::quiesce(&dir, &name, timeout, json),
+            CtlAction::Resume => instance::resume(&dir, &name),
             CtlAction::Dirty { json } => dirty::dirty(&dir, &name, json),
         },
-        Command::Stop { name, timeout } => client::stop(&dir, &name, timeout),
+        Command::Stop { name, timeout } => instance::stop(&dir, &name, timeout),
         Command::Check(args) => Ok(check::check(&args)),
     }
 }

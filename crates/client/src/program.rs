@@ -1,13 +1,60 @@
 //! Checks on the program to run, before anything is started: each failure is one clear
 //! line, and nothing has changed yet.
 
-use anyhow::{bail, Context, Result};
 use object::Object;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("program '{0}' not found in PATH")]
+    NotInPath(String),
+    #[error("program {} not found", .path.display())]
+    NotFound {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("program {} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("program {} is not executable (chmod +x?)", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("cannot resolve {}", .path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is neither an ELF executable nor a script", .path.display())]
+    NotElf {
+        path: PathBuf,
+        #[source]
+        source: object::Error,
+    },
+    #[error(
+        "{} is statically linked: mcr works by preloading its runtime into the dynamic linker's process, which a static binary never loads; rebuild it without -static",
+        .0.display()
+    )]
+    Static(PathBuf),
+    #[error("MCR_RUNTIME_LIB points to {}, which does not exist", .0.display())]
+    RuntimeLibMissing(PathBuf),
+    #[error("cannot locate the mcr binary")]
+    OwnExe(#[source] std::io::Error),
+    #[error(
+        "the mcr runtime library libmcr.so is not beside {} (build it with `cargo build --release`, or set MCR_RUNTIME_LIB)",
+        .0.display()
+    )]
+    RuntimeLibNotBeside(PathBuf),
+}
+
 /// Find PROGRAM as a shell would (PATH lookup when it has no slash).
-pub fn resolve(program: &str) -> Result<PathBuf> {
+pub fn resolve(program: &str) -> Result<PathBuf, ProgramError> {
     let candidate = if program.contains('/') {
         PathBuf::from(program)
     } else {
@@ -15,16 +62,17 @@ pub fn resolve(program: &str) -> Result<PathBuf> {
         std::env::split_paths(&path)
             .map(|d| d.join(program))
             .find(|p| p.is_file())
-            .with_context(|| format!("program '{program}' not found in PATH"))?
+            .ok_or_else(|| ProgramError::NotInPath(program.to_string()))?
     };
-    let meta = std::fs::metadata(&candidate).with_context(|| format!("program {} not found", candidate.display()))?;
+    let meta =
+        std::fs::metadata(&candidate).map_err(|source| ProgramError::NotFound { path: candidate.clone(), source })?;
     if !meta.is_file() {
-        bail!("program {} is not a regular file", candidate.display());
+        return Err(ProgramError::NotAFile(candidate));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        bail!("program {} is not executable (chmod +x?)", candidate.display());
+        return Err(ProgramError::NotExecutable(candidate));
     }
-    std::fs::canonicalize(&candidate).with_context(|| format!("cannot resolve {}", candidate.display()))
+    std::fs::canonicalize(&candidate).map_err(|source| ProgramError::Resolve { path: candidate, source })
 }
 
 /// What was learned about the binary.
@@ -33,21 +81,18 @@ pub struct Checked {
     pub warnings: Vec<String>,
 }
 
-pub fn check(path: &Path) -> Result<Checked> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn check(path: &Path) -> Result<Checked, ProgramError> {
+    let data = std::fs::read(path).map_err(|source| ProgramError::Read { path: path.to_path_buf(), source })?;
     let mut warnings = Vec::new();
     if data.starts_with(b"#!") {
         warnings.push(format!("{} is a script: mcr manages the interpreter and whatever it starts", path.display()));
         return Ok(Checked { warnings });
     }
-    let file = object::File::parse(&*data)
-        .with_context(|| format!("{} is neither an ELF executable nor a script", path.display()))?;
+    let file =
+        object::File::parse(&*data).map_err(|source| ProgramError::NotElf { path: path.to_path_buf(), source })?;
     // No program interpreter: nothing would ever honour LD_PRELOAD.
     if file.section_by_name(".interp").is_none() {
-        bail!(
-            "{} is statically linked: mcr works by preloading its runtime into the dynamic linker's process, which a static binary never loads; rebuild it without -static",
-            path.display()
-        );
+        return Err(ProgramError::Static(path.to_path_buf()));
     }
     let has_debug = file.section_by_name(".debug_info").is_some() || separate_debug_file(&file, path).is_some();
     if !has_debug {
@@ -81,23 +126,20 @@ pub fn separate_debug_file(file: &object::File<'_>, path: &Path) -> Option<PathB
 }
 
 /// libmcr.so: $MCR_RUNTIME_LIB, else beside the mcr binary, else ../lib/mcr/.
-pub fn runtime_library() -> Result<PathBuf> {
+pub fn runtime_library() -> Result<PathBuf, ProgramError> {
     if let Some(p) = std::env::var_os(mcr_protocol::env::RUNTIME_LIB).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Ok(std::fs::canonicalize(p)?);
+            return std::fs::canonicalize(&p).map_err(|source| ProgramError::Resolve { path: p, source });
         }
-        bail!("MCR_RUNTIME_LIB points to {}, which does not exist", p.display());
+        return Err(ProgramError::RuntimeLibMissing(p));
     }
-    let exe = std::env::current_exe().context("cannot locate the mcr binary")?;
+    let exe = std::env::current_exe().map_err(ProgramError::OwnExe)?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     for cand in [dir.join("libmcr.so"), dir.join("../lib/mcr/libmcr.so")] {
         if cand.is_file() {
-            return Ok(std::fs::canonicalize(cand)?);
+            return std::fs::canonicalize(&cand).map_err(|source| ProgramError::Resolve { path: cand, source });
         }
     }
-    bail!(
-        "the mcr runtime library libmcr.so is not beside {} (build it with `cargo build --release`, or set MCR_RUNTIME_LIB)",
-        exe.display()
-    )
+    Err(ProgramError::RuntimeLibNotBeside(exe))
 }

@@ -1,0 +1,154 @@
+//! Starting a supervisor (`mcr run`, `mcr profile`, and the new version of `mcr update`)
+//! and reading what it reports about the server's launch.
+
+use mcr_protocol::{InstanceFiles, LaunchReport};
+use mcr_supervisor::namespace::{self, Namespace};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot create a pipe")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot fork the supervisor")]
+    Fork(#[source] std::io::Error),
+}
+
+/// What `spawn_supervisor` launches.
+pub struct SupervisorLaunch {
+    pub name: String,
+    pub files: InstanceFiles,
+    pub lock: std::fs::File,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub runtime_lib: PathBuf,
+    pub profile: Option<PathBuf>,
+    pub detach: bool,
+    pub update: Option<mcr_supervisor::UpdateLaunch>,
+}
+
+/// Fork the supervisor (into a new PID namespace when permitted) and return the read end
+/// of its report pipe. `mcr` itself must stay outside the new namespace (a process that
+/// unshared CLONE_NEWPID can no longer create threads), so an intermediate child unshares
+/// and forks the supervisor, then exits; as a subreaper, `mcr` inherits the supervisor
+/// and can wait for it. Descriptors open without close-on-exec here reach the server.
+pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array for pipe2.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(LaunchError::Pipe(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    let (report_rd, report_wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // SAFETY: mcr is single-threaded here; both children only continue as described.
+    let intermediate = unsafe { libc::fork() };
+    if intermediate < 0 {
+        return Err(LaunchError::Fork(std::io::Error::last_os_error()));
+    }
+    if intermediate == 0 {
+        drop(report_rd);
+        let (own_ns, note) = match namespace::enter() {
+            Namespace::Own => (true, None),
+            Namespace::Shared { reason } => (false, Some(reason)),
+        };
+        // SAFETY: as above; this process exits right after.
+        let child = unsafe { libc::fork() };
+        if child != 0 {
+            // SAFETY: leaving without running destructors or atexit handlers of mcr.
+            unsafe { libc::_exit(if child < 0 { 71 } else { 0 }) };
+        }
+        let report = Some(report_wr);
+        let supervisor_pid = match namespace::setup_child(own_ns) {
+            Ok(pid) => pid,
+            Err(e) => {
+                mcr_supervisor::report_launch_failure(
+                    &report,
+                    &format!("cannot set up the supervisor's namespace: {e}"),
+                );
+                std::process::exit(70);
+            }
+        };
+        if l.detach {
+            redirect_stdio(&l.files.log);
+        }
+        let code = mcr_supervisor::run(mcr_supervisor::Config {
+            name: l.name,
+            files: l.files,
+            lock: l.lock,
+            program: l.program,
+            args: l.args,
+            runtime_lib: l.runtime_lib,
+            profile: l.profile,
+            pid_namespace: own_ns,
+            namespace_note: note,
+            supervisor_pid,
+            report,
+            detach: l.detach,
+            update: l.update,
+        });
+        std::process::exit(code);
+    }
+    let mut st = 0;
+    // SAFETY: reaping the intermediate child.
+    unsafe { libc::waitpid(intermediate, &mut st, 0) };
+    drop(report_wr);
+    drop(l.lock);
+    Ok(report_rd)
+}
+
+fn redirect_stdio(log: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        // SAFETY: dup2 onto the standard descriptors of this (supervisor) process.
+        unsafe {
+            // Close-on-exec and closed after use: it must not leak into the server.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                if null != 0 {
+                    libc::close(null);
+                }
+            }
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// The reports on a supervisor's report pipe, as they come; ends when the supervisor
+/// closes it (exits).
+pub fn reports(fd: OwnedFd) -> impl Iterator<Item = LaunchReport> {
+    BufReader::new(std::fs::File::from(fd))
+        .lines()
+        .map_while(|l| l.ok())
+        .filter_map(|l| mcr_protocol::decode_line(l.as_bytes()).ok())
+}
+
+/// The reports read on a thread of their own, so that a wait for them can time out (a
+/// server that never completes startup must not hold its launcher forever).
+pub fn report_channel(fd: OwnedFd) -> mpsc::Receiver<LaunchReport> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for r in reports(fd) {
+            if tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The last lines of an instance log, to append to a message about a failed launch.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(10)..];
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast lines of {}:\n  {}", log.display(), tail.join("\n  "))
+    }
+}

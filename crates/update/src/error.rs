@@ -1,0 +1,205 @@
+//! One error type per phase of an update, and [`UpdateError`], which says in which phase
+//! an update failed.
+
+use crate::transfer::TransferError;
+use mcr_client::pids::PidsError;
+use mcr_client::program::ProgramError;
+use mcr_client::ClientError;
+use mcr_protocol::{ExitStatus, InstanceError, Laggard, ReplayConflict, Response};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Before anything changed: the new build, the instance, or another update in the way.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("no program given")]
+    NoProgram,
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The running version could not be reached or did not say how it was launched.
+    #[error(transparent)]
+    Request(#[from] ClientError),
+    #[error(
+        "'{0}' runs without its own PID namespace, so its new version could not take over its processes' PIDs \
+         (replay pairs processes by PID); restart it with `mcr run` as root, without MCR_NO_PID_NAMESPACE"
+    )]
+    NoPidNamespace(String),
+    #[error("another update of '{name}' is in progress ({source})")]
+    InProgress { name: String, source: InstanceError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("interrupted while draining; the server was resumed and nothing was changed")]
+    Interrupted(#[source] ClientError),
+    #[error("the running version could not drain, nothing was changed")]
+    Refused(#[source] ClientError),
+    #[error(transparent)]
+    Request(ClientError),
+}
+
+impl From<ClientError> for DrainError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Interrupted => DrainError::Interrupted(e),
+            ClientError::Refused(_) | ClientError::Unexpected(_) => DrainError::Refused(e),
+            e => DrainError::Request(e),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuiesceError {
+    #[error("quiescing the running version")]
+    Request(#[source] ClientError),
+    /// Some threads did not park in time (each named with where it is).
+    #[error("the running version did not quiesce, nothing was changed: {message}")]
+    NotQuiesced { message: String, laggards: Vec<Laggard> },
+    #[error("reading the running version's processes")]
+    Processes(#[source] ClientError),
+    #[error("listing the running version's connections")]
+    Connections(#[source] ClientError),
+}
+
+/// Why the new version did not come up parked.
+#[derive(Debug, thiserror::Error)]
+pub enum NotStarted {
+    #[error("interrupted by the user")]
+    Interrupted,
+    #[error("the new version did not complete its startup (every thread at a quiescent point) within {0} ms")]
+    Timeout(u128),
+    #[error("replaying the new version's startup found a conflict")]
+    Conflict,
+    /// A conflict only the instance log names (the report of it was lost).
+    #[error("replaying the new version's startup found a conflict: {0}")]
+    LoggedConflict(String),
+    #[error("the new version could not start: {0}")]
+    LaunchFailed(String),
+    #[error("the new version exited with {0} during its startup")]
+    Exited(ExitStatus),
+    #[error("unexpected report from the new supervisor")]
+    UnexpectedReport,
+    #[error("the new version's supervisor died during startup")]
+    SupervisorDied,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("reading the running version's startup logs")]
+    StartupLogs(#[source] ClientError),
+    #[error("process {pid} of the running version has no startup log: {error}")]
+    NoStartupLog { pid: i32, error: String },
+    #[error("cannot write the replay log {}", .path.display())]
+    ReplayLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pids(#[from] PidsError),
+    #[error("cannot open process {pid} (host pid {host_pid})")]
+    OpenProcess {
+        pid: i32,
+        host_pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take fd {fd} of process {pid}")]
+    TakeFd {
+        fd: i32,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fd {0} is already in use in mcr itself")]
+    FdInUse(i32),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Launch(#[from] mcr_client::launch::LaunchError),
+    #[error("{reason}")]
+    NotStarted { reason: NotStarted, conflicts: Vec<ReplayConflict> },
+    /// Asking the new version for its processes failed.
+    #[error(transparent)]
+    Request(#[from] ClientError),
+    #[error(
+        "the new version's processes {new:?} do not match the old version's {old:?}: a process the old version has (or an extra one) \
+         is not recreated by the new version's startup; add an MCR_ADD_REINIT_HANDLER if this is intended{}",
+        if missing.is_empty() { String::new() } else { format!(" (not recreated: {})", missing.join("; ")) }
+    )]
+    TreeMismatch { old: BTreeSet<i32>, new: BTreeSet<i32>, missing: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the old version refused to retire: {0:?}")]
+    Refused(Box<Response>),
+    #[error("the old version did not answer the request to retire")]
+    NoAnswer(#[source] ClientError),
+    #[error("the old version's supervisor did not exit")]
+    StillRunning,
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error("taking over the instance")]
+    TakeOver(#[source] ClientError),
+    #[error("the new version is not running")]
+    NoNewVersion,
+}
+
+/// An update that did not commit, by the phase that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+    #[error(transparent)]
+    Quiesce(#[from] QuiesceError),
+    #[error(transparent)]
+    Restart(#[from] RestartError),
+    #[error("state transfer")]
+    Transfer(#[source] TransferError),
+    #[error("adopting connections")]
+    Adopt(#[source] TransferError),
+    #[error("commit failed")]
+    Commit(#[source] CommitError),
+}
+
+impl UpdateError {
+    /// The update failed before the new version was started: the old version was only
+    /// drained or quiesced, and is resumed; there is no rollback to report.
+    pub fn before_restart(&self) -> bool {
+        matches!(self, UpdateError::Drain(_) | UpdateError::Quiesce(_))
+    }
+
+    /// The replay conflicts the new version reported, if it found any.
+    pub fn conflicts(&self) -> &[ReplayConflict] {
+        match self {
+            UpdateError::Restart(RestartError::NotStarted { conflicts, .. }) => conflicts,
+            _ => &[],
+        }
+    }
+
+    /// Threads that did not reach a quiescent point, if quiescence failed.
+    pub fn laggards(&self) -> &[Laggard] {
+        match self {
+            UpdateError::Quiesce(QuiesceError::NotQuiesced { laggards, .. }) => laggards,
+            _ => &[],
+        }
+    }
+}
+
+/// An error and its causes on one line ("what: why: why"), each cause once.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}

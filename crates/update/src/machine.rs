@@ -1,0 +1,302 @@
+//! The update as a state machine over the paper's phases (§3): drain, quiesce (the
+//! checkpoint), restart (mutable reinitialization, with the replay check), state
+//! transfer, commit. A phase that fails ends the update, and the rollback guard
+//! ([`crate::rollback::Versions`]) undoes whatever had been done.
+
+use crate::decide::{self, Policy};
+use crate::error::{CommitError, DrainError, QuiesceError, RestartError, UpdateError};
+use crate::rollback::Versions;
+use crate::transfer::{Summary, TransferError};
+use crate::version::{HostPids, Launcher, NextVersion, Quiescence, RunningVersion};
+use crate::warning::{Warn, Warning};
+use mcr_protocol::{OpenConnections, ReplayConflict};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// The phases of an update, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Stop accepting; let the connections the update cannot take along end.
+    Drain,
+    /// Park every thread of the old version at a quiescent point.
+    Quiesce,
+    /// Start the new version, replaying its startup against the old one's, until it parks.
+    Restart,
+    /// Move the old version's state (and connections) into the new one.
+    Transfer,
+    /// The old version exits; the new one takes the name and resumes.
+    Commit,
+}
+
+impl Phase {
+    pub fn next(self) -> Option<Phase> {
+        match self {
+            Phase::Drain => Some(Phase::Quiesce),
+            Phase::Quiesce => Some(Phase::Restart),
+            Phase::Restart => Some(Phase::Transfer),
+            Phase::Transfer => Some(Phase::Commit),
+            Phase::Commit => None,
+        }
+    }
+}
+
+/// How long each phase took, in milliseconds.
+#[derive(serde::Serialize, Default, Debug, Clone)]
+pub struct Timings {
+    pub drain_ms: f64,
+    /// The old version parking (not the listing of its processes and connections after).
+    pub quiesce_ms: f64,
+    pub restart_ms: f64,
+    pub transfer_ms: f64,
+    /// Zero unless the commit succeeded.
+    pub commit_ms: f64,
+    /// From [`Options::started`] to the outcome.
+    pub total_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// How long the new version's processes may take to match the old tree: a process that
+/// is exiting (a daemon's first process, right after its fork) may still be listed.
+const TREE_SETTLE: Duration = Duration::from_millis(300);
+const TREE_POLL: Duration = Duration::from_millis(10);
+
+pub struct Options<'a> {
+    /// The instance's name, and the new version's command line (for the report).
+    pub instance: String,
+    pub command: String,
+    pub policy: Policy,
+    pub drain_timeout_ms: u64,
+    pub quiesce_timeout_ms: u64,
+    /// How long the new version has to replay its startup and park.
+    pub startup_timeout: Duration,
+    /// Asked while waiting on a version (the drain, the new version's startup): true
+    /// ends the update (Ctrl-C).
+    pub interrupted: &'a dyn Fn() -> bool,
+    pub warn: Warn<'a>,
+    /// When the update began (its total time counts from there).
+    pub started: Instant,
+}
+
+/// What an update did: the `--json` output of `mcr update`.
+#[derive(serde::Serialize, Debug)]
+pub struct Report {
+    pub instance: String,
+    pub committed: bool,
+    pub message: String,
+    pub phases: Timings,
+    pub conflicts: Vec<ReplayConflict>,
+    /// Client connections the old version still held after the drain (moved by the
+    /// state transfer, or closed at commit with --fresh-state).
+    pub connections_left: Vec<OpenConnections>,
+    /// What the state transfer moved (absent with --fresh-state or before it ran).
+    pub transfer: Option<Summary>,
+    /// With --fresh-state: idle connections moved for the new version to adopt.
+    pub adopted_connections: usize,
+    pub old_processes: Vec<i32>,
+    pub new_processes: Vec<i32>,
+    /// Why it did not commit (then it was rolled back before the report was made).
+    #[serde(skip)]
+    pub failure: Option<UpdateError>,
+}
+
+/// An update in progress.
+pub struct Update<'a, O: RunningVersion, L: Launcher> {
+    versions: Versions<'a, O, L>,
+    options: Options<'a>,
+    timings: Timings,
+    /// The old version's processes (PIDs in its namespace) the new one must take over.
+    processes: Vec<i32>,
+    connections: Vec<OpenConnections>,
+    /// Per-connection processes the new build's respawn handler recreates.
+    respawned: BTreeSet<i32>,
+    new_processes: Vec<i32>,
+    transfer: Option<Summary>,
+    adopted_connections: usize,
+}
+
+impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
+    /// `old`: the running version, not drained yet; `launcher`: starts the new version.
+    pub fn new(old: O, launcher: L, options: Options<'a>) -> Self {
+        Self {
+            versions: Versions::new(old, launcher, options.warn),
+            options,
+            timings: Timings::default(),
+            processes: Vec::new(),
+            connections: Vec::new(),
+            respawned: BTreeSet::new(),
+            new_processes: Vec::new(),
+            transfer: None,
+            adopted_connections: 0,
+        }
+    }
+
+    /// Run every phase, then commit or roll back (before returning).
+    pub fn run(mut self) -> Report {
+        let outcome = self.advance();
+        self.timings.total_ms = ms(self.options.started.elapsed());
+        if outcome.is_ok() {
+            self.versions.committed();
+        }
+        let message = match &outcome {
+            Ok(()) => format!("'{}' now runs {}", self.options.instance, self.options.command),
+            Err(e) => crate::error::chain(e),
+        };
+        let failure = outcome.err();
+        Report {
+            instance: std::mem::take(&mut self.options.instance),
+            committed: failure.is_none(),
+            message,
+            phases: self.timings.clone(),
+            conflicts: failure.as_ref().map(|f| f.conflicts().to_vec()).unwrap_or_default(),
+            connections_left: std::mem::take(&mut self.connections),
+            transfer: self.transfer.take(),
+            adopted_connections: self.adopted_connections,
+            old_processes: std::mem::take(&mut self.processes),
+            new_processes: std::mem::take(&mut self.new_processes),
+            failure,
+        }
+        // `self` goes here: a failed update is rolled back before its report is read.
+    }
+
+    fn advance(&mut self) -> Result<(), UpdateError> {
+        let mut phase = Some(Phase::Drain);
+        while let Some(p) = phase {
+            let t = Instant::now();
+            let done = self.step(p);
+            let took = ms(t.elapsed());
+            match p {
+                Phase::Drain => self.timings.drain_ms = took,
+                // Timed by `quiesce` itself: the parking only.
+                Phase::Quiesce => {}
+                Phase::Restart => self.timings.restart_ms = took,
+                Phase::Transfer => self.timings.transfer_ms = took,
+                Phase::Commit if done.is_ok() => self.timings.commit_ms = took,
+                Phase::Commit => {}
+            }
+            done?;
+            phase = p.next();
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, phase: Phase) -> Result<(), UpdateError> {
+        match phase {
+            Phase::Drain => Ok(self.drain()?),
+            Phase::Quiesce => Ok(self.quiesce()?),
+            Phase::Restart => Ok(self.restart()?),
+            Phase::Transfer => self.transfer(),
+            Phase::Commit => self.commit().map_err(UpdateError::Commit),
+        }
+    }
+
+    fn drain(&mut self) -> Result<(), DrainError> {
+        let drain = self.options.policy.drain(self.options.drain_timeout_ms);
+        self.connections = self.versions.old.drain(&drain, self.options.interrupted)?;
+        let stuck = self.options.policy.stuck(&self.connections);
+        if !stuck.is_empty() {
+            (self.options.warn)(Warning::StuckConnections {
+                connections: stuck.iter().map(|c| c.fds.len()).sum(),
+                processes: stuck.iter().map(|c| c.pid).collect(),
+                drain_timeout_ms: self.options.drain_timeout_ms,
+                fresh_state: self.options.policy.fresh_state,
+                adopts: self.options.policy.adopts(),
+            });
+        }
+        Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<(), QuiesceError> {
+        let t = Instant::now();
+        let old = &mut self.versions.old;
+        match old.quiesce(self.options.quiesce_timeout_ms).map_err(QuiesceError::Request)? {
+            Quiescence::Parked => {}
+            Quiescence::Failed { message, laggards } => return Err(QuiesceError::NotQuiesced { message, laggards }),
+        }
+        self.timings.quiesce_ms = ms(t.elapsed());
+        // Processes may have exited during the drain (a per-connection child whose client
+        // left): the tree to recreate is the one that is parked now, and so are its
+        // connections (asked again now that a program's idle check can be asked too).
+        self.processes = old.processes().map_err(QuiesceError::Processes)?;
+        let list = self.options.policy.drain(0);
+        self.connections = old.drain(&list, &|| false).map_err(QuiesceError::Connections)?;
+        decide::drop_finished(&mut self.processes, &mut self.connections);
+        self.respawned = self.options.policy.respawned(&self.connections);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> Result<(), RestartError> {
+        let Versions { old, launcher, next, .. } = &mut self.versions;
+        let logs = old.startup_logs().map_err(RestartError::StartupLogs)?;
+        if let Some(p) = logs.iter().find(|p| p.log.is_none()) {
+            return Err(RestartError::NoStartupLog { pid: p.pid, error: p.error.clone().unwrap_or_default() });
+        }
+        let next = next.insert(launcher.start(&logs, &old.host_pids()?)?);
+        next.wait_started(self.options.startup_timeout, self.options.interrupted)
+            .map_err(|f| RestartError::NotStarted { reason: f.reason, conflicts: f.conflicts })?;
+        // The process tree must match: a missing process is a thread of control the new
+        // version never recreated; an extra one has no state to take over.
+        let t = Instant::now();
+        loop {
+            let expected = decide::expected_tree(&self.processes, &live(old, &self.processes), &self.respawned);
+            self.new_processes = next.processes()?;
+            let got: BTreeSet<i32> = self.new_processes.iter().copied().collect();
+            if expected == got {
+                break;
+            }
+            if t.elapsed() > TREE_SETTLE {
+                let missing = expected.difference(&got).map(|&p| old.describe_process(p)).collect();
+                return Err(RestartError::TreeMismatch { old: expected, new: got, missing });
+            }
+            std::thread::sleep(TREE_POLL);
+        }
+        // The tree the new version took over: without processes that exited meanwhile.
+        let live = live(old, &self.processes);
+        self.processes.retain(|p| live.contains(p));
+        Ok(())
+    }
+
+    fn transfer(&mut self) -> Result<(), UpdateError> {
+        let Versions { old, next: Some(next), .. } = &mut self.versions else {
+            return Err(UpdateError::Transfer(TransferError::NoSupervisor));
+        };
+        let policy = self.options.policy;
+        if !policy.fresh_state {
+            let state = |e: TransferError| UpdateError::Transfer(e);
+            let old_hosts: HostPids = old.host_pids().map_err(|e| state(e.into()))?;
+            let respawn: Vec<OpenConnections> =
+                self.connections.iter().filter(|c| self.respawned.contains(&c.pid)).cloned().collect();
+            let respawned = next.respawn(&old_hosts, &respawn).map_err(state)?;
+            let mut summary = next.receive_state(&old_hosts, &self.connections, self.options.warn).map_err(state)?;
+            summary.respawned_processes = respawned;
+            self.transfer = Some(summary);
+            self.new_processes.extend(self.respawned.iter().copied());
+            self.new_processes.sort_unstable();
+        }
+        if policy.adopts() {
+            let adopt = |e: TransferError| UpdateError::Adopt(e);
+            let old_hosts = old.host_pids().map_err(|e| adopt(e.into()))?;
+            let idle: Vec<&OpenConnections> = self.connections.iter().filter(|c| decide::adoptable(c)).collect();
+            self.adopted_connections = next.adopt(&old_hosts, &idle).map_err(adopt)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), CommitError> {
+        let Versions { old, next: Some(next), .. } = &mut self.versions else {
+            return Err(CommitError::NoNewVersion);
+        };
+        old.retire()?;
+        next.take_over()
+    }
+}
+
+/// Of `processes` of the old version, those that still live.
+fn live(old: &impl RunningVersion, processes: &[i32]) -> BTreeSet<i32> {
+    match old.host_pids() {
+        Ok(m) => m.into_keys().collect(),
+        Err(_) => processes.iter().copied().collect(),
+    }
+}

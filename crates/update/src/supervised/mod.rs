@@ -1,0 +1,96 @@
+//! The update of a running instance: the versions are supervisors, reached over their
+//! control sockets ([`old`], [`next`]), and the new one is started by [`spawner`].
+
+mod next;
+mod old;
+mod spawner;
+
+pub use next::NewSupervisor;
+pub use old::OldSupervisor;
+pub use spawner::Spawner;
+
+use crate::decide::{Handlers, Policy};
+use crate::error::PrepareError;
+use crate::machine::{Options, Report, Update};
+use crate::warning::Warn;
+use mcr_client::{program, Connection};
+use mcr_protocol::InstanceDir;
+use std::time::{Duration, Instant};
+
+/// What `mcr update` lets its user choose.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Leave the old version's state behind (the new version keeps what its startup made).
+    pub fresh_state: bool,
+    pub drain_timeout_ms: u64,
+    pub quiesce_timeout_ms: u64,
+    /// How long the new version has to replay its startup and park.
+    pub startup_timeout: Duration,
+}
+
+/// An update ready to run: the new build checked, the running version reached, the new
+/// version's instance name reserved. Nothing has changed yet.
+pub struct Prepared {
+    name: String,
+    command: String,
+    old: OldSupervisor,
+    launcher: Spawner,
+    handlers: Handlers,
+    started: Instant,
+    /// About the new build (no debug info, a script), to say before the update starts.
+    pub warnings: Vec<String>,
+}
+
+/// Get ready to update instance `name` to `command` (the new build and its arguments).
+pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prepared, PrepareError> {
+    let started = Instant::now();
+    let (prog, args) = command.split_first().ok_or(PrepareError::NoProgram)?;
+    let program = program::resolve(prog)?;
+    let checked = program::check(&program)?;
+    let runtime_lib = program::runtime_library()?;
+    let files = dir.files(name)?;
+    let mut conn = Connection::open(dir, name)?;
+    let info = conn.update_info()?;
+    if !info.pid_namespace {
+        return Err(PrepareError::NoPidNamespace(name.to_string()));
+    }
+    let next_files = dir.files(&format!("{name}.next"))?;
+    let lock = next_files.acquire().map_err(|source| PrepareError::InProgress { name: name.to_string(), source })?;
+    // A new build with a resume handler takes over the sessions threads serve from their
+    // stacks (without one, those connections must end before the update); with a respawn
+    // handler too, it recreates the per-connection processes.
+    let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
+    let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
+    let launcher =
+        Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args.to_vec(), runtime_lib, &info);
+    let old = OldSupervisor::new(dir.clone(), name.to_string(), files, info, conn);
+    Ok(Prepared {
+        name: name.to_string(),
+        command: command.join(" "),
+        old,
+        launcher,
+        handlers,
+        started,
+        warnings: checked.warnings,
+    })
+}
+
+impl Prepared {
+    /// Run the update to its commit or its rollback. From here on Ctrl-C (SIGINT,
+    /// SIGTERM) ends the phase under way and rolls back.
+    pub fn run(self, settings: Settings, warn: Warn<'_>) -> Report {
+        crate::interrupt::catch();
+        let options = Options {
+            instance: self.name,
+            command: self.command,
+            policy: Policy { fresh_state: settings.fresh_state, handlers: self.handlers },
+            drain_timeout_ms: settings.drain_timeout_ms,
+            quiesce_timeout_ms: settings.quiesce_timeout_ms,
+            startup_timeout: settings.startup_timeout,
+            interrupted: &crate::interrupt::interrupted,
+            warn,
+            started: self.started,
+        };
+        Update::new(self.old, self.launcher, options).run()
+    }
+}

@@ -1,0 +1,170 @@
+//! The new version, through the supervisor the update spawned for it (instance
+//! `NAME.next` until it takes over `NAME`).
+
+use crate::error::{CommitError, NotStarted};
+use crate::transfer::{self, Processes, Summary, TransferError};
+use crate::version::{HostPids, NextVersion, StartupFailure};
+use crate::warning::Warn;
+use mcr_client::{ClientError, Connection};
+use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, OpenConnections, Request, Response};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Exit status of a new-version process that stopped on a replay conflict (the runtime's
+/// `replay::CONFLICT_EXIT`).
+const CONFLICT_EXIT: i32 = 86;
+
+/// How long a conflict report may trail the exit it caused.
+const TRAILING_REPORT: Duration = Duration::from_millis(200);
+
+pub struct NewSupervisor {
+    dir: InstanceDir,
+    /// The instance's name (the old version's until commit), and the new version's.
+    name: String,
+    next_name: String,
+    reports: Receiver<LaunchReport>,
+    /// Host PID, once the supervisor said it.
+    supervisor_pid: Option<i32>,
+    /// The instance log, where the runtime writes conflicts too.
+    log: PathBuf,
+    replay_log: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl NewSupervisor {
+    pub(crate) fn new(
+        dir: InstanceDir,
+        name: String,
+        reports: Receiver<LaunchReport>,
+        log: PathBuf,
+        replay_log: PathBuf,
+    ) -> Self {
+        let next_name = format!("{name}.next");
+        Self { dir, name, next_name, reports, supervisor_pid: None, log, replay_log, conn: None }
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, ClientError> {
+        match &mut self.conn {
+            Some(c) => Ok(c),
+            none => Ok(none.insert(Connection::open(&self.dir, &self.next_name)?)),
+        }
+    }
+
+    /// Its processes (PIDs in its namespace) → host PIDs.
+    fn host_pids(&self) -> Result<HostPids, TransferError> {
+        let pid = self.supervisor_pid.ok_or(TransferError::NoSupervisor)?;
+        Ok(mcr_client::pids::host_pids_in(pid)?)
+    }
+
+    /// Why a new version that exited during its startup did.
+    fn exited(&self, status: ExitStatus, conflicts: &mut Vec<mcr_protocol::ReplayConflict>) -> NotStarted {
+        // A conflict report may trail the exit; the runtime also wrote it to the log.
+        while let Ok(r) = self.reports.recv_timeout(TRAILING_REPORT) {
+            if let LaunchReport::ReplayConflict { conflict } = r {
+                conflicts.push(conflict);
+            }
+        }
+        if !conflicts.is_empty() {
+            return NotStarted::Conflict;
+        }
+        if status == ExitStatus::Code(CONFLICT_EXIT) {
+            let logged = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = logged.lines().rev().find(|l| l.contains("replay conflict:")) {
+                return NotStarted::LoggedConflict(line.split("replay conflict:").nth(1).unwrap_or(line).trim().into());
+            }
+        }
+        NotStarted::Exited(status)
+    }
+}
+
+impl NextVersion for NewSupervisor {
+    fn wait_started(&mut self, timeout: Duration, give_up: &dyn Fn() -> bool) -> Result<(), StartupFailure> {
+        let deadline = Instant::now() + timeout;
+        let mut conflicts = Vec::new();
+        let reason = loop {
+            if give_up() {
+                break NotStarted::Interrupted;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break NotStarted::Timeout(timeout.as_millis());
+            }
+            match self.reports.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(LaunchReport::Supervising { supervisor_pid, .. }) => self.supervisor_pid = Some(supervisor_pid),
+                Ok(LaunchReport::Started { .. }) => return Ok(()),
+                Ok(LaunchReport::ReplayConflict { conflict }) => {
+                    conflicts.push(conflict);
+                    break NotStarted::Conflict;
+                }
+                Ok(LaunchReport::LaunchFailed { message }) => break NotStarted::LaunchFailed(message),
+                Ok(LaunchReport::Exited { status }) => break self.exited(status, &mut conflicts),
+                Ok(LaunchReport::Replaced) => break NotStarted::UnexpectedReport,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break NotStarted::SupervisorDied,
+            }
+        };
+        Err(StartupFailure { reason, conflicts })
+    }
+
+    fn processes(&mut self) -> Result<Vec<i32>, ClientError> {
+        Ok(self.connection()?.status()?.processes.iter().map(|p| p.pid).collect())
+    }
+
+    fn respawn(&mut self, old: &HostPids, connections: &[OpenConnections]) -> Result<usize, TransferError> {
+        if connections.is_empty() {
+            return Ok(0);
+        }
+        let new = self.host_pids()?;
+        Ok(transfer::respawn_volatile(old, &new, self.connection()?, connections)?)
+    }
+
+    fn receive_state(
+        &mut self,
+        old: &HostPids,
+        connections: &[OpenConnections],
+        warn: Warn<'_>,
+    ) -> Result<Summary, TransferError> {
+        // Respawned processes are part of the new version now.
+        let procs = Processes { old: old.clone(), new: self.host_pids()? };
+        // Connections of their own to both versions, per tracer (the update's holds the drain).
+        let (dir, name, next_name) = (&self.dir, &self.name, &self.next_name);
+        let connect = || Ok((Connection::open(dir, name)?, Connection::open(dir, next_name)?));
+        transfer::run(&procs, &connect, connections, warn)
+    }
+
+    fn adopt(&mut self, old: &HostPids, connections: &[&OpenConnections]) -> Result<usize, TransferError> {
+        let new = self.host_pids()?;
+        let next = self.connection()?;
+        let mut n = 0;
+        for c in connections {
+            let (Some(&old_host), Some(&new_host)) = (old.get(&c.pid), new.get(&c.pid)) else { continue };
+            transfer::adopt(old_host, c.pid, new_host, next, &c.fds)?;
+            n += c.fds.len();
+        }
+        Ok(n)
+    }
+
+    fn take_over(&mut self) -> Result<(), CommitError> {
+        let _ = std::fs::remove_file(&self.replay_log);
+        let conn = self.connection().map_err(CommitError::TakeOver)?;
+        match conn.request(&Request::TakeOver).map_err(CommitError::TakeOver)? {
+            Response::Ok => Ok(()),
+            other => Err(CommitError::TakeOver(ClientError::unexpected(other))),
+        }
+    }
+
+    fn kill(&mut self) {
+        // It may have said who it is since anyone last looked.
+        while let Ok(r) = self.reports.try_recv() {
+            if let LaunchReport::Supervising { supervisor_pid, .. } = r {
+                self.supervisor_pid = Some(supervisor_pid);
+            }
+        }
+        if let Some(pid) = self.supervisor_pid.filter(|&p| p > 0) {
+            // SAFETY: killing the new version's supervisor (PID 1 of its namespace: the
+            // kernel ends every process of the new version with it).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The running version, through its supervisor's control socket.
+
+use crate::error::CommitError;
+use crate::version::{Drain, HostPids, Quiescence, RunningVersion};
+use mcr_client::pids::PidsError;
+use mcr_client::{ClientError, Connection};
+use mcr_protocol::{InstanceDir, InstanceFiles, OpenConnections, ProcessLog, Request, Response, UpdateInfo};
+use std::time::{Duration, Instant};
+
+/// How long a retiring supervisor may take to exit.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct OldSupervisor {
+    dir: InstanceDir,
+    name: String,
+    files: InstanceFiles,
+    info: UpdateInfo,
+    /// The update's connection: the one that drains, so the supervisor resumes on its own
+    /// if it closes before a Resume or Retire (mcr killed mid-update). Reopened only after
+    /// a request left it out of step.
+    conn: Option<Connection>,
+}
+
+impl OldSupervisor {
+    pub(crate) fn new(
+        dir: InstanceDir,
+        name: String,
+        files: InstanceFiles,
+        info: UpdateInfo,
+        conn: Connection,
+    ) -> Self {
+        Self { dir, name, files, info, conn: Some(conn) }
+    }
+
+    /// One exchange on the update's connection. A request that got no answer (cut short,
+    /// interrupted) leaves it out of step: it is closed, and the next request opens another.
+    fn ask<T>(&mut self, f: impl FnOnce(&mut Connection) -> Result<T, ClientError>) -> Result<T, ClientError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            none => none.insert(Connection::open(&self.dir, &self.name)?),
+        };
+        let r = f(conn);
+        if let Err(e) = &r {
+            if !matches!(e, ClientError::Refused(_) | ClientError::Unexpected(_)) {
+                self.conn = None;
+            }
+        }
+        r
+    }
+
+    fn wait_gone(&self) -> bool {
+        let t = Instant::now();
+        while self.files.is_live() && t.elapsed() < RETIRE_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        !self.files.is_live()
+    }
+}
+
+impl RunningVersion for OldSupervisor {
+    fn drain(&mut self, drain: &Drain, give_up: &dyn Fn() -> bool) -> Result<Vec<OpenConnections>, ClientError> {
+        match self.ask(|c| c.request_until(&drain.request(), give_up))? {
+            Response::Drained { remaining, .. } => Ok(remaining),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    fn quiesce(&mut self, timeout_ms: u64) -> Result<Quiescence, ClientError> {
+        match self.ask(|c| c.request(&Request::Quiesce { timeout_ms }))? {
+            Response::Quiesced { .. } => Ok(Quiescence::Parked),
+            Response::QuiesceFailed { message, laggards } => Ok(Quiescence::Failed { message, laggards }),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    fn processes(&mut self) -> Result<Vec<i32>, ClientError> {
+        let info = self.ask(Connection::update_info)?;
+        self.info.processes = info.processes;
+        Ok(self.info.processes.clone())
+    }
+
+    fn startup_logs(&mut self) -> Result<Vec<ProcessLog>, ClientError> {
+        self.ask(Connection::startup_logs)
+    }
+
+    fn host_pids(&self) -> Result<HostPids, PidsError> {
+        mcr_client::pids::host_pids(self.info.pid_namespace, self.info.supervisor_pid, self.info.processes.clone())
+    }
+
+    fn describe_process(&self, pid: i32) -> String {
+        let host = self.host_pids().ok().and_then(|h| h.get(&pid).copied());
+        describe(pid, host)
+    }
+
+    fn retire(&mut self) -> Result<(), CommitError> {
+        match self.ask(|c| c.request(&Request::Retire)) {
+            Ok(Response::Ok) => {}
+            Ok(other) => return Err(CommitError::Refused(Box::new(other))),
+            // A retiring supervisor exits as soon as its processes are gone, and its answer
+            // can go down with it (a reset connection): it retired if it is gone.
+            Err(e) => {
+                if !self.wait_gone() {
+                    return Err(CommitError::NoAnswer(e));
+                }
+            }
+        }
+        if !self.wait_gone() {
+            return Err(CommitError::StillRunning);
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), ClientError> {
+        self.ask(Connection::resume).map(|_| ())
+    }
+}
+
+/// One line about an old process: what it runs, its state and where it waits.
+fn describe(pid: i32, host: Option<i32>) -> String {
+    let Some(h) = host else { return format!("process {pid}") };
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{h}/{f}")).unwrap_or_default();
+    let state = read("status").lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
+    let cmd = read("cmdline").replace('\0', " ").trim().to_string();
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{h}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e.file_name().to_string_lossy(),
+                        std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    format!("process {pid} ({cmd}; {state}; waiting in {}; descriptors {})", read("wchan").trim(), fds.join(" "))
+}

@@ -1,0 +1,176 @@
+//! Starting the new version: a supervisor of its own (instance `NAME.next`), launched
+//! like `mcr run --detach` would, with the old version's environment, working directory
+//! and startup log to replay, holding every descriptor the old version created during
+//! startup at the same number.
+
+use super::next::NewSupervisor;
+use crate::error::RestartError;
+use crate::version::{HostPids, Launcher};
+use mcr_client::launch::{report_channel, spawn_supervisor, SupervisorLaunch};
+use mcr_protocol::{InstanceDir, InstanceFiles, ProcessLog, UpdateInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long a killed new version may take to release its instance files.
+const GONE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Spawner {
+    dir: InstanceDir,
+    name: String,
+    next_files: InstanceFiles,
+    /// The lock on `NAME.next`, held from the start of the update (another update of the
+    /// same instance is refused) until the new supervisor takes it over.
+    lock: Option<File>,
+    program: PathBuf,
+    args: Vec<String>,
+    runtime_lib: PathBuf,
+    /// How the old version was launched: the new one gets the same.
+    profile: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+}
+
+impl Spawner {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dir: InstanceDir,
+        name: String,
+        next_files: InstanceFiles,
+        lock: File,
+        program: PathBuf,
+        args: Vec<String>,
+        runtime_lib: PathBuf,
+        info: &UpdateInfo,
+    ) -> Self {
+        Self {
+            dir,
+            name,
+            next_files,
+            lock: Some(lock),
+            program,
+            args,
+            runtime_lib,
+            profile: info.profile.as_ref().map(PathBuf::from),
+            env: info.env.clone(),
+            cwd: PathBuf::from(&info.cwd),
+        }
+    }
+
+    fn replay_log(&self) -> PathBuf {
+        self.dir.path.join(format!("{}.replay.json", self.name))
+    }
+}
+
+impl Launcher for Spawner {
+    type Next = NewSupervisor;
+
+    fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<NewSupervisor, RestartError> {
+        let replay_log = self.replay_log();
+        serde_json::to_vec(logs)
+            .map_err(std::io::Error::from)
+            .and_then(|json| std::fs::write(&replay_log, json))
+            .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
+        // The new version inherits exactly the old version's descriptors: nothing this
+        // shell left open to mcr (a client socket on fd 3) may slip into it.
+        close_on_exec_all();
+        let inherited = inherit_descriptors(old, logs)?;
+        let lock = match self.lock.take() {
+            Some(l) => l,
+            None => self.next_files.acquire()?,
+        };
+        let log = self.dir.files(&self.name)?.log;
+        let report = spawn_supervisor(SupervisorLaunch {
+            name: format!("{}.next", self.name),
+            files: InstanceFiles { log: log.clone(), ..self.next_files.clone() },
+            lock,
+            program: self.program.clone(),
+            args: self.args.clone(),
+            runtime_lib: self.runtime_lib.clone(),
+            profile: self.profile.clone(),
+            detach: true,
+            update: Some(mcr_supervisor::UpdateLaunch {
+                final_name: self.name.clone(),
+                replay_log: replay_log.clone(),
+                env: self.env.clone(),
+                cwd: self.cwd.clone(),
+            }),
+        })?;
+        drop(inherited);
+        Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), log, replay_log))
+    }
+
+    fn discard(&mut self) {
+        drop(self.lock.take());
+        let t = Instant::now();
+        while self.next_files.is_live() && t.elapsed() < GONE_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.next_files.clean_stale();
+        let _ = std::fs::remove_file(self.replay_log());
+        // Reap the dead supervisor (we are its subreaper).
+        let mut st = 0;
+        // SAFETY: non-blocking reap of our children.
+        while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
+    }
+}
+
+/// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again
+/// deliberately when they are placed).
+fn close_on_exec_all() {
+    for fd in mcr_supervisor::procfs::own_descriptors_above_stderr() {
+        // SAFETY: F_GETFD/F_SETFD on our own descriptors (a stale number just fails).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Descriptors created by the old version's startup that are still open: copied out of
+/// the old processes with pidfd_getfd and placed at the same numbers in this process,
+/// without close-on-exec, so the new supervisor and its first process inherit them.
+fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedFd>, RestartError> {
+    let mut taken: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    for p in logs {
+        let Some(&host_pid) = old.get(&p.pid) else { continue };
+        let fds: BTreeSet<i32> = p.log.iter().flat_map(|l| l.ops.iter()).flat_map(|o| o.fds.iter().copied()).collect();
+        let pidfd = crate::pidfd::open(host_pid).map_err(|source| RestartError::OpenProcess {
+            pid: p.pid,
+            host_pid,
+            source,
+        })?;
+        for fd in fds {
+            if taken.contains_key(&fd) || !std::path::Path::new(&format!("/proc/{host_pid}/fd/{fd}")).exists() {
+                continue;
+            }
+            let copy =
+                crate::pidfd::take(&pidfd, fd).map_err(|source| RestartError::TakeFd { fd, pid: p.pid, source })?;
+            taken.insert(fd, place_at(copy, fd)?);
+        }
+    }
+    Ok(taken.into_values().collect())
+}
+
+/// `copy` at descriptor number `fd` of this process, without close-on-exec.
+fn place_at(copy: OwnedFd, fd: i32) -> Result<OwnedFd, RestartError> {
+    if copy.as_raw_fd() == fd {
+        // SAFETY: clearing the flags of a descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        return Ok(copy);
+    }
+    // SAFETY: probing whether number `fd` is open here.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+        return Err(RestartError::FdInUse(fd));
+    }
+    // SAFETY: `fd` is free (checked above); dup2 makes it a copy of ours without
+    // close-on-exec, and the new descriptor is owned by what we return.
+    unsafe {
+        libc::dup2(copy.as_raw_fd(), fd);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}

@@ -1,0 +1,140 @@
+//! Moving client connections from an old process into a new one: copied out of the old
+//! process (pidfd_getfd) and handed to the new process's runtime over an abstract Unix
+//! socket (SCM_RIGHTS), which installs each at its old number; epoll registrations follow.
+
+use super::runtime::NewProcess;
+use mcr_client::ClientError;
+use mcr_protocol::{EpollRegistration, ImportedFd, RuntimeCommandKind};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("cannot open old process {old_host}")]
+    OpenProcess {
+        old_host: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take fd {fd} of old process {old_host}")]
+    Take {
+        fd: i32,
+        old_host: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the descriptor socket")]
+    Socket(#[source] std::io::Error),
+    #[error("the new process never fetched the descriptors")]
+    NeverFetched,
+    #[error("sending descriptors")]
+    Send(#[source] std::io::Error),
+    #[error("the descriptor sender panicked")]
+    SenderPanicked,
+    /// The new process's runtime could not install them.
+    #[error(transparent)]
+    Import(#[from] ClientError),
+}
+
+/// How long the new process's runtime may take to fetch the descriptors once asked.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Move connections `fds` of old process `old_host` into `target` at the same numbers.
+/// `adopt`: the program takes them as new connections (their state stays behind).
+pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt: bool) -> Result<(), DescriptorError> {
+    let pidfd = crate::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
+    let mut copies = Vec::new();
+    let mut targets = Vec::new();
+    for &fd in fds {
+        copies.push(crate::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take { fd, old_host, source })?);
+        targets.push(ImportedFd { target: fd, cloexec: close_on_exec(old_host, fd) });
+    }
+    let name = format!("mcr-transfer/{}/{}", std::process::id(), old_host);
+    let listener = abstract_listener(&name).map_err(DescriptorError::Socket)?;
+    listener.set_nonblocking(true).map_err(DescriptorError::Socket)?;
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let stop = gave_up.clone();
+    let sender = std::thread::spawn(move || -> Result<(), DescriptorError> {
+        // The runtime connects as soon as it gets the request; stop waiting if it
+        // answered without connecting (an error), or after a bound.
+        let t0 = Instant::now();
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stop.load(Ordering::SeqCst) || t0.elapsed() > FETCH_TIMEOUT {
+                        return Err(DescriptorError::NeverFetched);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(DescriptorError::Socket(e)),
+            }
+        };
+        conn.set_nonblocking(false).map_err(DescriptorError::Socket)?;
+        for chunk in copies.chunks(253) {
+            send_fds(&conn, chunk).map_err(DescriptorError::Send)?;
+        }
+        Ok(())
+    });
+    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt });
+    gave_up.store(true, Ordering::SeqCst);
+    let sent = sender.join().map_err(|_| DescriptorError::SenderPanicked)?;
+    r?;
+    sent
+}
+
+/// Whether descriptor `fd` of process `host_pid` is close-on-exec (its fdinfo flags).
+fn close_on_exec(host_pid: i32, fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{host_pid}/fdinfo/{fd}")).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
+}
+
+fn abstract_listener(name: &str) -> std::io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    UnixListener::bind_addr(&addr)
+}
+
+fn send_fds(conn: &UnixStream, fds: &[OwnedFd]) -> std::io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_ptr() as *mut libc::c_void, iov_len: 1 };
+    // SAFETY: CMSG_SPACE/CMSG_LEN are size computations; the msghdr points at live locals.
+    unsafe {
+        let space = libc::CMSG_SPACE((raw.len() * 4) as u32) as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN((raw.len() * 4) as u32) as usize;
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(c) as *mut i32, raw.len());
+        if libc::sendmsg(conn.as_raw_fd(), &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The old process's epoll registrations of `fds`, data relocated by `relocate`.
+pub(crate) fn epoll_registrations<E>(
+    old_host: i32,
+    fds: &[i32],
+    relocate: impl Fn(u64) -> Result<u64, E>,
+) -> Result<Vec<EpollRegistration>, E> {
+    mcr_protocol::epoll_registrations(&old_host.to_string())
+        .into_iter()
+        .filter(|r| fds.contains(&r.fd))
+        .map(|r| Ok(EpollRegistration { data: relocate(r.data)?, ..r }))
+        .collect()
+}

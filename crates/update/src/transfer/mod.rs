@@ -1,0 +1,192 @@
+//! State transfer (paper §6): after the new version replayed its startup and parked, and
+//! before commit, each old process's state moves into its new counterpart: globals and
+//! the heap blocks they reach, type-transformed (`mcr-tracer`), the client connections
+//! still open (installed at their old numbers) and their epoll registrations (data
+//! pointers relocated). The old processes are only read, so a failure here rolls back
+//! with nothing to undo.
+//!
+//! - [`run`]: one tracer per process pair, in parallel ([`process`] moves one pair);
+//! - [`respawn_volatile`]: per-connection processes recreated by the new build first;
+//! - [`adopt`]: `--fresh-state`, idle connections handed over without their state;
+//! - `descriptors`: moving descriptors between processes; `runtime`: commands to a new
+//!   process's runtime; `target`: the tracer's view of a new process.
+
+mod adopt;
+mod descriptors;
+mod process;
+mod respawn;
+mod runtime;
+mod target;
+
+pub use adopt::adopt;
+pub use respawn::respawn_volatile;
+
+use crate::warning::Warn;
+use mcr_client::pids::PidsError;
+use mcr_client::{ClientError, Connection};
+use mcr_protocol::{OpenConnections, RuntimeReply};
+use mcr_typemodel::Program;
+use process::ProcessPair;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the new version's supervisor is unknown")]
+    NoSupervisor,
+    #[error(transparent)]
+    Pids(#[from] PidsError),
+    /// A supervisor or a runtime behind it did not do what was asked.
+    #[error(transparent)]
+    Request(#[from] ClientError),
+    #[error("unexpected answer {0:?}")]
+    UnexpectedReply(Box<RuntimeReply>),
+    #[error("process {0} has no counterpart in the new version")]
+    NoCounterpart(i32),
+    #[error("cannot find the binary of process {host_pid}")]
+    Binary {
+        host_pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    TypeModel(#[from] mcr_typemodel::TypeModelError),
+    #[error(transparent)]
+    Memory(#[from] mcr_heap::MemoryError),
+    #[error("cannot find {} in {}process {pid}'s memory map", .binary.display(), if *.new { "the new " } else { "" })]
+    NoImage { binary: PathBuf, pid: i32, new: bool },
+    #[error("cannot open the new process {pid}'s memory")]
+    NewMemory {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tracer stopped (a conflict in the old state, or the new process refused).
+    #[error("process {pid}")]
+    Trace {
+        pid: i32,
+        #[source]
+        source: mcr_tracer::TransferError,
+    },
+    #[error(
+        "process {pid}'s connection fd {fd} is served by a thread, not an event loop: its state is on that thread's stack, \
+         which mcr does not move. Give the new version an MCR_ADD_RESUME_HANDLER that hands such sessions back to its \
+         workers (see include/mcr.h), or let them close first (--drain-timeout, or update when idle)"
+    )]
+    ThreadServed { pid: i32, fd: i32 },
+    #[error("epoll data {0:#x} points to a heap block the transfer did not move")]
+    EpollData(u64),
+    #[error(transparent)]
+    Descriptors(#[from] descriptors::DescriptorError),
+    #[error(transparent)]
+    Respawn(#[from] respawn::RespawnError),
+    #[error("a tracer thread panicked")]
+    Panicked,
+}
+
+/// What the transfer did, for the update's report.
+#[derive(serde::Serialize, Default, Debug)]
+pub struct Summary {
+    pub processes: usize,
+    /// Globals, heap blocks and handlers, summed over the processes.
+    #[serde(flatten)]
+    pub state: mcr_tracer::Report,
+    pub connections: usize,
+    /// Per-connection processes the new version's respawn handler recreated.
+    pub respawned_processes: usize,
+    /// Dirty tracking in the old processes: pages written since startup, and pages the
+    /// tracking showed clean (what the new version's startup already made is not copied).
+    pub dirty_pages: u64,
+    pub clean_pages: u64,
+    pub heap_scan_ms: f64,
+    /// Fetching both versions' startup allocation tables (to match startup objects).
+    pub startup_tables_ms: f64,
+    pub trace_ms: f64,
+    pub connections_ms: f64,
+}
+
+impl Summary {
+    fn absorb(&mut self, o: Summary) {
+        self.processes += o.processes;
+        self.state.add(&o.state);
+        self.connections += o.connections;
+        self.respawned_processes += o.respawned_processes;
+        self.dirty_pages += o.dirty_pages;
+        self.clean_pages += o.clean_pages;
+        self.heap_scan_ms += o.heap_scan_ms;
+        self.startup_tables_ms += o.startup_tables_ms;
+        self.trace_ms += o.trace_ms;
+        self.connections_ms += o.connections_ms;
+    }
+}
+
+/// The old and new versions' processes, by PID inside their namespaces → host PIDs.
+pub struct Processes {
+    pub old: BTreeMap<i32, i32>,
+    pub new: BTreeMap<i32, i32>,
+}
+
+/// Opens a connection of its own to each supervisor: (old version, new version).
+pub type Connect<'a> = &'a (dyn Fn() -> Result<(Connection, Connection), ClientError> + Sync);
+
+/// Move the state of every old process into its new counterpart: one tracer per process
+/// pair, as many at once as there are cores, each with its own connections to both
+/// supervisors (`connect` opens them).
+pub fn run(
+    procs: &Processes,
+    connect: Connect<'_>,
+    connections: &[OpenConnections],
+    warn: Warn<'_>,
+) -> Result<Summary, TransferError> {
+    let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
+    let mut pairs = Vec::new();
+    for (&pid, &old_host) in &procs.old {
+        let &new_host = procs.new.get(&pid).ok_or(TransferError::NoCounterpart(pid))?;
+        let (old_exe, new_exe) = (exe(old_host)?, exe(new_host)?);
+        for p in [&old_exe, &new_exe] {
+            if !programs.contains_key(p) {
+                programs.insert(p.clone(), Program::load_cached(p)?);
+            }
+        }
+        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe });
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(pairs.len().max(1));
+    let next_pair = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<Summary, TransferError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<Summary, TransferError> {
+                    let (mut old, mut next) = connect()?;
+                    let mut sum = Summary::default();
+                    loop {
+                        let i = next_pair.fetch_add(1, Ordering::SeqCst);
+                        if i >= pairs.len() || failed.load(Ordering::SeqCst) {
+                            return Ok(sum);
+                        }
+                        let p = &pairs[i];
+                        let versions = (&programs[&p.old_exe], &programs[&p.new_exe]);
+                        match process::transfer(p, versions, &mut old, &mut next, connections, warn) {
+                            Ok(s) => sum.absorb(s),
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(TransferError::Panicked))).collect()
+    });
+    let mut sum = Summary::default();
+    for r in results {
+        sum.absorb(r?);
+    }
+    Ok(sum)
+}
+
+fn exe(host_pid: i32) -> Result<PathBuf, TransferError> {
+    std::fs::read_link(format!("/proc/{host_pid}/exe")).map_err(|source| TransferError::Binary { host_pid, source })
+}

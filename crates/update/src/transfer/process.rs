@@ -1,0 +1,157 @@
+//! The state transfer of one process pair: scan the old heap, trace and rebuild the
+//! state in the new process, then move its connections.
+
+use super::descriptors;
+use super::runtime::{startup_table, NewProcess};
+use super::target::TracerTarget;
+use super::{Summary, TransferError};
+use crate::warning::{Warn, Warning};
+use mcr_client::Connection;
+use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
+use mcr_protocol::{OpenConnections, RuntimeCommandKind};
+use mcr_tracer::{Image, Pair, StartupTables, Version};
+use mcr_typemodel::Program;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// One old process and its counterpart in the new version.
+pub(crate) struct ProcessPair {
+    pub pid: i32,
+    pub old_host: i32,
+    pub new_host: i32,
+    pub old_exe: PathBuf,
+    pub new_exe: PathBuf,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Move the state of `p`'s old process into its new one (`old`, `next`: connections to
+/// the two supervisors; `programs`: the two builds' type models).
+pub(crate) fn transfer(
+    p: &ProcessPair,
+    (old_prog, new_prog): (&Program, &Program),
+    old: &mut Connection,
+    next: &mut Connection,
+    connections: &[OpenConnections],
+    warn: Warn<'_>,
+) -> Result<Summary, TransferError> {
+    let ProcessPair { pid, old_host, new_host, ref old_exe, ref new_exe } = *p;
+    let mut sum = Summary::default();
+    if !old_prog.has_debug_info || !new_prog.has_debug_info {
+        let binary = if old_prog.has_debug_info { new_exe } else { old_exe };
+        warn(Warning::NoDebugInfo { binary: binary.clone(), pid });
+        return Ok(sum);
+    }
+    let t = Instant::now();
+    let old_maps = Region::read_all(old_host)?;
+    let new_maps = Region::read_all(new_host)?;
+    let old_mem = ProcessMemory::open(old_host)?;
+    let heap_regions = mcr_heap::touched_parts(old_host, &heap_candidates(old_host, &old_maps));
+    let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions)?;
+    let old_view = Snapshot::new(&old_mem, pieces);
+    sum.heap_scan_ms += ms_since(t);
+
+    let t = Instant::now();
+    let old_img = Image::locate(&old_maps, old_exe).ok_or_else(|| TransferError::NoImage {
+        binary: old_exe.clone(),
+        pid,
+        new: false,
+    })?;
+    let new_img = Image::locate(&new_maps, new_exe).ok_or_else(|| TransferError::NoImage {
+        binary: new_exe.clone(),
+        pid,
+        new: true,
+    })?;
+    let dirt = match mcr_dirty::written_ranges(old_host) {
+        Ok(d) => {
+            let c = d.counts();
+            sum.dirty_pages += c.dirty();
+            sum.clean_pages += c.clean();
+            Some(d)
+        }
+        Err(e) => {
+            warn(Warning::NoDirtyTracking { pid, reason: e.to_string() });
+            None
+        }
+    };
+    // A process forked after startup (one per connection) set its session up before
+    // its tracking was armed, and its counterpart is a fresh fork of the new parent:
+    // everything it holds counts as written.
+    let volatile = connections.iter().any(|c| c.pid == pid && c.volatile);
+    let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
+    let ts = Instant::now();
+    let startup = match (startup_table(old, pid), startup_table(next, pid)) {
+        (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
+        (Err(e), _) | (_, Err(e)) => {
+            warn(Warning::StartupAllocationsUnknown { pid, reason: crate::error::chain(&e) });
+            None
+        }
+    };
+    sum.startup_tables_ms += ms_since(ts);
+    let mem = File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{new_host}/mem"))
+        .map_err(|source| TransferError::NewMemory { pid, source })?;
+    let mut target = TracerTarget::new(NewProcess { next, pid, host_pid: new_host }, mem);
+    let pair = Pair {
+        old: Version { prog: old_prog, image: old_img },
+        old_mem: &old_view,
+        heap: &heap,
+        new: Version { prog: new_prog, image: new_img },
+        dirty: Some(&is_dirty),
+        startup: startup.as_ref(),
+    };
+    let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
+    sum.trace_ms += ms_since(t);
+    sum.processes += 1;
+    sum.state.add(&moved.report);
+
+    let t = Instant::now();
+    let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
+    let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
+    if let Some(&fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
+        return Err(TransferError::ThreadServed { pid, fd });
+    }
+    let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
+    // A respawned process inherited its connection from the parent that forked it.
+    if !fds.is_empty() && !volatile {
+        descriptors::import(old_host, &fds, &mut target.process, false)?;
+        let regs = descriptors::epoll_registrations(old_host, &fds, |data| {
+            if heap.containing(data).is_some() {
+                moved.relocate(&heap, data).ok_or(TransferError::EpollData(data))
+            } else {
+                Ok(data)
+            }
+        })?;
+        if !regs.is_empty() {
+            target.process.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
+        }
+    }
+    sum.connections += fds.len();
+    sum.connections_ms += ms_since(t);
+    Ok(sum)
+}
+
+/// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
+/// them (a mapping of their own, a guard page right below) hold none; a stack the program
+/// carved out of malloc'd memory is scanned.
+fn heap_candidates(old_host: i32, maps: &[Region]) -> Vec<Region> {
+    let stacks = mcr_heap::thread_stack_pointers(old_host);
+    let is_thread_stack = |i: usize, r: &Region| {
+        r.name.is_empty()
+            && stacks.iter().any(|&sp| r.start <= sp && sp < r.end)
+            && i > 0
+            && maps[i - 1].end == r.start
+            && !maps[i - 1].readable
+            && !maps[i - 1].writable
+    };
+    maps.iter()
+        .enumerate()
+        .filter(|&(i, r)| r.may_hold_heap_blocks() && !is_thread_stack(i, r))
+        .map(|(_, r)| r.clone())
+        .collect()
+}

@@ -1,0 +1,137 @@
+//! The tracer's view of a new process (`mcr_tracer::Target`): memory through
+//! `process_vm_writev` and /proc/PID/mem, allocations and handlers through its runtime.
+
+use super::runtime::NewProcess;
+use mcr_protocol::{HandlerObject, Relocation, RelocationTable, RuntimeCommandKind, RuntimeReply, StartupAlloc};
+use mcr_tracer::{StartupKey, Target};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Blocks per process_vm_writev (the kernel takes at most IOV_MAX = 1024).
+const WRITE_BATCH: usize = 512;
+
+pub(crate) struct TracerTarget<'c> {
+    pub process: NewProcess<'c>,
+    /// /proc/PID/mem of the process, read-write.
+    pub mem: File,
+    /// Writes not yet made, sent together (process_vm_writev, many blocks per call).
+    pub pending: Vec<(u64, Vec<u8>)>,
+}
+
+impl<'c> TracerTarget<'c> {
+    pub fn new(process: NewProcess<'c>, mem: File) -> Self {
+        Self { process, mem, pending: Vec::new() }
+    }
+
+    fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
+        self.process.runtime(command).map_err(|e| e.to_string())
+    }
+}
+
+impl Target for TracerTarget<'_> {
+    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String> {
+        match self.runtime(RuntimeCommandKind::Allocate { sizes: sizes.to_vec() })? {
+            RuntimeReply::Allocated { addrs } => Ok(addrs),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+        self.pending.push((addr, bytes.to_vec()));
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let pending = std::mem::take(&mut self.pending);
+        for chunk in pending.chunks(WRITE_BATCH) {
+            let local: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|(_, b)| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+                .collect();
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|(a, b)| libc::iovec { iov_base: *a as usize as *mut libc::c_void, iov_len: b.len() })
+                .collect();
+            let want: usize = chunk.iter().map(|(_, b)| b.len()).sum();
+            // SAFETY: iovecs over live local buffers and the new process's addresses (the
+            // kernel checks those); nothing here is aliased.
+            let n = unsafe {
+                libc::process_vm_writev(
+                    self.process.host_pid,
+                    local.as_ptr(),
+                    local.len() as _,
+                    remote.as_ptr(),
+                    remote.len() as _,
+                    0,
+                )
+            };
+            if n < 0 || n as usize != want {
+                // Partial or refused (a read-only page): one block at a time through
+                // /proc/PID/mem, which says which one fails.
+                for (a, b) in chunk {
+                    self.mem.write_all_at(b, *a).map_err(|e| format!("writing {} bytes at {a:#x}: {e}", b.len()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
+    }
+
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+        let blocks = blocks
+            .iter()
+            .map(|(addr, k)| StartupAlloc {
+                addr: *addr,
+                stack: mcr_callstack::format_id(k.stack),
+                thread: k.thread,
+                ordinal: k.ordinal,
+                site: String::new(),
+            })
+            .collect();
+        self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())
+    }
+
+    /// The old bytes go to scratch blocks in the new process, with the relocation table
+    /// the handlers' mcr_translate() reads; the handler runs there; the scratch blocks
+    /// are freed.
+    fn run_handlers(
+        &mut self,
+        what: &str,
+        objects: &[(Vec<u8>, u64, u64)],
+        relocations: &[Relocation],
+    ) -> Result<(), String> {
+        self.flush()?;
+        let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
+        if !relocations.is_empty() {
+            sizes.push((relocations.len() * Relocation::SIZE) as u64);
+        }
+        let scratch = self.allocate(&sizes)?;
+        let mut batch = Vec::with_capacity(objects.len());
+        for ((bytes, new, new_size), at) in objects.iter().zip(&scratch) {
+            self.write(*at, bytes)?;
+            batch.push(HandlerObject { old: *at, old_size: bytes.len() as u64, new: *new, new_size: *new_size });
+        }
+        let table = match scratch.get(objects.len()) {
+            Some(&addr) if !relocations.is_empty() => {
+                let bytes: Vec<u8> = relocations.iter().flat_map(|r| r.to_bytes()).collect();
+                self.write(addr, &bytes)?;
+                Some(RelocationTable { addr, count: relocations.len() as u64 })
+            }
+            _ => None,
+        };
+        self.flush()?;
+        let r = self.runtime(RuntimeCommandKind::RunObjHandlers {
+            what: what.to_string(),
+            objects: batch,
+            relocations: table,
+        });
+        let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
+        r.map(|_| ())
+    }
+}
