@@ -189,13 +189,14 @@ impl UpdateError {
     }
 }
 
-/// An error and its causes on one line ("what: why: why"), each cause once.
+/// An error and its causes on one line ("what: why: why"), each cause once (a message
+/// that already ends with its cause's text does not repeat it).
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        if !s.contains(&text) {
+        if !s.ends_with(&text) {
             s.push_str(": ");
             s.push_str(&text);
         }
