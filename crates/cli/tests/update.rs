@@ -1380,3 +1380,41 @@ fn killed_update_never_leaves_the_server_draining() {
     assert_eq!(client.request("PING"), "PONG");
     assert_eq!(inst.status()["quiesced"], Value::Bool(false));
 }
+
+/// An `mcr update` killed once the new version runs (here: hung in its startup) must not
+/// leave the old version parked: its supervisor resumes it when the update's connection
+/// closes, which it sees only if no other process holds that connection open (the new
+/// supervisor, forked by `mcr update`, must not keep a copy).
+#[test]
+fn update_killed_during_the_restart_leaves_the_old_version_serving() {
+    let mcr = Mcr::new("u-restart-killed");
+    let port = free_port();
+    let args = port_args(port, &[]);
+    let (v1, hang) = (fixture("kvd"), fixture("kvd-v2-hang"));
+    let inst = mcr.start("kvd", &v1, &args);
+    let mut client = Client::connect(port);
+    assert_eq!(client.request("PING"), "PONG");
+    let mut argv: Vec<OsString> = ["update", "kvd", "--timeout", "60000", "--"].iter().map(OsString::from).collect();
+    argv.push(hang.clone().into());
+    argv.extend(args.iter().map(OsString::from));
+    let mut upd = mcr.spawn(&argv);
+    // Stops the new version, whatever the outcome.
+    let _next = mcr.guard("kvd.next");
+    assert!(
+        wait_until(Duration::from_secs(20), || inst.log().contains("(KVD_V2_HANG)")),
+        "the new version did not get to its hang\nlog:\n{}",
+        inst.log()
+    );
+    assert!(upd.try_wait().is_none(), "the update ended while the new version hangs");
+    // SAFETY: SIGKILL to the mcr process this test spawned.
+    unsafe { libc::kill(upd.pid(), libc::SIGKILL) };
+    let _ = upd.wait_timeout(Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || std::panic::catch_unwind(|| ask(port, "VERSION"))
+            .is_ok_and(|v| v == "VERSION kvd 1")),
+        "the old version no longer accepts after the update was killed\nlog:\n{}",
+        inst.log()
+    );
+    assert_eq!(client.request("PING"), "PONG");
+    assert_eq!(inst.status()["quiesced"], Value::Bool(false));
+}

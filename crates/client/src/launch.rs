@@ -51,6 +51,7 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
     }
     if intermediate == 0 {
         drop(report_rd);
+        close_what_exec_would_close(&[report_wr.as_raw_fd(), l.lock.as_raw_fd()]);
         let (own_ns, note) = match namespace::enter() {
             Namespace::Own => (true, None),
             Namespace::Shared { reason } => (false, Some(reason)),
@@ -98,6 +99,29 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
     drop(report_wr);
     drop(l.lock);
     Ok(report_rd)
+}
+
+/// The supervisor is a fork of `mcr`, never exec'd: close what an exec would have (every
+/// close-on-exec descriptor but `keep`). Left open, `mcr`'s own connections would live as
+/// long as the supervisor: an update's connection to the old version's supervisor, held
+/// by the new one, would keep that supervisor from ever seeing a killed `mcr update` go
+/// away (it resumes the old version then). The descriptors meant for the server are not
+/// close-on-exec and stay.
+fn close_what_exec_would_close(keep: &[i32]) {
+    for fd in mcr_supervisor::procfs::own_descriptors_above_stderr() {
+        if keep.contains(&fd) {
+            continue;
+        }
+        // SAFETY: probing, then closing, descriptors of this freshly forked process; the
+        // ones it still uses are in `keep` (Rust objects of the parent's other descriptors
+        // are never used in this child).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::close(fd);
+            }
+        }
+    }
 }
 
 fn redirect_stdio(log: &Path) {
