@@ -7,6 +7,7 @@ use super::runtime::NewProcess;
 use mcr_client::{ClientError, Connection};
 use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RespawnError {
@@ -35,7 +36,15 @@ pub enum RespawnError {
     },
     #[error(transparent)]
     Descriptors(#[from] DescriptorError),
+    #[error("the respawned processes {0:?} did not register with the new version's supervisor")]
+    NotRegistered(Vec<i32>),
+    /// Asking the new version's supervisor which processes registered failed.
+    #[error(transparent)]
+    Status(ClientError),
 }
+
+/// How long a respawned process's runtime may take to register with its supervisor.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Recreate in the new version every process of `connections` the old one forked after
 /// startup to serve a connection: install the connection in the new parent, whose
@@ -49,7 +58,7 @@ pub fn respawn_volatile(
     connections: &[OpenConnections],
 ) -> Result<usize, RespawnError> {
     let old_ns: BTreeMap<i32, i32> = old.iter().map(|(&ns, &host)| (host, ns)).collect();
-    let mut n = 0;
+    let mut respawned = Vec::new();
     for c in connections.iter().filter(|c| c.volatile && !c.fds.is_empty()) {
         let pid = c.pid;
         let &old_host = old.get(&pid).ok_or(RespawnError::Gone(pid))?;
@@ -62,12 +71,32 @@ pub fn respawn_volatile(
         let mut target = NewProcess { next: &mut *next, pid: parent, host_pid: new_parent_host };
         descriptors::import(old_host, &[fd], &mut target, false)?;
         match target.runtime(RuntimeCommandKind::Respawn { pid, fd }) {
-            Ok(RuntimeReply::Respawned { .. }) => n += 1,
+            Ok(RuntimeReply::Respawned { .. }) => respawned.push(pid),
             Ok(other) => return Err(RespawnError::Unexpected(Box::new(other))),
             Err(source) => return Err(RespawnError::Refused { parent, pid, fd, source }),
         }
     }
-    Ok(n)
+    wait_registered(next, &respawned)?;
+    Ok(respawned.len())
+}
+
+/// A respawned process exists once its parent forked it, but its runtime registers with
+/// the supervisor on its own: until then the supervisor cannot pass it the state
+/// transfer's commands. Wait for every process of `pids` to be registered.
+fn wait_registered(next: &mut Connection, pids: &[i32]) -> Result<(), RespawnError> {
+    let t = Instant::now();
+    loop {
+        let st = next.status().map_err(RespawnError::Status)?;
+        let waiting: Vec<i32> =
+            pids.iter().copied().filter(|p| !st.processes.iter().any(|q| q.pid == *p && q.managed)).collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if t.elapsed() > REGISTER_TIMEOUT {
+            return Err(RespawnError::NotRegistered(waiting));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// The host PID of the parent of host process `host_pid`.
