@@ -11,11 +11,12 @@ use std::os::unix::fs::FileExt;
 const WRITE_BATCH: usize = 512;
 
 pub(crate) struct TracerTarget<'c> {
+    /// For the commands after the trace (connections, epoll registrations).
     pub process: NewProcess<'c>,
     /// /proc/PID/mem of the process, read-write.
-    pub mem: File,
+    mem: File,
     /// Writes not yet made, sent together (process_vm_writev, many blocks per call).
-    pub pending: Vec<(u64, Vec<u8>)>,
+    pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl<'c> TracerTarget<'c> {
