@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// `replay::CONFLICT_EXIT`).
 const CONFLICT_EXIT: i32 = 86;
 
+/// How long a killed supervisor may take to exit (its namespace's processes end first).
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a conflict report may trail the exit it caused.
 const TRAILING_REPORT: Duration = Duration::from_millis(200);
 
@@ -161,10 +164,18 @@ impl NextVersion for NewSupervisor {
                 self.supervisor_pid = Some(supervisor_pid);
             }
         }
-        if let Some(pid) = self.supervisor_pid.filter(|&p| p > 0) {
-            // SAFETY: killing the new version's supervisor (PID 1 of its namespace: the
-            // kernel ends every process of the new version with it).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = self.supervisor_pid.filter(|&p| p > 0) else { return };
+        // SAFETY: killing the new version's supervisor (PID 1 of its namespace: the
+        // kernel ends every process of the new version with it).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Its instance lock goes with its descriptors, before the kernel has ended the
+        // rest of its namespace; its exit comes after. It is our child (we are its
+        // subreaper): reap it, so that nothing of the new version is left on return.
+        let t = Instant::now();
+        let mut status = 0;
+        // SAFETY: non-blocking wait for our own child.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 && t.elapsed() < KILL_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
