@@ -263,9 +263,15 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             return Err(UpdateError::Transfer(TransferError::NoSupervisor));
         };
         let policy = self.options.policy;
+        // The tree the new version took over: a finished session's process still lives,
+        // parked, until the old version exits, but it has nothing to move and no
+        // counterpart.
+        let tree = |hosts: HostPids| -> HostPids {
+            hosts.into_iter().filter(|(pid, _)| self.processes.contains(pid)).collect()
+        };
         if !policy.fresh_state {
             let state = |e: TransferError| UpdateError::Transfer(e);
-            let old_hosts: HostPids = old.host_pids().map_err(|e| state(e.into()))?;
+            let old_hosts = tree(old.host_pids().map_err(|e| state(e.into()))?);
             let respawn: Vec<OpenConnections> =
                 self.connections.iter().filter(|c| self.respawned.contains(&c.pid)).cloned().collect();
             let respawned = next.respawn(&old_hosts, &respawn).map_err(state)?;
@@ -277,7 +283,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
         }
         if policy.adopts() {
             let adopt = |e: TransferError| UpdateError::Adopt(e);
-            let old_hosts = old.host_pids().map_err(|e| adopt(e.into()))?;
+            let old_hosts = tree(old.host_pids().map_err(|e| adopt(e.into()))?);
             let idle: Vec<&OpenConnections> = self.connections.iter().filter(|c| decide::adoptable(c)).collect();
             self.adopted_connections = next.adopt(&old_hosts, &idle).map_err(adopt)?;
         }
