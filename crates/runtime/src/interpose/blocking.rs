@@ -20,8 +20,24 @@ use std::sync::atomic::Ordering::*;
 pub enum Outcome<T> {
     Done(T),
     /// A signal of the program's own was handled while the thread was parked: the call
-    /// must report EINTR as if the signal had interrupted it.
-    ProgramSignal,
+    /// must report EINTR as if the signal had interrupted it. `left_ns`: what remained of
+    /// its relative timeout when it resumed (None: it had none). The time parked counts,
+    /// as it does for a process the kernel stopped and continued.
+    ProgramSignal {
+        left_ns: Option<i64>,
+    },
+}
+
+/// Nanoseconds from `now` to `deadline` (both CLOCK_MONOTONIC), never negative.
+fn time_left(deadline: Option<i64>, now: i64) -> Option<i64> {
+    deadline.map(|d| d.saturating_sub(now).max(0))
+}
+
+/// sleep()'s answer for `ns` not slept: whole seconds, rounded up so a caller that sleeps
+/// again with it never wakes early.
+fn unslept_seconds(ns: i64) -> c_uint {
+    let secs = ns.max(0).saturating_add(999_999_999) / 1_000_000_000;
+    secs.min(c_uint::MAX as i64) as c_uint
 }
 
 fn now_ns() -> i64 {
@@ -83,10 +99,10 @@ pub fn blocking<T>(
             quiesce::park(slot);
             if local.program_signals() != signals {
                 quiesce::state_running(slot);
-                return Outcome::ProgramSignal;
+                return Outcome::ProgramSignal { left_ns: time_left(deadline, now_ns()) };
             }
         }
-        let left = if first { None } else { deadline.map(|d| (d - now_ns()).max(0)) };
+        let left = if first { None } else { time_left(deadline, now_ns()) };
         let r = attempt(left);
         if interrupted(&r) && quiesce::take_kick(slot, local, signals) {
             // Our kick: the loop entry parks the thread (if this is a quiescent point)
@@ -107,7 +123,7 @@ fn eintr_minus1(r: &impl PartialEq<i64>) -> bool {
 fn finish_int(o: Outcome<c_int>) -> c_int {
     match o {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
+        Outcome::ProgramSignal { .. } => {
             errno::set(EINTR);
             -1
         }
@@ -117,7 +133,7 @@ fn finish_int(o: Outcome<c_int>) -> c_int {
 fn finish_ssize(o: Outcome<ssize_t>) -> ssize_t {
     match o {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
+        Outcome::ProgramSignal { .. } => {
             errno::set(EINTR);
             -1
         }
@@ -420,11 +436,11 @@ pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> 
         int_eintr,
     ) {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
-            // Parked through the whole sleep: report it as interrupted with nothing left
-            // only if the time is up; the caller usually sleeps again with `rem`.
+        Outcome::ProgramSignal { left_ns } => {
+            // Interrupted while parked: what is left of the sleep (nothing once the time is
+            // up); the caller usually sleeps again with `rem`.
             if !rem.is_null() {
-                *rem = timespec { tv_sec: 0, tv_nsec: 0 };
+                *rem = ns_ts(left_ns.unwrap_or(0));
             }
             errno::set(EINTR);
             -1
@@ -454,7 +470,13 @@ pub unsafe extern "C" fn clock_nanosleep(
         |r| *r == EINTR,
     ) {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => EINTR,
+        Outcome::ProgramSignal { left_ns } => {
+            // As nanosleep; an absolute sleep leaves `rem` alone, as the kernel does.
+            if relative && !rem.is_null() {
+                *rem = ns_ts(left_ns.unwrap_or(0));
+            }
+            EINTR
+        }
     }
 }
 
@@ -475,8 +497,8 @@ pub unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
         int_eintr,
     ) {
         Outcome::Done(0) => 0,
-        Outcome::Done(_) => rem.tv_sec as c_uint + c_uint::from(rem.tv_nsec > 0),
-        Outcome::ProgramSignal => 0,
+        Outcome::Done(_) => unslept_seconds(rem.tv_sec * 1_000_000_000 + rem.tv_nsec),
+        Outcome::ProgramSignal { left_ns } => unslept_seconds(left_ns.unwrap_or(0)),
     }
 }
 
@@ -712,6 +734,25 @@ mod tests {
         assert_eq!(ns_ms(1_000_000), 1);
         assert_eq!(ns_ms(1_000_001), 2);
         assert_eq!(ns_ms(i64::MAX), c_int::MAX);
+    }
+
+    #[test]
+    fn time_left_counts_down_to_zero_and_stays_there() {
+        assert_eq!(time_left(None, 5), None, "no timeout, nothing left to report");
+        assert_eq!(time_left(Some(3_000), 1_000), Some(2_000));
+        assert_eq!(time_left(Some(3_000), 3_000), Some(0));
+        assert_eq!(time_left(Some(3_000), 9_000), Some(0), "parked past the deadline: the time is up");
+        assert_eq!(time_left(Some(i64::MIN), i64::MAX), Some(0));
+    }
+
+    #[test]
+    fn unslept_seconds_round_up_so_sleep_never_ends_early() {
+        assert_eq!(unslept_seconds(0), 0, "the time is up: sleep() says it slept it all");
+        assert_eq!(unslept_seconds(1), 1);
+        assert_eq!(unslept_seconds(2_000_000_000), 2);
+        assert_eq!(unslept_seconds(2_000_000_001), 3);
+        assert_eq!(unslept_seconds(-5), 0);
+        assert_eq!(unslept_seconds(i64::MAX), c_uint::MAX);
     }
 
     #[test]
