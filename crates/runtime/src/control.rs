@@ -82,7 +82,7 @@ pub(crate) fn move_to_reserved(fd: i32) -> i32 {
 
 /// The program wants `fd` (dup2 onto it): move ours elsewhere first.
 pub fn relocate_reserved_fd(fd: i32) {
-    let e = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     for cell in [&CONTROL_FD, &crate::dirty::UFFD] {
         if cell.load(Relaxed) == fd {
             // SAFETY: duplicating our own descriptor.
@@ -93,7 +93,6 @@ pub fn relocate_reserved_fd(fd: i32) {
             }
         }
     }
-    crate::errno::set(e);
 }
 
 fn write_all(msg: &RuntimeEvent) -> bool {
@@ -117,10 +116,9 @@ fn write_all(msg: &RuntimeEvent) -> bool {
 
 /// Send an unsolicited event to the supervisor (from any thread).
 pub fn send_event(ev: &RuntimeEvent) -> bool {
-    let was = threads::set_internal(true);
-    let ok = write_all(ev);
-    threads::set_internal(was);
-    ok
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    write_all(ev)
 }
 
 fn read_cmdline() -> Vec<String> {
@@ -135,12 +133,9 @@ fn read_cmdline() -> Vec<String> {
 /// Connect to the supervisor and say hello. False when it cannot be reached.
 pub fn register(forked: bool) -> bool {
     let Some(name) = SOCKET_NAME.get() else { return false };
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
-    let ok = connect(name, forked);
-    crate::errno::set(e);
-    threads::set_internal(was);
-    ok
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    connect(name, forked)
 }
 
 fn connect(name: &[u8], forked: bool) -> bool {
@@ -191,8 +186,8 @@ fn start_thread() {
     }
     // Nothing the runtime does here may be taken for the program's own calls (a read
     // counted as a quiescent point would park this thread before the controller exists).
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     // SAFETY: the new thread inherits a fully blocked mask, restored here afterwards.
     unsafe {
         let mut all: libc::sigset_t = core::mem::zeroed();
@@ -210,8 +205,6 @@ fn start_thread() {
         }
         crate::real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
-    crate::errno::set(e);
-    threads::set_internal(was);
 }
 
 /// Sent by the program thread that completes the process's startup.
@@ -253,7 +246,8 @@ fn my_control_fd() -> i32 {
 }
 
 extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    threads::set_internal(true);
+    // For the whole life of this thread: none of its calls is the program's.
+    let _internal = threads::InternalGuard::enter();
     // An update's new version keeps sharing the program's descriptor table until commit:
     // the state transfer installs the old version's connections into it from here.
     if crate::replay::active() {

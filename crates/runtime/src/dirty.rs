@@ -48,13 +48,12 @@ pub fn arm() {
             note: Some(format!("disabled by {}=off: every page counts as dirty", mcr_protocol::env::DIRTY_TRACKING)),
         }
     } else {
-        let e = crate::errno::get();
+        let _errno = crate::errno::ErrnoGuard::save();
         // The runtime's own data (libmcr.so) is not the program's state.
         let report = mcr_dirty::arm::arm_self(Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())));
         if let Some(fd) = report.fd {
             UFFD.store(crate::control::move_to_reserved(fd), SeqCst);
         }
-        crate::errno::set(e);
         DirtyTracking {
             method: match report.method {
                 mcr_dirty::Method::UffdWp => DirtyMethod::UffdWp,

@@ -121,7 +121,7 @@ extern "C" fn init() {
     // SAFETY: getpid cannot fail.
     PID.store(unsafe { libc::getpid() }, Relaxed);
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
-    threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     dirty::note_env();
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
@@ -175,7 +175,6 @@ extern "C" fn init() {
     } else {
         diag::warn("cannot reach the mcr supervisor; this process runs unmanaged");
     }
-    threads::set_internal(false);
 }
 
 #[used]

@@ -182,7 +182,8 @@ fn voluntary_switches(tid: i32) -> Option<u64> {
 }
 
 extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    threads::set_internal(true);
+    // For the whole life of this thread: none of its calls is the program's.
+    let _internal = threads::InternalGuard::enter();
     SAMPLER_TID.store(threads::gettid(), SeqCst);
     // SAFETY: naming our own thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-profiler".as_ptr()) };
@@ -296,7 +297,7 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
     if fresh {
         tick();
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     // Copy the raw data out, then symbolize without holding the lock.
     struct Raw {
         tid: i32,
@@ -367,7 +368,7 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
         })
         .collect();
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
-    let out = ProcessProfile {
+    ProcessProfile {
         pid: crate::pid(),
         // SAFETY: getppid cannot fail.
         ppid: unsafe { libc::getppid() },
@@ -381,9 +382,7 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
         startup_complete: crate::quiesce::STARTUP_DONE.load(Acquire),
         alive: true,
         threads: threads_out,
-    };
-    threads::set_internal(was);
-    out
+    }
 }
 
 #[cfg(test)]

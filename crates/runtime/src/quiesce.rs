@@ -115,12 +115,15 @@ pub fn is_quiescent_point(slot: &Slot) -> bool {
 /// Called by a thread entering a wrapped call, only while `QUIESCING` is set or startup
 /// is not complete. Returns whether the call is a quiescent point.
 pub fn on_enter_slow(slot: &Slot) -> bool {
-    let was = threads::set_internal(true);
-    let qp = is_quiescent_point(slot);
-    if qp && !STARTUP_DONE.load(Acquire) {
-        note_startup_qp(slot);
-    }
-    threads::set_internal(was);
+    let qp = {
+        let _internal = threads::InternalGuard::enter();
+        let _errno = errno::ErrnoGuard::save();
+        let qp = is_quiescent_point(slot);
+        if qp && !STARTUP_DONE.load(Acquire) {
+            note_startup_qp(slot);
+        }
+        qp
+    };
     // A resume handler that asked to be called again, at the main thread's next quiescent
     // point (not in a condition wait: the program holds the mutex there).
     if qp && !QUIESCING.load(Acquire) && !Call::from_index(slot.call.load(Acquire)).is_condvar() {
@@ -148,9 +151,10 @@ fn note_startup_qp(slot: &Slot) {
 }
 
 /// Hold the calling thread at the barrier until resume. The program's signal handlers
-/// still run meanwhile (the futex wait is interruptible); errno is preserved.
+/// still run meanwhile (the futex wait is interruptible); errno is preserved, also across
+/// the wait for the resume handlers.
 pub fn park(slot: &Slot) {
-    let saved = errno::get();
+    let _errno = errno::ErrnoGuard::save();
     slot.state.store(PARKED, SeqCst);
     PARK_EVENTS.fetch_add(1, SeqCst);
     futex::wake(&PARK_EVENTS, 1);
@@ -166,7 +170,6 @@ pub fn park(slot: &Slot) {
         futex::wait(&RESUME_GEN, gen, None);
     }
     slot.state.store(IN_CALL, SeqCst);
-    errno::set(saved);
     crate::resume::after_park(slot);
 }
 

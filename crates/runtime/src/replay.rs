@@ -178,14 +178,12 @@ fn new_op(call: &str, stack: mcr_protocol::CallStack, args: &[OpArg]) -> Startup
 
 /// Decide what to do with a startup operation of the new version.
 pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
     let pid = crate::pid();
     let mut guard = STATE.lock();
-    let Some(r) = guard.as_mut() else {
-        threads::set_internal(was);
-        return Decision::Live(vec![]);
-    };
+    let Some(r) = guard.as_mut() else { return Decision::Live(vec![]) };
     let Replay { ops, inherited, claimed } = r;
     let inherited_live = |fd: i32| inherited.contains(&fd) && crate::startup_log::fd_in_use(fd);
     let list = ops.entry(pid).or_default();
@@ -233,12 +231,10 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
         }
     };
     drop(guard);
-    let decision = match decision {
+    match decision {
         Decision::Conflict(c) if resolved_by_handler(MISMATCH, &c) => Decision::Live(vec![]),
         d => d,
-    };
-    threads::set_internal(was);
-    decision
+    }
 }
 
 /// At startup completion: an inherited object created by an operation of this process's
@@ -249,7 +245,8 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     if !active() {
         return None;
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let pid = crate::pid();
     let mut guard = STATE.lock();
     let r = guard.as_mut()?;
@@ -295,7 +292,6 @@ pub fn finish_startup() -> Option<ReplayConflict> {
         }
     }
     drop(guard);
-    threads::set_internal(was);
     conflict
 }
 
@@ -313,7 +309,8 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
     if !active() {
         return None;
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
     let pid = crate::pid();
     let guard = STATE.lock();
@@ -325,7 +322,6 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
             .map(|(o, _)| o.result as i32)
     });
     drop(guard);
-    threads::set_internal(was);
     t
 }
 
@@ -338,25 +334,20 @@ pub fn request_pid(pid: i32) {
 
 /// The namespace's last allocated PID (None when unreadable).
 pub fn last_pid() -> Option<i32> {
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
-    let v = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok().and_then(|s| s.trim().parse().ok());
-    crate::errno::set(e);
-    threads::set_internal(was);
-    v
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// Set ns_last_pid (needs CAP_SYS_ADMIN in the namespace; silently nothing otherwise).
 /// The runtime's own file access is never recorded as a startup operation.
 pub fn set_last_pid(v: i32) {
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") {
         use std::io::Write;
         let _ = write!(f, "{v}");
     }
-    crate::errno::set(e);
-    threads::set_internal(was);
 }
 
 /// Run `f` (which creates a runtime thread) with TIDs taken from the top of the PID
@@ -368,12 +359,14 @@ pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
     if !crate::control::in_pid_namespace() || !active() {
         return f();
     }
-    let was = threads::set_internal(true);
-    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .unwrap_or(32768);
-    threads::set_internal(was);
+    let pid_max = {
+        let _internal = threads::InternalGuard::enter();
+        let _errno = crate::errno::ErrnoGuard::save();
+        std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .unwrap_or(32768)
+    };
     let _serialized = crate::startup_log::pid_hint_lock();
     let Some(prev) = last_pid() else { return f() };
     set_last_pid(pid_max - pid_max / 16);
@@ -404,4 +397,19 @@ pub fn deactivate() {
 
 pub fn reset_after_fork() {
     STATE.force_unlock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_startup_leaves_the_thread_tracked_when_no_log_is_loaded() {
+        // Active, but no log in STATE: the early return must still restore the flag.
+        ACTIVE.store(true, SeqCst);
+        let conflict = finish_startup();
+        ACTIVE.store(false, SeqCst);
+        assert!(conflict.is_none());
+        assert!(!threads::is_internal(), "the thread stayed runtime-internal: no later call of it is tracked");
+    }
 }

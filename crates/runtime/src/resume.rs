@@ -110,13 +110,12 @@ fn run_handlers(slot: &Slot, mask: u32) -> u32 {
 fn keeping_published_call<R>(slot: &Slot, f: impl FnOnce() -> R) -> R {
     let saved =
         (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
-    let errno = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     let r = f();
     slot.call.store(saved.0, Release);
     slot.object.store(saved.1, Release);
     slot.frame.store(saved.2, Release);
     slot.state.store(saved.3, Release);
-    crate::errno::set(errno);
     r
 }
 

@@ -65,11 +65,11 @@ pub fn walk_own(fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
 
 /// The mapping of /proc/self/maps that holds `addr`: [start, end).
 fn stack_mapping(addr: usize) -> Option<(usize, usize)> {
-    let was = crate::threads::set_internal(true);
-    let errno = crate::errno::get();
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    crate::errno::set(errno);
-    crate::threads::set_internal(was);
+    let text = {
+        let _internal = crate::threads::InternalGuard::enter();
+        let _errno = crate::errno::ErrnoGuard::save();
+        std::fs::read_to_string("/proc/self/maps").unwrap_or_default()
+    };
     text.lines().find_map(|l| {
         let (s, e) = l.split_whitespace().next()?.split_once('-')?;
         let (s, e) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
@@ -78,7 +78,7 @@ fn stack_mapping(addr: usize) -> Option<(usize, usize)> {
 }
 
 fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -> Option<[usize; 2]>) -> usize {
-    let errno = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     let mut n = 0;
     while n < MAX_STACK && fp != 0 && fp.is_multiple_of(8) {
         let Some([next, ret]) = read(fp) else { break };
@@ -93,7 +93,6 @@ fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -
         }
         fp = next;
     }
-    crate::errno::set(errno);
     n
 }
 

@@ -193,9 +193,11 @@ pub fn place(fd: i32, target: i32) -> i32 {
     reserve(fd)
 }
 
-/// Record one operation made from the wrapper whose frame is `fp`.
+/// Record one operation made from the wrapper whose frame is `fp`. errno is left as the
+/// call set it.
 pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errno: i32, fds: Vec<i32>) {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let op = RawOp {
         pid: crate::pid(),
         seq: SEQ.fetch_add(1, Relaxed),
@@ -207,7 +209,6 @@ pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errn
         fds,
     };
     LOG.lock().push(op);
-    threads::set_internal(was);
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -309,10 +310,9 @@ fn open_fds() -> Vec<i32> {
 
 /// At exec (constructor) and fork: whatever is open now was inherited.
 pub fn note_inherited() {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     let fds: Vec<(i32, String)> = open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect();
     *INHERITED.lock() = fds;
-    threads::set_internal(was);
 }
 
 /// A fork child's log starts as its parent's (the objects it inherited were made by

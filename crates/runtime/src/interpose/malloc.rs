@@ -156,9 +156,11 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, n:
     if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
-    let e = crate::errno::get();
-    let p = aligned(align, n);
-    crate::errno::set(e);
+    let p = {
+        // posix_memalign reports failure by its return value and leaves errno alone.
+        let _errno = crate::errno::ErrnoGuard::save();
+        aligned(align, n)
+    };
     if p.is_null() {
         return libc::ENOMEM;
     }

@@ -5,10 +5,11 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+use crate::errno::{self, ErrnoGuard};
+use crate::real;
 use crate::replay::{self, Decision};
 use crate::stack::frame_address;
 use crate::startup_log::{hex, place, record, recording, reserve};
-use crate::{errno, real};
 use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, sockaddr, socklen_t};
 use mcr_protocol::OpArg;
 
@@ -63,14 +64,15 @@ fn creating(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>, f:
         Decision::Conflict(_) => None,
     };
     let r = f();
-    let e = errno::get();
+    // Moving the descriptor must not change what the call told the program.
+    let errno = ErrnoGuard::save();
     let fd = match (r, target) {
         (r, _) if r < 0 => r,
         (r, Some(t)) => place(r, t),
         (r, None) => reserve(r),
     };
-    record(call, fp, args, fd as i64, if r < 0 { e } else { 0 }, if fd >= 0 { vec![fd] } else { vec![] });
-    errno::set(e);
+    let e = if r < 0 { errno.saved() } else { 0 };
+    record(call, fp, args, fd as i64, e, if fd >= 0 { vec![fd] } else { vec![] });
     fd
 }
 
@@ -86,9 +88,7 @@ fn configuring(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>,
         return res as c_int;
     }
     let r = f();
-    let e = errno::get();
-    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, vec![]);
-    errno::set(e);
+    record(call, fp, args, r as i64, if r < 0 { errno::get() } else { 0 }, vec![]);
     r
 }
 
@@ -128,15 +128,16 @@ unsafe fn creating_pair(
         _ => vec![],
     };
     let r = f();
-    let e = errno::get();
+    // Moving the descriptors must not change what the call told the program.
+    let errno = ErrnoGuard::save();
     let mut created = vec![];
     if r == 0 {
         *fds = place_or_reserve(*fds, at.first());
         *fds.add(1) = place_or_reserve(*fds.add(1), at.get(1));
         created = vec![*fds, *fds.add(1)];
     }
-    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, created);
-    errno::set(e);
+    let e = if r < 0 { errno.saved() } else { 0 };
+    record(call, fp, args, r as i64, e, created);
     r
 }
 
@@ -359,9 +360,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     }
     let r = f();
     if r != 0 {
-        let e = errno::get();
-        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
-        errno::set(e);
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno::get() } else { 0 }, vec![]);
     }
     r
 }
@@ -397,14 +396,14 @@ unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> l
         let mut st = 0;
         real::waitpid()(r, &mut st, 0);
     }
-    let e = errno::get();
+    // What the last fork told the program, whatever the mask and the warning do.
+    let errno = ErrnoGuard::save();
     real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     if r != target && r > 0 {
         crate::diag::warn(&format!("replay: the forked child got PID {r}, not {target} as in the old version"));
     }
     if log {
-        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno.saved() } else { 0 }, vec![]);
     }
-    errno::set(e);
     r
 }
