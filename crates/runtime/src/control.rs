@@ -424,7 +424,7 @@ fn thread_infos() -> Vec<ThreadInfo> {
 
 /// In a fork child: the control thread did not survive, and the connection belongs to
 /// the parent. Register this process anew.
-pub fn after_fork_child() {
+pub fn reset_after_fork() {
     STARTED.store(false, SeqCst);
     CONTROL_TID.store(0, SeqCst);
     WRITE_LOCK.force_unlock();

@@ -66,6 +66,15 @@ fn was_accepted(fd: i32) -> bool {
 /// This process was forked after its parent completed startup.
 pub static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// In a fork child, before `quiesce` clears STARTUP_DONE: a child forked once the parent's
+/// startup was over (a per-connection child) is volatile, as no startup of a new version
+/// recreates it.
+pub fn reset_after_fork() {
+    if crate::quiesce::STARTUP_DONE.load(SeqCst) {
+        VOLATILE.store(true, SeqCst);
+    }
+}
+
 pub fn start() {
     DRAINING.store(1, SeqCst);
 }

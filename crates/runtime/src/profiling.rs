@@ -108,7 +108,7 @@ impl Drop for ForkNote {
 /// In a fork child (only the forking thread exists): forget the parent's samples and
 /// remember where the fork was made. Async-signal-safe work only, plus the runtime's own
 /// allocator (reset by the fork handlers before this runs).
-pub fn after_fork_child() {
+pub fn reset_after_fork() {
     if !enabled() {
         return;
     }

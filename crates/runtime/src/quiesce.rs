@@ -349,6 +349,8 @@ pub fn reset_after_fork() {
     // commit, fork children included.
     QUIESCING.store(crate::replay::active(), SeqCst);
     STARTUP_DONE.store(false, SeqCst);
+    // membarrier registration belongs to the parent's address space.
+    init_asymmetric_fence();
 }
 
 /// For the thread's own use after an EINTR: was it our kick, not the program's signal?

@@ -397,6 +397,7 @@ pub fn deactivate() {
 
 pub fn reset_after_fork() {
     STATE.force_unlock();
+    HANDLERS.force_unlock();
 }
 
 #[cfg(test)]

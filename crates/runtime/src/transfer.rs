@@ -107,6 +107,11 @@ pub fn free(addrs: &[u64]) -> RuntimeReply {
     RuntimeReply::Done
 }
 
+pub fn reset_after_fork() {
+    OBJ_HANDLERS.force_unlock();
+    RELOCATIONS.force_unlock();
+}
+
 fn error(message: String) -> RuntimeReply {
     RuntimeReply::Error { message }
 }

@@ -163,6 +163,5 @@ pub extern "C" fn atfork_parent() {
 }
 
 pub extern "C" fn atfork_child() {
-    crate::alloc::reset_after_fork();
     crate::after_fork_in_child();
 }
