@@ -353,21 +353,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             Ok(pid) => RuntimeReply::Respawned { pid },
             Err(message) => RuntimeReply::Error { message },
         },
-        RuntimeCommandKind::Drain => {
-            crate::drain::start();
-            let (fds, lost_client) = crate::drain::connections(&crate::startup_log::startup_fds());
-            let volatile = crate::drain::VOLATILE.load(SeqCst);
-            let watched = if fds.is_empty() { Default::default() } else { crate::drain::watched_by_epoll() };
-            let (idle_check, busy) = crate::resume::busy_connections(&fds);
-            RuntimeReply::Connections {
-                pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
-                finished: volatile && fds.is_empty() && lost_client,
-                fds,
-                volatile,
-                idle_check,
-                busy,
-            }
-        }
+        RuntimeCommandKind::Drain => crate::drain::drain(),
     }
 }
 
