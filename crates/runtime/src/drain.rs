@@ -5,7 +5,7 @@
 //!
 //! Accept gating costs one relaxed load per accept outside a drain.
 
-use crate::futex;
+use crate::{futex, rawfd};
 use mcr_protocol::RuntimeReply;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::*};
@@ -163,9 +163,7 @@ fn gate(flags: i64) -> Gate {
 
 #[cold]
 fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
-    // SAFETY: F_GETFL on a descriptor the program passed to accept.
-    let flags = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
-    match gate(flags) {
+    match gate(crate::rawfd::status_flags(fd).map_or(-1, i64::from)) {
         Gate::Proceed => return None,
         Gate::Hold => {}
         Gate::Refuse => {
@@ -323,22 +321,15 @@ fn drain_reply(
 /// Run `f` on a copy, in the control thread's own table, of the program's descriptor
 /// `fd` (None when it cannot be had).
 fn with_program_fd<R>(fd: i32, f: impl FnOnce(i32) -> R) -> Option<R> {
-    // SAFETY: a pidfd of our own process and a copy of one of its descriptors, both
-    // closed before returning.
-    unsafe {
-        let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
-        if pidfd < 0 {
-            return None;
-        }
-        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        crate::sys!(libc::SYS_close, pidfd);
-        if c < 0 {
-            return None;
-        }
-        let r = f(c);
-        crate::sys!(libc::SYS_close, c);
-        Some(r)
-    }
+    let pidfd = rawfd::pidfd_of_self()?;
+    let copy = rawfd::copy_from(pidfd, fd);
+    // SAFETY: the pidfd was made just above, for this call only.
+    unsafe { rawfd::close(pidfd) };
+    let copy = copy?;
+    let r = f(copy);
+    // SAFETY: our own copy, made just above; `f` only borrowed it.
+    unsafe { rawfd::close(copy) };
+    Some(r)
 }
 
 fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
@@ -373,11 +364,10 @@ fn rearm_edge_triggered_listeners() {
         if !needs_rearm(reg.events, || is_listener(reg.fd)) {
             continue;
         }
+        // Re-registering an existing item with its own events and data, from the control
+        // thread, whose private fd table lacks these descriptors.
         let mut ev = libc::epoll_event { events: reg.events, u64: reg.data };
-        // SAFETY: re-registering an existing item with its own events and data; the
-        // calling thread is the control thread, whose private fd table lacks these
-        // descriptors, hence the program's table through the process's pidfd below.
-        unsafe { modify_in_program_table(reg.epfd, reg.fd, &mut ev) };
+        modify_in_program_table(reg.epfd, reg.fd, &mut ev);
     }
 }
 
@@ -394,28 +384,33 @@ fn is_listener(fd: i32) -> bool {
 /// The control thread has a private descriptor table; borrow the program's descriptors
 /// through a pidfd for one epoll_ctl. The epoll item is keyed by the target's number, so
 /// the copy of the target must sit at the same number in our table.
-unsafe fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event) {
-    let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0);
-    if pidfd < 0 {
-        return;
-    }
-    let ep = crate::sys!(libc::SYS_pidfd_getfd, pidfd, epfd, 0);
-    let target = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0);
-    // Never clobber a descriptor of our own (the control socket) to make room.
-    let occupied = target as i32 != fd && crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0;
-    if ep >= 0 && target >= 0 && !occupied {
-        let at = if target as i32 == fd { fd } else { crate::sys!(libc::SYS_dup3, target, fd, libc::O_CLOEXEC) as i32 };
-        if at == fd {
-            crate::sys!(libc::SYS_epoll_ctl, ep, libc::EPOLL_CTL_MOD, fd, ev as *mut libc::epoll_event);
-            if target as i32 != fd {
-                crate::sys!(libc::SYS_close, fd);
-            }
+fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event) {
+    let Some(pidfd) = rawfd::pidfd_of_self() else { return };
+    // Every descriptor this function made, all closed at the end.
+    let mut copies = vec![pidfd];
+    let ep = rawfd::copy_from(pidfd, epfd);
+    let target = rawfd::copy_from(pidfd, fd);
+    copies.extend(ep.iter().chain(target.iter()));
+    if let (Some(ep), Some(target)) = (ep, target) {
+        let at_fd = target == fd
+            // Never clobber a descriptor of our own (the control socket) to make room.
+            || (!rawfd::is_open(fd)
+                // SAFETY: `fd` is free in this thread's table (just checked), and `target`
+                // our own copy.
+                && unsafe { rawfd::dup_onto(target, fd, libc::O_CLOEXEC) }
+                && {
+                    copies.push(fd);
+                    true
+                });
+        if at_fd {
+            // SAFETY: epoll_ctl reads `ev`, a live exclusive reference, and gets two
+            // descriptors of ours.
+            unsafe { crate::sys!(libc::SYS_epoll_ctl, ep, libc::EPOLL_CTL_MOD, fd, ev as *mut libc::epoll_event) };
         }
     }
-    for f in [target, ep, pidfd] {
-        if f >= 0 && f as i32 != fd {
-            crate::sys!(libc::SYS_close, f);
-        }
+    for f in copies {
+        // SAFETY: copies this function made above, in the control thread's own table.
+        unsafe { rawfd::close(f) };
     }
 }
 

@@ -7,7 +7,9 @@
 //! Without `MCR_RUNTIME_SOCKET` in the environment the runtime is inert: every
 //! interposed function forwards straight to libc.
 
-#![allow(clippy::missing_safety_doc)]
+// A panic aborts the server the runtime is loaded into (panic = "abort"): no code path of
+// the runtime may panic on purpose. Tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable))]
 
 /// A raw system call. `libc::syscall` is variadic: an `i32` argument would leave the
 /// upper half of its register undefined, so every argument is widened to `c_long` here.
@@ -30,6 +32,7 @@ mod heap;
 mod interpose;
 mod profiling;
 mod quiesce;
+mod rawfd;
 mod real;
 mod replay;
 mod resume;
@@ -72,11 +75,19 @@ pub(crate) fn tracked_slot(l: &threads::Local) -> Option<&'static threads::Slot>
     l.slot()
 }
 
-fn monotonic_ns() -> u64 {
+/// `clock`'s time in nanoseconds; 0 when it cannot be read (the CPU clock of a thread
+/// that exited).
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub(crate) fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 pub(crate) fn since_start_ns() -> u64 {
@@ -153,8 +164,7 @@ fn env(name: &str) -> Option<String> {
 /// connect to the supervisor. Threads start later, at the first wrapped call.
 extern "C" fn init() {
     START_NS.store(monotonic_ns(), Relaxed);
-    // SAFETY: getpid cannot fail.
-    PID.store(unsafe { libc::getpid() }, Relaxed);
+    note_own_pid();
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
     let _internal = threads::InternalGuard::enter();
     dirty::note_env();
@@ -162,14 +172,9 @@ extern "C" fn init() {
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
         let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());
     }
-    // SAFETY: dladdr on one of our own functions.
-    unsafe {
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(init as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
-            let name = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
-            let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
-            let _ = RUNTIME_PATH.set(path);
-        }
+    if let Some(name) = own_module_path() {
+        let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
+        let _ = RUNTIME_PATH.set(path);
     }
     let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
         Ok(pr) => Some(pr.ids()),
@@ -180,7 +185,6 @@ extern "C" fn init() {
     });
     quiesce::set_profile(profile);
     profiling::init_from_env();
-    // SAFETY: SIGRTMAX() is a plain libc query.
     let kick =
         env(mcr_protocol::env::KICK_SIGNAL).and_then(|s| s.parse::<i32>().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());
@@ -197,7 +201,8 @@ extern "C" fn init() {
         }
         signals::install_kick(kick);
         quiesce::init_asymmetric_fence();
-        // SAFETY: handlers are plain functions valid for the life of the process.
+        // SAFETY: pthread_atfork only records the three handlers, functions of this library,
+        // which is never unloaded.
         unsafe {
             libc::pthread_atfork(
                 Some(interpose::process::atfork_prepare),
@@ -210,6 +215,24 @@ extern "C" fn init() {
     } else {
         diag::warn("cannot reach the mcr supervisor; this process runs unmanaged");
     }
+}
+
+/// The path ld.so loaded this library from.
+fn own_module_path() -> Option<String> {
+    let mut info = libc::Dl_info {
+        dli_fname: core::ptr::null(),
+        dli_fbase: core::ptr::null_mut(),
+        dli_sname: core::ptr::null(),
+        dli_saddr: core::ptr::null_mut(),
+    };
+    // SAFETY: dladdr reads no memory at the address (one of our own functions) and writes
+    // `info`, a live local.
+    if unsafe { libc::dladdr(init as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null dli_fname is the NUL-terminated name ld.so keeps for the loaded
+    // module, alive as long as it stays loaded (this library is never unloaded).
+    Some(unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned())
 }
 
 #[used]

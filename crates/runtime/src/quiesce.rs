@@ -36,7 +36,7 @@ static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 /// locked instruction on every wrapped call, the controller (rarely) makes every running
 /// thread fence with membarrier(PRIVATE_EXPEDITED); the hot path keeps a compiler fence.
 pub fn init_asymmetric_fence() {
-    // SAFETY: membarrier registration for this process; no memory is passed.
+    // SAFETY: membarrier registration for this process takes no pointer.
     let ok = unsafe {
         crate::sys!(libc::SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0)
     } == 0;
@@ -45,7 +45,7 @@ pub fn init_asymmetric_fence() {
 
 fn fence_all_threads() {
     if ASYMMETRIC.load(SeqCst) {
-        // SAFETY: as above; MEMBARRIER_CMD_PRIVATE_EXPEDITED.
+        // SAFETY: MEMBARRIER_CMD_PRIVATE_EXPEDITED takes no pointer.
         unsafe { crate::sys!(libc::SYS_membarrier, 1 << 3, 0, 0) };
     }
 }
@@ -93,9 +93,7 @@ fn fd_is_blocking(fd: i32) -> bool {
             .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
             .is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
     }
-    // SAFETY: F_GETFL on any fd number is harmless; an invalid fd yields -1.
-    let fl = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
-    fl >= 0 && (fl as i32 & libc::O_NONBLOCK) == 0
+    crate::rawfd::status_flags(fd).is_some_and(|fl| fl & libc::O_NONBLOCK == 0)
 }
 
 /// Whether the wrapped call `slot` is in is a quiescent point. Profile: by call-stack ID.
@@ -211,7 +209,11 @@ fn kick(slot: &Slot) {
         slot.kicked.store(true, SeqCst);
         let cond = slot.object.load(Acquire) as *mut libc::pthread_cond_t;
         if !cond.is_null() {
-            // SAFETY: the thread is waiting on this condition variable, so it is alive.
+            // SAFETY: the condition variable the thread published on entering its wait, which
+            // it is in (the caller saw IN_CALL): POSIX forbids destroying one a thread waits
+            // on. The thread may leave the wait between that look and this broadcast; a
+            // program that then destroys and frees the variable at once races with us, a
+            // window this accepts (the broadcast of a live one is only a spurious wakeup).
             unsafe { crate::real::pthread_cond_broadcast()(cond) };
         }
     } else {

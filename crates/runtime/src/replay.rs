@@ -278,7 +278,7 @@ pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
     let _errno = crate::errno::ErrnoGuard::save();
     let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
     let decision = match STATE.lock().as_mut() {
-        Some(r) => r.decide(crate::pid(), call, &cs, args, crate::startup_log::fd_in_use),
+        Some(r) => r.decide(crate::pid(), call, &cs, args, crate::rawfd::is_open),
         None => return Decision::Live(vec![]),
     };
     // Handlers run without the lock: they are program code.
@@ -298,7 +298,7 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     }
     let _internal = threads::InternalGuard::enter();
     let _errno = crate::errno::ErrnoGuard::save();
-    let dropped = STATE.lock().as_ref()?.dropped(crate::pid(), crate::startup_log::fd_in_use);
+    let dropped = STATE.lock().as_ref()?.dropped(crate::pid(), crate::rawfd::is_open);
     // Handlers run without the lock: they are program code.
     for c in dropped {
         if !resolved_by_handler(DROPPED, &c) {
@@ -307,9 +307,10 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     }
     let unclaimed = STATE.lock().as_ref()?.unclaimed(crate::startup_log::in_reserved_range);
     for fd in unclaimed {
-        // SAFETY: close(2) of an inherited descriptor no part of the new version claimed;
-        // it is in the reserved range, which only the runtime hands out.
-        unsafe { crate::sys!(libc::SYS_close, fd) };
+        // SAFETY: an inherited descriptor no operation of the new version claimed, in the
+        // reserved range, where the program gets numbers only from the runtime: nobody
+        // uses it.
+        unsafe { crate::rawfd::close(fd) };
     }
     None
 }

@@ -9,7 +9,8 @@ use crate::threads::MAX_STACK;
 #[inline(always)]
 pub fn frame_address() -> usize {
     let fp: usize;
-    // SAFETY: reads a register; the runtime is built with frame pointers forced on.
+    // SAFETY: reads a register into a local, touching no memory (nomem); the runtime is
+    // built with frame pointers forced on, so rbp is the frame pointer.
     unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
     fp
 }
@@ -18,7 +19,8 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
     let mut buf = [0usize; 2];
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 16 };
     let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
-    // SAFETY: reading our own memory into a local buffer; the kernel validates `addr`.
+    // SAFETY: process_vm_readv writes at most 16 bytes into `buf` (through `local`) and
+    // reads `addr` on the kernel's side, which fails with EFAULT instead of faulting.
     let n = unsafe {
         crate::sys!(
             libc::SYS_process_vm_readv,

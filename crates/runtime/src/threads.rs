@@ -205,7 +205,7 @@ impl Local {
         let idx = claim(gettid())?;
         self.slot.set(idx);
         let slot = &SLOTS[idx as usize];
-        // SAFETY: getpid cannot fail.
+        // SAFETY: getpid has no preconditions.
         if unsafe { libc::getpid() } == slot.tid.load(Relaxed) {
             slot.is_main.store(true, Relaxed);
         }
@@ -239,8 +239,23 @@ pub fn in_handler<R>(frame: usize, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Start a detached runtime thread running `entry` (with a null argument), through libc's
+/// own pthread_create: ours would track it as one of the program's. False when it could
+/// not be created.
+pub fn spawn_detached(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: pthread_create writes `t`, a live local; default attributes; `entry`
+    // ignores its (null) argument.
+    if unsafe { crate::real::pthread_create()(&mut t, core::ptr::null(), entry, core::ptr::null_mut()) } != 0 {
+        return false;
+    }
+    // SAFETY: `t` is the thread just created, neither joined nor detached yet.
+    unsafe { libc::pthread_detach(t) };
+    true
+}
+
 pub fn gettid() -> i32 {
-    // SAFETY: gettid cannot fail.
+    // SAFETY: gettid takes nothing and cannot fail.
     unsafe { crate::sys!(libc::SYS_gettid) as i32 }
 }
 
