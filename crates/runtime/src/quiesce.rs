@@ -389,11 +389,27 @@ fn unseen_threads(tasks: &[i32], known: &HashSet<i32>, is_runtime_thread: impl F
 /// Where a thread outside any wrapped call is: the kernel tells its system call and
 /// program counter in /proc.
 fn describe_running(tid: i32) -> (String, Option<CallStack>) {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let read = || std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let mut text = read();
+    // A thread that loops on a system call mcr does not wrap (a raw nanosleep) is runnable
+    // for a moment between two calls, and reads as running then (often, on a loaded
+    // machine): look again a few times for the call it keeps making.
+    for _ in 1..RUNNING_LOOKS {
+        if !text.starts_with("running") {
+            break;
+        }
+        std::thread::sleep(RUNNING_LOOK_GAP);
+        text = read();
+    }
     let (reason, pc) = running_state(&text);
     let stack = pc.map(|pc| CallStack { id: String::new(), frames: vec![symbolize::frame_at(pc)] });
     (reason, stack)
 }
+
+/// How often, and how far apart, [`describe_running`] looks at a thread that reads as
+/// running (at most ~10 ms per laggard, only once a quiesce has failed).
+const RUNNING_LOOKS: u32 = 10;
+const RUNNING_LOOK_GAP: Duration = Duration::from_millis(1);
 
 /// A thread outside any wrapped call, from its /proc/…/syscall text ("running", or the
 /// system call number, its arguments, stack pointer and program counter): why it is not
