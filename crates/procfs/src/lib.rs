@@ -12,10 +12,12 @@
 //! - [`fd`]: open descriptors, what they are, their fdinfo (position, flags, epoll
 //!   interests).
 //! - [`task`]: threads, their system call, children and CPU time.
+//! - [`pagemap`]: per-page flags (present, swapped, soft-dirty).
 
 pub mod fd;
 pub mod maps;
 pub mod namespace;
+pub mod pagemap;
 pub mod stat;
 pub mod status;
 pub mod task;
