@@ -19,10 +19,12 @@ mod hints;
 mod image;
 mod preview;
 pub mod startup;
+mod target;
 mod trace;
 
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
 pub use preview::annotations;
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
-pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};
+pub use target::{Target, TargetError};
+pub use trace::{transfer, Pair, Report, Transfer, TransferError, Version};

@@ -1,47 +1,12 @@
 use crate::hints::{normalize, tag_note, Hints, Tagged};
 use crate::image::{translate, Image};
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
-use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory, HEADER};
+use crate::target::{startup_block_size, Target, TargetError};
+use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory};
 use mcr_protocol::Relocation;
 use mcr_typemodel::transform::{root_name, same_type, Plan, PointerSite};
 use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Qualifier, Type, TypeId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-/// The new version, as the tracer needs it.
-pub trait Target {
-    /// Allocate blocks of these sizes through the program's malloc; their addresses.
-    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String>;
-    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String>;
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
-    /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
-    /// object's bytes, the new object's address, its size). `relocations` (sorted) says
-    /// where every old object went, for the handlers' `mcr_translate()`.
-    fn run_handlers(
-        &mut self,
-        what: &str,
-        objects: &[(Vec<u8>, u64, u64)],
-        relocations: &[Relocation],
-    ) -> Result<(), String>;
-    /// Writes may be buffered: make them all land (also before `read` and handlers).
-    fn flush(&mut self) -> Result<(), String> {
-        Ok(())
-    }
-    /// Blocks `allocate` made for old startup objects that had no counterpart take over
-    /// their identity (startup flag, call stack and ordinal) in the new version.
-    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
-        let _ = blocks;
-        Ok(())
-    }
-}
-
-/// The size of the new version's block at `addr` when it is live and was allocated
-/// during the new version's startup (its header says so).
-fn new_startup_block(target: &dyn Target, addr: u64) -> Option<u64> {
-    let mut h = [0u8; HEADER];
-    target.read(addr.checked_sub(HEADER as u64)?, &mut h).ok()?;
-    let (block, info) = mcr_heap::live_header(addr - HEADER as u64, &h)?;
-    (block == addr && info.startup).then_some(info.size)
-}
 
 /// At most this many reasons for reallocated startup objects go into a report.
 const MAX_STARTUP_NOTES: usize = 16;
@@ -99,7 +64,17 @@ pub enum TransferError {
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error("the new version: {0}")]
-    Target(String),
+    Target(#[from] TargetError),
+    #[error("the new version: asked for {asked} blocks, got {got}")]
+    Allocated { asked: usize, got: usize },
+    /// The new version's object handler failed on `object` (a global's name, or the type
+    /// of the heap objects it was given).
+    #[error("{object}: {source}")]
+    Handler {
+        object: String,
+        #[source]
+        source: TargetError,
+    },
 }
 
 fn conflict(path: impl Into<String>, reason: impl Into<String>) -> TransferError {
@@ -688,7 +663,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         .zip(&sizes)
         .map(|(a, &needed)| Candidate { addr: *a, startup: walk.found[a].obj.startup, needed })
         .collect();
-    let (places, unmatched) = startup::place(&cands, pair.startup, &mut |b| new_startup_block(&*target, b));
+    let (places, unmatched) = startup::place(&cands, pair.startup, &mut |b| startup_block_size(&*target, b));
     for (a, why) in &unmatched {
         report.startup_reallocated += 1;
         if report.startup_notes.len() < MAX_STARTUP_NOTES {
@@ -697,9 +672,9 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     }
     let fresh: Vec<u64> =
         places.iter().zip(&sizes).filter(|(p, _)| matches!(p, Placement::Fresh { .. })).map(|(_, &s)| s).collect();
-    let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh).map_err(TransferError::Target)? };
+    let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh)? };
     if got.len() != fresh.len() {
-        return Err(TransferError::Target(format!("asked for {} blocks, got {}", fresh.len(), got.len())));
+        return Err(TransferError::Allocated { asked: fresh.len(), got: got.len() });
     }
     let mut got = got.into_iter();
     let addrs: Vec<u64> = places
@@ -847,7 +822,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 let clean = pair.dirty.is_some_and(|d| !d(f.obj.addr, f.obj.size));
                 let keep = clean && !handler_only && {
                     let mut cur = vec![0u8; out.len()];
-                    target.read(at, &mut cur).map_err(TransferError::Target)?;
+                    target.read(at, &mut cur)?;
                     startup::keeps_new_contents(&heap_sites, &cur)
                 };
                 if keep {
@@ -871,7 +846,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                 }
             }
         }
-        target.write(addrs[i], &out).map_err(TransferError::Target)?;
+        target.write(addrs[i], &out)?;
         report.bytes += out.len() as u64;
     }
     // Fresh blocks standing for old startup objects take over their identity: the next
@@ -885,13 +860,15 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         })
         .collect();
     if !adopted.is_empty() {
-        target.flush().map_err(TransferError::Target)?;
-        target.adopt_startup(&adopted).map_err(TransferError::Target)?;
+        target.flush()?;
+        target.adopt_startup(&adopted)?;
     }
     report.objects = order.len();
-    target.flush().map_err(TransferError::Target)?;
+    target.flush()?;
     for (what, objs) in &for_handlers {
-        target.run_handlers(what, objs, &relocations).map_err(|e| conflict(what.as_str(), e))?;
+        target
+            .run_handlers(what, objs, &relocations)
+            .map_err(|source| TransferError::Handler { object: what.clone(), source })?;
         report.handled += objs.len();
     }
 
@@ -909,7 +886,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
                         &[(r.bytes.clone(), r.new_addr, len)],
                         &relocations,
                     )
-                    .map_err(|e| conflict(&r.name, e))?;
+                    .map_err(|source| TransferError::Handler { object: r.name.clone(), source })?;
                 report.handled += 1;
                 report.globals += 1;
                 continue;
@@ -917,7 +894,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             Err(e) => return Err(conflict(&r.name, e.to_string())),
         };
         let mut cur = vec![0u8; plan.new_len(r.bytes.len() as u64) as usize];
-        target.read(r.new_addr, &mut cur).map_err(TransferError::Target)?;
+        target.read(r.new_addr, &mut cur)?;
         let before = cur.clone();
         plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
             let got = match s.old_pointee {
@@ -945,17 +922,17 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
             }
         }
         if cur != before {
-            target.write(r.new_addr, &cur).map_err(TransferError::Target)?;
+            target.write(r.new_addr, &cur)?;
         }
         if let Some(what) = &handler {
             target
                 .run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)], &relocations)
-                .map_err(|e| conflict(&r.name, e))?;
+                .map_err(|source| TransferError::Handler { object: r.name.clone(), source })?;
             report.handled += 1;
         }
         report.globals += 1;
     }
-    target.flush().map_err(TransferError::Target)?;
+    target.flush()?;
     Ok(Transfer { moved, report })
 }
 
