@@ -17,14 +17,18 @@
 
 mod hints;
 mod image;
+mod plan;
 mod preview;
+mod roots;
 pub mod startup;
 mod target;
-mod trace;
+mod transfer;
+mod walk;
+mod write;
 
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
 pub use preview::annotations;
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use target::{Target, TargetError};
-pub use trace::{transfer, Pair, Report, Transfer, TransferError, Version};
+pub use transfer::{transfer, Pair, Report, Transfer, TransferError, Version};
