@@ -22,6 +22,8 @@ mod preview;
 mod roots;
 pub mod startup;
 mod target;
+#[cfg(test)]
+mod testing;
 mod transfer;
 mod walk;
 mod write;

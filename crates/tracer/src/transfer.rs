@@ -161,3 +161,199 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     Ok(Transfer { moved, report })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::TransferError;
+    use crate::startup::StartupKey;
+    use crate::testing::{list_program, new_list, node, old_list, words, World, HEAD, NEW_BIAS, NEW_HEAD, NEW_HEAP};
+    use mcr_protocol::Relocation;
+
+    fn grown_list() -> World {
+        World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
+    }
+
+    #[test]
+    fn a_list_whose_node_gains_a_field_and_widens_an_int_is_rebuilt_node_by_node() {
+        let mut w = grown_list();
+        let unreached = w.old_proc.block(&node(9, 0), false);
+        let old = old_list(&mut w, &[1, 2, -3]);
+        let t = w.transfer().expect("transfer");
+        let new = new_list(&w);
+        assert_eq!(new.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 2, -3], "values carried, sign kept");
+        assert!(new.iter().all(|n| n.1 >= NEW_HEAP), "every node in a fresh block: {new:x?}");
+        assert!(new.iter().all(|n| w.new_proc.mem.i32(n.1 + 8) == 0), "the added field zeroed");
+        assert_eq!(w.new_proc.allocations, [vec![24, 24, 24]], "one allocation per node, at the new size");
+        let r = &t.report;
+        assert_eq!((r.objects, r.bytes, r.globals, r.live_objects), (3, 72, 1, 4), "{r:?}");
+        let heap = w.old_proc.heap();
+        for (o, n) in old.iter().zip(&new) {
+            assert_eq!(t.relocate(&heap, *o), Some(n.1), "where the old node went");
+        }
+        assert_eq!(t.relocate(&heap, unreached), None, "an unreached block does not move");
+    }
+
+    #[test]
+    fn a_global_not_written_since_startup_keeps_what_the_new_startup_made() {
+        let make = |grown| {
+            list_program(grown, |b, ids| {
+                b.global("count", 0x40_1010, ids.int);
+            })
+        };
+        let run = |written: Vec<(u64, u64)>| {
+            let mut w = World::new(make(false), make(true));
+            old_list(&mut w, &[5]);
+            w.set_global("count", &42i32.to_ne_bytes());
+            w.set_new_global("count", &7i32.to_ne_bytes());
+            w.written = Some(written);
+            let t = w.transfer().expect("transfer");
+            (w.new_proc.mem.i32(w.new_global("count")), new_list(&w).len(), t.report)
+        };
+        let (count, nodes, r) = run(vec![(HEAD, HEAD + 8)]);
+        assert_eq!((count, nodes), (7, 1), "count clean: the new startup's value stays; head written: moved");
+        assert_eq!((r.globals, r.globals_clean), (1, 1), "{r:?}");
+        let (count, _, r) = run(vec![(HEAD, HEAD + 8), (0x40_1010, 0x40_1014)]);
+        assert_eq!(count, 42, "written since startup: the old value wins");
+        assert_eq!((r.globals, r.globals_clean), (2, 0), "{r:?}");
+        let (_, nodes, r) = run(vec![]);
+        assert_eq!((nodes, r.objects, r.globals_clean), (0, 0, 2), "nothing written: nothing reached, nothing moved");
+    }
+
+    #[test]
+    fn a_global_the_new_version_dropped_is_reported() {
+        let old = list_program(false, |b, ids| {
+            b.global("gone", 0x40_1020, ids.long);
+        });
+        let mut w = World::new(old, list_program(true, |_, _| {}));
+        old_list(&mut w, &[1]);
+        w.set_global("gone", &5u64.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        assert_eq!(t.report.globals_dropped, ["gone"]);
+        assert_eq!(t.report.globals, 1);
+    }
+
+    #[test]
+    fn a_void_pointer_target_is_copied_as_bytes() {
+        let make = |grown| {
+            list_program(grown, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            })
+        };
+        let mut w = World::new(make(false), make(true));
+        old_list(&mut w, &[1]);
+        let data: Vec<u8> = (0..40).collect();
+        let blob = w.old_proc.block(&data, false);
+        w.set_global("blob", &blob.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        let at = w.new_proc.mem.u64(w.new_global("blob"));
+        assert!(at >= NEW_HEAP && at != blob, "the void * follows its block: {at:#x}");
+        assert_eq!(w.new_proc.mem.bytes(at, 40), Some(data), "the bytes as they were");
+        assert_eq!(t.report.objects, 2);
+    }
+
+    #[test]
+    fn a_union_holding_a_heap_address_stops_the_transfer_until_a_hint_types_it() {
+        let make = |grown, hint: Option<&str>| {
+            list_program(grown, |b, ids| {
+                let u = b.union("val", 8, &[("n", ids.long), ("p", ids.node_ptr)]);
+                let slot = b.strukt("slot", 16, &[("kind", ids.int, 0), ("v", u, 8)]);
+                b.global("last", 0x40_1040, slot);
+                if let Some(h) = hint {
+                    b.hint(h);
+                }
+            })
+        };
+        let setup = |hint| {
+            let mut w = World::new(make(false, None), make(true, hint));
+            let nodes = old_list(&mut w, &[1, 2]);
+            w.set_global("last", &words(&[1, nodes[1]]));
+            (w, nodes)
+        };
+        let (mut w, nodes) = setup(None);
+        match w.transfer() {
+            Err(TransferError::Conflict { path, reason }) => {
+                assert_eq!(path, "last.v+0");
+                assert!(reason.contains("a union holds") && reason.contains(&format!("{:#x}", nodes[1])), "{reason}");
+                assert!(reason.contains("MCR_POINTS_TO"), "names the annotation that resolves it: {reason}");
+            }
+            other => panic!("expected a conflict, got {:?}", other.map(|t| t.report)),
+        }
+        assert!(w.new_proc.writes.is_empty(), "nothing written into the new process");
+
+        let (mut w, _) = setup(Some("points_to last.v=struct node"));
+        w.transfer().expect("hinted: the union word is a typed pointer");
+        let new = new_list(&w);
+        let last = w.new_global("last");
+        assert_eq!(w.new_proc.mem.u64(last + 8), new[1].1, "the union word follows the second node");
+        assert_eq!(w.new_proc.mem.i32(last), 1);
+    }
+
+    #[test]
+    fn startup_objects_are_matched_kept_or_reallocated() {
+        let mut w = grown_list();
+        // head -> n1 (startup, written) -> n3 (startup, no counterpart) -> n2 (startup, clean).
+        let n2 = w.old_proc.block(&node(2, 0), true);
+        let n3 = w.old_proc.block(&node(3, n2), true);
+        let n1 = w.old_proc.block(&node(1, n3), true);
+        w.set_global("head", &n1.to_ne_bytes());
+        let grown = |val: i64| -> Vec<u8> {
+            let mut b = words(&[val as u64, 0, 0]);
+            b[8..12].copy_from_slice(&77i32.to_ne_bytes());
+            b
+        };
+        let m1 = w.new_proc.startup_block(&grown(10));
+        let m2 = w.new_proc.startup_block(&grown(20));
+        w.startup_tables(&[(n1, 1), (n2, 2), (n3, 3)], &[(m1, 1), (m2, 2)]);
+        w.written = Some(vec![(HEAD, HEAD + 8), (n1, n1 + 16), (n3, n3 + 16)]);
+        let t = w.transfer().expect("transfer");
+        let r = &t.report;
+        assert_eq!((r.objects, r.startup_matched, r.startup_kept, r.startup_reallocated), (3, 2, 1, 1), "{r:?}");
+        assert!(r.startup_notes[0].contains("has no counterpart in the new version's startup"), "{r:?}");
+        let new = new_list(&w);
+        assert_eq!(new.len(), 3, "{new:x?}");
+        assert_eq!(new[0], (1, m1), "matched and written since startup: the old contents, in the new startup's block");
+        assert!(new[1].1 != m1 && new[1].1 != m2 && new[1].0 == 3, "no counterpart: a fresh block");
+        assert_eq!(new[2], (20, m2), "matched, never written: the new startup's contents stay");
+        assert!(!w.new_proc.wrote(m2, 24), "the kept block is not written");
+        assert_eq!(w.new_proc.allocations, [vec![24]], "one fresh block");
+        assert_eq!(w.new_proc.adopted, [(new[1].1, StartupKey { stack: 3, thread: 1, ordinal: 0 })]);
+    }
+
+    #[test]
+    fn object_handlers_get_the_old_bytes_and_where_everything_went() {
+        let new = list_program(true, |b, _| b.hint("handler struct node"));
+        let mut w = World::new(list_program(false, |_, _| {}), new);
+        let old = old_list(&mut w, &[1, 2]);
+        let t = w.transfer().expect("transfer");
+        let new = new_list(&w);
+        assert_eq!(t.report.handled, 2);
+        let calls = &w.new_proc.handler_calls;
+        assert_eq!(calls.len(), 1, "one call for every object of the type: {calls:?}");
+        assert_eq!(calls[0].what, "struct node");
+        let mut objects = calls[0].objects.clone();
+        objects.sort_by_key(|o| o.1);
+        let mut want = vec![(node(1, old[1]), new[0].1, 24), (node(2, 0), new[1].1, 24)];
+        want.sort_by_key(|o| o.1);
+        assert_eq!(objects, want, "each object's old bytes, its new address and size");
+        let relocs = &calls[0].relocations;
+        for (o, n) in old.iter().zip(&new) {
+            assert!(
+                relocs.contains(&Relocation { old: *o, len: 16, new: n.1, old_stride: 16, new_stride: 24 }),
+                "{relocs:?}"
+            );
+        }
+        assert!(relocs.iter().any(|r| r.old == HEAD && r.new == NEW_HEAD + NEW_BIAS), "and the globals: {relocs:?}");
+        assert!(relocs.windows(2).all(|p| p[0].old < p[1].old), "sorted");
+    }
+
+    #[test]
+    fn a_failing_object_handler_names_what_it_was_given() {
+        let new = list_program(true, |b, _| b.hint("handler struct node"));
+        let mut w = World::new(list_program(false, |_, _| {}), new);
+        old_list(&mut w, &[1]);
+        w.new_proc.handler_failure = Some("handler returned -1".into());
+        let e = w.transfer().err().expect("the handler failed");
+        assert!(matches!(&e, TransferError::Handler { object, .. } if object == "struct node"), "{e:?}");
+        assert_eq!(e.to_string(), "struct node: handler returned -1");
+    }
+}
