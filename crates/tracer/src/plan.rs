@@ -191,3 +191,128 @@ pub(crate) fn counterpart(
     cache.insert(ty, found);
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::describe_unmatched;
+    use crate::startup::{Placement, StartupKey, Unmatched};
+    use crate::testing::{list_program, node, words, Build, World, HEAD};
+    use crate::transfer::TransferError;
+    use mcr_typemodel::{Program, TypeId};
+
+    fn grown_list() -> World {
+        World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
+    }
+
+    #[test]
+    fn blocks_of_a_changed_type_get_their_new_size_arrays_and_tails_included() {
+        let mut w = World::new(
+            list_program(false, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            }),
+            list_program(true, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            }),
+        );
+        // Two nodes and 4 bytes more, behind one typed pointer.
+        let mut two = [node(1, 0), node(2, 0)].concat();
+        two.extend_from_slice(&[1, 2, 3, 4]);
+        let array = w.old_proc.block(&two, false);
+        w.set_global("head", &array.to_ne_bytes());
+        let blob = w.old_proc.block(&[7; 10], false);
+        w.set_global("blob", &blob.to_ne_bytes());
+        let (reached, plan) = w.plan().expect("plan");
+        let by_old = |a: u64| *plan.blocks.iter().find(|b| b.old == a).expect("planned");
+        let a = by_old(array);
+        assert_eq!((a.size, a.old_stride, a.new_stride), (2 * 24 + 4, 16, 24));
+        assert_eq!(by_old(blob).size, 10, "copied as bytes: same size");
+        assert_eq!((by_old(blob).old_stride, by_old(blob).new_stride), (0, 0));
+        assert!(plan.blocks.iter().all(|b| b.placement == Placement::Fresh { identity: None }));
+        let t = plan.of(reached.blocks[&array].reach.ty()).expect("a plan for struct node");
+        assert_eq!(w.new.type_name(t.new_ty), "struct node");
+        assert!(t.transform.as_ref().is_some_and(|p| (p.old_size, p.new_size) == (16, 24)) && t.handler.is_none());
+        assert!(plan.of(reached.blocks[&blob].reach.ty()).is_none());
+    }
+
+    #[test]
+    fn startup_blocks_go_to_their_counterpart_when_it_is_big_enough() {
+        let mut w = grown_list();
+        let n3 = w.old_proc.block(&node(3, 0), false);
+        let n2 = w.old_proc.block(&node(2, n3), true);
+        let n1 = w.old_proc.block(&node(1, n2), true);
+        w.set_global("head", &n1.to_ne_bytes());
+        let m1 = w.new_proc.startup_block(&[0; 24]);
+        let m2 = w.new_proc.startup_block(&[0; 8]);
+        w.startup_tables(&[(n1, 1), (n2, 2)], &[(m1, 1), (m2, 2)]);
+        let (reached, plan) = w.plan().expect("plan");
+        let key = |stack| StartupKey { stack, thread: 1, ordinal: 0 };
+        let place = |a: u64| plan.blocks.iter().find(|b| b.old == a).expect("planned").placement;
+        assert_eq!(place(n1), Placement::Matched { new: m1, key: key(1) });
+        assert_eq!(place(n2), Placement::Fresh { identity: Some(key(2)) }, "its counterpart is too small");
+        assert_eq!(place(n3), Placement::Fresh { identity: None }, "not a startup block");
+        assert_eq!(plan.unmatched, [(n2, Unmatched::TooSmall { key: key(2), have: 8, need: 24 })]);
+        assert_eq!(
+            describe_unmatched(&reached, w.startup.as_ref(), n2, &plan.unmatched[0].1),
+            format!(
+                "head -> node.next: startup block {n2:#x} (call stack 0000000000000002 #0 of thread 1, alloc_2) \
+                 reallocated: the new version's counterpart has 8 bytes, the transferred object needs 24"
+            )
+        );
+    }
+
+    /// The list program whose node is `{ <val> val; struct node *next; }`, its name `tag`.
+    fn node_program(tag: &str, val: impl FnOnce(&mut Build) -> TypeId, hints: &[&str]) -> Program {
+        let mut b = Build::default();
+        let v = val(&mut b);
+        let node = b.reserve();
+        let p = b.ptr(node);
+        b.set(node, Build::composite_struct(tag, 16, &[("val", v, 0), ("next", p, 8)]));
+        b.global("head", HEAD, p);
+        for h in hints {
+            b.hint(h);
+        }
+        b.done()
+    }
+
+    fn money(b: &mut Build) -> TypeId {
+        let long = b.long();
+        b.strukt("money", 8, &[("cents", long, 0)])
+    }
+
+    fn conflict(w: &mut World) -> (String, String) {
+        match w.plan() {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            other => panic!("expected a conflict, got {:?}", other.map(|p| p.1)),
+        }
+    }
+
+    #[test]
+    fn a_type_the_new_version_lacks_or_cannot_be_transformed_to_is_a_conflict() {
+        let old = || node_program("node", |b| b.int(), &[]);
+        let mut w = World::new(old(), node_program("item", |b| b.int(), &[]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        assert_eq!(conflict(&mut w), ("head".into(), "type struct node has no counterpart in the new version".into()));
+
+        let mut w = World::new(old(), node_program("node", money, &[]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (path, reason) = conflict(&mut w);
+        assert_eq!(path, "head");
+        assert!(reason.starts_with("cannot transform struct node: node.val: int becomes struct money"), "{reason}");
+    }
+
+    #[test]
+    fn a_type_only_its_handler_can_transform_is_left_to_the_handler() {
+        let old = node_program("node", |b| b.int(), &[]);
+        let mut w = World::new(old, node_program("node", money, &["handler struct node"]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (reached, plan) = w.plan().expect("the handler builds it");
+        let t = plan.of(reached.blocks[&n].reach.ty()).expect("planned");
+        assert!(t.transform.is_none());
+        assert_eq!((t.old_stride, t.new_stride, t.handler.as_deref()), (16, 16, Some("struct node")));
+    }
+}

@@ -87,3 +87,54 @@ pub(crate) fn read_vec(mem: &dyn ReadMemory, addr: u64, len: u64) -> Result<Vec<
     mem.read(addr, &mut b)?;
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{list_program, World, HEAD, NEW_BIAS, NEW_HEAD};
+    use mcr_typemodel::{Location, Qualifier, Type};
+
+    /// `head`, `count`, a constant, a thread-local, and `gone` (old only).
+    fn world() -> World {
+        let make = |grown| {
+            list_program(grown, |b, ids| {
+                b.global("count", 0x40_1010, ids.int);
+                let c = b.add(Type::Qualified { qualifier: Qualifier::Const, target: ids.int });
+                b.global("limit", 0x40_1020, c);
+                b.global("tls", 0, ids.int).location = Location::Tls { offset: 0 };
+                if !grown {
+                    b.global("gone", 0x40_1030, ids.long);
+                }
+            })
+        };
+        let mut w = World::new(make(false), make(true));
+        w.set_global("head", &0x1234u64.to_ne_bytes());
+        w.set_global("count", &42i32.to_ne_bytes());
+        w.set_global("limit", &1i32.to_ne_bytes());
+        w.set_global("gone", &5u64.to_ne_bytes());
+        w
+    }
+
+    #[test]
+    fn globals_written_since_startup_are_roots_the_others_are_clean_or_dropped() {
+        let mut w = world();
+        w.written = Some(vec![(HEAD, HEAD + 8), (0x40_1020, 0x40_1040)]);
+        let (roots, _) = w.walk().expect("walk");
+        let names: Vec<&str> = roots.globals.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["head"], "count was not written; the constant and the thread-local are never roots");
+        let head = &roots.globals[0];
+        assert_eq!((head.old_addr, head.new_addr), (HEAD, NEW_HEAD + NEW_BIAS), "run-time addresses, load bias added");
+        assert_eq!(head.bytes, 0x1234u64.to_ne_bytes());
+        assert_eq!(roots.clean, 1, "count");
+        assert_eq!(roots.dropped, ["gone"], "dropped whether written or not");
+    }
+
+    #[test]
+    fn without_dirty_tracking_every_global_counts_as_written() {
+        let mut w = world();
+        let (roots, _) = w.walk().expect("walk");
+        let names: Vec<&str> = roots.globals.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["head", "count"]);
+        assert_eq!(roots.globals[1].bytes, 42i32.to_ne_bytes());
+        assert_eq!((roots.clean, roots.dropped.len()), (0, 1));
+    }
+}

@@ -333,3 +333,179 @@ impl Walker<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Reach, Reached};
+    use crate::testing::{list_program, node, old_list, words, Build, Ids, World};
+    use crate::transfer::TransferError;
+
+    /// The list program, with `more` added to both versions (they do not change here).
+    fn world(more: impl Fn(&mut Build, Ids)) -> World {
+        World::new(list_program(false, &more), list_program(true, &more))
+    }
+
+    fn typed_as(w: &World, reached: &Reached, addr: u64) -> String {
+        match reached.blocks[&addr].reach {
+            Reach::Typed(t) => w.old.type_name(t),
+            Reach::Opaque => "opaque".into(),
+        }
+    }
+
+    fn conflict(r: Result<impl std::fmt::Debug, TransferError>) -> (String, String) {
+        match r {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typed_pointers_reach_every_node_with_its_type_its_path_and_its_bytes() {
+        let mut w = world(|_, _| {});
+        w.old_proc.block(&node(9, 0), false);
+        let nodes = old_list(&mut w, &[1, 2, 3]);
+        let (_, reached) = w.walk().expect("walk");
+        let mut sorted = nodes.clone();
+        sorted.sort();
+        assert_eq!(reached.blocks.keys().copied().collect::<Vec<_>>(), sorted, "the unreached block is not there");
+        for &n in &nodes {
+            assert_eq!(typed_as(&w, &reached, n), "struct node");
+        }
+        assert_eq!(reached.path_of(nodes[2]), "head -> node.next -> node.next");
+        assert_eq!(reached.blocks[&nodes[2]].parent, Some(nodes[1]));
+        assert_eq!(reached.blocks[&nodes[1]].bytes, node(2, nodes[2]));
+    }
+
+    fn blob(b: &mut Build, _: Ids) {
+        let v = b.void_ptr();
+        b.global("blob", 0x40_1030, v);
+    }
+
+    #[test]
+    fn a_void_pointer_target_is_opaque_and_must_hold_no_heap_address() {
+        let mut w = world(blob);
+        let data = w.old_proc.block(b"some bytes, no pointer", false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        assert_eq!(typed_as(&w, &reached, data), "opaque");
+        assert_eq!(reached.path_of(data), "blob (void *)");
+
+        let mut w = world(blob);
+        let n = w.old_proc.block(&node(1, 0), false);
+        let data = w.old_proc.block(&words(&[7, n]), false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "blob (void *)+8", "the word that holds the address");
+        assert!(reason.starts_with(&format!("a void * target holds {n:#x}")), "{reason}");
+    }
+
+    #[test]
+    fn a_typed_pointer_gives_a_block_an_untyped_word_reached_its_type() {
+        let mut w = world(blob);
+        let nodes = old_list(&mut w, &[1, 2]);
+        w.set_global("blob", &nodes[1].to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        assert_eq!(typed_as(&w, &reached, nodes[1]), "struct node");
+        assert_eq!(reached.path_of(nodes[1]), "blob (void *)", "reported by the first way in");
+    }
+
+    /// `struct slot { int kind; union val { long n; struct node *p; } v; } *cur`, and hints.
+    fn slots(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, ids: Ids| {
+            let u = b.union("val", 8, &[("n", ids.long), ("p", ids.node_ptr)]);
+            let slot = b.strukt("slot", 16, &[("kind", ids.int, 0), ("v", u, 8)]);
+            let p = b.ptr(slot);
+            b.global("cur", 0x40_1040, p);
+            for h in hints {
+                b.hint(h);
+            }
+        }
+    }
+
+    /// The slot's union holds the address of a node no typed pointer reaches.
+    fn slot_holding_a_node(w: &mut World) -> (u64, u64) {
+        let n = w.old_proc.block(&node(1, 0), false);
+        let s = w.old_proc.block(&words(&[1, n]), false);
+        w.set_global("cur", &s.to_ne_bytes());
+        (s, n)
+    }
+
+    #[test]
+    fn a_union_holding_a_heap_address_is_a_conflict_naming_its_path() {
+        let mut w = world(slots(&[]));
+        let (_, n) = slot_holding_a_node(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "cur -> slot.v+0");
+        assert!(reason.starts_with(&format!("a union holds {n:#x}, the address of a live heap block")), "{reason}");
+    }
+
+    #[test]
+    fn mcr_points_to_makes_the_union_a_typed_pointer_and_mcr_opaque_makes_it_data() {
+        let mut w = world(slots(&["points_to slot.v=struct node"]));
+        let (_, n) = slot_holding_a_node(&mut w);
+        let (_, reached) = w.walk().expect("hinted");
+        assert_eq!(typed_as(&w, &reached, n), "struct node");
+        assert_eq!(reached.path_of(n), "cur -> slot.v (MCR_POINTS_TO struct node)");
+
+        let mut w = world(slots(&["opaque slot.v"]));
+        let (s, n) = slot_holding_a_node(&mut w);
+        let (_, reached) = w.walk().expect("hinted");
+        assert!(reached.blocks.contains_key(&s) && !reached.blocks.contains_key(&n), "data: not followed");
+    }
+
+    #[test]
+    fn a_block_reached_as_two_types_is_a_conflict_naming_both_paths() {
+        let mut w = world(|b, ids| {
+            let other = b.strukt("other", 16, &[("a", ids.long, 0), ("b", ids.long, 8)]);
+            let p = b.ptr(other);
+            b.global("o", 0x40_1050, p);
+        });
+        let nodes = old_list(&mut w, &[1, 2]);
+        w.set_global("o", &nodes[1].to_ne_bytes());
+        // Roots first: `o` reaches the second node before the walk follows the first.
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "head -> node.next");
+        assert_eq!(
+            reason,
+            format!(
+                "the block at {:#x} is reached as struct node here and as struct other from o; mcr cannot tell which \
+                 it is",
+                nodes[1]
+            )
+        );
+    }
+
+    fn tagged_word(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, ids: Ids| {
+            b.global("word", 0x40_1060, ids.long);
+            for h in hints {
+                b.hint(h);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tagged_word_reaches_its_block_and_an_untagged_one_is_a_conflict_that_suggests_the_hint() {
+        let tagged = |w: &mut World| {
+            let n = w.old_proc.block(&node(1, 0), false);
+            w.set_global("word", &(n | 3).to_ne_bytes());
+            n
+        };
+        let mut w = world(tagged_word(&["tagged word=2"]));
+        let n = tagged(&mut w);
+        let (_, reached) = w.walk().expect("tagged");
+        assert_eq!(typed_as(&w, &reached, n), "opaque", "a tag says where it points, not what");
+        assert_eq!(reached.path_of(n), "word (MCR_TAGGED(\"word\", 2))");
+
+        let mut w = world(tagged_word(&["tagged word=2", "points_to word=struct node"]));
+        let n = tagged(&mut w);
+        let (_, reached) = w.walk().expect("tagged and typed");
+        assert_eq!(typed_as(&w, &reached, n), "struct node");
+
+        let mut w = world(tagged_word(&[]));
+        tagged(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "word+0");
+        assert!(reason.starts_with("a pointer-sized integer holds") && reason.contains("MCR_TAGGED"), "{reason}");
+    }
+}

@@ -439,9 +439,11 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 #[cfg(test)]
 mod tests {
     use super::{relocation_table, Moved};
+    use crate::testing::{list_program, node, old_list, words, Build, Ids, World, NEW_BIAS};
+    use crate::transfer::TransferError;
     use mcr_protocol::relocation::translate;
     use mcr_protocol::Relocation;
-    use mcr_typemodel::{Composite, Encoding, Global, Location, Member, Program, Type};
+    use mcr_typemodel::{Composite, Encoding, Global, Location, Member, Program, SymbolKind, Type};
 
     /// A program with `int counter`, `static struct item items[4]` (in kvd.c) and a
     /// thread-local, `struct item` being `{ int a; }` or, with `grown`, `{ long z; int a; }`.
@@ -507,5 +509,135 @@ mod tests {
         assert_eq!(same.at(50), Some(0x9000 + 50));
         let bytes = Moved { new: 0x9000, old_stride: 0, new_stride: 0 };
         assert_eq!(bytes.at(7), Some(0x9007));
+    }
+
+    fn world(more: impl Fn(&mut Build, Ids)) -> World {
+        World::new(list_program(false, &more), list_program(true, &more))
+    }
+
+    fn conflict<T>(r: Result<T, TransferError>) -> (String, String) {
+        match r {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            Err(e) => panic!("expected a conflict, got {e:?}"),
+            Ok(_) => panic!("expected a conflict"),
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_node_carries_its_value_and_points_where_the_next_node_went() {
+        let mut w = world(|_, _| {});
+        let nodes = old_list(&mut w, &[-1, 2]);
+        w.with_writer(|writer, _, moved, _| {
+            let plan = |a: u64| writer.plan.blocks.iter().find(|b| b.old == a).expect("planned");
+            let first = writer.rebuild(&writer.reached.blocks[&nodes[0]], plan(nodes[0]))?;
+            let next = moved[&nodes[1]].new;
+            assert_eq!(first.bytes, words(&[-1i64 as u64, 0, next]), "val widened with its sign, extra zeroed");
+            assert_eq!(first.heap_sites, [(16, next)], "where the heap pointer landed, and its value");
+            let last = writer.rebuild(&writer.reached.blocks[&nodes[1]], plan(nodes[1]))?;
+            assert_eq!((last.bytes, last.heap_sites), (words(&[2, 0, 0]), vec![]), "null stays null");
+            Ok(())
+        })
+        .expect("rebuild");
+    }
+
+    /// `void (*cb)(void)` and `struct ops { void (*cb)(void); } *ops`; functions `on_get`
+    /// and `on_set`, in another order in the new binary, and `gone` only in the old one.
+    fn callbacks(grown: bool) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, _: Ids| {
+            let f = b.fn_ptr();
+            b.global("cb", 0x40_1070, f);
+            let ops = b.strukt("ops", 8, &[("cb", f, 0)]);
+            let p = b.ptr(ops);
+            b.global("ops", 0x40_1078, p);
+            let order: &[(&str, u64)] = if grown {
+                &[("on_set", 0x40_2000), ("on_get", 0x40_2080)]
+            } else {
+                &[("on_get", 0x40_2000), ("on_set", 0x40_2040), ("gone", 0x40_2100)]
+            };
+            for &(name, at) in order {
+                b.symbol(name, at, 0x40, SymbolKind::Function);
+            }
+        }
+    }
+
+    #[test]
+    fn function_pointers_go_to_the_same_function_in_the_new_binary() {
+        let mut w = World::new(list_program(false, callbacks(false)), list_program(true, callbacks(true)));
+        w.set_global("cb", &0x40_2000u64.to_ne_bytes());
+        let ops = w.old_proc.block(&0x40_2040u64.to_ne_bytes(), false);
+        w.set_global("ops", &ops.to_ne_bytes());
+        w.transfer().expect("transfer");
+        let mem = &w.new_proc.mem;
+        assert_eq!(mem.u64(w.new_global("cb")), NEW_BIAS + 0x40_2080, "on_get, in the global");
+        assert_eq!(mem.u64(mem.u64(w.new_global("ops"))), NEW_BIAS + 0x40_2000, "on_set, in the heap block");
+
+        let mut w = World::new(list_program(false, callbacks(false)), list_program(true, callbacks(true)));
+        w.set_global("cb", &0x40_2100u64.to_ne_bytes());
+        let (path, reason) = conflict(w.transfer());
+        assert_eq!(path, "cb");
+        assert!(reason.contains("function pointer 0x402100 has no counterpart"), "{reason}");
+    }
+
+    #[test]
+    fn tagged_pointers_keep_their_tags() {
+        let tags = |b: &mut Build, ids: Ids| {
+            b.global("word", 0x40_1060, ids.long);
+            for h in ["tagged node.next=1", "tagged head=1", "tagged word=2", "points_to word=struct node"] {
+                b.hint(h);
+            }
+        };
+        let mut w = world(tags);
+        let n2 = w.old_proc.block(&node(2, 0), false);
+        let n1 = w.old_proc.block(&node(1, n2 | 1), false);
+        w.set_global("head", &(n1 | 1).to_ne_bytes());
+        w.set_global("word", &(n2 | 3).to_ne_bytes());
+        w.transfer().expect("transfer");
+        let mem = &w.new_proc.mem;
+        let head = mem.u64(w.new_global("head"));
+        assert_eq!(head & 1, 1, "the global's tag");
+        let first = head & !1;
+        assert_eq!(mem.i64(first), 1);
+        let next = mem.u64(first + 16);
+        assert_eq!(next & 1, 1, "the heap block's tag");
+        assert_eq!(mem.i64(next & !1), 2);
+        assert_eq!(mem.u64(w.new_global("word")), (next & !1) | 3, "the hinted integer's two-bit tag");
+    }
+
+    #[test]
+    fn a_pointer_into_an_element_whose_layout_changed_is_a_conflict() {
+        let mut w = world(|b, ids| {
+            let p = b.ptr(ids.char);
+            b.global("cursor", 0x40_1090, p);
+        });
+        let nodes = old_list(&mut w, &[1]);
+        w.set_global("cursor", &(nodes[0] + 4).to_ne_bytes());
+        let (path, reason) = conflict(w.transfer());
+        assert_eq!(path, "cursor");
+        assert!(reason.contains("points into the middle of an element whose type changed"), "{reason}");
+    }
+
+    #[test]
+    fn a_string_literal_pointer_goes_to_the_new_versions_copy_of_the_same_string() {
+        let literal = |b: &mut Build, ids: Ids| {
+            let p = b.ptr(ids.char);
+            b.global("greeting", 0x40_1080, p);
+        };
+        let run = |new_text: &[u8]| {
+            let mut w = world(literal);
+            w.old_proc.mem.write(0x40_3000, b"hello\0");
+            w.set_global("greeting", &0x40_3000u64.to_ne_bytes());
+            let copy = NEW_BIAS + 0x40_3010;
+            w.new_proc.mem.write(copy, new_text);
+            w.set_new_global("greeting", &copy.to_ne_bytes());
+            let r = w.transfer().map(|_| ());
+            (r, w.new_proc.mem.u64(w.new_global("greeting")), copy)
+        };
+        let (r, got, copy) = run(b"hello\0");
+        r.expect("the same string");
+        assert_eq!(got, copy, "the new version's own copy");
+        let (r, ..) = run(b"hullo\0");
+        let (path, reason) = conflict(r);
+        assert_eq!(path, "greeting");
+        assert!(reason.contains("points into the old binary at 0x403000, where no symbol is"), "{reason}");
     }
 }
