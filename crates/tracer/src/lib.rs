@@ -14,6 +14,13 @@
 //! as bytes, but a heap address found in a union, a pointer-sized integer or an untyped
 //! block cannot be told from data, so it stops the update with the path that leads to it
 //! (the paper keeps such targets at their address; glibc's allocator cannot promise that).
+//!
+//! [`transfer()`] runs four phases, one module each, every one handing the next a plain
+//! struct: `roots` (the globals to carry over: `Roots`), `walk` (the heap blocks
+//! they reach, typed or opaque, with their paths and bytes: `Reached`), `plan`
+//! (per type a transformation, per block its new size and place: `TransferPlan`),
+//! `write` (allocate, rebuild, relocate, run object handlers, write the globals). The new
+//! process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
 
 mod hints;
 mod image;

@@ -1,4 +1,4 @@
-//! What [`crate::transfer`] will do with memory DWARF cannot type, worked out offline from
+//! What [`crate::transfer()`] will do with memory DWARF cannot type, worked out offline from
 //! the two builds alone (for `mcr check`): the walk the transfer makes from the globals
 //! through typed pointers, made over types instead of a process, reading the hints the
 //! transfer reads ([`Hints::of_builds`]) and matching them the way it does.
