@@ -6,7 +6,7 @@
 
 use crate::hints::{field_suffix, key, normalize, tag_note, Hints, Tagged};
 use crate::image::translate;
-use crate::plan::{BlockPlan, TransferPlan};
+use crate::plan::{BlockPlan, TransferPlan, TypePlan};
 use crate::roots::Root;
 use crate::startup::{self, Placement, StartupKey};
 use crate::target::Target;
@@ -279,10 +279,9 @@ impl Writer<'_, '_> {
             if !write {
                 continue;
             }
-            if let Some((what, tp)) =
-                tp.and_then(|tp| Some((tp.handler.as_ref()?, tp))).filter(|(_, tp)| tp.old_stride > 0)
-            {
-                let (os, ns) = (tp.old_stride, tp.new_stride);
+            // The handler registered for the type gets every object in the block.
+            let handler = tp.filter(|tp| tp.old_stride > 0).and_then(|tp| Some((tp.handler.as_ref()?, tp)));
+            if let Some((what, &TypePlan { old_stride: os, new_stride: ns, .. })) = handler {
                 let list = for_handlers.entry(what.clone()).or_default();
                 for k in 0..(block.bytes.len() as u64 / os) {
                     let (o, n) = ((k * os) as usize, new_addr + k * ns);
