@@ -136,6 +136,8 @@ pub struct NewProcess {
     pub adopted: Vec<(u64, StartupKey)>,
     /// Make `run_handlers` fail with this message.
     pub handler_failure: Option<String>,
+    /// Make `allocate` return one block fewer than asked for.
+    pub short_allocation: bool,
 }
 
 impl Default for NewProcess {
@@ -148,6 +150,7 @@ impl Default for NewProcess {
             handler_calls: Vec::new(),
             adopted: Vec::new(),
             handler_failure: None,
+            short_allocation: false,
         }
     }
 }
@@ -179,6 +182,7 @@ impl NewProcess {
 impl Target for NewProcess {
     fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, TargetError> {
         self.allocations.push(sizes.to_vec());
+        let sizes = &sizes[..sizes.len() - usize::from(self.short_allocation && !sizes.is_empty())];
         Ok(sizes.iter().map(|&s| self.malloc(s, false)).collect())
     }
 

@@ -165,6 +165,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
 mod tests {
     use super::TransferError;
     use crate::startup::StartupKey;
+    use crate::target::TargetError;
     use crate::testing::{list_program, new_list, node, old_list, words, World, HEAD, NEW_BIAS, NEW_HEAD, NEW_HEAP};
     use mcr_protocol::Relocation;
 
@@ -355,5 +356,22 @@ mod tests {
         let e = w.transfer().err().expect("the handler failed");
         assert!(matches!(&e, TransferError::Handler { object, .. } if object == "struct node"), "{e:?}");
         assert_eq!(e.to_string(), "struct node: handler returned -1");
+    }
+
+    #[test]
+    fn the_new_processs_failures_say_what_failed() {
+        let mut w = grown_list();
+        old_list(&mut w, &[1, 2]);
+        w.new_proc.short_allocation = true;
+        let e = w.transfer().err().expect("short allocation");
+        assert!(matches!(e, TransferError::Allocated { asked: 2, got: 1 }), "{e:?}");
+
+        let mut w = grown_list();
+        old_list(&mut w, &[1]);
+        let head = w.new_global("head");
+        w.new_proc = Default::default();
+        let e = w.transfer().err().expect("the new global is not mapped");
+        assert!(matches!(&e, TransferError::Target(TargetError::Read { addr, len: 8, .. }) if *addr == head), "{e:?}");
+        assert_eq!(e.to_string(), format!("the new version: reading 8 bytes at {head:#x}: not mapped"));
     }
 }
