@@ -439,7 +439,7 @@ fn restart(
         .into());
     }
     let replay_log = replay_path(dir, name);
-    std::fs::write(&replay_log, serde_json::to_vec(&logs)?)?;
+    mcr_protocol::instance::write_private(&replay_log, &serde_json::to_vec(&logs)?)?;
     let inherited = inherit_descriptors(info, &logs)?;
     let mut files = next_files;
     files.log = dir.files(name)?.log;
