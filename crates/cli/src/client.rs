@@ -15,6 +15,7 @@ pub struct Connection {
 impl Connection {
     pub fn open(dir: &InstanceDir, name: &str) -> Result<Self> {
         let files = dir.files(name)?;
+        files.check_access(&dir.path)?;
         if !files.is_live() {
             if files.clean_stale() {
                 bail!(
@@ -104,6 +105,10 @@ pub fn list(dir: &InstanceDir, json: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for name in dir.names() {
         let files: InstanceFiles = dir.files(&name)?;
+        if let Err(e) = files.check_access(&dir.path) {
+            eprintln!("mcr: {e}");
+            continue;
+        }
         if !files.is_live() {
             if files.clean_stale() {
                 eprintln!("mcr: removed the stale files of dead instance '{name}'");

@@ -139,21 +139,6 @@ fn host_pids(st: &InstanceStatus) -> BTreeMap<i32, i32> {
     if !st.pid_namespace {
         return st.processes.iter().map(|p| (p.pid, p.pid)).collect();
     }
-    let Ok(ns) = std::fs::read_link(format!("/proc/{}/ns/pid", st.supervisor_pid)) else { return BTreeMap::new() };
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(hpid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if hpid == st.supervisor_pid || std::fs::read_link(format!("/proc/{hpid}/ns/pid")).ok().as_ref() != Some(&ns) {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{hpid}/status")).unwrap_or_default();
-        if let Some(nspid) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok())
-        {
-            out.insert(nspid, hpid);
-        }
-    }
-    out
+    let members = mcr_procfs::namespace::members(st.supervisor_pid).unwrap_or_default();
+    members.into_iter().map(|m| (m.ns_pid, m.host_pid)).collect()
 }

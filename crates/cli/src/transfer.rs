@@ -11,7 +11,7 @@ use mcr_protocol::{
     EpollRegistration, HandlerObject, ImportedFd, OpenConnections, Relocation, RelocationTable, Request, Response,
     RuntimeCommandKind, RuntimeReply, StartupAlloc,
 };
-use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, Version};
+use mcr_tracer::{Image, Pair, StartupKey, StartupRecord, StartupTable, StartupTables, Target, TargetError, Version};
 use mcr_typemodel::Program;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -100,14 +100,14 @@ fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
 }
 
 impl Target for NewProcess<'_> {
-    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String> {
-        match self.runtime(RuntimeCommandKind::Allocate { sizes: sizes.to_vec() })? {
+    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, TargetError> {
+        match self.runtime(RuntimeCommandKind::Allocate { sizes: sizes.to_vec() }).map_err(TargetError::Runtime)? {
             RuntimeReply::Allocated { addrs } => Ok(addrs),
-            other => Err(format!("unexpected answer {other:?}")),
+            other => Err(TargetError::Runtime(format!("unexpected answer {other:?}"))),
         }
     }
 
-    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), TargetError> {
         self.pending.push((addr, bytes.to_vec()));
         if self.pending.len() >= WRITE_BATCH {
             self.flush()?;
@@ -115,7 +115,7 @@ impl Target for NewProcess<'_> {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), TargetError> {
         let pending = std::mem::take(&mut self.pending);
         for chunk in pending.chunks(WRITE_BATCH) {
             let local: Vec<libc::iovec> = chunk
@@ -143,18 +143,23 @@ impl Target for NewProcess<'_> {
                 // Partial or refused (a read-only page): one block at a time through
                 // /proc/PID/mem, which says which one fails.
                 for (a, b) in chunk {
-                    self.mem.write_all_at(b, *a).map_err(|e| format!("writing {} bytes at {a:#x}: {e}", b.len()))?;
+                    self.mem.write_all_at(b, *a).map_err(|source| TargetError::Write {
+                        addr: *a,
+                        len: b.len(),
+                        source,
+                    })?;
                 }
             }
         }
         Ok(())
     }
 
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
-        self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        let len = buf.len();
+        self.mem.read_exact_at(buf, addr).map_err(|source| TargetError::Read { addr, len, source })
     }
 
-    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {
         let blocks = blocks
             .iter()
             .map(|(addr, k)| StartupAlloc {
@@ -165,7 +170,7 @@ impl Target for NewProcess<'_> {
                 site: String::new(),
             })
             .collect();
-        self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ())
+        self.runtime(RuntimeCommandKind::AdoptStartupBlocks { blocks }).map(|_| ()).map_err(TargetError::Runtime)
     }
 
     /// The old bytes go to scratch blocks in the new process, with the relocation table
@@ -176,7 +181,7 @@ impl Target for NewProcess<'_> {
         what: &str,
         objects: &[(Vec<u8>, u64, u64)],
         relocations: &[Relocation],
-    ) -> Result<(), String> {
+    ) -> Result<(), TargetError> {
         self.flush()?;
         let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
         if !relocations.is_empty() {
@@ -203,7 +208,7 @@ impl Target for NewProcess<'_> {
             relocations: table,
         });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
-        r.map(|_| ())
+        r.map(|_| ()).map_err(TargetError::Runtime)
     }
 }
 

@@ -439,7 +439,7 @@ fn restart(
         .into());
     }
     let replay_log = replay_path(dir, name);
-    std::fs::write(&replay_log, serde_json::to_vec(&logs)?)?;
+    mcr_protocol::instance::write_private(&replay_log, &serde_json::to_vec(&logs)?)?;
     let inherited = inherit_descriptors(info, &logs)?;
     let mut files = next_files;
     files.log = dir.files(name)?.log;
@@ -562,7 +562,7 @@ fn transfer_state(
     connections: &[OpenConnections],
 ) -> Result<crate::transfer::Summary, Failure> {
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
-    let old = host_pids(info)?;
+    let old = tree_taken_over(info)?;
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
     let respawned = crate::transfer::respawn_volatile(&old, &host_pids_in(new_supervisor)?, &mut next, connections)
         .map_err(|e| Failure::from(format!("state transfer: {e}")))?;
@@ -596,7 +596,7 @@ fn adopt_connections(
     connections: &[OpenConnections],
 ) -> Result<usize, Failure> {
     let new_supervisor = new_supervisor.ok_or("the new version's supervisor is unknown")?;
-    let (old, new) = (host_pids(info)?, host_pids_in(new_supervisor)?);
+    let (old, new) = (tree_taken_over(info)?, host_pids_in(new_supervisor)?);
     let mut next = Connection::open(dir, &format!("{name}.next"))?;
     let mut n = 0;
     for c in connections.iter().filter(|c| adoptable(c)) {
@@ -637,6 +637,15 @@ fn live_processes(info: &UpdateInfo) -> BTreeSet<i32> {
         Ok(m) => m.into_keys().collect(),
         Err(_) => info.processes.iter().copied().collect(),
     }
+}
+
+/// The old processes the new version took over (PID in the namespace → host PID): not a
+/// per-connection process whose client left, which is still alive, parked, and ends
+/// with the old version (a transfer that paired it found "no counterpart").
+fn tree_taken_over(info: &UpdateInfo) -> Result<BTreeMap<i32, i32>, Failure> {
+    let mut old = host_pids(info)?;
+    old.retain(|pid, _| info.processes.contains(pid));
+    Ok(old)
 }
 
 /// PIDs inside the old version's namespace → host PIDs.

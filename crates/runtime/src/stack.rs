@@ -67,16 +67,13 @@ pub fn walk_own(fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
 
 /// The mapping of /proc/self/maps that holds `addr`: [start, end).
 fn stack_mapping(addr: usize) -> Option<(usize, usize)> {
-    let text = {
+    let maps = {
         let _internal = crate::threads::InternalGuard::enter();
         let _errno = crate::errno::ErrnoGuard::save();
-        std::fs::read_to_string("/proc/self/maps").unwrap_or_default()
+        mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default()
     };
-    text.lines().find_map(|l| {
-        let (s, e) = l.split_whitespace().next()?.split_once('-')?;
-        let (s, e) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
-        (s <= addr && addr < e).then_some((s, e))
-    })
+    let m = maps.iter().find(|m| m.contains(addr as u64))?;
+    Some((usize::try_from(m.start).ok()?, usize::try_from(m.end).ok()?))
 }
 
 fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -> Option<[usize; 2]>) -> usize {

@@ -24,25 +24,14 @@ struct Cache {
 static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
 
 fn read_maps() -> Vec<Module> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
     let mut bases: HashMap<&str, u64> = HashMap::new();
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(_inode)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let Some(path) = it.next() else { continue };
-        if !path.starts_with('/') {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
-        let base = *bases.entry(path).or_insert(start);
-        if perms.contains('x') {
-            out.push(Module { start, end, base, path: path.to_string() });
+    for m in &maps {
+        let Some(path) = m.file() else { continue };
+        let base = *bases.entry(path).or_insert(m.start);
+        if m.executable {
+            out.push(Module { start: m.start, end: m.end, base, path: path.to_string() });
         }
     }
     out
