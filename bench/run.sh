@@ -193,7 +193,7 @@ stop_pid() { # PID: SIGTERM, wait up to 5 s, then SIGKILL
 }
 
 supervisor_pid() { # NAME
-  "$MCR" status "$1" --json | sed -n 's/.*"supervisor_pid": *\([0-9][0-9]*\).*/\1/p' | head -n 1
+  "$BENCH" supervisor-pid --mcr "$MCR" --name "$1"
 }
 
 # Each start_* sets ROOTPID (the root of the server's process tree: the server
@@ -215,8 +215,7 @@ start_mcr() { # NAME PORT PROGRAM ARGS...
   "${SRV[@]}" "$MCR" run --detach --name "$name" -- "$@" >>"$LOG" 2>&1 \
     || die "mcr run $name failed (see $LOG)"
   "$BENCH" wait-port --port "$port" --timeout 10 || die "$name did not start on port $port"
-  ROOTPID=$(supervisor_pid "$name")
-  [ -n "$ROOTPID" ] || die "no supervisor pid for $name"
+  ROOTPID=$(supervisor_pid "$name" 2>>"$LOG") || die "no supervisor pid for $name (see $LOG)"
   STOP="\"\$MCR\" stop $name --timeout 5 >>\"\$LOG\" 2>&1 || die 'mcr stop $name failed'; forget_name $name"
 }
 
@@ -341,10 +340,12 @@ fi
 
 # --- 3. quiescence -----------------------------------------------------------
 quiesce() { # NAME SCENARIO
-  "$BENCH" quiesce --mcr "$MCR" --name "$1" --cycles "$CYCLES" --gap-ms "$GAP_MS" \
-    --timeout-ms 1000 --max-seconds 90 --out "$RAW/quiesce-$2.tsv" >>"$LOG" 2>&1 \
+  local summary
+  summary=$("$BENCH" quiesce --mcr "$MCR" --name "$1" --cycles "$CYCLES" --gap-ms "$GAP_MS" \
+    --timeout-ms 1000 --max-seconds 90 --out "$RAW/quiesce-$2.tsv" 2>>"$LOG") \
     || die "quiesce cycles on $1 failed (see $LOG)"
-  log "  $2: $(tail -n 1 "$LOG" | sed 's/^mcr-bench: //')"
+  printf '%s\n' "$summary" >>"$LOG"
+  log "  $2: $summary"
 }
 
 if part quiesce; then
@@ -377,16 +378,17 @@ fi
 
 # --- 4. update time ------------------------------------------------------------
 update_cycles() { # NAME SCENARIO FRESH ROUNDS UPDATES PORT PROG_A PROG_B ARGS...
-  local name=$1 sc=$2 fresh=$3 rounds=$4 updates=$5 port=$6 a=$7 b=$8
+  local name=$1 sc=$2 fresh=$3 rounds=$4 updates=$5 port=$6 a=$7 b=$8 summary
   shift 8
   # mcr-bench starts and stops the instance itself; listed here for the cleanup.
   MCR_NAMES+=("$name" "$name.next")
-  "$BENCH" update --mcr "$MCR" --name "$name" --a "$a" --b "$b" --rounds "$rounds" --updates "$updates" \
+  summary=$("$BENCH" update --mcr "$MCR" --name "$name" --a "$a" --b "$b" --rounds "$rounds" --updates "$updates" \
     --port "$port" --gap-ms "$UPD_GAP_MS" --timeout-ms 10000 --max-seconds 120 --out "$RAW/update-$sc.tsv" \
     --fresh-state "$fresh" \
-    -- "$@" >>"$LOG" 2>&1 || die "update cycles on $name failed (see $LOG)"
+    -- "$@" 2>>"$LOG") || die "update cycles on $name failed (see $LOG)"
   forget_name "$name"; forget_name "$name.next"
-  log "  $sc: $(tail -n 1 "$LOG" | sed 's/^mcr-bench: //')"
+  printf '%s\n' "$summary" >>"$LOG"
+  log "  $sc: $summary"
 }
 
 if part update; then

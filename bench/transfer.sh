@@ -82,13 +82,14 @@ T0=$(date +%s)
 
 # --- 1. state transfer -------------------------------------------------------
 sweep() { # FILE NAME CONNS KEYS PROTO FRESH PROG_A PROG_B ARGS...
-  local file=$1 name=$2 conns=$3 keys=$4 proto=$5 fresh=$6 a=$7 b=$8
+  local file=$1 name=$2 conns=$3 keys=$4 proto=$5 fresh=$6 a=$7 b=$8 summary
   shift 8
   NAMES+=("$name" "$name.next")
-  if "$BENCH" transfer --mcr "$MCR" --name "$name" --a "$a" --b "$b" --port "$PORT" --proto "$proto" \
+  if summary=$("$BENCH" transfer --mcr "$MCR" --name "$name" --a "$a" --b "$b" --port "$PORT" --proto "$proto" \
       --conns "$conns" --keys "$keys" --updates "$UPD" --fresh-state "$fresh" --timeout-ms 5000 \
-      --out "$RAW/$file" -- "$@" >>"$LOG" 2>&1; then
-    log "  $(tail -n 1 "$LOG" | sed 's/^mcr-bench: //')"
+      --out "$RAW/$file" -- "$@" 2>>"$LOG"); then
+    printf '%s\n' "$summary" >>"$LOG"
+    log "  $summary"
   else
     log "  $file: FAILED: $(tail -n 1 "$LOG")"
     return 1
@@ -137,10 +138,8 @@ done
 
 # --- 3. resident memory -------------------------------------------------------
 rss_of() { "$BENCH" rss --tree "$1" --comm "$2"; }
-sup_rss() { # supervisor only
-  awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
-}
-supervisor_pid() { "$MCR" status "$1" --json | sed -n 's/.*"supervisor_pid": *\([0-9][0-9]*\).*/\1/p' | head -n 1; }
+sup_rss() { "$BENCH" rss --pid "$1"; } # the supervisor alone
+supervisor_pid() { "$BENCH" supervisor-pid --mcr "$MCR" --name "$1"; }
 log "resident memory: kvd with 100000 keys, $MEM_ROUNDS rounds"
 for r in $(seq 0 $((MEM_ROUNDS - 1))); do
   pb=$("$BENCH" free-port); pm=$("$BENCH" free-port)

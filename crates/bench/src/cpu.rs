@@ -5,21 +5,11 @@
 //! counted; the time of threads or processes that exited in between is lost, which does
 //! not happen to the servers measured here in steady state.
 
-use std::fs;
-
-fn tasks(pid: i32) -> Vec<i32> {
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
-}
+use mcr_procfs::task;
 
 fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for tid in tasks(pid) {
-        if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) {
-            out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
-        }
-    }
-    out
+    let tids = task::list(pid).unwrap_or_default();
+    tids.into_iter().flat_map(|tid| task::children(pid, tid).unwrap_or_default()).collect()
 }
 
 /// `root` and all its descendants.
@@ -39,13 +29,7 @@ pub fn tree(root: i32) -> Vec<i32> {
 }
 
 fn process_ns(pid: i32) -> u64 {
-    tasks(pid)
-        .into_iter()
-        .filter_map(|tid| {
-            let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-            s.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+    task::list(pid).unwrap_or_default().into_iter().filter_map(|tid| task::cpu_ns(pid, tid).ok()).sum()
 }
 
 /// On-CPU nanoseconds of the tree rooted at `root` (0 if it does not exist).
@@ -58,11 +42,8 @@ pub fn tree_ns(root: i32) -> u64 {
 pub fn rss_kb(root: i32, comm: &str) -> u64 {
     tree(root)
         .into_iter()
-        .filter(|p| comm.is_empty() || fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm))
-        .filter_map(|p| {
-            let s = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse::<u64>().ok()
-        })
+        .filter(|&p| comm.is_empty() || mcr_procfs::comm(p).is_ok_and(|c| c == comm))
+        .filter_map(|p| mcr_procfs::status::read(p).ok()?.vm_rss_kb())
         .sum()
 }
 
@@ -78,10 +59,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = root.id() as i32;
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let t = tree(pid);
+        // The shell forks its child soon (bounded wait: a loaded machine may take a while).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut t = tree(pid);
+        while t.len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            t = tree(pid);
+        }
         assert_eq!(t.len(), 2, "sh and its sleep child: {t:?}");
         let a = tree_ns(pid);
+        // Measured over 100 ms of the shell's spinning.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let b = tree_ns(pid);
         let _ = std::process::Command::new("kill").arg(t[1].to_string()).status();

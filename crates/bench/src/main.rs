@@ -17,7 +17,8 @@
 //!   mcr-bench cpu --tree PID     prints the on-CPU ns of PID's process tree
 //!   mcr-bench quiesce --mcr PATH --name N --out FILE [--cycles 200] [--gap-ms 10]
 //!                     [--timeout-ms 1000] [--max-seconds 60]
-//!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE.
+//!       quiesce/resume cycles through `mcr ctl N quiesce --json`; samples go to FILE, a
+//!       one-line summary to stdout (so do update's and transfer's).
 //!   mcr-bench update --mcr PATH --name N --a PROG --b PROG --out FILE [--rounds 5]
 //!                    [--updates 4] [--port P] [--gap-ms 100] [--timeout-ms 10000]
 //!                    [--max-seconds 120] [--fresh-state 1] -- ARGS...
@@ -40,6 +41,9 @@
 //!   mcr-bench fill --port P --keys K     SETs K keys into kvd on 127.0.0.1:P
 //!   mcr-bench rss --tree PID [--comm NAME]
 //!       prints the summed VmRSS (kB) of PID's process tree (only processes named NAME)
+//!   mcr-bench rss --pid PID      prints the VmRSS (kB) of process PID alone
+//!   mcr-bench supervisor-pid --mcr PATH --name N
+//!       prints the host PID of instance N's supervisor (from `mcr status N --json`)
 //!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
 //!   mcr-bench wait-port --port P [--timeout 10]
 //!       waits until 127.0.0.1:P accepts connections (exit 1 on timeout).
@@ -47,6 +51,7 @@
 mod args;
 mod cpu;
 mod kvload;
+mod outcome;
 mod quiesce;
 mod report;
 mod stats;
@@ -56,8 +61,8 @@ mod update;
 use args::Args;
 use std::time::{Duration, Instant};
 
-const USAGE: &str =
-    "usage: mcr-bench kvd-load|kvd-ab|quiesce|update|report|cpu|free-port|wait-port [options] (see src/main.rs)";
+const USAGE: &str = "usage: mcr-bench kvd-load|kvd-ab|quiesce|update|report|transfer|transfer-report|fill|rss|cpu|\
+                     supervisor-pid|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
     if !(0.0..=600.0).contains(&x) {
@@ -164,8 +169,8 @@ fn quiesce_cmd(a: &Args) -> Result<(), String> {
     a.finish()?;
     let n = quiesce::run(&cfg)?;
     let q = report::Quiescence::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
-    eprintln!(
-        "mcr-bench: quiesce {}: {n} cycles, convergence median {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} failed",
+    println!(
+        "quiesce {}: {n} cycles, convergence median {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} failed",
         cfg.name,
         stats::median(&q.elapsed_ms).unwrap_or(f64::NAN),
         stats::percentile(&q.elapsed_ms, 99.0).unwrap_or(f64::NAN),
@@ -198,8 +203,8 @@ fn update_cmd(a: &Args) -> Result<(), String> {
     let n = update::run(&cfg)?;
     let u = report::Updates::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
     let med = |v: &[f64]| stats::median(v).unwrap_or(f64::NAN);
-    eprintln!(
-        "mcr-bench: update {}: {n} updates, {} committed; median quiesce {:.2} / restart+replay {:.2} / commit {:.2} / total {:.2} ms; \
+    println!(
+        "update {}: {n} updates, {} committed; median quiesce {:.2} / restart+replay {:.2} / commit {:.2} / total {:.2} ms; \
          cold start: mcr run {:.2} ms wall, server startup {:.2} ms",
         cfg.name,
         u.committed(),
@@ -236,8 +241,8 @@ fn transfer_cmd(a: &Args) -> Result<(), String> {
     let n = transfer::run(&cfg)?;
     let (ok, fail) = transfer::parse(&std::fs::read_to_string(&cfg.out).map_err(|e| e.to_string())?);
     let med = |k: &str| stats::median(&ok.iter().filter_map(|s| s.get(k)).collect::<Vec<_>>()).unwrap_or(f64::NAN);
-    eprintln!(
-        "mcr-bench: transfer {} ({} conns, {} keys): {n} updates, {} committed, {} failed; median transfer {:.2} ms, total {:.2} ms",
+    println!(
+        "transfer {} ({} conns, {} keys): {n} updates, {} committed, {} failed; median transfer {:.2} ms, total {:.2} ms",
         cfg.name,
         cfg.conns,
         cfg.keys,
@@ -247,6 +252,19 @@ fn transfer_cmd(a: &Args) -> Result<(), String> {
         med("total_ms")
     );
     Ok(())
+}
+
+/// The host PID of instance `name`'s supervisor, from `mcr status NAME --json`.
+fn supervisor_pid(mcr: &str, name: &str) -> Result<i32, String> {
+    let (out, _) = update::output_within(
+        std::process::Command::new(mcr).args(["status", name, "--json"]),
+        Duration::from_secs(20),
+    )?;
+    if !out.status.success() {
+        return Err(format!("mcr status {name} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let st: mcr_protocol::InstanceStatus = outcome::parse_json("mcr status --json", &out.stdout)?;
+    Ok(st.supervisor_pid)
 }
 
 fn wait_port(a: &Args) -> Result<(), String> {
@@ -303,10 +321,24 @@ fn main() {
             transfer::fill(port, keys)
         }
         "rss" => {
-            let pid: i32 = a.required("tree")?;
+            let (tree, pid): (i32, i32) = (a.get("tree", 0)?, a.get("pid", 0)?);
             let comm: String = a.get("comm", String::new())?;
             a.finish()?;
-            println!("{}", cpu::rss_kb(pid, &comm));
+            let kb = match (tree, pid) {
+                (t, 0) if t > 0 => cpu::rss_kb(t, &comm),
+                (0, p) if p > 0 && comm.is_empty() => mcr_procfs::status::read(p)
+                    .ok()
+                    .and_then(|s| s.vm_rss_kb())
+                    .ok_or_else(|| format!("no VmRSS for process {p}"))?,
+                _ => return Err("rss takes --tree PID [--comm NAME] or --pid PID".into()),
+            };
+            println!("{kb}");
+            Ok(())
+        }
+        "supervisor-pid" => {
+            let (mcr, name): (String, String) = (a.required("mcr")?, a.required("name")?);
+            a.finish()?;
+            println!("{}", supervisor_pid(&mcr, &name)?);
             Ok(())
         }
         "cpu" => {

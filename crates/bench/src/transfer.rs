@@ -21,7 +21,7 @@
 //! `fail <to> <conns> <keys> <message>`.
 
 use crate::kvload::addr;
-use crate::quiesce::{json_bool, json_f64, json_str};
+use crate::outcome::UpdateOutcome;
 use crate::update::output_within;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -51,6 +51,40 @@ pub const FIELDS: [&str; 19] = [
     "connections_ms",
     "respawned_processes",
 ];
+
+/// The value of field `name` of [`FIELDS`] in an update's outcome (`client_ms` is the
+/// benchmark's own); `None` when the outcome has none (no transfer with --fresh-state).
+fn figure(o: &UpdateOutcome, name: &str) -> Option<f64> {
+    let p = &o.phases;
+    let phase = match name {
+        "drain_ms" => Some(p.drain_ms),
+        "quiesce_ms" => Some(p.quiesce_ms),
+        "restart_ms" => Some(p.restart_ms),
+        "transfer_ms" => Some(p.transfer_ms),
+        "commit_ms" => Some(p.commit_ms),
+        "total_ms" => Some(p.total_ms),
+        _ => None,
+    };
+    if phase.is_some() {
+        return phase;
+    }
+    let t = o.transfer.as_ref()?;
+    Some(match name {
+        "globals" => t.globals as f64,
+        "globals_clean" => t.globals_clean as f64,
+        "objects" => t.objects as f64,
+        "bytes" => t.bytes as f64,
+        "live_objects" => t.live_objects as f64,
+        "connections" => t.connections as f64,
+        "dirty_pages" => t.dirty_pages as f64,
+        "clean_pages" => t.clean_pages as f64,
+        "heap_scan_ms" => t.heap_scan_ms,
+        "trace_ms" => t.trace_ms,
+        "connections_ms" => t.connections_ms,
+        "respawned_processes" => t.respawned_processes as f64,
+        _ => return None,
+    })
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -330,14 +364,23 @@ pub fn run(cfg: &Config) -> Result<usize, String> {
                         return Err(e);
                     }
                 };
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            if json_bool(&text, "committed") != Some(true) {
-                let why =
-                    json_str(&text, "message").unwrap_or_else(|| String::from_utf8_lossy(&o.stderr).trim().into());
-                writeln!(f, "fail\t{head}\t{}", why.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
-                eprintln!("mcr-bench: transfer: update to {to} did not commit: {why}");
-                continue;
-            }
+            let outcome = match UpdateOutcome::from_stdout(&o.stdout) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    writeln!(f, "fail\t{head}\t{}", e.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
+                    return Err(e);
+                }
+            };
+            let outcome = match outcome {
+                Some(o) if o.committed => o,
+                other => {
+                    let why =
+                        other.map_or_else(|| String::from_utf8_lossy(&o.stderr).trim().to_string(), |o| o.message);
+                    writeln!(f, "fail\t{head}\t{}", why.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
+                    eprintln!("mcr-bench: transfer: update to {to} did not commit: {why}");
+                    continue;
+                }
+            };
             running_b = !running_b;
             let closed = match check(cfg, &mut socks) {
                 Ok(c) => c,
@@ -357,7 +400,7 @@ pub fn run(cfg: &Config) -> Result<usize, String> {
             let vals: Vec<String> = FIELDS
                 .iter()
                 .map(|k| {
-                    let v = if *k == "client_ms" { Some(client_us as f64 / 1000.0) } else { json_f64(&text, k) };
+                    let v = if *k == "client_ms" { Some(client_us as f64 / 1000.0) } else { figure(&outcome, k) };
                     v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
                 })
                 .collect();
@@ -707,6 +750,19 @@ fn committed(text: &str, ok: usize, fail: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_comes_from_the_outcome() {
+        let o = UpdateOutcome::from_stdout(crate::outcome::tests::COMMITTED.as_bytes()).unwrap().unwrap();
+        for k in FIELDS.iter().filter(|k| **k != "client_ms") {
+            assert!(figure(&o, k).is_some(), "{k}");
+        }
+        assert_eq!(figure(&o, "client_ms"), None);
+        assert!(figure(&o, "restart_ms").is_some_and(|ms| (ms - 52.056451).abs() < 1e-9));
+        assert_eq!(figure(&o, "live_objects"), Some(31.0));
+        let fresh = UpdateOutcome::from_stdout(crate::outcome::tests::ROLLED_BACK.as_bytes()).unwrap().unwrap();
+        assert_eq!((figure(&fresh, "total_ms"), figure(&fresh, "objects")), (Some(35.069198), None));
+    }
 
     #[test]
     fn parses_samples() {

@@ -15,7 +15,8 @@
 //!       an update that did not commit (rolled back, refused, or committed but the server
 //!       does not accept connections afterwards)
 
-use crate::quiesce::{json_bool, json_f64, json_str};
+use crate::outcome::{parse_json, UpdateOutcome};
+use mcr_protocol::InstanceStatus;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -220,7 +221,8 @@ impl Config {
         if !out.status.success() {
             return Err(format!("mcr status {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr).trim()));
         }
-        Ok(json_f64(&String::from_utf8_lossy(&out.stdout), "startup_ms").map(us))
+        let st: InstanceStatus = parse_json("mcr status --json", &out.stdout)?;
+        Ok(st.startup_ms.map(us))
     }
 
     fn serving(&self) -> bool {
@@ -267,36 +269,30 @@ fn update(cfg: &Config, to: Ver) -> Result<Sample, String> {
         args.push("--fresh-state");
     }
     let (out, client_us) = cfg.mcr_with_program(&args, to, limit)?;
-    let text = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let phase = |k: &str| json_f64(&text, k).map(us);
-    let sample = match json_bool(&text, "committed") {
-        Some(true) => {
+    let sample = match UpdateOutcome::from_stdout(&out.stdout)? {
+        Some(o) if o.committed => {
             let startup_us = cfg.startup_us()?;
-            match (phase("quiesce_ms"), phase("restart_ms"), phase("commit_ms"), phase("total_ms")) {
-                _ if !cfg.serving() => Sample::Fail {
+            if cfg.serving() {
+                let p = o.phases;
+                Sample::Ok {
+                    to,
+                    quiesce_us: us(p.quiesce_ms),
+                    restart_us: us(p.restart_ms),
+                    commit_us: us(p.commit_ms),
+                    total_us: us(p.total_ms),
+                    client_us,
+                    startup_us,
+                }
+            } else {
+                Sample::Fail {
                     to,
                     client_us,
                     message: "committed, but the server does not accept connections afterwards".into(),
-                },
-                (Some(quiesce_us), Some(restart_us), Some(commit_us), Some(total_us)) => {
-                    Sample::Ok { to, quiesce_us, restart_us, commit_us, total_us, client_us, startup_us }
                 }
-                _ => Sample::Fail {
-                    to,
-                    client_us,
-                    message: format!("committed, but no phase timings in: {}", text.trim()),
-                },
             }
         }
-        Some(false) => Sample::Fail {
-            to,
-            client_us,
-            message: format!(
-                "rolled back: {}",
-                json_str(&text, "message").unwrap_or_else(|| stderr.trim().to_string())
-            ),
-        },
+        Some(o) => Sample::Fail { to, client_us, message: format!("rolled back: {}", o.message) },
         // Refused before doing anything (quiesce failed, bad input): no JSON, exit 1.
         None => Sample::Fail { to, client_us, message: format!("refused ({}): {}", out.status, stderr.trim()) },
     };

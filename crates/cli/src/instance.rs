@@ -33,6 +33,7 @@ pub fn list(dir: &InstanceDir, json: bool) -> Result<i32> {
     for listed in instances::list(dir)? {
         match listed {
             Listed::Running(st) => rows.push(st),
+            Listed::Untrusted(e) => eprintln!("mcr: {e}"),
             Listed::Stale(name) => eprintln!("mcr: removed the stale files of dead instance '{name}'"),
             Listed::Silent(name) => eprintln!("mcr: instance '{name}' did not answer"),
         }

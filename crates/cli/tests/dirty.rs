@@ -34,12 +34,12 @@ fn symbol_range(hpid: i32, exe: &std::path::Path, name: &str) -> (u64, u64) {
         .find(|s| s.name() == Ok(name))
         .unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
     let exe_path = std::fs::canonicalize(exe).unwrap().display().to_string();
-    let maps = std::fs::read_to_string(format!("/proc/{hpid}/maps")).unwrap();
+    let maps = mcr_procfs::maps::read(hpid).unwrap();
     let base = maps
-        .lines()
-        .find(|l| l.ends_with(&exe_path) && l.split_whitespace().nth(2) == Some("00000000"))
-        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-        .unwrap_or_else(|| panic!("{exe_path} not mapped in {hpid}:\n{maps}"));
+        .iter()
+        .find(|m| m.path == exe_path && m.offset == 0)
+        .map(|m| m.start)
+        .unwrap_or_else(|| panic!("{exe_path} not mapped in {hpid}:\n{maps:#?}"));
     (base + sym.address(), base + sym.address() + sym.size())
 }
 

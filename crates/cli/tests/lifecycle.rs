@@ -65,10 +65,11 @@ fn foreground_run_forwards_sigterm_and_exits_with_the_servers_status() {
 fn foreground_run_forwards_sighup_and_sigint() {
     let mcr = Mcr::new("life-hup");
     let port = free_port();
-    let (mut run, _) = foreground_kvd(&mcr, "k", port, &[]);
+    let (mut run, kvd_pid) = foreground_kvd(&mcr, "k", port, &[]);
     let mut c = Client::connect(port);
     let before = parse_stats(&c.request("STATS"));
-    std::thread::sleep(Duration::from_millis(150));
+    // Let kvd get back into epoll_wait after answering before the signal comes.
+    wait_in_syscall(kvd_pid, &EPOLL_SYSCALLS);
     kill(run.pid(), libc::SIGHUP);
     // Bounded wait for the forwarded signal to arrive.
     let mut after = before.clone();

@@ -243,7 +243,7 @@ fn connd_profile_finds_a_volatile_class_for_its_session_processes() {
 
 #[test]
 fn nginx_profile_matches_table_1_and_the_profiled_nginx_quiesces() {
-    let Some(nginx) = nginx_bin("nginx_profile_matches_table_1_and_the_profiled_nginx_quiesces") else { return };
+    let nginx = nginx_bin("nginx_profile_matches_table_1_and_the_profiled_nginx_quiesces");
     let mcr = Mcr::new("prof-nginx");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);

@@ -268,7 +268,7 @@ fn connd_quiesces_with_open_sessions_and_survives_cycles_under_load() {
 
 #[test]
 fn nginx_quiesces_holds_requests_and_survives_cycles_under_load() {
-    let Some(nginx) = nginx_bin("nginx_quiesces_holds_requests_and_survives_cycles_under_load") else { return };
+    let nginx = nginx_bin("nginx_quiesces_holds_requests_and_survives_cycles_under_load");
     let mcr = Mcr::new("q-nginx");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);

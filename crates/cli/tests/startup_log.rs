@@ -66,7 +66,7 @@ fn kvd_startup_is_recorded_with_call_stacks_and_reserved_descriptors() {
 
 #[test]
 fn nginx_startup_log_spans_its_daemonizing_ancestor_and_fds_are_unique() {
-    let Some(nginx) = nginx_bin("nginx_startup_log") else { return };
+    let nginx = nginx_bin("nginx_startup_log_spans_its_daemonizing_ancestor_and_fds_are_unique");
     let mcr = Mcr::new("startuplog-nginx");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);

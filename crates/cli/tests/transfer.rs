@@ -73,7 +73,9 @@ fn kvd_layout_change_keeps_data_connections_and_half_sent_commands() {
     assert_eq!(idle.request("PING"), "PONG");
     let mut half = Client::connect(port);
     half.send_raw(b"SET half").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for(Duration::from_secs(5), "kvd to accept the half command's connection and read it", || {
+        server_read_all_of(port, &half)
+    });
 
     let (out, v) = update(&mcr, "kvd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
@@ -190,30 +192,14 @@ fn fixture_by_version(inst: &Instance) -> std::path::PathBuf {
 }
 
 fn fd_links(pid: i32) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    format!(
-                        "{} -> {}",
-                        e.file_name().to_string_lossy(),
-                        std::fs::read_link(e.path()).unwrap_or_default().display()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let fds = mcr_procfs::fd::list_with_targets(pid).unwrap_or_default();
+    let mut v: Vec<String> = fds.into_iter().map(|(fd, target)| format!("{fd} -> {target}")).collect();
     v.sort();
     v
 }
 
 fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    mcr_procfs::status::read(pid).ok().and_then(|s| s.vm_rss_kb()).unwrap_or(0)
 }
 
 /// A poold session is served by a worker thread from its stack. Into a new version
@@ -238,7 +224,7 @@ fn poold_session_is_not_moved_into_a_version_without_a_resume_handler() {
     assert_eq!(session.request("VERSION"), "VERSION poold 1");
     assert_eq!(session.request("QUIT"), "BYE");
     drop(session);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for(Duration::from_secs(5), "poold to close the finished session", || open_server_ends(port).is_empty());
     let (out, _) = update(&mcr, "poold", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let mut c = Client::connect(port);
@@ -275,7 +261,7 @@ fn poold_sessions_served_by_threads_survive_a_layout_change() {
     // Both workers are busy: this one waits in the queue, its half line unread.
     let mut queued = Client::connect(port);
     queued.send_raw(b"SESS").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for(Duration::from_secs(5), "poold to accept the queued connection", || server_accepted(port, &queued));
     let (sa, sb) = (a.request("SESSION"), b.request("SESSION"));
     assert_eq!(session_field(&sa, "cmds"), 4, "{sa}");
 
@@ -333,7 +319,7 @@ fn forkd_sessions_survive_in_every_worker_process() {
         assert_eq!(a.request("PING"), "PONG");
     }
     b.send_raw(b"SESS").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for(Duration::from_secs(5), "the worker to read the half-sent command", || server_read_all_of(port, &b));
 
     let (out, v) = update(&mcr, "forkd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
@@ -779,7 +765,7 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
     assert_eq!(a.request("SET shape round"), "OK");
     assert_eq!(b.request("SET colour red"), "OK");
     b.send_raw(b"GET col").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for(Duration::from_secs(5), "connd to read the half-sent GET", || server_read_all_of(port, &b));
 
     let (out, v) = update(&mcr, "connd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());

@@ -865,19 +865,29 @@ fn rollback_report_always_names_the_conflict() {
 // ---------------------------------------------------------------------------------------
 // 5. nginx.
 
-/// The cached build of nginx with the first `n` Debian patches, beside `$MCR_NGINX`'s
-/// (scripts/nginx/build.sh --patches N puts them there); `None` when it is not built.
 /// nginx's state is its configuration, which its startup rebuilds; mcr cannot trace
 /// nginx's heap yet (pool blocks reached through `void *`), so its updates keep the
 /// state the new version's startup makes and drain connections first.
 const NGINX_UPDATE: &[&str] = &["--fresh-state"];
 
-fn cached_nginx_build(nginx: &Path, n: u32) -> Option<PathBuf> {
-    let prefix = nginx.parent()?.parent()?;
-    let dir = prefix.file_name()?.to_str()?;
-    let (base, _) = dir.rsplit_once("-p")?;
-    let p = prefix.with_file_name(format!("{base}-p{n}")).join("sbin/nginx");
-    p.is_file().then_some(p)
+/// The cached build of nginx with the first `n` Debian patches, beside `$MCR_NGINX`'s
+/// (scripts/nginx/build.sh --patches N puts them there; scripts/test.sh builds them);
+/// panics, naming it, when it is not built.
+fn cached_nginx_build(nginx: &Path, n: u32, test: &str) -> PathBuf {
+    let cached = || -> Option<PathBuf> {
+        let prefix = nginx.parent()?.parent()?;
+        let dir = prefix.file_name()?.to_str()?;
+        let (base, _) = dir.rsplit_once("-p")?;
+        let p = prefix.with_file_name(format!("{base}-p{n}")).join("sbin/nginx");
+        p.is_file().then_some(p)
+    };
+    cached().unwrap_or_else(|| {
+        panic!(
+            "{test} needs the nginx build with the first {n} Debian patches beside {}, which is not cached: run \
+             scripts/nginx/build.sh --patches {n} (about a minute; scripts/test.sh does)",
+            nginx.display()
+        )
+    })
 }
 
 /// Updates nginx from `from` to `to` while two clients make one request per connection
@@ -945,7 +955,7 @@ fn nginx_update_under_load(label: &str, from: &Path, to: &Path) {
     let new_hosts = host_pids_in_namespace_of(inst.supervisor_pid());
     assert_eq!(new_hosts.len(), 3, "host processes of the new nginx: {new_hosts:?}");
     for p in &new_hosts {
-        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+        let exe = mcr_procfs::exe(*p).unwrap_or_default();
         assert_eq!(exe, to.canonicalize().unwrap(), "process {p} runs {}", exe.display());
     }
     assert_only_instance_files(&mcr, "nginx");
@@ -953,20 +963,15 @@ fn nginx_update_under_load(label: &str, from: &Path, to: &Path) {
 
 #[test]
 fn nginx_updates_to_itself_under_load() {
-    let Some(nginx) = nginx_bin("nginx_updates_to_itself_under_load") else { return };
+    let nginx = nginx_bin("nginx_updates_to_itself_under_load");
     nginx_update_under_load("u-nginx-self", &nginx, &nginx);
 }
 
 #[test]
 fn nginx_updates_from_one_debian_patch_to_the_next_under_load() {
-    let Some(nginx) = nginx_bin("nginx_updates_from_one_debian_patch_to_the_next_under_load") else { return };
-    let (Some(p1), Some(p2)) = (cached_nginx_build(&nginx, 1), cached_nginx_build(&nginx, 2)) else {
-        eprintln!(
-            "note: nginx_updates_from_one_debian_patch_to_the_next_under_load skipped: the -p1/-p2 builds are not \
-             cached (run scripts/nginx/build.sh --patches 1 and --patches 2, about a minute each, once)"
-        );
-        return;
-    };
+    let test = "nginx_updates_from_one_debian_patch_to_the_next_under_load";
+    let nginx = nginx_bin(test);
+    let (p1, p2) = (cached_nginx_build(&nginx, 1, test), cached_nginx_build(&nginx, 2, test));
     nginx_update_under_load("u-nginx-p1p2", &p1, &p2);
 }
 
@@ -1026,13 +1031,9 @@ impl KeepAlive {
 /// handler adopts them as if just accepted.
 #[test]
 fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
-    let Some(nginx) = nginx_bin("nginx_keepalive_connections_survive_an_update_to_the_next_patch") else { return };
-    let (Some(p1), Some(p2)) = (cached_nginx_build(&nginx, 1), cached_nginx_build(&nginx, 2)) else {
-        eprintln!(
-            "note: nginx keep-alive test skipped: the -p1/-p2 builds are not cached (scripts/test.sh builds them)"
-        );
-        return;
-    };
+    let test = "nginx_keepalive_connections_survive_an_update_to_the_next_patch";
+    let nginx = nginx_bin(test);
+    let (p1, p2) = (cached_nginx_build(&nginx, 1, test), cached_nginx_build(&nginx, 2, test));
     let mcr = Mcr::new("u-nginx-keepalive");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
@@ -1051,11 +1052,13 @@ fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn();
-    let Ok(wrk) = wrk else {
-        eprintln!("note: nginx keep-alive test skipped: wrk is not installed (.ci/run installs it)");
-        return;
-    };
-    std::thread::sleep(Duration::from_millis(1500));
+    let wrk = wrk.unwrap_or_else(|e| {
+        panic!("this test needs wrk, which cannot run ({e}): install it (apt-get install wrk; .ci/run does)")
+    });
+    // The update lands once wrk's 8 connections are accepted, as well as the idle ones.
+    wait_for(Duration::from_secs(10), "nginx to accept wrk's 8 connections and the 6 idle ones", || {
+        open_server_ends(port).iter().filter(|s| s.inode != 0).count() >= 6 + 8
+    });
     let (out, outcome) = update_json(&mcr, "nginx", NGINX_UPDATE, &p2, &args);
     let wrk = wrk.wait_with_output().expect("wrk");
     let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
@@ -1093,11 +1096,9 @@ fn nginx_keepalive_connections_survive_an_update_to_the_next_patch() {
 /// open(nginx.conf) ("no \"events\" section in configuration").
 #[test]
 fn nginx_updates_twice_in_a_row() {
-    let Some(nginx) = nginx_bin("nginx_updates_twice_in_a_row") else { return };
-    let Some(p1) = cached_nginx_build(&nginx, 1) else {
-        eprintln!("note: nginx_updates_twice_in_a_row skipped: the -p1 build is not cached (scripts/nginx/build.sh --patches 1)");
-        return;
-    };
+    let test = "nginx_updates_twice_in_a_row";
+    let nginx = nginx_bin(test);
+    let p1 = cached_nginx_build(&nginx, 1, test);
     let mcr = Mcr::new("u-nginx-twice");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
@@ -1187,7 +1188,7 @@ fn twenty_updates_in_a_row_commit_and_leak_nothing() {
 /// its old PID each time, whatever PIDs the previous version ended up with.
 #[test]
 fn nginx_thirty_updates_in_a_row_under_load_all_commit() {
-    let Some(nginx) = nginx_bin("nginx_thirty_updates_in_a_row_under_load_all_commit") else { return };
+    let nginx = nginx_bin("nginx_thirty_updates_in_a_row_under_load_all_commit");
     let mcr = Mcr::new("u-nginx-thirty");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
@@ -1236,7 +1237,7 @@ fn nginx_thirty_updates_in_a_row_under_load_all_commit() {
 /// {3, 4, 5}". Seen in 4 of 10 runs of this file (two tests in parallel).
 #[test]
 fn nginx_first_update_keeps_worker_pids() {
-    let Some(nginx) = nginx_bin("nginx_first_update_keeps_worker_pids") else { return };
+    let nginx = nginx_bin("nginx_first_update_keeps_worker_pids");
     let mut raced = Vec::new();
     for i in 0..30 {
         let mcr = Mcr::new("u-nginx-pids");
@@ -1262,7 +1263,7 @@ fn nginx_first_update_keeps_worker_pids() {
 /// the constructor on.
 #[test]
 fn nginx_rolled_back_version_never_serves() {
-    let Some(nginx) = nginx_bin("nginx_rolled_back_version_never_serves") else { return };
+    let nginx = nginx_bin("nginx_rolled_back_version_never_serves");
     let mcr = Mcr::new("u-nginx-rollback");
     let port = free_port();
     let (prefix, conf) = nginx_config(&mcr.tmp.path, port);

@@ -65,6 +65,7 @@ impl Connection {
     /// on the way (and said so).
     pub fn open(dir: &InstanceDir, name: &str) -> Result<Self, ClientError> {
         let files = dir.files(name)?;
+        files.check_access(&dir.path)?;
         if !files.is_live() {
             if files.clean_stale() {
                 return Err(ClientError::Stale { name: name.to_string(), dir: dir.path.clone() });

@@ -1,12 +1,14 @@
 //! The instances of a runtime directory: listing them, stopping one.
 
 use crate::connection::{self, ClientError, Connection};
-use mcr_protocol::{InstanceDir, InstanceStatus, Request, Response};
+use mcr_protocol::{InstanceDir, InstanceError, InstanceStatus, Request, Response};
 use std::time::{Duration, Instant};
 
 /// One instance of the runtime directory.
 pub enum Listed {
     Running(InstanceStatus),
+    /// Files this user may not trust (another user's, or reachable through a link).
+    Untrusted(InstanceError),
     /// A dead instance whose files were just removed.
     Stale(String),
     /// A live instance that did not answer.
@@ -18,6 +20,10 @@ pub fn list(dir: &InstanceDir) -> Result<Vec<Listed>, ClientError> {
     let mut out = Vec::new();
     for name in dir.names() {
         let files = dir.files(&name)?;
+        if let Err(e) = files.check_access(&dir.path) {
+            out.push(Listed::Untrusted(e));
+            continue;
+        }
         if !files.is_live() {
             if files.clean_stale() {
                 out.push(Listed::Stale(name));

@@ -125,7 +125,7 @@ fn close_what_exec_would_close(keep: &[i32]) {
 }
 
 fn redirect_stdio(log: &Path) {
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(f) = mcr_protocol::instance::open_append(log) {
         // SAFETY: dup2 onto the standard descriptors of this (supervisor) process.
         unsafe {
             // Close-on-exec and closed after use: it must not leak into the server.

@@ -87,15 +87,14 @@ pub fn open_uffd() -> Result<i32, String> {
 
 fn arm_uffd(exclude: Option<&str>) -> Result<ArmReport, String> {
     let fd = open_uffd()?;
-    let text = std::fs::read_to_string("/proc/self/maps").map_err(|e| {
+    let all = mcr_procfs::maps::read(mcr_procfs::Process::Current).map_err(|e| {
         sys::close(fd);
         format!("/proc/self/maps: {e}")
     })?;
     let mut report = ArmReport { method: Method::UffdWp, fd: Some(fd), ranges: 0, bytes: 0, skipped: 0, note: None };
-    let all = maps::parse(&text);
     let classes = maps::classify_all(&all, "", exclude);
     let excluded = |i: usize| exclude.is_some() && classes[i] == MappingClass::Runtime;
-    for (_, m) in all.iter().enumerate().filter(|&(i, m)| m.is_tracked_kind() && !excluded(i)) {
+    for (_, m) in all.iter().enumerate().filter(|&(i, m)| maps::is_tracked_kind(m) && !excluded(i)) {
         let r = if m.len() > MAX_TRACKED_MAPPING {
             Err(io::Error::other("larger than 1 GiB"))
         } else {

@@ -19,6 +19,9 @@ pub mod sys;
 
 pub use maps::{Mapping, MappingClass};
 
+use mcr_procfs::pagemap::Pagemap;
+use mcr_procfs::Process;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -157,23 +160,25 @@ impl DirtyMap {
 }
 
 /// Pagemap entry bit 55: the page was written since the soft-dirty bits were cleared.
-pub const PM_SOFT_DIRTY: u64 = 1 << 55;
+pub const PM_SOFT_DIRTY: u64 = mcr_procfs::pagemap::SOFT_DIRTY;
 
 /// Raw 64-bit entries of `/proc/<proc>/pagemap` for `count` pages from page `first`.
 pub fn read_pagemap_entries(pid: i32, first: u64, count: u64) -> io::Result<Vec<u64>> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(proc_path(pid, "pagemap"))?;
-    let mut buf = vec![0u8; (count * 8) as usize];
-    f.read_exact_at(&mut buf, first * 8)?;
-    Ok(buf.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
+    let count = usize::try_from(count).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(Pagemap::open(process(pid))?.entries(first, count)?.collect())
+}
+
+/// Process `pid` as /proc names it: `/proc/self` for this very process.
+fn process(pid: i32) -> Process {
+    if pid == std::process::id() as i32 {
+        Process::Current
+    } else {
+        Process::Pid(pid)
+    }
 }
 
 fn proc_path(pid: i32, file: &str) -> String {
-    if pid == std::process::id() as i32 {
-        format!("/proc/self/{file}")
-    } else {
-        format!("/proc/{pid}/{file}")
-    }
+    process(pid).file(file).display().to_string()
 }
 
 /// The written pages of process `pid` (host PID), tracked by userfaultfd write-protect.
@@ -184,30 +189,30 @@ pub fn written_ranges(pid: i32) -> Result<DirtyMap, DirtyError> {
 
 /// As [`written_ranges`], for a process armed with `method` (its runtime says which).
 pub fn written_ranges_with(pid: i32, method: Method) -> Result<DirtyMap, DirtyError> {
-    let maps_path = proc_path(pid, "maps");
-    let text = std::fs::read_to_string(&maps_path).map_err(|source| DirtyError::Proc { path: maps_path, source })?;
-    let exe = std::fs::read_link(proc_path(pid, "exe")).map(|p| p.display().to_string()).unwrap_or_default();
-    let all = maps::parse(&text);
+    let all = mcr_procfs::maps::read(process(pid))
+        .map_err(|source| DirtyError::Proc { path: proc_path(pid, "maps"), source })?;
+    let exe = mcr_procfs::exe(process(pid)).map(|p| p.display().to_string()).unwrap_or_default();
     let classes = maps::classify_all(&all, &exe, None);
-    let brk = std::fs::read_to_string(proc_path(pid, "stat")).ok().and_then(|s| maps::start_brk(&s));
+    let brk = mcr_procfs::stat::read(process(pid)).ok().and_then(|s| s.start_brk);
     let all = maps::split_heap(all, classes, brk);
     let page = sys::page_size();
     let pm_path = proc_path(pid, "pagemap");
-    let pagemap = std::fs::File::open(&pm_path).map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?;
+    let mut pagemap =
+        Pagemap::open(process(pid)).map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?;
     let mut out = DirtyMap { method, page_size: page, mappings: Vec::new(), clean: Vec::new() };
     for (m, class) in all {
         // The mcr runtime's own memory is not the program's state.
         let candidate = class != MappingClass::Runtime
             && m.private
             && !m.is_empty()
-            && (m.is_tracked_kind() || (method == Method::UffdWp && !m.path.starts_with('[')));
+            && (maps::is_tracked_kind(&m) || (method == Method::UffdWp && !m.path.starts_with('[')));
         if !candidate {
             continue;
         }
         let mut clean = Vec::new();
         let counts = match method {
-            Method::UffdWp => scan_uffd(&pagemap, &m, page, &mut clean)?,
-            Method::SoftDirty if m.writable => scan_soft_dirty(&pagemap, &m, page, &mut clean)
+            Method::UffdWp => scan_uffd(pagemap.file(), &m, page, &mut clean)?,
+            Method::SoftDirty if m.writable => scan_soft_dirty(&mut pagemap, &m, page, &mut clean)
                 .map_err(|source| DirtyError::Proc { path: pm_path.clone(), source })?,
             _ => Counts { untracked: m.len() / page, ..Counts::default() },
         };
@@ -301,19 +306,15 @@ fn scan_uffd(
     Ok(c)
 }
 
-fn scan_soft_dirty(pagemap: &std::fs::File, m: &Mapping, page: u64, clean: &mut Vec<(u64, u64)>) -> io::Result<Counts> {
-    use std::os::unix::fs::FileExt;
+fn scan_soft_dirty(pagemap: &mut Pagemap, m: &Mapping, page: u64, clean: &mut Vec<(u64, u64)>) -> io::Result<Counts> {
     let mut c = Counts::default();
     let pages = m.len() / page;
     let chunk = 4096u64;
-    let mut buf = vec![0u8; (chunk * 8) as usize];
     let mut i = 0;
     while i < pages {
         let n = chunk.min(pages - i);
         let first = m.start / page + i;
-        pagemap.read_exact_at(&mut buf[..(n * 8) as usize], first * 8)?;
-        for (j, e) in buf[..(n * 8) as usize].chunks_exact(8).enumerate() {
-            let e = u64::from_ne_bytes(e.try_into().unwrap());
+        for (j, e) in pagemap.entries(first, n as usize)?.enumerate() {
             let addr = (first + j as u64) * page;
             c.tracked += 1;
             if e & PM_SOFT_DIRTY != 0 {

@@ -1,20 +1,6 @@
-//! `/proc/PID/maps`: which mappings dirty tracking covers, and what each one is.
+//! Which mappings of `/proc/PID/maps` dirty tracking covers, and what each one is.
 
-/// One line of `/proc/PID/maps`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    pub readable: bool,
-    pub writable: bool,
-    pub executable: bool,
-    /// `p` (private, copy-on-write) rather than `s` (shared).
-    pub private: bool,
-    pub offset: u64,
-    pub inode: u64,
-    /// Path, `[heap]`, `[stack]`, `[anon:name]`..., empty for anonymous memory.
-    pub path: String,
-}
+pub use mcr_procfs::maps::{parse, Mapping};
 
 /// What a mapping holds, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,44 +41,34 @@ impl MappingClass {
     }
 }
 
-impl Mapping {
-    pub fn len(&self) -> u64 {
-        self.end - self.start
+/// Whether dirty tracking covers `m`: writable, private, and ordinary memory (not the
+/// kernel's [vvar]/[vdso]/[vsyscall] pages, not device memory).
+pub fn is_tracked_kind(m: &Mapping) -> bool {
+    if !m.writable || !m.private || m.is_empty() {
+        return false;
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.end <= self.start
+    let p = m.path.as_str();
+    if matches!(p, "[vvar]" | "[vvar_vclock]" | "[vdso]" | "[vsyscall]" | "[uprobes]") {
+        return false;
     }
+    !p.starts_with("/dev/") || p.starts_with("/dev/zero")
+}
 
-    /// Whether dirty tracking covers it: writable, private, and ordinary memory (not
-    /// the kernel's [vvar]/[vdso]/[vsyscall] pages, not device memory).
-    pub fn is_tracked_kind(&self) -> bool {
-        if !self.writable || !self.private || self.is_empty() {
-            return false;
-        }
-        let p = self.path.as_str();
-        if matches!(p, "[vvar]" | "[vvar_vclock]" | "[vdso]" | "[vsyscall]" | "[uprobes]") {
-            return false;
-        }
-        !p.starts_with("/dev/") || p.starts_with("/dev/zero")
-    }
-
-    /// The mapping's class; `exe` is the program's path, `runtime` libmcr.so's.
-    pub fn class(&self, exe: &str, runtime: Option<&str>) -> MappingClass {
-        let p = self.path.as_str();
-        if p == "[heap]" {
-            MappingClass::Heap
-        } else if p == "[stack]" {
-            MappingClass::Stack
-        } else if p.is_empty() || p.starts_with("[anon") || p.starts_with("/dev/zero") || p.starts_with("[") {
-            MappingClass::Anonymous
-        } else if !exe.is_empty() && p == exe {
-            MappingClass::Program
-        } else if runtime.is_some_and(|r| r == p) || p.ends_with("/libmcr.so") {
-            MappingClass::Runtime
-        } else {
-            MappingClass::Library
-        }
+/// The class of `m`; `exe` is the program's path, `runtime` libmcr.so's.
+pub fn class_of(m: &Mapping, exe: &str, runtime: Option<&str>) -> MappingClass {
+    let p = m.path.as_str();
+    if p == "[heap]" {
+        MappingClass::Heap
+    } else if p == "[stack]" {
+        MappingClass::Stack
+    } else if p.is_empty() || p.starts_with("[anon") || p.starts_with("/dev/zero") || p.starts_with("[") {
+        MappingClass::Anonymous
+    } else if !exe.is_empty() && p == exe {
+        MappingClass::Program
+    } else if runtime.is_some_and(|r| r == p) || p.ends_with("/libmcr.so") {
+        MappingClass::Runtime
+    } else {
+        MappingClass::Library
     }
 }
 
@@ -101,7 +77,7 @@ impl Mapping {
 pub fn classify_all(maps: &[Mapping], exe: &str, runtime: Option<&str>) -> Vec<MappingClass> {
     let mut out: Vec<MappingClass> = Vec::with_capacity(maps.len());
     for (i, m) in maps.iter().enumerate() {
-        let mut c = m.class(exe, runtime);
+        let mut c = class_of(m, exe, runtime);
         if m.path.is_empty() && i > 0 {
             let prev = &maps[i - 1];
             if prev.end == m.start && prev.writable && !prev.path.is_empty() && !prev.path.starts_with('[') {
@@ -111,12 +87,6 @@ pub fn classify_all(maps: &[Mapping], exe: &str, runtime: Option<&str>) -> Vec<M
         out.push(c);
     }
     out
-}
-
-/// `start_brk` from the text of `/proc/PID/stat` (field 47; 0 without ptrace access).
-pub fn start_brk(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(44).and_then(|f| f.parse().ok()).filter(|&b| b != 0)
 }
 
 /// The program's .bss pages often share one VMA with the brk heap (both anonymous and
@@ -145,36 +115,6 @@ pub fn split_heap(
     out
 }
 
-/// Parse the text of `/proc/PID/maps`; malformed lines are skipped.
-pub fn parse(text: &str) -> Vec<Mapping> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<Mapping> {
-    let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let _dev = it.next()?;
-    let inode = it.next()?.parse().ok()?;
-    let path = it.next().unwrap_or("").trim_start().to_string();
-    let (s, e) = range.split_once('-')?;
-    if perms.len() < 4 {
-        return None;
-    }
-    Some(Mapping {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        readable: perms[0] == b'r',
-        writable: perms[1] == b'w',
-        executable: perms[2] == b'x',
-        private: perms[3] == b'p',
-        offset,
-        inode,
-        path,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,9 +138,9 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     fn parses_and_classifies() {
         let maps = parse(MAPS);
         assert_eq!(maps.len(), 12);
-        let tracked: Vec<&Mapping> = maps.iter().filter(|m| m.is_tracked_kind()).collect();
+        let tracked: Vec<&Mapping> = maps.iter().filter(|m| is_tracked_kind(m)).collect();
         assert_eq!(tracked.len(), 7, "{tracked:#?}");
-        let classes: Vec<MappingClass> = tracked.iter().map(|m| m.class("/srv/kvd", None)).collect();
+        let classes: Vec<MappingClass> = tracked.iter().map(|m| class_of(m, "/srv/kvd", None)).collect();
         use MappingClass::*;
         assert_eq!(classes, [Program, Anonymous, Heap, Anonymous, Library, Runtime, Stack]);
         assert_eq!(tracked[0].start, 0x55d0c0a04000);
@@ -213,11 +153,5 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(split.len(), 13);
         assert_eq!((split[3].0.start, split[3].0.end, split[3].1), (0x55d0c1000000, 0x55d0c1002000, Program));
         assert_eq!((split[4].0.start, split[4].0.end, split[4].1), (0x55d0c1002000, 0x55d0c1021000, Heap));
-    }
-
-    #[test]
-    fn start_brk_from_stat() {
-        let stat = "2 (kvd (x)) S 1 2 2 0 -1 4194560 99 0 0 0 0 0 0 0 20 0 1 0 4087 6787072 418 18446744073709551615 93824992231424 93824992239177 140737488346704 0 0 0 0 4096 16384 1 0 0 17 0 0 0 0 0 0 93824992247152 93824992248352 93824992260096 140737488347835 140737488347860 140737488347860 140737488351193 0\n";
-        assert_eq!(start_brk(stat), Some(93824992260096));
     }
 }

@@ -1,6 +1,8 @@
 //! Reading another process's memory (never writing it: the old version of an update must
 //! be able to resume untouched) and finding the regions worth scanning.
 
+use mcr_procfs::pagemap::{self, Pagemap};
+use mcr_procfs::Mapping;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -34,7 +36,8 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     pub fn open(pid: i32) -> Result<Self, MemoryError> {
-        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|source| MemoryError::Open { pid, source })?;
+        let mem = File::open(mcr_procfs::Process::Pid(pid).file("mem"))
+            .map_err(|source| MemoryError::Open { pid, source })?;
         Ok(Self { pid, mem })
     }
 
@@ -82,7 +85,8 @@ impl ReadMemory for Snapshot<'_> {
     }
 }
 
-/// One line of /proc/PID/maps.
+/// One mapping of /proc/PID/maps (the shared [`Mapping`], under the field names the heap
+/// scan and the tracer use: `name` is its path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
     pub start: u64,
@@ -96,29 +100,29 @@ pub struct Region {
     pub name: String,
 }
 
+impl From<Mapping> for Region {
+    fn from(m: Mapping) -> Region {
+        Region {
+            start: m.start,
+            end: m.end,
+            readable: m.readable,
+            writable: m.writable,
+            private: m.private,
+            offset: m.offset,
+            inode: m.inode,
+            name: m.path,
+        }
+    }
+}
+
 impl Region {
     pub fn parse(line: &str) -> Option<Region> {
-        let mut it = line.splitn(6, ' ');
-        let (range, perms, offset, _dev, inode) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-        let name = it.next().unwrap_or("").trim().to_string();
-        let (s, e) = range.split_once('-')?;
-        let p = perms.as_bytes();
-        Some(Region {
-            start: u64::from_str_radix(s, 16).ok()?,
-            end: u64::from_str_radix(e, 16).ok()?,
-            readable: p.first() == Some(&b'r'),
-            writable: p.get(1) == Some(&b'w'),
-            private: p.get(3) == Some(&b'p'),
-            offset: u64::from_str_radix(offset, 16).ok()?,
-            inode: inode.trim().parse().ok()?,
-            name,
-        })
+        mcr_procfs::maps::parse_line(line).map(Region::from)
     }
 
     pub fn read_all(pid: i32) -> Result<Vec<Region>, MemoryError> {
-        let text =
-            std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| MemoryError::Maps { pid, source })?;
-        Ok(text.lines().filter_map(Region::parse).collect())
+        let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
+        Ok(maps.into_iter().map(Region::from).collect())
     }
 
     /// Memory malloc can hand out: the brk heap and private anonymous read-write
@@ -138,23 +142,14 @@ impl Region {
 /// are thread stacks: anonymous like malloc's arenas, but they never hold heap blocks, and
 /// with transparent huge pages even a barely used one has megabytes present.
 pub fn thread_stack_pointers(pid: i32) -> Vec<u64> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let Ok(tasks) = mcr_procfs::task::list(pid) else { return Vec::new() };
     tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("syscall")).ok())
-        // "NR arg1 … arg6 SP PC" while blocked; "running" or "-1 SP PC" otherwise.
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() >= 3).then(|| u64::from_str_radix(f[f.len() - 2].trim_start_matches("0x"), 16).ok()).flatten()
-        })
+        .into_iter()
+        .filter_map(|tid| mcr_procfs::task::syscall(pid, tid).ok()?.stack_pointer())
         .filter(|&sp| sp != 0)
         .collect()
 }
 
-/// Pagemap entry bits: the page is in memory, or swapped out. A page with neither was
-/// never touched (or was dropped): it reads as zeros and holds no heap block.
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAPPED: u64 = 1 << 62;
 /// Pagemap entries read at a time (512 KiB of entries, 256 MiB of address space).
 const PM_BATCH: usize = 65536;
 
@@ -164,28 +159,27 @@ const PM_BATCH: usize = 65536;
 /// threads would have most of a gigabyte of them. A region whose pagemap cannot be read
 /// is kept whole.
 pub fn touched_parts(pid: i32, regions: &[Region]) -> Vec<Region> {
-    let Ok(pagemap) = File::open(format!("/proc/{pid}/pagemap")) else { return regions.to_vec() };
+    let Ok(mut pagemap) = Pagemap::open(pid) else { return regions.to_vec() };
     // SAFETY: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         n if n > 0 => n as u64,
         _ => 4096,
     };
     let mut out = Vec::new();
-    let mut buf = vec![0u8; PM_BATCH * 8];
     for r in regions {
         let mut run: Option<u64> = None;
         let mut addr = r.start;
         let mut whole = false;
         while addr < r.end {
             let pages = (((r.end - addr) / page) as usize).clamp(1, PM_BATCH);
-            let b = &mut buf[..pages * 8];
-            if pagemap.read_exact_at(b, addr / page * 8).is_err() {
+            let Ok(entries) = pagemap.entries(addr / page, pages) else {
                 whole = true;
                 break;
-            }
-            for e in b.chunks_exact(8) {
-                let entry = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
-                let touched = entry & (PM_PRESENT | PM_SWAPPED) != 0;
+            };
+            for entry in entries {
+                // Neither present nor swapped: never touched (or dropped), reads as
+                // zeros and holds no heap block.
+                let touched = entry & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
                 match (touched, run) {
                     (true, None) => run = Some(addr),
                     (false, Some(start)) => {
@@ -213,19 +207,27 @@ mod tests {
 
     #[test]
     fn stack_pointers_of_blocked_threads_are_in_their_stacks() {
+        let (here_tx, here_rx) = std::sync::mpsc::channel::<u64>();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             let local = 0u8;
             let here = &local as *const u8 as u64;
+            here_tx.send(here).unwrap();
             let _ = rx.recv();
-            here
         });
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let sps = thread_stack_pointers(std::process::id() as i32);
+        let here = here_rx.recv().unwrap();
+        // The blocked thread's stack pointer is within a few pages below its local, once
+        // it blocks in recv (bounded wait: a loaded machine may take a while).
+        let near = |sps: &[u64]| sps.iter().any(|&sp| sp <= here && here - sp < 64 * 1024);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sps = thread_stack_pointers(std::process::id() as i32);
+        while !near(&sps) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            sps = thread_stack_pointers(std::process::id() as i32);
+        }
         tx.send(()).unwrap();
-        let here = t.join().unwrap();
-        // The blocked thread's stack pointer is within a few pages below its local.
-        assert!(sps.iter().any(|&sp| sp <= here && here - sp < 64 * 1024), "{sps:x?} vs {here:#x}");
+        t.join().unwrap();
+        assert!(near(&sps), "{sps:x?} vs {here:#x}");
     }
 
     #[test]

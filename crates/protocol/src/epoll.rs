@@ -3,34 +3,21 @@
 //! re-creates them in the new version with relocated data.
 
 use crate::EpollRegistration;
+use mcr_procfs::Process;
 
 /// Every interest of every epoll instance of process `pid` ("self" for the caller).
 pub fn epoll_registrations(pid: &str) -> Vec<EpollRegistration> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
-    for e in dir.flatten() {
-        let Some(epfd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]") {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")).unwrap_or_default();
-        out.extend(info.lines().filter_map(|l| parse_fdinfo_line(epfd, l)));
-    }
-    out
-}
-
-/// `tfd:        5 events:       19 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8`
-fn parse_fdinfo_line(epfd: i32, line: &str) -> Option<EpollRegistration> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.first() != Some(&"tfd:") || f.get(2) != Some(&"events:") || f.get(4) != Some(&"data:") {
-        return None;
-    }
-    Some(EpollRegistration {
-        epfd,
-        fd: f[1].parse().ok()?,
-        events: u32::from_str_radix(f[3], 16).ok()?,
-        data: u64::from_str_radix(f[5], 16).ok()?,
-    })
+    let process = match pid {
+        "self" => Process::Current,
+        _ => match pid.parse() {
+            Ok(pid) => Process::Pid(pid),
+            Err(_) => return Vec::new(),
+        },
+    };
+    mcr_procfs::fd::epoll_interests(process)
+        .into_iter()
+        .map(|(epfd, i)| EpollRegistration { epfd, fd: i.fd, events: i.events, data: i.data })
+        .collect()
 }
 
 #[cfg(test)]
@@ -38,13 +25,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fdinfo_lines_parse() {
-        let l = "tfd:        5 events:   80000019 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8";
-        assert_eq!(
-            parse_fdinfo_line(9, l),
-            Some(EpollRegistration { epfd: 9, fd: 5, events: 0x8000_0019, data: 0x7fff_f7a0_1234 })
-        );
-        assert_eq!(parse_fdinfo_line(9, "pos:\t0"), None);
-        assert_eq!(parse_fdinfo_line(9, "flags:\t02"), None);
+    fn registrations_of_this_process_and_of_none() {
+        use std::os::fd::AsRawFd;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // SAFETY: plain system calls on descriptors this test owns; `ev` outlives the call.
+        let epfd = unsafe {
+            let epfd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            assert!(epfd >= 0);
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 77 };
+            assert_eq!(libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev), 0);
+            epfd
+        };
+        for pid in ["self".to_string(), std::process::id().to_string()] {
+            let regs = epoll_registrations(&pid);
+            let r = regs.iter().find(|r| r.epfd == epfd).unwrap_or_else(|| panic!("{pid}: {regs:?}"));
+            assert_eq!((r.fd, r.data), (sock.as_raw_fd(), 77), "{pid}: {r:?}");
+            assert_ne!(r.events & libc::EPOLLIN as u32, 0);
+        }
+        // SAFETY: the instance created above.
+        unsafe { libc::close(epfd) };
+        assert_eq!(epoll_registrations("not a pid"), vec![]);
+        assert_eq!(epoll_registrations("-1"), vec![]);
     }
 }

@@ -2,16 +2,21 @@
 //!
 //! `<dir>/<name>.lock` is held (flock) by the supervisor for as long as it lives: a lock
 //! nobody holds means the instance is dead, whatever files are left next to it.
+//!
+//! The directory is trusted only if nobody but its owner (the user running mcr, or root)
+//! can write it: another user who could plant a symlink there would make root's mcr
+//! write server output or JSON through it into any file. Every file is still opened with
+//! `O_NOFOLLOW`, and mcr never removes a file that belongs to another user.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("invalid instance name {0:?}: use letters, digits, '.', '_' and '-' (at most 64)")]
+    #[error("invalid instance name {0:?}: use letters, digits, '.', '_' and '-' (at most 64, not first)")]
     InvalidName(String),
     #[error("no runtime directory: set MCR_RUNTIME_DIR or XDG_RUNTIME_DIR, or pass --runtime-dir")]
     NoRuntimeDir,
@@ -21,6 +26,10 @@ pub enum InstanceError {
     AlreadyRunning { name: String, pid: String },
     #[error("no running instance named '{name}' in {dir}")]
     NotRunning { name: String, dir: PathBuf },
+    #[error("runtime directory {path} {reason}: refusing to use it (another user could plant files there); choose a directory only you can write, with --runtime-dir or MCR_RUNTIME_DIR")]
+    InsecureDir { path: PathBuf, reason: String },
+    #[error("permission denied: instance '{name}' in {dir} belongs to {owner}; run mcr as that user")]
+    PermissionDenied { name: String, dir: PathBuf, owner: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -44,7 +53,7 @@ pub struct InstanceFiles {
 pub fn validate_name(name: &str) -> Result<(), InstanceError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -71,7 +80,11 @@ impl InstanceDir {
         } else {
             return Err(InstanceError::NoRuntimeDir);
         };
-        Ok(Self { path })
+        let dir = Self { path };
+        if dir.path.exists() {
+            dir.check_trusted()?;
+        }
+        Ok(dir)
     }
 
     pub fn create(&self) -> Result<(), InstanceError> {
@@ -79,7 +92,31 @@ impl InstanceDir {
             .recursive(true)
             .mode(0o700)
             .create(&self.path)
-            .map_err(|source| InstanceError::CreateDir { path: self.path.clone(), source })
+            .map_err(|source| InstanceError::CreateDir { path: self.path.clone(), source })?;
+        self.check_trusted()
+    }
+
+    /// The directory is a real directory (not a symlink), owned by this user or root, and
+    /// nobody else can write it.
+    pub fn check_trusted(&self) -> Result<(), InstanceError> {
+        let insecure = |reason: String| InstanceError::InsecureDir { path: self.path.clone(), reason };
+        let meta =
+            fs::symlink_metadata(&self.path).map_err(|source| InstanceError::Io { path: self.path.clone(), source })?;
+        if meta.file_type().is_symlink() {
+            return Err(insecure("is a symbolic link".into()));
+        }
+        if !meta.is_dir() {
+            return Err(insecure("is not a directory".into()));
+        }
+        let me = effective_uid();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(insecure(format!("belongs to {}, not to {}", user_name(meta.uid()), user_name(me))));
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(insecure(format!("is writable by {} (mode {:o})", writers(mode), mode & 0o7777)));
+        }
+        Ok(())
     }
 
     pub fn files(&self, name: &str) -> Result<InstanceFiles, InstanceError> {
@@ -102,20 +139,75 @@ impl InstanceDir {
     }
 }
 
+/// Whether an instance's supervisor lives, as far as this user can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// No lock file, or nobody holds it.
+    Dead,
+    /// The lock belongs to another user and cannot be opened: nothing can be said, and
+    /// nothing may be removed.
+    NotOurs {
+        owner: u32,
+    },
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `root`, `uid 1001 (alice)`: the owner of a file, for messages.
+fn user_name(uid: u32) -> String {
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|text| {
+        text.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, id) = (f.next()?, f.next()?, f.next()?);
+            (id.parse() == Ok(uid)).then(|| name.to_string())
+        })
+    });
+    match (uid, name) {
+        (0, _) => "root".into(),
+        (_, Some(n)) => format!("uid {uid} ({n})"),
+        (_, None) => format!("uid {uid}"),
+    }
+}
+
+fn writers(mode: u32) -> &'static str {
+    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "its group and other users",
+        (true, false) => "its group",
+        _ => "other users",
+    }
+}
+
+/// Open options that never follow a symlink and never leak into a child.
+fn no_follow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).mode(0o600);
+    o
+}
+
+/// Create or replace `path` with `contents`, without following a symlink planted there.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut f = no_follow().write(true).create(true).truncate(true).open(path)?;
+    f.write_all(contents)
+}
+
+/// Open `path` for appending (a log), created if missing, without following a symlink.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    no_follow().append(true).create(true).open(path)
+}
+
 impl InstanceFiles {
     /// Take the instance lock; on success, stale files of a dead instance are removed.
     /// The returned file must stay open for the life of the supervisor.
     pub fn acquire(&self) -> Result<File, InstanceError> {
         let io_err = |source| InstanceError::Io { path: self.lock.clone(), source };
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.lock)
-            .map_err(io_err)?;
+        if let Liveness::NotOurs { owner } = self.liveness() {
+            return Err(self.not_ours(owner));
+        }
+        let f = no_follow().create(true).truncate(false).read(true).write(true).open(&self.lock).map_err(io_err)?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -131,27 +223,78 @@ impl InstanceFiles {
         }
         // We own the name now: anything left is from a dead instance.
         for stale in [&self.socket, &self.pid] {
-            let _ = fs::remove_file(stale);
+            remove_own(stale);
         }
         Ok(f)
     }
 
-    /// True when a supervisor holds the lock.
-    pub fn is_live(&self) -> bool {
-        let Ok(f) = File::open(&self.lock) else { return false };
+    /// Whether a supervisor holds the lock.
+    pub fn liveness(&self) -> Liveness {
+        let f = match no_follow().read(true).open(&self.lock) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                let owner = fs::symlink_metadata(&self.lock).map(|m| m.uid()).unwrap_or(u32::MAX);
+                return Liveness::NotOurs { owner };
+            }
+            Err(_) => return Liveness::Dead,
+        };
         // SAFETY: flock on a file descriptor we own; released on drop.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        rc != 0
+        if rc != 0 {
+            Liveness::Live
+        } else {
+            Liveness::Dead
+        }
+    }
+
+    /// True when a supervisor holds the lock, or when the lock is another user's (then it
+    /// must be treated as live: nothing of it may be removed).
+    pub fn is_live(&self) -> bool {
+        self.liveness() != Liveness::Dead
+    }
+
+    /// The instance may be talked to by this user: its files are ours (or we are root).
+    pub fn check_access(&self, dir: &Path) -> Result<(), InstanceError> {
+        let me = effective_uid();
+        if me == 0 {
+            return Ok(());
+        }
+        for p in [&self.lock, &self.socket] {
+            match fs::symlink_metadata(p) {
+                Ok(m) if m.uid() != me => return Err(self.not_ours_in(dir, m.uid())),
+                // The directory itself is closed to us: its owner's instances are not ours.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    let owner = fs::metadata(dir).map(|m| m.uid()).unwrap_or(u32::MAX);
+                    return Err(self.not_ours_in(dir, owner));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn not_ours(&self, owner: u32) -> InstanceError {
+        let dir = self.lock.parent().unwrap_or(Path::new("/")).to_path_buf();
+        self.not_ours_in(&dir, owner)
+    }
+
+    fn not_ours_in(&self, dir: &Path, owner: u32) -> InstanceError {
+        InstanceError::PermissionDenied {
+            name: self.name.clone(),
+            dir: dir.to_path_buf(),
+            owner: if owner == u32::MAX { "another user".into() } else { user_name(owner) },
+        }
     }
 
     /// Remove the files of a dead instance. Returns true when something was removed.
+    /// Files of another user are never removed (unless we are root).
     pub fn clean_stale(&self) -> bool {
-        if self.is_live() {
+        if self.liveness() != Liveness::Dead {
             return false;
         }
         let mut removed = false;
         for p in [&self.socket, &self.pid, &self.lock] {
-            removed |= fs::remove_file(p).is_ok();
+            removed |= remove_own(p);
         }
         removed
     }
@@ -159,8 +302,17 @@ impl InstanceFiles {
     /// Remove everything but the log (called by the supervisor as it exits).
     pub fn remove_all(&self) {
         for p in [&self.socket, &self.pid, &self.lock] {
-            let _ = fs::remove_file(p);
+            remove_own(p);
         }
+    }
+}
+
+/// Remove `path` if it is this user's (root removes anything). True when removed.
+fn remove_own(path: &Path) -> bool {
+    let me = effective_uid();
+    match fs::symlink_metadata(path) {
+        Ok(m) if me == 0 || m.uid() == me => fs::remove_file(path).is_ok(),
+        _ => false,
     }
 }
 
@@ -172,9 +324,54 @@ mod tests {
     fn names_are_validated() {
         assert!(validate_name("kvd").is_ok());
         assert!(validate_name("nginx-1.22_a").is_ok());
-        for bad in ["", "../x", "a/b", ".hidden", "sp ace", &"x".repeat(65)] {
+        for bad in ["", "../x", "a/b", ".hidden", "-n", "--help", "sp ace", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn scratch(label: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("mcr-proto-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn only_a_directory_nobody_else_can_write_is_trusted() {
+        let tmp = scratch("trust");
+        let dir = InstanceDir { path: tmp.join("run") };
+        dir.create().unwrap();
+        assert_eq!(fs::metadata(&dir.path).unwrap().permissions().mode() & 0o777, 0o700);
+        for mode in [0o777, 0o1777, 0o770, 0o702] {
+            fs::set_permissions(&dir.path, fs::Permissions::from_mode(mode)).unwrap();
+            match dir.check_trusted() {
+                Err(InstanceError::InsecureDir { reason, .. }) => assert!(reason.contains("writable by"), "{reason}"),
+                other => panic!("mode {mode:o} trusted: {other:?}"),
+            }
+        }
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755)).unwrap();
+        dir.check_trusted().unwrap();
+        let link = InstanceDir { path: tmp.join("link") };
+        std::os::unix::fs::symlink(&dir.path, &link.path).unwrap();
+        assert!(matches!(link.check_trusted(), Err(InstanceError::InsecureDir { .. })));
+        assert!(matches!(InstanceDir::resolve(Some(&link.path)), Err(InstanceError::InsecureDir { .. })));
+        fs::remove_dir_all(tmp).unwrap();
+    }
+
+    #[test]
+    fn files_are_never_written_through_a_symlink() {
+        let tmp = scratch("nofollow");
+        let victim = tmp.join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let planted = tmp.join("x.pid");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(write_private(&planted, b"123").is_err());
+        assert!(open_append(&planted).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        write_private(&tmp.join("y.pid"), b"1").unwrap();
+        write_private(&tmp.join("y.pid"), b"22").unwrap();
+        assert_eq!(fs::read_to_string(tmp.join("y.pid")).unwrap(), "22", "replaced, not appended");
+        fs::remove_dir_all(tmp).unwrap();
     }
 
     #[test]

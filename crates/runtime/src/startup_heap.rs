@@ -17,6 +17,7 @@
 use crate::sync::SpinLock;
 use crate::threads::MAX_STACK;
 use crate::{stack, symbolize, threads};
+use mcr_procfs::{Mapping, Process};
 use mcr_protocol::StartupAlloc;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -27,28 +28,23 @@ static EXE_HI: AtomicUsize = AtomicUsize::new(0);
 
 /// Find the main executable's code (constructor, before the program runs).
 pub fn init() {
-    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let exe = mcr_procfs::exe(Process::Current).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let maps = mcr_procfs::maps::read(Process::Current).unwrap_or_default();
     if let Some((lo, hi)) = code_of(&maps, &exe) {
         EXE_LO.store(lo, Relaxed);
         EXE_HI.store(hi, Relaxed);
     }
 }
 
-/// The span of the executable mappings of `path` in a /proc/PID/maps text.
-fn code_of(maps: &str, path: &str) -> Option<(usize, usize)> {
-    let mut span: Option<(usize, usize)> = None;
-    for l in maps.lines() {
-        let mut it = l.split_whitespace();
-        let (Some(range), Some(perms)) = (it.next(), it.next()) else { continue };
-        if !perms.contains('x') || path.is_empty() || it.nth(3) != Some(path) {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)) else { continue };
-        span = Some(span.map_or((s, e), |(lo, hi)| (lo.min(s), hi.max(e))));
+/// The span of the executable mappings of `path`.
+fn code_of(maps: &[Mapping], path: &str) -> Option<(usize, usize)> {
+    if path.is_empty() {
+        return None;
     }
-    span
+    maps.iter()
+        .filter(|m| m.executable && m.path == path)
+        .filter_map(|m| Some((usize::try_from(m.start).ok()?, usize::try_from(m.end).ok()?)))
+        .reduce(|(lo, hi), (s, e)| (lo.min(s), hi.max(e)))
 }
 
 /// Whether a call stack reaches the program's own code. One that does not stopped inside
@@ -99,7 +95,8 @@ fn record_slow(addr: u64, fp: usize) {
     if threads::is_internal() {
         return;
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let mut frames = [0usize; MAX_STACK];
     let n = stack::walk_own(fp, &mut frames);
     if reaches(&frames[..n], (EXE_LO.load(Relaxed), EXE_HI.load(Relaxed))) {
@@ -115,14 +112,13 @@ fn record_slow(addr: u64, fp: usize) {
         };
         t.recorded.push(Recorded { addr, stack, tid });
     }
-    threads::set_internal(was);
 }
 
 /// Every startup allocation of this process whose call stack reaches the program's code,
 /// in order, with its call-stack ID, thread and ordinal. Entries whose block was freed
 /// since are included: the update knows which blocks are live from their headers.
 pub fn snapshot() -> Vec<StartupAlloc> {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     // Copy out under the lock, symbolize without it.
     let (raw, recorded, adopted) = {
         let t = TABLE.lock();
@@ -136,7 +132,6 @@ pub fn snapshot() -> Vec<StartupAlloc> {
     }
     let mut out = number(&recorded, &stacks);
     out.extend(adopted);
-    threads::set_internal(was);
     out
 }
 
@@ -214,13 +209,16 @@ mod tests {
 
     #[test]
     fn only_call_stacks_that_reach_the_program_count() {
-        let maps = "555555554000-555555556000 r--p 00000000 fe:01 42 /srv/kvd\n\
+        let maps = mcr_procfs::maps::parse(
+            "555555554000-555555556000 r--p 00000000 fe:01 42 /srv/kvd\n\
                     555555556000-55555555a000 r-xp 00002000 fe:01 42 /srv/kvd\n\
                     55555555a000-55555555c000 r--p 00006000 fe:01 42 /srv/kvd\n\
-                    7ffff7dc2000-7ffff7f17000 r-xp 00026000 fe:01 77 /usr/lib/x86_64-linux-gnu/libc.so.6\n";
-        let code = code_of(maps, "/srv/kvd").expect("kvd's code");
+                    7ffff7dc2000-7ffff7f17000 r-xp 00026000 fe:01 77 /usr/lib/x86_64-linux-gnu/libc.so.6\n",
+        );
+        let code = code_of(&maps, "/srv/kvd").expect("kvd's code");
         assert_eq!(code, (0x555555556000, 0x55555555a000));
-        assert_eq!(code_of(maps, "/srv/other"), None);
+        assert_eq!(code_of(&maps, "/srv/other"), None);
+        assert_eq!(code_of(&maps, ""), None);
         assert!(reaches(&[0x7ffff7e00000, 0x555555557123], code), "strdup called from the program, chain intact");
         assert!(!reaches(&[0x7ffff7e00000], code), "chain cut short inside libc");
         assert!(!reaches(&[0x555555554100], code), "the program's data is not its code");

@@ -24,25 +24,14 @@ struct Cache {
 static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
 
 fn read_maps() -> Vec<Module> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
     let mut bases: HashMap<&str, u64> = HashMap::new();
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(_inode)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let Some(path) = it.next() else { continue };
-        if !path.starts_with('/') {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
-        let base = *bases.entry(path).or_insert(start);
-        if perms.contains('x') {
-            out.push(Module { start, end, base, path: path.to_string() });
+    for m in &maps {
+        let Some(path) = m.file() else { continue };
+        let base = *bases.entry(path).or_insert(m.start);
+        if m.executable {
+            out.push(Module { start: m.start, end: m.end, base, path: path.to_string() });
         }
     }
     out
@@ -77,8 +66,8 @@ impl Cache {
 /// Symbolize return addresses (innermost first) and compute the call-stack ID, whose
 /// first name is the wrapped call (`call`), if any.
 pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
-    let was = crate::threads::set_internal(true);
     let frames: Vec<Frame> = {
+        let _internal = crate::threads::InternalGuard::enter();
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(Cache::default);
         addrs
@@ -87,7 +76,6 @@ pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
             .filter(|f| !crate::is_runtime_module(f.module.as_deref()))
             .collect()
     };
-    crate::threads::set_internal(was);
     let id = stack_id_of(call, &frames);
     CallStack { id: mcr_callstack::format_id(id), frames }
 }
@@ -107,10 +95,8 @@ pub fn stack_id_of(call: Option<&str>, frames: &[Frame]) -> u64 {
 
 /// Symbolize a single program counter (not a return address).
 pub fn frame_at(pc: usize) -> Frame {
-    let was = crate::threads::set_internal(true);
-    let f = CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false);
-    crate::threads::set_internal(was);
-    f
+    let _internal = crate::threads::InternalGuard::enter();
+    CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false)
 }
 
 pub fn reset_after_fork() {

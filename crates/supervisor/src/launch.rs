@@ -98,11 +98,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         std::iter::once(cfg.program.display().to_string()).chain(cfg.args.iter().cloned()).map(cstring).collect();
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(core::ptr::null());
-    let log = if cfg.detach {
-        Some(std::fs::OpenOptions::new().create(true).append(true).open(&cfg.files.log)?)
-    } else {
-        None
-    };
+    let log = if cfg.detach { Some(mcr_protocol::instance::open_append(&cfg.files.log)?) } else { None };
     let devnull = cstring("/dev/null");
 
     // Reports exec failure from the child: closed by a successful exec.

@@ -41,7 +41,7 @@ pub fn enter() -> Namespace {
 /// In the forked child: make this process's mounts private-ish and mount /proc.
 /// Returns this process's PID as the host sees it (read before /proc changes).
 pub fn setup_child(own: bool) -> io::Result<i32> {
-    let host_pid = std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse().ok()).unwrap_or(0);
+    let host_pid = mcr_procfs::own_pid().unwrap_or(0);
     if !own {
         // SAFETY: prctl with an integer argument.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {

@@ -1,7 +1,5 @@
 //! The processes of the instance, read from /proc.
 
-use std::fs;
-
 #[derive(Debug, Clone)]
 pub struct Proc {
     pub pid: i32,
@@ -12,46 +10,24 @@ pub struct Proc {
     pub zombie: bool,
 }
 
-fn stat_fields(pid: i32) -> Option<(char, i32)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and parentheses: parse after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
 pub fn read(pid: i32, runtime_lib_name: &str) -> Option<Proc> {
-    let (state, ppid) = stat_fields(pid)?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect();
+    let stat = mcr_procfs::stat::read(pid).ok()?;
+    let cmdline = mcr_procfs::cmdline(pid).unwrap_or_default();
     let has_runtime =
-        fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.contains(runtime_lib_name)).unwrap_or(false);
-    Some(Proc { pid, ppid, cmdline, has_runtime, zombie: state == 'Z' || state == 'X' })
-}
-
-fn all_pids() -> Vec<i32> {
-    let mut v: Vec<i32> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    v.sort_unstable();
-    v
+        mcr_procfs::maps::read(pid).is_ok_and(|maps| maps.iter().any(|m| m.path.contains(runtime_lib_name)));
+    Some(Proc { pid, ppid: stat.ppid, cmdline, has_runtime, zombie: stat.is_exited() })
 }
 
 /// The server's processes: everything in our namespace but us (PID 1), or, without a
 /// namespace, our descendants.
 pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc> {
     let me = std::process::id() as i32;
-    let procs: Vec<Proc> =
-        all_pids().into_iter().filter(|&p| p != me).filter_map(|p| read(p, runtime_lib_name)).collect();
+    let procs: Vec<Proc> = mcr_procfs::pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter_map(|p| read(p, runtime_lib_name))
+        .collect();
     if own_namespace {
         return procs.into_iter().filter(|p| !p.zombie).collect();
     }
@@ -79,17 +55,57 @@ pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc
 /// Where a process's main thread is, from the kernel's view: its system call (by number)
 /// or "running".
 pub fn where_is(pid: i32) -> String {
-    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-    match text.split_whitespace().next() {
-        Some("running") => "it is running outside any blocking call".into(),
-        Some(nr) if nr.parse::<i64>().is_ok() => format!("it is blocked in system call {nr}, which mcr does not wrap"),
-        _ => "its state is unknown".into(),
+    use mcr_procfs::task::Syscall;
+    match mcr_procfs::task::syscall(pid, pid) {
+        Ok(Syscall::Running) => "it is running outside any blocking call".into(),
+        Ok(Syscall::InSyscall { nr, .. }) => format!("it is blocked in system call {nr}, which mcr does not wrap"),
+        // The kernel writes -1 for a thread blocked outside a system call.
+        Ok(Syscall::Blocked { .. }) => "it is blocked in system call -1, which mcr does not wrap".into(),
+        Err(_) => "its state is unknown".into(),
     }
 }
 
 /// This process's open descriptors above stderr.
 pub fn own_descriptors_above_stderr() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd: &i32| fd > 2).collect())
+    mcr_procfs::fd::list(mcr_procfs::Process::Current)
+        .map(|fds| fds.into_iter().filter(|&fd| fd > 2).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_sleeping_child_is_read_and_located() {
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = child.id() as i32;
+        // It soon sleeps in clock_nanosleep (x86_64: 230).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut at = where_is(pid);
+        while !at.contains("system call 230") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            at = where_is(pid);
+        }
+        assert_eq!(at, "it is blocked in system call 230, which mcr does not wrap");
+        let p = read(pid, "libmcr.so").unwrap();
+        assert_eq!((p.ppid, p.has_runtime, p.zombie), (std::process::id() as i32, false, false));
+        assert_eq!(p.cmdline, ["sleep", "10"]);
+        child.kill().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !read(pid, "libmcr.so").is_some_and(|p| p.zombie) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(read(pid, "libmcr.so").unwrap().zombie, "killed, not reaped yet");
+        child.wait().unwrap();
+        assert!(read(pid, "libmcr.so").is_none());
+        assert_eq!(where_is(pid), "its state is unknown");
+    }
+
+    #[test]
+    fn own_descriptors() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(own_descriptors_above_stderr().contains(&std::os::fd::AsRawFd::as_raw_fd(&f)));
+    }
 }

@@ -285,7 +285,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         runtime_listener_fd: std::os::fd::AsRawFd::as_raw_fd(&launched.runtime),
         startup_event: tokio::sync::Notify::new(),
     });
-    let _ = std::fs::write(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid));
+    let _ = mcr_protocol::instance::write_private(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid).as_bytes());
     report(
         &cfg.report,
         &LaunchReport::Supervising {

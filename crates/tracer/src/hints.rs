@@ -122,7 +122,19 @@ fn resolve(prog: &Program, name: &str) -> Option<TypeId> {
 /// The hint key of the word at `layout_path` (`kv_node.ctx`, `last_set`, `tab[3].u`) in an
 /// object whose hints are named from `root` (a global's name, or its type's tag).
 pub fn key(root: &str, layout_path: &str) -> String {
-    normalize(&format!("{root}{}", crate::trace::field_suffix(layout_path)))
+    normalize(&format!("{root}{}", field_suffix(layout_path)))
+}
+
+/// A layout path without its root (`kv_node.next` → `.next`, `table[3].u` → `[3].u`):
+/// what follows the name of the object, to put another name in front.
+pub(crate) fn field_suffix(path: &str) -> &str {
+    path.find(['.', '[']).map_or("", |i| &path[i..])
+}
+
+/// `MCR_ADD_OBJ_HANDLER` registrations of the new version (its `handler WHAT` hints):
+/// normalized WHAT → as written.
+pub(crate) fn object_handlers(new: &Program) -> HashMap<String, String> {
+    new.hints.iter().filter_map(|h| h.strip_prefix("handler ")).map(|w| (normalize(w), w.to_string())).collect()
 }
 
 impl Hints {

@@ -26,6 +26,11 @@ impl Image {
         Some(Image { bias, ranges: mine.iter().map(|r| (r.start, r.end)).collect() })
     }
 
+    /// A binary loaded at `bias` in the mappings `ranges` (run-time `[start, end)`).
+    pub fn new(bias: u64, ranges: Vec<(u64, u64)>) -> Image {
+        Image { bias, ranges }
+    }
+
     pub fn contains(&self, addr: u64) -> bool {
         self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
     }

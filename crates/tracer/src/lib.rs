@@ -14,15 +14,30 @@
 //! as bytes, but a heap address found in a union, a pointer-sized integer or an untyped
 //! block cannot be told from data, so it stops the update with the path that leads to it
 //! (the paper keeps such targets at their address; glibc's allocator cannot promise that).
+//!
+//! [`transfer()`] runs four phases, one module each, every one handing the next a plain
+//! struct: `roots` (the globals to carry over: `Roots`), `walk` (the heap blocks
+//! they reach, typed or opaque, with their paths and bytes: `Reached`), `plan`
+//! (per type a transformation, per block its new size and place: `TransferPlan`),
+//! `write` (allocate, rebuild, relocate, run object handlers, write the globals). The new
+//! process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
 
 mod hints;
 mod image;
+mod plan;
 mod preview;
+mod roots;
 pub mod startup;
-mod trace;
+mod target;
+#[cfg(test)]
+mod testing;
+mod transfer;
+mod walk;
+mod write;
 
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
 pub use preview::annotations;
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
-pub use trace::{transfer, Pair, Report, Target, Transfer, TransferError, Version};
+pub use target::{Target, TargetError};
+pub use transfer::{transfer, Pair, Report, Transfer, TransferError, Version};

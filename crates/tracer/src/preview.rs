@@ -1,10 +1,10 @@
-//! What [`crate::transfer`] will do with memory DWARF cannot type, worked out offline from
+//! What [`crate::transfer()`] will do with memory DWARF cannot type, worked out offline from
 //! the two builds alone (for `mcr check`): the walk the transfer makes from the globals
 //! through typed pointers, made over types instead of a process, reading the hints the
 //! transfer reads ([`Hints::of_builds`]) and matching them the way it does.
 
-use crate::hints::{key, Hints};
-use crate::trace::{field_suffix, is_const};
+use crate::hints::{field_suffix, key, Hints};
+use crate::roots::is_const;
 use mcr_typemodel::diff::{reachable_named, Annotations, Word, WordHint};
 use mcr_typemodel::transform::root_name;
 use mcr_typemodel::{OpaqueReason, Pointee, Program, Type, TypeId};

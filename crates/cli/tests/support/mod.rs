@@ -69,19 +69,20 @@ pub fn repo_root() -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
-/// The nginx binary from `$MCR_NGINX`, or `None` after printing a note (the test then
-/// skips itself).
-pub fn nginx_bin(test: &str) -> Option<PathBuf> {
+/// The nginx binary from `$MCR_NGINX`; panics, naming what is missing, when it is not
+/// set (scripts/test.sh and CI build nginx and set it: a test that needs nginx must not
+/// pass without running).
+pub fn nginx_bin(test: &str) -> PathBuf {
     match std::env::var_os("MCR_NGINX").filter(|v| !v.is_empty()) {
         Some(p) => {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "MCR_NGINX={} does not exist", p.display());
-            Some(p)
+            assert!(p.is_file(), "{test}: MCR_NGINX={} does not exist", p.display());
+            p
         }
-        None => {
-            eprintln!("note: {test} skipped: MCR_NGINX is not set (scripts/test.sh sets it)");
-            None
-        }
+        None => panic!(
+            "{test} needs nginx and MCR_NGINX is not set: run the suite with scripts/test.sh, or set \
+             MCR_NGINX=\"$(scripts/nginx/build.sh | tail -n 1)\""
+        ),
     }
 }
 
@@ -170,6 +171,12 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` like [`wait_until`], panicking with "timed out waiting for WHAT" when it is
+/// still false after `timeout`: for a condition a test must reach before it goes on.
+pub fn wait_for(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, f), "timed out after {timeout:?} waiting for {what}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,17 +514,13 @@ pub fn thread_count(st: &Value) -> usize {
 // ---------------------------------------------------------------------------------------
 // Host processes.
 
-/// argv of a host process, or `None` if it is gone.
+/// argv of a host process, or `None` if it is gone (or a zombie: no argv left).
 pub fn cmdline(pid: i32) -> Option<Vec<String>> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    if raw.is_empty() {
-        return None;
-    }
-    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    mcr_procfs::cmdline(pid).ok().filter(|argv| !argv.is_empty())
 }
 
 fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+    mcr_procfs::pids().unwrap_or_default()
 }
 
 /// Host PIDs of the processes whose argv[0] is `program` (or ends with `/<its file
@@ -565,21 +568,17 @@ pub fn host_pids_containing(needle: &str) -> Vec<i32> {
 
 /// Whether a host process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    fs::metadata(format!("/proc/{pid}")).is_ok() && !is_zombie(pid)
+    mcr_procfs::exists(pid) && !is_zombie(pid)
 }
 
 pub fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    mcr_procfs::stat::read(pid).is_ok_and(|s| s.state == 'Z')
 }
 
 /// The system call a host process's main thread is blocked in (`/proc/PID/syscall`),
-/// `None` when it is running or gone.
+/// `None` when it is running, blocked outside a system call, or gone.
 pub fn current_syscall(pid: i32) -> Option<i64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    mcr_procfs::task::syscall(pid, pid).ok()?.number()
 }
 
 /// Waits (up to 5 s) until the main thread of `pid` sleeps in one of `syscalls`.
@@ -592,12 +591,7 @@ pub const EPOLL_SYSCALLS: [i64; 3] = [232, 281, 441];
 
 /// Whether `sig` is pending (not yet delivered) for process `pid` or its main thread.
 pub fn signal_pending(pid: i32, sig: i32) -> bool {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let bit = 1u64 << (sig - 1);
-    text.lines()
-        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
-        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
-        .any(|mask| mask & bit != 0)
+    mcr_procfs::status::read(pid).is_ok_and(|s| s.pending_signals() & (1u64 << (sig - 1)) != 0)
 }
 
 /// Waits (up to 5 s) until `sig` is no longer pending for `pid` (it was delivered).
@@ -649,6 +643,11 @@ impl Client {
         stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader, port })
+    }
+
+    /// The client's end of the connection (what the server sees as the peer's port).
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     pub fn send(&mut self, line: &str) -> io::Result<()> {
@@ -759,21 +758,87 @@ pub fn nginx_config(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
 // ---------------------------------------------------------------------------------------
 // Sockets and descriptors seen from the host (used by the `mcr update` tests).
 
+/// One IPv4 TCP socket of /proc/net/tcp (this network namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The kernel's state number: 0x01 established, 0x0A listening...
+    pub state: u8,
+    /// Bytes received and not yet read by the socket's owner.
+    pub rx_queue: u64,
+    /// 0 for a connection still in its listener's accept queue.
+    pub inode: u64,
+}
+
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// Every IPv4 TCP socket of /proc/net/tcp.
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    // `0100007F:1F90`: the address as the kernel's u32 in host order, the port in hex.
+    fn addr(s: &str) -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some(SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(ip)), u16::from_str_radix(port, 16).ok()?)))
+    }
+    let text = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (_, rx) = f.get(4)?.split_once(':')?;
+            Some(TcpSocket {
+                local: addr(f.get(1)?)?,
+                remote: addr(f.get(2)?)?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// Inode of the socket listening on 127.0.0.1:port (from /proc/net/tcp), `None` when
 /// nothing listens there. The same inode before and after an operation means the very
 /// same listening socket survived it.
 pub fn listening_socket_inode(port: u16) -> Option<u64> {
-    let text = fs::read_to_string("/proc/net/tcp").ok()?;
-    let want = format!("0100007F:{port:04X}");
-    text.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| f[9].parse().ok()).flatten()
-    })
+    let want: SocketAddr = ([127, 0, 0, 1], port).into();
+    tcp_sockets().into_iter().find(|s| s.local == want && s.state == TCP_LISTEN).map(|s| s.inode)
+}
+
+/// The server's end of `client`'s connection to 127.0.0.1:port.
+pub fn server_end(port: u16, client: &Client) -> Option<TcpSocket> {
+    let (server, peer): (SocketAddr, SocketAddr) =
+        (([127, 0, 0, 1], port).into(), ([127, 0, 0, 1], client.local_port()).into());
+    tcp_sockets().into_iter().find(|s| s.local == server && s.remote == peer && s.state != TCP_LISTEN)
+}
+
+/// Whether the server accepted `client`'s connection and read everything sent on it (a
+/// half-sent command is then in the server's own buffer, not in the kernel's).
+pub fn server_read_all_of(port: u16, client: &Client) -> bool {
+    server_end(port, client).is_some_and(|s| s.inode != 0 && s.rx_queue == 0)
+}
+
+/// Whether the server accepted `client`'s connection (it left the accept queue).
+pub fn server_accepted(port: u16, client: &Client) -> bool {
+    server_end(port, client).is_some_and(|s| s.inode != 0)
+}
+
+/// Connections to 127.0.0.1:port whose server end is still open (established, or closed
+/// by the client only): accepted and not yet closed by the server, or still queued.
+pub fn open_server_ends(port: u16) -> Vec<TcpSocket> {
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.local == server && matches!(s.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT))
+        .collect()
 }
 
 /// Number of open descriptors of a host process (0 when it is gone).
 pub fn fd_count(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    mcr_procfs::fd::list(pid).map(|fds| fds.len()).unwrap_or(0)
 }
 
 /// Host PIDs (zombies included, marked by `is_zombie`) of the processes whose argv has
@@ -796,7 +861,7 @@ pub fn host_pids_running(program: &Path, port: u16) -> Vec<i32> {
     let want = program.canonicalize().unwrap_or_else(|_| program.to_path_buf());
     host_pids_with_port(port)
         .into_iter()
-        .filter(|&p| !is_zombie(p) && fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == want))
+        .filter(|&p| !is_zombie(p) && mcr_procfs::exe(p).is_ok_and(|e| e == want))
         .collect()
 }
 
@@ -804,12 +869,10 @@ pub fn host_pids_running(program: &Path, port: u16) -> Vec<i32> {
 /// process left out (for an instance's supervisor, PID 1 of its namespace: the server's
 /// processes, whatever their argv).
 pub fn host_pids_in_namespace_of(pid: i32) -> Vec<i32> {
-    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) else { return Vec::new() };
-    let mut out: Vec<i32> = all_pids()
+    let Ok(ns) = mcr_procfs::pid_namespace(pid) else { return Vec::new() };
+    all_pids()
         .into_iter()
         .filter(|&p| p != pid && !is_zombie(p))
-        .filter(|&p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|n| n == ns))
-        .collect();
-    out.sort();
-    out
+        .filter(|&p| mcr_procfs::pid_namespace(p).is_ok_and(|n| n == ns))
+        .collect()
 }

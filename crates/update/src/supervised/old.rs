@@ -118,22 +118,15 @@ impl RunningVersion for OldSupervisor {
 /// One line about an old process: what it runs, its state and where it waits.
 fn describe(pid: i32, host: Option<i32>) -> String {
     let Some(h) = host else { return format!("process {pid}") };
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/{h}/{f}")).unwrap_or_default();
-    let state = read("status").lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
-    let cmd = read("cmdline").replace('\0', " ").trim().to_string();
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{h}/fd"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    format!(
-                        "{}={}",
-                        e.file_name().to_string_lossy(),
-                        std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let status = mcr_procfs::status::read(h).ok();
+    let state = status.as_ref().and_then(|s| s.field("State")).unwrap_or("").to_string();
+    let cmd = mcr_procfs::cmdline(h).unwrap_or_default().join(" ");
+    let wchan = mcr_procfs::wchan(h).unwrap_or_default();
+    let mut fds: Vec<String> = mcr_procfs::fd::list_with_targets(h)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(fd, target)| format!("{fd}={target}"))
+        .collect();
     fds.sort();
-    format!("process {pid} ({cmd}; {state}; waiting in {}; descriptors {})", read("wchan").trim(), fds.join(" "))
+    format!("process {pid} ({cmd}; {state}; waiting in {}; descriptors {})", wchan.trim(), fds.join(" "))
 }

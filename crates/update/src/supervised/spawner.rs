@@ -71,7 +71,7 @@ impl Launcher for Spawner {
         let replay_log = self.replay_log();
         serde_json::to_vec(logs)
             .map_err(std::io::Error::from)
-            .and_then(|json| std::fs::write(&replay_log, json))
+            .and_then(|json| mcr_protocol::instance::write_private(&replay_log, &json))
             .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
         // The new version inherits exactly the old version's descriptors: nothing this
         // shell left open to mcr (a client socket on fd 3) may slip into it.
@@ -145,7 +145,7 @@ fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedF
             source,
         })?;
         for fd in fds {
-            if taken.contains_key(&fd) || !std::path::Path::new(&format!("/proc/{host_pid}/fd/{fd}")).exists() {
+            if taken.contains_key(&fd) || !mcr_procfs::fd::is_open(host_pid, fd) {
                 continue;
             }
             let copy =

@@ -88,11 +88,8 @@ pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt:
 
 /// Whether descriptor `fd` of process `host_pid` is close-on-exec (its fdinfo flags).
 fn close_on_exec(host_pid: i32, fd: i32) -> bool {
-    let info = std::fs::read_to_string(format!("/proc/{host_pid}/fdinfo/{fd}")).unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-        .is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
+    let flags = mcr_procfs::fd::info(host_pid, fd).ok().and_then(|i| i.flags);
+    flags.is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
 }
 
 fn abstract_listener(name: &str) -> std::io::Result<UnixListener> {

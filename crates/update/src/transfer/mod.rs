@@ -188,5 +188,5 @@ pub fn run(
 }
 
 fn exe(host_pid: i32) -> Result<PathBuf, TransferError> {
-    std::fs::read_link(format!("/proc/{host_pid}/exe")).map_err(|source| TransferError::Binary { host_pid, source })
+    mcr_procfs::exe(host_pid).map_err(|source| TransferError::Binary { host_pid, source })
 }

@@ -94,7 +94,7 @@ pub(crate) fn transfer(
     let mem = File::options()
         .read(true)
         .write(true)
-        .open(format!("/proc/{new_host}/mem"))
+        .open(mcr_procfs::Process::Pid(new_host).file("mem"))
         .map_err(|source| TransferError::NewMemory { pid, source })?;
     let mut target = TracerTarget::new(NewProcess { next, pid, host_pid: new_host }, mem);
     let pair = Pair {

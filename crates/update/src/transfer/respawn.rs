@@ -62,7 +62,8 @@ pub fn respawn_volatile(
     for c in connections.iter().filter(|c| c.volatile && !c.fds.is_empty()) {
         let pid = c.pid;
         let &old_host = old.get(&pid).ok_or(RespawnError::Gone(pid))?;
-        let parent_host = parent_of(old_host).ok_or(RespawnError::NoParent(pid))?;
+        let parent_host =
+            mcr_procfs::status::read(old_host).ok().and_then(|st| st.ppid()).ok_or(RespawnError::NoParent(pid))?;
         let &parent = old_ns.get(&parent_host).ok_or(RespawnError::ParentOutside(pid))?;
         let &[fd] = c.fds.as_slice() else {
             return Err(RespawnError::SeveralConnections { pid, fds: c.fds.clone() });
@@ -97,10 +98,4 @@ fn wait_registered(next: &mut Connection, pids: &[i32]) -> Result<(), RespawnErr
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// The host PID of the parent of host process `host_pid`.
-fn parent_of(host_pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
 }

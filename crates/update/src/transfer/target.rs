@@ -3,7 +3,7 @@
 
 use super::runtime::NewProcess;
 use mcr_protocol::{HandlerObject, Relocation, RelocationTable, RuntimeCommandKind, RuntimeReply, StartupAlloc};
-use mcr_tracer::{StartupKey, Target};
+use mcr_tracer::{StartupKey, Target, TargetError};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -24,20 +24,20 @@ impl<'c> TracerTarget<'c> {
         Self { process, mem, pending: Vec::new() }
     }
 
-    fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, String> {
-        self.process.runtime(command).map_err(|e| e.to_string())
+    fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, TargetError> {
+        self.process.runtime(command).map_err(|e| TargetError::Runtime(crate::error::chain(&e)))
     }
 }
 
 impl Target for TracerTarget<'_> {
-    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, String> {
+    fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, TargetError> {
         match self.runtime(RuntimeCommandKind::Allocate { sizes: sizes.to_vec() })? {
             RuntimeReply::Allocated { addrs } => Ok(addrs),
-            other => Err(format!("unexpected answer {other:?}")),
+            other => Err(TargetError::Runtime(format!("unexpected answer {other:?}"))),
         }
     }
 
-    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+    fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), TargetError> {
         self.pending.push((addr, bytes.to_vec()));
         if self.pending.len() >= WRITE_BATCH {
             self.flush()?;
@@ -45,7 +45,7 @@ impl Target for TracerTarget<'_> {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), TargetError> {
         let pending = std::mem::take(&mut self.pending);
         for chunk in pending.chunks(WRITE_BATCH) {
             let local: Vec<libc::iovec> = chunk
@@ -73,18 +73,23 @@ impl Target for TracerTarget<'_> {
                 // Partial or refused (a read-only page): one block at a time through
                 // /proc/PID/mem, which says which one fails.
                 for (a, b) in chunk {
-                    self.mem.write_all_at(b, *a).map_err(|e| format!("writing {} bytes at {a:#x}: {e}", b.len()))?;
+                    self.mem.write_all_at(b, *a).map_err(|source| TargetError::Write {
+                        addr: *a,
+                        len: b.len(),
+                        source,
+                    })?;
                 }
             }
         }
         Ok(())
     }
 
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
-        self.mem.read_exact_at(buf, addr).map_err(|e| format!("reading {} bytes at {addr:#x}: {e}", buf.len()))
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
+        let len = buf.len();
+        self.mem.read_exact_at(buf, addr).map_err(|source| TargetError::Read { addr, len, source })
     }
 
-    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), String> {
+    fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {
         let blocks = blocks
             .iter()
             .map(|(addr, k)| StartupAlloc {
@@ -106,7 +111,7 @@ impl Target for TracerTarget<'_> {
         what: &str,
         objects: &[(Vec<u8>, u64, u64)],
         relocations: &[Relocation],
-    ) -> Result<(), String> {
+    ) -> Result<(), TargetError> {
         self.flush()?;
         let mut sizes: Vec<u64> = objects.iter().map(|(b, _, _)| b.len() as u64).collect();
         if !relocations.is_empty() {

@@ -1,0 +1,131 @@
+//! What the benchmarks read from mcr's `--json` output, deserialized: `mcr ctl quiesce`
+//! prints the protocol's [`Response`](mcr_protocol::Response) and `mcr status` its
+//! [`InstanceStatus`](mcr_protocol::InstanceStatus), read with the protocol's own types;
+//! `mcr update --json` prints the CLI's outcome, mirrored here (the part the benchmarks
+//! read) until the update library exports it.
+
+use serde::Deserialize;
+
+/// `mcr update --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpdateOutcome {
+    pub committed: bool,
+    pub message: String,
+    pub phases: Phases,
+    /// What the state transfer moved (absent with --fresh-state or before it ran).
+    pub transfer: Option<TransferSummary>,
+}
+
+/// The update's phases, in milliseconds.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Phases {
+    pub drain_ms: f64,
+    pub quiesce_ms: f64,
+    pub restart_ms: f64,
+    pub transfer_ms: f64,
+    pub commit_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The `transfer` section: what the state transfer moved, summed over the processes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TransferSummary {
+    pub globals: usize,
+    pub globals_clean: usize,
+    pub objects: usize,
+    pub bytes: u64,
+    pub live_objects: usize,
+    pub connections: usize,
+    pub respawned_processes: usize,
+    pub dirty_pages: u64,
+    pub clean_pages: u64,
+    pub heap_scan_ms: f64,
+    pub trace_ms: f64,
+    pub connections_ms: f64,
+}
+
+impl UpdateOutcome {
+    /// What `mcr update --json` printed: `Ok(None)` when it printed nothing (refused
+    /// before doing anything), Err when it printed something else than an outcome.
+    pub fn from_stdout(stdout: &[u8]) -> Result<Option<UpdateOutcome>, String> {
+        let text = String::from_utf8_lossy(stdout);
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("mcr update --json printed what mcr-bench cannot read ({e}): {}", text.trim()))
+    }
+}
+
+/// The protocol's answer a `mcr ... --json` command printed.
+pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, stdout: &[u8]) -> Result<T, String> {
+    let text = String::from_utf8_lossy(stdout);
+    serde_json::from_str(&text).map_err(|e| format!("{what} printed what mcr-bench cannot read ({e}): {}", text.trim()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `mcr update --json` of a committed kvd update with the state transferred.
+    pub const COMMITTED: &str = r#"{
+  "instance": "s",
+  "committed": true,
+  "message": "'s' now runs target/fixtures/kvd-v2-layout --port 44149",
+  "phases": { "drain_ms": 3.446274, "quiesce_ms": 0.716906, "restart_ms": 52.056450999999996,
+    "transfer_ms": 23.648202, "commit_ms": 11.302825, "total_ms": 99.212014 },
+  "conflicts": [],
+  "connections_left": [ { "pid": 2, "fds": [5, 6], "volatile": false, "pinned": [], "idle_check": false, "busy": [], "finished": false } ],
+  "transfer": { "processes": 1, "globals": 7, "globals_clean": 0, "globals_dropped": [], "objects": 30, "bytes": 690,
+    "startup_matched": 0, "startup_kept": 0, "startup_reallocated": 0, "startup_notes": [], "live_objects": 31,
+    "handled": 0, "warnings": [], "connections": 2, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
+    "heap_scan_ms": 1.3237990000000002, "startup_tables_ms": 0.366134, "trace_ms": 10.674312,
+    "connections_ms": 0.0020729999999999998 },
+  "adopted_connections": 0,
+  "old_processes": [2],
+  "new_processes": [2]
+}"#;
+
+    /// A rolled-back update with --fresh-state.
+    pub const ROLLED_BACK: &str = r#"{
+  "instance": "s", "committed": false,
+  "message": "the new version exited with signal 6 (SIGABRT) during its startup",
+  "phases": { "drain_ms": 0.339, "quiesce_ms": 0.761863, "restart_ms": 25.158662, "transfer_ms": 0.000481,
+    "commit_ms": 0.0, "total_ms": 35.069198 },
+  "conflicts": [], "connections_left": [], "transfer": null, "adopted_connections": 0,
+  "old_processes": [2], "new_processes": []
+}"#;
+
+    #[test]
+    fn update_outcomes() {
+        let o = UpdateOutcome::from_stdout(COMMITTED.as_bytes()).unwrap().unwrap();
+        assert!(o.committed);
+        // serde_json reads floats to within an ulp (not bit-exact without float_roundtrip).
+        assert!((o.phases.restart_ms - 52.056451).abs() < 1e-9, "{:?}", o.phases);
+        let t = o.transfer.as_ref().unwrap();
+        assert_eq!((t.globals, t.objects, t.bytes, t.live_objects, t.connections), (7, 30, 690, 31, 2));
+        let r = UpdateOutcome::from_stdout(ROLLED_BACK.as_bytes()).unwrap().unwrap();
+        assert!(!r.committed && r.transfer.is_none());
+        assert_eq!(r.message, "the new version exited with signal 6 (SIGABRT) during its startup");
+        assert!(UpdateOutcome::from_stdout(b"  \n").unwrap().is_none(), "refused: nothing printed");
+        let e = UpdateOutcome::from_stdout(br#"{"committed": "yes"}"#).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn protocol_answers() {
+        use mcr_protocol::Response;
+        let q: Response = parse_json(
+            "mcr ctl quiesce",
+            b"{\n  \"response\": \"quiesced\",\n  \"elapsed_us\": 4128,\n  \"processes\": 1,\n  \"threads\": 1\n}\n",
+        )
+        .unwrap();
+        assert!(matches!(q, Response::Quiesced { elapsed_us: 4128, processes: 1, threads: 1 }), "{q:?}");
+        let f: Response =
+            parse_json("mcr ctl quiesce", br#"{"response":"quiesce_failed","message":"timed out","laggards":[]}"#)
+                .unwrap();
+        assert!(matches!(f, Response::QuiesceFailed { ref message, .. } if message == "timed out"), "{f:?}");
+        assert!(parse_json::<Response>("mcr ctl quiesce", b"").is_err());
+    }
+}

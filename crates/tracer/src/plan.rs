@@ -1,0 +1,318 @@
+//! The plan: for every type the walk reached, how its objects become the new version's
+//! (`mcr-typemodel`'s transformation plans, or the new version's object handler); for
+//! every reached block, its size in the new version and where it goes there: the new
+//! version's own startup block of the same identity (`startup::place`), or a fresh one.
+//! Nothing is written yet.
+
+use crate::hints::normalize;
+use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
+use crate::transfer::{conflict, TransferError};
+use crate::walk::{is_byte, Reached};
+use mcr_typemodel::transform::{root_name, Plan};
+use mcr_typemodel::{Program, Type, TypeId};
+use std::collections::HashMap;
+
+/// How objects of one old type become objects of the new version.
+#[derive(Debug)]
+pub struct TypePlan {
+    /// The new version's type of the same kind and name.
+    pub new_ty: TypeId,
+    /// The automatic transformation; `None` when there is none but the new version's
+    /// object handler builds the object (it starts zeroed).
+    pub transform: Option<Plan>,
+    /// One object's size in each version: blocks hold arrays of them.
+    pub old_stride: u64,
+    pub new_stride: u64,
+    /// The new version's `MCR_ADD_OBJ_HANDLER` for the type, as written.
+    pub handler: Option<String>,
+}
+
+/// Where one reached block goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// The old block's address.
+    pub old: u64,
+    /// Bytes it needs in the new version.
+    pub size: u64,
+    /// Its objects' sizes in each version; 0 for a block copied as bytes.
+    pub old_stride: u64,
+    pub new_stride: u64,
+    pub placement: Placement,
+}
+
+/// What the transfer will do with what the walk reached.
+#[derive(Debug, Default)]
+pub struct TransferPlan {
+    /// By old type (typedefs stripped), for the typed blocks that are not bytes.
+    pub types: HashMap<TypeId, TypePlan>,
+    /// Every reached block, in address order.
+    pub blocks: Vec<BlockPlan>,
+    /// Old startup blocks that get a fresh block instead of their counterpart, and why.
+    pub unmatched: Vec<(u64, Unmatched)>,
+}
+
+impl TransferPlan {
+    /// The type plan of a block reached as `ty`, when it has one.
+    pub fn of(&self, ty: Option<TypeId>) -> Option<&TypePlan> {
+        self.types.get(&ty?)
+    }
+}
+
+/// Plan the transfer of `reached` from `old` to `new`. `handlers`: the new version's
+/// object handlers ([`crate::hints::object_handlers`]); `startup`: both versions' startup
+/// tables; `new_startup_block`: the size of the new version's live startup block at an
+/// address.
+pub fn plan(
+    old: &Program,
+    new: &Program,
+    reached: &Reached,
+    handlers: &HashMap<String, String>,
+    startup: Option<&StartupTables>,
+    new_startup_block: &mut dyn FnMut(u64) -> Option<u64>,
+) -> Result<TransferPlan, TransferError> {
+    let mut types: HashMap<TypeId, TypePlan> = HashMap::new();
+    let mut counterparts = HashMap::new();
+    let mut sized: Vec<(u64, u64, u64, u64)> = Vec::with_capacity(reached.blocks.len());
+    for (addr, b) in &reached.blocks {
+        let (old_stride, new_stride) = match b.reach.ty() {
+            Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = types.entry(t) {
+                    let Some(nt) = counterpart(old, t, new, &mut counterparts) else {
+                        return Err(conflict(
+                            reached.path_of(*addr),
+                            format!("type {} has no counterpart in the new version", old.type_name(t)),
+                        ));
+                    };
+                    let handler = handlers.get(&normalize(&root_name(new, nt))).cloned();
+                    let (transform, old_stride, new_stride) = match Plan::with_root(old, t, new, nt, &root_name(old, t))
+                    {
+                        Ok(plan) => {
+                            let (o, n) = (plan.old_size, plan.new_size);
+                            (Some(plan), o, n)
+                        }
+                        Err(_) if handler.is_some() => {
+                            (None, old.size_of(t).unwrap_or(0), new.size_of(nt).unwrap_or(0))
+                        }
+                        Err(e) => {
+                            return Err(conflict(
+                                reached.path_of(*addr),
+                                format!("cannot transform {}: {e}", old.type_name(t)),
+                            ))
+                        }
+                    };
+                    slot.insert(TypePlan { new_ty: nt, transform, old_stride, new_stride, handler });
+                }
+                let p = &types[&t];
+                (p.old_stride, p.new_stride)
+            }
+            _ => (0, 0),
+        };
+        let size = match b.obj.size.checked_div(old_stride) {
+            None => b.obj.size,
+            Some(n) => n * new_stride + b.obj.size % old_stride,
+        };
+        sized.push((*addr, size, old_stride, new_stride));
+    }
+    // Startup objects go into the new version's own startup blocks with the same
+    // call-stack ID, thread and ordinal; everything else into fresh blocks.
+    let cands: Vec<Candidate> = sized
+        .iter()
+        .map(|&(addr, needed, ..)| Candidate { addr, startup: reached.blocks[&addr].obj.startup, needed })
+        .collect();
+    let (places, unmatched) = startup::place(&cands, startup, new_startup_block);
+    let blocks = sized
+        .into_iter()
+        .zip(places)
+        .map(|((old, size, old_stride, new_stride), placement)| BlockPlan {
+            old,
+            size,
+            old_stride,
+            new_stride,
+            placement,
+        })
+        .collect();
+    Ok(TransferPlan { types, blocks, unmatched })
+}
+
+/// For a report: why the old startup block at `addr` gets a fresh block.
+pub fn describe_unmatched(reached: &Reached, tables: Option<&StartupTables>, addr: u64, why: &Unmatched) -> String {
+    let path = reached.path_of(addr);
+    let site = |k: &StartupKey| match tables.and_then(|t| t.old.site(k.stack)) {
+        Some(s) => format!("{k}, {s}"),
+        None => k.to_string(),
+    };
+    match why {
+        Unmatched::NoRecord => format!(
+            "{path}: startup block {addr:#x} reallocated: no allocation record (its call stack stops inside a library, short of the program's code, or it predates mcr's runtime)"
+        ),
+        Unmatched::NoCounterpart(k) => {
+            format!("{path}: startup block {addr:#x} ({}) has no counterpart in the new version's startup; reallocated", site(k))
+        }
+        Unmatched::TooSmall { key, have, need } => format!(
+            "{path}: startup block {addr:#x} ({}) reallocated: the new version's counterpart has {have} bytes, the transferred object needs {need}",
+            site(key)
+        ),
+    }
+}
+
+/// The new version's type for an old one: same kind and name.
+pub(crate) fn counterpart(
+    old: &Program,
+    ty: TypeId,
+    new: &Program,
+    cache: &mut HashMap<TypeId, Option<TypeId>>,
+) -> Option<TypeId> {
+    if let Some(c) = cache.get(&ty) {
+        return *c;
+    }
+    let want = old.strip(ty);
+    let found = match old.ty(want) {
+        Type::Pointer { pointee, .. } => {
+            let inner = counterpart(old, *pointee, new, cache);
+            new.types.iter().position(
+                |t| matches!(t, Type::Pointer { pointee: p, .. } if Some(new.strip(*p)) == inner.map(|i| new.strip(i))),
+            )
+        }
+        other => {
+            let name = root_name(old, want);
+            let kind = std::mem::discriminant(other);
+            new.types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| std::mem::discriminant(*t) == kind)
+                .find(|(i, t)| {
+                    root_name(new, *i as TypeId) == name
+                        && !matches!(t, Type::Struct(c) | Type::Union(c) if c.incomplete)
+                })
+                .map(|(i, _)| i)
+        }
+    }
+    .map(|i| i as TypeId);
+    cache.insert(ty, found);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_unmatched;
+    use crate::startup::{Placement, StartupKey, Unmatched};
+    use crate::testing::{list_program, node, words, Build, World, HEAD};
+    use crate::transfer::TransferError;
+    use mcr_typemodel::{Program, TypeId};
+
+    fn grown_list() -> World {
+        World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
+    }
+
+    #[test]
+    fn blocks_of_a_changed_type_get_their_new_size_arrays_and_tails_included() {
+        let mut w = World::new(
+            list_program(false, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            }),
+            list_program(true, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            }),
+        );
+        // Two nodes and 4 bytes more, behind one typed pointer.
+        let mut two = [node(1, 0), node(2, 0)].concat();
+        two.extend_from_slice(&[1, 2, 3, 4]);
+        let array = w.old_proc.block(&two, false);
+        w.set_global("head", &array.to_ne_bytes());
+        let blob = w.old_proc.block(&[7; 10], false);
+        w.set_global("blob", &blob.to_ne_bytes());
+        let (reached, plan) = w.plan().expect("plan");
+        let by_old = |a: u64| *plan.blocks.iter().find(|b| b.old == a).expect("planned");
+        let a = by_old(array);
+        assert_eq!((a.size, a.old_stride, a.new_stride), (2 * 24 + 4, 16, 24));
+        assert_eq!(by_old(blob).size, 10, "copied as bytes: same size");
+        assert_eq!((by_old(blob).old_stride, by_old(blob).new_stride), (0, 0));
+        assert!(plan.blocks.iter().all(|b| b.placement == Placement::Fresh { identity: None }));
+        let t = plan.of(reached.blocks[&array].reach.ty()).expect("a plan for struct node");
+        assert_eq!(w.new.type_name(t.new_ty), "struct node");
+        assert!(t.transform.as_ref().is_some_and(|p| (p.old_size, p.new_size) == (16, 24)) && t.handler.is_none());
+        assert!(plan.of(reached.blocks[&blob].reach.ty()).is_none());
+    }
+
+    #[test]
+    fn startup_blocks_go_to_their_counterpart_when_it_is_big_enough() {
+        let mut w = grown_list();
+        let n3 = w.old_proc.block(&node(3, 0), false);
+        let n2 = w.old_proc.block(&node(2, n3), true);
+        let n1 = w.old_proc.block(&node(1, n2), true);
+        w.set_global("head", &n1.to_ne_bytes());
+        let m1 = w.new_proc.startup_block(&[0; 24]);
+        let m2 = w.new_proc.startup_block(&[0; 8]);
+        w.startup_tables(&[(n1, 1), (n2, 2)], &[(m1, 1), (m2, 2)]);
+        let (reached, plan) = w.plan().expect("plan");
+        let key = |stack| StartupKey { stack, thread: 1, ordinal: 0 };
+        let place = |a: u64| plan.blocks.iter().find(|b| b.old == a).expect("planned").placement;
+        assert_eq!(place(n1), Placement::Matched { new: m1, key: key(1) });
+        assert_eq!(place(n2), Placement::Fresh { identity: Some(key(2)) }, "its counterpart is too small");
+        assert_eq!(place(n3), Placement::Fresh { identity: None }, "not a startup block");
+        assert_eq!(plan.unmatched, [(n2, Unmatched::TooSmall { key: key(2), have: 8, need: 24 })]);
+        assert_eq!(
+            describe_unmatched(&reached, w.startup.as_ref(), n2, &plan.unmatched[0].1),
+            format!(
+                "head -> node.next: startup block {n2:#x} (call stack 0000000000000002 #0 of thread 1, alloc_2) \
+                 reallocated: the new version's counterpart has 8 bytes, the transferred object needs 24"
+            )
+        );
+    }
+
+    /// The list program whose node is `{ <val> val; struct node *next; }`, its name `tag`.
+    fn node_program(tag: &str, val: impl FnOnce(&mut Build) -> TypeId, hints: &[&str]) -> Program {
+        let mut b = Build::default();
+        let v = val(&mut b);
+        let node = b.reserve();
+        let p = b.ptr(node);
+        b.set(node, Build::composite_struct(tag, 16, &[("val", v, 0), ("next", p, 8)]));
+        b.global("head", HEAD, p);
+        for h in hints {
+            b.hint(h);
+        }
+        b.done()
+    }
+
+    fn money(b: &mut Build) -> TypeId {
+        let long = b.long();
+        b.strukt("money", 8, &[("cents", long, 0)])
+    }
+
+    fn conflict(w: &mut World) -> (String, String) {
+        match w.plan() {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            other => panic!("expected a conflict, got {:?}", other.map(|p| p.1)),
+        }
+    }
+
+    #[test]
+    fn a_type_the_new_version_lacks_or_cannot_be_transformed_to_is_a_conflict() {
+        let old = || node_program("node", |b| b.int(), &[]);
+        let mut w = World::new(old(), node_program("item", |b| b.int(), &[]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        assert_eq!(conflict(&mut w), ("head".into(), "type struct node has no counterpart in the new version".into()));
+
+        let mut w = World::new(old(), node_program("node", money, &[]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (path, reason) = conflict(&mut w);
+        assert_eq!(path, "head");
+        assert!(reason.starts_with("cannot transform struct node: node.val: int becomes struct money"), "{reason}");
+    }
+
+    #[test]
+    fn a_type_only_its_handler_can_transform_is_left_to_the_handler() {
+        let old = node_program("node", |b| b.int(), &[]);
+        let mut w = World::new(old, node_program("node", money, &["handler struct node"]));
+        let n = w.old_proc.block(&words(&[1, 0]), false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (reached, plan) = w.plan().expect("the handler builds it");
+        let t = plan.of(reached.blocks[&n].reach.ty()).expect("planned");
+        assert!(t.transform.is_none());
+        assert_eq!((t.old_stride, t.new_stride, t.handler.as_deref()), (16, 16, Some("struct node")));
+    }
+}

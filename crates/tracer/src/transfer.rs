@@ -1,0 +1,377 @@
+//! One process's transfer, phase by phase: the roots ([`crate::roots`]), the walk from
+//! them ([`crate::walk`]), the plan ([`crate::plan`]), the write ([`crate::write`]).
+
+use crate::hints::{object_handlers, Hints};
+use crate::image::Image;
+use crate::plan::{describe_unmatched, plan};
+use crate::startup::StartupTables;
+use crate::target::{startup_block_size, Target, TargetError};
+use crate::write::{Destinations, Writer};
+use crate::{roots, walk, write};
+use mcr_heap::{HeapIndex, MemoryError, ReadMemory};
+use mcr_typemodel::Program;
+
+/// At most this many reasons for reallocated startup objects go into a report.
+const MAX_STARTUP_NOTES: usize = 16;
+
+/// One version's binary and where it is loaded.
+pub struct Version<'a> {
+    pub prog: &'a Program,
+    pub image: Image,
+}
+
+/// An old process and its new counterpart.
+pub struct Pair<'a> {
+    pub old: Version<'a>,
+    pub old_mem: &'a dyn ReadMemory,
+    pub heap: &'a HeapIndex,
+    pub new: Version<'a>,
+    /// Whether old memory `[addr, addr + len)` was written since startup; `None` when
+    /// nothing tracked writes (everything counts as written).
+    pub dirty: Option<&'a dyn Fn(u64, u64) -> bool>,
+    /// Both versions' startup allocations, to match startup objects (`None`: every
+    /// reached block is reallocated).
+    pub startup: Option<&'a StartupTables>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{path}: {reason}")]
+    Conflict { path: String, reason: String },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("the new version: {0}")]
+    Target(#[from] TargetError),
+    #[error("the new version: asked for {asked} blocks, got {got}")]
+    Allocated { asked: usize, got: usize },
+    /// The new version's object handler failed on `object` (a global's name, or the type
+    /// of the heap objects it was given).
+    #[error("{object}: {source}")]
+    Handler {
+        object: String,
+        #[source]
+        source: TargetError,
+    },
+}
+
+pub(crate) fn conflict(path: impl Into<String>, reason: impl Into<String>) -> TransferError {
+    TransferError::Conflict { path: path.into(), reason: reason.into() }
+}
+
+/// What a transfer did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Globals copied into the new version (written since startup).
+    pub globals: usize,
+    /// Globals left as the new version's startup made them (not written since startup).
+    pub globals_clean: usize,
+    /// Globals of the old version the new one no longer has: their data is dropped.
+    pub globals_dropped: Vec<String>,
+    /// Heap blocks carried into the new version (fresh blocks, and startup blocks of the
+    /// new version matched with old ones), and the bytes written into them.
+    pub objects: usize,
+    pub bytes: u64,
+    /// Old startup objects matched with the new version's startup block of the same
+    /// call-stack ID, thread and ordinal (reused: not reallocated, nothing leaked).
+    pub startup_matched: usize,
+    /// Of those, how many kept what the new version's startup put in them (the old
+    /// version never wrote them since startup).
+    pub startup_kept: usize,
+    /// Old startup objects reallocated instead (no counterpart, or one too small), and
+    /// why (the first few).
+    pub startup_reallocated: usize,
+    pub startup_notes: Vec<String>,
+    /// Live heap blocks in the old process (reached or not).
+    pub live_objects: usize,
+    /// Objects an MCR_ADD_OBJ_HANDLER of the new version adjusted.
+    pub handled: usize,
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Add another process's figures to these.
+    pub fn add(&mut self, o: &Report) {
+        self.globals += o.globals;
+        self.globals_clean += o.globals_clean;
+        self.globals_dropped.extend(o.globals_dropped.iter().cloned());
+        self.objects += o.objects;
+        self.bytes += o.bytes;
+        self.live_objects += o.live_objects;
+        self.handled += o.handled;
+        self.startup_matched += o.startup_matched;
+        self.startup_kept += o.startup_kept;
+        self.startup_reallocated += o.startup_reallocated;
+        self.startup_notes.extend(o.startup_notes.iter().cloned());
+        self.warnings.extend(o.warnings.iter().cloned());
+    }
+}
+
+/// The result: what moved where, for relocating what the kernel holds (epoll data).
+pub struct Transfer {
+    moved: Destinations,
+    pub report: Report,
+}
+
+impl Transfer {
+    /// The new value of `v` if it points into a block this transfer moved.
+    pub fn relocate(&self, heap: &HeapIndex, v: u64) -> Option<u64> {
+        let o = heap.containing(v)?;
+        self.moved.get(&o.addr)?.at(v - o.addr)
+    }
+}
+
+/// Move the state of one old process into its new counterpart.
+pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
+    let (old, new) = (pair.old.prog, pair.new.prog);
+    let hints = Hints::of_builds(old, new);
+    let mut report = Report {
+        live_objects: pair.heap.len(),
+        warnings: hints.unresolved.iter().map(|u| format!("hint ignored: {u}")).collect(),
+        ..Report::default()
+    };
+    let roots = roots::collect(pair)?;
+    report.globals_clean = roots.clean;
+    report.globals_dropped = roots.dropped;
+
+    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals)?;
+
+    let handlers = object_handlers(new);
+    let plan = plan(old, new, &reached, &handlers, pair.startup, &mut |b| startup_block_size(&*target, b))?;
+    report.startup_reallocated = plan.unmatched.len();
+    report.startup_notes = plan
+        .unmatched
+        .iter()
+        .take(MAX_STARTUP_NOTES)
+        .map(|(a, why)| describe_unmatched(&reached, pair.startup, *a, why))
+        .collect();
+
+    let moved = write::allocate(target, &plan)?;
+    let relocations = if handlers.is_empty() { Vec::new() } else { write::relocations(pair, &reached, &moved) };
+    let writer = Writer {
+        pair,
+        hints: &hints,
+        reached: &reached,
+        plan: &plan,
+        moved: &moved,
+        handlers: &handlers,
+        relocations: &relocations,
+    };
+    writer.blocks(target, &mut report)?;
+    writer.globals(target, &roots.globals, &mut report)?;
+    Ok(Transfer { moved, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TransferError;
+    use crate::startup::StartupKey;
+    use crate::target::TargetError;
+    use crate::testing::{list_program, new_list, node, old_list, words, World, HEAD, NEW_BIAS, NEW_HEAD, NEW_HEAP};
+    use mcr_protocol::Relocation;
+
+    fn grown_list() -> World {
+        World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
+    }
+
+    #[test]
+    fn a_list_whose_node_gains_a_field_and_widens_an_int_is_rebuilt_node_by_node() {
+        let mut w = grown_list();
+        let unreached = w.old_proc.block(&node(9, 0), false);
+        let old = old_list(&mut w, &[1, 2, -3]);
+        let t = w.transfer().expect("transfer");
+        let new = new_list(&w);
+        assert_eq!(new.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 2, -3], "values carried, sign kept");
+        assert!(new.iter().all(|n| n.1 >= NEW_HEAP), "every node in a fresh block: {new:x?}");
+        assert!(new.iter().all(|n| w.new_proc.mem.i32(n.1 + 8) == 0), "the added field zeroed");
+        assert_eq!(w.new_proc.allocations, [vec![24, 24, 24]], "one allocation per node, at the new size");
+        let r = &t.report;
+        assert_eq!((r.objects, r.bytes, r.globals, r.live_objects), (3, 72, 1, 4), "{r:?}");
+        let heap = w.old_proc.heap();
+        for (o, n) in old.iter().zip(&new) {
+            assert_eq!(t.relocate(&heap, *o), Some(n.1), "where the old node went");
+        }
+        assert_eq!(t.relocate(&heap, unreached), None, "an unreached block does not move");
+    }
+
+    #[test]
+    fn a_global_not_written_since_startup_keeps_what_the_new_startup_made() {
+        let make = |grown| {
+            list_program(grown, |b, ids| {
+                b.global("count", 0x40_1010, ids.int);
+            })
+        };
+        let run = |written: Vec<(u64, u64)>| {
+            let mut w = World::new(make(false), make(true));
+            old_list(&mut w, &[5]);
+            w.set_global("count", &42i32.to_ne_bytes());
+            w.set_new_global("count", &7i32.to_ne_bytes());
+            w.written = Some(written);
+            let t = w.transfer().expect("transfer");
+            (w.new_proc.mem.i32(w.new_global("count")), new_list(&w).len(), t.report)
+        };
+        let (count, nodes, r) = run(vec![(HEAD, HEAD + 8)]);
+        assert_eq!((count, nodes), (7, 1), "count clean: the new startup's value stays; head written: moved");
+        assert_eq!((r.globals, r.globals_clean), (1, 1), "{r:?}");
+        let (count, _, r) = run(vec![(HEAD, HEAD + 8), (0x40_1010, 0x40_1014)]);
+        assert_eq!(count, 42, "written since startup: the old value wins");
+        assert_eq!((r.globals, r.globals_clean), (2, 0), "{r:?}");
+        let (_, nodes, r) = run(vec![]);
+        assert_eq!((nodes, r.objects, r.globals_clean), (0, 0, 2), "nothing written: nothing reached, nothing moved");
+    }
+
+    #[test]
+    fn a_global_the_new_version_dropped_is_reported() {
+        let old = list_program(false, |b, ids| {
+            b.global("gone", 0x40_1020, ids.long);
+        });
+        let mut w = World::new(old, list_program(true, |_, _| {}));
+        old_list(&mut w, &[1]);
+        w.set_global("gone", &5u64.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        assert_eq!(t.report.globals_dropped, ["gone"]);
+        assert_eq!(t.report.globals, 1);
+    }
+
+    #[test]
+    fn a_void_pointer_target_is_copied_as_bytes() {
+        let make = |grown| {
+            list_program(grown, |b, _| {
+                let v = b.void_ptr();
+                b.global("blob", 0x40_1030, v);
+            })
+        };
+        let mut w = World::new(make(false), make(true));
+        old_list(&mut w, &[1]);
+        let data: Vec<u8> = (0..40).collect();
+        let blob = w.old_proc.block(&data, false);
+        w.set_global("blob", &blob.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        let at = w.new_proc.mem.u64(w.new_global("blob"));
+        assert!(at >= NEW_HEAP && at != blob, "the void * follows its block: {at:#x}");
+        assert_eq!(w.new_proc.mem.bytes(at, 40), Some(data), "the bytes as they were");
+        assert_eq!(t.report.objects, 2);
+    }
+
+    #[test]
+    fn a_union_holding_a_heap_address_stops_the_transfer_until_a_hint_types_it() {
+        let make = |grown, hint: Option<&str>| {
+            list_program(grown, |b, ids| {
+                let u = b.union("val", 8, &[("n", ids.long), ("p", ids.node_ptr)]);
+                let slot = b.strukt("slot", 16, &[("kind", ids.int, 0), ("v", u, 8)]);
+                b.global("last", 0x40_1040, slot);
+                if let Some(h) = hint {
+                    b.hint(h);
+                }
+            })
+        };
+        let setup = |hint| {
+            let mut w = World::new(make(false, None), make(true, hint));
+            let nodes = old_list(&mut w, &[1, 2]);
+            w.set_global("last", &words(&[1, nodes[1]]));
+            (w, nodes)
+        };
+        let (mut w, nodes) = setup(None);
+        match w.transfer() {
+            Err(TransferError::Conflict { path, reason }) => {
+                assert_eq!(path, "last.v+0");
+                assert!(reason.contains("a union holds") && reason.contains(&format!("{:#x}", nodes[1])), "{reason}");
+                assert!(reason.contains("MCR_POINTS_TO"), "names the annotation that resolves it: {reason}");
+            }
+            other => panic!("expected a conflict, got {:?}", other.map(|t| t.report)),
+        }
+        assert!(w.new_proc.writes.is_empty(), "nothing written into the new process");
+
+        let (mut w, _) = setup(Some("points_to last.v=struct node"));
+        w.transfer().expect("hinted: the union word is a typed pointer");
+        let new = new_list(&w);
+        let last = w.new_global("last");
+        assert_eq!(w.new_proc.mem.u64(last + 8), new[1].1, "the union word follows the second node");
+        assert_eq!(w.new_proc.mem.i32(last), 1);
+    }
+
+    #[test]
+    fn startup_objects_are_matched_kept_or_reallocated() {
+        let mut w = grown_list();
+        // head -> n1 (startup, written) -> n3 (startup, no counterpart) -> n2 (startup, clean).
+        let n2 = w.old_proc.block(&node(2, 0), true);
+        let n3 = w.old_proc.block(&node(3, n2), true);
+        let n1 = w.old_proc.block(&node(1, n3), true);
+        w.set_global("head", &n1.to_ne_bytes());
+        let grown = |val: i64| -> Vec<u8> {
+            let mut b = words(&[val as u64, 0, 0]);
+            b[8..12].copy_from_slice(&77i32.to_ne_bytes());
+            b
+        };
+        let m1 = w.new_proc.startup_block(&grown(10));
+        let m2 = w.new_proc.startup_block(&grown(20));
+        w.startup_tables(&[(n1, 1), (n2, 2), (n3, 3)], &[(m1, 1), (m2, 2)]);
+        w.written = Some(vec![(HEAD, HEAD + 8), (n1, n1 + 16), (n3, n3 + 16)]);
+        let t = w.transfer().expect("transfer");
+        let r = &t.report;
+        assert_eq!((r.objects, r.startup_matched, r.startup_kept, r.startup_reallocated), (3, 2, 1, 1), "{r:?}");
+        assert!(r.startup_notes[0].contains("has no counterpart in the new version's startup"), "{r:?}");
+        let new = new_list(&w);
+        assert_eq!(new.len(), 3, "{new:x?}");
+        assert_eq!(new[0], (1, m1), "matched and written since startup: the old contents, in the new startup's block");
+        assert!(new[1].1 != m1 && new[1].1 != m2 && new[1].0 == 3, "no counterpart: a fresh block");
+        assert_eq!(new[2], (20, m2), "matched, never written: the new startup's contents stay");
+        assert!(!w.new_proc.wrote(m2, 24), "the kept block is not written");
+        assert_eq!(w.new_proc.allocations, [vec![24]], "one fresh block");
+        assert_eq!(w.new_proc.adopted, [(new[1].1, StartupKey { stack: 3, thread: 1, ordinal: 0 })]);
+    }
+
+    #[test]
+    fn object_handlers_get_the_old_bytes_and_where_everything_went() {
+        let new = list_program(true, |b, _| b.hint("handler struct node"));
+        let mut w = World::new(list_program(false, |_, _| {}), new);
+        let old = old_list(&mut w, &[1, 2]);
+        let t = w.transfer().expect("transfer");
+        let new = new_list(&w);
+        assert_eq!(t.report.handled, 2);
+        let calls = &w.new_proc.handler_calls;
+        assert_eq!(calls.len(), 1, "one call for every object of the type: {calls:?}");
+        assert_eq!(calls[0].what, "struct node");
+        let mut objects = calls[0].objects.clone();
+        objects.sort_by_key(|o| o.1);
+        let mut want = vec![(node(1, old[1]), new[0].1, 24), (node(2, 0), new[1].1, 24)];
+        want.sort_by_key(|o| o.1);
+        assert_eq!(objects, want, "each object's old bytes, its new address and size");
+        let relocs = &calls[0].relocations;
+        for (o, n) in old.iter().zip(&new) {
+            assert!(
+                relocs.contains(&Relocation { old: *o, len: 16, new: n.1, old_stride: 16, new_stride: 24 }),
+                "{relocs:?}"
+            );
+        }
+        assert!(relocs.iter().any(|r| r.old == HEAD && r.new == NEW_HEAD + NEW_BIAS), "and the globals: {relocs:?}");
+        assert!(relocs.windows(2).all(|p| p[0].old < p[1].old), "sorted");
+    }
+
+    #[test]
+    fn a_failing_object_handler_names_what_it_was_given() {
+        let new = list_program(true, |b, _| b.hint("handler struct node"));
+        let mut w = World::new(list_program(false, |_, _| {}), new);
+        old_list(&mut w, &[1]);
+        w.new_proc.handler_failure = Some("handler returned -1".into());
+        let e = w.transfer().err().expect("the handler failed");
+        assert!(matches!(&e, TransferError::Handler { object, .. } if object == "struct node"), "{e:?}");
+        assert_eq!(e.to_string(), "struct node: handler returned -1");
+    }
+
+    #[test]
+    fn the_new_processs_failures_say_what_failed() {
+        let mut w = grown_list();
+        old_list(&mut w, &[1, 2]);
+        w.new_proc.short_allocation = true;
+        let e = w.transfer().err().expect("short allocation");
+        assert!(matches!(e, TransferError::Allocated { asked: 2, got: 1 }), "{e:?}");
+
+        let mut w = grown_list();
+        old_list(&mut w, &[1]);
+        let head = w.new_global("head");
+        w.new_proc = Default::default();
+        let e = w.transfer().err().expect("the new global is not mapped");
+        assert!(matches!(&e, TransferError::Target(TargetError::Read { addr, len: 8, .. }) if *addr == head), "{e:?}");
+        assert_eq!(e.to_string(), format!("the new version: reading 8 bytes at {head:#x}: not mapped"));
+    }
+}

@@ -1,0 +1,511 @@
+//! The walk (paper §6, "mutable tracing"): from the roots, every heap block the old
+//! process reaches, and how. A block reached through a typed pointer to its start takes
+//! that pointer's type (an array of it when it holds several); a block only untyped words
+//! lead to (a `void *`, a tagged word, a pointer into its middle) is opaque: its bytes are
+//! copied as they are. Memory mcr cannot type (unions, pointer-sized integers, opaque
+//! blocks) must not hold a heap address, unless a hint of `mcr.h` says what the word is:
+//! `MCR_POINTS_TO` makes it a typed pointer, `MCR_OPAQUE` data, `MCR_TAGGED` a pointer
+//! with a tag in its low bits.
+//!
+//! The walk only reads the old process. Its output, [`Reached`], is what the later phases
+//! work from: which blocks, reached how (typed or opaque), from where, with their bytes.
+
+use crate::hints::{field_suffix, key, tag_note, Hints, Tagged};
+use crate::roots::{read_vec, Root};
+use crate::transfer::{conflict, TransferError};
+use mcr_heap::{HeapIndex, Object, ReadMemory};
+use mcr_typemodel::transform::root_name;
+use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Type, TypeId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+/// How the walk reached a block, which decides how it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A typed pointer to its start: objects of this old type (typedefs stripped), as
+    /// many as fit, rebuilt in the new layout. A byte type (`char *`) is copied as bytes.
+    Typed(TypeId),
+    /// Only untyped words lead to it: copied as bytes, once the walk made sure they hold
+    /// no heap address.
+    Opaque,
+}
+
+impl Reach {
+    pub fn ty(self) -> Option<TypeId> {
+        match self {
+            Reach::Typed(t) => Some(t),
+            Reach::Opaque => None,
+        }
+    }
+}
+
+/// A heap block of the old process that the walk reached.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub obj: Object,
+    pub reach: Reach,
+    /// The block whose pointer first reached it (`None`: a global), and through which
+    /// field, for reports (paths are built only when one is needed: chains of blocks are
+    /// long, and repeating every path would cost time quadratic in their length).
+    pub parent: Option<u64>,
+    pub hop: String,
+    /// Its contents in the old process.
+    pub bytes: Vec<u8>,
+}
+
+/// Every block reached from the roots, by address.
+#[derive(Debug, Default)]
+pub struct Reached {
+    pub blocks: BTreeMap<u64, Block>,
+}
+
+impl Reached {
+    /// How the walk reached the block at `addr`, from a global (`items[2].next -> kv_node.next`).
+    pub fn path_of(&self, addr: u64) -> String {
+        path_of(&self.blocks, addr)
+    }
+}
+
+fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
+    let mut hops: Vec<&str> = Vec::new();
+    let mut cur = Some(addr);
+    while let Some(a) = cur {
+        let Some(f) = blocks.get(&a) else { break };
+        hops.push(&f.hop);
+        cur = f.parent;
+        if hops.len() > 100_000 {
+            break;
+        }
+    }
+    hops.reverse();
+    if hops.len() > 8 {
+        format!("{} -> …({} more)… -> {}", hops[..3].join(" -> "), hops.len() - 6, hops[hops.len() - 3..].join(" -> "))
+    } else {
+        hops.join(" -> ")
+    }
+}
+
+/// Walk the old process from `roots` (the old program `old`, its memory and heap blocks).
+pub fn walk(
+    old: &Program,
+    mem: &dyn ReadMemory,
+    heap: &HeapIndex,
+    hints: &Hints,
+    roots: &[Root],
+) -> Result<Reached, TransferError> {
+    let mut w =
+        Walker { prog: old, heap, hints, blocks: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
+    for r in roots {
+        w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
+    }
+    // Everything reachable from them. A block comes back into the queue when a typed
+    // pointer refines what an untyped one reached; its bytes are read once.
+    let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut roots_by_type: HashMap<TypeId, String> = HashMap::new();
+    while let Some(addr) = w.queue.pop_front() {
+        let b = &w.blocks[&addr];
+        let (obj, reach) = (b.obj, b.reach);
+        if let std::collections::hash_map::Entry::Vacant(e) = contents.entry(addr) {
+            e.insert(read_vec(mem, obj.addr, obj.size)?);
+        }
+        let bytes = &contents[&addr];
+        match reach {
+            Reach::Typed(t) => {
+                let root = roots_by_type.entry(t).or_insert_with(|| root_name(old, t)).clone();
+                w.scan_typed(bytes, t, Some(addr), "", &root)?
+            }
+            Reach::Opaque => {
+                let place = || path_of(&w.blocks, addr);
+                w.no_hidden_pointers(bytes, place, OpaqueReason::VoidPointer)?
+            }
+        }
+    }
+    let mut blocks = w.blocks;
+    for (addr, b) in blocks.iter_mut() {
+        b.bytes = contents.remove(addr).unwrap_or_default();
+    }
+    Ok(Reached { blocks })
+}
+
+pub(crate) fn is_byte(p: &Program, ty: TypeId) -> bool {
+    matches!(p.ty(p.strip(ty)), Type::Base { size: 1, .. })
+}
+
+struct Walker<'w> {
+    prog: &'w Program,
+    heap: &'w HeapIndex,
+    hints: &'w Hints,
+    /// Reached so far, their bytes not yet read.
+    blocks: BTreeMap<u64, Block>,
+    queue: VecDeque<u64>,
+    layouts: HashMap<TypeId, Rc<Layout>>,
+}
+
+impl Walker<'_> {
+    fn layout(&mut self, ty: TypeId) -> Rc<Layout> {
+        let prog = self.prog;
+        self.layouts.entry(ty).or_insert_with(|| Rc::new(prog.layout(ty, &root_name(prog, ty)))).clone()
+    }
+
+    /// Note a block reached from `parent` through `hop`, with the type its pointer gives
+    /// it (`None`: an untyped word).
+    fn reach(
+        &mut self,
+        obj: Object,
+        ty: Option<TypeId>,
+        parent: Option<u64>,
+        hop: impl FnOnce() -> String,
+    ) -> Result<(), TransferError> {
+        let prog = self.prog;
+        match self.blocks.get_mut(&obj.addr) {
+            Some(f) => match (f.reach, ty) {
+                (_, None) => {}
+                (Reach::Opaque, Some(t)) => {
+                    f.reach = Reach::Typed(t);
+                    self.queue.push_back(obj.addr);
+                }
+                (Reach::Typed(a), Some(b)) if a == b || is_byte(prog, b) => {}
+                (Reach::Typed(a), Some(b)) if is_byte(prog, a) => {
+                    f.reach = Reach::Typed(b);
+                    self.queue.push_back(obj.addr);
+                }
+                (Reach::Typed(a), Some(b)) => {
+                    let here = match parent {
+                        Some(p) => format!("{} -> {}", path_of(&self.blocks, p), hop()),
+                        None => hop(),
+                    };
+                    return Err(conflict(
+                        here,
+                        format!(
+                            "the block at {:#x} is reached as {} here and as {} from {}; mcr cannot tell which it is",
+                            obj.addr,
+                            prog.type_name(b),
+                            prog.type_name(a),
+                            path_of(&self.blocks, obj.addr)
+                        ),
+                    ));
+                }
+            },
+            None => {
+                let reach = ty.map_or(Reach::Opaque, Reach::Typed);
+                self.blocks.insert(obj.addr, Block { obj, reach, parent, hop: hop(), bytes: Vec::new() });
+                self.queue.push_back(obj.addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow the pointers in `bytes` (objects of type `ty`: the block at `from`, or the
+    /// global `label`; hints name its fields from `hint_root`: a global's name, or the
+    /// type's).
+    fn scan_typed(
+        &mut self,
+        bytes: &[u8],
+        ty: TypeId,
+        from: Option<u64>,
+        label: &str,
+        hint_root: &str,
+    ) -> Result<(), TransferError> {
+        let prog = self.prog;
+        let stride = prog.size_of(ty).unwrap_or(0);
+        if stride == 0 || is_byte(prog, ty) {
+            return Ok(());
+        }
+        let layout = self.layout(ty);
+        let count = bytes.len() as u64 / stride;
+        for i in 0..count {
+            let at = |off: u64| -> u64 {
+                let o = (i * stride + off) as usize;
+                u64::from_ne_bytes(bytes[o..o + 8].try_into().expect("8 bytes"))
+            };
+            let elem = |suffix: &str| -> String {
+                let name = if from.is_some() { hint_root } else { label };
+                if count > 1 {
+                    format!("{name}[{i}]{suffix}")
+                } else {
+                    format!("{name}{suffix}")
+                }
+            };
+            for slot in &layout.pointers {
+                let Pointee::Data { ty: pointee } = slot.pointee else { continue };
+                let mut v = at(slot.offset);
+                if let Some(t) = self.tag_at(hint_root, &slot.path) {
+                    v = t.split(v).0;
+                }
+                if v == 0 {
+                    continue;
+                }
+                if let Some(&obj) = self.heap.containing(v) {
+                    let t = (v == obj.addr).then(|| prog.strip(pointee));
+                    self.reach(obj, t, from, || elem(field_suffix(&slot.path)))?;
+                }
+            }
+            for r in &layout.opaque {
+                let here = || {
+                    let e = elem(field_suffix(&r.path));
+                    match from {
+                        Some(a) => format!("{} -> {e}", path_of(&self.blocks, a)),
+                        None => e,
+                    }
+                };
+                let key = key(hint_root, &r.path);
+                if self.hints.opaque.contains(&key) {
+                    continue;
+                }
+                let tag = self.tag_at(hint_root, &r.path);
+                if let Some(&hinted) = self.hints.points_to.get(&key) {
+                    let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
+                    if let Some(&obj) = self.heap.containing(v) {
+                        let t = (v == obj.addr).then(|| prog.strip(hinted));
+                        self.reach(obj, t, from, || {
+                            format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
+                        })?;
+                    }
+                    continue;
+                }
+                if let Some(t) = &tag {
+                    // A tagged pointer of no declared type (an integer, a union, a void *):
+                    // the block it points to moves, untyped unless a typed pointer reaches it.
+                    if r.len >= 8 && r.reason != OpaqueReason::CharArray {
+                        let v = t.split(at(r.offset)).0;
+                        if let Some(&obj) = self.heap.containing(v).filter(|_| v != 0) {
+                            self.reach(obj, None, from, || format!("{} ({})", elem(field_suffix(&r.path)), t.written))?;
+                        }
+                        continue;
+                    }
+                }
+                match r.reason {
+                    OpaqueReason::CharArray => {}
+                    OpaqueReason::VoidPointer => {
+                        let v = at(r.offset);
+                        if let Some(&obj) = self.heap.containing(v) {
+                            self.reach(obj, None, from, || format!("{} (void *)", elem(field_suffix(&r.path))))?;
+                        }
+                    }
+                    OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
+                        let start = (i * stride + r.offset) as usize;
+                        let end = (start + r.len as usize).min(bytes.len());
+                        self.no_hidden_pointers(&bytes[start..end], here, r.reason)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `MCR_TAGGED` hint for the word at `layout_path` under `root`, if there is one.
+    fn tag_at(&self, root: &str, layout_path: &str) -> Option<Tagged> {
+        if self.hints.tagged.is_empty() {
+            return None;
+        }
+        self.hints.tagged.get(&key(root, layout_path)).cloned()
+    }
+
+    /// Memory mcr cannot type must not hold a heap address: the block it points to
+    /// would move and the word could not be updated.
+    fn no_hidden_pointers(
+        &self,
+        bytes: &[u8],
+        path: impl FnOnce() -> String,
+        why: OpaqueReason,
+    ) -> Result<(), TransferError> {
+        for (k, w) in bytes.chunks_exact(8).enumerate() {
+            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            if let Some(obj) = self.heap.containing(v).filter(|_| v != 0) {
+                let what = match why {
+                    OpaqueReason::Union => "a union",
+                    OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
+                    OpaqueReason::Unknown => "memory of unknown type",
+                    OpaqueReason::VoidPointer => "a void * target",
+                    OpaqueReason::CharArray => "a char array",
+                };
+                return Err(conflict(
+                    format!("{}+{}", path(), k * 8),
+                    format!(
+                        "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
+                         so it can neither move the block nor leave it (declare the field with its pointer type, or \
+                         annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h){}",
+                        tag_note(v, obj.addr)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reach, Reached};
+    use crate::testing::{list_program, node, old_list, words, Build, Ids, World};
+    use crate::transfer::TransferError;
+
+    /// The list program, with `more` added to both versions (they do not change here).
+    fn world(more: impl Fn(&mut Build, Ids)) -> World {
+        World::new(list_program(false, &more), list_program(true, &more))
+    }
+
+    fn typed_as(w: &World, reached: &Reached, addr: u64) -> String {
+        match reached.blocks[&addr].reach {
+            Reach::Typed(t) => w.old.type_name(t),
+            Reach::Opaque => "opaque".into(),
+        }
+    }
+
+    fn conflict(r: Result<impl std::fmt::Debug, TransferError>) -> (String, String) {
+        match r {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typed_pointers_reach_every_node_with_its_type_its_path_and_its_bytes() {
+        let mut w = world(|_, _| {});
+        w.old_proc.block(&node(9, 0), false);
+        let nodes = old_list(&mut w, &[1, 2, 3]);
+        let (_, reached) = w.walk().expect("walk");
+        let mut sorted = nodes.clone();
+        sorted.sort();
+        assert_eq!(reached.blocks.keys().copied().collect::<Vec<_>>(), sorted, "the unreached block is not there");
+        for &n in &nodes {
+            assert_eq!(typed_as(&w, &reached, n), "struct node");
+        }
+        assert_eq!(reached.path_of(nodes[2]), "head -> node.next -> node.next");
+        assert_eq!(reached.blocks[&nodes[2]].parent, Some(nodes[1]));
+        assert_eq!(reached.blocks[&nodes[1]].bytes, node(2, nodes[2]));
+    }
+
+    fn blob(b: &mut Build, _: Ids) {
+        let v = b.void_ptr();
+        b.global("blob", 0x40_1030, v);
+    }
+
+    #[test]
+    fn a_void_pointer_target_is_opaque_and_must_hold_no_heap_address() {
+        let mut w = world(blob);
+        let data = w.old_proc.block(b"some bytes, no pointer", false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        assert_eq!(typed_as(&w, &reached, data), "opaque");
+        assert_eq!(reached.path_of(data), "blob (void *)");
+
+        let mut w = world(blob);
+        let n = w.old_proc.block(&node(1, 0), false);
+        let data = w.old_proc.block(&words(&[7, n]), false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "blob (void *)+8", "the word that holds the address");
+        assert!(reason.starts_with(&format!("a void * target holds {n:#x}")), "{reason}");
+    }
+
+    #[test]
+    fn a_typed_pointer_gives_a_block_an_untyped_word_reached_its_type() {
+        let mut w = world(blob);
+        let nodes = old_list(&mut w, &[1, 2]);
+        w.set_global("blob", &nodes[1].to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        assert_eq!(typed_as(&w, &reached, nodes[1]), "struct node");
+        assert_eq!(reached.path_of(nodes[1]), "blob (void *)", "reported by the first way in");
+    }
+
+    /// `struct slot { int kind; union val { long n; struct node *p; } v; } *cur`, and hints.
+    fn slots(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, ids: Ids| {
+            let u = b.union("val", 8, &[("n", ids.long), ("p", ids.node_ptr)]);
+            let slot = b.strukt("slot", 16, &[("kind", ids.int, 0), ("v", u, 8)]);
+            let p = b.ptr(slot);
+            b.global("cur", 0x40_1040, p);
+            for h in hints {
+                b.hint(h);
+            }
+        }
+    }
+
+    /// The slot's union holds the address of a node no typed pointer reaches.
+    fn slot_holding_a_node(w: &mut World) -> (u64, u64) {
+        let n = w.old_proc.block(&node(1, 0), false);
+        let s = w.old_proc.block(&words(&[1, n]), false);
+        w.set_global("cur", &s.to_ne_bytes());
+        (s, n)
+    }
+
+    #[test]
+    fn a_union_holding_a_heap_address_is_a_conflict_naming_its_path() {
+        let mut w = world(slots(&[]));
+        let (_, n) = slot_holding_a_node(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "cur -> slot.v+0");
+        assert!(reason.starts_with(&format!("a union holds {n:#x}, the address of a live heap block")), "{reason}");
+    }
+
+    #[test]
+    fn mcr_points_to_makes_the_union_a_typed_pointer_and_mcr_opaque_makes_it_data() {
+        let mut w = world(slots(&["points_to slot.v=struct node"]));
+        let (_, n) = slot_holding_a_node(&mut w);
+        let (_, reached) = w.walk().expect("hinted");
+        assert_eq!(typed_as(&w, &reached, n), "struct node");
+        assert_eq!(reached.path_of(n), "cur -> slot.v (MCR_POINTS_TO struct node)");
+
+        let mut w = world(slots(&["opaque slot.v"]));
+        let (s, n) = slot_holding_a_node(&mut w);
+        let (_, reached) = w.walk().expect("hinted");
+        assert!(reached.blocks.contains_key(&s) && !reached.blocks.contains_key(&n), "data: not followed");
+    }
+
+    #[test]
+    fn a_block_reached_as_two_types_is_a_conflict_naming_both_paths() {
+        let mut w = world(|b, ids| {
+            let other = b.strukt("other", 16, &[("a", ids.long, 0), ("b", ids.long, 8)]);
+            let p = b.ptr(other);
+            b.global("o", 0x40_1050, p);
+        });
+        let nodes = old_list(&mut w, &[1, 2]);
+        w.set_global("o", &nodes[1].to_ne_bytes());
+        // Roots first: `o` reaches the second node before the walk follows the first.
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "head -> node.next");
+        assert_eq!(
+            reason,
+            format!(
+                "the block at {:#x} is reached as struct node here and as struct other from o; mcr cannot tell which \
+                 it is",
+                nodes[1]
+            )
+        );
+    }
+
+    fn tagged_word(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, ids: Ids| {
+            b.global("word", 0x40_1060, ids.long);
+            for h in hints {
+                b.hint(h);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tagged_word_reaches_its_block_and_an_untagged_one_is_a_conflict_that_suggests_the_hint() {
+        let tagged = |w: &mut World| {
+            let n = w.old_proc.block(&node(1, 0), false);
+            w.set_global("word", &(n | 3).to_ne_bytes());
+            n
+        };
+        let mut w = world(tagged_word(&["tagged word=2"]));
+        let n = tagged(&mut w);
+        let (_, reached) = w.walk().expect("tagged");
+        assert_eq!(typed_as(&w, &reached, n), "opaque", "a tag says where it points, not what");
+        assert_eq!(reached.path_of(n), "word (MCR_TAGGED(\"word\", 2))");
+
+        let mut w = world(tagged_word(&["tagged word=2", "points_to word=struct node"]));
+        let n = tagged(&mut w);
+        let (_, reached) = w.walk().expect("tagged and typed");
+        assert_eq!(typed_as(&w, &reached, n), "struct node");
+
+        let mut w = world(tagged_word(&[]));
+        tagged(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "word+0");
+        assert!(reason.starts_with("a pointer-sized integer holds") && reason.contains("MCR_TAGGED"), "{reason}");
+    }
+}

@@ -1,0 +1,642 @@
+//! The write: every reached block rebuilt in the new layout (fields by name, pointers
+//! relocated: heap pointers to where their block went, tags kept; pointers into the old
+//! binary and function pointers to the same symbol in the new one), written into its new
+//! block; the new version's object handlers run on what they registered for; then the
+//! globals, which now can point at the blocks. Only the new process is written.
+
+use crate::hints::{field_suffix, key, normalize, tag_note, Hints, Tagged};
+use crate::image::translate;
+use crate::plan::{BlockPlan, TransferPlan, TypePlan};
+use crate::roots::Root;
+use crate::startup::{self, Placement, StartupKey};
+use crate::target::Target;
+use crate::transfer::{conflict, Pair, Report, TransferError};
+use crate::walk::{Block, Reached};
+use mcr_heap::ReadMemory;
+use mcr_protocol::Relocation;
+use mcr_typemodel::transform::{root_name, same_type, Plan, PointerSite};
+use mcr_typemodel::{OpaqueReason, Pointee, Program, Type, TypeId};
+use std::collections::{BTreeMap, HashMap};
+
+/// Where one old block went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub new: u64,
+    pub old_stride: u64,
+    pub new_stride: u64,
+}
+
+impl Moved {
+    /// New address for `offset` bytes into the old block.
+    pub fn at(&self, offset: u64) -> Option<u64> {
+        if self.old_stride == self.new_stride || self.old_stride == 0 {
+            return Some(self.new + offset);
+        }
+        let (i, within) = (offset / self.old_stride, offset % self.old_stride);
+        (within == 0).then_some(self.new + i * self.new_stride)
+    }
+}
+
+/// Old block address → where it went.
+pub type Destinations = BTreeMap<u64, Moved>;
+
+/// Allocate the fresh blocks `plan` asks for in the new process: where every reached
+/// block goes (fresh, or its matched startup block).
+pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinations, TransferError> {
+    let fresh: Vec<u64> =
+        plan.blocks.iter().filter(|b| matches!(b.placement, Placement::Fresh { .. })).map(|b| b.size).collect();
+    let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh)? };
+    if got.len() != fresh.len() {
+        return Err(TransferError::Allocated { asked: fresh.len(), got: got.len() });
+    }
+    let mut got = got.into_iter();
+    Ok(plan
+        .blocks
+        .iter()
+        .map(|b| {
+            let new = match b.placement {
+                Placement::Matched { new, .. } => new,
+                Placement::Fresh { .. } => got.next().unwrap_or_default(),
+            };
+            (b.old, Moved { new, old_stride: b.old_stride, new_stride: b.new_stride })
+        })
+        .collect())
+}
+
+/// Where everything went, for the handlers' `mcr_translate()`: the heap blocks the
+/// transfer moved and the main binary's globals the new version has.
+pub fn relocations(pair: &Pair, reached: &Reached, moved: &Destinations) -> Vec<Relocation> {
+    let blocks = moved
+        .iter()
+        .filter_map(|(a, m)| {
+            Some(Relocation {
+                old: *a,
+                len: reached.blocks.get(a)?.obj.size,
+                new: m.new,
+                old_stride: m.old_stride,
+                new_stride: m.new_stride,
+            })
+        })
+        .collect();
+    relocation_table(pair.old.prog, pair.old.image.bias, pair.new.prog, pair.new.image.bias, blocks)
+}
+
+/// Every old object whose new address the transfer knows: the heap blocks it moved
+/// (`heap`) and the main binary's globals the new version has (by name; link-time
+/// addresses plus each binary's load bias), sorted by old address.
+pub(crate) fn relocation_table(
+    old: &Program,
+    old_bias: u64,
+    new: &Program,
+    new_bias: u64,
+    mut heap: Vec<Relocation>,
+) -> Vec<Relocation> {
+    let news: HashMap<String, &mcr_typemodel::Global> =
+        new.globals.iter().filter(|g| !g.is_tls()).map(|g| (g.display_name(), g)).collect();
+    // One element of an array, or the whole object.
+    let element = |p: &Program, t: TypeId| match p.ty(p.strip(t)) {
+        Type::Array { element, .. } => p.size_of(*element),
+        _ => p.size_of(t),
+    };
+    for g in &old.globals {
+        let (Some(addr), Some(len)) = (g.address(), g.size) else { continue };
+        let Some(ng) = news.get(&g.display_name()) else { continue };
+        let (Some(naddr), Some(nlen)) = (ng.address(), ng.size) else { continue };
+        // Offsets carry over when the type did not change; else only element starts do.
+        let (old_stride, new_stride) = if same_type(old, g.ty, new, ng.ty) {
+            (0, 0)
+        } else {
+            (element(old, g.ty).unwrap_or(len), element(new, ng.ty).unwrap_or(nlen))
+        };
+        heap.push(Relocation { old: old_bias + addr, len, new: new_bias + naddr, old_stride, new_stride });
+    }
+    mcr_protocol::relocation::sorted(heap)
+}
+
+/// A block rebuilt in the new layout.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub bytes: Vec<u8>,
+    /// Its heap pointers (offset, relocated value): what a matched block the old version
+    /// never wrote must agree with to keep the new contents.
+    pub heap_sites: Vec<(usize, u64)>,
+}
+
+/// Objects for one object handler: (old bytes, new address, new size).
+type HandlerObjects = Vec<(Vec<u8>, u64, u64)>;
+
+/// Everything the write needs, from the phases before it.
+pub struct Writer<'w, 'a> {
+    pub pair: &'w Pair<'a>,
+    pub hints: &'w Hints,
+    pub reached: &'w Reached,
+    pub plan: &'w TransferPlan,
+    pub moved: &'w Destinations,
+    /// The new version's object handlers ([`crate::hints::object_handlers`]).
+    pub handlers: &'w HashMap<String, String>,
+    /// For the handlers' `mcr_translate()`; empty when there are no handlers.
+    pub relocations: &'w [Relocation],
+}
+
+impl Writer<'_, '_> {
+    /// Where a pointer of the old process points in the new one.
+    fn relocate_data(&self, v: u64, path: &str) -> Result<u64, String> {
+        let pair = self.pair;
+        if let Some(o) = pair.heap.containing(v) {
+            let m =
+                self.moved.get(&o.addr).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
+            return m.at(v - o.addr).ok_or_else(|| {
+                format!("{path}: {v:#x} points into the middle of an element whose type changed{}", tag_note(v, o.addr))
+            });
+        }
+        if pair.old.image.contains(v) {
+            return translate(pair.old.prog, &pair.old.image, pair.new.prog, &pair.new.image, v)
+                .ok_or_else(|| format!("{path}: points into the old binary at {v:#x}, where no symbol is"));
+        }
+        // Libraries, stacks and other mappings sit at the same addresses in both versions.
+        Ok(v)
+    }
+
+    /// A typed or `void *` pointer: relocated, with its tag when an MCR_TAGGED hint
+    /// names it (masked off to relocate, put back on the new address).
+    fn relocate_tagged(&self, v: u64, path: &str) -> Result<u64, String> {
+        let tags = &self.hints.tagged;
+        let Some(t) = (!tags.is_empty()).then(|| tags.get(&normalize(path))).flatten() else {
+            return self.relocate_data(v, path);
+        };
+        let (p, tag) = t.split(v);
+        if p == 0 {
+            return Ok(v);
+        }
+        let n = self.relocate_data(p, path)?;
+        t.join(n, tag).ok_or_else(|| {
+            format!("{path}: the new address {n:#x} has a low bit set, so it cannot carry the tag of {}", t.written)
+        })
+    }
+
+    /// A word [`hinted_words`] found: relocated (with its tag) if it points into the heap.
+    fn relocate_word(&self, v: u64, tag: &Option<Tagged>, path: &str) -> Result<Option<u64>, String> {
+        let (p, bits) = tag.as_ref().map_or((v, 0), |t| t.split(v));
+        if p == 0 || self.pair.heap.containing(p).is_none() {
+            return Ok(None);
+        }
+        let n = self.relocate_data(p, path)?;
+        match tag {
+            Some(t) => t
+                .join(n, bits)
+                .map(Some)
+                .ok_or_else(|| format!("{path}: the new address {n:#x} cannot carry the tag of {}", t.written)),
+            None => Ok(Some(n)),
+        }
+    }
+
+    /// A function pointer: the same symbol in the new binary.
+    fn relocate_function(&self, s: &PointerSite) -> Result<u64, String> {
+        let pair = self.pair;
+        translate(pair.old.prog, &pair.old.image, pair.new.prog, &pair.new.image, s.old_value)
+            .ok_or_else(|| format!("{}: function pointer {:#x} has no counterpart", s.path, s.old_value))
+    }
+
+    /// The block `block` in the new layout, `bp.size` bytes.
+    pub fn rebuild(&self, block: &Block, bp: &BlockPlan) -> Result<Rebuilt, TransferError> {
+        let (old, new) = (self.pair.old.prog, self.pair.new.prog);
+        let old_bytes = &block.bytes;
+        let mut out = Rebuilt { bytes: vec![0u8; bp.size as usize], heap_sites: Vec::new() };
+        let Some(tp) = self.plan.of(block.reach.ty()) else {
+            // Untyped: copied as bytes (the walk made sure they hold no heap address).
+            out.bytes.copy_from_slice(old_bytes);
+            return Ok(out);
+        };
+        // Typed, but only the program's handler can build it: starts zeroed.
+        let Some(plan) = &tp.transform else { return Ok(out) };
+        let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
+        let n = old_bytes.len() / os;
+        let t = block.reach.ty().expect("typed");
+        let fix = hinted_words(old, t, new, tp.new_ty, &root_name(old, t), self.hints);
+        let here = || self.reached.path_of(bp.old);
+        for k in 0..n {
+            let sites = &mut out.heap_sites;
+            plan.apply(
+                &old_bytes[k * os..(k + 1) * os],
+                &mut out.bytes[k * ns..(k + 1) * ns],
+                &mut |s: PointerSite| match s.old_pointee {
+                    Pointee::Function => self.relocate_function(&s),
+                    _ => {
+                        let v = self.relocate_tagged(s.old_value, s.path)?;
+                        if self.pair.heap.containing(s.old_value).is_some() {
+                            sites.push((k * ns + s.new_offset as usize, v));
+                        }
+                        Ok(v)
+                    }
+                },
+            )
+            .map_err(|e| conflict(here(), e.to_string()))?;
+            for (oo, no, tag) in &fix {
+                let (oo, no) = (*oo, *no);
+                let v = u64::from_ne_bytes(old_bytes[k * os + oo..k * os + oo + 8].try_into().expect("8 bytes"));
+                if let Some(nv) = self.relocate_word(v, tag, "").map_err(|e| conflict(here(), e))? {
+                    out.bytes[k * ns + no..k * ns + no + 8].copy_from_slice(&nv.to_ne_bytes());
+                    out.heap_sites.push((k * ns + no, nv));
+                }
+            }
+        }
+        let tail = &old_bytes[n * os..];
+        out.bytes[n * ns..n * ns + tail.len()].copy_from_slice(tail);
+        Ok(out)
+    }
+
+    /// Rebuild every reached block and write it into the new process; fresh blocks
+    /// standing for old startup objects take over their identity; the object handlers
+    /// run on what they registered for.
+    pub fn blocks(&self, target: &mut dyn Target, report: &mut Report) -> Result<(), TransferError> {
+        let mut for_handlers: BTreeMap<String, HandlerObjects> = BTreeMap::new();
+        for bp in &self.plan.blocks {
+            let block = &self.reached.blocks[&bp.old];
+            let tp = self.plan.of(block.reach.ty());
+            let handler_only = tp.is_some_and(|p| p.transform.is_none());
+            let out = self.rebuild(block, bp)?;
+            let new_addr = self.moved[&bp.old].new;
+            let write = match bp.placement {
+                Placement::Fresh { .. } => true,
+                Placement::Matched { new: at, .. } => {
+                    report.startup_matched += 1;
+                    // Written since startup: the old contents win. Never written: the new
+                    // version's startup made the same object, its contents stay, unless its
+                    // pointers disagree with the transferred state, or only a handler knows
+                    // what the object holds.
+                    let clean = self.pair.dirty.is_some_and(|d| !d(block.obj.addr, block.obj.size));
+                    let keep = clean && !handler_only && {
+                        let mut cur = vec![0u8; out.bytes.len()];
+                        target.read(at, &mut cur)?;
+                        startup::keeps_new_contents(&out.heap_sites, &cur)
+                    };
+                    if keep {
+                        report.startup_kept += 1;
+                    }
+                    !keep
+                }
+            };
+            if !write {
+                continue;
+            }
+            // The handler registered for the type gets every object in the block.
+            let handler = tp.filter(|tp| tp.old_stride > 0).and_then(|tp| Some((tp.handler.as_ref()?, tp)));
+            if let Some((what, &TypePlan { old_stride: os, new_stride: ns, .. })) = handler {
+                let list = for_handlers.entry(what.clone()).or_default();
+                for k in 0..(block.bytes.len() as u64 / os) {
+                    let (o, n) = ((k * os) as usize, new_addr + k * ns);
+                    list.push((block.bytes[o..o + os as usize].to_vec(), n, ns));
+                }
+            }
+            target.write(new_addr, &out.bytes)?;
+            report.bytes += out.bytes.len() as u64;
+        }
+        // Fresh blocks standing for old startup objects take over their identity: the next
+        // update matches them rather than copying them again (and leaking its own).
+        let adopted: Vec<(u64, StartupKey)> = self
+            .plan
+            .blocks
+            .iter()
+            .filter_map(|b| match b.placement {
+                Placement::Fresh { identity: Some(k) } => Some((self.moved[&b.old].new, k)),
+                _ => None,
+            })
+            .collect();
+        if !adopted.is_empty() {
+            target.flush()?;
+            target.adopt_startup(&adopted)?;
+        }
+        report.objects = self.plan.blocks.len();
+        target.flush()?;
+        for (what, objs) in &for_handlers {
+            target
+                .run_handlers(what, objs, self.relocations)
+                .map_err(|source| TransferError::Handler { object: what.clone(), source })?;
+            report.handled += objs.len();
+        }
+        Ok(())
+    }
+
+    /// Write the globals into the new process, transformed, their pointers relocated.
+    pub fn globals(&self, target: &mut dyn Target, roots: &[Root], report: &mut Report) -> Result<(), TransferError> {
+        for r in roots {
+            self.global(target, r, report)?;
+        }
+        target.flush()?;
+        Ok(())
+    }
+
+    fn global(&self, target: &mut dyn Target, r: &Root, report: &mut Report) -> Result<(), TransferError> {
+        let pair = self.pair;
+        let (old, new) = (pair.old.prog, pair.new.prog);
+        let handler = self.handlers.get(&normalize(&r.plain)).cloned();
+        let handler_failed = |source| TransferError::Handler { object: r.name.clone(), source };
+        let plan = match Plan::with_root(old, r.old_ty, new, r.new_ty, &r.name) {
+            Ok(p) => p,
+            // The program's handler builds it from the old bytes.
+            Err(_) if handler.is_some() => {
+                let len = new.size_of(r.new_ty).unwrap_or(0);
+                target
+                    .run_handlers(
+                        handler.as_deref().unwrap_or_default(),
+                        &[(r.bytes.clone(), r.new_addr, len)],
+                        self.relocations,
+                    )
+                    .map_err(handler_failed)?;
+                report.handled += 1;
+                report.globals += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(conflict(&r.name, e.to_string())),
+        };
+        let mut cur = vec![0u8; plan.new_len(r.bytes.len() as u64) as usize];
+        target.read(r.new_addr, &mut cur)?;
+        let before = cur.clone();
+        let reader: &dyn Target = &*target;
+        plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
+            let got = match s.old_pointee {
+                Pointee::Function => self.relocate_function(&s),
+                _ => self.relocate_tagged(s.old_value, s.path),
+            };
+            got.or_else(|e| {
+                // A pointer to a string literal (no symbol): the new version's startup
+                // set the same global to its own copy of the same string.
+                let o = s.new_offset as usize;
+                let mine = u64::from_ne_bytes(before[o..o + 8].try_into().expect("8 bytes"));
+                if pair.old.image.contains(s.old_value) && same_c_string(pair.old_mem, s.old_value, reader, mine) {
+                    Ok(mine)
+                } else {
+                    Err(e)
+                }
+            })
+        })
+        .map_err(|e| conflict(&r.name, e.to_string()))?;
+        for (oo, no, tag) in hinted_words(old, r.old_ty, new, r.new_ty, &r.plain, self.hints) {
+            let v = u64::from_ne_bytes(r.bytes[oo..oo + 8].try_into().expect("8 bytes"));
+            if let Some(nv) = self.relocate_word(v, &tag, &r.name).map_err(|e| conflict(&r.name, e))? {
+                cur[no..no + 8].copy_from_slice(&nv.to_ne_bytes());
+            }
+        }
+        if cur != before {
+            target.write(r.new_addr, &cur)?;
+        }
+        if let Some(what) = &handler {
+            target
+                .run_handlers(what, &[(r.bytes.clone(), r.new_addr, cur.len() as u64)], self.relocations)
+                .map_err(handler_failed)?;
+            report.handled += 1;
+        }
+        report.globals += 1;
+        Ok(())
+    }
+}
+
+/// Words a `MCR_POINTS_TO` or `MCR_TAGGED` hint makes pointers although their type is
+/// opaque (a union, an integer): (offset in the old object, offset in the new, the tag),
+/// for the transform to relocate. (`void *` fields need nothing: the transform relocates
+/// every pointer, tags included.)
+fn hinted_words(
+    old: &Program,
+    ot: TypeId,
+    new: &Program,
+    nt: TypeId,
+    root: &str,
+    hints: &Hints,
+) -> Vec<(usize, usize, Option<Tagged>)> {
+    if hints.points_to.is_empty() && hints.tagged.is_empty() {
+        return Vec::new();
+    }
+    let (ol, nl) = (old.layout(ot, &root_name(old, ot)), new.layout(nt, &root_name(new, nt)));
+    let mut out = Vec::new();
+    for r in ol.opaque.iter().filter(|r| !matches!(r.reason, OpaqueReason::VoidPointer | OpaqueReason::CharArray)) {
+        let key = key(root, &r.path);
+        let tag = hints.tagged.get(&key);
+        if !(hints.points_to.contains_key(&key) || tag.is_some()) || hints.opaque.contains(&key) || r.len < 8 {
+            continue;
+        }
+        if let Some(n) = nl.opaque.iter().find(|n| field_suffix(&n.path) == field_suffix(&r.path) && n.len >= 8) {
+            out.push((r.offset as usize, n.offset as usize, tag.cloned()));
+        }
+    }
+    out
+}
+
+/// Same NUL-terminated string at both addresses (up to 4 KiB)?
+fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool {
+    let (mut x, mut y) = ([0u8; 64], [0u8; 64]);
+    for k in 0..64u64 {
+        if old.read(a + k * 64, &mut x).is_err() || new.read(b + k * 64, &mut y).is_err() || x != y {
+            return false;
+        }
+        if x.contains(&0) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{relocation_table, Moved};
+    use crate::testing::{list_program, node, old_list, words, Build, Ids, World, NEW_BIAS};
+    use crate::transfer::TransferError;
+    use mcr_protocol::relocation::translate;
+    use mcr_protocol::Relocation;
+    use mcr_typemodel::{Composite, Encoding, Global, Location, Member, Program, SymbolKind, Type};
+
+    /// A program with `int counter`, `static struct item items[4]` (in kvd.c) and a
+    /// thread-local, `struct item` being `{ int a; }` or, with `grown`, `{ long z; int a; }`.
+    fn program(grown: bool, base: u64) -> Program {
+        let mut p = Program::empty("/x".into());
+        p.has_debug_info = true;
+        p.types.push(Type::Base { name: "int".into(), size: 4, encoding: Encoding::Signed }); // 0
+        p.types.push(Type::Base { name: "long".into(), size: 8, encoding: Encoding::Signed }); // 1
+        let members = if grown {
+            vec![
+                Member { name: Some("z".into()), ty: 1, offset: 0, bit_size: None, bit_offset: None },
+                Member { name: Some("a".into()), ty: 0, offset: 8, bit_size: None, bit_offset: None },
+            ]
+        } else {
+            vec![Member { name: Some("a".into()), ty: 0, offset: 0, bit_size: None, bit_offset: None }]
+        };
+        let size = if grown { 16 } else { 4 };
+        p.types.push(Type::Struct(Composite { name: Some("item".into()), size, members, incomplete: false })); // 2
+        p.types.push(Type::Array { element: 2, counts: vec![Some(4)] }); // 3
+        let g = |name: &str, unit: &str, is_static: bool, location: Location, size: u64, ty: u32| Global {
+            name: name.into(),
+            unit: unit.into(),
+            function: None,
+            is_static,
+            location,
+            size: Some(size),
+            ty,
+        };
+        p.globals.push(g("counter", "a.c", false, Location::Address { address: base }, 4, 0));
+        p.globals.push(g("items", "kvd.c", true, Location::Address { address: base + 0x100 }, size * 4, 3));
+        p.globals.push(g("tls", "a.c", false, Location::Tls { offset: 0 }, 4, 0));
+        p
+    }
+
+    #[test]
+    fn handlers_translate_pointers_into_globals_and_moved_blocks() {
+        let (old, new) = (program(false, 0x4000), program(true, 0x6000));
+        let block = Relocation { old: 0x55_0000, len: 64, new: 0x77_0000, old_stride: 0, new_stride: 0 };
+        let t = relocation_table(&old, 0x1000, &new, 0x2000, vec![block]);
+        assert_eq!(t.len(), 3, "counter, items and the block; not the thread-local: {t:?}");
+        assert!(t.windows(2).all(|w| w[0].old < w[1].old), "sorted");
+        // counter: same type, any offset.
+        assert_eq!(translate(&t, 0x5000), Some(0x8000));
+        assert_eq!(translate(&t, 0x5002), Some(0x8002));
+        // items: struct item grew from 4 to 16 bytes; element starts translate.
+        assert_eq!(translate(&t, 0x5100), Some(0x8100));
+        assert_eq!(translate(&t, 0x5100 + 3 * 4), Some(0x8100 + 3 * 16));
+        assert_eq!(translate(&t, 0x5100 + 2), None, "inside an element whose layout changed");
+        assert_eq!(translate(&t, 0x5100 + 16), None, "past the old array");
+        // The heap block, interior.
+        assert_eq!(translate(&t, 0x55_0010), Some(0x77_0010));
+        assert_eq!(translate(&t, 0x55_0040), None);
+        assert_eq!(translate(&t, 0x1234), None);
+    }
+
+    #[test]
+    fn pointers_into_moved_arrays_follow_their_element() {
+        let m = Moved { new: 0x9000, old_stride: 24, new_stride: 40 };
+        assert_eq!(m.at(0), Some(0x9000));
+        assert_eq!(m.at(48), Some(0x9000 + 80), "third element");
+        assert_eq!(m.at(50), None, "inside an element whose layout changed");
+        let same = Moved { new: 0x9000, old_stride: 16, new_stride: 16 };
+        assert_eq!(same.at(50), Some(0x9000 + 50));
+        let bytes = Moved { new: 0x9000, old_stride: 0, new_stride: 0 };
+        assert_eq!(bytes.at(7), Some(0x9007));
+    }
+
+    fn world(more: impl Fn(&mut Build, Ids)) -> World {
+        World::new(list_program(false, &more), list_program(true, &more))
+    }
+
+    fn conflict<T>(r: Result<T, TransferError>) -> (String, String) {
+        match r {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            Err(e) => panic!("expected a conflict, got {e:?}"),
+            Ok(_) => panic!("expected a conflict"),
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_node_carries_its_value_and_points_where_the_next_node_went() {
+        let mut w = world(|_, _| {});
+        let nodes = old_list(&mut w, &[-1, 2]);
+        w.with_writer(|writer, _, moved, _| {
+            let plan = |a: u64| writer.plan.blocks.iter().find(|b| b.old == a).expect("planned");
+            let first = writer.rebuild(&writer.reached.blocks[&nodes[0]], plan(nodes[0]))?;
+            let next = moved[&nodes[1]].new;
+            assert_eq!(first.bytes, words(&[-1i64 as u64, 0, next]), "val widened with its sign, extra zeroed");
+            assert_eq!(first.heap_sites, [(16, next)], "where the heap pointer landed, and its value");
+            let last = writer.rebuild(&writer.reached.blocks[&nodes[1]], plan(nodes[1]))?;
+            assert_eq!((last.bytes, last.heap_sites), (words(&[2, 0, 0]), vec![]), "null stays null");
+            Ok(())
+        })
+        .expect("rebuild");
+    }
+
+    /// `void (*cb)(void)` and `struct ops { void (*cb)(void); } *ops`; functions `on_get`
+    /// and `on_set`, in another order in the new binary, and `gone` only in the old one.
+    fn callbacks(grown: bool) -> impl Fn(&mut Build, Ids) {
+        move |b: &mut Build, _: Ids| {
+            let f = b.fn_ptr();
+            b.global("cb", 0x40_1070, f);
+            let ops = b.strukt("ops", 8, &[("cb", f, 0)]);
+            let p = b.ptr(ops);
+            b.global("ops", 0x40_1078, p);
+            let order: &[(&str, u64)] = if grown {
+                &[("on_set", 0x40_2000), ("on_get", 0x40_2080)]
+            } else {
+                &[("on_get", 0x40_2000), ("on_set", 0x40_2040), ("gone", 0x40_2100)]
+            };
+            for &(name, at) in order {
+                b.symbol(name, at, 0x40, SymbolKind::Function);
+            }
+        }
+    }
+
+    #[test]
+    fn function_pointers_go_to_the_same_function_in_the_new_binary() {
+        let mut w = World::new(list_program(false, callbacks(false)), list_program(true, callbacks(true)));
+        w.set_global("cb", &0x40_2000u64.to_ne_bytes());
+        let ops = w.old_proc.block(&0x40_2040u64.to_ne_bytes(), false);
+        w.set_global("ops", &ops.to_ne_bytes());
+        w.transfer().expect("transfer");
+        let mem = &w.new_proc.mem;
+        assert_eq!(mem.u64(w.new_global("cb")), NEW_BIAS + 0x40_2080, "on_get, in the global");
+        assert_eq!(mem.u64(mem.u64(w.new_global("ops"))), NEW_BIAS + 0x40_2000, "on_set, in the heap block");
+
+        let mut w = World::new(list_program(false, callbacks(false)), list_program(true, callbacks(true)));
+        w.set_global("cb", &0x40_2100u64.to_ne_bytes());
+        let (path, reason) = conflict(w.transfer());
+        assert_eq!(path, "cb");
+        assert!(reason.contains("function pointer 0x402100 has no counterpart"), "{reason}");
+    }
+
+    #[test]
+    fn tagged_pointers_keep_their_tags() {
+        let tags = |b: &mut Build, ids: Ids| {
+            b.global("word", 0x40_1060, ids.long);
+            for h in ["tagged node.next=1", "tagged head=1", "tagged word=2", "points_to word=struct node"] {
+                b.hint(h);
+            }
+        };
+        let mut w = world(tags);
+        let n2 = w.old_proc.block(&node(2, 0), false);
+        let n1 = w.old_proc.block(&node(1, n2 | 1), false);
+        w.set_global("head", &(n1 | 1).to_ne_bytes());
+        w.set_global("word", &(n2 | 3).to_ne_bytes());
+        w.transfer().expect("transfer");
+        let mem = &w.new_proc.mem;
+        let head = mem.u64(w.new_global("head"));
+        assert_eq!(head & 1, 1, "the global's tag");
+        let first = head & !1;
+        assert_eq!(mem.i64(first), 1);
+        let next = mem.u64(first + 16);
+        assert_eq!(next & 1, 1, "the heap block's tag");
+        assert_eq!(mem.i64(next & !1), 2);
+        assert_eq!(mem.u64(w.new_global("word")), (next & !1) | 3, "the hinted integer's two-bit tag");
+    }
+
+    #[test]
+    fn a_pointer_into_an_element_whose_layout_changed_is_a_conflict() {
+        let mut w = world(|b, ids| {
+            let p = b.ptr(ids.char);
+            b.global("cursor", 0x40_1090, p);
+        });
+        let nodes = old_list(&mut w, &[1]);
+        w.set_global("cursor", &(nodes[0] + 4).to_ne_bytes());
+        let (path, reason) = conflict(w.transfer());
+        assert_eq!(path, "cursor");
+        assert!(reason.contains("points into the middle of an element whose type changed"), "{reason}");
+    }
+
+    #[test]
+    fn a_string_literal_pointer_goes_to_the_new_versions_copy_of_the_same_string() {
+        let literal = |b: &mut Build, ids: Ids| {
+            let p = b.ptr(ids.char);
+            b.global("greeting", 0x40_1080, p);
+        };
+        let run = |new_text: &[u8]| {
+            let mut w = world(literal);
+            w.old_proc.mem.write(0x40_3000, b"hello\0");
+            w.set_global("greeting", &0x40_3000u64.to_ne_bytes());
+            let copy = NEW_BIAS + 0x40_3010;
+            w.new_proc.mem.write(copy, new_text);
+            w.set_new_global("greeting", &copy.to_ne_bytes());
+            let r = w.transfer().map(|_| ());
+            (r, w.new_proc.mem.u64(w.new_global("greeting")), copy)
+        };
+        let (r, got, copy) = run(b"hello\0");
+        r.expect("the same string");
+        assert_eq!(got, copy, "the new version's own copy");
+        let (r, ..) = run(b"hullo\0");
+        let (path, reason) = conflict(r);
+        assert_eq!(path, "greeting");
+        assert!(reason.contains("points into the old binary at 0x403000, where no symbol is"), "{reason}");
+    }
+}
