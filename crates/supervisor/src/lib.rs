@@ -11,6 +11,7 @@
 mod control;
 mod launch;
 pub mod namespace;
+pub mod pidfd;
 pub mod procfs;
 mod profiling;
 mod runtime_link;

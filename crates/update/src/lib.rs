@@ -11,7 +11,6 @@ pub mod decide;
 pub mod error;
 pub mod interrupt;
 pub mod machine;
-mod pidfd;
 mod rollback;
 pub mod supervised;
 pub mod transfer;

@@ -139,7 +139,7 @@ fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedF
     for p in logs {
         let Some(&host_pid) = old.get(&p.pid) else { continue };
         let fds: BTreeSet<i32> = p.log.iter().flat_map(|l| l.ops.iter()).flat_map(|o| o.fds.iter().copied()).collect();
-        let pidfd = crate::pidfd::open(host_pid).map_err(|source| RestartError::OpenProcess {
+        let pidfd = mcr_supervisor::pidfd::open(host_pid).map_err(|source| RestartError::OpenProcess {
             pid: p.pid,
             host_pid,
             source,
@@ -149,7 +149,7 @@ fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedF
                 continue;
             }
             let copy =
-                crate::pidfd::take(&pidfd, fd).map_err(|source| RestartError::TakeFd { fd, pid: p.pid, source })?;
+                mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| RestartError::TakeFd { fd, pid: p.pid, source })?;
             taken.insert(fd, place_at(copy, fd)?);
         }
     }

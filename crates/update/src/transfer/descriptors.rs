@@ -45,11 +45,16 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Move connections `fds` of old process `old_host` into `target` at the same numbers.
 /// `adopt`: the program takes them as new connections (their state stays behind).
 pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt: bool) -> Result<(), DescriptorError> {
-    let pidfd = crate::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
+    let pidfd =
+        mcr_supervisor::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
     let mut copies = Vec::new();
     let mut targets = Vec::new();
     for &fd in fds {
-        copies.push(crate::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take { fd, old_host, source })?);
+        copies.push(mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take {
+            fd,
+            old_host,
+            source,
+        })?);
         targets.push(ImportedFd { target: fd, cloexec: close_on_exec(old_host, fd) });
     }
     let name = format!("mcr-transfer/{}/{}", std::process::id(), old_host);
