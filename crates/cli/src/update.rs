@@ -60,6 +60,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.failure.as_ref().is_some_and(|f| f.undecided()) {
+        eprintln!("mcr: update of '{}': {}", report.instance, report.message);
     } else if report.committed {
         print!("{}", committed(&report));
         for w in report.transfer.iter().flat_map(|t| &t.state.warnings) {

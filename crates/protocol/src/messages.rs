@@ -389,9 +389,17 @@ pub enum Request {
     },
     /// What `mcr update` needs to start the next version like this one.
     UpdateInfo,
-    /// Update, new version: once the old version is gone, take over the instance name.
-    TakeOver,
-    /// Update, old version: the new version is committed; exit now.
+    /// Update, new version, from the update: commit (take the instance over from the old
+    /// version, retire it, resume). Answered once this version is the instance, or with an
+    /// error before the commit point (`crates/update/README.md`, "The commit").
+    /// `processes`: those the state moved into, which must all be alive.
+    Commit {
+        processes: Vec<i32>,
+    },
+    /// Update, old version, from the new version's supervisor on a connection of its own
+    /// (its link): the update is committing; answered with [`Response::HandedOver`].
+    Handover,
+    /// Update, old version, on the new version's link: the commit point. Exit now.
     Retire,
     /// Profiling mode: every process's sampled data (fresh from the live ones, the last
     /// report of those that exited).
@@ -445,6 +453,14 @@ pub enum Response {
     ProfileData {
         processes: Vec<crate::ProcessProfile>,
     },
+    /// To [`Request::Handover`]: the old supervisor's descriptor number of the instance
+    /// lock, which the new one copies (pidfd_getfd) so that the lock is never free.
+    HandedOver {
+        lock_fd: i32,
+    },
+    /// To [`Request::Resume`]: this version retired (its new version committed); it does
+    /// not resume.
+    Retired,
     Ok,
     Error {
         message: String,

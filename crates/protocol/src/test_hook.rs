@@ -23,9 +23,10 @@ pub mod point {
     pub const RESTARTING: &str = "restarting";
     /// A process's state moved into its counterpart, its connections not yet (the CLI).
     pub const TRANSFERRING: &str = "transferring";
-    /// Everything moved; the commit about to be asked for.
+    /// During the commit, before its commit point: the new version holds the instance's
+    /// lock and name, the old one is not retired yet (the new version's supervisor).
     pub const COMMITTING: &str = "committing";
-    /// Right after the commit point.
+    /// Right after the commit point, before the new version resumes (its supervisor).
     pub const COMMITTED: &str = "committed";
 }
 /// Where the marker file goes (default: the system's temporary directory).

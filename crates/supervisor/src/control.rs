@@ -1,10 +1,12 @@
 //! The control socket: requests from the `mcr` CLI.
 
+use crate::handover::{OldAction, OldSide};
 use crate::state::{AskError, State};
 use mcr_protocol::{
     InstanceStatus, Laggard, OpenConnections, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind,
     RuntimeReply,
 };
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -18,49 +20,78 @@ pub async fn accept_loop(state: State, listener: UnixListener) {
 }
 
 async fn serve(state: State, stream: UnixStream) {
+    let conn = {
+        let mut g = state.lock();
+        g.next_control_conn += 1;
+        g.next_control_conn
+    };
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
-    // Set by an update's Drain: until this connection resumes or retires the instance,
-    // the instance is held for it, and released if the connection goes away.
-    let mut holds_instance = false;
     while let Ok(Some(line)) = lines.next_line().await {
-        let resp = match mcr_protocol::decode_line::<Request>(line.as_bytes()) {
-            Ok(req @ Request::Drain { .. }) => {
-                holds_instance = true;
+        let request = mcr_protocol::decode_line::<Request>(line.as_bytes());
+        let drained = match &request {
+            Ok(Request::Drain { .. }) => Some(state.lock().old_side.drain(conn)),
+            _ => None,
+        };
+        let resp = match request {
+            // An update's drain: until this connection resumes the instance (or the new
+            // version asks for the handover), the instance is held for it, and resumed if
+            // the connection goes away.
+            Ok(req @ Request::Drain { .. }) => match drained {
+                Some(Err(why)) => Response::Error { message: why.to_string() },
                 // A drain can last long: give up on it as soon as the asking side is gone
                 // (next_line is cancel-safe; the CLI sends nothing while it waits).
-                tokio::select! {
-                    resp = handle(&state, req) => resp,
+                _ => tokio::select! {
+                    resp = handle(&state, req, conn) => resp,
                     _ = lines.next_line() => break,
-                }
-            }
-            Ok(req) => {
-                if matches!(req, Request::Resume | Request::Retire) {
-                    holds_instance = false;
-                }
-                handle(&state, req).await
-            }
+                },
+            },
+            Ok(req) => handle(&state, req, conn).await,
             Err(e) => Response::Error { message: format!("bad request: {e}") },
         };
         if wr.write_all(&mcr_protocol::encode_line(&resp)).await.is_err() {
             break;
         }
     }
-    if holds_instance && !state.lock().retired {
-        // `mcr update` died mid-way (killed, crashed): never leave the server refusing
-        // connections or parked with nobody to resume it.
-        eprintln!("mcr: the update that was draining this instance went away; resuming the server");
-        resume_all(&state, ASK_TIMEOUT).await;
+    let action = state.lock().old_side.closed(conn);
+    match action {
+        OldAction::Resume => {
+            // `mcr update` died mid-way (killed, crashed), or its new version did after it:
+            // never leave the server refusing connections or parked with nobody to resume it.
+            eprintln!(
+                "mcr: the update that was holding this instance went away before its commit; resuming the server"
+            );
+            resume_old(&state).await;
+        }
+        OldAction::RetakeName => {
+            eprintln!("mcr: the new version went away before its commit; this version keeps the instance");
+            retake_name(&state);
+        }
+        _ => {}
     }
 }
 
-const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// This version's name back if an update's new version took it without committing.
+fn retake_name(state: &State) {
+    if let Err(e) = crate::name::retake(state) {
+        eprintln!("mcr: cannot take the instance's control socket back: {e}");
+    }
+}
+
+/// Resume the old version of an update that did not commit: its name first, then its
+/// processes.
+async fn resume_old(state: &State) -> usize {
+    retake_name(state);
+    resume_all(state, ASK_TIMEOUT).await
+}
+
+pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long past a quiesce's or a drain's own timeout a runtime's answer may take to come
 /// (a runtime gives up at that timeout itself, and answers then).
 const REPLY_GRACE: Duration = Duration::from_millis(500);
 
-async fn handle(state: &State, req: Request) -> Response {
+async fn handle(state: &State, req: Request, conn: u64) -> Response {
     match req {
         Request::Status => Response::Status(status(state).await),
         Request::StartupLogs => startup_logs(state).await,
@@ -81,22 +112,44 @@ async fn handle(state: &State, req: Request) -> Response {
                 None => Response::Error { message: "no launch information".into() },
             }
         }
-        Request::Retire => {
-            // The committed new version holds every inherited object: the old processes
-            // (parked, mid-nothing) can simply go.
-            state.lock().retired = true;
-            for p in state.processes() {
-                // SAFETY: kill(2) to a process of our instance.
-                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        Request::Handover => {
+            let mut g = state.lock();
+            let lock_fd = g.lock.as_ref().map(|l| l.as_raw_fd());
+            match (lock_fd, g.old_side.handover(conn)) {
+                (Some(lock_fd), Ok(_)) => Response::HandedOver { lock_fd },
+                (None, _) => Response::Error { message: "this supervisor holds no instance lock".into() },
+                (_, Err(why)) => Response::Error { message: why.to_string() },
             }
-            Response::Ok
         }
-        Request::TakeOver => take_over(state).await,
+        Request::Retire => {
+            let retired = state.lock().old_side.retire(conn);
+            match retired {
+                // The commit point. The committed new version holds every inherited
+                // object: the old processes (parked, mid-nothing) can simply go.
+                Ok(_) => {
+                    for p in state.processes() {
+                        // SAFETY: kill(2) to a process of our instance.
+                        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                    }
+                    Response::Ok
+                }
+                Err(why) => Response::Error { message: why.to_string() },
+            }
+        }
+        Request::Commit { processes } => crate::commit::commit(state, &processes).await,
         Request::ProfileData => crate::profiling::data(state, ASK_TIMEOUT).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {
-            let n = resume_all(state, ASK_TIMEOUT).await;
-            Response::Resumed { processes: n }
+            if state.lock().new_side.is_some_and(|s| !s.may_resume()) {
+                return Response::Error {
+                    message: "this is an update's new version: it resumes at its commit, not before".into(),
+                };
+            }
+            let resumed = state.lock().old_side.resume();
+            match resumed {
+                Ok(_) => Response::Resumed { processes: resume_old(state).await },
+                Err(_) => Response::Retired,
+            }
         }
         Request::Drain { timeout_ms, only_volatile, move_pinned, move_volatile, adopt_idle } => {
             let wait = match (only_volatile, adopt_idle) {
@@ -124,7 +177,13 @@ async fn handle(state: &State, req: Request) -> Response {
             None => Response::Error { message: "the server has no main process (it is exiting)".into() },
         },
         Request::Stop { grace_ms } => {
-            if state.lock().quiesced {
+            // Parked threads would never see the SIGTERM; but a retired version, or a new
+            // one before its commit, must not run a single request: it is killed instead.
+            let resumable = {
+                let g = state.lock();
+                g.quiesced && g.old_side != OldSide::Retired && g.new_side.is_none_or(|s| s.may_resume())
+            };
+            if resumable {
                 resume_all(state, ASK_TIMEOUT).await;
             }
             begin_stop(state, Duration::from_millis(grace_ms));
@@ -203,44 +262,6 @@ async fn startup_logs(state: &State) -> Response {
         })
         .collect();
     Response::StartupLogs { processes }
-}
-
-/// Update, new version: become the instance (its name, lock, socket), then resume.
-async fn take_over(state: &State) -> Response {
-    let (current, target) = {
-        let g = state.lock();
-        match (g.files.clone(), g.final_files.clone()) {
-            (Some(c), Some(t)) => (c, t),
-            _ => return Response::Error { message: "this supervisor is not an update's new version".into() },
-        }
-    };
-    let t0 = Instant::now();
-    let lock = loop {
-        match target.acquire() {
-            Ok(l) => break l,
-            Err(e) if t0.elapsed() > Duration::from_secs(5) => {
-                return Response::Error { message: format!("cannot take over the instance name: {e}") }
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    };
-    if let Err(e) = std::fs::rename(&current.socket, &target.socket) {
-        return Response::Error {
-            message: format!("cannot move the control socket to {}: {e}", target.socket.display()),
-        };
-    }
-    let _ = std::fs::write(&target.pid, format!("{}\n", state.supervisor_pid));
-    let _ = std::fs::remove_file(&current.pid);
-    let _ = std::fs::remove_file(&current.lock);
-    {
-        let mut g = state.lock();
-        g.name = target.name.clone();
-        g.files = Some(target);
-        g.final_files = None;
-        g.lock = Some(lock);
-    }
-    resume_all(state, ASK_TIMEOUT).await;
-    Response::Ok
 }
 
 /// SIGTERM to the main process now, SIGKILL to every process after `grace`.
@@ -414,7 +435,7 @@ fn describe_unreachable(state: &State, pid: i32, e: &AskError) -> String {
 
 /// Release every parked thread (and end a drain). A process that is stopped gets the
 /// command when it continues; waiting for the answers takes at most `wait`.
-async fn resume_all(state: &State, wait: Duration) -> usize {
+pub(crate) async fn resume_all(state: &State, wait: Duration) -> usize {
     let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
     let n =
         ask_all(state, &pids, RuntimeCommandKind::Resume, wait).await.into_iter().filter(|(_, r)| r.is_ok()).count();

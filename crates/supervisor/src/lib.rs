@@ -8,8 +8,11 @@
 //! [`run`], which launches the server, then serves the runtime and control sockets until
 //! the last server process is gone.
 
+mod commit;
 mod control;
+mod handover;
 mod launch;
+mod name;
 pub mod namespace;
 pub mod pidfd;
 pub mod procfs;

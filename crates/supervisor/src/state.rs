@@ -1,7 +1,8 @@
 //! The supervisor's event loop and its view of the server.
 
+use crate::handover::{NewSide, OldSide};
 use crate::launch::Launched;
-use crate::{control, procfs, report, runtime_link, Config};
+use crate::{control, name, procfs, report, runtime_link, Config};
 use mcr_protocol::{
     ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply,
 };
@@ -82,8 +83,16 @@ pub struct Inner {
     pub lock: Option<std::fs::File>,
     /// Update, new version: replay conflicts reported by its processes.
     pub conflicts: Vec<ReplayConflict>,
-    /// Update, old version: replaced by a committed new version.
-    pub retired: bool,
+    /// Update, old version: whether an update holds this version, for whom, and whether it
+    /// retired.
+    pub old_side: OldSide,
+    /// Update, new version: until and after its commit (`None`: not launched by an update).
+    pub new_side: Option<NewSide>,
+    /// The last process is gone: the supervisor is exiting.
+    pub ending: bool,
+    /// The (device, inode) of this supervisor's control socket file (`name`).
+    pub socket_id: Option<name::Identity>,
+    pub next_control_conn: u64,
     /// How the server was launched, for `UpdateInfo`.
     pub launch: Option<LaunchFacts>,
     /// Runtime connections accepted and not yet read to their end.
@@ -113,6 +122,8 @@ pub struct Shared {
     pub started_tx: watch::Sender<Option<Result<f64, String>>>,
     /// The pipe to the launcher (`mcr run` or `mcr update`).
     pub report: Option<std::os::fd::OwnedFd>,
+    /// Update, new version: the replay log, removed at commit.
+    pub replay_log: Option<std::path::PathBuf>,
     /// The runtime listener's descriptor, to see connections not accepted yet.
     pub runtime_listener_fd: i32,
     /// Woken when a process reports startup completion, so the check runs at once.
@@ -330,6 +341,8 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
             lock: cfg.lock.try_clone().ok(),
             // An update's new version holds its threads at their first quiescent point.
             quiesced: cfg.update.is_some(),
+            new_side: cfg.update.as_ref().map(|_| NewSide::Parked),
+            socket_id: name::identity(&cfg.files.socket),
             launch: Some(facts),
             ..Default::default()
         }),
@@ -341,6 +354,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         launched_at: Instant::now(),
         started_tx,
         report: cfg.report.as_ref().and_then(|f| f.try_clone().ok()),
+        replay_log: cfg.update.as_ref().map(|u| u.replay_log.clone()),
         runtime_listener_fd: std::os::fd::AsRawFd::as_raw_fd(&launched.runtime),
         startup_event: tokio::sync::Notify::new(),
     });
@@ -358,6 +372,10 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     let Ok(control_listener) = tokio::net::UnixListener::from_std(launched.control) else { return 70 };
     tokio::spawn(runtime_link::accept_loop(state.clone(), runtime_listener));
     tokio::spawn(control::accept_loop(state.clone(), control_listener));
+    // An update's new version ends if the update dies before the commit.
+    if let (Some(_), Some(report)) = (&cfg.update, cfg.report.as_ref().and_then(|f| f.try_clone().ok())) {
+        tokio::spawn(crate::commit::watch_lifeline(state.clone(), report));
+    }
 
     // Forward the launcher's report of completed startup.
     {
@@ -394,8 +412,10 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         }
         let gone = reap(&state);
         if gone {
-            let status = state.lock().exit.unwrap_or(ExitStatus::Code(0));
-            break status;
+            // Before any other task runs: a commit must not go past its commit point now.
+            let mut g = state.lock();
+            g.ending = true;
+            break g.exit.unwrap_or(ExitStatus::Code(0));
         }
         pick_main(&state);
         state.check_started();
@@ -411,16 +431,19 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     if state.started_tx.borrow().is_none() {
         let _ = state.started_tx.send(Some(Err(format!("the server exited with {exit} before completing startup"))));
     }
+    // Files are removed only while they are this supervisor's: a retired old version's
+    // name belongs to its new version now.
+    let ours = name::socket_file(&state) != name::SocketFile::Other;
     let (retired, files, lock) = {
         let mut g = state.lock();
-        (g.retired, g.files.take(), g.lock.take())
+        (g.old_side == OldSide::Retired, g.files.take(), g.lock.take())
     };
     if retired {
         report(&cfg.report, &LaunchReport::Replaced);
     } else {
         report(&cfg.report, &LaunchReport::Exited { status: exit });
     }
-    if let Some(files) = files {
+    if let Some(files) = files.filter(|_| ours) {
         files.remove_all();
     }
     if let Some(u) = &cfg.update {

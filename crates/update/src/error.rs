@@ -5,7 +5,7 @@ use crate::transfer::TransferError;
 use mcr_client::pids::PidsError;
 use mcr_client::program::ProgramError;
 use mcr_client::ClientError;
-use mcr_protocol::{ExitStatus, InstanceError, Laggard, ReplayConflict, Response};
+use mcr_protocol::{ExitStatus, InstanceError, Laggard, ReplayConflict};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -132,20 +132,35 @@ pub enum RestartError {
     TreeMismatch { old: BTreeSet<i32>, new: BTreeSet<i32>, missing: Vec<String> },
 }
 
+/// Why the commit did not go through (see README.md, "The commit").
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    #[error("the old version refused to retire: {0:?}")]
-    Refused(Box<Response>),
-    #[error("the old version did not answer the request to retire")]
-    NoAnswer(#[source] ClientError),
-    #[error("the old version's supervisor did not exit")]
-    StillRunning,
-    #[error(transparent)]
-    Instance(#[from] InstanceError),
-    #[error("taking over the instance")]
-    TakeOver(#[source] ClientError),
     #[error("the new version is not running")]
     NoNewVersion,
+    /// The new version could not be asked (it is gone): nothing was changed.
+    #[error("the new version cannot be reached")]
+    Unreachable(#[source] ClientError),
+    /// It stopped before the commit point, and said why: nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// It was asked and did not answer (it died during the commit): the old version, asked
+    /// to resume, tells whether the commit point was passed.
+    #[error("the new version's supervisor did not answer")]
+    NoAnswer(#[source] ClientError),
+    /// No answer, and the old version cannot be reached either: if the new version
+    /// committed, it is the instance; if not, it ends itself, as this update is gone.
+    #[error(
+        "the new version's supervisor did not answer ({new}), and the old version cannot be reached ({old}): \
+             see `mcr status` for which version serves"
+    )]
+    Unknown { new: String, old: String },
+}
+
+impl CommitError {
+    /// Whether the commit may have passed its commit point.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, CommitError::NoAnswer(_))
+    }
 }
 
 /// An update that did not commit, by the phase that failed.
@@ -170,6 +185,12 @@ impl UpdateError {
     /// drained or quiesced, and is resumed; there is no rollback to report.
     pub fn before_restart(&self) -> bool {
         matches!(self, UpdateError::Drain(_) | UpdateError::Quiesce(_))
+    }
+
+    /// Neither version could say whether the commit point was passed (see
+    /// [`CommitError::Unknown`]): nothing was rolled back.
+    pub fn undecided(&self) -> bool {
+        matches!(self, UpdateError::Commit(CommitError::Unknown { .. }))
     }
 
     /// The replay conflicts the new version reported, if it found any.

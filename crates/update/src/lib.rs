@@ -3,7 +3,9 @@
 //! asks through traits ([`version`]), with a typed error per phase ([`error`]) and a guard
 //! that rolls back whatever phase failed ([`rollback`]).
 //!
-//! [`supervised`] runs it against real supervisors; unit tests drive it with fakes.
+//! [`supervised`] runs it against real supervisors; unit tests drive it with fakes. How an
+//! update ends (its one commit point, and what each part does when another dies at any
+//! moment) is in this crate's README.md, "The commit".
 //! [`decide`] holds the decisions about connections and processes, [`transfer`] the
 //! state transfer between process pairs.
 
@@ -21,5 +23,5 @@ pub use decide::{Handlers, Policy};
 pub use error::UpdateError;
 pub use machine::{Options, Phase, Report, Timings, Update};
 pub use supervised::{prepare, Prepared, Settings};
-pub use version::{Drain, HostPids, Launcher, NextVersion, Quiescence, RunningVersion, StartupFailure};
+pub use version::{Drain, HostPids, Launcher, NextVersion, Quiescence, Resumed, RunningVersion, StartupFailure};
 pub use warning::{Warn, Warning};

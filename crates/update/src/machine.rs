@@ -7,7 +7,7 @@ use crate::decide::{self, Policy};
 use crate::error::{CommitError, DrainError, QuiesceError, RestartError, UpdateError};
 use crate::rollback::Versions;
 use crate::transfer::{Summary, TransferError};
-use crate::version::{HostPids, Launcher, NextVersion, Quiescence, RunningVersion};
+use crate::version::{HostPids, Launcher, NextVersion, Quiescence, Resumed, RunningVersion};
 use crate::warning::{Warn, Warning};
 use mcr_protocol::{test_hook, OpenConnections, ReplayConflict};
 use std::collections::BTreeSet;
@@ -135,7 +135,10 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
 
     /// Run every phase, then commit or roll back (before returning).
     pub fn run(mut self) -> Report {
-        let outcome = self.advance();
+        let outcome = match self.advance() {
+            Err(UpdateError::Commit(e)) if e.outcome_unknown() => self.settle(e),
+            other => other,
+        };
         self.timings.total_ms = ms(self.options.started.elapsed());
         if outcome.is_ok() {
             self.versions.committed();
@@ -296,13 +299,29 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
         Ok(())
     }
 
+    /// One request to the new version, which does the rest itself (README.md, "The
+    /// commit"), so that an update that dies meanwhile cannot leave it half done.
     fn commit(&mut self) -> Result<(), CommitError> {
-        let Versions { old, next: Some(next), .. } = &mut self.versions else {
+        let Versions { next: Some(next), .. } = &mut self.versions else {
             return Err(CommitError::NoNewVersion);
         };
-        test_hook::pause(test_hook::point::COMMITTING);
-        old.retire()?;
-        next.take_over()
+        next.commit(&self.new_processes)
+    }
+
+    /// The commit got no answer: the old version says whether it was passed.
+    fn settle(&mut self, e: CommitError) -> Result<(), UpdateError> {
+        match self.versions.settle_commit() {
+            Ok(Resumed::Resumed) => Err(UpdateError::Commit(e)),
+            Ok(Resumed::Retired) => {
+                let error = crate::error::chain(&e);
+                (self.options.warn)(Warning::CommitUnconfirmed { instance: self.options.instance.clone(), error });
+                Ok(())
+            }
+            Err(old) => Err(UpdateError::Commit(CommitError::Unknown {
+                new: crate::error::chain(&e),
+                old: crate::error::chain(&old),
+            })),
+        }
     }
 }
 

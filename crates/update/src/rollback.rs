@@ -1,8 +1,25 @@
 //! The rollback guard: an update that does not reach its commit point undoes itself when
 //! it goes out of scope, whatever phase failed and however it returned.
 
-use crate::version::{Launcher, NextVersion, RunningVersion};
+use crate::version::{Launcher, NextVersion, Resumed, RunningVersion};
 use crate::warning::{Warn, Warning};
+use mcr_client::ClientError;
+
+/// How the update ended, as far as the guard must act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Not committed (yet): dropped like this, the guard rolls back.
+    Pending,
+    /// The new version runs and the old one retired: nothing to undo.
+    Committed,
+    /// A commit that got no answer, settled by the old version resuming: only the new
+    /// version is left to end.
+    OldResumed,
+    /// A commit that got no answer, and the old version is gone too: neither side can be
+    /// told anything. A new version that did not commit ends itself once this update
+    /// exits (its lifeline closes).
+    LeftToSupervisors,
+}
 
 /// Both versions of an update in progress. Dropped before [`Versions::committed`], it
 /// rolls back: kills the new version if it was started, removes what is left of it, and
@@ -12,32 +29,53 @@ pub(crate) struct Versions<'w, O: RunningVersion, L: Launcher> {
     pub launcher: L,
     /// The new version, once started.
     pub next: Option<L::Next>,
-    committed: bool,
+    outcome: Outcome,
     warn: Warn<'w>,
 }
 
 impl<'w, O: RunningVersion, L: Launcher> Versions<'w, O, L> {
     pub fn new(old: O, launcher: L, warn: Warn<'w>) -> Self {
-        Self { old, launcher, next: None, committed: false, warn }
+        Self { old, launcher, next: None, outcome: Outcome::Pending, warn }
     }
 
     /// The new version runs and the old one is gone: nothing to roll back any more.
     pub fn committed(&mut self) {
-        self.committed = true;
+        self.outcome = Outcome::Committed;
+    }
+
+    /// The commit was asked for and got no answer: whether it passed the commit point is
+    /// the old version's to say, and asking it to resume is the question (it resumes if
+    /// the new version did not commit, atomically with refusing that commit; it says it
+    /// retired otherwise).
+    pub fn settle_commit(&mut self) -> Result<Resumed, ClientError> {
+        let asked = self.old.resume();
+        self.outcome = match asked {
+            Ok(Resumed::Resumed) => Outcome::OldResumed,
+            Ok(Resumed::Retired) => Outcome::Committed,
+            Err(_) => Outcome::LeftToSupervisors,
+        };
+        asked
     }
 }
 
 impl<O: RunningVersion, L: Launcher> Drop for Versions<'_, O, L> {
     fn drop(&mut self) {
-        if self.committed {
+        if matches!(self.outcome, Outcome::Committed | Outcome::LeftToSupervisors) {
             return;
         }
         if let Some(next) = self.next.as_mut() {
             next.kill();
         }
         self.launcher.discard();
-        if let Err(e) = self.old.resume() {
-            (self.warn)(Warning::NotResumed(e));
+        if self.outcome == Outcome::OldResumed {
+            return;
+        }
+        match self.old.resume() {
+            Ok(Resumed::Resumed) => {}
+            Ok(Resumed::Retired) => (self.warn)(Warning::NotResumed(ClientError::Refused(
+                "it had retired: its new version passed the commit point".into(),
+            ))),
+            Err(e) => (self.warn)(Warning::NotResumed(e)),
         }
     }
 }

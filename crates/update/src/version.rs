@@ -50,6 +50,14 @@ pub enum Quiescence {
     Failed { message: String, laggards: Vec<Laggard> },
 }
 
+/// What the old version did when asked to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    Resumed,
+    /// The new version had passed the commit point: the old one retired instead.
+    Retired,
+}
+
 /// The version that runs now.
 pub trait RunningVersion {
     /// Drain (see [`Drain`]); the connections still open when it ended. `give_up` is
@@ -64,10 +72,9 @@ pub trait RunningVersion {
     fn host_pids(&self) -> Result<HostPids, PidsError>;
     /// One line about process `pid` for a report: what it runs, its state, where it waits.
     fn describe_process(&self, pid: i32) -> String;
-    /// The new version is committed: exit. Returns once this version is gone.
-    fn retire(&mut self) -> Result<(), CommitError>;
-    /// Release the parked threads and end the drain (rollback).
-    fn resume(&mut self) -> Result<(), ClientError>;
+    /// Release the parked threads and end the drain (rollback), unless the new version
+    /// committed: then this version retired and says so.
+    fn resume(&mut self) -> Result<Resumed, ClientError>;
 }
 
 /// Starts the new version of an update, and cleans up after it.
@@ -110,8 +117,10 @@ pub trait NextVersion {
     /// `--fresh-state`: move `connections` (idle ones) for the new build to adopt as new
     /// ones; how many descriptors moved.
     fn adopt(&mut self, old: &HostPids, connections: &[&OpenConnections]) -> Result<usize, TransferError>;
-    /// Commit, once the old version is gone: take over the instance's name and resume.
-    fn take_over(&mut self) -> Result<(), CommitError>;
+    /// Commit: take the instance over from the old version, retire it, resume
+    /// (README.md, "The commit"). `processes`: those the state moved into, which must all
+    /// be alive. Returns once past the commit point, or with why it stopped before it.
+    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError>;
     /// Rollback: end the new version.
     fn kill(&mut self);
 }

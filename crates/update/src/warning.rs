@@ -25,6 +25,9 @@ pub enum Warning {
     StartupAllocationsUnknown { pid: i32, reason: String },
     /// A rollback could not resume the old version.
     NotResumed(ClientError),
+    /// The new version's supervisor did not answer the commit, but the old version had
+    /// retired: the commit point was passed.
+    CommitUnconfirmed { instance: String, error: String },
 }
 
 impl fmt::Display for Warning {
@@ -53,6 +56,11 @@ impl fmt::Display for Warning {
             Warning::StartupAllocationsUnknown { pid, reason } => write!(
                 f,
                 "process {pid}'s startup allocations are unknown ({reason}): its startup objects are reallocated, not matched"
+            ),
+            Warning::CommitUnconfirmed { instance, error } => write!(
+                f,
+                "the new version's supervisor did not confirm the commit ({error}), but the old version had retired: \
+                 the new version took '{instance}' over (check it with `mcr status {instance}`)"
             ),
             Warning::NotResumed(e) => {
                 write!(f, "could not resume the old version: {} (run `mcr ctl <name> resume`)", crate::error::chain(e))

@@ -9,7 +9,7 @@ use mcr_protocol::{Laggard, OpenConnections, ProcessLog, ReplayConflict, Startup
 use mcr_update::error::{CommitError, DrainError, NotStarted, QuiesceError, RestartError};
 use mcr_update::transfer::{Summary, TransferError};
 use mcr_update::{
-    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Policy, Quiescence, Report, RunningVersion,
+    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Policy, Quiescence, Report, Resumed, RunningVersion,
     StartupFailure, Update, UpdateError, Warn, Warning,
 };
 use std::cell::Cell;
@@ -52,8 +52,16 @@ enum Fail {
     Respawn,
     Transfer,
     Adopt,
-    Retire,
-    TakeOver,
+    /// The new version refuses the commit (before its commit point).
+    CommitRefused,
+    /// The new version is gone before it is asked to commit.
+    CommitUnreachable,
+    /// No answer to the commit; the old version had not retired (it resumes).
+    CommitNoAnswer,
+    /// No answer to the commit; the old version had retired (the commit point passed).
+    CommitPassed,
+    /// No answer to the commit, and the old version is gone too.
+    CommitBothSilent,
 }
 
 fn conn(pid: i32, fds: &[i32]) -> OpenConnections {
@@ -146,17 +154,21 @@ impl RunningVersion for FakeOld {
         format!("process {pid} (described)")
     }
 
-    fn retire(&mut self) -> Result<(), CommitError> {
-        self.journal.note("old: retire");
+    fn resume(&mut self) -> Result<Resumed, ClientError> {
         match self.fail {
-            Fail::Retire => Err(CommitError::StillRunning),
-            _ => Ok(()),
+            Fail::CommitPassed => {
+                self.journal.note("old: retired, does not resume");
+                Ok(Resumed::Retired)
+            }
+            Fail::CommitBothSilent => {
+                self.journal.note("old: unreachable");
+                Err(ClientError::Closed)
+            }
+            _ => {
+                self.journal.note("old: resume");
+                Ok(Resumed::Resumed)
+            }
         }
-    }
-
-    fn resume(&mut self) -> Result<(), ClientError> {
-        self.journal.note("old: resume");
-        Ok(())
     }
 }
 
@@ -241,10 +253,14 @@ impl NextVersion for FakeNext {
         }
     }
 
-    fn take_over(&mut self) -> Result<(), CommitError> {
-        self.journal.note("next: take over");
+    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError> {
+        self.journal.note(format!("next: commit with {processes:?}"));
         match self.fail {
-            Fail::TakeOver => Err(CommitError::TakeOver(ClientError::Closed)),
+            Fail::CommitRefused => Err(CommitError::Refused("process 2 of the new version died".into())),
+            Fail::CommitUnreachable => Err(CommitError::Unreachable(ClientError::Closed)),
+            Fail::CommitNoAnswer | Fail::CommitPassed | Fail::CommitBothSilent => {
+                Err(CommitError::NoAnswer(ClientError::Closed))
+            }
             _ => Ok(()),
         }
     }
@@ -340,8 +356,7 @@ fn a_commit_retires_the_old_version_and_rolls_nothing_back() {
             "next: wait started",
             "next: respawn []",
             "next: receive state of [2, 3] with connections of []",
-            "old: retire",
-            "next: take over",
+            "next: commit with [2, 3]",
         ]
     );
     let p = &report.phases;
@@ -372,8 +387,8 @@ fn each_phase_failing_rolls_back_once() {
         (Fail::Tree, "restart", true),
         (Fail::Respawn, "transfer", true),
         (Fail::Transfer, "transfer", true),
-        (Fail::Retire, "commit", true),
-        (Fail::TakeOver, "commit", true),
+        (Fail::CommitRefused, "commit", true),
+        (Fail::CommitUnreachable, "commit", true),
     ];
     for (fail, failed_in, started) in cases {
         let (report, journal, _) = Scenario::failing(fail).run();
@@ -404,7 +419,7 @@ fn the_messages_name_the_phase_and_its_cause() {
     );
     assert_eq!(message(Fail::DrainRefused), "the running version could not drain, nothing was changed: no");
     assert_eq!(message(Fail::Transfer), "state transfer: process 2 has no counterpart in the new version");
-    assert_eq!(message(Fail::Retire), "commit failed: the old version's supervisor did not exit");
+    assert_eq!(message(Fail::CommitRefused), "commit failed: process 2 of the new version died");
     let tree = message(Fail::Tree);
     assert!(tree.starts_with("the new version's processes {2} do not match the old version's {2, 3}"), "{tree}");
     assert!(tree.ends_with("(not recreated: process 3 (described))"), "{tree}");
@@ -526,4 +541,56 @@ fn without_the_state_idle_connections_are_adopted_and_nothing_is_transferred() {
     assert!(!journal.all().iter().any(|e| e.starts_with("next: receive") || e.starts_with("next: respawn")));
     assert_eq!(warnings.len(), 1, "the busy connection closes at commit: {warnings:?}");
     assert!(warnings[0].contains("they are closed if this update commits (--fresh-state, and they are busy"));
+}
+
+/// A commit that got no answer (the new version's supervisor died during it): the old
+/// version decides, by resuming (the commit point was not passed: the new version is then
+/// ended) or by saying it retired (it was: nothing is undone, the new version is not
+/// touched).
+#[test]
+fn a_commit_without_answer_is_settled_by_the_old_version() {
+    let (report, journal, warnings) = Scenario::failing(Fail::CommitNoAnswer).run();
+    assert!(!report.committed, "{report:?}");
+    assert!(matches!(report.failure, Some(UpdateError::Commit(CommitError::NoAnswer(_)))), "{report:?}");
+    let all = journal.all();
+    let tail: Vec<&str> = all.iter().rev().take(4).rev().map(String::as_str).collect();
+    // The old version resumes first: that, atomically, refuses the commit to the new one.
+    assert_eq!(tail, ["next: commit with [2, 3]", "old: resume", "next: kill", "launcher: discard"], "{all:#?}");
+    assert_eq!(journal.count("old: resume"), 1, "{all:#?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let (report, journal, warnings) = Scenario::failing(Fail::CommitPassed).run();
+    assert!(report.committed, "{report:?}");
+    assert!(report.failure.is_none());
+    assert_eq!(journal.count("next: kill"), 0, "a committed new version is never killed: {:#?}", journal.all());
+    assert_eq!(journal.count("launcher: discard"), 0);
+    assert_eq!(journal.count("old: retired, does not resume"), 1);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("did not confirm the commit"), "{warnings:?}");
+}
+
+/// No answer from either version: nothing is undone from here (a new version that did
+/// not commit ends itself once the update exits), and the report says it cannot tell.
+#[test]
+fn a_commit_neither_version_answers_for_is_left_to_the_supervisors() {
+    let (report, journal, _) = Scenario::failing(Fail::CommitBothSilent).run();
+    assert!(!report.committed, "{report:?}");
+    let failure = report.failure.as_ref().expect("failed");
+    assert!(failure.undecided(), "{failure:?}");
+    assert!(!failure.before_restart());
+    assert_eq!(journal.count("next: kill"), 0, "{:#?}", journal.all());
+    assert_eq!(journal.count("launcher: discard"), 0);
+    assert_eq!(journal.count("old: unreachable"), 1, "asked once");
+    assert!(report.message.contains("see `mcr status` for which version serves"), "{}", report.message);
+}
+
+/// Before the commit point, a refusal or a vanished new version rolls back as any phase
+/// does: the new version killed first, the old one resumed last.
+#[test]
+fn a_commit_refused_before_its_commit_point_rolls_back() {
+    for fail in [Fail::CommitRefused, Fail::CommitUnreachable] {
+        let (report, journal, _) = Scenario::failing(fail).run();
+        assert!(matches!(report.failure, Some(UpdateError::Commit(_))), "{fail:?}: {report:?}");
+        assert_rolled_back(&report, &journal, true);
+    }
 }

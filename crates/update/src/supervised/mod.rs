@@ -48,7 +48,6 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prep
     let program = program::resolve(prog)?;
     let checked = program::check(&program)?;
     let runtime_lib = program::runtime_library()?;
-    let files = dir.files(name)?;
     let mut conn = Connection::open(dir, name)?;
     let info = conn.update_info()?;
     if !info.pid_namespace {
@@ -63,7 +62,7 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prep
     let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
     let launcher =
         Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args.to_vec(), runtime_lib, &info);
-    let old = OldSupervisor::new(dir.clone(), name.to_string(), files, info, conn);
+    let old = OldSupervisor::new(dir.clone(), name.to_string(), info, conn);
     Ok(Prepared {
         name: name.to_string(),
         command: command.join(" "),

@@ -31,20 +31,13 @@ pub struct NewSupervisor {
     supervisor_pid: Option<i32>,
     /// The instance log, where the runtime writes conflicts too.
     log: PathBuf,
-    replay_log: PathBuf,
     conn: Option<Connection>,
 }
 
 impl NewSupervisor {
-    pub(crate) fn new(
-        dir: InstanceDir,
-        name: String,
-        reports: Receiver<LaunchReport>,
-        log: PathBuf,
-        replay_log: PathBuf,
-    ) -> Self {
+    pub(crate) fn new(dir: InstanceDir, name: String, reports: Receiver<LaunchReport>, log: PathBuf) -> Self {
         let next_name = format!("{name}.next");
-        Self { dir, name, next_name, reports, supervisor_pid: None, log, replay_log, conn: None }
+        Self { dir, name, next_name, reports, supervisor_pid: None, log, conn: None }
     }
 
     fn connection(&mut self) -> Result<&mut Connection, ClientError> {
@@ -148,12 +141,15 @@ impl NextVersion for NewSupervisor {
         Ok(n)
     }
 
-    fn take_over(&mut self) -> Result<(), CommitError> {
-        let _ = std::fs::remove_file(&self.replay_log);
-        let conn = self.connection().map_err(CommitError::TakeOver)?;
-        match conn.request(&Request::TakeOver).map_err(CommitError::TakeOver)? {
-            Response::Ok => Ok(()),
-            other => Err(CommitError::TakeOver(ClientError::unexpected(other))),
+    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError> {
+        let conn = self.connection().map_err(CommitError::Unreachable)?;
+        match conn.request(&Request::Commit { processes: processes.to_vec() }) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Error { message }) => Err(CommitError::Refused(message)),
+            Ok(other) => Err(CommitError::Refused(format!("unexpected answer {other:?}"))),
+            // Not sent: the new version never saw the request.
+            Err(e @ ClientError::Send(_)) => Err(CommitError::Unreachable(e)),
+            Err(e) => Err(CommitError::NoAnswer(e)),
         }
     }
 

@@ -1,19 +1,13 @@
 //! The running version, through its supervisor's control socket.
 
-use crate::error::CommitError;
-use crate::version::{Drain, HostPids, Quiescence, RunningVersion};
+use crate::version::{Drain, HostPids, Quiescence, Resumed, RunningVersion};
 use mcr_client::pids::PidsError;
 use mcr_client::{ClientError, Connection};
-use mcr_protocol::{InstanceDir, InstanceFiles, OpenConnections, ProcessLog, Request, Response, UpdateInfo};
-use std::time::{Duration, Instant};
-
-/// How long a retiring supervisor may take to exit.
-const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+use mcr_protocol::{InstanceDir, OpenConnections, ProcessLog, Request, Response, UpdateInfo};
 
 pub struct OldSupervisor {
     dir: InstanceDir,
     name: String,
-    files: InstanceFiles,
     info: UpdateInfo,
     /// The update's connection: the one that drains, so the supervisor resumes on its own
     /// if it closes before a Resume or Retire (mcr killed mid-update). Reopened only after
@@ -22,14 +16,8 @@ pub struct OldSupervisor {
 }
 
 impl OldSupervisor {
-    pub(crate) fn new(
-        dir: InstanceDir,
-        name: String,
-        files: InstanceFiles,
-        info: UpdateInfo,
-        conn: Connection,
-    ) -> Self {
-        Self { dir, name, files, info, conn: Some(conn) }
+    pub(crate) fn new(dir: InstanceDir, name: String, info: UpdateInfo, conn: Connection) -> Self {
+        Self { dir, name, info, conn: Some(conn) }
     }
 
     /// One exchange on the update's connection. A request that got no answer (cut short,
@@ -46,14 +34,6 @@ impl OldSupervisor {
             }
         }
         r
-    }
-
-    fn wait_gone(&self) -> bool {
-        let t = Instant::now();
-        while self.files.is_live() && t.elapsed() < RETIRE_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        !self.files.is_live()
     }
 }
 
@@ -92,26 +72,12 @@ impl RunningVersion for OldSupervisor {
         describe(pid, host)
     }
 
-    fn retire(&mut self) -> Result<(), CommitError> {
-        match self.ask(|c| c.request(&Request::Retire)) {
-            Ok(Response::Ok) => {}
-            Ok(other) => return Err(CommitError::Refused(Box::new(other))),
-            // A retiring supervisor exits as soon as its processes are gone, and its answer
-            // can go down with it (a reset connection): it retired if it is gone.
-            Err(e) => {
-                if !self.wait_gone() {
-                    return Err(CommitError::NoAnswer(e));
-                }
-            }
+    fn resume(&mut self) -> Result<Resumed, ClientError> {
+        match self.ask(|c| c.request(&Request::Resume))? {
+            Response::Resumed { .. } => Ok(Resumed::Resumed),
+            Response::Retired => Ok(Resumed::Retired),
+            other => Err(ClientError::unexpected(other)),
         }
-        if !self.wait_gone() {
-            return Err(CommitError::StillRunning);
-        }
-        Ok(())
-    }
-
-    fn resume(&mut self) -> Result<(), ClientError> {
-        self.ask(Connection::resume).map(|_| ())
     }
 }
 

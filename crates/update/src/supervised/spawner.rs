@@ -99,7 +99,7 @@ impl Launcher for Spawner {
             }),
         })?;
         drop(inherited);
-        Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), log, replay_log))
+        Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), log))
     }
 
     fn discard(&mut self) {
@@ -148,8 +148,11 @@ fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedF
             if taken.contains_key(&fd) || !mcr_procfs::fd::is_open(host_pid, fd) {
                 continue;
             }
-            let copy =
-                mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| RestartError::TakeFd { fd, pid: p.pid, source })?;
+            let copy = mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| RestartError::TakeFd {
+                fd,
+                pid: p.pid,
+                source,
+            })?;
             taken.insert(fd, place_at(copy, fd)?);
         }
     }
