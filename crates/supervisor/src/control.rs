@@ -27,8 +27,10 @@ async fn serve(state: State, stream: UnixStream) {
     };
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
+    let mut asked_handover = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let request = mcr_protocol::decode_line::<Request>(line.as_bytes());
+        asked_handover |= matches!(request, Ok(Request::Handover));
         let drained = match &request {
             Ok(Request::Drain { .. }) => Some(state.lock().old_side.drain(conn)),
             _ => None,
@@ -53,7 +55,7 @@ async fn serve(state: State, stream: UnixStream) {
             break;
         }
     }
-    let action = state.lock().old_side.closed(conn);
+    let action = state.lock().old_side.closed(conn, asked_handover);
     match action {
         OldAction::Resume => {
             // `mcr update` died mid-way (killed, crashed), or its new version did after it:

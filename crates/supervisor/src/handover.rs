@@ -83,8 +83,18 @@ impl OldSide {
         }
     }
 
-    /// Control connection `conn` went away.
-    pub fn closed(&mut self, conn: u64) -> OldAction {
+    /// Control connection `conn` went away; `asked_handover`: it was a new version's link.
+    pub fn closed(&mut self, conn: u64, asked_handover: bool) -> OldAction {
+        let action = self.closed_connection(conn);
+        // A new version refused the commit point (the update resumed this version first)
+        // may have renamed its socket over the name meanwhile: take it back.
+        if action == OldAction::Nothing && asked_handover && *self != OldSide::Retired {
+            return OldAction::RetakeName;
+        }
+        action
+    }
+
+    fn closed_connection(&mut self, conn: u64) -> OldAction {
         match *self {
             // The update died before any handover: nobody else will resume this version.
             OldSide::Held { update: Some(u), successor: None } if u == conn => {
@@ -218,8 +228,8 @@ mod tests {
     #[test]
     fn an_update_that_dies_before_the_handover_resumes_the_old_version() {
         let mut o = held();
-        assert_eq!(o.closed(OTHER), OldAction::Nothing, "another connection closing changes nothing");
-        assert_eq!(o.closed(UPDATE), OldAction::Resume);
+        assert_eq!(o.closed(OTHER, false), OldAction::Nothing, "another connection closing changes nothing");
+        assert_eq!(o.closed(UPDATE, false), OldAction::Resume);
         assert_eq!(o, OldSide::Free);
         assert!(o.handover(LINK).is_err(), "a resumed version is not handed over");
     }
@@ -228,20 +238,20 @@ mod tests {
     fn during_the_handover_the_update_dying_leaves_the_decision_to_the_new_version() {
         // The new version commits.
         let mut o = handing_over();
-        assert_eq!(o.closed(UPDATE), OldAction::Nothing);
+        assert_eq!(o.closed(UPDATE, false), OldAction::Nothing);
         assert_eq!(o.retire(LINK), Ok(OldAction::Retire));
-        assert_eq!(o.closed(LINK), OldAction::Nothing);
+        assert_eq!(o.closed(LINK, true), OldAction::Nothing);
         // The new version dies (or gives up) before the commit point.
         let mut o = handing_over();
-        assert_eq!(o.closed(UPDATE), OldAction::Nothing);
-        assert_eq!(o.closed(LINK), OldAction::Resume);
+        assert_eq!(o.closed(UPDATE, false), OldAction::Nothing);
+        assert_eq!(o.closed(LINK, true), OldAction::Resume);
         assert_eq!(o, OldSide::Free);
     }
 
     #[test]
     fn a_new_version_that_dies_before_the_commit_point_gives_the_name_back_to_the_update() {
         let mut o = handing_over();
-        assert_eq!(o.closed(LINK), OldAction::RetakeName);
+        assert_eq!(o.closed(LINK, true), OldAction::RetakeName);
         assert_eq!(o, OldSide::Held { update: Some(UPDATE), successor: None });
         // The update then rolls back.
         assert_eq!(o.resume(), Ok(OldAction::Resume));
@@ -263,7 +273,7 @@ mod tests {
         o.retire(LINK).unwrap();
         assert_eq!(o.resume(), Err("retired"));
         assert!(o.drain(OTHER).is_err());
-        assert_eq!(o.closed(UPDATE), OldAction::Nothing);
+        assert_eq!(o.closed(UPDATE, false), OldAction::Nothing);
         assert_eq!(o, OldSide::Retired);
     }
 
@@ -274,14 +284,15 @@ mod tests {
         let mut o = handing_over();
         assert_eq!(o.resume(), Ok(OldAction::Resume));
         assert!(o.retire(LINK).is_err());
-        assert_eq!(o.closed(LINK), OldAction::Nothing);
+        assert_eq!(o.closed(LINK, true), OldAction::RetakeName, "the name, if it renamed its socket over it");
+        assert_eq!(o, OldSide::Free);
     }
 
     #[test]
     fn the_handover_needs_an_update_that_still_holds_the_version() {
         assert!(OldSide::Free.handover(LINK).is_err());
         let mut o = held();
-        assert_eq!(o.closed(UPDATE), OldAction::Resume);
+        assert_eq!(o.closed(UPDATE, false), OldAction::Resume);
         assert!(o.handover(LINK).is_err());
         let mut o = handing_over();
         assert!(o.handover(OTHER).is_err(), "one handover at a time");

@@ -47,7 +47,7 @@ pub fn retake(state: &State) -> std::io::Result<bool> {
     let Some(files) = state.lock().files.clone() else { return Ok(false) };
     let dir = files.socket.parent().unwrap_or(Path::new("/"));
     // Instance names never start with '.': this one cannot be anyone's.
-    let fresh = dir.join(format!(".{}.sock.{}", files.name, std::process::id()));
+    let fresh = dir.join(format!(".{}.sock.{}", files.name, state.supervisor_pid));
     let _ = std::fs::remove_file(&fresh);
     let listener = std::os::unix::net::UnixListener::bind(&fresh)?;
     let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
