@@ -464,11 +464,11 @@ fn every_state_case_has_its_expected_outcome() {
     let results: Mutex<Vec<Option<CaseResult>>> = Mutex::new((0..cases.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..jobs().min(cases.len()) {
-            s.spawn(|| loop {
-                let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
-                let name = cases[i].0;
-                let r = run_case(name);
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let r = run_case(cases[i].0);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
             });
         }
     });
