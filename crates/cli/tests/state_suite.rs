@@ -9,6 +9,8 @@
 //!    `mcr update NAME --json -- stated-v2 ...`, then `VERSION` and `CHECK <case>` on a new
 //!    connection, classified as an [`Outcome`].
 //!
+//! `every_check_fails_on_a_fresh_server` shows no check passes vacuously.
+//!
 //! [`EXPECTED`] holds today's truth, measured, one row per case in the fixture's order;
 //! the test fails on any difference, in either direction (a state that starts surviving
 //! is news too: update the table). `MCR_STATE_CASES=a,b` runs only those cases;
@@ -271,10 +273,15 @@ fn converse(port: u16, lines: &[&str]) -> Result<Vec<String>, String> {
 }
 
 /// mcr's error from a command's stderr: its first line and the one after it (which
-/// names the thread or process, when there is one), without warnings.
+/// names the thread or process, when there is one), each up to its first "; ", without
+/// warnings.
 fn error_text(stderr: &str) -> String {
-    let lines: Vec<&str> =
-        stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("mcr: warning:")).take(2).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.trim().split("; ").next().unwrap_or(""))
+        .filter(|l| !l.is_empty() && !l.starts_with("mcr: warning:"))
+        .take(2)
+        .collect();
     lines.join(" / ")
 }
 
@@ -427,8 +434,8 @@ fn summary(rows: &[(&str, Outcome, &CaseResult)]) -> String {
         let ms = r.update_ms.map(|t| format!("{t:.0} ms")).unwrap_or_default();
         let mark = if *expected == r.actual { " " } else { "!" };
         let mut detail = r.detail.clone();
-        if detail.len() > 160 {
-            let mut end = 157;
+        if detail.len() > 200 {
+            let mut end = 197;
             while !detail.is_char_boundary(end) {
                 end -= 1;
             }
@@ -511,4 +518,31 @@ fn the_table_lists_every_case_of_the_fixture() {
     assert_eq!(fixture_cases.len(), n, "{reply}");
     let table: Vec<&str> = EXPECTED.iter().map(|(n, _)| *n).collect();
     assert_eq!(table, fixture_cases, "EXPECTED in state_suite.rs and the cases of fixtures/stated.c differ");
+    assert!(n >= 100, "the state suite should have at least 100 cases, has {n}");
+}
+
+/// No check passes vacuously: on a fresh server, where no case was set up, every check
+/// run anyway (`PROBE`) fails, and none of them crashes the server. A check that passed
+/// here would also pass for a state the update lost.
+#[test]
+fn every_check_fails_on_a_fresh_server() {
+    let mcr = Mcr::new("state-fresh");
+    let port = free_port();
+    let _inst = start_stated(&mcr, port, &mcr.tmp.join("work")).unwrap_or_else(|e| panic!("{e}"));
+    let probes: Vec<String> = EXPECTED.iter().map(|(n, _)| format!("PROBE {n}")).collect();
+    let mut lines: Vec<&str> = probes.iter().map(String::as_str).collect();
+    lines.push("PING");
+    let replies = converse(port, &lines).unwrap_or_else(|e| panic!("the fresh server stopped answering: {e}"));
+    let passing: Vec<String> = EXPECTED
+        .iter()
+        .zip(&replies)
+        .filter(|(_, r)| !r.starts_with("FAIL "))
+        .map(|((n, _), r)| format!("{n}: {r}"))
+        .collect();
+    assert!(
+        passing.is_empty(),
+        "checks that do not fail on a fresh server (they prove nothing):\n{}",
+        passing.join("\n")
+    );
+    assert_eq!(replies.last().map(String::as_str), Some("PONG"), "the server after every probe");
 }
