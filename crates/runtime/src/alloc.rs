@@ -47,10 +47,13 @@ fn class_of(layout: &Layout) -> Option<usize> {
     (shift <= MAX_SHIFT).then(|| shift - MIN_SHIFT)
 }
 
-unsafe fn map(len: usize) -> *mut u8 {
-    // SAFETY: anonymous private mapping, no aliasing with anything else.
-    let p =
-        libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+/// A fresh anonymous mapping of `len` bytes, or null when the kernel refuses.
+fn map(len: usize) -> *mut u8 {
+    // SAFETY: mmap with no address hint, no file and MAP_PRIVATE | MAP_ANONYMOUS creates a
+    // new mapping that overlaps nothing; it is given no memory of ours.
+    let p = unsafe {
+        libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
     if p == libc::MAP_FAILED {
         null_mut()
     } else {
@@ -62,6 +65,23 @@ fn round_pages(n: usize) -> usize {
     (n + 4095) & !4095
 }
 
+/// The free lists and bump region, for the holder of LOCK.
+///
+/// # Safety
+/// The caller holds LOCK (`lock()`) for as long as it uses the reference, and takes no
+/// other reference to LISTS meanwhile.
+unsafe fn lists() -> &'static mut Lists {
+    // SAFETY: LOCK serializes every access to LISTS (the caller's contract), so this is
+    // the only reference while it is used.
+    unsafe { &mut *core::ptr::addr_of_mut!(LISTS) }
+}
+
+// SAFETY: `alloc` returns null or a block of at least `layout.size()` bytes aligned to
+// `layout.align()` that overlaps no other live block: blocks of a class are as large as
+// and aligned to their class size (>= size and align), carved once from a chunk or
+// handed out once from the class's free list; larger blocks are mappings of their own.
+// `dealloc` takes a block back only onto the list of the class `alloc` gave it from (the
+// same layout, GlobalAlloc's contract).
 unsafe impl GlobalAlloc for RuntimeAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class_of(&layout) else {
@@ -72,11 +92,13 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
         };
         let size = 1usize << (class + MIN_SHIFT);
         lock();
-        // SAFETY: LISTS is only touched with LOCK held.
-        let lists = &mut *core::ptr::addr_of_mut!(LISTS);
+        // SAFETY: LOCK is held until the `unlock` below, and `lists` is not used after.
+        let lists = unsafe { lists() };
         let head = lists.free[class];
         let p = if !head.is_null() {
-            lists.free[class] = *(head as *mut *mut u8);
+            // SAFETY: a block on the free list is one `dealloc` took back: at least 16
+            // bytes, aligned to its size, unused, and its first word holds the next block.
+            lists.free[class] = unsafe { *(head as *mut *mut u8) };
             head
         } else {
             // Blocks are carved at multiples of their size from page-aligned chunks, so
@@ -89,10 +111,11 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
                     return null_mut();
                 }
                 lists.bump = chunk;
-                lists.bump_end = chunk.add(CHUNK);
+                lists.bump_end = chunk.wrapping_add(CHUNK);
                 start = chunk;
             }
-            lists.bump = start.add(size);
+            // Within the chunk: `start + size <= bump_end` (checked above, or a fresh chunk).
+            lists.bump = start.wrapping_add(size);
             start
         };
         unlock();
@@ -101,13 +124,18 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(class) = class_of(&layout) else {
-            libc::munmap(ptr.cast(), round_pages(layout.size()));
+            // SAFETY: a block of this layout is a whole mapping `alloc` made with this very
+            // length (GlobalAlloc: the same layout), and the caller no longer uses it.
+            unsafe { libc::munmap(ptr.cast(), round_pages(layout.size())) };
             return;
         };
         lock();
-        // SAFETY: LISTS is only touched with LOCK held; ptr came from this class.
-        let lists = &mut *core::ptr::addr_of_mut!(LISTS);
-        *(ptr as *mut *mut u8) = lists.free[class];
+        // SAFETY: LOCK is held until the `unlock` below, and `lists` is not used after.
+        let lists = unsafe { lists() };
+        // SAFETY: `ptr` is a block of `class` that `alloc` handed out and the caller gives
+        // back unused (GlobalAlloc's contract): at least 16 bytes and aligned to its size,
+        // so its first word can hold the list link.
+        unsafe { *(ptr as *mut *mut u8) = lists.free[class] };
         lists.free[class] = ptr;
         unlock();
     }

@@ -6,6 +6,7 @@
 
 use crate::calls::Call;
 use crate::quiesce;
+use crate::rawfd;
 use crate::stack;
 use crate::symbolize;
 use crate::threads::{self, IN_CALL, PARKED, TID_PENDING};
@@ -53,27 +54,25 @@ pub fn is_control_thread(tid: i32) -> bool {
     CONTROL_TID.load(Relaxed) == tid
 }
 
-fn raw_close(fd: i32) {
-    // SAFETY: closing a descriptor the runtime owns.
-    unsafe { crate::sys!(libc::SYS_close, fd) };
-}
-
 /// Move `fd` to the highest free number below min(RLIMIT_NOFILE, 1024), so it stays out
-/// of the way of the program's own numbering (and of select()'s FD_SETSIZE).
-pub(crate) fn move_to_reserved(fd: i32) -> i32 {
+/// of the way of the program's own numbering (and of select()'s FD_SETSIZE). Returns its
+/// new number (the old one is closed), or `fd` when no number is free.
+///
+/// # Safety
+/// `fd` is the runtime's own descriptor, which nothing else uses.
+pub(crate) unsafe fn move_to_reserved(fd: i32) -> i32 {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid out pointer.
+    // SAFETY: getrlimit writes one rlimit into `rl`, a live local.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
     let top = (rl.rlim_cur.min(1024) as i32).max(1);
     for target in (top.saturating_sub(crate::startup_log::RUNTIME_FDS).max(fd + 1)..top).rev() {
-        // SAFETY: F_GETFD only probes whether the number is in use.
-        let used = unsafe { crate::sys!(libc::SYS_fcntl, target, libc::F_GETFD) } >= 0;
-        if used || is_reserved_fd(target) {
+        if rawfd::is_open(target) || is_reserved_fd(target) {
             continue;
         }
-        // SAFETY: dup3 onto a free number.
-        if unsafe { crate::sys!(libc::SYS_dup3, fd, target, libc::O_CLOEXEC) } == target as i64 {
-            raw_close(fd);
+        // SAFETY: `target` was just seen free; `fd` is ours (the caller's contract).
+        if unsafe { rawfd::dup_onto(fd, target, libc::O_CLOEXEC) } {
+            // SAFETY: ours, and replaced by `target`.
+            unsafe { rawfd::close(fd) };
             return target;
         }
     }
@@ -82,18 +81,16 @@ pub(crate) fn move_to_reserved(fd: i32) -> i32 {
 
 /// The program wants `fd` (dup2 onto it): move ours elsewhere first.
 pub fn relocate_reserved_fd(fd: i32) {
-    let e = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     for cell in [&CONTROL_FD, &crate::dirty::UFFD] {
         if cell.load(Relaxed) == fd {
-            // SAFETY: duplicating our own descriptor.
-            let copy = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) } as i32;
-            if copy >= 0 {
-                let moved = move_to_reserved(copy);
-                cell.store(moved, SeqCst);
+            if let Some(copy) = rawfd::dup_at_least(fd, 0) {
+                // SAFETY: a copy of our own descriptor made just above; the original is
+                // about to be replaced by the program's dup2.
+                cell.store(unsafe { move_to_reserved(copy) }, SeqCst);
             }
         }
     }
-    crate::errno::set(e);
 }
 
 fn write_all(msg: &RuntimeEvent) -> bool {
@@ -117,10 +114,9 @@ fn write_all(msg: &RuntimeEvent) -> bool {
 
 /// Send an unsolicited event to the supervisor (from any thread).
 pub fn send_event(ev: &RuntimeEvent) -> bool {
-    let was = threads::set_internal(true);
-    let ok = write_all(ev);
-    threads::set_internal(was);
-    ok
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    write_all(ev)
 }
 
 fn read_cmdline() -> Vec<String> {
@@ -135,39 +131,19 @@ fn read_cmdline() -> Vec<String> {
 /// Connect to the supervisor and say hello. False when it cannot be reached.
 pub fn register(forked: bool) -> bool {
     let Some(name) = SOCKET_NAME.get() else { return false };
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
-    let ok = connect(name, forked);
-    crate::errno::set(e);
-    threads::set_internal(was);
-    ok
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    connect(name, forked)
 }
 
 fn connect(name: &[u8], forked: bool) -> bool {
-    // SAFETY: plain socket syscalls on a local sockaddr_un we fill in.
-    unsafe {
-        let fd = crate::sys!(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        let mut addr: libc::sockaddr_un = core::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let n = name.len().min(addr.sun_path.len() - 1);
-        for (dst, &b) in addr.sun_path[1..=n].iter_mut().zip(name) {
-            *dst = b as libc::c_char;
-        }
-        let len = core::mem::size_of::<libc::sa_family_t>() + 1 + n;
-        if crate::sys!(libc::SYS_connect, fd, &addr as *const libc::sockaddr_un, len) != 0 {
-            raw_close(fd);
-            return false;
-        }
-        let fd = move_to_reserved(fd);
-        CONTROL_FD.store(fd, SeqCst);
-    }
+    let Ok(fd) = rawfd::connect_abstract(name) else { return false };
+    // SAFETY: the socket just made, the runtime's alone.
+    CONTROL_FD.store(unsafe { move_to_reserved(fd) }, SeqCst);
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
     write_all(&RuntimeEvent::Hello {
         pid: crate::pid(),
-        // SAFETY: getppid cannot fail.
+        // SAFETY: getppid has no preconditions.
         ppid: unsafe { libc::getppid() },
         exe,
         argv: read_cmdline(),
@@ -191,27 +167,15 @@ fn start_thread() {
     }
     // Nothing the runtime does here may be taken for the program's own calls (a read
     // counted as a quiescent point would park this thread before the controller exists).
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
-    // SAFETY: the new thread inherits a fully blocked mask, restored here afterwards.
-    unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        crate::real::pthread_sigmask()(libc::SIG_SETMASK, &all, &mut old);
-        let mut t: libc::pthread_t = 0;
-        let rc = crate::replay::with_high_tids(|| {
-            crate::real::pthread_create()(&mut t, core::ptr::null(), control_main, core::ptr::null_mut())
-        });
-        if rc == 0 {
-            libc::pthread_detach(t);
-        } else {
-            crate::diag::warn("cannot start the runtime's control thread; this process cannot be quiesced");
-        }
-        crate::real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    // The new thread inherits a fully blocked mask, so none of the program's signals is
+    // ever delivered to it; this thread's own mask is put back right after.
+    let old = crate::signals::set_thread_mask(libc::SIG_SETMASK, &crate::signals::full_sigset());
+    if !crate::replay::with_high_tids(|| threads::spawn_detached(control_main)) {
+        crate::diag::warn("cannot start the runtime's control thread; this process cannot be quiesced");
     }
-    crate::errno::set(e);
-    threads::set_internal(was);
+    crate::signals::set_thread_mask(libc::SIG_SETMASK, &old);
 }
 
 /// Sent by the program thread that completes the process's startup.
@@ -236,7 +200,10 @@ fn private_fd_table() -> i32 {
         .unwrap_or_default();
     for fd in fds {
         if fd != ctl {
-            raw_close(fd);
+            // SAFETY: after unshare this table is the control thread's alone, and it has
+            // opened nothing else yet (the directory listing is closed by now): every
+            // other descriptor is an unused copy of one of the program's.
+            unsafe { rawfd::close(fd) };
         }
     }
     ctl
@@ -253,7 +220,8 @@ fn my_control_fd() -> i32 {
 }
 
 extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    threads::set_internal(true);
+    // For the whole life of this thread: none of its calls is the program's.
+    let _internal = threads::InternalGuard::enter();
     // An update's new version keeps sharing the program's descriptor table until commit:
     // the state transfer installs the old version's connections into it from here.
     if crate::replay::active() {
@@ -262,7 +230,8 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         PRIVATE_FD.store(private_fd_table(), SeqCst);
     }
     CONTROL_TID.store(threads::gettid(), SeqCst);
-    // SAFETY: naming our own thread; failure is harmless.
+    // SAFETY: prctl(PR_SET_NAME) reads a NUL-terminated static string and names the calling
+    // thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
     crate::profiling::start_sampler();
     let mut pending: Vec<u8> = Vec::new();
@@ -359,21 +328,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             Ok(pid) => RuntimeReply::Respawned { pid },
             Err(message) => RuntimeReply::Error { message },
         },
-        RuntimeCommandKind::Drain => {
-            crate::drain::start();
-            let (fds, lost_client) = crate::drain::connections(&crate::startup_log::startup_fds());
-            let volatile = crate::drain::VOLATILE.load(SeqCst);
-            let watched = if fds.is_empty() { Default::default() } else { crate::drain::watched_by_epoll() };
-            let (idle_check, busy) = crate::resume::busy_connections(&fds);
-            RuntimeReply::Connections {
-                pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
-                finished: volatile && fds.is_empty() && lost_client,
-                fds,
-                volatile,
-                idle_check,
-                busy,
-            }
-        }
+        RuntimeCommandKind::Drain => crate::drain::drain(),
     }
 }
 
@@ -430,13 +385,15 @@ fn thread_infos() -> Vec<ThreadInfo> {
 
 /// In a fork child: the control thread did not survive, and the connection belongs to
 /// the parent. Register this process anew.
-pub fn after_fork_child() {
+pub fn reset_after_fork() {
     STARTED.store(false, SeqCst);
     CONTROL_TID.store(0, SeqCst);
     WRITE_LOCK.force_unlock();
     let fd = CONTROL_FD.swap(-1, SeqCst);
     if fd >= 0 {
-        raw_close(fd);
+        // SAFETY: the child's copy of the parent's connection, a reserved descriptor the
+        // program never sees.
+        unsafe { rawfd::close(fd) };
     }
     if !register(true) {
         crate::diag::warn("forked process could not register with the mcr supervisor; it runs unmanaged");

@@ -5,11 +5,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 pub static DEBUG: AtomicBool = AtomicBool::new(false);
 
 pub fn write_parts(parts: &[&[u8]]) {
-    for p in parts {
-        // SAFETY: raw write(2) of a valid buffer to fd 2; errors are ignored on purpose.
+    for p in parts.iter().chain([&&b"\n"[..]]) {
+        // SAFETY: write(2) reads `p.len()` bytes of `p`, a live slice; errors are ignored
+        // on purpose (nowhere to report them).
         unsafe { crate::sys!(libc::SYS_write, 2, p.as_ptr(), p.len()) };
     }
-    unsafe { crate::sys!(libc::SYS_write, 2, b"\n".as_ptr(), 1) };
 }
 
 pub fn fatal(parts: &[&[u8]]) -> ! {

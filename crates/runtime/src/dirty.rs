@@ -48,13 +48,13 @@ pub fn arm() {
             note: Some(format!("disabled by {}=off: every page counts as dirty", mcr_protocol::env::DIRTY_TRACKING)),
         }
     } else {
-        let e = crate::errno::get();
+        let _errno = crate::errno::ErrnoGuard::save();
         // The runtime's own data (libmcr.so) is not the program's state.
         let report = mcr_dirty::arm::arm_self(Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())));
         if let Some(fd) = report.fd {
-            UFFD.store(crate::control::move_to_reserved(fd), SeqCst);
+            // SAFETY: the userfaultfd just made, the runtime's alone.
+            UFFD.store(unsafe { crate::control::move_to_reserved(fd) }, SeqCst);
         }
-        crate::errno::set(e);
         DirtyTracking {
             method: match report.method {
                 mcr_dirty::Method::UffdWp => DirtyMethod::UffdWp,
@@ -92,7 +92,8 @@ pub fn reset_after_fork() {
     STATE.force_unlock();
     let fd = UFFD.swap(-1, SeqCst);
     if fd >= 0 {
-        // SAFETY: the child's copy of the parent's userfaultfd; the parent keeps its own.
-        unsafe { crate::sys!(libc::SYS_close, fd) };
+        // SAFETY: the child's copy of the parent's userfaultfd, hidden from the program
+        // (a reserved descriptor): the runtime's own; the parent keeps its copy.
+        unsafe { crate::rawfd::close(fd) };
     }
 }

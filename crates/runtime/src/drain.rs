@@ -5,9 +5,10 @@
 //!
 //! Accept gating costs one relaxed load per accept outside a drain.
 
-use crate::futex;
+use crate::{futex, rawfd};
+use mcr_protocol::RuntimeReply;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::*};
 
 /// 1 while draining. Threads blocked in a drained accept() wait on this word.
 static DRAINING: AtomicU32 = AtomicU32::new(0);
@@ -17,54 +18,100 @@ static DRAINING: AtomicU32 = AtomicU32::new(0);
 /// otherwise spin on a core while it finishes its connections.
 const REFUSED_ACCEPT_PAUSE_NS: i64 = 1_000_000;
 
-/// Descriptors accept() returned (or an update installed as moved connections) and
-/// not closed since: client connections, as opposed to a socketpair or a socket received
-/// over a channel (nginx passes its workers' channels that way), which are not clients.
+/// Descriptor numbers below this are tracked (one byte each); higher ones never count as
+/// client connections.
 const TRACKED_FDS: usize = 1 << 16;
-static ACCEPTED: [std::sync::atomic::AtomicU8; TRACKED_FDS] =
-    [const { std::sync::atomic::AtomicU8::new(0) }; TRACKED_FDS];
+
+/// Which descriptors accept() returned (or an update installed as moved connections) and
+/// were not closed since: client connections, as opposed to a socketpair or a socket
+/// received over a channel (nginx passes its workers' channels that way), which are not
+/// clients. Marked without a lock from the wrappers of accept, close and dup.
+struct AcceptedFds {
+    marks: [AtomicU8; TRACKED_FDS],
+}
+
+impl AcceptedFds {
+    const fn new() -> Self {
+        Self { marks: [const { AtomicU8::new(0) }; TRACKED_FDS] }
+    }
+
+    fn mark(&self, fd: i32) -> Option<&AtomicU8> {
+        usize::try_from(fd).ok().and_then(|i| self.marks.get(i))
+    }
+
+    #[inline(always)]
+    fn accepted(&self, fd: i32) {
+        if let Some(m) = self.mark(fd) {
+            m.store(1, Relaxed);
+        }
+    }
+
+    /// A store only when the mark is set: closes of other descriptors (most of them)
+    /// leave the cache line shared.
+    #[inline(always)]
+    fn closed(&self, fd: i32) {
+        if let Some(m) = self.mark(fd) {
+            if m.load(Relaxed) != 0 {
+                m.store(0, Relaxed);
+            }
+        }
+    }
+
+    /// `new` now refers to what `old` refers to.
+    fn duplicated(&self, old: i32, new: i32) {
+        if self.contains(old) {
+            self.accepted(new);
+        } else {
+            self.closed(new);
+        }
+    }
+
+    fn closed_range(&self, first: u32, last: u32) {
+        let hi = (last as usize).min(TRACKED_FDS - 1);
+        for m in self.marks.iter().take(hi + 1).skip(first as usize) {
+            if m.load(Relaxed) != 0 {
+                m.store(0, Relaxed);
+            }
+        }
+    }
+
+    fn contains(&self, fd: i32) -> bool {
+        self.mark(fd).is_some_and(|m| m.load(Relaxed) != 0)
+    }
+}
+
+static ACCEPTED: AcceptedFds = AcceptedFds::new();
 
 #[inline(always)]
 pub fn note_accepted(fd: libc::c_int) {
-    if let Some(a) = usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)) {
-        a.store(1, Relaxed);
-    }
+    ACCEPTED.accepted(fd);
 }
 
 #[inline(always)]
 pub fn note_closed(fd: libc::c_int) {
-    if let Some(a) = usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)) {
-        if a.load(Relaxed) != 0 {
-            a.store(0, Relaxed);
-        }
-    }
+    ACCEPTED.closed(fd);
 }
 
 /// `new` now refers to what `old` refers to.
 pub fn note_duplicated(old: libc::c_int, new: libc::c_int) {
-    let was = usize::try_from(old).ok().and_then(|i| ACCEPTED.get(i)).is_some_and(|a| a.load(Relaxed) != 0);
-    if was {
-        note_accepted(new);
-    } else {
-        note_closed(new);
-    }
+    ACCEPTED.duplicated(old, new);
 }
 
 pub fn note_closed_range(first: u32, last: u32) {
-    let hi = (last as usize).min(TRACKED_FDS - 1);
-    for a in ACCEPTED.iter().take(hi + 1).skip(first as usize) {
-        if a.load(Relaxed) != 0 {
-            a.store(0, Relaxed);
-        }
-    }
-}
-
-fn was_accepted(fd: i32) -> bool {
-    usize::try_from(fd).ok().and_then(|i| ACCEPTED.get(i)).is_some_and(|a| a.load(Relaxed) != 0)
+    ACCEPTED.closed_range(first, last);
 }
 
 /// This process was forked after its parent completed startup.
 pub static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a fork child, before `quiesce` clears STARTUP_DONE: a child forked once the parent's
+/// startup was over (a per-connection child) is volatile, as no startup of a new version
+/// recreates it.
+pub fn reset_after_fork() {
+    if crate::quiesce::STARTUP_DONE.load(SeqCst) {
+        VOLATILE.store(true, SeqCst);
+    }
+}
 
 pub fn start() {
     DRAINING.store(1, SeqCst);
@@ -92,21 +139,42 @@ pub fn gate_accept(fd: libc::c_int) -> Option<libc::c_int> {
     gate_accept_slow(fd)
 }
 
+/// What a drain does to an accept() on a listener with these file status flags (negative:
+/// not a descriptor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// Let the real accept run (and report the bad descriptor).
+    Proceed,
+    /// Non-blocking: refuse with EAGAIN, as if no connection were queued.
+    Refuse,
+    /// Blocking: wait until the drain ends, as accept would wait for a connection.
+    Hold,
+}
+
+fn gate(flags: i64) -> Gate {
+    if flags < 0 {
+        Gate::Proceed
+    } else if flags as i32 & libc::O_NONBLOCK != 0 {
+        Gate::Refuse
+    } else {
+        Gate::Hold
+    }
+}
+
 #[cold]
 fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
-    // SAFETY: F_GETFL on a descriptor the program passed to accept.
-    let flags = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
-    if flags < 0 {
-        return None; // let the real accept report the bad descriptor
-    }
-    if flags as i32 & libc::O_NONBLOCK != 0 {
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: REFUSED_ACCEPT_PAUSE_NS };
-        // SAFETY: raw nanosleep with a valid timespec; an interruption just ends it early.
-        unsafe {
-            crate::sys!(libc::SYS_nanosleep, &ts as *const libc::timespec, core::ptr::null_mut::<libc::timespec>())
-        };
-        crate::errno::set(libc::EAGAIN);
-        return Some(-1);
+    match gate(crate::rawfd::status_flags(fd).map_or(-1, i64::from)) {
+        Gate::Proceed => return None,
+        Gate::Hold => {}
+        Gate::Refuse => {
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: REFUSED_ACCEPT_PAUSE_NS };
+            // SAFETY: raw nanosleep with a valid timespec; an interruption just ends it early.
+            unsafe {
+                crate::sys!(libc::SYS_nanosleep, &ts as *const libc::timespec, core::ptr::null_mut::<libc::timespec>())
+            };
+            crate::errno::set(libc::EAGAIN);
+            return Some(-1);
+        }
     }
     loop {
         if DRAINING.load(SeqCst) == 0 {
@@ -140,7 +208,7 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for e in dir.flatten() {
             let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if fd < 3 || known.contains(&fd) || !was_accepted(fd) {
+            if !may_be_client(fd, known, &ACCEPTED) {
                 continue;
             }
             if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:[")) {
@@ -154,7 +222,7 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
     let mut fds: Vec<i32> = candidates
         .into_iter()
         .filter(|&fd| {
-            let live = with_program_fd(fd, |c| {
+            let seen = with_program_fd(fd, |c| {
                 let stream = socket_int_option(c, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
                 let listening = socket_int_option(c, libc::SO_ACCEPTCONN) != Some(0);
                 // SAFETY: getpeername into a local buffer of the size we pass.
@@ -168,15 +236,15 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
                         &mut len as *mut libc::socklen_t
                     ) == 0
                 };
-                (stream && !listening, peer)
+                Socket { stream, listening, peer }
             });
-            match live {
-                Some((true, true)) => true,
-                Some((true, false)) => {
+            match seen.map(Socket::connection) {
+                Some(Connection::Client) => true,
+                Some(Connection::LostClient) => {
                     dead = true;
                     false
                 }
-                _ => false,
+                Some(Connection::NotClient) | None => false,
             }
         })
         .collect();
@@ -184,25 +252,84 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
     (fds, dead)
 }
 
+/// Whether `fd` may hold a client connection: accepted (and not closed since), not 0-2,
+/// not one startup accounts for (`known`).
+fn may_be_client(fd: i32, known: &BTreeSet<i32>, accepted: &AcceptedFds) -> bool {
+    fd >= 3 && !known.contains(&fd) && accepted.contains(fd)
+}
+
+/// What the kernel says about an accepted socket.
+#[derive(Clone, Copy, Debug)]
+struct Socket {
+    stream: bool,
+    listening: bool,
+    /// It still has a peer (getpeername succeeds).
+    peer: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Connection {
+    /// A connected stream: a client the process still serves.
+    Client,
+    /// A stream whose client is gone (reset).
+    LostClient,
+    /// Not a client connection (a listener, a datagram socket).
+    NotClient,
+}
+
+impl Socket {
+    fn connection(self) -> Connection {
+        match (self.stream && !self.listening, self.peer) {
+            (true, true) => Connection::Client,
+            (true, false) => Connection::LostClient,
+            (false, _) => Connection::NotClient,
+        }
+    }
+}
+
+/// The `Drain` command: stop accepting, and tell the update which connections this
+/// process holds.
+pub fn drain() -> RuntimeReply {
+    start();
+    let (fds, lost_client) = connections(&crate::startup_log::startup_fds());
+    let watched = if fds.is_empty() { Default::default() } else { watched_by_epoll() };
+    let (idle_check, busy) = crate::resume::busy_connections(&fds);
+    drain_reply(fds, lost_client, VOLATILE.load(SeqCst), &watched, idle_check, busy)
+}
+
+/// The reply to `Drain`: of the client connections `fds`, those no epoll watches are
+/// pinned (a thread serves them on its stack). A volatile process (forked per connection
+/// after startup) with no connection left whose client went away has finished its session.
+fn drain_reply(
+    fds: Vec<i32>,
+    lost_client: bool,
+    volatile: bool,
+    watched: &BTreeSet<i32>,
+    idle_check: bool,
+    busy: Vec<i32>,
+) -> RuntimeReply {
+    RuntimeReply::Connections {
+        pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
+        finished: volatile && fds.is_empty() && lost_client,
+        fds,
+        volatile,
+        idle_check,
+        busy,
+    }
+}
+
 /// Run `f` on a copy, in the control thread's own table, of the program's descriptor
 /// `fd` (None when it cannot be had).
 fn with_program_fd<R>(fd: i32, f: impl FnOnce(i32) -> R) -> Option<R> {
-    // SAFETY: a pidfd of our own process and a copy of one of its descriptors, both
-    // closed before returning.
-    unsafe {
-        let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
-        if pidfd < 0 {
-            return None;
-        }
-        let c = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        crate::sys!(libc::SYS_close, pidfd);
-        if c < 0 {
-            return None;
-        }
-        let r = f(c);
-        crate::sys!(libc::SYS_close, c);
-        Some(r)
-    }
+    let pidfd = rawfd::pidfd_of_self()?;
+    let copy = rawfd::copy_from(pidfd, fd);
+    // SAFETY: the pidfd was made just above, for this call only.
+    unsafe { rawfd::close(pidfd) };
+    let copy = copy?;
+    let r = f(copy);
+    // SAFETY: our own copy, made just above; `f` only borrowed it.
+    unsafe { rawfd::close(copy) };
+    Some(r)
 }
 
 fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
@@ -234,15 +361,20 @@ pub fn watched_by_epoll() -> BTreeSet<i32> {
 /// epoll look at it afresh. Registrations are read back from /proc/self/fdinfo.
 fn rearm_edge_triggered_listeners() {
     for reg in mcr_protocol::epoll_registrations("self") {
-        if reg.events & libc::EPOLLET as u32 == 0 || !is_listener(reg.fd) {
+        if !needs_rearm(reg.events, || is_listener(reg.fd)) {
             continue;
         }
+        // Re-registering an existing item with its own events and data, from the control
+        // thread, whose private fd table lacks these descriptors.
         let mut ev = libc::epoll_event { events: reg.events, u64: reg.data };
-        // SAFETY: re-registering an existing item with its own events and data; the
-        // calling thread is the control thread, whose private fd table lacks these
-        // descriptors, hence the program's table through the process's pidfd below.
-        unsafe { modify_in_program_table(reg.epfd, reg.fd, &mut ev) };
+        modify_in_program_table(reg.epfd, reg.fd, &mut ev);
     }
+}
+
+/// Only edge-triggered registrations of listeners miss what queued during a drain (a
+/// level-triggered one reports a readable listener again by itself).
+fn needs_rearm(events: u32, is_listener: impl FnOnce() -> bool) -> bool {
+    events & libc::EPOLLET as u32 != 0 && is_listener()
 }
 
 fn is_listener(fd: i32) -> bool {
@@ -252,27 +384,125 @@ fn is_listener(fd: i32) -> bool {
 /// The control thread has a private descriptor table; borrow the program's descriptors
 /// through a pidfd for one epoll_ctl. The epoll item is keyed by the target's number, so
 /// the copy of the target must sit at the same number in our table.
-unsafe fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event) {
-    let pidfd = crate::sys!(libc::SYS_pidfd_open, libc::getpid(), 0);
-    if pidfd < 0 {
-        return;
+fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event) {
+    let Some(pidfd) = rawfd::pidfd_of_self() else { return };
+    // Every descriptor this function made, all closed at the end.
+    let mut copies = vec![pidfd];
+    let ep = rawfd::copy_from(pidfd, epfd);
+    let target = rawfd::copy_from(pidfd, fd);
+    copies.extend(ep.iter().chain(target.iter()));
+    if let (Some(ep), Some(target)) = (ep, target) {
+        let at_fd = target == fd
+            // Never clobber a descriptor of our own (the control socket) to make room.
+            || (!rawfd::is_open(fd)
+                // SAFETY: `fd` is free in this thread's table (just checked), and `target`
+                // our own copy.
+                && unsafe { rawfd::dup_onto(target, fd, libc::O_CLOEXEC) }
+                && {
+                    copies.push(fd);
+                    true
+                });
+        if at_fd {
+            // SAFETY: epoll_ctl reads `ev`, a live exclusive reference, and gets two
+            // descriptors of ours.
+            unsafe { crate::sys!(libc::SYS_epoll_ctl, ep, libc::EPOLL_CTL_MOD, fd, ev as *mut libc::epoll_event) };
+        }
     }
-    let ep = crate::sys!(libc::SYS_pidfd_getfd, pidfd, epfd, 0);
-    let target = crate::sys!(libc::SYS_pidfd_getfd, pidfd, fd, 0);
-    // Never clobber a descriptor of our own (the control socket) to make room.
-    let occupied = target as i32 != fd && crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0;
-    if ep >= 0 && target >= 0 && !occupied {
-        let at = if target as i32 == fd { fd } else { crate::sys!(libc::SYS_dup3, target, fd, libc::O_CLOEXEC) as i32 };
-        if at == fd {
-            crate::sys!(libc::SYS_epoll_ctl, ep, libc::EPOLL_CTL_MOD, fd, ev as *mut libc::epoll_event);
-            if target as i32 != fd {
-                crate::sys!(libc::SYS_close, fd);
+    for f in copies {
+        // SAFETY: copies this function made above, in the control thread's own table.
+        unsafe { rawfd::close(f) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_descriptors_are_followed_through_close_dup_and_close_range() {
+        let t = Box::new(AcceptedFds::new());
+        t.accepted(7);
+        assert!(t.contains(7) && !t.contains(8));
+        t.duplicated(7, 9);
+        assert!(t.contains(9), "a dup of a connection is a connection");
+        t.duplicated(8, 9);
+        assert!(!t.contains(9), "a dup of something else over it replaces it");
+        t.closed(7);
+        assert!(!t.contains(7));
+        for fd in [3, 4, 5, 100] {
+            t.accepted(fd);
+        }
+        t.closed_range(4, 99);
+        assert!(t.contains(3) && !t.contains(4) && !t.contains(5) && t.contains(100));
+        t.closed_range(0, u32::MAX);
+        assert!(!t.contains(3) && !t.contains(100), "a range past the table is cut at its end");
+    }
+
+    #[test]
+    fn numbers_outside_the_table_are_never_connections() {
+        let t = Box::new(AcceptedFds::new());
+        t.accepted(-1);
+        t.accepted(TRACKED_FDS as i32);
+        assert!(!t.contains(-1) && !t.contains(TRACKED_FDS as i32));
+        t.duplicated(-1, 5);
+        assert!(!t.contains(5));
+    }
+
+    #[test]
+    fn only_accepted_descriptors_startup_does_not_account_for_may_be_clients() {
+        let t = Box::new(AcceptedFds::new());
+        for fd in [1, 5, 6] {
+            t.accepted(fd);
+        }
+        let known: BTreeSet<i32> = [6].into_iter().collect();
+        assert!(may_be_client(5, &known, &t));
+        assert!(!may_be_client(6, &known, &t), "startup accounts for it (an inherited connection)");
+        assert!(!may_be_client(1, &known, &t), "0-2 are never clients");
+        assert!(!may_be_client(7, &known, &t), "never accepted: a socketpair, a received channel");
+    }
+
+    #[test]
+    fn connected_streams_are_clients_and_those_without_a_peer_lost_theirs() {
+        let sock = |stream, listening, peer| Socket { stream, listening, peer }.connection();
+        assert_eq!(sock(true, false, true), Connection::Client);
+        assert_eq!(sock(true, false, false), Connection::LostClient);
+        assert_eq!(sock(true, true, false), Connection::NotClient, "a listener");
+        assert_eq!(sock(false, false, true), Connection::NotClient, "a connected datagram socket");
+    }
+
+    #[test]
+    fn accepts_are_refused_held_or_let_through_by_the_listeners_flags() {
+        assert_eq!(gate(-1), Gate::Proceed, "the real accept reports the bad descriptor");
+        assert_eq!(gate(libc::O_RDWR as i64), Gate::Hold);
+        assert_eq!(gate((libc::O_RDWR | libc::O_NONBLOCK) as i64), Gate::Refuse);
+    }
+
+    #[test]
+    fn the_drain_reply_pins_what_no_epoll_watches_and_finishes_idle_volatile_processes() {
+        let watched: BTreeSet<i32> = [8].into_iter().collect();
+        match drain_reply(vec![7, 8], false, false, &watched, true, vec![8]) {
+            RuntimeReply::Connections { pinned, finished, fds, volatile, idle_check, busy } => {
+                assert_eq!(pinned, vec![7], "7 is served on a thread's stack");
+                assert_eq!((fds, busy), (vec![7, 8], vec![8]));
+                assert!(!finished && !volatile && idle_check);
             }
+            r => panic!("{r:?}"),
         }
+        let finished = |fds: Vec<i32>, lost, volatile| match drain_reply(fds, lost, volatile, &watched, false, vec![]) {
+            RuntimeReply::Connections { finished, .. } => finished,
+            r => panic!("{r:?}"),
+        };
+        assert!(finished(vec![], true, true), "a per-connection child whose client left");
+        assert!(!finished(vec![], true, false), "a process startup made is never finished");
+        assert!(!finished(vec![7], true, true), "it still serves a client");
+        assert!(!finished(vec![], false, true), "no client ever left: not a finished session");
     }
-    for f in [target, ep, pidfd] {
-        if f >= 0 && f as i32 != fd {
-            crate::sys!(libc::SYS_close, f);
-        }
+
+    #[test]
+    fn only_edge_triggered_listeners_are_rearmed() {
+        let et = libc::EPOLLIN as u32 | libc::EPOLLET as u32;
+        assert!(needs_rearm(et, || true));
+        assert!(!needs_rearm(et, || false), "an edge-triggered connection");
+        assert!(!needs_rearm(libc::EPOLLIN as u32, || panic!("level-triggered: not even asked")));
     }
 }

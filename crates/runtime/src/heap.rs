@@ -30,10 +30,23 @@ pub fn in_startup() -> bool {
 #[inline(always)]
 pub unsafe fn stamp(h: *mut c_void, n: size_t, align_log2: u32, startup: bool) -> *mut c_void {
     let info = Info { size: n as u64, startup, align_log2 };
+    // SAFETY: the caller's contract: two aligned, writable words at `h`.
+    unsafe { write_header(h, info) };
+    (h as *mut u8).wrapping_add(HEADER).cast()
+}
+
+/// The two header words: the tag (a function of its own address), then the info.
+///
+/// # Safety
+/// `h` must point to 16 writable bytes, 8-byte aligned.
+#[inline(always)]
+unsafe fn write_header(h: *mut c_void, info: Info) {
     let w = h as *mut u64;
-    w.write(tag(h as u64));
-    w.add(1).write(info.encode());
-    (h as *mut u8).add(HEADER).cast()
+    // SAFETY: the caller's contract covers both words.
+    unsafe {
+        w.write(tag(h as u64));
+        w.add(1).write(info.encode());
+    }
 }
 
 pub fn header_addr(p: *mut c_void) -> *mut c_void {
@@ -47,10 +60,16 @@ pub fn header_addr(p: *mut c_void) -> *mut c_void {
 #[inline(always)]
 pub unsafe fn header_of(p: *mut c_void) -> Option<Info> {
     let h = header_addr(p) as *const u64;
-    if h.read() != tag(h as u64) {
-        return None;
+    // SAFETY: `p` is a live block (the caller's contract), 16-byte aligned: ours have our
+    // header in the 16 bytes before it, glibc's its chunk header, whose size word at
+    // p - 8 glibc's own free reads; p - 16 is in the same 16-byte granule, so on the same
+    // page: readable whenever that word is.
+    unsafe {
+        if h.read() != tag(h as u64) {
+            return None;
+        }
+        Some(Info::decode(h.add(1).read()))
     }
-    Some(Info::decode(h.add(1).read()))
 }
 
 /// Mark block `p` dead; returns what glibc must free (None: not ours).
@@ -59,17 +78,21 @@ pub unsafe fn header_of(p: *mut c_void) -> Option<Info> {
 /// As for [`header_of`].
 #[inline(always)]
 pub unsafe fn unstamp(p: *mut c_void) -> Option<*mut c_void> {
-    let info = header_of(p)?;
+    // SAFETY: the caller's contract.
+    let info = unsafe { header_of(p) }?;
     let h = header_addr(p);
-    clear(h);
-    Some(if info.align_log2 == 0 { h } else { (p as *mut u8).sub(1usize << info.align_log2).cast() })
+    // SAFETY: `p` has a header of ours at `h`: the block is live.
+    unsafe { clear(h) };
+    // An over-aligned block starts `1 << align_log2` bytes into glibc's allocation.
+    Some(if info.align_log2 == 0 { h } else { (p as *mut u8).wrapping_sub(1usize << info.align_log2).cast() })
 }
 
 /// # Safety
 /// `h` must be the header of a live block.
 #[inline(always)]
 pub unsafe fn clear(h: *mut c_void) {
-    (h as *mut u64).write(0);
+    // SAFETY: the caller's contract: a header is two writable, aligned words.
+    unsafe { (h as *mut u64).write(0) };
 }
 
 /// Mark live block `p` as allocated during startup; false when it has no header of ours.
@@ -77,17 +100,18 @@ pub unsafe fn clear(h: *mut c_void) {
 /// # Safety
 /// As for [`header_of`].
 pub unsafe fn mark_startup(p: *mut c_void) -> bool {
-    let Some(info) = header_of(p) else { return false };
-    restore(header_addr(p), Info { startup: true, ..info });
+    // SAFETY: the caller's contract.
+    let Some(info) = (unsafe { header_of(p) }) else { return false };
+    // SAFETY: `p` has a header of ours, so the block and its header are live.
+    unsafe { restore(header_addr(p), Info { startup: true, ..info }) };
     true
 }
 
 /// # Safety
 /// `h` must be the header, cleared by [`clear`], of a block that is still allocated.
 pub unsafe fn restore(h: *mut c_void, info: Info) {
-    let w = h as *mut u64;
-    w.write(tag(h as u64));
-    w.add(1).write(info.encode());
+    // SAFETY: the caller's contract: a header is two writable, aligned words.
+    unsafe { write_header(h, info) };
 }
 
 pub fn page_size() -> usize {
@@ -108,7 +132,9 @@ pub fn page_size() -> usize {
 /// `p` must be a live block from glibc's allocator.
 pub unsafe fn foreign_usable_size(p: *mut c_void) -> size_t {
     const IS_MMAPPED: usize = 2;
-    let word = (p as *const usize).sub(1).read();
+    // SAFETY: glibc's chunk header ends with the size word right before a live block
+    // (the caller's contract).
+    let word = unsafe { (p as *const usize).sub(1).read() };
     let overhead = if word & IS_MMAPPED != 0 { 16 } else { 8 };
     (word & !7).saturating_sub(overhead)
 }

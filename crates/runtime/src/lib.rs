@@ -7,7 +7,9 @@
 //! Without `MCR_RUNTIME_SOCKET` in the environment the runtime is inert: every
 //! interposed function forwards straight to libc.
 
-#![allow(clippy::missing_safety_doc)]
+// A panic aborts the server the runtime is loaded into (panic = "abort"): no code path of
+// the runtime may panic on purpose. Tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable))]
 
 /// A raw system call. `libc::syscall` is variadic: an `i32` argument would leave the
 /// upper half of its register undefined, so every argument is widened to `c_long` here.
@@ -30,6 +32,7 @@ mod heap;
 mod interpose;
 mod profiling;
 mod quiesce;
+mod rawfd;
 mod real;
 mod replay;
 mod resume;
@@ -72,11 +75,19 @@ pub(crate) fn tracked_slot(l: &threads::Local) -> Option<&'static threads::Slot>
     l.slot()
 }
 
-fn monotonic_ns() -> u64 {
+/// `clock`'s time in nanoseconds; 0 when it cannot be read (the CPU clock of a thread
+/// that exited).
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub(crate) fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 pub(crate) fn since_start_ns() -> u64 {
@@ -87,27 +98,62 @@ pub(crate) fn is_runtime_module(path: Option<&str>) -> bool {
     matches!((path, RUNTIME_PATH.get()), (Some(p), Some(me)) if p == me)
 }
 
+/// One step of what a fork child redoes: `module`'s process-wide state made right for
+/// the child.
+struct ForkReset {
+    /// Only the tests read it: they check the registry against the sources.
+    #[cfg_attr(not(test), allow(dead_code))]
+    module: &'static str,
+    run: fn(),
+}
+
+/// Everything a fork child redoes before the program's code runs on in it, in this
+/// order. Only the forking thread survives a fork: a lock another thread held stays
+/// held, and every per-process fact (PID, threads, descriptors, connections) is the
+/// parent's. Every module with such state has its step here (a module with a
+/// [`sync::SpinLock`] static must unlock it in its `reset_after_fork`, and be listed:
+/// `tests::every_module_with_a_lock_resets_it_after_fork` checks both).
+///
+/// Order constraints:
+/// - `alloc` first: every later step may allocate, and the prepare handler held the
+///   allocator's lock across the fork.
+/// - `pid` before anything that reports or compares PIDs (dirty's status, the Hello).
+/// - `drain` before `quiesce`: it reads the parent's STARTUP_DONE, which `quiesce`
+///   clears.
+/// - the locks (`dirty` … `transfer`) before `profiling` and `control`, which take them
+///   (symbolization, the startup log, the thread table).
+/// - `control` after every step whose state the supervisor may ask about as soon as the
+///   child registers (its status: threads, startup, dirty tracking).
+/// - `profiling announce` last: it reports over the connection `control` just made.
+static AFTER_FORK: &[ForkReset] = &[
+    ForkReset { module: "alloc", run: alloc::reset_after_fork },
+    ForkReset { module: "pid", run: note_own_pid },
+    ForkReset { module: "drain", run: drain::reset_after_fork },
+    ForkReset { module: "dirty", run: dirty::reset_after_fork },
+    ForkReset { module: "threads", run: threads::reset_after_fork },
+    ForkReset { module: "quiesce", run: quiesce::reset_after_fork },
+    ForkReset { module: "symbolize", run: symbolize::reset_after_fork },
+    ForkReset { module: "startup_log", run: startup_log::reset_after_fork },
+    ForkReset { module: "startup_heap", run: startup_heap::reset_after_fork },
+    ForkReset { module: "replay", run: replay::reset_after_fork },
+    ForkReset { module: "transfer", run: transfer::reset_after_fork },
+    ForkReset { module: "profiling", run: profiling::reset_after_fork },
+    ForkReset { module: "control", run: control::reset_after_fork },
+    ForkReset { module: "profiling announce", run: profiling::announce_child },
+];
+
+/// In a fork child, from the `pthread_atfork` child handler: [`AFTER_FORK`], in order.
 pub(crate) fn after_fork_in_child() {
-    // SAFETY: getpid cannot fail.
-    PID.store(unsafe { libc::getpid() }, Relaxed);
-    // START_NS stays: a fork child's startup counts from the exec of the program, so a
-    // daemon's worker reports the server's whole startup, parent's part included.
-    // Forked once the parent's startup was over (a per-connection child): a new version's
-    // startup never recreates such a process.
-    if quiesce::STARTUP_DONE.load(SeqCst) {
-        drain::VOLATILE.store(true, SeqCst);
+    for step in AFTER_FORK {
+        (step.run)();
     }
-    dirty::reset_after_fork();
-    threads::reset_after_fork();
-    quiesce::reset_after_fork();
-    quiesce::init_asymmetric_fence();
-    symbolize::reset_after_fork();
-    startup_log::reset_after_fork();
-    startup_heap::reset_after_fork();
-    replay::reset_after_fork();
-    profiling::after_fork_child();
-    control::after_fork_child();
-    profiling::announce_child();
+}
+
+/// START_NS stays: a fork child's startup counts from the exec of the program, so a
+/// daemon's worker reports the server's whole startup, parent's part included.
+fn note_own_pid() {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
 }
 
 fn env(name: &str) -> Option<String> {
@@ -118,23 +164,17 @@ fn env(name: &str) -> Option<String> {
 /// connect to the supervisor. Threads start later, at the first wrapped call.
 extern "C" fn init() {
     START_NS.store(monotonic_ns(), Relaxed);
-    // SAFETY: getpid cannot fail.
-    PID.store(unsafe { libc::getpid() }, Relaxed);
+    note_own_pid();
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
-    threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     dirty::note_env();
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
         let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());
     }
-    // SAFETY: dladdr on one of our own functions.
-    unsafe {
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(init as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
-            let name = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
-            let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
-            let _ = RUNTIME_PATH.set(path);
-        }
+    if let Some(name) = own_module_path() {
+        let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
+        let _ = RUNTIME_PATH.set(path);
     }
     let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
         Ok(pr) => Some(pr.ids()),
@@ -145,7 +185,6 @@ extern "C" fn init() {
     });
     quiesce::set_profile(profile);
     profiling::init_from_env();
-    // SAFETY: SIGRTMAX() is a plain libc query.
     let kick =
         env(mcr_protocol::env::KICK_SIGNAL).and_then(|s| s.parse::<i32>().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());
@@ -162,7 +201,8 @@ extern "C" fn init() {
         }
         signals::install_kick(kick);
         quiesce::init_asymmetric_fence();
-        // SAFETY: handlers are plain functions valid for the life of the process.
+        // SAFETY: pthread_atfork only records the three handlers, functions of this library,
+        // which is never unloaded.
         unsafe {
             libc::pthread_atfork(
                 Some(interpose::process::atfork_prepare),
@@ -175,9 +215,97 @@ extern "C" fn init() {
     } else {
         diag::warn("cannot reach the mcr supervisor; this process runs unmanaged");
     }
-    threads::set_internal(false);
+}
+
+/// The path ld.so loaded this library from.
+fn own_module_path() -> Option<String> {
+    let mut info = libc::Dl_info {
+        dli_fname: core::ptr::null(),
+        dli_fbase: core::ptr::null_mut(),
+        dli_sname: core::ptr::null(),
+        dli_saddr: core::ptr::null_mut(),
+    };
+    // SAFETY: dladdr reads no memory at the address (one of our own functions) and writes
+    // `info`, a live local.
+    if unsafe { libc::dladdr(init as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null dli_fname is the NUL-terminated name ld.so keeps for the loaded
+    // module, alive as long as it stays loaded (this library is never unloaded).
+    Some(unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned())
 }
 
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The runtime's sources, as (module name, text): `interpose/fds.rs` is `fds`.
+    fn sources() -> Vec<(String, String)> {
+        fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+            for e in std::fs::read_dir(dir).expect("the runtime's src directory").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    out.push((name, std::fs::read_to_string(&p).expect("a source file")));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
+
+    /// The names of the `static NAME: …SpinLock<…>` items of a source text.
+    fn spin_locks(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.trim_start().trim_start_matches("pub ").strip_prefix("static ")?;
+                let (name, ty) = rest.split_once(':')?;
+                ty.trim_start().trim_start_matches("crate::sync::").starts_with("SpinLock<").then(|| name.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_module_with_a_lock_resets_it_after_fork() {
+        let listed: Vec<&str> = AFTER_FORK.iter().map(|s| s.module).collect();
+        let mut checked = 0;
+        for (module, text) in sources() {
+            let locks = spin_locks(&text);
+            if locks.is_empty() {
+                continue;
+            }
+            checked += 1;
+            assert!(listed.contains(&module.as_str()), "{module} has locks {locks:?} but no step in AFTER_FORK");
+            let reset = text
+                .split("pub fn reset_after_fork()")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{module} has locks {locks:?} but no reset_after_fork"));
+            let body = reset.split("\n}\n").next().unwrap_or_default();
+            for lock in &locks {
+                assert!(
+                    body.contains(&format!("{lock}.force_unlock()")),
+                    "{module}::reset_after_fork does not unlock {lock}: a fork while another thread held it would \
+                     leave it locked forever in the child"
+                );
+            }
+        }
+        assert!(checked >= 8, "the source scan found only {checked} modules with locks");
+    }
+
+    #[test]
+    fn the_allocator_is_reset_first_and_the_announcement_made_last() {
+        assert_eq!(AFTER_FORK.first().map(|s| s.module), Some("alloc"));
+        assert_eq!(AFTER_FORK.last().map(|s| s.module), Some("profiling announce"));
+        let at = |m: &str| AFTER_FORK.iter().position(|s| s.module == m);
+        assert!(at("drain") < at("quiesce"), "drain reads the STARTUP_DONE quiesce clears");
+        assert!(at("pid") < at("control"), "the Hello carries the child's own PID");
+    }
+}

@@ -16,7 +16,7 @@
 use crate::calls::Call;
 use crate::sync::SpinLock;
 use crate::threads::{self, IN_CALL, PARKED, TID_PENDING};
-use crate::{stack, symbolize};
+use crate::{clock_ns, monotonic_ns, stack, symbolize};
 use core::cell::Cell;
 use mcr_protocol::{ProcessProfile, ProfileSite, RuntimeEvent, ThreadProfile};
 use std::collections::{BTreeMap, HashMap};
@@ -108,7 +108,7 @@ impl Drop for ForkNote {
 /// In a fork child (only the forking thread exists): forget the parent's samples and
 /// remember where the fork was made. Async-signal-safe work only, plus the runtime's own
 /// allocator (reset by the fork handlers before this runs).
-pub fn after_fork_child() {
+pub fn reset_after_fork() {
     if !enabled() {
         return;
     }
@@ -145,29 +145,11 @@ pub fn start_sampler() {
     if !enabled() || STARTED.swap(true, SeqCst) {
         return;
     }
-    // SAFETY: the sampler is a plain runtime thread; it inherits the control thread's
-    // fully blocked signal mask and private descriptor table.
-    unsafe {
-        let mut t: libc::pthread_t = 0;
-        if crate::real::pthread_create()(&mut t, core::ptr::null(), sampler_main, core::ptr::null_mut()) == 0 {
-            libc::pthread_detach(t);
-        } else {
-            crate::diag::warn("profiling: cannot start the sampler thread; this process is not profiled");
-        }
+    // Started from the control thread, it inherits its fully blocked signal mask and
+    // private descriptor table.
+    if !threads::spawn_detached(sampler_main) {
+        crate::diag::warn("profiling: cannot start the sampler thread; this process is not profiled");
     }
-}
-
-fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer; an invalid clock (a thread that exited) leaves it zero.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The CPU-time clock of thread `tid` of this process (the kernel's
@@ -182,9 +164,11 @@ fn voluntary_switches(tid: i32) -> Option<u64> {
 }
 
 extern "C" fn sampler_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    threads::set_internal(true);
+    // For the whole life of this thread: none of its calls is the program's.
+    let _internal = threads::InternalGuard::enter();
     SAMPLER_TID.store(threads::gettid(), SeqCst);
-    // SAFETY: naming our own thread; failure is harmless.
+    // SAFETY: prctl(PR_SET_NAME) reads a NUL-terminated static string and names the calling
+    // thread; failure is harmless.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-profiler".as_ptr()) };
     let period = Duration::from_micros(PERIOD_US.load(SeqCst));
     let mut last_push: Option<u64> = None;
@@ -296,7 +280,7 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
     if fresh {
         tick();
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     // Copy the raw data out, then symbolize without holding the lock.
     struct Raw {
         tid: i32,
@@ -367,9 +351,9 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
         })
         .collect();
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
-    let out = ProcessProfile {
+    ProcessProfile {
         pid: crate::pid(),
-        // SAFETY: getppid cannot fail.
+        // SAFETY: getppid has no preconditions.
         ppid: unsafe { libc::getppid() },
         exe,
         fork_stack,
@@ -381,9 +365,7 @@ pub fn snapshot_now(fresh: bool) -> ProcessProfile {
         startup_complete: crate::quiesce::STARTUP_DONE.load(Acquire),
         alive: true,
         threads: threads_out,
-    };
-    threads::set_internal(was);
-    out
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 /// locked instruction on every wrapped call, the controller (rarely) makes every running
 /// thread fence with membarrier(PRIVATE_EXPEDITED); the hot path keeps a compiler fence.
 pub fn init_asymmetric_fence() {
-    // SAFETY: membarrier registration for this process; no memory is passed.
+    // SAFETY: membarrier registration for this process takes no pointer.
     let ok = unsafe {
         crate::sys!(libc::SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0)
     } == 0;
@@ -45,7 +45,7 @@ pub fn init_asymmetric_fence() {
 
 fn fence_all_threads() {
     if ASYMMETRIC.load(SeqCst) {
-        // SAFETY: as above; MEMBARRIER_CMD_PRIVATE_EXPEDITED.
+        // SAFETY: MEMBARRIER_CMD_PRIVATE_EXPEDITED takes no pointer.
         unsafe { crate::sys!(libc::SYS_membarrier, 1 << 3, 0, 0) };
     }
 }
@@ -93,9 +93,7 @@ fn fd_is_blocking(fd: i32) -> bool {
             .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
             .is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
     }
-    // SAFETY: F_GETFL on any fd number is harmless; an invalid fd yields -1.
-    let fl = unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFL) };
-    fl >= 0 && (fl as i32 & libc::O_NONBLOCK) == 0
+    crate::rawfd::status_flags(fd).is_some_and(|fl| fl & libc::O_NONBLOCK == 0)
 }
 
 /// Whether the wrapped call `slot` is in is a quiescent point. Profile: by call-stack ID.
@@ -115,12 +113,15 @@ pub fn is_quiescent_point(slot: &Slot) -> bool {
 /// Called by a thread entering a wrapped call, only while `QUIESCING` is set or startup
 /// is not complete. Returns whether the call is a quiescent point.
 pub fn on_enter_slow(slot: &Slot) -> bool {
-    let was = threads::set_internal(true);
-    let qp = is_quiescent_point(slot);
-    if qp && !STARTUP_DONE.load(Acquire) {
-        note_startup_qp(slot);
-    }
-    threads::set_internal(was);
+    let qp = {
+        let _internal = threads::InternalGuard::enter();
+        let _errno = errno::ErrnoGuard::save();
+        let qp = is_quiescent_point(slot);
+        if qp && !STARTUP_DONE.load(Acquire) {
+            note_startup_qp(slot);
+        }
+        qp
+    };
     // A resume handler that asked to be called again, at the main thread's next quiescent
     // point (not in a condition wait: the program holds the mutex there).
     if qp && !QUIESCING.load(Acquire) && !Call::from_index(slot.call.load(Acquire)).is_condvar() {
@@ -135,7 +136,7 @@ fn note_startup_qp(slot: &Slot) {
         slot.qp_call.store(slot.call.load(Relaxed), Relaxed);
         slot.reached_qp.store(true, Release);
     }
-    let all = threads::used().all(|(_, s)| s.tid.load(Acquire) != TID_PENDING && s.reached_qp.load(Acquire));
+    let all = startup_complete(threads::used().map(|(_, s)| (s.tid.load(Acquire), s.reached_qp.load(Acquire))));
     if all && !STARTUP_DONE.swap(true, AcqRel) {
         if let Some(conflict) = crate::replay::finish_startup() {
             crate::replay::fail(conflict);
@@ -147,10 +148,18 @@ fn note_startup_qp(slot: &Slot) {
     }
 }
 
+/// Whether a process whose threads are `(tid, reached a quiescent point)` has completed
+/// startup: every thread reached one, and none is still being created (a thread
+/// pthread_create reserved a slot for, not started yet, has its startup ahead of it).
+fn startup_complete(mut threads: impl Iterator<Item = (i32, bool)>) -> bool {
+    threads.all(|(tid, reached)| tid != TID_PENDING && reached)
+}
+
 /// Hold the calling thread at the barrier until resume. The program's signal handlers
-/// still run meanwhile (the futex wait is interruptible); errno is preserved.
+/// still run meanwhile (the futex wait is interruptible); errno is preserved, also across
+/// the wait for the resume handlers.
 pub fn park(slot: &Slot) {
-    let saved = errno::get();
+    let _errno = errno::ErrnoGuard::save();
     slot.state.store(PARKED, SeqCst);
     PARK_EVENTS.fetch_add(1, SeqCst);
     futex::wake(&PARK_EVENTS, 1);
@@ -166,7 +175,6 @@ pub fn park(slot: &Slot) {
         futex::wait(&RESUME_GEN, gen, None);
     }
     slot.state.store(IN_CALL, SeqCst);
-    errno::set(saved);
     crate::resume::after_park(slot);
 }
 
@@ -201,7 +209,11 @@ fn kick(slot: &Slot) {
         slot.kicked.store(true, SeqCst);
         let cond = slot.object.load(Acquire) as *mut libc::pthread_cond_t;
         if !cond.is_null() {
-            // SAFETY: the thread is waiting on this condition variable, so it is alive.
+            // SAFETY: the condition variable the thread published on entering its wait, which
+            // it is in (the caller saw IN_CALL): POSIX forbids destroying one a thread waits
+            // on. The thread may leave the wait between that look and this broadcast; a
+            // program that then destroys and frees the variable at once races with us, a
+            // window this accepts (the broadcast of a live one is only a spurious wakeup).
             unsafe { crate::real::pthread_cond_broadcast()(cond) };
         }
     } else {
@@ -233,6 +245,57 @@ pub struct Outcome {
     pub laggards: Vec<Laggard>,
 }
 
+/// How often a quiesce looks for threads that died without telling.
+const PRUNE_EVERY: Duration = Duration::from_millis(50);
+/// How long a quiesce waits for a thread to park before kicking again: a kick can land
+/// in the window between a thread's check and its system call, and be lost there.
+const REKICK_AFTER: Duration = Duration::from_micros(200);
+
+/// What a quiesce must do about one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Parked at its quiescent point.
+    Nothing,
+    /// Blocked in a wrapped call that is a quiescent point: kick it out of the call, and
+    /// it parks.
+    Kick,
+    /// Running, not started yet, or blocked in a call that is not a quiescent point: wait
+    /// until it reaches one.
+    Wait,
+}
+
+/// What a quiesce must do about a thread in `state`; `at_quiescent_point` is asked only
+/// for a thread blocked in a call (it may walk and symbolize its stack).
+fn need(state: u32, at_quiescent_point: impl FnOnce() -> bool) -> Need {
+    match state {
+        PARKED => Need::Nothing,
+        IN_CALL if at_quiescent_point() => Need::Kick,
+        _ => Need::Wait,
+    }
+}
+
+/// Where a quiesce stands after a look at the thread table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Every thread is parked.
+    Quiesced,
+    /// Some are not, and the time is up: release them all.
+    TimedOut,
+    KeepWaiting,
+}
+
+/// `waiting` threads are not parked yet, `elapsed` into a quiesce allowed `timeout`. A
+/// process found quiescent at the deadline is quiescent.
+fn verdict(waiting: usize, elapsed: Duration, timeout: Duration) -> Verdict {
+    if waiting == 0 {
+        Verdict::Quiesced
+    } else if elapsed >= timeout {
+        Verdict::TimedOut
+    } else {
+        Verdict::KeepWaiting
+    }
+}
+
 /// Bring every thread to a quiescent point within `timeout`. On failure every thread is
 /// released again and the laggards say where they are.
 pub fn quiesce(timeout: Duration) -> Outcome {
@@ -246,33 +309,31 @@ pub fn quiesce(timeout: Duration) -> Outcome {
         let mut total = 0usize;
         for (_, s) in threads::used() {
             total += 1;
-            match s.state.load(SeqCst) {
-                PARKED => {}
-                IN_CALL => {
+            match need(s.state.load(SeqCst), || is_quiescent_point(s)) {
+                Need::Nothing => {}
+                Need::Kick => {
                     waiting += 1;
-                    if is_quiescent_point(s) {
-                        kick(s);
-                    }
+                    kick(s);
                 }
-                _ => waiting += 1,
+                Need::Wait => waiting += 1,
             }
         }
-        if waiting == 0 {
-            return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() };
+        match verdict(waiting, t0.elapsed(), timeout) {
+            Verdict::Quiesced => return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() },
+            Verdict::TimedOut => {
+                let laggards = describe_laggards();
+                resume();
+                return Outcome { elapsed: t0.elapsed(), threads: total, laggards };
+            }
+            Verdict::KeepWaiting => {}
         }
-        if t0.elapsed() >= timeout {
-            let laggards = describe_laggards();
-            resume();
-            return Outcome { elapsed: t0.elapsed(), threads: total, laggards };
-        }
-        if last_prune.elapsed() > Duration::from_millis(50) {
+        if last_prune.elapsed() > PRUNE_EVERY {
             prune_dead();
             last_prune = Instant::now();
         }
-        // Sleep until a thread parks, or re-kick after 200 µs: a kick can land in the
-        // window between a thread's check and its system call, and be lost there.
+        // Sleep until a thread parks, or kick again.
         let ev = PARK_EVENTS.load(SeqCst);
-        futex::wait(&PARK_EVENTS, ev, Some(Duration::from_micros(200)));
+        futex::wait(&PARK_EVENTS, ev, Some(REKICK_AFTER));
     }
 }
 
@@ -290,12 +351,7 @@ fn describe_laggards() -> Vec<Laggard> {
             ("created by pthread_create but never started".to_string(), None)
         } else if state == IN_CALL {
             let st = symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire)));
-            let why = if is_quiescent_point(s) {
-                format!("blocked in {} (a quiescent point) and did not react to the kick", call.name())
-            } else {
-                format!("blocked in {} (not a quiescent point: waiting for it to return)", call.name())
-            };
-            (why, Some(st))
+            (blocked_reason(call, is_quiescent_point(s)), Some(st))
         } else {
             describe_running(tid)
         };
@@ -304,29 +360,63 @@ fn describe_laggards() -> Vec<Laggard> {
     // Threads of the process the runtime never saw (made with raw clone, or that never
     // made a wrapped call) cannot be parked either.
     let known: HashSet<i32> = threads::used().map(|(_, s)| s.tid.load(Acquire)).collect();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for e in dir.flatten() {
-            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if !known.contains(&tid)
-                && !crate::control::is_control_thread(tid)
-                && !crate::profiling::is_sampler_thread(tid)
-            {
-                let (reason, stack) = describe_running(tid);
-                out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
-            }
-        }
+    let tasks: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let runtimes = |tid| crate::control::is_control_thread(tid) || crate::profiling::is_sampler_thread(tid);
+    for tid in unseen_threads(&tasks, &known, runtimes) {
+        let (reason, stack) = describe_running(tid);
+        out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
     }
     out
+}
+
+/// Why a thread blocked in `call` has not parked.
+fn blocked_reason(call: Call, at_quiescent_point: bool) -> String {
+    if at_quiescent_point {
+        format!("blocked in {} (a quiescent point) and did not react to the kick", call.name())
+    } else {
+        format!("blocked in {} (not a quiescent point: waiting for it to return)", call.name())
+    }
+}
+
+/// The threads among `tasks` (the process's, from /proc) that the thread table does not
+/// know (`known`) and that are not the runtime's own.
+fn unseen_threads(tasks: &[i32], known: &HashSet<i32>, is_runtime_thread: impl Fn(i32) -> bool) -> Vec<i32> {
+    tasks.iter().copied().filter(|tid| !known.contains(tid) && !is_runtime_thread(*tid)).collect()
 }
 
 /// Where a thread outside any wrapped call is: the kernel tells its system call and
 /// program counter in /proc.
 fn describe_running(tid: i32) -> (String, Option<CallStack>) {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
-    let fields: Vec<&str> = text.split_whitespace().collect();
+    let read = || std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let mut text = read();
+    // A thread that loops on a system call mcr does not wrap (a raw nanosleep) is runnable
+    // for a moment between two calls, and reads as running then (often, on a loaded
+    // machine): look again a few times for the call it keeps making.
+    for _ in 1..RUNNING_LOOKS {
+        if !text.starts_with("running") {
+            break;
+        }
+        std::thread::sleep(RUNNING_LOOK_GAP);
+        text = read();
+    }
+    let (reason, pc) = running_state(&text);
+    let stack = pc.map(|pc| CallStack { id: String::new(), frames: vec![symbolize::frame_at(pc)] });
+    (reason, stack)
+}
+
+/// How often, and how far apart, [`describe_running`] looks at a thread that reads as
+/// running (at most ~10 ms per laggard, only once a quiesce has failed).
+const RUNNING_LOOKS: u32 = 10;
+const RUNNING_LOOK_GAP: Duration = Duration::from_millis(1);
+
+/// A thread outside any wrapped call, from its /proc/…/syscall text ("running", or the
+/// system call number, its arguments, stack pointer and program counter): why it is not
+/// parked, and its program counter when known.
+fn running_state(syscall: &str) -> (String, Option<usize>) {
+    let fields: Vec<&str> = syscall.split_whitespace().collect();
     let pc = fields.last().and_then(|s| usize::from_str_radix(s.trim_start_matches("0x"), 16).ok());
-    let frame = pc.map(symbolize::frame_at);
-    let stack = frame.map(|f| CallStack { id: String::new(), frames: vec![f] });
     let reason = match fields.first() {
         Some(&"running") => "running outside any wrapped call".to_string(),
         Some(nr) if nr.parse::<i64>().is_ok() => {
@@ -334,11 +424,16 @@ fn describe_running(tid: i32) -> (String, Option<CallStack>) {
         }
         _ => "running outside any wrapped call".to_string(),
     };
-    (reason, stack)
+    (reason, pc)
 }
 
 pub fn is_quiesced() -> bool {
-    QUIESCING.load(SeqCst) && threads::used().all(|(_, s)| s.state.load(SeqCst) == PARKED)
+    QUIESCING.load(SeqCst) && all_parked(threads::used().map(|(_, s)| s.state.load(SeqCst)))
+}
+
+/// Whether threads in these states are all parked (a process with none is quiescent).
+fn all_parked(mut states: impl Iterator<Item = u32>) -> bool {
+    states.all(|st| st == PARKED)
 }
 
 pub fn reset_after_fork() {
@@ -346,6 +441,8 @@ pub fn reset_after_fork() {
     // commit, fork children included.
     QUIESCING.store(crate::replay::active(), SeqCst);
     STARTUP_DONE.store(false, SeqCst);
+    // membarrier registration belongs to the parent's address space.
+    init_asymmetric_fence();
 }
 
 /// For the thread's own use after an EINTR: was it our kick, not the program's signal?
@@ -355,4 +452,85 @@ pub fn take_kick(slot: &Slot, local: &threads::Local, program_signals_at_entry: 
 
 pub fn state_running(slot: &Slot) {
     slot.state.store(RUNNING, Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_completes_when_every_started_thread_reached_a_quiescent_point() {
+        assert!(startup_complete([(10, true), (11, true)].into_iter()));
+        assert!(!startup_complete([(10, true), (11, false)].into_iter()), "a thread still starting up");
+        assert!(
+            !startup_complete([(10, true), (TID_PENDING, true)].into_iter()),
+            "a thread pthread_create has not started yet has its startup ahead"
+        );
+        assert!(startup_complete(core::iter::empty()), "nothing left to wait for");
+    }
+
+    #[test]
+    fn only_threads_blocked_at_a_quiescent_point_are_kicked() {
+        let asked = core::cell::Cell::new(false);
+        let qp = |answer: bool| {
+            asked.set(false);
+            let asked = &asked;
+            move || {
+                asked.set(true);
+                answer
+            }
+        };
+        assert_eq!(need(PARKED, qp(true)), Need::Nothing);
+        assert!(!asked.get(), "a parked thread's stack is not walked");
+        assert_eq!(need(IN_CALL, qp(true)), Need::Kick);
+        assert_eq!(need(IN_CALL, qp(false)), Need::Wait, "a read mid-request: wait for it to return");
+        assert_eq!(need(RUNNING, qp(true)), Need::Wait, "running code reaches its next call by itself");
+        assert!(!asked.get(), "a running thread is not asked about");
+    }
+
+    #[test]
+    fn a_quiesce_ends_when_nobody_waits_or_the_time_is_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(verdict(0, ms(10), ms(1000)), Verdict::Quiesced);
+        assert_eq!(verdict(2, ms(10), ms(1000)), Verdict::KeepWaiting);
+        assert_eq!(verdict(2, ms(1000), ms(1000)), Verdict::TimedOut);
+        assert_eq!(verdict(0, ms(5000), ms(1000)), Verdict::Quiesced, "quiescent at the deadline is quiescent");
+        assert_eq!(verdict(1, ms(0), ms(0)), Verdict::TimedOut, "no time at all: one look");
+    }
+
+    #[test]
+    fn quiesced_means_every_thread_parked() {
+        assert!(all_parked([PARKED, PARKED].into_iter()));
+        assert!(!all_parked([PARKED, IN_CALL].into_iter()));
+        assert!(!all_parked([RUNNING].into_iter()));
+        assert!(all_parked(core::iter::empty()));
+    }
+
+    #[test]
+    fn threads_the_table_never_saw_are_found_except_the_runtimes_own() {
+        let known: HashSet<i32> = [10, 11].into_iter().collect();
+        let unseen = unseen_threads(&[10, 11, 12, 13, 14], &known, |tid| tid == 13);
+        assert_eq!(unseen, vec![12, 14]);
+    }
+
+    #[test]
+    fn laggard_reasons_say_whether_the_thread_was_at_a_quiescent_point() {
+        assert_eq!(
+            blocked_reason(Call::Accept, true),
+            "blocked in accept (a quiescent point) and did not react to the kick"
+        );
+        assert_eq!(
+            blocked_reason(Call::Read, false),
+            "blocked in read (not a quiescent point: waiting for it to return)"
+        );
+    }
+
+    #[test]
+    fn a_running_thread_is_described_from_its_syscall_file() {
+        assert_eq!(running_state("running\n"), ("running outside any wrapped call".to_string(), None));
+        let (reason, pc) = running_state("35 0x7ffd1000 0x0 0x0 0x0 0x0 0x0 0x7ffd0f00 0x7f12345678\n");
+        assert_eq!(reason, "in system call 35, which mcr does not wrap (not a quiescent point)");
+        assert_eq!(pc, Some(0x7f12345678));
+        assert_eq!(running_state(""), ("running outside any wrapped call".to_string(), None), "the thread is gone");
+    }
 }

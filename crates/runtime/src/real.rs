@@ -83,7 +83,7 @@ real_fns! {
     pthread_sigmask: fn(c_int, *const sigset_t, *mut sigset_t) -> c_int;
     signalfd: fn(c_int, *const sigset_t, c_int) -> c_int;
     pthread_create: fn(*mut pthread_t, *const pthread_attr_t, extern "C" fn(*mut c_void) -> *mut c_void, *mut c_void) -> c_int;
-    pthread_exit: fn(*mut c_void) -> ();
+    pthread_exit: fn(*mut c_void) -> !;
     close: fn(c_int) -> c_int;
     close_range: fn(c_uint, c_uint, c_int) -> c_int;
     closefrom: fn(c_int) -> ();

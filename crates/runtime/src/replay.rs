@@ -15,13 +15,16 @@
 
 use crate::sync::SpinLock;
 use crate::{stack, symbolize, threads};
-use mcr_protocol::{OpArg, ProcessLog, ReplayConflict, StartupOp};
+use mcr_protocol::{CallStack, OpArg, ProcessLog, ReplayConflict, StartupOp};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 
 /// Exit status of a process that hit a replay conflict.
 pub const CONFLICT_EXIT: i32 = 86;
 
+/// The old version's startup as the new version's replay consumes it. Pure bookkeeping:
+/// what is open in the process, and where a call was made from, come in as arguments,
+/// so tests drive it with synthetic operations.
 struct Replay {
     /// The old version's operations, by the PID that made them, with a consumed mark.
     ops: HashMap<i32, Vec<(StartupOp, bool)>>,
@@ -96,32 +99,13 @@ pub fn active() -> bool {
 pub fn load(path: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the replay log {path}: {e}"))?;
     let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
-    let mut ops: HashMap<i32, Vec<(StartupOp, bool)>> = HashMap::new();
-    let mut seen = BTreeSet::new();
-    for p in logs {
-        for op in p.log.into_iter().flat_map(|l| l.ops) {
-            if seen.insert((op.pid, op.seq)) {
-                ops.entry(op.pid).or_default().push((op, false));
-            }
-        }
-    }
-    for v in ops.values_mut() {
-        v.sort_by_key(|(o, _)| o.seq);
-    }
     let inherited = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|&fd| fd > 2).collect())
         .unwrap_or_default();
-    *STATE.lock() = Some(Replay { ops, inherited, claimed: BTreeSet::new() });
+    *STATE.lock() = Some(Replay::new(logs, inherited));
     ACTIVE.store(true, SeqCst);
     WAS_UPDATE.store(true, SeqCst);
     Ok(())
-}
-
-/// Whether a later operation of the old version (in any process: numbers are shared by
-/// the whole tree) created `fd` again, so the inherited object at that number is not the
-/// one `op` created (a file opened and closed at startup, its number reused by a pipe).
-fn reused_later(ops: &HashMap<i32, Vec<(StartupOp, bool)>>, op: &StartupOp, fd: i32) -> bool {
-    ops.values().flatten().any(|(o, _)| o.seq > op.seq && o.fds.contains(&fd))
 }
 
 /// Calls whose objects are always recreated by the new version.
@@ -155,6 +139,7 @@ fn configures(call: &str) -> bool {
     matches!(call, "bind" | "listen" | "setsockopt")
 }
 
+#[derive(Debug)]
 pub enum Decision {
     /// Do not make the call: return this result (the object is inherited).
     Replay(i64),
@@ -163,82 +148,144 @@ pub enum Decision {
     Conflict(Box<ReplayConflict>),
 }
 
-fn new_op(call: &str, stack: mcr_protocol::CallStack, args: &[OpArg]) -> StartupOp {
-    StartupOp {
-        pid: crate::pid(),
-        seq: 0,
-        call: call.to_string(),
-        stack,
-        args: args.to_vec(),
-        result: 0,
-        errno: 0,
-        fds: vec![],
-    }
-}
-
-/// Decide what to do with a startup operation of the new version.
-pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
-    let was = threads::set_internal(true);
-    let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
-    let pid = crate::pid();
-    let mut guard = STATE.lock();
-    let Some(r) = guard.as_mut() else {
-        threads::set_internal(was);
-        return Decision::Live(vec![]);
-    };
-    let Replay { ops, inherited, claimed } = r;
-    let inherited_live = |fd: i32| inherited.contains(&fd) && crate::startup_log::fd_in_use(fd);
-    let list = ops.entry(pid).or_default();
-    let found = list.iter_mut().find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id && o.args == args);
-    let decision = match found {
-        Some((old, used)) => {
-            *used = true;
-            let old = old.clone();
-            if always_live(call) {
-                Decision::Live(old.fds.clone())
-            } else if configures(call) {
-                match args.first() {
-                    Some(OpArg::Fd(fd)) if inherited_live(*fd) => Decision::Replay(old.result),
-                    _ => Decision::Live(vec![]),
+impl Replay {
+    /// From the old version's logs (an operation a fork child's log repeats from its
+    /// parent's counts once) and the descriptors this process inherited.
+    fn new(logs: Vec<ProcessLog>, inherited: BTreeSet<i32>) -> Self {
+        let mut ops: HashMap<i32, Vec<(StartupOp, bool)>> = HashMap::new();
+        let mut seen = BTreeSet::new();
+        for p in logs {
+            for op in p.log.into_iter().flat_map(|l| l.ops) {
+                if seen.insert((op.pid, op.seq)) {
+                    ops.entry(op.pid).or_default().push((op, false));
                 }
-            } else if !old.fds.is_empty()
-                && old.fds.iter().all(|&fd| inherited_live(fd) && !reused_later(ops, &old, fd))
-            {
-                claimed.extend(old.fds.iter().copied());
-                Decision::Replay(old.result)
-            } else {
-                Decision::Live(old.fds.clone())
             }
         }
-        None => {
+        for v in ops.values_mut() {
+            v.sort_by_key(|(o, _)| o.seq);
+        }
+        Replay { ops, inherited, claimed: BTreeSet::new() }
+    }
+
+    /// Whether a later operation of the old version (in any process: numbers are shared
+    /// by the whole tree) created `fd` again, so the inherited object at that number is
+    /// not the one `op` created (a file opened and closed at startup, its number reused by
+    /// a pipe).
+    fn reused_later(&self, op: &StartupOp, fd: i32) -> bool {
+        self.ops.values().flatten().any(|(o, _)| o.seq > op.seq && o.fds.contains(&fd))
+    }
+
+    /// What to do with operation `call` of process `pid`, made from `stack` with `args`;
+    /// `is_open(fd)`: whether `fd` is open in the process now. A match is consumed.
+    fn decide(
+        &mut self,
+        pid: i32,
+        call: &str,
+        stack: &CallStack,
+        args: &[OpArg],
+        is_open: impl Fn(i32) -> bool,
+    ) -> Decision {
+        let inherited_live = |fd: i32| self.inherited.contains(&fd) && is_open(fd);
+        let list = self.ops.get(&pid).map(Vec::as_slice).unwrap_or_default();
+        let Some(index) =
+            list.iter().position(|(o, used)| !*used && o.call == call && o.stack.id == stack.id && o.args == args)
+        else {
             let touched = args.iter().find_map(|a| match a {
                 OpArg::Fd(fd) if configures(call) && inherited_live(*fd) => Some(*fd),
                 _ => None,
             });
-            match touched {
-                Some(fd) => {
-                    let closest =
-                        list.iter().find(|(o, _)| o.call == call && o.stack.id == cs.id).map(|(o, _)| o.clone());
-                    Decision::Conflict(Box::new(ReplayConflict {
-                        pid,
-                        reason: format!(
-                            "{call} on fd {fd}, which the new version inherited from the old one, matches no operation of the old version (different arguments or call site)"
-                        ),
-                        new_op: Some(new_op(call, cs, args)),
-                        old_op: closest,
-                    }))
-                }
-                None => Decision::Live(vec![]),
+            let Some(fd) = touched else { return Decision::Live(vec![]) };
+            let closest = list.iter().find(|(o, _)| o.call == call && o.stack.id == stack.id).map(|(o, _)| o.clone());
+            return Decision::Conflict(Box::new(ReplayConflict {
+                pid,
+                reason: format!(
+                    "{call} on fd {fd}, which the new version inherited from the old one, matches no operation of the old version (different arguments or call site)"
+                ),
+                new_op: Some(new_op(pid, call, stack.clone(), args)),
+                old_op: closest,
+            }));
+        };
+        let old = list[index].0.clone();
+        let decision = if always_live(call) {
+            Decision::Live(old.fds.clone())
+        } else if configures(call) {
+            match args.first() {
+                Some(OpArg::Fd(fd)) if inherited_live(*fd) => Decision::Replay(old.result),
+                _ => Decision::Live(vec![]),
             }
+        } else if !old.fds.is_empty() && old.fds.iter().all(|&fd| inherited_live(fd) && !self.reused_later(&old, fd)) {
+            self.claimed.extend(old.fds.iter().copied());
+            Decision::Replay(old.result)
+        } else {
+            Decision::Live(old.fds.clone())
+        };
+        if let Some(entry) = self.ops.get_mut(&pid).and_then(|l| l.get_mut(index)) {
+            entry.1 = true;
         }
+        decision
+    }
+
+    /// At startup completion of process `pid`: every old operation of its counterpart
+    /// that the new version never made again and whose inherited object is still open
+    /// and unclaimed (it would be dropped).
+    fn dropped(&self, pid: i32, is_open: impl Fn(i32) -> bool) -> Vec<ReplayConflict> {
+        let unclaimed_open = |fd: &i32| self.inherited.contains(fd) && !self.claimed.contains(fd) && is_open(*fd);
+        self.ops
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter(|(op, used)| !*used && !always_live(&op.call) && op.fds.iter().any(unclaimed_open))
+            .map(|(op, _)| ReplayConflict {
+                pid,
+                reason: format!(
+                    "the old version's {}(…) = fd {} is still in use, but the new version never makes that call: the object would be dropped",
+                    op.call, op.result
+                ),
+                new_op: None,
+                old_op: Some(op.clone()),
+            })
+            .collect()
+    }
+
+    /// The inherited descriptors nothing claimed, among those `closable` accepts.
+    fn unclaimed(&self, closable: impl Fn(i32) -> bool) -> Vec<i32> {
+        self.inherited.iter().copied().filter(|fd| !self.claimed.contains(fd) && closable(*fd)).collect()
+    }
+
+    /// What the unconsumed old operation `call` of `pid` from the same call stack
+    /// returned (a child's PID, a thread's TID).
+    fn creation_target(&self, pid: i32, call: &str, stack_id: &str) -> Option<i32> {
+        self.ops
+            .get(&pid)?
+            .iter()
+            .find(|(o, used)| !*used && o.call == call && o.stack.id == stack_id)
+            .map(|(o, _)| o.result as i32)
+    }
+
+    /// Claim `fd` when it holds an inherited object nothing claimed yet.
+    fn take_inherited_number(&mut self, fd: i32) -> bool {
+        self.inherited.contains(&fd) && self.claimed.insert(fd)
+    }
+}
+
+fn new_op(pid: i32, call: &str, stack: CallStack, args: &[OpArg]) -> StartupOp {
+    StartupOp { pid, seq: 0, call: call.to_string(), stack, args: args.to_vec(), result: 0, errno: 0, fds: vec![] }
+}
+
+/// Decide what to do with a startup operation of the new version.
+pub fn decide(call: &'static str, fp: usize, args: &[OpArg]) -> Decision {
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
+    let decision = match STATE.lock().as_mut() {
+        Some(r) => r.decide(crate::pid(), call, &cs, args, crate::rawfd::is_open),
+        None => return Decision::Live(vec![]),
     };
-    drop(guard);
-    let decision = match decision {
+    // Handlers run without the lock: they are program code.
+    match decision {
         Decision::Conflict(c) if resolved_by_handler(MISMATCH, &c) => Decision::Live(vec![]),
         d => d,
-    };
-    threads::set_internal(was);
-    decision
+    }
 }
 
 /// At startup completion: an inherited object created by an operation of this process's
@@ -249,54 +296,23 @@ pub fn finish_startup() -> Option<ReplayConflict> {
     if !active() {
         return None;
     }
-    let was = threads::set_internal(true);
-    let pid = crate::pid();
-    let mut guard = STATE.lock();
-    let r = guard.as_mut()?;
-    let mut conflict = None;
-    let mut dropped: Vec<ReplayConflict> = Vec::new();
-    if let Some(list) = r.ops.get(&pid) {
-        for (op, used) in list {
-            if !*used
-                && !always_live(&op.call)
-                && op
-                    .fds
-                    .iter()
-                    .any(|fd| r.inherited.contains(fd) && !r.claimed.contains(fd) && crate::startup_log::fd_in_use(*fd))
-            {
-                dropped.push(ReplayConflict {
-                    pid,
-                    reason: format!(
-                        "the old version's {}(…) = fd {} is still in use, but the new version never makes that call: the object would be dropped",
-                        op.call, op.result
-                    ),
-                    new_op: None,
-                    old_op: Some(op.clone()),
-                });
-            }
-        }
-    }
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    let dropped = STATE.lock().as_ref()?.dropped(crate::pid(), crate::rawfd::is_open);
     // Handlers run without the lock: they are program code.
-    drop(guard);
     for c in dropped {
         if !resolved_by_handler(DROPPED, &c) {
-            conflict = Some(c);
-            break;
+            return Some(c);
         }
     }
-    let mut guard = STATE.lock();
-    let r = guard.as_mut()?;
-    if conflict.is_none() {
-        for &fd in r.inherited.iter() {
-            if !r.claimed.contains(&fd) && crate::startup_log::in_reserved_range(fd) {
-                // SAFETY: closing an inherited descriptor no part of the new version uses.
-                unsafe { crate::sys!(libc::SYS_close, fd) };
-            }
-        }
+    let unclaimed = STATE.lock().as_ref()?.unclaimed(crate::startup_log::in_reserved_range);
+    for fd in unclaimed {
+        // SAFETY: an inherited descriptor no operation of the new version claimed, in the
+        // reserved range, where the program gets numbers only from the runtime: nobody
+        // uses it.
+        unsafe { crate::rawfd::close(fd) };
     }
-    drop(guard);
-    threads::set_internal(was);
-    conflict
+    None
 }
 
 /// Report a conflict to the supervisor, then exit: the update rolls back.
@@ -313,20 +329,10 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
     if !active() {
         return None;
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let cs = symbolize::call_stack(Some(call), &stack::walk_vec(fp));
-    let pid = crate::pid();
-    let guard = STATE.lock();
-    let t = guard.as_ref().and_then(|r| {
-        r.ops
-            .get(&pid)?
-            .iter()
-            .find(|(o, used)| !*used && o.call == call && o.stack.id == cs.id)
-            .map(|(o, _)| o.result as i32)
-    });
-    drop(guard);
-    threads::set_internal(was);
-    t
+    STATE.lock().as_ref()?.creation_target(crate::pid(), call, &cs.id)
 }
 
 /// Ask the kernel for `pid` as the next PID of this namespace.
@@ -338,25 +344,20 @@ pub fn request_pid(pid: i32) {
 
 /// The namespace's last allocated PID (None when unreadable).
 pub fn last_pid() -> Option<i32> {
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
-    let v = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok().and_then(|s| s.trim().parse().ok());
-    crate::errno::set(e);
-    threads::set_internal(was);
-    v
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// Set ns_last_pid (needs CAP_SYS_ADMIN in the namespace; silently nothing otherwise).
 /// The runtime's own file access is never recorded as a startup operation.
 pub fn set_last_pid(v: i32) {
-    let was = threads::set_internal(true);
-    let e = crate::errno::get();
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") {
         use std::io::Write;
         let _ = write!(f, "{v}");
     }
-    crate::errno::set(e);
-    threads::set_internal(was);
 }
 
 /// Run `f` (which creates a runtime thread) with TIDs taken from the top of the PID
@@ -368,12 +369,14 @@ pub fn with_high_tids<R>(f: impl FnOnce() -> R) -> R {
     if !crate::control::in_pid_namespace() || !active() {
         return f();
     }
-    let was = threads::set_internal(true);
-    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .unwrap_or(32768);
-    threads::set_internal(was);
+    let pid_max = {
+        let _internal = threads::InternalGuard::enter();
+        let _errno = crate::errno::ErrnoGuard::save();
+        std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .unwrap_or(32768)
+    };
     let _serialized = crate::startup_log::pid_hint_lock();
     let Some(prev) = last_pid() else { return f() };
     set_last_pid(pid_max - pid_max / 16);
@@ -388,14 +391,7 @@ pub fn take_inherited_number(fd: i32) -> bool {
     if !active() {
         return false;
     }
-    let mut guard = STATE.lock();
-    let Some(r) = guard.as_mut() else { return false };
-    if r.inherited.contains(&fd) && !r.claimed.contains(&fd) {
-        r.claimed.insert(fd);
-        true
-    } else {
-        false
-    }
+    STATE.lock().as_mut().is_some_and(|r| r.take_inherited_number(fd))
 }
 
 pub fn deactivate() {
@@ -404,4 +400,209 @@ pub fn deactivate() {
 
 pub fn reset_after_fork() {
     STATE.force_unlock();
+    HANDLERS.force_unlock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcr_protocol::StartupLog;
+
+    const PID: i32 = 100;
+    const MAIN: &str = "00000000000000aa";
+    const HELPER: &str = "00000000000000bb";
+
+    fn stack(id: &str) -> CallStack {
+        CallStack { id: id.into(), frames: vec![] }
+    }
+
+    fn op(seq: u32, call: &str, stack_id: &str, args: Vec<OpArg>, result: i64, fds: Vec<i32>) -> StartupOp {
+        StartupOp { pid: PID, seq, call: call.into(), stack: stack(stack_id), args, result, errno: 0, fds }
+    }
+
+    fn replay(ops: Vec<StartupOp>, inherited: &[i32]) -> Replay {
+        let log = StartupLog { complete: true, ops, unreplayable: vec![] };
+        let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
+        Replay::new(logs, inherited.iter().copied().collect())
+    }
+
+    fn tcp() -> Vec<OpArg> {
+        vec![OpArg::Int(2), OpArg::Int(1), OpArg::Int(0)]
+    }
+
+    fn bind(fd: i32, port: &str) -> Vec<OpArg> {
+        vec![OpArg::Fd(fd), OpArg::Bytes(port.into())]
+    }
+
+    /// kvd's startup: a listener (socket, bind, listen) at reserved fd 1000, an epoll.
+    fn kvd() -> Vec<StartupOp> {
+        vec![
+            op(0, "socket", MAIN, tcp(), 1000, vec![1000]),
+            op(1, "bind", MAIN, bind(1000, "1f90"), 0, vec![]),
+            op(2, "listen", MAIN, vec![OpArg::Fd(1000), OpArg::Int(128)], 0, vec![]),
+            op(3, "epoll_create1", MAIN, vec![OpArg::Int(0)], 999, vec![999]),
+        ]
+    }
+
+    fn all_open(_: i32) -> bool {
+        true
+    }
+
+    #[test]
+    fn the_same_startup_replays_inherited_objects_and_recreates_process_local_ones() {
+        let mut r = replay(kvd(), &[999, 1000]);
+        let s = stack(MAIN);
+        assert!(matches!(r.decide(PID, "socket", &s, &tcp(), all_open), Decision::Replay(1000)));
+        assert!(matches!(r.decide(PID, "bind", &s, &bind(1000, "1f90"), all_open), Decision::Replay(0)));
+        let listen = [OpArg::Fd(1000), OpArg::Int(128)];
+        assert!(matches!(r.decide(PID, "listen", &s, &listen, all_open), Decision::Replay(0)));
+        match r.decide(PID, "epoll_create1", &s, &[OpArg::Int(0)], all_open) {
+            Decision::Live(at) => assert_eq!(at, vec![999], "an epoll is recreated, at its old number"),
+            d => panic!("epoll_create1: {d:?}"),
+        }
+        assert_eq!(r.claimed, BTreeSet::from([1000]), "only the listener was handed over");
+        assert!(r.dropped(PID, all_open).is_empty());
+        assert_eq!(r.unclaimed(|_| true), vec![999], "the old epoll is left to close");
+    }
+
+    #[test]
+    fn a_matched_operation_is_consumed_so_a_second_one_runs_live() {
+        let mut r = replay(kvd(), &[1000]);
+        let s = stack(MAIN);
+        assert!(matches!(r.decide(PID, "socket", &s, &tcp(), all_open), Decision::Replay(1000)));
+        match r.decide(PID, "socket", &s, &tcp(), all_open) {
+            Decision::Live(at) => assert!(at.is_empty(), "{at:?}"),
+            d => panic!("a second socket: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_different_call_site_or_process_does_not_match() {
+        let mut r = replay(kvd(), &[1000]);
+        assert!(
+            matches!(r.decide(PID, "socket", &stack(HELPER), &tcp(), all_open), Decision::Live(ref v) if v.is_empty())
+        );
+        assert!(
+            matches!(r.decide(PID + 1, "socket", &stack(MAIN), &tcp(), all_open), Decision::Live(ref v) if v.is_empty())
+        );
+        assert!(r.claimed.is_empty());
+    }
+
+    #[test]
+    fn reconfiguring_an_inherited_object_differently_is_a_conflict_naming_the_closest_old_call() {
+        let mut r = replay(kvd(), &[1000]);
+        let s = stack(MAIN);
+        assert!(matches!(r.decide(PID, "socket", &s, &tcp(), all_open), Decision::Replay(1000)));
+        match r.decide(PID, "bind", &s, &bind(1000, "1f91"), all_open) {
+            Decision::Conflict(c) => {
+                assert!(c.reason.contains("bind on fd 1000"), "{}", c.reason);
+                assert_eq!(c.new_op.as_ref().map(|o| o.args.clone()), Some(bind(1000, "1f91")));
+                assert_eq!(c.old_op.as_ref().map(|o| o.args.clone()), Some(bind(1000, "1f90")));
+            }
+            d => panic!("a bind to another port: {d:?}"),
+        }
+        // Configuring a descriptor that is not inherited (or no longer open) is the new
+        // version's own business.
+        assert!(matches!(r.decide(PID, "bind", &s, &bind(5, "1f91"), all_open), Decision::Live(_)));
+        assert!(matches!(r.decide(PID, "bind", &s, &bind(1000, "1f91"), |_| false), Decision::Live(_)));
+    }
+
+    #[test]
+    fn a_configuring_call_on_a_descriptor_that_is_not_inherited_runs_live() {
+        let mut r = replay(kvd(), &[]);
+        let s = stack(MAIN);
+        assert!(matches!(r.decide(PID, "socket", &s, &tcp(), all_open), Decision::Live(ref at) if at == &[1000]));
+        assert!(
+            matches!(r.decide(PID, "bind", &s, &bind(1000, "1f90"), all_open), Decision::Live(ref at) if at.is_empty())
+        );
+    }
+
+    #[test]
+    fn an_object_whose_number_a_later_operation_reused_is_recreated() {
+        // A config file opened and closed at startup; a pipe took its number later.
+        let ops = vec![
+            op(0, "open", MAIN, vec![OpArg::Str("/etc/kvd.conf".into()), OpArg::Int(0)], 1000, vec![1000]),
+            op(1, "close", MAIN, vec![OpArg::Fd(1000)], 0, vec![]),
+            op(2, "pipe", MAIN, vec![OpArg::Int(0)], 0, vec![1000, 998]),
+        ];
+        let mut r = replay(ops, &[998, 1000]);
+        let open_args = [OpArg::Str("/etc/kvd.conf".into()), OpArg::Int(0)];
+        match r.decide(PID, "open", &stack(MAIN), &open_args, all_open) {
+            Decision::Live(at) => assert_eq!(at, vec![1000]),
+            d => panic!("the reopened file: {d:?}"),
+        }
+        assert!(r.claimed.is_empty(), "the inherited pipe end at 1000 is not the file");
+    }
+
+    #[test]
+    fn an_inherited_object_the_new_version_never_claims_would_be_dropped() {
+        let mut r = replay(kvd(), &[999, 1000]);
+        // The new version makes only the epoll.
+        let _ = r.decide(PID, "epoll_create1", &stack(MAIN), &[OpArg::Int(0)], all_open);
+        let dropped = r.dropped(PID, all_open);
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert_eq!(dropped[0].old_op.as_ref().map(|o| o.call.as_str()), Some("socket"));
+        assert!(dropped[0].reason.contains("socket(…) = fd 1000"), "{}", dropped[0].reason);
+        assert!(r.dropped(PID, |fd| fd != 1000).is_empty(), "a listener closed meanwhile is not dropped by us");
+        assert!(r.dropped(PID + 1, all_open).is_empty(), "another process's operations are its own");
+    }
+
+    #[test]
+    fn only_unclaimed_inherited_numbers_are_closed_or_taken() {
+        let mut r = replay(kvd(), &[7, 999, 1000]);
+        let _ = r.decide(PID, "socket", &stack(MAIN), &tcp(), all_open);
+        assert_eq!(r.unclaimed(|fd| fd > 900), vec![999], "in the reserved range, not claimed");
+        assert!(r.take_inherited_number(999), "a recreated epoll takes the old one's number");
+        assert!(!r.take_inherited_number(999), "only once");
+        assert!(!r.take_inherited_number(1000), "the listener was claimed by its replay");
+        assert!(!r.take_inherited_number(5), "not inherited");
+        assert!(r.unclaimed(|fd| fd > 900).is_empty());
+    }
+
+    #[test]
+    fn forks_and_threads_take_the_pid_of_their_unconsumed_counterpart() {
+        let ops = vec![
+            op(0, "fork", MAIN, vec![], 42, vec![]),
+            op(1, "fork", MAIN, vec![], 43, vec![]),
+            op(2, "pthread_create", HELPER, vec![], 44, vec![]),
+        ];
+        let mut r = replay(ops, &[]);
+        assert_eq!(r.creation_target(PID, "fork", MAIN), Some(42));
+        let _ = r.decide(PID, "fork", &stack(MAIN), &[], all_open);
+        assert_eq!(r.creation_target(PID, "fork", MAIN), Some(43), "the first fork was consumed");
+        assert_eq!(r.creation_target(PID, "pthread_create", HELPER), Some(44));
+        assert_eq!(r.creation_target(PID, "pthread_create", MAIN), None, "another call site");
+        assert_eq!(r.creation_target(PID + 1, "fork", MAIN), None);
+    }
+
+    #[test]
+    fn logs_that_repeat_a_parents_operations_count_them_once_in_order() {
+        // A fork child's log starts with its parent's operations (same pid and seq).
+        let parent =
+            vec![op(1, "bind", MAIN, bind(1000, "1f90"), 0, vec![]), op(0, "socket", MAIN, tcp(), 1000, vec![1000])];
+        let child = vec![
+            op(0, "socket", MAIN, tcp(), 1000, vec![1000]),
+            StartupOp { pid: PID + 1, ..op(0, "setsid", MAIN, vec![], 0, vec![]) },
+        ];
+        let as_log = |ops: Vec<StartupOp>| ProcessLog {
+            pid: PID,
+            command_line: vec![],
+            log: Some(StartupLog { complete: true, ops, unreplayable: vec![] }),
+            error: None,
+        };
+        let r = Replay::new(vec![as_log(parent), as_log(child)], BTreeSet::new());
+        let calls = |pid| r.ops.get(&pid).map(|l| l.iter().map(|(o, _)| o.call.clone()).collect::<Vec<_>>());
+        assert_eq!(calls(PID), Some(vec!["socket".to_string(), "bind".to_string()]));
+        assert_eq!(calls(PID + 1), Some(vec!["setsid".to_string()]));
+    }
+
+    #[test]
+    fn finish_startup_leaves_the_thread_tracked_when_no_log_is_loaded() {
+        // Active, but no log in STATE: the early return must still restore the flag.
+        ACTIVE.store(true, SeqCst);
+        let conflict = finish_startup();
+        ACTIVE.store(false, SeqCst);
+        assert!(conflict.is_none());
+        assert!(!threads::is_internal(), "the thread stayed runtime-internal: no later call of it is tracked");
+    }
 }

@@ -110,13 +110,12 @@ fn run_handlers(slot: &Slot, mask: u32) -> u32 {
 fn keeping_published_call<R>(slot: &Slot, f: impl FnOnce() -> R) -> R {
     let saved =
         (slot.call.load(Acquire), slot.object.load(Acquire), slot.frame.load(Acquire), slot.state.load(Acquire));
-    let errno = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     let r = f();
     slot.call.store(saved.0, Release);
     slot.object.store(saved.1, Release);
     slot.frame.store(saved.2, Release);
     slot.state.store(saved.3, Release);
-    crate::errno::set(errno);
     r
 }
 
@@ -198,7 +197,7 @@ pub fn run_respawn(slot: &Slot) {
         std::mem::transmute::<usize, RespawnHandler>(RESPAWN_HANDLER.load(Acquire))(fd)
     });
     FORK_TARGET.store(0, Release);
-    // SAFETY: getpid cannot fail.
+    // SAFETY: getpid has no preconditions.
     if r == 0 && unsafe { libc::getpid() } == pid {
         RESPAWN_STATE.store(0, Release);
         crate::quiesce::respawned_child_ready();
@@ -255,7 +254,8 @@ pub fn busy_connections(fds: &[i32]) -> (bool, Vec<i32>) {
 
 fn unsent_bytes(fd: i32) -> i32 {
     let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ on one of the program's sockets into a local int.
+    // SAFETY: SIOCOUTQ writes one int into `n`, a live local; any descriptor number is
+    // valid (the kernel checks it).
     let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
     if rc < 0 {
         0

@@ -54,27 +54,66 @@ pub extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
 
 pub fn install_kick(sig: i32) {
     KICK.store(sig, Relaxed);
-    // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (one atomic
-    // store through a thread-local index).
+    let sa = new_sigaction(on_kick as *const () as usize, 0, sigset_with(&[])); // no SA_RESTART: interrupted calls must return EINTR
+                                                                                // SAFETY: libc's own sigaction (ours would refuse the reserved signal), with a live
+                                                                                // sigaction and no old one; the handler is async-signal-safe (one atomic store
+                                                                                // through a thread-local index).
+    unsafe { crate::real::sigaction()(sig, &sa, core::ptr::null_mut()) };
+}
+
+/// A `struct sigaction` for `handler` (a function's address, SIG_DFL or SIG_IGN).
+pub fn new_sigaction(handler: libc::sighandler_t, flags: libc::c_int, mask: libc::sigset_t) -> libc::sigaction {
+    // SAFETY: struct sigaction is plain data (a handler address, a mask of bits, flags, a
+    // restorer pointer): all zeroes is a valid value (SIG_DFL, empty mask, no restorer).
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler;
+    sa.sa_flags = flags;
+    sa.sa_mask = mask;
+    sa
+}
+
+/// The set of `sigs` (invalid numbers are left out).
+pub fn sigset_with(sigs: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is an array of bits, valid zeroed; sigemptyset initializes it.
+    let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: sigemptyset and sigaddset write only `set`, a live local.
     unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_kick as *const () as usize;
-        sa.sa_flags = 0; // no SA_RESTART: interrupted calls must return EINTR
-        libc::sigemptyset(&mut sa.sa_mask);
-        crate::real::sigaction()(sig, &sa, core::ptr::null_mut());
+        libc::sigemptyset(&mut set);
+        for &sig in sigs {
+            libc::sigaddset(&mut set, sig);
+        }
     }
+    set
+}
+
+/// The set of every signal.
+pub fn full_sigset() -> libc::sigset_t {
+    let mut set = sigset_with(&[]);
+    // SAFETY: sigfillset writes only `set`, a live local.
+    unsafe { libc::sigfillset(&mut set) };
+    set
+}
+
+/// Change the calling thread's signal mask with libc's own pthread_sigmask (ours keeps
+/// the kick signal out of every mask), `how` being SIG_BLOCK, SIG_UNBLOCK or SIG_SETMASK;
+/// returns the mask before.
+pub fn set_thread_mask(how: libc::c_int, set: &libc::sigset_t) -> libc::sigset_t {
+    let mut old = sigset_with(&[]);
+    // SAFETY: pthread_sigmask reads `set` and writes `old`, both live.
+    unsafe { crate::real::pthread_sigmask()(how, set, &mut old) };
+    old
 }
 
 /// A copy of `set` without the kick signal, or None for a null set.
-pub fn without_kick(set: *const libc::sigset_t) -> Option<libc::sigset_t> {
-    if set.is_null() {
-        return None;
-    }
-    // SAFETY: the program passed a valid sigset for the call it is making.
-    let mut s = unsafe { *set };
+///
+/// # Safety
+/// `set` is null or points to a valid sigset_t.
+pub unsafe fn without_kick(set: *const libc::sigset_t) -> Option<libc::sigset_t> {
+    // SAFETY: null or a valid sigset (the caller's contract); sigset_t is Copy.
+    let mut s = unsafe { set.as_ref() }.copied()?;
     let k = kick_signal();
     if k > 0 {
-        // SAFETY: valid sigset.
+        // SAFETY: sigdelset writes only `s`, a live local.
         unsafe { libc::sigdelset(&mut s, k) };
     }
     Some(s)

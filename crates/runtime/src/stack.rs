@@ -9,7 +9,8 @@ use crate::threads::MAX_STACK;
 #[inline(always)]
 pub fn frame_address() -> usize {
     let fp: usize;
-    // SAFETY: reads a register; the runtime is built with frame pointers forced on.
+    // SAFETY: reads a register into a local, touching no memory (nomem); the runtime is
+    // built with frame pointers forced on, so rbp is the frame pointer.
     unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
     fp
 }
@@ -18,7 +19,8 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
     let mut buf = [0usize; 2];
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 16 };
     let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
-    // SAFETY: reading our own memory into a local buffer; the kernel validates `addr`.
+    // SAFETY: process_vm_readv writes at most 16 bytes into `buf` (through `local`) and
+    // reads `addr` on the kernel's side, which fails with EFAULT instead of faulting.
     let n = unsafe {
         crate::sys!(
             libc::SYS_process_vm_readv,
@@ -65,17 +67,17 @@ pub fn walk_own(fp: usize, out: &mut [usize; MAX_STACK]) -> usize {
 
 /// The mapping of /proc/self/maps that holds `addr`: [start, end).
 fn stack_mapping(addr: usize) -> Option<(usize, usize)> {
-    let was = crate::threads::set_internal(true);
-    let errno = crate::errno::get();
-    let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
-    crate::errno::set(errno);
-    crate::threads::set_internal(was);
+    let maps = {
+        let _internal = crate::threads::InternalGuard::enter();
+        let _errno = crate::errno::ErrnoGuard::save();
+        mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default()
+    };
     let m = maps.iter().find(|m| m.contains(addr as u64))?;
     Some((usize::try_from(m.start).ok()?, usize::try_from(m.end).ok()?))
 }
 
 fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -> Option<[usize; 2]>) -> usize {
-    let errno = crate::errno::get();
+    let _errno = crate::errno::ErrnoGuard::save();
     let mut n = 0;
     while n < MAX_STACK && fp != 0 && fp.is_multiple_of(8) {
         let Some([next, ret]) = read(fp) else { break };
@@ -90,7 +92,6 @@ fn walk_with(mut fp: usize, out: &mut [usize; MAX_STACK], read: impl Fn(usize) -
         }
         fp = next;
     }
-    crate::errno::set(errno);
     n
 }
 

@@ -95,7 +95,8 @@ fn record_slow(addr: u64, fp: usize) {
     if threads::is_internal() {
         return;
     }
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let mut frames = [0usize; MAX_STACK];
     let n = stack::walk_own(fp, &mut frames);
     if reaches(&frames[..n], (EXE_LO.load(Relaxed), EXE_HI.load(Relaxed))) {
@@ -111,14 +112,13 @@ fn record_slow(addr: u64, fp: usize) {
         };
         t.recorded.push(Recorded { addr, stack, tid });
     }
-    threads::set_internal(was);
 }
 
 /// Every startup allocation of this process whose call stack reaches the program's code,
 /// in order, with its call-stack ID, thread and ordinal. Entries whose block was freed
 /// since are included: the update knows which blocks are live from their headers.
 pub fn snapshot() -> Vec<StartupAlloc> {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     // Copy out under the lock, symbolize without it.
     let (raw, recorded, adopted) = {
         let t = TABLE.lock();
@@ -132,7 +132,6 @@ pub fn snapshot() -> Vec<StartupAlloc> {
     }
     let mut out = number(&recorded, &stacks);
     out.extend(adopted);
-    threads::set_internal(was);
     out
 }
 

@@ -10,7 +10,7 @@
 
 use crate::quiesce::STARTUP_DONE;
 use crate::sync::SpinLock;
-use crate::{stack, symbolize, threads};
+use crate::{rawfd, stack, symbolize, threads};
 use mcr_protocol::{OpArg, StartupLog, StartupOp};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
@@ -82,10 +82,11 @@ impl Drop for PidHintGuard {
 
 fn next_counter() -> &'static AtomicI32 {
     let p = SHARED_NEXT.load(Relaxed);
-    // SAFETY: the page is mapped for the life of the process and never unmapped.
     if p.is_null() {
         &LOCAL_NEXT
     } else {
+        // SAFETY: a non-null SHARED_NEXT is the start of the shared page, mapped for the
+        // life of the process, never unmapped, and used only through atomics.
         unsafe { &*p }
     }
 }
@@ -104,7 +105,7 @@ pub fn recording() -> bool {
 
 pub fn init_reserved_range() {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid out pointer.
+    // SAFETY: getrlimit writes one rlimit into `rl`, a live local.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
     let top = (rl.rlim_cur.min(1024) as i32) - RUNTIME_FDS - 1;
     RESERVED_TOP.store(top, Relaxed);
@@ -127,12 +128,6 @@ pub fn init_reserved_range() {
     }
 }
 
-/// Whether `fd` is open in the calling thread's descriptor table.
-pub fn fd_in_use(fd: i32) -> bool {
-    // SAFETY: F_GETFD only probes the number.
-    unsafe { crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
-}
-
 /// Move a descriptor created during startup to the reserved range, keeping its
 /// close-on-exec flag. Descriptors 0-2 stay (daemons reopen them on purpose).
 pub fn reserve(fd: i32) -> i32 {
@@ -141,24 +136,23 @@ pub fn reserve(fd: i32) -> i32 {
         return fd;
     }
     let floor = (top - RESERVED_SPAN).max(3);
-    // SAFETY: probing and duplicating a descriptor the program just created.
-    unsafe {
-        let fdflags = crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD);
-        let cloexec = if fdflags >= 0 && (fdflags as i32 & libc::FD_CLOEXEC) != 0 { libc::O_CLOEXEC } else { 0 };
-        for _ in 0..RESERVED_SPAN {
-            let next = next_counter();
-            let mut target = next.fetch_sub(1, Relaxed);
-            if target < floor {
-                next.store(top, Relaxed);
-                target = top;
-            }
-            if fd_in_use(target) {
-                continue;
-            }
-            if crate::sys!(libc::SYS_dup3, fd, target, cloexec) == target as i64 {
-                crate::sys!(libc::SYS_close, fd);
-                return target;
-            }
+    let cloexec = rawfd::cloexec_of(fd);
+    for _ in 0..RESERVED_SPAN {
+        let next = next_counter();
+        let mut target = next.fetch_sub(1, Relaxed);
+        if target < floor {
+            next.store(top, Relaxed);
+            target = top;
+        }
+        if rawfd::is_open(target) {
+            continue;
+        }
+        // SAFETY: `target` was just seen free, and `fd` is a descriptor the program's call
+        // just created, which the program has not seen yet: the runtime still owns both.
+        if unsafe { rawfd::dup_onto(fd, target, cloexec) } {
+            // SAFETY: as above; the program gets `target` instead.
+            unsafe { rawfd::close(fd) };
+            return target;
         }
     }
     fd
@@ -178,24 +172,25 @@ pub fn place(fd: i32, target: i32) -> i32 {
     // An update's inherited copy of the very object this call recreates (an epoll, a
     // pipe) gives its number up: the new object takes the old number, so values the
     // state transfer copies (a global holding the epoll fd) stay right.
-    if target < 3 || (fd_in_use(target) && !crate::replay::take_inherited_number(target)) {
+    if target < 3 || (rawfd::is_open(target) && !crate::replay::take_inherited_number(target)) {
         return reserve(fd);
     }
-    // SAFETY: duplicating a descriptor the program just created onto a free number.
-    unsafe {
-        let fdflags = crate::sys!(libc::SYS_fcntl, fd, libc::F_GETFD);
-        let cloexec = if fdflags >= 0 && (fdflags as i32 & libc::FD_CLOEXEC) != 0 { libc::O_CLOEXEC } else { 0 };
-        if crate::sys!(libc::SYS_dup3, fd, target, cloexec) == target as i64 {
-            crate::sys!(libc::SYS_close, fd);
-            return target;
-        }
+    // SAFETY: `target` is free, or holds the old version's inherited copy of the object
+    // this call recreates, which replay just gave up (nothing of the new version uses
+    // it); `fd` was just created by the program's call, which has not returned it yet.
+    if unsafe { rawfd::dup_onto(fd, target, rawfd::cloexec_of(fd)) } {
+        // SAFETY: as above; the program gets `target` instead.
+        unsafe { rawfd::close(fd) };
+        return target;
     }
     reserve(fd)
 }
 
-/// Record one operation made from the wrapper whose frame is `fp`.
+/// Record one operation made from the wrapper whose frame is `fp`. errno is left as the
+/// call set it.
 pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errno: i32, fds: Vec<i32>) {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
     let op = RawOp {
         pid: crate::pid(),
         seq: SEQ.fetch_add(1, Relaxed),
@@ -207,7 +202,6 @@ pub fn record(call: &'static str, fp: usize, args: Vec<OpArg>, result: i64, errn
         fds,
     };
     LOG.lock().push(op);
-    threads::set_internal(was);
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -309,10 +303,9 @@ fn open_fds() -> Vec<i32> {
 
 /// At exec (constructor) and fork: whatever is open now was inherited.
 pub fn note_inherited() {
-    let was = threads::set_internal(true);
+    let _internal = threads::InternalGuard::enter();
     let fds: Vec<(i32, String)> = open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect();
     *INHERITED.lock() = fds;
-    threads::set_internal(was);
 }
 
 /// A fork child's log starts as its parent's (the objects it inherited were made by

@@ -66,8 +66,8 @@ impl Cache {
 /// Symbolize return addresses (innermost first) and compute the call-stack ID, whose
 /// first name is the wrapped call (`call`), if any.
 pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
-    let was = crate::threads::set_internal(true);
     let frames: Vec<Frame> = {
+        let _internal = crate::threads::InternalGuard::enter();
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(Cache::default);
         addrs
@@ -76,7 +76,6 @@ pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
             .filter(|f| !crate::is_runtime_module(f.module.as_deref()))
             .collect()
     };
-    crate::threads::set_internal(was);
     let id = stack_id_of(call, &frames);
     CallStack { id: mcr_callstack::format_id(id), frames }
 }
@@ -96,10 +95,8 @@ pub fn stack_id_of(call: Option<&str>, frames: &[Frame]) -> u64 {
 
 /// Symbolize a single program counter (not a return address).
 pub fn frame_at(pc: usize) -> Frame {
-    let was = crate::threads::set_internal(true);
-    let f = CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false);
-    crate::threads::set_internal(was);
-    f
+    let _internal = crate::threads::InternalGuard::enter();
+    CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false)
 }
 
 pub fn reset_after_fork() {

@@ -4,6 +4,7 @@
 //! `__cxa_thread_atexit` registration).
 
 use core::cell::Cell;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 pub const MAX_THREADS: usize = 2048;
@@ -204,7 +205,7 @@ impl Local {
         let idx = claim(gettid())?;
         self.slot.set(idx);
         let slot = &SLOTS[idx as usize];
-        // SAFETY: getpid cannot fail.
+        // SAFETY: getpid has no preconditions.
         if unsafe { libc::getpid() } == slot.tid.load(Relaxed) {
             slot.is_main.store(true, Relaxed);
         }
@@ -238,8 +239,23 @@ pub fn in_handler<R>(frame: usize, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Start a detached runtime thread running `entry` (with a null argument), through libc's
+/// own pthread_create: ours would track it as one of the program's. False when it could
+/// not be created.
+pub fn spawn_detached(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: pthread_create writes `t`, a live local; default attributes; `entry`
+    // ignores its (null) argument.
+    if unsafe { crate::real::pthread_create()(&mut t, core::ptr::null(), entry, core::ptr::null_mut()) } != 0 {
+        return false;
+    }
+    // SAFETY: `t` is the thread just created, neither joined nor detached yet.
+    unsafe { libc::pthread_detach(t) };
+    true
+}
+
 pub fn gettid() -> i32 {
-    // SAFETY: gettid cannot fail.
+    // SAFETY: gettid takes nothing and cannot fail.
     unsafe { crate::sys!(libc::SYS_gettid) as i32 }
 }
 
@@ -286,8 +302,28 @@ pub fn is_internal() -> bool {
     local().internal.get()
 }
 
-pub fn set_internal(v: bool) -> bool {
-    local().internal.replace(v)
+/// While it lives, the calling thread is runtime-internal: its wrapped calls bypass all
+/// tracking (the runtime's own file reads are neither startup operations nor quiescent
+/// points). Dropping it puts back what was there before, on every way out of the scope,
+/// early returns included, so a thread never stays internal by accident (it would
+/// then be invisible to quiescence for good).
+#[must_use = "the thread is internal only while the guard lives"]
+pub struct InternalGuard {
+    was: bool,
+    /// The flag is per thread: the guard must be dropped on the thread that made it.
+    _thread_bound: PhantomData<*const ()>,
+}
+
+impl InternalGuard {
+    pub fn enter() -> Self {
+        Self { was: local().internal.replace(true), _thread_bound: PhantomData }
+    }
+}
+
+impl Drop for InternalGuard {
+    fn drop(&mut self) {
+        local().internal.set(self.was);
+    }
 }
 
 pub fn note_program_signal() {
@@ -341,6 +377,28 @@ mod tests {
         let long: Vec<usize> = (1..=MAX_STACK + 5).collect();
         s.store(&long);
         assert_eq!(s.load(), long[..MAX_STACK].to_vec());
+    }
+
+    #[test]
+    fn internal_guards_nest_and_restore_on_every_way_out() {
+        fn work(early: bool) -> Option<()> {
+            let _internal = InternalGuard::enter();
+            assert!(is_internal());
+            if early {
+                return None;
+            }
+            {
+                let _nested = InternalGuard::enter();
+                assert!(is_internal());
+            }
+            assert!(is_internal(), "an inner guard puts back the outer one's state");
+            Some(())
+        }
+        assert!(!is_internal());
+        assert_eq!(work(true), None);
+        assert!(!is_internal(), "after an early return");
+        assert_eq!(work(false), Some(()));
+        assert!(!is_internal(), "after the normal return");
     }
 
     #[test]

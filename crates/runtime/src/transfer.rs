@@ -5,6 +5,7 @@
 //! the program's malloc, installing the old version's connections at their old numbers,
 //! and registering them with the new version's epoll instances.
 
+use crate::rawfd;
 use crate::sync::SpinLock;
 use mcr_protocol::{EpollRegistration, HandlerObject, ImportedFd, Relocation, RelocationTable, RuntimeReply};
 
@@ -107,6 +108,11 @@ pub fn free(addrs: &[u64]) -> RuntimeReply {
     RuntimeReply::Done
 }
 
+pub fn reset_after_fork() {
+    OBJ_HANDLERS.force_unlock();
+    RELOCATIONS.force_unlock();
+}
+
 fn error(message: String) -> RuntimeReply {
     RuntimeReply::Error { message }
 }
@@ -137,7 +143,7 @@ pub const FDS_PER_MESSAGE: usize = 253;
 
 pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeReply {
     for t in targets {
-        if crate::startup_log::fd_in_use(t.target) {
+        if rawfd::is_open(t.target) {
             let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target))
                 .map(|p| format!(" ({})", p.display()))
                 .unwrap_or_default();
@@ -150,8 +156,9 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
     // Our own descriptors (the socket, what arrives on it) must stay clear of the
     // numbers being filled, or installing one would close another.
     let above = targets.iter().map(|t| t.target).max().unwrap_or(0) + 1;
-    let sock = match connect_abstract(socket) {
-        Ok(s) => out_of_the_way(s, above),
+    let sock = match rawfd::connect_abstract(socket.as_bytes()) {
+        // SAFETY: the socket just made, ours alone.
+        Ok(s) => unsafe { out_of_the_way(s, above) },
         Err(e) => return error(format!("cannot reach the update's descriptor socket: {e}")),
     };
     let mut received: Vec<i32> = Vec::with_capacity(targets.len());
@@ -162,7 +169,8 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
                 failure = Some(format!("the update sent {} of {} descriptors", received.len(), targets.len()));
                 break;
             }
-            Ok(fds) => received.extend(fds.into_iter().map(|fd| out_of_the_way(fd, above))),
+            // SAFETY: descriptors that just arrived in our table, ours alone.
+            Ok(fds) => received.extend(fds.into_iter().map(|fd| unsafe { out_of_the_way(fd, above) })),
             Err(e) => {
                 failure = Some(format!("receiving descriptors: {e}"));
                 break;
@@ -172,8 +180,9 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
     if failure.is_none() {
         for (fd, t) in received.iter().zip(targets) {
             let flags = if t.cloexec { libc::O_CLOEXEC } else { 0 };
-            // SAFETY: moving a descriptor we received to a number checked free above.
-            if unsafe { crate::sys!(libc::SYS_dup3, *fd, t.target, flags) } < 0 {
+            // SAFETY: `t.target` was checked free above, and stays so: the new version is
+            // held at its quiescent points, and our own descriptors sit above the targets.
+            if !unsafe { rawfd::dup_onto(*fd, t.target, flags) } {
                 failure =
                     Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
                 break;
@@ -186,8 +195,8 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
         }
     }
     for fd in received.iter().copied().chain([sock]) {
-        // SAFETY: closing our own copies (the installed ones stay).
-        unsafe { crate::sys!(libc::SYS_close, fd) };
+        // SAFETY: our own copies and socket (the installed descriptors stay).
+        unsafe { rawfd::close(fd) };
     }
     match failure {
         Some(m) => error(m),
@@ -214,47 +223,19 @@ pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
     RuntimeReply::Done
 }
 
-/// `fd` moved to a number at least `above` (it stays where it is if it already is).
-fn out_of_the_way(fd: i32, above: i32) -> i32 {
+/// `fd` moved to a number at least `above` (it stays where it is if it already is, or
+/// when no number is free).
+///
+/// # Safety
+/// `fd` is the caller's own: its old number is closed.
+unsafe fn out_of_the_way(fd: i32, above: i32) -> i32 {
     if fd >= above {
         return fd;
     }
-    // SAFETY: duplicating our own descriptor, then closing the original.
-    unsafe {
-        let moved = crate::sys!(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, above) as i32;
-        if moved < 0 {
-            return fd;
-        }
-        crate::sys!(libc::SYS_close, fd);
-        moved
-    }
-}
-
-fn connect_abstract(name: &str) -> std::io::Result<i32> {
-    // SAFETY: a fresh socket and a sockaddr_un built on the stack.
-    unsafe {
-        let fd = crate::sys!(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) as i32;
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut addr: libc::sockaddr_un = core::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = name.as_bytes();
-        if bytes.len() + 1 > addr.sun_path.len() {
-            crate::sys!(libc::SYS_close, fd);
-            return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        for (i, b) in bytes.iter().enumerate() {
-            addr.sun_path[i + 1] = *b as libc::c_char;
-        }
-        let len = core::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len();
-        if crate::sys!(libc::SYS_connect, fd, &addr as *const libc::sockaddr_un, len) < 0 {
-            let e = std::io::Error::last_os_error();
-            crate::sys!(libc::SYS_close, fd);
-            return Err(e);
-        }
-        Ok(fd)
-    }
+    let Some(moved) = rawfd::dup_at_least(fd, above) else { return fd };
+    // SAFETY: ours (the caller's contract), and replaced by `moved`.
+    unsafe { rawfd::close(fd) };
+    moved
 }
 
 /// One message's descriptors (at most `max`); empty at end of stream.
@@ -264,18 +245,27 @@ fn recv_fds(sock: i32, max: usize) -> std::io::Result<Vec<i32>> {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE((max * core::mem::size_of::<i32>()) as u32) } as usize;
     let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr pointing at live local buffers.
+    let mut msg = libc::msghdr {
+        msg_name: core::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: &mut iov,
+        msg_iovlen: 1,
+        msg_control: control.as_mut_ptr().cast(),
+        msg_controllen: space,
+        msg_flags: 0,
+    };
+    // SAFETY: recvmsg writes at most `data.len()` bytes into `data` (through `iov`), at most
+    // `space` bytes into `control` (8 * space.div_ceil(8) long), and updates `msg`: all
+    // live locals.
+    let n = unsafe { crate::sys!(libc::SYS_recvmsg, sock, &mut msg as *mut libc::msghdr, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    // SAFETY: the CMSG_* functions walk the control messages the kernel just wrote into
+    // `control`, never past `msg.msg_controllen`; an SCM_RIGHTS payload is `count` ints
+    // right after its header, read unaligned.
     unsafe {
-        let mut msg: libc::msghdr = core::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = crate::sys!(libc::SYS_recvmsg, sock, &mut msg as *mut libc::msghdr, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
@@ -287,12 +277,13 @@ fn recv_fds(sock: i32, max: usize) -> std::io::Result<Vec<i32>> {
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            for fd in &out {
-                crate::sys!(libc::SYS_close, *fd);
-            }
-            return Err(std::io::Error::other("descriptors were truncated in transit"));
-        }
-        Ok(out)
     }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        for &fd in &out {
+            // SAFETY: descriptors that just arrived in our table, ours alone.
+            unsafe { rawfd::close(fd) };
+        }
+        return Err(std::io::Error::other("descriptors were truncated in transit"));
+    }
+    Ok(out)
 }

@@ -1,19 +1,21 @@
 //! The entry points `include/mcr.h` reaches through weak references.
 
-#![allow(clippy::missing_safety_doc)]
-
+use super::c_string;
 use crate::replay;
 use libc::{c_char, c_int};
 
 /// `MCR_ADD_REINIT_HANDLER(fn)`: keep `fn` for replay conflicts.
+///
+/// # Safety
+/// mcr.h's contract: `name` is null or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn mcr_runtime_add_reinit_handler(
     handler: Option<replay::ReinitHandler>,
     name: *const c_char,
 ) -> c_int {
     let Some(h) = handler else { return -1 };
-    let name =
-        if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    // SAFETY: the caller's contract.
+    let name = unsafe { c_string(name) };
     if replay::add_handler(h, name) {
         0
     } else {
@@ -44,6 +46,9 @@ pub extern "C" fn mcr_runtime_translate(
 }
 
 /// `MCR_ADD_OBJ_HANDLER(what, fn)`: keep `fn` for the state transfer.
+///
+/// # Safety
+/// mcr.h's contract: `what` and `name` are null or NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
     what: *const c_char,
@@ -54,9 +59,8 @@ pub unsafe extern "C" fn mcr_runtime_add_obj_handler(
     if what.is_null() {
         return -1;
     }
-    let what = std::ffi::CStr::from_ptr(what).to_string_lossy().into_owned();
-    let name =
-        if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() };
+    // SAFETY: the caller's contract, for both strings.
+    let (what, name) = unsafe { (c_string(what), c_string(name)) };
     crate::transfer::add_obj_handler(what, h, name);
     0
 }
@@ -95,10 +99,14 @@ pub extern "C" fn mcr_runtime_add_idle_check(check: Option<crate::resume::IdleCh
 }
 
 /// `mcr_adopted_fds(fds, max)`: the connections this version must adopt as new ones.
+///
+/// # Safety
+/// mcr.h's contract: `fds` is null or an array of `max` writable ints.
 #[no_mangle]
 pub unsafe extern "C" fn mcr_runtime_adopted_fds(fds: *mut c_int, max: c_int) -> c_int {
     let len = if fds.is_null() { 0 } else { max.max(0) as usize };
-    // SAFETY: the caller passes an array of `max` ints (mcr.h), or null.
-    let out: &mut [c_int] = if len == 0 { &mut [] } else { std::slice::from_raw_parts_mut(fds, len) };
+    // SAFETY: non-null `fds` holds `max` ints the caller lets us write (its contract), and
+    // nothing else refers to them during the call.
+    let out: &mut [c_int] = if len == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(fds, len) } };
     crate::resume::adopted(out) as c_int
 }

@@ -3,8 +3,6 @@
 //! kick (not by the program's own signal) parks the thread and re-enters the call with
 //! the time that remained, so the program sees the call's original semantics.
 
-#![allow(clippy::missing_safety_doc)]
-
 use crate::calls::Call;
 use crate::quiesce::{self, QUIESCING};
 use crate::signals::without_kick;
@@ -20,20 +18,37 @@ use std::sync::atomic::Ordering::*;
 pub enum Outcome<T> {
     Done(T),
     /// A signal of the program's own was handled while the thread was parked: the call
-    /// must report EINTR as if the signal had interrupted it.
-    ProgramSignal,
+    /// must report EINTR as if the signal had interrupted it. `left_ns`: what remained of
+    /// its relative timeout when it resumed (None: it had none). The time parked counts,
+    /// as it does for a process the kernel stopped and continued.
+    ProgramSignal {
+        left_ns: Option<i64>,
+    },
+}
+
+/// Nanoseconds from `now` to `deadline` (both CLOCK_MONOTONIC), never negative.
+fn time_left(deadline: Option<i64>, now: i64) -> Option<i64> {
+    deadline.map(|d| d.saturating_sub(now).max(0))
+}
+
+/// sleep()'s answer for `ns` not slept: whole seconds, rounded up so a caller that sleeps
+/// again with it never wakes early.
+fn unslept_seconds(ns: i64) -> c_uint {
+    let secs = ns.max(0).saturating_add(999_999_999) / 1_000_000_000;
+    secs.min(c_uint::MAX as i64) as c_uint
 }
 
 fn now_ns() -> i64 {
-    let mut ts = timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer; vDSO call, no system call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    crate::monotonic_ns() as i64
 }
 
-fn ts_ns(ts: *const timespec) -> Option<i64> {
-    // SAFETY: the caller passed this pointer to a libc call that reads it too.
-    (!ts.is_null()).then(|| unsafe { (*ts).tv_sec * 1_000_000_000 + (*ts).tv_nsec })
+/// The duration `ts` holds, in nanoseconds (None for null).
+///
+/// # Safety
+/// `ts` is null or points to a readable timespec.
+unsafe fn ts_ns(ts: *const timespec) -> Option<i64> {
+    // SAFETY: null or readable (the caller's contract).
+    unsafe { ts.as_ref() }.map(|t| t.tv_sec * 1_000_000_000 + t.tv_nsec)
 }
 
 fn ns_ts(ns: i64) -> timespec {
@@ -83,10 +98,10 @@ pub fn blocking<T>(
             quiesce::park(slot);
             if local.program_signals() != signals {
                 quiesce::state_running(slot);
-                return Outcome::ProgramSignal;
+                return Outcome::ProgramSignal { left_ns: time_left(deadline, now_ns()) };
             }
         }
-        let left = if first { None } else { deadline.map(|d| (d - now_ns()).max(0)) };
+        let left = if first { None } else { time_left(deadline, now_ns()) };
         let r = attempt(left);
         if interrupted(&r) && quiesce::take_kick(slot, local, signals) {
             // Our kick: the loop entry parks the thread (if this is a quiescent point)
@@ -107,7 +122,7 @@ fn eintr_minus1(r: &impl PartialEq<i64>) -> bool {
 fn finish_int(o: Outcome<c_int>) -> c_int {
     match o {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
+        Outcome::ProgramSignal { .. } => {
             errno::set(EINTR);
             -1
         }
@@ -117,7 +132,7 @@ fn finish_int(o: Outcome<c_int>) -> c_int {
 fn finish_ssize(o: Outcome<ssize_t>) -> ssize_t {
     match o {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
+        Outcome::ProgramSignal { .. } => {
             errno::set(EINTR);
             -1
         }
@@ -140,16 +155,30 @@ fn ssize_eintr(r: &ssize_t) -> bool {
 }
 
 // ---- sockets and descriptors ----
+//
+// Each wrapper runs the real call with the caller's own arguments, unchanged (the
+// caller's contract is libc's for that call), or with a replacement said where it is
+// made: a live local timespec holding the time left, a live copy of a signal mask
+// without the kick signal (null stays null).
 
+/// A mask argument without the kick signal: a live copy, or null for null.
+fn mask_ptr(copy: &Option<sigset_t>) -> *const sigset_t {
+    copy.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t)
+}
+
+/// # Safety
+/// accept(2)'s contract: `addr` and `len` are null, or valid for accept to write.
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let f = real::accept();
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = || unsafe { f(fd, addr, len) };
     let r = finish_int(blocking(
         Call::Accept,
         fd as usize,
         frame_address(),
         None,
-        |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len)),
+        |_| drain::gate_accept(fd).unwrap_or_else(call),
         int_eintr,
     ));
     if r >= 0 {
@@ -158,15 +187,19 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
     r
 }
 
+/// # Safety
+/// accept4(2)'s contract: `addr` and `len` are null, or valid for accept4 to write.
 #[no_mangle]
 pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let f = real::accept4();
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = || unsafe { f(fd, addr, len, flags) };
     let r = finish_int(blocking(
         Call::Accept4,
         fd as usize,
         frame_address(),
         None,
-        |_| drain::gate_accept(fd).unwrap_or_else(|| f(fd, addr, len, flags)),
+        |_| drain::gate_accept(fd).unwrap_or_else(call),
         int_eintr,
     ));
     if r >= 0 {
@@ -175,33 +208,52 @@ pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut sockl
     r
 }
 
+/// # Safety
+/// read(2)'s contract: `buf` points to `n` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     let f = real::read();
-    finish_ssize(blocking(Call::Read, fd as usize, frame_address(), None, |_| f(fd, buf, n), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(fd, buf, n) };
+    finish_ssize(blocking(Call::Read, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
+/// # Safety
+/// As for [`read`], with `buflen` the size of `buf` (the fortified read's check).
 #[no_mangle]
 pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
     if n > buflen {
         crate::diag::fatal(&[b"*** buffer overflow detected ***: read"]);
     }
     let f = real::read();
-    finish_ssize(blocking(Call::Read, fd as usize, frame_address(), None, |_| f(fd, buf, n), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged; `n` fits in `buf` (checked above).
+    let call = |_| unsafe { f(fd, buf, n) };
+    finish_ssize(blocking(Call::Read, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
+/// # Safety
+/// readv(2)'s contract: `iov` points to `cnt` iovecs, each of writable memory.
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
     let f = real::readv();
-    finish_ssize(blocking(Call::Readv, fd as usize, frame_address(), None, |_| f(fd, iov, cnt), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(fd, iov, cnt) };
+    finish_ssize(blocking(Call::Readv, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
+/// # Safety
+/// recv(2)'s contract: `buf` points to `n` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     let f = real::recv();
-    finish_ssize(blocking(Call::Recv, fd as usize, frame_address(), None, |_| f(fd, buf, n, flags), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(fd, buf, n, flags) };
+    finish_ssize(blocking(Call::Recv, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
+/// # Safety
+/// recvfrom(2)'s contract: `buf` points to `n` writable bytes; `a` and `l` are null, or
+/// valid for recvfrom to write.
 #[no_mangle]
 pub unsafe extern "C" fn recvfrom(
     fd: c_int,
@@ -212,37 +264,36 @@ pub unsafe extern "C" fn recvfrom(
     l: *mut socklen_t,
 ) -> ssize_t {
     let f = real::recvfrom();
-    finish_ssize(blocking(
-        Call::Recvfrom,
-        fd as usize,
-        frame_address(),
-        None,
-        |_| f(fd, buf, n, flags, a, l),
-        ssize_eintr,
-    ))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(fd, buf, n, flags, a, l) };
+    finish_ssize(blocking(Call::Recvfrom, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
+/// # Safety
+/// recvmsg(2)'s contract: `msg` points to a msghdr whose buffers are writable.
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     let f = real::recvmsg();
-    finish_ssize(blocking(Call::Recvmsg, fd as usize, frame_address(), None, |_| f(fd, msg, flags), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(fd, msg, flags) };
+    finish_ssize(blocking(Call::Recvmsg, fd as usize, frame_address(), None, call, ssize_eintr))
 }
 
 // ---- event loops ----
 
+/// # Safety
+/// epoll_wait(2)'s contract: `ev` points to `max` writable epoll_events.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real::epoll_wait();
-    finish_int(blocking(
-        Call::EpollWait,
-        0,
-        frame_address(),
-        ms_ns(timeout),
-        |l| f(ep, ev, max, l.map_or(timeout, ns_ms)),
-        int_eintr,
-    ))
+    // SAFETY: the caller's own arguments, the timeout shortened to the time left.
+    let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms)) };
+    finish_int(blocking(Call::EpollWait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
+/// # Safety
+/// epoll_pwait(2)'s contract: `ev` points to `max` writable epoll_events, `mask` is null or
+/// a readable sigset.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_pwait(
     ep: c_int,
@@ -252,18 +303,18 @@ pub unsafe extern "C" fn epoll_pwait(
     mask: *const sigset_t,
 ) -> c_int {
     let f = real::epoll_pwait();
-    let m = without_kick(mask);
-    let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(
-        Call::EpollPwait,
-        0,
-        frame_address(),
-        ms_ns(timeout),
-        |l| f(ep, ev, max, l.map_or(timeout, ns_ms), mp),
-        int_eintr,
-    ))
+    // SAFETY: `mask` is null or readable (the caller's contract).
+    let m = unsafe { without_kick(mask) };
+    let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments, the timeout shortened to the time left, the mask
+    // a live copy (or null).
+    let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms), mp) };
+    finish_int(blocking(Call::EpollPwait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
+/// # Safety
+/// epoll_pwait2(2)'s contract: `ev` points to `max` writable epoll_events, `ts` and `mask`
+/// are null or readable.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_pwait2(
     ep: c_int,
@@ -273,107 +324,124 @@ pub unsafe extern "C" fn epoll_pwait2(
     mask: *const sigset_t,
 ) -> c_int {
     let f = real::epoll_pwait2();
-    let m = without_kick(mask);
-    let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(
-        Call::EpollPwait2,
-        0,
-        frame_address(),
-        ts_ns(ts),
-        |l| match l {
+    // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
+    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
+    let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
+    // mask a live copy (or null).
+    let call = |l: Option<i64>| unsafe {
+        match l {
             None => f(ep, ev, max, ts, mp),
             Some(ns) => f(ep, ev, max, &ns_ts(ns), mp),
-        },
-        int_eintr,
-    ))
+        }
+    };
+    finish_int(blocking(Call::EpollPwait2, 0, frame_address(), timeout, call, int_eintr))
 }
 
+/// # Safety
+/// poll(2)'s contract: `fds` points to `n` writable pollfds.
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real::poll();
-    finish_int(blocking(
-        Call::Poll,
-        0,
-        frame_address(),
-        ms_ns(timeout),
-        |l| f(fds, n, l.map_or(timeout, ns_ms)),
-        int_eintr,
-    ))
+    // SAFETY: the caller's own arguments, the timeout shortened to the time left.
+    let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
+    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
+/// # Safety
+/// As for [`poll`], with `fdslen` the size of `fds` in bytes (the fortified poll's check).
 #[no_mangle]
 pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
     if fdslen / core::mem::size_of::<pollfd>() < n as usize {
         crate::diag::fatal(&[b"*** buffer overflow detected ***: poll"]);
     }
     let f = real::poll();
-    finish_int(blocking(
-        Call::Poll,
-        0,
-        frame_address(),
-        ms_ns(timeout),
-        |l| f(fds, n, l.map_or(timeout, ns_ms)),
-        int_eintr,
-    ))
+    // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), the
+    // timeout shortened to the time left.
+    let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
+    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
+/// # Safety
+/// ppoll(2)'s contract: `fds` points to `n` writable pollfds, `ts` and `mask` are null or
+/// readable.
 #[no_mangle]
 pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int {
     let f = real::ppoll();
-    let m = without_kick(mask);
-    let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    finish_int(blocking(
-        Call::Ppoll,
-        0,
-        frame_address(),
-        ts_ns(ts),
-        |l| match l {
+    // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
+    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
+    let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
+    // mask a live copy (or null).
+    let call = |l: Option<i64>| unsafe {
+        match l {
             None => f(fds, n, ts, mp),
             Some(ns) => f(fds, n, &ns_ts(ns), mp),
-        },
-        int_eintr,
-    ))
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mut fd_set, tv: *mut timeval) -> c_int {
-    let f = real::select();
-    // select() clears the sets it is given, so a re-entry needs the program's originals.
-    let (r0, w0, x0) = (r.as_ref().copied(), w.as_ref().copied(), x.as_ref().copied());
-    let timeout = (!tv.is_null()).then(|| (*tv).tv_sec * 1_000_000_000 + (*tv).tv_usec * 1000);
-    finish_int(blocking(
-        Call::Select,
-        0,
-        frame_address(),
-        timeout,
-        |l| {
-            if let Some(ns) = l {
-                restore_sets(r, r0, w, w0, x, x0);
-                *tv = timeval { tv_sec: (ns / 1_000_000_000) as _, tv_usec: ((ns % 1_000_000_000) / 1000) as _ };
-            } else if !tv.is_null() || r0.is_some() {
-                restore_sets(r, r0, w, w0, x, x0);
-            }
-            f(n, r, w, x, tv)
-        },
-        int_eintr,
-    ))
-}
-
-unsafe fn restore_sets(
-    r: *mut fd_set,
-    r0: Option<fd_set>,
-    w: *mut fd_set,
-    w0: Option<fd_set>,
-    x: *mut fd_set,
-    x0: Option<fd_set>,
-) {
-    for (p, v) in [(r, r0), (w, w0), (x, x0)] {
-        if let Some(v) = v {
-            *p = v;
         }
+    };
+    finish_int(blocking(Call::Ppoll, 0, frame_address(), timeout, call, int_eintr))
+}
+
+/// The three sets of a select call, as the program passed them: select() clears the sets
+/// it is given, so a call made again needs the originals.
+struct FdSets {
+    sets: [(*mut fd_set, Option<fd_set>); 3],
+}
+
+impl FdSets {
+    /// # Safety
+    /// Each pointer is null or points to an fd_set that stays readable and writable while
+    /// the copy is used.
+    unsafe fn save(r: *mut fd_set, w: *mut fd_set, x: *mut fd_set) -> Self {
+        // SAFETY: null or readable (the caller's contract); fd_set is Copy.
+        let copy = |p: *mut fd_set| unsafe { p.as_ref() }.copied();
+        Self { sets: [(r, copy(r)), (w, copy(w)), (x, copy(x))] }
+    }
+
+    /// Put the program's sets back.
+    fn restore(&self) {
+        for &(p, saved) in &self.sets {
+            if let Some(v) = saved {
+                // SAFETY: `p` was non-null and stays writable (the contract of `save`).
+                unsafe { *p = v };
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.sets.iter().any(|(_, saved)| saved.is_some())
     }
 }
 
+/// # Safety
+/// select(2)'s contract: `r`, `w`, `x` are null or writable fd_sets, `tv` null or a
+/// writable timeval.
+#[no_mangle]
+pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mut fd_set, tv: *mut timeval) -> c_int {
+    let f = real::select();
+    // SAFETY: the caller's contract, for as long as this call runs.
+    let sets = unsafe { FdSets::save(r, w, x) };
+    // SAFETY: null or readable (the caller's contract).
+    let timeout = unsafe { tv.as_ref() }.map(|t| t.tv_sec * 1_000_000_000 + t.tv_usec * 1000);
+    let call = |l: Option<i64>| {
+        if let Some(ns) = l {
+            sets.restore();
+            // SAFETY: a time is left only when there was a timeout: `tv` is non-null and
+            // writable (select itself writes it).
+            unsafe { *tv = timeval { tv_sec: (ns / 1_000_000_000) as _, tv_usec: ((ns % 1_000_000_000) / 1000) as _ } };
+        } else if !tv.is_null() || sets.any() {
+            sets.restore();
+        }
+        // SAFETY: the caller's own arguments (its sets and timeout as it passed them, or
+        // with the time left).
+        unsafe { f(n, r, w, x, tv) }
+    };
+    finish_int(blocking(Call::Select, 0, frame_address(), timeout, call, int_eintr))
+}
+
+/// # Safety
+/// pselect(2)'s contract: `r`, `w`, `x` are null or writable fd_sets, `ts` and `mask` null or
+/// readable.
 #[no_mangle]
 pub unsafe extern "C" fn pselect(
     n: c_int,
@@ -384,47 +452,47 @@ pub unsafe extern "C" fn pselect(
     mask: *const sigset_t,
 ) -> c_int {
     let f = real::pselect();
-    let m = without_kick(mask);
-    let mp = m.as_ref().map_or(core::ptr::null(), |m| m as *const sigset_t);
-    let (r0, w0, x0) = (r.as_ref().copied(), w.as_ref().copied(), x.as_ref().copied());
-    finish_int(blocking(
-        Call::Pselect,
-        0,
-        frame_address(),
-        ts_ns(ts),
-        |l| {
-            restore_sets(r, r0, w, w0, x, x0);
+    // SAFETY: the caller's contract, for as long as this call runs.
+    let (sets, m, timeout) = unsafe { (FdSets::save(r, w, x), without_kick(mask), ts_ns(ts)) };
+    let mp = mask_ptr(&m);
+    let call = |l: Option<i64>| {
+        sets.restore();
+        // SAFETY: the caller's own arguments, or a live local timespec with the time left;
+        // the mask a live copy (or null).
+        unsafe {
             match l {
                 None => f(n, r, w, x, ts, mp),
                 Some(ns) => f(n, r, w, x, &ns_ts(ns), mp),
             }
-        },
-        int_eintr,
-    ))
+        }
+    };
+    finish_int(blocking(Call::Pselect, 0, frame_address(), timeout, call, int_eintr))
 }
 
 // ---- sleeping ----
 
+/// # Safety
+/// nanosleep(2)'s contract: `req` points to a readable timespec, `rem` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     let f = real::nanosleep();
-    match blocking(
-        Call::Nanosleep,
-        0,
-        frame_address(),
-        ts_ns(req),
-        |l| match l {
+    // SAFETY: null or readable (the caller's contract).
+    let timeout = unsafe { ts_ns(req) };
+    // SAFETY: the caller's own arguments, or a live local timespec with the time left.
+    let call = |l: Option<i64>| unsafe {
+        match l {
             None => f(req, rem),
             Some(ns) => f(&ns_ts(ns), rem),
-        },
-        int_eintr,
-    ) {
+        }
+    };
+    match blocking(Call::Nanosleep, 0, frame_address(), timeout, call, int_eintr) {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => {
-            // Parked through the whole sleep: report it as interrupted with nothing left
-            // only if the time is up; the caller usually sleeps again with `rem`.
+        Outcome::ProgramSignal { left_ns } => {
+            // Interrupted while parked: what is left of the sleep (nothing once the time is
+            // up); the caller usually sleeps again with `rem`.
             if !rem.is_null() {
-                *rem = timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: non-null `rem` is writable (the caller's contract).
+                unsafe { *rem = ns_ts(left_ns.unwrap_or(0)) };
             }
             errno::set(EINTR);
             -1
@@ -432,6 +500,9 @@ pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> 
     }
 }
 
+/// # Safety
+/// clock_nanosleep(2)'s contract: `req` points to a readable timespec, `rem` is null or
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn clock_nanosleep(
     clock: clockid_t,
@@ -442,56 +513,55 @@ pub unsafe extern "C" fn clock_nanosleep(
     let f = real::clock_nanosleep();
     // Returns the error number instead of setting errno; absolute sleeps need no adjusting.
     let relative = flags & libc::TIMER_ABSTIME == 0;
-    match blocking(
-        Call::ClockNanosleep,
-        0,
-        frame_address(),
-        if relative { ts_ns(req) } else { None },
-        |l| match l {
+    // SAFETY: null or readable (the caller's contract).
+    let timeout = if relative { unsafe { ts_ns(req) } } else { None };
+    // SAFETY: the caller's own arguments, or a live local timespec with the time left.
+    let call = |l: Option<i64>| unsafe {
+        match l {
             None => f(clock, flags, req, rem),
             Some(ns) => f(clock, flags, &ns_ts(ns), rem),
-        },
-        |r| *r == EINTR,
-    ) {
+        }
+    };
+    match blocking(Call::ClockNanosleep, 0, frame_address(), timeout, call, |r| *r == EINTR) {
         Outcome::Done(r) => r,
-        Outcome::ProgramSignal => EINTR,
+        Outcome::ProgramSignal { left_ns } => {
+            // As nanosleep; an absolute sleep leaves `rem` alone, as the kernel does.
+            if relative && !rem.is_null() {
+                // SAFETY: non-null `rem` is writable (the caller's contract).
+                unsafe { *rem = ns_ts(left_ns.unwrap_or(0)) };
+            }
+            EINTR
+        }
     }
 }
 
+/// # Safety
+/// sleep(3)'s contract (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
     let f = real::nanosleep();
-    let req = timespec { tv_sec: secs as _, tv_nsec: 0 };
+    let total = secs as i64 * 1_000_000_000;
     let mut rem = timespec { tv_sec: 0, tv_nsec: 0 };
-    match blocking(
-        Call::Sleep,
-        0,
-        frame_address(),
-        ts_ns(&req),
-        |l| {
-            let r = ns_ts(l.unwrap_or(secs as i64 * 1_000_000_000));
-            f(&r, &mut rem)
-        },
-        int_eintr,
-    ) {
+    let call = |l: Option<i64>| {
+        // SAFETY: a live local request, and `rem`, a live local.
+        unsafe { f(&ns_ts(l.unwrap_or(total)), &mut rem) }
+    };
+    match blocking(Call::Sleep, 0, frame_address(), Some(total), call, int_eintr) {
         Outcome::Done(0) => 0,
-        Outcome::Done(_) => rem.tv_sec as c_uint + c_uint::from(rem.tv_nsec > 0),
-        Outcome::ProgramSignal => 0,
+        Outcome::Done(_) => unslept_seconds(rem.tv_sec * 1_000_000_000 + rem.tv_nsec),
+        Outcome::ProgramSignal { left_ns } => unslept_seconds(left_ns.unwrap_or(0)),
     }
 }
 
+/// # Safety
+/// usleep(3)'s contract (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
     let f = real::nanosleep();
     let total = usecs as i64 * 1000;
-    finish_int(blocking(
-        Call::Usleep,
-        0,
-        frame_address(),
-        Some(total),
-        |l| f(&ns_ts(l.unwrap_or(total)), core::ptr::null_mut()),
-        int_eintr,
-    ))
+    // SAFETY: a live local request, and no `rem`.
+    let call = |l: Option<i64>| unsafe { f(&ns_ts(l.unwrap_or(total)), core::ptr::null_mut()) };
+    finish_int(blocking(Call::Usleep, 0, frame_address(), Some(total), call, int_eintr))
 }
 
 // ---- condition variables and semaphores ----
@@ -499,6 +569,10 @@ pub unsafe extern "C" fn usleep(usecs: libc::useconds_t) -> c_int {
 /// Condition variables restart on signals, so the controller wakes them with a broadcast
 /// instead. A woken thread parks with the mutex released (as the wait itself would hold
 /// it) and returns as a spurious wakeup, which every correct caller loops on.
+///
+/// # Safety
+/// `mutex` is the mutex `cond` waits with, locked by the calling thread (the wait's
+/// contract); `wait` is the real wait on them.
 #[inline(always)]
 unsafe fn cond_common(
     call: Call,
@@ -518,9 +592,12 @@ unsafe fn cond_common(
     slot.kicked.store(false, Relaxed);
     quiesce::publish_in_call(slot);
     let park_unlocked = |slot| {
-        real::pthread_mutex_unlock()(mutex);
+        // SAFETY: the calling thread holds `mutex` (the caller's contract): released while
+        // parked, as the wait itself would, and taken again before returning.
+        unsafe { real::pthread_mutex_unlock()(mutex) };
         quiesce::park(slot);
-        real::pthread_mutex_lock()(mutex);
+        // SAFETY: as above.
+        unsafe { real::pthread_mutex_lock()(mutex) };
     };
     if quiesce::slow_path_needed() && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
         park_unlocked(slot);
@@ -535,12 +612,19 @@ unsafe fn cond_common(
     r
 }
 
+/// # Safety
+/// pthread_cond_wait(3)'s contract: `c` and `m` are initialized, `m` locked by the caller.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_cond_wait(c: *mut libc::pthread_cond_t, m: *mut libc::pthread_mutex_t) -> c_int {
     let f = real::pthread_cond_wait();
-    cond_common(Call::CondWait, c, m, frame_address(), || f(c, m))
+    // SAFETY: the caller's own arguments, unchanged, under its contract (which is
+    // cond_common's too).
+    unsafe { cond_common(Call::CondWait, c, m, frame_address(), || f(c, m)) }
 }
 
+/// # Safety
+/// pthread_cond_timedwait(3)'s contract: `c` and `m` are initialized, `m` locked by the
+/// caller, `abs` a readable timespec.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_cond_timedwait(
     c: *mut libc::pthread_cond_t,
@@ -548,9 +632,13 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
     abs: *const timespec,
 ) -> c_int {
     let f = real::pthread_cond_timedwait();
-    cond_common(Call::CondTimedwait, c, m, frame_address(), || f(c, m, abs))
+    // SAFETY: as in pthread_cond_wait.
+    unsafe { cond_common(Call::CondTimedwait, c, m, frame_address(), || f(c, m, abs)) }
 }
 
+/// # Safety
+/// pthread_cond_clockwait(3)'s contract: `c` and `m` are initialized, `m` locked by the
+/// caller, `abs` a readable timespec.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_cond_clockwait(
     c: *mut libc::pthread_cond_t,
@@ -559,71 +647,108 @@ pub unsafe extern "C" fn pthread_cond_clockwait(
     abs: *const timespec,
 ) -> c_int {
     let f = real::pthread_cond_clockwait();
-    cond_common(Call::CondClockwait, c, m, frame_address(), || f(c, m, clock, abs))
+    // SAFETY: as in pthread_cond_wait.
+    unsafe { cond_common(Call::CondClockwait, c, m, frame_address(), || f(c, m, clock, abs)) }
 }
 
+/// # Safety
+/// sem_wait(3)'s contract: `s` is an initialized semaphore.
 #[no_mangle]
 pub unsafe extern "C" fn sem_wait(s: *mut sem_t) -> c_int {
     let f = real::sem_wait();
-    finish_int(blocking(Call::SemWait, 0, frame_address(), None, |_| f(s), int_eintr))
+    // SAFETY: the caller's own argument, unchanged.
+    let call = |_| unsafe { f(s) };
+    finish_int(blocking(Call::SemWait, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// sem_timedwait(3)'s contract: `s` is an initialized semaphore, `abs` a readable timespec.
 #[no_mangle]
 pub unsafe extern "C" fn sem_timedwait(s: *mut sem_t, abs: *const timespec) -> c_int {
     let f = real::sem_timedwait();
-    finish_int(blocking(Call::SemTimedwait, 0, frame_address(), None, |_| f(s, abs), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged (an absolute time needs no adjusting).
+    let call = |_| unsafe { f(s, abs) };
+    finish_int(blocking(Call::SemTimedwait, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// sem_clockwait(3)'s contract: `s` is an initialized semaphore, `abs` a readable timespec.
 #[no_mangle]
 pub unsafe extern "C" fn sem_clockwait(s: *mut sem_t, clock: clockid_t, abs: *const timespec) -> c_int {
     let f = real::sem_clockwait();
-    finish_int(blocking(Call::SemClockwait, 0, frame_address(), None, |_| f(s, clock, abs), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged (an absolute time needs no adjusting).
+    let call = |_| unsafe { f(s, clock, abs) };
+    finish_int(blocking(Call::SemClockwait, 0, frame_address(), None, call, int_eintr))
 }
 
 // ---- signals ----
 
+/// # Safety
+/// sigsuspend(2)'s contract: `mask` points to a readable sigset.
 #[no_mangle]
 pub unsafe extern "C" fn sigsuspend(mask: *const sigset_t) -> c_int {
     let f = real::sigsuspend();
-    let m = without_kick(mask).unwrap_or_else(|| *mask);
-    finish_int(blocking(Call::Sigsuspend, 0, frame_address(), None, |_| f(&m), int_eintr))
+    // SAFETY: null or readable (the caller's contract).
+    let m = unsafe { without_kick(mask) };
+    let mp = mask_ptr(&m);
+    // SAFETY: a live copy of the caller's mask (null, as the caller passed it, lets the
+    // kernel report EFAULT).
+    let call = |_| unsafe { f(mp) };
+    finish_int(blocking(Call::Sigsuspend, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// sigwaitinfo(2)'s contract: `set` points to a readable sigset, `info` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn sigwaitinfo(set: *const sigset_t, info: *mut siginfo_t) -> c_int {
     let f = real::sigwaitinfo();
-    let s = without_kick(set).unwrap_or_else(|| *set);
-    finish_int(blocking(Call::Sigwaitinfo, 0, frame_address(), None, |_| f(&s, info), int_eintr))
+    // SAFETY: null or readable (the caller's contract).
+    let s = unsafe { without_kick(set) };
+    let sp = mask_ptr(&s);
+    // SAFETY: a live copy of the caller's set (or its null), and its `info`.
+    let call = |_| unsafe { f(sp, info) };
+    finish_int(blocking(Call::Sigwaitinfo, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// sigtimedwait(2)'s contract: `set` points to a readable sigset, `info` is null or
+/// writable, `ts` null or readable.
 #[no_mangle]
 pub unsafe extern "C" fn sigtimedwait(set: *const sigset_t, info: *mut siginfo_t, ts: *const timespec) -> c_int {
     let f = real::sigtimedwait();
-    let s = without_kick(set).unwrap_or_else(|| *set);
-    finish_int(blocking(
-        Call::Sigtimedwait,
-        0,
-        frame_address(),
-        ts_ns(ts),
-        |l| match l {
-            None => f(&s, info, ts),
-            Some(ns) => f(&s, info, &ns_ts(ns)),
-        },
-        int_eintr,
-    ))
+    // SAFETY: null or readable (the caller's contract).
+    let (s, timeout) = unsafe { (without_kick(set), ts_ns(ts)) };
+    let sp = mask_ptr(&s);
+    // SAFETY: a live copy of the caller's set (or its null), its `info`, and its timeout
+    // or a live local timespec with the time left.
+    let call = |l: Option<i64>| unsafe {
+        match l {
+            None => f(sp, info, ts),
+            Some(ns) => f(sp, info, &ns_ts(ns)),
+        }
+    };
+    finish_int(blocking(Call::Sigtimedwait, 0, frame_address(), timeout, call, int_eintr))
 }
 
 /// glibc's sigwait retries EINTR internally (bypassing any wrapper), so it is rebuilt
 /// here on sigwaitinfo, keeping its contract: it never fails with EINTR.
+///
+/// # Safety
+/// sigwait(3)'s contract: `set` points to a readable sigset, `sig` to a writable int.
 #[no_mangle]
 pub unsafe extern "C" fn sigwait(set: *const sigset_t, sig: *mut c_int) -> c_int {
     let f = real::sigwaitinfo();
-    let s = without_kick(set).unwrap_or_else(|| *set);
+    // SAFETY: null or readable (the caller's contract).
+    let s = unsafe { without_kick(set) };
+    let sp = mask_ptr(&s);
     loop {
-        match blocking(Call::Sigwait, 0, frame_address(), None, |_| f(&s, core::ptr::null_mut()), int_eintr) {
+        // SAFETY: a live copy of the caller's set (or its null), and no siginfo.
+        let call = |_| unsafe { f(sp, core::ptr::null_mut()) };
+        match blocking(Call::Sigwait, 0, frame_address(), None, call, int_eintr) {
             Outcome::Done(r) if r > 0 => {
                 if !sig.is_null() {
-                    *sig = r;
+                    // SAFETY: non-null `sig` is writable (the caller's contract).
+                    unsafe { *sig = r };
                 }
                 return 0;
             }
@@ -633,72 +758,105 @@ pub unsafe extern "C" fn sigwait(set: *const sigset_t, sig: *mut c_int) -> c_int
     }
 }
 
+/// # Safety
+/// pause(2)'s contract (no arguments).
 #[no_mangle]
 pub unsafe extern "C" fn pause() -> c_int {
     let f = real::pause();
-    finish_int(blocking(Call::Pause, 0, frame_address(), None, |_| f(), int_eintr))
+    // SAFETY: no arguments.
+    let call = |_| unsafe { f() };
+    finish_int(blocking(Call::Pause, 0, frame_address(), None, call, int_eintr))
 }
 
 // ---- child processes ----
 
+/// # Safety
+/// wait(2)'s contract: `status` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn wait(status: *mut c_int) -> pid_t {
     let f = real::wait();
-    finish_int(blocking(Call::Wait, 0, frame_address(), None, |_| f(status), int_eintr))
+    // SAFETY: the caller's own argument, unchanged.
+    let call = |_| unsafe { f(status) };
+    finish_int(blocking(Call::Wait, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// waitpid(2)'s contract: `status` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t {
     let f = real::waitpid();
-    finish_int(blocking(Call::Waitpid, 0, frame_address(), None, |_| f(pid, status, options), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(pid, status, options) };
+    finish_int(blocking(Call::Waitpid, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// waitid(2)'s contract: `info` points to a writable siginfo_t.
 #[no_mangle]
 pub unsafe extern "C" fn waitid(idtype: idtype_t, id: id_t, info: *mut siginfo_t, options: c_int) -> c_int {
     let f = real::waitid();
-    finish_int(blocking(Call::Waitid, 0, frame_address(), None, |_| f(idtype, id, info, options), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(idtype, id, info, options) };
+    finish_int(blocking(Call::Waitid, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// wait3(2)'s contract: `status` and `ru` are null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn wait3(status: *mut c_int, options: c_int, ru: *mut rusage) -> pid_t {
     let f = real::wait3();
-    finish_int(blocking(Call::Wait3, 0, frame_address(), None, |_| f(status, options, ru), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(status, options, ru) };
+    finish_int(blocking(Call::Wait3, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// wait4(2)'s contract: `status` and `ru` are null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn wait4(pid: pid_t, status: *mut c_int, options: c_int, ru: *mut rusage) -> pid_t {
     let f = real::wait4();
-    finish_int(blocking(Call::Wait4, 0, frame_address(), None, |_| f(pid, status, options, ru), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(pid, status, options, ru) };
+    finish_int(blocking(Call::Wait4, 0, frame_address(), None, call, int_eintr))
 }
 
 // ---- System V IPC ----
 
+/// # Safety
+/// semop(2)'s contract: `ops` points to `n` readable sembufs.
 #[no_mangle]
 pub unsafe extern "C" fn semop(id: c_int, ops: *mut sembuf, n: size_t) -> c_int {
     let f = real::semop();
-    finish_int(blocking(Call::Semop, 0, frame_address(), None, |_| f(id, ops, n), int_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(id, ops, n) };
+    finish_int(blocking(Call::Semop, 0, frame_address(), None, call, int_eintr))
 }
 
+/// # Safety
+/// semtimedop(2)'s contract: `ops` points to `n` readable sembufs, `ts` is null or readable.
 #[no_mangle]
 pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut sembuf, n: size_t, ts: *const timespec) -> c_int {
     let f = real::semtimedop();
-    finish_int(blocking(
-        Call::Semtimedop,
-        0,
-        frame_address(),
-        ts_ns(ts),
-        |l| match l {
+    // SAFETY: null or readable (the caller's contract).
+    let timeout = unsafe { ts_ns(ts) };
+    // SAFETY: the caller's own arguments, or a live local timespec with the time left.
+    let call = |l: Option<i64>| unsafe {
+        match l {
             None => f(id, ops, n, ts),
             Some(ns) => f(id, ops, n, &ns_ts(ns)),
-        },
-        int_eintr,
-    ))
+        }
+    };
+    finish_int(blocking(Call::Semtimedop, 0, frame_address(), timeout, call, int_eintr))
 }
 
+/// # Safety
+/// msgrcv(2)'s contract: `p` points to a writable message buffer of `sz` bytes of text.
 #[no_mangle]
 pub unsafe extern "C" fn msgrcv(id: c_int, p: *mut c_void, sz: size_t, typ: c_long, flg: c_int) -> ssize_t {
     let f = real::msgrcv();
-    finish_ssize(blocking(Call::Msgrcv, 0, frame_address(), None, |_| f(id, p, sz, typ, flg), ssize_eintr))
+    // SAFETY: the caller's own arguments, unchanged.
+    let call = |_| unsafe { f(id, p, sz, typ, flg) };
+    finish_ssize(blocking(Call::Msgrcv, 0, frame_address(), None, call, ssize_eintr))
 }
 
 #[cfg(test)]
@@ -715,12 +873,34 @@ mod tests {
     }
 
     #[test]
+    fn time_left_counts_down_to_zero_and_stays_there() {
+        assert_eq!(time_left(None, 5), None, "no timeout, nothing left to report");
+        assert_eq!(time_left(Some(3_000), 1_000), Some(2_000));
+        assert_eq!(time_left(Some(3_000), 3_000), Some(0));
+        assert_eq!(time_left(Some(3_000), 9_000), Some(0), "parked past the deadline: the time is up");
+        assert_eq!(time_left(Some(i64::MIN), i64::MAX), Some(0));
+    }
+
+    #[test]
+    fn unslept_seconds_round_up_so_sleep_never_ends_early() {
+        assert_eq!(unslept_seconds(0), 0, "the time is up: sleep() says it slept it all");
+        assert_eq!(unslept_seconds(1), 1);
+        assert_eq!(unslept_seconds(2_000_000_000), 2);
+        assert_eq!(unslept_seconds(2_000_000_001), 3);
+        assert_eq!(unslept_seconds(-5), 0);
+        assert_eq!(unslept_seconds(i64::MAX), c_uint::MAX);
+    }
+
+    #[test]
     fn timeouts_convert_both_ways() {
         assert_eq!(ms_ns(-1), None);
         assert_eq!(ms_ns(250), Some(250_000_000));
         let ts = ns_ts(1_500_000_123);
         assert_eq!((ts.tv_sec, ts.tv_nsec), (1, 500_000_123));
-        assert_eq!(ts_ns(&ts), Some(1_500_000_123));
-        assert_eq!(ts_ns(core::ptr::null()), None);
+        // SAFETY: a live timespec, and null.
+        unsafe {
+            assert_eq!(ts_ns(&ts), Some(1_500_000_123));
+            assert_eq!(ts_ns(core::ptr::null()), None);
+        }
     }
 }

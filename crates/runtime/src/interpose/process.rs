@@ -2,8 +2,6 @@
 //! *before* it starts, so startup completion and quiescence never miss a thread that has
 //! not run yet.
 
-#![allow(clippy::missing_safety_doc)]
-
 use crate::interpose::startup::replay_decision;
 use crate::real;
 use crate::replay;
@@ -29,24 +27,26 @@ struct Start {
 }
 
 extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
-    let start = p as *mut Start;
-    // SAFETY: `p` is the Start leaked by pthread_create below. Without a handshake we own
-    // it; with one, the creator frees it only after our store to `tid`, the last access.
-    let (routine, arg, slot, handshake, target) =
-        unsafe { ((*start).routine, (*start).arg, (*start).slot, (*start).handshake, (*start).target) };
+    let start = p as *const Start;
+    // SAFETY: `p` is the Start pthread_create below made for this thread. With a
+    // handshake the creator keeps it alive until it sees our store to `tid`, the last
+    // access through `s`; without one it is ours, freed below after its last use.
+    let s = unsafe { &*start };
+    let (routine, arg, slot, handshake, target) = (s.routine, s.arg, s.slot, s.handshake, s.target);
     if handshake {
         let tid = threads::gettid();
         let ok = target == 0 || tid == target;
-        // SAFETY: see above; the creator is waiting for this store.
-        let word = unsafe { &(*start).tid };
-        word.store(if ok { tid } else { -tid } as u32, SeqCst);
-        crate::futex::wake(word, 1);
+        let word = s.tid.as_ptr();
+        s.tid.store(if ok { tid } else { -tid } as u32, SeqCst);
+        // The creator may free the Start from here on: wake it by address only.
+        crate::futex::wake_addr(word, 1);
         if !ok {
             return core::ptr::null_mut();
         }
     } else {
-        // SAFETY: ours alone, consumed once.
-        drop(unsafe { Box::from_raw(start) });
+        // SAFETY: leaked by pthread_create for this thread alone (no handshake), and `s`
+        // is not used after.
+        drop(unsafe { Box::from_raw(start as *mut Start) });
     }
     threads::adopt(slot);
     let ret = routine(arg);
@@ -61,6 +61,10 @@ extern "C" {
 /// How often a replayed pthread_create tries for its old TID before settling for another.
 const TID_TRIES: usize = 64;
 
+/// # Safety
+/// pthread_create(3)'s contract: `thread` points to a writable pthread_t, `attr` is null or
+/// an initialized attribute object, and `routine` may be called with `arg` on a new
+/// thread.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_create(
     thread: *mut pthread_t,
@@ -70,13 +74,21 @@ pub unsafe extern "C" fn pthread_create(
 ) -> c_int {
     let f = real::pthread_create();
     if !crate::is_active() || threads::is_internal() {
-        return f(thread, attr, routine, arg);
+        // SAFETY: the caller's own arguments, unchanged.
+        return unsafe { f(thread, attr, routine, arg) };
     }
     // The creator counts towards startup completion from now on: without a slot of its
     // own (no wrapped call made yet) startup would complete as soon as the new thread
     // reaches its quiescent point, while the creator is still starting more threads.
     let _ = crate::tracked_slot(threads::local());
-    let Some(slot) = threads::claim(TID_PENDING) else { return f(thread, attr, routine, arg) };
+    let Some(slot) = threads::claim(TID_PENDING) else {
+        // SAFETY: the caller's own arguments, unchanged.
+        return unsafe { f(thread, attr, routine, arg) };
+    };
+    // SAFETY: the caller's `thread` and `attr`; our start routine, which runs the caller's
+    // `routine` with `arg` once it took `start`, a Start that stays alive for it (see
+    // thread_start).
+    let create = |start: *const Start| unsafe { f(thread, attr, thread_start, start as *mut c_void) };
     let fp = frame_address();
     let s = &SLOTS[slot as usize];
     let mut buf = [0usize; MAX_STACK];
@@ -86,9 +98,10 @@ pub unsafe extern "C" fn pthread_create(
     if !recording() {
         let start =
             Box::into_raw(Box::new(Start { routine, arg, slot, handshake: false, target: 0, tid: AtomicU32::new(0) }));
-        let rc = f(thread, attr, thread_start, start.cast());
+        let rc = create(start);
         if rc != 0 {
-            drop(Box::from_raw(start));
+            // SAFETY: no thread was created: the Start leaked just above is still ours.
+            drop(unsafe { Box::from_raw(start) });
             threads::release(slot);
         }
         return rc;
@@ -101,7 +114,9 @@ pub unsafe extern "C" fn pthread_create(
     }
     let mut detached = 0;
     if !attr.is_null() {
-        pthread_attr_getdetachstate(attr, &mut detached);
+        // SAFETY: a non-null `attr` is an initialized attribute object (the caller's
+        // contract); `detached` is a live local.
+        unsafe { pthread_attr_getdetachstate(attr, &mut detached) };
     }
     let mut attempt = 0;
     loop {
@@ -112,46 +127,45 @@ pub unsafe extern "C" fn pthread_create(
             ));
             target = 0;
         }
-        let start =
-            Box::into_raw(Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) }));
+        // Kept here until the thread says its TID (its last access).
+        let start = Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) });
         let guard = (target != 0).then(|| {
             let g = crate::startup_log::pid_hint_lock();
             replay::request_pid(target);
             g
         });
-        let rc = f(thread, attr, thread_start, start.cast());
+        let rc = create(&*start);
         drop(guard);
         if rc != 0 {
-            drop(Box::from_raw(start));
             threads::release(slot);
             return rc;
         }
-        loop {
-            let v = (*start).tid.load(SeqCst);
-            if v != 0 {
-                break;
-            }
-            crate::futex::wait(&(*start).tid, 0, None);
+        while start.tid.load(SeqCst) == 0 {
+            crate::futex::wait(&start.tid, 0, None);
         }
-        let tid = (*start).tid.load(SeqCst) as i32;
-        drop(Box::from_raw(start));
+        let tid = start.tid.load(SeqCst) as i32;
+        drop(start);
         if tid > 0 {
             crate::startup_log::record("pthread_create", fp, Vec::new(), tid as i64, 0, vec![]);
             return 0;
         }
         // The thread took another TID and left without running program code.
         if detached != libc::PTHREAD_CREATE_DETACHED {
-            libc::pthread_join(*thread, core::ptr::null_mut());
+            // SAFETY: `thread` holds the thread just created (the successful create wrote
+            // it there), joinable and not joined yet.
+            unsafe { libc::pthread_join(*thread, core::ptr::null_mut()) };
         }
     }
 }
 
+/// # Safety
+/// pthread_exit(3)'s contract: called on a thread pthread_create started (or the main
+/// thread), with nothing on its stack that must be dropped.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_exit(ret: *mut c_void) -> ! {
     threads::forget_current();
-    real::pthread_exit()(ret);
-    // SAFETY: pthread_exit does not return.
-    core::hint::unreachable_unchecked()
+    // SAFETY: the caller's own argument, under its contract.
+    unsafe { real::pthread_exit()(ret) }
 }
 
 pub extern "C" fn atfork_prepare() {
@@ -163,6 +177,5 @@ pub extern "C" fn atfork_parent() {
 }
 
 pub extern "C" fn atfork_child() {
-    crate::alloc::reset_after_fork();
     crate::after_fork_in_child();
 }

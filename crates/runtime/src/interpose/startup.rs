@@ -3,12 +3,13 @@
 //! operation and moves new descriptors to the reserved range. `open` and `fcntl` are
 //! variadic in C; on x86-64 a fixed third integer argument reads the same register.
 
-#![allow(clippy::missing_safety_doc)]
-
+use super::{c_bytes, c_string};
+use crate::errno::{self, ErrnoGuard};
+use crate::real;
 use crate::replay::{self, Decision};
+use crate::signals::{set_thread_mask, sigset_with};
 use crate::stack::frame_address;
 use crate::startup_log::{hex, place, record, recording, reserve};
-use crate::{errno, real};
 use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, sockaddr, socklen_t};
 use mcr_protocol::OpArg;
 
@@ -19,20 +20,13 @@ fn place_or_reserve(fd: c_int, at: Option<&i32>) -> c_int {
     }
 }
 
-fn cstr(p: *const c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: the program passed a NUL-terminated path to a libc call that reads it too.
-    unsafe { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
-}
-
-fn bytes(p: *const c_void, len: usize) -> String {
-    if p.is_null() || len > 4096 {
-        return String::new();
-    }
-    // SAFETY: as above: the caller hands libc `len` readable bytes.
-    hex(unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+/// Up to 4 KiB of an argument buffer, hex-encoded for the log ("" when longer or null).
+///
+/// # Safety
+/// As for [`c_bytes`]: `p` is null or points to `len` readable bytes.
+unsafe fn bytes(p: *const c_void, len: usize) -> String {
+    // SAFETY: the caller's contract.
+    unsafe { c_bytes(p, len, 4096) }.map(hex).unwrap_or_default()
 }
 
 /// In an update's new version: what replay says about this operation (conflicts end the
@@ -63,14 +57,15 @@ fn creating(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>, f:
         Decision::Conflict(_) => None,
     };
     let r = f();
-    let e = errno::get();
+    // Moving the descriptor must not change what the call told the program.
+    let errno = ErrnoGuard::save();
     let fd = match (r, target) {
         (r, _) if r < 0 => r,
         (r, Some(t)) => place(r, t),
         (r, None) => reserve(r),
     };
-    record(call, fp, args, fd as i64, if r < 0 { e } else { 0 }, if fd >= 0 { vec![fd] } else { vec![] });
-    errno::set(e);
+    let e = if r < 0 { errno.saved() } else { 0 };
+    record(call, fp, args, fd as i64, e, if fd >= 0 { vec![fd] } else { vec![] });
     fd
 }
 
@@ -86,12 +81,12 @@ fn configuring(call: &'static str, fp: usize, args: impl FnOnce() -> Vec<OpArg>,
         return res as c_int;
     }
     let r = f();
-    let e = errno::get();
-    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, vec![]);
-    errno::set(e);
+    record(call, fp, args, r as i64, if r < 0 { errno::get() } else { 0 }, vec![]);
     r
 }
 
+/// # Safety
+/// The caller's contract is socket(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
     let f = real::socket();
@@ -99,19 +94,28 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         "socket",
         frame_address(),
         || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)],
-        || f(domain, ty, proto),
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(domain, ty, proto) },
     )
 }
 
+/// # Safety
+/// The caller's contract is socketpair(2)'s: `sv` points to two writable ints.
 #[no_mangle]
 pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int {
     let f = real::socketpair();
     let args = || vec![OpArg::Int(domain as i64), OpArg::Int(ty as i64), OpArg::Int(proto as i64)];
-    creating_pair("socketpair", frame_address(), sv, args, || f(domain, ty, proto, sv))
+    // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+    let call = || unsafe { f(domain, ty, proto, sv) };
+    // SAFETY: `sv` points to two writable ints (the caller's contract), which `call` fills.
+    unsafe { creating_pair("socketpair", frame_address(), sv, args, call) }
 }
 
 /// A call that fills `fds[0..2]` (pipe, socketpair): both ends are reserved (or placed
 /// at their old numbers) and recorded together.
+///
+/// # Safety
+/// `fds` points to two writable ints, which `f` fills when it returns 0.
 unsafe fn creating_pair(
     call: &'static str,
     fp: usize,
@@ -128,47 +132,74 @@ unsafe fn creating_pair(
         _ => vec![],
     };
     let r = f();
-    let e = errno::get();
+    // Moving the descriptors must not change what the call told the program.
+    let errno = ErrnoGuard::save();
     let mut created = vec![];
     if r == 0 {
-        *fds = place_or_reserve(*fds, at.first());
-        *fds.add(1) = place_or_reserve(*fds.add(1), at.get(1));
-        created = vec![*fds, *fds.add(1)];
+        // SAFETY: two writable ints, which the call just filled (the caller's contract).
+        let ends = unsafe { &mut *(fds as *mut [c_int; 2]) };
+        ends[0] = place_or_reserve(ends[0], at.first());
+        ends[1] = place_or_reserve(ends[1], at.get(1));
+        created = ends.to_vec();
     }
-    record(call, fp, args, r as i64, if r < 0 { e } else { 0 }, created);
-    errno::set(e);
+    let e = if r < 0 { errno.saved() } else { 0 };
+    record(call, fp, args, r as i64, e, created);
     r
 }
 
+/// # Safety
+/// The caller's contract is pipe(2)'s: `fds` points to two writable ints.
 #[no_mangle]
 pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
     let f = real::pipe();
-    creating_pair("pipe", frame_address(), fds, || vec![OpArg::Int(0)], || f(fds))
+    // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+    let call = || unsafe { f(fds) };
+    // SAFETY: `fds` points to two writable ints (the caller's contract), which `call` fills.
+    unsafe { creating_pair("pipe", frame_address(), fds, || vec![OpArg::Int(0)], call) }
 }
 
+/// # Safety
+/// The caller's contract is pipe2(2)'s: `fds` points to two writable ints.
 #[no_mangle]
 pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
     let f = real::pipe2();
-    creating_pair("pipe2", frame_address(), fds, || vec![OpArg::Int(flags as i64)], || f(fds, flags))
+    // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+    let call = || unsafe { f(fds, flags) };
+    // SAFETY: `fds` points to two writable ints (the caller's contract), which `call` fills.
+    unsafe { creating_pair("pipe2", frame_address(), fds, || vec![OpArg::Int(flags as i64)], call) }
 }
 
+/// # Safety
+/// The caller's contract is bind(2)'s: `addr` points to `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let f = real::bind();
     configuring(
         "bind",
         frame_address(),
-        || vec![OpArg::Fd(fd), OpArg::Bytes(bytes(addr.cast(), len as usize))],
-        || f(fd, addr, len),
+        // SAFETY: `addr` points to `len` readable bytes (the caller's contract).
+        || vec![OpArg::Fd(fd), OpArg::Bytes(unsafe { bytes(addr.cast(), len as usize) })],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(fd, addr, len) },
     )
 }
 
+/// # Safety
+/// The caller's contract is listen(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let f = real::listen();
-    configuring("listen", frame_address(), || vec![OpArg::Fd(fd), OpArg::Int(backlog as i64)], || f(fd, backlog))
+    configuring(
+        "listen",
+        frame_address(),
+        || vec![OpArg::Fd(fd), OpArg::Int(backlog as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(fd, backlog) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is setsockopt(2)'s: `val` points to `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     let f = real::setsockopt();
@@ -180,19 +211,26 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *
                 OpArg::Fd(fd),
                 OpArg::Int(level as i64),
                 OpArg::Int(name as i64),
-                OpArg::Bytes(bytes(val, len as usize)),
+                // SAFETY: `val` points to `len` readable bytes (the caller's contract).
+                OpArg::Bytes(unsafe { bytes(val, len as usize) }),
             ]
         },
-        || f(fd, level, name, val, len),
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(fd, level, name, val, len) },
     )
 }
 
-fn open_args(dirfd: Option<c_int>, path: *const c_char, flags: c_int, mode: mode_t) -> Vec<OpArg> {
+/// The logged arguments of an open call.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn open_args(dirfd: Option<c_int>, path: *const c_char, flags: c_int, mode: mode_t) -> Vec<OpArg> {
     let mut v = Vec::new();
     if let Some(d) = dirfd {
         v.push(if d == libc::AT_FDCWD { OpArg::Int(d as i64) } else { OpArg::Fd(d) });
     }
-    v.push(OpArg::Str(cstr(path)));
+    // SAFETY: the caller's contract.
+    v.push(OpArg::Str(unsafe { c_string(path) }));
     v.push(OpArg::Int(flags as i64));
     if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
         v.push(OpArg::Int(mode as i64));
@@ -200,68 +238,143 @@ fn open_args(dirfd: Option<c_int>, path: *const c_char, flags: c_int, mode: mode
     v
 }
 
+/// # Safety
+/// The caller's contract is open(2)'s: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     let f = real::open();
-    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, flags, mode))
+    creating(
+        "open",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || unsafe { open_args(None, path, flags, mode) },
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(path, flags, mode) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is open64's: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     let f = real::open64();
-    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, flags, mode))
+    creating(
+        "open",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || unsafe { open_args(None, path, flags, mode) },
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(path, flags, mode) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is openat(2)'s: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     let f = real::openat();
-    creating("openat", frame_address(), || open_args(Some(dirfd), path, flags, mode), || f(dirfd, path, flags, mode))
+    creating(
+        "openat",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || unsafe { open_args(Some(dirfd), path, flags, mode) },
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(dirfd, path, flags, mode) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is openat64's: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     let f = real::openat64();
-    creating("openat", frame_address(), || open_args(Some(dirfd), path, flags, mode), || f(dirfd, path, flags, mode))
+    creating(
+        "openat",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || unsafe { open_args(Some(dirfd), path, flags, mode) },
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(dirfd, path, flags, mode) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is creat(2)'s: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
     let f = real::creat();
     let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
-    creating("open", frame_address(), || open_args(None, path, flags, mode), || f(path, mode))
+    creating(
+        "open",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || unsafe { open_args(None, path, flags, mode) },
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(path, mode) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is epoll_create(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
     let f = real::epoll_create();
-    creating("epoll_create", frame_address(), || vec![OpArg::Int(size as i64)], || f(size))
+    creating(
+        "epoll_create",
+        frame_address(),
+        || vec![OpArg::Int(size as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(size) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is epoll_create1(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
     let f = real::epoll_create1();
-    creating("epoll_create1", frame_address(), || vec![OpArg::Int(flags as i64)], || f(flags))
+    creating(
+        "epoll_create1",
+        frame_address(),
+        || vec![OpArg::Int(flags as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(flags) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is epoll_ctl(2)'s: `ev` is null (EPOLL_CTL_DEL) or points to a readable epoll_event.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let f = real::epoll_ctl();
     // The event's data is usually a pointer: not comparable across versions.
-    let events = if ev.is_null() { 0 } else { (*ev).events as i64 };
+    // SAFETY: non-null `ev` points to a readable epoll_event (the caller's contract).
+    let events = if ev.is_null() { 0 } else { (unsafe { (*ev).events }) as i64 };
     configuring(
         "epoll_ctl",
         frame_address(),
         || vec![OpArg::Fd(ep), OpArg::Int(op as i64), OpArg::Fd(fd), OpArg::Int(events)],
-        || f(ep, op, fd, ev),
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(ep, op, fd, ev) },
     )
 }
 
+/// # Safety
+/// The caller's contract is eventfd(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn eventfd(init: c_uint, flags: c_int) -> c_int {
     let f = real::eventfd();
-    creating("eventfd", frame_address(), || vec![OpArg::Int(init as i64), OpArg::Int(flags as i64)], || f(init, flags))
+    creating(
+        "eventfd",
+        frame_address(),
+        || vec![OpArg::Int(init as i64), OpArg::Int(flags as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(init, flags) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is timerfd_create(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn timerfd_create(clock: c_int, flags: c_int) -> c_int {
     let f = real::timerfd_create();
@@ -269,28 +382,55 @@ pub unsafe extern "C" fn timerfd_create(clock: c_int, flags: c_int) -> c_int {
         "timerfd_create",
         frame_address(),
         || vec![OpArg::Int(clock as i64), OpArg::Int(flags as i64)],
-        || f(clock, flags),
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(clock, flags) },
     )
 }
 
+/// # Safety
+/// The caller's contract is inotify_init(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn inotify_init() -> c_int {
     let f = real::inotify_init();
-    creating("inotify_init", frame_address(), Vec::new, || f())
+    creating(
+        "inotify_init",
+        frame_address(),
+        Vec::new,
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f() },
+    )
 }
 
+/// # Safety
+/// The caller's contract is inotify_init1(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn inotify_init1(flags: c_int) -> c_int {
     let f = real::inotify_init1();
-    creating("inotify_init1", frame_address(), || vec![OpArg::Int(flags as i64)], || f(flags))
+    creating(
+        "inotify_init1",
+        frame_address(),
+        || vec![OpArg::Int(flags as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(flags) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is dup(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let f = real::dup();
-    creating("dup", frame_address(), || vec![OpArg::Fd(fd)], || f(fd))
+    creating(
+        "dup",
+        frame_address(),
+        || vec![OpArg::Fd(fd)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(fd) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is fcntl(2)'s: `arg` is what `cmd` takes (a pointer for F_GETLK and the like, passed on unchanged).
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     let f = real::fcntl();
@@ -299,95 +439,135 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
             "fcntl",
             frame_address(),
             || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)],
-            || f(fd, cmd, arg),
+            // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+            || unsafe { f(fd, cmd, arg) },
         ),
         libc::F_SETFD | libc::F_SETFL | libc::F_SETOWN | libc::F_SETPIPE_SZ => configuring(
             "fcntl",
             frame_address(),
             || vec![OpArg::Fd(fd), OpArg::Int(cmd as i64), OpArg::Int(arg)],
-            || f(fd, cmd, arg),
+            // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+            || unsafe { f(fd, cmd, arg) },
         ),
-        _ => f(fd, cmd, arg),
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        _ => unsafe { f(fd, cmd, arg) },
     }
 }
 
+/// # Safety
+/// The caller's contract is as for [`fcntl`].
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
-    fcntl(fd, cmd, arg)
+    // SAFETY: the same call under the same contract (fcntl64 is fcntl on 64-bit).
+    unsafe { fcntl(fd, cmd, arg) }
 }
 
+/// # Safety
+/// The caller's contract is setsid(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn setsid() -> libc::pid_t {
     let f = real::setsid();
-    configuring("setsid", frame_address(), Vec::new, || f())
+    configuring(
+        "setsid",
+        frame_address(),
+        Vec::new,
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f() },
+    )
 }
 
+/// # Safety
+/// The caller's contract is chroot(2)'s: `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn chroot(path: *const c_char) -> c_int {
     let f = real::chroot();
-    configuring("chroot", frame_address(), || vec![OpArg::Str(cstr(path))], || f(path))
+    configuring(
+        "chroot",
+        frame_address(),
+        // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+        || vec![OpArg::Str(unsafe { c_string(path) })],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(path) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is setuid(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn setuid(id: libc::uid_t) -> c_int {
     let f = real::setuid();
-    configuring("setuid", frame_address(), || vec![OpArg::Int(id as i64)], || f(id))
+    configuring(
+        "setuid",
+        frame_address(),
+        || vec![OpArg::Int(id as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(id) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is setgid(2)'s (no pointers).
 #[no_mangle]
 pub unsafe extern "C" fn setgid(id: libc::gid_t) -> c_int {
     let f = real::setgid();
-    configuring("setgid", frame_address(), || vec![OpArg::Int(id as i64)], || f(id))
+    configuring(
+        "setgid",
+        frame_address(),
+        || vec![OpArg::Int(id as i64)],
+        // SAFETY: the caller's own arguments, unchanged (its contract is libc's for this call).
+        || unsafe { f(id) },
+    )
 }
 
+/// # Safety
+/// The caller's contract is fork(2)'s (no pointers; in a multithreaded program the child runs only async-signal-safe code until it execs).
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> libc::pid_t {
     let f = real::fork();
+    // SAFETY: libc's fork; it takes nothing, and the caller's contract (fork's) covers the
+    // child.
+    let fork = || unsafe { f() };
     let fp = frame_address();
     let _profiling = crate::profiling::ForkNote::new(fp);
     // A respawn handler recreating a per-connection process: the old one's PID.
     if let Some(pid) = crate::resume::fork_target() {
-        return fork_as(pid, fp, f, false);
+        return fork_as(pid, fp, fork, false);
     }
     if !recording() {
-        return f();
+        return fork();
     }
     // Replay: the child takes the PID its old counterpart had.
     if let Some(pid) = replay::creation_target("fork", fp) {
         let _ = replay_decision("fork", fp, &[]);
-        return fork_as(pid, fp, f, true);
+        return fork_as(pid, fp, fork, true);
     }
-    let r = f();
+    let r = fork();
     if r != 0 {
-        let e = errno::get();
-        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
-        errno::set(e);
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno::get() } else { 0 }, vec![]);
     }
     r
 }
 
-/// Fork so that the child gets PID `target`. ns_last_pid is only a hint: any thread or
-/// process created in the namespace meanwhile takes the PID first. So the child checks
-/// its PID before running any program code and leaves at once if it is not the one; the
-/// parent reaps it (SIGCHLD held back meanwhile, so the program never sees it) and
-/// tries again. `log`: a startup fork, recorded in the startup log.
-unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> libc::pid_t, log: bool) -> libc::pid_t {
-    let mut chld: libc::sigset_t = core::mem::zeroed();
-    let mut old: libc::sigset_t = core::mem::zeroed();
-    libc::sigemptyset(&mut chld);
-    libc::sigaddset(&mut chld, libc::SIGCHLD);
-    real::pthread_sigmask()(libc::SIG_BLOCK, &chld, &mut old);
+/// Fork (with `fork`) so that the child gets PID `target`. ns_last_pid is only a hint:
+/// any thread or process created in the namespace meanwhile takes the PID first. So the
+/// child checks its PID before running any program code and leaves at once if it is not
+/// the one; the parent reaps it (SIGCHLD held back meanwhile, so the program never sees
+/// it) and tries again. `log`: a startup fork, recorded in the startup log.
+fn fork_as(target: libc::pid_t, fp: usize, fork: impl Fn() -> libc::pid_t, log: bool) -> libc::pid_t {
+    let old = set_thread_mask(libc::SIG_BLOCK, &sigset_with(&[libc::SIGCHLD]));
     let mut r = -1;
     for _ in 0..64 {
         let guard = crate::startup_log::pid_hint_lock();
         replay::request_pid(target);
-        r = f();
+        r = fork();
         if r == 0 {
             guard.forget();
-            if libc::getpid() != target {
-                libc::_exit(0);
+            // SAFETY: getpid has no preconditions.
+            if unsafe { libc::getpid() } != target {
+                // SAFETY: _exit ends this child, which has run no program code, at once.
+                unsafe { libc::_exit(0) };
             }
-            real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+            set_thread_mask(libc::SIG_SETMASK, &old);
             return 0;
         }
         drop(guard);
@@ -395,16 +575,18 @@ unsafe fn fork_as(target: libc::pid_t, fp: usize, f: unsafe extern "C" fn() -> l
             break;
         }
         let mut st = 0;
-        real::waitpid()(r, &mut st, 0);
+        // SAFETY: libc's waitpid for our own child `r`, which exits at once; it writes
+        // `st`, a live local.
+        unsafe { real::waitpid()(r, &mut st, 0) };
     }
-    let e = errno::get();
-    real::pthread_sigmask()(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    // What the last fork told the program, whatever the mask and the warning do.
+    let errno = ErrnoGuard::save();
+    set_thread_mask(libc::SIG_SETMASK, &old);
     if r != target && r > 0 {
         crate::diag::warn(&format!("replay: the forked child got PID {r}, not {target} as in the old version"));
     }
     if log {
-        record("fork", fp, Vec::new(), r as i64, if r < 0 { e } else { 0 }, vec![]);
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno.saved() } else { 0 }, vec![]);
     }
-    errno::set(e);
     r
 }
