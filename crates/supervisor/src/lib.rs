@@ -10,6 +10,7 @@
 
 mod control;
 mod launch;
+mod lines;
 pub mod namespace;
 pub mod procfs;
 mod profiling;
