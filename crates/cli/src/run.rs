@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 // `mcr profile` launches its server through these too.
-pub use mcr_client::launch::{log_tail, reports, spawn_supervisor, SupervisorLaunch};
+pub use mcr_client::launch::{log_tail, reports, spawn_supervisor, LogMark, SupervisorLaunch};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -54,6 +54,8 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         eprintln!("mcr: warning: {w}");
     }
 
+    // What this launch writes to the log (kept across runs of the name) starts here.
+    let log = LogMark::now(&files.log);
     let reports = spawn_supervisor(SupervisorLaunch {
         name: name.clone(),
         files: files.clone(),
@@ -68,7 +70,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     let mut note = |n: &str| eprintln!("mcr: warning: {n}");
     if args.detach {
         let timeout = Duration::from_secs(args.startup_timeout);
-        match attach::wait_started(dir, &name, &files.log, reports, timeout, &mut note)? {
+        match attach::wait_started(dir, &name, &log, reports, timeout, &mut note)? {
             Started::Started { startup_ms, pid_namespace } => {
                 let ns = match pid_namespace {
                     Some(true) => "own PID namespace",

@@ -2,10 +2,9 @@
 //! its whole life with the terminal's signals forwarded to it (`mcr run`).
 
 use crate::connection::{self, ClientError};
-use crate::launch::{log_tail, report_channel};
+use crate::launch::{report_channel, LogMark};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, Request, Response};
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ pub enum StartupError {
 pub fn wait_started(
     dir: &InstanceDir,
     name: &str,
-    log: &Path,
+    log: &LogMark,
     reports: OwnedFd,
     timeout: Duration,
     note: &mut dyn FnMut(&str),
@@ -63,11 +62,9 @@ pub fn wait_started(
             Ok(LaunchReport::LaunchFailed { message }) => return Err(StartupError::LaunchFailed(message)),
             Ok(LaunchReport::ReplayConflict { .. }) => {}
             Ok(LaunchReport::Replaced) => return Ok(Started::Replaced),
-            Ok(LaunchReport::Exited { status }) => {
-                return Err(StartupError::Exited { status, log_tail: log_tail(log) })
-            }
+            Ok(LaunchReport::Exited { status }) => return Err(StartupError::Exited { status, log_tail: log.tail() }),
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(StartupError::SupervisorExited { name: name.to_string(), log_tail: log_tail(log) })
+                return Err(StartupError::SupervisorExited { name: name.to_string(), log_tail: log.tail() })
             }
             Err(RecvTimeoutError::Timeout) => {
                 // The supervisor knows which threads never reached a quiescent point.

@@ -28,6 +28,15 @@ pub enum PrepareError {
     NoPidNamespace(String),
     #[error("another update of '{name}' is in progress ({source})")]
     InProgress { name: String, source: InstanceError },
+    #[error(
+        "{} has no debug information, so the update could not move the server's state (its data and \
+         connections would be dropped); nothing was changed. Build it with -g, or pass --fresh-state to \
+         start the new version with the state its own startup makes",
+        .0.display()
+    )]
+    NoDebugInfo(PathBuf),
+    #[error("refusing (--strict): {0}; whoever can change it would run code in the server")]
+    Untrusted(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +86,8 @@ pub enum NotStarted {
     LoggedConflict(String),
     #[error("the new version could not start: {0}")]
     LaunchFailed(String),
-    #[error("the new version exited with {0} during its startup")]
-    Exited(ExitStatus),
+    #[error("the new version exited with {status} during its startup{log_tail}")]
+    Exited { status: ExitStatus, log_tail: String },
     #[error("unexpected report from the new supervisor")]
     UnexpectedReport,
     #[error("the new version's supervisor died during startup")]

@@ -5,6 +5,7 @@ use crate::error::{CommitError, NotStarted};
 use crate::transfer::{self, Processes, Summary, TransferError};
 use crate::version::{HostPids, NextVersion, StartupFailure};
 use crate::warning::Warn;
+use mcr_client::launch::LogMark;
 use mcr_client::{ClientError, Connection};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, OpenConnections, Request, Response};
 use std::path::PathBuf;
@@ -29,8 +30,9 @@ pub struct NewSupervisor {
     reports: Receiver<LaunchReport>,
     /// Host PID, once the supervisor said it.
     supervisor_pid: Option<i32>,
-    /// The instance log, where the runtime writes conflicts too.
-    log: PathBuf,
+    /// Where the new version's lines begin in the instance log (the runtime writes
+    /// conflicts there too).
+    log: LogMark,
     replay_log: PathBuf,
     conn: Option<Connection>,
 }
@@ -40,7 +42,7 @@ impl NewSupervisor {
         dir: InstanceDir,
         name: String,
         reports: Receiver<LaunchReport>,
-        log: PathBuf,
+        log: LogMark,
         replay_log: PathBuf,
     ) -> Self {
         let next_name = format!("{name}.next");
@@ -72,12 +74,12 @@ impl NewSupervisor {
             return NotStarted::Conflict;
         }
         if status == ExitStatus::Code(CONFLICT_EXIT) {
-            let logged = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let logged = self.log.text();
             if let Some(line) = logged.lines().rev().find(|l| l.contains("replay conflict:")) {
                 return NotStarted::LoggedConflict(line.split("replay conflict:").nth(1).unwrap_or(line).trim().into());
             }
         }
-        NotStarted::Exited(status)
+        NotStarted::Exited { status, log_tail: self.log.tail() }
     }
 }
 
