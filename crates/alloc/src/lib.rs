@@ -52,6 +52,15 @@ pub use geometry::{SlotListError, SlotSet, SLOTS, SLOT_SIZE, SPAN_SIZE, WINDOW_B
 pub use heap::{memfd_reopenable, Config, Heap, HeapError, Mode, RegionInfo, Role, SegmentBacking, SegmentInfo, Stats};
 pub use layout::{ThreadCache, FIRST_DATA_SPAN, LAYOUT_VERSION, MAX_SEGMENTS, THREAD_CACHES};
 pub use os::{OsError, ProcPath};
+pub use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Opens the file behind the mapping `[start, end)` of process `pid` (`None`: this process)
+/// through `/proc/PID/map_files`: how a successor reaches an old process's memfd, and how a
+/// process reaches its own for a commit. Needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN and
+/// ptrace access to `pid`; `[start, end)` must be exactly one mapping.
+pub fn open_map_files(pid: Option<i32>, start: usize, end: usize, write: bool) -> Result<OwnedFd, OsError> {
+    os::open(&ProcPath::map_files(pid, start, end), write)
+}
 
 #[cfg(test)]
 mod tests;
