@@ -23,8 +23,10 @@ impl Heap {
         if !self.ready() {
             return;
         }
-        lock::acquire(&self.lock);
+        // the lock order of the whole engine: shared cache, heap, then per region (in slot
+        // order) the class locks and the span lock
         lock::acquire(&self.shared_lock);
+        lock::acquire(&self.lock);
         for slot in self.active_slots() {
             let Some(region) = self.active_region(slot) else { continue };
             let h = region.header();
@@ -76,8 +78,8 @@ impl Heap {
                 lock::release(l);
             }
         }
-        lock::release(&self.shared_lock);
         lock::release(&self.lock);
+        lock::release(&self.shared_lock);
     }
 
     /// Freezes every segment mapped shared (all locks held).

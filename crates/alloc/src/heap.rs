@@ -75,6 +75,18 @@ pub enum Mode {
     Auto,
 }
 
+impl Mode {
+    /// `memfd`, `anonymous` or `auto`, as the runtime may find it in the environment.
+    pub fn parse(value: &[u8]) -> Option<Mode> {
+        match value {
+            b"memfd" => Some(Mode::Memfd),
+            b"anonymous" => Some(Mode::Anonymous),
+            b"auto" => Some(Mode::Auto),
+            _ => None,
+        }
+    }
+}
+
 /// What `Heap::init` needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {

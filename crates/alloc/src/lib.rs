@@ -62,5 +62,14 @@ pub fn open_map_files(pid: Option<i32>, start: usize, end: usize, write: bool) -
     os::open(&ProcPath::map_files(pid, start, end), write)
 }
 
+/// Calls `f(start, end)` for each run of pages in `[start, end)` that process `pid` (`None`:
+/// this process) holds privately: written in a segment mapped copy-on-write, or any page of
+/// an anonymous one; never the pages of a shared memfd. These are the pages a successor must
+/// copy and a commit writes back. `PAGEMAP_SCAN` (Linux 6.7), else the pagemap entries.
+pub fn private_pages(pid: Option<i32>, start: usize, end: usize, f: impl FnMut(usize, usize)) -> Result<(), OsError> {
+    let pagemap = os::open(&ProcPath::pagemap(pid), false)?;
+    os::private_pages(pagemap.as_fd(), start, end, f)
+}
+
 #[cfg(test)]
 mod tests;

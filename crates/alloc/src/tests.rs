@@ -6,7 +6,7 @@ use crate::class::{class_of, size_of_class, CLASSES, MAX_SMALL};
 use crate::geometry::{slot_base, slot_of, SlotSet, SLOT_SIZE, SPAN_SIZE};
 use crate::heap::{Config, Heap, Mode, Role, SegmentBacking};
 use crate::layout::{ThreadCache, FIRST_DATA_SPAN};
-use crate::os::{self, ProcPath};
+use crate::os;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 use rustix::fd::AsFd;
@@ -83,6 +83,14 @@ fn init_reserves_avoided_slots_and_maps_the_own_region() {
     assert_eq!(regions[0].used_end, slot_base(own) + FIRST_DATA_SPAN * SPAN_SIZE);
     assert!(h.slots_in_use().contains(own));
     assert_eq!(h.slots_in_use().len(), 1);
+}
+
+#[test]
+fn modes_parse() {
+    assert_eq!(Mode::parse(b"memfd"), Some(Mode::Memfd));
+    assert_eq!(Mode::parse(b"anonymous"), Some(Mode::Anonymous));
+    assert_eq!(Mode::parse(b"auto"), Some(Mode::Auto));
+    assert_eq!(Mode::parse(b"Memfd"), None);
 }
 
 #[test]
@@ -596,10 +604,15 @@ fn segments_are_enumerated_with_their_backing() {
     assert_eq!(segs[0].backing, SegmentBacking::SharedMemfd);
     let path = segs[0].map_files_path(Some(42));
     assert!(path.as_bytes().starts_with(b"/proc/42/map_files/"));
-    let pm = os::open(&ProcPath::pagemap(None), false).unwrap();
     let mut private = 0;
-    os::private_pages(pm.as_fd(), segs[0].start, segs[0].used_end, |s, e| private += e - s).unwrap();
+    crate::private_pages(None, segs[0].start, segs[0].used_end, |s, e| private += e - s).unwrap();
     assert_eq!(private, 0, "a shared memfd segment holds no private page");
+    let c = cache(&h);
+    let p = addr(h.malloc(Some(c), 100));
+    fill(p, 100, 1);
+    crate::private_pages(None, segs[0].start, segs[0].used_end, |s, e| private += e - s).unwrap();
+    assert_eq!(private, 0, "written, still shared");
+    free(&h, Some(c), p);
 }
 
 impl Heap {
