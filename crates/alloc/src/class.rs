@@ -100,13 +100,61 @@ pub fn size_of_class(c: usize) -> usize {
     CLASS_SIZE.get(c).copied().unwrap_or(0) as usize
 }
 
+// Evaluated at compile time only: an out-of-bounds index would fail the build.
+#[allow(clippy::indexing_slicing)]
+const fn per_class(table: Table) -> [u32; CLASSES] {
+    let s = sizes();
+    let mut t = [0u32; CLASSES];
+    let mut i = 0;
+    while i < CLASSES {
+        t[i] = match table {
+            Table::BlocksPerSpan => (SPAN_SIZE as u32) / s[i],
+            Table::Capacity => capacity(s[i]),
+            Table::Batch => batch(s[i]),
+        };
+        i += 1;
+    }
+    t
+}
+
+enum Table {
+    BlocksPerSpan,
+    Capacity,
+    Batch,
+}
+
+const fn capacity(size: u32) -> u32 {
+    let c = 128 * 1024 / size;
+    if c < 8 {
+        8
+    } else if c > BIN_CAPACITY as u32 {
+        BIN_CAPACITY as u32
+    } else {
+        c
+    }
+}
+
+const fn batch(size: u32) -> u32 {
+    let b = 8192 / size;
+    let max = capacity(size) / 2;
+    if b < 2 {
+        2
+    } else if b > max {
+        max
+    } else {
+        b
+    }
+}
+
+// Tables rather than divisions on the malloc and free paths.
+static BLOCKS_PER_SPAN: [u32; CLASSES] = per_class(Table::BlocksPerSpan);
+static BIN_CAPACITY_OF: [u32; CLASSES] = per_class(Table::Capacity);
+static REFILL_BATCH: [u32; CLASSES] = per_class(Table::Batch);
+
 /// Blocks of class `c` in one span.
 #[inline]
 pub fn blocks_per_span(c: usize) -> usize {
-    match size_of_class(c) {
-        0 => 0,
-        s => SPAN_SIZE / s,
-    }
+    BLOCKS_PER_SPAN.get(c).copied().unwrap_or(0) as usize
 }
 
 /// Index of the block of class `c` that contains byte `offset` of its span.
@@ -120,20 +168,14 @@ pub fn block_index(c: usize, offset: usize) -> usize {
 /// a thread never hoards more than ~128 KiB per class.
 #[inline]
 pub fn bin_capacity(c: usize) -> usize {
-    match size_of_class(c) {
-        0 => 0,
-        s => (128 * 1024 / s).clamp(8, BIN_CAPACITY),
-    }
+    BIN_CAPACITY_OF.get(c).copied().unwrap_or(0) as usize
 }
 
 /// How many blocks one refill claims from a span: about 8 KiB worth, at least 2, at most half
 /// the cache.
 #[inline]
 pub fn refill_batch(c: usize) -> usize {
-    match size_of_class(c) {
-        0 => 0,
-        s => (8192 / s).clamp(2, bin_capacity(c) / 2),
-    }
+    REFILL_BATCH.get(c).copied().unwrap_or(0) as usize
 }
 
 /// The smallest class at least `c` whose blocks are aligned to `align` (a power of two up to
@@ -162,6 +204,8 @@ mod tests {
         }
         assert!(blocks_per_span(CLASSES - 1) >= 4);
         assert_eq!(blocks_per_span(0), BITMAP_WORDS * 64, "the bitmap holds the smallest class exactly");
+        assert_eq!(blocks_per_span(CLASSES), 0);
+        assert_eq!(bin_capacity(CLASSES), 0);
     }
 
     #[test]
@@ -186,6 +230,10 @@ mod tests {
     #[test]
     fn cache_sizes() {
         for c in 0..CLASSES {
+            let s = size_of_class(c);
+            assert_eq!(blocks_per_span(c), SPAN_SIZE / s);
+            assert_eq!(bin_capacity(c), (128 * 1024 / s).clamp(8, BIN_CAPACITY));
+            assert_eq!(refill_batch(c), (8192 / s).clamp(2, bin_capacity(c) / 2));
             let cap = bin_capacity(c);
             assert!((8..=BIN_CAPACITY).contains(&cap));
             let batch = refill_batch(c);

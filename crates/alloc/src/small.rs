@@ -23,7 +23,7 @@ use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
 impl Heap {
     /// Pops a block of class `class` from `cache`, refilling it when empty.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_small(&self, cache: &ThreadCache, class: usize) -> Option<NonNull<u8>> {
         let bin = cache.bins.get(class)?;
         let n = bin.count.load(Relaxed) as usize;
@@ -37,7 +37,7 @@ impl Heap {
     }
 
     /// Pushes block `addr` (of class `class`) on `cache`, flushing the older half when full.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free_small(&self, cache: &ThreadCache, class: usize, addr: usize) {
         let Some(bin) = cache.bins.get(class) else { return };
         let mut n = bin.count.load(Relaxed) as usize;
@@ -49,8 +49,13 @@ impl Heap {
                 slot.store(addr as u64, Relaxed);
                 bin.count.store(n as u32 + 1, Relaxed);
             }
-            None => self.release_block(addr),
+            None => self.release_cold(addr),
         }
+    }
+
+    #[cold]
+    fn release_cold(&self, addr: usize) {
+        self.release_block(addr);
     }
 
     /// Gives back all but the `keep` most recently freed blocks of `bin`; returns the count left.
