@@ -36,6 +36,24 @@ fn segments(heap: &Heap) -> Vec<SegmentBacking> {
     v
 }
 
+/// The exit status of child `pid`, waiting at most a minute (a broken heap could deadlock
+/// the child: the test fails instead of hanging).
+fn wait_exit(pid: i32) -> i32 {
+    for _ in 0..6000 {
+        let mut status = 0;
+        // SAFETY: polling our own child.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 => std::thread::sleep(std::time::Duration::from_millis(10)),
+            p if p == pid => {
+                assert!(libc::WIFEXITED(status), "child status {status:#x}");
+                return libc::WEXITSTATUS(status);
+            }
+            _ => panic!("waitpid failed"),
+        }
+    }
+    panic!("the child did not exit within a minute");
+}
+
 /// Kills the child if the parent's checks fail before it exits.
 struct KillOnDrop(i32);
 
@@ -181,11 +199,8 @@ fn fork_freezes_the_heap_for_both_sides() {
         assert_eq!(segments(heap), [SegmentBacking::PrivateMemfd, SegmentBacking::SharedMemfd]);
         // SAFETY: pipe I/O.
         assert_eq!(unsafe { libc::write(down[1], [1u8].as_ptr().cast(), 1) }, 1);
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "the child's check number {} failed", libc::WEXITSTATUS(status));
+        let code = wait_exit(pid);
+        assert_eq!(code, 0, "the child's check number {code} failed");
         for (i, &p) in blocks.iter().enumerate() {
             assert!(holds(p, size(i), PARENT), "block {i} lost the parent's writes");
         }
@@ -206,4 +221,136 @@ fn fork_freezes_the_heap_for_both_sides() {
         std::os::unix::fs::FileExt::read_exact_at(&fd, &mut bytes, (blocks[0] - seg0.start) as u64).unwrap();
         assert!(bytes.iter().all(|&b| b == BEFORE), "the frozen memfd was written");
     });
+}
+
+/// What a process that dropped its privileges does (it can no longer reopen its memfds
+/// through /proc/self/map_files): a fork copies the heap into anonymous memory, unless the
+/// heap was unshared while the process still could. Runs in a forked sandbox process (so
+/// that it can setuid), whose checks come back as its exit status.
+#[test]
+fn fork_without_the_capability() {
+    // SAFETY: the sandbox only uses the heap under test, raw memory and async-signal-safe
+    // libc calls, then _exits.
+    let sandbox = unsafe { libc::fork() };
+    if sandbox == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::_exit(unprivileged_forks())
+        };
+    }
+    let _reaper = KillOnDrop(sandbox);
+    let code = wait_exit(sandbox);
+    assert_eq!(code, 0, "the sandbox's check number {code} failed");
+}
+
+fn unprivileged_forks() -> i32 {
+    let unshared = Heap::new();
+    let copied = Heap::new();
+    let config = Config { mode: Mode::Memfd, ..Config::default() };
+    if unshared.init(&config).is_err() || copied.init(&config).is_err() {
+        return 20;
+    }
+    // SAFETY: this (only) thread's caches.
+    let (Some(cu), Some(cc)) = (unsafe { unshared.thread_cache() }, unsafe { copied.thread_cache() }) else {
+        return 21;
+    };
+    let mut blocks = [[0usize; 300]; 2];
+    let [first, second] = &mut blocks;
+    for (heap, cache, list) in [(&unshared, cu, first), (&copied, cc, second)] {
+        for (i, p) in list.iter_mut().enumerate() {
+            let Some(q) = heap.malloc(Some(cache), size(i)) else { return 22 };
+            *p = q.as_ptr() as usize;
+            fill(*p, size(i), BEFORE);
+        }
+    }
+    // while still privileged: unshare one heap
+    unshared.unshare();
+    if segments(&unshared) != [SegmentBacking::PrivateMemfd] || unshared.stats().segments_frozen != 1 {
+        return 23;
+    }
+    // SAFETY: dropping privileges in this single-threaded sandbox.
+    if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
+        return 24;
+    }
+    // SAFETY: setuid cleared the parent-death signal: die with the test again.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if mcr_alloc::memfd_reopenable() {
+        return 25;
+    }
+    let (mut up, mut down) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: plain pipes.
+    if unsafe { libc::pipe(up.as_mut_ptr()) } != 0 || unsafe { libc::pipe(down.as_mut_ptr()) } != 0 {
+        return 26;
+    }
+    unshared.fork_prepare();
+    copied.fork_prepare();
+    // SAFETY: the grandchild only uses the heaps, raw memory and async-signal-safe calls.
+    let pid = unsafe { libc::fork() };
+    let (me, other_side) = if pid == 0 {
+        // SAFETY: async-signal-safe: die with the sandbox.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        unshared.fork_child(Some(cu));
+        copied.fork_child(Some(cc));
+        (CHILD, PARENT)
+    } else {
+        unshared.fork_parent();
+        copied.fork_parent();
+        (PARENT, CHILD)
+    };
+    if pid < 0 {
+        return 27;
+    }
+    if unshared.stats().segments_copied != 0 || unshared.stats().segments_frozen != 1 {
+        return 28; // nothing was shared any more: nothing to freeze or copy
+    }
+    if copied.stats().segments_copied != 1 || segments(&copied).first() != Some(&SegmentBacking::Anonymous) {
+        return 29;
+    }
+    // both sides write their copies and allocate fresh spans
+    for (heap, cache, list) in [(&unshared, cu, &blocks[0]), (&copied, cc, &blocks[1])] {
+        for (i, &p) in list.iter().enumerate() {
+            if !holds(p, size(i), BEFORE) {
+                return 30;
+            }
+            fill(p, size(i), me);
+        }
+        let Some(big) = heap.malloc(Some(cache), 4 << 20) else { return 31 };
+        fill(big.as_ptr() as usize, 4 << 20, me);
+    }
+    // the unshared heap grows in private memory, the copied one in a fresh memfd
+    if segments(&unshared) != [SegmentBacking::PrivateMemfd]
+        || segments(&copied) != [SegmentBacking::Anonymous, SegmentBacking::SharedMemfd]
+    {
+        return 32;
+    }
+    // meet, then check that the other side's writes never showed
+    let (tell, wait) = if pid == 0 { (up[1], down[0]) } else { (down[1], up[0]) };
+    let mut byte = [0u8];
+    // SAFETY: pipe I/O.
+    if unsafe { libc::write(tell, [1u8].as_ptr().cast(), 1) } != 1 {
+        return 33;
+    }
+    // SAFETY: pipe I/O.
+    if unsafe { libc::read(wait, byte.as_mut_ptr().cast(), 1) } != 1 {
+        return 33;
+    }
+    for list in &blocks {
+        for (i, &p) in list.iter().enumerate() {
+            if !holds(p, size(i), me) || holds(p, size(i), other_side) {
+                return 34;
+            }
+        }
+    }
+    if pid == 0 {
+        // SAFETY: the grandchild leaves.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: our child (the sandbox is single-threaded: no sleeping poll needed, the test
+    // bounds the whole).
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid || !libc::WIFEXITED(status) {
+        return 35;
+    }
+    libc::WEXITSTATUS(status)
 }
