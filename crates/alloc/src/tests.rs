@@ -622,3 +622,26 @@ impl Heap {
         v
     }
 }
+
+#[test]
+fn a_full_own_region_hands_over_to_a_new_one() {
+    use crate::geometry::SPANS_PER_REGION;
+    let h = heap(Mode::Anonymous);
+    let c = cache(&h);
+    let first = h.own_slot().unwrap();
+    // nearly the whole region in one run (virtual: untouched pages cost nothing)
+    let huge = addr(h.malloc(Some(c), (SPANS_PER_REGION - FIRST_DATA_SPAN - 10) * SPAN_SIZE));
+    assert_eq!(slot_of(huge), Some(first));
+    let next = addr(h.malloc(Some(c), 20 * SPAN_SIZE));
+    let second = h.own_slot().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(slot_of(next), Some(second));
+    assert_eq!(h.role(first), Role::Adopted, "the full region stays in use");
+    // its free spans are still used: the first region's pool serves before fresh memory
+    free(&h, Some(c), huge);
+    let again = addr(h.malloc(Some(c), 5 * SPAN_SIZE));
+    assert_eq!(slot_of(again), Some(first));
+    assert!(h.slots_in_use().contains(first) && h.slots_in_use().contains(second));
+    free(&h, Some(c), again);
+    free(&h, Some(c), next);
+}
