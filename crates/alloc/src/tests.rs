@@ -645,3 +645,70 @@ fn a_full_own_region_hands_over_to_a_new_one() {
     free(&h, Some(c), again);
     free(&h, Some(c), next);
 }
+
+#[test]
+fn partial_lists_link_and_unlink_anywhere() {
+    use crate::small::{push_partial, unlink_partial};
+    let h = heap(Mode::Anonymous);
+    let region = h.readable(h.own_slot().unwrap()).unwrap();
+    let class = 5;
+    let order = |r: crate::view::Region<'_>| {
+        let mut v = Vec::new();
+        let mut at = r.header().partial[class].load(Relaxed) as usize;
+        let mut prev = 0;
+        while at != 0 {
+            assert_eq!(r.span(at).unwrap().prev.load(Relaxed) as usize, prev, "prev link of {at}");
+            v.push(at);
+            prev = at;
+            at = r.span(at).unwrap().link.load(Relaxed) as usize;
+        }
+        v
+    };
+    let s = |i: usize| FIRST_DATA_SPAN + i;
+    for i in 0..4 {
+        push_partial(region, class, s(i));
+    }
+    assert_eq!(order(region), [s(3), s(2), s(1), s(0)]);
+    assert!(unlink_partial(region, class, s(1)), "middle");
+    assert_eq!(order(region), [s(3), s(2), s(0)]);
+    assert!(unlink_partial(region, class, s(3)), "head");
+    assert_eq!(order(region), [s(2), s(0)]);
+    assert!(unlink_partial(region, class, s(0)), "tail");
+    assert_eq!(order(region), [s(2)]);
+    assert!(!unlink_partial(region, class, s(7)), "not on the list");
+    assert!(!unlink_partial(region, class + 1, s(2)), "on another class's list");
+    assert!(unlink_partial(region, class, s(2)));
+    assert_eq!(order(region), Vec::<usize>::new());
+}
+
+#[test]
+fn carving_takes_the_pool_first_fit_then_the_high_water_mark() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let region = h.readable(slot).unwrap();
+    let hdr = region.header();
+    let (_, a, zero) = h.carve(1, 1).unwrap();
+    assert_eq!(a, FIRST_DATA_SPAN);
+    assert!(zero, "fresh spans read as zero");
+    let (_, b, _) = h.carve(2, 1).unwrap();
+    assert_eq!(b, a + 1);
+    // aligned: the gap goes to the pool
+    let (_, c, _) = h.carve(3, 8).unwrap();
+    assert_eq!(c % 8, 0);
+    assert_eq!(c, (b + 2).next_multiple_of(8));
+    assert_eq!(hdr.free_spans.load(Relaxed) as usize, c - (b + 2));
+    assert_eq!(hdr.hwm.load(Relaxed) as usize, c + 3);
+    // the gap serves the next small request, first fit
+    let (_, d, _) = h.carve(1, 1).unwrap();
+    assert_eq!(d, b + 2);
+    h.release_spans(region, a, 1);
+    h.release_spans(region, b, 2);
+    assert_eq!(hdr.committed_free_spans.load(Relaxed), 3);
+    let (_, e, zero) = h.carve(3, 1).unwrap();
+    assert_eq!(e, a, "three freed neighbours form a run");
+    assert!(!zero, "kept committed: the caller clears");
+    let before = hdr.hwm.load(Relaxed) as usize;
+    let (_, f, _) = h.carve(4, 1).unwrap();
+    assert!(f >= c + 3 || f + 4 <= c, "no overlap with the aligned run");
+    assert!(hdr.hwm.load(Relaxed) as usize >= before);
+}
