@@ -13,7 +13,8 @@ use crate::decide::{Handlers, Policy};
 use crate::error::PrepareError;
 use crate::machine::{Options, Report, Update};
 use crate::warning::Warn;
-use mcr_client::{program, Connection};
+use mcr_client::program::ServerCommand;
+use mcr_client::Connection;
 use mcr_protocol::InstanceDir;
 use std::time::{Duration, Instant};
 
@@ -44,10 +45,7 @@ pub struct Prepared {
 /// Get ready to update instance `name` to `command` (the new build and its arguments).
 pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prepared, PrepareError> {
     let started = Instant::now();
-    let (prog, args) = command.split_first().ok_or(PrepareError::NoProgram)?;
-    let program = program::resolve(prog)?;
-    let checked = program::check(&program)?;
-    let runtime_lib = program::runtime_library()?;
+    let ServerCommand { program, args, runtime_lib, warnings } = ServerCommand::prepare(command)?;
     let files = dir.files(name)?;
     let mut conn = Connection::open(dir, name)?;
     let info = conn.update_info()?;
@@ -61,18 +59,9 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prep
     // handler too, it recreates the per-connection processes.
     let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
     let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
-    let launcher =
-        Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args.to_vec(), runtime_lib, &info);
+    let launcher = Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args, runtime_lib, &info);
     let old = OldSupervisor::new(dir.clone(), name.to_string(), files, info, conn);
-    Ok(Prepared {
-        name: name.to_string(),
-        command: command.join(" "),
-        old,
-        launcher,
-        handlers,
-        started,
-        warnings: checked.warnings,
-    })
+    Ok(Prepared { name: name.to_string(), command: command.join(" "), old, launcher, handlers, started, warnings })
 }
 
 impl Prepared {
