@@ -4,14 +4,11 @@
 use anyhow::Result;
 use clap::Args;
 use mcr_client::attach::{self, Ended, Started};
-use mcr_client::launch::reserve;
+use mcr_client::launch::{reserve, spawn_supervisor, SupervisorLaunch};
 use mcr_client::program::ServerCommand;
 use mcr_protocol::InstanceDir;
 use std::path::PathBuf;
 use std::time::Duration;
-
-// `mcr profile` launches its server through these too.
-pub use mcr_client::launch::{log_tail, reports, spawn_supervisor, SupervisorLaunch};
 
 #[derive(Args)]
 pub struct RunArgs {
