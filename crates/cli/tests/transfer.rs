@@ -842,6 +842,12 @@ fn ten_session_updates_under_load_lose_nothing() {
             assert_eq!(a.request("SET who a"), "OK");
             assert_eq!(b.request("SET who b"), "OK");
         }
+        // Both sessions accepted before the first update: one still in the listen backlog
+        // (poold's acceptor not scheduled yet on a loaded machine) is not the old version's
+        // to move, and the update counted one connection.
+        wait_for(Duration::from_secs(5), "the server to accept both sessions", || {
+            server_accepted(port, &a) && server_accepted(port, &b)
+        });
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = load_until(port, stop.clone());
         // The master (connd's children run the same program): the oldest process.

@@ -5,7 +5,12 @@ use crate::connection::{self, ClientError};
 use crate::launch::{report_channel, LogMark};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, Request, Response};
 use std::os::fd::OwnedFd;
+<<<<<<< HEAD
 use std::sync::mpsc::RecvTimeoutError;
+=======
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+>>>>>>> cli-thin
 use std::time::{Duration, Instant};
 
 /// The signals `mcr run` in the foreground passes on to the server's main process.
@@ -47,7 +52,19 @@ pub fn wait_started(
     timeout: Duration,
     note: &mut dyn FnMut(&str),
 ) -> Result<Started, StartupError> {
-    let rx = report_channel(reports);
+    wait_started_on(dir, name, log, &report_channel(reports), timeout, note)
+}
+
+/// [`wait_started`] on reports already read into a channel ([`report_channel`]), for a
+/// caller that keeps following them afterwards.
+pub fn wait_started_on(
+    dir: &InstanceDir,
+    name: &str,
+    log: &Path,
+    rx: &Receiver<LaunchReport>,
+    timeout: Duration,
+    note: &mut dyn FnMut(&str),
+) -> Result<Started, StartupError> {
     let deadline = Instant::now() + timeout;
     let mut pid_namespace = None;
     loop {

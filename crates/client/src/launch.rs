@@ -1,7 +1,7 @@
 //! Starting a supervisor (`mcr run`, `mcr profile`, and the new version of `mcr update`)
 //! and reading what it reports about the server's launch.
 
-use mcr_protocol::{InstanceFiles, LaunchReport};
+use mcr_protocol::{InstanceDir, InstanceError, InstanceFiles, LaunchReport};
 use mcr_supervisor::namespace::{self, Namespace};
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -14,6 +14,15 @@ pub enum LaunchError {
     Pipe(#[source] std::io::Error),
     #[error("cannot fork the supervisor")]
     Fork(#[source] std::io::Error),
+}
+
+/// Take the instance name `name` in `dir` (created if need be): its files, and its lock,
+/// which [`spawn_supervisor`] hands on to the supervisor.
+pub fn reserve(dir: &InstanceDir, name: &str) -> Result<(InstanceFiles, std::fs::File), InstanceError> {
+    dir.create()?;
+    let files = dir.files(name)?;
+    let lock = files.acquire()?;
+    Ok((files, lock))
 }
 
 /// What `spawn_supervisor` launches.

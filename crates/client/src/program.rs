@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
+    #[error("no program given")]
+    NoProgram,
+    #[error("program has no file name")]
+    NoFileName,
     #[error("program '{0}' not found in PATH")]
     NotInPath(String),
     #[error("program {} not found", .path.display())]
@@ -55,8 +59,39 @@ pub enum ProgramError {
     NotRuntimeLib { path: PathBuf, reason: String },
 }
 
+<<<<<<< HEAD
 /// A symbol only mcr's runtime exports: a file without it is not libmcr.so.
 const RUNTIME_MARKER: &str = "mcr_runtime_is_live_update";
+=======
+/// A server's command line ready to launch under mcr: its program found and checked, and
+/// the runtime library found. What `mcr run`, `mcr profile` and `mcr update` check first.
+#[derive(Debug, Clone)]
+pub struct ServerCommand {
+    /// The program, canonical.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// libmcr.so, to preload into it.
+    pub runtime_lib: PathBuf,
+    /// Warnings to print (no debug info, a script).
+    pub warnings: Vec<String>,
+}
+
+impl ServerCommand {
+    /// `command`: the program and its arguments.
+    pub fn prepare(command: &[String]) -> Result<Self, ProgramError> {
+        let (program, args) = command.split_first().ok_or(ProgramError::NoProgram)?;
+        let program = resolve(program)?;
+        let checked = check(&program)?;
+        let runtime_lib = runtime_library()?;
+        Ok(Self { program, args: args.to_vec(), runtime_lib, warnings: checked.warnings })
+    }
+
+    /// The program's file name (the default instance name).
+    pub fn file_name(&self) -> Result<String, ProgramError> {
+        self.program.file_name().map(|s| s.to_string_lossy().into_owned()).ok_or(ProgramError::NoFileName)
+    }
+}
+>>>>>>> cli-thin
 
 /// Find PROGRAM as a shell would (PATH lookup when it has no slash).
 pub fn resolve(program: &str) -> Result<PathBuf, ProgramError> {
@@ -190,4 +225,29 @@ pub fn runtime_library() -> Result<PathBuf, ProgramError> {
         }
     }
     Err(ProgramError::RuntimeLibNotBeside(exe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_needs_a_program_that_exists() {
+        assert!(matches!(ServerCommand::prepare(&[]), Err(ProgramError::NoProgram)));
+        let missing = ServerCommand::prepare(&["/nonexistent/mcr-test-server".into(), "--port".into()]);
+        assert!(matches!(missing, Err(ProgramError::NotFound { .. })), "{missing:?}");
+    }
+
+    #[test]
+    fn the_default_name_is_the_file_name() {
+        let c = ServerCommand {
+            program: PathBuf::from("/srv/bin/kvd"),
+            args: vec![],
+            runtime_lib: PathBuf::from("/usr/lib/mcr/libmcr.so"),
+            warnings: vec![],
+        };
+        assert_eq!(c.file_name().unwrap(), "kvd");
+        let root = ServerCommand { program: PathBuf::from("/"), ..c };
+        assert!(matches!(root.file_name(), Err(ProgramError::NoFileName)));
+    }
 }

@@ -12,8 +12,6 @@ use std::path::PathBuf;
 /// Before anything changed: the new build, the instance, or another update in the way.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    #[error("no program given")]
-    NoProgram,
     #[error(transparent)]
     Program(#[from] ProgramError),
     #[error(transparent)]

@@ -13,7 +13,8 @@ use crate::decide::{Handlers, Policy};
 use crate::error::PrepareError;
 use crate::machine::{Options, Report, Update};
 use crate::warning::Warn;
-use mcr_client::{program, Connection};
+use mcr_client::program::ServerCommand;
+use mcr_client::Connection;
 use mcr_protocol::InstanceDir;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ pub struct Prepared {
 /// Get ready to update instance `name` to `command` (the new build and its arguments).
 pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks) -> Result<Prepared, PrepareError> {
     let started = Instant::now();
+<<<<<<< HEAD
     let (prog, args) = command.split_first().ok_or(PrepareError::NoProgram)?;
     let program = program::resolve(prog)?;
     let mut checked = program::check(&program)?;
@@ -57,6 +59,9 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
             checked.warnings.push(format!("{why}: whoever can change it would run code in the server"));
         }
     }
+=======
+    let ServerCommand { program, args, runtime_lib, warnings } = ServerCommand::prepare(command)?;
+>>>>>>> cli-thin
     let files = dir.files(name)?;
     let mut conn = Connection::open(dir, name)?;
     let info = conn.update_info()?;
@@ -80,18 +85,9 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
     // handler too, it recreates the per-connection processes.
     let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
     let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
-    let launcher =
-        Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args.to_vec(), runtime_lib, &info);
+    let launcher = Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args, runtime_lib, &info);
     let old = OldSupervisor::new(dir.clone(), name.to_string(), files, info, conn);
-    Ok(Prepared {
-        name: name.to_string(),
-        command: command.join(" "),
-        old,
-        launcher,
-        handlers,
-        started,
-        warnings: checked.warnings,
-    })
+    Ok(Prepared { name: name.to_string(), command: command.join(" "), old, launcher, handlers, started, warnings })
 }
 
 /// What `prepare` refuses besides what makes an update impossible.
