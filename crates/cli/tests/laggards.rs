@@ -101,3 +101,39 @@ fn quiesce_timeout_is_honoured() {
     assert!(long >= Duration::from_millis(1000), "gave up after {long:?} despite --timeout 1000");
     assert!(long > short, "--timeout 1000 ({long:?}) vs --timeout 50 ({short:?})");
 }
+
+/// A stopped process (SIGSTOP) cannot park: quiescing it fails within the timeout, names
+/// the process instead of counting it as quiesced, and once continued the server is not
+/// left parked. (Before: `--timeout 500` waited 24.5 s, said "quiesced … 0 threads in 0
+/// processes", and the server parked for good when continued.)
+#[test]
+fn quiescing_a_stopped_process_names_it_within_the_timeout() {
+    let mcr = Mcr::new("lag-stopped");
+    let port = free_port();
+    let kvd = fixture("kvd");
+    let inst = mcr.start("kvd", &kvd, &["--port", &port.to_string()]);
+    let pid = host_pid(&kvd, port);
+    kill(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let out = inst.quiesce(500);
+    let took = t0.elapsed();
+    kill(pid, libc::SIGCONT);
+    assert_eq!(out.code(), 1, "quiescing a stopped server must fail: {out}");
+    assert!(took < Duration::from_secs(3), "quiesce --timeout 500 took {took:?}: {out}");
+    assert!(
+        out.stderr.contains("process 2 (") && out.stderr.contains("is stopped (SIGSTOP)"),
+        "the stopped process is named: {out}"
+    );
+    // Continued, it gets the quiesce and then the resume that waited for it: it serves,
+    // parked nowhere.
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+    let st = inst.status();
+    assert_eq!(st["quiesced"], Value::Bool(false), "{st:#}");
+    for (_, t) in threads(&st) {
+        assert_ne!(t["state"], "parked", "{st:#}");
+    }
+    // And it quiesces normally now.
+    let out = inst.quiesce(1000);
+    assert_eq!(out.code(), 0, "{out}");
+    assert_eq!(inst.resume().code(), 0);
+}

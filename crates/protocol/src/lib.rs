@@ -15,6 +15,7 @@ pub mod instance;
 pub mod messages;
 pub mod profiling;
 pub mod relocation;
+pub mod test_hook;
 
 pub use epoll::epoll_registrations;
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};

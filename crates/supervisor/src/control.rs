@@ -1,6 +1,6 @@
 //! The control socket: requests from the `mcr` CLI.
 
-use crate::state::State;
+use crate::state::{AskError, State};
 use mcr_protocol::{
     InstanceStatus, Laggard, OpenConnections, ProcessInfo, ProcessLog, Request, Response, RuntimeCommandKind,
     RuntimeReply,
@@ -86,11 +86,15 @@ async fn serve(state: State, stream: UnixStream) {
         // `mcr update` died mid-way (killed, crashed): never leave the server refusing
         // connections or parked with nobody to resume it.
         eprintln!("mcr: the update that was draining this instance went away; resuming the server");
-        resume_all(&state).await;
+        resume_all(&state, ASK_TIMEOUT).await;
     }
 }
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long past a quiesce's or a drain's own timeout a runtime's answer may take to come
+/// (a runtime gives up at that timeout itself, and answers then).
+const REPLY_GRACE: Duration = Duration::from_millis(500);
 
 async fn handle(state: &State, req: Request) -> Response {
     match req {
@@ -127,7 +131,7 @@ async fn handle(state: &State, req: Request) -> Response {
         Request::ProfileData => crate::profiling::data(state, ASK_TIMEOUT).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {
-            let n = resume_all(state).await;
+            let n = resume_all(state, ASK_TIMEOUT).await;
             Response::Resumed { processes: n }
         }
         Request::Drain { timeout_ms, only_volatile, move_pinned, move_volatile, adopt_idle } => {
@@ -140,7 +144,7 @@ async fn handle(state: &State, req: Request) -> Response {
         }
         Request::Runtime { pid, command } => match state.ask(pid, command, Duration::from_secs(30)).await {
             Ok(reply) => Response::Runtime { reply },
-            Err(message) => Response::Error { message },
+            Err(e) => Response::Error { message: e.to_string() },
         },
         Request::Signal { signal } => match state.lock().main_pid {
             Some(pid) => {
@@ -157,7 +161,7 @@ async fn handle(state: &State, req: Request) -> Response {
         },
         Request::Stop { grace_ms } => {
             if state.lock().quiesced {
-                resume_all(state).await;
+                resume_all(state, ASK_TIMEOUT).await;
             }
             begin_stop(state, Duration::from_millis(grace_ms));
             Response::Stopping
@@ -228,7 +232,7 @@ async fn startup_logs(state: &State) -> Response {
             let (log, error) = match reply {
                 Some(Ok(RuntimeReply::StartupLog(l))) => (Some(l.clone()), None),
                 Some(Ok(other)) => (None, Some(format!("unexpected answer {other:?}"))),
-                Some(Err(e)) => (None, Some(e.clone())),
+                Some(Err(e)) => (None, Some(e.to_string())),
                 None => (None, Some("not registered with mcr".to_string())),
             };
             ProcessLog { pid: p.pid, command_line: p.cmdline.clone(), log, error }
@@ -271,7 +275,7 @@ async fn take_over(state: &State) -> Response {
         g.final_files = None;
         g.lock = Some(lock);
     }
-    resume_all(state).await;
+    resume_all(state, ASK_TIMEOUT).await;
     Response::Ok
 }
 
@@ -333,7 +337,7 @@ pub async fn status(state: &State) -> InstanceStatus {
                 info.dirty = dirty.clone();
             }
             Some(Ok(other)) => info.error = Some(format!("unexpected answer {other:?}")),
-            Some(Err(e)) => info.error = Some(e.clone()),
+            Some(Err(e)) => info.error = Some(e.to_string()),
             None if p.has_runtime => info.error = Some("not registered yet".into()),
             None => {
                 info.error = Some(
@@ -363,7 +367,7 @@ pub(crate) async fn ask_all(
     pids: &[i32],
     command: RuntimeCommandKind,
     timeout: Duration,
-) -> Vec<(i32, Result<RuntimeReply, String>)> {
+) -> Vec<(i32, Result<RuntimeReply, AskError>)> {
     let handles: Vec<_> = pids
         .iter()
         .map(|&pid| {
@@ -398,13 +402,27 @@ async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
     let t0 = Instant::now();
     loop {
         let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
+        // The user's timeout bounds the drain: a runtime that does not answer within it
+        // (and a grace) is named, not waited for.
+        let answer_within = (timeout.saturating_sub(t0.elapsed()) + REPLY_GRACE).clamp(2 * REPLY_GRACE, ASK_TIMEOUT);
         let mut remaining = Vec::new();
-        for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, ASK_TIMEOUT).await {
-            if let Ok(RuntimeReply::Connections { fds, volatile, pinned, idle_check, busy, finished }) = r {
-                if !fds.is_empty() || finished {
+        let mut unreachable = Vec::new();
+        for (pid, r) in ask_all(state, &pids, RuntimeCommandKind::Drain, answer_within).await {
+            match r {
+                Ok(RuntimeReply::Connections { fds, volatile, pinned, idle_check, busy, finished })
+                    if !fds.is_empty() || finished =>
+                {
                     remaining.push(OpenConnections { pid, fds, volatile, pinned, idle_check, busy, finished });
                 }
+                // A process that exited meanwhile (a finished per-connection child) just
+                // drops out; one that lives and cannot answer keeps its connections from
+                // being known.
+                Err(e) if e.unreachable() => unreachable.push(describe_unreachable(state, pid, &e)),
+                _ => {}
             }
+        }
+        if !unreachable.is_empty() {
+            return Response::Error { message: format!("cannot drain: {}", unreachable.join("; ")) };
         }
         let waiting = remaining.iter().any(|c| match wait {
             DrainWait::All => true,
@@ -420,19 +438,30 @@ async fn drain(state: &State, timeout: Duration, wait: DrainWait) -> Response {
     }
 }
 
-async fn resume_all(state: &State) -> usize {
+/// One line about a process that lives and did not answer: what it runs, and why.
+fn describe_unreachable(state: &State, pid: i32, e: &AskError) -> String {
+    let cmd = state.processes().into_iter().find(|p| p.pid == pid).map(|p| p.cmdline.join(" ")).unwrap_or_default();
+    let e = e.to_string();
+    match e.strip_prefix(&format!("process {pid} ")) {
+        Some(rest) if !cmd.is_empty() => format!("process {pid} ({cmd}) {rest}"),
+        _ => e,
+    }
+}
+
+/// Release every parked thread (and end a drain). A process that is stopped gets the
+/// command when it continues; waiting for the answers takes at most `wait`.
+async fn resume_all(state: &State, wait: Duration) -> usize {
     let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
-    let n = ask_all(state, &pids, RuntimeCommandKind::Resume, ASK_TIMEOUT)
-        .await
-        .into_iter()
-        .filter(|(_, r)| r.is_ok())
-        .count();
+    let n =
+        ask_all(state, &pids, RuntimeCommandKind::Resume, wait).await.into_iter().filter(|(_, r)| r.is_ok()).count();
     state.lock().quiesced = false;
     n
 }
 
-/// Quiesce every process in parallel. A process that appears meanwhile (a fork) is
-/// quiesced too; a process without the runtime makes the request fail.
+/// Quiesce every process in parallel, within `timeout` (and a grace for the answers). A
+/// process that appears meanwhile (a fork) is quiesced too; a process without the runtime,
+/// or one that lives and cannot answer (stopped, or its runtime stuck), makes the request
+/// fail, naming it.
 async fn quiesce(state: &State, timeout: Duration) -> Response {
     let t0 = Instant::now();
     let mut done: Vec<i32> = Vec::new();
@@ -466,30 +495,40 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
         }
         let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
         let ms = left.as_millis() as u64;
-        for (pid, r) in ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + ASK_TIMEOUT).await
-        {
+        let connections: Vec<(i32, Option<u64>)> = {
+            let g = state.lock();
+            todo.iter().map(|p| (*p, g.procs.get(p).map(|r| r.conn))).collect()
+        };
+        let asked = ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + REPLY_GRACE).await;
+        for (pid, r) in asked {
             done.push(pid);
             match r {
                 Ok(RuntimeReply::Quiesced { threads: n, .. }) => threads += n,
                 Ok(RuntimeReply::QuiesceFailed { laggards: l, .. }) => laggards.extend(l),
                 Ok(other) => problems.push(format!("process {pid}: unexpected answer {other:?}")),
+                // Alive and silent: not quiesced, whatever happens to it later (the
+                // resume below waits in its socket for when it continues).
+                Err(e) if e.unreachable() => {
+                    problems.push(format!("{}; not quiesced", describe_unreachable(state, pid, &e)))
+                }
                 Err(e) => {
                     // A process that exited (its runtime socket closes a moment before it
-                    // leaves /proc) is no obstacle; one that exec'd registers again and
-                    // is asked again in the next round.
+                    // leaves /proc) is no obstacle; one that exec'd registers again, on
+                    // another connection, and is asked again in the next round.
+                    let asked_on = connections.iter().find(|(p, _)| *p == pid).and_then(|(_, c)| *c);
                     let t = Instant::now();
                     loop {
                         let alive = state.processes().iter().any(|p| p.pid == pid);
-                        let registered = state.lock().procs.contains_key(&pid);
+                        let registered_again = state.lock().procs.get(&pid).is_some_and(|r| Some(r.conn) != asked_on);
                         if !alive {
                             break;
                         }
-                        if registered {
+                        if registered_again {
                             done.retain(|&p| p != pid);
                             break;
                         }
                         if t.elapsed() > Duration::from_millis(300) {
-                            problems.push(e);
+                            problems.push(e.to_string());
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -506,7 +545,7 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
         state.lock().quiesced = true;
         return Response::Quiesced { elapsed_us, processes: done.len(), threads };
     }
-    resume_all(state).await;
+    resume_all(state, REPLY_GRACE).await;
     let mut message = format!(
         "quiescence did not converge within {} ms; the server was resumed and keeps running",
         timeout.as_millis()

@@ -65,6 +65,15 @@ pub fn where_is(pid: i32) -> String {
     }
 }
 
+/// How process `pid` is stopped, if it is: its threads run no code until it is continued.
+pub fn stopped(pid: i32) -> Option<&'static str> {
+    match mcr_procfs::stat::read(pid).ok()?.state {
+        'T' => Some("SIGSTOP"),
+        't' => Some("stopped by a debugger"),
+        _ => None,
+    }
+}
+
 /// This process's open descriptors above stderr.
 pub fn own_descriptors_above_stderr() -> Vec<i32> {
     mcr_procfs::fd::list(mcr_procfs::Process::Current)

@@ -10,6 +10,50 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// How often a wait for a runtime's answer looks whether the process stopped.
+const STOPPED_POLL: Duration = Duration::from_millis(20);
+
+/// Why a process's runtime gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskError {
+    NotRegistered(i32),
+    /// It exited, or closed its connection, before answering.
+    Disconnected(i32),
+    /// It is stopped (`how`: by a signal, by a debugger): it cannot answer until continued.
+    Stopped {
+        pid: i32,
+        how: &'static str,
+    },
+    /// It runs and did not answer in time.
+    Timeout {
+        pid: i32,
+        ms: u128,
+    },
+}
+
+impl AskError {
+    /// The process lives and did not answer (as opposed to having gone away).
+    pub fn unreachable(&self) -> bool {
+        matches!(self, AskError::Stopped { .. } | AskError::Timeout { .. })
+    }
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::NotRegistered(pid) => write!(f, "process {pid} is not registered"),
+            AskError::Disconnected(pid) => write!(f, "process {pid} exited or disconnected before answering"),
+            AskError::Stopped { pid, how } => {
+                write!(f, "process {pid} is stopped ({how}): it cannot answer until it is continued")
+            }
+            AskError::Timeout { pid, ms } => write!(
+                f,
+                "process {pid} did not answer within {ms} ms (its runtime starts at the process's first blocking call)"
+            ),
+        }
+    }
+}
+
 /// A registered process of the server.
 pub struct Registered {
     pub conn: u64,
@@ -82,12 +126,19 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Send a command to one process and wait for its reply.
-    pub async fn ask(&self, pid: i32, command: RuntimeCommandKind, timeout: Duration) -> Result<RuntimeReply, String> {
-        let (tx, rx) = oneshot::channel();
+    /// Send a command to one process and wait for its reply, at most `timeout`. A
+    /// process that stops (SIGSTOP, a debugger) cannot answer: the wait ends as soon as it
+    /// is seen stopped, and the command stays queued for when it continues.
+    pub async fn ask(
+        &self,
+        pid: i32,
+        command: RuntimeCommandKind,
+        timeout: Duration,
+    ) -> Result<RuntimeReply, AskError> {
+        let (tx, mut rx) = oneshot::channel();
         let id = {
             let mut g = self.lock();
-            let Some(p) = g.procs.get(&pid) else { return Err(format!("process {pid} is not registered")) };
+            let Some(p) = g.procs.get(&pid) else { return Err(AskError::NotRegistered(pid)) };
             let ptx = p.tx.clone();
             g.next_id += 1;
             let id = g.next_id;
@@ -95,19 +146,27 @@ impl Shared {
             let line = mcr_protocol::encode_line(&mcr_protocol::RuntimeCommand { id, command });
             if ptx.send(line).is_err() {
                 g.pending.remove(&id);
-                return Err(format!("process {pid} disconnected"));
+                return Err(AskError::Disconnected(pid));
             }
             id
         };
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(format!("process {pid} exited or disconnected before answering")),
-            Err(_) => {
-                self.lock().pending.remove(&id);
-                Err(format!(
-                    "process {pid} did not answer within {} ms (its runtime starts at the process's first blocking call)",
-                    timeout.as_millis()
-                ))
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(STOPPED_POLL), &mut rx).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(_)) => return Err(AskError::Disconnected(pid)),
+                Err(_) => {
+                    let why = if left <= STOPPED_POLL {
+                        Some(AskError::Timeout { pid, ms: timeout.as_millis() })
+                    } else {
+                        procfs::stopped(pid).map(|how| AskError::Stopped { pid, how })
+                    };
+                    if let Some(e) = why {
+                        self.lock().pending.remove(&id);
+                        return Err(e);
+                    }
+                }
             }
         }
     }

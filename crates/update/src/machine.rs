@@ -9,7 +9,7 @@ use crate::rollback::Versions;
 use crate::transfer::{Summary, TransferError};
 use crate::version::{HostPids, Launcher, NextVersion, Quiescence, RunningVersion};
 use crate::warning::{Warn, Warning};
-use mcr_protocol::{OpenConnections, ReplayConflict};
+use mcr_protocol::{test_hook, OpenConnections, ReplayConflict};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -177,6 +177,11 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
                 Phase::Commit => {}
             }
             done?;
+            match p {
+                Phase::Drain => test_hook::pause(test_hook::point::DRAINED),
+                Phase::Quiesce => test_hook::pause(test_hook::point::QUIESCED),
+                _ => {}
+            }
             phase = p.next();
         }
         Ok(())
@@ -234,6 +239,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             return Err(RestartError::NoStartupLog { pid: p.pid, error: p.error.clone().unwrap_or_default() });
         }
         let next = next.insert(launcher.start(&logs, &old.host_pids()?)?);
+        test_hook::pause(test_hook::point::RESTARTING);
         next.wait_started(self.options.startup_timeout, self.options.interrupted)
             .map_err(|f| RestartError::NotStarted { reason: f.reason, conflicts: f.conflicts })?;
         // The process tree must match: a missing process is a thread of control the new
@@ -294,6 +300,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
         let Versions { old, next: Some(next), .. } = &mut self.versions else {
             return Err(CommitError::NoNewVersion);
         };
+        test_hook::pause(test_hook::point::COMMITTING);
         old.retire()?;
         next.take_over()
     }

@@ -109,6 +109,7 @@ pub(crate) fn transfer(
     sum.trace_ms += ms_since(t);
     sum.processes += 1;
     sum.state.add(&moved.report);
+    mcr_protocol::test_hook::pause(mcr_protocol::test_hook::point::TRANSFERRING);
 
     let t = Instant::now();
     let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
