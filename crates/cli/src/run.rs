@@ -4,18 +4,12 @@
 use anyhow::Result;
 use clap::Args;
 use mcr_client::attach::{self, Ended, Started};
-use mcr_client::launch::{reserve, spawn_supervisor, SupervisorLaunch};
+use mcr_client::launch::{reserve, spawn_supervisor, LogMark, SupervisorLaunch};
 use mcr_client::program::ServerCommand;
 use mcr_protocol::InstanceDir;
 use std::path::PathBuf;
 use std::time::Duration;
 
-<<<<<<< HEAD
-// `mcr profile` launches its server through these too.
-pub use mcr_client::launch::{log_tail, reports, spawn_supervisor, LogMark, SupervisorLaunch};
-
-=======
->>>>>>> cli-thin
 #[derive(Args)]
 pub struct RunArgs {
     /// Instance name [default: the program's file name]

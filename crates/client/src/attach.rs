@@ -5,12 +5,7 @@ use crate::connection::{self, ClientError};
 use crate::launch::{report_channel, LogMark};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, Request, Response};
 use std::os::fd::OwnedFd;
-<<<<<<< HEAD
-use std::sync::mpsc::RecvTimeoutError;
-=======
-use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
->>>>>>> cli-thin
 use std::time::{Duration, Instant};
 
 /// The signals `mcr run` in the foreground passes on to the server's main process.
@@ -60,7 +55,7 @@ pub fn wait_started(
 pub fn wait_started_on(
     dir: &InstanceDir,
     name: &str,
-    log: &Path,
+    log: &LogMark,
     rx: &Receiver<LaunchReport>,
     timeout: Duration,
     note: &mut dyn FnMut(&str),

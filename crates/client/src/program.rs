@@ -59,10 +59,8 @@ pub enum ProgramError {
     NotRuntimeLib { path: PathBuf, reason: String },
 }
 
-<<<<<<< HEAD
 /// A symbol only mcr's runtime exports: a file without it is not libmcr.so.
 const RUNTIME_MARKER: &str = "mcr_runtime_is_live_update";
-=======
 /// A server's command line ready to launch under mcr: its program found and checked, and
 /// the runtime library found. What `mcr run`, `mcr profile` and `mcr update` check first.
 #[derive(Debug, Clone)]
@@ -74,6 +72,8 @@ pub struct ServerCommand {
     pub runtime_lib: PathBuf,
     /// Warnings to print (no debug info, a script).
     pub warnings: Vec<String>,
+    /// The program has DWARF: its state can be moved.
+    pub has_debug_info: bool,
 }
 
 impl ServerCommand {
@@ -83,7 +83,13 @@ impl ServerCommand {
         let program = resolve(program)?;
         let checked = check(&program)?;
         let runtime_lib = runtime_library()?;
-        Ok(Self { program, args: args.to_vec(), runtime_lib, warnings: checked.warnings })
+        Ok(Self {
+            program,
+            args: args.to_vec(),
+            runtime_lib,
+            warnings: checked.warnings,
+            has_debug_info: checked.has_debug_info,
+        })
     }
 
     /// The program's file name (the default instance name).
@@ -91,7 +97,6 @@ impl ServerCommand {
         self.program.file_name().map(|s| s.to_string_lossy().into_owned()).ok_or(ProgramError::NoFileName)
     }
 }
->>>>>>> cli-thin
 
 /// Find PROGRAM as a shell would (PATH lookup when it has no slash).
 pub fn resolve(program: &str) -> Result<PathBuf, ProgramError> {

@@ -241,7 +241,8 @@ impl Session {
     fn started(mut self, warn: &dyn Fn(&str)) -> Result<Self, SessionError> {
         let mut note = |n: &str| warn(n);
         let timeout = self.settings.startup_timeout;
-        let started = attach::wait_started_on(&self.dir, &self.name, &self.log, &self.reports, timeout, &mut note);
+        let mark = launch::LogMark::now(&self.log);
+        let started = attach::wait_started_on(&self.dir, &self.name, &mark, &self.reports, timeout, &mut note);
         self.startup_ms = match started {
             Ok(Started::Started { startup_ms, .. }) => startup_ms,
             // Its supervisor (this one) is gone with it.

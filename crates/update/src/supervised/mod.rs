@@ -13,7 +13,7 @@ use crate::decide::{Handlers, Policy};
 use crate::error::PrepareError;
 use crate::machine::{Options, Report, Update};
 use crate::warning::Warn;
-use mcr_client::program::ServerCommand;
+use mcr_client::program::{self, ServerCommand};
 use mcr_client::Connection;
 use mcr_protocol::InstanceDir;
 use std::path::PathBuf;
@@ -46,22 +46,15 @@ pub struct Prepared {
 /// Get ready to update instance `name` to `command` (the new build and its arguments).
 pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks) -> Result<Prepared, PrepareError> {
     let started = Instant::now();
-<<<<<<< HEAD
-    let (prog, args) = command.split_first().ok_or(PrepareError::NoProgram)?;
-    let program = program::resolve(prog)?;
-    let mut checked = program::check(&program)?;
-    let runtime_lib = program::runtime_library()?;
+    let ServerCommand { program, args, runtime_lib, mut warnings, has_debug_info } = ServerCommand::prepare(command)?;
     for path in [&program, &runtime_lib] {
         if let Some(why) = program::writable_by_others(path) {
             if checks.strict {
                 return Err(PrepareError::Untrusted(why));
             }
-            checked.warnings.push(format!("{why}: whoever can change it would run code in the server"));
+            warnings.push(format!("{why}: whoever can change it would run code in the server"));
         }
     }
-=======
-    let ServerCommand { program, args, runtime_lib, warnings } = ServerCommand::prepare(command)?;
->>>>>>> cli-thin
     let files = dir.files(name)?;
     let mut conn = Connection::open(dir, name)?;
     let info = conn.update_info()?;
@@ -71,7 +64,7 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
     // Without DWARF on both sides nothing of the state can move: refuse, before the server
     // is touched, rather than commit an update that silently drops it.
     if !checks.fresh_state {
-        if !checked.has_debug_info {
+        if !has_debug_info {
             return Err(PrepareError::NoDebugInfo(program));
         }
         if let Some(old) = old_binary_without_debug_info(&info) {
