@@ -250,6 +250,7 @@ mod tests {
             args: vec![],
             runtime_lib: PathBuf::from("/usr/lib/mcr/libmcr.so"),
             warnings: vec![],
+            has_debug_info: true,
         };
         assert_eq!(c.file_name().unwrap(), "kvd");
         let root = ServerCommand { program: PathBuf::from("/"), ..c };
