@@ -1,61 +1,20 @@
-//! What the benchmarks read from mcr's `--json` output, deserialized: `mcr ctl quiesce`
-//! prints the protocol's [`Response`](mcr_protocol::Response) and `mcr status` its
-//! [`InstanceStatus`](mcr_protocol::InstanceStatus), read with the protocol's own types;
-//! `mcr update --json` prints the CLI's outcome, mirrored here (the part the benchmarks
-//! read) until the update library exports it.
+//! What the benchmarks read from mcr's `--json` output, deserialized with mcr's own types:
+//! `mcr ctl quiesce` prints the protocol's [`Response`](mcr_protocol::Response), `mcr
+//! status` its [`InstanceStatus`](mcr_protocol::InstanceStatus), and `mcr update` the
+//! update library's [`Report`].
 
-use serde::Deserialize;
+pub use mcr_update::Report;
 
-/// `mcr update --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct UpdateOutcome {
-    pub committed: bool,
-    pub message: String,
-    pub phases: Phases,
-    /// What the state transfer moved (absent with --fresh-state or before it ran).
-    pub transfer: Option<TransferSummary>,
-}
-
-/// The update's phases, in milliseconds.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Phases {
-    pub drain_ms: f64,
-    pub quiesce_ms: f64,
-    pub restart_ms: f64,
-    pub transfer_ms: f64,
-    pub commit_ms: f64,
-    pub total_ms: f64,
-}
-
-/// The `transfer` section: what the state transfer moved, summed over the processes.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TransferSummary {
-    pub globals: usize,
-    pub globals_clean: usize,
-    pub objects: usize,
-    pub bytes: u64,
-    pub live_objects: usize,
-    pub connections: usize,
-    pub respawned_processes: usize,
-    pub dirty_pages: u64,
-    pub clean_pages: u64,
-    pub heap_scan_ms: f64,
-    pub trace_ms: f64,
-    pub connections_ms: f64,
-}
-
-impl UpdateOutcome {
-    /// What `mcr update --json` printed: `Ok(None)` when it printed nothing (refused
-    /// before doing anything), Err when it printed something else than an outcome.
-    pub fn from_stdout(stdout: &[u8]) -> Result<Option<UpdateOutcome>, String> {
-        let text = String::from_utf8_lossy(stdout);
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("mcr update --json printed what mcr-bench cannot read ({e}): {}", text.trim()))
+/// What `mcr update --json` printed: `Ok(None)` when it printed nothing (refused before
+/// doing anything), Err when it printed something else than a report.
+pub fn update_report(stdout: &[u8]) -> Result<Option<Report>, String> {
+    let text = String::from_utf8_lossy(stdout);
+    if text.trim().is_empty() {
+        return Ok(None);
     }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("mcr update --json printed what mcr-bench cannot read ({e}): {}", text.trim()))
 }
 
 /// The protocol's answer a `mcr ... --json` command printed.
@@ -98,19 +57,32 @@ pub(crate) mod tests {
 }"#;
 
     #[test]
-    fn update_outcomes() {
-        let o = UpdateOutcome::from_stdout(COMMITTED.as_bytes()).unwrap().unwrap();
+    fn update_reports() {
+        let o = update_report(COMMITTED.as_bytes()).unwrap().unwrap();
         assert!(o.committed);
         // serde_json reads floats to within an ulp (not bit-exact without float_roundtrip).
         assert!((o.phases.restart_ms - 52.056451).abs() < 1e-9, "{:?}", o.phases);
         let t = o.transfer.as_ref().unwrap();
-        assert_eq!((t.globals, t.objects, t.bytes, t.live_objects, t.connections), (7, 30, 690, 31, 2));
-        let r = UpdateOutcome::from_stdout(ROLLED_BACK.as_bytes()).unwrap().unwrap();
-        assert!(!r.committed && r.transfer.is_none());
+        assert_eq!((t.state.globals, t.state.objects, t.state.bytes, t.state.live_objects), (7, 30, 690, 31));
+        assert_eq!((t.connections, t.dirty_pages, t.clean_pages), (2, 140, 2328));
+        assert_eq!(o.connections_left[0].fds, [5, 6]);
+        assert_eq!((o.old_processes.as_slice(), o.new_processes.as_slice()), (&[2][..], &[2][..]));
+        let r = update_report(ROLLED_BACK.as_bytes()).unwrap().unwrap();
+        assert!(!r.committed && r.transfer.is_none() && r.failure.is_none());
         assert_eq!(r.message, "the new version exited with signal 6 (SIGABRT) during its startup");
-        assert!(UpdateOutcome::from_stdout(b"  \n").unwrap().is_none(), "refused: nothing printed");
-        let e = UpdateOutcome::from_stdout(br#"{"committed": "yes"}"#).unwrap_err();
+        assert!(update_report(b"  \n").unwrap().is_none(), "refused: nothing printed");
+        let e = update_report(br#"{"committed": "yes"}"#).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_report_reads_back_as_the_update_wrote_it() {
+        let o = update_report(COMMITTED.as_bytes()).unwrap().unwrap();
+        let again = serde_json::to_string_pretty(&o).unwrap();
+        let back = update_report(again.as_bytes()).unwrap().unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&o).unwrap());
+        let fields: serde_json::Value = serde_json::from_str(COMMITTED).unwrap();
+        assert_eq!(serde_json::to_value(&o).unwrap(), fields, "every field of the --json output is read");
     }
 
     #[test]

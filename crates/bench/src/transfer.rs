@@ -21,7 +21,7 @@
 //! `fail <to> <conns> <keys> <message>`.
 
 use crate::kvload::addr;
-use crate::outcome::UpdateOutcome;
+use crate::outcome::{update_report, Report};
 use crate::update::output_within;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -54,7 +54,7 @@ pub const FIELDS: [&str; 19] = [
 
 /// The value of field `name` of [`FIELDS`] in an update's outcome (`client_ms` is the
 /// benchmark's own); `None` when the outcome has none (no transfer with --fresh-state).
-fn figure(o: &UpdateOutcome, name: &str) -> Option<f64> {
+fn figure(o: &Report, name: &str) -> Option<f64> {
     let p = &o.phases;
     let phase = match name {
         "drain_ms" => Some(p.drain_ms),
@@ -70,11 +70,11 @@ fn figure(o: &UpdateOutcome, name: &str) -> Option<f64> {
     }
     let t = o.transfer.as_ref()?;
     Some(match name {
-        "globals" => t.globals as f64,
-        "globals_clean" => t.globals_clean as f64,
-        "objects" => t.objects as f64,
-        "bytes" => t.bytes as f64,
-        "live_objects" => t.live_objects as f64,
+        "globals" => t.state.globals as f64,
+        "globals_clean" => t.state.globals_clean as f64,
+        "objects" => t.state.objects as f64,
+        "bytes" => t.state.bytes as f64,
+        "live_objects" => t.state.live_objects as f64,
         "connections" => t.connections as f64,
         "dirty_pages" => t.dirty_pages as f64,
         "clean_pages" => t.clean_pages as f64,
@@ -364,7 +364,7 @@ pub fn run(cfg: &Config) -> Result<usize, String> {
                         return Err(e);
                     }
                 };
-            let outcome = match UpdateOutcome::from_stdout(&o.stdout) {
+            let outcome = match update_report(&o.stdout) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     writeln!(f, "fail\t{head}\t{}", e.replace(['\t', '\n'], " ")).map_err(|e| e.to_string())?;
@@ -753,14 +753,14 @@ mod tests {
 
     #[test]
     fn every_field_comes_from_the_outcome() {
-        let o = UpdateOutcome::from_stdout(crate::outcome::tests::COMMITTED.as_bytes()).unwrap().unwrap();
+        let o = update_report(crate::outcome::tests::COMMITTED.as_bytes()).unwrap().unwrap();
         for k in FIELDS.iter().filter(|k| **k != "client_ms") {
             assert!(figure(&o, k).is_some(), "{k}");
         }
         assert_eq!(figure(&o, "client_ms"), None);
         assert!(figure(&o, "restart_ms").is_some_and(|ms| (ms - 52.056451).abs() < 1e-9));
         assert_eq!(figure(&o, "live_objects"), Some(31.0));
-        let fresh = UpdateOutcome::from_stdout(crate::outcome::tests::ROLLED_BACK.as_bytes()).unwrap().unwrap();
+        let fresh = update_report(crate::outcome::tests::ROLLED_BACK.as_bytes()).unwrap().unwrap();
         assert_eq!((figure(&fresh, "total_ms"), figure(&fresh, "objects")), (Some(35.069198), None));
     }
 

@@ -15,7 +15,7 @@
 //!       an update that did not commit (rolled back, refused, or committed but the server
 //!       does not accept connections afterwards)
 
-use crate::outcome::{parse_json, UpdateOutcome};
+use crate::outcome::{parse_json, update_report};
 use mcr_protocol::InstanceStatus;
 use std::io::Write;
 use std::path::PathBuf;
@@ -270,11 +270,11 @@ fn update(cfg: &Config, to: Ver) -> Result<Sample, String> {
     }
     let (out, client_us) = cfg.mcr_with_program(&args, to, limit)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let sample = match UpdateOutcome::from_stdout(&out.stdout)? {
+    let sample = match update_report(&out.stdout)? {
         Some(o) if o.committed => {
             let startup_us = cfg.startup_us()?;
             if cfg.serving() {
-                let p = o.phases;
+                let p = &o.phases;
                 Sample::Ok {
                     to,
                     quiesce_us: us(p.quiesce_ms),

@@ -36,7 +36,13 @@ pub enum ProfileError {
     BadId { path: String, index: usize, id: String },
     #[error("profile {path} lists no quiescent point: no thread could ever park")]
     Empty { path: String },
+    #[error("profile {path} is not a regular file of at most {} MiB", MAX_PROFILE >> 20)]
+    TooLarge { path: String },
 }
+
+/// The largest profile read: a real one is a few KiB; anything bigger (a device, a wrong
+/// path) is refused instead of filling memory.
+pub const MAX_PROFILE: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QuiescentPoint {
@@ -87,8 +93,19 @@ pub struct Profile {
 
 impl Profile {
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        use std::io::Read;
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: p.clone(), source })?;
+        let read_err = |source| ProfileError::Read { path: p.clone(), source };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() || meta.len() > MAX_PROFILE {
+            return Err(ProfileError::TooLarge { path: p });
+        }
+        let mut text = String::new();
+        file.take(MAX_PROFILE + 1).read_to_string(&mut text).map_err(read_err)?;
+        if text.len() as u64 > MAX_PROFILE {
+            return Err(ProfileError::TooLarge { path: p });
+        }
         Self::parse(&text, &p)
     }
 

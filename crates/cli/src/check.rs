@@ -40,11 +40,7 @@ pub fn check(args: &CheckArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    // The hints of both builds (the tracer's reader) and what `mcr update` will do with the
-    // words they cover.
-    let notes =
-        if old.has_debug_info && new.has_debug_info { mcr_tracer::annotations(&old, &new) } else { Default::default() };
-    let d = mcr_typemodel::diff_with(&old, &new, &notes);
+    let d = mcr_tracer::compare(&old, &new);
     for w in &d.warnings {
         eprintln!("mcr: warning: {w}");
     }
@@ -172,12 +168,7 @@ pub fn human(d: &Diff) -> String {
         }
     }
     sessions(&mut out, &d.sessions);
-    // A word inside a changed global is counted with that global.
-    let in_globals =
-        |path: &str| d.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()));
-    let handlers = d.types.iter().filter(|t| t.class == Class::NeedsHandler).count()
-        + d.globals.iter().filter(|g| g.class == Class::NeedsHandler).count()
-        + d.opaque.iter().filter(|w| w.class == Class::NeedsHandler && !in_globals(&w.path)).count();
+    let handlers = d.needing_handlers();
     let _ = writeln!(out);
     if d.is_automatic() {
         let _ = writeln!(out, "Verdict: automatic. mcr transforms every difference by itself (exit status 0).");

@@ -8,10 +8,6 @@ mod render;
 mod run;
 mod update;
 
-// `mcr profile` reaches the supervisor and checks its program through these names.
-use mcr_client as client;
-use mcr_client::program;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,16 +1,14 @@
 //! `mcr run`: validate, take the instance name, start the supervisor (mcr-client), then
 //! either stay attached or return once started, and say how it went.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use mcr_client::attach::{self, Ended, Started};
-use mcr_client::program;
+use mcr_client::launch::{reserve, spawn_supervisor, LogMark, SupervisorLaunch};
+use mcr_client::program::ServerCommand;
 use mcr_protocol::InstanceDir;
 use std::path::PathBuf;
 use std::time::Duration;
-
-// `mcr profile` launches its server through these too.
-pub use mcr_client::launch::{log_tail, reports, spawn_supervisor, SupervisorLaunch};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -32,10 +30,7 @@ pub struct RunArgs {
 }
 
 pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
-    let (prog, rest) = args.command.split_first().context("no program given")?;
-    let program = program::resolve(prog)?;
-    let checked = program::check(&program)?;
-    let runtime_lib = program::runtime_library()?;
+    let command = ServerCommand::prepare(&args.command)?;
     let profile = match &args.profile {
         Some(p) => {
             mcr_callstack::Profile::load(p)?;
@@ -45,22 +40,22 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     };
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => program.file_name().map(|s| s.to_string_lossy().into_owned()).context("program has no file name")?,
+        None => command.file_name()?,
     };
-    dir.create()?;
-    let files = dir.files(&name)?;
-    let lock = files.acquire()?;
-    for w in &checked.warnings {
+    let (files, lock) = reserve(dir, &name)?;
+    for w in &command.warnings {
         eprintln!("mcr: warning: {w}");
     }
 
+    // What this launch writes to the log (kept across runs of the name) starts here.
+    let log = LogMark::now(&files.log);
     let reports = spawn_supervisor(SupervisorLaunch {
         name: name.clone(),
         files: files.clone(),
         lock,
-        program: program.clone(),
-        args: rest.to_vec(),
-        runtime_lib,
+        program: command.program,
+        args: command.args,
+        runtime_lib: command.runtime_lib,
         profile,
         detach: args.detach,
         update: None,
@@ -68,7 +63,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     let mut note = |n: &str| eprintln!("mcr: warning: {n}");
     if args.detach {
         let timeout = Duration::from_secs(args.startup_timeout);
-        match attach::wait_started(dir, &name, &files.log, reports, timeout, &mut note)? {
+        match attach::wait_started(dir, &name, &log, reports, timeout, &mut note)? {
             Started::Started { startup_ms, pid_namespace } => {
                 let ns = match pid_namespace {
                     Some(true) => "own PID namespace",

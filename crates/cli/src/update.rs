@@ -35,13 +35,18 @@ pub struct UpdateArgs {
     /// Print the outcome and phase timings as JSON
     #[arg(long)]
     json: bool,
+    /// Refuse the update when the new program or the runtime library (or the directory
+    /// holding it) can be changed by a user other than root and you; without it, a warning
+    #[arg(long)]
+    strict: bool,
     /// The new version and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
     command: Vec<String>,
 }
 
 pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
-    let prepared = mcr_update::prepare(dir, &args.name, &args.command)?;
+    let checks = mcr_update::Checks { fresh_state: args.fresh_state, strict: args.strict };
+    let prepared = mcr_update::prepare(dir, &args.name, &args.command, checks)?;
     for w in &prepared.warnings {
         eprintln!("mcr: warning: {w}");
     }

@@ -187,3 +187,54 @@ fn detached_server_that_never_completes_startup_times_out_clearly() {
     assert_eq!(st["started"], serde_json::Value::Bool(false), "{st:#}");
     assert_eq!(Client::connect(port).request("PING"), "PONG");
 }
+
+#[test]
+fn a_runtime_library_that_is_not_mcrs_is_a_clear_error() {
+    let mcr = Mcr::new("err-runtime-lib");
+    let text = mcr.tmp.join("notes.txt");
+    std::fs::write(&text, "not a library\n").expect("write");
+    let text = text.display().to_string();
+    for (lib, says) in [
+        (text.as_str(), "not an ELF file"),
+        ("/bin/true", "runtime's symbols"),
+        ("/lib/x86_64-linux-gnu/libc.so.6", "runtime's symbols"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut argv = run_args("k", &fixture("kvd"), &["--port", &free_port().to_string()]);
+        argv.insert(1, "--detach".into());
+        let out = mcr.command(&argv).env("MCR_RUNTIME_LIB", lib).output().expect("run mcr");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "MCR_RUNTIME_LIB={lib} accepted: {stderr}");
+        assert!(stderr.contains("is not the mcr runtime library") && stderr.contains(says), "{lib}: {stderr}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}: not a startup timeout", t0.elapsed());
+        assert!(mcr.instance_files().is_empty(), "{:?}", mcr.runtime_files());
+    }
+}
+
+#[test]
+fn an_unbounded_profile_is_refused() {
+    let mcr = Mcr::new("err-profile-zero");
+    let mut argv = run_args("k", &fixture("kvd"), &["--port", &free_port().to_string()]);
+    argv.splice(1..1, ["--detach".into(), "--profile".into(), "/dev/zero".into()]);
+    let t0 = std::time::Instant::now();
+    let out = mcr.run(&argv);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("/dev/zero") && out.stderr.contains("regular file"), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+}
+
+/// `mcr run` that fails shows the server's lines of this run, not those an earlier run
+/// of the same name left in the log.
+#[test]
+fn a_failed_run_shows_only_its_own_log_lines() {
+    let mcr = Mcr::new("err-own-lines");
+    // First run: kvd prints its usage and exits.
+    let out = mcr.try_start("k", &fixture("kvd"), &["--no-such-option"]);
+    assert!(!out.success() && out.stderr.contains("usage"), "{out}");
+    // Second run of the same name: its port is taken.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().unwrap().port();
+    let out = mcr.try_start("k", &fixture("kvd"), &["--port", &port.to_string()]);
+    assert!(!out.success() && out.stderr.contains("Address already in use"), "{out}");
+    assert!(!out.stderr.contains("usage"), "the first run's lines are shown again: {out}");
+}

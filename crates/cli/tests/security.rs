@@ -103,3 +103,135 @@ fn planted_symlinks_in_the_runtime_directory_are_never_followed() {
         );
     }
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the name.
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+#[test]
+fn an_endless_request_line_is_cut_off_and_the_supervisor_keeps_serving() {
+    use std::io::Write;
+    let mcr = Mcr::new("sec-long-line");
+    let port = free_port();
+    let kvd = mcr.start("kvd", &fixture("kvd"), &["--port", &port.to_string()]);
+    let sup = kvd.supervisor_pid();
+    let before = rss_kib(sup);
+    let mut s = std::os::unix::net::UnixStream::connect(mcr.runtime_dir.join("kvd.sock")).expect("connect");
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    // 256 MiB without a newline; the supervisor must hang up long before.
+    while sent < 256 << 20 {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 256 << 20, "the supervisor read 256 MiB of one line without hanging up");
+    let grown = rss_kib(sup).saturating_sub(before);
+    assert!(grown < 100 << 10, "the supervisor grew by {grown} KiB reading one line");
+    assert_eq!(kvd.status()["processes"].as_array().map(Vec::len), Some(1), "the supervisor still answers");
+}
+
+#[test]
+fn at_the_descriptor_limit_the_supervisor_backs_off_instead_of_spinning() {
+    let mcr = Mcr::new("sec-fd-limit");
+    let port = free_port();
+    let kvd = mcr.start("kvd", &fixture("kvd"), &["--port", &port.to_string()]);
+    let sup = kvd.supervisor_pid();
+    // A low descriptor limit for the supervisor alone (prlimit), so a few hundred
+    // connections reach it without starving this test process.
+    let low = libc::rlimit { rlim_cur: 128, rlim_max: 128 };
+    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+    let r = unsafe { libc::prlimit(sup, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // Hold more connections than it may have descriptors.
+    let mut held = Vec::new();
+    for _ in 0..low.rlim_cur + 16 {
+        match std::os::unix::net::UnixStream::connect(mcr.runtime_dir.join("kvd.sock")) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = cpu_ticks(sup);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_ticks(sup) - t0;
+    // 100 ticks are one second of one core.
+    assert!(used < 20, "the supervisor used {used} ticks in 1 s with {} connections pending", held.len());
+    drop(held);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || mcr.run(&["status", "kvd"]).success()),
+        "the supervisor does not answer once descriptors are free again"
+    );
+}
+
+/// A local unprivileged user who connects to every abstract socket mcr makes, as fast as it
+/// can, during updates that move client connections: it must receive no descriptor, the
+/// updates commit, and every client still reads its own data (never the thief's text).
+#[test]
+fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
+    let mcr = Mcr::new("sec-thief");
+    open_scratch(&mcr);
+    let port = free_port();
+    let args = ["--port".to_string(), port.to_string()];
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request(&format!("SET c{i} v{i}")), "OK");
+    }
+    let mut thief = Command::new("setpriv");
+    thief
+        .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()])
+        .arg(fixture("fdthief"))
+        .arg("30");
+    let mut thief = Spawned::spawn(thief, &mcr.tmp.path);
+    // Update back and forth until the thief has reached the descriptor socket of a few
+    // updates (it polls /proc/net/unix; a socket lives for a few milliseconds).
+    let mut round = 0;
+    while thief.stdout_text().matches("reached").count() < 3 {
+        assert!(
+            round < 40,
+            "the thief never reached a descriptor socket in {round} updates, so this test proves nothing"
+        );
+        let v = if round % 2 == 0 { "kvd-v2-layout" } else { "kvd" };
+        let mut argv = vec!["update".to_string(), "kvd".into(), "--".into(), fixture(v).display().to_string()];
+        argv.extend(args.iter().cloned());
+        let out = mcr.run(&argv);
+        assert!(out.success(), "update {round} to {v} failed: {out}\nlog:\n{}", inst.log());
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.request(&format!("GET c{i}")), format!("VALUE v{i}"), "client {i} after update {round}");
+        }
+        round += 1;
+    }
+    // setpriv execs fdthief: the signal reaches it.
+    kill(thief.pid(), libc::SIGTERM);
+    let finished = thief.wait(std::time::Duration::from_secs(5), "fdthief");
+    let tally = format!("{finished}");
+    let count = |what: &str| -> u64 {
+        let words: Vec<&str> = tally.split_whitespace().collect();
+        words.windows(2).find(|w| w[0] == what).and_then(|w| w[1].parse().ok()).unwrap_or(u64::MAX)
+    };
+    assert!(
+        count("transfer") >= 1 && count("transfer") != u64::MAX,
+        "the thief never reached a descriptor socket, so this test proved nothing: {tally}"
+    );
+    assert_eq!(count("stolen"), 0, "another user received descriptors: {tally}");
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request("PING"), "PONG", "client {i}");
+    }
+}

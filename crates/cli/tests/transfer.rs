@@ -842,6 +842,12 @@ fn ten_session_updates_under_load_lose_nothing() {
             assert_eq!(a.request("SET who a"), "OK");
             assert_eq!(b.request("SET who b"), "OK");
         }
+        // Both sessions accepted before the first update: one still in the listen backlog
+        // (poold's acceptor not scheduled yet on a loaded machine) is not the old version's
+        // to move, and the update counted one connection.
+        wait_for(Duration::from_secs(5), "the server to accept both sessions", || {
+            server_accepted(port, &a) && server_accepted(port, &b)
+        });
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = load_until(port, stop.clone());
         // The master (connd's children run the same program): the oldest process.
@@ -883,4 +889,78 @@ fn ten_session_updates_under_load_lose_nothing() {
             fd_links(host())
         );
     }
+}
+
+/// An update to a build without DWARF could move nothing of the state: it is refused
+/// before the server is touched (the data and the connections stay), and goes through
+/// only with --fresh-state, which drops the state on purpose. The same holds when the
+/// running build is the one without it.
+#[test]
+fn an_update_that_would_drop_the_state_for_lack_of_debug_info_is_refused() {
+    let mcr = Mcr::new("t-kvd-nodwarf");
+    let port = free_port();
+    let args = port_args(port);
+    let stripped = mcr.tmp.join("kvd-v2-stripped");
+    let st = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(fixture("kvd-v2"))
+        .status()
+        .expect("strip");
+    assert!(st.success());
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET k precious"), "OK");
+    let (out, _) = update(&mcr, "kvd", &[], &stripped, &args);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("no debug information") && out.stderr.contains("--fresh-state"), "{out}");
+    assert_eq!(c.request("GET k"), "VALUE precious", "the connection and the data stay");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1");
+    assert!(inst.quiesce(500).success() && inst.resume().success(), "the server was left quiescable");
+    // On purpose, it goes through (and the state is the new version's own).
+    let (out, v) = update(&mcr, "kvd", &["--fresh-state"], &stripped, &args);
+    assert_eq!(out.code(), 0, "{out}\n{v:#}");
+    assert_eq!(Client::connect(port).request("GET k"), "NOTFOUND");
+    // Now the running build has no DWARF: back to one that has is refused too.
+    let (out, _) = update(&mcr, "kvd", &[], &fixture("kvd"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("kvd-v2-stripped") && out.stderr.contains("no debug information"), "{out}");
+}
+
+/// A new build another user could replace is worth a warning; --strict refuses it.
+#[test]
+fn an_update_to_a_program_other_users_can_change_warns_or_refuses() {
+    let mcr = Mcr::new("t-kvd-untrusted");
+    let port = free_port();
+    let args = port_args(port);
+    let open = mcr.tmp.join("kvd-v2-open");
+    std::fs::copy(fixture("kvd-v2"), &open).expect("copy");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let _inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET k v"), "OK");
+    let (out, _) = update(&mcr, "kvd", &["--strict"], &open, &args);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("--strict") && out.stderr.contains("writable by every user"), "{out}");
+    assert_eq!(c.request("VERSION"), "VERSION kvd 1", "refused before anything changed");
+    let (out, _) = update(&mcr, "kvd", &[], &open, &args);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(out.stderr.contains("warning") && out.stderr.contains("writable by every user"), "{out}");
+    assert_eq!(c.request("GET k"), "VALUE v");
+}
+
+/// A new version that dies during its startup: the rollback says why, with the new
+/// version's own last lines from the log.
+#[test]
+fn a_new_version_that_exits_during_startup_is_explained_with_its_log() {
+    let mcr = Mcr::new("t-kvd-crash-log");
+    let port = free_port();
+    let args = port_args(port);
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-crash"), &args);
+    assert_eq!(out.code(), 1, "{out}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("exited") && msg.contains("crashing during startup"), "{v:#}\nlog:\n{}", inst.log());
+    assert!(!msg.contains("kvd 1 listening"), "the old version's lines are not the new one's: {v:#}");
 }

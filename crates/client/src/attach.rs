@@ -2,11 +2,10 @@
 //! its whole life with the terminal's signals forwarded to it (`mcr run`).
 
 use crate::connection::{self, ClientError};
-use crate::launch::{log_tail, report_channel};
+use crate::launch::{report_channel, LogMark};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, Request, Response};
 use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// The signals `mcr run` in the foreground passes on to the server's main process.
@@ -43,12 +42,24 @@ pub enum StartupError {
 pub fn wait_started(
     dir: &InstanceDir,
     name: &str,
-    log: &Path,
+    log: &LogMark,
     reports: OwnedFd,
     timeout: Duration,
     note: &mut dyn FnMut(&str),
 ) -> Result<Started, StartupError> {
-    let rx = report_channel(reports);
+    wait_started_on(dir, name, log, &report_channel(reports), timeout, note)
+}
+
+/// [`wait_started`] on reports already read into a channel ([`report_channel`]), for a
+/// caller that keeps following them afterwards.
+pub fn wait_started_on(
+    dir: &InstanceDir,
+    name: &str,
+    log: &LogMark,
+    rx: &Receiver<LaunchReport>,
+    timeout: Duration,
+    note: &mut dyn FnMut(&str),
+) -> Result<Started, StartupError> {
     let deadline = Instant::now() + timeout;
     let mut pid_namespace = None;
     loop {
@@ -63,11 +74,9 @@ pub fn wait_started(
             Ok(LaunchReport::LaunchFailed { message }) => return Err(StartupError::LaunchFailed(message)),
             Ok(LaunchReport::ReplayConflict { .. }) => {}
             Ok(LaunchReport::Replaced) => return Ok(Started::Replaced),
-            Ok(LaunchReport::Exited { status }) => {
-                return Err(StartupError::Exited { status, log_tail: log_tail(log) })
-            }
+            Ok(LaunchReport::Exited { status }) => return Err(StartupError::Exited { status, log_tail: log.tail() }),
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(StartupError::SupervisorExited { name: name.to_string(), log_tail: log_tail(log) })
+                return Err(StartupError::SupervisorExited { name: name.to_string(), log_tail: log.tail() })
             }
             Err(RecvTimeoutError::Timeout) => {
                 // The supervisor knows which threads never reached a quiescent point.

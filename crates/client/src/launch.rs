@@ -1,7 +1,7 @@
 //! Starting a supervisor (`mcr run`, `mcr profile`, and the new version of `mcr update`)
 //! and reading what it reports about the server's launch.
 
-use mcr_protocol::{InstanceFiles, LaunchReport};
+use mcr_protocol::{InstanceDir, InstanceError, InstanceFiles, LaunchReport};
 use mcr_supervisor::namespace::{self, Namespace};
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -14,6 +14,15 @@ pub enum LaunchError {
     Pipe(#[source] std::io::Error),
     #[error("cannot fork the supervisor")]
     Fork(#[source] std::io::Error),
+}
+
+/// Take the instance name `name` in `dir` (created if need be): its files, and its lock,
+/// which [`spawn_supervisor`] hands on to the supervisor.
+pub fn reserve(dir: &InstanceDir, name: &str) -> Result<(InstanceFiles, std::fs::File), InstanceError> {
+    dir.create()?;
+    let files = dir.files(name)?;
+    let lock = files.acquire()?;
+    Ok((files, lock))
 }
 
 /// What `spawn_supervisor` launches.
@@ -167,12 +176,49 @@ pub fn report_channel(fd: OwnedFd) -> mpsc::Receiver<LaunchReport> {
 
 /// The last lines of an instance log, to append to a message about a failed launch.
 pub fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(10)..];
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("\nlast lines of {}:\n  {}", log.display(), tail.join("\n  "))
+    LogMark { path: log.to_path_buf(), offset: 0 }.tail()
+}
+
+/// A place in an instance log: the log is kept across runs of the same name (and the
+/// versions an update chains share it), so a message about one launch shows only what
+/// was written since that launch began.
+#[derive(Debug, Clone)]
+pub struct LogMark {
+    pub path: std::path::PathBuf,
+    offset: u64,
+}
+
+impl LogMark {
+    /// The log's end now: what is written from here on belongs to what starts next.
+    pub fn now(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), offset: std::fs::metadata(path).map_or(0, |m| m.len()) }
+    }
+
+    /// What was written since the mark (its last 64 KiB at most).
+    pub fn text(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.path) {
+            // Not more than the last 64 KiB: a message needs the last lines, not a flood.
+            let len = f.metadata().map_or(0, |m| m.len());
+            let from = self.offset.max(len.saturating_sub(64 << 10));
+            if f.seek(SeekFrom::Start(from)).is_ok() {
+                let _ = f.take(64 << 10).read_to_end(&mut text);
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The last lines written since the mark, as a suffix for a message ("" if none).
+    pub fn tail(&self) -> String {
+        let text = self.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let log = &self.path;
+        let tail = &lines[lines.len().saturating_sub(10)..];
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("\nlast lines of {}:\n  {}", log.display(), tail.join("\n  "))
+        }
     }
 }

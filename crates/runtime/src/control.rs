@@ -138,6 +138,15 @@ pub fn register(forked: bool) -> bool {
 
 fn connect(name: &[u8], forked: bool) -> bool {
     let Ok(fd) = rawfd::connect_abstract(name) else { return false };
+    // Abstract sockets are open to every local user: the supervisor is PID 1 of this
+    // process's PID namespace (when it made one) and runs as root or as this user.
+    let genuine = rawfd::peer_credentials(fd)
+        .is_some_and(|(pid, uid)| rawfd::trusted_peer_uid(uid) && (!in_pid_namespace() || pid == 1));
+    if !genuine {
+        // SAFETY: the socket just made, the runtime's alone.
+        unsafe { rawfd::close(fd) };
+        return false;
+    }
     // SAFETY: the socket just made, the runtime's alone.
     CONTROL_FD.store(unsafe { move_to_reserved(fd) }, SeqCst);
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();

@@ -105,6 +105,33 @@ pub fn connect_abstract(name: &[u8]) -> std::io::Result<i32> {
     Ok(fd)
 }
 
+/// Who holds the other end of a connected Unix socket, as the kernel recorded it when the
+/// connection was made: (pid, uid). The pid is 0 when that process lies outside this
+/// process's PID namespace.
+pub fn peer_credentials(fd: i32) -> Option<(i32, u32)> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size,
+    // and updates `len`.
+    let r = unsafe {
+        crate::sys!(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred,
+            &mut len as *mut libc::socklen_t
+        )
+    };
+    (r == 0).then_some((cred.pid, cred.uid))
+}
+
+/// Whether `uid` may command this process's runtime: root, or the user the process runs as.
+pub fn trusted_peer_uid(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,18 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
         Ok(s) => unsafe { out_of_the_way(s, above) },
         Err(e) => return error(format!("cannot reach the update's descriptor socket: {e}")),
     };
+    // Abstract sockets are open to every local user: descriptors are taken only from mcr.
+    match rawfd::peer_credentials(sock) {
+        Some((_, uid)) if rawfd::trusted_peer_uid(uid) => {}
+        other => {
+            // SAFETY: the socket made above, ours alone.
+            unsafe { rawfd::close(sock) };
+            return error(format!(
+                "the descriptor socket {socket} is held by uid {}, not by mcr; nothing was taken from it",
+                other.map_or(-1, |(_, uid)| uid as i64)
+            ));
+        }
+    }
     let mut received: Vec<i32> = Vec::with_capacity(targets.len());
     let mut failure = None;
     while received.len() < targets.len() {

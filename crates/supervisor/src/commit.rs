@@ -4,13 +4,15 @@
 //! `handover::NewSide`'s.
 
 use crate::handover::NewAction;
+use crate::lines::Lines;
 use crate::state::State;
 use mcr_protocol::{test_hook, InstanceFiles, Request, Response};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 /// How long the old version may take to exit once retired, and to release the instance
@@ -112,7 +114,7 @@ async fn take_over(
     if let Some(l) = link.as_mut() {
         match l.ask(&Request::Handover).await {
             Some(Response::HandedOver { lock_fd }) => {
-                old_pid = crate::pidfd::of_peer(l.stream.get_ref()).ok();
+                old_pid = l.peer.take();
                 // The same open lock as the old version's (a copy of its descriptor): the
                 // name is never free, whoever of the two exits first.
                 lock = old_pid
@@ -283,32 +285,29 @@ fn flock_only(target: &InstanceFiles) -> std::io::Result<File> {
 
 /// This supervisor's connection to the old version's control socket.
 struct Link {
-    stream: BufReader<UnixStream>,
+    lines: Lines<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// The old supervisor (the process listening on the socket), whatever its namespace.
+    peer: Option<OwnedFd>,
 }
 
 impl Link {
     async fn connect(path: &std::path::Path) -> Option<Link> {
-        UnixStream::connect(path).await.ok().map(|s| Link { stream: BufReader::new(s) })
+        let stream = UnixStream::connect(path).await.ok()?;
+        let peer = crate::pidfd::of_peer(&stream).ok();
+        let (rd, writer) = stream.into_split();
+        Some(Link { lines: Lines::new(rd), writer, peer })
     }
 
     /// One request and its answer; `None` when the old version went away.
     async fn ask(&mut self, req: &Request) -> Option<Response> {
-        self.stream.get_mut().write_all(&mcr_protocol::encode_line(req)).await.ok()?;
-        let mut line = Vec::new();
-        match self.stream.read_until(b'\n', &mut line).await {
-            Ok(n) if n > 0 => mcr_protocol::decode_line(line.trim_ascii_end()).ok(),
-            _ => None,
-        }
+        self.writer.write_all(&mcr_protocol::encode_line(req)).await.ok()?;
+        let line = self.lines.next_line().await.ok()??;
+        mcr_protocol::decode_line(line.as_bytes()).ok()
     }
 
     /// Wait until the old version closes it (it exited), at most `timeout`.
     async fn closed(&mut self, timeout: Duration) {
-        let mut line = Vec::new();
-        let _ = tokio::time::timeout(timeout, async {
-            while matches!(self.stream.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
-                line.clear();
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(timeout, async { while let Ok(Some(_)) = self.lines.next_line().await {} }).await;
     }
 }

@@ -8,14 +8,50 @@ use mcr_protocol::{
 };
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 pub async fn accept_loop(state: State, listener: UnixListener) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(state.clone(), stream));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                // The socket file is private to its owner, but a directory someone loosened
+                // later must not open the instance to other users: only root and the user
+                // the supervisor runs as may command it.
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                match stream.peer_cred() {
+                    Ok(c) if c.uid() == 0 || c.uid() == me => {
+                        tokio::spawn(serve(state.clone(), stream));
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => backoff.wait(&e).await,
         }
+    }
+}
+
+/// After a failed accept (EMFILE at the descriptor limit fails again at once), wait a
+/// little longer each time instead of spinning on the listener.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub async fn wait(&mut self, e: &std::io::Error) {
+        if self.failures == 0 {
+            eprintln!("mcr: cannot accept a connection ({e}); retrying");
+        }
+        self.failures = self.failures.saturating_add(1);
+        tokio::time::sleep(Duration::from_millis(1u64 << self.failures.min(7))).await;
     }
 }
 
@@ -26,7 +62,7 @@ async fn serve(state: State, stream: UnixStream) {
         g.next_control_conn
     };
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
+    let mut lines = crate::lines::Lines::new(rd);
     let mut asked_handover = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let request = mcr_protocol::decode_line::<Request>(line.as_bytes());

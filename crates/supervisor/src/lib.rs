@@ -12,6 +12,7 @@ mod commit;
 mod control;
 mod handover;
 mod launch;
+mod lines;
 mod name;
 pub mod namespace;
 pub mod pidfd;

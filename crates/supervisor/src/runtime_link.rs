@@ -2,13 +2,23 @@
 
 use crate::state::State;
 use mcr_protocol::RuntimeEvent;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 pub async fn accept_loop(state: State, listener: UnixListener) {
+    let mut backoff = crate::control::AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) => {
+                backoff.wait(&e).await;
+                continue;
+            }
+        };
         // The socket is abstract, so anyone on the host can connect: only processes of
         // our own instance (same PID namespace, hence a PID we can see) are served.
         let Ok(cred) = stream.peer_cred() else { continue };
@@ -36,7 +46,7 @@ async fn serve(state: State, stream: UnixStream, pid: i32, conn: u64) {
             }
         }
     });
-    let mut lines = BufReader::new(rd).lines();
+    let mut lines = crate::lines::Lines::new(rd);
     while let Ok(Some(line)) = lines.next_line().await {
         match mcr_protocol::decode_line::<RuntimeEvent>(line.as_bytes()) {
             Ok(ev) => state.on_event(conn, pid, ev, &tx),

@@ -37,7 +37,7 @@ mod write;
 
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
-pub use preview::annotations;
+pub use preview::{annotations, compare};
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use target::{Target, TargetError};
 pub use transfer::{transfer, Pair, Report, Transfer, TransferError, Version};

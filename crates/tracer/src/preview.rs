@@ -5,7 +5,7 @@
 
 use crate::hints::{field_suffix, key, Hints};
 use crate::roots::is_const;
-use mcr_typemodel::diff::{reachable_named, Annotations, Word, WordHint};
+use mcr_typemodel::diff::{reachable_named, Annotations, Diff, Word, WordHint};
 use mcr_typemodel::transform::root_name;
 use mcr_typemodel::{OpaqueReason, Pointee, Program, Type, TypeId};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -71,6 +71,14 @@ fn pointer_members(p: &Program, t: TypeId, out: &mut Vec<String>, depth: usize) 
         Type::Array { element, .. } => pointer_members(p, *element, out, depth + 1),
         _ => {}
     }
+}
+
+/// What `mcr check` reports: the two builds compared as an update would meet them, with
+/// their hints applied. Without DWARF in both there is nothing to hint (the diff then says
+/// which build lacks it).
+pub fn compare(old: &Program, new: &Program) -> Diff {
+    let notes = if old.has_debug_info && new.has_debug_info { annotations(old, new) } else { Default::default() };
+    mcr_typemodel::diff_with(old, new, &notes)
 }
 
 /// The hints of the update from `old` to `new`, and what they and DWARF make of the

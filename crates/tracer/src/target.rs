@@ -26,6 +26,9 @@ pub enum TargetError {
         #[source]
         source: std::io::Error,
     },
+    /// The process is gone (killed, crashed): what failed is only the symptom.
+    #[error("the new version's process {pid} died during the state transfer (while {doing})")]
+    Died { pid: i32, doing: String },
 }
 
 /// The new version, as the tracer needs it.

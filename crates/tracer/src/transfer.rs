@@ -59,7 +59,7 @@ pub(crate) fn conflict(path: impl Into<String>, reason: impl Into<String>) -> Tr
 }
 
 /// What a transfer did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Globals copied into the new version (written since startup).
     pub globals: usize,

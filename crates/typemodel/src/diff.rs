@@ -203,6 +203,18 @@ impl Diff {
     pub fn is_automatic(&self) -> bool {
         self.verdict <= Class::Automatic
     }
+
+    /// How many changes need a handler or a hint: types, globals, and the words DWARF
+    /// cannot type, except words inside a global that already counts. Zero while the
+    /// verdict is not automatic means a build has no debug info.
+    pub fn needing_handlers(&self) -> usize {
+        let in_globals = |path: &str| {
+            self.globals.iter().any(|g| g.class == Class::NeedsHandler && path.starts_with(g.name.as_str()))
+        };
+        self.types.iter().filter(|t| t.class == Class::NeedsHandler).count()
+            + self.globals.iter().filter(|g| g.class == Class::NeedsHandler).count()
+            + self.opaque.iter().filter(|w| w.class == Class::NeedsHandler && !in_globals(&w.path)).count()
+    }
 }
 
 fn build(p: &Program) -> Build {
@@ -774,4 +786,70 @@ pub fn reachable_named(p: &Program, roots: &[TypeId]) -> HashSet<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build() -> Build {
+        Build { path: "/srv/kvd".into(), build_id: None, has_debug_info: true }
+    }
+
+    fn global(name: &str, class: Class) -> GlobalChange {
+        GlobalChange {
+            name: name.into(),
+            change: Change::Changed,
+            class,
+            old_type: None,
+            new_type: None,
+            fields: vec![],
+            changed_types_reached: vec![],
+            explanation: String::new(),
+        }
+    }
+
+    fn word(path: &str, class: Class) -> OpaqueChange {
+        OpaqueChange {
+            path: path.into(),
+            reason: OpaqueReason::VoidPointer,
+            class,
+            hint: None,
+            points_to: vec![],
+            changed: vec![],
+            resolve_with: None,
+            explanation: String::new(),
+        }
+    }
+
+    fn diff(globals: Vec<GlobalChange>, opaque: Vec<OpaqueChange>, verdict: Class) -> Diff {
+        Diff {
+            old: build(),
+            new: build(),
+            globals,
+            types: vec![],
+            opaque,
+            warnings: vec![],
+            verdict,
+            sessions: Sessions::default(),
+        }
+    }
+
+    #[test]
+    fn a_word_inside_a_global_needing_a_handler_counts_once() {
+        let d = diff(
+            vec![global("stats", Class::NeedsHandler), global("table", Class::Automatic)],
+            vec![
+                word("stats.owner", Class::NeedsHandler),
+                word("table.ctx", Class::NeedsHandler),
+                word("last_set", Class::Automatic),
+            ],
+            Class::NeedsHandler,
+        );
+        assert_eq!(d.needing_handlers(), 2, "stats, and table.ctx (its global is transformed automatically)");
+        assert!(!d.is_automatic());
+        let none = diff(vec![global("table", Class::Automatic)], vec![], Class::Automatic);
+        assert_eq!(none.needing_handlers(), 0);
+        assert!(none.is_automatic());
+    }
 }

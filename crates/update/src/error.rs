@@ -12,8 +12,6 @@ use std::path::PathBuf;
 /// Before anything changed: the new build, the instance, or another update in the way.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    #[error("no program given")]
-    NoProgram,
     #[error(transparent)]
     Program(#[from] ProgramError),
     #[error(transparent)]
@@ -28,6 +26,15 @@ pub enum PrepareError {
     NoPidNamespace(String),
     #[error("another update of '{name}' is in progress ({source})")]
     InProgress { name: String, source: InstanceError },
+    #[error(
+        "{} has no debug information, so the update could not move the server's state (its data and \
+         connections would be dropped); nothing was changed. Build it with -g, or pass --fresh-state to \
+         start the new version with the state its own startup makes",
+        .0.display()
+    )]
+    NoDebugInfo(PathBuf),
+    #[error("refusing (--strict): {0}; whoever can change it would run code in the server")]
+    Untrusted(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +84,8 @@ pub enum NotStarted {
     LoggedConflict(String),
     #[error("the new version could not start: {0}")]
     LaunchFailed(String),
-    #[error("the new version exited with {0} during its startup")]
-    Exited(ExitStatus),
+    #[error("the new version exited with {status} during its startup{log_tail}")]
+    Exited { status: ExitStatus, log_tail: String },
     #[error("unexpected report from the new supervisor")]
     UnexpectedReport,
     #[error("the new version's supervisor died during startup")]

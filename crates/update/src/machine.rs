@@ -41,7 +41,7 @@ impl Phase {
 }
 
 /// How long each phase took, in milliseconds.
-#[derive(serde::Serialize, Default, Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Default, Debug, Clone)]
 pub struct Timings {
     pub drain_ms: f64,
     /// The old version parking (not the listing of its processes and connections after).
@@ -80,8 +80,8 @@ pub struct Options<'a> {
     pub started: Instant,
 }
 
-/// What an update did: the `--json` output of `mcr update`.
-#[derive(serde::Serialize, Debug)]
+/// What an update did: the `--json` output of `mcr update` (which mcr-bench reads back).
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
 pub struct Report {
     pub instance: String,
     pub committed: bool,

@@ -2,8 +2,7 @@
 //! quiescent point with its symbolized stack and file:line, the other blocking calls and
 //! why they are not quiescent points, warnings, and the cost of profiling.
 
-use super::analyze::{Analysis, Class};
-use super::lines::Lines;
+use mcr_profiler::{Analysis, Class, Lines};
 use std::fmt::Write;
 
 fn mark(b: bool) -> &'static str {

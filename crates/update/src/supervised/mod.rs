@@ -13,8 +13,10 @@ use crate::decide::{Handlers, Policy};
 use crate::error::PrepareError;
 use crate::machine::{Options, Report, Update};
 use crate::warning::Warn;
-use mcr_client::{program, Connection};
+use mcr_client::program::{self, ServerCommand};
+use mcr_client::Connection;
 use mcr_protocol::InstanceDir;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What `mcr update` lets its user choose.
@@ -42,16 +44,31 @@ pub struct Prepared {
 }
 
 /// Get ready to update instance `name` to `command` (the new build and its arguments).
-pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prepared, PrepareError> {
+pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks) -> Result<Prepared, PrepareError> {
     let started = Instant::now();
-    let (prog, args) = command.split_first().ok_or(PrepareError::NoProgram)?;
-    let program = program::resolve(prog)?;
-    let checked = program::check(&program)?;
-    let runtime_lib = program::runtime_library()?;
+    let ServerCommand { program, args, runtime_lib, mut warnings, has_debug_info } = ServerCommand::prepare(command)?;
+    for path in [&program, &runtime_lib] {
+        if let Some(why) = program::writable_by_others(path) {
+            if checks.strict {
+                return Err(PrepareError::Untrusted(why));
+            }
+            warnings.push(format!("{why}: whoever can change it would run code in the server"));
+        }
+    }
     let mut conn = Connection::open(dir, name)?;
     let info = conn.update_info()?;
     if !info.pid_namespace {
         return Err(PrepareError::NoPidNamespace(name.to_string()));
+    }
+    // Without DWARF on both sides nothing of the state can move: refuse, before the server
+    // is touched, rather than commit an update that silently drops it.
+    if !checks.fresh_state {
+        if !has_debug_info {
+            return Err(PrepareError::NoDebugInfo(program));
+        }
+        if let Some(old) = old_binary_without_debug_info(&info) {
+            return Err(PrepareError::NoDebugInfo(old));
+        }
     }
     let next_files = dir.files(&format!("{name}.next"))?;
     let lock = next_files.acquire().map_err(|source| PrepareError::InProgress { name: name.to_string(), source })?;
@@ -60,18 +77,32 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String]) -> Result<Prep
     // handler too, it recreates the per-connection processes.
     let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
     let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
-    let launcher =
-        Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args.to_vec(), runtime_lib, &info);
+    let launcher = Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args, runtime_lib, &info);
     let old = OldSupervisor::new(dir.clone(), name.to_string(), info, conn);
-    Ok(Prepared {
-        name: name.to_string(),
-        command: command.join(" "),
-        old,
-        launcher,
-        handlers,
-        started,
-        warnings: checked.warnings,
-    })
+    Ok(Prepared { name: name.to_string(), command: command.join(" "), old, launcher, handlers, started, warnings })
+}
+
+/// What `prepare` refuses besides what makes an update impossible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checks {
+    /// The state is to be dropped on purpose: no DWARF needed.
+    pub fresh_state: bool,
+    /// Refuse a program or runtime library another user could change (else a warning).
+    pub strict: bool,
+}
+
+/// A binary of the running version's processes that has no debug information.
+fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<PathBuf> {
+    let hosts =
+        mcr_client::pids::host_pids(info.pid_namespace, info.supervisor_pid, info.processes.iter().copied()).ok()?;
+    let mut seen = std::collections::BTreeSet::new();
+    for host in hosts.values() {
+        let Ok(exe) = mcr_procfs::exe(*host) else { continue };
+        if seen.insert(exe.clone()) && program::check(&exe).is_ok_and(|c| !c.has_debug_info) {
+            return Some(exe);
+        }
+    }
+    None
 }
 
 impl Prepared {

@@ -5,9 +5,9 @@ use crate::error::{CommitError, NotStarted};
 use crate::transfer::{self, Processes, Summary, TransferError};
 use crate::version::{HostPids, NextVersion, StartupFailure};
 use crate::warning::Warn;
+use mcr_client::launch::LogMark;
 use mcr_client::{ClientError, Connection};
 use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, OpenConnections, Request, Response};
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -29,13 +29,14 @@ pub struct NewSupervisor {
     reports: Receiver<LaunchReport>,
     /// Host PID, once the supervisor said it.
     supervisor_pid: Option<i32>,
-    /// The instance log, where the runtime writes conflicts too.
-    log: PathBuf,
+    /// Where the new version's lines begin in the instance log (the runtime writes
+    /// conflicts there too).
+    log: LogMark,
     conn: Option<Connection>,
 }
 
 impl NewSupervisor {
-    pub(crate) fn new(dir: InstanceDir, name: String, reports: Receiver<LaunchReport>, log: PathBuf) -> Self {
+    pub(crate) fn new(dir: InstanceDir, name: String, reports: Receiver<LaunchReport>, log: LogMark) -> Self {
         let next_name = format!("{name}.next");
         Self { dir, name, next_name, reports, supervisor_pid: None, log, conn: None }
     }
@@ -65,12 +66,12 @@ impl NewSupervisor {
             return NotStarted::Conflict;
         }
         if status == ExitStatus::Code(CONFLICT_EXIT) {
-            let logged = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let logged = self.log.text();
             if let Some(line) = logged.lines().rev().find(|l| l.contains("replay conflict:")) {
                 return NotStarted::LoggedConflict(line.split("replay conflict:").nth(1).unwrap_or(line).trim().into());
             }
         }
-        NotStarted::Exited(status)
+        NotStarted::Exited { status, log_tail: self.log.tail() }
     }
 }
 

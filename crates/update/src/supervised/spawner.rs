@@ -6,7 +6,7 @@
 use super::next::NewSupervisor;
 use crate::error::RestartError;
 use crate::version::{HostPids, Launcher};
-use mcr_client::launch::{report_channel, spawn_supervisor, SupervisorLaunch};
+use mcr_client::launch::{report_channel, spawn_supervisor, LogMark, SupervisorLaunch};
 use mcr_protocol::{InstanceDir, InstanceFiles, ProcessLog, UpdateInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -82,6 +82,8 @@ impl Launcher for Spawner {
             None => self.next_files.acquire()?,
         };
         let log = self.dir.files(&self.name)?.log;
+        // The versions share the instance log: the new one's lines start here.
+        let mark = LogMark::now(&log);
         let report = spawn_supervisor(SupervisorLaunch {
             name: format!("{}.next", self.name),
             files: InstanceFiles { log: log.clone(), ..self.next_files.clone() },
@@ -99,7 +101,7 @@ impl Launcher for Spawner {
             }),
         })?;
         drop(inherited);
-        Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), log))
+        Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), mark))
     }
 
     fn discard(&mut self) {

@@ -1,6 +1,11 @@
 //! Moving client connections from an old process into a new one: copied out of the old
 //! process (pidfd_getfd) and handed to the new process's runtime over an abstract Unix
 //! socket (SCM_RIGHTS), which installs each at its old number; epoll registrations follow.
+//!
+//! Any local user can connect to an abstract socket (its name is listed in
+//! /proc/net/unix): the descriptors go only to a peer whose credentials, recorded by the
+//! kernel at connect time, are those of the process they are meant for; anyone else is
+//! turned away and the wait goes on.
 
 use super::runtime::NewProcess;
 use mcr_client::ClientError;
@@ -57,8 +62,9 @@ pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt:
         })?);
         targets.push(ImportedFd { target: fd, cloexec: close_on_exec(old_host, fd) });
     }
-    let name = format!("mcr-transfer/{}/{}", std::process::id(), old_host);
+    let name = format!("mcr-transfer/{}/{}/{:016x}", std::process::id(), old_host, nonce());
     let listener = abstract_listener(&name).map_err(DescriptorError::Socket)?;
+    let expected = target.host_pid;
     listener.set_nonblocking(true).map_err(DescriptorError::Socket)?;
     let gave_up = Arc::new(AtomicBool::new(false));
     let stop = gave_up.clone();
@@ -68,7 +74,15 @@ pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt:
         let t0 = Instant::now();
         let conn = loop {
             match listener.accept() {
-                Ok((c, _)) => break c,
+                Ok((c, _)) => match peer_credentials(&c) {
+                    Ok(cred) if cred.pid == expected => break c,
+                    Ok(cred) => eprintln!(
+                        "mcr: warning: turned away a connection to the descriptor socket from pid {} (uid {}): \
+                         only process {expected} of the new version may take the connections",
+                        cred.pid, cred.uid
+                    ),
+                    Err(e) => return Err(DescriptorError::Socket(e)),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if stop.load(Ordering::SeqCst) || t0.elapsed() > FETCH_TIMEOUT {
                         return Err(DescriptorError::NeverFetched);
@@ -95,6 +109,40 @@ pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt:
 fn close_on_exec(host_pid: i32, fd: i32) -> bool {
     let flags = mcr_procfs::fd::info(host_pid, fd).ok().and_then(|i| i.flags);
     flags.is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
+}
+
+/// The process at the other end of a connected Unix socket, as the kernel recorded it
+/// when it connected (not something the peer says).
+fn peer_credentials(sock: &UnixStream) -> std::io::Result<libc::ucred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(cred)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// 64 random bits: another user cannot take the socket's name before mcr binds it.
+fn nonce() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Unpredictable enough to avoid a collision, which is all a failure here risks.
+        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(b)
 }
 
 fn abstract_listener(name: &str) -> std::io::Result<UnixListener> {

@@ -86,7 +86,7 @@ pub enum TransferError {
 }
 
 /// What the transfer did, for the update's report.
-#[derive(serde::Serialize, Default, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Default, Debug)]
 pub struct Summary {
     pub processes: usize,
     /// Globals, heap blocks and handlers, summed over the processes.

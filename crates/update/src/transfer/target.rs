@@ -25,7 +25,19 @@ impl<'c> TracerTarget<'c> {
     }
 
     fn runtime(&mut self, command: RuntimeCommandKind) -> Result<RuntimeReply, TargetError> {
-        self.process.runtime(command).map_err(|e| TargetError::Runtime(crate::error::chain(&e)))
+        self.process.runtime(command).map_err(|e| self.explain(TargetError::Runtime(crate::error::chain(&e))))
+    }
+
+    /// A failure to reach a process that has died is said as such: "writing 8 bytes at
+    /// 0x…: failed to write whole buffer" meant the new version was gone.
+    fn explain(&self, e: TargetError) -> TargetError {
+        let pid = self.process.host_pid;
+        let gone = mcr_procfs::status::read(pid).map_or(true, |s| s.is_exited());
+        if gone {
+            TargetError::Died { pid: self.process.pid, doing: e.to_string() }
+        } else {
+            e
+        }
     }
 }
 
@@ -73,11 +85,9 @@ impl Target for TracerTarget<'_> {
                 // Partial or refused (a read-only page): one block at a time through
                 // /proc/PID/mem, which says which one fails.
                 for (a, b) in chunk {
-                    self.mem.write_all_at(b, *a).map_err(|source| TargetError::Write {
-                        addr: *a,
-                        len: b.len(),
-                        source,
-                    })?;
+                    self.mem
+                        .write_all_at(b, *a)
+                        .map_err(|source| self.explain(TargetError::Write { addr: *a, len: b.len(), source }))?;
                 }
             }
         }
@@ -86,7 +96,7 @@ impl Target for TracerTarget<'_> {
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
         let len = buf.len();
-        self.mem.read_exact_at(buf, addr).map_err(|source| TargetError::Read { addr, len, source })
+        self.mem.read_exact_at(buf, addr).map_err(|source| self.explain(TargetError::Read { addr, len, source }))
     }
 
     fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {

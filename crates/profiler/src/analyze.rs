@@ -382,11 +382,11 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mcr_protocol::{Frame, ProfileSite};
 
-    fn stack(names: &[&str]) -> CallStack {
+    pub(crate) fn stack(names: &[&str]) -> CallStack {
         let frames = names
             .iter()
             .map(|n| Frame { address: 0, function: Some(n.to_string()), module: Some("/srv".into()), module_offset: 0 })
@@ -395,11 +395,17 @@ mod tests {
         CallStack { id, frames }
     }
 
-    fn site(call: &str, names: &[&str], samples: u64) -> ProfileSite {
+    pub(crate) fn site(call: &str, names: &[&str], samples: u64) -> ProfileSite {
         ProfileSite { call: call.into(), stack: stack(names), samples }
     }
 
-    fn thread(tid: i32, main: bool, creation: Option<&[&str]>, sites: Vec<ProfileSite>, alive: bool) -> ThreadProfile {
+    pub(crate) fn thread(
+        tid: i32,
+        main: bool,
+        creation: Option<&[&str]>,
+        sites: Vec<ProfileSite>,
+        alive: bool,
+    ) -> ThreadProfile {
         ThreadProfile {
             tid,
             main,
@@ -415,7 +421,7 @@ mod tests {
         }
     }
 
-    fn process(pid: i32, fork: Option<&[&str]>, threads: Vec<ThreadProfile>, taken: f64) -> ProcessProfile {
+    pub(crate) fn process(pid: i32, fork: Option<&[&str]>, threads: Vec<ThreadProfile>, taken: f64) -> ProcessProfile {
         ProcessProfile {
             pid,
             ppid: 1,
@@ -432,9 +438,9 @@ mod tests {
         }
     }
 
-    const CREATE: &[&str] = &["main", "__libc_start_main"];
-    const COND: &[&str] = &["worker_main", "start_thread"];
-    const READ: &[&str] = &["read_request", "handle_client", "worker_main", "start_thread"];
+    pub(crate) const CREATE: &[&str] = &["main", "__libc_start_main"];
+    pub(crate) const COND: &[&str] = &["worker_main", "start_thread"];
+    pub(crate) const READ: &[&str] = &["read_request", "handle_client", "worker_main", "start_thread"];
 
     #[test]
     fn the_loop_top_wait_wins_over_a_deeper_call_with_more_time() {
