@@ -225,7 +225,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-helper", Refused), // process trees differ: rolled back
     ("child-zombie", Lost),
     ("child-exec", Refused),
-    ("child-stopped", Refused), // rolled back after ~36 s (quiesce ignores its timeout)
+    ("child-stopped", Refused), // rolled back at once: the drain names the stopped process
     ("child-orphan", Refused),
     ("tls-var", Lost),
     ("tls-key", Lost),
@@ -233,8 +233,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
 
 /// Cases running at once (each is one or two mcr instances and an update).
 const DEFAULT_JOBS: usize = 4;
-/// Longest an `mcr update` of one case may take before the case counts as hung (a
-/// stopped child makes today's update take ~36 s: see child-stopped).
+/// Longest an `mcr update` of one case may take before the case counts as hung.
 const UPDATE_LIMIT: Duration = Duration::from_secs(90);
 /// How long the update waits for connections to close: the suite's states never close,
 /// so the default (1 s) would only slow it down.
