@@ -1,136 +1,70 @@
 //! The wrapped blocking calls.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Call {
-    Accept,
-    Accept4,
-    EpollWait,
-    EpollPwait,
-    EpollPwait2,
-    Poll,
-    Ppoll,
-    Select,
-    Pselect,
-    Read,
-    Readv,
-    Recv,
-    Recvfrom,
-    Recvmsg,
-    Nanosleep,
-    ClockNanosleep,
-    Sleep,
-    Usleep,
-    CondWait,
-    CondTimedwait,
-    CondClockwait,
-    SemWait,
-    SemTimedwait,
-    SemClockwait,
-    Sigsuspend,
-    Sigwait,
-    Sigwaitinfo,
-    Sigtimedwait,
-    Pause,
-    Wait,
-    Waitpid,
-    Waitid,
-    Wait3,
-    Wait4,
-    Semop,
-    Semtimedop,
-    Msgrcv,
+/// One list makes the enum (its discriminant is the call's index), the table of every
+/// call in index order and the libc names: a call can be added in one place only.
+macro_rules! wrapped_calls {
+    ($($variant:ident => $name:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum Call {
+            $($variant,)*
+        }
+
+        const ALL: &[Call] = &[$(Call::$variant,)*];
+
+        impl Call {
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Call::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-const ALL: [Call; 37] = {
-    use Call::*;
-    [
-        Accept,
-        Accept4,
-        EpollWait,
-        EpollPwait,
-        EpollPwait2,
-        Poll,
-        Ppoll,
-        Select,
-        Pselect,
-        Read,
-        Readv,
-        Recv,
-        Recvfrom,
-        Recvmsg,
-        Nanosleep,
-        ClockNanosleep,
-        Sleep,
-        Usleep,
-        CondWait,
-        CondTimedwait,
-        CondClockwait,
-        SemWait,
-        SemTimedwait,
-        SemClockwait,
-        Sigsuspend,
-        Sigwait,
-        Sigwaitinfo,
-        Sigtimedwait,
-        Pause,
-        Wait,
-        Waitpid,
-        Waitid,
-        Wait3,
-        Wait4,
-        Semop,
-        Semtimedop,
-        Msgrcv,
-    ]
-};
+wrapped_calls! {
+    Accept => "accept",
+    Accept4 => "accept4",
+    EpollWait => "epoll_wait",
+    EpollPwait => "epoll_pwait",
+    EpollPwait2 => "epoll_pwait2",
+    Poll => "poll",
+    Ppoll => "ppoll",
+    Select => "select",
+    Pselect => "pselect",
+    Read => "read",
+    Readv => "readv",
+    Recv => "recv",
+    Recvfrom => "recvfrom",
+    Recvmsg => "recvmsg",
+    Nanosleep => "nanosleep",
+    ClockNanosleep => "clock_nanosleep",
+    Sleep => "sleep",
+    Usleep => "usleep",
+    CondWait => "pthread_cond_wait",
+    CondTimedwait => "pthread_cond_timedwait",
+    CondClockwait => "pthread_cond_clockwait",
+    SemWait => "sem_wait",
+    SemTimedwait => "sem_timedwait",
+    SemClockwait => "sem_clockwait",
+    Sigsuspend => "sigsuspend",
+    Sigwait => "sigwait",
+    Sigwaitinfo => "sigwaitinfo",
+    Sigtimedwait => "sigtimedwait",
+    Pause => "pause",
+    Wait => "wait",
+    Waitpid => "waitpid",
+    Waitid => "waitid",
+    Wait3 => "wait3",
+    Wait4 => "wait4",
+    Semop => "semop",
+    Semtimedop => "semtimedop",
+    Msgrcv => "msgrcv",
+}
 
 impl Call {
     pub fn from_index(i: u32) -> Call {
         ALL.get(i as usize).copied().unwrap_or(Call::Read)
-    }
-
-    pub fn name(self) -> &'static str {
-        use Call::*;
-        match self {
-            Accept => "accept",
-            Accept4 => "accept4",
-            EpollWait => "epoll_wait",
-            EpollPwait => "epoll_pwait",
-            EpollPwait2 => "epoll_pwait2",
-            Poll => "poll",
-            Ppoll => "ppoll",
-            Select => "select",
-            Pselect => "pselect",
-            Read => "read",
-            Readv => "readv",
-            Recv => "recv",
-            Recvfrom => "recvfrom",
-            Recvmsg => "recvmsg",
-            Nanosleep => "nanosleep",
-            ClockNanosleep => "clock_nanosleep",
-            Sleep => "sleep",
-            Usleep => "usleep",
-            CondWait => "pthread_cond_wait",
-            CondTimedwait => "pthread_cond_timedwait",
-            CondClockwait => "pthread_cond_clockwait",
-            SemWait => "sem_wait",
-            SemTimedwait => "sem_timedwait",
-            SemClockwait => "sem_clockwait",
-            Sigsuspend => "sigsuspend",
-            Sigwait => "sigwait",
-            Sigwaitinfo => "sigwaitinfo",
-            Sigtimedwait => "sigtimedwait",
-            Pause => "pause",
-            Wait => "wait",
-            Waitpid => "waitpid",
-            Waitid => "waitid",
-            Wait3 => "wait3",
-            Wait4 => "wait4",
-            Semop => "semop",
-            Semtimedop => "semtimedop",
-            Msgrcv => "msgrcv",
-        }
     }
 
     /// Reads, receives and accepts block only on blocking descriptors: on a non-blocking
