@@ -329,3 +329,31 @@ fn a_failing_workload_is_reported_and_the_server_stopped() {
     assert!(mcr.instance_files().is_empty(), "{:?}", mcr.instance_files());
     assert!(wait_until(Duration::from_secs(5), || port_free(port)), "the server is stopped");
 }
+
+/// `mcr profile` of a server that fails to start shows the server's lines of this run,
+/// not those an earlier run of the same name left in the log (kept across runs).
+#[test]
+fn a_failed_profile_shows_only_its_own_log_lines() {
+    let mcr = Mcr::new("prof-own-lines");
+    let kvd = fixture("kvd");
+    let profile = |args: &[&str]| {
+        let mut argv: Vec<OsString> =
+            vec!["profile".into(), "--out".into(), mcr.tmp.join("p.json").into(), "--duration".into(), "1".into()];
+        argv.push("--".into());
+        argv.push(kvd.clone().into());
+        argv.extend(args.iter().map(OsString::from));
+        mcr.run(&argv)
+    };
+    // First run: kvd prints its usage and exits.
+    let out = profile(&["--no-such-option"]);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("before completing startup") && out.stderr.contains("usage"), "{out}");
+    // Second run of the same name: its port is taken.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().unwrap().port();
+    let out = profile(&["--port", &port.to_string()]);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("Address already in use"), "{out}");
+    assert!(!out.stderr.contains("usage"), "the first run's lines are shown again: {out}");
+    assert!(mcr.instance_files().is_empty(), "{:?}", mcr.instance_files());
+}

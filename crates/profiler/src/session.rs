@@ -3,7 +3,7 @@
 //! pause, and at the end of the workload.
 
 use mcr_client::attach::{self, Started, StartupError};
-use mcr_client::launch::{self, LaunchError, SupervisorLaunch};
+use mcr_client::launch::{self, LaunchError, LogMark, SupervisorLaunch};
 use mcr_client::program::{ProgramError, ServerCommand};
 use mcr_client::ClientError;
 use mcr_protocol::{InstanceDir, InstanceError, LaunchReport, ProcessProfile, Request, Response};
@@ -117,6 +117,9 @@ impl Prepared {
         // The supervisor passes its environment on to the server, whose runtime starts a
         // sampler when it finds this variable (mcr is still single-threaded here).
         std::env::set_var(mcr_protocol::env::PROFILING, settings.sample_period_us.to_string());
+        // What this launch writes to the log (kept across runs of the name) starts here,
+        // before the supervisor exists: a server that fails at once has its lines shown.
+        let log = LogMark::now(&files.log);
         let reports = launch::spawn_supervisor(SupervisorLaunch {
             name: settings.name.clone(),
             files: files.clone(),
@@ -132,7 +135,7 @@ impl Prepared {
         let session = Session {
             dir: dir.clone(),
             name: settings.name.clone(),
-            log: files.log,
+            log,
             reports: launch::report_channel(reports?),
             settings,
             startup_ms: 0.0,
@@ -147,7 +150,7 @@ impl Prepared {
 pub struct Session {
     dir: InstanceDir,
     name: String,
-    log: PathBuf,
+    log: LogMark,
     reports: mpsc::Receiver<LaunchReport>,
     settings: Settings,
     startup_ms: f64,
@@ -241,14 +244,11 @@ impl Session {
     fn started(mut self, warn: &dyn Fn(&str)) -> Result<Self, SessionError> {
         let mut note = |n: &str| warn(n);
         let timeout = self.settings.startup_timeout;
-        let mark = launch::LogMark::now(&self.log);
-        let started = attach::wait_started_on(&self.dir, &self.name, &mark, &self.reports, timeout, &mut note);
+        let started = attach::wait_started_on(&self.dir, &self.name, &self.log, &self.reports, timeout, &mut note);
         self.startup_ms = match started {
             Ok(Started::Started { startup_ms, .. }) => startup_ms,
             // Its supervisor (this one) is gone with it.
-            Ok(Started::Replaced) => {
-                return Err(SessionError::SupervisorExited { log_tail: launch::log_tail(&self.log) })
-            }
+            Ok(Started::Replaced) => return Err(SessionError::SupervisorExited { log_tail: self.log.tail() }),
             Err(StartupError::SupervisorExited { log_tail, .. }) => {
                 return Err(SessionError::SupervisorExited { log_tail })
             }
@@ -297,7 +297,7 @@ impl Session {
     /// is ended when the returned [`Workload`] drops (after the last snapshot).
     fn drive(&self) -> Result<(WorkloadOutcome, Option<Workload>), SessionError> {
         let deadline = self.settings.duration.map(|d| Instant::now() + d);
-        let marker = self.log.with_extension("profile-done");
+        let marker = self.log.path.with_extension("profile-done");
         let _ = std::fs::remove_file(&marker);
         let mut child = match &self.settings.workload {
             Some(w) => Some(Workload(
@@ -325,7 +325,7 @@ impl Session {
                 break WorkloadOutcome::Done;
             }
             if let Some(status) = self.exited() {
-                return Err(SessionError::ExitedDuringProfiling { status, log_tail: launch::log_tail(&self.log) });
+                return Err(SessionError::ExitedDuringProfiling { status, log_tail: self.log.tail() });
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break WorkloadOutcome::Done;
