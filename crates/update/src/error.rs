@@ -1,6 +1,7 @@
 //! One error type per phase of an update, and [`UpdateError`], which says in which phase
 //! an update failed.
 
+use crate::preflight::Unmovable;
 use crate::transfer::TransferError;
 use mcr_client::pids::PidsError;
 use mcr_client::program::ProgramError;
@@ -55,6 +56,21 @@ impl From<ClientError> for DrainError {
             e => DrainError::Request(e),
         }
     }
+}
+
+/// The running version holds state the update cannot move (see [`crate::preflight`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "the running version holds state this update cannot move, so it would be lost; nothing was changed \
+         (--fresh-state leaves all state behind on purpose):{}",
+        .0.iter().map(|u| format!("\n  {u}")).collect::<String>()
+    )]
+    Unmovable(Vec<Unmovable>),
+    #[error("inspecting the running version's state")]
+    Request(#[source] ClientError),
+    #[error(transparent)]
+    Pids(#[from] PidsError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +190,8 @@ impl CommitError {
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
     Drain(#[from] DrainError),
     #[error(transparent)]
     Quiesce(#[from] QuiesceError),
@@ -191,7 +209,7 @@ impl UpdateError {
     /// The update failed before the new version was started: the old version was only
     /// drained or quiesced, and is resumed; there is no rollback to report.
     pub fn before_restart(&self) -> bool {
-        matches!(self, UpdateError::Drain(_) | UpdateError::Quiesce(_))
+        matches!(self, UpdateError::Preflight(_) | UpdateError::Drain(_) | UpdateError::Quiesce(_))
     }
 
     /// Neither version could say whether the commit point was passed (see

@@ -6,6 +6,7 @@
 //! [`supervised`] runs it against real supervisors; unit tests drive it with fakes. How an
 //! update ends (its one commit point, and what each part does when another dies at any
 //! moment) is in this crate's README.md, "The commit".
+//! [`preflight`] names the state no update could move, before anything is touched.
 //! [`decide`] holds the decisions about connections and processes, [`transfer`] the
 //! state transfer between process pairs.
 
@@ -13,6 +14,7 @@ pub mod decide;
 pub mod error;
 pub mod interrupt;
 pub mod machine;
+pub mod preflight;
 mod rollback;
 pub mod supervised;
 pub mod transfer;

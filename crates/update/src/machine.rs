@@ -4,7 +4,7 @@
 //! ([`crate::rollback::Versions`]) undoes whatever had been done.
 
 use crate::decide::{self, Policy};
-use crate::error::{CommitError, DrainError, QuiesceError, RestartError, UpdateError};
+use crate::error::{CommitError, DrainError, PreflightError, QuiesceError, RestartError, UpdateError};
 use crate::rollback::Versions;
 use crate::transfer::{Summary, TransferError};
 use crate::version::{HostPids, Launcher, NextVersion, Quiescence, Resumed, RunningVersion};
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 /// The phases of an update, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Name what the old version holds that cannot move; refuse before touching anything.
+    Preflight,
     /// Stop accepting; let the connections the update cannot take along end.
     Drain,
     /// Park every thread of the old version at a quiescent point.
@@ -31,6 +33,7 @@ pub enum Phase {
 impl Phase {
     pub fn next(self) -> Option<Phase> {
         match self {
+            Phase::Preflight => Some(Phase::Drain),
             Phase::Drain => Some(Phase::Quiesce),
             Phase::Quiesce => Some(Phase::Restart),
             Phase::Restart => Some(Phase::Transfer),
@@ -43,6 +46,9 @@ impl Phase {
 /// How long each phase took, in milliseconds.
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, Clone)]
 pub struct Timings {
+    /// Both checks for state that cannot move (before the drain and once parked).
+    #[serde(default)]
+    pub preflight_ms: f64,
     pub drain_ms: f64,
     /// The old version parking (not the listing of its processes and connections after).
     pub quiesce_ms: f64,
@@ -165,12 +171,13 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
     }
 
     fn advance(&mut self) -> Result<(), UpdateError> {
-        let mut phase = Some(Phase::Drain);
+        let mut phase = Some(Phase::Preflight);
         while let Some(p) = phase {
             let t = Instant::now();
             let done = self.step(p);
             let took = ms(t.elapsed());
             match p {
+                Phase::Preflight => self.timings.preflight_ms += took,
                 Phase::Drain => self.timings.drain_ms = took,
                 // Timed by `quiesce` itself: the parking only.
                 Phase::Quiesce => {}
@@ -192,12 +199,33 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
 
     fn step(&mut self, phase: Phase) -> Result<(), UpdateError> {
         match phase {
+            Phase::Preflight => Ok(self.preflight()?),
             Phase::Drain => Ok(self.drain()?),
-            Phase::Quiesce => Ok(self.quiesce()?),
+            // What the old version made between the preflight and parking is checked too:
+            // found now, the update rolls back (the old version resumes).
+            Phase::Quiesce => {
+                self.quiesce()?;
+                let t = Instant::now();
+                let checked = self.preflight();
+                self.timings.preflight_ms += ms(t.elapsed());
+                Ok(checked?)
+            }
             Phase::Restart => Ok(self.restart()?),
             Phase::Transfer => self.transfer(),
             Phase::Commit => self.commit().map_err(UpdateError::Commit),
         }
+    }
+
+    fn preflight(&mut self) -> Result<(), PreflightError> {
+        let found = self.versions.old.unmovable()?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        if self.options.policy.fresh_state {
+            (self.options.warn)(Warning::StateLeftBehind(found));
+            return Ok(());
+        }
+        Err(PreflightError::Unmovable(found))
     }
 
     fn drain(&mut self) -> Result<(), DrainError> {

@@ -70,6 +70,11 @@ pub trait RunningVersion {
     fn startup_logs(&mut self) -> Result<Vec<ProcessLog>, ClientError>;
     /// Its live processes (exited ones not reaped yet left out).
     fn host_pids(&self) -> Result<HostPids, PidsError>;
+    /// What it holds that no update could move ([`crate::preflight`]); asked before the
+    /// drain and again once parked.
+    fn unmovable(&mut self) -> Result<Vec<crate::preflight::Unmovable>, crate::error::PreflightError> {
+        Ok(Vec::new())
+    }
     /// One line about process `pid` for a report: what it runs, its state, where it waits.
     fn describe_process(&self, pid: i32) -> String;
     /// Release the parked threads and end the drain (rollback), unless the new version

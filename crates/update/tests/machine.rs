@@ -6,7 +6,8 @@
 use mcr_client::pids::PidsError;
 use mcr_client::ClientError;
 use mcr_protocol::{Laggard, OpenConnections, ProcessLog, ReplayConflict, StartupLog};
-use mcr_update::error::{CommitError, DrainError, NotStarted, QuiesceError, RestartError};
+use mcr_update::error::{CommitError, DrainError, NotStarted, PreflightError, QuiesceError, RestartError};
+use mcr_update::preflight::Unmovable;
 use mcr_update::transfer::{Summary, TransferError};
 use mcr_update::{
     Drain, Handlers, HostPids, Launcher, NextVersion, Options, Policy, Quiescence, Report, Resumed, RunningVersion,
@@ -38,6 +39,12 @@ impl Journal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fail {
     Nowhere,
+    /// The old version holds state no update could move, from the start ...
+    Unmovable,
+    /// ... or made after the first check, before it parked.
+    UnmovableOnceParked,
+    /// It cannot be inspected.
+    Preflight,
     Drain,
     DrainRefused,
     Quiesce,
@@ -152,6 +159,18 @@ impl RunningVersion for FakeOld {
 
     fn describe_process(&self, pid: i32) -> String {
         format!("process {pid} (described)")
+    }
+
+    fn unmovable(&mut self) -> Result<Vec<Unmovable>, PreflightError> {
+        self.journal.note("old: preflight");
+        let parked = self.journal.count("old: quiesce") > 0;
+        let pipe = Unmovable { pid: 3, what: "fd 9 (pipe:[77])".into(), why: "made after startup".into() };
+        match self.fail {
+            Fail::Preflight => Err(PreflightError::Request(ClientError::Closed)),
+            Fail::Unmovable => Ok(vec![pipe]),
+            Fail::UnmovableOnceParked if parked => Ok(vec![pipe]),
+            _ => Ok(vec![]),
+        }
     }
 
     fn resume(&mut self) -> Result<Resumed, ClientError> {
@@ -349,9 +368,11 @@ fn a_commit_retires_the_old_version_and_rolls_nothing_back() {
     assert_eq!(
         journal.all(),
         [
+            "old: preflight",
             "old: drain",
             "old: quiesce",
             "old: list connections",
+            "old: preflight",
             "launcher: start replaying 2 logs, 2 old processes",
             "next: wait started",
             "next: respawn []",
@@ -367,6 +388,7 @@ fn a_commit_retires_the_old_version_and_rolls_nothing_back() {
 #[test]
 fn each_phase_failing_rolls_back_once() {
     let phase = |f: &UpdateError| match f {
+        UpdateError::Preflight(_) => "preflight",
         UpdateError::Drain(_) => "drain",
         UpdateError::Quiesce(_) => "quiesce",
         UpdateError::Restart(_) => "restart",
@@ -374,6 +396,9 @@ fn each_phase_failing_rolls_back_once() {
         UpdateError::Commit(_) => "commit",
     };
     let cases = [
+        (Fail::Preflight, "preflight", false),
+        (Fail::Unmovable, "preflight", false),
+        (Fail::UnmovableOnceParked, "preflight", false),
         (Fail::Drain, "drain", false),
         (Fail::DrainRefused, "drain", false),
         (Fail::Quiesce, "quiesce", false),
@@ -394,7 +419,7 @@ fn each_phase_failing_rolls_back_once() {
         let (report, journal, _) = Scenario::failing(fail).run();
         let failure = report.failure.as_ref().unwrap_or_else(|| panic!("{fail:?} committed"));
         assert_eq!(phase(failure), failed_in, "{fail:?}: {failure:?}");
-        assert_eq!(failure.before_restart(), matches!(failed_in, "drain" | "quiesce"), "{fail:?}");
+        assert_eq!(failure.before_restart(), matches!(failed_in, "preflight" | "drain" | "quiesce"), "{fail:?}");
         assert_rolled_back(&report, &journal, started);
     }
 }
@@ -463,7 +488,7 @@ fn ctrl_c_during_the_drain_resumes_the_old_version_and_starts_nothing() {
         report.message,
         "interrupted while draining; the server was resumed and nothing was changed: interrupted"
     );
-    assert_eq!(journal.all(), ["old: drain", "launcher: discard", "old: resume"]);
+    assert_eq!(journal.all(), ["old: preflight", "old: drain", "launcher: discard", "old: resume"]);
     assert_rolled_back(&report, &journal, false);
 }
 
@@ -593,4 +618,36 @@ fn a_commit_refused_before_its_commit_point_rolls_back() {
         assert!(matches!(report.failure, Some(UpdateError::Commit(_))), "{fail:?}: {report:?}");
         assert_rolled_back(&report, &journal, true);
     }
+}
+
+/// State no update could move is named before anything is touched: no drain, no
+/// quiescence, nothing started; the message lists each item.
+#[test]
+fn unmovable_state_refuses_before_the_drain() {
+    let (report, journal, _) = Scenario::failing(Fail::Unmovable).run();
+    assert!(matches!(report.failure, Some(UpdateError::Preflight(PreflightError::Unmovable(_)))), "{report:?}");
+    assert_eq!(journal.count("old: drain"), 0, "{:?}", journal.all());
+    assert_eq!(journal.count("old: quiesce"), 0, "{:?}", journal.all());
+    assert!(report.message.contains("\n  process 3: fd 9 (pipe:[77]): made after startup"), "{}", report.message);
+}
+
+/// State made between the first check and parking is found once parked: the update
+/// rolls back before the new version starts.
+#[test]
+fn unmovable_state_made_during_the_drain_rolls_back_before_the_restart() {
+    let (report, journal, _) = Scenario::failing(Fail::UnmovableOnceParked).run();
+    assert!(matches!(report.failure, Some(UpdateError::Preflight(_))), "{report:?}");
+    assert_eq!(journal.count("old: preflight"), 2, "{:?}", journal.all());
+    assert!(!journal.all().iter().any(|e| e.starts_with("launcher: start")), "{:?}", journal.all());
+}
+
+/// With --fresh-state the operator leaves the state behind on purpose: the same list is a
+/// warning and the update commits.
+#[test]
+fn with_fresh_state_unmovable_state_is_a_warning() {
+    let mut s = Scenario::failing(Fail::Unmovable);
+    s.policy = Policy { fresh_state: true, handlers: Handlers::default() };
+    let (report, _, warnings) = s.run();
+    assert!(report.committed, "{report:?}");
+    assert!(warnings.iter().any(|w| w.contains("process 3: fd 9 (pipe:[77])")), "{warnings:?}");
 }

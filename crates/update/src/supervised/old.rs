@@ -1,5 +1,7 @@
 //! The running version, through its supervisor's control socket.
 
+use crate::error::PreflightError;
+use crate::preflight::{Context, Unmovable};
 use crate::version::{Drain, HostPids, Quiescence, Resumed, RunningVersion};
 use mcr_client::pids::PidsError;
 use mcr_client::{ClientError, Connection};
@@ -65,6 +67,12 @@ impl RunningVersion for OldSupervisor {
 
     fn host_pids(&self) -> Result<HostPids, PidsError> {
         mcr_client::pids::host_pids(self.info.pid_namespace, self.info.supervisor_pid, self.info.processes.clone())
+    }
+
+    fn unmovable(&mut self) -> Result<Vec<Unmovable>, PreflightError> {
+        let logs = self.startup_logs().map_err(PreflightError::Request)?;
+        let processes = self.host_pids()?;
+        Ok(crate::preflight::unmovable(&Context { processes, logs }))
     }
 
     fn describe_process(&self, pid: i32) -> String {
