@@ -128,7 +128,7 @@ fn script_that_execs_the_server_runs_under_mcr() {
         procs[0]["command_line"][0].as_str().unwrap().ends_with("/kvd"),
         "the shell should have exec'd kvd: {st:#}"
     );
-    let t = threads(&st)[0].1;
+    let t = threads(&st).first().unwrap_or_else(|| panic!("kvd reports no thread (not registered?): {st:#}")).1;
     assert!(frame_functions(&t["quiescent_point"]).iter().any(|f| f == "main"), "{t:#}");
 
     let mut c = Client::connect(port);

@@ -186,6 +186,9 @@ impl Shared {
         let mut g = self.lock();
         match ev {
             RuntimeEvent::Hello { argv, pid: hpid, ppid, exe, forked, .. } => {
+                if !latest_image(g.procs.get(&pid).map(|r| r.conn), conn) {
+                    return;
+                }
                 let hello = crate::profiling::Hello { pid: hpid, ppid, exe: &exe, forked };
                 crate::profiling::note_hello(&mut g.profiles, conn, hello);
                 g.procs
@@ -195,7 +198,7 @@ impl Shared {
                 }
             }
             RuntimeEvent::StartupComplete { elapsed_ms } => {
-                if let Some(p) = g.procs.get_mut(&pid) {
+                if let Some(p) = g.procs.get_mut(&pid).filter(|p| p.conn == conn) {
                     p.startup_complete = true;
                     p.startup_ms = Some(elapsed_ms);
                 }
@@ -271,6 +274,17 @@ impl Shared {
             let _ = self.started_tx.send(Some(Ok(ms)));
         }
     }
+}
+
+/// Whether a Hello on connection `conn` comes from the process's current image, given the
+/// connection its PID is registered with. A process that execs says hello twice with the
+/// same PID (the shell of `exec kvd`, then kvd); each connection is served by a task of
+/// its own, so the first image's Hello may be read after the second's, and must not take
+/// the registration back (its connection closes at once, and the process would be left
+/// unregistered: never quiesced, never asked). Connections are numbered in the order they
+/// were accepted, which is the order they connected in: the higher number is the newer image.
+fn latest_image(registered: Option<u64>, conn: u64) -> bool {
+    registered.is_none_or(|r| conn >= r)
 }
 
 fn reap(state: &State) -> bool {
@@ -461,4 +475,16 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
 /// A harmless File to leave in place of the moved-out instance lock.
 fn tempfile_placeholder() -> std::fs::File {
     std::fs::File::open("/dev/null").unwrap_or_else(|_| std::fs::File::open("/").expect("/ exists"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latest_image;
+
+    #[test]
+    fn an_earlier_image_cannot_take_the_registration_back() {
+        assert!(latest_image(None, 3));
+        assert!(latest_image(Some(3), 4), "the image after exec replaces the shell");
+        assert!(!latest_image(Some(4), 3), "the shell's late Hello is ignored");
+    }
 }
