@@ -32,7 +32,7 @@ pub(crate) mod tests {
   "instance": "s",
   "committed": true,
   "message": "'s' now runs target/fixtures/kvd-v2-layout --port 44149",
-  "phases": { "drain_ms": 3.446274, "quiesce_ms": 0.716906, "restart_ms": 52.056450999999996,
+  "phases": { "preflight_ms": 0.412, "drain_ms": 3.446274, "quiesce_ms": 0.716906, "restart_ms": 52.056450999999996,
     "transfer_ms": 23.648202, "commit_ms": 11.302825, "total_ms": 99.212014 },
   "conflicts": [],
   "connections_left": [ { "pid": 2, "fds": [5, 6], "volatile": false, "pinned": [], "idle_check": false, "busy": [], "finished": false } ],
