@@ -112,7 +112,11 @@ fn script_that_execs_the_server_runs_under_mcr() {
     let port = free_port();
     let kvd = fixture("kvd");
     let script = mcr.tmp.join("start-kvd.sh");
-    std::fs::write(&script, format!("#!/bin/sh\nexec {} --port {port}\n", kvd.display())).unwrap();
+    // Some work before the exec (a bounded loop, ~0.1 s): the shell has read its script by
+    // then, and that read must not count as the end of its startup, or mcr would say the
+    // server started while it is still the shell.
+    let work = "i=0\nwhile [ $i -lt 20000 ]; do i=$((i+1)); done\n";
+    std::fs::write(&script, format!("#!/bin/sh\n{work}exec {} --port {port}\n", kvd.display())).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let out = mcr.try_start("sh", &script, &[] as &[&str]);

@@ -26,6 +26,15 @@ pub fn status_flags(fd: i32) -> Option<i32> {
     (r >= 0).then_some(r as i32)
 }
 
+/// The file type bits (`st_mode & S_IFMT`) of what `fd` refers to; None when it is not open.
+pub fn file_type(fd: i32) -> Option<u32> {
+    let mut st = core::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes one `struct stat` into `st`, a live local of that size.
+    let r = unsafe { crate::sys!(libc::SYS_fstat, fd, st.as_mut_ptr()) };
+    // SAFETY: zero-initialised, and filled by the kernel when fstat succeeded.
+    (r == 0).then(|| unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+}
+
 /// O_CLOEXEC when `fd` is close-on-exec (for dup3 to keep it so), else 0.
 pub fn cloexec_of(fd: i32) -> i32 {
     match fd_flags(fd) {
