@@ -230,10 +230,20 @@ fn kick(slot: &Slot) {
             unsafe { crate::real::pthread_cond_broadcast()(cond) };
         }
     } else {
+        // The kick is a real-time signal, and those queue: one per send. A thread that
+        // cannot take it for a while (stopped, or not scheduled on a loaded machine) would
+        // collect one every REKICK_AFTER, which the kernel charges to its user's pending
+        // signal limit (RLIMIT_SIGPENDING, shared by all that user's processes: exhausted,
+        // every process of the user fails to queue signals) and which it then has to
+        // handle one by one before it gets on. One kick in flight is enough: its handler
+        // allows the next (for the race where it lands before the call blocks).
         let tid = slot.tid.load(Acquire);
-        if tid > 0 {
+        if tid > 0 && !slot.kick_in_flight.swap(true, SeqCst) {
             // SAFETY: signalling a thread of our own process.
-            unsafe { crate::sys!(libc::SYS_tgkill, libc::getpid(), tid, crate::signals::kick_signal()) };
+            let sent = unsafe { crate::sys!(libc::SYS_tgkill, libc::getpid(), tid, crate::signals::kick_signal()) };
+            if sent != 0 {
+                slot.kick_in_flight.store(false, SeqCst);
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ pub fn kick_signal() -> i32 {
 
 extern "C" fn on_kick(_sig: libc::c_int) {
     if let Some(i) = crate::threads::current_index() {
-        crate::threads::SLOTS[i as usize].kicked.store(true, SeqCst);
+        let slot = &crate::threads::SLOTS[i as usize];
+        slot.kicked.store(true, SeqCst);
+        slot.kick_in_flight.store(false, SeqCst);
     }
 }
 

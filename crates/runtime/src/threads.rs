@@ -55,6 +55,9 @@ pub struct Slot {
     pub frame: AtomicUsize,
     /// Set by the kick signal handler (or by the controller for condition variables).
     pub kicked: AtomicBool,
+    /// A kick signal was sent and its handler has not run yet: the controller sends no
+    /// other meanwhile ([`crate::quiesce`]: real-time signals queue, one per send).
+    pub kick_in_flight: AtomicBool,
     pub is_main: AtomicBool,
     /// The thread reached a quiescent point at least once.
     pub reached_qp: AtomicBool,
@@ -75,6 +78,7 @@ impl Slot {
             object: AtomicUsize::new(0),
             frame: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
+            kick_in_flight: AtomicBool::new(false),
             is_main: AtomicBool::new(false),
             reached_qp: AtomicBool::new(false),
             qp_call: AtomicU32::new(0),
@@ -88,6 +92,7 @@ impl Slot {
     fn clear(&self) {
         self.state.store(RUNNING, Relaxed);
         self.kicked.store(false, Relaxed);
+        self.kick_in_flight.store(false, Relaxed);
         self.is_main.store(false, Relaxed);
         self.reached_qp.store(false, Relaxed);
         self.qp_stack.len.store(0, Relaxed);
@@ -347,6 +352,10 @@ pub fn reset_after_fork() {
         s.is_main.store(true, Relaxed);
         s.reached_qp.store(false, Relaxed);
         s.state.store(RUNNING, Relaxed);
+        // The child does not inherit its parent's pending signals: a kick in flight
+        // there is none here.
+        s.kick_in_flight.store(false, Relaxed);
+        s.kicked.store(false, Relaxed);
     }
 }
 
