@@ -82,35 +82,35 @@ fn profile() -> Option<&'static HashSet<u64>> {
     PROFILE.get().and_then(Option::as_ref)
 }
 
-/// Whether a read on `fd` can wait for something outside the process: a blocking
-/// descriptor of a kind whose reads can wait (a pipe, a socket, a terminal...). Reads of a
-/// regular file, a directory or a block device end by themselves: a shell reading its
-/// script is not at a quiescent point (counted as one, `sh -c 'exec server'` completed
-/// its startup before the server even ran).
 fn fd_is_blocking(fd: i32) -> bool {
     if crate::control::is_control_thread(threads::gettid()) {
         // The control thread has a descriptor table of its own: ask the kernel about the
         // program's (the thread group's) descriptor.
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let blocking = info
+        return info
             .lines()
             .find_map(|l| l.strip_prefix("flags:"))
             .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
             .is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
-        let kind = std::fs::metadata(format!("/proc/self/fd/{fd}"))
-            .map(|m| std::os::unix::fs::MetadataExt::mode(&m) & libc::S_IFMT);
-        return blocking && kind.is_ok_and(reads_can_wait);
     }
     crate::rawfd::status_flags(fd).is_some_and(|fl| fl & libc::O_NONBLOCK == 0)
-        && crate::rawfd::file_type(fd).is_some_and(reads_can_wait)
 }
 
-fn reads_can_wait(file_type: u32) -> bool {
-    !matches!(file_type, libc::S_IFREG | libc::S_IFDIR | libc::S_IFBLK)
+/// Whether the program thread in `slot` is reading something that ends by itself: a
+/// regular file, a directory or a block device. Such a read says nothing about where the
+/// thread waits, so it does not complete the process's startup: counted, a shell reading
+/// its script completed startup before `exec server` even ran (mcr run --detach returned
+/// with the shell, and the server was then found unregistered). It stays a place to park
+/// (the runtime holds a respawned process in a read of a stand-in descriptor).
+fn reads_what_ends_by_itself(slot: &Slot) -> bool {
+    let call = Call::from_index(slot.call.load(Acquire));
+    call.depends_on_fd()
+        && crate::rawfd::file_type(slot.object.load(Acquire) as i32)
+            .is_some_and(|t| matches!(t, libc::S_IFREG | libc::S_IFDIR | libc::S_IFBLK))
 }
 
 /// Whether the wrapped call `slot` is in is a quiescent point. Profile: by call-stack ID.
-/// Default: every wrapped call, except reads that cannot wait ([`fd_is_blocking`]).
+/// Default: every wrapped call, except reads on non-blocking fds.
 pub fn is_quiescent_point(slot: &Slot) -> bool {
     let call = Call::from_index(slot.call.load(Acquire));
     match profile() {
@@ -130,7 +130,7 @@ pub fn on_enter_slow(slot: &Slot) -> bool {
         let _internal = threads::InternalGuard::enter();
         let _errno = errno::ErrnoGuard::save();
         let qp = is_quiescent_point(slot);
-        if qp && !STARTUP_DONE.load(Acquire) {
+        if qp && !STARTUP_DONE.load(Acquire) && !reads_what_ends_by_itself(slot) {
             note_startup_qp(slot);
         }
         qp
