@@ -101,7 +101,7 @@ fn fd_is_blocking(fd: i32) -> bool {
 /// thread waits, so it does not complete the process's startup: counted, a shell reading
 /// its script completed startup before `exec server` even ran (mcr run --detach returned
 /// with the shell, and the server was then found unregistered). It stays a place to park
-/// (the runtime holds a respawned process in a read of a stand-in descriptor).
+/// (a respawned process is held in a read of a descriptor fstat calls a regular file).
 fn reads_what_ends_by_itself(slot: &Slot) -> bool {
     let call = Call::from_index(slot.call.load(Acquire));
     call.depends_on_fd()
