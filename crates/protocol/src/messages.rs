@@ -686,6 +686,10 @@ pub struct StartupLog {
     /// (created by libc internally, or by a call mcr does not interpose): they cannot be
     /// replayed.
     pub unreplayable: Vec<String>,
+    /// Memory the program mapped itself after startup (mmap, mremap, shmat) and has not
+    /// unmapped since, as [start, end) ranges: the new version's startup does not make it.
+    #[serde(default)]
+    pub mapped_after_startup: Vec<(u64, u64)>,
 }
 
 /// The startup log of one process of the instance.

@@ -227,7 +227,7 @@ pub fn snapshot() -> StartupLog {
         .collect();
     let complete = STARTUP_DONE.load(Acquire);
     let unreplayable = if complete { unaccounted(&ops) } else { Vec::new() };
-    StartupLog { complete, ops, unreplayable }
+    StartupLog { complete, ops, unreplayable, mapped_after_startup: crate::mappings::snapshot() }
 }
 
 /// Descriptors startup accounts for: created by a recorded operation and not closed
