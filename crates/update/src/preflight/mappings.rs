@@ -13,7 +13,7 @@ use mcr_procfs::Mapping;
 pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let mut found = Vec::new();
     for log in &ctx.logs {
-        let Some(ranges) = log.log.as_ref().map(|l| &l.mapped_after_startup).filter(|r| !r.is_empty()) else {
+        let Some(ranges) = log.log.as_ref().map(|l| &l.after_startup.mapped).filter(|r| !r.is_empty()) else {
             continue;
         };
         let Some(&host) = ctx.processes.get(&log.pid) else { continue };
