@@ -147,9 +147,9 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("map-file-shared", Refused), // mapped after startup: the preflight names it (not moved yet)
     ("map-file-private", Refused), // likewise
     ("map-anon-shared", Refused), // likewise
-    ("map-anon-private", Refused), // likewise
-    ("map-readonly", Refused),    // likewise
-    ("map-mlock", Refused),       // likewise
+    ("map-anon-private", Survives), // copied to the same address in the new process
+    ("map-readonly", Survives),   // likewise, with its protection
+    ("map-mlock", Refused),       // copied to its address, but the new version maps its own memory there: rolled back
     ("memfd-plain", Lost),
     ("memfd-mapped", Refused),        // its mapping is named (the descriptor too is lost)
     ("memfd-mapped-closed", Refused), // mapped after startup: named

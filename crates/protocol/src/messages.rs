@@ -219,6 +219,16 @@ pub enum RuntimeCommandKind {
         pid: i32,
         fd: i32,
     },
+    /// State transfer, new version: map private anonymous memory at [start, start + len)
+    /// exactly (MAP_FIXED_NOREPLACE: an address the new version uses itself is an error),
+    /// with protection `prot`, locked in memory when `locked`; the update then writes the
+    /// old contents into it. It counts as mapped after startup, as it was in the old one.
+    MapPrivate {
+        start: u64,
+        len: u64,
+        prot: i32,
+        locked: bool,
+    },
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th

@@ -19,7 +19,7 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
         let Some(&host) = ctx.processes.get(&log.pid) else { continue };
         // A process that exited meanwhile holds nothing.
         let Ok(maps) = mcr_procfs::maps::read(host) else { continue };
-        found.extend(after_startup(&maps, ranges).into_iter().map(|m| Unmovable {
+        found.extend(after_startup(&maps, ranges).into_iter().filter(|m| !is_copied(m)).map(|m| Unmovable {
             pid: log.pid,
             what: describe(&m),
             why: "mapped after startup: the update does not move such mappings".to_string(),
@@ -28,9 +28,20 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     found
 }
 
+/// Whether the transfer moves mapping `m` (`transfer/mappings.rs`): private anonymous
+/// memory is copied to the same address in the new process.
+pub(crate) fn is_copied(m: &Mapping) -> bool {
+    m.private && is_anonymous(m)
+}
+
+fn is_anonymous(m: &Mapping) -> bool {
+    let p = m.path.as_str();
+    p.is_empty() || p.starts_with("[anon") || p.starts_with("/dev/zero")
+}
+
 /// The parts of `maps` inside `ranges` (what the program mapped after startup), one per
 /// mapping: a range the kernel split (mprotect, mlock) shows as several.
-fn after_startup(maps: &[Mapping], ranges: &[(u64, u64)]) -> Vec<Mapping> {
+pub(crate) fn after_startup(maps: &[Mapping], ranges: &[(u64, u64)]) -> Vec<Mapping> {
     let mut out = Vec::new();
     for m in maps {
         for &(s, e) in ranges {
@@ -70,7 +81,7 @@ fn kind(m: &Mapping) -> String {
         format!("{sharing} memfd mapping")
     } else if p.starts_with("/dev/shm/") {
         format!("{sharing} POSIX shared memory mapping")
-    } else if p.is_empty() || p.starts_with("[anon") || p.starts_with("/dev/zero") {
+    } else if is_anonymous(m) {
         format!("{sharing} anonymous mapping")
     } else if p.starts_with('/') {
         format!("{sharing} file mapping")
@@ -102,7 +113,14 @@ mod tests {
         // kernel split by an mprotect, then the shared kinds; neither the program's text
         // nor malloc's memory at 7ffff7b00000.
         let ranges = [(0x7fff_f7a0_0000, 0x7fff_f7a0_4000), (0x7fff_f7a1_0000, 0x7fff_f7a4_3000)];
-        let named: Vec<String> = after_startup(&maps, &ranges).iter().map(describe).collect();
+        let parts = after_startup(&maps, &ranges);
+        let copied: Vec<bool> = parts.iter().map(is_copied).collect();
+        assert_eq!(
+            copied,
+            [false, true, true, false, false, false, false],
+            "the transfer copies private anonymous memory"
+        );
+        let named: Vec<String> = parts.iter().map(describe).collect();
         assert_eq!(
             named,
             [
