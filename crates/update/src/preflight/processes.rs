@@ -6,28 +6,48 @@
 //! `decide.rs`). Everything else the old version made after startup would be missing
 //! from the new one:
 //! - a process forked (or started by a fork and an exec) after startup that holds no
-//!   client connection: a helper, a worker respawned after a crash, a daemonized child;
+//!   client connection: a helper, a worker respawned after a crash, a daemonized child
+//!   (one still there after [`GRACE`]: a per-connection process that just closed its
+//!   connection is on its way out);
 //! - a thread created after startup that serves no client connection;
 //! - a zombie child: it holds nothing, but its exit status is the parent's to collect,
 //!   and the new version's processes are not its parent (a `waitpid` there would fail
 //!   with ECHILD). A child that just exited is not a zombie for long when its parent
-//!   reaps: only one still there after [`ZOMBIE_GRACE`] is named.
+//!   reaps: only one still there after [`GRACE`] is named.
 
 use super::{Context, Unmovable};
 use mcr_protocol::{ProcessLog, StartupLog};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-/// How long a zombie child may stay unreaped before it counts as kept.
-const ZOMBIE_GRACE: Duration = Duration::from_millis(250);
-const ZOMBIE_POLL: Duration = Duration::from_millis(10);
+/// How long a process without a connection, or a zombie child, may take to go before it
+/// counts as kept.
+const GRACE: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(10);
 
 pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let pids: Vec<i32> = ctx.processes.keys().copied().collect();
-    let mut found = late_processes(&pids, &ctx.logs);
+    let late = late_processes(&pids, &ctx.logs);
+    let ended = |u: &Unmovable| {
+        let status = ctx.processes.get(&u.pid).and_then(|&host| mcr_procfs::status::read(host).ok());
+        status.is_none_or(|s| s.is_exited())
+    };
+    let mut found = still_there_after_grace(late, ended);
     found.extend(ctx.logs.iter().flat_map(late_threads));
     found.extend(kept_zombies(ctx));
     found
+}
+
+/// Of `items`, those `ended` does not say are gone within [`GRACE`].
+fn still_there_after_grace<T>(mut items: Vec<T>, ended: impl Fn(&T) -> bool) -> Vec<T> {
+    let t = Instant::now();
+    loop {
+        items.retain(|i| !ended(i));
+        if items.is_empty() || t.elapsed() >= GRACE {
+            return items;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// The processes of `pids` made after startup that hold no client connection.
@@ -93,29 +113,18 @@ fn late_threads(process: &ProcessLog) -> Vec<Unmovable> {
         .collect()
 }
 
-/// Zombie children of the old processes still unreaped after [`ZOMBIE_GRACE`].
+/// Zombie children of the old processes still unreaped after [`GRACE`].
 fn kept_zombies(ctx: &Context) -> Vec<Unmovable> {
-    let zombies_now = || -> Vec<(i32, i32)> {
-        let mut z = Vec::new();
-        for (&pid, &host) in &ctx.processes {
-            for tid in mcr_procfs::task::list(host).unwrap_or_default() {
-                for child in mcr_procfs::task::children(host, tid).unwrap_or_default() {
-                    if mcr_procfs::status::read(child).ok().and_then(|s| s.state()) == Some('Z') {
-                        z.push((pid, child));
-                    }
-                }
-            }
+    let is_zombie = |host: i32| mcr_procfs::status::read(host).ok().and_then(|s| s.state()) == Some('Z');
+    let mut zombies = Vec::new();
+    for (&pid, &host) in &ctx.processes {
+        for tid in mcr_procfs::task::list(host).unwrap_or_default() {
+            let children = mcr_procfs::task::children(host, tid).unwrap_or_default();
+            zombies.extend(children.into_iter().filter(|&c| is_zombie(c)).map(|c| (pid, c)));
         }
-        z
-    };
-    let mut zombies = zombies_now();
-    let t = Instant::now();
-    while !zombies.is_empty() && t.elapsed() < ZOMBIE_GRACE {
-        std::thread::sleep(ZOMBIE_POLL);
-        let still = zombies_now();
-        zombies.retain(|z| still.contains(z));
     }
-    zombies
+    // Reaped, the PID could be reused at once: a zombie is gone when it is no longer one.
+    still_there_after_grace(zombies, |&(_, child)| !is_zombie(child))
         .into_iter()
         .map(|(parent, child)| {
             let ns = mcr_procfs::status::read(child).ok().and_then(|s| s.innermost_pid()).unwrap_or(child);
@@ -178,6 +187,21 @@ mod tests {
         assert_eq!(named(&found), [4, 7, 8]);
         assert_eq!(found[0].what, "process 4 (srv: forked after startup, holds no connection)");
         assert_eq!(found[2].what, "process 8 (forked after startup, holds no connection)");
+    }
+
+    #[test]
+    fn only_what_stays_beyond_the_grace_is_kept() {
+        let t = Instant::now();
+        let polls = std::cell::Cell::new(0);
+        let kept = still_there_after_grace(vec![1, 2, 3], |&i| {
+            polls.set(polls.get() + 1);
+            i == 2 || (i == 3 && polls.get() > 6)
+        });
+        assert_eq!(kept, [1], "2 ended at once, 3 within the grace");
+        assert!(t.elapsed() >= GRACE, "what stays is waited for the whole grace");
+        let t = Instant::now();
+        assert!(still_there_after_grace(vec![4], |_| true).is_empty());
+        assert!(t.elapsed() < GRACE, "nothing left: no wait");
     }
 
     #[test]
