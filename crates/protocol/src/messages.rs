@@ -219,6 +219,16 @@ pub enum RuntimeCommandKind {
         pid: i32,
         fd: i32,
     },
+    /// State transfer, new version: map private anonymous memory at [start, start + len)
+    /// exactly (MAP_FIXED_NOREPLACE: an address the new version uses itself is an error),
+    /// with protection `prot`, locked in memory when `locked`; the update then writes the
+    /// old contents into it. It counts as mapped after startup, as it was in the old one.
+    MapPrivate {
+        start: u64,
+        len: u64,
+        prot: i32,
+        locked: bool,
+    },
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -686,6 +696,42 @@ pub struct StartupLog {
     /// (created by libc internally, or by a call mcr does not interpose): they cannot be
     /// replayed.
     pub unreplayable: Vec<String>,
+    /// What the process holds that came after its startup (the new version's startup does
+    /// not make it again), as its runtime sees it when asked.
+    #[serde(default)]
+    pub after_startup: AfterStartup,
+}
+
+/// What a process made after its startup, for the update's preflight (issue 12).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterStartup {
+    /// Memory the program mapped itself after startup (mmap, mremap, shmat) and has not
+    /// unmapped since, as [start, end) ranges.
+    #[serde(default)]
+    pub mapped: Vec<(u64, u64)>,
+    /// The process was forked once its parent had completed startup.
+    #[serde(default)]
+    pub forked: bool,
+    /// The client connections it holds now (descriptors).
+    #[serde(default)]
+    pub connections: Vec<i32>,
+    /// It held a connection whose client is gone: a per-connection process about to end.
+    #[serde(default)]
+    pub lost_client: bool,
+    /// Threads the program created after startup.
+    #[serde(default)]
+    pub threads: Vec<LateThread>,
+}
+
+/// A thread the program created after its process completed startup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateThread {
+    /// TID in the instance's namespace.
+    pub tid: i32,
+    /// The wrapped call it is in ("read"), None while it runs outside one.
+    pub call: Option<String>,
+    /// The descriptor that call waits on, for calls on one.
+    pub fd: Option<i32>,
 }
 
 /// The startup log of one process of the instance.

@@ -50,14 +50,24 @@ fn class_of(layout: &Layout) -> Option<usize> {
 /// A fresh anonymous mapping of `len` bytes, or null when the kernel refuses.
 fn map(len: usize) -> *mut u8 {
     // SAFETY: mmap with no address hint, no file and MAP_PRIVATE | MAP_ANONYMOUS creates a
-    // new mapping that overlaps nothing; it is given no memory of ours.
+    // new mapping that overlaps nothing; it is given no memory of ours. A raw call: the
+    // exported `mmap` is the program's (interpose/memory.rs), and the runtime's memory is
+    // not the program's state.
     let p = unsafe {
-        libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        crate::sys!(
+            libc::SYS_mmap,
+            null_mut::<u8>(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0
+        )
     };
-    if p == libc::MAP_FAILED {
+    if p == -1 {
         null_mut()
     } else {
-        p.cast()
+        p as *mut u8
     }
 }
 
@@ -125,8 +135,9 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(class) = class_of(&layout) else {
             // SAFETY: a block of this layout is a whole mapping `alloc` made with this very
-            // length (GlobalAlloc: the same layout), and the caller no longer uses it.
-            unsafe { libc::munmap(ptr.cast(), round_pages(layout.size())) };
+            // length (GlobalAlloc: the same layout), and the caller no longer uses it. Raw,
+            // as in `map`.
+            unsafe { crate::sys!(libc::SYS_munmap, ptr, round_pages(layout.size())) };
             return;
         };
         lock();

@@ -338,6 +338,9 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             Err(message) => RuntimeReply::Error { message },
         },
         RuntimeCommandKind::Drain => crate::drain::drain(),
+        RuntimeCommandKind::MapPrivate { start, len, prot, locked } => {
+            crate::transfer::map_private(start, len, prot, locked)
+        }
     }
 }
 

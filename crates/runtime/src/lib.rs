@@ -30,6 +30,7 @@ mod errno;
 mod futex;
 mod heap;
 mod interpose;
+mod mappings;
 mod profiling;
 mod quiesce;
 mod rawfd;
@@ -135,6 +136,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "symbolize", run: symbolize::reset_after_fork },
     ForkReset { module: "startup_log", run: startup_log::reset_after_fork },
     ForkReset { module: "startup_heap", run: startup_heap::reset_after_fork },
+    ForkReset { module: "mappings", run: mappings::reset_after_fork },
     ForkReset { module: "replay", run: replay::reset_after_fork },
     ForkReset { module: "transfer", run: transfer::reset_after_fork },
     ForkReset { module: "profiling", run: profiling::reset_after_fork },

@@ -421,7 +421,7 @@ mod tests {
     }
 
     fn replay(ops: Vec<StartupOp>, inherited: &[i32]) -> Replay {
-        let log = StartupLog { complete: true, ops, unreplayable: vec![] };
+        let log = StartupLog { complete: true, ops, unreplayable: vec![], after_startup: Default::default() };
         let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
         Replay::new(logs, inherited.iter().copied().collect())
     }
@@ -587,7 +587,7 @@ mod tests {
         let as_log = |ops: Vec<StartupOp>| ProcessLog {
             pid: PID,
             command_line: vec![],
-            log: Some(StartupLog { complete: true, ops, unreplayable: vec![] }),
+            log: Some(StartupLog { complete: true, ops, unreplayable: vec![], after_startup: Default::default() }),
             error: None,
         };
         let r = Replay::new(vec![as_log(parent), as_log(child)], BTreeSet::new());

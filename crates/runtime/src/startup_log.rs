@@ -11,7 +11,7 @@
 use crate::quiesce::STARTUP_DONE;
 use crate::sync::SpinLock;
 use crate::{rawfd, stack, symbolize, threads};
-use mcr_protocol::{OpArg, StartupLog, StartupOp};
+use mcr_protocol::{AfterStartup, OpArg, StartupLog, StartupOp};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 
@@ -227,7 +227,27 @@ pub fn snapshot() -> StartupLog {
         .collect();
     let complete = STARTUP_DONE.load(Acquire);
     let unreplayable = if complete { unaccounted(&ops) } else { Vec::new() };
-    StartupLog { complete, ops, unreplayable }
+    let after_startup = if complete { after_startup(&ops) } else { AfterStartup::default() };
+    StartupLog { complete, ops, unreplayable, after_startup }
+}
+
+/// What this process holds that came after its startup, for the update's preflight.
+fn after_startup(ops: &[StartupOp]) -> AfterStartup {
+    let own = crate::pid();
+    let startup_threads: BTreeSet<i32> = ops
+        .iter()
+        .filter(|o| o.call == "pthread_create" && o.pid == own && o.result > 0)
+        .map(|o| o.result as i32)
+        .chain([own])
+        .collect();
+    let (connections, lost_client) = crate::drain::connections(&startup_fds());
+    AfterStartup {
+        mapped: crate::mappings::snapshot(),
+        forked: crate::drain::VOLATILE.load(SeqCst),
+        connections,
+        lost_client,
+        threads: threads::created_after(&startup_threads),
+    }
 }
 
 /// Descriptors startup accounts for: created by a recorded operation and not closed

@@ -365,6 +365,27 @@ pub fn used() -> impl Iterator<Item = (usize, &'static Slot)> {
     SLOTS[..hw].iter().enumerate().filter(|(_, s)| s.tid.load(Acquire) != 0)
 }
 
+/// The program's threads other than the main thread and those whose TIDs are in
+/// `startup` (created during startup), with the wrapped call each is in: the threads it
+/// created after startup.
+pub fn created_after(startup: &std::collections::BTreeSet<i32>) -> Vec<mcr_protocol::LateThread> {
+    used()
+        .filter_map(|(_, s)| {
+            let tid = s.tid.load(Acquire);
+            if tid == TID_PENDING || s.is_main.load(Acquire) || startup.contains(&tid) {
+                return None;
+            }
+            let in_call = s.state.load(Acquire) != RUNNING;
+            let call = crate::calls::Call::from_index(s.call.load(Acquire));
+            Some(mcr_protocol::LateThread {
+                tid,
+                call: in_call.then(|| call.name().to_string()),
+                fd: (in_call && call.depends_on_fd()).then(|| s.object.load(Acquire) as i32),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,6 +235,35 @@ pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
     RuntimeReply::Done
 }
 
+/// Private anonymous memory at exactly [start, start + len), for the old version's
+/// mapping of the same range (the update writes its contents next).
+pub fn map_private(start: u64, len: u64, prot: i32, locked: bool) -> RuntimeReply {
+    let end = start.saturating_add(len);
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: it fails on any overlap, so
+    // no memory of the program's or ours changes.
+    let p = unsafe { crate::sys!(libc::SYS_mmap, start, len, prot, flags, -1, 0) };
+    if p == -1 {
+        let e = std::io::Error::last_os_error();
+        return error(format!("mapping {start:#x}-{end:#x} again: {e} (the new version uses that address itself)"));
+    }
+    if p as u64 != start {
+        // A kernel without MAP_FIXED_NOREPLACE took it as a hint.
+        // SAFETY: the mapping just made, nobody else's.
+        unsafe { crate::sys!(libc::SYS_munmap, p, len) };
+        return error(format!("mapping {start:#x}-{end:#x} again: the kernel placed it elsewhere"));
+    }
+    // SAFETY: the range just mapped, ours.
+    if locked && unsafe { crate::sys!(libc::SYS_mlock, start, len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { crate::sys!(libc::SYS_munmap, start, len) };
+        return error(format!("locking {start:#x}-{end:#x} as it was: {e}"));
+    }
+    crate::mappings::note_mapped(start as usize, len as usize);
+    RuntimeReply::Done
+}
+
 /// `fd` moved to a number at least `above` (it stays where it is if it already is, or
 /// when no number is free).
 ///

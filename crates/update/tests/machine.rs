@@ -87,7 +87,7 @@ fn startup_log(pid: i32) -> ProcessLog {
     ProcessLog {
         pid,
         command_line: vec!["kvd".into()],
-        log: Some(StartupLog { complete: true, ops: vec![], unreplayable: vec![] }),
+        log: Some(StartupLog { complete: true, ops: vec![], unreplayable: vec![], after_startup: Default::default() }),
         error: None,
     }
 }

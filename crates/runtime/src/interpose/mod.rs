@@ -14,6 +14,7 @@ pub mod annotations;
 pub mod blocking;
 pub mod fds;
 pub mod malloc;
+pub mod memory;
 pub mod process;
 pub mod signals;
 pub mod startup;

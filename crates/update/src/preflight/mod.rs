@@ -12,7 +12,7 @@
 
 mod attributes;
 mod descriptors;
-mod mappings;
+pub(crate) mod mappings;
 mod processes;
 
 use crate::version::HostPids;

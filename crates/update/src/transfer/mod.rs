@@ -13,6 +13,7 @@
 
 mod adopt;
 mod descriptors;
+mod mappings;
 mod process;
 mod respawn;
 mod runtime;
@@ -83,6 +84,12 @@ pub enum TransferError {
     Respawn(#[from] respawn::RespawnError),
     #[error("a tracer thread panicked")]
     Panicked,
+    #[error("cannot read process {pid}'s mappings")]
+    Mappings {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the transfer did, for the update's report.
@@ -104,6 +111,9 @@ pub struct Summary {
     pub startup_tables_ms: f64,
     pub trace_ms: f64,
     pub connections_ms: f64,
+    /// Private anonymous memory mapped after startup, copied to the same addresses.
+    #[serde(default)]
+    pub mapped_bytes: u64,
 }
 
 impl Summary {
@@ -118,6 +128,7 @@ impl Summary {
         self.startup_tables_ms += o.startup_tables_ms;
         self.trace_ms += o.trace_ms;
         self.connections_ms += o.connections_ms;
+        self.mapped_bytes += o.mapped_bytes;
     }
 }
 

@@ -2,6 +2,7 @@
 //! state in the new process, then move its connections.
 
 use super::descriptors;
+use super::mappings;
 use super::runtime::{startup_table, NewProcess};
 use super::target::TracerTarget;
 use super::{Summary, TransferError};
@@ -96,7 +97,10 @@ pub(crate) fn transfer(
         .write(true)
         .open(mcr_procfs::Process::Pid(new_host).file("mem"))
         .map_err(|source| TransferError::NewMemory { pid, source })?;
-    let mut target = TracerTarget::new(NewProcess { next, pid, host_pid: new_host }, mem);
+    let mut new_process = NewProcess { next, pid, host_pid: new_host };
+    // Before tracing: the state may point into these mappings, and must find them there.
+    sum.mapped_bytes += mappings::copy_private(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    let mut target = TracerTarget::new(new_process, mem);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
