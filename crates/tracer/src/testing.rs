@@ -44,10 +44,6 @@ impl Memory {
         }
     }
 
-    pub fn put_u64(&mut self, addr: u64, v: u64) {
-        self.write(addr, &v.to_ne_bytes());
-    }
-
     /// `len` bytes at `addr`, `None` if any is unmapped.
     pub fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         (0..len as u64)
