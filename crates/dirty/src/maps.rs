@@ -54,6 +54,12 @@ pub fn is_tracked_kind(m: &Mapping) -> bool {
     !p.starts_with("/dev/") || p.starts_with("/dev/zero")
 }
 
+/// A region of mcr's heap backed by a memfd: shared, yet the program's own memory (its
+/// used part is tracked like private memory).
+pub fn is_mcr_heap(m: &Mapping) -> bool {
+    m.path.starts_with("/memfd:mcr-heap")
+}
+
 /// The class of `m`; `exe` is the program's path, `runtime` libmcr.so's.
 pub fn class_of(m: &Mapping, exe: &str, runtime: Option<&str>) -> MappingClass {
     let p = m.path.as_str();

@@ -14,7 +14,7 @@ use crate::quiesce::STARTUP_DONE;
 use core::cell::Cell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use mcr_alloc::{Config, Heap, ThreadCache};
+use mcr_alloc::{Config, Heap, Mode, SlotSet, ThreadCache};
 
 pub static HEAP: Heap = Heap::new();
 
@@ -85,10 +85,17 @@ pub fn ensure_init() -> bool {
     HEAP.own_slot().is_some() || init_slow()
 }
 
+/// Anonymous memory for now: fork needs nothing (the kernel copies on write), and no
+/// memfd exists. memfd-backed regions (which an update will map instead of copying) are
+/// for the adoption step: with them, dirty tracking of the shared heap and the freeze at
+/// fork together left connd's per-connection children hanging (measured, not yet
+/// understood).
+const MODE: Mode = Mode::Anonymous;
+
 #[cold]
 #[inline(never)]
 fn init_slow() -> bool {
-    HEAP.init(&Config::default()).is_ok()
+    HEAP.init(&Config { avoid: SlotSet::new(), mode: MODE }).is_ok()
 }
 
 /// Thread exit: give the thread's cache back (its blocks stay usable by the others).
@@ -151,6 +158,20 @@ pub fn flush_shared_cache() {
 /// another user): later forks then need nothing from /proc/self/map_files.
 pub fn before_privilege_drop() {
     HEAP.unshare();
+}
+
+/// The parts of the heap's regions that hold blocks now (their data spans up to the
+/// high-water mark): what dirty tracking covers of them (a region reserves 64 GiB, too
+/// much to track whole; spans carved later are new, so dirty anyway).
+pub fn used_data_ranges() -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    HEAP.regions(|r| {
+        let data = (r.base + mcr_alloc::FIRST_DATA_SPAN * mcr_alloc::SPAN_SIZE) as u64;
+        if (r.used_end as u64) > data {
+            out.push((data, r.used_end as u64));
+        }
+    });
+    out
 }
 
 /// Whether an allocation made now is a startup allocation (the process has not completed
