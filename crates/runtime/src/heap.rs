@@ -160,16 +160,19 @@ pub fn before_privilege_drop() {
     HEAP.unshare();
 }
 
-/// The parts of the heap's regions that hold blocks now (their data spans up to the
-/// high-water mark): what dirty tracking covers of them (a region reserves 64 GiB, too
-/// much to track whole; spans carved later are new, so dirty anyway).
+/// Headroom tracked above a region's used part: spans carved there after arming show as
+/// written (beyond it they are untracked: dirty as well, but not counted as written).
+const TRACKED_HEADROOM: usize = 64 << 20;
+
+/// The parts of the heap's regions that dirty tracking covers: their data spans up to the
+/// high-water mark, plus some headroom (a region reserves 64 GiB, too much to track
+/// whole; spans carved later are new, so dirty anyway).
 pub fn used_data_ranges() -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     HEAP.regions(|r| {
-        let data = (r.base + mcr_alloc::FIRST_DATA_SPAN * mcr_alloc::SPAN_SIZE) as u64;
-        if (r.used_end as u64) > data {
-            out.push((data, r.used_end as u64));
-        }
+        let data = r.base + mcr_alloc::FIRST_DATA_SPAN * mcr_alloc::SPAN_SIZE;
+        let end = r.used_end.max(data + TRACKED_HEADROOM).min(r.base + mcr_alloc::SLOT_SIZE);
+        out.push((data as u64, end as u64));
     });
     out
 }
