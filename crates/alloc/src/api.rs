@@ -11,6 +11,45 @@ use crate::view::{self, Region};
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{Acquire, Relaxed};
 
+/// What the heap knows of a live block, metadata only: where it is, how much of it the
+/// program may use, how much it asked for, and the one bit the runtime keeps per block
+/// (mcr: allocated during the process's startup). No header: the requested size and the
+/// bit live out of band (a `u16` per small block, the span entry of a large run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub start: usize,
+    /// Bytes usable from `start` (the class size, or the whole run).
+    pub usable: usize,
+    /// Bytes asked for (`usable` for a block nobody described with [`Heap::set_info`]).
+    pub requested: usize,
+    pub startup: bool,
+}
+
+/// The `u16` of a small block: `usable - requested` below, the startup bit on top.
+pub(crate) const INFO_STARTUP: u16 = 1 << 15;
+const INFO_SLACK: u16 = INFO_STARTUP - 1;
+/// The large head's flag word: the startup bit.
+pub(crate) const LARGE_STARTUP: u32 = 1;
+
+pub(crate) fn small_info(start: usize, usable: usize, word: u16) -> BlockInfo {
+    BlockInfo {
+        start,
+        usable,
+        requested: usable.saturating_sub((word & INFO_SLACK) as usize),
+        startup: word & INFO_STARTUP != 0,
+    }
+}
+
+pub(crate) fn large_info(start: usize, usable: usize, lo: u32, hi: u32, flags: u32) -> BlockInfo {
+    let requested = ((hi as usize) << 32) | lo as usize;
+    BlockInfo {
+        start,
+        usable,
+        requested: if requested == 0 || requested > usable { usable } else { requested },
+        startup: flags & LARGE_STARTUP != 0,
+    }
+}
+
 /// A block found from a pointer into it.
 #[derive(Clone, Copy)]
 enum Block<'h> {
@@ -176,6 +215,58 @@ impl Heap {
         match self.block_of(ptr as usize) {
             Some((start, size)) => start + size - ptr as usize,
             None => 0,
+        }
+    }
+
+    /// Records what the program asked for when it got the block at `ptr` (which an
+    /// allocation call of this heap just returned, or `realloc` kept in place): `requested`
+    /// bytes, and the runtime's bit. Costs one span-entry load and one store; a pointer that
+    /// is not a block start of an active region is ignored.
+    #[inline]
+    pub fn set_info(&self, ptr: NonNull<u8>, requested: usize, startup: bool) {
+        let addr = ptr.as_ptr() as usize;
+        let Some(region) = slot_of(addr).and_then(|s| self.active_region(s)) else { return };
+        let index = span_index(addr);
+        let Some(entry) = region.span(index) else { return };
+        match Kind::from_u8(entry.kind.load(Acquire)) {
+            Kind::Small => {
+                let class = entry.class.load(Relaxed) as usize;
+                let usable = size_of_class(class);
+                let block = block_index(class, addr & (SPAN_SIZE - 1));
+                let slack = usable.saturating_sub(requested).min(INFO_SLACK as usize) as u16;
+                if let Some(word) = region.info(index).and_then(|i| i.get(block)) {
+                    word.store(slack | if startup { INFO_STARTUP } else { 0 }, Relaxed);
+                }
+            }
+            Kind::LargeHead if addr == span_addr(region.base(), index) => {
+                entry.large_requested[0].store(requested as u32, Relaxed);
+                entry.large_requested[1].store((requested >> 32) as u32, Relaxed);
+                entry.large_flags.store(if startup { LARGE_STARTUP } else { 0 }, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// The live block containing `addr` with what [`Heap::set_info`] recorded for it.
+    pub fn info_of(&self, addr: usize) -> Option<BlockInfo> {
+        let region = self.readable(slot_of(addr)?)?;
+        match block_in(region, addr)? {
+            Block::Small { start, size } => {
+                let index = span_index(start);
+                let block = (start & (SPAN_SIZE - 1)) / size;
+                let word = region.info(index)?.get(block)?.load(Relaxed);
+                Some(small_info(start, size, word))
+            }
+            Block::Large { region, head, spans } => {
+                let e = region.span(head)?;
+                Some(large_info(
+                    span_addr(region.base(), head),
+                    spans * SPAN_SIZE,
+                    e.large_requested[0].load(Relaxed),
+                    e.large_requested[1].load(Relaxed),
+                    e.large_flags.load(Relaxed),
+                ))
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 
 use crate::geometry::{PAGE_SIZE, SPANS_PER_REGION, SPAN_SIZE};
 use crate::heap::{segment_range, Heap, SegmentBacking};
-use crate::layout::{ThreadCache, MAX_SEGMENTS};
+use crate::layout::{ThreadCache, INFO_STRIDE, MAX_SEGMENTS, OFF_DATA, OFF_INFO};
 use crate::lock;
 use crate::os::{self, Backing, ProcPath};
 use crate::view::{self, Region};
@@ -130,8 +130,17 @@ impl Heap {
         let len = used_end - start;
         if len > 0 {
             let Ok(tmp) = os::map_anywhere(len) else { return };
+            // The block-info area is sparse and far larger than its used part (spans
+            // below the high-water mark): reading the rest of it from a memfd would
+            // allocate its holes. It reads as zero, as the fresh copy does.
+            let info_used_end = region.base() + OFF_INFO + hwm * INFO_STRIDE;
+            let data_start = region.base() + OFF_DATA;
             let mut page = start;
             while page < used_end {
+                if page >= info_used_end && page < data_start {
+                    page = data_start;
+                    continue;
+                }
                 // SAFETY: both pages are mapped (ours: the heap segment, and the fresh copy
                 // nobody else knows); the source is read with atomic loads.
                 unsafe { view::copy_page_if_nonzero(page, tmp + (page - start)) };

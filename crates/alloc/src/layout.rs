@@ -12,7 +12,8 @@
 //! +32.19 MiB  committed-free-span bitmap (free spans whose pages were not given back)
 //! +33 MiB     live bitmaps: 512 B per span, one bit per 16-byte block
 //! +545 MiB    thread caches: THREAD_CACHES x ThreadCache (19 KiB each)
-//! +1 GiB      data spans (span index FIRST_DATA_SPAN onwards)
+//! +1 GiB      block info: 8 KiB per span, a u16 per block (what the program asked for)
+//! +16 GiB     data spans (span index FIRST_DATA_SPAN onwards)
 //! ```
 //! Metadata pages are touched only for spans and caches in use.
 
@@ -23,7 +24,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 /// "mcr-heap" in the first word of every region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"mcr-heap");
 /// Bumped whenever anything in this file changes: a region of another layout is refused.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Thread caches per region.
 pub const THREAD_CACHES: usize = 4096;
@@ -35,14 +36,18 @@ pub const OFF_FREE_MAP: usize = OFF_SPANS + SPANS_PER_REGION * core::mem::size_o
 pub const OFF_COMMITTED_MAP: usize = OFF_FREE_MAP + SPANS_PER_REGION / 8;
 pub const OFF_LIVE: usize = (OFF_COMMITTED_MAP + SPANS_PER_REGION / 8).next_multiple_of(1 << 20);
 pub const OFF_CACHES: usize = OFF_LIVE + SPANS_PER_REGION * BITMAP_WORDS * 8;
-pub const OFF_DATA: usize = 1 << 30;
+pub const OFF_INFO: usize = 1 << 30;
+/// Bytes of block info per span: a `u16` per block of the smallest class.
+pub const INFO_STRIDE: usize = SPAN_SIZE / 16 * 2;
+pub const OFF_DATA: usize = 16 << 30;
 /// The first span that holds blocks; spans below hold the metadata.
 pub const FIRST_DATA_SPAN: usize = OFF_DATA / SPAN_SIZE;
 
 const _: () = {
     assert!(core::mem::size_of::<RegionHeader>() <= OFF_SPANS);
     assert!(core::mem::size_of::<SpanEntry>() == 32);
-    assert!(OFF_CACHES + THREAD_CACHES * core::mem::size_of::<ThreadCache>() <= OFF_DATA);
+    assert!(OFF_CACHES + THREAD_CACHES * core::mem::size_of::<ThreadCache>() <= OFF_INFO);
+    assert!(OFF_INFO + SPANS_PER_REGION * INFO_STRIDE <= OFF_DATA);
     assert!(OFF_DATA < SLOT_SIZE);
     assert!(OFF_LIVE.is_multiple_of(4096) && OFF_CACHES.is_multiple_of(4096));
     assert!(THREAD_CACHES.is_multiple_of(64));
@@ -150,7 +155,10 @@ pub struct SpanEntry {
     pub link: AtomicU32,
     /// Small: previous span on the partial list (0 = this is the head).
     pub prev: AtomicU32,
-    _reserved: [AtomicU32; 3],
+    /// Large head: the block info (see [`BlockInfo`](crate::BlockInfo)): bytes asked for
+    /// (low, high word), then flags.
+    pub large_requested: [AtomicU32; 2],
+    pub large_flags: AtomicU32,
 }
 
 /// The state in a span's state word.

@@ -43,11 +43,13 @@ mod heap;
 mod layout;
 mod lock;
 mod os;
+pub mod remote;
 mod small;
 mod spans;
 mod view;
 
 pub use adopt::{AdoptStats, CommitStats, MapStats};
+pub use api::BlockInfo;
 pub use geometry::{SlotListError, SlotSet, SLOTS, SLOT_SIZE, SPAN_SIZE, WINDOW_BASE, WINDOW_END};
 pub use heap::{memfd_reopenable, Config, Heap, HeapError, Mode, RegionInfo, Role, SegmentBacking, SegmentInfo, Stats};
 pub use layout::{ThreadCache, FIRST_DATA_SPAN, LAYOUT_VERSION, MAX_SEGMENTS, THREAD_CACHES};

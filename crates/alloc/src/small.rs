@@ -250,6 +250,12 @@ impl Heap {
         free_cache_slot(self, cache);
     }
 
+    /// [`Heap::flush_thread_cache`] for the cache of the shared path (threads without a
+    /// cache, signal handlers).
+    pub fn flush_shared_cache(&self) {
+        self.with_shared(|cache| self.flush_thread_cache(cache));
+    }
+
     /// Returns the blocks parked in `cache` to their spans (the cache stays usable). After
     /// this, `visit` and `block_of` see none of them as live: the runtime calls it for each
     /// thread when it parks for an update.

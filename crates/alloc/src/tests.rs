@@ -549,8 +549,13 @@ fn adoption_in_process_anonymous() {
     let (head, live_before) = fill_like_an_old_version(&old);
     // the old process's bytes, as process_vm_readv would copy them
     let used = old.readable(slot).unwrap().header().hwm.load(Relaxed) as usize * SPAN_SIZE;
-    // SAFETY: the old heap's mapping, read before it goes away.
-    let image: Vec<u8> = unsafe { core::slice::from_raw_parts(slot_base(slot) as *const u8, used) }.to_vec();
+    // only the pages it touched (the metadata areas are sparse)
+    let mut image: Vec<(usize, Vec<u8>)> = Vec::new();
+    crate::private_pages(None, slot_base(slot), slot_base(slot) + used, |s, e| {
+        // SAFETY: the old heap's mapping, read before it goes away.
+        image.push((s, unsafe { core::slice::from_raw_parts(s as *const u8, e - s) }.to_vec()))
+    })
+    .unwrap();
     drop(old);
 
     let mut avoid = SlotSet::new();
@@ -558,8 +563,10 @@ fn adoption_in_process_anonymous() {
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
     h.map_segment(slot, 0, 0, None).unwrap();
-    // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
-    unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), slot_base(slot) as *mut u8, used) };
+    for (at, bytes) in &image {
+        // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), *at as *mut u8, bytes.len()) };
+    }
     h.finish_mapping(slot).unwrap();
     let mut set = SlotSet::new();
     set.insert(slot);
@@ -711,4 +718,57 @@ fn carving_takes_the_pool_first_fit_then_the_high_water_mark() {
     let (_, f, _) = h.carve(4, 1).unwrap();
     assert!(f >= c + 3 || f + 4 <= c, "no overlap with the aligned run");
     assert!(hdr.hwm.load(Relaxed) as usize >= before);
+}
+
+/// This process's memory, as `remote` reads another's.
+struct Local;
+
+impl crate::remote::Source for Local {
+    fn read(&self, addr: usize, buf: &mut [u8]) -> bool {
+        // SAFETY: the tests only read metadata of regions their heap keeps mapped.
+        buf.copy_from_slice(unsafe { core::slice::from_raw_parts(addr as *const u8, buf.len()) });
+        true
+    }
+}
+
+#[test]
+fn block_info_says_what_was_asked_for_locally_and_from_the_bytes() {
+    let h = heap(Mode::Anonymous);
+    let c = cache(&h);
+    let slot = h.own_slot().unwrap();
+    let mut want = BTreeMap::new();
+    for (i, n) in [1usize, 8, 24, 100, 1000, 4097, 16384, 16385, 200_000].into_iter().enumerate() {
+        let p = h.malloc(Some(c), n).unwrap();
+        h.set_info(p, n, i % 2 == 0);
+        want.insert(p.as_ptr() as usize, (n, i % 2 == 0));
+    }
+    // a block nobody described: its requested size is all of it
+    let bare = addr(h.malloc(Some(c), 40));
+    for (&a, &(n, startup)) in &want {
+        let local = h.info_of(a + n / 2).unwrap();
+        assert_eq!((local.start, local.requested, local.startup), (a, n, startup), "{n}");
+        assert!(local.usable >= n);
+        assert_eq!(crate::remote::block_of(&Local, a + n / 2), Some(local));
+    }
+    assert_eq!(h.info_of(bare).unwrap().requested, 48);
+    let mut seen = BTreeMap::new();
+    let mut spans = 0;
+    let n = crate::remote::visit(
+        &Local,
+        slot,
+        |b| {
+            seen.insert(b.start, (b.requested, b.startup));
+        },
+        |_, _| spans += 1,
+    )
+    .unwrap();
+    assert_eq!(n, seen.len());
+    assert!(spans >= 2);
+    for (a, v) in &want {
+        assert_eq!(seen.get(a), Some(v));
+    }
+    assert_eq!(seen.get(&bare), Some(&(48, false)));
+    let big = *want.keys().last().unwrap();
+    free(&h, Some(c), big);
+    assert_eq!(crate::remote::block_of(&Local, big), None, "freed");
 }

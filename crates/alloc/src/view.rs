@@ -16,11 +16,11 @@
 use crate::class::BITMAP_WORDS;
 use crate::geometry::{SLOT_SIZE, SPANS_PER_REGION};
 use crate::layout::{
-    RegionHeader, SpanEntry, ThreadCache, OFF_CACHES, OFF_COMMITTED_MAP, OFF_FREE_MAP, OFF_LIVE, OFF_SPANS,
-    THREAD_CACHES,
+    RegionHeader, SpanEntry, ThreadCache, INFO_STRIDE, OFF_CACHES, OFF_COMMITTED_MAP, OFF_FREE_MAP, OFF_INFO, OFF_LIVE,
+    OFF_SPANS, THREAD_CACHES,
 };
 use core::marker::PhantomData;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU16, AtomicU64};
 
 /// The metadata of the region at `base`, valid for `'h`.
 #[derive(Clone, Copy)]
@@ -34,6 +34,8 @@ pub(crate) struct Region<'h> {
 const _: () = {
     assert!(OFF_CACHES + THREAD_CACHES * core::mem::size_of::<ThreadCache>() <= SLOT_SIZE);
     assert!(OFF_LIVE + SPANS_PER_REGION * BITMAP_WORDS * 8 <= OFF_CACHES);
+    assert!(OFF_INFO + SPANS_PER_REGION * INFO_STRIDE <= SLOT_SIZE);
+    assert!(OFF_INFO.is_multiple_of(2) && INFO_STRIDE.is_multiple_of(2));
     assert!(core::mem::align_of::<RegionHeader>() <= 4096);
     assert!(OFF_SPANS.is_multiple_of(core::mem::align_of::<SpanEntry>()));
     assert!(OFF_FREE_MAP.is_multiple_of(8) && OFF_COMMITTED_MAP.is_multiple_of(8) && OFF_LIVE.is_multiple_of(8));
@@ -101,6 +103,18 @@ impl<'h> Region<'h> {
         // SAFETY: index < SPANS_PER_REGION, so the 512 bytes lie inside the live-bitmap area
         // of the mapped region; 8-byte aligned; any bytes are valid atomics.
         Some(unsafe { &*(addr as *const [AtomicU64; BITMAP_WORDS]) })
+    }
+
+    /// The block info of span `index`: one `u16` per block.
+    #[inline]
+    pub(crate) fn info(&self, index: usize) -> Option<&'h [AtomicU16; INFO_STRIDE / 2]> {
+        if index >= SPANS_PER_REGION {
+            return None;
+        }
+        let addr = self.base + OFF_INFO + index * INFO_STRIDE;
+        // SAFETY: index < SPANS_PER_REGION, so the INFO_STRIDE bytes lie inside the info area
+        // of the mapped region (checked above); 2-byte aligned; any bytes are valid atomics.
+        Some(unsafe { &*(addr as *const [AtomicU16; INFO_STRIDE / 2]) })
     }
 
     /// The thread-cache table.

@@ -12,7 +12,7 @@
 //! Fallback: soft-dirty (`/proc/self/clear_refs` 4, pagemap bit 55) where the kernel has
 //! it, else nothing (every page counts as dirty).
 
-use crate::maps::{self, MappingClass};
+use crate::maps::{self, Mapping, MappingClass};
 use crate::sys;
 use crate::Method;
 use std::io;
@@ -44,7 +44,14 @@ impl ArmReport {
 /// Arm the calling process. The data and .bss of the shared object at path `exclude`
 /// (the caller's own library) are left out.
 pub fn arm_self(exclude: Option<&str>) -> ArmReport {
-    match arm_uffd(exclude) {
+    arm_self_with(exclude, &[])
+}
+
+/// As [`arm_self`], tracking also the ranges `within` (start, end) of mappings too large
+/// to track whole (mcr's heap regions: 64 GiB reserved, of which the used part is
+/// tracked); the rest of such a mapping stays untracked (dirty).
+pub fn arm_self_with(exclude: Option<&str>, within: &[(u64, u64)]) -> ArmReport {
+    match arm_uffd(exclude, within) {
         Ok(r) => r,
         Err(uffd_err) => match arm_soft_dirty() {
             Ok(()) => ArmReport {
@@ -85,7 +92,7 @@ pub fn open_uffd() -> Result<i32, String> {
     }
 }
 
-fn arm_uffd(exclude: Option<&str>) -> Result<ArmReport, String> {
+fn arm_uffd(exclude: Option<&str>, within: &[(u64, u64)]) -> Result<ArmReport, String> {
     let fd = open_uffd()?;
     let all = mcr_procfs::maps::read(mcr_procfs::Process::Current).map_err(|e| {
         sys::close(fd);
@@ -94,7 +101,24 @@ fn arm_uffd(exclude: Option<&str>) -> Result<ArmReport, String> {
     let mut report = ArmReport { method: Method::UffdWp, fd: Some(fd), ranges: 0, bytes: 0, skipped: 0, note: None };
     let classes = maps::classify_all(&all, "", exclude);
     let excluded = |i: usize| exclude.is_some() && classes[i] == MappingClass::Runtime;
-    for (_, m) in all.iter().enumerate().filter(|&(i, m)| maps::is_tracked_kind(m) && !excluded(i)) {
+    let holds_part = |m: &Mapping| within.iter().any(|&(s, e)| s < m.end && m.start < e);
+    for &(start, end) in within.iter().filter(|(s, e)| s < e) {
+        match sys::uffd_register_wp(fd, start, end - start)
+            .and_then(|()| sys::uffd_writeprotect(fd, start, end - start))
+        {
+            Ok(()) => {
+                report.ranges += 1;
+                report.bytes += end - start;
+            }
+            Err(e) => {
+                report.skipped += 1;
+                if report.note.is_none() {
+                    report.note = Some(format!("{start:#x}-{end:#x} left untracked: {e}"));
+                }
+            }
+        }
+    }
+    for (_, m) in all.iter().enumerate().filter(|&(i, m)| maps::is_tracked_kind(m) && !excluded(i) && !holds_part(m)) {
         let r = if m.len() > MAX_TRACKED_MAPPING {
             Err(io::Error::other("larger than 1 GiB"))
         } else {

@@ -203,7 +203,7 @@ pub fn written_ranges_with(pid: i32, method: Method) -> Result<DirtyMap, DirtyEr
     for (m, class) in all {
         // The mcr runtime's own memory is not the program's state.
         let candidate = class != MappingClass::Runtime
-            && m.private
+            && (m.private || maps::is_mcr_heap(&m))
             && !m.is_empty()
             && (maps::is_tracked_kind(&m) || (method == Method::UffdWp && !m.path.starts_with('[')));
         if !candidate {

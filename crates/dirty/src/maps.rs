@@ -54,10 +54,21 @@ pub fn is_tracked_kind(m: &Mapping) -> bool {
     !p.starts_with("/dev/") || p.starts_with("/dev/zero")
 }
 
+/// A region of mcr's heap backed by a memfd: shared, yet the program's own memory (its
+/// used part is tracked like private memory).
+pub fn is_mcr_heap(m: &Mapping) -> bool {
+    m.path.starts_with("/memfd:mcr-heap")
+}
+
+/// Inside mcr's heap window (the allocator's regions, anonymous or memfd).
+fn in_heap_window(m: &Mapping) -> bool {
+    (mcr_alloc::WINDOW_BASE as u64..mcr_alloc::WINDOW_END as u64).contains(&m.start)
+}
+
 /// The class of `m`; `exe` is the program's path, `runtime` libmcr.so's.
 pub fn class_of(m: &Mapping, exe: &str, runtime: Option<&str>) -> MappingClass {
     let p = m.path.as_str();
-    if p == "[heap]" {
+    if p == "[heap]" || (in_heap_window(m) && (p.is_empty() || is_mcr_heap(m))) {
         MappingClass::Heap
     } else if p == "[stack]" {
         MappingClass::Stack

@@ -1,8 +1,9 @@
-//! The live blocks of a process, found by their headers, with lookup by any address
-//! inside a block (a pointer into the middle of a buffer finds the buffer).
+//! The live blocks of a process, listed from its allocator's metadata, with lookup by
+//! any address inside a block (a pointer into the middle of a buffer finds the buffer).
 
 use crate::memory::{MemoryError, ReadMemory, Region};
-use crate::{tag, Info, HEADER};
+use mcr_alloc::remote::{self, Source};
+use mcr_alloc::{BlockInfo, SLOTS};
 
 /// A live heap block of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,70 +22,86 @@ impl Object {
     }
 }
 
+impl From<BlockInfo> for Object {
+    fn from(b: BlockInfo) -> Object {
+        Object { addr: b.start as u64, size: b.requested as u64, startup: b.startup }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct HeapIndex {
     /// Sorted by address, never overlapping.
     objects: Vec<Object>,
-    /// Bytes scanned to build the index.
+    /// Bytes of the heap's spans read to build the index (its blocks' memory, kept).
     pub scanned_bytes: u64,
 }
 
 /// Memory read by a scan: (address, bytes), in address order.
 pub type Pieces = Vec<(u64, Vec<u8>)>;
 
-/// Read in pieces this large (a multiple of the header size).
-const CHUNK: usize = 1 << 20;
+/// Read in pieces at most this large.
+const CHUNK: u64 = 1 << 20;
+
+/// A [`ReadMemory`] as the allocator's reader wants it.
+struct Reader<'m>(&'m dyn ReadMemory);
+
+impl Source for Reader<'_> {
+    fn read(&self, addr: usize, buf: &mut [u8]) -> bool {
+        self.0.read(addr as u64, buf).is_ok()
+    }
+}
+
+/// The live block of the process behind `mem` that contains `addr`, from its allocator's
+/// metadata.
+pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {
+    remote::block_of(&Reader(mem), usize::try_from(addr).ok()?).map(Object::from)
+}
 
 impl HeapIndex {
-    /// Scan `regions` of `mem` for live headers.
-    pub fn scan(mem: &dyn ReadMemory, regions: &[Region]) -> Result<Self, MemoryError> {
-        Self::scan_inner(mem, regions, None)
+    /// The live blocks of every heap region of the process behind `mem` (regions are found
+    /// at their fixed places in the heap window; `_maps` is not needed any more).
+    pub fn scan(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<Self, MemoryError> {
+        Self::scan_inner(mem, None)
     }
 
-    /// Like [`HeapIndex::scan`], keeping what it read: reading the blocks again later is
-    /// then a copy, not a system call per block.
-    pub fn scan_keeping(mem: &dyn ReadMemory, regions: &[Region]) -> Result<(Self, Pieces), MemoryError> {
+    /// Like [`HeapIndex::scan`], keeping the memory of the spans that hold blocks: reading
+    /// the blocks again later is then a copy, not a system call per block.
+    pub fn scan_keeping(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<(Self, Pieces), MemoryError> {
         let mut kept = Vec::new();
-        let idx = Self::scan_inner(mem, regions, Some(&mut kept))?;
+        let idx = Self::scan_inner(mem, Some(&mut kept))?;
         Ok((idx, kept))
     }
 
-    fn scan_inner(
-        mem: &dyn ReadMemory,
-        regions: &[Region],
-        mut keep: Option<&mut Pieces>,
-    ) -> Result<Self, MemoryError> {
+    fn scan_inner(mem: &dyn ReadMemory, keep: Option<&mut Pieces>) -> Result<Self, MemoryError> {
+        let reader = Reader(mem);
         let mut objects = Vec::new();
-        let mut scanned = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        for r in regions {
-            let mut at = r.start;
-            while at < r.end {
-                let len = ((r.end - at) as usize).min(CHUNK);
-                let b = &mut buf[..len];
-                if mem.read(at, b).is_err() {
-                    // Unreadable or gone meanwhile: nothing of the program's lives there.
-                    at += len as u64;
-                    continue;
-                }
-                scanned += len as u64;
-                let before = objects.len();
-                for (i, w) in b.chunks_exact(HEADER).enumerate() {
-                    let h = at + (i * HEADER) as u64;
-                    let t = u64::from_ne_bytes(w[..8].try_into().expect("8 bytes"));
-                    if t != tag(h) {
-                        continue;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for slot in 0..SLOTS {
+            // A slot with no region of this process reads as nothing (unmapped, or no
+            // magic): skipped.
+            let _ = remote::visit(
+                &reader,
+                slot,
+                |b| objects.push(Object::from(b)),
+                |start, len| match runs.last_mut() {
+                    Some(last) if last.1 == start as u64 => last.1 += len as u64,
+                    _ => runs.push((start as u64, (start + len) as u64)),
+                },
+            );
+        }
+        let mut scanned = 0;
+        if let Some(keep) = keep {
+            for (start, end) in runs {
+                let mut at = start;
+                while at < end {
+                    let len = (end - at).min(CHUNK);
+                    let mut b = vec![0u8; len as usize];
+                    if mem.read(at, &mut b).is_ok() {
+                        scanned += len;
+                        keep.push((at, b));
                     }
-                    let info = u64::from_ne_bytes(w[8..16].try_into().expect("8 bytes"));
-                    let Info { size, startup, .. } = Info::decode(info);
-                    objects.push(Object { addr: h + HEADER as u64, size, startup });
+                    at += len;
                 }
-                // Only pieces that hold blocks are worth keeping (most anonymous memory,
-                // stacks and the like, holds none).
-                if let Some(k) = keep.as_deref_mut().filter(|_| objects.len() > before) {
-                    k.push((at, b.to_vec()));
-                }
-                at += len as u64;
             }
         }
         Ok(Self::from_objects(objects, scanned))
@@ -133,66 +150,6 @@ impl HeapIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    /// A fake address space: one region of bytes.
-    struct Fake {
-        base: u64,
-        bytes: Vec<u8>,
-    }
-
-    impl ReadMemory for Fake {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-            let off = (addr - self.base) as usize;
-            buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
-            Ok(())
-        }
-    }
-
-    fn put(f: &mut Fake, addr: u64, v: u64) {
-        let off = (addr - f.base) as usize;
-        f.bytes[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-    }
-
-    fn region(base: u64, len: u64) -> Region {
-        Region {
-            start: base,
-            end: base + len,
-            readable: true,
-            writable: true,
-            private: true,
-            offset: 0,
-            inode: 0,
-            name: String::new(),
-        }
-    }
-
-    #[test]
-    fn scan_finds_live_blocks_and_ignores_freed_and_copied_headers() {
-        let base = 0x10000;
-        let mut f = Fake { base, bytes: vec![0; 4096] };
-        let mut live = BTreeMap::new();
-        for (h, size, startup) in [(0x10000u64, 40u64, true), (0x10040, 24, false), (0x10100, 1000, false)] {
-            put(&mut f, h, tag(h));
-            put(&mut f, h + 8, Info { size, startup, align_log2: 0 }.encode());
-            live.insert(h + 16, (size, startup));
-        }
-        // A freed block: tag cleared.
-        put(&mut f, 0x10600, 0);
-        put(&mut f, 0x10608, Info { size: 8, startup: false, align_log2: 0 }.encode());
-        // A copy of a header's bytes elsewhere: its tag names another address.
-        put(&mut f, 0x10800, tag(0x10040));
-        put(&mut f, 0x10808, Info { size: 24, startup: false, align_log2: 0 }.encode());
-        // An over-aligned allocation: the header sits right before the aligned block.
-        put(&mut f, 0x10a30, tag(0x10a30));
-        put(&mut f, 0x10a38, Info { size: 64, startup: false, align_log2: 6 }.encode());
-        live.insert(0x10a40, (64, false));
-
-        let idx = HeapIndex::scan(&f, &[region(base, 4096)]).unwrap();
-        let found: BTreeMap<u64, (u64, bool)> = idx.objects().iter().map(|o| (o.addr, (o.size, o.startup))).collect();
-        assert_eq!(found, live);
-        assert_eq!(idx.scanned_bytes, 4096);
-    }
 
     #[test]
     fn interior_pointers_find_their_block() {

@@ -50,7 +50,10 @@ pub fn arm() {
     } else {
         let _errno = crate::errno::ErrnoGuard::save();
         // The runtime's own data (libmcr.so) is not the program's state.
-        let report = mcr_dirty::arm::arm_self(Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())));
+        let report = mcr_dirty::arm::arm_self_with(
+            Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())),
+            &crate::heap::used_data_ranges(),
+        );
         if let Some(fd) = report.fd {
             // SAFETY: the userfaultfd just made, the runtime's alone.
             UFFD.store(unsafe { crate::control::move_to_reserved(fd) }, SeqCst);

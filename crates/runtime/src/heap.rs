@@ -1,19 +1,180 @@
-//! Allocation metadata written by the malloc family (`interpose/malloc.rs`): the header
-//! of every block says its size and whether it was allocated during startup. See the
-//! `mcr-heap` crate for the format and for the reader the update uses.
+//! The program's heap (DESIGN.md "Addresses", "Allocation metadata"): the malloc family
+//! (`interpose/malloc.rs`) is served by mcr's own allocator (`mcr-alloc`), whose metadata
+//! is out of band: no header per block; what the program asked for and whether the block
+//! was allocated during startup are kept beside the live bits, where the update reads
+//! them from outside (`mcr-heap`).
+//!
+//! The heap initializes at the first allocation, whoever makes it (ld.so, libc, another
+//! library's constructor): the engine needs nothing from libc. Each thread gets a cache
+//! of its own (kept in a const-initialized thread-local without destructor, given back
+//! by a pthread key's destructor); a call that interrupts the allocator on the same
+//! thread (a signal handler) uses the shared path instead.
 
 use crate::quiesce::STARTUP_DONE;
-use libc::{c_void, size_t};
-use mcr_heap::{tag, Info, HEADER, MAX_SIZE};
-use std::sync::atomic::Ordering::Relaxed;
+use core::cell::Cell;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use mcr_alloc::{Config, Heap, Mode, SlotSet, ThreadCache};
 
-/// `n` plus the header, when it fits what a header can describe.
+pub static HEAP: Heap = Heap::new();
+
+/// Per thread: its cache, and whether it is inside the allocator now.
+struct ThreadHeap {
+    cache: Cell<Option<&'static ThreadCache>>,
+    busy: Cell<bool>,
+    /// The cache was asked for (none may have been left).
+    asked: Cell<bool>,
+}
+
+thread_local! {
+    static LOCAL: ThreadHeap = const {
+        ThreadHeap { cache: Cell::new(None), busy: Cell::new(false), asked: Cell::new(false) }
+    };
+}
+
+/// The pthread key whose destructor gives a thread's cache back (0: not created yet).
+static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Run `f` with the calling thread's cache (`None`: the shared path: re-entered from a
+/// signal handler, no cache left, or no thread-local storage any more).
 #[inline(always)]
-pub fn with_header(n: size_t) -> Option<size_t> {
-    if n as u64 > MAX_SIZE - HEADER as u64 {
+pub fn with_cache<R>(f: impl FnOnce(Option<&ThreadCache>) -> R) -> R {
+    let local = LOCAL.try_with(|l| l as *const ThreadHeap).ok();
+    // SAFETY: the thread-local lives as long as the thread, has no destructor, and the
+    // pointer never leaves this call on this thread.
+    let Some(l) = local.map(|p| unsafe { &*p }) else { return f(None) };
+    if l.busy.get() {
+        return f(None);
+    }
+    l.busy.set(true);
+    let cache = match l.cache.get() {
+        Some(c) => Some(c),
+        None => first_cache(l),
+    };
+    let r = f(cache);
+    l.busy.set(false);
+    r
+}
+
+#[cold]
+#[inline(never)]
+fn first_cache(l: &ThreadHeap) -> Option<&'static ThreadCache> {
+    if l.asked.get() {
         return None;
     }
-    Some(n + HEADER)
+    if !ensure_init() {
+        return None;
+    }
+    l.asked.set(true);
+    // SAFETY: the cache is kept for this thread alone (its thread-local) and never
+    // re-entered: `busy` sends re-entrant calls to the shared path.
+    let c = unsafe { HEAP.thread_cache() }?;
+    l.cache.set(Some(c));
+    let key = KEY.load(Relaxed);
+    if key != u32::MAX {
+        // SAFETY: a key created by `init_hooks`; pthread_setspecific stores a pointer for
+        // this thread (keys below 32 need no allocation).
+        unsafe { libc::pthread_setspecific(key, c as *const ThreadCache as *const libc::c_void) };
+    }
+    Some(c)
+}
+
+/// The heap is ready (initializing it at the first call).
+#[inline(always)]
+pub fn ensure_init() -> bool {
+    HEAP.own_slot().is_some() || init_slow()
+}
+
+/// Anonymous memory for now: fork needs nothing (the kernel copies on write), and no
+/// memfd exists. memfd-backed regions (which an update will map instead of copying) are
+/// for the adoption step: with them, dirty tracking of the shared heap and the freeze at
+/// fork together left connd's per-connection children hanging (measured, not yet
+/// understood).
+const MODE: Mode = Mode::Anonymous;
+
+#[cold]
+#[inline(never)]
+fn init_slow() -> bool {
+    HEAP.init(&Config { avoid: SlotSet::new(), mode: MODE }).is_ok()
+}
+
+/// Thread exit: give the thread's cache back (its blocks stay usable by the others).
+extern "C" fn release_cache(cache: *mut libc::c_void) {
+    let _ = LOCAL.try_with(|l| {
+        l.cache.set(None);
+        l.asked.set(false);
+    });
+    if let Some(c) = NonNull::new(cache as *mut ThreadCache) {
+        // SAFETY: the value this thread's `first_cache` stored: a cache of HEAP, which
+        // no one uses any more (its thread is exiting; a later allocation takes a new one).
+        HEAP.release_thread_cache(unsafe { c.as_ref() });
+    }
+}
+
+extern "C" fn fork_prepare() {
+    HEAP.fork_prepare();
+}
+
+extern "C" fn fork_parent() {
+    HEAP.fork_parent();
+}
+
+extern "C" fn fork_child() {
+    let keep = LOCAL.try_with(|l| l.cache.get()).ok().flatten();
+    HEAP.fork_child(keep);
+}
+
+/// From the constructor, whether the runtime is active or not: the thread-exit key and
+/// the fork handlers. Registered before any of the runtime's own, so that the heap is
+/// locked last before a fork and unlocked first after it (the others may allocate).
+pub fn init_hooks() {
+    ensure_init();
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: pthread_key_create writes `key`, a live local; the destructor is a function
+    // of this library, which is never unloaded.
+    if unsafe { libc::pthread_key_create(&mut key, Some(release_cache)) } == 0 {
+        KEY.store(key, Relaxed);
+    }
+    // SAFETY: pthread_atfork only records the three handlers, functions of this library.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+}
+
+/// Give the blocks the calling thread's cache holds back to their spans (the cache stays
+/// usable).
+pub fn flush_own_cache() {
+    with_cache(|c| {
+        if let Some(c) = c {
+            HEAP.flush_thread_cache(c);
+        }
+    });
+}
+
+/// The same for the cache of the shared path.
+pub fn flush_shared_cache() {
+    HEAP.flush_shared_cache();
+}
+
+/// Before the process gives up the privilege to reopen its own mappings (setuid to
+/// another user): later forks then need nothing from /proc/self/map_files.
+pub fn before_privilege_drop() {
+    HEAP.unshare();
+}
+
+/// Headroom tracked above a region's used part: spans carved there after arming show as
+/// written (beyond it they are untracked: dirty as well, but not counted as written).
+const TRACKED_HEADROOM: usize = 64 << 20;
+
+/// The parts of the heap's regions that dirty tracking covers: their data spans up to the
+/// high-water mark, plus some headroom (a region reserves 64 GiB, too much to track
+/// whole; spans carved later are new, so dirty anyway).
+pub fn used_data_ranges() -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    HEAP.regions(|r| {
+        let data = r.base + mcr_alloc::FIRST_DATA_SPAN * mcr_alloc::SPAN_SIZE;
+        let end = r.used_end.max(data + TRACKED_HEADROOM).min(r.base + mcr_alloc::SLOT_SIZE);
+        out.push((data as u64, end as u64));
+    });
+    out
 }
 
 /// Whether an allocation made now is a startup allocation (the process has not completed
@@ -23,95 +184,12 @@ pub fn in_startup() -> bool {
     !STARTUP_DONE.load(Relaxed)
 }
 
-/// Write the header at `h` for a block of `n` bytes right after it; returns the block.
-///
-/// # Safety
-/// `h` must point to at least `HEADER + n` writable bytes, 16-byte aligned.
-#[inline(always)]
-pub unsafe fn stamp(h: *mut c_void, n: size_t, align_log2: u32, startup: bool) -> *mut c_void {
-    let info = Info { size: n as u64, startup, align_log2 };
-    // SAFETY: the caller's contract: two aligned, writable words at `h`.
-    unsafe { write_header(h, info) };
-    (h as *mut u8).wrapping_add(HEADER).cast()
-}
-
-/// The two header words: the tag (a function of its own address), then the info.
-///
-/// # Safety
-/// `h` must point to 16 writable bytes, 8-byte aligned.
-#[inline(always)]
-unsafe fn write_header(h: *mut c_void, info: Info) {
-    let w = h as *mut u64;
-    // SAFETY: the caller's contract covers both words.
-    unsafe {
-        w.write(tag(h as u64));
-        w.add(1).write(info.encode());
-    }
-}
-
-pub fn header_addr(p: *mut c_void) -> *mut c_void {
-    (p as *mut u8).wrapping_sub(HEADER).cast()
-}
-
-/// The header of block `p`, when it has one of ours.
-///
-/// # Safety
-/// `p` must be a block returned by an allocation function and not yet freed.
-#[inline(always)]
-pub unsafe fn header_of(p: *mut c_void) -> Option<Info> {
-    let h = header_addr(p) as *const u64;
-    // SAFETY: `p` is a live block (the caller's contract), 16-byte aligned: ours have our
-    // header in the 16 bytes before it, glibc's its chunk header, whose size word at
-    // p - 8 glibc's own free reads; p - 16 is in the same 16-byte granule, so on the same
-    // page: readable whenever that word is.
-    unsafe {
-        if h.read() != tag(h as u64) {
-            return None;
-        }
-        Some(Info::decode(h.add(1).read()))
-    }
-}
-
-/// Mark block `p` dead; returns what glibc must free (None: not ours).
-///
-/// # Safety
-/// As for [`header_of`].
-#[inline(always)]
-pub unsafe fn unstamp(p: *mut c_void) -> Option<*mut c_void> {
-    // SAFETY: the caller's contract.
-    let info = unsafe { header_of(p) }?;
-    let h = header_addr(p);
-    // SAFETY: `p` has a header of ours at `h`: the block is live.
-    unsafe { clear(h) };
-    // An over-aligned block starts `1 << align_log2` bytes into glibc's allocation.
-    Some(if info.align_log2 == 0 { h } else { (p as *mut u8).wrapping_sub(1usize << info.align_log2).cast() })
-}
-
-/// # Safety
-/// `h` must be the header of a live block.
-#[inline(always)]
-pub unsafe fn clear(h: *mut c_void) {
-    // SAFETY: the caller's contract: a header is two writable, aligned words.
-    unsafe { (h as *mut u64).write(0) };
-}
-
-/// Mark live block `p` as allocated during startup; false when it has no header of ours.
-///
-/// # Safety
-/// As for [`header_of`].
-pub unsafe fn mark_startup(p: *mut c_void) -> bool {
-    // SAFETY: the caller's contract.
-    let Some(info) = (unsafe { header_of(p) }) else { return false };
-    // SAFETY: `p` has a header of ours, so the block and its header are live.
-    unsafe { restore(header_addr(p), Info { startup: true, ..info }) };
+/// Mark live block `p` as allocated during startup; false when it is no live block.
+pub fn mark_startup(p: u64) -> bool {
+    let Some(info) = HEAP.info_of(p as usize).filter(|i| i.start as u64 == p) else { return false };
+    let Some(ptr) = NonNull::new(p as usize as *mut u8) else { return false };
+    HEAP.set_info(ptr, info.requested, true);
     true
-}
-
-/// # Safety
-/// `h` must be the header, cleared by [`clear`], of a block that is still allocated.
-pub unsafe fn restore(h: *mut c_void, info: Info) {
-    // SAFETY: the caller's contract: a header is two writable, aligned words.
-    unsafe { write_header(h, info) };
 }
 
 pub fn page_size() -> usize {
@@ -130,7 +208,7 @@ pub fn page_size() -> usize {
 ///
 /// # Safety
 /// `p` must be a live block from glibc's allocator.
-pub unsafe fn foreign_usable_size(p: *mut c_void) -> size_t {
+pub unsafe fn foreign_usable_size(p: *mut libc::c_void) -> usize {
     const IS_MMAPPED: usize = 2;
     // SAFETY: glibc's chunk header ends with the size word right before a live block
     // (the caller's contract).

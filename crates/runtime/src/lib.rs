@@ -165,6 +165,7 @@ fn env(name: &str) -> Option<String> {
 /// Constructor. Kept to libc-level work: read the environment, install the kick signal,
 /// connect to the supervisor. Threads start later, at the first wrapped call.
 extern "C" fn init() {
+    heap::init_hooks();
     START_NS.store(monotonic_ns(), Relaxed);
     note_own_pid();
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };

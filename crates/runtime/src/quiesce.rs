@@ -173,6 +173,9 @@ fn startup_complete(mut threads: impl Iterator<Item = (i32, bool)>) -> bool {
 /// the wait for the resume handlers.
 pub fn park(slot: &Slot) {
     let _errno = errno::ErrnoGuard::save();
+    // Blocks parked in the thread's cache are free, but its allocator's metadata counts
+    // them live until they go back to their spans: the update lists the heap from it.
+    crate::heap::flush_own_cache();
     slot.state.store(PARKED, SeqCst);
     PARK_EVENTS.fetch_add(1, SeqCst);
     futex::wake(&PARK_EVENTS, 1);
@@ -342,7 +345,13 @@ pub fn quiesce(timeout: Duration) -> Outcome {
             }
         }
         match verdict(waiting, t0.elapsed(), timeout) {
-            Verdict::Quiesced => return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() },
+            Verdict::Quiesced => {
+                // What the controller itself (an update's allocations) and the shared path
+                // hold back counts as live too: the update lists the heap from now on.
+                crate::heap::flush_own_cache();
+                crate::heap::flush_shared_cache();
+                return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() };
+            }
             Verdict::TimedOut => {
                 let laggards = describe_laggards();
                 resume();

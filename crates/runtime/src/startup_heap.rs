@@ -6,13 +6,14 @@
 //! fresh blocks.
 //!
 //! Only startup pays: the malloc family calls [`record`] while startup is not complete
-//! (the check its header already makes), which walks the stack and appends to a table;
+//! (the check it makes to set the block's startup bit), which walks the stack and appends to a table;
 //! once startup is complete nothing is recorded and the table is never touched by the
 //! program's threads again. Each distinct raw stack is kept once (startup allocates
 //! from few call sites, often in loops); call-stack IDs (symbolized, version-agnostic)
 //! and ordinals are computed when an update asks ([`snapshot`]).
 //!
-//! The per-block header stays as it is: the side table only holds startup blocks.
+//! The allocator's per-block metadata keeps the startup bit: the side table only holds
+//! startup blocks.
 
 use crate::sync::SpinLock;
 use crate::threads::MAX_STACK;
@@ -116,7 +117,8 @@ fn record_slow(addr: u64, fp: usize) {
 
 /// Every startup allocation of this process whose call stack reaches the program's code,
 /// in order, with its call-stack ID, thread and ordinal. Entries whose block was freed
-/// since are included: the update knows which blocks are live from their headers.
+/// since are included: the update knows which blocks are live (and still startup
+/// blocks) from the allocator's metadata.
 pub fn snapshot() -> Vec<StartupAlloc> {
     let _internal = threads::InternalGuard::enter();
     // Copy out under the lock, symbolize without it.
@@ -163,9 +165,7 @@ fn number(recorded: &[Recorded], stacks: &[Stack]) -> Vec<StartupAlloc> {
 /// counterpart in this version: they become startup blocks with the old identity.
 pub fn adopt(blocks: &[StartupAlloc]) -> mcr_protocol::RuntimeReply {
     for b in blocks {
-        // SAFETY: blocks this update just allocated through our malloc; the program's
-        // threads are parked and do not know them yet.
-        if !unsafe { crate::heap::mark_startup(b.addr as usize as *mut libc::c_void) } {
+        if !crate::heap::mark_startup(b.addr) {
             return mcr_protocol::RuntimeReply::Error { message: format!("{:#x} is not a live heap block", b.addr) };
         }
     }

@@ -3,7 +3,7 @@
 //! live process through its runtime; the tests drive an in-memory one.
 
 use crate::startup::StartupKey;
-use mcr_heap::HEADER;
+use mcr_heap::{MemoryError, Object, ReadMemory};
 use mcr_protocol::Relocation;
 
 /// Why the new process did not do what the transfer asked.
@@ -56,13 +56,29 @@ pub trait Target {
         let _ = blocks;
         Ok(())
     }
+    /// The live block of the new process containing `addr`, from its allocator's metadata
+    /// (read with `read`).
+    fn block(&self, addr: u64) -> Option<Object> {
+        mcr_heap::block_at(&TargetMemory(self), addr)
+    }
+}
+
+/// A target's memory as the heap reader reads it.
+struct TargetMemory<'t, T: ?Sized>(&'t T);
+
+impl<T: Target + ?Sized> ReadMemory for TargetMemory<'_, T> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.0.read(addr, buf).map_err(|e| MemoryError::Read {
+            pid: 0,
+            addr,
+            len: buf.len(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
 }
 
 /// The size of the new version's block at `addr` when it is live and was allocated
-/// during the new version's startup (its header says so).
+/// during the new version's startup (its allocator's metadata says so).
 pub(crate) fn startup_block_size(target: &dyn Target, addr: u64) -> Option<u64> {
-    let mut h = [0u8; HEADER];
-    target.read(addr.checked_sub(HEADER as u64)?, &mut h).ok()?;
-    let (block, info) = mcr_heap::live_header(addr - HEADER as u64, &h)?;
-    (block == addr && info.startup).then_some(info.size)
+    target.block(addr).filter(|b| b.addr == addr && b.startup).map(|b| b.size)
 }

@@ -12,7 +12,10 @@ use crate::transfer::{transfer, Pair, Transfer, TransferError, Version};
 use crate::walk::{walk, Reached};
 use crate::write::{self, Destinations, Writer};
 use crate::Hints;
-use mcr_heap::{HeapIndex, Info, MemoryError, Object, ReadMemory, HEADER};
+use mcr_heap::{HeapIndex, MemoryError, Object, ReadMemory};
+
+/// Room the fake heaps leave before each block (blocks do not touch, as in a real heap).
+const GAP: u64 = 16;
 use mcr_protocol::Relocation;
 use mcr_typemodel::{Composite, Encoding, Global, Location, Member, Program, Symbol, SymbolKind, Type, TypeId};
 use std::collections::BTreeMap;
@@ -39,10 +42,6 @@ impl Memory {
             let a = addr + i as u64;
             self.pages.entry(a / PAGE).or_insert_with(|| vec![0; PAGE as usize])[(a % PAGE) as usize] = *b;
         }
-    }
-
-    pub fn put_u64(&mut self, addr: u64, v: u64) {
-        self.write(addr, &v.to_ne_bytes());
     }
 
     /// `len` bytes at `addr`, `None` if any is unmapped.
@@ -102,7 +101,7 @@ impl Default for OldProcess {
 impl OldProcess {
     /// A live heap block holding `bytes`; its address.
     pub fn block(&mut self, bytes: &[u8], startup: bool) -> u64 {
-        let addr = self.next + HEADER as u64;
+        let addr = self.next + GAP;
         self.next = (addr + bytes.len() as u64).next_multiple_of(16);
         self.mem.write(addr, bytes);
         self.blocks.push(Object { addr, size: bytes.len() as u64, startup });
@@ -122,12 +121,13 @@ pub struct HandlerCall {
     pub relocations: Vec<Relocation>,
 }
 
-/// The new process: memory, blocks allocated with a live header (as the runtime's malloc
-/// does), and what the transfer asked of it.
+/// The new process: memory, its live blocks (as its allocator's metadata would list
+/// them), and what the transfer asked of it.
 #[derive(Debug)]
 pub struct NewProcess {
     pub mem: Memory,
     next: u64,
+    blocks: Vec<Object>,
     /// Every `allocate` call's sizes.
     pub allocations: Vec<Vec<u64>>,
     /// (address, length) of every write.
@@ -145,6 +145,7 @@ impl Default for NewProcess {
         NewProcess {
             mem: Memory::default(),
             next: NEW_HEAP,
+            blocks: Vec::new(),
             allocations: Vec::new(),
             writes: Vec::new(),
             handler_calls: Vec::new(),
@@ -157,11 +158,9 @@ impl Default for NewProcess {
 
 impl NewProcess {
     fn malloc(&mut self, size: u64, startup: bool) -> u64 {
-        let header = self.next;
-        let addr = header + HEADER as u64;
+        let addr = self.next + GAP;
         self.next = (addr + size).next_multiple_of(16);
-        self.mem.put_u64(header, mcr_heap::tag(header));
-        self.mem.put_u64(header + 8, Info { size, startup, align_log2: 0 }.encode());
+        self.blocks.push(Object { addr, size, startup });
         self.mem.write(addr, &vec![0; size as usize]);
         addr
     }
@@ -222,6 +221,10 @@ impl Target for NewProcess {
     fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {
         self.adopted.extend_from_slice(blocks);
         Ok(())
+    }
+
+    fn block(&self, addr: u64) -> Option<Object> {
+        self.blocks.iter().find(|b| b.addr <= addr && (addr < b.end() || addr == b.addr)).copied()
     }
 }
 

@@ -496,6 +496,9 @@ pub unsafe extern "C" fn chroot(path: *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn setuid(id: libc::uid_t) -> c_int {
     let f = real::setuid();
+    if id != 0 {
+        crate::heap::before_privilege_drop();
+    }
     configuring(
         "setuid",
         frame_address(),

@@ -1,0 +1,214 @@
+//! Reading a region of another process from its bytes alone: the live blocks and what the
+//! program asked for, from the span table, the live bitmaps and the block info at their
+//! fixed offsets, never from the blocks themselves. This is how mcr's update lists the old
+//! version's heap (through `/proc/PID/mem` or `process_vm_readv`) without mapping it, and
+//! how it asks about one block of the new version.
+//!
+//! A region another process writes meanwhile may be read half-updated; the update reads a
+//! quiesced process, and every value read is bounds-checked, so bad bytes give wrong
+//! answers, never a panic.
+
+use crate::api::{large_info, small_info, BlockInfo};
+use crate::class::{block_index, blocks_per_span, size_of_class, BITMAP_WORDS, CLASSES};
+use crate::geometry::{slot_base, slot_of, span_addr, span_index, SPANS_PER_REGION, SPAN_SIZE};
+use crate::layout::{
+    Kind, RegionHeader, SpanEntry, FIRST_DATA_SPAN, INFO_STRIDE, LAYOUT_VERSION, MAGIC, OFF_INFO, OFF_LIVE, OFF_SPANS,
+};
+use core::mem::{offset_of, size_of};
+
+/// Read access to another address space.
+pub trait Source {
+    /// Fills `buf` with the bytes at `addr`; false when they cannot be read.
+    fn read(&self, addr: usize, buf: &mut [u8]) -> bool;
+}
+
+/// Why a slot holds no region this engine can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the header of the region in slot {slot} cannot be read")]
+    Unreadable { slot: usize },
+    #[error("slot {slot} holds no mcr heap region (first word {magic:#x})")]
+    NotARegion { slot: usize, magic: u64 },
+    #[error("the region in slot {slot} has layout version {found}, this engine reads version {LAYOUT_VERSION}")]
+    Layout { slot: usize, found: u64 },
+}
+
+fn u64_at(src: &dyn Source, addr: usize) -> Option<u64> {
+    let mut b = [0u8; 8];
+    src.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
+}
+
+fn u32_in(bytes: &[u8], off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = bytes.get(off..off + 4) {
+        b.copy_from_slice(s);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// A span entry as read.
+#[derive(Clone, Copy)]
+struct Entry {
+    kind: Kind,
+    class: usize,
+    link: usize,
+    requested: [u32; 2],
+    flags: u32,
+}
+
+impl Entry {
+    fn parse(b: &[u8]) -> Entry {
+        let byte = |off: usize| b.get(off).copied().unwrap_or(0);
+        Entry {
+            kind: Kind::from_u8(byte(offset_of!(SpanEntry, kind))),
+            class: byte(offset_of!(SpanEntry, class)) as usize,
+            link: u32_in(b, offset_of!(SpanEntry, link)) as usize,
+            requested: [
+                u32_in(b, offset_of!(SpanEntry, large_requested)),
+                u32_in(b, offset_of!(SpanEntry, large_requested) + 4),
+            ],
+            flags: u32_in(b, offset_of!(SpanEntry, large_flags)),
+        }
+    }
+}
+
+const ENTRY: usize = size_of::<SpanEntry>();
+
+fn entry(src: &dyn Source, base: usize, index: usize) -> Option<Entry> {
+    let mut b = [0u8; ENTRY];
+    src.read(base + OFF_SPANS + index * ENTRY, &mut b).then(|| Entry::parse(&b))
+}
+
+fn info_word(src: &dyn Source, base: usize, span: usize, block: usize) -> Option<u16> {
+    let mut b = [0u8; 2];
+    src.read(base + OFF_INFO + span * INFO_STRIDE + block * 2, &mut b).then(|| u16::from_ne_bytes(b))
+}
+
+/// Checks the header of the region in `slot`; its high-water mark (first span never used).
+pub fn region_hwm(src: &dyn Source, slot: usize) -> Result<usize, RemoteError> {
+    let base = slot_base(slot);
+    let magic = u64_at(src, base + offset_of!(RegionHeader, magic)).ok_or(RemoteError::Unreadable { slot })?;
+    if magic != MAGIC {
+        return Err(RemoteError::NotARegion { slot, magic });
+    }
+    let found = u64_at(src, base + offset_of!(RegionHeader, layout)).ok_or(RemoteError::Unreadable { slot })?;
+    if found != LAYOUT_VERSION {
+        return Err(RemoteError::Layout { slot, found });
+    }
+    let mut b = [0u8; 4];
+    if !src.read(base + offset_of!(RegionHeader, hwm), &mut b) {
+        return Err(RemoteError::Unreadable { slot });
+    }
+    Ok((u32::from_ne_bytes(b) as usize).clamp(FIRST_DATA_SPAN, SPANS_PER_REGION))
+}
+
+/// The live block containing `addr` in the address space `src`, if `addr` is in a region.
+pub fn block_of(src: &dyn Source, addr: usize) -> Option<BlockInfo> {
+    let base = slot_base(slot_of(addr)?);
+    let index = span_index(addr);
+    if index < FIRST_DATA_SPAN {
+        return None;
+    }
+    let e = entry(src, base, index)?;
+    match e.kind {
+        Kind::Small => {
+            if e.class >= CLASSES {
+                return None;
+            }
+            let block = block_index(e.class, addr & (SPAN_SIZE - 1));
+            if block >= blocks_per_span(e.class) {
+                return None;
+            }
+            let word = u64_at(src, base + OFF_LIVE + index * BITMAP_WORDS * 8 + block / 64 * 8)?;
+            if word & (1 << (block % 64)) == 0 {
+                return None;
+            }
+            let size = size_of_class(e.class);
+            let start = span_addr(base, index) + block * size;
+            Some(small_info(start, size, info_word(src, base, index, block)?))
+        }
+        Kind::LargeHead => large(base, index, e),
+        Kind::LargeTail => {
+            let head = index.checked_sub(e.link).filter(|&h| e.link > 0 && h >= FIRST_DATA_SPAN)?;
+            let h = entry(src, base, head)?;
+            (h.kind == Kind::LargeHead && head + h.link > index).then(|| large(base, head, h)).flatten()
+        }
+        Kind::Free => None,
+    }
+}
+
+fn large(base: usize, head: usize, e: Entry) -> Option<BlockInfo> {
+    (e.link > 0).then(|| large_info(span_addr(base, head), e.link * SPAN_SIZE, e.requested[0], e.requested[1], e.flags))
+}
+
+/// Calls `f` for every live block of the region in `slot` of `src`, in address order, and
+/// `span(start, len)` for every span run that holds blocks (what a reader may want to copy in
+/// bulk); returns how many blocks. Reads only metadata: 32 bytes per span used, 512 bytes of
+/// live bits and two bytes per block of each small span. Blocks parked in the process's
+/// thread caches count as live.
+pub fn visit(
+    src: &dyn Source,
+    slot: usize,
+    mut f: impl FnMut(BlockInfo),
+    mut span: impl FnMut(usize, usize),
+) -> Result<usize, RemoteError> {
+    let hwm = region_hwm(src, slot)?;
+    let base = slot_base(slot);
+    const BATCH: usize = 64;
+    let mut entries = [0u8; BATCH * ENTRY];
+    let mut live = [0u8; BITMAP_WORDS * 8];
+    let mut info = [0u8; INFO_STRIDE];
+    let mut count = 0;
+    let (mut batch_start, mut batch_len) = (0, 0);
+    let mut s = FIRST_DATA_SPAN;
+    while s < hwm {
+        if !(batch_start..batch_start + batch_len).contains(&s) {
+            batch_len = (hwm - s).min(BATCH);
+            if !src.read(base + OFF_SPANS + s * ENTRY, entries.get_mut(..batch_len * ENTRY).unwrap_or_default()) {
+                return Err(RemoteError::Unreadable { slot });
+            }
+            batch_start = s;
+        }
+        let at = (s - batch_start) * ENTRY;
+        let e = Entry::parse(entries.get(at..at + ENTRY).unwrap_or_default());
+        match e.kind {
+            Kind::Small if e.class < CLASSES => {
+                let size = size_of_class(e.class);
+                let n = blocks_per_span(e.class);
+                let start = span_addr(base, s);
+                let info = info.get_mut(..n * 2).unwrap_or_default();
+                if src.read(base + OFF_LIVE + s * BITMAP_WORDS * 8, &mut live)
+                    && src.read(base + OFF_INFO + s * INFO_STRIDE, info)
+                {
+                    let mut any = false;
+                    for b in 0..n {
+                        if live.get(b / 8).copied().unwrap_or(0) & (1 << (b % 8)) == 0 {
+                            continue;
+                        }
+                        let word = u16::from_ne_bytes([
+                            info.get(2 * b).copied().unwrap_or(0),
+                            info.get(2 * b + 1).copied().unwrap_or(0),
+                        ]);
+                        f(small_info(start + b * size, size, word));
+                        count += 1;
+                        any = true;
+                    }
+                    if any {
+                        span(start, SPAN_SIZE);
+                    }
+                }
+                s += 1;
+            }
+            Kind::LargeHead if e.link > 0 => {
+                if let Some(b) = large(base, s, e) {
+                    span(b.start, b.requested.next_multiple_of(4096).min(b.usable));
+                    f(b);
+                    count += 1;
+                }
+                s += e.link;
+            }
+            _ => s += 1,
+        }
+    }
+    Ok(count)
+}
