@@ -383,7 +383,12 @@ fn describe_laggards() -> Vec<Laggard> {
             ("created by pthread_create but never started".to_string(), None)
         } else if state == IN_CALL {
             let st = symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire)));
-            (blocked_reason(call, is_quiescent_point(s)), Some(st))
+            let qp = is_quiescent_point(s);
+            let mut reason = blocked_reason(call, qp);
+            if qp {
+                reason.push_str(&kick_state(tid, s));
+            }
+            (reason, Some(st))
         } else {
             describe_running(tid)
         };
@@ -401,6 +406,30 @@ fn describe_laggards() -> Vec<Laggard> {
         out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
     }
     out
+}
+
+/// Where the kick to a thread that did not react stands, for the report: whether the
+/// thread blocks the kick signal, whether one is pending for it, whether the runtime
+/// thinks one is in flight.
+fn kick_state(tid: i32, slot: &Slot) -> String {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+    let bit = |field: &str| {
+        let mask =
+            status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        let k = crate::signals::kick_signal();
+        mask.map(|m| k > 0 && m & (1u64 << (k - 1)) != 0)
+    };
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    format!(
+        " (kick signal blocked: {}, pending: {}, in flight: {})",
+        yes_no(bit("SigBlk:")),
+        yes_no(bit("SigPnd:")),
+        if slot.kick_in_flight.load(Acquire) { "yes" } else { "no" }
+    )
 }
 
 /// Why a thread blocked in `call` has not parked.
