@@ -13,7 +13,14 @@ fn start_stuckd(mcr: &Mcr) -> (Instance<'_>, u16, i64) {
     let port = free_port();
     let inst = mcr.start("stuck", &fixture("stuckd"), &["--port", &port.to_string(), "--stuck-after-start"]);
     assert_eq!(Client::connect(port).request("PING"), "PONG");
-    let st = inst.status();
+    // Startup completed when the sleeper entered its one usleep(1000); it leaves it for the
+    // raw loop a moment later (on a loaded machine, later still).
+    let left_usleep = |st: &Value| threads(st).iter().any(|(_, t)| t["class"] != "main" && t["call"] != "usleep");
+    let mut st = inst.status();
+    wait_until(Duration::from_secs(10), || {
+        st = inst.status();
+        left_usleep(&st)
+    });
     assert_eq!(st["started"], Value::Bool(true), "{st:#}");
     let ths = threads(&st);
     assert_eq!(ths.len(), 2, "stuckd has two threads: {st:#}");

@@ -117,6 +117,10 @@ pub enum RuntimeEvent {
         forked: bool,
         runtime_version: String,
     },
+    /// The process forked `child` during its startup (sent before fork returns to the
+    /// program): the child's startup is part of the instance's, and its Hello may come
+    /// after the parent completed its own.
+    Forked { child: i32 },
     /// Every long-lived thread of the process reached a quiescent point once.
     StartupComplete {
         /// Milliseconds from the runtime's constructor to completion.

@@ -6,7 +6,7 @@ use crate::{control, name, procfs, report, runtime_link, Config};
 use mcr_protocol::{
     ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,6 +67,10 @@ pub struct Registered {
 #[derive(Default)]
 pub struct Inner {
     pub procs: BTreeMap<i32, Registered>,
+    /// Children forked during startup that have not said hello yet: startup is not
+    /// complete while one of them lives (a daemonizing server's parent completes its own
+    /// startup waiting for its child, before the child registered).
+    pub awaited_children: BTreeSet<i32>,
     pub pending: HashMap<u64, (i32, oneshot::Sender<RuntimeReply>)>,
     pub next_id: u64,
     pub next_conn: u64,
@@ -196,6 +200,12 @@ impl Shared {
                 if g.main_pid.is_none() {
                     g.main_pid = Some(pid);
                 }
+                g.awaited_children.remove(&pid);
+            }
+            RuntimeEvent::Forked { child } => {
+                if !g.procs.contains_key(&child) {
+                    g.awaited_children.insert(child);
+                }
             }
             RuntimeEvent::StartupComplete { elapsed_ms } => {
                 if let Some(p) = g.procs.get_mut(&pid).filter(|p| p.conn == conn) {
@@ -258,6 +268,11 @@ impl Shared {
         let mut g = self.lock();
         let relevant: Vec<_> = procs.iter().filter(|p| p.has_runtime).collect();
         if relevant.is_empty() {
+            return;
+        }
+        // A child that exited before it said hello has no startup left to wait for.
+        g.awaited_children.retain(|c| procs.iter().any(|p| p.pid == *c));
+        if !g.awaited_children.is_empty() {
             return;
         }
         let all = relevant.iter().all(|p| g.procs.get(&p.pid).is_some_and(|r| r.startup_complete));

@@ -546,9 +546,19 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     }
     let r = fork();
     if r != 0 {
-        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno::get() } else { 0 }, vec![]);
+        let errno = ErrnoGuard::save();
+        record("fork", fp, Vec::new(), r as i64, if r < 0 { errno.saved() } else { 0 }, vec![]);
+        note_forked(r);
     }
     r
+}
+
+/// Tell the supervisor about a child forked during startup before the program hears of it,
+/// so the parent's completion (sent later on the same connection) cannot come first.
+fn note_forked(child: libc::pid_t) {
+    if child > 0 {
+        crate::control::send_event(&mcr_protocol::RuntimeEvent::Forked { child });
+    }
 }
 
 /// Fork (with `fork`) so that the child gets PID `target`. ns_last_pid is only a hint:
@@ -590,6 +600,7 @@ fn fork_as(target: libc::pid_t, fp: usize, fork: impl Fn() -> libc::pid_t, log: 
     }
     if log {
         record("fork", fp, Vec::new(), r as i64, if r < 0 { errno.saved() } else { 0 }, vec![]);
+        note_forked(r);
     }
     r
 }
