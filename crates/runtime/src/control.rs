@@ -338,6 +338,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             Err(message) => RuntimeReply::Error { message },
         },
         RuntimeCommandKind::Drain => crate::drain::drain(),
+        RuntimeCommandKind::Attributes => crate::attributes::report(),
+        RuntimeCommandKind::ApplyAttributes { changes } => crate::attributes::apply(&changes),
     }
 }
 
