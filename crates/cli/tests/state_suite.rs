@@ -119,7 +119,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("timerfd-abstime", Lost),
     ("timerfd-expired", Lost),
     ("signalfd-queued", Refused), // its signal mask changed after startup (attributes preflight)
-    ("signalfd-empty", Refused),  // its signal mask changed after startup (attributes preflight)
+    ("signalfd-empty", Lost),
     ("inotify-watch", Lost),
     ("inotify-queued", Lost),
     ("epoll-set", Lost),
@@ -160,53 +160,53 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("sysv-sem-undo", Lost),
     ("sysv-msg", Survives), // likewise
     ("posix-mq", Lost),
-    ("posix-mq-notify", Refused), // its signal mask changed after startup (attributes preflight)
-    ("sig-mask", Refused),        // the signal mask changed after startup: not carried yet
-    ("sig-pending-process", Refused), // its mask (blocking the pending signal) changed after startup
-    ("sig-pending-thread", Refused), // its mask (blocking the pending signal) changed after startup
-    ("sig-rt-queued", Refused), // its mask changed; queued real-time signals' values cannot be read without taking them
-    ("sig-handler", Refused),   // a handler installed after startup: not carried yet
-    ("sig-handler-flags", Refused), // a handler installed after startup: not carried yet
-    ("sig-ignored", Refused),   // a disposition changed after startup: not carried yet
-    ("sig-nocldwait", Refused), // a disposition changed after startup: not carried yet
-    ("sigaltstack", Refused),   // the alternate stack's address is the old version's
-    ("itimer-real", Refused),   // changed after startup: named by the preflight, not carried yet
-    ("itimer-virtual", Refused), // changed after startup: named by the preflight, not carried yet
-    ("itimer-prof", Refused),   // changed after startup: named by the preflight, not carried yet
-    ("posix-timer", Refused),   // POSIX timers are not recreated (the new one would have another ID)
-    ("posix-timer-fired", Refused), // its mask changed; the queued SI_TIMER signal cannot be read without taking it
-    ("umask", Refused),         // changed after startup: named by the preflight, not carried yet
-    ("cwd", Refused),           // changed after startup: named by the preflight, not carried yet
-    ("rlimit-nofile", Refused), // changed after startup: named by the preflight, not carried yet
-    ("rlimit-core", Refused),   // changed after startup: named by the preflight, not carried yet
-    ("rlimit-fsize", Refused),  // changed after startup: named by the preflight, not carried yet
-    ("rlimit-memlock", Refused), // changed after startup: named by the preflight, not carried yet
-    ("env-set", Refused),       // changed after startup: named by the preflight, not carried yet
-    ("env-unset", Refused),     // changed after startup: named by the preflight, not carried yet
-    ("creds-groups", Refused),  // changed after startup: named by the preflight, not carried yet
-    ("creds-egid", Refused),    // changed after startup: named by the preflight, not carried yet
-    ("creds-euid", Refused),    // changed after startup: named by the preflight, not carried yet
-    ("creds-caps", Refused),    // capability sets are the main thread's own
-    ("pgrp", Refused),          // changed after startup: named by the preflight, not carried yet
-    ("session", Refused),       // changed after startup: named by the preflight, not carried yet
-    ("prctl-name", Refused),    // changed after startup: named by the preflight, not carried yet
-    ("prctl-dumpable", Refused), // changed after startup: named by the preflight, not carried yet
+    ("posix-mq-notify", Lost),
+    ("sig-mask", Survives),
+    ("sig-pending-process", Survives),
+    ("sig-pending-thread", Survives),
+    ("sig-rt-queued", Refused), // queued real-time signals' values cannot be read without taking them
+    ("sig-handler", Survives),
+    ("sig-handler-flags", Survives),
+    ("sig-ignored", Survives),
+    ("sig-nocldwait", Survives),
+    ("sigaltstack", Refused), // the alternate stack's address is the old version's
+    ("itimer-real", Survives),
+    ("itimer-virtual", Survives),
+    ("itimer-prof", Survives),
+    ("posix-timer", Refused), // POSIX timers are not recreated (the new one would have another ID)
+    ("posix-timer-fired", Refused), // the queued SI_TIMER signal's value cannot be read without taking it
+    ("umask", Survives),
+    ("cwd", Survives),
+    ("rlimit-nofile", Survives),
+    ("rlimit-core", Survives),
+    ("rlimit-fsize", Survives),
+    ("rlimit-memlock", Survives),
+    ("env-set", Survives),
+    ("env-unset", Survives),
+    ("creds-groups", Survives),
+    ("creds-egid", Survives),
+    ("creds-euid", Survives),
+    ("creds-caps", Refused), // capability sets are the main thread's own
+    ("pgrp", Survives),
+    ("session", Survives),
+    ("prctl-name", Survives),
+    ("prctl-dumpable", Survives),
     ("prctl-pdeathsig", Refused), // only the thread that set it can read it back
-    ("prctl-subreaper", Refused), // changed after startup: named by the preflight, not carried yet
-    ("prctl-no-new-privs", Refused), // changed after startup: named by the preflight, not carried yet
-    ("prctl-timerslack", Refused), // changed after startup: named by the preflight, not carried yet
-    ("prctl-thp-disable", Refused), // changed after startup: named by the preflight, not carried yet
-    ("seccomp", Refused),       // a seccomp filter cannot be read back or installed in another process
-    ("nice", Refused),          // changed after startup: named by the preflight, not carried yet
-    ("sched-policy", Refused),  // changed after startup: named by the preflight, not carried yet
-    ("affinity", Refused),      // changed after startup: named by the preflight, not carried yet
-    ("personality", Refused),   // changed after startup: named by the preflight, not carried yet
-    ("ioprio", Refused),        // changed after startup: named by the preflight, not carried yet
-    ("oom-score-adj", Refused), // changed after startup: named by the preflight, not carried yet
-    ("uts-ns", Refused),        // a namespace joined after startup cannot be entered by the new version
+    ("prctl-subreaper", Survives),
+    ("prctl-no-new-privs", Survives),
+    ("prctl-timerslack", Survives),
+    ("prctl-thp-disable", Survives),
+    ("seccomp", Refused), // a seccomp filter cannot be read back or installed in another process
+    ("nice", Survives),
+    ("sched-policy", Survives),
+    ("affinity", Survives),
+    ("personality", Survives),
+    ("ioprio", Survives),
+    ("oom-score-adj", Survives),
+    ("uts-ns", Refused), // a namespace joined after startup cannot be entered by the new version
     ("pty-data", Lost),
     ("pty-termios", Lost),
-    ("pty-ctty", Refused), // its session changed after startup (attributes preflight)
+    ("pty-ctty", Refused), // a session with a controlling terminal made after startup (attributes preflight)
     ("thr-read", Lost),
     ("thr-accept", Lost),
     ("thr-poll", Lost),
@@ -216,11 +216,11 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-nanosleep", Lost),
     ("thr-cond", Lost),
     ("thr-sem", Lost),
-    ("thr-sigwait", Refused), // its signal mask changed after startup (attributes preflight)
+    ("thr-sigwait", Lost),
     ("thr-msgrcv", Lost),
     ("thr-semop", Lost),
-    ("thr-sigsuspend", Refused), // a handler installed after startup (attributes preflight)
-    ("thr-mutex", Refused),      // a futex wait: no quiescent point, refused before quiescing
+    ("thr-sigsuspend", Lost),
+    ("thr-mutex", Refused), // a futex wait: no quiescent point, refused before quiescing
     ("thr-unwrapped", Refused),
     ("child-helper", Refused), // process trees differ: rolled back
     ("child-zombie", Lost),

@@ -37,6 +37,9 @@ pub struct ProcessAttributes {
     /// Process group and session (PIDs in the instance's namespace).
     pub pgid: i32,
     pub sid: i32,
+    /// The controlling terminal's device number (0: none).
+    #[serde(default)]
+    pub ctty: i32,
     /// The main thread's name (PR_SET_NAME).
     pub comm: String,
     pub dumpable: i32,

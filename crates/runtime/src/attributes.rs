@@ -126,6 +126,7 @@ pub fn read(symbols: bool) -> ProcessAttributes {
         pgid: unsafe { libc::getpgid(0) },
         // SAFETY: as above.
         sid: unsafe { libc::getsid(0) },
+        ctty: stat_field(7) as i32,
         comm: text(&format!("{task}/comm")).trim_end().to_string(),
         // SAFETY: PR_GET_DUMPABLE and PR_GET_THP_DISABLE take no pointer.
         dumpable: unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) },

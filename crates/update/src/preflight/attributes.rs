@@ -29,8 +29,9 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let mut out = Vec::new();
     for (&pid, snaps) in &ctx.attributes {
         for d in snaps.differences(pid) {
-            let why = d.carry.err().unwrap_or_else(|| "mcr does not carry it yet".into());
-            out.push(Unmovable { pid, what: d.what, why });
+            if let Err(why) = d.carry {
+                out.push(Unmovable { pid, what: d.what, why });
+            }
         }
     }
     out
@@ -264,7 +265,12 @@ pub fn differences(pid: i32, startup: &ProcessAttributes, now: &ProcessAttribute
         }
     }
     let creds_changed = s.uids != n.uids || s.gids != n.gids || s.groups != n.groups;
-    if s.sid != n.sid {
+    if s.sid != n.sid && n.ctty != 0 {
+        out.push(Difference {
+            what: "the session and its controlling terminal (since startup)".into(),
+            carry: Err("mcr does not make a terminal the new session's".into()),
+        });
+    } else if s.sid != n.sid {
         out.push(own(pid, n.sid, "the session", AttributeChange::OwnSession));
     }
     if s.pgid != n.pgid && !(s.sid != n.sid && n.sid == n.pgid) {
@@ -534,6 +540,9 @@ mod tests {
             Snapshots { startup: Some(base()), now: now.clone() }.changes(5),
             Ok(vec![AttributeChange::OwnSession])
         );
+        now.ctty = 0x8800;
+        assert!(Snapshots { startup: Some(base()), now: now.clone() }.changes(5).is_err(), "a controlling terminal");
+        now.ctty = 0;
         now.sid = 1;
         assert_eq!(
             Snapshots { startup: Some(base()), now: now.clone() }.changes(5),
