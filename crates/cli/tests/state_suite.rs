@@ -191,7 +191,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("session", Survives),
     ("prctl-name", Survives),
     ("prctl-dumpable", Survives),
-    ("prctl-pdeathsig", Refused), // only the thread that set it can read it back
+    ("prctl-pdeathsig", Survives),
     ("prctl-subreaper", Survives),
     ("prctl-no-new-privs", Survives),
     ("prctl-timerslack", Survives),

@@ -60,7 +60,8 @@ pub struct ProcessAttributes {
     /// Namespaces of the main thread: ("uts", "uts:[4026531838]"), ...
     pub namespaces: Vec<(String, String)>,
     /// Settings only the thread that made them can read back, seen by the runtime's
-    /// wrappers when the program made them after startup ("sigaltstack", "PR_SET_PDEATHSIG").
+    /// wrappers when the program made them after startup: "sigaltstack",
+    /// "PR_SET_PDEATHSIG=N" (by the main thread), "PR_SET_PDEATHSIG" (by another).
     pub set_after_startup: Vec<String>,
 }
 
@@ -189,6 +190,10 @@ pub enum AttributeChange {
         mask: u64,
     },
     NoNewPrivs,
+    /// PR_SET_PDEATHSIG of the main thread.
+    ParentDeathSignal {
+        signal: i32,
+    },
     Personality {
         persona: u32,
     },
@@ -208,6 +213,7 @@ impl AttributeChange {
             self,
             AttributeChange::Mask { .. }
                 | AttributeChange::NoNewPrivs
+                | AttributeChange::ParentDeathSignal { .. }
                 | AttributeChange::Personality { .. }
                 | AttributeChange::Pending { .. }
         )

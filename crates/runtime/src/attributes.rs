@@ -37,16 +37,22 @@ pub fn snapshot_at_startup() {
     *AT_STARTUP.lock() = Some(now);
 }
 
-/// A wrapper saw the program make a setting only its thread can read back (`what`).
-pub fn note_set_after_startup(what: &str) {
+/// A wrapper saw the program make a setting only its thread can read back: `what`, and
+/// its value when the main thread made it (what the new process's main thread sets
+/// again). A later setting replaces an earlier one.
+pub fn note_set_after_startup(what: &str, main_thread_value: Option<i64>) {
     if !crate::quiesce::STARTUP_DONE.load(Acquire) {
         return;
     }
     let _internal = crate::threads::InternalGuard::enter();
+    let by_main = crate::threads::gettid() == crate::pid();
+    let entry = match main_thread_value.filter(|_| by_main) {
+        Some(v) => format!("{what}={v}"),
+        None => what.to_string(),
+    };
     let mut set = SET_AFTER_STARTUP.lock();
-    if !set.iter().any(|s| s == what) {
-        set.push(what.to_string());
-    }
+    set.retain(|s| s.split('=').next() != Some(what));
+    set.push(entry);
 }
 
 pub fn report() -> RuntimeReply {
@@ -421,6 +427,7 @@ fn apply_one(c: &AttributeChange) -> Result<(), String> {
         }
         AttributeChange::Mask { .. }
         | AttributeChange::NoNewPrivs
+        | AttributeChange::ParentDeathSignal { .. }
         | AttributeChange::Personality { .. }
         | AttributeChange::Pending { .. } => Ok(()),
     }
@@ -460,6 +467,10 @@ pub fn on_unpark(is_main: bool) {
             }
             // SAFETY: integers only.
             AttributeChange::NoNewPrivs => (unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }) != 0,
+            AttributeChange::ParentDeathSignal { signal } => {
+                // SAFETY: integers only.
+                (unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, *signal as libc::c_ulong, 0, 0, 0) }) != 0
+            }
             // SAFETY: an integer argument.
             AttributeChange::Personality { persona } => (unsafe { libc::personality(*persona as libc::c_ulong) }) < 0,
             // SAFETY: integers only.

@@ -50,7 +50,7 @@ pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::s
     let rc = unsafe { real::sigaltstack()(ss, old) };
     if rc == 0 && !ss.is_null() {
         let e = crate::errno::get();
-        note_set_after_startup("sigaltstack");
+        note_set_after_startup("sigaltstack", None);
         crate::errno::set(e);
     }
     rc
@@ -67,7 +67,7 @@ pub unsafe extern "C" fn prctl(option: c_int, a2: c_ulong, a3: c_ulong, a4: c_ul
     let rc = unsafe { real::prctl()(option, a2, a3, a4, a5) };
     if rc == 0 && option == libc::PR_SET_PDEATHSIG {
         let e = crate::errno::get();
-        note_set_after_startup("PR_SET_PDEATHSIG");
+        note_set_after_startup("PR_SET_PDEATHSIG", Some(a2 as i64));
         crate::errno::set(e);
     }
     rc

@@ -382,14 +382,23 @@ pub fn differences(pid: i32, startup: &ProcessAttributes, now: &ProcessAttribute
         );
     }
     for what in n.set_after_startup.iter().filter(|w| !s.set_after_startup.contains(w)) {
+        if let Some(signal) = what.strip_prefix("PR_SET_PDEATHSIG=").and_then(|v| v.parse().ok()) {
+            out.push(Difference {
+                what: format!("the parent-death signal ({})", signal_label(signal)),
+                carry: Ok(vec![AttributeChange::ParentDeathSignal { signal }]),
+            });
+            continue;
+        }
         let (label, why) = match what.as_str() {
             "sigaltstack" => (
                 "the alternate signal stack".to_string(),
                 "mcr does not carry it (the stack's address is the old version's)",
             ),
-            other => (other.to_string(), "only the thread that set it can read it back"),
+            other => {
+                (other.to_string(), "another thread than the main one set it, and only that thread can read it back")
+            }
         };
-        refuse(true, format!("{label} (set since startup)"), why);
+        out.push(Difference { what: format!("{label} (set since startup)"), carry: Err(why.to_string()) });
     }
     out
 }
@@ -572,6 +581,16 @@ mod tests {
             ]
         );
         assert!(d.iter().all(|d| d.carry.is_err()));
+    }
+
+    #[test]
+    fn the_main_threads_parent_death_signal_is_carried_another_threads_is_not() {
+        let mut now = base();
+        now.set_after_startup = vec!["PR_SET_PDEATHSIG=28".into()];
+        let changes = Snapshots { startup: Some(base()), now: now.clone() }.changes(5);
+        assert_eq!(changes, Ok(vec![AttributeChange::ParentDeathSignal { signal: 28 }]));
+        now.set_after_startup = vec!["PR_SET_PDEATHSIG".into()];
+        assert!(Snapshots { startup: Some(base()), now }.changes(5).is_err());
     }
 
     #[test]
