@@ -10,6 +10,7 @@
 //! Every message is one line of JSON, which keeps both ends trivially debuggable
 //! (`socat - UNIX-CONNECT:/run/mcr/kvd.sock` works).
 
+pub mod attributes;
 pub mod epoll;
 pub mod instance;
 pub mod messages;
@@ -17,6 +18,7 @@ pub mod profiling;
 pub mod relocation;
 pub mod test_hook;
 
+pub use attributes::{AttributeChange, ProcessAttributes};
 pub use epoll::epoll_registrations;
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};
 pub use messages::*;

@@ -233,6 +233,14 @@ pub enum RuntimeCommandKind {
         prot: i32,
         locked: bool,
     },
+    /// The process's attributes (signal mask and handlers, timers, umask, rlimits, cwd,
+    /// credentials, prctl state...) as they were when its startup completed, and now.
+    Attributes,
+    /// State transfer, new version: take over what the old process changed after startup
+    /// (crates/protocol/src/attributes.rs), in this order.
+    ApplyAttributes {
+        changes: Vec<crate::AttributeChange>,
+    },
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -342,6 +350,11 @@ pub enum RuntimeReply {
     },
     StartupLog(StartupLog),
     Profile(crate::ProcessProfile),
+    /// Answer to Attributes (`startup` absent: startup not complete yet).
+    Attributes {
+        startup: Option<Box<crate::ProcessAttributes>>,
+        now: Box<crate::ProcessAttributes>,
+    },
     Error {
         message: String,
     },

@@ -341,6 +341,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::MapPrivate { start, len, prot, locked } => {
             crate::transfer::map_private(start, len, prot, locked)
         }
+        RuntimeCommandKind::Attributes => crate::attributes::report(),
+        RuntimeCommandKind::ApplyAttributes { changes } => crate::attributes::apply(&changes),
     }
 }
 

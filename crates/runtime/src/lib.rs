@@ -21,6 +21,7 @@ macro_rules! sys {
 }
 
 mod alloc;
+mod attributes;
 mod calls;
 mod control;
 mod diag;
@@ -139,6 +140,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "mappings", run: mappings::reset_after_fork },
     ForkReset { module: "replay", run: replay::reset_after_fork },
     ForkReset { module: "transfer", run: transfer::reset_after_fork },
+    ForkReset { module: "attributes", run: attributes::reset_after_fork },
     ForkReset { module: "profiling", run: profiling::reset_after_fork },
     ForkReset { module: "control", run: control::reset_after_fork },
     ForkReset { module: "profiling announce", run: profiling::announce_child },

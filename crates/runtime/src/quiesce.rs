@@ -155,6 +155,7 @@ fn note_startup_qp(slot: &Slot) {
             crate::replay::fail(conflict);
         }
         STARTUP_NS.store(crate::since_start_ns(), Release);
+        crate::attributes::snapshot_at_startup();
         // Armed before the supervisor hears of it: from then on every write is counted.
         crate::dirty::arm();
         crate::control::notify_startup_complete();
@@ -191,6 +192,7 @@ pub fn park(slot: &Slot) {
         futex::wait(&RESUME_GEN, gen, None);
     }
     slot.state.store(IN_CALL, SeqCst);
+    crate::attributes::on_unpark(slot.is_main.load(Acquire));
     crate::resume::after_park(slot);
 }
 
@@ -205,6 +207,7 @@ pub fn wake_parked() {
 /// control thread starts for the update to talk to it.
 pub fn respawned_child_ready() {
     STARTUP_NS.store(crate::since_start_ns(), Release);
+    crate::attributes::snapshot_at_startup();
     STARTUP_DONE.store(true, SeqCst);
     crate::dirty::arm();
     crate::control::ensure_started();

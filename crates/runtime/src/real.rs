@@ -40,6 +40,12 @@ use libc::{
 };
 
 real_fns! {
+    setenv: fn(*const libc::c_char, *const libc::c_char, c_int) -> c_int;
+    unsetenv: fn(*const libc::c_char) -> c_int;
+    putenv: fn(*mut libc::c_char) -> c_int;
+    clearenv: fn() -> c_int;
+    sigaltstack: fn(*const libc::stack_t, *mut libc::stack_t) -> c_int;
+    prctl: fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int;
     accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
     accept4: fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
     epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int;

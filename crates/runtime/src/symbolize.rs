@@ -99,6 +99,37 @@ pub fn frame_at(pc: usize) -> Frame {
     CACHE.lock().get_or_insert_with(Cache::default).frame(pc as u64, false)
 }
 
+/// The function that starts exactly at `addr` (a signal handler, say): its module's path
+/// and its name; None for an address inside a function or in no named one.
+pub fn function_starting_at(addr: usize) -> Option<(String, String)> {
+    let _internal = crate::threads::InternalGuard::enter();
+    let mut guard = CACHE.lock();
+    let cache = guard.get_or_insert_with(Cache::default);
+    let frame = cache.frame(addr as u64, false);
+    let (module, function) = (frame.module?, frame.function?);
+    (cache.address_of(&module, &function)? == addr).then_some((module, function))
+}
+
+/// The address of function `name` of the loaded module `module` (static functions too).
+pub fn address_of(module: &str, name: &str) -> Option<usize> {
+    let _internal = crate::threads::InternalGuard::enter();
+    CACHE.lock().get_or_insert_with(Cache::default).address_of(module, name)
+}
+
+impl Cache {
+    fn address_of(&mut self, module: &str, name: &str) -> Option<usize> {
+        if !self.modules.iter().any(|m| m.path == module) {
+            self.modules = read_maps();
+        }
+        let base = self.modules.iter().find(|m| m.path == module)?.base;
+        let syms =
+            self.symbols.entry(module.to_string()).or_insert_with(|| ModuleSymbols::load(Path::new(module)).ok());
+        let s = syms.as_ref()?;
+        let bias = base.wrapping_sub(s.first_load_vaddr);
+        Some(s.address_of(name)?.wrapping_add(bias) as usize)
+    }
+}
+
 pub fn reset_after_fork() {
     CACHE.force_unlock();
 }

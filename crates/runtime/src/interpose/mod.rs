@@ -11,6 +11,7 @@
 use libc::{c_char, c_void};
 
 pub mod annotations;
+pub mod attributes;
 pub mod blocking;
 pub mod fds;
 pub mod malloc;

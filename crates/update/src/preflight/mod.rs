@@ -15,8 +15,11 @@ mod descriptors;
 pub(crate) mod mappings;
 mod processes;
 
+pub use attributes::Snapshots;
+
 use crate::version::HostPids;
 use mcr_protocol::ProcessLog;
+use std::collections::BTreeMap;
 
 /// A piece of the old version's state the update cannot move.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +45,9 @@ pub struct Context {
     /// Each process's startup log: what its startup made (the new version's own startup
     /// recreates that), as opposed to what came after.
     pub logs: Vec<ProcessLog>,
+    /// Each process's attributes at startup and now, as its runtime reports them (a
+    /// process whose runtime did not answer is left out).
+    pub attributes: BTreeMap<i32, Snapshots>,
 }
 
 impl Context {

@@ -1,11 +1,13 @@
 //! The running version, through its supervisor's control socket.
 
 use crate::error::PreflightError;
-use crate::preflight::{Context, Unmovable};
+use crate::preflight::{Context, Snapshots, Unmovable};
 use crate::version::{Drain, HostPids, Quiescence, Resumed, RunningVersion};
 use mcr_client::pids::PidsError;
 use mcr_client::{ClientError, Connection};
-use mcr_protocol::{InstanceDir, OpenConnections, ProcessLog, Request, Response, UpdateInfo};
+use mcr_protocol::{
+    InstanceDir, OpenConnections, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply, UpdateInfo,
+};
 
 pub struct OldSupervisor {
     dir: InstanceDir,
@@ -36,6 +38,19 @@ impl OldSupervisor {
             }
         }
         r
+    }
+}
+
+impl OldSupervisor {
+    /// Process `pid`'s attributes at startup and now; None when its runtime cannot say
+    /// (gone meanwhile, unmanaged).
+    fn attributes(&mut self, pid: i32) -> Option<Snapshots> {
+        match self.ask(|c| c.runtime(pid, RuntimeCommandKind::Attributes)) {
+            Ok(RuntimeReply::Attributes { startup, now }) => {
+                Some(Snapshots { startup: startup.map(|s| *s), now: *now })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -72,7 +87,8 @@ impl RunningVersion for OldSupervisor {
     fn unmovable(&mut self) -> Result<Vec<Unmovable>, PreflightError> {
         let logs = self.startup_logs().map_err(PreflightError::Request)?;
         let processes = self.host_pids()?;
-        Ok(crate::preflight::unmovable(&Context { processes, logs }))
+        let attributes = processes.keys().filter_map(|&pid| Some((pid, self.attributes(pid)?))).collect();
+        Ok(crate::preflight::unmovable(&Context { processes, logs, attributes }))
     }
 
     fn describe_process(&self, pid: i32) -> String {

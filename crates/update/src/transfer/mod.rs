@@ -82,6 +82,8 @@ pub enum TransferError {
     Descriptors(#[from] descriptors::DescriptorError),
     #[error(transparent)]
     Respawn(#[from] respawn::RespawnError),
+    #[error("process {pid} changed attributes after startup that mcr cannot carry: {what}")]
+    Attributes { pid: i32, what: String },
     #[error("a tracer thread panicked")]
     Panicked,
     #[error("cannot read process {pid}'s mappings")]

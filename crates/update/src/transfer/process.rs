@@ -6,10 +6,11 @@ use super::mappings;
 use super::runtime::{startup_table, NewProcess};
 use super::target::TracerTarget;
 use super::{Summary, TransferError};
+use crate::preflight::Snapshots;
 use crate::warning::{Warn, Warning};
 use mcr_client::Connection;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
-use mcr_protocol::{OpenConnections, RuntimeCommandKind};
+use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, StartupTables, Version};
 use mcr_typemodel::Program;
 use std::fs::File;
@@ -44,6 +45,7 @@ pub(crate) fn transfer(
     if !old_prog.has_debug_info || !new_prog.has_debug_info {
         let binary = if old_prog.has_debug_info { new_exe } else { old_exe };
         warn(Warning::NoDebugInfo { binary: binary.clone(), pid });
+        take_over_attributes(pid, old, &mut NewProcess { next, pid, host_pid: new_host })?;
         return Ok(sum);
     }
     let t = Instant::now();
@@ -138,7 +140,26 @@ pub(crate) fn transfer(
     }
     sum.connections += fds.len();
     sum.connections_ms += ms_since(t);
+    // Last: the credentials among them may drop the privileges the steps above need.
+    take_over_attributes(pid, old, &mut target.process)?;
     Ok(sum)
+}
+
+/// The process attributes the old process changed after startup, applied in the new one
+/// (the preflight refused the update for those that cannot be).
+fn take_over_attributes(pid: i32, old: &mut Connection, new: &mut NewProcess<'_>) -> Result<(), TransferError> {
+    let snaps = match old.runtime(pid, RuntimeCommandKind::Attributes)? {
+        RuntimeReply::Attributes { startup, now } => Snapshots { startup: startup.map(|s| *s), now: *now },
+        other => return Err(TransferError::UnexpectedReply(Box::new(other))),
+    };
+    let changes = snaps.changes(pid).map_err(|refused| TransferError::Attributes {
+        pid,
+        what: refused.into_iter().map(|(what, why)| format!("{what}: {why}")).collect::<Vec<_>>().join("; "),
+    })?;
+    if !changes.is_empty() {
+        new.runtime(RuntimeCommandKind::ApplyAttributes { changes })?;
+    }
+    Ok(())
 }
 
 /// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
