@@ -219,6 +219,9 @@ pub enum RuntimeCommandKind {
         pid: i32,
         fd: i32,
     },
+    /// The descriptors the process made after its startup and still holds, other than
+    /// the client connections a drain reports: what no startup of a new version recreates.
+    PostStartupFds,
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -330,6 +333,10 @@ pub enum RuntimeReply {
     Profile(crate::ProcessProfile),
     Error {
         message: String,
+    },
+    /// Answer to PostStartupFds.
+    PostStartupFds {
+        fds: Vec<i32>,
     },
 }
 

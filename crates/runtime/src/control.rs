@@ -338,6 +338,9 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             Err(message) => RuntimeReply::Error { message },
         },
         RuntimeCommandKind::Drain => crate::drain::drain(),
+        RuntimeCommandKind::PostStartupFds => {
+            RuntimeReply::PostStartupFds { fds: crate::startup_log::made_after_startup(crate::drain::is_accepted) }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod processes;
 
 use crate::version::HostPids;
 use mcr_protocol::ProcessLog;
+use std::collections::BTreeMap;
 
 /// A piece of the old version's state the update cannot move.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +43,10 @@ pub struct Context {
     /// Each process's startup log: what its startup made (the new version's own startup
     /// recreates that), as opposed to what came after.
     pub logs: Vec<ProcessLog>,
+    /// Each process's descriptors made after startup, other than client connections (its
+    /// runtime's answer: only it knows which of its descriptors are its own and which
+    /// connections it accepted), or why it could not say.
+    pub post_startup_fds: BTreeMap<i32, Result<Vec<i32>, String>>,
 }
 
 impl Context {

@@ -6,6 +6,7 @@ use crate::version::{Drain, HostPids, Quiescence, Resumed, RunningVersion};
 use mcr_client::pids::PidsError;
 use mcr_client::{ClientError, Connection};
 use mcr_protocol::{InstanceDir, OpenConnections, ProcessLog, Request, Response, UpdateInfo};
+use std::collections::BTreeMap;
 
 pub struct OldSupervisor {
     dir: InstanceDir,
@@ -72,7 +73,12 @@ impl RunningVersion for OldSupervisor {
     fn unmovable(&mut self) -> Result<Vec<Unmovable>, PreflightError> {
         let logs = self.startup_logs().map_err(PreflightError::Request)?;
         let processes = self.host_pids()?;
-        Ok(crate::preflight::unmovable(&Context { processes, logs }))
+        let mut post_startup_fds = BTreeMap::new();
+        for &pid in processes.keys() {
+            let fds = self.ask(|c| c.post_startup_fds(pid)).map_err(|e| crate::error::chain(&e));
+            post_startup_fds.insert(pid, fds);
+        }
+        Ok(crate::preflight::unmovable(&Context { processes, logs, post_startup_fds }))
     }
 
     fn describe_process(&self, pid: i32) -> String {
