@@ -78,93 +78,93 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ctl-heap-large", Survives),
     ("ctl-literal", RolledBack), // state transfer cannot relocate a pointer to a string literal
     ("ctl-listener", Survives),
-    ("tcp-listener", Refused),         // preflight: a descriptor made after startup
-    ("tcp-established", Refused),      // preflight: the client end, made after startup
-    ("tcp-accepted", Refused),         // preflight: the client end, made after startup
-    ("tcp-accepted-epoll", Refused),   // preflight: the client end, made after startup (the accepted end moves)
-    ("tcp-backlog", Refused),          // preflight: a descriptor made after startup
-    ("tcp-half-closed", Refused),      // preflight: the client end, made after startup
-    ("tcp-full", Refused),             // preflight: the client end, made after startup
-    ("tcp-sockopts", Refused),         // preflight: a descriptor made after startup
-    ("tcp-oob", Refused),              // preflight: the client end, made after startup
-    ("tcp6-listener", Refused),        // preflight: a descriptor made after startup
-    ("tcp6-established", Refused),     // preflight: the client end, made after startup
-    ("udp-queued", Refused),           // preflight: a descriptor made after startup
-    ("udp-connected", Refused),        // preflight: a descriptor made after startup
-    ("udp6-queued", Refused),          // preflight: a descriptor made after startup
-    ("unix-listener", Refused),        // preflight: a descriptor made after startup
-    ("unix-abstract", Refused),        // preflight: a descriptor made after startup
-    ("unix-stream", Refused),          // preflight: the client end, made after startup
-    ("unix-seqpacket", Refused),       // preflight: a descriptor made after startup
-    ("unix-dgram", Refused),           // preflight: a descriptor made after startup
-    ("socketpair-stream", Refused),    // preflight: a descriptor made after startup
-    ("socketpair-dgram", Refused),     // preflight: a descriptor made after startup
-    ("socketpair-seqpacket", Refused), // preflight: a descriptor made after startup
-    ("scm-rights", Refused),           // preflight: a descriptor made after startup
-    ("netlink-route", Refused),        // preflight: a descriptor made after startup
-    ("netlink-groups", Refused),       // preflight: a descriptor made after startup
-    ("raw-icmp", Refused),             // preflight: a descriptor made after startup
-    ("packet", Refused),               // preflight: a descriptor made after startup
-    ("fd-owner", Refused),             // preflight: a descriptor made after startup
-    ("pipe-data", Refused),            // preflight: a descriptor made after startup
-    ("pipe-nonblock", Refused),        // preflight: a descriptor made after startup
-    ("pipe-size", Refused),            // preflight: a descriptor made after startup
-    ("pipe-full", Refused),            // preflight: a descriptor made after startup
-    ("pipe-writer-closed", Refused),   // preflight: a descriptor made after startup
-    ("pipe-reader-closed", Refused),   // preflight: a descriptor made after startup
-    ("pipe-packet", Refused),          // preflight: a descriptor made after startup
-    ("fifo-data", Refused),            // preflight: a descriptor made after startup
-    ("fifo-rdwr", Refused),            // preflight: a descriptor made after startup
-    ("eventfd-counter", Refused),      // preflight: a descriptor made after startup
-    ("eventfd-semaphore", Refused),    // preflight: a descriptor made after startup
-    ("eventfd-nonblock", Refused),     // preflight: a descriptor made after startup
-    ("timerfd-oneshot", Refused),      // preflight: a descriptor made after startup
-    ("timerfd-interval", Refused),     // preflight: a descriptor made after startup
-    ("timerfd-abstime", Refused),      // preflight: a descriptor made after startup
-    ("timerfd-expired", Refused),      // preflight: a descriptor made after startup
-    ("signalfd-queued", Refused),      // preflight: a descriptor made after startup
-    ("signalfd-empty", Refused),       // preflight: a descriptor made after startup
-    ("inotify-watch", Refused),        // preflight: a descriptor made after startup
-    ("inotify-queued", Refused),       // preflight: a descriptor made after startup
-    ("epoll-set", Refused),            // preflight: a descriptor made after startup
-    ("epoll-nested", Refused),         // preflight: a descriptor made after startup
-    ("epoll-many", Refused),           // preflight: a descriptor made after startup
-    ("file-offset", Refused),          // preflight: a descriptor made after startup
-    ("file-append", Refused),          // preflight: a descriptor made after startup
-    ("file-nonblock", Refused),        // preflight: a descriptor made after startup
-    ("file-rdonly", Refused),          // preflight: a descriptor made after startup
-    ("file-noatime", Refused),         // preflight: a descriptor made after startup
-    ("file-flock-ex", Refused),        // preflight: a descriptor made after startup
-    ("file-flock-sh", Refused),        // preflight: a descriptor made after startup
-    ("file-posix-wrlock", Refused),    // preflight: a descriptor made after startup
-    ("file-posix-rdlock", Refused),    // preflight: a descriptor made after startup
-    ("file-ofd-lock", Refused),        // preflight: a descriptor made after startup
-    ("file-lease", Refused),           // preflight: a descriptor made after startup
-    ("file-deleted", Refused),         // preflight: a descriptor made after startup
-    ("file-dup", Refused),             // preflight: a descriptor made after startup
-    ("file-cloexec", Refused),         // preflight: a descriptor made after startup
-    ("file-no-cloexec", Refused),      // preflight: a descriptor made after startup
-    ("dev-null", Refused),             // preflight: a descriptor made after startup
-    ("dir-fd", Refused),               // preflight: a descriptor made after startup
-    ("file-opath", Refused),           // preflight: a descriptor made after startup
-    ("file-high-fd", Refused),         // preflight: a descriptor made after startup
-    ("map-file-shared", Refused),      // preflight: a descriptor made after startup
+    ("tcp-listener", Survives),
+    ("tcp-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-accepted", RolledBack),    // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-accepted-epoll", Survives), // accepted and in an epoll set; its client end moves as a descriptor
+    ("tcp-backlog", Survives),
+    ("tcp-half-closed", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-full", RolledBack),        // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-sockopts", Survives),
+    ("tcp-oob", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp6-listener", Survives),
+    ("tcp6-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("udp-queued", Survives),
+    ("udp-connected", Survives),
+    ("udp6-queued", Survives),
+    ("unix-listener", Survives),
+    ("unix-abstract", Survives),
+    ("unix-stream", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("unix-seqpacket", Survives),
+    ("unix-dgram", Survives),
+    ("socketpair-stream", Survives),
+    ("socketpair-dgram", Survives),
+    ("socketpair-seqpacket", Survives),
+    ("scm-rights", Survives),
+    ("netlink-route", Survives),
+    ("netlink-groups", Survives),
+    ("raw-icmp", Survives),
+    ("packet", Survives),
+    ("fd-owner", Refused), // preflight: O_ASYNC, its owner is the old process
+    ("pipe-data", Survives),
+    ("pipe-nonblock", Survives),
+    ("pipe-size", Survives),
+    ("pipe-full", Survives),
+    ("pipe-writer-closed", Survives),
+    ("pipe-reader-closed", Survives),
+    ("pipe-packet", Survives),
+    ("fifo-data", Survives),
+    ("fifo-rdwr", Survives),
+    ("eventfd-counter", Survives),
+    ("eventfd-semaphore", Survives),
+    ("eventfd-nonblock", Survives),
+    ("timerfd-oneshot", Survives),
+    ("timerfd-interval", Survives),
+    ("timerfd-abstime", Survives),
+    ("timerfd-expired", Survives),
+    ("signalfd-queued", Refused), // preflight: a signalfd with its signal pending in the old process
+    ("signalfd-empty", Refused),  // preflight: a signalfd (the blocked mask it needs does not move yet)
+    ("inotify-watch", Survives),
+    ("inotify-queued", Survives),
+    ("epoll-set", Survives),
+    ("epoll-nested", Survives),
+    ("epoll-many", Survives),
+    ("file-offset", Survives),
+    ("file-append", Survives),
+    ("file-nonblock", Survives),
+    ("file-rdonly", Survives),
+    ("file-noatime", Survives),
+    ("file-flock-ex", Survives),
+    ("file-flock-sh", Survives),
+    ("file-posix-wrlock", Refused), // preflight: a POSIX record lock, owned by the old process
+    ("file-posix-rdlock", Refused), // preflight: a POSIX record lock, owned by the old process
+    ("file-ofd-lock", Survives),
+    ("file-lease", Refused), // preflight: O_ASYNC (F_SETSIG for the lease), its owner is the old process
+    ("file-deleted", Survives),
+    ("file-dup", Survives),
+    ("file-cloexec", Survives),
+    ("file-no-cloexec", Survives),
+    ("dev-null", Refused), // preflight: a device node opened through the old version's /dev
+    ("dir-fd", Survives),
+    ("file-opath", Survives),
+    ("file-high-fd", Survives),
+    ("map-file-shared", Lost), // the descriptor moves; the shared mapping does not (mappings.rs)
     ("map-file-private", Lost),
     ("map-anon-shared", Lost),
     ("map-anon-private", Lost),
     ("map-readonly", Lost),
     ("map-mlock", Lost),
-    ("memfd-plain", Refused),  // preflight: a descriptor made after startup
-    ("memfd-mapped", Refused), // preflight: a descriptor made after startup
+    ("memfd-plain", Survives),
+    ("memfd-mapped", Lost), // the descriptor moves; the shared mapping does not (mappings.rs)
     ("memfd-mapped-closed", Lost),
-    ("memfd-sealed", Refused), // preflight: a descriptor made after startup
+    ("memfd-sealed", Survives),
     ("sysv-shm", Lost),
-    ("posix-shm", Refused), // preflight: a descriptor made after startup
+    ("posix-shm", Lost),    // the descriptor moves; the shared mapping does not (mappings.rs)
     ("sysv-sem", Survives), // a kernel object, not the process's: outlives it anyway
     ("sysv-sem-undo", Lost),
-    ("sysv-msg", Survives),       // likewise
-    ("posix-mq", Refused),        // preflight: a descriptor made after startup
-    ("posix-mq-notify", Refused), // preflight: a descriptor made after startup
+    ("sysv-msg", Survives), // likewise
+    ("posix-mq", Survives),
+    ("posix-mq-notify", Refused), // preflight: an mq_notify registration for the old process
     ("sig-mask", Lost),
     ("sig-pending-process", Lost),
     ("sig-pending-thread", Lost),
@@ -208,15 +208,15 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ioprio", Lost),
     ("oom-score-adj", Lost),
     ("uts-ns", Lost),
-    ("pty-data", Refused),    // preflight: a descriptor made after startup
-    ("pty-termios", Refused), // preflight: a descriptor made after startup
-    ("pty-ctty", Refused),    // preflight: a descriptor made after startup
-    ("thr-read", Refused),    // preflight: a descriptor made after startup
-    ("thr-accept", Refused),  // preflight: a descriptor made after startup
-    ("thr-poll", Refused),    // preflight: a descriptor made after startup
-    ("thr-epoll", Refused),   // preflight: a descriptor made after startup
-    ("thr-select", Refused),  // preflight: a descriptor made after startup
-    ("thr-recv", Refused),    // preflight: a descriptor made after startup
+    ("pty-data", Refused),    // preflight: a device node opened through the old version's /dev
+    ("pty-termios", Refused), // preflight: a device node opened through the old version's /dev
+    ("pty-ctty", Refused),    // preflight: a device node opened through the old version's /dev
+    ("thr-read", Lost),       // the descriptors move; the thread is gone (processes.rs)
+    ("thr-accept", Lost),     // the descriptors move; the thread is gone (processes.rs)
+    ("thr-poll", Lost),       // the descriptors move; the thread is gone (processes.rs)
+    ("thr-epoll", Lost),      // the descriptors move; the thread is gone (processes.rs)
+    ("thr-select", Lost),     // the descriptors move; the thread is gone (processes.rs)
+    ("thr-recv", Lost),       // the descriptors move; the thread is gone (processes.rs)
     ("thr-nanosleep", Lost),
     ("thr-cond", Lost),
     ("thr-sem", Lost),
@@ -226,7 +226,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-sigsuspend", Lost),
     ("thr-mutex", RolledBack),     // a futex wait: no quiescent point, the quiesce fails
     ("thr-unwrapped", RolledBack), // likewise: quiescence does not converge
-    ("child-helper", Refused),     // preflight: its pipes to the helper, made after startup
+    ("child-helper", RolledBack),  // process trees differ: rolled back
     ("child-zombie", Lost),
     ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
     ("child-stopped", Refused), // preflight: a stopped process cannot list its descriptors

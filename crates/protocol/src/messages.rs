@@ -183,6 +183,10 @@ pub enum RuntimeCommandKind {
         /// as new ones (`mcr_adopted_fds` in its resume handler).
         #[serde(default)]
         adopt: bool,
+        /// Descriptors other than client connections (made after startup): installed as
+        /// they are, and not counted as connections.
+        #[serde(default)]
+        plain: bool,
     },
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd {

@@ -92,11 +92,6 @@ pub fn note_closed(fd: libc::c_int) {
     ACCEPTED.closed(fd);
 }
 
-/// Whether `fd` is a connection accept() returned (or an update installed as one).
-pub fn is_accepted(fd: libc::c_int) -> bool {
-    ACCEPTED.contains(fd)
-}
-
 /// `new` now refers to what `old` refers to.
 pub fn note_duplicated(old: libc::c_int, new: libc::c_int) {
     ACCEPTED.duplicated(old, new);

@@ -289,9 +289,9 @@ pub fn note_startup_end() {
 static ENDED_IN: AtomicI32 = AtomicI32::new(0);
 
 /// The descriptors this process made after its startup and still holds, other than
-/// client connections (`accepted`, which the update moves as such): what no startup of
-/// a new version recreates. Read from the program's descriptor table.
-pub fn made_after_startup(accepted: impl Fn(i32) -> bool) -> Vec<i32> {
+/// client connections (`client`, which the update moves as such): what no startup of a
+/// new version recreates. Read from the program's descriptor table.
+pub fn made_after_startup(client: impl Fn(i32) -> bool) -> Vec<i32> {
     let mut open = open_fds_with_links();
     if ENDED_IN.load(Acquire) != crate::pid() {
         // Startup is still ending here (a process an update's respawn handler forked can
@@ -300,21 +300,21 @@ pub fn made_after_startup(accepted: impl Fn(i32) -> bool) -> Vec<i32> {
         open.retain(|(_, link)| !crate::dirty::is_arming_descriptor(link));
     }
     let at_end = AT_STARTUP_END.lock().clone();
-    not_from_startup(&open, &startup_fds(), &at_end, accepted)
+    not_from_startup(&open, &startup_fds(), &at_end, client)
 }
 
 /// Of the descriptors `open` now (number, link), those startup does not account for:
 /// neither `known` (a recorded startup operation made it, inherited, 0-2, the runtime's)
-/// nor open as the same object when startup ended (`at_end`), nor `accepted`.
+/// nor open as the same object when startup ended (`at_end`), nor a client connection (`client`).
 fn not_from_startup(
     open: &[(i32, String)],
     known: &BTreeSet<i32>,
     at_end: &[(i32, String)],
-    accepted: impl Fn(i32) -> bool,
+    client: impl Fn(i32) -> bool,
 ) -> Vec<i32> {
     let mut out: Vec<i32> = open
         .iter()
-        .filter(|(fd, link)| !known.contains(fd) && !accepted(*fd) && !at_end.iter().any(|(f, l)| f == fd && l == link))
+        .filter(|(fd, link)| !known.contains(fd) && !client(*fd) && !at_end.iter().any(|(f, l)| f == fd && l == link))
         .map(|(fd, _)| *fd)
         .collect();
     out.sort_unstable();
@@ -402,8 +402,8 @@ mod tests {
             (5, "socket:[8]"),
             (999, "anon_inode:[eventfd]"),
         ]);
-        let accepted = |fd| fd == 5;
-        assert_eq!(not_from_startup(&now, &known, &[], accepted), vec![3, 4, 999]);
+        let client = |fd| fd == 5;
+        assert_eq!(not_from_startup(&now, &known, &[], client), vec![3, 4, 999]);
     }
 
     #[test]
