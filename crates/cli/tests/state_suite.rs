@@ -229,7 +229,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-helper", RolledBack),  // process trees differ: rolled back
     ("child-zombie", Lost),
     ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
-    ("child-stopped", Refused), // preflight: a stopped process cannot list its descriptors
+    ("child-stopped", RolledBack), // rolled back at once: the drain names the stopped process
     ("child-orphan", RolledBack), // process trees differ: rolled back
     ("tls-var", Lost),
     ("tls-key", Lost),

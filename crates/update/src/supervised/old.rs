@@ -75,7 +75,13 @@ impl RunningVersion for OldSupervisor {
         let processes = self.host_pids()?;
         let mut post_startup_fds = BTreeMap::new();
         for &pid in processes.keys() {
-            let fds = self.ask(|c| c.post_startup_fds(pid)).map_err(|e| crate::error::chain(&e));
+            let fds = match self.ask(|c| c.post_startup_fds(pid)) {
+                Ok(fds) => Ok(fds),
+                // Its supervisor says the process cannot answer (stopped, gone, not
+                // registered yet): the drain and quiesce, which need it too, name it.
+                Err(ClientError::Refused(_)) => continue,
+                Err(e) => Err(crate::error::chain(&e)),
+            };
             post_startup_fds.insert(pid, fds);
         }
         Ok(crate::preflight::unmovable(&Context { processes, logs, post_startup_fds }))
