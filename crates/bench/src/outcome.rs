@@ -38,7 +38,7 @@ pub(crate) mod tests {
   "connections_left": [ { "pid": 2, "fds": [5, 6], "volatile": false, "pinned": [], "idle_check": false, "busy": [], "finished": false } ],
   "transfer": { "processes": 1, "globals": 7, "globals_clean": 0, "globals_dropped": [], "objects": 30, "bytes": 690,
     "startup_matched": 0, "startup_kept": 0, "startup_reallocated": 0, "startup_notes": [], "live_objects": 31,
-    "handled": 0, "warnings": [], "connections": 2, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
+    "handled": 0, "warnings": [], "connections": 2, "descriptors": 0, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
     "heap_scan_ms": 1.3237990000000002, "startup_tables_ms": 0.366134, "trace_ms": 10.674312,
     "connections_ms": 0.0020729999999999998, "mapped_bytes": 0 },
   "adopted_connections": 0,

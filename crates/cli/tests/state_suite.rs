@@ -35,9 +35,12 @@ enum Outcome {
     Survives,
     /// The update committed and CHECK fails: the state is gone, which issue 12 forbids.
     Lost,
-    /// The update did not commit (refused before quiescing, or rolled back); the old
+    /// The update's preflight named the state and refused before the drain; the old
     /// version still serves and CHECK passes on it.
     Refused,
+    /// The update did not commit for another reason (a later phase failed and it rolled
+    /// back, or quiescence failed); the old version still serves and CHECK passes on it.
+    RolledBack,
     /// SETUP said SKIP: this machine cannot put the state in place.
     Skipped,
     /// The update did not commit and CHECK fails on the old version: the rollback
@@ -58,6 +61,7 @@ impl Outcome {
             Survives => "SURVIVES",
             Lost => "LOST",
             Refused => "REFUSED",
+            RolledBack => "ROLLED-BACK",
             Skipped => "SKIPPED",
             Broken => "BROKEN",
             Dead => "DEAD",
@@ -72,95 +76,95 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ctl-global", Survives),
     ("ctl-heap", Survives),
     ("ctl-heap-large", Survives),
-    ("ctl-literal", Refused), // state transfer cannot relocate a pointer to a string literal
+    ("ctl-literal", RolledBack), // state transfer cannot relocate a pointer to a string literal
     ("ctl-listener", Survives),
-    ("tcp-listener", Lost),
-    ("tcp-established", Refused), // an accepted end in no epoll set is taken for a thread-served session
-    ("tcp-accepted", Refused),
+    ("tcp-listener", Survives),
+    ("tcp-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-accepted", RolledBack),    // the accepted end in no epoll set is taken for a thread-served session
     ("tcp-accepted-epoll", Survives), // the only connection mcr moves: accepted and in an epoll set
-    ("tcp-backlog", Lost),
-    ("tcp-half-closed", Refused),
-    ("tcp-full", Refused),
-    ("tcp-sockopts", Lost),
-    ("tcp-oob", Refused),
-    ("tcp6-listener", Lost),
-    ("tcp6-established", Refused),
-    ("udp-queued", Lost),
-    ("udp-connected", Lost),
-    ("udp6-queued", Lost),
-    ("unix-listener", Lost),
-    ("unix-abstract", Lost),
-    ("unix-stream", Refused),
-    ("unix-seqpacket", Lost),
-    ("unix-dgram", Lost),
-    ("socketpair-stream", Lost),
-    ("socketpair-dgram", Lost),
-    ("socketpair-seqpacket", Lost),
-    ("scm-rights", Lost),
-    ("netlink-route", Lost),
-    ("netlink-groups", Lost),
-    ("raw-icmp", Lost),
-    ("packet", Lost),
-    ("fd-owner", Lost),
-    ("pipe-data", Lost),
-    ("pipe-nonblock", Lost),
-    ("pipe-size", Lost),
-    ("pipe-full", Lost),
-    ("pipe-writer-closed", Lost),
-    ("pipe-reader-closed", Lost),
-    ("pipe-packet", Lost),
-    ("fifo-data", Lost),
-    ("fifo-rdwr", Lost),
-    ("eventfd-counter", Lost),
-    ("eventfd-semaphore", Lost),
-    ("eventfd-nonblock", Lost),
-    ("timerfd-oneshot", Lost),
-    ("timerfd-interval", Lost),
-    ("timerfd-abstime", Lost),
-    ("timerfd-expired", Lost),
-    ("signalfd-queued", Refused), // its signal mask changed after startup (attributes preflight)
-    ("signalfd-empty", Lost),
-    ("inotify-watch", Lost),
-    ("inotify-queued", Lost),
-    ("epoll-set", Lost),
-    ("epoll-nested", Lost),
-    ("epoll-many", Lost),
-    ("file-offset", Lost),
-    ("file-append", Lost),
-    ("file-nonblock", Lost),
-    ("file-rdonly", Lost),
-    ("file-noatime", Lost),
-    ("file-flock-ex", Lost),
-    ("file-flock-sh", Lost),
-    ("file-posix-wrlock", Lost),
-    ("file-posix-rdlock", Lost),
-    ("file-ofd-lock", Lost),
-    ("file-lease", Lost),
-    ("file-deleted", Lost),
-    ("file-dup", Lost),
-    ("file-cloexec", Lost),
-    ("file-no-cloexec", Lost),
-    ("dev-null", Lost),
-    ("dir-fd", Lost),
-    ("file-opath", Lost),
-    ("file-high-fd", Lost),
+    ("tcp-backlog", Survives),
+    ("tcp-half-closed", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-full", RolledBack),        // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-sockopts", Survives),
+    ("tcp-oob", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp6-listener", Survives),
+    ("tcp6-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("udp-queued", Survives),
+    ("udp-connected", Survives),
+    ("udp6-queued", Survives),
+    ("unix-listener", Survives),
+    ("unix-abstract", Survives),
+    ("unix-stream", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("unix-seqpacket", Survives),
+    ("unix-dgram", Survives),
+    ("socketpair-stream", Survives),
+    ("socketpair-dgram", Survives),
+    ("socketpair-seqpacket", Survives),
+    ("scm-rights", Survives),
+    ("netlink-route", Survives),
+    ("netlink-groups", Survives),
+    ("raw-icmp", Survives),
+    ("packet", Survives),
+    ("fd-owner", Refused), // preflight: O_ASYNC, its owner is the old process
+    ("pipe-data", Survives),
+    ("pipe-nonblock", Survives),
+    ("pipe-size", Survives),
+    ("pipe-full", Survives),
+    ("pipe-writer-closed", Survives),
+    ("pipe-reader-closed", Survives),
+    ("pipe-packet", Survives),
+    ("fifo-data", Survives),
+    ("fifo-rdwr", Survives),
+    ("eventfd-counter", Survives),
+    ("eventfd-semaphore", Survives),
+    ("eventfd-nonblock", Survives),
+    ("timerfd-oneshot", Survives),
+    ("timerfd-interval", Survives),
+    ("timerfd-abstime", Survives),
+    ("timerfd-expired", Survives),
+    ("signalfd-queued", Refused), // preflight: a signalfd with its signal pending in the old process
+    ("signalfd-empty", Refused),  // preflight: a signalfd (the blocked mask it needs does not move yet)
+    ("inotify-watch", Survives),
+    ("inotify-queued", Survives),
+    ("epoll-set", Survives),
+    ("epoll-nested", Survives),
+    ("epoll-many", Survives),
+    ("file-offset", Survives),
+    ("file-append", Survives),
+    ("file-nonblock", Survives),
+    ("file-rdonly", Survives),
+    ("file-noatime", Survives),
+    ("file-flock-ex", Survives),
+    ("file-flock-sh", Survives),
+    ("file-posix-wrlock", Refused), // preflight: a POSIX record lock, owned by the old process
+    ("file-posix-rdlock", Refused), // preflight: a POSIX record lock, owned by the old process
+    ("file-ofd-lock", Survives),
+    ("file-lease", Refused), // preflight: O_ASYNC (F_SETSIG for the lease), its owner is the old process
+    ("file-deleted", Survives),
+    ("file-dup", Survives),
+    ("file-cloexec", Survives),
+    ("file-no-cloexec", Survives),
+    ("dev-null", Refused), // preflight: a device node opened through the old version's /dev
+    ("dir-fd", Survives),
+    ("file-opath", Survives),
+    ("file-high-fd", Survives),
     ("map-file-shared", Refused), // mapped after startup: the preflight names it (not moved yet)
     ("map-file-private", Refused), // likewise
     ("map-anon-shared", Refused), // likewise
     ("map-anon-private", Survives), // copied to the same address in the new process
     ("map-readonly", Survives),   // likewise, with its protection
     ("map-mlock", Refused),       // copied to its address, but the new version maps its own memory there: rolled back
-    ("memfd-plain", Lost),
+    ("memfd-plain", Survives),
     ("memfd-mapped", Refused),        // its mapping is named (the descriptor too is lost)
     ("memfd-mapped-closed", Refused), // mapped after startup: named
-    ("memfd-sealed", Lost),
+    ("memfd-sealed", Survives),
     ("sysv-shm", Refused), // the attached segment is named (the segment itself outlives the process)
     ("posix-shm", Refused), // its mapping is named
     ("sysv-sem", Survives), // a kernel object, not the process's: outlives it anyway
     ("sysv-sem-undo", Lost),
     ("sysv-msg", Survives), // likewise
-    ("posix-mq", Lost),
-    ("posix-mq-notify", Lost),
+    ("posix-mq", Survives),
+    ("posix-mq-notify", Refused), // preflight: an mq_notify registration for the old process
     ("sig-mask", Survives),
     ("sig-pending-process", Survives),
     ("sig-pending-thread", Survives),
@@ -203,30 +207,30 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("personality", Survives),
     ("ioprio", Survives),
     ("oom-score-adj", Survives),
-    ("uts-ns", Refused), // a namespace joined after startup cannot be entered by the new version
-    ("pty-data", Lost),
-    ("pty-termios", Lost),
-    ("pty-ctty", Refused), // a session with a controlling terminal made after startup (attributes preflight)
-    ("thr-read", Refused), // created after startup: the preflight names the thread
-    ("thr-accept", Refused), // likewise
-    ("thr-poll", Refused), // likewise
-    ("thr-epoll", Refused), // likewise
-    ("thr-select", Refused), // likewise
-    ("thr-recv", Refused), // likewise
+    ("uts-ns", Refused),      // a namespace joined after startup cannot be entered by the new version
+    ("pty-data", Refused),    // preflight: a device node opened through the old version's /dev
+    ("pty-termios", Refused), // preflight: a device node opened through the old version's /dev
+    ("pty-ctty", Refused),    // preflight: a device node opened through the old version's /dev
+    ("thr-read", Refused),    // created after startup: the preflight names the thread
+    ("thr-accept", Refused),  // likewise
+    ("thr-poll", Refused),    // likewise
+    ("thr-epoll", Refused),   // likewise
+    ("thr-select", Refused),  // likewise
+    ("thr-recv", Refused),    // likewise
     ("thr-nanosleep", Refused), // likewise
-    ("thr-cond", Refused), // likewise
-    ("thr-sem", Refused),  // likewise
+    ("thr-cond", Refused),    // likewise
+    ("thr-sem", Refused),     // likewise
     ("thr-sigwait", Refused), // likewise
-    ("thr-msgrcv", Refused), // likewise
-    ("thr-semop", Refused), // likewise
+    ("thr-msgrcv", Refused),  // likewise
+    ("thr-semop", Refused),   // likewise
     ("thr-sigsuspend", Refused), // likewise
-    ("thr-mutex", Refused), // created after startup (and in a futex wait): named before the drain
-    ("thr-unwrapped", Refused), // created after startup: named before the drain
-    ("child-helper", Refused), // forked after startup, no connection: named before the drain
+    ("thr-mutex", RolledBack), // a futex wait: no quiescent point, the quiesce fails
+    ("thr-unwrapped", RolledBack), // likewise: quiescence does not converge
+    ("child-helper", RolledBack), // process trees differ: rolled back
     ("child-zombie", Refused), // its exit status is the parent's to collect: named before the drain
-    ("child-exec", Refused), // the exec'd program has no debug information (else named as a process)
-    ("child-stopped", Refused), // forked after startup, no connection: named before the drain
-    ("child-orphan", Refused), // likewise (reparented away from the server)
+    ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
+    ("child-stopped", RolledBack), // rolled back at once: the drain names the stopped process
+    ("child-orphan", RolledBack), // process trees differ: rolled back
     ("tls-var", Lost),
     ("tls-key", Lost),
 ];
@@ -334,9 +338,14 @@ fn baseline(name: &str) -> Result<(), (Outcome, String)> {
 
 struct UpdateOutcome {
     committed: bool,
+    /// The preflight refused before the drain (rather than a later phase rolling back).
+    refused_by_preflight: bool,
     message: String,
     total_ms: Option<f64>,
 }
+
+/// How the preflight's refusal begins (`PreflightError::Unmovable`).
+const PREFLIGHT_REFUSAL: &str = "holds state this update cannot move";
 
 fn update(mcr: &Mcr, port: u16, work: &Path) -> Result<UpdateOutcome, String> {
     let mut argv: Vec<OsString> =
@@ -349,14 +358,25 @@ fn update(mcr: &Mcr, port: u16, work: &Path) -> Result<UpdateOutcome, String> {
         return Err(format!("mcr update did not finish within {UPDATE_LIMIT:?}"));
     };
     match serde_json::from_str::<Value>(&out.stdout) {
-        Ok(v) => Ok(UpdateOutcome {
-            committed: v["committed"].as_bool().unwrap_or(false),
-            message: v["message"].as_str().unwrap_or("").to_string(),
-            total_ms: v["phases"]["total_ms"].as_f64(),
-        }),
+        Ok(v) => {
+            let message = v["message"].as_str().unwrap_or("").to_string();
+            let drained = v["phases"]["drain_ms"].as_f64().is_some_and(|ms| ms > 0.0);
+            Ok(UpdateOutcome {
+                committed: v["committed"].as_bool().unwrap_or(false),
+                refused_by_preflight: !drained && message.contains(PREFLIGHT_REFUSAL),
+                message,
+                total_ms: v["phases"]["total_ms"].as_f64(),
+            })
+        }
         // Refusals before the update started (e.g. quiescence) are one-line errors.
         Err(_) if !out.success() && out.status.code().is_some() => {
-            Ok(UpdateOutcome { committed: false, message: error_text(&out.stderr), total_ms: None })
+            let message = error_text(&out.stderr);
+            Ok(UpdateOutcome {
+                committed: false,
+                refused_by_preflight: message.contains(PREFLIGHT_REFUSAL),
+                message: out.stderr.trim().to_string(),
+                total_ms: None,
+            })
         }
         Err(e) => Err(format!("mcr update: {} and no JSON outcome ({e}): {}", out.status, error_text(&out.stderr))),
     }
@@ -405,9 +425,44 @@ fn run_case(name: &str) -> CaseResult {
     match (up.committed, reply == "OK", failed) {
         (true, true, _) => result(Survives, String::new(), up.total_ms),
         (true, false, Some(f)) => result(Lost, f, up.total_ms),
-        (false, true, _) => result(Refused, up.message, up.total_ms),
+        (false, true, _) if up.refused_by_preflight => match named(name, &up.message) {
+            Ok(()) => result(Refused, refusal_list(&up.message), up.total_ms),
+            Err(missing) => {
+                result(RolledBack, format!("refused without naming {missing:?}: {}", up.message), up.total_ms)
+            }
+        },
+        (false, true, _) => result(RolledBack, up.message, up.total_ms),
         (false, false, Some(f)) => result(Broken, format!("{f} (update: {})", up.message), up.total_ms),
         (_, false, None) => result(Dead, format!("CHECK: {reply}"), up.total_ms),
+    }
+}
+
+/// What a refusal of these cases must name (the kind of descriptor, as /proc shows it),
+/// so a refusal for some other reason does not pass for one that found the case's state.
+const NAMED: &[(&str, &str)] = &[
+    ("pipe-data", "(pipe:["),
+    ("fifo-data", "fifo"),
+    ("eventfd-counter", "(anon_inode:[eventfd])"),
+    ("timerfd-oneshot", "(anon_inode:[timerfd])"),
+    ("signalfd-empty", "(anon_inode:[signalfd])"),
+    ("inotify-watch", "(anon_inode:inotify)"),
+    ("epoll-set", "(anon_inode:[eventpoll])"),
+    ("udp-queued", "(socket:["),
+    ("file-offset", "fd "),
+    ("memfd-plain", "(/memfd:"),
+];
+
+/// The preflight's list of what cannot move, one "; " apart (its lead-in dropped).
+fn refusal_list(message: &str) -> String {
+    let items: Vec<&str> = message.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect();
+    items.join("; ")
+}
+
+/// Ok when the update's refusal names what case `name` must name, or the case has no such entry.
+fn named(name: &str, message: &str) -> Result<(), &'static str> {
+    match NAMED.iter().find(|(n, _)| *n == name) {
+        Some((_, what)) if !message.contains(what) => Err(what),
+        _ => Ok(()),
     }
 }
 
@@ -445,11 +500,12 @@ fn summary(rows: &[(&str, Outcome, &CaseResult)]) -> String {
     }
     let count = |o: Outcome| rows.iter().filter(|(_, _, r)| r.actual == o).count();
     s.push_str(&format!(
-        "{} cases: {} survive, {} lost, {} refused, {} skipped, {} broken, {} dead, {} bad",
+        "{} cases: {} survive, {} lost, {} refused, {} rolled back, {} skipped, {} broken, {} dead, {} bad",
         rows.len(),
         count(Survives),
         count(Lost),
         count(Refused),
+        count(RolledBack),
         count(Skipped),
         count(Broken),
         count(Dead),
@@ -464,7 +520,7 @@ fn every_state_case_has_its_expected_outcome() {
     // Refusals wait for timeouts (quiescence, a process that does not answer): start them
     // first, so the quick cases run beside them.
     let mut order: Vec<usize> = (0..cases.len()).collect();
-    order.sort_by_key(|&i| cases[i].1 != Refused);
+    order.sort_by_key(|&i| !matches!(cases[i].1, Refused | RolledBack));
     let t0 = Instant::now();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<CaseResult>>> = Mutex::new((0..cases.len()).map(|_| None).collect());

@@ -159,6 +159,17 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The descriptors process `pid` made after its startup and still holds, other than
+    /// client connections (its runtime's `PostStartupFds`).
+    pub fn post_startup_fds(&mut self, pid: i32) -> Result<Vec<i32>, ClientError> {
+        match self.runtime(pid, RuntimeCommandKind::PostStartupFds)? {
+            RuntimeReply::PostStartupFds { fds } => Ok(fds),
+            reply => Err(ClientError::unexpected(Response::Runtime { reply })),
+        }
+    }
+}
+
 fn decode(line: &str) -> Result<Response, ClientError> {
     if line.is_empty() {
         return Err(ClientError::Closed);

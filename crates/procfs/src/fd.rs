@@ -62,6 +62,8 @@ pub struct FdInfo {
     pub flags: Option<u32>,
     /// For an epoll instance: its interests.
     pub epoll: Vec<EpollInterest>,
+    /// For a signalfd: the signals it reads (bit n-1 for signal n).
+    pub sigmask: Option<u64>,
 }
 
 impl FdInfo {
@@ -73,6 +75,8 @@ impl FdInfo {
                 info.pos = v.trim().parse().ok();
             } else if let Some(v) = line.strip_prefix("flags:") {
                 info.flags = u32::from_str_radix(v.trim(), 8).ok();
+            } else if let Some(v) = line.strip_prefix("sigmask:") {
+                info.sigmask = u64::from_str_radix(v.trim(), 16).ok();
             } else if let Some(i) = parse_epoll_line(line) {
                 info.epoll.push(i);
             }
@@ -122,7 +126,9 @@ mod tests {
     #[test]
     fn fdinfo_of_a_file_and_of_an_epoll_instance() {
         let file = FdInfo::parse("pos:\t4096\nflags:\t02004002\nmnt_id:\t15\nino:\t1234\n");
-        assert_eq!(file, FdInfo { pos: Some(4096), flags: Some(0o2004002), epoll: vec![] });
+        assert_eq!(file, FdInfo { pos: Some(4096), flags: Some(0o2004002), epoll: vec![], sigmask: None });
+        let sfd = FdInfo::parse("pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\nsigmask:\t0000000000000200\n");
+        assert_eq!(sfd.sigmask, Some(0x200));
         let ep = FdInfo::parse(
             "pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\n\
              tfd:        5 events:   80000019 data:     7ffff7a01234  pos:0 ino:2a3 sdev:8\n\

@@ -187,6 +187,10 @@ pub enum RuntimeCommandKind {
         /// as new ones (`mcr_adopted_fds` in its resume handler).
         #[serde(default)]
         adopt: bool,
+        /// Descriptors other than client connections (made after startup): installed as
+        /// they are, and not counted as connections.
+        #[serde(default)]
+        plain: bool,
     },
     /// State transfer, new version: register descriptors with epoll instances.
     EpollAdd {
@@ -241,6 +245,9 @@ pub enum RuntimeCommandKind {
     ApplyAttributes {
         changes: Vec<crate::AttributeChange>,
     },
+    /// The descriptors the process made after its startup and still holds, other than
+    /// the client connections a drain reports: what no startup of a new version recreates.
+    PostStartupFds,
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -357,6 +364,10 @@ pub enum RuntimeReply {
     },
     Error {
         message: String,
+    },
+    /// Answer to PostStartupFds.
+    PostStartupFds {
+        fds: Vec<i32>,
     },
 }
 

@@ -321,8 +321,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             RuntimeReply::Resumed
         }
         RuntimeCommandKind::Allocate { sizes } => crate::transfer::allocate(&sizes),
-        RuntimeCommandKind::ImportFds { socket, targets, adopt } => {
-            crate::transfer::import_fds(&socket, &targets, adopt)
+        RuntimeCommandKind::ImportFds { socket, targets, adopt, plain } => {
+            crate::transfer::import_fds(&socket, &targets, adopt, plain)
         }
         RuntimeCommandKind::EpollAdd { registrations } => crate::transfer::epoll_add(&registrations),
         RuntimeCommandKind::RunObjHandlers { what, objects, relocations } => {
@@ -343,6 +343,12 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         }
         RuntimeCommandKind::Attributes => crate::attributes::report(),
         RuntimeCommandKind::ApplyAttributes { changes } => crate::attributes::apply(&changes),
+        RuntimeCommandKind::PostStartupFds => {
+            // The connections a drain reports move as such; any other accepted socket (a
+            // seqpacket one, one whose client left) moves as a plain descriptor.
+            let (clients, _) = crate::drain::connections(&crate::startup_log::startup_fds());
+            RuntimeReply::PostStartupFds { fds: crate::startup_log::made_after_startup(|fd| clients.contains(&fd)) }
+        }
     }
 }
 

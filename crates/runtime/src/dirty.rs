@@ -82,6 +82,12 @@ pub fn arm() {
     ARMED_PID.store(crate::pid(), SeqCst);
 }
 
+/// Whether a descriptor that links to `link` is one arming opens (its userfaultfd, the
+/// memory map it reads), before it moves the userfaultfd to the reserved range.
+pub fn is_arming_descriptor(link: &str) -> bool {
+    link == "anon_inode:[userfaultfd]" || link == format!("/proc/{}/maps", crate::pid())
+}
+
 /// This process's tracking, for the runtime's status reply.
 pub fn status() -> Option<DirtyTracking> {
     if ARMED_PID.load(SeqCst) != crate::pid() {

@@ -158,6 +158,8 @@ fn note_startup_qp(slot: &Slot) {
         crate::attributes::snapshot_at_startup();
         // Armed before the supervisor hears of it: from then on every write is counted.
         crate::dirty::arm();
+        // After arming: what the runtime opened for it is startup's too.
+        crate::startup_log::note_startup_end();
         crate::control::notify_startup_complete();
     }
 }
@@ -211,6 +213,8 @@ pub fn respawned_child_ready() {
     STARTUP_DONE.store(true, SeqCst);
     crate::dirty::arm();
     crate::control::ensure_started();
+    // What the runtime opened for the two above is startup's too.
+    crate::startup_log::note_startup_end();
     crate::control::notify_startup_complete();
 }
 

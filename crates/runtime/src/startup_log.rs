@@ -33,6 +33,11 @@ static LOG: SpinLock<Vec<RawOp>> = SpinLock::new(Vec::new());
 /// With what each was (its /proc/self/fd link), so a later descriptor that reuses the
 /// number of a closed inherited one is not mistaken for it.
 static INHERITED: SpinLock<Vec<(i32, String)>> = SpinLock::new(Vec::new());
+/// Descriptors open when the process completed startup (with their /proc/self/fd links),
+/// recorded or not: libc opens some on its own during startup (a locale file, the syslog
+/// socket), and the new version's startup makes its own. What is open later and was not
+/// open then (at the same number, as the same object) was made after startup.
+static AT_STARTUP_END: SpinLock<Vec<(i32, String)>> = SpinLock::new(Vec::new());
 static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Next reserved descriptor number to try (counts down), in a MAP_SHARED page that fork
 /// children share, so numbers are unique across the whole process tree (a later version
@@ -253,6 +258,17 @@ fn after_startup(ops: &[StartupOp]) -> AfterStartup {
 /// Descriptors startup accounts for: created by a recorded operation and not closed
 /// since, inherited at exec or fork, 0-2, and the runtime's own.
 fn known_fds(live_ops: impl Iterator<Item = (bool, Vec<i32>, Option<i32>)>) -> BTreeSet<i32> {
+    let mut live = known_from_log(live_ops);
+    live.extend(crate::control::reserved_fds());
+    let inherited = INHERITED.lock().clone();
+    live.extend(
+        inherited.into_iter().filter(|(fd, was)| fd_link(*fd).as_deref() == Some(was.as_str())).map(|(fd, _)| fd),
+    );
+    live
+}
+
+/// 0-2 and what the recorded operations `(is a close, fds made, fd closed)` left open.
+fn known_from_log(live_ops: impl IntoIterator<Item = (bool, Vec<i32>, Option<i32>)>) -> BTreeSet<i32> {
     let mut live: BTreeSet<i32> = (0..3).collect();
     for (is_close, fds, closed) in live_ops {
         if is_close {
@@ -263,11 +279,6 @@ fn known_fds(live_ops: impl Iterator<Item = (bool, Vec<i32>, Option<i32>)>) -> B
             live.extend(fds);
         }
     }
-    live.extend(crate::control::reserved_fds());
-    let inherited = INHERITED.lock().clone();
-    live.extend(
-        inherited.into_iter().filter(|(fd, was)| fd_link(*fd).as_deref() == Some(was.as_str())).map(|(fd, _)| fd),
-    );
     live
 }
 
@@ -283,6 +294,57 @@ pub fn startup_fds() -> BTreeSet<i32> {
     let raw: Vec<(bool, Vec<i32>, Option<i32>)> =
         LOG.lock().iter().map(|o| (o.call == "close", o.fds.clone(), closed_fd(&o.args))).collect();
     known_fds(raw.into_iter())
+}
+
+/// When the process completes startup: what is open now is startup's (or inherited).
+pub fn note_startup_end() {
+    let _internal = threads::InternalGuard::enter();
+    let fds = open_fds_with_links();
+    *AT_STARTUP_END.lock() = fds;
+    ENDED_IN.store(crate::pid(), Release);
+}
+
+/// The process whose startup end AT_STARTUP_END holds (a fork child has its parent's
+/// until its own startup ends).
+static ENDED_IN: AtomicI32 = AtomicI32::new(0);
+
+/// The descriptors this process made after its startup and still holds, other than
+/// client connections (`client`, which the update moves as such): what no startup of a
+/// new version recreates. Read from the program's descriptor table.
+pub fn made_after_startup(client: impl Fn(i32) -> bool) -> Vec<i32> {
+    let mut open = open_fds_with_links();
+    if ENDED_IN.load(Acquire) != crate::pid() {
+        // Startup is still ending here (a process an update's respawn handler forked can
+        // stay in its dirty-tracking arming): what that arming holds open is the
+        // runtime's, not the program's.
+        open.retain(|(_, link)| !crate::dirty::is_arming_descriptor(link));
+    }
+    let at_end = AT_STARTUP_END.lock().clone();
+    not_from_startup(&open, &startup_fds(), &at_end, client)
+}
+
+/// Of the descriptors `open` now (number, link), those startup does not account for:
+/// neither `known` (a recorded startup operation made it, inherited, 0-2, the runtime's)
+/// nor open as the same object when startup ended (`at_end`), nor a client connection (`client`).
+fn not_from_startup(
+    open: &[(i32, String)],
+    known: &BTreeSet<i32>,
+    at_end: &[(i32, String)],
+    client: impl Fn(i32) -> bool,
+) -> Vec<i32> {
+    let mut out: Vec<i32> = open
+        .iter()
+        .filter(|(fd, link)| !known.contains(fd) && !client(*fd) && !at_end.iter().any(|(f, l)| f == fd && l == link))
+        .map(|(fd, _)| *fd)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The program's open descriptors with their links. The directory handle used to list
+/// them is closed by the time the links are read, so it drops out (no link).
+fn open_fds_with_links() -> Vec<(i32, String)> {
+    open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect()
 }
 
 /// Descriptors open now that no recorded operation created (0-2 and the runtime's own
@@ -324,7 +386,7 @@ fn open_fds() -> Vec<i32> {
 /// At exec (constructor) and fork: whatever is open now was inherited.
 pub fn note_inherited() {
     let _internal = threads::InternalGuard::enter();
-    let fds: Vec<(i32, String)> = open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect();
+    let fds = open_fds_with_links();
     *INHERITED.lock() = fds;
 }
 
@@ -334,4 +396,42 @@ pub fn note_inherited() {
 pub fn reset_after_fork() {
     LOG.force_unlock();
     INHERITED.force_unlock();
+    AT_STARTUP_END.force_unlock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(list: &[(i32, &str)]) -> Vec<(i32, String)> {
+        list.iter().map(|(fd, l)| (*fd, l.to_string())).collect()
+    }
+
+    #[test]
+    fn startup_descriptors_closed_ones_and_the_runtimes_are_not_post_startup() {
+        // Startup made 1000 (socket) and 999 (pipe, closed again); 0-2 are always startup's.
+        let known =
+            known_from_log(vec![(false, vec![1000], None), (false, vec![999, 998], None), (true, vec![], Some(999))]);
+        assert!(known.contains(&1000) && known.contains(&998) && !known.contains(&999));
+        let now = open(&[
+            (0, "/dev/null"),
+            (1000, "socket:[1]"),
+            (998, "pipe:[2]"),
+            (3, "pipe:[7]"),
+            (4, "pipe:[7]"),
+            (5, "socket:[8]"),
+            (999, "anon_inode:[eventfd]"),
+        ]);
+        let client = |fd| fd == 5;
+        assert_eq!(not_from_startup(&now, &known, &[], client), vec![3, 4, 999]);
+    }
+
+    #[test]
+    fn what_was_open_as_the_same_object_when_startup_ended_is_startups() {
+        let known: BTreeSet<i32> = (0..3).collect();
+        let at_end = open(&[(3, "/usr/share/zoneinfo/UTC"), (4, "pipe:[10]")]);
+        // 3 is the same file still; 4 was closed after startup and the number reused.
+        let now = open(&[(3, "/usr/share/zoneinfo/UTC"), (4, "pipe:[11]"), (6, "/tmp/f")]);
+        assert_eq!(not_from_startup(&now, &known, &at_end, |_| false), vec![4, 6]);
+    }
 }

@@ -141,7 +141,10 @@ pub fn allocate(sizes: &[u64]) -> RuntimeReply {
 /// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
 pub const FDS_PER_MESSAGE: usize = 253;
 
-pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeReply {
+/// Install the descriptors the update sends on `socket` at their targets: client
+/// connections (`plain` false), adopted ones among them, or other descriptors the old
+/// version made after startup (`plain`).
+pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool, plain: bool) -> RuntimeReply {
     for t in targets {
         if rawfd::is_open(t.target) {
             let what = std::fs::read_link(format!("/proc/self/fd/{}", t.target))
@@ -198,6 +201,9 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool) -> RuntimeR
                 failure =
                     Some(format!("cannot place a descriptor at {}: {}", t.target, std::io::Error::last_os_error()));
                 break;
+            }
+            if plain {
+                continue;
             }
             // A client connection here too, for the next update.
             crate::drain::note_accepted(t.target);

@@ -1,9 +1,222 @@
 //! Descriptors made after startup (other than the client connections the transfer moves).
+//!
+//! Which descriptors those are, only the process's runtime knows for sure: its own
+//! (control socket, dirty tracking), what startup made (recorded or opened by libc on
+//! its own), what was inherited at exec, and which sockets accept() returned. It answers
+//! `PostStartupFds`; [`Context::post_startup_fds`] holds the answers.
+//!
+//! The transfer moves each of them to the same number in the new process: a copy of the
+//! same open file description, so its offset, status flags, queued data, OFD and flock
+//! locks and epoll interests stay with it. Named here is only what does not travel with
+//! the description: POSIX record locks (owned by the process), signal-driven I/O (its
+//! owner is the old process), a POSIX message queue's notification (registered for the
+//! old process), a signalfd (it reads the signals of the process that reads it, which
+//! must block them: the blocked mask and pending signals are not moved yet), and device
+//! nodes opened through the old version's /dev (the new version has a /dev of its own,
+//! where the same file shows as another path).
 
 use super::{Context, Unmovable};
+use mcr_procfs::Process;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-/// Nothing of this kind is checked yet: the state suite (crates/cli/tests/state_suite.rs)
-/// lists what is still lost.
-pub(super) fn unmovable(_ctx: &Context) -> Vec<Unmovable> {
-    Vec::new()
+pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
+    let mut found = Vec::new();
+    for (&pid, fds) in &ctx.post_startup_fds {
+        let host = ctx.processes.get(&pid).copied();
+        match (fds, host) {
+            (Ok(fds), Some(host)) => {
+                let locked = posix_locked_files(host);
+                let pending = pending_signals(host);
+                for &fd in fds {
+                    if let Some(why) = why_unmovable(host, fd, &locked, pending) {
+                        found.push(Unmovable { pid, what: describe(Some(host), fd), why });
+                    }
+                }
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => found.push(Unmovable {
+                pid,
+                what: "its descriptors".to_string(),
+                why: format!("its runtime could not say which it made after startup: {e}"),
+            }),
+        }
+    }
+    found
+}
+
+/// Why descriptor `fd` of `host` would not reach the new process whole, if it would not.
+fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64) -> Option<String> {
+    let info = mcr_procfs::fd::info(host, fd).ok()?;
+    if let Ok(m) = std::fs::metadata(Process::Pid(host).file(&format!("fd/{fd}"))) {
+        if posix_locked.contains(&(m.dev(), m.ino())) {
+            return Some(
+                "its file holds a POSIX record lock (fcntl F_SETLK), which belongs to the old process and is \
+                 released when it exits; an OFD lock (F_OFD_SETLK) or flock would move with the descriptor"
+                    .into(),
+            );
+        }
+    }
+    if info.flags.is_some_and(|f| f & libc::O_ASYNC as u32 != 0) {
+        return Some("signal-driven I/O (O_ASYNC): its signals go to the old process, its owner".into());
+    }
+    if let Some(mask) = info.sigmask {
+        return Some(if mask & pending != 0 {
+            "a signalfd whose signals are pending in the old process, which it alone can read".into()
+        } else {
+            "a signalfd: it reads the signals its process blocks, and the blocked mask does not move yet".into()
+        });
+    }
+    let target = mcr_procfs::fd::target(host, fd).map(|t| t.display().to_string()).unwrap_or_default();
+    if is_device_path(&target) {
+        return Some("a device node opened through the old version's /dev, which the new version does not see".into());
+    }
+    if may_be_mqueue(host, fd, &target) && mqueue_notifies(host, fd) {
+        return Some("a POSIX message queue with a notification (mq_notify) registered for the old process".into());
+    }
+    None
+}
+
+/// A path under /dev that is a device (not the shared-memory and message-queue mounts).
+fn is_device_path(target: &str) -> bool {
+    target.starts_with("/dev/") && !target.starts_with("/dev/shm/") && !target.starts_with("/dev/mqueue/")
+}
+
+/// Whether descriptor `fd` of `host` (showing as `target`) may be a POSIX message queue:
+/// a file on a mount of type mqueue, or on no listed mount at all (mq_open uses the IPC
+/// namespace's internal one), other than a memfd.
+fn may_be_mqueue(host: i32, fd: i32, target: &str) -> bool {
+    let proc = Process::Pid(host);
+    let Ok(info) = std::fs::read_to_string(proc.file(&format!("fdinfo/{fd}"))) else { return false };
+    let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };
+    let mounts = std::fs::read_to_string(proc.file("mountinfo")).unwrap_or_default();
+    match mount_fs_type(&mounts, mnt) {
+        Some(fs) => fs == "mqueue",
+        None => target.starts_with('/') && !target.starts_with("/memfd:"),
+    }
+}
+
+/// From mountinfo text: the file system type of mount `id`
+/// (`36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`).
+fn mount_fs_type(mountinfo: &str, id: &str) -> Option<String> {
+    let line = mountinfo.lines().find(|l| l.split_whitespace().next() == Some(id))?;
+    let (_, after) = line.split_once(" - ")?;
+    after.split_whitespace().next().map(str::to_string)
+}
+
+/// Whether the message queue `fd` of `host` has a notification registered: reading the
+/// queue's file says so (`QSIZE:0 NOTIFY:0 SIGNO:43 NOTIFY_PID:2`); reading it takes
+/// no message.
+fn mqueue_notifies(host: i32, fd: i32) -> bool {
+    use std::io::Read;
+    let path = Process::Pid(host).file(&format!("fd/{fd}"));
+    let mut text = String::new();
+    let opened = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path);
+    if opened.and_then(|f| f.take(256).read_to_string(&mut text)).is_err() || !text.starts_with("QSIZE:") {
+        return false;
+    }
+    text.split_whitespace().find_map(|w| w.strip_prefix("NOTIFY_PID:")).is_some_and(|p| p != "0")
+}
+
+/// (device, inode) of each file on which process `host` holds a POSIX record lock.
+fn posix_locked_files(host: i32) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    posix_locks_of(&text, host)
+}
+
+/// From /proc/locks text: `1: POSIX  ADVISORY  WRITE 1234 00:2d:5678 100 149`.
+fn posix_locks_of(text: &str, host: i32) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // A blocked waiter's line starts "1: -> POSIX ...": it holds nothing.
+            if f.get(1) != Some(&"POSIX") || f.get(4).and_then(|p| p.parse::<i32>().ok()) != Some(host) {
+                return None;
+            }
+            let mut dev = f.get(5)?.split(':');
+            let major = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let ino = dev.next()?.parse().ok()?;
+            Some((libc::makedev(major, minor), ino))
+        })
+        .collect()
+}
+
+/// The signals pending for process `host` or any of its threads, as a mask (bit n-1 for
+/// signal n, as fdinfo's sigmask has it).
+fn pending_signals(host: i32) -> u64 {
+    let proc = Process::Pid(host);
+    let statuses = std::iter::once(proc.file("status")).chain(
+        mcr_procfs::task::list(host).unwrap_or_default().into_iter().map(|t| proc.file(&format!("task/{t}/status"))),
+    );
+    let mut mask = 0;
+    for path in statuses {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let s = mcr_procfs::status::Status::parse(text);
+        for field in ["SigPnd", "ShdPnd"] {
+            mask |= s.field(field).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+        }
+    }
+    mask
+}
+
+/// "fd 9 (pipe:[1234])": the number and what /proc/PID/fd shows it is.
+fn describe(host: Option<i32>, fd: i32) -> String {
+    match host.and_then(|h| mcr_procfs::fd::target(h, fd).ok()) {
+        Some(target) => format!("fd {fd} ({})", target.display()),
+        None => format!("fd {fd}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn only_what_does_not_travel_with_the_descriptor_is_named() {
+        let me = std::process::id() as i32;
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("a socketpair");
+        let ctx = Context {
+            processes: BTreeMap::from([(1, me), (2, me)]),
+            logs: vec![],
+            post_startup_fds: BTreeMap::from([
+                (1, Ok(vec![a.as_raw_fd(), b.as_raw_fd()])),
+                (2, Err("process 2 is stopped".to_string())),
+            ]),
+        };
+        let found = unmovable(&ctx);
+        assert_eq!(found.len(), 1, "a socketpair moves whole: {found:?}");
+        assert_eq!((found[0].pid, found[0].what.as_str()), (2, "its descriptors"));
+        assert!(found[0].why.contains("process 2 is stopped"));
+    }
+
+    #[test]
+    fn posix_locks_are_read_from_proc_locks() {
+        let text = "1: POSIX  ADVISORY  WRITE 1234 00:2d:5678 100 149\n\
+                    1: -> POSIX  ADVISORY  WRITE 99 00:2d:5678 100 149\n\
+                    2: OFDLCK ADVISORY  WRITE -1 00:2d:777 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 1234 08:01:42 0 EOF\n\
+                    4: POSIX  ADVISORY  READ 1234 08:01:43 0 EOF\n";
+        assert_eq!(posix_locks_of(text, 1234), vec![(libc::makedev(0, 0x2d), 5678), (libc::makedev(8, 1), 43)]);
+        assert_eq!(posix_locks_of(text, 99), vec![], "a waiter holds nothing");
+    }
+
+    #[test]
+    fn devices_and_file_systems_are_recognised() {
+        assert!(is_device_path("/dev/null") && is_device_path("/dev/pts/0") && is_device_path("/dev/ptmx"));
+        assert!(!is_device_path("/dev/shm/x") && !is_device_path("/dev/mqueue/q") && !is_device_path("/tmp/dev/x"));
+        let mounts = "22 1 0:21 / /proc rw - proc proc rw\n\
+                      31 22 0:27 / /dev/mqueue rw,relatime - mqueue mqueue rw\n";
+        assert_eq!(mount_fs_type(mounts, "31").as_deref(), Some("mqueue"));
+        assert_eq!(mount_fs_type(mounts, "3"), None);
+    }
+
+    #[test]
+    fn each_unmovable_descriptor_is_named_with_what_it_is() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("a socketpair");
+        let fd = a.as_raw_fd();
+        let what = describe(Some(std::process::id() as i32), fd);
+        assert!(what.starts_with(&format!("fd {fd} (socket:[")), "{what}");
+    }
 }

@@ -48,6 +48,10 @@ pub struct Context {
     /// Each process's attributes at startup and now, as its runtime reports them (a
     /// process whose runtime did not answer is left out).
     pub attributes: BTreeMap<i32, Snapshots>,
+    /// Each process's descriptors made after startup, other than client connections (its
+    /// runtime's answer: only it knows which of its descriptors are its own and which
+    /// connections it accepted), or why it could not say.
+    pub post_startup_fds: BTreeMap<i32, Result<Vec<i32>, String>>,
 }
 
 impl Context {

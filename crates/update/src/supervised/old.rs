@@ -8,6 +8,7 @@ use mcr_client::{ClientError, Connection};
 use mcr_protocol::{
     InstanceDir, OpenConnections, ProcessLog, Request, Response, RuntimeCommandKind, RuntimeReply, UpdateInfo,
 };
+use std::collections::BTreeMap;
 
 pub struct OldSupervisor {
     dir: InstanceDir,
@@ -88,7 +89,18 @@ impl RunningVersion for OldSupervisor {
         let logs = self.startup_logs().map_err(PreflightError::Request)?;
         let processes = self.host_pids()?;
         let attributes = processes.keys().filter_map(|&pid| Some((pid, self.attributes(pid)?))).collect();
-        Ok(crate::preflight::unmovable(&Context { processes, logs, attributes }))
+        let mut post_startup_fds = BTreeMap::new();
+        for &pid in processes.keys() {
+            let fds = match self.ask(|c| c.post_startup_fds(pid)) {
+                Ok(fds) => Ok(fds),
+                // Its supervisor says the process cannot answer (stopped, gone, not
+                // registered yet): the drain and quiesce, which need it too, name it.
+                Err(ClientError::Refused(_)) => continue,
+                Err(e) => Err(crate::error::chain(&e)),
+            };
+            post_startup_fds.insert(pid, fds);
+        }
+        Ok(crate::preflight::unmovable(&Context { processes, logs, attributes, post_startup_fds }))
     }
 
     fn describe_process(&self, pid: i32) -> String {

@@ -16,5 +16,5 @@ pub fn adopt(
     fds: &[i32],
 ) -> Result<(), DescriptorError> {
     let mut target = NewProcess { next, pid, host_pid: new_host };
-    descriptors::import(old_host, fds, &mut target, true)
+    descriptors::import(old_host, fds, &mut target, descriptors::Moving::Adopted)
 }

@@ -1,4 +1,5 @@
-//! Moving client connections from an old process into a new one: copied out of the old
+//! Moving descriptors (client connections, and the others made after startup) from an
+//! old process into a new one: copied out of the old
 //! process (pidfd_getfd) and handed to the new process's runtime over an abstract Unix
 //! socket (SCM_RIGHTS), which installs each at its old number; epoll registrations follow.
 //!
@@ -47,9 +48,26 @@ pub enum DescriptorError {
 /// How long the new process's runtime may take to fetch the descriptors once asked.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Move connections `fds` of old process `old_host` into `target` at the same numbers.
-/// `adopt`: the program takes them as new connections (their state stays behind).
-pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt: bool) -> Result<(), DescriptorError> {
+/// What the descriptors an [`import`] moves are to the new process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Moving {
+    /// Client connections, with their state.
+    Connections,
+    /// Client connections the program takes as new ones (their state stays behind).
+    Adopted,
+    /// Other descriptors the old version made after startup.
+    Descriptors,
+}
+
+/// Move descriptors `fds` of old process `old_host` into `target` at the same numbers,
+/// with their close-on-exec flags (the rest of their file status is the open file
+/// description's, which they share with the old ones).
+pub(crate) fn import(
+    old_host: i32,
+    fds: &[i32],
+    target: &mut NewProcess,
+    moving: Moving,
+) -> Result<(), DescriptorError> {
     let pidfd =
         mcr_supervisor::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
     let mut copies = Vec::new();
@@ -98,7 +116,8 @@ pub(crate) fn import(old_host: i32, fds: &[i32], target: &mut NewProcess, adopt:
         }
         Ok(())
     });
-    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt });
+    let (adopt, plain) = (moving == Moving::Adopted, moving == Moving::Descriptors);
+    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt, plain });
     gave_up.store(true, Ordering::SeqCst);
     let sent = sender.join().map_err(|_| DescriptorError::SenderPanicked)?;
     r?;
@@ -176,15 +195,53 @@ fn send_fds(conn: &UnixStream, fds: &[OwnedFd]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The old process's epoll registrations of `fds`, data relocated by `relocate`.
-pub(crate) fn epoll_registrations<E>(
-    old_host: i32,
-    fds: &[i32],
+/// The epoll registrations the new process must make for descriptors `moved`, from the
+/// old process's `registrations`, data relocated by `relocate`. An epoll set that itself
+/// moves (`moved_sets`) keeps its registrations inside it, shared with the old process:
+/// those cannot be changed before commit, so one whose data would need relocating is an
+/// error (`in_moved_set`).
+pub(crate) fn epoll_registrations_to_add<E>(
+    registrations: Vec<EpollRegistration>,
+    moved: &[i32],
+    moved_sets: &[i32],
     relocate: impl Fn(u64) -> Result<u64, E>,
+    in_moved_set: impl Fn(EpollRegistration) -> E,
 ) -> Result<Vec<EpollRegistration>, E> {
-    mcr_protocol::epoll_registrations(&old_host.to_string())
-        .into_iter()
-        .filter(|r| fds.contains(&r.fd))
-        .map(|r| Ok(EpollRegistration { data: relocate(r.data)?, ..r }))
-        .collect()
+    let mut add = Vec::new();
+    for r in registrations {
+        if moved_sets.contains(&r.epfd) {
+            if relocate(r.data)? != r.data {
+                return Err(in_moved_set(r));
+            }
+        } else if moved.contains(&r.fd) {
+            add.push(EpollRegistration { data: relocate(r.data)?, ..r });
+        }
+    }
+    Ok(add)
+}
+
+/// Every epoll registration of process `host`.
+pub(crate) fn epoll_registrations(host: i32) -> Vec<EpollRegistration> {
+    mcr_protocol::epoll_registrations(&host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(epfd: i32, fd: i32, data: u64) -> EpollRegistration {
+        EpollRegistration { epfd, fd, events: 1, data }
+    }
+
+    #[test]
+    fn moved_descriptors_are_registered_again_unless_their_epoll_set_moves_too() {
+        // 3: the startup epoll set; 20: one made after startup, which moves.
+        let regs = vec![reg(3, 7, 0x1000), reg(3, 8, 5), reg(3, 9, 6), reg(20, 21, 42), reg(20, 4, 43)];
+        let relocate = |d: u64| -> Result<u64, String> { Ok(if d == 0x1000 { 0x2000 } else { d }) };
+        let add = epoll_registrations_to_add(regs.clone(), &[7, 8, 20, 21], &[20], relocate, |r| format!("{r:?}"));
+        assert_eq!(add, Ok(vec![reg(3, 7, 0x2000), reg(3, 8, 5)]), "9 does not move; 20's interests move inside it");
+        let heap = |d: u64| -> Result<u64, String> { Ok(d + 1) };
+        let err = epoll_registrations_to_add(regs, &[20], &[20], heap, |r| format!("in set {}", r.epfd));
+        assert_eq!(err, Err("in set 20".to_string()), "data inside a moved set cannot be relocated");
+    }
 }

@@ -2,7 +2,8 @@
 //! before commit, each old process's state moves into its new counterpart: globals and
 //! the heap blocks they reach, type-transformed (`mcr-tracer`), the client connections
 //! still open (installed at their old numbers) and their epoll registrations (data
-//! pointers relocated). The old processes are only read, so a failure here rolls back
+//! pointers relocated), and every other descriptor it made after startup, at the same
+//! number (the same open file description). The old processes are only read, so a failure here rolls back
 //! with nothing to undo.
 //!
 //! - [`run`]: one tracer per process pair, in parallel ([`process`] moves one pair);
@@ -78,6 +79,16 @@ pub enum TransferError {
     ThreadServed { pid: i32, fd: i32 },
     #[error("epoll data {0:#x} points to a heap block the transfer did not move")]
     EpollData(u64),
+    #[error(
+        "process {pid}'s epoll set fd {epfd} moves as it is (shared with the old version until commit), but its \
+         registration of fd {fd} holds heap address {data:#x}, which moves: mcr cannot relocate it"
+    )]
+    EpollDataInMovedSet { pid: i32, epfd: i32, fd: i32, data: u64 },
+    #[error(
+        "process {pid} was forked after startup (per connection) and holds fd {fd}, made after its fork: \
+         a respawned process gets only its connection"
+    )]
+    VolatileDescriptor { pid: i32, fd: i32 },
     #[error(transparent)]
     Descriptors(#[from] descriptors::DescriptorError),
     #[error(transparent)]
@@ -102,6 +113,9 @@ pub struct Summary {
     #[serde(flatten)]
     pub state: mcr_tracer::Report,
     pub connections: usize,
+    /// Other descriptors made after startup, moved at their numbers.
+    #[serde(default)]
+    pub descriptors: usize,
     /// Per-connection processes the new version's respawn handler recreated.
     pub respawned_processes: usize,
     /// Dirty tracking in the old processes: pages written since startup, and pages the
@@ -123,6 +137,7 @@ impl Summary {
         self.processes += o.processes;
         self.state.add(&o.state);
         self.connections += o.connections;
+        self.descriptors += o.descriptors;
         self.respawned_processes += o.respawned_processes;
         self.dirty_pages += o.dirty_pages;
         self.clean_pages += o.clean_pages;

@@ -1,7 +1,8 @@
 //! The state transfer of one process pair: scan the old heap, trace and rebuild the
-//! state in the new process, then move its connections.
+//! state in the new process, then move its connections and the other descriptors it made
+//! after startup.
 
-use super::descriptors;
+use super::descriptors::{self, Moving};
 use super::mappings;
 use super::runtime::{startup_table, NewProcess};
 use super::target::TracerTarget;
@@ -111,10 +112,11 @@ pub(crate) fn transfer(
         dirty: Some(&is_dirty),
         startup: startup.as_ref(),
     };
-    let moved = mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
+    let moved_state =
+        mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
     sum.trace_ms += ms_since(t);
     sum.processes += 1;
-    sum.state.add(&moved.report);
+    sum.state.add(&moved_state.report);
     mcr_protocol::test_hook::pause(mcr_protocol::test_hook::point::TRANSFERRING);
 
     let t = Instant::now();
@@ -124,20 +126,40 @@ pub(crate) fn transfer(
         return Err(TransferError::ThreadServed { pid, fd });
     }
     let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-    // A respawned process inherited its connection from the parent that forked it.
-    if !fds.is_empty() && !volatile {
-        descriptors::import(old_host, &fds, &mut target.process, false)?;
-        let regs = descriptors::epoll_registrations(old_host, &fds, |data| {
-            if heap.containing(data).is_some() {
-                moved.relocate(&heap, data).ok_or(TransferError::EpollData(data))
-            } else {
-                Ok(data)
+    let made_after = old.post_startup_fds(pid)?;
+    if volatile {
+        if let Some(&fd) = made_after.first() {
+            return Err(TransferError::VolatileDescriptor { pid, fd });
+        }
+    } else {
+        // A respawned process inherited its connection from the parent that forked it.
+        if !fds.is_empty() {
+            descriptors::import(old_host, &fds, &mut target.process, Moving::Connections)?;
+        }
+        if !made_after.is_empty() {
+            descriptors::import(old_host, &made_after, &mut target.process, Moving::Descriptors)?;
+        }
+        let moved: Vec<i32> = fds.iter().chain(&made_after).copied().collect();
+        if !moved.is_empty() {
+            let regs = descriptors::epoll_registrations_to_add(
+                descriptors::epoll_registrations(old_host),
+                &moved,
+                &made_after,
+                |data| {
+                    if heap.containing(data).is_some() {
+                        moved_state.relocate(&heap, data).ok_or(TransferError::EpollData(data))
+                    } else {
+                        Ok(data)
+                    }
+                },
+                |r| TransferError::EpollDataInMovedSet { pid, epfd: r.epfd, fd: r.fd, data: r.data },
+            )?;
+            if !regs.is_empty() {
+                target.process.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
             }
-        })?;
-        if !regs.is_empty() {
-            target.process.runtime(RuntimeCommandKind::EpollAdd { registrations: regs })?;
         }
     }
+    sum.descriptors += made_after.len();
     sum.connections += fds.len();
     sum.connections_ms += ms_since(t);
     // Last: the credentials among them may drop the privileges the steps above need.

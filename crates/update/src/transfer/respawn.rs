@@ -70,7 +70,7 @@ pub fn respawn_volatile(
         };
         let &new_parent_host = new.get(&parent).ok_or(RespawnError::NoCounterpart(parent))?;
         let mut target = NewProcess { next: &mut *next, pid: parent, host_pid: new_parent_host };
-        descriptors::import(old_host, &[fd], &mut target, false)?;
+        descriptors::import(old_host, &[fd], &mut target, descriptors::Moving::Connections)?;
         match target.runtime(RuntimeCommandKind::Respawn { pid, fd }) {
             Ok(RuntimeReply::Respawned { .. }) => respawned.push(pid),
             Ok(other) => return Err(RespawnError::Unexpected(Box::new(other))),
