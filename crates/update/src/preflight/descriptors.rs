@@ -180,6 +180,7 @@ mod tests {
         let ctx = Context {
             processes: BTreeMap::from([(1, me), (2, me)]),
             logs: vec![],
+            attributes: BTreeMap::new(),
             post_startup_fds: BTreeMap::from([
                 (1, Ok(vec![a.as_raw_fd(), b.as_raw_fd()])),
                 (2, Err("process 2 is stopped".to_string())),
