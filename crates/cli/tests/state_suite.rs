@@ -153,7 +153,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("map-anon-shared", Refused), // likewise
     ("map-anon-private", Survives), // copied to the same address in the new process
     ("map-readonly", Survives),   // likewise, with its protection
-    ("map-mlock", Refused),       // copied to its address, but the new version maps its own memory there: rolled back
+    ("map-mlock", Survives),      // copied to its address and locked again (mcr's heap keeps its own range free)
     ("memfd-plain", Survives),
     ("memfd-mapped", Refused),        // its mapping is named (the descriptor too is lost)
     ("memfd-mapped-closed", Refused), // mapped after startup: named
@@ -224,13 +224,13 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-msgrcv", Refused),  // likewise
     ("thr-semop", Refused),   // likewise
     ("thr-sigsuspend", Refused), // likewise
-    ("thr-mutex", RolledBack), // a futex wait: no quiescent point, the quiesce fails
-    ("thr-unwrapped", RolledBack), // likewise: quiescence does not converge
-    ("child-helper", RolledBack), // process trees differ: rolled back
+    ("thr-mutex", Refused),   // created after startup: the preflight names the thread
+    ("thr-unwrapped", Refused), // likewise
+    ("child-helper", Refused), // forked after startup, no connection: named before the drain
     ("child-zombie", Refused), // its exit status is the parent's to collect: named before the drain
     ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
-    ("child-stopped", RolledBack), // rolled back at once: the drain names the stopped process
-    ("child-orphan", RolledBack), // process trees differ: rolled back
+    ("child-stopped", Refused), // likewise
+    ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Lost),
     ("tls-key", Lost),
 ];
