@@ -126,7 +126,11 @@ pub(crate) fn transfer(
         return Err(TransferError::ThreadServed { pid, fd });
     }
     let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-    let made_after = old.post_startup_fds(pid)?;
+    // Asked now, while the connection list is from the quiesce: a client that left since
+    // turns its connection into a "plain" descriptor in the runtime's answer. It moves
+    // once, as the connection it was listed as.
+    let mut made_after = old.post_startup_fds(pid)?;
+    made_after.retain(|fd| !fds.contains(fd));
     if volatile {
         if let Some(&fd) = made_after.first() {
             return Err(TransferError::VolatileDescriptor { pid, fd });
