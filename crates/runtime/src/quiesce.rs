@@ -431,11 +431,16 @@ fn kick_state(tid: i32, slot: &Slot) -> String {
         Some(false) => "no",
         None => "unknown",
     };
+    // A kick pending and not blocked is taken at the thread's next return to user mode:
+    // the kernel state (and where in the kernel it waits) says why that is not happening.
+    let kernel_state = status.lines().find_map(|l| l.strip_prefix("State:")).map_or("unknown", str::trim).to_string();
+    let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default();
     format!(
-        " (kick signal blocked: {}, pending: {}, in flight: {})",
+        " (kick signal blocked: {}, pending: {}, in flight: {}; kernel state {kernel_state}, waiting in {})",
         yes_no(bit("SigBlk:")),
         yes_no(bit("SigPnd:")),
-        if slot.kick_in_flight.load(Acquire) { "yes" } else { "no" }
+        if slot.kick_in_flight.load(Acquire) { "yes" } else { "no" },
+        if wchan.trim().is_empty() || wchan.trim() == "0" { "-" } else { wchan.trim() }
     )
 }
 
