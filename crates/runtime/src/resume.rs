@@ -151,14 +151,24 @@ pub fn fork_target() -> Option<i32> {
     Some(FORK_TARGET.load(Acquire)).filter(|&p| p > 0)
 }
 
+/// How long a respawn waits for the main thread to be back in its parking place.
+const MAIN_PARKS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Control thread: have the parked main thread run the respawn handler for `fd`, and
 /// wait for the child's PID.
 pub fn respawn(pid: i32, fd: i32) -> Result<i32, String> {
     if RESPAWN_HANDLER.load(Acquire) == 0 {
         return Err("the new version has no MCR_ADD_RESPAWN_HANDLER to recreate a per-connection process".into());
     }
-    let main_parked = threads::used().any(|(_, s)| s.is_main.load(Acquire) && s.state.load(Acquire) == threads::PARKED);
-    if !main_parked || !crate::quiesce::QUIESCING.load(Acquire) {
+    // The main thread may be out of its parking place for a moment (a signal handler runs
+    // there, or it is going back after the previous respawn): wait for it, bounded.
+    let main_parked =
+        || threads::used().any(|(_, s)| s.is_main.load(Acquire) && s.state.load(Acquire) == threads::PARKED);
+    let give_up = std::time::Instant::now() + MAIN_PARKS_WITHIN;
+    while !main_parked() && crate::quiesce::QUIESCING.load(Acquire) && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if !main_parked() || !crate::quiesce::QUIESCING.load(Acquire) {
         return Err("the process's main thread is not parked: it cannot respawn a process now".into());
     }
     RESPAWN_PID.store(pid, Release);
