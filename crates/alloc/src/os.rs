@@ -190,34 +190,23 @@ impl ProcPath {
     }
 
     fn hex(&mut self, v: usize) {
-        let mut digits = [0u8; 16];
-        let mut n = 0;
-        let mut v = v;
-        loop {
-            if let Some(d) = digits.get_mut(n) {
-                *d = b"0123456789abcdef".get(v & 15).copied().unwrap_or(b'0');
-            }
-            n += 1;
-            v >>= 4;
-            if v == 0 || n == digits.len() {
-                break;
-            }
-        }
-        for i in (0..n).rev() {
-            self.push(&[digits.get(i).copied().unwrap_or(b'0')]);
-        }
+        self.number(v, 16);
     }
 
     fn decimal(&mut self, v: usize) {
+        self.number(v, 10);
+    }
+
+    /// `v` in `base` (at most 16), most significant digit first, without allocating.
+    fn number(&mut self, mut v: usize, base: usize) {
         let mut digits = [0u8; 20];
         let mut n = 0;
-        let mut v = v;
         loop {
             if let Some(d) = digits.get_mut(n) {
-                *d = b'0' + (v % 10) as u8;
+                *d = b"0123456789abcdef".get(v % base).copied().unwrap_or(b'0');
             }
             n += 1;
-            v /= 10;
+            v /= base;
             if v == 0 || n == digits.len() {
                 break;
             }

@@ -528,6 +528,21 @@ pub struct OpenConnections {
     pub finished: bool,
 }
 
+impl OpenConnections {
+    /// Connections `fds` of process `pid`, with nothing else known about them.
+    pub fn of(pid: i32, fds: &[i32]) -> Self {
+        Self {
+            pid,
+            fds: fds.to_vec(),
+            volatile: false,
+            pinned: vec![],
+            idle_check: false,
+            busy: vec![],
+            finished: false,
+        }
+    }
+}
+
 /// State of the whole instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceStatus {

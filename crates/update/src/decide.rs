@@ -95,15 +95,7 @@ mod tests {
     use super::*;
 
     fn conn(pid: i32, fds: &[i32]) -> OpenConnections {
-        OpenConnections {
-            pid,
-            fds: fds.to_vec(),
-            volatile: false,
-            pinned: vec![],
-            idle_check: false,
-            busy: vec![],
-            finished: false,
-        }
+        OpenConnections::of(pid, fds)
     }
 
     fn volatile(pid: i32, fd: i32) -> OpenConnections {

@@ -72,15 +72,7 @@ enum Fail {
 }
 
 fn conn(pid: i32, fds: &[i32]) -> OpenConnections {
-    OpenConnections {
-        pid,
-        fds: fds.to_vec(),
-        volatile: false,
-        pinned: vec![],
-        idle_check: false,
-        busy: vec![],
-        finished: false,
-    }
+    OpenConnections::of(pid, fds)
 }
 
 fn startup_log(pid: i32) -> ProcessLog {
