@@ -777,6 +777,53 @@ fn kvd_incompatible_updates_roll_back_and_leave_nothing() {
     assert_eq!(ask(port, "VERSION"), "VERSION kvd 2");
 }
 
+/// Clients that leave while the update asks the kernel about their connections (the
+/// runtime borrows a copy of each, one after the other; here it holds each copy 300 ms,
+/// and the clients leave in that order, each in the middle of its own borrow). A copy kept the socket, and with it the old version's epoll
+/// registration, alive past kvd's close: kvd then got an event for the connection it had
+/// freed, read a closed descriptor and freed it again (seen under load as
+/// `read(3): Bad file descriptor`, then a transferred connection that was garbage).
+#[test]
+fn clients_leaving_during_the_drain_are_gone_for_good() {
+    let mcr = Mcr::new("u-kvd-leave-drain");
+    let port = free_port();
+    let (v1, v2) = (fixture("kvd"), fixture("kvd-v2"));
+    let args = port_args(port, &[]);
+    let mut argv: Vec<OsString> = vec!["run".into(), "--detach".into(), "--name".into(), "kvd".into(), "--".into()];
+    argv.push(v1.clone().into());
+    argv.extend(args.iter().map(OsString::from));
+    let mut cmd = mcr.command(&argv);
+    cmd.env("MCR_TEST_BORROW_HOLD_MS", "300");
+    let out = Spawned::spawn(cmd, &mcr.tmp.path).wait(COMMAND_TIMEOUT, "mcr run");
+    let inst = mcr.guard("kvd");
+    assert!(out.success(), "{out}\nlog:\n{}", inst.log());
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request(&format!("SET k{i} v{i}")), "OK");
+    }
+    let mut update = mcr.spawn(&["update", "kvd", "--", v2.to_str().unwrap(), "--port", &port.to_string()]);
+    // The preflight borrows the connections in descriptor order, the first from about
+    // the start of the update: the first client leaves 150 ms in, the next 300 ms later.
+    let t0 = Instant::now();
+    for (i, c) in clients.drain(..).enumerate() {
+        let at = Duration::from_millis(150 + 300 * i as u64);
+        std::thread::sleep(at.saturating_sub(t0.elapsed()));
+        drop(c);
+    }
+    let out = update.wait(COMMAND_TIMEOUT, "mcr update");
+    eprintln!("update took {:?}: {out}", t0.elapsed());
+    let log = inst.log();
+    assert!(
+        !log.contains("destroyed connection") && !log.contains("Bad file descriptor") && !log.contains("Bad address"),
+        "a closed connection came back:\n{log}"
+    );
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{log}");
+    for i in 0..4 {
+        assert_eq!(ask(port, &format!("GET k{i}")), format!("VALUE v{i}"));
+    }
+    assert_eq!(ask(port, "VERSION"), "VERSION kvd 2");
+}
+
 #[test]
 fn connd_update_that_drops_a_listener_rolls_back() {
     let mcr = Mcr::new("u-connd-drop");

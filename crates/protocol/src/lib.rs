@@ -54,6 +54,10 @@ pub mod env {
     /// Profiling mode (`mcr profile`): the sampling period in microseconds. Unset: the
     /// runtime samples nothing and costs nothing extra.
     pub const PROFILING: &str = "MCR_PROFILING";
+    /// Tests only: milliseconds the control thread holds each copy it borrows of a
+    /// program's descriptor (at most 500), widening the window in which the program may close it (the
+    /// tests show that window is closed).
+    pub const TEST_BORROW_HOLD_MS: &str = "MCR_TEST_BORROW_HOLD_MS";
 }
 
 /// Serialize one message as a JSON line.

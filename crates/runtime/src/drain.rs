@@ -5,6 +5,7 @@
 //!
 //! Accept gating costs one relaxed load per accept outside a drain.
 
+use crate::borrow::with_program_fd;
 use crate::{futex, rawfd};
 use mcr_protocol::RuntimeReply;
 use std::collections::BTreeSet;
@@ -318,20 +319,6 @@ fn drain_reply(
     }
 }
 
-/// Run `f` on a copy, in the control thread's own table, of the program's descriptor
-/// `fd` (None when it cannot be had).
-fn with_program_fd<R>(fd: i32, f: impl FnOnce(i32) -> R) -> Option<R> {
-    let pidfd = rawfd::pidfd_of_self()?;
-    let copy = rawfd::copy_from(pidfd, fd);
-    // SAFETY: the pidfd was made just above, for this call only.
-    unsafe { rawfd::close(pidfd) };
-    let copy = copy?;
-    let r = f(copy);
-    // SAFETY: our own copy, made just above; `f` only borrowed it.
-    unsafe { rawfd::close(copy) };
-    Some(r)
-}
-
 fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
     let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -385,33 +372,32 @@ fn is_listener(fd: i32) -> bool {
 /// through a pidfd for one epoll_ctl. The epoll item is keyed by the target's number, so
 /// the copy of the target must sit at the same number in our table.
 fn modify_in_program_table(epfd: i32, fd: i32, ev: &mut libc::epoll_event) {
-    let Some(pidfd) = rawfd::pidfd_of_self() else { return };
-    // Every descriptor this function made, all closed at the end.
-    let mut copies = vec![pidfd];
-    let ep = rawfd::copy_from(pidfd, epfd);
-    let target = rawfd::copy_from(pidfd, fd);
-    copies.extend(ep.iter().chain(target.iter()));
-    if let (Some(ep), Some(target)) = (ep, target) {
+    with_program_fd(fd, |target| {
+        // The epoll instance is copied unguarded: a copy keeping it alive past the
+        // program's close of it changes nothing the program can see.
+        let Some(pidfd) = rawfd::pidfd_of_self() else { return };
+        let ep = rawfd::copy_from(pidfd, epfd);
+        // SAFETY: the pidfd was made just above, for this call only.
+        unsafe { rawfd::close(pidfd) };
+        let Some(ep) = ep else { return };
         let at_fd = target == fd
             // Never clobber a descriptor of our own (the control socket) to make room.
             || (!rawfd::is_open(fd)
                 // SAFETY: `fd` is free in this thread's table (just checked), and `target`
                 // our own copy.
-                && unsafe { rawfd::dup_onto(target, fd, libc::O_CLOEXEC) }
-                && {
-                    copies.push(fd);
-                    true
-                });
+                && unsafe { rawfd::dup_onto(target, fd, libc::O_CLOEXEC) });
         if at_fd {
             // SAFETY: epoll_ctl reads `ev`, a live exclusive reference, and gets two
             // descriptors of ours.
             unsafe { crate::sys!(libc::SYS_epoll_ctl, ep, libc::EPOLL_CTL_MOD, fd, ev as *mut libc::epoll_event) };
+            if target != fd {
+                // SAFETY: the copy dup_onto placed at `fd` in our own table just above.
+                unsafe { rawfd::close(fd) };
+            }
         }
-    }
-    for f in copies {
-        // SAFETY: copies this function made above, in the control thread's own table.
-        unsafe { rawfd::close(f) };
-    }
+        // SAFETY: our copy of the epoll instance, made above.
+        unsafe { rawfd::close(ep) };
+    });
 }
 
 #[cfg(test)]

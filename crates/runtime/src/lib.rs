@@ -22,6 +22,7 @@ macro_rules! sys {
 
 mod alloc;
 mod attributes;
+mod borrow;
 mod calls;
 mod control;
 mod diag;
@@ -190,6 +191,7 @@ extern "C" fn init() {
     });
     quiesce::set_profile(profile);
     profiling::init_from_env();
+    borrow::init_from_env(env(mcr_protocol::env::TEST_BORROW_HOLD_MS).as_deref());
     let kick =
         env(mcr_protocol::env::KICK_SIGNAL).and_then(|s| s.parse::<i32>().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
     control::set_socket_name(socket.into_bytes());

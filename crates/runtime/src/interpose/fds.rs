@@ -3,6 +3,7 @@
 //! pretend they are not open, and a `dup2` onto one moves ours away first. Programs that
 //! close every fd at startup (daemons do) therefore keep their connection to mcr.
 
+use crate::borrow::{self, Closing};
 use crate::control::{is_reserved_fd, relocate_reserved_fd, reserved_fds};
 use crate::{drain, errno, real};
 use libc::{c_int, c_uint};
@@ -16,6 +17,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         return -1;
     }
     drain::note_closed(fd);
+    let _closing = borrow::begin_close(Closing::One(fd));
     // SAFETY: the caller's descriptor, not one of ours (checked above); its contract.
     unsafe { real::close()(fd) }
 }
@@ -27,9 +29,11 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let f = real::close_range();
-    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+    let closes = flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0;
+    if closes {
         drain::note_closed_range(first, last);
     }
+    let _closing = closes.then(|| borrow::begin_close(Closing::Range(first, last)));
     let mut ours: Vec<c_uint> = reserved_fds()
         .into_iter()
         .filter(|&fd| fd >= 0)
@@ -77,6 +81,8 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if is_reserved_fd(new) && old != new {
         relocate_reserved_fd(new);
     }
+    // Replacing `new` closes what it held.
+    let _closing = (old != new).then(|| borrow::begin_close(Closing::One(new)));
     // SAFETY: the caller's arguments; ours no longer sits at `new` (moved above).
     let r = unsafe { real::dup2()(old, new) };
     if r >= 0 && old != new {
@@ -92,6 +98,8 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if is_reserved_fd(new) && old != new {
         relocate_reserved_fd(new);
     }
+    // Replacing `new` closes what it held.
+    let _closing = borrow::begin_close(Closing::One(new));
     // SAFETY: the caller's arguments; ours no longer sits at `new` (moved above).
     let r = unsafe { real::dup3()(old, new, flags) };
     if r >= 0 {
