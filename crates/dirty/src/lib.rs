@@ -87,7 +87,10 @@ pub struct Counts {
     pub tracked: u64,
     /// Tracked pages written since arming.
     pub written: u64,
-    /// Writable pages not tracked: dirty by definition.
+    /// Writable pages not tracked that hold data (present or swapped out): dirty by
+    /// definition. Untracked pages never touched are not counted: a heap region reserves
+    /// 64 GiB, and counting its address space said '16 761 101 of 16 779 618 pages
+    /// written' of a kvd holding a few megabytes.
     pub untracked: u64,
 }
 
@@ -274,13 +277,14 @@ fn scan_uffd(
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
             Err(source) => return Err(DirtyError::Scan { start: at, end: m.end, source }),
         };
-        let mut cursor = at;
         for r in &vec[..n] {
-            // Pages the walk did not report (holes, VM_PFNMAP) are untracked.
-            c.untracked += r.start.saturating_sub(cursor) / page;
+            // Pages the walk did not report (holes, VM_PFNMAP) hold nothing to count.
             let pages = (r.end - r.start) / page;
             match uffd_page_state(r.categories) {
-                PageState::Untracked => c.untracked += pages,
+                PageState::Untracked if r.categories & (sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED) != 0 => {
+                    c.untracked += pages
+                }
+                PageState::Untracked => {}
                 PageState::Written => {
                     c.tracked += pages;
                     c.written += pages;
@@ -293,16 +297,13 @@ fn scan_uffd(
                     }
                 }
             }
-            cursor = r.end;
         }
         let stop = walk_end.clamp(at, m.end);
-        c.untracked += stop.saturating_sub(cursor) / page;
         if stop <= at {
             break;
         }
         at = stop;
     }
-    c.untracked += m.end.saturating_sub(at) / page;
     Ok(c)
 }
 
