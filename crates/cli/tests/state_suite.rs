@@ -79,28 +79,28 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ctl-literal", RolledBack), // state transfer cannot relocate a pointer to a string literal
     ("ctl-listener", Survives),
     ("tcp-listener", Survives),
-    ("tcp-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
-    ("tcp-accepted", RolledBack),    // the accepted end in no epoll set is taken for a thread-served session
-    ("tcp-accepted-epoll", Survives), // the only connection mcr moves: accepted and in an epoll set
+    ("tcp-established", Survives), // in no epoll set, but no thread serves it: it moves with the memory holding it
+    ("tcp-accepted", Survives),    // in no epoll set, but no thread serves it: it moves with the memory holding it
+    ("tcp-accepted-epoll", Survives), // accepted and in an epoll set
     ("tcp-backlog", Survives),
-    ("tcp-half-closed", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
-    ("tcp-full", RolledBack),        // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-half-closed", Survives), // in no epoll set, but no thread serves it: it moves with the memory holding it
+    ("tcp-full", Survives),        // in no epoll set, but no thread serves it: it moves with the memory holding it
     ("tcp-sockopts", Survives),
-    ("tcp-oob", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp-oob", Survives), // in no epoll set, but no thread serves it: it moves with the memory holding it
     ("tcp6-listener", Survives),
-    ("tcp6-established", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
+    ("tcp6-established", Survives), // in no epoll set, but no thread serves it: it moves with the memory holding it
     ("udp-queued", Survives),
     ("udp-connected", Survives),
     ("udp6-queued", Survives),
     ("unix-listener", Survives),
     ("unix-abstract", Survives),
-    ("unix-stream", RolledBack), // the accepted end in no epoll set is taken for a thread-served session
-    ("unix-seqpacket", Survives),
+    ("unix-stream", Refused),    // both ends keep the old process as their SO_PEERCRED
+    ("unix-seqpacket", Refused), // both ends keep the old process as their SO_PEERCRED
     ("unix-dgram", Survives),
-    ("socketpair-stream", Survives),
-    ("socketpair-dgram", Survives),
-    ("socketpair-seqpacket", Survives),
-    ("scm-rights", Survives),
+    ("socketpair-stream", Refused), // both ends keep the old process as their SO_PEERCRED
+    ("socketpair-dgram", Refused),  // both ends keep the old process as their SO_PEERCRED
+    ("socketpair-seqpacket", Refused), // both ends keep the old process as their SO_PEERCRED
+    ("scm-rights", Refused),        // both ends keep the old process as their SO_PEERCRED
     ("netlink-route", Survives),
     ("netlink-groups", Survives),
     ("raw-icmp", Survives),
@@ -450,6 +450,12 @@ const NAMED: &[(&str, &str)] = &[
     ("udp-queued", "(socket:["),
     ("file-offset", "fd "),
     ("memfd-plain", "(/memfd:"),
+    ("unix-stream", "connected to another socket of the old version"),
+    ("unix-seqpacket", "connected to another socket of the old version"),
+    ("socketpair-stream", "connected to another socket of the old version"),
+    ("socketpair-dgram", "connected to another socket of the old version"),
+    ("socketpair-seqpacket", "connected to another socket of the old version"),
+    ("scm-rights", "connected to another socket of the old version"),
 ];
 
 /// The preflight's list of what cannot move, one "; " apart (its lead-in dropped).

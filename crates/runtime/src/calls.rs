@@ -75,6 +75,13 @@ impl Call {
     }
 
     /// Woken by a condition-variable broadcast rather than by a signal.
+    /// Calls that wait on descriptors the runtime does not record (a poll or select set):
+    /// a thread in one may be serving any descriptor.
+    pub fn watches_a_set(self) -> bool {
+        use Call::*;
+        matches!(self, Poll | Ppoll | Select | Pselect)
+    }
+
     pub fn is_condvar(self) -> bool {
         matches!(self, Call::CondWait | Call::CondTimedwait | Call::CondClockwait)
     }

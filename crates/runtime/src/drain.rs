@@ -294,23 +294,45 @@ pub fn drain() -> RuntimeReply {
     start();
     let (fds, lost_client) = connections(&crate::startup_log::startup_fds());
     let watched = if fds.is_empty() { Default::default() } else { watched_by_epoll() };
+    let unwatched_served: BTreeSet<i32> =
+        fds.iter().copied().filter(|fd| !watched.contains(fd) && served_by_a_thread(*fd)).collect();
     let (idle_check, busy) = crate::resume::busy_connections(&fds);
-    drain_reply(fds, lost_client, VOLATILE.load(SeqCst), &watched, idle_check, busy)
+    drain_reply(fds, lost_client, VOLATILE.load(SeqCst), &unwatched_served, idle_check, busy)
 }
 
-/// The reply to `Drain`: of the client connections `fds`, those no epoll watches are
-/// pinned (a thread serves them on its stack). A volatile process (forked per connection
+/// Whether a program thread may be serving `fd` from its stack (a thread per connection):
+/// one waits reading it, or waits on a poll or select set (which may hold it), or runs
+/// outside any wrapped call, where what it serves cannot be told (never so once the
+/// process is quiesced). A connection no epoll watches and no thread serves is held in
+/// the program's memory, and moves with it.
+fn served_by_a_thread(fd: i32) -> bool {
+    use crate::calls::Call;
+    use crate::threads::{self, RUNNING, TID_PENDING};
+    threads::used().any(|(_, s)| {
+        if s.tid.load(Acquire) == TID_PENDING {
+            return false;
+        }
+        if s.state.load(SeqCst) == RUNNING {
+            return true;
+        }
+        let call = Call::from_index(s.call.load(Acquire));
+        call.watches_a_set() || (call.depends_on_fd() && s.object.load(Acquire) == fd as usize)
+    })
+}
+
+/// The reply to `Drain`: of the client connections `fds`, those no epoll watches and a
+/// thread may serve on its stack are pinned. A volatile process (forked per connection
 /// after startup) with no connection left whose client went away has finished its session.
 fn drain_reply(
     fds: Vec<i32>,
     lost_client: bool,
     volatile: bool,
-    watched: &BTreeSet<i32>,
+    pinned: &BTreeSet<i32>,
     idle_check: bool,
     busy: Vec<i32>,
 ) -> RuntimeReply {
     RuntimeReply::Connections {
-        pinned: fds.iter().copied().filter(|fd| !watched.contains(fd)).collect(),
+        pinned: fds.iter().copied().filter(|fd| pinned.contains(fd)).collect(),
         finished: volatile && fds.is_empty() && lost_client,
         fds,
         volatile,
@@ -464,9 +486,9 @@ mod tests {
     }
 
     #[test]
-    fn the_drain_reply_pins_what_no_epoll_watches_and_finishes_idle_volatile_processes() {
-        let watched: BTreeSet<i32> = [8].into_iter().collect();
-        match drain_reply(vec![7, 8], false, false, &watched, true, vec![8]) {
+    fn the_drain_reply_pins_what_threads_serve_and_finishes_idle_volatile_processes() {
+        let served: BTreeSet<i32> = [7].into_iter().collect();
+        match drain_reply(vec![7, 8], false, false, &served, true, vec![8]) {
             RuntimeReply::Connections { pinned, finished, fds, volatile, idle_check, busy } => {
                 assert_eq!(pinned, vec![7], "7 is served on a thread's stack");
                 assert_eq!((fds, busy), (vec![7, 8], vec![8]));
@@ -474,7 +496,7 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
-        let finished = |fds: Vec<i32>, lost, volatile| match drain_reply(fds, lost, volatile, &watched, false, vec![]) {
+        let finished = |fds: Vec<i32>, lost, volatile| match drain_reply(fds, lost, volatile, &served, false, vec![]) {
             RuntimeReply::Connections { finished, .. } => finished,
             r => panic!("{r:?}"),
         };

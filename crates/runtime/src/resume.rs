@@ -255,7 +255,8 @@ pub fn busy_connections(fds: &[i32]) -> (bool, Vec<i32>) {
                 // all its threads are parked at quiescent points (nothing else runs).
                 unsafe { std::mem::transmute::<usize, IdleCheck>(f)(fd) == 0 }
             } else {
-                unsent_bytes(fd) > 0
+                // The control thread's table is its own: ask through a copy.
+                crate::borrow::with_program_fd(fd, unsent_bytes).unwrap_or(0) > 0
             }
         })
         .collect();

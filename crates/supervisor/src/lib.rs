@@ -19,6 +19,7 @@ pub mod pidfd;
 pub mod procfs;
 mod profiling;
 mod runtime_link;
+pub mod sockdiag;
 mod state;
 
 use mcr_protocol::{InstanceFiles, LaunchReport};

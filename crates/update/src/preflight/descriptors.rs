@@ -21,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let mut found = Vec::new();
+    let own_sockets = sockets_of(ctx.processes.values().copied());
     for (&pid, fds) in &ctx.post_startup_fds {
         let host = ctx.processes.get(&pid).copied();
         match (fds, host) {
@@ -28,7 +29,9 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
                 let locked = posix_locked_files(host);
                 let pending = pending_signals(host);
                 for &fd in fds {
-                    if let Some(why) = why_unmovable(host, fd, &locked, pending) {
+                    let why =
+                        why_unmovable(host, fd, &locked, pending).or_else(|| connected_within(host, fd, &own_sockets));
+                    if let Some(why) = why {
                         found.push(Unmovable { pid, what: describe(Some(host), fd), why });
                     }
                 }
@@ -74,6 +77,36 @@ fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64) 
         return Some("a POSIX message queue with a notification (mq_notify) registered for the old process".into());
     }
     None
+}
+
+/// The socket inodes the processes `hosts` hold.
+fn sockets_of(hosts: impl Iterator<Item = i32>) -> std::collections::BTreeSet<u64> {
+    hosts
+        .flat_map(|h| mcr_procfs::fd::list_with_targets(h).unwrap_or_default())
+        .filter_map(|(_, t)| inode_of_socket_link(&t))
+        .collect()
+}
+
+/// The inode of descriptor `fd` of `host` if it is a socket (`socket:[1234]`).
+fn socket_inode(host: i32, fd: i32) -> Option<u64> {
+    inode_of_socket_link(mcr_procfs::fd::target(host, fd).ok()?.to_str()?)
+}
+
+fn inode_of_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// A Unix socket connected to another socket the old version holds: the kernel recorded
+/// the old process as the peer of both ends (SO_PEERCRED), and nothing changes that, so
+/// the new version would see a peer that no longer exists (its PID reads as 0). Whether the
+/// program will look cannot be known beforehand, so every such socket is named.
+fn connected_within(host: i32, fd: i32, own_sockets: &std::collections::BTreeSet<u64>) -> Option<String> {
+    let peer = mcr_supervisor::sockdiag::unix_peer(socket_inode(host, fd)?).ok()??;
+    own_sockets.contains(&peer).then(|| {
+        "a Unix socket connected to another socket of the old version: the kernel keeps the old process as \
+         the peer credentials (SO_PEERCRED) of both ends"
+            .to_string()
+    })
 }
 
 /// A path under /dev that is a device (not the shared-memory and message-queue mounts).
@@ -176,20 +209,24 @@ mod tests {
     #[test]
     fn only_what_does_not_travel_with_the_descriptor_is_named() {
         let me = std::process::id() as i32;
-        let (a, b) = std::os::unix::net::UnixStream::pair().expect("a socketpair");
+        let (r, w) = std::io::pipe().expect("a pipe");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("a socketpair");
         let ctx = Context {
             processes: BTreeMap::from([(1, me), (2, me)]),
             logs: vec![],
             attributes: BTreeMap::new(),
             post_startup_fds: BTreeMap::from([
-                (1, Ok(vec![a.as_raw_fd(), b.as_raw_fd()])),
+                (1, Ok(vec![r.as_raw_fd(), w.as_raw_fd(), a.as_raw_fd()])),
                 (2, Err("process 2 is stopped".to_string())),
             ]),
         };
         let found = unmovable(&ctx);
-        assert_eq!(found.len(), 1, "a socketpair moves whole: {found:?}");
-        assert_eq!((found[0].pid, found[0].what.as_str()), (2, "its descriptors"));
-        assert!(found[0].why.contains("process 2 is stopped"));
+        assert_eq!(found.len(), 2, "a pipe moves whole: {found:?}");
+        assert_eq!(found[0].pid, 1);
+        assert!(found[0].what.starts_with(&format!("fd {} (socket:[", a.as_raw_fd())), "{found:?}");
+        assert!(found[0].why.contains("peer credentials (SO_PEERCRED)"), "its other end is ours: {found:?}");
+        assert_eq!((found[1].pid, found[1].what.as_str()), (2, "its descriptors"));
+        assert!(found[1].why.contains("process 2 is stopped"));
     }
 
     #[test]
