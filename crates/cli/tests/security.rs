@@ -180,9 +180,12 @@ fn at_the_descriptor_limit_the_supervisor_backs_off_instead_of_spinning() {
     );
 }
 
-/// A local unprivileged user who connects to every abstract socket mcr makes, as fast as it
-/// can, during updates that move client connections: it must receive no descriptor, the
-/// updates commit, and every client still reads its own data (never the thief's text).
+/// A local unprivileged user who connects to every abstract socket mcr makes, as soon as it
+/// appears, during an update that moves client connections: it must receive no descriptor,
+/// the update commits, and every client still reads its own data (never the thief's text).
+/// Whether the thief or the new version connects to the descriptor socket first would be
+/// timing; the update waits for the thief before it asks the new version to connect
+/// (`MCR_TEST_TRANSFER_WAIT_FOR_INTRUDER_MS`), so the peer check meets it in every run.
 #[test]
 fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
     let mcr = Mcr::new("sec-thief");
@@ -198,27 +201,16 @@ fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
     thief
         .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()])
         .arg(fixture("fdthief"))
-        .arg("30");
+        .arg("60");
     let mut thief = Spawned::spawn(thief, &mcr.tmp.path);
-    // Update back and forth until the thief has reached the descriptor socket of a few
-    // updates (it polls /proc/net/unix; a socket lives for a few milliseconds).
-    let mut round = 0;
-    while thief.stdout_text().matches("reached").count() < 3 {
-        assert!(
-            round < 40,
-            "the thief never reached a descriptor socket in {round} updates, so this test proves nothing"
-        );
-        let v = if round % 2 == 0 { "kvd-v2-layout" } else { "kvd" };
-        let mut argv = vec!["update".to_string(), "kvd".into(), "--".into(), fixture(v).display().to_string()];
-        argv.extend(args.iter().cloned());
-        let out = mcr.run(&argv);
-        assert!(out.success(), "update {round} to {v} failed: {out}\nlog:\n{}", inst.log());
-        for (i, c) in clients.iter_mut().enumerate() {
-            assert_eq!(c.request(&format!("GET c{i}")), format!("VALUE v{i}"), "client {i} after update {round}");
-        }
-        round += 1;
-    }
-    // setpriv execs fdthief: the signal reaches it.
+    let mut argv =
+        vec!["update".to_string(), "kvd".into(), "--".into(), fixture("kvd-v2-layout").display().to_string()];
+    argv.extend(args.iter().cloned());
+    let mut update = mcr.command(&argv);
+    update.env(mcr_protocol::env::TEST_TRANSFER_WAIT_FOR_INTRUDER_MS, "10000");
+    let out = Spawned::spawn(update, &mcr.tmp.path).wait(COMMAND_TIMEOUT, "mcr update");
+    // setpriv execs fdthief: the signal reaches it, and the kernel records its PID as the
+    // peer of its connections.
     kill(thief.pid(), libc::SIGTERM);
     let finished = thief.wait(std::time::Duration::from_secs(5), "fdthief");
     let tally = format!("{finished}");
@@ -228,10 +220,14 @@ fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
     };
     assert!(
         count("transfer") >= 1 && count("transfer") != u64::MAX,
-        "the thief never reached a descriptor socket, so this test proved nothing: {tally}"
+        "the thief never reached a descriptor socket, so this test proved nothing: {tally}\nupdate: {out}"
     );
-    assert_eq!(count("stolen"), 0, "another user received descriptors: {tally}");
+    assert_eq!(count("stolen"), 0, "another user received descriptors: {tally}\nupdate: {out}");
+    assert!(out.success(), "the update failed: {out}\nlog:\n{}", inst.log());
+    let turned_away = format!("turned away a connection to the descriptor socket from pid {} ", thief.pid());
+    assert!(out.stderr.contains(&turned_away), "the thief was not turned away by the peer check: {out}");
     for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.request(&format!("GET c{i}")), format!("VALUE v{i}"), "client {i} after the update");
         assert_eq!(c.request("PING"), "PONG", "client {i}");
     }
 }
