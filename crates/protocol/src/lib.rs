@@ -58,6 +58,11 @@ pub mod env {
     /// program's descriptor (at most 500), widening the window in which the program may close it (the
     /// tests show that window is closed).
     pub const TEST_BORROW_HOLD_MS: &str = "MCR_TEST_BORROW_HOLD_MS";
+    /// Tests only: milliseconds (at most 10 000) `mcr update` waits, once it has bound a
+    /// descriptor socket, for a connection from another process before it asks the new
+    /// process to fetch the descriptors, so that a test's intruder certainly meets the
+    /// peer check (otherwise whether it gets there first is timing).
+    pub const TEST_TRANSFER_WAIT_FOR_INTRUDER_MS: &str = "MCR_TEST_TRANSFER_WAIT_FOR_INTRUDER_MS";
 }
 
 /// Serialize one message as a JSON line.

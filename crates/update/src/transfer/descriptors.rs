@@ -86,21 +86,26 @@ pub(crate) fn import(
     listener.set_nonblocking(true).map_err(DescriptorError::Socket)?;
     let gave_up = Arc::new(AtomicBool::new(false));
     let stop = gave_up.clone();
+    let someone_connected = Arc::new(AtomicBool::new(false));
+    let accepted_one = someone_connected.clone();
     let sender = std::thread::spawn(move || -> Result<(), DescriptorError> {
         // The runtime connects as soon as it gets the request; stop waiting if it
         // answered without connecting (an error), or after a bound.
         let t0 = Instant::now();
         let conn = loop {
             match listener.accept() {
-                Ok((c, _)) => match peer_credentials(&c) {
-                    Ok(cred) if cred.pid == expected => break c,
-                    Ok(cred) => eprintln!(
-                        "mcr: warning: turned away a connection to the descriptor socket from pid {} (uid {}): \
-                         only process {expected} of the new version may take the connections",
-                        cred.pid, cred.uid
-                    ),
-                    Err(e) => return Err(DescriptorError::Socket(e)),
-                },
+                Ok((c, _)) => {
+                    accepted_one.store(true, Ordering::SeqCst);
+                    match peer_credentials(&c) {
+                        Ok(cred) if cred.pid == expected => break c,
+                        Ok(cred) => eprintln!(
+                            "mcr: warning: turned away a connection to the descriptor socket from pid {} (uid {}): \
+                             only process {expected} of the new version may take the connections",
+                            cred.pid, cred.uid
+                        ),
+                        Err(e) => return Err(DescriptorError::Socket(e)),
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if stop.load(Ordering::SeqCst) || t0.elapsed() > FETCH_TIMEOUT {
                         return Err(DescriptorError::NeverFetched);
@@ -116,12 +121,30 @@ pub(crate) fn import(
         }
         Ok(())
     });
+    wait_for_intruder(&someone_connected, &sender);
     let (adopt, plain) = (moving == Moving::Adopted, moving == Moving::Descriptors);
     let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt, plain });
     gave_up.store(true, Ordering::SeqCst);
     let sent = sender.join().map_err(|_| DescriptorError::SenderPanicked)?;
     r?;
     sent
+}
+
+/// Longest wait [`wait_for_intruder`] may be asked for.
+const INTRUDER_WAIT_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Tests only (`env::TEST_TRANSFER_WAIT_FOR_INTRUDER_MS`): before the new process is asked
+/// to connect, wait until the sender has accepted someone else's connection (or has
+/// stopped, or the wait is over), so the intruder is the first peer it checks.
+fn wait_for_intruder(someone_connected: &AtomicBool, sender: &std::thread::JoinHandle<Result<(), DescriptorError>>) {
+    let wait = std::env::var(mcr_protocol::env::TEST_TRANSFER_WAIT_FOR_INTRUDER_MS)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms).min(INTRUDER_WAIT_AT_MOST));
+    let t0 = Instant::now();
+    while t0.elapsed() < wait && !someone_connected.load(Ordering::SeqCst) && !sender.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Whether descriptor `fd` of process `host_pid` is close-on-exec (its fdinfo flags).
