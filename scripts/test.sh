@@ -12,4 +12,9 @@ MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
 export MCR_NGINX
 # Successive Debian patch levels, for the updates "to the next patch" (cached beside it).
 for n in 1 2; do scripts/nginx/build.sh --patches "$n" >/dev/null; done
+# The compatibility suite's servers (crates/cli/tests/compat.rs), cached beside nginx.
+MCR_VSFTPD="$(scripts/vsftpd/build.sh | tail -n 1)"
+MCR_HTTPD="$(scripts/httpd/build.sh | tail -n 1)"
+MCR_SSHD="$(scripts/sshd/build.sh | tail -n 1)"
+export MCR_VSFTPD MCR_HTTPD MCR_SSHD
 cargo test --release --workspace -- --test-threads=2 "$@"
