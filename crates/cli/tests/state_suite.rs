@@ -161,7 +161,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("sysv-shm", Refused), // the attached segment is named (the segment itself outlives the process)
     ("posix-shm", Refused), // its mapping is named
     ("sysv-sem", Survives), // a kernel object, not the process's: outlives it anyway
-    ("sysv-sem-undo", Lost),
+    ("sysv-sem-undo", Refused), // the kernel applies the adjustment when the old process exits
     ("sysv-msg", Survives), // likewise
     ("posix-mq", Survives),
     ("posix-mq-notify", Refused), // preflight: an mq_notify registration for the old process
@@ -451,6 +451,7 @@ const NAMED: &[(&str, &str)] = &[
     ("file-offset", "fd "),
     ("memfd-plain", "(/memfd:"),
     ("unix-stream", "connected to another socket of the old version"),
+    ("sysv-sem-undo", "SEM_UNDO"),
     ("unix-seqpacket", "connected to another socket of the old version"),
     ("socketpair-stream", "connected to another socket of the old version"),
     ("socketpair-dgram", "connected to another socket of the old version"),

@@ -65,6 +65,10 @@ pub struct ProcessAttributes {
     pub set_after_startup: Vec<String>,
 }
 
+/// In [`ProcessAttributes::set_after_startup`]: a semop with SEM_UNDO succeeded after
+/// startup, leaving an adjustment the kernel applies when the old process exits.
+pub const SEM_UNDO_ADJUSTMENT: &str = "SEM_UNDO";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
     pub resource: i32,

@@ -18,7 +18,7 @@ pub mod profiling;
 pub mod relocation;
 pub mod test_hook;
 
-pub use attributes::{AttributeChange, ProcessAttributes};
+pub use attributes::{AttributeChange, ProcessAttributes, SEM_UNDO_ADJUSTMENT};
 pub use epoll::epoll_registrations;
 pub use instance::{InstanceDir, InstanceError, InstanceFiles};
 pub use messages::*;

@@ -829,7 +829,29 @@ pub unsafe extern "C" fn semop(id: c_int, ops: *mut sembuf, n: size_t) -> c_int 
     let f = real::semop();
     // SAFETY: the caller's own arguments, unchanged.
     let call = |_| unsafe { f(id, ops, n) };
-    finish_int(blocking(Call::Semop, 0, frame_address(), None, call, int_eintr))
+    let r = finish_int(blocking(Call::Semop, 0, frame_address(), None, call, int_eintr));
+    // SAFETY: `ops` points to `n` readable sembufs (the caller's contract).
+    unsafe { note_undo(r, ops, n) };
+    r
+}
+
+/// A semop that succeeded with SEM_UNDO after startup left an adjustment the kernel
+/// applies when this process exits: it cannot move to the new version, so the preflight
+/// names it (the wrapper notes it as something set after startup).
+///
+/// # Safety
+/// `ops` points to `n` readable sembufs.
+unsafe fn note_undo(r: c_int, ops: *const sembuf, n: size_t) {
+    if r != 0 || ops.is_null() {
+        return;
+    }
+    // SAFETY: see above.
+    let ops = unsafe { core::slice::from_raw_parts(ops, n) };
+    if ops.iter().any(|o| o.sem_flg as c_int & libc::SEM_UNDO != 0) {
+        let e = errno::get();
+        crate::attributes::note_set_after_startup(mcr_protocol::SEM_UNDO_ADJUSTMENT, None);
+        errno::set(e);
+    }
 }
 
 /// # Safety
@@ -846,7 +868,10 @@ pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut sembuf, n: size_t, ts: 
             Some(ns) => f(id, ops, n, &ns_ts(ns)),
         }
     };
-    finish_int(blocking(Call::Semtimedop, 0, frame_address(), timeout, call, int_eintr))
+    let r = finish_int(blocking(Call::Semtimedop, 0, frame_address(), timeout, call, int_eintr));
+    // SAFETY: `ops` points to `n` readable sembufs (the caller's contract).
+    unsafe { note_undo(r, ops, n) };
+    r
 }
 
 /// # Safety

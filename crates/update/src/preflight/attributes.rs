@@ -394,6 +394,11 @@ pub fn differences(pid: i32, startup: &ProcessAttributes, now: &ProcessAttribute
                 "the alternate signal stack".to_string(),
                 "mcr does not carry it (the stack's address is the old version's)",
             ),
+            mcr_protocol::SEM_UNDO_ADJUSTMENT => (
+                "a SysV semaphore adjustment (semop with SEM_UNDO)".to_string(),
+                "the kernel keeps it for the old process and applies it when that process exits; it cannot be \
+                 given to the new one",
+            ),
             other => {
                 (other.to_string(), "another thread than the main one set it, and only that thread can read it back")
             }
@@ -567,7 +572,7 @@ mod tests {
         now.seccomp = 2;
         now.namespaces = vec![("uts".into(), "uts:[2]".into())];
         now.posix_timers = vec!["ID 0, signal 14/0, notify none/pid.5, ClockID 1".into()];
-        now.set_after_startup = vec!["sigaltstack".into()];
+        now.set_after_startup = vec!["sigaltstack".into(), mcr_protocol::SEM_UNDO_ADJUSTMENT.into()];
         let mut startup = base();
         startup.namespaces = vec![("uts".into(), "uts:[1]".into())];
         let d = differences(5, &startup, &now);
@@ -578,6 +583,7 @@ mod tests {
                 "a seccomp filter",
                 "the uts namespace (uts:[2], joined since startup)",
                 "the alternate signal stack (set since startup)",
+                "a SysV semaphore adjustment (semop with SEM_UNDO) (set since startup)",
             ]
         );
         assert!(d.iter().all(|d| d.carry.is_err()));
