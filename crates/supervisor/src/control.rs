@@ -279,6 +279,17 @@ async fn startup_laggards(state: &State) -> String {
             }
         }
     }
+    if lines.len() == 1 {
+        // Every process says its startup is complete, yet the supervisor has not counted
+        // it so: say what it still waits for, so that a hang here is never a blank.
+        let g = state.lock();
+        let incomplete: Vec<i32> = g.procs.iter().filter(|(_, r)| !r.startup_complete).map(|(p, _)| *p).collect();
+        lines.push(format!(
+            "  (every process reports its startup complete; the supervisor still waits for forked children \
+             {:?} to register and for the completion of registered processes {:?})",
+            g.awaited_children, incomplete
+        ));
+    }
     lines.join("\n")
 }
 
