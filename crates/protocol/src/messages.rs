@@ -164,6 +164,11 @@ pub enum RuntimeCommandKind {
     /// Park every long-lived thread at a quiescent point and hold it there.
     Quiesce {
         timeout_ms: u64,
+        /// CLOCK_MONOTONIC (system-wide) nanoseconds after which the request is stale: a
+        /// process that reads it later (stopped meanwhile, then continued) answers at once
+        /// without parking anything, since the supervisor gave up on it and resumed.
+        #[serde(default)]
+        deadline_ns: Option<u64>,
     },
     /// Release parked threads (and end a drain).
     Resume,

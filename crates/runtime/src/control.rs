@@ -293,7 +293,12 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             threads: thread_infos(),
             dirty: crate::dirty::status(),
         },
-        RuntimeCommandKind::Quiesce { timeout_ms } => {
+        RuntimeCommandKind::Quiesce { deadline_ns: Some(d), .. } if crate::monotonic_ns() > d => {
+            // Read after the supervisor gave up (this process was stopped): parking now
+            // would only hold the program until the resume queued behind this.
+            RuntimeReply::QuiesceFailed { elapsed_us: 0, laggards: Vec::new() }
+        }
+        RuntimeCommandKind::Quiesce { timeout_ms, .. } => {
             let out = quiesce::quiesce(Duration::from_millis(timeout_ms));
             let elapsed_us = out.elapsed.as_micros() as u64;
             if out.laggards.is_empty() {

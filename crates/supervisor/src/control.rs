@@ -533,7 +533,10 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
             let g = state.lock();
             todo.iter().map(|p| (*p, g.procs.get(p).map(|r| r.conn))).collect()
         };
-        let asked = ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms }, left + REPLY_GRACE).await;
+        let deadline_ns = Some(monotonic_ns() + (left + REPLY_GRACE).as_nanos() as u64);
+        let asked =
+            ask_all(state, &todo, RuntimeCommandKind::Quiesce { timeout_ms: ms, deadline_ns }, left + REPLY_GRACE)
+                .await;
         for (pid, r) in asked {
             done.push(pid);
             match r {
@@ -589,4 +592,13 @@ async fn quiesce(state: &State, timeout: Duration) -> Response {
         message.push_str(&p);
     }
     Response::QuiesceFailed { message, laggards }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock every process of the machine shares (the
+/// runtime compares a quiesce's deadline with it).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
