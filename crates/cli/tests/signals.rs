@@ -22,24 +22,33 @@ fn stats(c: &mut Client) -> std::collections::HashMap<String, u64> {
     parse_stats(&c.request("STATS"))
 }
 
-/// Sends SIGHUP to an idle kvd and checks that the handler ran once and that epoll_wait
-/// was interrupted once.
+/// Sends SIGHUP to an idle kvd: its handler runs once per signal, and epoll_wait returns
+/// EINTR when the signal lands in it. kvd wakes every 100 ms (its tick), so a signal can
+/// land between two waits, with or without mcr: up to 5 signals are sent until one
+/// interrupts a wait (each counted exactly once; an interrupted wait at most once).
 fn sighup_counts_once(pid: i32, port: u16, who: &str) {
     let mut c = Client::connect(port);
-    let before = stats(&mut c);
-    // Let kvd get back into epoll_wait after answering (see fixtures/README.md).
-    assert!(wait_in_syscall(pid, &EPOLL_SYSCALLS), "{who}: kvd is not sleeping in epoll_wait");
-    kill(pid, libc::SIGHUP);
-    assert!(wait_signal_delivered(pid, libc::SIGHUP), "{who}: SIGHUP is still pending after 5 s");
-    // Delivered; its handler and the interrupted epoll_wait count it soon after.
-    let mut after = stats(&mut c);
-    wait_until(Duration::from_secs(5), || {
-        after = stats(&mut c);
-        after["hups"] > before["hups"] && after["eintr"] > before["eintr"]
-    });
-    assert_eq!(after["hups"], before["hups"] + 1, "{who}: hups {before:?} -> {after:?}");
-    assert_eq!(after["eintr"], before["eintr"] + 1, "{who}: eintr {before:?} -> {after:?}");
-    assert_eq!(after["keys"], before["keys"], "{who}");
+    for attempt in 1..=5 {
+        let before = stats(&mut c);
+        // Let kvd get back into epoll_wait after answering (see fixtures/README.md).
+        assert!(wait_in_syscall(pid, &EPOLL_SYSCALLS), "{who}: kvd is not sleeping in epoll_wait");
+        kill(pid, libc::SIGHUP);
+        assert!(wait_signal_delivered(pid, libc::SIGHUP), "{who}: SIGHUP is still pending after 5 s");
+        // Delivered; its handler and the interrupted epoll_wait count it soon after.
+        let mut after = stats(&mut c);
+        wait_until(Duration::from_secs(2), || {
+            after = stats(&mut c);
+            after["hups"] > before["hups"] && after["eintr"] > before["eintr"]
+        });
+        assert_eq!(after["hups"], before["hups"] + 1, "{who}: hups {before:?} -> {after:?}");
+        assert!(after["eintr"] <= before["eintr"] + 1, "{who}: eintr {before:?} -> {after:?}");
+        assert_eq!(after["keys"], before["keys"], "{who}");
+        if after["eintr"] == before["eintr"] + 1 {
+            return;
+        }
+        eprintln!("{who}: SIGHUP {attempt} landed between two waits; again");
+    }
+    panic!("{who}: no SIGHUP of 5 interrupted epoll_wait");
 }
 
 #[test]
