@@ -362,9 +362,10 @@ impl Heap {
         Extent::unpack(self.extents.get(slot)?.load(Acquire))
     }
 
+    /// Records what is mapped in `slot`; an invalid extent is never stored (callers check).
     pub(crate) fn set_extent(&self, slot: usize, extent: Option<Extent>) {
         if let Some(e) = self.extents.get(slot) {
-            e.store(Extent::pack(extent), Release);
+            e.store(Extent::pack(extent.filter(|e| e.is_valid())), Release);
         }
     }
 
@@ -466,22 +467,29 @@ impl Heap {
     #[inline]
     pub(crate) fn readable(&self, slot: usize) -> Option<Region<'_>> {
         if self.role(slot).is_readable() {
-            let extent = self.extent(slot)?;
-            // SAFETY: a readable role means the pieces of the slot's extent are mapped
-            // readable and writable (the extent is set before the role, and grows only
-            // after its pieces did); the heap only ever replaces them by other readable and
-            // writable mappings, and unmaps only in `drop`, which needs `&mut self`.
-            Some(unsafe { Region::new(slot_base(slot), extent) })
+            self.view(slot)
         } else {
             None
         }
+    }
+
+    /// A view of the region in `slot` (role checked by the caller).
+    #[inline]
+    fn view(&self, slot: usize) -> Option<Region<'_>> {
+        let extent = self.extent(slot)?;
+        // SAFETY: the caller saw a readable role, which means the pieces of the slot's
+        // extent are mapped readable and writable (the extent is set before the role, and
+        // grows only after its pieces did); the heap only ever replaces them by other
+        // readable and writable mappings, and unmaps only in `drop`, which needs `&mut self`.
+        Some(unsafe { Region::new(slot_base(slot), extent) })
     }
 
     /// A view of the region in `slot` if this process allocates there.
     #[inline]
     pub(crate) fn active_region(&self, slot: usize) -> Option<Region<'_>> {
         if self.role(slot).is_active() {
-            self.readable(slot)
+            // active roles are readable roles
+            self.view(slot)
         } else {
             None
         }
