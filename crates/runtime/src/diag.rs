@@ -31,31 +31,24 @@ pub fn debug(msg: impl FnOnce() -> String) {
 /// daemon whose stderr is /dev/null.
 pub static LOG_PATH: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
-/// Whether fd 2 already is the file at `path` (a detached server's log).
-fn stderr_is(path: &[u8]) -> bool {
-    // SAFETY: fstat/stat into zeroed structs; `path` is NUL-terminated.
-    unsafe {
-        let mut a: libc::stat = core::mem::zeroed();
-        let mut b: libc::stat = core::mem::zeroed();
-        libc::fstat(2, &mut a) == 0
-            && libc::stat(path.as_ptr().cast(), &mut b) == 0
-            && a.st_dev == b.st_dev
-            && a.st_ino == b.st_ino
-    }
-}
-
+/// A warning for the operator: to the instance log only. The program's fd 2 may be
+/// anything by now (vsftpd's session process has its client's socket there: a warning on
+/// fd 2 went into the FTP control connection), and under mcr a server writes nothing it
+/// would not write without it. Only a runtime without an instance log (preloaded by hand,
+/// not started by `mcr run`) falls back to stderr.
 pub fn warn(msg: &str) {
     let line = format!("mcr: pid {}: {msg}", crate::pid());
-    write_parts(&[line.as_bytes()]);
-    if let Some(path) = LOG_PATH.get().filter(|p| !stderr_is(p)) {
-        // SAFETY: raw open/write/close of the instance log; failures are ignored.
-        unsafe {
-            let fd = crate::sys!(libc::SYS_open, path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);
-            if fd >= 0 {
-                crate::sys!(libc::SYS_write, fd, line.as_ptr(), line.len());
-                crate::sys!(libc::SYS_write, fd, b"\n".as_ptr(), 1);
-                crate::sys!(libc::SYS_close, fd);
-            }
+    let Some(path) = LOG_PATH.get() else {
+        write_parts(&[line.as_bytes()]);
+        return;
+    };
+    // SAFETY: raw open/write/close of the instance log; failures are ignored.
+    unsafe {
+        let fd = crate::sys!(libc::SYS_open, path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);
+        if fd >= 0 {
+            crate::sys!(libc::SYS_write, fd, line.as_ptr(), line.len());
+            crate::sys!(libc::SYS_write, fd, b"\n".as_ptr(), 1);
+            crate::sys!(libc::SYS_close, fd);
         }
     }
 }
