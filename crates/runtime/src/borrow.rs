@@ -58,24 +58,20 @@ impl Closing {
     }
 
     fn publish(self) {
-        match self.counted() {
-            Some(c) => {
-                c.fetch_add(1, SeqCst);
-            }
-            None => {
-                CLOSING_OTHERS.fetch_add(1, SeqCst);
-            }
-        }
+        self.count(true);
     }
 
     fn withdraw(self) {
-        match self.counted() {
-            Some(c) => {
-                c.fetch_sub(1, SeqCst);
-            }
-            None => {
-                CLOSING_OTHERS.fetch_sub(1, SeqCst);
-            }
+        self.count(false);
+    }
+
+    /// One more (or one fewer) close in flight of what this covers.
+    fn count(self, more: bool) {
+        match (self.counted(), more) {
+            (Some(c), true) => drop(c.fetch_add(1, SeqCst)),
+            (Some(c), false) => drop(c.fetch_sub(1, SeqCst)),
+            (None, true) => drop(CLOSING_OTHERS.fetch_add(1, SeqCst)),
+            (None, false) => drop(CLOSING_OTHERS.fetch_sub(1, SeqCst)),
         }
     }
 
