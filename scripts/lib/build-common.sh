@@ -55,9 +55,11 @@ install_build() {
 }
 
 # mcr needs a dynamically linked binary with DWARF; frame pointers help its call stacks.
+# (grep -c, not grep -q: with pipefail, grep -q's early exit can kill readelf by SIGPIPE
+# and fail the pipe although it matched: a build said 'no debug info' once in two.)
 check_binary() {
-  readelf -l "$1" 2>/dev/null | grep -q INTERP || die "$1 is not dynamically linked"
-  readelf -S "$1" | grep -q '\.debug_info' || die "$1 has no debug info"
+  readelf -l "$1" 2>/dev/null | grep -c INTERP >/dev/null || die "$1 is not dynamically linked"
+  readelf -S "$1" | grep -c '\.debug_info' >/dev/null || die "$1 has no debug info"
 }
 
 # --- sources in ../shared/servers ----------------------------------------
@@ -143,21 +145,8 @@ apt_update() {
   APT_UPDATED=1
 }
 
-pkg_installed() {
-  dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
-}
-
-# Installs whichever of the packages given is missing (apt-get update only if needed).
-ensure_packages() {
-  local missing=() p
-  for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]}"
-  if ! apt_get install --no-install-recommends "${missing[@]}"; then
-    apt_update
-    apt_get install --no-install-recommends "${missing[@]}"
-  fi
-}
+# shellcheck source=packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/packages.sh"
 
 # --- deb-src -------------------------------------------------------------
 # The same file scripts/nginx/build.sh writes: the two scripts agree on its stanzas (its

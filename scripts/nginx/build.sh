@@ -143,20 +143,8 @@ $want"
 }
 
 # --- packages ------------------------------------------------------------
-pkg_installed() {
-  dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
-}
-
-ensure_build_deps() {
-  local missing=() p
-  for p in "${BUILD_DEPS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]}"
-  if ! apt_get install --no-install-recommends "${missing[@]}"; then
-    apt_update
-    apt_get install --no-install-recommends "${missing[@]}"
-  fi
-}
+# shellcheck source=../lib/packages.sh
+source "$(dirname "$0")/../lib/packages.sh"
 
 # --- version -------------------------------------------------------------
 newest_cached_version() {
@@ -277,7 +265,7 @@ if is_valid "$DEST" "$PATCHES"; then
   exit 0
 fi
 
-ensure_build_deps
+ensure_packages "${BUILD_DEPS[@]}"
 
 PARENT=$(dirname "$DEST")
 WORK=$(mktemp -d "$PARENT/.build-$(basename "$DEST").XXXXXX")
@@ -314,9 +302,10 @@ make install DESTDIR="$WORK/stage" >&2
 
 STAGED=$WORK/stage$DEST
 bin=$STAGED/sbin/nginx
-file -L "$bin" 2>/dev/null | grep -q 'dynamically linked' \
-  || readelf -l "$bin" | grep -q 'INTERP' || die "$bin is not dynamically linked"
-readelf -S "$bin" | grep -q '\.debug_info' || die "$bin has no debug info"
+# (grep -c, not grep -q: with pipefail, grep -q's early exit can kill the writer by SIGPIPE.)
+file -L "$bin" 2>/dev/null | grep -c 'dynamically linked' >/dev/null \
+  || readelf -l "$bin" | grep -c 'INTERP' >/dev/null || die "$bin is not dynamically linked"
+readelf -S "$bin" | grep -c '\.debug_info' >/dev/null || die "$bin has no debug info"
 "$bin" -V 2>&1 | grep -qF -- "$CC_OPT" || die "$bin -V does not show the cc opts"
 mkdir -p "$STAGED/logs"
 

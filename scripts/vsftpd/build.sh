@@ -56,7 +56,7 @@ servers_dir vsftpd
 release_chain vsftpd
 if [ "$LIST" -eq 1 ]; then printf '%s\n' "${RELEASES[@]}"; exit 0; fi
 [ -n "$RELEASE" ] || RELEASE=${RELEASES[-1]}
-printf '%s\n' "${RELEASES[@]}" | grep -qxF -- "$RELEASE" \
+printf '%s\n' "${RELEASES[@]}" | grep -cxF -- "$RELEASE" >/dev/null \
   || die "no release $RELEASE in $SERVER_SRC (it has: ${RELEASES[*]})"
 
 cache_root vsftpd
