@@ -22,10 +22,27 @@ pub fn children(p: impl Into<Process>, tid: i32) -> io::Result<Vec<i32>> {
 
 /// On-CPU time of thread `tid` of `p`, in nanoseconds (the first field of `schedstat`).
 pub fn cpu_ns(p: impl Into<Process>, tid: i32) -> io::Result<u64> {
+    sched_times(p, tid).map(|t| t.on_cpu_ns)
+}
+
+/// How thread `tid` of `p` has used the CPU so far (`schedstat`).
+pub fn sched_times(p: impl Into<Process>, tid: i32) -> io::Result<SchedTimes> {
     let p = p.into();
     let path = p.file(&format!("task/{tid}/schedstat"));
     let text = std::fs::read_to_string(&path)?;
-    text.split_whitespace().next().and_then(|x| x.parse().ok()).ok_or_else(|| crate::malformed(&path))
+    parse_schedstat(&text).ok_or_else(|| crate::malformed(&path))
+}
+
+/// A thread's time on a CPU and time runnable but waiting for one, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedTimes {
+    pub on_cpu_ns: u64,
+    pub waiting_for_cpu_ns: u64,
+}
+
+fn parse_schedstat(text: &str) -> Option<SchedTimes> {
+    let mut fields = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some(SchedTimes { on_cpu_ns: fields.next()??, waiting_for_cpu_ns: fields.next()?? })
 }
 
 /// What `syscall` says of a thread.
@@ -94,6 +111,14 @@ pub fn syscall(p: impl Into<Process>, tid: i32) -> io::Result<Syscall> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_gives_cpu_and_wait_times() {
+        let t = parse_schedstat("12345 678 9\n").expect("three fields");
+        assert_eq!(t, SchedTimes { on_cpu_ns: 12345, waiting_for_cpu_ns: 678 });
+        assert_eq!(parse_schedstat("12345\n"), None, "no wait time");
+        assert!(sched_times(crate::Process::Current, crate::own_pid().expect("pid")).is_ok());
+    }
 
     #[test]
     fn syscall_lines() {

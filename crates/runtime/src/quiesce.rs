@@ -337,6 +337,9 @@ pub fn quiesce(timeout: Duration) -> Outcome {
     QUIESCING.store(true, SeqCst);
     fence_all_threads();
     let mut last_prune = Instant::now();
+    // What the threads were doing a while into the quiesce: a failed one's report says
+    // what each laggard did since (ran, waited for a CPU, bypassed quiescence).
+    let mut activity: Option<Vec<Activity>> = None;
     loop {
         let mut waiting = 0usize;
         let mut total = 0usize;
@@ -360,11 +363,14 @@ pub fn quiesce(timeout: Duration) -> Outcome {
                 return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() };
             }
             Verdict::TimedOut => {
-                let laggards = describe_laggards();
+                let laggards = describe_laggards(activity.as_deref());
                 resume();
                 return Outcome { elapsed: t0.elapsed(), threads: total, laggards };
             }
             Verdict::KeepWaiting => {}
+        }
+        if activity.is_none() && t0.elapsed() >= timeout / 5 {
+            activity = Some(threads::used().map(|(_, s)| Activity::now(s)).collect());
         }
         if last_prune.elapsed() > PRUNE_EVERY {
             prune_dead();
@@ -376,7 +382,51 @@ pub fn quiesce(timeout: Duration) -> Outcome {
     }
 }
 
-fn describe_laggards() -> Vec<Laggard> {
+/// One thread's counters at one moment of a quiesce.
+struct Activity {
+    tid: i32,
+    at: Instant,
+    sched: Option<mcr_procfs::task::SchedTimes>,
+    untracked_internal: u32,
+    untracked_in_handler: u32,
+}
+
+impl Activity {
+    fn now(s: &Slot) -> Self {
+        let tid = s.tid.load(Acquire);
+        Self {
+            tid,
+            at: Instant::now(),
+            sched: mcr_procfs::task::sched_times(mcr_procfs::Process::Current, tid).ok(),
+            untracked_internal: s.untracked_internal.load(Relaxed),
+            untracked_in_handler: s.untracked_in_handler.load(Relaxed),
+        }
+    }
+
+    /// What the thread did from `self` to `later`, for a laggard's report.
+    fn since(&self, later: &Activity) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let mut out = format!("; in the last {} ms", later.at.duration_since(self.at).as_millis());
+        if let (Some(a), Some(b)) = (self.sched, later.sched) {
+            out.push_str(&format!(
+                " it ran {:.1} ms and waited {:.1} ms for a CPU",
+                ms(b.on_cpu_ns.saturating_sub(a.on_cpu_ns)),
+                ms(b.waiting_for_cpu_ns.saturating_sub(a.waiting_for_cpu_ns))
+            ));
+        }
+        let internal = later.untracked_internal.wrapping_sub(self.untracked_internal);
+        let in_handler = later.untracked_in_handler.wrapping_sub(self.untracked_in_handler);
+        if internal + in_handler > 0 {
+            out.push_str(&format!(
+                ", and made {internal} wrapped calls marked runtime-internal and {in_handler} from a signal \
+                 handler (those bypass quiescence)"
+            ));
+        }
+        out
+    }
+}
+
+fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
     let pid = crate::pid();
     let mut out = Vec::new();
     for (_, s) in threads::used() {
@@ -397,8 +447,13 @@ fn describe_laggards() -> Vec<Laggard> {
             }
             (reason, Some(st))
         } else {
-            describe_running(tid)
+            let (reason, stack) = describe_running(tid);
+            (format!("{reason}; its last wrapped call was {}", call.name()), stack)
         };
+        let mut reason = reason;
+        if let Some(before) = earlier.and_then(|e| e.iter().find(|a| a.tid == tid)) {
+            reason.push_str(&before.since(&Activity::now(s)));
+        }
         out.push(Laggard { pid, tid, reason, stack });
     }
     // Threads of the process the runtime never saw (made with raw clone, or that never
@@ -436,10 +491,12 @@ fn kick_state(tid: i32, slot: &Slot) -> String {
     let kernel_state = status.lines().find_map(|l| l.strip_prefix("State:")).map_or("unknown", str::trim).to_string();
     let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default();
     format!(
-        " (kick signal blocked: {}, pending: {}, in flight: {}; kernel state {kernel_state}, waiting in {})",
+        " (kick signal blocked: {}, pending: {}, in flight: {}, handled by mcr: {}; kernel state {kernel_state}, \
+         waiting in {})",
         yes_no(bit("SigBlk:")),
         yes_no(bit("SigPnd:")),
         if slot.kick_in_flight.load(Acquire) { "yes" } else { "no" },
+        yes_no(crate::signals::kick_handler_installed()),
         if wchan.trim().is_empty() || wchan.trim() == "0" { "-" } else { wchan.trim() }
     )
 }

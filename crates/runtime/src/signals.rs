@@ -56,11 +56,25 @@ pub extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
 
 pub fn install_kick(sig: i32) {
     KICK.store(sig, Relaxed);
-    let sa = new_sigaction(on_kick as *const () as usize, 0, sigset_with(&[])); // no SA_RESTART: interrupted calls must return EINTR
-                                                                                // SAFETY: libc's own sigaction (ours would refuse the reserved signal), with a live
-                                                                                // sigaction and no old one; the handler is async-signal-safe (one atomic store
-                                                                                // through a thread-local index).
+    // No SA_RESTART: interrupted calls must return EINTR.
+    let sa = new_sigaction(on_kick as *const () as usize, 0, sigset_with(&[]));
+    // SAFETY: libc's own sigaction (ours would refuse the reserved signal), with a live
+    // sigaction and no old one; the handler is async-signal-safe (one atomic store
+    // through a thread-local index).
     unsafe { crate::real::sigaction()(sig, &sa, core::ptr::null_mut()) };
+}
+
+/// Whether the kick signal still runs the runtime's handler (None: cannot tell), for the
+/// report of a thread that did not react to it.
+pub fn kick_handler_installed() -> Option<bool> {
+    let sig = kick_signal();
+    if sig <= 0 {
+        return None;
+    }
+    let mut old = new_sigaction(libc::SIG_DFL, 0, sigset_with(&[]));
+    // SAFETY: a query only (no new action), writing into `old`, a live local.
+    let rc = unsafe { crate::real::sigaction()(sig, core::ptr::null(), &mut old) };
+    (rc == 0).then_some(old.sa_sigaction == on_kick as *const () as usize)
 }
 
 /// A `struct sigaction` for `handler` (a function's address, SIG_DFL or SIG_IGN).

@@ -67,6 +67,11 @@ pub struct Slot {
     pub creation_stack: RawStack,
     pub start_routine: AtomicUsize,
     pub generation: AtomicU64,
+    /// Wrapped calls the thread made while marked runtime-internal, or from inside one of
+    /// the program's signal handlers: they bypass quiescence (a quiesce report shows how
+    /// many a thread that did not park made).
+    pub untracked_internal: AtomicU32,
+    pub untracked_in_handler: AtomicU32,
 }
 
 impl Slot {
@@ -86,6 +91,8 @@ impl Slot {
             creation_stack: RawStack::new(),
             start_routine: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            untracked_internal: AtomicU32::new(0),
+            untracked_in_handler: AtomicU32::new(0),
         }
     }
 
@@ -99,6 +106,8 @@ impl Slot {
         self.creation_stack.len.store(0, Relaxed);
         self.start_routine.store(0, Relaxed);
         self.frame.store(0, Relaxed);
+        self.untracked_internal.store(0, Relaxed);
+        self.untracked_in_handler.store(0, Relaxed);
         self.generation.fetch_add(1, Relaxed);
     }
 }
@@ -203,6 +212,12 @@ impl Local {
             return SLOTS.get(idx as usize);
         }
         self.claim_slot()
+    }
+
+    /// The thread's slot if it has one already (never claims: the control thread has none).
+    pub fn claimed_slot(&self) -> Option<&'static Slot> {
+        let idx = self.slot.get();
+        (idx != NO_SLOT).then(|| SLOTS.get(idx as usize)).flatten()
     }
 
     #[cold]

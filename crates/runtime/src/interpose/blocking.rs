@@ -82,9 +82,13 @@ pub fn blocking<T>(
 ) -> Outcome<T> {
     let local = threads::local();
     if local.in_signal_handler(fp) {
+        count_untracked(local, true);
         return Outcome::Done(attempt(None));
     }
-    let Some(slot) = crate::tracked_slot(local) else { return Outcome::Done(attempt(None)) };
+    let Some(slot) = crate::tracked_slot(local) else {
+        count_untracked(local, false);
+        return Outcome::Done(attempt(None));
+    };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut first = true;
     loop {
@@ -111,6 +115,16 @@ pub fn blocking<T>(
         }
         quiesce::state_running(slot);
         return Outcome::Done(r);
+    }
+}
+
+/// A program thread's wrapped call that bypassed quiescence, for the report of a quiesce
+/// the thread did not join.
+#[cold]
+fn count_untracked(local: &threads::Local, in_handler: bool) {
+    if let Some(slot) = local.claimed_slot() {
+        let counter = if in_handler { &slot.untracked_in_handler } else { &slot.untracked_internal };
+        counter.fetch_add(1, Relaxed);
     }
 }
 
