@@ -45,6 +45,14 @@ impl Heap {
         }
     }
 
+    /// The process installed a sandbox (a seccomp filter) that may forbid making memory
+    /// files: from now on the heap grows with anonymous memory only, and the spans a fork
+    /// froze stay in their segment (correct; an update copies them).
+    pub fn no_new_memory_files(&self) {
+        self.anonymous.store(true, Relaxed);
+        self.fresh_segment.store(false, Relaxed);
+    }
+
     /// In the child after `fork`, on the forking thread (`keep`: its cache, which stays
     /// valid; every other thread cache is given back, those threads do not exist here).
     pub fn fork_child(&self, keep: Option<&ThreadCache>) {

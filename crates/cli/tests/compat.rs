@@ -712,7 +712,6 @@ fn ssh_script(dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "issue 14: 'Connection reset': seccomp kills sshd's preauth child (SIGSYS on clone3 of the runtime's thread)"]
 fn sshd_serves_a_login_and_a_command_as_without_mcr() {
     let test = "sshd_serves_a_login_and_a_command_as_without_mcr";
     let sshd = server_bin("MCR_SSHD", "scripts/sshd/build.sh", test);

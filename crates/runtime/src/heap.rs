@@ -122,6 +122,9 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     let keep = LOCAL.try_with(|l| l.cache.get()).ok().flatten();
     HEAP.fork_child(keep);
+    if crate::is_sandboxed() {
+        HEAP.no_new_memory_files();
+    }
 }
 
 /// From the constructor, whether the runtime is active or not: the thread-exit key and

@@ -63,6 +63,26 @@ pub(crate) fn is_active() -> bool {
     ACTIVE.load(Relaxed)
 }
 
+/// Set once the process installed a seccomp filter. The filter binds the program's threads
+/// (not the control thread, started before it), and the runtime cannot know what it
+/// forbids: sshd's kills a thread on `process_vm_readv`, `prlimit64` or `userfaultfd`,
+/// any of which the runtime's work on a program thread may make. So from then on the
+/// runtime does nothing on program threads beyond the calls they make themselves: no
+/// quiescence (the process never completes startup, and an update refuses it), no startup
+/// log, no memory files for the heap, nothing after a fork but the allocator's own reset.
+static SANDBOXED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn is_sandboxed() -> bool {
+    SANDBOXED.load(Relaxed)
+}
+
+/// The program installed a seccomp filter (see [`SANDBOXED`]).
+pub(crate) fn enter_sandbox() {
+    SANDBOXED.store(true, SeqCst);
+    ACTIVE.store(false, SeqCst);
+    heap::HEAP.no_new_memory_files();
+}
+
 pub(crate) fn pid() -> i32 {
     PID.load(Relaxed)
 }
@@ -149,6 +169,13 @@ static AFTER_FORK: &[ForkReset] = &[
 
 /// In a fork child, from the `pthread_atfork` child handler: [`AFTER_FORK`], in order.
 pub(crate) fn after_fork_in_child() {
+    if is_sandboxed() {
+        // The other steps make system calls (a new control connection, membarrier) the
+        // sandbox may forbid; the child stays as passive as its parent.
+        alloc::reset_after_fork();
+        note_own_pid();
+        return;
+    }
     for step in AFTER_FORK {
         (step.run)();
     }

@@ -46,6 +46,8 @@ real_fns! {
     clearenv: fn() -> c_int;
     sigaltstack: fn(*const libc::stack_t, *mut libc::stack_t) -> c_int;
     prctl: fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int;
+    setrlimit: fn(c_int, *const libc::rlimit) -> c_int;
+    prlimit: fn(pid_t, c_int, *const libc::rlimit, *mut libc::rlimit) -> c_int;
     accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
     accept4: fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
     epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int;
