@@ -149,3 +149,45 @@ fn script_that_execs_the_server_runs_under_mcr() {
     assert_eq!(c.request("PING"), "PONG");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
 }
+
+/// A thread made during startup that exits without ever waiting (httpd's thread that
+/// starts the workers can, on a loaded machine), after every other thread is waiting:
+/// its exit completes the startup, which nothing else would.
+#[test]
+fn startup_completes_when_the_last_starting_thread_exits_without_waiting() {
+    let mcr = Mcr::new("run-starter");
+    let port = free_port();
+    let poold = fixture("poold");
+    let args = [
+        "--port".to_string(),
+        port.to_string(),
+        "--threads".into(),
+        "2".into(),
+        "--starter-spins".into(),
+        "300".into(),
+    ];
+    let out = mcr.run(&[
+        "run",
+        "--detach",
+        "--startup-timeout",
+        "10",
+        "--name",
+        "p",
+        "--",
+        poold.to_str().unwrap(),
+        &args[0],
+        &args[1],
+        &args[2],
+        &args[3],
+        &args[4],
+        &args[5],
+    ]);
+    let inst = mcr.guard("p");
+    assert_eq!(out.code(), 0, "the startup never completed: {out}");
+    let st = inst.status();
+    let procs = processes(&st);
+    assert_eq!(procs[0]["startup_complete"], Value::Bool(true), "{st:#}");
+    assert_eq!(threads(&st).len(), 3, "the main thread and two workers; the starter is gone: {st:#}");
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("PING"), "PONG");
+}

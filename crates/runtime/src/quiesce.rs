@@ -149,6 +149,23 @@ fn note_startup_qp(slot: &Slot) {
         slot.qp_call.store(slot.call.load(Relaxed), Relaxed);
         slot.reached_qp.store(true, Release);
     }
+    complete_startup_if_all_reached();
+}
+
+/// A thread left the table (it exited): if it was the last one that had not reached a
+/// quiescent point, the process's startup is complete now. The others, blocked at theirs,
+/// would not look again (seen under load: httpd's thread that starts the workers exits
+/// before it ever waits, and the process never completed startup).
+pub fn thread_left() {
+    // A process whose last tracked thread leaves is exiting, not starting.
+    if crate::is_active() && !STARTUP_DONE.load(Acquire) && threads::used().next().is_some() {
+        let _internal = threads::InternalGuard::enter();
+        let _errno = errno::ErrnoGuard::save();
+        complete_startup_if_all_reached();
+    }
+}
+
+fn complete_startup_if_all_reached() {
     let all = startup_complete(threads::used().map(|(_, s)| (s.tid.load(Acquire), s.reached_qp.load(Acquire))));
     if all && !STARTUP_DONE.swap(true, AcqRel) {
         if let Some(conflict) = crate::replay::finish_startup() {
@@ -389,6 +406,8 @@ struct Activity {
     sched: Option<mcr_procfs::task::SchedTimes>,
     untracked_internal: u32,
     untracked_in_handler: u32,
+    calls_entered: u32,
+    parks: u32,
 }
 
 impl Activity {
@@ -400,6 +419,8 @@ impl Activity {
             sched: mcr_procfs::task::sched_times(mcr_procfs::Process::Current, tid).ok(),
             untracked_internal: s.untracked_internal.load(Relaxed),
             untracked_in_handler: s.untracked_in_handler.load(Relaxed),
+            calls_entered: s.calls_entered.load(Relaxed),
+            parks: PARK_EVENTS.load(Relaxed),
         }
     }
 
@@ -414,6 +435,11 @@ impl Activity {
                 ms(b.waiting_for_cpu_ns.saturating_sub(a.waiting_for_cpu_ns))
             ));
         }
+        out.push_str(&format!(
+            ", entered {} wrapped calls (threads of the process parked {} times meanwhile)",
+            later.calls_entered.wrapping_sub(self.calls_entered),
+            later.parks.wrapping_sub(self.parks)
+        ));
         let internal = later.untracked_internal.wrapping_sub(self.untracked_internal);
         let in_handler = later.untracked_in_handler.wrapping_sub(self.untracked_in_handler);
         if internal + in_handler > 0 {

@@ -72,6 +72,9 @@ pub struct Slot {
     /// many a thread that did not park made).
     pub untracked_internal: AtomicU32,
     pub untracked_in_handler: AtomicU32,
+    /// Tracked wrapped calls the thread entered (written by the thread only): a quiesce
+    /// report tells a thread looping through calls from one stuck in one.
+    pub calls_entered: AtomicU32,
 }
 
 impl Slot {
@@ -93,6 +96,7 @@ impl Slot {
             generation: AtomicU64::new(0),
             untracked_internal: AtomicU32::new(0),
             untracked_in_handler: AtomicU32::new(0),
+            calls_entered: AtomicU32::new(0),
         }
     }
 
@@ -108,6 +112,7 @@ impl Slot {
         self.frame.store(0, Relaxed);
         self.untracked_internal.store(0, Relaxed);
         self.untracked_in_handler.store(0, Relaxed);
+        self.calls_entered.store(0, Relaxed);
         self.generation.fetch_add(1, Relaxed);
     }
 }
@@ -315,6 +320,7 @@ pub fn forget_current() {
     if let Some(i) = current_index() {
         release(i);
         local().slot.set(NO_SLOT);
+        crate::quiesce::thread_left();
     }
 }
 

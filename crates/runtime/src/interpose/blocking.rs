@@ -90,6 +90,8 @@ pub fn blocking<T>(
         return Outcome::Done(attempt(None));
     };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
+    // Only this thread writes it: a load and a store, no atomic read-modify-write.
+    slot.calls_entered.store(slot.calls_entered.load(Relaxed).wrapping_add(1), Relaxed);
     let mut first = true;
     loop {
         let signals = local.program_signals();
