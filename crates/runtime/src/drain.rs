@@ -162,8 +162,16 @@ fn gate(flags: i64) -> Gate {
     }
 }
 
+/// Counts a pass of the calling thread through the accept gate, for a quiesce's report.
+fn note_gate_pass() {
+    if let Some(slot) = crate::threads::local().claimed_slot() {
+        slot.accept_gate_passes.store(slot.accept_gate_passes.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+}
+
 #[cold]
 fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
+    note_gate_pass();
     match gate(crate::rawfd::status_flags(fd).map_or(-1, i64::from)) {
         Gate::Proceed => return None,
         Gate::Hold => {}
@@ -181,6 +189,7 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
         if DRAINING.load(SeqCst) == 0 {
             return None;
         }
+        note_gate_pass();
         // SAFETY: FUTEX_WAIT on our own aligned word; the kernel restarts it after a
         // handler installed with SA_RESTART, exactly as it would restart accept().
         let r = unsafe {

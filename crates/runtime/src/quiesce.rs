@@ -407,6 +407,8 @@ struct Activity {
     untracked_internal: u32,
     untracked_in_handler: u32,
     calls_entered: u32,
+    call_restarts: u32,
+    accept_gate_passes: u32,
     parks: u32,
 }
 
@@ -420,6 +422,8 @@ impl Activity {
             untracked_internal: s.untracked_internal.load(Relaxed),
             untracked_in_handler: s.untracked_in_handler.load(Relaxed),
             calls_entered: s.calls_entered.load(Relaxed),
+            call_restarts: s.call_restarts.load(Relaxed),
+            accept_gate_passes: s.accept_gate_passes.load(Relaxed),
             parks: PARK_EVENTS.load(Relaxed),
         }
     }
@@ -436,9 +440,20 @@ impl Activity {
             ));
         }
         out.push_str(&format!(
-            ", entered {} wrapped calls (threads of the process parked {} times meanwhile)",
+            ", entered {} wrapped calls, restarted {} after a kick, passed the drain's accept gate {} times \
+             (threads of the process parked {} times meanwhile)",
             later.calls_entered.wrapping_sub(self.calls_entered),
+            later.call_restarts.wrapping_sub(self.call_restarts),
+            later.accept_gate_passes.wrapping_sub(self.accept_gate_passes),
             later.parks.wrapping_sub(self.parks)
+        ));
+        let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", self.tid)).unwrap_or_default();
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map_or("?", str::trim).to_string();
+        out.push_str(&format!(
+            "; kernel state {}, context switches {} voluntary, {} not",
+            field("State:"),
+            field("voluntary_ctxt_switches:"),
+            field("nonvoluntary_ctxt_switches:")
         ));
         let internal = later.untracked_internal.wrapping_sub(self.untracked_internal);
         let in_handler = later.untracked_in_handler.wrapping_sub(self.untracked_in_handler);

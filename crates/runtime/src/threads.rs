@@ -75,6 +75,10 @@ pub struct Slot {
     /// Tracked wrapped calls the thread entered (written by the thread only): a quiesce
     /// report tells a thread looping through calls from one stuck in one.
     pub calls_entered: AtomicU32,
+    /// Times the thread went round a wrapped call's loop after an interruption taken for
+    /// the runtime's kick, and through the drain's accept gate (slow paths only).
+    pub call_restarts: AtomicU32,
+    pub accept_gate_passes: AtomicU32,
 }
 
 impl Slot {
@@ -97,6 +101,8 @@ impl Slot {
             untracked_internal: AtomicU32::new(0),
             untracked_in_handler: AtomicU32::new(0),
             calls_entered: AtomicU32::new(0),
+            call_restarts: AtomicU32::new(0),
+            accept_gate_passes: AtomicU32::new(0),
         }
     }
 
@@ -113,6 +119,8 @@ impl Slot {
         self.untracked_internal.store(0, Relaxed);
         self.untracked_in_handler.store(0, Relaxed);
         self.calls_entered.store(0, Relaxed);
+        self.call_restarts.store(0, Relaxed);
+        self.accept_gate_passes.store(0, Relaxed);
         self.generation.fetch_add(1, Relaxed);
     }
 }

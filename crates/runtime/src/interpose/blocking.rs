@@ -112,6 +112,7 @@ pub fn blocking<T>(
         if interrupted(&r) && quiesce::take_kick(slot, local, signals) {
             // Our kick: the loop entry parks the thread (if this is a quiescent point)
             // and the call starts again with the time that was left.
+            slot.call_restarts.store(slot.call_restarts.load(Relaxed).wrapping_add(1), Relaxed);
             first = false;
             continue;
         }
