@@ -404,10 +404,23 @@ impl Heap {
         true
     }
 
+    /// `region`, a view of the region in `slot` made before its span lock was taken, as it
+    /// stands now (lock held): another thread may have grown the mapping meanwhile, and a
+    /// stale view would not reach the spans it added (the free maps, always mapped whole,
+    /// do).
+    #[inline]
+    pub(crate) fn current<'h>(&'h self, slot: usize, region: Region<'h>) -> Option<Region<'h>> {
+        if region.extent() == self.extent(slot)? {
+            Some(region)
+        } else {
+            self.readable(slot)
+        }
+    }
+
     /// Makes spans below `needed` of the own region in `slot` mapped (span lock held): a
     /// generous step first, else just what is needed. Returns the region's new view.
     pub(crate) fn grow_spans<'h>(&'h self, slot: usize, region: Region<'h>, needed: usize) -> Option<Region<'h>> {
-        let region = if region.extent() == self.extent(slot)? { region } else { self.readable(slot)? };
+        let region = self.current(slot, region)?;
         if needed <= region.extent().spans {
             return Some(region);
         }

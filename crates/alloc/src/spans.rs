@@ -42,6 +42,7 @@ impl Heap {
             if self.role(slot) != Role::Adopted {
                 continue; // retired meanwhile
             }
+            let Some(region) = self.current(slot, region) else { continue };
             if let Some(start) = take_from_pool(region, n, align) {
                 return Some((region, start, run_is_zero(region, start, n)));
             }
@@ -51,6 +52,7 @@ impl Heap {
             let region = self.active_region(own)?;
             {
                 let _g = Guard::lock(&region.header().span_lock);
+                let region = self.current(own, region)?;
                 if let Some(start) = take_from_pool(region, n, align) {
                     return Some((region, start, run_is_zero(region, start, n)));
                 }
@@ -90,9 +92,7 @@ impl Heap {
         n: usize,
         align: usize,
     ) -> Option<(Region<'h>, usize)> {
-        // the view was made before the span lock was taken: another thread may have grown
-        // the mapping since (under the lock, so it stands now)
-        let region = if region.extent() == self.extent(slot)? { region } else { self.readable(slot)? };
+        let region = self.current(slot, region)?;
         let h = region.header();
         let hwm = h.hwm.load(Relaxed) as usize;
         let start = hwm.checked_next_multiple_of(align.max(1))?;
@@ -271,8 +271,9 @@ impl Heap {
             return false;
         }
         let slot = crate::geometry::slot_of(region.base()).unwrap_or(usize::MAX);
-        {
+        let region = {
             let _g = Guard::lock(&h.span_lock);
+            let Some(region) = self.current(slot, region) else { return false };
             let hwm = h.hwm.load(Relaxed) as usize;
             let pooled_end = want.min(hwm);
             if !(end..pooled_end).all(|s| test_bit(region.free_map(), s)) {
@@ -282,6 +283,15 @@ impl Heap {
             if above && (self.role(slot) != Role::Own || self.fresh_segment.load(Relaxed)) {
                 return false;
             }
+            // spans above the high-water mark may lie past what the region maps
+            let region = if above {
+                match self.grow_spans(slot, region, want) {
+                    Some(grown) => grown,
+                    None => return false,
+                }
+            } else {
+                region
+            };
             for s in end..pooled_end {
                 clear_bit(region.free_map(), s);
                 if clear_bit(region.committed_map(), s) {
@@ -292,7 +302,8 @@ impl Heap {
             if above {
                 h.hwm.store(want as u32, Release);
             }
-        }
+            region
+        };
         for s in end..want {
             if let Some(e) = region.span(s) {
                 e.flags.store(0, Relaxed);

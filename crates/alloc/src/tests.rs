@@ -862,6 +862,31 @@ fn a_mapping_that_cannot_grow_fails_the_allocation_not_the_process() {
 }
 
 #[test]
+fn a_large_block_grows_in_place_past_the_mapped_extent() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let c = cache(&h);
+    let extent = h.extent(slot).unwrap();
+    let mapped_end = slot_base(slot) + extent.spans * SPAN_SIZE;
+    // a run that ends a span short of the mapping's end, at the high-water mark
+    let hwm = h.readable(slot).unwrap().header().hwm.load(Relaxed) as usize;
+    let len = (extent.spans - hwm - 1) * SPAN_SIZE;
+    let big = addr(h.malloc(Some(c), len));
+    assert_eq!(big + len, mapped_end - SPAN_SIZE, "the run sits at the top of the mapping");
+    fill(big, len, 7);
+    // grown in place to 4 MiB past the mapping's end: the mapping must grow with it
+    let grown_len = len + 5 * SPAN_SIZE;
+    // SAFETY: `big` is a live block of this heap.
+    let p = addr(unsafe { h.realloc(Some(c), big as *mut u8, grown_len) });
+    assert_eq!(p, big, "grows in place at the high-water mark");
+    assert!(h.extent(slot).unwrap().spans * SPAN_SIZE >= grown_len + (big - slot_base(slot)));
+    check(big, len, 7);
+    fill(big, grown_len, 9); // faults if the tail is not mapped
+    assert_eq!(h.block_of(big + grown_len - 1), Some((big, grown_len)));
+    free(&h, Some(c), big);
+}
+
+#[test]
 fn thread_caches_beyond_the_first_mapped_ones_map_more() {
     let h = heap(Mode::Anonymous);
     let slot = h.own_slot().unwrap();
