@@ -410,7 +410,6 @@ fn vsftpd_case(test: &str, isolate: bool) {
 }
 
 #[test]
-#[ignore = "issue 14: after USER the runtime writes 'mcr: pid N: cannot start the runtime's control thread; this process cannot be quiesced' into the FTP control connection (the RLIMIT_AS '500 OOPS: mmap' is gone since the heap maps only what it uses)"]
 fn vsftpd_isolate_no_serves_ftp_as_without_mcr() {
     vsftpd_case("vsftpd_isolate_no_serves_ftp_as_without_mcr", false);
 }
