@@ -7,8 +7,9 @@
 
 use crate::bitmap;
 use crate::class::{blocks_per_span, CLASSES};
+use crate::extent::Extent;
 use crate::geometry::{slot_base, slot_of, SlotSet, SLOTS, SLOT_SIZE, SPANS_PER_REGION, SPAN_SIZE};
-use crate::heap::{os_err, segment_range, Heap, HeapError, Role, SegmentBacking};
+use crate::heap::{map_pieces, mapped_within, os_err, segment_range, Heap, HeapError, Role, SegmentBacking};
 use crate::layout::{
     with_state, Kind, RegionHeader, State, FIRST_DATA_SPAN, FLAG_ZERO, LAYOUT_VERSION, MAGIC, MAX_SEGMENTS,
 };
@@ -52,21 +53,42 @@ pub struct CommitStats {
 }
 
 impl Heap {
+    /// Replaces what this process maps in `slot` by zero-filled anonymous memory (the same
+    /// ranges: no more address space), giving its memory and memfds back.
+    ///
+    /// # Safety
+    /// Nothing uses the slot's contents any more; readers that race read zeroes.
+    unsafe fn zero_pieces(&self, slot: usize) -> Result<(), OsError> {
+        let Some(extent) = self.extent(slot) else { return Ok(()) };
+        let base = slot_base(slot);
+        for (s, e) in extent.pieces() {
+            // SAFETY: guaranteed by the caller; the range is ours.
+            unsafe { os::map(base + s, e - s, Backing::Anonymous, true) }?;
+        }
+        Ok(())
+    }
+
     /// Maps segment `index` of a previous version's region in `slot` at its address: from
-    /// span `start` (in the region) to the end of the slot, copy-on-write over `memfd` (at
-    /// file offset = offset in the region), or anonymous when `memfd` is `None` (then
-    /// [`Heap::import_private_pages`] brings the bytes). Segments must be mapped in order,
-    /// 0 first (start 0); each later one replaces the tail of the previous ones. The slot
-    /// must be free or reserved. Then [`Heap::finish_mapping`].
+    /// span `start` (in the region) to the end of the slot, as far as the old process
+    /// mapped it (`extent`, from the old region's header: the same for every segment),
+    /// copy-on-write over `memfd` (at file offset = offset in the region), or anonymous
+    /// when `memfd` is `None` (then [`Heap::import_private_pages`] brings the bytes).
+    /// Segments must be mapped in order, 0 first (start 0); each later one replaces the
+    /// tail of the previous ones. The slot must be free or reserved. Then
+    /// [`Heap::finish_mapping`].
     pub fn map_segment(
         &self,
         slot: usize,
         index: usize,
         start: usize,
+        extent: Extent,
         memfd: Option<BorrowedFd<'_>>,
     ) -> Result<(), HeapError> {
         if slot >= SLOTS {
             return Err(HeapError::NoSuchSlot { slot });
+        }
+        if !extent.is_valid() {
+            return Err(HeapError::Corrupt { slot, what: "mapped extent out of range" });
         }
         if index >= MAX_SEGMENTS
             || (index == 0) != (start == 0)
@@ -91,6 +113,9 @@ impl Heap {
         if index > 0 && self.seg_mapped.get(slot).map_or(0, |m| m.load(Relaxed)) & 1 == 0 {
             return Err(HeapError::Segment { slot, index, what: "segment 0 is not mapped" });
         }
+        if index > 0 && self.extent(slot) != Some(extent) {
+            return Err(HeapError::Segment { slot, index, what: "mapped extent differs from segment 0's" });
+        }
         let offset = start * SPAN_SIZE;
         let backing = match memfd {
             Some(fd) => {
@@ -102,10 +127,28 @@ impl Heap {
             }
             None => Backing::Anonymous,
         };
-        // SAFETY: the slot is ours: reserved by us, being mapped by us (not readable by
-        // anyone until finish_mapping), or (segment 0 without `replace`) refused by the
-        // kernel if anything is there.
-        match unsafe { os::map(slot_base(slot) + offset, SLOT_SIZE - offset, backing, replace) } {
+        let base = slot_base(slot);
+        let mapped = if replace && index == 0 {
+            // What is ours there (the reservation, or the zeroes a released region left) goes
+            // first: the region's pieces then never replace anything.
+            // SAFETY: the slot is reserved by us and nothing reads it.
+            unsafe { self.unmap_slot(slot) };
+            map_pieces(base, extent.pieces(), backing)
+        } else if replace {
+            let mut result = Ok(());
+            for (s, e) in extent.pieces_within(offset, SLOT_SIZE) {
+                // SAFETY: the slot is being mapped by us (not readable by anyone until
+                // finish_mapping): later segments replace the tail of the earlier ones.
+                result = unsafe { os::map(base + s, e - s, backing.at(s), true) };
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        } else {
+            map_pieces(base, extent.pieces(), backing)
+        };
+        match mapped {
             Ok(()) => {}
             Err(OsError::EXIST) => {
                 self.set_role(slot, Role::Occupied);
@@ -123,6 +166,9 @@ impl Heap {
                     m.store(0, Relaxed);
                 }
             }
+        }
+        if index == 0 {
+            self.set_extent(slot, Some(extent));
         }
         let b = if memfd.is_some() { SegmentBacking::PrivateMemfd } else { SegmentBacking::Anonymous };
         self.set_backing(slot, index, b);
@@ -146,20 +192,24 @@ impl Heap {
         }
         let pagemap = os::open(&ProcPath::pagemap(Some(pid)), false).map_err(os_err("open of the old pagemap"))?;
         let base = slot_base(slot);
+        let extent = self.extent(slot).ok_or(HeapError::WrongRole { slot, role, expected: "segment 0 is mapped" })?;
         let mut copied = 0;
         let mut failed = None;
-        os::private_pages(pagemap.as_fd(), base, base + SLOT_SIZE, |start, end| {
-            if failed.is_some() {
-                return;
-            }
-            // SAFETY: [start, end) lies in our slot, mapped readable and writable by
-            // map_segment, and nobody reads it before finish_mapping.
-            match unsafe { os::copy_from_process(pid, start, end - start) } {
-                Ok(n) => copied += n,
-                Err(e) => failed = Some(e),
-            }
-        })
-        .map_err(os_err("PAGEMAP_SCAN of the old process"))?;
+        // Only where this process maps the region: the old one mapped the same pieces.
+        for (piece_start, piece_end) in extent.pieces() {
+            os::private_pages(pagemap.as_fd(), base + piece_start, base + piece_end, |start, end| {
+                if failed.is_some() {
+                    return;
+                }
+                // SAFETY: [start, end) lies in a piece of our slot, mapped readable and
+                // writable by map_segment, and nobody reads it before finish_mapping.
+                match unsafe { os::copy_from_process(pid, start, end - start) } {
+                    Ok(n) => copied += n,
+                    Err(e) => failed = Some(e),
+                }
+            })
+            .map_err(os_err("PAGEMAP_SCAN of the old process"))?;
+        }
         match failed {
             Some(errno) => Err(HeapError::Os { op: "process_vm_readv of the old heap", errno }),
             None => Ok(copied),
@@ -175,9 +225,10 @@ impl Heap {
         if role != Role::Mapping || mapped & 1 == 0 {
             return Err(HeapError::WrongRole { slot, role, expected: "finish_mapping follows map_segment" });
         }
-        // SAFETY: segment 0 is mapped over the whole slot (later segments only replaced its
-        // tail by other readable and writable mappings), and the heap keeps it mapped.
-        let region = unsafe { Region::new(slot_base(slot)) };
+        let extent = self.extent(slot).ok_or(HeapError::WrongRole { slot, role, expected: "segment 0 is mapped" })?;
+        // SAFETY: segment 0 mapped the pieces of `extent` (later segments only replaced its
+        // tail by other readable and writable mappings), and the heap keeps them mapped.
+        let region = unsafe { Region::new(slot_base(slot), extent) };
         check_header(region, slot, mapped)?;
         self.set_role(slot, Role::Mapped);
         Ok(())
@@ -214,10 +265,16 @@ impl Heap {
         if word(2) != base as u64 {
             return Err(HeapError::Corrupt { slot, what: "its header names another address" });
         }
-        let mut count = [0u8; 4];
-        os::read_remote(pid, base + core::mem::offset_of!(RegionHeader, segment_count), &mut count)
+        let mut counts = [0u8; 12];
+        os::read_remote(pid, base + core::mem::offset_of!(RegionHeader, segment_count), &mut counts)
             .map_err(os_err("process_vm_readv of the old header"))?;
-        let count = u32::from_ne_bytes(count) as usize;
+        let u32_at = |i: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(counts.get(i * 4..i * 4 + 4).unwrap_or(&[0; 4]));
+            u32::from_ne_bytes(w) as usize
+        };
+        let count = u32_at(0);
+        let extent = Extent { spans: u32_at(1), caches: u32_at(2) };
         if !(1..=MAX_SEGMENTS).contains(&count) {
             return Err(HeapError::Corrupt { slot, what: "segment count out of range" });
         }
@@ -233,7 +290,7 @@ impl Heap {
                 bytes.get(3).copied().unwrap_or(0),
             ]) as usize;
             let fd = open_memfd(base + start * SPAN_SIZE).map_err(os_err("opening an old heap memfd"))?;
-            self.map_segment(slot, index, start, fd.as_ref().map(|fd| fd.as_fd()))?;
+            self.map_segment(slot, index, start, extent, fd.as_ref().map(|fd| fd.as_fd()))?;
         }
         let copied = self.import_private_pages(slot, pid)?;
         self.finish_mapping(slot)?;
@@ -251,8 +308,7 @@ impl Heap {
         self.set_role(slot, Role::Reserved);
         // SAFETY: the slot is ours and nothing allocates there (never adopted); readers that
         // raced with the role change read zeroes (the replacement is readable and writable).
-        unsafe { os::map(slot_base(slot), SLOT_SIZE, Backing::Anonymous, true) }
-            .map_err(os_err("mmap over a released slot"))?;
+        unsafe { self.zero_pieces(slot) }.map_err(os_err("mmap over a released slot"))?;
         for masks in [&self.seg_mapped, &self.seg_private, &self.seg_anonymous] {
             if let Some(m) = masks.get(slot) {
                 m.store(0, Relaxed);
@@ -397,13 +453,14 @@ impl Heap {
                 .map_err(os_err("fallocate(PUNCH_HOLE) of a heap memfd"))?;
             stats.punched += (s - run) * SPAN_SIZE;
         }
-        // SAFETY: the memfd now holds every byte this process sees in [start, end) (private
-        // pages written back, the rest were its pages already or zero), so replacing the
-        // private mapping by a shared one changes no byte; the caller keeps writers away.
-        unsafe {
-            os::map(start, end - start, Backing::Memfd { fd: memfd, offset: (start - base) as u64, shared: true }, true)
+        for (s, e) in mapped_within(region, start, end) {
+            // SAFETY: the memfd now holds every byte this process sees in [start, end)
+            // (private pages written back, the rest were its pages already or zero), so
+            // replacing the private mapping by a shared one changes no byte; the caller keeps
+            // writers away.
+            unsafe { os::map(s, e - s, Backing::Memfd { fd: memfd, offset: (s - base) as u64, shared: true }, true) }
+                .map_err(os_err("mmap of a committed segment"))?;
         }
-        .map_err(os_err("mmap of a committed segment"))?;
         self.set_backing(slot, index, SegmentBacking::SharedMemfd);
         Ok(stats)
     }
@@ -442,7 +499,7 @@ impl Heap {
             }
             // SAFETY: the region holds no block and no cache, and is no longer active or
             // readable; a reader that raced with the role change reads zeroes.
-            let _ = unsafe { os::map(slot_base(slot), SLOT_SIZE, Backing::Anonymous, true) };
+            let _ = unsafe { self.zero_pieces(slot) };
             for masks in [&self.seg_mapped, &self.seg_private, &self.seg_anonymous] {
                 if let Some(m) = masks.get(slot) {
                     m.store(0, Relaxed);
@@ -468,8 +525,8 @@ fn check_header(region: Region<'_>, slot: usize, mapped: u64) -> Result<(), Heap
         return Err(HeapError::Corrupt { slot, what: "its header names another address" });
     }
     let hwm = h.hwm.load(Relaxed) as usize;
-    if !(FIRST_DATA_SPAN..=SPANS_PER_REGION).contains(&hwm) {
-        return Err(HeapError::Corrupt { slot, what: "high-water mark out of range" });
+    if !(FIRST_DATA_SPAN..=region.extent().spans).contains(&hwm) {
+        return Err(HeapError::Corrupt { slot, what: "high-water mark out of range or beyond the mapped part" });
     }
     let count = h.segment_count.load(Relaxed) as usize;
     if !(1..=MAX_SEGMENTS).contains(&count) {

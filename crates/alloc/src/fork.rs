@@ -6,9 +6,10 @@
 
 #![allow(unsafe_code)]
 
-use crate::geometry::{PAGE_SIZE, SPANS_PER_REGION, SPAN_SIZE};
-use crate::heap::{segment_range, Heap, SegmentBacking};
-use crate::layout::{ThreadCache, INFO_STRIDE, MAX_SEGMENTS, OFF_DATA, OFF_INFO};
+use crate::extent::{Extent, GROW_SPANS};
+use crate::geometry::{PAGE_SIZE, SPANS_PER_REGION};
+use crate::heap::{first_mapping, mapped_within, segment_range, Heap, SegmentBacking};
+use crate::layout::{ThreadCache, FIRST_DATA_SPAN, MAX_SEGMENTS};
 use crate::lock;
 use crate::os::{self, Backing, ProcPath};
 use crate::view::{self, Region};
@@ -116,54 +117,56 @@ impl Heap {
         }
     }
 
-    /// Maps [start, end) copy-on-write over the memfd it shows, reopened through
-    /// /proc/self/map_files (the descriptor is closed again right away).
+    /// Maps the pieces of segment [start, end) copy-on-write over the memfd they show,
+    /// reopened through /proc/self/map_files of its first mapping (the descriptor is closed
+    /// again right away).
     fn remap_private(&self, region: Region<'_>, start: usize, end: usize) -> bool {
-        let Ok(fd) = os::open(&ProcPath::map_files(None, start, end), false) else { return false };
-        let offset = (start - region.base()) as u64;
-        // SAFETY: the same bytes appear at the same addresses (the memfd's, which the shared
-        // mapping showed); a store racing with the remap lands either in the memfd before it
-        // or in a private copy after it, and both processes then see it.
-        unsafe { os::map(start, end - start, Backing::Memfd { fd: fd.as_fd(), offset, shared: false }, true) }.is_ok()
+        let Some((first, first_end)) = first_mapping(region, start, end) else { return true };
+        let Ok(fd) = os::open(&ProcPath::map_files(None, first, first_end), false) else { return false };
+        for (s, e) in mapped_within(region, start, end) {
+            let offset = (s - region.base()) as u64;
+            // SAFETY: the same bytes appear at the same addresses (the memfd's, which the
+            // shared mapping showed); a store racing with the remap lands either in the memfd
+            // before it or in a private copy after it, and both processes then see it.
+            let mapped = unsafe { os::map(s, e - s, Backing::Memfd { fd: fd.as_fd(), offset, shared: false }, true) };
+            if mapped.is_err() {
+                // pieces remapped so far show the same bytes, privately: still correct for
+                // them; the caller copies the segment instead
+                return false;
+            }
+        }
+        true
     }
 
     /// Fallback when the memfd cannot be reopened (the process lacks CAP_CHECKPOINT_RESTORE,
-    /// e.g. after dropping privileges): the used part of [start, end) is copied into
-    /// anonymous memory that replaces it. Costs a copy of the segment, and a store another
-    /// thread makes during the copy may be lost: the runtime avoids it by calling
-    /// [`Heap::unshare`] while the process still has the capability.
+    /// e.g. after dropping privileges): the used part of each piece of [start, end) is
+    /// copied into anonymous memory that replaces the piece. Costs a copy of the segment,
+    /// and a store another thread makes during the copy may be lost: the runtime avoids it
+    /// by calling [`Heap::unshare`] while the process still has the capability.
     fn copy_to_anonymous(&self, region: Region<'_>, start: usize, end: usize) {
-        let hwm = (region.header().hwm.load(Relaxed) as usize).min(SPANS_PER_REGION);
-        let used_end = (region.base() + hwm * SPAN_SIZE).clamp(start, end);
-        let len = used_end - start;
-        if len > 0 {
+        let hwm = (region.header().hwm.load(Relaxed) as usize).clamp(FIRST_DATA_SPAN + 1, SPANS_PER_REGION);
+        // The span-indexed areas are used up to the high-water mark only: reading the rest
+        // from a memfd would allocate its holes. It reads as zero, as the fresh copy does.
+        let used = Extent { spans: hwm.next_multiple_of(GROW_SPANS).min(region.extent().spans), ..region.extent() };
+        let base = region.base();
+        for (s, e) in mapped_within(region, start, end) {
+            let len = e - s;
             let Ok(tmp) = os::map_anywhere(len) else { return };
-            // The block-info area is sparse and far larger than its used part (spans
-            // below the high-water mark): reading the rest of it from a memfd would
-            // allocate its holes. It reads as zero, as the fresh copy does.
-            let info_used_end = region.base() + OFF_INFO + hwm * INFO_STRIDE;
-            let data_start = region.base() + OFF_DATA;
-            let mut page = start;
-            while page < used_end {
-                if page >= info_used_end && page < data_start {
-                    page = data_start;
-                    continue;
+            for (us, ue) in used.pieces_within(s - base, e - base) {
+                let mut page = base + us;
+                while page < base + ue {
+                    // SAFETY: both pages are mapped (ours: the heap piece, and the fresh copy
+                    // nobody else knows); the source is read with atomic loads.
+                    unsafe { view::copy_page_if_nonzero(page, tmp + (page - s)) };
+                    page += PAGE_SIZE;
                 }
-                // SAFETY: both pages are mapped (ours: the heap segment, and the fresh copy
-                // nobody else knows); the source is read with atomic loads.
-                unsafe { view::copy_page_if_nonzero(page, tmp + (page - start)) };
-                page += PAGE_SIZE;
             }
-            // SAFETY: the copy holds the segment's bytes; it replaces them in one call.
-            if unsafe { os::move_mapping(tmp, len, start) }.is_err() {
+            // SAFETY: the copy holds the piece's bytes; it replaces them in one call.
+            if unsafe { os::move_mapping(tmp, len, s) }.is_err() {
                 // SAFETY: our own temporary mapping.
                 unsafe { os::unmap(tmp, len) };
                 return;
             }
-        }
-        if end > used_end {
-            // SAFETY: nothing above the high-water mark is in use; it read as zero before.
-            let _ = unsafe { os::map(used_end, end - used_end, Backing::Anonymous, true) };
         }
     }
 

@@ -4,7 +4,8 @@
 
 #![allow(unsafe_code)]
 
-use crate::geometry::{slot_base, SlotSet, SLOTS, SLOT_SIZE, SPANS_PER_REGION, SPAN_SIZE};
+use crate::extent::{Extent, CACHE_STEP};
+use crate::geometry::{slot_base, SlotSet, PAGE_SIZE, SLOTS, SLOT_SIZE, SPANS_PER_REGION, SPAN_SIZE};
 use crate::layout::{ThreadCache, FIRST_DATA_SPAN, LAYOUT_VERSION, MAGIC, MAX_SEGMENTS, THREAD_CACHES};
 use crate::lock::Guard;
 use crate::os::{self, Backing, OsError, ProcPath};
@@ -121,6 +122,10 @@ pub struct RegionInfo {
     pub role: Role,
     /// End of the part ever used (the high-water mark): nothing beyond was ever written.
     pub used_end: usize,
+    /// End of the data spans mapped (the rest of the slot up to its end is not mapped).
+    pub mapped_end: usize,
+    /// Bytes of the slot mapped, metadata included (what counts against `RLIMIT_AS`).
+    pub mapped_bytes: usize,
     pub segments: usize,
 }
 
@@ -133,6 +138,9 @@ pub struct SegmentInfo {
     pub end: usize,
     /// `end` clipped to the region's high-water mark.
     pub used_end: usize,
+    /// The segment's first mapping (the region maps only parts of its slot): the one
+    /// `/proc/PID/map_files` names.
+    pub first_mapping: (usize, usize),
     pub backing: SegmentBacking,
 }
 
@@ -140,7 +148,7 @@ impl SegmentInfo {
     /// Where a process with `pid` exposes this segment's memfd (the successor opens it; see
     /// the crate documentation).
     pub fn map_files_path(&self, pid: Option<i32>) -> ProcPath {
-        ProcPath::map_files(pid, self.start, self.end)
+        ProcPath::map_files(pid, self.first_mapping.0, self.first_mapping.1)
     }
 }
 
@@ -205,6 +213,10 @@ pub struct Heap {
     pub(crate) seg_private: [AtomicU64; SLOTS],
     /// Per slot, bit i: segment i is anonymous.
     pub(crate) seg_anonymous: [AtomicU64; SLOTS],
+    /// Per slot: the extent whose pieces this process maps there (`Extent::pack`; 0: none,
+    /// at most the one-page reservation of a reserved slot). Only grows while the slot is
+    /// readable.
+    extents: [AtomicU64; SLOTS],
     /// After a fork froze the own region's last segment: the next span carved above the
     /// high-water mark starts a fresh memfd segment.
     pub(crate) fresh_segment: AtomicBool,
@@ -236,6 +248,7 @@ impl Heap {
             seg_mapped: [const { AtomicU64::new(0) }; SLOTS],
             seg_private: [const { AtomicU64::new(0) }; SLOTS],
             seg_anonymous: [const { AtomicU64::new(0) }; SLOTS],
+            extents: [const { AtomicU64::new(0) }; SLOTS],
             fresh_segment: AtomicBool::new(false),
             lock: AtomicU32::new(0),
             shared_lock: AtomicU32::new(0),
@@ -271,7 +284,11 @@ impl Heap {
             if self.role(slot) != Role::Unused {
                 continue;
             }
-            let role = match os::reserve(slot_base(slot), SLOT_SIZE) {
+            // One page at the region's base, not the slot: reserved address space counts
+            // against RLIMIT_AS. It finds a slot already taken (a region's header is there),
+            // and nothing maps in the window unasked; mapping the old region later refuses
+            // to replace anything that is not ours.
+            let role = match os::reserve(slot_base(slot), PAGE_SIZE) {
                 Ok(()) => Role::Reserved,
                 Err(_) => Role::Occupied,
             };
@@ -285,31 +302,29 @@ impl Heap {
         self.anonymous.store(anonymous, Relaxed);
         let slot = self.create_region()?;
         self.own.store(slot as u32, Release);
-        let region = self.readable(slot).ok_or(HeapError::Corrupt { slot, what: "own region not readable" })?;
-        let index =
-            claim_cache(region).ok_or(HeapError::Corrupt { slot, what: "no thread cache for the shared path" })?;
+        let (_, index) =
+            self.claim_cache(slot).ok_or(HeapError::Corrupt { slot, what: "no thread cache for the shared path" })?;
         self.shared_cache.store(((slot as u32) << 16) | index as u32, Release);
         Ok(())
     }
 
-    /// Maps a new own region in the lowest free slot and writes its header.
+    /// Maps a new own region in the lowest free slot (its initial extent only) and writes
+    /// its header.
     pub(crate) fn create_region(&self) -> Result<usize, HeapError> {
         let anonymous = self.anonymous.load(Relaxed);
+        let extent = Extent::INITIAL;
         for slot in 0..SLOTS {
             if self.role(slot) != Role::Unused {
                 continue;
             }
             let base = slot_base(slot);
-            let mapped = if anonymous {
-                // SAFETY: FIXED_NOREPLACE (replace = false) never touches existing mappings.
-                unsafe { os::map(base, SLOT_SIZE, Backing::Anonymous, false) }
-            } else {
-                let fd = os::memfd(SLOT_SIZE as u64).map_err(os_err("memfd_create"))?;
-                // SAFETY: as above; the descriptor is closed when `fd` drops, the mapping
-                // keeps the memfd alive.
-                unsafe { os::map(base, SLOT_SIZE, Backing::Memfd { fd: fd.as_fd(), offset: 0, shared: true }, false) }
+            let fd = if anonymous { None } else { Some(os::memfd(SLOT_SIZE as u64).map_err(os_err("memfd_create"))?) };
+            let backing = match &fd {
+                None => Backing::Anonymous,
+                Some(fd) => Backing::Memfd { fd: fd.as_fd(), offset: 0, shared: true },
             };
-            match mapped {
+            // The descriptor is closed when `fd` drops; the mappings keep the memfd alive.
+            match map_pieces(base, extent.pieces(), backing) {
                 Ok(()) => {}
                 Err(OsError::EXIST) => {
                     self.set_role(slot, Role::Occupied);
@@ -322,21 +337,101 @@ impl Heap {
                     m.store(0, Relaxed);
                 }
             }
+            self.set_extent(slot, Some(extent));
             self.set_backing(slot, 0, if anonymous { SegmentBacking::Anonymous } else { SegmentBacking::SharedMemfd });
-            // SAFETY: the whole slot was just mapped readable and writable, and the heap
-            // never unmaps it before it is dropped.
-            let region = unsafe { Region::new(base) };
+            // SAFETY: the pieces of `extent` were just mapped readable and writable, and the
+            // heap never unmaps them before it is dropped.
+            let region = unsafe { Region::new(base, extent) };
             let h = region.header();
             h.base.store(base as u64, Relaxed);
             h.layout.store(LAYOUT_VERSION, Relaxed);
             h.hwm.store(FIRST_DATA_SPAN as u32, Relaxed);
             h.free_hint.store((FIRST_DATA_SPAN / 64) as u32, Relaxed);
             h.segment_count.store(1, Relaxed);
+            h.mapped_spans.store(extent.spans as u32, Relaxed);
+            h.mapped_caches.store(extent.caches as u32, Relaxed);
             h.magic.store(MAGIC, Release);
             self.set_role(slot, Role::Own);
             return Ok(slot);
         }
         Err(HeapError::NoFreeSlot)
+    }
+
+    /// The extent this process maps in `slot` (`None`: no region mapped there).
+    pub fn extent(&self, slot: usize) -> Option<Extent> {
+        Extent::unpack(self.extents.get(slot)?.load(Acquire))
+    }
+
+    /// Records what is mapped in `slot`; an invalid extent is never stored (callers check).
+    pub(crate) fn set_extent(&self, slot: usize, extent: Option<Extent>) {
+        if let Some(e) = self.extents.get(slot) {
+            e.store(Extent::pack(extent.filter(|e| e.is_valid())), Release);
+        }
+    }
+
+    /// Grows the mapping of the region in `slot` (viewed as `region`) in place to `to`,
+    /// area by area; on any failure (the address-space limit, something mapped in the way)
+    /// undoes what grew and returns false. The caller holds the region's span lock, so
+    /// growths of one region never race.
+    pub(crate) fn grow_to(&self, slot: usize, region: Region<'_>, to: Extent) -> bool {
+        let from = region.extent();
+        if self.extent(slot) != Some(from) || !to.is_valid() {
+            return false;
+        }
+        let base = region.base();
+        let mut failed = false;
+        let mut done = 0;
+        for (old_end, new_end) in from.growth(to) {
+            // SAFETY: the piece ending at `old_end` is this region's, and the range above it
+            // up to `new_end` is inside its slot, where nothing of the region is mapped.
+            if unsafe { os::extend(base + old_end, new_end - old_end) }.is_err() {
+                failed = true;
+                break;
+            }
+            done += 1;
+        }
+        if failed {
+            for (old_end, new_end) in from.growth(to).take(done) {
+                // SAFETY: the part that just grew: fresh, nobody uses it yet.
+                unsafe { os::unmap(base + old_end, new_end - old_end) };
+            }
+            return false;
+        }
+        self.set_extent(slot, Some(to));
+        let h = region.header();
+        h.mapped_spans.store(to.spans as u32, Release);
+        h.mapped_caches.store(to.caches as u32, Release);
+        true
+    }
+
+    /// `region`, a view of the region in `slot` made before its span lock was taken, as it
+    /// stands now (lock held): another thread may have grown the mapping meanwhile, and a
+    /// stale view would not reach the spans it added (the free maps, always mapped whole,
+    /// do).
+    #[inline]
+    pub(crate) fn current<'h>(&'h self, slot: usize, region: Region<'h>) -> Option<Region<'h>> {
+        if region.extent() == self.extent(slot)? {
+            Some(region)
+        } else {
+            self.readable(slot)
+        }
+    }
+
+    /// Makes spans below `needed` of the own region in `slot` mapped (span lock held): a
+    /// generous step first, else just what is needed. Returns the region's new view.
+    pub(crate) fn grow_spans<'h>(&'h self, slot: usize, region: Region<'h>, needed: usize) -> Option<Region<'h>> {
+        let region = self.current(slot, region)?;
+        if needed <= region.extent().spans {
+            return Some(region);
+        }
+        let [generous, least] = region.extent().span_targets(needed);
+        if least.spans < needed {
+            return None;
+        }
+        if !self.grow_to(slot, region, generous) && (generous == least || !self.grow_to(slot, region, least)) {
+            return None;
+        }
+        self.readable(slot)
     }
 
     /// The own region is full: a new one takes over, the old one stays active (its free
@@ -385,32 +480,32 @@ impl Heap {
     #[inline]
     pub(crate) fn readable(&self, slot: usize) -> Option<Region<'_>> {
         if self.role(slot).is_readable() {
-            // SAFETY: a readable role means the slot's metadata area is mapped readable and
-            // writable; the heap only ever replaces it by other readable and writable
-            // mappings, and unmaps only in `drop`, which needs `&mut self`.
-            Some(unsafe { Region::new(slot_base(slot)) })
+            self.view(slot)
         } else {
             None
         }
+    }
+
+    /// A view of the region in `slot` (role checked by the caller).
+    #[inline]
+    fn view(&self, slot: usize) -> Option<Region<'_>> {
+        let extent = self.extent(slot)?;
+        // SAFETY: the caller saw a readable role, which means the pieces of the slot's
+        // extent are mapped readable and writable (the extent is set before the role, and
+        // grows only after its pieces did); the heap only ever replaces them by other
+        // readable and writable mappings, and unmaps only in `drop`, which needs `&mut self`.
+        Some(unsafe { Region::new(slot_base(slot), extent) })
     }
 
     /// A view of the region in `slot` if this process allocates there.
     #[inline]
     pub(crate) fn active_region(&self, slot: usize) -> Option<Region<'_>> {
         if self.role(slot).is_active() {
-            // SAFETY: active roles are readable roles (see `readable`).
-            Some(unsafe { Region::new(slot_base(slot)) })
+            // active roles are readable roles
+            self.view(slot)
         } else {
             None
         }
-    }
-
-    pub(crate) fn own_region(&self) -> Option<Region<'_>> {
-        let slot = self.own.load(Acquire);
-        if slot == NO_SLOT {
-            return None;
-        }
-        self.active_region(slot as usize)
     }
 
     /// The active slots in increasing order (snapshot).
@@ -440,8 +535,8 @@ impl Heap {
         if !self.ready() {
             return None;
         }
-        let region = self.own_region()?;
-        let index = claim_cache(region)?;
+        let slot = self.own_slot()?;
+        let (region, index) = self.claim_cache(slot)?;
         region.caches().get(index)
     }
 
@@ -474,6 +569,8 @@ impl Heap {
                 base: region.base(),
                 role,
                 used_end: region.base() + hwm * SPAN_SIZE,
+                mapped_end: region.base() + region.extent().spans * SPAN_SIZE,
+                mapped_bytes: region.extent().bytes(),
                 segments: (h.segment_count.load(Relaxed) as usize).min(MAX_SEGMENTS),
             });
         }
@@ -487,12 +584,14 @@ impl Heap {
         let hwm_end = region.base() + (h.hwm.load(Relaxed) as usize).min(SPANS_PER_REGION) * SPAN_SIZE;
         for index in 0..count {
             let Some((start, end)) = segment_range(region, index) else { continue };
+            let Some(first_mapping) = first_mapping(region, start, end) else { continue };
             f(SegmentInfo {
                 slot,
                 index,
                 start,
                 end,
                 used_end: hwm_end.clamp(start, end),
+                first_mapping,
                 backing: self.backing(slot, index),
             });
         }
@@ -559,13 +658,57 @@ impl Heap {
 impl Drop for Heap {
     fn drop(&mut self) {
         for slot in 0..SLOTS {
-            if !matches!(self.role(slot), Role::Unused | Role::Occupied) {
-                // SAFETY: `&mut self`: no view of this heap is alive, and the slot is ours.
-                // Blocks still allocated from it become invalid, as documented.
-                unsafe { os::unmap(slot_base(slot), SLOT_SIZE) };
+            if matches!(self.role(slot), Role::Unused | Role::Occupied) {
+                continue;
             }
+            // SAFETY: `&mut self`: no view of this heap is alive, and the slot is ours.
+            // Blocks still allocated from it become invalid, as documented.
+            unsafe { self.unmap_slot(slot) };
         }
     }
+}
+
+impl Heap {
+    /// Unmaps what this process maps in `slot` (the pieces of its extent, or the
+    /// reservation), nothing else: a range of the slot that is not ours stays as it is.
+    ///
+    /// # Safety
+    /// The slot is ours and no view of it is used any more.
+    pub(crate) unsafe fn unmap_slot(&self, slot: usize) {
+        let base = slot_base(slot);
+        match self.extent(slot) {
+            Some(extent) => {
+                for (start, end) in extent.pieces() {
+                    // SAFETY: guaranteed by the caller.
+                    unsafe { os::unmap(base + start, end - start) };
+                }
+            }
+            // SAFETY: guaranteed by the caller.
+            None if self.role(slot) == Role::Reserved => unsafe { os::unmap(base, PAGE_SIZE) },
+            None => {}
+        }
+        self.set_extent(slot, None);
+    }
+}
+
+/// Maps the `pieces` (offsets) of the region at `base` over `backing` (a memfd at the
+/// pieces' own offsets), refusing to replace anything; on failure unmaps what it mapped.
+pub(crate) fn map_pieces(
+    base: usize,
+    pieces: impl Iterator<Item = (usize, usize)> + Clone,
+    backing: Backing<'_>,
+) -> Result<(), OsError> {
+    for (done, (start, end)) in pieces.clone().enumerate() {
+        // SAFETY: FIXED_NOREPLACE (replace = false) never touches existing mappings.
+        if let Err(e) = unsafe { os::map(base + start, end - start, backing.at(start), false) } {
+            for (start, end) in pieces.take(done) {
+                // SAFETY: mapped just above, by us; nobody knows of it yet.
+                unsafe { os::unmap(base + start, end - start) };
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Start and end address of segment `index` of a region.
@@ -583,6 +726,25 @@ pub(crate) fn segment_range(region: Region<'_>, index: usize) -> Option<(usize, 
     Some((region.base() + start * SPAN_SIZE, region.base() + end * SPAN_SIZE))
 }
 
+/// The mapped pieces of a region within `[start, end)` (addresses), clipped to it.
+pub(crate) fn mapped_within(
+    region: Region<'_>,
+    start: usize,
+    end: usize,
+) -> impl Iterator<Item = (usize, usize)> + Clone {
+    let base = region.base();
+    region
+        .extent()
+        .pieces_within(start.saturating_sub(base), end.saturating_sub(base))
+        .map(move |(s, e)| (base + s, base + e))
+}
+
+/// The first mapping of the segment `[start, end)` of a region: one mapping of its own
+/// (pieces of one segment are never adjacent but when a region is mapped whole).
+pub(crate) fn first_mapping(region: Region<'_>, start: usize, end: usize) -> Option<(usize, usize)> {
+    mapped_within(region, start, end).next()
+}
+
 /// The segment holding span `span` of a region.
 pub(crate) fn segment_of(region: Region<'_>, span: usize) -> usize {
     let h = region.header();
@@ -598,13 +760,43 @@ pub(crate) fn segment_of(region: Region<'_>, span: usize) -> usize {
     index
 }
 
-/// Claims a free slot of a region's thread-cache table.
-pub(crate) fn claim_cache(region: Region<'_>) -> Option<usize> {
+impl Heap {
+    /// Claims a free slot of the thread-cache table of the region in `slot`, mapping more
+    /// of the table when the mapped part is taken. Returns the region's view (which covers
+    /// the cache) and the index.
+    pub(crate) fn claim_cache(&self, slot: usize) -> Option<(Region<'_>, usize)> {
+        loop {
+            let region = self.readable(slot)?;
+            if let Some(index) = claim_cache_in(region) {
+                return Some((region, index));
+            }
+            let extent = region.extent();
+            if extent.caches >= THREAD_CACHES {
+                return None;
+            }
+            let _g = Guard::lock(&region.header().span_lock);
+            if self.extent(slot) == Some(extent)
+                && !self.grow_to(slot, region, Extent { caches: extent.caches + CACHE_STEP, ..extent })
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// Claims a free slot of the mapped part of a region's thread-cache table.
+fn claim_cache_in(region: Region<'_>) -> Option<usize> {
     let h = region.header();
-    for (w, word) in h.caches_in_use.iter().enumerate() {
+    let mapped = region.caches().len();
+    for (w, word) in h.caches_in_use.iter().enumerate().take(mapped.div_ceil(64)) {
+        // bits of caches beyond the mapped part count as taken
+        let beyond = match mapped - w * 64 {
+            n if n >= 64 => 0,
+            n => u64::MAX << n,
+        };
         let mut v = word.load(Relaxed);
-        while v != u64::MAX {
-            let bit = (!v).trailing_zeros() as usize;
+        while v | beyond != u64::MAX {
+            let bit = (!(v | beyond)).trailing_zeros() as usize;
             match word.compare_exchange_weak(v, v | (1 << bit), AcqRel, Relaxed) {
                 Ok(_) => {
                     let index = w * 64 + bit;
@@ -612,7 +804,7 @@ pub(crate) fn claim_cache(region: Region<'_>) -> Option<usize> {
                     cache.region.store(region.base() as u64, Relaxed);
                     cache.index.store(index as u32, Relaxed);
                     cache.tid.store(os::gettid(), Relaxed);
-                    return (index < THREAD_CACHES).then_some(index);
+                    return Some(index);
                 }
                 Err(now) => v = now,
             }

@@ -15,7 +15,8 @@
 //! +1 GiB      block info: 8 KiB per span, a u16 per block (what the program asked for)
 //! +16 GiB     data spans (span index FIRST_DATA_SPAN onwards)
 //! ```
-//! Metadata pages are touched only for spans and caches in use.
+//! Only the parts for the spans and caches in use are mapped (see `extent`); the header
+//! says how far (`mapped_spans`, `mapped_caches`).
 
 use crate::class::{BIN_CAPACITY, BITMAP_WORDS, CLASSES};
 use crate::geometry::{SLOT_SIZE, SPANS_PER_REGION, SPAN_SIZE};
@@ -24,7 +25,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 /// "mcr-heap" in the first word of every region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"mcr-heap");
 /// Bumped whenever anything in this file changes: a region of another layout is refused.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Thread caches per region.
 pub const THREAD_CACHES: usize = 4096;
@@ -74,6 +75,11 @@ pub struct RegionHeader {
     pub free_hint: AtomicU32,
     /// Segments in `segments`.
     pub segment_count: AtomicU32,
+    /// How far the owning process maps the region (`extent::Extent`): spans below
+    /// `mapped_spans` and their metadata, the first `mapped_caches` thread caches. Written
+    /// after the mapping grew, so a reader that sees a value finds it mapped.
+    pub mapped_spans: AtomicU32,
+    pub mapped_caches: AtomicU32,
     /// Per class: guards the partial list (links and states of listed spans).
     pub class_lock: [AtomicU32; CLASSES],
     /// Per class: first span of the list of spans with free blocks that no thread owns (0 = none).

@@ -1,8 +1,9 @@
 //! mcr's heap allocator engine (DESIGN.md "Addresses", "Allocation metadata").
 //!
 //! The heap lives in a fixed window of the address space cut into 64 GiB slots; each process
-//! allocates in its own region (one slot), whose metadata sits out of band at fixed offsets
-//! from the region's base: a span table (64 KiB spans, a size class each), live bitmaps (one
+//! allocates in its own region (one slot, of which only the parts in use are mapped, grown
+//! in place as spans are carved: see `extent`), whose metadata sits out of band at fixed
+//! offsets from the region's base: a span table (64 KiB spans, a size class each), live bitmaps (one
 //! bit per block, no header per block), partial-span lists and the thread caches. Every
 //! reference inside a region is a span index or an address in the window, so a new process
 //! that maps a region at its address (copy-on-write over the memfd behind it) can read it,
@@ -37,6 +38,7 @@ mod adopt;
 mod api;
 mod bitmap;
 pub mod class;
+mod extent;
 mod fork;
 pub mod geometry;
 mod heap;
@@ -50,6 +52,7 @@ mod view;
 
 pub use adopt::{AdoptStats, CommitStats, MapStats};
 pub use api::BlockInfo;
+pub use extent::{Extent, CACHE_STEP, GROW_SPANS};
 pub use geometry::{SlotListError, SlotSet, SLOTS, SLOT_SIZE, SPAN_SIZE, WINDOW_BASE, WINDOW_END};
 pub use heap::{memfd_reopenable, Config, Heap, HeapError, Mode, RegionInfo, Role, SegmentBacking, SegmentInfo, Stats};
 pub use layout::{ThreadCache, FIRST_DATA_SPAN, LAYOUT_VERSION, MAX_SEGMENTS, THREAD_CACHES};

@@ -23,6 +23,17 @@ pub(crate) enum Backing<'a> {
     Memfd { fd: BorrowedFd<'a>, offset: u64, shared: bool },
 }
 
+impl<'a> Backing<'a> {
+    /// The same backing for a mapping at offset `offset` of a region (a memfd at that
+    /// offset, since file offset = offset in the region).
+    pub(crate) fn at(self, offset: usize) -> Backing<'a> {
+        match self {
+            Backing::Anonymous => Backing::Anonymous,
+            Backing::Memfd { fd, shared, .. } => Backing::Memfd { fd, offset: offset as u64, shared },
+        }
+    }
+}
+
 /// Maps `len` bytes at exactly `addr`, readable and writable, without reserving swap.
 /// With `replace` the range may hold a mapping already (it is replaced atomically);
 /// without, the call fails with `EEXIST` if anything is mapped there.
@@ -455,6 +466,32 @@ pub(crate) unsafe fn move_mapping(from: usize, len: usize, to: usize) -> Result<
         rustix::mm::mremap_fixed(from as *mut c_void, len, len, rustix::mm::MremapFlags::MAYMOVE, to as *mut c_void)
     }
     .map(|_| ())
+}
+
+/// Grows the mapping that ends at `end` by `grow` bytes in place (`mremap` without
+/// `MREMAP_MAYMOVE`): the new pages continue it (same backing, file offsets following on).
+/// Fails with `ENOMEM` if anything is mapped in [end, end + grow) or the address-space limit
+/// (`RLIMIT_AS`) refuses; nothing changes then.
+///
+/// # Safety
+/// The caller owns the mapping ending at `end` and the range above it.
+pub(crate) unsafe fn extend(end: usize, grow: usize) -> Result<(), Errno> {
+    use crate::geometry::PAGE_SIZE;
+    // Any address inside the mapping works if the old length reaches its end: the kernel
+    // then expands that mapping (one page before `end` is always inside it).
+    // SAFETY: guaranteed by the caller; without MAYMOVE nothing moves.
+    let got = unsafe {
+        rustix::mm::mremap(
+            (end - PAGE_SIZE) as *mut c_void,
+            PAGE_SIZE,
+            PAGE_SIZE + grow,
+            rustix::mm::MremapFlags::empty(),
+        )
+    }?;
+    if got as usize != end - PAGE_SIZE {
+        return Err(Errno::NOMEM);
+    }
+    Ok(())
 }
 
 /// The calling thread's id.

@@ -109,6 +109,12 @@ pub fn block_of(src: &dyn Source, addr: usize) -> Option<BlockInfo> {
     if index < FIRST_DATA_SPAN {
         return None;
     }
+    // Only spans below the high-water mark hold blocks, and only they are sure to be mapped
+    // (a region maps its slot only in part): nothing above it is read.
+    let mut hwm = [0u8; 4];
+    if !src.read(base + offset_of!(RegionHeader, hwm), &mut hwm) || index >= u32::from_ne_bytes(hwm) as usize {
+        return None;
+    }
     let e = entry(src, base, index)?;
     match e.kind {
         Kind::Small => {

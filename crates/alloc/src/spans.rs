@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 use crate::bitmap;
+use crate::extent::GROW_SPANS;
 use crate::geometry::{span_addr, SLOT_SIZE, SPANS_PER_REGION, SPAN_SIZE};
 use crate::heap::{segment_of, segment_range, Heap, Role, SegmentBacking};
 use crate::layout::{Kind, FIRST_DATA_SPAN, FLAG_ZERO, MAX_SEGMENTS};
@@ -41,6 +42,7 @@ impl Heap {
             if self.role(slot) != Role::Adopted {
                 continue; // retired meanwhile
             }
+            let Some(region) = self.current(slot, region) else { continue };
             if let Some(start) = take_from_pool(region, n, align) {
                 return Some((region, start, run_is_zero(region, start, n)));
             }
@@ -50,11 +52,18 @@ impl Heap {
             let region = self.active_region(own)?;
             {
                 let _g = Guard::lock(&region.header().span_lock);
+                let region = self.current(own, region)?;
                 if let Some(start) = take_from_pool(region, n, align) {
                     return Some((region, start, run_is_zero(region, start, n)));
                 }
-                if let Some(start) = self.take_above_hwm(region, own, n, align) {
-                    return Some((region, start, true));
+                match self.take_above_hwm(region, own, n, align) {
+                    Some((grown, start)) => return Some((grown, start, true)),
+                    // the slot has room but its mapping cannot grow (the address-space
+                    // limit, or something mapped in the way): a small run may still find
+                    // room in a new region's initial mapping; a large one fails, as
+                    // malloc would, rather than start regions that cannot hold it either
+                    None if self.fits_in_slot(region, n, align) && n + align > GROW_SPANS => return None,
+                    None => {}
                 }
             }
             if !self.grow_own(own) {
@@ -64,9 +73,26 @@ impl Heap {
         None
     }
 
-    /// Carves at the high-water mark of the own region (span lock held). The alignment gap
-    /// goes to the pool.
-    fn take_above_hwm(&self, region: Region<'_>, slot: usize, n: usize, align: usize) -> Option<usize> {
+    /// Whether a run of `n` spans aligned to `align` fits above the high-water mark of
+    /// `region`'s slot.
+    fn fits_in_slot(&self, region: Region<'_>, n: usize, align: usize) -> bool {
+        let hwm = region.header().hwm.load(Relaxed) as usize;
+        hwm.checked_next_multiple_of(align.max(1))
+            .and_then(|start| start.checked_add(n))
+            .is_some_and(|end| end <= SPANS_PER_REGION)
+    }
+
+    /// Carves at the high-water mark of the own region (span lock held), growing its
+    /// mapping if the run ends beyond it. The alignment gap goes to the pool. Returns the
+    /// region's view (which covers the run) and the first span.
+    fn take_above_hwm<'h>(
+        &'h self,
+        region: Region<'h>,
+        slot: usize,
+        n: usize,
+        align: usize,
+    ) -> Option<(Region<'h>, usize)> {
+        let region = self.current(slot, region)?;
         let h = region.header();
         let hwm = h.hwm.load(Relaxed) as usize;
         let start = hwm.checked_next_multiple_of(align.max(1))?;
@@ -76,6 +102,7 @@ impl Heap {
         if self.fresh_segment.load(Relaxed) {
             self.start_fresh_segment(region, slot, hwm);
         }
+        let region = self.grow_spans(slot, region, start + n)?;
         for gap in hwm..start {
             if let Some(e) = region.span(gap) {
                 e.flags.store(FLAG_ZERO, Relaxed);
@@ -92,7 +119,7 @@ impl Heap {
             }
         }
         h.hwm.store((start + n) as u32, Release);
-        Some(start)
+        Some((region, start))
     }
 
     /// After a fork froze the own region's last segment: back the region from `hwm` on by a
@@ -116,15 +143,20 @@ impl Heap {
         if self.backing(slot, last) == SegmentBacking::SharedMemfd {
             return; // not frozen
         }
-        let Ok(fd) = os::memfd(SLOT_SIZE as u64) else { return };
         let offset = hwm * SPAN_SIZE;
+        let mapped_end = region.extent().spans * SPAN_SIZE;
+        if offset >= mapped_end {
+            return; // nothing mapped above the mark: the next growth extends the last segment
+        }
+        let Ok(fd) = os::memfd(SLOT_SIZE as u64) else { return };
         // SAFETY: nothing at or above the high-water mark is in use (no block was ever
         // carved there, and the span lock keeps others from carving now), so replacing the
-        // mapping there changes no byte anyone reads: both read as zero.
+        // mapping there (up to the end of the mapped part) changes no byte anyone reads:
+        // both read as zero.
         let mapped = unsafe {
             os::map(
                 region.base() + offset,
-                SLOT_SIZE - offset,
+                mapped_end - offset,
                 Backing::Memfd { fd: fd.as_fd(), offset: offset as u64, shared: true },
                 true,
             )
@@ -239,8 +271,9 @@ impl Heap {
             return false;
         }
         let slot = crate::geometry::slot_of(region.base()).unwrap_or(usize::MAX);
-        {
+        let region = {
             let _g = Guard::lock(&h.span_lock);
+            let Some(region) = self.current(slot, region) else { return false };
             let hwm = h.hwm.load(Relaxed) as usize;
             let pooled_end = want.min(hwm);
             if !(end..pooled_end).all(|s| test_bit(region.free_map(), s)) {
@@ -250,6 +283,15 @@ impl Heap {
             if above && (self.role(slot) != Role::Own || self.fresh_segment.load(Relaxed)) {
                 return false;
             }
+            // spans above the high-water mark may lie past what the region maps
+            let region = if above {
+                match self.grow_spans(slot, region, want) {
+                    Some(grown) => grown,
+                    None => return false,
+                }
+            } else {
+                region
+            };
             for s in end..pooled_end {
                 clear_bit(region.free_map(), s);
                 if clear_bit(region.committed_map(), s) {
@@ -260,7 +302,8 @@ impl Heap {
             if above {
                 h.hwm.store(want as u32, Release);
             }
-        }
+            region
+        };
         for s in end..want {
             if let Some(e) = region.span(s) {
                 e.flags.store(0, Relaxed);

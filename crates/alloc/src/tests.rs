@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 use crate::class::{class_of, size_of_class, CLASSES, MAX_SMALL};
+use crate::extent::Extent;
 use crate::geometry::{slot_base, slot_of, SlotSet, SLOT_SIZE, SPAN_SIZE};
 use crate::heap::{Config, Heap, Mode, Role, SegmentBacking};
 use crate::layout::{ThreadCache, FIRST_DATA_SPAN};
@@ -481,6 +482,7 @@ fn adoption_in_process_memfd() {
     let slot = old.own_slot().unwrap();
     let (head, live_before) = fill_like_an_old_version(&old);
     let fd = own_memfd(&old, slot, 0);
+    let extent = old.extent(slot).unwrap();
     drop(old); // the old process exits; its memfd lives on through `fd`
 
     let mut avoid = SlotSet::new();
@@ -488,7 +490,7 @@ fn adoption_in_process_memfd() {
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Memfd }).unwrap();
     assert_eq!(h.role(slot), Role::Reserved);
-    h.map_segment(slot, 0, 0, Some(fd.as_fd())).unwrap();
+    h.map_segment(slot, 0, 0, extent, Some(fd.as_fd())).unwrap();
     assert_eq!(h.block_of(head), None, "not readable before finish_mapping");
     h.finish_mapping(slot).unwrap();
     assert_eq!(h.block_of(head), Some((head, 32)));
@@ -556,13 +558,14 @@ fn adoption_in_process_anonymous() {
         image.push((s, unsafe { core::slice::from_raw_parts(s as *const u8, e - s) }.to_vec()))
     })
     .unwrap();
+    let extent = old.extent(slot).unwrap();
     drop(old);
 
     let mut avoid = SlotSet::new();
     avoid.insert(slot);
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
-    h.map_segment(slot, 0, 0, None).unwrap();
+    h.map_segment(slot, 0, 0, extent, None).unwrap();
     for (at, bytes) in &image {
         // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), *at as *mut u8, bytes.len()) };
@@ -585,7 +588,7 @@ fn mapping_rejects_what_is_not_a_region() {
     let h = heap(Mode::Anonymous);
     let other = (h.own_slot().unwrap() + 3) % crate::SLOTS;
     let fd = os::memfd(SLOT_SIZE as u64).unwrap();
-    if h.map_segment(other, 0, 0, Some(fd.as_fd())).is_ok() {
+    if h.map_segment(other, 0, 0, Extent::INITIAL, Some(fd.as_fd())).is_ok() {
         assert!(matches!(h.finish_mapping(other), Err(crate::HeapError::NotARegion { .. })));
         let mut set = SlotSet::new();
         set.insert(other);
@@ -594,9 +597,9 @@ fn mapping_rejects_what_is_not_a_region() {
         assert_eq!(h.role(other), Role::Reserved);
     }
     let small = os::memfd(4096).unwrap();
-    assert!(h.map_segment(other, 0, 0, Some(small.as_fd())).is_err(), "a memfd smaller than a region");
-    assert!(h.map_segment(h.own_slot().unwrap(), 0, 0, None).is_err(), "not over the own region");
-    assert!(h.map_segment(other, 1, 5, None).is_err(), "a segment inside the metadata");
+    assert!(h.map_segment(other, 0, 0, Extent::INITIAL, Some(small.as_fd())).is_err(), "a memfd smaller than a region");
+    assert!(h.map_segment(h.own_slot().unwrap(), 0, 0, Extent::INITIAL, None).is_err(), "not over the own region");
+    assert!(h.map_segment(other, 1, 5, Extent::INITIAL, None).is_err(), "a segment inside the metadata");
 }
 
 #[test]
@@ -771,4 +774,131 @@ fn block_info_says_what_was_asked_for_locally_and_from_the_bytes() {
     let big = *want.keys().last().unwrap();
     free(&h, Some(c), big);
     assert_eq!(crate::remote::block_of(&Local, big), None, "freed");
+}
+
+/// Whether any page of [start, end) is mapped in this process.
+fn any_mapped(start: usize, end: usize) -> bool {
+    let mut page = start;
+    while page < end {
+        let mut v = 0u8;
+        // SAFETY: mincore only reports on the page (ENOMEM when it is not mapped).
+        if unsafe { libc::mincore(page as *mut libc::c_void, 4096, &mut v) } == 0 {
+            return true;
+        }
+        page += 4096;
+    }
+    false
+}
+
+#[test]
+fn a_region_maps_little_at_first_and_grows_in_place() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let base = slot_base(slot);
+    let first = h.extent(slot).unwrap();
+    assert_eq!(first, Extent::INITIAL);
+    let mut info = Vec::new();
+    h.regions(|r| info.push(r));
+    assert!(info[0].mapped_bytes < 12 << 20, "{:?}", info[0]);
+    let mapped_end = info[0].mapped_end;
+    assert!(!any_mapped(mapped_end, mapped_end + (1 << 20)), "nothing mapped above the extent");
+    let c = cache(&h);
+    // 96 MiB in blocks of 1 MiB: the mapping grows in place, blocks keep their contents
+    let blocks: Vec<usize> = (0..96).map(|_| addr(h.malloc(Some(c), 1 << 20))).collect();
+    for (i, &b) in blocks.iter().enumerate() {
+        assert_eq!(slot_of(b), Some(slot));
+        fill(b, 1 << 20, i as u8);
+    }
+    let grown = h.extent(slot).unwrap();
+    assert!(grown.spans >= FIRST_DATA_SPAN + 96 * 16, "{grown:?}");
+    assert!(grown.bytes() < 200 << 20, "{grown:?}: {} bytes", grown.bytes());
+    assert!(any_mapped(mapped_end, mapped_end + 4096));
+    let end = base + grown.spans * SPAN_SIZE;
+    assert!(!any_mapped(end, end + (1 << 20)));
+    // the header says how far, for a successor
+    let r = h.readable(slot).unwrap();
+    assert_eq!(r.header().mapped_spans.load(Relaxed) as usize, grown.spans);
+    for (i, &b) in blocks.iter().enumerate() {
+        check(b, 1 << 20, i as u8);
+        assert_eq!(h.block_of(b + 5), Some((b, 1 << 20)));
+        free(&h, Some(c), b);
+    }
+}
+
+#[test]
+fn a_mapping_that_cannot_grow_fails_the_allocation_not_the_process() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let c = cache(&h);
+    let end = slot_base(slot) + h.extent(slot).unwrap().spans * SPAN_SIZE;
+    // something else maps right above the region's mapping (as RLIMIT_AS would, it
+    // refuses the growth)
+    // SAFETY: FIXED_NOREPLACE: a fresh mapping in the region's slot, ours to remove.
+    let blocker = unsafe {
+        libc::mmap(
+            end as *mut libc::c_void,
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(blocker as usize, end);
+    assert!(h.malloc(Some(c), 64 << 20).is_none(), "a large run beyond the mapping fails");
+    assert_eq!(slot_of(end), Some(slot));
+    assert_eq!(h.own_slot(), Some(slot), "a failed large run starts no region");
+    // what the mapping holds still serves
+    let small: Vec<usize> = (0..1000).map(|_| addr(h.malloc(Some(c), 100))).collect();
+    assert!(small.iter().all(|&p| slot_of(p) == Some(slot)));
+    // small runs past the mapping go to a new region, as malloc would find memory elsewhere
+    let runs: Vec<usize> = (0..8).map(|_| addr(h.malloc(Some(c), 1 << 20))).collect();
+    assert!(runs.iter().all(|&p| p != 0));
+    // SAFETY: the blocker mapped above.
+    unsafe { libc::munmap(blocker, 4096) };
+    for p in small.into_iter().chain(runs) {
+        free(&h, Some(c), p);
+    }
+}
+
+#[test]
+fn a_large_block_grows_in_place_past_the_mapped_extent() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let c = cache(&h);
+    let extent = h.extent(slot).unwrap();
+    let mapped_end = slot_base(slot) + extent.spans * SPAN_SIZE;
+    // a run that ends a span short of the mapping's end, at the high-water mark
+    let hwm = h.readable(slot).unwrap().header().hwm.load(Relaxed) as usize;
+    let len = (extent.spans - hwm - 1) * SPAN_SIZE;
+    let big = addr(h.malloc(Some(c), len));
+    assert_eq!(big + len, mapped_end - SPAN_SIZE, "the run sits at the top of the mapping");
+    fill(big, len, 7);
+    // grown in place to 4 MiB past the mapping's end: the mapping must grow with it
+    let grown_len = len + 5 * SPAN_SIZE;
+    // SAFETY: `big` is a live block of this heap.
+    let p = addr(unsafe { h.realloc(Some(c), big as *mut u8, grown_len) });
+    assert_eq!(p, big, "grows in place at the high-water mark");
+    assert!(h.extent(slot).unwrap().spans * SPAN_SIZE >= grown_len + (big - slot_base(slot)));
+    check(big, len, 7);
+    fill(big, grown_len, 9); // faults if the tail is not mapped
+    assert_eq!(h.block_of(big + grown_len - 1), Some((big, grown_len)));
+    free(&h, Some(c), big);
+}
+
+#[test]
+fn thread_caches_beyond_the_first_mapped_ones_map_more() {
+    let h = heap(Mode::Anonymous);
+    let slot = h.own_slot().unwrap();
+    let caches: Vec<&ThreadCache> = (0..3 * crate::CACHE_STEP).map(|_| cache(&h)).collect();
+    assert!(h.extent(slot).unwrap().caches >= 3 * crate::CACHE_STEP);
+    for (i, c) in caches.iter().enumerate() {
+        let p = addr(h.malloc(Some(c), 24 + i));
+        fill(p, 24 + i, i as u8);
+        check(p, 24 + i, i as u8);
+        free(&h, Some(c), p);
+    }
+    for c in caches {
+        h.release_thread_cache(c);
+    }
 }

@@ -4,9 +4,11 @@
 //! code over these views.
 //!
 //! Soundness rests on one invariant, kept by `Heap`: a [`Region`] is only created for a slot
-//! that the heap keeps mapped readable and writable for as long as the view's lifetime
-//! (the borrow of the heap). The heap replaces such a mapping only by another readable and
-//! writable one (fork freezing, commit, retirement) and unmaps only when dropped. All views
+//! whose pieces under the view's extent (`extent::Extent`) the heap keeps mapped readable
+//! and writable for as long as the view's lifetime (the borrow of the heap). The heap
+//! replaces such a mapping only by another readable and writable one (fork freezing,
+//! commit, retirement), grows it but never shrinks it, and unmaps only when dropped; every
+//! accessor stays inside the view's extent. All views
 //! are atomics, and memory of all zeroes is a valid value for every one of them, so the
 //! contents may change under the view (other threads, or a remap) without breaking Rust's
 //! rules.
@@ -14,18 +16,20 @@
 #![allow(unsafe_code)]
 
 use crate::class::BITMAP_WORDS;
+use crate::extent::Extent;
 use crate::geometry::{SLOT_SIZE, SPANS_PER_REGION};
 use crate::layout::{
-    RegionHeader, SpanEntry, ThreadCache, INFO_STRIDE, OFF_CACHES, OFF_COMMITTED_MAP, OFF_FREE_MAP, OFF_INFO, OFF_LIVE,
-    OFF_SPANS, THREAD_CACHES,
+    RegionHeader, SpanEntry, ThreadCache, FIRST_DATA_SPAN, INFO_STRIDE, OFF_CACHES, OFF_COMMITTED_MAP, OFF_FREE_MAP,
+    OFF_INFO, OFF_LIVE, OFF_SPANS, THREAD_CACHES,
 };
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU16, AtomicU64};
 
-/// The metadata of the region at `base`, valid for `'h`.
+/// The metadata of the region at `base`, valid for `'h`, as far as it is mapped.
 #[derive(Clone, Copy)]
 pub(crate) struct Region<'h> {
     base: usize,
+    extent: Extent,
     _heap: PhantomData<&'h ()>,
 }
 
@@ -45,16 +49,28 @@ const _: () = {
 
 impl<'h> Region<'h> {
     /// # Safety
-    /// `base` is the base of a slot (aligned to `SLOT_SIZE`) whose whole range stays mapped
-    /// readable and writable for `'h`.
+    /// `base` is the base of a slot (aligned to `SLOT_SIZE`) whose pieces under `extent`
+    /// (`Extent::pieces`) stay mapped readable and writable for `'h`.
     #[inline]
-    pub(crate) unsafe fn new(base: usize) -> Region<'h> {
-        Region { base, _heap: PhantomData }
+    pub(crate) unsafe fn new(base: usize, extent: Extent) -> Region<'h> {
+        Region { base, extent, _heap: PhantomData }
     }
 
     #[inline]
     pub(crate) fn base(&self) -> usize {
         self.base
+    }
+
+    /// How far the region was mapped when this view was made.
+    #[inline]
+    pub(crate) fn extent(&self) -> Extent {
+        self.extent
+    }
+
+    /// Whether span `index` is a data span within the mapped part.
+    #[inline]
+    fn mapped_span(&self, index: usize) -> bool {
+        (FIRST_DATA_SPAN..self.extent.spans.min(SPANS_PER_REGION)).contains(&index)
     }
 
     #[inline]
@@ -64,17 +80,16 @@ impl<'h> Region<'h> {
         unsafe { &*(self.base as *const RegionHeader) }
     }
 
-    /// The whole span table.
-    #[inline]
-    pub(crate) fn spans(&self) -> &'h [SpanEntry] {
-        // SAFETY: SPANS_PER_REGION entries at OFF_SPANS lie inside the mapped region
-        // (checked above), are suitably aligned, and any bytes are valid atomics.
-        unsafe { core::slice::from_raw_parts((self.base + OFF_SPANS) as *const SpanEntry, SPANS_PER_REGION) }
-    }
-
+    /// The span-table entry of data span `index`, if mapped.
     #[inline]
     pub(crate) fn span(&self, index: usize) -> Option<&'h SpanEntry> {
-        self.spans().get(index)
+        if !self.mapped_span(index) {
+            return None;
+        }
+        // SAFETY: the entry of a data span below the extent lies in the mapped part of the
+        // span table (Extent::pieces), inside the slot (checked above), aligned; any bytes
+        // are valid atomics.
+        Some(unsafe { &*((self.base + OFF_SPANS + index * core::mem::size_of::<SpanEntry>()) as *const SpanEntry) })
     }
 
     /// One bit per span: in the pool.
@@ -96,33 +111,39 @@ impl<'h> Region<'h> {
     /// The live bitmap of span `index`.
     #[inline]
     pub(crate) fn live(&self, index: usize) -> Option<&'h [AtomicU64; BITMAP_WORDS]> {
-        if index >= SPANS_PER_REGION {
+        if !self.mapped_span(index) {
             return None;
         }
         let addr = self.base + OFF_LIVE + index * BITMAP_WORDS * 8;
-        // SAFETY: index < SPANS_PER_REGION, so the 512 bytes lie inside the live-bitmap area
-        // of the mapped region; 8-byte aligned; any bytes are valid atomics.
+        // SAFETY: a data span below the extent: the 512 bytes lie in the mapped part of the
+        // live-bitmap area; 8-byte aligned; any bytes are valid atomics.
         Some(unsafe { &*(addr as *const [AtomicU64; BITMAP_WORDS]) })
     }
 
     /// The block info of span `index`: one `u16` per block.
     #[inline]
     pub(crate) fn info(&self, index: usize) -> Option<&'h [AtomicU16; INFO_STRIDE / 2]> {
-        if index >= SPANS_PER_REGION {
+        if !self.mapped_span(index) {
             return None;
         }
         let addr = self.base + OFF_INFO + index * INFO_STRIDE;
-        // SAFETY: index < SPANS_PER_REGION, so the INFO_STRIDE bytes lie inside the info area
-        // of the mapped region (checked above); 2-byte aligned; any bytes are valid atomics.
+        // SAFETY: a data span below the extent: the INFO_STRIDE bytes lie in the mapped part
+        // of the info area (checked above); 2-byte aligned; any bytes are valid atomics.
         Some(unsafe { &*(addr as *const [AtomicU16; INFO_STRIDE / 2]) })
     }
 
-    /// The thread-cache table.
+    /// The mapped part of the thread-cache table.
     #[inline]
     pub(crate) fn caches(&self) -> &'h [ThreadCache] {
-        // SAFETY: THREAD_CACHES caches at OFF_CACHES lie inside the mapped region (checked
-        // above), aligned; any bytes are valid (atomics only).
-        unsafe { core::slice::from_raw_parts((self.base + OFF_CACHES) as *const ThreadCache, THREAD_CACHES) }
+        // SAFETY: the first `extent.caches` (at most THREAD_CACHES) caches at OFF_CACHES lie
+        // in the mapped part of the cache area, inside the slot (checked above), aligned;
+        // any bytes are valid (atomics only).
+        unsafe {
+            core::slice::from_raw_parts(
+                (self.base + OFF_CACHES) as *const ThreadCache,
+                self.extent.caches.min(THREAD_CACHES),
+            )
+        }
     }
 }
 

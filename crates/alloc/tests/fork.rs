@@ -207,11 +207,12 @@ fn fork_freezes_the_heap_for_both_sides() {
         assert!(holds(big, 8 << 20, PARENT));
 
         // the frozen memfd still holds the bytes of the moment of the fork
+        // (its first mapping: a region maps only the parts of its slot in use)
         let fd = std::fs::File::open(format!("/proc/self/map_files/{:x}-{:x}", seg0.start, {
             let mut end = 0;
             heap.segments(own, |s| {
                 if s.index == 0 {
-                    end = s.end;
+                    end = s.first_mapping.1;
                 }
             });
             end

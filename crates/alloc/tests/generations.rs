@@ -130,12 +130,19 @@ fn visit_digest(heap: &Heap, slots: &[usize]) -> (usize, u64) {
 /// iff no byte changed. Only pages in memory (mincore) are read: reading the others would
 /// fill the memfd's holes; they read as zero (no swap), as do pages another process's reads
 /// brought into the page cache.
-fn region_hash(start: usize, end: usize) -> u64 {
+fn region_hash(ranges: &[(usize, usize)]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &(start, end) in ranges {
+        h = range_hash(h, start, end);
+    }
+    h
+}
+
+fn range_hash(mut h: u64, start: usize, end: usize) -> u64 {
     let pages = (end - start) / PAGE;
     let mut resident = vec![0u8; pages];
     // SAFETY: a mapped range of this process; one byte per page written into `resident`.
     assert_eq!(unsafe { libc::mincore(start as *mut libc::c_void, end - start, resident.as_mut_ptr()) }, 0);
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
     for (i, r) in resident.iter().enumerate() {
         if r & 1 == 0 {
             continue;
@@ -152,14 +159,20 @@ fn region_hash(start: usize, end: usize) -> u64 {
     h
 }
 
-fn used_range(heap: &Heap, slot: usize) -> (usize, usize) {
+/// The mapped parts of the region in `slot` below its high-water mark (a region maps only
+/// parts of its slot).
+fn used_range(heap: &Heap, slot: usize) -> Vec<(usize, usize)> {
     let mut r = (0, 0);
+    let extent = heap.extent(slot).unwrap();
+    let pieces = |(base, used_end): (usize, usize)| -> Vec<(usize, usize)> {
+        extent.pieces_within(0, used_end - base).map(|(s, e)| (base + s, base + e)).collect()
+    };
     heap.regions(|info| {
         if info.slot == slot {
             r = (info.base, info.used_end);
         }
     });
-    r
+    pieces(r)
 }
 
 /// Opens the memfd behind the mapping of `pid` that starts at `start`, from its maps; `None`
@@ -296,13 +309,13 @@ fn generation_one() {
 
     let (count, digest) = walk(head);
     let (live, live_d) = live_digest(heap, head);
-    let (base, used_end) = used_range(heap, slot);
-    let hash = region_hash(base, used_end);
+    let used = used_range(heap, slot);
+    let hash = region_hash(&used);
     println!("ready {} {head} {count} {digest} {live} {live_d} {hash}", std::process::id());
     std::io::stdout().flush().unwrap();
     for line in std::io::stdin().lock().lines() {
         match line.unwrap().as_str() {
-            "hash" => println!("{}", region_hash(base, used_end)),
+            "hash" => println!("{}", region_hash(&used)),
             "work" => {
                 let mut extra = 0;
                 for i in 0..2000 {
@@ -495,7 +508,7 @@ fn adoption_across_three_generations() {
     let mut segments = Vec::new();
     heap.segments(old_slot, |s| segments.push(s));
     for s in &segments {
-        let fd = open_map_files(None, s.start, s.end, true).unwrap();
+        let fd = open_map_files(None, s.first_mapping.0, s.first_mapping.1, true).unwrap();
         let written = heap.commit_segment(old_slot, s.index, mcr_alloc::AsFd::as_fd(&fd)).unwrap();
         assert!(written.written > 0, "segment {} had private pages", s.index);
     }
@@ -505,13 +518,7 @@ fn adoption_across_three_generations() {
     assert_eq!(walk(head), (count2, digest2));
 
     // generation three adopts both regions of this process, with nothing to copy
-    let hashes: Vec<u64> = [old_slot, own]
-        .iter()
-        .map(|&s| {
-            let (a, b) = used_range(&heap, s);
-            region_hash(a, b)
-        })
-        .collect();
+    let hashes: Vec<u64> = [old_slot, own].iter().map(|&s| region_hash(&used_range(&heap, s))).collect();
     let mut three = Generation::start(
         "three",
         &[
@@ -526,8 +533,11 @@ fn adoption_across_three_generations() {
     assert_eq!(num(&done, 0), 0, "after the commit every page is in a memfd: nothing to copy");
     three.finish();
     for (i, &s) in [old_slot, own].iter().enumerate() {
-        let (a, b) = used_range(&heap, s);
-        assert_eq!(region_hash(a, b), hashes[i], "generation three changed slot {s} of generation two");
+        assert_eq!(
+            region_hash(&used_range(&heap, s)),
+            hashes[i],
+            "generation three changed slot {s} of generation two"
+        );
     }
     assert_eq!(walk(head), (count2, digest2));
 }

@@ -168,14 +168,17 @@ pub fn before_privilege_drop() {
 const TRACKED_HEADROOM: usize = 64 << 20;
 
 /// The parts of the heap's regions that dirty tracking covers: their data spans up to the
-/// high-water mark, plus some headroom (a region reserves 64 GiB, too much to track
-/// whole; spans carved later are new, so dirty anyway).
+/// high-water mark, plus some headroom, never past what the region maps (a region maps only
+/// part of its 64 GiB slot and grows it in place; spans carved later are new, so dirty
+/// anyway).
 pub fn used_data_ranges() -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     HEAP.regions(|r| {
         let data = r.base + mcr_alloc::FIRST_DATA_SPAN * mcr_alloc::SPAN_SIZE;
-        let end = r.used_end.max(data + TRACKED_HEADROOM).min(r.base + mcr_alloc::SLOT_SIZE);
-        out.push((data as u64, end as u64));
+        let end = r.used_end.max(data + TRACKED_HEADROOM).min(r.mapped_end);
+        if end > data {
+            out.push((data as u64, end as u64));
+        }
     });
     out
 }
