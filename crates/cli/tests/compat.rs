@@ -415,9 +415,34 @@ fn vsftpd_isolate_no_serves_ftp_as_without_mcr() {
 }
 
 #[test]
-#[ignore = "issue 14: PASS gets no reply (the raw clone()'s setgroups waits for the runtime's thread); the RLIMIT_AS '500 OOPS: mmap' at USER is gone since the heap maps only what it uses"]
 fn vsftpd_isolate_yes_serves_ftp_as_without_mcr() {
     vsftpd_case("vsftpd_isolate_yes_serves_ftp_as_without_mcr", true);
+}
+
+/// vsftpd's isolated session lives in PID and network namespaces of its own, where mcr's
+/// runtime cannot reach the supervisor: an update names it and refuses before it pauses
+/// anything, and the session goes on.
+#[test]
+fn an_update_names_vsftpds_isolated_session_and_refuses() {
+    let test = "an_update_names_vsftpds_isolated_session_and_refuses";
+    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let mcr = Mcr::new(test);
+    let dir = scratch(&mcr, "under-mcr");
+    let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
+    let inst = mcr.start("vsftpd", &launch.program, &launch.args);
+    assert!(wait_until(STARTUP_TIMEOUT, || port_open(launch.port)), "vsftpd does not accept connections");
+    let mut t: Transcript = Vec::new();
+    let mut ftp = Ftp::connect(launch.port).expect("connect");
+    ftp.reply().expect("banner");
+    ftp.step(&mut t, "USER anonymous").expect("USER");
+    assert_eq!(ftp.step(&mut t, "PASS mcr@example.org").expect("PASS"), 230, "{t:?}");
+
+    let out = mcr.run(&["update", "vsftpd", launch.program.to_str().unwrap()]);
+    assert_ne!(out.code(), 0, "the update went ahead with an isolated session open: {out}");
+    assert!(out.stderr.contains("not registered with mcr") && out.stderr.contains("nothing was changed"), "{out}");
+    assert!(!out.stderr.contains("rolled back"), "refused before the pause, not rolled back: {out}");
+    assert_eq!(ftp.step(&mut t, "PWD").expect("PWD after the refused update"), 257, "{t:?}");
+    drop(inst);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -83,6 +83,16 @@ pub(crate) fn enter_sandbox() {
     heap::HEAP.no_new_memory_files();
 }
 
+/// Set by a thread about to fork a child into namespaces of its own (a raw `clone` with
+/// namespace flags, made a fork by `interpose::clone`): the child cannot reach the
+/// supervisor (its control socket is in the old network namespace) and would take PID 1
+/// of its own PID namespace, so it starts passive, as a sandboxed process does.
+static NEXT_CHILD_PASSIVE: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_next_child_passive(on: bool) {
+    NEXT_CHILD_PASSIVE.store(on, SeqCst);
+}
+
 pub(crate) fn pid() -> i32 {
     PID.load(Relaxed)
 }
@@ -169,6 +179,10 @@ static AFTER_FORK: &[ForkReset] = &[
 
 /// In a fork child, from the `pthread_atfork` child handler: [`AFTER_FORK`], in order.
 pub(crate) fn after_fork_in_child() {
+    if NEXT_CHILD_PASSIVE.swap(false, SeqCst) {
+        SANDBOXED.store(true, SeqCst);
+        ACTIVE.store(false, SeqCst);
+    }
     if is_sandboxed() {
         // The other steps make system calls (a new control connection, membarrier) the
         // sandbox may forbid; the child stays as passive as its parent.

@@ -47,6 +47,9 @@ real_fns! {
     sigaltstack: fn(*const libc::stack_t, *mut libc::stack_t) -> c_int;
     prctl: fn(c_int, libc::c_ulong, libc::c_ulong, libc::c_ulong, libc::c_ulong) -> c_int;
     setrlimit: fn(c_int, *const libc::rlimit) -> c_int;
+    syscall: fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
+    unshare: fn(c_int) -> c_int;
+    setns: fn(c_int, c_int) -> c_int;
     prlimit: fn(pid_t, c_int, *const libc::rlimit, *mut libc::rlimit) -> c_int;
     accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
     accept4: fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;

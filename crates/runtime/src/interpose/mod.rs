@@ -13,6 +13,7 @@ use libc::{c_char, c_void};
 pub mod annotations;
 pub mod attributes;
 pub mod blocking;
+pub mod clone;
 pub mod fds;
 pub mod malloc;
 pub mod memory;

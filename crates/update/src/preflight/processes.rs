@@ -76,10 +76,19 @@ fn late_processes(pids: &[i32], logs: &[ProcessLog]) -> Vec<Unmovable> {
         let program = logs.iter().find(|l| l.pid == pid).and_then(|l| l.command_line.first());
         let program = program.and_then(|p| p.rsplit('/').next()).filter(|p| !p.is_empty());
         let command = program.map(|p| format!("{p}: ")).unwrap_or_default();
-        out.push(Unmovable {
-            pid,
-            what: format!("process {pid} ({command}forked after startup, holds no connection)"),
-            why: "the new version's startup does not recreate it, and no connection's respawn would".to_string(),
+        out.push(match log {
+            Some(_) => Unmovable {
+                pid,
+                what: format!("process {pid} ({command}forked after startup, holds no connection)"),
+                why: "the new version's startup does not recreate it, and no connection's respawn would".to_string(),
+            },
+            None => Unmovable {
+                pid,
+                what: format!("process {pid} ({command}made after startup, not registered with mcr)"),
+                why: "mcr's runtime is not active in it (a process in namespaces of its own, as vsftpd's isolated \
+                      sessions, or one that installed a seccomp filter): what it holds can be neither read nor moved"
+                    .to_string(),
+            },
         });
     }
     out
@@ -186,7 +195,7 @@ mod tests {
         let found = late_processes(&[2, 3, 4, 5, 6, 7, 8], &logs);
         assert_eq!(named(&found), [4, 7, 8]);
         assert_eq!(found[0].what, "process 4 (srv: forked after startup, holds no connection)");
-        assert_eq!(found[2].what, "process 8 (forked after startup, holds no connection)");
+        assert_eq!(found[2].what, "process 8 (made after startup, not registered with mcr)");
     }
 
     #[test]
