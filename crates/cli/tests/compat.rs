@@ -419,6 +419,52 @@ fn vsftpd_isolate_yes_serves_ftp_as_without_mcr() {
     vsftpd_case("vsftpd_isolate_yes_serves_ftp_as_without_mcr", true);
 }
 
+/// Fifty committed live updates of vsftpd (isolate=YES, its default), each followed by a
+/// login, a download and an upload: the instance stays listed and serving, and every
+/// upload is there at the end.
+#[test]
+fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
+    const UPDATES: usize = 50;
+    let test = "vsftpd_fifty_updates_each_followed_by_a_login_and_transfers";
+    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let mcr = Mcr::new("vsftpd-50");
+    let dir = scratch(&mcr, "under-mcr");
+    let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
+    let inst = mcr.start("vsftpd", &launch.program, &launch.args);
+    assert!(wait_until(STARTUP_TIMEOUT, || port_open(launch.port)), "vsftpd does not accept connections");
+    let session = |i: usize| -> Result<Transcript, String> {
+        let mut t: Transcript = Vec::new();
+        let mut ftp = Ftp::connect(launch.port)?;
+        ftp.reply()?;
+        ftp.step(&mut t, "USER anonymous")?;
+        if ftp.step(&mut t, "PASS mcr@example.org")? != 230 {
+            return Err(format!("not logged in: {t:?}"));
+        }
+        ftp.step(&mut t, "TYPE I")?;
+        let got = ftp.download(&mut t, "RETR hello.txt")?;
+        if got != FTP_FILE.as_bytes() {
+            return Err(format!("RETR gave {got:?}"));
+        }
+        ftp.upload(&mut t, &format!("STOR upload/after-update-{i}.txt"), format!("upload {i}\n").as_bytes())?;
+        ftp.step(&mut t, "QUIT")?;
+        Ok(t)
+    };
+    let mut update = vec!["update".into(), "vsftpd".into(), launch.program.clone().into_os_string()];
+    update.extend(launch.args.iter().cloned());
+    for i in 0..UPDATES {
+        let out = mcr.run(&update);
+        assert_eq!(out.code(), 0, "update {i} did not commit: {out}\nlog:\n{}", inst.log());
+        session(i).unwrap_or_else(|e| panic!("FTP after update {i}: {e}\nlog:\n{}", inst.log()));
+    }
+    let list = mcr.run(&["list"]);
+    assert!(list.stdout.contains("vsftpd"), "not listed after {UPDATES} updates: {list}");
+    for i in 0..UPDATES {
+        let stored = dir.join("ftp/upload").join(format!("after-update-{i}.txt"));
+        assert_eq!(fs::read_to_string(&stored).ok().as_deref(), Some(format!("upload {i}\n").as_str()));
+    }
+    drop(inst);
+}
+
 /// vsftpd's isolated session lives in PID and network namespaces of its own, where mcr's
 /// runtime cannot reach the supervisor: an update names it and refuses before it pauses
 /// anything, and the session goes on.
@@ -426,7 +472,7 @@ fn vsftpd_isolate_yes_serves_ftp_as_without_mcr() {
 fn an_update_names_vsftpds_isolated_session_and_refuses() {
     let test = "an_update_names_vsftpds_isolated_session_and_refuses";
     let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
-    let mcr = Mcr::new(test);
+    let mcr = Mcr::new("vsftpd-isolated");
     let dir = scratch(&mcr, "under-mcr");
     let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
     let inst = mcr.start("vsftpd", &launch.program, &launch.args);
@@ -437,7 +483,9 @@ fn an_update_names_vsftpds_isolated_session_and_refuses() {
     ftp.step(&mut t, "USER anonymous").expect("USER");
     assert_eq!(ftp.step(&mut t, "PASS mcr@example.org").expect("PASS"), 230, "{t:?}");
 
-    let out = mcr.run(&["update", "vsftpd", launch.program.to_str().unwrap()]);
+    let mut update = vec!["update".into(), "vsftpd".into(), launch.program.clone().into_os_string()];
+    update.extend(launch.args.iter().cloned());
+    let out = mcr.run(&update);
     assert_ne!(out.code(), 0, "the update went ahead with an isolated session open: {out}");
     assert!(out.stderr.contains("not registered with mcr") && out.stderr.contains("nothing was changed"), "{out}");
     assert!(!out.stderr.contains("rolled back"), "refused before the pause, not rolled back: {out}");

@@ -32,7 +32,12 @@ pub enum InstanceError {
     PermissionDenied { name: String, dir: PathBuf, owner: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("the control socket {path} would be {len} bytes long, more than the {max} a Unix socket address holds (an update's socket, NAME.next.sock, is the longest): choose a shorter --runtime-dir or instance name")]
+    SocketPathTooLong { path: PathBuf, len: usize, max: usize },
 }
+
+/// The longest path a Unix socket address holds (sun_path, less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// The directory holding every instance's files.
 #[derive(Debug, Clone)]
@@ -122,6 +127,13 @@ impl InstanceDir {
     pub fn files(&self, name: &str) -> Result<InstanceFiles, InstanceError> {
         validate_name(name)?;
         let p = |ext: &str| self.path.join(format!("{name}.{ext}"));
+        // Refused at `mcr run`, not at the first update, whose new version's socket is
+        // NAME.next.sock.
+        let longest = if name.ends_with(".next") { p("sock") } else { p("next.sock") };
+        let len = longest.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(InstanceError::SocketPathTooLong { path: longest, len, max: MAX_SOCKET_PATH });
+        }
         Ok(InstanceFiles { name: name.to_string(), lock: p("lock"), socket: p("sock"), pid: p("pid"), log: p("log") })
     }
 
@@ -356,6 +368,20 @@ mod tests {
         assert!(matches!(link.check_trusted(), Err(InstanceError::InsecureDir { .. })));
         assert!(matches!(InstanceDir::resolve(Some(&link.path)), Err(InstanceError::InsecureDir { .. })));
         fs::remove_dir_all(tmp).unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_an_update_is_refused_up_front() {
+        let dir = InstanceDir { path: PathBuf::from(format!("/tmp/{}", "d".repeat(80))) };
+        assert!(dir.files("short").is_ok());
+        let long = "n".repeat(18); // 85 + 18 + ".sock" fits, ".next.sock" does not
+        match dir.files(&long) {
+            Err(InstanceError::SocketPathTooLong { path, len, max }) => {
+                assert!(path.to_string_lossy().ends_with(".next.sock"));
+                assert!(len > max);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

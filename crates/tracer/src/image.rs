@@ -55,6 +55,55 @@ pub fn translate(old: &Program, old_img: &Image, new: &Program, new_img: &Image,
     let at = addr.checked_sub(old_img.bias)?;
     let s = symbol_containing(old, at)?;
     let off = at - s.address;
-    let n = new.symbols.iter().find(|n| n.name == s.name && n.kind == s.kind)?;
+    let n = counterpart_symbol(s, &new.symbols)?;
     (off == 0 || off < n.size).then_some(new_img.bias + n.address + off)
+}
+
+/// The symbol of `new` that is `old`: the one of that name and kind, or, when several
+/// share the name (`static` functions of different files), the one of the same linkage
+/// and file. None when that still leaves more than one: a wrong guess would point the new
+/// version at another function.
+pub fn counterpart_symbol<'n>(old: &Symbol, new: &'n [Symbol]) -> Option<&'n Symbol> {
+    let mut same_name = new.iter().filter(|n| n.name == old.name && n.kind == old.kind);
+    let first = same_name.next()?;
+    if same_name.next().is_none() {
+        return Some(first);
+    }
+    let mut same_file =
+        new.iter().filter(|n| n.name == old.name && n.kind == old.kind && n.global == old.global && n.file == old.file);
+    match (same_file.next(), same_file.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcr_typemodel::SymbolKind;
+
+    fn local(name: &str, address: u64, file: &str) -> Symbol {
+        Symbol {
+            name: name.into(),
+            address,
+            size: 16,
+            kind: SymbolKind::Function,
+            global: false,
+            file: Some(file.into()),
+        }
+    }
+
+    #[test]
+    fn static_functions_sharing_a_name_are_told_apart_by_their_file() {
+        // vsftpd: standalone.c and twoprocess.c each have a static handle_sigchld.
+        let old = [local("handle_sigchld", 0x100, "twoprocess.c"), local("handle_sigchld", 0x200, "standalone.c")];
+        let new = [local("handle_sigchld", 0x300, "twoprocess.c"), local("handle_sigchld", 0x400, "standalone.c")];
+        assert_eq!(counterpart_symbol(&old[1], &new).map(|s| s.address), Some(0x400));
+        assert_eq!(counterpart_symbol(&old[0], &new).map(|s| s.address), Some(0x300));
+        // One of that name: it, whatever its file says.
+        assert_eq!(counterpart_symbol(&old[1], &new[..1]).map(|s| s.address), Some(0x300));
+        // Several, and nothing to tell them apart: no guess.
+        let unknown = [local("f", 0x500, "a.c"), local("f", 0x600, "a.c")];
+        assert_eq!(counterpart_symbol(&local("f", 0x10, "a.c"), &unknown), None);
+    }
 }

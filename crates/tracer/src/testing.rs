@@ -322,7 +322,7 @@ impl Build {
     }
 
     pub fn symbol(&mut self, name: &str, addr: u64, size: u64, kind: SymbolKind) {
-        self.0.symbols.push(Symbol { name: name.into(), address: addr, size, kind, global: true });
+        self.0.symbols.push(Symbol { name: name.into(), address: addr, size, kind, global: true, file: None });
     }
 
     pub fn hint(&mut self, h: &str) {

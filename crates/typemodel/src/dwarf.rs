@@ -84,7 +84,13 @@ fn build_id(file: &object::File) -> Option<String> {
 
 fn symbols(file: &object::File) -> Vec<Symbol> {
     fn read<'d, 'f>(out: &mut Vec<Symbol>, syms: &mut dyn Iterator<Item = object::Symbol<'d, 'f>>) {
+        // ELF lists each file's local symbols after an STT_FILE symbol naming it.
+        let mut file: Option<String> = None;
         for s in syms {
+            if s.kind() == object::SymbolKind::File {
+                file = s.name().ok().filter(|n| !n.is_empty()).map(str::to_string);
+                continue;
+            }
             if !s.is_definition() {
                 continue;
             }
@@ -104,6 +110,7 @@ fn symbols(file: &object::File) -> Vec<Symbol> {
                 size: s.size(),
                 kind,
                 global: s.is_global(),
+                file: if s.is_global() { None } else { file.clone() },
             });
         }
     }

@@ -187,6 +187,10 @@ pub struct Symbol {
     pub size: u64,
     pub kind: SymbolKind,
     pub global: bool,
+    /// For a local symbol: the source file the symbol table names before it (two `static`
+    /// functions may share a name, as vsftpd's two `handle_sigchld`).
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// Everything mcr knows about one binary's data.
