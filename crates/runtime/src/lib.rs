@@ -32,6 +32,7 @@ mod errno;
 mod futex;
 mod heap;
 mod interpose;
+mod last_thread;
 mod mappings;
 mod profiling;
 mod quiesce;

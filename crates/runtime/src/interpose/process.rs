@@ -51,6 +51,7 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
     threads::adopt(slot);
     let ret = routine(arg);
     threads::forget_current();
+    crate::last_thread::thread_ending(false);
     ret
 }
 
@@ -163,7 +164,9 @@ pub unsafe extern "C" fn pthread_create(
 /// thread), with nothing on its stack that must be dropped.
 #[no_mangle]
 pub unsafe extern "C" fn pthread_exit(ret: *mut c_void) -> ! {
+    let is_main = threads::gettid() == crate::pid();
     threads::forget_current();
+    crate::last_thread::thread_ending(is_main);
     // SAFETY: the caller's own argument, under its contract.
     unsafe { real::pthread_exit()(ret) }
 }
