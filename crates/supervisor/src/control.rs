@@ -341,10 +341,25 @@ pub fn begin_stop(state: &State, grace: Duration) {
     });
 }
 
+/// How long `status` waits for a process that disconnected without answering to end.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
+
 pub async fn status(state: &State) -> InstanceStatus {
-    let procs = state.processes();
+    let mut procs = state.processes();
     let registered: Vec<i32> = state.lock().procs.keys().copied().collect();
     let replies = ask_all(state, &registered, RuntimeCommandKind::Status, ASK_TIMEOUT).await;
+    // A process that closed its connection without answering is almost always on its
+    // way out (a daemonizing server's first process, just after `mcr run --detach`
+    // returned): give it a moment to be gone rather than list it as a failure.
+    let leaving: Vec<i32> =
+        replies.iter().filter(|(_, r)| matches!(r, Err(AskError::Disconnected(_)))).map(|(p, _)| *p).collect();
+    if !leaving.is_empty() {
+        let t0 = Instant::now();
+        while t0.elapsed() < EXIT_GRACE && leaving.iter().any(|p| procs.iter().any(|q| q.pid == *p)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            procs = state.processes();
+        }
+    }
     let g = state.lock();
     let mut out = Vec::new();
     for p in &procs {
