@@ -46,12 +46,14 @@ impl Heap {
         }
     }
 
-    /// The process installed a sandbox (a seccomp filter) that may forbid making memory
-    /// files: from now on the heap grows with anonymous memory only, and the spans a fork
-    /// froze stay in their segment (correct; an update copies them).
-    pub fn no_new_memory_files(&self) {
+    /// The process installed a sandbox (a seccomp filter) that may forbid any system call
+    /// the heap would make of its own: from now on it grows with anonymous memory only
+    /// (no memory files; the spans a fork froze stay in their segment, which is correct and
+    /// only copied at the next update), and its lock waits spin without yielding.
+    pub fn enter_sandbox(&self) {
         self.anonymous.store(true, Relaxed);
         self.fresh_segment.store(false, Relaxed);
+        crate::lock::spin_only();
     }
 
     /// In the child after `fork`, on the forking thread (`keep`: its cache, which stays

@@ -2,10 +2,20 @@
 //! it) that yields the CPU after a few spins. Held only for short list and pool operations;
 //! `fork` takes every one of them in the prepare hook and releases them in both processes.
 
-use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicBool, AtomicU32};
 
 const SPINS_BEFORE_YIELD: u32 = 64;
+
+/// Set in a sandboxed process: a wait for a lock makes no system call (sshd's seccomp
+/// filter kills a thread on `sched_yield`; the holder may be the runtime's own thread,
+/// which no filter binds).
+static SPIN_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// From now on, lock waits only spin.
+pub(crate) fn spin_only() {
+    SPIN_ONLY.store(true, Relaxed);
+}
 
 pub(crate) fn acquire(word: &AtomicU32) {
     let mut spins = 0u32;
@@ -14,7 +24,7 @@ pub(crate) fn acquire(word: &AtomicU32) {
             return;
         }
         spins = spins.wrapping_add(1);
-        if spins >= SPINS_BEFORE_YIELD {
+        if spins >= SPINS_BEFORE_YIELD && !SPIN_ONLY.load(Relaxed) {
             rustix::thread::sched_yield();
         } else {
             core::hint::spin_loop();

@@ -123,7 +123,7 @@ extern "C" fn fork_child() {
     let keep = LOCAL.try_with(|l| l.cache.get()).ok().flatten();
     HEAP.fork_child(keep);
     if crate::is_sandboxed() {
-        HEAP.no_new_memory_files();
+        HEAP.enter_sandbox();
     }
 }
 

@@ -81,7 +81,7 @@ pub(crate) fn is_sandboxed() -> bool {
 pub(crate) fn enter_sandbox() {
     SANDBOXED.store(true, SeqCst);
     ACTIVE.store(false, SeqCst);
-    heap::HEAP.no_new_memory_files();
+    heap::HEAP.enter_sandbox();
 }
 
 /// Set by a thread about to fork a child into namespaces of its own (a raw `clone` with
@@ -183,6 +183,7 @@ pub(crate) fn after_fork_in_child() {
     if NEXT_CHILD_PASSIVE.swap(false, SeqCst) {
         SANDBOXED.store(true, SeqCst);
         ACTIVE.store(false, SeqCst);
+        heap::HEAP.enter_sandbox();
     }
     if is_sandboxed() {
         // The other steps make system calls (a new control connection, membarrier) the

@@ -6,8 +6,9 @@
 //! glibc's `setgroups`/`setuid` in the child then wait forever for those threads to take
 //! the setxid signal (vsftpd hung at `PASS`). A fork does what glibc needs (and runs the
 //! fork handlers); the namespaces come from `unshare` on the calling thread, which are
-//! per thread for these kinds, and the thread takes its own back after the fork. The
-//! child starts passive: it cannot reach the supervisor from its own network namespace.
+//! per thread for these kinds, and the thread takes its own back after the fork. A child
+//! in namespaces of its own starts passive: it cannot reach the supervisor from its own
+//! network namespace. A plain fork-like raw clone is an ordinary, registered fork.
 //!
 //! Other raw clones (threads, other flags, a stack of the caller's) go to the kernel as
 //! they are.
@@ -67,7 +68,9 @@ fn fork_into_namespaces(flags: c_int) -> Option<c_long> {
         crate::errno::set(e);
         return Some(-1); // as the clone would have failed (vsftpd then forks plainly)
     }
-    crate::set_next_child_passive(true);
+    // Only a child in namespaces of its own is out of the supervisor's reach; a plain raw
+    // fork-like clone is an ordinary fork child, registered as any other.
+    crate::set_next_child_passive(flags & THREAD_NAMESPACES != 0);
     // SAFETY: the program's fork through the runtime's own wrapper (fork handlers, PIDs),
     // as its raw clone would have forked.
     let pid = unsafe { super::startup::fork() };
