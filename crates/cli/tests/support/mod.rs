@@ -356,6 +356,16 @@ impl Mcr {
         self.run(&argv)
     }
 
+    /// The fixture server `name` started with `--port PORT` and `args`, without mcr
+    /// (killed on drop), once it answers PING: the reference a test compares mcr with.
+    pub fn start_without_mcr(&self, name: &str, port: u16, args: &[&str]) -> Spawned {
+        let mut cmd = Command::new(fixture(name));
+        cmd.arg("--port").arg(port.to_string()).args(args);
+        let s = Spawned::spawn(cmd, &self.tmp.path);
+        assert_eq!(Client::connect(port).request("PING"), "PONG", "{name} without mcr");
+        s
+    }
+
     /// A guard for an instance started some other way (stops it on drop).
     pub fn guard(&self, name: &str) -> Instance<'_> {
         Instance { mcr: self, name: name.to_string() }
