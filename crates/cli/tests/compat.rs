@@ -375,13 +375,7 @@ fn vsftpd_setup(vsftpd: &Path, isolate: bool, dir: &Path, port: u16) -> Launch {
 
 /// Anonymous login, PWD, LIST, RETR, STOR into upload/, SIZE and RETR of what was stored.
 fn ftp_script(_dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> {
-    let mut ftp = Ftp::connect(port)?;
-    let (_, banner) = ftp.reply()?;
-    t.push(format!("connect -> {banner}"));
-    ftp.step(t, "USER anonymous")?;
-    if ftp.step(t, "PASS mcr@example.org")? != 230 {
-        return Err("not logged in".into());
-    }
+    let mut ftp = ftp_login(port, t)?;
     ftp.step(t, "TYPE I")?;
     ftp.step(t, "PWD")?;
     let list = ftp.download(t, "LIST")?;
@@ -419,27 +413,43 @@ fn vsftpd_isolate_yes_serves_ftp_as_without_mcr() {
     vsftpd_case("vsftpd_isolate_yes_serves_ftp_as_without_mcr", true);
 }
 
+/// vsftpd with `isolate=YES` under mcr as instance "vsftpd", accepting connections; its
+/// scratch folder, launch and the `mcr update` arguments that update it to the same build.
+fn vsftpd_under_mcr<'m>(mcr: &'m Mcr, test: &str) -> (Instance<'m>, PathBuf, Launch, Vec<std::ffi::OsString>) {
+    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let dir = scratch(mcr, "under-mcr");
+    let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
+    let inst = mcr.start("vsftpd", &launch.program, &launch.args);
+    assert!(wait_until(STARTUP_TIMEOUT, || port_open(launch.port)), "vsftpd does not accept connections");
+    let mut update = vec!["update".into(), "vsftpd".into(), launch.program.clone().into_os_string()];
+    update.extend(launch.args.iter().cloned());
+    (inst, dir, launch, update)
+}
+
+/// An anonymous FTP login on `port`.
+fn ftp_login(port: u16, t: &mut Transcript) -> Result<Ftp, String> {
+    let mut ftp = Ftp::connect(port)?;
+    let (_, banner) = ftp.reply()?;
+    t.push(format!("connect -> {banner}"));
+    ftp.step(t, "USER anonymous")?;
+    if ftp.step(t, "PASS mcr@example.org")? != 230 {
+        return Err(format!("not logged in: {t:?}"));
+    }
+    Ok(ftp)
+}
+
 /// Fifty committed live updates of vsftpd (isolate=YES, its default), each followed by a
 /// login, a download and an upload: the instance stays listed and serving, and every
 /// upload is there at the end.
 #[test]
 fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
     const UPDATES: usize = 50;
-    let test = "vsftpd_fifty_updates_each_followed_by_a_login_and_transfers";
-    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
     let mcr = Mcr::new("vsftpd-50");
-    let dir = scratch(&mcr, "under-mcr");
-    let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
-    let inst = mcr.start("vsftpd", &launch.program, &launch.args);
-    assert!(wait_until(STARTUP_TIMEOUT, || port_open(launch.port)), "vsftpd does not accept connections");
+    let (inst, dir, launch, update) =
+        vsftpd_under_mcr(&mcr, "vsftpd_fifty_updates_each_followed_by_a_login_and_transfers");
     let session = |i: usize| -> Result<Transcript, String> {
         let mut t: Transcript = Vec::new();
-        let mut ftp = Ftp::connect(launch.port)?;
-        ftp.reply()?;
-        ftp.step(&mut t, "USER anonymous")?;
-        if ftp.step(&mut t, "PASS mcr@example.org")? != 230 {
-            return Err(format!("not logged in: {t:?}"));
-        }
+        let mut ftp = ftp_login(launch.port, &mut t)?;
         ftp.step(&mut t, "TYPE I")?;
         let got = ftp.download(&mut t, "RETR hello.txt")?;
         if got != FTP_FILE.as_bytes() {
@@ -449,8 +459,6 @@ fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
         ftp.step(&mut t, "QUIT")?;
         Ok(t)
     };
-    let mut update = vec!["update".into(), "vsftpd".into(), launch.program.clone().into_os_string()];
-    update.extend(launch.args.iter().cloned());
     for i in 0..UPDATES {
         let out = mcr.run(&update);
         assert_eq!(out.code(), 0, "update {i} did not commit: {out}\nlog:\n{}", inst.log());
@@ -470,21 +478,11 @@ fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
 /// anything, and the session goes on.
 #[test]
 fn an_update_names_vsftpds_isolated_session_and_refuses() {
-    let test = "an_update_names_vsftpds_isolated_session_and_refuses";
-    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
     let mcr = Mcr::new("vsftpd-isolated");
-    let dir = scratch(&mcr, "under-mcr");
-    let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
-    let inst = mcr.start("vsftpd", &launch.program, &launch.args);
-    assert!(wait_until(STARTUP_TIMEOUT, || port_open(launch.port)), "vsftpd does not accept connections");
+    let (inst, _dir, launch, update) = vsftpd_under_mcr(&mcr, "an_update_names_vsftpds_isolated_session_and_refuses");
     let mut t: Transcript = Vec::new();
-    let mut ftp = Ftp::connect(launch.port).expect("connect");
-    ftp.reply().expect("banner");
-    ftp.step(&mut t, "USER anonymous").expect("USER");
-    assert_eq!(ftp.step(&mut t, "PASS mcr@example.org").expect("PASS"), 230, "{t:?}");
+    let mut ftp = ftp_login(launch.port, &mut t).expect("FTP login");
 
-    let mut update = vec!["update".into(), "vsftpd".into(), launch.program.clone().into_os_string()];
-    update.extend(launch.args.iter().cloned());
     let out = mcr.run(&update);
     assert_ne!(out.code(), 0, "the update went ahead with an isolated session open: {out}");
     assert!(out.stderr.contains("not registered with mcr") && out.stderr.contains("nothing was changed"), "{out}");

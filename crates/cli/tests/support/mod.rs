@@ -886,3 +886,21 @@ pub fn host_pids_in_namespace_of(pid: i32) -> Vec<i32> {
         .filter(|&p| mcr_procfs::pid_namespace(p).is_ok_and(|n| n == ns))
         .collect()
 }
+
+/// Runs a fixture that writes its transcript to the file named by its one argument and
+/// exits: without mcr, then in the foreground under `mcr run --name NAME` (which must end
+/// within `wait`, with status 0). Requires the same transcript; returns it.
+pub fn same_output_file_with_and_without_mcr(mcr: &Mcr, name: &str, program: &Path, wait: Duration) -> String {
+    let plain_out = mcr.tmp.join(&format!("{name}-plain.txt"));
+    let status = Command::new(program).arg(&plain_out).status().unwrap_or_else(|e| panic!("running {name}: {e}"));
+    assert!(status.success(), "{name} without mcr: {status}");
+    let plain = fs::read_to_string(&plain_out).unwrap_or_else(|e| panic!("{}: {e}", plain_out.display()));
+    let under_out = mcr.tmp.join(&format!("{name}-under.txt"));
+    let argv: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--name".into(), name.into(), "--".into(), program.into(), under_out.clone().into()];
+    let out = mcr.spawn(&argv).wait(wait, &format!("mcr run {name}"));
+    assert_eq!(out.code(), 0, "{out}");
+    let under = fs::read_to_string(&under_out).unwrap_or_else(|e| panic!("{}: {e}", under_out.display()));
+    assert_eq!(under, plain, "{name}: under mcr (left) and without (right) differ");
+    plain
+}
