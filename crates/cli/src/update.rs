@@ -39,14 +39,32 @@ pub struct UpdateArgs {
     /// holding it) can be changed by a user other than root and you; without it, a warning
     #[arg(long)]
     strict: bool,
-    /// The new version and its arguments
+    /// Start the new version with no arguments when only PROGRAM is given (without it, the
+    /// new version gets the running version's arguments)
+    #[arg(long)]
+    no_args: bool,
+    /// The new version and its arguments; PROGRAM alone runs it with the running version's
+    /// arguments (see --no-args)
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
     command: Vec<String>,
 }
 
 pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     let checks = mcr_update::Checks { fresh_state: args.fresh_state, strict: args.strict };
-    let prepared = mcr_update::prepare(dir, &args.name, &args.command, checks)?;
+    let mut command = args.command.clone();
+    if command.len() == 1 && !args.no_args {
+        // Replacing the binary is the common case: a new build started without the
+        // configuration the running one was given would be another server.
+        let running = mcr_client::Connection::open(dir, &args.name)?.status()?.args;
+        if !running.is_empty() {
+            eprintln!(
+                "mcr: the new version gets the running version's arguments: {} (--no-args: none)",
+                running.join(" ")
+            );
+            command.extend(running);
+        }
+    }
+    let prepared = mcr_update::prepare(dir, &args.name, &command, checks)?;
     for w in &prepared.warnings {
         eprintln!("mcr: warning: {w}");
     }

@@ -1493,3 +1493,24 @@ fn update_of_a_stopped_server_rolls_back_within_its_timeouts() {
     assert_eq!(inst.status()["quiesced"], Value::Bool(false));
     assert_only_instance_files(&mcr, "kvd");
 }
+
+/// `mcr update NAME PROGRAM` replaces the binary: the new version gets the running one's
+/// arguments (here its port), and says so; `--no-args` gives it none.
+#[test]
+fn an_update_given_only_the_program_keeps_the_running_arguments() {
+    let mcr = Mcr::new("u-args");
+    let port = free_port();
+    let _inst = mcr.start("kvd", &fixture("kvd"), &["--port", &port.to_string()]);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET who me"), "OK");
+    let v2 = fixture("kvd-v2");
+    let out = mcr.run(&["update", "kvd", v2.to_str().unwrap()]);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(out.stderr.contains(&format!("the running version's arguments: --port {port}")), "{out}");
+    assert_eq!(c.request("GET who"), "VALUE me", "the session and its data moved");
+    assert_eq!(Client::connect(port).request("GET who"), "VALUE me", "the new version listens where the old one did");
+    // Without arguments kvd refuses to start (it needs --port): the update rolls back.
+    let out = mcr.run(&["update", "--no-args", "kvd", v2.to_str().unwrap()]);
+    assert_ne!(out.code(), 0, "{out}");
+    assert_eq!(Client::connect(port).request("GET who"), "VALUE me");
+}
