@@ -9,9 +9,7 @@
 //! instance is quiesced while the child is held, with the outcome the README promises
 //! for that kind of process ([`WhileHeld`]).
 //! `all_modes_in_one_session_then_the_idle_server_quiesces` runs every mode but
-//! `seccomp` (below) in turn on one server. A case that differs under mcr today is
-//! `#[ignore]`d with what differs: `cargo test --release -p mcr-cli --test
-//! process_creation -- --include-ignored` shows it failing.
+//! `seccomp` (below) in turn on one server.
 
 mod support;
 
@@ -255,10 +253,6 @@ mode_tests! {
     raw_clone_into_user_and_mount_namespaces_as_without_mcr_unregistered => "clone-userns", Some(RunsUnregistered);
     raw_clone3_child_drops_to_nobody_as_without_mcr_unregistered => "clone3", Some(RunsUnregistered);
     chroot_and_setuid_in_a_child_as_without_mcr => "setuid", None;
-    #[ignore = "issue 14: a child held after chroot(\"/dev\")+setuid(nobody) is registered, but once quiesced \
-                `status --json` lists no thread of it and the quiesce reports `1 threads in 2 processes` \
-                (its runtime cannot read /proc/self/* inside the chroot: dirty tracking says \
-                `/proc/self/maps: No such file or directory`)"]
     chroot_and_setuid_child_held_parks => "setuid", Some(Parks { processes: 2, threads: 2 });
     thread_created_after_startup_as_without_mcr_and_parks => "thread", Some(Parks { processes: 1, threads: 2 });
 }

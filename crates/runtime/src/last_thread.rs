@@ -46,7 +46,9 @@ fn others_alive() -> bool {
     let runtime = |t: i32| crate::control::is_control_thread(t) || crate::profiling::is_sampler_thread(t);
     let tasks = {
         let _internal = crate::threads::InternalGuard::enter();
-        mcr_procfs::task::list(mcr_procfs::Process::Current).unwrap_or_default()
+        mcr_procfs::task::list(mcr_procfs::Process::Current)
     };
+    // Without /proc (a process that chroot'ed) nothing can be told: never end it then.
+    let Ok(tasks) = tasks else { return true };
     tasks.into_iter().any(|t| t != me && !runtime(t) && !(t == pid && LEADER_GONE.load(SeqCst)))
 }

@@ -85,13 +85,15 @@ fn profile() -> Option<&'static HashSet<u64>> {
 fn fd_is_blocking(fd: i32) -> bool {
     if crate::control::is_control_thread(threads::gettid()) {
         // The control thread has a descriptor table of its own: ask the kernel about the
-        // program's (the thread group's) descriptor.
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        return info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
-            .is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
+        // program's (the thread group's) descriptor, in /proc or, where there is none (a
+        // process that chroot'ed), through a borrowed copy.
+        let flags = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .ok()
+            .and_then(|info| {
+                info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+            })
+            .or_else(|| crate::borrow::with_program_fd(fd, crate::rawfd::status_flags).flatten().map(i64::from));
+        return flags.is_some_and(|fl| fl & libc::O_NONBLOCK as i64 == 0);
     }
     crate::rawfd::status_flags(fd).is_some_and(|fl| fl & libc::O_NONBLOCK == 0)
 }
@@ -275,8 +277,13 @@ fn kick(slot: &Slot) {
     }
 }
 
+/// Whether thread `tid` of this process lives. Asked of the kernel with a null signal,
+/// not of /proc: a process that `chroot`ed has no /proc, and every thread read as dead
+/// there (its slots were freed, and a quiesce then found nobody to park and reported the
+/// running process quiesced).
 fn thread_alive(tid: i32) -> bool {
-    tid > 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+    // SAFETY: tgkill with signal 0 delivers nothing; it only checks that the thread exists.
+    tid > 0 && unsafe { crate::sys!(libc::SYS_tgkill, crate::pid(), tid, 0) } == 0
 }
 
 /// Threads that died without telling us (pthread_cancel, raw exit) free their slot.
