@@ -251,7 +251,7 @@ mode_tests! {
     raw_clone_child_drops_to_nobody_as_without_mcr_and_parks => "clone", Some(Parks { processes: 2, threads: 2 });
     raw_clone_into_pid_ipc_net_namespaces_as_without_mcr_unregistered => "clone-ns", Some(RunsUnregistered);
     raw_clone_into_user_and_mount_namespaces_as_without_mcr_unregistered => "clone-userns", Some(RunsUnregistered);
-    raw_clone3_child_drops_to_nobody_as_without_mcr_unregistered => "clone3", Some(RunsUnregistered);
+    raw_clone3_child_drops_to_nobody_as_without_mcr_and_parks => "clone3", Some(Parks { processes: 2, threads: 2 });
     chroot_and_setuid_in_a_child_as_without_mcr => "setuid", None;
     chroot_and_setuid_child_held_parks => "setuid", Some(Parks { processes: 2, threads: 2 });
     thread_created_after_startup_as_without_mcr_and_parks => "thread", Some(Parks { processes: 1, threads: 2 });

@@ -253,14 +253,17 @@ fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
         let words: Vec<&str> = tally.split_whitespace().collect();
         words.windows(2).find(|w| w[0] == what).and_then(|w| w[1].parse().ok()).unwrap_or(u64::MAX)
     };
+    // That the thief reached the descriptor socket, mcr's own warning says: the thief's
+    // tally may miss its last connection (seen once under load: the update turned it
+    // away, the tally said "transfer 0"), so it only has to show that nothing was stolen.
+    let turned_away = format!("turned away a connection to the descriptor socket from pid {} ", thief.pid());
     assert!(
-        count("transfer") >= 1 && count("transfer") != u64::MAX,
-        "the thief never reached a descriptor socket, so this test proved nothing: {tally}\nupdate: {out}"
+        out.stderr.contains(&turned_away),
+        "the thief never reached the descriptor socket (so this test proved nothing), or was not turned away \
+         by the peer check: {tally}\nupdate: {out}"
     );
     assert_eq!(count("stolen"), 0, "another user received descriptors: {tally}\nupdate: {out}");
     assert!(out.success(), "the update failed: {out}\nlog:\n{}", inst.log());
-    let turned_away = format!("turned away a connection to the descriptor socket from pid {} ", thief.pid());
-    assert!(out.stderr.contains(&turned_away), "the thief was not turned away by the peer check: {out}");
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(c.request(&format!("GET c{i}")), format!("VALUE v{i}"), "client {i} after the update");
         assert_eq!(c.request("PING"), "PONG", "client {i}");

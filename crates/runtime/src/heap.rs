@@ -111,15 +111,15 @@ extern "C" fn release_cache(cache: *mut libc::c_void) {
     }
 }
 
-extern "C" fn fork_prepare() {
+pub(crate) extern "C" fn fork_prepare() {
     HEAP.fork_prepare();
 }
 
-extern "C" fn fork_parent() {
+pub(crate) extern "C" fn fork_parent() {
     HEAP.fork_parent();
 }
 
-extern "C" fn fork_child() {
+pub(crate) extern "C" fn fork_child() {
     let keep = LOCAL.try_with(|l| l.cache.get()).ok().flatten();
     HEAP.fork_child(keep);
     if crate::is_sandboxed() {

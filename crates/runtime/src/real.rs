@@ -49,6 +49,7 @@ real_fns! {
     setrlimit: fn(c_int, *const libc::rlimit) -> c_int;
     syscall: fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
     unshare: fn(c_int) -> c_int;
+    _Fork: fn() -> pid_t;
     setns: fn(c_int, c_int) -> c_int;
     prlimit: fn(pid_t, c_int, *const libc::rlimit, *mut libc::rlimit) -> c_int;
     accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
