@@ -253,12 +253,14 @@ fn connections_moved_by_an_update_cannot_be_stolen_by_another_user() {
         let words: Vec<&str> = tally.split_whitespace().collect();
         words.windows(2).find(|w| w[0] == what).and_then(|w| w[1].parse().ok()).unwrap_or(u64::MAX)
     };
-    // That the thief reached the descriptor socket, mcr's own warning says: the thief's
-    // tally may miss its last connection (seen once under load: the update turned it
-    // away, the tally said "transfer 0"), so it only has to show that nothing was stolen.
-    let turned_away = format!("turned away a connection to the descriptor socket from pid {} ", thief.pid());
+    // That an intruder reached the descriptor socket, mcr's own warning says. It may be
+    // another thief than ours: a suite running beside this one runs this test too, and
+    // its thief watches every machine-wide abstract socket (seen in loaded runs: the
+    // update turned away the other suite's thief, and ours counted "transfer 0").
+    let turned_away = "turned away a connection to the descriptor socket from pid ";
+    let intruder = format!("(uid {NOBODY}): only process");
     assert!(
-        out.stderr.contains(&turned_away),
+        out.stderr.lines().any(|l| l.contains(turned_away) && l.contains(&intruder)),
         "the thief never reached the descriptor socket (so this test proved nothing), or was not turned away \
          by the peer check: {tally}\nupdate: {out}"
     );
