@@ -41,6 +41,10 @@ pub fn thread_ending(is_main: bool) {
 /// Whether a program thread other than the calling one is alive: not the runtime's own,
 /// not an exited main thread.
 fn others_alive() -> bool {
+    // The thread table answers most exits without /proc (the ending thread has left it).
+    if crate::threads::used().next().is_some() {
+        return true;
+    }
     let me = crate::threads::gettid();
     let pid = crate::pid();
     let runtime = |t: i32| crate::control::is_control_thread(t) || crate::profiling::is_sampler_thread(t);

@@ -179,18 +179,17 @@ static AFTER_FORK: &[ForkReset] = &[
 ];
 
 /// In a fork child, from the `pthread_atfork` child handler: [`AFTER_FORK`], in order.
-/// In a child the runtime does not follow (see [`NEXT_CHILD_PASSIVE`]): passive, as a
-/// sandboxed process.
-pub(crate) fn enter_passive_child() {
-    if NEXT_CHILD_PASSIVE.swap(false, SeqCst) {
-        SANDBOXED.store(true, SeqCst);
-        ACTIVE.store(false, SeqCst);
-        heap::HEAP.enter_sandbox();
-    }
+/// In a child the runtime does not follow: passive, as a sandboxed process.
+pub(crate) fn become_passive() {
+    SANDBOXED.store(true, SeqCst);
+    ACTIVE.store(false, SeqCst);
+    heap::HEAP.enter_sandbox();
 }
 
 pub(crate) fn after_fork_in_child() {
-    enter_passive_child();
+    if NEXT_CHILD_PASSIVE.swap(false, SeqCst) {
+        become_passive();
+    }
     if is_sandboxed() {
         // The other steps make system calls (a new control connection, membarrier) the
         // sandbox may forbid; the child stays as passive as its parent.

@@ -165,8 +165,7 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     // SAFETY: libc's _Fork, as the caller asked; the heap is locked across it.
     let pid = unsafe { f() };
     if pid == 0 {
-        crate::set_next_child_passive(true);
-        crate::enter_passive_child();
+        crate::become_passive();
         crate::heap::fork_child();
     } else {
         let e = crate::errno::get();
