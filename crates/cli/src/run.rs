@@ -95,7 +95,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         Ended::Exited(status) => Ok(status.shell_code()),
         Ended::SupervisorDied { how, pid_namespace: true } => {
             eprintln!(
-                "mcr: the supervisor of '{name}' died unexpectedly ({how}); its PID namespace is gone, and the kernel terminated every process of the server with it"
+                "mcr: the init of '{name}' (PID 1 of its PID namespace, the supervisor's parent) died unexpectedly ({how}); the kernel terminated every process of the server with it"
             );
             Ok(70)
         }

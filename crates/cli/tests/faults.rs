@@ -15,12 +15,15 @@
 //!
 //! After each: exactly one version serves, with every key the writer got an OK for and
 //! every held connection answering, nothing of the other version is left, and the next
-//! `mcr update` commits. Two kinds of fault end the server itself, as they would outside
-//! an update, and are checked for that instead (nothing serves, nothing of either version
-//! is left, the instance starts again and updates): the old supervisor killed before the
-//! state moved (it is PID 1 of the old version's PID namespace: the kernel ends every
-//! process of that version with it, and the new version does not hold the state yet), and
-//! the new version killed after the commit point (the old version is retired by then).
+//! `mcr update` commits. A supervisor killed does not end its version: PID 1 of each
+//! version's namespace is a separate init, which starts another supervisor that takes the
+//! version over (or ends the version, when it was an update's new version before its
+//! commit point). One kind of fault ends the server itself, as it would outside an
+//! update, and is checked for that instead (nothing serves, nothing of either version is
+//! left, the instance starts again and updates): the new version's server killed after the
+//! commit point (the old version is retired by then).
+//!
+//! `a_supervisor_killed_while_serving_is_replaced` kills the supervisor outside any update.
 
 mod support;
 
@@ -55,11 +58,6 @@ impl Point {
             Point::Committed => point::COMMITTED,
         }
     }
-
-    /// Whether the new version's state is complete by then (the transfer finished).
-    fn state_moved(self) -> bool {
-        matches!(self, Point::Committing | Point::Committed)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +81,7 @@ enum Expect {
 
 fn expected(fault: Fault, point: Point) -> Expect {
     match fault {
-        Fault::KillOldSupervisor if !point.state_moved() => Expect::ServerLost,
-        Fault::KillNewServer | Fault::KillNewSupervisor if point == Point::Committed => Expect::ServerLost,
+        Fault::KillNewServer if point == Point::Committed => Expect::ServerLost,
         _ => Expect::Serves,
     }
 }
@@ -373,10 +370,11 @@ fn run_case(fault: Fault, point: Point) {
             kill(pid, libc::SIGKILL);
             wait_gone(pid);
         }
+        // Right after the commit point the old supervisor may have exited already (retired).
+        Fault::KillOldSupervisor if point == Point::Committed => signal_if_alive(old_supervisor, libc::SIGKILL),
         Fault::KillOldSupervisor => {
             kill(old_supervisor, libc::SIGKILL);
             wait_gone(old_supervisor);
-            wait_gone(old_server);
         }
         // Right after the commit point the old version is already being retired (killed).
         Fault::StopOldServer => signal_if_alive(old_server, libc::SIGSTOP),
@@ -393,6 +391,9 @@ fn run_case(fault: Fault, point: Point) {
         d.free();
     }
     let what = context(&format!("update ended in {update_took:?}: {out}"));
+    if std::env::var_os("MCR_FAULTS_VERBOSE").is_some() {
+        eprintln!("{what}");
+    }
 
     match expected(fault, point) {
         Expect::Serves => {
@@ -438,6 +439,45 @@ fn run_case(fault: Fault, point: Point) {
             assert_eq!(ping_once(port, Duration::from_secs(2)), Ok(()));
         }
     }
+}
+
+/// Outside any update: the supervisor killed, the server serves on (keys, clients), another
+/// supervisor takes it over (status, the next update and stop all work through it).
+#[test]
+fn a_supervisor_killed_while_serving_is_replaced() {
+    let mcr = Mcr::new("f-sup-killed");
+    let port = free_port();
+    let versions = Versions { v1: fixture("kvd"), v2: fixture("kvd-v2"), port };
+    let args = ["--port".to_string(), port.to_string()];
+    let inst = mcr.start("kvd", &versions.v1, &args);
+    let mut held = held_connections(port);
+    let writer = Writer::start(port);
+    writer.wait_acked(300);
+    let server = versions.server_of(&versions.v1);
+    let supervisor = parent_of(server);
+    kill(supervisor, libc::SIGKILL);
+    wait_gone(supervisor);
+    let mut status = serde_json::Value::Null;
+    let replaced = wait_until(SETTLES, || {
+        status = inst.status();
+        status["supervisor_pid"].as_i64().is_some_and(|p| p > 0 && p != i64::from(supervisor))
+            && status["quiesced"] == serde_json::Value::Bool(false)
+    });
+    assert!(replaced, "no supervisor took the server over: {status}\nlog:\n{}", inst.log());
+    assert!(alive(server), "the server died with its supervisor\nlog:\n{}", inst.log());
+    assert!(inst.log().contains("took the server over"), "log:\n{}", inst.log());
+    let keys = writer.finish();
+    let what = format!("after the supervisor was replaced\nlog:\n{}", inst.log());
+    check_keys(port, &keys, &what);
+    check_held(&mut held, &what);
+    let next = mcr.run(&update_command(&mcr, &versions.v2, port));
+    assert_eq!(next.code(), 0, "{what}\nthe update did not commit: {next}");
+    check_keys(port, &keys, &format!("{what}\nafter the update"));
+    check_held(&mut held, &format!("{what}\nafter the update"));
+    let stop = mcr.run(&["stop", "kvd"]);
+    assert_eq!(stop.code(), 0, "{stop}");
+    let (a, b) = versions.alive();
+    assert!(a.is_empty() && b.is_empty() && !live(&mcr, "kvd"), "left after stop: {}", versions.describe());
 }
 
 macro_rules! cases {

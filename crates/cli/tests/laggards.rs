@@ -128,7 +128,7 @@ fn quiescing_a_stopped_process_names_it_within_the_timeout() {
     assert_eq!(out.code(), 1, "quiescing a stopped server must fail: {out}");
     assert!(took < Duration::from_secs(3), "quiesce --timeout 500 took {took:?}: {out}");
     assert!(
-        out.stderr.contains("process 2 (") && out.stderr.contains("is stopped (SIGSTOP)"),
+        out.stderr.contains("/kvd --port") && out.stderr.contains("is stopped (SIGSTOP)"),
         "the stopped process is named: {out}"
     );
     // Continued, it gets the quiesce and then the resume that waited for it in its socket

@@ -96,18 +96,30 @@ fn foreground_run_exits_with_the_programs_exit_code() {
     assert!(mcr.instance_files().is_empty(), "instance files left: {:?}", mcr.instance_files());
 }
 
+/// The supervisor killed: another takes over, and `mcr run` follows the server on. The
+/// namespace's init (PID 1, the supervisor's parent) killed: the kernel ends the server,
+/// and `mcr run` says so.
 #[test]
-fn foreground_run_reports_a_killed_supervisor_and_leaves_no_server_behind() {
+fn foreground_run_outlives_a_killed_supervisor_and_reports_a_killed_init() {
     let mcr = Mcr::new("life-sup");
     let port = free_port();
     let kvd = fixture("kvd");
     let (mut run, kvd_pid) = foreground_kvd(&mcr, "k", port, &[]);
     let sup = mcr.supervisor_pid("k");
     assert_ne!(sup, run.pid(), "the supervisor is a separate process");
+    let init = mcr_procfs::stat::read(sup).unwrap().ppid;
+    assert_ne!(init, run.pid(), "the init is a separate process");
     kill(sup, libc::SIGKILL);
-    let out = run.wait(EXIT_WAIT, "foreground mcr run after its supervisor was killed");
+    let replaced = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(mcr.runtime_dir.join("k.pid")).is_ok_and(|p| p.trim() != sup.to_string())
+    });
+    assert!(replaced, "no supervisor took over from {sup}");
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+    assert!(alive(kvd_pid) && alive(run.pid()), "the server and `mcr run` go on");
+    kill(init, libc::SIGKILL);
+    let out = run.wait(EXIT_WAIT, "foreground mcr run after the init was killed");
     assert_ne!(out.code(), 0, "{out}");
-    assert!(out.stderr.contains("supervisor"), "stderr should say the supervisor died: {out}");
+    assert!(out.stderr.contains("PID 1 of its PID namespace"), "stderr should say the init died: {out}");
     let gone = wait_until(Duration::from_secs(5), || !alive(kvd_pid) && host_pids(&kvd, port).is_empty());
     assert!(gone, "kvd still running after its supervisor died: {:?}", host_pids(&kvd, port));
     assert!(wait_until(Duration::from_secs(5), || port_free(port)), "port {port} still in use");
@@ -155,15 +167,17 @@ fn second_run_with_the_same_name_fails_and_leaves_the_first_alone() {
 }
 
 #[test]
-fn detached_instance_with_killed_supervisor_is_reported_dead_and_cleaned_up() {
+fn detached_instance_with_killed_init_is_reported_dead_and_cleaned_up() {
     let mcr = Mcr::new("life-stale");
     let kvd = fixture("kvd");
     let port = free_port();
     let inst = mcr.start("k", &kvd, &["--port", &port.to_string()]);
     let sup = inst.supervisor_pid();
     assert_eq!(inst.status()["supervisor_pid"].as_i64(), Some(sup as i64));
-    kill(sup, libc::SIGKILL);
-    assert!(wait_until(Duration::from_secs(5), || !alive(sup)), "supervisor {sup} did not die");
+    // Its init (PID 1 of the namespace): a killed supervisor alone is replaced.
+    let init = mcr_procfs::stat::read(sup).unwrap().ppid;
+    kill(init, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || !alive(sup) && !alive(init)), "the instance did not die");
 
     let out = mcr.run(&["status", "k"]);
     assert_ne!(out.code(), 0, "{out}");

@@ -52,6 +52,27 @@ impl ClientError {
     }
 }
 
+/// How long a live instance's control socket may refuse connections: its supervisor died
+/// and the namespace's init is starting another, which binds a fresh socket.
+const SUPERVISOR_RESTART: Duration = Duration::from_secs(3);
+
+/// Connect to a live instance's control socket, waiting out a supervisor's restart.
+fn connect_live(files: &mcr_protocol::InstanceFiles) -> std::io::Result<UnixStream> {
+    let t = std::time::Instant::now();
+    loop {
+        match UnixStream::connect(&files.socket) {
+            Err(e)
+                if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound)
+                    && t.elapsed() < SUPERVISOR_RESTART
+                    && files.is_live() =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How often a long request checks whether its caller gave up.
 const GIVE_UP_POLL: Duration = Duration::from_millis(100);
 
@@ -76,7 +97,7 @@ impl Connection {
             |source| ClientError::Connect { name: name.to_string(), socket: files.socket.clone(), source };
         // std opens sockets close-on-exec; a supervisor this process forks later closes its
         // copy (see `launch`), so closing ours is what the supervisor sees.
-        let stream = UnixStream::connect(&files.socket).map_err(connect_error)?;
+        let stream = connect_live(&files).map_err(connect_error)?;
         let reader = stream.try_clone().map_err(connect_error)?;
         Ok(Self { reader: BufReader::new(reader), writer: stream })
     }

@@ -72,8 +72,8 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
             unsafe { libc::_exit(if child < 0 { 71 } else { 0 }) };
         }
         let report = Some(report_wr);
-        let supervisor_pid = match namespace::setup_child(own_ns) {
-            Ok(pid) => pid,
+        let host = match namespace::setup_child(own_ns) {
+            Ok(host) => host,
             Err(e) => {
                 mcr_supervisor::report_launch_failure(
                     &report,
@@ -85,7 +85,7 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
         if l.detach {
             redirect_stdio(&l.files.log);
         }
-        let code = mcr_supervisor::run(mcr_supervisor::Config {
+        let config = mcr_supervisor::Config {
             name: l.name,
             files: l.files,
             lock: l.lock,
@@ -95,11 +95,17 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
             profile: l.profile,
             pid_namespace: own_ns,
             namespace_note: note,
-            supervisor_pid,
+            supervisor_pid: host.pid,
             report,
             detach: l.detach,
             update: l.update,
-        });
+            runtime_socket: None,
+            init_link: None,
+            reattach: None,
+        };
+        // With a namespace, this process is its init (PID 1) and the supervisor its child:
+        // the supervisor can die without ending the server.
+        let code = if own_ns { mcr_supervisor::init::run(config, host.proc) } else { mcr_supervisor::run(config) };
         std::process::exit(code);
     }
     let mut st = 0;

@@ -16,8 +16,8 @@ pub struct Member {
     pub exited: bool,
 }
 
-/// The processes in the PID namespace of host process `holder` (a supervisor: PID 1 of
-/// its namespace), `holder` itself left out, with the descendants of those in namespaces
+/// The processes in the PID namespace of host process `holder` (a supervisor), `holder`
+/// itself and the namespace's init (PID 1 there) left out, with the descendants of those in namespaces
 /// nested inside it (vsftpd's session processes live in one of their own): each by its
 /// PID in the holder's namespace. Err when `holder`'s namespace cannot be read (it is
 /// gone, or no permission) or /proc cannot be listed.
@@ -34,6 +34,9 @@ pub fn members(holder: i32) -> io::Result<Vec<Member>> {
         let Ok(status) = crate::status::read(Process::Pid(host_pid)) else { continue };
         let nspid = status.nspid();
         let Some(&ns_pid) = nspid.get(level).filter(|_| level > 0 || nspid.len() == 1) else { continue };
+        if level > 0 && ns_pid == 1 {
+            continue;
+        }
         let member = Member { ns_pid, host_pid, exited: status.is_exited() };
         if crate::pid_namespace(host_pid).ok().as_ref() == Some(&ns) {
             direct.push(member);

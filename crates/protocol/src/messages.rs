@@ -497,9 +497,13 @@ pub enum Response {
         processes: Vec<crate::ProcessProfile>,
     },
     /// To [`Request::Handover`]: the old supervisor's descriptor number of the instance
-    /// lock, which the new one copies (pidfd_getfd) so that the lock is never free.
+    /// lock, which the new one copies (pidfd_getfd) so that the lock is never free, and
+    /// of a pidfd of the old version's init (PID 1 of its namespace), which exits once
+    /// that version retired and never while it can resume.
     HandedOver {
         lock_fd: i32,
+        #[serde(default)]
+        init_fd: Option<i32>,
     },
     /// To [`Request::Resume`]: this version retired (its new version committed); it does
     /// not resume.

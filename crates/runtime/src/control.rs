@@ -259,6 +259,10 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
         pending.extend_from_slice(&buf[..got as usize]);
         while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
+            if line.len() == 1 {
+                // A new supervisor taking over ends any line its predecessor left unfinished.
+                continue;
+            }
             let reply = match mcr_protocol::decode_line::<RuntimeCommand>(&line[..line.len() - 1]) {
                 Ok(cmd) => RuntimeEvent::Reply { id: cmd.id, reply: handle(cmd.command) },
                 Err(e) => {
@@ -272,10 +276,11 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
     // The supervisor is gone.
     if in_pid_namespace() {
-        // It was PID 1 of our namespace: the kernel is ending this process. Parked threads
-        // stay parked (an update's rolled-back new version must not serve a single
-        // request in the meantime).
-        crate::diag::warn("lost the connection to the mcr supervisor; it was PID 1 of this process's PID namespace, so the kernel ends this process with it");
+        // The namespace's init holds a copy of this connection across a supervisor's
+        // death: the connection ends only with the init, PID 1 of our namespace, and the
+        // kernel is ending this process. Parked threads stay parked (an update's
+        // rolled-back new version must not serve a single request in the meantime).
+        crate::diag::warn("lost the connection to the mcr supervisor and its init (PID 1 of this process's PID namespace); the kernel ends this process with them");
     } else {
         // Never leave threads parked without anyone to resume them.
         quiesce::resume();

@@ -4,6 +4,7 @@
 //! `handover::NewSide`'s.
 
 use crate::handover::NewAction;
+use crate::init_link::Message;
 use crate::lines::Lines;
 use crate::state::State;
 use mcr_protocol::{test_hook, InstanceFiles, Request, Response};
@@ -73,6 +74,7 @@ pub async fn commit(state: &State, expected: &[i32]) -> Response {
     match outcome {
         Ok(()) => Response::Ok,
         Err(message) => {
+            state.tell_init(&Message::CommitAborted, &[]);
             let action = state.lock().new_side.as_mut().map(|s| s.abort_commit());
             if action == Some(NewAction::Abandon) {
                 abandon(state, &format!("the commit failed ({message}) and the update that asked for it is gone"));
@@ -110,11 +112,13 @@ async fn take_over(
     // one the old version is gone (its socket has no listener), with its processes.
     let mut link = Link::connect(&target.socket).await;
     let mut old_pid: Option<OwnedFd> = None;
+    let mut old_init: Option<OwnedFd> = None;
     let mut lock: Option<File> = None;
     if let Some(l) = link.as_mut() {
         match l.ask(&Request::Handover).await {
-            Some(Response::HandedOver { lock_fd }) => {
+            Some(Response::HandedOver { lock_fd, init_fd }) => {
                 old_pid = l.peer.take();
+                old_init = old_pid.as_ref().zip(init_fd).and_then(|(p, fd)| crate::pidfd::take(p, fd).ok());
                 // The same open lock as the old version's (a copy of its descriptor): the
                 // name is never free, whoever of the two exits first.
                 lock = old_pid
@@ -139,6 +143,14 @@ async fn take_over(
         .map_err(|e| format!("cannot move the control socket to {}: {e}", target.socket.display()))?;
     pause(state, test_hook::point::COMMITTING).await;
     ready(state, expected)?;
+    // Our init first: should this supervisor die from here on, the init learns from the
+    // old version's init whether the commit point was passed.
+    if state.init_link.is_some() {
+        let fds: Vec<i32> = lock.iter().map(|l| l.as_raw_fd()).chain(old_init.iter().map(|p| p.as_raw_fd())).collect();
+        if !state.tell_init(&Message::Committing { name: target.name.clone() }, &fds) {
+            return Err("cannot tell this version's init about the commit".into());
+        }
+    }
     // The commit point: the old version retires.
     if let Some(l) = link.as_mut() {
         match l.ask(&Request::Retire).await {
@@ -146,7 +158,7 @@ async fn take_over(
             Some(Response::Error { message }) => return Err(format!("the old version refused to retire: {message}")),
             Some(other) => return Err(format!("unexpected answer to the retire: {other:?}")),
             // It died: this version holds all the state and the name.
-            None if old_died(&old_pid, &mut lock, target).await && update_alive(state) => link = None,
+            None if old_died(&old_pid, &old_init, &mut lock, target).await && update_alive(state) => link = None,
             None => return Err("the old version did not answer the retire".into()),
         }
     }
@@ -178,8 +190,22 @@ fn update_alive(state: &State) -> bool {
     state.lock().new_side.as_ref().is_some_and(|s| s.update_alive())
 }
 
-/// Whether the old version's supervisor exited (its link closed without an answer).
-async fn old_died(old_pid: &Option<OwnedFd>, lock: &mut Option<File>, target: &InstanceFiles) -> bool {
+/// Whether the old version is gone (its link closed without an answer). With an init
+/// (PID 1 of its namespace), the version is gone when the init is: a supervisor that dies
+/// leaves the version to another; without one, when the supervisor exited.
+async fn old_died(
+    old_pid: &Option<OwnedFd>,
+    old_init: &Option<OwnedFd>,
+    lock: &mut Option<File>,
+    target: &InstanceFiles,
+) -> bool {
+    if let Some(init) = old_init {
+        let t = Instant::now();
+        while !crate::pidfd::exited(init) && t.elapsed() < OLD_GONE_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        return crate::pidfd::exited(init);
+    }
     match old_pid {
         Some(p) => {
             let t = Instant::now();
@@ -228,6 +254,9 @@ async fn committed(
         let _ = std::fs::remove_file(replay);
     }
     pause(state, test_hook::point::COMMITTED).await;
+    // Until the init reads this, it would learn the same from the old version's init
+    // having exited (the fault tests kill this supervisor at the pause just above).
+    state.tell_init(&Message::Committed, &[]);
     crate::control::resume_all(state, crate::control::ASK_TIMEOUT).await;
     if let Some(l) = link.as_mut() {
         l.closed(OLD_GONE_TIMEOUT).await;

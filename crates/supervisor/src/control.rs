@@ -153,13 +153,21 @@ async fn handle(state: &State, req: Request, conn: u64) -> Response {
         Request::Handover => {
             let mut g = state.lock();
             let lock_fd = g.lock.as_ref().map(|l| l.as_raw_fd());
+            let init_fd = state.init_pidfd.as_ref().map(|p| p.as_raw_fd());
             match (lock_fd, g.old_side.handover(conn)) {
-                (Some(lock_fd), Ok(_)) => Response::HandedOver { lock_fd },
+                (Some(lock_fd), Ok(_)) => Response::HandedOver { lock_fd, init_fd },
                 (None, _) => Response::Error { message: "this supervisor holds no instance lock".into() },
                 (_, Err(why)) => Response::Error { message: why.to_string() },
             }
         }
         Request::Retire => {
+            // The init first: should this supervisor die from here on, the init ends the
+            // version rather than start another supervisor for it. (No await from here to
+            // the retire: nothing else runs in between.)
+            let may = matches!(state.lock().old_side, OldSide::Held { successor: Some(link), .. } if link == conn);
+            if may && state.init_link.is_some() && !state.tell_init(&crate::init_link::Message::Retired, &[]) {
+                return Response::Error { message: "cannot tell this version's init that it retires".into() };
+            }
             let retired = state.lock().old_side.retire(conn);
             match retired {
                 // The commit point. The committed new version holds every inherited

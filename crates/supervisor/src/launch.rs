@@ -7,39 +7,55 @@ use crate::{Config, SupervisorError};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{SocketAddr, UnixListener};
+use std::os::unix::net::UnixListener;
 
 pub struct Launched {
     pub control: UnixListener,
     pub runtime: UnixListener,
-    pub first_pid: i32,
+    /// The server's first process (None: a version taken over whose main process is
+    /// not known).
+    pub first_pid: Option<i32>,
+    /// A version taken over by a supervisor the init started again.
+    pub adopted: Option<crate::init::Reattach>,
 }
 
 fn cstring(s: impl AsRef<std::ffi::OsStr>) -> CString {
     CString::new(s.as_ref().as_bytes()).unwrap_or_else(|_| CString::new("?").unwrap_or_default())
 }
 
+/// The runtime socket the init bound, or one of our own (no PID namespace, no init).
+fn runtime_socket(cfg: &Config) -> Result<(UnixListener, String), SupervisorError> {
+    if let Some(s) = &cfg.runtime_socket {
+        let fd = s.listener.try_clone().map_err(SupervisorError::RuntimeSocket)?;
+        return Ok((UnixListener::from(fd), s.name.clone()));
+    }
+    let s = crate::init::bind_runtime_socket(&cfg.name).map_err(SupervisorError::RuntimeSocket)?;
+    Ok((UnixListener::from(s.listener), s.name))
+}
+
 pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     let control = UnixListener::bind(&cfg.files.socket)
         .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
     let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
-    // Abstract: reachable after the server chroots; the random part keeps a stale
-    // instance's name from ever being reused.
-    let mut nonce = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
-    let runtime_socket_name = format!("mcr/{}/{}", cfg.name, u64::from_ne_bytes(nonce));
-    let addr =
-        SocketAddr::from_abstract_name(runtime_socket_name.as_bytes()).map_err(SupervisorError::RuntimeSocket)?;
-    let runtime = UnixListener::bind_addr(&addr).map_err(SupervisorError::RuntimeSocket)?;
+    let (runtime, runtime_socket_name) = runtime_socket(cfg)?;
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
 
     let first_pid = spawn(cfg, &runtime_socket_name)
         .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
-    Ok(Launched { control, runtime, first_pid })
+    Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None })
+}
+
+/// Take over a running version (the init started this supervisor after the previous one
+/// died): a fresh control socket put over the name, the init's runtime socket.
+pub fn reattach(cfg: &Config, r: crate::init::Reattach) -> Result<Launched, SupervisorError> {
+    let control = crate::name::bind_fresh(&cfg.files, cfg.supervisor_pid)
+        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
+    let (runtime, _) = runtime_socket(cfg)?;
+    runtime.set_nonblocking(true)?;
+    Ok(Launched { control, runtime, first_pid: r.main_pid, adopted: Some(r) })
 }
 
 /// Descriptors without close-on-exec were passed to the server (an update's inherited

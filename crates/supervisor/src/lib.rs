@@ -1,16 +1,21 @@
 //! The supervisor: one per running version of a server.
 //!
-//! It is PID 1 of a fresh PID namespace when the kernel permits (so a later version can
-//! be given the same PIDs), reaps orphans like an init, knows every process of the
-//! server, owns the instance's control socket, and exits with the server.
+//! It runs in a fresh PID namespace when the kernel permits (so a later version can be
+//! given the same PIDs), as the child of that namespace's init ([`init`], PID 1), knows
+//! every process of the server, owns the instance's control socket, and exits with the
+//! server. The init reaps orphans and outlives a supervisor that dies: it starts another,
+//! which takes the running version over.
 //!
 //! Lifecycle: [`namespace::enter`] (in `mcr run`, before forking), then in the child
-//! [`run`], which launches the server, then serves the runtime and control sockets until
-//! the last server process is gone.
+//! [`init::run`], which forks [`run`], which launches the server, then serves the runtime
+//! and control sockets until the last server process is gone. Without a namespace, the
+//! child runs [`run`] itself, as a subreaper.
 
 mod commit;
 mod control;
 mod handover;
+pub mod init;
+mod init_link;
 mod launch;
 mod lines;
 mod name;
@@ -65,6 +70,57 @@ pub struct Config {
     /// Update: this supervisor runs the new version under a temporary name (`files`) and
     /// takes over `final_name` at commit.
     pub update: Option<UpdateLaunch>,
+    /// The runtime socket, when the namespace's init bound it (else the supervisor binds
+    /// one).
+    pub runtime_socket: Option<init::RuntimeSocket>,
+    /// This supervisor's end of the link to the init (with a PID namespace).
+    pub init_link: Option<OwnedFd>,
+    /// A supervisor started again by the init: take the running version over.
+    pub reattach: Option<init::Reattach>,
+}
+
+impl Config {
+    /// A copy for a supervisor forked by the init (descriptors duplicated).
+    fn duplicate(&self) -> std::io::Result<Config> {
+        Ok(Config {
+            name: self.name.clone(),
+            files: self.files.clone(),
+            lock: self.lock.try_clone()?,
+            program: self.program.clone(),
+            args: self.args.clone(),
+            runtime_lib: self.runtime_lib.clone(),
+            profile: self.profile.clone(),
+            pid_namespace: self.pid_namespace,
+            namespace_note: self.namespace_note.clone(),
+            supervisor_pid: self.supervisor_pid,
+            report: self.report.as_ref().map(|r| r.try_clone()).transpose()?,
+            detach: self.detach,
+            update: self.update.as_ref().map(|u| UpdateLaunch {
+                final_name: u.final_name.clone(),
+                replay_log: u.replay_log.clone(),
+                env: u.env.clone(),
+                cwd: u.cwd.clone(),
+            }),
+            runtime_socket: match &self.runtime_socket {
+                Some(s) => Some(init::RuntimeSocket { name: s.name.clone(), listener: s.listener.try_clone()? }),
+                None => None,
+            },
+            init_link: None,
+            reattach: None,
+        })
+    }
+}
+
+/// The files of instance `name` in the directory of `files` (an update's new version
+/// takes its final name's at commit).
+pub(crate) fn final_files(files: &InstanceFiles, name: &str) -> InstanceFiles {
+    let mut f = files.clone();
+    let dir = files.lock.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    f.name = name.to_string();
+    f.lock = dir.join(format!("{name}.lock"));
+    f.socket = dir.join(format!("{name}.sock"));
+    f.pid = dir.join(format!("{name}.pid"));
+    f
 }
 
 /// How the new version of an update is launched.
@@ -89,7 +145,7 @@ pub(crate) fn report(fd: &Option<OwnedFd>, msg: &LaunchReport) {
 
 /// Run the supervisor. Returns the exit code the supervisor process should exit with
 /// (the server's, in the shell convention).
-pub fn run(config: Config) -> i32 {
+pub fn run(mut config: Config) -> i32 {
     // A session of our own: the launching terminal's Ctrl-C reaches `mcr run`, which
     // forwards it, instead of hitting every server process at once.
     // SAFETY: setsid has no memory-safety preconditions.
@@ -104,7 +160,11 @@ pub fn run(config: Config) -> i32 {
             return 70;
         }
     };
-    match launch::prepare_and_launch(&config) {
+    let launched = match config.reattach.take() {
+        Some(r) => launch::reattach(&config, r),
+        None => launch::prepare_and_launch(&config),
+    };
+    match launched {
         Ok(launched) => runtime.block_on(state::serve(config, launched)),
         Err(e) => {
             report(&config.report, &LaunchReport::LaunchFailed { message: e.to_string() });

@@ -7,6 +7,7 @@
 //! with /proc.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 /// What `enter` achieved.
 pub enum Namespace {
@@ -38,16 +39,28 @@ pub fn enter() -> Namespace {
     }
 }
 
+/// What the forked child knows of the host once it set up its namespace.
+pub struct Host {
+    /// This process's PID as the host sees it (read before /proc changes).
+    pub pid: i32,
+    /// The host's /proc (an O_PATH descriptor opened before the namespace's own /proc
+    /// was mounted over it), where `self` still names a process by its host PID.
+    pub proc: Option<OwnedFd>,
+}
+
 /// In the forked child: make this process's mounts private-ish and mount /proc.
-/// Returns this process's PID as the host sees it (read before /proc changes).
-pub fn setup_child(own: bool) -> io::Result<i32> {
+pub fn setup_child(own: bool) -> io::Result<Host> {
     let host_pid = mcr_procfs::own_pid().unwrap_or(0);
+    // SAFETY: open(2) of a static path; the descriptor is owned below.
+    let fd = unsafe { libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    // SAFETY: a fresh descriptor nothing else owns.
+    let host_proc = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
     if !own {
         // SAFETY: prctl with an integer argument.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        return Ok(host_pid);
+        return Ok(Host { pid: host_pid, proc: host_proc });
     }
     // SAFETY: mount(2) with static, NUL-terminated strings.
     unsafe {
@@ -73,5 +86,5 @@ pub fn setup_child(own: bool) -> io::Result<i32> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(host_pid)
+    Ok(Host { pid: host_pid, proc: host_proc })
 }

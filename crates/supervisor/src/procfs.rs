@@ -18,14 +18,14 @@ pub fn read(pid: i32, runtime_lib_name: &str) -> Option<Proc> {
     Some(Proc { pid, ppid: stat.ppid, cmdline, has_runtime, zombie: stat.is_exited() })
 }
 
-/// The server's processes: everything in our namespace but us (PID 1), or, without a
-/// namespace, our descendants.
+/// The server's processes: everything in our namespace but us and its init (PID 1), or,
+/// without a namespace, our descendants.
 pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc> {
     let me = std::process::id() as i32;
     let procs: Vec<Proc> = mcr_procfs::pids()
         .unwrap_or_default()
         .into_iter()
-        .filter(|&p| p != me)
+        .filter(|&p| p != me && !(own_namespace && p == 1))
         .filter_map(|p| read(p, runtime_lib_name))
         .collect();
     if own_namespace {

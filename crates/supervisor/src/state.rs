@@ -1,12 +1,14 @@
 //! The supervisor's event loop and its view of the server.
 
 use crate::handover::{NewSide, OldSide};
+use crate::init_link::{Message, Received};
 use crate::launch::Launched;
 use crate::{control, name, procfs, report, runtime_link, Config};
 use mcr_protocol::{
     ExitStatus, InstanceFiles, LaunchReport, ReplayConflict, RuntimeCommandKind, RuntimeEvent, RuntimeReply,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -132,6 +134,13 @@ pub struct Shared {
     pub runtime_listener_fd: i32,
     /// Woken when a process reports startup completion, so the check runs at once.
     pub startup_event: tokio::sync::Notify,
+    /// The link to the namespace's init (None without a PID namespace).
+    pub init_link: Option<OwnedFd>,
+    /// The init (PID 1 of the namespace), whose exit an update's new version waits for
+    /// to know this version retired.
+    pub init_pidfd: Option<OwnedFd>,
+    /// Woken when the init reaped a process of the server.
+    pub reaped_event: tokio::sync::Notify,
 }
 
 pub type State = Arc<Shared>;
@@ -139,6 +148,14 @@ pub type State = Arc<Shared>;
 impl Shared {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell the init (best effort: without an init there is nobody to tell).
+    pub fn tell_init(&self, msg: &Message, fds: &[std::os::fd::RawFd]) -> bool {
+        match &self.init_link {
+            Some(link) => crate::init_link::send(link, msg, fds).is_ok(),
+            None => false,
+        }
     }
 
     /// Send a command to one process and wait for its reply, at most `timeout`. A
@@ -199,6 +216,7 @@ impl Shared {
                     .insert(pid, Registered { conn, argv, startup_complete: false, startup_ms: None, tx: tx.clone() });
                 if g.main_pid.is_none() {
                     g.main_pid = Some(pid);
+                    self.tell_init(&Message::Main { pid }, &[]);
                 }
                 g.awaited_children.remove(&pid);
             }
@@ -235,6 +253,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Register process `pid` on a connection taken over from the previous supervisor.
+    pub fn adopt(&self, conn: u64, pid: i32, argv: Vec<String>, tx: &mpsc::UnboundedSender<Vec<u8>>) {
+        let mut g = self.lock();
+        if !latest_image(g.procs.get(&pid).map(|r| r.conn), conn) {
+            return;
+        }
+        g.procs.insert(pid, Registered { conn, argv, startup_complete: true, startup_ms: None, tx: tx.clone() });
     }
 
     pub fn on_disconnect(&self, conn: u64, pid: i32) {
@@ -286,6 +313,7 @@ impl Shared {
                 .unwrap_or_else(|| self.launched_at.elapsed().as_secs_f64() * 1000.0);
             g.started = Some(ms);
             drop(g);
+            self.tell_init(&Message::Started { ms }, &[]);
             let _ = self.started_tx.send(Some(Ok(ms)));
         }
     }
@@ -302,6 +330,59 @@ fn latest_image(registered: Option<u64>, conn: u64) -> bool {
     registered.is_none_or(|r| conn >= r)
 }
 
+/// The init's messages: the processes it reaped (orphans of the server, the server's last
+/// process typically).
+async fn read_init_link(state: State) {
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    let Some(link) = state.init_link.as_ref().and_then(|l| l.try_clone().ok()) else { return };
+    // SAFETY: the AsyncFd owns `link` (an OwnedFd copy of the init link) for its whole
+    // life, so the descriptor stays open and refers to the same socket until it is dropped.
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(link, Interest::READABLE) }) else { return };
+    loop {
+        let Ok(mut ready) = afd.readable().await else { return };
+        loop {
+            match crate::init_link::receive(afd.get_ref()) {
+                Received::Message(Message::Reaped { pid, status }, _) => {
+                    let mut g = state.lock();
+                    if g.main_pid == Some(pid) {
+                        g.exit = Some(ExitStatus::from_wait_status(status));
+                        g.main_pid = None;
+                    }
+                    drop(g);
+                    state.reaped_event.notify_one();
+                }
+                Received::Message(..) | Received::Garbled => {}
+                Received::Nothing => {
+                    ready.clear_ready();
+                    break;
+                }
+                // The init is gone: so is everything in the namespace.
+                Received::Closed => return,
+            }
+        }
+    }
+}
+
+/// A supervisor started again by the init: the runtime connections its predecessor held
+/// (copies the init kept) are this supervisor's now, and the version runs: an update that
+/// held it died with the previous supervisor's link to it.
+fn take_over(state: &State, adopted: crate::init::Reattach) {
+    if let Some(ms) = adopted.started_ms {
+        state.lock().started = Some(ms);
+        // Stored even with nobody subscribed yet (send would drop it).
+        state.started_tx.send_replace(Some(Ok(ms)));
+    }
+    for (pid, fd) in adopted.connections {
+        runtime_link::adopt(state.clone(), pid, fd);
+    }
+    let st = state.clone();
+    tokio::spawn(async move {
+        let n = control::resume_all(&st, control::ASK_TIMEOUT).await;
+        eprintln!("mcr: supervisor {} took the server over ({n} processes)", st.supervisor_pid);
+    });
+}
+
 fn reap(state: &State) -> bool {
     loop {
         let mut status = 0;
@@ -316,7 +397,9 @@ fn reap(state: &State) -> bool {
             continue;
         }
         if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            return true;
+            // With an init, orphans are the init's children: the server is gone when no
+            // process of it is left.
+            return state.init_link.is_none() || state.processes().is_empty();
         }
         return false;
     }
@@ -333,6 +416,8 @@ fn pick_main(state: &State) {
         let mut g = state.lock();
         g.main_pid = Some(p.pid);
         g.exit = None;
+        drop(g);
+        state.tell_init(&Message::Main { pid: p.pid }, &[]);
     }
 }
 
@@ -340,36 +425,31 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     let (started_tx, _) = watch::channel(None);
     let lib_name =
         cfg.runtime_lib.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "libmcr.so".into());
-    let facts = LaunchFacts {
-        profile: cfg.profile.as_ref().map(|p| p.display().to_string()),
-        detach: cfg.detach,
-        env: match &cfg.update {
-            Some(u) => u.env.clone(),
-            None => std::env::vars().collect(),
-        },
-        cwd: match &cfg.update {
-            Some(u) => u.cwd.display().to_string(),
-            None => std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
-        },
+    let mut launched = launched;
+    let adopted = launched.adopted.take();
+    let (env, cwd) = match (&adopted, &cfg.update) {
+        (Some(a), _) => (a.env.clone(), a.cwd.display().to_string()),
+        (None, Some(u)) => (u.env.clone(), u.cwd.display().to_string()),
+        (None, None) => {
+            (std::env::vars().collect(), std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default())
+        }
     };
+    let facts =
+        LaunchFacts { profile: cfg.profile.as_ref().map(|p| p.display().to_string()), detach: cfg.detach, env, cwd };
     let mut cfg = cfg;
+    let init_link = cfg.init_link.take();
+    // SAFETY: pidfd_open(1) names PID 1 of our namespace: the init, our parent.
+    let init_pidfd = init_link.as_ref().and_then(|_| crate::pidfd::open(1).ok());
     let state: State = Arc::new(Shared {
         inner: Mutex::new(Inner {
-            main_pid: Some(launched.first_pid),
+            main_pid: launched.first_pid,
             name: cfg.name.clone(),
             files: Some(cfg.files.clone()),
-            final_files: cfg.update.as_ref().map(|u| {
-                let mut f = cfg.files.clone();
-                let dir = cfg.files.lock.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-                f.name = u.final_name.clone();
-                f.lock = dir.join(format!("{}.lock", u.final_name));
-                f.socket = dir.join(format!("{}.sock", u.final_name));
-                f.pid = dir.join(format!("{}.pid", u.final_name));
-                f
-            }),
+            final_files: cfg.update.as_ref().map(|u| crate::final_files(&cfg.files, &u.final_name)),
             lock: cfg.lock.try_clone().ok(),
-            // An update's new version holds its threads at their first quiescent point.
-            quiesced: cfg.update.is_some(),
+            // An update's new version holds its threads at their first quiescent point; a
+            // version taken over may have been held by an update when its supervisor died.
+            quiesced: cfg.update.is_some() || adopted.is_some(),
             new_side: cfg.update.as_ref().map(|_| NewSide::Parked),
             socket_id: name::identity(&cfg.files.socket),
             launch: Some(facts),
@@ -386,7 +466,13 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         replay_log: cfg.update.as_ref().map(|u| u.replay_log.clone()),
         runtime_listener_fd: std::os::fd::AsRawFd::as_raw_fd(&launched.runtime),
         startup_event: tokio::sync::Notify::new(),
+        init_link,
+        init_pidfd,
+        reaped_event: tokio::sync::Notify::new(),
     });
+    if let Some(pid) = launched.first_pid {
+        state.tell_init(&Message::Main { pid }, &[]);
+    }
     let _ = mcr_protocol::instance::write_private(&cfg.files.pid, format!("{}\n", cfg.supervisor_pid).as_bytes());
     report(
         &cfg.report,
@@ -401,6 +487,12 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     let Ok(control_listener) = tokio::net::UnixListener::from_std(launched.control) else { return 70 };
     tokio::spawn(runtime_link::accept_loop(state.clone(), runtime_listener));
     tokio::spawn(control::accept_loop(state.clone(), control_listener));
+    if state.init_link.is_some() {
+        tokio::spawn(read_init_link(state.clone()));
+    }
+    if let Some(a) = adopted {
+        take_over(&state, a);
+    }
     // An update's new version ends if the update dies before the commit.
     if let (Some(_), Some(report)) = (&cfg.update, cfg.report.as_ref().and_then(|f| f.try_clone().ok())) {
         tokio::spawn(crate::commit::watch_lifeline(state.clone(), report));
@@ -432,6 +524,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         let starting = state.started_tx.borrow().is_none();
         tokio::select! {
             _ = sigchld.recv() => {}
+            _ = state.reaped_event.notified() => {}
             _ = tick.tick(), if starting => {}
             _ = state.startup_event.notified(), if starting => {}
             _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {

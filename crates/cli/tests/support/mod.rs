@@ -876,13 +876,15 @@ pub fn host_pids_running(program: &Path, port: u16) -> Vec<i32> {
 }
 
 /// Host PIDs of the live processes in the PID namespace of host process `pid`, that
-/// process left out (for an instance's supervisor, PID 1 of its namespace: the server's
-/// processes, whatever their argv).
+/// process and its parent left out (for an instance's supervisor, whose parent is PID 1 of
+/// its namespace: the server's processes, whatever their argv).
 pub fn host_pids_in_namespace_of(pid: i32) -> Vec<i32> {
     let Ok(ns) = mcr_procfs::pid_namespace(pid) else { return Vec::new() };
+    // The namespace's init (PID 1 there), the supervisor's parent, is not the server's.
+    let init = mcr_procfs::stat::read(pid).map_or(0, |s| s.ppid);
     all_pids()
         .into_iter()
-        .filter(|&p| p != pid && !is_zombie(p))
+        .filter(|&p| p != pid && p != init && !is_zombie(p))
         .filter(|&p| mcr_procfs::pid_namespace(p).is_ok_and(|n| n == ns))
         .collect()
 }

@@ -161,13 +161,20 @@ impl NextVersion for NewSupervisor {
                 self.supervisor_pid = Some(supervisor_pid);
             }
         }
-        let Some(pid) = self.supervisor_pid.filter(|&p| p > 0) else { return };
-        // SAFETY: killing the new version's supervisor (PID 1 of its namespace: the
-        // kernel ends every process of the new version with it).
+        let Some(supervisor) = self.supervisor_pid.filter(|&p| p > 0) else { return };
+        // With a PID namespace the supervisor's parent is the namespace's init, our child
+        // (we are its subreaper): killing the init ends every process of the new version
+        // at once. Without one, the supervisor is our child itself.
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let parent = mcr_procfs::stat::read(supervisor).map(|s| s.ppid).unwrap_or(0);
+        let pid =
+            if parent > 1 && mcr_procfs::stat::read(parent).is_ok_and(|s| s.ppid == me) { parent } else { supervisor };
+        // SAFETY: killing the new version's init (or supervisor), our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         // Its instance lock goes with its descriptors, before the kernel has ended the
-        // rest of its namespace; its exit comes after. It is our child (we are its
-        // subreaper): reap it, so that nothing of the new version is left on return.
+        // rest of its namespace; its exit comes after. Reap it, so that nothing of the new
+        // version is left on return.
         let t = Instant::now();
         let mut status = 0;
         // SAFETY: non-blocking wait for our own child.
