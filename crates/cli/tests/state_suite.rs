@@ -231,7 +231,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
-    ("tls-var", Lost),
+    ("tls-var", Survives),
     ("tls-key", Lost),
 ];
 

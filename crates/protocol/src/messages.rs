@@ -219,6 +219,9 @@ pub enum RuntimeCommandKind {
     /// the other version's (only those whose call stack reaches the program's code: one
     /// cut short inside a library is too ambiguous to match by).
     StartupAllocations,
+    /// State transfer: where the program's own thread-local variables live for the main
+    /// thread (the executable's TLS block), answered with [`RuntimeReply::MainThreadTls`].
+    MainThreadTls,
     /// State transfer, new version: blocks Allocate made for the old version's startup
     /// objects that had no counterpart here take over their identity (startup flag, call
     /// stack and ordinal), so the next update matches them instead of copying them again.
@@ -353,6 +356,11 @@ pub enum RuntimeReply {
     /// address or the same call stack and ordinal supersedes an earlier one).
     StartupAllocations {
         allocs: Vec<StartupAlloc>,
+    },
+    /// Answer to MainThreadTls: the run-time address of the executable's TLS block of the
+    /// process's main thread (where DWARF's TLS offset 0 is), if the executable has one.
+    MainThreadTls {
+        block: Option<u64>,
     },
     /// Answer to ImportFds and EpollAdd.
     Done,

@@ -342,6 +342,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::StartupAllocations => {
             RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() }
         }
+        RuntimeCommandKind::MainThreadTls => RuntimeReply::MainThreadTls { block: crate::tls::main_thread_block() },
         RuntimeCommandKind::AdoptStartupBlocks { blocks } => crate::startup_heap::adopt(&blocks),
         RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {
             Ok(pid) => RuntimeReply::Respawned { pid },

@@ -47,6 +47,7 @@ mod startup_log;
 mod symbolize;
 mod sync;
 mod threads;
+mod tls;
 mod transfer;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
@@ -162,6 +163,7 @@ struct ForkReset {
 static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "alloc", run: alloc::reset_after_fork },
     ForkReset { module: "pid", run: note_own_pid },
+    ForkReset { module: "tls", run: tls::reset_after_fork },
     ForkReset { module: "drain", run: drain::reset_after_fork },
     ForkReset { module: "dirty", run: dirty::reset_after_fork },
     ForkReset { module: "threads", run: threads::reset_after_fork },
@@ -220,6 +222,7 @@ extern "C" fn init() {
     START_NS.store(monotonic_ns(), Relaxed);
     note_own_pid();
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };
+    tls::init();
     let _internal = threads::InternalGuard::enter();
     dirty::note_env();
     diag::DEBUG.store(env(mcr_protocol::env::DEBUG).as_deref() == Some("1"), Relaxed);

@@ -12,6 +12,9 @@ pub struct Image {
     /// Added to link-time addresses (DWARF, symbols) to get run-time addresses.
     pub bias: u64,
     ranges: Vec<(u64, u64)>,
+    /// The main thread's block of the executable's thread-local variables (where DWARF's
+    /// TLS offset 0 is), when known.
+    pub tls_block: Option<u64>,
 }
 
 impl Image {
@@ -23,12 +26,17 @@ impl Image {
         let mine: Vec<&Region> = maps.iter().filter(|r| r.name == name).collect();
         let first = mine.iter().find(|r| r.offset == 0)?;
         let bias = if is_pie(&exe) { first.start } else { 0 };
-        Some(Image { bias, ranges: mine.iter().map(|r| (r.start, r.end)).collect() })
+        Some(Image { bias, ranges: mine.iter().map(|r| (r.start, r.end)).collect(), tls_block: None })
     }
 
     /// A binary loaded at `bias` in the mappings `ranges` (run-time `[start, end)`).
+    /// The main thread's TLS block of the executable, as its runtime reported it.
+    pub fn with_tls_block(self, tls_block: Option<u64>) -> Image {
+        Image { tls_block, ..self }
+    }
+
     pub fn new(bias: u64, ranges: Vec<(u64, u64)>) -> Image {
-        Image { bias, ranges }
+        Image { bias, ranges, tls_block: None }
     }
 
     pub fn contains(&self, addr: u64) -> bool {

@@ -5,7 +5,7 @@
 
 use crate::transfer::Pair;
 use mcr_heap::{MemoryError, ReadMemory};
-use mcr_typemodel::{Program, Qualifier, Type, TypeId};
+use mcr_typemodel::{Location, Program, Qualifier, Type, TypeId};
 
 /// An old global the transfer carries into the new version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,21 +41,39 @@ pub fn collect(pair: &Pair) -> Result<Roots, MemoryError> {
     let (old, new) = (pair.old.prog, pair.new.prog);
     let mut roots = Roots::default();
     for g in &old.globals {
-        let (Some(addr), Some(size)) = (g.address(), g.size) else { continue };
+        let Some(size) = g.size else { continue };
         if size == 0 || is_const(old, g.ty) {
             continue;
         }
         let name = g.display_name();
-        let Some(ng) = new.globals.iter().find(|n| n.display_name() == name && !n.is_tls()) else {
+        let Some(ng) = new.globals.iter().find(|n| n.display_name() == name && n.is_tls() == g.is_tls()) else {
             roots.dropped.push(name);
             continue;
         };
-        let (Some(naddr), Some(_)) = (ng.address(), ng.size) else { continue };
-        let old_addr = pair.old.image.bias + addr;
-        if pair.dirty.is_some_and(|written| !written(old_addr, size)) {
-            roots.clean += 1;
+        if ng.size.is_none() {
             continue;
         }
+        let (old_addr, new_addr) = match (g.location, ng.location) {
+            (Location::Address { address }, Location::Address { address: naddr }) => {
+                let old_addr = pair.old.image.bias + address;
+                if pair.dirty.is_some_and(|written| !written(old_addr, size)) {
+                    roots.clean += 1;
+                    continue;
+                }
+                (old_addr, pair.new.image.bias + naddr)
+            }
+            // The main thread's: always carried (a few bytes, not dirty-tracked).
+            (Location::Tls { offset }, Location::Tls { offset: noffset }) => {
+                match (pair.old.image.tls_block, pair.new.image.tls_block) {
+                    (Some(old_block), Some(new_block)) => (old_block + offset, new_block + noffset),
+                    _ => {
+                        roots.dropped.push(name);
+                        continue;
+                    }
+                }
+            }
+            _ => continue,
+        };
         let bytes = read_vec(pair.old_mem, old_addr, size)?;
         roots.globals.push(Root {
             name,
@@ -63,7 +81,7 @@ pub fn collect(pair: &Pair) -> Result<Roots, MemoryError> {
             old_ty: g.ty,
             new_ty: ng.ty,
             old_addr,
-            new_addr: pair.new.image.bias + naddr,
+            new_addr,
             bytes,
         });
     }
@@ -120,12 +138,27 @@ mod tests {
         w.written = Some(vec![(HEAD, HEAD + 8), (0x40_1020, 0x40_1040)]);
         let (roots, _) = w.walk().expect("walk");
         let names: Vec<&str> = roots.globals.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["head"], "count was not written; the constant and the thread-local are never roots");
+        assert_eq!(names, ["head"], "count was not written; the constant is never a root");
         let head = &roots.globals[0];
         assert_eq!((head.old_addr, head.new_addr), (HEAD, NEW_HEAD + NEW_BIAS), "run-time addresses, load bias added");
         assert_eq!(head.bytes, 0x1234u64.to_ne_bytes());
         assert_eq!(roots.clean, 1, "count");
-        assert_eq!(roots.dropped, ["gone"], "dropped whether written or not");
+        assert_eq!(roots.dropped, ["tls", "gone"], "dropped whether written or not; a thread-local without its block");
+    }
+
+    #[test]
+    fn the_main_threads_thread_locals_are_roots_at_their_blocks() {
+        let mut w = world();
+        w.written = Some(vec![]);
+        let (old_block, new_block) = (0x7000_0000, 0x7100_0040);
+        w.tls_blocks = Some((old_block, new_block));
+        w.old_proc.mem.write(old_block, &7i32.to_ne_bytes());
+        let (roots, _) = w.walk().expect("walk");
+        let tls: Vec<_> = roots.globals.iter().filter(|r| r.name == "tls").collect();
+        assert_eq!(tls.len(), 1, "written or not, a thread-local is carried: {:?}", roots.dropped);
+        assert_eq!((tls[0].old_addr, tls[0].new_addr), (old_block, new_block));
+        assert_eq!(tls[0].bytes, 7i32.to_ne_bytes());
+        assert_eq!(roots.dropped, ["gone"]);
     }
 
     #[test]
@@ -135,6 +168,6 @@ mod tests {
         let names: Vec<&str> = roots.globals.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["head", "count"]);
         assert_eq!(roots.globals[1].bytes, 42i32.to_ne_bytes());
-        assert_eq!((roots.clean, roots.dropped.len()), (0, 1));
+        assert_eq!((roots.clean, roots.dropped.len()), (0, 2));
     }
 }

@@ -344,6 +344,8 @@ pub struct World {
     /// Old memory written since startup, `[start, end)`; `None`: nothing tracked writes.
     pub written: Option<Vec<(u64, u64)>>,
     pub startup: Option<StartupTables>,
+    /// The main thread's TLS blocks (old, new); `None`: not known.
+    pub tls_blocks: Option<(u64, u64)>,
 }
 
 impl World {
@@ -355,6 +357,7 @@ impl World {
             new_proc: NewProcess::default(),
             written: None,
             startup: None,
+            tls_blocks: None,
         }
     }
 
@@ -409,10 +412,10 @@ impl World {
         let written = self.written.clone();
         let dirty = move |a: u64, len: u64| written.iter().flatten().any(|&(s, e)| a < e && s < a + len);
         let pair = Pair {
-            old: Version { prog: &self.old, image: Self::old_image() },
+            old: Version { prog: &self.old, image: Self::old_image().with_tls_block(self.tls_blocks.map(|b| b.0)) },
             old_mem: &self.old_proc.mem,
             heap: &heap,
-            new: Version { prog: &self.new, image: Self::new_image() },
+            new: Version { prog: &self.new, image: Self::new_image().with_tls_block(self.tls_blocks.map(|b| b.1)) },
             dirty: self.written.is_some().then_some(&dirty as &dyn Fn(u64, u64) -> bool),
             startup: self.startup.as_ref(),
         };

@@ -4,7 +4,7 @@
 
 use super::descriptors::{self, Moving};
 use super::mappings;
-use super::runtime::{startup_table, NewProcess};
+use super::runtime::{main_thread_tls, startup_table, NewProcess};
 use super::target::TracerTarget;
 use super::{Summary, TransferError};
 use crate::preflight::Snapshots;
@@ -69,6 +69,8 @@ pub(crate) fn transfer(
         pid,
         new: true,
     })?;
+    let old_img = old_img.with_tls_block(main_thread_tls(old, pid)?);
+    let new_img = new_img.with_tls_block(main_thread_tls(next, pid)?);
     let dirt = match mcr_dirty::written_ranges(old_host) {
         Ok(d) => {
             let c = d.counts();

@@ -28,6 +28,16 @@ pub(crate) fn startup_table(conn: &mut Connection, pid: i32) -> Result<StartupTa
     }
 }
 
+/// The main thread's block of the executable's thread-local variables, if it has one (a
+/// runtime that does not know the command answers with an error: no block).
+pub(crate) fn main_thread_tls(conn: &mut Connection, pid: i32) -> Result<Option<u64>, TransferError> {
+    match conn.runtime(pid, RuntimeCommandKind::MainThreadTls)? {
+        RuntimeReply::MainThreadTls { block } => Ok(block),
+        RuntimeReply::Error { .. } => Ok(None),
+        other => Err(TransferError::UnexpectedReply(Box::new(other))),
+    }
+}
+
 fn records(allocs: &[StartupAlloc]) -> Vec<StartupRecord> {
     allocs
         .iter()
