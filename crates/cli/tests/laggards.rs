@@ -10,8 +10,13 @@ use support::*;
 /// Starts stuckd (--stuck-after-start) and returns its instance, port and the tid (inside
 /// the namespace) of the thread stuck in the raw nanosleep loop.
 fn start_stuckd(mcr: &Mcr) -> (Instance<'_>, u16, i64) {
+    start_stuckd_with(mcr, "--stuck-after-start")
+}
+
+/// `mode`: --stuck-after-start (a raw nanosleep loop) or --spin (a loop with no call).
+fn start_stuckd_with<'m>(mcr: &'m Mcr, mode: &str) -> (Instance<'m>, u16, i64) {
     let port = free_port();
-    let inst = mcr.start("stuck", &fixture("stuckd"), &["--port", &port.to_string(), "--stuck-after-start"]);
+    let inst = mcr.start("stuck", &fixture("stuckd"), &["--port", &port.to_string(), mode]);
     assert_eq!(Client::connect(port).request("PING"), "PONG");
     // Startup completed when the sleeper entered its one usleep(1000); it leaves it for the
     // raw loop a moment later (on a loaded machine, later still).
@@ -74,6 +79,30 @@ fn quiesce_names_the_thread_stuck_in_an_unwrapped_system_call_and_resumes() {
     // Failing again is just as clean (no state left over from the first attempt).
     let out = inst.quiesce(100);
     assert_eq!(out.code(), 1, "{out}");
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+}
+
+/// A thread spinning on the CPU outside any call is named with where it runs: the report
+/// asks the thread itself (a probe signal records the program counter it interrupted).
+#[test]
+fn quiesce_says_where_a_spinning_thread_runs() {
+    let mcr = Mcr::new("lag-spin");
+    let (inst, port, tid) = start_stuckd_with(&mcr, "--spin");
+    let out = inst.quiesce(200);
+    assert_eq!(out.code(), 1, "quiesce of a spinning stuckd should fail: {out}");
+    let laggard_line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("thread {tid}:")))
+        .unwrap_or_else(|| panic!("stderr does not name thread {tid}: {out}"));
+    assert!(
+        laggard_line.contains("running outside any wrapped call at spin_forever"),
+        "the report should say where the thread spins: {out}"
+    );
+    // The probe changed nothing for the thread or the server.
+    assert_eq!(Client::connect(port).request("PING"), "PONG");
+    let out = inst.quiesce(100);
+    assert!(out.stderr.contains("at spin_forever"), "a second report says it again: {out}");
     assert_eq!(Client::connect(port).request("PING"), "PONG");
 }
 

@@ -496,7 +496,9 @@ fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
             (reason, Some(st))
         } else {
             let (reason, stack) = describe_running(tid);
-            (format!("{reason}; its last wrapped call was {}", call.name()), stack)
+            let probed = probe_running(tid, s);
+            let at = probed.as_ref().map_or(String::new(), |st| format!(" at {}", st.summary(8)));
+            (format!("{reason}{at}; its last wrapped call was {}", call.name()), probed.or(stack))
         };
         let mut reason = reason;
         if let Some(before) = earlier.and_then(|e| e.iter().find(|a| a.tid == tid)) {
@@ -516,6 +518,45 @@ fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
         out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
     }
     out
+}
+
+/// How long a report waits for a running thread to take the probe.
+const PROBE_WAIT: Duration = Duration::from_millis(20);
+
+/// Where a thread that runs outside any wrapped call is, asked of the thread itself: a
+/// kick marked as a probe, whose handler records the program counter and frame pointer
+/// it interrupted (and nothing else); its call stack, walked from there. None when the
+/// thread did not take it in time (the probe then stays marked, so a late handler takes
+/// it for one, not for a kick).
+fn probe_running(tid: i32, slot: &Slot) -> Option<CallStack> {
+    let sig = crate::signals::kick_signal();
+    // Only where the kick's disposition is ours: elsewhere (a sandboxed process, which
+    // never installed it) the signal's default action would end the process.
+    if tid <= 0 || sig <= 0 || crate::is_sandboxed() || crate::signals::kick_handler_installed() != Some(true) {
+        return None;
+    }
+    if slot.kick_in_flight.swap(true, SeqCst) {
+        return None;
+    }
+    let seq = slot.probe_seq.load(SeqCst);
+    slot.probe.store(true, SeqCst);
+    // SAFETY: signalling a thread of our own process.
+    if unsafe { crate::sys!(libc::SYS_tgkill, libc::getpid(), tid, sig) } != 0 {
+        slot.probe.store(false, SeqCst);
+        slot.kick_in_flight.store(false, SeqCst);
+        return None;
+    }
+    let t = Instant::now();
+    while slot.probe_seq.load(SeqCst) == seq && t.elapsed() < PROBE_WAIT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if slot.probe_seq.load(SeqCst) == seq {
+        return None;
+    }
+    let pc = slot.probe_pc.load(SeqCst);
+    let mut raw = vec![pc];
+    raw.extend(stack::walk_vec(slot.probe_fp.load(SeqCst)));
+    Some(symbolize::call_stack(None, &raw))
 }
 
 /// Where the kick to a thread that did not react stands, for the report: whether the

@@ -19,12 +19,39 @@ pub fn kick_signal() -> i32 {
     KICK.load(Relaxed)
 }
 
-extern "C" fn on_kick(_sig: libc::c_int) {
+extern "C" fn on_kick(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     if let Some(i) = crate::threads::current_index() {
         let slot = &crate::threads::SLOTS[i as usize];
-        slot.kicked.store(true, SeqCst);
+        if slot.probe.swap(false, SeqCst) {
+            // A report asks where this thread runs: nothing else changes for it.
+            let (pc, fp) = interrupted_at(ctx);
+            slot.probe_pc.store(pc, SeqCst);
+            slot.probe_fp.store(fp, SeqCst);
+            slot.probe_seq.fetch_add(1, SeqCst);
+        } else {
+            slot.kicked.store(true, SeqCst);
+        }
         slot.kick_in_flight.store(false, SeqCst);
     }
+}
+
+/// The program counter and frame pointer the signal interrupted.
+#[cfg(target_arch = "x86_64")]
+fn interrupted_at(ctx: *mut libc::c_void) -> (usize, usize) {
+    if ctx.is_null() {
+        return (0, 0);
+    }
+    // SAFETY: with SA_SIGINFO the kernel passes the interrupted context as a ucontext_t,
+    // valid for the handler's duration; only two saved registers are read.
+    unsafe {
+        let uc = &*(ctx as *const libc::ucontext_t);
+        (uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize, uc.uc_mcontext.gregs[libc::REG_RBP as usize] as usize)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn interrupted_at(_ctx: *mut libc::c_void) -> (usize, usize) {
+    (0, 0)
 }
 
 /// Runs the program's handler for `sig` after counting it for this thread.
@@ -57,7 +84,7 @@ pub extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
 pub fn install_kick(sig: i32) {
     KICK.store(sig, Relaxed);
     // No SA_RESTART: interrupted calls must return EINTR.
-    let sa = new_sigaction(on_kick as *const () as usize, 0, sigset_with(&[]));
+    let sa = new_sigaction(on_kick as *const () as usize, libc::SA_SIGINFO, sigset_with(&[]));
     // SAFETY: libc's own sigaction (ours would refuse the reserved signal), with a live
     // sigaction and no old one; the handler is async-signal-safe (one atomic store
     // through a thread-local index).

@@ -79,6 +79,13 @@ pub struct Slot {
     /// the runtime's kick, and through the drain's accept gate (slow paths only).
     pub call_restarts: AtomicU32,
     pub accept_gate_passes: AtomicU32,
+    /// A quiesce report asks where a running thread is: the kick's handler, seeing this
+    /// set, records the interrupted program counter and frame pointer (and sets nothing
+    /// else), then bumps `probe_seq`.
+    pub probe: AtomicBool,
+    pub probe_pc: AtomicUsize,
+    pub probe_fp: AtomicUsize,
+    pub probe_seq: AtomicU32,
 }
 
 impl Slot {
@@ -103,6 +110,10 @@ impl Slot {
             calls_entered: AtomicU32::new(0),
             call_restarts: AtomicU32::new(0),
             accept_gate_passes: AtomicU32::new(0),
+            probe: AtomicBool::new(false),
+            probe_pc: AtomicUsize::new(0),
+            probe_fp: AtomicUsize::new(0),
+            probe_seq: AtomicU32::new(0),
         }
     }
 
@@ -121,6 +132,7 @@ impl Slot {
         self.calls_entered.store(0, Relaxed);
         self.call_restarts.store(0, Relaxed);
         self.accept_gate_passes.store(0, Relaxed);
+        self.probe.store(false, Relaxed);
         self.generation.fetch_add(1, Relaxed);
     }
 }

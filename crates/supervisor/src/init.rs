@@ -291,17 +291,17 @@ impl Init {
 
     /// Past the commit point: from now on this version is the instance, under its final
     /// name, holding its lock.
+    ///
+    /// The temporary name's files are not touched here: the supervisor removes them at its
+    /// commit, and by the time the init reads this the next update may have made its own
+    /// (a supervisor that died first leaves them stale, for the next `mcr` that looks).
     fn take_commit(&mut self, c: Committing) {
-        let next = self.cfg.files.clone();
         self.cfg.files = crate::final_files(&self.cfg.files, &c.name);
         self.cfg.name = c.name;
         if let Some(lock) = c.lock {
             self.cfg.lock = std::fs::File::from(lock);
         }
         self.cfg.update = None;
-        // Left by a supervisor that died right after the commit point.
-        let _ = std::fs::remove_file(&next.lock);
-        let _ = std::fs::remove_file(&next.pid);
     }
 
     /// Reap every child that ended. Some(code): the version is over.

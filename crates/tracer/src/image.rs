@@ -15,6 +15,8 @@ pub struct Image {
     /// The main thread's block of the executable's thread-local variables (where DWARF's
     /// TLS offset 0 is), when known.
     pub tls_block: Option<u64>,
+    /// The read-only mappings among `ranges` (code and constants: string literals).
+    readonly: Vec<(u64, u64)>,
 }
 
 impl Image {
@@ -26,7 +28,12 @@ impl Image {
         let mine: Vec<&Region> = maps.iter().filter(|r| r.name == name).collect();
         let first = mine.iter().find(|r| r.offset == 0)?;
         let bias = if is_pie(&exe) { first.start } else { 0 };
-        Some(Image { bias, ranges: mine.iter().map(|r| (r.start, r.end)).collect(), tls_block: None })
+        Some(Image {
+            bias,
+            ranges: mine.iter().map(|r| (r.start, r.end)).collect(),
+            tls_block: None,
+            readonly: mine.iter().filter(|r| r.readable && !r.writable).map(|r| (r.start, r.end)).collect(),
+        })
     }
 
     /// A binary loaded at `bias` in the mappings `ranges` (run-time `[start, end)`).
@@ -35,8 +42,18 @@ impl Image {
         Image { tls_block, ..self }
     }
 
+    /// A binary whose mappings are all read-only (tests).
     pub fn new(bias: u64, ranges: Vec<(u64, u64)>) -> Image {
-        Image { bias, ranges, tls_block: None }
+        Image { bias, readonly: ranges.clone(), ranges, tls_block: None }
+    }
+
+    pub fn readonly(&self) -> &[(u64, u64)] {
+        &self.readonly
+    }
+
+    /// The read-only mapping `addr` is in: `[start, end)`.
+    pub fn readonly_range(&self, addr: u64) -> Option<(u64, u64)> {
+        self.readonly.iter().copied().find(|&(s, e)| addr >= s && addr < e)
     }
 
     pub fn contains(&self, addr: u64) -> bool {

@@ -24,6 +24,7 @@
 
 mod hints;
 mod image;
+mod literal;
 mod plan;
 mod preview;
 mod roots;

@@ -409,6 +409,8 @@ impl World {
     /// Run `f` on the pair this world describes, and its new process.
     pub fn with_pair<R>(&mut self, f: impl FnOnce(&Pair, &mut NewProcess) -> R) -> R {
         let heap = self.old_proc.heap();
+        // What the new process holds before the transfer writes (its binary's literals).
+        let new_mem = self.new_proc.mem.clone();
         let written = self.written.clone();
         let dirty = move |a: u64, len: u64| written.iter().flatten().any(|&(s, e)| a < e && s < a + len);
         let pair = Pair {
@@ -418,6 +420,7 @@ impl World {
             new: Version { prog: &self.new, image: Self::new_image().with_tls_block(self.tls_blocks.map(|b| b.1)) },
             dirty: self.written.is_some().then_some(&dirty as &dyn Fn(u64, u64) -> bool),
             startup: self.startup.as_ref(),
+            new_mem: Some(&new_mem),
         };
         f(&pair, &mut self.new_proc)
     }
@@ -474,6 +477,7 @@ impl World {
                 moved: &moved,
                 handlers: &handlers,
                 relocations: &relocations,
+                literals: Default::default(),
             };
             f(&writer, &roots, &moved, target)
         })

@@ -32,6 +32,9 @@ pub struct Pair<'a> {
     /// Both versions' startup allocations, to match startup objects (`None`: every
     /// reached block is reallocated).
     pub startup: Option<&'a StartupTables>,
+    /// The new process's memory, read-only (string literals are looked for in its
+    /// binary); `None`: pointers to literals move only as the new startup set them.
+    pub new_mem: Option<&'a dyn ReadMemory>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
         moved: &moved,
         handlers: &handlers,
         relocations: &relocations,
+        literals: Default::default(),
     };
     writer.blocks(target, &mut report)?;
     writer.globals(target, &roots.globals, &mut report)?;

@@ -136,6 +136,8 @@ pub struct Writer<'w, 'a> {
     pub handlers: &'w HashMap<String, String>,
     /// For the handlers' `mcr_translate()`; empty when there are no handlers.
     pub relocations: &'w [Relocation],
+    /// The new binary's read-only bytes, read at the first pointer to a string literal.
+    pub literals: std::cell::OnceCell<Option<crate::literal::ReadOnlyBytes>>,
 }
 
 impl Writer<'_, '_> {
@@ -151,10 +153,22 @@ impl Writer<'_, '_> {
         }
         if pair.old.image.contains(v) {
             return translate(pair.old.prog, &pair.old.image, pair.new.prog, &pair.new.image, v)
+                .or_else(|| self.relocate_literal(v))
                 .ok_or_else(|| format!("{path}: points into the old binary at {v:#x}, where no symbol is"));
         }
         // Libraries, stacks and other mappings sit at the same addresses in both versions.
         Ok(v)
+    }
+
+    /// A pointer into the old binary's read-only data where no symbol is (a string
+    /// literal): the new binary's one copy of the same string.
+    fn relocate_literal(&self, v: u64) -> Option<u64> {
+        let pair = self.pair;
+        let (_, end) = pair.old.image.readonly_range(v)?;
+        let text = crate::literal::c_string_at(pair.old_mem, v, end)?;
+        let new_mem = pair.new_mem?;
+        let bytes = self.literals.get_or_init(|| Some(crate::literal::ReadOnlyBytes::read(&pair.new.image, new_mem)));
+        bytes.as_ref()?.unique(&text)
     }
 
     /// A typed or `void *` pointer: relocated, with its tag when an MCR_TAGGED hint
@@ -638,5 +652,35 @@ mod tests {
         let (path, reason) = conflict(r);
         assert_eq!(path, "greeting");
         assert!(reason.contains("points into the old binary at 0x403000, where no symbol is"), "{reason}");
+    }
+
+    /// Set after startup (the new version's startup left the global null): the new
+    /// binary's one copy of the string, found in its read-only data; two copies are
+    /// ambiguous and refused.
+    #[test]
+    fn a_string_literal_pointer_set_after_startup_goes_to_the_new_binarys_one_copy() {
+        let literal = |b: &mut Build, ids: Ids| {
+            let p = b.ptr(ids.char);
+            b.global("greeting", 0x40_1080, p);
+        };
+        let run = |copies: &[u64]| {
+            let mut w = world(literal);
+            // Whole pages of read-only data in both binaries.
+            w.old_proc.mem.write(0x40_3000, &[0; 4096]);
+            w.old_proc.mem.write(0x40_3000, b"hello\0");
+            w.set_global("greeting", &0x40_3000u64.to_ne_bytes());
+            w.new_proc.mem.write(NEW_BIAS + 0x40_3000, &[0; 4096]);
+            for &at in copies {
+                w.new_proc.mem.write(NEW_BIAS + at, b"hello\0");
+            }
+            let r = w.transfer().map(|_| ());
+            (r, w.new_proc.mem.u64(w.new_global("greeting")))
+        };
+        let (r, got) = run(&[0x40_3020]);
+        r.expect("one copy");
+        assert_eq!(got, NEW_BIAS + 0x40_3020);
+        let (path, reason) = conflict(run(&[0x40_3020, 0x40_3040]).0);
+        assert_eq!(path, "greeting");
+        assert!(reason.contains("where no symbol is"), "{reason}");
     }
 }

@@ -105,6 +105,7 @@ pub(crate) fn transfer(
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
     sum.mapped_bytes += mappings::copy_private(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
@@ -113,6 +114,7 @@ pub(crate) fn transfer(
         new: Version { prog: new_prog, image: new_img },
         dirty: Some(&is_dirty),
         startup: startup.as_ref(),
+        new_mem: Some(&new_view),
     };
     let moved_state =
         mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
