@@ -104,8 +104,11 @@ impl NextVersion for NewSupervisor {
         Err(StartupFailure { reason, conflicts })
     }
 
+    /// Its processes, from the supervisor's view of its namespace: no runtime is asked
+    /// (a status would have each symbolize its parked threads' stacks, on the restart's
+    /// clock).
     fn processes(&mut self) -> Result<Vec<i32>, ClientError> {
-        Ok(self.connection()?.status()?.processes.iter().map(|p| p.pid).collect())
+        Ok(self.connection()?.update_info()?.processes)
     }
 
     fn respawn(&mut self, old: &HostPids, connections: &[OpenConnections]) -> Result<usize, TransferError> {
