@@ -228,7 +228,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-unwrapped", Refused), // likewise
     ("child-helper", Refused), // forked after startup, no connection: named before the drain
     ("child-zombie", Refused), // its exit status is the parent's to collect: named before the drain
-    ("child-exec", RolledBack), // the exec'd child has no debug information: the transfer refuses
+    ("child-exec", Refused), // the exec'd child's program has no debug information: refused before anything
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
@@ -346,6 +346,8 @@ struct UpdateOutcome {
 
 /// How the preflight's refusal begins (`PreflightError::Unmovable`).
 const PREFLIGHT_REFUSAL: &str = "holds state this update cannot move";
+/// How a refusal before the update touched anything ends (`PrepareError`).
+const NOTHING_CHANGED: &str = "nothing was changed";
 
 fn update(mcr: &Mcr, port: u16, work: &Path) -> Result<UpdateOutcome, String> {
     let mut argv: Vec<OsString> =
@@ -363,7 +365,8 @@ fn update(mcr: &Mcr, port: u16, work: &Path) -> Result<UpdateOutcome, String> {
             let drained = v["phases"]["drain_ms"].as_f64().is_some_and(|ms| ms > 0.0);
             Ok(UpdateOutcome {
                 committed: v["committed"].as_bool().unwrap_or(false),
-                refused_by_preflight: !drained && message.contains(PREFLIGHT_REFUSAL),
+                refused_by_preflight: !drained
+                    && (message.contains(PREFLIGHT_REFUSAL) || message.contains(NOTHING_CHANGED)),
                 message,
                 total_ms: v["phases"]["total_ms"].as_f64(),
             })
@@ -373,7 +376,7 @@ fn update(mcr: &Mcr, port: u16, work: &Path) -> Result<UpdateOutcome, String> {
             let message = error_text(&out.stderr);
             Ok(UpdateOutcome {
                 committed: false,
-                refused_by_preflight: message.contains(PREFLIGHT_REFUSAL),
+                refused_by_preflight: message.contains(PREFLIGHT_REFUSAL) || out.stderr.contains(NOTHING_CHANGED),
                 message: out.stderr.trim().to_string(),
                 total_ms: None,
             })
@@ -440,6 +443,7 @@ fn run_case(name: &str) -> CaseResult {
 /// What a refusal of these cases must name (the kind of descriptor, as /proc shows it),
 /// so a refusal for some other reason does not pass for one that found the case's state.
 const NAMED: &[(&str, &str)] = &[
+    ("child-exec", "runs /usr/bin/sleep, which has no debug information"),
     ("pipe-data", "(pipe:["),
     ("fifo-data", "fifo"),
     ("eventfd-counter", "(anon_inode:[eventfd])"),

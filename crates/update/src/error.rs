@@ -34,6 +34,13 @@ pub enum PrepareError {
         .0.display()
     )]
     NoDebugInfo(PathBuf),
+    #[error(
+        "process {pid} of the running version runs {}, which has no debug information, so the update could not \
+         move its state; nothing was changed. Build it with -g, or pass --fresh-state to start the new version \
+         with the state its own startup makes",
+        .binary.display()
+    )]
+    NoDebugInfoIn { binary: PathBuf, pid: i32 },
     #[error("refusing (--strict): {0}; whoever can change it would run code in the server")]
     Untrusted(String),
 }

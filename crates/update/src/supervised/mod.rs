@@ -66,8 +66,8 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
         if !has_debug_info {
             return Err(PrepareError::NoDebugInfo(program));
         }
-        if let Some(old) = old_binary_without_debug_info(&info) {
-            return Err(PrepareError::NoDebugInfo(old));
+        if let Some((binary, pid)) = old_binary_without_debug_info(&info) {
+            return Err(PrepareError::NoDebugInfoIn { binary, pid });
         }
     }
     let next_files = dir.files(&format!("{name}.next"))?;
@@ -92,14 +92,16 @@ pub struct Checks {
 }
 
 /// A binary of the running version's processes that has no debug information.
-fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<PathBuf> {
+/// A process of the running version whose program has no debug information (one that
+/// exec'd another program, say): the binary, and the process's PID in the instance.
+fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<(PathBuf, i32)> {
     let hosts =
         mcr_client::pids::host_pids(info.pid_namespace, info.supervisor_pid, info.processes.iter().copied()).ok()?;
     let mut seen = std::collections::BTreeSet::new();
-    for host in hosts.values() {
+    for (&pid, host) in &hosts {
         let Ok(exe) = mcr_procfs::exe(*host) else { continue };
         if seen.insert(exe.clone()) && program::check(&exe).is_ok_and(|c| !c.has_debug_info) {
-            return Some(exe);
+            return Some((exe, pid));
         }
     }
     None
