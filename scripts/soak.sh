@@ -263,34 +263,36 @@ open_held() { # KIND PORT
   done
 }
 
-# Every held connection answers as itself: stops the soak otherwise.
+# Every held connection answers as itself; else PROBLEM says which did not, and how.
 check_held() { # KIND U
   local kind=$1 u=$2 i fd r want
+  PROBLEM=
   for ((i = 0; i < SESSIONS; i++)); do
     fd=${HELD[i]}
     case $kind in
       kvd)
         ask "$fd" "GET h:$i" && [ "$REPLY" = "VALUE ${IDENT[i]}" ] ||
-          abort "kvd: held connection $i after update $u: GET h:$i replied '$REPLY', wanted 'VALUE ${IDENT[i]}'"
+          PROBLEM="kvd: held connection $i after update $u: GET h:$i replied '$REPLY', wanted 'VALUE ${IDENT[i]}'"
+        [ -n "$PROBLEM" ] && return 1
         SENT[i]=$((SENT[i] + 1))
         ask "$fd" "HITS h:$i" && [ "$REPLY" = "HITS ${SENT[i]}" ] ||
-          abort "kvd: held connection $i after update $u: HITS h:$i replied '$REPLY', wanted 'HITS ${SENT[i]}'" ;;
+          PROBLEM="kvd: held connection $i after update $u: HITS h:$i replied '$REPLY', wanted 'HITS ${SENT[i]}'" ;;
       poold)
         SENT[i]=$((SENT[i] + 1))
         want="SESSION id=${IDENT[i]} cmds=${SENT[i]}"
-        ask "$fd" SESSION && [ "$REPLY" = "$want" ] ||
-          abort "poold: session $i after update $u: '$REPLY', wanted '$want'" ;;
+        ask "$fd" SESSION && [ "$REPLY" = "$want" ] || PROBLEM="poold: session $i after update $u: '$REPLY', wanted '$want'" ;;
       connd)
         for r in colour shape size; do
           ask "$fd" "GET $r:$i" && [ "$REPLY" = "VALUE $r-of-session-$i" ] ||
-            abort "connd: session $i after update $u: GET $r:$i replied '$REPLY'"
+            { PROBLEM="connd: session $i after update $u: GET $r:$i replied '$REPLY'" && return 1; }
         done
         ask "$fd" PID && [ "$REPLY" = "${IDENT[i]}" ] ||
-          abort "connd: session $i after update $u: '$REPLY', '${IDENT[i]}' before the updates"
+          { PROBLEM="connd: session $i after update $u: '$REPLY', '${IDENT[i]}' before the updates" && return 1; }
         SENT[i]=$((SENT[i] + 5))
         ask "$fd" STATS && [ "$REPLY" = "STATS sessions=${SENT[i]}" ] ||
-          abort "connd: session $i after update $u: STATS replied '$REPLY', wanted 'STATS sessions=${SENT[i]}'" ;;
+          PROBLEM="connd: session $i after update $u: STATS replied '$REPLY', wanted 'STATS sessions=${SENT[i]}'" ;;
     esac
+    [ -z "$PROBLEM" ] || return 1
   done
   HELD_CHECKS=$((HELD_CHECKS + 1))
 }
@@ -326,8 +328,9 @@ stop_writer() {
 }
 
 # --- one server ---------------------------------------------------------------------
-update() { # KIND NAME U TO ARGS...
-  local kind=$1 name=$2 u=$3 to=$4 rc=0 total
+update() { # KIND NAME U TO ARGS...: 1 when it did not commit (its output printed)
+  local kind=$1 name=$2 u=$3 to=$4 total
+  rc=0
   shift 4
   timeout -k 5 60 "$MCR" update "$name" --json --timeout 10000 -- "$to" "$@" >"$WORK/update.out" 2>"$WORK/update.err" || rc=$?
   if [ "$rc" != 0 ] || ! grep -q '"committed": true' "$WORK/update.out"; then
@@ -339,10 +342,27 @@ update() { # KIND NAME U TO ARGS...
       echo "--- instance log (last 20 lines)"
       tail -n 20 "$MCR_RUNTIME_DIR/$name.log" 2>/dev/null
     } | tee -a "$LOG" >&2
-    abort "$kind: update $u (to ${to##*/}) did not commit (exit $rc)"
+    return 1
   fi
   total=$(sed -n 's/^ *"total_ms": \([0-9.]*\).*/\1/p' "$WORK/update.out" | head -n 1)
   printf '%s\t%s\t%s\t%s\n' "$kind" "$u" "${to##*/}" "${total:--}" >>"$RAW/updates.tsv"
+}
+
+# After an update that did not commit: does the old version serve as before? (AFTER_FAILED)
+postmortem() { # KIND PORT OLD_VERSION
+  local kind=$1 fd served=no held writer=
+  if connect "$2"; then
+    fd=$CONN
+    ask "$fd" VERSION && [ "$REPLY" = "VERSION $kind $3" ] && served=yes
+    exec {fd}>&-
+  fi
+  if check_held "$kind" after; then held="all $SESSIONS answer as before"; else held="$PROBLEM"; fi
+  if [ "$kind" = kvd ] && [ -n "$WRITER" ]; then
+    stop_writer
+    writer="; writer: $(tail -n 1 "$WORK/writer.out" 2>/dev/null || true)"
+  fi
+  AFTER_FAILED="After the update that did not commit: the old version (VERSION $kind $3) answers a new connection: $served; held connections: $held$writer."
+  say "$AFTER_FAILED"
 }
 
 run_server() { # KIND N
@@ -371,11 +391,14 @@ run_server() { # KIND N
   for ((u = 1; u <= n; u++)); do
     CUR_U=$u
     if ((u % 2)); then to=$b ver=2; else to=$a ver=1; fi
-    update "$kind" "$name" "$u" "$to" "${args[@]}"
+    update "$kind" "$name" "$u" "$to" "${args[@]}" || {
+      postmortem "$kind" "$port" $((3 - ver))
+      abort "$kind: update $u (to ${to##*/}) did not commit (exit $rc)"
+    }
     fresh_check "$kind" "$port" "$ver" "$u"
     # A measurement comes after a check, so every version measured ran the same requests.
     if ((u % CHECK_EVERY == 0 || u == n || u == first)); then
-      check_held "$kind" "$u"
+      check_held "$kind" "$u" || abort "$PROBLEM"
       [ "$kind" = kvd ] && check_writer "$u"
       trend "$kind" "$u" "$name"
     fi
@@ -390,7 +413,7 @@ run_server() { # KIND N
     [[ $wline == requests=* ]] || abort "kvd: the writer printed no result (exit $WRITER_RC): $(tail -n 5 "$WORK/writer.err")"
     [ "$WRITER_RC" = 0 ] || abort "kvd: writer: $wline; $(grep -v '^$' "$WORK/writer.err" | head -n 5)"
   fi
-  check_held "$kind" end
+  check_held "$kind" end || abort "$PROBLEM"
   close_held
   timeout 60 "$MCR" stop "$name" --timeout 5 >>"$LOG" 2>&1 || abort "$kind: mcr stop failed"
   local left i
@@ -406,7 +429,7 @@ run_server() { # KIND N
 }
 
 # --- summary -------------------------------------------------------------------------
-SERVER_ROWS=() FAILED= CUR_KIND= CUR_U=0 CUR_N=0 CUR_T0=0
+SERVER_ROWS=() FAILED= AFTER_FAILED= CUR_KIND= CUR_U=0 CUR_N=0 CUR_T0=0
 summary() {
   local verdict=PASS
   {
@@ -427,7 +450,7 @@ summary() {
         req=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$w") failed=$(sed -n 's/.*failed=\([0-9]*\).*/\1/p' <<<"$w")
         lost=$(sed -n 's/.*lost=\([0-9]*\).*/\1/p' <<<"$w") stale=$(sed -n 's/.*stale=\([0-9]*\).*/\1/p' <<<"$w")
         keys=$(sed -n 's/.*keys=\([0-9]*\).*/\1/p' <<<"$w")
-        failed="$failed of $req (writer)" lost="$((lost + stale)) of $keys (writer) + 0 of $SESSIONS (held)"
+        failed="$failed of $req (writer)" lost="$((lost + stale)) of $keys (writer)"
       elif [ "$kind" = kvd ]; then
         failed=- lost=-
       fi
@@ -469,6 +492,7 @@ summary() {
   fi
   [ -n "$FAILED" ] && verdict="FAIL: $FAILED"
   { echo; echo "Result: $verdict"; } >>"$RAW/summary.md"
+  if [ -n "$AFTER_FAILED" ]; then { echo; echo "$AFTER_FAILED"; } >>"$RAW/summary.md"; fi
   cat "$RAW/summary.md"
 }
 
