@@ -47,6 +47,12 @@
 //!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
 //!   mcr-bench wait-port --port P [--timeout 10]
 //!       waits until 127.0.0.1:P accepts connections (exit 1 on timeout).
+//!   mcr-bench kvd-soak --port P --stop-file F [--conns 4] [--keys 4096] [--depth 8]
+//!                      [--rate 0] [--max-seconds 3600] [--io-timeout 30] [--progress FILE]
+//!       scripts/soak.sh's writer (src/soak.rs): SET+GET pairs on keys of its own, every
+//!       reply checked, until F exists; then every acknowledged key is read back. Prints
+//!       `requests= failed= reconnects= keys= lost= stale= seconds=`; exit 1 when a
+//!       request failed or a key was lost. --rate caps requests/s (0: closed loop).
 
 mod args;
 mod cpu;
@@ -54,6 +60,7 @@ mod kvload;
 mod outcome;
 mod quiesce;
 mod report;
+mod soak;
 mod stats;
 mod transfer;
 mod update;
@@ -61,8 +68,9 @@ mod update;
 use args::Args;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mcr-bench kvd-load|kvd-ab|quiesce|update|report|transfer|transfer-report|fill|rss|cpu|\
-                     supervisor-pid|free-port|wait-port [options] (see src/main.rs)";
+const USAGE: &str =
+    "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|rss|\
+                     cpu|supervisor-pid|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
     if !(0.0..=600.0).contains(&x) {
@@ -98,6 +106,31 @@ fn kvd_load(a: &Args) -> Result<(), String> {
         return Err(format!("{} error replies from kvd", out.errors));
     }
     println!("{:.1}", out.rps());
+    Ok(())
+}
+
+fn kvd_soak(a: &Args) -> Result<(), String> {
+    let max_seconds: f64 = a.get("max-seconds", 3600.0)?;
+    if !(0.0..=7200.0).contains(&max_seconds) {
+        return Err("--max-seconds must be between 0 and 7200".into());
+    }
+    let cfg = soak::Config {
+        port: a.required("port")?,
+        conns: a.get("conns", 4)?,
+        keys: a.get("keys", 4096)?,
+        depth: a.get("depth", 8)?,
+        rate: a.get("rate", 0)?,
+        stop_file: a.required::<String>("stop-file")?.into(),
+        max_time: Duration::from_secs_f64(max_seconds),
+        io_timeout: secs(a.get("io-timeout", 30.0)?, "io-timeout")?,
+        progress: a.get("progress", String::new()).map(|p| (!p.is_empty()).then(|| p.into()))?,
+    };
+    a.finish()?;
+    let out = soak::run(&cfg)?;
+    println!("{}", out.line());
+    if out.failed + out.lost + out.stale > 0 {
+        return Err(format!("{} failed requests, {} lost keys, {} stale keys", out.failed, out.lost, out.stale));
+    }
     Ok(())
 }
 
@@ -293,6 +326,7 @@ fn main() {
     let result = parsed.and_then(|a| match cmd.as_str() {
         "kvd-load" => kvd_load(&a),
         "kvd-ab" => kvd_ab(&a),
+        "kvd-soak" => kvd_soak(&a),
         "quiesce" => quiesce_cmd(&a),
         "update" => update_cmd(&a),
         "report" => {
