@@ -40,6 +40,14 @@ fn start_stuckd_with<'m>(mcr: &'m Mcr, mode: &str) -> (Instance<'m>, u16, i64) {
     (inst, port, sleeper["tid"].as_i64().unwrap())
 }
 
+/// The line of a failed quiesce's report that names thread `tid`.
+fn laggard_line(out: &Out, tid: i64) -> &str {
+    out.stderr
+        .lines()
+        .find(|l| l.contains(&format!("thread {tid}:")))
+        .unwrap_or_else(|| panic!("stderr does not name thread {tid}: {out}"))
+}
+
 #[test]
 fn quiesce_names_the_thread_stuck_in_an_unwrapped_system_call_and_resumes() {
     let mcr = Mcr::new("lag-stuck");
@@ -52,11 +60,7 @@ fn quiesce_names_the_thread_stuck_in_an_unwrapped_system_call_and_resumes() {
     assert!(took < Duration::from_secs(5), "quiesce --timeout 200 took {took:?}");
     assert!(out.stderr.contains("200 ms"), "should say it gave up after the timeout: {out}");
     assert!(out.stderr.contains("resumed"), "should say the server was resumed: {out}");
-    let laggard_line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&format!("thread {tid}:")))
-        .unwrap_or_else(|| panic!("stderr does not name thread {tid}: {out}"));
+    let laggard_line = laggard_line(&out, tid);
     assert!(
         laggard_line.contains("system call") && laggard_line.contains("not a quiescent point"),
         "the reason should be an unwrapped system call: {out}"
@@ -90,11 +94,7 @@ fn quiesce_says_where_a_spinning_thread_runs() {
     let (inst, port, tid) = start_stuckd_with(&mcr, "--spin");
     let out = inst.quiesce(200);
     assert_eq!(out.code(), 1, "quiesce of a spinning stuckd should fail: {out}");
-    let laggard_line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&format!("thread {tid}:")))
-        .unwrap_or_else(|| panic!("stderr does not name thread {tid}: {out}"));
+    let laggard_line = laggard_line(&out, tid);
     assert!(
         laggard_line.contains("running outside any wrapped call at spin_forever"),
         "the report should say where the thread spins: {out}"

@@ -228,7 +228,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-unwrapped", Refused), // likewise
     ("child-helper", Refused), // forked after startup, no connection: named before the drain
     ("child-zombie", Refused), // its exit status is the parent's to collect: named before the drain
-    ("child-exec", Refused), // the exec'd child's program has no debug information: refused before anything
+    ("child-exec", Refused),  // the exec'd child's program has no debug information: refused before anything
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
