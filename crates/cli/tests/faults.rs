@@ -7,7 +7,9 @@
 //! the outcome:
 //! - points: after the drain, after the quiesce, during the restart (the new version
 //!   replaying its startup), during the transfer (a process's state moved, its connections
-//!   not yet), at the commit point (just before it) and right after it;
+//!   not yet), before the old version is asked to retire, while it retires (parked for
+//!   good unless the new version fails before releasing it), and right after the commit
+//!   point (the release);
 //! - faults: `mcr update` killed (SIGKILL), the new version's server process killed, the
 //!   new supervisor killed, the old supervisor killed, the old version's server process
 //!   stopped (SIGSTOP; continued once the update ended), the runtime directory (a small
@@ -43,6 +45,7 @@ enum Point {
     Restarting,
     Transferring,
     Committing,
+    Retiring,
     Committed,
 }
 
@@ -55,6 +58,7 @@ impl Point {
             Point::Restarting => point::RESTARTING,
             Point::Transferring => point::TRANSFERRING,
             Point::Committing => point::COMMITTING,
+            Point::Retiring => point::RETIRING,
             Point::Committed => point::COMMITTED,
         }
     }
@@ -497,16 +501,19 @@ cases! {
     cli_killed_during_the_restart: KillCli at Restarting;
     cli_killed_during_the_transfer: KillCli at Transferring;
     cli_killed_at_the_commit_point: KillCli at Committing;
+    cli_killed_while_the_old_version_retires: KillCli at Retiring;
     cli_killed_right_after_the_commit_point: KillCli at Committed;
 
     new_server_killed_during_the_restart: KillNewServer at Restarting;
     new_server_killed_during_the_transfer: KillNewServer at Transferring;
     new_server_killed_at_the_commit_point: KillNewServer at Committing;
+    new_server_killed_while_the_old_version_retires: KillNewServer at Retiring;
     new_server_killed_right_after_the_commit_point: KillNewServer at Committed;
 
     new_supervisor_killed_during_the_restart: KillNewSupervisor at Restarting;
     new_supervisor_killed_during_the_transfer: KillNewSupervisor at Transferring;
     new_supervisor_killed_at_the_commit_point: KillNewSupervisor at Committing;
+    new_supervisor_killed_while_the_old_version_retires: KillNewSupervisor at Retiring;
     new_supervisor_killed_right_after_the_commit_point: KillNewSupervisor at Committed;
 
     old_supervisor_killed_after_the_drain: KillOldSupervisor at Drained;
@@ -514,6 +521,7 @@ cases! {
     old_supervisor_killed_during_the_restart: KillOldSupervisor at Restarting;
     old_supervisor_killed_during_the_transfer: KillOldSupervisor at Transferring;
     old_supervisor_killed_at_the_commit_point: KillOldSupervisor at Committing;
+    old_supervisor_killed_while_it_retires: KillOldSupervisor at Retiring;
     old_supervisor_killed_right_after_the_commit_point: KillOldSupervisor at Committed;
 
     old_server_stopped_after_the_drain: StopOldServer at Drained;
@@ -521,6 +529,7 @@ cases! {
     old_server_stopped_during_the_restart: StopOldServer at Restarting;
     old_server_stopped_during_the_transfer: StopOldServer at Transferring;
     old_server_stopped_at_the_commit_point: StopOldServer at Committing;
+    old_server_stopped_while_it_retires: StopOldServer at Retiring;
     old_server_stopped_right_after_the_commit_point: StopOldServer at Committed;
 
     disk_full_after_the_drain: DiskFull at Drained;
@@ -528,5 +537,6 @@ cases! {
     disk_full_during_the_restart: DiskFull at Restarting;
     disk_full_during_the_transfer: DiskFull at Transferring;
     disk_full_at_the_commit_point: DiskFull at Committing;
+    disk_full_while_the_old_version_retires: DiskFull at Retiring;
     disk_full_right_after_the_commit_point: DiskFull at Committed;
 }

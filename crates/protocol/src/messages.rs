@@ -450,8 +450,11 @@ pub enum Request {
     /// Update, old version, from the new version's supervisor on a connection of its own
     /// (its link): the update is committing; answered with [`Response::HandedOver`].
     Handover,
-    /// Update, old version, on the new version's link: the commit point. Exit now.
+    /// Update, old version, on the new version's link: retire, staying parked; the old
+    /// version resumes only if the link closes before [`Request::Release`].
     Retire,
+    /// Update, old version, on the link, after Retire: the commit point. Exit now.
+    Release,
     /// Profiling mode: every process's sampled data (fresh from the live ones, the last
     /// report of those that exited).
     ProfileData,

@@ -26,7 +26,11 @@ pub mod point {
     /// During the commit, before its commit point: the new version holds the instance's
     /// lock and name, the old one is not retired yet (the new version's supervisor).
     pub const COMMITTING: &str = "committing";
-    /// Right after the commit point, before the new version resumes (its supervisor).
+    /// The old version retiring (parked for good unless the new version fails before the
+    /// commit point), before the new version releases it (the new version's supervisor).
+    pub const RETIRING: &str = "retiring";
+    /// Right after the commit point (the old version released), before the new version
+    /// resumes (its supervisor).
     pub const COMMITTED: &str = "committed";
 }
 /// Where the marker file goes (default: the system's temporary directory).

@@ -151,15 +151,23 @@ async fn take_over(
             return Err("cannot tell this version's init about the commit".into());
         }
     }
-    // The commit point: the old version retires.
-    if let Some(l) = link.as_mut() {
-        match l.ask(&Request::Retire).await {
+    // The old version retires (parked for good unless this version fails before the
+    // release); then, this version still whole, the commit point: the release.
+    for (request, what) in [(Request::Retire, "retire"), (Request::Release, "release")] {
+        if matches!(request, Request::Release) {
+            pause(state, test_hook::point::RETIRING).await;
+            // A process that died meanwhile: give up, and the old version (whose link
+            // closes) serves again with all its state.
+            ready(state, expected)?;
+        }
+        let Some(l) = link.as_mut() else { break };
+        match l.ask(&request).await {
             Some(Response::Ok) => {}
-            Some(Response::Error { message }) => return Err(format!("the old version refused to retire: {message}")),
-            Some(other) => return Err(format!("unexpected answer to the retire: {other:?}")),
+            Some(Response::Error { message }) => return Err(format!("the old version refused to {what}: {message}")),
+            Some(other) => return Err(format!("unexpected answer to the {what}: {other:?}")),
             // It died: this version holds all the state and the name.
             None if old_died(&old_pid, &old_init, &mut lock, target).await && update_alive(state) => link = None,
-            None => return Err("the old version did not answer the retire".into()),
+            None => return Err(format!("the old version did not answer the {what}")),
         }
     }
     committed(state, current, target, lock, link).await;

@@ -160,16 +160,21 @@ async fn handle(state: &State, req: Request, conn: u64) -> Response {
                 (_, Err(why)) => Response::Error { message: why.to_string() },
             }
         }
-        Request::Retire => {
+        Request::Retire => match state.lock().old_side.retire(conn) {
+            // Parked for good unless the link closes before the release.
+            Ok(_) => Response::Ok,
+            Err(why) => Response::Error { message: why.to_string() },
+        },
+        Request::Release => {
             // The init first: should this supervisor die from here on, the init ends the
             // version rather than start another supervisor for it. (No await from here to
-            // the retire: nothing else runs in between.)
-            let may = matches!(state.lock().old_side, OldSide::Held { successor: Some(link), .. } if link == conn);
+            // the release: nothing else runs in between.)
+            let may = matches!(state.lock().old_side, OldSide::Retiring { successor } if successor == conn);
             if may && state.init_link.is_some() && !state.tell_init(&crate::init_link::Message::Retired, &[]) {
                 return Response::Error { message: "cannot tell this version's init that it retires".into() };
             }
-            let retired = state.lock().old_side.retire(conn);
-            match retired {
+            let released = state.lock().old_side.release(conn);
+            match released {
                 // The commit point. The committed new version holds every inherited
                 // object: the old processes (parked, mid-nothing) can simply go.
                 Ok(_) => {

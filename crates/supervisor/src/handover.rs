@@ -12,6 +12,10 @@ pub enum OldSide {
     /// An update drained it (and may have quiesced it). `update`: the update's connection,
     /// while open; `successor`: the new version's link, once it asked for the handover.
     Held { update: Option<u64>, successor: Option<u64> },
+    /// The new version asked it to retire on link `successor`: it stays parked, and never
+    /// resumes unless that link closes before the new version releases it (the new version
+    /// failed before the commit point).
+    Retiring { successor: u64 },
     /// The new version committed: this version exits, and never resumes.
     Retired,
 }
@@ -27,7 +31,7 @@ pub enum OldAction {
     RetakeName,
     /// Hand over: answer the new version with the instance lock's descriptor.
     HandOver,
-    /// The commit point: kill every process of this version and exit.
+    /// The commit point (the release): kill every process of this version and exit.
     Retire,
 }
 
@@ -36,6 +40,7 @@ impl OldSide {
     pub fn drain(&mut self, conn: u64) -> Result<(), &'static str> {
         match *self {
             OldSide::Retired => Err("this version is retired: the new version committed"),
+            OldSide::Retiring { .. } => Err("this version is retiring: its new version is committing"),
             OldSide::Held { successor: Some(_), .. } => Err("this version is being handed over to its new version"),
             _ => {
                 *self = OldSide::Held { update: Some(conn), successor: None };
@@ -49,6 +54,7 @@ impl OldSide {
     pub fn resume(&mut self) -> Result<OldAction, &'static str> {
         match *self {
             OldSide::Retired => Err("retired"),
+            OldSide::Retiring { .. } => Err("retiring"),
             _ => {
                 *self = OldSide::Free;
                 Ok(OldAction::Resume)
@@ -67,19 +73,32 @@ impl OldSide {
             OldSide::Held { successor: Some(_), .. } => Err("another new version already asked for the handover"),
             OldSide::Held { update: None, .. } => Err("the update that held this version went away"),
             OldSide::Free => Err("no update holds this version (it was resumed)"),
-            OldSide::Retired => Err("this version is retired"),
+            OldSide::Retiring { .. } | OldSide::Retired => Err("this version is retired"),
         }
     }
 
-    /// The commit point, asked by the new version on the link it asked the handover on.
+    /// Retire, asked by the new version on the link it asked the handover on: parked for
+    /// good, unless that link closes before the release.
     pub fn retire(&mut self, conn: u64) -> Result<OldAction, &'static str> {
         match *self {
             OldSide::Held { successor: Some(link), .. } if link == conn => {
+                *self = OldSide::Retiring { successor: conn };
+                Ok(OldAction::Nothing)
+            }
+            OldSide::Retiring { .. } | OldSide::Retired => Err("already retired"),
+            _ => Err("only the new version that asked for the handover can retire this version"),
+        }
+    }
+
+    /// The commit point, asked by the new version on its link after the retire.
+    pub fn release(&mut self, conn: u64) -> Result<OldAction, &'static str> {
+        match *self {
+            OldSide::Retiring { successor } if successor == conn => {
                 *self = OldSide::Retired;
                 Ok(OldAction::Retire)
             }
-            OldSide::Retired => Err("already retired"),
-            _ => Err("only the new version that asked for the handover can retire this version"),
+            OldSide::Retired => Err("already released"),
+            _ => Err("only the new version this version retired for can release it"),
         }
     }
 
@@ -114,6 +133,12 @@ impl OldSide {
                 OldAction::RetakeName
             }
             OldSide::Held { update: None, successor: Some(s) } if s == conn => {
+                *self = OldSide::Free;
+                OldAction::Resume
+            }
+            // The new version failed between the retire and the commit point: this
+            // version holds all the state still, and serves again.
+            OldSide::Retiring { successor } if successor == conn => {
                 *self = OldSide::Free;
                 OldAction::Resume
             }
@@ -239,7 +264,8 @@ mod tests {
         // The new version commits.
         let mut o = handing_over();
         assert_eq!(o.closed(UPDATE, false), OldAction::Nothing);
-        assert_eq!(o.retire(LINK), Ok(OldAction::Retire));
+        assert_eq!(o.retire(LINK), Ok(OldAction::Nothing));
+        assert_eq!(o.release(LINK), Ok(OldAction::Retire));
         assert_eq!(o.closed(LINK, true), OldAction::Nothing);
         // The new version dies (or gives up) before the commit point.
         let mut o = handing_over();
@@ -263,14 +289,30 @@ mod tests {
         let mut o = handing_over();
         assert!(o.retire(OTHER).is_err());
         assert!(o.retire(UPDATE).is_err(), "the update itself cannot retire");
-        assert_eq!(o.retire(LINK), Ok(OldAction::Retire));
+        assert!(o.release(LINK).is_err(), "no release before the retire");
+        assert_eq!(o.retire(LINK), Ok(OldAction::Nothing));
         assert!(o.retire(LINK).is_err());
+        assert!(o.release(OTHER).is_err());
+        assert_eq!(o.release(LINK), Ok(OldAction::Retire));
+        assert!(o.release(LINK).is_err());
+    }
+
+    #[test]
+    fn a_retiring_version_resumes_only_when_its_new_version_fails_before_the_release() {
+        let mut o = handing_over();
+        o.retire(LINK).unwrap();
+        assert_eq!(o.resume(), Err("retiring"), "the update cannot resume it: the new version may release it");
+        assert!(o.drain(OTHER).is_err());
+        assert_eq!(o.closed(UPDATE, false), OldAction::Nothing, "the update dying changes nothing");
+        assert_eq!(o.closed(LINK, true), OldAction::Resume, "the new version failed before the commit point");
+        assert_eq!(o, OldSide::Free);
     }
 
     #[test]
     fn a_retired_version_never_resumes_nor_drains_again() {
         let mut o = handing_over();
         o.retire(LINK).unwrap();
+        o.release(LINK).unwrap();
         assert_eq!(o.resume(), Err("retired"));
         assert!(o.drain(OTHER).is_err());
         assert_eq!(o.closed(UPDATE, false), OldAction::Nothing);
