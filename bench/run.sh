@@ -197,7 +197,8 @@ supervisor_pid() { # NAME
 }
 
 # Each start_* sets ROOTPID (the root of the server's process tree: the server
-# itself, the nginx master, or the mcr supervisor) and STOP (how to stop it).
+# itself, the nginx master, or the init of the mcr instance's PID namespace, parent of
+# its supervisor and of the server's orphans) and STOP (how to stop it).
 start_kvd_base() { # PORT
   # setsid: its own session, hence its own scheduler autogroup, as under mcr.
   "${SRV[@]}" setsid "$KVD" --port "$1" 2>>"$LOG" &
@@ -215,7 +216,7 @@ start_mcr() { # NAME PORT PROGRAM ARGS...
   "${SRV[@]}" "$MCR" run --detach --name "$name" -- "$@" >>"$LOG" 2>&1 \
     || die "mcr run $name failed (see $LOG)"
   "$BENCH" wait-port --port "$port" --timeout 10 || die "$name did not start on port $port"
-  ROOTPID=$(supervisor_pid "$name" 2>>"$LOG") || die "no supervisor pid for $name (see $LOG)"
+  ROOTPID=$("$BENCH" instance-root --mcr "$MCR" --name "$name" 2>>"$LOG") || die "no supervisor pid for $name (see $LOG)"
   STOP="\"\$MCR\" stop $name --timeout 5 >>\"\$LOG\" 2>&1 || die 'mcr stop $name failed'; forget_name $name"
 }
 

@@ -140,6 +140,7 @@ done
 rss_of() { "$BENCH" rss --tree "$1" --comm "$2"; }
 sup_rss() { "$BENCH" rss --pid "$1"; } # the supervisor alone
 supervisor_pid() { "$BENCH" supervisor-pid --mcr "$MCR" --name "$1"; }
+instance_root() { "$BENCH" instance-root --mcr "$MCR" --name "$1"; }
 log "resident memory: kvd with 100000 keys, $MEM_ROUNDS rounds"
 for r in $(seq 0 $((MEM_ROUNDS - 1))); do
   pb=$("$BENCH" free-port); pm=$("$BENCH" free-port)
@@ -149,9 +150,9 @@ for r in $(seq 0 $((MEM_ROUNDS - 1))); do
   "$BENCH" wait-port --port "$pb" || die "baseline kvd did not start"
   "$BENCH" fill --port "$pb" --keys 100000 || die "fill failed"
   "$BENCH" fill --port "$pm" --keys 100000 || die "fill failed"
-  sp=$(supervisor_pid "mem$r")
+  sp=$(supervisor_pid "mem$r"); root=$(instance_root "mem$r")
   printf '%s\tbase\tkvd\t%s\n%s\tmcr\tkvd\t%s\n%s\tsupervisor\tkvd\t%s\n' "$r" "$(rss_of "$bp" kvd)" \
-    "$r" "$(rss_of "$sp" kvd)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
+    "$r" "$(rss_of "$root" kvd)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
   kill -TERM "$bp"; wait "$bp" 2>/dev/null || true
   "$MCR" stop "mem$r" --timeout 5 >>"$LOG" 2>&1
 done
@@ -167,9 +168,9 @@ if [ -n "$NGINX" ]; then
     NAMES+=("ngm$r"); "$MCR" run --detach --name "ngm$r" -- "$NGINX" -p "$WORK/nm$r" -c "$cm" >>"$LOG" 2>&1 || die "mcr run nginx failed"
     "$BENCH" wait-port --port "$pm" || die "nginx under mcr did not listen"
     sleep 0.5
-    sp=$(supervisor_pid "ngm$r")
+    sp=$(supervisor_pid "ngm$r"); root=$(instance_root "ngm$r")
     printf '%s\tbase\tnginx\t%s\n%s\tmcr\tnginx\t%s\n%s\tsupervisor\tnginx\t%s\n' "$r" "$(rss_of "$bp" nginx)" \
-      "$r" "$(rss_of "$sp" nginx)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
+      "$r" "$(rss_of "$root" nginx)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
     kill -QUIT "$bp" 2>/dev/null || true
     "$MCR" stop "ngm$r" --timeout 5 >>"$LOG" 2>&1
   done

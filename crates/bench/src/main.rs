@@ -43,6 +43,9 @@
 //!       prints the summed VmRSS (kB) of PID's process tree (only processes named NAME)
 //!   mcr-bench rss --pid PID      prints the VmRSS (kB) of process PID alone
 //!   mcr-bench supervisor-pid --mcr PATH --name N
+//!   mcr-bench instance-root --mcr PATH --name N   (the root of the instance's process
+//!     tree: the init of its PID namespace, whose children are the supervisor and the
+//!     server's orphans, e.g. a daemonized nginx master; else the supervisor)
 //!       prints the host PID of instance N's supervisor (from `mcr status N --json`)
 //!   mcr-bench free-port          prints a free TCP port on 127.0.0.1
 //!   mcr-bench wait-port --port P [--timeout 10]
@@ -70,7 +73,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|rss|\
-                     cpu|supervisor-pid|free-port|wait-port [options] (see src/main.rs)";
+                     cpu|supervisor-pid|instance-root|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
     if !(0.0..=600.0).contains(&x) {
@@ -300,6 +303,18 @@ fn supervisor_pid(mcr: &str, name: &str) -> Result<i32, String> {
     Ok(st.supervisor_pid)
 }
 
+/// The supervisor's parent when it shares the supervisor's PID namespace (the init, PID 1
+/// there), else the supervisor itself (no namespace).
+fn instance_root(supervisor: i32) -> i32 {
+    let parent = mcr_procfs::stat::read(supervisor).map_or(0, |s| s.ppid);
+    let same_ns = |p: i32| mcr_procfs::pid_namespace(p).ok();
+    if parent > 1 && same_ns(parent).is_some() && same_ns(parent) == same_ns(supervisor) {
+        parent
+    } else {
+        supervisor
+    }
+}
+
 fn wait_port(a: &Args) -> Result<(), String> {
     let port: u16 = a.required("port")?;
     let timeout = secs(a.get("timeout", 10.0)?, "timeout")?;
@@ -367,6 +382,12 @@ fn main() {
                 _ => return Err("rss takes --tree PID [--comm NAME] or --pid PID".into()),
             };
             println!("{kb}");
+            Ok(())
+        }
+        "instance-root" => {
+            let (mcr, name): (String, String) = (a.required("mcr")?, a.required("name")?);
+            a.finish()?;
+            println!("{}", instance_root(supervisor_pid(&mcr, &name)?));
             Ok(())
         }
         "supervisor-pid" => {
