@@ -144,25 +144,27 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("file-dup", Survives),
     ("file-cloexec", Survives),
     ("file-no-cloexec", Survives),
-    ("dev-null", Refused), // preflight: a device node opened through the old version's /dev
+    ("dev-null", Survives), // opened again through the new version's /dev (the old version's mounts go with it)
     ("dir-fd", Survives),
     ("file-opath", Survives),
     ("file-high-fd", Survives),
-    ("map-file-shared", Refused), // mapped after startup: the preflight names it (not moved yet)
-    ("map-file-private", Refused), // likewise
-    ("map-anon-shared", Refused), // likewise
+    ("file-other-mount", Survives), // opened again through the new version's mounts, with its flags and offset
+    ("file-other-mount-flock", Refused), // preflight: a new open file description would not hold the lock
+    ("map-file-shared", Survives),  // the same file mapped at the same address, sharing its pages
+    ("map-file-private", Survives), // the same file mapped privately, the pages it wrote copied
+    ("map-anon-shared", Survives),  // the same shared memory (through /proc/PID/map_files)
     ("map-anon-private", Survives), // copied to the same address in the new process
-    ("map-readonly", Survives),   // likewise, with its protection
-    ("map-mlock", Survives),      // copied to its address and locked again (mcr's heap keeps its own range free)
+    ("map-readonly", Survives),     // likewise, with its protection
+    ("map-mlock", Survives),        // copied to its address and locked again (mcr's heap keeps its own range free)
     ("memfd-plain", Survives),
-    ("memfd-mapped", Refused),        // its mapping is named (the descriptor too is lost)
-    ("memfd-mapped-closed", Refused), // mapped after startup: named
+    ("memfd-mapped", Survives),        // the same memfd mapped again; its descriptor moves
+    ("memfd-mapped-closed", Survives), // the same memfd, through /proc/PID/map_files
     ("memfd-sealed", Survives),
-    ("sysv-shm", Refused), // the attached segment is named (the segment itself outlives the process)
-    ("posix-shm", Refused), // its mapping is named
-    ("sysv-sem", Survives), // a kernel object, not the process's: outlives it anyway
+    ("sysv-shm", Survives),     // attached again at the same address
+    ("posix-shm", Survives),    // mapped and opened again through the new version's /dev/shm
+    ("sysv-sem", Survives),     // a kernel object, not the process's: outlives it anyway
     ("sysv-sem-undo", Refused), // the kernel applies the adjustment when the old process exits
-    ("sysv-msg", Survives), // likewise
+    ("sysv-msg", Survives),     // likewise
     ("posix-mq", Survives),
     ("posix-mq-notify", Refused), // preflight: an mq_notify registration for the old process
     ("sig-mask", Survives),
@@ -208,9 +210,9 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ioprio", Survives),
     ("oom-score-adj", Survives),
     ("uts-ns", Refused),      // a namespace joined after startup cannot be entered by the new version
-    ("pty-data", Refused),    // preflight: a device node opened through the old version's /dev
-    ("pty-termios", Refused), // preflight: a device node opened through the old version's /dev
-    ("pty-ctty", Refused),    // preflight: a device node opened through the old version's /dev
+    ("pty-data", Refused),    // preflight: a pty master, which cannot be opened again
+    ("pty-termios", Refused), // likewise
+    ("pty-ctty", Refused),    // likewise
     ("thr-read", Refused),    // created after startup: the preflight names the thread
     ("thr-accept", Refused),  // likewise
     ("thr-poll", Refused),    // likewise

@@ -64,6 +64,10 @@ pub struct FdInfo {
     pub epoll: Vec<EpollInterest>,
     /// For a signalfd: the signals it reads (bit n-1 for signal n).
     pub sigmask: Option<u64>,
+    /// The mount the file is on (an ID of the process's mountinfo).
+    pub mnt_id: Option<u64>,
+    /// How many locks (flock, OFD, lease) are held through this open file description.
+    pub locks: usize,
 }
 
 impl FdInfo {
@@ -75,6 +79,10 @@ impl FdInfo {
                 info.pos = v.trim().parse().ok();
             } else if let Some(v) = line.strip_prefix("flags:") {
                 info.flags = u32::from_str_radix(v.trim(), 8).ok();
+            } else if let Some(v) = line.strip_prefix("mnt_id:") {
+                info.mnt_id = v.trim().parse().ok();
+            } else if line.starts_with("lock:") {
+                info.locks += 1;
             } else if let Some(v) = line.strip_prefix("sigmask:") {
                 info.sigmask = u64::from_str_radix(v.trim(), 16).ok();
             } else if let Some(i) = parse_epoll_line(line) {
@@ -125,8 +133,20 @@ mod tests {
 
     #[test]
     fn fdinfo_of_a_file_and_of_an_epoll_instance() {
-        let file = FdInfo::parse("pos:\t4096\nflags:\t02004002\nmnt_id:\t15\nino:\t1234\n");
-        assert_eq!(file, FdInfo { pos: Some(4096), flags: Some(0o2004002), epoll: vec![], sigmask: None });
+        let file = FdInfo::parse(
+            "pos:\t4096\nflags:\t02004002\nmnt_id:\t15\nino:\t1234\nlock:\t1: FLOCK  ADVISORY  WRITE 77 00:2d:1234 0 EOF\n",
+        );
+        assert_eq!(
+            file,
+            FdInfo {
+                pos: Some(4096),
+                flags: Some(0o2004002),
+                epoll: vec![],
+                sigmask: None,
+                mnt_id: Some(15),
+                locks: 1
+            }
+        );
         let sfd = FdInfo::parse("pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\nsigmask:\t0000000000000200\n");
         assert_eq!(sfd.sigmask, Some(0x200));
         let ep = FdInfo::parse(

@@ -10,6 +10,9 @@ use std::os::unix::fs::FileExt;
 pub const PRESENT: u64 = 1 << 63;
 /// The page is swapped out (or, for userfaultfd write-protect, carries a marker).
 pub const SWAPPED: u64 = 1 << 62;
+/// The page is a file's page (in the page cache) or shared anonymous memory, not a
+/// private copy.
+pub const FILE_OR_SHARED: u64 = 1 << 61;
 /// The page was written since the soft-dirty bits were cleared (`clear_refs` 4).
 pub const SOFT_DIRTY: u64 = 1 << 55;
 

@@ -245,6 +245,30 @@ pub enum RuntimeCommandKind {
         prot: i32,
         locked: bool,
     },
+    /// State transfer, new version: map the object the update sends on the abstract Unix
+    /// socket `socket` (one descriptor, SCM_RIGHTS: the old mapping's file, memfd or
+    /// shared memory, opened through /proc/PID/map_files) at exactly [start, start + len)
+    /// from file offset `offset`, shared or private, with protection `prot`, locked when
+    /// `locked`. A shared mapping shares its pages with the old version's (same object);
+    /// the update writes a private one's copied pages next.
+    MapFile {
+        socket: String,
+        start: u64,
+        len: u64,
+        offset: u64,
+        prot: i32,
+        shared: bool,
+        locked: bool,
+    },
+    /// State transfer, new version: attach SysV shared memory segment `shmid` at exactly
+    /// `start` (`len`: the part mapped, the whole segment), read-only when `readonly`.
+    AttachSysv {
+        shmid: i32,
+        start: u64,
+        len: u64,
+        readonly: bool,
+        locked: bool,
+    },
     /// The process's attributes (signal mask and handlers, timers, umask, rlimits, cwd,
     /// credentials, prctl state...) as they were when its startup completed, and now.
     Attributes,

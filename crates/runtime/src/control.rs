@@ -352,6 +352,12 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::MapPrivate { start, len, prot, locked } => {
             crate::transfer::map_private(start, len, prot, locked)
         }
+        RuntimeCommandKind::MapFile { socket, start, len, offset, prot, shared, locked } => {
+            crate::transfer::map_file(&socket, start, len, offset, prot, shared, locked)
+        }
+        RuntimeCommandKind::AttachSysv { shmid, start, len, readonly, locked } => {
+            crate::transfer::attach_sysv(shmid, start, len, readonly, locked)
+        }
         RuntimeCommandKind::Attributes => crate::attributes::report(),
         RuntimeCommandKind::ApplyAttributes { changes } => crate::attributes::apply(&changes),
         RuntimeCommandKind::PostStartupFds => {

@@ -159,39 +159,10 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool, plain: bool
     // Our own descriptors (the socket, what arrives on it) must stay clear of the
     // numbers being filled, or installing one would close another.
     let above = targets.iter().map(|t| t.target).max().unwrap_or(0) + 1;
-    let sock = match rawfd::connect_abstract(socket.as_bytes()) {
-        // SAFETY: the socket just made, ours alone.
-        Ok(s) => unsafe { out_of_the_way(s, above) },
-        Err(e) => return error(format!("cannot reach the update's descriptor socket: {e}")),
+    let (received, mut failure) = match receive_from_update(socket, targets.len(), above) {
+        Ok(fds) => (fds, None),
+        Err((fds, m)) => (fds, Some(m)),
     };
-    // Abstract sockets are open to every local user: descriptors are taken only from mcr.
-    match rawfd::peer_credentials(sock) {
-        Some((_, uid)) if rawfd::trusted_peer_uid(uid) => {}
-        other => {
-            // SAFETY: the socket made above, ours alone.
-            unsafe { rawfd::close(sock) };
-            return error(format!(
-                "the descriptor socket {socket} is held by uid {}, not by mcr; nothing was taken from it",
-                other.map_or(-1, |(_, uid)| uid as i64)
-            ));
-        }
-    }
-    let mut received: Vec<i32> = Vec::with_capacity(targets.len());
-    let mut failure = None;
-    while received.len() < targets.len() {
-        match recv_fds(sock, (targets.len() - received.len()).min(FDS_PER_MESSAGE)) {
-            Ok(fds) if fds.is_empty() => {
-                failure = Some(format!("the update sent {} of {} descriptors", received.len(), targets.len()));
-                break;
-            }
-            // SAFETY: descriptors that just arrived in our table, ours alone.
-            Ok(fds) => received.extend(fds.into_iter().map(|fd| unsafe { out_of_the_way(fd, above) })),
-            Err(e) => {
-                failure = Some(format!("receiving descriptors: {e}"));
-                break;
-            }
-        }
-    }
     if failure.is_none() {
         for (fd, t) in received.iter().zip(targets) {
             let flags = if t.cloexec { libc::O_CLOEXEC } else { 0 };
@@ -212,13 +183,60 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool, plain: bool
             }
         }
     }
-    for fd in received.iter().copied().chain([sock]) {
-        // SAFETY: our own copies and socket (the installed descriptors stay).
+    for &fd in &received {
+        // SAFETY: our own copies (the installed descriptors stay).
         unsafe { rawfd::close(fd) };
     }
     match failure {
         Some(m) => error(m),
         None => RuntimeReply::Done,
+    }
+}
+
+/// Receive `count` descriptors the update sends on its abstract socket `socket`, each at a
+/// number at least `above`. On failure, what arrived (the caller's to close) and why.
+fn receive_from_update(socket: &str, count: usize, above: i32) -> Result<Vec<i32>, (Vec<i32>, String)> {
+    let sock = match rawfd::connect_abstract(socket.as_bytes()) {
+        // SAFETY: the socket just made, ours alone.
+        Ok(s) => unsafe { out_of_the_way(s, above) },
+        Err(e) => return Err((Vec::new(), format!("cannot reach the update's descriptor socket: {e}"))),
+    };
+    // Abstract sockets are open to every local user: descriptors are taken only from mcr.
+    match rawfd::peer_credentials(sock) {
+        Some((_, uid)) if rawfd::trusted_peer_uid(uid) => {}
+        other => {
+            // SAFETY: the socket made above, ours alone.
+            unsafe { rawfd::close(sock) };
+            return Err((
+                Vec::new(),
+                format!(
+                    "the descriptor socket {socket} is held by uid {}, not by mcr; nothing was taken from it",
+                    other.map_or(-1, |(_, uid)| uid as i64)
+                ),
+            ));
+        }
+    }
+    let mut received: Vec<i32> = Vec::with_capacity(count);
+    let mut failure = None;
+    while received.len() < count {
+        match recv_fds(sock, (count - received.len()).min(FDS_PER_MESSAGE)) {
+            Ok(fds) if fds.is_empty() => {
+                failure = Some(format!("the update sent {} of {count} descriptors", received.len()));
+                break;
+            }
+            // SAFETY: descriptors that just arrived in our table, ours alone.
+            Ok(fds) => received.extend(fds.into_iter().map(|fd| unsafe { out_of_the_way(fd, above) })),
+            Err(e) => {
+                failure = Some(format!("receiving descriptors: {e}"));
+                break;
+            }
+        }
+    }
+    // SAFETY: the socket made above, ours alone.
+    unsafe { rawfd::close(sock) };
+    match failure {
+        None => Ok(received),
+        Some(m) => Err((received, m)),
     }
 }
 
@@ -244,30 +262,108 @@ pub fn epoll_add(regs: &[EpollRegistration]) -> RuntimeReply {
 /// Private anonymous memory at exactly [start, start + len), for the old version's
 /// mapping of the same range (the update writes its contents next).
 pub fn map_private(start: u64, len: u64, prot: i32, locked: bool) -> RuntimeReply {
-    let end = start.saturating_add(len);
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: it fails on any overlap, so
-    // no memory of the program's or ours changes.
-    let p = unsafe { crate::sys!(libc::SYS_mmap, start, len, prot, flags, -1, 0) };
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: an anonymous mapping, no descriptor.
+    match unsafe { map_exactly(start, len, prot, flags, -1, 0) }.and_then(|()| lock_if(start, len, locked)) {
+        Ok(()) => {
+            crate::mappings::note_mapped(start as usize, len as usize);
+            RuntimeReply::Done
+        }
+        Err(m) => error(m),
+    }
+}
+
+/// The old version's file, memfd or shared memory mapping of [start, start + len), again,
+/// from the object the update sends on `socket`.
+pub fn map_file(
+    socket: &str,
+    start: u64,
+    len: u64,
+    offset: u64,
+    prot: i32,
+    shared: bool,
+    locked: bool,
+) -> RuntimeReply {
+    let fd = match receive_from_update(socket, 1, 0) {
+        Ok(fds) => fds[0],
+        Err((fds, m)) => {
+            for fd in fds {
+                // SAFETY: descriptors that just arrived, ours alone.
+                unsafe { rawfd::close(fd) };
+            }
+            return error(m);
+        }
+    };
+    let sharing = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping (see map_exactly); `fd` is ours.
+    let r = unsafe { map_exactly(start, len, prot, sharing, fd, offset) };
+    // SAFETY: our own descriptor: the mapping keeps its own reference to the object.
+    unsafe { rawfd::close(fd) };
+    match r.and_then(|()| lock_if(start, len, locked)) {
+        Ok(()) => {
+            crate::mappings::note_mapped(start as usize, len as usize);
+            RuntimeReply::Done
+        }
+        Err(m) => error(m),
+    }
+}
+
+/// The old version's SysV segment `shmid`, attached again at `start`.
+pub fn attach_sysv(shmid: i32, start: u64, len: u64, readonly: bool, locked: bool) -> RuntimeReply {
+    let flags = if readonly { libc::SHM_RDONLY } else { 0 };
+    // SAFETY: without SHM_REMAP, shmat fails on any overlap with an existing mapping: no
+    // memory of the program's or ours changes.
+    let p = unsafe { crate::sys!(libc::SYS_shmat, shmid, start, flags) };
     if p == -1 {
         let e = std::io::Error::last_os_error();
-        return error(format!("mapping {start:#x}-{end:#x} again: {e} (the new version uses that address itself)"));
+        return error(format!(
+            "attaching SysV segment {shmid} at {start:#x} again: {e} (the new version uses that address itself, \
+             or the segment is gone)"
+        ));
+    }
+    if let Err(m) = lock_if(start, len, locked) {
+        // SAFETY: the attachment just made, nobody else's.
+        unsafe { crate::sys!(libc::SYS_shmdt, start) };
+        return error(m);
+    }
+    crate::mappings::note_attached(start as usize, len as usize);
+    RuntimeReply::Done
+}
+
+/// mmap at exactly [start, start + len).
+///
+/// # Safety
+/// `fd` is -1 with MAP_ANONYMOUS in `flags`, or a descriptor of the caller's.
+unsafe fn map_exactly(start: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> Result<(), String> {
+    let end = start.saturating_add(len);
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: it fails on any overlap, so
+    // no memory of the program's or ours changes.
+    let p = unsafe { crate::sys!(libc::SYS_mmap, start, len, prot, flags | libc::MAP_FIXED_NOREPLACE, fd, offset) };
+    if p == -1 {
+        let e = std::io::Error::last_os_error();
+        let why =
+            if e.raw_os_error() == Some(libc::EEXIST) { " (the new version uses that address itself)" } else { "" };
+        return Err(format!("mapping {start:#x}-{end:#x} again: {e}{why}"));
     }
     if p as u64 != start {
         // A kernel without MAP_FIXED_NOREPLACE took it as a hint.
         // SAFETY: the mapping just made, nobody else's.
         unsafe { crate::sys!(libc::SYS_munmap, p, len) };
-        return error(format!("mapping {start:#x}-{end:#x} again: the kernel placed it elsewhere"));
+        return Err(format!("mapping {start:#x}-{end:#x} again: the kernel placed it elsewhere"));
     }
-    // SAFETY: the range just mapped, ours.
+    Ok(())
+}
+
+/// mlock [start, start + len) when `locked`; on failure the range is unmapped.
+fn lock_if(start: u64, len: u64, locked: bool) -> Result<(), String> {
+    // SAFETY: the range the caller just mapped, ours.
     if locked && unsafe { crate::sys!(libc::SYS_mlock, start, len) } != 0 {
         let e = std::io::Error::last_os_error();
         // SAFETY: as above.
         unsafe { crate::sys!(libc::SYS_munmap, start, len) };
-        return error(format!("locking {start:#x}-{end:#x} as it was: {e}"));
+        return Err(format!("locking {start:#x}-{:#x} as it was: {e}", start.saturating_add(len)));
     }
-    crate::mappings::note_mapped(start as usize, len as usize);
-    RuntimeReply::Done
+    Ok(())
 }
 
 /// `fd` moved to a number at least `above` (it stays where it is if it already is, or

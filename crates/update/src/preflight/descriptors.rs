@@ -11,17 +11,20 @@
 //! the description: POSIX record locks (owned by the process), signal-driven I/O (its
 //! owner is the old process), a POSIX message queue's notification (registered for the
 //! old process), a signalfd (it reads the signals of the process that reads it, which
-//! must block them: the blocked mask and pending signals are not moved yet), and device
-//! nodes opened through the old version's /dev (the new version has a /dev of its own,
-//! where the same file shows as another path).
+//! must block them: the blocked mask and pending signals are not moved yet), and files
+//! on a mount other than the root that the new version must open again but cannot without
+//! changing what they do (`transfer/reopen.rs`: a lock held through the description, a
+//! description shared with another descriptor, a pty master, a removed file).
 
 use super::{Context, Unmovable};
+use crate::transfer::reopen;
 use mcr_procfs::Process;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let mut found = Vec::new();
     let own_sockets = sockets_of(ctx.processes.values().copied());
+    let hosts: Vec<i32> = ctx.processes.values().copied().collect();
     for (&pid, fds) in &ctx.post_startup_fds {
         let host = ctx.processes.get(&pid).copied();
         match (fds, host) {
@@ -29,8 +32,8 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
                 let locked = posix_locked_files(host);
                 let pending = pending_signals(host);
                 for &fd in fds {
-                    let why =
-                        why_unmovable(host, fd, &locked, pending).or_else(|| connected_within(host, fd, &own_sockets));
+                    let why = why_unmovable(host, fd, &locked, pending, &hosts)
+                        .or_else(|| connected_within(host, fd, &own_sockets));
                     if let Some(why) = why {
                         found.push(Unmovable { pid, what: describe(Some(host), fd), why });
                     }
@@ -48,7 +51,7 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
 }
 
 /// Why descriptor `fd` of `host` would not reach the new process whole, if it would not.
-fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64) -> Option<String> {
+fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64, hosts: &[i32]) -> Option<String> {
     let info = mcr_procfs::fd::info(host, fd).ok()?;
     if let Ok(m) = std::fs::metadata(Process::Pid(host).file(&format!("fd/{fd}"))) {
         if posix_locked.contains(&(m.dev(), m.ino())) {
@@ -70,8 +73,10 @@ fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64) 
         });
     }
     let target = mcr_procfs::fd::target(host, fd).map(|t| t.display().to_string()).unwrap_or_default();
-    if is_device_path(&target) {
-        return Some("a device node opened through the old version's /dev, which the new version does not see".into());
+    if let Some(why) =
+        reopen::path_to_open_again(host, fd).and_then(|path| reopen::why_not_open_again(host, fd, &path, hosts))
+    {
+        return Some(why);
     }
     if may_be_mqueue(host, fd, &target) && mqueue_notifies(host, fd) {
         return Some("a POSIX message queue with a notification (mq_notify) registered for the old process".into());
@@ -107,11 +112,6 @@ fn connected_within(host: i32, fd: i32, own_sockets: &std::collections::BTreeSet
          the peer credentials (SO_PEERCRED) of both ends"
             .to_string()
     })
-}
-
-/// A path under /dev that is a device (not the shared-memory and message-queue mounts).
-fn is_device_path(target: &str) -> bool {
-    target.starts_with("/dev/") && !target.starts_with("/dev/shm/") && !target.starts_with("/dev/mqueue/")
 }
 
 /// Whether descriptor `fd` of `host` (showing as `target`) may be a POSIX message queue:
@@ -241,9 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_and_file_systems_are_recognised() {
-        assert!(is_device_path("/dev/null") && is_device_path("/dev/pts/0") && is_device_path("/dev/ptmx"));
-        assert!(!is_device_path("/dev/shm/x") && !is_device_path("/dev/mqueue/q") && !is_device_path("/tmp/dev/x"));
+    fn file_systems_are_recognised() {
         let mounts = "22 1 0:21 / /proc rw - proc proc rw\n\
                       31 22 0:27 / /dev/mqueue rw,relatime - mqueue mqueue rw\n";
         assert_eq!(mount_fs_type(mounts, "31").as_deref(), Some("mqueue"));

@@ -2,10 +2,11 @@
 //!
 //! Each process's runtime notes the memory the program mapped itself after startup
 //! (`mmap`, `mremap`, `shmat`; see the runtime's `mappings.rs`) and reports it with the
-//! startup log. The new version's startup does not make such a mapping and the transfer
-//! does not move it: every one still mapped is named. What glibc maps for malloc and for
-//! thread stacks is not among them (libc-internal calls), nor is what startup mapped (the
-//! new version's startup maps its own).
+//! startup log. The new version's startup does not make such a mapping; the transfer
+//! makes it again at the same address (`transfer/mappings.rs`) when it knows how
+//! ([`backing`]); every other one still mapped is named here, before the drain. What glibc
+//! maps for malloc and for thread stacks is not among them (libc-internal calls), nor is
+//! what startup mapped (the new version's startup maps its own).
 
 use super::{Context, Unmovable};
 use mcr_procfs::Mapping;
@@ -19,24 +20,61 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
         let Some(&host) = ctx.processes.get(&log.pid) else { continue };
         // A process that exited meanwhile holds nothing.
         let Ok(maps) = mcr_procfs::maps::read(host) else { continue };
-        found.extend(after_startup(&maps, ranges).into_iter().filter(|m| !is_copied(m)).map(|m| Unmovable {
-            pid: log.pid,
-            what: describe(&m),
-            why: "mapped after startup: the update does not move such mappings".to_string(),
-        }));
+        for m in after_startup(&maps, ranges) {
+            if let Backing::Unmovable(why) = backing(&m) {
+                found.push(Unmovable { pid: log.pid, what: describe(&m), why: why.to_string() });
+            }
+        }
     }
     found
 }
 
-/// Whether the transfer moves mapping `m` (`transfer/mappings.rs`): private anonymous
-/// memory is copied to the same address in the new process.
-pub(crate) fn is_copied(m: &Mapping) -> bool {
-    m.private && is_anonymous(m)
+/// How the transfer makes a mapping the old version made after startup again in the new
+/// process, at the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backing {
+    /// Private anonymous memory: mapped anew and its contents copied.
+    PrivateAnonymous,
+    /// A file, memfd, POSIX or anonymous shared memory object: the same object (opened
+    /// through /proc/PID/map_files) mapped at the same offset. Shared: the pages are the
+    /// old mapping's own, shared with the old version and anyone else mapping it; private:
+    /// the pages the old process wrote (its copies) are copied, the others are the file's.
+    Object { shared: bool },
+    /// A SysV shared memory segment, attached again (`shmid`: the inode /proc shows).
+    SysV { shmid: i32 },
+    /// Not made again: why.
+    Unmovable(&'static str),
 }
 
+/// How mapping `m` (made after startup) moves, if it does.
+pub(crate) fn backing(m: &Mapping) -> Backing {
+    let p = m.path.as_str();
+    if is_anonymous(m) {
+        return if m.private { Backing::PrivateAnonymous } else { Backing::Object { shared: true } };
+    }
+    if p.starts_with("/SYSV") {
+        return match i32::try_from(m.inode) {
+            Ok(shmid) if !m.private => Backing::SysV { shmid },
+            _ => Backing::Unmovable("a SysV shared memory mapping mcr cannot attach again"),
+        };
+    }
+    if p.starts_with("[anon_shmem:") {
+        return Backing::Object { shared: !m.private };
+    }
+    if p.starts_with("/dev/") && !p.starts_with("/dev/zero") && !p.starts_with("/dev/shm/") {
+        return Backing::Unmovable("a device's memory, mapped after startup: mcr cannot map it again");
+    }
+    if p.starts_with('/') {
+        return Backing::Object { shared: !m.private };
+    }
+    Backing::Unmovable("a special mapping made after startup: mcr cannot map it again")
+}
+
+/// Anonymous memory: private (no path, or a name given with PR_SET_VMA) or shared
+/// (the kernel names its hidden shmem file /dev/zero).
 fn is_anonymous(m: &Mapping) -> bool {
     let p = m.path.as_str();
-    p.is_empty() || p.starts_with("[anon") || p.starts_with("/dev/zero")
+    p.is_empty() || p.starts_with("[anon:") || p.starts_with("/dev/zero")
 }
 
 /// The parts of `maps` inside `ranges` (what the program mapped after startup), one per
@@ -114,11 +152,19 @@ mod tests {
         // nor malloc's memory at 7ffff7b00000.
         let ranges = [(0x7fff_f7a0_0000, 0x7fff_f7a0_4000), (0x7fff_f7a1_0000, 0x7fff_f7a4_3000)];
         let parts = after_startup(&maps, &ranges);
-        let copied: Vec<bool> = parts.iter().map(is_copied).collect();
+        let how: Vec<Backing> = parts.iter().map(backing).collect();
         assert_eq!(
-            copied,
-            [false, true, true, false, false, false, false],
-            "the transfer copies private anonymous memory"
+            how,
+            [
+                Backing::Object { shared: true },
+                Backing::PrivateAnonymous,
+                Backing::PrivateAnonymous,
+                Backing::SysV { shmid: 32781 },
+                Backing::Object { shared: true },
+                Backing::Object { shared: true },
+                Backing::Object { shared: true },
+            ],
+            "each kind is made again from what backs it"
         );
         let named: Vec<String> = parts.iter().map(describe).collect();
         assert_eq!(

@@ -32,6 +32,14 @@ pub enum DescriptorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open fd {fd} of old process {old_host} ({path}) again in the new version")]
+    OpenAgain {
+        fd: i32,
+        old_host: i32,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the descriptor socket")]
     Socket(#[source] std::io::Error),
     #[error("the new process never fetched the descriptors")]
@@ -73,13 +81,32 @@ pub(crate) fn import(
     let mut copies = Vec::new();
     let mut targets = Vec::new();
     for &fd in fds {
-        copies.push(mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take {
-            fd,
-            old_host,
-            source,
-        })?);
+        let taken =
+            mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take { fd, old_host, source })?;
+        // Connections are sockets: only other descriptors can be files on a mount.
+        let again = (moving == Moving::Descriptors)
+            .then(|| super::reopen::path_to_open_again(old_host, fd))
+            .flatten()
+            .map(|path| {
+                super::reopen::open_again(old_host, fd, &path, &taken, target.host_pid)
+                    .map_err(|source| DescriptorError::OpenAgain { fd, old_host, path, source })
+            })
+            .transpose()?;
+        copies.push(again.unwrap_or(taken));
         targets.push(ImportedFd { target: fd, cloexec: close_on_exec(old_host, fd) });
     }
+    let (adopt, plain) = (moving == Moving::Adopted, moving == Moving::Descriptors);
+    hand_over(old_host, copies, target, |socket| RuntimeCommandKind::ImportFds { socket, targets, adopt, plain })
+}
+
+/// Send descriptors `copies` (taken from old process `old_host`) to the new process
+/// `target` while it runs `command`, which names the abstract socket to fetch them from.
+pub(crate) fn hand_over(
+    old_host: i32,
+    copies: Vec<OwnedFd>,
+    target: &mut NewProcess,
+    command: impl FnOnce(String) -> RuntimeCommandKind,
+) -> Result<(), DescriptorError> {
     let name = format!("mcr-transfer/{}/{}/{:016x}", std::process::id(), old_host, nonce());
     let listener = abstract_listener(&name).map_err(DescriptorError::Socket)?;
     let expected = target.host_pid;
@@ -122,8 +149,7 @@ pub(crate) fn import(
         Ok(())
     });
     wait_for_intruder(&someone_connected, &sender);
-    let (adopt, plain) = (moving == Moving::Adopted, moving == Moving::Descriptors);
-    let r = target.runtime(RuntimeCommandKind::ImportFds { socket: name, targets, adopt, plain });
+    let r = target.runtime(command(name));
     gave_up.store(true, Ordering::SeqCst);
     let sent = sender.join().map_err(|_| DescriptorError::SenderPanicked)?;
     r?;

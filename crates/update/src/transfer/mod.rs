@@ -16,6 +16,7 @@ mod adopt;
 mod descriptors;
 mod mappings;
 mod process;
+pub(crate) mod reopen;
 mod respawn;
 mod runtime;
 mod target;
@@ -127,7 +128,7 @@ pub struct Summary {
     pub startup_tables_ms: f64,
     pub trace_ms: f64,
     pub connections_ms: f64,
-    /// Private anonymous memory mapped after startup, copied to the same addresses.
+    /// Memory mapped after startup, made again at the same addresses (copied, or shared).
     #[serde(default)]
     pub mapped_bytes: u64,
 }

@@ -104,7 +104,7 @@ pub(crate) fn transfer(
         .map_err(|source| TransferError::NewMemory { pid, source })?;
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
-    sum.mapped_bytes += mappings::copy_private(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
     let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
     let pair = Pair {
