@@ -964,3 +964,66 @@ fn a_new_version_that_exits_during_startup_is_explained_with_its_log() {
     assert!(msg.contains("exited") && msg.contains("crashing during startup"), "{v:#}\nlog:\n{}", inst.log());
     assert!(!msg.contains("kvd 1 listening"), "the old version's lines are not the new one's: {v:#}");
 }
+
+/// The heap window and slot size of mcr's allocator (crates/alloc/src/geometry.rs).
+const HEAP_WINDOW: std::ops::Range<u64> = 0x1000_0000_0000..0x2000_0000_0000;
+const HEAP_SLOT: u64 = 64 << 30;
+
+/// The heap slots process `pid` maps accessibly, and those it only reserves (`---p`).
+fn heap_slots(pid: i32) -> (Vec<u64>, Vec<u64>) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let (mut used, mut reserved) = (Vec::new(), Vec::new());
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+        if !HEAP_WINDOW.contains(&s) {
+            continue;
+        }
+        let slots = ((s - HEAP_WINDOW.start) / HEAP_SLOT)..=((e - 1 - HEAP_WINDOW.start) / HEAP_SLOT);
+        let list = if perms.starts_with("---") { &mut reserved } else { &mut used };
+        list.extend(slots);
+    }
+    for l in [&mut used, &mut reserved] {
+        l.sort();
+        l.dedup();
+    }
+    (used, reserved)
+}
+
+/// Issue 13's first step towards adopting the old heap: the new version's heap keeps the
+/// old version's slots free (reserving them), so any old block could sit at its old
+/// address in the new process; over updates back and forth the versions take turns
+/// instead of using up the window.
+#[test]
+fn the_new_versions_heap_keeps_the_old_versions_slots_free() {
+    let mcr = Mcr::new("t-heap-slots");
+    let port = free_port();
+    let args = port_args(port);
+    let (v1, v2) = (fixture("kvd"), fixture("kvd-v2-layout"));
+    let inst = mcr.start("kvd", &v1, &args);
+    fill(&mut Client::connect(port), 50);
+    let mut previous = heap_slots(host_pid(&v1, port)).0;
+    assert!(!previous.is_empty(), "kvd's heap is in mcr's window");
+    let mut all = previous.clone();
+    for (round, next) in [&v2, &v1, &v2, &v1].into_iter().enumerate() {
+        let (out, _) = update(&mcr, "kvd", &[], next, &args);
+        assert_eq!(out.code(), 0, "update {round}: {out}\nlog:\n{}", inst.log());
+        let (used, reserved) = heap_slots(host_pid(next, port));
+        assert!(
+            used.iter().all(|s| !previous.contains(s)),
+            "update {round}: the new heap uses slots {used:?}, the old version used {previous:?}"
+        );
+        assert!(
+            previous.iter().all(|s| reserved.contains(s)),
+            "update {round}: the old version's slots {previous:?} are reserved in the new process (reserved: {reserved:?})"
+        );
+        all.extend(&used);
+        previous = used;
+        assert_all_keys(port, 50);
+    }
+    all.sort();
+    all.dedup();
+    assert!(all.len() <= 2, "versions take turns between two slots, not one more per update: {all:?}");
+}

@@ -290,3 +290,53 @@ mod tests {
         assert!(!shared.may_hold_heap_blocks());
     }
 }
+
+/// The heap slots process `pid` uses: those its accessible mappings inside the heap window
+/// touch. The one inaccessible page a process reserves at the base of each slot its
+/// predecessor used does not count, so the set does not grow from version to version.
+pub fn heap_slots(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
+    let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
+    Ok(slots_touched(&maps))
+}
+
+fn slots_touched(maps: &[mcr_procfs::Mapping]) -> mcr_alloc::SlotSet {
+    let mut set = mcr_alloc::SlotSet::new();
+    let window = mcr_alloc::WINDOW_BASE as u64..mcr_alloc::WINDOW_END as u64;
+    for m in maps.iter().filter(|m| m.readable || m.writable || m.executable) {
+        let (start, end) = (m.start.max(window.start), m.end.min(window.end));
+        if start >= end {
+            continue;
+        }
+        let (Some(first), Some(last)) =
+            (mcr_alloc::geometry::slot_of(start as usize), mcr_alloc::geometry::slot_of(end as usize - 1))
+        else {
+            continue;
+        };
+        for slot in first..=last {
+            set.insert(slot);
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn the_slots_a_process_uses_leave_out_its_reservations() {
+        let base = mcr_alloc::WINDOW_BASE as u64;
+        let slot = mcr_alloc::SLOT_SIZE as u64;
+        let maps = mcr_procfs::maps::parse(&format!(
+            "{:x}-{:x} ---p 00000000 00:00 0 \n{:x}-{:x} rw-p 00000000 00:00 0 \n{:x}-{:x} rw-s 00000000 00:01 7 /memfd:mcr-heap (deleted)\n7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n",
+            base,
+            base + 4096,
+            base + 3 * slot,
+            base + 3 * slot + (10 << 20),
+            base + 5 * slot - 4096,
+            base + 5 * slot + 4096,
+        ));
+        let set = slots_touched(&maps);
+        assert_eq!(set.iter().collect::<Vec<_>>(), [3, 4, 5]);
+    }
+}

@@ -43,6 +43,10 @@ pub mod env {
     pub const RUNTIME_LIB: &str = "MCR_RUNTIME_LIB";
     /// Update: path of the old version's startup logs (JSON) the new version replays.
     pub const REPLAY: &str = "MCR_REPLAY";
+    /// Update: the heap slots the old version's processes use (`mcr_alloc::SlotSet` list,
+    /// e.g. `0-1,7`), which the new version's heap keeps free, so that any old block can
+    /// sit at its old address in the new process.
+    pub const HEAP_AVOID: &str = "MCR_HEAP_AVOID";
     /// Set to `1` by the supervisor when the server runs in its own PID namespace.
     pub const PID_NAMESPACE: &str = "MCR_PID_NAMESPACE";
     /// Set to `1` to run without a PID namespace even where one is permitted.

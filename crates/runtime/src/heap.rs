@@ -95,7 +95,95 @@ const MODE: Mode = Mode::Anonymous;
 #[cold]
 #[inline(never)]
 fn init_slow() -> bool {
-    HEAP.init(&Config { avoid: SlotSet::new(), mode: MODE }).is_ok()
+    HEAP.init(&Config { avoid: slots_to_avoid(), mode: MODE }).is_ok()
+}
+
+/// The heap slots an update's old version uses (`MCR_HEAP_AVOID`, set by the supervisor
+/// that launches the new version): kept free here, so that any old block can sit at its
+/// old address in this process. Read from the initial environment with raw system calls:
+/// the first allocation may come before libc has set `environ` up, and nothing here may
+/// allocate. Unreadable or malformed: nothing is avoided (the heap works as before).
+fn slots_to_avoid() -> SlotSet {
+    let mut value = [0u8; 2048];
+    let key = mcr_protocol::env::HEAP_AVOID.as_bytes();
+    match initial_env(key, &mut value) {
+        Some(n) => SlotSet::parse(value.get(..n).unwrap_or_default()).unwrap_or_else(|_| SlotSet::new()),
+        None => SlotSet::new(),
+    }
+}
+
+/// The value of variable `key` in the process's initial environment (/proc/self/environ),
+/// copied into `out`: its length, or None when it is absent, longer than `out` or
+/// unreadable. Raw system calls and a buffer on the stack only.
+fn initial_env(key: &[u8], out: &mut [u8]) -> Option<usize> {
+    // SAFETY: open of a NUL-terminated static path; the descriptor is closed below.
+    let fd = unsafe { crate::sys!(libc::SYS_open, c"/proc/self/environ".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut scan = EnvScan::new(key);
+    let mut chunk = [0u8; 4096];
+    let found = loop {
+        // SAFETY: read writes at most `chunk.len()` bytes into `chunk`, a live local.
+        let n = unsafe { crate::sys!(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n <= 0 {
+            break scan.end(out);
+        }
+        if let Some(r) = scan.feed(chunk.get(..n as usize).unwrap_or_default(), out) {
+            break r;
+        }
+    };
+    // SAFETY: the descriptor opened above, ours alone.
+    unsafe { crate::sys!(libc::SYS_close, fd) };
+    found
+}
+
+/// Finds `KEY=value` among NUL-separated entries fed in pieces, copying the value out.
+struct EnvScan<'k> {
+    key: &'k [u8],
+    /// Bytes of `KEY=` matched at the start of the current entry; `usize::MAX`: this entry
+    /// is another variable.
+    matched: usize,
+    /// Inside the value: its length so far.
+    value: Option<usize>,
+}
+
+impl<'k> EnvScan<'k> {
+    fn new(key: &'k [u8]) -> Self {
+        Self { key, matched: 0, value: None }
+    }
+
+    /// Feed the next bytes: `Some(result)` once decided (the value's length, or None: too long).
+    fn feed(&mut self, bytes: &[u8], out: &mut [u8]) -> Option<Option<usize>> {
+        for &b in bytes {
+            if let Some(len) = self.value {
+                if b == 0 {
+                    return Some(Some(len));
+                }
+                let Some(slot) = out.get_mut(len) else { return Some(None) };
+                *slot = b;
+                self.value = Some(len + 1);
+                continue;
+            }
+            if b == 0 {
+                self.matched = 0;
+            } else if self.matched == self.key.len() {
+                // Just past the key: the separator.
+                self.matched = if b == b'=' { 0 } else { usize::MAX };
+                if b == b'=' {
+                    self.value = Some(0);
+                }
+            } else if self.matched != usize::MAX {
+                self.matched = if self.key.get(self.matched) == Some(&b) { self.matched + 1 } else { usize::MAX };
+            }
+        }
+        None
+    }
+
+    /// End of the environment: a value still open ends there.
+    fn end(&self, _out: &mut [u8]) -> Option<usize> {
+        self.value
+    }
 }
 
 /// Thread exit: give the thread's cache back (its blocks stay usable by the others).
@@ -221,4 +309,31 @@ pub unsafe fn foreign_usable_size(p: *mut libc::c_void) -> usize {
     let word = unsafe { (p as *const usize).sub(1).read() };
     let overhead = if word & IS_MMAPPED != 0 { 16 } else { 8 };
     (word & !7).saturating_sub(overhead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(env: &[u8], key: &str, pieces: usize) -> Option<Vec<u8>> {
+        let mut out = [0u8; 16];
+        let mut s = EnvScan::new(key.as_bytes());
+        for piece in env.chunks(pieces) {
+            if let Some(r) = s.feed(piece, &mut out) {
+                return r.map(|n| out[..n].to_vec());
+            }
+        }
+        s.end(&mut out).map(|n| out[..n].to_vec())
+    }
+
+    #[test]
+    fn a_variable_is_found_whole_in_any_pieces_and_only_by_its_full_name() {
+        let env = b"HOME=/root\0MCR_HEAP_AVOIDX=9\0XMCR_HEAP_AVOID=8\0MCR_HEAP_AVOID=0-1,7\0PATH=/bin\0";
+        for pieces in [1, 3, 7, env.len()] {
+            assert_eq!(scan(env, "MCR_HEAP_AVOID", pieces).as_deref(), Some(&b"0-1,7"[..]), "pieces of {pieces}");
+        }
+        assert_eq!(scan(b"A=1\0MCR_HEAP_AVOID=", "MCR_HEAP_AVOID", 2).as_deref(), Some(&b""[..]), "empty, last");
+        assert_eq!(scan(b"A=1\0B=2\0", "MCR_HEAP_AVOID", 4), None, "absent");
+        assert_eq!(scan(b"MCR_HEAP_AVOID=0123456789abcdefXYZ\0", "MCR_HEAP_AVOID", 5), None, "too long");
+    }
 }

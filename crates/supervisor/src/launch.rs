@@ -91,6 +91,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         mcr_protocol::env::PID_NAMESPACE,
         mcr_protocol::env::INSTANCE_LOG,
         mcr_protocol::env::REPLAY,
+        mcr_protocol::env::HEAP_AVOID,
     ];
     let mut env: Vec<(String, String)> =
         base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
@@ -104,6 +105,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     }
     if let Some(u) = &cfg.update {
         env.push((mcr_protocol::env::REPLAY.into(), u.replay_log.display().to_string()));
+        env.push((mcr_protocol::env::HEAP_AVOID.into(), u.heap_avoid.clone()));
     }
     let cwd = cfg.update.as_ref().map(|u| cstring(u.cwd.as_os_str()));
     let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();

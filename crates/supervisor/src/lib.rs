@@ -100,6 +100,7 @@ impl Config {
                 replay_log: u.replay_log.clone(),
                 env: u.env.clone(),
                 cwd: u.cwd.clone(),
+                heap_avoid: u.heap_avoid.clone(),
             }),
             runtime_socket: match &self.runtime_socket {
                 Some(s) => Some(init::RuntimeSocket { name: s.name.clone(), listener: s.listener.try_clone()? }),
@@ -132,6 +133,9 @@ pub struct UpdateLaunch {
     /// The old version's environment and working directory.
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// The heap slots the old version's processes use, which the new version's heap keeps
+    /// free (`MCR_HEAP_AVOID`, a slot list).
+    pub heap_avoid: String,
 }
 
 /// Write one report line; a launcher that went away is not an error.

@@ -98,6 +98,7 @@ impl Launcher for Spawner {
                 replay_log: replay_log.clone(),
                 env: self.env.clone(),
                 cwd: self.cwd.clone(),
+                heap_avoid: heap_slots_of(old),
             }),
         })?;
         drop(inherited);
@@ -117,6 +118,18 @@ impl Launcher for Spawner {
         // SAFETY: non-blocking reap of our children.
         while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
     }
+}
+
+/// The heap slots the old version's processes `old` use, as a slot list: the new version's
+/// heap keeps them free. A process that exited meanwhile uses none.
+fn heap_slots_of(old: &HostPids) -> String {
+    let slots = old
+        .values()
+        .filter_map(|&host| mcr_heap::heap_slots(host).ok())
+        .fold(mcr_heap::SlotSet::new(), |all, s| all.union(&s));
+    let mut buf = [0u8; 2048];
+    let n = slots.write_list(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again
