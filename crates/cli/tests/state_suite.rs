@@ -232,7 +232,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
-    ("tls-key", Lost),
+    ("tls-key", Survives),
 ];
 
 /// Cases running at once (each is one or two mcr instances and an update).
