@@ -233,6 +233,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
     ("tls-key", Survives),
+    ("tls-key-heap", Survives), // the block moves with the value; the destructor is the new binary's
 ];
 
 /// Cases running at once (each is one or two mcr instances and an update).
