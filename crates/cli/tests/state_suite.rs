@@ -234,6 +234,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("tls-var", Survives),
     ("tls-key", Survives),
     ("tls-key-heap", Survives), // the block moves with the value; the destructor is the new binary's
+    ("tls-key-reused", Refused), // at the index of a startup key: the new version's startup holds it
 ];
 
 /// Cases running at once (each is one or two mcr instances and an update).
@@ -462,6 +463,7 @@ const NAMED: &[(&str, &str)] = &[
     ("socketpair-dgram", "connected to another socket of the old version"),
     ("socketpair-seqpacket", "connected to another socket of the old version"),
     ("scm-rights", "connected to another socket of the old version"),
+    ("tls-key-reused", "pthread key"),
 ];
 
 /// The preflight's list of what cannot move, one "; " apart (its lead-in dropped).

@@ -274,6 +274,10 @@ pub enum RuntimeCommandKind {
 pub struct PthreadKey {
     /// The key (glibc's index, what `pthread_key_t` holds).
     pub index: u32,
+    /// The program created a key at this index during startup (and deleted it since):
+    /// the new version's startup takes the index for its own key.
+    #[serde(default)]
+    pub startup_index: bool,
     /// Its destructor's address (0: none).
     pub destructor: u64,
     /// The destructor as a function, when it is the start of a named one.

@@ -11,7 +11,9 @@
 //!
 //! Keys created during startup are the startup's (the new version's startup creates its
 //! own), as are keys glibc or a library creates through libc-internal entry points,
-//! which bypass the interposed symbols.
+//! which bypass the interposed symbols. A key made after startup at the index of a
+//! startup key the program deleted is reported as such: the new version's startup holds
+//! that index, and the preflight names the key.
 
 use crate::sync::SpinLock;
 use crate::threads::{self, Slot};
@@ -23,6 +25,10 @@ const KEYS_MAX: usize = 1024;
 
 /// A key the program created after startup: (index, destructor address).
 static KEYS: SpinLock<Vec<(u32, usize)>> = SpinLock::new(Vec::new());
+/// The indices of the keys the program created during startup (and did not delete
+/// then): the new version's startup creates its own there, so a key made after startup
+/// at one of them (the startup's key deleted since) cannot have its index back.
+static STARTUP_KEYS: SpinLock<Vec<u32>> = SpinLock::new(Vec::new());
 /// How many there are, read without the lock on every park.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -39,25 +45,38 @@ static PARKED_VALUES: SpinLock<Vec<ThreadValues>> = SpinLock::new(Vec::new());
 static FOR_MAIN_THREAD: SpinLock<Vec<(u32, u64)>> = SpinLock::new(Vec::new());
 static MAIN_THREAD_WORK: AtomicBool = AtomicBool::new(false);
 
-/// Whether a key the calling thread creates or deletes now is to be noted: startup is
-/// complete and the call is the program's.
+/// Whether a key the calling thread creates or deletes now is to be noted: the call is
+/// the program's (not the runtime's, not a re-entered hook).
 #[inline(always)]
-pub fn tracking() -> bool {
-    crate::mappings::tracking()
+pub fn noting() -> bool {
+    crate::is_active() && !threads::is_internal()
+}
+
+fn startup_done() -> bool {
+    crate::quiesce::STARTUP_DONE.load(Acquire)
 }
 
 /// The program created key `index` with `destructor` (0: none).
 pub fn note_created(index: u32, destructor: usize) {
     let _internal = threads::InternalGuard::enter();
+    if !startup_done() {
+        STARTUP_KEYS.lock().push(index);
+        return;
+    }
     let mut keys = KEYS.lock();
     keys.retain(|&(k, _)| k != index);
     keys.push((index, destructor));
     COUNT.store(keys.len(), Release);
 }
 
-/// The program deleted key `index`.
+/// The program deleted key `index`. A startup key deleted after startup stays noted as
+/// startup's: its index is the new version's startup's.
 pub fn note_deleted(index: u32) {
     let _internal = threads::InternalGuard::enter();
+    if !startup_done() {
+        STARTUP_KEYS.lock().retain(|&k| k != index);
+        return;
+    }
     let mut keys = KEYS.lock();
     keys.retain(|&(k, _)| k != index);
     COUNT.store(keys.len(), Release);
@@ -92,6 +111,7 @@ pub fn report() -> Vec<PthreadKey> {
     if keys.is_empty() {
         return Vec::new();
     }
+    let startup = STARTUP_KEYS.lock().clone();
     let live: Vec<i32> = threads::used().map(|(_, s)| s.tid.load(Acquire)).collect();
     let parked = PARKED_VALUES.lock();
     let threads: Vec<&ThreadValues> = parked.iter().filter(|t| live.contains(&t.tid)).collect();
@@ -99,6 +119,7 @@ pub fn report() -> Vec<PthreadKey> {
     keys.iter()
         .map(|&(index, destructor)| PthreadKey {
             index,
+            startup_index: startup.contains(&index),
             destructor: destructor as u64,
             destructor_symbol: (destructor != 0)
                 .then(|| crate::attributes::handler_symbol(destructor as u64))
@@ -272,6 +293,7 @@ pub fn on_unpark(is_main: bool) {
 /// only thread has not parked yet.
 pub fn reset_after_fork() {
     KEYS.force_unlock();
+    STARTUP_KEYS.force_unlock();
     PARKED_VALUES.force_unlock();
     FOR_MAIN_THREAD.force_unlock();
     PARKED_VALUES.lock().clear();

@@ -1,5 +1,5 @@
 //! `pthread_key_create` and `pthread_key_delete`: forwarded to glibc, and the keys the
-//! program makes after startup noted in [`crate::keys`], so an update recreates them.
+//! program makes noted in [`crate::keys`], so an update recreates those made after startup.
 
 use crate::keys;
 use crate::real;
@@ -15,7 +15,7 @@ pub unsafe extern "C" fn pthread_key_create(
 ) -> c_int {
     // SAFETY: the caller's arguments (its contract).
     let rc = unsafe { real::pthread_key_create()(key, destructor) };
-    if rc == 0 && keys::tracking() {
+    if rc == 0 && keys::noting() {
         // SAFETY: on success glibc wrote the key through `key` (the caller's pointer).
         keys::note_created(unsafe { *key }, destructor.map_or(0, |d| d as usize));
     }
@@ -28,7 +28,7 @@ pub unsafe extern "C" fn pthread_key_create(
 pub unsafe extern "C" fn pthread_key_delete(key: pthread_key_t) -> c_int {
     // SAFETY: the caller's argument (its contract).
     let rc = unsafe { real::pthread_key_delete()(key) };
-    if rc == 0 && keys::tracking() {
+    if rc == 0 && keys::noting() {
         keys::note_deleted(key);
     }
     rc

@@ -82,7 +82,14 @@ mod tests {
     use super::*;
 
     fn key(index: u32, destructor: u64, main_value: Option<u64>) -> PthreadKey {
-        PthreadKey { index, destructor, destructor_symbol: None, main_value, other_values: vec![] }
+        PthreadKey {
+            index,
+            startup_index: false,
+            destructor,
+            destructor_symbol: None,
+            main_value,
+            other_values: vec![],
+        }
     }
 
     #[test]
