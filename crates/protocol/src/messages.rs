@@ -274,27 +274,36 @@ pub enum RuntimeCommandKind {
 pub struct PthreadKey {
     /// The key (glibc's index, what `pthread_key_t` holds).
     pub index: u32,
-    /// The program created a key at this index during startup (and deleted it since):
-    /// the new version's startup takes the index for its own key.
+    /// Made during startup (the new version's startup makes its own): reported only when
+    /// a thread changed its value since its startup.
+    #[serde(default)]
+    pub startup: bool,
+    /// Made after startup at the index of a key startup made (deleted since): the new
+    /// version's startup takes the index for its own key.
     #[serde(default)]
     pub startup_index: bool,
-    /// Its destructor's address (0: none).
+    /// Its destructor's address (0: none; a startup key's is not reported).
     pub destructor: u64,
     /// The destructor as a function, when it is the start of a named one.
     pub destructor_symbol: Option<crate::attributes::HandlerSymbol>,
     /// The main thread's value (`pthread_getspecific` when it last parked), None when it
     /// has not parked since the key was created.
     pub main_value: Option<u64>,
-    /// Other threads' values that are not NULL, as (TID in the instance's namespace,
-    /// value), from when each last parked.
+    /// Other threads' values that differ from what their startup left (NULL for a key
+    /// made after startup), as (TID in the instance's namespace, value), from when each
+    /// last parked.
     pub other_values: Vec<(i32, u64)>,
 }
 
 /// A key for the new version to create at `index`, with `destructor` (an address in
-/// the new process, 0: none), and the main thread's value (relocated; 0: NULL).
+/// the new process, 0: none), and the main thread's value (relocated; 0: NULL). A
+/// `startup` key is not created: the new version's startup made its own at that index,
+/// and only the value is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyToRecreate {
     pub index: u32,
+    #[serde(default)]
+    pub startup: bool,
     pub destructor: u64,
     pub main_value: u64,
 }

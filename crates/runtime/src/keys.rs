@@ -23,22 +23,69 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 /// glibc's PTHREAD_KEYS_MAX: no loop here creates more keys than a process can have.
 const KEYS_MAX: usize = 1024;
 
-/// A key the program created after startup: (index, destructor address).
-static KEYS: SpinLock<Vec<(u32, usize)>> = SpinLock::new(Vec::new());
-/// The indices of the keys the program created during startup (and did not delete
-/// then): the new version's startup creates its own there, so a key made after startup
-/// at one of them (the startup's key deleted since) cannot have its index back.
-static STARTUP_KEYS: SpinLock<Vec<u32>> = SpinLock::new(Vec::new());
-/// How many there are, read without the lock on every park.
+/// A key the program created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    index: u32,
+    destructor: usize,
+    /// Made during startup: the new version's startup makes its own at this index, and
+    /// only a value a thread changed since its startup moves.
+    startup: bool,
+    /// A startup key the program deleted after startup: kept for its index (a key made
+    /// at it later cannot have it back in the new version).
+    deleted: bool,
+}
+
+/// The program's keys, in the order made.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Noted {
+    keys: Vec<Key>,
+}
+
+impl Noted {
+    const fn new() -> Self {
+        Self { keys: Vec::new() }
+    }
+
+    fn created(&mut self, index: u32, destructor: usize, startup: bool) {
+        self.keys.retain(|k| k.index != index || (k.startup && k.deleted && !startup));
+        self.keys.push(Key { index, destructor, startup, deleted: false });
+    }
+
+    fn deleted(&mut self, index: u32, startup: bool) {
+        if !startup {
+            if let Some(k) = self.keys.iter_mut().find(|k| k.index == index && k.startup && !k.deleted) {
+                k.deleted = true;
+                return;
+            }
+        }
+        self.keys.retain(|k| k.index != index || (k.startup && k.deleted));
+    }
+
+    /// The keys that exist.
+    fn live(&self) -> impl Iterator<Item = &Key> {
+        self.keys.iter().filter(|k| !k.deleted)
+    }
+
+    /// Whether `index` was a startup key's.
+    fn startup_index(&self, index: u32) -> bool {
+        self.keys.iter().any(|k| k.index == index && k.startup)
+    }
+}
+
+static KEYS: SpinLock<Noted> = SpinLock::new(Noted::new());
+/// How many keys exist, read without the lock on every park.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// One thread's values of the noted keys when it last parked.
+/// One thread's values of the keys: at its first quiescent point (its startup's end), or
+/// when it last parked.
 struct ThreadValues {
     tid: i32,
     is_main: bool,
     values: Vec<(u32, u64)>,
 }
 
+static AT_STARTUP: SpinLock<Vec<ThreadValues>> = SpinLock::new(Vec::new());
 static PARKED_VALUES: SpinLock<Vec<ThreadValues>> = SpinLock::new(Vec::new());
 
 /// For the main thread to set as it leaves its parking place: (index, value).
@@ -59,27 +106,47 @@ fn startup_done() -> bool {
 /// The program created key `index` with `destructor` (0: none).
 pub fn note_created(index: u32, destructor: usize) {
     let _internal = threads::InternalGuard::enter();
-    if !startup_done() {
-        STARTUP_KEYS.lock().push(index);
-        return;
-    }
-    let mut keys = KEYS.lock();
-    keys.retain(|&(k, _)| k != index);
-    keys.push((index, destructor));
-    COUNT.store(keys.len(), Release);
+    let mut noted = KEYS.lock();
+    noted.created(index, destructor, !startup_done());
+    COUNT.store(noted.live().count(), Release);
 }
 
-/// The program deleted key `index`. A startup key deleted after startup stays noted as
-/// startup's: its index is the new version's startup's.
+/// The program deleted key `index`.
 pub fn note_deleted(index: u32) {
     let _internal = threads::InternalGuard::enter();
-    if !startup_done() {
-        STARTUP_KEYS.lock().retain(|&k| k != index);
+    let mut noted = KEYS.lock();
+    noted.deleted(index, !startup_done());
+    COUNT.store(noted.live().count(), Release);
+}
+
+/// The calling thread's values of the keys that exist (and are startup's, with
+/// `startup_only`).
+fn own_values(startup_only: bool) -> Vec<(u32, u64)> {
+    let indices: Vec<u32> = KEYS.lock().live().filter(|k| k.startup || !startup_only).map(|k| k.index).collect();
+    indices
+        .into_iter()
+        // SAFETY: pthread_getspecific reads the calling thread's own value of a key the
+        // program created; for a key deleted meanwhile it returns NULL or a stale value,
+        // never faults (glibc checks the index against PTHREAD_KEYS_MAX).
+        .map(|k| (k, unsafe { libc::pthread_getspecific(k) } as u64))
+        .collect()
+}
+
+fn store(table: &SpinLock<Vec<ThreadValues>>, slot: &Slot, values: Vec<(u32, u64)>) {
+    let tid = slot.tid.load(Acquire);
+    let mut all = table.lock();
+    all.retain(|t| t.tid != tid);
+    all.push(ThreadValues { tid, is_main: slot.is_main.load(Acquire), values });
+}
+
+/// The calling thread reached its first quiescent point: the values it has now are its
+/// startup's (what the new version's startup sets for itself).
+pub fn on_first_quiescent_point(slot: &Slot) {
+    if COUNT.load(Acquire) == 0 {
         return;
     }
-    let mut keys = KEYS.lock();
-    keys.retain(|&(k, _)| k != index);
-    COUNT.store(keys.len(), Release);
+    let _internal = threads::InternalGuard::enter();
+    store(&AT_STARTUP, slot, own_values(true));
 }
 
 /// The calling thread, about to park: note its values of the keys (before it says it
@@ -89,49 +156,57 @@ pub fn on_park(slot: &Slot) {
         return;
     }
     let _internal = threads::InternalGuard::enter();
-    let indices: Vec<u32> = KEYS.lock().iter().map(|&(k, _)| k).collect();
-    let values = indices
-        .into_iter()
-        // SAFETY: pthread_getspecific reads the calling thread's own value of a key the
-        // program created; for a key deleted meanwhile it returns NULL or a stale value,
-        // never faults (glibc checks the index against PTHREAD_KEYS_MAX).
-        .map(|k| (k, unsafe { libc::pthread_getspecific(k) } as u64))
-        .collect();
-    let tid = slot.tid.load(Acquire);
-    let mut parked = PARKED_VALUES.lock();
-    parked.retain(|t| t.tid != tid);
-    parked.push(ThreadValues { tid, is_main: slot.is_main.load(Acquire), values });
+    store(&PARKED_VALUES, slot, own_values(false));
 }
 
 /// The keys, their destructors and the values of the threads that live, as they were
-/// when each last parked.
+/// when each last parked: every key made after startup, and the startup keys a thread
+/// changed the value of since its startup.
 pub fn report() -> Vec<PthreadKey> {
     let _internal = threads::InternalGuard::enter();
-    let keys = KEYS.lock().clone();
+    // Each key, and whether it was made after startup at a startup key's index.
+    let keys: Vec<(Key, bool)> = {
+        let noted = KEYS.lock();
+        noted.live().map(|k| (*k, !k.startup && noted.startup_index(k.index))).collect()
+    };
     if keys.is_empty() {
         return Vec::new();
     }
-    let startup = STARTUP_KEYS.lock().clone();
     let live: Vec<i32> = threads::used().map(|(_, s)| s.tid.load(Acquire)).collect();
     let parked = PARKED_VALUES.lock();
-    let threads: Vec<&ThreadValues> = parked.iter().filter(|t| live.contains(&t.tid)).collect();
-    let value_of = |t: &ThreadValues, k: u32| t.values.iter().find(|v| v.0 == k).map(|v| v.1);
-    keys.iter()
-        .map(|&(index, destructor)| PthreadKey {
+    let at_startup = AT_STARTUP.lock();
+    let value_in = |table: &[ThreadValues], tid: i32, k: u32| {
+        table.iter().find(|t| t.tid == tid).and_then(|t| t.values.iter().find(|v| v.0 == k)).map(|v| v.1)
+    };
+    let mut out = Vec::new();
+    for (key, startup_index) in keys {
+        let index = key.index;
+        // What a thread's startup left (a key made after startup: NULL).
+        let initial = |tid: i32| if key.startup { value_in(&at_startup, tid, index).unwrap_or(0) } else { 0 };
+        let threads = parked.iter().filter(|t| live.contains(&t.tid));
+        let main = parked.iter().find(|t| t.is_main && live.contains(&t.tid));
+        let main_value = main.and_then(|t| value_in(&parked, t.tid, index));
+        let main_initial = main.map_or(0, |t| initial(t.tid));
+        let other_values: Vec<(i32, u64)> = threads
+            .filter(|t| !t.is_main)
+            .filter_map(|t| value_in(&parked, t.tid, index).filter(|&v| v != initial(t.tid)).map(|v| (t.tid, v)))
+            .collect();
+        if key.startup && main_value.is_none_or(|v| v == main_initial) && other_values.is_empty() {
+            continue;
+        }
+        out.push(PthreadKey {
             index,
-            startup_index: startup.contains(&index),
-            destructor: destructor as u64,
-            destructor_symbol: (destructor != 0)
-                .then(|| crate::attributes::handler_symbol(destructor as u64))
+            startup: key.startup,
+            startup_index,
+            destructor: key.destructor as u64,
+            destructor_symbol: (key.destructor != 0 && !key.startup)
+                .then(|| crate::attributes::handler_symbol(key.destructor as u64))
                 .flatten(),
-            main_value: threads.iter().find(|t| t.is_main).and_then(|t| value_of(t, index)),
-            other_values: threads
-                .iter()
-                .filter(|t| !t.is_main)
-                .filter_map(|t| value_of(t, index).filter(|&v| v != 0).map(|v| (t.tid, v)))
-                .collect(),
-        })
-        .collect()
+            main_value,
+            other_values,
+        });
+    }
+    out
 }
 
 /// What creates and deletes keys: glibc, or a model of it in tests.
@@ -245,19 +320,42 @@ impl KeyTable for Glibc {
 pub fn recreate(keys: &[KeyToRecreate]) -> RuntimeReply {
     let _internal = threads::InternalGuard::enter();
     let _errno = crate::errno::ErrnoGuard::save();
+    let (live, startup): (Vec<u32>, Vec<u32>) = {
+        let noted = KEYS.lock();
+        (noted.live().map(|k| k.index).collect(), noted.live().filter(|k| k.startup).map(|k| k.index).collect())
+    };
+    // A startup key's value moves only to this version's own startup key at that index.
+    if let Some(k) = keys.iter().find(|k| k.startup && !startup.contains(&k.index)) {
+        return RuntimeReply::Error {
+            message: format!(
+                "pthread key {}: the old version's startup made it and its main thread changed its value since, \
+                 but the new version's startup made no key there",
+                k.index
+            ),
+        };
+    }
     // A key this process noted already is there: a process forked from one whose keys
     // were recreated inherited them.
-    let known: Vec<u32> = KEYS.lock().iter().map(|&(k, _)| k).collect();
-    let wanted: Vec<(u32, usize)> =
-        keys.iter().filter(|k| !known.contains(&k.index)).map(|k| (k.index, k.destructor as usize)).collect();
+    let wanted: Vec<(u32, usize)> = keys
+        .iter()
+        .filter(|k| !k.startup && !live.contains(&k.index))
+        .map(|k| (k.index, k.destructor as usize))
+        .collect();
     if let Err(e) = recreate_at(&mut Glibc, &wanted) {
         return RuntimeReply::Error { message: e.to_string() };
     }
-    // Noted as the program's: the next update moves them again.
-    for &(index, destructor) in &wanted {
-        note_created(index, destructor);
+    {
+        // Noted as made after startup, as they were in the old version: the next update
+        // moves them again.
+        let mut noted = KEYS.lock();
+        for &(index, destructor) in &wanted {
+            noted.created(index, destructor, false);
+        }
+        COUNT.store(noted.live().count(), Release);
     }
-    let values: Vec<(u32, u64)> = keys.iter().filter(|k| k.main_value != 0).map(|k| (k.index, k.main_value)).collect();
+    // A startup key's value is set even when it is NULL: the new startup may have set one.
+    let values: Vec<(u32, u64)> =
+        keys.iter().filter(|k| k.startup || k.main_value != 0).map(|k| (k.index, k.main_value)).collect();
     if !values.is_empty() {
         *FOR_MAIN_THREAD.lock() = values;
         MAIN_THREAD_WORK.store(true, Release);
@@ -290,12 +388,14 @@ pub fn on_unpark(is_main: bool) {
 }
 
 /// In a fork child: the keys are the parent's (the key table is the process's), and its
-/// only thread has not parked yet.
+/// only thread has neither completed its startup nor parked yet.
 pub fn reset_after_fork() {
     KEYS.force_unlock();
-    STARTUP_KEYS.force_unlock();
+    AT_STARTUP.force_unlock();
     PARKED_VALUES.force_unlock();
     FOR_MAIN_THREAD.force_unlock();
+    // The child completes a startup of its own (its first quiescent point notes it).
+    AT_STARTUP.lock().clear();
     PARKED_VALUES.lock().clear();
     FOR_MAIN_THREAD.lock().clear();
     MAIN_THREAD_WORK.store(false, Relaxed);
@@ -323,6 +423,27 @@ mod tests {
         fn delete(&mut self, index: u32) {
             self.used.remove(&index);
         }
+    }
+
+    #[test]
+    fn startup_keys_deleted_after_startup_keep_their_index_noted() {
+        let mut n = Noted::new();
+        n.created(0, 0, true);
+        n.created(1, 0x10, true);
+        n.created(2, 0, true);
+        n.deleted(2, true);
+        assert!(!n.startup_index(2), "deleted during startup: startup's no more");
+        n.deleted(1, false);
+        n.created(1, 0x20, false);
+        n.created(3, 0x30, false);
+        n.deleted(3, false);
+        let live: Vec<(u32, bool)> = n.live().map(|k| (k.index, k.startup)).collect();
+        assert_eq!(live, [(0, true), (1, false)], "key 1 made again after startup; key 3 gone");
+        assert!(n.startup_index(1) && !n.startup_index(3));
+        n.deleted(1, false);
+        n.created(1, 0x40, false);
+        assert_eq!(n.live().filter(|k| k.index == 1).count(), 1, "one key per index");
+        assert!(n.startup_index(1), "still at a startup key's index");
     }
 
     #[test]

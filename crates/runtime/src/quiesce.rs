@@ -147,6 +147,7 @@ pub fn on_enter_slow(slot: &Slot) -> bool {
 
 fn note_startup_qp(slot: &Slot) {
     if !slot.reached_qp.load(Relaxed) {
+        crate::keys::on_first_quiescent_point(slot);
         slot.qp_stack.store(&stack::walk_vec(slot.frame.load(Relaxed)));
         slot.qp_call.store(slot.call.load(Relaxed), Relaxed);
         slot.reached_qp.store(true, Release);

@@ -41,7 +41,11 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
             found.extend(k.other_values.iter().map(|&(tid, value)| Unmovable {
                 pid: log.pid,
                 what: format!("pthread key {} (thread {tid}'s value {value:#x})", k.index),
-                why: "made after startup: only the main thread's values of such a key move".to_string(),
+                why: if k.startup {
+                    "changed since the thread's startup: only the main thread's values of a key move".to_string()
+                } else {
+                    "made after startup: only the main thread's values of a key move".to_string()
+                },
             }));
         }
     }
@@ -74,6 +78,7 @@ mod tests {
         let named = HandlerSymbol { function: "free_session".into(), module: "/srv/d".into(), in_executable: true };
         let key = |index, destructor, symbol: Option<&HandlerSymbol>, other_values| PthreadKey {
             index,
+            startup: false,
             startup_index: index == 5,
             destructor,
             destructor_symbol: symbol.cloned(),

@@ -23,24 +23,47 @@ fn label(index: u32) -> String {
     format!("pthread key {index} (the main thread's value)")
 }
 
-/// The main thread's values for the tracer to relocate, one word per key that has one.
-pub(crate) fn value_words(pid: i32, keys: &[PthreadKey]) -> Result<Vec<(String, u64)>, TransferError> {
-    keys.iter()
-        .filter(|k| k.main_value != Some(0))
-        .map(|k| match k.main_value {
-            Some(v) => Ok((label(k.index), v)),
-            None => Err(TransferError::PthreadKey {
-                pid,
-                index: k.index,
-                why: "the main thread's value is unknown (it did not park since the key was created)".into(),
-            }),
-        })
-        .collect()
+/// What becomes of a key's main-thread value in the new process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carry {
+    /// A startup key whose value the main thread did not change: the new startup's stays.
+    Nothing,
+    /// NULL: nothing to relocate.
+    Null,
+    /// An address, or what looks like one: the tracer relocates it.
+    Word(u64),
 }
 
-/// What the new process creates: each key with its destructor moved to the new binary
-/// (`destructor`: None when it has no counterpart there) and the relocated value
-/// (`relocated`: the tracer's answer for [`value_words`], in its order).
+fn carry(pid: i32, k: &PthreadKey) -> Result<Carry, TransferError> {
+    match k.main_value {
+        // The runtime reports a startup key only when a thread changed its value.
+        None if k.startup => Ok(Carry::Nothing),
+        None => Err(TransferError::PthreadKey {
+            pid,
+            index: k.index,
+            why: "the main thread's value is unknown (it did not park since the key was created)".into(),
+        }),
+        Some(0) => Ok(Carry::Null),
+        Some(v) => Ok(Carry::Word(v)),
+    }
+}
+
+/// The main thread's values for the tracer to relocate, one word per key that has one.
+pub(crate) fn value_words(pid: i32, keys: &[PthreadKey]) -> Result<Vec<(String, u64)>, TransferError> {
+    let mut words = Vec::new();
+    for k in keys {
+        if let Carry::Word(v) = carry(pid, k)? {
+            words.push((label(k.index), v));
+        }
+    }
+    Ok(words)
+}
+
+/// What the new process does: each key made after startup created with its destructor
+/// moved to the new binary (`destructor`: None when it has no counterpart there), and the
+/// main thread's values set, relocated (`relocated`: the tracer's answer for
+/// [`value_words`], in its order). A startup key is the new startup's own: only its
+/// value, when the old main thread changed it, is set.
 pub(crate) fn to_recreate(
     pid: i32,
     keys: &[PthreadKey],
@@ -48,10 +71,17 @@ pub(crate) fn to_recreate(
     destructor: impl Fn(u64) -> Option<u64>,
 ) -> Result<Vec<KeyToRecreate>, TransferError> {
     let mut values = relocated.iter();
-    keys.iter()
-        .map(|k| {
-            let main_value = if k.main_value == Some(0) { 0 } else { values.next().copied().unwrap_or(0) };
-            let new_destructor = destructor(k.destructor).ok_or_else(|| TransferError::PthreadKey {
+    let mut out = Vec::new();
+    for k in keys {
+        let main_value = match carry(pid, k)? {
+            Carry::Nothing => continue,
+            Carry::Null => 0,
+            Carry::Word(_) => values.next().copied().unwrap_or(0),
+        };
+        let new_destructor = if k.startup {
+            0
+        } else {
+            destructor(k.destructor).ok_or_else(|| TransferError::PthreadKey {
                 pid,
                 index: k.index,
                 why: format!(
@@ -59,10 +89,11 @@ pub(crate) fn to_recreate(
                     k.destructor,
                     k.destructor_symbol.as_ref().map(|s| format!(" ({})", s.function)).unwrap_or_default()
                 ),
-            })?;
-            Ok(KeyToRecreate { index: k.index, destructor: new_destructor, main_value })
-        })
-        .collect()
+            })?
+        };
+        out.push(KeyToRecreate { index: k.index, startup: k.startup, destructor: new_destructor, main_value });
+    }
+    Ok(out)
 }
 
 /// Ask the new process to recreate `keys`.
@@ -84,6 +115,7 @@ mod tests {
     fn key(index: u32, destructor: u64, main_value: Option<u64>) -> PthreadKey {
         PthreadKey {
             index,
+            startup: false,
             startup_index: false,
             destructor,
             destructor_symbol: None,
@@ -99,14 +131,21 @@ mod tests {
         assert_eq!(words, [(label(1), 0x5000), (label(4), 7)], "a NULL value is nothing to relocate");
         let moved = to_recreate(9, &keys, &[0x6000, 7], |d| Some(if d == 0x40_1000 { 0x60_1000 } else { d }))
             .expect("every destructor has its counterpart");
-        assert_eq!(
-            moved,
-            [
-                KeyToRecreate { index: 1, destructor: 0, main_value: 0x6000 },
-                KeyToRecreate { index: 2, destructor: 0, main_value: 0 },
-                KeyToRecreate { index: 4, destructor: 0x60_1000, main_value: 7 },
-            ]
-        );
+        let made = |index, destructor, main_value| KeyToRecreate { index, startup: false, destructor, main_value };
+        assert_eq!(moved, [made(1, 0, 0x6000), made(2, 0, 0), made(4, 0x60_1000, 7)]);
+    }
+
+    #[test]
+    fn a_startup_keys_value_moves_only_when_the_main_thread_changed_it() {
+        let startup =
+            |index, main_value| PthreadKey { startup: true, destructor: 0x40_1000, ..key(index, 0, main_value) };
+        // Reported with a value: the main thread changed it (to NULL for key 3).
+        let keys = [startup(0, None), startup(1, Some(0x5000)), startup(3, Some(0))];
+        let words = value_words(9, &keys).expect("values");
+        assert_eq!(words, [(label(1), 0x5000)]);
+        let moved = to_recreate(9, &keys, &[0x6000], |_| None).expect("a startup key's destructor is not looked at");
+        let set = |index, main_value| KeyToRecreate { index, startup: true, destructor: 0, main_value };
+        assert_eq!(moved, [set(1, 0x6000), set(3, 0)], "key 0: only another thread changed it");
     }
 
     #[test]
