@@ -14,6 +14,7 @@
 
 mod adopt;
 mod descriptors;
+mod keys;
 mod mappings;
 mod process;
 pub(crate) mod reopen;
@@ -96,6 +97,10 @@ pub enum TransferError {
     Respawn(#[from] respawn::RespawnError),
     #[error("process {pid} changed attributes after startup that mcr cannot carry: {what}")]
     Attributes { pid: i32, what: String },
+    #[error("process {pid}: pthread key {index}: {why}")]
+    PthreadKey { pid: i32, index: u32, why: String },
+    #[error("process {pid}: {message}")]
+    PthreadKeys { pid: i32, message: String },
     #[error("a tracer thread panicked")]
     Panicked,
     #[error("cannot read process {pid}'s mappings")]
@@ -131,6 +136,9 @@ pub struct Summary {
     /// Memory mapped after startup, made again at the same addresses (copied, or shared).
     #[serde(default)]
     pub mapped_bytes: u64,
+    /// pthread keys made after startup, recreated at their indices.
+    #[serde(default)]
+    pub pthread_keys: usize,
 }
 
 impl Summary {
@@ -147,6 +155,7 @@ impl Summary {
         self.trace_ms += o.trace_ms;
         self.connections_ms += o.connections_ms;
         self.mapped_bytes += o.mapped_bytes;
+        self.pthread_keys += o.pthread_keys;
     }
 }
 

@@ -3,6 +3,7 @@
 //! after startup.
 
 use super::descriptors::{self, Moving};
+use super::keys;
 use super::mappings;
 use super::runtime::{main_thread_tls, startup_table, NewProcess};
 use super::target::TracerTarget;
@@ -107,6 +108,8 @@ pub(crate) fn transfer(
     sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
     let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
+    let pthread_keys = keys::of_old(old, pid)?;
+    let key_values = keys::value_words(pid, &pthread_keys)?;
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -116,8 +119,19 @@ pub(crate) fn transfer(
         startup: startup.as_ref(),
         new_mem: Some(&new_view),
     };
-    let moved_state =
-        mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
+    let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
+        .map_err(|source| TransferError::Trace { pid, source })?;
+    // A destructor in the old binary is the same function in the new one; one in a
+    // library stays where it is (libraries load at the same addresses in both versions).
+    let destructor = |d: u64| {
+        if d == 0 || !pair.old.image.contains(d) {
+            return Some(d);
+        }
+        mcr_tracer::translate(old_prog, &pair.old.image, new_prog, &pair.new.image, d)
+    };
+    let recreated = keys::to_recreate(pid, &pthread_keys, &moved_state.words, destructor)?;
+    sum.pthread_keys += recreated.len();
+    keys::recreate(&mut target.process, recreated)?;
     sum.trace_ms += ms_since(t);
     sum.processes += 1;
     sum.state.add(&moved_state.report);
