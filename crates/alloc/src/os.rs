@@ -621,4 +621,27 @@ mod tests {
         // SAFETY: our own mapping.
         unsafe { unmap(addr, len) };
     }
+
+    #[test]
+    fn a_split_mapping_is_reopened_by_the_part_that_holds_its_start() {
+        let len = 4 * 4096;
+        let fd = memfd(len as u64).unwrap();
+        // SAFETY: test mapping at an address the kernel picks.
+        let addr = unsafe {
+            rustix::mm::mmap(core::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+        }
+        .unwrap() as usize;
+        drop(fd);
+        // other flags on the upper half split the mapping in two
+        // SAFETY: our own mapping.
+        unsafe { rustix::mm::mprotect((addr + 2 * 4096) as *mut c_void, 2 * 4096, rustix::mm::MprotectFlags::READ) }
+            .unwrap();
+        assert_eq!(mapping_containing(None, addr + 4096), Ok((addr, addr + 2 * 4096)));
+        assert_eq!(open(&ProcPath::map_files(None, addr, addr + len), false).err(), Some(Errno::NOENT));
+        let file =
+            open_map_files(None, addr, addr + len, false).expect("/proc/self/map_files needs CAP_CHECKPOINT_RESTORE");
+        assert_eq!(rustix::fs::fstat(&file).unwrap().st_size, len as i64, "the memfd behind the mapping");
+        // SAFETY: our own mapping.
+        unsafe { unmap(addr, len) };
+    }
 }
