@@ -11,7 +11,7 @@ use crate::geometry::{PAGE_SIZE, SPANS_PER_REGION};
 use crate::heap::{first_mapping, mapped_within, segment_range, Heap, SegmentBacking};
 use crate::layout::{ThreadCache, FIRST_DATA_SPAN, MAX_SEGMENTS};
 use crate::lock;
-use crate::os::{self, Backing, ProcPath};
+use crate::os::{self, Backing};
 use crate::view::{self, Region};
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use rustix::fd::AsFd;
@@ -121,10 +121,12 @@ impl Heap {
 
     /// Maps the pieces of segment [start, end) copy-on-write over the memfd they show,
     /// reopened through /proc/self/map_files of its first mapping (the descriptor is closed
-    /// again right away).
+    /// again right away). That mapping may have been split since it was made (dirty tracking
+    /// registers the used part of a region's data with its userfaultfd): the reopen then
+    /// names the part that holds its start.
     fn remap_private(&self, region: Region<'_>, start: usize, end: usize) -> bool {
         let Some((first, first_end)) = first_mapping(region, start, end) else { return true };
-        let Ok(fd) = os::open(&ProcPath::map_files(None, first, first_end), false) else { return false };
+        let Ok(fd) = os::open_map_files(None, first, first_end, false) else { return false };
         for (s, e) in mapped_within(region, start, end) {
             let offset = (s - region.base()) as u64;
             // SAFETY: the same bytes appear at the same addresses (the memfd's, which the

@@ -62,9 +62,10 @@ pub use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 /// Opens the file behind the mapping `[start, end)` of process `pid` (`None`: this process)
 /// through `/proc/PID/map_files`: how a successor reaches an old process's memfd, and how a
 /// process reaches its own for a commit. Needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN and
-/// ptrace access to `pid`; `[start, end)` must be exactly one mapping.
+/// ptrace access to `pid`. `[start, end)` is a mapping as the heap made it (a segment's
+/// `first_mapping`); if the kernel split it since, the part that holds `start` is opened.
 pub fn open_map_files(pid: Option<i32>, start: usize, end: usize, write: bool) -> Result<OwnedFd, OsError> {
-    os::open(&ProcPath::map_files(pid, start, end), write)
+    os::open_map_files(pid, start, end, write)
 }
 
 /// Calls `f(start, end)` for each run of pages in `[start, end)` that process `pid` (`None`:

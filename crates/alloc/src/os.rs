@@ -178,6 +178,13 @@ impl ProcPath {
         p
     }
 
+    /// `/proc/PID/maps` (`pid` None: `self`).
+    pub fn maps(pid: Option<i32>) -> ProcPath {
+        let mut p = ProcPath::proc(pid);
+        p.push(b"/maps");
+        p
+    }
+
     fn proc(pid: Option<i32>) -> ProcPath {
         let mut p = ProcPath { buf: [0; 96], len: 0 };
         p.push(b"/proc/");
@@ -243,6 +250,73 @@ impl ProcPath {
 pub(crate) fn open(path: &ProcPath, write: bool) -> Result<OwnedFd, Errno> {
     let mode = if write { OFlags::RDWR } else { OFlags::RDONLY };
     rustix::fs::open(path.as_c_str(), mode | OFlags::CLOEXEC, Mode::empty())
+}
+
+/// Opens the file behind the memory at `[start, end)` of process `pid` (`None`: this one)
+/// through `/proc/PID/map_files`, which names whole mappings only. `[start, end)` is what
+/// the caller mapped in one call, but the kernel may have split it since (registering part
+/// of it with a userfaultfd, an `mprotect` of part of it): then the name of the mapping that
+/// holds `start` is asked for (`PROCMAP_QUERY`, Linux 6.11) and opened instead.
+pub(crate) fn open_map_files(pid: Option<i32>, start: usize, end: usize, write: bool) -> Result<OwnedFd, Errno> {
+    match open(&ProcPath::map_files(pid, start, end), write) {
+        Err(Errno::NOENT) => {
+            let (vma_start, vma_end) = mapping_containing(pid, start).map_err(|_| Errno::NOENT)?;
+            open(&ProcPath::map_files(pid, vma_start, vma_end), write)
+        }
+        other => other,
+    }
+}
+
+/// `_IOWR(PROCFS_IOCTL_MAGIC, 17, struct procmap_query)` (linux/fs.h).
+const PROCMAP_QUERY: u32 =
+    (3 << 30) | ((core::mem::size_of::<k::procmap_query>() as u32) << 16) | ((k::PROCFS_IOCTL_MAGIC as u32) << 8) | 17;
+const _: () = assert!(PROCMAP_QUERY == 0xc068_6611);
+
+struct ProcmapQuery<'a>(&'a mut k::procmap_query);
+
+// SAFETY: PROCMAP_QUERY takes a pointer to a procmap_query whose `size` says how much of it
+// the caller has; the kernel reads the query and fills in the mapping (no name or build id is
+// asked for: their sizes are 0, so it writes nothing else).
+unsafe impl rustix::ioctl::Ioctl for ProcmapQuery<'_> {
+    type Output = ();
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        PROCMAP_QUERY as rustix::ioctl::Opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        (self.0 as *mut k::procmap_query).cast()
+    }
+
+    unsafe fn output_from_ptr(_: rustix::ioctl::IoctlOutput, _: *mut c_void) -> rustix::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The mapping of process `pid` (`None`: this one) that contains `addr`, as `[start, end)`.
+pub(crate) fn mapping_containing(pid: Option<i32>, addr: usize) -> Result<(usize, usize), Errno> {
+    let maps = open(&ProcPath::maps(pid), false)?;
+    let mut query = k::procmap_query {
+        size: core::mem::size_of::<k::procmap_query>() as u64,
+        query_flags: 0,
+        query_addr: addr as u64,
+        vma_start: 0,
+        vma_end: 0,
+        vma_flags: 0,
+        vma_page_size: 0,
+        vma_offset: 0,
+        inode: 0,
+        dev_major: 0,
+        dev_minor: 0,
+        vma_name_size: 0,
+        build_id_size: 0,
+        vma_name_addr: 0,
+        build_id_addr: 0,
+    };
+    // SAFETY: `query` is a live procmap_query of the size it says; see the Ioctl impl.
+    unsafe { rustix::ioctl::ioctl(&maps, ProcmapQuery(&mut query)) }?;
+    Ok((query.vma_start as usize, query.vma_end as usize))
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)` (fs.h); no crate defines it.
@@ -544,6 +618,29 @@ mod tests {
             }
             assert_eq!(runs, [(3 * 4096, 5 * 4096), (10 * 4096, 11 * 4096)], "scan {scan}");
         }
+        // SAFETY: our own mapping.
+        unsafe { unmap(addr, len) };
+    }
+
+    #[test]
+    fn a_split_mapping_is_reopened_by_the_part_that_holds_its_start() {
+        let len = 4 * 4096;
+        let fd = memfd(len as u64).unwrap();
+        // SAFETY: test mapping at an address the kernel picks.
+        let addr = unsafe {
+            rustix::mm::mmap(core::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+        }
+        .unwrap() as usize;
+        drop(fd);
+        // other flags on the upper half split the mapping in two
+        // SAFETY: our own mapping.
+        unsafe { rustix::mm::mprotect((addr + 2 * 4096) as *mut c_void, 2 * 4096, rustix::mm::MprotectFlags::READ) }
+            .unwrap();
+        assert_eq!(mapping_containing(None, addr + 4096), Ok((addr, addr + 2 * 4096)));
+        assert_eq!(open(&ProcPath::map_files(None, addr, addr + len), false).err(), Some(Errno::NOENT));
+        let file =
+            open_map_files(None, addr, addr + len, false).expect("/proc/self/map_files needs CAP_CHECKPOINT_RESTORE");
+        assert_eq!(rustix::fs::fstat(&file).unwrap().st_size, len as i64, "the memfd behind the mapping");
         // SAFETY: our own mapping.
         unsafe { unmap(addr, len) };
     }

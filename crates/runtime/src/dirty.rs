@@ -11,6 +11,13 @@
 //! untracked (all dirty) and arms itself when its own startup completes. The child's
 //! copy of the parent's userfaultfd is closed at once.
 //!
+//! A fork in memfd mode also changes the parent: the heap's freeze remaps each shared
+//! segment copy-on-write over its memfd, a new mapping that no userfaultfd registered. Its
+//! pages count as dirty from then on (untracked), which is correct, only less precise.
+//! Registering and write-protecting it again would be wrong: it would need the pages written
+//! before the remap (read from the old mapping), and a store another thread makes between
+//! that reading and the remap would then be lost.
+//!
 //! `MCR_DIRTY_TRACKING=off` disables it (for measuring its cost).
 
 use mcr_protocol::{DirtyMethod, DirtyTracking};

@@ -85,12 +85,19 @@ pub fn ensure_init() -> bool {
     HEAP.own_slot().is_some() || init_slow()
 }
 
-/// Anonymous memory for now: fork needs nothing (the kernel copies on write), and no
-/// memfd exists. memfd-backed regions (which an update will map instead of copying) are
-/// for the adoption step: with them, dirty tracking of the shared heap and the freeze at
-/// fork together left connd's per-connection children hanging (measured, not yet
-/// understood).
-const MODE: Mode = Mode::Anonymous;
+/// memfd-backed regions (which an update maps instead of copying) when the process can
+/// reopen its own mappings through /proc/self/map_files (root, CAP_CHECKPOINT_RESTORE),
+/// which the freeze at fork needs; anonymous memory otherwise.
+///
+/// What once made memfd mode "hang" connd's forking master (root cause, 2026-12): dirty
+/// tracking registers the used part of a region's data with its userfaultfd, which splits the
+/// mapping there, and the freeze reopened each shared segment's memfd by the name of the
+/// mapping the heap had made, which /proc/self/map_files no longer had (ENOENT). The fork
+/// then fell back to copying the segment into anonymous memory, page by page (a region was
+/// then mapped whole: a 16 GiB piece walked at ~80 000 page faults a second, minutes at full
+/// CPU inside `fork`, with no child yet). The freeze now reopens
+/// the mapping that holds the segment's start as the kernel has it (`PROCMAP_QUERY`).
+const MODE: Mode = Mode::Auto;
 
 #[cold]
 #[inline(never)]
