@@ -13,6 +13,7 @@
 //!   process's runtime; `target`: the tracer's view of a new process.
 
 mod adopt;
+mod adopt_heap;
 mod descriptors;
 mod mappings;
 mod process;
@@ -131,6 +132,13 @@ pub struct Summary {
     /// Memory mapped after startup, made again at the same addresses (copied, or shared).
     #[serde(default)]
     pub mapped_bytes: u64,
+    /// The old heap regions the new processes adopted, and the bytes of their pages copied.
+    #[serde(default)]
+    pub heap_regions_adopted: usize,
+    #[serde(default)]
+    pub heap_bytes_adopted: u64,
+    #[serde(default)]
+    pub heap_adopt_ms: f64,
 }
 
 impl Summary {
@@ -147,6 +155,9 @@ impl Summary {
         self.trace_ms += o.trace_ms;
         self.connections_ms += o.connections_ms;
         self.mapped_bytes += o.mapped_bytes;
+        self.heap_regions_adopted += o.heap_regions_adopted;
+        self.heap_bytes_adopted += o.heap_bytes_adopted;
+        self.heap_adopt_ms += o.heap_adopt_ms;
     }
 }
 
