@@ -234,7 +234,10 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
-    ("tls-key", Lost),
+    ("tls-key", Survives),
+    ("tls-key-heap", Survives), // the block moves with the value; the destructor is the new binary's
+    ("tls-key-reused", Refused), // at the index of a startup key: the new version's startup holds it
+    ("tls-key-startup", Survives), // a startup key's value set after startup, into the new startup's key
 ];
 
 /// Cases running at once (each is one or two mcr instances and an update).
@@ -463,6 +466,7 @@ const NAMED: &[(&str, &str)] = &[
     ("socketpair-dgram", "connected to another socket of the old version"),
     ("socketpair-seqpacket", "connected to another socket of the old version"),
     ("scm-rights", "connected to another socket of the old version"),
+    ("tls-key-reused", "pthread key"),
 ];
 
 /// The preflight's list of what cannot move, one "; " apart (its lead-in dropped).

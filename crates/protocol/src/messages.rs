@@ -294,6 +294,56 @@ pub enum RuntimeCommandKind {
     /// The descriptors the process made after its startup and still holds, other than
     /// the client connections a drain reports: what no startup of a new version recreates.
     PostStartupFds,
+    /// The pthread keys the program created after startup and still has, with their
+    /// destructors and the values its threads held when they last parked (known only once
+    /// the process is quiesced), answered with [`RuntimeReply::PthreadKeys`].
+    PthreadKeys,
+    /// State transfer, new version: create the old version's keys again, each at its
+    /// index (an index this version already uses is an error naming it), and have the
+    /// main thread set its values as it leaves its parking place.
+    RecreatePthreadKeys {
+        keys: Vec<KeyToRecreate>,
+    },
+}
+
+/// A pthread key the program created after its startup (`pthread_key_create`), as its
+/// runtime knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PthreadKey {
+    /// The key (glibc's index, what `pthread_key_t` holds).
+    pub index: u32,
+    /// Made during startup (the new version's startup makes its own): reported only when
+    /// a thread changed its value since its startup.
+    #[serde(default)]
+    pub startup: bool,
+    /// Made after startup at the index of a key startup made (deleted since): the new
+    /// version's startup takes the index for its own key.
+    #[serde(default)]
+    pub startup_index: bool,
+    /// Its destructor's address (0: none; a startup key's is not reported).
+    pub destructor: u64,
+    /// The destructor as a function, when it is the start of a named one.
+    pub destructor_symbol: Option<crate::attributes::HandlerSymbol>,
+    /// The main thread's value (`pthread_getspecific` when it last parked), None when it
+    /// has not parked since the key was created.
+    pub main_value: Option<u64>,
+    /// Other threads' values that differ from what their startup left (NULL for a key
+    /// made after startup), as (TID in the instance's namespace, value), from when each
+    /// last parked.
+    pub other_values: Vec<(i32, u64)>,
+}
+
+/// A key for the new version to create at `index`, with `destructor` (an address in
+/// the new process, 0: none), and the main thread's value (relocated; 0: NULL). A
+/// `startup` key is not created: the new version's startup made its own at that index,
+/// and only the value is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToRecreate {
+    pub index: u32,
+    #[serde(default)]
+    pub startup: bool,
+    pub destructor: u64,
+    pub main_value: u64,
 }
 
 /// A heap block allocated during startup, and where it came from: the `ordinal`-th
@@ -430,6 +480,10 @@ pub enum RuntimeReply {
     /// Answer to PostStartupFds.
     PostStartupFds {
         fds: Vec<i32>,
+    },
+    /// Answer to PthreadKeys.
+    PthreadKeys {
+        keys: Vec<PthreadKey>,
     },
 }
 
@@ -833,6 +887,9 @@ pub struct AfterStartup {
     /// Threads the program created after startup.
     #[serde(default)]
     pub threads: Vec<LateThread>,
+    /// pthread keys the program created after startup and has not deleted.
+    #[serde(default)]
+    pub keys: Vec<PthreadKey>,
 }
 
 /// A thread the program created after its process completed startup.

@@ -247,7 +247,7 @@ fn signals(symbols: bool) -> Vec<SignalAction> {
     out
 }
 
-fn handler_symbol(addr: u64) -> Option<HandlerSymbol> {
+pub(crate) fn handler_symbol(addr: u64) -> Option<HandlerSymbol> {
     let (module, function) = crate::symbolize::function_starting_at(addr as usize)?;
     let exe = link("/proc/self/exe");
     Some(HandlerSymbol { in_executable: module == exe, function, module })

@@ -383,6 +383,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             let (clients, _) = crate::drain::connections(&crate::startup_log::startup_fds());
             RuntimeReply::PostStartupFds { fds: crate::startup_log::made_after_startup(|fd| clients.contains(&fd)) }
         }
+        RuntimeCommandKind::PthreadKeys => RuntimeReply::PthreadKeys { keys: crate::keys::report() },
+        RuntimeCommandKind::RecreatePthreadKeys { keys } => crate::keys::recreate(&keys),
     }
 }
 

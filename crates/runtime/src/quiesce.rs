@@ -147,6 +147,7 @@ pub fn on_enter_slow(slot: &Slot) -> bool {
 
 fn note_startup_qp(slot: &Slot) {
     if !slot.reached_qp.load(Relaxed) {
+        crate::keys::on_first_quiescent_point(slot);
         slot.qp_stack.store(&stack::walk_vec(slot.frame.load(Relaxed)));
         slot.qp_call.store(slot.call.load(Relaxed), Relaxed);
         slot.reached_qp.store(true, Release);
@@ -198,6 +199,7 @@ pub fn park(slot: &Slot) {
     // Blocks parked in the thread's cache are free, but its allocator's metadata counts
     // them live until they go back to their spans: the update lists the heap from it.
     crate::heap::flush_own_cache();
+    crate::keys::on_park(slot);
     slot.state.store(PARKED, SeqCst);
     PARK_EVENTS.fetch_add(1, SeqCst);
     futex::wake(&PARK_EVENTS, 1);
@@ -214,6 +216,7 @@ pub fn park(slot: &Slot) {
     }
     slot.state.store(IN_CALL, SeqCst);
     crate::attributes::on_unpark(slot.is_main.load(Acquire));
+    crate::keys::on_unpark(slot.is_main.load(Acquire));
     crate::resume::after_park(slot);
 }
 

@@ -96,6 +96,8 @@ real_fns! {
     signalfd: fn(c_int, *const sigset_t, c_int) -> c_int;
     pthread_create: fn(*mut pthread_t, *const pthread_attr_t, extern "C" fn(*mut c_void) -> *mut c_void, *mut c_void) -> c_int;
     pthread_exit: fn(*mut c_void) -> !;
+    pthread_key_create: fn(*mut libc::pthread_key_t, Option<unsafe extern "C" fn(*mut c_void)>) -> c_int;
+    pthread_key_delete: fn(libc::pthread_key_t) -> c_int;
     close: fn(c_int) -> c_int;
     close_range: fn(c_uint, c_uint, c_int) -> c_int;
     closefrom: fn(c_int) -> ();

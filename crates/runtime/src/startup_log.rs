@@ -252,6 +252,7 @@ fn after_startup(ops: &[StartupOp]) -> AfterStartup {
         connections,
         lost_client,
         threads: threads::created_after(&startup_threads),
+        keys: crate::keys::report(),
     }
 }
 

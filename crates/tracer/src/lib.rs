@@ -41,4 +41,4 @@ pub use image::{symbol_containing, translate, Image};
 pub use preview::{annotations, compare};
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use target::{Target, TargetError};
-pub use transfer::{transfer, Pair, Report, Transfer, TransferError, Version};
+pub use transfer::{transfer, transfer_with_words, Pair, Report, Transfer, TransferError, Version};

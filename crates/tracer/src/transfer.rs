@@ -130,6 +130,8 @@ impl Report {
 pub struct Transfer {
     moved: Destinations,
     pub report: Report,
+    /// The new values of the words [`transfer_with_words`] was given, in their order.
+    pub words: Vec<u64>,
 }
 
 impl Transfer {
@@ -142,6 +144,21 @@ impl Transfer {
 
 /// Move the state of one old process into its new counterpart.
 pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, TransferError> {
+    transfer_with_words(pair, target, &[])
+}
+
+/// [`transfer`], and relocate `words`: (label, value) pairs the old process holds outside
+/// its memory (a pthread key's value, which only its thread can read), each taken as an
+/// untyped pointer: into a heap block, to where that block went (the block moves with
+/// the state); into the old binary, to the same symbol (or string literal) in the new
+/// one; anything else stays as it is (libraries sit at the same addresses in both
+/// versions; an integer is not an address of anything the old version owns). One that
+/// cannot be relocated is a conflict named by its label.
+pub fn transfer_with_words(
+    pair: &Pair,
+    target: &mut dyn Target,
+    words: &[(String, u64)],
+) -> Result<Transfer, TransferError> {
     let (old, new) = (pair.old.prog, pair.new.prog);
     let hints = Hints::of_builds(old, new);
     let mut report = Report {
@@ -153,7 +170,7 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     report.globals_clean = roots.clean;
     report.globals_dropped = roots.dropped;
 
-    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals)?;
+    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words)?;
 
     let handlers = object_handlers(new);
     let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
@@ -222,16 +239,21 @@ pub fn transfer(pair: &Pair, target: &mut dyn Target) -> Result<Transfer, Transf
     }
     report.in_place = stayed.len();
     report.old_freed = garbage.len();
-    Ok(Transfer { moved, report })
+    let words = words
+        .iter()
+        .map(|(label, v)| writer.relocate_word_root(*v, label).map_err(|reason| conflict(label, reason)))
+        .collect::<Result<_, _>>()?;
+    Ok(Transfer { moved, report, words })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TransferError;
+    use super::{transfer_with_words, TransferError};
     use crate::startup::StartupKey;
     use crate::target::TargetError;
     use crate::testing::{list_program, new_list, node, old_list, words, World, HEAD, NEW_BIAS, NEW_HEAD, NEW_HEAP};
     use mcr_protocol::Relocation;
+    use mcr_typemodel::SymbolKind;
 
     fn grown_list() -> World {
         World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
@@ -352,6 +374,47 @@ mod tests {
         assert!(at >= NEW_HEAP && at != blob, "the void * follows its block: {at:#x}");
         assert_eq!(w.new_proc.mem.bytes(at, 40), Some(data), "the bytes as they were");
         assert_eq!(t.report.objects, 2);
+    }
+
+    #[test]
+    fn words_held_outside_memory_move_like_void_pointers() {
+        let make = |grown| {
+            list_program(grown, |b, ids| {
+                let at = if grown { 0x40_2100 } else { 0x40_2000 };
+                b.global("target", at, ids.long);
+                b.symbol("target", at, 8, SymbolKind::Object);
+            })
+        };
+        let mut w = World::new(make(false), make(true));
+        old_list(&mut w, &[1]);
+        w.set_global("target", &42u64.to_ne_bytes());
+        let data: Vec<u8> = (0..24).collect();
+        let blob = w.old_proc.block(&data, false);
+        let library = 0x7fff_f7a0_1234;
+        let words: Vec<(String, u64)> =
+            [("a global", 0x40_2004), ("a block", blob + 8), ("a library", library), ("null", 0)]
+                .into_iter()
+                .map(|(l, v)| (l.to_string(), v))
+                .collect();
+        let t = w.with_pair(|pair, np| transfer_with_words(pair, np, &words)).expect("transfer");
+        assert_eq!(t.words[0], 0x40_2104 + NEW_BIAS, "the same global, the same offset, in the new binary");
+        let block = t.words[1] - 8;
+        assert!(block >= NEW_HEAP, "the block only the word reaches moved with it: {block:#x}");
+        assert_eq!(w.new_proc.mem.bytes(block, 24), Some(data), "as bytes");
+        assert_eq!(&t.words[2..], [library, 0], "not the old version's: as it is");
+        assert_eq!(t.report.objects, 2, "the list's node and the block");
+
+        let mut w = World::new(make(false), make(true));
+        old_list(&mut w, &[1]);
+        w.set_global("target", &42u64.to_ne_bytes());
+        let nowhere = [("pthread key 3".to_string(), 0x40_3000)];
+        match w.with_pair(|pair, np| transfer_with_words(pair, np, &nowhere)) {
+            Err(TransferError::Conflict { path, reason }) => {
+                assert_eq!(path, "pthread key 3");
+                assert!(reason.contains("no symbol") && !reason.starts_with("pthread key"), "{reason}");
+            }
+            other => panic!("expected a conflict, got {:?}", other.map(|t| t.words)),
+        }
     }
 
     #[test]

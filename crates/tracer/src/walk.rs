@@ -85,18 +85,27 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
     }
 }
 
-/// Walk the old process from `roots` (the old program `old`, its memory and heap blocks).
+/// Walk the old process from `roots` (the old program `old`, its memory and heap blocks)
+/// and from `words`: (label, value) pairs it holds outside its memory (a pthread key's
+/// value), each an untyped pointer: a heap block one points into moves, as bytes unless a
+/// typed pointer reaches it too.
 pub fn walk(
     old: &Program,
     mem: &dyn ReadMemory,
     heap: &HeapIndex,
     hints: &Hints,
     roots: &[Root],
+    words: &[(String, u64)],
 ) -> Result<Reached, TransferError> {
     let mut w =
         Walker { prog: old, heap, hints, blocks: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
     for r in roots {
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
+    }
+    for (label, v) in words {
+        if let Some(&obj) = heap.containing(*v).filter(|_| *v != 0) {
+            w.reach(obj, None, None, || label.clone())?;
+        }
     }
     // Everything reachable from them. A block comes back into the queue when a typed
     // pointer refines what an untyped one reached; its bytes are read once.

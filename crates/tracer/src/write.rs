@@ -161,6 +161,15 @@ impl Writer<'_, '_> {
         Ok(v)
     }
 
+    /// A word outside the old process's memory ([`crate::transfer::transfer_with_words`]):
+    /// relocated as a `void *`, without a path of its own (the caller names it).
+    pub fn relocate_word_root(&self, v: u64, label: &str) -> Result<u64, String> {
+        if v == 0 {
+            return Ok(0);
+        }
+        self.relocate_data(v, label).map_err(|e| e.strip_prefix(&format!("{label}: ")).unwrap_or(&e).to_string())
+    }
+
     /// A pointer into the old binary's read-only data where no symbol is (a string
     /// literal): the new binary's one copy of the same string.
     fn relocate_literal(&self, v: u64) -> Option<u64> {

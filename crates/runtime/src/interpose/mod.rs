@@ -15,6 +15,7 @@ pub mod attributes;
 pub mod blocking;
 pub mod clone;
 pub mod fds;
+pub mod keys;
 pub mod malloc;
 pub mod memory;
 pub mod process;

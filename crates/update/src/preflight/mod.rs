@@ -12,6 +12,7 @@
 
 mod attributes;
 mod descriptors;
+mod keys;
 pub(crate) mod mappings;
 mod processes;
 
@@ -67,6 +68,7 @@ pub fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     found.extend(mappings::unmovable(ctx));
     found.extend(attributes::unmovable(ctx));
     found.extend(processes::unmovable(ctx));
+    found.extend(keys::unmovable(ctx));
     found.sort_by_key(|u| u.pid);
     found
 }

@@ -15,6 +15,7 @@
 mod adopt;
 mod adopt_heap;
 mod descriptors;
+mod keys;
 mod mappings;
 mod process;
 pub(crate) mod reopen;
@@ -97,6 +98,10 @@ pub enum TransferError {
     Respawn(#[from] respawn::RespawnError),
     #[error("process {pid} changed attributes after startup that mcr cannot carry: {what}")]
     Attributes { pid: i32, what: String },
+    #[error("process {pid}: pthread key {index}: {why}")]
+    PthreadKey { pid: i32, index: u32, why: String },
+    #[error("process {pid}: {message}")]
+    PthreadKeys { pid: i32, message: String },
     #[error("a tracer thread panicked")]
     Panicked,
     #[error("cannot read process {pid}'s mappings")]
@@ -139,6 +144,9 @@ pub struct Summary {
     pub heap_bytes_adopted: u64,
     #[serde(default)]
     pub heap_adopt_ms: f64,
+    /// pthread keys made after startup, recreated at their indices.
+    #[serde(default)]
+    pub pthread_keys: usize,
 }
 
 impl Summary {
@@ -158,6 +166,7 @@ impl Summary {
         self.heap_regions_adopted += o.heap_regions_adopted;
         self.heap_bytes_adopted += o.heap_bytes_adopted;
         self.heap_adopt_ms += o.heap_adopt_ms;
+        self.pthread_keys += o.pthread_keys;
     }
 }
 

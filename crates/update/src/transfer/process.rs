@@ -4,6 +4,7 @@
 
 use super::adopt_heap;
 use super::descriptors::{self, Moving};
+use super::keys;
 use super::mappings;
 use super::runtime::{main_thread_tls, startup_table, NewProcess};
 use super::target::TracerTarget;
@@ -129,6 +130,8 @@ pub(crate) fn transfer(
     let in_adopted = |addr: u64| adopted.as_ref().is_some_and(|a| a.contains(addr));
     let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
+    let pthread_keys = keys::of_old(old, pid)?;
+    let key_values = keys::value_words(pid, &pthread_keys)?;
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -139,8 +142,19 @@ pub(crate) fn transfer(
         new_mem: Some(&new_view),
         adopted: (adopted.is_some() && std::env::var_os("XX_NO_INPLACE").is_none()).then_some(&in_adopted as &dyn Fn(u64) -> bool),
     };
-    let moved_state =
-        mcr_tracer::transfer(&pair, &mut target).map_err(|source| TransferError::Trace { pid, source })?;
+    let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
+        .map_err(|source| TransferError::Trace { pid, source })?;
+    // A destructor in the old binary is the same function in the new one; one in a
+    // library stays where it is (libraries load at the same addresses in both versions).
+    let destructor = |d: u64| {
+        if d == 0 || !pair.old.image.contains(d) {
+            return Some(d);
+        }
+        mcr_tracer::translate(old_prog, &pair.old.image, new_prog, &pair.new.image, d)
+    };
+    let recreated = keys::to_recreate(pid, &pthread_keys, &moved_state.words, destructor)?;
+    sum.pthread_keys += recreated.len();
+    keys::recreate(&mut target.process, recreated)?;
     sum.trace_ms += ms_since(t);
     sum.processes += 1;
     sum.state.add(&moved_state.report);
