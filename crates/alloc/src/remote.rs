@@ -10,12 +10,12 @@
 
 use crate::api::{large_info, small_info, BlockInfo};
 use crate::class::{block_index, blocks_per_span, size_of_class, BITMAP_WORDS, CLASSES};
+use crate::extent::Extent;
 use crate::geometry::{slot_base, slot_of, span_addr, span_index, SPANS_PER_REGION, SPAN_SIZE};
+use crate::layout::MAX_SEGMENTS;
 use crate::layout::{
     Kind, RegionHeader, SpanEntry, FIRST_DATA_SPAN, INFO_STRIDE, LAYOUT_VERSION, MAGIC, OFF_INFO, OFF_LIVE, OFF_SPANS,
 };
-use crate::extent::Extent;
-use crate::layout::MAX_SEGMENTS;
 use core::mem::{offset_of, size_of};
 
 /// Read access to another address space.

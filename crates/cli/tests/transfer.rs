@@ -981,7 +981,7 @@ fn heap_slots(pid: i32) -> (Vec<u64>, Vec<u64>) {
         let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
         let Some((s, _)) = range.split_once('-') else { continue };
         let s = u64::from_str_radix(s, 16).unwrap();
-        if !HEAP_WINDOW.contains(&s) || (s - HEAP_WINDOW.start) % HEAP_SLOT != 0 {
+        if !HEAP_WINDOW.contains(&s) || !(s - HEAP_WINDOW.start).is_multiple_of(HEAP_SLOT) {
             continue;
         }
         let slot = (s - HEAP_WINDOW.start) / HEAP_SLOT;

@@ -102,10 +102,6 @@ fn run_each(h: ObjHandler, cw: &std::ffi::CStr, name: &str, what: &str, objects:
 
 pub fn free(addrs: &[u64]) -> RuntimeReply {
     for &a in addrs {
-        if std::env::var_os("XX_SHARED_FREE").is_some() {
-            unsafe { crate::heap::HEAP.free(None, a as usize as *mut u8) };
-            continue;
-        }
         // SAFETY: blocks this update allocated with `allocate` for scratch copies, or old
         // blocks of the adopted heap the state no longer holds.
         unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };

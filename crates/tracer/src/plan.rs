@@ -127,11 +127,19 @@ pub fn plan(
         .zip(places)
         .map(|((old, size, old_stride, new_stride), placement)| {
             // A block made after startup that the new process already has (the adopted
-            // heap) stays there if its new layout fits in what it was allocated for.
+            // heap) stays there when its size does not change: a block's size is what the
+            // next update reads its objects by, so one that shrank in place would show a
+            // stray tail (a 32-byte object in a 48-byte block reads as one and a third).
             let stays = placement == Placement::Fresh { identity: None }
                 && adopted(old)
-                && size <= reached.blocks[&old].obj.size;
-            BlockPlan { old, size, old_stride, new_stride, placement: if stays { Placement::InPlace } else { placement } }
+                && size == reached.blocks[&old].obj.size;
+            BlockPlan {
+                old,
+                size,
+                old_stride,
+                new_stride,
+                placement: if stays { Placement::InPlace } else { placement },
+            }
         })
         .collect();
     Ok(TransferPlan { types, blocks, unmatched })

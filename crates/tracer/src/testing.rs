@@ -432,7 +432,7 @@ impl World {
                 }
             }
         }
-        let in_old_heap = |a: u64| a >= OLD_HEAP && a < NEW_HEAP;
+        let in_old_heap = |a: u64| (OLD_HEAP..NEW_HEAP).contains(&a);
         let pair = Pair {
             old: Version { prog: &self.old, image: Self::old_image().with_tls_block(self.tls_blocks.map(|b| b.0)) },
             old_mem: &self.old_proc.mem,

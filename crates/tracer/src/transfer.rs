@@ -214,28 +214,8 @@ pub fn transfer_with_words(
             "the new process allocated {a:#x}, an old block of the adopted heap that is to be freed"
         ))));
     }
-    if !garbage.is_empty() && std::env::var_os("XX_NO_FREE").is_none() {
+    if !garbage.is_empty() {
         target.free(&garbage)?;
-    }
-    if std::env::var_os("XX_CHECK").is_some() {
-        let mut bad = Vec::new();
-        for b in &plan.blocks {
-            let n = moved[&b.old].new;
-            match target.block(n) {
-                Some(o) if o.addr == n => {}
-                other => bad.push(format!("old {:#x} -> {:#x} ({:?}) now {:?}", b.old, n, b.placement, other)),
-            }
-        }
-        if !bad.is_empty() {
-            let g: std::collections::HashSet<u64> = garbage.iter().copied().collect();
-            let overlap = plan.blocks.iter().filter(|b| g.contains(&moved[&b.old].new)).count();
-            return Err(TransferError::Target(crate::target::TargetError::Runtime(format!(
-                "{} destinations not live after the free ({} are garbage addresses): {:?}",
-                bad.len(),
-                overlap,
-                &bad[..bad.len().min(5)]
-            ))));
-        }
     }
     report.in_place = stayed.len();
     report.old_freed = garbage.len();
@@ -295,6 +275,24 @@ mod tests {
         want.sort();
         assert_eq!(freed, want, "every old node was copied out, so freed");
         assert_eq!((t.report.in_place, t.report.old_freed), (0, 3));
+    }
+
+    #[test]
+    fn in_an_adopted_heap_blocks_whose_type_shrank_move_too() {
+        // A smaller object left in its block would read, at the next update, as one object
+        // and a stray tail: the block's size is what objects are counted by.
+        let mut w = World::new(list_program(true, |_, _| {}), list_program(false, |_, _| {}));
+        w.adopted_heap = true;
+        let mut next = 0u64;
+        for v in [8i64, 7] {
+            let mut bytes = v.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 8]);
+            bytes.extend_from_slice(&next.to_ne_bytes());
+            next = w.old_proc.block(&bytes, false);
+        }
+        w.set_global("head", &next.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        assert_eq!((t.report.objects, t.report.in_place, t.report.old_freed), (2, 0, 2), "{:?}", t.report);
     }
 
     #[test]

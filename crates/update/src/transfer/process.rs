@@ -140,7 +140,7 @@ pub(crate) fn transfer(
         dirty: Some(&is_dirty),
         startup: startup.as_ref(),
         new_mem: Some(&new_view),
-        adopted: (adopted.is_some() && std::env::var_os("XX_NO_INPLACE").is_none()).then_some(&in_adopted as &dyn Fn(u64) -> bool),
+        adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
         .map_err(|source| TransferError::Trace { pid, source })?;
