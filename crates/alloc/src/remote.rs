@@ -10,7 +10,9 @@
 
 use crate::api::{large_info, small_info, BlockInfo};
 use crate::class::{block_index, blocks_per_span, size_of_class, BITMAP_WORDS, CLASSES};
+use crate::extent::Extent;
 use crate::geometry::{slot_base, slot_of, span_addr, span_index, SPANS_PER_REGION, SPAN_SIZE};
+use crate::layout::MAX_SEGMENTS;
 use crate::layout::{
     Kind, RegionHeader, SpanEntry, FIRST_DATA_SPAN, INFO_STRIDE, LAYOUT_VERSION, MAGIC, OFF_INFO, OFF_LIVE, OFF_SPANS,
 };
@@ -100,6 +102,48 @@ pub fn region_hwm(src: &dyn Source, slot: usize) -> Result<usize, RemoteError> {
         return Err(RemoteError::Unreadable { slot });
     }
     Ok((u32::from_ne_bytes(b) as usize).clamp(FIRST_DATA_SPAN, SPANS_PER_REGION))
+}
+
+/// How another process maps its region in a slot: its extent and where each of its
+/// segments starts (span index in the region). What a successor needs to map the region at
+/// the same address (`Heap::map_segment`) before the update brings the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionLayout {
+    pub extent: Extent,
+    pub segment_count: usize,
+    pub segments: [u32; MAX_SEGMENTS],
+}
+
+impl RegionLayout {
+    /// The start span of each segment, in order.
+    pub fn segment_starts(&self) -> &[u32] {
+        self.segments.get(..self.segment_count).unwrap_or_default()
+    }
+}
+
+/// The layout of the region in `slot` of the address space `src` (header checked).
+pub fn region_layout(src: &dyn Source, slot: usize) -> Result<RegionLayout, RemoteError> {
+    region_hwm(src, slot)?;
+    let base = slot_base(slot);
+    let mut counts = [0u8; 12];
+    if !src.read(base + offset_of!(RegionHeader, segment_count), &mut counts) {
+        return Err(RemoteError::Unreadable { slot });
+    }
+    let segment_count = u32_in(&counts, 0) as usize;
+    let extent = Extent { spans: u32_in(&counts, 4) as usize, caches: u32_in(&counts, 8) as usize };
+    if !(1..=MAX_SEGMENTS).contains(&segment_count) || !extent.is_valid() {
+        return Err(RemoteError::Unreadable { slot });
+    }
+    let mut raw = [0u8; MAX_SEGMENTS * 4];
+    let raw = raw.get_mut(..segment_count * 4).unwrap_or_default();
+    if !src.read(base + offset_of!(RegionHeader, segments), raw) {
+        return Err(RemoteError::Unreadable { slot });
+    }
+    let mut segments = [0u32; MAX_SEGMENTS];
+    for (i, s) in segments.iter_mut().take(segment_count).enumerate() {
+        *s = u32_in(raw, i * 4);
+    }
+    Ok(RegionLayout { extent, segment_count, segments })
 }
 
 /// The live block containing `addr` in the address space `src`, if `addr` is in a region.

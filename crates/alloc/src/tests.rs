@@ -902,3 +902,81 @@ fn thread_caches_beyond_the_first_mapped_ones_map_more() {
         h.release_thread_cache(c);
     }
 }
+
+#[test]
+fn a_regions_layout_reads_from_its_bytes_as_the_heap_knows_it() {
+    let h = heap(Mode::Anonymous);
+    let c = cache(&h);
+    let slot = h.own_slot().unwrap();
+    let _ = h.malloc(Some(c), 100).unwrap();
+    let layout = crate::remote::region_layout(&Local, slot).unwrap();
+    assert_eq!(Some(layout.extent), h.extent(slot));
+    let mut segments = 0;
+    h.segments(slot, |_| segments += 1);
+    assert_eq!(layout.segment_starts().len(), segments);
+    assert_eq!(layout.segment_starts()[0], 0, "segment 0 starts the region");
+}
+
+#[test]
+fn adopted_memory_freed_and_reused_for_other_classes_never_overlaps_live_blocks() {
+    let old = heap(Mode::Anonymous);
+    let slot = old.own_slot().unwrap();
+    let (head, _) = fill_like_an_old_version(&old);
+    let used = old.readable(slot).unwrap().header().hwm.load(Relaxed) as usize * SPAN_SIZE;
+    let mut image: Vec<(usize, Vec<u8>)> = Vec::new();
+    crate::private_pages(None, slot_base(slot), slot_base(slot) + used, |s, e| {
+        // SAFETY: the old heap's mapping, read before it goes away.
+        image.push((s, unsafe { core::slice::from_raw_parts(s as *const u8, e - s) }.to_vec()))
+    })
+    .unwrap();
+    let extent = old.extent(slot).unwrap();
+    drop(old);
+    let mut avoid = SlotSet::new();
+    avoid.insert(slot);
+    let h = Box::new(Heap::new());
+    h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
+    h.map_segment(slot, 0, 0, extent, None).unwrap();
+    for (at, bytes) in &image {
+        // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), *at as *mut u8, bytes.len()) };
+    }
+    h.finish_mapping(slot).unwrap();
+    let mut set = SlotSet::new();
+    set.insert(slot);
+    h.adopt(&set).unwrap();
+    // The transfer: the nodes move to fresh 48-byte blocks (another class), allocated by
+    // one thread; the old nodes are freed by it afterwards, keys stay.
+    let control = cache(&h);
+    let mut nodes = Vec::new();
+    let mut at = head;
+    while at != 0 {
+        // SAFETY: the adopted list.
+        let next = unsafe { *((at + 16) as *const usize) };
+        nodes.push(at);
+        at = next;
+    }
+    let moved: Vec<usize> = nodes.iter().map(|_| addr(h.malloc(Some(control), 48))).collect();
+    for &p in &moved {
+        fill(p, 48, 0x77);
+    }
+    for &n in &nodes {
+        free(&h, Some(control), n);
+    }
+    // The program then allocates other sizes, from another thread.
+    let program = cache(&h);
+    let mut others = Vec::new();
+    for i in 0..2000 {
+        let n = [672usize, 8192, 24, 100][i % 4];
+        let p = addr(h.malloc(Some(program), n));
+        fill(p, n, 0x11);
+        others.push((p, n));
+    }
+    for &p in &moved {
+        assert_eq!(h.block_of(p), Some((p, 48)), "a moved node is still its own block");
+        check(p, 48, 0x77);
+    }
+    for &(p, n) in &others {
+        assert_eq!(h.block_of(p).map(|b| b.0), Some(p));
+        check(p, n, 0x11);
+    }
+}

@@ -51,6 +51,12 @@ impl Source for Reader<'_> {
     }
 }
 
+/// How the process behind `mem` maps its heap region in `slot` (checked header), if it has
+/// one there.
+pub fn region_layout(mem: &dyn ReadMemory, slot: usize) -> Option<remote::RegionLayout> {
+    remote::region_layout(&Reader(mem), slot).ok()
+}
+
 /// The live block of the process behind `mem` that contains `addr`, from its allocator's
 /// metadata.
 pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {

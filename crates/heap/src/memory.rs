@@ -291,12 +291,20 @@ mod tests {
     }
 }
 
-/// The heap slots process `pid` uses: those its accessible mappings inside the heap window
-/// touch. The one inaccessible page a process reserves at the base of each slot its
-/// predecessor used does not count, so the set does not grow from version to version.
+/// The heap slots where process `pid` has a region (a valid header at the slot's base):
+/// those a successor must keep free to map them at the same address. Neither the one
+/// inaccessible page a process reserves at the base of each slot its predecessor used, nor
+/// a region retired since (zeroed), counts, so the set does not grow from version to version.
 pub fn heap_slots(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
     let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
-    Ok(slots_touched(&maps))
+    let mem = ProcessMemory::open(pid)?;
+    let mut set = mcr_alloc::SlotSet::new();
+    for slot in slots_touched(&maps).iter() {
+        if crate::index::region_layout(&mem, slot).is_some() {
+            set.insert(slot);
+        }
+    }
+    Ok(set)
 }
 
 fn slots_touched(maps: &[mcr_procfs::Mapping]) -> mcr_alloc::SlotSet {

@@ -260,6 +260,20 @@ pub enum RuntimeCommandKind {
         shared: bool,
         locked: bool,
     },
+    /// State transfer, new version: map the old version's heap regions at their addresses
+    /// (the slots this process's heap kept free), as the old process maps them, anonymous
+    /// and not yet in use; the update writes their pages next, then [`Self::AdoptOldHeap`].
+    MapOldHeap {
+        regions: Vec<OldHeapRegion>,
+    },
+    /// State transfer, new version: check the old heap regions mapped in `slots` and adopt
+    /// them (their live blocks are this process's from now on, freed like its own); on
+    /// failure, or with `release`, give them up instead.
+    AdoptOldHeap {
+        slots: Vec<u64>,
+        #[serde(default)]
+        release: bool,
+    },
     /// State transfer, new version: attach SysV shared memory segment `shmid` at exactly
     /// `start` (`len`: the part mapped, the whole segment), read-only when `readonly`.
     AttachSysv {
@@ -361,6 +375,17 @@ pub struct HandlerObject {
 }
 
 /// Where a descriptor received by ImportFds goes.
+/// One region of the old version's heap, as its process maps it (`mcr_alloc::remote::RegionLayout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldHeapRegion {
+    pub slot: u64,
+    /// How far the region is mapped (spans and thread caches: `mcr_alloc::Extent`).
+    pub spans: u64,
+    pub caches: u64,
+    /// Where each segment starts (span index in the region), in order.
+    pub segments: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImportedFd {
     pub target: i32,

@@ -355,6 +355,23 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::MapFile { socket, start, len, offset, prot, shared, locked } => {
             crate::transfer::map_file(&socket, start, len, offset, prot, shared, locked)
         }
+        RuntimeCommandKind::MapOldHeap { regions } => match crate::heap::map_old_heap(&regions) {
+            Ok(()) => RuntimeReply::Done,
+            Err(message) => RuntimeReply::Error { message },
+        },
+        RuntimeCommandKind::AdoptOldHeap { slots, release } => {
+            if release {
+                crate::heap::release(&slots.iter().map(|&s| s as usize).collect::<Vec<_>>());
+                return RuntimeReply::Done;
+            }
+            match crate::heap::adopt_old_heap(&slots) {
+                Ok(stats) => {
+                    crate::diag::debug(|| format!("adopted the old heap: {stats:?}"));
+                    RuntimeReply::Done
+                }
+                Err(message) => RuntimeReply::Error { message },
+            }
+        }
         RuntimeCommandKind::AttachSysv { shmid, start, len, readonly, locked } => {
             crate::transfer::attach_sysv(shmid, start, len, readonly, locked)
         }

@@ -258,7 +258,58 @@ pub fn before_privilege_drop() {
     HEAP.unshare();
 }
 
-/// Headroom tracked above a region's used part: spans carved there after arming show as
+/// An update maps the old version's heap regions here, at their addresses (anonymous
+/// memory the update then fills from the old process: this process cannot address the old
+/// one, which lives in another PID namespace). All or nothing: on a failure the slots
+/// mapped so far are given up.
+pub fn map_old_heap(regions: &[mcr_protocol::OldHeapRegion]) -> Result<(), String> {
+    let mut mapped = Vec::new();
+    for r in regions {
+        let slot = r.slot as usize;
+        let extent = mcr_alloc::Extent { spans: r.spans as usize, caches: r.caches as usize };
+        mapped.push(slot);
+        for (index, &start) in r.segments.iter().enumerate() {
+            if let Err(e) = HEAP.map_segment(slot, index, start as usize, extent, None) {
+                release(&mapped);
+                return Err(format!("mapping the old heap's region in slot {slot} (segment {index}): {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check the old heap regions mapped in `slots` and adopt them: their blocks are this
+/// process's from now on. On a failure they are given up.
+pub fn adopt_old_heap(slots: &[u64]) -> Result<mcr_alloc::AdoptStats, String> {
+    let list: Vec<usize> = slots.iter().map(|&s| s as usize).collect();
+    let mut set = SlotSet::new();
+    for &slot in &list {
+        if let Err(e) = HEAP.finish_mapping(slot) {
+            release(&list);
+            return Err(format!("the old heap's region in slot {slot} as copied: {e}"));
+        }
+        set.insert(slot);
+    }
+    HEAP.adopt(&set).map_err(|e| {
+        release(&list);
+        format!("adopting the old heap: {e}")
+    })
+}
+
+/// Give up old heap regions mapped but not adopted.
+pub fn release(slots: &[usize]) {
+    for &slot in slots {
+        let _ = HEAP.release_slot(slot);
+    }
+}
+
+/// After the update freed the old blocks it moved: adopted regions left empty give their
+/// memory and slot back.
+pub fn retire_empty_regions() -> usize {
+    HEAP.retire_empty()
+}
+
+/// Headroom tracked above a region's used part/// Headroom tracked above a region's used part: spans carved there after arming show as
 /// written (beyond it they are untracked: dirty as well, but not counted as written).
 const TRACKED_HEADROOM: usize = 64 << 20;
 

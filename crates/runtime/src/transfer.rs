@@ -102,9 +102,11 @@ fn run_each(h: ObjHandler, cw: &std::ffi::CStr, name: &str, what: &str, objects:
 
 pub fn free(addrs: &[u64]) -> RuntimeReply {
     for &a in addrs {
-        // SAFETY: blocks this update allocated with `allocate` for scratch copies.
+        // SAFETY: blocks this update allocated with `allocate` for scratch copies, or old
+        // blocks of the adopted heap the state no longer holds.
         unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
     }
+    crate::heap::retire_empty_regions();
     RuntimeReply::Done
 }
 

@@ -60,14 +60,16 @@ impl TransferPlan {
 
 /// Plan the transfer of `reached` from `old` to `new`. `handlers`: the new version's
 /// object handlers ([`crate::hints::object_handlers`]); `startup`: both versions' startup
-/// tables; `new_startup_block`: the size of the new version's live startup block at an
-/// address.
+/// tables; `adopted`: whether an old block is in the heap the new process adopted (there at
+/// the same address); `new_startup_block`: the size of the new version's live startup
+/// block at an address.
 pub fn plan(
     old: &Program,
     new: &Program,
     reached: &Reached,
     handlers: &HashMap<String, String>,
     startup: Option<&StartupTables>,
+    adopted: &dyn Fn(u64) -> bool,
     new_startup_block: &mut dyn FnMut(u64) -> Option<u64>,
 ) -> Result<TransferPlan, TransferError> {
     let mut types: HashMap<TypeId, TypePlan> = HashMap::new();
@@ -123,12 +125,21 @@ pub fn plan(
     let blocks = sized
         .into_iter()
         .zip(places)
-        .map(|((old, size, old_stride, new_stride), placement)| BlockPlan {
-            old,
-            size,
-            old_stride,
-            new_stride,
-            placement,
+        .map(|((old, size, old_stride, new_stride), placement)| {
+            // A block made after startup that the new process already has (the adopted
+            // heap) stays there when its size does not change: a block's size is what the
+            // next update reads its objects by, so one that shrank in place would show a
+            // stray tail (a 32-byte object in a 48-byte block reads as one and a third).
+            let stays = placement == Placement::Fresh { identity: None }
+                && adopted(old)
+                && size == reached.blocks[&old].obj.size;
+            BlockPlan {
+                old,
+                size,
+                old_stride,
+                new_stride,
+                placement: if stays { Placement::InPlace } else { placement },
+            }
         })
         .collect();
     Ok(TransferPlan { types, blocks, unmatched })

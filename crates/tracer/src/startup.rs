@@ -122,6 +122,10 @@ pub enum Placement {
     Fresh { identity: Option<StartupKey> },
     /// The new version's own startup block with the same identity.
     Matched { new: u64, key: StartupKey },
+    /// The old block itself: the new process adopted the old heap, so the block is already
+    /// there at its address, with its bytes; it is rewritten only where its contents
+    /// change (pointers relocated, a layout that does not grow).
+    InPlace,
 }
 
 /// Why an old startup block was reallocated instead of matched.

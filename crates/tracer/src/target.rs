@@ -56,6 +56,11 @@ pub trait Target {
         let _ = blocks;
         Ok(())
     }
+    /// Free blocks of the adopted old heap (through the program's free).
+    fn free(&mut self, blocks: &[u64]) -> Result<(), TargetError> {
+        let _ = blocks;
+        Ok(())
+    }
     /// The live block of the new process containing `addr`, from its allocator's metadata
     /// (read with `read`).
     fn block(&self, addr: u64) -> Option<Object> {

@@ -138,6 +138,8 @@ pub struct NewProcess {
     pub handler_failure: Option<String>,
     /// Make `allocate` return one block fewer than asked for.
     pub short_allocation: bool,
+    /// Every block `free` was asked to free.
+    pub freed: Vec<u64>,
 }
 
 impl Default for NewProcess {
@@ -152,6 +154,7 @@ impl Default for NewProcess {
             adopted: Vec::new(),
             handler_failure: None,
             short_allocation: false,
+            freed: Vec::new(),
         }
     }
 }
@@ -216,6 +219,11 @@ impl Target for NewProcess {
             Some(m) => Err(TargetError::Runtime(m.clone())),
             None => Ok(()),
         }
+    }
+
+    fn free(&mut self, blocks: &[u64]) -> Result<(), TargetError> {
+        self.freed.extend_from_slice(blocks);
+        Ok(())
     }
 
     fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {
@@ -346,6 +354,8 @@ pub struct World {
     pub startup: Option<StartupTables>,
     /// The main thread's TLS blocks (old, new); `None`: not known.
     pub tls_blocks: Option<(u64, u64)>,
+    /// The new process adopted the old heap: its blocks are there at their addresses.
+    pub adopted_heap: bool,
 }
 
 impl World {
@@ -358,6 +368,7 @@ impl World {
             written: None,
             startup: None,
             tls_blocks: None,
+            adopted_heap: false,
         }
     }
 
@@ -413,6 +424,15 @@ impl World {
         let new_mem = self.new_proc.mem.clone();
         let written = self.written.clone();
         let dirty = move |a: u64, len: u64| written.iter().flatten().any(|&(s, e)| a < e && s < a + len);
+        if self.adopted_heap {
+            // The adopted heap: every old block is in the new process at its address.
+            for o in heap.objects() {
+                if let Some(bytes) = self.old_proc.mem.bytes(o.addr, o.size as usize) {
+                    self.new_proc.mem.write(o.addr, &bytes);
+                }
+            }
+        }
+        let in_old_heap = |a: u64| (OLD_HEAP..NEW_HEAP).contains(&a);
         let pair = Pair {
             old: Version { prog: &self.old, image: Self::old_image().with_tls_block(self.tls_blocks.map(|b| b.0)) },
             old_mem: &self.old_proc.mem,
@@ -421,6 +441,7 @@ impl World {
             dirty: self.written.is_some().then_some(&dirty as &dyn Fn(u64, u64) -> bool),
             startup: self.startup.as_ref(),
             new_mem: Some(&new_mem),
+            adopted: self.adopted_heap.then_some(&in_old_heap as &dyn Fn(u64) -> bool),
         };
         f(&pair, &mut self.new_proc)
     }
@@ -447,7 +468,7 @@ impl World {
             let roots = roots::collect(pair)?;
             let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[])?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
-            let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &mut |b| {
+            let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
             })?;
             Ok((reached, p))
@@ -464,7 +485,7 @@ impl World {
             let roots = roots::collect(pair)?;
             let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[])?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
-            let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &mut |b| {
+            let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
             })?;
             let moved = write::allocate(target, &p)?;

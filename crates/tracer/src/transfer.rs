@@ -4,7 +4,7 @@
 use crate::hints::{object_handlers, Hints};
 use crate::image::Image;
 use crate::plan::{describe_unmatched, plan};
-use crate::startup::StartupTables;
+use crate::startup::{Placement, StartupTables};
 use crate::target::{startup_block_size, Target, TargetError};
 use crate::write::{Destinations, Writer};
 use crate::{roots, walk, write};
@@ -35,6 +35,10 @@ pub struct Pair<'a> {
     /// The new process's memory, read-only (string literals are looked for in its
     /// binary); `None`: pointers to literals move only as the new startup set them.
     pub new_mem: Option<&'a dyn ReadMemory>,
+    /// Whether the old heap block at an address is in a region the new process adopted
+    /// (mapped at the same address, its blocks the new process's own); `None`: nothing was
+    /// adopted, every block goes to a fresh or matched block.
+    pub adopted: Option<&'a dyn Fn(u64) -> bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,16 @@ pub struct Report {
     pub live_objects: usize,
     /// Objects an MCR_ADD_OBJ_HANDLER of the new version adjusted.
     pub handled: usize,
+    /// Of the objects carried, those that stayed where they were in the adopted old heap
+    /// (not copied; rewritten only where they changed), and the bytes rewritten in them.
+    #[serde(default)]
+    pub in_place: usize,
+    #[serde(default)]
+    pub in_place_bytes: u64,
+    /// Old blocks of the adopted heap the new process freed (copied elsewhere, or no
+    /// longer reached).
+    #[serde(default)]
+    pub old_freed: usize,
     pub warnings: Vec<String>,
 }
 
@@ -101,6 +115,9 @@ impl Report {
         self.bytes += o.bytes;
         self.live_objects += o.live_objects;
         self.handled += o.handled;
+        self.in_place += o.in_place;
+        self.in_place_bytes += o.in_place_bytes;
+        self.old_freed += o.old_freed;
         self.startup_matched += o.startup_matched;
         self.startup_kept += o.startup_kept;
         self.startup_reallocated += o.startup_reallocated;
@@ -156,7 +173,8 @@ pub fn transfer_with_words(
     let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words)?;
 
     let handlers = object_handlers(new);
-    let plan = plan(old, new, &reached, &handlers, pair.startup, &mut |b| startup_block_size(&*target, b))?;
+    let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
+    let plan = plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
     report.startup_reallocated = plan.unmatched.len();
     report.startup_notes = plan
         .unmatched
@@ -179,6 +197,28 @@ pub fn transfer_with_words(
     };
     writer.blocks(target, &mut report)?;
     writer.globals(target, &roots.globals, &mut report)?;
+    // The adopted old blocks that did not stay where they are were copied elsewhere (or
+    // were not reached: the state no longer holds them): the new process frees them.
+    let stayed: std::collections::HashSet<u64> =
+        plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.old).collect();
+    let garbage: Vec<u64> =
+        pair.heap.objects().iter().map(|o| o.addr).filter(|&a| adopted(a) && !stayed.contains(&a)).collect();
+    let fresh: std::collections::HashSet<u64> = plan
+        .blocks
+        .iter()
+        .filter(|b| matches!(b.placement, Placement::Fresh { .. }))
+        .map(|b| moved[&b.old].new)
+        .collect();
+    if let Some(a) = garbage.iter().find(|a| fresh.contains(a)) {
+        return Err(TransferError::Target(crate::target::TargetError::Runtime(format!(
+            "the new process allocated {a:#x}, an old block of the adopted heap that is to be freed"
+        ))));
+    }
+    if !garbage.is_empty() {
+        target.free(&garbage)?;
+    }
+    report.in_place = stayed.len();
+    report.old_freed = garbage.len();
     let words = words
         .iter()
         .map(|(label, v)| writer.relocate_word_root(*v, label).map_err(|reason| conflict(label, reason)))
@@ -197,6 +237,62 @@ mod tests {
 
     fn grown_list() -> World {
         World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}))
+    }
+
+    #[test]
+    fn in_an_adopted_heap_a_list_whose_type_did_not_change_stays_where_it_is() {
+        let mut w = World::new(list_program(false, |_, _| {}), list_program(false, |_, _| {}));
+        w.adopted_heap = true;
+        let unreached = w.old_proc.block(&node(9, 0), false);
+        let old = old_list(&mut w, &[1, 2, -3]);
+        let t = w.transfer().expect("transfer");
+        assert!(w.new_proc.allocations.iter().all(|a| a.is_empty()), "nothing allocated: {:?}", w.new_proc.allocations);
+        let node_writes: Vec<_> = w.new_proc.writes.iter().filter(|(a, _)| old.contains(a)).collect();
+        assert!(node_writes.is_empty(), "unchanged nodes are not rewritten: {node_writes:x?}");
+        let mem = &w.new_proc.mem;
+        let head = mem.u64(w.new_global("head"));
+        assert_eq!(head, old[0], "head points to the first node where it was");
+        assert_eq!((mem.i32(old[1]), mem.u64(old[1] + 8)), (2, old[2]), "the second node, its value and link");
+        let r = &t.report;
+        assert_eq!((r.objects, r.in_place, r.in_place_bytes, r.old_freed), (3, 3, 0, 1), "{r:?}");
+        assert_eq!(w.new_proc.freed, [unreached], "the block the state no longer reaches is freed");
+        let heap = w.old_proc.heap();
+        assert_eq!(t.relocate(&heap, old[2] + 8), Some(old[2] + 8), "in place: addresses stay");
+    }
+
+    #[test]
+    fn in_an_adopted_heap_blocks_whose_type_grew_move_and_their_old_blocks_are_freed() {
+        let mut w = grown_list();
+        w.adopted_heap = true;
+        let old = old_list(&mut w, &[1, 2, -3]);
+        let t = w.transfer().expect("transfer");
+        let new = new_list(&w);
+        assert_eq!(new.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 2, -3]);
+        assert!(new.iter().all(|n| n.1 >= NEW_HEAP), "grown nodes do not fit where they were: {new:x?}");
+        let mut freed = w.new_proc.freed.clone();
+        freed.sort();
+        let mut want = old.clone();
+        want.sort();
+        assert_eq!(freed, want, "every old node was copied out, so freed");
+        assert_eq!((t.report.in_place, t.report.old_freed), (0, 3));
+    }
+
+    #[test]
+    fn in_an_adopted_heap_blocks_whose_type_shrank_move_too() {
+        // A smaller object left in its block would read, at the next update, as one object
+        // and a stray tail: the block's size is what objects are counted by.
+        let mut w = World::new(list_program(true, |_, _| {}), list_program(false, |_, _| {}));
+        w.adopted_heap = true;
+        let mut next = 0u64;
+        for v in [8i64, 7] {
+            let mut bytes = v.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 8]);
+            bytes.extend_from_slice(&next.to_ne_bytes());
+            next = w.old_proc.block(&bytes, false);
+        }
+        w.set_global("head", &next.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        assert_eq!((t.report.objects, t.report.in_place, t.report.old_freed), (2, 0, 2), "{:?}", t.report);
     }
 
     #[test]

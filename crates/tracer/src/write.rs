@@ -57,6 +57,7 @@ pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinat
             let new = match b.placement {
                 Placement::Matched { new, .. } => new,
                 Placement::Fresh { .. } => got.next().unwrap_or_default(),
+                Placement::InPlace => b.old,
             };
             (b.old, Moved { new, old_stride: b.old_stride, new_stride: b.new_stride })
         })
@@ -281,6 +282,16 @@ impl Writer<'_, '_> {
             let new_addr = self.moved[&bp.old].new;
             let write = match bp.placement {
                 Placement::Fresh { .. } => true,
+                // Already there with the old bytes: only a change is written (and what a
+                // handler is registered for goes to it, changed or not).
+                Placement::InPlace => {
+                    let same = block.bytes.get(..out.bytes.len()) == Some(&out.bytes[..]);
+                    let handled = tp.is_some_and(|p| p.handler.is_some());
+                    if !same {
+                        report.in_place_bytes += out.bytes.len() as u64;
+                    }
+                    !same || handled
+                }
                 Placement::Matched { new: at, .. } => {
                     report.startup_matched += 1;
                     // Written since startup: the old contents win. Never written: the new

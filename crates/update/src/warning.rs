@@ -23,6 +23,8 @@ pub enum Warning {
     NoDirtyTracking { pid: i32, reason: String },
     /// The process's startup objects are reallocated instead of matched.
     StartupAllocationsUnknown { pid: i32, reason: String },
+    /// The process's old heap is copied block by block instead of adopted.
+    HeapNotAdopted { pid: i32, reason: String },
     /// --fresh-state: state the update could not have moved anyway stays behind too.
     StateLeftBehind(Vec<crate::preflight::Unmovable>),
     /// A rollback could not resume the old version.
@@ -59,6 +61,7 @@ impl fmt::Display for Warning {
                 f,
                 "process {pid}'s startup allocations are unknown ({reason}): its startup objects are reallocated, not matched"
             ),
+            Warning::HeapNotAdopted { pid: _, reason } => write!(f, "{reason}"),
             Warning::StateLeftBehind(items) => {
                 write!(f, "--fresh-state: the running version's state stays behind, including what no update could move:")?;
                 items.iter().try_for_each(|u| write!(f, "\n  {u}"))

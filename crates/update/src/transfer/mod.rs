@@ -13,6 +13,7 @@
 //!   process's runtime; `target`: the tracer's view of a new process.
 
 mod adopt;
+mod adopt_heap;
 mod descriptors;
 mod keys;
 mod mappings;
@@ -136,6 +137,13 @@ pub struct Summary {
     /// Memory mapped after startup, made again at the same addresses (copied, or shared).
     #[serde(default)]
     pub mapped_bytes: u64,
+    /// The old heap regions the new processes adopted, and the bytes of their pages copied.
+    #[serde(default)]
+    pub heap_regions_adopted: usize,
+    #[serde(default)]
+    pub heap_bytes_adopted: u64,
+    #[serde(default)]
+    pub heap_adopt_ms: f64,
     /// pthread keys made after startup, recreated at their indices.
     #[serde(default)]
     pub pthread_keys: usize,
@@ -155,6 +163,9 @@ impl Summary {
         self.trace_ms += o.trace_ms;
         self.connections_ms += o.connections_ms;
         self.mapped_bytes += o.mapped_bytes;
+        self.heap_regions_adopted += o.heap_regions_adopted;
+        self.heap_bytes_adopted += o.heap_bytes_adopted;
+        self.heap_adopt_ms += o.heap_adopt_ms;
         self.pthread_keys += o.pthread_keys;
     }
 }

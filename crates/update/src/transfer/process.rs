@@ -2,6 +2,7 @@
 //! state in the new process, then move its connections and the other descriptors it made
 //! after startup.
 
+use super::adopt_heap;
 use super::descriptors::{self, Moving};
 use super::keys;
 use super::mappings;
@@ -106,6 +107,27 @@ pub(crate) fn transfer(
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
     sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    // A process forked after startup has a counterpart forked from the new parent, whose
+    // adopted heap it inherited: its own old heap is copied block by block.
+    let ta = Instant::now();
+    let adopted = if volatile {
+        None
+    } else {
+        match adopt_heap::adopt(pid, old_host, &old_mem, &mut new_process, &mem)? {
+            Ok(a) => Some(a),
+            Err(adopt_heap::NotAdopted::Nothing) => None,
+            Err(adopt_heap::NotAdopted::Overlap(why)) => {
+                warn(Warning::HeapNotAdopted { pid, reason: why });
+                None
+            }
+        }
+    };
+    if let Some(a) = &adopted {
+        sum.heap_regions_adopted += a.regions;
+        sum.heap_bytes_adopted += a.bytes;
+    }
+    sum.heap_adopt_ms += ms_since(ta);
+    let in_adopted = |addr: u64| adopted.as_ref().is_some_and(|a| a.contains(addr));
     let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
     let pthread_keys = keys::of_old(old, pid)?;
@@ -118,6 +140,7 @@ pub(crate) fn transfer(
         dirty: Some(&is_dirty),
         startup: startup.as_ref(),
         new_mem: Some(&new_view),
+        adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
         .map_err(|source| TransferError::Trace { pid, source })?;

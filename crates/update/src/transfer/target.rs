@@ -99,6 +99,11 @@ impl Target for TracerTarget<'_> {
         self.mem.read_exact_at(buf, addr).map_err(|source| self.explain(TargetError::Read { addr, len, source }))
     }
 
+    fn free(&mut self, blocks: &[u64]) -> Result<(), TargetError> {
+        self.flush()?;
+        self.runtime(RuntimeCommandKind::Free { addrs: blocks.to_vec() }).map(|_| ())
+    }
+
     fn adopt_startup(&mut self, blocks: &[(u64, StartupKey)]) -> Result<(), TargetError> {
         let blocks = blocks
             .iter()
