@@ -544,12 +544,13 @@ fn adoption_in_process_memfd() {
     assert_eq!(h.block_of(head), None);
 }
 
-#[test]
-fn adoption_in_process_anonymous() {
+/// An anonymous heap filled like an old version's, its touched pages copied (as the update
+/// copies them from the old process) into a new heap that maps the slot and adopts it:
+/// the new heap, the slot, the list's head, the old live blocks and the adoption's figures.
+fn anonymous_old_heap_adopted() -> (Box<Heap>, usize, usize, Vec<(usize, usize)>, crate::AdoptStats) {
     let old = heap(Mode::Anonymous);
     let slot = old.own_slot().unwrap();
     let (head, live_before) = fill_like_an_old_version(&old);
-    // the old process's bytes, as process_vm_readv would copy them
     let used = old.readable(slot).unwrap().header().hwm.load(Relaxed) as usize * SPAN_SIZE;
     // only the pages it touched (the metadata areas are sparse)
     let mut image: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -560,7 +561,6 @@ fn adoption_in_process_anonymous() {
     .unwrap();
     let extent = old.extent(slot).unwrap();
     drop(old);
-
     let mut avoid = SlotSet::new();
     avoid.insert(slot);
     let h = Box::new(Heap::new());
@@ -574,6 +574,14 @@ fn adoption_in_process_anonymous() {
     let mut set = SlotSet::new();
     set.insert(slot);
     let stats = h.adopt(&set).unwrap();
+    (h, slot, head, live_before, stats)
+}
+
+#[test]
+fn adoption_in_process_anonymous() {
+    let (h, slot, head, live_before, stats) = anonymous_old_heap_adopted();
+    let mut set = SlotSet::new();
+    set.insert(slot);
     assert_eq!(walk(head), 3000);
     assert_eq!(stats.live_blocks + stats.cached_blocks_released, live_before.len());
     assert_eq!(h.segments_backing(slot), [SegmentBacking::Anonymous]);
@@ -919,31 +927,7 @@ fn a_regions_layout_reads_from_its_bytes_as_the_heap_knows_it() {
 
 #[test]
 fn adopted_memory_freed_and_reused_for_other_classes_never_overlaps_live_blocks() {
-    let old = heap(Mode::Anonymous);
-    let slot = old.own_slot().unwrap();
-    let (head, _) = fill_like_an_old_version(&old);
-    let used = old.readable(slot).unwrap().header().hwm.load(Relaxed) as usize * SPAN_SIZE;
-    let mut image: Vec<(usize, Vec<u8>)> = Vec::new();
-    crate::private_pages(None, slot_base(slot), slot_base(slot) + used, |s, e| {
-        // SAFETY: the old heap's mapping, read before it goes away.
-        image.push((s, unsafe { core::slice::from_raw_parts(s as *const u8, e - s) }.to_vec()))
-    })
-    .unwrap();
-    let extent = old.extent(slot).unwrap();
-    drop(old);
-    let mut avoid = SlotSet::new();
-    avoid.insert(slot);
-    let h = Box::new(Heap::new());
-    h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
-    h.map_segment(slot, 0, 0, extent, None).unwrap();
-    for (at, bytes) in &image {
-        // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), *at as *mut u8, bytes.len()) };
-    }
-    h.finish_mapping(slot).unwrap();
-    let mut set = SlotSet::new();
-    set.insert(slot);
-    h.adopt(&set).unwrap();
+    let (h, _, head, _, _) = anonymous_old_heap_adopted();
     // The transfer: the nodes move to fresh 48-byte blocks (another class), allocated by
     // one thread; the old nodes are freed by it afterwards, keys stay.
     let control = cache(&h);
