@@ -43,7 +43,8 @@ enum Command {
         exit status (128+N if a signal N killed it). With --detach it returns 0 once every \
         process of the server has completed startup (each long-lived thread reached a \
         quiescent point once), or non-zero with the reason.\n\n\
-        The server runs as PID 2 of its own PID namespace when permitted (root), with address \
+        The server runs as PID 3 of its own PID namespace when permitted (root: mcr's init is PID 1, \
+        its supervisor PID 2), with address \
         space randomization disabled, so that a later version can take over its PIDs and \
         addresses. A server that daemonizes itself keeps running under mcr.")]
     Run(run::RunArgs),
