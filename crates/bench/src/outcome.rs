@@ -40,7 +40,9 @@ pub(crate) mod tests {
     "startup_matched": 0, "startup_kept": 0, "startup_reallocated": 0, "startup_notes": [], "live_objects": 31,
     "handled": 0, "warnings": [], "connections": 2, "descriptors": 0, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
     "heap_scan_ms": 1.3237990000000002, "startup_tables_ms": 0.366134, "trace_ms": 10.674312,
-    "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "pthread_keys": 0 },
+    "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "pthread_keys": 0,
+    "in_place": 0, "in_place_bytes": 0, "old_freed": 0,
+    "heap_regions_adopted": 0, "heap_bytes_adopted": 0, "heap_adopt_ms": 0.0 },
   "adopted_connections": 0,
   "old_processes": [2],
   "new_processes": [2]
