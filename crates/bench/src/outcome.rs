@@ -41,7 +41,7 @@ pub(crate) mod tests {
     "handled": 0, "warnings": [], "connections": 2, "descriptors": 0, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
     "heap_scan_ms": 1.3237990000000002, "startup_tables_ms": 0.366134, "trace_ms": 10.674312,
     "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "pthread_keys": 0,
-    "in_place": 0, "in_place_bytes": 0, "old_freed": 0,
+    "in_place": 0, "in_place_bytes": 0, "old_freed": 0, "pinned": 0,
     "heap_regions_adopted": 0, "heap_bytes_adopted": 0, "heap_adopt_ms": 0.0 },
   "adopted_connections": 0,
   "old_processes": [2],

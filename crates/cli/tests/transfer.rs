@@ -385,6 +385,29 @@ fn union_pointer_conflicts_until_hinted() {
     assert_eq!(c.request("GET a"), "VALUE 1");
 }
 
+/// Conservative tracing (issue 13): the new version adopted the old heap, so a heap
+/// address in a union pins its block where it is. An update that does not change that
+/// block's type (here the same build again) commits without a hint, the union still
+/// finds its node, and the report counts the pinned block.
+#[test]
+fn a_union_pointer_pins_its_block_in_place_when_its_type_does_not_change() {
+    let mcr = Mcr::new("t-kvd-pin");
+    let port = free_port();
+    let args = port_args(port);
+    let opaque = fixture("kvd-opaque");
+    let inst = mcr.start("kvd", &opaque, &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET a 1"), "OK");
+    assert_eq!(c.request("SET b 2"), "OK");
+    let (out, v) = update(&mcr, "kvd", &[], &opaque, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    assert!(v["transfer"]["pinned"].as_u64().is_some_and(|n| n >= 1), "the node the union holds is pinned: {v:#}");
+    assert_eq!(c.request("LAST"), "LAST b", "the union still points to its node");
+    assert_eq!(c.request("SET c 3"), "OK");
+    assert_eq!(c.request("LAST"), "LAST c");
+    assert_eq!(c.request("GET a"), "VALUE 1");
+}
+
 /// Pointers tagged in their low bits (nginx's "instance" bit): kvd-tagged keeps the last
 /// SET node as a `struct kv_node *` with 1 in its low bit and as a `uintptr_t` with 3 in
 /// its low two. Without hints the update into the layout change rolls back naming the

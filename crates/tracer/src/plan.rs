@@ -125,23 +125,41 @@ pub fn plan(
     let blocks = sized
         .into_iter()
         .zip(places)
-        .map(|((old, size, old_stride, new_stride), placement)| {
+        .map(|((addr, size, old_stride, new_stride), placement)| {
             // A block made after startup that the new process already has (the adopted
             // heap) stays there when its size does not change: a block's size is what the
             // next update reads its objects by, so one that shrank in place would show a
             // stray tail (a 32-byte object in a 48-byte block reads as one and a third).
-            let stays = placement == Placement::Fresh { identity: None }
-                && adopted(old)
-                && size == reached.blocks[&old].obj.size;
-            BlockPlan {
-                old,
+            // A pinned block (memory mcr cannot type may point to it) must stay, startup
+            // object or not.
+            let same_size = adopted(addr) && size == reached.blocks[&addr].obj.size;
+            let pinned = reached.pinned.get(&addr);
+            let stays = same_size && (pinned.is_some() || placement == Placement::Fresh { identity: None });
+            if let (Some(pin), false) = (pinned, stays) {
+                let b = &reached.blocks[&addr];
+                let what = b.reach.ty().map_or("its bytes".to_string(), |t| format!("its type {}", old.type_name(t)));
+                return Err(conflict(
+                    pin.place.clone(),
+                    format!(
+                        "{}, the address of the heap block at {addr:#x} ({}); mcr cannot tell whether it is a \
+                         pointer, so the block must stay where it is, but {what} changes size ({} -> {size} bytes) \
+                         (declare the field with its pointer type, or annotate it with MCR_POINTS_TO or MCR_OPAQUE \
+                         from mcr.h)",
+                        pin.holds,
+                        reached.path_of(addr),
+                        b.obj.size
+                    ),
+                ));
+            }
+            Ok(BlockPlan {
+                old: addr,
                 size,
                 old_stride,
                 new_stride,
                 placement: if stays { Placement::InPlace } else { placement },
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(TransferPlan { types, blocks, unmatched })
 }
 

@@ -456,7 +456,9 @@ impl World {
         self.with_pair(|pair, _| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[])?;
+            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
+                pair.adopted.is_some_and(|f| f(a))
+            })?;
             Ok((roots, reached))
         })
     }
@@ -466,7 +468,9 @@ impl World {
         self.with_pair(|pair, target| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[])?;
+            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
+                pair.adopted.is_some_and(|f| f(a))
+            })?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
@@ -483,7 +487,9 @@ impl World {
         self.with_pair(|pair, target| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[])?;
+            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
+                pair.adopted.is_some_and(|f| f(a))
+            })?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)

@@ -102,6 +102,10 @@ pub struct Report {
     /// longer reached).
     #[serde(default)]
     pub old_freed: usize,
+    /// Blocks kept where they are because memory mcr cannot type (a union, a `void *`
+    /// target's bytes, an integer) holds their address (conservative tracing).
+    #[serde(default)]
+    pub pinned: usize,
     pub warnings: Vec<String>,
 }
 
@@ -118,6 +122,7 @@ impl Report {
         self.in_place += o.in_place;
         self.in_place_bytes += o.in_place_bytes;
         self.old_freed += o.old_freed;
+        self.pinned += o.pinned;
         self.startup_matched += o.startup_matched;
         self.startup_kept += o.startup_kept;
         self.startup_reallocated += o.startup_reallocated;
@@ -170,10 +175,11 @@ pub fn transfer_with_words(
     report.globals_clean = roots.clean;
     report.globals_dropped = roots.dropped;
 
-    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words)?;
+    let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
+    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted)?;
+    report.pinned = reached.pinned.len();
 
     let handlers = object_handlers(new);
-    let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
     let plan = plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
     report.startup_reallocated = plan.unmatched.len();
     report.startup_notes = plan

@@ -53,10 +53,24 @@ pub struct Block {
     pub bytes: Vec<u8>,
 }
 
+/// A word mcr cannot type that holds a heap block's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// Where the word is (`kvd.c:last_set+0`).
+    pub place: String,
+    /// What it is and holds (`a union holds 0x…`, with a note when the low bits may be a
+    /// tag).
+    pub holds: String,
+}
+
 /// Every block reached from the roots, by address.
 #[derive(Debug, Default)]
 pub struct Reached {
     pub blocks: BTreeMap<u64, Block>,
+    /// Blocks memory mcr cannot type (a union, a `void *` target's bytes, an integer) may
+    /// point to, with the first such word: they must stay where they are (conservative
+    /// tracing; only possible where the new process adopted the old heap).
+    pub pinned: BTreeMap<u64, Pin>,
 }
 
 impl Reached {
@@ -89,6 +103,10 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
 /// and from `words`: (label, value) pairs it holds outside its memory (a pthread key's
 /// value), each an untyped pointer: a heap block one points into moves, as bytes unless a
 /// typed pointer reaches it too.
+///
+/// `pinnable`: whether a heap block may stay where it is in the new process (the adopted
+/// heap): a heap address found in memory mcr cannot type then pins its block instead of
+/// stopping the update.
 pub fn walk(
     old: &Program,
     mem: &dyn ReadMemory,
@@ -96,9 +114,18 @@ pub fn walk(
     hints: &Hints,
     roots: &[Root],
     words: &[(String, u64)],
+    pinnable: &dyn Fn(u64) -> bool,
 ) -> Result<Reached, TransferError> {
-    let mut w =
-        Walker { prog: old, heap, hints, blocks: BTreeMap::new(), queue: VecDeque::new(), layouts: HashMap::new() };
+    let mut w = Walker {
+        prog: old,
+        heap,
+        hints,
+        blocks: BTreeMap::new(),
+        queue: VecDeque::new(),
+        layouts: HashMap::new(),
+        pinnable,
+        pinned: BTreeMap::new(),
+    };
     for r in roots {
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
     }
@@ -124,8 +151,11 @@ pub fn walk(
                 w.scan_typed(bytes, t, Some(addr), "", &root)?
             }
             Reach::Opaque => {
-                let place = || path_of(&w.blocks, addr);
-                w.no_hidden_pointers(bytes, place, OpaqueReason::VoidPointer)?
+                let found = w.hidden_pointers(bytes);
+                if !found.is_empty() {
+                    let place = path_of(&w.blocks, addr);
+                    w.pin_or_refuse(found, Some(addr), &place, OpaqueReason::VoidPointer)?;
+                }
             }
         }
     }
@@ -133,7 +163,7 @@ pub fn walk(
     for (addr, b) in blocks.iter_mut() {
         b.bytes = contents.remove(addr).unwrap_or_default();
     }
-    Ok(Reached { blocks })
+    Ok(Reached { blocks, pinned: w.pinned })
 }
 
 pub(crate) fn is_byte(p: &Program, ty: TypeId) -> bool {
@@ -148,6 +178,8 @@ struct Walker<'w> {
     blocks: BTreeMap<u64, Block>,
     queue: VecDeque<u64>,
     layouts: HashMap<TypeId, Rc<Layout>>,
+    pinnable: &'w dyn Fn(u64) -> bool,
+    pinned: BTreeMap<u64, Pin>,
 }
 
 impl Walker<'_> {
@@ -294,7 +326,10 @@ impl Walker<'_> {
                     OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
                         let start = (i * stride + r.offset) as usize;
                         let end = (start + r.len as usize).min(bytes.len());
-                        self.no_hidden_pointers(&bytes[start..end], here, r.reason)?;
+                        let found = self.hidden_pointers(&bytes[start..end]);
+                        if !found.is_empty() {
+                            self.pin_or_refuse(found, from, &here(), r.reason)?;
+                        }
                     }
                 }
             }
@@ -310,34 +345,54 @@ impl Walker<'_> {
         self.hints.tagged.get(&key(root, layout_path)).cloned()
     }
 
-    /// Memory mcr cannot type must not hold a heap address: the block it points to
-    /// would move and the word could not be updated.
-    fn no_hidden_pointers(
-        &self,
-        bytes: &[u8],
-        path: impl FnOnce() -> String,
+    /// The heap addresses in memory mcr cannot type: (offset, value, its block).
+    fn hidden_pointers(&self, bytes: &[u8]) -> Vec<(usize, u64, Object)> {
+        bytes
+            .chunks_exact(8)
+            .enumerate()
+            .filter_map(|(k, w)| {
+                let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (k * 8, v, obj))
+            })
+            .collect()
+    }
+
+    /// Heap addresses `found` in memory mcr cannot type at `path` (in the block at `from`):
+    /// each may be a pointer, so its block stays where it is when the new process adopted
+    /// it (pinned, and its own bytes scanned the same way); otherwise the block would move
+    /// and the word could not be updated: the update stops.
+    fn pin_or_refuse(
+        &mut self,
+        found: Vec<(usize, u64, Object)>,
+        from: Option<u64>,
+        path: &str,
         why: OpaqueReason,
     ) -> Result<(), TransferError> {
-        for (k, w) in bytes.chunks_exact(8).enumerate() {
-            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if let Some(obj) = self.heap.containing(v).filter(|_| v != 0) {
-                let what = match why {
-                    OpaqueReason::Union => "a union",
-                    OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
-                    OpaqueReason::Unknown => "memory of unknown type",
-                    OpaqueReason::VoidPointer => "a void * target",
-                    OpaqueReason::CharArray => "a char array",
-                };
-                return Err(conflict(
-                    format!("{}+{}", path(), k * 8),
-                    format!(
-                        "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
-                         so it can neither move the block nor leave it (declare the field with its pointer type, or \
-                         annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h){}",
-                        tag_note(v, obj.addr)
-                    ),
-                ));
+        for (off, v, obj) in found {
+            let what = match why {
+                OpaqueReason::Union => "a union",
+                OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
+                OpaqueReason::Unknown => "memory of unknown type",
+                OpaqueReason::VoidPointer => "a void * target",
+                OpaqueReason::CharArray => "a char array",
+            };
+            let place = format!("{path}+{off}");
+            let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
+            if (self.pinnable)(obj.addr) {
+                let hop = format!("{place} (may point here)");
+                self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
+                self.reach(obj, None, from, || hop)?;
+                continue;
             }
+            return Err(conflict(
+                place,
+                format!(
+                    "{what} holds {v:#x}, the address of a live heap block; mcr cannot tell whether it is a pointer, \
+                     so it can neither move the block nor leave it (declare the field with its pointer type, or \
+                     annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h){}",
+                    tag_note(v, obj.addr)
+                ),
+            ));
         }
         Ok(())
     }
@@ -406,6 +461,41 @@ mod tests {
         let (path, reason) = conflict(w.walk());
         assert_eq!(path, "blob (void *)+8", "the word that holds the address");
         assert!(reason.starts_with(&format!("a void * target holds {n:#x}")), "{reason}");
+    }
+
+    #[test]
+    fn in_an_adopted_heap_an_address_in_untyped_memory_pins_its_block_in_place() {
+        let mut w = World::new(list_program(false, blob), list_program(false, blob));
+        w.adopted_heap = true;
+        let n = w.old_proc.block(&node(1, 0), false);
+        let data = w.old_proc.block(&words(&[7, n]), false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let t = w.transfer().expect("the block is pinned, not a conflict");
+        let r = &t.report;
+        assert_eq!((r.pinned, r.in_place, r.old_freed), (1, 2, 0), "{r:?}");
+        assert!(w.new_proc.freed.is_empty(), "a pinned block is not freed");
+        assert_eq!(w.new_proc.mem.u64(w.new_global("blob")), data);
+        assert_eq!(w.new_proc.mem.u64(data + 8), n, "the word still points to the block, which stayed");
+    }
+
+    #[test]
+    fn a_pinned_block_whose_type_changes_size_is_a_conflict() {
+        let mut w = world(blob);
+        w.adopted_heap = true;
+        let nodes = old_list(&mut w, &[1, 2]);
+        let data = w.old_proc.block(&words(&[nodes[1]]), false);
+        w.set_global("blob", &data.to_ne_bytes());
+        let (path, reason) = conflict(w.transfer().map(|t| t.report));
+        assert_eq!(path, "blob (void *)+0", "the word that holds the address");
+        assert!(
+            reason.starts_with(&format!("a void * target holds {:#x}, the address of the heap block", nodes[1])),
+            "{reason}"
+        );
+        assert!(reason.contains("(head -> node.next)"), "how the block is reached: {reason}");
+        assert!(
+            reason.contains("must stay where it is, but its type struct node changes size (16 -> 24 bytes)"),
+            "{reason}"
+        );
     }
 
     #[test]
