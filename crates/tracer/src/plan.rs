@@ -135,19 +135,32 @@ pub fn plan(
             let same_size = adopted(addr) && size == reached.blocks[&addr].obj.size;
             let pinned = reached.pinned.get(&addr);
             let stays = same_size && (pinned.is_some() || placement == Placement::Fresh { identity: None });
-            if let (Some(pin), false) = (pinned, stays) {
-                let b = &reached.blocks[&addr];
-                let what = b.reach.ty().map_or("its bytes".to_string(), |t| format!("its type {}", old.type_name(t)));
+            // What a word mcr cannot type points to cannot be updated either: it stays as
+            // it is, so its type must not change at all (an interior address would name
+            // another field).
+            let b = &reached.blocks[&addr];
+            let changed = b
+                .reach
+                .ty()
+                .and_then(|t| types.get(&t).map(|p| (t, p)))
+                .filter(|(t, p)| !mcr_typemodel::transform::same_type(old, *t, new, p.new_ty));
+            if let Some(pin) = pinned.filter(|_| !stays || changed.is_some()) {
+                let what = match changed {
+                    Some((t, _)) if stays => format!("its type {} changes", old.type_name(t)),
+                    Some((t, _)) => {
+                        format!("its type {} changes size ({} -> {size} bytes)", old.type_name(t), b.obj.size)
+                    }
+                    None if !adopted(addr) => "this process's heap is not adopted (it was forked after startup)".into(),
+                    None => format!("its size changes ({} -> {size} bytes)", b.obj.size),
+                };
                 return Err(conflict(
                     pin.place.clone(),
                     format!(
                         "{}, the address of the heap block at {addr:#x} ({}); mcr cannot tell whether it is a \
-                         pointer, so the block must stay where it is, but {what} changes size ({} -> {size} bytes) \
-                         (declare the field with its pointer type, or annotate it with MCR_POINTS_TO or MCR_OPAQUE \
-                         from mcr.h)",
+                         pointer, so the block must stay where it is, as it is, but {what} (declare the field with \
+                         its pointer type, or annotate it with MCR_POINTS_TO or MCR_OPAQUE from mcr.h)",
                         pin.holds,
                         reached.path_of(addr),
-                        b.obj.size
                     ),
                 ));
             }

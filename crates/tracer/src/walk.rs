@@ -493,7 +493,7 @@ mod tests {
         );
         assert!(reason.contains("(head -> node.next)"), "how the block is reached: {reason}");
         assert!(
-            reason.contains("must stay where it is, but its type struct node changes size (16 -> 24 bytes)"),
+            reason.contains("must stay where it is, as it is, but its type struct node changes size (16 -> 24 bytes)"),
             "{reason}"
         );
     }
