@@ -53,7 +53,7 @@ impl Source for Reader<'_> {
 
 /// How the process behind `mem` maps its heap region in `slot` (checked header), if it has
 /// one there.
-pub fn region_layout(mem: &dyn ReadMemory, slot: usize) -> Option<remote::RegionLayout> {
+pub(crate) fn region_layout(mem: &dyn ReadMemory, slot: usize) -> Option<remote::RegionLayout> {
     remote::region_layout(&Reader(mem), slot).ok()
 }
 

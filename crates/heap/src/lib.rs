@@ -10,8 +10,9 @@
 pub mod index;
 pub mod memory;
 
-pub use index::{block_at, region_layout, HeapIndex, Object, Pieces};
+pub use index::{block_at, HeapIndex, Object, Pieces};
 pub use mcr_alloc::SlotSet;
 pub use memory::{
-    heap_slots, thread_stack_pointers, touched_parts, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot,
+    heap_regions, heap_slots, thread_stack_pointers, touched_parts, MemoryError, ProcessMemory, ReadMemory, Region,
+    Snapshot,
 };

@@ -296,15 +296,19 @@ mod tests {
 /// inaccessible page a process reserves at the base of each slot its predecessor used, nor
 /// a region retired since (zeroed), counts, so the set does not grow from version to version.
 pub fn heap_slots(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
-    let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
-    let mem = ProcessMemory::open(pid)?;
     let mut set = mcr_alloc::SlotSet::new();
-    for slot in slots_touched(&maps).iter() {
-        if crate::index::region_layout(&mem, slot).is_some() {
-            set.insert(slot);
-        }
+    for (slot, _) in heap_regions(pid)? {
+        set.insert(slot);
     }
     Ok(set)
+}
+
+/// The heap regions of process `pid` ([`heap_slots`]), each with its layout as the
+/// process maps it.
+pub fn heap_regions(pid: i32) -> Result<Vec<(usize, mcr_alloc::remote::RegionLayout)>, MemoryError> {
+    let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
+    let mem = ProcessMemory::open(pid)?;
+    Ok(slots_touched(&maps).iter().filter_map(|slot| Some((slot, crate::index::region_layout(&mem, slot)?))).collect())
 }
 
 fn slots_touched(maps: &[mcr_procfs::Mapping]) -> mcr_alloc::SlotSet {

@@ -16,6 +16,7 @@
 
 pub mod fd;
 pub mod maps;
+pub mod mounts;
 pub mod namespace;
 pub mod pagemap;
 pub mod stat;

@@ -209,17 +209,6 @@ pub fn transfer_with_words(
         plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.old).collect();
     let garbage: Vec<u64> =
         pair.heap.objects().iter().map(|o| o.addr).filter(|&a| adopted(a) && !stayed.contains(&a)).collect();
-    let fresh: std::collections::HashSet<u64> = plan
-        .blocks
-        .iter()
-        .filter(|b| matches!(b.placement, Placement::Fresh { .. }))
-        .map(|b| moved[&b.old].new)
-        .collect();
-    if let Some(a) = garbage.iter().find(|a| fresh.contains(a)) {
-        return Err(TransferError::Target(crate::target::TargetError::Runtime(format!(
-            "the new process allocated {a:#x}, an old block of the adopted heap that is to be freed"
-        ))));
-    }
     if !garbage.is_empty() {
         target.free(&garbage)?;
     }

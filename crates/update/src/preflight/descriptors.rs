@@ -73,12 +73,13 @@ fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64, 
         });
     }
     let target = mcr_procfs::fd::target(host, fd).map(|t| t.display().to_string()).unwrap_or_default();
-    if let Some(why) =
-        reopen::path_to_open_again(host, fd).and_then(|path| reopen::why_not_open_again(host, fd, &path, hosts))
+    let mounts = mcr_procfs::mounts::read(host).unwrap_or_default();
+    if let Some(why) = reopen::path_to_open_again(&target, &info, &mounts)
+        .and_then(|path| reopen::why_not_open_again(host, fd, &info, &path, hosts))
     {
         return Some(why);
     }
-    if may_be_mqueue(host, fd, &target) && mqueue_notifies(host, fd) {
+    if may_be_mqueue(&info, &target, &mounts) && mqueue_notifies(host, fd) {
         return Some("a POSIX message queue with a notification (mq_notify) registered for the old process".into());
     }
     None
@@ -114,26 +115,15 @@ fn connected_within(host: i32, fd: i32, own_sockets: &std::collections::BTreeSet
     })
 }
 
-/// Whether descriptor `fd` of `host` (showing as `target`) may be a POSIX message queue:
-/// a file on a mount of type mqueue, or on no listed mount at all (mq_open uses the IPC
-/// namespace's internal one), other than a memfd.
-fn may_be_mqueue(host: i32, fd: i32, target: &str) -> bool {
-    let proc = Process::Pid(host);
-    let Ok(info) = std::fs::read_to_string(proc.file(&format!("fdinfo/{fd}"))) else { return false };
-    let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).map(str::trim) else { return false };
-    let mounts = std::fs::read_to_string(proc.file("mountinfo")).unwrap_or_default();
-    match mount_fs_type(&mounts, mnt) {
-        Some(fs) => fs == "mqueue",
+/// Whether a descriptor showing as `target` (fdinfo `info`; its process's `mounts`) may be
+/// a POSIX message queue: a file on a mount of type mqueue, or on no listed mount at all
+/// (mq_open uses the IPC namespace's internal one), other than a memfd.
+fn may_be_mqueue(info: &mcr_procfs::fd::FdInfo, target: &str, mounts: &[mcr_procfs::mounts::Mount]) -> bool {
+    let Some(mnt) = info.mnt_id else { return false };
+    match mcr_procfs::mounts::find(mounts, mnt) {
+        Some(m) => m.fs_type == "mqueue",
         None => target.starts_with('/') && !target.starts_with("/memfd:"),
     }
-}
-
-/// From mountinfo text: the file system type of mount `id`
-/// (`36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`).
-fn mount_fs_type(mountinfo: &str, id: &str) -> Option<String> {
-    let line = mountinfo.lines().find(|l| l.split_whitespace().next() == Some(id))?;
-    let (_, after) = line.split_once(" - ")?;
-    after.split_whitespace().next().map(str::to_string)
 }
 
 /// Whether the message queue `fd` of `host` has a notification registered: reading the
@@ -241,11 +231,16 @@ mod tests {
     }
 
     #[test]
-    fn file_systems_are_recognised() {
-        let mounts = "22 1 0:21 / /proc rw - proc proc rw\n\
-                      31 22 0:27 / /dev/mqueue rw,relatime - mqueue mqueue rw\n";
-        assert_eq!(mount_fs_type(mounts, "31").as_deref(), Some("mqueue"));
-        assert_eq!(mount_fs_type(mounts, "3"), None);
+    fn message_queues_are_recognised_by_their_mount() {
+        let mounts = mcr_procfs::mounts::parse(
+            "22 1 0:21 / /proc rw - proc proc rw\n\
+             31 22 0:27 / /dev/mqueue rw,relatime - mqueue mqueue rw\n",
+        );
+        let on = |mnt_id| mcr_procfs::fd::FdInfo { mnt_id: Some(mnt_id), ..Default::default() };
+        assert!(may_be_mqueue(&on(31), "/q", &mounts), "on an mqueue mount");
+        assert!(!may_be_mqueue(&on(22), "/proc/x", &mounts), "on another file system");
+        assert!(may_be_mqueue(&on(3), "/q", &mounts), "on no listed mount: the IPC namespace's own");
+        assert!(!may_be_mqueue(&on(3), "/memfd:x (deleted)", &mounts), "a memfd");
     }
 
     #[test]

@@ -59,13 +59,11 @@ pub(crate) fn adopt(
     new_mem: &File,
 ) -> Result<Result<AdoptedHeap, NotAdopted>, TransferError> {
     let heap_error = |e: mcr_heap::MemoryError| TransferError::Memory(e);
-    let old_slots = mcr_heap::heap_slots(old_host).map_err(heap_error)?;
-    let new_slots = mcr_heap::heap_slots(next.host_pid).map_err(heap_error)?;
-    let regions: Vec<(usize, mcr_alloc::remote::RegionLayout)> =
-        old_slots.iter().filter_map(|slot| Some((slot, mcr_heap::region_layout(old_mem, slot)?))).collect();
+    let regions = mcr_heap::heap_regions(old_host).map_err(heap_error)?;
     if regions.is_empty() {
         return Ok(Err(NotAdopted::Nothing));
     }
+    let new_slots = mcr_heap::heap_slots(next.host_pid).map_err(heap_error)?;
     if let Some(slot) = regions.iter().map(|(s, _)| *s).find(|&s| new_slots.contains(s)) {
         return Ok(Err(NotAdopted::Overlap(format!(
             "process {pid}: the new version's heap uses slot {slot}, where the old version's is: its state is \

@@ -80,18 +80,24 @@ pub(crate) fn import(
         mcr_supervisor::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
     let mut copies = Vec::new();
     let mut targets = Vec::new();
+    let mounts = (moving == Moving::Descriptors).then(|| mcr_procfs::mounts::read(old_host).unwrap_or_default());
     for &fd in fds {
         let taken =
             mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take { fd, old_host, source })?;
         // Connections are sockets: only other descriptors can be files on a mount.
-        let again = (moving == Moving::Descriptors)
-            .then(|| super::reopen::path_to_open_again(old_host, fd))
-            .flatten()
-            .map(|path| {
-                super::reopen::open_again(old_host, fd, &path, &taken, target.host_pid)
-                    .map_err(|source| DescriptorError::OpenAgain { fd, old_host, path, source })
-            })
-            .transpose()?;
+        let again = match &mounts {
+            Some(mounts) => {
+                let info = mcr_procfs::fd::info(old_host, fd).unwrap_or_default();
+                let shown = mcr_procfs::fd::target(old_host, fd).map(|t| t.display().to_string()).unwrap_or_default();
+                super::reopen::path_to_open_again(&shown, &info, mounts)
+                    .map(|path| {
+                        super::reopen::open_again(&info, &path, &taken, target.host_pid)
+                            .map_err(|source| DescriptorError::OpenAgain { fd, old_host, path, source })
+                    })
+                    .transpose()?
+            }
+            None => None,
+        };
         copies.push(again.unwrap_or(taken));
         targets.push(ImportedFd { target: fd, cloexec: close_on_exec(old_host, fd) });
     }

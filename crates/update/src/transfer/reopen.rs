@@ -13,6 +13,8 @@
 //! description shared with another descriptor, a pty master (opening /dev/ptmx makes
 //! another pty), a removed file.
 
+use mcr_procfs::fd::FdInfo;
+use mcr_procfs::mounts::Mount;
 use mcr_procfs::Process;
 use std::fs::File;
 use std::io;
@@ -20,30 +22,23 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-/// The path descriptor `fd` of `host` must be opened again by, when it must (a file on a
-/// mount other than the root); `None` for sockets, pipes, anonymous inodes, files on the
-/// root mount and files on mounts the process's mountinfo does not list (internal ones,
-/// such as a message queue's, which no version's namespace holds).
-pub(crate) fn path_to_open_again(host: i32, fd: i32) -> Option<String> {
-    let target = mcr_procfs::fd::target(host, fd).ok()?.to_str()?.to_string();
+/// The path a descriptor showing as `target`, with fdinfo `info`, must be opened again by,
+/// when it must (a file on a mount other than the root, among its process's `mounts`);
+/// `None` for sockets, pipes, anonymous inodes, files on the root mount and files on
+/// mounts the process's mountinfo does not list (internal ones, such as a message
+/// queue's, which no version's namespace holds).
+pub(crate) fn path_to_open_again(target: &str, info: &FdInfo, mounts: &[Mount]) -> Option<String> {
     if !target.starts_with('/') {
         return None;
     }
-    let mnt = mcr_procfs::fd::info(host, fd).ok()?.mnt_id?;
-    let mountinfo = std::fs::read_to_string(Process::Pid(host).file("mountinfo")).ok()?;
-    (mount_point(&mountinfo, mnt)? != "/").then_some(target)
+    let mount = mcr_procfs::mounts::find(mounts, info.mnt_id?)?;
+    (mount.point != "/").then(|| target.to_string())
 }
 
-/// From mountinfo text: where mount `id` is mounted
-/// (`36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`: `/mnt2`).
-fn mount_point(mountinfo: &str, id: u64) -> Option<&str> {
-    let line = mountinfo.lines().find(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()) == Some(id))?;
-    line.split_whitespace().nth(4)
-}
-
-/// Why descriptor `fd` of `host`, to be opened again by `path`, cannot be without
-/// changing what it does; `None` when it can. `others`: every process of the old version.
-pub(crate) fn why_not_open_again(host: i32, fd: i32, path: &str, others: &[i32]) -> Option<String> {
+/// Why descriptor `fd` of `host` (fdinfo `info`), to be opened again by `path`, cannot be
+/// without changing what it does; `None` when it can. `others`: every process of the old
+/// version.
+pub(crate) fn why_not_open_again(host: i32, fd: i32, info: &FdInfo, path: &str, others: &[i32]) -> Option<String> {
     let why = |what: &str| {
         Some(format!(
             "the new version must open {path} again (it lies on a mount of the old version's own), but {what}"
@@ -55,7 +50,6 @@ pub(crate) fn why_not_open_again(host: i32, fd: i32, path: &str, others: &[i32])
     if path == "/dev/ptmx" || path == "/dev/pts/ptmx" {
         return why("it is a pty master: opening /dev/ptmx makes another pty");
     }
-    let info = mcr_procfs::fd::info(host, fd).ok()?;
     if info.locks > 0 {
         return why(
             "a lock (flock, OFD lock or lease) is held through this description, which a new one would not hold",
@@ -117,11 +111,10 @@ const CARRIED_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NOFOLLOW
     | libc::O_LARGEFILE;
 
-/// Descriptor `fd` of old process `old_host` (`taken`: its description, as the transfer
-/// took it), opened again by `path` through new process `new_host`'s root, with the same
-/// access mode, status flags and offset. The file opened must be the same file.
-pub(crate) fn open_again(old_host: i32, fd: i32, path: &str, taken: &OwnedFd, new_host: i32) -> io::Result<OwnedFd> {
-    let info = mcr_procfs::fd::info(old_host, fd)?;
+/// A descriptor of the old version (fdinfo `info`; `taken`: its description, as the
+/// transfer took it), opened again by `path` through new process `new_host`'s root, with
+/// the same access mode, status flags and offset. The file opened must be the same file.
+pub(crate) fn open_again(info: &FdInfo, path: &str, taken: &OwnedFd, new_host: i32) -> io::Result<OwnedFd> {
     let flags = info.flags.map_or(libc::O_RDONLY, |f| f as i32) & CARRIED_FLAGS;
     let at: PathBuf = Process::Pid(new_host).file("root").join(path.trim_start_matches('/'));
     let (read, write) = match flags & libc::O_ACCMODE {
@@ -151,18 +144,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_points_are_read_from_mountinfo() {
-        let info = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-25 22 0:5 / /dev rw,nosuid shared:2 - devtmpfs udev rw
-26 25 0:22 / /dev/shm rw,nosuid,nodev shared:3 - tmpfs tmpfs rw
-";
-        assert_eq!(mount_point(info, 22), Some("/"));
-        assert_eq!(mount_point(info, 26), Some("/dev/shm"));
-        assert_eq!(mount_point(info, 2), None);
-    }
-
-    #[test]
     fn a_file_on_another_mount_is_opened_again_with_its_mode_flags_and_offset() {
         use std::io::{Seek, Write};
         use std::os::fd::AsRawFd;
@@ -172,27 +153,35 @@ mod tests {
         f.write_all(b"0123456789").unwrap();
         f.seek(io::SeekFrom::Start(4)).unwrap();
         let fd = f.as_raw_fd();
-        assert_eq!(path_to_open_again(me, fd).as_deref(), Some(path.as_str()), "/dev/shm is a mount of its own");
-        assert_eq!(why_not_open_again(me, fd, &path, &[me]), None);
+        let mounts = mcr_procfs::mounts::read(me).unwrap();
+        let info = mcr_procfs::fd::info(me, fd).unwrap();
+        assert_eq!(
+            path_to_open_again(&path, &info, &mounts).as_deref(),
+            Some(path.as_str()),
+            "/dev/shm is a mount of its own"
+        );
+        assert_eq!(why_not_open_again(me, fd, &info, &path, &[me]), None);
 
         let taken = OwnedFd::from(f.try_clone().unwrap());
-        let again = File::from(open_again(me, fd, &path, &taken, me).unwrap());
+        let again = File::from(open_again(&info, &path, &taken, me).unwrap());
         assert_eq!(mcr_procfs::fd::info(me, again.as_raw_fd()).unwrap().pos, Some(4));
         let flags = mcr_procfs::fd::info(me, again.as_raw_fd()).unwrap().flags.unwrap() as i32;
         assert_eq!(flags & (libc::O_ACCMODE | libc::O_APPEND), libc::O_RDWR | libc::O_APPEND);
         // `taken` shares the description with `fd`: a new one would not.
-        let why = why_not_open_again(me, fd, &path, &[me]).expect("a shared description is named");
+        let why = why_not_open_again(me, fd, &info, &path, &[me]).expect("a shared description is named");
         assert!(why.contains("shared with fd"), "{why}");
         drop(taken);
         let _ = std::fs::remove_file(&path);
-        let why = why_not_open_again(me, fd, &format!("{path} (deleted)"), &[me]).unwrap();
+        let why = why_not_open_again(me, fd, &info, &format!("{path} (deleted)"), &[me]).unwrap();
         assert!(why.contains("removed since"), "{why}");
     }
 
     #[test]
     fn a_file_on_the_root_mount_keeps_its_description() {
         use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
         let root = File::open("/").unwrap();
-        assert_eq!(path_to_open_again(std::process::id() as i32, root.as_raw_fd()), None);
+        let info = mcr_procfs::fd::info(me, root.as_raw_fd()).unwrap();
+        assert_eq!(path_to_open_again("/", &info, &mcr_procfs::mounts::read(me).unwrap()), None);
     }
 }
