@@ -238,6 +238,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("tls-key-heap", Survives), // the block moves with the value; the destructor is the new binary's
     ("tls-key-reused", Refused), // at the index of a startup key: the new version's startup holds it
     ("tls-key-startup", Survives), // a startup key's value set after startup, into the new startup's key
+    ("stack-argv", Survives),   // pointers into argv and the environment: both versions lay their stacks out alike
 ];
 
 /// Cases running at once (each is one or two mcr instances and an update).

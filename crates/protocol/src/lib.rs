@@ -47,6 +47,12 @@ pub mod env {
     /// e.g. `0-1,7`), which the new version's heap keeps free, so that any old block can
     /// sit at its old address in the new process.
     pub const HEAP_AVOID: &str = "MCR_HEAP_AVOID";
+    /// Padding, always the server's last environment variable: its length makes an
+    /// update's new version lay out its initial stack (arguments, environment, auxiliary
+    /// vector) at the same addresses as the old one, so that a pointer the state keeps
+    /// into it (nginx's `ngx_os_argv`) means the same in both. A fresh start reserves
+    /// slack; an update's new version takes what the difference needs.
+    pub const STACK_PAD: &str = "MCR_STACK_PAD";
     /// Set to `1` by the supervisor when the server runs in its own PID namespace.
     pub const PID_NAMESPACE: &str = "MCR_PID_NAMESPACE";
     /// Set to `1` to run without a PID namespace even where one is permitted.

@@ -74,6 +74,30 @@ fn close_passed_descriptors() {
     }
 }
 
+/// A fresh start's padding: what an update's new version may need more than the old one
+/// for its strings (a longer replay log path, a list of heap slots, a longer program path)
+/// and still lay out its initial stack at the same addresses.
+const STACK_SLACK: u64 = 1024;
+
+/// Bytes NUL-terminated strings of these lengths take.
+fn strings_bytes(lens: impl Iterator<Item = usize>) -> u64 {
+    lens.map(|l| l as u64 + 1).sum()
+}
+
+/// The value of `MCR_STACK_PAD`: with `target` (the old version's initial stack strings,
+/// in bytes), as long as makes this version's strings take as many bytes, given the
+/// program path's length, the arguments' and the other variables' bytes: the 8 bytes the
+/// kernel leaves at the top, the program path, the environment, the arguments
+/// (fs/exec.c). Without a target (a fresh start) or when the new strings are already
+/// longer (then the layouts differ, and the transfer refuses state that points into the
+/// old stack), the slack.
+fn stack_pad(target: Option<u64>, program_len: usize, args_bytes: u64, env_bytes: u64) -> String {
+    let pad_entry = mcr_protocol::env::STACK_PAD.len() as u64 + 2; // "NAME=" and the NUL
+    let used = 8 + program_len as u64 + 1 + args_bytes + env_bytes + pad_entry;
+    let len = target.and_then(|t| t.checked_sub(used)).unwrap_or(STACK_SLACK);
+    ".".repeat(len as usize)
+}
+
 fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
@@ -92,6 +116,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         mcr_protocol::env::INSTANCE_LOG,
         mcr_protocol::env::REPLAY,
         mcr_protocol::env::HEAP_AVOID,
+        mcr_protocol::env::STACK_PAD,
     ];
     let mut env: Vec<(String, String)> =
         base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
@@ -100,13 +125,25 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
     env.push((mcr_protocol::env::PID_NAMESPACE.into(), if cfg.pid_namespace { "1" } else { "0" }.into()));
     env.push((mcr_protocol::env::INSTANCE_LOG.into(), cfg.files.log.display().to_string()));
-    if let Some(p) = &cfg.profile {
-        env.push((mcr_protocol::env::PROFILE.into(), p.display().to_string()));
-    }
-    if let Some(u) = &cfg.update {
-        env.push((mcr_protocol::env::REPLAY.into(), u.replay_log.display().to_string()));
-        env.push((mcr_protocol::env::HEAP_AVOID.into(), u.heap_avoid.clone()));
-    }
+    // The same variables in the same order for a fresh start and an update (empty when
+    // unused), so that both versions' environments have as many entries.
+    let profile = cfg.profile.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    env.push((mcr_protocol::env::PROFILE.into(), profile));
+    let (replay, avoid) = match &cfg.update {
+        Some(u) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
+        None => Default::default(),
+    };
+    env.push((mcr_protocol::env::REPLAY.into(), replay));
+    env.push((mcr_protocol::env::HEAP_AVOID.into(), avoid));
+    let args_bytes =
+        strings_bytes(std::iter::once(cfg.program.as_os_str().len()).chain(cfg.args.iter().map(String::len)));
+    let pad = stack_pad(
+        cfg.update.as_ref().and_then(|u| u.stack_strings),
+        cfg.program.as_os_str().len(),
+        args_bytes,
+        strings_bytes(env.iter().map(|(k, v)| k.len() + 1 + v.len())),
+    );
+    env.push((mcr_protocol::env::STACK_PAD.into(), pad));
     let cwd = cfg.update.as_ref().map(|u| cstring(u.cwd.as_os_str()));
     let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
@@ -179,4 +216,23 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
     }
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The padding makes this version's strings take exactly the old version's bytes:
+    /// 8 at the top, the program path, the arguments, the variables and the padding's own
+    /// entry.
+    #[test]
+    fn the_padding_fills_the_strings_up_to_the_old_versions_size() {
+        let (program, args, env) = (30, 31 + 20, 700);
+        let entry = mcr_protocol::env::STACK_PAD.len() as u64 + 2;
+        let target = 5000;
+        let pad = stack_pad(Some(target), program, args, env);
+        assert_eq!(8 + program as u64 + 1 + args + env + entry + pad.len() as u64, target);
+        assert_eq!(stack_pad(None, program, args, env).len() as u64, STACK_SLACK, "a fresh start: the slack");
+        assert_eq!(stack_pad(Some(100), program, args, env).len() as u64, STACK_SLACK, "too long already");
+    }
 }

@@ -101,6 +101,7 @@ impl Config {
                 env: u.env.clone(),
                 cwd: u.cwd.clone(),
                 heap_avoid: u.heap_avoid.clone(),
+                stack_strings: u.stack_strings,
             }),
             runtime_socket: match &self.runtime_socket {
                 Some(s) => Some(init::RuntimeSocket { name: s.name.clone(), listener: s.listener.try_clone()? }),
@@ -136,6 +137,10 @@ pub struct UpdateLaunch {
     /// The heap slots the old version's processes use, which the new version's heap keeps
     /// free (`MCR_HEAP_AVOID`, a slot list).
     pub heap_avoid: String,
+    /// Bytes the old version's initial stack strings take, from its top down to its
+    /// first argument (`[stack]` end minus `/proc/PID/stat` field 48): the new version's
+    /// environment is padded to the same size (`MCR_STACK_PAD`). `None`: unknown.
+    pub stack_strings: Option<u64>,
 }
 
 /// Write one report line; a launcher that went away is not an error.

@@ -28,6 +28,7 @@ mod literal;
 mod plan;
 mod preview;
 mod roots;
+mod stack;
 pub mod startup;
 mod target;
 #[cfg(test)]
@@ -39,6 +40,7 @@ mod write;
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
 pub use preview::{annotations, compare};
+pub use stack::{StackLayout, StackMap};
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use target::{Target, TargetError};
 pub use transfer::{transfer, transfer_with_words, Pair, Report, Transfer, TransferError, Version};

@@ -356,6 +356,8 @@ pub struct World {
     pub tls_blocks: Option<(u64, u64)>,
     /// The new process adopted the old heap: its blocks are there at their addresses.
     pub adopted_heap: bool,
+    /// Where the old main stack is in the new process.
+    pub stack: Option<crate::StackMap>,
 }
 
 impl World {
@@ -369,6 +371,7 @@ impl World {
             startup: None,
             tls_blocks: None,
             adopted_heap: false,
+            stack: None,
         }
     }
 
@@ -442,6 +445,7 @@ impl World {
             startup: self.startup.as_ref(),
             new_mem: Some(&new_mem),
             adopted: self.adopted_heap.then_some(&in_old_heap as &dyn Fn(u64) -> bool),
+            stack: self.stack.as_ref(),
         };
         f(&pair, &mut self.new_proc)
     }

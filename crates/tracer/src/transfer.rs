@@ -39,6 +39,9 @@ pub struct Pair<'a> {
     /// (mapped at the same address, its blocks the new process's own); `None`: nothing was
     /// adopted, every block goes to a fresh or matched block.
     pub adopted: Option<&'a dyn Fn(u64) -> bool>,
+    /// Where the old process's main stack (its arguments and environment) is in the new
+    /// one ([`crate::StackMap`]); `None`: at the same addresses.
+    pub stack: Option<&'a crate::StackMap>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -157,7 +157,11 @@ impl Writer<'_, '_> {
                 .or_else(|| self.relocate_literal(v))
                 .ok_or_else(|| format!("{path}: points into the old binary at {v:#x}, where no symbol is"));
         }
-        // Libraries, stacks and other mappings sit at the same addresses in both versions.
+        if let Some(stack) = pair.stack.filter(|m| m.covers(v)) {
+            return stack.relocate(v).map_err(|why| format!("{path}: {why}"));
+        }
+        // Libraries, threads' stacks and other mappings sit at the same addresses in both
+        // versions.
         Ok(v)
     }
 
@@ -702,5 +706,43 @@ mod tests {
         let (path, reason) = conflict(run(&[0x40_3020, 0x40_3040]).0);
         assert_eq!(path, "greeting");
         assert!(reason.contains("where no symbol is"), "{reason}");
+    }
+
+    /// A pointer into the main stack (nginx keeps `argv` and the end of the environment
+    /// strings in globals) goes where the stack map says, and is refused, naming the
+    /// global, where it has no counterpart: kept as it is, it would point to other data in
+    /// the new process.
+    #[test]
+    fn a_pointer_into_the_main_stack_goes_where_the_new_stack_has_it() {
+        use crate::stack::{StackLayout, StackMap};
+        let argv = |b: &mut Build, ids: Ids| {
+            let p = b.ptr(ids.char);
+            let pp = b.ptr(p);
+            b.global("saved_argv", 0x40_1080, pp);
+        };
+        let old = StackLayout {
+            low: 0x7fff_fffd_e000,
+            top: 0x7fff_ffff_f000,
+            start_stack: 0x7fff_ffff_e000,
+            arg_start: 0x7fff_ffff_e400,
+            arg_end: 0x7fff_ffff_e440,
+            env_start: 0x7fff_ffff_e440,
+            env_end: 0x7fff_ffff_efd0,
+        };
+        let run = |new: StackLayout, value: u64| {
+            let mut w = world(argv);
+            let map = StackMap::between(old, new, None);
+            w.stack = Some(map);
+            w.set_global("saved_argv", &value.to_ne_bytes());
+            let r = w.transfer().map(|_| ());
+            (r, w.new_proc.mem.u64(w.new_global("saved_argv")))
+        };
+        let (r, got) = run(old, old.start_stack + 8);
+        r.expect("same layout");
+        assert_eq!(got, old.start_stack + 8);
+        let elsewhere = StackLayout { start_stack: old.start_stack - 16, arg_start: old.arg_start - 16, ..old };
+        let (path, reason) = conflict(run(elsewhere, old.start_stack + 8).0);
+        assert_eq!(path, "saved_argv");
+        assert!(reason.contains("main stack") && reason.contains("laid out elsewhere"), "{reason}");
     }
 }

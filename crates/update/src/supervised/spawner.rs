@@ -99,6 +99,7 @@ impl Launcher for Spawner {
                 env: self.env.clone(),
                 cwd: self.cwd.clone(),
                 heap_avoid: heap_slots_of(old),
+                stack_strings: old.values().min().and_then(|&host| initial_stack_strings(host)),
             }),
         })?;
         drop(inherited);
@@ -130,6 +131,16 @@ fn heap_slots_of(old: &HostPids) -> String {
     let mut buf = [0u8; 2048];
     let n = slots.write_list(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Bytes process `host`'s initial stack strings take: from the top of its stack down to
+/// its first argument (the program path, the environment and the arguments, and the 8
+/// bytes the kernel leaves at the top).
+fn initial_stack_strings(host: i32) -> Option<u64> {
+    let layout = mcr_procfs::stat::read(host).ok()?.initial_stack?;
+    let maps = mcr_procfs::maps::read(host).ok()?;
+    let stack = maps.iter().find(|m| m.path == "[stack]")?;
+    stack.end.checked_sub(layout.arg_start)
 }
 
 /// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again

@@ -12,9 +12,10 @@ use super::{Summary, TransferError};
 use crate::preflight::Snapshots;
 use crate::warning::{Warn, Warning};
 use mcr_client::Connection;
+use mcr_heap::ReadMemory;
 use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
-use mcr_tracer::{Image, Pair, StartupTables, Version};
+use mcr_tracer::{Image, Pair, StackLayout, StackMap, StartupTables, Version};
 use mcr_typemodel::Program;
 use std::fs::File;
 use std::path::PathBuf;
@@ -132,6 +133,7 @@ pub(crate) fn transfer(
     let mut target = TracerTarget::new(new_process, mem);
     let pthread_keys = keys::of_old(old, pid)?;
     let key_values = keys::value_words(pid, &pthread_keys)?;
+    let stack_map = stack_map(old_host, &old_maps, &old_mem, new_host, &new_maps);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -141,6 +143,7 @@ pub(crate) fn transfer(
         startup: startup.as_ref(),
         new_mem: Some(&new_view),
         adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
+        stack: stack_map.as_ref(),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
         .map_err(|source| TransferError::Trace { pid, source })?;
@@ -232,6 +235,50 @@ fn take_over_attributes(pid: i32, old: &mut Connection, new: &mut NewProcess<'_>
 /// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
 /// them (a mapping of their own, a guard page right below) hold none; a stack the program
 /// carved out of malloc'd memory is scanned.
+/// Where the old process's main stack is in the new one (`mcr_tracer::StackMap`); `None`
+/// when either layout cannot be read (then pointers into it stay as they are).
+fn stack_map(
+    old_host: i32,
+    old_maps: &[Region],
+    old_mem: &ProcessMemory,
+    new_host: i32,
+    new_maps: &[Region],
+) -> Option<StackMap> {
+    let layout = |host: i32, maps: &[Region]| {
+        let s = mcr_procfs::stat::read(host).ok()?.initial_stack?;
+        let stack = maps.iter().find(|r| r.name == "[stack]")?;
+        Some(StackLayout {
+            low: stack.start,
+            top: stack.end,
+            start_stack: s.start_stack,
+            arg_start: s.arg_start,
+            arg_end: s.arg_end,
+            env_start: s.env_start,
+            env_end: s.env_end,
+        })
+    };
+    let old = layout(old_host, old_maps)?;
+    let new = layout(new_host, new_maps)?;
+    Some(StackMap::between(old, new, user_env_end(old_mem, &old)))
+}
+
+/// Where the old process's own environment strings end: at the first of mcr's variables,
+/// which the launcher puts after them (`LD_PRELOAD` first). `None` when the strings no
+/// longer read so (a program that wrote its process title over them).
+fn user_env_end(mem: &ProcessMemory, l: &StackLayout) -> Option<u64> {
+    let len = l.env_end.checked_sub(l.env_start).filter(|&n| n <= 1 << 20)?;
+    let mut buf = vec![0u8; len as usize];
+    mem.read(l.env_start, &mut buf).ok()?;
+    let mut at = 0usize;
+    for s in buf.split(|&b| b == 0) {
+        if s.starts_with(b"LD_PRELOAD=") {
+            return Some(l.env_start + at as u64);
+        }
+        at += s.len() + 1;
+    }
+    None
+}
+
 fn heap_candidates(old_host: i32, maps: &[Region]) -> Vec<Region> {
     let stacks = mcr_heap::thread_stack_pointers(old_host);
     let is_thread_stack = |i: usize, r: &Region| {
