@@ -105,7 +105,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("netlink-groups", Survives),
     ("raw-icmp", Survives),
     ("packet", Survives),
-    ("fd-owner", Refused), // preflight: O_ASYNC, its owner is the old process
+    ("fd-owner", Survives), // O_ASYNC: the counterpart becomes the owner at commit; writing raises the signal
     ("pipe-data", Survives),
     ("pipe-nonblock", Survives),
     ("pipe-size", Survives),
@@ -139,7 +139,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("file-posix-wrlock", Refused), // preflight: a POSIX record lock, owned by the old process
     ("file-posix-rdlock", Refused), // preflight: a POSIX record lock, owned by the old process
     ("file-ofd-lock", Survives),
-    ("file-lease", Refused), // preflight: O_ASYNC (F_SETSIG for the lease), its owner is the old process
+    ("file-lease", Survives), // the lease stays with the description; its owner becomes the counterpart at commit
     ("file-deleted", Survives),
     ("file-dup", Survives),
     ("file-cloexec", Survives),

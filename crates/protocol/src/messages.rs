@@ -549,6 +549,11 @@ pub enum Request {
     /// `processes`: those the state moved into, which must all be alive.
     Commit {
         processes: Vec<i32>,
+        /// Descriptors whose owner (F_SETOWN: who gets SIGIO and SIGURG) is a process of
+        /// the old version: given the counterpart once past the commit point, before
+        /// anything resumes.
+        #[serde(default)]
+        reown: Vec<Reown>,
     },
     /// Update, old version, from the new version's supervisor on a connection of its own
     /// (its link): the update is committing; answered with [`Response::HandedOver`].
@@ -901,6 +906,36 @@ pub struct LateThread {
     pub call: Option<String>,
     /// The descriptor that call waits on, for calls on one.
     pub fd: Option<i32>,
+}
+
+/// A descriptor of the new version to give another owner at commit (`F_SETOWN_EX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reown {
+    /// The process holding it and its number there (PIDs in the instance's namespace).
+    pub pid: i32,
+    pub fd: i32,
+    /// `F_OWNER_TID`, `F_OWNER_PID` or `F_OWNER_PGRP`.
+    pub kind: i32,
+    /// The new owner: a PID, thread ID or process group ID in the instance's namespace.
+    pub owner: i32,
+}
+
+/// `fcntl` commands and owner kinds the `libc` crate lacks for glibc targets
+/// (`<linux/fcntl.h>`).
+pub mod owner {
+    pub const F_SETOWN_EX: i32 = 15;
+    pub const F_GETOWN_EX: i32 = 16;
+    pub const F_OWNER_TID: i32 = 0;
+    pub const F_OWNER_PID: i32 = 1;
+    pub const F_OWNER_PGRP: i32 = 2;
+
+    /// `struct f_owner_ex`.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct OwnerEx {
+        pub kind: i32,
+        pub pid: i32,
+    }
 }
 
 /// The startup log of one process of the instance.

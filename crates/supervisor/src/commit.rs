@@ -7,7 +7,7 @@ use crate::handover::NewAction;
 use crate::init_link::Message;
 use crate::lines::Lines;
 use crate::state::State;
-use mcr_protocol::{test_hook, InstanceFiles, Request, Response};
+use mcr_protocol::{test_hook, InstanceFiles, Reown, Request, Response};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -54,7 +54,7 @@ fn abandon(state: &State, why: &str) {
 /// The commit: take the instance over from the old version, retire it, resume. `expected`:
 /// the processes the update moved the state into (each must be alive). Answers only once
 /// past the commit point, or with why it stopped before it.
-pub async fn commit(state: &State, expected: &[i32]) -> Response {
+pub async fn commit(state: &State, expected: &[i32], reown: &[Reown]) -> Response {
     let files = {
         let mut g = state.lock();
         let begun = match g.new_side.as_mut() {
@@ -68,7 +68,7 @@ pub async fn commit(state: &State, expected: &[i32]) -> Response {
         }
     };
     let outcome = match files {
-        Ok((current, target)) => take_over(state, expected, &current, &target).await,
+        Ok((current, target)) => take_over(state, expected, reown, &current, &target).await,
         Err(why) => return Response::Error { message: why },
     };
     match outcome {
@@ -104,6 +104,7 @@ fn ready(state: &State, expected: &[i32]) -> Result<(), String> {
 async fn take_over(
     state: &State,
     expected: &[i32],
+    reown: &[Reown],
     current: &InstanceFiles,
     target: &InstanceFiles,
 ) -> Result<(), String> {
@@ -170,7 +171,7 @@ async fn take_over(
             None => return Err(format!("the old version did not answer the {what}")),
         }
     }
-    committed(state, current, target, lock, link).await;
+    committed(state, reown, current, target, lock, link).await;
     Ok(())
 }
 
@@ -236,6 +237,7 @@ async fn old_died(
 /// version to be gone.
 async fn committed(
     state: &State,
+    reown: &[Reown],
     current: &InstanceFiles,
     target: &InstanceFiles,
     lock: Option<File>,
@@ -265,6 +267,7 @@ async fn committed(
     // Until the init reads this, it would learn the same from the old version's init
     // having exited (the fault tests kill this supervisor at the pause just above).
     state.tell_init(&Message::Committed, &[]);
+    give_owners(reown);
     crate::control::resume_all(state, crate::control::ASK_TIMEOUT).await;
     if let Some(l) = link.as_mut() {
         l.closed(OLD_GONE_TIMEOUT).await;
@@ -282,6 +285,32 @@ async fn committed(
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Past the commit point, before anything resumes: the descriptors the old version's
+/// processes owned (F_SETOWN: SIGIO, SIGURG) get their counterparts as owners. Nothing
+/// can roll back now: a failure is written to the instance log, and that descriptor's
+/// signals go nowhere, as they would once the old process exits.
+fn give_owners(reown: &[Reown]) {
+    use mcr_protocol::owner::{OwnerEx, F_SETOWN_EX};
+    for r in reown {
+        let copy = crate::pidfd::open(r.pid).and_then(|p| crate::pidfd::take(&p, r.fd));
+        let done = copy.and_then(|fd| {
+            let owner = OwnerEx { kind: r.kind, pid: r.owner };
+            // SAFETY: F_SETOWN_EX reads one struct f_owner_ex (OwnerEx is its layout) at
+            // the pointer, a live local.
+            match unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &owner as *const OwnerEx) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+        if let Err(e) = done {
+            eprintln!(
+                "mcr: warning: process {} fd {}: cannot make {} its owner (F_SETOWN_EX): {e}",
+                r.pid, r.fd, r.owner
+            );
         }
     }
 }

@@ -187,7 +187,7 @@ async fn handle(state: &State, req: Request, conn: u64) -> Response {
                 Err(why) => Response::Error { message: why.to_string() },
             }
         }
-        Request::Commit { processes } => crate::commit::commit(state, &processes).await,
+        Request::Commit { processes, reown } => crate::commit::commit(state, &processes, &reown).await,
         Request::ProfileData => crate::profiling::data(state, ASK_TIMEOUT).await,
         Request::Quiesce { timeout_ms } => quiesce(state, Duration::from_millis(timeout_ms.max(1))).await,
         Request::Resume => {

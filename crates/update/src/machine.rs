@@ -330,10 +330,12 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
     /// One request to the new version, which does the rest itself (README.md, "The
     /// commit"), so that an update that dies meanwhile cannot leave it half done.
     fn commit(&mut self) -> Result<(), CommitError> {
-        let Versions { next: Some(next), .. } = &mut self.versions else {
+        let Versions { old, next: Some(next), .. } = &mut self.versions else {
             return Err(CommitError::NoNewVersion);
         };
-        next.commit(&self.new_processes)
+        let old_hosts =
+            old.host_pids().map_err(|e| CommitError::Refused(format!("the old version's processes: {e}")))?;
+        next.commit(&self.new_processes, &old_hosts)
     }
 
     /// The commit got no answer: the old version says whether it was passed.

@@ -124,8 +124,10 @@ pub trait NextVersion {
     fn adopt(&mut self, old: &HostPids, connections: &[&OpenConnections]) -> Result<usize, TransferError>;
     /// Commit: take the instance over from the old version, retire it, resume
     /// (README.md, "The commit"). `processes`: those the state moved into, which must all
-    /// be alive. Returns once past the commit point, or with why it stopped before it.
-    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError>;
+    /// be alive; `old`: the old version's processes, whose descriptors' owners
+    /// (F_SETOWN) pass to their counterparts at the commit point. Returns once past the
+    /// commit point, or with why it stopped before it.
+    fn commit(&mut self, processes: &[i32], old: &HostPids) -> Result<(), CommitError>;
     /// Rollback: end the new version.
     fn kill(&mut self);
 }

@@ -264,7 +264,7 @@ impl NextVersion for FakeNext {
         }
     }
 
-    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError> {
+    fn commit(&mut self, processes: &[i32], _: &HostPids) -> Result<(), CommitError> {
         self.journal.note(format!("next: commit with {processes:?}"));
         match self.fail {
             Fail::CommitRefused => Err(CommitError::Refused("process 2 of the new version died".into())),

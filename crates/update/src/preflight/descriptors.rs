@@ -8,9 +8,8 @@
 //! The transfer moves each of them to the same number in the new process: a copy of the
 //! same open file description, so its offset, status flags, queued data, OFD and flock
 //! locks and epoll interests stay with it. Named here is only what does not travel with
-//! the description: POSIX record locks (owned by the process), signal-driven I/O (its
-//! owner is the old process), a POSIX message queue's notification (registered for the
-//! old process), a signalfd (it reads the signals of the process that reads it, which
+//! the description: POSIX record locks (owned by the process), a POSIX message queue's
+//! notification (registered for the old process), a signalfd (it reads the signals of the process that reads it, which
 //! must block them: the blocked mask and pending signals are not moved yet), and files
 //! on a mount other than the root that the new version must open again but cannot without
 //! changing what they do (`transfer/reopen.rs`: a lock held through the description, a
@@ -61,9 +60,6 @@ fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64, 
                     .into(),
             );
         }
-    }
-    if info.flags.is_some_and(|f| f & libc::O_ASYNC as u32 != 0) {
-        return Some("signal-driven I/O (O_ASYNC): its signals go to the old process, its owner".into());
     }
     if let Some(mask) = info.sigmask {
         return Some(if mask & pending != 0 {

@@ -145,9 +145,11 @@ impl NextVersion for NewSupervisor {
         Ok(n)
     }
 
-    fn commit(&mut self, processes: &[i32]) -> Result<(), CommitError> {
+    fn commit(&mut self, processes: &[i32], old: &HostPids) -> Result<(), CommitError> {
+        let new = self.host_pids().map_err(|e| CommitError::Refused(format!("the new version's processes: {e}")))?;
+        let reown = transfer::owners::plan(old, &new).map_err(|e| CommitError::Refused(e.to_string()))?;
         let conn = self.connection().map_err(CommitError::Unreachable)?;
-        match conn.request(&Request::Commit { processes: processes.to_vec() }) {
+        match conn.request(&Request::Commit { processes: processes.to_vec(), reown }) {
             Ok(Response::Ok) => Ok(()),
             Ok(Response::Error { message }) => Err(CommitError::Refused(message)),
             Ok(other) => Err(CommitError::Refused(format!("unexpected answer {other:?}"))),

@@ -17,6 +17,7 @@ mod adopt_heap;
 mod descriptors;
 mod keys;
 mod mappings;
+pub(crate) mod owners;
 mod process;
 pub(crate) mod reopen;
 mod respawn;
@@ -92,6 +93,8 @@ pub enum TransferError {
          a respawned process gets only its connection"
     )]
     VolatileDescriptor { pid: i32, fd: i32 },
+    #[error("process {pid}: fd {fd}: {why}")]
+    Owner { pid: i32, fd: i32, why: String },
     #[error(transparent)]
     Descriptors(#[from] descriptors::DescriptorError),
     #[error(transparent)]
