@@ -94,13 +94,13 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("udp6-queued", Survives),
     ("unix-listener", Survives),
     ("unix-abstract", Survives),
-    ("unix-stream", Refused),    // both ends keep the old process as their SO_PEERCRED
-    ("unix-seqpacket", Refused), // both ends keep the old process as their SO_PEERCRED
+    ("unix-stream", Survives), // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
+    ("unix-seqpacket", Survives), // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
     ("unix-dgram", Survives),
-    ("socketpair-stream", Refused), // both ends keep the old process as their SO_PEERCRED
-    ("socketpair-dgram", Refused),  // both ends keep the old process as their SO_PEERCRED
-    ("socketpair-seqpacket", Refused), // both ends keep the old process as their SO_PEERCRED
-    ("scm-rights", Refused),        // both ends keep the old process as their SO_PEERCRED
+    ("socketpair-stream", Survives), // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
+    ("socketpair-dgram", Survives),  // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
+    ("socketpair-seqpacket", Survives), // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
+    ("scm-rights", Survives),        // SO_PEERCRED reads as the counterpart (the new runtime's getsockopt)
     ("netlink-route", Survives),
     ("netlink-groups", Survives),
     ("raw-icmp", Survives),
@@ -460,13 +460,7 @@ const NAMED: &[(&str, &str)] = &[
     ("udp-queued", "(socket:["),
     ("file-offset", "fd "),
     ("memfd-plain", "(/memfd:"),
-    ("unix-stream", "connected to another socket of the old version"),
     ("sysv-sem-undo", "SEM_UNDO"),
-    ("unix-seqpacket", "connected to another socket of the old version"),
-    ("socketpair-stream", "connected to another socket of the old version"),
-    ("socketpair-dgram", "connected to another socket of the old version"),
-    ("socketpair-seqpacket", "connected to another socket of the old version"),
-    ("scm-rights", "connected to another socket of the old version"),
     ("tls-key-reused", "pthread key"),
 ];
 

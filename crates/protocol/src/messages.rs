@@ -214,6 +214,13 @@ pub enum RuntimeCommandKind {
     Free {
         addrs: Vec<u64>,
     },
+    /// Update, new version, before the commit: Unix sockets whose peer (SO_PEERCRED) the
+    /// kernel recorded as a process of the old version, which reads as PID 0 here; the
+    /// runtime's `getsockopt` answers with the PID given (the counterpart's, the same in
+    /// the instance's namespace), answered with [`RuntimeReply::Done`].
+    SocketPeers {
+        peers: Vec<SocketPeer>,
+    },
     /// State transfer: the heap blocks the program allocated during startup, each with
     /// its allocation call-stack ID, thread and ordinal, so an update can match them with
     /// the other version's (only those whose call stack reaches the program's code: one
@@ -906,6 +913,13 @@ pub struct LateThread {
     pub call: Option<String>,
     /// The descriptor that call waits on, for calls on one.
     pub fd: Option<i32>,
+}
+
+/// A socket (by inode) and the PID its peer credentials should read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketPeer {
+    pub inode: u64,
+    pub pid: i32,
 }
 
 /// A descriptor of the new version to give another owner at commit (`F_SETOWN_EX`).

@@ -339,6 +339,10 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             crate::transfer::run_obj_handlers(&what, &objects, relocations)
         }
         RuntimeCommandKind::Free { addrs } => crate::transfer::free(&addrs),
+        RuntimeCommandKind::SocketPeers { peers } => {
+            crate::peers::set(peers);
+            RuntimeReply::Done
+        }
         RuntimeCommandKind::StartupAllocations => {
             RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() }
         }

@@ -35,6 +35,7 @@ mod interpose;
 mod keys;
 mod last_thread;
 mod mappings;
+mod peers;
 mod profiling;
 mod quiesce;
 mod rawfd;

@@ -110,6 +110,7 @@ use libc::{c_char, gid_t, mode_t, uid_t};
 real_fns! {
     socket: fn(c_int, c_int, c_int) -> c_int;
     socketpair: fn(c_int, c_int, c_int, *mut c_int) -> c_int;
+    getsockopt: fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
     pipe: fn(*mut c_int) -> c_int;
     pipe2: fn(*mut c_int, c_int) -> c_int;
     bind: fn(c_int, *const sockaddr, socklen_t) -> c_int;

@@ -1,8 +1,13 @@
 //! Pointers to string literals: read-only bytes of the old binary no symbol covers (a
 //! C string literal has none). The new binary holds its own copy of the same literal; a
-//! pointer moves to it when the new binary's read-only mappings hold that string (its
-//! bytes through the terminating NUL) exactly once. Twice or not at all, the pointer
-//! cannot be moved (the transfer names it, as before).
+//! pointer moves to a place where the new binary's read-only mappings hold the same
+//! string (its bytes through the terminating NUL). The linker merges a string with the
+//! tails of longer ones and may keep several copies; any of them reads the same, so one is
+//! chosen, the same for every pointer to the same old address (pointers equal before
+//! are equal after): a whole string (after a NUL) rather than another's tail, then the
+//! copy whose offset in the binary is nearest the old one's (a patched build keeps its
+//! read-only data in nearly the same order). Not there at all, the pointer cannot be
+//! moved (the transfer names it).
 
 use crate::image::Image;
 use mcr_heap::ReadMemory;
@@ -56,23 +61,25 @@ impl ReadOnlyBytes {
         ReadOnlyBytes { chunks }
     }
 
-    /// Where `needle` is, when it is there exactly once.
-    pub fn unique(&self, needle: &[u8]) -> Option<u64> {
+    /// Where `needle` is: the copy that starts a string, nearest `near` (see the module's
+    /// comment), or `None` when it is not there.
+    pub fn find(&self, needle: &[u8], near: u64) -> Option<u64> {
         if needle.is_empty() {
             return None;
         }
-        let mut found = None;
+        let mut best: Option<(bool, u64, u64)> = None; // (a tail, distance, address)
+        let finder = memchr::memmem::Finder::new(needle);
         for (start, bytes) in &self.chunks {
-            for (i, w) in bytes.windows(needle.len()).enumerate() {
-                if w == needle {
-                    if found.is_some() {
-                        return None;
-                    }
-                    found = Some(start + i as u64);
+            for i in finder.find_iter(bytes) {
+                let at = start + i as u64;
+                let tail = i > 0 && bytes[i - 1] != 0;
+                let key = (tail, at.abs_diff(near), at);
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
                 }
             }
         }
-        found
+        best.map(|(_, _, at)| at)
     }
 }
 
@@ -82,16 +89,18 @@ mod tests {
     use crate::testing::Memory;
 
     #[test]
-    fn a_string_is_found_only_when_it_is_there_once() {
+    fn a_string_is_found_whole_and_nearest_its_old_place() {
         let mut mem = Memory::default();
         mem.write(0x1000, b"xxhello\0hi\0hello\0");
         mem.write(0x2000, b"bye\0");
         let image = Image::new(0, vec![(0x1000, 0x1011), (0x2000, 0x2004)]);
         let ro = ReadOnlyBytes::read(&image, &mem);
-        assert_eq!(ro.unique(b"bye\0"), Some(0x2000));
-        assert_eq!(ro.unique(b"hi\0"), Some(0x1008));
-        assert_eq!(ro.unique(b"hello\0"), None, "twice: ambiguous");
-        assert_eq!(ro.unique(b"hullo\0"), None);
+        assert_eq!(ro.find(b"bye\0", 0), Some(0x2000));
+        assert_eq!(ro.find(b"hi\0", 0), Some(0x1008));
+        assert_eq!(ro.find(b"hello\0", 0x1000), Some(0x100b), "a whole string rather than a tail");
+        assert_eq!(ro.find(b"llo\0", 0x1000), Some(0x1004), "two tails: the nearest");
+        assert_eq!(ro.find(b"llo\0", 0x1010), Some(0x100d), "two tails: the nearest");
+        assert_eq!(ro.find(b"hullo\0", 0), None);
         assert_eq!(c_string_at(&mem, 0x1002, 0x1011).as_deref(), Some(&b"hello\0"[..]));
         assert_eq!(c_string_at(&mem, 0x2000, 0x2002), None, "no NUL before the end");
     }

@@ -172,7 +172,13 @@ pub fn plan(
                 placement: if stays { Placement::InPlace } else { placement },
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<BlockPlan>, _>>()?;
+    // A startup block that stays where it is (pinned, in the adopted heap) is not
+    // reallocated, counterpart or not.
+    let mut unmatched = unmatched;
+    unmatched.retain(|(a, _)| {
+        blocks.binary_search_by_key(a, |b| b.old).map_or(true, |i| blocks[i].placement != Placement::InPlace)
+    });
     Ok(TransferPlan { types, blocks, unmatched })
 }
 

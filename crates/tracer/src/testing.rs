@@ -509,6 +509,7 @@ impl World {
                 handlers: &handlers,
                 relocations: &relocations,
                 literals: Default::default(),
+                literal_moves: Default::default(),
             };
             f(&writer, &roots, &moved, target)
         })

@@ -203,6 +203,7 @@ pub fn transfer_with_words(
         handlers: &handlers,
         relocations: &relocations,
         literals: Default::default(),
+        literal_moves: Default::default(),
     };
     writer.blocks(target, &mut report)?;
     writer.globals(target, &roots.globals, &mut report)?;

@@ -154,7 +154,7 @@ pub fn walk(
                 let found = w.hidden_pointers(bytes);
                 if !found.is_empty() {
                     let place = path_of(&w.blocks, addr);
-                    w.pin_or_refuse(found, Some(addr), &place, OpaqueReason::VoidPointer)?;
+                    w.pin_or_refuse(found, Some(addr), (&place, ""), OpaqueReason::VoidPointer)?;
                 }
             }
         }
@@ -328,7 +328,8 @@ impl Walker<'_> {
                         let end = (start + r.len as usize).min(bytes.len());
                         let found = self.hidden_pointers(&bytes[start..end]);
                         if !found.is_empty() {
-                            self.pin_or_refuse(found, from, &here(), r.reason)?;
+                            let rel = elem(field_suffix(&r.path));
+                            self.pin_or_refuse(found, from, (&here(), &rel), r.reason)?;
                         }
                     }
                 }
@@ -357,15 +358,18 @@ impl Walker<'_> {
             .collect()
     }
 
-    /// Heap addresses `found` in memory mcr cannot type at `path` (in the block at `from`):
-    /// each may be a pointer, so its block stays where it is when the new process adopted
-    /// it (pinned, and its own bytes scanned the same way); otherwise the block would move
-    /// and the word could not be updated: the update stops.
+    /// Heap addresses `found` in memory mcr cannot type at `path` (in the block at `from`;
+    /// `rel`: that place within the block, for the hop a pinned block records: its path is
+    /// built from the hops, so a hop holding the whole path would make paths grow
+    /// exponentially along a chain of pinned blocks): each may be a pointer, so its block
+    /// stays where it is when the new process adopted it (pinned, and its own bytes
+    /// scanned the same way); otherwise the block would move and the word could not be
+    /// updated: the update stops.
     fn pin_or_refuse(
         &mut self,
         found: Vec<(usize, u64, Object)>,
         from: Option<u64>,
-        path: &str,
+        (path, rel): (&str, &str),
         why: OpaqueReason,
     ) -> Result<(), TransferError> {
         for (off, v, obj) in found {
@@ -379,7 +383,7 @@ impl Walker<'_> {
             let place = format!("{path}+{off}");
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
             if (self.pinnable)(obj.addr) {
-                let hop = format!("{place} (may point here)");
+                let hop = format!("{rel}+{off} (may point here)");
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
                 self.reach(obj, None, from, || hop)?;
                 continue;

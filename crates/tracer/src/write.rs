@@ -139,6 +139,8 @@ pub struct Writer<'w, 'a> {
     pub relocations: &'w [Relocation],
     /// The new binary's read-only bytes, read at the first pointer to a string literal.
     pub literals: std::cell::OnceCell<Option<crate::literal::ReadOnlyBytes>>,
+    /// Where each old literal address went (or that it went nowhere), found once.
+    pub literal_moves: std::cell::RefCell<HashMap<u64, Option<u64>>>,
 }
 
 impl Writer<'_, '_> {
@@ -177,12 +179,24 @@ impl Writer<'_, '_> {
     /// A pointer into the old binary's read-only data where no symbol is (a string
     /// literal): the new binary's one copy of the same string.
     fn relocate_literal(&self, v: u64) -> Option<u64> {
+        // Pool memory holds the same few literals many times over (nginx's log actions).
+        if let Some(&known) = self.literal_moves.borrow().get(&v) {
+            return known;
+        }
+        let found = self.find_literal(v);
+        self.literal_moves.borrow_mut().insert(v, found);
+        found
+    }
+
+    fn find_literal(&self, v: u64) -> Option<u64> {
         let pair = self.pair;
         let (_, end) = pair.old.image.readonly_range(v)?;
         let text = crate::literal::c_string_at(pair.old_mem, v, end)?;
         let new_mem = pair.new_mem?;
         let bytes = self.literals.get_or_init(|| Some(crate::literal::ReadOnlyBytes::read(&pair.new.image, new_mem)));
-        bytes.as_ref()?.unique(&text)
+        // Where the old copy would be in the new binary, were nothing moved.
+        let near = v.wrapping_sub(pair.old.image.bias).wrapping_add(pair.new.image.bias);
+        bytes.as_ref()?.find(&text, near)
     }
 
     /// A typed or `void *` pointer: relocated, with its tag when an MCR_TAGGED hint
@@ -231,8 +245,10 @@ impl Writer<'_, '_> {
         let old_bytes = &block.bytes;
         let mut out = Rebuilt { bytes: vec![0u8; bp.size as usize], heap_sites: Vec::new() };
         let Some(tp) = self.plan.of(block.reach.ty()) else {
-            // Untyped: copied as bytes (the walk made sure they hold no heap address).
+            // Untyped: copied as bytes (a heap address in them pins its block, which stays
+            // where it is), with what points into the old binary relocated.
             out.bytes.copy_from_slice(old_bytes);
+            self.relocate_binary_words(&mut out.bytes, bp.old, 0)?;
             return Ok(out);
         };
         // Typed, but only the program's handler can build it: starts zeroed.
@@ -270,7 +286,39 @@ impl Writer<'_, '_> {
         }
         let tail = &old_bytes[n * os..];
         out.bytes[n * ns..n * ns + tail.len()].copy_from_slice(tail);
+        self.relocate_binary_words(&mut out.bytes[n * ns..n * ns + tail.len()], bp.old, (n * os) as u64)?;
         Ok(out)
+    }
+
+    /// Memory mcr cannot type (an untyped block, the bytes past a block's last whole
+    /// object): each aligned word that holds an address in the old binary (a function, a
+    /// global, a string literal: nginx keeps its handlers and module pointers in pool
+    /// memory reached through `void *`) is taken for a pointer and relocated to the same
+    /// symbol or string in the new binary; one with no counterpart stops the update.
+    /// Binaries load at addresses no integer a program keeps is likely to hold (with
+    /// ASLR off, `0x5555_5555_xxxx`), so data is not mistaken for a pointer in practice.
+    /// `bytes` are those of the old block at `block` from offset `from` (8-aligned, like
+    /// every heap block).
+    fn relocate_binary_words(&self, bytes: &mut [u8], block: u64, from: u64) -> Result<(), TransferError> {
+        let image = &self.pair.old.image;
+        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
+            let v = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+            if v == 0 || !image.contains(v) {
+                continue;
+            }
+            let offset = from + 8 * i as u64;
+            let n = self.relocate_data(v, "").map_err(|e| {
+                conflict(
+                    format!("{}+{offset} (the heap block at {block:#x})", self.reached.path_of(block)),
+                    format!(
+                        "memory mcr cannot type holds {v:#x}, an address in the old binary: {}",
+                        e.trim_start_matches(": ")
+                    ),
+                )
+            })?;
+            word.copy_from_slice(&n.to_ne_bytes());
+        }
+        Ok(())
     }
 
     /// Rebuild every reached block and write it into the new process; fresh blocks
@@ -679,10 +727,10 @@ mod tests {
     }
 
     /// Set after startup (the new version's startup left the global null): the new
-    /// binary's one copy of the string, found in its read-only data; two copies are
-    /// ambiguous and refused.
+    /// binary's copy of the string, found in its read-only data (of two, the one nearest
+    /// the old one's place); none is refused.
     #[test]
-    fn a_string_literal_pointer_set_after_startup_goes_to_the_new_binarys_one_copy() {
+    fn a_string_literal_pointer_set_after_startup_goes_to_the_new_binarys_copy() {
         let literal = |b: &mut Build, ids: Ids| {
             let p = b.ptr(ids.char);
             b.global("greeting", 0x40_1080, p);
@@ -703,7 +751,10 @@ mod tests {
         let (r, got) = run(&[0x40_3020]);
         r.expect("one copy");
         assert_eq!(got, NEW_BIAS + 0x40_3020);
-        let (path, reason) = conflict(run(&[0x40_3020, 0x40_3040]).0);
+        let (r, got) = run(&[0x40_3040, 0x40_3010]);
+        r.expect("two copies");
+        assert_eq!(got, NEW_BIAS + 0x40_3010, "the nearest");
+        let (path, reason) = conflict(run(&[]).0);
         assert_eq!(path, "greeting");
         assert!(reason.contains("where no symbol is"), "{reason}");
     }

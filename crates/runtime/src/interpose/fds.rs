@@ -107,3 +107,53 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     }
     r
 }
+
+/// `getsockopt`, with the peer credentials of a socket connected within the old version
+/// as the program read them before the update (`crate::peers`).
+///
+/// # Safety
+/// getsockopt(2)'s contract: `val` points to `*len` writable bytes, `len` to a socklen_t.
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut libc::c_void,
+    len: *mut libc::socklen_t,
+) -> c_int {
+    // SAFETY: the caller's own arguments, unchanged (its contract).
+    let r = unsafe { real::getsockopt()(fd, level, name, val, len) };
+    if r == 0 && level == libc::SOL_SOCKET && name == libc::SO_PEERCRED && crate::peers::any() {
+        // SAFETY: the call succeeded, so `len` is readable and `val` holds `*len` bytes.
+        unsafe { fix_peer_pid(fd, val, len) };
+    }
+    r
+}
+
+/// # Safety
+/// `len` points to the length getsockopt wrote, `val` to that many bytes.
+unsafe fn fix_peer_pid(fd: c_int, val: *mut libc::c_void, len: *const libc::socklen_t) {
+    // SAFETY: see the function's contract.
+    if (unsafe { *len } as usize) < core::mem::size_of::<libc::ucred>() {
+        return;
+    }
+    let cred = val.cast::<libc::ucred>();
+    // SAFETY: at least one ucred's bytes (checked above); it may be unaligned.
+    if unsafe { core::ptr::read_unaligned(cred) }.pid != 0 {
+        return;
+    }
+    // SAFETY: struct stat is plain data, all-zero a valid value.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat writes one struct stat into the local.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return;
+    }
+    if let Some(pid) = crate::peers::pid_of(st.st_ino) {
+        // SAFETY: as above; only the pid field changes.
+        unsafe {
+            let mut c = core::ptr::read_unaligned(cred);
+            c.pid = pid;
+            core::ptr::write_unaligned(cred, c);
+        }
+    }
+}

@@ -22,7 +22,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
     let mut found = Vec::new();
-    let own_sockets = sockets_of(ctx.processes.values().copied());
     let hosts: Vec<i32> = ctx.processes.values().copied().collect();
     for (&pid, fds) in &ctx.post_startup_fds {
         let host = ctx.processes.get(&pid).copied();
@@ -31,8 +30,7 @@ pub(super) fn unmovable(ctx: &Context) -> Vec<Unmovable> {
                 let locked = posix_locked_files(host);
                 let pending = pending_signals(host);
                 for &fd in fds {
-                    let why = why_unmovable(host, fd, &locked, pending, &hosts)
-                        .or_else(|| connected_within(host, fd, &own_sockets));
+                    let why = why_unmovable(host, fd, &locked, pending, &hosts);
                     if let Some(why) = why {
                         found.push(Unmovable { pid, what: describe(Some(host), fd), why });
                     }
@@ -79,36 +77,6 @@ fn why_unmovable(host: i32, fd: i32, posix_locked: &[(u64, u64)], pending: u64, 
         return Some("a POSIX message queue with a notification (mq_notify) registered for the old process".into());
     }
     None
-}
-
-/// The socket inodes the processes `hosts` hold.
-fn sockets_of(hosts: impl Iterator<Item = i32>) -> std::collections::BTreeSet<u64> {
-    hosts
-        .flat_map(|h| mcr_procfs::fd::list_with_targets(h).unwrap_or_default())
-        .filter_map(|(_, t)| inode_of_socket_link(&t))
-        .collect()
-}
-
-/// The inode of descriptor `fd` of `host` if it is a socket (`socket:[1234]`).
-fn socket_inode(host: i32, fd: i32) -> Option<u64> {
-    inode_of_socket_link(mcr_procfs::fd::target(host, fd).ok()?.to_str()?)
-}
-
-fn inode_of_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// A Unix socket connected to another socket the old version holds: the kernel recorded
-/// the old process as the peer of both ends (SO_PEERCRED), and nothing changes that, so
-/// the new version would see a peer that no longer exists (its PID reads as 0). Whether the
-/// program will look cannot be known beforehand, so every such socket is named.
-fn connected_within(host: i32, fd: i32, own_sockets: &std::collections::BTreeSet<u64>) -> Option<String> {
-    let peer = mcr_supervisor::sockdiag::unix_peer(socket_inode(host, fd)?).ok()??;
-    own_sockets.contains(&peer).then(|| {
-        "a Unix socket connected to another socket of the old version: the kernel keeps the old process as \
-         the peer credentials (SO_PEERCRED) of both ends"
-            .to_string()
-    })
 }
 
 /// Whether a descriptor showing as `target` (fdinfo `info`; its process's `mounts`) may be
@@ -207,12 +175,10 @@ mod tests {
             ]),
         };
         let found = unmovable(&ctx);
-        assert_eq!(found.len(), 2, "a pipe moves whole: {found:?}");
-        assert_eq!(found[0].pid, 1);
-        assert!(found[0].what.starts_with(&format!("fd {} (socket:[", a.as_raw_fd())), "{found:?}");
-        assert!(found[0].why.contains("peer credentials (SO_PEERCRED)"), "its other end is ours: {found:?}");
-        assert_eq!((found[1].pid, found[1].what.as_str()), (2, "its descriptors"));
-        assert!(found[1].why.contains("process 2 is stopped"));
+        // A socketpair moves too: the new runtime reports its peer as the counterpart.
+        assert_eq!(found.len(), 1, "a pipe and a socketpair move whole: {found:?}");
+        assert_eq!((found[0].pid, found[0].what.as_str()), (2, "its descriptors"));
+        assert!(found[0].why.contains("process 2 is stopped"));
     }
 
     #[test]

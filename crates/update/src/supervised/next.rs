@@ -7,7 +7,9 @@ use crate::version::{HostPids, NextVersion, StartupFailure};
 use crate::warning::Warn;
 use mcr_client::launch::LogMark;
 use mcr_client::{ClientError, Connection};
-use mcr_protocol::{ExitStatus, InstanceDir, LaunchReport, OpenConnections, Request, Response};
+use mcr_protocol::{
+    ExitStatus, InstanceDir, LaunchReport, OpenConnections, Request, Response, RuntimeCommandKind, RuntimeReply,
+};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -149,6 +151,13 @@ impl NextVersion for NewSupervisor {
         let new = self.host_pids().map_err(|e| CommitError::Refused(format!("the new version's processes: {e}")))?;
         let reown = transfer::owners::plan(old, &new).map_err(|e| CommitError::Refused(e.to_string()))?;
         let conn = self.connection().map_err(CommitError::Unreachable)?;
+        for (pid, peers) in transfer::peers::plan(old, &new) {
+            match conn.runtime(pid, RuntimeCommandKind::SocketPeers { peers }) {
+                Ok(RuntimeReply::Done) => {}
+                Ok(other) => return Err(CommitError::Refused(format!("process {pid}: unexpected answer {other:?}"))),
+                Err(e) => return Err(CommitError::Refused(format!("process {pid}: its sockets' peers: {e}"))),
+            }
+        }
         match conn.request(&Request::Commit { processes: processes.to_vec(), reown }) {
             Ok(Response::Ok) => Ok(()),
             Ok(Response::Error { message }) => Err(CommitError::Refused(message)),

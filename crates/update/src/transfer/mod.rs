@@ -18,6 +18,7 @@ mod descriptors;
 mod keys;
 mod mappings;
 pub(crate) mod owners;
+pub(crate) mod peers;
 mod process;
 pub(crate) mod reopen;
 mod respawn;
