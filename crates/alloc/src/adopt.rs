@@ -511,6 +511,51 @@ impl Heap {
     }
 }
 
+impl Heap {
+    /// Gives the memory of every free span of the adopted regions back to the system.
+    /// Adoption puts an old region's empty spans in its pool with their pages (copied from
+    /// the old process) still committed, and frees keep up to a pool's worth committed for
+    /// reuse: right for the region a process allocates from, but an adopted region is
+    /// mostly garbage once the update freed what the new version no longer holds, and the
+    /// few blocks kept there (pinned ones) would otherwise hold megabytes resident per
+    /// update. Returns the bytes given back.
+    pub fn trim_adopted(&self) -> usize {
+        let _g = Guard::lock(&self.lock);
+        let mut trimmed = 0;
+        for slot in 0..SLOTS {
+            if self.role(slot) != Role::Adopted {
+                continue;
+            }
+            let Some(region) = self.active_region(slot) else { continue };
+            let h = region.header();
+            let _spans = Guard::lock(&h.span_lock);
+            let hwm = (h.hwm.load(Relaxed) as usize).min(SPANS_PER_REGION);
+            let mut s = FIRST_DATA_SPAN;
+            while s < hwm {
+                if !(test_bit(region.free_map(), s) && test_bit(region.committed_map(), s)) {
+                    s += 1;
+                    continue;
+                }
+                let run = s;
+                while s < hwm && test_bit(region.free_map(), s) && test_bit(region.committed_map(), s) {
+                    s += 1;
+                }
+                let zeroed = self.decommit(region, run, s - run);
+                for k in run..s {
+                    if let Some(e) = region.span(k) {
+                        e.flags.store(if zeroed { FLAG_ZERO } else { 0 }, Relaxed);
+                    }
+                    if clear_bit(region.committed_map(), k) {
+                        h.committed_free_spans.fetch_sub(1, Relaxed);
+                    }
+                }
+                trimmed += (s - run) * SPAN_SIZE;
+            }
+        }
+        trimmed
+    }
+}
+
 fn check_header(region: Region<'_>, slot: usize, mapped: u64) -> Result<(), HeapError> {
     let h = region.header();
     let magic = h.magic.load(Relaxed);

@@ -577,6 +577,38 @@ fn anonymous_old_heap_adopted() -> (Box<Heap>, usize, usize, Vec<(usize, usize)>
     (h, slot, head, live_before, stats)
 }
 
+/// Freed old blocks leave the adopted region's spans empty with their copied pages still
+/// resident; trimming gives them back, and the region still serves allocations.
+#[test]
+fn trimming_an_adopted_region_gives_its_free_spans_back() {
+    let (h, slot, head, _, _) = anonymous_old_heap_adopted();
+    let c = cache(&h);
+    let mut at = head;
+    while at != 0 {
+        // SAFETY: the adopted list.
+        let (key, next) = unsafe { (*(at as *const usize), *((at + 16) as *const usize)) };
+        free(&h, Some(c), key);
+        free(&h, Some(c), at);
+        at = next;
+    }
+    h.flush_thread_cache(c);
+    let resident = |h: &Heap| {
+        let mut n = 0;
+        let end = slot_base(slot) + h.readable(slot).unwrap().header().hwm.load(Relaxed) as usize * SPAN_SIZE;
+        crate::private_pages(None, slot_base(slot), end, |s, e| n += e - s).unwrap();
+        n
+    };
+    let before = resident(&h);
+    let trimmed = h.trim_adopted();
+    let after = resident(&h);
+    assert!(trimmed > 0, "nothing trimmed");
+    assert!(after * 2 < before, "resident {before} -> {after} bytes, trimmed {trimmed}");
+    assert_eq!(h.trim_adopted(), 0, "nothing left to trim");
+    let p = addr(h.malloc(Some(c), 48));
+    fill(p, 48, 0x5a);
+    free(&h, Some(c), p);
+}
+
 #[test]
 fn adoption_in_process_anonymous() {
     let (h, slot, head, live_before, stats) = anonymous_old_heap_adopted();

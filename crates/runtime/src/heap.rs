@@ -309,6 +309,12 @@ pub fn retire_empty_regions() -> usize {
     HEAP.retire_empty()
 }
 
+/// After an update freed the old blocks it no longer needs: the adopted regions' free
+/// memory goes back to the system (see `mcr_alloc::Heap::trim_adopted`).
+pub fn trim_adopted_regions() -> usize {
+    HEAP.trim_adopted()
+}
+
 /// Headroom tracked above a region's used part/// Headroom tracked above a region's used part: spans carved there after arming show as
 /// written (beyond it they are untracked: dirty as well, but not counted as written).
 const TRACKED_HEADROOM: usize = 64 << 20;

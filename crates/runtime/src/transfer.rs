@@ -107,6 +107,7 @@ pub fn free(addrs: &[u64]) -> RuntimeReply {
         unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
     }
     crate::heap::retire_empty_regions();
+    crate::heap::trim_adopted_regions();
     RuntimeReply::Done
 }
 
