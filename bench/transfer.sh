@@ -4,11 +4,12 @@
 # Usage: bench/transfer.sh [--quick]
 #
 #   1. state transfer time vs open idle connections (kvd, 0/10/100/1000) and vs live
-#      objects (kvd, 0/1k/10k/100k keys): `mcr update --json` phases and transfer figures
-#      over several kvd <-> kvd-v2-layout updates; update time vs open sessions (0/10/100)
-#      of connd (a process per session) and poold (a worker thread per session), each
-#      <-> its v2-layout build; nginx updates with --fresh-state and 0/10/100 keep-alive
-#      connections open
+#      objects (kvd, 0/10k/100k/1M keys, code-only updates kvd <-> kvd-v2; 0/1k/10k/100k/1M
+#      keys, layout updates kvd <-> kvd-v2-layout): `mcr update --json` phases and
+#      transfer figures over several updates; update time vs open sessions (0/10/100) of
+#      connd (a process per session) and poold (a worker thread per session), each <-> its
+#      v2-layout build; nginx updates with its state and with --fresh-state, 0/10/100
+#      keep-alive connections open
 #   2. allocation micro-benchmark (bench/allocbench.c): plain vs LD_PRELOAD=libmcr.so
 #      (inert) vs under `mcr run`, interleaved rounds
 #   3. resident memory: kvd with 100 000 keys and nginx idle, plain vs under mcr, side by
@@ -37,7 +38,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   cargo build --release -q >&2 || die "cargo build --release failed"
 fi
 make -s -C fixtures OUT="$ROOT/target/fixtures" >&2 || die "building the fixtures failed"
-KVD=$ROOT/target/fixtures/kvd KVD2=$ROOT/target/fixtures/kvd-v2-layout
+KVD=$ROOT/target/fixtures/kvd KVD2=$ROOT/target/fixtures/kvd-v2-layout KVD_CODE=$ROOT/target/fixtures/kvd-v2
 CONND=$ROOT/target/fixtures/connd CONND2=$ROOT/target/fixtures/connd-v2-layout
 POOLD=$ROOT/target/fixtures/poold POOLD2=$ROOT/target/fixtures/poold-v2-layout
 NGINX=
@@ -101,8 +102,12 @@ for c in 0 4 10 100 1000; do
   # A level that fails (hang, rollback) is not tried with more connections.
   sweep "transfer-conns-$c.tsv" "kc$c" "$c" 0 kvd 0 "$KVD" "$KVD2" --port "$PORT" || break
 done
-log "state transfer vs live objects (kvd, $UPD updates each)"
-for k in 0 1000 10000 100000; do
+log "state transfer vs live objects, code-only (kvd <-> kvd-v2, $UPD updates each)"
+for k in 0 10000 100000 1000000; do
+  sweep "transfer-code-$k.tsv" "kq$k" 0 "$k" kvd 0 "$KVD" "$KVD_CODE" --port "$PORT" || break
+done
+log "state transfer vs live objects, layout (kvd <-> kvd-v2-layout, $UPD updates each)"
+for k in 0 1000 10000 100000 1000000; do
   sweep "transfer-keys-$k.tsv" "kk$k" 0 "$k" kvd 0 "$KVD" "$KVD2" --port "$PORT" || break
 done
 log "update time vs open sessions (connd: a process each; poold: a worker thread each; $UPD updates each)"
@@ -113,6 +118,11 @@ for s in 0 10 100; do
   sweep "transfer-sessions-poold-$s.tsv" "sp$s" "$s" 0 poold 0 "$POOLD" "$POOLD2" --port "$PORT" --threads $((s + 2)) || break
 done
 if [ -n "$NGINX" ]; then
+  log "nginx updates with its state vs keep-alive connections ($UPD updates each)"
+  conf=$(scripts/nginx/conf.sh "$WORK/ngx-s" "$PORT" | tail -n 1)
+  for c in 0 10 100; do
+    sweep "transfer-nginx-state-$c.tsv" "ns$c" "$c" 0 http 0 "$NGINX" "$NGINX" -p "$WORK/ngx-s" -c "$conf" || break
+  done
   log "nginx updates with --fresh-state vs keep-alive connections ($UPD updates each)"
   conf=$(scripts/nginx/conf.sh "$WORK/ngx-u" "$PORT" | tail -n 1)
   for c in 0 10 100; do

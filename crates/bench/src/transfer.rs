@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The numbers taken from `mcr update --json`, in the order of the sample file.
-pub const FIELDS: [&str; 19] = [
+pub const FIELDS: [&str; 22] = [
     "drain_ms",
     "quiesce_ms",
     "restart_ms",
@@ -50,6 +50,9 @@ pub const FIELDS: [&str; 19] = [
     "trace_ms",
     "connections_ms",
     "respawned_processes",
+    "in_place",
+    "pinned",
+    "heap_adopt_ms",
 ];
 
 /// The value of field `name` of [`FIELDS`] in an update's outcome (`client_ms` is the
@@ -82,6 +85,9 @@ fn figure(o: &Report, name: &str) -> Option<f64> {
         "trace_ms" => t.trace_ms,
         "connections_ms" => t.connections_ms,
         "respawned_processes" => t.respawned_processes as f64,
+        "in_place" => t.state.in_place as f64,
+        "pinned" => t.state.pinned as f64,
+        "heap_adopt_ms" => t.heap_adopt_ms,
         _ => return None,
     })
 }
@@ -554,12 +560,14 @@ pub fn report(dir: &std::path::Path) -> String {
     }
     let _ = writeln!(o);
     sessions_table(&mut o, &read);
-    // 1b. keys
-    let _ = writeln!(o, "**State transfer vs live objects** (kvd ↔ kvd-v2-layout, no connections; 3 heap blocks per key; median over the committed updates):");
+    // 1b. keys, code-only
+    code_only_table(&mut o, &read);
+    // 1c. keys, layout
+    let _ = writeln!(o, "**State transfer vs live objects, layout update** (kvd ↔ kvd-v2-layout: the node struct grows, keys and values do not change; no connections; 3 heap blocks per key; median over the committed updates). Per transformed object: transfer time over the blocks not left in place (budget 0.5 µs):");
     let _ = writeln!(o);
-    let _ = writeln!(o, "| keys | committed | live objects | objects / MB moved | transfer_ms (p90) | heap_scan_ms | trace_ms | pages skipped as clean | globals skipped as clean | whole update |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
-    for k in [0, 1000, 10000, 100000] {
+    let _ = writeln!(o, "| keys | committed | live objects | objects / MB moved | transfer_ms (p90) | heap_scan_ms | trace_ms | pages skipped as clean | globals skipped as clean | whole update | in place | µs per transformed object |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for k in [0, 1000, 10000, 100000, 1000000] {
         let text = read(&format!("transfer-keys-{k}.tsv"));
         let (ok, fail) = parse(&text);
         let state = committed(&text, ok.len(), &fail);
@@ -576,7 +584,7 @@ pub fn report(dir: &std::path::Path) -> String {
         let t = col(&ok, "transfer_ms");
         let _ = writeln!(
             o,
-            "| {k} | {state} | {} | {} / {} | {} ({}) | {} | {} | {} (of {} pages) | {} (of {}) | {} |",
+            "| {k} | {state} | {} | {} / {} | {} ({}) | {} | {} | {} (of {} pages) | {} (of {}) | {} | {} | {} |",
             f(med(&col(&ok, "live_objects")), 0),
             f(med(&col(&ok, "objects")), 0),
             f(med(&col(&ok, "bytes")).map(|b| b / 1e6), 2),
@@ -592,13 +600,39 @@ pub fn report(dir: &std::path::Path) -> String {
             f(med(&col(&ok, "globals_clean")), 0),
             f(med(&col(&ok, "globals")), 0),
             f(med(&col(&ok, "total_ms")), 2),
+            f(med(&col(&ok, "in_place")), 0),
+            per_transformed(&ok),
         );
     }
     let _ = writeln!(o);
-    // 1c. nginx
+    // 1d. nginx
+    let with_state: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-nginx-state-{c}.tsv")))).collect();
+    if with_state.iter().any(|(_, t)| !t.is_empty()) {
+        let _ = writeln!(o, "**nginx update with its state** (master + 2 workers, patch level of `scripts/nginx/build.sh` to itself; keep-alive connections move with the workers' heap; median / p90):");
+        let _ = writeln!(o);
+        let _ = writeln!(o, "| keep-alive connections | committed | closed by the update (median) | connections moved | pinned blocks | transfer_ms | trace_ms | whole update (total_ms) |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+        for (c, text) in &with_state {
+            let (ok, fail) = parse(text);
+            let state = committed(text, ok.len(), &fail);
+            let pp = |k: &str| format!("{} / {}", f(med(&col(&ok, k)), 2), f(p90(&col(&ok, k)), 2));
+            let closed: Vec<f64> = ok.iter().map(|s| s.closed as f64).collect();
+            let _ = writeln!(
+                o,
+                "| {c} | {state} | {} | {} | {} | {} | {} | {} |",
+                f(med(&closed), 0),
+                f(med(&col(&ok, "connections")), 0),
+                f(med(&col(&ok, "pinned")), 0),
+                pp("transfer_ms"),
+                pp("trace_ms"),
+                pp("total_ms")
+            );
+        }
+        let _ = writeln!(o);
+    }
     let ngx: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-nginx-{c}.tsv")))).collect();
     if ngx.iter().any(|(_, t)| !t.is_empty()) {
-        let _ = writeln!(o, "**nginx update with `--fresh-state`** (no state transfer: mcr cannot trace nginx's heap yet; idle keep-alive connections move into the new version, which adopts them through mcr's nginx module (scripts/nginx/mcr-module); a connection closed by the update would be counted; median / p90):");
+        let _ = writeln!(o, "**nginx update with `--fresh-state`** (no state transfer: the new version keeps what its startup made; idle keep-alive connections move into it, which adopts them through mcr's nginx module (scripts/nginx/mcr-module); a connection closed by the update would be counted; median / p90):");
         let _ = writeln!(o);
         let _ = writeln!(o, "| keep-alive connections | committed | closed by the update (median) | drain_ms | restart_ms | commit_ms | whole update (total_ms) |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");
@@ -674,6 +708,56 @@ pub const SESSIONS: [usize; 3] = [0, 10, 100];
 /// Update time vs open sessions (connd: a process per session; poold: a worker thread
 /// per session), from `transfer-sessions-<server>-<n>.tsv`. The increases are over the
 /// same server's 0-session row of the same run.
+/// Transfer time per object the update did not leave in place (the transformed ones), in
+/// µs: median over the committed updates; `–` when every object stayed.
+fn per_transformed(ok: &[Sample]) -> String {
+    let v: Vec<f64> = ok
+        .iter()
+        .filter_map(|s| {
+            let moved = s.get("objects")? - s.get("in_place")?;
+            let ms = s.get("transfer_ms")?;
+            (moved > 0.0).then(|| ms * 1000.0 / moved)
+        })
+        .collect();
+    f(med(&v), 2)
+}
+
+/// kvd ↔ kvd-v2: no type changes, so no object should move; the budget is a whole
+/// update under 100 ms at 1 000 000 keys, whatever the heap's size.
+fn code_only_table(o: &mut String, read: &dyn Fn(&str) -> String) {
+    use std::fmt::Write as _;
+    let rows: Vec<_> =
+        [0, 10000, 100000, 1000000].iter().map(|k| (*k, read(&format!("transfer-code-{k}.tsv")))).collect();
+    if rows.iter().all(|(_, t)| t.is_empty()) {
+        return;
+    }
+    let _ = writeln!(o, "**State transfer vs live objects, code-only update** (kvd ↔ kvd-v2: the same types; no connections; 3 heap blocks per key; median over the committed updates):");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| keys | committed | live objects | in place | objects copied | pages adopted (ms) | trace_ms | transfer_ms (p90) | whole update | budget (whole update, 1 000 000 keys) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    for (k, text) in rows {
+        let (ok, fail) = parse(&text);
+        let state = committed(&text, ok.len(), &fail);
+        let t = col(&ok, "transfer_ms");
+        let total = col(&ok, "total_ms");
+        let budget = if k == 1000000 { verdict(med(&total), 100.0) } else { "–".to_string() };
+        let copied: Vec<f64> = ok.iter().filter_map(|s| Some(s.get("objects")? - s.get("in_place")?)).collect();
+        let _ = writeln!(
+            o,
+            "| {k} | {state} | {} | {} | {} | {} | {} | {} ({}) | {} | {budget} |",
+            f(med(&col(&ok, "live_objects")), 0),
+            f(med(&col(&ok, "in_place")), 0),
+            f(med(&copied), 0),
+            f(med(&col(&ok, "heap_adopt_ms")), 2),
+            f(med(&col(&ok, "trace_ms")), 2),
+            f(med(&t), 2),
+            f(p90(&t), 2),
+            f(med(&total), 2),
+        );
+    }
+    let _ = writeln!(o);
+}
+
 fn sessions_table(o: &mut String, read: &dyn Fn(&str) -> String) {
     use std::fmt::Write as _;
     let rows: Vec<(&str, usize, String)> = ["connd", "poold"]
