@@ -510,14 +510,7 @@ fn adoption_in_process_memfd() {
     assert_eq!(h.segments_backing(slot), [SegmentBacking::PrivateMemfd]);
     // free the old list; new blocks reuse the old memory first
     let c = cache(&h);
-    let mut at = head;
-    while at != 0 {
-        // SAFETY: the adopted list.
-        let (key, next) = unsafe { (*(at as *const usize), *((at + 16) as *const usize)) };
-        free(&h, Some(c), key);
-        free(&h, Some(c), at);
-        at = next;
-    }
+    free_adopted_list(&h, c, head);
     let fresh: Vec<usize> = (0..3000).map(|_| addr(h.malloc(Some(c), 32))).collect();
     assert!(fresh.iter().all(|&p| slot_of(p) == Some(slot)), "adopted memory is reused before fresh memory");
     // the memfd still holds the old bytes: copy-on-write
@@ -577,20 +570,25 @@ fn anonymous_old_heap_adopted() -> (Box<Heap>, usize, usize, Vec<(usize, usize)>
     (h, slot, head, live_before, stats)
 }
 
+/// Frees the list `fill_like_an_old_version` built (each node and its key), from `head`.
+fn free_adopted_list(h: &Heap, c: &ThreadCache, head: usize) {
+    let mut at = head;
+    while at != 0 {
+        // SAFETY: the adopted list.
+        let (key, next) = unsafe { (*(at as *const usize), *((at + 16) as *const usize)) };
+        free(h, Some(c), key);
+        free(h, Some(c), at);
+        at = next;
+    }
+}
+
 /// Freed old blocks leave the adopted region's spans empty with their copied pages still
 /// resident; trimming gives them back, and the region still serves allocations.
 #[test]
 fn trimming_an_adopted_region_gives_its_free_spans_back() {
     let (h, slot, head, _, _) = anonymous_old_heap_adopted();
     let c = cache(&h);
-    let mut at = head;
-    while at != 0 {
-        // SAFETY: the adopted list.
-        let (key, next) = unsafe { (*(at as *const usize), *((at + 16) as *const usize)) };
-        free(&h, Some(c), key);
-        free(&h, Some(c), at);
-        at = next;
-    }
+    free_adopted_list(&h, c, head);
     h.flush_thread_cache(c);
     let resident = |h: &Heap| {
         let mut n = 0;

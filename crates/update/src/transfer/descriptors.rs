@@ -187,7 +187,7 @@ fn close_on_exec(host_pid: i32, fd: i32) -> bool {
 
 /// The process at the other end of a connected Unix socket, as the kernel recorded it
 /// when it connected (not something the peer says).
-fn peer_credentials(sock: &UnixStream) -> std::io::Result<libc::ucred> {
+pub(super) fn peer_credentials(sock: &impl AsRawFd) -> std::io::Result<libc::ucred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.

@@ -8,25 +8,6 @@
 use crate::version::HostPids;
 use mcr_protocol::SocketPeer;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
-
-/// The peer process a connected Unix socket's credentials name (its host PID); `None`
-/// for another kind of socket or descriptor.
-fn peer_host_pid(fd: &OwnedFd) -> Option<i32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && cred.pid > 0).then_some(cred.pid)
-}
 
 /// For each process of the new version (`new`), its sockets whose peer is a process of
 /// the old version (`old`), with that process's PID in the instance's namespace.
@@ -41,7 +22,8 @@ pub(crate) fn plan(old: &HostPids, new: &HostPids) -> BTreeMap<i32, Vec<SocketPe
                 continue;
             };
             let Ok(copy) = mcr_supervisor::pidfd::take(&pidfd, fd) else { continue };
-            if let Some(peer) = peer_host_pid(&copy).and_then(ns_of) {
+            let peer = super::descriptors::peer_credentials(&copy).ok().map(|c| c.pid).filter(|&p| p > 0);
+            if let Some(peer) = peer.and_then(ns_of) {
                 peers.push(SocketPeer { inode, pid: peer });
             }
         }
