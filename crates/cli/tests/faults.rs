@@ -484,6 +484,111 @@ fn a_supervisor_killed_while_serving_is_replaced() {
     assert!(a.is_empty() && b.is_empty() && !live(&mcr, "kvd"), "left after stop: {}", versions.describe());
 }
 
+/// Every live heap block of process `host` with its bytes, from its allocator's metadata.
+fn heap_contents(host: i32) -> Vec<(u64, Vec<u8>)> {
+    use mcr_heap::ReadMemory;
+    let mem = mcr_heap::ProcessMemory::open(host).expect("open the server's memory");
+    let heap = mcr_heap::HeapIndex::scan(&mem, &[]).expect("list the server's heap");
+    heap.objects()
+        .iter()
+        .map(|o| {
+            let mut b = vec![0u8; o.size as usize];
+            mem.read(o.addr, &mut b).expect("read a live block");
+            (o.addr, b)
+        })
+        .collect()
+}
+
+/// The live blocks of kvd's server process `host` once a quiesce returned the blocks its
+/// threads cache for reuse (freed, still marked live) to their spans: the update's
+/// quiesce does it too, and so do the runtime's own short-lived allocations.
+fn heap_at_rest(mcr: &Mcr, host: i32) -> Vec<(u64, Vec<u8>)> {
+    for what in ["quiesce", "resume"] {
+        let out = mcr.run(&["ctl", "kvd", what]);
+        assert_eq!(out.code(), 0, "mcr ctl kvd {what}: {out}");
+    }
+    heap_contents(host)
+}
+
+/// Issue 13: the new version adopts the old heap by copying its pages, never writing the
+/// old process; an update that dies at any phase before its commit point leaves the old
+/// version's heap exactly as it was (the same live blocks, byte for byte) and serving.
+#[test]
+fn an_update_that_dies_before_its_commit_leaves_the_old_heap_as_it_was() {
+    for (fault, point) in [
+        (Fault::KillCli, Point::Quiesced),
+        (Fault::KillNewServer, Point::Restarting),
+        (Fault::KillNewServer, Point::Transferring),
+        (Fault::KillNewServer, Point::Committing),
+    ] {
+        let mcr = Mcr::new(&format!("f-heap-{point:?}"));
+        let pause_dir = mcr.tmp.join("pause");
+        std::fs::create_dir_all(&pause_dir).unwrap();
+        let port = free_port();
+        let versions = Versions { v1: fixture("kvd"), v2: fixture("kvd-v2-layout"), port };
+        let inst = mcr.start("kvd", &versions.v1, &["--port".to_string(), port.to_string()]);
+        let _next = mcr.guard("kvd.next");
+        let mut c = Client::connect(port);
+        for i in 0..2000 {
+            assert_eq!(c.request(&format!("SET h{i} {}", value_of(i))), "OK");
+        }
+        // The client stays connected (idle): closing it would free its connection's blocks
+        // whenever the server gets to it.
+        let server = versions.server_of(&versions.v1);
+        let before = heap_at_rest(&mcr, server);
+        assert!(before.len() >= 6000, "{} live blocks", before.len());
+
+        let mut cmd = mcr.command(&update_command(&mcr, &versions.v2, port));
+        cmd.env(mcr_protocol::test_hook::PAUSE_AT, point.name()).env(mcr_protocol::test_hook::PAUSE_DIR, &pause_dir);
+        let mut upd = Spawned::spawn(cmd, &mcr.tmp.path);
+        let marker = pause_dir.join(format!("{}.paused", point.name()));
+        wait_paused(&mut upd, &marker, point);
+        match fault {
+            Fault::KillNewServer => {
+                let pid = versions.server_of(&versions.v2);
+                kill(pid, libc::SIGKILL);
+                wait_gone(pid);
+            }
+            _ => kill(upd.pid(), libc::SIGKILL),
+        }
+        let _ = std::fs::remove_file(&marker);
+        let out =
+            upd.wait_timeout(UPDATE_ENDS).unwrap_or_else(|| panic!("{fault:?} at {point:?}: the update did not end"));
+        assert!(!out.status.success(), "{fault:?} at {point:?}: committed: {out}");
+        let settled = wait_until(SETTLES, || {
+            !live(&mcr, "kvd.next")
+                && ping_once(port, Duration::from_secs(1)).is_ok()
+                && inst.status()["quiesced"] == serde_json::Value::Bool(false)
+        });
+        assert!(
+            settled,
+            "{fault:?} at {point:?}: the old version does not serve
+log:
+{}",
+            inst.log()
+        );
+        let after = heap_at_rest(&mcr, server);
+        let after_by_addr: std::collections::BTreeMap<u64, &Vec<u8>> = after.iter().map(|(a, b)| (*a, b)).collect();
+        let differs = |(a, b): &&(u64, Vec<u8>)| after_by_addr.get(a) != Some(&b);
+        let changed: Vec<u64> = before.iter().filter(differs).map(|(a, _)| *a).take(5).collect();
+        assert!(
+            before.len() == after.len() && changed.is_empty(),
+            "{fault:?} at {point:?}: the old heap changed: {} live blocks before, {} after; blocks differing (first \
+             5): {changed:x?}",
+            before.len(),
+            after.len()
+        );
+        check_keys_named(&mut c, 2000);
+    }
+}
+
+/// Keys h0..hN all hold their values.
+fn check_keys_named(c: &mut Client, n: usize) {
+    for i in 0..n {
+        assert_eq!(c.request(&format!("GET h{i}")), format!("VALUE {}", value_of(i)), "key h{i}");
+    }
+}
+
 macro_rules! cases {
     ($($name:ident: $fault:ident at $point:ident;)*) => {
         $(

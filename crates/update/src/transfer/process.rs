@@ -232,9 +232,6 @@ fn take_over_attributes(pid: i32, old: &mut Connection, new: &mut NewProcess<'_>
     Ok(())
 }
 
-/// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
-/// them (a mapping of their own, a guard page right below) hold none; a stack the program
-/// carved out of malloc'd memory is scanned.
 /// Where the old process's main stack is in the new one (`mcr_tracer::StackMap`); `None`
 /// when either layout cannot be read (then pointers into it stay as they are).
 fn stack_map(
@@ -279,6 +276,9 @@ fn user_env_end(mem: &ProcessMemory, l: &StackLayout) -> Option<u64> {
     None
 }
 
+/// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
+/// them (a mapping of their own, a guard page right below) hold none; a stack the program
+/// carved out of malloc'd memory is scanned.
 fn heap_candidates(old_host: i32, maps: &[Region]) -> Vec<Region> {
     let stacks = mcr_heap::thread_stack_pointers(old_host);
     let is_thread_stack = |i: usize, r: &Region| {
