@@ -25,10 +25,15 @@ fn port_args(port: u16) -> Vec<String> {
     vec!["--port".into(), port.to_string()]
 }
 
-/// `mcr update NAME --json -- PROGRAM ARGS`: the exit code and the outcome.
-fn update(mcr: &Mcr, name: &str, program: &Path, args: &[String]) -> (Out, Value) {
-    let mut argv: Vec<OsString> = vec!["update".into(), name.into(), "--json".into(), "--".into(), program.into()];
-    argv.extend(args.iter().map(OsString::from));
+/// `mcr update voidkv --json -- PROGRAM --port PORT`: the exit code and the outcome.
+/// First waits until voidkv closed every connection but the `held` ones (the clients that
+/// checked the store hung up), so that exactly those move.
+fn update(mcr: &Mcr, port: u16, program: &Path, held: usize) -> (Out, Value) {
+    wait_for(Duration::from_secs(5), "voidkv to close the connections its checkers left", || {
+        open_server_ends(port).len() == held
+    });
+    let mut argv: Vec<OsString> = vec!["update".into(), "voidkv".into(), "--json".into(), "--".into(), program.into()];
+    argv.extend(port_args(port).into_iter().map(OsString::from));
     let out = mcr.run(&argv);
     let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
     (out, v)
@@ -195,7 +200,7 @@ fn voidkv_keeps_its_void_pointer_store_and_connections_through_code_and_layout_u
     for (round, (to, version)) in [(&v2, 2), (&v2_layout, 2), (&v1, 1)].into_iter().enumerate() {
         let label = format!("update {round} to {}", to.file_name().unwrap().to_string_lossy());
         half_send_all(port, &mut held, round, version);
-        let (out, v) = update(&mcr, "voidkv", to, &args);
+        let (out, v) = update(&mcr, port, to, HELD);
         assert_committed(&label, &out, &v, &inst.log());
         added += complete_all(&mut held, version, &format!("after {label}"));
         assert_every_key(port, added, &format!("after {label}"));
@@ -224,7 +229,7 @@ fn voidkv_refuses_a_layout_change_only_a_void_pointer_leads_to_until_annotated()
     let hashed = stat(&mut Client::connect(port), "hashed");
 
     half_send_all(port, &mut held, 0, 1);
-    let (out, v) = update(&mcr, "voidkv", &fixture("voidkv-v2-ctxlayout"), &args);
+    let (out, v) = update(&mcr, port, &fixture("voidkv-v2-ctxlayout"), held.len());
     assert_eq!(out.code(), 1, "{out}\nlog:\n{}", inst.log());
     let msg = v["message"].as_str().unwrap_or_default();
     for word in ["voidkv.c:store -> htable.user_data (void *)", "looks like struct store_ctx", "(24 -> 32 bytes)"] {
@@ -235,7 +240,7 @@ fn voidkv_refuses_a_layout_change_only_a_void_pointer_leads_to_until_annotated()
     assert_every_key(port, added, "after the rollback");
 
     half_send_all(port, &mut held, 1, 2);
-    let (out, v) = update(&mcr, "voidkv", &fixture("voidkv-v2-ctxlayout-hinted"), &args);
+    let (out, v) = update(&mcr, port, &fixture("voidkv-v2-ctxlayout-hinted"), held.len());
     assert_eq!(out.code(), 0, "MCR_POINTS_TO types user_data: {out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 1, "{v:#}");
     let added = added + complete_all(&mut held, 2, "after the annotated update");
