@@ -19,7 +19,9 @@
 //! struct: `roots` (the globals to carry over: `Roots`), `walk` (the heap blocks
 //! they reach, typed or opaque, with their paths and bytes: `Reached`), `plan`
 //! (per type a transformation, per block its new size and place: `TransferPlan`),
-//! `write` (allocate, rebuild, relocate, run object handlers, write the globals). The new
+//! `write` (allocate, rebuild, relocate, run object handlers, write the globals); between
+//! the walk and the plan, `untyped` stops the update when a block the walk could not type
+//! looks like an object of a type the update changes (no typed path leads to). The new
 //! process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
 
 mod hints;
@@ -34,6 +36,7 @@ mod target;
 #[cfg(test)]
 mod testing;
 mod transfer;
+mod untyped;
 mod walk;
 mod write;
 

@@ -15,7 +15,7 @@ const MAX_DEPTH: usize = 64;
 
 /// A type's name as `mcr check` lists changed types (`struct kv_node`; the typedef for an
 /// anonymous aggregate behind one).
-fn display(p: &Program, t: TypeId) -> String {
+pub(crate) fn display(p: &Program, t: TypeId) -> String {
     let s = p.strip(t);
     match p.ty(s) {
         Type::Struct(c) | Type::Union(c) if c.name.is_none() => p.type_name(t),

@@ -7,7 +7,7 @@ use crate::plan::{describe_unmatched, plan};
 use crate::startup::{Placement, StartupTables};
 use crate::target::{startup_block_size, Target, TargetError};
 use crate::write::{Destinations, Writer};
-use crate::{roots, walk, write};
+use crate::{roots, untyped, walk, write};
 use mcr_heap::{HeapIndex, MemoryError, ReadMemory};
 use mcr_typemodel::Program;
 
@@ -181,6 +181,7 @@ pub fn transfer_with_words(
     let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
     let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted)?;
     report.pinned = reached.pinned.len();
+    report.warnings.extend(untyped::check(pair, &hints, &reached)?);
 
     let handlers = object_handlers(new);
     let plan = plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;

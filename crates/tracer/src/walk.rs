@@ -121,7 +121,8 @@ pub fn walk(
         heap,
         hints,
         blocks: BTreeMap::new(),
-        queue: VecDeque::new(),
+        typed_queue: VecDeque::new(),
+        opaque_queue: VecDeque::new(),
         layouts: HashMap::new(),
         pinnable,
         pinned: BTreeMap::new(),
@@ -134,13 +135,22 @@ pub fn walk(
             w.reach(obj, None, None, || label.clone())?;
         }
     }
-    // Everything reachable from them. A block comes back into the queue when a typed
+    // Everything reachable from them, through typed pointers first: a block untyped
+    // memory leads to is scanned as untyped memory only once no typed pointer can reach
+    // it any more (scanned first, its words would pin the blocks they point to, which a
+    // type change then forbids). A block comes back into the typed queue when a typed
     // pointer refines what an untyped one reached; its bytes are read once.
     let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut roots_by_type: HashMap<TypeId, String> = HashMap::new();
-    while let Some(addr) = w.queue.pop_front() {
+    let next = |w: &mut Walker| {
+        w.typed_queue.pop_front().map(|a| (a, true)).or_else(|| w.opaque_queue.pop_front().map(|a| (a, false)))
+    };
+    while let Some((addr, queued_typed)) = next(&mut w) {
         let b = &w.blocks[&addr];
         let (obj, reach) = (b.obj, b.reach);
+        if !queued_typed && reach != Reach::Opaque {
+            continue; // a typed pointer reached it since: scanned from the typed queue
+        }
         if let std::collections::hash_map::Entry::Vacant(e) = contents.entry(addr) {
             e.insert(read_vec(mem, obj.addr, obj.size)?);
         }
@@ -176,7 +186,9 @@ struct Walker<'w> {
     hints: &'w Hints,
     /// Reached so far, their bytes not yet read.
     blocks: BTreeMap<u64, Block>,
-    queue: VecDeque<u64>,
+    /// Blocks to scan: typed ones first (see [`walk`]).
+    typed_queue: VecDeque<u64>,
+    opaque_queue: VecDeque<u64>,
     layouts: HashMap<TypeId, Rc<Layout>>,
     pinnable: &'w dyn Fn(u64) -> bool,
     pinned: BTreeMap<u64, Pin>,
@@ -203,12 +215,12 @@ impl Walker<'_> {
                 (_, None) => {}
                 (Reach::Opaque, Some(t)) => {
                     f.reach = Reach::Typed(t);
-                    self.queue.push_back(obj.addr);
+                    self.typed_queue.push_back(obj.addr);
                 }
                 (Reach::Typed(a), Some(b)) if a == b || is_byte(prog, b) => {}
                 (Reach::Typed(a), Some(b)) if is_byte(prog, a) => {
                     f.reach = Reach::Typed(b);
-                    self.queue.push_back(obj.addr);
+                    self.typed_queue.push_back(obj.addr);
                 }
                 (Reach::Typed(a), Some(b)) => {
                     let here = match parent {
@@ -230,7 +242,10 @@ impl Walker<'_> {
             None => {
                 let reach = ty.map_or(Reach::Opaque, Reach::Typed);
                 self.blocks.insert(obj.addr, Block { obj, reach, parent, hop: hop(), bytes: Vec::new() });
-                self.queue.push_back(obj.addr);
+                match reach {
+                    Reach::Typed(_) => self.typed_queue.push_back(obj.addr),
+                    Reach::Opaque => self.opaque_queue.push_back(obj.addr),
+                }
             }
         }
         Ok(())
@@ -406,7 +421,7 @@ impl Walker<'_> {
 mod tests {
     use super::{Reach, Reached};
     use crate::testing::{list_program, node, old_list, words, Build, Ids, World};
-    use crate::transfer::TransferError;
+    use crate::transfer::{transfer_with_words, TransferError};
 
     /// The list program, with `more` added to both versions (they do not change here).
     fn world(more: impl Fn(&mut Build, Ids)) -> World {
@@ -480,6 +495,22 @@ mod tests {
         assert!(w.new_proc.freed.is_empty(), "a pinned block is not freed");
         assert_eq!(w.new_proc.mem.u64(w.new_global("blob")), data);
         assert_eq!(w.new_proc.mem.u64(data + 8), n, "the word still points to the block, which stayed");
+    }
+
+    #[test]
+    fn a_word_outside_memory_that_points_deep_into_typed_state_pins_nothing() {
+        // Epoll data pointing to the third node of a list whose type grows: the walk must
+        // not take the node's bytes for untyped memory before the list's typed pointers
+        // reach it, which would pin the fourth (and a pinned node cannot grow).
+        let mut w = World::new(list_program(false, |_, _| {}), list_program(true, |_, _| {}));
+        w.adopted_heap = true;
+        let nodes = old_list(&mut w, &[1, 2, 3, 4]);
+        let words = vec![("epoll data of fd 5 (epoll fd 4)".to_string(), nodes[2])];
+        let t = w.with_pair(|pair, np| transfer_with_words(pair, np, &words)).expect("every node is typed");
+        assert_eq!((t.report.pinned, t.report.objects), (0, 4), "{:?}", t.report);
+        let moved = t.words[0];
+        assert_ne!(moved, nodes[2], "the grown node moved, and the word with it");
+        assert_eq!(w.new_proc.mem.i64(moved), 3);
     }
 
     #[test]

@@ -275,6 +275,21 @@ pub(crate) fn epoll_registrations_to_add<E>(
     Ok(add)
 }
 
+/// The data of the registrations [`epoll_registrations_to_add`] relocates (those of the
+/// descriptors `moved` and inside the sets `moved_sets`), labelled for reports, for the
+/// trace to take as untyped pointers: what only the kernel points to must move too.
+pub(crate) fn epoll_data_words(
+    registrations: &[EpollRegistration],
+    moved: &[i32],
+    moved_sets: &[i32],
+) -> Vec<(String, u64)> {
+    registrations
+        .iter()
+        .filter(|r| r.data != 0 && (moved.contains(&r.fd) || moved_sets.contains(&r.epfd)))
+        .map(|r| (format!("epoll data of fd {} (epoll fd {})", r.fd, r.epfd), r.data))
+        .collect()
+}
+
 /// Every epoll registration of process `host`.
 pub(crate) fn epoll_registrations(host: i32) -> Vec<EpollRegistration> {
     mcr_protocol::epoll_registrations(&host.to_string())
@@ -298,5 +313,16 @@ mod tests {
         let heap = |d: u64| -> Result<u64, String> { Ok(d + 1) };
         let err = epoll_registrations_to_add(regs, &[20], &[20], heap, |r| format!("in set {}", r.epfd));
         assert_eq!(err, Err("in set 20".to_string()), "data inside a moved set cannot be relocated");
+    }
+
+    #[test]
+    fn the_data_of_the_registrations_that_move_are_words_to_trace() {
+        let regs = vec![reg(3, 7, 0x1000), reg(3, 8, 0), reg(3, 9, 6), reg(20, 21, 42), reg(3, 5, 0x2000)];
+        let words = epoll_data_words(&regs, &[7, 8, 20], &[20]);
+        assert_eq!(
+            words,
+            [("epoll data of fd 7 (epoll fd 3)".to_string(), 0x1000), ("epoll data of fd 21 (epoll fd 20)".into(), 42)],
+            "8's data is null; 9 and 5 stay in the old process"
+        );
     }
 }

@@ -133,6 +133,20 @@ pub(crate) fn transfer(
     let mut target = TracerTarget::new(new_process, mem);
     let pthread_keys = keys::of_old(old, pid)?;
     let key_values = keys::value_words(pid, &pthread_keys)?;
+    let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
+    let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
+    // Asked now, while the connection list is from the quiesce: a client that left since
+    // turns its connection into a "plain" descriptor in the runtime's answer. It moves
+    // once, as the connection it was listed as.
+    let mut made_after = old.post_startup_fds(pid)?;
+    made_after.retain(|fd| !fds.contains(fd));
+    let moved: Vec<i32> = fds.iter().chain(&made_after).copied().collect();
+    let registrations = if volatile { Vec::new() } else { descriptors::epoll_registrations(old_host) };
+    // The kernel holds the data of the registrations that move, and a server may keep
+    // its per-connection state nowhere else (`epoll_event.data.ptr`): each is a root of
+    // the trace, an untyped word like a pthread key's value.
+    let words: Vec<(String, u64)> =
+        key_values.iter().cloned().chain(descriptors::epoll_data_words(&registrations, &moved, &made_after)).collect();
     let stack_map = stack_map(old_host, &old_maps, &old_mem, new_host, &new_maps);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
@@ -145,7 +159,7 @@ pub(crate) fn transfer(
         adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
         stack: stack_map.as_ref(),
     };
-    let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &key_values)
+    let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
     // A destructor in the old binary is the same function in the new one; one in a
     // library stays where it is (libraries load at the same addresses in both versions).
@@ -155,7 +169,7 @@ pub(crate) fn transfer(
         }
         mcr_tracer::translate(old_prog, &pair.old.image, new_prog, &pair.new.image, d)
     };
-    let recreated = keys::to_recreate(pid, &pthread_keys, &moved_state.words, destructor)?;
+    let recreated = keys::to_recreate(pid, &pthread_keys, &moved_state.words[..key_values.len()], destructor)?;
     sum.pthread_keys += recreated.len();
     keys::recreate(&mut target.process, recreated)?;
     sum.trace_ms += ms_since(t);
@@ -164,17 +178,10 @@ pub(crate) fn transfer(
     mcr_protocol::test_hook::pause(mcr_protocol::test_hook::point::TRANSFERRING);
 
     let t = Instant::now();
-    let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
     let resumes_sessions = mcr_typemodel::diff::Sessions::of(new_prog).resumes();
     if let Some(&fd) = mine.iter().flat_map(|c| c.pinned.iter()).next().filter(|_| !resumes_sessions) {
         return Err(TransferError::ThreadServed { pid, fd });
     }
-    let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-    // Asked now, while the connection list is from the quiesce: a client that left since
-    // turns its connection into a "plain" descriptor in the runtime's answer. It moves
-    // once, as the connection it was listed as.
-    let mut made_after = old.post_startup_fds(pid)?;
-    made_after.retain(|fd| !fds.contains(fd));
     if volatile {
         if let Some(&fd) = made_after.first() {
             return Err(TransferError::VolatileDescriptor { pid, fd });
@@ -187,10 +194,9 @@ pub(crate) fn transfer(
         if !made_after.is_empty() {
             descriptors::import(old_host, &made_after, &mut target.process, Moving::Descriptors)?;
         }
-        let moved: Vec<i32> = fds.iter().chain(&made_after).copied().collect();
         if !moved.is_empty() {
             let regs = descriptors::epoll_registrations_to_add(
-                descriptors::epoll_registrations(old_host),
+                registrations,
                 &moved,
                 &made_after,
                 |data| {
