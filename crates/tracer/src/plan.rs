@@ -7,7 +7,7 @@
 use crate::hints::normalize;
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
 use crate::transfer::{conflict, TransferError};
-use crate::walk::{is_byte, Reached};
+use crate::walk::{is_byte, typed_objects, Reached};
 use mcr_typemodel::transform::{root_name, Plan};
 use mcr_typemodel::{Program, Type, TypeId};
 use std::collections::HashMap;
@@ -109,9 +109,26 @@ pub fn plan(
             }
             _ => (0, 0),
         };
-        let size = match b.obj.size.checked_div(old_stride) {
+        let size = match b.reach.ty().filter(|_| old_stride > 0) {
             None => b.obj.size,
-            Some(n) => n * new_stride + b.obj.size % old_stride,
+            Some(t) => {
+                let n = typed_objects(old, t, b.obj.size);
+                let rest = b.obj.size - n * old_stride;
+                // Objects followed by other data (a pool's arena after its header): what
+                // points into that data is not known, so it cannot move.
+                if old_stride != new_stride && rest >= 8 {
+                    return Err(conflict(
+                        reached.path_of(*addr),
+                        format!(
+                            "the heap block at {addr:#x} holds a {t_name} followed by {rest} bytes of other data (a \
+                             pool's arena, a flexible array member's elements); mcr cannot tell what points into them, \
+                             so it cannot move them for {t_name} to change size ({old_stride} -> {new_stride} bytes)",
+                            t_name = old.type_name(t)
+                        ),
+                    ));
+                }
+                n * new_stride + rest
+            }
         };
         sized.push((*addr, size, old_stride, new_stride));
     }
@@ -350,6 +367,32 @@ mod tests {
         let (path, reason) = conflict(&mut w);
         assert_eq!(path, "head");
         assert!(reason.starts_with("cannot transform struct node: node.val: int becomes struct money"), "{reason}");
+    }
+
+    #[test]
+    fn objects_followed_by_other_data_cannot_change_size() {
+        // `head` reaches a node followed by 40 bytes of something else (a pool's arena).
+        let mut w = grown_list();
+        let mut bytes = node(1, 0);
+        bytes.extend_from_slice(&words(&[5, 6, 7, 8, 9]));
+        let n = w.old_proc.block(&bytes, false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (path, reason) = conflict(&mut w);
+        assert_eq!(path, "head");
+        assert_eq!(
+            reason,
+            format!(
+                "the heap block at {n:#x} holds a struct node followed by 40 bytes of other data (a pool's arena, a \
+                 flexible array member's elements); mcr cannot tell what points into them, so it cannot move them \
+                 for struct node to change size (16 -> 24 bytes)"
+            )
+        );
+        // The same block in a version where the node does not change stays as it is.
+        let mut w = World::new(list_program(false, |_, _| {}), list_program(false, |_, _| {}));
+        let n = w.old_proc.block(&bytes, false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (_, plan) = w.plan().expect("unchanged");
+        assert_eq!((plan.blocks[0].size, plan.blocks[0].old_stride), (56, 16));
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The walk (paper §6, "mutable tracing"): from the roots, every heap block the old
 //! process reaches, and how. A block reached through a typed pointer to its start takes
-//! that pointer's type (an array of it when it holds several); a block only untyped words
-//! lead to (a `void *`, a tagged word, a pointer into its middle) is opaque: its bytes are
-//! copied as they are. Memory mcr cannot type (unions, pointer-sized integers, opaque
-//! blocks) must not hold a heap address, unless a hint of `mcr.h` says what the word is:
-//! `MCR_POINTS_TO` makes it a typed pointer, `MCR_OPAQUE` data, `MCR_TAGGED` a pointer
-//! with a tag in its low bits.
+//! that pointer's type (an array of it when it holds several; one object followed by
+//! memory mcr cannot type when the block is not a whole number of them: a pool's header
+//! before its arena); a block only untyped words lead to (a `void *`, a tagged word, a
+//! pointer into its middle) is opaque: its bytes are copied as they are. Memory mcr
+//! cannot type (unions, pointer-sized integers, opaque blocks, what follows a block's
+//! typed objects) must not hold a heap address, unless a hint of `mcr.h` says what the
+//! word is: `MCR_POINTS_TO` makes it a typed pointer, `MCR_OPAQUE` data, `MCR_TAGGED` a
+//! pointer with a tag in its low bits; or unless the block it points to can stay where it
+//! is (the adopted heap), which pins it.
 //!
 //! The walk only reads the old process. Its output, [`Reached`], is what the later phases
 //! work from: which blocks, reached how (typed or opaque), from where, with their bytes.
@@ -148,7 +151,19 @@ pub fn walk(
         match reach {
             Reach::Typed(t) => {
                 let root = roots_by_type.entry(t).or_insert_with(|| root_name(old, t)).clone();
-                w.scan_typed(bytes, t, Some(addr), "", &root)?
+                let stride = old.size_of(t).unwrap_or(0);
+                if stride == 0 || is_byte(old, t) {
+                    continue;
+                }
+                let typed = typed_objects(old, t, obj.size) * stride;
+                w.scan_typed(&bytes[..typed as usize], t, Some(addr), "", &root)?;
+                // What follows the objects (a pool's arena after its header): memory mcr
+                // cannot type, scanned conservatively.
+                let found = w.hidden_pointers_from(bytes, typed as usize);
+                if !found.is_empty() {
+                    let place = path_of(&w.blocks, addr);
+                    w.pin_or_refuse(found, Some(addr), (&place, &root), OpaqueReason::Unknown)?;
+                }
             }
             Reach::Opaque => {
                 let found = w.hidden_pointers(bytes);
@@ -164,6 +179,25 @@ pub fn walk(
         b.bytes = contents.remove(addr).unwrap_or_default();
     }
     Ok(Reached { blocks, pinned: w.pinned })
+}
+
+/// How many objects of type `ty` a block of `size` bytes that a typed pointer reaches at
+/// its start holds, from the start (the rest is copied as bytes). An array when they fill
+/// it, as `calloc(n, sizeof(T))` and `malloc(n * sizeof(T))` make it, or leave fewer bytes
+/// than a pointer (slack, a terminator); otherwise one object followed by memory of
+/// another kind (a pool's arena after its header, a flexible array member's elements),
+/// or none when the block is smaller than one. Taking such memory for more objects of
+/// the type would give whatever it holds that type's fields and their pointees' types.
+/// Byte types (a `char *` block) hold no objects to scan.
+pub(crate) fn typed_objects(p: &Program, ty: TypeId, size: u64) -> u64 {
+    let stride = p.size_of(ty).unwrap_or(0);
+    if stride == 0 || is_byte(p, ty) {
+        return 0;
+    }
+    match size % stride {
+        rest if rest < 8 => size / stride,
+        _ => u64::from(size >= stride),
+    }
 }
 
 pub(crate) fn is_byte(p: &Program, ty: TypeId) -> bool {
@@ -348,12 +382,21 @@ impl Walker<'_> {
 
     /// The heap addresses in memory mcr cannot type: (offset, value, its block).
     fn hidden_pointers(&self, bytes: &[u8]) -> Vec<(usize, u64, Object)> {
+        self.hidden_pointers_from(bytes, 0)
+    }
+
+    /// [`Self::hidden_pointers`] in the aligned words of `bytes` from offset `from` on,
+    /// offsets counted from the start of `bytes`.
+    fn hidden_pointers_from(&self, bytes: &[u8], from: usize) -> Vec<(usize, u64, Object)> {
+        let from = from.next_multiple_of(8);
         bytes
+            .get(from..)
+            .unwrap_or_default()
             .chunks_exact(8)
             .enumerate()
             .filter_map(|(k, w)| {
                 let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (k * 8, v, obj))
+                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (from + k * 8, v, obj))
             })
             .collect()
     }
@@ -405,7 +448,7 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::{Reach, Reached};
-    use crate::testing::{list_program, node, old_list, words, Build, Ids, World};
+    use crate::testing::{list_program, node, old_list, pool_and_other, pool_with_arena, words, Build, Ids, World};
     use crate::transfer::TransferError;
 
     /// The list program, with `more` added to both versions (they do not change here).
@@ -576,6 +619,43 @@ mod tests {
                 nodes[1]
             )
         );
+    }
+
+    #[test]
+    fn typed_objects_fill_a_block_or_head_it() {
+        let mut b = Build::default();
+        let long = b.long();
+        let pair = b.strukt("pair", 16, &[("a", long, 0), ("b", long, 8)]);
+        let c = b.char();
+        let p = b.done();
+        let objects = |size| super::typed_objects(&p, pair, size);
+        assert_eq!([objects(48), objects(52), objects(16), objects(0)], [3, 3, 1, 0], "an array, slack after it");
+        assert_eq!([objects(56), objects(4104), objects(24)], [1, 1, 1], "a header before other data");
+        assert_eq!(objects(8), 0, "smaller than one");
+        assert_eq!(super::typed_objects(&p, c, 100), 0, "bytes hold no objects");
+    }
+
+    #[test]
+    fn a_block_larger_than_its_type_holds_one_object_then_memory_mcr_cannot_type() {
+        // Taken for four struct pools, the arena's fourth word would be a pool's `first`
+        // and reach `other` as a struct node, which `o` reaches as struct other.
+        let mut w = World::new(list_program(false, pool_and_other), list_program(false, pool_and_other));
+        w.adopted_heap = true;
+        let (pool, other) = pool_with_arena(&mut w);
+        let (_, reached) = w.walk().expect("the arena is scanned conservatively");
+        assert_eq!(typed_as(&w, &reached, pool), "struct pool");
+        assert_eq!(typed_as(&w, &reached, other), "struct other", "typed by its own pointer only");
+        let pin = &reached.pinned[&other];
+        assert_eq!(pin.place, "pool+40", "the word in the arena, by its offset in the block");
+        assert!(pin.holds.starts_with(&format!("memory of unknown type holds {other:#x}")), "{pin:?}");
+
+        // Where the block cannot stay (a heap copied block by block), such a word stops the
+        // update, as any heap address in memory mcr cannot type does.
+        let mut w = World::new(list_program(false, pool_and_other), list_program(false, pool_and_other));
+        let (_, other) = pool_with_arena(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "pool+40");
+        assert!(reason.starts_with(&format!("memory of unknown type holds {other:#x}")), "{reason}");
     }
 
     fn tagged_word(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
