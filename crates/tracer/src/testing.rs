@@ -598,6 +598,15 @@ pub fn pool_and_other(b: &mut Build, ids: Ids) {
     b.global("o", 0x40_1078, o);
 }
 
+/// [`pool_and_other`] and `struct cfg { long n; struct node *first; } *cfg` (an object
+/// carved from a pool).
+pub fn pool_and_cfg(b: &mut Build, ids: Ids) {
+    pool_and_other(b, ids);
+    let cfg = b.strukt("cfg", 16, &[("n", ids.long, 0), ("first", ids.node_ptr, 8)]);
+    let p = b.ptr(cfg);
+    b.global("cfg", 0x40_1080, p);
+}
+
 /// A 72-byte pool block that `pool` reaches at its start: a struct pool, then 56 bytes of
 /// arena whose fourth word (offset 40, where a third struct pool's `first` would be) is
 /// the address of a 16-byte block `other`, which `o` reaches as struct other; its last

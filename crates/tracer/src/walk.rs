@@ -19,7 +19,7 @@ use crate::transfer::{conflict, TransferError};
 use mcr_heap::{HeapIndex, Object, ReadMemory};
 use mcr_typemodel::transform::root_name;
 use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Type, TypeId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 /// How the walk reached a block, which decides how it moves.
@@ -74,6 +74,31 @@ pub struct Reached {
     /// point to, with the first such word: they must stay where they are (conservative
     /// tracing; only possible where the new process adopted the old heap).
     pub pinned: BTreeMap<u64, Pin>,
+    /// Objects a typed pointer reaches inside memory mcr cannot type (a pool's arena, an
+    /// untyped block), one per type, in the order the walk met them: they stay where they
+    /// are, as they are, so their types must not change.
+    pub embedded: Vec<Embedded>,
+}
+
+/// An object of a known type inside memory mcr cannot type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedded {
+    pub ty: TypeId,
+    /// The heap block it is in, and where.
+    pub block: u64,
+    pub offset: u64,
+    /// The typed pointer that reaches it (`conf`, `conn.req`).
+    pub place: String,
+}
+
+/// A typed pointer into the middle of a block, noted by the walk (whether the object it
+/// points to is inside the block's typed objects is known once the walk is over).
+struct Interior {
+    block: u64,
+    offset: u64,
+    ty: TypeId,
+    from: Option<u64>,
+    hop: String,
 }
 
 impl Reached {
@@ -128,6 +153,8 @@ pub fn walk(
         layouts: HashMap::new(),
         pinnable,
         pinned: BTreeMap::new(),
+        interior: Vec::new(),
+        interior_seen: HashSet::new(),
     };
     for r in roots {
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
@@ -178,7 +205,32 @@ pub fn walk(
     for (addr, b) in blocks.iter_mut() {
         b.bytes = contents.remove(addr).unwrap_or_default();
     }
-    Ok(Reached { blocks, pinned: w.pinned })
+    let embedded = embedded(old, &blocks, w.interior);
+    Ok(Reached { blocks, pinned: w.pinned, embedded })
+}
+
+/// The typed pointers into the middle of blocks that point outside the blocks' typed
+/// objects (into an untyped block, or past a typed block's objects): the objects there,
+/// the first of each type.
+fn embedded(prog: &Program, blocks: &BTreeMap<u64, Block>, interior: Vec<Interior>) -> Vec<Embedded> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for i in interior {
+        let Some(b) = blocks.get(&i.block) else { continue };
+        let typed_end = match b.reach {
+            Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
+            Reach::Opaque => 0,
+        };
+        if i.offset < typed_end || !seen.insert(i.ty) {
+            continue;
+        }
+        let place = match i.from {
+            Some(p) => format!("{} -> {}", path_of(blocks, p), i.hop),
+            None => i.hop,
+        };
+        out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place });
+    }
+    out
 }
 
 /// How many objects of type `ty` a block of `size` bytes that a typed pointer reaches at
@@ -214,6 +266,9 @@ struct Walker<'w> {
     layouts: HashMap<TypeId, Rc<Layout>>,
     pinnable: &'w dyn Fn(u64) -> bool,
     pinned: BTreeMap<u64, Pin>,
+    /// Typed pointers into the middle of blocks, the first per object.
+    interior: Vec<Interior>,
+    interior_seen: HashSet<(u64, TypeId)>,
 }
 
 impl Walker<'_> {
@@ -311,6 +366,9 @@ impl Walker<'_> {
                     continue;
                 }
                 if let Some(&obj) = self.heap.containing(v) {
+                    if v != obj.addr {
+                        self.note_interior(obj, v, pointee, from, || elem(field_suffix(&slot.path)));
+                    }
                     let t = (v == obj.addr).then(|| prog.strip(pointee));
                     self.reach(obj, t, from, || elem(field_suffix(&slot.path)))?;
                 }
@@ -331,6 +389,11 @@ impl Walker<'_> {
                 if let Some(&hinted) = self.hints.points_to.get(&key) {
                     let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
                     if let Some(&obj) = self.heap.containing(v) {
+                        if v != obj.addr {
+                            self.note_interior(obj, v, hinted, from, || {
+                                format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
+                            });
+                        }
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
                         self.reach(obj, t, from, || {
                             format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
@@ -370,6 +433,17 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Note a typed pointer (to `pointee`) that holds `v`, inside the block `obj` but not
+    /// at its start: an object of that type there, unless the block's own typed objects
+    /// cover it (a member, an element, a tagged pointer), which the walk knows at its end.
+    fn note_interior(&mut self, obj: Object, v: u64, pointee: TypeId, from: Option<u64>, hop: impl FnOnce() -> String) {
+        let ty = self.prog.strip(pointee);
+        if is_byte(self.prog, ty) || self.prog.size_of(ty).unwrap_or(0) == 0 || !self.interior_seen.insert((v, ty)) {
+            return;
+        }
+        self.interior.push(Interior { block: obj.addr, offset: v - obj.addr, ty, from, hop: hop() });
     }
 
     /// The `MCR_TAGGED` hint for the word at `layout_path` under `root`, if there is one.
@@ -448,7 +522,9 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::{Reach, Reached};
-    use crate::testing::{list_program, node, old_list, pool_and_other, pool_with_arena, words, Build, Ids, World};
+    use crate::testing::{
+        list_program, node, old_list, pool_and_cfg, pool_and_other, pool_with_arena, words, Build, Ids, World,
+    };
     use crate::transfer::TransferError;
 
     /// The list program, with `more` added to both versions (they do not change here).
@@ -656,6 +732,24 @@ mod tests {
         let (path, reason) = conflict(w.walk());
         assert_eq!(path, "pool+40");
         assert!(reason.starts_with(&format!("memory of unknown type holds {other:#x}")), "{reason}");
+    }
+
+    #[test]
+    fn a_typed_pointer_into_memory_mcr_cannot_type_notes_the_object_there() {
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
+        w.adopted_heap = true;
+        // A node array the pool's header reaches, `head` pointing to its second element:
+        // inside its typed objects.
+        let nodes = w.old_proc.block(&[node(1, 0), node(2, 0)].concat(), false);
+        w.set_global("head", &(nodes + 16).to_ne_bytes());
+        // `cfg` points into the pool's arena, 24 bytes into the block.
+        let pool = w.old_proc.block(&words(&[56, nodes, 7, 5, 0, 0, 0]), false);
+        w.set_global("pool", &pool.to_ne_bytes());
+        w.set_global("cfg", &(pool + 24).to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        let embedded: Vec<(String, u64, u64, &str)> =
+            reached.embedded.iter().map(|e| (w.old.type_name(e.ty), e.block, e.offset, e.place.as_str())).collect();
+        assert_eq!(embedded, [("struct cfg".to_string(), pool, 24, "cfg")], "not the node: an element of its block");
     }
 
     fn tagged_word(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {
