@@ -7,10 +7,10 @@
 use crate::hints::normalize;
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
 use crate::transfer::{conflict, TransferError};
-use crate::walk::{is_byte, Reached};
-use mcr_typemodel::transform::{root_name, Plan};
+use crate::walk::{is_byte, typed_objects, Reached};
+use mcr_typemodel::transform::{root_name, same_bytes, Plan};
 use mcr_typemodel::{Program, Type, TypeId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How objects of one old type become objects of the new version.
 #[derive(Debug)]
@@ -72,6 +72,7 @@ pub fn plan(
     adopted: &dyn Fn(u64) -> bool,
     new_startup_block: &mut dyn FnMut(u64) -> Option<u64>,
 ) -> Result<TransferPlan, TransferError> {
+    check_embedded(old, new, reached)?;
     let mut types: HashMap<TypeId, TypePlan> = HashMap::new();
     let mut counterparts = HashMap::new();
     let mut sized: Vec<(u64, u64, u64, u64)> = Vec::with_capacity(reached.blocks.len());
@@ -109,9 +110,26 @@ pub fn plan(
             }
             _ => (0, 0),
         };
-        let size = match b.obj.size.checked_div(old_stride) {
+        let size = match b.reach.ty().filter(|_| old_stride > 0) {
             None => b.obj.size,
-            Some(n) => n * new_stride + b.obj.size % old_stride,
+            Some(t) => {
+                let n = typed_objects(old, t, b.obj.size);
+                let rest = b.obj.size - n * old_stride;
+                // Objects followed by other data (a pool's arena after its header): what
+                // points into that data is not known, so it cannot move.
+                if old_stride != new_stride && rest >= 8 {
+                    return Err(conflict(
+                        reached.path_of(*addr),
+                        format!(
+                            "the heap block at {addr:#x} holds a {t_name} followed by {rest} bytes of other data (a \
+                             pool's arena, a flexible array member's elements); mcr cannot tell what points into them, \
+                             so it cannot move them for {t_name} to change size ({old_stride} -> {new_stride} bytes)",
+                            t_name = old.type_name(t)
+                        ),
+                    ));
+                }
+                n * new_stride + rest
+            }
         };
         sized.push((*addr, size, old_stride, new_stride));
     }
@@ -182,6 +200,118 @@ pub fn plan(
     Ok(TransferPlan { types, blocks, unmatched })
 }
 
+/// Objects inside memory mcr cannot type (a pool's arena: [`Reached::embedded`]) stay where
+/// they are, as they are, and so does what they point to (the conservative scan of that
+/// memory pins it): none of the types they are made of or lead to may change layout. mcr
+/// cannot tell where each such object is, to rebuild it, nor move what surrounds it.
+fn check_embedded(old: &Program, new: &Program, reached: &Reached) -> Result<(), TransferError> {
+    if reached.embedded.is_empty() {
+        return Ok(());
+    }
+    let (old_names, new_names) = (TypeNames::of(old), TypeNames::of(new));
+    let mut visited = HashSet::new();
+    for e in &reached.embedded {
+        let Some(changed) = first_changed(old, new, e.ty, (&old_names, &new_names), &mut visited) else { continue };
+        let (what, block) = (old.type_name(e.ty), e.block);
+        let changes = if changed == e.ty {
+            format!("{what} changes layout")
+        } else {
+            format!("{}, which a {what} leads to, changes layout", old.type_name(changed))
+        };
+        // How the walk came to the block, when that is another way than this pointer.
+        let path = reached.path_of(block);
+        let via = if path == e.place { String::new() } else { format!(" ({path})") };
+        return Err(conflict(
+            e.place.clone(),
+            format!(
+                "points {} bytes into the heap block at {block:#x}{via}, to a {what} among other data (a pool's \
+                 arena, a buffer): mcr cannot tell the objects there apart, so it leaves them where they are, as \
+                 they are, with what they point to, but {changes} (keep the type as it is, or allocate its objects \
+                 with malloc)",
+                e.offset,
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Named structs, unions and typedefs of a program, by kind and name: every complete
+/// definition (two compilation units may define different types of the same name).
+struct TypeNames(HashMap<(u8, String), Vec<TypeId>>);
+
+impl TypeNames {
+    fn of(p: &Program) -> TypeNames {
+        let mut names: HashMap<(u8, String), Vec<TypeId>> = HashMap::new();
+        for (i, t) in p.types.iter().enumerate() {
+            let key = match t {
+                Type::Struct(c) if !c.incomplete => c.name.clone().map(|n| (0, n)),
+                Type::Union(c) if !c.incomplete => c.name.clone().map(|n| (1, n)),
+                Type::Typedef { name, .. } => Some((2, name.clone())),
+                _ => None,
+            };
+            if let Some(k) = key {
+                names.entry(k).or_default().push(i as TypeId);
+            }
+        }
+        TypeNames(names)
+    }
+
+    fn get(&self, kind: u8, name: &str) -> &[TypeId] {
+        self.0.get(&(kind, name.to_string())).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The first type `ty` is made of or points to (itself included) whose objects hold other
+/// bytes in the new version: a named struct or union, or a typedef of an anonymous one,
+/// that the new version defines under the same name, never with the same layout. Types
+/// already in `visited` are not looked at again.
+fn first_changed(
+    old: &Program,
+    new: &Program,
+    ty: TypeId,
+    (old_names, new_names): (&TypeNames, &TypeNames),
+    visited: &mut HashSet<TypeId>,
+) -> Option<TypeId> {
+    let mut todo = vec![ty];
+    while let Some(t) = todo.pop() {
+        if !visited.insert(t) {
+            continue;
+        }
+        let changed = |kind: u8, name: &str| {
+            let news = new_names.get(kind, name);
+            !news.is_empty() && news.iter().all(|&n| !same_bytes(old, t, new, n))
+        };
+        match old.ty(t) {
+            Type::Typedef { name, target } => {
+                let anonymous =
+                    matches!(old.ty(old.strip(*target)), Type::Struct(c) | Type::Union(c) if c.name.is_none());
+                if anonymous && changed(2, name) {
+                    return Some(t);
+                }
+                todo.push(*target);
+            }
+            Type::Qualified { target, .. } => todo.push(*target),
+            Type::Array { element, .. } => todo.push(*element),
+            // Code is not data: what a function takes is no object of the program's.
+            Type::Pointer { pointee, .. } if !matches!(old.ty(old.strip(*pointee)), Type::Function { .. }) => {
+                todo.push(*pointee)
+            }
+            Type::Struct(c) | Type::Union(c) => {
+                let kind = u8::from(matches!(old.ty(t), Type::Union(_)));
+                match &c.name {
+                    // A declaration: what the program defines under that name.
+                    Some(name) if c.incomplete => todo.extend(old_names.get(kind, name)),
+                    Some(name) if changed(kind, name) => return Some(t),
+                    _ => {}
+                }
+                todo.extend(c.members.iter().rev().map(|m| m.ty));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// For a report: why the old startup block at `addr` gets a fresh block.
 pub fn describe_unmatched(reached: &Reached, tables: Option<&StartupTables>, addr: u64, why: &Unmatched) -> String {
     let path = reached.path_of(addr);
@@ -244,7 +374,7 @@ pub(crate) fn counterpart(
 mod tests {
     use super::describe_unmatched;
     use crate::startup::{Placement, StartupKey, Unmatched};
-    use crate::testing::{list_program, node, words, Build, World, HEAD};
+    use crate::testing::{list_program, node, pool_and_cfg, words, Build, World, HEAD};
     use crate::transfer::TransferError;
     use mcr_typemodel::{Program, TypeId};
 
@@ -350,6 +480,63 @@ mod tests {
         let (path, reason) = conflict(&mut w);
         assert_eq!(path, "head");
         assert!(reason.starts_with("cannot transform struct node: node.val: int becomes struct money"), "{reason}");
+    }
+
+    #[test]
+    fn objects_followed_by_other_data_cannot_change_size() {
+        // `head` reaches a node followed by 40 bytes of something else (a pool's arena).
+        let mut w = grown_list();
+        let mut bytes = node(1, 0);
+        bytes.extend_from_slice(&words(&[5, 6, 7, 8, 9]));
+        let n = w.old_proc.block(&bytes, false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (path, reason) = conflict(&mut w);
+        assert_eq!(path, "head");
+        assert_eq!(
+            reason,
+            format!(
+                "the heap block at {n:#x} holds a struct node followed by 40 bytes of other data (a pool's arena, a \
+                 flexible array member's elements); mcr cannot tell what points into them, so it cannot move them \
+                 for struct node to change size (16 -> 24 bytes)"
+            )
+        );
+        // The same block in a version where the node does not change stays as it is.
+        let mut w = World::new(list_program(false, |_, _| {}), list_program(false, |_, _| {}));
+        let n = w.old_proc.block(&bytes, false);
+        w.set_global("head", &n.to_ne_bytes());
+        let (_, plan) = w.plan().expect("unchanged");
+        assert_eq!((plan.blocks[0].size, plan.blocks[0].old_stride), (56, 16));
+    }
+
+    /// `cfg` points 24 bytes into the pool block, to a struct cfg carved from its arena.
+    fn cfg_in_a_pool(w: &mut World) -> u64 {
+        let pool = w.old_proc.block(&words(&[56, 0, 7, 5, 0, 0, 0]), false);
+        w.set_global("pool", &pool.to_ne_bytes());
+        w.set_global("cfg", &(pool + 24).to_ne_bytes());
+        pool
+    }
+
+    #[test]
+    fn an_object_carved_from_a_pool_cannot_change_nor_can_what_it_leads_to() {
+        // struct cfg does not change, but the struct node it points to does: the nodes it
+        // reaches may be in pool memory too, where mcr cannot find them all.
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(true, pool_and_cfg));
+        let pool = cfg_in_a_pool(&mut w);
+        let (path, reason) = conflict(&mut w);
+        assert_eq!(path, "cfg");
+        assert_eq!(
+            reason,
+            format!(
+                "points 24 bytes into the heap block at {pool:#x} (pool), to a struct cfg among other data (a pool's \
+                 arena, a buffer): mcr cannot tell the objects there apart, so it leaves them where they are, as \
+                 they are, with what they point to, but struct node, which a struct cfg leads to, changes layout \
+                 (keep the type as it is, or allocate its objects with malloc)"
+            )
+        );
+        // Nothing it is made of or leads to changes: the pool stays as it is.
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
+        cfg_in_a_pool(&mut w);
+        w.plan().expect("nothing in the pool changes");
     }
 
     #[test]

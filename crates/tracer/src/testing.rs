@@ -585,3 +585,36 @@ pub fn new_list(w: &World) -> Vec<(i64, u64)> {
     }
     out
 }
+
+/// For [`list_program`]'s `more`: `struct pool { long used; struct node *first; }` (16
+/// bytes: the header of a pool block) and `struct pool *pool`, `struct other { long a;
+/// long b; } *o`.
+pub fn pool_and_other(b: &mut Build, ids: Ids) {
+    let pool = b.strukt("pool", 16, &[("used", ids.long, 0), ("first", ids.node_ptr, 8)]);
+    let p = b.ptr(pool);
+    b.global("pool", 0x40_1070, p);
+    let other = b.strukt("other", 16, &[("a", ids.long, 0), ("b", ids.long, 8)]);
+    let o = b.ptr(other);
+    b.global("o", 0x40_1078, o);
+}
+
+/// [`pool_and_other`] and `struct cfg { long n; struct node *first; } *cfg` (an object
+/// carved from a pool).
+pub fn pool_and_cfg(b: &mut Build, ids: Ids) {
+    pool_and_other(b, ids);
+    let cfg = b.strukt("cfg", 16, &[("n", ids.long, 0), ("first", ids.node_ptr, 8)]);
+    let p = b.ptr(cfg);
+    b.global("cfg", 0x40_1080, p);
+}
+
+/// A 72-byte pool block that `pool` reaches at its start: a struct pool, then 56 bytes of
+/// arena whose fourth word (offset 40, where a third struct pool's `first` would be) is
+/// the address of a 16-byte block `other`, which `o` reaches as struct other; its last
+/// two words are zero. (pool, other).
+pub fn pool_with_arena(w: &mut World) -> (u64, u64) {
+    let other = w.old_proc.block(&words(&[1, 2]), false);
+    let pool = w.old_proc.block(&words(&[72, 0, 7, 8, 9, other, 0, 0, 0]), false);
+    w.set_global("pool", &pool.to_ne_bytes());
+    w.set_global("o", &other.to_ne_bytes());
+    (pool, other)
+}

@@ -231,7 +231,10 @@ mod tests {
     use super::{transfer_with_words, TransferError};
     use crate::startup::StartupKey;
     use crate::target::TargetError;
-    use crate::testing::{list_program, new_list, node, old_list, words, World, HEAD, NEW_BIAS, NEW_HEAD, NEW_HEAP};
+    use crate::testing::{
+        list_program, new_list, node, old_list, pool_and_cfg, pool_with_arena, words, World, HEAD, NEW_BIAS, NEW_HEAD,
+        NEW_HEAP,
+    };
     use mcr_protocol::Relocation;
     use mcr_typemodel::SymbolKind;
 
@@ -258,6 +261,21 @@ mod tests {
         assert_eq!(w.new_proc.freed, [unreached], "the block the state no longer reaches is freed");
         let heap = w.old_proc.heap();
         assert_eq!(t.relocate(&heap, old[2] + 8), Some(old[2] + 8), "in place: addresses stay");
+    }
+
+    #[test]
+    fn in_an_adopted_heap_a_pool_block_stays_as_it_is_with_what_its_arena_points_to() {
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
+        w.adopted_heap = true;
+        let (pool, other) = pool_with_arena(&mut w);
+        w.set_global("cfg", &(pool + 56).to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        let r = &t.report;
+        assert_eq!((r.objects, r.in_place, r.pinned, r.old_freed), (2, 2, 1, 0), "{r:?}");
+        assert!(!w.new_proc.wrote(pool, 72) && !w.new_proc.wrote(other, 16), "{:x?}", w.new_proc.writes);
+        let mem = &w.new_proc.mem;
+        assert_eq!(mem.u64(w.new_global("cfg")), pool + 56, "the object carved from the arena, where it was");
+        assert_eq!(mem.u64(pool + 40), other, "the arena's word still points to the block, which stayed");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The walk (paper §6, "mutable tracing"): from the roots, every heap block the old
 //! process reaches, and how. A block reached through a typed pointer to its start takes
-//! that pointer's type (an array of it when it holds several); a block only untyped words
-//! lead to (a `void *`, a tagged word, a pointer into its middle) is opaque: its bytes are
-//! copied as they are. Memory mcr cannot type (unions, pointer-sized integers, opaque
-//! blocks) must not hold a heap address, unless a hint of `mcr.h` says what the word is:
-//! `MCR_POINTS_TO` makes it a typed pointer, `MCR_OPAQUE` data, `MCR_TAGGED` a pointer
-//! with a tag in its low bits.
+//! that pointer's type (an array of it when it holds several; one object followed by
+//! memory mcr cannot type when the block is not a whole number of them: a pool's header
+//! before its arena); a block only untyped words lead to (a `void *`, a tagged word, a
+//! pointer into its middle) is opaque: its bytes are copied as they are. Memory mcr
+//! cannot type (unions, pointer-sized integers, opaque blocks, what follows a block's
+//! typed objects) must not hold a heap address, unless a hint of `mcr.h` says what the
+//! word is: `MCR_POINTS_TO` makes it a typed pointer, `MCR_OPAQUE` data, `MCR_TAGGED` a
+//! pointer with a tag in its low bits; or unless the block it points to can stay where it
+//! is (the adopted heap), which pins it.
 //!
 //! The walk only reads the old process. Its output, [`Reached`], is what the later phases
 //! work from: which blocks, reached how (typed or opaque), from where, with their bytes.
@@ -16,7 +19,7 @@ use crate::transfer::{conflict, TransferError};
 use mcr_heap::{HeapIndex, Object, ReadMemory};
 use mcr_typemodel::transform::root_name;
 use mcr_typemodel::{Layout, OpaqueReason, Pointee, Program, Type, TypeId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 /// How the walk reached a block, which decides how it moves.
@@ -71,6 +74,31 @@ pub struct Reached {
     /// point to, with the first such word: they must stay where they are (conservative
     /// tracing; only possible where the new process adopted the old heap).
     pub pinned: BTreeMap<u64, Pin>,
+    /// Objects a typed pointer reaches inside memory mcr cannot type (a pool's arena, an
+    /// untyped block), one per type, in the order the walk met them: they stay where they
+    /// are, as they are, so their types must not change.
+    pub embedded: Vec<Embedded>,
+}
+
+/// An object of a known type inside memory mcr cannot type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedded {
+    pub ty: TypeId,
+    /// The heap block it is in, and where.
+    pub block: u64,
+    pub offset: u64,
+    /// The typed pointer that reaches it (`conf`, `conn.req`).
+    pub place: String,
+}
+
+/// A typed pointer into the middle of a block, noted by the walk (whether the object it
+/// points to is inside the block's typed objects is known once the walk is over).
+struct Interior {
+    block: u64,
+    offset: u64,
+    ty: TypeId,
+    from: Option<u64>,
+    hop: String,
 }
 
 impl Reached {
@@ -126,6 +154,8 @@ pub fn walk(
         layouts: HashMap::new(),
         pinnable,
         pinned: BTreeMap::new(),
+        interior: Vec::new(),
+        interior_seen: HashSet::new(),
     };
     for r in roots {
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
@@ -158,7 +188,19 @@ pub fn walk(
         match reach {
             Reach::Typed(t) => {
                 let root = roots_by_type.entry(t).or_insert_with(|| root_name(old, t)).clone();
-                w.scan_typed(bytes, t, Some(addr), "", &root)?
+                let stride = old.size_of(t).unwrap_or(0);
+                if stride == 0 || is_byte(old, t) {
+                    continue;
+                }
+                let typed = typed_objects(old, t, obj.size) * stride;
+                w.scan_typed(&bytes[..typed as usize], t, Some(addr), "", &root)?;
+                // What follows the objects (a pool's arena after its header): memory mcr
+                // cannot type, scanned conservatively.
+                let found = w.hidden_pointers_from(bytes, typed as usize);
+                if !found.is_empty() {
+                    let place = path_of(&w.blocks, addr);
+                    w.pin_or_refuse(found, Some(addr), (&place, &root), OpaqueReason::Unknown)?;
+                }
             }
             Reach::Opaque => {
                 let found = w.hidden_pointers(bytes);
@@ -173,7 +215,51 @@ pub fn walk(
     for (addr, b) in blocks.iter_mut() {
         b.bytes = contents.remove(addr).unwrap_or_default();
     }
-    Ok(Reached { blocks, pinned: w.pinned })
+    let embedded = embedded(old, &blocks, w.interior);
+    Ok(Reached { blocks, pinned: w.pinned, embedded })
+}
+
+/// The typed pointers into the middle of blocks that point outside the blocks' typed
+/// objects (into an untyped block, or past a typed block's objects): the objects there,
+/// the first of each type.
+fn embedded(prog: &Program, blocks: &BTreeMap<u64, Block>, interior: Vec<Interior>) -> Vec<Embedded> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for i in interior {
+        let Some(b) = blocks.get(&i.block) else { continue };
+        let typed_end = match b.reach {
+            Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
+            Reach::Opaque => 0,
+        };
+        if i.offset < typed_end || !seen.insert(i.ty) {
+            continue;
+        }
+        let place = match i.from {
+            Some(p) => format!("{} -> {}", path_of(blocks, p), i.hop),
+            None => i.hop,
+        };
+        out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place });
+    }
+    out
+}
+
+/// How many objects of type `ty` a block of `size` bytes that a typed pointer reaches at
+/// its start holds, from the start (the rest is copied as bytes). An array when they fill
+/// it, as `calloc(n, sizeof(T))` and `malloc(n * sizeof(T))` make it, or leave fewer bytes
+/// than a pointer (slack, a terminator); otherwise one object followed by memory of
+/// another kind (a pool's arena after its header, a flexible array member's elements),
+/// or none when the block is smaller than one. Taking such memory for more objects of
+/// the type would give whatever it holds that type's fields and their pointees' types.
+/// Byte types (a `char *` block) hold no objects to scan.
+pub(crate) fn typed_objects(p: &Program, ty: TypeId, size: u64) -> u64 {
+    let stride = p.size_of(ty).unwrap_or(0);
+    if stride == 0 || is_byte(p, ty) {
+        return 0;
+    }
+    match size % stride {
+        rest if rest < 8 => size / stride,
+        _ => u64::from(size >= stride),
+    }
 }
 
 pub(crate) fn is_byte(p: &Program, ty: TypeId) -> bool {
@@ -192,6 +278,9 @@ struct Walker<'w> {
     layouts: HashMap<TypeId, Rc<Layout>>,
     pinnable: &'w dyn Fn(u64) -> bool,
     pinned: BTreeMap<u64, Pin>,
+    /// Typed pointers into the middle of blocks, the first per object.
+    interior: Vec<Interior>,
+    interior_seen: HashSet<(u64, TypeId)>,
 }
 
 impl Walker<'_> {
@@ -292,6 +381,9 @@ impl Walker<'_> {
                     continue;
                 }
                 if let Some(&obj) = self.heap.containing(v) {
+                    if v != obj.addr {
+                        self.note_interior(obj, v, pointee, from, || elem(field_suffix(&slot.path)));
+                    }
                     let t = (v == obj.addr).then(|| prog.strip(pointee));
                     self.reach(obj, t, from, || elem(field_suffix(&slot.path)))?;
                 }
@@ -312,6 +404,11 @@ impl Walker<'_> {
                 if let Some(&hinted) = self.hints.points_to.get(&key) {
                     let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
                     if let Some(&obj) = self.heap.containing(v) {
+                        if v != obj.addr {
+                            self.note_interior(obj, v, hinted, from, || {
+                                format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
+                            });
+                        }
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
                         self.reach(obj, t, from, || {
                             format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
@@ -353,6 +450,17 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Note a typed pointer (to `pointee`) that holds `v`, inside the block `obj` but not
+    /// at its start: an object of that type there, unless the block's own typed objects
+    /// cover it (a member, an element, a tagged pointer), which the walk knows at its end.
+    fn note_interior(&mut self, obj: Object, v: u64, pointee: TypeId, from: Option<u64>, hop: impl FnOnce() -> String) {
+        let ty = self.prog.strip(pointee);
+        if is_byte(self.prog, ty) || self.prog.size_of(ty).unwrap_or(0) == 0 || !self.interior_seen.insert((v, ty)) {
+            return;
+        }
+        self.interior.push(Interior { block: obj.addr, offset: v - obj.addr, ty, from, hop: hop() });
+    }
+
     /// The `MCR_TAGGED` hint for the word at `layout_path` under `root`, if there is one.
     fn tag_at(&self, root: &str, layout_path: &str) -> Option<Tagged> {
         if self.hints.tagged.is_empty() {
@@ -363,12 +471,21 @@ impl Walker<'_> {
 
     /// The heap addresses in memory mcr cannot type: (offset, value, its block).
     fn hidden_pointers(&self, bytes: &[u8]) -> Vec<(usize, u64, Object)> {
+        self.hidden_pointers_from(bytes, 0)
+    }
+
+    /// [`Self::hidden_pointers`] in the aligned words of `bytes` from offset `from` on,
+    /// offsets counted from the start of `bytes`.
+    fn hidden_pointers_from(&self, bytes: &[u8], from: usize) -> Vec<(usize, u64, Object)> {
+        let from = from.next_multiple_of(8);
         bytes
+            .get(from..)
+            .unwrap_or_default()
             .chunks_exact(8)
             .enumerate()
             .filter_map(|(k, w)| {
                 let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (k * 8, v, obj))
+                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (from + k * 8, v, obj))
             })
             .collect()
     }
@@ -420,7 +537,9 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::{Reach, Reached};
-    use crate::testing::{list_program, node, old_list, words, Build, Ids, World};
+    use crate::testing::{
+        list_program, node, old_list, pool_and_cfg, pool_and_other, pool_with_arena, words, Build, Ids, World,
+    };
     use crate::transfer::{transfer_with_words, TransferError};
 
     /// The list program, with `more` added to both versions (they do not change here).
@@ -607,6 +726,61 @@ mod tests {
                 nodes[1]
             )
         );
+    }
+
+    #[test]
+    fn typed_objects_fill_a_block_or_head_it() {
+        let mut b = Build::default();
+        let long = b.long();
+        let pair = b.strukt("pair", 16, &[("a", long, 0), ("b", long, 8)]);
+        let c = b.char();
+        let p = b.done();
+        let objects = |size| super::typed_objects(&p, pair, size);
+        assert_eq!([objects(48), objects(52), objects(16), objects(0)], [3, 3, 1, 0], "an array, slack after it");
+        assert_eq!([objects(56), objects(4104), objects(24)], [1, 1, 1], "a header before other data");
+        assert_eq!(objects(8), 0, "smaller than one");
+        assert_eq!(super::typed_objects(&p, c, 100), 0, "bytes hold no objects");
+    }
+
+    #[test]
+    fn a_block_larger_than_its_type_holds_one_object_then_memory_mcr_cannot_type() {
+        // Taken for four struct pools, the arena's fourth word would be a pool's `first`
+        // and reach `other` as a struct node, which `o` reaches as struct other.
+        let mut w = World::new(list_program(false, pool_and_other), list_program(false, pool_and_other));
+        w.adopted_heap = true;
+        let (pool, other) = pool_with_arena(&mut w);
+        let (_, reached) = w.walk().expect("the arena is scanned conservatively");
+        assert_eq!(typed_as(&w, &reached, pool), "struct pool");
+        assert_eq!(typed_as(&w, &reached, other), "struct other", "typed by its own pointer only");
+        let pin = &reached.pinned[&other];
+        assert_eq!(pin.place, "pool+40", "the word in the arena, by its offset in the block");
+        assert!(pin.holds.starts_with(&format!("memory of unknown type holds {other:#x}")), "{pin:?}");
+
+        // Where the block cannot stay (a heap copied block by block), such a word stops the
+        // update, as any heap address in memory mcr cannot type does.
+        let mut w = World::new(list_program(false, pool_and_other), list_program(false, pool_and_other));
+        let (_, other) = pool_with_arena(&mut w);
+        let (path, reason) = conflict(w.walk());
+        assert_eq!(path, "pool+40");
+        assert!(reason.starts_with(&format!("memory of unknown type holds {other:#x}")), "{reason}");
+    }
+
+    #[test]
+    fn a_typed_pointer_into_memory_mcr_cannot_type_notes_the_object_there() {
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
+        w.adopted_heap = true;
+        // A node array the pool's header reaches, `head` pointing to its second element:
+        // inside its typed objects.
+        let nodes = w.old_proc.block(&[node(1, 0), node(2, 0)].concat(), false);
+        w.set_global("head", &(nodes + 16).to_ne_bytes());
+        // `cfg` points into the pool's arena, 24 bytes into the block.
+        let pool = w.old_proc.block(&words(&[56, nodes, 7, 5, 0, 0, 0]), false);
+        w.set_global("pool", &pool.to_ne_bytes());
+        w.set_global("cfg", &(pool + 24).to_ne_bytes());
+        let (_, reached) = w.walk().expect("walk");
+        let embedded: Vec<(String, u64, u64, &str)> =
+            reached.embedded.iter().map(|e| (w.old.type_name(e.ty), e.block, e.offset, e.place.as_str())).collect();
+        assert_eq!(embedded, [("struct cfg".to_string(), pool, 24, "cfg")], "not the node: an element of its block");
     }
 
     fn tagged_word(hints: &'static [&'static str]) -> impl Fn(&mut Build, Ids) {

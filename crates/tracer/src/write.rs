@@ -11,7 +11,7 @@ use crate::roots::Root;
 use crate::startup::{self, Placement, StartupKey};
 use crate::target::Target;
 use crate::transfer::{conflict, Pair, Report, TransferError};
-use crate::walk::{Block, Reached};
+use crate::walk::{typed_objects, Block, Reached};
 use mcr_heap::ReadMemory;
 use mcr_protocol::Relocation;
 use mcr_typemodel::transform::{root_name, same_type, Plan, PointerSite};
@@ -254,8 +254,8 @@ impl Writer<'_, '_> {
         // Typed, but only the program's handler can build it: starts zeroed.
         let Some(plan) = &tp.transform else { return Ok(out) };
         let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
-        let n = old_bytes.len() / os;
         let t = block.reach.ty().expect("typed");
+        let n = typed_objects(old, t, old_bytes.len() as u64) as usize;
         let fix = hinted_words(old, t, new, tp.new_ty, &root_name(old, t), self.hints);
         let here = || self.reached.path_of(bp.old);
         for k in 0..n {
@@ -369,7 +369,8 @@ impl Writer<'_, '_> {
             let handler = tp.filter(|tp| tp.old_stride > 0).and_then(|tp| Some((tp.handler.as_ref()?, tp)));
             if let Some((what, &TypePlan { old_stride: os, new_stride: ns, .. })) = handler {
                 let list = for_handlers.entry(what.clone()).or_default();
-                for k in 0..(block.bytes.len() as u64 / os) {
+                let objects = block.reach.ty().map_or(0, |t| typed_objects(self.pair.old.prog, t, block.obj.size));
+                for k in 0..objects {
                     let (o, n) = ((k * os) as usize, new_addr + k * ns);
                     list.push((block.bytes[o..o + os as usize].to_vec(), n, ns));
                 }
