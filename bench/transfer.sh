@@ -87,7 +87,7 @@ sweep() { # FILE NAME CONNS KEYS PROTO FRESH PROG_A PROG_B ARGS...
   shift 8
   NAMES+=("$name" "$name.next")
   if summary=$("$BENCH" transfer --mcr "$MCR" --name "$name" --a "$a" --b "$b" --port "$PORT" --proto "$proto" \
-      --conns "$conns" --keys "$keys" --updates "$UPD" --fresh-state "$fresh" --timeout-ms 5000 \
+      --conns "$conns" --keys "$keys" --updates "$UPD" --fresh-state "$fresh" --timeout-ms $((5000 + keys / 20)) \
       --out "$RAW/$file" -- "$@" 2>>"$LOG"); then
     printf '%s\n' "$summary" >>"$LOG"
     log "  $summary"
