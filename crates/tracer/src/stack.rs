@@ -85,7 +85,11 @@ impl StackMap {
             user_env_end.filter(|&e| (old.env_start..=old.env_end).contains(&e)).unwrap_or(old.arg_end + 1);
         pieces.push(Piece { start: first_arg_end, end: after_args, delta: args_shift });
         // The end of the environment strings and the program path above it: from the top.
-        pieces.push(Piece { start: old.env_end, end: old.top, delta: shift(old.env_end, new.env_end) });
+        // The strings' last byte (the NUL ending mcr's padding) is the end too: nginx keeps
+        // the last byte its process title may overwrite (`ngx_os_argv_last`, one below
+        // `env_end`), and the new stack has that byte one below its own `env_end`.
+        let env_last = old.env_end.saturating_sub(1).max(after_args);
+        pieces.push(Piece { start: env_last, end: old.top, delta: shift(old.env_end, new.env_end) });
         StackMap { old, pieces, mismatch: None }
     }
 
@@ -152,7 +156,8 @@ mod tests {
 
     /// The program path 3 bytes longer (`stated` → `stated-v2`), the padding 6 bytes
     /// shorter: the arrays and the first argument stay, the other arguments and the
-    /// program's variables move up 3 bytes, the end of the environment down 3.
+    /// program's variables move up 3 bytes, the end of the environment (and its last byte)
+    /// down 3.
     #[test]
     fn a_longer_program_path_shifts_what_lies_between_the_first_argument_and_the_top() {
         let old = layout(20, 21 + 40, 900);
@@ -165,6 +170,7 @@ mod tests {
         assert_eq!(m.relocate(old.arg_start + 21), Ok(new.arg_start + 24), "argv[1]");
         assert_eq!(m.relocate(old.env_start + 10), Ok(new.env_start + 10), "a variable of the program's");
         assert_eq!(m.relocate(old.env_end), Ok(new.env_end), "the end of the environment strings");
+        assert_eq!(m.relocate(old.env_end - 1), Ok(new.env_end - 1), "their last byte (nginx's ngx_os_argv_last)");
         let err = m.relocate(user_env_end + 4).unwrap_err();
         assert!(err.contains("mcr's own environment variables"), "{err}");
     }
