@@ -22,15 +22,21 @@ pub struct Image {
 impl Image {
     /// From the process's memory map: the mappings of `exe`. A position-independent
     /// executable (ELF type ET_DYN) is offset by where its first mapping starts.
+    /// Its loadable segments count whole, mapped from the file or not: the zero-filled
+    /// end of the data segment (`.bss` past the last page the file holds) is anonymous
+    /// memory in the map, but its globals are the binary's as much as `.data`'s.
     pub fn locate(maps: &[Region], exe: &Path) -> Option<Image> {
         let exe = exe.canonicalize().ok()?;
         let name = exe.to_string_lossy();
         let mine: Vec<&Region> = maps.iter().filter(|r| r.name == name).collect();
         let first = mine.iter().find(|r| r.offset == 0)?;
-        let bias = if is_pie(&exe) { first.start } else { 0 };
+        let elf = ElfLayout::read(&exe);
+        let bias = if elf.as_ref().is_some_and(|e| e.pie) { first.start } else { 0 };
+        let mut ranges: Vec<(u64, u64)> = mine.iter().map(|r| (r.start, r.end)).collect();
+        ranges.extend(elf.iter().flat_map(|e| &e.segments).map(|&(start, end)| (bias + start, bias + end)));
         Some(Image {
             bias,
-            ranges: mine.iter().map(|r| (r.start, r.end)).collect(),
+            ranges,
             tls_block: None,
             readonly: mine.iter().filter(|r| r.readable && !r.writable).map(|r| (r.start, r.end)).collect(),
         })
@@ -61,11 +67,43 @@ impl Image {
     }
 }
 
-fn is_pie(exe: &Path) -> bool {
-    let mut hdr = [0u8; 18];
-    use std::io::Read;
-    std::fs::File::open(exe).and_then(|mut f| f.read_exact(&mut hdr)).is_ok()
-        && u16::from_le_bytes([hdr[16], hdr[17]]) == 3
+/// What the ELF headers of a 64-bit little-endian executable say about its layout.
+struct ElfLayout {
+    /// Position-independent (ET_DYN): loaded at a bias.
+    pie: bool,
+    /// Its PT_LOAD segments, link-time `[vaddr, vaddr + memsz)`.
+    segments: Vec<(u64, u64)>,
+}
+
+impl ElfLayout {
+    fn read(exe: &Path) -> Option<ElfLayout> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(exe).ok()?;
+        let mut eh = [0u8; 64];
+        f.read_exact(&mut eh).ok()?;
+        // ELF magic, ELFCLASS64, ELFDATA2LSB.
+        if eh[..4] != *b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+            return None;
+        }
+        let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let pie = u16_at(&eh, 16) == 3;
+        let (phoff, entsize, count) =
+            (u64_at(&eh, 0x20), usize::from(u16_at(&eh, 0x36)), usize::from(u16_at(&eh, 0x38)));
+        if entsize < 0x30 || count > 1024 {
+            return None;
+        }
+        let mut ph = vec![0u8; entsize * count];
+        f.seek(SeekFrom::Start(phoff)).ok()?;
+        f.read_exact(&mut ph).ok()?;
+        const PT_LOAD: u32 = 1;
+        let segments = ph
+            .chunks_exact(entsize)
+            .filter(|h| u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) == PT_LOAD)
+            .map(|h| (u64_at(h, 0x10), u64_at(h, 0x10).saturating_add(u64_at(h, 0x28))))
+            .collect();
+        Some(ElfLayout { pie, segments })
+    }
 }
 
 /// The symbol (function or object) of `prog` whose extent holds link-time address `at`.
@@ -106,6 +144,27 @@ pub fn counterpart_symbol<'n>(old: &Symbol, new: &'n [Symbol]) -> Option<&'n Sym
 mod tests {
     use super::*;
     use mcr_typemodel::SymbolKind;
+    use std::sync::atomic::AtomicU64;
+
+    /// Zero-initialized, so in `.bss`; 512 KiB, so past the page the file holds.
+    static ZEROED: [AtomicU64; 65536] = [const { AtomicU64::new(0) }; 65536];
+
+    /// A global in the zero-filled end of the data segment is in the binary, though the
+    /// memory map shows it as anonymous memory: nginx's event queues and timer sentinel
+    /// sit there, and pointers to them were left as they were when an update moved them.
+    #[test]
+    fn the_anonymous_end_of_bss_is_part_of_the_image() {
+        let exe = std::env::current_exe().expect("the test executable");
+        let maps = Region::read_all(std::process::id() as i32).expect("our own maps");
+        let image = Image::locate(&maps, &exe).expect("the test executable is mapped");
+        let last = std::ptr::addr_of!(ZEROED[65535]) as u64;
+        let name = exe.canonicalize().expect("canonical").to_string_lossy().into_owned();
+        let mapped_from_file = maps.iter().any(|r| r.name == name && (r.start..r.end).contains(&last));
+        assert!(!mapped_from_file, "the test needs a global past the file's pages");
+        assert!(image.contains(last), "{last:#x} is not in {image:?}");
+        assert!(image.contains(std::ptr::addr_of!(ZEROED[0]) as u64));
+        assert!(!image.contains(maps.iter().find(|r| r.name == "[stack]").expect("a stack").start));
+    }
 
     fn local(name: &str, address: u64, file: &str) -> Symbol {
         Symbol {
