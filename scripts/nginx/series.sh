@@ -207,8 +207,11 @@ for i in $(seq 1 "$UPDATES"); do
   total_ms=$(json_number total_ms "$WORK/update.json") transfer_ms=$(json_number transfer_ms "$WORK/update.json")
   moved=$(json_number connections "$WORK/update.json" | cut -d. -f1)
   descriptors=$(json_number descriptors "$WORK/update.json" | cut -d. -f1)
+  crash=$(tail -n +"$((log_before + 1))" "$PREFIX/logs/error.log" | grep -E '\[(alert|emerg)\]|exited on signal' | head -n 1 || true)
   if [ "$rc" -ne 0 ] || ! grep -q '"committed": true' "$WORK/update.json"; then
     problem="did not commit: $(sed -n 's/^  "message": "\(.*\)",$/\1/p' "$WORK/update.json" | head -n 1)$(tail -n 3 "$WORK/update.err" | tr '\n' ' ')"
+  elif [ -n "$crash" ]; then
+    problem="error.log: $crash"
   elif [ "$at_commit" -ge "$SIZE" ] || [ "${moved:-0}" -lt 2 ]; then
     problem="the download was not in progress across the update ($at_commit bytes received at the commit, \
 ${moved:-0} connections moved): a larger --size or a lower --rate"

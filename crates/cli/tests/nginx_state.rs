@@ -128,6 +128,14 @@ impl<'a> Nginx<'a> {
         std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
     }
 
+    /// Panics when a worker died (nginx's master logs it and forks another, which serves
+    /// with a fresh state: requests could go on succeeding).
+    fn assert_no_worker_died(&self) {
+        let log = self.error_log();
+        let died: Vec<&str> = log.lines().filter(|l| l.contains("exited on signal")).collect();
+        assert!(died.is_empty(), "a worker died:\n{}\nerror.log:\n{log}", died.join("\n"));
+    }
+
     /// Resident memory of the server's processes together (kB).
     fn rss_kb(&self) -> u64 {
         host_pids_in_namespace_of(self.inst.supervisor_pid())
@@ -367,6 +375,7 @@ fn download_across(ngx: &Nginx, update: impl FnOnce() -> Value) -> (Value, u64) 
         "the download was not in progress in nginx when the update committed: {at_commit} of {BIG_FILE_LEN} bytes \
          received, {in_flight} may have been in the socket buffers"
     );
+    ngx.assert_no_worker_died();
     (outcome, by_new)
 }
 
@@ -430,6 +439,7 @@ fn nginx_slow_upload_in_progress_completes_on_the_next_patch() {
     );
     assert!(connections_moved(&outcome) >= 1, "the upload's connection did not move: {outcome:#}");
     assert!(std::fs::read_dir(&temp_dir).is_ok_and(|d| d.count() == 0), "a temporary body file was left");
+    ngx.assert_no_worker_died();
 }
 
 /// With `keepalive_requests 5`, a connection that made 3 requests before the update is
@@ -457,6 +467,7 @@ fn nginx_keepalive_connection_keeps_its_request_count_across_an_update() {
     assert!(!counted(&mut session, 4), "nginx closes the connection after request 4 of 5");
     assert!(counted(&mut session, 5), "request 5 of 5 did not end the connection: its count started again");
     session.closed_by_server(Duration::from_secs(10)).expect("nginx ends the connection after request 5");
+    ngx.assert_no_worker_died();
 }
 
 /// `wrk` keep-alive load across 20 updates back and forth between patches 1 and 2: every
@@ -490,6 +501,34 @@ fn nginx_twenty_updates_under_wrk_fail_no_request() {
     report.assert_no_failures("across 20 updates");
     assert!(report.requests() > 1000, "wrk made {} requests:\n{}", report.requests(), report.text);
     assert_eq!(http_get(ngx.port, "/status", Duration::from_secs(5)).expect("GET /status"), (200, "ok\n".into()));
+    ngx.assert_no_worker_died();
+}
+
+/// The update from the 19th Debian patch to the 20th (an OCSP fix) moves nginx's
+/// globals: its `.bss` starts 4 KiB further. Pointers to globals in the zero-filled end
+/// of `.bss` (the event timer tree's sentinel, the posted-event queues, which point to
+/// themselves) must follow them: left as they were, both workers crashed on their first
+/// loop after the commit. A keep-alive session and a slow download go across it.
+#[test]
+fn nginx_update_that_moves_its_globals_keeps_its_workers_and_connections() {
+    let test = "nginx_update_that_moves_its_globals_keeps_its_workers_and_connections";
+    let nginx = nginx_bin(test);
+    let (from, to) = (cached_nginx_build(&nginx, 19, test), cached_nginx_build(&nginx, 20, test));
+    let sentinel = |exe: &Path| elf_symbol(exe, "ngx_event_timer_sentinel").0;
+    assert_ne!(sentinel(&from), sentinel(&to), "{test} needs two builds whose globals are laid out differently");
+    let mcr = Mcr::new("ns-moved-globals");
+    let ngx = Nginx::start(&mcr, &from, 3);
+    let pids = processes(&ngx.inst.status()).iter().filter_map(|p| p["pid"].as_i64()).collect::<Vec<_>>();
+    let mut session = KeepAlive::connect(ngx.port);
+    assert!(!session.request("/counted").expect("the session's first request").closing);
+    let (outcome, _) = download_across(&ngx, || ngx.update(&to));
+    eprintln!("p19 -> p20: {}", summary(&outcome));
+    let r = session.request("/counted").expect("the session's request after the update");
+    assert_eq!((r.status, r.closing), (200, false), "the session's request 2 of 3 after the update");
+    assert_eq!(http_get(ngx.port, "/status", Duration::from_secs(5)).expect("GET /status"), (200, "ok\n".into()));
+    let after = processes(&ngx.inst.status()).iter().filter_map(|p| p["pid"].as_i64()).collect::<Vec<_>>();
+    assert_eq!(after, pids, "the master and its workers are the same processes");
+    ngx.assert_no_worker_died();
 }
 
 /// How many patches the Debian series of `$MCR_NGINX`'s build has (its `.mcr-build`
@@ -533,6 +572,7 @@ fn nginx_short_series_first_middle_and_last_update_with_a_session_and_a_download
         );
         counted(3);
         session.closed_by_server(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{update}: the session: {e}"));
+        ngx.assert_no_worker_died();
         rows.push(format!("{update}: {}; download: {by_new} bytes at least by the new version", summary(&outcome)));
     }
     eprintln!("{}", rows.join("\n"));

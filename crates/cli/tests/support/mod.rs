@@ -785,6 +785,18 @@ pub fn nginx_config(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
     (prefix.canonicalize().unwrap_or(prefix), PathBuf::from(conf))
 }
 
+/// Link-time address and size of symbol `name` in the ELF file `exe`; panics when it has none.
+pub fn elf_symbol(exe: &Path, name: &str) -> (u64, u64) {
+    use object::{Object, ObjectSymbol};
+    let data = fs::read(exe).unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let file = object::File::parse(&*data).unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
+    (sym.address(), sym.size())
+}
+
 /// nginx's command line for the prefix and config of [`nginx_config`].
 pub fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
     let path = |p: &Path| p.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", p.display())).to_string();
