@@ -10,8 +10,14 @@ cargo build --release --workspace
 make -s -C fixtures OUT="$PWD/target/fixtures"
 MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
 export MCR_NGINX
-# Successive Debian patch levels, for the updates "to the next patch" (cached beside it).
-for n in 1 2; do scripts/nginx/build.sh --patches "$n" >/dev/null; done
+# Successive Debian patch levels, for the updates "to the next patch" (1 -> 2), the
+# short series' first, middle and last update of the N patches (0 -> 1, N/2 -> N/2+1,
+# N-1 -> N) and the update that moves nginx's globals (19 -> 20, in deb12u9's series):
+# crates/cli/tests/nginx_state.rs. Cached beside it, about a minute each.
+NGINX_PATCHES=$(sed -n 's/^total=//p' "$(dirname "$(dirname "$MCR_NGINX")")/.mcr-build")
+for n in 0 1 2 19 20 $((NGINX_PATCHES / 2)) $((NGINX_PATCHES / 2 + 1)) $((NGINX_PATCHES - 1)); do
+  scripts/nginx/build.sh --patches "$n" >/dev/null
+done
 # The compatibility suite's servers (crates/cli/tests/compat.rs), cached beside nginx.
 MCR_VSFTPD="$(scripts/vsftpd/build.sh | tail -n 1)"
 MCR_HTTPD="$(scripts/httpd/build.sh | tail -n 1)"

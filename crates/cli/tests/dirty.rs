@@ -5,7 +5,6 @@
 
 mod support;
 
-use object::{Object, ObjectSymbol};
 use serde_json::Value;
 use support::*;
 
@@ -27,12 +26,7 @@ fn n(v: &Value, k: &str) -> u64 {
 
 /// Run-time address range of symbol `name` of the program of process `hpid` (PIE).
 fn symbol_range(hpid: i32, exe: &std::path::Path, name: &str) -> (u64, u64) {
-    let data = std::fs::read(exe).unwrap();
-    let file = object::File::parse(&*data).unwrap();
-    let sym = file
-        .symbols()
-        .find(|s| s.name() == Ok(name))
-        .unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
+    let (address, size) = elf_symbol(exe, name);
     let exe_path = std::fs::canonicalize(exe).unwrap().display().to_string();
     let maps = mcr_procfs::maps::read(hpid).unwrap();
     let base = maps
@@ -40,7 +34,7 @@ fn symbol_range(hpid: i32, exe: &std::path::Path, name: &str) -> (u64, u64) {
         .find(|m| m.path == exe_path && m.offset == 0)
         .map(|m| m.start)
         .unwrap_or_else(|| panic!("{exe_path} not mapped in {hpid}:\n{maps:#?}"));
-    (base + sym.address(), base + sym.address() + sym.size())
+    (base + address, base + address + size)
 }
 
 #[test]

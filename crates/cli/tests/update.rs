@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,29 +22,6 @@ use support::*;
 
 /// The one-screen limit of a rollback report.
 const SCREEN_LINES: usize = 24;
-
-// ---------------------------------------------------------------------------------------
-// Running `mcr update`.
-
-/// `mcr update NAME FLAGS -- PROGRAM ARGS`, whatever the outcome.
-fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> Out {
-    let mut argv: Vec<OsString> = vec!["update".into(), name.into()];
-    argv.extend(flags.iter().map(OsString::from));
-    argv.push("--".into());
-    argv.push(program.into());
-    argv.extend(args.iter().map(OsString::from));
-    mcr.run(&argv)
-}
-
-/// `mcr update --json ...`: the exit code and the parsed outcome.
-fn update_json(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
-    let mut f = vec!["--json"];
-    f.extend_from_slice(flags);
-    let out = update(mcr, name, &f, program, args);
-    let v: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("update --json is not JSON ({e}): {out}"));
-    (out, v)
-}
 
 /// `["--port", P, extra...]`.
 fn port_args(port: u16, extra: &[&str]) -> Vec<String> {
@@ -917,26 +894,6 @@ fn rollback_report_always_names_the_conflict() {
 /// them relocated to the new binary.
 const NGINX_UPDATE: &[&str] = &[];
 
-/// The cached build of nginx with the first `n` Debian patches, beside `$MCR_NGINX`'s
-/// (scripts/nginx/build.sh --patches N puts them there; scripts/test.sh builds them);
-/// panics, naming it, when it is not built.
-fn cached_nginx_build(nginx: &Path, n: u32, test: &str) -> PathBuf {
-    let cached = || -> Option<PathBuf> {
-        let prefix = nginx.parent()?.parent()?;
-        let dir = prefix.file_name()?.to_str()?;
-        let (base, _) = dir.rsplit_once("-p")?;
-        let p = prefix.with_file_name(format!("{base}-p{n}")).join("sbin/nginx");
-        p.is_file().then_some(p)
-    };
-    cached().unwrap_or_else(|| {
-        panic!(
-            "{test} needs the nginx build with the first {n} Debian patches beside {}, which is not cached: run \
-             scripts/nginx/build.sh --patches {n} (about a minute; scripts/test.sh does)",
-            nginx.display()
-        )
-    })
-}
-
 /// Updates nginx from `from` to `to` while two clients make one request per connection
 /// for about 2 s. Checks the commit, the PIDs, that nothing was refused and that the load
 /// had successes; returns the outcome and the load numbers.
@@ -1022,54 +979,6 @@ fn nginx_updates_from_one_debian_patch_to_the_next_under_load() {
     nginx_update_under_load("u-nginx-p1p2", &p1, &p2);
 }
 
-/// An HTTP/1.1 keep-alive client: one connection, many requests.
-struct KeepAlive {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> KeepAlive {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        KeepAlive { stream, reader }
-    }
-
-    /// GET `path` on this connection: the status and the body.
-    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        self.stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-            .map_err(|e| format!("send: {e}"))?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).map_err(|e| format!("status line: {e}"))? == 0 {
-            return Err("the connection was closed".into());
-        }
-        let status =
-            line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| format!("not HTTP: {line:?}"))?;
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).map_err(|e| format!("headers: {e}"))?;
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().map_err(|_| format!("bad length {v:?}"))?;
-                }
-                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
-                    return Err("nginx is closing the connection".into());
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
 /// nginx with idle keep-alive connections and `wrk` keep-alive load, updated to the next
 /// Debian patch with its state: the connections move with the workers' heap (pool
 /// memory reached through `void *`, kept where it is; the handlers in it relocated to the
@@ -1107,21 +1016,14 @@ fn nginx_keepalive_update(test: &str, flags: &[&str]) {
     let locals: Vec<SocketAddr> = idle.iter().map(|c| c.stream.local_addr().unwrap()).collect();
 
     // wrk: 8 keep-alive connections for 4 s (bounded), the update in the middle.
-    let wrk = std::process::Command::new("wrk")
-        .args(["-t", "2", "-c", "8", "-d", "4s", &format!("http://127.0.0.1:{port}/")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let wrk = wrk.unwrap_or_else(|e| {
-        panic!("this test needs wrk, which cannot run ({e}): install it (apt-get install wrk; .ci/run does)")
-    });
+    let wrk = Wrk::start(port, 8, Duration::from_secs(4), &[]);
     // The update lands once wrk's 8 connections are accepted, as well as the idle ones.
     wait_for(Duration::from_secs(10), "nginx to accept wrk's 8 connections and the 6 idle ones", || {
         open_server_ends(port).iter().filter(|s| s.inode != 0).count() >= 6 + 8
     });
     let (out, outcome) = update_json(&mcr, "nginx", flags, &p2, &args);
-    let wrk = wrk.wait_with_output().expect("wrk");
-    let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let wrk = wrk.wait(Duration::from_secs(30));
+    let report = &wrk.text;
     eprintln!(
         "wrk across the update:\n{report}\noutcome: adopted {} left {}",
         outcome["adopted_connections"], outcome["connections_left"]
@@ -1129,13 +1031,8 @@ fn nginx_keepalive_update(test: &str, flags: &[&str]) {
     assert_eq!(out.code(), 0, "nginx update did not commit: {out}\nlog:\n{}", inst.log());
     let moved = if flags.is_empty() { &outcome["transfer"]["connections"] } else { &outcome["adopted_connections"] };
     assert!(moved.as_u64().is_some_and(|n| n >= 6), "the idle connections (and wrk's) moved: {outcome:#}");
-    assert!(wrk.status.success(), "wrk failed: {report}{}", String::from_utf8_lossy(&wrk.stderr));
-    assert!(!report.contains("Socket errors"), "wrk saw connections fail across the update:\n{report}");
-    assert!(!report.contains("Non-2xx"), "wrk saw failed requests across the update:\n{report}");
-    let requests: u64 = report
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    wrk.assert_no_failures("across the update");
+    let requests = wrk.requests();
     assert!(requests > 100, "wrk made {requests} requests:\n{report}");
     // The idle connections are the same sockets, now served by the new version.
     for (c, local) in idle.iter_mut().zip(&locals) {

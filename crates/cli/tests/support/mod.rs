@@ -460,6 +460,26 @@ impl Drop for Instance<'_> {
     }
 }
 
+/// `mcr update NAME FLAGS -- PROGRAM ARGS`, whatever the outcome.
+pub fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> Out {
+    let mut argv: Vec<std::ffi::OsString> = vec!["update".into(), name.into()];
+    argv.extend(flags.iter().map(std::ffi::OsString::from));
+    argv.push("--".into());
+    argv.push(program.into());
+    argv.extend(args.iter().map(std::ffi::OsString::from));
+    mcr.run(&argv)
+}
+
+/// `mcr update --json ...`: the exit code and the parsed outcome.
+pub fn update_json(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
+    let mut f = vec!["--json"];
+    f.extend_from_slice(flags);
+    let out = update(mcr, name, &f, program, args);
+    let v: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("update --json is not JSON ({e}): {out}"));
+    (out, v)
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading `mcr status --json`.
 
@@ -763,6 +783,210 @@ pub fn nginx_config(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
     assert!(out.status.success(), "conf.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     let conf = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
     (prefix.canonicalize().unwrap_or(prefix), PathBuf::from(conf))
+}
+
+/// Link-time address and size of symbol `name` in the ELF file `exe`; panics when it has none.
+pub fn elf_symbol(exe: &Path, name: &str) -> (u64, u64) {
+    use object::{Object, ObjectSymbol};
+    let data = fs::read(exe).unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let file = object::File::parse(&*data).unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name} in {}", exe.display()));
+    (sym.address(), sym.size())
+}
+
+/// nginx's command line for the prefix and config of [`nginx_config`].
+pub fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", p.display())).to_string();
+    vec!["-p".into(), path(prefix), "-c".into(), path(conf)]
+}
+
+/// The cached build of nginx with the first `n` Debian patches, beside `$MCR_NGINX`'s
+/// (scripts/nginx/build.sh --patches N puts them there; scripts/test.sh builds them);
+/// panics, naming it, when it is not built.
+pub fn cached_nginx_build(nginx: &Path, n: u32, test: &str) -> PathBuf {
+    let cached = || -> Option<PathBuf> {
+        let prefix = nginx.parent()?.parent()?;
+        let dir = prefix.file_name()?.to_str()?;
+        let (base, _) = dir.rsplit_once("-p")?;
+        let p = prefix.with_file_name(format!("{base}-p{n}")).join("sbin/nginx");
+        p.is_file().then_some(p)
+    };
+    cached().unwrap_or_else(|| {
+        panic!(
+            "{test} needs the nginx build with the first {n} Debian patches beside {}, which is not cached: run \
+             scripts/nginx/build.sh --patches {n} (about a minute; scripts/test.sh does)",
+            nginx.display()
+        )
+    })
+}
+
+/// One HTTP/1.1 response read by [`KeepAlive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+    /// The server said `Connection: close`: this was the connection's last response.
+    pub closing: bool,
+}
+
+/// An HTTP/1.1 keep-alive client: one connection, many requests.
+pub struct KeepAlive {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        KeepAlive { stream, reader }
+    }
+
+    /// GET `path` on this connection: the status and the body; an error when nginx
+    /// closes the connection after it.
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let r = self.request(path)?;
+        if r.closing {
+            return Err("nginx is closing the connection".into());
+        }
+        Ok((r.status, r.body))
+    }
+
+    /// GET `path` on this connection, whether or not nginx keeps it open after.
+    pub fn request(&mut self, path: &str) -> Result<HttpResponse, String> {
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).map_err(|e| format!("status line: {e}"))? == 0 {
+            return Err("the connection was closed".into());
+        }
+        let status =
+            line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| format!("not HTTP: {line:?}"))?;
+        let mut length = 0usize;
+        let mut closing = false;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).map_err(|e| format!("headers: {e}"))?;
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().map_err(|_| format!("bad length {v:?}"))?;
+                }
+                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    closing = true;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+        Ok(HttpResponse { status, body: String::from_utf8_lossy(&body).into_owned(), closing })
+    }
+
+    /// Whether the server closed the connection: a read sees EOF (not a reset, not a
+    /// timeout) within `timeout`, with nothing left unread.
+    pub fn closed_by_server(&mut self, timeout: Duration) -> Result<(), String> {
+        self.stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) if rest.is_empty() => Ok(()),
+            Ok(_) => Err(format!("{} bytes after the last response: {:?}", rest.len(), String::from_utf8_lossy(&rest))),
+            Err(e) => Err(format!("no clean close: {e}")),
+        }
+    }
+}
+
+/// `wrk` keep-alive load on 127.0.0.1:port, for at most `duration`.
+pub struct Wrk {
+    child: Child,
+}
+
+/// What `wrk` printed when it ended.
+pub struct WrkReport {
+    pub status: ExitStatus,
+    pub text: String,
+    pub stderr: String,
+}
+
+impl Wrk {
+    /// `wrk -t 2 -c CONNECTIONS -d DURATION EXTRA... http://127.0.0.1:PORT/`.
+    pub fn start(port: u16, connections: u32, duration: Duration, extra: &[&str]) -> Wrk {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("wrk");
+        cmd.args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{}s", duration.as_secs().max(1))])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: signal(2) is async-signal-safe; between fork and exec the child only resets
+        // SIGINT, which a shell running the tests in the background may have left ignored
+        // (wrk ends early on SIGINT, printing its report: `stop` relies on it).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("this test needs wrk, which cannot run ({e}): install it (apt-get install wrk; .ci/run does)")
+        });
+        Wrk { child }
+    }
+
+    /// Waits for wrk to end by itself (its duration plus a margin).
+    pub fn wait(self, timeout: Duration) -> WrkReport {
+        let pid = self.child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let out = self.child.wait_with_output();
+            let _ = tx.send(());
+            out
+        });
+        if rx.recv_timeout(timeout).is_err() {
+            // SAFETY: plain kill(2) of our own child, not yet reaped (the waiter holds it).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = waiter.join();
+            panic!("wrk did not end within {timeout:?}");
+        }
+        let out = waiter.join().expect("wrk waiter").expect("wrk output");
+        WrkReport {
+            status: out.status,
+            text: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Ends wrk now (SIGINT: it stops its connections and prints its report).
+    pub fn stop(self) -> WrkReport {
+        // SAFETY: plain kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait(Duration::from_secs(15))
+    }
+}
+
+impl WrkReport {
+    /// The number of requests wrk completed; panics when the report has none.
+    pub fn requests(&self) -> u64 {
+        self.text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no request count in wrk's report:\n{}", self.text))
+    }
+
+    /// Panics unless wrk ran to its end with no socket error and no non-2xx answer.
+    pub fn assert_no_failures(&self, during: &str) {
+        assert!(self.status.success(), "wrk failed: {}{}", self.text, self.stderr);
+        assert!(!self.text.contains("Socket errors"), "wrk saw connections fail {during}:\n{}", self.text);
+        assert!(!self.text.contains("Non-2xx"), "wrk saw failed requests {during}:\n{}", self.text);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
