@@ -6,7 +6,6 @@
 mod support;
 
 use serde_json::Value;
-use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -18,16 +17,9 @@ fn port_args(port: u16) -> Vec<String> {
     vec!["--port".into(), port.to_string()]
 }
 
-/// `mcr update NAME --json [FLAGS] -- PROGRAM ARGS`: the exit code and the outcome.
+/// `mcr update evkv --json [FLAGS] -- PROGRAM ARGS`: the exit code and the outcome.
 fn update(mcr: &Mcr, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
-    let mut argv: Vec<OsString> = vec!["update".into(), "evkv".into(), "--json".into()];
-    argv.extend(flags.iter().map(OsString::from));
-    argv.push("--".into());
-    argv.push(program.into());
-    argv.extend(args.iter().map(OsString::from));
-    let out = mcr.run(&argv);
-    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    (out, v)
+    update_json(mcr, "evkv", flags, program, args)
 }
 
 fn stat(c: &mut Client, field: &str) -> u64 {

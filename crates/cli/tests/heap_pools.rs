@@ -9,7 +9,6 @@ mod support;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -20,11 +19,7 @@ fn port_args(port: u16) -> Vec<String> {
 
 /// `mcr update NAME --json -- PROGRAM ARGS` (with the state): the exit code and the report.
 fn update(mcr: &Mcr, name: &str, program: &Path, args: &[String]) -> (Out, Value) {
-    let mut argv: Vec<OsString> = vec!["update".into(), name.into(), "--json".into(), "--".into(), program.into()];
-    argv.extend(args.iter().map(OsString::from));
-    let out = mcr.run(&argv);
-    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    (out, v)
+    update_json(mcr, name, &[], program, args)
 }
 
 fn value_of(i: usize) -> String {

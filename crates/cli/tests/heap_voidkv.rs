@@ -8,7 +8,6 @@
 mod support;
 
 use serde_json::Value;
-use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -32,11 +31,7 @@ fn update(mcr: &Mcr, port: u16, program: &Path, held: usize) -> (Out, Value) {
     wait_for(Duration::from_secs(5), "voidkv to close the connections its checkers left", || {
         open_server_ends(port).len() == held
     });
-    let mut argv: Vec<OsString> = vec!["update".into(), "voidkv".into(), "--json".into(), "--".into(), program.into()];
-    argv.extend(port_args(port).into_iter().map(OsString::from));
-    let out = mcr.run(&argv);
-    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    (out, v)
+    update_json(mcr, "voidkv", &[], program, &port_args(port))
 }
 
 fn value_of(i: usize) -> String {

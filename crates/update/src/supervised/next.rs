@@ -149,9 +149,10 @@ impl NextVersion for NewSupervisor {
 
     fn commit(&mut self, processes: &[i32], old: &HostPids) -> Result<(), CommitError> {
         let new = self.host_pids().map_err(|e| CommitError::Refused(format!("the new version's processes: {e}")))?;
-        let reown = transfer::owners::plan(old, &new).map_err(|e| CommitError::Refused(e.to_string()))?;
+        let at_commit = transfer::owners::at_commit(old, &new).map_err(|e| CommitError::Refused(e.to_string()))?;
+        let reown = at_commit.reown;
         let conn = self.connection().map_err(CommitError::Unreachable)?;
-        for (pid, peers) in transfer::peers::plan(old, &new) {
+        for (pid, peers) in at_commit.peers {
             match conn.runtime(pid, RuntimeCommandKind::SocketPeers { peers }) {
                 Ok(RuntimeReply::Done) => {}
                 Ok(other) => return Err(CommitError::Refused(format!("process {pid}: unexpected answer {other:?}"))),

@@ -9,7 +9,8 @@
 //! rolled back), so [`plan`] lists, before the commit, each descriptor of the new version
 //! whose owner is a process of the old one, with the counterpart to own it; the new
 //! version's supervisor applies the list once past the commit point, before anything
-//! resumes. An owner with no counterpart (a thread the new version has under another ID,
+//! resumes ([`at_commit`] also lists the sockets for `super::peers`, in the same pass
+//! over the descriptors). An owner with no counterpart (a thread the new version has under another ID,
 //! a process it does not recreate) stops the update before the commit.
 
 use super::TransferError;
@@ -34,6 +35,11 @@ fn owner_of(fd: &OwnedFd) -> Option<Owner> {
     (r == 0 && o.pid > 0).then_some(Owner { kind: o.kind, id: o.pid })
 }
 
+/// The PID in the instance's namespace of the process of `old` with host PID `host`.
+pub(crate) fn ns_pid_of(old: &HostPids, host: i32) -> Option<i32> {
+    old.iter().find(|(_, &h)| h == host).map(|(&ns, _)| ns)
+}
+
 /// The new owner for `owner`, in the instance's namespace: `Ok(None)` when it is not a
 /// process of the old version (none, one outside the instance, or one of the new
 /// version already). `old`, `new`: each version's processes, namespace PID → host PID;
@@ -44,7 +50,7 @@ pub(crate) fn counterpart(
     new: &HostPids,
     thread_group: &dyn Fn(i32) -> Option<i32>,
 ) -> Result<Option<(i32, i32)>, String> {
-    let ns_of = |host: i32| old.iter().find(|(_, &h)| h == host).map(|(&ns, _)| ns);
+    let ns_of = |host: i32| ns_pid_of(old, host);
     let process = match ns_of(owner.id) {
         Some(ns) => ns,
         None if owner.kind == F_OWNER_TID => {
@@ -68,21 +74,33 @@ pub(crate) fn counterpart(
     Ok(Some((kind, process)))
 }
 
-/// Every descriptor of the new version's processes `new` whose owner is a process of the
-/// old version `old`, with its new owner.
-pub(crate) fn plan(old: &HostPids, new: &HostPids) -> Result<Vec<Reown>, TransferError> {
+/// What the kernel says of the new version's descriptors that names an old process, read
+/// in one pass over them before the commit: owners to give the counterparts
+/// ([`Reown`]) and, per process, sockets whose peer is an old process (`super::peers`).
+pub(crate) struct AtCommit {
+    pub reown: Vec<Reown>,
+    pub peers: std::collections::BTreeMap<i32, Vec<mcr_protocol::SocketPeer>>,
+}
+
+/// [`AtCommit`] for the new version's processes `new` (old version: `old`); an owner
+/// without counterpart is an error.
+pub(crate) fn at_commit(old: &HostPids, new: &HostPids) -> Result<AtCommit, TransferError> {
     let thread_group = |tid: i32| mcr_procfs::status::read(tid).ok().and_then(|s| s.tgid());
-    let mut out = Vec::new();
+    let mut out = AtCommit { reown: Vec::new(), peers: Default::default() };
     for (&pid, &host) in new {
-        // A process that exited meanwhile owns nothing; the commit finds it gone.
+        // A process that exited meanwhile holds nothing; the commit finds it gone.
         let Ok(pidfd) = mcr_supervisor::pidfd::open(host) else { continue };
-        for fd in mcr_procfs::fd::list(host).unwrap_or_default() {
+        for (fd, target) in mcr_procfs::fd::list_with_targets(host).unwrap_or_default() {
             let Ok(copy) = mcr_supervisor::pidfd::take(&pidfd, fd) else { continue };
-            let Some(owner) = owner_of(&copy) else { continue };
-            match counterpart(owner, old, new, &thread_group) {
-                Ok(Some((kind, id))) => out.push(Reown { pid, fd, kind, owner: id }),
-                Ok(None) => {}
-                Err(why) => return Err(TransferError::Owner { pid, fd, why }),
+            if let Some(owner) = owner_of(&copy) {
+                match counterpart(owner, old, new, &thread_group) {
+                    Ok(Some((kind, id))) => out.reown.push(Reown { pid, fd, kind, owner: id }),
+                    Ok(None) => {}
+                    Err(why) => return Err(TransferError::Owner { pid, fd, why }),
+                }
+            }
+            if let Some(peer) = super::peers::peer_within(&copy, &target, old) {
+                out.peers.entry(pid).or_default().push(peer);
             }
         }
     }
