@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The numbers taken from `mcr update --json`, in the order of the sample file.
-pub const FIELDS: [&str; 22] = [
+pub const FIELDS: [&str; 24] = [
     "drain_ms",
     "quiesce_ms",
     "restart_ms",
@@ -53,6 +53,8 @@ pub const FIELDS: [&str; 22] = [
     "in_place",
     "pinned",
     "heap_adopt_ms",
+    "untouched",
+    "heap_bytes_adopted",
 ];
 
 /// The value of field `name` of [`FIELDS`] in an update's outcome (`client_ms` is the
@@ -88,6 +90,8 @@ fn figure(o: &Report, name: &str) -> Option<f64> {
         "in_place" => t.state.in_place as f64,
         "pinned" => t.state.pinned as f64,
         "heap_adopt_ms" => t.heap_adopt_ms,
+        "untouched" => t.state.untouched as f64,
+        "heap_bytes_adopted" => t.heap_bytes_adopted as f64,
         _ => return None,
     })
 }
@@ -733,8 +737,8 @@ fn code_only_table(o: &mut String, read: &dyn Fn(&str) -> String) {
     }
     let _ = writeln!(o, "**State transfer vs live objects, code-only update** (kvd ↔ kvd-v2: the same types; no connections; 3 heap blocks per key; median over the committed updates):");
     let _ = writeln!(o);
-    let _ = writeln!(o, "| keys | committed | live objects | in place | objects copied | pages adopted (ms) | trace_ms | transfer_ms (p90) | whole update | budget (whole update, 1 000 000 keys) |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| keys | committed | live objects | untouched | walked in place | objects copied | heap adopted: MB (ms) | trace_ms | transfer_ms (p90) | whole update | budget (whole update, 1 000 000 keys) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (k, text) in rows {
         let (ok, fail) = parse(&text);
         let state = committed(&text, ok.len(), &fail);
@@ -744,10 +748,12 @@ fn code_only_table(o: &mut String, read: &dyn Fn(&str) -> String) {
         let copied: Vec<f64> = ok.iter().filter_map(|s| Some(s.get("objects")? - s.get("in_place")?)).collect();
         let _ = writeln!(
             o,
-            "| {k} | {state} | {} | {} | {} | {} | {} | {} ({}) | {} | {budget} |",
+            "| {k} | {state} | {} | {} | {} | {} | {} ({}) | {} | {} ({}) | {} | {budget} |",
             f(med(&col(&ok, "live_objects")), 0),
+            f(med(&col(&ok, "untouched")), 0),
             f(med(&col(&ok, "in_place")), 0),
             f(med(&copied), 0),
+            f(med(&col(&ok, "heap_bytes_adopted")).map(|b| b / 1e6), 1),
             f(med(&col(&ok, "heap_adopt_ms")), 2),
             f(med(&col(&ok, "trace_ms")), 2),
             f(med(&t), 2),

@@ -128,6 +128,20 @@ fn committed(r: &Report) -> String {
         t.state.live_objects,
         t.connections
     );
+    if t.heap_regions_adopted > 0 {
+        let how = match &t.state.walked_all {
+            None => format!(
+                "{} blocks untouched (no type changed: checked for addresses that move, {} bytes)",
+                t.state.untouched, t.state.untouched_bytes
+            ),
+            Some(why) => format!("every reachable block walked ({why}); {} stayed where they were", t.state.in_place),
+        };
+        let _ = writeln!(
+            o,
+            "heap: {} regions ({} bytes) adopted at their addresses; {how}",
+            t.heap_regions_adopted, t.heap_bytes_adopted
+        );
+    }
     if t.state.startup_matched + t.state.startup_reallocated > 0 {
         let _ = writeln!(
             o,

@@ -53,6 +53,11 @@ impl Image {
         Image { bias, readonly: ranges.clone(), ranges, tls_block: None }
     }
 
+    /// Its mappings and loadable segments, `[start, end)` (they may overlap).
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
     pub fn readonly(&self) -> &[(u64, u64)] {
         &self.readonly
     }

@@ -36,6 +36,7 @@ mod target;
 #[cfg(test)]
 mod testing;
 mod transfer;
+mod untouched;
 mod untyped;
 mod walk;
 mod write;

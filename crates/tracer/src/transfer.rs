@@ -7,7 +7,7 @@ use crate::plan::{describe_unmatched, plan};
 use crate::startup::{Placement, StartupTables};
 use crate::target::{startup_block_size, Target, TargetError};
 use crate::write::{Destinations, Writer};
-use crate::{roots, untyped, walk, write};
+use crate::{roots, untouched, untyped, walk, write};
 use mcr_heap::{HeapIndex, MemoryError, ReadMemory};
 use mcr_typemodel::Program;
 
@@ -109,6 +109,17 @@ pub struct Report {
     /// target's bytes, an integer) holds their address (conservative tracing).
     #[serde(default)]
     pub pinned: usize,
+    /// Live blocks of the adopted heap the transfer neither walked nor wrote (an update
+    /// that changes no type: they stay where they are, as they are), and their bytes,
+    /// which were only checked for addresses that move ([`crate::untouched`]).
+    #[serde(default)]
+    pub untouched: usize,
+    #[serde(default)]
+    pub untouched_bytes: u64,
+    /// Why the walk went through every reachable block instead (a type changes, or an
+    /// untouched block would have held an address that moves), when it did.
+    #[serde(default)]
+    pub walked_all: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -126,6 +137,11 @@ impl Report {
         self.in_place_bytes += o.in_place_bytes;
         self.old_freed += o.old_freed;
         self.pinned += o.pinned;
+        self.untouched += o.untouched;
+        self.untouched_bytes += o.untouched_bytes;
+        if self.walked_all.is_none() {
+            self.walked_all.clone_from(&o.walked_all);
+        }
         self.startup_matched += o.startup_matched;
         self.startup_kept += o.startup_kept;
         self.startup_reallocated += o.startup_reallocated;
@@ -179,12 +195,37 @@ pub fn transfer_with_words(
     report.globals_dropped = roots.dropped;
 
     let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
-    let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted)?;
+    let handlers = object_handlers(new);
+    let walk_plan = |seal: &dyn Fn(&mcr_heap::Object, mcr_typemodel::TypeId) -> bool| {
+        let reached = walk::walk_sealing(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal)?;
+        let plan =
+            plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
+        Ok::<_, TransferError>((reached, plan))
+    };
+    // An update that changes no type leaves the adopted heap as it is: the walk stops at
+    // its blocks, then a scan makes sure none of those it left holds an address that
+    // moves; if one does, everything is walked (`untouched`).
+    let mut sealed = None;
+    report.walked_all = untouched::why_walk_all(pair, &hints, &handlers);
+    if report.walked_all.is_none() {
+        let sealer = untouched::Sealer::new(old, new, &adopted);
+        let (reached, plan) = walk_plan(&|o, t| sealer.seals(o, t))?;
+        match untouched::check(pair, &reached, &plan) {
+            Ok(checked) => {
+                report.untouched = checked.blocks;
+                report.untouched_bytes = checked.bytes;
+                sealed = Some((reached, plan));
+            }
+            Err(why) => report.walked_all = Some(why),
+        }
+    }
+    let untouched = sealed.is_some();
+    let (reached, plan) = match sealed {
+        Some(done) => done,
+        None => walk_plan(&|_, _| false)?,
+    };
     report.pinned = reached.pinned.len();
     report.warnings.extend(untyped::check(pair, &hints, &reached)?);
-
-    let handlers = object_handlers(new);
-    let plan = plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
     report.startup_reallocated = plan.unmatched.len();
     report.startup_notes = plan
         .unmatched
@@ -194,6 +235,7 @@ pub fn transfer_with_words(
         .collect();
 
     let moved = write::allocate(target, &plan)?;
+    let moved = if untouched { moved.others_stay() } else { moved };
     let relocations = if handlers.is_empty() { Vec::new() } else { write::relocations(pair, &reached, &moved) };
     let writer = Writer {
         pair,
@@ -210,10 +252,14 @@ pub fn transfer_with_words(
     writer.globals(target, &roots.globals, &mut report)?;
     // The adopted old blocks that did not stay where they are were copied elsewhere (or
     // were not reached: the state no longer holds them): the new process frees them.
+    // When the walk sealed the heap, what it did not reach stays.
     let stayed: std::collections::HashSet<u64> =
         plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.old).collect();
-    let garbage: Vec<u64> =
-        pair.heap.objects().iter().map(|o| o.addr).filter(|&a| adopted(a) && !stayed.contains(&a)).collect();
+    let garbage: Vec<u64> = if untouched {
+        plan.blocks.iter().filter(|b| b.placement != Placement::InPlace && adopted(b.old)).map(|b| b.old).collect()
+    } else {
+        pair.heap.objects().iter().map(|o| o.addr).filter(|&a| adopted(a) && !stayed.contains(&a)).collect()
+    };
     if !garbage.is_empty() {
         target.free(&garbage)?;
     }
@@ -233,7 +279,7 @@ mod tests {
     use crate::target::TargetError;
     use crate::testing::{
         list_program, new_list, node, old_list, pool_and_cfg, pool_with_arena, words, World, HEAD, NEW_BIAS, NEW_HEAD,
-        NEW_HEAP,
+        NEW_HEAP, OLD_HEAP,
     };
     use mcr_protocol::Relocation;
     use mcr_typemodel::SymbolKind;
@@ -243,35 +289,83 @@ mod tests {
     }
 
     #[test]
-    fn in_an_adopted_heap_a_list_whose_type_did_not_change_stays_where_it_is() {
+    fn in_an_adopted_heap_an_update_that_changes_no_type_leaves_every_block_untouched() {
         let mut w = World::new(list_program(false, |_, _| {}), list_program(false, |_, _| {}));
         w.adopted_heap = true;
         let unreached = w.old_proc.block(&node(9, 0), false);
         let old = old_list(&mut w, &[1, 2, -3]);
         let t = w.transfer().expect("transfer");
         assert!(w.new_proc.allocations.iter().all(|a| a.is_empty()), "nothing allocated: {:?}", w.new_proc.allocations);
-        let node_writes: Vec<_> = w.new_proc.writes.iter().filter(|(a, _)| old.contains(a)).collect();
-        assert!(node_writes.is_empty(), "unchanged nodes are not rewritten: {node_writes:x?}");
+        let heap_writes: Vec<_> = w.new_proc.writes.iter().filter(|(a, _)| *a >= OLD_HEAP).collect();
+        assert!(heap_writes.is_empty(), "no heap block is written: {heap_writes:x?}");
         let mem = &w.new_proc.mem;
-        let head = mem.u64(w.new_global("head"));
-        assert_eq!(head, old[0], "head points to the first node where it was");
+        assert_eq!(mem.u64(w.new_global("head")), old[0], "head points to the first node where it was");
         assert_eq!((mem.i32(old[1]), mem.u64(old[1] + 8)), (2, old[2]), "the second node, its value and link");
         let r = &t.report;
-        assert_eq!((r.objects, r.in_place, r.in_place_bytes, r.old_freed), (3, 3, 0, 1), "{r:?}");
-        assert_eq!(w.new_proc.freed, [unreached], "the block the state no longer reaches is freed");
+        assert_eq!(r.walked_all, None);
+        assert_eq!((r.objects, r.in_place, r.old_freed, r.untouched, r.untouched_bytes), (0, 0, 0, 4, 64), "{r:?}");
+        assert!(w.new_proc.freed.is_empty(), "an unreached block may be what only an untouched one leads to: kept");
+        assert_eq!(mem.i32(unreached), 9);
         let heap = w.old_proc.heap();
-        assert_eq!(t.relocate(&heap, old[2] + 8), Some(old[2] + 8), "in place: addresses stay");
+        assert_eq!(t.relocate(&heap, old[2] + 8), Some(old[2] + 8), "untouched: addresses stay");
+    }
+
+    #[test]
+    fn in_an_adopted_heap_an_untouched_block_holding_an_address_that_moves_makes_the_walk_go_everywhere() {
+        let program = || {
+            list_program(false, |b, ids| {
+                pool_and_cfg(b, ids);
+                b.symbol("head", HEAD, 8, SymbolKind::Object);
+            })
+        };
+        let mut w = World::new(program(), program());
+        w.adopted_heap = true;
+        let (pool, other) = pool_with_arena(&mut w);
+        w.set_global("cfg", &(pool + 56).to_ne_bytes());
+        let old = old_list(&mut w, &[1, 2]);
+        let unreached = w.old_proc.block(&node(9, 0), false);
+        // The arena's last word: the address of `head`, a global, which the new binary
+        // has elsewhere.
+        w.old_proc.mem.write(pool + 64, &HEAD.to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        let r = &t.report;
+        let why = r.walked_all.as_deref().unwrap_or_default();
+        assert!(why.contains(&format!("the heap block at {pool:#x} holds {HEAD:#x} at offset 64")), "{why}");
+        assert!(why.contains("old binary"), "{why}");
+        assert_eq!((r.objects, r.in_place, r.pinned, r.old_freed, r.untouched), (4, 4, 1, 1, 0), "{r:?}");
+        let mem = &w.new_proc.mem;
+        assert_eq!(mem.u64(pool + 64), HEAD + NEW_BIAS, "the word now holds where head is in the new binary");
+        assert_eq!(mem.u64(pool + 40), other, "the arena's word still points to the block, which stayed");
+        assert_eq!(mem.u64(w.new_global("head")), old[0]);
+        assert_eq!(w.new_proc.freed, [unreached], "walked everywhere: what nothing reaches is freed");
     }
 
     #[test]
     fn in_an_adopted_heap_a_pool_block_stays_as_it_is_with_what_its_arena_points_to() {
-        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
+        let make = |grown| {
+            list_program(false, |b, ids| {
+                pool_and_cfg(b, ids);
+                // A type that changes: the walk goes through every block.
+                let s = b.strukt("changes", if grown { 16 } else { 8 }, &[("a", ids.long, 0)]);
+                b.global("changes", 0x40_1100, s);
+            })
+        };
+        let mut w = World::new(make(false), make(false));
         w.adopted_heap = true;
         let (pool, other) = pool_with_arena(&mut w);
         w.set_global("cfg", &(pool + 56).to_ne_bytes());
+        let t = w.transfer().expect("code only");
+        assert_eq!((t.report.untouched, t.report.objects), (2, 0), "{:?}", t.report);
+
+        let mut w = World::new(make(false), make(true));
+        w.adopted_heap = true;
+        let (pool, other2) = pool_with_arena(&mut w);
+        assert_eq!(other2, other);
+        w.set_global("cfg", &(pool + 56).to_ne_bytes());
         let t = w.transfer().expect("transfer");
         let r = &t.report;
-        assert_eq!((r.objects, r.in_place, r.pinned, r.old_freed), (2, 2, 1, 0), "{r:?}");
+        assert_eq!(r.walked_all.as_deref(), Some("struct changes changes layout"));
+        assert_eq!((r.objects, r.in_place, r.pinned, r.old_freed, r.untouched), (2, 2, 1, 0, 0), "{r:?}");
         assert!(!w.new_proc.wrote(pool, 72) && !w.new_proc.wrote(other, 16), "{:x?}", w.new_proc.writes);
         let mem = &w.new_proc.mem;
         assert_eq!(mem.u64(w.new_global("cfg")), pool + 56, "the object carved from the arena, where it was");

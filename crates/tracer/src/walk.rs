@@ -135,6 +135,7 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
 /// `pinnable`: whether a heap block may stay where it is in the new process (the adopted
 /// heap): a heap address found in memory mcr cannot type then pins its block instead of
 /// stopping the update.
+#[cfg(test)]
 pub fn walk(
     old: &Program,
     mem: &dyn ReadMemory,
@@ -143,6 +144,25 @@ pub fn walk(
     roots: &[Root],
     words: &[(String, u64)],
     pinnable: &dyn Fn(u64) -> bool,
+) -> Result<Reached, TransferError> {
+    walk_sealing(old, mem, heap, hints, roots, words, pinnable, &|_, _| false)
+}
+
+/// [`walk`], which does not go into a block a typed pointer reaches when `seal` says so
+/// for the block and that type: such a block is not read, scanned or listed, and neither
+/// is what only it leads to. An update whose types do not
+/// change seals the blocks of the adopted heap (they stay where they are, as they are);
+/// what makes that right is checked after the walk (`crate::untouched`).
+#[allow(clippy::too_many_arguments)]
+pub fn walk_sealing(
+    old: &Program,
+    mem: &dyn ReadMemory,
+    heap: &HeapIndex,
+    hints: &Hints,
+    roots: &[Root],
+    words: &[(String, u64)],
+    pinnable: &dyn Fn(u64) -> bool,
+    seal: &dyn Fn(&Object, TypeId) -> bool,
 ) -> Result<Reached, TransferError> {
     let mut w = Walker {
         prog: old,
@@ -156,6 +176,8 @@ pub fn walk(
         pinned: BTreeMap::new(),
         interior: Vec::new(),
         interior_seen: HashSet::new(),
+        seal,
+        sealed: HashSet::new(),
     };
     for r in roots {
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
@@ -281,6 +303,9 @@ struct Walker<'w> {
     /// Typed pointers into the middle of blocks, the first per object.
     interior: Vec<Interior>,
     interior_seen: HashSet<(u64, TypeId)>,
+    seal: &'w dyn Fn(&Object, TypeId) -> bool,
+    /// The blocks left unread (see [`walk_sealing`]).
+    sealed: HashSet<u64>,
 }
 
 impl Walker<'_> {
@@ -299,6 +324,9 @@ impl Walker<'_> {
         hop: impl FnOnce() -> String,
     ) -> Result<(), TransferError> {
         let prog = self.prog;
+        if self.sealed.contains(&obj.addr) {
+            return Ok(()); // it stays where it is, as it is, however else it is reached
+        }
         match self.blocks.get_mut(&obj.addr) {
             Some(f) => match (f.reach, ty) {
                 (_, None) => {}
@@ -329,6 +357,10 @@ impl Walker<'_> {
                 }
             },
             None => {
+                if ty.is_some_and(|t| (self.seal)(&obj, t)) {
+                    self.sealed.insert(obj.addr);
+                    return Ok(());
+                }
                 let reach = ty.map_or(Reach::Opaque, Reach::Typed);
                 self.blocks.insert(obj.addr, Block { obj, reach, parent, hop: hop(), bytes: Vec::new() });
                 match reach {
@@ -514,6 +546,9 @@ impl Walker<'_> {
             };
             let place = format!("{path}+{off}");
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
+            if self.sealed.contains(&obj.addr) {
+                continue; // stays where it is, as it is
+            }
             if (self.pinnable)(obj.addr) {
                 let hop = format!("{rel}+{off} (may point here)");
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });

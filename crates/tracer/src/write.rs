@@ -37,8 +37,39 @@ impl Moved {
     }
 }
 
-/// Old block address → where it went.
-pub type Destinations = BTreeMap<u64, Moved>;
+/// Where the reached blocks went, by old address; the blocks the walk did not go through
+/// stay where they are when the walk sealed the adopted heap ([`crate::untouched`]).
+#[derive(Debug, Default)]
+pub struct Destinations {
+    blocks: BTreeMap<u64, Moved>,
+    others_stay: bool,
+}
+
+impl Destinations {
+    /// Where the old block at `addr` went; `None`: the transfer did not carry it.
+    pub fn get(&self, addr: &u64) -> Option<Moved> {
+        let stays = Moved { new: *addr, old_stride: 0, new_stride: 0 };
+        self.blocks.get(addr).copied().or_else(|| self.others_stay.then_some(stays))
+    }
+
+    /// The blocks the transfer placed, by old address.
+    pub fn placed(&self) -> impl Iterator<Item = (&u64, &Moved)> {
+        self.blocks.iter()
+    }
+
+    /// Blocks not placed stay where they are (an adopted heap the walk sealed).
+    pub fn others_stay(mut self) -> Self {
+        self.others_stay = true;
+        self
+    }
+}
+
+impl std::ops::Index<&u64> for Destinations {
+    type Output = Moved;
+    fn index(&self, addr: &u64) -> &Moved {
+        &self.blocks[addr]
+    }
+}
 
 /// Allocate the fresh blocks `plan` asks for in the new process: where every reached
 /// block goes (fresh, or its matched startup block).
@@ -50,7 +81,7 @@ pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinat
         return Err(TransferError::Allocated { asked: fresh.len(), got: got.len() });
     }
     let mut got = got.into_iter();
-    Ok(plan
+    let blocks = plan
         .blocks
         .iter()
         .map(|b| {
@@ -61,14 +92,15 @@ pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinat
             };
             (b.old, Moved { new, old_stride: b.old_stride, new_stride: b.new_stride })
         })
-        .collect())
+        .collect();
+    Ok(Destinations { blocks, others_stay: false })
 }
 
 /// Where everything went, for the handlers' `mcr_translate()`: the heap blocks the
 /// transfer moved and the main binary's globals the new version has.
 pub fn relocations(pair: &Pair, reached: &Reached, moved: &Destinations) -> Vec<Relocation> {
     let blocks = moved
-        .iter()
+        .placed()
         .filter_map(|(a, m)| {
             Some(Relocation {
                 old: *a,
