@@ -101,6 +101,10 @@ impl HeapIndex {
                 let mut at = start;
                 while at < end {
                     let len = (end - at).min(CHUNK);
+                    if mem.slice(at, len as usize).is_some() {
+                        at += len; // already in memory here (a mapped memfd)
+                        continue;
+                    }
                     let mut b = vec![0u8; len as usize];
                     if mem.read(at, &mut b).is_ok() {
                         scanned += len;
@@ -114,7 +118,9 @@ impl HeapIndex {
     }
 
     pub fn from_objects(mut objects: Vec<Object>, scanned_bytes: u64) -> Self {
-        objects.sort_by_key(|o| o.addr);
+        if !objects.is_sorted_by_key(|o| o.addr) {
+            objects.sort_unstable_by_key(|o| o.addr);
+        }
         // A block's header can never lie inside another live block; if memory says so
         // (a stale copy the program made itself), keep the enclosing block.
         let mut out: Vec<Object> = Vec::with_capacity(objects.len());

@@ -13,6 +13,6 @@ pub mod memory;
 pub use index::{block_at, HeapIndex, Object, Pieces};
 pub use mcr_alloc::SlotSet;
 pub use memory::{
-    heap_regions, heap_slots, thread_stack_pointers, touched_parts, MemoryError, ProcessMemory, ReadMemory, Region,
-    Snapshot,
+    heap_regions, heap_slots, thread_stack_pointers, touched_parts, MappedView, MemoryError, ProcessMemory, ReadMemory,
+    Region, Snapshot,
 };

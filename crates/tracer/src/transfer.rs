@@ -256,7 +256,18 @@ pub fn transfer_with_words(
     let stayed: std::collections::HashSet<u64> =
         plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.old).collect();
     let garbage: Vec<u64> = if untouched {
-        plan.blocks.iter().filter(|b| b.placement != Placement::InPlace && adopted(b.old)).map(|b| b.old).collect()
+        // What was copied elsewhere, and the old startup objects nothing reaches (the
+        // check made sure no untouched block points into a startup object: the walk would
+        // have found it): each update's startup otherwise left its garbage for good.
+        let unreached_startup =
+            pair.heap.objects().iter().filter(|o| o.startup && !reached.blocks.contains_key(&o.addr)).map(|o| o.addr);
+        plan.blocks
+            .iter()
+            .filter(|b| b.placement != Placement::InPlace)
+            .map(|b| b.old)
+            .chain(unreached_startup)
+            .filter(|&a| adopted(a))
+            .collect()
     } else {
         pair.heap.objects().iter().map(|o| o.addr).filter(|&a| adopted(a) && !stayed.contains(&a)).collect()
     };
@@ -293,6 +304,7 @@ mod tests {
         let mut w = World::new(list_program(false, |_, _| {}), list_program(false, |_, _| {}));
         w.adopted_heap = true;
         let unreached = w.old_proc.block(&node(9, 0), false);
+        let startup_garbage = w.old_proc.block(&node(8, 0), true);
         let old = old_list(&mut w, &[1, 2, -3]);
         let t = w.transfer().expect("transfer");
         assert!(w.new_proc.allocations.iter().all(|a| a.is_empty()), "nothing allocated: {:?}", w.new_proc.allocations);
@@ -303,8 +315,13 @@ mod tests {
         assert_eq!((mem.i32(old[1]), mem.u64(old[1] + 8)), (2, old[2]), "the second node, its value and link");
         let r = &t.report;
         assert_eq!(r.walked_all, None);
-        assert_eq!((r.objects, r.in_place, r.old_freed, r.untouched, r.untouched_bytes), (0, 0, 0, 4, 64), "{r:?}");
-        assert!(w.new_proc.freed.is_empty(), "an unreached block may be what only an untouched one leads to: kept");
+        assert_eq!((r.objects, r.in_place, r.old_freed, r.untouched, r.untouched_bytes), (0, 0, 1, 4, 64), "{r:?}");
+        assert_eq!(
+            w.new_proc.freed,
+            [startup_garbage],
+            "an unreached block may be what only an untouched one leads to, so it is kept; an old startup object \
+             nothing points to is garbage"
+        );
         assert_eq!(mem.i32(unreached), 9);
         let heap = w.old_proc.heap();
         assert_eq!(t.relocate(&heap, old[2] + 8), Some(old[2] + 8), "untouched: addresses stay");

@@ -149,8 +149,14 @@ fn copy_pages(
         let mut at = start;
         while at < end {
             let n = ((end - at) as usize).min(CHUNK);
-            old_mem.read(at, &mut buf[..n])?;
-            new_mem.write_all_at(&buf[..n], at).map_err(|source| TransferError::NewMemory { pid, source })?;
+            let bytes = match old_mem.slice(at, n) {
+                Some(mapped) => mapped,
+                None => {
+                    old_mem.read(at, &mut buf[..n])?;
+                    &buf[..n]
+                }
+            };
+            new_mem.write_all_at(bytes, at).map_err(|source| TransferError::NewMemory { pid, source })?;
             at += n as u64;
             copied += n as u64;
         }

@@ -13,7 +13,7 @@ use crate::preflight::Snapshots;
 use crate::warning::{Warn, Warning};
 use mcr_client::Connection;
 use mcr_heap::ReadMemory;
-use mcr_heap::{HeapIndex, ProcessMemory, Region, Snapshot};
+use mcr_heap::{HeapIndex, MappedView, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, StackLayout, StackMap, StartupTables, Version};
 use mcr_typemodel::Program;
@@ -56,9 +56,13 @@ pub(crate) fn transfer(
     let old_maps = Region::read_all(old_host)?;
     let new_maps = Region::read_all(new_host)?;
     let old_mem = ProcessMemory::open(old_host)?;
+    // The heap's memfds, mapped here: the scan, the trace and the adoption read them in
+    // place (what is private, a forked process's heap, is read and kept).
+    let in_heap_window = |r: &Region| usize::try_from(r.start).ok().and_then(mcr_alloc::geometry::slot_of).is_some();
+    let old_mapped = MappedView::open(old_host, &old_maps, in_heap_window, &old_mem);
     let heap_regions = mcr_heap::touched_parts(old_host, &heap_candidates(old_host, &old_maps));
-    let (heap, pieces) = HeapIndex::scan_keeping(&old_mem, &heap_regions)?;
-    let old_view = Snapshot::new(&old_mem, pieces);
+    let (heap, pieces) = HeapIndex::scan_keeping(&old_mapped, &heap_regions)?;
+    let old_view = Snapshot::new(&old_mapped, pieces);
     sum.heap_scan_ms += ms_since(t);
 
     let t = Instant::now();
@@ -114,7 +118,7 @@ pub(crate) fn transfer(
     let adopted = if volatile {
         None
     } else {
-        match adopt_heap::adopt(pid, old_host, &old_mem, &mut new_process, &mem)? {
+        match adopt_heap::adopt(pid, old_host, &old_view, &mut new_process, &mem)? {
             Ok(a) => Some(a),
             Err(adopt_heap::NotAdopted::Nothing) => None,
             Err(adopt_heap::NotAdopted::Overlap(why)) => {
