@@ -37,7 +37,6 @@ pub struct HeapIndex {
 }
 
 /// Memory read by a scan: (address, bytes), in address order.
-pub type Pieces = Vec<(u64, Vec<u8>)>;
 
 /// Read in pieces at most this large.
 const CHUNK: u64 = 1 << 20;
@@ -70,15 +69,16 @@ impl HeapIndex {
         Self::scan_inner(mem, None)
     }
 
-    /// Like [`HeapIndex::scan`], keeping the memory of the spans that hold blocks: reading
-    /// the blocks again later is then a copy, not a system call per block.
-    pub fn scan_keeping(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<(Self, Pieces), MemoryError> {
-        let mut kept = Vec::new();
-        let idx = Self::scan_inner(mem, Some(&mut kept))?;
-        Ok((idx, kept))
+    /// Like [`HeapIndex::scan`], with the extents of the spans that hold blocks (pieces of
+    /// at most 1 MiB, for a [`crate::Snapshot::lazy`]: reading a block is then a copy, not
+    /// a system call per block, once its piece was read).
+    pub fn scan_with_extents(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<(Self, Vec<(u64, u64)>), MemoryError> {
+        let mut extents = Vec::new();
+        let idx = Self::scan_inner(mem, Some(&mut extents))?;
+        Ok((idx, extents))
     }
 
-    fn scan_inner(mem: &dyn ReadMemory, keep: Option<&mut Pieces>) -> Result<Self, MemoryError> {
+    fn scan_inner(mem: &dyn ReadMemory, extents: Option<&mut Vec<(u64, u64)>>) -> Result<Self, MemoryError> {
         let reader = Reader(mem);
         let mut objects = Vec::new();
         let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -96,20 +96,13 @@ impl HeapIndex {
             );
         }
         let mut scanned = 0;
-        if let Some(keep) = keep {
+        if let Some(extents) = extents {
             for (start, end) in runs {
                 let mut at = start;
                 while at < end {
                     let len = (end - at).min(CHUNK);
-                    if mem.slice(at, len as usize).is_some() {
-                        at += len; // already in memory here (a mapped memfd)
-                        continue;
-                    }
-                    let mut b = vec![0u8; len as usize];
-                    if mem.read(at, &mut b).is_ok() {
-                        scanned += len;
-                        keep.push((at, b));
-                    }
+                    extents.push((at, at + len));
+                    scanned += len;
                     at += len;
                 }
             }

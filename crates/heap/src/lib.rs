@@ -10,7 +10,7 @@
 pub mod index;
 pub mod memory;
 
-pub use index::{block_at, HeapIndex, Object, Pieces};
+pub use index::{block_at, HeapIndex, Object};
 pub use mcr_alloc::SlotSet;
 pub use memory::{
     heap_regions, heap_slots, thread_stack_pointers, touched_parts, MappedView, MemoryError, ProcessMemory, ReadMemory,

@@ -25,6 +25,12 @@ pub trait ReadMemory {
         None
     }
 
+    /// Like [`ReadMemory::read`], for memory read once: a reader that keeps what it reads
+    /// for later reads may skip keeping this.
+    fn read_once(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.read(addr, buf)
+    }
+
     fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
@@ -62,17 +68,53 @@ impl ReadMemory for ProcessMemory {
     }
 }
 
-/// Memory read once in pieces (sorted by address), in front of the live source: reads
-/// inside a piece are copies, the rest go to the source.
+/// Memory read in pieces (sorted by address), in front of the live source: a piece is
+/// read whole the first time something in it is read, and reads inside a piece are then
+/// copies, the rest go to the source. A piece nothing reads is never read (an update that
+/// leaves the heap untouched reads a few of them).
 pub struct Snapshot<'m> {
     source: &'m dyn ReadMemory,
-    pieces: Vec<(u64, Vec<u8>)>,
+    pieces: Vec<Piece>,
+}
+
+struct Piece {
+    start: u64,
+    len: usize,
+    /// Its bytes once read (`None`: the source could not read it whole).
+    bytes: std::cell::OnceCell<Option<Vec<u8>>>,
 }
 
 impl<'m> Snapshot<'m> {
-    pub fn new(source: &'m dyn ReadMemory, mut pieces: Vec<(u64, Vec<u8>)>) -> Self {
-        pieces.sort_by_key(|p| p.0);
+    /// Over pieces already read.
+    pub fn new(source: &'m dyn ReadMemory, pieces: Vec<(u64, Vec<u8>)>) -> Self {
+        let pieces = pieces
+            .into_iter()
+            .map(|(start, b)| Piece { start, len: b.len(), bytes: std::cell::OnceCell::from(Some(b)) })
+            .collect();
+        Self::sorted(source, pieces)
+    }
+
+    /// Over pieces `[start, end)` read when first needed.
+    pub fn lazy(source: &'m dyn ReadMemory, extents: &[(u64, u64)]) -> Self {
+        let pieces = extents
+            .iter()
+            .filter(|(s, e)| e > s)
+            .map(|&(start, end)| Piece { start, len: (end - start) as usize, bytes: Default::default() })
+            .collect();
+        Self::sorted(source, pieces)
+    }
+
+    fn sorted(source: &'m dyn ReadMemory, mut pieces: Vec<Piece>) -> Self {
+        pieces.sort_by_key(|p| p.start);
         Self { source, pieces }
+    }
+
+    /// The piece holding `[addr, addr + len)`, and the offset there.
+    fn piece(&self, addr: u64, len: usize) -> Option<(&Piece, usize)> {
+        let i = self.pieces.partition_point(|p| p.start <= addr);
+        let p = self.pieces.get(i.checked_sub(1)?)?;
+        let off = usize::try_from(addr - p.start).ok()?;
+        (off.checked_add(len)? <= p.len).then_some((p, off))
     }
 }
 
@@ -86,14 +128,29 @@ impl ReadMemory for Snapshot<'_> {
     }
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        let i = self.pieces.partition_point(|p| p.0 <= addr);
-        if let Some((start, bytes)) = i.checked_sub(1).and_then(|i| self.pieces.get(i)) {
-            let off = (addr - start) as usize;
-            if let Some(src) = bytes.get(off..off + len) {
-                return Some(src);
-            }
+        if let Some(mapped) = self.source.slice(addr, len) {
+            return Some(mapped);
         }
-        self.source.slice(addr, len)
+        let (p, off) = self.piece(addr, len)?;
+        let bytes = p.bytes.get_or_init(|| {
+            let mut b = vec![0u8; p.len];
+            self.source.read(p.start, &mut b).ok().map(|()| b)
+        });
+        bytes.as_ref()?.get(off..off + len)
+    }
+
+    fn read_once(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let held = self.source.slice(addr, buf.len()).or_else(|| {
+            let (p, off) = self.piece(addr, buf.len())?;
+            p.bytes.get()?.as_ref()?.get(off..off + buf.len())
+        });
+        match held {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => self.source.read(addr, buf),
+        }
     }
 }
 

@@ -174,6 +174,38 @@ pub(crate) struct Checked {
     pub bytes: u64,
 }
 
+/// Bytes read at once by the check.
+const BATCH: u64 = 1 << 20;
+
+/// The blocks of `batch` (sorted, spanning at most [`BATCH`] bytes unless one block is
+/// larger), read in one go, word by word.
+fn check_batch(pair: &Pair, m: &Moving, batch: &[&Object], buf: &mut Vec<u8>) -> Result<(), String> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else { return Ok(()) };
+    let (start, end) = (first.addr, last.end());
+    let bytes = match pair.old_mem.slice(start, (end - start) as usize) {
+        Some(b) => b,
+        None => {
+            buf.resize((end - start) as usize, 0);
+            pair.old_mem.read_once(start, buf).map_err(|e| format!("the heap at {start:#x}: {e}"))?;
+            &buf[..]
+        }
+    };
+    for o in batch {
+        let at = (o.addr - start) as usize;
+        let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
+        for (k, w) in block.chunks_exact(8).enumerate() {
+            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            if v == 0 {
+                continue;
+            }
+            if let Some(what) = m.what(v) {
+                return Err(format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, k * 8));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Check that no live block the walk did not go through holds an address whose meaning
 /// differs in the new process: `Ok` with what was checked, or `Err` with the first such
 /// word (the transfer then walks everything).
@@ -195,6 +227,9 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
     let m = Moving { pair, image_bounds, blocks: moving, pages };
     let mut walked = reached.blocks.keys().peekable();
     let mut checked = Checked::default();
+    // Blocks to check, read in batches of neighbours (one read of up to BATCH bytes, into
+    // a buffer used again: the heap is read once, and not kept).
+    let mut batch: Vec<&Object> = Vec::new();
     let mut buf = Vec::new();
     for o in objects {
         while walked.next_if(|&&a| a < o.addr).is_some() {}
@@ -203,26 +238,15 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
         if walked.peek() == Some(&&o.addr) || o.startup {
             continue;
         }
-        let bytes = match pair.old_mem.slice(o.addr, o.size as usize) {
-            Some(b) => b,
-            None => {
-                buf.resize(o.size as usize, 0);
-                pair.old_mem.read(o.addr, &mut buf).map_err(|e| format!("the heap block at {:#x}: {e}", o.addr))?;
-                &buf[..]
-            }
-        };
+        if batch.first().is_some_and(|f| o.end() - f.addr > BATCH) {
+            check_batch(pair, &m, &batch, &mut buf)?;
+            batch.clear();
+        }
+        batch.push(o);
         checked.blocks += 1;
         checked.bytes += o.size;
-        for (k, w) in bytes.chunks_exact(8).enumerate() {
-            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if v == 0 {
-                continue;
-            }
-            if let Some(what) = m.what(v) {
-                return Err(format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, k * 8));
-            }
-        }
     }
+    check_batch(pair, &m, &batch, &mut buf)?;
     Ok(checked)
 }
 

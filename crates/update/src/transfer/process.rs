@@ -61,8 +61,8 @@ pub(crate) fn transfer(
     let in_heap_window = |r: &Region| usize::try_from(r.start).ok().and_then(mcr_alloc::geometry::slot_of).is_some();
     let old_mapped = MappedView::open(old_host, &old_maps, in_heap_window, &old_mem);
     let heap_regions = mcr_heap::touched_parts(old_host, &heap_candidates(old_host, &old_maps));
-    let (heap, pieces) = HeapIndex::scan_keeping(&old_mapped, &heap_regions)?;
-    let old_view = Snapshot::new(&old_mapped, pieces);
+    let (heap, extents) = HeapIndex::scan_with_extents(&old_mapped, &heap_regions)?;
+    let old_view = Snapshot::lazy(&old_mapped, &extents);
     sum.heap_scan_ms += ms_since(t);
 
     let t = Instant::now();
@@ -118,7 +118,7 @@ pub(crate) fn transfer(
     let adopted = if volatile {
         None
     } else {
-        match adopt_heap::adopt(pid, old_host, &old_view, &mut new_process, &mem)? {
+        match adopt_heap::adopt(pid, old_host, &old_mapped, &mut new_process, &mem)? {
             Ok(a) => Some(a),
             Err(adopt_heap::NotAdopted::Nothing) => None,
             Err(adopt_heap::NotAdopted::Overlap(why)) => {
