@@ -2,6 +2,7 @@
 
 mod check;
 mod dirty;
+mod history;
 mod instance;
 mod profile;
 mod render;
@@ -94,6 +95,23 @@ enum Command {
         one its quiescent point, with the symbolized stack and file:line, and its long-lived \
         loop. Exit status 1 when the workload failed or no quiescent point was found.")]
     Profile(profile::ProfileArgs),
+    /// Show the updates an instance went through: when, from which build to which, how
+    /// it ended, how long each phase took, what moved
+    #[command(long_about = "Show the update history of instance NAME, oldest first: every update that \
+        reached it (committed, rolled back with the reason, refused before anything was stopped \
+        with the reason), with its time (UTC), the builds before and after (path, arguments, \
+        ELF build ID), the time each phase took and what the state transfer moved.\n\n\
+        The journal is NAME.history in the runtime directory (JSON lines, one per update, \
+        the newest 1000 kept); like the log, it outlives the instance, so a name keeps its \
+        history across `mcr stop` and `mcr run`. Under /run (a tmpfs) it does not survive a \
+        reboot. `mcr update NAME --back` goes back to the build that ran before the last \
+        committed update.")]
+    History {
+        name: String,
+        /// Print the entries as a JSON array (the fields of the journal's lines)
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -146,7 +164,10 @@ enum CtlAction {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Check(_)) {
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::List { .. } | Command::Check(_) | Command::History { .. }
+    ) {
         // Read-only verbs behave like any Unix filter when their reader goes away
         // (`mcr status k | head`). The others keep SIGPIPE ignored: an update must
         // never die halfway because a socket closed.
@@ -177,6 +198,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Status { name, json, log: false } => instance::status(&dir, &name, json),
         Command::Status { name, json, log: true } => instance::startup_logs(&dir, &name, json),
         Command::List { json } => instance::list(&dir, json),
+        Command::History { name, json } => history::show(&dir, &name, json),
         Command::Ctl { name, action } => match action {
             CtlAction::Quiesce { timeout, json } => instance::quiesce(&dir, &name, timeout, json),
             CtlAction::Resume => instance::resume(&dir, &name),
