@@ -83,6 +83,15 @@ impl Build {
         Build { program: path.display().to_string(), args: args.to_vec(), build_id: build_id(&path) }
     }
 
+    /// `PROGRAM ARGS (build ID)`, for a service manager's status line.
+    pub fn describe(&self) -> String {
+        let mut s = std::iter::once(&self.program).chain(&self.args).cloned().collect::<Vec<_>>().join(" ");
+        if let Some(id) = &self.build_id {
+            let _ = write!(s, " (build {})", &id[..id.len().min(12)]);
+        }
+        s
+    }
+
     fn label(&self) -> String {
         let file = Path::new(&self.program).file_name().map_or(self.program.clone(), |f| f.to_string_lossy().into());
         match &self.build_id {

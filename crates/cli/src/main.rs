@@ -7,6 +7,7 @@ mod instance;
 mod profile;
 mod render;
 mod run;
+mod service;
 mod update;
 
 use anyhow::Result;
