@@ -26,7 +26,7 @@ use std::path::PathBuf;
         first step of a live update.\n\n\
         Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
         as root, else $XDG_RUNTIME_DIR/mcr.",
-    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr update kvd -- ./kvd-v2\n  mcr history kvd\n  mcr update kvd --back\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
 )]
 struct Cli {
     /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
@@ -48,7 +48,12 @@ enum Command {
         The server runs as PID 3 of its own PID namespace when permitted (root: mcr's init is PID 1, \
         its supervisor PID 2), with address \
         space randomization disabled, so that a later version can take over its PIDs and \
-        addresses. A server that daemonizes itself keeps running under mcr.")]
+        addresses. A server that daemonizes itself keeps running under mcr.\n\n\
+        As the ExecStart= of a systemd Type=notify unit ($NOTIFY_SOCKET set), mcr sends \
+        READY=1 once the server completed startup and STATUS= with the version that runs, \
+        stays the unit's main process across live updates (ExecReload=mcr update …), and \
+        removes NOTIFY_SOCKET from the server's environment (see README, \"Running under \
+        systemd\", and packaging/systemd/).")]
     Run(run::RunArgs),
     /// Live-update an instance to a new build: quiesce it, restart the new version with
     /// its startup replayed against the old one's, then commit or roll back
@@ -69,7 +74,10 @@ enum Command {
         with their epoll registrations (skipped with --fresh-state);\n\
         5. commit: the old version exits and the new one takes over the name and resumes.\n\n\
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
-        resumes the old one, which never notices; the exit status is then 1.")]
+        resumes the old one, which never notices; the exit status is then 1.\n\n\
+        Every update that reaches the instance (committed, rolled back, refused) is recorded \
+        in its history (`mcr history NAME`); `--back` goes back to the build that ran before \
+        the last committed update.")]
     Update(update::UpdateArgs),
     /// Compare two builds offline: which globals and types changed, which changes mcr
     /// transforms automatically, which need a handler
