@@ -2,10 +2,12 @@
 
 mod check;
 mod dirty;
+mod history;
 mod instance;
 mod profile;
 mod render;
 mod run;
+mod service;
 mod update;
 
 use anyhow::Result;
@@ -24,7 +26,7 @@ use std::path::PathBuf;
         first step of a live update.\n\n\
         Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
         as root, else $XDG_RUNTIME_DIR/mcr.",
-    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr update kvd -- ./kvd-v2\n  mcr history kvd\n  mcr update kvd --back\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
 )]
 struct Cli {
     /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
@@ -46,7 +48,12 @@ enum Command {
         The server runs as PID 3 of its own PID namespace when permitted (root: mcr's init is PID 1, \
         its supervisor PID 2), with address \
         space randomization disabled, so that a later version can take over its PIDs and \
-        addresses. A server that daemonizes itself keeps running under mcr.")]
+        addresses. A server that daemonizes itself keeps running under mcr.\n\n\
+        As the ExecStart= of a systemd Type=notify unit ($NOTIFY_SOCKET set), mcr sends \
+        READY=1 once the server completed startup and STATUS= with the version that runs, \
+        stays the unit's main process across live updates (ExecReload=mcr update …), and \
+        removes NOTIFY_SOCKET from the server's environment (see README, \"Running under \
+        systemd\", and packaging/systemd/).")]
     Run(run::RunArgs),
     /// Live-update an instance to a new build: quiesce it, restart the new version with
     /// its startup replayed against the old one's, then commit or roll back
@@ -67,7 +74,10 @@ enum Command {
         with their epoll registrations (skipped with --fresh-state);\n\
         5. commit: the old version exits and the new one takes over the name and resumes.\n\n\
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
-        resumes the old one, which never notices; the exit status is then 1.")]
+        resumes the old one, which never notices; the exit status is then 1.\n\n\
+        Every update that reaches the instance (committed, rolled back, refused) is recorded \
+        in its history (`mcr history NAME`); `--back` goes back to the build that ran before \
+        the last committed update.")]
     Update(update::UpdateArgs),
     /// Compare two builds offline: which globals and types changed, which changes mcr
     /// transforms automatically, which need a handler
@@ -94,6 +104,23 @@ enum Command {
         one its quiescent point, with the symbolized stack and file:line, and its long-lived \
         loop. Exit status 1 when the workload failed or no quiescent point was found.")]
     Profile(profile::ProfileArgs),
+    /// Show the updates an instance went through: when, from which build to which, how
+    /// it ended, how long each phase took, what moved
+    #[command(long_about = "Show the update history of instance NAME, oldest first: every update that \
+        reached it (committed, rolled back with the reason, refused before anything was stopped \
+        with the reason), with its time (UTC), the builds before and after (path, arguments, \
+        ELF build ID), the time each phase took and what the state transfer moved.\n\n\
+        The journal is NAME.history in the runtime directory (JSON lines, one per update, \
+        the newest 1000 kept); like the log, it outlives the instance, so a name keeps its \
+        history across `mcr stop` and `mcr run`. Under /run (a tmpfs) it does not survive a \
+        reboot. `mcr update NAME --back` goes back to the build that ran before the last \
+        committed update.")]
+    History {
+        name: String,
+        /// Print the entries as a JSON array (the fields of the journal's lines)
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an instance's processes, threads and quiescent points
     Status {
         name: String,
@@ -146,7 +173,10 @@ enum CtlAction {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Check(_)) {
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::List { .. } | Command::Check(_) | Command::History { .. }
+    ) {
         // Read-only verbs behave like any Unix filter when their reader goes away
         // (`mcr status k | head`). The others keep SIGPIPE ignored: an update must
         // never die halfway because a socket closed.
@@ -177,6 +207,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Status { name, json, log: false } => instance::status(&dir, &name, json),
         Command::Status { name, json, log: true } => instance::startup_logs(&dir, &name, json),
         Command::List { json } => instance::list(&dir, json),
+        Command::History { name, json } => history::show(&dir, &name, json),
         Command::Ctl { name, action } => match action {
             CtlAction::Quiesce { timeout, json } => instance::quiesce(&dir, &name, timeout, json),
             CtlAction::Resume => instance::resume(&dir, &name),

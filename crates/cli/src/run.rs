@@ -79,19 +79,30 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    // Under systemd (a Type=notify unit), this process is the unit's main one for as long
+    // as the instance lives.
+    let service = crate::service::Service::from_env();
     attach::forward_signals(dir, &name, {
         let name = name.clone();
         move |sig, e| eprintln!("mcr: cannot forward {} to '{name}': {e}", mcr_protocol::signal_name(sig))
     });
-    match attach::wait_ended(dir, &name, reports, &mut note) {
+    let mut started = |_ms: f64| {
+        if let Some(s) = &service {
+            s.started(dir, &name);
+        }
+    };
+    match attach::wait_ended(dir, &name, reports, &mut note, &mut started) {
         Ended::LaunchFailed(message) => {
             eprintln!("mcr: {message}");
             Ok(127)
         }
-        Ended::Replaced => {
-            eprintln!("mcr: '{name}' was live-updated; the new version runs detached (see `mcr status {name}`)");
-            Ok(0)
-        }
+        Ended::Replaced => match &service {
+            Some(s) => Ok(s.follow(dir, &name)),
+            None => {
+                eprintln!("mcr: '{name}' was live-updated; the new version runs detached (see `mcr status {name}`)");
+                Ok(0)
+            }
+        },
         Ended::Exited(status) => Ok(status.shell_code()),
         Ended::SupervisorDied { how, pid_namespace: true } => {
             eprintln!(

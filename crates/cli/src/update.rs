@@ -1,5 +1,6 @@
 //! `mcr update`: the arguments, and what the update (mcr-update) did, printed.
 
+use crate::history::{self, Build, Entry};
 use crate::render;
 use anyhow::Result;
 use clap::Args;
@@ -43,27 +44,39 @@ pub struct UpdateArgs {
     /// new version gets the running version's arguments)
     #[arg(long)]
     no_args: bool,
+    /// Go back to the build that ran before the last committed update (from `mcr history`),
+    /// with the arguments it ran with; an error when no update was committed, or when the
+    /// file now holds another build (its build ID changed)
+    #[arg(long, conflicts_with_all = ["command", "no_args"])]
+    back: bool,
     /// The new version and its arguments; PROGRAM alone runs it with the running version's
     /// arguments (see --no-args)
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(
+        required_unless_present = "back",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
     command: Vec<String>,
 }
 
 pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     let checks = mcr_update::Checks { fresh_state: args.fresh_state, strict: args.strict };
-    let mut command = args.command.clone();
-    if command.len() == 1 && !args.no_args {
+    let began = std::time::SystemTime::now();
+    let running = mcr_client::Connection::open(dir, &args.name)?.status()?;
+    let mut command = if args.back { history::back_command(dir, &args.name)? } else { args.command.clone() };
+    if command.len() == 1 && !args.no_args && !args.back {
         // Replacing the binary is the common case: a new build started without the
         // configuration the running one was given would be another server.
-        let running = mcr_client::Connection::open(dir, &args.name)?.status()?.args;
-        if !running.is_empty() {
+        if !running.args.is_empty() {
             eprintln!(
                 "mcr: the new version gets the running version's arguments: {} (--no-args: none)",
-                running.join(" ")
+                running.args.join(" ")
             );
-            command.extend(running);
+            command.extend(running.args.iter().cloned());
         }
     }
+    let (from, to) = (Build::running(&running), Build::of_command(&command));
     let prepared = mcr_update::prepare(dir, &args.name, &command, checks)?;
     for w in &prepared.warnings {
         eprintln!("mcr: warning: {w}");
@@ -76,6 +89,9 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
     };
     let warn = |w: Warning| eprintln!("mcr: warning: {w}");
     let report = prepared.run(settings, &warn);
+    if let Err(e) = history::record(dir, &args.name, &Entry::new(began, from, to, &report)) {
+        eprintln!("mcr: warning: the update is not in the history: {}", render::error_chain(&e));
+    }
     if let Some(failure) = report.failure.as_ref().filter(|f| f.before_restart()) {
         // Nothing was changed: one line, like any error before anything started.
         eprintln!("mcr: {}{}", mcr_update::error::chain(failure), laggards(failure));

@@ -134,8 +134,15 @@ pub enum Ended {
     },
 }
 
-/// Follow a server in the foreground until it ends, then reap its supervisor.
-pub fn wait_ended(dir: &InstanceDir, name: &str, reports: OwnedFd, note: &mut dyn FnMut(&str)) -> Ended {
+/// Follow a server in the foreground until it ends, then reap its supervisor. `started`
+/// hears when it completed startup (with the milliseconds that took).
+pub fn wait_ended(
+    dir: &InstanceDir,
+    name: &str,
+    reports: OwnedFd,
+    note: &mut dyn FnMut(&str),
+    started: &mut dyn FnMut(f64),
+) -> Ended {
     let mut status: Option<ExitStatus> = None;
     let mut pid_namespace = false;
     for r in crate::launch::reports(reports) {
@@ -143,7 +150,8 @@ pub fn wait_ended(dir: &InstanceDir, name: &str, reports: OwnedFd, note: &mut dy
             LaunchReport::LaunchFailed { message } => return Ended::LaunchFailed(message),
             LaunchReport::Exited { status: s } => status = Some(s),
             LaunchReport::Replaced => return Ended::Replaced,
-            LaunchReport::ReplayConflict { .. } | LaunchReport::Started { .. } => {}
+            LaunchReport::Started { startup_ms } => started(startup_ms),
+            LaunchReport::ReplayConflict { .. } => {}
             LaunchReport::Supervising { pid_namespace: own, note: said, .. } => {
                 pid_namespace = own;
                 if let Some(n) = said {

@@ -118,8 +118,12 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
         mcr_protocol::env::HEAP_AVOID,
         mcr_protocol::env::STACK_PAD,
     ];
-    let mut env: Vec<(String, String)> =
-        base.into_iter().filter(|(k, _)| k != "LD_PRELOAD" && !ours.contains(&k.as_str())).collect();
+    // NOTIFY_SOCKET is mcr's to use (`mcr run` notifies systemd for the server): the server
+    // runs as it would without systemd, whichever version it is.
+    let mut env: Vec<(String, String)> = base
+        .into_iter()
+        .filter(|(k, _)| k != "LD_PRELOAD" && k != crate::notify::NOTIFY_SOCKET && !ours.contains(&k.as_str()))
+        .collect();
     env.push(("LD_PRELOAD".into(), preload));
     env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
     env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));

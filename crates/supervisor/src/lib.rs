@@ -20,6 +20,7 @@ mod launch;
 mod lines;
 mod name;
 pub mod namespace;
+pub mod notify;
 pub mod pidfd;
 pub mod procfs;
 mod profiling;

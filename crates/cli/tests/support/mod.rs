@@ -406,9 +406,10 @@ impl Mcr {
         v
     }
 
-    /// Instance files (anything but logs) in the runtime directory.
+    /// Instance files in the runtime directory: anything but the logs and the update
+    /// histories, which outlive their instance by design.
     pub fn instance_files(&self) -> Vec<String> {
-        self.runtime_files().into_iter().filter(|f| !f.ends_with(".log")).collect()
+        self.runtime_files().into_iter().filter(|f| !f.ends_with(".log") && !f.ends_with(".history")).collect()
     }
 }
 
