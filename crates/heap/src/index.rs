@@ -36,8 +36,6 @@ pub struct HeapIndex {
     pub scanned_bytes: u64,
 }
 
-/// Memory read by a scan: (address, bytes), in address order.
-
 /// Read in pieces at most this large.
 const CHUNK: u64 = 1 << 20;
 
