@@ -113,15 +113,10 @@ impl HeapIndex {
             objects.sort_unstable_by_key(|o| o.addr);
         }
         // A block's header can never lie inside another live block; if memory says so
-        // (a stale copy the program made itself), keep the enclosing block.
-        let mut out: Vec<Object> = Vec::with_capacity(objects.len());
-        for o in objects {
-            match out.last() {
-                Some(prev) if o.addr < prev.end() => {}
-                _ => out.push(o),
-            }
-        }
-        Self { objects: out, scanned_bytes }
+        // (a stale copy the program made itself), keep the enclosing block. In place: an
+        // index of millions of blocks is not built twice.
+        objects.dedup_by(|o, kept| o.addr < kept.end());
+        Self { objects, scanned_bytes }
     }
 
     pub fn len(&self) -> usize {

@@ -21,8 +21,10 @@
 //! (per type a transformation, per block its new size and place: `TransferPlan`),
 //! `write` (allocate, rebuild, relocate, run object handlers, write the globals); between
 //! the walk and the plan, `untyped` stops the update when a block the walk could not type
-//! looks like an object of a type the update changes (no typed path leads to). The new
-//! process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
+//! looks like an object of a type the update changes (no typed path leads to). When no
+//! type changes and the new process adopted the old heap, the walk stops at the adopted
+//! heap's blocks and `untouched` checks the rest at memory speed instead of walking it.
+//! The new process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
 
 mod hints;
 mod image;
