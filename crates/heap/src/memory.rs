@@ -69,9 +69,8 @@ impl ReadMemory for ProcessMemory {
 }
 
 /// Memory read in pieces (sorted by address), in front of the live source: a piece is
-/// read whole the first time something in it is read, and reads inside a piece are then
-/// copies, the rest go to the source. A piece nothing reads is never read (an update that
-/// leaves the heap untouched reads a few of them).
+/// read whole the first time something in it is read (or all at once: [`Snapshot::load_all`]),
+/// and reads inside a piece are then copies, the rest go to the source.
 pub struct Snapshot<'m> {
     source: &'m dyn ReadMemory,
     pieces: Vec<Piece>,
@@ -104,6 +103,22 @@ impl<'m> Snapshot<'m> {
         Self::sorted(source, pieces)
     }
 
+    /// Read every piece now: what is read later is as it was at this moment.
+    pub fn load_all(&self) {
+        for p in &self.pieces {
+            let _ = self.loaded(p);
+        }
+    }
+
+    fn loaded<'p>(&self, p: &'p Piece) -> Option<&'p [u8]> {
+        p.bytes
+            .get_or_init(|| {
+                let mut b = vec![0u8; p.len];
+                self.source.read(p.start, &mut b).ok().map(|()| b)
+            })
+            .as_deref()
+    }
+
     fn sorted(source: &'m dyn ReadMemory, mut pieces: Vec<Piece>) -> Self {
         pieces.sort_by_key(|p| p.start);
         Self { source, pieces }
@@ -128,22 +143,17 @@ impl ReadMemory for Snapshot<'_> {
     }
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        if let Some(mapped) = self.source.slice(addr, len) {
-            return Some(mapped);
+        match self.piece(addr, len) {
+            Some((p, off)) => self.loaded(p)?.get(off..off + len),
+            None => self.source.slice(addr, len),
         }
-        let (p, off) = self.piece(addr, len)?;
-        let bytes = p.bytes.get_or_init(|| {
-            let mut b = vec![0u8; p.len];
-            self.source.read(p.start, &mut b).ok().map(|()| b)
-        });
-        bytes.as_ref()?.get(off..off + len)
     }
 
     fn read_once(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let held = self.source.slice(addr, buf.len()).or_else(|| {
-            let (p, off) = self.piece(addr, buf.len())?;
-            p.bytes.get()?.as_ref()?.get(off..off + buf.len())
-        });
+        let held = match self.piece(addr, buf.len()) {
+            Some((p, off)) => p.bytes.get().and_then(|b| b.as_deref()).and_then(|b| b.get(off..off + buf.len())),
+            None => self.source.slice(addr, buf.len()),
+        };
         match held {
             Some(src) => {
                 buf.copy_from_slice(src);
