@@ -1069,6 +1069,74 @@ fn nginx_updates_twice_in_a_row() {
     }
 }
 
+/// nginx's first worker holds as many descriptors after each update as after the first
+/// one, and its channel to the other worker is the master's (live) one. nginx's master passes each worker the channel of the worker it spawned next
+/// (NGX_CMD_OPEN_CHANNEL, read after the worker's startup); the update moved the received
+/// socket, and the new master's startup passed its own again, which the worker read after
+/// the commit: one descriptor more per update, the moved one with a dead peer.
+#[test]
+fn nginx_first_worker_keeps_its_descriptor_count_across_updates() {
+    let nginx = nginx_bin("nginx_first_worker_keeps_its_descriptor_count_across_updates");
+    let mcr = Mcr::new("u-nginx-fds");
+    let port = free_port();
+    let (prefix, conf) = nginx_config(&mcr.tmp.path, port);
+    let args = nginx_args(&prefix, &conf);
+    let inst = mcr.start("nginx", &nginx, &args);
+    // The first process whose title has `what`, by PID inside the namespace (updates keep
+    // those PIDs).
+    let first = |what: &str| -> i32 {
+        let pids = mcr_procfs::namespace::host_pids(inst.supervisor_pid()).expect("the instance's processes");
+        let titled = |host: &i32| cmdline(*host).is_some_and(|a| a.join(" ").contains(what));
+        let (_, &host) = pids.iter().find(|(_, host)| titled(host)).unwrap_or_else(|| panic!("no nginx {what}"));
+        host
+    };
+    let sockets = |pid: i32| -> Vec<String> {
+        let fds = mcr_procfs::fd::list_with_targets(pid).unwrap_or_default();
+        fds.into_iter().map(|(_, target)| target).filter(|t| t.starts_with("socket:")).collect()
+    };
+    let descriptors = |pid: i32| -> Vec<String> {
+        let mut fds: Vec<String> = mcr_procfs::fd::list_with_targets(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(fd, target)| format!("{fd} -> {target}"))
+            .collect();
+        fds.sort();
+        fds
+    };
+    let mut reference: Option<Vec<String>> = None;
+    for i in 1..=4 {
+        let out = update(&mcr, "nginx", NGINX_UPDATE, &nginx, &args);
+        assert_eq!(out.code(), 0, "update {i} did not commit: {out}\nlog:\n{}", inst.log());
+        // A request makes sure the worker read its channel since the commit.
+        for _ in 0..4 {
+            assert_eq!(http_get(port, "/status", Duration::from_secs(5)).expect("GET /status").0, 200);
+        }
+        let worker = first("worker process");
+        let now = descriptors(worker);
+        // The master holds both ends of every channel: a socket of the worker it does not
+        // hold is its runtime's connection to mcr, or one whose peer went with an old
+        // version.
+        let master = sockets(first("master process"));
+        let not_the_masters: Vec<String> = sockets(worker).into_iter().filter(|s| !master.contains(s)).collect();
+        assert!(
+            not_the_masters.len() <= 1,
+            "after update {i} the first worker holds sockets the master does not: {not_the_masters:?}"
+        );
+        // The first version inherited descriptors from whoever ran `mcr run`; the count to
+        // keep is the one after the first update.
+        match &reference {
+            None => reference = Some(now),
+            Some(before) => assert_eq!(
+                now.len(),
+                before.len(),
+                "after update {i} the first worker holds {} descriptors, {} after update 1:\nnow {now:#?}\nthen {before:#?}",
+                now.len(),
+                before.len()
+            ),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Twenty updates in a row.
 

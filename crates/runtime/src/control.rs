@@ -303,8 +303,8 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             // would only hold the program until the resume queued behind this.
             RuntimeReply::QuiesceFailed { elapsed_us: 0, laggards: Vec::new() }
         }
-        RuntimeCommandKind::Quiesce { timeout_ms, .. } => {
-            let out = quiesce::quiesce(Duration::from_millis(timeout_ms));
+        RuntimeCommandKind::Quiesce { timeout_ms, deadline_ns } => {
+            let out = quiesce::quiesce(Duration::from_millis(timeout_ms), deadline_ns);
             let elapsed_us = out.elapsed.as_micros() as u64;
             if out.laggards.is_empty() {
                 RuntimeReply::Quiesced { elapsed_us, threads: out.threads }

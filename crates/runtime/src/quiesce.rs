@@ -357,8 +357,9 @@ fn verdict(waiting: usize, elapsed: Duration, timeout: Duration) -> Verdict {
 }
 
 /// Bring every thread to a quiescent point within `timeout`. On failure every thread is
-/// released again and the laggards say where they are.
-pub fn quiesce(timeout: Duration) -> Outcome {
+/// released again and the laggards say where they are, a report done in time for the
+/// asker's `answer_by_ns` (CLOCK_MONOTONIC), if it set one.
+pub fn quiesce(timeout: Duration, answer_by_ns: Option<u64>) -> Outcome {
     let t0 = Instant::now();
     prune_dead();
     QUIESCING.store(true, SeqCst);
@@ -390,7 +391,8 @@ pub fn quiesce(timeout: Duration) -> Outcome {
                 return Outcome { elapsed: t0.elapsed(), threads: total, laggards: Vec::new() };
             }
             Verdict::TimedOut => {
-                let laggards = describe_laggards(activity.as_deref());
+                let report_by = Instant::now() + report_time(answer_by_ns, crate::monotonic_ns());
+                let laggards = describe_laggards(activity.as_deref(), report_by);
                 resume();
                 return Outcome { elapsed: t0.elapsed(), threads: total, laggards };
             }
@@ -477,9 +479,32 @@ impl Activity {
     }
 }
 
-fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
+/// How long a failed quiesce's report may take, from `now_ns`, for its answer to reach
+/// the asker by `answer_by_ns` (both CLOCK_MONOTONIC): what is left until then, less what
+/// sending it takes. The report waits for threads (a probe's answer, a look at a thread
+/// between two system calls), and on a loaded machine every such wait is a wait for a CPU:
+/// unbounded, a report came after the supervisor had given up on the process, and said
+/// nothing of its laggards.
+fn report_time(answer_by_ns: Option<u64>, now_ns: u64) -> Duration {
+    match answer_by_ns {
+        Some(by) => Duration::from_nanos(by.saturating_sub(now_ns)).saturating_sub(REPORT_SEND_MARGIN),
+        None => REPORT_TIME_UNASKED,
+    }
+}
+
+/// What a report leaves, before the asker's deadline, for finishing and sending itself
+/// (symbolizing stacks, the reply's way to the supervisor on a loaded machine).
+const REPORT_SEND_MARGIN: Duration = Duration::from_millis(200);
+/// How long a report may take when the asker set no deadline.
+const REPORT_TIME_UNASKED: Duration = Duration::from_millis(250);
+
+/// The laggards, each with why it lags and where it is, found by `report_by`. The threads
+/// running outside any wrapped call are probed all at once, and their answers awaited
+/// together: one that does not answer (not scheduled meanwhile) costs the others no time.
+fn describe_laggards(earlier: Option<&[Activity]>, report_by: Instant) -> Vec<Laggard> {
     let pid = crate::pid();
-    let mut out = Vec::new();
+    // Each laggard so far, its slot, and the probe of one running outside any call.
+    let mut found: Vec<(Laggard, &Slot, Option<Probe>)> = Vec::new();
     for (_, s) in threads::used() {
         let tid = s.tid.load(Acquire);
         let state = s.state.load(SeqCst);
@@ -487,8 +512,8 @@ fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
             continue;
         }
         let call = Call::from_index(s.call.load(Acquire));
-        let (reason, stack) = if tid == TID_PENDING {
-            ("created by pthread_create but never started".to_string(), None)
+        let (reason, stack, probe) = if tid == TID_PENDING {
+            ("created by pthread_create but never started".to_string(), None, None)
         } else if state == IN_CALL {
             let st = symbolize::call_stack(Some(call.name()), &stack::walk_vec(s.frame.load(Acquire)));
             let qp = is_quiescent_point(s);
@@ -496,18 +521,28 @@ fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
             if qp {
                 reason.push_str(&kick_state(tid, s));
             }
-            (reason, Some(st))
+            (reason, Some(st), None)
         } else {
-            let (reason, stack) = describe_running(tid);
-            let probed = probe_running(tid, s);
-            let at = probed.as_ref().map_or(String::new(), |st| format!(" at {}", st.summary(8)));
-            (format!("{reason}{at}; its last wrapped call was {}", call.name()), probed.or(stack))
+            // Looked at before the probe, which interrupts a system call the thread is in;
+            // for half the time left at most, the other half is the probe's.
+            let now = Instant::now();
+            let (reason, stack) = describe_running(tid, now + report_by.saturating_duration_since(now) / 2);
+            (reason, stack, Some(Probe { sent: send_probe(tid, s), last_call: call }))
         };
-        let mut reason = reason;
-        if let Some(before) = earlier.and_then(|e| e.iter().find(|a| a.tid == tid)) {
-            reason.push_str(&before.since(&Activity::now(s)));
+        found.push((Laggard { pid, tid, reason, stack }, s, probe));
+    }
+    let mut out = Vec::new();
+    for (mut laggard, s, probe) in found {
+        if let Some(Probe { sent, last_call }) = probe {
+            let probed = sent.and_then(|seq| probe_answer(s, seq, report_by));
+            let at = probed.as_ref().map_or(String::new(), |st| format!(" at {}", st.summary(8)));
+            laggard.reason = format!("{}{at}; its last wrapped call was {}", laggard.reason, last_call.name());
+            laggard.stack = probed.or(laggard.stack);
         }
-        out.push(Laggard { pid, tid, reason, stack });
+        if let Some(before) = earlier.and_then(|e| e.iter().find(|a| a.tid == laggard.tid)) {
+            laggard.reason.push_str(&before.since(&Activity::now(s)));
+        }
+        out.push(laggard);
     }
     // Threads of the process the runtime never saw (made with raw clone, or that never
     // made a wrapped call) cannot be parked either.
@@ -517,30 +552,41 @@ fn describe_laggards(earlier: Option<&[Activity]>) -> Vec<Laggard> {
         .unwrap_or_default();
     let runtimes = |tid| crate::control::is_control_thread(tid) || crate::profiling::is_sampler_thread(tid);
     for tid in unseen_threads(&tasks, &known, runtimes) {
-        let (reason, stack) = describe_running(tid);
+        let (reason, stack) = describe_running(tid, report_by);
         out.push(Laggard { pid, tid, reason: format!("{reason}; never made a wrapped call"), stack });
     }
     out
 }
 
-/// How long a report waits for a running thread to take the probe.
-const PROBE_WAIT: Duration = Duration::from_millis(20);
+/// The probe of a laggard running outside any wrapped call.
+struct Probe {
+    /// The probe count to wait past; None: no probe could be sent.
+    sent: Option<u32>,
+    last_call: Call,
+}
 
-/// Where a thread that runs outside any wrapped call is, asked of the thread itself: a
-/// kick marked as a probe, whose handler records the program counter and frame pointer
-/// it interrupted (and nothing else); its call stack, walked from there. None when the
-/// thread did not take it in time (the probe then stays marked, so a late handler takes
-/// it for one, not for a kick).
-fn probe_running(tid: i32, slot: &Slot) -> Option<CallStack> {
+/// Ask a thread that runs outside any wrapped call where it is: a kick marked as a probe,
+/// whose handler records the program counter and frame pointer it interrupted (and
+/// nothing else). Returns the probe count to wait past ([`probe_answer`]), None when no
+/// probe could be sent. A probe an earlier report sent and the thread has not taken yet
+/// (it got no CPU since) is the one to wait for: it stays marked until taken, so a late
+/// handler takes it for a probe, not for a kick.
+fn send_probe(tid: i32, slot: &Slot) -> Option<u32> {
     let sig = crate::signals::kick_signal();
     // Only where the kick's disposition is ours: elsewhere (a sandboxed process, which
     // never installed it) the signal's default action would end the process.
     if tid <= 0 || sig <= 0 || crate::is_sandboxed() || crate::signals::kick_handler_installed() != Some(true) {
         return None;
     }
+    // Read before the mark: the handler clears the mark before it counts.
+    let seq = slot.probe_seq.load(SeqCst);
+    if slot.probe.load(SeqCst) {
+        return Some(seq);
+    }
     if slot.kick_in_flight.swap(true, SeqCst) {
         return None;
     }
+    // No signal in flight now: nothing counts meanwhile.
     let seq = slot.probe_seq.load(SeqCst);
     slot.probe.store(true, SeqCst);
     // SAFETY: signalling a thread of our own process.
@@ -549,9 +595,16 @@ fn probe_running(tid: i32, slot: &Slot) -> Option<CallStack> {
         slot.kick_in_flight.store(false, SeqCst);
         return None;
     }
-    let t = Instant::now();
-    while slot.probe_seq.load(SeqCst) == seq && t.elapsed() < PROBE_WAIT {
-        std::thread::sleep(Duration::from_millis(1));
+    Some(seq)
+}
+
+/// The call stack where the thread probed past count `seq` was, walked from the registers
+/// its handler recorded; None when it did not take the probe by `until`. A running thread
+/// takes it at its next return to user mode, which on a loaded machine waits for a CPU
+/// (more than 20 ms, seen); the report's own deadline is the bound.
+fn probe_answer(slot: &Slot, seq: u32, until: Instant) -> Option<CallStack> {
+    while slot.probe_seq.load(SeqCst) == seq && Instant::now() < until {
+        std::thread::sleep(PROBE_POLL);
     }
     if slot.probe_seq.load(SeqCst) == seq {
         return None;
@@ -561,6 +614,9 @@ fn probe_running(tid: i32, slot: &Slot) -> Option<CallStack> {
     raw.extend(stack::walk_vec(slot.probe_fp.load(SeqCst)));
     Some(symbolize::call_stack(None, &raw))
 }
+
+/// How often [`probe_answer`] looks whether the thread took the probe.
+const PROBE_POLL: Duration = Duration::from_millis(1);
 
 /// Where the kick to a thread that did not react stands, for the report: whether the
 /// thread blocks the kick signal, whether one is pending for it, whether the runtime
@@ -609,15 +665,15 @@ fn unseen_threads(tasks: &[i32], known: &HashSet<i32>, is_runtime_thread: impl F
 }
 
 /// Where a thread outside any wrapped call is: the kernel tells its system call and
-/// program counter in /proc.
-fn describe_running(tid: i32) -> (String, Option<CallStack>) {
+/// program counter in /proc. Looks again until `until` at the latest.
+fn describe_running(tid: i32, until: Instant) -> (String, Option<CallStack>) {
     let read = || std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
     let mut text = read();
     // A thread that loops on a system call mcr does not wrap (a raw nanosleep) is runnable
     // for a moment between two calls, and reads as running then (often, on a loaded
     // machine): look again a few times for the call it keeps making.
     for _ in 1..RUNNING_LOOKS {
-        if !text.starts_with("running") {
+        if !text.starts_with("running") || Instant::now() >= until {
             break;
         }
         std::thread::sleep(RUNNING_LOOK_GAP);
@@ -629,7 +685,8 @@ fn describe_running(tid: i32) -> (String, Option<CallStack>) {
 }
 
 /// How often, and how far apart, [`describe_running`] looks at a thread that reads as
-/// running (at most ~10 ms per laggard, only once a quiesce has failed).
+/// running (~10 ms per laggard, only once a quiesce has failed; each gap is a wait for a
+/// CPU too, on a loaded machine).
 const RUNNING_LOOKS: u32 = 10;
 const RUNNING_LOOK_GAP: Duration = Duration::from_millis(1);
 
@@ -718,6 +775,15 @@ mod tests {
         assert_eq!(verdict(2, ms(1000), ms(1000)), Verdict::TimedOut);
         assert_eq!(verdict(0, ms(5000), ms(1000)), Verdict::Quiesced, "quiescent at the deadline is quiescent");
         assert_eq!(verdict(1, ms(0), ms(0)), Verdict::TimedOut, "no time at all: one look");
+    }
+
+    #[test]
+    fn a_report_ends_in_time_for_its_answer_to_reach_the_asker() {
+        let ms = |n: u64| n * 1_000_000;
+        assert_eq!(report_time(Some(ms(1500)), ms(1000)), Duration::from_millis(500) - REPORT_SEND_MARGIN);
+        assert_eq!(report_time(Some(ms(1100)), ms(1000)), Duration::ZERO, "too late for waiting: report what is known");
+        assert_eq!(report_time(Some(ms(900)), ms(1000)), Duration::ZERO, "past the deadline");
+        assert_eq!(report_time(None, ms(1000)), REPORT_TIME_UNASKED);
     }
 
     #[test]

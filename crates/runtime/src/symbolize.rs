@@ -47,6 +47,10 @@ impl Cache {
         find(&self.modules)
     }
 
+    fn module_path(&mut self, addr: u64) -> Option<&str> {
+        self.module_of(addr).map(|i| self.modules[i].path.as_str())
+    }
+
     fn frame(&mut self, addr: u64, is_return_address: bool) -> Frame {
         let Some(i) = self.module_of(addr) else {
             return Frame { address: addr, function: None, module: None, module_offset: 0 };
@@ -70,10 +74,15 @@ pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {
         let _internal = crate::threads::InternalGuard::enter();
         let mut guard = CACHE.lock();
         let cache = guard.get_or_insert_with(Cache::default);
+        // The runtime's own frames are left out before their names are looked up: loading
+        // its symbol table (megabytes) cost a failed quiesce's report 30 ms of CPU, which
+        // on a loaded machine made it come too late.
         addrs
             .iter()
-            .map(|&a| cache.frame(a as u64, true))
-            .filter(|f| !crate::is_runtime_module(f.module.as_deref()))
+            .filter_map(|&a| {
+                let runtimes = crate::is_runtime_module(cache.module_path(a as u64));
+                (!runtimes).then(|| cache.frame(a as u64, true))
+            })
             .collect()
     };
     let id = stack_id_of(call, &frames);

@@ -149,6 +149,8 @@ impl NextVersion for NewSupervisor {
 
     fn commit(&mut self, processes: &[i32], old: &HostPids) -> Result<(), CommitError> {
         let new = self.host_pids().map_err(|e| CommitError::Refused(format!("the new version's processes: {e}")))?;
+        // Before the commit: a new version that does not commit goes whole.
+        transfer::drop_replayed_messages(old, &new);
         let at_commit = transfer::owners::at_commit(old, &new).map_err(|e| CommitError::Refused(e.to_string()))?;
         let reown = at_commit.reown;
         let conn = self.connection().map_err(CommitError::Unreachable)?;

@@ -9,9 +9,11 @@
 //! turned away and the wait goes on.
 
 use super::runtime::NewProcess;
+use crate::version::HostPids;
 use mcr_client::ClientError;
 use mcr_protocol::{EpollRegistration, ImportedFd, RuntimeCommandKind};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,14 +78,34 @@ pub(crate) fn import(
     target: &mut NewProcess,
     moving: Moving,
 ) -> Result<(), DescriptorError> {
+    import_translating(old_host, fds, target, moving, &StartupSockets::new())
+}
+
+/// [`import`], except that a descriptor `instead` names is the new version's counterpart
+/// of the startup socket it is ([`startup_socket_counterparts`]), not the old socket.
+pub(crate) fn import_translating(
+    old_host: i32,
+    fds: &[i32],
+    target: &mut NewProcess,
+    moving: Moving,
+    instead: &StartupSockets,
+) -> Result<(), DescriptorError> {
     let pidfd =
         mcr_supervisor::pidfd::open(old_host).map_err(|source| DescriptorError::OpenProcess { old_host, source })?;
     let mut copies = Vec::new();
     let mut targets = Vec::new();
     let mounts = (moving == Moving::Descriptors).then(|| mcr_procfs::mounts::read(old_host).unwrap_or_default());
     for &fd in fds {
-        let taken =
-            mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take { fd, old_host, source })?;
+        let taken = match instead.get(&fd) {
+            Some(&(new_host, n)) => mcr_supervisor::pidfd::open(new_host)
+                .and_then(|new_pidfd| mcr_supervisor::pidfd::take(&new_pidfd, n))
+                .map_err(|source| DescriptorError::Take { fd: n, old_host: new_host, source })?,
+            None => mcr_supervisor::pidfd::take(&pidfd, fd).map_err(|source| DescriptorError::Take {
+                fd,
+                old_host,
+                source,
+            })?,
+        };
         // Connections are sockets: only other descriptors can be files on a mount.
         let again = match &mounts {
             Some(mounts) => {
@@ -295,6 +317,195 @@ pub(crate) fn epoll_registrations(host: i32) -> Vec<EpollRegistration> {
     mcr_protocol::epoll_registrations(&host.to_string())
 }
 
+/// For one old process, its descriptors made after startup that are a socket an old
+/// process's startup made: fd → (host PID, number) of the new version's counterpart.
+pub(crate) type StartupSockets = BTreeMap<i32, (i32, i32)>;
+
+/// For each old process (namespace PID) of `old` (its descriptors made after startup:
+/// `post_startup`), its descriptors that are the same socket as one a startup of the old
+/// version made (fd n of process q, not made after startup), whose number in q's
+/// counterpart in `new` holds the socket the new version's startup made in its place: that
+/// one is what the new process gets, not the old socket. A socket received after startup
+/// (nginx's master passes each worker the channel of the worker it spawned next) or
+/// dup'ed from a startup one is the new version's own then, and works as it did: the old
+/// one's peer goes with the old version.
+pub(crate) fn startup_socket_counterparts(
+    old: &HostPids,
+    new: &HostPids,
+    post_startup: &BTreeMap<i32, Vec<i32>>,
+) -> BTreeMap<i32, StartupSockets> {
+    let sockets = |host: i32| -> Vec<(i32, u64)> {
+        mcr_procfs::fd::list_with_targets(host)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(fd, target)| Some((fd, socket_inode(&target)?)))
+            .collect()
+    };
+    let old_sockets: BTreeMap<i32, Vec<(i32, u64)>> = old.iter().map(|(&pid, &host)| (pid, sockets(host))).collect();
+    let made_at_startup = |pid: i32, fd: i32| post_startup.get(&pid).is_some_and(|after| !after.contains(&fd));
+    let mut out = BTreeMap::new();
+    for (&pid, after) in post_startup {
+        let Some(mine) = old_sockets.get(&pid) else { continue };
+        let mut instead = StartupSockets::new();
+        for &(fd, inode) in mine.iter().filter(|(fd, _)| after.contains(fd)) {
+            let counterpart = old_sockets.iter().find_map(|(&q, theirs)| {
+                let &(n, _) = theirs.iter().find(|&&(n, i)| i == inode && made_at_startup(q, n))?;
+                let &new_host = new.get(&q)?;
+                let now = mcr_procfs::fd::target(new_host, n).ok().and_then(|t| socket_inode(&t.to_string_lossy()))?;
+                (now != inode).then_some((new_host, n))
+            });
+            if let Some(c) = counterpart {
+                instead.insert(fd, c);
+            }
+        }
+        if !instead.is_empty() {
+            out.insert(pid, instead);
+        }
+    }
+    out
+}
+
+/// What the update knows of one end of a Unix socket of one version, for
+/// [`drops_replayed_messages`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SocketEnd {
+    pub inode: u64,
+    /// Its peer (the process that made the pair, or connected) is a process of its version.
+    pub peer_in_version: bool,
+    /// Bytes waiting to be read in it; None: not a connected Unix socket (a listener, or
+    /// the kernel would not say).
+    pub queued: Option<u32>,
+}
+
+/// Whether what waits in `new`, a Unix socket of the new version at the number where the
+/// old process has `old`, is messages its startup sent that the old process already read
+/// after its startup, and must go. Both are their version's own (re-created by the new
+/// version's startup, not moved: a different object; the peer within the version), and
+/// the old one has nothing left to read: everything the old startup sent into it was read
+/// after startup, and what that changed moved with the state. The new version's startup
+/// sent the same again, and read after the commit it would act twice (nginx's master
+/// passes each worker the channel of the worker it spawned next: read again, the worker
+/// kept one more descriptor per update).
+pub(crate) fn drops_replayed_messages(old: SocketEnd, new: SocketEnd) -> bool {
+    old.inode != new.inode
+        && old.peer_in_version
+        && new.peer_in_version
+        && old.queued == Some(0)
+        && new.queued.is_some_and(|n| n > 0)
+}
+
+/// Drop, in every process of the new version `new` (old version: `old`; namespace PID →
+/// host PID), the messages [`drops_replayed_messages`] names, with the descriptors they
+/// carry. Before the commit, with every process of both versions parked: the old version
+/// is only looked at, and a rolled-back new version goes whole. Returns how many sockets
+/// had such messages.
+pub(crate) fn drop_replayed_messages(old: &HostPids, new: &HostPids) -> usize {
+    let old_hosts: Vec<i32> = old.values().copied().collect();
+    let new_hosts: Vec<i32> = new.values().copied().collect();
+    let mut dropped = 0;
+    for (pid, &new_host) in new {
+        let Some(&old_host) = old.get(pid) else { continue };
+        let (Ok(new_pidfd), Ok(old_pidfd)) =
+            (mcr_supervisor::pidfd::open(new_host), mcr_supervisor::pidfd::open(old_host))
+        else {
+            continue;
+        };
+        for (fd, target) in mcr_procfs::fd::list_with_targets(new_host).unwrap_or_default() {
+            let Some(new_inode) = socket_inode(&target) else { continue };
+            let Some(old_inode) =
+                mcr_procfs::fd::target(old_host, fd).ok().and_then(|t| socket_inode(&t.to_string_lossy()))
+            else {
+                continue;
+            };
+            let (Ok(new_copy), Ok(old_copy)) =
+                (mcr_supervisor::pidfd::take(&new_pidfd, fd), mcr_supervisor::pidfd::take(&old_pidfd, fd))
+            else {
+                continue;
+            };
+            let end = |copy: &OwnedFd, inode: u64, hosts: &[i32]| SocketEnd {
+                inode,
+                peer_in_version: peer_credentials(copy).is_ok_and(|c| hosts.contains(&c.pid)),
+                queued: unix_queued(copy),
+            };
+            let (o, n) = (end(&old_copy, old_inode, &old_hosts), end(&new_copy, new_inode, &new_hosts));
+            if drops_replayed_messages(o, n) {
+                discard_queued(&new_copy);
+                dropped += 1;
+            }
+        }
+    }
+    dropped
+}
+
+/// The inode of a descriptor whose link in /proc reads `socket:[N]`.
+fn socket_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Bytes waiting to be read in `sock` when it is a connected Unix socket.
+fn unix_queued(sock: &OwnedFd) -> Option<u32> {
+    let int_option = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, a live local of that size.
+        let r = unsafe {
+            libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, name, (&mut v as *mut libc::c_int).cast(), &mut len)
+        };
+        (r == 0).then_some(v)
+    };
+    if int_option(libc::SO_DOMAIN)? != libc::AF_UNIX || int_option(libc::SO_ACCEPTCONN)? != 0 {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `queued`, a live local.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued as *mut libc::c_int) };
+    (r == 0).then(|| queued.max(0) as u32)
+}
+
+/// Read and throw away everything waiting in `sock`, closing the descriptors that came
+/// with it (bounded: a peer that keeps sending is not followed).
+fn discard_queued(sock: &OwnedFd) {
+    let mut data = vec![0u8; 64 * 1024];
+    // SAFETY: CMSG_SPACE is a size computation.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<i32>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    for _ in 0..DISCARD_AT_MOST_MESSAGES {
+        let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+        // SAFETY: msghdr is plain data, valid zeroed; it then points at live locals.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: recvmsg writes into the buffers `msg` describes, all live and of the
+        // sizes given.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+        if n <= 0 {
+            return;
+        }
+        // SAFETY: walking the control messages recvmsg wrote, within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let fds = libc::CMSG_DATA(c) as *const i32;
+                    for i in 0..bytes / std::mem::size_of::<i32>() {
+                        // Ours now: the kernel installed it in this process for us.
+                        drop(OwnedFd::from_raw_fd(fds.add(i).read_unaligned()));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+}
+
+/// The kernel's limit of descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
+const MAX_FDS_PER_MESSAGE: usize = 253;
+/// How many messages [`discard_queued`] reads at most from one socket.
+const DISCARD_AT_MOST_MESSAGES: usize = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +535,27 @@ mod tests {
             [("epoll data of fd 7 (epoll fd 3)".to_string(), 0x1000), ("epoll data of fd 21 (epoll fd 20)".into(), 42)],
             "8's data is null; 9 and 5 stay in the old process"
         );
+    }
+
+    fn end(inode: u64, peer_in_version: bool, queued: Option<u32>) -> SocketEnd {
+        SocketEnd { inode, peer_in_version, queued }
+    }
+
+    #[test]
+    fn messages_the_old_process_read_after_startup_are_dropped_from_the_new_one() {
+        // nginx's worker channel: the old worker read the master's startup message.
+        assert!(drops_replayed_messages(end(10, true, Some(0)), end(20, true, Some(16))));
+        assert!(!drops_replayed_messages(end(10, true, Some(0)), end(20, true, Some(0))), "nothing waits");
+        assert!(
+            !drops_replayed_messages(end(10, true, Some(4)), end(20, true, Some(16))),
+            "the old process has not read everything: which part it read is not known"
+        );
+        assert!(!drops_replayed_messages(end(10, true, Some(0)), end(10, true, Some(16))), "moved: the same socket");
+        assert!(
+            !drops_replayed_messages(end(10, true, Some(0)), end(20, false, Some(16))),
+            "a peer outside the version (a server it connected to) sent it: the new version's own"
+        );
+        assert!(!drops_replayed_messages(end(10, false, Some(0)), end(20, true, Some(16))));
+        assert!(!drops_replayed_messages(end(10, true, None), end(20, true, Some(16))), "a listener, say");
     }
 }

@@ -29,6 +29,7 @@ pub use adopt::adopt;
 pub use respawn::respawn_volatile;
 
 use crate::warning::Warn;
+pub(crate) use descriptors::drop_replayed_messages;
 use mcr_client::pids::PidsError;
 use mcr_client::{ClientError, Connection};
 use mcr_protocol::{OpenConnections, RuntimeReply};
@@ -194,6 +195,7 @@ pub fn run(
 ) -> Result<Summary, TransferError> {
     let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
     let mut pairs = Vec::new();
+    let mut startup_sockets = startup_sockets(procs, connect)?;
     for (&pid, &old_host) in &procs.old {
         let &new_host = procs.new.get(&pid).ok_or(TransferError::NoCounterpart(pid))?;
         let (old_exe, new_exe) = (exe(old_host)?, exe(new_host)?);
@@ -202,7 +204,8 @@ pub fn run(
                 programs.insert(p.clone(), Program::load_cached(p)?);
             }
         }
-        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe });
+        let startup_sockets = startup_sockets.remove(&pid).unwrap_or_default();
+        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe, startup_sockets });
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(pairs.len().max(1));
     let next_pair = AtomicUsize::new(0);
@@ -238,6 +241,20 @@ pub fn run(
         sum.absorb(r?);
     }
     Ok(sum)
+}
+
+/// For each old process, its descriptors made after startup that the new process gets as
+/// the new version's counterpart of a startup socket
+/// ([`descriptors::startup_socket_counterparts`]), looked at before anything moves.
+fn startup_sockets(
+    procs: &Processes,
+    connect: Connect<'_>,
+) -> Result<BTreeMap<i32, descriptors::StartupSockets>, TransferError> {
+    let (mut old, _) = connect()?;
+    // A process that cannot say (gone meanwhile) keeps its old sockets.
+    let post_startup: BTreeMap<i32, Vec<i32>> =
+        procs.old.keys().filter_map(|&pid| Some((pid, old.post_startup_fds(pid).ok()?))).collect();
+    Ok(descriptors::startup_socket_counterparts(&procs.old, &procs.new, &post_startup))
 }
 
 fn exe(host_pid: i32) -> Result<PathBuf, TransferError> {

@@ -28,6 +28,8 @@ pub(crate) struct ProcessPair {
     pub new_host: i32,
     pub old_exe: PathBuf,
     pub new_exe: PathBuf,
+    /// Its descriptors made after startup that are a socket of the old version's startup.
+    pub startup_sockets: descriptors::StartupSockets,
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -44,7 +46,7 @@ pub(crate) fn transfer(
     connections: &[OpenConnections],
     warn: Warn<'_>,
 ) -> Result<Summary, TransferError> {
-    let ProcessPair { pid, old_host, new_host, ref old_exe, ref new_exe } = *p;
+    let ProcessPair { pid, old_host, new_host, ref old_exe, ref new_exe, .. } = *p;
     let mut sum = Summary::default();
     if !old_prog.has_debug_info || !new_prog.has_debug_info {
         let binary = if old_prog.has_debug_info { new_exe } else { old_exe };
@@ -202,7 +204,8 @@ pub(crate) fn transfer(
             descriptors::import(old_host, &fds, &mut target.process, Moving::Connections)?;
         }
         if !made_after.is_empty() {
-            descriptors::import(old_host, &made_after, &mut target.process, Moving::Descriptors)?;
+            let instead = &p.startup_sockets;
+            descriptors::import_translating(old_host, &made_after, &mut target.process, Moving::Descriptors, instead)?;
         }
         if !moved.is_empty() {
             let regs = descriptors::epoll_registrations_to_add(
