@@ -204,9 +204,7 @@ fn private_fd_table() -> i32 {
     if unsafe { crate::sys!(libc::SYS_unshare, libc::CLONE_FILES) } != 0 {
         return ctl;
     }
-    let fds: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let fds = crate::procdir::numbers(c"/proc/thread-self/fd");
     for fd in fds {
         if fd != ctl {
             // SAFETY: after unshare this table is the control thread's alone, and it has

@@ -215,15 +215,13 @@ fn gate_accept_slow(fd: libc::c_int) -> Option<libc::c_int> {
 /// the first and some of the second has finished its session and only has to notice.
 pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
     let mut candidates: Vec<i32> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for e in dir.flatten() {
-            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if !may_be_client(fd, known, &ACCEPTED) {
-                continue;
-            }
-            if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:[")) {
-                candidates.push(fd);
-            }
+    for fd in crate::procdir::numbers(c"/proc/self/fd") {
+        if !may_be_client(fd, known, &ACCEPTED) {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
+        {
+            candidates.push(fd);
         }
     }
     // Look at each through a copy in our own table (the control thread's table is

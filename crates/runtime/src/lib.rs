@@ -36,6 +36,7 @@ mod keys;
 mod last_thread;
 mod mappings;
 mod peers;
+mod procdir;
 mod profiling;
 mod quiesce;
 mod rawfd;

@@ -547,9 +547,7 @@ fn describe_laggards(earlier: Option<&[Activity]>, report_by: Instant) -> Vec<La
     // Threads of the process the runtime never saw (made with raw clone, or that never
     // made a wrapped call) cannot be parked either.
     let known: HashSet<i32> = threads::used().map(|(_, s)| s.tid.load(Acquire)).collect();
-    let tasks: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let tasks = crate::procdir::numbers(c"/proc/self/task");
     let runtimes = |tid| crate::control::is_control_thread(tid) || crate::profiling::is_sampler_thread(tid);
     for tid in unseen_threads(&tasks, &known, runtimes) {
         let (reason, stack) = describe_running(tid, report_by);

@@ -99,9 +99,7 @@ pub fn active() -> bool {
 pub fn load(path: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the replay log {path}: {e}"))?;
     let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
-    let inherited = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|&fd| fd > 2).collect())
-        .unwrap_or_default();
+    let inherited = crate::procdir::numbers(c"/proc/self/fd").into_iter().filter(|&fd| fd > 2).collect();
     *STATE.lock() = Some(Replay::new(logs, inherited));
     ACTIVE.store(true, SeqCst);
     WAS_UPDATE.store(true, SeqCst);

@@ -342,8 +342,7 @@ fn not_from_startup(
     out
 }
 
-/// The program's open descriptors with their links. The directory handle used to list
-/// them is closed by the time the links are read, so it drops out (no link).
+/// The program's open descriptors with their links.
 fn open_fds_with_links() -> Vec<(i32, String)> {
     open_fds().into_iter().filter_map(|fd| Some((fd, fd_link(fd)?))).collect()
 }
@@ -354,8 +353,8 @@ fn open_fds_with_links() -> Vec<(i32, String)> {
 fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
     let known = known_fds(ops.iter().map(|o| (o.call == "close", o.fds.clone(), closed_fd(&o.args))));
     let mut out = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let mut fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    {
+        let mut fds = crate::procdir::numbers(c"/proc/self/fd");
         fds.sort_unstable();
         for fd in fds {
             if known.contains(&fd) {
@@ -364,7 +363,7 @@ fn unaccounted(ops: &[StartupOp]) -> Vec<String> {
             let target =
                 std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_default();
             if target.is_empty() {
-                continue; // the read_dir handle itself, closed by now
+                continue; // closed since
             }
             out.push(format!(
                 "fd {fd} -> {target}: not created by an operation mcr records (libc-internal or not interposed)"
@@ -379,9 +378,7 @@ fn fd_link(fd: i32) -> Option<String> {
 }
 
 fn open_fds() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
+    crate::procdir::numbers(c"/proc/self/fd")
 }
 
 /// At exec (constructor) and fork: whatever is open now was inherited.
