@@ -460,9 +460,9 @@ impl World {
         self.with_pair(|pair, _| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
-                pair.adopted.is_some_and(|f| f(a))
-            })?;
+            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
+            let reached =
+                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
             Ok((roots, reached))
         })
     }
@@ -472,9 +472,9 @@ impl World {
         self.with_pair(|pair, target| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
-                pair.adopted.is_some_and(|f| f(a))
-            })?;
+            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
+            let reached =
+                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
@@ -491,9 +491,9 @@ impl World {
         self.with_pair(|pair, target| {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
-            let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &|a| {
-                pair.adopted.is_some_and(|f| f(a))
-            })?;
+            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
+            let reached =
+                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)

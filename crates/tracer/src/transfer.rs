@@ -197,7 +197,7 @@ pub fn transfer_with_words(
     let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
     let handlers = object_handlers(new);
     let walk_plan = |seal: &dyn Fn(&mcr_heap::Object, mcr_typemodel::TypeId) -> bool| {
-        let reached = walk::walk_sealing(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal)?;
+        let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal)?;
         let plan =
             plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
         Ok::<_, TransferError>((reached, plan))

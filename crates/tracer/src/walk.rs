@@ -135,26 +135,14 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
 /// `pinnable`: whether a heap block may stay where it is in the new process (the adopted
 /// heap): a heap address found in memory mcr cannot type then pins its block instead of
 /// stopping the update.
-#[cfg(test)]
-pub fn walk(
-    old: &Program,
-    mem: &dyn ReadMemory,
-    heap: &HeapIndex,
-    hints: &Hints,
-    roots: &[Root],
-    words: &[(String, u64)],
-    pinnable: &dyn Fn(u64) -> bool,
-) -> Result<Reached, TransferError> {
-    walk_sealing(old, mem, heap, hints, roots, words, pinnable, &|_, _| false)
-}
-
-/// [`walk`], which does not go into a block a typed pointer reaches when `seal` says so
-/// for the block and that type: such a block is not read, scanned or listed, and neither
-/// is what only it leads to. An update whose types do not
+///
+/// `seal`: the walk does not go into a block a typed pointer reaches when it says so for
+/// the block and that type: such a block is not read, scanned or listed, and neither is
+/// what only it leads to. An update whose types do not
 /// change seals the blocks of the adopted heap (they stay where they are, as they are);
 /// what makes that right is checked after the walk (`crate::untouched`).
 #[allow(clippy::too_many_arguments)]
-pub fn walk_sealing(
+pub fn walk(
     old: &Program,
     mem: &dyn ReadMemory,
     heap: &HeapIndex,
