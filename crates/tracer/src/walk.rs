@@ -138,9 +138,9 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
 ///
 /// `seal`: the walk does not go into a block a typed pointer reaches when it says so for
 /// the block and that type: such a block is not read, scanned or listed, and neither is
-/// what only it leads to. An update whose types do not
-/// change seals the blocks of the adopted heap (they stay where they are, as they are);
-/// what makes that right is checked after the walk (`crate::untouched`).
+/// what only it leads to. An update whose types do not change seals the blocks of the
+/// adopted heap (they stay where they are, as they are); what makes that right is checked
+/// after the walk (`crate::untouched`).
 #[allow(clippy::too_many_arguments)]
 pub fn walk(
     old: &Program,
