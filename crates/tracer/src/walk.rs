@@ -535,7 +535,9 @@ impl Walker<'_> {
             let place = format!("{path}+{off}");
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
             if self.sealed.contains(&obj.addr) {
-                continue; // stays where it is, as it is
+                // It stays where it is, as it is, pinned or not: counted, not walked.
+                self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
+                continue;
             }
             if (self.pinnable)(obj.addr) {
                 let hop = format!("{rel}+{off} (may point here)");
