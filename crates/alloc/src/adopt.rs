@@ -339,6 +339,7 @@ impl Heap {
         for slot in slots.iter() {
             let Some(region) = self.readable(slot) else { continue };
             rebuild(region, &mut stats);
+            self.forget_zero_over_memfds(slot, region);
             region.header().adoptions.fetch_add(1, Relaxed);
             stats.regions += 1;
         }
@@ -346,6 +347,25 @@ impl Heap {
             self.set_role(slot, Role::Adopted);
         }
         Ok(stats)
+    }
+
+    /// The free spans of segments mapped copy-on-write over a previous version's memfd may
+    /// not read as zero when this process first writes them: until then they show the
+    /// memfd's current bytes, and the previous version (its runtime's own calls into libc,
+    /// before it is gone) may still allocate there. Their zero flag, as the previous
+    /// version's span table had it, is dropped (calloc clears them); a commit that punches
+    /// them out of the memfd sets it again.
+    fn forget_zero_over_memfds(&self, slot: usize, region: Region<'_>) {
+        let hwm = (region.header().hwm.load(Relaxed) as usize).min(SPANS_PER_REGION);
+        for s in FIRST_DATA_SPAN..hwm {
+            if test_bit(region.free_map(), s)
+                && self.backing(slot, crate::heap::segment_of(region, s)) == SegmentBacking::PrivateMemfd
+            {
+                if let Some(e) = region.span(s) {
+                    e.flags.store(0, Relaxed);
+                }
+            }
+        }
     }
 
     /// Clears the bits of the blocks in every thread cache of a region from another process
