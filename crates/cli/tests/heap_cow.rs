@@ -86,7 +86,7 @@ const KEYS: usize = 30_000;
 
 fn value_of(i: usize, round: usize) -> String {
     // Rewritten every 7th key per round: the new version writes the adopted memory.
-    let r = if i % 7 == 0 { round } else { 0 };
+    let r = if i.is_multiple_of(7) { round } else { 0 };
     format!("v{i}-{r}-{}", "x".repeat(i % 40))
 }
 
