@@ -120,9 +120,9 @@ pub(crate) fn transfer(
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
     sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
-    // What the old runtime has to say, asked before the new process maps the old heap: the
-    // runtime's own calls allocate there (opendir), and the new process sees the memfd's
-    // pages until it writes them.
+    // What the old runtime has to say, asked before the new process maps the old heap:
+    // the libc code its answers run may allocate there, and the new process sees the
+    // memfd's current bytes wherever it has not written yet.
     let pthread_keys = keys::of_old(old, pid)?;
     let old_attributes = old_attributes(pid, old)?;
     // Asked now, while the connection list is from the quiesce: a client that left since
