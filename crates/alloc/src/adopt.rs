@@ -339,6 +339,7 @@ impl Heap {
         for slot in slots.iter() {
             let Some(region) = self.readable(slot) else { continue };
             rebuild(region, &mut stats);
+            self.forget_zero_over_memfds(slot, region);
             region.header().adoptions.fetch_add(1, Relaxed);
             stats.regions += 1;
         }
@@ -346,6 +347,25 @@ impl Heap {
             self.set_role(slot, Role::Adopted);
         }
         Ok(stats)
+    }
+
+    /// The free spans of segments mapped copy-on-write over a previous version's memfd may
+    /// not read as zero when this process first writes them: until then they show the
+    /// memfd's current bytes, and the previous version (its runtime's own calls into libc,
+    /// before it is gone) may still allocate there. Their zero flag, as the previous
+    /// version's span table had it, is dropped (calloc clears them); a commit that punches
+    /// them out of the memfd sets it again.
+    fn forget_zero_over_memfds(&self, slot: usize, region: Region<'_>) {
+        let hwm = (region.header().hwm.load(Relaxed) as usize).min(SPANS_PER_REGION);
+        for s in FIRST_DATA_SPAN..hwm {
+            if test_bit(region.free_map(), s)
+                && self.backing(slot, crate::heap::segment_of(region, s)) == SegmentBacking::PrivateMemfd
+            {
+                if let Some(e) = region.span(s) {
+                    e.flags.store(0, Relaxed);
+                }
+            }
+        }
     }
 
     /// Clears the bits of the blocks in every thread cache of a region from another process
@@ -433,6 +453,9 @@ impl Heap {
         }
         let first = ((start - base) / SPAN_SIZE).max(FIRST_DATA_SPAN);
         let last = (used_end - base) / SPAN_SIZE;
+        // Free spans are punched out of the memfd; they read as zero only once the shared
+        // mapping shows the memfd (until then this process's own copies of their pages may
+        // show through), so they are marked zero last.
         let mut s = first;
         while s < last {
             if !test_bit(region.free_map(), s) {
@@ -442,10 +465,9 @@ impl Heap {
             let run = s;
             while s < last && test_bit(region.free_map(), s) {
                 if let Some(e) = region.span(s) {
-                    e.flags.store(FLAG_ZERO, Relaxed);
-                }
-                if clear_bit(region.committed_map(), s) {
-                    h.committed_free_spans.fetch_sub(1, Relaxed);
+                    // not zero while the punch and the remap are under way (a failure
+                    // leaves them so: correct, only calloc clears them again)
+                    e.flags.store(0, Relaxed);
                 }
                 s += 1;
             }
@@ -453,15 +475,37 @@ impl Heap {
                 .map_err(os_err("fallocate(PUNCH_HOLE) of a heap memfd"))?;
             stats.punched += (s - run) * SPAN_SIZE;
         }
-        for (s, e) in mapped_within(region, start, end) {
+        let pieces = mapped_within(region, start, end);
+        for (done, (s, e)) in pieces.clone().enumerate() {
+            let shared = Backing::Memfd { fd: memfd, offset: (s - base) as u64, shared: true };
             // SAFETY: the memfd now holds every byte this process sees in [start, end)
-            // (private pages written back, the rest were its pages already or zero), so
-            // replacing the private mapping by a shared one changes no byte; the caller keeps
-            // writers away.
-            unsafe { os::map(s, e - s, Backing::Memfd { fd: memfd, offset: (s - base) as u64, shared: true }, true) }
-                .map_err(os_err("mmap of a committed segment"))?;
+            // (private pages written back, the rest were its pages already, or a free span's,
+            // which nothing reads), so replacing the private mapping by a shared one changes
+            // no byte anyone uses; the caller keeps writers away.
+            if let Err(errno) = unsafe { os::map(s, e - s, shared, true) } {
+                // The segment stays copy-on-write as a whole (a fork freezes only what is
+                // marked shared): the pieces shared so far go back to private, same bytes.
+                for (s, e) in pieces.take(done) {
+                    let private = Backing::Memfd { fd: memfd, offset: (s - base) as u64, shared: false };
+                    // SAFETY: as above; the memfd holds the bytes of these pieces.
+                    let _ = unsafe { os::map(s, e - s, private, true) };
+                }
+                return Err(HeapError::Os { op: "mmap of a committed segment", errno });
+            }
         }
         self.set_backing(slot, index, SegmentBacking::SharedMemfd);
+        let mut s = first;
+        while s < last {
+            if test_bit(region.free_map(), s) {
+                if let Some(e) = region.span(s) {
+                    e.flags.store(FLAG_ZERO, Relaxed);
+                }
+                if clear_bit(region.committed_map(), s) {
+                    h.committed_free_spans.fetch_sub(1, Relaxed);
+                }
+            }
+            s += 1;
+        }
         Ok(stats)
     }
 

@@ -8,6 +8,7 @@ use crate::geometry::{slot_base, slot_of, SlotSet, SLOT_SIZE, SPAN_SIZE};
 use crate::heap::{Config, Heap, Mode, Role, SegmentBacking};
 use crate::layout::{ThreadCache, FIRST_DATA_SPAN};
 use crate::os;
+use crate::spans::test_bit;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 use rustix::fd::AsFd;
@@ -535,6 +536,69 @@ fn adoption_in_process_memfd() {
     assert_eq!(h.retire_empty(), 1);
     assert_eq!(h.role(slot), Role::Retired);
     assert_eq!(h.block_of(head), None);
+}
+
+/// A previous version may still write its heap after its successor mapped it copy-on-write
+/// (its runtime's calls into libc allocate there until it is gone), and the successor sees
+/// the memfd's bytes wherever it has not written: a free span the old span table called
+/// zero may not be any more, so calloc in an adopted region over a memfd must clear it.
+#[test]
+fn calloc_over_an_adopted_memfd_clears_what_the_old_version_wrote_late() {
+    use crate::layout::FLAG_ZERO;
+    let old = heap(Mode::Memfd);
+    let slot = old.own_slot().unwrap();
+    let c = cache(&old);
+    // free runs in the pool, some given back (zero)
+    let bigs: Vec<usize> = (0..40).map(|i| addr(old.malloc(Some(c), 3 * SPAN_SIZE + i))).collect();
+    let keep = addr(old.malloc(Some(c), 64));
+    for b in bigs {
+        free(&old, Some(c), b);
+    }
+    let zero_before = {
+        let r = old.readable(slot).unwrap();
+        let hwm = r.header().hwm.load(Relaxed) as usize;
+        (FIRST_DATA_SPAN..hwm)
+            .filter(|&s| test_bit(r.free_map(), s) && r.span(s).unwrap().flags.load(Relaxed) & FLAG_ZERO != 0)
+            .count()
+    };
+    assert!(zero_before > 0, "the test needs free spans marked zero");
+    let fd = own_memfd(&old, slot, 0);
+    let extent = old.extent(slot).unwrap();
+    old.flush_thread_cache(c);
+    old.release_thread_cache(c);
+    drop(old);
+
+    let mut avoid = SlotSet::new();
+    avoid.insert(slot);
+    let h = Box::new(Heap::new());
+    h.init(&Config { avoid, mode: Mode::Memfd }).unwrap();
+    h.map_segment(slot, 0, 0, extent, Some(fd.as_fd())).unwrap();
+    h.finish_mapping(slot).unwrap();
+    h.adopt(&[slot].into_iter().fold(SlotSet::new(), |mut s, x| {
+        s.insert(x);
+        s
+    }))
+    .unwrap();
+    assert_eq!(h.block_of(keep), Some((keep, 64)));
+    // the old version writes its free spans after the adoption
+    let r = h.readable(slot).unwrap();
+    let hwm = r.header().hwm.load(Relaxed) as usize;
+    let junk = std::vec![0xa5u8; SPAN_SIZE];
+    for s in (FIRST_DATA_SPAN..hwm).filter(|&s| test_bit(r.free_map(), s)) {
+        rustix::io::pwrite(&fd, &junk, (s * SPAN_SIZE) as u64).unwrap();
+    }
+    let c = cache(&h);
+    let mut in_old = 0;
+    for _ in 0..40 {
+        let p = addr(h.calloc(Some(c), 1, 3 * SPAN_SIZE));
+        if slot_of(p) == Some(slot) {
+            in_old += 1;
+            // SAFETY: a fresh block of that size.
+            let bytes = unsafe { core::slice::from_raw_parts(p as *const u8, 3 * SPAN_SIZE) };
+            assert!(bytes.iter().all(|&b| b == 0), "calloc returned the old version's late bytes at {p:#x}");
+        }
+    }
+    assert!(in_old > 0, "no block came from the adopted region");
 }
 
 /// An anonymous heap filled like an old version's, its touched pages copied (as the update

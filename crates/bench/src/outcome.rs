@@ -43,7 +43,8 @@ pub(crate) mod tests {
     "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "pthread_keys": 0,
     "in_place": 0, "in_place_bytes": 0, "old_freed": 0, "pinned": 0, "untouched": 0, "untouched_bytes": 0,
     "walked_all": "struct kv_node changes layout",
-    "heap_regions_adopted": 0, "heap_bytes_adopted": 0, "heap_adopt_ms": 0.0 },
+    "heap_regions_adopted": 0, "heap_bytes_adopted": 0, "heap_bytes_mapped": 0,
+    "heap_adopt_ms": 0.0 },
   "adopted_connections": 0,
   "old_processes": [2],
   "new_processes": [2]

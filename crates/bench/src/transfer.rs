@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The numbers taken from `mcr update --json`, in the order of the sample file.
-pub const FIELDS: [&str; 24] = [
+pub const FIELDS: [&str; 25] = [
     "drain_ms",
     "quiesce_ms",
     "restart_ms",
@@ -55,6 +55,7 @@ pub const FIELDS: [&str; 24] = [
     "heap_adopt_ms",
     "untouched",
     "heap_bytes_adopted",
+    "heap_bytes_mapped",
 ];
 
 /// The value of field `name` of [`FIELDS`] in an update's outcome (`client_ms` is the
@@ -92,6 +93,7 @@ fn figure(o: &Report, name: &str) -> Option<f64> {
         "heap_adopt_ms" => t.heap_adopt_ms,
         "untouched" => t.state.untouched as f64,
         "heap_bytes_adopted" => t.heap_bytes_adopted as f64,
+        "heap_bytes_mapped" => t.heap_bytes_mapped as f64,
         _ => return None,
     })
 }
@@ -737,7 +739,7 @@ fn code_only_table(o: &mut String, read: &dyn Fn(&str) -> String) {
     }
     let _ = writeln!(o, "**State transfer vs live objects, code-only update** (kvd ↔ kvd-v2: the same types; no connections; 3 heap blocks per key; median over the committed updates):");
     let _ = writeln!(o);
-    let _ = writeln!(o, "| keys | committed | live objects | untouched | walked in place | objects copied | heap adopted: MB (ms) | trace_ms | transfer_ms (p90) | whole update | budget (whole update, 1 000 000 keys) |");
+    let _ = writeln!(o, "| keys | committed | live objects | untouched | walked in place | objects copied | heap adopted: MB mapped / copied (ms) | trace_ms | transfer_ms (p90) | whole update | budget (whole update, 1 000 000 keys) |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (k, text) in rows {
         let (ok, fail) = parse(&text);
@@ -748,11 +750,12 @@ fn code_only_table(o: &mut String, read: &dyn Fn(&str) -> String) {
         let copied: Vec<f64> = ok.iter().filter_map(|s| Some(s.get("objects")? - s.get("in_place")?)).collect();
         let _ = writeln!(
             o,
-            "| {k} | {state} | {} | {} | {} | {} | {} ({}) | {} | {} ({}) | {} | {budget} |",
+            "| {k} | {state} | {} | {} | {} | {} | {} / {} ({}) | {} | {} ({}) | {} | {budget} |",
             f(med(&col(&ok, "live_objects")), 0),
             f(med(&col(&ok, "untouched")), 0),
             f(med(&col(&ok, "in_place")), 0),
             f(med(&copied), 0),
+            f(med(&col(&ok, "heap_bytes_mapped")).map(|b| b / 1e6), 1),
             f(med(&col(&ok, "heap_bytes_adopted")).map(|b| b / 1e6), 1),
             f(med(&col(&ok, "heap_adopt_ms")), 2),
             f(med(&col(&ok, "trace_ms")), 2),

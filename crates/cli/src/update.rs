@@ -154,8 +154,8 @@ fn committed(r: &Report) -> String {
         };
         let _ = writeln!(
             o,
-            "heap: {} regions ({} bytes) adopted at their addresses; {how}",
-            t.heap_regions_adopted, t.heap_bytes_adopted
+            "heap: {} regions adopted at their addresses ({} bytes mapped from the old memfds, {} copied); {how}",
+            t.heap_regions_adopted, t.heap_bytes_mapped, t.heap_bytes_adopted
         );
     }
     if t.state.startup_matched + t.state.startup_reallocated > 0 {

@@ -484,36 +484,11 @@ fn a_supervisor_killed_while_serving_is_replaced() {
     assert!(a.is_empty() && b.is_empty() && !live(&mcr, "kvd"), "left after stop: {}", versions.describe());
 }
 
-/// Every live heap block of process `host` with its bytes, from its allocator's metadata.
-fn heap_contents(host: i32) -> Vec<(u64, Vec<u8>)> {
-    use mcr_heap::ReadMemory;
-    let mem = mcr_heap::ProcessMemory::open(host).expect("open the server's memory");
-    let heap = mcr_heap::HeapIndex::scan(&mem, &[]).expect("list the server's heap");
-    heap.objects()
-        .iter()
-        .map(|o| {
-            let mut b = vec![0u8; o.size as usize];
-            mem.read(o.addr, &mut b).expect("read a live block");
-            (o.addr, b)
-        })
-        .collect()
-}
-
-/// The live blocks of kvd's server process `host` once a quiesce returned the blocks its
-/// threads cache for reuse (freed, still marked live) to their spans: the update's
-/// quiesce does it too, and so do the runtime's own short-lived allocations.
-fn heap_at_rest(mcr: &Mcr, host: i32) -> Vec<(u64, Vec<u8>)> {
-    for what in ["quiesce", "resume"] {
-        let out = mcr.run(&["ctl", "kvd", what]);
-        assert_eq!(out.code(), 0, "mcr ctl kvd {what}: {out}");
-    }
-    heap_contents(host)
-}
-
-/// Issue 13: the new version adopts the old heap by copying its pages, never writing the
-/// old process; an update that dies at any phase before its commit point leaves the old
-/// version's heap exactly as it was (the same live blocks, byte for byte) and serving,
-/// whether the update walks the heap or leaves it untouched.
+/// Issue 13: the new version adopts the old heap (maps its memfds copy-on-write, copies
+/// what is private), never writing the old process; an update that dies at any phase
+/// before its commit point leaves the old version's heap exactly as it was (the same live
+/// blocks, byte for byte) and serving, whether the update walks the heap or leaves it
+/// untouched.
 #[test]
 fn an_update_that_dies_before_its_commit_leaves_the_old_heap_as_it_was() {
     // kvd-v2-layout changes a type (every block is walked); kvd-v2 changes none (the heap
@@ -540,7 +515,7 @@ fn an_update_that_dies_before_its_commit_leaves_the_old_heap_as_it_was() {
         // The client stays connected (idle): closing it would free its connection's blocks
         // whenever the server gets to it.
         let server = versions.server_of(&versions.v1);
-        let before = heap_at_rest(&mcr, server);
+        let before = heap_at_rest(&mcr, "kvd", server);
         assert!(before.len() >= 6000, "{} live blocks", before.len());
 
         let mut cmd = mcr.command(&update_command(&mcr, &versions.v2, port));
@@ -572,7 +547,7 @@ log:
 {}",
             inst.log()
         );
-        let after = heap_at_rest(&mcr, server);
+        let after = heap_at_rest(&mcr, "kvd", server);
         let after_by_addr: std::collections::BTreeMap<u64, &Vec<u8>> = after.iter().map(|(a, b)| (*a, b)).collect();
         let differs = |(a, b): &&(u64, Vec<u8>)| after_by_addr.get(a) != Some(&b);
         let changed: Vec<u64> = before.iter().filter(differs).map(|(a, _)| *a).take(5).collect();

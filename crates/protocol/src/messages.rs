@@ -268,11 +268,23 @@ pub enum RuntimeCommandKind {
         locked: bool,
     },
     /// State transfer, new version: map the old version's heap regions at their addresses
-    /// (the slots this process's heap kept free), as the old process maps them, anonymous
-    /// and not yet in use; the update writes their pages next, then [`Self::AdoptOldHeap`].
+    /// (the slots this process's heap kept free), as the old process maps them, not yet in
+    /// use: each segment copy-on-write over the old memfd the update sends on the abstract
+    /// Unix socket `socket` (one descriptor per such segment, in order; see
+    /// [`OldSegmentSource`]), or anonymous; the update writes the pages the old process holds
+    /// privately next, then [`Self::AdoptOldHeap`].
     MapOldHeap {
         regions: Vec<OldHeapRegion>,
+        #[serde(default)]
+        socket: Option<String>,
     },
+    /// Commit, new version, past the commit point and before it resumes (its threads
+    /// parked): every adopted heap segment mapped copy-on-write from an old memfd that only
+    /// the old process mapped ([`OldSegmentSource::SharedMemfd`]; that process is gone or
+    /// killed) gets this process's written pages back into the memfd and is mapped shared
+    /// again, so the memory is not held twice and the next update maps it too. A segment
+    /// that cannot be stays private (a warning in the process's diagnostics): still correct.
+    ShareAdoptedHeap,
     /// State transfer, new version: check the old heap regions mapped in `slots` and adopt
     /// them (their live blocks are this process's from now on, freed like its own); on
     /// failure, or with `release`, give them up instead.
@@ -381,7 +393,6 @@ pub struct HandlerObject {
     pub new_size: u64,
 }
 
-/// Where a descriptor received by ImportFds goes.
 /// One region of the old version's heap, as its process maps it (`mcr_alloc::remote::RegionLayout`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OldHeapRegion {
@@ -391,8 +402,34 @@ pub struct OldHeapRegion {
     pub caches: u64,
     /// Where each segment starts (span index in the region), in order.
     pub segments: Vec<u32>,
+    /// How each segment comes to the new process, in the same order (missing: `Copied`).
+    #[serde(default)]
+    pub sources: Vec<OldSegmentSource>,
 }
 
+/// How an old heap segment comes to the new process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OldSegmentSource {
+    /// Anonymous memory the update fills with every page the old process holds there.
+    #[default]
+    Copied,
+    /// Copy-on-write over the old memfd (the update sends it), which other processes map
+    /// too (a segment a fork froze): the update copies the old process's own pages there.
+    PrivateMemfd,
+    /// Copy-on-write over the old memfd, which only the old process maps (shared): nothing
+    /// to copy, and [`RuntimeCommandKind::ShareAdoptedHeap`] shares it again at commit.
+    SharedMemfd,
+}
+
+impl OldSegmentSource {
+    /// Mapped from a memfd the update sends.
+    pub fn is_memfd(self) -> bool {
+        self != OldSegmentSource::Copied
+    }
+}
+
+/// Where a descriptor received by ImportFds goes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImportedFd {
     pub target: i32,

@@ -357,10 +357,28 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
         RuntimeCommandKind::MapFile { socket, start, len, offset, prot, shared, locked } => {
             crate::transfer::map_file(&socket, start, len, offset, prot, shared, locked)
         }
-        RuntimeCommandKind::MapOldHeap { regions } => match crate::heap::map_old_heap(&regions) {
-            Ok(()) => RuntimeReply::Done,
-            Err(message) => RuntimeReply::Error { message },
+        RuntimeCommandKind::MapOldHeap { regions, socket } => {
+            match crate::heap::map_old_heap(&regions, socket.as_deref()) {
+                Ok(()) => RuntimeReply::Done,
+                Err(message) => RuntimeReply::Error { message },
+            }
+        }
+        RuntimeCommandKind::ShareAdoptedHeap if !quiesce::is_quiesced() => RuntimeReply::Error {
+            message: "the adopted heap is shared again only while the program's threads are parked".into(),
         },
+        RuntimeCommandKind::ShareAdoptedHeap => {
+            // Past the commit point: whatever happens, the process goes on (a segment left
+            // private is correct), so a failure is the operator's warning, not an error.
+            let shared = crate::heap::share_adopted_heap();
+            for why in &shared.failed {
+                crate::diag::warn(&format!(
+                    "an adopted heap segment stays copy-on-write over the old version's memfd (its memory is held \
+                     until this process exits): {why}"
+                ));
+            }
+            crate::diag::debug(|| format!("shared the adopted heap again: {shared:?}"));
+            RuntimeReply::Done
+        }
         RuntimeCommandKind::AdoptOldHeap { slots, release } => {
             if release {
                 crate::heap::release(&slots.iter().map(|&s| s as usize).collect::<Vec<_>>());

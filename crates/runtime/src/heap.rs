@@ -13,8 +13,9 @@
 use crate::quiesce::STARTUP_DONE;
 use core::cell::Cell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use mcr_alloc::{Config, Heap, Mode, SlotSet, ThreadCache};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use mcr_alloc::{BorrowedFd, Config, Heap, Mode, SlotSet, ThreadCache};
+use mcr_protocol::{OldHeapRegion, OldSegmentSource};
 
 pub static HEAP: Heap = Heap::new();
 
@@ -207,6 +208,7 @@ extern "C" fn release_cache(cache: *mut libc::c_void) {
 }
 
 pub(crate) extern "C" fn fork_prepare() {
+    forget_share_at_commit();
     HEAP.fork_prepare();
 }
 
@@ -258,24 +260,131 @@ pub fn before_privilege_drop() {
     HEAP.unshare();
 }
 
-/// An update maps the old version's heap regions here, at their addresses (anonymous
-/// memory the update then fills from the old process: this process cannot address the old
-/// one, which lives in another PID namespace). All or nothing: on a failure the slots
-/// mapped so far are given up.
-pub fn map_old_heap(regions: &[mcr_protocol::OldHeapRegion]) -> Result<(), String> {
+/// An update maps the old version's heap regions here, at their addresses: each segment
+/// copy-on-write over the old memfd the update sends on `socket` (one descriptor per segment
+/// whose source is a memfd, in order), or anonymous; the update then writes the pages the
+/// old process holds privately (this process cannot address the old one, which lives in
+/// another PID namespace). All or nothing: on a failure the slots mapped so far are given
+/// up.
+pub fn map_old_heap(regions: &[OldHeapRegion], socket: Option<&str>) -> Result<(), String> {
+    let wanted = regions.iter().map(|r| sources(r).filter(|s| s.is_memfd()).count()).sum::<usize>();
+    let memfds = match (wanted, socket) {
+        (0, _) => Vec::new(),
+        (_, None) => return Err(format!("{wanted} old heap segments come from memfds, and no socket sends them")),
+        (_, Some(socket)) => crate::transfer::receive_from_update(socket, wanted, 0).map_err(|(fds, why)| {
+            close_all(&fds);
+            why
+        })?,
+    };
     let mut mapped = Vec::new();
-    for r in regions {
+    let mut next_memfd = memfds.iter();
+    let mut failure = None;
+    'regions: for r in regions {
         let slot = r.slot as usize;
         let extent = mcr_alloc::Extent { spans: r.spans as usize, caches: r.caches as usize };
         mapped.push(slot);
-        for (index, &start) in r.segments.iter().enumerate() {
-            if let Err(e) = HEAP.map_segment(slot, index, start as usize, extent, None) {
-                release(&mapped);
-                return Err(format!("mapping the old heap's region in slot {slot} (segment {index}): {e}"));
+        for (index, (&start, source)) in r.segments.iter().zip(sources(r)).enumerate() {
+            let fd = if source.is_memfd() {
+                // SAFETY: a descriptor received above, open until `close_all` below.
+                next_memfd.next().map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+            } else {
+                None
+            };
+            if let Err(e) = HEAP.map_segment(slot, index, start as usize, extent, fd) {
+                failure = Some(format!("mapping the old heap's region in slot {slot} (segment {index}): {e}"));
+                break 'regions;
+            }
+            if source == OldSegmentSource::SharedMemfd {
+                share_at_commit(slot, index);
             }
         }
     }
-    Ok(())
+    // The mappings keep the memfds alive; the commit reopens them through /proc/self/map_files.
+    close_all(&memfds);
+    match failure {
+        Some(why) => {
+            release(&mapped);
+            Err(why)
+        }
+        None => Ok(()),
+    }
+}
+
+/// How each segment of `r` comes (a missing entry: copied, as before sources existed).
+fn sources(r: &OldHeapRegion) -> impl Iterator<Item = OldSegmentSource> + '_ {
+    (0..r.segments.len()).map(|i| r.sources.get(i).copied().unwrap_or_default())
+}
+
+fn close_all(fds: &[i32]) {
+    for &fd in fds {
+        // SAFETY: descriptors the update sent, ours alone.
+        unsafe { crate::rawfd::close(fd) };
+    }
+}
+
+/// Per slot, the adopted segments mapped copy-on-write from a memfd only the old process
+/// mapped: [`share_adopted_heap`] writes them back and shares them at commit.
+static SHARE_AT_COMMIT: [AtomicU64; mcr_alloc::SLOTS] = [const { AtomicU64::new(0) }; mcr_alloc::SLOTS];
+
+fn share_at_commit(slot: usize, index: usize) {
+    if let Some(word) = SHARE_AT_COMMIT.get(slot) {
+        word.fetch_or(1 << (index % 64), Relaxed);
+    }
+}
+
+/// What [`share_adopted_heap`] did.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub segments: usize,
+    /// Bytes of this process's private pages written into the memfds, and of free spans
+    /// punched out of them.
+    pub written: usize,
+    pub punched: usize,
+    /// Segments left private, and why.
+    pub failed: Vec<String>,
+}
+
+/// At commit (threads parked, the old version gone or killed): each adopted segment mapped
+/// copy-on-write from a memfd only the old process mapped gets this process's written pages
+/// back into the memfd and is mapped shared over it (`mcr_alloc::Heap::commit_segment`).
+/// From then on it is an ordinary shared segment: the next update maps it again, and a fork
+/// freezes it. One that cannot be stays private, which is correct (only its memory is held
+/// twice while the memfd lives).
+pub fn share_adopted_heap() -> Shared {
+    let mut done = Shared::default();
+    for (slot, word) in SHARE_AT_COMMIT.iter().enumerate() {
+        let mask = word.swap(0, Relaxed);
+        if mask == 0 {
+            continue;
+        }
+        let mut segments = Vec::new();
+        HEAP.segments(slot, |s| segments.push(s));
+        for s in segments.iter().filter(|s| mask >> (s.index % 64) & 1 != 0) {
+            let fd = mcr_alloc::open_map_files(None, s.first_mapping.0, s.first_mapping.1, true).map_err(|e| {
+                format!("slot {slot} segment {}: reopening its memfd through /proc/self/map_files: {e}", s.index)
+            });
+            match fd.and_then(|fd| {
+                HEAP.commit_segment(slot, s.index, mcr_alloc::AsFd::as_fd(&fd))
+                    .map_err(|e| format!("slot {slot} segment {}: {e}", s.index))
+            }) {
+                Ok(stats) => {
+                    done.segments += 1;
+                    done.written += stats.written;
+                    done.punched += stats.punched;
+                }
+                Err(why) => done.failed.push(why),
+            }
+        }
+    }
+    done
+}
+
+/// A fork: the child maps the adopted segments copy-on-write over the same memfds as this
+/// process, so writing into them would change what the other sees. Neither shares them.
+fn forget_share_at_commit() {
+    for word in SHARE_AT_COMMIT.iter() {
+        word.store(0, Relaxed);
+    }
 }
 
 /// Check the old heap regions mapped in `slots` and adopt them: their blocks are this
@@ -299,6 +408,9 @@ pub fn adopt_old_heap(slots: &[u64]) -> Result<mcr_alloc::AdoptStats, String> {
 /// Give up old heap regions mapped but not adopted.
 pub fn release(slots: &[usize]) {
     for &slot in slots {
+        if let Some(word) = SHARE_AT_COMMIT.get(slot) {
+            word.store(0, Relaxed);
+        }
         let _ = HEAP.release_slot(slot);
     }
 }

@@ -198,7 +198,7 @@ pub fn import_fds(socket: &str, targets: &[ImportedFd], adopt: bool, plain: bool
 
 /// Receive `count` descriptors the update sends on its abstract socket `socket`, each at a
 /// number at least `above`. On failure, what arrived (the caller's to close) and why.
-fn receive_from_update(socket: &str, count: usize, above: i32) -> Result<Vec<i32>, (Vec<i32>, String)> {
+pub(crate) fn receive_from_update(socket: &str, count: usize, above: i32) -> Result<Vec<i32>, (Vec<i32>, String)> {
     let sock = match rawfd::connect_abstract(socket.as_bytes()) {
         // SAFETY: the socket just made, ours alone.
         Ok(s) => unsafe { out_of_the_way(s, above) },

@@ -7,7 +7,7 @@ use crate::handover::NewAction;
 use crate::init_link::Message;
 use crate::lines::Lines;
 use crate::state::State;
-use mcr_protocol::{test_hook, InstanceFiles, Reown, Request, Response};
+use mcr_protocol::{test_hook, InstanceFiles, Reown, Request, Response, RuntimeCommandKind, RuntimeReply};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -268,6 +268,7 @@ async fn committed(
     // having exited (the fault tests kill this supervisor at the pause just above).
     state.tell_init(&Message::Committed, &[]);
     give_owners(reown);
+    share_adopted_heaps(state).await;
     crate::control::resume_all(state, crate::control::ASK_TIMEOUT).await;
     if let Some(l) = link.as_mut() {
         l.closed(OLD_GONE_TIMEOUT).await;
@@ -312,6 +313,30 @@ fn give_owners(reown: &[Reown]) {
                 r.pid, r.fd, r.owner
             );
         }
+    }
+}
+
+/// How long a process may take to write its adopted heap back (memory speed: a second per
+/// gigabyte or so of pages it changed).
+const SHARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Past the commit point, before anything resumes (the old processes are killed, and a
+/// killed process never runs again): each process writes what it changed in the heap
+/// segments it adopted copy-on-write from the old memfds back into them and maps them
+/// shared, so the memory is held once and the next update maps it again
+/// (`ShareAdoptedHeap`). Nothing can roll back now: a failure is a warning, and the
+/// process keeps its private mapping, which is correct.
+async fn share_adopted_heaps(state: &State) {
+    let pids: Vec<i32> = state.lock().procs.keys().copied().collect();
+    let asked = crate::control::ask_all(state, &pids, RuntimeCommandKind::ShareAdoptedHeap, SHARE_TIMEOUT).await;
+    for (pid, reply) in asked {
+        let why = match reply {
+            Ok(RuntimeReply::Done) => continue,
+            Ok(RuntimeReply::Error { message }) => message,
+            Ok(other) => format!("unexpected answer {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("mcr: warning: process {pid}: its adopted heap stays copy-on-write over the old version's: {why}");
     }
 }
 

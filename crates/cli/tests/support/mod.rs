@@ -1131,3 +1131,29 @@ pub fn same_output_file_with_and_without_mcr(mcr: &Mcr, name: &str, program: &Pa
     assert_eq!(under, plain, "{name}: under mcr (left) and without (right) differ");
     plain
 }
+
+/// Every live heap block of process `host` with its bytes, from its allocator's metadata.
+pub fn heap_contents(host: i32) -> Vec<(u64, Vec<u8>)> {
+    use mcr_heap::ReadMemory;
+    let mem = mcr_heap::ProcessMemory::open(host).expect("open the server's memory");
+    let heap = mcr_heap::HeapIndex::scan(&mem, &[]).expect("list the server's heap");
+    heap.objects()
+        .iter()
+        .map(|o| {
+            let mut b = vec![0u8; o.size as usize];
+            mem.read(o.addr, &mut b).expect("read a live block");
+            (o.addr, b)
+        })
+        .collect()
+}
+
+/// The live blocks of instance `name`'s server process `host` once a quiesce returned the
+/// blocks its threads cache for reuse (freed, still marked live) to their spans: the
+/// update's quiesce does it too, and so do the runtime's own short-lived allocations.
+pub fn heap_at_rest(mcr: &Mcr, name: &str, host: i32) -> Vec<(u64, Vec<u8>)> {
+    for what in ["quiesce", "resume"] {
+        let out = mcr.run(&["ctl", name, what]);
+        assert_eq!(out.code(), 0, "mcr ctl {name} {what}: {out}");
+    }
+    heap_contents(host)
+}

@@ -147,6 +147,10 @@ pub struct Summary {
     pub heap_regions_adopted: usize,
     #[serde(default)]
     pub heap_bytes_adopted: u64,
+    /// The bytes of the adopted regions mapped copy-on-write from the old memfds instead of
+    /// copied (what those memfds held).
+    #[serde(default)]
+    pub heap_bytes_mapped: u64,
     #[serde(default)]
     pub heap_adopt_ms: f64,
     /// pthread keys made after startup, recreated at their indices.
@@ -170,6 +174,7 @@ impl Summary {
         self.mapped_bytes += o.mapped_bytes;
         self.heap_regions_adopted += o.heap_regions_adopted;
         self.heap_bytes_adopted += o.heap_bytes_adopted;
+        self.heap_bytes_mapped += o.heap_bytes_mapped;
         self.heap_adopt_ms += o.heap_adopt_ms;
         self.pthread_keys += o.pthread_keys;
     }

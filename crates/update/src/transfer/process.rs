@@ -120,6 +120,15 @@ pub(crate) fn transfer(
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
     sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    // What the old runtime has to say, asked before the new process maps the old heap:
+    // the libc code its answers run may allocate there, and the new process sees the
+    // memfd's current bytes wherever it has not written yet.
+    let pthread_keys = keys::of_old(old, pid)?;
+    let old_attributes = old_attributes(pid, old)?;
+    // Asked now, while the connection list is from the quiesce: a client that left since
+    // turns its connection into a "plain" descriptor in the runtime's answer. It moves
+    // once, as the connection it was listed as.
+    let mut made_after = old.post_startup_fds(pid)?;
     // A process forked after startup has a counterpart forked from the new parent, whose
     // adopted heap it inherited: its own old heap is copied block by block.
     let ta = Instant::now();
@@ -138,19 +147,15 @@ pub(crate) fn transfer(
     if let Some(a) = &adopted {
         sum.heap_regions_adopted += a.regions;
         sum.heap_bytes_adopted += a.bytes;
+        sum.heap_bytes_mapped += a.mapped;
     }
     sum.heap_adopt_ms += ms_since(ta);
     let in_adopted = |addr: u64| adopted.as_ref().is_some_and(|a| a.contains(addr));
     let new_view = ProcessMemory::open(new_host)?;
     let mut target = TracerTarget::new(new_process, mem);
-    let pthread_keys = keys::of_old(old, pid)?;
     let key_values = keys::value_words(pid, &pthread_keys)?;
     let mine: Vec<&OpenConnections> = connections.iter().filter(|c| c.pid == pid).collect();
     let fds: Vec<i32> = mine.iter().flat_map(|c| c.fds.iter().copied()).collect();
-    // Asked now, while the connection list is from the quiesce: a client that left since
-    // turns its connection into a "plain" descriptor in the runtime's answer. It moves
-    // once, as the connection it was listed as.
-    let mut made_after = old.post_startup_fds(pid)?;
     made_after.retain(|fd| !fds.contains(fd));
     let moved: Vec<i32> = fds.iter().chain(&made_after).copied().collect();
     let registrations = if volatile { Vec::new() } else { descriptors::epoll_registrations(old_host) };
@@ -230,17 +235,26 @@ pub(crate) fn transfer(
     sum.connections += fds.len();
     sum.connections_ms += ms_since(t);
     // Last: the credentials among them may drop the privileges the steps above need.
-    take_over_attributes(pid, old, &mut target.process)?;
+    apply_attributes(pid, old_attributes, &mut target.process)?;
     Ok(sum)
+}
+
+/// The old process's attributes, at startup and now.
+fn old_attributes(pid: i32, old: &mut Connection) -> Result<Snapshots, TransferError> {
+    match old.runtime(pid, RuntimeCommandKind::Attributes)? {
+        RuntimeReply::Attributes { startup, now } => Ok(Snapshots { startup: startup.map(|s| *s), now: *now }),
+        other => Err(TransferError::UnexpectedReply(Box::new(other))),
+    }
 }
 
 /// The process attributes the old process changed after startup, applied in the new one
 /// (the preflight refused the update for those that cannot be).
 fn take_over_attributes(pid: i32, old: &mut Connection, new: &mut NewProcess<'_>) -> Result<(), TransferError> {
-    let snaps = match old.runtime(pid, RuntimeCommandKind::Attributes)? {
-        RuntimeReply::Attributes { startup, now } => Snapshots { startup: startup.map(|s| *s), now: *now },
-        other => return Err(TransferError::UnexpectedReply(Box::new(other))),
-    };
+    let snaps = old_attributes(pid, old)?;
+    apply_attributes(pid, snaps, new)
+}
+
+fn apply_attributes(pid: i32, snaps: Snapshots, new: &mut NewProcess<'_>) -> Result<(), TransferError> {
     let changes = snaps.changes(pid).map_err(|refused| TransferError::Attributes {
         pid,
         what: refused.into_iter().map(|(what, why)| format!("{what}: {why}")).collect::<Vec<_>>().join("; "),
