@@ -69,8 +69,8 @@ impl ReadMemory for ProcessMemory {
 }
 
 /// Memory read in pieces (sorted by address), in front of the live source: a piece is
-/// read whole the first time something in it is read (or all at once: [`Snapshot::load_all`]),
-/// and reads inside a piece are then copies, the rest go to the source.
+/// read whole the first time something in it is read, and reads inside a piece are then
+/// copies, the rest go to the source.
 pub struct Snapshot<'m> {
     source: &'m dyn ReadMemory,
     pieces: Vec<Piece>,
@@ -101,13 +101,6 @@ impl<'m> Snapshot<'m> {
             .map(|&(start, end)| Piece { start, len: (end - start) as usize, bytes: Default::default() })
             .collect();
         Self::sorted(source, pieces)
-    }
-
-    /// Read every piece now: what is read later is as it was at this moment.
-    pub fn load_all(&self) {
-        for p in &self.pieces {
-            let _ = self.loaded(p);
-        }
     }
 
     fn loaded<'p>(&self, p: &'p Piece) -> Option<&'p [u8]> {

@@ -64,13 +64,10 @@ pub(crate) fn transfer(
     let old_mapped = MappedView::open(old_host, &old_maps, in_heap_window, &old_mem);
     let heap_regions = mcr_heap::touched_parts(old_host, &heap_candidates(old_host, &old_maps));
     let (heap, extents) = HeapIndex::scan_with_extents(&old_mapped, &heap_regions)?;
-    // The heap as it is now, read at once: the runtime commands the old process answers
-    // from here on (its startup table, its descriptors, its threads' pthread keys) run
-    // code in it that changes memory the index lists as live, and a walk that read
-    // blocks later broke vsftpd's update (a session process crashed at login). Memory
-    // the update maps (a shared memfd) is not copied.
+    // Blocks are read when the trace first needs them. The old runtime answers every
+    // question of the update before the new process maps the old heap (below), and its
+    // listings no longer allocate in the program's heap (getdents64).
     let old_view = Snapshot::lazy(&old_mapped, &extents);
-    old_view.load_all();
     sum.heap_scan_ms += ms_since(t);
 
     let t = Instant::now();
