@@ -51,19 +51,6 @@ fn assert_no_memfd_shared_across(pids: &[i32], when: &str) {
     }
 }
 
-/// Sends `lines` pipelined, in batches, and returns the replies in order.
-fn pipelined(c: &mut Client, lines: impl Iterator<Item = String>) -> Vec<String> {
-    let lines: Vec<String> = lines.collect();
-    let mut replies = Vec::with_capacity(lines.len());
-    for batch in lines.chunks(500) {
-        c.send_raw(batch.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes()).expect("send a batch");
-        for l in batch {
-            replies.push(c.read_line().unwrap_or_else(|e| panic!("reply to {l:?}: {e}")));
-        }
-    }
-    replies
-}
-
 /// The transfer figures of a committed update's outcome.
 fn heap_figures(outcome: &Value) -> (u64, u64, u64) {
     let t = &outcome["transfer"];

@@ -46,19 +46,6 @@ fn live_keys() -> usize {
     (0..KEYS).filter(|&i| !deleted(i)).count()
 }
 
-/// Sends `lines` pipelined, in batches, and returns the replies in order.
-fn pipelined(c: &mut Client, lines: impl Iterator<Item = String>) -> Vec<String> {
-    let lines: Vec<String> = lines.collect();
-    let mut replies = Vec::with_capacity(lines.len());
-    for batch in lines.chunks(500) {
-        c.send_raw(batch.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes()).expect("send a batch");
-        for l in batch {
-            replies.push(c.read_line().unwrap_or_else(|e| panic!("reply to {l:?}: {e}")));
-        }
-    }
-    replies
-}
-
 /// SETs every key, then DELs every `DELETED_EVERY`th.
 fn fill(port: u16) {
     let mut c = Client::connect(port);

@@ -640,6 +640,19 @@ pub fn kill(pid: i32, sig: i32) {
 // ---------------------------------------------------------------------------------------
 // Line-protocol client.
 
+/// Sends `lines` pipelined, in batches, and returns the replies in order.
+pub fn pipelined(c: &mut Client, lines: impl Iterator<Item = String>) -> Vec<String> {
+    let lines: Vec<String> = lines.collect();
+    let mut replies = Vec::with_capacity(lines.len());
+    for batch in lines.chunks(500) {
+        c.send_raw(batch.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes()).expect("send a batch");
+        for l in batch {
+            replies.push(c.read_line().unwrap_or_else(|e| panic!("reply to {l:?}: {e}")));
+        }
+    }
+    replies
+}
+
 /// A client of the fixtures' line protocol on 127.0.0.1.
 pub struct Client {
     stream: TcpStream,
