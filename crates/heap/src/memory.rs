@@ -136,9 +136,12 @@ impl ReadMemory for Snapshot<'_> {
     }
 
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        match self.piece(addr, len) {
-            Some((p, off)) => self.loaded(p)?.get(off..off + len),
-            None => self.source.slice(addr, len),
+        let Some((p, off)) = self.piece(addr, len) else { return self.source.slice(addr, len) };
+        // A piece read already; else memory the source holds (a mapped memfd: no copy);
+        // else the piece, read now.
+        match p.bytes.get() {
+            Some(read) => read.as_deref()?.get(off..off + len),
+            None => self.source.slice(addr, len).or_else(|| self.loaded(p)?.get(off..off + len)),
         }
     }
 
