@@ -3,6 +3,7 @@
 # was lost and nothing grew.
 #
 # Usage: scripts/soak.sh [--short] [--kvd N] [--poold N] [--connd N] [--sessions N] [--rate R]
+#                        [--fill K]
 #
 #   kvd    N updates (default 1000) alternating kvd -> kvd-v2-layout -> kvd ... while
 #          `mcr-bench kvd-soak` (crates/bench/src/soak.rs) writes and reads keys of its own
@@ -13,6 +14,9 @@
 #          each idle in a worker thread of its own (--threads sessions + 2).
 #   connd  N updates (default 100) connd <-> connd-v2-layout with --sessions sessions open,
 #          a process each (3 session variables).
+#   --fill K kvd starts with K keys of its own besides the writer's (`mcr-bench fill`),
+#          read back after the last update (`mcr-bench fill-check`): issue 13's "100
+#          updates back and forth with 100 000 keys" is --kvd 100 --fill 100000.
 #   --short  30 kvd + 10 poold + 10 connd updates (about a minute), the size CI can run.
 #   N = 0 skips a server; an odd N is rounded up, so the first and last figures are taken
 #   on the same build.
@@ -49,14 +53,14 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 ARGV=("$@")
-usage() { echo "usage: scripts/soak.sh [--short] [--kvd N] [--poold N] [--connd N] [--sessions N] [--rate R]" >&2; exit 2; }
-KVD_N=1000 POOLD_N=100 CONND_N=100 SESSIONS=20 RATE=20000 CHECK_EVERY=10
+usage() { echo "usage: scripts/soak.sh [--short] [--kvd N] [--poold N] [--connd N] [--sessions N] [--rate R] [--fill K]" >&2; exit 2; }
+KVD_N=1000 POOLD_N=100 CONND_N=100 SESSIONS=20 RATE=20000 CHECK_EVERY=10 FILL=0
 while [ $# -gt 0 ]; do
   case $1 in
     --short) KVD_N=30 POOLD_N=10 CONND_N=10 CHECK_EVERY=5 ;;
-    --kvd | --poold | --connd | --sessions | --rate)
+    --kvd | --poold | --connd | --sessions | --rate | --fill)
       [[ ${2:-} =~ ^[0-9]+$ ]] || usage
-      case $1 in --kvd) KVD_N=$2 ;; --poold) POOLD_N=$2 ;; --connd) CONND_N=$2 ;; --sessions) SESSIONS=$2 ;; --rate) RATE=$2 ;; esac
+      case $1 in --kvd) KVD_N=$2 ;; --poold) POOLD_N=$2 ;; --connd) CONND_N=$2 ;; --sessions) SESSIONS=$2 ;; --rate) RATE=$2 ;; --fill) FILL=$2 ;; esac
       shift ;;
     -h | --help) sed -n '2,/^set -Eeuo/{/^set -Eeuo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) usage ;;
@@ -378,6 +382,9 @@ run_server() { # KIND N
   HELD_CHECKS=0
   "$MCR" run --detach --name "$name" -- "$a" "${args[@]}" >>"$LOG" 2>&1 || abort "$kind: mcr run failed: $(tail -n 3 "$LOG")"
   "$BENCH" wait-port --port "$port" || abort "$kind: nothing listens on $port"
+  if [ "$kind" = kvd ] && [ "$FILL" -gt 0 ]; then
+    "$BENCH" fill --port "$port" --keys "$FILL" || abort "kvd: filling $FILL keys failed"
+  fi
   open_held "$kind" "$port"
   if [ "$kind" = kvd ]; then
     rm -f "$WORK/stop" "$WORK/progress"
@@ -414,6 +421,10 @@ run_server() { # KIND N
     [ "$WRITER_RC" = 0 ] || abort "kvd: writer: $wline; $(grep -v '^$' "$WORK/writer.err" | head -n 5)"
   fi
   check_held "$kind" end || abort "$PROBLEM"
+  if [ "$kind" = kvd ] && [ "$FILL" -gt 0 ]; then
+    "$BENCH" fill-check --port "$port" --keys "$FILL" || abort "kvd: a key of the $FILL filled ones was lost"
+    say "kvd: all $FILL filled keys read back"
+  fi
   close_held
   timeout 60 "$MCR" stop "$name" --timeout 5 >>"$LOG" 2>&1 || abort "$kind: mcr stop failed"
   local left i

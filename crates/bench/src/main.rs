@@ -39,6 +39,7 @@
 //!       every connection must still answer as its own session.
 //!   mcr-bench transfer-report --dir DIR   the markdown section of bench/transfer.sh
 //!   mcr-bench fill --port P --keys K     SETs K keys into kvd on 127.0.0.1:P
+//!   mcr-bench fill-check --port P --keys K   GETs them back; fails naming the first wrong one
 //!   mcr-bench rss --tree PID [--comm NAME]
 //!       prints the summed VmRSS (kB) of PID's process tree (only processes named NAME)
 //!   mcr-bench rss --pid PID      prints the VmRSS (kB) of process PID alone
@@ -72,7 +73,7 @@ use args::Args;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|rss|\
+    "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|fill-check|rss|\
                      cpu|supervisor-pid|instance-root|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
@@ -368,6 +369,11 @@ fn main() {
             let (port, keys) = (a.required("port")?, a.required("keys")?);
             a.finish()?;
             transfer::fill(port, keys)
+        }
+        "fill-check" => {
+            let (port, keys) = (a.required("port")?, a.required("keys")?);
+            a.finish()?;
+            transfer::check_fill(port, keys)
         }
         "rss" => {
             let (tree, pid): (i32, i32) = (a.get("tree", 0)?, a.get("pid", 0)?);

@@ -201,6 +201,25 @@ fn http_get(s: &mut TcpStream) -> Result<(), String> {
     }
 }
 
+/// Checks that kvd holds every key [`fill`] stored, with its value (pipelined GETs).
+pub fn check_fill(port: u16, keys: usize) -> Result<(), String> {
+    let mut s = connect(port)?;
+    let mut i = 0;
+    while i < keys {
+        let n = (keys - i).min(512);
+        let mut req = Vec::with_capacity(n * 16);
+        for k in i..i + n {
+            let _ = writeln!(req, "GET k:{k}");
+        }
+        let r = lines(&mut s, &req, n)?;
+        if let Some((k, bad)) = r.iter().enumerate().find(|(j, l)| **l != format!("VALUE v-{:014}", i + j)) {
+            return Err(format!("GET k:{} replied '{bad}'", i + k));
+        }
+        i += n;
+    }
+    Ok(())
+}
+
 /// Fills kvd with `keys` keys (`k:<i>` = 16-byte value), pipelined in batches.
 pub fn fill(port: u16, keys: usize) -> Result<(), String> {
     let mut s = connect(port)?;
