@@ -1,7 +1,7 @@
 //! The live blocks of a process, listed from its allocator's metadata, with lookup by
 //! any address inside a block (a pointer into the middle of a buffer finds the buffer).
 
-use crate::memory::{MemoryError, ReadMemory, Region};
+use crate::memory::{MemoryError, ReadMemory};
 use mcr_alloc::remote::{self, Source};
 use mcr_alloc::{BlockInfo, SLOTS};
 
@@ -63,14 +63,14 @@ pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {
 impl HeapIndex {
     /// The live blocks of every heap region of the process behind `mem` (regions are found
     /// at their fixed places in the heap window; `_maps` is not needed any more).
-    pub fn scan(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<Self, MemoryError> {
+    pub fn scan(mem: &dyn ReadMemory) -> Result<Self, MemoryError> {
         Self::scan_inner(mem, None)
     }
 
     /// Like [`HeapIndex::scan`], with the extents of the spans that hold blocks (pieces of
     /// at most 1 MiB, for a [`crate::Snapshot::lazy`]: reading a block is then a copy, not
     /// a system call per block, once its piece was read).
-    pub fn scan_with_extents(mem: &dyn ReadMemory, _maps: &[Region]) -> Result<(Self, Vec<(u64, u64)>), MemoryError> {
+    pub fn scan_with_extents(mem: &dyn ReadMemory) -> Result<(Self, Vec<(u64, u64)>), MemoryError> {
         let mut extents = Vec::new();
         let idx = Self::scan_inner(mem, Some(&mut extents))?;
         Ok((idx, extents))

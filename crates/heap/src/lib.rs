@@ -12,7 +12,4 @@ pub mod memory;
 
 pub use index::{block_at, HeapIndex, Object};
 pub use mcr_alloc::SlotSet;
-pub use memory::{
-    heap_regions, heap_slots, thread_stack_pointers, touched_parts, MappedView, MemoryError, ProcessMemory, ReadMemory,
-    Region, Snapshot,
-};
+pub use memory::{heap_regions, heap_slots, MappedView, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};

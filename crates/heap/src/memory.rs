@@ -1,7 +1,6 @@
 //! Reading another process's memory (never writing it: the old version of an update must
 //! be able to resume untouched) and finding the regions worth scanning.
 
-use mcr_procfs::pagemap::{self, Pagemap};
 use mcr_procfs::Mapping;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -84,15 +83,6 @@ struct Piece {
 }
 
 impl<'m> Snapshot<'m> {
-    /// Over pieces already read.
-    pub fn new(source: &'m dyn ReadMemory, pieces: Vec<(u64, Vec<u8>)>) -> Self {
-        let pieces = pieces
-            .into_iter()
-            .map(|(start, b)| Piece { start, len: b.len(), bytes: std::cell::OnceCell::from(Some(b)) })
-            .collect();
-        Self::sorted(source, pieces)
-    }
-
     /// Over pieces `[start, end)` read when first needed.
     pub fn lazy(source: &'m dyn ReadMemory, extents: &[(u64, u64)]) -> Self {
         let pieces = extents
@@ -219,11 +209,6 @@ impl<'m> MappedView<'m> {
         maps.sort_by_key(|m| m.start);
         Self { source, maps }
     }
-
-    /// Bytes of the other process now mapped here.
-    pub fn mapped_bytes(&self) -> u64 {
-        self.maps.iter().map(|m| m.len as u64).sum()
-    }
 }
 
 impl ReadMemory for MappedView<'_> {
@@ -289,81 +274,6 @@ impl Region {
         let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
         Ok(maps.into_iter().map(Region::from).collect())
     }
-
-    /// Memory malloc can hand out: the brk heap and private anonymous read-write
-    /// mappings (thread arenas, large blocks). Stacks are anonymous too but never hold
-    /// blocks; they are skipped.
-    pub fn may_hold_heap_blocks(&self) -> bool {
-        self.readable
-            && self.writable
-            && self.private
-            && self.inode == 0
-            && (self.name.is_empty() || self.name == "[heap]")
-    }
-}
-
-/// The stack pointers of process `pid`'s threads blocked in a system call (a quiesced
-/// process's threads all are), from /proc/PID/task/TID/syscall. The mappings holding them
-/// are thread stacks: anonymous like malloc's arenas, but they never hold heap blocks, and
-/// with transparent huge pages even a barely used one has megabytes present.
-pub fn thread_stack_pointers(pid: i32) -> Vec<u64> {
-    let Ok(tasks) = mcr_procfs::task::list(pid) else { return Vec::new() };
-    tasks
-        .into_iter()
-        .filter_map(|tid| mcr_procfs::task::syscall(pid, tid).ok()?.stack_pointer())
-        .filter(|&sp| sp != 0)
-        .collect()
-}
-
-/// Pagemap entries read at a time (512 KiB of entries, 256 MiB of address space).
-const PM_BATCH: usize = 65536;
-
-/// The parts of `regions` whose pages process `pid` has touched (present or swapped, from
-/// /proc/PID/pagemap). Scanning reads memory through /proc/PID/mem, which copies zeros
-/// for the rest: a thread's 8 MiB stack is mostly untouched, and a server with a hundred
-/// threads would have most of a gigabyte of them. A region whose pagemap cannot be read
-/// is kept whole.
-pub fn touched_parts(pid: i32, regions: &[Region]) -> Vec<Region> {
-    let Ok(mut pagemap) = Pagemap::open(pid) else { return regions.to_vec() };
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as u64,
-        _ => 4096,
-    };
-    let mut out = Vec::new();
-    for r in regions {
-        let mut run: Option<u64> = None;
-        let mut addr = r.start;
-        let mut whole = false;
-        while addr < r.end {
-            let pages = (((r.end - addr) / page) as usize).clamp(1, PM_BATCH);
-            let Ok(entries) = pagemap.entries(addr / page, pages) else {
-                whole = true;
-                break;
-            };
-            for entry in entries {
-                // Neither present nor swapped: never touched (or dropped), reads as
-                // zeros and holds no heap block.
-                let touched = entry & (pagemap::PRESENT | pagemap::SWAPPED) != 0;
-                match (touched, run) {
-                    (true, None) => run = Some(addr),
-                    (false, Some(start)) => {
-                        out.push(Region { start, end: addr, ..r.clone() });
-                        run = None;
-                    }
-                    _ => {}
-                }
-                addr += page;
-            }
-        }
-        if whole {
-            out.retain(|p: &Region| p.start < r.start || p.end > r.end);
-            out.push(r.clone());
-        } else if let Some(start) = run {
-            out.push(Region { start, end: r.end, ..r.clone() });
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -371,88 +281,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stack_pointers_of_blocked_threads_are_in_their_stacks() {
-        let (here_tx, here_rx) = std::sync::mpsc::channel::<u64>();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || {
-            let local = 0u8;
-            let here = &local as *const u8 as u64;
-            here_tx.send(here).unwrap();
-            let _ = rx.recv();
-        });
-        let here = here_rx.recv().unwrap();
-        // The blocked thread's stack pointer is within a few pages below its local, once
-        // it blocks in recv (bounded wait: a loaded machine may take a while).
-        let near = |sps: &[u64]| sps.iter().any(|&sp| sp <= here && here - sp < 64 * 1024);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut sps = thread_stack_pointers(std::process::id() as i32);
-        while !near(&sps) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            sps = thread_stack_pointers(std::process::id() as i32);
-        }
-        tx.send(()).unwrap();
-        t.join().unwrap();
-        assert!(near(&sps), "{sps:x?} vs {here:#x}");
-    }
-
-    #[test]
-    fn touched_parts_skip_untouched_pages_of_our_own_memory() {
-        // 64 pages mapped, 2 of them written: only those are worth scanning.
-        let len = 64 * 4096;
-        // SAFETY: a fresh private anonymous mapping of our own, unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        let base = p as u64;
-        // SAFETY: inside the mapping.
-        unsafe {
-            *(p as *mut u8).add(5 * 4096) = 1;
-            *(p as *mut u8).add(40 * 4096 + 7) = 1;
-        }
-        let r = Region {
-            start: base,
-            end: base + len as u64,
-            readable: true,
-            writable: true,
-            private: true,
-            offset: 0,
-            inode: 0,
-            name: String::new(),
-        };
-        let parts = touched_parts(std::process::id() as i32, &[r]);
-        // SAFETY: our mapping.
-        unsafe { libc::munmap(p, len) };
-        let spans: Vec<(u64, u64)> = parts.iter().map(|p| ((p.start - base) / 4096, (p.end - base) / 4096)).collect();
-        assert_eq!(spans, vec![(5, 6), (40, 41)]);
-    }
-
-    #[test]
     fn maps_lines_parse() {
         let heap =
             Region::parse("555555559000-55555557a000 rw-p 00000000 00:00 0                          [heap]").unwrap();
         assert_eq!((heap.start, heap.end, heap.name.as_str()), (0x555555559000, 0x55555557a000, "[heap]"));
-        assert!(heap.may_hold_heap_blocks());
-        let anon = Region::parse("7ffff7d80000-7ffff7d83000 rw-p 00000000 00:00 0 ").unwrap();
-        assert!(anon.may_hold_heap_blocks());
+        assert!(heap.private && heap.writable && heap.inode == 0);
         let data =
             Region::parse("555555558000-555555559000 rw-p 00003000 fe:01 1234567                    /srv/kvd").unwrap();
-        assert!(!data.may_hold_heap_blocks());
-        assert_eq!(data.name, "/srv/kvd");
-        let stack =
-            Region::parse("7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]").unwrap();
-        assert!(!stack.may_hold_heap_blocks());
-        let guard = Region::parse("7ffff0021000-7ffff4000000 ---p 00000000 00:00 0 ").unwrap();
-        assert!(!guard.may_hold_heap_blocks());
+        assert_eq!((data.name.as_str(), data.offset, data.inode), ("/srv/kvd", 0x3000, 1234567));
         let shared = Region::parse("7ffff7fc0000-7ffff7fc1000 rw-s 00000000 00:01 77 /dev/zero (deleted)").unwrap();
-        assert!(!shared.may_hold_heap_blocks());
+        assert!(!shared.private);
     }
 }
 

@@ -1149,7 +1149,7 @@ pub fn same_output_file_with_and_without_mcr(mcr: &Mcr, name: &str, program: &Pa
 pub fn heap_contents(host: i32) -> Vec<(u64, Vec<u8>)> {
     use mcr_heap::ReadMemory;
     let mem = mcr_heap::ProcessMemory::open(host).expect("open the server's memory");
-    let heap = mcr_heap::HeapIndex::scan(&mem, &[]).expect("list the server's heap");
+    let heap = mcr_heap::HeapIndex::scan(&mem).expect("list the server's heap");
     heap.objects()
         .iter()
         .map(|o| {

@@ -62,8 +62,7 @@ pub(crate) fn transfer(
     // place (what is private, a forked process's heap, is read and kept).
     let in_heap_window = |r: &Region| usize::try_from(r.start).ok().and_then(mcr_alloc::geometry::slot_of).is_some();
     let old_mapped = MappedView::open(old_host, &old_maps, in_heap_window, &old_mem);
-    let heap_regions = mcr_heap::touched_parts(old_host, &heap_candidates(old_host, &old_maps));
-    let (heap, extents) = HeapIndex::scan_with_extents(&old_mapped, &heap_regions)?;
+    let (heap, extents) = HeapIndex::scan_with_extents(&old_mapped)?;
     // Blocks are read when the trace first needs them. The old runtime answers every
     // question of the update before the new process maps the old heap (below), and its
     // listings no longer allocate in the program's heap (getdents64).
@@ -304,24 +303,4 @@ fn user_env_end(mem: &ProcessMemory, l: &StackLayout) -> Option<u64> {
         at += s.len() + 1;
     }
     None
-}
-
-/// The old process's mappings that may hold heap blocks. Thread stacks as glibc makes
-/// them (a mapping of their own, a guard page right below) hold none; a stack the program
-/// carved out of malloc'd memory is scanned.
-fn heap_candidates(old_host: i32, maps: &[Region]) -> Vec<Region> {
-    let stacks = mcr_heap::thread_stack_pointers(old_host);
-    let is_thread_stack = |i: usize, r: &Region| {
-        r.name.is_empty()
-            && stacks.iter().any(|&sp| r.start <= sp && sp < r.end)
-            && i > 0
-            && maps[i - 1].end == r.start
-            && !maps[i - 1].readable
-            && !maps[i - 1].writable
-    };
-    maps.iter()
-        .enumerate()
-        .filter(|&(i, r)| r.may_hold_heap_blocks() && !is_thread_stack(i, r))
-        .map(|(_, r)| r.clone())
-        .collect()
 }
