@@ -32,9 +32,18 @@ impl From<BlockInfo> for Object {
 pub struct HeapIndex {
     /// Sorted by address, never overlapping.
     objects: Vec<Object>,
+    /// For each 64 KiB unit of the address space where a block starts (ascending), the
+    /// position of the first block starting there: a lookup searches a short, cache-warm
+    /// table and then one unit's blocks, not the whole index (the walk of a layout update
+    /// looks up every pointer it follows; millions of blocks make a plain binary search
+    /// miss the cache at every step).
+    units: Vec<(u64, u32)>,
     /// Bytes of the heap's spans read to build the index (its blocks' memory, kept).
     pub scanned_bytes: u64,
 }
+
+/// Blocks are grouped by 64 KiB units of address (the allocator's span size) for lookup.
+const UNIT_SHIFT: u32 = 16;
 
 /// Read in pieces at most this large.
 const CHUNK: u64 = 1 << 20;
@@ -116,7 +125,14 @@ impl HeapIndex {
         // (a stale copy the program made itself), keep the enclosing block. In place: an
         // index of millions of blocks is not built twice.
         objects.dedup_by(|o, kept| o.addr < kept.end());
-        Self { objects, scanned_bytes }
+        let mut units: Vec<(u64, u32)> = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            let unit = o.addr >> UNIT_SHIFT;
+            if units.last().is_none_or(|&(u, _)| u != unit) {
+                units.push((unit, i as u32));
+            }
+        }
+        Self { objects, units, scanned_bytes }
     }
 
     pub fn len(&self) -> usize {
@@ -134,9 +150,28 @@ impl HeapIndex {
     /// The block containing `addr` (its first byte up to, not including, its end; a
     /// zero-sized block contains its own address).
     pub fn containing(&self, addr: u64) -> Option<&Object> {
-        let i = self.objects.partition_point(|o| o.addr <= addr);
-        let o = self.objects.get(i.checked_sub(1)?)?;
-        (addr < o.end() || addr == o.addr).then_some(o)
+        self.locate(addr).map(|i| &self.objects[i])
+    }
+
+    /// The position in [`HeapIndex::objects`] of the block containing `addr`: a key for
+    /// tables that hold something per block (dense, no hashing).
+    pub fn locate(&self, addr: u64) -> Option<usize> {
+        let unit = addr >> UNIT_SHIFT;
+        let k = self.units.partition_point(|&(u, _)| u <= unit);
+        let &(u, first) = self.units.get(k.checked_sub(1)?)?;
+        let end = self.units.get(k).map_or(self.objects.len(), |&(_, f)| f as usize);
+        // In `addr`'s own unit: the last block there starting at or before it (or, when
+        // none does, the last one of an earlier unit); past it: the last block of the
+        // nearest unit before.
+        let i = if u == unit {
+            let first = first as usize;
+            first + self.objects[first..end].partition_point(|o| o.addr <= addr)
+        } else {
+            end
+        };
+        let i = i.checked_sub(1)?;
+        let o = &self.objects[i];
+        (addr < o.end() || addr == o.addr).then_some(i)
     }
 
     /// The block starting exactly at `addr`.
@@ -167,5 +202,32 @@ mod tests {
         assert_eq!(idx.containing(0x3000).map(|o| o.addr), Some(0x3000));
         assert_eq!(idx.starting_at(0x2000).map(|o| o.size), Some(0x100));
         assert_eq!(idx.starting_at(0x2008), None);
+    }
+
+    #[test]
+    fn lookups_cross_units_to_the_block_that_spans_them() {
+        // A large block over several 64 KiB units, small ones before and after, a unit
+        // with no block start in between.
+        let idx = HeapIndex::from_objects(
+            vec![
+                Object { addr: 0x1_0000, size: 0x10, startup: false },
+                Object { addr: 0x1_fff0, size: 0x3_0000, startup: false },
+                Object { addr: 0x5_0000, size: 0x20, startup: false },
+                Object { addr: 0x5_0040, size: 0x20, startup: false },
+            ],
+            0,
+        );
+        assert_eq!(idx.locate(0x1_0008), Some(0));
+        assert_eq!(idx.locate(0x1_0010), None);
+        assert_eq!(idx.locate(0x1_fff0), Some(1));
+        assert_eq!(idx.locate(0x3_8000), Some(1), "a unit where no block starts");
+        assert_eq!(idx.locate(0x4_ffef), Some(1), "the block's last byte");
+        assert_eq!(idx.locate(0x4_fff0), None);
+        assert_eq!(idx.locate(0x5_0000), Some(2));
+        assert_eq!(idx.locate(0x5_0030), None);
+        assert_eq!(idx.locate(0x5_005f), Some(3));
+        assert_eq!(idx.locate(0x9_0000), None);
+        assert_eq!(idx.locate(0xfff), None);
+        assert_eq!(HeapIndex::default().locate(0x1000), None);
     }
 }

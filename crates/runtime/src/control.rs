@@ -242,6 +242,10 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr-control".as_ptr()) };
     crate::profiling::start_sampler();
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` holds no newline: a command of a megabyte (an update's list of
+    // blocks to allocate or free) arrives in many reads, and searching it from its start
+    // after each made its reception quadratic.
+    let mut searched = 0;
     loop {
         let ctl = PRIVATE_FD.load(SeqCst);
         let mut buf = [0u8; 4096];
@@ -255,7 +259,8 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
             break;
         }
         pending.extend_from_slice(&buf[..got as usize]);
-        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = pending[searched..].iter().position(|&b| b == b'\n').map(|p| p + searched) {
+            searched = 0;
             let line: Vec<u8> = pending.drain(..=pos).collect();
             if line.len() == 1 {
                 // A new supervisor taking over ends any line its predecessor left unfinished.
@@ -271,6 +276,7 @@ extern "C" fn control_main(_: *mut libc::c_void) -> *mut libc::c_void {
                 break;
             }
         }
+        searched = pending.len();
     }
     // The supervisor is gone.
     if in_pid_namespace() {

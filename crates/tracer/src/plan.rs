@@ -30,8 +30,9 @@ pub struct TypePlan {
 /// Where one reached block goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockPlan {
-    /// The old block's address.
+    /// The old block's address, and its position in the heap index.
     pub old: u64,
+    pub pos: u32,
     /// Bytes it needs in the new version.
     pub size: u64,
     /// Its objects' sizes in each version; 0 for a block copied as bytes.
@@ -76,8 +77,11 @@ pub fn plan(
     let mut types: HashMap<TypeId, TypePlan> = HashMap::new();
     let mut counterparts = HashMap::new();
     let mut sized: Vec<(u64, u64, u64, u64)> = Vec::with_capacity(reached.blocks.len());
+    // Blocks come in runs of one type (a table's nodes): its stride looked up once a run.
+    let mut last: Option<(TypeId, (u64, u64))> = None;
     for (addr, b) in &reached.blocks {
         let (old_stride, new_stride) = match b.reach.ty() {
+            Some(t) if last.is_some_and(|(lt, _)| lt == t) => last.map(|(_, s)| s).unwrap_or_default(),
             Some(t) if !is_byte(old, t) && old.size_of(t).unwrap_or(0) > 0 => {
                 if let std::collections::hash_map::Entry::Vacant(slot) = types.entry(t) {
                     let Some(nt) = counterpart(old, t, new, &mut counterparts) else {
@@ -106,6 +110,7 @@ pub fn plan(
                     slot.insert(TypePlan { new_ty: nt, transform, old_stride, new_stride, handler });
                 }
                 let p = &types[&t];
+                last = Some((t, (p.old_stride, p.new_stride)));
                 (p.old_stride, p.new_stride)
             }
             _ => (0, 0),
@@ -137,32 +142,34 @@ pub fn plan(
     // call-stack ID, thread and ordinal; everything else into fresh blocks.
     let cands: Vec<Candidate> = sized
         .iter()
-        .map(|&(addr, needed, ..)| Candidate { addr, startup: reached.blocks[&addr].obj.startup, needed })
+        .zip(reached.blocks.values())
+        .map(|(&(addr, needed, ..), b)| Candidate { addr, startup: b.obj.startup, needed })
         .collect();
     let (places, unmatched) = startup::place(&cands, startup, new_startup_block);
     let blocks = sized
         .into_iter()
         .zip(places)
-        .map(|((addr, size, old_stride, new_stride), placement)| {
+        .zip(reached.blocks.values())
+        .map(|(((addr, size, old_stride, new_stride), placement), b)| {
             // A block made after startup that the new process already has (the adopted
             // heap) stays there when its size does not change: a block's size is what the
             // next update reads its objects by, so one that shrank in place would show a
             // stray tail (a 32-byte object in a 48-byte block reads as one and a third).
             // A pinned block (memory mcr cannot type may point to it) must stay, startup
             // object or not.
-            let same_size = adopted(addr) && size == reached.blocks[&addr].obj.size;
-            let pinned = reached.pinned.get(&addr);
+            let same_size = adopted(addr) && size == b.obj.size;
+            let pinned = if reached.pinned.is_empty() { None } else { reached.pinned.get(&addr) };
             let stays = same_size && (pinned.is_some() || placement == Placement::Fresh { identity: None });
             // What a word mcr cannot type points to cannot be updated either: it stays as
             // it is, so its type must not change at all (an interior address would name
             // another field).
-            let b = &reached.blocks[&addr];
-            let changed = b
-                .reach
-                .ty()
-                .and_then(|t| types.get(&t).map(|p| (t, p)))
-                .filter(|(t, p)| !mcr_typemodel::transform::same_type(old, *t, new, p.new_ty));
-            if let Some(pin) = pinned.filter(|_| !stays || changed.is_some()) {
+            let changed = || {
+                b.reach
+                    .ty()
+                    .and_then(|t| types.get(&t).map(|p| (t, p)))
+                    .filter(|(t, p)| !mcr_typemodel::transform::same_type(old, *t, new, p.new_ty))
+            };
+            if let Some((pin, changed)) = pinned.map(|p| (p, changed())).filter(|(_, c)| !stays || c.is_some()) {
                 let what = match changed {
                     Some((t, _)) if stays => format!("its type {} changes", old.type_name(t)),
                     Some((t, _)) => {
@@ -184,6 +191,7 @@ pub fn plan(
             }
             Ok(BlockPlan {
                 old: addr,
+                pos: b.pos,
                 size,
                 old_stride,
                 new_stride,

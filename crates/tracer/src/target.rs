@@ -36,6 +36,11 @@ pub trait Target {
     /// Allocate blocks of these sizes through the program's malloc; their addresses.
     fn allocate(&mut self, sizes: &[u64]) -> Result<Vec<u64>, TargetError>;
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), TargetError>;
+    /// [`Target::write`] of bytes the caller no longer needs (a target that queues writes
+    /// keeps them without a copy).
+    fn write_owned(&mut self, addr: u64, bytes: Vec<u8>) -> Result<(), TargetError> {
+        self.write(addr, &bytes)
+    }
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), TargetError>;
     /// Run the new version's MCR_ADD_OBJ_HANDLER for `what` on each object: (the old
     /// object's bytes, the new object's address, its size). `relocations` (sorted) says

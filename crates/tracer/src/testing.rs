@@ -498,7 +498,7 @@ impl World {
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
             })?;
-            let moved = write::allocate(target, &p)?;
+            let moved = write::allocate(target, &p, pair.heap.len())?;
             let relocations = write::relocations(pair, &reached, &moved);
             let writer = Writer {
                 pair,

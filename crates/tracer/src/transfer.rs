@@ -10,6 +10,7 @@ use crate::write::{Destinations, Writer};
 use crate::{roots, untouched, untyped, walk, write};
 use mcr_heap::{HeapIndex, MemoryError, ReadMemory};
 use mcr_typemodel::Program;
+use std::time::Instant;
 
 /// At most this many reasons for reallocated startup objects go into a report.
 const MAX_STARTUP_NOTES: usize = 16;
@@ -120,6 +121,14 @@ pub struct Report {
     /// untouched block would have held an address that moves), when it did.
     #[serde(default)]
     pub walked_all: Option<String>,
+    /// Where the time went, in milliseconds: the walk (and the plan) of the blocks, the
+    /// check of the untouched ones, the write of the new version's blocks and globals.
+    #[serde(default)]
+    pub walk_ms: f64,
+    #[serde(default)]
+    pub check_ms: f64,
+    #[serde(default)]
+    pub write_ms: f64,
     pub warnings: Vec<String>,
 }
 
@@ -142,6 +151,9 @@ impl Report {
         if self.walked_all.is_none() {
             self.walked_all.clone_from(&o.walked_all);
         }
+        self.walk_ms += o.walk_ms;
+        self.check_ms += o.check_ms;
+        self.write_ms += o.write_ms;
         self.startup_matched += o.startup_matched;
         self.startup_kept += o.startup_kept;
         self.startup_reallocated += o.startup_reallocated;
@@ -161,8 +173,9 @@ pub struct Transfer {
 impl Transfer {
     /// The new value of `v` if it points into a block this transfer moved.
     pub fn relocate(&self, heap: &HeapIndex, v: u64) -> Option<u64> {
-        let o = heap.containing(v)?;
-        self.moved.get(&o.addr)?.at(v - o.addr)
+        let pos = heap.locate(v)?;
+        let o = &heap.objects()[pos];
+        self.moved.get_at(pos, o)?.at(v - o.addr)
     }
 }
 
@@ -206,11 +219,17 @@ pub fn transfer_with_words(
     // its blocks, then a scan makes sure none of those it left holds an address that
     // moves; if one does, everything is walked (`untouched`).
     let mut sealed = None;
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1e3;
     report.walked_all = untouched::why_walk_all(pair, &hints, &handlers);
     if report.walked_all.is_none() {
         let sealer = untouched::Sealer::new(old, new, &adopted);
+        let started = Instant::now();
         let (reached, plan) = walk_plan(&|o, t| sealer.seals(o, t))?;
-        match untouched::check(pair, &reached, &plan) {
+        report.walk_ms += ms(started);
+        let started = Instant::now();
+        let checked = untouched::check(pair, &reached, &plan);
+        report.check_ms = ms(started);
+        match checked {
             Ok(checked) => {
                 report.untouched = checked.blocks;
                 report.untouched_bytes = checked.bytes;
@@ -220,10 +239,13 @@ pub fn transfer_with_words(
         }
     }
     let untouched = sealed.is_some();
+    let started = Instant::now();
     let (reached, plan) = match sealed {
         Some(done) => done,
         None => walk_plan(&|_, _| false)?,
     };
+    report.walk_ms += ms(started);
+    let started = Instant::now();
     report.pinned = reached.pinned.len();
     report.warnings.extend(untyped::check(pair, &hints, &reached)?);
     report.startup_reallocated = plan.unmatched.len();
@@ -234,7 +256,7 @@ pub fn transfer_with_words(
         .map(|(a, why)| describe_unmatched(&reached, pair.startup, *a, why))
         .collect();
 
-    let moved = write::allocate(target, &plan)?;
+    let moved = write::allocate(target, &plan, pair.heap.len())?;
     let moved = if untouched { moved.others_stay() } else { moved };
     let relocations = if handlers.is_empty() { Vec::new() } else { write::relocations(pair, &reached, &moved) };
     let writer = Writer {
@@ -274,6 +296,7 @@ pub fn transfer_with_words(
     if !garbage.is_empty() {
         target.free(&garbage)?;
     }
+    report.write_ms = ms(started);
     report.in_place = stayed.len();
     report.old_freed = garbage.len();
     let words = words

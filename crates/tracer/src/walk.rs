@@ -51,9 +51,105 @@ pub struct Block {
     /// field, for reports (paths are built only when one is needed: chains of blocks are
     /// long, and repeating every path would cost time quadratic in their length).
     pub parent: Option<u64>,
-    pub hop: String,
+    pub hop: Hop,
     /// Its contents in the old process.
     pub bytes: Vec<u8>,
+    /// Its position in the heap index ([`HeapIndex::locate`]).
+    pub pos: u32,
+}
+
+/// The field a block was reached through, named only when a report needs it (a name per
+/// block would cost an allocation and a format per block: most are never shown).
+#[derive(Debug, Clone)]
+pub enum Hop {
+    Text(String),
+    /// Pointer `slot` of the layout's typed pointers (or, `void_pointer`, of its regions
+    /// mcr cannot type) in element `index` of objects named `root` (a global's name, or a
+    /// type's), `array` when there were several.
+    Field {
+        root: Rc<str>,
+        layout: Rc<Layout>,
+        slot: u32,
+        void_pointer: bool,
+        index: u32,
+        array: bool,
+    },
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hop::Text(t) => f.write_str(t),
+            Hop::Field { root, layout, slot, void_pointer, index, array } => {
+                let path = if *void_pointer {
+                    layout.opaque.get(*slot as usize).map(|r| r.path.as_str())
+                } else {
+                    layout.pointers.get(*slot as usize).map(|p| p.path.as_str())
+                };
+                let suffix = field_suffix(path.unwrap_or_default());
+                match array {
+                    true => write!(f, "{root}[{index}]{suffix}")?,
+                    false => write!(f, "{root}{suffix}")?,
+                }
+                if *void_pointer {
+                    f.write_str(" (void *)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The blocks the walk reached, in address order.
+#[derive(Debug, Default)]
+pub struct Blocks {
+    list: Vec<Block>,
+}
+
+impl Blocks {
+    pub fn get(&self, addr: &u64) -> Option<&Block> {
+        self.list.binary_search_by_key(addr, |b| b.obj.addr).ok().map(|i| &self.list[i])
+    }
+
+    pub fn contains_key(&self, addr: &u64) -> bool {
+        self.get(addr).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// (address, block), in address order.
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Block)> {
+        self.list.iter().map(|b| (&b.obj.addr, b))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.list.iter().map(|b| &b.obj.addr)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Block> {
+        self.list.iter()
+    }
+}
+
+impl std::ops::Index<&u64> for Blocks {
+    type Output = Block;
+    fn index(&self, addr: &u64) -> &Block {
+        self.get(addr).expect("a block the walk reached")
+    }
+}
+
+impl<'b> IntoIterator for &'b Blocks {
+    type Item = (&'b u64, &'b Block);
+    type IntoIter = std::iter::Map<std::slice::Iter<'b, Block>, fn(&'b Block) -> (&'b u64, &'b Block)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter().map(|b| (&b.obj.addr, b))
+    }
 }
 
 /// A word mcr cannot type that holds a heap block's address.
@@ -69,7 +165,7 @@ pub struct Pin {
 /// Every block reached from the roots, by address.
 #[derive(Debug, Default)]
 pub struct Reached {
-    pub blocks: BTreeMap<u64, Block>,
+    pub blocks: Blocks,
     /// Blocks memory mcr cannot type (a union, a `void *` target's bytes, an integer) may
     /// point to, with the first such word: they must stay where they are (conservative
     /// tracing; only possible where the new process adopted the old heap).
@@ -104,15 +200,15 @@ struct Interior {
 impl Reached {
     /// How the walk reached the block at `addr`, from a global (`items[2].next -> kv_node.next`).
     pub fn path_of(&self, addr: u64) -> String {
-        path_of(&self.blocks, addr)
+        path_of(&|a| self.blocks.get(&a), addr)
     }
 }
 
-fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
-    let mut hops: Vec<&str> = Vec::new();
+fn path_of<'b>(block: &dyn Fn(u64) -> Option<&'b Block>, addr: u64) -> String {
+    let mut hops: Vec<&Hop> = Vec::new();
     let mut cur = Some(addr);
     while let Some(a) = cur {
-        let Some(f) = blocks.get(&a) else { break };
+        let Some(f) = block(a) else { break };
         hops.push(&f.hop);
         cur = f.parent;
         if hops.len() > 100_000 {
@@ -120,10 +216,11 @@ fn path_of(blocks: &BTreeMap<u64, Block>, addr: u64) -> String {
         }
     }
     hops.reverse();
+    let join = |hops: &[&Hop]| hops.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" -> ");
     if hops.len() > 8 {
-        format!("{} -> …({} more)… -> {}", hops[..3].join(" -> "), hops.len() - 6, hops[hops.len() - 3..].join(" -> "))
+        format!("{} -> …({} more)… -> {}", join(&hops[..3]), hops.len() - 6, join(&hops[hops.len() - 3..]))
     } else {
-        hops.join(" -> ")
+        join(&hops)
     }
 }
 
@@ -156,7 +253,8 @@ pub fn walk(
         prog: old,
         heap,
         hints,
-        blocks: BTreeMap::new(),
+        list: Vec::new(),
+        slots: vec![0; heap.len()],
         typed_queue: VecDeque::new(),
         opaque_queue: VecDeque::new(),
         layouts: HashMap::new(),
@@ -165,14 +263,14 @@ pub fn walk(
         interior: Vec::new(),
         interior_seen: HashSet::new(),
         seal,
-        sealed: HashSet::new(),
     };
     for r in roots {
-        w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &r.name, &r.plain)?;
+        let name: Rc<str> = Rc::from(r.name.as_str());
+        w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &name, &r.plain)?;
     }
     for (label, v) in words {
-        if let Some(&obj) = heap.containing(*v).filter(|_| *v != 0) {
-            w.reach(obj, None, None, || label.clone())?;
+        if let Some(pos) = heap.locate(*v).filter(|_| *v != 0) {
+            w.reach(pos, None, None, || Hop::Text(label.clone()))?;
         }
     }
     // Everything reachable from them, through typed pointers first: a block untyped
@@ -180,59 +278,45 @@ pub fn walk(
     // it any more (scanned first, its words would pin the blocks they point to, which a
     // type change then forbids). A block comes back into the typed queue when a typed
     // pointer refines what an untyped one reached; its bytes are read once.
-    let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut roots_by_type: HashMap<TypeId, String> = HashMap::new();
+    let mut roots_by_type: HashMap<TypeId, Rc<str>> = HashMap::new();
     let next = |w: &mut Walker| {
         w.typed_queue.pop_front().map(|a| (a, true)).or_else(|| w.opaque_queue.pop_front().map(|a| (a, false)))
     };
-    while let Some((addr, queued_typed)) = next(&mut w) {
-        let b = &w.blocks[&addr];
-        let (obj, reach) = (b.obj, b.reach);
+    while let Some((i, queued_typed)) = next(&mut w) {
+        let i = i as usize;
+        let (obj, reach) = (w.list[i].obj, w.list[i].reach);
         if !queued_typed && reach != Reach::Opaque {
             continue; // a typed pointer reached it since: scanned from the typed queue
         }
-        if let std::collections::hash_map::Entry::Vacant(e) = contents.entry(addr) {
-            e.insert(read_vec(mem, obj.addr, obj.size)?);
+        if w.list[i].bytes.is_empty() && obj.size > 0 {
+            w.list[i].bytes = read_vec(mem, obj.addr, obj.size)?;
         }
-        let bytes = &contents[&addr];
-        match reach {
-            Reach::Typed(t) => {
-                let root = roots_by_type.entry(t).or_insert_with(|| root_name(old, t)).clone();
-                let stride = old.size_of(t).unwrap_or(0);
-                if stride == 0 || is_byte(old, t) {
-                    continue;
-                }
-                let typed = typed_objects(old, t, obj.size) * stride;
-                w.scan_typed(&bytes[..typed as usize], t, Some(addr), "", &root)?;
-                // What follows the objects (a pool's arena after its header): memory mcr
-                // cannot type, scanned conservatively.
-                let found = w.hidden_pointers_from(bytes, typed as usize);
-                if !found.is_empty() {
-                    let place = path_of(&w.blocks, addr);
-                    w.pin_or_refuse(found, Some(addr), (&place, &root), OpaqueReason::Unknown)?;
-                }
-            }
-            Reach::Opaque => {
-                let found = w.hidden_pointers(bytes);
-                if !found.is_empty() {
-                    let place = path_of(&w.blocks, addr);
-                    w.pin_or_refuse(found, Some(addr), (&place, ""), OpaqueReason::VoidPointer)?;
-                }
-            }
-        }
+        let bytes = std::mem::take(&mut w.list[i].bytes);
+        let scanned = w.scan_block(&bytes, obj, reach, &mut roots_by_type);
+        w.list[i].bytes = bytes;
+        scanned?;
     }
-    let mut blocks = w.blocks;
-    for (addr, b) in blocks.iter_mut() {
-        b.bytes = contents.remove(addr).unwrap_or_default();
-    }
-    let embedded = embedded(old, &blocks, w.interior);
-    Ok(Reached { blocks, pinned: w.pinned, embedded })
+    let Walker { list, slots, pinned, interior, .. } = w;
+    // In address order: the heap index's.
+    let mut list: Vec<Option<Block>> = list.into_iter().map(Some).collect();
+    let blocks = Blocks {
+        list: slots
+            .iter()
+            .filter(|&&s| s != 0 && s != SEALED)
+            .filter_map(|&s| list.get_mut(s as usize - 1).and_then(Option::take))
+            .collect(),
+    };
+    let embedded = embedded(old, &blocks, interior);
+    Ok(Reached { blocks, pinned, embedded })
 }
+
+/// A block the walk does not go into (see [`walk`]'s `seal`), in [`Walker::slots`].
+const SEALED: u32 = u32::MAX;
 
 /// The typed pointers into the middle of blocks that point outside the blocks' typed
 /// objects (into an untyped block, or past a typed block's objects): the objects there,
 /// the first of each type.
-fn embedded(prog: &Program, blocks: &BTreeMap<u64, Block>, interior: Vec<Interior>) -> Vec<Embedded> {
+fn embedded(prog: &Program, blocks: &Blocks, interior: Vec<Interior>) -> Vec<Embedded> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for i in interior {
@@ -245,7 +329,7 @@ fn embedded(prog: &Program, blocks: &BTreeMap<u64, Block>, interior: Vec<Interio
             continue;
         }
         let place = match i.from {
-            Some(p) => format!("{} -> {}", path_of(blocks, p), i.hop),
+            Some(p) => format!("{} -> {}", path_of(&|a| blocks.get(&a), p), i.hop),
             None => i.hop,
         };
         out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place });
@@ -280,11 +364,14 @@ struct Walker<'w> {
     prog: &'w Program,
     heap: &'w HeapIndex,
     hints: &'w Hints,
-    /// Reached so far, their bytes not yet read.
-    blocks: BTreeMap<u64, Block>,
-    /// Blocks to scan: typed ones first (see [`walk`]).
-    typed_queue: VecDeque<u64>,
-    opaque_queue: VecDeque<u64>,
+    /// Reached so far, in the order reached.
+    list: Vec<Block>,
+    /// By heap index position: 0 not reached, [`SEALED`], or 1 + the block's place in
+    /// `list`.
+    slots: Vec<u32>,
+    /// Blocks to scan (places in `list`): typed ones first (see [`walk`]).
+    typed_queue: VecDeque<u32>,
+    opaque_queue: VecDeque<u32>,
     layouts: HashMap<TypeId, Rc<Layout>>,
     pinnable: &'w dyn Fn(u64) -> bool,
     pinned: BTreeMap<u64, Pin>,
@@ -292,8 +379,6 @@ struct Walker<'w> {
     interior: Vec<Interior>,
     interior_seen: HashSet<(u64, TypeId)>,
     seal: &'w dyn Fn(&Object, TypeId) -> bool,
-    /// The blocks left unread (see [`walk_sealing`]).
-    sealed: HashSet<u64>,
 }
 
 impl Walker<'_> {
@@ -302,73 +387,129 @@ impl Walker<'_> {
         self.layouts.entry(ty).or_insert_with(|| Rc::new(prog.layout(ty, &root_name(prog, ty)))).clone()
     }
 
-    /// Note a block reached from `parent` through `hop`, with the type its pointer gives
-    /// it (`None`: an untyped word).
-    fn reach(
-        &mut self,
-        obj: Object,
-        ty: Option<TypeId>,
-        parent: Option<u64>,
-        hop: impl FnOnce() -> String,
-    ) -> Result<(), TransferError> {
-        let prog = self.prog;
-        if self.sealed.contains(&obj.addr) {
-            return Ok(()); // it stays where it is, as it is, however else it is reached
+    /// The reached block at `addr`, if any.
+    fn block(&self, addr: u64) -> Option<&Block> {
+        let pos = self.heap.locate(addr)?;
+        match self.slots[pos] {
+            0 | SEALED => None,
+            s => self.list.get(s as usize - 1).filter(|b| b.obj.addr == addr),
         }
-        match self.blocks.get_mut(&obj.addr) {
-            Some(f) => match (f.reach, ty) {
-                (_, None) => {}
-                (Reach::Opaque, Some(t)) => {
-                    f.reach = Reach::Typed(t);
-                    self.typed_queue.push_back(obj.addr);
-                }
-                (Reach::Typed(a), Some(b)) if a == b || is_byte(prog, b) => {}
-                (Reach::Typed(a), Some(b)) if is_byte(prog, a) => {
-                    f.reach = Reach::Typed(b);
-                    self.typed_queue.push_back(obj.addr);
-                }
-                (Reach::Typed(a), Some(b)) => {
-                    let here = match parent {
-                        Some(p) => format!("{} -> {}", path_of(&self.blocks, p), hop()),
-                        None => hop(),
-                    };
-                    return Err(conflict(
-                        here,
-                        format!(
-                            "the block at {:#x} is reached as {} here and as {} from {}; mcr cannot tell which it is",
-                            obj.addr,
-                            prog.type_name(b),
-                            prog.type_name(a),
-                            path_of(&self.blocks, obj.addr)
-                        ),
-                    ));
-                }
-            },
-            None => {
-                if ty.is_some_and(|t| (self.seal)(&obj, t)) {
-                    self.sealed.insert(obj.addr);
+    }
+
+    fn path_of(&self, addr: u64) -> String {
+        path_of(&|a| self.block(a), addr)
+    }
+
+    /// Scan a dequeued block's `bytes` as the walk reached it.
+    fn scan_block(
+        &mut self,
+        bytes: &[u8],
+        obj: Object,
+        reach: Reach,
+        roots_by_type: &mut HashMap<TypeId, Rc<str>>,
+    ) -> Result<(), TransferError> {
+        let old = self.prog;
+        let addr = obj.addr;
+        match reach {
+            Reach::Typed(t) => {
+                let root = roots_by_type.entry(t).or_insert_with(|| Rc::from(root_name(old, t))).clone();
+                let stride = old.size_of(t).unwrap_or(0);
+                if stride == 0 || is_byte(old, t) {
                     return Ok(());
                 }
-                let reach = ty.map_or(Reach::Opaque, Reach::Typed);
-                self.blocks.insert(obj.addr, Block { obj, reach, parent, hop: hop(), bytes: Vec::new() });
-                match reach {
-                    Reach::Typed(_) => self.typed_queue.push_back(obj.addr),
-                    Reach::Opaque => self.opaque_queue.push_back(obj.addr),
+                let typed = typed_objects(old, t, obj.size) * stride;
+                self.scan_typed(&bytes[..typed as usize], t, Some(addr), &root, &root)?;
+                // What follows the objects (a pool's arena after its header): memory mcr
+                // cannot type, scanned conservatively.
+                let found = self.hidden_pointers_from(bytes, typed as usize);
+                if !found.is_empty() {
+                    let place = self.path_of(addr);
+                    self.pin_or_refuse(found, Some(addr), (&place, &root), OpaqueReason::Unknown)?;
+                }
+            }
+            Reach::Opaque => {
+                let found = self.hidden_pointers(bytes);
+                if !found.is_empty() {
+                    let place = self.path_of(addr);
+                    self.pin_or_refuse(found, Some(addr), (&place, ""), OpaqueReason::VoidPointer)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Follow the pointers in `bytes` (objects of type `ty`: the block at `from`, or the
-    /// global `label`; hints name its fields from `hint_root`: a global's name, or the
-    /// type's).
+    /// Note the block at heap position `pos`, reached from `parent` through `hop`, with
+    /// the type its pointer gives it (`None`: an untyped word).
+    fn reach(
+        &mut self,
+        pos: usize,
+        ty: Option<TypeId>,
+        parent: Option<u64>,
+        hop: impl FnOnce() -> Hop,
+    ) -> Result<(), TransferError> {
+        let prog = self.prog;
+        let obj = self.heap.objects()[pos];
+        match self.slots[pos] {
+            SEALED => {} // it stays where it is, as it is, however else it is reached
+            0 => {
+                if ty.is_some_and(|t| (self.seal)(&obj, t)) {
+                    self.slots[pos] = SEALED;
+                    return Ok(());
+                }
+                let reach = ty.map_or(Reach::Opaque, Reach::Typed);
+                let i = self.list.len() as u32;
+                self.list.push(Block { obj, reach, parent, hop: hop(), bytes: Vec::new(), pos: pos as u32 });
+                self.slots[pos] = i + 1;
+                match reach {
+                    Reach::Typed(_) => self.typed_queue.push_back(i),
+                    Reach::Opaque => self.opaque_queue.push_back(i),
+                }
+            }
+            s => {
+                let i = s - 1;
+                let f = &mut self.list[i as usize];
+                match (f.reach, ty) {
+                    (_, None) => {}
+                    (Reach::Opaque, Some(t)) => {
+                        f.reach = Reach::Typed(t);
+                        self.typed_queue.push_back(i);
+                    }
+                    (Reach::Typed(a), Some(b)) if a == b || is_byte(prog, b) => {}
+                    (Reach::Typed(a), Some(b)) if is_byte(prog, a) => {
+                        f.reach = Reach::Typed(b);
+                        self.typed_queue.push_back(i);
+                    }
+                    (Reach::Typed(a), Some(b)) => {
+                        let here = match parent {
+                            Some(p) => format!("{} -> {}", self.path_of(p), hop()),
+                            None => hop().to_string(),
+                        };
+                        return Err(conflict(
+                            here,
+                            format!(
+                                "the block at {:#x} is reached as {} here and as {} from {}; mcr cannot tell which it is",
+                                obj.addr,
+                                prog.type_name(b),
+                                prog.type_name(a),
+                                self.path_of(obj.addr)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow the pointers in `bytes` (objects of type `ty`: the block at `from`, or a
+    /// global; `name` names them in paths: the global's name, or the type's; hints name
+    /// their fields from `hint_root`: a global's name, or the type's).
     fn scan_typed(
         &mut self,
         bytes: &[u8],
         ty: TypeId,
         from: Option<u64>,
-        label: &str,
+        name: &Rc<str>,
         hint_root: &str,
     ) -> Result<(), TransferError> {
         let prog = self.prog;
@@ -378,61 +519,72 @@ impl Walker<'_> {
         }
         let layout = self.layout(ty);
         let count = bytes.len() as u64 / stride;
+        let tags = !self.hints.tagged.is_empty();
         for i in 0..count {
             let at = |off: u64| -> u64 {
                 let o = (i * stride + off) as usize;
                 u64::from_ne_bytes(bytes[o..o + 8].try_into().expect("8 bytes"))
             };
+            let field = |slot: usize, void_pointer: bool| Hop::Field {
+                root: name.clone(),
+                layout: layout.clone(),
+                slot: slot as u32,
+                void_pointer,
+                index: i as u32,
+                array: count > 1,
+            };
             let elem = |suffix: &str| -> String {
-                let name = if from.is_some() { hint_root } else { label };
                 if count > 1 {
                     format!("{name}[{i}]{suffix}")
                 } else {
                     format!("{name}{suffix}")
                 }
             };
-            for slot in &layout.pointers {
+            for (k, slot) in layout.pointers.iter().enumerate() {
                 let Pointee::Data { ty: pointee } = slot.pointee else { continue };
                 let mut v = at(slot.offset);
-                if let Some(t) = self.tag_at(hint_root, &slot.path) {
-                    v = t.split(v).0;
+                if tags {
+                    if let Some(t) = self.tag_at(hint_root, &slot.path) {
+                        v = t.split(v).0;
+                    }
                 }
                 if v == 0 {
                     continue;
                 }
-                if let Some(&obj) = self.heap.containing(v) {
+                if let Some(pos) = self.heap.locate(v) {
+                    let obj = self.heap.objects()[pos];
                     if v != obj.addr {
                         self.note_interior(obj, v, pointee, from, || elem(field_suffix(&slot.path)));
                     }
                     let t = (v == obj.addr).then(|| prog.strip(pointee));
-                    self.reach(obj, t, from, || elem(field_suffix(&slot.path)))?;
+                    self.reach(pos, t, from, || field(k, false))?;
                 }
             }
-            for r in &layout.opaque {
+            for (k, r) in layout.opaque.iter().enumerate() {
                 let here = || {
                     let e = elem(field_suffix(&r.path));
                     match from {
-                        Some(a) => format!("{} -> {e}", path_of(&self.blocks, a)),
+                        Some(a) => format!("{} -> {e}", self.path_of(a)),
                         None => e,
                     }
                 };
-                let key = key(hint_root, &r.path);
-                if self.hints.opaque.contains(&key) {
+                let hinted = !self.hints.opaque.is_empty() || !self.hints.points_to.is_empty();
+                let key = if hinted || tags { key(hint_root, &r.path) } else { String::new() };
+                if hinted && self.hints.opaque.contains(&key) {
                     continue;
                 }
-                let tag = self.tag_at(hint_root, &r.path);
-                if let Some(&hinted) = self.hints.points_to.get(&key) {
+                let tag = if tags { self.tag_at(hint_root, &r.path) } else { None };
+                if let Some(&hinted) = self.hints.points_to.get(&key).filter(|_| hinted) {
                     let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
-                    if let Some(&obj) = self.heap.containing(v) {
+                    if let Some(pos) = self.heap.locate(v) {
+                        let obj = self.heap.objects()[pos];
+                        let hop =
+                            || format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted));
                         if v != obj.addr {
-                            self.note_interior(obj, v, hinted, from, || {
-                                format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
-                            });
+                            self.note_interior(obj, v, hinted, from, hop);
                         }
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
-                        self.reach(obj, t, from, || {
-                            format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted))
-                        })?;
+                        self.reach(pos, t, from, || Hop::Text(hop()))?;
                     }
                     continue;
                 }
@@ -441,8 +593,10 @@ impl Walker<'_> {
                     // the block it points to moves, untyped unless a typed pointer reaches it.
                     if r.len >= 8 && r.reason != OpaqueReason::CharArray {
                         let v = t.split(at(r.offset)).0;
-                        if let Some(&obj) = self.heap.containing(v).filter(|_| v != 0) {
-                            self.reach(obj, None, from, || format!("{} ({})", elem(field_suffix(&r.path)), t.written))?;
+                        if let Some(pos) = self.heap.locate(v).filter(|_| v != 0) {
+                            self.reach(pos, None, from, || {
+                                Hop::Text(format!("{} ({})", elem(field_suffix(&r.path)), t.written))
+                            })?;
                         }
                         continue;
                     }
@@ -451,8 +605,8 @@ impl Walker<'_> {
                     OpaqueReason::CharArray => {}
                     OpaqueReason::VoidPointer => {
                         let v = at(r.offset);
-                        if let Some(&obj) = self.heap.containing(v) {
-                            self.reach(obj, None, from, || format!("{} (void *)", elem(field_suffix(&r.path))))?;
+                        if let Some(pos) = self.heap.locate(v) {
+                            self.reach(pos, None, from, || field(k, true))?;
                         }
                     }
                     OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
@@ -490,13 +644,13 @@ impl Walker<'_> {
     }
 
     /// The heap addresses in memory mcr cannot type: (offset, value, its block).
-    fn hidden_pointers(&self, bytes: &[u8]) -> Vec<(usize, u64, Object)> {
+    fn hidden_pointers(&self, bytes: &[u8]) -> Vec<(usize, u64, usize)> {
         self.hidden_pointers_from(bytes, 0)
     }
 
     /// [`Self::hidden_pointers`] in the aligned words of `bytes` from offset `from` on,
     /// offsets counted from the start of `bytes`.
-    fn hidden_pointers_from(&self, bytes: &[u8], from: usize) -> Vec<(usize, u64, Object)> {
+    fn hidden_pointers_from(&self, bytes: &[u8], from: usize) -> Vec<(usize, u64, usize)> {
         let from = from.next_multiple_of(8);
         bytes
             .get(from..)
@@ -505,7 +659,7 @@ impl Walker<'_> {
             .enumerate()
             .filter_map(|(k, w)| {
                 let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                self.heap.containing(v).filter(|_| v != 0).map(|&obj| (from + k * 8, v, obj))
+                self.heap.locate(v).filter(|_| v != 0).map(|pos| (from + k * 8, v, pos))
             })
             .collect()
     }
@@ -519,12 +673,13 @@ impl Walker<'_> {
     /// updated: the update stops.
     fn pin_or_refuse(
         &mut self,
-        found: Vec<(usize, u64, Object)>,
+        found: Vec<(usize, u64, usize)>,
         from: Option<u64>,
         (path, rel): (&str, &str),
         why: OpaqueReason,
     ) -> Result<(), TransferError> {
-        for (off, v, obj) in found {
+        for (off, v, pos) in found {
+            let obj = self.heap.objects()[pos];
             let what = match why {
                 OpaqueReason::Union => "a union",
                 OpaqueReason::PointerSizedInteger => "a pointer-sized integer",
@@ -534,7 +689,7 @@ impl Walker<'_> {
             };
             let place = format!("{path}+{off}");
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
-            if self.sealed.contains(&obj.addr) {
+            if self.slots[pos] == SEALED {
                 // It stays where it is, as it is, pinned or not: counted, not walked.
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
                 continue;
@@ -542,7 +697,7 @@ impl Walker<'_> {
             if (self.pinnable)(obj.addr) {
                 let hop = format!("{rel}+{off} (may point here)");
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
-                self.reach(obj, None, from, || hop)?;
+                self.reach(pos, None, from, || Hop::Text(hop))?;
                 continue;
             }
             return Err(conflict(

@@ -41,7 +41,11 @@ impl Moved {
 /// stay where they are when the walk sealed the adopted heap ([`crate::untouched`]).
 #[derive(Debug, Default)]
 pub struct Destinations {
-    blocks: BTreeMap<u64, Moved>,
+    /// In the plan's order (old addresses ascending).
+    blocks: Vec<(u64, Moved)>,
+    /// By heap index position: 0, or 1 + the block's place in `blocks` (what the write
+    /// looks up for every pointer it relocates: no search, no hashing).
+    by_pos: Vec<u32>,
     others_stay: bool,
 }
 
@@ -49,12 +53,26 @@ impl Destinations {
     /// Where the old block at `addr` went; `None`: the transfer did not carry it.
     pub fn get(&self, addr: &u64) -> Option<Moved> {
         let stays = Moved { new: *addr, old_stride: 0, new_stride: 0 };
-        self.blocks.get(addr).copied().or_else(|| self.others_stay.then_some(stays))
+        let i = self.blocks.binary_search_by_key(addr, |b| b.0).ok();
+        i.map(|i| self.blocks[i].1).or_else(|| self.others_stay.then_some(stays))
+    }
+
+    /// [`Destinations::get`] for the block `o` at heap index position `pos`.
+    pub fn get_at(&self, pos: usize, o: &mcr_heap::Object) -> Option<Moved> {
+        match self.by_pos.get(pos).copied().unwrap_or(0) {
+            0 => self.others_stay.then_some(Moved { new: o.addr, old_stride: 0, new_stride: 0 }),
+            i => self.blocks.get(i as usize - 1).map(|b| b.1),
+        }
+    }
+
+    /// Where the `i`th block of the plan went.
+    pub fn nth(&self, i: usize) -> Moved {
+        self.blocks[i].1
     }
 
     /// The blocks the transfer placed, by old address.
     pub fn placed(&self) -> impl Iterator<Item = (&u64, &Moved)> {
-        self.blocks.iter()
+        self.blocks.iter().map(|(a, m)| (a, m))
     }
 
     /// Blocks not placed stay where they are (an adopted heap the walk sealed).
@@ -64,16 +82,10 @@ impl Destinations {
     }
 }
 
-impl std::ops::Index<&u64> for Destinations {
-    type Output = Moved;
-    fn index(&self, addr: &u64) -> &Moved {
-        &self.blocks[addr]
-    }
-}
-
 /// Allocate the fresh blocks `plan` asks for in the new process: where every reached
-/// block goes (fresh, or its matched startup block).
-pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinations, TransferError> {
+/// block goes (fresh, or its matched startup block). `heap_len`: how many blocks the old
+/// heap index lists.
+pub fn allocate(target: &mut dyn Target, plan: &TransferPlan, heap_len: usize) -> Result<Destinations, TransferError> {
     let fresh: Vec<u64> =
         plan.blocks.iter().filter(|b| matches!(b.placement, Placement::Fresh { .. })).map(|b| b.size).collect();
     let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh)? };
@@ -81,19 +93,24 @@ pub fn allocate(target: &mut dyn Target, plan: &TransferPlan) -> Result<Destinat
         return Err(TransferError::Allocated { asked: fresh.len(), got: got.len() });
     }
     let mut got = got.into_iter();
+    let mut by_pos = vec![0u32; heap_len];
     let blocks = plan
         .blocks
         .iter()
-        .map(|b| {
+        .enumerate()
+        .map(|(i, b)| {
             let new = match b.placement {
                 Placement::Matched { new, .. } => new,
                 Placement::Fresh { .. } => got.next().unwrap_or_default(),
                 Placement::InPlace => b.old,
             };
+            if let Some(slot) = by_pos.get_mut(b.pos as usize) {
+                *slot = i as u32 + 1;
+            }
             (b.old, Moved { new, old_stride: b.old_stride, new_stride: b.new_stride })
         })
         .collect();
-    Ok(Destinations { blocks, others_stay: false })
+    Ok(Destinations { blocks, by_pos, others_stay: false })
 }
 
 /// Where everything went, for the handlers' `mcr_translate()`: the heap blocks the
@@ -151,7 +168,8 @@ pub(crate) fn relocation_table(
 pub struct Rebuilt {
     pub bytes: Vec<u8>,
     /// Its heap pointers (offset, relocated value): what a matched block the old version
-    /// never wrote must agree with to keep the new contents.
+    /// never wrote must agree with to keep the new contents (listed for matched blocks
+    /// only).
     pub heap_sites: Vec<(usize, u64)>,
 }
 
@@ -179,9 +197,10 @@ impl Writer<'_, '_> {
     /// Where a pointer of the old process points in the new one.
     fn relocate_data(&self, v: u64, path: &str) -> Result<u64, String> {
         let pair = self.pair;
-        if let Some(o) = pair.heap.containing(v) {
+        if let Some(pos) = pair.heap.locate(v) {
+            let o = &pair.heap.objects()[pos];
             let m =
-                self.moved.get(&o.addr).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
+                self.moved.get_at(pos, o).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
             return m.at(v - o.addr).ok_or_else(|| {
                 format!("{path}: {v:#x} points into the middle of an element whose type changed{}", tag_note(v, o.addr))
             });
@@ -288,8 +307,12 @@ impl Writer<'_, '_> {
         let (os, ns) = (plan.old_size as usize, plan.new_size as usize);
         let t = block.reach.ty().expect("typed");
         let n = typed_objects(old, t, old_bytes.len() as u64) as usize;
-        let fix = hinted_words(old, t, new, tp.new_ty, &root_name(old, t), self.hints);
+        let hinted = !self.hints.points_to.is_empty() || !self.hints.tagged.is_empty();
+        let fix =
+            if hinted { hinted_words(old, t, new, tp.new_ty, &root_name(old, t), self.hints) } else { Vec::new() };
         let here = || self.reached.path_of(bp.old);
+        // Only a matched startup block compares its heap pointers with what is there.
+        let want_sites = matches!(bp.placement, Placement::Matched { .. });
         for k in 0..n {
             let sites = &mut out.heap_sites;
             plan.apply(
@@ -299,7 +322,7 @@ impl Writer<'_, '_> {
                     Pointee::Function => self.relocate_function(&s),
                     _ => {
                         let v = self.relocate_tagged(s.old_value, s.path)?;
-                        if self.pair.heap.containing(s.old_value).is_some() {
+                        if want_sites && self.pair.heap.containing(s.old_value).is_some() {
                             sites.push((k * ns + s.new_offset as usize, v));
                         }
                         Ok(v)
@@ -358,12 +381,13 @@ impl Writer<'_, '_> {
     /// run on what they registered for.
     pub fn blocks(&self, target: &mut dyn Target, report: &mut Report) -> Result<(), TransferError> {
         let mut for_handlers: BTreeMap<String, HandlerObjects> = BTreeMap::new();
-        for bp in &self.plan.blocks {
-            let block = &self.reached.blocks[&bp.old];
+        // The plan lists the reached blocks in the walk's order (by address).
+        debug_assert_eq!(self.plan.blocks.len(), self.reached.blocks.len());
+        for (i, (bp, block)) in self.plan.blocks.iter().zip(self.reached.blocks.values()).enumerate() {
             let tp = self.plan.of(block.reach.ty());
             let handler_only = tp.is_some_and(|p| p.transform.is_none());
             let out = self.rebuild(block, bp)?;
-            let new_addr = self.moved[&bp.old].new;
+            let new_addr = self.moved.nth(i).new;
             let write = match bp.placement {
                 Placement::Fresh { .. } => true,
                 // Already there with the old bytes: only a change is written (and what a
@@ -407,8 +431,8 @@ impl Writer<'_, '_> {
                     list.push((block.bytes[o..o + os as usize].to_vec(), n, ns));
                 }
             }
-            target.write(new_addr, &out.bytes)?;
             report.bytes += out.bytes.len() as u64;
+            target.write_owned(new_addr, out.bytes)?;
         }
         // Fresh blocks standing for old startup objects take over their identity: the next
         // update matches them rather than copying them again (and leaking its own).
@@ -417,7 +441,7 @@ impl Writer<'_, '_> {
             .blocks
             .iter()
             .filter_map(|b| match b.placement {
-                Placement::Fresh { identity: Some(k) } => Some((self.moved[&b.old].new, k)),
+                Placement::Fresh { identity: Some(k) } => Some((self.moved.get(&b.old)?.new, k)),
                 _ => None,
             })
             .collect();
@@ -556,7 +580,7 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 
 #[cfg(test)]
 mod tests {
-    use super::{relocation_table, Moved};
+    use super::{relocation_table, BlockPlan, Moved, Placement, StartupKey};
     use crate::testing::{list_program, node, old_list, words, Build, Ids, World, NEW_BIAS};
     use crate::transfer::TransferError;
     use mcr_protocol::relocation::translate;
@@ -646,12 +670,16 @@ mod tests {
         let mut w = world(|_, _| {});
         let nodes = old_list(&mut w, &[-1, 2]);
         w.with_writer(|writer, _, moved, _| {
-            let plan = |a: u64| writer.plan.blocks.iter().find(|b| b.old == a).expect("planned");
-            let first = writer.rebuild(&writer.reached.blocks[&nodes[0]], plan(nodes[0]))?;
-            let next = moved[&nodes[1]].new;
+            // As if matched with a startup block of the new version: its heap pointers listed.
+            let plan = |a: u64| BlockPlan {
+                placement: Placement::Matched { new: 0x7000, key: StartupKey { stack: 1, thread: 0, ordinal: 0 } },
+                ..*writer.plan.blocks.iter().find(|b| b.old == a).expect("planned")
+            };
+            let first = writer.rebuild(&writer.reached.blocks[&nodes[0]], &plan(nodes[0]))?;
+            let next = moved.get(&nodes[1]).expect("moved").new;
             assert_eq!(first.bytes, words(&[-1i64 as u64, 0, next]), "val widened with its sign, extra zeroed");
             assert_eq!(first.heap_sites, [(16, next)], "where the heap pointer landed, and its value");
-            let last = writer.rebuild(&writer.reached.blocks[&nodes[1]], plan(nodes[1]))?;
+            let last = writer.rebuild(&writer.reached.blocks[&nodes[1]], &plan(nodes[1]))?;
             assert_eq!((last.bytes, last.heap_sites), (words(&[2, 0, 0]), vec![]), "null stays null");
             Ok(())
         })

@@ -378,7 +378,12 @@ fn run(
                 let nv = if v == 0 {
                     0
                 } else {
-                    let p = index_path(path, idx);
+                    // Named with its element index only inside an array (a name per
+                    // pointer of every object would cost an allocation each).
+                    let p: std::borrow::Cow<str> = match idx {
+                        None => std::borrow::Cow::Borrowed(path.as_str()),
+                        Some(_) => std::borrow::Cow::Owned(index_path(path, idx)),
+                    };
                     reloc(PointerSite {
                         path: &p,
                         old_offset: obase + o,
@@ -388,7 +393,7 @@ fn run(
                         new_pointee: *new_pointee,
                     })
                     .map_err(|source| TransformError::Relocate {
-                        path: p.clone(),
+                        path: p.to_string(),
                         value: v,
                         source,
                     })?
@@ -451,6 +456,12 @@ fn read_bits(buf: &[u8], base_bit: u64, loc: &BitLoc) -> i128 {
 fn write_bits(buf: &mut [u8], base_bit: u64, loc: &BitLoc, v: i128) {
     let start = base_bit + loc.bit;
     let w = loc.width as u64;
+    if start.is_multiple_of(8) && w.is_multiple_of(8) && w <= 128 {
+        // Whole bytes (every field but a bitfield): little-endian, as the loop below.
+        let (at, n) = ((start / 8) as usize, (w / 8) as usize);
+        buf[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
+        return;
+    }
     for k in 0..w {
         let bit = start + k;
         let byte = (bit / 8) as usize;

@@ -50,7 +50,11 @@ impl Target for TracerTarget<'_> {
     }
 
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<(), TargetError> {
-        self.pending.push((addr, bytes.to_vec()));
+        self.write_owned(addr, bytes.to_vec())
+    }
+
+    fn write_owned(&mut self, addr: u64, bytes: Vec<u8>) -> Result<(), TargetError> {
+        self.pending.push((addr, bytes));
         if self.pending.len() >= WRITE_BATCH {
             self.flush()?;
         }
