@@ -461,8 +461,17 @@ impl World {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
             let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached =
-                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
+            let reached = walk(
+                pair.old.prog,
+                pair.old_mem,
+                pair.heap,
+                &hints,
+                &roots.globals,
+                &[],
+                &pinnable,
+                &|_, _| false,
+                None,
+            )?;
             Ok((roots, reached))
         })
     }
@@ -473,8 +482,17 @@ impl World {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
             let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached =
-                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
+            let reached = walk(
+                pair.old.prog,
+                pair.old_mem,
+                pair.heap,
+                &hints,
+                &roots.globals,
+                &[],
+                &pinnable,
+                &|_, _| false,
+                None,
+            )?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
@@ -492,13 +510,22 @@ impl World {
             let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
             let roots = roots::collect(pair)?;
             let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached =
-                walk(pair.old.prog, pair.old_mem, pair.heap, &hints, &roots.globals, &[], &pinnable, &|_, _| false)?;
+            let reached = walk(
+                pair.old.prog,
+                pair.old_mem,
+                pair.heap,
+                &hints,
+                &roots.globals,
+                &[],
+                &pinnable,
+                &|_, _| false,
+                None,
+            )?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
             })?;
-            let moved = write::allocate(target, &p, pair.heap.len())?;
+            let moved = write::allocate(target, &p, pair.heap.len(), &reached.kept)?;
             let relocations = write::relocations(pair, &reached, &moved);
             let writer = Writer {
                 pair,

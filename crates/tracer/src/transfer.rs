@@ -210,7 +210,17 @@ pub fn transfer_with_words(
     let adopted = |a: u64| pair.adopted.is_some_and(|f| f(a));
     let handlers = object_handlers(new);
     let walk_plan = |seal: &dyn Fn(&mcr_heap::Object, mcr_typemodel::TypeId) -> bool| {
-        let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal)?;
+        // A block of bytes stays as it is unless it holds an address in the old binary
+        // (which the write would relocate: see `Writer::relocate_binary_words`).
+        let image = &pair.old.image;
+        let keep = |bytes: &[u8]| {
+            !bytes.chunks_exact(8).any(|w| {
+                let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+                v != 0 && image.contains(v)
+            })
+        };
+        let keep: Option<&walk::KeepBytes<'_>> = pair.adopted.is_some().then_some(&keep);
+        let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal, keep)?;
         let plan =
             plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
         Ok::<_, TransferError>((reached, plan))
@@ -256,7 +266,7 @@ pub fn transfer_with_words(
         .map(|(a, why)| describe_unmatched(&reached, pair.startup, *a, why))
         .collect();
 
-    let moved = write::allocate(target, &plan, pair.heap.len())?;
+    let moved = write::allocate(target, &plan, pair.heap.len(), &reached.kept)?;
     let moved = if untouched { moved.others_stay() } else { moved };
     let relocations = if handlers.is_empty() { Vec::new() } else { write::relocations(pair, &reached, &moved) };
     let writer = Writer {
@@ -275,8 +285,13 @@ pub fn transfer_with_words(
     // The adopted old blocks that did not stay where they are were copied elsewhere (or
     // were not reached: the state no longer holds them): the new process frees them.
     // When the walk sealed the heap, what it did not reach stays.
-    let stayed: std::collections::HashSet<u64> =
-        plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.old).collect();
+    let stayed: std::collections::HashSet<u64> = plan
+        .blocks
+        .iter()
+        .filter(|b| b.placement == Placement::InPlace)
+        .map(|b| b.old)
+        .chain(reached.kept.iter().map(|k| k.0))
+        .collect();
     let garbage: Vec<u64> = if untouched {
         // What was copied elsewhere, and the old startup objects nothing reaches (the
         // check made sure no untouched block points into a startup object: the walk would
@@ -410,6 +425,41 @@ mod tests {
         let mem = &w.new_proc.mem;
         assert_eq!(mem.u64(w.new_global("cfg")), pool + 56, "the object carved from the arena, where it was");
         assert_eq!(mem.u64(pool + 40), other, "the arena's word still points to the block, which stayed");
+    }
+
+    #[test]
+    fn in_an_adopted_heap_blocks_reached_only_as_bytes_stay_unlisted_unless_they_need_rewriting() {
+        let program = |grown| {
+            list_program(grown, |b, ids| {
+                let text = b.ptr(ids.char);
+                let base = if grown { 0x40_1900 } else { 0x40_1100 };
+                b.global("name", base, text);
+                b.global("code", base + 8, text);
+                b.global("alias", base + 16, text);
+                b.symbol("head", if grown { NEW_HEAD } else { HEAD }, 8, SymbolKind::Object);
+            })
+        };
+        let mut w = World::new(program(false), program(true));
+        w.adopted_heap = true;
+        let nodes = old_list(&mut w, &[1, 2]);
+        let name = w.old_proc.block(b"a key, 16 bytes\0", false);
+        // Bytes holding an address in the old binary: rewritten, so listed after all.
+        let code = w.old_proc.block(&words(&[7, HEAD]), false);
+        w.set_global("name", &name.to_ne_bytes());
+        w.set_global("code", &code.to_ne_bytes());
+        // The second node, reached as bytes before the list's typed pointers reach it.
+        w.set_global("alias", &nodes[1].to_ne_bytes());
+        let t = w.transfer().expect("transfer");
+        let r = &t.report;
+        assert_eq!((r.objects, r.in_place, r.old_freed), (3, 2, 2), "two nodes and the code are listed: {r:?}");
+        assert!(!w.new_proc.wrote(name, 16), "the kept block is not written: {:x?}", w.new_proc.writes);
+        let mem = &w.new_proc.mem;
+        assert_eq!(mem.u64(w.new_global("name")), name, "it stays where it was");
+        assert_eq!(mem.bytes(name, 16).expect("kept"), b"a key, 16 bytes\0");
+        assert_eq!(mem.u64(code + 8), NEW_HEAD + NEW_BIAS, "the binary address in the bytes: where head is now");
+        let list = new_list(&w);
+        assert_eq!(list.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 2], "the node reached as bytes first grew too");
+        assert_eq!(mem.u64(w.new_global("alias")), list[1].1, "and the bytes pointer follows it");
     }
 
     #[test]

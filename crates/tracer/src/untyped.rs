@@ -125,7 +125,7 @@ pub(crate) fn check(pair: &Pair, hints: &Hints, reached: &Reached) -> Result<Vec
     let mut by_size: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     for b in untyped {
         for s in &suspects {
-            match fit(&b.bytes, s, &plausible) {
+            match fit(reached.blocks.bytes(b), s, &plausible) {
                 Fit::No => {}
                 Fit::Looks => {
                     return Err(conflict(

@@ -14,7 +14,7 @@
 //! work from: which blocks, reached how (typed or opaque), from where, with their bytes.
 
 use crate::hints::{field_suffix, key, tag_note, Hints, Tagged};
-use crate::roots::{read_vec, Root};
+use crate::roots::Root;
 use crate::transfer::{conflict, TransferError};
 use mcr_heap::{HeapIndex, Object, ReadMemory};
 use mcr_typemodel::transform::root_name;
@@ -52,11 +52,18 @@ pub struct Block {
     /// long, and repeating every path would cost time quadratic in their length).
     pub parent: Option<u64>,
     pub hop: Hop,
-    /// Its contents in the old process.
-    pub bytes: Vec<u8>,
+    /// Where its contents in the old process are in [`Blocks`]'s copy ([`NOT_READ`]
+    /// until the walk reads them).
+    at: usize,
     /// Its position in the heap index ([`HeapIndex::locate`]).
     pub pos: u32,
 }
+
+/// Whether a block's bytes may stay as they are (see [`walk`]).
+pub type KeepBytes<'k> = dyn Fn(&[u8]) -> bool + 'k;
+
+/// A block whose bytes the walk did not read yet.
+const NOT_READ: usize = usize::MAX;
 
 /// The field a block was reached through, named only when a report needs it (a name per
 /// block would cost an allocation and a format per block: most are never shown).
@@ -100,13 +107,20 @@ impl std::fmt::Display for Hop {
     }
 }
 
-/// The blocks the walk reached, in address order.
+/// The blocks the walk reached, in address order, with a copy of their contents (one
+/// buffer for all: no allocation per block).
 #[derive(Debug, Default)]
 pub struct Blocks {
     list: Vec<Block>,
+    contents: Vec<u8>,
 }
 
 impl Blocks {
+    /// The contents of `b` (one of these blocks) in the old process.
+    pub fn bytes(&self, b: &Block) -> &[u8] {
+        self.contents.get(b.at..b.at.saturating_add(b.obj.size as usize)).unwrap_or_default()
+    }
+
     pub fn get(&self, addr: &u64) -> Option<&Block> {
         self.list.binary_search_by_key(addr, |b| b.obj.addr).ok().map(|i| &self.list[i])
     }
@@ -166,6 +180,11 @@ pub struct Pin {
 #[derive(Debug, Default)]
 pub struct Reached {
     pub blocks: Blocks,
+    /// Blocks of the adopted heap made after startup that typed pointers reach only as
+    /// bytes (`char *`: strings, buffers) and that hold nothing to rewrite: they stay where
+    /// they are, as they are, without being listed, planned or written (a table's keys and
+    /// values are most of its blocks): (address, heap index position), by address.
+    pub kept: Vec<(u64, u32)>,
     /// Blocks memory mcr cannot type (a union, a `void *` target's bytes, an integer) may
     /// point to, with the first such word: they must stay where they are (conservative
     /// tracing; only possible where the new process adopted the old heap).
@@ -238,6 +257,10 @@ fn path_of<'b>(block: &dyn Fn(u64) -> Option<&'b Block>, addr: u64) -> String {
 /// what only it leads to. An update whose types do not change seals the blocks of the
 /// adopted heap (they stay where they are, as they are); what makes that right is checked
 /// after the walk (`crate::untouched`).
+///
+/// `keep_bytes`: whether a block's bytes need no rewriting; with it, a block of the
+/// adopted heap made after startup that typed pointers reach only as bytes is kept where
+/// it is when its bytes say so ([`Reached::kept`]), instead of being listed.
 #[allow(clippy::too_many_arguments)]
 pub fn walk(
     old: &Program,
@@ -248,8 +271,11 @@ pub fn walk(
     words: &[(String, u64)],
     pinnable: &dyn Fn(u64) -> bool,
     seal: &dyn Fn(&Object, TypeId) -> bool,
+    keep_bytes: Option<&KeepBytes<'_>>,
 ) -> Result<Reached, TransferError> {
     let mut w = Walker {
+        keeps: keep_bytes.is_some(),
+        kept_ty: None,
         prog: old,
         heap,
         hints,
@@ -282,19 +308,44 @@ pub fn walk(
     let next = |w: &mut Walker| {
         w.typed_queue.pop_front().map(|a| (a, true)).or_else(|| w.opaque_queue.pop_front().map(|a| (a, false)))
     };
+    let mut contents: Vec<u8> = Vec::new();
     while let Some((i, queued_typed)) = next(&mut w) {
         let i = i as usize;
         let (obj, reach) = (w.list[i].obj, w.list[i].reach);
         if !queued_typed && reach != Reach::Opaque {
             continue; // a typed pointer reached it since: scanned from the typed queue
         }
-        if w.list[i].bytes.is_empty() && obj.size > 0 {
-            w.list[i].bytes = read_vec(mem, obj.addr, obj.size)?;
+        if w.list[i].at == NOT_READ {
+            let at = contents.len();
+            contents.resize(at + obj.size as usize, 0);
+            mem.read(obj.addr, &mut contents[at..])?;
+            w.list[i].at = at;
         }
-        let bytes = std::mem::take(&mut w.list[i].bytes);
-        let scanned = w.scan_block(&bytes, obj, reach, &mut roots_by_type);
-        w.list[i].bytes = bytes;
-        scanned?;
+        let at = w.list[i].at;
+        w.scan_block(&contents[at..at + obj.size as usize], obj, reach, &mut roots_by_type)?;
+    }
+    // A kept block whose bytes hold something to rewrite (an address in the old binary)
+    // is listed after all, as bytes (they lead nowhere: nothing more to walk).
+    let mut kept = Vec::new();
+    if let (Some(keep), Some(ty)) = (keep_bytes, w.kept_ty) {
+        let mut buf = Vec::new();
+        for pos in 0..w.slots.len() {
+            if w.slots[pos] != KEPT {
+                continue;
+            }
+            let obj = heap.objects()[pos];
+            buf.resize(obj.size as usize, 0);
+            mem.read(obj.addr, &mut buf)?;
+            if keep(&buf) {
+                kept.push((obj.addr, pos as u32));
+                continue;
+            }
+            let at = contents.len();
+            contents.extend_from_slice(&buf);
+            let hop = Hop::Text(format!("({})", old.type_name(ty)));
+            w.slots[pos] = w.list.len() as u32 + 1;
+            w.list.push(Block { obj, reach: Reach::Typed(ty), parent: None, hop, at, pos: pos as u32 });
+        }
     }
     let Walker { list, slots, pinned, interior, .. } = w;
     // In address order: the heap index's.
@@ -302,28 +353,35 @@ pub fn walk(
     let blocks = Blocks {
         list: slots
             .iter()
-            .filter(|&&s| s != 0 && s != SEALED)
+            .filter(|&&s| s != 0 && s != SEALED && s != KEPT)
             .filter_map(|&s| list.get_mut(s as usize - 1).and_then(Option::take))
             .collect(),
+        contents,
     };
-    let embedded = embedded(old, &blocks, interior);
-    Ok(Reached { blocks, pinned, embedded })
+    let embedded = embedded(old, &blocks, &kept, interior);
+    Ok(Reached { blocks, kept, pinned, embedded })
 }
 
 /// A block the walk does not go into (see [`walk`]'s `seal`), in [`Walker::slots`].
 const SEALED: u32 = u32::MAX;
+/// A block reached only as bytes that may stay as it is (see [`walk`]'s `keep_bytes`).
+const KEPT: u32 = u32::MAX - 1;
 
 /// The typed pointers into the middle of blocks that point outside the blocks' typed
 /// objects (into an untyped block, or past a typed block's objects): the objects there,
 /// the first of each type.
-fn embedded(prog: &Program, blocks: &Blocks, interior: Vec<Interior>) -> Vec<Embedded> {
+fn embedded(prog: &Program, blocks: &Blocks, kept: &[(u64, u32)], interior: Vec<Interior>) -> Vec<Embedded> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for i in interior {
-        let Some(b) = blocks.get(&i.block) else { continue };
-        let typed_end = match b.reach {
-            Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
-            Reach::Opaque => 0,
+        let typed_end = match blocks.get(&i.block) {
+            Some(b) => match b.reach {
+                Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
+                Reach::Opaque => 0,
+            },
+            // Bytes: no object of theirs covers it.
+            None if kept.binary_search_by_key(&i.block, |k| k.0).is_ok() => 0,
+            None => continue,
         };
         if i.offset < typed_end || !seen.insert(i.ty) {
             continue;
@@ -379,6 +437,10 @@ struct Walker<'w> {
     interior: Vec<Interior>,
     interior_seen: HashSet<(u64, TypeId)>,
     seal: &'w dyn Fn(&Object, TypeId) -> bool,
+    /// Whether blocks reached only as bytes may be kept ([`KEPT`]), and the byte type
+    /// they were reached as.
+    keeps: bool,
+    kept_ty: Option<TypeId>,
 }
 
 impl Walker<'_> {
@@ -391,7 +453,7 @@ impl Walker<'_> {
     fn block(&self, addr: u64) -> Option<&Block> {
         let pos = self.heap.locate(addr)?;
         match self.slots[pos] {
-            0 | SEALED => None,
+            0 | SEALED | KEPT => None,
             s => self.list.get(s as usize - 1).filter(|b| b.obj.addr == addr),
         }
     }
@@ -451,14 +513,23 @@ impl Walker<'_> {
         let obj = self.heap.objects()[pos];
         match self.slots[pos] {
             SEALED => {} // it stays where it is, as it is, however else it is reached
-            0 => {
-                if ty.is_some_and(|t| (self.seal)(&obj, t)) {
+            // Bytes it stays; another type makes it an object to walk.
+            KEPT if ty.is_none_or(|t| is_byte(prog, t)) => {}
+            s @ (0 | KEPT) => {
+                if s == 0 && ty.is_some_and(|t| (self.seal)(&obj, t)) {
                     self.slots[pos] = SEALED;
+                    return Ok(());
+                }
+                if let Some(t) = ty
+                    .filter(|&t| s == 0 && self.keeps && !obj.startup && is_byte(prog, t) && (self.pinnable)(obj.addr))
+                {
+                    self.slots[pos] = KEPT;
+                    self.kept_ty = Some(t);
                     return Ok(());
                 }
                 let reach = ty.map_or(Reach::Opaque, Reach::Typed);
                 let i = self.list.len() as u32;
-                self.list.push(Block { obj, reach, parent, hop: hop(), bytes: Vec::new(), pos: pos as u32 });
+                self.list.push(Block { obj, reach, parent, hop: hop(), at: NOT_READ, pos: pos as u32 });
                 self.slots[pos] = i + 1;
                 match reach {
                     Reach::Typed(_) => self.typed_queue.push_back(i),
@@ -689,7 +760,7 @@ impl Walker<'_> {
             };
             let place = format!("{path}+{off}");
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
-            if self.slots[pos] == SEALED {
+            if matches!(self.slots[pos], SEALED | KEPT) {
                 // It stays where it is, as it is, pinned or not: counted, not walked.
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
                 continue;
@@ -755,7 +826,7 @@ mod tests {
         }
         assert_eq!(reached.path_of(nodes[2]), "head -> node.next -> node.next");
         assert_eq!(reached.blocks[&nodes[2]].parent, Some(nodes[1]));
-        assert_eq!(reached.blocks[&nodes[1]].bytes, node(2, nodes[2]));
+        assert_eq!(reached.blocks.bytes(&reached.blocks[&nodes[1]]), node(2, nodes[2]));
     }
 
     fn blob(b: &mut Build, _: Ids) {

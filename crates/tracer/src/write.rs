@@ -37,6 +37,9 @@ impl Moved {
     }
 }
 
+/// In [`Destinations::by_pos`]: a block kept where it is ([`Reached::kept`]).
+const STAYS: u32 = u32::MAX;
+
 /// Where the reached blocks went, by old address; the blocks the walk did not go through
 /// stay where they are when the walk sealed the adopted heap ([`crate::untouched`]).
 #[derive(Debug, Default)]
@@ -59,8 +62,10 @@ impl Destinations {
 
     /// [`Destinations::get`] for the block `o` at heap index position `pos`.
     pub fn get_at(&self, pos: usize, o: &mcr_heap::Object) -> Option<Moved> {
+        let stays = Moved { new: o.addr, old_stride: 0, new_stride: 0 };
         match self.by_pos.get(pos).copied().unwrap_or(0) {
-            0 => self.others_stay.then_some(Moved { new: o.addr, old_stride: 0, new_stride: 0 }),
+            STAYS => Some(stays),
+            0 => self.others_stay.then_some(stays),
             i => self.blocks.get(i as usize - 1).map(|b| b.1),
         }
     }
@@ -84,8 +89,13 @@ impl Destinations {
 
 /// Allocate the fresh blocks `plan` asks for in the new process: where every reached
 /// block goes (fresh, or its matched startup block). `heap_len`: how many blocks the old
-/// heap index lists.
-pub fn allocate(target: &mut dyn Target, plan: &TransferPlan, heap_len: usize) -> Result<Destinations, TransferError> {
+/// heap index lists; `kept`: blocks that stay as they are ([`Reached::kept`]).
+pub fn allocate(
+    target: &mut dyn Target,
+    plan: &TransferPlan,
+    heap_len: usize,
+    kept: &[(u64, u32)],
+) -> Result<Destinations, TransferError> {
     let fresh: Vec<u64> =
         plan.blocks.iter().filter(|b| matches!(b.placement, Placement::Fresh { .. })).map(|b| b.size).collect();
     let got = if fresh.is_empty() { Vec::new() } else { target.allocate(&fresh)? };
@@ -110,6 +120,11 @@ pub fn allocate(target: &mut dyn Target, plan: &TransferPlan, heap_len: usize) -
             (b.old, Moved { new, old_stride: b.old_stride, new_stride: b.new_stride })
         })
         .collect();
+    for &(_, pos) in kept {
+        if let Some(slot) = by_pos.get_mut(pos as usize) {
+            *slot = STAYS;
+        }
+    }
     Ok(Destinations { blocks, by_pos, others_stay: false })
 }
 
@@ -293,7 +308,7 @@ impl Writer<'_, '_> {
     /// The block `block` in the new layout, `bp.size` bytes.
     pub fn rebuild(&self, block: &Block, bp: &BlockPlan) -> Result<Rebuilt, TransferError> {
         let (old, new) = (self.pair.old.prog, self.pair.new.prog);
-        let old_bytes = &block.bytes;
+        let old_bytes = self.reached.blocks.bytes(block);
         let mut out = Rebuilt { bytes: vec![0u8; bp.size as usize], heap_sites: Vec::new() };
         let Some(tp) = self.plan.of(block.reach.ty()) else {
             // Untyped: copied as bytes (a heap address in them pins its block, which stays
@@ -393,7 +408,7 @@ impl Writer<'_, '_> {
                 // Already there with the old bytes: only a change is written (and what a
                 // handler is registered for goes to it, changed or not).
                 Placement::InPlace => {
-                    let same = block.bytes.get(..out.bytes.len()) == Some(&out.bytes[..]);
+                    let same = self.reached.blocks.bytes(block).get(..out.bytes.len()) == Some(&out.bytes[..]);
                     let handled = tp.is_some_and(|p| p.handler.is_some());
                     if !same {
                         report.in_place_bytes += out.bytes.len() as u64;
@@ -428,7 +443,7 @@ impl Writer<'_, '_> {
                 let objects = block.reach.ty().map_or(0, |t| typed_objects(self.pair.old.prog, t, block.obj.size));
                 for k in 0..objects {
                     let (o, n) = ((k * os) as usize, new_addr + k * ns);
-                    list.push((block.bytes[o..o + os as usize].to_vec(), n, ns));
+                    list.push((self.reached.blocks.bytes(block)[o..o + os as usize].to_vec(), n, ns));
                 }
             }
             report.bytes += out.bytes.len() as u64;
