@@ -78,8 +78,9 @@ pub struct Report {
     pub globals_clean: usize,
     /// Globals of the old version the new one no longer has: their data is dropped.
     pub globals_dropped: Vec<String>,
-    /// Heap blocks carried into the new version (fresh blocks, and startup blocks of the
-    /// new version matched with old ones), and the bytes written into them.
+    /// Heap blocks carried into the new version (fresh blocks, startup blocks of the new
+    /// version matched with old ones, and blocks of the adopted heap that stay where they
+    /// are), and the bytes written into them.
     pub objects: usize,
     pub bytes: u64,
     /// Old startup objects matched with the new version's startup block of the same
@@ -451,7 +452,9 @@ mod tests {
         w.set_global("alias", &nodes[1].to_ne_bytes());
         let t = w.transfer().expect("transfer");
         let r = &t.report;
-        assert_eq!((r.objects, r.in_place, r.old_freed), (3, 2, 2), "two nodes and the code are listed: {r:?}");
+        // Carried: the two grown nodes and the code written (24 + 24 + 16 bytes), the name
+        // kept; in place: the code and the name; freed: the old nodes.
+        assert_eq!((r.objects, r.bytes, r.in_place, r.old_freed), (4, 64, 2, 2), "{r:?}");
         assert!(!w.new_proc.wrote(name, 16), "the kept block is not written: {:x?}", w.new_proc.writes);
         let mem = &w.new_proc.mem;
         assert_eq!(mem.u64(w.new_global("name")), name, "it stays where it was");

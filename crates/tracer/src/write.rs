@@ -131,17 +131,22 @@ pub fn allocate(
 /// Where everything went, for the handlers' `mcr_translate()`: the heap blocks the
 /// transfer moved and the main binary's globals the new version has.
 pub fn relocations(pair: &Pair, reached: &Reached, moved: &Destinations) -> Vec<Relocation> {
+    let objects = pair.heap.objects();
     let blocks = moved
         .placed()
-        .filter_map(|(a, m)| {
-            Some(Relocation {
-                old: *a,
-                len: reached.blocks.get(a)?.obj.size,
-                new: m.new,
-                old_stride: m.old_stride,
-                new_stride: m.new_stride,
-            })
+        .zip(reached.blocks.values())
+        .map(|((a, m), b)| Relocation {
+            old: *a,
+            len: b.obj.size,
+            new: m.new,
+            old_stride: m.old_stride,
+            new_stride: m.new_stride,
         })
+        // Blocks kept as they are translate to themselves.
+        .chain(reached.kept.iter().filter_map(|&(a, pos)| {
+            let len = objects.get(pos as usize)?.size;
+            Some(Relocation { old: a, len, new: a, old_stride: 0, new_stride: 0 })
+        }))
         .collect();
     relocation_table(pair.old.prog, pair.old.image.bias, pair.new.prog, pair.new.image.bias, blocks)
 }
@@ -464,7 +469,8 @@ impl Writer<'_, '_> {
             target.flush()?;
             target.adopt_startup(&adopted)?;
         }
-        report.objects = self.plan.blocks.len();
+        // Carried: the blocks written or kept where they are.
+        report.objects = self.plan.blocks.len() + self.reached.kept.len();
         target.flush()?;
         for (what, objs) in &for_handlers {
             target
