@@ -2,6 +2,7 @@
 
 mod check;
 mod dirty;
+mod docs;
 mod history;
 mod instance;
 mod profile;
@@ -150,6 +151,13 @@ enum Command {
         #[arg(long, default_value_t = 10, value_name = "S")]
         timeout: u64,
     },
+    /// Write the man pages and shell completions (for the Debian package: packaging/deb/build.sh)
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write man/ and completions/ into
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +205,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     // Offline verbs need no runtime directory.
     let command = match cli.command {
         Command::Check(args) => return Ok(check::check(&args)),
+        Command::GenerateDocs { out } => return docs::generate(&out),
         c => c,
     };
     let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
@@ -215,5 +224,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         },
         Command::Stop { name, timeout } => instance::stop(&dir, &name, timeout),
         Command::Check(args) => Ok(check::check(&args)),
+        Command::GenerateDocs { out } => docs::generate(&out),
     }
 }
