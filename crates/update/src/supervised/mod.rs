@@ -28,6 +28,8 @@ pub struct Settings {
     pub quiesce_timeout_ms: u64,
     /// How long the new version has to replay its startup and park.
     pub startup_timeout: Duration,
+    /// Rehearse (`mcr update --rehearse`): no drain, and a rollback instead of the commit.
+    pub rehearse: bool,
 }
 
 /// An update ready to run: the new build checked, the running version reached, the new
@@ -122,6 +124,7 @@ impl Prepared {
             interrupted: &crate::interrupt::interrupted,
             warn,
             started: self.started,
+            rehearse: settings.rehearse,
         };
         Update::new(self.old, self.launcher, options).run()
     }
