@@ -6,6 +6,7 @@ mod docs;
 mod history;
 mod instance;
 mod profile;
+mod progress;
 mod render;
 mod run;
 mod service;

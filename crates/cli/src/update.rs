@@ -1,11 +1,13 @@
 //! `mcr update`: the arguments, and what the update (mcr-update) did, printed.
 
 use crate::history::{self, Build, Entry};
+use crate::progress::UpdateProgress;
 use crate::render;
 use anyhow::Result;
 use clap::Args;
 use mcr_protocol::InstanceDir;
 use mcr_update::{Report, Settings, Warning};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -98,8 +100,10 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         startup_timeout: Duration::from_millis(args.timeout),
         rehearse: args.rehearse,
     };
-    let warn = |w: Warning| eprintln!("mcr: warning: {w}");
-    let report = prepared.run(settings, &warn);
+    let progress = UpdateProgress::new(!args.json && std::io::stdout().is_terminal());
+    let warn = |w: Warning| progress.suspend(|| eprintln!("mcr: warning: {w}"));
+    let report = prepared.run(settings, &warn, &|step| progress.step(step));
+    progress.finish();
     if let Err(e) = history::record(dir, &args.name, &Entry::new(began, from, to, &report)) {
         eprintln!("mcr: warning: the update is not in the history: {}", render::error_chain(&e));
     }

@@ -43,6 +43,18 @@ impl Phase {
     }
 }
 
+/// What an update is doing now, for a progress display (`mcr update` on a terminal): each
+/// step lasts until the next one is reported, the last until the update returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Phase(Phase),
+    /// Ending the new version and resuming the old one (a failure, or a rehearsal).
+    RollBack,
+}
+
+/// Told each [`Step`] as it begins.
+pub type Progress<'a> = &'a dyn Fn(Step);
+
 /// How long each phase took, in milliseconds.
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, Clone)]
 pub struct Timings {
@@ -95,6 +107,7 @@ pub struct Options<'a> {
     /// A rehearsal: every phase up to the commit point but the drain (the connections are
     /// not touched), then a rollback instead of the commit.
     pub rehearse: bool,
+    pub progress: Progress<'a>,
 }
 
 /// What an update did: the `--json` output of `mcr update` (which mcr-bench reads back).
@@ -171,6 +184,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
         if outcome.is_ok() && !self.options.rehearse {
             self.versions.committed();
         } else {
+            (self.options.progress)(Step::RollBack);
             let t = Instant::now();
             self.versions.roll_back();
             self.timings.rollback_ms = ms(t.elapsed());
@@ -213,6 +227,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
                 phase = p.next();
                 continue;
             }
+            (self.options.progress)(Step::Phase(p));
             let t = Instant::now();
             let done = self.step(p);
             let took = ms(t.elapsed());

@@ -10,8 +10,8 @@ use mcr_update::error::{CommitError, DrainError, NotStarted, PreflightError, Qui
 use mcr_update::preflight::Unmovable;
 use mcr_update::transfer::{Summary, TransferError};
 use mcr_update::{
-    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Policy, Quiescence, Report, Resumed, RunningVersion,
-    StartupFailure, Update, UpdateError, Warn, Warning,
+    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Phase, Policy, Quiescence, Report, Resumed,
+    RunningVersion, StartupFailure, Step, Update, UpdateError, Warn, Warning,
 };
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -330,6 +330,7 @@ impl Scenario {
             warn: &warn,
             started: Instant::now(),
             rehearse: self.rehearse,
+            progress: &|step| STEPS.with(|s| s.borrow_mut().push(step)),
         };
         let report = Update::new(old, launcher, options).run();
         let warnings = warnings.into_inner().unwrap();
@@ -468,6 +469,8 @@ thread_local! {
     static ASKED: Cell<usize> = const { Cell::new(0) };
     /// Set by the fake launcher: the new version is starting.
     static STARTING: Cell<bool> = const { Cell::new(false) };
+    /// The steps the update reported to its progress display.
+    static STEPS: std::cell::RefCell<Vec<Step>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[test]
@@ -704,4 +707,28 @@ fn a_rehearsal_fails_where_the_update_would() {
         );
         assert_rolled_back(&rehearsal, &journal, !real.failure.as_ref().is_some_and(UpdateError::before_restart));
     }
+}
+
+/// The progress display is told each phase as it begins, and the rollback.
+#[test]
+fn each_step_is_reported_as_it_begins() {
+    use Phase::*;
+    let steps = |s: Scenario| {
+        STEPS.with(|s| s.borrow_mut().clear());
+        s.run();
+        STEPS.with(|s| s.borrow().clone())
+    };
+    let phases = |p: &[Phase]| p.iter().map(|&p| Step::Phase(p)).collect::<Vec<_>>();
+    assert_eq!(
+        steps(Scenario::failing(Fail::Nowhere)),
+        phases(&[Preflight, Drain, Quiesce, Restart, Transfer, Commit])
+    );
+    let mut failed = phases(&[Preflight, Drain, Quiesce, Restart, Transfer]);
+    failed.push(Step::RollBack);
+    assert_eq!(steps(Scenario::failing(Fail::Transfer)), failed);
+    let mut rehearsal = Scenario::failing(Fail::Nowhere);
+    rehearsal.rehearse = true;
+    let mut rehearsed = phases(&[Preflight, Quiesce, Restart, Transfer]);
+    rehearsed.push(Step::RollBack);
+    assert_eq!(steps(rehearsal), rehearsed);
 }
