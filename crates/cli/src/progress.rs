@@ -12,10 +12,12 @@ pub struct UpdateProgress {
     bar: Option<ProgressBar>,
     /// The step under way, and since when.
     current: Mutex<Option<(Step, Instant)>>,
+    /// How long the drain may wait: the longest step that is only waiting.
+    drain_timeout_ms: u64,
 }
 
 impl UpdateProgress {
-    pub fn new(show: bool) -> Self {
+    pub fn new(show: bool, drain_timeout_ms: u64) -> Self {
         let bar = show.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
             let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
@@ -24,7 +26,7 @@ impl UpdateProgress {
             bar.enable_steady_tick(Duration::from_millis(80));
             bar
         });
-        Self { bar, current: Mutex::new(None) }
+        Self { bar, current: Mutex::new(None), drain_timeout_ms }
     }
 
     /// `step` begins: the one before it is done.
@@ -35,7 +37,13 @@ impl UpdateProgress {
             bar.println(done_line(done, since.elapsed()));
         }
         bar.reset_elapsed();
-        bar.set_message(format!("{}…", name(step)));
+        match step {
+            Step::Phase(Phase::Drain) => bar.set_message(format!(
+                "drain: waiting up to {} ms for the connections the update cannot move…",
+                self.drain_timeout_ms
+            )),
+            _ => bar.set_message(format!("{}…", name(step))),
+        }
     }
 
     /// Run `f` (which prints, a warning) with the spinner out of its way.
@@ -78,7 +86,7 @@ mod tests {
 
     #[test]
     fn hidden_progress_prints_nothing_and_keeps_no_step() {
-        let p = UpdateProgress::new(false);
+        let p = UpdateProgress::new(false, 1000);
         p.step(Step::Phase(Phase::Quiesce));
         assert_eq!(p.suspend(|| 7), 7);
         assert!(p.current.lock().unwrap().is_none());

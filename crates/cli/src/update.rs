@@ -100,7 +100,7 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         startup_timeout: Duration::from_millis(args.timeout),
         rehearse: args.rehearse,
     };
-    let progress = UpdateProgress::new(!args.json && std::io::stdout().is_terminal());
+    let progress = UpdateProgress::new(!args.json && std::io::stdout().is_terminal(), settings.drain_timeout_ms);
     let warn = |w: Warning| progress.suspend(|| eprintln!("mcr: warning: {w}"));
     let report = prepared.run(settings, &warn, &|step| progress.step(step));
     progress.finish();
