@@ -8,6 +8,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo build --release --workspace
 make -s -C fixtures OUT="$PWD/target/fixtures"
+# The Debian package, once (crates/cli/tests/package.rs installs it into a scratch root).
+MCR_DEB="$(packaging/deb/build.sh --fast | tail -n 1)"
+export MCR_DEB
 MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
 export MCR_NGINX
 # Successive Debian patch levels, for the updates "to the next patch" (1 -> 2), the

@@ -33,7 +33,7 @@ pub(crate) mod tests {
   "committed": true,
   "message": "'s' now runs target/fixtures/kvd-v2-layout --port 44149",
   "phases": { "preflight_ms": 0.412, "drain_ms": 3.446274, "quiesce_ms": 0.716906, "restart_ms": 52.056450999999996,
-    "transfer_ms": 23.648202, "commit_ms": 11.302825, "total_ms": 99.212014 },
+    "transfer_ms": 23.648202, "commit_ms": 11.302825, "total_ms": 99.212014, "paused_ms": 88.5, "rollback_ms": 0.0 },
   "conflicts": [],
   "connections_left": [ { "pid": 2, "fds": [5, 6], "volatile": false, "pinned": [], "idle_check": false, "busy": [], "finished": false } ],
   "transfer": { "processes": 1, "globals": 7, "globals_clean": 0, "globals_dropped": [], "objects": 30, "bytes": 690,
@@ -47,7 +47,9 @@ pub(crate) mod tests {
     "heap_adopt_ms": 0.0 },
   "adopted_connections": 0,
   "old_processes": [2],
-  "new_processes": [2]
+  "new_processes": [2],
+  "rehearsed": false,
+  "drain_would_wait": []
 }"#;
 
     /// A rolled-back update with --fresh-state.

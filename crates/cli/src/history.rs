@@ -62,6 +62,13 @@ pub enum Outcome {
     Unknown {
         reason: String,
     },
+    /// `mcr update --rehearse`: run up to the commit point and rolled back on purpose; the
+    /// reason the update would not commit, if it would not.
+    Rehearsed {
+        would_commit: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl Build {
@@ -110,6 +117,10 @@ impl Entry {
     pub fn new(time: SystemTime, from: Build, to: Build, report: &Report) -> Entry {
         let reason = || report.message.clone();
         let outcome = match &report.failure {
+            _ if report.rehearsed => Outcome::Rehearsed {
+                would_commit: report.failure.is_none(),
+                reason: report.failure.as_ref().map(|_| reason()),
+            },
             _ if report.committed => Outcome::Committed,
             Some(f) if f.before_restart() => Outcome::Refused { reason: mcr_update::error::chain(f) },
             Some(f) if f.undecided() => Outcome::Unknown { reason: reason() },
@@ -215,6 +226,8 @@ fn table(entries: &[Entry]) -> String {
                 Outcome::RolledBack { .. } => "rolled back",
                 Outcome::Refused { .. } => "refused",
                 Outcome::Unknown { .. } => "unknown",
+                Outcome::Rehearsed { would_commit: true, .. } => "rehearsed",
+                Outcome::Rehearsed { would_commit: false, .. } => "rehearsed: would roll back",
             };
             let moved = match &e.transfer {
                 Some(t) => format!(
@@ -252,7 +265,11 @@ fn table(entries: &[Entry]) -> String {
     line(head);
     for (r, e) in rows.iter().zip(entries) {
         line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
-        if let Outcome::RolledBack { reason } | Outcome::Refused { reason } | Outcome::Unknown { reason } = &e.outcome {
+        if let Outcome::RolledBack { reason }
+        | Outcome::Refused { reason }
+        | Outcome::Unknown { reason }
+        | Outcome::Rehearsed { reason: Some(reason), .. } = &e.outcome
+        {
             let first = reason.lines().next().unwrap_or_default();
             line(["", "", &format!("  {first}"), "", ""]);
         }

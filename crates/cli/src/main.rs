@@ -2,9 +2,11 @@
 
 mod check;
 mod dirty;
+mod docs;
 mod history;
 mod instance;
 mod profile;
+mod progress;
 mod render;
 mod run;
 mod service;
@@ -26,7 +28,7 @@ use std::path::PathBuf;
         first step of a live update.\n\n\
         Instance files (control socket, lock, log) live in $MCR_RUNTIME_DIR, else /run/mcr \
         as root, else $XDG_RUNTIME_DIR/mcr.",
-    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr update kvd -- ./kvd-v2\n  mcr history kvd\n  mcr update kvd --back\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
+    after_help = "Examples:\n  mcr run --name kvd --detach -- ./kvd --port 7000\n  mcr status kvd\n  mcr ctl kvd quiesce --timeout 500\n  mcr ctl kvd resume\n  mcr ctl kvd dirty\n  mcr update kvd --rehearse -- ./kvd-v2\n  mcr update kvd -- ./kvd-v2\n  mcr history kvd\n  mcr update kvd --back\n  mcr stop kvd\n  mcr check ./kvd ./kvd-v2"
 )]
 struct Cli {
     /// Directory holding instance files [default: $MCR_RUNTIME_DIR, /run/mcr as root, else $XDG_RUNTIME_DIR/mcr]
@@ -75,7 +77,10 @@ enum Command {
         5. commit: the old version exits and the new one takes over the name and resumes.\n\n\
         Any failure before commit (conflict, crash, timeout, Ctrl-C) kills the new version and \
         resumes the old one, which never notices; the exit status is then 1.\n\n\
-        Every update that reaches the instance (committed, rolled back, refused) is recorded \
+        --rehearse runs 1 to 4 against the live server (no drain: connections are not touched) \
+        and then rolls back on purpose where 5 would commit; it reports what the update would do \
+        and how long the server was paused, and exits 0 when the update would commit.\n\n\
+        Every update that reaches the instance (committed, rolled back, refused, rehearsed) is recorded \
         in its history (`mcr history NAME`); `--back` goes back to the build that ran before \
         the last committed update.")]
     Update(update::UpdateArgs),
@@ -108,7 +113,7 @@ enum Command {
     /// it ended, how long each phase took, what moved
     #[command(long_about = "Show the update history of instance NAME, oldest first: every update that \
         reached it (committed, rolled back with the reason, refused before anything was stopped \
-        with the reason), with its time (UTC), the builds before and after (path, arguments, \
+        with the reason, rehearsed with whether it would commit), with its time (UTC), the builds before and after (path, arguments, \
         ELF build ID), the time each phase took and what the state transfer moved.\n\n\
         The journal is NAME.history in the runtime directory (JSON lines, one per update, \
         the newest 1000 kept); like the log, it outlives the instance, so a name keeps its \
@@ -149,6 +154,13 @@ enum Command {
         /// Seconds to wait after SIGTERM before killing every process
         #[arg(long, default_value_t = 10, value_name = "S")]
         timeout: u64,
+    },
+    /// Write the man pages and shell completions (for the Debian package: packaging/deb/build.sh)
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write man/ and completions/ into
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -197,6 +209,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     // Offline verbs need no runtime directory.
     let command = match cli.command {
         Command::Check(args) => return Ok(check::check(&args)),
+        Command::GenerateDocs { out } => return docs::generate(&out),
         c => c,
     };
     let dir = mcr_protocol::InstanceDir::resolve(cli.runtime_dir.as_deref())?;
@@ -215,5 +228,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         },
         Command::Stop { name, timeout } => instance::stop(&dir, &name, timeout),
         Command::Check(args) => Ok(check::check(&args)),
+        Command::GenerateDocs { out } => docs::generate(&out),
     }
 }

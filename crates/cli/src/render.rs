@@ -133,8 +133,16 @@ fn op_line(op: &StartupOp) -> String {
 
 /// One screen: what failed, where, and what to do.
 pub fn update_failure(name: &str, message: &str, conflicts: &[ReplayConflict]) -> String {
-    let mut o =
-        format!("mcr: update of '{name}' rolled back; the old version is running as before.\n  why: {message}\n");
+    failure(&format!("update of '{name}' rolled back"), message, conflicts)
+}
+
+/// The same screen for a rehearsal whose update would roll back.
+pub fn rehearsal_failure(name: &str, message: &str, conflicts: &[ReplayConflict]) -> String {
+    failure(&format!("rehearsal of the update of '{name}': the update would roll back"), message, conflicts)
+}
+
+fn failure(what: &str, message: &str, conflicts: &[ReplayConflict]) -> String {
+    let mut o = format!("mcr: {what}; the old version is running as before.\n  why: {message}\n");
     for c in conflicts {
         let _ = writeln!(o, "  conflict in process {}: {}", c.pid, c.reason);
         if let Some(op) = &c.new_op {

@@ -1,11 +1,14 @@
 //! `mcr update`: the arguments, and what the update (mcr-update) did, printed.
 
 use crate::history::{self, Build, Entry};
+use crate::progress::UpdateProgress;
 use crate::render;
 use anyhow::Result;
 use clap::Args;
 use mcr_protocol::InstanceDir;
 use mcr_update::{Report, Settings, Warning};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Args)]
@@ -49,6 +52,13 @@ pub struct UpdateArgs {
     /// file now holds another build (its build ID changed)
     #[arg(long, conflicts_with_all = ["command", "no_args"])]
     back: bool,
+    /// Rehearse the update against the live server: everything it does up to the commit
+    /// point but the drain (connections are not touched), then a deliberate rollback. Reports
+    /// what the update would do (conflicts, handlers, objects transformed and pinned,
+    /// connections that would move or wait, phase times, how long the server was paused);
+    /// exit 0 when it would commit
+    #[arg(long)]
+    rehearse: bool,
     /// The new version and its arguments; PROGRAM alone runs it with the running version's
     /// arguments (see --no-args)
     #[arg(
@@ -77,6 +87,8 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         }
     }
     let (from, to) = (Build::running(&running), Build::of_command(&command));
+    // Read before the update: the file may be replaced once it runs.
+    let handlers = if args.rehearse { handlers(Path::new(&to.program)) } else { Vec::new() };
     let prepared = mcr_update::prepare(dir, &args.name, &command, checks)?;
     for w in &prepared.warnings {
         eprintln!("mcr: warning: {w}");
@@ -86,16 +98,23 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         drain_timeout_ms: args.drain_timeout.unwrap_or(1000),
         quiesce_timeout_ms: args.quiesce_timeout,
         startup_timeout: Duration::from_millis(args.timeout),
+        rehearse: args.rehearse,
     };
-    let warn = |w: Warning| eprintln!("mcr: warning: {w}");
-    let report = prepared.run(settings, &warn);
+    let progress = UpdateProgress::new(!args.json && std::io::stdout().is_terminal(), settings.drain_timeout_ms);
+    let warn = |w: Warning| progress.suspend(|| eprintln!("mcr: warning: {w}"));
+    let report = prepared.run(settings, &warn, &|step| progress.step(step));
+    progress.finish();
     if let Err(e) = history::record(dir, &args.name, &Entry::new(began, from, to, &report)) {
         eprintln!("mcr: warning: the update is not in the history: {}", render::error_chain(&e));
     }
     if let Some(failure) = report.failure.as_ref().filter(|f| f.before_restart()) {
         // Nothing was changed: one line, like any error before anything started.
-        eprintln!("mcr: {}{}", mcr_update::error::chain(failure), laggards(failure));
+        let rehearsal = if report.rehearsed { "rehearsal: the update would stop here: " } else { "" };
+        eprintln!("mcr: {rehearsal}{}{}", mcr_update::error::chain(failure), laggards(failure));
         return Ok(1);
+    }
+    if report.rehearsed {
+        return rehearsal(&report, &command.join(" "), &handlers, &args);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -110,6 +129,103 @@ pub fn update(dir: &InstanceDir, args: UpdateArgs) -> Result<i32> {
         eprint!("{}", render::update_failure(&report.instance, &report.message, &report.conflicts));
     }
     Ok(if report.committed { 0 } else { 1 })
+}
+
+/// What a rehearsal found: the update would commit (exit 0) or roll back (exit 1).
+fn rehearsal(report: &Report, command: &str, handlers: &[Handler], args: &UpdateArgs) -> Result<i32> {
+    let would_commit = report.failure.is_none();
+    if args.json {
+        let mut v = serde_json::to_value(report)?;
+        v["would_commit"] = would_commit.into();
+        v["handlers"] = serde_json::to_value(handlers)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if would_commit {
+        print!("{}", rehearsed(report, command, handlers, args.drain_timeout.unwrap_or(1000)));
+    } else {
+        eprint!("{}", render::rehearsal_failure(&report.instance, &report.message, &report.conflicts));
+    }
+    Ok(if would_commit { 0 } else { 1 })
+}
+
+/// A handler of the new build (include/mcr.h) the update would run, from its hints.
+#[derive(serde::Serialize)]
+struct Handler {
+    /// The macro that declares it.
+    kind: &'static str,
+    /// The type it adjusts (MCR_ADD_OBJ_HANDLER) or the function.
+    what: String,
+}
+
+fn handlers(program: &Path) -> Vec<Handler> {
+    let hints = mcr_typemodel::read_hints(program).unwrap_or_default();
+    let kinds = [
+        ("handler ", "MCR_ADD_OBJ_HANDLER"),
+        ("respawn ", "MCR_ADD_RESPAWN_HANDLER"),
+        ("resume ", "MCR_ADD_RESUME_HANDLER"),
+    ];
+    kinds
+        .iter()
+        .flat_map(|&(prefix, kind)| {
+            hints.iter().filter_map(move |h| Some(Handler { kind, what: h.strip_prefix(prefix)?.trim().to_string() }))
+        })
+        .collect()
+}
+
+/// What the rehearsed update would do, and how long the rehearsal paused the server.
+fn rehearsed(r: &Report, command: &str, handlers: &[Handler], drain_timeout_ms: u64) -> String {
+    use std::fmt::Write;
+    let p = &r.phases;
+    let mut o = format!(
+        "rehearsal of the update of '{}' to {command}: it would commit; rolled back on purpose, the old version runs \
+         on as before\n",
+        r.instance
+    );
+    let _ = writeln!(
+        o,
+        "paused {:.1} ms: quiesce {:.1} ms, restart+replay {:.1} ms, state transfer {:.1} ms, rollback {:.1} ms \
+         (the update drains first, up to {drain_timeout_ms} ms, and commits where the rehearsal rolled back); processes {:?}",
+        p.paused_ms, p.quiesce_ms, p.restart_ms, p.transfer_ms, p.rollback_ms, r.new_processes
+    );
+    let waiting: usize = r.drain_would_wait.iter().map(|c| c.fds.len()).sum();
+    let moving = r.transfer.as_ref().map_or(0, |t| t.connections);
+    let _ = write!(o, "connections: {moving} would move");
+    if r.adopted_connections > 0 {
+        let _ = write!(o, ", {} idle ones would be adopted by the new version", r.adopted_connections);
+    }
+    match waiting {
+        0 => o.push_str("; the drain would wait for none\n"),
+        n => {
+            let pids: Vec<i32> = r.drain_would_wait.iter().map(|c| c.pid).collect();
+            let _ = writeln!(
+                o,
+                "; the drain would wait for {n} the update cannot move (processes {pids:?}), up to {drain_timeout_ms} ms"
+            );
+        }
+    }
+    if let Some(t) = &r.transfer {
+        let _ = writeln!(
+            o,
+            "objects: {} heap blocks carried into the new version ({} rewritten where they are, {} pinned at their \
+             address because memory mcr cannot type holds it), {} adjusted by handlers; the rehearsal moved them and \
+             discarded them with the new version:",
+            t.state.objects, t.state.in_place, t.state.pinned, t.state.handled
+        );
+    }
+    o.push_str(&moved(r));
+    let handled = r.transfer.as_ref().map_or(0, |t| t.state.handled);
+    if handlers.is_empty() {
+        o.push_str("handlers of the new build: none\n");
+    }
+    for h in handlers {
+        let when = match h.kind {
+            "MCR_ADD_OBJ_HANDLER" => format!("would adjust objects of its type ({handled} objects in all)"),
+            "MCR_ADD_RESPAWN_HANDLER" => "would recreate the per-connection processes".into(),
+            _ => "would run when the new version first resumes".into(),
+        };
+        let _ = writeln!(o, "handler {}({}) {when}", h.kind, h.what);
+    }
+    o.push_str("conflicts: none\n");
+    o
 }
 
 /// The threads that did not park, when quiescence failed.
@@ -131,6 +247,14 @@ fn committed(r: &Report) -> String {
     if r.adopted_connections > 0 {
         let _ = writeln!(o, "{} idle connections adopted by the new version", r.adopted_connections);
     }
+    o.push_str(&moved(r));
+    o
+}
+
+/// What the state transfer moved (nothing without it).
+fn moved(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
     let Some(t) = &r.transfer else { return o };
     let _ = writeln!(
         o,

@@ -23,7 +23,7 @@ pub mod warning;
 
 pub use decide::{Handlers, Policy};
 pub use error::UpdateError;
-pub use machine::{Options, Phase, Report, Timings, Update};
+pub use machine::{Options, Phase, Progress, Report, Step, Timings, Update};
 pub use supervised::{prepare, Checks, Prepared, Settings};
 pub use version::{Drain, HostPids, Launcher, NextVersion, Quiescence, Resumed, RunningVersion, StartupFailure};
 pub use warning::{Warn, Warning};

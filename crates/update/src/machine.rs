@@ -43,6 +43,18 @@ impl Phase {
     }
 }
 
+/// What an update is doing now, for a progress display (`mcr update` on a terminal): each
+/// step lasts until the next one is reported, the last until the update returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Phase(Phase),
+    /// Ending the new version and resuming the old one (a failure, or a rehearsal).
+    RollBack,
+}
+
+/// Told each [`Step`] as it begins.
+pub type Progress<'a> = &'a dyn Fn(Step);
+
 /// How long each phase took, in milliseconds.
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, Clone)]
 pub struct Timings {
@@ -58,6 +70,14 @@ pub struct Timings {
     pub commit_ms: f64,
     /// From [`Options::started`] to the outcome.
     pub total_ms: f64,
+    /// How long the old version was paused: from the quiesce request until the new
+    /// version took over (commit) or the old one resumed (rollback). Zero when it was
+    /// never asked to quiesce.
+    #[serde(default)]
+    pub paused_ms: f64,
+    /// Ending the new version and resuming the old one, when the update did not commit.
+    #[serde(default)]
+    pub rollback_ms: f64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -84,6 +104,10 @@ pub struct Options<'a> {
     pub warn: Warn<'a>,
     /// When the update began (its total time counts from there).
     pub started: Instant,
+    /// A rehearsal: every phase up to the commit point but the drain (the connections are
+    /// not touched), then a rollback instead of the commit.
+    pub rehearse: bool,
+    pub progress: Progress<'a>,
 }
 
 /// What an update did: the `--json` output of `mcr update` (which mcr-bench reads back).
@@ -103,6 +127,13 @@ pub struct Report {
     pub adopted_connections: usize,
     pub old_processes: Vec<i32>,
     pub new_processes: Vec<i32>,
+    /// A rehearsal, rolled back on purpose: without a `failure`, the update would commit.
+    #[serde(default)]
+    pub rehearsed: bool,
+    /// A rehearsal does not drain: the open connections the drain would wait for (up to
+    /// --drain-timeout), because the update could neither move nor hand them over.
+    #[serde(default)]
+    pub drain_would_wait: Vec<OpenConnections>,
     /// Why it did not commit (then it was rolled back before the report was made).
     #[serde(skip)]
     pub failure: Option<UpdateError>,
@@ -121,6 +152,8 @@ pub struct Update<'a, O: RunningVersion, L: Launcher> {
     new_processes: Vec<i32>,
     transfer: Option<Summary>,
     adopted_connections: usize,
+    /// When the old version was asked to quiesce.
+    paused_since: Option<Instant>,
 }
 
 impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
@@ -136,27 +169,43 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             new_processes: Vec::new(),
             transfer: None,
             adopted_connections: 0,
+            paused_since: None,
         }
     }
 
-    /// Run every phase, then commit or roll back (before returning).
+    /// Run every phase, then commit or roll back (before returning); a rehearsal rolls
+    /// back where the update would commit.
     pub fn run(mut self) -> Report {
         let outcome = match self.advance() {
             Err(UpdateError::Commit(e)) if e.outcome_unknown() => self.settle(e),
             other => other,
         };
         self.timings.total_ms = ms(self.options.started.elapsed());
-        if outcome.is_ok() {
+        if outcome.is_ok() && !self.options.rehearse {
             self.versions.committed();
+        } else {
+            (self.options.progress)(Step::RollBack);
+            let t = Instant::now();
+            self.versions.roll_back();
+            self.timings.rollback_ms = ms(t.elapsed());
         }
+        self.timings.paused_ms = self.paused_since.map_or(0.0, |t| ms(t.elapsed()));
         let message = match &outcome {
+            Ok(()) if self.options.rehearse => format!(
+                "rehearsal: '{}' would run {}; rolled back on purpose, the old version runs on",
+                self.options.instance, self.options.command
+            ),
             Ok(()) => format!("'{}' now runs {}", self.options.instance, self.options.command),
             Err(e) => crate::error::chain(e),
+        };
+        let drain_would_wait = match self.options.rehearse {
+            true => self.options.policy.stuck(&self.connections).into_iter().cloned().collect(),
+            false => Vec::new(),
         };
         let failure = outcome.err();
         Report {
             instance: std::mem::take(&mut self.options.instance),
-            committed: failure.is_none(),
+            committed: failure.is_none() && !self.options.rehearse,
             message,
             phases: self.timings.clone(),
             conflicts: failure.as_ref().map(|f| f.conflicts().to_vec()).unwrap_or_default(),
@@ -165,14 +214,20 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             adopted_connections: self.adopted_connections,
             old_processes: std::mem::take(&mut self.processes),
             new_processes: std::mem::take(&mut self.new_processes),
+            rehearsed: self.options.rehearse,
+            drain_would_wait,
             failure,
         }
-        // `self` goes here: a failed update is rolled back before its report is read.
     }
 
     fn advance(&mut self) -> Result<(), UpdateError> {
         let mut phase = Some(Phase::Preflight);
         while let Some(p) = phase {
+            if self.options.rehearse && matches!(p, Phase::Drain | Phase::Commit) {
+                phase = p.next();
+                continue;
+            }
+            (self.options.progress)(Step::Phase(p));
             let t = Instant::now();
             let done = self.step(p);
             let took = ms(t.elapsed());
@@ -246,6 +301,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
 
     fn quiesce(&mut self) -> Result<(), QuiesceError> {
         let t = Instant::now();
+        self.paused_since = Some(t);
         let old = &mut self.versions.old;
         match old.quiesce(self.options.quiesce_timeout_ms).map_err(QuiesceError::Request)? {
             Quiescence::Parked => {}

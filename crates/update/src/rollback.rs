@@ -10,6 +10,8 @@ use mcr_client::ClientError;
 enum Outcome {
     /// Not committed (yet): dropped like this, the guard rolls back.
     Pending,
+    /// Rolled back already ([`Versions::roll_back`]): nothing left to do.
+    RolledBack,
     /// The new version runs and the old one retired: nothing to undo.
     Committed,
     /// A commit that got no answer, settled by the old version resuming: only the new
@@ -56,18 +58,21 @@ impl<'w, O: RunningVersion, L: Launcher> Versions<'w, O, L> {
         };
         asked
     }
-}
 
-impl<O: RunningVersion, L: Launcher> Drop for Versions<'_, O, L> {
-    fn drop(&mut self) {
-        if matches!(self.outcome, Outcome::Committed | Outcome::LeftToSupervisors) {
+    /// Roll back now rather than when the guard goes (an update that ends without its
+    /// commit, to time the rollback; a rehearsal): kill the new version if it was started,
+    /// remove what is left of it, resume the old version. Once, however often it is called.
+    pub fn roll_back(&mut self) {
+        if matches!(self.outcome, Outcome::Committed | Outcome::LeftToSupervisors | Outcome::RolledBack) {
             return;
         }
+        let old_resumed = self.outcome == Outcome::OldResumed;
+        self.outcome = Outcome::RolledBack;
         if let Some(next) = self.next.as_mut() {
             next.kill();
         }
         self.launcher.discard();
-        if self.outcome == Outcome::OldResumed {
+        if old_resumed {
             return;
         }
         match self.old.resume() {
@@ -77,5 +82,11 @@ impl<O: RunningVersion, L: Launcher> Drop for Versions<'_, O, L> {
             ))),
             Err(e) => (self.warn)(Warning::NotResumed(e)),
         }
+    }
+}
+
+impl<O: RunningVersion, L: Launcher> Drop for Versions<'_, O, L> {
+    fn drop(&mut self) {
+        self.roll_back();
     }
 }

@@ -10,8 +10,8 @@ use mcr_update::error::{CommitError, DrainError, NotStarted, PreflightError, Qui
 use mcr_update::preflight::Unmovable;
 use mcr_update::transfer::{Summary, TransferError};
 use mcr_update::{
-    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Policy, Quiescence, Report, Resumed, RunningVersion,
-    StartupFailure, Update, UpdateError, Warn, Warning,
+    Drain, Handlers, HostPids, Launcher, NextVersion, Options, Phase, Policy, Quiescence, Report, Resumed,
+    RunningVersion, StartupFailure, Step, Update, UpdateError, Warn, Warning,
 };
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -290,6 +290,7 @@ struct Scenario {
     old_processes: Vec<i32>,
     new_processes: Vec<i32>,
     interrupted: &'static dyn Fn() -> bool,
+    rehearse: bool,
 }
 
 impl Scenario {
@@ -302,6 +303,7 @@ impl Scenario {
             old_processes: vec![2, 3],
             new_processes: vec![2, 3],
             interrupted: &|| false,
+            rehearse: false,
         }
     }
 
@@ -327,6 +329,8 @@ impl Scenario {
             interrupted: self.interrupted,
             warn: &warn,
             started: Instant::now(),
+            rehearse: self.rehearse,
+            progress: &|step| STEPS.with(|s| s.borrow_mut().push(step)),
         };
         let report = Update::new(old, launcher, options).run();
         let warnings = warnings.into_inner().unwrap();
@@ -465,6 +469,8 @@ thread_local! {
     static ASKED: Cell<usize> = const { Cell::new(0) };
     /// Set by the fake launcher: the new version is starting.
     static STARTING: Cell<bool> = const { Cell::new(false) };
+    /// The steps the update reported to its progress display.
+    static STEPS: std::cell::RefCell<Vec<Step>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[test]
@@ -642,4 +648,87 @@ fn with_fresh_state_unmovable_state_is_a_warning() {
     let (report, _, warnings) = s.run();
     assert!(report.committed, "{report:?}");
     assert!(warnings.iter().any(|w| w.contains("process 3: fd 9 (pipe:[77])")), "{warnings:?}");
+}
+
+/// A rehearsal runs every phase up to the commit point but the drain, then rolls back
+/// exactly as a failed update does: the old version resumes once, last; the report says
+/// the update would commit and what it moved.
+#[test]
+fn a_rehearsal_skips_the_drain_and_rolls_back_instead_of_committing() {
+    let mut s = Scenario::failing(Fail::Nowhere);
+    s.rehearse = true;
+    let served = OpenConnections { pinned: vec![5], ..conn(2, &[5]) };
+    s.listed = vec![conn(2, &[6]), served.clone()];
+    let (report, journal, warnings) = s.run();
+    assert!(report.rehearsed && !report.committed && report.failure.is_none(), "{report:?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        journal.all(),
+        [
+            "old: preflight",
+            "old: quiesce",
+            "old: list connections",
+            "old: preflight",
+            "launcher: start replaying 2 logs, 2 old processes",
+            "next: wait started",
+            "next: respawn []",
+            "next: receive state of [2, 3] with connections of [2, 2]",
+            "next: kill",
+            "launcher: discard",
+            "old: resume",
+        ]
+    );
+    assert_eq!(
+        report.message,
+        "rehearsal: 'kvd' would run ./kvd-v2 --port 7000; rolled back on purpose, the old version runs on"
+    );
+    assert_eq!(report.transfer.as_ref().map(|t| t.processes), Some(2));
+    assert_eq!(report.drain_would_wait, [served], "a thread-served session, no resume handler");
+    let p = &report.phases;
+    assert_eq!((p.drain_ms, p.commit_ms), (0.0, 0.0));
+    assert!(p.paused_ms >= p.quiesce_ms + p.restart_ms + p.transfer_ms + p.rollback_ms, "{p:?}");
+}
+
+/// A rehearsal that fails fails as the update would, with the same error and conflicts,
+/// and rolls back once.
+#[test]
+fn a_rehearsal_fails_where_the_update_would() {
+    for fail in [Fail::Unmovable, Fail::QuiesceTimeout, Fail::Conflict, Fail::Transfer] {
+        let (real, _, _) = Scenario::failing(fail).run();
+        let mut s = Scenario::failing(fail);
+        s.rehearse = true;
+        let (rehearsal, journal, _) = s.run();
+        assert!(rehearsal.rehearsed, "{fail:?}");
+        assert_eq!(rehearsal.message, real.message, "{fail:?}");
+        assert_eq!(rehearsal.conflicts.len(), real.conflicts.len(), "{fail:?}");
+        assert_eq!(
+            rehearsal.failure.as_ref().map(UpdateError::before_restart),
+            real.failure.as_ref().map(UpdateError::before_restart)
+        );
+        assert_rolled_back(&rehearsal, &journal, !real.failure.as_ref().is_some_and(UpdateError::before_restart));
+    }
+}
+
+/// The progress display is told each phase as it begins, and the rollback.
+#[test]
+fn each_step_is_reported_as_it_begins() {
+    use Phase::*;
+    let steps = |s: Scenario| {
+        STEPS.with(|s| s.borrow_mut().clear());
+        s.run();
+        STEPS.with(|s| s.borrow().clone())
+    };
+    let phases = |p: &[Phase]| p.iter().map(|&p| Step::Phase(p)).collect::<Vec<_>>();
+    assert_eq!(
+        steps(Scenario::failing(Fail::Nowhere)),
+        phases(&[Preflight, Drain, Quiesce, Restart, Transfer, Commit])
+    );
+    let mut failed = phases(&[Preflight, Drain, Quiesce, Restart, Transfer]);
+    failed.push(Step::RollBack);
+    assert_eq!(steps(Scenario::failing(Fail::Transfer)), failed);
+    let mut rehearsal = Scenario::failing(Fail::Nowhere);
+    rehearsal.rehearse = true;
+    let mut rehearsed = phases(&[Preflight, Quiesce, Restart, Transfer]);
+    rehearsed.push(Step::RollBack);
+    assert_eq!(steps(rehearsal), rehearsed);
 }

@@ -11,7 +11,7 @@ pub use spawner::Spawner;
 
 use crate::decide::{Handlers, Policy};
 use crate::error::PrepareError;
-use crate::machine::{Options, Report, Update};
+use crate::machine::{Options, Progress, Report, Update};
 use crate::warning::Warn;
 use mcr_client::program::{self, ServerCommand};
 use mcr_client::Connection;
@@ -28,6 +28,8 @@ pub struct Settings {
     pub quiesce_timeout_ms: u64,
     /// How long the new version has to replay its startup and park.
     pub startup_timeout: Duration,
+    /// Rehearse (`mcr update --rehearse`): no drain, and a rollback instead of the commit.
+    pub rehearse: bool,
 }
 
 /// An update ready to run: the new build checked, the running version reached, the new
@@ -110,7 +112,8 @@ fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<(Pat
 impl Prepared {
     /// Run the update to its commit or its rollback. From here on Ctrl-C (SIGINT,
     /// SIGTERM) ends the phase under way and rolls back.
-    pub fn run(self, settings: Settings, warn: Warn<'_>) -> Report {
+    /// `progress` is told each step as it begins.
+    pub fn run(self, settings: Settings, warn: Warn<'_>, progress: Progress<'_>) -> Report {
         crate::interrupt::catch();
         let options = Options {
             instance: self.name,
@@ -122,6 +125,8 @@ impl Prepared {
             interrupted: &crate::interrupt::interrupted,
             warn,
             started: self.started,
+            rehearse: settings.rehearse,
+            progress,
         };
         Update::new(self.old, self.launcher, options).run()
     }
