@@ -4,6 +4,8 @@
 use crate::memory::{MemoryError, ReadMemory};
 use mcr_alloc::remote::{self, Source};
 use mcr_alloc::{BlockInfo, SLOTS};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 /// A live heap block of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,18 @@ impl From<BlockInfo> for Object {
     }
 }
 
+/// For units whose blocks sit on a grid (an allocator span: blocks of one size class at
+/// multiples of its size): a table per unit from grid cell to block.
+#[derive(Debug, Default)]
+struct Grid {
+    /// Parallel to [`HeapIndex::units`]: the grid's step and where the unit's cells start
+    /// in `cells`; step 0: no grid, search.
+    steps: Vec<(u32, u32)>,
+    /// Per cell: 0, or 1 + the position (from the unit's first block) of the block
+    /// starting there. A lookup is then two reads.
+    cells: Vec<u16>,
+}
+
 #[derive(Debug, Default)]
 pub struct HeapIndex {
     /// Sorted by address, never overlapping.
@@ -38,13 +52,11 @@ pub struct HeapIndex {
     /// looks up every pointer it follows; millions of blocks make a plain binary search
     /// miss the cache at every step).
     units: Vec<(u64, u32)>,
-    /// For units whose blocks sit on a grid (an allocator span: blocks of one size class
-    /// at multiples of its size), parallel to `units`: the grid's step and where the unit's
-    /// table starts in `grid`; step 0: no grid, search.
-    steps: Vec<(u32, u32)>,
-    /// Per grid cell of such a unit: 0, or 1 + the position (from the unit's first) of
-    /// the block starting there. A lookup is then two reads.
-    grid: Vec<u16>,
+    /// Made once lookups are many (a walk that goes through the heap; an update that
+    /// seals it looks up a few pointers only, and the grid of millions of blocks costs
+    /// tens of milliseconds to make).
+    grid: OnceLock<Grid>,
+    lookups: AtomicUsize,
     /// Bytes of the heap's spans read to build the index (its blocks' memory, kept).
     pub scanned_bytes: u64,
 }
@@ -56,6 +68,26 @@ const UNIT_SIZE: u64 = 1 << UNIT_SHIFT;
 /// on a grid at least this fine (at most 4096 cells: what a position offset in u16 holds).
 const MIN_GRID_BLOCKS: usize = 8;
 const MIN_GRID_STEP: u64 = 16;
+
+/// Lookups before the grid is made.
+const GRID_AFTER_LOOKUPS: usize = 4096;
+
+impl Grid {
+    /// The block containing `addr` found through the grid of unit `k` (whose first block
+    /// is at position `first`), when there is a grid and a block starts in `addr`'s cell;
+    /// `None`: search.
+    fn find(&self, objects: &[Object], k: usize, first: u32, addr: u64) -> Option<usize> {
+        let &(step, at) = self.steps.get(k)?;
+        if step == 0 {
+            return None;
+        }
+        let cell = (addr & (UNIT_SIZE - 1)) / u64::from(step);
+        let i = *self.cells.get(at as usize + cell as usize)?;
+        let i = (i as usize).checked_sub(1)? + first as usize;
+        let o = &objects[i];
+        (addr < o.end() || addr == o.addr).then_some(i)
+    }
+}
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
@@ -151,7 +183,12 @@ impl HeapIndex {
                 units.push((unit, i as u32));
             }
         }
-        let (mut steps, mut grid) = (Vec::with_capacity(units.len()), Vec::new());
+        Self { objects, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes }
+    }
+
+    fn make_grid(&self) -> Grid {
+        let (objects, units) = (&self.objects, &self.units);
+        let (mut steps, mut cells) = (Vec::with_capacity(units.len()), Vec::new());
         for (k, &(unit, first)) in units.iter().enumerate() {
             let end = units.get(k + 1).map_or(objects.len(), |&(_, f)| f as usize);
             let blocks = &objects[first as usize..end];
@@ -162,14 +199,14 @@ impl HeapIndex {
                 steps.push((0, 0));
                 continue;
             }
-            let at = grid.len();
-            grid.resize(at + (UNIT_SIZE / step) as usize, 0);
+            let at = cells.len();
+            cells.resize(at + (UNIT_SIZE / step) as usize, 0);
             for (i, o) in blocks.iter().enumerate() {
-                grid[at + ((o.addr - base) / step) as usize] = i as u16 + 1;
+                cells[at + ((o.addr - base) / step) as usize] = i as u16 + 1;
             }
             steps.push((step as u32, at as u32));
         }
-        Self { objects, units, steps, grid, scanned_bytes }
+        Grid { steps, cells }
     }
 
     pub fn len(&self) -> usize {
@@ -197,7 +234,14 @@ impl HeapIndex {
         let k = self.units.partition_point(|&(u, _)| u <= unit);
         let &(u, first) = self.units.get(k.checked_sub(1)?)?;
         if u == unit {
-            if let Some(i) = self.on_grid(k - 1, first, addr) {
+            let grid = match self.grid.get() {
+                Some(g) => Some(g),
+                None if self.lookups.fetch_add(1, Relaxed) >= GRID_AFTER_LOOKUPS => {
+                    Some(self.grid.get_or_init(|| self.make_grid()))
+                }
+                None => None,
+            };
+            if let Some(i) = grid.and_then(|g| g.find(&self.objects, k - 1, first, addr)) {
                 return Some(i);
             }
         }
@@ -212,21 +256,6 @@ impl HeapIndex {
             end
         };
         let i = i.checked_sub(1)?;
-        let o = &self.objects[i];
-        (addr < o.end() || addr == o.addr).then_some(i)
-    }
-
-    /// The block containing `addr` found through the grid of unit `k` (whose first block
-    /// is at position `first`), when there is a grid and a block starts in `addr`'s cell;
-    /// `None`: search.
-    fn on_grid(&self, k: usize, first: u32, addr: u64) -> Option<usize> {
-        let (step, at) = self.steps[k];
-        if step == 0 {
-            return None;
-        }
-        let cell = (addr & (UNIT_SIZE - 1)) / u64::from(step);
-        let i = *self.grid.get(at as usize + cell as usize)?;
-        let i = (i as usize).checked_sub(1)? + first as usize;
         let o = &self.objects[i];
         (addr < o.end() || addr == o.addr).then_some(i)
     }
@@ -298,7 +327,9 @@ mod tests {
             .collect();
         objects.extend((0..20u64).map(|k| Object { addr: 0x8_0008 + k * 24, size: 16, startup: false }));
         let idx = HeapIndex::from_objects(objects.clone(), 0);
-        assert_eq!(idx.steps.iter().filter(|s| s.0 != 0).count(), 1, "one grid: {:?}", idx.steps);
+        assert!(idx.grid.get().is_none(), "made when lookups are many");
+        let grid = idx.grid.get_or_init(|| idx.make_grid());
+        assert_eq!(grid.steps.iter().filter(|s| s.0 != 0).count(), 1, "one grid: {:?}", grid.steps);
         for addr in (0x6_fff0..0x8_0300).step_by(4) {
             let searched = objects.iter().position(|o| o.addr <= addr && addr < o.end());
             assert_eq!(idx.locate(addr), searched, "{addr:#x}");

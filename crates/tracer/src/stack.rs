@@ -94,6 +94,11 @@ impl StackMap {
     }
 
     /// Whether `v` is in the old main stack.
+    /// The old stack's addresses this map covers: `[low, top)`.
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.old.low, self.old.top)
+    }
+
     pub fn covers(&self, v: u64) -> bool {
         (self.old.low..self.old.top).contains(&v)
     }

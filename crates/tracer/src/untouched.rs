@@ -105,6 +105,17 @@ struct Moving<'a> {
 }
 
 impl Moving<'_> {
+    /// The address ranges outside which no word needs a closer look (the old binary's
+    /// bounds, the old main stack, the pages of moving blocks), as (start, length): the
+    /// check runs over every word of the heap, and most words (data, pointers to blocks
+    /// that stay) fail three subtractions and compares.
+    fn coarse(&self) -> [(u64, u64); 3] {
+        let (lo, hi) = self.image_bounds;
+        let stack = self.pair.stack.map_or((0, 0), |s| s.bounds());
+        let pages = self.pages.bounds();
+        [(lo, hi.saturating_sub(lo)), (stack.0, stack.1.saturating_sub(stack.0)), (pages.0, pages.1 - pages.0)]
+    }
+
     /// What `v` is, if a word holding it may need rewriting.
     fn what(&self, v: u64) -> Option<String> {
         let (lo, hi) = self.image_bounds;
@@ -159,6 +170,15 @@ impl PageSet {
         PageSet { first, bits }
     }
 
+    /// The addresses the bitmap covers: `[start, end)`.
+    fn bounds(&self) -> (u64, u64) {
+        if self.bits.is_empty() {
+            return (0, 0);
+        }
+        let start = self.first << Self::SHIFT;
+        (start, start.saturating_add((self.bits.len() as u64 * 64) << Self::SHIFT))
+    }
+
     fn has(&self, v: u64) -> bool {
         let Some(i) = (v >> Self::SHIFT).checked_sub(self.first) else { return false };
         self.bits.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
@@ -190,12 +210,13 @@ fn check_batch(pair: &Pair, m: &Moving, batch: &[&Object], buf: &mut Vec<u8>) ->
             &buf[..]
         }
     };
+    let coarse = m.coarse();
     for o in batch {
         let at = (o.addr - start) as usize;
         let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
         for (k, w) in block.chunks_exact(8).enumerate() {
             let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if v == 0 {
+            if !coarse.iter().any(|&(lo, len)| v.wrapping_sub(lo) < len) {
                 continue;
             }
             if let Some(what) = m.what(v) {
