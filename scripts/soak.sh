@@ -29,8 +29,7 @@
 # an OK for must read back its last acknowledged value. Any of these stops the soak.
 # Growth. After update FIRST (10; 2 when there are fewer than 20) and after the last, the
 # script takes: VmRSS of the server process(es), the supervisor and the init (PID 1 of
-# the version's namespace, the supervisor's parent); descriptors of each, and the server
-# processes' memory mappings (/proc/PID/maps lines); processes in
+# the version's namespace, the supervisor's parent); descriptors of each; processes in
 # the version's PID namespace and processes running the soak's copies of the binaries
 # anywhere (an old version or a CLI left behind); files in the runtime dir and in /tmp.
 # The server's memory (VmRSS, and RssAnon apart) may grow by max(5%, 256 KiB): a few
@@ -110,7 +109,7 @@ LOG=$RAW/soak.log
 : >"$LOG"
 : >"$RAW/updates.tsv"
 printf 'kind\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\n' >"$RAW/trend.tsv"
-printf 'kind\tpoint\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\tfds_server\tmaps_server\tfds_supervisor\tfds_init\tprocs_namespace\tprocs_soak\tfiles_runtime\tfiles_tmp\tlog_bytes\n' >"$RAW/measure.tsv"
+printf 'kind\tpoint\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\tfds_server\tfds_supervisor\tfds_init\tprocs_namespace\tprocs_soak\tfiles_runtime\tfiles_tmp\tlog_bytes\n' >"$RAW/measure.tsv"
 NAMES=() WRITER=
 cleanup() {
   trap - ERR
@@ -186,15 +185,6 @@ soak_count() { soak_pids | wc -l; }
 tmp_files() { { find /tmp -mindepth 1 \( -path "$WORK" -prune \) -o -print 2>/dev/null || true; } | wc -l; }
 run_files() { { find "$MCR_RUNTIME_DIR" -mindepth 1 2>/dev/null || true; } | wc -l; }
 server_fds() { fd_count $(descendants "$1"); }
-map_count() { # PIDS...: memory mappings of them all
-  local p n=0 c
-  for p; do
-    c=$(wc -l </proc/"$p"/maps 2>/dev/null || echo 0)
-    n=$((n + c))
-  done
-  echo "$n"
-}
-server_maps() { map_count $(descendants "$1"); }
 
 # The host PIDs of instance NAME's supervisor and init (its parent) in SUP and INIT.
 version_pids() { # NAME U
@@ -218,10 +208,10 @@ measure() {
   ns=$(readlink /proc/"$init"/ns/pid)
   [ "$(readlink /proc/"$sup"/ns/pid)" = "$ns" ] || abort "$kind: the supervisor ($sup) is not in its parent's ($init) PID namespace"
   # shellcheck disable=SC2046 # word splitting of PID lists is meant
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$point" "$u" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$point" "$u" \
     "$(mem_kb VmRSS $(descendants "$sup"))" "$(mem_kb RssAnon $(descendants "$sup"))" \
     "$(mem_kb VmRSS "$sup")" "$(mem_kb VmRSS "$init")" \
-    "$(least_of_3 server_fds "$sup")" "$(least_of_3 server_maps "$sup")" "$(least_of_3 fd_count "$sup")" "$(least_of_3 fd_count "$init")" \
+    "$(least_of_3 server_fds "$sup")" "$(least_of_3 fd_count "$sup")" "$(least_of_3 fd_count "$init")" \
     "$(least_of_3 in_namespace "$ns")" "$(least_of_3 soak_count)" \
     "$(least_of_3 run_files)" "$(least_of_3 tmp_files)" "$(stat -c %s "$MCR_RUNTIME_DIR/$name.log")" >>"$RAW/measure.tsv"
 }
