@@ -138,7 +138,40 @@ pub fn allocate(sizes: &[u64]) -> RuntimeReply {
         }
         addrs.push(p as u64);
     }
+    populate(&addrs, sizes);
     RuntimeReply::Allocated { addrs }
+}
+
+/// Fault in the pages of freshly allocated blocks before the update writes them: one
+/// `MADV_POPULATE_WRITE` per run of pages, where `process_vm_writev` would otherwise
+/// fault every new page in through the slower remote path (a layout update writes every
+/// transformed object into a new block). Best effort: an older kernel or a filter that
+/// refuses it only leaves the faults where they were.
+fn populate(addrs: &[u64], sizes: &[u64]) {
+    const PAGE: u64 = 4096;
+    if addrs.len() < 64 {
+        return;
+    }
+    let mut run: Option<(u64, u64)> = None;
+    let flush = |r: (u64, u64)| {
+        // SAFETY: the range covers pages of blocks this process just allocated (mapped
+        // read-write by its own heap); populating them changes no byte of theirs.
+        unsafe { crate::sys!(libc::SYS_madvise, r.0, r.1 - r.0, libc::MADV_POPULATE_WRITE) };
+    };
+    for (&a, &n) in addrs.iter().zip(sizes) {
+        let (start, end) = (a & !(PAGE - 1), (a + n.max(1)).next_multiple_of(PAGE));
+        run = match run {
+            Some((s, e)) if start <= e && start >= s => Some((s, e.max(end))),
+            Some(r) => {
+                flush(r);
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some(r) = run {
+        flush(r);
+    }
 }
 
 /// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
