@@ -231,17 +231,24 @@ pub fn visit(
                     && src.read(base + OFF_INFO + s * INFO_STRIDE, info)
                 {
                     let mut any = false;
-                    for b in 0..n {
-                        if live.get(b / 8).copied().unwrap_or(0) & (1 << (b % 8)) == 0 {
-                            continue;
+                    // Set bits only: a span of small blocks has thousands of slots, most
+                    // of a full heap's live, many of a churned one's free.
+                    for (w, chunk) in live.chunks_exact(8).enumerate().take(n.div_ceil(64)) {
+                        let mut bits = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+                        while bits != 0 {
+                            let b = w * 64 + bits.trailing_zeros() as usize;
+                            bits &= bits - 1;
+                            if b >= n {
+                                break;
+                            }
+                            let word = u16::from_ne_bytes([
+                                info.get(2 * b).copied().unwrap_or(0),
+                                info.get(2 * b + 1).copied().unwrap_or(0),
+                            ]);
+                            f(small_info(start + b * size, size, word));
+                            count += 1;
+                            any = true;
                         }
-                        let word = u16::from_ne_bytes([
-                            info.get(2 * b).copied().unwrap_or(0),
-                            info.get(2 * b + 1).copied().unwrap_or(0),
-                        ]);
-                        f(small_info(start + b * size, size, word));
-                        count += 1;
-                        any = true;
                     }
                     if any {
                         span(start, SPAN_SIZE);
