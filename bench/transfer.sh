@@ -148,6 +148,7 @@ done
 
 # --- 3. resident memory -------------------------------------------------------
 rss_of() { "$BENCH" rss --tree "$1" --comm "$2"; }
+pss_of() { "$BENCH" pss --tree "$1" --comm "$2"; }
 sup_rss() { "$BENCH" rss --pid "$1"; } # the supervisor alone
 supervisor_pid() { "$BENCH" supervisor-pid --mcr "$MCR" --name "$1"; }
 instance_root() { "$BENCH" instance-root --mcr "$MCR" --name "$1"; }
@@ -163,6 +164,7 @@ for r in $(seq 0 $((MEM_ROUNDS - 1))); do
   sp=$(supervisor_pid "mem$r"); root=$(instance_root "mem$r")
   printf '%s\tbase\tkvd\t%s\n%s\tmcr\tkvd\t%s\n%s\tsupervisor\tkvd\t%s\n' "$r" "$(rss_of "$bp" kvd)" \
     "$r" "$(rss_of "$root" kvd)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
+  printf '%s\tbase\tkvd\t%s\n%s\tmcr\tkvd\t%s\n' "$r" "$(pss_of "$bp" kvd)" "$r" "$(pss_of "$root" kvd)" >>"$RAW/pss.tsv"
   kill -TERM "$bp"; wait "$bp" 2>/dev/null || true
   "$MCR" stop "mem$r" --timeout 5 >>"$LOG" 2>&1
 done
@@ -181,6 +183,8 @@ if [ -n "$NGINX" ]; then
     sp=$(supervisor_pid "ngm$r"); root=$(instance_root "ngm$r")
     printf '%s\tbase\tnginx\t%s\n%s\tmcr\tnginx\t%s\n%s\tsupervisor\tnginx\t%s\n' "$r" "$(rss_of "$bp" nginx)" \
       "$r" "$(rss_of "$root" nginx)" "$r" "$(sup_rss "$sp")" >>"$RAW/rss.tsv"
+    printf '%s\tbase\tnginx\t%s\n%s\tmcr\tnginx\t%s\n' "$r" "$(pss_of "$bp" nginx)" "$r" "$(pss_of "$root" nginx)" \
+      >>"$RAW/pss.tsv"
     kill -QUIT "$bp" 2>/dev/null || true
     "$MCR" stop "ngm$r" --timeout 5 >>"$LOG" 2>&1
   done
@@ -189,7 +193,7 @@ fi
 # --- report -------------------------------------------------------------------
 {
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). Sessions: the same with a fresh connd (fixtures/connd.c, fork per connection) or poold (fixtures/poold.c, --threads sessions + 2) per row and no keys; each connd session sends PID and SETs 3 session variables, each poold session SESSION (answered by the worker thread that then serves it); updates alternate with connd-v2-layout / poold-v2-layout; after each, every session must still answer from the same PID with its 3 variables (connd) or with the same session id (poold), else it died and the update counts as failed. transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with --fresh-state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition: mcr's heap, no header per block) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
+  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). Sessions: the same with a fresh connd (fixtures/connd.c, fork per connection) or poold (fixtures/poold.c, --threads sessions + 2) per row and no keys; each connd session sends PID and SETs 3 session variables, each poold session SESSION (answered by the worker thread that then serves it); updates alternate with connd-v2-layout / poold-v2-layout; after each, every session must still answer from the same PID with its 3 variables (connd) or with the same session id (poold), else it died and the update counts as failed. transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with --fresh-state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition: mcr's heap, no header per block) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS and PSS (smaps_rollup) of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
 } >>"$RAW/meta.txt"
 "$BENCH" transfer-report --dir "$RAW" >"$RAW/results.md" || die "report failed"
 cat "$RAW/results.md"

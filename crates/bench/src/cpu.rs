@@ -47,6 +47,21 @@ pub fn rss_kb(root: i32, comm: &str) -> u64 {
         .sum()
 }
 
+/// The summed PSS (kB, /proc/PID/smaps_rollup) of `root` and its descendants whose
+/// command name is `comm` (all when empty): resident memory with each shared page divided
+/// among the processes that map it (a heap memfd mcr shares with a successor, a forked
+/// worker's pages shared with its master, counted once over them all).
+pub fn pss_kb(root: i32, comm: &str) -> u64 {
+    tree(root)
+        .into_iter()
+        .filter(|&p| comm.is_empty() || mcr_procfs::comm(p).is_ok_and(|c| c == comm))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            text.lines().find_map(|l| l.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

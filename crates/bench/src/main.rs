@@ -43,6 +43,7 @@
 //!   mcr-bench rss --tree PID [--comm NAME]
 //!       prints the summed VmRSS (kB) of PID's process tree (only processes named NAME)
 //!   mcr-bench rss --pid PID      prints the VmRSS (kB) of process PID alone
+//!   mcr-bench pss --tree PID [--comm NAME]   the same as rss --tree, with PSS (smaps_rollup)
 //!   mcr-bench supervisor-pid --mcr PATH --name N
 //!   mcr-bench instance-root --mcr PATH --name N   (the root of the instance's process
 //!     tree: the init of its PID namespace, whose children are the supervisor and the
@@ -73,7 +74,7 @@ use args::Args;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|fill-check|rss|\
+    "usage: mcr-bench kvd-load|kvd-ab|kvd-soak|quiesce|update|report|transfer|transfer-report|fill|fill-check|rss|pss|\
                      cpu|supervisor-pid|instance-root|free-port|wait-port [options] (see src/main.rs)";
 
 fn secs(x: f64, what: &str) -> Result<Duration, String> {
@@ -388,6 +389,12 @@ fn main() {
                 _ => return Err("rss takes --tree PID [--comm NAME] or --pid PID".into()),
             };
             println!("{kb}");
+            Ok(())
+        }
+        "pss" => {
+            let (tree, comm): (i32, String) = (a.required("tree")?, a.get("comm", String::new())?);
+            a.finish()?;
+            println!("{}", cpu::pss_kb(tree, &comm));
             Ok(())
         }
         "instance-root" => {
