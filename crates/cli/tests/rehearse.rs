@@ -6,20 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use std::ffi::OsString;
-use std::path::Path;
 use support::*;
-
-fn update_with(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
-    let mut argv: Vec<OsString> = vec!["update".into(), name.into(), "--json".into()];
-    argv.extend(flags.iter().map(OsString::from));
-    argv.push("--".into());
-    argv.push(program.into());
-    argv.extend(args.iter().map(OsString::from));
-    let out = mcr.run(&argv);
-    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    (out, v)
-}
 
 fn history(mcr: &Mcr, name: &str) -> Vec<Value> {
     let out = mcr.run(&["history", name, "--json"]).ok();
@@ -59,7 +46,7 @@ fn a_rehearsal_predicts_the_update_and_leaves_the_server_as_it_was() {
     c.send_raw(b"SET half").unwrap();
     let before = host_pids(&v1, port);
 
-    let (out, rehearsal) = update_with(&mcr, "kvd", &["--rehearse"], &v2, &args);
+    let (out, rehearsal) = update_outcome(&mcr, "kvd", &["--rehearse"], &v2, &args);
     assert_eq!(out.code(), 0, "the update would commit: {out}\nlog:\n{}", inst.log());
     assert_eq!(rehearsal["rehearsed"], true, "{rehearsal:#}");
     assert_eq!(rehearsal["would_commit"], true, "{rehearsal:#}");
@@ -106,9 +93,9 @@ fn a_rehearsal_predicts_the_update_and_leaves_the_server_as_it_was() {
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
 
     // The real update, right after a last rehearsal, does what the rehearsal said.
-    let (out, rehearsal) = update_with(&mcr, "kvd", &["--rehearse"], &v2, &args);
+    let (out, rehearsal) = update_outcome(&mcr, "kvd", &["--rehearse"], &v2, &args);
     assert_eq!(out.code(), 0, "{out}");
-    let (out, real) = update_with(&mcr, "kvd", &[], &v2, &args);
+    let (out, real) = update_outcome(&mcr, "kvd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}");
     assert_eq!(real["committed"], true);
     assert_eq!(moved(&real), moved(&rehearsal), "rehearsal:\n{rehearsal:#}\nupdate:\n{real:#}");
@@ -122,10 +109,10 @@ fn a_rehearsal_predicts_the_update_and_leaves_the_server_as_it_was() {
     // A layout change (struct kv_node grows, hits widens): every block is transformed,
     // and the rehearsal says how many.
     let v2_layout = fixture("kvd-v2-layout");
-    let (out, rehearsal) = update_with(&mcr, "kvd", &["--rehearse"], &v2_layout, &args);
+    let (out, rehearsal) = update_outcome(&mcr, "kvd", &["--rehearse"], &v2_layout, &args);
     assert_eq!(out.code(), 0, "{out}");
     assert!(rehearsal["transfer"]["objects"].as_u64().is_some_and(|n| n >= 300), "{rehearsal:#}");
-    let (out, real) = update_with(&mcr, "kvd", &[], &v2_layout, &args);
+    let (out, real) = update_outcome(&mcr, "kvd", &[], &v2_layout, &args);
     assert_eq!(out.code(), 0, "{out}");
     assert_eq!(moved(&real), moved(&rehearsal), "rehearsal:\n{rehearsal:#}\nupdate:\n{real:#}");
     assert_eq!(c.request("GET key300"), "VALUE value 300");
@@ -148,14 +135,14 @@ fn a_rehearsal_refuses_as_the_update_does() {
 
     // A new version that binds another port: replay conflicts, the update rolls back.
     let other = fixture("kvd-v2-listen-other");
-    let (rehearsed, rehearsal) = update_with(&mcr, "kvd", &["--rehearse"], &other, &args);
+    let (rehearsed, rehearsal) = update_outcome(&mcr, "kvd", &["--rehearse"], &other, &args);
     assert_eq!(rehearsed.code(), 1, "{rehearsed}");
     assert_eq!(rehearsal["would_commit"], false, "{rehearsal:#}");
     let human = update(&mcr, "kvd", &["--rehearse"], &other, &args);
     assert_eq!(human.code(), 1, "{human}");
     assert!(human.stderr.starts_with("mcr: rehearsal of the update of 'kvd': the update would roll back"), "{human}");
     assert!(human.stderr.contains("new version: bind("), "{human}");
-    let (real_out, real) = update_with(&mcr, "kvd", &[], &other, &args);
+    let (real_out, real) = update_outcome(&mcr, "kvd", &[], &other, &args);
     assert_eq!(real_out.code(), 1, "{real_out}");
     assert_eq!(rehearsal["message"], real["message"]);
     assert_eq!(rehearsal["conflicts"], real["conflicts"], "the same conflicts");

@@ -14,21 +14,9 @@ fn port_args(port: u16) -> Vec<String> {
     vec!["--port".into(), port.to_string()]
 }
 
-/// `mcr update NAME --json [FLAGS] -- PROGRAM ARGS`: the exit code and the outcome.
-fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
-    let mut argv: Vec<OsString> = vec!["update".into(), name.into(), "--json".into()];
-    argv.extend(flags.iter().map(OsString::from));
-    argv.push("--".into());
-    argv.push(program.into());
-    argv.extend(args.iter().map(OsString::from));
-    let out = mcr.run(&argv);
-    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    (out, v)
-}
-
 /// `mcr update NAME -- PROGRAM ARGS` rolls back, and its message names each of `words`.
 fn assert_rolls_back_naming(mcr: &Mcr, name: &str, program: &Path, args: &[String], words: &[&str]) {
-    let (out, v) = update(mcr, name, &[], program, args);
+    let (out, v) = update_outcome(mcr, name, &[], program, args);
     assert_eq!(out.code(), 1, "{out}");
     let msg = v["message"].as_str().unwrap_or_default();
     assert!(words.iter().all(|w| msg.contains(w)), "the rollback should name {words:?}: {v:#}");
@@ -77,7 +65,7 @@ fn kvd_layout_change_keeps_data_connections_and_half_sent_commands() {
         server_read_all_of(port, &half)
     });
 
-    let (out, v) = update(&mcr, "kvd", &[], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let t = &v["transfer"];
     assert!(t["objects"].as_u64().is_some_and(|n| n >= 600), "300 nodes with their keys and values: {v:#}");
@@ -95,7 +83,7 @@ fn kvd_layout_change_keeps_data_connections_and_half_sent_commands() {
     assert_all_keys_but(port, 300, "half");
 
     // And back: the counters narrow again (they fit) and nothing is lost.
-    let (out, v) = update(&mcr, "kvd", &[], &v1, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 3, "{v:#}");
     assert_eq!(idle.request("VERSION"), "VERSION kvd 1");
@@ -134,7 +122,7 @@ fn twenty_layout_updates_keep_every_key_and_leak_nothing() {
     let mut live = LiveBlocks::default();
     for i in 0..20 {
         let to = if i % 2 == 0 { &v2 } else { &v1 };
-        let (out, v) = update(&mcr, "kvd", &[], to, &args);
+        let (out, v) = update_outcome(&mcr, "kvd", &[], to, &args);
         assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
         assert_eq!(v["transfer"]["connections"], 1, "update {i}: {v:#}");
         live.check(i, &v, 10 * BLOCKS_PER_KEY);
@@ -215,7 +203,7 @@ fn poold_session_is_not_moved_into_a_version_without_a_resume_handler() {
     let inst = mcr.start("poold", &v1, &args);
     let mut session = Client::connect(port);
     assert_eq!(session.request("INCR"), "VALUE 1");
-    let (out, v) = update(&mcr, "poold", &["--drain-timeout", "300"], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "poold", &["--drain-timeout", "300"], &v2, &args);
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("cannot move"), "{out}");
     let msg = v["message"].as_str().unwrap_or_default();
@@ -225,7 +213,7 @@ fn poold_session_is_not_moved_into_a_version_without_a_resume_handler() {
     assert_eq!(session.request("QUIT"), "BYE");
     drop(session);
     wait_for(Duration::from_secs(5), "poold to close the finished session", || open_server_ends(port).is_empty());
-    let (out, _) = update(&mcr, "poold", &[], &v2, &args);
+    let (out, _) = update_outcome(&mcr, "poold", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let mut c = Client::connect(port);
     assert_eq!(c.request("VERSION"), "VERSION poold 2");
@@ -265,7 +253,7 @@ fn poold_sessions_served_by_threads_survive_a_layout_change() {
     let (sa, sb) = (a.request("SESSION"), b.request("SESSION"));
     assert_eq!(session_field(&sa, "cmds"), 4, "{sa}");
 
-    let (out, v) = update(&mcr, "poold", &[], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "poold", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 3, "{v:#}");
 
@@ -285,7 +273,7 @@ fn poold_sessions_served_by_threads_survive_a_layout_change() {
     assert_eq!(queued.request("VERSION"), "VERSION poold 2");
 
     // And back to v1: the same sessions, still served.
-    let (out, v) = update(&mcr, "poold", &[], &v1, &args);
+    let (out, v) = update_outcome(&mcr, "poold", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
     assert_eq!(a.request("VERSION"), "VERSION poold 1");
@@ -321,7 +309,7 @@ fn forkd_sessions_survive_in_every_worker_process() {
     b.send_raw(b"SESS").unwrap();
     wait_for(Duration::from_secs(5), "the worker to read the half-sent command", || server_read_all_of(port, &b));
 
-    let (out, v) = update(&mcr, "forkd", &[], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "forkd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
 
@@ -339,7 +327,7 @@ fn forkd_sessions_survive_in_every_worker_process() {
     assert_eq!(c.request("SESSION"), "SESSION 2");
 
     // And back: the sessions, now in v2's layout, move again.
-    let (out, v) = update(&mcr, "forkd", &[], &v1, &args);
+    let (out, v) = update_outcome(&mcr, "forkd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
     assert_eq!(b.request("SESSION"), "SESSION 4");
@@ -376,7 +364,7 @@ fn union_pointer_conflicts_until_hinted() {
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
-    let (out, _) = update(&mcr, "kvd", &[], &fixture("kvd-v2-layout-hinted"), &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &[], &fixture("kvd-v2-layout-hinted"), &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(c.request("VERSION"), "VERSION kvd 2");
     assert_eq!(c.request("LAST"), "LAST b", "the union follows the node into the new layout");
@@ -399,7 +387,7 @@ fn a_union_pointer_pins_its_block_in_place_when_its_type_does_not_change() {
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
-    let (out, v) = update(&mcr, "kvd", &[], &opaque, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &opaque, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert!(v["transfer"]["pinned"].as_u64().is_some_and(|n| n >= 1), "the node the union holds is pinned: {v:#}");
     assert_eq!(c.request("LAST"), "LAST b", "the union still points to its node");
@@ -457,7 +445,7 @@ fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
     fill(&mut c, 30);
     assert_eq!(c.request("SET a 1"), "OK");
     assert_eq!(c.request("SET b 2"), "OK");
-    let (out, v) = update(&mcr, "kvd", &[], &new, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &new, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let warnings = v["transfer"]["warnings"].as_array().cloned().unwrap_or_default();
     assert!(warnings.is_empty(), "{v:#}");
@@ -465,7 +453,7 @@ fn tagged_pointers_conflict_until_hinted_and_keep_their_tags() {
     assert_eq!(c.request("LAST"), "LAST b tags 1 3", "both words follow the node into the new layout, tags on");
     assert_eq!(c.request("GET key7"), "VALUE value 7 with spaces");
     // And back: the tags survive a second update.
-    let (out, _) = update(&mcr, "kvd", &[], &old, &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &[], &old, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     assert_eq!(c.request("LAST"), "LAST b tags 1 3");
@@ -493,7 +481,7 @@ fn a_hint_in_the_new_build_resolves_the_old_builds_union() {
     let mut c = Client::connect(port);
     fill(&mut c, 50);
     assert_eq!(c.request("SET b 2"), "OK");
-    let (out, v) = update(&mcr, "kvd", &[], &new, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &new, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let warnings = v["transfer"]["warnings"].as_array().cloned().unwrap_or_default();
     assert!(warnings.is_empty(), "{v:#}");
@@ -522,7 +510,7 @@ fn object_handler_translates_old_pointers_into_the_new_version() {
         for _ in 0..2 {
             assert_eq!(c.request("GET key2999"), "VALUE value 2999 with spaces");
         }
-        let (out, v) = update(&mcr, "kvd", &[], &fixture(v3), &args);
+        let (out, v) = update_outcome(&mcr, "kvd", &[], &fixture(v3), &args);
         assert_eq!(out.code(), 0, "{v3}: {out}\nlog:\n{}", inst.log());
         assert_eq!(c.request("VERSION"), "VERSION kvd 3");
         assert_eq!(c.request("COUNT"), format!("COUNT {keys}"), "{v3}: the statistics moved either way");
@@ -616,7 +604,7 @@ fn object_handler_carries_a_field_moved_elsewhere() {
         for _ in 0..3 {
             assert_eq!(c.request("GET a"), "VALUE 1");
         }
-        let (out, v) = update(&mcr, "kvd", &[], &fixture(v3), &args);
+        let (out, v) = update_outcome(&mcr, "kvd", &[], &fixture(v3), &args);
         assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
         assert_eq!(c.request("VERSION"), "VERSION kvd 3");
         assert_eq!(c.request("HITS a"), hits, "{v3}: {v:#}");
@@ -652,7 +640,7 @@ fn startup_objects_go_into_the_new_versions_own_startup_blocks() {
     assert_eq!(c.request("LIMITS"), "LIMITS version=1 max_key=250 motto=limits of kvd 1");
     let greeting = c.request("GREETING");
 
-    let (out, v) = update(&mcr, "kvd", &[], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let t = &v["transfer"];
     assert_eq!(t["startup_matched"], 3, "limits, audit and greeting each went into v2's own block: {v:#}");
@@ -671,7 +659,7 @@ fn startup_objects_go_into_the_new_versions_own_startup_blocks() {
 
     // Back to v1: v2's process holds exactly the blocks v1's did (the SET and DEL above
     // cancel out): nothing of v2's own startup was left behind by the first update.
-    let (out, back) = update(&mcr, "kvd", &[], &v1, &args);
+    let (out, back) = update_outcome(&mcr, "kvd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(back["transfer"]["live_objects"], t["live_objects"], "first update: {v:#}\nsecond: {back:#}");
     assert_eq!(back["transfer"]["startup_matched"], 3, "{back:#}");
@@ -694,7 +682,7 @@ fn startup_object_with_a_smaller_counterpart_is_reallocated_and_reported() {
     fill(&mut c, 3);
     let greeting = c.request("GREETING");
 
-    let (out, v) = update(&mcr, "kvd", &[], &short, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &short, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     let t = &v["transfer"];
     assert_eq!((t["startup_matched"].as_u64(), t["startup_reallocated"].as_u64()), (Some(2), Some(1)), "{v:#}");
@@ -707,7 +695,7 @@ fn startup_object_with_a_smaller_counterpart_is_reallocated_and_reported() {
     assert_eq!(c.request("GREETING"), greeting);
     assert_eq!(c.request("AUDIT"), "AUDIT sets=3 last=key2 dels=0");
 
-    let (out, back) = update(&mcr, "kvd", &[], &v1, &args);
+    let (out, back) = update_outcome(&mcr, "kvd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(
         (back["transfer"]["startup_matched"].as_u64(), back["transfer"]["startup_reallocated"].as_u64()),
@@ -737,7 +725,7 @@ fn twenty_updates_with_startup_objects_leak_no_block() {
     let mut live = LiveBlocks::default();
     for i in 0..20 {
         let (to, version) = if i % 2 == 0 { (&v2, 2) } else { (&v1, 1) };
-        let (out, v) = update(&mcr, "kvd", &[], to, &args);
+        let (out, v) = update_outcome(&mcr, "kvd", &[], to, &args);
         assert_eq!(out.code(), 0, "update {i}: {out}\nlog:\n{}", inst.log());
         assert_eq!(
             (v["transfer"]["startup_matched"].as_u64(), v["transfer"]["startup_reallocated"].as_u64()),
@@ -790,7 +778,7 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
     b.send_raw(b"GET col").unwrap();
     wait_for(Duration::from_secs(5), "connd to read the half-sent GET", || server_read_all_of(port, &b));
 
-    let (out, v) = update(&mcr, "connd", &[], &v2, &args);
+    let (out, v) = update_outcome(&mcr, "connd", &[], &v2, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
 
@@ -814,7 +802,7 @@ fn connd_sessions_survive_in_respawned_per_connection_processes() {
     assert_eq!(b.request("QUIT"), "BYE");
     drop(b);
 
-    let (out, v) = update(&mcr, "connd", &[], &v1, &args);
+    let (out, v) = update_outcome(&mcr, "connd", &[], &v1, &args);
     assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
     assert_eq!(v["transfer"]["connections"], 2, "{v:#}");
     assert_eq!(a.request("GET colour"), "VALUE blue green");
@@ -878,7 +866,7 @@ fn ten_session_updates_under_load_lose_nothing() {
         let mut fds0 = 0;
         for i in 0..10 {
             let to = if i % 2 == 0 { &v2 } else { &v1 };
-            let (out, v) = update(&mcr, server, &[], to, &args);
+            let (out, v) = update_outcome(&mcr, server, &[], to, &args);
             assert_eq!(out.code(), 0, "{server} update {i}: {out}\nlog:\n{}", inst.log());
             assert!(v["transfer"]["connections"].as_u64().is_some_and(|n| n >= 2), "{server} update {i}: {v:#}");
             assert_eq!(a.request("PING"), "PONG", "{server}: session a after update {i}");
@@ -935,18 +923,18 @@ fn an_update_that_would_drop_the_state_for_lack_of_debug_info_is_refused() {
     let inst = mcr.start("kvd", &fixture("kvd"), &args);
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET k precious"), "OK");
-    let (out, _) = update(&mcr, "kvd", &[], &stripped, &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &[], &stripped, &args);
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("no debug information") && out.stderr.contains("--fresh-state"), "{out}");
     assert_eq!(c.request("GET k"), "VALUE precious", "the connection and the data stay");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1");
     assert!(inst.quiesce(500).success() && inst.resume().success(), "the server was left quiescable");
     // On purpose, it goes through (and the state is the new version's own).
-    let (out, v) = update(&mcr, "kvd", &["--fresh-state"], &stripped, &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &["--fresh-state"], &stripped, &args);
     assert_eq!(out.code(), 0, "{out}\n{v:#}");
     assert_eq!(Client::connect(port).request("GET k"), "NOTFOUND");
     // Now the running build has no DWARF: back to one that has is refused too.
-    let (out, _) = update(&mcr, "kvd", &[], &fixture("kvd"), &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &[], &fixture("kvd"), &args);
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("kvd-v2-stripped") && out.stderr.contains("no debug information"), "{out}");
 }
@@ -963,11 +951,11 @@ fn an_update_to_a_program_other_users_can_change_warns_or_refuses() {
     let _inst = mcr.start("kvd", &fixture("kvd"), &args);
     let mut c = Client::connect(port);
     assert_eq!(c.request("SET k v"), "OK");
-    let (out, _) = update(&mcr, "kvd", &["--strict"], &open, &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &["--strict"], &open, &args);
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("--strict") && out.stderr.contains("writable by every user"), "{out}");
     assert_eq!(c.request("VERSION"), "VERSION kvd 1", "refused before anything changed");
-    let (out, _) = update(&mcr, "kvd", &[], &open, &args);
+    let (out, _) = update_outcome(&mcr, "kvd", &[], &open, &args);
     assert_eq!(out.code(), 0, "{out}");
     assert!(out.stderr.contains("warning") && out.stderr.contains("writable by every user"), "{out}");
     assert_eq!(c.request("GET k"), "VALUE v");
@@ -981,7 +969,7 @@ fn a_new_version_that_exits_during_startup_is_explained_with_its_log() {
     let port = free_port();
     let args = port_args(port);
     let inst = mcr.start("kvd", &fixture("kvd"), &args);
-    let (out, v) = update(&mcr, "kvd", &[], &fixture("kvd-v2-crash"), &args);
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &fixture("kvd-v2-crash"), &args);
     assert_eq!(out.code(), 1, "{out}");
     let msg = v["message"].as_str().unwrap_or_default();
     assert!(msg.contains("exited") && msg.contains("crashing during startup"), "{v:#}\nlog:\n{}", inst.log());
@@ -1027,7 +1015,7 @@ fn the_new_version_adopts_the_old_heap_where_it_was_and_slots_are_reused() {
     assert!(!previous.is_empty(), "kvd's heap is in mcr's window");
     let mut all = previous.clone();
     for (round, next) in [&v2, &v1, &v2, &v1, &v2, &v1].into_iter().enumerate() {
-        let (out, v) = update(&mcr, "kvd", &[], next, &args);
+        let (out, v) = update_outcome(&mcr, "kvd", &[], next, &args);
         assert_eq!(out.code(), 0, "update {round}: {out}\nlog:\n{}", inst.log());
         assert_eq!(
             v["transfer"]["heap_regions_adopted"].as_u64(),

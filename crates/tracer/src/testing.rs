@@ -458,20 +458,7 @@ impl World {
     /// The roots and the walk.
     pub fn walk(&mut self) -> Result<(Roots, Reached), TransferError> {
         self.with_pair(|pair, _| {
-            let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
-            let roots = roots::collect(pair)?;
-            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached = walk(
-                pair.old.prog,
-                pair.old_mem,
-                pair.heap,
-                &hints,
-                &roots.globals,
-                &[],
-                &pinnable,
-                &|_, _| false,
-                None,
-            )?;
+            let (_, roots, reached) = walk_everything(pair)?;
             Ok((roots, reached))
         })
     }
@@ -479,20 +466,7 @@ impl World {
     /// The roots, the walk and the plan.
     pub fn plan(&mut self) -> Result<(Reached, TransferPlan), TransferError> {
         self.with_pair(|pair, target| {
-            let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
-            let roots = roots::collect(pair)?;
-            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached = walk(
-                pair.old.prog,
-                pair.old_mem,
-                pair.heap,
-                &hints,
-                &roots.globals,
-                &[],
-                &pinnable,
-                &|_, _| false,
-                None,
-            )?;
+            let (_, _, reached) = walk_everything(pair)?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
@@ -507,20 +481,7 @@ impl World {
         f: impl FnOnce(&Writer, &Roots, &Destinations, &mut NewProcess) -> Result<R, TransferError>,
     ) -> Result<R, TransferError> {
         self.with_pair(|pair, target| {
-            let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
-            let roots = roots::collect(pair)?;
-            let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
-            let reached = walk(
-                pair.old.prog,
-                pair.old_mem,
-                pair.heap,
-                &hints,
-                &roots.globals,
-                &[],
-                &pinnable,
-                &|_, _| false,
-                None,
-            )?;
+            let (hints, roots, reached) = walk_everything(pair)?;
             let handlers = crate::hints::object_handlers(pair.new.prog);
             let p = plan(pair.old.prog, pair.new.prog, &reached, &handlers, pair.startup, &|_| false, &mut |b| {
                 startup_block_size(&*target, b)
@@ -544,6 +505,16 @@ impl World {
 }
 
 /// Little-endian bytes of several words, for building objects.
+/// The hints, the roots and a walk of everything from them (nothing sealed or kept).
+fn walk_everything(pair: &Pair) -> Result<(Hints, Roots, Reached), TransferError> {
+    let hints = Hints::of_builds(pair.old.prog, pair.new.prog);
+    let roots = roots::collect(pair)?;
+    let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
+    let (no_seal, globals) = (&|_: &Object, _| false, &roots.globals);
+    let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, globals, &[], &pinnable, no_seal, None)?;
+    Ok((hints, roots, reached))
+}
+
 pub fn words(ws: &[u64]) -> Vec<u8> {
     ws.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }

@@ -471,6 +471,16 @@ pub fn update(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[Str
     mcr.run(&argv)
 }
 
+/// `mcr update --json ...`: the exit code and the outcome (`Null` when nothing or no
+/// JSON was printed: an update refused before it started).
+pub fn update_outcome(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
+    let mut f = vec!["--json"];
+    f.extend_from_slice(flags);
+    let out = update(mcr, name, &f, program, args);
+    let v = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    (out, v)
+}
+
 /// `mcr update --json ...`: the exit code and the parsed outcome.
 pub fn update_json(mcr: &Mcr, name: &str, flags: &[&str], program: &Path, args: &[String]) -> (Out, Value) {
     let mut f = vec!["--json"];
