@@ -11,6 +11,10 @@ make -s -C fixtures OUT="$PWD/target/fixtures"
 # The Debian package, once (crates/cli/tests/package.rs installs it into a scratch root).
 MCR_DEB="$(packaging/deb/build.sh --fast | tail -n 1)"
 export MCR_DEB
+# The root file system in which crates/cli/tests/systemd.rs boots systemd (cached; the
+# first build debootstraps it, about two minutes).
+MCR_SYSTEMD_ROOTFS="$(scripts/systemd/rootfs.sh | tail -n 1)"
+export MCR_SYSTEMD_ROOTFS
 MCR_NGINX="$(scripts/nginx/build.sh | tail -n 1)"
 export MCR_NGINX
 # Successive Debian patch levels, for the updates "to the next patch" (1 -> 2), the

@@ -14,13 +14,6 @@ fn history(mcr: &Mcr, name: &str) -> Vec<Value> {
     v.as_array().unwrap_or_else(|| panic!("history --json is not an array: {v:#}")).clone()
 }
 
-fn build_id(path: &std::path::Path) -> String {
-    let data = std::fs::read(path).unwrap();
-    let file = object::File::parse(&*data).unwrap();
-    let id = object::Object::build_id(&file).unwrap().expect("fixtures have a build ID");
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn history_records_commits_and_rollbacks_and_back_returns_to_the_previous_build() {
     let mcr = Mcr::new("history");
@@ -46,8 +39,8 @@ fn history_records_commits_and_rollbacks_and_back_returns_to_the_previous_build(
     assert_eq!(e["outcome"]["result"], "committed", "{e:#}");
     assert_eq!(e["from"]["program"], v1.canonicalize().unwrap().display().to_string(), "{e:#}");
     assert_eq!(e["to"]["program"], v2.canonicalize().unwrap().display().to_string(), "{e:#}");
-    assert_eq!(e["from"]["build_id"], build_id(&v1), "{e:#}");
-    assert_eq!(e["to"]["build_id"], build_id(&v2), "{e:#}");
+    assert_eq!(e["from"]["build_id"], elf_build_id(&v1), "{e:#}");
+    assert_eq!(e["to"]["build_id"], elf_build_id(&v2), "{e:#}");
     assert_eq!(e["from"]["args"], serde_json::json!(args), "{e:#}");
     assert_eq!(e["to"]["args"], serde_json::json!(args), "{e:#}");
     assert!(e["time"].as_str().is_some_and(|t| t.len() == 20 && t.ends_with('Z')), "{e:#}");
@@ -64,7 +57,7 @@ fn history_records_commits_and_rollbacks_and_back_returns_to_the_previous_build(
     let e = &h[1];
     assert_eq!(e["outcome"]["result"], "rolled_back", "{e:#}");
     assert!(e["outcome"]["reason"].as_str().is_some_and(|r| r.contains("SIGABRT")), "{e:#}");
-    assert_eq!(e["from"]["build_id"], build_id(&v2), "{e:#}");
+    assert_eq!(e["from"]["build_id"], elf_build_id(&v2), "{e:#}");
     assert_eq!(e["phases"]["commit_ms"], 0.0, "{e:#}");
     let table = mcr.run(&["history", "kvd"]).ok().stdout;
     assert!(table.starts_with("TIME (UTC)"), "{table}");
@@ -85,8 +78,8 @@ fn history_records_commits_and_rollbacks_and_back_returns_to_the_previous_build(
     let h = history(&mcr, "kvd");
     assert_eq!(h.len(), 3, "{h:#?}");
     assert_eq!(h[2]["outcome"]["result"], "committed", "{:#}", h[2]);
-    assert_eq!(h[2]["from"]["build_id"], build_id(&v2));
-    assert_eq!(h[2]["to"]["build_id"], build_id(&v1));
+    assert_eq!(h[2]["from"]["build_id"], elf_build_id(&v2));
+    assert_eq!(h[2]["to"]["build_id"], elf_build_id(&v1));
 
     // The history outlives the instance, like its log.
     inst.stop().ok();

@@ -821,6 +821,16 @@ pub fn elf_symbol(exe: &Path, name: &str) -> (u64, u64) {
     (sym.address(), sym.size())
 }
 
+/// The GNU build ID of the ELF file `path`, in hex (what `mcr history` and `STATUS=` name).
+pub fn elf_build_id(path: &Path) -> String {
+    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = object::File::parse(&*data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let id = object::Object::build_id(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .unwrap_or_else(|| panic!("{} has no build ID", path.display()));
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// nginx's command line for the prefix and config of [`nginx_config`].
 pub fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
     let path = |p: &Path| p.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", p.display())).to_string();
