@@ -286,16 +286,9 @@ pub fn transfer_with_words(
     // The adopted old blocks that did not stay where they are were copied elsewhere (or
     // were not reached: the state no longer holds them): the new process frees them.
     // When the walk sealed the heap, what it did not reach stays.
-    // By heap index position (a set of millions of addresses cost a tenth of a layout
-    // update of 1 000 000 keys).
     let objects = pair.heap.objects();
-    let mut stayed = vec![false; objects.len()];
     let in_place = plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.pos);
-    for pos in in_place.chain(reached.kept.iter().map(|k| k.1)) {
-        if let Some(s) = stayed.get_mut(pos as usize) {
-            *s = true;
-        }
-    }
+    report.in_place = in_place.clone().count() + reached.kept.len();
     let garbage: Vec<u64> = if untouched {
         // What was copied elsewhere, and the old startup objects nothing reaches (the
         // check made sure no untouched block points into a startup object: the walk would
@@ -310,13 +303,20 @@ pub fn transfer_with_words(
             .filter(|&a| adopted(a))
             .collect()
     } else {
+        // By heap index position (a set of millions of addresses cost a sixth of a layout
+        // update of 1 000 000 keys).
+        let mut stayed = vec![false; objects.len()];
+        for pos in in_place.chain(reached.kept.iter().map(|k| k.1)) {
+            if let Some(s) = stayed.get_mut(pos as usize) {
+                *s = true;
+            }
+        }
         objects.iter().zip(&stayed).filter(|(o, &s)| !s && adopted(o.addr)).map(|(o, _)| o.addr).collect()
     };
     if !garbage.is_empty() {
         target.free(&garbage)?;
     }
     report.write_ms = ms(started);
-    report.in_place = stayed.iter().filter(|&&s| s).count();
     report.old_freed = garbage.len();
     let words = words
         .iter()

@@ -276,6 +276,7 @@ pub fn walk(
     let mut w = Walker {
         keeps: keep_bytes.is_some(),
         kept_ty: None,
+        kept_list: Vec::new(),
         prog: old,
         heap,
         hints,
@@ -329,9 +330,11 @@ pub fn walk(
     let mut kept = Vec::new();
     if let (Some(keep), Some(ty)) = (keep_bytes, w.kept_ty) {
         let mut buf = Vec::new();
-        for pos in 0..w.slots.len() {
+        let mut candidates = std::mem::take(&mut w.kept_list);
+        candidates.sort_unstable();
+        for pos in candidates.into_iter().map(|p| p as usize) {
             if w.slots[pos] != KEPT {
-                continue;
+                continue; // walked after all: another pointer gave it a type
             }
             let obj = heap.objects()[pos];
             buf.resize(obj.size as usize, 0);
@@ -347,17 +350,12 @@ pub fn walk(
             w.list.push(Block { obj, reach: Reach::Typed(ty), parent: None, hop, at, pos: pos as u32 });
         }
     }
-    let Walker { list, slots, pinned, interior, .. } = w;
-    // In address order: the heap index's.
-    let mut list: Vec<Option<Block>> = list.into_iter().map(Some).collect();
-    let blocks = Blocks {
-        list: slots
-            .iter()
-            .filter(|&&s| s != 0 && s != SEALED && s != KEPT)
-            .filter_map(|&s| list.get_mut(s as usize - 1).and_then(Option::take))
-            .collect(),
-        contents,
-    };
+    let Walker { mut list, pinned, interior, .. } = w;
+    // In address order: the heap index's (sorting what was reached, not going through a
+    // table as long as the heap: an update that seals the heap reaches a few blocks of
+    // millions).
+    list.sort_unstable_by_key(|b| b.pos);
+    let blocks = Blocks { list, contents };
     let embedded = embedded(old, &blocks, &kept, interior);
     Ok(Reached { blocks, kept, pinned, embedded })
 }
@@ -441,6 +439,8 @@ struct Walker<'w> {
     /// they were reached as.
     keeps: bool,
     kept_ty: Option<TypeId>,
+    /// The positions that became [`KEPT`] (some may be walked since).
+    kept_list: Vec<u32>,
 }
 
 impl Walker<'_> {
@@ -525,6 +525,7 @@ impl Walker<'_> {
                 {
                     self.slots[pos] = KEPT;
                     self.kept_ty = Some(t);
+                    self.kept_list.push(pos as u32);
                     return Ok(());
                 }
                 let reach = ty.map_or(Reach::Opaque, Reach::Typed);
