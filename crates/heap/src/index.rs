@@ -176,12 +176,14 @@ impl HeapIndex {
         // (a stale copy the program made itself), keep the enclosing block. In place: an
         // index of millions of blocks is not built twice.
         objects.dedup_by(|o, kept| o.addr < kept.end());
+        // Each unit's first block, found by a search from the previous one (thousands of
+        // units, millions of blocks: not a pass over every block).
         let mut units: Vec<(u64, u32)> = Vec::new();
-        for (i, o) in objects.iter().enumerate() {
+        let mut i = 0;
+        while let Some(o) = objects.get(i) {
             let unit = o.addr >> UNIT_SHIFT;
-            if units.last().is_none_or(|&(u, _)| u != unit) {
-                units.push((unit, i as u32));
-            }
+            units.push((unit, i as u32));
+            i += objects[i..].partition_point(|o| o.addr >> UNIT_SHIFT == unit);
         }
         Self { objects, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes }
     }
@@ -219,6 +221,13 @@ impl HeapIndex {
 
     pub fn objects(&self) -> &[Object] {
         &self.objects
+    }
+
+    /// The first block of each 64 KiB unit of address space that holds any: one block per
+    /// unit, for questions whose answer is the same for every block of a unit (which heap
+    /// region it is in).
+    pub fn unit_firsts(&self) -> impl Iterator<Item = &Object> {
+        self.units.iter().filter_map(|&(_, i)| self.objects.get(i as usize))
     }
 
     /// The block containing `addr` (its first byte up to, not including, its end; a

@@ -43,7 +43,8 @@ pub(crate) fn why_walk_all(pair: &Pair, hints: &Hints, handlers: &HashMap<String
     if !hints.tagged.is_empty() {
         return Some("MCR_TAGGED hints".into());
     }
-    if let Some(o) = pair.heap.objects().iter().find(|o| !adopted(o.addr)) {
+    // Regions are adopted whole, and a 64 KiB unit lies in one region: a block per unit.
+    if let Some(o) = pair.heap.unit_firsts().find(|o| !adopted(o.addr)) {
         return Some(format!("the heap block at {:#x} is not in the adopted heap", o.addr));
     }
     first_layout_change(pair.old.prog, pair.new.prog).map(|name| format!("{name} changes layout"))
