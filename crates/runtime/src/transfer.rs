@@ -106,6 +106,11 @@ pub fn free(addrs: &[u64]) -> RuntimeReply {
         // blocks of the adopted heap the state no longer holds.
         unsafe { crate::interpose::malloc::free(a as usize as *mut libc::c_void) };
     }
+    // The blocks just freed sit in this thread's cache until it fills: back to their spans
+    // first, or a region they emptied is not seen empty, and stays mapped (and adopted by
+    // the next version) until some later flush.
+    crate::heap::flush_own_cache();
+    crate::heap::flush_shared_cache();
     crate::heap::retire_empty_regions();
     crate::heap::trim_adopted_regions();
     RuntimeReply::Done
