@@ -70,6 +70,15 @@ impl Image {
     pub fn contains(&self, addr: u64) -> bool {
         self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
     }
+
+    /// The aligned words of `bytes` (memory mcr cannot type) that hold an address in
+    /// this binary, as (word index, value): what an update takes for pointers to relocate.
+    pub fn addresses_in<'b>(&'b self, bytes: &'b [u8]) -> impl Iterator<Item = (usize, u64)> + 'b {
+        bytes.chunks_exact(8).enumerate().filter_map(|(i, w)| {
+            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            (v != 0 && self.contains(v)).then_some((i, v))
+        })
+    }
 }
 
 /// What the ELF headers of a 64-bit little-endian executable say about its layout.

@@ -213,13 +213,7 @@ pub fn transfer_with_words(
     let walk_plan = |seal: &dyn Fn(&mcr_heap::Object, mcr_typemodel::TypeId) -> bool| {
         // A block of bytes stays as it is unless it holds an address in the old binary
         // (which the write would relocate: see `Writer::relocate_binary_words`).
-        let image = &pair.old.image;
-        let keep = |bytes: &[u8]| {
-            !bytes.chunks_exact(8).any(|w| {
-                let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                v != 0 && image.contains(v)
-            })
-        };
+        let keep = |bytes: &[u8]| pair.old.image.addresses_in(bytes).next().is_none();
         let keep: Option<&walk::KeepBytes<'_>> = pair.adopted.is_some().then_some(&keep);
         let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal, keep)?;
         let plan =

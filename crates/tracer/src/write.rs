@@ -375,12 +375,8 @@ impl Writer<'_, '_> {
     /// `bytes` are those of the old block at `block` from offset `from` (8-aligned, like
     /// every heap block).
     fn relocate_binary_words(&self, bytes: &mut [u8], block: u64, from: u64) -> Result<(), TransferError> {
-        let image = &self.pair.old.image;
-        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
-            let v = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
-            if v == 0 || !image.contains(v) {
-                continue;
-            }
+        let found: Vec<(usize, u64)> = self.pair.old.image.addresses_in(bytes).collect();
+        for (i, v) in found {
             let offset = from + 8 * i as u64;
             let n = self.relocate_data(v, "").map_err(|e| {
                 conflict(
@@ -391,7 +387,7 @@ impl Writer<'_, '_> {
                     ),
                 )
             })?;
-            word.copy_from_slice(&n.to_ne_bytes());
+            bytes[8 * i..8 * i + 8].copy_from_slice(&n.to_ne_bytes());
         }
         Ok(())
     }
