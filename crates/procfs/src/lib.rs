@@ -66,7 +66,12 @@ pub(crate) fn malformed(path: &std::path::Path) -> io::Error {
 
 /// The text of a process's file.
 pub(crate) fn read_text(p: Process, name: &str) -> io::Result<String> {
-    std::fs::read_to_string(p.file(name))
+    use std::io::Read;
+    // /proc files say they are empty: `fs::read_to_string` would start with 32-byte
+    // probing reads (eight calls for a `status`); one page takes most in one read.
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(p.file(name))?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Numeric entries of a /proc directory (`/proc` itself: PIDs; `task`: TIDs; `fd`:
