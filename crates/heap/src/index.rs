@@ -165,13 +165,29 @@ impl HeapIndex {
         let reader = Reader(mem);
         let mut objects = with_room_for(&reader);
         let mut runs: Vec<(u64, u64)> = Vec::new();
+        // The allocator lists blocks by address (regions by slot, spans and blocks in
+        // order): the index's order and its units come with the listing, as long as no
+        // block starts before the previous one's end (then `from_objects` sorts it out).
+        // Each later pass over millions of blocks would cost milliseconds.
+        let mut units: Vec<(u64, u32)> = Vec::new();
+        let mut in_order = true;
+        let mut last_end = 0;
         for slot in 0..SLOTS {
             // A slot with no region of this process reads as nothing (unmapped, or no
             // magic): skipped.
             let _ = remote::visit(
                 &reader,
                 slot,
-                |b| objects.push(Object::from(b)),
+                |b| {
+                    let o = Object::from(b);
+                    in_order &= o.addr >= last_end;
+                    last_end = o.end().max(o.addr + 1);
+                    let unit = o.addr >> UNIT_SHIFT;
+                    if units.last().is_none_or(|&(u, _)| u != unit) {
+                        units.push((unit, objects.len() as u32));
+                    }
+                    objects.push(o);
+                },
                 |start, len| match runs.last_mut() {
                     Some(last) if last.1 == start as u64 => last.1 += len as u64,
                     _ => runs.push((start as u64, (start + len) as u64)),
@@ -190,7 +206,10 @@ impl HeapIndex {
                 }
             }
         }
-        Ok(Self::from_objects(objects, scanned))
+        if !in_order {
+            return Ok(Self::from_objects(objects, scanned));
+        }
+        Ok(Self { objects, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes: scanned })
     }
 
     pub fn from_objects(mut objects: Vec<Object>, scanned_bytes: u64) -> Self {
