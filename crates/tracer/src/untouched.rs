@@ -28,6 +28,7 @@ use crate::plan::{counterpart, TransferPlan};
 use crate::startup::Placement;
 use crate::transfer::Pair;
 use crate::walk::Reached;
+use crate::{Image, StackMap};
 use mcr_heap::Object;
 use mcr_typemodel::transform::{same_bytes, same_type};
 use mcr_typemodel::{Program, TypeId};
@@ -96,7 +97,8 @@ impl<'p> Sealer<'p> {
 
 /// Addresses whose meaning differs in the new process, as the check looks for them.
 struct Moving<'a> {
-    pair: &'a Pair<'a>,
+    image: &'a Image,
+    stack: Option<&'a StackMap>,
     image_bounds: (u64, u64),
     /// Heap blocks that move (reached and not staying) and every startup block (what
     /// points to one must go through the walk, which matches it with the new startup's
@@ -112,7 +114,7 @@ impl Moving<'_> {
     /// that stay) fail three subtractions and compares.
     fn coarse(&self) -> [(u64, u64); 3] {
         let (lo, hi) = self.image_bounds;
-        let stack = self.pair.stack.map_or((0, 0), |s| s.bounds());
+        let stack = self.stack.map_or((0, 0), |s| s.bounds());
         let pages = self.pages.bounds();
         [(lo, hi.saturating_sub(lo)), (stack.0, stack.1.saturating_sub(stack.0)), (pages.0, pages.1 - pages.0)]
     }
@@ -120,10 +122,10 @@ impl Moving<'_> {
     /// What `v` is, if a word holding it may need rewriting.
     fn what(&self, v: u64) -> Option<String> {
         let (lo, hi) = self.image_bounds;
-        if (lo..hi).contains(&v) && self.pair.old.image.contains(v) {
+        if (lo..hi).contains(&v) && self.image.contains(v) {
             return Some("an address in the old binary".into());
         }
-        if let Some(stack) = self.pair.stack.filter(|m| m.covers(v)) {
+        if let Some(stack) = self.stack.filter(|m| m.covers(v)) {
             if stack.relocate(v) != Ok(v) {
                 return Some("an address in the old main stack, which moves".into());
             }
@@ -198,21 +200,31 @@ pub(crate) struct Checked {
 /// Bytes read at once by the check.
 const BATCH: u64 = 1 << 20;
 
-/// The blocks of `batch` (sorted, spanning at most [`BATCH`] bytes unless one block is
-/// larger), read in one go, word by word.
-fn check_batch(pair: &Pair, m: &Moving, batch: &[&Object], buf: &mut Vec<u8>) -> Result<(), String> {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else { return Ok(()) };
-    let (start, end) = (first.addr, last.end());
-    let bytes = match pair.old_mem.slice(start, (end - start) as usize) {
-        Some(b) => b,
-        None => {
-            buf.resize((end - start) as usize, 0);
-            pair.old_mem.read_once(start, buf).map_err(|e| format!("the heap at {start:#x}: {e}"))?;
-            &buf[..]
-        }
-    };
+/// Neighbouring blocks to check (`objects[first..end]`, less the walked and startup ones),
+/// spanning at most [`BATCH`] bytes unless one block is larger, with their bytes when the
+/// reader holds them in memory (the adopted heap's memfds, mapped): those are checked on
+/// two threads, the others read and checked one batch at a time (the heap is read once,
+/// and not kept).
+struct Batch<'a> {
+    first: usize,
+    end: usize,
+    mapped: Option<&'a [u8]>,
+}
+
+/// What the check skips: blocks the walk went through (`walked`, sorted), and startup
+/// objects the walk did not reach: they are freed (nothing it does not walk may point
+/// into one: see `Moving::blocks`), so their bytes do not matter.
+fn skipped(o: &Object, walked: &[u64]) -> bool {
+    o.startup || (!walked.is_empty() && walked.binary_search(&o.addr).is_ok())
+}
+
+/// The first word of the batch `objects` (whose bytes, from its first block's address,
+/// are `bytes`) that may need rewriting: (its address, what it is).
+fn check_batch(m: &Moving, objects: &[Object], walked: &[u64], bytes: &[u8]) -> Result<(), (u64, String)> {
+    let Some(first) = objects.first() else { return Ok(()) };
+    let start = first.addr;
     let coarse = m.coarse();
-    for o in batch {
+    for o in objects.iter().filter(|o| !skipped(o, walked)) {
         let at = (o.addr - start) as usize;
         let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
         for (k, w) in block.chunks_exact(8).enumerate() {
@@ -221,7 +233,8 @@ fn check_batch(pair: &Pair, m: &Moving, batch: &[&Object], buf: &mut Vec<u8>) ->
                 continue;
             }
             if let Some(what) = m.what(v) {
-                return Err(format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, k * 8));
+                let msg = format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, k * 8);
+                return Err((o.addr + k as u64 * 8, msg));
             }
         }
     }
@@ -246,30 +259,58 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
     let image_bounds =
         (ranges.iter().map(|r| r.0).min().unwrap_or(u64::MAX), ranges.iter().map(|r| r.1).max().unwrap_or(0));
     let pages = PageSet::of(&moving);
-    let m = Moving { pair, image_bounds, blocks: moving, pages };
-    let mut walked = reached.blocks.keys().peekable();
+    let m = Moving { image: &pair.old.image, stack: pair.stack, image_bounds, blocks: moving, pages };
+    let walked: Vec<u64> = reached.blocks.keys().copied().collect();
     let mut checked = Checked::default();
-    // Blocks to check, read in batches of neighbours (one read of up to BATCH bytes, into
-    // a buffer used again: the heap is read once, and not kept).
-    let mut batch: Vec<&Object> = Vec::new();
-    let mut buf = Vec::new();
-    for o in objects {
-        while walked.next_if(|&&a| a < o.addr).is_some() {}
-        // A startup object the walk did not reach is freed (nothing it does not walk may
-        // point into one: see `moving`), so its bytes do not matter.
-        if walked.peek() == Some(&&o.addr) || o.startup {
+    let mut batches: Vec<Batch> = Vec::new();
+    // The batch being gathered: the positions of its first and last blocks to check.
+    let mut open: Option<(usize, usize)> = None;
+    let close = |(first, last): (usize, usize)| {
+        let (a, z) = (objects[first].addr, objects[last].end());
+        Batch { first, end: last + 1, mapped: pair.old_mem.slice(a, (z - a) as usize) }
+    };
+    for (i, o) in objects.iter().enumerate() {
+        if skipped(o, &walked) {
             continue;
         }
-        if batch.first().is_some_and(|f| o.end() - f.addr > BATCH) {
-            check_batch(pair, &m, &batch, &mut buf)?;
-            batch.clear();
-        }
-        batch.push(o);
+        open = match open {
+            Some((first, last)) if o.end() - objects[first].addr > BATCH => {
+                batches.push(close((first, last)));
+                Some((i, i))
+            }
+            Some((first, _)) => Some((first, i)),
+            None => Some((i, i)),
+        };
         checked.blocks += 1;
         checked.bytes += o.size;
     }
-    check_batch(pair, &m, &batch, &mut buf)?;
-    Ok(checked)
+    batches.extend(open.map(close));
+    let (mapped, unmapped): (Vec<&Batch>, Vec<&Batch>) = batches.iter().partition(|b| b.mapped.is_some());
+    let scan = |part: &[&Batch]| {
+        part.iter().try_for_each(|b| check_batch(&m, &objects[b.first..b.end], &walked, b.mapped.unwrap_or_default()))
+    };
+    let (mine, theirs) = mapped.split_at(mapped.len() / 2);
+    let found = std::thread::scope(|s| {
+        let other = s.spawn(|| scan(theirs));
+        let mut buf = Vec::new();
+        let read = unmapped.iter().try_for_each(|b| {
+            let (start, end) = (objects[b.first].addr, objects[b.end - 1].end());
+            buf.resize((end - start) as usize, 0);
+            if let Err(e) = pair.old_mem.read_once(start, &mut buf) {
+                return Err((start, format!("the heap at {start:#x}: {e}")));
+            }
+            check_batch(&m, &objects[b.first..b.end], &walked, &buf)
+        });
+        // The lowest address found, whichever part found it: the same answer every time.
+        [scan(mine), read, other.join().unwrap_or_else(|_| Err((0, "the check's thread panicked".into())))]
+            .into_iter()
+            .filter_map(Result::err)
+            .min_by_key(|(at, _)| *at)
+    });
+    match found {
+        Some((_, what)) => Err(what),
+        None => Ok(checked),
+    }
 }
 
 #[cfg(test)]
