@@ -42,10 +42,82 @@ struct Grid {
     cells: Vec<u16>,
 }
 
+/// A block as the index keeps it, in 8 bytes (a heap of millions of blocks makes a list
+/// of tens of megabytes, written afresh at every update: 24-byte [`Object`]s cost three
+/// times the page faults): its offset in its 64 KiB unit (the unit is known from
+/// [`HeapIndex::units`]), its startup bit and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packed(u64);
+
+impl Packed {
+    const SIZE_BITS: u32 = 47;
+    const STARTUP: u64 = 1 << Self::SIZE_BITS;
+
+    fn new(o: &Object) -> Packed {
+        // 128 TiB: more than any process can map.
+        let size = o.size.min(Self::STARTUP - 1);
+        Packed(((o.addr & (UNIT_SIZE - 1)) << 48) | if o.startup { Self::STARTUP } else { 0 } | size)
+    }
+
+    fn offset(self) -> u64 {
+        self.0 >> 48
+    }
+
+    fn object(self, unit: u64) -> Object {
+        self.at(unit << UNIT_SHIFT)
+    }
+
+    /// The block, in the unit that starts at `base`.
+    #[inline]
+    fn at(self, base: u64) -> Object {
+        Object { addr: base | self.offset(), size: self.0 & (Self::STARTUP - 1), startup: self.0 & Self::STARTUP != 0 }
+    }
+}
+
+/// The blocks of a [`HeapIndex`] in address order ([`HeapIndex::range`]).
+pub struct Blocks<'a> {
+    index: &'a HeapIndex,
+    pos: usize,
+    end: usize,
+    /// The unit of the block at `pos` (once `pos` reached `unit_end`: looked up again).
+    k: usize,
+    unit_base: u64,
+    unit_end: usize,
+}
+
+impl Iterator for Blocks<'_> {
+    type Item = Object;
+
+    #[inline]
+    fn next(&mut self) -> Option<Object> {
+        if self.pos >= self.end {
+            return None;
+        }
+        if self.pos >= self.unit_end {
+            let units = &self.index.units;
+            while units.get(self.k + 1).is_some_and(|&(_, f)| f as usize <= self.pos) {
+                self.k += 1;
+            }
+            self.unit_base = units.get(self.k).map_or(0, |&(u, _)| u << UNIT_SHIFT);
+            self.unit_end = self.index.unit_end(self.k);
+        }
+        let b = *self.index.blocks.get(self.pos)?;
+        self.pos += 1;
+        Some(b.at(self.unit_base))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end.saturating_sub(self.pos);
+        (n, Some(n))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct HeapIndex {
     /// Sorted by address, never overlapping.
-    objects: Vec<Object>,
+    blocks: Vec<Packed>,
+    /// The positions of the startup blocks.
+    startup: Vec<u32>,
     /// For each 64 KiB unit of the address space where a block starts (ascending), the
     /// position of the first block starting there: a lookup searches a short, cache-warm
     /// table and then one unit's blocks, not the whole index (the walk of a layout update
@@ -76,7 +148,7 @@ impl Grid {
     /// The block containing `addr` found through the grid of unit `k` (whose first block
     /// is at position `first`), when there is a grid and a block starts in `addr`'s cell;
     /// `None`: search.
-    fn find(&self, objects: &[Object], k: usize, first: u32, addr: u64) -> Option<usize> {
+    fn find(&self, blocks: &[Packed], k: usize, (unit, first): (u64, u32), addr: u64) -> Option<usize> {
         let &(step, at) = self.steps.get(k)?;
         if step == 0 {
             return None;
@@ -84,7 +156,7 @@ impl Grid {
         let cell = (addr & (UNIT_SIZE - 1)) / u64::from(step);
         let i = *self.cells.get(at as usize + cell as usize)?;
         let i = (i as usize).checked_sub(1)? + first as usize;
-        let o = &objects[i];
+        let o = blocks[i].object(unit);
         (addr < o.end() || addr == o.addr).then_some(i)
     }
 }
@@ -101,19 +173,19 @@ const CHUNK: u64 = 1 << 20;
 
 /// An empty list with room for every block the regions' spans can hold (an upper bound:
 /// 4 096 per span in use), in huge pages where the kernel allows: a heap of millions of
-/// blocks otherwise pays a page fault per 4 KiB of a list of 24 bytes per block while it
-/// grows (tens of milliseconds for 3 M blocks). Room never written costs no memory.
-fn with_room_for(reader: &Reader) -> Vec<Object> {
+/// blocks otherwise pays a page fault per 4 KiB of the list while it grows. Room never
+/// written costs no memory.
+fn with_room_for(reader: &Reader) -> Vec<Packed> {
     const PER_SPAN: usize = mcr_alloc::SPAN_SIZE / 16;
     let spans: usize = (0..SLOTS).filter_map(|slot| remote::region_hwm(reader, slot).ok()).sum();
     const MAX_ROOM: usize = 1 << 26;
     let room = spans.saturating_mul(PER_SPAN).min(MAX_ROOM);
-    let mut v: Vec<Object> = Vec::new();
+    let mut v: Vec<Packed> = Vec::new();
     if v.try_reserve_exact(room).is_err() {
         return Vec::new();
     }
     // The whole pages inside the allocation (madvise wants page-aligned ranges).
-    let (at, bytes) = (v.as_mut_ptr() as usize, v.capacity() * std::mem::size_of::<Object>());
+    let (at, bytes) = (v.as_mut_ptr() as usize, v.capacity() * std::mem::size_of::<Packed>());
     let start = at.next_multiple_of(4096);
     let end = (at + bytes) & !4095;
     if end > start + (4 << 20) {
@@ -163,13 +235,14 @@ impl HeapIndex {
 
     fn scan_inner(mem: &dyn ReadMemory, extents: Option<&mut Vec<(u64, u64)>>) -> Result<Self, MemoryError> {
         let reader = Reader(mem);
-        let mut objects = with_room_for(&reader);
+        let mut blocks = with_room_for(&reader);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         // The allocator lists blocks by address (regions by slot, spans and blocks in
         // order): the index's order and its units come with the listing, as long as no
         // block starts before the previous one's end (then `from_objects` sorts it out).
         // Each later pass over millions of blocks would cost milliseconds.
         let mut units: Vec<(u64, u32)> = Vec::new();
+        let mut startup: Vec<u32> = Vec::new();
         let mut in_order = true;
         let mut last_end = 0;
         for slot in 0..SLOTS {
@@ -184,9 +257,12 @@ impl HeapIndex {
                     last_end = o.end().max(o.addr + 1);
                     let unit = o.addr >> UNIT_SHIFT;
                     if units.last().is_none_or(|&(u, _)| u != unit) {
-                        units.push((unit, objects.len() as u32));
+                        units.push((unit, blocks.len() as u32));
                     }
-                    objects.push(o);
+                    if o.startup {
+                        startup.push(blocks.len() as u32);
+                    }
+                    blocks.push(Packed::new(&o));
                 },
                 |start, len| match runs.last_mut() {
                     Some(last) if last.1 == start as u64 => last.1 += len as u64,
@@ -207,9 +283,17 @@ impl HeapIndex {
             }
         }
         if !in_order {
+            let mut objects = Vec::with_capacity(blocks.len());
+            let mut k = 0;
+            for (i, b) in blocks.iter().enumerate() {
+                while units.get(k + 1).is_some_and(|&(_, f)| f as usize <= i) {
+                    k += 1;
+                }
+                objects.push(b.object(units[k].0));
+            }
             return Ok(Self::from_objects(objects, scanned));
         }
-        Ok(Self { objects, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes: scanned })
+        Ok(Self::with_units(blocks, startup, units, scanned))
     }
 
     pub fn from_objects(mut objects: Vec<Object>, scanned_bytes: u64) -> Self {
@@ -229,60 +313,100 @@ impl HeapIndex {
             units.push((unit, i as u32));
             i += objects[i..].partition_point(|o| o.addr >> UNIT_SHIFT == unit);
         }
-        Self { objects, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes }
+        let startup = objects.iter().enumerate().filter(|(_, o)| o.startup).map(|(i, _)| i as u32).collect();
+        Self::with_units(objects.iter().map(Packed::new).collect(), startup, units, scanned_bytes)
+    }
+
+    fn with_units(blocks: Vec<Packed>, startup: Vec<u32>, units: Vec<(u64, u32)>, scanned_bytes: u64) -> Self {
+        Self { blocks, startup, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes }
     }
 
     fn make_grid(&self) -> Grid {
-        let (objects, units) = (&self.objects, &self.units);
+        let units = &self.units;
         let (mut steps, mut cells) = (Vec::with_capacity(units.len()), Vec::new());
-        for (k, &(unit, first)) in units.iter().enumerate() {
-            let end = units.get(k + 1).map_or(objects.len(), |&(_, f)| f as usize);
-            let blocks = &objects[first as usize..end];
+        for (k, &(_, first)) in units.iter().enumerate() {
+            let blocks = &self.blocks[first as usize..self.unit_end(k)];
             // The grid's step: what every block's offset in the unit is a multiple of.
-            let base = unit << UNIT_SHIFT;
-            let step = blocks.iter().fold(0u64, |g, o| gcd(g, o.addr - base));
+            let step = blocks.iter().fold(0u64, |g, b| gcd(g, b.offset()));
             if blocks.len() < MIN_GRID_BLOCKS || step < MIN_GRID_STEP {
                 steps.push((0, 0));
                 continue;
             }
             let at = cells.len();
             cells.resize(at + (UNIT_SIZE / step) as usize, 0);
-            for (i, o) in blocks.iter().enumerate() {
-                cells[at + ((o.addr - base) / step) as usize] = i as u16 + 1;
+            for (i, b) in blocks.iter().enumerate() {
+                cells[at + (b.offset() / step) as usize] = i as u16 + 1;
             }
             steps.push((step as u32, at as u32));
         }
         Grid { steps, cells }
     }
 
+    /// Where the blocks of unit `k` end in [`HeapIndex::blocks`].
+    fn unit_end(&self, k: usize) -> usize {
+        self.units.get(k + 1).map_or(self.blocks.len(), |&(_, f)| f as usize)
+    }
+
+    /// The unit (its number: address >> 16) of the block at position `pos`.
+    fn unit_at(&self, pos: usize) -> u64 {
+        let k = self.units.partition_point(|&(_, f)| f as usize <= pos);
+        self.units.get(k.wrapping_sub(1)).map_or(0, |&(u, _)| u)
+    }
+
     pub fn len(&self) -> usize {
-        self.objects.len()
+        self.blocks.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.blocks.is_empty()
     }
 
-    pub fn objects(&self) -> &[Object] {
-        &self.objects
+    /// The block at position `pos` (in address order; see [`HeapIndex::locate`]).
+    ///
+    /// # Panics
+    /// When `pos` is not below [`HeapIndex::len`].
+    pub fn get(&self, pos: usize) -> Object {
+        self.blocks[pos].object(self.unit_at(pos))
+    }
+
+    /// Every block, in address order.
+    pub fn iter(&self) -> Blocks<'_> {
+        self.range(0, self.blocks.len())
+    }
+
+    /// The blocks at positions `[start, end)`, in address order.
+    pub fn range(&self, start: usize, end: usize) -> Blocks<'_> {
+        let end = end.min(self.blocks.len());
+        let k = self.units.partition_point(|&(_, f)| f as usize <= start).saturating_sub(1);
+        Blocks { index: self, pos: start, end, k, unit_base: 0, unit_end: 0 }
+    }
+
+    /// The startup blocks, in address order (a few among millions: not a pass over all).
+    pub fn startup_blocks(&self) -> impl Iterator<Item = Object> + '_ {
+        self.startup.iter().map(|&pos| self.get(pos as usize))
     }
 
     /// The first block of each 64 KiB unit of address space that holds any: one block per
     /// unit, for questions whose answer is the same for every block of a unit (which heap
     /// region it is in).
-    pub fn unit_firsts(&self) -> impl Iterator<Item = &Object> {
-        self.units.iter().filter_map(|&(_, i)| self.objects.get(i as usize))
+    pub fn unit_firsts(&self) -> impl Iterator<Item = Object> + '_ {
+        self.units.iter().filter_map(|&(u, i)| Some(self.blocks.get(i as usize)?.object(u)))
     }
 
     /// The block containing `addr` (its first byte up to, not including, its end; a
     /// zero-sized block contains its own address).
-    pub fn containing(&self, addr: u64) -> Option<&Object> {
-        self.locate(addr).map(|i| &self.objects[i])
+    pub fn containing(&self, addr: u64) -> Option<Object> {
+        self.find(addr).map(|(_, o)| o)
     }
 
     /// The position in [`HeapIndex::objects`] of the block containing `addr`: a key for
     /// tables that hold something per block (dense, no hashing).
     pub fn locate(&self, addr: u64) -> Option<usize> {
+        self.find(addr).map(|(i, _)| i)
+    }
+
+    /// [`HeapIndex::locate`], with the block.
+    pub fn find(&self, addr: u64) -> Option<(usize, Object)> {
         let unit = addr >> UNIT_SHIFT;
         let k = self.units.partition_point(|&(u, _)| u <= unit);
         let &(u, first) = self.units.get(k.checked_sub(1)?)?;
@@ -294,28 +418,28 @@ impl HeapIndex {
                 }
                 None => None,
             };
-            if let Some(i) = grid.and_then(|g| g.find(&self.objects, k - 1, first, addr)) {
-                return Some(i);
+            if let Some(i) = grid.and_then(|g| g.find(&self.blocks, k - 1, (u, first), addr)) {
+                return Some((i, self.blocks[i].object(u)));
             }
         }
-        let end = self.units.get(k).map_or(self.objects.len(), |&(_, f)| f as usize);
+        let end = self.unit_end(k - 1);
         // In `addr`'s own unit: the last block there starting at or before it (or, when
         // none does, the last one of an earlier unit); past it: the last block of the
         // nearest unit before.
         let i = if u == unit {
-            let first = first as usize;
-            first + self.objects[first..end].partition_point(|o| o.addr <= addr)
+            let (first, offset) = (first as usize, addr & (UNIT_SIZE - 1));
+            first + self.blocks[first..end].partition_point(|b| b.offset() <= offset)
         } else {
             end
         };
         let i = i.checked_sub(1)?;
-        let o = &self.objects[i];
-        (addr < o.end() || addr == o.addr).then_some(i)
+        let o = if i >= first as usize { self.blocks[i].object(u) } else { self.get(i) };
+        (addr < o.end() || addr == o.addr).then_some((i, o))
     }
 
     /// The block starting exactly at `addr`.
-    pub fn starting_at(&self, addr: u64) -> Option<&Object> {
-        self.objects.binary_search_by_key(&addr, |o| o.addr).ok().map(|i| &self.objects[i])
+    pub fn starting_at(&self, addr: u64) -> Option<Object> {
+        self.containing(addr).filter(|o| o.addr == addr)
     }
 }
 
@@ -341,6 +465,26 @@ mod tests {
         assert_eq!(idx.containing(0x3000).map(|o| o.addr), Some(0x3000));
         assert_eq!(idx.starting_at(0x2000).map(|o| o.size), Some(0x100));
         assert_eq!(idx.starting_at(0x2008), None);
+    }
+
+    #[test]
+    fn blocks_come_back_as_they_went_in_whatever_unit_they_are_in() {
+        // Blocks in three units (one large, one at a unit's last byte), startup or not.
+        let objects = vec![
+            Object { addr: 0x7f00_0001_0000, size: 0x10, startup: true },
+            Object { addr: 0x7f00_0001_fff8, size: 8, startup: false },
+            Object { addr: 0x7f00_0002_0010, size: 0x4_0000_0000, startup: false },
+            Object { addr: 0x7f05_0000_0000, size: 0, startup: true },
+        ];
+        let idx = HeapIndex::from_objects(objects.clone(), 0);
+        assert_eq!(idx.iter().collect::<Vec<_>>(), objects);
+        assert_eq!((0..4).map(|i| idx.get(i)).collect::<Vec<_>>(), objects);
+        assert_eq!(idx.range(1, 3).collect::<Vec<_>>(), objects[1..3]);
+        assert_eq!(idx.range(3, 9).collect::<Vec<_>>(), objects[3..]);
+        assert_eq!(idx.unit_firsts().collect::<Vec<_>>(), [objects[0], objects[2], objects[3]]);
+        assert_eq!(idx.startup_blocks().collect::<Vec<_>>(), [objects[0], objects[3]]);
+        assert_eq!(idx.containing(0x7f00_0003_0000), Some(objects[2]));
+        assert_eq!(idx.starting_at(0x7f05_0000_0000), Some(objects[3]));
     }
 
     #[test]

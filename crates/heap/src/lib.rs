@@ -10,6 +10,6 @@
 pub mod index;
 pub mod memory;
 
-pub use index::{block_at, HeapIndex, Object};
+pub use index::{block_at, Blocks, HeapIndex, Object};
 pub use mcr_alloc::SlotSet;
 pub use memory::{heap_regions, heap_slots, MappedView, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};

@@ -429,7 +429,7 @@ impl World {
         let dirty = move |a: u64, len: u64| written.iter().flatten().any(|&(s, e)| a < e && s < a + len);
         if self.adopted_heap {
             // The adopted heap: every old block is in the new process at its address.
-            for o in heap.objects() {
+            for o in heap.iter() {
                 if let Some(bytes) = self.old_proc.mem.bytes(o.addr, o.size as usize) {
                     self.new_proc.mem.write(o.addr, &bytes);
                 }

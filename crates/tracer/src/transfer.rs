@@ -174,8 +174,8 @@ pub struct Transfer {
 impl Transfer {
     /// The new value of `v` if it points into a block this transfer moved.
     pub fn relocate(&self, heap: &HeapIndex, v: u64) -> Option<u64> {
-        let pos = heap.locate(v)?;
-        let o = &heap.objects()[pos];
+        let (pos, o) = heap.find(v)?;
+        let o = &o;
         self.moved.get_at(pos, o)?.at(v - o.addr)
     }
 }
@@ -280,15 +280,14 @@ pub fn transfer_with_words(
     // The adopted old blocks that did not stay where they are were copied elsewhere (or
     // were not reached: the state no longer holds them): the new process frees them.
     // When the walk sealed the heap, what it did not reach stays.
-    let objects = pair.heap.objects();
+    let heap = pair.heap;
     let in_place = plan.blocks.iter().filter(|b| b.placement == Placement::InPlace).map(|b| b.pos);
     report.in_place = in_place.clone().count() + reached.kept.len();
     let garbage: Vec<u64> = if untouched {
         // What was copied elsewhere, and the old startup objects nothing reaches (the
         // check made sure no untouched block points into a startup object: the walk would
         // have found it): each update's startup otherwise left its garbage for good.
-        let unreached_startup =
-            objects.iter().filter(|o| o.startup && !reached.blocks.contains_key(&o.addr)).map(|o| o.addr);
+        let unreached_startup = heap.startup_blocks().filter(|o| !reached.blocks.contains_key(&o.addr)).map(|o| o.addr);
         plan.blocks
             .iter()
             .filter(|b| b.placement != Placement::InPlace)
@@ -299,13 +298,13 @@ pub fn transfer_with_words(
     } else {
         // By heap index position (a set of millions of addresses cost a sixth of a layout
         // update of 1 000 000 keys).
-        let mut stayed = vec![false; objects.len()];
+        let mut stayed = vec![false; heap.len()];
         for pos in in_place.chain(reached.kept.iter().map(|k| k.1)) {
             if let Some(s) = stayed.get_mut(pos as usize) {
                 *s = true;
             }
         }
-        objects.iter().zip(&stayed).filter(|(o, &s)| !s && adopted(o.addr)).map(|(o, _)| o.addr).collect()
+        heap.iter().zip(&stayed).filter(|(o, &s)| !s && adopted(o.addr)).map(|(o, _)| o.addr).collect()
     };
     if !garbage.is_empty() {
         target.free(&garbage)?;

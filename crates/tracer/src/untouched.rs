@@ -220,11 +220,16 @@ fn skipped(o: &Object, walked: &[u64]) -> bool {
 
 /// The first word of the batch `objects` (whose bytes, from its first block's address,
 /// are `bytes`) that may need rewriting: (its address, what it is).
-fn check_batch(m: &Moving, objects: &[Object], walked: &[u64], bytes: &[u8]) -> Result<(), (u64, String)> {
-    let Some(first) = objects.first() else { return Ok(()) };
+fn check_batch(
+    m: &Moving,
+    mut objects: impl Iterator<Item = Object>,
+    walked: &[u64],
+    bytes: &[u8],
+) -> Result<(), (u64, String)> {
+    let Some(first) = objects.next() else { return Ok(()) };
     let start = first.addr;
     let coarse = m.coarse();
-    for o in objects.iter().filter(|o| !skipped(o, walked)) {
+    for o in std::iter::once(first).chain(objects).filter(|o| !skipped(o, walked)) {
         let at = (o.addr - start) as usize;
         let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
         for (k, w) in block.chunks_exact(8).enumerate() {
@@ -245,13 +250,13 @@ fn check_batch(m: &Moving, objects: &[Object], walked: &[u64], bytes: &[u8]) -> 
 /// differs in the new process: `Ok` with what was checked, or `Err` with the first such
 /// word (the transfer then walks everything).
 pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Result<Checked, String> {
-    let objects = pair.heap.objects();
+    let heap = pair.heap;
     let mut moving: Vec<(u64, u64)> = plan
         .blocks
         .iter()
         .filter(|b| b.placement != Placement::InPlace)
         .map(|b| (b.old, b.old + reached.blocks[&b.old].obj.size))
-        .chain(objects.iter().filter(|o| o.startup).map(|o| (o.addr, o.end())))
+        .chain(heap.startup_blocks().map(|o| (o.addr, o.end())))
         .collect();
     moving.sort_unstable();
     moving.dedup();
@@ -263,23 +268,25 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
     let walked: Vec<u64> = reached.blocks.keys().copied().collect();
     let mut checked = Checked::default();
     let mut batches: Vec<Batch> = Vec::new();
-    // The batch being gathered: the positions of its first and last blocks to check.
-    let mut open: Option<(usize, usize)> = None;
-    let close = |(first, last): (usize, usize)| {
-        let (a, z) = (objects[first].addr, objects[last].end());
-        Batch { first, end: last + 1, mapped: pair.old_mem.slice(a, (z - a) as usize) }
+    // The batch being gathered: the positions and addresses of its first and last blocks
+    // to check.
+    let mut open: Option<((usize, u64), (usize, u64))> = None;
+    let close = |((first, a), (last, z)): ((usize, u64), (usize, u64))| Batch {
+        first,
+        end: last + 1,
+        mapped: pair.old_mem.slice(a, (z - a) as usize),
     };
-    for (i, o) in objects.iter().enumerate() {
-        if skipped(o, &walked) {
+    for (i, o) in heap.iter().enumerate() {
+        if skipped(&o, &walked) {
             continue;
         }
         open = match open {
-            Some((first, last)) if o.end() - objects[first].addr > BATCH => {
+            Some((first, last)) if o.end() - first.1 > BATCH => {
                 batches.push(close((first, last)));
-                Some((i, i))
+                Some(((i, o.addr), (i, o.end())))
             }
-            Some((first, _)) => Some((first, i)),
-            None => Some((i, i)),
+            Some((first, _)) => Some((first, (i, o.end()))),
+            None => Some(((i, o.addr), (i, o.end()))),
         };
         checked.blocks += 1;
         checked.bytes += o.size;
@@ -287,19 +294,19 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
     batches.extend(open.map(close));
     let (mapped, unmapped): (Vec<&Batch>, Vec<&Batch>) = batches.iter().partition(|b| b.mapped.is_some());
     let scan = |part: &[&Batch]| {
-        part.iter().try_for_each(|b| check_batch(&m, &objects[b.first..b.end], &walked, b.mapped.unwrap_or_default()))
+        part.iter().try_for_each(|b| check_batch(&m, heap.range(b.first, b.end), &walked, b.mapped.unwrap_or_default()))
     };
     let (mine, theirs) = mapped.split_at(mapped.len() / 2);
     let found = std::thread::scope(|s| {
         let other = s.spawn(|| scan(theirs));
         let mut buf = Vec::new();
         let read = unmapped.iter().try_for_each(|b| {
-            let (start, end) = (objects[b.first].addr, objects[b.end - 1].end());
+            let (start, end) = (heap.get(b.first).addr, heap.get(b.end - 1).end());
             buf.resize((end - start) as usize, 0);
             if let Err(e) = pair.old_mem.read_once(start, &mut buf) {
                 return Err((start, format!("the heap at {start:#x}: {e}")));
             }
-            check_batch(&m, &objects[b.first..b.end], &walked, &buf)
+            check_batch(&m, heap.range(b.first, b.end), &walked, &buf)
         });
         // The lowest address found, whichever part found it: the same answer every time.
         [scan(mine), read, other.join().unwrap_or_else(|_| Err((0, "the check's thread panicked".into())))]

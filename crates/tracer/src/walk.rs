@@ -336,7 +336,7 @@ pub fn walk(
             if w.slots[pos] != KEPT {
                 continue; // walked after all: another pointer gave it a type
             }
-            let obj = heap.objects()[pos];
+            let obj = heap.get(pos);
             buf.resize(obj.size as usize, 0);
             mem.read(obj.addr, &mut buf)?;
             if keep(&buf) {
@@ -510,7 +510,7 @@ impl Walker<'_> {
         hop: impl FnOnce() -> Hop,
     ) -> Result<(), TransferError> {
         let prog = self.prog;
-        let obj = self.heap.objects()[pos];
+        let obj = self.heap.get(pos);
         match self.slots[pos] {
             SEALED => {} // it stays where it is, as it is, however else it is reached
             // Bytes it stays; another type makes it an object to walk.
@@ -623,8 +623,7 @@ impl Walker<'_> {
                 if v == 0 {
                     continue;
                 }
-                if let Some(pos) = self.heap.locate(v) {
-                    let obj = self.heap.objects()[pos];
+                if let Some((pos, obj)) = self.heap.find(v) {
                     if v != obj.addr {
                         self.note_interior(obj, v, pointee, from, || elem(field_suffix(&slot.path)));
                     }
@@ -648,8 +647,7 @@ impl Walker<'_> {
                 let tag = if tags { self.tag_at(hint_root, &r.path) } else { None };
                 if let Some(&hinted) = self.hints.points_to.get(&key).filter(|_| hinted) {
                     let v = tag.as_ref().map_or(at(r.offset), |t| t.split(at(r.offset)).0);
-                    if let Some(pos) = self.heap.locate(v) {
-                        let obj = self.heap.objects()[pos];
+                    if let Some((pos, obj)) = self.heap.find(v) {
                         let hop =
                             || format!("{} (MCR_POINTS_TO {})", elem(field_suffix(&r.path)), prog.type_name(hinted));
                         if v != obj.addr {
@@ -751,7 +749,7 @@ impl Walker<'_> {
         why: OpaqueReason,
     ) -> Result<(), TransferError> {
         for (off, v, pos) in found {
-            let obj = self.heap.objects()[pos];
+            let obj = self.heap.get(pos);
             let what = match why {
                 OpaqueReason::Union => "a union",
                 OpaqueReason::PointerSizedInteger => "a pointer-sized integer",

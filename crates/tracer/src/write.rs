@@ -131,7 +131,7 @@ pub fn allocate(
 /// Where everything went, for the handlers' `mcr_translate()`: the heap blocks the
 /// transfer moved and the main binary's globals the new version has.
 pub fn relocations(pair: &Pair, reached: &Reached, moved: &Destinations) -> Vec<Relocation> {
-    let objects = pair.heap.objects();
+    let heap = pair.heap;
     let blocks = moved
         .placed()
         .zip(reached.blocks.values())
@@ -144,7 +144,7 @@ pub fn relocations(pair: &Pair, reached: &Reached, moved: &Destinations) -> Vec<
         })
         // Blocks kept as they are translate to themselves.
         .chain(reached.kept.iter().filter_map(|&(a, pos)| {
-            let len = objects.get(pos as usize)?.size;
+            let len = ((pos as usize) < heap.len()).then(|| heap.get(pos as usize).size)?;
             Some(Relocation { old: a, len, new: a, old_stride: 0, new_stride: 0 })
         }))
         .collect();
@@ -217,8 +217,8 @@ impl Writer<'_, '_> {
     /// Where a pointer of the old process points in the new one.
     fn relocate_data(&self, v: u64, path: &str) -> Result<u64, String> {
         let pair = self.pair;
-        if let Some(pos) = pair.heap.locate(v) {
-            let o = &pair.heap.objects()[pos];
+        if let Some((pos, o)) = pair.heap.find(v) {
+            let o = &o;
             let m =
                 self.moved.get_at(pos, o).ok_or_else(|| format!("{path}: points to a heap block mcr did not move"))?;
             return m.at(v - o.addr).ok_or_else(|| {

@@ -1170,8 +1170,7 @@ pub fn heap_contents(host: i32) -> Vec<(u64, Vec<u8>)> {
     use mcr_heap::ReadMemory;
     let mem = mcr_heap::ProcessMemory::open(host).expect("open the server's memory");
     let heap = mcr_heap::HeapIndex::scan(&mem).expect("list the server's heap");
-    heap.objects()
-        .iter()
+    heap.iter()
         .map(|o| {
             let mut b = vec![0u8; o.size as usize];
             mem.read(o.addr, &mut b).expect("read a live block");
