@@ -17,7 +17,7 @@
 #   --fill K kvd starts with K keys of its own besides the writer's (`mcr-bench fill`),
 #          read back after the last update (`mcr-bench fill-check`): issue 13's "100
 #          updates back and forth with 100 000 keys" is --kvd 100 --fill 100000.
-#   --short  30 kvd + 10 poold + 10 connd updates (about a minute), the size CI can run.
+#   --short  30 kvd + 20 poold + 20 connd updates (about a minute), the size CI can run.
 #   N = 0 skips a server; an odd N is rounded up, so the first and last figures are taken
 #   on the same build.
 #
@@ -29,7 +29,8 @@
 # an OK for must read back its last acknowledged value. Any of these stops the soak.
 # Growth. After update FIRST (10; 2 when there are fewer than 20) and after the last, the
 # script takes: VmRSS of the server process(es), the supervisor and the init (PID 1 of
-# the version's namespace, the supervisor's parent); descriptors of each; processes in
+# the version's namespace, the supervisor's parent); descriptors of each, and the server
+# processes' memory mappings (/proc/PID/maps lines; also at every check, in trend.tsv); processes in
 # the version's PID namespace and processes running the soak's copies of the binaries
 # anywhere (an old version or a CLI left behind); files in the runtime dir and in /tmp.
 # The server's memory (VmRSS, and RssAnon apart) may grow by max(5%, 256 KiB): a few
@@ -39,7 +40,11 @@
 # the next (which pages of the mcr binary and its thread arenas they touched): max(20%,
 # 1 MiB). Counts must not grow at all; each is the least of 3 samples 100 ms apart, so
 # a connection or a session process that is just closing is not taken for a leak.
-# Memory is also sampled at every check (trend.tsv): the summary gives its range.
+# The first updates are a warm-up, not measured: poold's heap settles into one more
+# adopted region (7 mappings: 101 -> 108) between its 5th and 10th update, then stays
+# there (108 at updates 10, 20, 30 and 40).
+# Memory and mappings are also sampled at every check (trend.tsv): the summary gives
+# their range.
 # After `mcr stop`, none of the soak's server or mcr processes may be left.
 #
 # The run takes place in a private mount namespace with a tmpfs on /tmp (as root; else
@@ -57,7 +62,7 @@ usage() { echo "usage: scripts/soak.sh [--short] [--kvd N] [--poold N] [--connd 
 KVD_N=1000 POOLD_N=100 CONND_N=100 SESSIONS=20 RATE=20000 CHECK_EVERY=10 FILL=0
 while [ $# -gt 0 ]; do
   case $1 in
-    --short) KVD_N=30 POOLD_N=10 CONND_N=10 CHECK_EVERY=5 ;;
+    --short) KVD_N=30 POOLD_N=20 CONND_N=20 CHECK_EVERY=5 ;;
     --kvd | --poold | --connd | --sessions | --rate | --fill)
       [[ ${2:-} =~ ^[0-9]+$ ]] || usage
       case $1 in --kvd) KVD_N=$2 ;; --poold) POOLD_N=$2 ;; --connd) CONND_N=$2 ;; --sessions) SESSIONS=$2 ;; --rate) RATE=$2 ;; --fill) FILL=$2 ;; esac
@@ -108,8 +113,8 @@ mkdir -p "$RAW"
 LOG=$RAW/soak.log
 : >"$LOG"
 : >"$RAW/updates.tsv"
-printf 'kind\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\n' >"$RAW/trend.tsv"
-printf 'kind\tpoint\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\tfds_server\tfds_supervisor\tfds_init\tprocs_namespace\tprocs_soak\tfiles_runtime\tfiles_tmp\tlog_bytes\n' >"$RAW/measure.tsv"
+printf 'kind\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\tmaps_server\n' >"$RAW/trend.tsv"
+printf 'kind\tpoint\tupdate\trss_server_kb\tanon_server_kb\trss_supervisor_kb\trss_init_kb\tfds_server\tmaps_server\tfds_supervisor\tfds_init\tprocs_namespace\tprocs_soak\tfiles_runtime\tfiles_tmp\tlog_bytes\n' >"$RAW/measure.tsv"
 NAMES=() WRITER=
 cleanup() {
   trap - ERR
@@ -185,6 +190,15 @@ soak_count() { soak_pids | wc -l; }
 tmp_files() { { find /tmp -mindepth 1 \( -path "$WORK" -prune \) -o -print 2>/dev/null || true; } | wc -l; }
 run_files() { { find "$MCR_RUNTIME_DIR" -mindepth 1 2>/dev/null || true; } | wc -l; }
 server_fds() { fd_count $(descendants "$1"); }
+map_count() { # PIDS...: memory mappings of them all
+  local p n=0 c
+  for p; do
+    c=$(wc -l </proc/"$p"/maps 2>/dev/null || echo 0)
+    n=$((n + c))
+  done
+  echo "$n"
+}
+server_maps() { map_count $(descendants "$1"); }
 
 # The host PIDs of instance NAME's supervisor and init (its parent) in SUP and INIT.
 version_pids() { # NAME U
@@ -196,8 +210,9 @@ version_pids() { # NAME U
 trend() {
   version_pids "$3" "$2"
   # shellcheck disable=SC2046 # word splitting of PID lists is meant
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(mem_kb VmRSS $(descendants "$SUP"))" \
-    "$(mem_kb RssAnon $(descendants "$SUP"))" "$(mem_kb VmRSS "$SUP")" "$(mem_kb VmRSS "$INIT")" >>"$RAW/trend.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(mem_kb VmRSS $(descendants "$SUP"))" \
+    "$(mem_kb RssAnon $(descendants "$SUP"))" "$(mem_kb VmRSS "$SUP")" "$(mem_kb VmRSS "$INIT")" \
+    "$(server_maps "$SUP")" >>"$RAW/trend.tsv"
 }
 
 # measure KIND POINT UPDATE NAME: one row of measure.tsv.
@@ -208,10 +223,10 @@ measure() {
   ns=$(readlink /proc/"$init"/ns/pid)
   [ "$(readlink /proc/"$sup"/ns/pid)" = "$ns" ] || abort "$kind: the supervisor ($sup) is not in its parent's ($init) PID namespace"
   # shellcheck disable=SC2046 # word splitting of PID lists is meant
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$point" "$u" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$point" "$u" \
     "$(mem_kb VmRSS $(descendants "$sup"))" "$(mem_kb RssAnon $(descendants "$sup"))" \
     "$(mem_kb VmRSS "$sup")" "$(mem_kb VmRSS "$init")" \
-    "$(least_of_3 server_fds "$sup")" "$(least_of_3 fd_count "$sup")" "$(least_of_3 fd_count "$init")" \
+    "$(least_of_3 server_fds "$sup")" "$(least_of_3 server_maps "$sup")" "$(least_of_3 fd_count "$sup")" "$(least_of_3 fd_count "$init")" \
     "$(least_of_3 in_namespace "$ns")" "$(least_of_3 soak_count)" \
     "$(least_of_3 run_files)" "$(least_of_3 tmp_files)" "$(stat -c %s "$MCR_RUNTIME_DIR/$name.log")" >>"$RAW/measure.tsv"
 }

@@ -31,7 +31,7 @@ MCR_HTTPD="$(scripts/httpd/build.sh | tail -n 1)"
 MCR_SSHD="$(scripts/sshd/build.sh | tail -n 1)"
 export MCR_VSFTPD MCR_HTTPD MCR_SSHD
 cargo test --release --workspace -- --test-threads=2 "$@"
-# Issue 12's soak, short: 30 kvd + 10 poold + 10 connd updates under load, nothing lost,
+# Issue 12's soak, short: 30 kvd + 20 poold + 20 connd updates under load, nothing lost,
 # nothing grown (~30 s; the full one is `scripts/soak.sh`, README "Soak").
 SOAK_NO_BUILD=1 scripts/soak.sh --short > target/soak-short.md || { cat target/soak-short.md; exit 1; }
 echo "soak --short: $(grep -E '^Result' target/soak-short.md)"
