@@ -246,7 +246,7 @@ fn copy_pages(
     let mut pagemap = Pagemap::open(mcr_procfs::Process::Pid(old_host)).map_err(maps_error)?;
     // Where no swap is on, a "swapped" entry is a userfaultfd write-protect marker on a page
     // never touched (dirty tracking arms them): zeroes, nothing to copy.
-    let swap_on = std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1);
+    let swap_on = mcr_procfs::read_file(std::path::Path::new("/proc/swaps")).map_or(true, |s| s.lines().count() > 1);
     let swapped = if swap_on { SWAPPED } else { 0 };
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (slot, layout) in regions {
