@@ -254,6 +254,11 @@ extern "C" fn init() {
     startup_log::init_reserved_range();
     startup_log::note_inherited();
     startup_heap::init();
+    // Before the Hello: once it is sent the supervisor reads this process's /proc files,
+    // which holds its address space, and the kernel then makes the registration wait for
+    // an RCU grace period (12-16 ms of every restart, both CPUs idle); alone with its
+    // address space, the process registers at once. Harmless if no supervisor answers.
+    quiesce::init_asymmetric_fence();
     if control::register(false) {
         if let Some(path) = env(mcr_protocol::env::REPLAY) {
             if let Err(reason) = replay::load(&path) {
@@ -262,7 +267,6 @@ extern "C" fn init() {
             quiesce::hold_from_start();
         }
         signals::install_kick(kick);
-        quiesce::init_asymmetric_fence();
         // SAFETY: pthread_atfork only records the three handlers, functions of this library,
         // which is never unloaded.
         unsafe {
