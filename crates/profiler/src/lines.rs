@@ -34,7 +34,7 @@ fn load(path: &str) -> Option<Module> {
     };
     let dwarf = gimli::Dwarf::load(section).ok()?;
     let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
-    let first_load_vaddr = mcr_callstack::ModuleSymbols::parse(&data).ok()?.first_load_vaddr;
+    let first_load_vaddr = mcr_callstack::ModuleSymbols::parse(data.as_slice()).ok()?.first_load_vaddr;
     Some(Module { ctx, first_load_vaddr })
 }
 
