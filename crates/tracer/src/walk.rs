@@ -296,8 +296,8 @@ pub fn walk(
         w.scan_typed(&r.bytes, old.strip(r.old_ty), None, &name, &r.plain)?;
     }
     for (label, v) in words {
-        if let Some(pos) = heap.locate(*v).filter(|_| *v != 0) {
-            w.reach(pos, None, None, || Hop::Text(label.clone()))?;
+        if let Some(found) = heap.find(*v).filter(|_| *v != 0) {
+            w.reach(found, None, None, || Hop::Text(label.clone()))?;
         }
     }
     // Everything reachable from them, through typed pointers first: a block untyped
@@ -504,13 +504,12 @@ impl Walker<'_> {
     /// the type its pointer gives it (`None`: an untyped word).
     fn reach(
         &mut self,
-        pos: usize,
+        (pos, obj): (usize, Object),
         ty: Option<TypeId>,
         parent: Option<u64>,
         hop: impl FnOnce() -> Hop,
     ) -> Result<(), TransferError> {
         let prog = self.prog;
-        let obj = self.heap.get(pos);
         match self.slots[pos] {
             SEALED => {} // it stays where it is, as it is, however else it is reached
             // Bytes it stays; another type makes it an object to walk.
@@ -628,7 +627,7 @@ impl Walker<'_> {
                         self.note_interior(obj, v, pointee, from, || elem(field_suffix(&slot.path)));
                     }
                     let t = (v == obj.addr).then(|| prog.strip(pointee));
-                    self.reach(pos, t, from, || field(k, false))?;
+                    self.reach((pos, obj), t, from, || field(k, false))?;
                 }
             }
             for (k, r) in layout.opaque.iter().enumerate() {
@@ -654,7 +653,7 @@ impl Walker<'_> {
                             self.note_interior(obj, v, hinted, from, hop);
                         }
                         let t = (v == obj.addr).then(|| prog.strip(hinted));
-                        self.reach(pos, t, from, || Hop::Text(hop()))?;
+                        self.reach((pos, obj), t, from, || Hop::Text(hop()))?;
                     }
                     continue;
                 }
@@ -663,8 +662,8 @@ impl Walker<'_> {
                     // the block it points to moves, untyped unless a typed pointer reaches it.
                     if r.len >= 8 && r.reason != OpaqueReason::CharArray {
                         let v = t.split(at(r.offset)).0;
-                        if let Some(pos) = self.heap.locate(v).filter(|_| v != 0) {
-                            self.reach(pos, None, from, || {
+                        if let Some(found) = self.heap.find(v).filter(|_| v != 0) {
+                            self.reach(found, None, from, || {
                                 Hop::Text(format!("{} ({})", elem(field_suffix(&r.path)), t.written))
                             })?;
                         }
@@ -675,8 +674,8 @@ impl Walker<'_> {
                     OpaqueReason::CharArray => {}
                     OpaqueReason::VoidPointer => {
                         let v = at(r.offset);
-                        if let Some(pos) = self.heap.locate(v) {
-                            self.reach(pos, None, from, || field(k, true))?;
+                        if let Some(found) = self.heap.find(v) {
+                            self.reach(found, None, from, || field(k, true))?;
                         }
                     }
                     OpaqueReason::PointerSizedInteger | OpaqueReason::Union | OpaqueReason::Unknown => {
@@ -767,7 +766,7 @@ impl Walker<'_> {
             if (self.pinnable)(obj.addr) {
                 let hop = format!("{rel}+{off} (may point here)");
                 self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
-                self.reach(pos, None, from, || Hop::Text(hop))?;
+                self.reach((pos, obj), None, from, || Hop::Text(hop))?;
                 continue;
             }
             return Err(conflict(
