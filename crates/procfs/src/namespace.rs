@@ -82,10 +82,27 @@ fn init_of(holder: i32, level: usize) -> Option<i32> {
 /// The processes descended from `init` (host PID; the init of a namespace at `level`),
 /// `holder` left out, each by its PID at `level`: the namespace's members and those of
 /// namespaces nested in it.
+///
+/// A process whose parent exits while the walk goes on is reparented to the init, maybe
+/// after the init's children were read: the init is read again until it lists nobody
+/// new (a few rounds at most; the namespace is the instance's, its churn small).
 fn descendants(init: i32, holder: i32, level: usize) -> Vec<Member> {
     let mut out = Vec::new();
-    let mut todo = vec![init];
     let mut seen = std::collections::HashSet::from([init]);
+    for _ in 0..4 {
+        let before = seen.len();
+        walk_down(init, holder, level, &mut seen, &mut out);
+        if seen.len() == before {
+            break;
+        }
+    }
+    out.sort_by_key(|m| m.host_pid);
+    out
+}
+
+/// The processes below `from` not in `seen` yet, into `out` (see [`descendants`]).
+fn walk_down(from: i32, holder: i32, level: usize, seen: &mut std::collections::HashSet<i32>, out: &mut Vec<Member>) {
+    let mut todo = vec![from];
     while let Some(p) = todo.pop() {
         // A child is listed under the thread that forked it.
         for tid in crate::task::list(p).unwrap_or_default() {
@@ -104,8 +121,6 @@ fn descendants(init: i32, holder: i32, level: usize) -> Vec<Member> {
             }
         }
     }
-    out.sort_by_key(|m| m.host_pid);
-    out
 }
 
 /// `direct` (the members of the namespace itself) and those of `others` (processes of
