@@ -49,6 +49,13 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
 
     // What this launch writes to the log (kept across runs of the name) starts here.
     let log = LogMark::now(&files.log);
+    // In the foreground, a signal sent to `mcr run` goes to the server: blocked from
+    // before the launch, one sent as soon as the server answers waits for the forwarding
+    // thread instead of ending `mcr` (the test that sends SIGTERM right after the first
+    // reply lost that race once the new process's startup got 12 ms faster).
+    if !args.detach {
+        mcr_client::attach::set_forwarded_blocked(true);
+    }
     let reports = spawn_supervisor(SupervisorLaunch {
         name: name.clone(),
         files: files.clone(),
@@ -59,6 +66,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         profile,
         detach: args.detach,
         update: None,
+        unblock_forwarded: !args.detach,
     })?;
     let mut note = |n: &str| eprintln!("mcr: warning: {n}");
     if args.detach {
@@ -82,6 +90,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
     // Under systemd (a Type=notify unit), this process is the unit's main one for as long
     // as the instance lives.
     let service = crate::service::Service::from_env();
+    mcr_protocol::test_hook::pause(mcr_protocol::test_hook::point::LAUNCHED);
     attach::forward_signals(dir, &name, {
         let name = name.clone();
         move |sig, e| eprintln!("mcr: cannot forward {} to '{name}': {e}", mcr_protocol::signal_name(sig))

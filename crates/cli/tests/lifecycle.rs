@@ -6,6 +6,7 @@ mod support;
 
 use serde_json::Value;
 use std::ffi::OsString;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -59,6 +60,41 @@ fn foreground_run_forwards_sigterm_and_exits_with_the_servers_status() {
     assert!(!pidfile.exists(), "kvd did not get the SIGTERM (its pidfile is still there)");
     assert!(!alive(kvd_pid), "kvd still running");
     assert!(mcr.instance_files().is_empty(), "instance files left: {:?}", mcr.instance_files());
+}
+
+/// A SIGTERM that reaches `mcr run` after it launched the server but before its
+/// forwarding thread runs (held there by the test hook) is forwarded all the same: kvd
+/// gets it (removes its pidfile, exits 0) and so does `mcr run`. Before the signals were
+/// blocked ahead of the launch, it ended `mcr run` and left the server running: a loaded
+/// suite run hit that window once the new process's startup got 12 ms faster.
+#[test]
+fn foreground_run_forwards_a_sigterm_that_comes_before_its_forwarding_starts() {
+    use mcr_protocol::test_hook;
+    let mcr = Mcr::new("life-term-early");
+    let port = free_port();
+    let p = port.to_string();
+    let pidfile = mcr.tmp.join("kvd.pid");
+    let pause_dir = mcr.tmp.join("pause");
+    fs::create_dir_all(&pause_dir).expect("pause dir");
+    let argv: Vec<OsString> = ["run", "--name", "k", "--", fixture("kvd").to_str().unwrap(), "--port", &p, "--pidfile"]
+        .iter()
+        .map(OsString::from)
+        .chain([pidfile.clone().into_os_string()])
+        .collect();
+    let mut cmd = mcr.command(&argv);
+    cmd.env(test_hook::PAUSE_AT, test_hook::point::LAUNCHED).env(test_hook::PAUSE_DIR, &pause_dir);
+    let mut run = Spawned::spawn(cmd, &mcr.tmp.path);
+    let marker = pause_dir.join(format!("{}.paused", test_hook::point::LAUNCHED));
+    assert!(wait_until(Duration::from_secs(10), || marker.exists()), "mcr run never reached the hook");
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("PING"), "PONG", "the server runs while mcr run is held");
+    kill(run.pid(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    fs::remove_file(&marker).expect("release mcr run");
+    let out = run.wait(EXIT_WAIT, "foreground mcr run after a SIGTERM before its forwarding");
+    assert_eq!(out.code(), 0, "kvd exits 0 on SIGTERM, so should mcr run: {out}");
+    assert!(!pidfile.exists(), "kvd did not get the SIGTERM (its pidfile is still there)");
+    assert!(port_free(port), "port {port} still in use");
 }
 
 #[test]

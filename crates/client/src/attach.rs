@@ -90,22 +90,29 @@ pub fn wait_started_on(
     }
 }
 
-/// Deliver [`FORWARDED`] signals sent to this process to the server's main process, from
-/// a thread of their own, for the rest of this process's life. `failed` hears of a signal
-/// that could not be delivered. Call it before starting any other thread: the signals are
-/// blocked in the calling thread, and threads inherit that.
-pub fn forward_signals(dir: &InstanceDir, name: &str, failed: impl Fn(i32, ClientError) + Send + 'static) {
-    // SAFETY: building a signal set and blocking it in this thread; the forwarding thread
-    // inherits the mask and takes the signals with sigwait.
-    let set = unsafe {
+/// Block (or unblock) [`FORWARDED`] in the calling thread; the set.
+pub fn set_forwarded_blocked(blocked: bool) -> libc::sigset_t {
+    let how = if blocked { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+    // SAFETY: building a signal set on the stack and changing this thread's mask with it.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in FORWARDED {
             libc::sigaddset(&mut set, s);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Deliver [`FORWARDED`] signals sent to this process to the server's main process, from
+/// a thread of their own, for the rest of this process's life. `failed` hears of a signal
+/// that could not be delivered. Call it before starting any other thread: the signals are
+/// blocked in the calling thread, and threads inherit that. (Blocked earlier, before the
+/// launch, a signal that came meanwhile is pending, and forwarded now.)
+pub fn forward_signals(dir: &InstanceDir, name: &str, failed: impl Fn(i32, ClientError) + Send + 'static) {
+    // The forwarding thread inherits the mask and takes the signals with sigwait.
+    let set = set_forwarded_blocked(true);
     let dir = dir.clone();
     let name = name.to_string();
     std::thread::spawn(move || loop {

@@ -36,6 +36,11 @@ pub struct SupervisorLaunch {
     pub profile: Option<PathBuf>,
     pub detach: bool,
     pub update: Option<mcr_supervisor::UpdateLaunch>,
+    /// The launching `mcr` blocked [`crate::attach::FORWARDED`] to forward them (`mcr run`
+    /// in the foreground blocks them before the launch, so that a signal sent as soon as
+    /// the server answers is forwarded, not fatal to `mcr`): the supervisor and the
+    /// server start with them unblocked, as they were before.
+    pub unblock_forwarded: bool,
 }
 
 /// Fork the supervisor (into a new PID namespace when permitted) and return the read end
@@ -59,6 +64,9 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
         return Err(LaunchError::Fork(std::io::Error::last_os_error()));
     }
     if intermediate == 0 {
+        if l.unblock_forwarded {
+            crate::attach::set_forwarded_blocked(false);
+        }
         drop(report_rd);
         close_what_exec_would_close(&[report_wr.as_raw_fd(), l.lock.as_raw_fd()]);
         let (own_ns, note) = match namespace::enter() {

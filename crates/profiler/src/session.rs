@@ -130,6 +130,7 @@ impl Prepared {
             profile: None,
             detach: true,
             update: None,
+            unblock_forwarded: false,
         });
         std::env::remove_var(mcr_protocol::env::PROFILING);
         let session = Session {

@@ -32,6 +32,9 @@ pub mod point {
     /// Right after the commit point (the old version released), before the new version
     /// resumes (its supervisor).
     pub const COMMITTED: &str = "committed";
+    /// Not an update's: `mcr run` in the foreground launched the server and does not
+    /// forward signals yet (`crates/cli/tests/lifecycle.rs`).
+    pub const LAUNCHED: &str = "launched";
 }
 /// Where the marker file goes (default: the system's temporary directory).
 pub const PAUSE_DIR: &str = "MCR_TEST_PAUSE_DIR";

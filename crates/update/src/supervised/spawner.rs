@@ -101,6 +101,7 @@ impl Launcher for Spawner {
                 heap_avoid: heap_slots_of(old),
                 stack_strings: old.values().min().and_then(|&host| initial_stack_strings(host)),
             }),
+            unblock_forwarded: false,
         })?;
         drop(inherited);
         Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), mark))
