@@ -48,23 +48,6 @@ type Transcript = Vec<String>;
 // ---------------------------------------------------------------------------------------
 // The harness.
 
-/// The server binary named by `$VAR` (set by scripts/test.sh); panics, naming the build
-/// script, when it is not set or does not exist: a compatibility test must not pass
-/// without running its server.
-fn server_bin(var: &str, build: &str, test: &str) -> PathBuf {
-    match std::env::var_os(var).filter(|v| !v.is_empty()) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "{test}: {var}={} does not exist: rebuild it with {build}", p.display());
-            p
-        }
-        None => panic!(
-            "{test} needs {var} and it is not set: run the suite with scripts/test.sh, or set \
-             {var}=\"$({build} | tail -n 1)\""
-        ),
-    }
-}
-
 /// How to start one server in a scratch folder.
 struct Launch {
     program: PathBuf,
@@ -394,7 +377,7 @@ fn ftp_script(_dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> 
 }
 
 fn vsftpd_case(test: &str, isolate: bool) {
-    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let vsftpd = built_file("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
     same_with_and_without_mcr(
         test,
         "vsftpd",
@@ -416,7 +399,7 @@ fn vsftpd_isolate_yes_serves_ftp_as_without_mcr() {
 /// vsftpd with `isolate=YES` under mcr as instance "vsftpd", accepting connections; its
 /// scratch folder, launch and the `mcr update` arguments that update it to the same build.
 fn vsftpd_under_mcr<'m>(mcr: &'m Mcr, test: &str) -> (Instance<'m>, PathBuf, Launch, Vec<std::ffi::OsString>) {
-    let vsftpd = server_bin("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let vsftpd = built_file("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
     let dir = scratch(mcr, "under-mcr");
     let launch = vsftpd_setup(&vsftpd, true, &dir, free_port());
     let inst = mcr.start("vsftpd", &launch.program, &launch.args);
@@ -677,7 +660,7 @@ fn httpd_setup(httpd: &Path, dir: &Path, port: u16) -> Launch {
 #[test]
 fn httpd_serves_http_as_without_mcr() {
     let test = "httpd_serves_http_as_without_mcr";
-    let httpd = server_bin("MCR_HTTPD", "scripts/httpd/build.sh", test);
+    let httpd = built_file("MCR_HTTPD", "scripts/httpd/build.sh", test);
     same_with_and_without_mcr(
         test,
         "httpd",
@@ -784,6 +767,6 @@ fn ssh_script(dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> {
 #[test]
 fn sshd_serves_a_login_and_a_command_as_without_mcr() {
     let test = "sshd_serves_a_login_and_a_command_as_without_mcr";
-    let sshd = server_bin("MCR_SSHD", "scripts/sshd/build.sh", test);
+    let sshd = built_file("MCR_SSHD", "scripts/sshd/build.sh", test);
     same_with_and_without_mcr(test, "sshd", &|dir: &Path, port: u16| sshd_setup(&sshd, dir, port), &ssh_script);
 }

@@ -12,17 +12,7 @@ use support::*;
 
 /// The .deb under test: `$MCR_DEB` (scripts/test.sh builds it once and sets it).
 fn deb() -> PathBuf {
-    match std::env::var_os("MCR_DEB").filter(|v| !v.is_empty()) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "MCR_DEB={} does not exist", p.display());
-            p
-        }
-        None => panic!(
-            "the package test needs the .deb and MCR_DEB is not set: run the suite with scripts/test.sh, or set \
-             MCR_DEB=\"$(packaging/deb/build.sh --fast | tail -n 1)\""
-        ),
-    }
+    built_file("MCR_DEB", "packaging/deb/build.sh --fast", "the package test")
 }
 
 fn run(cmd: &mut Command) -> String {

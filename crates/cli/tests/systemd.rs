@@ -16,29 +16,12 @@ use support::*;
 /// The root file system tarball: `$MCR_SYSTEMD_ROOTFS` (scripts/test.sh builds it once,
 /// cached, with scripts/systemd/rootfs.sh, and sets it).
 fn rootfs() -> PathBuf {
-    match std::env::var_os("MCR_SYSTEMD_ROOTFS").filter(|v| !v.is_empty()) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "MCR_SYSTEMD_ROOTFS={} does not exist", p.display());
-            p
-        }
-        None => panic!(
-            "the systemd test needs a root file system and MCR_SYSTEMD_ROOTFS is not set: run the suite with \
-             scripts/test.sh, or set MCR_SYSTEMD_ROOTFS=\"$(scripts/systemd/rootfs.sh | tail -n 1)\""
-        ),
-    }
+    built_file("MCR_SYSTEMD_ROOTFS", "scripts/systemd/rootfs.sh", "the systemd test")
 }
 
 /// The .deb under test: `$MCR_DEB`, as crates/cli/tests/package.rs takes it.
 fn deb() -> PathBuf {
-    let p = PathBuf::from(std::env::var_os("MCR_DEB").filter(|v| !v.is_empty()).unwrap_or_else(|| {
-        panic!(
-            "the systemd test needs the .deb and MCR_DEB is not set: run the suite with scripts/test.sh, or set \
-             MCR_DEB=\"$(packaging/deb/build.sh --fast | tail -n 1)\""
-        )
-    }));
-    assert!(p.is_file(), "MCR_DEB={} does not exist", p.display());
-    p
+    built_file("MCR_DEB", "packaging/deb/build.sh --fast", "the systemd test")
 }
 
 /// The records of one run of the script: each step's output and exit status.

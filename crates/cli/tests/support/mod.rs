@@ -69,21 +69,26 @@ pub fn repo_root() -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
-/// The nginx binary from `$MCR_NGINX`; panics, naming what is missing, when it is not
-/// set (scripts/test.sh and CI build nginx and set it: a test that needs nginx must not
-/// pass without running).
-pub fn nginx_bin(test: &str) -> PathBuf {
-    match std::env::var_os("MCR_NGINX").filter(|v| !v.is_empty()) {
+/// The file named by `$VAR`, which scripts/test.sh builds (with `build`, whose last line
+/// of output is its path) and sets; panics, naming what is missing and how to build it,
+/// when it is not set or does not exist: a test that needs it must not pass without it.
+pub fn built_file(var: &str, build: &str, test: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
         Some(p) => {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "{test}: MCR_NGINX={} does not exist", p.display());
+            assert!(p.is_file(), "{test}: {var}={} does not exist: rebuild it with {build}", p.display());
             p
         }
         None => panic!(
-            "{test} needs nginx and MCR_NGINX is not set: run the suite with scripts/test.sh, or set \
-             MCR_NGINX=\"$(scripts/nginx/build.sh | tail -n 1)\""
+            "{test} needs {var} and it is not set: run the suite with scripts/test.sh, or set \
+             {var}=\"$({build} | tail -n 1)\""
         ),
     }
+}
+
+/// The nginx binary from `$MCR_NGINX` ([`built_file`]).
+pub fn nginx_bin(test: &str) -> PathBuf {
+    built_file("MCR_NGINX", "scripts/nginx/build.sh", test)
 }
 
 // ---------------------------------------------------------------------------------------
