@@ -213,9 +213,24 @@ struct Batch<'a> {
 
 /// What the check skips: blocks the walk went through (`walked`, sorted), and startup
 /// objects the walk did not reach: they are freed (nothing it does not walk may point
-/// into one: see `Moving::blocks`), so their bytes do not matter.
-fn skipped(o: &Object, walked: &[u64]) -> bool {
-    o.startup || (!walked.is_empty() && walked.binary_search(&o.addr).is_ok())
+/// into one: see `Moving::blocks`), so their bytes do not matter. Asked of blocks in
+/// address order, it follows them through `walked` with a cursor (millions of blocks).
+struct Skips<'w> {
+    walked: &'w [u64],
+}
+
+impl<'w> Skips<'w> {
+    /// For blocks from `from` on.
+    fn from(walked: &'w [u64], from: u64) -> Self {
+        Skips { walked: &walked[walked.partition_point(|&a| a < from)..] }
+    }
+
+    fn skips(&mut self, o: &Object) -> bool {
+        while self.walked.first().is_some_and(|&a| a < o.addr) {
+            self.walked = &self.walked[1..];
+        }
+        o.startup || self.walked.first() == Some(&o.addr)
+    }
 }
 
 /// The first word of the batch `objects` (whose bytes, from its first block's address,
@@ -229,7 +244,8 @@ fn check_batch(
     let Some(first) = objects.next() else { return Ok(()) };
     let start = first.addr;
     let coarse = m.coarse();
-    for o in std::iter::once(first).chain(objects).filter(|o| !skipped(o, walked)) {
+    let mut skips = Skips::from(walked, start);
+    for o in std::iter::once(first).chain(objects).filter(|o| !skips.skips(o)) {
         let at = (o.addr - start) as usize;
         let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
         for (k, w) in block.chunks_exact(8).enumerate() {
@@ -276,8 +292,9 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
         end: last + 1,
         mapped: pair.old_mem.slice(a, (z - a) as usize),
     };
+    let mut skips = Skips::from(&walked, 0);
     for (i, o) in heap.iter().enumerate() {
-        if skipped(&o, &walked) {
+        if skips.skips(&o) {
             continue;
         }
         open = match open {
@@ -322,7 +339,23 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::PageSet;
+    use super::{PageSet, Skips};
+    use mcr_heap::Object;
+
+    #[test]
+    fn the_check_skips_walked_and_startup_blocks_in_address_order() {
+        let o = |addr, startup| Object { addr, size: 16, startup };
+        let walked = [0x20, 0x40, 0x90];
+        let mut s = Skips::from(&walked, 0);
+        let got: Vec<bool> =
+            [o(0x10, false), o(0x20, false), o(0x30, true), o(0x50, false), o(0x90, false), o(0xa0, false)]
+                .iter()
+                .map(|b| s.skips(b))
+                .collect();
+        assert_eq!(got, [false, true, true, false, true, false]);
+        let mut s = Skips::from(&walked, 0x40);
+        assert!(s.skips(&o(0x40, false)) && !s.skips(&o(0x80, false)));
+    }
 
     #[test]
     fn a_page_set_holds_the_pages_its_blocks_touch_and_no_other() {

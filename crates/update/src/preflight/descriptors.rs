@@ -111,23 +111,22 @@ fn mqueue_notifies(host: i32, fd: i32) -> bool {
 /// update's clock, and every file lock on the machine waits with it).
 fn posix_locked_files(host: i32) -> Vec<(u64, u64)> {
     let fdinfo = |fd: i32| mcr_procfs::read_file(&Process::Pid(host).file(&format!("fdinfo/{fd}"))).ok();
-    let lines: String = mcr_procfs::fd::list(host)
+    let mut locked: Vec<(u64, u64)> = mcr_procfs::fd::list(host)
         .unwrap_or_default()
         .into_iter()
         .filter_map(fdinfo)
-        .flat_map(|text| {
-            text.lines().filter_map(|l| l.strip_prefix("lock:")).map(|l| format!("{l}\n")).collect::<Vec<_>>()
-        })
+        .flat_map(|text| posix_locks_of(&text, host))
         .collect();
-    let mut locked = posix_locks_of(&lines, host);
     locked.sort_unstable();
     locked.dedup();
     locked
 }
 
-/// From /proc/locks text (or fdinfo's `lock:` lines): `1: POSIX  ADVISORY  WRITE 1234 00:2d:5678 100 149`.
+/// From /proc/locks text, or an fdinfo's `lock:` lines (its other lines are no lock):
+/// `1: POSIX  ADVISORY  WRITE 1234 00:2d:5678 100 149`.
 fn posix_locks_of(text: &str, host: i32) -> Vec<(u64, u64)> {
     text.lines()
+        .map(|l| l.strip_prefix("lock:").unwrap_or(l))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             // A blocked waiter's line starts "1: -> POSIX ...": it holds nothing.
@@ -205,6 +204,8 @@ mod tests {
                     4: POSIX  ADVISORY  READ 1234 08:01:43 0 EOF\n";
         assert_eq!(posix_locks_of(text, 1234), vec![(libc::makedev(0, 0x2d), 5678), (libc::makedev(8, 1), 43)]);
         assert_eq!(posix_locks_of(text, 99), vec![], "a waiter holds nothing");
+        let fdinfo = "pos:\t0\nflags:\t02\nmnt_id:\t15\nlock:\t1: POSIX  ADVISORY  WRITE 1234 00:2d:5678 0 EOF\n";
+        assert_eq!(posix_locks_of(fdinfo, 1234), vec![(libc::makedev(0, 0x2d), 5678)]);
     }
 
     #[test]
