@@ -510,14 +510,11 @@ fn nginx_twenty_updates_under_wrk_fail_no_request() {
 /// themselves) must follow them: left as they were, both workers crashed on their first
 /// loop after the commit. A keep-alive session and a slow download go across it.
 ///
-/// Ignored since the poolsrv merge: the rule that an object carved from untyped memory
-/// must lead to no changed type is applied by type, and `struct ngx_ssl_ocsp_ctx_s`
-/// (which the OCSP fix changes) is among the types `struct ngx_cycle_s` leads to, though
-/// no such object exists without SSL: the update rolls back, safely. Re-enable once the
-/// rule looks at the objects reached. The `.bss` fix keeps its unit test
-/// (`image::tests`).
+/// It also changes a type, `struct ngx_ssl_ocsp_ctx_s`, which `struct ngx_cycle_s` (carved
+/// from a pool) leads to by type, though no such object exists without SSL: the update
+/// commits because mcr looks at what the pool's objects lead to, not at every type they
+/// could.
 #[test]
-#[ignore = "rolls back since the poolsrv rule (type-level: struct ngx_ssl_ocsp_ctx_s changes); see the comment"]
 fn nginx_update_that_moves_its_globals_keeps_its_workers_and_connections() {
     let test = "nginx_update_that_moves_its_globals_keeps_its_workers_and_connections";
     let nginx = nginx_bin(test);

@@ -7,7 +7,7 @@
 use crate::hints::normalize;
 use crate::startup::{self, Candidate, Placement, StartupKey, StartupTables, Unmatched};
 use crate::transfer::{conflict, TransferError};
-use crate::walk::{is_byte, typed_objects, Reached};
+use crate::walk::{is_byte, typed_objects, Embedded, Reached};
 use mcr_typemodel::transform::{root_name, same_bytes, Plan};
 use mcr_typemodel::{Program, Type, TypeId};
 use std::collections::{HashMap, HashSet};
@@ -160,14 +160,15 @@ pub fn plan(
             let same_size = adopted(addr) && size == b.obj.size;
             let pinned = if reached.pinned.is_empty() { None } else { reached.pinned.get(&addr) };
             let stays = same_size && (pinned.is_some() || placement == Placement::Fresh { identity: None });
-            // What a word mcr cannot type points to cannot be updated either: it stays as
-            // it is, so its type must not change at all (an interior address would name
-            // another field).
+            // What a word mcr cannot type points to cannot be updated either: it stays
+            // where it is, so its layout must not change at all (an interior address would
+            // name another field). Its pointers are rewritten in place like any block's:
+            // what they point to may change.
             let changed = || {
                 b.reach
                     .ty()
                     .and_then(|t| types.get(&t).map(|p| (t, p)))
-                    .filter(|(t, p)| !mcr_typemodel::transform::same_type(old, *t, new, p.new_ty))
+                    .filter(|(t, p)| !mcr_typemodel::transform::same_bytes(old, *t, new, p.new_ty))
             };
             if let Some((pin, changed)) = pinned.map(|p| (p, changed())).filter(|(_, c)| !stays || c.is_some()) {
                 let what = match changed {
@@ -210,26 +211,22 @@ pub fn plan(
 
 /// Objects inside memory mcr cannot type (a pool's arena: [`Reached::embedded`]) stay where
 /// they are, as they are, and so does what they point to (the conservative scan of that
-/// memory pins it): none of the types they are made of or lead to may change layout. mcr
-/// cannot tell where each such object is, to rebuild it, nor move what surrounds it.
+/// memory pins it): none of the types they are made of may change layout; mcr cannot
+/// tell where each such object is, to rebuild it, nor move what surrounds it. Nor may
+/// the types of what the walk guessed they lead to ([`Reached::beside`]), or, where it
+/// could not guess that (too many), any type they lead to.
 fn check_embedded(old: &Program, new: &Program, reached: &Reached) -> Result<(), TransferError> {
     if reached.embedded.is_empty() {
         return Ok(());
     }
-    let (old_names, new_names) = (TypeNames::of(old), TypeNames::of(new));
-    let mut visited = HashSet::new();
-    for e in &reached.embedded {
-        let Some(changed) = first_changed(old, new, e.ty, (&old_names, &new_names), &mut visited) else { continue };
-        let (what, block) = (old.type_name(e.ty), e.block);
-        let changes = if changed == e.ty {
-            format!("{what} changes layout")
-        } else {
-            format!("{}, which a {what} leads to, changes layout", old.type_name(changed))
-        };
+    let names = (&TypeNames::of(old), &TypeNames::of(new));
+    let (mut made_of, mut leads_to) = (HashSet::new(), HashSet::new());
+    let refuse = |e: &Embedded, changes: String| {
         // How the walk came to the block, when that is another way than this pointer.
+        let (what, block) = (old.type_name(e.ty), e.block);
         let path = reached.path_of(block);
         let via = if path == e.place { String::new() } else { format!(" ({path})") };
-        return Err(conflict(
+        Err(conflict(
             e.place.clone(),
             format!(
                 "points {} bytes into the heap block at {block:#x}{via}, to a {what} among other data (a pool's \
@@ -238,7 +235,41 @@ fn check_embedded(old: &Program, new: &Program, reached: &Reached) -> Result<(),
                  with malloc)",
                 e.offset,
             ),
-        ));
+        ))
+    };
+    let made = |changed: TypeId, ty: TypeId| {
+        if changed == ty {
+            format!("{} changes layout", old.type_name(ty))
+        } else {
+            format!("{}, which a {} is made of, changes layout", old.type_name(changed), old.type_name(ty))
+        }
+    };
+    for e in &reached.embedded {
+        let visited = if e.bounded { &mut made_of } else { &mut leads_to };
+        let Some(changed) = first_changed(old, new, e.ty, names, !e.bounded, visited) else { continue };
+        let changes = if e.bounded || changed == e.ty {
+            made(changed, e.ty)
+        } else {
+            format!(
+                "the memory next to it looks like more of them, too many to follow, and {}, which a {} leads to, \
+                 changes layout",
+                old.type_name(changed),
+                old.type_name(e.ty)
+            )
+        };
+        return refuse(e, changes);
+    }
+    for b in &reached.beside {
+        let Some(changed) = first_changed(old, new, b.ty, names, false, &mut made_of) else { continue };
+        let e = &reached.embedded[b.next_to];
+        let changes = format!(
+            "it (or memory next to it that looks like more of them: an array whose length mcr cannot know) \
+             leads to what looks like a {} at {:#x}, and {}",
+            old.type_name(b.ty),
+            b.addr,
+            made(changed, b.ty)
+        );
+        return refuse(e, changes);
     }
     Ok(())
 }
@@ -269,15 +300,16 @@ impl TypeNames {
     }
 }
 
-/// The first type `ty` is made of or points to (itself included) whose objects hold other
-/// bytes in the new version: a named struct or union, or a typedef of an anonymous one,
-/// that the new version defines under the same name, never with the same layout. Types
-/// already in `visited` are not looked at again.
+/// The first type `ty` is made of or (`pointees`) points to (itself included) whose
+/// objects hold other bytes in the new version: a named struct or union, or a typedef of
+/// an anonymous one, that the new version defines under the same name, never with the
+/// same layout. Types already in `visited` are not looked at again.
 fn first_changed(
     old: &Program,
     new: &Program,
     ty: TypeId,
     (old_names, new_names): (&TypeNames, &TypeNames),
+    pointees: bool,
     visited: &mut HashSet<TypeId>,
 ) -> Option<TypeId> {
     let mut todo = vec![ty];
@@ -301,7 +333,9 @@ fn first_changed(
             Type::Qualified { target, .. } => todo.push(*target),
             Type::Array { element, .. } => todo.push(*element),
             // Code is not data: what a function takes is no object of the program's.
-            Type::Pointer { pointee, .. } if !matches!(old.ty(old.strip(*pointee)), Type::Function { .. }) => {
+            Type::Pointer { pointee, .. }
+                if pointees && !matches!(old.ty(old.strip(*pointee)), Type::Function { .. }) =>
+            {
                 todo.push(*pointee)
             }
             Type::Struct(c) | Type::Union(c) => {
@@ -382,7 +416,7 @@ pub(crate) fn counterpart(
 mod tests {
     use super::describe_unmatched;
     use crate::startup::{Placement, StartupKey, Unmatched};
-    use crate::testing::{list_program, node, pool_and_cfg, words, Build, World, HEAD};
+    use crate::testing::{list_program, node, pool_and_cfg, pool_and_other, words, Build, Ids, World, HEAD};
     use crate::transfer::TransferError;
     use mcr_typemodel::{Program, TypeId};
 
@@ -516,35 +550,108 @@ mod tests {
         assert_eq!((plan.blocks[0].size, plan.blocks[0].old_stride), (56, 16));
     }
 
-    /// `cfg` points 24 bytes into the pool block, to a struct cfg carved from its arena.
-    fn cfg_in_a_pool(w: &mut World) -> u64 {
-        let pool = w.old_proc.block(&words(&[56, 0, 7, 5, 0, 0, 0]), false);
+    /// `cfg` points 24 bytes into a pool block whose arena (from byte 16) holds `arena`:
+    /// a struct cfg carved from it (the first two words), then what follows. The pool.
+    fn cfg_in_a_pool(w: &mut World, arena: impl Fn(u64) -> Vec<u64>) -> u64 {
+        w.adopted_heap = true;
+        let pool = w.old_proc.next_block();
+        let mut all = vec![0, 0, 7];
+        all.extend(arena(pool));
+        all[0] = all.len() as u64 * 8;
+        assert_eq!(w.old_proc.block(&words(&all), false), pool);
         w.set_global("pool", &pool.to_ne_bytes());
         w.set_global("cfg", &(pool + 24).to_ne_bytes());
         pool
     }
 
+    /// The transfer's conflict (the heap adopted: memory mcr cannot type pins blocks).
+    fn refused(w: &mut World) -> (String, String) {
+        match w.transfer() {
+            Err(TransferError::Conflict { path, reason }) => (path, reason),
+            other => panic!("expected a conflict, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    fn pool_world(grown: bool) -> World {
+        World::new(list_program(false, pool_and_cfg), list_program(grown, pool_and_cfg))
+    }
+
     #[test]
-    fn an_object_carved_from_a_pool_cannot_change_nor_can_what_it_leads_to() {
-        // struct cfg does not change, but the struct node it points to does: the nodes it
-        // reaches may be in pool memory too, where mcr cannot find them all.
-        let mut w = World::new(list_program(false, pool_and_cfg), list_program(true, pool_and_cfg));
-        let pool = cfg_in_a_pool(&mut w);
-        let (path, reason) = conflict(&mut w);
+    fn an_object_carved_from_a_pool_cannot_change() {
+        // struct cfg grows a field in the new version: it cannot, where it is.
+        let changed = |b: &mut Build, ids: Ids| {
+            pool_and_other(b, ids);
+            let cfg = b.strukt("cfg", 24, &[("n", ids.long, 0), ("first", ids.node_ptr, 8), ("m", ids.long, 16)]);
+            let p = b.ptr(cfg);
+            b.global("cfg", 0x40_1080, p);
+        };
+        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, changed));
+        let pool = cfg_in_a_pool(&mut w, |_| vec![5, 0, 0, 0]);
+        let (path, reason) = refused(&mut w);
         assert_eq!(path, "cfg");
         assert_eq!(
             reason,
             format!(
                 "points 24 bytes into the heap block at {pool:#x} (pool), to a struct cfg among other data (a pool's \
                  arena, a buffer): mcr cannot tell the objects there apart, so it leaves them where they are, as \
-                 they are, with what they point to, but struct node, which a struct cfg leads to, changes layout \
-                 (keep the type as it is, or allocate its objects with malloc)"
+                 they are, with what they point to, but struct cfg changes layout (keep the type as it is, or \
+                 allocate its objects with malloc)"
             )
         );
-        // Nothing it is made of or leads to changes: the pool stays as it is.
-        let mut w = World::new(list_program(false, pool_and_cfg), list_program(false, pool_and_cfg));
-        cfg_in_a_pool(&mut w);
-        w.plan().expect("nothing in the pool changes");
+    }
+
+    /// The message of a conflict for the cfg at 24 bytes into `pool` that leads to a
+    /// struct node at `node`, which changes.
+    fn leads_to_a_changed_node(pool: u64, node: u64) -> String {
+        format!(
+            "points 24 bytes into the heap block at {pool:#x} (pool), to a struct cfg among other data (a pool's \
+             arena, a buffer): mcr cannot tell the objects there apart, so it leaves them where they are, as they \
+             are, with what they point to, but it (or memory next to it that looks like more of them: an array \
+             whose length mcr cannot know) leads to what looks like a struct node at {node:#x}, and struct node \
+             changes layout (keep the type as it is, or allocate its objects with malloc)"
+        )
+    }
+
+    #[test]
+    fn what_an_object_carved_from_a_pool_leads_to_cannot_change() {
+        // struct node changes; the cfg in the pool points to no node (nothing next to it
+        // looks like another cfg): nothing it leads to changes, the pool stays as it is.
+        let mut w = pool_world(true);
+        cfg_in_a_pool(&mut w, |_| vec![5, 0, 0, 0]);
+        w.transfer().expect("no node in the pool's reach");
+
+        // It points to a node of its own block: carved from the pool too, it cannot change.
+        let mut w = pool_world(true);
+        let pool = cfg_in_a_pool(&mut w, |pool| vec![5, pool + 40, 3, 0, 0, 0]);
+        assert_eq!(refused(&mut w), ("cfg".to_string(), leads_to_a_changed_node(pool, pool + 40)));
+
+        // It points to a node block of its own: pinned by the pool's scan, it stays as it
+        // is, and cannot change either.
+        let mut w = pool_world(true);
+        let n = w.old_proc.block(&node(4, 0), false);
+        let pool = cfg_in_a_pool(&mut w, |_| vec![5, n, 0, 0]);
+        assert_eq!(refused(&mut w), ("cfg".to_string(), leads_to_a_changed_node(pool, n)));
+
+        // The same blocks where struct node does not change: the pool stays, the node too.
+        let mut w = pool_world(false);
+        let n = w.old_proc.block(&node(4, 0), false);
+        cfg_in_a_pool(&mut w, |pool| vec![5, n, 0, 0, 6, pool + 24]);
+        w.transfer().expect("nothing in the pool changes");
+    }
+
+    #[test]
+    fn an_object_carved_from_a_pool_next_to_more_of_its_kind_cannot_lead_to_a_changed_type() {
+        // After the cfg, memory that looks like another cfg whose `first` holds a heap
+        // address: the pointer may be into an array of them, whose other elements lead to
+        // nodes no typed pointer reaches. struct node changes: refused, naming why.
+        let mut w = pool_world(true);
+        let n = w.old_proc.block(&node(4, 0), false);
+        let pool = cfg_in_a_pool(&mut w, |_| vec![5, 0, 9, n]);
+        assert_eq!(refused(&mut w), ("cfg".to_string(), leads_to_a_changed_node(pool, n)));
+        // What follows holds no address where a cfg holds its pointer: not a cfg.
+        let mut w = pool_world(true);
+        cfg_in_a_pool(&mut w, |_| vec![5, 0, 9, 0x6d6f_6e6b_6579]);
+        w.transfer().expect("text after the cfg");
     }
 
     #[test]

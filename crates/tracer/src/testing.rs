@@ -108,6 +108,11 @@ impl OldProcess {
         addr
     }
 
+    /// The address the next [`Self::block`] gets (for a block that points into itself).
+    pub fn next_block(&self) -> u64 {
+        self.next + GAP
+    }
+
     pub fn heap(&self) -> HeapIndex {
         HeapIndex::from_objects(self.blocks.clone(), 0)
     }

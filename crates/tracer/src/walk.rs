@@ -193,6 +193,9 @@ pub struct Reached {
     /// untyped block), one per type, in the order the walk met them: they stay where they
     /// are, as they are, so their types must not change.
     pub embedded: Vec<Embedded>,
+    /// Objects of types embedded objects may lead to (see [`Beside`]), the first of each
+    /// type: they stay where they are, as they are, too.
+    pub beside: Vec<Beside>,
 }
 
 /// An object of a known type inside memory mcr cannot type.
@@ -204,6 +207,21 @@ pub struct Embedded {
     pub offset: u64,
     /// The typed pointer that reaches it (`conf`, `conn.req`).
     pub place: String,
+    /// The walk guessed what it leads to, and what the memory next to it leads to where
+    /// that looks like more objects of its type (it may be one element of an array whose
+    /// length nothing says): [`Reached::beside`]. Otherwise (too many, or the object does
+    /// not fit in its block) every type it leads to counts.
+    pub bounded: bool,
+}
+
+/// An object guessed from an embedded one: memory next to it that looks like more of its
+/// type, or what it or such memory leads to where no typed pointer of the walk does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beside {
+    pub ty: TypeId,
+    /// The embedded object it comes from (its place in [`Reached::embedded`]).
+    pub next_to: usize,
+    pub addr: u64,
 }
 
 /// A typed pointer into the middle of a block, noted by the walk (whether the object it
@@ -356,8 +374,8 @@ pub fn walk(
     // millions).
     list.sort_unstable_by_key(|b| b.pos);
     let blocks = Blocks { list, contents };
-    let embedded = embedded(old, &blocks, &kept, interior);
-    Ok(Reached { blocks, kept, pinned, embedded })
+    let (embedded, beside) = embedded(old, heap, mem, &blocks, &kept, interior);
+    Ok(Reached { blocks, kept, pinned, embedded, beside })
 }
 
 /// A block the walk does not go into (see [`walk`]'s `seal`), in [`Walker::slots`].
@@ -367,30 +385,309 @@ const KEPT: u32 = u32::MAX - 1;
 
 /// The typed pointers into the middle of blocks that point outside the blocks' typed
 /// objects (into an untyped block, or past a typed block's objects): the objects there,
-/// the first of each type.
-fn embedded(prog: &Program, blocks: &Blocks, kept: &[(u64, u32)], interior: Vec<Interior>) -> Vec<Embedded> {
+/// the first of each type that is [`Embedded::bounded`] and the first that is not; and
+/// what they and the memory next to them lead to ([`Reached::beside`]).
+fn embedded(
+    prog: &Program,
+    heap: &HeapIndex,
+    mem: &dyn ReadMemory,
+    blocks: &Blocks,
+    kept: &[(u64, u32)],
+    interior: Vec<Interior>,
+) -> (Vec<Embedded>, Vec<Beside>) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let mut guess = Guess::new(prog, heap, mem, blocks);
     for i in interior {
         let typed_end = match blocks.get(&i.block) {
-            Some(b) => match b.reach {
-                Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
-                Reach::Opaque => 0,
-            },
+            Some(b) => typed_end(prog, b),
             // Bytes: no object of theirs covers it.
             None if kept.binary_search_by_key(&i.block, |k| k.0).is_ok() => 0,
             None => continue,
         };
-        if i.offset < typed_end || !seen.insert(i.ty) {
+        if i.offset < typed_end {
+            continue;
+        }
+        let before = guess.found.len();
+        let bounded = guess.follow_embedded(i.block, typed_end, i.offset, i.ty, out.len());
+        if !seen.insert((i.ty, bounded)) && guess.found.len() == before {
             continue;
         }
         let place = match i.from {
             Some(p) => format!("{} -> {}", path_of(&|a| blocks.get(&a), p), i.hop),
             None => i.hop,
         };
-        out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place });
+        out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place, bounded });
     }
-    out
+    let beside = guess.found.into_iter().map(|(ty, next_to, addr)| Beside { ty, next_to, addr }).collect();
+    (out, beside)
+}
+
+/// Where a block's typed objects end: what follows is memory mcr cannot type.
+fn typed_end(prog: &Program, b: &Block) -> u64 {
+    match b.reach {
+        Reach::Typed(t) => typed_objects(prog, t, b.obj.size) * prog.size_of(t).unwrap_or(0),
+        Reach::Opaque => 0,
+    }
+}
+
+/// The data pointers of `ty`: (offset, pointee), those within one object.
+fn data_pointers(prog: &Program, ty: TypeId) -> Vec<(u64, TypeId)> {
+    let stride = prog.size_of(ty).unwrap_or(0);
+    prog.layout(ty, &root_name(prog, ty))
+        .pointers
+        .iter()
+        .filter_map(|s| match s.pointee {
+            Pointee::Data { ty } if s.offset + 8 <= stride => Some((s.offset, prog.strip(ty))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn word(bytes: &[u8], at: u64) -> u64 {
+    let at = at as usize;
+    u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The memory on either side of the object of type `ty` at `offset` in a block's `bytes`
+/// (untyped from `typed_end` on) that may hold more objects of its type: a pointer to one
+/// may as well point into an array of them, whose length nothing says. Memory is taken
+/// for one as long as it looks like one (every pointer field null or an address the
+/// process maps); the offsets of those that hold an address (the others lead nowhere),
+/// and the run of offsets looked at. `None` when the object does not fit in the block.
+fn neighbours(
+    prog: &Program,
+    mapped: &mut dyn FnMut(u64) -> bool,
+    bytes: &[u8],
+    (typed_end, offset): (u64, u64),
+    ty: TypeId,
+    slots: &[(u64, TypeId)],
+) -> Option<(std::ops::Range<u64>, Vec<u64>)> {
+    let stride = prog.size_of(ty).unwrap_or(0);
+    if stride == 0 || offset + stride > bytes.len() as u64 {
+        return None;
+    }
+    let mut out = Vec::new();
+    if slots.is_empty() {
+        return Some((offset..offset + stride, out));
+    }
+    // None: not like one; Some(true): like one, holding an address.
+    let mut looks = |at: u64| -> Option<bool> {
+        let mut any = false;
+        for (off, _) in slots {
+            let v = word(bytes, at + off);
+            if v != 0 {
+                if !mapped(v) {
+                    return None;
+                }
+                any = true;
+            }
+        }
+        Some(any)
+    };
+    let mut end = offset + stride;
+    while end + stride <= bytes.len() as u64 {
+        match looks(end) {
+            None => break,
+            Some(true) => out.push(end),
+            Some(false) => {}
+        }
+        end += stride;
+    }
+    let mut start = offset;
+    while start >= typed_end + stride {
+        match looks(start - stride) {
+            None => break,
+            Some(true) => out.push(start - stride),
+            Some(false) => {}
+        }
+        start -= stride;
+    }
+    Some((start..end, out))
+}
+
+/// How many objects the walk may guess (see [`Guess`]) before it gives up and the
+/// types an embedded object leads to are checked instead.
+const GUESS_LIMIT: usize = 1 << 20;
+
+/// Objects the walk does not type but guesses: what embedded objects (and memory next to
+/// them that looks like more of their type) point to where no typed pointer of the walk
+/// leads, taken for objects of the pointers' types, and so on. Pool memory is not typed
+/// by this: C code points to memory through types it only partly holds (nginx's
+/// `ngx_pool_t *` to a pool's later blocks, which hold only its first member), and
+/// typing a block by such a pointer would read its data as fields. A guess is only ever
+/// used to refuse an update (a guessed object whose type changes), never to move
+/// anything: what it covers stays where it is, as it is (memory mcr cannot type pins
+/// what it points to).
+struct Guess<'g> {
+    prog: &'g Program,
+    heap: &'g HeapIndex,
+    mem: &'g dyn ReadMemory,
+    blocks: &'g Blocks,
+    visited: HashSet<(u64, TypeId), Words>,
+    pointers: HashMap<TypeId, Rc<[(u64, TypeId)]>, Words>,
+    /// The runs of objects alike already looked at, by (block, type, offset modulo the
+    /// type's size).
+    runs: HashMap<(u64, TypeId, u64), Vec<std::ops::Range<u64>>, Words>,
+    /// Whether the old process maps each page asked about (see [`Guess::mapped`]).
+    pages: HashMap<u64, bool, Words>,
+    types: HashSet<TypeId>,
+    /// The first guessed object of each type: (type, the embedded object it comes from,
+    /// its address).
+    found: Vec<(TypeId, usize, u64)>,
+}
+
+impl<'g> Guess<'g> {
+    fn new(prog: &'g Program, heap: &'g HeapIndex, mem: &'g dyn ReadMemory, blocks: &'g Blocks) -> Self {
+        Guess {
+            prog,
+            heap,
+            mem,
+            blocks,
+            visited: HashSet::default(),
+            pointers: HashMap::default(),
+            runs: HashMap::default(),
+            pages: HashMap::default(),
+            types: HashSet::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// The data pointers of `ty`: (offset, pointee), those within one object.
+    fn pointers(&mut self, ty: TypeId) -> Rc<[(u64, TypeId)]> {
+        let prog = self.prog;
+        self.pointers.entry(ty).or_insert_with(|| data_pointers(prog, ty).into()).clone()
+    }
+
+    /// Whether the old process maps the address `v` (in its heap, or any page it can
+    /// read: known per page once asked).
+    fn mapped(&mut self, v: u64) -> bool {
+        if self.heap.locate(v).is_some() {
+            return true;
+        }
+        let mem = self.mem;
+        *self.pages.entry(v >> 12).or_insert_with(|| mem.read(v, &mut [0u8]).is_ok())
+    }
+
+    /// The bytes of the heap block `obj` (a copy when the walk did not read it).
+    fn block_bytes(&self, obj: Object) -> Option<std::borrow::Cow<'g, [u8]>> {
+        let blocks = self.blocks;
+        if let Some(b) = blocks.get(&obj.addr).filter(|b| b.at != NOT_READ) {
+            return Some(std::borrow::Cow::Borrowed(blocks.bytes(b)));
+        }
+        let mut buf = vec![0u8; usize::try_from(obj.size).ok().filter(|&n| n <= 1 << 24)?];
+        self.mem.read(obj.addr, &mut buf).ok()?;
+        Some(std::borrow::Cow::Owned(buf))
+    }
+
+    /// Guess from the embedded object of type `ty` at `offset` in the block at `block`
+    /// (untyped from `typed_end` on): it and the memory next to it that looks like more
+    /// of them. False when that cannot be bounded: the object does not fit in its block,
+    /// or it leads to too many.
+    fn follow_embedded(&mut self, block: u64, typed_end: u64, offset: u64, ty: TypeId, from: usize) -> bool {
+        let Some((_, obj)) = self.heap.find(block) else { return false };
+        let Some(bytes) = self.block_bytes(obj) else { return false };
+        let slots = self.pointers(ty);
+        let prog = self.prog;
+        let Some((_, next_to)) = neighbours(prog, &mut |v| self.mapped(v), &bytes, (typed_end, offset), ty, &slots)
+        else {
+            return false;
+        };
+        let mut start = vec![(block + offset, ty)];
+        start.extend(next_to.into_iter().map(|off| (block + off, ty)));
+        self.follow(start, from)
+    }
+
+    /// Guess the objects `start` (address, type) and what they lead to; `from` names the
+    /// embedded object they come from. False when there were too many to follow.
+    fn follow(&mut self, start: Vec<(u64, TypeId)>, from: usize) -> bool {
+        let (prog, heap) = (self.prog, self.heap);
+        // Breadth first: the first guess of a type is the nearest, for reports.
+        let mut todo = VecDeque::from(start);
+        while let Some((addr, ty)) = todo.pop_front() {
+            if !self.visited.insert((addr, ty)) {
+                continue;
+            }
+            if self.visited.len() > GUESS_LIMIT {
+                return false;
+            }
+            if self.types.insert(ty) {
+                self.found.push((ty, from, addr));
+            }
+            let stride = prog.size_of(ty).unwrap_or(0);
+            let Some((_, obj)) = heap.find(addr) else { continue };
+            let Some(bytes) = self.block_bytes(obj) else { continue };
+            let at = addr - obj.addr;
+            if stride == 0 || is_byte(prog, ty) || at + stride > bytes.len() as u64 {
+                continue;
+            }
+            for &(off, pointee) in self.pointers(ty).iter() {
+                let v = word(&bytes, at + off);
+                let size = prog.size_of(pointee).unwrap_or(0);
+                if v == 0 || size == 0 || is_byte(prog, pointee) {
+                    continue;
+                }
+                let Some((_, target)) = heap.find(v) else { continue };
+                let typed_end = self.blocks.get(&target.addr).map_or(0, |b| typed_end(prog, b));
+                if v - target.addr < typed_end {
+                    continue; // the walk typed it: the plan checks it
+                }
+                if v == target.addr {
+                    let n = typed_objects(prog, pointee, target.size).max(1);
+                    todo.extend((0..n).map(|k| (v + k * size, pointee)));
+                    continue;
+                }
+                todo.push_back((v, pointee));
+                // The memory around it, once per run of objects that look alike (many
+                // pointers lead into one array).
+                let at = v - target.addr;
+                let runs = self.runs.entry((target.addr, pointee, at % size)).or_default();
+                if runs.iter().any(|r| r.contains(&at)) {
+                    continue;
+                }
+                let Some(target_bytes) = self.block_bytes(target) else { continue };
+                let slots = self.pointers(pointee);
+                let mut mapped = |v| self.mapped(v);
+                if let Some((run, n)) = neighbours(prog, &mut mapped, &target_bytes, (typed_end, at), pointee, &slots) {
+                    self.runs.entry((target.addr, pointee, at % size)).or_default().push(run);
+                    todo.extend(n.into_iter().map(|off| (target.addr + off, pointee)));
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Hashing for sets of addresses and type ids (hundreds of thousands of keys per update):
+/// a multiply-rotate mix, several times faster than the default SipHash, which guards
+/// against keys chosen by an attacker that these are not.
+type Words = std::hash::BuildHasherDefault<WordHasher>;
+
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
 }
 
 /// How many objects of type `ty` a block of `size` bytes that a typed pointer reaches at
