@@ -1496,3 +1496,36 @@ fn an_update_given_only_the_program_keeps_the_running_arguments() {
     assert_ne!(out.code(), 0, "{out}");
     assert_eq!(Client::connect(port).request("GET who"), "VALUE me");
 }
+
+/// A wait that returns at once is not where a process waits: kvd `--test-epoll` tests an
+/// epoll instance before its loop with a wait on a closed socketpair (as nginx's worker
+/// does), then sets up its state. Its startup ends in the event loop, not in that test
+/// wait; an update's new version goes past the test too and parks in the loop, so its
+/// setup is done before the state arrives and never redone over it (as nginx's worker did:
+/// it took the old version's connections for its own listening socket, and kept every
+/// previous version's configuration alive through them).
+#[test]
+fn a_wait_that_returns_at_once_ends_no_startup_and_parks_no_new_version() {
+    let mcr = Mcr::new("u-testwait");
+    let port = free_port();
+    let args = port_args(port, &["--test-epoll"]);
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let in_the_loop = |st: &Value| {
+        threads(st).iter().all(|(_, t)| {
+            let qp = t["quiescent_point"].to_string();
+            qp.contains("main") && !qp.contains("test_epoll")
+        })
+    };
+    let st = inst.status();
+    assert!(in_the_loop(&st), "startup ended in kvd's loop, not in its test wait: {st:#}");
+    assert_eq!(ask(port, "SET k v"), "OK");
+    assert_eq!(ask(port, "SETUPS"), "SETUPS 1");
+    for (i, v2) in ["kvd-v2", "kvd"].into_iter().enumerate() {
+        let out = update(&mcr, &inst.name, &[], &fixture(v2), &args);
+        assert_eq!(out.code(), 0, "update {i} to {v2}: {out}");
+        assert_eq!(ask(port, "GET k"), "VALUE v", "after update {i}");
+        assert_eq!(ask(port, "SETUPS"), "SETUPS 1", "after update {i}: the new version redid its setup");
+        let st = inst.status();
+        assert!(in_the_loop(&st), "after update {i}: {st:#}");
+    }
+}

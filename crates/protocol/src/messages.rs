@@ -915,6 +915,11 @@ pub struct StartupLog {
     /// not make it again), as its runtime sees it when asked.
     #[serde(default)]
     pub after_startup: AfterStartup,
+    /// Where its threads wait (call-stack IDs of quiescent points: where each is blocked
+    /// when asked, else where its startup ended): an update's new version parks its
+    /// threads at these, and goes past any other wait that returns at once.
+    #[serde(default)]
+    pub waits_at: Vec<String>,
 }
 
 /// What a process made after its startup, for the update's preflight (issue 12).

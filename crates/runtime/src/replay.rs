@@ -90,6 +90,18 @@ fn resolved_by_handler(kind: libc::c_int, c: &ReplayConflict) -> bool {
 }
 static STATE: SpinLock<Option<Replay>> = SpinLock::new(None);
 
+/// An update's new version: where the old version's threads wait (call-stack IDs).
+static OLD_WAITS: std::sync::OnceLock<std::collections::HashSet<u64>> = std::sync::OnceLock::new();
+
+/// Whether a wait at `call` from the frame `fp` is one the old version's threads wait
+/// at; `None` outside an update's new version, or when the old version named none.
+pub fn old_version_waits_here(call: crate::calls::Call, fp: usize) -> Option<bool> {
+    let ids = OLD_WAITS.get().filter(|ids| !ids.is_empty())?;
+    let _internal = threads::InternalGuard::enter();
+    let cs = symbolize::call_stack(Some(call.name()), &stack::walk_vec(fp));
+    Some(mcr_callstack::parse_id(&cs.id).is_some_and(|id| ids.contains(&id)))
+}
+
 #[inline(always)]
 pub fn active() -> bool {
     ACTIVE.load(Relaxed)
@@ -99,6 +111,8 @@ pub fn active() -> bool {
 pub fn load(path: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the replay log {path}: {e}"))?;
     let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
+    let waits = logs.iter().flat_map(|l| l.log.iter().flat_map(|l| &l.waits_at));
+    let _ = OLD_WAITS.set(waits.filter_map(|id| mcr_callstack::parse_id(id)).collect());
     let inherited = crate::procdir::numbers(c"/proc/self/fd").into_iter().filter(|&fd| fd > 2).collect();
     *STATE.lock() = Some(Replay::new(logs, inherited));
     ACTIVE.store(true, SeqCst);
@@ -419,7 +433,13 @@ mod tests {
     }
 
     fn replay(ops: Vec<StartupOp>, inherited: &[i32]) -> Replay {
-        let log = StartupLog { complete: true, ops, unreplayable: vec![], after_startup: Default::default() };
+        let log = StartupLog {
+            complete: true,
+            ops,
+            unreplayable: vec![],
+            after_startup: Default::default(),
+            waits_at: vec![],
+        };
         let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
         Replay::new(logs, inherited.iter().copied().collect())
     }
@@ -585,7 +605,13 @@ mod tests {
         let as_log = |ops: Vec<StartupOp>| ProcessLog {
             pid: PID,
             command_line: vec![],
-            log: Some(StartupLog { complete: true, ops, unreplayable: vec![], after_startup: Default::default() }),
+            log: Some(StartupLog {
+                complete: true,
+                ops,
+                unreplayable: vec![],
+                after_startup: Default::default(),
+                waits_at: vec![],
+            }),
             error: None,
         };
         let r = Replay::new(vec![as_log(parent), as_log(child)], BTreeSet::new());

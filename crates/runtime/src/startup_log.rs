@@ -233,7 +233,29 @@ pub fn snapshot() -> StartupLog {
     let complete = STARTUP_DONE.load(Acquire);
     let unreplayable = if complete { unaccounted(&ops) } else { Vec::new() };
     let after_startup = if complete { after_startup(&ops) } else { AfterStartup::default() };
-    StartupLog { complete, ops, unreplayable, after_startup }
+    StartupLog { complete, ops, unreplayable, after_startup, waits_at: waits_at() }
+}
+
+/// Where this process's threads wait: each one's current wait when it is in one, else the
+/// quiescent point its startup ended at (call-stack IDs, for an update's new version).
+fn waits_at() -> Vec<String> {
+    let mut ids: Vec<String> = threads::used()
+        .filter_map(|(_, s)| {
+            let st = s.state.load(Acquire);
+            if st == threads::IN_CALL || st == threads::PARKED {
+                let call = crate::calls::Call::from_index(s.call.load(Acquire));
+                Some(symbolize::call_stack(Some(call.name()), &crate::stack::walk_vec(s.frame.load(Acquire))).id)
+            } else if s.reached_qp.load(Acquire) {
+                let call = crate::calls::Call::from_index(s.qp_call.load(Acquire));
+                Some(symbolize::call_stack(Some(call.name()), &s.qp_stack.load()).id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// What this process holds that came after its startup, for the update's preflight.

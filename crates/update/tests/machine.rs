@@ -79,7 +79,13 @@ fn startup_log(pid: i32) -> ProcessLog {
     ProcessLog {
         pid,
         command_line: vec!["kvd".into()],
-        log: Some(StartupLog { complete: true, ops: vec![], unreplayable: vec![], after_startup: Default::default() }),
+        log: Some(StartupLog {
+            complete: true,
+            ops: vec![],
+            unreplayable: vec![],
+            after_startup: Default::default(),
+            waits_at: vec![],
+        }),
         error: None,
     }
 }

@@ -297,12 +297,61 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 }
 
 // ---- event loops ----
+//
+// Before the process's startup completed, an event-loop wait is first asked with no
+// timeout: one that has something to report at once does not block, so it is not where
+// the thread waits, and completing startup (or parking an update's new version) there
+// would end startup in the middle of the program's setup. nginx's worker tests its epoll
+// with a wait that returns at once (`ngx_epoll_test_rdhup`) before it makes its
+// connections: startup ended there, an update's new worker was parked there, and after
+// the commit it went on with its setup on the old worker's state (it took two of the old
+// connections for its own listening socket and channel, and kept the previous version's
+// whole configuration alive through them: 1.1 MB more with every update). What a probe
+// returns is what the call would have (the program asked for a wait that may end at
+// once). After startup, nothing changes: a wait is a quiescent point on entry.
+
+/// Before startup completed and for a wait that may block (`waits`), `probe` (the call
+/// with no timeout): its result when it has one at once (events, or an error). In an
+/// update's new version, a wait the old version's threads wait at is not probed: the
+/// thread parks there, whatever is ready (the events are the old version's clients').
+#[inline(always)]
+fn ready_at_once(call: Call, waits: bool, probe: impl FnOnce() -> c_int) -> Option<c_int> {
+    if !waits || quiesce::STARTUP_DONE.load(Relaxed) {
+        return None;
+    }
+    probe_slow(call, frame_address(), probe)
+}
+
+#[cold]
+#[inline(never)]
+fn probe_slow(call: Call, fp: usize, probe: impl FnOnce() -> c_int) -> Option<c_int> {
+    if crate::replay::old_version_waits_here(call, fp) == Some(true) {
+        return None;
+    }
+    let r = probe();
+    (r != 0).then_some(r)
+}
+
+/// Whether `ts` (null: no timeout) asks for a wait.
+///
+/// # Safety
+/// `ts` is null or points to a readable timespec.
+unsafe fn ts_waits(ts: *const timespec) -> bool {
+    // SAFETY: null or readable (the caller's contract).
+    unsafe { ts_ns(ts) }.is_none_or(|ns| ns != 0)
+}
+
+const NO_WAIT: timespec = timespec { tv_sec: 0, tv_nsec: 0 };
 
 /// # Safety
 /// epoll_wait(2)'s contract: `ev` points to `max` writable epoll_events.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real::epoll_wait();
+    // SAFETY: the caller's own arguments, with no timeout.
+    if let Some(r) = ready_at_once(Call::EpollWait, timeout != 0, || unsafe { f(ep, ev, max, 0) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms)) };
     finish_int(blocking(Call::EpollWait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
@@ -323,6 +372,10 @@ pub unsafe extern "C" fn epoll_pwait(
     // SAFETY: `mask` is null or readable (the caller's contract).
     let m = unsafe { without_kick(mask) };
     let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
+    if let Some(r) = ready_at_once(Call::EpollPwait, timeout != 0, || unsafe { f(ep, ev, max, 0, mp) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left, the mask
     // a live copy (or null).
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms), mp) };
@@ -342,8 +395,12 @@ pub unsafe extern "C" fn epoll_pwait2(
 ) -> c_int {
     let f = real::epoll_pwait2();
     // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
-    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
+    let (m, timeout, waits) = unsafe { (without_kick(mask), ts_ns(ts), ts_waits(ts)) };
     let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
+    if let Some(r) = ready_at_once(Call::EpollPwait2, waits, || unsafe { f(ep, ev, max, &NO_WAIT, mp) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
     // mask a live copy (or null).
     let call = |l: Option<i64>| unsafe {
@@ -360,6 +417,10 @@ pub unsafe extern "C" fn epoll_pwait2(
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real::poll();
+    // SAFETY: the caller's own arguments, with no timeout.
+    if let Some(r) = ready_at_once(Call::Poll, timeout != 0, || unsafe { f(fds, n, 0) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
     finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
@@ -373,6 +434,11 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
         crate::diag::fatal(&[b"*** buffer overflow detected ***: poll"]);
     }
     let f = real::poll();
+    // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), with no
+    // timeout.
+    if let Some(r) = ready_at_once(Call::Poll, timeout != 0, || unsafe { f(fds, n, 0) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), the
     // timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
@@ -386,8 +452,12 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
 pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int {
     let f = real::ppoll();
     // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
-    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
+    let (m, timeout, waits) = unsafe { (without_kick(mask), ts_ns(ts), ts_waits(ts)) };
     let mp = mask_ptr(&m);
+    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
+    if let Some(r) = ready_at_once(Call::Ppoll, waits, || unsafe { f(fds, n, &NO_WAIT, mp) }) {
+        return r;
+    }
     // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
     // mask a live copy (or null).
     let call = |l: Option<i64>| unsafe {

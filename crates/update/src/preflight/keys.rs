@@ -64,6 +64,7 @@ mod tests {
             ops: vec![],
             unreplayable: vec![],
             after_startup: AfterStartup { keys, ..Default::default() },
+            waits_at: vec![],
         };
         Context {
             processes: Default::default(),
