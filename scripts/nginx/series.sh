@@ -10,8 +10,7 @@
 #                Debian source scripts/nginx/build.sh uses; each is built if not cached,
 #                about a minute each)
 #   --size MB    the download's size (default 50)
-#   --rate R     the download's pace until the update ends, as curl's --limit-rate
-#                (default 4M); then as fast as it goes
+#   --rate R     the download's pace, nginx's limit_rate for it (default 4M)
 #   --keep-going after an update that does not commit, note it, start the next level
 #                afresh and go on (for a count of the series' automatic updates); default:
 #                stop at the first problem
@@ -95,6 +94,10 @@ PREFIX=$WORK/nginx
 CONF=$("$ROOT/scripts/nginx/conf.sh" "$PREFIX" "$PORT" | tail -n 1)
 SESSION_REQUESTS=$((UPDATES + 1))
 extra="        location /counted {\n            keepalive_requests $SESSION_REQUESTS;\n            return 200 \"counted\\\\n\";\n        }\n\n"
+# The download is paced by nginx (limit_rate), not by the client: with a client that reads
+# slowly, loopback's buffers (up to 32 MB) took the rest of the file early on a loaded
+# machine, and nginx had finished with the connection before the update began.
+extra="$extra        location = /big.bin {\n            limit_rate $RATE;\n        }\n\n"
 sed -i "s|^        location /status {|$extra        location /status {|" "$CONF"
 grep -q "keepalive_requests $SESSION_REQUESTS;" "$CONF" || { say "could not add /counted to $CONF"; exit 1; }
 SIZE=$((SIZE_MB << 20))
@@ -189,7 +192,7 @@ for i in $(seq 1 "$UPDATES"); do
   problem=
   log_before=$(wc -l <"$PREFIX/logs/error.log")
   rm -f "$WORK/dl.bin" "$WORK/curl.out"
-  curl -s --max-time 600 --limit-rate "$RATE" -H 'Connection: close' -o "$WORK/dl.bin" \
+  curl -s --max-time 600 -H 'Connection: close' -o "$WORK/dl.bin" \
     -w '%{http_code} %{size_download} %{local_port}\n' "http://127.0.0.1:$PORT/big.bin" >"$WORK/curl.out" &
   CURL_PID=$!
   for _ in $(seq 300); do
@@ -199,8 +202,7 @@ for i in $(seq 1 "$UPDATES"); do
   rc=0
   timeout 300 "$MCR" update "$NAME" --json -- "${BIN[$to]}" "${ARGS[@]}" >"$WORK/update.json" 2>"$WORK/update.err" || rc=$?
   at_commit=$(stat -c %s "$WORK/dl.bin" 2>/dev/null || echo 0)
-  # The rest of the download as fast as it goes: curl's pace cannot change, so the
-  # remaining bytes come at the limit; the bound is --max-time.
+  # The rest of the download comes at the same pace; the bound is --max-time.
   wait "$CURL_PID" || true
   CURL_PID=
   read -r http got client_port <"$WORK/curl.out" || true
@@ -245,6 +247,11 @@ ${moved:-0} connections moved): a larger --size or a lower --rate"
   fi
   FAILED=$((FAILED + 1))
   say "p$from -> p$to: $problem"
+  # What the update says of the connections and processes, for the cause.
+  say "the update's report (connections, processes):"
+  grep -E '"(connections|descriptors|adopted_connections|respawned_processes|volatile)"|"(old|new)_processes"' \
+    "$WORK/update.json" >&2 || true
+  sed -n '/"connections_left"/,/\]/p' "$WORK/update.json" | head -n 30 >&2 || true
   if [ "$KEEP_GOING" = 0 ]; then
     say "error.log (last lines):"; tail -n 5 "$PREFIX/logs/error.log" >&2
     exit 1

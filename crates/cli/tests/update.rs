@@ -1529,3 +1529,28 @@ fn a_wait_that_returns_at_once_ends_no_startup_and_parks_no_new_version() {
         assert!(in_the_loop(&st), "after update {i}: {st:#}");
     }
 }
+
+/// An update's new version wakes up in a wait it set up from its own state: kvd
+/// `--no-tick` waits with no timeout unless a `LATER` reply is pending, and then until it
+/// is due. A `LATER` asked just before the update is due after it: the new version parked
+/// in a wait with no timeout (it had no `LATER` of its own), and the transferred one must
+/// still be answered on time (the wait ends when the state arrives, and the loop computes
+/// its timeout again). As nginx's rate-limited downloads, whose timers are state.
+#[test]
+fn a_timer_the_old_version_set_fires_in_the_new_version() {
+    let mcr = Mcr::new("u-later");
+    let port = free_port();
+    let args = port_args(port, &["--no-tick"]);
+    let inst = mcr.start("kvd", &fixture("kvd"), &args);
+    for (i, v2) in ["kvd-v2", "kvd"].into_iter().enumerate() {
+        let mut c = Client::connect(port);
+        c.send("LATER 1500").expect("send LATER");
+        let asked = Instant::now();
+        let out = update(&mcr, &inst.name, &[], &fixture(v2), &args);
+        assert_eq!(out.code(), 0, "update {i} to {v2}: {out}");
+        let answer = c.read_line_timeout(Duration::from_secs(10));
+        assert_eq!(answer.as_deref().ok(), Some("LATER done"), "update {i}: {answer:?}");
+        assert!(asked.elapsed() >= Duration::from_millis(1500), "update {i}: answered early");
+        assert_eq!(ask(port, "PING"), "PONG", "after update {i}");
+    }
+}

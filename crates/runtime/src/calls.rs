@@ -63,6 +63,20 @@ wrapped_calls! {
 }
 
 impl Call {
+    /// An event loop's wait: its timeout and descriptor set come from the program's state.
+    pub fn waits_for_events(self) -> bool {
+        matches!(
+            self,
+            Call::EpollWait
+                | Call::EpollPwait
+                | Call::EpollPwait2
+                | Call::Poll
+                | Call::Ppoll
+                | Call::Select
+                | Call::Pselect
+        )
+    }
+
     pub fn from_index(i: u32) -> Call {
         ALL.get(i as usize).copied().unwrap_or(Call::Read)
     }

@@ -69,9 +69,20 @@ pub fn slow_path_needed() -> bool {
     QUIESCING.load(Relaxed) || !STARTUP_DONE.load(Relaxed) || crate::resume::DEFERRED.load(Relaxed) != 0
 }
 
+/// An update's new version, until its first resume: its threads park where the old
+/// version's state will be put under them.
+static HELD_FOR_UPDATE: AtomicBool = AtomicBool::new(false);
+
 /// Start held: threads park at their first quiescent point (an update's new version).
 pub fn hold_from_start() {
+    HELD_FOR_UPDATE.store(true, SeqCst);
     QUIESCING.store(true, SeqCst);
+}
+
+/// Whether a thread that parks now wakes up on another state than the one it computed its
+/// call's arguments from (an update's new version, held since its start).
+pub fn held_for_update() -> bool {
+    HELD_FOR_UPDATE.load(SeqCst)
 }
 
 pub fn set_profile(ids: Option<HashSet<u64>>) {
@@ -241,6 +252,7 @@ pub fn respawned_child_ready() {
 }
 
 pub fn resume() {
+    HELD_FOR_UPDATE.store(false, SeqCst);
     QUIESCING.store(false, SeqCst);
     RESUME_GEN.fetch_add(1, SeqCst);
     futex::wake(&RESUME_GEN, i32::MAX);

@@ -101,10 +101,25 @@ pub fn blocking<T>(
         slot.kicked.store(false, Relaxed);
         quiesce::publish_in_call(slot);
         if quiesce::slow_path_needed() && quiesce::on_enter_slow(slot) && QUIESCING.load(SeqCst) {
+            let took_state = quiesce::held_for_update();
             quiesce::park(slot);
             if local.program_signals() != signals {
                 quiesce::state_running(slot);
                 return Outcome::ProgramSignal { left_ns: time_left(deadline, now_ns()) };
+            }
+            // An update's new version wakes up on the old version's state, and the wait it
+            // parked in was set up from its own: the timeout from its own (empty) timers,
+            // say (nginx's worker then waited forever while a rate-limited download's timer,
+            // transferred, was due). The wait ends at once, as an early timeout, or, for a
+            // wait with none, as an interrupted one: the loop looks at its state again.
+            if took_state && call.waits_for_events() {
+                if timeout_ns.is_none() {
+                    quiesce::state_running(slot);
+                    return Outcome::ProgramSignal { left_ns: None };
+                }
+                let r = attempt(Some(0));
+                quiesce::state_running(slot);
+                return Outcome::Done(r);
             }
         }
         let left = if first { None } else { time_left(deadline, now_ns()) };
