@@ -421,6 +421,22 @@ fn forkd_code_only_update_commits() {
     });
 }
 
+/// forkd `--read-devnull` reads /dev/null before it forks its workers, as httpd's master
+/// does: a read that returns at once ends no startup, so the workers are startup's, the
+/// new version's startup forks them again, and the update commits (refused before: "forked
+/// after startup").
+#[test]
+fn a_master_that_reads_dev_null_before_forking_its_workers_updates() {
+    code_only_update_commits(Case {
+        label: "u-forkd-null",
+        server: "forkd",
+        v1: "forkd",
+        v2: "forkd-v2",
+        extra: &["--workers", "2", "--read-devnull"],
+        procs: 3,
+    });
+}
+
 #[test]
 fn connd_code_only_update_commits() {
     code_only_update_commits(Case {

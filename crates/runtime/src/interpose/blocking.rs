@@ -89,6 +89,13 @@ pub fn blocking<T>(
         count_untracked(local, false);
         return Outcome::Done(attempt(None));
     };
+    // Before startup completed, a read or accept that returns at once (`/dev/null`, a
+    // pipe with data) is not where the thread waits: run it as it is. httpd's master reads
+    // /dev/null before it forks its children: its startup ended there, without them, and
+    // every update was refused for the children "forked after startup".
+    if call.depends_on_fd() && !quiesce::STARTUP_DONE.load(Relaxed) && ready_now(call, object as c_int, fp) {
+        return Outcome::Done(attempt(None));
+    }
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     // Only this thread writes it: a load and a store, no atomic read-modify-write.
     slot.calls_entered.store(slot.calls_entered.load(Relaxed).wrapping_add(1), Relaxed);
@@ -134,6 +141,20 @@ pub fn blocking<T>(
         quiesce::state_running(slot);
         return Outcome::Done(r);
     }
+}
+
+/// Whether the descriptor `fd` of a read or accept at `call` (from the frame `fp`) has
+/// something for it now, unless the old version's threads wait there (an update's new
+/// version parks where they do).
+#[cold]
+#[inline(never)]
+fn ready_now(call: Call, fd: c_int, fp: usize) -> bool {
+    if crate::replay::old_version_waits_here(call, fp) == Some(true) {
+        return false;
+    }
+    let mut p = pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd on the stack, no wait.
+    unsafe { real::poll()(&mut p, 1, 0) > 0 }
 }
 
 /// A program thread's wrapped call that bypassed quiescence, for the report of a quiesce
@@ -887,6 +908,10 @@ pub unsafe extern "C" fn wait(status: *mut c_int) -> pid_t {
 #[no_mangle]
 pub unsafe extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t {
     let f = real::waitpid();
+    if options & libc::WNOHANG != 0 {
+        // SAFETY: the caller's own arguments, unchanged; with WNOHANG it does not wait.
+        return unsafe { f(pid, status, options) };
+    }
     // SAFETY: the caller's own arguments, unchanged.
     let call = |_| unsafe { f(pid, status, options) };
     finish_int(blocking(Call::Waitpid, 0, frame_address(), None, call, int_eintr))
@@ -897,6 +922,10 @@ pub unsafe extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int)
 #[no_mangle]
 pub unsafe extern "C" fn waitid(idtype: idtype_t, id: id_t, info: *mut siginfo_t, options: c_int) -> c_int {
     let f = real::waitid();
+    if options & libc::WNOHANG != 0 {
+        // SAFETY: the caller's own arguments, unchanged; with WNOHANG it does not wait.
+        return unsafe { f(idtype, id, info, options) };
+    }
     // SAFETY: the caller's own arguments, unchanged.
     let call = |_| unsafe { f(idtype, id, info, options) };
     finish_int(blocking(Call::Waitid, 0, frame_address(), None, call, int_eintr))
@@ -907,6 +936,10 @@ pub unsafe extern "C" fn waitid(idtype: idtype_t, id: id_t, info: *mut siginfo_t
 #[no_mangle]
 pub unsafe extern "C" fn wait3(status: *mut c_int, options: c_int, ru: *mut rusage) -> pid_t {
     let f = real::wait3();
+    if options & libc::WNOHANG != 0 {
+        // SAFETY: the caller's own arguments, unchanged; with WNOHANG it does not wait.
+        return unsafe { f(status, options, ru) };
+    }
     // SAFETY: the caller's own arguments, unchanged.
     let call = |_| unsafe { f(status, options, ru) };
     finish_int(blocking(Call::Wait3, 0, frame_address(), None, call, int_eintr))
@@ -917,6 +950,10 @@ pub unsafe extern "C" fn wait3(status: *mut c_int, options: c_int, ru: *mut rusa
 #[no_mangle]
 pub unsafe extern "C" fn wait4(pid: pid_t, status: *mut c_int, options: c_int, ru: *mut rusage) -> pid_t {
     let f = real::wait4();
+    if options & libc::WNOHANG != 0 {
+        // SAFETY: the caller's own arguments, unchanged; with WNOHANG it does not wait.
+        return unsafe { f(pid, status, options, ru) };
+    }
     // SAFETY: the caller's own arguments, unchanged.
     let call = |_| unsafe { f(pid, status, options, ru) };
     finish_int(blocking(Call::Wait4, 0, frame_address(), None, call, int_eintr))
