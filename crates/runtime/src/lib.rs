@@ -35,6 +35,7 @@ mod interpose;
 mod keys;
 mod last_thread;
 mod mappings;
+mod own_pages;
 mod peers;
 mod procdir;
 mod profiling;
@@ -169,6 +170,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "tls", run: tls::reset_after_fork },
     ForkReset { module: "drain", run: drain::reset_after_fork },
     ForkReset { module: "dirty", run: dirty::reset_after_fork },
+    ForkReset { module: "own_pages", run: own_pages::reset_after_fork },
     ForkReset { module: "threads", run: threads::reset_after_fork },
     ForkReset { module: "quiesce", run: quiesce::reset_after_fork },
     ForkReset { module: "symbolize", run: symbolize::reset_after_fork },
@@ -235,6 +237,7 @@ extern "C" fn init() {
     }
     if let Some(name) = own_module_path() {
         let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
+        own_pages::init(&path);
         let _ = RUNTIME_PATH.set(path);
     }
     let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
