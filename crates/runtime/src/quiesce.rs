@@ -22,6 +22,18 @@ static RESUME_GEN: AtomicU32 = AtomicU32::new(0);
 static PARK_EVENTS: AtomicU32 = AtomicU32::new(0);
 
 pub static STARTUP_DONE: AtomicBool = AtomicBool::new(false);
+
+/// How many waits that return at once a process's startup goes past before the next one
+/// completes it anyway: setup makes a few (nginx's epoll self-test, httpd's read of
+/// /dev/null); a server started under load, whose event loop finds clients waiting each
+/// time, would otherwise never complete its startup.
+const READY_WAITS: u32 = 16;
+static READY_WAITS_LEFT: AtomicU32 = AtomicU32::new(READY_WAITS);
+
+/// Whether startup may go past one more wait that returns at once (counted).
+pub fn may_pass_a_ready_wait() -> bool {
+    READY_WAITS_LEFT.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+}
 /// Nanoseconds from the constructor to startup completion.
 pub static STARTUP_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -730,6 +742,7 @@ pub fn reset_after_fork() {
     // commit, fork children included.
     QUIESCING.store(crate::replay::active(), SeqCst);
     STARTUP_DONE.store(false, SeqCst);
+    READY_WAITS_LEFT.store(READY_WAITS, SeqCst);
     // membarrier registration belongs to the parent's address space.
     init_asymmetric_fence();
 }

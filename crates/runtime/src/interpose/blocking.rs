@@ -149,7 +149,7 @@ pub fn blocking<T>(
 #[cold]
 #[inline(never)]
 fn ready_now(call: Call, fd: c_int, fp: usize) -> bool {
-    if crate::replay::old_version_waits_here(call, fp) == Some(true) {
+    if crate::replay::old_version_waits_here(call, fp) == Some(true) || !quiesce::may_pass_a_ready_wait() {
         return false;
     }
     let mut p = pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -361,7 +361,7 @@ fn ready_at_once(call: Call, waits: bool, probe: impl FnOnce() -> c_int) -> Opti
 #[cold]
 #[inline(never)]
 fn probe_slow(call: Call, fp: usize, probe: impl FnOnce() -> c_int) -> Option<c_int> {
-    if crate::replay::old_version_waits_here(call, fp) == Some(true) {
+    if crate::replay::old_version_waits_here(call, fp) == Some(true) || !quiesce::may_pass_a_ready_wait() {
         return None;
     }
     let r = probe();
