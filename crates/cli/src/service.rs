@@ -63,13 +63,17 @@ impl Service {
             eprintln!("mcr: warning: cannot watch {} for updates: {e}", dir.path.display());
         }
         let mut said = String::new();
+        let mut supervisor = None;
         // Read after the watch is set: a commit in between is not missed.
-        let mut tell = || match running(dir, name) {
-            Some(status) if status != said => {
-                self.send(&format!("STATUS={}", notify::status_line(&status)));
-                said = status;
+        let mut tell = || {
+            supervisor = supervisor_pid(dir, name).or(supervisor);
+            match running(dir, name) {
+                Some(status) if status != said => {
+                    self.send(&format!("STATUS={}", notify::status_line(&status)));
+                    said = status;
+                }
+                _ => {}
             }
-            _ => {}
         };
         loop {
             tell();
@@ -89,6 +93,18 @@ impl Service {
                 break;
             }
         }
+        // The last supervisor frees the lock as it exits, a moment before it is gone: the
+        // service manager (KillMode=mixed) kills what is left of the unit once this, its
+        // main process, exits, and said so in the journal ("Killing process … (mcr)").
+        if let Some(pid) = supervisor {
+            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+            for _ in 0..500 {
+                if gone() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         self.send("STOPPING=1");
         eprintln!("mcr: '{name}' ended (its exit status is not known here after a live update: see its log)");
         0
@@ -99,6 +115,12 @@ impl Service {
 fn running(dir: &InstanceDir, name: &str) -> Option<String> {
     let st = mcr_client::Connection::open(dir, name).ok()?.status().ok()?;
     Some(format!("running {}", Build::running(&st).describe()))
+}
+
+/// The PID of the supervisor of the version instance `name` runs (its pid file).
+fn supervisor_pid(dir: &InstanceDir, name: &str) -> Option<i32> {
+    let files = dir.files(name).ok()?;
+    std::fs::read_to_string(&files.pid).ok()?.trim().parse().ok()
 }
 
 fn live(dir: &InstanceDir, name: &str) -> bool {
