@@ -77,6 +77,12 @@ impl Call {
         )
     }
 
+    /// A wait that, run with no time left, reports what is ready now and changes nothing
+    /// else (select's descriptor sets would come back emptied).
+    pub fn can_ask_without_waiting(self) -> bool {
+        matches!(self, Call::EpollWait | Call::EpollPwait | Call::EpollPwait2 | Call::Poll | Call::Ppoll)
+    }
+
     pub fn from_index(i: u32) -> Call {
         ALL.get(i as usize).copied().unwrap_or(Call::Read)
     }

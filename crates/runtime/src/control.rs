@@ -7,7 +7,6 @@
 use crate::calls::Call;
 use crate::quiesce;
 use crate::rawfd;
-use crate::stack;
 use crate::symbolize;
 use crate::threads::{self, IN_CALL, PARKED, TID_PENDING};
 use mcr_protocol::{
@@ -428,20 +427,9 @@ fn thread_infos() -> Vec<ThreadInfo> {
             PARKED => ThreadState::Parked { call: call.name().into() },
             _ => ThreadState::Running,
         };
-        let current_stack = (st != threads::RUNNING).then(|| {
-            let raw = stack::walk_vec(s.frame.load(Acquire));
-            crate::diag::debug(|| format!("tid {tid}: frame {:#x} raw {:x?}", s.frame.load(Acquire), raw));
-            symbolize::call_stack(Some(call.name()), &raw)
-        });
+        let current_stack = s.current_wait();
         let at_qp = st != threads::RUNNING && quiesce::is_quiescent_point(s);
-        let quiescent_point = if at_qp {
-            current_stack.clone()
-        } else if s.reached_qp.load(Acquire) {
-            let qcall = Call::from_index(s.qp_call.load(Acquire));
-            Some(symbolize::call_stack(Some(qcall.name()), &s.qp_stack.load()))
-        } else {
-            None
-        };
+        let quiescent_point = if at_qp { current_stack.clone() } else { s.startup_wait() };
         let (class, creation_stack) = if s.is_main.load(Relaxed) {
             ("main".to_string(), None)
         } else {

@@ -235,9 +235,11 @@ extern "C" fn init() {
     if let Some(log) = env(mcr_protocol::env::INSTANCE_LOG) {
         let _ = diag::LOG_PATH.set(log.into_bytes().into_iter().chain(std::iter::once(0)).collect());
     }
+    // Read once for the constructor's steps that look at the mappings.
+    let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
     if let Some(name) = own_module_path() {
         let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
-        own_pages::init(&path);
+        own_pages::init(&maps, &path);
         let _ = RUNTIME_PATH.set(path);
     }
     let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
@@ -256,7 +258,7 @@ extern "C" fn init() {
     control::note_pid_namespace();
     startup_log::init_reserved_range();
     startup_log::note_inherited();
-    startup_heap::init();
+    startup_heap::init(&maps);
     // Before the Hello: once it is sent the supervisor reads this process's /proc files,
     // which holds its address space, and the kernel then makes the registration wait for
     // an RCU grace period (12-16 ms of every restart, both CPUs idle); alone with its

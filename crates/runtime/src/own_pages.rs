@@ -19,9 +19,8 @@ static COUNT: AtomicUsize = AtomicUsize::new(0);
 static FD: AtomicI32 = AtomicI32::new(-1);
 
 /// In the constructor: note the read-only mappings of the runtime's library (at `path`)
-/// and register them.
-pub fn init(path: &str) {
-    let Ok(maps) = mcr_procfs::maps::read(mcr_procfs::Process::Current) else { return };
+/// among the process's mappings `maps`, and register them.
+pub fn init(maps: &[mcr_procfs::Mapping], path: &str) {
     let mut n = 0;
     for m in maps.iter().filter(|m| m.path == path && !m.writable).take(MAX_RANGES) {
         RANGES[2 * n].store(m.start, Relaxed);

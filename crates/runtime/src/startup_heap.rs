@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 static EXE_LO: AtomicUsize = AtomicUsize::new(0);
 static EXE_HI: AtomicUsize = AtomicUsize::new(0);
 
-/// Find the main executable's code (constructor, before the program runs).
-pub fn init() {
+/// Find the main executable's code in the process's mappings `maps` (constructor, before
+/// the program runs).
+pub fn init(maps: &[Mapping]) {
     let exe = mcr_procfs::exe(Process::Current).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let maps = mcr_procfs::maps::read(Process::Current).unwrap_or_default();
-    if let Some((lo, hi)) = code_of(&maps, &exe) {
+    if let Some((lo, hi)) = code_of(maps, &exe) {
         EXE_LO.store(lo, Relaxed);
         EXE_HI.store(hi, Relaxed);
     }

@@ -239,20 +239,8 @@ pub fn snapshot() -> StartupLog {
 /// Where this process's threads wait: each one's current wait when it is in one, else the
 /// quiescent point its startup ended at (call-stack IDs, for an update's new version).
 fn waits_at() -> Vec<String> {
-    let mut ids: Vec<String> = threads::used()
-        .filter_map(|(_, s)| {
-            let st = s.state.load(Acquire);
-            if st == threads::IN_CALL || st == threads::PARKED {
-                let call = crate::calls::Call::from_index(s.call.load(Acquire));
-                Some(symbolize::call_stack(Some(call.name()), &crate::stack::walk_vec(s.frame.load(Acquire))).id)
-            } else if s.reached_qp.load(Acquire) {
-                let call = crate::calls::Call::from_index(s.qp_call.load(Acquire));
-                Some(symbolize::call_stack(Some(call.name()), &s.qp_stack.load()).id)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let mut ids: Vec<String> =
+        threads::used().filter_map(|(_, s)| s.current_wait().or_else(|| s.startup_wait()).map(|cs| cs.id)).collect();
     ids.sort();
     ids.dedup();
     ids

@@ -89,6 +89,28 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Where the thread waits now (its wrapped call, symbolized), unless it runs.
+    pub fn current_wait(&self) -> Option<mcr_protocol::CallStack> {
+        if self.state.load(SeqCst) == RUNNING {
+            return None;
+        }
+        let call = crate::calls::Call::from_index(self.call.load(Acquire));
+        let raw = crate::stack::walk_vec(self.frame.load(Acquire));
+        crate::diag::debug(|| {
+            format!("tid {}: frame {:#x} raw {raw:x?}", self.tid.load(Relaxed), self.frame.load(Acquire))
+        });
+        Some(crate::symbolize::call_stack(Some(call.name()), &raw))
+    }
+
+    /// Where the thread waited when its startup ended (its first quiescent point).
+    pub fn startup_wait(&self) -> Option<mcr_protocol::CallStack> {
+        if !self.reached_qp.load(Acquire) {
+            return None;
+        }
+        let call = crate::calls::Call::from_index(self.qp_call.load(Acquire));
+        Some(crate::symbolize::call_stack(Some(call.name()), &self.qp_stack.load()))
+    }
+
     const fn new() -> Self {
         Self {
             tid: AtomicI32::new(0),

@@ -72,7 +72,7 @@ fn ns_ms(ns: i64) -> c_int {
 /// Steady state (started, not quiescing): one TLS lookup, four plain stores, two relaxed
 /// loads, the call, one store; errno is never touched.
 #[inline(always)]
-pub fn blocking<T>(
+pub fn blocking<T: PartialEq + Default>(
     call: Call,
     object: usize,
     fp: usize,
@@ -89,12 +89,10 @@ pub fn blocking<T>(
         count_untracked(local, false);
         return Outcome::Done(attempt(None));
     };
-    // Before startup completed, a read or accept that returns at once (`/dev/null`, a
-    // pipe with data) is not where the thread waits: run it as it is. httpd's master reads
-    // /dev/null before it forks its children: its startup ended there, without them, and
-    // every update was refused for the children "forked after startup".
-    if call.depends_on_fd() && !quiesce::STARTUP_DONE.load(Relaxed) && ready_now(call, object as c_int, fp) {
-        return Outcome::Done(attempt(None));
+    if !quiesce::STARTUP_DONE.load(Relaxed) {
+        if let Some(r) = returned_at_once(call, object, fp, timeout_ns, &mut attempt) {
+            return Outcome::Done(r);
+        }
     }
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     // Only this thread writes it: a load and a store, no atomic read-modify-write.
@@ -143,18 +141,42 @@ pub fn blocking<T>(
     }
 }
 
-/// Whether the descriptor `fd` of a read or accept at `call` (from the frame `fp`) has
-/// something for it now, unless the old version's threads wait there (an update's new
-/// version parks where they do).
+/// Before startup completed: the result of a wait that returns at once, run as it is,
+/// for it is not where the thread waits. Completing startup there (or parking an update's
+/// new version there) would end startup in the middle of the program's setup: nginx's
+/// worker tests its epoll with a wait that returns at once (`ngx_epoll_test_rdhup`) before
+/// it makes its connections, and an update's new worker, parked there, went on with that
+/// setup over the old worker's state (it took two old connections for its own listening
+/// socket and channel, and kept the previous version's whole configuration alive: 1.1 MB
+/// more per update); httpd's master reads /dev/null before it forks its children, and its
+/// startup ended without them. An event-loop wait is asked with no time left (what it
+/// reports is what the call would have: the program asked for a wait that may end at
+/// once); a read or accept runs when its descriptor is ready. Not where the old version's
+/// threads wait (an update's new version parks there, whatever is ready: the events are
+/// the old version's clients'), and at most [`quiesce::may_pass_a_ready_wait`] times.
 #[cold]
 #[inline(never)]
-fn ready_now(call: Call, fd: c_int, fp: usize) -> bool {
-    if crate::replay::old_version_waits_here(call, fp) == Some(true) || !quiesce::may_pass_a_ready_wait() {
-        return false;
+fn returned_at_once<T: PartialEq + Default>(
+    call: Call,
+    object: usize,
+    fp: usize,
+    timeout_ns: Option<i64>,
+    attempt: &mut impl FnMut(Option<i64>) -> T,
+) -> Option<T> {
+    let asks = call.can_ask_without_waiting() && timeout_ns != Some(0);
+    if !(asks || call.depends_on_fd())
+        || crate::replay::old_version_waits_here(call, fp) == Some(true)
+        || !quiesce::may_pass_a_ready_wait()
+    {
+        return None;
     }
-    let mut p = pollfd { fd, events: libc::POLLIN, revents: 0 };
+    if asks {
+        let r = attempt(Some(0));
+        return (r != T::default()).then_some(r);
+    }
+    let mut p = pollfd { fd: object as c_int, events: libc::POLLIN, revents: 0 };
     // SAFETY: one pollfd on the stack, no wait.
-    unsafe { real::poll()(&mut p, 1, 0) > 0 }
+    (unsafe { real::poll()(&mut p, 1, 0) } > 0).then(|| attempt(None))
 }
 
 /// A program thread's wrapped call that bypassed quiescence, for the report of a quiesce
@@ -333,61 +355,12 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 }
 
 // ---- event loops ----
-//
-// Before the process's startup completed, an event-loop wait is first asked with no
-// timeout: one that has something to report at once does not block, so it is not where
-// the thread waits, and completing startup (or parking an update's new version) there
-// would end startup in the middle of the program's setup. nginx's worker tests its epoll
-// with a wait that returns at once (`ngx_epoll_test_rdhup`) before it makes its
-// connections: startup ended there, an update's new worker was parked there, and after
-// the commit it went on with its setup on the old worker's state (it took two of the old
-// connections for its own listening socket and channel, and kept the previous version's
-// whole configuration alive through them: 1.1 MB more with every update). What a probe
-// returns is what the call would have (the program asked for a wait that may end at
-// once). After startup, nothing changes: a wait is a quiescent point on entry.
-
-/// Before startup completed and for a wait that may block (`waits`), `probe` (the call
-/// with no timeout): its result when it has one at once (events, or an error). In an
-/// update's new version, a wait the old version's threads wait at is not probed: the
-/// thread parks there, whatever is ready (the events are the old version's clients').
-#[inline(always)]
-fn ready_at_once(call: Call, waits: bool, probe: impl FnOnce() -> c_int) -> Option<c_int> {
-    if !waits || quiesce::STARTUP_DONE.load(Relaxed) {
-        return None;
-    }
-    probe_slow(call, frame_address(), probe)
-}
-
-#[cold]
-#[inline(never)]
-fn probe_slow(call: Call, fp: usize, probe: impl FnOnce() -> c_int) -> Option<c_int> {
-    if crate::replay::old_version_waits_here(call, fp) == Some(true) || !quiesce::may_pass_a_ready_wait() {
-        return None;
-    }
-    let r = probe();
-    (r != 0).then_some(r)
-}
-
-/// Whether `ts` (null: no timeout) asks for a wait.
-///
-/// # Safety
-/// `ts` is null or points to a readable timespec.
-unsafe fn ts_waits(ts: *const timespec) -> bool {
-    // SAFETY: null or readable (the caller's contract).
-    unsafe { ts_ns(ts) }.is_none_or(|ns| ns != 0)
-}
-
-const NO_WAIT: timespec = timespec { tv_sec: 0, tv_nsec: 0 };
 
 /// # Safety
 /// epoll_wait(2)'s contract: `ev` points to `max` writable epoll_events.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real::epoll_wait();
-    // SAFETY: the caller's own arguments, with no timeout.
-    if let Some(r) = ready_at_once(Call::EpollWait, timeout != 0, || unsafe { f(ep, ev, max, 0) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms)) };
     finish_int(blocking(Call::EpollWait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
@@ -408,10 +381,6 @@ pub unsafe extern "C" fn epoll_pwait(
     // SAFETY: `mask` is null or readable (the caller's contract).
     let m = unsafe { without_kick(mask) };
     let mp = mask_ptr(&m);
-    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
-    if let Some(r) = ready_at_once(Call::EpollPwait, timeout != 0, || unsafe { f(ep, ev, max, 0, mp) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left, the mask
     // a live copy (or null).
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms), mp) };
@@ -431,12 +400,8 @@ pub unsafe extern "C" fn epoll_pwait2(
 ) -> c_int {
     let f = real::epoll_pwait2();
     // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
-    let (m, timeout, waits) = unsafe { (without_kick(mask), ts_ns(ts), ts_waits(ts)) };
+    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
     let mp = mask_ptr(&m);
-    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
-    if let Some(r) = ready_at_once(Call::EpollPwait2, waits, || unsafe { f(ep, ev, max, &NO_WAIT, mp) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
     // mask a live copy (or null).
     let call = |l: Option<i64>| unsafe {
@@ -453,10 +418,6 @@ pub unsafe extern "C" fn epoll_pwait2(
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real::poll();
-    // SAFETY: the caller's own arguments, with no timeout.
-    if let Some(r) = ready_at_once(Call::Poll, timeout != 0, || unsafe { f(fds, n, 0) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
     finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
@@ -470,11 +431,6 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
         crate::diag::fatal(&[b"*** buffer overflow detected ***: poll"]);
     }
     let f = real::poll();
-    // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), with no
-    // timeout.
-    if let Some(r) = ready_at_once(Call::Poll, timeout != 0, || unsafe { f(fds, n, 0) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), the
     // timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
@@ -488,12 +444,8 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
 pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int {
     let f = real::ppoll();
     // SAFETY: `mask` and `ts` are null or readable (the caller's contract).
-    let (m, timeout, waits) = unsafe { (without_kick(mask), ts_ns(ts), ts_waits(ts)) };
+    let (m, timeout) = unsafe { (without_kick(mask), ts_ns(ts)) };
     let mp = mask_ptr(&m);
-    // SAFETY: the caller's own arguments with no timeout, the mask a live copy (or null).
-    if let Some(r) = ready_at_once(Call::Ppoll, waits, || unsafe { f(fds, n, &NO_WAIT, mp) }) {
-        return r;
-    }
     // SAFETY: the caller's own arguments, or a live local timespec with the time left; the
     // mask a live copy (or null).
     let call = |l: Option<i64>| unsafe {
