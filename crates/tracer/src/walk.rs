@@ -419,8 +419,7 @@ fn embedded(
         };
         out.push(Embedded { ty: i.ty, block: i.block, offset: i.offset, place, bounded });
     }
-    let beside = guess.found.into_iter().map(|(ty, next_to, addr)| Beside { ty, next_to, addr }).collect();
-    (out, beside)
+    (out, guess.found)
 }
 
 /// Where a block's typed objects end: what follows is memory mcr cannot type.
@@ -532,9 +531,8 @@ struct Guess<'g> {
     /// Whether the old process maps each page asked about (see [`Guess::mapped`]).
     pages: HashMap<u64, bool, Words>,
     types: HashSet<TypeId>,
-    /// The first guessed object of each type: (type, the embedded object it comes from,
-    /// its address).
-    found: Vec<(TypeId, usize, u64)>,
+    /// The first guessed object of each type.
+    found: Vec<Beside>,
 }
 
 impl<'g> Guess<'g> {
@@ -612,7 +610,7 @@ impl<'g> Guess<'g> {
                 return false;
             }
             if self.types.insert(ty) {
-                self.found.push((ty, from, addr));
+                self.found.push(Beside { ty, next_to: from, addr });
             }
             let stride = prog.size_of(ty).unwrap_or(0);
             let Some((_, obj)) = heap.find(addr) else { continue };
