@@ -11,11 +11,14 @@ pub enum SymbolError {
     Parse { path: String, source: object::Error },
 }
 
-#[derive(Debug, Clone)]
+/// A function: its name is `names[name.0..name.1]`. One buffer of names and no
+/// allocation per symbol: a new process under mcr loads the tables of every module its
+/// startup call stacks pass through (libcrypto has 5 000 functions) on its restart's clock.
+#[derive(Debug, Clone, Copy)]
 struct Sym {
     start: u64,
     size: u64,
-    name: String,
+    name: (u32, u32),
 }
 
 /// Function symbols of a module, sorted by address (link-time addresses: subtract the
@@ -23,6 +26,7 @@ struct Sym {
 #[derive(Debug, Clone, Default)]
 pub struct ModuleSymbols {
     syms: Vec<Sym>,
+    names: String,
     /// Lowest PT_LOAD virtual address: runtime base minus this is the load bias.
     pub first_load_vaddr: u64,
 }
@@ -40,16 +44,22 @@ impl ModuleSymbols {
 
     pub fn parse<'d, R: object::ReadRef<'d>>(data: R) -> Result<Self, object::Error> {
         let file = object::File::parse(data)?;
+        let mut names = String::new();
         // The full symbol table when present (static functions included), else dynsym.
-        let collect = |it: &mut dyn Iterator<Item = object::Symbol<'d, '_, R>>| {
+        let mut collect = |it: &mut dyn Iterator<Item = object::Symbol<'d, '_, R>>| {
             let mut syms = Vec::new();
             for s in it {
                 if s.kind() != SymbolKind::Text || s.address() == 0 || s.is_undefined() {
                     continue;
                 }
                 if let Ok(name) = s.name() {
+                    let name = strip_version(name);
                     if !name.is_empty() {
-                        syms.push(Sym { start: s.address(), size: s.size(), name: strip_version(name) });
+                        let at = names.len();
+                        names.push_str(name);
+                        let span =
+                            (u32::try_from(at).unwrap_or(u32::MAX), u32::try_from(names.len()).unwrap_or(u32::MAX));
+                        syms.push(Sym { start: s.address(), size: s.size(), name: span });
                     }
                 }
             }
@@ -59,10 +69,15 @@ impl ModuleSymbols {
         if syms.is_empty() {
             syms = collect(&mut file.dynamic_symbols());
         }
-        syms.sort_by(|a, b| a.start.cmp(&b.start).then(b.size.cmp(&a.size)));
+        // Of the symbols at one address (aliases), the largest, then the first in the table.
+        syms.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.size.cmp(&a.size)).then(a.name.0.cmp(&b.name.0)));
         syms.dedup_by(|b, a| a.start == b.start);
         let first_load_vaddr = first_load_vaddr(&file);
-        Ok(Self { syms, first_load_vaddr })
+        Ok(Self { syms, names, first_load_vaddr })
+    }
+
+    fn name(&self, s: &Sym) -> &str {
+        self.names.get(s.name.0 as usize..s.name.1 as usize).unwrap_or("")
     }
 
     /// Function containing the link-time address `addr`.
@@ -71,7 +86,7 @@ impl ModuleSymbols {
         let s = self.syms.get(idx.checked_sub(1)?)?;
         // Symbols with size 0 (hand-written assembly) cover up to the next symbol.
         let end = if s.size > 0 { s.start + s.size } else { self.syms.get(idx).map_or(u64::MAX, |n| n.start) };
-        (addr < end).then_some(s.name.as_str())
+        (addr < end).then(|| self.name(s))
     }
 
     pub fn len(&self) -> usize {
@@ -84,7 +99,7 @@ impl ModuleSymbols {
 
     /// Link-time address of a function by name (first match).
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.syms.iter().find(|s| s.name == name).map(|s| s.start)
+        self.syms.iter().find(|s| self.name(s) == name).map(|s| s.start)
     }
 }
 
@@ -132,8 +147,8 @@ fn first_load_vaddr<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> u
     file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff
 }
 
-fn strip_version(name: &str) -> String {
-    name.split('@').next().unwrap_or(name).to_string()
+fn strip_version(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
 }
 
 #[cfg(test)]
