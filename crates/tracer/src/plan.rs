@@ -393,6 +393,7 @@ pub(crate) fn counterpart(
                 |t| matches!(t, Type::Pointer { pointee: p, .. } if Some(new.strip(*p)) == inner.map(|i| new.strip(i))),
             )
         }
+        Type::Struct(c) | Type::Union(c) if c.name.is_none() => anonymous_counterpart(old, want, new),
         other => {
             let name = root_name(old, want);
             let kind = std::mem::discriminant(other);
@@ -410,6 +411,37 @@ pub(crate) fn counterpart(
     .map(|i| i as TypeId);
     cache.insert(ty, found);
     found
+}
+
+/// An anonymous struct or union has no name to be found by: the typedef that names it
+/// (`typedef struct { … } scoreboard;`) does, else its members' names, the same in both
+/// versions (of several such aggregates, one of the same size first). Found by name, every
+/// anonymous aggregate was the new program's first one: httpd's 24-byte scoreboard "changed
+/// size" to a 16-byte struct of another header in an update to the same build.
+fn anonymous_counterpart(old: &Program, want: TypeId, new: &Program) -> Option<usize> {
+    let kind = std::mem::discriminant(old.ty(want));
+    let anonymous = |p: &Program, t: TypeId| {
+        matches!(p.ty(t), Type::Struct(c) | Type::Union(c) if c.name.is_none() && !c.incomplete)
+            && std::mem::discriminant(p.ty(t)) == kind
+    };
+    let typedef_of = old.types.iter().find_map(|t| match t {
+        Type::Typedef { name, target } if *target == want => Some(name),
+        _ => None,
+    });
+    if let Some(name) = typedef_of {
+        return new.types.iter().find_map(|t| match t {
+            Type::Typedef { name: n, target } if n == name && anonymous(new, *target) => Some(*target as usize),
+            _ => None,
+        });
+    }
+    let members = |p: &Program, t: TypeId| match p.ty(t) {
+        Type::Struct(c) | Type::Union(c) => c.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    let (names, size) = (members(old, want), old.size_of(want));
+    let alike: Vec<usize> =
+        (0..new.types.len()).filter(|&i| anonymous(new, i as TypeId) && members(new, i as TypeId) == names).collect();
+    alike.iter().copied().find(|&i| new.size_of(i as TypeId) == size).or_else(|| alike.first().copied())
 }
 
 #[cfg(test)]
@@ -664,5 +696,30 @@ mod tests {
         let t = plan.of(reached.blocks[&n].reach.ty()).expect("planned");
         assert!(t.transform.is_none());
         assert_eq!((t.old_stride, t.new_stride, t.handler.as_deref()), (16, 16, Some("struct node")));
+    }
+
+    /// Anonymous aggregates are told apart by the typedef that names them, else by their
+    /// members' names, not taken for the first anonymous one of the new program.
+    #[test]
+    fn an_anonymous_struct_is_found_by_its_typedef_or_its_members() {
+        use crate::testing::members;
+        use mcr_typemodel::{Composite, Type};
+        let anonymous = |size, fields: &[(&str, TypeId, u64)]| {
+            Type::Struct(Composite { name: None, size, members: members(fields), incomplete: false })
+        };
+        let make = || {
+            let mut b = Build::default();
+            let (int, long) = (b.int(), b.long());
+            let other = b.add(anonymous(16, &[("a", long, 0), ("b", long, 8)]));
+            let board = b.add(anonymous(24, &[("g", long, 0), ("p", long, 8), ("s", long, 16)]));
+            let inner = b.add(anonymous(8, &[("x", int, 0), ("y", int, 4)]));
+            b.add(Type::Typedef { name: "scoreboard".into(), target: board });
+            (b.done(), [other, board, inner])
+        };
+        let (old, [_, old_board, old_inner]) = make();
+        let (new, [_, new_board, new_inner]) = make();
+        let find = |t| super::counterpart(&old, t, &new, &mut std::collections::HashMap::new());
+        assert_eq!(find(old_board), Some(new_board), "by its typedef");
+        assert_eq!(find(old_inner), Some(new_inner), "by its members");
     }
 }
