@@ -920,6 +920,29 @@ pub struct StartupLog {
     /// threads at these, and goes past any other wait that returns at once.
     #[serde(default)]
     pub waits_at: Vec<String>,
+    /// The memory its startup mapped where it let the kernel choose the address (APR's
+    /// allocator blocks, a shared memory zone), in call order; a fork child's list goes
+    /// on from its parent's (each mapping names the process that made it). An update's new version places its own at these addresses,
+    /// so that what points into them keeps pointing at the same things.
+    #[serde(default)]
+    pub mapped_at_startup: Vec<StartupMapping>,
+}
+
+/// A mapping a process's startup made (see [`StartupLog::mapped_at_startup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupMapping {
+    /// The process and thread that made it (a fork child lists its parent's too), and
+    /// how many such mappings that thread had made before: an update's new version,
+    /// whose threads have the old ones' IDs, finds a mapping's counterpart by these
+    /// (threads map concurrently, in no fixed order between them).
+    pub pid: i32,
+    pub tid: i32,
+    pub seq: u32,
+    pub start: u64,
+    /// Whole pages.
+    pub len: u64,
+    /// Its kind: the call's MAP_SHARED, MAP_PRIVATE and MAP_ANONYMOUS bits.
+    pub kind: i32,
 }
 
 /// What a process made after its startup, for the update's preflight (issue 12).

@@ -31,6 +31,7 @@ mod drain;
 mod errno;
 mod futex;
 mod heap;
+mod held_ranges;
 mod interpose;
 mod keys;
 mod last_thread;

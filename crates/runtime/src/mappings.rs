@@ -14,9 +14,14 @@
 use crate::quiesce::STARTUP_DONE;
 use crate::sync::SpinLock;
 use crate::threads;
+use mcr_protocol::StartupMapping;
 use std::sync::atomic::Ordering::Relaxed;
 
 static MAPPED: SpinLock<Mapped> = SpinLock::new(Mapped { ranges: Ranges::new(), attached: Vec::new() });
+
+/// The program's mappings of its startup that the kernel placed, in call order
+/// (`StartupLog::mapped_at_startup`); a fork child's goes on from its parent's.
+static AT_STARTUP: SpinLock<Vec<StartupMapping>> = SpinLock::new(Vec::new());
 
 struct Mapped {
     ranges: Ranges,
@@ -29,6 +34,63 @@ struct Mapped {
 #[inline(always)]
 pub fn tracking() -> bool {
     STARTUP_DONE.load(Relaxed) && crate::is_active() && !threads::is_internal()
+}
+
+/// Whether a mapping the program asks for now is one of its startup's that the kernel
+/// is to place (no address asked for): an update's new version places it where the old
+/// version's startup had its counterpart ([`old_place`]).
+#[inline(always)]
+pub fn placed_at_startup(addr: *mut libc::c_void, flags: i32) -> bool {
+    addr.is_null()
+        && flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) == 0
+        && !STARTUP_DONE.load(Relaxed)
+        && crate::is_active()
+        && !threads::is_internal()
+}
+
+/// The MAP_SHARED, MAP_PRIVATE and MAP_ANONYMOUS bits of mmap's `flags`.
+fn kind(flags: i32) -> i32 {
+    flags & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+}
+
+/// In an update's new version: where the old version's startup put this process's next
+/// mapping of this kind and length (its counterpart in call order), and whether that
+/// range was held for it (`held_ranges`: then it is the caller's to map over). Startup
+/// memory outside the heap (APR's allocator blocks) holds startup objects that the
+/// transferred state points to: at the same address, the new startup's objects are where
+/// the pointers expect them. None: the old startup made no such mapping there.
+pub fn old_place(len: usize, flags: i32) -> Option<(u64, bool)> {
+    let _internal = threads::InternalGuard::enter();
+    let (pid, tid, seq) = next_key();
+    let old = crate::replay::startup_mapping(pid, tid, seq)?;
+    if old.len != page_round(len) || old.kind != kind(flags) {
+        return None;
+    }
+    Some((old.start, crate::held_ranges::take(old.start, old.start + old.len)))
+}
+
+/// The calling thread's next startup mapping: its process, itself, and how many it made
+/// before. Per thread: nginx's first process maps its shared memory and then forks the
+/// master it leaves behind (whose log holds that mapping); httpd's threads take their
+/// pools' blocks concurrently.
+fn next_key() -> (i32, i32, u32) {
+    let (pid, tid) = (crate::pid(), threads::gettid());
+    let seq = AT_STARTUP.lock().iter().filter(|m| m.pid == pid && m.tid == tid).count();
+    (pid, tid, u32::try_from(seq).unwrap_or(u32::MAX))
+}
+
+/// The program's startup mapped [addr, addr + len) where the kernel chose.
+pub fn note_startup_mapping(addr: usize, len: usize, flags: i32) {
+    let _internal = threads::InternalGuard::enter();
+    let (pid, tid, seq) = next_key();
+    let m = StartupMapping { pid, tid, seq, start: addr as u64, len: page_round(len), kind: kind(flags) };
+    AT_STARTUP.lock().push(m);
+}
+
+/// The mappings of this process's startup that the kernel placed, for its startup log.
+pub fn at_startup() -> Vec<StartupMapping> {
+    let _internal = threads::InternalGuard::enter();
+    AT_STARTUP.lock().clone()
 }
 
 /// The program mapped [addr, addr + len).
@@ -89,6 +151,7 @@ pub fn snapshot() -> Vec<(u64, u64)> {
 /// may be held by a thread that no longer exists.
 pub fn reset_after_fork() {
     MAPPED.force_unlock();
+    AT_STARTUP.force_unlock();
 }
 
 fn page_round(len: usize) -> u64 {

@@ -264,7 +264,11 @@ pub fn respawned_child_ready() {
 }
 
 pub fn resume() {
-    HELD_FOR_UPDATE.store(false, SeqCst);
+    if HELD_FOR_UPDATE.swap(false, SeqCst) {
+        // The update moved what it moves: the addresses kept free for it are the
+        // program's again.
+        crate::held_ranges::release();
+    }
     QUIESCING.store(false, SeqCst);
     RESUME_GEN.fetch_add(1, SeqCst);
     futex::wake(&RESUME_GEN, i32::MAX);

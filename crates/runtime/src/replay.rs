@@ -15,7 +15,7 @@
 
 use crate::sync::SpinLock;
 use crate::{stack, symbolize, threads};
-use mcr_protocol::{CallStack, OpArg, ProcessLog, ReplayConflict, StartupOp};
+use mcr_protocol::{CallStack, OpArg, ProcessLog, ReplayConflict, StartupMapping, StartupOp};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 
@@ -32,6 +32,15 @@ struct Replay {
     inherited: BTreeSet<i32>,
     /// Inherited descriptors a replayed operation handed to the new version.
     claimed: BTreeSet<i32>,
+    /// The mappings the old processes' startups made where the kernel chose, by the
+    /// process and thread that made them and that thread's count.
+    mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping>,
+}
+
+/// The mapping that thread `tid` of old process `pid` made as its `seq`th during startup
+/// and let the kernel place.
+pub fn startup_mapping(pid: i32, tid: i32, seq: u32) -> Option<StartupMapping> {
+    STATE.lock().as_ref()?.mapped_at_startup.get(&(pid, tid, seq)).copied()
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -113,6 +122,12 @@ pub fn load(path: &str) -> Result<(), String> {
     let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
     let waits = logs.iter().flat_map(|l| l.log.iter().flat_map(|l| &l.waits_at));
     let _ = OLD_WAITS.set(waits.filter_map(|id| mcr_callstack::parse_id(id)).collect());
+    // Before the program maps anything: the old version's memory goes back to its
+    // addresses (startup's mappings, `mappings::old_place`; what was mapped after it,
+    // by the transfer).
+    let startup_mapped = logs.iter().flat_map(|l| l.log.iter().flat_map(|l| &l.mapped_at_startup));
+    let after_startup = logs.iter().flat_map(|l| l.log.iter().flat_map(|l| l.after_startup.mapped.iter().copied()));
+    crate::held_ranges::hold(startup_mapped.map(|m| (m.start, m.start + m.len)).chain(after_startup));
     let inherited = crate::procdir::numbers(c"/proc/self/fd").into_iter().filter(|&fd| fd > 2).collect();
     *STATE.lock() = Some(Replay::new(logs, inherited));
     ACTIVE.store(true, SeqCst);
@@ -166,7 +181,12 @@ impl Replay {
     fn new(logs: Vec<ProcessLog>, inherited: BTreeSet<i32>) -> Self {
         let mut ops: HashMap<i32, Vec<(StartupOp, bool)>> = HashMap::new();
         let mut seen = BTreeSet::new();
+        let mut mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping> = HashMap::new();
         for p in logs {
+            // A fork child's log repeats its parent's mappings (the same keys).
+            for m in p.log.iter().flat_map(|l| &l.mapped_at_startup) {
+                mapped_at_startup.insert((m.pid, m.tid, m.seq), *m);
+            }
             for op in p.log.into_iter().flat_map(|l| l.ops) {
                 if seen.insert((op.pid, op.seq)) {
                     ops.entry(op.pid).or_default().push((op, false));
@@ -176,7 +196,7 @@ impl Replay {
         for v in ops.values_mut() {
             v.sort_by_key(|(o, _)| o.seq);
         }
-        Replay { ops, inherited, claimed: BTreeSet::new() }
+        Replay { ops, inherited, claimed: BTreeSet::new(), mapped_at_startup }
     }
 
     /// Whether a later operation of the old version (in any process: numbers are shared
@@ -439,6 +459,7 @@ mod tests {
             unreplayable: vec![],
             after_startup: Default::default(),
             waits_at: vec![],
+            mapped_at_startup: vec![],
         };
         let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
         Replay::new(logs, inherited.iter().copied().collect())
@@ -611,6 +632,7 @@ mod tests {
                 unreplayable: vec![],
                 after_startup: Default::default(),
                 waits_at: vec![],
+                mapped_at_startup: vec![],
             }),
             error: None,
         };

@@ -233,7 +233,14 @@ pub fn snapshot() -> StartupLog {
     let complete = STARTUP_DONE.load(Acquire);
     let unreplayable = if complete { unaccounted(&ops) } else { Vec::new() };
     let after_startup = if complete { after_startup(&ops) } else { AfterStartup::default() };
-    StartupLog { complete, ops, unreplayable, after_startup, waits_at: waits_at() }
+    StartupLog {
+        complete,
+        ops,
+        unreplayable,
+        after_startup,
+        waits_at: waits_at(),
+        mapped_at_startup: crate::mappings::at_startup(),
+    }
 }
 
 /// Where this process's threads wait: each one's current wait when it is in one, else the

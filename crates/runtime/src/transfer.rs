@@ -351,9 +351,11 @@ pub fn map_file(
 
 /// The old version's SysV segment `shmid`, attached again at `start`.
 pub fn attach_sysv(shmid: i32, start: u64, len: u64, readonly: bool, locked: bool) -> RuntimeReply {
-    let flags = if readonly { libc::SHM_RDONLY } else { 0 };
+    let remap = if crate::held_ranges::take(start, start.saturating_add(len)) { libc::SHM_REMAP } else { 0 };
+    let flags = if readonly { libc::SHM_RDONLY } else { 0 } | remap;
     // SAFETY: without SHM_REMAP, shmat fails on any overlap with an existing mapping: no
-    // memory of the program's or ours changes.
+    // memory of the program's or ours changes; with it, it replaces only a hold of the
+    // runtime's (held_ranges.rs).
     let p = unsafe { crate::sys!(libc::SYS_shmat, shmid, start, flags) };
     if p == -1 {
         let e = std::io::Error::last_os_error();
@@ -377,9 +379,13 @@ pub fn attach_sysv(shmid: i32, start: u64, len: u64, readonly: bool, locked: boo
 /// `fd` is -1 with MAP_ANONYMOUS in `flags`, or a descriptor of the caller's.
 unsafe fn map_exactly(start: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> Result<(), String> {
     let end = start.saturating_add(len);
+    // Over a range held for it (held_ranges.rs), in one step; elsewhere never over any
+    // mapping.
+    let fixed = if crate::held_ranges::take(start, end) { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
     // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: it fails on any overlap, so
-    // no memory of the program's or ours changes.
-    let p = unsafe { crate::sys!(libc::SYS_mmap, start, len, prot, flags | libc::MAP_FIXED_NOREPLACE, fd, offset) };
+    // no memory of the program's or ours changes; MAP_FIXED replaces only a hold of the
+    // runtime's, inaccessible, that no memory of anyone's lives in.
+    let p = unsafe { crate::sys!(libc::SYS_mmap, start, len, prot, flags | fixed, fd, offset) };
     if p == -1 {
         let e = std::io::Error::last_os_error();
         let why =

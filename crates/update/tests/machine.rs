@@ -85,6 +85,7 @@ fn startup_log(pid: i32) -> ProcessLog {
             unreplayable: vec![],
             after_startup: Default::default(),
             waits_at: vec![],
+            mapped_at_startup: vec![],
         }),
         error: None,
     }

@@ -17,10 +17,30 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     offset: off_t,
 ) -> *mut c_void {
+    let startup = mappings::placed_at_startup(addr, flags);
+    if let Some((at, held)) = startup.then(|| mappings::old_place(len, flags)).flatten() {
+        let fixed = if held { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
+        // SAFETY: the caller's arguments at the old version's address: MAP_FIXED only over
+        // a hold of the runtime's (held_ranges.rs: inaccessible, nothing lives there),
+        // else MAP_FIXED_NOREPLACE, which fails on any overlap.
+        let p = unsafe { crate::sys!(libc::SYS_mmap, at, len, prot, flags | fixed, fd, offset) };
+        if p as u64 == at {
+            mappings::note_startup_mapping(p as usize, len, flags);
+            return p as *mut c_void;
+        }
+        if p != -1 {
+            // A kernel without MAP_FIXED_NOREPLACE took the address as a hint.
+            // SAFETY: the mapping just made, the caller never saw it.
+            unsafe { crate::sys!(libc::SYS_munmap, p, len) };
+        }
+        // Taken by something else: where the kernel chooses, as asked.
+    }
     // SAFETY: the caller's arguments, unchanged (its contract); libc's syscall() sets
     // errno and returns -1 (MAP_FAILED) on failure, as mmap does.
     let p = unsafe { crate::sys!(libc::SYS_mmap, addr, len, prot, flags, fd, offset) };
-    if p != -1 && mappings::tracking() {
+    if p != -1 && startup {
+        mappings::note_startup_mapping(p as usize, len, flags);
+    } else if p != -1 && mappings::tracking() {
         mappings::note_mapped(p as usize, len);
     }
     p as *mut c_void

@@ -65,6 +65,7 @@ mod tests {
             unreplayable: vec![],
             after_startup: AfterStartup { keys, ..Default::default() },
             waits_at: vec![],
+            mapped_at_startup: vec![],
         };
         Context {
             processes: Default::default(),

@@ -168,7 +168,14 @@ mod tests {
         ProcessLog {
             pid,
             command_line: vec!["/srv/bin/srv".into(), "--port".into(), "7".into()],
-            log: Some(StartupLog { complete: true, ops, unreplayable: vec![], after_startup, waits_at: vec![] }),
+            log: Some(StartupLog {
+                complete: true,
+                ops,
+                unreplayable: vec![],
+                after_startup,
+                waits_at: vec![],
+                mapped_at_startup: vec![],
+            }),
             error: None,
         }
     }
