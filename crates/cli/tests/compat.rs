@@ -626,29 +626,9 @@ fn http_script(port: u16, get: &str, post: &str, t: &mut Transcript) -> Result<(
 
 const HTTPD_INDEX: &str = "<html><body>Hello from httpd.</body></html>\n";
 
-/// httpd's config in `dir`: its document root, GET of index.html, POST echoed back by
-/// mod_reflector at /echo, keep-alive on, children as nobody.
+/// httpd's config in `dir` ([`httpd_conf`]).
 fn httpd_setup(httpd: &Path, dir: &Path, port: u16) -> Launch {
-    let docs = dir.join("htdocs");
-    let logs = dir.join("logs");
-    fs::create_dir_all(&docs).expect("create the document root");
-    fs::create_dir_all(&logs).expect("create the log folder");
-    set_mode(&docs, 0o755);
-    write_file(&docs.join("index.html"), HTTPD_INDEX);
-    let conf = dir.join("httpd.conf");
-    write_file(
-        &conf,
-        &format!(
-            "ServerRoot \"{dir}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile \"{logs}/httpd.pid\"\n\
-             ErrorLog \"{logs}/error_log\"\nLogLevel warn\nUser nobody\nGroup nogroup\nDocumentRoot \"{docs}\"\n\
-             DirectoryIndex index.html\nTypesConfig /dev/null\nAddType text/html .html\nKeepAlive On\n\
-             MaxKeepAliveRequests 100\nKeepAliveTimeout 15\nStartServers 2\n\
-             <Location \"/echo\">\n    SetHandler reflector\n</Location>\n",
-            dir = dir.display(),
-            logs = logs.display(),
-            docs = docs.display()
-        ),
-    );
+    let conf = httpd_conf(dir, port, HTTPD_INDEX);
     Launch {
         program: httpd.to_path_buf(),
         args: vec!["-f".into(), conf.into(), "-DFOREGROUND".into()],

@@ -363,6 +363,9 @@ pub struct World {
     pub adopted_heap: bool,
     /// Where the old main stack is in the new process.
     pub stack: Option<crate::StackMap>,
+    /// Old memory outside the heap and the binary that the new process has no counterpart
+    /// of, [start, end).
+    pub not_in_new: Option<(u64, u64)>,
 }
 
 impl World {
@@ -377,6 +380,7 @@ impl World {
             tls_blocks: None,
             adopted_heap: false,
             stack: None,
+            not_in_new: None,
         }
     }
 
@@ -441,6 +445,11 @@ impl World {
             }
         }
         let in_old_heap = |a: u64| (OLD_HEAP..NEW_HEAP).contains(&a);
+        let missing = self.not_in_new;
+        let same_memory = move |a: u64| match missing {
+            Some((s, e)) if (s..e).contains(&a) => Err(format!("nothing of the kind at {a:#x} in the new process")),
+            _ => Ok(()),
+        };
         let pair = Pair {
             old: Version { prog: &self.old, image: Self::old_image().with_tls_block(self.tls_blocks.map(|b| b.0)) },
             old_mem: &self.old_proc.mem,
@@ -451,6 +460,7 @@ impl World {
             new_mem: Some(&new_mem),
             adopted: self.adopted_heap.then_some(&in_old_heap as &dyn Fn(u64) -> bool),
             stack: self.stack.as_ref(),
+            same_memory: Some(&same_memory),
         };
         f(&pair, &mut self.new_proc)
     }

@@ -43,6 +43,11 @@ pub struct Pair<'a> {
     /// Where the old process's main stack (its arguments and environment) is in the new
     /// one ([`crate::StackMap`]); `None`: at the same addresses.
     pub stack: Option<&'a crate::StackMap>,
+    /// Whether the new process has memory of the same kind as the old one at an address
+    /// outside the heap, the binary and the main stack (libraries, threads' stacks and
+    /// what startup mapped keep their addresses: a pointer there keeps its value), else
+    /// what differs; `None`: not checked.
+    pub same_memory: Option<&'a dyn Fn(u64) -> Result<(), String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

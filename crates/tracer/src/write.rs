@@ -234,7 +234,10 @@ impl Writer<'_, '_> {
             return stack.relocate(v).map_err(|why| format!("{path}: {why}"));
         }
         // Libraries, threads' stacks and other mappings sit at the same addresses in both
-        // versions.
+        // versions, when the new version has the same kind of memory there.
+        if let Some(same) = pair.same_memory {
+            same(v).map_err(|why| format!("{path}: {why}"))?;
+        }
         Ok(v)
     }
 
@@ -873,5 +876,30 @@ mod tests {
         let (path, reason) = conflict(run(elsewhere, old.start_stack + 8).0);
         assert_eq!(path, "saved_argv");
         assert!(reason.contains("main stack") && reason.contains("laid out elsewhere"), "{reason}");
+    }
+
+    /// A pointer into memory outside the heap, the binary and the main stack keeps its
+    /// value, where the new process has the same kind of memory there; elsewhere it is
+    /// refused, naming it: kept, it would point into whatever the new version has there
+    /// (httpd's worker queue pointer, into the new scoreboard: the children crashed).
+    #[test]
+    fn a_pointer_into_other_memory_keeps_its_value_only_where_the_new_process_has_the_same() {
+        let pool = |b: &mut Build, ids: Ids| {
+            let p = b.ptr(ids.long);
+            b.global("queue", 0x40_1080, p);
+        };
+        let run = |missing: Option<(u64, u64)>| {
+            let mut w = world(pool);
+            w.not_in_new = missing;
+            w.set_global("queue", &0x7000_0040u64.to_ne_bytes());
+            let r = w.transfer().map(|_| ());
+            (r, w.new_proc.mem.u64(w.new_global("queue")))
+        };
+        let (r, got) = run(None);
+        r.expect("the same memory there");
+        assert_eq!(got, 0x7000_0040);
+        let (path, reason) = conflict(run(Some((0x7000_0000, 0x7000_1000))).0);
+        assert_eq!(path, "queue");
+        assert!(reason.contains("nothing of the kind at 0x70000040"), "{reason}");
     }
 }

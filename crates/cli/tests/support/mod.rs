@@ -1194,3 +1194,42 @@ pub fn heap_at_rest(mcr: &Mcr, name: &str, host: i32) -> Vec<(u64, Vec<u8>)> {
     }
     heap_contents(host)
 }
+
+/// Apache httpd's config in `dir` (`dir/httpd.conf`, returned): `index` as its document
+/// root's index.html, a POST echoed back by mod_reflector at /echo, keep-alive on,
+/// children as nobody, errors in `dir/logs/error_log`. Its command line:
+/// `httpd -f <conf> -DFOREGROUND`. Its two children hold all the spare threads it wants
+/// (MinSpareThreads, 75 by default, is one child's 25): the master forks no third one
+/// later, which an update would refuse (README.md, Limitations).
+pub fn httpd_conf(dir: &Path, port: u16, index: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let docs = dir.join("htdocs");
+    let logs = dir.join("logs");
+    for d in [&docs, &logs] {
+        fs::create_dir_all(d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+    }
+    // The children (nobody) read the documents.
+    for d in [dir, &docs] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", d.display()));
+    }
+    let write = |path: &Path, text: &str| {
+        fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()))
+    };
+    write(&docs.join("index.html"), index);
+    let conf = dir.join("httpd.conf");
+    write(
+        &conf,
+        &format!(
+            "ServerRoot \"{dir}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile \"{logs}/httpd.pid\"\n\
+             ErrorLog \"{logs}/error_log\"\nLogLevel warn\nUser nobody\nGroup nogroup\nDocumentRoot \"{docs}\"\n\
+             DirectoryIndex index.html\nTypesConfig /dev/null\nAddType text/html .html\nKeepAlive On\n\
+             MaxKeepAliveRequests 100\nKeepAliveTimeout 15\nStartServers 2\nMinSpareThreads 25\n\
+             <Location \"/echo\">\n    SetHandler reflector\n</Location>\n",
+            dir = dir.display(),
+            logs = logs.display(),
+            docs = docs.display()
+        ),
+    );
+    conf
+}

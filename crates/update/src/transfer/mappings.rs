@@ -108,8 +108,13 @@ pub(crate) fn map_again(
 
 /// The ranges process `pid` (of `conn`'s version) mapped after startup.
 fn mapped_after_startup(conn: &mut Connection, pid: i32) -> Result<Vec<(u64, u64)>, TransferError> {
+    Ok(startup_log(conn, pid)?.after_startup.mapped)
+}
+
+/// Process `pid`'s startup log (of `conn`'s version), as its runtime sees it now.
+pub(crate) fn startup_log(conn: &mut Connection, pid: i32) -> Result<mcr_protocol::StartupLog, TransferError> {
     match conn.runtime(pid, RuntimeCommandKind::StartupLog)? {
-        RuntimeReply::StartupLog(log) => Ok(log.after_startup.mapped),
+        RuntimeReply::StartupLog(log) => Ok(log),
         other => Err(TransferError::UnexpectedReply(Box::new(other))),
     }
 }

@@ -161,6 +161,19 @@ pub(crate) fn transfer(
     let words: Vec<(String, u64)> =
         key_values.iter().cloned().chain(descriptors::epoll_data_words(&registrations, &moved, &made_after)).collect();
     let stack_map = stack_map(old_host, &old_maps, &old_mem, new_host, &new_maps);
+    // Read now: the new process made the old one's later mappings again and adopted its
+    // heap above.
+    let mappings_error = |source| TransferError::Mappings { pid, source };
+    let old_memory = Memory {
+        maps: mcr_procfs::maps::read(old_host).map_err(mappings_error)?,
+        log: mappings::startup_log(old, pid)?,
+    };
+    let new_memory = Memory {
+        maps: mcr_procfs::maps::read(new_host).map_err(mappings_error)?,
+        log: mappings::startup_log(target.process.next, pid)?,
+    };
+    let written = |v: u64| is_dirty(v & !4095, 4096);
+    let same_memory = |v: u64| same_memory_at(&old_memory, &new_memory, &written, v);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -171,6 +184,7 @@ pub(crate) fn transfer(
         new_mem: Some(&new_view),
         adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
         stack: stack_map.as_ref(),
+        same_memory: Some(&same_memory),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
@@ -303,4 +317,82 @@ fn user_env_end(mem: &ProcessMemory, l: &StackLayout) -> Option<u64> {
         at += s.len() + 1;
     }
     None
+}
+
+/// A process's memory map and its startup log (what its startup mapped, and later).
+struct Memory {
+    maps: Vec<mcr_procfs::Mapping>,
+    log: mcr_protocol::StartupLog,
+}
+
+/// Whether the new process has the same memory as the old one at `v`, an address in no
+/// heap block, the binary or the main stack, which a pointer there keeps: else why not.
+/// - What the old process mapped after startup is there (made again at its address).
+/// - What its startup mapped (APR's blocks, shared memory zones) must be the new
+///   startup's counterpart (the same thread's mapping of the same count) at the same
+///   place, and, where private, unwritten since startup: the new process has its own
+///   startup's contents there, not what the old one wrote since (httpd's keep-alive
+///   queue, in a block of its child's pool: the moved connection was linked into the old
+///   queue, the new child crashed on it).
+/// - Elsewhere (threads' stacks, libraries) the same file or anonymous memory, shared or
+///   private, with the same access.
+///
+/// An address the old process has nothing at is a dangling value, kept as it is.
+fn same_memory_at(old: &Memory, new: &Memory, written: &dyn Fn(u64) -> bool, v: u64) -> Result<(), String> {
+    // The heap's window: an address there that is in no block (just past a pool's
+    // arena) is the heap's, which the new process adopted (mapped privately).
+    if usize::try_from(v).ok().and_then(mcr_alloc::geometry::slot_of).is_some() {
+        return Ok(());
+    }
+    let Some(o) = old.maps.iter().find(|m| m.contains(v)) else { return Ok(()) };
+    if old.log.after_startup.mapped.iter().any(|&(s, e)| s <= v && v < e) {
+        return Ok(());
+    }
+    let inside = |m: &&mcr_protocol::StartupMapping| m.start <= v && v < m.start + m.len;
+    if let Some(m) = old.log.mapped_at_startup.iter().rev().find(inside) {
+        let key = |m: &mcr_protocol::StartupMapping| (m.pid, m.tid, m.seq);
+        let twin = new.log.mapped_at_startup.iter().find(|n| key(n) == key(m));
+        return match twin {
+            Some(n) if (n.start, n.len) == (m.start, m.len) && !(o.private && written(v)) => Ok(()),
+            Some(n) if (n.start, n.len) == (m.start, m.len) => Err(format!(
+                "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of \
+                 process {}, its mapping {}), whose page the old version wrote since startup: what is there in the \
+                 new process is its own startup's, and mcr does not carry memory a program maps itself at startup \
+                 (libapr's allocator blocks, say)",
+                m.start,
+                m.start + m.len,
+                m.tid,
+                m.pid,
+                m.seq + 1
+            )),
+            _ => Err(format!(
+                "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of process \
+                 {}, its mapping {}), which the new version's startup {}: what it holds there is another object",
+                m.start,
+                m.start + m.len,
+                m.tid,
+                m.pid,
+                m.seq + 1,
+                twin.map_or("did not make".to_string(), |n| format!("made at {:#x}-{:#x}", n.start, n.start + n.len))
+            )),
+        };
+    }
+    let what = |m: &mcr_procfs::Mapping| {
+        let path = if m.path.is_empty() { "anonymous memory" } else { m.path.as_str() };
+        let sharing = if m.private { "private" } else { "shared" };
+        let access = format!("{}{}", if m.readable { 'r' } else { '-' }, if m.writable { 'w' } else { '-' });
+        format!("{path} ({sharing}, {access}) at {:#x}-{:#x}", m.start, m.end)
+    };
+    let alike = |n: &&mcr_procfs::Mapping| {
+        n.path == o.path && n.private == o.private && n.readable == o.readable && n.writable == o.writable
+    };
+    match new.maps.iter().find(|m| m.contains(v)) {
+        Some(n) if alike(&n) => Ok(()),
+        found => Err(format!(
+            "points to {v:#x}, into the old version's {}, which the new version does not have there ({}): mcr \
+             cannot tell where its contents went",
+            what(o),
+            found.map_or("nothing is mapped there".to_string(), |n| format!("it has {}", what(n)))
+        )),
+    }
 }
