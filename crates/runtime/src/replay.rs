@@ -367,11 +367,18 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
     STATE.lock().as_ref()?.creation_target(crate::pid(), call, &cs.id)
 }
 
-/// Ask the kernel for `pid` as the next PID of this namespace.
-pub fn request_pid(pid: i32) {
-    if pid > 1 {
-        set_last_pid(pid - 1);
+/// Ask the kernel for `pid` as the next PID of this namespace. False when the process
+/// may not (ns_last_pid needs CAP_SYS_ADMIN: httpd's children run as nobody) and `pid`
+/// is not within `burnable` PIDs ahead of the last one given, which is the only other way
+/// to get it (creating and ending that many threads first, ~50 µs each).
+pub fn request_pid(pid: i32, burnable: i32) -> bool {
+    if pid <= 1 {
+        return true;
     }
+    if set_last_pid(pid - 1) {
+        return true;
+    }
+    last_pid().is_some_and(|last| last < pid && pid - last <= burnable)
 }
 
 /// The namespace's last allocated PID (None when unreadable).
@@ -383,13 +390,14 @@ pub fn last_pid() -> Option<i32> {
 
 /// Set ns_last_pid (needs CAP_SYS_ADMIN in the namespace; silently nothing otherwise).
 /// The runtime's own file access is never recorded as a startup operation.
-pub fn set_last_pid(v: i32) {
+pub fn set_last_pid(v: i32) -> bool {
     let _internal = threads::InternalGuard::enter();
     let _errno = crate::errno::ErrnoGuard::save();
-    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") {
-        use std::io::Write;
-        let _ = write!(f, "{v}");
-    }
+    let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/proc/sys/kernel/ns_last_pid") else {
+        return false;
+    };
+    use std::io::Write;
+    write!(f, "{v}").is_ok()
 }
 
 /// Run `f` (which creates a runtime thread) with TIDs taken from the top of the PID

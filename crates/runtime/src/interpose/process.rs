@@ -122,7 +122,14 @@ pub unsafe extern "C" fn pthread_create(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        if attempt > TID_TRIES && target != 0 {
+        // The namespace's next PIDs are only a hint, taken under this lock.
+        let guard = (target != 0).then(|| crate::startup_log::pid_hint_lock());
+        // Out of reach (tried enough, or too far ahead of the last PID given for a process
+        // that may not ask for it): burning PIDs towards it would cost the new version's
+        // startup ~50 µs a try for nothing (130 ms per httpd update, whose children run
+        // as nobody).
+        let reachable = || replay::request_pid(target, TID_TRIES.saturating_sub(attempt) as i32);
+        if target != 0 && (attempt > TID_TRIES || !reachable()) {
             crate::diag::warn(&format!(
                 "replay: a thread could not get TID {target} as in the old version; it runs with another"
             ));
@@ -130,11 +137,6 @@ pub unsafe extern "C" fn pthread_create(
         }
         // Kept here until the thread says its TID (its last access).
         let start = Box::new(Start { routine, arg, slot, handshake: true, target, tid: AtomicU32::new(0) });
-        let guard = (target != 0).then(|| {
-            let g = crate::startup_log::pid_hint_lock();
-            replay::request_pid(target);
-            g
-        });
         let rc = create(&*start);
         drop(guard);
         if rc != 0 {

@@ -571,7 +571,7 @@ fn fork_as(target: libc::pid_t, fp: usize, fork: impl Fn() -> libc::pid_t, log: 
     let mut r = -1;
     for _ in 0..64 {
         let guard = crate::startup_log::pid_hint_lock();
-        replay::request_pid(target);
+        let _ = replay::request_pid(target, 64);
         r = fork();
         if r == 0 {
             guard.forget();
