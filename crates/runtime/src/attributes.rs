@@ -423,6 +423,18 @@ fn apply_one(c: &AttributeChange) -> Result<(), String> {
         }
         AttributeChange::Dumpable { on } => {
             // SAFETY: integers only.
+            let now = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+            if i64::from(now) == i64::from(*on) {
+                return Ok(());
+            }
+            if i64::from(*on) > 1 {
+                // 2 is the kernel's own value after a credential change under
+                // fs.suid_dumpable=2 (many distributions), which prctl cannot set: this
+                // process's own change of credentials (above) gave it whatever the
+                // machine gives now. Asked for, it refused every such update.
+                return Ok(());
+            }
+            // SAFETY: integers only.
             check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, *on as libc::c_ulong, 0, 0, 0) } as i64)
         }
         AttributeChange::Mask { .. }
