@@ -123,7 +123,7 @@ pub unsafe extern "C" fn pthread_create(
     loop {
         attempt += 1;
         // The namespace's next PIDs are only a hint, taken under this lock.
-        let guard = (target != 0).then(|| crate::startup_log::pid_hint_lock());
+        let guard = (target != 0).then(crate::startup_log::pid_hint_lock);
         // Out of reach (tried enough, or too far ahead of the last PID given for a process
         // that may not ask for it): burning PIDs towards it would cost the new version's
         // startup ~50 µs a try for nothing (130 ms per httpd update, whose children run
