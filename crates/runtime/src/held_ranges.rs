@@ -58,6 +58,12 @@ pub fn hold(ranges: impl IntoIterator<Item = (u64, u64)>) {
     }
 }
 
+/// In a fork child: its holds are its parent's (the same mappings, inherited), and the
+/// lock may be held by a thread that no longer exists.
+pub fn reset_after_fork() {
+    HELD.force_unlock();
+}
+
 /// Whether all of [start, end) is held: then it is no longer, and the caller maps over it
 /// (MAP_FIXED, which replaces the hold in one step).
 pub fn take(start: u64, end: u64) -> bool {

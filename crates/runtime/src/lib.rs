@@ -178,6 +178,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "startup_log", run: startup_log::reset_after_fork },
     ForkReset { module: "startup_heap", run: startup_heap::reset_after_fork },
     ForkReset { module: "mappings", run: mappings::reset_after_fork },
+    ForkReset { module: "held_ranges", run: held_ranges::reset_after_fork },
     ForkReset { module: "keys", run: keys::reset_after_fork },
     ForkReset { module: "replay", run: replay::reset_after_fork },
     ForkReset { module: "transfer", run: transfer::reset_after_fork },
