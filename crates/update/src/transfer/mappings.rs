@@ -34,18 +34,19 @@ use std::os::unix::fs::FileExt;
 const CHUNK: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
-/// Make every mapping old process `pid` (`old`: its supervisor; `old_host`, `old_mem`:
-/// its /proc) made after startup again in `next`, at the same address; `new_mem`: the new
-/// process's memory. Returns the bytes mapped.
+/// Make every mapping old process `pid` (`old_host`, `old_mem`: its /proc) made after
+/// startup (`ranges`, its startup log's) again in `next`, at the same address; `new_mem`:
+/// the new process's memory; `new_ranges`: what the new process's startup log counts as
+/// mapped after its startup. Returns the bytes mapped.
 pub(crate) fn map_again(
-    old: &mut Connection,
     pid: i32,
     old_host: i32,
     old_mem: &dyn ReadMemory,
+    ranges: &[(u64, u64)],
+    new_ranges: &[(u64, u64)],
     next: &mut NewProcess<'_>,
     new_mem: &File,
 ) -> Result<u64, TransferError> {
-    let ranges = mapped_after_startup(old, pid)?;
     if ranges.is_empty() {
         return Ok(0);
     }
@@ -53,12 +54,11 @@ pub(crate) fn map_again(
     let maps = mcr_procfs::maps::read(old_host).map_err(mappings_error)?;
     // Only what the new process's runtime counts as mapped after startup can be a
     // mapping inherited from its new parent (anything else there is its own memory).
-    let new_ranges = mapped_after_startup(next.next, pid)?;
-    let new_maps = after_startup(&mcr_procfs::maps::read(next.host_pid).map_err(mappings_error)?, &new_ranges);
+    let new_maps = after_startup(&mcr_procfs::maps::read(next.host_pid).map_err(mappings_error)?, new_ranges);
     let smaps = std::fs::read_to_string(mcr_procfs::Process::Pid(old_host).file("smaps")).map_err(mappings_error)?;
     let locked = locked_ranges(&smaps);
     let mut mapped = 0;
-    for m in after_startup(&maps, &ranges) {
+    for m in after_startup(&maps, ranges) {
         let how = backing(&m);
         let is_locked = locked.iter().any(|&(s, e)| s <= m.start && m.end <= e);
         let inherited = already_mapped(&new_maps, &m);
@@ -104,11 +104,6 @@ pub(crate) fn map_again(
         mapped += m.len();
     }
     Ok(mapped)
-}
-
-/// The ranges process `pid` (of `conn`'s version) mapped after startup.
-fn mapped_after_startup(conn: &mut Connection, pid: i32) -> Result<Vec<(u64, u64)>, TransferError> {
-    Ok(startup_log(conn, pid)?.after_startup.mapped)
 }
 
 /// Process `pid`'s startup log (of `conn`'s version), as its runtime sees it now.

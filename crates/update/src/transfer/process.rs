@@ -115,7 +115,11 @@ pub(crate) fn transfer(
         .map_err(|source| TransferError::NewMemory { pid, source })?;
     let mut new_process = NewProcess { next, pid, host_pid: new_host };
     // Before tracing: the state may point into these mappings, and must find them there.
-    sum.mapped_bytes += mappings::map_again(old, pid, old_host, &old_mem, &mut new_process, &mem)?;
+    // Each symbolizes its whole startup log: asked once.
+    let old_log = mappings::startup_log(old, pid)?;
+    let new_log = mappings::startup_log(new_process.next, pid)?;
+    let (old_later, new_later) = (&old_log.after_startup.mapped, &new_log.after_startup.mapped);
+    sum.mapped_bytes += mappings::map_again(pid, old_host, &old_mem, old_later, new_later, &mut new_process, &mem)?;
     // What the old runtime has to say, asked before the new process maps the old heap:
     // the libc code its answers run may allocate there, and the new process sees the
     // memfd's current bytes wherever it has not written yet.
@@ -164,14 +168,8 @@ pub(crate) fn transfer(
     // Read now: the new process made the old one's later mappings again and adopted its
     // heap above.
     let mappings_error = |source| TransferError::Mappings { pid, source };
-    let old_memory = Memory {
-        maps: mcr_procfs::maps::read(old_host).map_err(mappings_error)?,
-        log: mappings::startup_log(old, pid)?,
-    };
-    let new_memory = Memory {
-        maps: mcr_procfs::maps::read(new_host).map_err(mappings_error)?,
-        log: mappings::startup_log(target.process.next, pid)?,
-    };
+    let old_memory = Memory { maps: mcr_procfs::maps::read(old_host).map_err(mappings_error)?, log: old_log };
+    let new_memory = Memory { maps: mcr_procfs::maps::read(new_host).map_err(mappings_error)?, log: new_log };
     let written = |v: u64| is_dirty(v & !4095, 4096);
     let same_memory = |v: u64| same_memory_at(&old_memory, &new_memory, &written, v);
     let pair = Pair {
