@@ -19,8 +19,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 static MAPPED: SpinLock<Mapped> = SpinLock::new(Mapped { ranges: Ranges::new(), attached: Vec::new() });
 
-/// The program's mappings of its startup that the kernel placed, in call order
-/// (`StartupLog::mapped_at_startup`); a fork child's goes on from its parent's.
+/// The program's mappings of its startup that the kernel placed, each with its process,
+/// thread and that thread's count (`StartupLog::mapped_at_startup`); a fork child's list
+/// goes on from its parent's.
 static AT_STARTUP: SpinLock<Vec<StartupMapping>> = SpinLock::new(Vec::new());
 
 struct Mapped {
@@ -53,9 +54,9 @@ fn kind(flags: i32) -> i32 {
     flags & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
 }
 
-/// In an update's new version: where the old version's startup put this process's next
-/// mapping of this kind and length (its counterpart in call order), and whether that
-/// range was held for it (`held_ranges`: then it is the caller's to map over). Startup
+/// In an update's new version: where the old version's startup put the calling thread's
+/// next mapping, if that counterpart (the same process's and thread's mapping of the same
+/// count) was of this kind and length, and whether that range was held for it (`held_ranges`: then it is the caller's to map over). Startup
 /// memory outside the heap (APR's allocator blocks) holds startup objects that the
 /// transferred state points to: at the same address, the new startup's objects are where
 /// the pointers expect them. None: the old startup made no such mapping there.

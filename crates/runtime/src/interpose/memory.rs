@@ -32,8 +32,12 @@ pub unsafe extern "C" fn mmap(
             // A kernel without MAP_FIXED_NOREPLACE took the address as a hint.
             // SAFETY: the mapping just made, the caller never saw it.
             unsafe { crate::sys!(libc::SYS_munmap, p, len) };
+        } else if held {
+            // The hold was taken off the list: whatever of it the failed call left goes.
+            // SAFETY: the runtime's own inaccessible hold, nothing of anyone's in it.
+            unsafe { crate::sys!(libc::SYS_munmap, at, len) };
         }
-        // Taken by something else: where the kernel chooses, as asked.
+        // Taken by something else, or refused: where the kernel chooses, as asked.
     }
     // SAFETY: the caller's arguments, unchanged (its contract); libc's syscall() sets
     // errno and returns -1 (MAP_FAILED) on failure, as mmap does.
