@@ -370,7 +370,10 @@ pub fn creation_target(call: &'static str, fp: usize) -> Option<i32> {
 /// Ask the kernel for `pid` as the next PID of this namespace. False when the process
 /// may not (ns_last_pid needs CAP_SYS_ADMIN: httpd's children run as nobody) and `pid`
 /// is not within `burnable` PIDs ahead of the last one given, which is the only other way
-/// to get it (creating and ending that many threads first, ~50 µs each).
+/// to get it (creating and ending that many threads first, ~50 µs each), or when that
+/// would burn the PID of a process of the old tree not made yet: httpd's first child,
+/// reaching for its threads' old TIDs, took its sibling's PID before the master forked
+/// it, and the update rolled back ("the new version's processes {3, 5} do not match").
 pub fn request_pid(pid: i32, burnable: i32) -> bool {
     if pid <= 1 {
         return true;
@@ -378,7 +381,28 @@ pub fn request_pid(pid: i32, burnable: i32) -> bool {
     if set_last_pid(pid - 1) {
         return true;
     }
-    last_pid().is_some_and(|last| last < pid && pid - last <= burnable)
+    let Some(last) = last_pid() else { return false };
+    last < pid && pid - last <= burnable && !unmade_process_between(last, pid)
+}
+
+/// Whether a PID in (lo, hi) is one a process of the old version's tree had (it made
+/// startup operations, or a fork returned it) and no process has in this namespace now.
+fn unmade_process_between(lo: i32, hi: i32) -> bool {
+    let pids: Vec<i32> = {
+        let g = STATE.lock();
+        let Some(r) = g.as_ref() else { return false };
+        let made = r.ops.keys().copied();
+        let forked =
+            r.ops.values().flatten().filter(|(o, _)| o.call == "fork" && o.result > 0).map(|(o, _)| o.result as i32);
+        made.chain(forked).filter(|&p| lo < p && p < hi).collect()
+    };
+    let _errno = crate::errno::ErrnoGuard::save();
+    pids.into_iter().any(|p| {
+        // SAFETY: signal 0 only checks that the process exists (EPERM: it does). Raw: the
+        // program's `kill` is interposed.
+        let r = unsafe { crate::sys!(libc::SYS_kill, p, 0) };
+        r != 0 && crate::errno::get() == libc::ESRCH
+    })
 }
 
 /// The namespace's last allocated PID (None when unreadable).
