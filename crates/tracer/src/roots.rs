@@ -5,7 +5,8 @@
 
 use crate::transfer::Pair;
 use mcr_heap::{MemoryError, ReadMemory};
-use mcr_typemodel::{Location, Program, Qualifier, Type, TypeId};
+use mcr_typemodel::transform::same_bytes;
+use mcr_typemodel::{Encoding, Location, Program, Qualifier, Type, TypeId};
 
 /// An old global the transfer carries into the new version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,18 @@ pub struct Roots {
     pub clean: usize,
     /// The new version no longer has them: their data is dropped (display names).
     pub dropped: Vec<String>,
+    /// Integer fields of clean struct globals that both startups computed (the build set
+    /// another value), to different values.
+    pub recomputed: Vec<Recomputed>,
+}
+
+/// A value both versions' startups computed, differently ([`Roots::recomputed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recomputed {
+    /// `ngx_http_copy_filter_module.ctx_index`.
+    pub path: String,
+    pub old: i128,
+    pub new: i128,
 }
 
 /// Sort the old version's globals into roots, clean ones and dropped ones, reading the
@@ -58,6 +71,8 @@ pub fn collect(pair: &Pair) -> Result<Roots, MemoryError> {
                 let old_addr = pair.old.image.bias + address;
                 if pair.dirty.is_some_and(|written| !written(old_addr, size)) {
                     roots.clean += 1;
+                    let new_addr = pair.new.image.bias + naddr;
+                    roots.recomputed.extend(recomputed(pair, g.ty, ng.ty, (address, old_addr, new_addr), size, &name));
                     continue;
                 }
                 (old_addr, pair.new.image.bias + naddr)
@@ -88,6 +103,93 @@ pub fn collect(pair: &Pair) -> Result<Roots, MemoryError> {
     Ok(roots)
 }
 
+/// The integer fields of a clean struct global that both startups computed, to
+/// different values. The new version keeps what its startup computed in a global the old
+/// one did not write since: right for its own state, not for the state that moves, when
+/// that was built with the old value (nginx's module numbers, `ctx_index`: its update 22
+/// -> 23 adds a module, every later number shifts, and moved requests index the old
+/// configuration arrays with the new numbers: a worker crashed). A value the build set
+/// (the old binary's initial data) is the build's, and a scalar global (a counter, a
+/// start time) is not compared: only fields of structs, where such numbers live.
+fn recomputed(
+    pair: &Pair,
+    old_ty: TypeId,
+    new_ty: TypeId,
+    (link, old_addr, new_addr): (u64, u64, u64),
+    size: u64,
+    name: &str,
+) -> Vec<Recomputed> {
+    let (old, new) = (pair.old.prog, pair.new.prog);
+    let (Some(initial), Some(new_mem)) = (pair.initial, pair.new_mem) else { return Vec::new() };
+    if !matches!(old.ty(old.strip(old_ty)), Type::Struct(_)) || !same_bytes(old, old_ty, new, new_ty) {
+        return Vec::new();
+    }
+    let (Ok(now), Some(built), Ok(theirs)) =
+        (read_vec(pair.old_mem, old_addr, size), initial(link, size), read_vec(new_mem, new_addr, size))
+    else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    integer_fields(old, old_ty, 0, name.to_string(), &mut fields, 0);
+    let value = |b: &[u8], (off, len, signed): (u64, u64, bool)| -> Option<i128> {
+        let raw = b.get(off as usize..(off + len) as usize)?;
+        let mut w = [0u8; 16];
+        w[..raw.len()].copy_from_slice(raw);
+        let v = i128::from_le_bytes(w);
+        let bits = 8 * len as u32;
+        Some(if signed && bits < 128 && v >> (bits - 1) & 1 == 1 { v - (1i128 << bits) } else { v })
+    };
+    fields
+        .into_iter()
+        .filter_map(|(path, f)| {
+            let (o, b, n) = (value(&now, f)?, value(&built, f)?, value(&theirs, f)?);
+            (o != b && o != n).then_some(Recomputed { path, old: o, new: n })
+        })
+        .collect()
+}
+
+/// Integer fields of type `ty` at `offset` (bitfields, unions and arrays of more than 64
+/// elements left out): (path, (offset, size, signed)).
+fn integer_fields(
+    p: &Program,
+    ty: TypeId,
+    offset: u64,
+    path: String,
+    out: &mut Vec<(String, (u64, u64, bool))>,
+    depth: u32,
+) {
+    if depth > 8 || out.len() > 4096 {
+        return;
+    }
+    match p.ty(p.strip(ty)) {
+        Type::Base { size, encoding, .. } if *size <= 16 && !matches!(encoding, Encoding::Float | Encoding::Other) => {
+            out.push((path, (offset, *size, encoding.is_signed())));
+        }
+        Type::Enum { size, signed, .. } if *size <= 16 => out.push((path, (offset, *size, *signed))),
+        Type::Struct(c) => {
+            for m in c.members.iter().filter(|m| m.bit_size.is_none()) {
+                let field = match &m.name {
+                    Some(n) => format!("{path}.{n}"),
+                    None => path.clone(),
+                };
+                integer_fields(p, m.ty, offset + m.offset, field, out, depth + 1);
+            }
+        }
+        Type::Array { element, counts } => {
+            let (Some(n), Some(each)) = (counts.iter().try_fold(1u64, |a, c| c.map(|c| a * c)), p.size_of(*element))
+            else {
+                return;
+            };
+            if n <= 64 {
+                for i in 0..n {
+                    integer_fields(p, *element, offset + i * each, format!("{path}[{i}]"), out, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A `const` object (read-only data: nothing to carry over).
 pub(crate) fn is_const(p: &Program, mut ty: TypeId) -> bool {
     for _ in 0..16 {
@@ -108,6 +210,7 @@ pub(crate) fn read_vec(mem: &dyn ReadMemory, addr: u64, len: u64) -> Result<Vec<
 
 #[cfg(test)]
 mod tests {
+    use super::Recomputed;
     use crate::testing::{list_program, World, HEAD, NEW_BIAS, NEW_HEAD};
     use mcr_typemodel::{Location, Qualifier, Type};
 
@@ -169,5 +272,45 @@ mod tests {
         assert_eq!(names, ["head", "count"]);
         assert_eq!(roots.globals[1].bytes, 42i32.to_ne_bytes());
         assert_eq!((roots.clean, roots.dropped.len()), (0, 2));
+    }
+
+    /// A field of a clean struct global that both startups computed, to different values,
+    /// refuses the update, naming it (nginx's module numbers: a new module shifts them);
+    /// a value the build set, an unchanged one, and a scalar global are not compared.
+    #[test]
+    fn a_number_both_startups_computed_differently_refuses_the_update() {
+        let make = || {
+            list_program(false, |b, ids| {
+                let m = b.strukt("module", 8, &[("index", ids.int, 0), ("ctx_index", ids.int, 4)]);
+                b.global("copy_filter", 0x40_1090, m);
+                b.global("modules_n", 0x40_10a0, ids.int);
+            })
+        };
+        let module = |i: i32, c: i32| [i.to_ne_bytes(), c.to_ne_bytes()].concat();
+        let run = |old: Vec<u8>, new: Vec<u8>| {
+            let mut w = World::new(make(), make());
+            w.written = Some(vec![]);
+            w.set_global("copy_filter", &old);
+            w.set_new_global("copy_filter", &new);
+            w.set_global("modules_n", &40i32.to_ne_bytes());
+            w.set_new_global("modules_n", &41i32.to_ne_bytes());
+            // The build leaves both numbers unset (-1); the scalar is zero.
+            w.initial_data = Some((0x40_1090, [module(-1, -1), vec![0; 8], 0i32.to_ne_bytes().to_vec()].concat()));
+            let recomputed = w.walk().expect("walk").0.recomputed;
+            (recomputed, w.transfer().map(|_| ()))
+        };
+        let (found, refused) = run(module(12, 41), module(12, 42));
+        assert_eq!(found, vec![Recomputed { path: "copy_filter.ctx_index".into(), old: 41, new: 42 }]);
+        match refused {
+            Err(crate::TransferError::Conflict { path, reason }) => {
+                assert_eq!(path, "copy_filter.ctx_index");
+                assert!(reason.contains("set it to 41, the new version's to 42"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let (same, ok) = run(module(12, 41), module(12, 41));
+        assert!(same.is_empty() && ok.is_ok(), "the same number: {same:?} {ok:?}");
+        let (built, _) = run(module(-1, -1), module(-1, 7));
+        assert!(built.is_empty(), "the build's value, not the old startup's: {built:?}");
     }
 }

@@ -366,6 +366,8 @@ pub struct World {
     /// Old memory outside the heap and the binary that the new process has no counterpart
     /// of, [start, end).
     pub not_in_new: Option<(u64, u64)>,
+    /// The old binary's initial data: (link-time address, bytes); `None`: unknown.
+    pub initial_data: Option<(u64, Vec<u8>)>,
 }
 
 impl World {
@@ -381,6 +383,7 @@ impl World {
             adopted_heap: false,
             stack: None,
             not_in_new: None,
+            initial_data: None,
         }
     }
 
@@ -450,6 +453,12 @@ impl World {
             Some((s, e)) if (s..e).contains(&a) => Err(format!("nothing of the kind at {a:#x} in the new process")),
             _ => Ok(()),
         };
+        let data = self.initial_data.clone();
+        let initial = move |a: u64, len: u64| {
+            let (start, bytes) = data.as_ref()?;
+            let from = usize::try_from(a.checked_sub(*start)?).ok()?;
+            bytes.get(from..from + len as usize).map(<[u8]>::to_vec)
+        };
         let pair = Pair {
             old: Version { prog: &self.old, image: Self::old_image().with_tls_block(self.tls_blocks.map(|b| b.0)) },
             old_mem: &self.old_proc.mem,
@@ -461,6 +470,7 @@ impl World {
             adopted: self.adopted_heap.then_some(&in_old_heap as &dyn Fn(u64) -> bool),
             stack: self.stack.as_ref(),
             same_memory: Some(&same_memory),
+            initial: self.initial_data.is_some().then_some(&initial as &dyn Fn(u64, u64) -> Option<Vec<u8>>),
         };
         f(&pair, &mut self.new_proc)
     }

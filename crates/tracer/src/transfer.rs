@@ -48,6 +48,9 @@ pub struct Pair<'a> {
     /// what startup mapped keep their addresses: a pointer there keeps its value), else
     /// what differs; `None`: not checked.
     pub same_memory: Option<&'a dyn Fn(u64) -> Result<(), String>>,
+    /// The old binary's initial bytes (its data, zeros past it) at a link-time address,
+    /// to tell values startup computed from values the build set; `None`: unknown.
+    pub initial: Option<&'a dyn Fn(u64, u64) -> Option<Vec<u8>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +213,23 @@ pub fn transfer_with_words(
         ..Report::default()
     };
     let roots = roots::collect(pair)?;
+    if let Some(c) = roots.recomputed.first() {
+        return Err(conflict(
+            &c.path,
+            format!(
+                "the old version's startup set it to {}, the new version's to {}{}: the state that moves was built \
+                 with the old value (an index, a count: nginx numbers its modules so, and a new module shifts them), \
+                 and the new code would read it with the new one (mcr keeps what a new startup computes in a global \
+                 the old version did not write since), so it may read that state wrong",
+                c.old,
+                c.new,
+                match roots.recomputed.len() {
+                    1 => String::new(),
+                    n => format!(" ({} more such values)", n - 1),
+                }
+            ),
+        ));
+    }
     report.globals_clean = roots.clean;
     report.globals_dropped = roots.dropped;
 

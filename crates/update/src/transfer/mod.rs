@@ -15,6 +15,7 @@
 mod adopt;
 mod adopt_heap;
 mod descriptors;
+mod initial_data;
 mod keys;
 mod mappings;
 pub(crate) mod owners;

@@ -172,6 +172,8 @@ pub(crate) fn transfer(
     let new_memory = Memory { maps: mcr_procfs::maps::read(new_host).map_err(mappings_error)?, log: new_log };
     let written = |v: u64| is_dirty(v & !4095, 4096);
     let same_memory = |v: u64| same_memory_at(&old_memory, &new_memory, &written, v);
+    let initial = super::initial_data::InitialData::read(old_exe);
+    let initial_bytes = |a: u64, len: u64| initial.as_ref()?.bytes(a, len);
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -183,6 +185,7 @@ pub(crate) fn transfer(
         adopted: adopted.is_some().then_some(&in_adopted as &dyn Fn(u64) -> bool),
         stack: stack_map.as_ref(),
         same_memory: Some(&same_memory),
+        initial: initial.as_ref().map(|_| &initial_bytes as &dyn Fn(u64, u64) -> Option<Vec<u8>>),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
