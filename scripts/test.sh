@@ -22,7 +22,7 @@ export MCR_NGINX
 # N-1 -> N) and the update that moves nginx's globals (19 -> 20, in deb12u9's series):
 # crates/cli/tests/nginx_state.rs. Cached beside it, about a minute each.
 NGINX_PATCHES=$(sed -n 's/^total=//p' "$(dirname "$(dirname "$MCR_NGINX")")/.mcr-build")
-for n in 0 1 2 19 20 $((NGINX_PATCHES / 2)) $((NGINX_PATCHES / 2 + 1)) $((NGINX_PATCHES - 1)); do
+for n in 0 1 2 19 20 22 23 $((NGINX_PATCHES / 2)) $((NGINX_PATCHES / 2 + 1)) $((NGINX_PATCHES - 1)); do
   scripts/nginx/build.sh --patches "$n" >/dev/null
 done
 # The compatibility suite's servers (crates/cli/tests/compat.rs), cached beside nginx.

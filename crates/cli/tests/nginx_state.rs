@@ -536,6 +536,36 @@ fn nginx_update_that_moves_its_globals_keeps_its_workers_and_connections() {
     ngx.assert_no_worker_died();
 }
 
+/// nginx's Debian update 22 -> 23 adds an HTTP module: every later module's number
+/// (`ctx_index`, which each startup computes) shifts by one, while the state that would move
+/// (requests, their configuration arrays) is indexed by the old numbers. Until the
+/// fifteenth session the update committed and a worker crashed on its next request; now it
+/// rolls back naming a module number, and the old version serves on, its keep-alive
+/// session too.
+#[test]
+fn nginx_update_that_adds_a_module_rolls_back_naming_a_module_number() {
+    let test = "nginx_update_that_adds_a_module_rolls_back_naming_a_module_number";
+    let nginx = nginx_bin(test);
+    let (from, to) = (cached_nginx_build(&nginx, 22, test), cached_nginx_build(&nginx, 23, test));
+    let mcr = Mcr::new("ns-added-module");
+    let ngx = Nginx::start(&mcr, &from, 3);
+    let mut session = KeepAlive::connect(ngx.port);
+    assert!(!session.request("/counted").expect("the session's first request").closing);
+    let (out, outcome) = update_json(&mcr, &ngx.inst.name, &[], &to, &ngx.args);
+    assert_ne!(out.code(), 0, "the update committed: {outcome:#}");
+    assert_eq!(outcome["committed"], Value::Bool(false), "{outcome:#}");
+    let message = outcome["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(".ctx_index: the old version's startup set it to") && message.contains("more such values"),
+        "{message}"
+    );
+    let r = session.request("/counted").expect("the session's request after the rollback");
+    assert_eq!((r.status, r.closing), (200, false), "the session's request 2 of 3 on the old version");
+    assert_eq!(http_get(ngx.port, "/status", Duration::from_secs(5)).expect("GET /status"), (200, "ok\n".into()));
+    assert_eq!(ngx.inst.status()["program"].as_str(), from.to_str(), "the old version runs");
+    ngx.assert_no_worker_died();
+}
+
 /// How many patches the Debian series of `$MCR_NGINX`'s build has (its `.mcr-build`
 /// says; the default build applies all of them).
 fn series_length(nginx: &Path) -> u32 {
