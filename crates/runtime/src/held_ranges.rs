@@ -14,26 +14,22 @@
 //! Every process of the old tree's ranges are held in the first new process and inherited
 //! by the ones it forks: a process's counterpart is known only once it exists.
 
+use crate::mappings::Ranges;
 use crate::sync::SpinLock;
 
-static HELD: SpinLock<Vec<(u64, u64)>> = SpinLock::new(Vec::new());
+static HELD: SpinLock<Ranges> = SpinLock::new(Ranges::new());
 
 /// Hold `ranges` ([start, end), page-aligned, overlapping or not). A range of which any
 /// part is mapped already (the program's libraries: a new build may be larger) is not
 /// held: the transfer then names the address it cannot map again.
 pub fn hold(ranges: impl IntoIterator<Item = (u64, u64)>) {
     let _internal = crate::threads::InternalGuard::enter();
-    let mut wanted: Vec<(u64, u64)> = ranges.into_iter().filter(|(s, e)| s < e).collect();
-    wanted.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(wanted.len());
-    for (s, e) in wanted {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
+    let mut wanted = Ranges::new();
+    for (s, e) in ranges {
+        wanted.add(s, e);
     }
     let mut held = HELD.lock();
-    for (start, end) in merged {
+    for (start, end) in wanted.list {
         // SAFETY: MAP_FIXED_NOREPLACE fails on any overlap, so no mapping of the
         // program's or ours changes; an anonymous, inaccessible mapping with no memory
         // behind it. A raw call: the program's `mmap` is interposed.
@@ -49,7 +45,7 @@ pub fn hold(ranges: impl IntoIterator<Item = (u64, u64)>) {
             )
         };
         if p as u64 == start {
-            held.push((start, end));
+            held.add(start, end);
         } else if p != -1 {
             // A kernel without MAP_FIXED_NOREPLACE took the address as a hint.
             // SAFETY: the mapping just made, nobody else's.
@@ -69,16 +65,17 @@ pub fn reset_after_fork() {
 pub fn take(start: u64, end: u64) -> bool {
     let _internal = crate::threads::InternalGuard::enter();
     let mut held = HELD.lock();
-    let Some(i) = held.iter().position(|&(s, e)| s <= start && end <= e) else { return false };
-    let (s, e) = held.swap_remove(i);
-    held.extend([(s, start), (end, e)].into_iter().filter(|(a, b)| a < b));
-    true
+    let covered = held.covers(start, end);
+    if covered {
+        held.remove(start, end);
+    }
+    covered
 }
 
 /// Unmap what is still held: the update is done with this process.
 pub fn release() {
     let _internal = crate::threads::InternalGuard::enter();
-    let rest = std::mem::take(&mut *HELD.lock());
+    let rest = std::mem::take(&mut HELD.lock().list);
     for (start, end) in rest {
         // SAFETY: a hold of ours (no part of it was taken: taken parts left the list), an
         // inaccessible mapping nothing of the program's lives in.
@@ -90,7 +87,7 @@ pub fn release() {
 #[cfg(test)]
 fn held() -> Vec<(u64, u64)> {
     let _internal = crate::threads::InternalGuard::enter();
-    HELD.lock().clone()
+    HELD.lock().list.clone()
 }
 
 #[cfg(test)]

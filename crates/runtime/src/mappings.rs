@@ -60,9 +60,8 @@ fn kind(flags: i32) -> i32 {
 /// memory outside the heap (APR's allocator blocks) holds startup objects that the
 /// transferred state points to: at the same address, the new startup's objects are where
 /// the pointers expect them. None: the old startup made no such mapping there.
-pub fn old_place(len: usize, flags: i32) -> Option<(u64, bool)> {
+pub fn old_place((pid, tid, seq): StartupKey, len: usize, flags: i32) -> Option<(u64, bool)> {
     let _internal = threads::InternalGuard::enter();
-    let (pid, tid, seq) = next_key();
     let old = crate::replay::startup_mapping(pid, tid, seq)?;
     if old.len != page_round(len) || old.kind != kind(flags) {
         return None;
@@ -74,16 +73,20 @@ pub fn old_place(len: usize, flags: i32) -> Option<(u64, bool)> {
 /// before. Per thread: nginx's first process maps its shared memory and then forks the
 /// master it leaves behind (whose log holds that mapping); httpd's threads take their
 /// pools' blocks concurrently.
-fn next_key() -> (i32, i32, u32) {
+pub fn next_key() -> StartupKey {
+    let _internal = threads::InternalGuard::enter();
     let (pid, tid) = (crate::pid(), threads::gettid());
     let seq = AT_STARTUP.lock().iter().filter(|m| m.pid == pid && m.tid == tid).count();
     (pid, tid, u32::try_from(seq).unwrap_or(u32::MAX))
 }
 
-/// The program's startup mapped [addr, addr + len) where the kernel chose.
-pub fn note_startup_mapping(addr: usize, len: usize, flags: i32) {
+/// A startup mapping's process, thread and that thread's count ([`next_key`]).
+pub type StartupKey = (i32, i32, u32);
+
+/// The program's startup mapped [addr, addr + len) where the kernel chose, as the
+/// calling thread's mapping `key` ([`next_key`], taken before the call).
+pub fn note_startup_mapping((pid, tid, seq): StartupKey, addr: usize, len: usize, flags: i32) {
     let _internal = threads::InternalGuard::enter();
-    let (pid, tid, seq) = next_key();
     let m = StartupMapping { pid, tid, seq, start: addr as u64, len: page_round(len), kind: kind(flags) };
     AT_STARTUP.lock().push(m);
 }
@@ -161,12 +164,12 @@ fn page_round(len: usize) -> u64 {
 
 /// Disjoint, sorted, non-adjacent [start, end) ranges.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Ranges {
-    list: Vec<(u64, u64)>,
+pub(crate) struct Ranges {
+    pub(crate) list: Vec<(u64, u64)>,
 }
 
 impl Ranges {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { list: Vec::new() }
     }
 
@@ -174,7 +177,12 @@ impl Ranges {
         self.list.iter().any(|&(s, e)| s < end && start < e)
     }
 
-    fn add(&mut self, start: u64, end: u64) {
+    /// Whether all of [start, end) is in one range.
+    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
+        self.list.iter().any(|&(s, e)| s <= start && end <= e)
+    }
+
+    pub(crate) fn add(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -192,7 +200,7 @@ impl Ranges {
         self.list.insert(at, (lo, hi));
     }
 
-    fn remove(&mut self, start: u64, end: u64) {
+    pub(crate) fn remove(&mut self, start: u64, end: u64) {
         if start >= end || !self.overlaps(start, end) {
             return;
         }

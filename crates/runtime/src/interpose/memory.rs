@@ -17,15 +17,15 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     offset: off_t,
 ) -> *mut c_void {
-    let startup = mappings::placed_at_startup(addr, flags);
-    if let Some((at, held)) = startup.then(|| mappings::old_place(len, flags)).flatten() {
+    let startup = mappings::placed_at_startup(addr, flags).then(mappings::next_key);
+    if let Some((at, held)) = startup.and_then(|key| mappings::old_place(key, len, flags)) {
         let fixed = if held { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
         // SAFETY: the caller's arguments at the old version's address: MAP_FIXED only over
         // a hold of the runtime's (held_ranges.rs: inaccessible, nothing lives there),
         // else MAP_FIXED_NOREPLACE, which fails on any overlap.
         let p = unsafe { crate::sys!(libc::SYS_mmap, at, len, prot, flags | fixed, fd, offset) };
-        if p as u64 == at {
-            mappings::note_startup_mapping(p as usize, len, flags);
+        if let (true, Some(key)) = (p as u64 == at, startup) {
+            mappings::note_startup_mapping(key, p as usize, len, flags);
             return p as *mut c_void;
         }
         if p != -1 {
@@ -42,8 +42,8 @@ pub unsafe extern "C" fn mmap(
     // SAFETY: the caller's arguments, unchanged (its contract); libc's syscall() sets
     // errno and returns -1 (MAP_FAILED) on failure, as mmap does.
     let p = unsafe { crate::sys!(libc::SYS_mmap, addr, len, prot, flags, fd, offset) };
-    if p != -1 && startup {
-        mappings::note_startup_mapping(p as usize, len, flags);
+    if let (true, Some(key)) = (p != -1, startup) {
+        mappings::note_startup_mapping(key, p as usize, len, flags);
     } else if p != -1 && mappings::tracking() {
         mappings::note_mapped(p as usize, len);
     }
