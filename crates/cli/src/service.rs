@@ -63,10 +63,12 @@ impl Service {
             eprintln!("mcr: warning: cannot watch {} for updates: {e}", dir.path.display());
         }
         let mut said = String::new();
-        let mut supervisor = None;
+        // Every version's supervisor seen: the pid file a commit announces may still name
+        // the version before (the systemd test saw the last one killed by systemd).
+        let mut supervisors: Vec<i32> = Vec::new();
         // Read after the watch is set: a commit in between is not missed.
         let mut tell = || {
-            supervisor = supervisor_pid(dir, name).or(supervisor);
+            supervisors.extend(supervisor_pid(dir, name).filter(|p| !supervisors.contains(p)));
             match running(dir, name) {
                 Some(status) if status != said => {
                     self.send(&format!("STATUS={}", notify::status_line(&status)));
@@ -96,14 +98,13 @@ impl Service {
         // The last supervisor frees the lock as it exits, a moment before it is gone: the
         // service manager (KillMode=mixed) kills what is left of the unit once this, its
         // main process, exits, and said so in the journal ("Killing process … (mcr)").
-        if let Some(pid) = supervisor {
-            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
-            for _ in 0..500 {
-                if gone() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+        supervisors.extend(supervisor_pid(dir, name).filter(|p| !supervisors.contains(p)));
+        let gone = |pid: &i32| !Path::new(&format!("/proc/{pid}")).exists();
+        for _ in 0..500 {
+            if supervisors.iter().all(gone) {
+                break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         self.send("STOPPING=1");
         eprintln!("mcr: '{name}' ended (its exit status is not known here after a live update: see its log)");
