@@ -68,7 +68,7 @@ impl Service {
         let mut supervisors: Vec<i32> = Vec::new();
         // Read after the watch is set: a commit in between is not missed.
         let mut tell = || {
-            supervisors.extend(supervisor_pid(dir, name).filter(|p| !supervisors.contains(p)));
+            note_supervisor(&mut supervisors, supervisor_pid(dir, name));
             match running(dir, name) {
                 Some(status) if status != said => {
                     self.send(&format!("STATUS={}", notify::status_line(&status)));
@@ -98,7 +98,7 @@ impl Service {
         // The last supervisor frees the lock as it exits, a moment before it is gone: the
         // service manager (KillMode=mixed) kills what is left of the unit once this, its
         // main process, exits, and said so in the journal ("Killing process … (mcr)").
-        supervisors.extend(supervisor_pid(dir, name).filter(|p| !supervisors.contains(p)));
+        note_supervisor(&mut supervisors, supervisor_pid(dir, name));
         let gone = |pid: &i32| !Path::new(&format!("/proc/{pid}")).exists();
         for _ in 0..500 {
             if supervisors.iter().all(gone) {
@@ -116,6 +116,18 @@ impl Service {
 fn running(dir: &InstanceDir, name: &str) -> Option<String> {
     let st = mcr_client::Connection::open(dir, name).ok()?.status().ok()?;
     Some(format!("running {}", Build::running(&st).describe()))
+}
+
+/// Remember supervisor `pid`, and its parent (its namespace's init, which outlives it by
+/// a moment) unless that is this process or the system's init.
+fn note_supervisor(seen: &mut Vec<i32>, pid: Option<i32>) {
+    let Some(pid) = pid.filter(|p| !seen.contains(p)) else { return };
+    seen.push(pid);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let parent = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok());
+    if let Some(p) = parent.filter(|&p| p > 1 && p != std::process::id() as i32 && !seen.contains(&p)) {
+        seen.push(p);
+    }
 }
 
 /// The PID of the supervisor of the version instance `name` runs (its pid file).
