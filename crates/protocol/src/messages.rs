@@ -499,6 +499,10 @@ pub enum RuntimeReply {
     /// address or the same call stack and ordinal supersedes an earlier one).
     StartupAllocations {
         allocs: Vec<StartupAlloc>,
+        /// Blocks of an update's old heap that this process's startup holds at their own
+        /// addresses (`StartupLog::allocated_at_startup`): the transfer leaves them there.
+        #[serde(default)]
+        held: Vec<u64>,
     },
     /// Answer to MainThreadTls: the run-time address of the executable's TLS block of the
     /// process's main thread (where DWARF's TLS offset 0 is), if the executable has one.
@@ -926,6 +930,37 @@ pub struct StartupLog {
     /// so that what points into them keeps pointing at the same things.
     #[serde(default)]
     pub mapped_at_startup: Vec<StartupMapping>,
+    /// Every heap block its startup allocated, in each thread's order (a fork child's list
+    /// goes on from its parent's). An update's new version gives a block the address of
+    /// its old counterpart when its thread's startup allocations so far match the old
+    /// ones, the block was allocated inside a library (no call stack reaching the program
+    /// tells it apart) and the old one is still live: a library's state made at startup
+    /// (libevent's event base) is then one object in the new version, the old one,
+    /// wherever it is pointed to from.
+    #[serde(default)]
+    pub allocated_at_startup: Vec<StartupBlock>,
+}
+
+/// A heap block a process's startup allocated (see [`StartupLog::allocated_at_startup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupBlock {
+    /// The process and thread that allocated it, and how many blocks that thread's
+    /// startup had allocated before.
+    pub pid: i32,
+    pub tid: i32,
+    pub seq: u32,
+    pub addr: u64,
+    /// Bytes asked for.
+    pub size: u64,
+    /// The address the allocation function returned to when it is in a library (the
+    /// same in both versions: libraries load at the same addresses); 0 when it is the
+    /// program's code (which a new build moves).
+    pub site: u64,
+    /// The allocation's call stack reaches the program's code: the update matches it by
+    /// call-stack ID (`StartupAlloc`) instead.
+    pub reaches_program: bool,
+    /// Still live in the allocating process when the log was taken.
+    pub live: bool,
 }
 
 /// A mapping a process's startup made (see [`StartupLog::mapped_at_startup`]).

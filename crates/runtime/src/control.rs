@@ -346,9 +346,10 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             crate::peers::set(peers);
             RuntimeReply::Done
         }
-        RuntimeCommandKind::StartupAllocations => {
-            RuntimeReply::StartupAllocations { allocs: crate::startup_heap::snapshot() }
-        }
+        RuntimeCommandKind::StartupAllocations => RuntimeReply::StartupAllocations {
+            allocs: crate::startup_heap::snapshot(),
+            held: crate::placed_blocks::held(),
+        },
         RuntimeCommandKind::MainThreadTls => RuntimeReply::MainThreadTls { block: crate::tls::main_thread_block() },
         RuntimeCommandKind::AdoptStartupBlocks { blocks } => crate::startup_heap::adopt(&blocks),
         RuntimeCommandKind::Respawn { pid, fd } => match crate::resume::respawn(pid, fd) {

@@ -281,6 +281,10 @@ pub fn map_old_heap(regions: &[OldHeapRegion], socket: Option<&str>) -> Result<(
     let mut failure = None;
     'regions: for r in regions {
         let slot = r.slot as usize;
+        // Blocks this process's startup placed at old blocks' addresses are the old blocks
+        // from now on: the region's pages replace theirs.
+        let base = mcr_alloc::geometry::slot_base(slot) as u64;
+        crate::placed_blocks::give_way(base, base + mcr_alloc::SLOT_SIZE as u64);
         let extent = mcr_alloc::Extent { spans: r.spans as usize, caches: r.caches as usize };
         mapped.push(slot);
         for (index, (&start, source)) in r.segments.iter().zip(sources(r)).enumerate() {

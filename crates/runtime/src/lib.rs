@@ -38,6 +38,7 @@ mod last_thread;
 mod mappings;
 mod own_pages;
 mod peers;
+mod placed_blocks;
 mod procdir;
 mod profiling;
 mod quiesce;
@@ -179,6 +180,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "startup_heap", run: startup_heap::reset_after_fork },
     ForkReset { module: "mappings", run: mappings::reset_after_fork },
     ForkReset { module: "held_ranges", run: held_ranges::reset_after_fork },
+    ForkReset { module: "placed_blocks", run: placed_blocks::reset_after_fork },
     ForkReset { module: "keys", run: keys::reset_after_fork },
     ForkReset { module: "replay", run: replay::reset_after_fork },
     ForkReset { module: "transfer", run: transfer::reset_after_fork },

@@ -268,6 +268,7 @@ pub fn resume() {
         // The update moved what it moves: the addresses kept free for it are the
         // program's again.
         crate::held_ranges::release();
+        crate::placed_blocks::forget_held();
     }
     QUIESCING.store(false, SeqCst);
     RESUME_GEN.fetch_add(1, SeqCst);

@@ -15,7 +15,7 @@
 
 use crate::sync::SpinLock;
 use crate::{stack, symbolize, threads};
-use mcr_protocol::{CallStack, OpArg, ProcessLog, ReplayConflict, StartupMapping, StartupOp};
+use mcr_protocol::{CallStack, OpArg, ProcessLog, ReplayConflict, StartupBlock, StartupMapping, StartupOp};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 
@@ -35,6 +35,15 @@ struct Replay {
     /// The mappings the old processes' startups made where the kernel chose, by the
     /// process and thread that made them and that thread's count.
     mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping>,
+    /// The heap blocks the old processes' startups allocated, by the process and thread
+    /// that allocated them and that thread's count, as their allocating process has them.
+    allocated_at_startup: HashMap<(i32, i32, u32), StartupBlock>,
+}
+
+/// The heap block that thread `tid` of old process `pid` allocated as its `seq`th during
+/// startup.
+pub fn startup_block(pid: i32, tid: i32, seq: u32) -> Option<StartupBlock> {
+    STATE.lock().as_ref()?.allocated_at_startup.get(&(pid, tid, seq)).copied()
 }
 
 /// The mapping that thread `tid` of old process `pid` made as its `seq`th during startup
@@ -182,7 +191,15 @@ impl Replay {
         let mut ops: HashMap<i32, Vec<(StartupOp, bool)>> = HashMap::new();
         let mut seen = BTreeSet::new();
         let mut mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping> = HashMap::new();
+        let mut allocated_at_startup: HashMap<(i32, i32, u32), StartupBlock> = HashMap::new();
         for p in logs {
+            // A fork child's log repeats its parent's blocks: whether one is still live is
+            // its allocating process's to say.
+            for b in p.log.iter().flat_map(|l| &l.allocated_at_startup) {
+                if b.pid == p.pid || !allocated_at_startup.contains_key(&(b.pid, b.tid, b.seq)) {
+                    allocated_at_startup.insert((b.pid, b.tid, b.seq), *b);
+                }
+            }
             // A fork child's log repeats its parent's mappings (the same keys).
             for m in p.log.iter().flat_map(|l| &l.mapped_at_startup) {
                 mapped_at_startup.insert((m.pid, m.tid, m.seq), *m);
@@ -196,7 +213,7 @@ impl Replay {
         for v in ops.values_mut() {
             v.sort_by_key(|(o, _)| o.seq);
         }
-        Replay { ops, inherited, claimed: BTreeSet::new(), mapped_at_startup }
+        Replay { ops, inherited, claimed: BTreeSet::new(), mapped_at_startup, allocated_at_startup }
     }
 
     /// Whether a later operation of the old version (in any process: numbers are shared
@@ -455,6 +472,9 @@ pub fn take_inherited_number(fd: i32) -> bool {
     if !active() {
         return false;
     }
+    // Internal: the set it inserts into allocates, and a startup allocation of the
+    // program's asks this module (`startup_block`) under the same lock.
+    let _internal = threads::InternalGuard::enter();
     STATE.lock().as_mut().is_some_and(|r| r.take_inherited_number(fd))
 }
 
@@ -492,6 +512,7 @@ mod tests {
             after_startup: Default::default(),
             waits_at: vec![],
             mapped_at_startup: vec![],
+            allocated_at_startup: vec![],
         };
         let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
         Replay::new(logs, inherited.iter().copied().collect())
@@ -665,6 +686,7 @@ mod tests {
                 after_startup: Default::default(),
                 waits_at: vec![],
                 mapped_at_startup: vec![],
+                allocated_at_startup: vec![],
             }),
             error: None,
         };

@@ -19,7 +19,7 @@ use crate::sync::SpinLock;
 use crate::threads::MAX_STACK;
 use crate::{stack, symbolize, threads};
 use mcr_procfs::{Mapping, Process};
-use mcr_protocol::StartupAlloc;
+use mcr_protocol::{StartupAlloc, StartupBlock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -74,35 +74,79 @@ struct Table {
     /// Blocks an update allocated for old startup objects, with the identity they carry
     /// (after every recorded one: updates come after startup).
     adopted: Vec<StartupAlloc>,
+    /// Every startup allocation, recorded or not, in order (`StartupLog::allocated_at_startup`).
+    blocks: Vec<StartupBlock>,
+    /// Per (process, thread): how many startup allocations it made, and whether they
+    /// still follow the old version's in an update's new version.
+    threads: BTreeMap<(i32, i32), ThreadCount>,
 }
 
-static TABLE: SpinLock<Table> =
-    SpinLock::new(Table { stacks: BTreeMap::new(), recorded: Vec::new(), adopted: Vec::new() });
+#[derive(Clone, Copy, Default)]
+struct ThreadCount {
+    made: u32,
+    /// An allocation differed from the old version's of the same count: no later one of
+    /// this thread's is placed (which of them corresponds to which is no longer known).
+    diverged: bool,
+}
 
-/// Note `addr`, a block just allocated during startup by the allocation function whose
-/// frame is `fp`. Runtime-internal allocations (and one made by a signal handler that
-/// interrupted this very function) are not the program's startup objects. An inert
-/// runtime (no supervisor) never completes startup: one load, and nothing recorded.
+static TABLE: SpinLock<Table> = SpinLock::new(Table {
+    stacks: BTreeMap::new(),
+    recorded: Vec::new(),
+    adopted: Vec::new(),
+    blocks: Vec::new(),
+    threads: BTreeMap::new(),
+});
+
+/// Note `addr`, a block of `size` bytes (aligned to `align`) just allocated during startup
+/// by the allocation function whose frame is `fp`. Runtime-internal allocations (and one
+/// made by a signal handler that interrupted this very function) are not the program's
+/// startup objects. An inert runtime (no supervisor) never completes startup: one load,
+/// and nothing recorded.
+///
+/// In an update's new version: the address the block is to have instead, its old
+/// counterpart's (`placed_blocks`); the caller moves it there.
 #[inline(always)]
-pub fn record(addr: u64, fp: usize) {
+pub fn record(addr: u64, size: u64, align: u64, fp: usize) -> Option<u64> {
     if crate::is_active() {
-        record_slow(addr, fp);
+        record_slow(addr, size, align, fp)
+    } else {
+        None
     }
 }
 
 #[cold]
 #[inline(never)]
-fn record_slow(addr: u64, fp: usize) {
+fn record_slow(addr: u64, size: u64, align: u64, fp: usize) -> Option<u64> {
     if threads::is_internal() {
-        return;
+        return None;
     }
     let _internal = threads::InternalGuard::enter();
     let _errno = crate::errno::ErrnoGuard::save();
     let mut frames = [0usize; MAX_STACK];
     let n = stack::walk_own(fp, &mut frames);
-    if reaches(&frames[..n], (EXE_LO.load(Relaxed), EXE_HI.load(Relaxed))) {
-        let tid = threads::local().tid();
-        let mut t = TABLE.lock();
+    let exe = (EXE_LO.load(Relaxed), EXE_HI.load(Relaxed));
+    let reaches_program = reaches(&frames[..n], exe);
+    // Where the allocation function returns to, when that is a library: the same address
+    // in both versions.
+    let site = frames[..n].first().filter(|&&a| !(exe.0 <= a && a < exe.1)).map_or(0, |&a| a as u64);
+    let (pid, tid) = (crate::pid(), threads::local().tid());
+    let mut t = TABLE.lock();
+    let count = t.threads.entry((pid, tid)).or_default();
+    let seq = count.made;
+    count.made += 1;
+    let mut block = StartupBlock { pid, tid, seq, addr, size, site, reaches_program, live: true };
+    if crate::replay::active() && !count.diverged {
+        match counterpart_place(&block, align) {
+            Ok(place) => {
+                if let Some(at) = place {
+                    block.addr = at;
+                }
+            }
+            Err(Diverged) => count.diverged = true,
+        }
+    }
+    t.blocks.push(block);
+    if reaches_program {
         let next = t.stacks.len() as u32;
         let stack = match t.stacks.get(&frames[..n]) {
             Some(&i) => i,
@@ -111,8 +155,47 @@ fn record_slow(addr: u64, fp: usize) {
                 next
             }
         };
-        t.recorded.push(Recorded { addr, stack, tid });
+        t.recorded.push(Recorded { addr: block.addr, stack, tid });
     }
+    (block.addr != addr).then_some(block.addr)
+}
+
+/// This thread's startup allocations no longer follow the old version's.
+struct Diverged;
+
+/// In an update's new version: where `block` goes, the address of its old counterpart
+/// (the old thread's allocation of the same count) when it is the same allocation (same
+/// size, same library call site, or both the program's) made inside a library, and the
+/// old one is still live. A program's allocation is matched by its call stack instead
+/// (`StartupAlloc`): its type may change, its block with it.
+fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Diverged> {
+    let Some(old) = crate::replay::startup_block(block.pid, block.tid, block.seq) else { return Err(Diverged) };
+    if old.size != block.size || old.site != block.site || old.reaches_program != block.reaches_program {
+        return Err(Diverged);
+    }
+    if block.reaches_program || block.site == 0 || !old.live || !old.addr.is_multiple_of(align.max(1)) {
+        return Ok(None);
+    }
+    Ok(crate::placed_blocks::place(old.addr, old.size))
+}
+
+/// Every startup allocation of this process, for its startup log, each marked live when
+/// the allocator still has it (as the last startup block at its address).
+pub fn blocks() -> Vec<StartupBlock> {
+    let _internal = threads::InternalGuard::enter();
+    let mut out = TABLE.lock().blocks.clone();
+    let mut last_at: HashMap<u64, usize> = HashMap::new();
+    for (i, b) in out.iter().enumerate() {
+        last_at.insert(b.addr, i);
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        b.live = last_at.get(&b.addr) == Some(&i)
+            && crate::heap::HEAP
+                .info_of(b.addr as usize)
+                .is_some_and(|info| info.start as u64 == b.addr && info.startup)
+            && crate::heap::HEAP.block_of(b.addr as usize).is_some_and(|(start, _)| start as u64 == b.addr);
+    }
+    out
 }
 
 /// Every startup allocation of this process whose call stack reaches the program's code,

@@ -240,6 +240,7 @@ pub fn snapshot() -> StartupLog {
         after_startup,
         waits_at: waits_at(),
         mapped_at_startup: crate::mappings::at_startup(),
+        allocated_at_startup: crate::startup_heap::blocks(),
     }
 }
 

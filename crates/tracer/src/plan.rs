@@ -171,6 +171,21 @@ pub fn plan(
                     .filter(|(t, p)| !mcr_typemodel::transform::same_bytes(old, *t, new, p.new_ty))
             };
             if let Some((pin, changed)) = pinned.map(|p| (p, changed())).filter(|(_, c)| !stays || c.is_some()) {
+                if pin.held {
+                    let what = match changed {
+                        Some((t, _)) => format!("its type {} changes", old.type_name(t)),
+                        None => format!("it changes size ({} -> {size} bytes)", b.obj.size),
+                    };
+                    return Err(conflict(
+                        pin.place.clone(),
+                        format!(
+                            "{} ({}), made inside a library in the same place of its thread's startup; the new \
+                             code holds it at that address, so it must stay there, as it is, but {what}",
+                            pin.holds,
+                            reached.path_of(addr),
+                        ),
+                    ));
+                }
                 let what = match changed {
                     Some((t, _)) if stays => format!("its type {} changes", old.type_name(t)),
                     Some((t, _)) => {

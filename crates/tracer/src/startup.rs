@@ -102,6 +102,11 @@ impl StartupTable {
 pub struct StartupTables {
     pub old: StartupTable,
     pub new: StartupTable,
+    /// Old heap blocks the new version's startup allocated at their own addresses (a
+    /// library's allocation, made in the same place of its thread's startup as the old
+    /// one): the new version's code holds them there, so they stay where they are, as
+    /// they are (`StartupLog::allocated_at_startup`).
+    pub held: Vec<u64>,
 }
 
 /// A reached old heap block, as the matching sees it.
@@ -251,6 +256,7 @@ mod tests {
             old: StartupTable::new(&[rec(0x1000, 7, 0), rec(0x2000, 7, 1), rec(0x3000, 8, 0), rec(0x4000, 9, 0)]),
             // The new version allocates from call stack 7 twice and 8 once, not from 9.
             new: StartupTable::new(&[rec(0xa000, 8, 0), rec(0xb000, 7, 0), rec(0xc000, 7, 1)]),
+            held: Vec::new(),
         }
     }
 
@@ -312,6 +318,7 @@ mod tests {
         let t = StartupTables {
             old: StartupTable::new(&[rec(0x1000, 7, 0)]),
             new: StartupTable::new(&[rec(0xb000, 7, 0)]),
+            held: Vec::new(),
         };
         let cands = [
             Candidate { addr: 0x1000, startup: true, needed: 8 },

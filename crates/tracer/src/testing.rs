@@ -429,6 +429,7 @@ impl World {
         self.startup = Some(StartupTables {
             old: StartupTable::new(&old.iter().map(rec).collect::<Vec<_>>()),
             new: StartupTable::new(&new.iter().map(rec).collect::<Vec<_>>()),
+            held: Vec::new(),
         });
     }
 
@@ -536,7 +537,7 @@ fn walk_everything(pair: &Pair) -> Result<(Hints, Roots, Reached), TransferError
     let roots = roots::collect(pair)?;
     let pinnable = |a| pair.adopted.is_some_and(|f| f(a));
     let (no_seal, globals) = (&|_: &Object, _| false, &roots.globals);
-    let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, globals, &[], &pinnable, no_seal, None)?;
+    let reached = walk(pair.old.prog, pair.old_mem, pair.heap, &hints, globals, &[], &[], &pinnable, no_seal, None)?;
     Ok((hints, roots, reached))
 }
 

@@ -119,6 +119,10 @@ pub struct Report {
     /// target's bytes, an integer) holds their address (conservative tracing).
     #[serde(default)]
     pub pinned: usize,
+    /// Of those, blocks a library allocated at startup that the new version's startup
+    /// allocated at the same address (its code holds them there: one object, not two).
+    #[serde(default)]
+    pub held_by_new_startup: usize,
     /// Live blocks of the adopted heap the transfer neither walked nor wrote (an update
     /// that changes no type: they stay where they are, as they are), and their bytes,
     /// which were only checked for addresses that move ([`crate::untouched`]).
@@ -155,6 +159,7 @@ impl Report {
         self.in_place_bytes += o.in_place_bytes;
         self.old_freed += o.old_freed;
         self.pinned += o.pinned;
+        self.held_by_new_startup += o.held_by_new_startup;
         self.untouched += o.untouched;
         self.untouched_bytes += o.untouched_bytes;
         if self.walked_all.is_none() {
@@ -240,7 +245,13 @@ pub fn transfer_with_words(
         // (which the write would relocate: see `Writer::relocate_binary_words`).
         let keep = |bytes: &[u8]| pair.old.image.addresses_in(bytes).next().is_none();
         let keep: Option<&walk::KeepBytes<'_>> = pair.adopted.is_some().then_some(&keep);
-        let reached = walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, &adopted, seal, keep)?;
+        // Only a block of the adopted heap is where the new version's code expects it.
+        let held = match (pair.startup, pair.adopted) {
+            (Some(s), Some(_)) => &s.held[..],
+            _ => &[],
+        };
+        let reached =
+            walk::walk(old, pair.old_mem, pair.heap, &hints, &roots.globals, words, held, &adopted, seal, keep)?;
         let plan =
             plan(old, new, &reached, &handlers, pair.startup, &adopted, &mut |b| startup_block_size(&*target, b))?;
         Ok::<_, TransferError>((reached, plan))
@@ -277,6 +288,7 @@ pub fn transfer_with_words(
     report.walk_ms += ms(started);
     let started = Instant::now();
     report.pinned = reached.pinned.len();
+    report.held_by_new_startup = reached.pinned.values().filter(|p| p.held).count();
     report.warnings.extend(untyped::check(pair, &hints, &reached)?);
     report.startup_reallocated = plan.unmatched.len();
     report.startup_notes = plan

@@ -174,6 +174,9 @@ pub struct Pin {
     /// What it is and holds (`a union holds 0x…`, with a note when the low bits may be a
     /// tag).
     pub holds: String,
+    /// Not a word: the new version's startup holds the block at its address
+    /// ([`crate::StartupTables::held`]).
+    pub held: bool,
 }
 
 /// Every block reached from the roots, by address.
@@ -287,6 +290,7 @@ pub fn walk(
     hints: &Hints,
     roots: &[Root],
     words: &[(String, u64)],
+    held: &[u64],
     pinnable: &dyn Fn(u64) -> bool,
     seal: &dyn Fn(&Object, TypeId) -> bool,
     keep_bytes: Option<&KeepBytes<'_>>,
@@ -317,6 +321,23 @@ pub fn walk(
         if let Some(found) = heap.find(*v).filter(|_| *v != 0) {
             w.reach(found, None, None, || Hop::Text(label.clone()))?;
         }
+    }
+    // What the new version's startup holds at the old blocks' addresses stays there: a
+    // root, pinned, whatever else reaches it.
+    for &addr in held {
+        let Some(found) = heap.find(addr).filter(|(_, o)| o.addr == addr) else {
+            return Err(conflict(
+                HELD_PLACE,
+                format!(
+                    "its startup allocated {addr:#x}, where the old version's startup had allocated the same block, \
+                     which the old process has freed since: the new code would use memory the state transfer \
+                     gives to other objects"
+                ),
+            ));
+        };
+        let holds = format!("its startup allocated the block at {addr:#x} where the old version's startup had it");
+        w.pinned.entry(addr).or_insert(Pin { place: HELD_PLACE.to_string(), holds, held: true });
+        w.reach(found, None, None, || Hop::Text(HELD_PLACE.to_string()))?;
     }
     // Everything reachable from them, through typed pointers first: a block untyped
     // memory leads to is scanned as untyped memory only once no typed pointer can reach
@@ -707,6 +728,32 @@ pub(crate) fn typed_objects(p: &Program, ty: TypeId, size: u64) -> u64 {
     }
 }
 
+/// Whether an object of type `outer` begins with one of type `inner`: its first member
+/// (any member of a union, the first element of an array) is one, or begins with one.
+fn begins_with(p: &Program, outer: TypeId, inner: TypeId) -> bool {
+    let inner = p.strip(inner);
+    let mut todo = vec![p.strip(outer)];
+    let mut seen = 0;
+    while let Some(t) = todo.pop() {
+        seen += 1;
+        if seen > 64 {
+            return false;
+        }
+        match p.ty(t) {
+            Type::Struct(c) | Type::Union(c) if t != inner => {
+                todo.extend(c.members.iter().filter(|m| m.offset == 0 && m.bit_size.is_none()).map(|m| p.strip(m.ty)))
+            }
+            Type::Array { element, .. } if t != inner => todo.push(p.strip(*element)),
+            _ if t == inner && seen > 1 => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Where a block the new version's startup holds is reached from.
+const HELD_PLACE: &str = "the new version's startup";
+
 pub(crate) fn is_byte(p: &Program, ty: TypeId) -> bool {
     matches!(p.ty(p.strip(ty)), Type::Base { size: 1, .. })
 }
@@ -842,6 +889,15 @@ impl Walker<'_> {
                     }
                     (Reach::Typed(a), Some(b)) if a == b || is_byte(prog, b) => {}
                     (Reach::Typed(a), Some(b)) if is_byte(prog, a) => {
+                        f.reach = Reach::Typed(b);
+                        self.typed_queue.push_back(i);
+                    }
+                    // A pointer to an object's first member (an intrusive list's `T **`
+                    // back-pointer to the `next` field that starts its element, as in
+                    // sys/queue.h and libevent) is a pointer into the object, not a
+                    // second type for its block: the block is the object.
+                    (Reach::Typed(a), Some(b)) if begins_with(prog, a, b) => {}
+                    (Reach::Typed(a), Some(b)) if begins_with(prog, b, a) => {
                         f.reach = Reach::Typed(b);
                         self.typed_queue.push_back(i);
                     }
@@ -1055,12 +1111,12 @@ impl Walker<'_> {
             let holds = format!("{what} holds {v:#x}{}", tag_note(v, obj.addr));
             if matches!(self.slots[pos], SEALED | KEPT) {
                 // It stays where it is, as it is, pinned or not: counted, not walked.
-                self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
+                self.pinned.entry(obj.addr).or_insert(Pin { place, holds, held: false });
                 continue;
             }
             if (self.pinnable)(obj.addr) {
                 let hop = format!("{rel}+{off} (may point here)");
-                self.pinned.entry(obj.addr).or_insert(Pin { place, holds });
+                self.pinned.entry(obj.addr).or_insert(Pin { place, holds, held: false });
                 self.reach((pos, obj), None, from, || Hop::Text(hop))?;
                 continue;
             }

@@ -86,6 +86,7 @@ fn startup_log(pid: i32) -> ProcessLog {
             after_startup: Default::default(),
             waits_at: vec![],
             mapped_at_startup: vec![],
+            allocated_at_startup: vec![],
         }),
         error: None,
     }

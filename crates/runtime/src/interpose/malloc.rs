@@ -7,7 +7,7 @@
 //! these symbols took over) are never freed (the allocator ignores them), and realloc and
 //! malloc_usable_size read them as glibc's, as before.
 
-use crate::{heap, stack, startup_heap};
+use crate::{heap, placed_blocks, stack, startup_heap};
 use core::ptr::NonNull;
 use libc::{c_int, c_void, size_t};
 
@@ -20,17 +20,33 @@ fn enomem() -> *mut c_void {
     core::ptr::null_mut()
 }
 
-/// A fresh block (or one realloc kept in place) of `n` requested bytes: note what was
-/// asked for and, during startup, the allocation function's frame `fp`.
+/// A fresh block (or one realloc kept in place) of `n` requested bytes, aligned to
+/// `align`: note what was asked for and, during startup, the allocation function's frame
+/// `fp`. In an update's new version a startup block may go to its old counterpart's
+/// address instead (`placed_blocks`).
 #[inline(always)]
-fn described(p: Option<NonNull<u8>>, n: size_t, fp: usize) -> *mut c_void {
+fn described(p: Option<NonNull<u8>>, n: size_t, align: usize, fp: usize) -> *mut c_void {
     let Some(p) = p else { return enomem() };
     let startup = heap::in_startup();
     heap::HEAP.set_info(p, n, startup);
     if startup {
-        startup_heap::record(p.as_ptr() as u64, fp);
+        if let Some(at) = startup_heap::record(p.as_ptr() as u64, n as u64, align as u64, fp) {
+            return moved_to(p, n, at);
+        }
     }
     p.as_ptr().cast()
+}
+
+/// The block `p` of `n` bytes, moved to the placed block at `at`.
+#[cold]
+#[inline(never)]
+fn moved_to(p: NonNull<u8>, n: size_t, at: u64) -> *mut c_void {
+    // SAFETY: `p` is a live block of at least `n` bytes; `at` is a placed block of `n`
+    // bytes on pages mapped read-write for it, no part of any heap block.
+    unsafe { core::ptr::copy_nonoverlapping(p.as_ptr(), at as usize as *mut u8, n) };
+    // SAFETY: `p` is ours, live, and no longer used.
+    heap::with_cache(|c| unsafe { heap::HEAP.free(c, p.as_ptr()) });
+    at as usize as *mut c_void
 }
 
 /// # Safety
@@ -38,7 +54,7 @@ fn described(p: Option<NonNull<u8>>, n: size_t, fp: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn malloc(n: size_t) -> *mut c_void {
     let p = heap::with_cache(|c| heap::HEAP.malloc(c, n));
-    described(p, n, stack::frame_address())
+    described(p, n, 1, stack::frame_address())
 }
 
 /// # Safety
@@ -47,13 +63,16 @@ pub unsafe extern "C" fn malloc(n: size_t) -> *mut c_void {
 pub unsafe extern "C" fn calloc(n: size_t, m: size_t) -> *mut c_void {
     let Some(total) = n.checked_mul(m) else { return enomem() };
     let p = heap::with_cache(|c| heap::HEAP.calloc(c, n, m));
-    described(p, total, stack::frame_address())
+    described(p, total, 1, stack::frame_address())
 }
 
 /// # Safety
 /// free(3)'s contract: `p` is null or a live block from this allocator family, freed once.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    if placed_blocks::forget(p as u64) {
+        return;
+    }
     // SAFETY: the caller's contract; the engine ignores null and foreign pointers.
     heap::with_cache(|c| unsafe { heap::HEAP.free(c, p.cast()) })
 }
@@ -67,6 +86,10 @@ fn is_ours(p: *mut c_void) -> bool {
 /// realloc(3)'s contract: `p` is null or a live block from this allocator family.
 #[no_mangle]
 pub unsafe extern "C" fn realloc(p: *mut c_void, n: size_t) -> *mut c_void {
+    if let Some(had) = placed_blocks::size_of(p as u64) {
+        // SAFETY: a placed block of `had` bytes (the caller's contract: live).
+        return unsafe { realloc_placed(p, had as usize, n, stack::frame_address()) };
+    }
     if !p.is_null() && !is_ours(p) {
         // SAFETY: a live block of glibc's own (the caller's contract).
         return unsafe { __libc_realloc(p, n) };
@@ -81,7 +104,28 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, n: size_t) -> *mut c_void {
     let q = heap::with_cache(|c| unsafe { heap::HEAP.realloc(c, p.cast(), n) });
     // A block reallocated during startup is a startup allocation of this call stack (the
     // one it replaces is dead); one reallocated later is a post-startup block.
-    described(q, n, stack::frame_address())
+    described(q, n, 1, stack::frame_address())
+}
+
+/// realloc (whose frame is `fp`) of a placed block (`placed_blocks`) of `had` bytes: a
+/// block of the allocator's (or placed again) with its contents.
+///
+/// # Safety
+/// `p` is a live placed block of `had` bytes.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_placed(p: *mut c_void, had: size_t, n: size_t, fp: usize) -> *mut c_void {
+    placed_blocks::forget(p as u64);
+    if n == 0 {
+        return core::ptr::null_mut();
+    }
+    let q = heap::with_cache(|c| heap::HEAP.malloc(c, n));
+    if let Some(q) = q {
+        // SAFETY: `p` has `had` bytes (the caller's contract; its pages stay mapped when it
+        // is forgotten), `q` is a fresh block of at least `n`.
+        unsafe { core::ptr::copy_nonoverlapping(p.cast::<u8>(), q.as_ptr(), had.min(n)) };
+    }
+    described(q, n, 1, fp)
 }
 
 /// # Safety
@@ -100,7 +144,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, m: size_t) -> *
 fn aligned(align: size_t, n: size_t, fp: usize) -> *mut c_void {
     let Some(align) = align.max(16).checked_next_power_of_two() else { return enomem() };
     let p = heap::with_cache(|c| heap::HEAP.memalign(c, align, n));
-    described(p, n, fp)
+    described(p, n, align, fp)
 }
 
 /// # Safety
@@ -164,6 +208,9 @@ pub unsafe extern "C" fn pvalloc(n: size_t) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> size_t {
     if p.is_null() {
         return 0;
+    }
+    if let Some(had) = placed_blocks::size_of(p as u64) {
+        return had as size_t;
     }
     if !is_ours(p) {
         // SAFETY: a live block of glibc's (the caller's contract).

@@ -66,6 +66,7 @@ mod tests {
             after_startup: AfterStartup { keys, ..Default::default() },
             waits_at: vec![],
             mapped_at_startup: vec![],
+            allocated_at_startup: vec![],
         };
         Context {
             processes: Default::default(),

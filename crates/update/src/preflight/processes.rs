@@ -175,6 +175,7 @@ mod tests {
                 after_startup,
                 waits_at: vec![],
                 mapped_at_startup: vec![],
+                allocated_at_startup: vec![],
             }),
             error: None,
         }

@@ -101,7 +101,7 @@ pub(crate) fn transfer(
     let is_dirty = |addr: u64, len: u64| volatile || dirt.as_ref().is_none_or(|d| d.is_dirty(addr, len));
     let ts = Instant::now();
     let startup = match (startup_table(old, pid), startup_table(next, pid)) {
-        (Ok(old), Ok(new)) => Some(StartupTables { old, new }),
+        (Ok((old, _)), Ok((new, held))) => Some(StartupTables { old, new, held }),
         (Err(e), _) | (_, Err(e)) => {
             warn(Warning::StartupAllocationsUnknown { pid, reason: crate::error::chain(&e) });
             None

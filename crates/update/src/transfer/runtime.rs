@@ -20,10 +20,11 @@ impl NewProcess<'_> {
 }
 
 /// A process's startup allocations, as its runtime recorded them (`conn`: its version's
-/// supervisor).
-pub(crate) fn startup_table(conn: &mut Connection, pid: i32) -> Result<StartupTable, TransferError> {
+/// supervisor), and the old heap's blocks its startup holds at their own addresses (an
+/// update's new process: `StartupLog::allocated_at_startup`).
+pub(crate) fn startup_table(conn: &mut Connection, pid: i32) -> Result<(StartupTable, Vec<u64>), TransferError> {
     match conn.runtime(pid, RuntimeCommandKind::StartupAllocations)? {
-        RuntimeReply::StartupAllocations { allocs } => Ok(StartupTable::new(&records(&allocs))),
+        RuntimeReply::StartupAllocations { allocs, held } => Ok((StartupTable::new(&records(&allocs)), held)),
         other => Err(TransferError::UnexpectedReply(Box::new(other))),
     }
 }
