@@ -930,8 +930,8 @@ pub struct StartupLog {
     /// so that what points into them keeps pointing at the same things.
     #[serde(default)]
     pub mapped_at_startup: Vec<StartupMapping>,
-    /// Every heap block its startup allocated, in each thread's order (a fork child's list
-    /// goes on from its parent's). An update's new version gives a block the address of
+    /// Every heap block its startup allocated, in each thread's order (a fork child's
+    /// list holds only its own: its parent's log has the others). An update's new version gives a block the address of
     /// its old counterpart when its thread's startup allocations so far match the old
     /// ones, the block was allocated inside a library (no call stack reaching the program
     /// tells it apart) and the old one is still live: a library's state made at startup

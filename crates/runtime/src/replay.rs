@@ -193,12 +193,10 @@ impl Replay {
         let mut mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping> = HashMap::new();
         let mut allocated_at_startup: HashMap<(i32, i32, u32), StartupBlock> = HashMap::new();
         for p in logs {
-            // A fork child's log repeats its parent's blocks: whether one is still live is
-            // its allocating process's to say.
-            for b in p.log.iter().flat_map(|l| &l.allocated_at_startup) {
-                if b.pid == p.pid || !allocated_at_startup.contains_key(&(b.pid, b.tid, b.seq)) {
-                    allocated_at_startup.insert((b.pid, b.tid, b.seq), *b);
-                }
+            // Each process lists the blocks it allocated itself: whether one is still live
+            // is its allocating process's to say.
+            for b in p.log.iter().flat_map(|l| &l.allocated_at_startup).filter(|b| b.pid == p.pid) {
+                allocated_at_startup.insert((b.pid, b.tid, b.seq), *b);
             }
             // A fork child's log repeats its parent's mappings (the same keys).
             for m in p.log.iter().flat_map(|l| &l.mapped_at_startup) {

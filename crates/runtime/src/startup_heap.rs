@@ -179,8 +179,9 @@ fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Di
     Ok(crate::placed_blocks::place(old.addr, old.size))
 }
 
-/// Every startup allocation of this process, for its startup log, each marked live when
-/// the allocator still has it (as the last startup block at its address).
+/// Every startup allocation this process made (not its parent's, before a fork: the
+/// parent's log has those), for its startup log, each marked live when the allocator still
+/// has it (as the last startup block at its address).
 pub fn blocks() -> Vec<StartupBlock> {
     let _internal = threads::InternalGuard::enter();
     let mut out = TABLE.lock().blocks.clone();
@@ -195,6 +196,8 @@ pub fn blocks() -> Vec<StartupBlock> {
                 .is_some_and(|info| info.start as u64 == b.addr && info.startup)
             && crate::heap::HEAP.block_of(b.addr as usize).is_some_and(|(start, _)| start as u64 == b.addr);
     }
+    let pid = crate::pid();
+    out.retain(|b| b.pid == pid);
     out
 }
 
