@@ -27,14 +27,41 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 static EXE_LO: AtomicUsize = AtomicUsize::new(0);
 static EXE_HI: AtomicUsize = AtomicUsize::new(0);
 
+/// The C library's and the dynamic linker's code, [lo, hi) pairs (unused: 0, 0).
+static LIBC_CODE: [(AtomicUsize, AtomicUsize); 4] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 4];
+
 /// Find the main executable's code in the process's mappings `maps` (constructor, before
-/// the program runs).
+/// the program runs), and glibc's.
 pub fn init(maps: &[Mapping]) {
     let exe = mcr_procfs::exe(Process::Current).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some((lo, hi)) = code_of(maps, &exe) {
         EXE_LO.store(lo, Relaxed);
         EXE_HI.store(hi, Relaxed);
     }
+    let mut glibc: Vec<&str> =
+        maps.iter().filter(|m| m.executable && is_glibc(&m.path)).map(|m| m.path.as_str()).collect();
+    glibc.dedup();
+    for (slot, path) in LIBC_CODE.iter().zip(glibc) {
+        if let Some((lo, hi)) = code_of(maps, path) {
+            slot.0.store(lo, Relaxed);
+            slot.1.store(hi, Relaxed);
+        }
+    }
+}
+
+/// Whether `path` is a file of glibc's: the C library and the dynamic linker (and the
+/// libraries older glibc split off).
+fn is_glibc(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    ["libc.so", "ld-linux", "libpthread.so", "libdl.so", "librt.so"].iter().any(|p| name.starts_with(p))
+}
+
+/// Whether `site` is in glibc's code. Its blocks are the process's own machinery (a
+/// thread's vector of thread-local blocks, stdio's buffers), described by glibc's own
+/// variables, which the update never moves: such a block must stay the new process's.
+fn in_glibc(site: u64) -> bool {
+    let site = site as usize;
+    LIBC_CODE.iter().any(|(lo, hi)| lo.load(Relaxed) <= site && site < hi.load(Relaxed))
 }
 
 /// The span of the executable mappings of `path`.
@@ -165,15 +192,20 @@ struct Diverged;
 
 /// In an update's new version: where `block` goes, the address of its old counterpart
 /// (the old thread's allocation of the same count) when it is the same allocation (same
-/// size, same library call site, or both the program's) made inside a library, and the
-/// old one is still live. A program's allocation is matched by its call stack instead
+/// size, same library call site, or both the program's) made inside a library other than
+/// glibc, and the old one is still live. A program's allocation is matched by its call stack instead
 /// (`StartupAlloc`): its type may change, its block with it.
 fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Diverged> {
     let Some(old) = crate::replay::startup_block(block.pid, block.tid, block.seq) else { return Err(Diverged) };
     if old.size != block.size || old.site != block.site || old.reaches_program != block.reaches_program {
         return Err(Diverged);
     }
-    if block.reaches_program || block.site == 0 || !old.live || !old.addr.is_multiple_of(align.max(1)) {
+    if block.reaches_program
+        || block.site == 0
+        || in_glibc(block.site)
+        || !old.live
+        || !old.addr.is_multiple_of(align.max(1))
+    {
         return Ok(None);
     }
     Ok(crate::placed_blocks::place(old.addr, old.size))
@@ -291,6 +323,17 @@ mod tests {
             vec![(0x10, "aa", 1, 0), (0x20, "bb", 1, 0), (0x30, "aa", 1, 1), (0x48, "aa", 2, 0), (0x50, "aa", 1, 2)]
         );
         assert_eq!(out[1].site, "g < main");
+    }
+
+    #[test]
+    fn glibcs_files_are_told_from_other_libraries() {
+        for p in ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2", "/lib/libpthread.so.0"] {
+            assert!(is_glibc(p), "{p}");
+        }
+        for p in ["/usr/lib/x86_64-linux-gnu/libevent-2.1.so.7.0.1", "/usr/lib/libcrypto.so.3", "/srv/libc.so.d/x", ""]
+        {
+            assert!(!is_glibc(p), "{p}");
+        }
     }
 
     #[test]
