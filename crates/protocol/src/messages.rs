@@ -942,7 +942,11 @@ pub struct StartupLog {
 }
 
 /// A heap block a process's startup allocated (see [`StartupLog::allocated_at_startup`]).
+/// On the wire an array (`[pid, tid, seq, addr, size, site, reaches_program, live]`): a
+/// server's startup makes thousands, and an update's new version reads them all before
+/// its program starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StartupBlockWire", into = "StartupBlockWire")]
 pub struct StartupBlock {
     /// The process and thread that allocated it, and how many blocks that thread's
     /// startup had allocated before.
@@ -961,6 +965,20 @@ pub struct StartupBlock {
     pub reaches_program: bool,
     /// Still live in the allocating process when the log was taken.
     pub live: bool,
+}
+
+type StartupBlockWire = (i32, i32, u32, u64, u64, u64, bool, bool);
+
+impl From<StartupBlockWire> for StartupBlock {
+    fn from((pid, tid, seq, addr, size, site, reaches_program, live): StartupBlockWire) -> Self {
+        StartupBlock { pid, tid, seq, addr, size, site, reaches_program, live }
+    }
+}
+
+impl From<StartupBlock> for StartupBlockWire {
+    fn from(b: StartupBlock) -> Self {
+        (b.pid, b.tid, b.seq, b.addr, b.size, b.site, b.reaches_program, b.live)
+    }
 }
 
 /// A mapping a process's startup made (see [`StartupLog::mapped_at_startup`]).
@@ -1072,4 +1090,26 @@ pub struct UpdateInfo {
     pub detach: bool,
     /// Processes of the old version (PIDs inside its namespace).
     pub processes: Vec<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_startup_block_travels_as_an_array_and_comes_back_whole() {
+        let b = StartupBlock {
+            pid: 3,
+            tid: 4,
+            seq: 17,
+            addr: 0x1004_0001_0040,
+            size: 120,
+            site: 0x7fff_f7d0_1234,
+            reaches_program: false,
+            live: true,
+        };
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(text, "[3,4,17,17609365979200,120,140737350996532,false,true]");
+        assert_eq!(serde_json::from_str::<StartupBlock>(&text).unwrap(), b);
+    }
 }

@@ -1252,6 +1252,39 @@ mod tests {
         );
     }
 
+    /// `struct entry { struct entry *next; struct entry **prev; long val; }`, as sys/queue.h's
+    /// lists link their elements, with globals `first` and `tail` (`struct entry **`).
+    fn entries(b: &mut Build, ids: Ids) {
+        let entry = b.reserve();
+        let entry_ptr = b.ptr(entry);
+        let entry_ptr_ptr = b.ptr(entry_ptr);
+        b.set(
+            entry,
+            Build::composite_struct(
+                "entry",
+                24,
+                &[("next", entry_ptr, 0), ("prev", entry_ptr_ptr, 8), ("val", ids.long, 16)],
+            ),
+        );
+        b.global("first", 0x40_1040, entry_ptr);
+        b.global("tail", 0x40_1048, entry_ptr_ptr);
+    }
+
+    #[test]
+    fn a_pointer_to_an_objects_first_member_is_a_pointer_into_it_not_a_second_type() {
+        let mut w = world(entries);
+        // first -> e1 -> e2; e2.prev = &e1.next (e1's start); tail = &e2.next (e2's start),
+        // met before e2 is reached as an entry.
+        let e2 = w.old_proc.block(&words(&[0, 0, 2]), false);
+        let e1 = w.old_proc.block(&words(&[e2, 0x40_1040, 1]), false);
+        w.old_proc.mem.write(e2 + 8, &e1.to_ne_bytes());
+        w.set_global("first", &e1.to_ne_bytes());
+        w.set_global("tail", &e2.to_ne_bytes());
+        let (_, reached) = w.walk().expect("no conflict");
+        assert_eq!(typed_as(&w, &reached, e1), "struct entry");
+        assert_eq!(typed_as(&w, &reached, e2), "struct entry", "the larger type wins, whichever came first");
+    }
+
     #[test]
     fn a_typed_pointer_gives_a_block_an_untyped_word_reached_its_type() {
         let mut w = world(blob);
