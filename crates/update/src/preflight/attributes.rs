@@ -374,7 +374,9 @@ pub fn differences(pid: i32, startup: &ProcessAttributes, now: &ProcessAttribute
         "the kernel does not let a filter be read back or installed in another process",
     );
     for (ns, link) in &n.namespaces {
-        let before = s.namespaces.iter().find(|(m, _)| m == ns).map(|(_, l)| l);
+        // Empty: the process could not read it at its start (forked inside a chroot
+        // without /proc): unknown, not compared.
+        let before = s.namespaces.iter().find(|(m, _)| m == ns).map(|(_, l)| l).filter(|l| !l.is_empty());
         refuse(
             before.is_some_and(|b| b != link),
             format!("the {ns} namespace ({link}, joined since startup)"),
@@ -587,6 +589,17 @@ mod tests {
             ]
         );
         assert!(d.iter().all(|d| d.carry.is_err()));
+    }
+
+    #[test]
+    fn a_namespace_the_process_could_not_read_at_its_start_is_not_compared() {
+        let mut now = base();
+        now.namespaces = vec![("uts".into(), "uts:[2]".into())];
+        let mut startup = base();
+        startup.namespaces = vec![("uts".into(), String::new())];
+        assert!(differences(5, &startup, &now).is_empty());
+        startup.namespaces = vec![("uts".into(), "uts:[1]".into())];
+        assert_eq!(whats(&differences(5, &startup, &now)), ["the uts namespace (uts:[2], joined since startup)"]);
     }
 
     #[test]

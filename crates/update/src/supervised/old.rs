@@ -44,11 +44,28 @@ impl OldSupervisor {
 
 impl OldSupervisor {
     /// Process `pid`'s attributes at startup and now; None when its runtime cannot say
-    /// (gone meanwhile, unmanaged).
-    fn attributes(&mut self, pid: i32) -> Option<Snapshots> {
+    /// (gone meanwhile, unmanaged). What the process could not read of itself (its root,
+    /// working directory and namespaces once it changed root into a tree without /proc:
+    /// vsftpd's sessions) is read from outside, through `host`, its PID on the host.
+    fn attributes(&mut self, pid: i32, host: i32) -> Option<Snapshots> {
         match self.ask(|c| c.runtime(pid, RuntimeCommandKind::Attributes)) {
             Ok(RuntimeReply::Attributes { startup, now }) => {
-                Some(Snapshots { startup: startup.map(|s| *s), now: *now })
+                let mut now = *now;
+                let outside = |what: &str| {
+                    std::fs::read_link(mcr_procfs::Process::Pid(host).file(what))
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                };
+                if now.root.is_empty() {
+                    now.root = outside("root");
+                }
+                if now.cwd.is_empty() {
+                    now.cwd = outside("cwd");
+                }
+                for (ns, link) in now.namespaces.iter_mut().filter(|(_, l)| l.is_empty()) {
+                    *link = outside(&format!("ns/{ns}"));
+                }
+                Some(Snapshots { startup: startup.map(|s| *s), now })
             }
             _ => None,
         }
@@ -88,7 +105,8 @@ impl RunningVersion for OldSupervisor {
     fn unmovable(&mut self) -> Result<Vec<Unmovable>, PreflightError> {
         let logs = self.startup_logs().map_err(PreflightError::Request)?;
         let processes = self.host_pids()?;
-        let attributes = processes.keys().filter_map(|&pid| Some((pid, self.attributes(pid)?))).collect();
+        let attributes =
+            processes.iter().filter_map(|(&pid, &host)| Some((pid, self.attributes(pid, host)?))).collect();
         let mut post_startup_fds = BTreeMap::new();
         for &pid in processes.keys() {
             let fds = match self.ask(|c| c.post_startup_fds(pid)) {
