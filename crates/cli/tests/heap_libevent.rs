@@ -189,3 +189,35 @@ fn evkv_updates_with_its_data_connections_and_timer() {
         assert_all_keys(&mut Client::connect(port), KEYS, Some(("half", "done")));
     }
 }
+
+/// When the new version's startup allocates inside libevent differently from the old
+/// one's (here an evbuffer made before the event base), its blocks no longer follow the
+/// old ones from there on and are not placed: the event base exists twice. The update says
+/// so, naming how many of the library's old blocks the new startup holds.
+#[test]
+fn an_update_whose_library_allocations_diverge_says_the_librarys_state_exists_twice() {
+    let mcr = Mcr::new("t-evkv-diverge");
+    let port = free_port();
+    let args = port_args(port);
+    let inst = mcr.start("evkv", &fixture("evkv"), &args);
+    let mut c = Client::connect(port);
+    assert_eq!(c.request("SET k v"), "OK");
+    // Once the timer fired, libevent rewrote its event in the program's globals (their
+    // initial timeout is a time each startup computes anew).
+    wait_for_ticks_past(&mut c, 0, "before the update");
+    let (out, v) = update(&mcr, &[], &fixture("evkv-v2-extra-buffer"), &args);
+    assert!(
+        out.stderr.contains("libraries allocated") && out.stderr.contains("at the same addresses"),
+        "{out}\n{v:#}\nlog:\n{}",
+        inst.log()
+    );
+    // The same update between builds whose startups agree says nothing of the kind.
+    let mcr = Mcr::new("t-evkv-agree");
+    let port = free_port();
+    let args = port_args(port);
+    let _inst = mcr.start("evkv", &fixture("evkv"), &args);
+    wait_for_ticks_past(&mut Client::connect(port), 0, "before the update");
+    let (out, _) = update(&mcr, &[], &fixture("evkv-v2"), &args);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(!out.stderr.contains("libraries allocated"), "{out}");
+}

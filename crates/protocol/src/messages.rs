@@ -942,7 +942,8 @@ pub struct StartupLog {
 }
 
 /// A heap block a process's startup allocated (see [`StartupLog::allocated_at_startup`]).
-/// On the wire an array (`[pid, tid, seq, addr, size, site, reaches_program, live]`): a
+/// On the wire an array (`[pid, tid, seq, addr, size, site, reaches_program, placeable,
+/// live]`): a
 /// server's startup makes thousands, and an update's new version reads them all before
 /// its program starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -963,21 +964,25 @@ pub struct StartupBlock {
     /// The allocation's call stack reaches the program's code: the update matches it by
     /// call-stack ID (`StartupAlloc`) instead.
     pub reaches_program: bool,
+    /// A new version would give its counterpart this block's address: allocated inside a
+    /// library other than glibc (whose blocks are the process's own machinery), with a
+    /// call stack that does not reach the program.
+    pub placeable: bool,
     /// Still live in the allocating process when the log was taken.
     pub live: bool,
 }
 
-type StartupBlockWire = (i32, i32, u32, u64, u64, u64, bool, bool);
+type StartupBlockWire = (i32, i32, u32, u64, u64, u64, bool, bool, bool);
 
 impl From<StartupBlockWire> for StartupBlock {
-    fn from((pid, tid, seq, addr, size, site, reaches_program, live): StartupBlockWire) -> Self {
-        StartupBlock { pid, tid, seq, addr, size, site, reaches_program, live }
+    fn from((pid, tid, seq, addr, size, site, reaches_program, placeable, live): StartupBlockWire) -> Self {
+        StartupBlock { pid, tid, seq, addr, size, site, reaches_program, placeable, live }
     }
 }
 
 impl From<StartupBlock> for StartupBlockWire {
     fn from(b: StartupBlock) -> Self {
-        (b.pid, b.tid, b.seq, b.addr, b.size, b.site, b.reaches_program, b.live)
+        (b.pid, b.tid, b.seq, b.addr, b.size, b.site, b.reaches_program, b.placeable, b.live)
     }
 }
 
@@ -1106,10 +1111,11 @@ mod tests {
             size: 120,
             site: 0x7fff_f7d0_1234,
             reaches_program: false,
+            placeable: true,
             live: true,
         };
         let text = serde_json::to_string(&b).unwrap();
-        assert_eq!(text, "[3,4,17,17609365979200,120,140737350996532,false,true]");
+        assert_eq!(text, "[3,4,17,17609365979200,120,140737350996532,false,true,true]");
         assert_eq!(serde_json::from_str::<StartupBlock>(&text).unwrap(), b);
     }
 }

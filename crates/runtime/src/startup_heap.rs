@@ -161,7 +161,8 @@ fn record_slow(addr: u64, size: u64, align: u64, fp: usize) -> Option<u64> {
     let count = t.threads.entry((pid, tid)).or_default();
     let seq = count.made;
     count.made += 1;
-    let mut block = StartupBlock { pid, tid, seq, addr, size, site, reaches_program, live: true };
+    let placeable = !reaches_program && site != 0 && !in_glibc(site);
+    let mut block = StartupBlock { pid, tid, seq, addr, size, site, reaches_program, placeable, live: true };
     if crate::replay::active() && !count.diverged {
         match counterpart_place(&block, align) {
             Ok(place) => {
@@ -200,12 +201,7 @@ fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Di
     if old.size != block.size || old.site != block.site || old.reaches_program != block.reaches_program {
         return Err(Diverged);
     }
-    if block.reaches_program
-        || block.site == 0
-        || in_glibc(block.site)
-        || !old.live
-        || !old.addr.is_multiple_of(align.max(1))
-    {
+    if !block.placeable || !old.live || !old.addr.is_multiple_of(align.max(1)) {
         return Ok(None);
     }
     Ok(crate::placed_blocks::place(old.addr, old.size))

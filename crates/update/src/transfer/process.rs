@@ -119,11 +119,7 @@ pub(crate) fn transfer(
     let old_log = mappings::startup_log(old, pid)?;
     let new_log = mappings::startup_log(new_process.next, pid)?;
     let (old_later, new_later) = (&old_log.after_startup.mapped, &new_log.after_startup.mapped);
-    let library_blocks = old_log
-        .allocated_at_startup
-        .iter()
-        .filter(|b| b.pid == pid && b.live && b.site != 0 && !b.reaches_program)
-        .count();
+    let library_blocks = old_log.allocated_at_startup.iter().filter(|b| b.pid == pid && b.live && b.placeable).count();
     sum.mapped_bytes += mappings::map_again(pid, old_host, &old_mem, old_later, new_later, &mut new_process, &mem)?;
     // What the old runtime has to say, asked before the new process maps the old heap:
     // the libc code its answers run may allocate there, and the new process sees the
