@@ -110,7 +110,8 @@ pub fn collect(pair: &Pair) -> Result<Roots, MemoryError> {
 /// -> 23 adds a module, every later number shifts, and moved requests index the old
 /// configuration arrays with the new numbers: a worker crashed). A value the build set
 /// (the old binary's initial data) is the build's, and a scalar global (a counter, a
-/// start time) is not compared: only fields of structs, where such numbers live.
+/// start time) is not compared: only fields of structs, where such numbers live, and not
+/// times in them ([`is_time`]).
 fn recomputed(
     pair: &Pair,
     old_ty: TypeId,
@@ -158,7 +159,7 @@ fn integer_fields(
     out: &mut Vec<(String, (u64, u64, bool))>,
     depth: u32,
 ) {
-    if depth > 8 || out.len() > 4096 {
+    if depth > 8 || out.len() > 4096 || is_time(p, ty) {
         return;
     }
     match p.ty(p.strip(ty)) {
@@ -188,6 +189,23 @@ fn integer_fields(
         }
         _ => {}
     }
+}
+
+/// A time: each startup reads the clock, so the two startups' values differ without
+/// meaning anything the moved state was built with (libevent's timer event in a global
+/// holds the time it fires: `struct timeval`).
+fn is_time(p: &Program, mut ty: TypeId) -> bool {
+    const TIME_TYPEDEFS: [&str; 7] =
+        ["time_t", "__time_t", "suseconds_t", "__suseconds_t", "__syscall_slong_t", "clock_t", "__clock_t"];
+    for _ in 0..16 {
+        match p.ty(ty) {
+            Type::Typedef { name, .. } if TIME_TYPEDEFS.contains(&name.as_str()) => return true,
+            Type::Typedef { target, .. } | Type::Qualified { target, .. } => ty = *target,
+            Type::Struct(c) => return matches!(c.name.as_deref(), Some("timeval" | "timespec")),
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// A `const` object (read-only data: nothing to carry over).
@@ -272,6 +290,33 @@ mod tests {
         assert_eq!(names, ["head", "count"]);
         assert_eq!(roots.globals[1].bytes, 42i32.to_ne_bytes());
         assert_eq!((roots.clean, roots.dropped.len()), (0, 2));
+    }
+
+    /// A time in a clean struct global (libevent's timer event: when it fires) differs
+    /// between any two startups and is not compared; the number beside it still is.
+    #[test]
+    fn a_time_both_startups_read_from_the_clock_is_not_a_recomputed_number() {
+        let make = || {
+            list_program(false, |b, ids| {
+                let time = b.add(Type::Typedef { name: "__time_t".into(), target: ids.long });
+                let usec = b.add(Type::Typedef { name: "__suseconds_t".into(), target: ids.long });
+                let tv = b.strukt("timeval", 16, &[("tv_sec", time, 0), ("tv_usec", usec, 8)]);
+                let ev = b.strukt("event", 24, &[("index", ids.long, 0), ("ev_timeout", tv, 8)]);
+                b.global("tick_event", 0x40_10b0, ev);
+            })
+        };
+        let event = |index: u64, sec: u64, usec: u64| crate::testing::words(&[index, sec, usec]);
+        let run = |old: Vec<u8>, new: Vec<u8>| {
+            let mut w = World::new(make(), make());
+            w.written = Some(vec![]);
+            w.set_global("tick_event", &old);
+            w.set_new_global("tick_event", &new);
+            w.initial_data = Some((0x40_10b0, vec![0; 24]));
+            w.walk().expect("walk").0.recomputed
+        };
+        assert!(run(event(3, 100, 82408), event(3, 101, 106408)).is_empty());
+        let found = run(event(3, 100, 82408), event(4, 101, 106408));
+        assert_eq!(found, vec![Recomputed { path: "tick_event.index".into(), old: 3, new: 4 }]);
     }
 
     /// A field of a clean struct global that both startups computed, to different values,
