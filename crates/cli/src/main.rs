@@ -184,6 +184,10 @@ enum CtlAction {
 }
 
 fn main() {
+    // A supervisor `mcr` launched as a fresh image of itself (`mcr_client::reexec`).
+    if let Some(code) = mcr_client::reexec::supervise_if_asked() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     if matches!(
         cli.command,

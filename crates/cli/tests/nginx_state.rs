@@ -442,6 +442,16 @@ fn nginx_slow_upload_in_progress_completes_on_the_next_patch() {
     ngx.assert_no_worker_died();
 }
 
+/// A process's private anonymous memory (`RssAnon`), in kB.
+fn private_memory_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read a supervisor's status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/PID/status")
+}
+
 /// With `keepalive_requests 5`, a connection that made 3 requests before the update is
 /// closed by nginx after exactly 2 more: the count is in the connection's state (a
 /// fresh-state update would start it again from 0).
@@ -461,8 +471,16 @@ fn nginx_keepalive_connection_keeps_its_request_count_across_an_update() {
     for n in 1..=3 {
         assert!(!counted(&mut session, n), "nginx closes the connection after request {n} of 5");
     }
+    let first_supervisor = private_memory_kb(ngx.inst.supervisor_pid());
     let outcome = ngx.update(&p2);
     eprintln!("p1 -> p2 with a keep-alive connection after 3 requests: {}", summary(&outcome));
+    // The new supervisor is a fresh image of mcr, not the update's process forked with
+    // the old version's startup logs and both builds' type models (6.9 MB here before).
+    let supervisor = private_memory_kb(ngx.inst.supervisor_pid());
+    assert!(
+        supervisor <= first_supervisor + 2048,
+        "the new version's supervisor holds {supervisor} kB of private memory, the first one {first_supervisor} kB"
+    );
     assert!(connections_moved(&outcome) >= 1, "the keep-alive connection did not move: {outcome:#}");
     assert!(!counted(&mut session, 4), "nginx closes the connection after request 4 of 5");
     assert!(counted(&mut session, 5), "request 5 of 5 did not end the connection: its count started again");

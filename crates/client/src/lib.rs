@@ -12,5 +12,6 @@ pub mod instances;
 pub mod launch;
 pub mod pids;
 pub mod program;
+pub mod reexec;
 
 pub use connection::{request, ClientError, Connection};
