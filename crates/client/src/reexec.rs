@@ -41,18 +41,8 @@ struct Spec {
     supervisor_pid: i32,
     report: Option<RawFd>,
     detach: bool,
-    update: Option<SpecUpdate>,
+    update: Option<UpdateLaunch>,
     host_proc: Option<RawFd>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SpecUpdate {
-    final_name: String,
-    replay_log: PathBuf,
-    env: Vec<(String, String)>,
-    cwd: PathBuf,
-    heap_avoid: String,
-    stack_strings: Option<u64>,
 }
 
 fn set_cloexec(fd: RawFd, on: bool) {
@@ -88,14 +78,7 @@ pub fn exec_supervisor(config: Config, host_proc: Option<OwnedFd>) -> (Config, O
         supervisor_pid: config.supervisor_pid,
         report: config.report.as_ref().map(|f| f.as_raw_fd()),
         detach: config.detach,
-        update: config.update.as_ref().map(|u| SpecUpdate {
-            final_name: u.final_name.clone(),
-            replay_log: u.replay_log.clone(),
-            env: u.env.clone(),
-            cwd: u.cwd.clone(),
-            heap_avoid: u.heap_avoid.clone(),
-            stack_strings: u.stack_strings,
-        }),
+        update: config.update.clone(),
         host_proc: host_proc.as_ref().map(|f| f.as_raw_fd()),
     };
     let err = match try_exec(&spec) {
@@ -187,14 +170,7 @@ pub fn supervise_if_asked() -> Option<i32> {
         supervisor_pid: spec.supervisor_pid,
         report: spec.report.map(own),
         detach: spec.detach,
-        update: spec.update.map(|u| UpdateLaunch {
-            final_name: u.final_name,
-            replay_log: u.replay_log,
-            env: u.env,
-            cwd: u.cwd,
-            heap_avoid: u.heap_avoid,
-            stack_strings: u.stack_strings,
-        }),
+        update: spec.update,
         runtime_socket: None,
         init_link: None,
         reattach: None,

@@ -96,14 +96,7 @@ impl Config {
             supervisor_pid: self.supervisor_pid,
             report: self.report.as_ref().map(|r| r.try_clone()).transpose()?,
             detach: self.detach,
-            update: self.update.as_ref().map(|u| UpdateLaunch {
-                final_name: u.final_name.clone(),
-                replay_log: u.replay_log.clone(),
-                env: u.env.clone(),
-                cwd: u.cwd.clone(),
-                heap_avoid: u.heap_avoid.clone(),
-                stack_strings: u.stack_strings,
-            }),
+            update: self.update.clone(),
             runtime_socket: match &self.runtime_socket {
                 Some(s) => Some(init::RuntimeSocket { name: s.name.clone(), listener: s.listener.try_clone()? }),
                 None => None,
@@ -127,7 +120,7 @@ pub(crate) fn final_files(files: &InstanceFiles, name: &str) -> InstanceFiles {
 }
 
 /// How the new version of an update is launched.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UpdateLaunch {
     pub final_name: String,
     /// The old version's startup logs, for replay.
