@@ -113,7 +113,7 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
         };
         // A fresh image of mcr, without what this process holds (`reexec`); in place when
         // that cannot be.
-        let (config, host_proc, _why) = crate::reexec::exec_supervisor(config, host.proc);
+        let (config, host_proc) = crate::reexec::exec_supervisor(config, host.proc);
         // With a namespace, this process is its init (PID 1) and the supervisor its child:
         // the supervisor can die without ending the server.
         let code = if own_ns { mcr_supervisor::init::run(config, host_proc) } else { mcr_supervisor::run(config) };

@@ -30,7 +30,7 @@ static ANSWERS: AtomicBool = AtomicBool::new(false);
 #[derive(Serialize, Deserialize)]
 struct Spec {
     name: String,
-    files: (String, PathBuf, PathBuf, PathBuf, PathBuf),
+    files: InstanceFiles,
     lock: RawFd,
     program: PathBuf,
     args: Vec<String>,
@@ -58,16 +58,10 @@ fn set_cloexec(fd: RawFd, on: bool) {
 
 /// In the forked supervisor (or init, `host_proc` given): run it as a fresh `mcr`. Returns
 /// only when the exec failed, with the config back, for the caller to run it in place.
-pub fn exec_supervisor(config: Config, host_proc: Option<OwnedFd>) -> (Config, Option<OwnedFd>, std::io::Error) {
+pub fn exec_supervisor(config: Config, host_proc: Option<OwnedFd>) -> (Config, Option<OwnedFd>) {
     let spec = Spec {
         name: config.name.clone(),
-        files: (
-            config.files.name.clone(),
-            config.files.lock.clone(),
-            config.files.socket.clone(),
-            config.files.pid.clone(),
-            config.files.log.clone(),
-        ),
+        files: config.files.clone(),
         lock: config.lock.as_raw_fd(),
         program: config.program.clone(),
         args: config.args.clone(),
@@ -81,11 +75,9 @@ pub fn exec_supervisor(config: Config, host_proc: Option<OwnedFd>) -> (Config, O
         update: config.update.clone(),
         host_proc: host_proc.as_ref().map(|f| f.as_raw_fd()),
     };
-    let err = match try_exec(&spec) {
-        Err(e) => e,
-        Ok(never) => match never {},
-    };
-    (config, host_proc, err)
+    // Returns only when the exec failed (the error says no more than that it did).
+    let _ = try_exec(&spec);
+    (config, host_proc)
 }
 
 fn try_exec(spec: &Spec) -> std::io::Result<std::convert::Infallible> {
@@ -156,10 +148,9 @@ pub fn supervise_if_asked() -> Option<i32> {
         // SAFETY: a descriptor the launching process kept open for this image by number.
         unsafe { OwnedFd::from_raw_fd(fd) }
     };
-    let (name, lock, socket, pid, log) = spec.files;
     let config = Config {
         name: spec.name,
-        files: InstanceFiles { name, lock, socket, pid, log },
+        files: spec.files,
         lock: std::fs::File::from(own(spec.lock)),
         program: spec.program,
         args: spec.args,

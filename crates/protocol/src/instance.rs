@@ -46,7 +46,7 @@ pub struct InstanceDir {
 }
 
 /// Paths of one instance's files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct InstanceFiles {
     pub name: String,
     pub lock: PathBuf,
