@@ -73,6 +73,35 @@ pub fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// Whether some mapping of process `p` has `needle` in its line (a library's file name):
+/// read a page at a time and stopped at the first match, since the kernel formats each
+/// line as it is read, and a preloaded library sits near the top of a map of thousands
+/// of lines (nginx's heap, dirty tracking's split mappings).
+pub fn mentions(p: impl Into<Process>, needle: &str) -> io::Result<bool> {
+    use std::io::Read;
+    let needle = needle.as_bytes();
+    if needle.is_empty() {
+        return Ok(true);
+    }
+    let mut file = std::fs::File::open(p.into().file("maps"))?;
+    let mut buf = vec![0u8; 4096 + needle.len()];
+    // Bytes kept from the previous read, so a name split across two reads is still seen.
+    let mut kept = 0;
+    loop {
+        let n = file.read(&mut buf[kept..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let end = kept + n;
+        if buf[..end].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        let keep = (needle.len() - 1).min(end);
+        buf.copy_within(end - keep..end, 0);
+        kept = keep;
+    }
+}
+
 /// The mappings of process `p`.
 pub fn read(p: impl Into<Process>) -> io::Result<Vec<Mapping>> {
     Ok(parse(&crate::read_text(p.into(), "maps")?))
@@ -81,6 +110,15 @@ pub fn read(p: impl Into<Process>) -> io::Result<Vec<Mapping>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentions_finds_a_mapped_file_and_not_an_absent_one() {
+        let exe = std::env::current_exe().expect("the test binary");
+        let name = exe.file_name().expect("a file name").to_string_lossy().into_owned();
+        assert!(mentions(Process::Current, &name).expect("own maps"));
+        assert!(mentions(Process::Current, "[stack]").expect("own maps"));
+        assert!(!mentions(Process::Current, "no-such-library-mapped-here.so").expect("own maps"));
+    }
 
     const MAPS: &str = "\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1234 /srv/kvd

@@ -10,23 +10,25 @@ pub struct Proc {
     pub zombie: bool,
 }
 
-pub fn read(pid: i32, runtime_lib_name: &str) -> Option<Proc> {
+/// Process `pid`; `registered`: its runtime said hello, so the library is mapped (its
+/// maps are not read: on every runtime event, for every process, they were most of the
+/// supervisor's time during an update's restart).
+pub fn read(pid: i32, runtime_lib_name: &str, registered: bool) -> Option<Proc> {
     let stat = mcr_procfs::stat::read(pid).ok()?;
     let cmdline = mcr_procfs::cmdline(pid).unwrap_or_default();
-    let has_runtime =
-        mcr_procfs::maps::read(pid).is_ok_and(|maps| maps.iter().any(|m| m.path.contains(runtime_lib_name)));
+    let has_runtime = registered || mcr_procfs::maps::mentions(pid, runtime_lib_name).unwrap_or(false);
     Some(Proc { pid, ppid: stat.ppid, cmdline, has_runtime, zombie: stat.is_exited() })
 }
 
 /// The server's processes: everything in our namespace but us and its init (PID 1), or,
-/// without a namespace, our descendants.
-pub fn server_processes(own_namespace: bool, runtime_lib_name: &str) -> Vec<Proc> {
+/// without a namespace, our descendants. `registered`: the PIDs whose runtime registered.
+pub fn server_processes(own_namespace: bool, runtime_lib_name: &str, registered: &dyn Fn(i32) -> bool) -> Vec<Proc> {
     let me = std::process::id() as i32;
     let procs: Vec<Proc> = mcr_procfs::pids()
         .unwrap_or_default()
         .into_iter()
         .filter(|&p| p != me && !(own_namespace && p == 1))
-        .filter_map(|p| read(p, runtime_lib_name))
+        .filter_map(|p| read(p, runtime_lib_name, registered(p)))
         .collect();
     if own_namespace {
         return procs.into_iter().filter(|p| !p.zombie).collect();
@@ -98,17 +100,17 @@ mod tests {
             at = where_is(pid);
         }
         assert_eq!(at, "it is blocked in system call 230, which mcr does not wrap");
-        let p = read(pid, "libmcr.so").unwrap();
+        let p = read(pid, "libmcr.so", false).unwrap();
         assert_eq!((p.ppid, p.has_runtime, p.zombie), (std::process::id() as i32, false, false));
         assert_eq!(p.cmdline, ["sleep", "10"]);
         child.kill().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !read(pid, "libmcr.so").is_some_and(|p| p.zombie) && Instant::now() < deadline {
+        while !read(pid, "libmcr.so", false).is_some_and(|p| p.zombie) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(read(pid, "libmcr.so").unwrap().zombie, "killed, not reaped yet");
+        assert!(read(pid, "libmcr.so", false).unwrap().zombie, "killed, not reaped yet");
         child.wait().unwrap();
-        assert!(read(pid, "libmcr.so").is_none());
+        assert!(read(pid, "libmcr.so", false).is_none());
         assert_eq!(where_is(pid), "its state is unknown");
     }
 

@@ -282,7 +282,12 @@ impl Shared {
     }
 
     pub fn processes(&self) -> Vec<procfs::Proc> {
-        procfs::server_processes(self.pid_namespace, &self.runtime_lib_name)
+        // A caller holding the lock (none should) only makes every process's maps read.
+        let registered: BTreeSet<i32> = match self.inner.try_lock() {
+            Ok(g) => g.procs.keys().copied().collect(),
+            Err(_) => BTreeSet::new(),
+        };
+        procfs::server_processes(self.pid_namespace, &self.runtime_lib_name, &|pid| registered.contains(&pid))
     }
 
     /// Startup is complete when every process carrying the runtime has registered and
