@@ -147,7 +147,14 @@ impl Connection {
 
     /// Every process's startup log.
     pub fn startup_logs(&mut self) -> Result<Vec<ProcessLog>, ClientError> {
-        match self.request(&Request::StartupLogs)? {
+        self.startup_logs_refreshing(&[])
+    }
+
+    /// Every process's startup log, or for the processes of `refresh` (PID,
+    /// registration) whose log the caller holds, only what changed
+    /// ([`ProcessLog::refresh`]).
+    pub fn startup_logs_refreshing(&mut self, refresh: &[(i32, u64)]) -> Result<Vec<ProcessLog>, ClientError> {
+        match self.request(&Request::StartupLogs { refresh: refresh.to_vec() })? {
             Response::StartupLogs { processes } => Ok(processes),
             other => Err(ClientError::unexpected(other)),
         }

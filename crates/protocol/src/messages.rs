@@ -161,6 +161,9 @@ pub enum RuntimeCommandKind {
     Status,
     /// The process's startup log.
     StartupLog,
+    /// What of the startup log changes once startup is complete ([`StartupLogRefresh`]):
+    /// an update's restart asks for this instead of the whole log its preflight read.
+    StartupLogRefresh,
     /// Park every long-lived thread at a quiescent point and hold it there.
     Quiesce {
         timeout_ms: u64,
@@ -516,6 +519,7 @@ pub enum RuntimeReply {
         pid: i32,
     },
     StartupLog(StartupLog),
+    StartupLogRefresh(StartupLogRefresh),
     Profile(crate::ProcessProfile),
     /// Answer to Attributes (`startup` absent: startup not complete yet).
     Attributes {
@@ -541,7 +545,13 @@ pub enum RuntimeReply {
 pub enum Request {
     Status,
     /// Every process's startup log.
-    StartupLogs,
+    StartupLogs {
+        /// Processes (PID, registration) whose whole log the asker holds: for these, when
+        /// the runtime registered then is still the one there, only what changed
+        /// ([`ProcessLog::refresh`]).
+        #[serde(default)]
+        refresh: Vec<(i32, u64)>,
+    },
     Quiesce {
         timeout_ms: u64,
     },
@@ -941,6 +951,46 @@ pub struct StartupLog {
     pub allocated_at_startup: Vec<StartupBlock>,
 }
 
+/// What of a process's startup log may change after its startup completed: where its
+/// threads wait and which startup blocks are still live. The rest (the operations, the
+/// mappings, the blocks themselves) is fixed by then; the counts say it is the same log.
+/// (`after_startup`, for the preflight, is not refreshed.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupLogRefresh {
+    pub complete: bool,
+    pub ops: usize,
+    pub mapped_at_startup: usize,
+    pub allocated_at_startup: usize,
+    /// Indices into `allocated_at_startup` of the blocks live now.
+    pub live: Vec<u32>,
+    pub waits_at: Vec<String>,
+}
+
+impl StartupLog {
+    /// This log brought up to date by `r`; None when `r` is not of the same completed
+    /// startup (then the whole log must be read again).
+    pub fn refreshed(&self, r: &StartupLogRefresh) -> Option<StartupLog> {
+        let same = self.complete
+            && r.complete
+            && r.ops == self.ops.len()
+            && r.mapped_at_startup == self.mapped_at_startup.len()
+            && r.allocated_at_startup == self.allocated_at_startup.len()
+            && r.live.iter().all(|&i| (i as usize) < self.allocated_at_startup.len());
+        if !same {
+            return None;
+        }
+        let mut log = self.clone();
+        for b in &mut log.allocated_at_startup {
+            b.live = false;
+        }
+        for &i in &r.live {
+            log.allocated_at_startup[i as usize].live = true;
+        }
+        log.waits_at = r.waits_at.clone();
+        Some(log)
+    }
+}
+
 /// A heap block a process's startup allocated (see [`StartupLog::allocated_at_startup`]).
 /// On the wire an array (`[pid, tid, seq, addr, size, site, reaches_program, placeable,
 /// live]`): a
@@ -1082,6 +1132,13 @@ pub struct ProcessLog {
     pub command_line: Vec<String>,
     pub log: Option<StartupLog>,
     pub error: Option<String>,
+    /// Which registration of a runtime at this PID the log is of (a process that
+    /// executes again, or another one at a reused PID, registers anew).
+    #[serde(default)]
+    pub registration: u64,
+    /// Instead of `log`, for a process asked as `refresh`: what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<StartupLogRefresh>,
 }
 
 /// How the running version was launched, so the next one starts the same way.
@@ -1117,5 +1174,66 @@ mod tests {
         let text = serde_json::to_string(&b).unwrap();
         assert_eq!(text, "[3,4,17,17609365979200,120,140737350996532,false,true,true]");
         assert_eq!(serde_json::from_str::<StartupBlock>(&text).unwrap(), b);
+    }
+
+    fn block(seq: u32, live: bool) -> StartupBlock {
+        StartupBlock {
+            pid: 3,
+            tid: 3,
+            seq,
+            addr: 0x1000 * (seq as u64 + 1),
+            size: 64,
+            site: 0,
+            reaches_program: false,
+            placeable: true,
+            live,
+        }
+    }
+
+    fn log(blocks: Vec<StartupBlock>) -> StartupLog {
+        StartupLog {
+            complete: true,
+            ops: vec![],
+            unreplayable: vec![],
+            after_startup: AfterStartup::default(),
+            waits_at: vec!["old-wait".into()],
+            mapped_at_startup: vec![],
+            allocated_at_startup: blocks,
+        }
+    }
+
+    #[test]
+    fn a_refresh_takes_the_live_blocks_and_waits_of_now() {
+        let read = log(vec![block(0, true), block(1, true), block(2, false)]);
+        let r = StartupLogRefresh {
+            complete: true,
+            ops: 0,
+            mapped_at_startup: 0,
+            allocated_at_startup: 3,
+            live: vec![2],
+            waits_at: vec!["epoll_wait@loop".into()],
+        };
+        let now = read.refreshed(&r).expect("the same startup");
+        let live: Vec<bool> = now.allocated_at_startup.iter().map(|b| b.live).collect();
+        assert_eq!(live, [false, false, true], "block 0 and 1 were freed, block 2's address taken again");
+        assert_eq!(now.waits_at, ["epoll_wait@loop"]);
+    }
+
+    #[test]
+    fn a_refresh_of_another_startup_asks_for_the_whole_log() {
+        let read = log(vec![block(0, true)]);
+        let same = StartupLogRefresh { complete: true, allocated_at_startup: 1, ..Default::default() };
+        assert!(read.refreshed(&same).is_some());
+        for other in [
+            StartupLogRefresh { allocated_at_startup: 2, ..same.clone() },
+            StartupLogRefresh { ops: 1, ..same.clone() },
+            StartupLogRefresh { mapped_at_startup: 1, ..same.clone() },
+            StartupLogRefresh { complete: false, ..same.clone() },
+            StartupLogRefresh { live: vec![1], ..same.clone() },
+        ] {
+            assert!(read.refreshed(&other).is_none(), "{other:?}");
+        }
+        let incomplete = StartupLog { complete: false, ..read };
+        assert!(incomplete.refreshed(&same).is_none(), "a log read before its startup completed is read again");
     }
 }

@@ -316,6 +316,7 @@ fn handle(cmd: RuntimeCommandKind) -> RuntimeReply {
             }
         }
         RuntimeCommandKind::StartupLog => RuntimeReply::StartupLog(crate::startup_log::snapshot()),
+        RuntimeCommandKind::StartupLogRefresh => RuntimeReply::StartupLogRefresh(crate::startup_log::refresh()),
         RuntimeCommandKind::ProfileSnapshot if crate::profiling::enabled() => {
             RuntimeReply::Profile(crate::profiling::snapshot_now(true))
         }

@@ -519,7 +519,14 @@ mod tests {
             mapped_at_startup: vec![],
             allocated_at_startup: vec![],
         };
-        let logs = vec![ProcessLog { pid: PID, command_line: vec![], log: Some(log), error: None }];
+        let logs = vec![ProcessLog {
+            pid: PID,
+            command_line: vec![],
+            log: Some(log),
+            error: None,
+            registration: 0,
+            refresh: None,
+        }];
         Replay::new(logs, inherited.iter().copied().collect())
     }
 
@@ -694,6 +701,8 @@ mod tests {
                 allocated_at_startup: vec![],
             }),
             error: None,
+            registration: 0,
+            refresh: None,
         };
         let r = Replay::new(vec![as_log(parent), as_log(child)], BTreeSet::new());
         let calls = |pid| r.ops.get(&pid).map(|l| l.iter().map(|(o, _)| o.call.clone()).collect::<Vec<_>>());

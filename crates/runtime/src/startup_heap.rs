@@ -213,18 +213,24 @@ fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Di
 pub fn blocks() -> Vec<StartupBlock> {
     let _internal = threads::InternalGuard::enter();
     let mut out = TABLE.lock().blocks.clone();
-    let mut last_at: HashMap<u64, usize> = HashMap::new();
-    for (i, b) in out.iter().enumerate() {
-        last_at.insert(b.addr, i);
+    // The last startup block at each address, parents' included (a block the parent freed
+    // may have been allocated again at the same address): sorted, not hashed, since this
+    // runs on every update's restart clock, for thousands of blocks.
+    let mut by_addr: Vec<(u64, usize)> = out.iter().enumerate().map(|(i, b)| (b.addr, i)).collect();
+    by_addr.sort_unstable();
+    let mut last = vec![false; out.len()];
+    for (k, &(addr, i)) in by_addr.iter().enumerate() {
+        last[i] = by_addr.get(k + 1).is_none_or(|&(next, _)| next != addr);
     }
+    let pid = crate::pid();
     for (i, b) in out.iter_mut().enumerate() {
-        b.live = last_at.get(&b.addr) == Some(&i)
+        b.live = b.pid == pid
+            && last[i]
             && crate::heap::HEAP
                 .info_of(b.addr as usize)
                 .is_some_and(|info| info.start as u64 == b.addr && info.startup)
             && crate::heap::HEAP.block_of(b.addr as usize).is_some_and(|(start, _)| start as u64 == b.addr);
     }
-    let pid = crate::pid();
     out.retain(|b| b.pid == pid);
     out
 }

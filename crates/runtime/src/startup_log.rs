@@ -244,6 +244,20 @@ pub fn snapshot() -> StartupLog {
     }
 }
 
+/// What of [`snapshot`] changes after startup, without symbolizing the operations again.
+pub fn refresh() -> mcr_protocol::StartupLogRefresh {
+    let ops = LOG.lock().len();
+    let blocks = crate::startup_heap::blocks();
+    mcr_protocol::StartupLogRefresh {
+        complete: STARTUP_DONE.load(Acquire),
+        ops,
+        mapped_at_startup: crate::mappings::at_startup().len(),
+        allocated_at_startup: blocks.len(),
+        live: blocks.iter().enumerate().filter(|(_, b)| b.live).map(|(i, _)| i as u32).collect(),
+        waits_at: waits_at(),
+    }
+}
+
 /// Where this process's threads wait: each one's current wait when it is in one, else the
 /// quiescent point its startup ended at (call-stack IDs, for an update's new version).
 fn waits_at() -> Vec<String> {

@@ -132,7 +132,7 @@ const REPLY_GRACE: Duration = Duration::from_millis(500);
 async fn handle(state: &State, req: Request, conn: u64) -> Response {
     match req {
         Request::Status => Response::Status(status(state).await),
-        Request::StartupLogs => startup_logs(state).await,
+        Request::StartupLogs { refresh } => startup_logs(state, &refresh).await,
         Request::UpdateInfo => {
             let g = state.lock();
             let facts = g.launch.clone();
@@ -306,21 +306,33 @@ async fn startup_laggards(state: &State) -> String {
     lines.join("\n")
 }
 
-async fn startup_logs(state: &State) -> Response {
+/// Every process's startup log; for a process of `refresh` still in the registration the
+/// asker read its whole log from, only what changed since.
+async fn startup_logs(state: &State, refresh: &[(i32, u64)]) -> Response {
     let procs = state.processes();
-    let registered: Vec<i32> = state.lock().procs.keys().copied().collect();
-    let replies = ask_all(state, &registered, RuntimeCommandKind::StartupLog, ASK_TIMEOUT).await;
+    let registered: Vec<(i32, u64)> = state.lock().procs.iter().map(|(&pid, r)| (pid, r.conn)).collect();
+    let pids = |refreshing: bool| -> Vec<i32> {
+        registered.iter().filter(|r| refresh.contains(r) == refreshing).map(|&(pid, _)| pid).collect()
+    };
+    let (refreshed, whole) = (pids(true), pids(false));
+    let (mut replies, changed) = tokio::join!(
+        ask_all(state, &whole, RuntimeCommandKind::StartupLog, ASK_TIMEOUT),
+        ask_all(state, &refreshed, RuntimeCommandKind::StartupLogRefresh, ASK_TIMEOUT)
+    );
+    replies.extend(changed);
     let processes = procs
         .iter()
         .map(|p| {
             let reply = replies.iter().find(|(pid, _)| *pid == p.pid).map(|(_, r)| r);
-            let (log, error) = match reply {
-                Some(Ok(RuntimeReply::StartupLog(l))) => (Some(l.clone()), None),
-                Some(Ok(other)) => (None, Some(format!("unexpected answer {other:?}"))),
-                Some(Err(e)) => (None, Some(e.to_string())),
-                None => (None, Some("not registered with mcr".to_string())),
+            let registration = registered.iter().find(|(pid, _)| *pid == p.pid).map_or(0, |&(_, conn)| conn);
+            let (log, refresh, error) = match reply {
+                Some(Ok(RuntimeReply::StartupLog(l))) => (Some(l.clone()), None, None),
+                Some(Ok(RuntimeReply::StartupLogRefresh(r))) => (None, Some(r.clone()), None),
+                Some(Ok(other)) => (None, None, Some(format!("unexpected answer {other:?}"))),
+                Some(Err(e)) => (None, None, Some(e.to_string())),
+                None => (None, None, Some("not registered with mcr".to_string())),
             };
-            ProcessLog { pid: p.pid, command_line: p.cmdline.clone(), log, error }
+            ProcessLog { pid: p.pid, command_line: p.cmdline.clone(), log, error, registration, refresh }
         })
         .collect();
     Response::StartupLogs { processes }

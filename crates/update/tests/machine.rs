@@ -89,6 +89,8 @@ fn startup_log(pid: i32) -> ProcessLog {
             allocated_at_startup: vec![],
         }),
         error: None,
+        registration: 0,
+        refresh: None,
     }
 }
 

@@ -70,7 +70,14 @@ mod tests {
         };
         Context {
             processes: Default::default(),
-            logs: vec![ProcessLog { pid: 4, command_line: vec![], log: Some(log), error: None }],
+            logs: vec![ProcessLog {
+                pid: 4,
+                command_line: vec![],
+                log: Some(log),
+                error: None,
+                registration: 0,
+                refresh: None,
+            }],
             attributes: Default::default(),
             post_startup_fds: Default::default(),
         }

@@ -178,6 +178,8 @@ mod tests {
                 allocated_at_startup: vec![],
             }),
             error: None,
+            registration: 0,
+            refresh: None,
         }
     }
 
