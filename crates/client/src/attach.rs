@@ -70,7 +70,7 @@ pub fn wait_started_on(
                 }
                 pid_namespace = Some(own);
             }
-            Ok(LaunchReport::Started { startup_ms }) => return Ok(Started::Started { startup_ms, pid_namespace }),
+            Ok(LaunchReport::Started { startup_ms, .. }) => return Ok(Started::Started { startup_ms, pid_namespace }),
             Ok(LaunchReport::LaunchFailed { message }) => return Err(StartupError::LaunchFailed(message)),
             Ok(LaunchReport::ReplayConflict { .. }) => {}
             Ok(LaunchReport::Replaced) => return Ok(Started::Replaced),
@@ -157,7 +157,7 @@ pub fn wait_ended(
             LaunchReport::LaunchFailed { message } => return Ended::LaunchFailed(message),
             LaunchReport::Exited { status: s } => status = Some(s),
             LaunchReport::Replaced => return Ended::Replaced,
-            LaunchReport::Started { startup_ms } => started(startup_ms),
+            LaunchReport::Started { startup_ms, .. } => started(startup_ms),
             LaunchReport::ReplayConflict { .. } => {}
             LaunchReport::Supervising { pid_namespace: own, note: said, .. } => {
                 pid_namespace = own;

@@ -804,8 +804,14 @@ pub struct DirtyTracking {
 pub enum LaunchReport {
     /// The supervisor is up; `pid_namespace` says whether it got its own PID namespace.
     Supervising { supervisor_pid: i32, pid_namespace: bool, note: Option<String> },
-    /// Every process of the server completed startup.
-    Started { startup_ms: f64 },
+    /// Every process of the server completed startup. `processes`: the instance's
+    /// processes then (an update compares them with the old version's tree without
+    /// asking again).
+    Started {
+        startup_ms: f64,
+        #[serde(default)]
+        processes: Option<Vec<i32>>,
+    },
     /// The last process of the server is gone.
     Exited { status: ExitStatus },
     /// The server could not be launched at all.

@@ -507,10 +507,13 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     {
         let mut rx = state.started_tx.subscribe();
         let fd = cfg.report.as_ref().and_then(|f| f.try_clone().ok());
+        let state = state.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
-                if let Some(Ok(ms)) = *rx.borrow() {
-                    report(&fd, &LaunchReport::Started { startup_ms: ms });
+                let started = rx.borrow().clone();
+                if let Some(Ok(ms)) = started {
+                    let processes = Some(state.processes().iter().map(|p| p.pid).collect());
+                    report(&fd, &LaunchReport::Started { startup_ms: ms, processes });
                     break;
                 }
             }

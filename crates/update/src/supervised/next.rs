@@ -35,12 +35,15 @@ pub struct NewSupervisor {
     /// conflicts there too).
     log: LogMark,
     conn: Option<Connection>,
+    /// The processes its supervisor listed when it reported startup complete, for the
+    /// first look at its tree (then asked afresh).
+    started_processes: Option<Vec<i32>>,
 }
 
 impl NewSupervisor {
     pub(crate) fn new(dir: InstanceDir, name: String, reports: Receiver<LaunchReport>, log: LogMark) -> Self {
         let next_name = format!("{name}.next");
-        Self { dir, name, next_name, reports, supervisor_pid: None, log, conn: None }
+        Self { dir, name, next_name, reports, supervisor_pid: None, log, conn: None, started_processes: None }
     }
 
     fn connection(&mut self) -> Result<&mut Connection, ClientError> {
@@ -91,7 +94,10 @@ impl NextVersion for NewSupervisor {
             }
             match self.reports.recv_timeout(left.min(Duration::from_millis(50))) {
                 Ok(LaunchReport::Supervising { supervisor_pid, .. }) => self.supervisor_pid = Some(supervisor_pid),
-                Ok(LaunchReport::Started { .. }) => return Ok(()),
+                Ok(LaunchReport::Started { processes, .. }) => {
+                    self.started_processes = processes;
+                    return Ok(());
+                }
                 Ok(LaunchReport::ReplayConflict { conflict }) => {
                     conflicts.push(conflict);
                     break NotStarted::Conflict;
@@ -110,6 +116,9 @@ impl NextVersion for NewSupervisor {
     /// (a status would have each symbolize its parked threads' stacks, on the restart's
     /// clock).
     fn processes(&mut self) -> Result<Vec<i32>, ClientError> {
+        if let Some(p) = self.started_processes.take() {
+            return Ok(p);
+        }
         Ok(self.connection()?.update_info()?.processes)
     }
 
