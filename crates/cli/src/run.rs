@@ -67,6 +67,7 @@ pub fn run(dir: &InstanceDir, args: RunArgs) -> Result<i32> {
         detach: args.detach,
         update: None,
         unblock_forwarded: !args.detach,
+        go: None,
     })?;
     let mut note = |n: &str| eprintln!("mcr: warning: {n}");
     if args.detach {

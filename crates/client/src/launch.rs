@@ -41,6 +41,9 @@ pub struct SupervisorLaunch {
     /// the server answers is forwarded, not fatal to `mcr`): the supervisor and the
     /// server start with them unblocked, as they were before.
     pub unblock_forwarded: bool,
+    /// An update's new version launched ahead: the supervisor's end of the go socket
+    /// (`mcr_supervisor::staging`).
+    pub go: Option<OwnedFd>,
 }
 
 /// Fork the supervisor (into a new PID namespace when permitted) and return the read end
@@ -68,7 +71,12 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
             crate::attach::set_forwarded_blocked(false);
         }
         drop(report_rd);
-        close_what_exec_would_close(&[report_wr.as_raw_fd(), l.lock.as_raw_fd()]);
+        let keep: Vec<i32> =
+            [Some(report_wr.as_raw_fd()), Some(l.lock.as_raw_fd()), l.go.as_ref().map(|g| g.as_raw_fd())]
+                .into_iter()
+                .flatten()
+                .collect();
+        close_what_exec_would_close(&keep);
         let (own_ns, note) = match namespace::enter() {
             Namespace::Own => (true, None),
             Namespace::Shared { reason } => (false, Some(reason)),
@@ -110,6 +118,7 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
             runtime_socket: None,
             init_link: None,
             reattach: None,
+            go: l.go,
         };
         // A fresh image of mcr, without what this process holds (`reexec`); in place when
         // that cannot be.
@@ -124,6 +133,7 @@ pub fn spawn_supervisor(l: SupervisorLaunch) -> Result<OwnedFd, LaunchError> {
     unsafe { libc::waitpid(intermediate, &mut st, 0) };
     drop(report_wr);
     drop(l.lock);
+    drop(l.go);
     Ok(report_rd)
 }
 

@@ -43,6 +43,8 @@ struct Spec {
     detach: bool,
     update: Option<UpdateLaunch>,
     host_proc: Option<RawFd>,
+    #[serde(default)]
+    go: Option<RawFd>,
 }
 
 fn set_cloexec(fd: RawFd, on: bool) {
@@ -74,6 +76,7 @@ pub fn exec_supervisor(config: Config, host_proc: Option<OwnedFd>) -> (Config, O
         detach: config.detach,
         update: config.update.clone(),
         host_proc: host_proc.as_ref().map(|f| f.as_raw_fd()),
+        go: config.go.as_ref().map(|f| f.as_raw_fd()),
     };
     // Returns only when the exec failed (the error says no more than that it did).
     let _ = try_exec(&spec);
@@ -94,7 +97,7 @@ fn try_exec(spec: &Spec) -> std::io::Result<std::convert::Infallible> {
     let mut memfd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     memfd.write_all(&json)?;
     memfd.rewind()?;
-    let kept: Vec<RawFd> = [Some(spec.lock), spec.report, spec.host_proc].into_iter().flatten().collect();
+    let kept: Vec<RawFd> = [Some(spec.lock), spec.report, spec.host_proc, spec.go].into_iter().flatten().collect();
     let c = |b: Vec<u8>| CString::new(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
     let argv: Vec<CString> = std::env::args_os().map(|a| c(a.into_vec())).collect::<Result<_, _>>()?;
     let mut envp: Vec<CString> = std::env::vars_os()
@@ -127,6 +130,9 @@ fn try_exec(spec: &Spec) -> std::io::Result<std::convert::Infallible> {
 pub fn supervise_if_asked() -> Option<i32> {
     ANSWERS.store(true, Relaxed);
     let fd: RawFd = std::env::var(SPEC_FD).ok()?.parse().ok()?;
+    // Executed as /proc/self/exe, the process would be named "exe" in ps and top.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"mcr".as_ptr()) };
     // The server inherits the supervisor's environment: nothing of mcr's may reach it.
     std::env::remove_var(SPEC_FD);
     set_cloexec(fd, true);
@@ -165,6 +171,7 @@ pub fn supervise_if_asked() -> Option<i32> {
         runtime_socket: None,
         init_link: None,
         reattach: None,
+        go: spec.go.map(own),
     };
     let host_proc = spec.host_proc.map(own);
     Some(if config.pid_namespace { mcr_supervisor::init::run(config, host_proc) } else { mcr_supervisor::run(config) })

@@ -131,6 +131,7 @@ impl Prepared {
             detach: true,
             update: None,
             unblock_forwarded: false,
+            go: None,
         });
         std::env::remove_var(mcr_protocol::env::PROFILING);
         let session = Session {

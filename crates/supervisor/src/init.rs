@@ -192,6 +192,8 @@ impl Init {
         let mut child_cfg = self.cfg.duplicate()?;
         child_cfg.init_link = Some(theirs);
         child_cfg.reattach = reattach;
+        // The go is for the supervisor that launches the server: the first one.
+        child_cfg.go = self.cfg.go.take();
         // SAFETY: the init is single-threaded; the child runs the supervisor and exits.
         let pid = unsafe { libc::fork() };
         if pid < 0 {

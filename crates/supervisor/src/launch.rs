@@ -3,10 +3,11 @@
 //! (DESIGN.md "Addresses": the next version must be able to load libraries at the same
 //! addresses).
 
+use crate::staging::Go;
 use crate::{Config, SupervisorError};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -36,6 +37,9 @@ fn runtime_socket(cfg: &Config) -> Result<(UnixListener, String), SupervisorErro
 }
 
 pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
+    // Launched ahead: nothing is bound before the go (a `mcr list` meanwhile must not
+    // find a control socket nobody answers on).
+    let go = cfg.go.as_ref().map(crate::staging::receive).transpose().map_err(SupervisorError::NoGo)?;
     let control = UnixListener::bind(&cfg.files.socket)
         .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
     let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
@@ -43,7 +47,7 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
 
-    let first_pid = spawn(cfg, &runtime_socket_name)
+    let first_pid = spawn(cfg, &runtime_socket_name, go.as_ref())
         .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
     Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None })
 }
@@ -98,7 +102,9 @@ fn stack_pad(target: Option<u64>, program_len: usize, args_bytes: u64, env_bytes
     ".".repeat(len as usize)
 }
 
-fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
+/// Launch the server. `go`: an update's new version launched ahead got the old version's
+/// heap slots and stack size, and the descriptors the server takes at their numbers.
+fn spawn(cfg: &Config, socket_name: &str, go: Option<&(Go, Vec<OwnedFd>)>) -> std::io::Result<i32> {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
         _ => cfg.runtime_lib.display().to_string(),
@@ -133,16 +139,21 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     // unused), so that both versions' environments have as many entries.
     let profile = cfg.profile.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     env.push((mcr_protocol::env::PROFILE.into(), profile));
-    let (replay, avoid) = match &cfg.update {
-        Some(u) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
-        None => Default::default(),
+    let (replay, avoid) = match (&cfg.update, go) {
+        (Some(u), Some((go, _))) => (u.replay_log.display().to_string(), go.heap_avoid.clone()),
+        (Some(u), None) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
+        (None, _) => Default::default(),
     };
     env.push((mcr_protocol::env::REPLAY.into(), replay));
     env.push((mcr_protocol::env::HEAP_AVOID.into(), avoid));
     let args_bytes =
         strings_bytes(std::iter::once(cfg.program.as_os_str().len()).chain(cfg.args.iter().map(String::len)));
+    let stack_strings = match go {
+        Some((go, _)) => go.stack_strings,
+        None => cfg.update.as_ref().and_then(|u| u.stack_strings),
+    };
     let pad = stack_pad(
-        cfg.update.as_ref().and_then(|u| u.stack_strings),
+        stack_strings,
         cfg.program.as_os_str().len(),
         args_bytes,
         strings_bytes(env.iter().map(|(k, v)| k.len() + 1 + v.len())),
@@ -159,6 +170,13 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     argv_ptrs.push(core::ptr::null());
     let log = if cfg.detach { Some(mcr_protocol::instance::open_append(&cfg.files.log)?) } else { None };
     let devnull = cstring("/dev/null");
+    let (targets, received): (Vec<RawFd>, Vec<RawFd>) = match go {
+        Some((go, fds)) => (go.fds.clone(), fds.iter().map(|f| f.as_raw_fd()).collect()),
+        None => Default::default(),
+    };
+    // The server's descriptors are moved above every target first, so that placing one
+    // never lands on another (or on the log, or the exec-failure pipe) not placed yet.
+    let above = targets.iter().chain(&received).copied().max().map_or(0, |m| m + 1);
 
     // Reports exec failure from the child: closed by a successful exec.
     let mut fds = [0i32; 2];
@@ -168,6 +186,7 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
     }
     // SAFETY: fresh descriptors from pipe2.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut moved = vec![-1; received.len()];
 
     // SAFETY: the supervisor is single-threaded here (tokio not started yet); the child
     // only calls async-signal-safe functions before exec.
@@ -187,25 +206,43 @@ fn spawn(cfg: &Config, socket_name: &str) -> std::io::Result<i32> {
                 }
             }
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            let mut wr_fd = wr.as_raw_fd();
+            let mut log_fd = log.as_ref().map(|l| l.as_raw_fd());
+            if !targets.is_empty() {
+                // Close-on-exec copies above every target: only the placed ones reach the
+                // server (dup2 clears the flag on its target).
+                wr_fd = libc::fcntl(wr_fd, libc::F_DUPFD_CLOEXEC, above);
+                log_fd = log_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above));
+                for (i, &fd) in received.iter().enumerate() {
+                    moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                }
+                for (&from, &to) in moved.iter().zip(&targets) {
+                    if from < 0 || libc::dup2(from, to) < 0 {
+                        let err = *libc::__errno_location();
+                        libc::write(wr_fd, (&err as *const i32).cast(), 4);
+                        libc::_exit(127);
+                    }
+                }
+            }
             if let Some(dir) = &cwd {
                 if libc::chdir(dir.as_ptr()) != 0 {
                     let err = *libc::__errno_location();
-                    libc::write(wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+                    libc::write(wr_fd, (&err as *const i32).cast(), 4);
                     libc::_exit(127);
                 }
             }
-            if let Some(log) = &log {
+            if let Some(log) = log_fd {
                 // Close-on-exec: only the dup2'ed copy at 0 reaches the server.
                 let null = libc::open(devnull.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 if null >= 0 {
                     libc::dup2(null, 0);
                 }
-                libc::dup2(log.as_raw_fd(), 1);
-                libc::dup2(log.as_raw_fd(), 2);
+                libc::dup2(log, 1);
+                libc::dup2(log, 2);
             }
             libc::execve(prog.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
             let err = *libc::__errno_location();
-            libc::write(wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+            libc::write(wr_fd, (&err as *const i32).cast(), 4);
             libc::_exit(127);
         }
     }

@@ -26,6 +26,7 @@ pub mod procfs;
 mod profiling;
 mod runtime_link;
 pub mod sockdiag;
+pub mod staging;
 mod state;
 
 use mcr_protocol::{InstanceFiles, LaunchReport};
@@ -44,6 +45,8 @@ pub enum SupervisorError {
     RuntimeSocket(std::io::Error),
     #[error("cannot launch {program}: {source}")]
     Launch { program: String, source: std::io::Error },
+    #[error("launched ahead, the new version got no go: {0}")]
+    NoGo(std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -78,6 +81,9 @@ pub struct Config {
     pub init_link: Option<OwnedFd>,
     /// A supervisor started again by the init: take the running version over.
     pub reattach: Option<init::Reattach>,
+    /// An update's new version launched ahead ([`staging`]): wait for the go on this
+    /// socket before launching the server.
+    pub go: Option<OwnedFd>,
 }
 
 impl Config {
@@ -103,6 +109,8 @@ impl Config {
             },
             init_link: None,
             reattach: None,
+            // Only the first supervisor launches the server (see `init`).
+            go: None,
         })
     }
 }

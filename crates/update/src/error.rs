@@ -145,6 +145,8 @@ pub enum RestartError {
     },
     #[error("fd {0} is already in use in mcr itself")]
     FdInUse(i32),
+    #[error("the new version, launched ahead, cannot be given the go")]
+    Go(#[source] std::io::Error),
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error(transparent)]

@@ -254,7 +254,12 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
 
     fn step(&mut self, phase: Phase) -> Result<(), UpdateError> {
         match phase {
-            Phase::Preflight => Ok(self.preflight()?),
+            Phase::Preflight => {
+                // The new version's init and supervisor start meanwhile, off the paused
+                // clock (on a refusal the rollback ends them).
+                self.versions.launcher.stage();
+                Ok(self.preflight()?)
+            }
             Phase::Drain => Ok(self.drain()?),
             // What the old version made between the preflight and parking is checked too:
             // found now, the update rolls back (the old version resumes).

@@ -89,6 +89,9 @@ pub trait Launcher {
     /// descriptors the old processes (`old`) created during theirs. Returns as soon as it
     /// runs: [`NextVersion::wait_started`] waits for it to park.
     fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<Self::Next, RestartError>;
+    /// Prepare what of the new version needs nothing of the old one's paused state, ahead
+    /// of [`Launcher::start`] (best effort; by default nothing).
+    fn stage(&mut self) {}
     /// After a rollback (the new version, if started, killed): remove what is left of
     /// it (its instance files, the replay log) and reap it.
     fn discard(&mut self);

@@ -8,9 +8,11 @@ use crate::error::RestartError;
 use crate::version::{HostPids, Launcher};
 use mcr_client::launch::{report_channel, spawn_supervisor, LogMark, SupervisorLaunch};
 use mcr_protocol::{InstanceDir, InstanceFiles, ProcessLog, UpdateInfo};
+use mcr_supervisor::staging::{self, Go};
+use mcr_supervisor::UpdateLaunch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,15 @@ pub struct Spawner {
     profile: Option<PathBuf>,
     env: Vec<(String, String)>,
     cwd: PathBuf,
+    /// The new version launched ahead, waiting for its go.
+    staged: Option<Staged>,
+}
+
+/// A new version's init and supervisor launched ahead ([`Launcher::stage`]).
+struct Staged {
+    report: OwnedFd,
+    go: OwnedFd,
+    mark: LogMark,
 }
 
 impl Spawner {
@@ -56,6 +67,7 @@ impl Spawner {
             profile: info.profile.as_ref().map(PathBuf::from),
             env: info.env.clone(),
             cwd: PathBuf::from(&info.cwd),
+            staged: None,
         }
     }
 
@@ -64,19 +76,10 @@ impl Spawner {
     }
 }
 
-impl Launcher for Spawner {
-    type Next = NewSupervisor;
-
-    fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<NewSupervisor, RestartError> {
-        let replay_log = self.replay_log();
-        serde_json::to_vec(logs)
-            .map_err(std::io::Error::from)
-            .and_then(|json| mcr_protocol::instance::write_private(&replay_log, &json))
-            .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
-        // The new version inherits exactly the old version's descriptors: nothing this
-        // shell left open to mcr (a client socket on fd 3) may slip into it.
-        close_on_exec_all();
-        let inherited = inherit_descriptors(old, logs)?;
+impl Spawner {
+    /// Launch the new version's init and supervisor. `go`: launched ahead, they wait for
+    /// it; without, they inherit the descriptors this process placed for the server.
+    fn launch(&mut self, update: UpdateLaunch, go: Option<OwnedFd>) -> Result<(OwnedFd, LogMark), RestartError> {
         let lock = match self.lock.take() {
             Some(l) => l,
             None => self.next_files.acquire()?,
@@ -93,21 +96,78 @@ impl Launcher for Spawner {
             runtime_lib: self.runtime_lib.clone(),
             profile: self.profile.clone(),
             detach: true,
-            update: Some(mcr_supervisor::UpdateLaunch {
-                final_name: self.name.clone(),
-                replay_log: replay_log.clone(),
-                env: self.env.clone(),
-                cwd: self.cwd.clone(),
-                heap_avoid: heap_slots_of(old),
-                stack_strings: old.values().min().and_then(|&host| initial_stack_strings(host)),
-            }),
+            update: Some(update),
             unblock_forwarded: false,
+            go,
         })?;
+        Ok((report, mark))
+    }
+
+    fn update_launch(&self, heap_avoid: String, stack_strings: Option<u64>) -> UpdateLaunch {
+        UpdateLaunch {
+            final_name: self.name.clone(),
+            replay_log: self.replay_log(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            heap_avoid,
+            stack_strings,
+        }
+    }
+}
+
+impl Launcher for Spawner {
+    type Next = NewSupervisor;
+
+    /// The new version's init and supervisor, launched while the old version still serves:
+    /// forking, entering the namespaces and executing mcr again (nginx: ~4 ms) come off
+    /// the paused clock. Best effort: if this fails, `start` launches them itself.
+    fn stage(&mut self) {
+        // Nothing this shell left open to mcr (a client socket on fd 3) may slip into the
+        // new version.
+        close_on_exec_all();
+        let Ok((mine, theirs)) = staging::pair() else { return };
+        let update = self.update_launch(String::new(), None);
+        if let Ok((report, mark)) = self.launch(update, Some(theirs)) {
+            self.staged = Some(Staged { report, go: mine, mark });
+        }
+    }
+
+    fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<NewSupervisor, RestartError> {
+        let replay_log = self.replay_log();
+        serde_json::to_vec(logs)
+            .map_err(std::io::Error::from)
+            .and_then(|json| mcr_protocol::instance::write_private(&replay_log, &json))
+            .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
+        let heap_avoid = heap_slots_of(old);
+        let stack_strings = old.values().min().and_then(|&host| initial_stack_strings(host));
+        if let Some(staged) = self.staged.take() {
+            let taken = take_descriptors(old, logs)?;
+            let go = Go { heap_avoid, stack_strings, fds: taken.keys().copied().collect() };
+            let fds: Vec<RawFd> = taken.values().map(|f| f.as_raw_fd()).collect();
+            staging::send(&staged.go, &go, &fds).map_err(RestartError::Go)?;
+            return Ok(NewSupervisor::new(
+                self.dir.clone(),
+                self.name.clone(),
+                report_channel(staged.report),
+                staged.mark,
+            ));
+        }
+        // The new version inherits exactly the old version's descriptors: nothing this
+        // shell left open to mcr (a client socket on fd 3) may slip into it.
+        close_on_exec_all();
+        let inherited = take_descriptors(old, logs)?
+            .into_iter()
+            .map(|(fd, copy)| place_at(copy, fd))
+            .collect::<Result<Vec<OwnedFd>, RestartError>>()?;
+        let (report, mark) = self.launch(self.update_launch(heap_avoid, stack_strings), None)?;
         drop(inherited);
         Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), mark))
     }
 
     fn discard(&mut self) {
+        // A new version launched ahead and never given its go exits when its go socket
+        // closes.
+        drop(self.staged.take());
         drop(self.lock.take());
         let t = Instant::now();
         while self.next_files.is_live() && t.elapsed() < GONE_TIMEOUT {
@@ -158,10 +218,9 @@ fn close_on_exec_all() {
     }
 }
 
-/// Descriptors created by the old version's startup that are still open: copied out of
-/// the old processes with pidfd_getfd and placed at the same numbers in this process,
-/// without close-on-exec, so the new supervisor and its first process inherit them.
-fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedFd>, RestartError> {
+/// Descriptors created by the old version's startup that are still open, by number:
+/// copied out of the old processes with pidfd_getfd (close-on-exec).
+fn take_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<BTreeMap<i32, OwnedFd>, RestartError> {
     let mut taken: BTreeMap<i32, OwnedFd> = BTreeMap::new();
     for p in logs {
         let Some(&host_pid) = old.get(&p.pid) else { continue };
@@ -180,10 +239,10 @@ fn inherit_descriptors(old: &HostPids, logs: &[ProcessLog]) -> Result<Vec<OwnedF
                 pid: p.pid,
                 source,
             })?;
-            taken.insert(fd, place_at(copy, fd)?);
+            taken.insert(fd, copy);
         }
     }
-    Ok(taken.into_values().collect())
+    Ok(taken)
 }
 
 /// `copy` at descriptor number `fd` of this process, without close-on-exec.

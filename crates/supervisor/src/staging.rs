@@ -1,0 +1,217 @@
+//! An update's new version launched ahead ("staged"): `mcr update` starts the new
+//! version's init and supervisor while the old version still serves (during the
+//! preflight), and they wait for the go before they bind anything or launch the server.
+//! On the paused clock only the go remains: what the old version's startup logs say
+//! (the heap slots to keep free, the size of its initial stack strings) and the
+//! descriptors its startup created, which the server gets at the same numbers.
+//!
+//! The go travels on a SOCK_SEQPACKET socketpair: one packet of JSON ([`Go`]), then the
+//! descriptors, [`FDS_PER_PACKET`] at most per packet, in the order of [`Go::fds`]. The
+//! launching end closed before a go (the update refused, failed or was killed): the
+//! supervisor exits without launching anything.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// What the staged supervisor waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Go {
+    /// `UpdateLaunch::heap_avoid`, known once the old version is paused.
+    pub heap_avoid: String,
+    /// `UpdateLaunch::stack_strings`.
+    pub stack_strings: Option<u64>,
+    /// The number each descriptor that follows takes in the server.
+    pub fds: Vec<RawFd>,
+}
+
+/// The kernel's SCM_MAX_FD is 253.
+pub const FDS_PER_PACKET: usize = 250;
+
+/// The largest go packet: a few hundred bytes of slots and descriptor numbers in practice.
+const MAX_GO: usize = 1 << 20;
+
+/// A new pair of ends, both close-on-exec: (the launcher's, the supervisor's).
+pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into a live local array.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Send the go with `fds` (copies travel; the caller keeps its own), one number of
+/// `go.fds` each, in order.
+pub fn send(end: &impl AsRawFd, go: &Go, fds: &[RawFd]) -> std::io::Result<()> {
+    if fds.len() != go.fds.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "one descriptor per number"));
+    }
+    let text = serde_json::to_vec(go).map_err(std::io::Error::from)?;
+    send_packet(end, &text, &[])?;
+    for chunk in fds.chunks(FDS_PER_PACKET) {
+        send_packet(end, b"+", chunk)?;
+    }
+    Ok(())
+}
+
+/// Wait for the go (blocking); its descriptors come back close-on-exec, in the order of
+/// [`Go::fds`]. An error when the launcher closed its end first.
+pub fn receive(end: &impl AsRawFd) -> std::io::Result<(Go, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; MAX_GO];
+    let (n, stray) = receive_packet(end, &mut buf)?;
+    if n == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the update ended before its go"));
+    }
+    drop(stray);
+    let go: Go = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::from)?;
+    let mut fds = Vec::with_capacity(go.fds.len());
+    while fds.len() < go.fds.len() {
+        let (n, more) = receive_packet(end, &mut buf)?;
+        if n == 0 && more.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the update ended after {} of its {} descriptors", fds.len(), go.fds.len()),
+            ));
+        }
+        fds.extend(more);
+    }
+    if fds.len() != go.fds.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} descriptors for {} numbers", fds.len(), go.fds.len()),
+        ));
+    }
+    Ok((go, fds))
+}
+
+fn send_packet(end: &impl AsRawFd, payload: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if !fds.is_empty() {
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = space;
+        // SAFETY: the control buffer holds CMSG_SPACE(fds) bytes, room for one header and
+        // the descriptors copied into its data.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+        }
+    }
+    loop {
+        // SAFETY: hdr points at live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(end.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// One packet into `buf`: its length (0 at end of file) and its descriptors.
+fn receive_packet(end: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE((FDS_PER_PACKET * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = space;
+    let n = loop {
+        // SAFETY: hdr points at live buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(end.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into `control` (bounded by
+    // msg_controllen); each SCM_RIGHTS payload is an array of fresh descriptors now owned
+    // by this process.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+    }
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "descriptors were cut off"));
+    }
+    Ok((n, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn inode(fd: impl AsFd) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap()).metadata().unwrap().ino()
+    }
+
+    #[test]
+    fn the_go_arrives_with_its_descriptors_in_order_across_packets() {
+        let (launcher, supervisor) = pair().unwrap();
+        let files: Vec<std::fs::File> = (0..FDS_PER_PACKET + 3).map(|_| tempfile_like()).collect();
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let go = Go {
+            heap_avoid: "0x100000000000".into(),
+            stack_strings: Some(4242),
+            fds: (0..raw.len() as i32).map(|i| 1000 + i).collect(),
+        };
+        let sent = go.clone();
+        let t = std::thread::spawn(move || send(&launcher, &sent, &raw));
+        let (got, fds) = receive(&supervisor).unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(got, go);
+        assert_eq!(fds.len(), files.len());
+        for (f, r) in files.iter().zip(&fds) {
+            assert_eq!(inode(f), inode(r), "the descriptors keep their order");
+        }
+    }
+
+    #[test]
+    fn a_launcher_that_goes_away_before_the_go_is_an_error_not_a_hang() {
+        let (launcher, supervisor) = pair().unwrap();
+        drop(launcher);
+        let e = receive(&supervisor).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    /// A distinct open file each time (a memfd: no file system needed).
+    fn tempfile_like() -> std::fs::File {
+        // SAFETY: memfd_create with a static name; the descriptor is owned below.
+        let fd = unsafe { libc::memfd_create(c"staging-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nothing else owns.
+        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
