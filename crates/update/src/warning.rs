@@ -25,11 +25,6 @@ pub enum Warning {
     StartupAllocationsUnknown { pid: i32, reason: String },
     /// The process's old heap is copied block by block instead of adopted.
     HeapNotAdopted { pid: i32, reason: String },
-    /// Of the blocks libraries allocated during the old process's startup and that are
-    /// still live, the new version's startup allocated only `held` at the same addresses:
-    /// its own state of those libraries exists beside the old one (DESIGN.md "Mutable
-    /// tracing", placed startup blocks).
-    LibraryStateTwice { pid: i32, live: usize, held: usize },
     /// --fresh-state: state the update could not have moved anyway stays behind too.
     StateLeftBehind(Vec<crate::preflight::Unmovable>),
     /// A rollback could not resume the old version.
@@ -67,13 +62,6 @@ impl fmt::Display for Warning {
                 "process {pid}'s startup allocations are unknown ({reason}): its startup objects are reallocated, not matched"
             ),
             Warning::HeapNotAdopted { pid: _, reason } => write!(f, "{reason}"),
-            Warning::LibraryStateTwice { pid, live, held } => write!(
-                f,
-                "process {pid}: libraries allocated {live} blocks during the old version's startup that are still live; \
-                 the new version's startup allocated {held} of them at the same addresses (its allocations inside \
-                 libraries stopped following the old version's), so it made its own of the others: the new code \
-                 may use those, not the old ones with the state that moved"
-            ),
             Warning::StateLeftBehind(items) => {
                 write!(f, "--fresh-state: the running version's state stays behind, including what no update could move:")?;
                 items.iter().try_for_each(|u| write!(f, "\n  {u}"))

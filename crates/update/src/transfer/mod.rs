@@ -108,6 +108,19 @@ pub enum TransferError {
     PthreadKey { pid: i32, index: u32, why: String },
     #[error("process {pid}: {message}")]
     PthreadKeys { pid: i32, message: String },
+    /// Of the blocks libraries allocated during the old process's startup and that are
+    /// still live, the new version's startup allocated only `held` at the same addresses:
+    /// its own state of those libraries would exist beside the old one, and the new code
+    /// run on it, without what moved (DESIGN.md "Mutable tracing", placed startup blocks).
+    #[error(
+        "process {pid}: libraries allocated {live} blocks during the old version's startup that are still live; \
+         the new version's startup allocated only {held} of them at the same addresses (its allocations inside \
+         libraries stopped following the old version's), so it made its own of the others and its code would run \
+         on those, not on the ones holding the state that moves. Make the new version's startup call the libraries \
+         as the old one did (the same calls, in the same order, before its first quiescent point), or update with \
+         --fresh-state"
+    )]
+    LibraryStateTwice { pid: i32, live: usize, held: usize },
     #[error("a tracer thread panicked")]
     Panicked,
     #[error("cannot read process {pid}'s mappings")]

@@ -147,7 +147,7 @@ pub(crate) fn transfer(
     };
     let held = startup.as_ref().map_or(0, |s| s.held.len());
     if adopted.is_some() && library_blocks > held {
-        warn(Warning::LibraryStateTwice { pid, live: library_blocks, held });
+        return Err(TransferError::LibraryStateTwice { pid, live: library_blocks, held });
     }
     if let Some(a) = &adopted {
         sum.heap_regions_adopted += a.regions;
