@@ -151,77 +151,253 @@ fn kvd_heap_is_mapped_not_copied_across_updates_and_shared_again_at_commit() {
     }
 }
 
-/// (b) The new version killed while it maps the old heap copy-on-write (paused while the
-/// state is transferred, and at the commit before its point) leaves the old version's heap
-/// as it was, in the memfds it shares, and serving. A layout update rewrites many adopted
-/// blocks in the new process.
-#[test]
-fn a_new_version_killed_before_its_commit_leaves_the_shared_old_heap_as_it_was() {
-    use mcr_protocol::test_hook;
-    for point in [test_hook::point::TRANSFERRING, test_hook::point::COMMITTING] {
-        let mcr = Mcr::new(&format!("cow-rollback-{point}"));
-        let pause_dir = mcr.tmp.join("pause");
-        std::fs::create_dir_all(&pause_dir).unwrap();
-        let port = free_port();
-        let (v1, v2) = (fixture("kvd"), fixture("kvd-v2-layout"));
-        let inst = mcr.start("kvd", &v1, &port_args(port));
-        let mut c = Client::connect(port);
-        let set = pipelined(&mut c, (0..KEYS).map(|i| format!("SET k{i} {}", value_of(i, 0))));
-        assert!(set.iter().all(|r| r == "OK"), "a SET failed");
-        let old = server_of(&v1, port);
-        let before = heap_at_rest(&mcr, "kvd", old);
-        let old_memfds = heap_memfds(old);
-        assert!(old_memfds.iter().all(|(_, _, shared)| *shared), "{old_memfds:x?}");
+// (b) Rollback at every phase of an update leaves the old version's heap as it was: the
+// same live blocks, byte for byte, in the memfds it maps shared, and the old process
+// serving every key. One case per phase and kind of update:
+// - before a new version exists (after the drain, after the quiesce), the fault is
+//   `mcr update` killed where it pauses: the old supervisor resumes its version when the
+//   update's connection closes;
+// - once one exists (launched and replaying its startup, its state transferred, at the
+//   commit before its point, while the old version retires), the new version's server
+//   killed: the update or the new supervisor gives up and the old version resumes. From
+//   the transfer on, the new process maps the old heap's memfds copy-on-write (checked
+//   before it is killed) and writes there: a layout update rewrites every block the trace
+//   reaches, most in place; a code-only one leaves every block where and as it is (the
+//   two paths through the adoption).
+//
+// `retiring` is a case because it is before the commit point: the old version was asked
+// to retire (parked for good) but not released yet. The new supervisor checks its
+// processes again after that pause before it releases the old version
+// (crates/supervisor/src/commit.rs), and a retiring old version whose new version's link
+// closes before the release resumes (crates/supervisor/src/handover.rs, `closed`); the
+// update, whose commit got no answer, asks the old version, which says it resumed
+// (crates/update/src/machine.rs, `settle`). Not a case: the new version killed right
+// after the commit point (`committed`): the old version was released there (its processes
+// killed), nothing can roll back, and the server is lost as it would be outside an update
+// (crates/cli/tests/faults.rs, `new_server_killed_right_after_the_commit_point`).
+//
+// After each: `mcr list` and `mcr status` find the instance, run by the old version's
+// supervisor, and the same update then commits, mapping the heap from the same memfds
+// again (not copying it), with every key intact.
 
-        let mut argv: Vec<std::ffi::OsString> = vec!["update".into(), "kvd".into(), "--json".into(), "--".into()];
-        argv.push(v2.clone().into());
-        argv.extend(port_args(port).into_iter().map(Into::into));
-        let mut cmd = mcr.command(&argv);
-        cmd.env(test_hook::PAUSE_AT, point).env(test_hook::PAUSE_DIR, &pause_dir);
-        let mut upd = Spawned::spawn(cmd, &mcr.tmp.path);
-        let marker = pause_dir.join(format!("{point}.paused"));
-        let t = Instant::now();
-        while !marker.exists() {
-            if let Some(out) = upd.wait_timeout(Duration::ZERO) {
-                panic!("{point}: the update ended before its pause: {out}");
+/// The fault injected where the update pauses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `mcr update` killed (SIGKILL) where it pauses: before a new version exists.
+    UpdateKilled,
+    /// The new version's server process killed (SIGKILL).
+    NewServerKilled,
+}
+
+/// Whether an instance's supervisor holds its lock.
+fn live(mcr: &Mcr, name: &str) -> bool {
+    let dir = mcr_protocol::InstanceDir { path: mcr.runtime_dir.clone() };
+    dir.files(name).is_ok_and(|f| f.is_live())
+}
+
+/// How two snapshots of a heap (live blocks by address, with their bytes) differ, block by
+/// block: empty when they are identical.
+fn heap_differences(before: &[(u64, Vec<u8>)], after: &[(u64, Vec<u8>)]) -> Vec<String> {
+    let before_by_addr: BTreeMap<u64, &Vec<u8>> = before.iter().map(|(a, b)| (*a, b)).collect();
+    let after_by_addr: BTreeMap<u64, &Vec<u8>> = after.iter().map(|(a, b)| (*a, b)).collect();
+    let mut out = Vec::new();
+    for (addr, was) in &before_by_addr {
+        match after_by_addr.get(addr) {
+            None => out.push(format!("{addr:#x} ({} bytes): no longer live", was.len())),
+            Some(now) if now.len() != was.len() => {
+                out.push(format!("{addr:#x}: {} bytes before, {} after", was.len(), now.len()))
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "{point}: the update did not pause within 60 s");
-            std::thread::sleep(Duration::from_millis(2));
+            Some(now) => {
+                let Some(first) = was.iter().zip(now.iter()).position(|(a, b)| a != b) else { continue };
+                let end = (first + 16).min(was.len());
+                out.push(format!(
+                    "{addr:#x} ({} bytes): from byte {first}: {:02x?} before, {:02x?} after",
+                    was.len(),
+                    &was[first..end],
+                    &now[first..end]
+                ))
+            }
         }
-        // What the test is about: the new process maps the old memfds copy-on-write.
-        let new = server_of(&v2, port);
-        let old_inodes: Vec<u64> = old_memfds.iter().map(|(_, i, _)| *i).collect();
-        let cow: Vec<_> = heap_memfds(new).into_iter().filter(|(_, i, _)| old_inodes.contains(i)).collect();
-        assert!(
-            !cow.is_empty() && cow.iter().all(|(_, _, shared)| !shared),
-            "{point}: the new process does not map the old heap's memfds copy-on-write: {cow:x?}"
-        );
-        kill(new, libc::SIGKILL);
-        wait_for(Duration::from_secs(10), "the new version's server to be gone", || !alive(new));
-        let _ = std::fs::remove_file(&marker);
-        let out = upd.wait_timeout(Duration::from_secs(30)).unwrap_or_else(|| panic!("{point}: the update hangs"));
-        assert!(!out.status.success(), "{point}: committed: {out}");
-        let settled = wait_until(Duration::from_secs(20), || {
-            ping_once(port, Duration::from_secs(1)).is_ok() && inst.status()["quiesced"] == Value::Bool(false)
-        });
-        assert!(settled, "{point}: the old version does not serve\nlog:\n{}", inst.log());
-        let after = heap_at_rest(&mcr, "kvd", old);
-        let after_by_addr: BTreeMap<u64, &Vec<u8>> = after.iter().map(|(a, b)| (*a, b)).collect();
-        let changed: Vec<u64> =
-            before.iter().filter(|(a, b)| after_by_addr.get(a) != Some(&b)).map(|(a, _)| *a).take(5).collect();
-        assert!(
-            before.len() == after.len() && changed.is_empty(),
-            "{point}: the old heap changed: {} live blocks before, {} after; first differing: {changed:x?}",
-            before.len(),
-            after.len()
-        );
-        let now = heap_memfds(old);
-        assert!(
-            now.iter().all(|(_, i, shared)| *shared && old_inodes.contains(i)),
-            "{point}: the old heap is no longer mapped shared from its memfds: {now:x?}, before {old_memfds:x?}"
-        );
-        assert_every_key(port, 0, &format!("after the rollback at {point}"));
     }
+    for (addr, now) in &after_by_addr {
+        if !before_by_addr.contains_key(addr) {
+            out.push(format!("{addr:#x} ({} bytes): live after only", now.len()));
+        }
+    }
+    out
+}
+
+fn rollback_case(fault: Fault, point: &str, to: &str) {
+    use mcr_protocol::test_hook;
+    let case = format!("update to {to}, {fault:?} at {point}");
+    let mcr = Mcr::new(&format!("cow-rb-{to}-{point}"));
+    let pause_dir = mcr.tmp.join("pause");
+    std::fs::create_dir_all(&pause_dir).unwrap();
+    let port = free_port();
+    let (v1, v2) = (fixture("kvd"), fixture(to));
+    let inst = mcr.start("kvd", &v1, &port_args(port));
+    let _next = mcr.guard("kvd.next");
+    // This client stays connected, idle, to the end: a connection that closes frees its
+    // blocks whenever the server gets to it.
+    let mut c = Client::connect(port);
+    let set = pipelined(&mut c, (0..KEYS).map(|i| format!("SET k{i} {}", value_of(i, 0))));
+    assert!(set.iter().all(|r| r == "OK"), "{case}: a SET failed");
+    let old = server_of(&v1, port);
+    let old_supervisor = inst.supervisor_pid();
+    let before = heap_at_rest(&mcr, "kvd", old);
+    assert!(before.len() >= 2 * KEYS, "{case}: only {} live blocks before the update", before.len());
+    let old_memfds = heap_memfds(old);
+    assert!(
+        !old_memfds.is_empty() && old_memfds.iter().all(|(_, _, shared)| *shared),
+        "{case}: the old heap is not in shared memfds: {old_memfds:x?}"
+    );
+    let old_inodes: std::collections::BTreeSet<u64> = old_memfds.iter().map(|(_, i, _)| *i).collect();
+
+    let mut argv: Vec<std::ffi::OsString> = vec!["update".into(), "kvd".into(), "--json".into(), "--".into()];
+    argv.push(v2.clone().into());
+    argv.extend(port_args(port).into_iter().map(Into::into));
+    let mut cmd = mcr.command(&argv);
+    cmd.env(test_hook::PAUSE_AT, point).env(test_hook::PAUSE_DIR, &pause_dir);
+    let mut upd = Spawned::spawn(cmd, &mcr.tmp.path);
+    let marker = pause_dir.join(format!("{point}.paused"));
+    let t = Instant::now();
+    while !marker.exists() {
+        if let Some(out) = upd.wait_timeout(Duration::ZERO) {
+            panic!("{case}: the update ended before its pause: {out}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{case}: the update did not pause within 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    match fault {
+        Fault::UpdateKilled => {
+            // The update itself holds here (the marker names it), and no new version is
+            // launched yet.
+            let mut paused = String::new();
+            wait_until(Duration::from_secs(5), || {
+                paused = std::fs::read_to_string(&marker).unwrap_or_default();
+                paused.ends_with('\n')
+            });
+            assert_eq!(paused.trim(), upd.pid().to_string(), "{case}: not the update paused");
+            let new = host_pids_running(&v2, port);
+            assert!(new.is_empty(), "{case}: a new version runs already: {new:?}");
+            if point == test_hook::point::QUIESCED {
+                assert_eq!(inst.status()["quiesced"], Value::Bool(true), "{case}: the old version is not parked");
+            }
+            kill(upd.pid(), libc::SIGKILL);
+        }
+        Fault::NewServerKilled => {
+            // (While it replays its startup it may not listen yet: found by its executable.)
+            let new = server_of(&v2, port);
+            // What the test is about: the new process never maps the old memfds shared
+            // before the commit point, and from the transfer on it maps them copy-on-write.
+            let mapped: Vec<_> = heap_memfds(new).into_iter().filter(|(_, i, _)| old_inodes.contains(i)).collect();
+            assert!(
+                mapped.iter().all(|(_, _, shared)| !shared),
+                "{case}: the new process maps the old heap's memfds shared: {mapped:x?}"
+            );
+            if point != test_hook::point::RESTARTING {
+                assert!(!mapped.is_empty(), "{case}: the new process does not map the old heap's memfds");
+            }
+            kill(new, libc::SIGKILL);
+            wait_for(Duration::from_secs(10), "the new version's server to be gone", || !alive(new));
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
+    let out = upd.wait_timeout(Duration::from_secs(30)).unwrap_or_else(|| panic!("{case}: the update hangs"));
+    assert!(!out.status.success(), "{case}: committed: {out}");
+    let why: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    eprintln!("{case}: the update ended with {} ({})", out.status, why["message"]);
+
+    // The old version serves again, with no new version left; nothing but this test's
+    // client is connected (the pings' connections closed, their blocks freed).
+    let settled = wait_until(Duration::from_secs(20), || {
+        host_pids_running(&v2, port).is_empty()
+            && !live(&mcr, "kvd.next")
+            && ping_once(port, Duration::from_secs(1)).is_ok()
+            && inst.status()["quiesced"] == Value::Bool(false)
+            && open_server_ends(port).len() == 1
+    });
+    assert!(settled, "{case}: the old version does not serve\nupdate: {out}\nlog:\n{}", inst.log());
+    assert_eq!(host_pids_running(&v1, port), vec![old], "{case}: not the old server process that serves");
+    let after = heap_at_rest(&mcr, "kvd", old);
+    let differences = heap_differences(&before, &after);
+    assert!(
+        differences.is_empty(),
+        "{case}: the old heap changed: {} live blocks before, {} after, {} differ; the first:\n{}",
+        before.len(),
+        after.len(),
+        differences.len(),
+        differences.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let now = heap_memfds(old);
+    let now_inodes: std::collections::BTreeSet<u64> = now.iter().map(|(_, i, _)| *i).collect();
+    assert!(
+        now_inodes == old_inodes && now.iter().all(|(_, _, shared)| *shared),
+        "{case}: the old heap is no longer mapped shared from its memfds: {now:x?}, before {old_memfds:x?}"
+    );
+    assert_every_key(port, 0, &format!("{case}: after the rollback"));
+
+    // The instance is the old version's, as before the update.
+    let list = mcr.run(&["list", "--json"]).ok();
+    let listed: Value = serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("list --json: {e}: {list}"));
+    let names: Vec<&str> = listed.as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, vec!["kvd"], "{case}: mcr list: {list}");
+    let status = inst.status();
+    assert_eq!(
+        status["supervisor_pid"].as_i64(),
+        Some(i64::from(old_supervisor)),
+        "{case}: mcr status shows another supervisor: {status}"
+    );
+
+    // And the same update commits now, mapping the heap from the same memfds.
+    let (next, outcome) = update_json(&mcr, "kvd", &[], &v2, &port_args(port));
+    assert_eq!(next.code(), 0, "{case}: the next update did not commit: {next}\nlog:\n{}", inst.log());
+    let (_, mapped, copied) = heap_figures(&outcome);
+    assert!(
+        mapped >= 1 << 20 && copied * 50 <= mapped,
+        "{case}: the next update mapped {mapped} bytes, copied {copied}: {outcome:#}"
+    );
+    assert_eq!(host_pids_running(&v1, port), Vec::<i32>::new(), "{case}: the old version runs on");
+    let new = server_of(&v2, port);
+    let shared_again: Vec<_> =
+        heap_memfds(new).into_iter().filter(|(_, i, shared)| *shared && old_inodes.contains(i)).collect();
+    assert!(
+        !shared_again.is_empty(),
+        "{case}: after the next update the old heap's memfds are not shared: {:x?}",
+        heap_memfds(new)
+    );
+    assert_every_key(port, 0, &format!("{case}: after the next update"));
+    drop(c);
+}
+
+macro_rules! rollback_cases {
+    ($($name:ident: $fault:ident at $point:ident to $to:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                rollback_case(Fault::$fault, mcr_protocol::test_hook::point::$point, $to);
+            }
+        )*
+    };
+}
+
+// A layout update (kvd-v2-layout: struct kv_node and kv_stats change; every block the
+// trace reaches is rewritten, most in place in the adopted heap) and a code-only one
+// (kvd-v2: no type changes; no block is touched, the heap is only checked).
+rollback_cases! {
+    rollback_layout_update_killed_after_the_drain: UpdateKilled at DRAINED to "kvd-v2-layout";
+    rollback_layout_update_killed_after_the_quiesce: UpdateKilled at QUIESCED to "kvd-v2-layout";
+    rollback_layout_new_server_killed_during_the_restart: NewServerKilled at RESTARTING to "kvd-v2-layout";
+    rollback_layout_new_server_killed_during_the_transfer: NewServerKilled at TRANSFERRING to "kvd-v2-layout";
+    rollback_layout_new_server_killed_at_the_commit_before_its_point: NewServerKilled at COMMITTING to "kvd-v2-layout";
+    rollback_layout_new_server_killed_while_the_old_version_retires: NewServerKilled at RETIRING to "kvd-v2-layout";
+
+    rollback_code_update_killed_after_the_drain: UpdateKilled at DRAINED to "kvd-v2";
+    rollback_code_update_killed_after_the_quiesce: UpdateKilled at QUIESCED to "kvd-v2";
+    rollback_code_new_server_killed_during_the_restart: NewServerKilled at RESTARTING to "kvd-v2";
+    rollback_code_new_server_killed_during_the_transfer: NewServerKilled at TRANSFERRING to "kvd-v2";
+    rollback_code_new_server_killed_at_the_commit_before_its_point: NewServerKilled at COMMITTING to "kvd-v2";
+    rollback_code_new_server_killed_while_the_old_version_retires: NewServerKilled at RETIRING to "kvd-v2";
 }
 
 /// (c) Forking servers, whose heaps a fork froze (copy-on-write over their memfds, which the
