@@ -56,7 +56,7 @@ pub use extent::{Extent, CACHE_STEP, GROW_SPANS};
 pub use geometry::{SlotListError, SlotSet, SLOTS, SLOT_SIZE, SPAN_SIZE, WINDOW_BASE, WINDOW_END};
 pub use heap::{memfd_reopenable, Config, Heap, HeapError, Mode, RegionInfo, Role, SegmentBacking, SegmentInfo, Stats};
 pub use layout::{ThreadCache, FIRST_DATA_SPAN, LAYOUT_VERSION, MAX_SEGMENTS, THREAD_CACHES};
-pub use os::{OsError, ProcPath};
+pub use os::{for_each_mapping_in, mapping_of, OsError, ProcPath};
 pub use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Opens the file behind the mapping `[start, end)` of process `pid` (`None`: this process)

@@ -297,9 +297,48 @@ unsafe impl rustix::ioctl::Ioctl for ProcmapQuery<'_> {
 /// The mapping of process `pid` (`None`: this one) that contains `addr`, as `[start, end)`.
 pub(crate) fn mapping_containing(pid: Option<i32>, addr: usize) -> Result<(usize, usize), Errno> {
     let maps = open(&ProcPath::maps(pid), false)?;
+    let q = query_mapping(&maps, addr, 0)?;
+    Ok((q.vma_start as usize, q.vma_end as usize))
+}
+
+/// The mapping of process `pid` that contains `addr`, as `[start, end)`.
+pub fn mapping_of(pid: i32, addr: usize) -> Result<(usize, usize), Errno> {
+    mapping_containing(Some(pid), addr)
+}
+
+/// Calls `f(start, end)` for every mapping of process `pid` that starts in `[lo, hi)` and
+/// can be read, written or executed, in address order: a few `PROCMAP_QUERY` calls, one per
+/// mapping, instead of the kernel formatting the whole of `/proc/PID/maps` (hundreds of
+/// lines for a server, most of them outside the range).
+pub fn for_each_mapping_in(pid: i32, lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) -> Result<(), Errno> {
+    let maps = open(&ProcPath::maps(Some(pid)), false)?;
+    let accessible = u64::from(k::procmap_query_flags::PROCMAP_QUERY_VMA_READABLE as u32)
+        | u64::from(k::procmap_query_flags::PROCMAP_QUERY_VMA_WRITABLE as u32)
+        | u64::from(k::procmap_query_flags::PROCMAP_QUERY_VMA_EXECUTABLE as u32);
+    let next = k::procmap_query_flags::PROCMAP_QUERY_COVERING_OR_NEXT_VMA as u64;
+    let mut at = lo;
+    while at < hi {
+        let q = match query_mapping(&maps, at, next) {
+            Ok(q) => q,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let (start, end) = (q.vma_start as usize, q.vma_end as usize);
+        if start >= hi || end <= at {
+            return Ok(());
+        }
+        if q.vma_flags & accessible != 0 {
+            f(start.max(lo), end.min(hi));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+fn query_mapping(maps: &OwnedFd, addr: usize, flags: u64) -> Result<k::procmap_query, Errno> {
     let mut query = k::procmap_query {
         size: core::mem::size_of::<k::procmap_query>() as u64,
-        query_flags: 0,
+        query_flags: flags,
         query_addr: addr as u64,
         vma_start: 0,
         vma_end: 0,
@@ -315,8 +354,8 @@ pub(crate) fn mapping_containing(pid: Option<i32>, addr: usize) -> Result<(usize
         build_id_addr: 0,
     };
     // SAFETY: `query` is a live procmap_query of the size it says; see the Ioctl impl.
-    unsafe { rustix::ioctl::ioctl(&maps, ProcmapQuery(&mut query)) }?;
-    Ok((query.vma_start as usize, query.vma_end as usize))
+    unsafe { rustix::ioctl::ioctl(maps, ProcmapQuery(&mut query)) }?;
+    Ok(query)
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)` (fs.h); no crate defines it.

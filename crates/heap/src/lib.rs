@@ -12,4 +12,6 @@ pub mod memory;
 
 pub use index::{block_at, Blocks, HeapIndex, Object};
 pub use mcr_alloc::SlotSet;
-pub use memory::{heap_regions, heap_slots, MappedView, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot};
+pub use memory::{
+    heap_regions, heap_slots, heap_slots_touched, MappedView, MemoryError, ProcessMemory, ReadMemory, Region, Snapshot,
+};

@@ -314,6 +314,25 @@ pub fn heap_regions(pid: i32) -> Result<Vec<(usize, mcr_alloc::remote::RegionLay
     Ok(slots_touched(&maps).iter().filter_map(|slot| Some((slot, crate::index::region_layout(&mem, slot)?))).collect())
 }
 
+/// Every heap slot that a readable, writable or executable mapping of process `pid`
+/// touches (a superset of [`heap_slots`]: regions are not checked), found without reading
+/// its whole memory map: what a new version's heap must keep free, asked for on the
+/// update's paused clock.
+pub fn heap_slots_touched(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
+    let mut set = mcr_alloc::SlotSet::new();
+    mcr_alloc::for_each_mapping_in(pid, mcr_alloc::WINDOW_BASE, mcr_alloc::WINDOW_END, |start, end| {
+        let (Some(first), Some(last)) = (mcr_alloc::geometry::slot_of(start), mcr_alloc::geometry::slot_of(end - 1))
+        else {
+            return;
+        };
+        for slot in first..=last {
+            set.insert(slot);
+        }
+    })
+    .map_err(|e| MemoryError::Maps { pid, source: std::io::Error::from_raw_os_error(e.raw_os_error()) })?;
+    Ok(set)
+}
+
 fn slots_touched(maps: &[mcr_procfs::Mapping]) -> mcr_alloc::SlotSet {
     let mut set = mcr_alloc::SlotSet::new();
     let window = mcr_alloc::WINDOW_BASE as u64..mcr_alloc::WINDOW_END as u64;
@@ -353,5 +372,32 @@ mod slot_tests {
         ));
         let set = slots_touched(&maps);
         assert_eq!(set.iter().collect::<Vec<_>>(), [3, 4, 5]);
+    }
+
+    /// What this process maps in the heap window, asked of the kernel mapping by mapping.
+    #[test]
+    fn the_slots_touched_are_found_without_the_memory_map() {
+        let at = |slot: usize| (mcr_alloc::WINDOW_BASE + slot * mcr_alloc::SLOT_SIZE) as *mut libc::c_void;
+        let map = |addr: *mut libc::c_void, len: usize, prot: i32| {
+            // SAFETY: a fresh anonymous mapping at an address of the heap window, which
+            // nothing in this test process uses; unmapped below.
+            let p = unsafe {
+                libc::mmap(addr, len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+            };
+            assert_eq!(p, addr, "mmap at {addr:?}");
+        };
+        // Slot 7: one page; slots 9-10: a mapping across their boundary; slot 12: reserved.
+        let across = (at(10) as usize - 4096) as *mut libc::c_void;
+        map(at(7), 4096, libc::PROT_READ | libc::PROT_WRITE);
+        map(across, 8192, libc::PROT_READ);
+        map(at(12), 4096, libc::PROT_NONE);
+        let set = heap_slots_touched(std::process::id() as i32).expect("query this process");
+        // SAFETY: unmapping the mappings made above, which nothing refers to.
+        unsafe {
+            libc::munmap(at(7), 4096);
+            libc::munmap(across, 8192);
+            libc::munmap(at(12), 4096);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), [7, 9, 10]);
     }
 }

@@ -140,8 +140,8 @@ impl Launcher for Spawner {
             .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
         let heap_avoid = heap_slots_of(old);
         let stack_strings = old.values().min().and_then(|&host| initial_stack_strings(host));
+        let taken = take_descriptors(old, logs)?;
         if let Some(staged) = self.staged.take() {
-            let taken = take_descriptors(old, logs)?;
             let go = Go { heap_avoid, stack_strings, fds: taken.keys().copied().collect() };
             let fds: Vec<RawFd> = taken.values().map(|f| f.as_raw_fd()).collect();
             staging::send(&staged.go, &go, &fds).map_err(RestartError::Go)?;
@@ -155,10 +155,8 @@ impl Launcher for Spawner {
         // The new version inherits exactly the old version's descriptors: nothing this
         // shell left open to mcr (a client socket on fd 3) may slip into it.
         close_on_exec_all();
-        let inherited = take_descriptors(old, logs)?
-            .into_iter()
-            .map(|(fd, copy)| place_at(copy, fd))
-            .collect::<Result<Vec<OwnedFd>, RestartError>>()?;
+        let inherited =
+            taken.into_iter().map(|(fd, copy)| place_at(copy, fd)).collect::<Result<Vec<OwnedFd>, RestartError>>()?;
         let (report, mark) = self.launch(self.update_launch(heap_avoid, stack_strings), None)?;
         drop(inherited);
         Ok(NewSupervisor::new(self.dir.clone(), self.name.clone(), report_channel(report), mark))
@@ -187,7 +185,7 @@ impl Launcher for Spawner {
 fn heap_slots_of(old: &HostPids) -> String {
     let slots = old
         .values()
-        .filter_map(|&host| mcr_heap::heap_slots(host).ok())
+        .filter_map(|&host| mcr_heap::heap_slots_touched(host).or_else(|_| mcr_heap::heap_slots(host)).ok())
         .fold(mcr_heap::SlotSet::new(), |all, s| all.union(&s));
     let mut buf = [0u8; 2048];
     let n = slots.write_list(&mut buf).unwrap_or(0);
@@ -199,9 +197,10 @@ fn heap_slots_of(old: &HostPids) -> String {
 /// bytes the kernel leaves at the top).
 fn initial_stack_strings(host: i32) -> Option<u64> {
     let layout = mcr_procfs::stat::read(host).ok()?.initial_stack?;
-    let maps = mcr_procfs::maps::read(host).ok()?;
-    let stack = maps.iter().find(|m| m.path == "[stack]")?;
-    stack.end.checked_sub(layout.arg_start)
+    // The mapping that holds the arguments is the stack (asked of the kernel alone: the
+    // whole memory map is long).
+    let (_, end) = mcr_alloc::mapping_of(host, usize::try_from(layout.arg_start).ok()?).ok()?;
+    (end as u64).checked_sub(layout.arg_start)
 }
 
 /// Mark every descriptor above stderr close-on-exec (the inherited ones are cleared again
