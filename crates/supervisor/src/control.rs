@@ -129,6 +129,11 @@ pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// (a runtime gives up at that timeout itself, and answers then).
 const REPLY_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a resume request waits for a retiring version's fate: its new version
+/// releases it (the commit point) or its link closes (it failed before it, and this version
+/// resumes). Either comes within the commit's own steps.
+const RETIRING_SETTLES: Duration = Duration::from_secs(10);
+
 async fn handle(state: &State, req: Request, conn: u64) -> Response {
     match req {
         Request::Status => Response::Status(status(state).await),
@@ -194,6 +199,22 @@ async fn handle(state: &State, req: Request, conn: u64) -> Response {
             if state.lock().new_side.is_some_and(|s| !s.may_resume()) {
                 return Response::Error {
                     message: "this is an update's new version: it resumes at its commit, not before".into(),
+                };
+            }
+            // Retiring, the answer is not known yet: the update asks after its commit got
+            // no answer, and "retired" now would report a commit while the new version's
+            // failure is about to resume this one (its link's close may be handled a moment
+            // after this request).
+            let deadline = Instant::now() + RETIRING_SETTLES;
+            while matches!(state.lock().old_side, OldSide::Retiring { .. }) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if matches!(state.lock().old_side, OldSide::Retiring { .. }) {
+                return Response::Error {
+                    message: format!(
+                        "this version is retiring and its new version neither committed nor failed within {} s",
+                        RETIRING_SETTLES.as_secs()
+                    ),
                 };
             }
             let resumed = state.lock().old_side.resume();
