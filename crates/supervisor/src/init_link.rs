@@ -6,7 +6,7 @@
 //! supervisor again should this one die (the runtime connections it holds copies of, the
 //! main process, the commit). Init → supervisor: the processes it reaped.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// One message on the link.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,14 +73,7 @@ impl Message {
 
 /// The two ends of a new link (both close-on-exec): (init's, supervisor's).
 pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: socketpair writes two descriptors into a live local array.
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::scm_rights::pair()
 }
 
 /// At most this many descriptors travel with one message.
@@ -90,40 +83,8 @@ const MAX_TEXT: usize = 512;
 /// Send one message with `fds` (copies: the caller keeps its own). Never blocks long: a
 /// full link (an init that stopped reading) fails the send.
 pub fn send(link: &impl AsRawFd, msg: &Message, fds: &[RawFd]) -> std::io::Result<()> {
-    let text = msg.encode();
-    let mut iov = libc::iovec { iov_base: text.as_ptr() as *mut libc::c_void, iov_len: text.len() };
     let fds = &fds[..fds.len().min(MAX_FDS)];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-    let mut control = vec![0u8; space.max(1)];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    if !fds.is_empty() {
-        hdr.msg_control = control.as_mut_ptr().cast();
-        hdr.msg_controllen = space;
-        // SAFETY: the control buffer holds CMSG_SPACE(fds) bytes, room for one header and
-        // the descriptors copied into its data.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
-        }
-    }
-    loop {
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let n = unsafe { libc::sendmsg(link.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    }
+    crate::scm_rights::send(link.as_raw_fd(), msg.encode().as_bytes(), fds, libc::MSG_DONTWAIT)
 }
 
 /// What a receive found.
@@ -140,50 +101,16 @@ pub enum Received {
 /// Receive one message without waiting. Descriptors arrive close-on-exec.
 pub fn receive(link: &impl AsRawFd) -> Received {
     let mut text = [0u8; MAX_TEXT];
-    let mut iov = libc::iovec { iov_base: text.as_mut_ptr().cast(), iov_len: text.len() };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = space;
-    let n = loop {
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(link.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            break n as usize;
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return Received::Nothing,
-            _ => return Received::Closed,
-        }
+    let packet = match crate::scm_rights::receive(link.as_raw_fd(), &mut text, MAX_FDS, libc::MSG_DONTWAIT) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Received::Nothing,
+        Err(_) => return Received::Closed,
     };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into `control` (bounded by
-    // msg_controllen); each SCM_RIGHTS payload is an array of fresh descriptors now owned
-    // by this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
-        }
-    }
-    if n == 0 && fds.is_empty() {
+    if packet.len == 0 && packet.fds.is_empty() {
         return Received::Closed;
     }
-    match std::str::from_utf8(&text[..n]).ok().and_then(Message::decode) {
-        Some(m) => Received::Message(m, fds),
+    match std::str::from_utf8(&text[..packet.len]).ok().and_then(Message::decode) {
+        Some(m) => Received::Message(m, packet.fds),
         None => Received::Garbled,
     }
 }
@@ -191,6 +118,7 @@ pub fn receive(link: &impl AsRawFd) -> Received {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     #[test]
     fn every_message_reads_back_as_written() {

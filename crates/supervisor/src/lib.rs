@@ -25,6 +25,7 @@ pub mod pidfd;
 pub mod procfs;
 mod profiling;
 mod runtime_link;
+mod scm_rights;
 pub mod sockdiag;
 pub mod staging;
 mod state;

@@ -11,7 +11,7 @@
 //! supervisor exits without launching anything.
 
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// What the staged supervisor waits for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,14 +32,7 @@ const MAX_GO: usize = 1 << 20;
 
 /// A new pair of ends, both close-on-exec: (the launcher's, the supervisor's).
 pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: socketpair writes two descriptors into a live local array.
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::scm_rights::pair()
 }
 
 /// Send the go with `fds` (copies travel; the caller keeps its own), one number of
@@ -87,90 +80,22 @@ pub fn receive(end: &impl AsRawFd) -> std::io::Result<(Go, Vec<OwnedFd>)> {
 }
 
 fn send_packet(end: &impl AsRawFd, payload: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-    let mut control = vec![0u8; space.max(1)];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    if !fds.is_empty() {
-        hdr.msg_control = control.as_mut_ptr().cast();
-        hdr.msg_controllen = space;
-        // SAFETY: the control buffer holds CMSG_SPACE(fds) bytes, room for one header and
-        // the descriptors copied into its data.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
-        }
-    }
-    loop {
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let n = unsafe { libc::sendmsg(end.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    }
+    crate::scm_rights::send(end.as_raw_fd(), payload, fds, 0)
 }
 
 /// One packet into `buf`: its length (0 at end of file) and its descriptors.
 fn receive_packet(end: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((FDS_PER_PACKET * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live locals.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = space;
-    let n = loop {
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(end.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into `control` (bounded by
-    // msg_controllen); each SCM_RIGHTS payload is an array of fresh descriptors now owned
-    // by this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
-        }
-    }
-    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+    let packet = crate::scm_rights::receive(end.as_raw_fd(), buf, FDS_PER_PACKET, 0)?;
+    if packet.truncated {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "descriptors were cut off"));
     }
-    Ok((n, fds))
+    Ok((packet.len, packet.fds))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, FromRawFd};
 
     fn inode(fd: impl AsFd) -> u64 {
         use std::os::unix::fs::MetadataExt;
