@@ -309,18 +309,19 @@ pub fn heap_slots(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
 /// The heap regions of process `pid` ([`heap_slots`]), each with its layout as the
 /// process maps it.
 pub fn heap_regions(pid: i32) -> Result<Vec<(usize, mcr_alloc::remote::RegionLayout)>, MemoryError> {
-    let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
+    let slots = heap_slots_touched(pid)?;
     let mem = ProcessMemory::open(pid)?;
-    Ok(slots_touched(&maps).iter().filter_map(|slot| Some((slot, crate::index::region_layout(&mem, slot)?))).collect())
+    Ok(slots.iter().filter_map(|slot| Some((slot, crate::index::region_layout(&mem, slot)?))).collect())
 }
 
 /// Every heap slot that a readable, writable or executable mapping of process `pid`
-/// touches (a superset of [`heap_slots`]: regions are not checked), found without reading
-/// its whole memory map: what a new version's heap must keep free, asked for on the
-/// update's paused clock.
+/// touches (a superset of [`heap_slots`]: regions are not checked): what a new version's
+/// heap must keep free, asked for on the update's paused clock. Asked of the kernel
+/// mapping by mapping (`PROCMAP_QUERY`, Linux 6.11: ~30 us for an nginx process), else
+/// from the whole memory map (~170 us).
 pub fn heap_slots_touched(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
     let mut set = mcr_alloc::SlotSet::new();
-    mcr_alloc::for_each_mapping_in(pid, mcr_alloc::WINDOW_BASE, mcr_alloc::WINDOW_END, |start, end| {
+    let asked = mcr_alloc::for_each_mapping_in(pid, mcr_alloc::WINDOW_BASE, mcr_alloc::WINDOW_END, |start, end| {
         let (Some(first), Some(last)) = (mcr_alloc::geometry::slot_of(start), mcr_alloc::geometry::slot_of(end - 1))
         else {
             return;
@@ -328,9 +329,12 @@ pub fn heap_slots_touched(pid: i32) -> Result<mcr_alloc::SlotSet, MemoryError> {
         for slot in first..=last {
             set.insert(slot);
         }
-    })
-    .map_err(|e| MemoryError::Maps { pid, source: std::io::Error::from_raw_os_error(e.raw_os_error()) })?;
-    Ok(set)
+    });
+    if asked.is_ok() {
+        return Ok(set);
+    }
+    let maps = mcr_procfs::maps::read(pid).map_err(|source| MemoryError::Maps { pid, source })?;
+    Ok(slots_touched(&maps))
 }
 
 fn slots_touched(maps: &[mcr_procfs::Mapping]) -> mcr_alloc::SlotSet {

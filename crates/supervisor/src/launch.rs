@@ -3,8 +3,7 @@
 //! (DESIGN.md "Addresses": the next version must be able to load libraries at the same
 //! addresses).
 
-use crate::staging::Go;
-use crate::{Config, SupervisorError};
+use crate::{Config, SupervisorError, UpdateLaunch};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -40,6 +39,14 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     // Launched ahead: nothing is bound before the go (a `mcr list` meanwhile must not
     // find a control socket nobody answers on).
     let go = cfg.go.as_ref().map(crate::staging::receive).transpose().map_err(SupervisorError::NoGo)?;
+    // The go completes what a launch ahead could not know of the paused old version.
+    let update = cfg.update.clone().map(|mut u| {
+        if let Some((go, _)) = &go {
+            u.heap_avoid = go.heap_avoid.clone();
+            u.stack_strings = go.stack_strings;
+        }
+        u
+    });
     let control = UnixListener::bind(&cfg.files.socket)
         .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
     let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
@@ -47,7 +54,8 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
 
-    let first_pid = spawn(cfg, &runtime_socket_name, go.as_ref())
+    let inherited = go.as_ref().map(|(go, fds)| (go.fds.as_slice(), fds.as_slice()));
+    let first_pid = spawn(cfg, update.as_ref(), &runtime_socket_name, inherited)
         .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
     Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None })
 }
@@ -102,15 +110,21 @@ fn stack_pad(target: Option<u64>, program_len: usize, args_bytes: u64, env_bytes
     ".".repeat(len as usize)
 }
 
-/// Launch the server. `go`: an update's new version launched ahead got the old version's
-/// heap slots and stack size, and the descriptors the server takes at their numbers.
-fn spawn(cfg: &Config, socket_name: &str, go: Option<&(Go, Vec<OwnedFd>)>) -> std::io::Result<i32> {
+/// Launch the server (`update`: as an update's new version). `inherited`: the numbers the
+/// server takes and the descriptors to place there (an update's new version launched
+/// ahead got them with its go; otherwise they are inherited as they are).
+fn spawn(
+    cfg: &Config,
+    update: Option<&UpdateLaunch>,
+    socket_name: &str,
+    inherited: Option<(&[RawFd], &[OwnedFd])>,
+) -> std::io::Result<i32> {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
         _ => cfg.runtime_lib.display().to_string(),
     };
     // An update's new version gets the old one's environment, minus what mcr sets.
-    let base: Vec<(String, String)> = match &cfg.update {
+    let base: Vec<(String, String)> = match update {
         Some(u) => u.env.clone(),
         None => std::env::vars().collect(),
     };
@@ -139,27 +153,22 @@ fn spawn(cfg: &Config, socket_name: &str, go: Option<&(Go, Vec<OwnedFd>)>) -> st
     // unused), so that both versions' environments have as many entries.
     let profile = cfg.profile.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     env.push((mcr_protocol::env::PROFILE.into(), profile));
-    let (replay, avoid) = match (&cfg.update, go) {
-        (Some(u), Some((go, _))) => (u.replay_log.display().to_string(), go.heap_avoid.clone()),
-        (Some(u), None) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
-        (None, _) => Default::default(),
+    let (replay, avoid) = match update {
+        Some(u) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
+        None => Default::default(),
     };
     env.push((mcr_protocol::env::REPLAY.into(), replay));
     env.push((mcr_protocol::env::HEAP_AVOID.into(), avoid));
     let args_bytes =
         strings_bytes(std::iter::once(cfg.program.as_os_str().len()).chain(cfg.args.iter().map(String::len)));
-    let stack_strings = match go {
-        Some((go, _)) => go.stack_strings,
-        None => cfg.update.as_ref().and_then(|u| u.stack_strings),
-    };
     let pad = stack_pad(
-        stack_strings,
+        update.and_then(|u| u.stack_strings),
         cfg.program.as_os_str().len(),
         args_bytes,
         strings_bytes(env.iter().map(|(k, v)| k.len() + 1 + v.len())),
     );
     env.push((mcr_protocol::env::STACK_PAD.into(), pad));
-    let cwd = cfg.update.as_ref().map(|u| cstring(u.cwd.as_os_str()));
+    let cwd = update.map(|u| cstring(u.cwd.as_os_str()));
     let envp: Vec<CString> = env.iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(core::ptr::null());
@@ -170,9 +179,9 @@ fn spawn(cfg: &Config, socket_name: &str, go: Option<&(Go, Vec<OwnedFd>)>) -> st
     argv_ptrs.push(core::ptr::null());
     let log = if cfg.detach { Some(mcr_protocol::instance::open_append(&cfg.files.log)?) } else { None };
     let devnull = cstring("/dev/null");
-    let (targets, received): (Vec<RawFd>, Vec<RawFd>) = match go {
-        Some((go, fds)) => (go.fds.clone(), fds.iter().map(|f| f.as_raw_fd()).collect()),
-        None => Default::default(),
+    let (targets, received): (&[RawFd], Vec<RawFd>) = match inherited {
+        Some((targets, fds)) => (targets, fds.iter().map(|f| f.as_raw_fd()).collect()),
+        None => (&[], Vec::new()),
     };
     // The server's descriptors are moved above every target first, so that placing one
     // never lands on another (or on the log, or the exec-failure pipe) not placed yet.
@@ -216,7 +225,7 @@ fn spawn(cfg: &Config, socket_name: &str, go: Option<&(Go, Vec<OwnedFd>)>) -> st
                 for (i, &fd) in received.iter().enumerate() {
                     moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
                 }
-                for (&from, &to) in moved.iter().zip(&targets) {
+                for (&from, &to) in moved.iter().zip(targets) {
                     if from < 0 || libc::dup2(from, to) < 0 {
                         let err = *libc::__errno_location();
                         libc::write(wr_fd, (&err as *const i32).cast(), 4);

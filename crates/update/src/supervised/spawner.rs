@@ -185,7 +185,7 @@ impl Launcher for Spawner {
 fn heap_slots_of(old: &HostPids) -> String {
     let slots = old
         .values()
-        .filter_map(|&host| mcr_heap::heap_slots_touched(host).or_else(|_| mcr_heap::heap_slots(host)).ok())
+        .filter_map(|&host| mcr_heap::heap_slots_touched(host).ok())
         .fold(mcr_heap::SlotSet::new(), |all, s| all.union(&s));
     let mut buf = [0u8; 2048];
     let n = slots.write_list(&mut buf).unwrap_or(0);
