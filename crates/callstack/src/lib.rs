@@ -4,9 +4,11 @@
 //! operations.
 
 pub mod profile;
+pub mod symbol_cache;
 pub mod symbols;
 
 pub use profile::{Profile, ProfileError, QuiescentPoint, ThreadClass};
+pub use symbol_cache::SymbolCache;
 pub use symbols::{ModuleSymbols, SymbolError};
 
 /// Frames deeper than this do not take part in the ID: the bottom of a stack (libc start

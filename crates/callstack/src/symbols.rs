@@ -101,7 +101,62 @@ impl ModuleSymbols {
     pub fn address_of(&self, name: &str) -> Option<u64> {
         self.syms.iter().find(|s| self.name(s) == name).map(|s| s.start)
     }
+
+    /// The table as bytes [`ModuleSymbols::from_bytes`] reads back: a header, the sorted
+    /// entries, the names. What `mcr update` prepares off the paused clock, so that the new
+    /// version's processes read a table instead of parsing ELF symbol tables.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(TABLE_HEADER + self.syms.len() * TABLE_ENTRY + self.names.len());
+        out.extend_from_slice(TABLE_MAGIC);
+        for v in [self.first_load_vaddr, self.syms.len() as u64, self.names.len() as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for s in &self.syms {
+            out.extend_from_slice(&s.start.to_le_bytes());
+            out.extend_from_slice(&s.size.to_le_bytes());
+            out.extend_from_slice(&s.name.0.to_le_bytes());
+            out.extend_from_slice(&s.name.1.to_le_bytes());
+        }
+        out.extend_from_slice(self.names.as_bytes());
+        out
+    }
+
+    /// A table [`ModuleSymbols::to_bytes`] wrote; `None` when `bytes` is not one (another
+    /// format version, cut short, a name out of bounds or not UTF-8).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let word = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        if bytes.get(..TABLE_MAGIC.len())? != TABLE_MAGIC {
+            return None;
+        }
+        let (first_load_vaddr, count, names_len) = (word(8)?, usize::try_from(word(16)?).ok()?, word(24)?);
+        let entries = bytes.get(TABLE_HEADER..TABLE_HEADER.checked_add(count.checked_mul(TABLE_ENTRY)?)?)?;
+        let names = bytes.get(TABLE_HEADER + entries.len()..)?;
+        if names.len() as u64 != names_len {
+            return None;
+        }
+        let names = std::str::from_utf8(names).ok()?.to_string();
+        let mut syms = Vec::with_capacity(count);
+        for e in entries.chunks_exact(TABLE_ENTRY) {
+            let u64_at = |at: usize| e.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            let u32_at = |at: usize| e.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+            let name = (u32_at(16)?, u32_at(20)?);
+            if name.0 > name.1 || !names.is_char_boundary(name.0 as usize) || !names.is_char_boundary(name.1 as usize) {
+                return None;
+            }
+            syms.push(Sym { start: u64_at(0)?, size: u64_at(8)?, name });
+        }
+        if syms.windows(2).any(|w| w[0].start > w[1].start) {
+            return None;
+        }
+        Some(Self { syms, names, first_load_vaddr })
+    }
 }
+
+const TABLE_MAGIC: &[u8; 8] = b"MCRSYM1\0";
+/// Magic, first PT_LOAD address, entry count, names length.
+const TABLE_HEADER: usize = 32;
+/// Start, size, name start, name end.
+const TABLE_ENTRY: usize = 24;
 
 /// The bytes of the ELF file at `path` that symbol lookup reads, at their offsets, the
 /// rest left zero: the header, the program and section headers, and every symbol and

@@ -72,8 +72,12 @@ fn ask(port: u16, line: &str) -> String {
 fn assert_only_instance_files(mcr: &Mcr, name: &str) {
     let mut want: Vec<String> = ["lock", "log", "pid", "sock"].iter().map(|e| format!("{name}.{e}")).collect();
     want.sort();
-    // The update history is kept beside the log.
-    let files: Vec<String> = mcr.runtime_files().into_iter().filter(|f| *f != format!("{name}.history")).collect();
+    // The update history is kept beside the log, and the symbol tables updates prepare.
+    let files: Vec<String> = mcr
+        .runtime_files()
+        .into_iter()
+        .filter(|f| *f != format!("{name}.history") && f != mcr_protocol::instance::SYMBOL_TABLES)
+        .collect();
     assert_eq!(files, want, "unexpected files in the runtime directory");
 }
 
@@ -390,6 +394,14 @@ fn code_only_update_commits(c: Case) {
     assert_eq!(host_pids_running(&v1, port), Vec::<i32>::new(), "processes of the old version remain");
     assert_eq!(host_pids_running(&v2, port).len(), c.procs, "host processes of the new version");
     assert_only_instance_files(&mcr, name);
+
+    // The new version's symbol tables were prepared for it, its program's among them
+    // (what its runtime reads instead of parsing ELF symbol tables on the restart's clock).
+    let tables = mcr_callstack::SymbolCache::new(mcr.runtime_dir.join(mcr_protocol::instance::SYMBOL_TABLES));
+    let prepared =
+        tables.get(&std::fs::canonicalize(&v2).unwrap()).expect("no symbol table prepared for the new program");
+    assert_eq!(prepared.len(), mcr_callstack::ModuleSymbols::load(&v2).unwrap().len());
+    assert!(prepared.address_of("main").is_some());
 }
 
 #[test]

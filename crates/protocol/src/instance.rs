@@ -55,6 +55,10 @@ pub struct InstanceFiles {
     pub log: PathBuf,
 }
 
+/// The subdirectory of an instance directory that holds prepared symbol tables: an update's
+/// new version finds it next to its replay log.
+pub const SYMBOL_TABLES: &str = "symbols";
+
 pub fn validate_name(name: &str) -> Result<(), InstanceError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -122,6 +126,13 @@ impl InstanceDir {
             return Err(insecure(format!("is writable by {} (mode {:o})", writers(mode), mode & 0o7777)));
         }
         Ok(())
+    }
+
+    /// Symbol tables `mcr update` prepares for the new version's processes
+    /// (`mcr_callstack::SymbolCache`), shared by the directory's instances: the modules
+    /// they load are mostly the same files.
+    pub fn symbol_tables(&self) -> PathBuf {
+        self.path.join(SYMBOL_TABLES)
     }
 
     pub fn files(&self, name: &str) -> Result<InstanceFiles, InstanceError> {

@@ -128,6 +128,7 @@ pub fn active() -> bool {
 /// Load the old version's logs (constructor of the new version's first process).
 pub fn load(path: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the replay log {path}: {e}"))?;
+    crate::symbolize::use_prepared_tables(std::path::Path::new(path));
     let logs: Vec<ProcessLog> = serde_json::from_str(&text).map_err(|e| format!("bad replay log {path}: {e}"))?;
     let waits = logs.iter().flat_map(|l| l.log.iter().flat_map(|l| &l.waits_at));
     let _ = OLD_WAITS.set(waits.filter_map(|id| mcr_callstack::parse_id(id)).collect());

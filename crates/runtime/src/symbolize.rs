@@ -3,7 +3,7 @@
 //! outside every known module (a library loaded with dlopen).
 
 use crate::sync::SpinLock;
-use mcr_callstack::ModuleSymbols;
+use mcr_callstack::{ModuleSymbols, SymbolCache};
 use mcr_protocol::{CallStack, Frame};
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +22,25 @@ struct Cache {
 }
 
 static CACHE: SpinLock<Option<Cache>> = SpinLock::new(None);
+
+/// The tables `mcr update` prepared for this version (set when it is an update's).
+static PREPARED: std::sync::OnceLock<SymbolCache> = std::sync::OnceLock::new();
+
+/// This process is an update's new version, whose replay log is `replay_log`: the symbol
+/// tables prepared for it are in its instance directory (read instead of parsing ELF
+/// symbol tables on the restart's clock).
+pub fn use_prepared_tables(replay_log: &Path) {
+    if let Some(dir) = replay_log.parent() {
+        let _ = PREPARED.set(SymbolCache::new(dir.join(mcr_protocol::instance::SYMBOL_TABLES)));
+    }
+}
+
+fn load_symbols(path: &str) -> Option<ModuleSymbols> {
+    match PREPARED.get() {
+        Some(prepared) => prepared.load(Path::new(path)).ok(),
+        None => ModuleSymbols::load(Path::new(path)).ok(),
+    }
+}
 
 fn read_maps() -> Vec<Module> {
     let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
@@ -56,7 +75,7 @@ impl Cache {
             return Frame { address: addr, function: None, module: None, module_offset: 0 };
         };
         let (base, path) = (self.modules[i].base, self.modules[i].path.clone());
-        let syms = self.symbols.entry(path.clone()).or_insert_with(|| ModuleSymbols::load(Path::new(&path)).ok());
+        let syms = self.symbols.entry(path.clone()).or_insert_with(|| load_symbols(&path));
         // A return address points after the call; the call itself is one byte earlier.
         let lookup = if is_return_address { addr.saturating_sub(1) } else { addr };
         let function = syms.as_ref().and_then(|s| {
@@ -131,8 +150,7 @@ impl Cache {
             self.modules = read_maps();
         }
         let base = self.modules.iter().find(|m| m.path == module)?.base;
-        let syms =
-            self.symbols.entry(module.to_string()).or_insert_with(|| ModuleSymbols::load(Path::new(module)).ok());
+        let syms = self.symbols.entry(module.to_string()).or_insert_with(|| load_symbols(module));
         let s = syms.as_ref()?;
         let bias = base.wrapping_sub(s.first_load_vaddr);
         Some(s.address_of(name)?.wrapping_add(bias) as usize)

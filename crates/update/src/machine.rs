@@ -257,7 +257,8 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             Phase::Preflight => {
                 // The new version's init and supervisor start meanwhile, off the paused
                 // clock (on a refusal the rollback ends them).
-                self.versions.launcher.stage();
+                let old = self.versions.old.host_pids().unwrap_or_default();
+                self.versions.launcher.stage(&old);
                 Ok(self.preflight()?)
             }
             Phase::Drain => Ok(self.drain()?),

@@ -90,8 +90,9 @@ pub trait Launcher {
     /// runs: [`NextVersion::wait_started`] waits for it to park.
     fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<Self::Next, RestartError>;
     /// Prepare what of the new version needs nothing of the old one's paused state, ahead
-    /// of [`Launcher::start`] (best effort; by default nothing).
-    fn stage(&mut self) {}
+    /// of [`Launcher::start`] (best effort; by default nothing). `old`: the old version's
+    /// processes as they are now (the modules they load are the new version's too).
+    fn stage(&mut self, _old: &HostPids) {}
     /// After a rollback (the new version, if started, killed): remove what is left of
     /// it (its instance files, the replay log) and reap it.
     fn discard(&mut self);

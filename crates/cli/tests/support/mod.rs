@@ -411,10 +411,14 @@ impl Mcr {
         v
     }
 
-    /// Instance files in the runtime directory: anything but the logs and the update
-    /// histories, which outlive their instance by design.
+    /// Instance files in the runtime directory: anything but the logs, the update
+    /// histories and the symbol tables updates prepare (shared by the instances), which
+    /// outlive their instance by design.
     pub fn instance_files(&self) -> Vec<String> {
-        self.runtime_files().into_iter().filter(|f| !f.ends_with(".log") && !f.ends_with(".history")).collect()
+        self.runtime_files()
+            .into_iter()
+            .filter(|f| !f.ends_with(".log") && !f.ends_with(".history") && f != mcr_protocol::instance::SYMBOL_TABLES)
+            .collect()
     }
 }
 

@@ -4,6 +4,7 @@
 mod next;
 mod old;
 mod spawner;
+mod symbol_tables;
 
 pub use next::NewSupervisor;
 pub use old::OldSupervisor;

@@ -4,6 +4,7 @@
 //! startup at the same number.
 
 use super::next::NewSupervisor;
+use super::symbol_tables::Preparation;
 use crate::error::RestartError;
 use crate::version::{HostPids, Launcher};
 use mcr_client::launch::{report_channel, spawn_supervisor, LogMark, SupervisorLaunch};
@@ -35,6 +36,8 @@ pub struct Spawner {
     cwd: PathBuf,
     /// The new version launched ahead, waiting for its go.
     staged: Option<Staged>,
+    /// Its symbol tables, being prepared meanwhile.
+    symbols: Option<Preparation>,
 }
 
 /// A new version's init and supervisor launched ahead ([`Launcher::stage`]).
@@ -68,6 +71,7 @@ impl Spawner {
             env: info.env.clone(),
             cwd: PathBuf::from(&info.cwd),
             staged: None,
+            symbols: None,
         }
     }
 
@@ -121,15 +125,20 @@ impl Launcher for Spawner {
     /// The new version's init and supervisor, launched while the old version still serves:
     /// forking, entering the namespaces and executing mcr again (nginx: ~4 ms) come off
     /// the paused clock. Best effort: if this fails, `start` launches them itself.
-    fn stage(&mut self) {
+    fn stage(&mut self, old: &HostPids) {
         // Nothing this shell left open to mcr (a client socket on fd 3) may slip into the
         // new version.
         close_on_exec_all();
-        let Ok((mine, theirs)) = staging::pair() else { return };
-        let update = self.update_launch(String::new(), None);
-        if let Ok((report, mark)) = self.launch(update, Some(theirs)) {
-            self.staged = Some(Staged { report, go: mine, mark });
+        if let Ok((mine, theirs)) = staging::pair() {
+            let update = self.update_launch(String::new(), None);
+            if let Ok((report, mark)) = self.launch(update, Some(theirs)) {
+                self.staged = Some(Staged { report, go: mine, mark });
+            }
         }
+        // After the launch: its child runs on after `fork`, which only a single-threaded
+        // process may do.
+        let tables = mcr_callstack::SymbolCache::new(self.dir.symbol_tables());
+        self.symbols = Some(Preparation::start(tables, &self.program, &self.runtime_lib, old));
     }
 
     fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<NewSupervisor, RestartError> {
@@ -152,6 +161,8 @@ impl Launcher for Spawner {
                 staged.mark,
             ));
         }
+        // The launch forks: this process must be single-threaded again.
+        drop(self.symbols.take());
         // The new version inherits exactly the old version's descriptors: nothing this
         // shell left open to mcr (a client socket on fd 3) may slip into it.
         close_on_exec_all();
