@@ -155,6 +155,8 @@ pub struct Updates {
     /// Cold starts: wall time of `mcr run --detach`, and the server's own startup time.
     pub start_wall_ms: Vec<f64>,
     pub start_startup_ms: Vec<f64>,
+    /// Cold starts: from the fork of the server to completed startup (the supervisor's).
+    pub start_exec_ms: Vec<f64>,
     pub failures: Vec<String>,
 }
 
@@ -164,9 +166,10 @@ impl Updates {
         let ms = |x: u64| x as f64 / 1000.0;
         for line in text.lines() {
             match UpdateSample::parse_line(line) {
-                Some(UpdateSample::Start { wall_us, startup_us, .. }) => {
+                Some(UpdateSample::Start { wall_us, startup_us, exec_us, .. }) => {
                     u.start_wall_ms.push(ms(wall_us));
                     u.start_startup_ms.extend(startup_us.map(ms));
+                    u.start_exec_ms.extend(exec_us.map(ms));
                 }
                 Some(UpdateSample::Ok {
                     quiesce_us, restart_us, commit_us, total_us, client_us, startup_us, ..
@@ -366,17 +369,29 @@ fn migration_row(label: &str, u: &Updates) -> Row {
     else {
         return Row { figure, measured: "not measured".into(), budget, paper };
     };
+    // Restart + replay runs from the fork of the new version's first process: the cold
+    // start measured the same way (exec and library loading included) is its baseline;
+    // the server's own measure starts at the runtime's constructor, after those.
+    let exec = stats::median(&u.start_exec_ms);
     let measured = format!(
-        "restart+replay {} / p90 {} ms; original startup under mcr (median of {} cold starts): server {} ms, whole `mcr run --detach` {} ms",
+        "restart+replay {} / p90 {} ms; original startup under mcr (median of {} cold starts): from the server's exec {} ms, server's own (from the runtime's constructor) {} ms, whole `mcr run --detach` {} ms",
         ms(stats::median(&u.restart_ms)),
         ms(Some(r90)),
         u.start_wall_ms.len(),
+        ms(exec),
         ms(Some(server)),
         ms(Some(wall))
     );
     let (lim_s, lim_w) = (server + CONTROL_MIGRATION_SLACK_MS, wall + CONTROL_MIGRATION_SLACK_MS);
+    let vs_exec = exec.map_or_else(
+        || "vs the startup from exec: not measured".to_string(),
+        |e| {
+            let lim = e + CONTROL_MIGRATION_SLACK_MS;
+            format!("vs the startup from exec (the same span), ≤ {} ms ({})", ms(Some(lim)), met(r90 <= lim))
+        },
+    );
     let budget = format!(
-        "{budget}, on the p90: vs the server's startup, ≤ {} ms ({}); vs the whole `mcr run --detach`, ≤ {} ms ({})",
+        "{budget}, on the p90: {vs_exec}; vs the server's own startup, ≤ {} ms ({}); vs the whole `mcr run --detach`, ≤ {} ms ({})",
         ms(Some(lim_s)),
         met(r90 <= lim_s),
         ms(Some(lim_w)),
@@ -588,7 +603,8 @@ mod tests {
 
     #[test]
     fn update_rows() {
-        let mut text = String::from("start\ta\t25000\t300\nstart\tb\t27000\t-\nstart\tb\t26000\t500\n");
+        // An old raw file's 4-field start line, and two with the exec measure.
+        let mut text = String::from("start\ta\t25000\t300\nstart\tb\t27000\t-\t9000\nstart\tb\t26000\t500\t12000\n");
         for i in 0..10u64 {
             text.push_str(&format!(
                 "ok\tb\t{}\t{}\t1700\t{}\t30000\t2000\n",
@@ -601,6 +617,7 @@ mod tests {
         let u = Updates::parse(&text);
         assert_eq!((u.committed(), u.attempts()), (10, 11));
         assert_eq!(u.start_startup_ms, vec![0.3, 0.5]);
+        assert_eq!(u.start_exec_ms, vec![9.0, 12.0]);
         let r = update_row("kvd", "kvd ↔ kvd-v2", &u);
         assert_eq!(r.figure, "kvd update (kvd ↔ kvd-v2): quiesce / restart+replay / commit / total, median (p90)");
         assert!(
@@ -614,10 +631,13 @@ mod tests {
         let m = migration_row("kvd", &u);
         assert!(m.measured.contains("restart+replay 20.4 / p90 20.8 ms"), "{}", m.measured);
         assert!(
-            m.measured.contains("(median of 3 cold starts): server 0.40 ms, whole `mcr run --detach` 26.0 ms"),
+            m.measured.contains(
+                "(median of 3 cold starts): from the server's exec 10.5 ms, server's own (from the runtime's constructor) 0.40 ms, whole `mcr run --detach` 26.0 ms"
+            ),
             "{}",
             m.measured
         );
         assert!(m.budget.contains("≤ 10.4 ms (**NOT met**)") && m.budget.contains("≤ 36.0 ms (met)"), "{}", m.budget);
+        assert!(m.budget.contains("vs the startup from exec (the same span), ≤ 20.5 ms (**NOT met**)"), "{}", m.budget);
     }
 }

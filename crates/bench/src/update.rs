@@ -79,6 +79,9 @@ pub enum Sample {
         to: Ver,
         wall_us: u64,
         startup_us: Option<u64>,
+        /// The supervisor's measure, from the fork of the server (exec and library loading
+        /// included): what restart + replay compares with.
+        exec_us: Option<u64>,
     },
     Ok {
         to: Ver,
@@ -111,8 +114,8 @@ fn parse_opt(s: &str) -> Option<Option<u64>> {
 impl Sample {
     pub fn line(&self) -> String {
         match self {
-            Sample::Start { to, wall_us, startup_us } => {
-                format!("start\t{}\t{wall_us}\t{}", to.tag(), opt(*startup_us))
+            Sample::Start { to, wall_us, startup_us, exec_us } => {
+                format!("start\t{}\t{wall_us}\t{}\t{}", to.tag(), opt(*startup_us), opt(*exec_us))
             }
             Sample::Ok { to, quiesce_us, restart_us, commit_us, total_us, client_us, startup_us } => format!(
                 "ok\t{}\t{quiesce_us}\t{restart_us}\t{commit_us}\t{total_us}\t{client_us}\t{}",
@@ -130,7 +133,13 @@ impl Sample {
         let to = Ver::parse(f.get(1)?)?;
         let n = |i: usize| f.get(i)?.parse::<u64>().ok();
         match *f.first()? {
-            "start" if f.len() == 4 => Some(Sample::Start { to, wall_us: n(2)?, startup_us: parse_opt(f[3])? }),
+            // Raw files from before the exec measure have 4 fields.
+            "start" if f.len() == 4 || f.len() == 5 => Some(Sample::Start {
+                to,
+                wall_us: n(2)?,
+                startup_us: parse_opt(f[3])?,
+                exec_us: f.get(4).map_or(Some(None), |v| parse_opt(v))?,
+            }),
             "ok" if f.len() == 8 => Some(Sample::Ok {
                 to,
                 quiesce_us: n(2)?,
@@ -217,12 +226,15 @@ impl Config {
     /// The instance's `startup_ms` (top level of `mcr status --json`); Err if the
     /// instance does not answer.
     fn startup_us(&self) -> Result<Option<u64>, String> {
+        Ok(self.status()?.startup_ms.map(us))
+    }
+
+    fn status(&self) -> Result<InstanceStatus, String> {
         let out = self.mcr(&["status", &self.name, "--json"], Duration::from_secs(10))?;
         if !out.status.success() {
             return Err(format!("mcr status {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr).trim()));
         }
-        let st: InstanceStatus = parse_json("mcr status --json", &out.stdout)?;
-        Ok(st.startup_ms.map(us))
+        parse_json("mcr status --json", &out.stdout)
     }
 
     fn serving(&self) -> bool {
@@ -256,7 +268,8 @@ fn start(cfg: &Config, v: Ver) -> Result<Sample, String> {
     if !cfg.serving() {
         return Err(format!("{} does not accept connections after mcr run", cfg.name));
     }
-    Ok(Sample::Start { to: v, wall_us, startup_us: cfg.startup_us()? })
+    let st = cfg.status()?;
+    Ok(Sample::Start { to: v, wall_us, startup_us: st.startup_ms.map(us), exec_us: st.startup_from_exec_ms.map(us) })
 }
 
 /// One `mcr update`; Err only when the instance is gone afterwards.
@@ -356,8 +369,8 @@ mod tests {
     #[test]
     fn sample_lines_round_trip() {
         let all = [
-            Sample::Start { to: Ver::A, wall_us: 25000, startup_us: Some(280) },
-            Sample::Start { to: Ver::B, wall_us: 25000, startup_us: None },
+            Sample::Start { to: Ver::A, wall_us: 25000, startup_us: Some(280), exec_us: Some(1900) },
+            Sample::Start { to: Ver::B, wall_us: 25000, startup_us: None, exec_us: None },
             Sample::Ok {
                 to: Ver::B,
                 quiesce_us: 193,

@@ -741,8 +741,14 @@ pub struct InstanceStatus {
     pub pid_namespace: bool,
     /// Server completed startup: every process's long-lived threads reached a quiescent point.
     pub started: bool,
-    /// Milliseconds from launch to completed startup.
+    /// Milliseconds from launch to completed startup: the slowest process's own measure,
+    /// from the runtime's constructor (after the program and its libraries were loaded).
     pub startup_ms: Option<f64>,
+    /// Milliseconds from the fork of the server's first process to completed startup, as
+    /// the supervisor saw it: what starting the program costs, its exec and the loading of
+    /// its libraries included (what an update's restart + replay compares with).
+    #[serde(default)]
+    pub startup_from_exec_ms: Option<f64>,
     pub quiesced: bool,
     /// PID (inside the instance's namespace) of the process signals are forwarded to.
     pub main_pid: Option<i32>,

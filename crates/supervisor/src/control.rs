@@ -450,6 +450,7 @@ pub async fn status(state: &State) -> InstanceStatus {
         pid_namespace: state.pid_namespace,
         started: g.started.is_some(),
         startup_ms: g.started,
+        startup_from_exec_ms: g.started_from_exec,
         quiesced: g.quiesced,
         main_pid: g.main_pid,
         processes: out,

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
+use std::time::Instant;
 
 pub struct Launched {
     pub control: UnixListener,
@@ -19,6 +20,9 @@ pub struct Launched {
     pub first_pid: Option<i32>,
     /// A version taken over by a supervisor the init started again.
     pub adopted: Option<crate::init::Reattach>,
+    /// Just before the server's first process was forked (for a version taken over: when
+    /// it was).
+    pub spawned_at: Instant,
 }
 
 fn cstring(s: impl AsRef<std::ffi::OsStr>) -> CString {
@@ -55,9 +59,10 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     runtime.set_nonblocking(true)?;
 
     let inherited = go.as_ref().map(|(go, fds)| (go.fds.as_slice(), fds.as_slice()));
+    let spawned_at = Instant::now();
     let first_pid = spawn(cfg, update.as_ref(), &runtime_socket_name, inherited)
         .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
-    Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None })
+    Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None, spawned_at })
 }
 
 /// Take over a running version (the init started this supervisor after the previous one
@@ -67,7 +72,7 @@ pub fn reattach(cfg: &Config, r: crate::init::Reattach) -> Result<Launched, Supe
         .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
     let (runtime, _) = runtime_socket(cfg)?;
     runtime.set_nonblocking(true)?;
-    Ok(Launched { control, runtime, first_pid: r.main_pid, adopted: Some(r) })
+    Ok(Launched { control, runtime, first_pid: r.main_pid, adopted: Some(r), spawned_at: Instant::now() })
 }
 
 /// Descriptors without close-on-exec were passed to the server (an update's inherited

@@ -79,6 +79,8 @@ pub struct Inner {
     pub main_pid: Option<i32>,
     pub exit: Option<ExitStatus>,
     pub started: Option<f64>,
+    /// Milliseconds from the fork of the server's first process to completed startup.
+    pub started_from_exec: Option<f64>,
     pub quiesced: bool,
     pub stopping: bool,
     /// The instance's name and files (they change when an update's new version takes over).
@@ -317,6 +319,7 @@ impl Shared {
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
                 .unwrap_or_else(|| self.launched_at.elapsed().as_secs_f64() * 1000.0);
             g.started = Some(ms);
+            g.started_from_exec = Some(self.launched_at.elapsed().as_secs_f64() * 1000.0);
             drop(g);
             self.tell_init(&Message::Started { ms }, &[]);
             let _ = self.started_tx.send(Some(Ok(ms)));
@@ -465,7 +468,7 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
         pid_namespace: cfg.pid_namespace,
         supervisor_pid: cfg.supervisor_pid,
         runtime_lib_name: lib_name,
-        launched_at: Instant::now(),
+        launched_at: launched.spawned_at,
         started_tx,
         report: cfg.report.as_ref().and_then(|f| f.try_clone().ok()),
         replay_log: cfg.update.as_ref().map(|u| u.replay_log.clone()),
