@@ -44,14 +44,15 @@ impl ArmReport {
 /// Arm the calling process. The data and .bss of the shared object at path `exclude`
 /// (the caller's own library) are left out.
 pub fn arm_self(exclude: Option<&str>) -> ArmReport {
-    arm_self_with(exclude, &[])
+    arm_self_with(exclude, &[], &[])
 }
 
 /// As [`arm_self`], tracking also the ranges `within` (start, end) of mappings too large
 /// to track whole (mcr's heap regions: 64 GiB reserved, of which the used part is
-/// tracked); the rest of such a mapping stays untracked (dirty).
-pub fn arm_self_with(exclude: Option<&str>, within: &[(u64, u64)]) -> ArmReport {
-    match arm_uffd(exclude, within) {
+/// tracked); the rest of such a mapping stays untracked (dirty). `skip` (sorted): ranges
+/// that are not the program's state (the runtime's own anonymous memory), left out.
+pub fn arm_self_with(exclude: Option<&str>, within: &[(u64, u64)], skip: &[(u64, u64)]) -> ArmReport {
+    match arm_uffd(exclude, within, skip) {
         Ok(r) => r,
         Err(uffd_err) => match arm_soft_dirty() {
             Ok(()) => ArmReport {
@@ -92,7 +93,7 @@ pub fn open_uffd() -> Result<i32, String> {
     }
 }
 
-fn arm_uffd(exclude: Option<&str>, within: &[(u64, u64)]) -> Result<ArmReport, String> {
+fn arm_uffd(exclude: Option<&str>, within: &[(u64, u64)], skip: &[(u64, u64)]) -> Result<ArmReport, String> {
     let fd = open_uffd()?;
     let all = mcr_procfs::maps::read(mcr_procfs::Process::Current).map_err(|e| {
         sys::close(fd);
@@ -119,15 +120,19 @@ fn arm_uffd(exclude: Option<&str>, within: &[(u64, u64)]) -> Result<ArmReport, S
         }
     }
     for (_, m) in all.iter().enumerate().filter(|&(i, m)| maps::is_tracked_kind(m) && !excluded(i) && !holds_part(m)) {
+        let pieces = without(m.start, m.end, skip);
         let r = if m.len() > MAX_TRACKED_MAPPING {
             Err(io::Error::other("larger than 1 GiB"))
         } else {
-            sys::uffd_register_wp(fd, m.start, m.len()).and_then(|()| sys::uffd_writeprotect(fd, m.start, m.len()))
+            pieces.iter().try_for_each(|&(s, e)| {
+                sys::uffd_register_wp(fd, s, e - s).and_then(|()| sys::uffd_writeprotect(fd, s, e - s))
+            })
         };
         match r {
+            Ok(()) if pieces.is_empty() => {}
             Ok(()) => {
                 report.ranges += 1;
-                report.bytes += m.len();
+                report.bytes += pieces.iter().map(|(s, e)| e - s).sum::<u64>();
             }
             Err(e) => {
                 report.skipped += 1;
@@ -142,6 +147,22 @@ fn arm_uffd(exclude: Option<&str>, within: &[(u64, u64)]) -> Result<ArmReport, S
         return Err(report.note.unwrap_or_else(|| "no mapping could be registered".into()));
     }
     Ok(report)
+}
+
+/// `[start, end)` minus the sorted ranges `skip`, as the pieces left.
+fn without(start: u64, end: u64, skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &(s, e) in skip.iter().filter(|&&(s, e)| s < end && start < e) {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
 }
 
 /// Clear the soft-dirty bits and check the kernel actually keeps them.
@@ -159,5 +180,20 @@ fn arm_soft_dirty() -> Result<(), String> {
         Ok(())
     } else {
         Err("the kernel does not keep soft-dirty bits (CONFIG_MEM_SOFT_DIRTY off)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without;
+
+    #[test]
+    fn skipped_ranges_are_cut_out_of_a_mapping() {
+        let skip = [(0x1000, 0x2000), (0x5000, 0x7000), (0x9000, 0xa000)];
+        assert_eq!(without(0x0, 0x8000, &skip), vec![(0x0, 0x1000), (0x2000, 0x5000), (0x7000, 0x8000)]);
+        assert_eq!(without(0x5000, 0x7000, &skip), vec![], "all of it skipped");
+        assert_eq!(without(0x6000, 0x9800, &skip), vec![(0x7000, 0x9000)]);
+        assert_eq!(without(0xb000, 0xc000, &skip), vec![(0xb000, 0xc000)], "none of it skipped");
+        assert_eq!(without(0x0, 0x1000, &[]), vec![(0x0, 0x1000)]);
     }
 }

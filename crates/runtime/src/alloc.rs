@@ -67,6 +67,7 @@ fn map(len: usize) -> *mut u8 {
     if p == -1 {
         null_mut()
     } else {
+        crate::own_memory::add(p as u64, len as u64);
         p as *mut u8
     }
 }
@@ -152,6 +153,7 @@ unsafe impl GlobalAlloc for RuntimeAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(class) = class_of(&layout) else {
+            crate::own_memory::remove(ptr as u64);
             // SAFETY: a block of this layout is a whole mapping `alloc` made with this very
             // length (GlobalAlloc: the same layout), and the caller no longer uses it. Raw,
             // as in `map`.

@@ -60,6 +60,7 @@ pub fn arm() {
         let report = mcr_dirty::arm::arm_self_with(
             Some(crate::RUNTIME_PATH.get().map_or("/libmcr.so", |p| p.as_str())),
             &crate::heap::used_data_ranges(),
+            &crate::own_memory::ranges(),
         );
         if let Some(fd) = report.fd {
             // SAFETY: the userfaultfd just made, the runtime's alone.

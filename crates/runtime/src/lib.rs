@@ -36,6 +36,7 @@ mod interpose;
 mod keys;
 mod last_thread;
 mod mappings;
+mod own_memory;
 mod own_pages;
 mod peers;
 mod placed_blocks;
@@ -173,6 +174,7 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "drain", run: drain::reset_after_fork },
     ForkReset { module: "dirty", run: dirty::reset_after_fork },
     ForkReset { module: "own_pages", run: own_pages::reset_after_fork },
+    ForkReset { module: "own_memory", run: own_memory::reset_after_fork },
     ForkReset { module: "threads", run: threads::reset_after_fork },
     ForkReset { module: "quiesce", run: quiesce::reset_after_fork },
     ForkReset { module: "symbolize", run: symbolize::reset_after_fork },

@@ -309,17 +309,68 @@ pub fn in_handler<R>(frame: usize, f: impl FnOnce() -> R) -> R {
 /// Start a detached runtime thread running `entry` (with a null argument), through libc's
 /// own pthread_create: ours would track it as one of the program's. False when it could
 /// not be created.
+///
+/// Its stack is mapped here (as large as glibc's default, with a guard page below it) and
+/// noted as the runtime's own (`own_memory`): glibc's would be indistinguishable from the
+/// program's memory. Where that mapping fails, glibc's default stack is used.
 pub fn spawn_detached(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    let len = THREAD_STACK + STACK_GUARD;
+    // SAFETY: a fresh private anonymous mapping (no address, no file): it overlaps nothing
+    // and is given no memory of anyone's. Raw: the exported mmap is the program's.
+    let base = unsafe {
+        crate::sys!(
+            libc::SYS_mmap,
+            core::ptr::null_mut::<u8>(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0
+        )
+    };
+    // SAFETY: the lowest page of the mapping just made, which nothing uses.
+    let own = base != -1 && unsafe { crate::sys!(libc::SYS_mprotect, base, STACK_GUARD, libc::PROT_NONE) } == 0;
+    // SAFETY: pthread_attr_t is plain data that pthread_attr_init fills in.
+    let mut attr: libc::pthread_attr_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `attr` is a live local; the stack given is the mapping above the guard page,
+    // readable, writable and used by nothing else, for as long as the thread lives.
+    let with_stack = own
+        && unsafe {
+            libc::pthread_attr_init(&mut attr) == 0
+                && libc::pthread_attr_setstack(
+                    &mut attr,
+                    (base as usize + STACK_GUARD) as *mut libc::c_void,
+                    THREAD_STACK,
+                ) == 0
+        };
+    let attr_ptr = if with_stack { &attr as *const libc::pthread_attr_t } else { core::ptr::null() };
     let mut t: libc::pthread_t = 0;
-    // SAFETY: pthread_create writes `t`, a live local; default attributes; `entry`
-    // ignores its (null) argument.
-    if unsafe { crate::real::pthread_create()(&mut t, core::ptr::null(), entry, core::ptr::null_mut()) } != 0 {
+    // SAFETY: pthread_create writes `t`, a live local; `attr_ptr` is null or the
+    // attributes set above; `entry` ignores its (null) argument.
+    let created = unsafe { crate::real::pthread_create()(&mut t, attr_ptr, entry, core::ptr::null_mut()) } == 0;
+    if with_stack {
+        // SAFETY: attributes initialized above, no longer needed (pthread_create copied them).
+        unsafe { libc::pthread_attr_destroy(&mut attr) };
+    }
+    match (created, with_stack) {
+        (true, true) => crate::own_memory::add_stack(base as u64, len as u64),
+        // SAFETY: the mapping made above, which no thread uses.
+        (false, _) | (true, false) if base != -1 => unsafe {
+            crate::sys!(libc::SYS_munmap, base, len);
+        },
+        _ => {}
+    }
+    if !created {
         return false;
     }
     // SAFETY: `t` is the thread just created, neither joined nor detached yet.
     unsafe { libc::pthread_detach(t) };
     true
 }
+
+/// A runtime thread's stack: glibc's default size (RLIMIT_STACK's usual 8 MiB).
+const THREAD_STACK: usize = 8 << 20;
+const STACK_GUARD: usize = 4096;
 
 pub fn gettid() -> i32 {
     // SAFETY: gettid takes nothing and cannot fail.
