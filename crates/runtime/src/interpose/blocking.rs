@@ -164,7 +164,14 @@ fn returned_at_once<T: PartialEq + Default>(
     attempt: &mut impl FnMut(Option<i64>) -> T,
 ) -> Option<T> {
     let asks = call.can_ask_without_waiting() && timeout_ns != Some(0);
+    // An update's new version takes no client from the listening sockets it shares with the
+    // old version, wherever its threads wait: until the commit the clients are the old
+    // version's, and a rolled-back new version dies with those it took (their connections
+    // reset). Where the old threads wait says nothing when a load kept every old worker
+    // busy with a client at the quiesce (forkd: none was parked in accept).
+    let takes_client = matches!(call, Call::Accept | Call::Accept4) && crate::replay::started_as_update();
     if !(asks || call.depends_on_fd())
+        || takes_client
         || crate::replay::old_version_waits_here(call, fp) == Some(true)
         || !quiesce::may_pass_a_ready_wait()
     {
