@@ -38,7 +38,12 @@ const fn sizes() -> [u32; CLASSES] {
 }
 
 /// Block size of each class.
-pub static CLASS_SIZE: [u32; CLASSES] = sizes();
+///
+/// This table and the others below are `const`, not `static`: each use indexes a copy in
+/// the using code's own read-only data, addressed relative to the instruction. A `static`
+/// of this crate is reached through the GOT from libmcr.so (an extra load on every malloc
+/// and free).
+pub const CLASS_SIZE: [u32; CLASSES] = sizes();
 
 // Evaluated at compile time only: an out-of-bounds index would fail the build.
 #[allow(clippy::indexing_slicing)]
@@ -55,7 +60,7 @@ const fn reciprocals() -> [u64; CLASSES] {
 
 /// `ceil(2^32 / size)`: `(offset * RECIPROCAL) >> 32 == offset / size` for every offset in a
 /// span (checked exhaustively by a test), so finding a block needs no division.
-static RECIPROCAL: [u64; CLASSES] = reciprocals();
+const RECIPROCAL: [u64; CLASSES] = reciprocals();
 
 /// Class of a request of `16 * i` bytes or less, for requests up to 1 KiB.
 // Evaluated at compile time only: an out-of-bounds index would fail the build.
@@ -75,7 +80,7 @@ const fn lookup() -> [u8; 65] {
     }
     t
 }
-static LOOKUP: [u8; 65] = lookup();
+const LOOKUP: [u8; 65] = lookup();
 
 /// The smallest class whose blocks hold `n` bytes (`n <= MAX_SMALL`; larger `n` give the
 /// last class, callers check first).
@@ -147,9 +152,9 @@ const fn batch(size: u32) -> u32 {
 }
 
 // Tables rather than divisions on the malloc and free paths.
-static BLOCKS_PER_SPAN: [u32; CLASSES] = per_class(Table::BlocksPerSpan);
-static BIN_CAPACITY_OF: [u32; CLASSES] = per_class(Table::Capacity);
-static REFILL_BATCH: [u32; CLASSES] = per_class(Table::Batch);
+const BLOCKS_PER_SPAN: [u32; CLASSES] = per_class(Table::BlocksPerSpan);
+const BIN_CAPACITY_OF: [u32; CLASSES] = per_class(Table::Capacity);
+const REFILL_BATCH: [u32; CLASSES] = per_class(Table::Batch);
 
 /// Blocks of class `c` in one span.
 #[inline]

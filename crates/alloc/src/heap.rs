@@ -358,6 +358,7 @@ impl Heap {
     }
 
     /// The extent this process maps in `slot` (`None`: no region mapped there).
+    #[inline]
     pub fn extent(&self, slot: usize) -> Option<Extent> {
         Extent::unpack(self.extents.get(slot)?.load(Acquire))
     }

@@ -47,7 +47,17 @@ pub fn init(maps: &[Mapping]) {
             slot.1.store(hi, Relaxed);
         }
     }
+    // Room for a large server's startup (nginx: ~3 000 blocks) from the start: grown by
+    // doubling, the lists were copied into fresh mappings again and again on an update's
+    // restart clock. Only the pages written become resident.
+    let _internal = threads::InternalGuard::enter();
+    let mut t = TABLE.lock();
+    t.blocks.reserve(EXPECTED_BLOCKS);
+    t.recorded.reserve(EXPECTED_BLOCKS);
 }
+
+/// Startup blocks the lists are made for at first.
+const EXPECTED_BLOCKS: usize = 8192;
 
 /// Whether `path` is a file of glibc's: the C library and the dynamic linker (and the
 /// libraries older glibc split off).
