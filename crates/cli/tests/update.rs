@@ -891,6 +891,37 @@ fn rolled_back_new_version_never_serves_a_request() {
     assert!(seen.is_empty(), "the rolled-back version served or dropped requests:\n{}", seen.join("\n"));
 }
 
+/// A client waiting in the listening socket's backlog while every old worker is busy is
+/// the old version's: a new version's worker must not take it during its startup, even
+/// where no old thread waited in accept() at the quiesce (the old log then names no wait
+/// point in accept, and a ready accept used to be let through). Here both old workers are
+/// held in read() by idle clients, a third client waits, and forkd-v2-workers is rolled
+/// back after its startup: the waiting client must get its answer from the old version
+/// once a worker is free, not a reset connection.
+#[test]
+fn a_client_waiting_in_the_backlog_is_not_taken_by_a_rolled_back_version() {
+    let mcr = Mcr::new("u-forkd-backlog");
+    let port = free_port();
+    let args = port_args(port, &["--workers", "2"]);
+    let _inst = mcr.start("forkd", &fixture("forkd"), &args);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Each old worker accepts one of these and blocks reading from it.
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiting = TcpStream::connect(addr).expect("connect");
+    waiting.write_all(b"VERSION\n").expect("send");
+    let out = update(&mcr, "forkd", &[], &fixture("forkd-v2-workers"), &args);
+    assert_eq!(out.code(), 1, "forkd-v2-workers must roll back: {out}");
+    drop(idle);
+    waiting.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    let got = BufReader::new(&waiting).read_line(&mut reply);
+    assert!(
+        got.is_ok() && reply.trim() == "VERSION forkd 1",
+        "the waiting client: {got:?} {reply:?} (taken and dropped by the rolled-back version?)"
+    );
+}
+
 /// A replay conflict must always be reported as such. The new version's runtime sends
 /// the conflict to its supervisor and then _exits with status 86; now and then the
 /// update still reports only "the new version exited with exit status 86 during its
