@@ -47,6 +47,10 @@ pub mod env {
     /// e.g. `0-1,7`), which the new version's heap keeps free, so that any old block can
     /// sit at its old address in the new process.
     pub const HEAP_AVOID: &str = "MCR_HEAP_AVOID";
+    /// Update: the descriptor of the socket an update's new server, executed ahead of the
+    /// pause, waits on in the runtime's constructor for its go (empty otherwise; the
+    /// runtime overwrites the digits once it used them).
+    pub const GO_FD: &str = "MCR_GO_FD";
     /// Padding, always the server's last environment variable: its length makes an
     /// update's new version lay out its initial stack (arguments, environment, auxiliary
     /// vector) at the same addresses as the old one, so that a pointer the state keeps

@@ -31,6 +31,7 @@ mod drain;
 mod errno;
 mod futex;
 mod heap;
+mod held_launch;
 mod held_ranges;
 mod interpose;
 mod keys;
@@ -231,6 +232,9 @@ fn env(name: &str) -> Option<String> {
 /// connect to the supervisor. Threads start later, at the first wrapped call.
 extern "C" fn init() {
     heap::init_hooks();
+    // An update's new server executed ahead waits here for its go; its startup counts
+    // from then.
+    held_launch::wait_for_go();
     START_NS.store(monotonic_ns(), Relaxed);
     note_own_pid();
     let Some(socket) = env(mcr_protocol::env::RUNTIME_SOCKET) else { return };

@@ -40,17 +40,9 @@ fn runtime_socket(cfg: &Config) -> Result<(UnixListener, String), SupervisorErro
 }
 
 pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
-    // Launched ahead: nothing is bound before the go (a `mcr list` meanwhile must not
-    // find a control socket nobody answers on).
-    let go = cfg.go.as_ref().map(crate::staging::receive).transpose().map_err(SupervisorError::NoGo)?;
-    // The go completes what a launch ahead could not know of the paused old version.
-    let update = cfg.update.clone().map(|mut u| {
-        if let Some((go, _)) = &go {
-            u.heap_avoid = go.heap_avoid.clone();
-            u.stack_strings = go.stack_strings;
-        }
-        u
-    });
+    if let (Some(go), Some(update)) = (&cfg.go, &cfg.update) {
+        return launch_ahead(cfg, go, update);
+    }
     let control = UnixListener::bind(&cfg.files.socket)
         .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
     let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
@@ -58,10 +50,56 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
 
-    let inherited = go.as_ref().map(|(go, fds)| (go.fds.as_slice(), fds.as_slice()));
     let spawned_at = Instant::now();
-    let first_pid = spawn(cfg, update.as_ref(), &runtime_socket_name, inherited)
+    let first_pid = spawn(cfg, cfg.update.as_ref(), &runtime_socket_name, None)
         .map_err(|source| SupervisorError::Launch { program: cfg.program.display().to_string(), source })?;
+    Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None, spawned_at })
+}
+
+/// An update's new version launched ahead: the server is executed at once, with what the
+/// running old version already tells (its heap slots, the size of its initial stack
+/// strings), and held in the runtime's constructor (`runtime/src/held_launch.rs`) until
+/// the go; then the startup descriptors go to it, and the sockets are bound. Nothing is
+/// bound before the go (a `mcr list` meanwhile must not find a control socket nobody
+/// answers on); the go socket closing first ends the held server with this supervisor.
+fn launch_ahead(cfg: &Config, go_end: &OwnedFd, update: &UpdateLaunch) -> Result<Launched, SupervisorError> {
+    let launch_error = |source| SupervisorError::Launch { program: cfg.program.display().to_string(), source };
+    let (runtime, runtime_socket_name) = runtime_socket(cfg)?;
+    let (held_end, server_end) = crate::scm_rights::pair().map_err(launch_error)?;
+    let first_pid =
+        spawn(cfg, Some(update), &runtime_socket_name, Some(server_end.as_raw_fd())).map_err(launch_error)?;
+    drop(server_end);
+    let (go, fds) = crate::staging::receive(go_end).map_err(SupervisorError::NoGo)?;
+    if go.heap_avoid != update.heap_avoid || go.stack_strings != update.stack_strings {
+        // Placed by what the old version was at the preflight, which changed since.
+        return Err(SupervisorError::NoGo(std::io::Error::other(format!(
+            "the old version's heap slots or initial stack changed during the update (heap slots {:?} at the \
+             preflight, {:?} now); try again",
+            update.heap_avoid, go.heap_avoid
+        ))));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    crate::staging::hand_over(&held_end, &go.fds, &raw).map_err(|e| {
+        // Most likely the server did not live to its go (a library's constructor failed).
+        let mut status = 0;
+        // SAFETY: a non-blocking reap of our own child, into a live local.
+        let ended = unsafe { libc::waitpid(first_pid, &mut status, libc::WNOHANG) } == first_pid;
+        launch_error(std::io::Error::other(match ended {
+            true if libc::WIFSIGNALED(status) => {
+                format!("the server was killed by signal {} before its go", libc::WTERMSIG(status))
+            }
+            true => format!("the server exited with status {} before its go", libc::WEXITSTATUS(status)),
+            false => format!("cannot hand the startup descriptors over to the server: {e}"),
+        }))
+    })?;
+    drop(fds);
+    drop(held_end);
+    let spawned_at = Instant::now();
+    let control = UnixListener::bind(&cfg.files.socket)
+        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
+    let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
+    control.set_nonblocking(true)?;
+    runtime.set_nonblocking(true)?;
     Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None, spawned_at })
 }
 
@@ -115,15 +153,10 @@ fn stack_pad(target: Option<u64>, program_len: usize, args_bytes: u64, env_bytes
     ".".repeat(len as usize)
 }
 
-/// Launch the server (`update`: as an update's new version). `inherited`: the numbers the
-/// server takes and the descriptors to place there (an update's new version launched
-/// ahead got them with its go; otherwise they are inherited as they are).
-fn spawn(
-    cfg: &Config,
-    update: Option<&UpdateLaunch>,
-    socket_name: &str,
-    inherited: Option<(&[RawFd], &[OwnedFd])>,
-) -> std::io::Result<i32> {
+/// Launch the server (`update`: as an update's new version, whose startup descriptors it
+/// inherits as they are). `go`: an update's new version launched ahead, held in the
+/// runtime's constructor until its go arrives on this socket (which the server inherits).
+fn spawn(cfg: &Config, update: Option<&UpdateLaunch>, socket_name: &str, go: Option<RawFd>) -> std::io::Result<i32> {
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{} {old}", cfg.runtime_lib.display()),
         _ => cfg.runtime_lib.display().to_string(),
@@ -141,6 +174,7 @@ fn spawn(
         mcr_protocol::env::INSTANCE_LOG,
         mcr_protocol::env::REPLAY,
         mcr_protocol::env::HEAP_AVOID,
+        mcr_protocol::env::GO_FD,
         mcr_protocol::env::STACK_PAD,
     ];
     // NOTIFY_SOCKET is mcr's to use (`mcr run` notifies systemd for the server): the server
@@ -164,6 +198,24 @@ fn spawn(
     };
     env.push((mcr_protocol::env::REPLAY.into(), replay));
     env.push((mcr_protocol::env::HEAP_AVOID.into(), avoid));
+    // The go socket, inheritable at a number the environment can name before the fork
+    // (the copy here is closed right after it).
+    let go_copy = match go {
+        Some(fd) => {
+            // SAFETY: F_DUPFD takes no pointer; it only makes a descriptor at a free number.
+            let n = unsafe { libc::fcntl(fd, libc::F_DUPFD, 3) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: the copy just made, ours alone.
+            Some(unsafe { OwnedFd::from_raw_fd(n) })
+        }
+        None => None,
+    };
+    env.push((
+        mcr_protocol::env::GO_FD.into(),
+        go_copy.as_ref().map(|f| f.as_raw_fd().to_string()).unwrap_or_default(),
+    ));
     let args_bytes =
         strings_bytes(std::iter::once(cfg.program.as_os_str().len()).chain(cfg.args.iter().map(String::len)));
     let pad = stack_pad(
@@ -184,13 +236,6 @@ fn spawn(
     argv_ptrs.push(core::ptr::null());
     let log = if cfg.detach { Some(mcr_protocol::instance::open_append(&cfg.files.log)?) } else { None };
     let devnull = cstring("/dev/null");
-    let (targets, received): (&[RawFd], Vec<RawFd>) = match inherited {
-        Some((targets, fds)) => (targets, fds.iter().map(|f| f.as_raw_fd()).collect()),
-        None => (&[], Vec::new()),
-    };
-    // The server's descriptors are moved above every target first, so that placing one
-    // never lands on another (or on the log, or the exec-failure pipe) not placed yet.
-    let above = targets.iter().chain(&received).copied().max().map_or(0, |m| m + 1);
 
     // Reports exec failure from the child: closed by a successful exec.
     let mut fds = [0i32; 2];
@@ -200,7 +245,6 @@ fn spawn(
     }
     // SAFETY: fresh descriptors from pipe2.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let mut moved = vec![-1; received.len()];
 
     // SAFETY: the supervisor is single-threaded here (tokio not started yet); the child
     // only calls async-signal-safe functions before exec.
@@ -220,24 +264,8 @@ fn spawn(
                 }
             }
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
-            let mut wr_fd = wr.as_raw_fd();
-            let mut log_fd = log.as_ref().map(|l| l.as_raw_fd());
-            if !targets.is_empty() {
-                // Close-on-exec copies above every target: only the placed ones reach the
-                // server (dup2 clears the flag on its target).
-                wr_fd = libc::fcntl(wr_fd, libc::F_DUPFD_CLOEXEC, above);
-                log_fd = log_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above));
-                for (i, &fd) in received.iter().enumerate() {
-                    moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
-                }
-                for (&from, &to) in moved.iter().zip(targets) {
-                    if from < 0 || libc::dup2(from, to) < 0 {
-                        let err = *libc::__errno_location();
-                        libc::write(wr_fd, (&err as *const i32).cast(), 4);
-                        libc::_exit(127);
-                    }
-                }
-            }
+            let wr_fd = wr.as_raw_fd();
+            let log_fd = log.as_ref().map(|l| l.as_raw_fd());
             if let Some(dir) = &cwd {
                 if libc::chdir(dir.as_ptr()) != 0 {
                     let err = *libc::__errno_location();
@@ -261,6 +289,7 @@ fn spawn(
         }
     }
     drop(wr);
+    drop(go_copy);
     close_passed_descriptors();
     let mut buf = [0u8; 4];
     let mut f = std::fs::File::from(rd);

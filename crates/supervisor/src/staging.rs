@@ -1,9 +1,12 @@
 //! An update's new version launched ahead ("staged"): `mcr update` starts the new
 //! version's init and supervisor while the old version still serves (during the
-//! preflight), and they wait for the go before they bind anything or launch the server.
-//! On the paused clock only the go remains: what the old version's startup logs say
-//! (the heap slots to keep free, the size of its initial stack strings) and the
-//! descriptors its startup created, which the server gets at the same numbers.
+//! preflight); the supervisor executes the server at once, with the heap slots and the
+//! initial stack size the running old version already tells, and the server waits in
+//! its runtime's constructor (`runtime/src/held_launch.rs`); nothing is bound before the
+//! go. On the paused clock only the go remains: the heap slots and stack size checked
+//! again (a change refuses the go), and the descriptors the old version's startup
+//! created, which the supervisor hands over to the held server ([`hand_over`]) to take
+//! at the same numbers.
 //!
 //! The go travels on a SOCK_SEQPACKET socketpair: one packet of JSON ([`Go`]), then the
 //! descriptors, [`FDS_PER_PACKET`] at most per packet, in the order of [`Go::fds`]. The
@@ -77,6 +80,26 @@ pub fn receive(end: &impl AsRawFd) -> std::io::Result<(Go, Vec<OwnedFd>)> {
         ));
     }
     Ok((go, fds))
+}
+
+/// Forward the go's descriptors to the server held in its runtime's constructor
+/// (`runtime/src/held_launch.rs` reads them): one packet with the count and the number
+/// each takes (little-endian u32, then i32 each), then the descriptors, in that order,
+/// [`FDS_PER_PACKET`] at most per packet.
+pub fn hand_over(end: &impl AsRawFd, targets: &[RawFd], fds: &[RawFd]) -> std::io::Result<()> {
+    if fds.len() != targets.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "one descriptor per number"));
+    }
+    let mut head = Vec::with_capacity(4 + 4 * targets.len());
+    head.extend_from_slice(&(targets.len() as u32).to_le_bytes());
+    for t in targets {
+        head.extend_from_slice(&t.to_le_bytes());
+    }
+    send_packet(end, &head, &[])?;
+    for chunk in fds.chunks(FDS_PER_PACKET) {
+        send_packet(end, b"+", chunk)?;
+    }
+    Ok(())
 }
 
 fn send_packet(end: &impl AsRawFd, payload: &[u8], fds: &[RawFd]) -> std::io::Result<()> {

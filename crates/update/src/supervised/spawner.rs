@@ -129,8 +129,11 @@ impl Launcher for Spawner {
         // Nothing this shell left open to mcr (a client socket on fd 3) may slip into the
         // new version.
         close_on_exec_all();
-        if let Ok((mine, theirs)) = staging::pair() {
-            let update = self.update_launch(String::new(), None);
+        // (Without the old processes, what the server must avoid is not known yet.)
+        if let Some((mine, theirs)) = staging::pair().ok().filter(|_| !old.is_empty()) {
+            // The server is executed at once (and held until the go): with what the running
+            // old version tells already, which the go checks is still so.
+            let update = self.update_launch(heap_slots_of(old), initial_stack_of(old));
             if let Ok((report, mark)) = self.launch(update, Some(theirs)) {
                 self.staged = Some(Staged { report, go: mine, mark });
             }
@@ -148,7 +151,7 @@ impl Launcher for Spawner {
             .and_then(|json| mcr_protocol::instance::write_private(&replay_log, &json))
             .map_err(|source| RestartError::ReplayLog { path: replay_log.clone(), source })?;
         let heap_avoid = heap_slots_of(old);
-        let stack_strings = old.values().min().and_then(|&host| initial_stack_strings(host));
+        let stack_strings = initial_stack_of(old);
         let taken = take_descriptors(old, logs)?;
         if let Some(staged) = self.staged.take() {
             let go = Go { heap_avoid, stack_strings, fds: taken.keys().copied().collect() };
@@ -189,6 +192,12 @@ impl Launcher for Spawner {
         // SAFETY: non-blocking reap of our children.
         while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
     }
+}
+
+/// The size of the old version's first process's initial stack strings, which the new
+/// version's are padded to.
+fn initial_stack_of(old: &HostPids) -> Option<u64> {
+    old.values().min().and_then(|&host| initial_stack_strings(host))
 }
 
 /// The heap slots the old version's processes `old` use, as a slot list: the new version's
