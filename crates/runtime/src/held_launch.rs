@@ -82,7 +82,9 @@ fn receive(sock: i32) -> Option<(Vec<i32>, Vec<i32>)> {
     Some((targets, fds))
 }
 
-/// One packet into `buf` with its descriptors (close-on-exec); None on an error.
+/// One packet into `buf` with its descriptors (close-on-exec); None on an error. The
+/// supervisor's `scm_rights::receive` does the same through libc's recvmsg, which inside
+/// the runtime is the program's entry point (interposed): here the raw system call.
 fn packet(sock: i32, buf: &mut [u8]) -> Option<(usize, Vec<i32>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: CMSG_SPACE is a pure computation.
