@@ -43,9 +43,7 @@ pub fn prepare_and_launch(cfg: &Config) -> Result<Launched, SupervisorError> {
     if let (Some(go), Some(update)) = (&cfg.go, &cfg.update) {
         return launch_ahead(cfg, go, update);
     }
-    let control = UnixListener::bind(&cfg.files.socket)
-        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
-    let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
+    let control = bind_control(cfg)?;
     let (runtime, runtime_socket_name) = runtime_socket(cfg)?;
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
@@ -95,12 +93,18 @@ fn launch_ahead(cfg: &Config, go_end: &OwnedFd, update: &UpdateLaunch) -> Result
     drop(fds);
     drop(held_end);
     let spawned_at = Instant::now();
-    let control = UnixListener::bind(&cfg.files.socket)
-        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
-    let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
+    let control = bind_control(cfg)?;
     control.set_nonblocking(true)?;
     runtime.set_nonblocking(true)?;
     Ok(Launched { control, runtime, first_pid: Some(first_pid), adopted: None, spawned_at })
+}
+
+/// The instance's control socket, for its owner alone.
+fn bind_control(cfg: &Config) -> Result<UnixListener, SupervisorError> {
+    let control = UnixListener::bind(&cfg.files.socket)
+        .map_err(|source| SupervisorError::ControlSocket { path: cfg.files.socket.clone(), source })?;
+    let _ = std::fs::set_permissions(&cfg.files.socket, std::fs::Permissions::from_mode(0o600));
+    Ok(control)
 }
 
 /// Take over a running version (the init started this supervisor after the previous one

@@ -19,9 +19,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 /// What the staged supervisor waits for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Go {
-    /// `UpdateLaunch::heap_avoid`, known once the old version is paused.
+    /// `UpdateLaunch::heap_avoid` as the paused old version has it: the server launched
+    /// ahead was placed by the preflight's, which must be the same.
     pub heap_avoid: String,
-    /// `UpdateLaunch::stack_strings`.
+    /// `UpdateLaunch::stack_strings`, checked the same way.
     pub stack_strings: Option<u64>,
     /// The number each descriptor that follows takes in the server.
     pub fds: Vec<RawFd>,
