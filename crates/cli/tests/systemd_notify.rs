@@ -107,9 +107,16 @@ fn without_notify_socket_mcr_run_leaves_after_an_update_as_before() {
     let v1 = fixture("kvd");
     let mut run = mcr.spawn(&["run", "--name", "kvd", "--", v1.to_str().unwrap(), "--port", &port.to_string()]);
     let _guard = mcr.guard("kvd");
-    wait_for(Duration::from_secs(10), "kvd listening", || port_open(port));
+    // Startup first: a client connecting before kvd's first wait would be served within
+    // its startup (a wait that returns at once ends no startup), and its count then read
+    // as a value startup computed, which the next startup computes differently (a rollback).
+    // (Asked once its control socket exists: the instance's lock is held by then.)
+    let socket = mcr.runtime_dir.join("kvd.sock");
+    wait_for(Duration::from_secs(10), "the instance's control socket", || socket.exists());
     wait_for(Duration::from_secs(10), "startup completed", || mcr.status("kvd")["started"] == true);
-    assert_eq!(update(&mcr, "kvd", &[], &fixture("kvd-v2"), &args).code(), 0);
+    wait_for(Duration::from_secs(10), "kvd listening", || port_open(port));
+    let updated = update(&mcr, "kvd", &[], &fixture("kvd-v2"), &args);
+    assert_eq!(updated.code(), 0, "{updated}");
     let out = run.wait(Duration::from_secs(10), "mcr run after the update");
     assert_eq!(out.code(), 0, "{out}");
     assert!(out.stderr.contains("the new version runs detached"), "{out}");
