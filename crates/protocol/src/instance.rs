@@ -225,30 +225,84 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 impl InstanceFiles {
     /// Take the instance lock; on success, stale files of a dead instance are removed.
     /// The returned file must stay open for the life of the supervisor.
+    ///
+    /// A cleaner (`clean_stale`, from any `mcr status`/`list`) may hold a dead instance's
+    /// lock for a moment and unlink it: a lock taken on a file no longer at the path is
+    /// worthless (the next `mcr run NAME` would create another), so the lock is taken again
+    /// on the file that is there. A new lock file appears at its path already locked (made
+    /// under another name, locked, then linked), so no cleaner ever sees it free.
     pub fn acquire(&self) -> Result<File, InstanceError> {
         let io_err = |source| InstanceError::Io { path: self.lock.clone(), source };
-        if let Liveness::NotOurs { owner } = self.liveness() {
-            return Err(self.not_ours(owner));
-        }
-        let f = no_follow().create(true).truncate(false).read(true).write(true).open(&self.lock).map_err(io_err)?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let pid = fs::read_to_string(&self.pid).unwrap_or_default().trim().to_string();
-                return Err(InstanceError::AlreadyRunning {
-                    name: self.name.clone(),
-                    pid: if pid.is_empty() { "unknown".into() } else { pid },
-                });
+        let mut busy = 0;
+        loop {
+            if let Liveness::NotOurs { owner } = self.liveness() {
+                return Err(self.not_ours(owner));
             }
-            return Err(io_err(e));
+            let f = match no_follow().read(true).write(true).open(&self.lock) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.create_locked().map_err(io_err)? {
+                    Some(f) => return Ok(f),
+                    None => continue,
+                },
+                Err(e) => return Err(io_err(e)),
+            };
+            match flock(&f, libc::LOCK_EX) {
+                Ok(()) if self.names(&f) => {
+                    // We own the name now: anything left is from a dead instance.
+                    for stale in [&self.socket, &self.pid] {
+                        remove_own(stale);
+                    }
+                    return Ok(f);
+                }
+                // Unlinked by a cleaner between our open and our lock.
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    if !self.names(&f) {
+                        continue;
+                    }
+                    // A cleaner holds a dead instance's lock for microseconds.
+                    busy += 1;
+                    if busy < CLEANER_RETRIES {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        continue;
+                    }
+                    let pid = fs::read_to_string(&self.pid).unwrap_or_default().trim().to_string();
+                    return Err(InstanceError::AlreadyRunning {
+                        name: self.name.clone(),
+                        pid: if pid.is_empty() { "unknown".into() } else { pid },
+                    });
+                }
+                Err(e) => return Err(io_err(e)),
+            }
         }
-        // We own the name now: anything left is from a dead instance.
-        for stale in [&self.socket, &self.pid] {
-            remove_own(stale);
+    }
+
+    /// A new lock file, locked before it is linked at the lock path; None when another
+    /// appeared there first.
+    fn create_locked(&self) -> io::Result<Option<File>> {
+        let fresh = self.lock.with_extension(format!("lock.{}.new", std::process::id()));
+        let _ = fs::remove_file(&fresh);
+        let f = no_follow().create_new(true).read(true).write(true).open(&fresh)?;
+        let linked = flock(&f, libc::LOCK_EX).and_then(|()| fs::hard_link(&fresh, &self.lock));
+        let _ = fs::remove_file(&fresh);
+        match linked {
+            Ok(()) => {
+                for stale in [&self.socket, &self.pid] {
+                    remove_own(stale);
+                }
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(f)
+    }
+
+    /// Whether the lock path still names the open file `f` (a cleaner may have unlinked it).
+    fn names(&self, f: &File) -> bool {
+        match (f.metadata(), fs::symlink_metadata(&self.lock)) {
+            (Ok(open), Ok(path)) => (open.dev(), open.ino()) == (path.dev(), path.ino()),
+            _ => false,
+        }
     }
 
     /// Whether a supervisor holds the lock.
@@ -311,8 +365,21 @@ impl InstanceFiles {
 
     /// Remove the files of a dead instance. Returns true when something was removed.
     /// Files of another user are never removed (unless we are root).
+    ///
+    /// Only under the instance lock, taken exclusively, on the file at the lock path, with
+    /// the lock file removed last: a supervisor starting meanwhile either holds the lock
+    /// first (nothing is removed) or finds its lock file gone and takes a new one
+    /// (`acquire`). Without a lock file nothing is removed. A control socket that answers is never removed, lock or not: after an
+    /// update whose old version died, the new supervisor serves on the name's socket an
+    /// instant before it takes the lock.
     pub fn clean_stale(&self) -> bool {
-        if self.liveness() != Liveness::Dead {
+        // No lock file: nothing to lock, so nothing may be removed (a starting supervisor
+        // may be about to create it); `acquire` removes what a dead instance left.
+        let Ok(lock) = no_follow().read(true).open(&self.lock) else { return false };
+        if flock(&lock, libc::LOCK_EX).is_err()
+            || !self.names(&lock)
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        {
             return false;
         }
         let mut removed = false;
@@ -327,6 +394,20 @@ impl InstanceFiles {
         for p in [&self.socket, &self.pid, &self.lock] {
             remove_own(p);
         }
+    }
+}
+
+/// How many times `acquire` looks again at a lock someone holds (1 ms apart) before it
+/// takes it for a running instance's: a cleaner holds it for microseconds.
+const CLEANER_RETRIES: u32 = 20;
+
+/// `flock(op | LOCK_NB)`.
+fn flock(f: &File, op: i32) -> io::Result<()> {
+    // SAFETY: flock on a descriptor `f` owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -429,6 +510,43 @@ mod tests {
         assert!(!files.is_live());
         assert!(files.clean_stale());
         assert!(!files.pid.exists());
+        fs::remove_dir_all(tmp).unwrap();
+    }
+
+    /// `mcr status NAME` while `mcr run NAME` starts: the status cleans what looks like a
+    /// dead instance's files. It must never take the starting instance's lock file (nor its
+    /// socket and pid file) from under it: the instance would run unlisted and unreachable,
+    /// and a second `mcr run NAME` would start beside it.
+    #[test]
+    fn cleaning_a_dead_instance_never_removes_one_being_started() {
+        let tmp = scratch("race");
+        let dir = InstanceDir { path: tmp.join("run") };
+        dir.create().unwrap();
+        let files = dir.files("a").unwrap();
+        for round in 0..3000 {
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let held = std::thread::scope(|s| {
+                s.spawn(|| {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        files.clean_stale();
+                    }
+                });
+                let held = files.acquire();
+                write_private(&files.socket, b"").unwrap();
+                std::thread::yield_now();
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                held
+            });
+            let held = held.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let on_disk = fs::metadata(&files.lock).unwrap_or_else(|e| panic!("round {round}: lock file gone: {e}"));
+            let locked = held.metadata().unwrap();
+            assert_eq!((on_disk.dev(), on_disk.ino()), (locked.dev(), locked.ino()), "round {round}");
+            assert!(files.is_live(), "round {round}");
+            assert!(files.socket.exists(), "round {round}: the live instance's socket was removed");
+            assert!(!files.clean_stale(), "round {round}");
+            drop(held);
+            assert!(files.clean_stale());
+        }
         fs::remove_dir_all(tmp).unwrap();
     }
 }
