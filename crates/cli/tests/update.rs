@@ -922,6 +922,31 @@ fn a_client_waiting_in_the_backlog_is_not_taken_by_a_rolled_back_version() {
     );
 }
 
+/// A server started under load serves its first clients within the first wait of its
+/// event loop. That wait, watching a listener with a client waiting, is where its startup
+/// ends: the clients' writes are then the running server's, not startup values a new
+/// version's startup computes again. Counted as startup (the wait returned at once and
+/// was let through), kvd's stats said 1 connection and 1 command "set by the startup",
+/// the new version's startup set 0, and every later update rolled back on them.
+#[test]
+fn clients_waiting_when_the_event_loop_starts_are_served_after_startup() {
+    let mcr = Mcr::new("u-kvd-busy-start");
+    let port = free_port();
+    let args = port_args(port, &["--busy-startup", "1500"]);
+    let kvd = fixture("kvd");
+    let mut cmd: Vec<&str> = vec!["run", "--detach", "--name", "kvd", "--", kvd.to_str().unwrap()];
+    cmd.extend(args.iter().map(String::as_str));
+    let mut run = mcr.spawn(&cmd);
+    wait_for(Duration::from_secs(10), "kvd's listener", || port_open(port));
+    let mut early = Client::connect(port);
+    assert_eq!(early.request("SET early 1"), "OK");
+    run.wait(Duration::from_secs(20), "mcr run --detach").ok();
+    let _inst = mcr.guard("kvd");
+    let (out, report) = update_json(&mcr, "kvd", &[], &fixture("kvd"), &args);
+    assert!(out.success(), "the update rolled back: {out}\n{report}");
+    assert_eq!(early.request("GET early"), "VALUE 1", "the early client's key after the update");
+}
+
 /// A replay conflict must always be reported as such. The new version's runtime sends
 /// the conflict to its supervisor and then _exits with status 86; now and then the
 /// update still reports only "the new version exited with exit status 86 during its

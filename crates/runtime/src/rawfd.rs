@@ -135,6 +135,30 @@ pub fn peer_credentials(fd: i32) -> Option<(i32, u32)> {
     (r == 0).then_some((cred.pid, cred.uid))
 }
 
+/// Whether `fd` is a listening socket with a connection waiting to be accepted.
+pub fn listener_with_a_client(fd: i32) -> bool {
+    let mut listening: libc::c_int = 0;
+    let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`, a live local of that
+    // size, and updates `len`; a number that is not a socket fails with ENOTSOCK.
+    let r = unsafe {
+        crate::sys!(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            &mut listening as *mut libc::c_int,
+            &mut len as *mut libc::socklen_t
+        )
+    };
+    if r != 0 || listening == 0 {
+        return false;
+    }
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, a live local; no wait.
+    (unsafe { crate::sys!(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) }) == 1
+}
+
 /// Whether `uid` may command this process's runtime: root, or the user the process runs as.
 pub fn trusted_peer_uid(uid: u32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

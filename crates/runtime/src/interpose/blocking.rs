@@ -77,6 +77,57 @@ pub fn blocking<T: PartialEq + Default>(
     object: usize,
     fp: usize,
     timeout_ns: Option<i64>,
+    attempt: impl FnMut(Option<i64>) -> T,
+    interrupted: impl Fn(&T) -> bool,
+) -> Outcome<T> {
+    blocking_watching(call, object, Watched::Nothing, fp, timeout_ns, attempt, interrupted)
+}
+
+/// The descriptors an event-loop wait watches, looked at only before startup completed.
+#[derive(Clone, Copy)]
+pub enum Watched {
+    Nothing,
+    /// An epoll instance: what is registered in it.
+    Epoll(c_int),
+    /// A poll set as the program passed it.
+    Poll(*const pollfd, nfds_t),
+}
+
+impl Watched {
+    /// Whether one of the watched descriptors is a listening socket with a client waiting.
+    fn a_listener_with_a_client(self) -> bool {
+        match self {
+            Watched::Nothing => false,
+            Watched::Epoll(ep) => {
+                let _internal = threads::InternalGuard::enter();
+                let _errno = crate::errno::ErrnoGuard::save();
+                epoll_targets(ep).into_iter().any(crate::rawfd::listener_with_a_client)
+            }
+            Watched::Poll(fds, n) if !fds.is_null() => (0..n as usize).any(|i| {
+                // SAFETY: `fds` points to `n` pollfds (the program's poll contract).
+                let p = unsafe { *fds.add(i) };
+                p.fd >= 0 && p.events & libc::POLLIN != 0 && crate::rawfd::listener_with_a_client(p.fd)
+            }),
+            Watched::Poll(..) => false,
+        }
+    }
+}
+
+/// The descriptor numbers registered in epoll instance `ep` (its `tfd` lines in
+/// /proc/self/fdinfo: the number each had when it was added).
+fn epoll_targets(ep: c_int) -> Vec<c_int> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).unwrap_or_default();
+    text.lines().filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// [`blocking`] for a wait on a set of descriptors (`watched`).
+#[inline(always)]
+pub fn blocking_watching<T: PartialEq + Default>(
+    call: Call,
+    object: usize,
+    watched: Watched,
+    fp: usize,
+    timeout_ns: Option<i64>,
     mut attempt: impl FnMut(Option<i64>) -> T,
     interrupted: impl Fn(&T) -> bool,
 ) -> Outcome<T> {
@@ -90,7 +141,7 @@ pub fn blocking<T: PartialEq + Default>(
         return Outcome::Done(attempt(None));
     };
     if !quiesce::STARTUP_DONE.load(Relaxed) {
-        if let Some(r) = returned_at_once(call, object, fp, timeout_ns, &mut attempt) {
+        if let Some(r) = returned_at_once(call, object, watched, fp, timeout_ns, &mut attempt) {
             return Outcome::Done(r);
         }
     }
@@ -151,28 +202,35 @@ pub fn blocking<T: PartialEq + Default>(
 /// more per update); httpd's master reads /dev/null before it forks its children, and its
 /// startup ended without them. An event-loop wait is asked with no time left (what it
 /// reports is what the call would have: the program asked for a wait that may end at
-/// once); a read or accept runs when its descriptor is ready. Not where the old version's
-/// threads wait (an update's new version parks there, whatever is ready: the events are
-/// the old version's clients'), and at most [`quiesce::may_pass_a_ready_wait`] times.
+/// once); a read runs when its descriptor is ready. Not where the old version's threads
+/// wait (an update's new version parks there, whatever is ready: the events are the old
+/// version's clients'), and at most [`quiesce::may_pass_a_ready_wait`] times.
+///
+/// Never a wait for clients: an accept, or a wait watching a listening socket a client
+/// waits on. That is the server's loop, and its startup ends there: a server started while
+/// clients wait (restarted under load) would otherwise serve them within its startup,
+/// and what they change would count as what the startup computed (an update whose new
+/// startup computes 0 connections rolled back on the old one's 1). And an update's new
+/// version takes no client from the listening sockets it shares with the old version,
+/// wherever its threads wait: until the commit the clients are the old version's, and a
+/// rolled-back new version dies with those it took (their connections reset). Where the
+/// old threads wait says nothing when a load kept every old worker busy with a client at
+/// the quiesce (forkd: none was parked in accept).
 #[cold]
 #[inline(never)]
 fn returned_at_once<T: PartialEq + Default>(
     call: Call,
     object: usize,
+    watched: Watched,
     fp: usize,
     timeout_ns: Option<i64>,
     attempt: &mut impl FnMut(Option<i64>) -> T,
 ) -> Option<T> {
     let asks = call.can_ask_without_waiting() && timeout_ns != Some(0);
-    // An update's new version takes no client from the listening sockets it shares with the
-    // old version, wherever its threads wait: until the commit the clients are the old
-    // version's, and a rolled-back new version dies with those it took (their connections
-    // reset). Where the old threads wait says nothing when a load kept every old worker
-    // busy with a client at the quiesce (forkd: none was parked in accept).
-    let takes_client = matches!(call, Call::Accept | Call::Accept4) && crate::replay::started_as_update();
     if !(asks || call.depends_on_fd())
-        || takes_client
+        || matches!(call, Call::Accept | Call::Accept4)
         || crate::replay::old_version_waits_here(call, fp) == Some(true)
+        || watched.a_listener_with_a_client()
         || !quiesce::may_pass_a_ready_wait()
     {
         return None;
@@ -370,7 +428,8 @@ pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut epoll_event, max: c_int,
     let f = real::epoll_wait();
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms)) };
-    finish_int(blocking(Call::EpollWait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
+    let watched = Watched::Epoll(ep);
+    finish_int(blocking_watching(Call::EpollWait, 0, watched, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
 /// # Safety
@@ -391,7 +450,8 @@ pub unsafe extern "C" fn epoll_pwait(
     // SAFETY: the caller's own arguments, the timeout shortened to the time left, the mask
     // a live copy (or null).
     let call = |l: Option<i64>| unsafe { f(ep, ev, max, l.map_or(timeout, ns_ms), mp) };
-    finish_int(blocking(Call::EpollPwait, 0, frame_address(), ms_ns(timeout), call, int_eintr))
+    let watched = Watched::Epoll(ep);
+    finish_int(blocking_watching(Call::EpollPwait, 0, watched, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
 /// # Safety
@@ -417,7 +477,8 @@ pub unsafe extern "C" fn epoll_pwait2(
             Some(ns) => f(ep, ev, max, &ns_ts(ns), mp),
         }
     };
-    finish_int(blocking(Call::EpollPwait2, 0, frame_address(), timeout, call, int_eintr))
+    let watched = Watched::Epoll(ep);
+    finish_int(blocking_watching(Call::EpollPwait2, 0, watched, frame_address(), timeout, call, int_eintr))
 }
 
 /// # Safety
@@ -427,7 +488,8 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
     let f = real::poll();
     // SAFETY: the caller's own arguments, the timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
-    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
+    let watched = Watched::Poll(fds, n);
+    finish_int(blocking_watching(Call::Poll, 0, watched, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
 /// # Safety
@@ -441,7 +503,8 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
     // SAFETY: the caller's own arguments (`n` pollfds fit in `fds`, checked above), the
     // timeout shortened to the time left.
     let call = |l: Option<i64>| unsafe { f(fds, n, l.map_or(timeout, ns_ms)) };
-    finish_int(blocking(Call::Poll, 0, frame_address(), ms_ns(timeout), call, int_eintr))
+    let watched = Watched::Poll(fds, n);
+    finish_int(blocking_watching(Call::Poll, 0, watched, frame_address(), ms_ns(timeout), call, int_eintr))
 }
 
 /// # Safety
@@ -461,7 +524,8 @@ pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec,
             Some(ns) => f(fds, n, &ns_ts(ns), mp),
         }
     };
-    finish_int(blocking(Call::Ppoll, 0, frame_address(), timeout, call, int_eintr))
+    let watched = Watched::Poll(fds, n);
+    finish_int(blocking_watching(Call::Ppoll, 0, watched, frame_address(), timeout, call, int_eintr))
 }
 
 /// The three sets of a select call, as the program passed them: select() clears the sets
