@@ -306,6 +306,7 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
     }
 
     fn quiesce(&mut self) -> Result<(), QuiesceError> {
+        self.versions.launcher.before_pause();
         let t = Instant::now();
         self.paused_since = Some(t);
         let old = &mut self.versions.old;

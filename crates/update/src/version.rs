@@ -93,6 +93,9 @@ pub trait Launcher {
     /// of [`Launcher::start`] (best effort; by default nothing). `old`: the old version's
     /// processes as they are now (the modules they load are the new version's too).
     fn stage(&mut self, _old: &HostPids) {}
+    /// Wait for what [`Launcher::stage`] prepares that would otherwise be done on the
+    /// paused clock (the old version still serves meanwhile); by default nothing.
+    fn before_pause(&mut self) {}
     /// After a rollback (the new version, if started, killed): remove what is left of
     /// it (its instance files, the replay log) and reap it.
     fn discard(&mut self);

@@ -80,7 +80,17 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
     // handler too, it recreates the per-connection processes.
     let sessions = mcr_typemodel::diff::Sessions::from_hints(&mcr_typemodel::read_hints(&program).unwrap_or_default());
     let handlers = Handlers { resume: sessions.resumes(), respawn: sessions.respawns() };
-    let launcher = Spawner::new(dir.clone(), name.to_string(), next_files, lock, program, args, runtime_lib, &info);
+    let launcher = Spawner::new(
+        dir.clone(),
+        name.to_string(),
+        next_files,
+        lock,
+        program,
+        args,
+        runtime_lib,
+        &info,
+        !checks.fresh_state,
+    );
     let old = OldSupervisor::new(dir.clone(), name.to_string(), info, conn);
     Ok(Prepared { name: name.to_string(), command: command.join(" "), old, launcher, handlers, started, warnings })
 }

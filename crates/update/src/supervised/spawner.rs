@@ -6,6 +6,7 @@
 use super::next::NewSupervisor;
 use super::symbol_tables::Preparation;
 use crate::error::RestartError;
+use crate::transfer::models;
 use crate::version::{HostPids, Launcher};
 use mcr_client::launch::{report_channel, spawn_supervisor, LogMark, SupervisorLaunch};
 use mcr_protocol::{InstanceDir, InstanceFiles, ProcessLog, UpdateInfo};
@@ -38,6 +39,9 @@ pub struct Spawner {
     staged: Option<Staged>,
     /// Its symbol tables, being prepared meanwhile.
     symbols: Option<Preparation>,
+    /// The state moves: both builds' type models are loaded ahead (`models`).
+    transfers_state: bool,
+    models: Option<models::Preparation>,
 }
 
 /// A new version's init and supervisor launched ahead ([`Launcher::stage`]).
@@ -58,6 +62,7 @@ impl Spawner {
         args: Vec<String>,
         runtime_lib: PathBuf,
         info: &UpdateInfo,
+        transfers_state: bool,
     ) -> Self {
         Self {
             dir,
@@ -72,6 +77,8 @@ impl Spawner {
             cwd: PathBuf::from(&info.cwd),
             staged: None,
             symbols: None,
+            transfers_state,
+            models: None,
         }
     }
 
@@ -142,6 +149,17 @@ impl Launcher for Spawner {
         // process may do.
         let tables = mcr_callstack::SymbolCache::new(self.dir.symbol_tables());
         self.symbols = Some(Preparation::start(tables, &self.program, &self.runtime_lib, old));
+        if self.transfers_state {
+            let mut programs = vec![self.program.clone()];
+            programs.extend(old.values().filter_map(|&host| mcr_procfs::exe(host).ok()));
+            self.models = Some(models::Preparation::start(programs));
+        }
+    }
+
+    fn before_pause(&mut self) {
+        if let Some(m) = self.models.take() {
+            m.wait();
+        }
     }
 
     fn start(&mut self, logs: &[ProcessLog], old: &HostPids) -> Result<NewSupervisor, RestartError> {
@@ -166,6 +184,7 @@ impl Launcher for Spawner {
         }
         // The launch forks: this process must be single-threaded again.
         drop(self.symbols.take());
+        drop(self.models.take());
         // The new version inherits exactly the old version's descriptors: nothing this
         // shell left open to mcr (a client socket on fd 3) may slip into it.
         close_on_exec_all();

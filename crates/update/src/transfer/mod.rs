@@ -18,6 +18,7 @@ mod descriptors;
 mod initial_data;
 mod keys;
 mod mappings;
+pub mod models;
 pub(crate) mod owners;
 pub(crate) mod peers;
 mod process;
@@ -39,6 +40,7 @@ use process::ProcessPair;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -212,7 +214,7 @@ pub fn run(
     connections: &[OpenConnections],
     warn: Warn<'_>,
 ) -> Result<Summary, TransferError> {
-    let mut programs: BTreeMap<PathBuf, Program> = BTreeMap::new();
+    let mut programs: BTreeMap<PathBuf, Arc<Program>> = BTreeMap::new();
     let mut pairs = Vec::new();
     let mut startup_sockets = startup_sockets(procs, connect)?;
     for (&pid, &old_host) in &procs.old {
@@ -220,7 +222,7 @@ pub fn run(
         let (old_exe, new_exe) = (exe(old_host)?, exe(new_host)?);
         for p in [&old_exe, &new_exe] {
             if !programs.contains_key(p) {
-                programs.insert(p.clone(), Program::load_cached(p)?);
+                programs.insert(p.clone(), models::model(p)?);
             }
         }
         let startup_sockets = startup_sockets.remove(&pid).unwrap_or_default();
@@ -241,7 +243,7 @@ pub fn run(
                             return Ok(sum);
                         }
                         let p = &pairs[i];
-                        let versions = (&programs[&p.old_exe], &programs[&p.new_exe]);
+                        let versions = (&*programs[&p.old_exe], &*programs[&p.new_exe]);
                         match process::transfer(p, versions, &mut old, &mut next, connections, warn) {
                             Ok(s) => sum.absorb(s),
                             Err(e) => {
