@@ -15,8 +15,23 @@ pub struct Image {
     /// The main thread's block of the executable's thread-local variables (where DWARF's
     /// TLS offset 0 is), when known.
     pub tls_block: Option<u64>,
-    /// The read-only mappings among `ranges` (code and constants: string literals).
+    /// The read-only mappings among `ranges` where string literals are: those that are
+    /// not code (`.rodata`), or every read-only one for a binary linked with its constants
+    /// in its code segment.
     readonly: Vec<(u64, u64)>,
+}
+
+/// The mappings of a binary that hold its constants ([`Image::readonly`]).
+fn literal_ranges(mine: &[&Region]) -> Vec<(u64, u64)> {
+    let readonly = |code: bool| -> Vec<(u64, u64)> {
+        mine.iter().filter(|r| r.readable && !r.writable && (code || !r.executable)).map(|r| (r.start, r.end)).collect()
+    };
+    let data = readonly(false);
+    if data.is_empty() {
+        readonly(true)
+    } else {
+        data
+    }
 }
 
 impl Image {
@@ -34,12 +49,7 @@ impl Image {
         let bias = if elf.as_ref().is_some_and(|e| e.pie) { first.start } else { 0 };
         let mut ranges: Vec<(u64, u64)> = mine.iter().map(|r| (r.start, r.end)).collect();
         ranges.extend(elf.iter().flat_map(|e| &e.segments).map(|&(start, end)| (bias + start, bias + end)));
-        Some(Image {
-            bias,
-            ranges,
-            tls_block: None,
-            readonly: mine.iter().filter(|r| r.readable && !r.writable).map(|r| (r.start, r.end)).collect(),
-        })
+        Some(Image { bias, ranges, tls_block: None, readonly: literal_ranges(&mine) })
     }
 
     /// A binary loaded at `bias` in the mappings `ranges` (run-time `[start, end)`).

@@ -97,13 +97,14 @@ pub fn annotations(old: &Program, new: &Program) -> Annotations {
     let mut hint_targets: Vec<(TypeId, String)> = Vec::new();
     let mut roots: Vec<TypeId> = Vec::new();
     // The transfer's roots: the globals the new version still has.
+    let new_names: HashSet<String> = new.globals.iter().filter(|n| !n.is_tls()).map(|n| n.display_name()).collect();
     for g in &old.globals {
         let (Some(_), Some(size)) = (g.address(), g.size) else { continue };
         if size == 0 || is_const(old, g.ty) {
             continue;
         }
         let name = g.display_name();
-        if !new.globals.iter().any(|n| n.display_name() == name && !n.is_tls()) {
+        if !new_names.contains(&name) {
             continue;
         }
         roots.push(g.ty);
