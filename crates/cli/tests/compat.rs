@@ -744,6 +744,40 @@ fn ssh_script(dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> {
     Ok(())
 }
 
+/// sshd (its sandbox on) updated with its state to the same build, three times: each
+/// update commits, the listening socket stays the same one, and a login runs its command
+/// after each as before the first. Until 2026-12-07 the update rolled back (sshd copies
+/// its environment at startup, and mcr's variables had other lengths in an update's new
+/// version, so no library block of its startup could be placed), and an update from a
+/// version that had inherited its listener lost it (sshd's `closefrom` closed it before
+/// the replay handed it back); a connection's process, sshd executed again, also took the
+/// update's replay log for its own.
+#[test]
+fn sshd_updates_with_its_state_and_serves_a_login_after_each() {
+    let test = "sshd_updates_with_its_state_and_serves_a_login_after_each";
+    let sshd = built_file("MCR_SSHD", "scripts/sshd/build.sh", test);
+    // A short label: the instance's sockets live under it.
+    let mcr = Mcr::new("sshd_state");
+    let dir = scratch(&mcr, "sshd");
+    let launch = sshd_setup(&sshd, &dir, free_port());
+    let inst = mcr.start("sshd", &launch.program, &launch.args);
+    wait_for(STARTUP_TIMEOUT, "sshd's listener", || port_open(launch.port));
+    let login = || {
+        let mut t = Transcript::new();
+        ssh_script(&dir, launch.port, &mut t).map(|()| t)
+    };
+    let before = login().unwrap_or_else(|e| panic!("a login before any update: {e}\n{}", inst.log()));
+    assert!(before.contains(&"stdout: logged in as root".to_string()), "{before:?}");
+    let listener = listening_socket_inode(launch.port).expect("sshd's listening socket");
+    let args: Vec<String> = launch.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    for round in 1..=3 {
+        update(&mcr, "sshd", &[], &launch.program, &args).ok();
+        assert_eq!(listening_socket_inode(launch.port), Some(listener), "update {round}: the listener was replaced");
+        let after = login().unwrap_or_else(|e| panic!("update {round}: {e}\n{}", inst.log()));
+        assert_eq!(after, before, "update {round}: the login\n{}", inst.log());
+    }
+}
+
 #[test]
 fn sshd_serves_a_login_and_a_command_as_without_mcr() {
     let test = "sshd_serves_a_login_and_a_command_as_without_mcr";

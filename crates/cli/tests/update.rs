@@ -947,6 +947,30 @@ fn clients_waiting_when_the_event_loop_starts_are_served_after_startup() {
     assert_eq!(early.request("GET early"), "VALUE 1", "the early client's key after the update");
 }
 
+/// A server that closes every descriptor above stderr first thing (sshd, many daemons):
+/// in an update's new version that includes the inherited listener, which the replay of
+/// its `socket()` hands back a moment later. Closed, the new version made an unbound
+/// socket of its own (its `bind` and `listen` replayed), and once the old version retired
+/// nobody listened: every update from a version that inherited its listener lost it.
+#[test]
+fn a_server_that_closes_every_descriptor_at_startup_keeps_its_listener_across_updates() {
+    let mcr = Mcr::new("u-kvd-closefrom");
+    let port = free_port();
+    let args = port_args(port, &["--closefrom"]);
+    let _inst = mcr.start("kvd", &fixture("kvd"), &args);
+    let mut kept = Client::connect(port);
+    assert_eq!(kept.request("SET k 1"), "OK");
+    let listener = listening_socket_inode(port).expect("kvd's listening socket");
+    for round in 1..=3 {
+        update(&mcr, "kvd", &[], &fixture("kvd"), &args).ok();
+        assert_eq!(listening_socket_inode(port), Some(listener), "update {round}: the listening socket was replaced");
+        let mut fresh = Client::try_connect(port, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("update {round}: a new client cannot connect: {e}"));
+        assert_eq!(fresh.request("GET k"), "VALUE 1", "update {round}");
+        assert_eq!(kept.request("GET k"), "VALUE 1", "update {round}: the connection open across it");
+    }
+}
+
 /// A replay conflict must always be reported as such. The new version's runtime sends
 /// the conflict to its supervisor and then _exits with status 86; now and then the
 /// update still reports only "the new version exited with exit status 86 during its

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// The environment variable naming the spec's descriptor in a re-executed `mcr`.
-pub const SPEC_FD: &str = "MCR_SUPERVISOR_SPEC_FD";
+pub const SPEC_FD: &str = mcr_protocol::env::SUPERVISOR_SPEC_FD;
 
 /// Set by a binary whose `main` calls [`supervise_if_asked`] first: only such a binary is
 /// executed again as a supervisor (a test or tool that launches one supervises in place).

@@ -389,6 +389,12 @@ impl InstanceFiles {
         removed
     }
 
+    /// Where an update of this instance writes the old version's startup logs for its new
+    /// version to replay (next to the instance log).
+    pub fn replay_log(&self) -> PathBuf {
+        self.log.with_file_name(format!("{}.replay.json", self.name))
+    }
+
     /// Remove everything but the log (called by the supervisor as it exits).
     pub fn remove_all(&self) {
         for p in [&self.socket, &self.pid, &self.lock] {

@@ -57,6 +57,9 @@ pub mod env {
     /// into it (nginx's `ngx_os_argv`) means the same in both. A fresh start reserves
     /// slack; an update's new version takes what the difference needs.
     pub const STACK_PAD: &str = "MCR_STACK_PAD";
+    /// In a re-executed `mcr` (an update's new supervisor, its init): the descriptor of
+    /// what it is to supervise. Never passed on to the server.
+    pub const SUPERVISOR_SPEC_FD: &str = "MCR_SUPERVISOR_SPEC_FD";
     /// Set to `1` by the supervisor when the server runs in its own PID namespace.
     pub const PID_NAMESPACE: &str = "MCR_PID_NAMESPACE";
     /// Set to `1` to run without a PID namespace even where one is permitted.

@@ -37,21 +37,9 @@ pub fn wait_for_go() {
     }
 }
 
-/// The number in `MCR_GO_FD`, its digits then overwritten.
+/// The number in `MCR_GO_FD`, then marked used.
 fn take_go_fd() -> Option<i32> {
-    let name = std::ffi::CString::new(mcr_protocol::env::GO_FD).ok()?;
-    // SAFETY: getenv reads the environment with a NUL-terminated name; the constructor
-    // runs before any thread of the program exists.
-    let value = unsafe { libc::getenv(name.as_ptr()) };
-    if value.is_null() {
-        return None;
-    }
-    // SAFETY: getenv's result is a NUL-terminated string inside the environment.
-    let bytes = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
-    let fd = std::str::from_utf8(bytes).ok()?.parse::<i32>().ok().filter(|&fd| fd > 2)?;
-    // SAFETY: the bytes of that same string, written over with as many bytes.
-    unsafe { core::ptr::write_bytes(value.cast::<u8>(), b'-', bytes.len()) };
-    Some(fd)
+    crate::take_env(mcr_protocol::env::GO_FD)?.parse::<i32>().ok().filter(|&fd| fd > 2)
 }
 
 /// The targets and the descriptors (in order); None when the socket closed first or the

@@ -224,8 +224,30 @@ fn note_own_pid() {
     PID.store(unsafe { libc::getpid() }, Relaxed);
 }
 
+/// A variable mcr set, unless it is empty or unused (`-` repeated: the supervisor keeps
+/// each of its variables as long in every version of an instance).
 fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+    std::env::var(name).ok().filter(|v| !v.is_empty() && !v.starts_with('-'))
+}
+
+/// [`env`] for a variable meant for the process mcr launched alone (an update's replay
+/// log, the go of a held launch): read, then marked unused in place (`-` over every byte:
+/// the same length, so the initial stack keeps its layout). A program that executes
+/// itself again (sshd, once per connection) runs as a fresh process of the version.
+/// Only in the constructor, before any thread of the program exists.
+pub(crate) fn take_env(name: &str) -> Option<String> {
+    let key = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getenv with a NUL-terminated name, before the program has threads.
+    let value = unsafe { libc::getenv(key.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: getenv's result is a NUL-terminated string inside the environment.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
+    let text = std::str::from_utf8(bytes).ok().filter(|v| !v.is_empty() && !v.starts_with('-'))?.to_string();
+    // SAFETY: the bytes of that same string, written over with as many bytes.
+    unsafe { core::ptr::write_bytes(value.cast::<u8>(), b'-', bytes.len()) };
+    Some(text)
 }
 
 /// Constructor. Kept to libc-level work: read the environment, install the kick signal,
@@ -275,7 +297,7 @@ extern "C" fn init() {
     // address space, the process registers at once. Harmless if no supervisor answers.
     quiesce::init_asymmetric_fence();
     if control::register(false) {
-        if let Some(path) = env(mcr_protocol::env::REPLAY) {
+        if let Some(path) = take_env(mcr_protocol::env::REPLAY) {
             if let Err(reason) = replay::load(&path) {
                 replay::fail(mcr_protocol::ReplayConflict { pid: pid(), reason, new_op: None, old_op: None });
             }

@@ -32,6 +32,9 @@ struct Replay {
     inherited: BTreeSet<i32>,
     /// Inherited descriptors a replayed operation handed to the new version.
     claimed: BTreeSet<i32>,
+    /// Inherited numbers that hold an object of the new version's now (created live and
+    /// placed there): not the inherited object, and not to be closed as unclaimed.
+    recreated: BTreeSet<i32>,
     /// The mappings the old processes' startups made where the kernel chose, by the
     /// process and thread that made them and that thread's count.
     mapped_at_startup: HashMap<(i32, i32, u32), StartupMapping>,
@@ -212,7 +215,14 @@ impl Replay {
         for v in ops.values_mut() {
             v.sort_by_key(|(o, _)| o.seq);
         }
-        Replay { ops, inherited, claimed: BTreeSet::new(), mapped_at_startup, allocated_at_startup }
+        Replay {
+            ops,
+            inherited,
+            claimed: BTreeSet::new(),
+            recreated: BTreeSet::new(),
+            mapped_at_startup,
+            allocated_at_startup,
+        }
     }
 
     /// Whether a later operation of the old version (in any process: numbers are shared
@@ -233,7 +243,7 @@ impl Replay {
         args: &[OpArg],
         is_open: impl Fn(i32) -> bool,
     ) -> Decision {
-        let inherited_live = |fd: i32| self.inherited.contains(&fd) && is_open(fd);
+        let inherited_live = |fd: i32| self.inherited.contains(&fd) && !self.recreated.contains(&fd) && is_open(fd);
         let list = self.ops.get(&pid).map(Vec::as_slice).unwrap_or_default();
         let Some(index) =
             list.iter().position(|(o, used)| !*used && o.call == call && o.stack.id == stack.id && o.args == args)
@@ -254,7 +264,15 @@ impl Replay {
             }));
         };
         let old = list[index].0.clone();
+        // Made live and placed at the old numbers: where one is inherited and its object is
+        // gone (closed meanwhile), the number is the new object's from now on (one still
+        // open is taken over by the placement: `take_inherited_number`).
+        let freed = |fds: &[i32]| -> Vec<i32> {
+            fds.iter().copied().filter(|&fd| self.inherited.contains(&fd) && !is_open(fd)).collect()
+        };
         let decision = if always_live(call) {
+            let freed = freed(&old.fds);
+            self.recreated.extend(freed);
             Decision::Live(old.fds.clone())
         } else if configures(call) {
             match args.first() {
@@ -265,6 +283,8 @@ impl Replay {
             self.claimed.extend(old.fds.iter().copied());
             Decision::Replay(old.result)
         } else {
+            let freed = freed(&old.fds);
+            self.recreated.extend(freed);
             Decision::Live(old.fds.clone())
         };
         if let Some(entry) = self.ops.get_mut(&pid).and_then(|l| l.get_mut(index)) {
@@ -297,7 +317,8 @@ impl Replay {
 
     /// The inherited descriptors nothing claimed, among those `closable` accepts.
     fn unclaimed(&self, closable: impl Fn(i32) -> bool) -> Vec<i32> {
-        self.inherited.iter().copied().filter(|fd| !self.claimed.contains(fd) && closable(*fd)).collect()
+        let unclaimed = |fd: &i32| !self.claimed.contains(fd) && !self.recreated.contains(fd);
+        self.inherited.iter().copied().filter(|fd| unclaimed(fd) && closable(*fd)).collect()
     }
 
     /// What the unconsumed old operation `call` of `pid` from the same call stack
@@ -312,7 +333,11 @@ impl Replay {
 
     /// Claim `fd` when it holds an inherited object nothing claimed yet.
     fn take_inherited_number(&mut self, fd: i32) -> bool {
-        self.inherited.contains(&fd) && self.claimed.insert(fd)
+        let taken = self.inherited.contains(&fd) && self.claimed.insert(fd);
+        if taken {
+            self.recreated.insert(fd);
+        }
+        taken
     }
 }
 
@@ -477,6 +502,30 @@ pub fn take_inherited_number(fd: i32) -> bool {
     STATE.lock().as_mut().is_some_and(|r| r.take_inherited_number(fd))
 }
 
+/// An update's new version during its startup: the inherited startup descriptors (in the
+/// reserved range) no replayed operation handed to the program yet. The program has not
+/// made them (in the old version's startup they did not exist yet at this point), so they
+/// are not its to close: `close`, `close_range` and `closefrom` leave them. sshd closes
+/// every descriptor above stderr first thing in `main`: its listening socket, inherited to
+/// be handed back by the replay of its `socket()`, was gone, and the new version made an
+/// unbound socket of its own (its `bind` and `listen` replayed): after the commit nobody
+/// listened. Empty outside an update's startup (one load).
+pub fn hidden_inherited() -> Vec<i32> {
+    if !active() {
+        return Vec::new();
+    }
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    STATE.lock().as_ref().map_or_else(Vec::new, |r| {
+        r.unclaimed(|fd| crate::startup_log::in_reserved_range(fd) && crate::rawfd::is_open(fd))
+    })
+}
+
+/// Whether `fd` is one of [`hidden_inherited`].
+pub fn hides(fd: i32) -> bool {
+    active() && crate::startup_log::in_reserved_range(fd) && hidden_inherited().contains(&fd)
+}
+
 pub fn deactivate() {
     ACTIVE.store(false, SeqCst);
     // Only startup asks where the old version put its blocks and mappings: nginx's are
@@ -568,6 +617,27 @@ mod tests {
         assert_eq!(r.claimed, BTreeSet::from([1000]), "only the listener was handed over");
         assert!(r.dropped(PID, all_open).is_empty());
         assert_eq!(r.unclaimed(|_| true), vec![999], "the old epoll is left to close");
+    }
+
+    /// An inherited listener the program closed before its `socket()` (only possible when
+    /// it bypasses the runtime's close): the socket is made again at the old number, and
+    /// that socket is the program's: its `bind` and `listen` run (replayed, they left it
+    /// unbound, and nobody listened after the commit), and it is not closed as an unclaimed
+    /// inherited descriptor at startup completion.
+    #[test]
+    fn a_socket_made_again_where_the_inherited_one_was_closed_is_configured_for_real() {
+        let mut r = replay(kvd(), &[999, 1000]);
+        let s = stack(MAIN);
+        let open = |fd: i32| fd != 1000;
+        match r.decide(PID, "socket", &s, &tcp(), open) {
+            Decision::Live(at) => assert_eq!(at, vec![1000]),
+            d => panic!("socket: {d:?}"),
+        }
+        let all_open = |_: i32| true;
+        assert!(matches!(r.decide(PID, "bind", &s, &bind(1000, "1f90"), all_open), Decision::Live(_)));
+        let listen = [OpArg::Fd(1000), OpArg::Int(128)];
+        assert!(matches!(r.decide(PID, "listen", &s, &listen, all_open), Decision::Live(_)));
+        assert_eq!(r.unclaimed(|_| true), vec![999], "the socket made again is not closed");
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn run(mut cfg: Config, host_proc: Option<OwnedFd>) -> i32 {
     // A session of its own, out of the launching terminal's process group.
     // SAFETY: setsid has no memory-safety preconditions.
     unsafe { libc::setsid() };
-    match bind_runtime_socket(&cfg.name) {
+    match bind_runtime_socket(cfg.server_instance_name()) {
         Ok(socket) => cfg.runtime_socket = Some(socket),
         Err(e) => {
             crate::report(
@@ -161,7 +161,8 @@ pub fn run(mut cfg: Config, host_proc: Option<OwnedFd>) -> i32 {
 pub fn bind_runtime_socket(instance: &str) -> std::io::Result<RuntimeSocket> {
     let mut nonce = [0u8; 8];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
-    let name = format!("mcr/{instance}/{}", u64::from_ne_bytes(nonce));
+    // Fixed width: the server's environment names it (`Config::server_env_name`).
+    let name = format!("mcr/{instance}/{:016x}", u64::from_ne_bytes(nonce));
     let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
     let listener = UnixListener::bind_addr(&addr)?;
     listener.set_nonblocking(true)?;

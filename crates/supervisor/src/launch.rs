@@ -35,7 +35,7 @@ fn runtime_socket(cfg: &Config) -> Result<(UnixListener, String), SupervisorErro
         let fd = s.listener.try_clone().map_err(SupervisorError::RuntimeSocket)?;
         return Ok((UnixListener::from(fd), s.name.clone()));
     }
-    let s = crate::init::bind_runtime_socket(&cfg.name).map_err(SupervisorError::RuntimeSocket)?;
+    let s = crate::init::bind_runtime_socket(cfg.server_instance_name()).map_err(SupervisorError::RuntimeSocket)?;
     Ok((UnixListener::from(s.listener), s.name))
 }
 
@@ -133,6 +133,16 @@ fn close_passed_descriptors() {
     }
 }
 
+/// The width of `MCR_GO_FD` (a descriptor number, zero-padded) and of `MCR_HEAP_AVOID`
+/// (a slot list, space-padded: wider only for a heap scattered over many slots).
+const GO_FD_WIDTH: usize = 10;
+const HEAP_AVOID_WIDTH: usize = 64;
+
+/// A variable's value when unused, as long as it would be when used.
+fn unused(len: usize) -> String {
+    "-".repeat(len)
+}
+
 /// A fresh start's padding: what an update's new version may need more than the old one
 /// for its strings (a longer replay log path, a list of heap slots, a longer program path)
 /// and still lay out its initial stack at the same addresses.
@@ -171,6 +181,7 @@ fn spawn(cfg: &Config, update: Option<&UpdateLaunch>, socket_name: &str, go: Opt
         None => std::env::vars().collect(),
     };
     let ours = [
+        mcr_protocol::env::SUPERVISOR_SPEC_FD,
         mcr_protocol::env::RUNTIME_SOCKET,
         mcr_protocol::env::INSTANCE,
         mcr_protocol::env::PROFILE,
@@ -189,7 +200,11 @@ fn spawn(cfg: &Config, update: Option<&UpdateLaunch>, socket_name: &str, go: Opt
         .collect();
     env.push(("LD_PRELOAD".into(), preload));
     env.push((mcr_protocol::env::RUNTIME_SOCKET.into(), socket_name.into()));
-    env.push((mcr_protocol::env::INSTANCE.into(), cfg.name.clone()));
+    // Every variable mcr sets takes as many bytes in each version of the instance, unused
+    // or not (`-` repeated): a program that copies its environment at startup (sshd's
+    // setproctitle, one strdup per variable) then allocates the same sizes in both, and
+    // its libraries' startup blocks follow the old version's (`placed_blocks`).
+    env.push((mcr_protocol::env::INSTANCE.into(), cfg.server_instance_name().to_string()));
     env.push((mcr_protocol::env::PID_NAMESPACE.into(), if cfg.pid_namespace { "1" } else { "0" }.into()));
     env.push((mcr_protocol::env::INSTANCE_LOG.into(), cfg.files.log.display().to_string()));
     // The same variables in the same order for a fresh start and an update (empty when
@@ -198,10 +213,10 @@ fn spawn(cfg: &Config, update: Option<&UpdateLaunch>, socket_name: &str, go: Opt
     env.push((mcr_protocol::env::PROFILE.into(), profile));
     let (replay, avoid) = match update {
         Some(u) => (u.replay_log.display().to_string(), u.heap_avoid.clone()),
-        None => Default::default(),
+        None => (unused(cfg.files.replay_log().as_os_str().len()), String::new()),
     };
     env.push((mcr_protocol::env::REPLAY.into(), replay));
-    env.push((mcr_protocol::env::HEAP_AVOID.into(), avoid));
+    env.push((mcr_protocol::env::HEAP_AVOID.into(), format!("{avoid:<HEAP_AVOID_WIDTH$}")));
     // The go socket, inheritable at a number the environment can name before the fork
     // (the copy here is closed right after it).
     let go_copy = match go {
@@ -218,7 +233,7 @@ fn spawn(cfg: &Config, update: Option<&UpdateLaunch>, socket_name: &str, go: Opt
     };
     env.push((
         mcr_protocol::env::GO_FD.into(),
-        go_copy.as_ref().map(|f| f.as_raw_fd().to_string()).unwrap_or_default(),
+        go_copy.as_ref().map_or_else(|| unused(GO_FD_WIDTH), |f| format!("{:0GO_FD_WIDTH$}", f.as_raw_fd())),
     ));
     let args_bytes =
         strings_bytes(std::iter::once(cfg.program.as_os_str().len()).chain(cfg.args.iter().map(String::len)));

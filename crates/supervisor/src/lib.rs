@@ -88,6 +88,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The instance's name as the server knows it: an update's new version runs under a
+    /// temporary name until its commit, but its environment names the instance.
+    pub fn server_instance_name(&self) -> &str {
+        self.update.as_ref().map_or(&self.name, |u| &u.final_name)
+    }
+}
+
+impl Config {
     /// A copy for a supervisor forked by the init (descriptors duplicated).
     fn duplicate(&self) -> std::io::Result<Config> {
         Ok(Config {

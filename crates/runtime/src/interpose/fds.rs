@@ -1,7 +1,9 @@
 //! Keep the runtime's own descriptors (the supervisor connection) out of the program's
 //! reach: they live at the top of the fd space below 1024, `close` and `close_range`
 //! pretend they are not open, and a `dup2` onto one moves ours away first. Programs that
-//! close every fd at startup (daemons do) therefore keep their connection to mcr.
+//! close every fd at startup (daemons do) therefore keep their connection to mcr. So do
+//! an update's new version's inherited startup descriptors until the replay hands them to
+//! the program (`replay::hidden_inherited`).
 
 use crate::borrow::{self, Closing};
 use crate::control::{is_reserved_fd, relocate_reserved_fd, reserved_fds};
@@ -12,7 +14,7 @@ use libc::{c_int, c_uint};
 /// close(2)'s contract: `fd` is the caller's to close (nothing else uses it after).
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if is_reserved_fd(fd) {
+    if is_reserved_fd(fd) || crate::replay::hides(fd) {
         errno::set(libc::EBADF);
         return -1;
     }
@@ -36,6 +38,7 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     let _closing = closes.then(|| borrow::begin_close(Closing::Range(first, last)));
     let mut ours: Vec<c_uint> = reserved_fds()
         .into_iter()
+        .chain(crate::replay::hidden_inherited())
         .filter(|&fd| fd >= 0)
         .map(|fd| fd as c_uint)
         .filter(|&fd| fd >= first && fd <= last)
@@ -50,6 +53,7 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         return close(first, last);
     }
     ours.sort_unstable();
+    ours.dedup();
     let mut lo = first;
     for fd in ours {
         if fd > lo {

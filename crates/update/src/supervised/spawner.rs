@@ -83,7 +83,10 @@ impl Spawner {
     }
 
     fn replay_log(&self) -> PathBuf {
-        self.dir.path.join(format!("{}.replay.json", self.name))
+        match self.dir.files(&self.name) {
+            Ok(files) => files.replay_log(),
+            Err(_) => self.dir.path.join(format!("{}.replay.json", self.name)),
+        }
     }
 }
 
