@@ -231,8 +231,8 @@ pub fn connections(known: &BTreeSet<i32>) -> (Vec<i32>, bool) {
         .into_iter()
         .filter(|&fd| {
             let seen = with_program_fd(fd, |c| {
-                let stream = socket_int_option(c, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
-                let listening = socket_int_option(c, libc::SO_ACCEPTCONN) != Some(0);
+                let stream = crate::rawfd::socket_int_option(c, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
+                let listening = crate::rawfd::socket_int_option(c, libc::SO_ACCEPTCONN) != Some(0);
                 // SAFETY: getpeername into a local buffer of the size we pass.
                 let peer = unsafe {
                     let mut addr: libc::sockaddr_storage = core::mem::zeroed();
@@ -348,23 +348,6 @@ fn drain_reply(
     }
 }
 
-fn socket_int_option(sock: i32, opt: i32) -> Option<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a local int of the size we pass.
-    let r = unsafe {
-        crate::sys!(
-            libc::SYS_getsockopt,
-            sock,
-            libc::SOL_SOCKET,
-            opt,
-            &mut v as *mut libc::c_int,
-            &mut len as *mut libc::socklen_t
-        )
-    };
-    (r == 0).then_some(v)
-}
-
 /// The descriptors some epoll instance of this process watches: a connection an event
 /// loop serves (its state lives in memory the update can move), as opposed to one a
 /// thread is serving on its stack.
@@ -394,7 +377,8 @@ fn needs_rearm(events: u32, is_listener: impl FnOnce() -> bool) -> bool {
 }
 
 fn is_listener(fd: i32) -> bool {
-    with_program_fd(fd, |c| socket_int_option(c, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0)).unwrap_or(false)
+    with_program_fd(fd, |c| crate::rawfd::socket_int_option(c, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0))
+        .unwrap_or(false)
 }
 
 /// The control thread has a private descriptor table; borrow the program's descriptors

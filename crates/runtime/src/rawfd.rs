@@ -135,23 +135,29 @@ pub fn peer_credentials(fd: i32) -> Option<(i32, u32)> {
     (r == 0).then_some((cred.pid, cred.uid))
 }
 
-/// Whether `fd` is a listening socket with a connection waiting to be accepted.
-pub fn listener_with_a_client(fd: i32) -> bool {
-    let mut listening: libc::c_int = 0;
+/// An int-valued SOL_SOCKET option of `fd` (SO_TYPE, SO_ACCEPTCONN); None when `fd` is no
+/// socket.
+pub fn socket_int_option(fd: i32, opt: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
     let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `listening`, a live local of that
-    // size, and updates `len`; a number that is not a socket fails with ENOTSOCK.
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, a live local of that size,
+    // and updates `len`; a number that is not a socket fails with ENOTSOCK.
     let r = unsafe {
         crate::sys!(
             libc::SYS_getsockopt,
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            &mut listening as *mut libc::c_int,
+            opt,
+            &mut v as *mut libc::c_int,
             &mut len as *mut libc::socklen_t
         )
     };
-    if r != 0 || listening == 0 {
+    (r == 0).then_some(v)
+}
+
+/// Whether `fd` is a listening socket with a connection waiting to be accepted.
+pub fn listener_with_a_client(fd: i32) -> bool {
+    if socket_int_option(fd, libc::SO_ACCEPTCONN).unwrap_or(0) == 0 {
         return false;
     }
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
