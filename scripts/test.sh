@@ -29,7 +29,9 @@ done
 MCR_VSFTPD="$(scripts/vsftpd/build.sh | tail -n 1)"
 MCR_HTTPD="$(scripts/httpd/build.sh | tail -n 1)"
 MCR_SSHD="$(scripts/sshd/build.sh | tail -n 1)"
-export MCR_VSFTPD MCR_HTTPD MCR_SSHD
+# The Debian update before it, for sshd updated with its state across a real patch.
+MCR_SSHD_PREV="$(scripts/sshd/build.sh --deb-version 1:9.2p1-2+deb12u7 | tail -n 1)"
+export MCR_VSFTPD MCR_HTTPD MCR_SSHD MCR_SSHD_PREV
 cargo test --release --workspace -- --test-threads=2 "$@"
 # Issue 12's soak, short: 30 kvd + 20 poold + 20 connd updates under load, nothing lost,
 # nothing grown (~30 s; the full one is `scripts/soak.sh`, README "Soak").

@@ -744,22 +744,24 @@ fn ssh_script(dir: &Path, port: u16, t: &mut Transcript) -> Result<(), String> {
     Ok(())
 }
 
-/// sshd (its sandbox on) updated with its state to the same build, three times: each
-/// update commits, the listening socket stays the same one, and a login runs its command
-/// after each as before the first. Until 2026-12-07 the update rolled back (sshd copies
-/// its environment at startup, and mcr's variables had other lengths in an update's new
-/// version, so no library block of its startup could be placed), and an update from a
-/// version that had inherited its listener lost it (sshd's `closefrom` closed it before
+/// sshd (its sandbox on) updated with its state across a real Debian update, back and
+/// forth (9.2p1-2+deb12u7 <-> deb12u10, three updates): each commits, the listening socket
+/// stays the same one, and a key login runs its command after each as before the first.
+/// Until 2026-12-07 every such update rolled back (sshd copies its environment and its
+/// arguments at startup: mcr's variables, and the program path, had other lengths in the
+/// new version, so no library block of its startup could be placed), and an update from
+/// a version that had inherited its listener lost it (sshd's `closefrom` closed it before
 /// the replay handed it back); a connection's process, sshd executed again, also took the
 /// update's replay log for its own.
 #[test]
-fn sshd_updates_with_its_state_and_serves_a_login_after_each() {
-    let test = "sshd_updates_with_its_state_and_serves_a_login_after_each";
-    let sshd = built_file("MCR_SSHD", "scripts/sshd/build.sh", test);
+fn sshd_updates_with_its_state_across_a_debian_update_and_serves_a_login_after_each() {
+    let test = "sshd_updates_with_its_state_across_a_debian_update_and_serves_a_login_after_each";
+    let current = built_file("MCR_SSHD", "scripts/sshd/build.sh", test);
+    let previous = built_file("MCR_SSHD_PREV", "scripts/sshd/build.sh --deb-version 1:9.2p1-2+deb12u7", test);
     // A short label: the instance's sockets live under it.
     let mcr = Mcr::new("sshd_state");
     let dir = scratch(&mcr, "sshd");
-    let launch = sshd_setup(&sshd, &dir, free_port());
+    let launch = sshd_setup(&previous, &dir, free_port());
     let inst = mcr.start("sshd", &launch.program, &launch.args);
     wait_for(STARTUP_TIMEOUT, "sshd's listener", || port_open(launch.port));
     let login = || {
@@ -770,11 +772,18 @@ fn sshd_updates_with_its_state_and_serves_a_login_after_each() {
     assert!(before.contains(&"stdout: logged in as root".to_string()), "{before:?}");
     let listener = listening_socket_inode(launch.port).expect("sshd's listening socket");
     let args: Vec<String> = launch.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    for round in 1..=3 {
-        update(&mcr, "sshd", &[], &launch.program, &args).ok();
-        assert_eq!(listening_socket_inode(launch.port), Some(listener), "update {round}: the listener was replaced");
-        let after = login().unwrap_or_else(|e| panic!("update {round}: {e}\n{}", inst.log()));
-        assert_eq!(after, before, "update {round}: the login\n{}", inst.log());
+    for (round, build) in [&current, &previous, &current].into_iter().enumerate() {
+        let (out, report) = update_json(&mcr, "sshd", &[], build, &args);
+        assert!(out.success(), "update {} to {}: {out}\n{report:#}", round + 1, build.display());
+        assert_eq!(report["transfer"]["processes"], 1, "update {}: the state moved", round + 1);
+        assert_eq!(
+            listening_socket_inode(launch.port),
+            Some(listener),
+            "update {}: the listener was replaced",
+            round + 1
+        );
+        let after = login().unwrap_or_else(|e| panic!("update {}: {e}\n{}", round + 1, inst.log()));
+        assert_eq!(after, before, "update {}: the login\n{}", round + 1, inst.log());
     }
 }
 

@@ -206,9 +206,17 @@ struct Diverged;
 /// size, same library call site, or both the program's) made inside a library other than
 /// glibc, and the old one is still live. A program's allocation is matched by its call stack instead
 /// (`StartupAlloc`): its type may change, its block with it.
+///
+/// The sequences must go together: the same call site (or both the program's) at every
+/// count. Sizes must agree only where a block is placed: a program's allocation or
+/// glibc's (never placed) may differ in size while both versions allocate in the same
+/// order: sshd copies its arguments at startup, and an update to a build at a path one
+/// character longer (`…deb12u7/sbin/sshd` to `…deb12u10/sbin/sshd`) placed none of its
+/// library blocks.
 fn counterpart_place(block: &StartupBlock, align: u64) -> Result<Option<u64>, Diverged> {
     let Some(old) = crate::replay::startup_block(block.pid, block.tid, block.seq) else { return Err(Diverged) };
-    if old.size != block.size || old.site != block.site || old.reaches_program != block.reaches_program {
+    let sized = block.placeable || old.placeable;
+    if (sized && old.size != block.size) || old.site != block.site || old.reaches_program != block.reaches_program {
         return Err(Diverged);
     }
     if !block.placeable || !old.live || !old.addr.is_multiple_of(align.max(1)) {
