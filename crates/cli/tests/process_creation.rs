@@ -68,9 +68,12 @@ enum WhileHeld {
 /// Each mode's request and its answer, then PING's: what a client of spawnd sees.
 fn answers(port: u16, modes: &[&str]) -> Vec<String> {
     let mut client = Client::connect(port);
-    let mut seen: Vec<String> =
-        modes.iter().map(|m| format!("RUN {m} -> {}", client.request(&format!("RUN {m}")))).collect();
-    seen.push(format!("PING -> {}", client.request("PING")));
+    let mut ask = |line: &str| {
+        let answer = client.try_request(line).unwrap_or_else(|e| format!("FAILED: {e}"));
+        format!("{line} -> {answer}")
+    };
+    let mut seen: Vec<String> = modes.iter().map(|m| ask(&format!("RUN {m}"))).collect();
+    seen.push(ask("PING"));
     seen
 }
 
@@ -155,7 +158,12 @@ fn idle_server_quiesces(inst: &Instance, port: u16, modes: &[&str]) {
     let out = inst.resume();
     assert!(out.success(), "after {modes:?} resume failed: {out}");
     assert_eq!(inst.status()["quiesced"], Value::Bool(false));
-    assert_eq!(Client::connect(port).request("PING"), "PONG", "after {modes:?}, quiesce and resume");
+    let pong = Client::connect(port).try_request("PING");
+    assert!(
+        matches!(&pong, Ok(p) if p == "PONG"),
+        "after {modes:?}, quiesce and resume: PING -> {pong:?}\nlog:\n{}",
+        inst.log()
+    );
 
     let listed = inst.mcr.run(&["list"]).ok();
     assert!(listed.stdout.contains(&inst.name), "mcr list does not list {}: {listed}", inst.name);
