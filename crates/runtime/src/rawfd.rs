@@ -118,41 +118,33 @@ pub fn connect_abstract(name: &[u8]) -> std::io::Result<i32> {
 /// connection was made: (pid, uid). The pid is 0 when that process lies outside this
 /// process's PID namespace.
 pub fn peer_credentials(fd: i32) -> Option<(i32, u32)> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size,
-    // and updates `len`.
-    let r = unsafe {
-        crate::sys!(
-            libc::SYS_getsockopt,
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred,
-            &mut len as *mut libc::socklen_t
-        )
-    };
-    (r == 0).then_some((cred.pid, cred.uid))
+    let cred = socket_option(fd, libc::SO_PEERCRED, libc::ucred { pid: 0, uid: 0, gid: 0 })?;
+    Some((cred.pid, cred.uid))
 }
 
-/// An int-valued SOL_SOCKET option of `fd` (SO_TYPE, SO_ACCEPTCONN); None when `fd` is no
-/// socket.
-pub fn socket_int_option(fd: i32, opt: i32) -> Option<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`, a live local of that size,
-    // and updates `len`; a number that is not a socket fails with ENOTSOCK.
+/// A SOL_SOCKET option of `fd` that the kernel writes as a `T` (plain data); None when
+/// `fd` is no socket or the option is not there.
+fn socket_option<T: Copy>(fd: i32, opt: i32, mut value: T) -> Option<T> {
+    let mut len = core::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, a live local of that
+    // size, and updates `len`; a number that is not a socket fails with ENOTSOCK.
     let r = unsafe {
         crate::sys!(
             libc::SYS_getsockopt,
             fd,
             libc::SOL_SOCKET,
             opt,
-            &mut v as *mut libc::c_int,
+            &mut value as *mut T,
             &mut len as *mut libc::socklen_t
         )
     };
-    (r == 0).then_some(v)
+    (r == 0).then_some(value)
+}
+
+/// An int-valued SOL_SOCKET option of `fd` (SO_TYPE, SO_ACCEPTCONN); None when `fd` is no
+/// socket.
+pub fn socket_int_option(fd: i32, opt: i32) -> Option<i32> {
+    socket_option(fd, opt, 0 as libc::c_int)
 }
 
 /// Whether `fd` is a listening socket with a connection waiting to be accepted.

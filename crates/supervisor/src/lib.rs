@@ -187,8 +187,9 @@ pub fn run(mut config: Config) -> i32 {
     match launched {
         Ok(launched) => runtime.block_on(state::serve(config, launched)),
         Err(e) => {
-            report(&config.report, &LaunchReport::LaunchFailed { message: e.to_string() });
+            // The name is free before `mcr run` hears of the failure.
             config.files.remove_all();
+            report(&config.report, &LaunchReport::LaunchFailed { message: e.to_string() });
             if let Some(u) = &config.update {
                 let _ = std::fs::remove_file(&u.replay_log);
             }

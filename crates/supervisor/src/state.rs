@@ -561,23 +561,25 @@ pub async fn serve(cfg: Config, launched: Launched) -> i32 {
     while (state.lock().open_conns > 0 || state.connection_pending()) && drain.elapsed() < Duration::from_millis(500) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    if state.started_tx.borrow().is_none() {
-        let _ = state.started_tx.send(Some(Err(format!("the server exited with {exit} before completing startup"))));
-    }
     // Files are removed only while they are this supervisor's: a retired old version's
-    // name belongs to its new version now.
+    // name belongs to its new version now. Removed before anyone hears of the end: `mcr
+    // run --detach` returns on it, and the name must be free then (on a loaded machine the
+    // suite found the lock file still there).
     let ours = name::socket_file(&state) != name::SocketFile::Other;
     let (retired, files, lock) = {
         let mut g = state.lock();
         (g.old_side == OldSide::Retired, g.files.take(), g.lock.take())
     };
+    if let Some(files) = files.filter(|_| ours) {
+        files.remove_all();
+    }
+    if state.started_tx.borrow().is_none() {
+        let _ = state.started_tx.send(Some(Err(format!("the server exited with {exit} before completing startup"))));
+    }
     if retired {
         report(&cfg.report, &LaunchReport::Replaced);
     } else {
         report(&cfg.report, &LaunchReport::Exited { status: exit });
-    }
-    if let Some(files) = files.filter(|_| ours) {
-        files.remove_all();
     }
     if let Some(u) = &cfg.update {
         let _ = std::fs::remove_file(&u.replay_log);
