@@ -247,7 +247,7 @@ impl InstanceFiles {
                 Err(e) => return Err(io_err(e)),
             };
             match flock(&f, libc::LOCK_EX) {
-                Ok(()) if self.names(&f) => {
+                Ok(()) if self.is_at_path(&f) => {
                     // We own the name now: anything left is from a dead instance.
                     for stale in [&self.socket, &self.pid] {
                         remove_own(stale);
@@ -257,7 +257,7 @@ impl InstanceFiles {
                 // Unlinked by a cleaner between our open and our lock.
                 Ok(()) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                    if !self.names(&f) {
+                    if !self.is_at_path(&f) {
                         continue;
                     }
                     // A cleaner holds a dead instance's lock for microseconds.
@@ -298,7 +298,7 @@ impl InstanceFiles {
     }
 
     /// Whether the lock path still names the open file `f` (a cleaner may have unlinked it).
-    fn names(&self, f: &File) -> bool {
+    fn is_at_path(&self, f: &File) -> bool {
         match (f.metadata(), fs::symlink_metadata(&self.lock)) {
             (Ok(open), Ok(path)) => (open.dev(), open.ino()) == (path.dev(), path.ino()),
             _ => false,
@@ -377,7 +377,7 @@ impl InstanceFiles {
         // may be about to create it); `acquire` removes what a dead instance left.
         let Ok(lock) = no_follow().read(true).open(&self.lock) else { return false };
         if flock(&lock, libc::LOCK_EX).is_err()
-            || !self.names(&lock)
+            || !self.is_at_path(&lock)
             || std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         {
             return false;

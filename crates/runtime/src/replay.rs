@@ -317,8 +317,12 @@ impl Replay {
 
     /// The inherited descriptors nothing claimed, among those `closable` accepts.
     fn unclaimed(&self, closable: impl Fn(i32) -> bool) -> Vec<i32> {
-        let unclaimed = |fd: &i32| !self.claimed.contains(fd) && !self.recreated.contains(fd);
-        self.inherited.iter().copied().filter(|fd| unclaimed(fd) && closable(*fd)).collect()
+        self.inherited.iter().copied().filter(|&fd| self.hides(fd) && closable(fd)).collect()
+    }
+
+    /// Whether `fd` is inherited and neither handed over by a replay nor made again.
+    fn hides(&self, fd: i32) -> bool {
+        self.inherited.contains(&fd) && !self.claimed.contains(&fd) && !self.recreated.contains(&fd)
     }
 
     /// What the unconsumed old operation `call` of `pid` from the same call stack
@@ -523,7 +527,12 @@ pub fn hidden_inherited() -> Vec<i32> {
 
 /// Whether `fd` is one of [`hidden_inherited`].
 pub fn hides(fd: i32) -> bool {
-    active() && crate::startup_log::in_reserved_range(fd) && hidden_inherited().contains(&fd)
+    if !active() || !crate::startup_log::in_reserved_range(fd) {
+        return false;
+    }
+    let _internal = threads::InternalGuard::enter();
+    let _errno = crate::errno::ErrnoGuard::save();
+    STATE.lock().as_ref().is_some_and(|r| r.hides(fd)) && crate::rawfd::is_open(fd)
 }
 
 pub fn deactivate() {

@@ -101,7 +101,8 @@ impl Watched {
             Watched::Epoll(ep) => {
                 let _internal = threads::InternalGuard::enter();
                 let _errno = crate::errno::ErrnoGuard::save();
-                epoll_targets(ep).into_iter().any(crate::rawfd::listener_with_a_client)
+                let info = mcr_procfs::fd::info(mcr_procfs::Process::Current, ep).unwrap_or_default();
+                info.epoll.iter().any(|i| crate::rawfd::listener_with_a_client(i.fd))
             }
             Watched::Poll(fds, n) if !fds.is_null() => (0..n as usize).any(|i| {
                 // SAFETY: `fds` points to `n` pollfds (the program's poll contract).
@@ -111,13 +112,6 @@ impl Watched {
             Watched::Poll(..) => false,
         }
     }
-}
-
-/// The descriptor numbers registered in epoll instance `ep` (its `tfd` lines in
-/// /proc/self/fdinfo: the number each had when it was added).
-fn epoll_targets(ep: c_int) -> Vec<c_int> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).unwrap_or_default();
-    text.lines().filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse().ok()).collect()
 }
 
 /// [`blocking`] for a wait on a set of descriptors (`watched`).
