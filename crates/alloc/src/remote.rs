@@ -191,24 +191,51 @@ fn large(base: usize, head: usize, e: Entry) -> Option<BlockInfo> {
     (e.link > 0).then(|| large_info(span_addr(base, head), e.link * SPAN_SIZE, e.requested[0], e.requested[1], e.flags))
 }
 
-/// Calls `f` for every live block of the region in `slot` of `src`, in address order, and
-/// `span(start, len)` for every span run that holds blocks (what a reader may want to copy in
-/// bulk); returns how many blocks. Reads only metadata: 32 bytes per span used, 512 bytes of
-/// live bits and two bytes per block of each small span. Blocks parked in the process's
-/// thread caches count as live.
-pub fn visit(
+/// A span of small blocks as [`visit_spans`] reads it: slot `i` (below `slots`) is the
+/// block at `start + i * size`, live when bit `i` of `live` is set; `info` holds each
+/// slot's info word ([`small_block`]). Slices of the visitor's own buffers, valid during
+/// the call.
+pub struct SmallSpan<'a> {
+    pub start: usize,
+    pub size: usize,
+    pub slots: usize,
+    /// Live bits, 64 per little-endian word, bits at or above `slots` cleared.
+    pub live: &'a [u64],
+    /// `slots` info words.
+    pub info: &'a [u16],
+}
+
+/// The startup bit of a small block's info word ([`SmallSpan::info`]).
+pub const INFO_STARTUP: u16 = crate::api::INFO_STARTUP;
+
+/// What the info word of a small block of `usable` bytes says: (bytes requested, made at
+/// startup).
+pub fn small_block(usable: usize, word: u16) -> (usize, bool) {
+    let b = small_info(0, usable, word);
+    (b.requested, b.startup)
+}
+
+/// Calls `small` for every span of small blocks of the region in `slot` of `src` that holds
+/// a live block and `large` for every live large block, in address order, and
+/// `span(start, len)` for every span run that holds blocks (what a reader may want to copy
+/// in bulk). Reads only metadata: 32 bytes per span used, 512 bytes of live bits and two
+/// bytes per slot of each small span. Blocks parked in the process's thread caches count
+/// as live.
+pub fn visit_spans(
     src: &dyn Source,
     slot: usize,
-    mut f: impl FnMut(BlockInfo),
+    mut small: impl FnMut(SmallSpan<'_>),
+    mut large_block: impl FnMut(BlockInfo),
     mut span: impl FnMut(usize, usize),
-) -> Result<usize, RemoteError> {
+) -> Result<(), RemoteError> {
     let hwm = region_hwm(src, slot)?;
     let base = slot_base(slot);
     const BATCH: usize = 64;
     let mut entries = [0u8; BATCH * ENTRY];
-    let mut live = [0u8; BITMAP_WORDS * 8];
-    let mut info = [0u8; INFO_STRIDE];
-    let mut count = 0;
+    let mut live_bytes = [0u8; BITMAP_WORDS * 8];
+    let mut live = [0u64; BITMAP_WORDS];
+    let mut info_bytes = [0u8; INFO_STRIDE];
+    let mut info = [0u16; INFO_STRIDE / 2];
     let (mut batch_start, mut batch_len) = (0, 0);
     let mut s = FIRST_DATA_SPAN;
     while s < hwm {
@@ -223,34 +250,32 @@ pub fn visit(
         let e = Entry::parse(entries.get(at..at + ENTRY).unwrap_or_default());
         match e.kind {
             Kind::Small if e.class < CLASSES => {
-                let size = size_of_class(e.class);
-                let n = blocks_per_span(e.class);
-                let start = span_addr(base, s);
-                let info = info.get_mut(..n * 2).unwrap_or_default();
-                if src.read(base + OFF_LIVE + s * BITMAP_WORDS * 8, &mut live)
-                    && src.read(base + OFF_INFO + s * INFO_STRIDE, info)
+                let n = blocks_per_span(e.class).min(INFO_STRIDE / 2);
+                let words = n.div_ceil(64);
+                let info_bytes = info_bytes.get_mut(..n * 2).unwrap_or_default();
+                if src.read(base + OFF_LIVE + s * BITMAP_WORDS * 8, &mut live_bytes)
+                    && src.read(base + OFF_INFO + s * INFO_STRIDE, info_bytes)
                 {
-                    let mut any = false;
-                    // Set bits only: a span of small blocks has thousands of slots, most
-                    // of a full heap's live, many of a churned one's free.
-                    for (w, chunk) in live.chunks_exact(8).enumerate().take(n.div_ceil(64)) {
-                        let mut bits = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-                        while bits != 0 {
-                            let b = w * 64 + bits.trailing_zeros() as usize;
-                            bits &= bits - 1;
-                            if b >= n {
-                                break;
-                            }
-                            let word = u16::from_ne_bytes([
-                                info.get(2 * b).copied().unwrap_or(0),
-                                info.get(2 * b + 1).copied().unwrap_or(0),
-                            ]);
-                            f(small_info(start + b * size, size, word));
-                            count += 1;
-                            any = true;
-                        }
+                    for (w, chunk) in live.iter_mut().zip(live_bytes.chunks_exact(8)).take(words) {
+                        *w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
                     }
-                    if any {
+                    // Bits past the last slot are not blocks.
+                    if let Some(last) = live.get_mut(words.wrapping_sub(1)).filter(|_| !n.is_multiple_of(64)) {
+                        *last &= (1u64 << (n % 64)) - 1;
+                    }
+                    let any = live.iter().take(words).fold(0, |a, w| a | w);
+                    if any != 0 {
+                        for (i, c) in info.iter_mut().zip(info_bytes.chunks_exact(2)) {
+                            *i = u16::from_ne_bytes(c.try_into().unwrap_or([0; 2]));
+                        }
+                        let start = span_addr(base, s);
+                        small(SmallSpan {
+                            start,
+                            size: size_of_class(e.class),
+                            slots: n,
+                            live: live.get(..words).unwrap_or_default(),
+                            info: info.get(..n).unwrap_or_default(),
+                        });
                         span(start, SPAN_SIZE);
                     }
                 }
@@ -259,13 +284,47 @@ pub fn visit(
             Kind::LargeHead if e.link > 0 => {
                 if let Some(b) = large(base, s, e) {
                     span(b.start, b.requested.next_multiple_of(4096).min(b.usable));
-                    f(b);
-                    count += 1;
+                    large_block(b);
                 }
                 s += e.link;
             }
             _ => s += 1,
         }
     }
-    Ok(count)
+    Ok(())
+}
+
+/// Calls `f` for every live block of the region in `slot` of `src`, in address order, and
+/// `span(start, len)` for every span run that holds blocks ([`visit_spans`], block by
+/// block); returns how many blocks.
+pub fn visit(
+    src: &dyn Source,
+    slot: usize,
+    mut f: impl FnMut(BlockInfo),
+    span: impl FnMut(usize, usize),
+) -> Result<usize, RemoteError> {
+    let count = core::cell::Cell::new(0);
+    let f = core::cell::RefCell::new(&mut f);
+    visit_spans(
+        src,
+        slot,
+        |sp| {
+            for (w, &word) in sp.live.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let b = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let word = sp.info.get(b).copied().unwrap_or(0);
+                    (f.borrow_mut())(small_info(sp.start + b * sp.size, sp.size, word));
+                    count.set(count.get() + 1);
+                }
+            }
+        },
+        |b| {
+            (f.borrow_mut())(b);
+            count.set(count.get() + 1);
+        },
+        span,
+    )?;
+    Ok(count.get())
 }

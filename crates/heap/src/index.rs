@@ -1,11 +1,16 @@
 //! The live blocks of a process, listed from its allocator's metadata, with lookup by
 //! any address inside a block (a pointer into the middle of a buffer finds the buffer).
+//!
+//! The index keeps the allocator's own description of a span of small blocks (its size
+//! class, a copy of its live bits and of its per-slot info words), not an entry per block:
+//! building it costs a copy of the metadata, whatever the number of blocks (an update
+//! that changes no type must not pay per object, and millions of 8-byte entries cost tens
+//! of milliseconds of fresh memory alone). A block's position (a dense key for tables per
+//! block) is its rank among the live bits, found with a count per bitmap word.
 
 use crate::memory::{MemoryError, ReadMemory};
-use mcr_alloc::remote::{self, Source};
+use mcr_alloc::remote::{self, SmallSpan, Source};
 use mcr_alloc::{BlockInfo, SLOTS};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
 
 /// A live heap block of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,22 +35,9 @@ impl From<BlockInfo> for Object {
     }
 }
 
-/// For units whose blocks sit on a grid (an allocator span: blocks of one size class at
-/// multiples of its size): a table per unit from grid cell to block.
-#[derive(Debug, Default)]
-struct Grid {
-    /// Parallel to [`HeapIndex::units`]: the grid's step and where the unit's cells start
-    /// in `cells`; step 0: no grid, search.
-    steps: Vec<(u32, u32)>,
-    /// Per cell: 0, or 1 + the position (from the unit's first block) of the block
-    /// starting there. A lookup is then two reads.
-    cells: Vec<u16>,
-}
-
-/// A block as the index keeps it, in 8 bytes (a heap of millions of blocks makes a list
-/// of tens of megabytes, written afresh at every update: 24-byte [`Object`]s cost three
-/// times the page faults): its offset in its 64 KiB unit (the unit is known from
-/// [`HeapIndex::units`]), its startup bit and its size.
+/// A block listed one by one (large blocks, and indexes made from a list), in 8 bytes: its
+/// offset in its 64 KiB unit (the unit is known from [`Unit`]), its startup bit and its
+/// size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Packed(u64);
 
@@ -63,10 +55,6 @@ impl Packed {
         self.0 >> 48
     }
 
-    fn object(self, unit: u64) -> Object {
-        self.at(unit << UNIT_SHIFT)
-    }
-
     /// The block, in the unit that starts at `base`.
     #[inline]
     fn at(self, base: u64) -> Object {
@@ -74,15 +62,53 @@ impl Packed {
     }
 }
 
+/// How a unit's blocks are kept.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// An allocator span: slot `i` (below `slots`) is the block at `base + i * step`, live
+    /// when bit `i` of `bits[words..]` is set; its info word is `info[info + i]`.
+    Grid { step: u32, slots: u32, words: u32, info: u32 },
+    /// Blocks listed in `listed[at..at + count]`.
+    List { at: u32 },
+}
+
+/// A 64 KiB unit of address space where blocks start.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    /// Its number: address >> 16.
+    number: u64,
+    /// The position of its first block, and how many start in it.
+    first: u32,
+    count: u32,
+    kind: Kind,
+}
+
+impl Unit {
+    fn base(&self) -> u64 {
+        self.number << UNIT_SHIFT
+    }
+
+    fn end(&self) -> usize {
+        self.first as usize + self.count as usize
+    }
+}
+
+/// Where an iteration through a grid unit is: the bitmap word and its bits not taken yet.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    word: usize,
+    bits: u64,
+}
+
 /// The blocks of a [`HeapIndex`] in address order ([`HeapIndex::range`]).
 pub struct Blocks<'a> {
     index: &'a HeapIndex,
     pos: usize,
     end: usize,
-    /// The unit of the block at `pos` (once `pos` reached `unit_end`: looked up again).
+    /// The unit of the block at `pos`, and where in it the next block is (`None`: not
+    /// looked up yet).
     k: usize,
-    unit_base: u64,
-    unit_end: usize,
+    cursor: Option<Cursor>,
 }
 
 impl Iterator for Blocks<'_> {
@@ -93,17 +119,34 @@ impl Iterator for Blocks<'_> {
         if self.pos >= self.end {
             return None;
         }
-        if self.pos >= self.unit_end {
-            let units = &self.index.units;
-            while units.get(self.k + 1).is_some_and(|&(_, f)| f as usize <= self.pos) {
-                self.k += 1;
-            }
-            self.unit_base = units.get(self.k).map_or(0, |&(u, _)| u << UNIT_SHIFT);
-            self.unit_end = self.index.unit_end(self.k);
+        let units = &self.index.units;
+        while units.get(self.k).is_some_and(|u| u.end() <= self.pos) {
+            self.k += 1;
+            self.cursor = None;
         }
-        let b = *self.index.blocks.get(self.pos)?;
+        let u = units.get(self.k)?;
+        let o = match u.kind {
+            Kind::List { at } => self.index.listed.get(at as usize + self.pos - u.first as usize)?.at(u.base()),
+            Kind::Grid { words, .. } => {
+                let mut c = match self.cursor {
+                    Some(c) => c,
+                    None => {
+                        let (word, bit) = self.index.select(u, self.pos - u.first as usize)?;
+                        Cursor { word, bits: self.index.bits[word] & (u64::MAX << bit) }
+                    }
+                };
+                while c.bits == 0 {
+                    c.word += 1;
+                    c.bits = *self.index.bits.get(c.word)?;
+                }
+                let slot = (c.word - words as usize) * 64 + c.bits.trailing_zeros() as usize;
+                c.bits &= c.bits - 1;
+                self.cursor = Some(c);
+                self.index.slot_object(u, slot)
+            }
+        };
         self.pos += 1;
-        Some(b.at(self.unit_base))
+        Some(o)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -114,21 +157,18 @@ impl Iterator for Blocks<'_> {
 
 #[derive(Debug, Default)]
 pub struct HeapIndex {
-    /// Sorted by address, never overlapping.
-    blocks: Vec<Packed>,
+    /// Sorted by address, each with at least one block; blocks never overlap.
+    units: Vec<Unit>,
+    /// The live bits of the grid units.
+    bits: Vec<u64>,
+    /// Per word of `bits`: the position of the first block it holds (live bits before it).
+    ranks: Vec<u32>,
+    /// The info words of the grid units' slots.
+    info: Vec<u16>,
+    listed: Vec<Packed>,
     /// The positions of the startup blocks.
     startup: Vec<u32>,
-    /// For each 64 KiB unit of the address space where a block starts (ascending), the
-    /// position of the first block starting there: a lookup searches a short, cache-warm
-    /// table and then one unit's blocks, not the whole index (the walk of a layout update
-    /// looks up every pointer it follows; millions of blocks make a plain binary search
-    /// miss the cache at every step).
-    units: Vec<(u64, u32)>,
-    /// Made once lookups are many (a walk that goes through the heap; an update that
-    /// seals it looks up a few pointers only, and the grid of millions of blocks costs
-    /// tens of milliseconds to make).
-    grid: OnceLock<Grid>,
-    lookups: AtomicUsize,
+    len: usize,
     /// Bytes of the heap's spans read to build the index (its blocks' memory, kept).
     pub scanned_bytes: u64,
 }
@@ -136,65 +176,9 @@ pub struct HeapIndex {
 /// Blocks are grouped by 64 KiB units of address (the allocator's span size) for lookup.
 const UNIT_SHIFT: u32 = 16;
 const UNIT_SIZE: u64 = 1 << UNIT_SHIFT;
-/// A unit gets a grid when it has this many blocks (fewer are found as fast by a search)
-/// on a grid at least this fine (at most 4096 cells: what a position offset in u16 holds).
-const MIN_GRID_BLOCKS: usize = 8;
-const MIN_GRID_STEP: u64 = 16;
-
-/// Lookups before the grid is made.
-const GRID_AFTER_LOOKUPS: usize = 4096;
-
-impl Grid {
-    /// The block containing `addr` found through the grid of unit `k` (whose first block
-    /// is at position `first`), when there is a grid and a block starts in `addr`'s cell;
-    /// `None`: search.
-    fn find(&self, blocks: &[Packed], k: usize, (unit, first): (u64, u32), addr: u64) -> Option<usize> {
-        let &(step, at) = self.steps.get(k)?;
-        if step == 0 {
-            return None;
-        }
-        let cell = (addr & (UNIT_SIZE - 1)) / u64::from(step);
-        let i = *self.cells.get(at as usize + cell as usize)?;
-        let i = (i as usize).checked_sub(1)? + first as usize;
-        let o = blocks[i].object(unit);
-        (addr < o.end() || addr == o.addr).then_some(i)
-    }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
 
 /// Read in pieces at most this large.
 const CHUNK: u64 = 1 << 20;
-
-/// An empty list with room for every block the regions' spans can hold (an upper bound:
-/// 4 096 per span in use), in huge pages where the kernel allows: a heap of millions of
-/// blocks otherwise pays a page fault per 4 KiB of the list while it grows. Room never
-/// written costs no memory.
-fn with_room_for(reader: &Reader) -> Vec<Packed> {
-    const PER_SPAN: usize = mcr_alloc::SPAN_SIZE / 16;
-    let spans: usize = (0..SLOTS).filter_map(|slot| remote::region_hwm(reader, slot).ok()).sum();
-    const MAX_ROOM: usize = 1 << 26;
-    let room = spans.saturating_mul(PER_SPAN).min(MAX_ROOM);
-    let mut v: Vec<Packed> = Vec::new();
-    if v.try_reserve_exact(room).is_err() {
-        return Vec::new();
-    }
-    // The whole pages inside the allocation (madvise wants page-aligned ranges).
-    let (at, bytes) = (v.as_mut_ptr() as usize, v.capacity() * std::mem::size_of::<Packed>());
-    let start = at.next_multiple_of(4096);
-    let end = (at + bytes) & !4095;
-    if end > start + (4 << 20) {
-        // SAFETY: advice on whole pages of the Vec's own allocation (which it owns until it
-        // is dropped); MADV_HUGEPAGE changes how its pages are backed, never their contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-    v
-}
 
 /// A [`ReadMemory`] as the allocator's reader wants it.
 struct Reader<'m>(&'m dyn ReadMemory);
@@ -217,9 +201,17 @@ pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {
     remote::block_of(&Reader(mem), usize::try_from(addr).ok()?).map(Object::from)
 }
 
+/// The position of the `n`-th (from 0) set bit of `w`.
+fn select(mut w: u64, n: u32) -> Option<u32> {
+    for _ in 0..n {
+        w &= w.wrapping_sub(1);
+    }
+    (w != 0).then(|| w.trailing_zeros())
+}
+
 impl HeapIndex {
     /// The live blocks of every heap region of the process behind `mem` (regions are found
-    /// at their fixed places in the heap window; `_maps` is not needed any more).
+    /// at their fixed places in the heap window).
     pub fn scan(mem: &dyn ReadMemory) -> Result<Self, MemoryError> {
         Self::scan_inner(mem, None)
     }
@@ -235,34 +227,31 @@ impl HeapIndex {
 
     fn scan_inner(mem: &dyn ReadMemory, extents: Option<&mut Vec<(u64, u64)>>) -> Result<Self, MemoryError> {
         let reader = Reader(mem);
-        let mut blocks = with_room_for(&reader);
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        // The allocator lists blocks by address (regions by slot, spans and blocks in
-        // order): the index's order and its units come with the listing, as long as no
-        // block starts before the previous one's end (then `from_objects` sorts it out).
-        // Each later pass over millions of blocks would cost milliseconds.
-        let mut units: Vec<(u64, u32)> = Vec::new();
-        let mut startup: Vec<u32> = Vec::new();
-        let mut in_order = true;
-        let mut last_end = 0;
+        // The allocator lists spans by address (regions by slot, spans in order): the
+        // index's order comes with the listing, as long as no block starts before the
+        // previous one's end (then `from_objects` sorts it out). The index, whether that
+        // holds, and the end of the last block pushed: shared by the two visitors.
+        let state = std::cell::RefCell::new((HeapIndex::default(), true, 0u64));
+        let ordered = |start: u64, end: u64| {
+            let mut s = state.borrow_mut();
+            s.1 &= start >= s.2;
+            s.2 = end;
+        };
         for slot in 0..SLOTS {
             // A slot with no region of this process reads as nothing (unmapped, or no
             // magic): skipped.
-            let _ = remote::visit(
+            let _ = remote::visit_spans(
                 &reader,
                 slot,
+                |sp| {
+                    ordered(sp.start as u64, (sp.start + sp.slots * sp.size) as u64);
+                    state.borrow_mut().0.push_span(&sp);
+                },
                 |b| {
                     let o = Object::from(b);
-                    in_order &= o.addr >= last_end;
-                    last_end = o.end().max(o.addr + 1);
-                    let unit = o.addr >> UNIT_SHIFT;
-                    if units.last().is_none_or(|&(u, _)| u != unit) {
-                        units.push((unit, blocks.len() as u32));
-                    }
-                    if o.startup {
-                        startup.push(blocks.len() as u32);
-                    }
-                    blocks.push(Packed::new(&o));
+                    ordered(o.addr, o.end().max(o.addr + 1));
+                    state.borrow_mut().0.push_listed(&[o]);
                 },
                 |start, len| match runs.last_mut() {
                     Some(last) if last.1 == start as u64 => last.1 += len as u64,
@@ -270,6 +259,7 @@ impl HeapIndex {
                 },
             );
         }
+        let (mut idx, in_order, _) = state.into_inner();
         let mut scanned = 0;
         if let Some(extents) = extents {
             for (start, end) in runs {
@@ -283,17 +273,76 @@ impl HeapIndex {
             }
         }
         if !in_order {
-            let mut objects = Vec::with_capacity(blocks.len());
-            let mut k = 0;
-            for (i, b) in blocks.iter().enumerate() {
-                while units.get(k + 1).is_some_and(|&(_, f)| f as usize <= i) {
+            return Ok(Self::from_objects(idx.iter().collect(), scanned));
+        }
+        idx.scanned_bytes = scanned;
+        Ok(idx)
+    }
+
+    /// Adds a span of small blocks (after every unit already in the index).
+    fn push_span(&mut self, sp: &SmallSpan<'_>) {
+        let count: u32 = sp.live.iter().map(|w| w.count_ones()).sum();
+        if count == 0 {
+            return;
+        }
+        let (words, info) = (self.bits.len() as u32, self.info.len() as u32);
+        let mut rank = self.len as u32;
+        for &w in sp.live {
+            self.bits.push(w);
+            self.ranks.push(rank);
+            rank += w.count_ones();
+        }
+        self.info.extend_from_slice(sp.info);
+        let unit = Unit {
+            number: sp.start as u64 >> UNIT_SHIFT,
+            first: self.len as u32,
+            count,
+            kind: Kind::Grid { step: sp.size as u32, slots: sp.slots as u32, words, info },
+        };
+        // Startup blocks are few: only a span whose info words have any startup bit is
+        // looked at block by block.
+        if sp.info.iter().fold(0, |a, &w| a | w) & remote::INFO_STARTUP != 0 {
+            let (mut pos, mut k) = (self.len as u32, 0);
+            for (w, &word) in sp.live.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let slot = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if sp.info.get(slot).is_some_and(|&i| i & remote::INFO_STARTUP != 0) {
+                        self.startup.push(pos + k);
+                    }
                     k += 1;
                 }
-                objects.push(b.object(units[k].0));
             }
-            return Ok(Self::from_objects(objects, scanned));
+            pos += k;
+            debug_assert_eq!(pos, self.len as u32 + count);
         }
-        Ok(Self::with_units(blocks, startup, units, scanned))
+        self.units.push(unit);
+        self.len += count as usize;
+    }
+
+    /// Adds blocks listed one by one, sorted, not overlapping (after every block already
+    /// in the index).
+    fn push_listed(&mut self, objects: &[Object]) {
+        let mut i = 0;
+        while let Some(o) = objects.get(i) {
+            let number = o.addr >> UNIT_SHIFT;
+            let n = objects[i..].partition_point(|o| o.addr >> UNIT_SHIFT == number);
+            let at = self.listed.len() as u32;
+            for (k, o) in objects[i..i + n].iter().enumerate() {
+                if o.startup {
+                    self.startup.push((self.len + k) as u32);
+                }
+                self.listed.push(Packed::new(o));
+            }
+            match self.units.last_mut() {
+                // The same unit as the last listed blocks (blocks pushed one by one).
+                Some(u) if u.number == number && matches!(u.kind, Kind::List { .. }) => u.count += n as u32,
+                _ => self.units.push(Unit { number, first: self.len as u32, count: n as u32, kind: Kind::List { at } }),
+            }
+            self.len += n;
+            i += n;
+        }
     }
 
     pub fn from_objects(mut objects: Vec<Object>, scanned_bytes: u64) -> Self {
@@ -304,61 +353,53 @@ impl HeapIndex {
         // (a stale copy the program made itself), keep the enclosing block. In place: an
         // index of millions of blocks is not built twice.
         objects.dedup_by(|o, kept| o.addr < kept.end());
-        // Each unit's first block, found by a search from the previous one (thousands of
-        // units, millions of blocks: not a pass over every block).
-        let mut units: Vec<(u64, u32)> = Vec::new();
-        let mut i = 0;
-        while let Some(o) = objects.get(i) {
-            let unit = o.addr >> UNIT_SHIFT;
-            units.push((unit, i as u32));
-            i += objects[i..].partition_point(|o| o.addr >> UNIT_SHIFT == unit);
-        }
-        let startup = objects.iter().enumerate().filter(|(_, o)| o.startup).map(|(i, _)| i as u32).collect();
-        Self::with_units(objects.iter().map(Packed::new).collect(), startup, units, scanned_bytes)
+        let mut idx = HeapIndex { scanned_bytes, ..HeapIndex::default() };
+        idx.push_listed(&objects);
+        idx
     }
 
-    fn with_units(blocks: Vec<Packed>, startup: Vec<u32>, units: Vec<(u64, u32)>, scanned_bytes: u64) -> Self {
-        Self { blocks, startup, units, grid: OnceLock::new(), lookups: AtomicUsize::new(0), scanned_bytes }
+    /// The block in slot `slot` of grid unit `u`.
+    #[inline]
+    fn slot_object(&self, u: &Unit, slot: usize) -> Object {
+        let Kind::Grid { step, info, .. } = u.kind else { return Object { addr: 0, size: 0, startup: false } };
+        let word = self.info.get(info as usize + slot).copied().unwrap_or(0);
+        let (requested, startup) = remote::small_block(step as usize, word);
+        Object { addr: u.base() + slot as u64 * u64::from(step), size: requested as u64, startup }
     }
 
-    fn make_grid(&self) -> Grid {
-        let units = &self.units;
-        let (mut steps, mut cells) = (Vec::with_capacity(units.len()), Vec::new());
-        for (k, &(_, first)) in units.iter().enumerate() {
-            let blocks = &self.blocks[first as usize..self.unit_end(k)];
-            // The grid's step: what every block's offset in the unit is a multiple of.
-            let step = blocks.iter().fold(0u64, |g, b| gcd(g, b.offset()));
-            if blocks.len() < MIN_GRID_BLOCKS || step < MIN_GRID_STEP {
-                steps.push((0, 0));
-                continue;
+    /// Grid unit `u`'s `n`-th block (from 0): the word of `bits` and the bit in it.
+    fn select(&self, u: &Unit, n: usize) -> Option<(usize, u32)> {
+        let Kind::Grid { slots, words, .. } = u.kind else { return None };
+        let (start, end) = (words as usize, words as usize + (slots as usize).div_ceil(64));
+        let target = u.first as usize + n;
+        let w = start + self.ranks.get(start..end)?.partition_point(|&r| r as usize <= target) - 1;
+        let bit = select(self.bits[w], (target - self.ranks[w] as usize) as u32)?;
+        Some((w, bit))
+    }
+
+    /// The `n`-th block (from 0) of unit `k`.
+    fn block_of_unit(&self, k: usize, n: usize) -> Option<Object> {
+        let u = self.units.get(k)?;
+        match u.kind {
+            Kind::List { at } => Some(self.listed.get(at as usize + n)?.at(u.base())),
+            Kind::Grid { words, .. } => {
+                let (w, bit) = self.select(u, n)?;
+                Some(self.slot_object(u, (w - words as usize) * 64 + bit as usize))
             }
-            let at = cells.len();
-            cells.resize(at + (UNIT_SIZE / step) as usize, 0);
-            for (i, b) in blocks.iter().enumerate() {
-                cells[at + (b.offset() / step) as usize] = i as u16 + 1;
-            }
-            steps.push((step as u32, at as u32));
         }
-        Grid { steps, cells }
     }
 
-    /// Where the blocks of unit `k` end in [`HeapIndex::blocks`].
-    fn unit_end(&self, k: usize) -> usize {
-        self.units.get(k + 1).map_or(self.blocks.len(), |&(_, f)| f as usize)
-    }
-
-    /// The unit (its number: address >> 16) of the block at position `pos`.
-    fn unit_at(&self, pos: usize) -> u64 {
-        let k = self.units.partition_point(|&(_, f)| f as usize <= pos);
-        self.units.get(k.wrapping_sub(1)).map_or(0, |&(u, _)| u)
+    /// The unit of the block at position `pos`.
+    fn unit_at(&self, pos: usize) -> usize {
+        self.units.partition_point(|u| u.first as usize <= pos).saturating_sub(1)
     }
 
     pub fn len(&self) -> usize {
-        self.blocks.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
+        self.len == 0
     }
 
     /// The block at position `pos` (in address order; see [`HeapIndex::locate`]).
@@ -366,19 +407,22 @@ impl HeapIndex {
     /// # Panics
     /// When `pos` is not below [`HeapIndex::len`].
     pub fn get(&self, pos: usize) -> Object {
-        self.blocks[pos].object(self.unit_at(pos))
+        let k = self.unit_at(pos);
+        self.units
+            .get(k)
+            .and_then(|u| self.block_of_unit(k, pos.checked_sub(u.first as usize)?))
+            .expect("a position below the index's length")
     }
 
     /// Every block, in address order.
     pub fn iter(&self) -> Blocks<'_> {
-        self.range(0, self.blocks.len())
+        self.range(0, self.len)
     }
 
     /// The blocks at positions `[start, end)`, in address order.
     pub fn range(&self, start: usize, end: usize) -> Blocks<'_> {
-        let end = end.min(self.blocks.len());
-        let k = self.units.partition_point(|&(_, f)| f as usize <= start).saturating_sub(1);
-        Blocks { index: self, pos: start, end, k, unit_base: 0, unit_end: 0 }
+        let end = end.min(self.len);
+        Blocks { index: self, pos: start, end, k: self.unit_at(start), cursor: None }
     }
 
     /// The startup blocks, in address order (a few among millions: not a pass over all).
@@ -390,7 +434,18 @@ impl HeapIndex {
     /// unit, for questions whose answer is the same for every block of a unit (which heap
     /// region it is in).
     pub fn unit_firsts(&self) -> impl Iterator<Item = Object> + '_ {
-        self.units.iter().filter_map(|&(u, i)| Some(self.blocks.get(i as usize)?.object(u)))
+        (0..self.units.len()).filter_map(|k| self.block_of_unit(k, 0))
+    }
+
+    /// For each 64 KiB unit of address space where blocks start: from its first block's
+    /// address to its last block's end (in address order; a large block's end may lie
+    /// in a later unit). What lies between two blocks of a unit is free.
+    pub fn unit_extents(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.units.iter().enumerate().filter_map(|(k, u)| {
+            let first = self.block_of_unit(k, 0)?;
+            let last = self.block_of_unit(k, (u.count as usize).checked_sub(1)?)?;
+            Some((first.addr, last.end().max(first.addr)))
+        })
     }
 
     /// The block containing `addr` (its first byte up to, not including, its end; a
@@ -407,34 +462,47 @@ impl HeapIndex {
 
     /// [`HeapIndex::locate`], with the block.
     pub fn find(&self, addr: u64) -> Option<(usize, Object)> {
-        let unit = addr >> UNIT_SHIFT;
-        let k = self.units.partition_point(|&(u, _)| u <= unit);
-        let &(u, first) = self.units.get(k.checked_sub(1)?)?;
-        if u == unit {
-            let grid = match self.grid.get() {
-                Some(g) => Some(g),
-                None if self.lookups.fetch_add(1, Relaxed) >= GRID_AFTER_LOOKUPS => {
-                    Some(self.grid.get_or_init(|| self.make_grid()))
-                }
-                None => None,
-            };
-            if let Some(i) = grid.and_then(|g| g.find(&self.blocks, k - 1, (u, first), addr)) {
-                return Some((i, self.blocks[i].object(u)));
-            }
-        }
-        let end = self.unit_end(k - 1);
-        // In `addr`'s own unit: the last block there starting at or before it (or, when
-        // none does, the last one of an earlier unit); past it: the last block of the
-        // nearest unit before.
-        let i = if u == unit {
-            let (first, offset) = (first as usize, addr & (UNIT_SIZE - 1));
-            first + self.blocks[first..end].partition_point(|b| b.offset() <= offset)
+        let number = addr >> UNIT_SHIFT;
+        let k = self.units.partition_point(|u| u.number <= number).checked_sub(1)?;
+        let u = &self.units[k];
+        let contains = |o: &Object| addr < o.end() || addr == o.addr;
+        // The candidate: the last block starting at or before `addr`, as (unit, n-th).
+        let (k, n) = if u.number != number {
+            // Past the unit: only a block of it that reaches this far.
+            (k, u.count as usize - 1)
         } else {
-            end
+            let offset = addr & (UNIT_SIZE - 1);
+            match u.kind {
+                Kind::Grid { step, slots, words, .. } => {
+                    // A span holds nothing but its own slots.
+                    let slot = (offset / u64::from(step)) as usize;
+                    if slot >= slots as usize {
+                        return None;
+                    }
+                    let w = words as usize + slot / 64;
+                    let word = self.bits[w];
+                    if word & (1 << (slot % 64)) == 0 {
+                        return None;
+                    }
+                    let pos = self.ranks[w] as usize + (word & ((1u64 << (slot % 64)) - 1)).count_ones() as usize;
+                    let o = self.slot_object(u, slot);
+                    return contains(&o).then_some((pos, o));
+                }
+                Kind::List { at } => {
+                    let listed = &self.listed[at as usize..at as usize + u.count as usize];
+                    match listed.partition_point(|b| b.offset() <= offset).checked_sub(1) {
+                        Some(n) => (k, n),
+                        // Before the unit's first block: the last one of the unit before.
+                        None => {
+                            let k = k.checked_sub(1)?;
+                            (k, self.units[k].count as usize - 1)
+                        }
+                    }
+                }
+            }
         };
-        let i = i.checked_sub(1)?;
-        let o = if i >= first as usize { self.blocks[i].object(u) } else { self.get(i) };
-        (addr < o.end() || addr == o.addr).then_some((i, o))
+        let o = self.block_of_unit(k, n)?;
+        contains(&o).then(|| (self.units[k].first as usize + n, o))
     }
 
     /// The block starting exactly at `addr`.
@@ -482,6 +550,14 @@ mod tests {
         assert_eq!(idx.range(1, 3).collect::<Vec<_>>(), objects[1..3]);
         assert_eq!(idx.range(3, 9).collect::<Vec<_>>(), objects[3..]);
         assert_eq!(idx.unit_firsts().collect::<Vec<_>>(), [objects[0], objects[2], objects[3]]);
+        assert_eq!(
+            idx.unit_extents().collect::<Vec<_>>(),
+            [
+                (objects[0].addr, objects[1].end()),
+                (objects[2].addr, objects[2].end()),
+                (objects[3].addr, objects[3].addr)
+            ]
+        );
         assert_eq!(idx.startup_blocks().collect::<Vec<_>>(), [objects[0], objects[3]]);
         assert_eq!(idx.containing(0x7f00_0003_0000), Some(objects[2]));
         assert_eq!(idx.starting_at(0x7f05_0000_0000), Some(objects[3]));
@@ -515,21 +591,51 @@ mod tests {
     }
 
     #[test]
-    fn a_unit_of_one_size_class_is_looked_up_on_its_grid_and_agrees_with_a_search() {
-        // A span of 48-byte blocks (some free), each asking for fewer bytes; then a unit
-        // whose blocks are on no grid finer than 8 bytes (searched).
-        let mut objects: Vec<Object> = (0..1365u64)
+    fn a_span_is_indexed_from_its_live_bits_and_agrees_with_a_list_of_its_blocks() {
+        // A span of 48-byte slots (some free, one made at startup, each asking for 40
+        // bytes but one asking for none), a large block listed after it, another span.
+        let slots = 1365usize;
+        let mut live = vec![0u64; slots.div_ceil(64)];
+        let mut info = vec![8u16; slots];
+        info[8] |= remote::INFO_STARTUP;
+        info[9] = 48;
+        for k in (0..slots).filter(|k| k % 3 != 1) {
+            live[k / 64] |= 1 << (k % 64);
+        }
+        fn span<'a>(start: usize, live: &'a [u64], info: &'a [u16]) -> SmallSpan<'a> {
+            SmallSpan { start, size: 48, slots: info.len(), live, info }
+        }
+        let large = Object { addr: 0x9_0000, size: 0x2_0000, startup: false };
+        let mut idx = HeapIndex::default();
+        idx.push_span(&span(0x7_0000, &live, &info));
+        idx.push_listed(&[large]);
+        idx.push_span(&span(0xb_0000, &live[..1], &info[..64]));
+        let mut objects: Vec<Object> = (0..slots)
             .filter(|k| k % 3 != 1)
-            .map(|k| Object { addr: 0x7_0000 + k * 48, size: 40, startup: false })
+            .map(|k| Object { addr: 0x7_0000 + k as u64 * 48, size: if k == 9 { 0 } else { 40 }, startup: k == 8 })
             .collect();
-        objects.extend((0..20u64).map(|k| Object { addr: 0x8_0008 + k * 24, size: 16, startup: false }));
-        let idx = HeapIndex::from_objects(objects.clone(), 0);
-        assert!(idx.grid.get().is_none(), "made when lookups are many");
-        let grid = idx.grid.get_or_init(|| idx.make_grid());
-        assert_eq!(grid.steps.iter().filter(|s| s.0 != 0).count(), 1, "one grid: {:?}", grid.steps);
-        for addr in (0x6_fff0..0x8_0300).step_by(4) {
-            let searched = objects.iter().position(|o| o.addr <= addr && addr < o.end());
-            assert_eq!(idx.locate(addr), searched, "{addr:#x}");
+        objects.push(large);
+        objects.extend((0..64).filter(|k| k % 3 != 1).map(|k| Object {
+            addr: 0xb_0000 + k * 48,
+            size: if k == 9 { 0 } else { 40 },
+            startup: k == 8,
+        }));
+        let list = HeapIndex::from_objects(objects.clone(), 0);
+        assert_eq!(idx.len(), objects.len());
+        assert_eq!(idx.iter().collect::<Vec<_>>(), objects);
+        for start in [0, 1, 63, 64, 500, objects.len() - 44, objects.len() - 1] {
+            assert_eq!(
+                idx.range(start, start + 70).collect::<Vec<_>>(),
+                list.range(start, start + 70).collect::<Vec<_>>()
+            );
+            assert_eq!(idx.get(start), objects[start]);
+        }
+        assert_eq!(idx.startup_blocks().collect::<Vec<_>>(), list.startup_blocks().collect::<Vec<_>>());
+        assert_eq!(idx.startup_blocks().count(), 2);
+        assert_eq!(idx.unit_extents().collect::<Vec<_>>(), list.unit_extents().collect::<Vec<_>>());
+        assert_eq!(idx.unit_firsts().collect::<Vec<_>>(), list.unit_firsts().collect::<Vec<_>>());
+        for addr in (0x6_fff0..0xc_0000).step_by(4) {
+            assert_eq!(idx.find(addr), list.find(addr), "{addr:#x}");
         }
     }
 }

@@ -124,8 +124,9 @@ pub struct Report {
     #[serde(default)]
     pub held_by_new_startup: usize,
     /// Live blocks of the adopted heap the transfer neither walked nor wrote (an update
-    /// that changes no type: they stay where they are, as they are), and their bytes,
-    /// which were only checked for addresses that move ([`crate::untouched`]).
+    /// that changes no type: they stay where they are, as they are), and the heap bytes
+    /// that were only checked for addresses that move ([`crate::untouched`]: their blocks
+    /// and the free slots between them).
     #[serde(default)]
     pub untouched: usize,
     #[serde(default)]
@@ -387,7 +388,9 @@ mod tests {
         assert_eq!((mem.i32(old[1]), mem.u64(old[1] + 8)), (2, old[2]), "the second node, its value and link");
         let r = &t.report;
         assert_eq!(r.walked_all, None);
-        assert_eq!((r.objects, r.in_place, r.old_freed, r.untouched, r.untouched_bytes), (0, 0, 1, 4, 64), "{r:?}");
+        // The bytes read: from the first block to the last one's end (a startup block and
+        // the free space between blocks included).
+        assert_eq!((r.objects, r.in_place, r.old_freed, r.untouched, r.untouched_bytes), (0, 0, 1, 4, 144), "{r:?}");
         assert_eq!(
             w.new_proc.freed,
             [startup_garbage],

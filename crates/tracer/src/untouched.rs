@@ -29,7 +29,7 @@ use crate::startup::Placement;
 use crate::transfer::Pair;
 use crate::walk::Reached;
 use crate::{Image, StackMap};
-use mcr_heap::Object;
+use mcr_heap::{HeapIndex, Object};
 use mcr_typemodel::transform::{same_bytes, same_type};
 use mcr_typemodel::{Program, TypeId};
 use std::cell::RefCell;
@@ -192,70 +192,57 @@ impl PageSet {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Checked {
     /// Live blocks made after startup the walk did not go through (sealed, or not
-    /// reached), and their bytes.
+    /// reached).
     pub blocks: usize,
+    /// The heap bytes read: every unit of blocks from its first block to its last one's
+    /// end, free slots between them included.
     pub bytes: u64,
 }
 
-/// Bytes read at once by the check.
-const BATCH: u64 = 1 << 20;
+/// Bytes of the heap one piece of the check covers (units of blocks, merged while they
+/// are contiguous): the pieces are shared between two threads.
+const PIECE: u64 = 1 << 20;
 
-/// Neighbouring blocks to check (`objects[first..end]`, less the walked and startup ones),
-/// spanning at most [`BATCH`] bytes unless one block is larger, with their bytes when the
-/// reader holds them in memory (the adopted heap's memfds, mapped): those are checked on
-/// two threads, the others read and checked one batch at a time (the heap is read once,
-/// and not kept).
-struct Batch<'a> {
-    first: usize,
-    end: usize,
-    mapped: Option<&'a [u8]>,
+/// Words scanned between two looks at whether any of them was a candidate: the inner loop
+/// has no branch per word, and most stretches of a heap hold none.
+const STRETCH: usize = 32;
+
+/// What the check skips: startup blocks (they are freed when the walk did not reach them,
+/// and nothing it does not walk may point into one: see `Moving::blocks`, so their bytes
+/// do not matter) and the blocks the walk went through (`walked`, sorted: their words were
+/// traced precisely).
+fn skipped(o: &Object, walked: &[u64]) -> bool {
+    o.startup || walked.binary_search(&o.addr).is_ok()
 }
 
-/// What the check skips: blocks the walk went through (`walked`, sorted), and startup
-/// objects the walk did not reach: they are freed (nothing it does not walk may point
-/// into one: see `Moving::blocks`), so their bytes do not matter. Asked of blocks in
-/// address order, it follows them through `walked` with a cursor (millions of blocks).
-struct Skips<'w> {
-    walked: &'w [u64],
-}
-
-impl<'w> Skips<'w> {
-    /// For blocks from `from` on.
-    fn from(walked: &'w [u64], from: u64) -> Self {
-        Skips { walked: &walked[walked.partition_point(|&a| a < from)..] }
-    }
-
-    fn skips(&mut self, o: &Object) -> bool {
-        while self.walked.first().is_some_and(|&a| a < o.addr) {
-            self.walked = &self.walked[1..];
+/// The first word of `bytes` (the heap from `start` on: whole units of blocks, with the
+/// free slots between them) that lies in a live block the check does not skip and may
+/// need rewriting: (its address, what it is). The scan reads every word at memory speed;
+/// only a word that falls in one of the coarse ranges is looked at closer, and only a
+/// word whose value may need rewriting is matched to its block (a free slot's stale
+/// bytes, the slack after a block's requested size and skipped blocks do not count).
+fn check_bytes(m: &Moving, heap: &HeapIndex, walked: &[u64], start: u64, bytes: &[u8]) -> Result<(), (u64, String)> {
+    let [(a, al), (b, bl), (c, cl)] = m.coarse();
+    let candidate = |v: u64| (v.wrapping_sub(a) < al) | (v.wrapping_sub(b) < bl) | (v.wrapping_sub(c) < cl);
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+    for (s, stretch) in bytes.chunks(STRETCH * 8).enumerate() {
+        if !stretch.chunks_exact(8).fold(false, |any, w| any | candidate(word(w))) {
+            continue;
         }
-        o.startup || self.walked.first() == Some(&o.addr)
-    }
-}
-
-/// The first word of the batch `objects` (whose bytes, from its first block's address,
-/// are `bytes`) that may need rewriting: (its address, what it is).
-fn check_batch(
-    m: &Moving,
-    mut objects: impl Iterator<Item = Object>,
-    walked: &[u64],
-    bytes: &[u8],
-) -> Result<(), (u64, String)> {
-    let Some(first) = objects.next() else { return Ok(()) };
-    let start = first.addr;
-    let coarse = m.coarse();
-    let mut skips = Skips::from(walked, start);
-    for o in std::iter::once(first).chain(objects).filter(|o| !skips.skips(o)) {
-        let at = (o.addr - start) as usize;
-        let Some(block) = bytes.get(at..at + o.size as usize) else { continue };
-        for (k, w) in block.chunks_exact(8).enumerate() {
-            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if !coarse.iter().any(|&(lo, len)| v.wrapping_sub(lo) < len) {
+        for (k, w) in stretch.chunks_exact(8).enumerate() {
+            let v = word(w);
+            if !candidate(v) {
                 continue;
             }
-            if let Some(what) = m.what(v) {
-                let msg = format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, k * 8);
-                return Err((o.addr + k as u64 * 8, msg));
+            let Some(what) = m.what(v) else { continue };
+            let at = start + ((s * STRETCH + k) * 8) as u64;
+            match heap.containing(at) {
+                Some(o) if !skipped(&o, walked) => {
+                    let msg =
+                        format!("the heap block at {:#x} holds {v:#x} at offset {} ({what})", o.addr, at - o.addr);
+                    return Err((at, msg));
+                }
+                _ => {}
             }
         }
     }
@@ -282,48 +269,39 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
     let pages = PageSet::of(&moving);
     let m = Moving { image: &pair.old.image, stack: pair.stack, image_bounds, blocks: moving, pages };
     let walked: Vec<u64> = reached.blocks.keys().copied().collect();
-    let mut checked = Checked::default();
-    let mut batches: Vec<Batch> = Vec::new();
-    // The batch being gathered: the positions and addresses of its first and last blocks
-    // to check.
-    let mut open: Option<((usize, u64), (usize, u64))> = None;
-    let close = |((first, a), (last, z)): ((usize, u64), (usize, u64))| Batch {
-        first,
-        end: last + 1,
-        mapped: pair.old_mem.slice(a, (z - a) as usize),
-    };
-    let mut skips = Skips::from(&walked, 0);
-    for (i, o) in heap.iter().enumerate() {
-        if skips.skips(&o) {
-            continue;
+    // Counted from the index and the few blocks skipped, not block by block: an update
+    // that changes no type must not cost a pass over millions of blocks.
+    let walked_blocks = reached.blocks.values().filter(|b| !b.obj.startup && heap.starting_at(b.obj.addr).is_some());
+    let skipped = heap.startup_blocks().count() + walked_blocks.count();
+    let mut checked = Checked { blocks: heap.len().saturating_sub(skipped), bytes: 0 };
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in heap.unit_extents() {
+        match pieces.last_mut() {
+            Some(last) if last.1 == start && end - last.0 <= PIECE => last.1 = end,
+            _ => pieces.push((start, end)),
         }
-        open = match open {
-            Some((first, last)) if o.end() - first.1 > BATCH => {
-                batches.push(close((first, last)));
-                Some(((i, o.addr), (i, o.end())))
-            }
-            Some((first, _)) => Some((first, (i, o.end()))),
-            None => Some(((i, o.addr), (i, o.end()))),
-        };
-        checked.blocks += 1;
-        checked.bytes += o.size;
     }
-    batches.extend(open.map(close));
-    let (mapped, unmapped): (Vec<&Batch>, Vec<&Batch>) = batches.iter().partition(|b| b.mapped.is_some());
-    let scan = |part: &[&Batch]| {
-        part.iter().try_for_each(|b| check_batch(&m, heap.range(b.first, b.end), &walked, b.mapped.unwrap_or_default()))
+    // Memory the reader holds (the adopted heap's memfds, mapped) is checked on two
+    // threads; the rest is read and checked one piece at a time on this one (the heap is
+    // read once, and not kept).
+    checked.bytes = pieces.iter().map(|(start, end)| end - start).sum();
+    let (mapped, unmapped): (Vec<_>, Vec<_>) = pieces
+        .iter()
+        .map(|&(start, end)| (start, end, pair.old_mem.slice(start, (end - start) as usize)))
+        .partition(|p| p.2.is_some());
+    let scan = |part: &[(u64, u64, Option<&[u8]>)]| {
+        part.iter().try_for_each(|&(start, _, bytes)| check_bytes(&m, heap, &walked, start, bytes.unwrap_or_default()))
     };
     let (mine, theirs) = mapped.split_at(mapped.len() / 2);
     let found = std::thread::scope(|s| {
         let other = s.spawn(|| scan(theirs));
         let mut buf = Vec::new();
-        let read = unmapped.iter().try_for_each(|b| {
-            let (start, end) = (heap.get(b.first).addr, heap.get(b.end - 1).end());
+        let read = unmapped.iter().try_for_each(|&(start, end, _)| {
             buf.resize((end - start) as usize, 0);
             if let Err(e) = pair.old_mem.read_once(start, &mut buf) {
                 return Err((start, format!("the heap at {start:#x}: {e}")));
             }
-            check_batch(&m, heap.range(b.first, b.end), &walked, &buf)
+            check_bytes(&m, heap, &walked, start, &buf)
         });
         // The lowest address found, whichever part found it: the same answer every time.
         [scan(mine), read, other.join().unwrap_or_else(|_| Err((0, "the check's thread panicked".into())))]
@@ -339,23 +317,7 @@ pub(crate) fn check(pair: &Pair, reached: &Reached, plan: &TransferPlan) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::{PageSet, Skips};
-    use mcr_heap::Object;
-
-    #[test]
-    fn the_check_skips_walked_and_startup_blocks_in_address_order() {
-        let o = |addr, startup| Object { addr, size: 16, startup };
-        let walked = [0x20, 0x40, 0x90];
-        let mut s = Skips::from(&walked, 0);
-        let got: Vec<bool> =
-            [o(0x10, false), o(0x20, false), o(0x30, true), o(0x50, false), o(0x90, false), o(0xa0, false)]
-                .iter()
-                .map(|b| s.skips(b))
-                .collect();
-        assert_eq!(got, [false, true, true, false, true, false]);
-        let mut s = Skips::from(&walked, 0x40);
-        assert!(s.skips(&o(0x40, false)) && !s.skips(&o(0x80, false)));
-    }
+    use super::PageSet;
 
     #[test]
     fn a_page_set_holds_the_pages_its_blocks_touch_and_no_other() {
