@@ -201,12 +201,34 @@ pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {
     remote::block_of(&Reader(mem), usize::try_from(addr).ok()?).map(Object::from)
 }
 
-/// The position of the `n`-th (from 0) set bit of `w`.
-fn select(mut w: u64, n: u32) -> Option<u32> {
-    for _ in 0..n {
-        w &= w.wrapping_sub(1);
+/// The position of the `n`-th (from 0) set bit of `w`: the byte that holds it by counts,
+/// then the bit (at most 8 + 7 steps, not 63).
+fn select(w: u64, mut n: u32) -> Option<u32> {
+    for byte in 0..8 {
+        let mut b = (w >> (byte * 8)) & 0xff;
+        let c = b.count_ones();
+        if n < c {
+            for _ in 0..n {
+                b &= b - 1;
+            }
+            return Some(byte * 8 + b.trailing_zeros());
+        }
+        n -= c;
     }
-    (w != 0).then(|| w.trailing_zeros())
+    None
+}
+
+#[cfg(test)]
+#[test]
+fn select_finds_the_nth_set_bit() {
+    for w in [1u64, 0x8000_0000_0000_0000, 0xf0f0_0000_0001_8001, u64::MAX, 0x0123_4567_89ab_cdef] {
+        let bits: Vec<u32> = (0..64).filter(|b| w & (1 << b) != 0).collect();
+        for (n, &b) in bits.iter().enumerate() {
+            assert_eq!(select(w, n as u32), Some(b), "{w:#x} {n}");
+        }
+        assert_eq!(select(w, bits.len() as u32), None);
+    }
+    assert_eq!(select(0, 0), None);
 }
 
 impl HeapIndex {
