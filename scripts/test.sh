@@ -27,6 +27,11 @@ for n in 0 1 2 19 20 22 23 $((NGINX_PATCHES / 2)) $((NGINX_PATCHES / 2 + 1)) $((
 done
 # The compatibility suite's servers (crates/cli/tests/compat.rs), cached beside nginx.
 MCR_VSFTPD="$(scripts/vsftpd/build.sh | tail -n 1)"
+# Earlier upstream releases beside it, for vsftpd updated with its state through its
+# releases (compat.rs; about ten seconds each, cached).
+for r in 2.2.0 2.2.1 2.3.5 3.0.0 3.0.1; do
+  scripts/vsftpd/build.sh --release "$r" >/dev/null
+done
 MCR_HTTPD="$(scripts/httpd/build.sh | tail -n 1)"
 MCR_SSHD="$(scripts/sshd/build.sh | tail -n 1)"
 # The Debian update before it, for sshd updated with its state across a real patch.

@@ -328,6 +328,13 @@ const FTP_UPLOAD: &str = "Uploaded over FTP, then read back.\n";
 /// world-writable `upload/`), its own empty secure_chroot_dir, its sandbox off (vsftpd
 /// 3.0.2's seccomp filter rejects system calls of Debian 12's libc, with or without mcr).
 fn vsftpd_setup(vsftpd: &Path, isolate: bool, dir: &Path, port: u16) -> Launch {
+    vsftpd_release_setup(vsftpd, isolate, dir, port, "3.0.2")
+}
+
+/// [`vsftpd_setup`] for a `release` of vsftpd: its configuration file is the release's own
+/// (`vsftpd-RELEASE.conf`: `seccomp_sandbox` exists from 3.0.0 on, and an older release
+/// refuses a setting it does not know); the FTP root is shared.
+fn vsftpd_release_setup(vsftpd: &Path, isolate: bool, dir: &Path, port: u16, release: &str) -> Launch {
     let root = dir.join("ftp");
     let empty = dir.join("empty");
     fs::create_dir_all(root.join("upload")).expect("create the FTP root");
@@ -339,14 +346,15 @@ fn vsftpd_setup(vsftpd: &Path, isolate: bool, dir: &Path, port: u16) -> Launch {
     let yes_no = if isolate { "YES" } else { "NO" };
     // ftp_username: anonymous sessions run as a user whose home exists (vsftpd changes
     // into it first); "daemon" (/usr/sbin) is in every Debian's base-passwd, unlike "ftp".
-    let conf = dir.join("vsftpd.conf");
+    let conf = dir.join(if release == "3.0.2" { "vsftpd.conf".into() } else { format!("vsftpd-{release}.conf") });
+    let seccomp = if release.starts_with("2.") { "" } else { "seccomp_sandbox=NO\n" };
     write_file(
         &conf,
         &format!(
             "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=YES\n\
              local_enable=NO\nftp_username=daemon\nanon_root={root}\nanon_upload_enable=YES\nwrite_enable=YES\n\
              anon_umask=022\nsecure_chroot_dir={empty}\nisolate={yes_no}\nisolate_network={yes_no}\n\
-             seccomp_sandbox=NO\npasv_enable=YES\nport_enable=NO\nxferlog_enable=NO\nsyslog_enable=NO\n\
+             {seccomp}pasv_enable=YES\nport_enable=NO\nxferlog_enable=NO\nsyslog_enable=NO\n\
              vsftpd_log_file={dir}/vsftpd.log\n",
             root = root.display(),
             empty = empty.display(),
@@ -430,18 +438,7 @@ fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
     let mcr = Mcr::new("vsftpd-50");
     let (inst, dir, launch, update) =
         vsftpd_under_mcr(&mcr, "vsftpd_fifty_updates_each_followed_by_a_login_and_transfers");
-    let session = |i: usize| -> Result<Transcript, String> {
-        let mut t: Transcript = Vec::new();
-        let mut ftp = ftp_login(launch.port, &mut t)?;
-        ftp.step(&mut t, "TYPE I")?;
-        let got = ftp.download(&mut t, "RETR hello.txt")?;
-        if got != FTP_FILE.as_bytes() {
-            return Err(format!("RETR gave {got:?}"));
-        }
-        ftp.upload(&mut t, &format!("STOR upload/after-update-{i}.txt"), format!("upload {i}\n").as_bytes())?;
-        ftp.step(&mut t, "QUIT")?;
-        Ok(t)
-    };
+    let session = |i: usize| vsftpd_session_after_update(launch.port, i);
     for i in 0..UPDATES {
         let out = mcr.run(&update);
         assert_eq!(out.code(), 0, "update {i} did not commit: {out}\nlog:\n{}", inst.log());
@@ -450,6 +447,67 @@ fn vsftpd_fifty_updates_each_followed_by_a_login_and_transfers() {
     let list = mcr.run(&["list"]);
     assert!(list.stdout.contains("vsftpd"), "not listed after {UPDATES} updates: {list}");
     for i in 0..UPDATES {
+        let stored = dir.join("ftp/upload").join(format!("after-update-{i}.txt"));
+        assert_eq!(fs::read_to_string(&stored).ok().as_deref(), Some(format!("upload {i}\n").as_str()));
+    }
+    drop(inst);
+}
+
+/// An anonymous session after an update: a login, a download and an upload (named after
+/// `i`), checked.
+fn vsftpd_session_after_update(port: u16, i: usize) -> Result<Transcript, String> {
+    let mut t: Transcript = Vec::new();
+    let mut ftp = ftp_login(port, &mut t)?;
+    ftp.step(&mut t, "TYPE I")?;
+    let got = ftp.download(&mut t, "RETR hello.txt")?;
+    if got != FTP_FILE.as_bytes() {
+        return Err(format!("RETR gave {got:?}"));
+    }
+    ftp.upload(&mut t, &format!("STOR upload/after-update-{i}.txt"), format!("upload {i}\n").as_bytes())?;
+    ftp.step(&mut t, "QUIT")?;
+    Ok(t)
+}
+
+/// The cached build of vsftpd `release`, beside `$MCR_VSFTPD`'s (scripts/vsftpd/build.sh
+/// --release R puts it there; scripts/test.sh builds the ones the suite uses).
+fn vsftpd_release(latest: &Path, release: &str, test: &str) -> PathBuf {
+    let built = latest.parent().and_then(Path::parent).map(|d| d.with_file_name(release).join("sbin/vsftpd"));
+    built.filter(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "{test} needs vsftpd {release} beside {}: run scripts/vsftpd/build.sh --release {release}",
+            latest.display()
+        )
+    })
+}
+
+/// vsftpd live-updated with its state (no --fresh-state) through its upstream releases:
+/// the series' first update, the update into 3.0.0 (it turned a static `char` array that
+/// holds 0xff into `unsigned char`: the transfer refused "-1 does not fit" until character
+/// types kept their byte), its last update, and the jumps between them. After each, a
+/// login, a download and an upload work, and every upload is still there at the end.
+#[test]
+fn vsftpd_updates_with_its_state_through_its_releases() {
+    let test = "vsftpd_updates_with_its_state_through_its_releases";
+    let latest = built_file("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let chain = ["2.2.0", "2.2.1", "2.3.5", "3.0.0", "3.0.1", "3.0.2"];
+    let mcr = Mcr::new("vsftpd-rel");
+    let dir = scratch(&mcr, "releases");
+    let port = free_port();
+    let launches: Vec<Launch> =
+        chain.iter().map(|r| vsftpd_release_setup(&vsftpd_release(&latest, r, test), false, &dir, port, r)).collect();
+    let inst = mcr.start("vsftpd", &launches[0].program, &launches[0].args);
+    assert!(wait_until(STARTUP_TIMEOUT, || port_open(port)), "vsftpd {} does not accept connections", chain[0]);
+    vsftpd_session_after_update(port, 0).unwrap_or_else(|e| panic!("FTP on {}: {e}\nlog:\n{}", chain[0], inst.log()));
+    for (i, launch) in launches.iter().enumerate().skip(1) {
+        let mut update: Vec<std::ffi::OsString> = vec!["update".into(), "vsftpd".into(), launch.program.clone().into()];
+        update.extend(launch.args.iter().cloned());
+        let out = mcr.run(&update);
+        let step = format!("{} -> {}", chain[i - 1], chain[i]);
+        assert_eq!(out.code(), 0, "{step} did not commit: {out}\nlog:\n{}", inst.log());
+        assert!(out.stdout.contains("globals copied"), "{step} moved no state: {out}");
+        vsftpd_session_after_update(port, i).unwrap_or_else(|e| panic!("FTP after {step}: {e}\nlog:\n{}", inst.log()));
+    }
+    for i in 0..chain.len() {
         let stored = dir.join("ftp/upload").join(format!("after-update-{i}.txt"));
         assert_eq!(fs::read_to_string(&stored).ok().as_deref(), Some(format!("upload {i}\n").as_str()));
     }

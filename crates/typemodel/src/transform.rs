@@ -626,7 +626,12 @@ impl Builder<'_> {
             {
                 let ol = BitLoc::bytes(oo, *os, oe.is_signed());
                 let nl = BitLoc::bytes(no, *ns, ne.is_signed());
-                if os == ns && oe.is_signed() == ne.is_signed() {
+                // A character type that changes signedness holds the same byte: C reads
+                // every char type as a byte (buffers, strings, 0xff markers), and a -1 in
+                // `char` is the 255 of `unsigned char` it becomes (vsftpd 3.0's
+                // `unsigned char pattern[]` was `char`).
+                let same_byte = *os == 1 && *ns == 1 && oe.is_char() && ne.is_char();
+                if (os == ns && oe.is_signed() == ne.is_signed()) || same_byte {
                     ops.push(Op::Copy { old: oo, new: no, len: *os });
                     self.moved(&path, oo, no, &oname, &nname);
                 } else {

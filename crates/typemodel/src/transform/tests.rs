@@ -21,6 +21,10 @@ impl B {
         let encoding = if signed { Encoding::Signed } else { Encoding::Unsigned };
         self.add(Type::Base { name: name.into(), size, encoding })
     }
+    fn char_type(&mut self, name: &str, signed: bool) -> TypeId {
+        let encoding = if signed { Encoding::SignedChar } else { Encoding::UnsignedChar };
+        self.add(Type::Base { name: name.into(), size: 1, encoding })
+    }
     fn ptr(&mut self, to: TypeId) -> TypeId {
         self.add(Type::Pointer { pointee: to, size: 8 })
     }
@@ -184,6 +188,26 @@ fn sign_conversion_is_range_checked() {
     let widen = Plan::new(&o.0, ot, &w.0, wt).unwrap();
     assert!(matches!(&widen.rules[0].rule, Rule::IntConverted { checked: false, .. }));
     assert_eq!(run(&widen, &u32::MAX.to_le_bytes()).unwrap(), (u32::MAX as i64).to_le_bytes());
+}
+
+#[test]
+fn a_char_that_changes_signedness_keeps_its_byte() {
+    let mut o = B::new();
+    let c = o.char_type("char", true);
+    let ot = o.strukt("s", 1, &[("c", c, 0)]);
+    let mut n = B::new();
+    let u = n.char_type("unsigned char", false);
+    let nt = n.strukt("s", 1, &[("c", u, 0)]);
+    let plan = Plan::new(&o.0, ot, &n.0, nt).unwrap();
+    assert_eq!(run(&plan, &[0xff]).unwrap(), [0xff], "char -1 is unsigned char 255");
+    let back = Plan::new(&n.0, nt, &o.0, ot).unwrap();
+    assert_eq!(run(&back, &[0x80]).unwrap(), [0x80]);
+    // A char that widens is still an integer conversion: -1 does not fit an unsigned short.
+    let mut w = B::new();
+    let us = w.int("short unsigned int", 2, false);
+    let wt = w.strukt("s", 2, &[("c", us, 0)]);
+    let widen = Plan::new(&o.0, ot, &w.0, wt).unwrap();
+    assert!(matches!(run(&widen, &[0xff]), Err(TransformError::OutOfRange { .. })));
 }
 
 #[test]
