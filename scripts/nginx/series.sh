@@ -45,14 +45,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command -v curl >/dev/null || { echo "series: needs curl (apt-get install curl)" >&2; exit 2; }
 
-say() { printf '[series] %s\n' "$*" >&2; }
-MCR=$ROOT/target/release/mcr
-if [ ! -x "$MCR" ] || [ ! -f "$ROOT/target/release/libmcr.so" ]; then
-  say "cargo build --release --workspace"
-  (cd "$ROOT" && nice -n 5 cargo build --release --workspace -q) >&2
-fi
+SERIES_TAG="series"
+# shellcheck source=../lib/series.sh
+source "$ROOT/scripts/lib/series.sh"
+series_need_mcr
 
 if [ -z "$LEVELS" ]; then
   total=$("$ROOT/scripts/nginx/build.sh" --list-patches 2>/dev/null | wc -l)
@@ -80,13 +77,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port nothing listens on (bounded tries).
-PORT=
-for _ in $(seq 200); do
-  p=$((20000 + RANDOM % 12000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || { say "no free port"; exit 1; }
+series_free_port
 
 # conf.sh's config, plus a location whose keep-alive connections end after the session's
 # last request of the series.
@@ -176,9 +167,6 @@ rss_mb() {
     kb=$((kb + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
   done
   awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'
-}
-json_number() { # KEY FILE: the first "KEY": number in a pretty-printed JSON file (1 decimal)
-  sed -n "s/^ *\"$1\": \([0-9.]*\),\{0,1\}$/\1/p" "$2" | head -n 1 | awk '{ printf "%.1f", $1 }'
 }
 
 # --- the series ---------------------------------------------------------------------------

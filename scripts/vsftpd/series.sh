@@ -39,14 +39,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command -v curl >/dev/null || { echo "series: needs curl (apt-get install curl)" >&2; exit 2; }
 
-say() { printf '[vsftpd series] %s\n' "$*" >&2; }
-MCR=$ROOT/target/release/mcr
-if [ ! -x "$MCR" ] || [ ! -f "$ROOT/target/release/libmcr.so" ]; then
-  say "cargo build --release --workspace"
-  (cd "$ROOT" && nice -n 5 cargo build --release --workspace -q) >&2
-fi
+SERIES_TAG="vsftpd series"
+# shellcheck source=../lib/series.sh
+source "$ROOT/scripts/lib/series.sh"
+series_need_mcr
 [ -n "$RELEASES" ] || RELEASES=$("$ROOT/scripts/vsftpd/build.sh" --list-releases | paste -sd, -)
 IFS=, read -r -a WANTED <<<"$RELEASES"
 declare -A BIN
@@ -73,12 +70,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=
-for _ in $(seq 200); do
-  p=$((20000 + RANDOM % 12000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || { say "no free port"; exit 1; }
+series_free_port
 
 FTP=$WORK/ftp
 mkdir -p "$FTP/upload" "$WORK/empty"
@@ -116,9 +108,6 @@ start_release() { # RELEASE: a fresh instance of that build
   "$MCR" run --detach --name "$NAME" -- "${BIN[$1]}" "$(conf_of "$1")" >/dev/null
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.05; done
   say "vsftpd $1 does not accept connections"; exit 1
-}
-json_number() { # KEY FILE: the first "KEY": number in a pretty-printed JSON file (1 decimal)
-  sed -n "s/^ *\"$1\": \([0-9.]*\),\{0,1\}$/\1/p" "$2" | head -n 1 | awk '{ printf "%.1f", $1 }'
 }
 
 say "port $PORT, releases ${RELEASE[*]}"
