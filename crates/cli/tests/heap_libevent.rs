@@ -135,12 +135,51 @@ fn evkv_updates_with_fresh_state_on_the_same_listener() {
 /// object's first member, not a second type for its block.
 #[test]
 fn evkv_updates_with_its_data_connections_and_timer() {
-    let mcr = Mcr::new("t-evkv-state");
+    updates_with_data_connections_and_timer("t-evkv-state", &[], "epoll");
+}
+
+/// The same with libevent's poll loop (`EVENT_NOEPOLL`): the connections are in the set
+/// of a `poll` that also holds the listening socket, an event loop whose descriptors the
+/// program keeps in its own memory, so they move as an epoll loop's do (they were taken
+/// for connections a thread serves from its stack, and the update rolled back).
+#[test]
+fn evkv_on_a_poll_loop_updates_with_its_connections() {
+    updates_with_data_connections_and_timer("t-evkv-poll", &[("EVENT_NOEPOLL", "1")], "poll");
+}
+
+/// The same with libevent's select loop (`EVENT_NOEPOLL`, `EVENT_NOPOLL`).
+#[test]
+fn evkv_on_a_select_loop_updates_with_its_connections() {
+    updates_with_data_connections_and_timer(
+        "t-evkv-select",
+        &[("EVENT_NOEPOLL", "1"), ("EVENT_NOPOLL", "1")],
+        "select",
+    );
+}
+
+/// evkv under `mcr run` with `env` (libevent's choice of backend, which evkv names in its
+/// log: `method`), filled with keys, with connections that hold per-connection state and
+/// one with half a command read, updated to v2, to a layout change and back: each update
+/// commits with every connection moved, and the data, counters and timer carry over.
+fn updates_with_data_connections_and_timer(test: &str, env: &[(&str, &str)], method: &str) {
+    let mcr = Mcr::new(test);
     let port = free_port();
     let args = port_args(port);
     let (v1, v2, layout) = (fixture("evkv"), fixture("evkv-v2"), fixture("evkv-v2-layout"));
-    let inst = mcr.start("evkv", &v1, &args);
+    let mut run: Vec<std::ffi::OsString> =
+        vec!["run".into(), "--detach".into(), "--name".into(), "evkv".into(), "--".into(), v1.clone().into()];
+    run.extend(args.iter().map(Into::into));
+    let mut cmd = mcr.command(&run);
+    cmd.envs(env.iter().copied());
+    let out = Spawned::spawn(cmd, &mcr.tmp.path).wait(COMMAND_TIMEOUT, "mcr run evkv");
+    let inst = Instance { mcr: &mcr, name: "evkv".into() };
+    assert!(out.success(), "mcr run evkv failed: {out}\nlog:\n{}", inst.log());
     let mut loader = Client::connect(port);
+    assert!(
+        inst.log().contains(&format!(", {method})")),
+        "libevent runs another backend than {method}:\n{}",
+        inst.log()
+    );
     fill(&mut loader, KEYS);
     for _ in 0..5 {
         assert_eq!(loader.request("GET key42"), "VALUE value 42 with spaces");

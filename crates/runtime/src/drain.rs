@@ -308,10 +308,13 @@ pub fn drain() -> RuntimeReply {
 }
 
 /// Whether a program thread may be serving `fd` from its stack (a thread per connection):
-/// one waits reading it, or waits on a poll or select set (which may hold it), or runs
+/// one waits reading it, or waits on a poll or select set that may hold it, or runs
 /// outside any wrapped call, where what it serves cannot be told (never so once the
 /// process is quiesced). A connection no epoll watches and no thread serves is held in
-/// the program's memory, and moves with it.
+/// the program's memory, and moves with it. A poll or select whose set holds a listening
+/// socket is an event loop (it accepts, and keeps its connections in the program's
+/// memory, where its next round finds them): what its set holds is the loop's, not a
+/// thread's; any other set may be a thread's wait in the middle of a session.
 fn served_by_a_thread(fd: i32) -> bool {
     use crate::calls::Call;
     use crate::threads::{self, RUNNING, TID_PENDING};
@@ -323,8 +326,76 @@ fn served_by_a_thread(fd: i32) -> bool {
             return true;
         }
         let call = Call::from_index(s.call.load(Acquire));
-        call.watches_a_set() || (call.depends_on_fd() && s.object.load(Acquire) == fd as usize)
+        if call.watches_a_set() {
+            return !event_loop_set(s).is_some_and(|set| set.contains(&fd));
+        }
+        call.depends_on_fd() && s.object.load(Acquire) == fd as usize
     })
+}
+
+/// The descriptors the poll or select `s` waits in watches, when the set holds a listening
+/// socket; `None` when it holds none, or cannot be read as it stands (the thread came
+/// out of the call meanwhile).
+fn event_loop_set(s: &crate::threads::Slot) -> Option<BTreeSet<i32>> {
+    use crate::calls::Call;
+    let entered = s.calls_entered.load(Acquire);
+    let call = Call::from_index(s.call.load(Acquire));
+    let (at, len) = (s.object.load(Acquire), s.set_len.load(Acquire));
+    let set = match call {
+        Call::Poll | Call::Ppoll => poll_set(at, len)?,
+        Call::Select | Call::Pselect => select_set(at, len)?,
+        _ => return None,
+    };
+    // Read while the thread stayed in the same call: the set is the one it waits on.
+    let same = s.calls_entered.load(Acquire) == entered && s.state.load(SeqCst) != crate::threads::RUNNING;
+    // The control thread's descriptor table is its own: each is looked at through a copy.
+    let listening = |fd: &i32| {
+        with_program_fd(*fd, |c| crate::rawfd::socket_int_option(c, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0))
+            .unwrap_or(false)
+    };
+    (same && set.iter().any(listening)).then_some(set)
+}
+
+/// Pollfds a set may hold before it is taken for something else than an event loop's.
+const MAX_POLL_SET: usize = 1 << 16;
+
+/// The descriptors of the `len` pollfds at `at` (the program's array).
+fn poll_set(at: usize, len: usize) -> Option<BTreeSet<i32>> {
+    if at == 0 || len > MAX_POLL_SET {
+        return None;
+    }
+    let size = core::mem::size_of::<libc::pollfd>();
+    let mut bytes = vec![0u8; len * size];
+    if !crate::stack::read_own(at, &mut bytes) {
+        return None;
+    }
+    let fd_at = |c: &[u8]| i32::from_ne_bytes(c.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 4]));
+    Some(bytes.chunks_exact(size).map(fd_at).filter(|&fd| fd >= 0).collect())
+}
+
+/// The descriptors below `n` in the read and write sets of the select wrapper's copy at
+/// `at` (`interpose::blocking::FdSets`).
+fn select_set(at: usize, n: usize) -> Option<BTreeSet<i32>> {
+    use crate::interpose::blocking::{set_members, FdSets};
+    if at == 0 {
+        return None;
+    }
+    let size = core::mem::size_of::<libc::fd_set>();
+    let mut bytes = vec![0u8; 2 * size];
+    if !crate::stack::read_own(at + core::mem::offset_of!(FdSets, saved), &mut bytes) {
+        return None;
+    }
+    let n = n.min(libc::FD_SETSIZE) as i32;
+    let mut set = BTreeSet::new();
+    for chunk in bytes.chunks_exact(size) {
+        // SAFETY: an fd_set is plain integers: an all-zero one is the empty set, and any
+        // bytes copied over it are a set.
+        let mut fds: libc::fd_set = unsafe { core::mem::zeroed() };
+        // SAFETY: `chunk` is `size` bytes, the size of `fds`; the two do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), (&mut fds as *mut libc::fd_set).cast(), size) };
+        set.extend(set_members(&fds, n));
+    }
+    Some(set)
 }
 
 /// The reply to `Drain`: of the client connections `fds`, those no epoll watches and a

@@ -15,12 +15,15 @@ pub fn frame_address() -> usize {
     fp
 }
 
-fn read_pair(addr: usize) -> Option<[usize; 2]> {
-    let mut buf = [0usize; 2];
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 16 };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
-    // SAFETY: process_vm_readv writes at most 16 bytes into `buf` (through `local`) and
-    // reads `addr` on the kernel's side, which fails with EFAULT instead of faulting.
+/// Fills `buf` with this process's bytes at `addr` through `process_vm_readv`: false,
+/// not a fault, where they are not mapped (a thread's stack or set that went away while
+/// another thread looked).
+pub fn read_own(addr: usize, buf: &mut [u8]) -> bool {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: process_vm_readv writes at most `buf.len()` bytes into `buf` (through
+    // `local`) and reads `addr` on the kernel's side, which fails with EFAULT instead of
+    // faulting.
     let n = unsafe {
         crate::sys!(
             libc::SYS_process_vm_readv,
@@ -32,11 +35,19 @@ fn read_pair(addr: usize) -> Option<[usize; 2]> {
             0
         )
     };
-    if n != 16 {
+    if n != buf.len() as i64 {
         let e = crate::errno::get();
-        crate::diag::debug(|| format!("process_vm_readv({addr:#x}) = {n}, errno {e}"));
+        crate::diag::debug(|| format!("process_vm_readv({addr:#x}, {}) = {n}, errno {e}", buf.len()));
     }
-    (n == 16).then_some(buf)
+    n == buf.len() as i64
+}
+
+fn read_pair(addr: usize) -> Option<[usize; 2]> {
+    let mut buf = [0u8; 16];
+    read_own(addr, &mut buf).then(|| {
+        let word = |i: usize| usize::from_ne_bytes(buf[i..i + 8].try_into().unwrap_or_default());
+        [word(0), word(8)]
+    })
 }
 
 /// Return addresses of the callers of the function whose frame is `fp`, innermost first.

@@ -48,8 +48,12 @@ pub struct Slot {
     pub state: AtomicU32,
     /// `Call` index of the wrapped call the thread is in (valid when state != RUNNING).
     pub call: AtomicU32,
-    /// fd argument of the current call (reads), or the condition variable's address.
+    /// fd argument of the current call (reads), the condition variable's address, or a
+    /// poll's or select's set (the pollfds the program passed; the select wrapper's copy
+    /// of the program's sets, `interpose::blocking::FdSets`).
     pub object: AtomicUsize,
+    /// For a poll or a select: how many pollfds its set holds, or the select's `nfds`.
+    pub set_len: AtomicUsize,
     /// Frame pointer of the wrapper: the control thread walks the blocked thread's stack
     /// from it.
     pub frame: AtomicUsize,
@@ -117,6 +121,7 @@ impl Slot {
             state: AtomicU32::new(RUNNING),
             call: AtomicU32::new(0),
             object: AtomicUsize::new(0),
+            set_len: AtomicUsize::new(0),
             frame: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
             kick_in_flight: AtomicBool::new(false),

@@ -69,7 +69,7 @@ fn ns_ms(ns: i64) -> c_int {
 /// arguments, `attempt(Some(ns))` with `ns` left; `interrupted` tells an EINTR result
 /// (and reads errno only for a failed call).
 ///
-/// Steady state (started, not quiescing): one TLS lookup, four plain stores, two relaxed
+/// Steady state (started, not quiescing): one TLS lookup, five plain stores, two relaxed
 /// loads, the call, one store; errno is never touched.
 #[inline(always)]
 pub fn blocking<T: PartialEq + Default>(
@@ -91,6 +91,8 @@ pub enum Watched {
     Epoll(c_int),
     /// A poll set as the program passed it.
     Poll(*const pollfd, nfds_t),
+    /// A select's sets as the program passed them (the wrapper's copy), and its `nfds`.
+    Select(*const FdSets, c_int),
 }
 
 impl Watched {
@@ -110,6 +112,21 @@ impl Watched {
                 p.fd >= 0 && p.events & libc::POLLIN != 0 && crate::rawfd::listener_with_a_client(p.fd)
             }),
             Watched::Poll(..) => false,
+            Watched::Select(sets, n) => {
+                // SAFETY: the select wrapper's own copy, alive while its call runs.
+                let sets = unsafe { sets.as_ref() };
+                sets.is_some_and(|sets| sets.readable(n).any(crate::rawfd::listener_with_a_client))
+            }
+        }
+    }
+
+    /// What the thread's slot records while it waits: the set and its length (the control
+    /// thread reads the set to tell an event loop from a thread serving a connection).
+    fn recorded(self, object: usize) -> (usize, usize) {
+        match self {
+            Watched::Poll(fds, n) => (fds as usize, n as usize),
+            Watched::Select(sets, n) => (sets as usize, n.max(0) as usize),
+            Watched::Nothing | Watched::Epoll(_) => (object, 0),
         }
     }
 }
@@ -145,8 +162,10 @@ pub fn blocking_watching<T: PartialEq + Default>(
     let mut first = true;
     loop {
         let signals = local.program_signals();
+        let (recorded, set_len) = watched.recorded(object);
         slot.call.store(call as u32, Relaxed);
-        slot.object.store(object, Relaxed);
+        slot.object.store(recorded, Relaxed);
+        slot.set_len.store(set_len, Relaxed);
         slot.frame.store(fp, Relaxed);
         slot.kicked.store(false, Relaxed);
         quiesce::publish_in_call(slot);
@@ -523,9 +542,14 @@ pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec,
 }
 
 /// The three sets of a select call, as the program passed them: select() clears the sets
-/// it is given, so a call made again needs the originals.
-struct FdSets {
-    sets: [(*mut fd_set, Option<fd_set>); 3],
+/// it is given, so a call made again needs the originals. `repr(C)`, plain integers: the
+/// control thread reads `saved` from the waiting thread's stack (`drain`).
+#[repr(C)]
+pub struct FdSets {
+    /// The program's read, write and exception sets (null: none).
+    ptrs: [*mut fd_set; 3],
+    /// Their contents as passed (empty where there is none).
+    pub saved: [fd_set; 3],
 }
 
 impl FdSets {
@@ -533,24 +557,37 @@ impl FdSets {
     /// Each pointer is null or points to an fd_set that stays readable and writable while
     /// the copy is used.
     unsafe fn save(r: *mut fd_set, w: *mut fd_set, x: *mut fd_set) -> Self {
+        // SAFETY: an all-zero fd_set is the empty set.
+        let empty: fd_set = unsafe { core::mem::zeroed() };
         // SAFETY: null or readable (the caller's contract); fd_set is Copy.
-        let copy = |p: *mut fd_set| unsafe { p.as_ref() }.copied();
-        Self { sets: [(r, copy(r)), (w, copy(w)), (x, copy(x))] }
+        let copy = |p: *mut fd_set| unsafe { p.as_ref() }.copied().unwrap_or(empty);
+        Self { ptrs: [r, w, x], saved: [copy(r), copy(w), copy(x)] }
     }
 
     /// Put the program's sets back.
     fn restore(&self) {
-        for &(p, saved) in &self.sets {
-            if let Some(v) = saved {
+        for (&p, v) in self.ptrs.iter().zip(&self.saved) {
+            if !p.is_null() {
                 // SAFETY: `p` was non-null and stays writable (the contract of `save`).
-                unsafe { *p = v };
+                unsafe { *p = *v };
             }
         }
     }
 
     fn any(&self) -> bool {
-        self.sets.iter().any(|(_, saved)| saved.is_some())
+        self.ptrs.iter().any(|p| !p.is_null())
     }
+
+    /// The descriptors below `n` in the read set.
+    fn readable(&self, n: c_int) -> impl Iterator<Item = c_int> + '_ {
+        set_members(&self.saved[0], n)
+    }
+}
+
+/// The descriptors below `n` in `set`.
+pub fn set_members(set: &fd_set, n: c_int) -> impl Iterator<Item = c_int> + '_ {
+    // SAFETY: FD_ISSET reads a bit of `set`, below FD_SETSIZE.
+    (0..n.clamp(0, libc::FD_SETSIZE as c_int)).filter(move |&fd| unsafe { libc::FD_ISSET(fd, set) })
 }
 
 /// # Safety
@@ -576,7 +613,8 @@ pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, x: *mu
         // with the time left).
         unsafe { f(n, r, w, x, tv) }
     };
-    finish_int(blocking(Call::Select, 0, frame_address(), timeout, call, int_eintr))
+    let watched = Watched::Select(&sets, n);
+    finish_int(blocking_watching(Call::Select, 0, watched, frame_address(), timeout, call, int_eintr))
 }
 
 /// # Safety
@@ -606,7 +644,8 @@ pub unsafe extern "C" fn pselect(
             }
         }
     };
-    finish_int(blocking(Call::Pselect, 0, frame_address(), timeout, call, int_eintr))
+    let watched = Watched::Select(&sets, n);
+    finish_int(blocking_watching(Call::Pselect, 0, watched, frame_address(), timeout, call, int_eintr))
 }
 
 // ---- sleeping ----
