@@ -357,3 +357,30 @@ fn a_failed_profile_shows_only_its_own_log_lines() {
     assert!(!out.stderr.contains("usage"), "the first run's lines are shown again: {out}");
     assert!(mcr.instance_files().is_empty(), "{:?}", mcr.instance_files());
 }
+
+/// Apache httpd (event MPM): its listener thread and its workers are made by the same
+/// call of libapr's `apr_thread_create` (through httpd's `ap_thread_create`) from
+/// `start_threads`, once directly (the workers) and once through
+/// `create_listener_thread`, which gcc inlines into it. By symbol the two creation stacks
+/// are the same, and the listener and 50 workers made one class whose quiescent point was
+/// the workers' wait: the listener's `epoll_wait` was left out of the profile and it could
+/// never park. Named from DWARF's inline information, the listener is a class of its own
+/// with its own quiescent point.
+#[test]
+fn httpd_profile_tells_the_listener_from_the_workers_through_inlined_callers() {
+    let test = "httpd_profile_tells_the_listener_from_the_workers_through_inlined_callers";
+    let httpd = built_file("MCR_HTTPD", "scripts/httpd/build.sh", test);
+    let mcr = Mcr::new("t-prof-httpd");
+    let port = free_port();
+    let dir = mcr.tmp.join("httpd");
+    let conf = httpd_conf(&dir, port, "<html>profiled</html>\n");
+    let p = profile(&mcr, "httpd.sh", port, &httpd, &["-f".into(), conf.into(), "-DFOREGROUND".into()]);
+    // Its wait is inside libapr (built without frame pointers: the frames above it are not
+    // named), the call is what tells it.
+    assert_eq!(qp_of(&p, "create_listener_thread")["call"], "epoll_wait", "the listener's wait:\n{}", p.report);
+    assert_qp(&p, "(pthread_create < start_threads", "pthread_cond_wait", &["ap_queue_pop_something"]);
+    let classes = p.profile["thread_classes"].as_array().expect("thread_classes");
+    let listeners =
+        classes.iter().filter(|c| c["label"].as_str().is_some_and(|l| l.contains("create_listener_thread")));
+    assert_eq!(listeners.count(), 1, "one listener class:\n{}", p.report);
+}

@@ -55,6 +55,33 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The functions the call a return address `frame` comes back to was made in, when
+    /// the compiler inlined it: the innermost (where the call is in the source) first,
+    /// down to the function the address is in. Empty when nothing is inlined there (or no
+    /// DWARF): the symbol table's name says it all.
+    pub fn inlined(&mut self, frame: &Frame) -> Vec<String> {
+        let Some(path) = frame.module.as_deref() else { return Vec::new() };
+        let Some(m) = self.modules.entry(path.to_string()).or_insert_with(|| load(path)).as_ref() else {
+            return Vec::new();
+        };
+        let Some(vaddr) = (frame.module_offset + m.first_load_vaddr).checked_sub(1) else { return Vec::new() };
+        let mut names = Vec::new();
+        if let Ok(mut frames) = m.ctx.find_frames(vaddr).skip_all_loads() {
+            while let Ok(Some(f)) = frames.next() {
+                match f.function.as_ref().and_then(|n| n.raw_name().ok()) {
+                    Some(n) => names.push(n.into_owned()),
+                    None => return Vec::new(),
+                }
+            }
+        }
+        if names.len() < 2 {
+            names.clear();
+        }
+        names
+    }
+}
+
 /// Paths relative to the current directory when below it.
 fn shorten(file: &str) -> String {
     let p = Path::new(file);

@@ -187,6 +187,42 @@ pub struct Profiled {
 }
 
 impl Snapshots {
+    /// Name the functions the compiler inlined in the stacks that made each thread and
+    /// process, from the binaries' DWARF: a thread made from two functions that gcc inlined
+    /// into one caller (httpd's `create_listener_thread`, inlined in `start_threads`, which
+    /// also makes the workers) otherwise has the same creation stack, by symbol, as the
+    /// others, and the listener and its workers made one class with one quiescent point
+    /// (the workers'): the listener's wait was left out of the profile and it could never
+    /// park. A frame with inlined callers is named `inner < outer`, and its stack gets an
+    /// ID of its own (derived from the runtime's); the other stacks keep theirs.
+    pub fn name_inlined_callers(&mut self, lines: &mut crate::Lines) {
+        let mut rename = |cs: &mut mcr_protocol::CallStack| {
+            let mut names: Vec<String> = vec![cs.id.clone()];
+            for f in cs.frames.iter_mut() {
+                let chain = lines.inlined(f);
+                if chain.is_empty() {
+                    continue;
+                }
+                let named = chain.join(" < ");
+                names.push(named.clone());
+                f.function = Some(named);
+            }
+            if names.len() > 1 {
+                cs.id = mcr_callstack::format_id(mcr_callstack::stack_id(names.iter().map(String::as_str)));
+            }
+        };
+        for p in self.idle.iter_mut().chain(self.start.iter_mut()).chain(self.end.iter_mut()) {
+            if let Some(cs) = p.fork_stack.as_mut() {
+                rename(cs);
+            }
+            for t in p.threads.iter_mut() {
+                if let Some(cs) = t.creation_stack.as_mut() {
+                    rename(cs);
+                }
+            }
+        }
+    }
+
     /// Analyse them ([`crate::analyze()`]).
     pub fn analyze(&self) -> crate::Analysis {
         crate::analyze(&self.idle, &self.start, &self.end)

@@ -76,14 +76,16 @@ pub fn profile(dir: &InstanceDir, args: ProfileArgs) -> Result<i32> {
             (None, None) => "drive the server now; Ctrl-C ends profiling".into(),
         }
     );
-    let profiled = session.profile()?;
+    let mut profiled = session.profile()?;
     if let Some(dump) = std::env::var_os(mcr_profiler::session::DUMP_ENV) {
         let _ = profiled.snapshots.dump(Path::new(&dump));
     }
+    let mut lines = mcr_profiler::Lines::default();
+    profiled.snapshots.name_inlined_callers(&mut lines);
     let a = profiled.snapshots.analyze();
     let workload = args.workload.clone().unwrap_or_else(|| "(driven by hand)".into());
     let out_text = out.display().to_string();
-    let text = report::render(&a, &program.display().to_string(), &workload, &out_text);
+    let text = report::render(&a, &mut lines, &program.display().to_string(), &workload, &out_text);
     let profile = a.to_profile(&program, args.workload.clone());
     let wrote = if profile.quiescent_points.is_empty() {
         None

@@ -21,8 +21,7 @@ fn qp_summary(c: &Class) -> String {
     }
 }
 
-pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> String {
-    let mut lines = Lines::default();
+pub fn render(a: &Analysis, lines: &mut Lines, program: &str, workload: &str, out_path: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "mcr profile: {program}");
     let _ = writeln!(
@@ -65,7 +64,7 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
     for (i, c) in a.classes.iter().enumerate().filter(|(_, c)| c.long_lived) {
         let _ = writeln!(o, "\n[{}] {} (class {})", i + 1, c.label, c.id);
         if let Some(cs) = &c.creation {
-            let by: Vec<String> = cs.frames.iter().take(4).map(|f| frame_text(&mut lines, f)).collect();
+            let by: Vec<String> = cs.frames.iter().take(4).map(|f| frame_text(lines, f)).collect();
             let _ = writeln!(o, "    created at: {}", by.join(" < "));
         }
         match (c.quiescent_point(), &c.long_lived_loop) {
@@ -83,7 +82,7 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
                         let _ = writeln!(
                             o,
                             "    long-lived loop: {} (the deepest frame every sample had on the stack)",
-                            frame_text(&mut lines, f)
+                            frame_text(lines, f)
                         );
                     }
                     Some(f) => {
@@ -91,14 +90,14 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
                             o,
                             "    long-lived loop: {} or one of its callers (one blocking site only: samples cannot tell \
                              which of the frames below the call loops)",
-                            frame_text(&mut lines, f)
+                            frame_text(lines, f)
                         );
                     }
                     None => {}
                 }
                 let _ = writeln!(o, "      #0 {}", q.call);
                 for (n, f) in q.stack.frames.iter().enumerate() {
-                    let _ = writeln!(o, "      #{} {}", n + 1, frame_text(&mut lines, f));
+                    let _ = writeln!(o, "      #{} {}", n + 1, frame_text(lines, f));
                 }
             }
             (None, _) => {
@@ -110,7 +109,7 @@ pub fn render(a: &Analysis, program: &str, workload: &str, out_path: &str) -> St
             }
         }
         for s in c.sites.iter().filter(|s| s.not_qp_because.is_some()) {
-            let at = s.stack.frames.first().map(|f| frame_text(&mut lines, f)).unwrap_or_default();
+            let at = s.stack.frames.first().map(|f| frame_text(lines, f)).unwrap_or_default();
             let _ = writeln!(o, "    not a quiescent point: {} {} at {}", s.call, s.stack.id, at);
             let _ = writeln!(o, "      {}", s.not_qp_because.as_deref().unwrap_or(""));
         }
