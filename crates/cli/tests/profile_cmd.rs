@@ -383,4 +383,15 @@ fn httpd_profile_tells_the_listener_from_the_workers_through_inlined_callers() {
     let listeners =
         classes.iter().filter(|c| c["label"].as_str().is_some_and(|l| l.contains("create_listener_thread")));
     assert_eq!(listeners.count(), 1, "one listener class:\n{}", p.report);
+
+    // Run with the profile, httpd (a binary under /root, which its children, `nobody`,
+    // cannot read: their runtime loads its symbols before setuid) completes startup and
+    // every thread of its master and two children parks at a quiescent point.
+    let port = free_port();
+    let conf = httpd_conf(&mcr.tmp.join("second"), port, "<html>profiled</html>\n");
+    let inst = run_profiled(&mcr, "httpd", &p.path, &httpd, &["-f".into(), conf.into(), "-DFOREGROUND".into()]);
+    let threads = threads(&inst.status()).len();
+    assert!(threads >= 50, "httpd runs {threads} threads");
+    quiesce_parked(&inst, 3, threads);
+    assert_eq!(http_get(port, "/index.html", Duration::from_secs(5)).map(|r| r.0).ok(), Some(200));
 }

@@ -86,6 +86,36 @@ impl Cache {
     }
 }
 
+/// Whether a user other than the file's owner and group may still read `path` (every
+/// directory above it searchable by others, the file readable by others).
+fn others_can_read(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).ok();
+    mode(path).is_some_and(|m| m & 0o004 != 0)
+        && path.ancestors().skip(1).all(|d| d.as_os_str().is_empty() || mode(d).is_some_and(|m| m & 0o001 != 0))
+}
+
+/// Before the process gives up its access to its own files (setuid to another user,
+/// chroot): load the symbol tables of the modules it maps that it may not be able to read
+/// afterwards (`every`: all of them, for a chroot; else those others cannot read, such as a
+/// binary under `/root`). Without them its call stacks are named by offset from then on:
+/// Apache httpd's children (`nobody`) did, so their waits never matched a profile's
+/// quiescent points and a profiled httpd never completed startup. Modules others can read
+/// stay loaded lazily (each child would otherwise hold every library's table).
+pub fn load_before_losing_access(every: bool) {
+    let mut guard = CACHE.lock();
+    let cache = guard.get_or_insert_with(Cache::default);
+    cache.modules = read_maps();
+    let paths: Vec<String> = cache.modules.iter().map(|m| m.path.clone()).collect();
+    for path in paths {
+        if cache.symbols.contains_key(&path) || (!every && others_can_read(Path::new(&path))) {
+            continue;
+        }
+        let syms = load_symbols(&path);
+        cache.symbols.insert(path, syms);
+    }
+}
+
 /// Symbolize return addresses (innermost first) and compute the call-stack ID, whose
 /// first name is the wrapped call (`call`), if any.
 pub fn call_stack(call: Option<&str>, addrs: &[usize]) -> CallStack {

@@ -481,6 +481,9 @@ pub unsafe extern "C" fn setsid() -> libc::pid_t {
 #[no_mangle]
 pub unsafe extern "C" fn chroot(path: *const c_char) -> c_int {
     let f = real::chroot();
+    if !crate::is_sandboxed() {
+        crate::symbolize::load_before_losing_access(true);
+    }
     configuring(
         "chroot",
         frame_address(),
@@ -498,6 +501,9 @@ pub unsafe extern "C" fn setuid(id: libc::uid_t) -> c_int {
     let f = real::setuid();
     if id != 0 {
         crate::heap::before_privilege_drop();
+        if !crate::is_sandboxed() {
+            crate::symbolize::load_before_losing_access(false);
+        }
     }
     configuring(
         "setuid",
