@@ -62,7 +62,11 @@ impl Cache {
         if let Some(i) = find(&self.modules) {
             return Some(i);
         }
-        self.modules = read_maps();
+        // In a chroot without /proc the map cannot be read again: keep the one from before.
+        let fresh = read_maps();
+        if !fresh.is_empty() {
+            self.modules = fresh;
+        }
         find(&self.modules)
     }
 
