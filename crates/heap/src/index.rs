@@ -66,8 +66,9 @@ impl Packed {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     /// An allocator span: slot `i` (below `slots`) is the block at `base + i * step`, live
-    /// when bit `i` of `bits[words..]` is set; its info word is `info[info + i]`.
-    Grid { step: u32, slots: u32, words: u32, info: u32 },
+    /// when bit `i` of `bits[words..]` is set; its info word is `info[info + i]`. `recip`:
+    /// 2^32 / step rounded up, for the slot of an offset without a division.
+    Grid { step: u32, recip: u32, slots: u32, words: u32, info: u32 },
     /// Blocks listed in `listed[at..at + count]`.
     List { at: u32 },
 }
@@ -201,6 +202,18 @@ pub fn block_at(mem: &dyn ReadMemory, addr: u64) -> Option<Object> {
     remote::block_of(&Reader(mem), usize::try_from(addr).ok()?).map(Object::from)
 }
 
+/// 2^32 / `step` rounded up: `slot_of` then divides any offset in a 64 KiB unit by `step`
+/// exactly (offset < 2^16 and step <= 2^16 keep the rounding error below one).
+fn recip(step: u64) -> u32 {
+    (1u64 << 32).div_ceil(step.max(1)).min(u64::from(u32::MAX)) as u32
+}
+
+/// `offset / step`, for an offset in a unit, through [`recip`] of `step`.
+#[inline]
+fn slot_of(offset: u64, recip: u32) -> usize {
+    ((offset * u64::from(recip)) >> 32) as usize
+}
+
 /// The position of the `n`-th (from 0) set bit of `w`: the byte that holds it by counts,
 /// then the bit (at most 8 + 7 steps, not 63).
 fn select(w: u64, mut n: u32) -> Option<u32> {
@@ -216,6 +229,17 @@ fn select(w: u64, mut n: u32) -> Option<u32> {
         n -= c;
     }
     None
+}
+
+#[cfg(test)]
+#[test]
+fn an_offset_is_divided_by_a_step_through_its_reciprocal_exactly() {
+    for step in [16u64, 24, 48, 80, 112, 1008, 4096, 8192, 21845, 32768, 65536] {
+        let r = recip(step);
+        for offset in (0..UNIT_SIZE).step_by(7).chain([UNIT_SIZE - 1, step - 1, step]) {
+            assert_eq!(slot_of(offset, r), (offset / step) as usize, "{offset} / {step}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -319,7 +343,13 @@ impl HeapIndex {
             number: sp.start as u64 >> UNIT_SHIFT,
             first: self.len as u32,
             count,
-            kind: Kind::Grid { step: sp.size as u32, slots: sp.slots as u32, words, info },
+            kind: Kind::Grid {
+                step: sp.size as u32,
+                recip: recip(sp.size as u64),
+                slots: sp.slots as u32,
+                words,
+                info,
+            },
         };
         // Startup blocks are few: only a span whose info words have any startup bit is
         // looked at block by block.
@@ -495,9 +525,9 @@ impl HeapIndex {
         } else {
             let offset = addr & (UNIT_SIZE - 1);
             match u.kind {
-                Kind::Grid { step, slots, words, .. } => {
+                Kind::Grid { recip, slots, words, .. } => {
                     // A span holds nothing but its own slots.
-                    let slot = (offset / u64::from(step)) as usize;
+                    let slot = slot_of(offset, recip);
                     if slot >= slots as usize {
                         return None;
                     }
