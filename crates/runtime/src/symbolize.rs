@@ -99,25 +99,35 @@ fn others_can_read(path: &Path) -> bool {
         && path.ancestors().skip(1).all(|d| d.as_os_str().is_empty() || mode(d).is_some_and(|m| m & 0o001 != 0))
 }
 
-/// Before the process gives up its access to its own files (setuid to another user,
-/// chroot): load the symbol tables of the modules it maps that it may not be able to read
-/// afterwards (`every`: all of them, for a chroot; else those others cannot read, such as a
-/// binary under `/root`). Without them its call stacks are named by offset from then on:
-/// Apache httpd's children (`nobody`) did, so their waits never matched a profile's
-/// quiescent points and a profiled httpd never completed startup. Modules others can read
-/// stay loaded lazily (each child would otherwise hold every library's table).
-pub fn load_before_losing_access(every: bool) {
+/// Before the process gives up its access to its own files (setuid to another user): load
+/// the symbol tables of the modules it maps that others cannot read (a binary under
+/// `/root`). Without them its call stacks are named by offset from then on: Apache
+/// httpd's children (`nobody`) did, so their waits never matched a profile's quiescent
+/// points and a profiled httpd never completed startup. Modules others can read stay
+/// loaded lazily (each child would otherwise hold every library's table). Not before a
+/// chroot: sshd chroots every connection's pre-authentication child, which would pay for
+/// every table; a chrooted process's stacks stay unnamed (vsftpd's sessions).
+pub fn load_before_losing_access() {
+    // The runtime's own reads of the files are not the program's operations (nothing of
+    // them is recorded, nothing symbolized: that would take the cache's lock again), and
+    // the lock is not held while the tables are read.
+    let _internal = crate::threads::InternalGuard::enter();
+    let modules = read_maps();
+    let wanted: Vec<String> = {
+        let guard = CACHE.lock();
+        let known = |p: &str| guard.as_ref().is_some_and(|c| c.symbols.contains_key(p));
+        let mut paths: Vec<String> = modules.iter().map(|m| m.path.clone()).collect();
+        paths.dedup();
+        paths.into_iter().filter(|p| !known(p) && !others_can_read(Path::new(p))).collect()
+    };
+    let loaded: Vec<(String, Option<ModuleSymbols>)> =
+        wanted.into_iter().map(|p| (p.clone(), load_symbols(&p))).collect();
     let mut guard = CACHE.lock();
     let cache = guard.get_or_insert_with(Cache::default);
-    cache.modules = read_maps();
-    let paths: Vec<String> = cache.modules.iter().map(|m| m.path.clone()).collect();
-    for path in paths {
-        if cache.symbols.contains_key(&path) || (!every && others_can_read(Path::new(&path))) {
-            continue;
-        }
-        let syms = load_symbols(&path);
-        cache.symbols.insert(path, syms);
+    if !modules.is_empty() {
+        cache.modules = modules;
     }
+    cache.symbols.extend(loaded);
 }
 
 /// Symbolize return addresses (innermost first) and compute the call-stack ID, whose

@@ -481,9 +481,6 @@ pub unsafe extern "C" fn setsid() -> libc::pid_t {
 #[no_mangle]
 pub unsafe extern "C" fn chroot(path: *const c_char) -> c_int {
     let f = real::chroot();
-    if !crate::is_sandboxed() {
-        crate::symbolize::load_before_losing_access(true);
-    }
     configuring(
         "chroot",
         frame_address(),
@@ -502,7 +499,7 @@ pub unsafe extern "C" fn setuid(id: libc::uid_t) -> c_int {
     if id != 0 {
         crate::heap::before_privilege_drop();
         if !crate::is_sandboxed() {
-            crate::symbolize::load_before_losing_access(false);
+            crate::symbolize::load_before_losing_access();
         }
     }
     configuring(
