@@ -5,13 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 PORT=${1:?usage: httpd.sh PORT}
-get() {
-  local fd line
-  exec {fd}<>"/dev/tcp/127.0.0.1/$PORT"
-  printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$1" >&"$fd"
-  while IFS= read -r -t 5 line <&"$fd"; do :; done
-  exec {fd}>&-
-}
+get() { http_get "$PORT" "$1"; }
 for round in 1 2 3; do
   for i in $(seq 1 30); do get /index.html; done
   sleep 0.2

@@ -34,3 +34,12 @@ profile_done() {
     sleep 60
   fi
 }
+
+# http_get PORT PATH: one HTTP/1.0 GET on a fresh connection, the answer read to its end.
+http_get() {
+  local fd line
+  exec {fd}<>"/dev/tcp/127.0.0.1/$1"
+  printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&"$fd"
+  while IFS= read -r -t 5 line <&"$fd"; do :; done
+  exec {fd}>&-
+}
