@@ -230,7 +230,7 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("thr-unwrapped", Refused), // likewise
     ("child-helper", Refused), // forked after startup, no connection: named before the drain
     ("child-zombie", Refused), // its exit status is the parent's to collect: named before the drain
-    ("child-exec", Refused),  // the exec'd child's program has no debug information: refused before anything
+    ("child-exec", Refused),  // the exec'd child runs another program than the server: refused before anything
     ("child-stopped", Refused), // likewise
     ("child-orphan", Refused), // likewise (reparented away from the server)
     ("tls-var", Survives),
@@ -449,7 +449,7 @@ fn run_case(name: &str) -> CaseResult {
 /// What a refusal of these cases must name (the kind of descriptor, as /proc shows it),
 /// so a refusal for some other reason does not pass for one that found the case's state.
 const NAMED: &[(&str, &str)] = &[
-    ("child-exec", "runs /usr/bin/sleep, which has no debug information"),
+    ("child-exec", "runs /usr/bin/sleep, not the server"),
     ("pipe-data", "(pipe:["),
     ("fifo-data", "fifo"),
     ("eventfd-counter", "(anon_inode:[eventfd])"),

@@ -41,6 +41,15 @@ pub enum PrepareError {
         .binary.display()
     )]
     NoDebugInfoIn { binary: PathBuf, pid: i32 },
+    #[error(
+        "process {pid} of the running version runs {}, not the server ({}): the server started it after its \
+         startup (a session's command, a helper), and an update carries only the server's own processes into \
+         the new version; nothing was changed. Update once it has ended (its connection closes with it: \
+         --drain-timeout waits for that with --fresh-state)",
+        .binary.display(),
+        .server.display()
+    )]
+    AnotherProgram { binary: PathBuf, server: PathBuf, pid: i32 },
     #[error("refusing (--strict): {0}; whoever can change it would run code in the server")]
     Untrusted(String),
 }

@@ -17,7 +17,6 @@ use crate::warning::Warn;
 use mcr_client::program::{self, ServerCommand};
 use mcr_client::Connection;
 use mcr_protocol::InstanceDir;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What `mcr update` lets its user choose.
@@ -69,8 +68,8 @@ pub fn prepare(dir: &InstanceDir, name: &str, command: &[String], checks: Checks
         if !has_debug_info {
             return Err(PrepareError::NoDebugInfo(program));
         }
-        if let Some((binary, pid)) = old_binary_without_debug_info(&info) {
-            return Err(PrepareError::NoDebugInfoIn { binary, pid });
+        if let Some(refused) = old_binary_without_debug_info(&info) {
+            return Err(refused);
         }
     }
     let next_files = dir.files(&format!("{name}.next"))?;
@@ -107,14 +106,24 @@ pub struct Checks {
 /// A binary of the running version's processes that has no debug information.
 /// A process of the running version whose program has no debug information (one that
 /// exec'd another program, say): the binary, and the process's PID in the instance.
-fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<(PathBuf, i32)> {
+/// A process of the running version whose binary has no debug information: its state
+/// could not move. When it runs another program than the server's first process (a
+/// session's command, which the server started after its startup), that is what the
+/// refusal says: no build of the server would let it move.
+fn old_binary_without_debug_info(info: &mcr_protocol::UpdateInfo) -> Option<PrepareError> {
     let hosts =
         mcr_client::pids::host_pids(info.pid_namespace, info.supervisor_pid, info.processes.iter().copied()).ok()?;
+    let server = hosts.values().next().and_then(|&h| mcr_procfs::exe(h).ok());
     let mut seen = std::collections::BTreeSet::new();
     for (&pid, host) in &hosts {
         let Ok(exe) = mcr_procfs::exe(*host) else { continue };
         if seen.insert(exe.clone()) && program::check(&exe).is_ok_and(|c| !c.has_debug_info) {
-            return Some((exe, pid));
+            return Some(match &server {
+                Some(server) if *server != exe => {
+                    PrepareError::AnotherProgram { binary: exe, server: server.clone(), pid }
+                }
+                _ => PrepareError::NoDebugInfoIn { binary: exe, pid },
+            });
         }
     }
     None
