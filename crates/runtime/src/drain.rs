@@ -8,7 +8,7 @@
 use crate::borrow::with_program_fd;
 use crate::{futex, rawfd};
 use mcr_protocol::RuntimeReply;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::*};
 
 /// 1 while draining. Threads blocked in a drained accept() wait on this word.
@@ -299,10 +299,14 @@ impl Socket {
 /// process holds.
 pub fn drain() -> RuntimeReply {
     start();
-    let (fds, lost_client) = connections(&crate::startup_log::startup_fds());
+    let startup = crate::startup_log::startup_fds();
+    let (fds, lost_client) = connections(&startup);
     let watched = if fds.is_empty() { Default::default() } else { watched_by_epoll() };
+    // Each set-waiting thread's set is read once, not once per connection (a poll loop
+    // with a thousand connections).
+    let loops: BTreeMap<usize, BTreeSet<i32>> = if fds.is_empty() { BTreeMap::new() } else { event_loops(&startup) };
     let unwatched_served: BTreeSet<i32> =
-        fds.iter().copied().filter(|fd| !watched.contains(fd) && served_by_a_thread(*fd)).collect();
+        fds.iter().copied().filter(|fd| !watched.contains(fd) && served_by_a_thread(*fd, &loops)).collect();
     let (idle_check, busy) = crate::resume::busy_connections(&fds);
     drain_reply(fds, lost_client, VOLATILE.load(SeqCst), &unwatched_served, idle_check, busy)
 }
@@ -315,10 +319,12 @@ pub fn drain() -> RuntimeReply {
 /// socket is an event loop (it accepts, and keeps its connections in the program's
 /// memory, where its next round finds them): what its set holds is the loop's, not a
 /// thread's; any other set may be a thread's wait in the middle of a session.
-fn served_by_a_thread(fd: i32) -> bool {
+/// `loops`: the sets of the threads waiting in an event loop's poll or select, by slot
+/// ([`event_loops`]).
+fn served_by_a_thread(fd: i32, loops: &BTreeMap<usize, BTreeSet<i32>>) -> bool {
     use crate::calls::Call;
     use crate::threads::{self, RUNNING, TID_PENDING};
-    threads::used().any(|(_, s)| {
+    threads::used().any(|(i, s)| {
         if s.tid.load(Acquire) == TID_PENDING {
             return false;
         }
@@ -327,16 +333,26 @@ fn served_by_a_thread(fd: i32) -> bool {
         }
         let call = Call::from_index(s.call.load(Acquire));
         if call.watches_a_set() {
-            return !event_loop_set(s).is_some_and(|set| set.contains(&fd));
+            return !loops.get(&i).is_some_and(|set| set.contains(&fd));
         }
         call.depends_on_fd() && s.object.load(Acquire) == fd as usize
     })
 }
 
+/// For each thread waiting in a poll or select that is an event loop ([`event_loop_set`]),
+/// by slot: the descriptors its set watches.
+fn event_loops(startup: &BTreeSet<i32>) -> BTreeMap<usize, BTreeSet<i32>> {
+    crate::threads::used()
+        .filter(|(_, s)| crate::calls::Call::from_index(s.call.load(Acquire)).watches_a_set())
+        .filter_map(|(i, s)| Some((i, event_loop_set(s, startup)?)))
+        .collect()
+}
+
 /// The descriptors the poll or select `s` waits in watches, when the set holds a listening
-/// socket; `None` when it holds none, or cannot be read as it stands (the thread came
-/// out of the call meanwhile).
-fn event_loop_set(s: &crate::threads::Slot) -> Option<BTreeSet<i32>> {
+/// socket made during startup (`startup`: listeners are, and only they are looked at);
+/// `None` when it holds none, or cannot be read as it stands (the thread came out of the
+/// call meanwhile).
+fn event_loop_set(s: &crate::threads::Slot, startup: &BTreeSet<i32>) -> Option<BTreeSet<i32>> {
     use crate::calls::Call;
     let entered = s.calls_entered.load(Acquire);
     let call = Call::from_index(s.call.load(Acquire));
@@ -353,7 +369,7 @@ fn event_loop_set(s: &crate::threads::Slot) -> Option<BTreeSet<i32>> {
         with_program_fd(*fd, |c| crate::rawfd::socket_int_option(c, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0))
             .unwrap_or(false)
     };
-    (same && set.iter().any(listening)).then_some(set)
+    (same && set.iter().filter(|fd| startup.contains(fd)).any(listening)).then_some(set)
 }
 
 /// Pollfds a set may hold before it is taken for something else than an event loop's.
