@@ -395,3 +395,70 @@ fn httpd_profile_tells_the_listener_from_the_workers_through_inlined_callers() {
     quiesce_parked(&inst, 3, threads);
     assert_eq!(http_get(port, "/index.html", Duration::from_secs(5)).map(|r| r.0).ok(), Some(200));
 }
+
+/// vsftpd 3.0.2 (`isolate=NO`, `scripts/workloads/vsftpd.sh`): its sessions' processes
+/// `chroot` (the privileged parent to `secure_chroot_dir`, the logged-in child to the FTP
+/// root), where their runtime can open no symbol table; they are named all the same, from
+/// the tables their parent loaded before it forked them (a session's classes were named by
+/// address, one set per session, while a process replaced its module map with the empty
+/// one it read in the chroot). One class per kind: SL 1 (the pre-login child), LL 3 (the
+/// listener; per session the privileged parent and the logged-in child), QP 3, Per 1,
+/// Vol 2; and vsftpd run with the profile quiesces with a logged-in session open.
+#[test]
+fn vsftpd_profile_names_its_chrooted_sessions_and_the_profiled_server_quiesces_with_one_open() {
+    let test = "vsftpd_profile_names_its_chrooted_sessions_and_the_profiled_server_quiesces_with_one_open";
+    let vsftpd = built_file("MCR_VSFTPD", "scripts/vsftpd/build.sh", test);
+    let mcr = Mcr::new("prof-vsftpd");
+    let conf = |label: &str, port: u16| -> OsString {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = mcr.tmp.join(label);
+        let (root, empty) = (dir.join("ftp"), dir.join("empty"));
+        for (d, mode) in [(&dir, 0o755), (&root, 0o755), (&empty, 0o755)] {
+            std::fs::create_dir_all(d).expect("create the FTP folders");
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        let conf = dir.join("vsftpd.conf");
+        let text = format!(
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=YES\n\
+             local_enable=NO\nftp_username=daemon\nanon_root={}\nsecure_chroot_dir={}\nisolate=NO\n\
+             isolate_network=NO\nseccomp_sandbox=NO\nxferlog_enable=NO\nsyslog_enable=NO\n",
+            root.display(),
+            empty.display()
+        );
+        std::fs::write(&conf, text).expect("write vsftpd.conf");
+        conf.into()
+    };
+    let port = free_port();
+    let p = profile(&mcr, "vsftpd.sh", port, &vsftpd, &[conf("first", port)]);
+    assert_eq!(table(&p), vec![1, 3, 3, 1, 2], "{}", p.report);
+    assert_qp(&p, "main thread of vsftpd", "accept", &["vsf_sysutil_accept_timeout"]);
+    let classes = p.profile["thread_classes"].as_array().expect("thread_classes");
+    assert!(
+        classes.iter().all(|c| !c["label"].as_str().unwrap_or_default().contains("< 0x")),
+        "a class named by address:\n{}",
+        p.report
+    );
+
+    let port = free_port();
+    let inst = run_profiled(&mcr, "vsftpd", &p.path, &vsftpd, &[conf("second", port)]);
+    let mut ftp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to vsftpd");
+    ftp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reader = std::io::BufReader::new(ftp.try_clone().expect("clone"));
+    let mut expect = |code: &str| {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("an FTP reply");
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+    };
+    expect("220");
+    ftp.write_all(b"USER anonymous\r\n").expect("USER");
+    expect("331");
+    ftp.write_all(b"PASS mcr@example.org\r\n").expect("PASS");
+    expect("230");
+    // The listener, and the open session's privileged parent and logged-in child.
+    wait_for(Duration::from_secs(5), "the session's processes to wait", || {
+        threads(&inst.status()).iter().filter(|(_, t)| t["state"] != "running").count() == 3
+    });
+    quiesce_parked(&inst, 3, 3);
+    ftp.write_all(b"PWD\r\n").expect("PWD");
+    expect("257");
+}
