@@ -102,6 +102,50 @@ fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
+/// Where the processes that executed a program again after a fork were forked: by PID, the
+/// fork stack of each earlier process of that PID that was forked and is gone (its
+/// runtime registered as a fork child; the program it executed registers anew, as exec'd). sshd
+/// executes itself again for every connection: without this, a connection's processes
+/// were classed with the listener, by program.
+fn forked_before_exec(all: &[ProcessProfile]) -> BTreeMap<i32, Vec<(f64, CallStack)>> {
+    let mut out: BTreeMap<i32, Vec<(f64, CallStack)>> = BTreeMap::new();
+    for p in all.iter().filter(|p| !p.alive) {
+        // A child that executed at once never reported: its fork stack is empty, but it was
+        // forked all the same.
+        if let Some(cs) = p.fork_stack.as_ref() {
+            let first = p.threads.iter().map(|t| t.first_seen_ms).fold(f64::INFINITY, f64::min);
+            out.entry(p.pid).or_default().push((first, cs.clone()));
+        }
+    }
+    out
+}
+
+/// (id, label, made_by, creation stack) of a thread's class; `pre_exec`: see
+/// [`forked_before_exec`].
+fn class_of_in(
+    p: &ProcessProfile,
+    t: &ThreadProfile,
+    pre_exec: &BTreeMap<i32, Vec<(f64, CallStack)>>,
+) -> (String, String, String, Option<CallStack>) {
+    if p.fork_stack.is_none() && (t.main || t.creation_stack.is_none()) {
+        let started = p.threads.iter().map(|t| t.first_seen_ms).fold(f64::INFINITY, f64::min);
+        let forked = pre_exec.get(&p.pid).and_then(|v| {
+            v.iter().filter(|(first, _)| *first <= started).max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, cs)| cs)
+        });
+        if let Some(cs) = forked {
+            let exe = basename(&p.exe).to_string();
+            let id = mcr_callstack::format_id(mcr_callstack::stack_id(["exec", exe.as_str(), cs.id.as_str()]));
+            let label = if cs.frames.is_empty() {
+                format!("process forked (where mcr did not see), then exec {exe}")
+            } else {
+                format!("process forked at fork < {}, then exec {exe}", cs.summary(3))
+            };
+            return (id, label, "fork, exec".into(), Some(cs.clone()));
+        }
+    }
+    class_of(p, t)
+}
+
 /// (id, label, made_by, creation stack) of a thread's class.
 fn class_of(p: &ProcessProfile, t: &ThreadProfile) -> (String, String, String, Option<CallStack>) {
     if !t.main {
@@ -195,10 +239,11 @@ pub fn analyze(idle: &[ProcessProfile], start: &[ProcessProfile], end: &[Process
     };
     let (idle_ms, workload_ms) = (window(idle, start), window(start, end));
     let mut classes: BTreeMap<String, Acc> = BTreeMap::new();
+    let pre_exec = forked_before_exec(end);
     for p in end {
         let period_ms = p.period_us as f64 / 1000.0;
         for t in &p.threads {
-            let (id, label, made_by, creation) = class_of(p, t);
+            let (id, label, made_by, creation) = class_of_in(p, t, &pre_exec);
             let a = classes.entry(id).or_insert_with(|| Acc {
                 label,
                 made_by,
@@ -441,6 +486,24 @@ pub(crate) mod tests {
     pub(crate) const CREATE: &[&str] = &["main", "__libc_start_main"];
     pub(crate) const COND: &[&str] = &["worker_main", "start_thread"];
     pub(crate) const READ: &[&str] = &["read_request", "handle_client", "worker_main", "start_thread"];
+
+    #[test]
+    fn a_process_that_executes_the_server_again_after_a_fork_is_a_class_apart_from_the_first() {
+        // sshd: the listener (executed by mcr), a connection's child (forked, then gone as
+        // it executed sshd again) and the process that exec made, same PID, no fork stack.
+        let listener = process(3, None, vec![thread(3, true, None, vec![site("ppoll", &["main"], 100)], true)], 10.0);
+        let mut forked =
+            process(7, Some(&["server_accept_loop", "main"]), vec![thread(7, true, None, vec![], false)], 10.0);
+        forked.alive = false;
+        let mut execd =
+            process(7, None, vec![thread(7, true, None, vec![site("ppoll", &["server_loop2"], 100)], true)], 10.0);
+        execd.threads[0].first_seen_ms = 5.0;
+        let a = analyze(&[], &[], &[listener, forked, execd]);
+        let labels: Vec<&str> = a.classes.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(a.classes.len(), 3, "{labels:?}");
+        assert!(labels.iter().any(|l| l.starts_with("main thread of slowd (exec)")), "{labels:?}");
+        assert!(labels.contains(&"process forked at fork < server_accept_loop < main, then exec slowd"), "{labels:?}");
+    }
 
     #[test]
     fn the_loop_top_wait_wins_over_a_deeper_call_with_more_time() {
