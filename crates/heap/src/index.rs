@@ -216,7 +216,7 @@ fn slot_of(offset: u64, recip: u32) -> usize {
 
 /// The position of the `n`-th (from 0) set bit of `w`: the byte that holds it by counts,
 /// then the bit (at most 8 + 7 steps, not 63).
-fn select(w: u64, mut n: u32) -> Option<u32> {
+fn nth_set_bit(w: u64, mut n: u32) -> Option<u32> {
     for byte in 0..8 {
         let mut b = (w >> (byte * 8)) & 0xff;
         let c = b.count_ones();
@@ -244,15 +244,15 @@ fn an_offset_is_divided_by_a_step_through_its_reciprocal_exactly() {
 
 #[cfg(test)]
 #[test]
-fn select_finds_the_nth_set_bit() {
+fn nth_set_bit_finds_the_nth_set_bit() {
     for w in [1u64, 0x8000_0000_0000_0000, 0xf0f0_0000_0001_8001, u64::MAX, 0x0123_4567_89ab_cdef] {
         let bits: Vec<u32> = (0..64).filter(|b| w & (1 << b) != 0).collect();
         for (n, &b) in bits.iter().enumerate() {
-            assert_eq!(select(w, n as u32), Some(b), "{w:#x} {n}");
+            assert_eq!(nth_set_bit(w, n as u32), Some(b), "{w:#x} {n}");
         }
-        assert_eq!(select(w, bits.len() as u32), None);
+        assert_eq!(nth_set_bit(w, bits.len() as u32), None);
     }
-    assert_eq!(select(0, 0), None);
+    assert_eq!(nth_set_bit(0, 0), None);
 }
 
 impl HeapIndex {
@@ -425,7 +425,7 @@ impl HeapIndex {
         let (start, end) = (words as usize, words as usize + (slots as usize).div_ceil(64));
         let target = u.first as usize + n;
         let w = start + self.ranks.get(start..end)?.partition_point(|&r| r as usize <= target) - 1;
-        let bit = select(self.bits[w], (target - self.ranks[w] as usize) as u32)?;
+        let bit = nth_set_bit(self.bits[w], (target - self.ranks[w] as usize) as u32)?;
         Some((w, bit))
     }
 

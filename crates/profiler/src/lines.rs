@@ -39,12 +39,19 @@ fn load(path: &str) -> Option<Module> {
 }
 
 impl Lines {
-    /// `file:line` of the call a return address `frame` comes back to.
-    pub fn of(&mut self, frame: &Frame) -> Option<String> {
+    /// The module of the return address `frame` (loaded at its first use) and the address
+    /// of its call instruction there.
+    fn call_site(&mut self, frame: &Frame) -> Option<(&Module, u64)> {
         let path = frame.module.as_deref()?;
         let m = self.modules.entry(path.to_string()).or_insert_with(|| load(path)).as_ref()?;
         // A return address is just after the call instruction.
         let vaddr = (frame.module_offset + m.first_load_vaddr).checked_sub(1)?;
+        Some((m, vaddr))
+    }
+
+    /// `file:line` of the call a return address `frame` comes back to.
+    pub fn of(&mut self, frame: &Frame) -> Option<String> {
+        let (m, vaddr) = self.call_site(frame)?;
         let loc = m.ctx.find_location(vaddr).ok()??;
         let file = loc.file?;
         let short = shorten(file);
@@ -53,19 +60,13 @@ impl Lines {
             None => short,
         })
     }
-}
 
-impl Lines {
     /// The functions the call a return address `frame` comes back to was made in, when
     /// the compiler inlined it: the innermost (where the call is in the source) first,
     /// down to the function the address is in. Empty when nothing is inlined there (or no
     /// DWARF): the symbol table's name says it all.
     pub fn inlined(&mut self, frame: &Frame) -> Vec<String> {
-        let Some(path) = frame.module.as_deref() else { return Vec::new() };
-        let Some(m) = self.modules.entry(path.to_string()).or_insert_with(|| load(path)).as_ref() else {
-            return Vec::new();
-        };
-        let Some(vaddr) = (frame.module_offset + m.first_load_vaddr).checked_sub(1) else { return Vec::new() };
+        let Some((m, vaddr)) = self.call_site(frame) else { return Vec::new() };
         let mut names = Vec::new();
         if let Ok(mut frames) = m.ctx.find_frames(vaddr).skip_all_loads() {
             while let Ok(Some(f)) = frames.next() {
