@@ -71,6 +71,7 @@ pub fn arm_self_with(exclude: Option<&str>, within: &[(u64, u64)], skip: &[(u64,
 }
 
 /// A userfaultfd with async write-protect, or why not.
+#[inline]
 pub fn open_uffd() -> Result<i32, String> {
     let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // User-mode-only is what an unprivileged process may open when

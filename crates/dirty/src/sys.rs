@@ -52,6 +52,7 @@ pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 pub const PM_SCAN_WP_MATCHING: u64 = k::PM_SCAN_WP_MATCHING as u64;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = k::PM_SCAN_CHECK_WPASYNC as u64;
 
+#[inline]
 fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -61,12 +62,14 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 }
 
 /// `userfaultfd(flags)`.
+#[inline]
 pub fn userfaultfd(flags: i32) -> io::Result<i32> {
     // SAFETY: creates a descriptor; no memory is passed.
     check(unsafe { libc::syscall(libc::SYS_userfaultfd, flags as libc::c_long) }).map(|fd| fd as i32)
 }
 
 /// `UFFDIO_API`: the features the kernel granted.
+#[inline]
 pub fn uffd_api(fd: i32, features: u64) -> io::Result<u64> {
     let mut api = k::uffdio_api { api: UFFD_API, features, ioctls: 0 };
     // SAFETY: `api` is a valid uffdio_api the kernel reads and writes.
@@ -77,6 +80,7 @@ pub fn uffd_api(fd: i32, features: u64) -> io::Result<u64> {
 }
 
 /// `UFFDIO_REGISTER` of [start, start+len) in write-protect mode.
+#[inline]
 pub fn uffd_register_wp(fd: i32, start: u64, len: u64) -> io::Result<()> {
     let mut reg =
         k::uffdio_register { range: k::uffdio_range { start, len }, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };

@@ -174,7 +174,6 @@ static AFTER_FORK: &[ForkReset] = &[
     ForkReset { module: "tls", run: tls::reset_after_fork },
     ForkReset { module: "drain", run: drain::reset_after_fork },
     ForkReset { module: "dirty", run: dirty::reset_after_fork },
-    ForkReset { module: "own_pages", run: own_pages::reset_after_fork },
     ForkReset { module: "own_memory", run: own_memory::reset_after_fork },
     ForkReset { module: "threads", run: threads::reset_after_fork },
     ForkReset { module: "quiesce", run: quiesce::reset_after_fork },
@@ -199,6 +198,11 @@ pub(crate) fn become_passive() {
     SANDBOXED.store(true, SeqCst);
     ACTIVE.store(false, SeqCst);
     heap::HEAP.enter_sandbox();
+}
+
+/// Whether the fork under way makes a child the runtime leaves passive.
+pub(crate) fn next_child_passive() -> bool {
+    NEXT_CHILD_PASSIVE.load(SeqCst)
 }
 
 pub(crate) fn after_fork_in_child() {
@@ -253,6 +257,9 @@ pub(crate) fn take_env(name: &str) -> Option<String> {
 /// Constructor. Kept to libc-level work: read the environment, install the kick signal,
 /// connect to the supervisor. Threads start later, at the first wrapped call.
 extern "C" fn init() {
+    if runtime_socket_set() {
+        own_pages::init();
+    }
     heap::init_hooks();
     // An update's new server executed ahead waits here for its go; its startup counts
     // from then.
@@ -271,7 +278,6 @@ extern "C" fn init() {
     let maps = mcr_procfs::maps::read(mcr_procfs::Process::Current).unwrap_or_default();
     if let Some(name) = own_module_path() {
         let path = std::fs::canonicalize(&name).map(|p| p.display().to_string()).unwrap_or(name);
-        own_pages::init(&maps, &path);
         let _ = RUNTIME_PATH.set(path);
     }
     let profile = env(mcr_protocol::env::PROFILE).and_then(|p| match mcr_callstack::Profile::load(p.as_ref()) {
@@ -318,6 +324,18 @@ extern "C" fn init() {
     } else {
         diag::warn("cannot reach the mcr supervisor; this process runs unmanaged");
     }
+}
+
+/// [`mcr_protocol::env::RUNTIME_SOCKET`] for libc.
+const RUNTIME_SOCKET_VAR: &std::ffi::CStr = c"MCR_RUNTIME_SOCKET";
+
+/// Whether mcr launched this process (without the supervisor's socket the library is only
+/// the allocator). libc's getenv: no code of this library runs before [`own_pages::init`].
+fn runtime_socket_set() -> bool {
+    // SAFETY: a NUL-terminated name; the constructor runs before the program has threads.
+    let value = unsafe { libc::getenv(RUNTIME_SOCKET_VAR.as_ptr()) };
+    // SAFETY: getenv's result is null or a NUL-terminated string inside the environment.
+    !value.is_null() && !matches!(unsafe { *value } as u8, 0 | b'-')
 }
 
 /// The path ld.so loaded this library from.
@@ -401,6 +419,11 @@ mod tests {
             }
         }
         assert!(checked >= 8, "the source scan found only {checked} modules with locks");
+    }
+
+    #[test]
+    fn the_constructor_looks_for_the_supervisors_variable() {
+        assert_eq!(RUNTIME_SOCKET_VAR.to_str(), Ok(mcr_protocol::env::RUNTIME_SOCKET));
     }
 
     #[test]
