@@ -1035,3 +1035,33 @@ fn the_new_version_adopts_the_old_heap_where_it_was_and_slots_are_reused() {
     all.dedup();
     assert!(all.len() <= 4, "versions reuse a few slots, not one more per update: {all:?}");
 }
+
+/// `mcr update --count-pointers` counts what the transfer traced, as the paper's Table 2:
+/// kvd-opaque's 50 keys are 50 nodes, each reached by one typed pointer (a bucket of the
+/// global table or a node's `next`) and holding two (its key and value); the union that
+/// keeps the last SET node holds one likely pointer, from a global into the heap. The
+/// update still commits, every key there; without the flag nothing is counted.
+#[test]
+fn count_pointers_counts_precise_and_likely_pointers_by_source_and_target() {
+    let mcr = Mcr::new("t-kvd-census");
+    let port = free_port();
+    let args = port_args(port);
+    let opaque = fixture("kvd-opaque");
+    let inst = mcr.start("kvd", &opaque, &args);
+    fill(&mut Client::connect(port), 50);
+    let (out, v) = update_outcome(&mcr, "kvd", &["--count-pointers"], &opaque, &args);
+    assert_eq!(out.code(), 0, "{out}\nlog:\n{}", inst.log());
+    let p = &v["transfer"]["pointers"];
+    let n = |kind: &str, field: &str| p[kind][field].as_u64().unwrap_or_else(|| panic!("{kind}.{field} in {v:#}"));
+    assert_eq!((n("precise", "total"), n("precise", "to_dynamic")), (150, 150), "{p:#}");
+    assert_eq!(n("precise", "from_static") + n("precise", "from_dynamic"), 150, "{p:#}");
+    assert!(n("precise", "from_dynamic") >= 100, "every key and value pointer is a node's: {p:#}");
+    assert_eq!((n("likely", "from_static"), n("likely", "to_static"), n("likely", "to_library")), (1, 0, 0), "{p:#}");
+    assert!(n("likely", "to_dynamic") >= 1, "the union's node: {p:#}");
+    assert_eq!(v["transfer"]["walked_all"], "--count-pointers", "{v:#}");
+    assert_all_keys(port, 50);
+
+    let (out, v) = update_outcome(&mcr, "kvd", &[], &opaque, &args);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(v["transfer"].get("pointers").is_none(), "counted without the flag: {v:#}");
+}

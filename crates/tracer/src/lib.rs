@@ -26,6 +26,7 @@
 //! heap's blocks and `untouched` checks the rest at memory speed instead of walking it.
 //! The new process is a [`Target`]; the unit tests drive an in-memory one (`testing`).
 
+mod census;
 mod hints;
 mod image;
 mod literal;
@@ -43,6 +44,7 @@ mod untyped;
 mod walk;
 mod write;
 
+pub use census::{PointerCensus, PointerCounts};
 pub use hints::{normalize, Hints, Origin};
 pub use image::{symbol_containing, translate, Image};
 pub use preview::{annotations, compare};

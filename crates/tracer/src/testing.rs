@@ -368,7 +368,13 @@ pub struct World {
     pub not_in_new: Option<(u64, u64)>,
     /// The old binary's initial data: (link-time address, bytes); `None`: unknown.
     pub initial_data: Option<(u64, Vec<u8>)>,
+    /// Count the pointers ([`crate::PointerCensus`]); addresses in `LIBRARY` are a
+    /// library's.
+    pub census: bool,
 }
+
+/// A shared library's mapping in the old process, for the pointer census.
+pub const LIBRARY: (u64, u64) = (0x7fff_f7a0_0000, 0x7fff_f7c0_0000);
 
 impl World {
     pub fn new(old: Program, new: Program) -> World {
@@ -384,6 +390,7 @@ impl World {
             stack: None,
             not_in_new: None,
             initial_data: None,
+            census: false,
         }
     }
 
@@ -472,6 +479,7 @@ impl World {
             stack: self.stack.as_ref(),
             same_memory: Some(&same_memory),
             initial: self.initial_data.is_some().then_some(&initial as &dyn Fn(u64, u64) -> Option<Vec<u8>>),
+            census: self.census.then_some(&|v| (LIBRARY.0..LIBRARY.1).contains(&v)),
         };
         f(&pair, &mut self.new_proc)
     }

@@ -1,6 +1,7 @@
 //! One process's transfer, phase by phase: the roots ([`crate::roots`]), the walk from
 //! them ([`crate::walk`]), the plan ([`crate::plan`]), the write ([`crate::write`]).
 
+use crate::census::{Census, PointerCensus};
 use crate::hints::{object_handlers, Hints};
 use crate::image::Image;
 use crate::plan::{describe_unmatched, plan};
@@ -51,6 +52,10 @@ pub struct Pair<'a> {
     /// The old binary's initial bytes (its data, zeros past it) at a link-time address,
     /// to tell values startup computed from values the build set; `None`: unknown.
     pub initial: Option<&'a dyn Fn(u64, u64) -> Option<Vec<u8>>>,
+    /// Count the pointers the transfer traces ([`PointerCensus`]), with whether an
+    /// address is in one of the old process's shared libraries; the whole state is then
+    /// walked (an update that changes no type would walk only a part of it).
+    pub census: Option<&'a dyn Fn(u64) -> bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +149,9 @@ pub struct Report {
     #[serde(default)]
     pub write_ms: f64,
     pub warnings: Vec<String>,
+    /// The pointers traced, precise and likely (`mcr update --count-pointers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointers: Option<PointerCensus>,
 }
 
 impl Report {
@@ -174,6 +182,9 @@ impl Report {
         self.startup_reallocated += o.startup_reallocated;
         self.startup_notes.extend(o.startup_notes.iter().cloned());
         self.warnings.extend(o.warnings.iter().cloned());
+        if let Some(p) = &o.pointers {
+            self.pointers.get_or_insert_with(PointerCensus::default).add(p);
+        }
     }
 }
 
@@ -262,7 +273,10 @@ pub fn transfer_with_words(
     // moves; if one does, everything is walked (`untouched`).
     let mut sealed = None;
     let ms = |since: Instant| since.elapsed().as_secs_f64() * 1e3;
-    report.walked_all = untouched::why_walk_all(pair, &hints, &handlers);
+    report.walked_all = match pair.census {
+        Some(_) => Some("--count-pointers".into()),
+        None => untouched::why_walk_all(pair, &hints, &handlers),
+    };
     if report.walked_all.is_none() {
         let sealer = untouched::Sealer::new(old, new, &adopted);
         let started = Instant::now();
@@ -287,6 +301,11 @@ pub fn transfer_with_words(
         None => walk_plan(&|_, _| false)?,
     };
     report.walk_ms += ms(started);
+    if let Some(library) = pair.census {
+        let binary = |v: u64| pair.old.image.contains(v);
+        let census = Census::new(old, pair.heap, &hints, &binary, library);
+        report.pointers = Some(census.count(&roots.globals, &reached));
+    }
     let started = Instant::now();
     report.pinned = reached.pinned.len();
     report.held_by_new_startup = reached.pinned.values().filter(|p| p.held).count();

@@ -112,6 +112,9 @@ pub struct Options<'a> {
     /// not touched), then a rollback instead of the commit.
     pub rehearse: bool,
     pub progress: Progress<'a>,
+    /// Count the pointers the state transfer follows, precise and likely, by source and
+    /// target (the paper's Table 2); the whole state is then traced.
+    pub count_pointers: bool,
 }
 
 /// What an update did: the `--json` output of `mcr update` (which mcr-bench reads back).
@@ -379,7 +382,9 @@ impl<'a, O: RunningVersion, L: Launcher> Update<'a, O, L> {
             let respawn: Vec<OpenConnections> =
                 self.connections.iter().filter(|c| self.respawned.contains(&c.pid)).cloned().collect();
             let respawned = next.respawn(&old_hosts, &respawn).map_err(state)?;
-            let mut summary = next.receive_state(&old_hosts, &self.connections, self.options.warn).map_err(state)?;
+            let mut summary = next
+                .receive_state(&old_hosts, &self.connections, self.options.warn, self.options.count_pointers)
+                .map_err(state)?;
             summary.respawned_processes = respawned;
             self.transfer = Some(summary);
             self.new_processes.extend(self.respawned.iter().copied());

@@ -119,12 +119,13 @@ pub trait NextVersion {
     /// version after startup) through the new build's respawn handler; how many.
     fn respawn(&mut self, old: &HostPids, connections: &[OpenConnections]) -> Result<usize, TransferError>;
     /// Move the old processes' state (globals, heap, the open `connections`) into their
-    /// counterparts.
+    /// counterparts (`count_pointers`: with the count of the pointers traced).
     fn receive_state(
         &mut self,
         old: &HostPids,
         connections: &[OpenConnections],
         warn: Warn<'_>,
+        count_pointers: bool,
     ) -> Result<Summary, TransferError>;
     /// `--fresh-state`: move `connections` (idle ones) for the new build to adopt as new
     /// ones; how many descriptors moved.

@@ -256,6 +256,7 @@ impl NextVersion for FakeNext {
         old: &HostPids,
         connections: &[OpenConnections],
         _: Warn<'_>,
+        _: bool,
     ) -> Result<Summary, TransferError> {
         let pids: Vec<i32> = connections.iter().map(|c| c.pid).collect();
         self.journal.note(format!("next: receive state of {:?} with connections of {pids:?}", old.keys()));
@@ -341,6 +342,7 @@ impl Scenario {
             started: Instant::now(),
             rehearse: self.rehearse,
             progress: &|step| STEPS.with(|s| s.borrow_mut().push(step)),
+            count_pointers: false,
         };
         let report = Update::new(old, launcher, options).run();
         let warnings = warnings.into_inner().unwrap();

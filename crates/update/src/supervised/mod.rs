@@ -30,6 +30,8 @@ pub struct Settings {
     pub startup_timeout: Duration,
     /// Rehearse (`mcr update --rehearse`): no drain, and a rollback instead of the commit.
     pub rehearse: bool,
+    /// `mcr update --count-pointers`: count the pointers the state transfer follows.
+    pub count_pointers: bool,
 }
 
 /// An update ready to run: the new build checked, the running version reached, the new
@@ -147,6 +149,7 @@ impl Prepared {
             started: self.started,
             rehearse: settings.rehearse,
             progress,
+            count_pointers: settings.count_pointers,
         };
         Update::new(self.old, self.launcher, options).run()
     }

@@ -135,13 +135,14 @@ impl NextVersion for NewSupervisor {
         old: &HostPids,
         connections: &[OpenConnections],
         warn: Warn<'_>,
+        count_pointers: bool,
     ) -> Result<Summary, TransferError> {
         // Respawned processes are part of the new version now.
         let procs = Processes { old: old.clone(), new: self.host_pids()? };
         // Connections of their own to both versions, per tracer (the update's holds the drain).
         let (dir, name, next_name) = (&self.dir, &self.name, &self.next_name);
         let connect = || Ok((Connection::open(dir, name)?, Connection::open(dir, next_name)?));
-        transfer::run(&procs, &connect, connections, warn)
+        transfer::run(&procs, &connect, connections, warn, count_pointers)
     }
 
     fn adopt(&mut self, old: &HostPids, connections: &[&OpenConnections]) -> Result<usize, TransferError> {

@@ -213,6 +213,7 @@ pub fn run(
     connect: Connect<'_>,
     connections: &[OpenConnections],
     warn: Warn<'_>,
+    count_pointers: bool,
 ) -> Result<Summary, TransferError> {
     let mut programs: BTreeMap<PathBuf, Arc<Program>> = BTreeMap::new();
     let mut pairs = Vec::new();
@@ -226,7 +227,7 @@ pub fn run(
             }
         }
         let startup_sockets = startup_sockets.remove(&pid).unwrap_or_default();
-        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe, startup_sockets });
+        pairs.push(ProcessPair { pid, old_host, new_host, old_exe, new_exe, startup_sockets, count_pointers });
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(pairs.len().max(1));
     let next_pair = AtomicUsize::new(0);

@@ -18,7 +18,7 @@ use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
 use mcr_tracer::{Image, Pair, StackLayout, StackMap, StartupTables, Version};
 use mcr_typemodel::Program;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// One old process and its counterpart in the new version.
@@ -30,6 +30,8 @@ pub(crate) struct ProcessPair {
     pub new_exe: PathBuf,
     /// Its descriptors made after startup that are a socket of the old version's startup.
     pub startup_sockets: descriptors::StartupSockets,
+    /// Count the pointers the trace follows (`mcr update --count-pointers`).
+    pub count_pointers: bool,
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -179,6 +181,12 @@ pub(crate) fn transfer(
     let same_memory = |v: u64| same_memory_at(&old_memory, &new_memory, &written, v);
     let initial = super::initial_data::InitialData::read(old_exe);
     let initial_bytes = |a: u64, len: u64| initial.as_ref()?.bytes(a, len);
+    let libraries: Vec<(u64, u64)> = old_maps
+        .iter()
+        .filter(|r| r.name.starts_with('/') && r.name.contains(".so") && Path::new(&r.name) != old_exe.as_path())
+        .map(|r| (r.start, r.end))
+        .collect();
+    let in_library = |v: u64| libraries.iter().any(|&(s, e)| (s..e).contains(&v));
     let pair = Pair {
         old: Version { prog: old_prog, image: old_img },
         old_mem: &old_view,
@@ -191,6 +199,7 @@ pub(crate) fn transfer(
         stack: stack_map.as_ref(),
         same_memory: Some(&same_memory),
         initial: initial.as_ref().map(|_| &initial_bytes as &dyn Fn(u64, u64) -> Option<Vec<u8>>),
+        census: p.count_pointers.then_some(&in_library as &dyn Fn(u64) -> bool),
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
