@@ -62,7 +62,7 @@ impl Target for TracerTarget<'_> {
     }
 
     fn flush(&mut self) -> Result<(), TargetError> {
-        let pending = std::mem::take(&mut self.pending);
+        let pending = adjoined(std::mem::take(&mut self.pending));
         for chunk in pending.chunks(WRITE_BATCH) {
             let local: Vec<libc::iovec> = chunk
                 .iter()
@@ -158,5 +158,32 @@ impl Target for TracerTarget<'_> {
         });
         let _ = self.runtime(RuntimeCommandKind::Free { addrs: scratch });
         r.map(|_| ())
+    }
+}
+
+/// `writes` with each run of writes that follow one another in memory (fresh blocks of
+/// one size class, allocated together) made one: the kernel pins the target's pages once
+/// per piece (`process_vm_writev`), and a layout update of 1 000 000 objects spent a sixth
+/// of its transfer pinning each 48-byte object's page again.
+fn adjoined(writes: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::with_capacity(writes.len());
+    for (addr, bytes) in writes {
+        match out.last_mut() {
+            Some((at, run)) if *at + run.len() as u64 == addr => run.extend_from_slice(&bytes),
+            _ => out.push((addr, bytes)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adjoined;
+
+    #[test]
+    fn writes_that_follow_one_another_are_made_one() {
+        let w =
+            vec![(100, vec![1, 2]), (102, vec![3]), (103, vec![4, 5]), (110, vec![6]), (111, vec![7]), (50, vec![8])];
+        assert_eq!(adjoined(w), [(100, vec![1, 2, 3, 4, 5]), (110, vec![6, 7]), (50, vec![8])]);
     }
 }
