@@ -45,6 +45,8 @@ pub struct ProcessAttributes {
     pub dumpable: i32,
     pub child_subreaper: i32,
     pub no_new_privs: i32,
+    /// [`UNKNOWN_TIMER_SLACK`] when it could not be read (a process that made itself
+    /// non-dumpable, or changed user, may not read its own /proc/self/timerslack_ns).
     pub timerslack_ns: u64,
     pub thp_disable: i32,
     /// Seccomp mode of the main thread (0 none, 1 strict, 2 filter).
@@ -232,3 +234,6 @@ pub const STANDARD_SIGNALS: u64 = (1 << 31) - 1;
 pub fn signals_of(mask: u64) -> impl Iterator<Item = i32> {
     (1..=64).filter(move |s| mask & (1u64 << (s - 1)) != 0)
 }
+
+/// A timer slack that could not be read: never compared.
+pub const UNKNOWN_TIMER_SLACK: u64 = u64::MAX;

@@ -139,7 +139,10 @@ pub fn read(symbols: bool) -> ProcessAttributes {
         child_subreaper: prctl_int(libc::PR_GET_CHILD_SUBREAPER),
         no_new_privs: field("NoNewPrivs").and_then(|v| v.parse().ok()).unwrap_or(0),
         // Only the thread-group leader's directory has it (the leader is the main thread).
-        timerslack_ns: text("/proc/self/timerslack_ns").trim().parse().unwrap_or(0),
+        timerslack_ns: text("/proc/self/timerslack_ns")
+            .trim()
+            .parse()
+            .unwrap_or(mcr_protocol::attributes::UNKNOWN_TIMER_SLACK),
         // SAFETY: as above.
         thp_disable: unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
         seccomp: field("Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0),

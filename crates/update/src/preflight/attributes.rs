@@ -326,7 +326,8 @@ pub fn differences(pid: i32, startup: &ProcessAttributes, now: &ProcessAttribute
         AttributeChange::NoNewPrivs,
     );
     simple(
-        s.timerslack_ns != n.timerslack_ns,
+        s.timerslack_ns != n.timerslack_ns
+            && ![s.timerslack_ns, n.timerslack_ns].contains(&mcr_protocol::attributes::UNKNOWN_TIMER_SLACK),
         format!("the timer slack ({} ns)", n.timerslack_ns),
         AttributeChange::TimerSlack { ns: n.timerslack_ns },
     );
@@ -589,6 +590,19 @@ mod tests {
             ]
         );
         assert!(d.iter().all(|d| d.carry.is_err()));
+    }
+
+    /// httpd's children (nobody, not dumpable) cannot read their own timer slack: an
+    /// unreadable one was read as 0, carried, and the new child could not set it
+    /// ("/proc/self/timerslack_ns: Operation not permitted"): the update rolled back.
+    #[test]
+    fn a_timer_slack_the_process_could_not_read_is_not_compared() {
+        let (mut startup, mut now) = (base(), base());
+        startup.timerslack_ns = 50_000;
+        now.timerslack_ns = mcr_protocol::attributes::UNKNOWN_TIMER_SLACK;
+        assert!(differences(5, &startup, &now).is_empty());
+        now.timerslack_ns = 1_000;
+        assert_eq!(whats(&differences(5, &startup, &now)), ["the timer slack (1000 ns)"]);
     }
 
     #[test]
