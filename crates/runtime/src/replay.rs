@@ -430,6 +430,31 @@ pub fn request_pid(pid: i32, burnable: i32) -> bool {
     last < pid && pid - last <= burnable && !unmade_process_between(last, pid)
 }
 
+/// How long a thread made with whatever TID the kernel gives waits for the process of
+/// the old tree that the next PID belongs to.
+const UNMADE_PROCESS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Before a thread is made with whatever TID the kernel gives (the runtime's own, or a
+/// program thread whose old TID is out of reach) during a replay: while the namespace's
+/// next PID is one a process of the old tree had and no process has yet (its parent has
+/// not forked it yet), wait for it, bounded. Else the thread takes that PID and the
+/// process comes up with another one: httpd's first child started the runtime's thread
+/// before the master forked its sibling, which then got PID 7, not 6, and the update
+/// rolled back ("the new version's processes {3, 5} do not match the old version's
+/// {3, 5, 6}") one time in five.
+pub fn let_unmade_processes_come_first() {
+    if !active() {
+        return;
+    }
+    let give_up = std::time::Instant::now() + UNMADE_PROCESS_WAIT;
+    while let Some(last) = last_pid() {
+        if !unmade_process_between(last, last.saturating_add(2)) || std::time::Instant::now() > give_up {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Whether a PID in (lo, hi) is one a process of the old version's tree had (it made
 /// startup operations, or a fork returned it) and no process has in this namespace now.
 fn unmade_process_between(lo: i32, hi: i32) -> bool {

@@ -350,6 +350,7 @@ pub fn spawn_detached(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_vo
         };
     let attr_ptr = if with_stack { &attr as *const libc::pthread_attr_t } else { core::ptr::null() };
     let mut t: libc::pthread_t = 0;
+    crate::replay::let_unmade_processes_come_first();
     // SAFETY: pthread_create writes `t`, a live local; `attr_ptr` is null or the
     // attributes set above; `entry` ignores its (null) argument.
     let created = unsafe { crate::real::pthread_create()(&mut t, attr_ptr, entry, core::ptr::null_mut()) } == 0;

@@ -122,6 +122,9 @@ pub unsafe extern "C" fn pthread_create(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        if target == 0 {
+            crate::replay::let_unmade_processes_come_first();
+        }
         // The namespace's next PIDs are only a hint, taken under this lock.
         let guard = (target != 0).then(crate::startup_log::pid_hint_lock);
         // Out of reach (tried enough, or too far ahead of the last PID given for a process
