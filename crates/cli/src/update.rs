@@ -292,6 +292,13 @@ fn moved(r: &Report) -> String {
             t.heap_regions_adopted, t.heap_bytes_mapped, t.heap_bytes_adopted
         );
     }
+    if t.startup_mapped_bytes_carried > 0 {
+        let _ = writeln!(
+            o,
+            "memory the server mapped itself at startup: {} bytes written since carried over the new startup's",
+            t.startup_mapped_bytes_carried
+        );
+    }
     if t.state.startup_matched + t.state.startup_reallocated > 0 {
         let _ = writeln!(
             o,

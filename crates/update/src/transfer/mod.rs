@@ -158,6 +158,10 @@ pub struct Summary {
     /// Memory mapped after startup, made again at the same addresses (copied, or shared).
     #[serde(default)]
     pub mapped_bytes: u64,
+    /// Pages of memory the program mapped itself at startup and wrote since, carried over
+    /// what the new version's startup put there (their bytes).
+    #[serde(default)]
+    pub startup_mapped_bytes_carried: u64,
     /// The old heap regions the new processes adopted, and the bytes of their pages copied.
     #[serde(default)]
     pub heap_regions_adopted: usize,
@@ -188,6 +192,7 @@ impl Summary {
         self.trace_ms += o.trace_ms;
         self.connections_ms += o.connections_ms;
         self.mapped_bytes += o.mapped_bytes;
+        self.startup_mapped_bytes_carried += o.startup_mapped_bytes_carried;
         self.heap_regions_adopted += o.heap_regions_adopted;
         self.heap_bytes_adopted += o.heap_bytes_adopted;
         self.heap_bytes_mapped += o.heap_bytes_mapped;

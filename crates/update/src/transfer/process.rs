@@ -15,7 +15,7 @@ use mcr_client::Connection;
 use mcr_heap::ReadMemory;
 use mcr_heap::{HeapIndex, MappedView, ProcessMemory, Region, Snapshot};
 use mcr_protocol::{OpenConnections, RuntimeCommandKind, RuntimeReply};
-use mcr_tracer::{Image, Pair, StackLayout, StackMap, StartupTables, Version};
+use mcr_tracer::{Image, Pair, StackLayout, StackMap, StartupTables, Target, TargetError, Version};
 use mcr_typemodel::Program;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ pub(crate) fn transfer(
     // The kernel holds the data of the registrations that move, and a server may keep
     // its per-connection state nowhere else (`epoll_event.data.ptr`): each is a root of
     // the trace, an untyped word like a pthread key's value.
-    let words: Vec<(String, u64)> =
+    let mut words: Vec<(String, u64)> =
         key_values.iter().cloned().chain(descriptors::epoll_data_words(&registrations, &moved, &made_after)).collect();
     let stack_map = stack_map(old_host, &old_maps, &old_mem, new_host, &new_maps);
     // Read now: the new process made the old one's later mappings again and adopted its
@@ -178,7 +178,47 @@ pub(crate) fn transfer(
     let old_memory = Memory { maps: mcr_procfs::maps::read(old_host).map_err(mappings_error)?, log: old_log };
     let new_memory = Memory { maps: mcr_procfs::maps::read(new_host).map_err(mappings_error)?, log: new_log };
     let written = |v: u64| is_dirty(v & !4095, 4096);
-    let same_memory = |v: u64| same_memory_at(&old_memory, &new_memory, &written, v);
+    // Pages of memory the program mapped itself at startup and wrote since (libapr's
+    // allocator blocks: httpd's pools) go to the new process as they are, over what its
+    // own startup put there, as the globals written since startup do; every word in them
+    // that holds an address of the heap or of the binary is a root of the trace (an
+    // untyped word), rewritten where what it points to moved.
+    // Untyped: what lies there cannot be transformed, so only while no type changes
+    // layout (the same build, a code-only change).
+    let layout_change = mcr_tracer::first_layout_change(old_prog, new_prog);
+    let carried = match layout_change {
+        None => written_startup_pages(&old_memory, &new_memory, &written),
+        Some(_) => Vec::new(),
+    };
+    sum.startup_mapped_bytes_carried += carried.iter().map(|(s, e)| e - s).sum::<u64>();
+    // The pages' bytes, and for each word root taken from them its address.
+    let mut carried_bytes: Vec<(u64, Vec<u8>)> = Vec::with_capacity(carried.len());
+    let mut carried_words: Vec<u64> = Vec::new();
+    let first_carried_word = words.len();
+    for &(start, end) in &carried {
+        let mut bytes = vec![0u8; (end - start) as usize];
+        old_view.read(start, &mut bytes).map_err(|e| TransferError::Mappings {
+            pid,
+            source: std::io::Error::other(format!("reading {start:#x}-{end:#x}: {e}")),
+        })?;
+        for (i, w) in bytes.chunks_exact(8).enumerate() {
+            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            if v != 0 && (heap.containing(v).is_some() || old_img.contains(v)) {
+                let at = start + 8 * i as u64;
+                words.push((format!("memory mapped at startup, at {at:#x}"), v));
+                carried_words.push(at);
+            }
+        }
+        carried_bytes.push((start, bytes));
+    }
+    let in_carried = |v: u64| carried.iter().any(|&(s, e)| s <= v && v < e);
+    let same_memory = |v: u64| {
+        if in_carried(v) {
+            Ok(())
+        } else {
+            same_memory_at(&old_memory, &new_memory, &written, v, layout_change.as_deref())
+        }
+    };
     let initial = super::initial_data::InitialData::read(old_exe);
     let initial_bytes = |a: u64, len: u64| initial.as_ref()?.bytes(a, len);
     let libraries: Vec<(u64, u64)> = old_maps
@@ -203,6 +243,8 @@ pub(crate) fn transfer(
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
+    write_carried_pages(&mut target, carried_bytes, &carried_words, &moved_state.words[first_carried_word..])
+        .map_err(|e| TransferError::Trace { pid, source: e.into() })?;
     // A destructor in the old binary is the same function in the new one; one in a
     // library stays where it is (libraries load at the same addresses in both versions).
     let destructor = |d: u64| {
@@ -340,6 +382,51 @@ struct Memory {
     log: mcr_protocol::StartupLog,
 }
 
+/// The private pages the old version's startup mapped (where the new version's startup
+/// mapped the same, at the same place) that the old version wrote since startup, as runs
+/// [start, end) of whole pages.
+fn written_startup_pages(old: &Memory, new: &Memory, written: &dyn Fn(u64) -> bool) -> Vec<(u64, u64)> {
+    let key = |m: &mcr_protocol::StartupMapping| (m.pid, m.tid, m.seq);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for m in &old.log.mapped_at_startup {
+        let twin = new.log.mapped_at_startup.iter().any(|n| key(n) == key(m) && (n.start, n.len) == (m.start, m.len));
+        let private = |at: u64| old.maps.iter().find(|o| o.contains(at)).is_some_and(|o| o.private && o.writable);
+        if !twin || usize::try_from(m.start).ok().and_then(mcr_alloc::geometry::slot_of).is_some() {
+            continue;
+        }
+        for page in (m.start..m.start + m.len).step_by(4096) {
+            if !written(page) || !private(page) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.1 == page => r.1 += 4096,
+                _ => runs.push((page, page + 4096)),
+            }
+        }
+    }
+    runs
+}
+
+/// Writes the carried pages into the new process, each word root taken from them as the
+/// trace relocated it (`relocated`, in the order of `at`).
+fn write_carried_pages(
+    target: &mut dyn Target,
+    mut pages: Vec<(u64, Vec<u8>)>,
+    at: &[u64],
+    relocated: &[u64],
+) -> Result<(), TargetError> {
+    for (&a, &v) in at.iter().zip(relocated) {
+        if let Some((start, bytes)) = pages.iter_mut().find(|(s, b)| *s <= a && a < *s + b.len() as u64) {
+            let o = (a - *start) as usize;
+            bytes[o..o + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+    for (start, bytes) in pages {
+        target.write_owned(start, bytes)?;
+    }
+    target.flush()
+}
+
 /// Whether the new process has the same memory as the old one at `v`, an address in no
 /// heap block, the binary or the main stack, which a pointer there keeps: else why not.
 /// - What the old process mapped after startup is there (made again at its address).
@@ -353,7 +440,15 @@ struct Memory {
 ///   private, with the same access.
 ///
 /// An address the old process has nothing at is a dangling value, kept as it is.
-fn same_memory_at(old: &Memory, new: &Memory, written: &dyn Fn(u64) -> bool, v: u64) -> Result<(), String> {
+/// `layout_change`: the first type whose layout the update changes (memory mapped at
+/// startup and written since is carried only when there is none).
+fn same_memory_at(
+    old: &Memory,
+    new: &Memory,
+    written: &dyn Fn(u64) -> bool,
+    v: u64,
+    layout_change: Option<&str>,
+) -> Result<(), String> {
     // The heap's window: an address there that is in no block (just past a pool's
     // arena) is the heap's, which the new process adopted (mapped privately).
     if usize::try_from(v).ok().and_then(mcr_alloc::geometry::slot_of).is_some() {
@@ -372,13 +467,14 @@ fn same_memory_at(old: &Memory, new: &Memory, written: &dyn Fn(u64) -> bool, v: 
             Some(n) if (n.start, n.len) == (m.start, m.len) => Err(format!(
                 "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of \
                  process {}, its mapping {}), whose page the old version wrote since startup: what is there in the \
-                 new process is its own startup's, and mcr does not carry memory a program maps itself at startup \
-                 (libapr's allocator blocks, say)",
+                 new process is its own startup's, and mcr carries memory a program maps itself at startup (libapr's \
+                 allocator blocks, say) only as bytes, when no type changes layout{}",
                 m.start,
                 m.start + m.len,
                 m.tid,
                 m.pid,
-                m.seq + 1
+                m.seq + 1,
+                layout_change.map(|t| format!(": {t} does")).unwrap_or_default()
             )),
             _ => Err(format!(
                 "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of process \
