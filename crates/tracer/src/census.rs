@@ -98,9 +98,14 @@ impl<'c> Census<'c> {
         Census { prog, heap, hints, binary, library, layouts: HashMap::new(), out: PointerCensus::default() }
     }
 
-    /// Counts the pointers of the written globals `roots` and of the blocks the walk
-    /// reached.
-    pub(crate) fn count(mut self, roots: &[Root], reached: &Reached) -> PointerCensus {
+    /// Counts the pointers of the written globals `roots`, of the untyped words the trace
+    /// started from besides (pthread keys' values, epoll data, memory the program mapped
+    /// itself: likely pointers held outside the heap, counted as dynamic sources) and of
+    /// the blocks the walk reached.
+    pub(crate) fn count(mut self, roots: &[Root], words: &[(String, u64)], reached: &Reached) -> PointerCensus {
+        for &(_, v) in words {
+            self.note(v, true, false);
+        }
         for r in roots {
             self.typed(&r.bytes, self.prog.strip(r.old_ty), false, &r.plain);
         }

@@ -304,7 +304,7 @@ pub fn transfer_with_words(
     if let Some(library) = pair.census {
         let binary = |v: u64| pair.old.image.contains(v);
         let census = Census::new(old, pair.heap, &hints, &binary, library);
-        report.pointers = Some(census.count(&roots.globals, &reached));
+        report.pointers = Some(census.count(&roots.globals, words, &reached));
     }
     let started = Instant::now();
     report.pinned = reached.pinned.len();
