@@ -3,7 +3,8 @@
 //! `mmap`), at startup and after it. What they mapped after startup moves to the same
 //! addresses; the pages their startup mapped and wrote since (its pools allocate on from
 //! their last block) are carried as bytes over what the new startup put there, their
-//! words traced as roots, as long as no type changes layout. Before, the update rolled
+//! words traced as roots, into the same build with the same libraries (another build's
+//! startup lays that memory out its own way). Before, the update rolled
 //! back naming that memory (and before that, it committed and the new children crashed
 //! on pointers into memory laid out differently).
 

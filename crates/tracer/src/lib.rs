@@ -52,4 +52,3 @@ pub use stack::{StackLayout, StackMap};
 pub use startup::{StartupKey, StartupRecord, StartupTable, StartupTables};
 pub use target::{Target, TargetError};
 pub use transfer::{transfer, transfer_with_words, Pair, Report, Transfer, TransferError, Version};
-pub use untouched::first_layout_change;

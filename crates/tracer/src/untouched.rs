@@ -53,7 +53,7 @@ pub(crate) fn why_walk_all(pair: &Pair, hints: &Hints, handlers: &HashMap<String
 
 /// The first named type of `old` whose objects the new version lays out differently
 /// (several definitions under one name are paired in order, as `mcr check` does).
-pub fn first_layout_change(old: &Program, new: &Program) -> Option<String> {
+fn first_layout_change(old: &Program, new: &Program) -> Option<String> {
     let new_types = new.named_types();
     let mut names: Vec<(String, Vec<TypeId>)> = old.named_types().into_iter().collect();
     names.sort();

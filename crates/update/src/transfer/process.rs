@@ -183,10 +183,13 @@ pub(crate) fn transfer(
     // own startup put there, as the globals written since startup do; every word in them
     // that holds an address of the heap or of the binary is a root of the trace (an
     // untyped word), rewritten where what it points to moved.
-    // Untyped: what lies there cannot be transformed, so only while no type changes
-    // layout (the same build, a code-only change).
-    let layout_change = mcr_tracer::first_layout_change(old_prog, new_prog);
-    let carried = match layout_change {
+    // Untyped: nothing tells where its objects begin, so only into the same code (the
+    // same build, the same libraries), whose startup laid that memory out the same way.
+    // Between httpd's releases, whose types did not change, the carried pages still held
+    // objects where the new startup's own objects expected others: the new children
+    // crashed after the commit.
+    let not_carried = other_code(old_prog, new_prog, &old_memory.maps, &new_memory.maps);
+    let carried = match not_carried {
         None => written_startup_pages(&old_memory, &new_memory, &written),
         Some(_) => Vec::new(),
     };
@@ -216,7 +219,7 @@ pub(crate) fn transfer(
         if in_carried(v) {
             Ok(())
         } else {
-            same_memory_at(&old_memory, &new_memory, &written, v, layout_change.as_deref())
+            same_memory_at(&old_memory, &new_memory, &written, v, not_carried.as_deref())
         }
     };
     let initial = super::initial_data::InitialData::read(old_exe);
@@ -382,6 +385,29 @@ struct Memory {
     log: mcr_protocol::StartupLog,
 }
 
+/// Why the new version's code is not the old one's (memory mapped at startup is then not
+/// carried): another build of the program (or one without a build ID), or a shared
+/// library the new process maps from another file (upgraded on disk since).
+fn other_code(
+    old_prog: &Program,
+    new_prog: &Program,
+    old_maps: &[mcr_procfs::Mapping],
+    new_maps: &[mcr_procfs::Mapping],
+) -> Option<String> {
+    match (&old_prog.build_id, &new_prog.build_id) {
+        (Some(a), Some(b)) if a == b => {}
+        (Some(a), Some(b)) => return Some(format!("the new version is another build ({a} -> {b})")),
+        _ => return Some("a build without a build ID".into()),
+    }
+    // mcr's own runtime is not the program's: what it maps is its own.
+    let library =
+        |m: &&mcr_procfs::Mapping| m.path.starts_with('/') && m.path.contains(".so") && !m.path.ends_with("/libmcr.so");
+    old_maps.iter().filter(library).find_map(|o| {
+        let same = new_maps.iter().any(|n| n.path == o.path && n.inode == o.inode);
+        (!same).then(|| format!("{} is another file in the new version", o.path))
+    })
+}
+
 /// The private pages the old version's startup mapped (where the new version's startup
 /// mapped the same, at the same place) that the old version wrote since startup, as runs
 /// [start, end) of whole pages.
@@ -440,14 +466,13 @@ fn write_carried_pages(
 ///   private, with the same access.
 ///
 /// An address the old process has nothing at is a dangling value, kept as it is.
-/// `layout_change`: the first type whose layout the update changes (memory mapped at
-/// startup and written since is carried only when there is none).
+/// `not_carried`: why memory mapped at startup and written since is not carried.
 fn same_memory_at(
     old: &Memory,
     new: &Memory,
     written: &dyn Fn(u64) -> bool,
     v: u64,
-    layout_change: Option<&str>,
+    not_carried: Option<&str>,
 ) -> Result<(), String> {
     // The heap's window: an address there that is in no block (just past a pool's
     // arena) is the heap's, which the new process adopted (mapped privately).
@@ -468,13 +493,13 @@ fn same_memory_at(
                 "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of \
                  process {}, its mapping {}), whose page the old version wrote since startup: what is there in the \
                  new process is its own startup's, and mcr carries memory a program maps itself at startup (libapr's \
-                 allocator blocks, say) only as bytes, when no type changes layout{}",
+                 allocator blocks, say) only as bytes, into the same build with the same libraries{}",
                 m.start,
                 m.start + m.len,
                 m.tid,
                 m.pid,
                 m.seq + 1,
-                layout_change.map(|t| format!(": {t} does")).unwrap_or_default()
+                not_carried.map(|why| format!(": {why}")).unwrap_or_default()
             )),
             _ => Err(format!(
                 "points to {v:#x}, into memory the old version's startup mapped at {:#x}-{:#x} (thread {} of process \
