@@ -262,6 +262,13 @@ impl Writer<'_, '_> {
         found
     }
 
+    /// The C string (through its NUL) at `v` in the old binary's read-only data, if `v`
+    /// is there.
+    fn old_literal(&self, v: u64) -> Option<Vec<u8>> {
+        let (_, end) = self.pair.old.image.readonly_range(v)?;
+        crate::literal::c_string_at(self.pair.old_mem, v, end)
+    }
+
     fn find_literal(&self, v: u64) -> Option<u64> {
         let pair = self.pair;
         let (_, end) = pair.old.image.readonly_range(v)?;
@@ -516,6 +523,9 @@ impl Writer<'_, '_> {
         target.read(r.new_addr, &mut cur)?;
         let before = cur.clone();
         let reader: &dyn Target = &*target;
+        // Pointers to a string literal the new binary does not have: (offset in the new
+        // global, the old string), given a kept copy once the transform is done.
+        let mut unmatched_literals: Vec<(usize, Vec<u8>)> = Vec::new();
         plan.apply(&r.bytes, &mut cur, &mut |s: PointerSite| {
             let got = match s.old_pointee {
                 Pointee::Function => self.relocate_function(&s),
@@ -528,12 +538,31 @@ impl Writer<'_, '_> {
                 let mine = u64::from_ne_bytes(before[o..o + 8].try_into().expect("8 bytes"));
                 if pair.old.image.contains(s.old_value) && same_c_string(pair.old_mem, s.old_value, reader, mine) {
                     Ok(mine)
+                } else if let Some(text) = self.old_literal(s.old_value) {
+                    // A string literal of the old build that the new one does not have
+                    // (httpd's version string): a copy of its bytes, made below.
+                    unmatched_literals.push((s.new_offset as usize, text));
+                    Ok(0)
                 } else {
                     Err(e)
                 }
             })
         })
         .map_err(|e| conflict(&r.name, e.to_string()))?;
+        if !unmatched_literals.is_empty() {
+            let sizes: Vec<u64> = unmatched_literals.iter().map(|(_, t)| t.len() as u64).collect();
+            let copies = target.allocate(&sizes)?;
+            for ((offset, text), at) in unmatched_literals.into_iter().zip(copies) {
+                report.warnings.push(format!(
+                    "{}: pointed to the string {:?} of the old build, which the new build does not have: it now \
+                     points to a copy of it",
+                    r.name,
+                    String::from_utf8_lossy(&text[..text.len().saturating_sub(1)])
+                ));
+                target.write_owned(at, text)?;
+                cur[offset..offset + 8].copy_from_slice(&at.to_ne_bytes());
+            }
+        }
         for (oo, no, tag) in hinted_words(old, r.old_ty, new, r.new_ty, &r.plain, self.hints) {
             let v = u64::from_ne_bytes(r.bytes[oo..oo + 8].try_into().expect("8 bytes"));
             if let Some(nv) = self.relocate_word(v, &tag, &r.name).map_err(|e| conflict(&r.name, e))? {
@@ -601,7 +630,7 @@ fn same_c_string(old: &dyn ReadMemory, a: u64, new: &dyn Target, b: u64) -> bool
 #[cfg(test)]
 mod tests {
     use super::{relocation_table, BlockPlan, Moved, Placement, StartupKey};
-    use crate::testing::{list_program, node, old_list, words, Build, Ids, World, NEW_BIAS};
+    use crate::testing::{list_program, node, old_list, words, Build, Ids, World, NEW_BIAS, NEW_HEAP};
     use crate::transfer::TransferError;
     use mcr_protocol::relocation::translate;
     use mcr_protocol::Relocation;
@@ -795,16 +824,20 @@ mod tests {
             let copy = NEW_BIAS + 0x40_3010;
             w.new_proc.mem.write(copy, new_text);
             w.set_new_global("greeting", &copy.to_ne_bytes());
-            let r = w.transfer().map(|_| ());
-            (r, w.new_proc.mem.u64(w.new_global("greeting")), copy)
+            let r = w.transfer();
+            let got = w.new_proc.mem.u64(w.new_global("greeting"));
+            (r, got, copy, w.new_proc.mem.bytes(got, 6))
         };
-        let (r, got, copy) = run(b"hello\0");
+        let (r, got, copy, _) = run(b"hello\0");
         r.expect("the same string");
         assert_eq!(got, copy, "the new version's own copy");
-        let (r, ..) = run(b"hullo\0");
-        let (path, reason) = conflict(r);
-        assert_eq!(path, "greeting");
-        assert!(reason.contains("points into the old binary at 0x403000, where no symbol is"), "{reason}");
+        // The new build has another string there (httpd's version string): the old one is
+        // kept as a copy, and the report says so.
+        let (r, got, _, bytes) = run(b"hullo\0");
+        let t = r.expect("a kept copy");
+        assert!(got >= NEW_HEAP, "a block of the new heap: {got:#x}");
+        assert_eq!(bytes.as_deref(), Some(&b"hello\0"[..]));
+        assert!(t.report.warnings.iter().any(|w| w.contains("greeting") && w.contains("\"hello\"")), "{:?}", t.report);
     }
 
     /// Set after startup (the new version's startup left the global null): the new
@@ -835,9 +868,9 @@ mod tests {
         let (r, got) = run(&[0x40_3040, 0x40_3010]);
         r.expect("two copies");
         assert_eq!(got, NEW_BIAS + 0x40_3010, "the nearest");
-        let (path, reason) = conflict(run(&[]).0);
-        assert_eq!(path, "greeting");
-        assert!(reason.contains("where no symbol is"), "{reason}");
+        let (r, got) = run(&[]);
+        r.expect("none: a kept copy of the old string");
+        assert!(got >= NEW_HEAP, "a block of the new heap: {got:#x}");
     }
 
     /// A pointer into the main stack (nginx keeps `argv` and the end of the environment
