@@ -85,9 +85,14 @@ cd "$WORK/src"
 ./buildconf --with-apr="$APR" --with-apr-util="$APR" >&2
 # buildconf copies apr's, which are too old to know every machine.
 cp /usr/share/misc/config.guess /usr/share/misc/config.sub build/
-# The prefix compiled in is the final one; the install is staged in $WORK.
+# Every release is compiled for the same prefix, Apache's default, as an operator's
+# successive builds are (the install goes to $DEST, through a staging folder): httpd
+# keeps paths under its prefix in string literals (the suexec binary's), and an update
+# could not find the old release's in the new one if each had its own. The tests give
+# httpd a ServerRoot and every path it uses, so nothing is read from that prefix.
+COMPILED_PREFIX=/usr/local/apache2
 CFLAGS="$CC_OPT" ./configure \
-  --prefix="$DEST" \
+  --prefix="$COMPILED_PREFIX" \
   --with-mpm="$MPM" \
   --enable-modules=none \
   --enable-mods-static="$STATIC_MODULES" \
@@ -96,7 +101,7 @@ CFLAGS="$CC_OPT" ./configure \
 make -j"$(nproc)" >&2
 make install DESTDIR="$WORK/stage" >&2
 
-STAGED=$WORK/stage$DEST
+STAGED=$WORK/stage$COMPILED_PREFIX
 check_binary "$STAGED/bin/httpd"
 compiled=$("$STAGED/bin/httpd" -l)
 for m in $STATIC_MODULES; do
