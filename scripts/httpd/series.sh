@@ -26,20 +26,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
 
-RELEASES= KEEP_GOING=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --releases) [[ ${2:-} =~ ^[0-9.]+(,[0-9.]+)+$ ]] || usage; RELEASES=$2; shift ;;
-    --keep-going) KEEP_GOING=1 ;;
-    -h | --help) usage ;;
-    *) usage ;;
-  esac
-  shift
-done
-
 SERIES_TAG="httpd series"
 # shellcheck source=../lib/series.sh
 source "$ROOT/scripts/lib/series.sh"
+series_release_options "$@"
 series_need_mcr
 [ -n "$RELEASES" ] || RELEASES=$("$ROOT/scripts/httpd/build.sh" --list-releases | paste -sd, -)
 IFS=, read -r -a RELEASE <<<"$RELEASES"

@@ -30,3 +30,18 @@ series_free_port() {
 json_number() {
   sed -n "s/^ *\"$1\": \([0-9.]*\),\{0,1\}$/\1/p" "$2" | head -n 1 | awk '{ printf "%.1f", $1 }'
 }
+
+# The release series' options, --releases R0,R1,... and --keep-going: sets RELEASES and
+# KEEP_GOING; anything else is a usage error (the calling script's `usage`).
+series_release_options() {
+  RELEASES= KEEP_GOING=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --releases) [[ ${2:-} =~ ^[0-9.]+(,[0-9.]+)+$ ]] || usage; RELEASES=$2; shift ;;
+      --keep-going) KEEP_GOING=1 ;;
+      -h | --help) usage ;;
+      *) usage ;;
+    esac
+    shift
+  done
+}
