@@ -31,8 +31,19 @@ impl Rng {
     }
 }
 
+/// Every heap takes its region's slot at its init. A test that drops a heap and maps its
+/// slot again (an old version's exit, its successor's adoption) holds this from the drop
+/// to the new heap's init, and every other init takes it: once, another test's heap took
+/// the freed slot in between ("WrongRole { slot: 0, role: Occupied, … }").
+static SLOT_HANDOVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn handover() -> std::sync::MutexGuard<'static, ()> {
+    SLOT_HANDOVER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn heap(mode: Mode) -> Box<Heap> {
     let h = Box::new(Heap::new());
+    let _slots = handover();
     h.init(&Config { avoid: SlotSet::new(), mode }).unwrap();
     h
 }
@@ -69,8 +80,10 @@ fn init_reserves_avoided_slots_and_maps_the_own_region() {
         avoid.insert(s);
     }
     let h = Box::new(Heap::new());
+    let slots = handover();
     h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
     h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap(); // idempotent
+    drop(slots);
     let own = h.own_slot().unwrap();
     assert!(!avoid.contains(own));
     assert_eq!(h.role(own), Role::Own);
@@ -484,12 +497,14 @@ fn adoption_in_process_memfd() {
     let (head, live_before) = fill_like_an_old_version(&old);
     let fd = own_memfd(&old, slot, 0);
     let extent = old.extent(slot).unwrap();
+    let slots = handover();
     drop(old); // the old process exits; its memfd lives on through `fd`
 
     let mut avoid = SlotSet::new();
     avoid.insert(slot);
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Memfd }).unwrap();
+    drop(slots);
     assert_eq!(h.role(slot), Role::Reserved);
     h.map_segment(slot, 0, 0, extent, Some(fd.as_fd())).unwrap();
     assert_eq!(h.block_of(head), None, "not readable before finish_mapping");
@@ -566,12 +581,14 @@ fn calloc_over_an_adopted_memfd_clears_what_the_old_version_wrote_late() {
     let extent = old.extent(slot).unwrap();
     old.flush_thread_cache(c);
     old.release_thread_cache(c);
+    let slots = handover();
     drop(old);
 
     let mut avoid = SlotSet::new();
     avoid.insert(slot);
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Memfd }).unwrap();
+    drop(slots);
     h.map_segment(slot, 0, 0, extent, Some(fd.as_fd())).unwrap();
     h.finish_mapping(slot).unwrap();
     h.adopt(&[slot].into_iter().fold(SlotSet::new(), |mut s, x| {
@@ -617,11 +634,13 @@ fn anonymous_old_heap_adopted() -> (Box<Heap>, usize, usize, Vec<(usize, usize)>
     })
     .unwrap();
     let extent = old.extent(slot).unwrap();
+    let slots = handover();
     drop(old);
     let mut avoid = SlotSet::new();
     avoid.insert(slot);
     let h = Box::new(Heap::new());
     h.init(&Config { avoid, mode: Mode::Anonymous }).unwrap();
+    drop(slots);
     h.map_segment(slot, 0, 0, extent, None).unwrap();
     for (at, bytes) in &image {
         // SAFETY: the slot is mapped writable (anonymous) and not readable by anyone yet.
