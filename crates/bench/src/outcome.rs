@@ -40,7 +40,7 @@ pub(crate) mod tests {
     "startup_matched": 0, "startup_kept": 0, "startup_reallocated": 0, "startup_notes": [], "live_objects": 31,
     "handled": 0, "warnings": [], "connections": 2, "descriptors": 0, "respawned_processes": 0, "dirty_pages": 140, "clean_pages": 2328,
     "heap_scan_ms": 1.3237990000000002, "startup_tables_ms": 0.366134, "trace_ms": 10.674312,
-    "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "pthread_keys": 0,
+    "connections_ms": 0.0020729999999999998, "mapped_bytes": 0, "startup_mapped_bytes_carried": 0, "pthread_keys": 0,
     "in_place": 0, "in_place_bytes": 0, "old_freed": 0, "pinned": 0, "held_by_new_startup": 0, "untouched": 0, "untouched_bytes": 0,
     "walked_all": "struct kv_node changes layout", "walk_ms": 9.1, "check_ms": 0.0, "write_ms": 1.2,
     "heap_regions_adopted": 0, "heap_bytes_adopted": 0, "heap_bytes_mapped": 0,
