@@ -65,7 +65,7 @@ pub struct UpdateArgs {
     /// each by source (a global or a heap block) and target (the binary, the heap, a
     /// shared library, elsewhere). The whole state is traced even when no type changes,
     /// which makes such an update slower; the counts are in the summary and in --json
-    /// under transfer.pointers
+    /// under transfer.pointers. With --rehearse: the counts, and nothing changed
     #[arg(long, conflicts_with = "fresh_state")]
     count_pointers: bool,
     /// The new version and its arguments; PROGRAM alone runs it with the running version's

@@ -4,7 +4,8 @@
 //! running exactly as before, nothing of the new one left), nginx updates under load, and
 //! twenty updates in a row leak neither descriptors, processes nor files.
 //!
-//! In-memory state is not transferred yet, so no test here checks that data survives.
+//! That the state survives (data, connections, sessions) is `transfer.rs`'s and the
+//! server suites' (`compat.rs`, `nginx_state.rs`, `httpd_state.rs`).
 
 mod support;
 
