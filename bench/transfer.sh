@@ -8,8 +8,9 @@
 #      keys, layout updates kvd <-> kvd-v2-layout): `mcr update --json` phases and
 #      transfer figures over several updates; update time vs open sessions (0/10/100) of
 #      connd (a process per session) and poold (a worker thread per session), each <-> its
-#      v2-layout build; nginx updates with its state and with --fresh-state, 0/10/100
-#      keep-alive connections open
+#      v2-layout build; nginx updates with its state and with --fresh-state, and Apache
+#      httpd (event MPM) updates with its state, each with 0/10/100 keep-alive
+#      connections open (each to its own build)
 #   2. allocation micro-benchmark (bench/allocbench.c): plain vs LD_PRELOAD=libmcr.so
 #      (inert) vs under `mcr run`, interleaved rounds
 #   3. resident memory: kvd with 100 000 keys and nginx idle, plain vs under mcr, side by
@@ -18,7 +19,8 @@
 # The markdown goes to stdout and replaces the section between the transfer.sh markers
 # of bench/results.md (full runs; --quick: target/bench/transfer-quick.md). Raw data:
 # target/bench/transfer/. Environment: BENCH_NO_BUILD=1 (use target/release as is),
-# BENCH_NGINX=0 (skip nginx). Uses 127.0.0.1 only; stops everything it started.
+# BENCH_NGINX=0 (skip nginx), BENCH_HTTPD=0 (skip httpd). Uses 127.0.0.1 only; stops
+# everything it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -45,6 +47,11 @@ NGINX=
 if [ "${BENCH_NGINX:-1}" = 1 ]; then
   NGINX=$(scripts/nginx/build.sh 2>/dev/null | tail -n 1) || NGINX=
   [ -x "$NGINX" ] || { log "no nginx (scripts/nginx/build.sh failed): nginx rows skipped"; NGINX=; }
+fi
+HTTPD=
+if [ "${BENCH_HTTPD:-1}" = 1 ]; then
+  HTTPD=$(scripts/httpd/build.sh 2>/dev/null | tail -n 1) || HTTPD=
+  [ -x "$HTTPD" ] || { log "no httpd (scripts/httpd/build.sh failed): httpd rows skipped"; HTTPD=; }
 fi
 # 1000 client connections in the generator, 1000 more in the server.
 ulimit -n 4096 2>/dev/null || [ "$(ulimit -n)" -ge 2100 ] || die "RLIMIT_NOFILE $(ulimit -n) < 2100"
@@ -129,6 +136,20 @@ if [ -n "$NGINX" ]; then
     sweep "transfer-nginx-$c.tsv" "ng$c" "$c" 0 http 1 "$NGINX" "$NGINX" -p "$WORK/ngx-u" -c "$conf" || break
   done
 fi
+if [ -n "$HTTPD" ]; then
+  log "httpd updates with its state vs keep-alive connections ($UPD updates each)"
+  hd=$WORK/httpd-s
+  mkdir -p "$hd/htdocs" "$hd/logs"
+  chmod 755 "$WORK" "$hd" "$hd/htdocs" # its children run as nobody
+  echo '<html>mcr</html>' >"$hd/htdocs/index.html"
+  printf '%s\n' "ServerRoot \"$hd\"" "ServerName 127.0.0.1" "Listen 127.0.0.1:$PORT" "PidFile \"$hd/logs/httpd.pid\"" \
+    "ErrorLog \"$hd/logs/error_log\"" "LogLevel warn" "User nobody" "Group nogroup" "DocumentRoot \"$hd/htdocs\"" \
+    "DirectoryIndex index.html" "TypesConfig /dev/null" "AddType text/html .html" "KeepAlive On" \
+    "MaxKeepAliveRequests 1000" "KeepAliveTimeout 60" "StartServers 2" "MinSpareThreads 25" >"$hd/httpd.conf"
+  for c in 0 10 100; do
+    sweep "transfer-httpd-state-$c.tsv" "hs$c" "$c" 0 http 0 "$HTTPD" "$HTTPD" -f "$hd/httpd.conf" -DFOREGROUND || break
+  done
+fi
 
 # --- 2. allocation micro-benchmark -----------------------------------------
 log "allocation micro-benchmark: $ALLOC_ROUNDS rounds of plain / LD_PRELOAD / mcr run, rotating order"
@@ -193,7 +214,7 @@ fi
 # --- report -------------------------------------------------------------------
 {
   echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). Sessions: the same with a fresh connd (fixtures/connd.c, fork per connection) or poold (fixtures/poold.c, --threads sessions + 2) per row and no keys; each connd session sends PID and SETs 3 session variables, each poold session SESSION (answered by the worker thread that then serves it); updates alternate with connd-v2-layout / poold-v2-layout; after each, every session must still answer from the same PID with its 3 variables (connd) or with the same session id (poold), else it died and the update counts as failed. transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with --fresh-state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition: mcr's heap, no header per block) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS and PSS (smaps_rollup) of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
+  echo "setup=loopback only, nothing pinned, the machine's $(nproc) CPUs shared with whatever else runs. Transfer: for each row a fresh kvd under \`mcr run --detach\` (fixtures/kvd.c), filled with the keys (SET k:i, 16-byte values: node + key + value = 3 heap blocks), then the idle client connections opened one by one (each SETs and GETs its own key), then $UPD \`mcr update --json\` alternating kvd-v2-layout and kvd, 50 ms apart; after each, every connection must still GET its own value and COUNT must be unchanged (else the update counts as failed). Sessions: the same with a fresh connd (fixtures/connd.c, fork per connection) or poold (fixtures/poold.c, --threads sessions + 2) per row and no keys; each connd session sends PID and SETs 3 session variables, each poold session SESSION (answered by the worker thread that then serves it); updates alternate with connd-v2-layout / poold-v2-layout; after each, every session must still answer from the same PID with its 3 variables (connd) or with the same session id (poold), else it died and the update counts as failed. transfer_ms/heap_scan_ms/trace_ms/connections_ms and the page and global counts are those \`mcr update --json\` reports; total_ms is the whole update (drain, quiesce, restart+replay, transfer, commit). nginx: master + 2 workers (scripts/nginx/conf.sh), each connection made 2 keep-alive GETs, updates to the same build with its state and with --fresh-state. httpd: event MPM, master + 2 children (StartServers 2), the same keep-alive GETs, updates to the same build with its state. Allocation micro-benchmark: bench/allocbench.c (40 rounds of building, growing, looking up, half-replacing and freeing a 20 000-entry hash table of heap strings), CPU time of the process, plain / LD_PRELOAD=libmcr.so (no MCR_RUNTIME_SOCKET: only the malloc interposition: mcr's heap, no header per block) / \`mcr run\` (foreground), $ALLOC_ROUNDS rounds in rotating order. Memory: VmRSS and PSS (smaps_rollup) of the server process(es) (kvd; nginx master + workers), plain and under mcr side by side, after the same fill; the mcr supervisor is reported apart. Total run time $(( $(date +%s) - T0 )) s."
 } >>"$RAW/meta.txt"
 "$BENCH" transfer-report --dir "$RAW" >"$RAW/results.md" || die "report failed"
 cat "$RAW/results.md"

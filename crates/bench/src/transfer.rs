@@ -638,10 +638,16 @@ pub fn report(dir: &std::path::Path) -> String {
         );
     }
     let _ = writeln!(o);
-    // 1d. nginx
-    let with_state: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-nginx-state-{c}.tsv")))).collect();
-    if with_state.iter().any(|(_, t)| !t.is_empty()) {
-        let _ = writeln!(o, "**nginx update with its state** (master + 2 workers, patch level of `scripts/nginx/build.sh` to itself; keep-alive connections move with the workers' heap; median / p90):");
+    // 1d. nginx and httpd, with their state
+    for (file, title) in [
+        ("nginx-state", "**nginx update with its state** (master + 2 workers, patch level of `scripts/nginx/build.sh` to itself; keep-alive connections move with the workers' heap; median / p90):"),
+        ("httpd-state", "**Apache httpd (event MPM) update with its state** (master + 2 children, `scripts/httpd/build.sh` to itself; keep-alive connections move with the children's listener; the pages libapr mapped at startup and wrote since are carried; median / p90):"),
+    ] {
+        let with_state: Vec<_> = [0, 10, 100].iter().map(|c| (c, read(&format!("transfer-{file}-{c}.tsv")))).collect();
+        if with_state.iter().all(|(_, t)| t.is_empty()) {
+            continue;
+        }
+        let _ = writeln!(o, "{title}");
         let _ = writeln!(o);
         let _ = writeln!(o, "| keep-alive connections | committed | closed by the update (median) | connections moved | pinned blocks | transfer_ms | trace_ms | whole update (total_ms) |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
