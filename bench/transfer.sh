@@ -138,16 +138,10 @@ if [ -n "$NGINX" ]; then
 fi
 if [ -n "$HTTPD" ]; then
   log "httpd updates with its state vs keep-alive connections ($UPD updates each)"
-  hd=$WORK/httpd-s
-  mkdir -p "$hd/htdocs" "$hd/logs"
-  chmod 755 "$WORK" "$hd" "$hd/htdocs" # its children run as nobody
-  echo '<html>mcr</html>' >"$hd/htdocs/index.html"
-  printf '%s\n' "ServerRoot \"$hd\"" "ServerName 127.0.0.1" "Listen 127.0.0.1:$PORT" "PidFile \"$hd/logs/httpd.pid\"" \
-    "ErrorLog \"$hd/logs/error_log\"" "LogLevel warn" "User nobody" "Group nogroup" "DocumentRoot \"$hd/htdocs\"" \
-    "DirectoryIndex index.html" "TypesConfig /dev/null" "AddType text/html .html" "KeepAlive On" \
-    "MaxKeepAliveRequests 1000" "KeepAliveTimeout 60" "StartServers 2" "MinSpareThreads 25" >"$hd/httpd.conf"
+  chmod 755 "$WORK" # its children run as nobody
+  conf=$(scripts/httpd/conf.sh "$WORK/httpd-s" "$PORT" | tail -n 1)
   for c in 0 10 100; do
-    sweep "transfer-httpd-state-$c.tsv" "hs$c" "$c" 0 http 0 "$HTTPD" "$HTTPD" -f "$hd/httpd.conf" -DFOREGROUND || break
+    sweep "transfer-httpd-state-$c.tsv" "hs$c" "$c" 0 http 0 "$HTTPD" "$HTTPD" -f "$conf" -DFOREGROUND || break
   done
 fi
 

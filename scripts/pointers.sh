@@ -10,8 +10,9 @@
 # httpd: HTTP GETs, one keep-alive connection left open; vsftpd: anonymous FTP logins,
 # isolate=NO; sshd: a key login running a command), then is updated once. Prints one
 # Markdown row per server (the README's Table 2), or why the update did not commit.
-# Builds come from scripts/{nginx,vsftpd,sshd,httpd}/build.sh (cached). Loopback only;
-# every wait is bounded; stops every instance it started and removes its files at exit.
+# Builds come from scripts/{nginx,vsftpd,sshd,httpd}/build.sh (cached), configurations
+# from their conf.sh (sshd's is written here). Loopback only; every wait is bounded;
+# stops every instance it started and removes its files at exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
@@ -110,38 +111,15 @@ for server in "${LIST[@]}"; do
       ;;
     httpd)
       bin=$(scripts/httpd/build.sh | tail -n 1)
-      mkdir -p "$dir/htdocs" "$dir/logs"; chmod 755 "$dir/htdocs"
-      echo '<html>mcr</html>' >"$dir/htdocs/index.html"
-      cat >"$dir/httpd.conf" <<EOF
-ServerRoot "$dir"
-ServerName 127.0.0.1
-Listen 127.0.0.1:$port
-PidFile "$dir/logs/httpd.pid"
-ErrorLog "$dir/logs/error_log"
-LogLevel warn
-User nobody
-Group nogroup
-DocumentRoot "$dir/htdocs"
-DirectoryIndex index.html
-TypesConfig /dev/null
-AddType text/html .html
-KeepAlive On
-StartServers 2
-MinSpareThreads 25
-EOF
-      start ptr-httpd "$port" "$bin" -f "$dir/httpd.conf" -DFOREGROUND || continue
+      conf=$(scripts/httpd/conf.sh "$dir" "$port" | tail -n 1)
+      start ptr-httpd "$port" "$bin" -f "$conf" -DFOREGROUND || continue
       http_gets "$port" 20; keepalive "$port"
       row httpd ptr-httpd "$bin"
       ;;
     vsftpd)
       bin=$(scripts/vsftpd/build.sh | tail -n 1)
-      mkdir -p "$dir/ftp/upload" "$dir/empty"; chmod 755 "$dir/ftp" "$dir/empty"; chmod 777 "$dir/ftp/upload"
-      echo hello >"$dir/ftp/hello.txt"
-      printf '%s\n' listen=YES listen_address=127.0.0.1 "listen_port=$port" background=NO anonymous_enable=YES \
-        local_enable=NO ftp_username=daemon "anon_root=$dir/ftp" anon_upload_enable=YES write_enable=YES \
-        "secure_chroot_dir=$dir/empty" isolate=NO isolate_network=NO seccomp_sandbox=NO pasv_enable=YES \
-        port_enable=NO xferlog_enable=NO syslog_enable=NO "vsftpd_log_file=$dir/vsftpd.log" >"$dir/vsftpd.conf"
-      start ptr-vsftpd "$port" "$bin" "$dir/vsftpd.conf" || continue
+      conf=$(scripts/vsftpd/conf.sh "$dir" "$port" | tail -n 1)
+      start ptr-vsftpd "$port" "$bin" "$conf" || continue
       ftp_logins "$port" 5; sleep 0.3
       row vsftpd ptr-vsftpd "$bin"
       ;;

@@ -54,15 +54,7 @@ trap cleanup EXIT
 
 series_free_port
 BODY="hello from the series"
-mkdir -p "$WORK/htdocs" "$WORK/logs"
-chmod 755 "$WORK/htdocs"
-echo "$BODY" >"$WORK/htdocs/index.html"
-CONF=$WORK/httpd.conf
-printf '%s\n' "ServerRoot \"$WORK\"" "ServerName 127.0.0.1" "Listen 127.0.0.1:$PORT" \
-  "PidFile \"$WORK/logs/httpd.pid\"" "ErrorLog \"$WORK/logs/error_log\"" "LogLevel warn" "User nobody" \
-  "Group nogroup" "DocumentRoot \"$WORK/htdocs\"" "DirectoryIndex index.html" "TypesConfig /dev/null" \
-  "AddType text/html .html" "KeepAlive On" "MaxKeepAliveRequests 1000" "KeepAliveTimeout 60" "StartServers 2" \
-  "MinSpareThreads 25" >"$CONF"
+CONF=$("$ROOT/scripts/httpd/conf.sh" "$WORK" "$PORT" "$BODY" | tail -n 1)
 
 WHY=
 # keep_open: a keep-alive connection (fd KA) and its first request.

@@ -63,22 +63,9 @@ trap cleanup EXIT
 series_free_port
 
 FTP=$WORK/ftp
-mkdir -p "$FTP/upload" "$WORK/empty"
-chmod 755 "$FTP" "$WORK/empty"
-chmod 777 "$FTP/upload"
+mkdir -p "$FTP"
 echo "hello from the series" >"$FTP/hello.txt"
-conf_of() { # RELEASE: its configuration file
-  local conf=$WORK/vsftpd-$1.conf
-  if [ ! -f "$conf" ]; then
-    # ftp_username: a user whose home exists in every Debian (vsftpd changes into it).
-    printf '%s\n' listen=YES listen_address=127.0.0.1 "listen_port=$PORT" background=NO anonymous_enable=YES \
-      local_enable=NO ftp_username=daemon "anon_root=$FTP" anon_upload_enable=YES write_enable=YES anon_umask=022 \
-      "secure_chroot_dir=$WORK/empty" isolate=NO isolate_network=NO pasv_enable=YES port_enable=NO \
-      xferlog_enable=NO syslog_enable=NO "vsftpd_log_file=$WORK/vsftpd.log" >"$conf"
-    case $1 in 2.*) ;; *) echo seccomp_sandbox=NO >>"$conf" ;; esac
-  fi
-  echo "$conf"
-}
+conf_of() { "$ROOT/scripts/vsftpd/conf.sh" "$WORK" "$PORT" "$1" | tail -n 1; } # RELEASE: its configuration file
 UPLOADS=()
 WHY=
 ftp_session() { # N: login, LIST, RETR, STOR upload/series-N.txt, RETR it back

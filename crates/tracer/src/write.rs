@@ -271,8 +271,7 @@ impl Writer<'_, '_> {
 
     fn find_literal(&self, v: u64) -> Option<u64> {
         let pair = self.pair;
-        let (_, end) = pair.old.image.readonly_range(v)?;
-        let text = crate::literal::c_string_at(pair.old_mem, v, end)?;
+        let text = self.old_literal(v)?;
         let new_mem = pair.new_mem?;
         let bytes = self.literals.get_or_init(|| Some(crate::literal::ReadOnlyBytes::read(&pair.new.image, new_mem)));
         // Where the old copy would be in the new binary, were nothing moved.

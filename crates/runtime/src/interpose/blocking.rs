@@ -160,9 +160,9 @@ pub fn blocking_watching<T: PartialEq + Default>(
     // Only this thread writes it: a load and a store, no atomic read-modify-write.
     slot.calls_entered.store(slot.calls_entered.load(Relaxed).wrapping_add(1), Relaxed);
     let mut first = true;
+    let (recorded, set_len) = watched.recorded(object);
     loop {
         let signals = local.program_signals();
-        let (recorded, set_len) = watched.recorded(object);
         slot.call.store(call as u32, Relaxed);
         slot.object.store(recorded, Relaxed);
         slot.set_len.store(set_len, Relaxed);

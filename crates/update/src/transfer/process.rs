@@ -194,26 +194,11 @@ pub(crate) fn transfer(
         Some(_) => Vec::new(),
     };
     sum.startup_mapped_bytes_carried += carried.iter().map(|(s, e)| e - s).sum::<u64>();
-    // The pages' bytes, and for each word root taken from them its address.
-    let mut carried_bytes: Vec<(u64, Vec<u8>)> = Vec::with_capacity(carried.len());
-    let mut carried_words: Vec<u64> = Vec::new();
+    let carried_pages =
+        CarriedPages::read(&carried, &old_view, &|v| heap.containing(v).is_some() || old_img.contains(v))
+            .map_err(|source| TransferError::Mappings { pid, source })?;
     let first_carried_word = words.len();
-    for &(start, end) in &carried {
-        let mut bytes = vec![0u8; (end - start) as usize];
-        old_view.read(start, &mut bytes).map_err(|e| TransferError::Mappings {
-            pid,
-            source: std::io::Error::other(format!("reading {start:#x}-{end:#x}: {e}")),
-        })?;
-        for (i, w) in bytes.chunks_exact(8).enumerate() {
-            let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-            if v != 0 && (heap.containing(v).is_some() || old_img.contains(v)) {
-                let at = start + 8 * i as u64;
-                words.push((format!("memory mapped at startup, at {at:#x}"), v));
-                carried_words.push(at);
-            }
-        }
-        carried_bytes.push((start, bytes));
-    }
+    words.extend(carried_pages.roots());
     let in_carried = |v: u64| carried.iter().any(|&(s, e)| s <= v && v < e);
     let same_memory = |v: u64| {
         if in_carried(v) {
@@ -226,7 +211,7 @@ pub(crate) fn transfer(
     let initial_bytes = |a: u64, len: u64| initial.as_ref()?.bytes(a, len);
     let libraries: Vec<(u64, u64)> = old_maps
         .iter()
-        .filter(|r| r.name.starts_with('/') && r.name.contains(".so") && Path::new(&r.name) != old_exe.as_path())
+        .filter(|r| is_shared_library(&r.name) && Path::new(&r.name) != old_exe.as_path())
         .map(|r| (r.start, r.end))
         .collect();
     let in_library = |v: u64| libraries.iter().any(|&(s, e)| (s..e).contains(&v));
@@ -246,7 +231,8 @@ pub(crate) fn transfer(
     };
     let moved_state = mcr_tracer::transfer_with_words(&pair, &mut target, &words)
         .map_err(|source| TransferError::Trace { pid, source })?;
-    write_carried_pages(&mut target, carried_bytes, &carried_words, &moved_state.words[first_carried_word..])
+    carried_pages
+        .write(&mut target, &moved_state.words[first_carried_word..])
         .map_err(|e| TransferError::Trace { pid, source: e.into() })?;
     // A destructor in the old binary is the same function in the new one; one in a
     // library stays where it is (libraries load at the same addresses in both versions).
@@ -400,8 +386,7 @@ fn other_code(
         _ => return Some("a build without a build ID".into()),
     }
     // mcr's own runtime is not the program's: what it maps is its own.
-    let library =
-        |m: &&mcr_procfs::Mapping| m.path.starts_with('/') && m.path.contains(".so") && !m.path.ends_with("/libmcr.so");
+    let library = |m: &&mcr_procfs::Mapping| is_shared_library(&m.path) && !m.path.ends_with("/libmcr.so");
     old_maps.iter().filter(library).find_map(|o| {
         let same = new_maps.iter().any(|n| n.path == o.path && n.inode == o.inode);
         (!same).then(|| format!("{} is another file in the new version", o.path))
@@ -433,24 +418,55 @@ fn written_startup_pages(old: &Memory, new: &Memory, written: &dyn Fn(u64) -> bo
     runs
 }
 
-/// Writes the carried pages into the new process, each word root taken from them as the
-/// trace relocated it (`relocated`, in the order of `at`).
-fn write_carried_pages(
-    target: &mut dyn Target,
-    mut pages: Vec<(u64, Vec<u8>)>,
-    at: &[u64],
-    relocated: &[u64],
-) -> Result<(), TargetError> {
-    for (&a, &v) in at.iter().zip(relocated) {
-        if let Some((start, bytes)) = pages.iter_mut().find(|(s, b)| *s <= a && a < *s + b.len() as u64) {
-            let o = (a - *start) as usize;
-            bytes[o..o + 8].copy_from_slice(&v.to_ne_bytes());
+/// Whether a mapping's path is a shared library's.
+fn is_shared_library(path: &str) -> bool {
+    path.starts_with('/') && path.contains(".so")
+}
+
+/// The pages of memory mapped at startup that move, read from the old process: their
+/// bytes, and the words in them that `root` says are roots of the trace, as (page run,
+/// offset, value).
+struct CarriedPages {
+    pages: Vec<(u64, Vec<u8>)>,
+    words: Vec<(usize, usize, u64)>,
+}
+
+impl CarriedPages {
+    fn read(runs: &[(u64, u64)], old: &dyn ReadMemory, root: &dyn Fn(u64) -> bool) -> Result<Self, std::io::Error> {
+        let mut out = CarriedPages { pages: Vec::with_capacity(runs.len()), words: Vec::new() };
+        for &(start, end) in runs {
+            let mut bytes = vec![0u8; (end - start) as usize];
+            old.read(start, &mut bytes)
+                .map_err(|e| std::io::Error::other(format!("reading {start:#x}-{end:#x}: {e}")))?;
+            for (i, w) in bytes.chunks_exact(8).enumerate() {
+                let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+                if v != 0 && root(v) {
+                    out.words.push((out.pages.len(), 8 * i, v));
+                }
+            }
+            out.pages.push((start, bytes));
         }
+        Ok(out)
     }
-    for (start, bytes) in pages {
-        target.write_owned(start, bytes)?;
+
+    /// The word roots, labeled by address, in order.
+    fn roots(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.words
+            .iter()
+            .map(|&(p, o, v)| (format!("memory mapped at startup, at {:#x}", self.pages[p].0 + o as u64), v))
     }
-    target.flush()
+
+    /// Writes the pages into the new process, each word root as the trace relocated it
+    /// (`relocated`, in the order of [`CarriedPages::roots`]).
+    fn write(mut self, target: &mut dyn Target, relocated: &[u64]) -> Result<(), TargetError> {
+        for (&(p, o, _), &v) in self.words.iter().zip(relocated) {
+            self.pages[p].1[o..o + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        for (start, bytes) in self.pages {
+            target.write_owned(start, bytes)?;
+        }
+        target.flush()
+    }
 }
 
 /// Whether the new process has the same memory as the old one at `v`, an address in no
